@@ -1,0 +1,307 @@
+//! The validated, indexed form of a [`GatewayConfig`]: what the engine reads at run time.
+//!
+//! Owns: group and deployment indices, each deployment's upstream endpoint, each key's
+//! allow-list and prepared settings (one [`Overrides`] per level), and the gateway-wide
+//! settings (cooldown, backoff, seed). Built once at start-up; immutable afterwards, so every
+//! request (streaming or not) reads exactly the same data. Does not own the precedence rule
+//! (`policy`) nor mutable state (cooldowns live in `route::cooldown`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{ConfigError, GatewayConfig, RouterSettings, strip_provider};
+use crate::limits::{Limits, secs};
+use crate::policy::{FallbackTable, Overrides};
+use crate::upstream::Endpoint;
+
+/// Index of a model group in [`Catalog::groups`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u32);
+
+/// Index of a deployment in [`Catalog::deployments`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeploymentId(pub u32);
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: String,
+    pub deployments: Vec<DeploymentId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeploymentSpec {
+    /// Stable id for traces and headers (`model_info.id`, else `<group>#<n>`).
+    pub id: String,
+    pub group: GroupId,
+    pub endpoint: Endpoint,
+    /// The model name sent upstream (provider prefix stripped).
+    pub upstream_model: String,
+    pub api_key: Option<String>,
+    pub weight: u32,
+    pub order: u32,
+    pub timeout: Option<Duration>,
+    pub stream_timeout: Option<Duration>,
+}
+
+/// A virtual key, ready for admission.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub alias: String,
+    pub team: Option<usize>,
+    /// `allowed[g]`: may this key use group `g` (its own and its team's lists combined)?
+    pub allowed: Arc<[bool]>,
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Clone)]
+pub struct TeamSpec {
+    pub team_id: String,
+    pub overrides: Overrides,
+}
+
+/// Gateway-wide settings: shared state and engine behaviour not resolvable per request.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub cooldown_time: Duration,
+    pub allowed_fails: u32,
+    pub continuation_prompt: String,
+    pub retry_backoff_base: Duration,
+    pub retry_backoff_max: Duration,
+    pub fallback_on_bad_request: bool,
+    pub rng_seed: u64,
+}
+
+pub const DEFAULT_COOLDOWN_TIME: Duration = Duration::from_secs(5);
+pub const DEFAULT_ALLOWED_FAILS: u32 = 3;
+pub const DEFAULT_RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONTINUATION_PROMPT: &str =
+    "Continue exactly where your previous message stopped. Do not repeat any of it.";
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub groups: Vec<Group>,
+    pub deployments: Vec<DeploymentSpec>,
+    pub gateway: Overrides,
+    pub settings: GatewaySettings,
+    pub limits: Limits,
+    keys: BTreeMap<String, KeySpec>,
+    teams: Vec<TeamSpec>,
+    by_name: BTreeMap<String, GroupId>,
+    all_allowed: Arc<[bool]>,
+}
+
+impl Catalog {
+    /// Builds the catalog of a config that passed [`GatewayConfig::validate`].
+    pub fn new(config: &GatewayConfig) -> Result<Catalog, ConfigError> {
+        if let Err(issues) = config.validate() {
+            return Err(ConfigError {
+                problems: issues
+                    .into_iter()
+                    .map(|i| crate::yaml::error_at("<config>", "", &i.path, i.message))
+                    .collect(),
+            });
+        }
+        let mut by_name = BTreeMap::new();
+        let mut groups: Vec<Group> = Vec::new();
+        for d in &config.model_list {
+            if !by_name.contains_key(&d.model_name) {
+                by_name.insert(d.model_name.clone(), GroupId(groups.len() as u32));
+                groups.push(Group {
+                    name: d.model_name.clone(),
+                    deployments: Vec::new(),
+                });
+            }
+        }
+        let mut deployments = Vec::new();
+        for (i, d) in config.model_list.iter().enumerate() {
+            let group = by_name[&d.model_name];
+            let p = &d.litellm_params;
+            let endpoint =
+                Endpoint::parse(p.api_base.as_deref().expect("validated: api_base present"))
+                    .expect("validated: api_base parses");
+            let id = DeploymentId(deployments.len() as u32);
+            groups[group.0 as usize].deployments.push(id);
+            deployments.push(DeploymentSpec {
+                id: config.deployment_id(i),
+                group,
+                endpoint,
+                upstream_model: strip_provider(&p.model).to_string(),
+                api_key: p.api_key.clone(),
+                weight: p.weight.unwrap_or(1),
+                order: p.order.unwrap_or(0),
+                timeout: p.timeout.map(secs),
+                stream_timeout: p.stream_timeout.map(secs),
+            });
+        }
+        let n = groups.len();
+        let mut catalog = Catalog {
+            groups,
+            deployments,
+            gateway: Overrides::default(),
+            settings: gateway_settings(&config.router_settings),
+            limits: config.limits.clone(),
+            keys: BTreeMap::new(),
+            teams: Vec::new(),
+            by_name,
+            all_allowed: vec![true; n].into(),
+        };
+        catalog.gateway = catalog
+            .overrides(&config.router_settings)
+            .expect("validated: gateway settings");
+        for t in &config.teams {
+            let overrides = catalog
+                .overrides(&t.router_settings)
+                .expect("validated: team settings");
+            catalog.teams.push(TeamSpec {
+                team_id: t.team_id.clone(),
+                overrides,
+            });
+        }
+        for k in &config.keys {
+            let team = k.team_id.as_ref().map(|id| {
+                config
+                    .teams
+                    .iter()
+                    .position(|t| &t.team_id == id)
+                    .expect("validated: team exists")
+            });
+            let team_models = team
+                .map(|t| config.teams[t].models.as_slice())
+                .unwrap_or(&[]);
+            let allowed: Arc<[bool]> = (0..n)
+                .map(|g| {
+                    let name = &catalog.groups[g].name;
+                    permits(&k.models, name) && permits(team_models, name)
+                })
+                .collect();
+            let overrides = catalog
+                .overrides(&k.router_settings)
+                .expect("validated: key settings");
+            catalog.keys.insert(
+                k.key.clone(),
+                KeySpec {
+                    alias: k.key_alias.clone().unwrap_or_else(|| redact(&k.key)),
+                    team,
+                    allowed,
+                    overrides,
+                },
+            );
+        }
+        Ok(catalog)
+    }
+
+    /// Prepares one level's settings: group names become ids, seconds become durations.
+    /// Fails (with a message) on a name that is not a group, which only request-level
+    /// settings can still contain after validation.
+    pub fn overrides(&self, s: &RouterSettings) -> Result<Overrides, String> {
+        let table = |list: &Option<Vec<crate::config::FallbackEntry>>| -> Result<Option<Arc<FallbackTable>>, String> {
+            list.as_ref()
+                .map(|entries| FallbackTable::build(entries, self).map(Arc::new))
+                .transpose()
+        };
+        let default_fallbacks = match &s.default_fallbacks {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|g| {
+                        self.group_id(g)
+                            .ok_or_else(|| format!("fallback to unknown group `{g}`"))
+                    })
+                    .collect::<Result<Arc<[GroupId]>, String>>()?,
+            ),
+        };
+        let policy = s.retry_policy.as_ref();
+        Ok(Overrides {
+            fallbacks: table(&s.fallbacks)?,
+            context_window_fallbacks: table(&s.context_window_fallbacks)?,
+            content_policy_fallbacks: table(&s.content_policy_fallbacks)?,
+            default_fallbacks,
+            num_retries: s.num_retries,
+            rate_limit_retries: policy.and_then(|p| p.rate_limit),
+            timeout_retries: policy.and_then(|p| p.timeout),
+            internal_server_retries: policy.and_then(|p| p.internal_server),
+            timeout: s.timeout.map(secs),
+            stream_timeout: s.stream_timeout.map(secs),
+            max_fallbacks: s.max_fallbacks,
+            mid_stream: s.mid_stream,
+            disable_fallbacks: s.disable_fallbacks,
+        })
+    }
+
+    pub fn group_id(&self, name: &str) -> Option<GroupId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn group(&self, id: GroupId) -> &Group {
+        &self.groups[id.0 as usize]
+    }
+
+    pub fn deployment(&self, id: DeploymentId) -> &DeploymentSpec {
+        &self.deployments[id.0 as usize]
+    }
+
+    pub fn key(&self, secret: &str) -> Option<&KeySpec> {
+        self.keys.get(secret)
+    }
+
+    pub fn team(&self, index: usize) -> &TeamSpec {
+        &self.teams[index]
+    }
+
+    /// Allow-list for requests without a key (tests and benches that bypass auth).
+    pub fn all_allowed(&self) -> Arc<[bool]> {
+        self.all_allowed.clone()
+    }
+
+    /// Groups a key may use, in catalog order.
+    pub fn allowed_groups<'a>(
+        &'a self,
+        allowed: &'a [bool],
+    ) -> impl Iterator<Item = &'a Group> + 'a {
+        self.groups
+            .iter()
+            .zip(allowed.iter())
+            .filter(|(_, a)| **a)
+            .map(|(g, _)| g)
+    }
+}
+
+fn permits(list: &[String], group: &str) -> bool {
+    list.is_empty() || list.iter().any(|m| m == "*" || m == group)
+}
+
+/// Keys are secrets: traces show an alias, never the key.
+fn redact(key: &str) -> String {
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("…{tail}")
+}
+
+fn gateway_settings(s: &RouterSettings) -> GatewaySettings {
+    GatewaySettings {
+        cooldown_time: s.cooldown_time.map(secs).unwrap_or(DEFAULT_COOLDOWN_TIME),
+        allowed_fails: s.allowed_fails.unwrap_or(DEFAULT_ALLOWED_FAILS),
+        continuation_prompt: s
+            .continuation_prompt
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CONTINUATION_PROMPT.to_string()),
+        retry_backoff_base: s
+            .retry_backoff_base
+            .map(secs)
+            .unwrap_or(DEFAULT_RETRY_BACKOFF_BASE),
+        retry_backoff_max: s
+            .retry_backoff_max
+            .map(secs)
+            .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX),
+        fallback_on_bad_request: s.fallback_on_bad_request.unwrap_or(false),
+        rng_seed: s.rng_seed.unwrap_or(0),
+    }
+}

@@ -1,0 +1,719 @@
+//! Upstream failure → [`FailureClass`] (+ Retry-After), and the decision table.
+//!
+//! Owns: reading an HTTP status, headers and error body (OpenAI, OpenRouter, Vertex/Gemini,
+//! Anthropic shapes as they appear on OpenAI-compatible endpoints), a mid-stream error
+//! event, a transport error or a timeout, and naming what kind of failure it is; and the
+//! table that says, per class, whether to retry the group, fall back, and cool the
+//! deployment. Pure: no I/O, the wall clock is a parameter.
+//! Does not own how many retries a request has left (`policy`) or how long to wait (`route`).
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use serde_json::Value;
+
+/// What kind of failure an attempt met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailureClass {
+    RateLimited,
+    Transient,
+    Timeout,
+    ContextWindow,
+    ContentPolicy,
+    Auth,
+    NotFound,
+    BadRequest,
+    Malformed,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 9] = [
+        FailureClass::RateLimited,
+        FailureClass::Transient,
+        FailureClass::Timeout,
+        FailureClass::ContextWindow,
+        FailureClass::ContentPolicy,
+        FailureClass::Auth,
+        FailureClass::NotFound,
+        FailureClass::BadRequest,
+        FailureClass::Malformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::Transient => "transient",
+            FailureClass::Timeout => "timeout",
+            FailureClass::ContextWindow => "context_window",
+            FailureClass::ContentPolicy => "content_policy",
+            FailureClass::Auth => "auth",
+            FailureClass::NotFound => "not_found",
+            FailureClass::BadRequest => "bad_request",
+            FailureClass::Malformed => "malformed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FailureClass> {
+        FailureClass::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// The decision table of DESIGN.md. `bad_request_falls_back` is the gateway's
+    /// `fallback_on_bad_request`.
+    pub const fn actions(self, bad_request_falls_back: bool) -> Actions {
+        use CoolDown::*;
+        use FallbackRoute::*;
+        let (retry, fallback, cool_down) = match self {
+            FailureClass::RateLimited => (true, Generic, Immediately),
+            FailureClass::Transient => (true, Generic, AfterAllowedFails),
+            FailureClass::Timeout => (true, Generic, AfterAllowedFails),
+            FailureClass::ContextWindow => (false, ContextWindow, Never),
+            FailureClass::ContentPolicy => (false, ContentPolicy, Never),
+            FailureClass::Auth | FailureClass::NotFound => (false, Generic, Immediately),
+            FailureClass::BadRequest => (
+                false,
+                if bad_request_falls_back {
+                    Generic
+                } else {
+                    NoFallback
+                },
+                Never,
+            ),
+            FailureClass::Malformed => (true, Generic, AfterAllowedFails),
+        };
+        Actions {
+            retry,
+            fallback,
+            cool_down,
+        }
+    }
+
+    /// The status a client sees when this is the request's final failure and the upstream
+    /// gave none (a transport error, a timeout, a mock).
+    pub fn default_status(self) -> u16 {
+        match self {
+            FailureClass::RateLimited => 429,
+            FailureClass::Transient | FailureClass::Malformed => 502,
+            FailureClass::Timeout => 504,
+            FailureClass::ContextWindow
+            | FailureClass::ContentPolicy
+            | FailureClass::BadRequest => 400,
+            FailureClass::Auth => 401,
+            FailureClass::NotFound => 404,
+        }
+    }
+
+    /// OpenAI's error `type` for this class.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            FailureClass::RateLimited => "rate_limit_error",
+            FailureClass::Transient | FailureClass::Malformed => "api_error",
+            FailureClass::Timeout => "timeout_error",
+            FailureClass::ContextWindow
+            | FailureClass::ContentPolicy
+            | FailureClass::BadRequest => "invalid_request_error",
+            FailureClass::Auth => "authentication_error",
+            FailureClass::NotFound => "not_found_error",
+        }
+    }
+
+    /// OpenAI's error `code` for this class, where it has one.
+    pub fn error_code(self) -> Option<&'static str> {
+        match self {
+            FailureClass::ContextWindow => Some("context_length_exceeded"),
+            FailureClass::ContentPolicy => Some("content_policy_violation"),
+            FailureClass::RateLimited => Some("rate_limit_exceeded"),
+            FailureClass::Timeout => Some("timeout"),
+            _ => None,
+        }
+    }
+}
+
+/// Which fallback list a failure walks, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackRoute {
+    NoFallback,
+    Generic,
+    /// `context_window_fallbacks` if set (without falling through), else generic.
+    ContextWindow,
+    /// `content_policy_fallbacks` if set (without falling through), else generic.
+    ContentPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoolDown {
+    Never,
+    /// Once the deployment's consecutive failures exceed `allowed_fails`.
+    AfterAllowedFails,
+    /// At once, for Retry-After if given, else `cooldown_time`.
+    Immediately,
+}
+
+/// One row of the decision table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actions {
+    pub retry: bool,
+    pub fallback: FallbackRoute,
+    pub cool_down: CoolDown,
+}
+
+/// Which timeout fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// No response headers in time.
+    FirstByte,
+    /// Headers came, but no first chunk in time.
+    FirstChunk,
+    /// Too long a gap between two chunks.
+    Idle,
+    /// The attempt's whole `timeout`.
+    Attempt,
+}
+
+impl TimeoutKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutKind::FirstByte => "first_byte",
+            TimeoutKind::FirstChunk => "first_chunk",
+            TimeoutKind::Idle => "idle",
+            TimeoutKind::Attempt => "attempt",
+        }
+    }
+}
+
+/// A transport-level failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFault {
+    ConnectRefused,
+    ConnectFailed,
+    /// The connection broke (reset, closed) while the response was in flight.
+    Reset,
+}
+
+/// What the upstream did, as the classifier sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Signal<'a> {
+    /// A non-success HTTP status, before any chunk.
+    Status {
+        status: u16,
+        headers: &'a HeaderMap,
+        body: &'a [u8],
+    },
+    /// A `data: {"error": ...}` event inside a stream, or a 200 JSON body that is an error.
+    ErrorEvent {
+        error: &'a Value,
+    },
+    /// A choice finished with `finish_reason: content_filter`.
+    ContentFiltered,
+    Transport(TransportFault),
+    Timeout(TimeoutKind),
+    /// Unparsable upstream JSON or SSE.
+    Malformed,
+}
+
+/// A classified failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub class: FailureClass,
+    /// The upstream's status, when there was one (for an error event, its numeric code).
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    /// Human-readable detail for logs and the client's error message.
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(class: FailureClass, message: impl Into<String>) -> Failure {
+        Failure {
+            class,
+            status: None,
+            retry_after: None,
+            message: message.into(),
+        }
+    }
+
+    /// Status the client sees if this failure ends the request.
+    pub fn client_status(&self) -> u16 {
+        match self.status {
+            Some(s) if (400..=599).contains(&s) => s,
+            _ => self.class.default_status(),
+        }
+    }
+}
+
+/// Classifies what the upstream did. `now` (wall clock) is only used to turn a Retry-After
+/// HTTP-date into a delay when the response carries no `Date` header.
+pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
+    match signal {
+        Signal::Status {
+            status,
+            headers,
+            body,
+        } => {
+            let parsed: Option<Value> = serde_json::from_slice(body).ok();
+            let err = parsed.as_ref().map(error_object);
+            let hints = err.map(ErrorHints::of).unwrap_or_default();
+            let class = class_of(Some(status), &hints);
+            let retry_after = retry_after(headers, now).or(hints.retry_after);
+            let message = hints.message.clone().unwrap_or_else(|| {
+                let text = String::from_utf8_lossy(&body[..body.len().min(200)])
+                    .trim()
+                    .to_string();
+                if text.is_empty() {
+                    format!("upstream returned HTTP {status}")
+                } else {
+                    text
+                }
+            });
+            Failure {
+                class,
+                status: Some(status),
+                retry_after,
+                message,
+            }
+        }
+        Signal::ErrorEvent { error } => {
+            let hints = ErrorHints::of(error_object(error));
+            let status = hints.numeric_code;
+            let class = match (status, class_of(status, &hints)) {
+                // An error event with no recognisable status or type is the server's fault.
+                (None, FailureClass::BadRequest) => FailureClass::Transient,
+                (_, c) => c,
+            };
+            Failure {
+                class,
+                status,
+                retry_after: hints.retry_after,
+                message: hints
+                    .message
+                    .unwrap_or_else(|| "upstream sent an error event".into()),
+            }
+        }
+        Signal::ContentFiltered => Failure::new(
+            FailureClass::ContentPolicy,
+            "upstream stopped the answer with finish_reason: content_filter",
+        ),
+        Signal::Transport(fault) => Failure::new(
+            FailureClass::Transient,
+            match fault {
+                TransportFault::ConnectRefused => "connection refused by upstream",
+                TransportFault::ConnectFailed => "could not connect to upstream",
+                TransportFault::Reset => "upstream connection broke mid-response",
+            },
+        ),
+        Signal::Timeout(kind) => Failure::new(
+            FailureClass::Timeout,
+            format!("upstream timed out ({} timeout)", kind.as_str()),
+        ),
+        Signal::Malformed => Failure::new(
+            FailureClass::Malformed,
+            "upstream sent a malformed response",
+        ),
+    }
+}
+
+/// The error object inside a body: `{"error": {...}}` (OpenAI, OpenRouter, Anthropic's
+/// `{"type": "error", "error": {...}}`), `[{"error": {...}}]` (Vertex), or the value itself.
+fn error_object(v: &Value) -> &Value {
+    let v = match v {
+        Value::Array(items) if !items.is_empty() => &items[0],
+        other => other,
+    };
+    v.get("error").unwrap_or(v)
+}
+
+/// What an error object says, normalised.
+#[derive(Debug, Default, Clone)]
+struct ErrorHints {
+    /// Lower-cased `type`, `code` (when a string) and `status` values.
+    tags: Vec<String>,
+    numeric_code: Option<u16>,
+    message: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+impl ErrorHints {
+    fn of(err: &Value) -> ErrorHints {
+        let mut hints = ErrorHints::default();
+        for field in ["type", "code", "status"] {
+            match err.get(field) {
+                Some(Value::String(s)) => {
+                    if let Ok(n) = s.parse::<u16>() {
+                        hints.numeric_code.get_or_insert(n);
+                    }
+                    hints.tags.push(s.to_ascii_lowercase());
+                }
+                Some(Value::Number(n)) => {
+                    if let Some(n) = n.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                        hints.numeric_code.get_or_insert(n);
+                    }
+                }
+                _ => {}
+            }
+        }
+        hints.message = err
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        // Switchback's own convention for error events, and Vertex's RetryInfo detail.
+        hints.retry_after = err
+            .get("retry_after")
+            .and_then(Value::as_f64)
+            .and_then(duration_from_secs)
+            .or_else(|| {
+                err.get("details")?.as_array()?.iter().find_map(|d| {
+                    let delay = d.get("retryDelay")?.as_str()?;
+                    duration_from_secs(delay.strip_suffix('s')?.parse().ok()?)
+                })
+            });
+        hints
+    }
+
+    fn has_tag(&self, any: &[&str]) -> bool {
+        self.tags.iter().any(|t| any.contains(&t.as_str()))
+    }
+
+    fn message_mentions(&self, any: &[&str]) -> bool {
+        let Some(m) = &self.message else { return false };
+        let m = m.to_ascii_lowercase();
+        any.iter().any(|p| m.contains(p))
+    }
+}
+
+const RATE_LIMIT_TAGS: &[&str] = &[
+    "rate_limit_error",
+    "rate_limit_exceeded",
+    "insufficient_quota",
+    "resource_exhausted",
+    "quota_exceeded",
+    "too_many_requests",
+];
+const CONTEXT_TAGS: &[&str] = &[
+    "context_length_exceeded",
+    "context_window_exceeded",
+    "string_above_max_length",
+];
+const CONTEXT_PHRASES: &[&str] = &[
+    "context length",
+    "context window",
+    "maximum context",
+    "context_length_exceeded",
+    "too many tokens",
+    "prompt is too long",
+    "input is too long",
+    "exceeds the maximum number of tokens",
+    "reduce the length of the messages",
+];
+const CONTENT_TAGS: &[&str] = &[
+    "content_filter",
+    "content_policy_violation",
+    "safety",
+    "content_filtered",
+];
+const CONTENT_PHRASES: &[&str] = &[
+    "content management policy",
+    "content policy",
+    "content filter",
+    "safety system",
+    "flagged by",
+];
+const OVERLOADED_TAGS: &[&str] = &[
+    "overloaded_error",
+    "unavailable",
+    "internal",
+    "server_error",
+    "api_error",
+];
+
+fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
+    if status == Some(429) || h.has_tag(RATE_LIMIT_TAGS) {
+        return FailureClass::RateLimited;
+    }
+    let client_error = matches!(status, Some(400..=499));
+    if (client_error || status.is_none())
+        && (h.has_tag(CONTEXT_TAGS) || h.message_mentions(CONTEXT_PHRASES))
+    {
+        return FailureClass::ContextWindow;
+    }
+    if (client_error || status.is_none())
+        && (h.has_tag(CONTENT_TAGS) || h.message_mentions(CONTENT_PHRASES))
+    {
+        return FailureClass::ContentPolicy;
+    }
+    match status {
+        Some(401 | 403) => FailureClass::Auth,
+        Some(404) => FailureClass::NotFound,
+        Some(408) => FailureClass::Timeout,
+        Some(500..=599) => FailureClass::Transient,
+        Some(400..=499) => FailureClass::BadRequest,
+        _ if h.has_tag(OVERLOADED_TAGS) => FailureClass::Transient,
+        Some(_) => FailureClass::Transient,
+        None => FailureClass::BadRequest,
+    }
+}
+
+fn duration_from_secs(s: f64) -> Option<Duration> {
+    (s.is_finite() && (0.0..=crate::limits::MAX_SECONDS).contains(&s))
+        .then(|| Duration::from_secs_f64(s))
+}
+
+/// Retry-After from headers: `retry-after-ms` (milliseconds) first, then `retry-after` as
+/// seconds or an HTTP-date. A date is measured against the response's own `Date` header
+/// when present (so the delay does not depend on clock skew), else against `now`.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        return duration_from_secs(ms / 1000.0);
+    }
+    let value = text("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return duration_from_secs(secs);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let reference = text("date")
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .unwrap_or(now);
+    Some(at.duration_since(reference).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn status(code: u16, body: &str) -> Failure {
+        status_h(code, &[], body)
+    }
+
+    fn status_h(code: u16, headers: &[(&'static str, &str)], body: &str) -> Failure {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        classify(
+            Signal::Status {
+                status: code,
+                headers: &h,
+                body: body.as_bytes(),
+            },
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        )
+    }
+
+    #[test]
+    fn decision_table_rows() {
+        use CoolDown::*;
+        use FallbackRoute::*;
+        let row = |c: FailureClass| {
+            let a = c.actions(false);
+            (a.retry, a.fallback, a.cool_down)
+        };
+        assert_eq!(row(FailureClass::RateLimited), (true, Generic, Immediately));
+        assert_eq!(
+            row(FailureClass::Transient),
+            (true, Generic, AfterAllowedFails)
+        );
+        assert_eq!(
+            row(FailureClass::Timeout),
+            (true, Generic, AfterAllowedFails)
+        );
+        assert_eq!(
+            row(FailureClass::ContextWindow),
+            (false, ContextWindow, Never)
+        );
+        assert_eq!(
+            row(FailureClass::ContentPolicy),
+            (false, ContentPolicy, Never)
+        );
+        assert_eq!(row(FailureClass::Auth), (false, Generic, Immediately));
+        assert_eq!(row(FailureClass::NotFound), (false, Generic, Immediately));
+        assert_eq!(row(FailureClass::BadRequest), (false, NoFallback, Never));
+        assert_eq!(FailureClass::BadRequest.actions(true).fallback, Generic);
+        assert_eq!(
+            row(FailureClass::Malformed),
+            (true, Generic, AfterAllowedFails)
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_classes() {
+        for (code, class) in [
+            (429, FailureClass::RateLimited),
+            (500, FailureClass::Transient),
+            (502, FailureClass::Transient),
+            (503, FailureClass::Transient),
+            (504, FailureClass::Transient),
+            (529, FailureClass::Transient),
+            (401, FailureClass::Auth),
+            (403, FailureClass::Auth),
+            (404, FailureClass::NotFound),
+            (408, FailureClass::Timeout),
+            (400, FailureClass::BadRequest),
+            (413, FailureClass::BadRequest),
+            (422, FailureClass::BadRequest),
+        ] {
+            let f = status(code, "");
+            assert_eq!(f.class, class, "HTTP {code}");
+            assert_eq!(f.status, Some(code));
+        }
+    }
+
+    #[test]
+    fn provider_error_shapes() {
+        let openai_ctx = r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+        assert_eq!(status(400, openai_ctx).class, FailureClass::ContextWindow);
+        let anthropic_ctx = r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#;
+        assert_eq!(
+            status(400, anthropic_ctx).class,
+            FailureClass::ContextWindow
+        );
+        let azure_filter = r#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","code":"content_filter"}}"#;
+        assert_eq!(status(400, azure_filter).class, FailureClass::ContentPolicy);
+        let vertex_quota = r#"[{"error":{"code":429,"message":"Resource exhausted.","status":"RESOURCE_EXHAUSTED","details":[{"retryDelay":"7s"}]}}]"#;
+        let f = status(429, vertex_quota);
+        assert_eq!(
+            (f.class, f.retry_after),
+            (FailureClass::RateLimited, Some(Duration::from_secs(7)))
+        );
+        let openai_quota = r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        assert_eq!(
+            status(400, openai_quota).class,
+            FailureClass::RateLimited,
+            "quota errors are rate limits whatever the status"
+        );
+        let anthropic_overloaded =
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(
+            status(529, anthropic_overloaded).class,
+            FailureClass::Transient
+        );
+        let f = status(502, "<html>bad gateway</html>");
+        assert_eq!(f.class, FailureClass::Transient);
+        assert!(f.message.contains("bad gateway"));
+    }
+
+    #[test]
+    fn error_events_mid_stream() {
+        let openrouter = serde_json::json!({"error": {"code": 429, "message": "Rate limit exceeded", "retry_after": 2}});
+        let f = classify(
+            Signal::ErrorEvent { error: &openrouter },
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(
+            (f.class, f.status, f.retry_after),
+            (
+                FailureClass::RateLimited,
+                Some(429),
+                Some(Duration::from_secs(2))
+            )
+        );
+        let vertex =
+            serde_json::json!({"error": {"status": "RESOURCE_EXHAUSTED", "message": "quota"}});
+        assert_eq!(
+            classify(
+                Signal::ErrorEvent { error: &vertex },
+                SystemTime::UNIX_EPOCH
+            )
+            .class,
+            FailureClass::RateLimited
+        );
+        let overloaded = serde_json::json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+        assert_eq!(
+            classify(
+                Signal::ErrorEvent { error: &overloaded },
+                SystemTime::UNIX_EPOCH
+            )
+            .class,
+            FailureClass::Transient
+        );
+        let unknown = serde_json::json!({"error": {"message": "???"}});
+        assert_eq!(
+            classify(
+                Signal::ErrorEvent { error: &unknown },
+                SystemTime::UNIX_EPOCH
+            )
+            .class,
+            FailureClass::Transient
+        );
+        let ctx = serde_json::json!({"error": {"code": "context_length_exceeded", "message": "too long"}});
+        assert_eq!(
+            classify(Signal::ErrorEvent { error: &ctx }, SystemTime::UNIX_EPOCH).class,
+            FailureClass::ContextWindow
+        );
+    }
+
+    #[test]
+    fn other_signals() {
+        let now = SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            classify(Signal::ContentFiltered, now).class,
+            FailureClass::ContentPolicy
+        );
+        assert_eq!(
+            classify(Signal::Transport(TransportFault::Reset), now).class,
+            FailureClass::Transient
+        );
+        assert_eq!(
+            classify(Signal::Timeout(TimeoutKind::Idle), now).class,
+            FailureClass::Timeout
+        );
+        assert_eq!(
+            classify(Signal::Malformed, now).class,
+            FailureClass::Malformed
+        );
+    }
+
+    #[test]
+    fn retry_after_in_all_three_forms() {
+        assert_eq!(
+            status_h(429, &[("retry-after", "3")], "").retry_after,
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            status_h(429, &[("retry-after-ms", "1500")], "").retry_after,
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            status_h(429, &[("retry-after-ms", "250"), ("retry-after", "9")], "").retry_after,
+            Some(Duration::from_millis(250)),
+            "the finer header wins"
+        );
+        // HTTP-date against the response's Date header.
+        let f = status_h(
+            429,
+            &[
+                ("retry-after", "Wed, 21 Oct 2015 07:28:10 GMT"),
+                ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ],
+            "",
+        );
+        assert_eq!(f.retry_after, Some(Duration::from_secs(10)));
+        // HTTP-date against `now` when there is no Date header (now = 1_700_000_000).
+        let f = status_h(429, &[("retry-after", "Tue, 14 Nov 2023 22:13:25 GMT")], "");
+        assert_eq!(f.retry_after, Some(Duration::from_secs(5)));
+        // A date in the past means "now", garbage means "not given".
+        let f = status_h(429, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "");
+        assert_eq!(f.retry_after, Some(Duration::ZERO));
+        assert_eq!(
+            status_h(429, &[("retry-after", "soon")], "").retry_after,
+            None
+        );
+        assert_eq!(
+            status_h(429, &[("retry-after", "-4")], "").retry_after,
+            None
+        );
+    }
+
+    #[test]
+    fn client_status_prefers_the_upstream_status() {
+        assert_eq!(status(503, "").client_status(), 503);
+        assert_eq!(
+            Failure::new(FailureClass::Timeout, "x").client_status(),
+            504
+        );
+    }
+}

@@ -1,0 +1,970 @@
+//! The gateway config file: what a user writes, and the checks that it makes sense.
+//!
+//! Owns: the serde model of `config.yaml` (`model_list`, `router_settings`, `teams`, `keys`,
+//! `limits`) with LiteLLM's field names so a LiteLLM config pastes in, and validation that
+//! points at the offending line. Does not own what the settings *mean* for a request
+//! (`policy`), nor the indexed runtime form (`catalog`).
+//!
+//! Differences from LiteLLM, on purpose:
+//! - unknown fields are errors, not silently ignored;
+//! - a `fallbacks` entry must have exactly one group (LiteLLM takes the first key);
+//! - `keys` and `teams` live in the file, each with its own `router_settings`, and settings
+//!   are resolved field by field (see `policy`);
+//! - `retry_policy` counts for classes that are never retried (bad request, auth, content
+//!   policy, context window) must be 0: a non-zero value would be silently ignored otherwise.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{Limits, MAX_SECONDS};
+use crate::yaml::{self, PathSeg, YamlError};
+
+/// The whole gateway config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default)]
+    pub model_list: Vec<Deployment>,
+    #[serde(default)]
+    pub router_settings: RouterSettings,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<Team>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<Key>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// One upstream deployment serving a model group (`model_name`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    /// The model group clients ask for.
+    pub model_name: String,
+    pub litellm_params: LitellmParams,
+    #[serde(default)]
+    pub model_info: ModelInfo,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LitellmParams {
+    /// Upstream model, optionally with a LiteLLM provider prefix (`openai/gpt-4o`).
+    pub model: String,
+    /// Base URL of the OpenAI-compatible API, e.g. `http://provider-a:8000/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<String>,
+    /// Bearer token sent upstream. `os.environ/NAME` reads the environment at load time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// Whole-attempt timeout for this deployment, seconds (the tighter of this and the
+    /// request's effective `timeout` applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// First-chunk and idle-gap timeout for this deployment, seconds (tighter one applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_timeout: Option<f64>,
+    /// Relative share of traffic inside its group (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Accepted for LiteLLM compatibility; informational only (not enforced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Accepted for LiteLLM compatibility; informational only (not enforced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Priority tier: lower orders are used first; higher ones only when all lower ones are
+    /// cooling down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// Stable deployment id used in traces and headers; defaults to `<group>#<n>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// A team: an allow-list of groups and its own router settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Team {
+    pub team_id: String,
+    /// Groups the team may use; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub router_settings: RouterSettings,
+}
+
+/// A virtual key clients send as `Authorization: Bearer <key>`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Key {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    /// Groups the key may use; empty means all (within its team's list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub router_settings: RouterSettings,
+}
+
+/// Router settings. The same shape is accepted at gateway, team, key and request level;
+/// the fields marked *gateway only* are shared state and are refused anywhere else.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallbacks: Option<Vec<FallbackEntry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window_fallbacks: Option<Vec<FallbackEntry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_policy_fallbacks: Option<Vec<FallbackEntry>>,
+    /// Fallbacks for any group without its own entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_fallbacks: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
+    /// Whole-attempt timeout, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// Time to first chunk and longest gap between chunks, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_timeout: Option<f64>,
+    /// Fallback groups one request may visit (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fallbacks: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid_stream: Option<MidStreamPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_fallbacks: Option<bool>,
+
+    /// *Gateway only.* Seconds a deployment rests after it is cooled down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_time: Option<f64>,
+    /// *Gateway only.* Consecutive transient failures a deployment may have before cooling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_fails: Option<u32>,
+    /// *Gateway only.*
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_strategy: Option<RoutingStrategy>,
+    /// *Gateway only.* Instruction appended after the partial answer when a stream is
+    /// continued on another attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation_prompt: Option<String>,
+    /// *Gateway only.* First retry backoff ceiling, seconds (doubles per retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff_base: Option<f64>,
+    /// *Gateway only.* Largest retry backoff ceiling, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff_max: Option<f64>,
+    /// *Gateway only.* Whether a `bad_request` failure falls back (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_on_bad_request: Option<bool>,
+    /// *Gateway only.* Seed of the gateway's random choices (load balancing, jitter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng_seed: Option<u64>,
+}
+
+impl RouterSettings {
+    /// Names of the gateway-only fields that are set, for the "not allowed here" check.
+    pub fn gateway_only_fields_set(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        let mut check = |present: bool, name: &'static str| {
+            if present {
+                set.push(name);
+            }
+        };
+        check(self.cooldown_time.is_some(), "cooldown_time");
+        check(self.allowed_fails.is_some(), "allowed_fails");
+        check(self.routing_strategy.is_some(), "routing_strategy");
+        check(self.continuation_prompt.is_some(), "continuation_prompt");
+        check(self.retry_backoff_base.is_some(), "retry_backoff_base");
+        check(self.retry_backoff_max.is_some(), "retry_backoff_max");
+        check(
+            self.fallback_on_bad_request.is_some(),
+            "fallback_on_bad_request",
+        );
+        check(self.rng_seed.is_some(), "rng_seed");
+        set
+    }
+}
+
+/// What happens when a stream fails after its first content chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MidStreamPolicy {
+    /// Ask the next attempt to continue the partial answer; the client sees one stream.
+    #[default]
+    Continue,
+    /// End the stream with a typed error event and no `[DONE]`.
+    Error,
+}
+
+impl MidStreamPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MidStreamPolicy::Continue => "continue",
+            MidStreamPolicy::Error => "error",
+        }
+    }
+}
+
+/// Load balancing inside a group. Only LiteLLM's default is implemented; asking for
+/// another one is a load error rather than a silent substitution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoutingStrategy {
+    #[default]
+    #[serde(rename = "simple-shuffle")]
+    SimpleShuffle,
+}
+
+/// Per-failure-class retry counts, LiteLLM's names. Unset classes use `num_retries`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(
+        rename = "RateLimitErrorRetries",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate_limit: Option<u32>,
+    #[serde(
+        rename = "TimeoutErrorRetries",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<u32>,
+    /// Also covers malformed upstream responses.
+    #[serde(
+        rename = "InternalServerErrorRetries",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub internal_server: Option<u32>,
+    #[serde(
+        rename = "BadRequestErrorRetries",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bad_request: Option<u32>,
+    #[serde(
+        rename = "AuthenticationErrorRetries",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub authentication: Option<u32>,
+    #[serde(
+        rename = "ContentPolicyViolationErrorRetries",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub content_policy: Option<u32>,
+    #[serde(
+        rename = "ContextWindowExceededErrorRetries",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub context_window: Option<u32>,
+}
+
+/// One `{group: [fallback, ...]}` entry. Exactly one group per entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackEntry {
+    pub group: String,
+    pub fallbacks: Vec<String>,
+}
+
+impl FallbackEntry {
+    pub fn new(group: impl Into<String>, fallbacks: &[&str]) -> Self {
+        FallbackEntry {
+            group: group.into(),
+            fallbacks: fallbacks.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+impl Serialize for FallbackEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(&self.group, &self.fallbacks)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for FallbackEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = FallbackEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping with one group: `{group: [fallback, ...]}`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FallbackEntry, A::Error> {
+                let Some(group) = map.next_key::<String>()? else {
+                    return Err(de::Error::custom(
+                        "empty fallback entry; write `{group: [fallback, ...]}`",
+                    ));
+                };
+                let fallbacks: Vec<String> = map.next_value()?;
+                if let Some(other) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "a fallback entry names exactly one group, this one names `{group}` and \
+                         `{other}`; split it into one `- {{group: [...]}}` item per group"
+                    )));
+                }
+                Ok(FallbackEntry { group, fallbacks })
+            }
+        }
+        d.deserialize_map(EntryVisitor)
+    }
+}
+
+/// The config could not be loaded: every problem found, each pinned to its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<YamlError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A problem found by [`GatewayConfig::validate`], before it is pinned to a file position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub path: Vec<PathSeg>,
+    pub message: String,
+}
+
+/// A path builder that keeps validation code short.
+#[derive(Clone, Default)]
+pub struct At(pub Vec<PathSeg>);
+
+impl At {
+    pub fn key(&self, k: &str) -> At {
+        let mut p = self.0.clone();
+        p.push(PathSeg::Key(k.to_string()));
+        At(p)
+    }
+    pub fn idx(&self, i: usize) -> At {
+        let mut p = self.0.clone();
+        p.push(PathSeg::Index(i));
+        At(p)
+    }
+}
+
+impl GatewayConfig {
+    /// Parses and validates a config file's text. `file` is used in error messages.
+    pub fn load(file: &str, text: &str) -> Result<GatewayConfig, ConfigError> {
+        let mut config: GatewayConfig =
+            yaml::from_str(file, text).map_err(|e| ConfigError { problems: vec![e] })?;
+        config.resolve_env().map_err(|issue| ConfigError {
+            problems: vec![yaml::error_at(file, text, &issue.path, issue.message)],
+        })?;
+        config.validate().map_err(|issues| ConfigError {
+            problems: issues
+                .into_iter()
+                .map(|i| yaml::error_at(file, text, &i.path, i.message))
+                .collect(),
+        })?;
+        Ok(config)
+    }
+
+    /// Reads a config file from disk.
+    pub fn load_file(path: &std::path::Path) -> Result<GatewayConfig, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![YamlError {
+                file: name.clone(),
+                line: 0,
+                column: 0,
+                path: String::new(),
+                message: format!("cannot read: {e}"),
+                hint: None,
+            }],
+        })?;
+        Self::load(&name, &text)
+    }
+
+    /// Replaces `api_key: os.environ/NAME` with the variable's value (LiteLLM's syntax).
+    fn resolve_env(&mut self) -> Result<(), Issue> {
+        for (i, d) in self.model_list.iter_mut().enumerate() {
+            if let Some(name) = d
+                .litellm_params
+                .api_key
+                .as_deref()
+                .and_then(|k| k.strip_prefix("os.environ/"))
+            {
+                let value = std::env::var(name).map_err(|_| Issue {
+                    path: At::default()
+                        .key("model_list")
+                        .idx(i)
+                        .key("litellm_params")
+                        .key("api_key")
+                        .0,
+                    message: format!("environment variable `{name}` is not set"),
+                })?;
+                d.litellm_params.api_key = Some(value);
+            }
+        }
+        Ok(())
+    }
+
+    /// All the ways the config does not make sense. Empty means valid.
+    pub fn validate(&self) -> Result<(), Vec<Issue>> {
+        let mut issues = Vec::new();
+        let mut push = |at: At, message: String| {
+            issues.push(Issue {
+                path: at.0,
+                message,
+            })
+        };
+        let root = At::default();
+
+        let groups: Vec<&str> = {
+            let mut g: Vec<&str> = self
+                .model_list
+                .iter()
+                .map(|d| d.model_name.as_str())
+                .collect();
+            g.sort_unstable();
+            g.dedup();
+            g
+        };
+        let known = |g: &str| groups.binary_search(&g).is_ok();
+
+        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, d) in self.model_list.iter().enumerate() {
+            let at = root.key("model_list").idx(i);
+            if d.model_name.trim().is_empty() {
+                push(
+                    at.key("model_name"),
+                    "a deployment needs a group: `model_name` is empty".into(),
+                );
+            }
+            if d.model_name == "*" {
+                push(
+                    at.key("model_name"),
+                    "`*` is reserved for default fallbacks and cannot name a group".into(),
+                );
+            }
+            let p = &d.litellm_params;
+            if p.model.trim().is_empty() {
+                push(
+                    at.key("litellm_params").key("model"),
+                    "`model` is empty".into(),
+                );
+            }
+            match p.api_base.as_deref() {
+                None => push(
+                    at.key("litellm_params"),
+                    "`api_base` is required: Switchback only talks to OpenAI-compatible endpoints"
+                        .into(),
+                ),
+                Some(base) => {
+                    if let Err(why) = crate::upstream::Endpoint::parse(base) {
+                        push(at.key("litellm_params").key("api_base"), why);
+                    }
+                }
+            }
+            seconds_ok(
+                &mut push,
+                at.key("litellm_params").key("timeout"),
+                p.timeout,
+                false,
+            );
+            seconds_ok(
+                &mut push,
+                at.key("litellm_params").key("stream_timeout"),
+                p.stream_timeout,
+                false,
+            );
+            if p.weight == Some(0) {
+                push(
+                    at.key("litellm_params").key("weight"),
+                    "`weight` must be at least 1".into(),
+                );
+            }
+            let id = deployment_id(&self.model_list, i);
+            if let Some(first) = ids.insert(id.clone(), i) {
+                push(
+                    at.key("model_info").key("id"),
+                    format!("duplicate deployment id `{id}` (also used by model_list[{first}])"),
+                );
+            }
+        }
+
+        let gateway = root.key("router_settings");
+        self.check_settings(&self.router_settings, &gateway, true, &known, &mut push);
+
+        let mut team_ids = BTreeMap::new();
+        for (i, t) in self.teams.iter().enumerate() {
+            let at = root.key("teams").idx(i);
+            if team_ids.insert(t.team_id.as_str(), i).is_some() {
+                push(
+                    at.key("team_id"),
+                    format!("duplicate team_id `{}`", t.team_id),
+                );
+            }
+            check_groups(&mut push, at.key("models"), &t.models, &known);
+            self.check_settings(
+                &t.router_settings,
+                &at.key("router_settings"),
+                false,
+                &known,
+                &mut push,
+            );
+        }
+
+        let mut key_names = BTreeMap::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            let at = root.key("keys").idx(i);
+            if k.key.is_empty() {
+                push(at.key("key"), "`key` is empty".into());
+            }
+            if key_names.insert(k.key.as_str(), i).is_some() {
+                push(at.key("key"), "duplicate key".into());
+            }
+            if let Some(team) = &k.team_id {
+                if !team_ids.contains_key(team.as_str()) {
+                    push(at.key("team_id"), format!("unknown team `{team}`"));
+                }
+            }
+            check_groups(&mut push, at.key("models"), &k.models, &known);
+            self.check_settings(
+                &k.router_settings,
+                &at.key("router_settings"),
+                false,
+                &known,
+                &mut push,
+            );
+        }
+
+        let l = &self.limits;
+        let lat = root.key("limits");
+        for (name, v) in [
+            ("request_deadline", l.request_deadline),
+            ("max_retry_after", l.max_retry_after),
+            ("header_read_timeout", l.header_read_timeout),
+            ("body_read_timeout", l.body_read_timeout),
+        ] {
+            seconds_ok(&mut push, lat.key(name), Some(v), true);
+        }
+        for (name, v) in [
+            ("max_request_body_bytes", l.max_request_body_bytes),
+            ("max_sse_line_bytes", l.max_sse_line_bytes),
+            ("max_upstream_body_bytes", l.max_upstream_body_bytes),
+            ("max_connections", l.max_connections),
+            ("stream_buffer_frames", l.stream_buffer_frames),
+            ("max_messages", l.max_messages),
+            ("max_attempts", l.max_attempts as usize),
+        ] {
+            if v == 0 {
+                push(lat.key(name), format!("`{name}` must be at least 1"));
+            }
+        }
+
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(issues)
+        }
+    }
+
+    fn check_settings(
+        &self,
+        s: &RouterSettings,
+        at: &At,
+        is_gateway: bool,
+        known: &dyn Fn(&str) -> bool,
+        push: &mut dyn FnMut(At, String),
+    ) {
+        check_settings_fields(s, at, known, &self.limits, push);
+        if !is_gateway {
+            for field in s.gateway_only_fields_set() {
+                push(
+                    at.key(field),
+                    format!(
+                        "`{field}` is gateway-wide state; set it in the top-level router_settings"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The deployment id of `model_list[i]`.
+    pub fn deployment_id(&self, i: usize) -> String {
+        deployment_id(&self.model_list, i)
+    }
+}
+
+/// Checks the per-request-resolvable fields of one settings block. Shared by config
+/// validation and by request admission (request-level overrides).
+pub fn check_settings_fields(
+    s: &RouterSettings,
+    at: &At,
+    known: &dyn Fn(&str) -> bool,
+    limits: &Limits,
+    push: &mut dyn FnMut(At, String),
+) {
+    for (name, list) in [
+        ("fallbacks", &s.fallbacks),
+        ("context_window_fallbacks", &s.context_window_fallbacks),
+        ("content_policy_fallbacks", &s.content_policy_fallbacks),
+    ] {
+        let Some(list) = list else { continue };
+        for (i, entry) in list.iter().enumerate() {
+            let eat = at.key(name).idx(i).key(&entry.group);
+            if entry.group != "*" && !known(&entry.group) && !known(strip_provider(&entry.group)) {
+                push(
+                    eat.clone(),
+                    format!("fallback entry for unknown group `{}`", entry.group),
+                );
+            }
+            for (j, target) in entry.fallbacks.iter().enumerate() {
+                if !known(target) {
+                    push(eat.idx(j), format!("fallback to unknown group `{target}`"));
+                }
+            }
+        }
+    }
+    if let Some(list) = &s.default_fallbacks {
+        for (j, target) in list.iter().enumerate() {
+            if !known(target) {
+                push(
+                    at.key("default_fallbacks").idx(j),
+                    format!("fallback to unknown group `{target}`"),
+                );
+            }
+        }
+    }
+    seconds_ok(push, at.key("timeout"), s.timeout, false);
+    seconds_ok(push, at.key("stream_timeout"), s.stream_timeout, false);
+    seconds_ok(push, at.key("cooldown_time"), s.cooldown_time, true);
+    seconds_ok(
+        push,
+        at.key("retry_backoff_base"),
+        s.retry_backoff_base,
+        true,
+    );
+    seconds_ok(push, at.key("retry_backoff_max"), s.retry_backoff_max, true);
+    if let Some(n) = s.max_fallbacks {
+        if n > limits.max_fallbacks_ceiling {
+            push(
+                at.key("max_fallbacks"),
+                format!(
+                    "{n} is over the limit max_fallbacks_ceiling = {}",
+                    limits.max_fallbacks_ceiling
+                ),
+            );
+        }
+    }
+    let ceiling = limits.max_retries_ceiling;
+    let mut retries = |field: &str, v: Option<u32>| {
+        if let Some(n) = v {
+            if n > ceiling {
+                push(
+                    at.key(field),
+                    format!("{n} is over the limit max_retries_ceiling = {ceiling}"),
+                );
+            }
+        }
+    };
+    retries("num_retries", s.num_retries);
+    if let Some(p) = &s.retry_policy {
+        let pat = at.key("retry_policy");
+        for (field, v) in [
+            ("RateLimitErrorRetries", p.rate_limit),
+            ("TimeoutErrorRetries", p.timeout),
+            ("InternalServerErrorRetries", p.internal_server),
+        ] {
+            if let Some(n) = v {
+                if n > ceiling {
+                    push(
+                        pat.key(field),
+                        format!("{n} is over the limit max_retries_ceiling = {ceiling}"),
+                    );
+                }
+            }
+        }
+        for (field, v) in [
+            ("BadRequestErrorRetries", p.bad_request),
+            ("AuthenticationErrorRetries", p.authentication),
+            ("ContentPolicyViolationErrorRetries", p.content_policy),
+            ("ContextWindowExceededErrorRetries", p.context_window),
+        ] {
+            if v.is_some_and(|n| n > 0) {
+                push(
+                    pat.key(field),
+                    "must be 0: Switchback never retries this class in the same group (it falls back or fails)".to_string(),
+                );
+            }
+        }
+    }
+}
+
+fn check_groups(
+    push: &mut dyn FnMut(At, String),
+    at: At,
+    groups: &[String],
+    known: &dyn Fn(&str) -> bool,
+) {
+    for (j, g) in groups.iter().enumerate() {
+        if g != "*" && !known(g) {
+            push(at.idx(j), format!("unknown group `{g}`"));
+        }
+    }
+}
+
+fn seconds_ok(push: &mut dyn FnMut(At, String), at: At, v: Option<f64>, zero_ok: bool) {
+    let Some(v) = v else { return };
+    let low_ok = if zero_ok { v >= 0.0 } else { v > 0.0 };
+    if !v.is_finite() || !low_ok || v > MAX_SECONDS {
+        let low = if zero_ok { "0" } else { "more than 0" };
+        push(
+            at,
+            format!("{v} seconds is out of range ({low} to {MAX_SECONDS})"),
+        );
+    }
+}
+
+fn deployment_id(list: &[Deployment], i: usize) -> String {
+    let d = &list[i];
+    if let Some(id) = &d.model_info.id {
+        return id.clone();
+    }
+    let n = list[..i]
+        .iter()
+        .filter(|o| o.model_name == d.model_name)
+        .count()
+        + 1;
+    format!("{}#{n}", d.model_name)
+}
+
+/// LiteLLM provider prefixes: `openai/gpt-4o` names model `gpt-4o` at an OpenAI-compatible
+/// endpoint. Only these are stripped; `google/gemini` (an OpenRouter model id) is kept.
+pub const PROVIDER_PREFIXES: &[&str] = &[
+    "openai",
+    "azure",
+    "azure_ai",
+    "vertex_ai",
+    "gemini",
+    "anthropic",
+    "openrouter",
+    "deepinfra",
+    "together_ai",
+    "groq",
+    "mistral",
+    "bedrock",
+    "hosted_vllm",
+    "fireworks_ai",
+    "cohere",
+    "deepseek",
+    "xai",
+    "perplexity",
+    "ollama",
+    "custom_openai",
+];
+
+/// `vertex_ai/gemini-2.5-flash` → `gemini-2.5-flash`; names without a known prefix unchanged.
+pub fn strip_provider(name: &str) -> &str {
+    match name.split_once('/') {
+        Some((prefix, rest)) if PROVIDER_PREFIXES.contains(&prefix) => rest,
+        _ => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: http://provider-a:8000/v1
+  - model_name: claude
+    litellm_params:
+      model: openai/claude
+      api_base: http://provider-b:8000/v1
+    model_info:
+      id: claude-b
+router_settings:
+  num_retries: 1
+  fallbacks:
+    - gpt-4o: [claude]
+teams:
+  - team_id: chatbot
+    models: [gpt-4o, claude]
+keys:
+  - key: sk-1
+    team_id: chatbot
+    router_settings:
+      fallbacks:
+        - gpt-4o: [claude]
+"#;
+
+    #[test]
+    fn loads_a_litellm_style_config() {
+        let c = GatewayConfig::load("g.yaml", GOOD).unwrap();
+        assert_eq!(c.model_list.len(), 2);
+        assert_eq!(c.deployment_id(0), "gpt-4o#1");
+        assert_eq!(c.deployment_id(1), "claude-b");
+        assert_eq!(
+            c.keys[0].router_settings.fallbacks.as_ref().unwrap()[0],
+            FallbackEntry::new("gpt-4o", &["claude"])
+        );
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        GatewayConfig::load("g.yaml", text)
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn unknown_fallback_group_is_pinned_to_its_line() {
+        let text = GOOD.replace(
+            "      fallbacks:\n        - gpt-4o: [claude]",
+            "      fallbacks:\n        - gpt-4o: [clade]",
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("keys[0].router_settings.fallbacks[0].gpt-4o[0]"),
+            "{p:?}"
+        );
+        assert!(p[0].contains("unknown group `clade`"), "{p:?}");
+        assert!(p[0].starts_with("g.yaml:25:20:"), "{p:?}");
+    }
+
+    #[test]
+    fn entry_with_two_groups_is_refused_where_it_is() {
+        let text = GOOD.replace(
+            "    - gpt-4o: [claude]\nteams",
+            "    - {gpt-4o: [claude], claude: [gpt-4o]}\nteams",
+        );
+        let p = problems(&text);
+        assert!(p[0].contains("exactly one group"), "{p:?}");
+        assert!(p[0].contains("router_settings.fallbacks"), "{p:?}");
+    }
+
+    #[test]
+    fn deployment_without_group_and_duplicate_ids() {
+        let text = r#"
+model_list:
+  - model_name: ""
+    litellm_params: {model: a, api_base: "http://h/v1"}
+  - model_name: b
+    litellm_params: {model: b, api_base: "http://h/v1"}
+    model_info: {id: x}
+  - model_name: c
+    litellm_params: {model: c, api_base: "http://h/v1"}
+    model_info: {id: x}
+"#;
+        let p = problems(text);
+        assert!(p.iter().any(|m| m.contains("needs a group")), "{p:?}");
+        assert!(
+            p.iter().any(|m| m.contains("duplicate deployment id `x`")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn missing_model_name_is_a_load_error() {
+        let p =
+            problems("model_list:\n  - litellm_params: {model: a, api_base: \"http://h/v1\"}\n");
+        assert!(p[0].contains("model_name"), "{p:?}");
+    }
+
+    #[test]
+    fn gateway_only_settings_are_refused_on_keys() {
+        let text = GOOD.replace(
+            "    router_settings:\n      fallbacks:",
+            "    router_settings:\n      cooldown_time: 5\n      fallbacks:",
+        );
+        let p = problems(&text);
+        assert!(
+            p[0].contains("cooldown_time") && p[0].contains("gateway-wide"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn typo_suggests_the_field() {
+        let text = GOOD.replace("num_retries: 1", "num_retires: 1");
+        let p = problems(&text);
+        assert!(p[0].contains("did you mean `num_retries`"), "{p:?}");
+    }
+
+    #[test]
+    fn nonzero_retries_for_never_retried_class_is_refused() {
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "retry_policy: {BadRequestErrorRetries: 2}",
+        );
+        let p = problems(&text);
+        assert!(p[0].contains("must be 0"), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_team_and_unsupported_strategy() {
+        let text = GOOD.replace("team_id: chatbot\n    router", "team_id: nope\n    router");
+        assert!(problems(&text)[0].contains("unknown team `nope`"));
+        let text = GOOD.replace("num_retries: 1", "routing_strategy: least-busy");
+        assert!(problems(&text)[0].contains("simple-shuffle"));
+    }
+
+    #[test]
+    fn bad_seconds_and_limits() {
+        let text = GOOD.replace("num_retries: 1", "timeout: -3");
+        assert!(problems(&text)[0].contains("out of range"));
+        let text = format!("{GOOD}limits:\n  max_attempts: 0\n");
+        assert!(problems(&text)[0].contains("max_attempts"));
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let c = GatewayConfig::load("g.yaml", GOOD).unwrap();
+        let text = serde_saphyr::to_string(&c).unwrap();
+        assert_eq!(GatewayConfig::load("again.yaml", &text).unwrap(), c);
+    }
+
+    #[test]
+    fn provider_prefix_stripping() {
+        assert_eq!(
+            strip_provider("vertex_ai/gemini-2.5-flash"),
+            "gemini-2.5-flash"
+        );
+        assert_eq!(strip_provider("openrouter/google/gemini"), "google/gemini");
+        assert_eq!(strip_provider("google/gemini"), "google/gemini");
+        assert_eq!(strip_provider("plain"), "plain");
+    }
+}

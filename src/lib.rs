@@ -1,0 +1,34 @@
+//! Switchback: a routing engine for OpenAI-compatible LLM traffic whose streaming and
+//! non-streaming paths cannot diverge.
+//!
+//! # Layout
+//!
+//! A request flows top to bottom through these modules; each owns one concept.
+//!
+//! * [`config`]: the gateway config file (LiteLLM field names) and its validation.
+//! * [`catalog`]: the validated, indexed config the engine reads at run time.
+//! * [`policy`]: the effective settings of one request: request > key > team > gateway >
+//!   default, field by field, resolved exactly once.
+//! * [`plan`]: the immutable fallback plan and its depth-first walk.
+//! * [`classify`]: upstream failure → [`classify::FailureClass`], and the decision table.
+//! * [`route`]: deployment choice, cooldowns, retry backoff.
+//! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser.
+//! * [`trace`]: typed events and the [`trace::Observer`] seam.
+//! * [`limits`]: every named bound and its default.
+//! * [`yaml`]: YAML loading with errors that name file, line, column and field.
+//!
+//! The decision modules (`policy`, `plan`, `classify`, `route`) are pure: plain data in,
+//! decision out, with time and randomness passed in. None of them knows whether the request
+//! streams; that is what makes the two modes take the same decisions.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod classify;
+pub mod config;
+pub mod limits;
+pub mod plan;
+pub mod policy;
+pub mod route;
+pub mod trace;
+pub mod upstream;
+pub mod yaml;

@@ -1,0 +1,442 @@
+//! The immutable fallback plan of one request, and the walk over it.
+//!
+//! Owns: which group comes next after a group fails. The walk is depth-first (a fallback's
+//! own fallbacks come before the next sibling), never visits a group twice, stops after
+//! `max_fallbacks` fallback groups, picks the list by failure class (context-window and
+//! content-policy lists do not fall through to the generic list), and skips groups the
+//! key may not use, reporting each skip.
+//!
+//! Does not own retries inside a group (`attempt`, `route`) nor the settings themselves
+//! (`policy`). The plan is built once from [`EffectiveSettings`]; both modes walk it.
+
+use std::sync::Arc;
+
+use crate::catalog::GroupId;
+use crate::classify::FallbackRoute;
+use crate::policy::{EffectiveSettings, FallbackTable, Level};
+
+/// Which list a fallback link came from (for traces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Fallbacks,
+    ContextWindow,
+    ContentPolicy,
+    Default,
+}
+
+impl ListKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListKind::Fallbacks => "fallbacks",
+            ListKind::ContextWindow => "context_window_fallbacks",
+            ListKind::ContentPolicy => "content_policy_fallbacks",
+            ListKind::Default => "default_fallbacks",
+        }
+    }
+}
+
+/// Why a link was not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The key (or its team) may not use the target group.
+    NotAllowed,
+    /// The target was already tried in this request.
+    AlreadyVisited,
+    /// `max_fallbacks` groups have already been visited.
+    MaxFallbacks,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::NotAllowed => "not_allowed",
+            SkipReason::AlreadyVisited => "already_visited",
+            SkipReason::MaxFallbacks => "max_fallbacks",
+        }
+    }
+}
+
+/// A link from a failed group to a fallback group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub from: GroupId,
+    pub to: GroupId,
+    pub list: ListKind,
+}
+
+/// The frozen plan: primary group, settings, and what the key may use.
+#[derive(Debug, Clone)]
+pub struct FallbackPlan {
+    pub primary: GroupId,
+    pub settings: Arc<EffectiveSettings>,
+    allowed: Arc<[bool]>,
+}
+
+impl FallbackPlan {
+    pub fn new(
+        primary: GroupId,
+        settings: Arc<EffectiveSettings>,
+        allowed: Arc<[bool]>,
+    ) -> FallbackPlan {
+        assert!(
+            allowed.get(primary.0 as usize).copied().unwrap_or(false),
+            "admission must refuse a primary group the key may not use"
+        );
+        FallbackPlan {
+            primary,
+            settings,
+            allowed,
+        }
+    }
+
+    pub fn allows(&self, group: GroupId) -> bool {
+        self.allowed.get(group.0 as usize).copied().unwrap_or(false)
+    }
+
+    /// The fallback list for `group` after a failure routed `route`, and which setting it
+    /// came from. Empty when fallbacks are disabled or nothing applies.
+    pub fn list_for(&self, group: GroupId, route: FallbackRoute) -> (&[GroupId], ListKind) {
+        let s = &self.settings;
+        if s.disable_fallbacks.value {
+            return (&[], ListKind::Fallbacks);
+        }
+        let specific = match route {
+            FallbackRoute::NoFallback => return (&[], ListKind::Fallbacks),
+            FallbackRoute::Generic => None,
+            FallbackRoute::ContextWindow => {
+                Some((&s.context_window_fallbacks.value, ListKind::ContextWindow))
+            }
+            FallbackRoute::ContentPolicy => {
+                Some((&s.content_policy_fallbacks.value, ListKind::ContentPolicy))
+            }
+        };
+        if let Some((Some(table), kind)) = specific {
+            // The specific setting exists: it alone decides, even if it has no entry here.
+            return (table.lookup(group).unwrap_or(&[]), kind);
+        }
+        if let Some(list) = s
+            .fallbacks
+            .value
+            .as_deref()
+            .and_then(|t: &FallbackTable| t.lookup(group))
+        {
+            return (list, ListKind::Fallbacks);
+        }
+        match &s.default_fallbacks.value {
+            Some(list) => (list, ListKind::Default),
+            None => (&[], ListKind::Fallbacks),
+        }
+    }
+
+    /// Level that supplied the generic `fallbacks` (for traces and error messages).
+    pub fn fallbacks_from(&self) -> Level {
+        self.settings.fallbacks.from
+    }
+
+    /// Starts a walk. The primary group counts as visited.
+    pub fn walk(&self) -> PlanWalk<'_> {
+        PlanWalk {
+            plan: self,
+            stack: Vec::new(),
+            visited: vec![self.primary],
+            fallbacks_taken: 0,
+        }
+    }
+
+    /// The order groups would be tried in if every group failed with a generic failure.
+    pub fn generic_chain(&self) -> Vec<GroupId> {
+        let mut walk = self.walk();
+        let mut chain = vec![self.primary];
+        walk.group_failed(self.primary, FallbackRoute::Generic);
+        while let Some(link) = walk.next(&mut |_, _| {}) {
+            chain.push(link.to);
+            walk.group_failed(link.to, FallbackRoute::Generic);
+        }
+        chain
+    }
+}
+
+struct Frame<'p> {
+    from: GroupId,
+    list: &'p [GroupId],
+    kind: ListKind,
+    pos: usize,
+}
+
+/// The mutable state of walking a plan: a depth-first stack of lists.
+pub struct PlanWalk<'p> {
+    plan: &'p FallbackPlan,
+    stack: Vec<Frame<'p>>,
+    visited: Vec<GroupId>,
+    fallbacks_taken: u32,
+}
+
+impl<'p> PlanWalk<'p> {
+    /// Records that `group` has failed for good (retries exhausted or not allowed) with a
+    /// failure routed `route`; its fallbacks are tried next, before any sibling's.
+    pub fn group_failed(&mut self, group: GroupId, route: FallbackRoute) {
+        let (list, kind) = self.plan.list_for(group, route);
+        if !list.is_empty() {
+            self.stack.push(Frame {
+                from: group,
+                list,
+                kind,
+                pos: 0,
+            });
+        }
+    }
+
+    /// The next group to fall back to, reporting every link it skips to `skipped`.
+    pub fn next(&mut self, skipped: &mut dyn FnMut(Link, SkipReason)) -> Option<Link> {
+        while let Some(frame) = self.stack.last_mut() {
+            let Some(&to) = frame.list.get(frame.pos) else {
+                self.stack.pop();
+                continue;
+            };
+            frame.pos += 1;
+            let link = Link {
+                from: frame.from,
+                to,
+                list: frame.kind,
+            };
+            if self.visited.contains(&to) {
+                skipped(link, SkipReason::AlreadyVisited);
+                continue;
+            }
+            if !self.plan.allows(to) {
+                skipped(link, SkipReason::NotAllowed);
+                continue;
+            }
+            if self.fallbacks_taken >= self.plan.settings.max_fallbacks.value {
+                skipped(link, SkipReason::MaxFallbacks);
+                self.stack.clear();
+                return None;
+            }
+            self.visited.push(to);
+            self.fallbacks_taken += 1;
+            return Some(link);
+        }
+        None
+    }
+
+    pub fn fallbacks_taken(&self) -> u32 {
+        self.fallbacks_taken
+    }
+
+    pub fn visited(&self) -> &[GroupId] {
+        &self.visited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::config::{FallbackEntry, GatewayConfig, RouterSettings};
+    use crate::policy::{Levels, Overrides};
+
+    fn catalog(groups: &[&str]) -> Catalog {
+        let mut yaml = String::from("model_list:\n");
+        for g in groups {
+            yaml.push_str(&format!("  - {{model_name: {g}, litellm_params: {{model: {g}, api_base: \"http://p/v1\"}}}}\n"));
+        }
+        Catalog::new(&GatewayConfig::load("t.yaml", &yaml).unwrap()).unwrap()
+    }
+
+    fn plan_with(
+        c: &Catalog,
+        primary: &str,
+        s: RouterSettings,
+        allowed: Option<&[&str]>,
+    ) -> FallbackPlan {
+        let request: Overrides = c.overrides(&s).unwrap();
+        let settings = Levels {
+            request: Some(&request),
+            key: None,
+            team: None,
+            gateway: &c.gateway,
+        }
+        .resolve();
+        let allowed: Arc<[bool]> = match allowed {
+            None => c.all_allowed(),
+            Some(list) => c
+                .groups
+                .iter()
+                .map(|g| list.contains(&g.name.as_str()))
+                .collect(),
+        };
+        FallbackPlan::new(c.group_id(primary).unwrap(), Arc::new(settings), allowed)
+    }
+
+    fn names(c: &Catalog, ids: &[GroupId]) -> Vec<String> {
+        ids.iter().map(|g| c.group(*g).name.clone()).collect()
+    }
+
+    fn entries(pairs: &[(&str, &[&str])]) -> Option<Vec<FallbackEntry>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(g, to)| FallbackEntry::new(*g, to))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn depth_first_with_nested_fallbacks() {
+        let c = catalog(&["a", "b", "c", "d", "e"]);
+        let s = RouterSettings {
+            fallbacks: entries(&[("a", &["b", "c"]), ("b", &["d"]), ("c", &["e"])]),
+            ..Default::default()
+        };
+        let p = plan_with(&c, "a", s, None);
+        assert_eq!(names(&c, &p.generic_chain()), ["a", "b", "d", "c", "e"]);
+    }
+
+    #[test]
+    fn cycles_visit_each_group_once() {
+        let c = catalog(&["a", "b"]);
+        let s = RouterSettings {
+            fallbacks: entries(&[("a", &["b"]), ("b", &["a"])]),
+            ..Default::default()
+        };
+        let p = plan_with(&c, "a", s, None);
+        let mut skipped = Vec::new();
+        let mut walk = p.walk();
+        walk.group_failed(p.primary, FallbackRoute::Generic);
+        let first = walk.next(&mut |l, r| skipped.push((l, r))).unwrap();
+        assert_eq!(c.group(first.to).name, "b");
+        walk.group_failed(first.to, FallbackRoute::Generic);
+        assert_eq!(walk.next(&mut |l, r| skipped.push((l, r))), None);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].1, SkipReason::AlreadyVisited);
+    }
+
+    #[test]
+    fn max_fallbacks_bounds_the_walk() {
+        let c = catalog(&["a", "b", "c", "d"]);
+        let s = RouterSettings {
+            fallbacks: entries(&[("a", &["b", "c", "d"])]),
+            max_fallbacks: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            names(&c, &plan_with(&c, "a", s.clone(), None).generic_chain()),
+            ["a", "b", "c"]
+        );
+        let s = RouterSettings {
+            max_fallbacks: Some(0),
+            ..s
+        };
+        assert_eq!(
+            names(&c, &plan_with(&c, "a", s, None).generic_chain()),
+            ["a"]
+        );
+    }
+
+    #[test]
+    fn context_window_list_does_not_fall_through() {
+        let c = catalog(&["a", "b", "big"]);
+        let s = RouterSettings {
+            fallbacks: entries(&[("a", &["b"])]),
+            context_window_fallbacks: entries(&[("b", &["big"])]),
+            ..Default::default()
+        };
+        let p = plan_with(&c, "a", s, None);
+        let (list, kind) = p.list_for(c.group_id("a").unwrap(), FallbackRoute::ContextWindow);
+        assert!(
+            list.is_empty(),
+            "a has no context-window entry, and the generic list must not be used"
+        );
+        assert_eq!(kind, ListKind::ContextWindow);
+        let (list, _) = p.list_for(c.group_id("b").unwrap(), FallbackRoute::ContextWindow);
+        assert_eq!(names(&c, list), ["big"]);
+        // Without the setting, context-window failures use the generic list.
+        let p = plan_with(
+            &c,
+            "a",
+            RouterSettings {
+                fallbacks: entries(&[("a", &["b"])]),
+                ..Default::default()
+            },
+            None,
+        );
+        let (list, kind) = p.list_for(c.group_id("a").unwrap(), FallbackRoute::ContextWindow);
+        assert_eq!(
+            (names(&c, list), kind),
+            (vec!["b".to_string()], ListKind::Fallbacks)
+        );
+    }
+
+    #[test]
+    fn content_policy_list_is_separate() {
+        let c = catalog(&["a", "b", "safe"]);
+        let s = RouterSettings {
+            fallbacks: entries(&[("a", &["b"])]),
+            content_policy_fallbacks: entries(&[("a", &["safe"])]),
+            ..Default::default()
+        };
+        let p = plan_with(&c, "a", s, None);
+        let (list, kind) = p.list_for(c.group_id("a").unwrap(), FallbackRoute::ContentPolicy);
+        assert_eq!(
+            (names(&c, list), kind),
+            (vec!["safe".to_string()], ListKind::ContentPolicy)
+        );
+    }
+
+    #[test]
+    fn disallowed_groups_are_skipped_and_reported() {
+        let c = catalog(&["a", "b", "c"]);
+        let s = RouterSettings {
+            fallbacks: entries(&[("a", &["b", "c"])]),
+            ..Default::default()
+        };
+        let p = plan_with(&c, "a", s, Some(&["a", "c"]));
+        let mut walk = p.walk();
+        walk.group_failed(p.primary, FallbackRoute::Generic);
+        let mut skipped = Vec::new();
+        let link = walk
+            .next(&mut |l, r| skipped.push((c.group(l.to).name.clone(), r)))
+            .unwrap();
+        assert_eq!(c.group(link.to).name, "c");
+        assert_eq!(skipped, [("b".to_string(), SkipReason::NotAllowed)]);
+    }
+
+    #[test]
+    fn default_fallbacks_and_disable() {
+        let c = catalog(&["a", "b", "c"]);
+        let s = RouterSettings {
+            fallbacks: entries(&[("b", &["c"])]),
+            default_fallbacks: Some(vec!["c".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            names(&c, &plan_with(&c, "a", s.clone(), None).generic_chain()),
+            ["a", "c"]
+        );
+        let s = RouterSettings {
+            disable_fallbacks: Some(true),
+            ..s
+        };
+        assert_eq!(
+            names(&c, &plan_with(&c, "a", s, None).generic_chain()),
+            ["a"]
+        );
+    }
+
+    #[test]
+    fn no_fallback_route_stops() {
+        let c = catalog(&["a", "b"]);
+        let p = plan_with(
+            &c,
+            "a",
+            RouterSettings {
+                fallbacks: entries(&[("a", &["b"])]),
+                ..Default::default()
+            },
+            None,
+        );
+        let mut walk = p.walk();
+        walk.group_failed(p.primary, FallbackRoute::NoFallback);
+        assert_eq!(walk.next(&mut |_, _| {}), None);
+    }
+}

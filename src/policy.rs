@@ -1,0 +1,448 @@
+//! The effective settings of one request, resolved once, at admission.
+//!
+//! Owns: the precedence rule **request > key > team > gateway > built-in default**, applied
+//! *field by field*, and the record of which level supplied each field (so a trace can say
+//! "fallbacks from key"). Does not own how settings are used (`plan`, `attempt`).
+//!
+//! LiteLLM replaces a team's settings with the key's wholesale when a key has any; here a
+//! key that sets only `num_retries` still inherits its team's `fallbacks`. The unit of
+//! override is the field: a key's `fallbacks` list replaces the team's `fallbacks` list as a
+//! whole (entries are not merged across levels).
+//!
+//! Nothing here knows whether the request streams. That is the point: there is one
+//! [`EffectiveSettings`] per request, and both modes consume it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::{Catalog, GroupId};
+use crate::classify::FailureClass;
+use crate::config::{FallbackEntry, MidStreamPolicy, strip_provider};
+
+pub const DEFAULT_NUM_RETRIES: u32 = 2;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_FALLBACKS: u32 = 5;
+
+/// Where a setting came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Default,
+    Gateway,
+    Team,
+    Key,
+    Request,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Default => "default",
+            Level::Gateway => "gateway",
+            Level::Team => "team",
+            Level::Key => "key",
+            Level::Request => "request",
+        }
+    }
+}
+
+/// A fallback list prepared for lookup: for every group, the list that applies to it
+/// (exact entry, else provider-stripped entry, else `*`), resolved once at build time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackTable {
+    by_group: Vec<Option<Arc<[GroupId]>>>,
+}
+
+impl FallbackTable {
+    pub fn build(entries: &[FallbackEntry], catalog: &Catalog) -> Result<FallbackTable, String> {
+        let resolve = |e: &FallbackEntry| -> Result<Arc<[GroupId]>, String> {
+            e.fallbacks
+                .iter()
+                .map(|g| {
+                    catalog
+                        .group_id(g)
+                        .ok_or_else(|| format!("fallback to unknown group `{g}`"))
+                })
+                .collect()
+        };
+        let mut by_group = Vec::with_capacity(catalog.groups.len());
+        for group in &catalog.groups {
+            let name = group.name.as_str();
+            let found = entries
+                .iter()
+                .find(|e| e.group == name)
+                .or_else(|| {
+                    entries.iter().find(|e| {
+                        e.group != "*" && strip_provider(&e.group) == strip_provider(name)
+                    })
+                })
+                .or_else(|| entries.iter().find(|e| e.group == "*"));
+            by_group.push(found.map(resolve).transpose()?);
+        }
+        for e in entries {
+            if e.group != "*"
+                && !catalog
+                    .groups
+                    .iter()
+                    .any(|g| strip_provider(&g.name) == strip_provider(&e.group))
+            {
+                return Err(format!("fallback entry for unknown group `{}`", e.group));
+            }
+        }
+        Ok(FallbackTable { by_group })
+    }
+
+    /// The list for `group`, or `None` if the table has no entry that applies.
+    pub fn lookup(&self, group: GroupId) -> Option<&[GroupId]> {
+        self.by_group
+            .get(group.0 as usize)
+            .and_then(|l| l.as_deref())
+    }
+}
+
+/// One level's settings, prepared. `None` means "this level does not say".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub fallbacks: Option<Arc<FallbackTable>>,
+    pub context_window_fallbacks: Option<Arc<FallbackTable>>,
+    pub content_policy_fallbacks: Option<Arc<FallbackTable>>,
+    pub default_fallbacks: Option<Arc<[GroupId]>>,
+    pub num_retries: Option<u32>,
+    pub rate_limit_retries: Option<u32>,
+    pub timeout_retries: Option<u32>,
+    pub internal_server_retries: Option<u32>,
+    pub timeout: Option<Duration>,
+    pub stream_timeout: Option<Duration>,
+    pub max_fallbacks: Option<u32>,
+    pub mid_stream: Option<MidStreamPolicy>,
+    pub disable_fallbacks: Option<bool>,
+}
+
+/// A resolved value and the level that supplied it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting<T> {
+    pub value: T,
+    pub from: Level,
+}
+
+/// Everything one request's attempts are governed by. Immutable once built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EffectiveSettings {
+    pub fallbacks: Setting<Option<Arc<FallbackTable>>>,
+    pub context_window_fallbacks: Setting<Option<Arc<FallbackTable>>>,
+    pub content_policy_fallbacks: Setting<Option<Arc<FallbackTable>>>,
+    pub default_fallbacks: Setting<Option<Arc<[GroupId]>>>,
+    pub num_retries: Setting<u32>,
+    pub rate_limit_retries: Setting<Option<u32>>,
+    pub timeout_retries: Setting<Option<u32>>,
+    pub internal_server_retries: Setting<Option<u32>>,
+    pub timeout: Setting<Duration>,
+    pub stream_timeout: Setting<Duration>,
+    pub max_fallbacks: Setting<u32>,
+    pub mid_stream: Setting<MidStreamPolicy>,
+    pub disable_fallbacks: Setting<bool>,
+}
+
+/// The levels of one request, highest precedence first.
+pub struct Levels<'a> {
+    pub request: Option<&'a Overrides>,
+    pub key: Option<&'a Overrides>,
+    pub team: Option<&'a Overrides>,
+    pub gateway: &'a Overrides,
+}
+
+impl Levels<'_> {
+    fn pick<T>(&self, field: impl Fn(&Overrides) -> Option<T>, default: T) -> Setting<T> {
+        let ordered = [
+            (self.request, Level::Request),
+            (self.key, Level::Key),
+            (self.team, Level::Team),
+            (Some(self.gateway), Level::Gateway),
+        ];
+        for (overrides, level) in ordered {
+            if let Some(value) = overrides.and_then(&field) {
+                return Setting { value, from: level };
+            }
+        }
+        Setting {
+            value: default,
+            from: Level::Default,
+        }
+    }
+
+    /// Resolves every field. Called exactly once per request.
+    pub fn resolve(&self) -> EffectiveSettings {
+        EffectiveSettings {
+            fallbacks: self.pick(|o| o.fallbacks.clone().map(Some), None),
+            context_window_fallbacks: self
+                .pick(|o| o.context_window_fallbacks.clone().map(Some), None),
+            content_policy_fallbacks: self
+                .pick(|o| o.content_policy_fallbacks.clone().map(Some), None),
+            default_fallbacks: self.pick(|o| o.default_fallbacks.clone().map(Some), None),
+            num_retries: self.pick(|o| o.num_retries, DEFAULT_NUM_RETRIES),
+            rate_limit_retries: self.pick(|o| o.rate_limit_retries.map(Some), None),
+            timeout_retries: self.pick(|o| o.timeout_retries.map(Some), None),
+            internal_server_retries: self.pick(|o| o.internal_server_retries.map(Some), None),
+            timeout: self.pick(|o| o.timeout, DEFAULT_TIMEOUT),
+            stream_timeout: self.pick(|o| o.stream_timeout, DEFAULT_STREAM_TIMEOUT),
+            max_fallbacks: self.pick(|o| o.max_fallbacks, DEFAULT_MAX_FALLBACKS),
+            mid_stream: self.pick(|o| o.mid_stream, MidStreamPolicy::Continue),
+            disable_fallbacks: self.pick(|o| o.disable_fallbacks, false),
+        }
+    }
+}
+
+impl EffectiveSettings {
+    /// Retries allowed in one group for failures of `class`: the class's `retry_policy`
+    /// count if any level sets it, else `num_retries`. Classes that are never retried get 0.
+    pub fn retries_for(&self, class: FailureClass) -> u32 {
+        let specific = match class {
+            FailureClass::RateLimited => self.rate_limit_retries.value,
+            FailureClass::Timeout => self.timeout_retries.value,
+            FailureClass::Transient | FailureClass::Malformed => self.internal_server_retries.value,
+            _ => return 0,
+        };
+        if !class.actions(false).retry {
+            return 0;
+        }
+        specific.unwrap_or(self.num_retries.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{GatewayConfig, RouterSettings};
+
+    fn catalog() -> Catalog {
+        let yaml = r#"
+model_list:
+  - {model_name: a, litellm_params: {model: a, api_base: "http://pa/v1"}}
+  - {model_name: b, litellm_params: {model: b, api_base: "http://pb/v1"}}
+  - {model_name: vertex_ai/c, litellm_params: {model: c, api_base: "http://pc/v1"}}
+"#;
+        Catalog::new(&GatewayConfig::load("t.yaml", yaml).unwrap()).unwrap()
+    }
+
+    fn ov(c: &Catalog, s: RouterSettings) -> Overrides {
+        c.overrides(&s).unwrap()
+    }
+
+    fn fb(group: &str, to: &[&str]) -> Option<Vec<FallbackEntry>> {
+        Some(vec![FallbackEntry::new(group, to)])
+    }
+
+    #[test]
+    fn every_level_wins_over_the_ones_below() {
+        let c = catalog();
+        let gateway = ov(
+            &c,
+            RouterSettings {
+                num_retries: Some(1),
+                ..Default::default()
+            },
+        );
+        let team = ov(
+            &c,
+            RouterSettings {
+                num_retries: Some(2),
+                ..Default::default()
+            },
+        );
+        let key = ov(
+            &c,
+            RouterSettings {
+                num_retries: Some(3),
+                ..Default::default()
+            },
+        );
+        let request = ov(
+            &c,
+            RouterSettings {
+                num_retries: Some(4),
+                ..Default::default()
+            },
+        );
+        let none = Overrides::default();
+        let r = |req, key, team, gw| {
+            Levels {
+                request: req,
+                key,
+                team,
+                gateway: gw,
+            }
+            .resolve()
+            .num_retries
+        };
+        assert_eq!(
+            r(Some(&request), Some(&key), Some(&team), &gateway),
+            Setting {
+                value: 4,
+                from: Level::Request
+            }
+        );
+        assert_eq!(
+            r(None, Some(&key), Some(&team), &gateway),
+            Setting {
+                value: 3,
+                from: Level::Key
+            }
+        );
+        assert_eq!(
+            r(None, None, Some(&team), &gateway),
+            Setting {
+                value: 2,
+                from: Level::Team
+            }
+        );
+        assert_eq!(
+            r(None, None, None, &gateway),
+            Setting {
+                value: 1,
+                from: Level::Gateway
+            }
+        );
+        assert_eq!(
+            r(None, None, None, &none),
+            Setting {
+                value: DEFAULT_NUM_RETRIES,
+                from: Level::Default
+            }
+        );
+    }
+
+    /// The known bug's configuration: fallbacks only on the key, none on the gateway.
+    #[test]
+    fn key_fallbacks_apply_when_gateway_has_none() {
+        let c = catalog();
+        let key = ov(
+            &c,
+            RouterSettings {
+                fallbacks: fb("a", &["b"]),
+                ..Default::default()
+            },
+        );
+        let gateway = Overrides::default();
+        let s = Levels {
+            request: None,
+            key: Some(&key),
+            team: None,
+            gateway: &gateway,
+        }
+        .resolve();
+        assert_eq!(s.fallbacks.from, Level::Key);
+        let a = c.group_id("a").unwrap();
+        assert_eq!(
+            s.fallbacks.value.unwrap().lookup(a),
+            Some(&[c.group_id("b").unwrap()][..])
+        );
+    }
+
+    #[test]
+    fn fields_resolve_independently() {
+        let c = catalog();
+        let team = ov(
+            &c,
+            RouterSettings {
+                fallbacks: fb("a", &["b"]),
+                ..Default::default()
+            },
+        );
+        let key = ov(
+            &c,
+            RouterSettings {
+                num_retries: Some(0),
+                ..Default::default()
+            },
+        );
+        let gateway = ov(
+            &c,
+            RouterSettings {
+                mid_stream: Some(MidStreamPolicy::Error),
+                ..Default::default()
+            },
+        );
+        let s = Levels {
+            request: None,
+            key: Some(&key),
+            team: Some(&team),
+            gateway: &gateway,
+        }
+        .resolve();
+        assert_eq!(
+            s.fallbacks.from,
+            Level::Team,
+            "a key without fallbacks inherits the team's"
+        );
+        assert_eq!(s.num_retries.from, Level::Key);
+        assert_eq!(
+            s.mid_stream,
+            Setting {
+                value: MidStreamPolicy::Error,
+                from: Level::Gateway
+            }
+        );
+        assert_eq!(
+            s.max_fallbacks,
+            Setting {
+                value: DEFAULT_MAX_FALLBACKS,
+                from: Level::Default
+            }
+        );
+    }
+
+    #[test]
+    fn lookup_exact_then_stripped_then_star() {
+        let c = catalog();
+        let entries = vec![
+            FallbackEntry::new("c", &["a"]),
+            FallbackEntry::new("*", &["b"]),
+            FallbackEntry::new("b", &["a"]),
+        ];
+        let t = FallbackTable::build(&entries, &c).unwrap();
+        let id = |n| c.group_id(n).unwrap();
+        assert_eq!(
+            t.lookup(id("vertex_ai/c")),
+            Some(&[id("a")][..]),
+            "stripped prefix matches"
+        );
+        assert_eq!(t.lookup(id("b")), Some(&[id("a")][..]), "exact wins over *");
+        assert_eq!(t.lookup(id("a")), Some(&[id("b")][..]), "* for the rest");
+        let t = FallbackTable::build(&[FallbackEntry::new("b", &["a"])], &c).unwrap();
+        assert_eq!(t.lookup(id("a")), None);
+    }
+
+    #[test]
+    fn retry_policy_beats_num_retries_per_class() {
+        let c = catalog();
+        let gateway = ov(
+            &c,
+            RouterSettings {
+                retry_policy: Some(crate::config::RetryPolicy {
+                    rate_limit: Some(1),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        let key = ov(
+            &c,
+            RouterSettings {
+                num_retries: Some(4),
+                ..Default::default()
+            },
+        );
+        let s = Levels {
+            request: None,
+            key: Some(&key),
+            team: None,
+            gateway: &gateway,
+        }
+        .resolve();
+        assert_eq!(s.retries_for(FailureClass::RateLimited), 1);
+        assert_eq!(s.retries_for(FailureClass::Transient), 4);
+        assert_eq!(s.retries_for(FailureClass::Malformed), 4);
+        assert_eq!(s.retries_for(FailureClass::ContextWindow), 0);
+        assert_eq!(s.retries_for(FailureClass::BadRequest), 0);
+    }
+}

@@ -1,0 +1,246 @@
+//! Choosing where an attempt goes inside a group, and when a retry may happen.
+//!
+//! Owns: the retry decision ([`plan_retry`]): is there budget left, which deployment takes
+//! the retry, how long to wait (backoff, Retry-After, cooldown), and whether that wait still
+//! fits the request deadline. Its parts live in submodules: [`select`] (weighted choice with
+//! `order` tiers, skipping cooled deployments), [`cooldown`] (shared per-deployment health)
+//! and [`backoff`] (exponential backoff with full jitter). All of it is pure: time and
+//! randomness are parameters.
+
+pub mod backoff;
+pub mod cooldown;
+pub mod select;
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use self::cooldown::CooldownBook;
+use self::select::Choice;
+use crate::catalog::{Catalog, DeploymentId, GroupId};
+use crate::classify::Failure;
+
+/// Why a group gets no further retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// The failure class is never retried in the same group (or it was a mock).
+    NotRetryable,
+    /// The group's retries for this class are spent.
+    BudgetSpent,
+    /// Every deployment is cooling for longer than `max_retry_after`.
+    WaitTooLong(Duration),
+    /// The wait would end past the request deadline.
+    PastDeadline,
+}
+
+impl GiveUp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUp::NotRetryable => "not_retryable",
+            GiveUp::BudgetSpent => "budget_spent",
+            GiveUp::WaitTooLong(_) => "wait_too_long",
+            GiveUp::PastDeadline => "past_deadline",
+        }
+    }
+}
+
+/// What to do after a failed attempt, as far as the same group goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryDecision {
+    Retry {
+        deployment: DeploymentId,
+        delay: Duration,
+    },
+    GiveUp(GiveUp),
+}
+
+/// Everything [`plan_retry`] needs to know about the failed attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryContext<'a> {
+    pub group: GroupId,
+    pub failure: &'a Failure,
+    /// Retries this failure's class allows in this group.
+    pub retries_allowed: u32,
+    /// Retries already made in this group.
+    pub retries_used: u32,
+    /// A mocked failure tests the fallback path: it is never retried.
+    pub mocked: bool,
+    /// Deployments already tried in this group, in order.
+    pub tried: &'a [DeploymentId],
+    pub now: Instant,
+    pub deadline: Instant,
+    pub max_wait: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Decides whether and where the group is retried. Another healthy deployment is preferred;
+/// if every deployment is cooling, the retry waits for the first to come back (that is how
+/// a Retry-After is honoured), unless that wait is over `max_wait` or past the deadline.
+pub fn plan_retry(
+    cx: &RetryContext<'_>,
+    catalog: &Catalog,
+    book: &CooldownBook,
+    rng: &mut impl Rng,
+) -> RetryDecision {
+    if cx.mocked || !cx.failure.class.actions(false).retry {
+        return RetryDecision::GiveUp(GiveUp::NotRetryable);
+    }
+    if cx.retries_used >= cx.retries_allowed {
+        return RetryDecision::GiveUp(GiveUp::BudgetSpent);
+    }
+    let jitter = backoff::full_jitter(cx.retries_used, cx.backoff_base, cx.backoff_max, rng);
+    let (deployment, delay) = match select::choose(catalog, cx.group, book, cx.now, cx.tried, rng) {
+        Choice::Now(d) => (d, jitter),
+        Choice::After(d, wait) => {
+            if wait > cx.max_wait {
+                return RetryDecision::GiveUp(GiveUp::WaitTooLong(wait));
+            }
+            (d, wait.max(jitter))
+        }
+    };
+    if cx.now + delay >= cx.deadline {
+        return RetryDecision::GiveUp(GiveUp::PastDeadline);
+    }
+    RetryDecision::Retry { deployment, delay }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::GatewaySettings;
+    use crate::classify::FailureClass;
+    use crate::config::GatewayConfig;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn catalog(n: usize) -> Catalog {
+        let mut yaml = String::from("model_list:\n");
+        for i in 0..n {
+            yaml.push_str(&format!(
+                "  - {{model_name: g, litellm_params: {{model: m, api_base: \"http://p{i}/v1\"}}, model_info: {{id: d{i}}}}}\n"
+            ));
+        }
+        Catalog::new(&GatewayConfig::load("t.yaml", &yaml).unwrap()).unwrap()
+    }
+
+    fn cx<'a>(failure: &'a Failure, tried: &'a [DeploymentId], now: Instant) -> RetryContext<'a> {
+        RetryContext {
+            group: GroupId(0),
+            failure,
+            retries_allowed: 2,
+            retries_used: 0,
+            mocked: false,
+            tried,
+            now,
+            deadline: now + Duration::from_secs(60),
+            max_wait: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+
+    fn settings() -> GatewaySettings {
+        Catalog::new(&GatewayConfig::default()).unwrap().settings
+    }
+
+    #[test]
+    fn budget_and_class_gate_retries() {
+        let c = catalog(1);
+        let book = CooldownBook::new(1);
+        let now = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let f = Failure::new(FailureClass::Transient, "x");
+        let tried = [DeploymentId(0)];
+        let mut ctx = cx(&f, &tried, now);
+        assert!(matches!(
+            plan_retry(&ctx, &c, &book, &mut rng),
+            RetryDecision::Retry { .. }
+        ));
+        ctx.retries_used = 2;
+        assert_eq!(
+            plan_retry(&ctx, &c, &book, &mut rng),
+            RetryDecision::GiveUp(GiveUp::BudgetSpent)
+        );
+        let ctxw = Failure::new(FailureClass::ContextWindow, "x");
+        let ctx = cx(&ctxw, &tried, now);
+        assert_eq!(
+            plan_retry(&ctx, &c, &book, &mut rng),
+            RetryDecision::GiveUp(GiveUp::NotRetryable)
+        );
+        let mut ctx = cx(&f, &tried, now);
+        ctx.mocked = true;
+        assert_eq!(
+            plan_retry(&ctx, &c, &book, &mut rng),
+            RetryDecision::GiveUp(GiveUp::NotRetryable)
+        );
+    }
+
+    #[test]
+    fn retry_prefers_another_healthy_deployment() {
+        let c = catalog(2);
+        let book = CooldownBook::new(2);
+        let now = Instant::now();
+        let f = Failure::new(FailureClass::Transient, "x");
+        for seed in 0..20 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let tried = [DeploymentId(1)];
+            match plan_retry(&cx(&f, &tried, now), &c, &book, &mut rng) {
+                RetryDecision::Retry { deployment, delay } => {
+                    assert_eq!(deployment, DeploymentId(0));
+                    assert!(
+                        delay <= Duration::from_millis(100),
+                        "first retry backoff is at most the base"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_by_waiting_for_the_cooldown() {
+        let c = catalog(1);
+        let mut book = CooldownBook::new(1);
+        let now = Instant::now();
+        let mut f = Failure::new(FailureClass::RateLimited, "x");
+        f.retry_after = Some(Duration::from_secs(3));
+        book.record_failure(DeploymentId(0), &f, now, &settings());
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let tried = [DeploymentId(0)];
+        assert_eq!(
+            plan_retry(&cx(&f, &tried, now), &c, &book, &mut rng),
+            RetryDecision::Retry {
+                deployment: DeploymentId(0),
+                delay: Duration::from_secs(3)
+            }
+        );
+        // Over the cap: give up on the group (fall back) instead of waiting.
+        f.retry_after = Some(Duration::from_secs(30));
+        let mut book = CooldownBook::new(1);
+        book.record_failure(DeploymentId(0), &f, now, &settings());
+        assert_eq!(
+            plan_retry(&cx(&f, &tried, now), &c, &book, &mut rng),
+            RetryDecision::GiveUp(GiveUp::WaitTooLong(Duration::from_secs(30)))
+        );
+    }
+
+    #[test]
+    fn never_past_the_deadline() {
+        let c = catalog(1);
+        let mut book = CooldownBook::new(1);
+        let now = Instant::now();
+        let mut f = Failure::new(FailureClass::RateLimited, "x");
+        f.retry_after = Some(Duration::from_secs(5));
+        book.record_failure(DeploymentId(0), &f, now, &settings());
+        let tried = [DeploymentId(0)];
+        let mut ctx = cx(&f, &tried, now);
+        ctx.deadline = now + Duration::from_secs(4);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        assert_eq!(
+            plan_retry(&ctx, &c, &book, &mut rng),
+            RetryDecision::GiveUp(GiveUp::PastDeadline)
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! Typed events the engine emits, and the observer seam the embedder provides.
+//!
+//! Owns: the [`Event`] vocabulary (one variant per decision the engine takes), the
+//! [`Observer`] trait, and the canonical one-line rendering used by traces and snapshots:
+//! `name field=value ...` with fields in a fixed order and names instead of indices, so a
+//! trace reads without the config at hand and is byte-identical for the same run.
+//! Does not own timestamps' origin (the engine's start) or where lines go (the observer).
+
+use std::fmt::{self, Write as _};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::catalog::{Catalog, DeploymentId, GroupId};
+use crate::classify::{FailureClass, TimeoutKind};
+use crate::config::MidStreamPolicy;
+use crate::plan::{ListKind, SkipReason};
+use crate::policy::Level;
+use crate::route::GiveUp;
+
+/// One decision or observation of the engine, about one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Admitted {
+        key: String,
+        group: GroupId,
+        stream: bool,
+    },
+    PlanResolved {
+        chain: Vec<GroupId>,
+        fallbacks_from: Level,
+        max_fallbacks: u32,
+        mid_stream: MidStreamPolicy,
+    },
+    AttemptStarted {
+        attempt: u32,
+        group: GroupId,
+        deployment: DeploymentId,
+        continuation: bool,
+    },
+    AttemptFailed {
+        attempt: u32,
+        deployment: DeploymentId,
+        class: FailureClass,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        /// Content chunks received from this attempt before it failed.
+        after_chunks: u32,
+        mocked: bool,
+        timeout: Option<TimeoutKind>,
+    },
+    DeploymentCooled {
+        deployment: DeploymentId,
+        duration: Duration,
+        class: FailureClass,
+    },
+    RetryScheduled {
+        group: GroupId,
+        deployment: DeploymentId,
+        delay: Duration,
+    },
+    GroupExhausted {
+        group: GroupId,
+        reason: GiveUp,
+    },
+    LinkSkipped {
+        from: GroupId,
+        to: GroupId,
+        list: ListKind,
+        reason: SkipReason,
+    },
+    FallbackTaken {
+        from: GroupId,
+        to: GroupId,
+        list: ListKind,
+        class: FailureClass,
+    },
+    Committed {
+        attempt: u32,
+        deployment: DeploymentId,
+    },
+    Completed {
+        group: GroupId,
+        deployment: DeploymentId,
+        model: String,
+        retries: u32,
+        fallbacks: u32,
+        chunks: u32,
+    },
+    Failed {
+        status: u16,
+        error_type: &'static str,
+        class: FailureClass,
+        committed: bool,
+    },
+    /// The streaming client went away; the attempt was abandoned.
+    ClientGone,
+    /// A limit stopped the request.
+    LimitHit {
+        limit: &'static str,
+    },
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Admitted { .. } => "admitted",
+            Event::PlanResolved { .. } => "plan_resolved",
+            Event::AttemptStarted { .. } => "attempt_started",
+            Event::AttemptFailed { .. } => "attempt_failed",
+            Event::DeploymentCooled { .. } => "deployment_cooled",
+            Event::RetryScheduled { .. } => "retry_scheduled",
+            Event::GroupExhausted { .. } => "group_exhausted",
+            Event::LinkSkipped { .. } => "link_skipped",
+            Event::FallbackTaken { .. } => "fallback_taken",
+            Event::Committed { .. } => "committed",
+            Event::Completed { .. } => "completed",
+            Event::Failed { .. } => "failed",
+            Event::ClientGone => "client_gone",
+            Event::LimitHit { .. } => "limit_hit",
+        }
+    }
+
+    /// `name field=value ...`, fields in declaration order, names resolved via `catalog`.
+    pub fn render(&self, catalog: &Catalog) -> String {
+        let g = |id: &GroupId| catalog.group(*id).name.as_str();
+        let d = |id: &DeploymentId| catalog.deployment(*id).id.as_str();
+        let mut out = String::from(self.name());
+        let mut f = |k: &str, v: &dyn fmt::Display| {
+            let _ = write!(out, " {k}={v}");
+        };
+        match self {
+            Event::Admitted { key, group, stream } => {
+                f("key", key);
+                f("group", &g(group));
+                f("stream", stream);
+            }
+            Event::PlanResolved {
+                chain,
+                fallbacks_from,
+                max_fallbacks,
+                mid_stream,
+            } => {
+                let names: Vec<&str> = chain.iter().map(g).collect();
+                f("chain", &format_args!("[{}]", names.join(",")));
+                f("fallbacks_from", &fallbacks_from.as_str());
+                f("max_fallbacks", max_fallbacks);
+                f("mid_stream", &mid_stream.as_str());
+            }
+            Event::AttemptStarted {
+                attempt,
+                group,
+                deployment,
+                continuation,
+            } => {
+                f("attempt", attempt);
+                f("group", &g(group));
+                f("deployment", &d(deployment));
+                f("continuation", continuation);
+            }
+            Event::AttemptFailed {
+                attempt,
+                deployment,
+                class,
+                status,
+                retry_after,
+                after_chunks,
+                mocked,
+                timeout,
+            } => {
+                f("attempt", attempt);
+                f("deployment", &d(deployment));
+                f("class", &class.as_str());
+                f("status", &opt(status));
+                f("retry_after_ms", &opt(&retry_after.map(|r| r.as_millis())));
+                f("after_chunks", after_chunks);
+                f("mocked", mocked);
+                f("timeout", &opt(&timeout.map(|t| t.as_str())));
+            }
+            Event::DeploymentCooled {
+                deployment,
+                duration,
+                class,
+            } => {
+                f("deployment", &d(deployment));
+                f("for_ms", &duration.as_millis());
+                f("class", &class.as_str());
+            }
+            Event::RetryScheduled {
+                group,
+                deployment,
+                delay,
+            } => {
+                f("group", &g(group));
+                f("deployment", &d(deployment));
+                f("delay_ms", &delay.as_millis());
+            }
+            Event::GroupExhausted { group, reason } => {
+                f("group", &g(group));
+                f("reason", &reason.as_str());
+            }
+            Event::LinkSkipped {
+                from,
+                to,
+                list,
+                reason,
+            } => {
+                f("from", &g(from));
+                f("to", &g(to));
+                f("list", &list.as_str());
+                f("reason", &reason.as_str());
+            }
+            Event::FallbackTaken {
+                from,
+                to,
+                list,
+                class,
+            } => {
+                f("from", &g(from));
+                f("to", &g(to));
+                f("list", &list.as_str());
+                f("class", &class.as_str());
+            }
+            Event::Committed {
+                attempt,
+                deployment,
+            } => {
+                f("attempt", attempt);
+                f("deployment", &d(deployment));
+            }
+            Event::Completed {
+                group,
+                deployment,
+                model,
+                retries,
+                fallbacks,
+                chunks,
+            } => {
+                f("group", &g(group));
+                f("deployment", &d(deployment));
+                f("model", model);
+                f("retries", retries);
+                f("fallbacks", fallbacks);
+                f("chunks", chunks);
+            }
+            Event::Failed {
+                status,
+                error_type,
+                class,
+                committed,
+            } => {
+                f("status", status);
+                f("type", error_type);
+                f("class", &class.as_str());
+                f("committed", committed);
+            }
+            Event::ClientGone => {}
+            Event::LimitHit { limit } => f("limit", limit),
+        }
+        out
+    }
+}
+
+fn opt<T: fmt::Display>(v: &Option<T>) -> String {
+    match v {
+        Some(v) => v.to_string(),
+        None => "-".to_string(),
+    }
+}
+
+/// An event with its time (since the engine started) and request number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceRecord {
+    pub at: Duration,
+    pub request: u64,
+    pub event: Event,
+}
+
+impl TraceRecord {
+    /// `<ms> req=<n> <event>`: the canonical trace line (the harness prefixes the host).
+    pub fn render(&self, catalog: &Catalog) -> String {
+        format!(
+            "{:>7}ms req={} {}",
+            self.at.as_millis(),
+            self.request,
+            self.event.render(catalog)
+        )
+    }
+}
+
+/// Receives the engine's events. Called inline on the request path: keep it cheap.
+pub trait Observer: Send + Sync + 'static {
+    /// When false, the engine skips building events altogether.
+    fn enabled(&self) -> bool {
+        true
+    }
+    fn record(&self, record: TraceRecord, catalog: &Catalog);
+}
+
+/// Drops everything; the default for production embedders that do not trace.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTrace;
+
+impl Observer for NoTrace {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn record(&self, _: TraceRecord, _: &Catalog) {}
+}
+
+/// Keeps rendered lines in memory, up to a bound (for tests and the harness).
+#[derive(Debug)]
+pub struct TraceLog {
+    lines: Mutex<Vec<String>>,
+    records: Mutex<Vec<TraceRecord>>,
+    max_lines: usize,
+}
+
+/// Default bound of a [`TraceLog`]: enough for any scenario, small enough to never matter.
+pub const MAX_TRACE_LINES: usize = 100_000;
+
+impl Default for TraceLog {
+    fn default() -> Self {
+        TraceLog::new(MAX_TRACE_LINES)
+    }
+}
+
+impl TraceLog {
+    pub fn new(max_lines: usize) -> TraceLog {
+        TraceLog {
+            lines: Mutex::new(Vec::new()),
+            records: Mutex::new(Vec::new()),
+            max_lines,
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("trace lock").clone()
+    }
+
+    pub fn records(&self) -> Vec<TraceRecord> {
+        self.records.lock().expect("trace lock").clone()
+    }
+}
+
+impl Observer for TraceLog {
+    fn record(&self, record: TraceRecord, catalog: &Catalog) {
+        let mut lines = self.lines.lock().expect("trace lock");
+        if lines.len() < self.max_lines {
+            lines.push(record.render(catalog));
+        } else if lines.len() == self.max_lines {
+            lines.push(format!(
+                "... trace truncated at MAX_TRACE_LINES = {}",
+                self.max_lines
+            ));
+        }
+        drop(lines);
+        let mut records = self.records.lock().expect("trace lock");
+        if records.len() < self.max_lines {
+            records.push(record);
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! An incremental Server-Sent Events parser.
+//!
+//! Owns: turning a byte stream, cut anywhere, into events, as the WHATWG rules say: LF, CRLF
+//! or CR line ends (a CRLF split across two reads included), `:` comments, multi-line
+//! `data:`, one optional space after the colon. Every line and every event's data is
+//! bounded by `max_line_bytes`. Does not own what the data means (`client`).
+
+/// One dispatched event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field, if any (OpenAI does not use it; Anthropic-style streams do).
+    pub event: Option<String>,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SseError {
+    #[error("SSE line longer than max_sse_line_bytes = {limit}")]
+    LineTooLong { limit: usize },
+    #[error("SSE data is not valid UTF-8")]
+    NotUtf8,
+}
+
+#[derive(Debug)]
+pub struct SseParser {
+    line: Vec<u8>,
+    data: String,
+    has_data: bool,
+    event: Option<String>,
+    /// The previous read ended on CR: a LF at the start of the next one is the same line end.
+    after_cr: bool,
+    max_line_bytes: usize,
+}
+
+impl SseParser {
+    pub fn new(max_line_bytes: usize) -> SseParser {
+        SseParser {
+            line: Vec::new(),
+            data: String::new(),
+            has_data: false,
+            event: None,
+            after_cr: false,
+            max_line_bytes,
+        }
+    }
+
+    /// Feeds bytes; complete events are appended to `out`.
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.after_cr {
+            self.after_cr = false;
+            if let Some(rest) = bytes.strip_prefix(b"\n") {
+                bytes = rest;
+            }
+        }
+        while let Some(i) = bytes.iter().position(|b| *b == b'\n' || *b == b'\r') {
+            self.extend_line(&bytes[..i])?;
+            let cr = bytes[i] == b'\r';
+            bytes = &bytes[i + 1..];
+            if cr {
+                match bytes.first() {
+                    Some(b'\n') => bytes = &bytes[1..],
+                    None => self.after_cr = true,
+                    Some(_) => {}
+                }
+            }
+            self.end_line(out)?;
+        }
+        self.extend_line(bytes)
+    }
+
+    /// Whether a partial line or an undispatched event is pending (a truncated stream).
+    pub fn has_partial(&self) -> bool {
+        !self.line.is_empty() || self.has_data
+    }
+
+    fn extend_line(&mut self, part: &[u8]) -> Result<(), SseError> {
+        if self.line.len() + part.len() > self.max_line_bytes {
+            return Err(SseError::LineTooLong {
+                limit: self.max_line_bytes,
+            });
+        }
+        self.line.extend_from_slice(part);
+        Ok(())
+    }
+
+    fn end_line(&mut self, out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        let line = std::mem::take(&mut self.line);
+        if line.is_empty() {
+            if self.has_data {
+                out.push(SseEvent {
+                    event: self.event.take(),
+                    data: std::mem::take(&mut self.data),
+                });
+                self.has_data = false;
+            } else {
+                self.event = None;
+            }
+            return Ok(());
+        }
+        if line[0] == b':' {
+            return Ok(());
+        }
+        let (field, value) = match line.iter().position(|b| *b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (&line[..], &b""[..]),
+        };
+        let value = std::str::from_utf8(value).map_err(|_| SseError::NotUtf8)?;
+        match field {
+            b"data" => {
+                if self.data.len() + value.len() + 1 > self.max_line_bytes {
+                    return Err(SseError::LineTooLong {
+                        limit: self.max_line_bytes,
+                    });
+                }
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            b"event" => self.event = Some(value.to_string()),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Result<Vec<SseEvent>, SseError> {
+        let mut p = SseParser::new(1024);
+        let mut out = Vec::new();
+        for c in chunks {
+            p.push(c, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn data(events: &[SseEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.data.as_str()).collect()
+    }
+
+    #[test]
+    fn basic_events_comments_and_done() {
+        let e = parse_all(&[b": keep-alive\n\ndata: {\"a\":1}\n\ndata: [DONE]\n\n"]).unwrap();
+        assert_eq!(data(&e), ["{\"a\":1}", "[DONE]"]);
+    }
+
+    #[test]
+    fn crlf_cr_and_split_frames() {
+        let e = parse_all(&[b"data: one\r", b"\n\r\ndata: two\r\rdata:three\n", b"\n"]).unwrap();
+        assert_eq!(data(&e), ["one", "two", "three"]);
+    }
+
+    #[test]
+    fn multi_line_data_and_event_names() {
+        let e = parse_all(&[b"event: error\ndata: a\ndata: b\n\n"]).unwrap();
+        assert_eq!(
+            e,
+            [SseEvent {
+                event: Some("error".into()),
+                data: "a\nb".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn an_event_without_its_blank_line_is_pending_not_lost() {
+        let mut p = SseParser::new(1024);
+        let mut out = Vec::new();
+        p.push(b"data: partial", &mut out).unwrap();
+        assert!(out.is_empty());
+        assert!(p.has_partial());
+    }
+
+    #[test]
+    fn line_limit_and_utf8() {
+        let mut p = SseParser::new(8);
+        let mut out = Vec::new();
+        assert_eq!(
+            p.push(b"data: 0123456789", &mut out),
+            Err(SseError::LineTooLong { limit: 8 })
+        );
+        let mut p = SseParser::new(64);
+        assert_eq!(
+            p.push(b"data: \xff\xfe\n\n", &mut out),
+            Err(SseError::NotUtf8)
+        );
+    }
+
+    proptest! {
+        /// However the bytes are cut, the same events come out.
+        #[test]
+        fn splitting_never_changes_the_events(cuts in proptest::collection::vec(0usize..200, 0..12), crlf in any::<bool>()) {
+            let nl = if crlf { "\r\n" } else { "\n" };
+            let text = format!("data: alpha{nl}{nl}: c{nl}data: be{nl}data: ta{nl}{nl}data: [DONE]{nl}{nl}");
+            let bytes = text.as_bytes();
+            let whole = parse_all(&[bytes]).unwrap();
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for p in points {
+                pieces.push(&bytes[last..p]);
+                last = p;
+            }
+            pieces.push(&bytes[last..]);
+            prop_assert_eq!(parse_all(&pieces).unwrap(), whole);
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Loading YAML files into typed values with errors a person can act on.
+//!
+//! Owns: turning `serde-saphyr` and `serde_path_to_error` failures into one [`YamlError`]
+//! that names the file, line, column and field path, with a "did you mean" hint for a
+//! misspelt field; and [`locate`], which finds where a path sits in the source so that
+//! checks made *after* deserialising (an unknown group in a fallback list, say) can point
+//! at the same place. Does not own what the files mean: that is `config` (and, in the
+//! harness, the scenario model).
+
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+/// Largest YAML file we agree to parse. Real gateway configs and scenario files are a few
+/// kilobytes; anything near this is a mistake (or an attack) and is refused up front.
+pub const MAX_YAML_BYTES: usize = 4 * 1024 * 1024;
+
+/// A YAML file that could not be loaded: where, which field, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlError {
+    /// The file name as the user gave it (or a label such as `<request>`).
+    pub file: String,
+    /// 1-based line; 0 when the place is unknown.
+    pub line: u64,
+    /// 1-based column; 0 when the place is unknown.
+    pub column: u64,
+    /// Dotted field path, e.g. `router_settings.fallbacks[0]`; empty for the document root.
+    pub path: String,
+    /// What is wrong, without location decoration.
+    pub message: String,
+    /// The nearest valid name when the problem is an unknown field or variant.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for YamlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": field `{}`", self.path)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " (did you mean `{hint}`?)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for YamlError {}
+
+/// One step of a field path: a mapping key or a sequence index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathSeg {
+    Key(String),
+    Index(usize),
+}
+
+/// Renders a path the way [`YamlError::path`] shows it.
+pub fn render_path(path: &[PathSeg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            PathSeg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            PathSeg::Index(i) => {
+                out.push_str(&format!("[{i}]"));
+            }
+        }
+    }
+    out
+}
+
+/// Parses `text` (the contents of `file`) into `T`.
+pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, YamlError> {
+    if text.len() > MAX_YAML_BYTES {
+        return Err(YamlError {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: format!(
+                "file is {} bytes, over the limit MAX_YAML_BYTES = {MAX_YAML_BYTES}",
+                text.len()
+            ),
+            hint: None,
+        });
+    }
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        let message = clean_message(&e.without_snippet().to_string());
+        let hint = suggest(&message);
+        YamlError {
+            file: file.to_string(),
+            line,
+            column,
+            path: if path == "." { String::new() } else { path },
+            message,
+            hint,
+        }
+    })
+}
+
+/// An error found after deserialising, pinned to `path` in `text` when the path exists there.
+pub fn error_at(file: &str, text: &str, path: &[PathSeg], message: impl Into<String>) -> YamlError {
+    let (line, column) = locate(text, path).unwrap_or((0, 0));
+    YamlError {
+        file: file.to_string(),
+        line,
+        column,
+        path: render_path(path),
+        message: message.into(),
+        hint: None,
+    }
+}
+
+/// The serde-saphyr message ends with " at line L, column C"; the location is already
+/// carried separately, so strip it to avoid saying it twice.
+fn clean_message(raw: &str) -> String {
+    let first_line = raw.lines().next().unwrap_or(raw);
+    let trimmed = first_line.trim_start_matches("error: ");
+    let without_prefix = match trimmed.find(": ") {
+        Some(i) if trimmed[..i].starts_with("line ") => &trimmed[i + 2..],
+        _ => trimmed,
+    };
+    match without_prefix.rfind(" at line ") {
+        Some(i) => without_prefix[..i].to_string(),
+        None => without_prefix.to_string(),
+    }
+}
+
+/// For "unknown field `x`, expected one of a, b" (or `unknown variant`), the closest
+/// expected name, if any is close enough to be a plausible typo.
+fn suggest(message: &str) -> Option<String> {
+    let unknown = ["unknown field `", "unknown variant `"]
+        .iter()
+        .find_map(|p| message.find(p).map(|i| i + p.len()))?;
+    let rest = &message[unknown..];
+    let end = rest.find('`')?;
+    let wrong = &rest[..end];
+    let expected = rest[end..]
+        .split_once("expected ")
+        .map(|(_, e)| e)?
+        .trim_start_matches("one of ");
+    expected
+        .split(", ")
+        .map(|c| {
+            c.trim()
+                .trim_matches('`')
+                .trim_start_matches("or ")
+                .trim_matches('`')
+        })
+        .filter(|c| !c.is_empty())
+        .map(|c| (strsim::damerau_levenshtein(wrong, c), c))
+        .filter(|(d, c)| *d <= 3.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.to_string())
+}
+
+/// Where `path` is in `text`: (line, column) of the value (or the closest ancestor present).
+pub fn locate(text: &str, path: &[PathSeg]) -> Option<(u64, u64)> {
+    let root: Spanned<Node> = serde_saphyr::from_str(text).ok()?;
+    let mut here = &root;
+    let mut best = pos(here);
+    for seg in path {
+        let next = match (&here.value, seg) {
+            (Node::Map(entries), PathSeg::Key(k)) => entries
+                .iter()
+                .find(|(key, _)| key.value == *k)
+                .map(|(key, value)| {
+                    // Point at the key: that is the token a person looks for.
+                    best = pos(key);
+                    value
+                }),
+            (Node::Seq(items), PathSeg::Index(i)) => items.get(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => {
+                here = n;
+                if !matches!(seg, PathSeg::Key(_))
+                    || !matches!(n.value, Node::Map(_) | Node::Seq(_))
+                {
+                    best = pos(here).or(best);
+                }
+            }
+            None => break,
+        }
+    }
+    best
+}
+
+fn pos<T>(s: &Spanned<T>) -> Option<(u64, u64)> {
+    let l = s.referenced;
+    (l.line() > 0).then(|| (l.line(), l.column()))
+}
+
+/// A YAML node with the position of every key and value, for [`locate`].
+enum Node {
+    Scalar,
+    Seq(Vec<Spanned<Node>>),
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
+}
+
+impl<'de> de::Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+    fn visit_unit<E>(self) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+    fn visit_none<E>(self) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key::<Spanned<KeyText>>()? {
+            let value = map.next_value()?;
+            let key = Spanned {
+                value: key.value.0,
+                referenced: key.referenced,
+                defined: key.defined,
+            };
+            entries.push((key, value));
+        }
+        Ok(Node::Map(entries))
+    }
+}
+
+/// A mapping key of any scalar type, as text (YAML allows `1: x` or `true: y`).
+struct KeyText(String);
+
+impl<'de> de::Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = KeyText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a scalar key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_unit<E>(self) -> Result<KeyText, E> {
+                Ok(KeyText("null".to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[allow(dead_code)]
+        timeout: Option<u64>,
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        #[allow(dead_code)]
+        inner: Vec<Inner>,
+    }
+
+    #[test]
+    fn typo_names_file_line_column_path_and_suggests() {
+        let e = from_str::<Doc>("cfg.yaml", "inner:\n  - name: x\n    timeot: 5\n").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 5));
+        assert_eq!(e.path, "inner[0].timeot");
+        assert_eq!(e.hint.as_deref(), Some("timeout"));
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("cfg.yaml:3:5: field `inner[0].timeot`: unknown field"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let e = from_str::<Doc>("c.yaml", "inner:\n  - name: x\n    timeout: abc\n").unwrap_err();
+        assert_eq!(e.path, "inner[0].timeout");
+        assert_eq!(e.line, 3);
+        assert!(e.hint.is_none());
+    }
+
+    #[test]
+    fn broken_syntax_is_an_error_not_a_panic() {
+        let e = from_str::<Doc>("c.yaml", "inner: [\n").unwrap_err();
+        assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn oversized_file_is_refused() {
+        let big = "#".repeat(MAX_YAML_BYTES + 1);
+        let e = from_str::<Doc>("c.yaml", &big).unwrap_err();
+        assert!(e.message.contains("MAX_YAML_BYTES"));
+    }
+
+    #[test]
+    fn locate_finds_nested_values() {
+        let text = "a:\n  b:\n    - x\n    - y\n  c: 1\n";
+        let p = |s: &[PathSeg]| locate(text, s);
+        assert_eq!(
+            p(&[PathSeg::Key("a".into()), PathSeg::Key("c".into())]),
+            Some((5, 6))
+        );
+        assert_eq!(
+            p(&[
+                PathSeg::Key("a".into()),
+                PathSeg::Key("b".into()),
+                PathSeg::Index(1)
+            ]),
+            Some((4, 7))
+        );
+        // A missing leaf falls back to the closest ancestor.
+        assert_eq!(
+            p(&[PathSeg::Key("a".into()), PathSeg::Key("zz".into())]),
+            Some((1, 1))
+        );
+    }
+
+    #[test]
+    fn suggestion_needs_to_be_close() {
+        assert_eq!(
+            suggest("unknown field `zzzzzzzz`, expected one of timeout, name"),
+            None
+        );
+        assert_eq!(
+            suggest("unknown variant `contnue`, expected one of `continue`, `error`").as_deref(),
+            Some("continue")
+        );
+    }
+}
