@@ -246,6 +246,11 @@ impl Catalog {
         self.keys.get(secret)
     }
 
+    /// Whether any key is configured; without keys the gateway serves anonymous requests.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
     pub fn team(&self, index: usize) -> &TeamSpec {
         &self.teams[index]
     }

@@ -22,13 +22,20 @@
 //! streams; that is what makes the two modes take the same decisions.
 #![forbid(unsafe_code)]
 
+pub mod attempt;
 pub mod catalog;
 pub mod classify;
 pub mod config;
+pub mod delivery;
+pub mod engine;
+pub mod error;
+pub mod gateway;
 pub mod limits;
 pub mod plan;
 pub mod policy;
+pub mod request;
 pub mod route;
 pub mod trace;
+pub mod transport;
 pub mod upstream;
 pub mod yaml;

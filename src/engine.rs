@@ -1,0 +1,223 @@
+//! The engine: shared state, admission, and the entry to the attempt loop.
+//!
+//! Owns: what lives as long as the gateway (the catalog, the cooldown book, the upstream
+//! client, the observer, the wall clock, the request counter) and admission: authenticating
+//! a key, parsing the body, checking the model, resolving the request's settings **once**
+//! into a [`FallbackPlan`], and emitting the first trace events. Does not own the attempt
+//! loop (`attempt`) nor HTTP serving (`gateway`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::attempt::{self, Delivery, Outcome};
+use crate::catalog::Catalog;
+use crate::config::{At, check_settings_fields};
+use crate::error::ApiError;
+use crate::plan::FallbackPlan;
+use crate::policy::Levels;
+use crate::request::ChatRequest;
+use crate::route::cooldown::CooldownBook;
+use crate::trace::{Event, Observer, TraceRecord};
+use crate::transport::Connector;
+use crate::upstream::client::{ClientLimits, UpstreamClient};
+
+/// Wall-clock time, used only to read Retry-After HTTP-dates that come without a `Date`
+/// header. Monotonic time is always `tokio::time`.
+pub trait WallClock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemWallClock;
+
+impl WallClock for SystemWallClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A request that passed admission, with its frozen plan.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Admission order, from 1: the request's number in traces.
+    pub id: u64,
+    pub key_alias: String,
+    pub request: ChatRequest,
+    pub plan: FallbackPlan,
+    pub admitted_at: Instant,
+}
+
+impl Admitted {
+    /// The `id` of the response and of every chunk.
+    pub fn response_id(&self) -> String {
+        format!("chatcmpl-switchback-{}", self.id)
+    }
+}
+
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    cooldowns: Mutex<CooldownBook>,
+    pub(crate) client: UpstreamClient,
+    observer: Arc<dyn Observer>,
+    wall: Arc<dyn WallClock>,
+    started: Instant,
+    next_request: AtomicU64,
+}
+
+impl Engine {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+    ) -> Engine {
+        let limits = ClientLimits {
+            max_sse_line_bytes: catalog.limits.max_sse_line_bytes,
+            max_body_bytes: catalog.limits.max_upstream_body_bytes,
+        };
+        Engine {
+            cooldowns: Mutex::new(CooldownBook::new(catalog.deployments.len())),
+            client: UpstreamClient::new(connector, limits),
+            catalog,
+            observer,
+            wall,
+            started: Instant::now(),
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub(crate) fn wall_now(&self) -> SystemTime {
+        self.wall.now()
+    }
+
+    pub(crate) fn cooldowns(&self) -> std::sync::MutexGuard<'_, CooldownBook> {
+        self.cooldowns.lock().expect("cooldown lock poisoned")
+    }
+
+    /// Remaining cooldown of every deployment, in catalog order.
+    pub fn cooldown_snapshot(&self) -> Vec<Duration> {
+        self.cooldowns().remaining(Instant::now())
+    }
+
+    pub(crate) fn tracing(&self) -> bool {
+        self.observer.enabled()
+    }
+
+    pub(crate) fn emit(&self, request: u64, event: Event) {
+        if self.observer.enabled() {
+            let record = TraceRecord {
+                at: Instant::now().saturating_duration_since(self.started),
+                request,
+                event,
+            };
+            self.observer.record(record, &self.catalog);
+        }
+    }
+
+    /// Authenticates, parses and plans a request. `bearer` is the token after `Bearer `.
+    pub fn admit(&self, bearer: Option<&str>, body: &[u8]) -> Result<Admitted, ApiError> {
+        let catalog = &*self.catalog;
+        let key = if catalog.has_keys() {
+            let token = bearer.ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing API key: send `Authorization: Bearer <virtual key>`",
+                )
+            })?;
+            Some(
+                catalog
+                    .key(token)
+                    .ok_or_else(|| ApiError::unauthorized("unknown API key"))?,
+            )
+        } else {
+            None
+        };
+        let request = ChatRequest::parse(body, &catalog.limits)
+            .map_err(|e| ApiError::bad_request(e.message).param(e.param))?;
+        let group = catalog.group_id(&request.model).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "model `{}` is not a model group of this gateway",
+                request.model
+            ))
+            .code("model_not_found")
+            .param(Some("model".into()))
+        })?;
+        let allowed = key
+            .map(|k| k.allowed.clone())
+            .unwrap_or_else(|| catalog.all_allowed());
+        if !allowed[group.0 as usize] {
+            return Err(ApiError::forbidden(format!(
+                "this key may not use model `{}`",
+                request.model
+            )));
+        }
+        let mut problem = None;
+        check_settings_fields(
+            &request.settings,
+            &At::default(),
+            &|g| catalog.group_id(g).is_some(),
+            &catalog.limits,
+            &mut |at, message| {
+                problem.get_or_insert((crate::yaml::render_path(&at.0), message));
+            },
+        );
+        if let Some((param, message)) = problem {
+            return Err(ApiError::bad_request(format!("`{param}`: {message}")).param(Some(param)));
+        }
+        let request_overrides = catalog
+            .overrides(&request.settings)
+            .map_err(ApiError::bad_request)?;
+        let team = key.and_then(|k| k.team).map(|t| &catalog.team(t).overrides);
+        let settings = Levels {
+            request: Some(&request_overrides),
+            key: key.map(|k| &k.overrides),
+            team,
+            gateway: &catalog.gateway,
+        }
+        .resolve();
+        let plan = FallbackPlan::new(group, Arc::new(settings), allowed);
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted {
+            id,
+            key_alias: key
+                .map(|k| k.alias.clone())
+                .unwrap_or_else(|| "anonymous".into()),
+            request,
+            plan,
+            admitted_at: Instant::now(),
+        };
+        if self.tracing() {
+            self.emit(
+                id,
+                Event::Admitted {
+                    key: admitted.key_alias.clone(),
+                    group,
+                    stream: admitted.request.stream,
+                },
+            );
+            let s = &admitted.plan.settings;
+            self.emit(
+                id,
+                Event::PlanResolved {
+                    chain: admitted.plan.generic_chain(),
+                    fallbacks_from: s.fallbacks.from,
+                    max_fallbacks: s.max_fallbacks.value,
+                    mid_stream: s.mid_stream.value,
+                },
+            );
+        }
+        Ok(admitted)
+    }
+
+    /// Runs the request's attempts, delivering the answer through `out`.
+    pub async fn execute<D: Delivery>(&self, admitted: &Admitted, out: &mut D) -> Outcome {
+        attempt::run(self, admitted, out).await
+    }
+}

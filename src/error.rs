@@ -1,0 +1,83 @@
+//! The errors a client sees, OpenAI-shaped: `{"error": {"message", "type", "code", "param"}}`.
+//!
+//! Owns: the [`ApiError`] value (status + body) and its constructors for admission failures
+//! and for a request whose every attempt failed. Does not own when they happen.
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::classify::Failure;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub error_type: &'static str,
+    pub code: Option<String>,
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error_type: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            error_type,
+            code: None,
+            param: None,
+        }
+    }
+
+    pub fn code(mut self, code: impl Into<String>) -> ApiError {
+        self.code = Some(code.into());
+        self
+    }
+
+    pub fn param(mut self, param: Option<String>) -> ApiError {
+        self.param = param;
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "invalid_request_error", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(401, "authentication_error", message).code("invalid_api_key")
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(403, "permission_error", message).code("model_not_allowed")
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(404, "not_found_error", message)
+    }
+
+    /// The final failure of a request, with `summary` (what was tried) appended.
+    pub fn from_failure(failure: &Failure, summary: &str) -> ApiError {
+        let mut e = ApiError::new(
+            failure.client_status(),
+            failure.class.error_type(),
+            format!("{} ({summary})", failure.message),
+        );
+        e.code = failure.class.error_code().map(str::to_string);
+        e
+    }
+
+    /// `{"error": {...}}`.
+    pub fn body_json(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "code": self.code,
+                "param": self.param,
+            }
+        })
+    }
+
+    pub fn body(&self) -> Bytes {
+        Bytes::from(self.body_json().to_string())
+    }
+}

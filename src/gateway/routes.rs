@@ -1,0 +1,246 @@
+//! The gateway's routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`.
+//!
+//! Owns: reading the request (body size limit, body read timeout, bearer token), handing it
+//! to the engine, and turning the outcome into a response: one JSON body for `stream:
+//! false`; for `stream: true`, a 200 SSE response at commit, or, if every attempt failed
+//! before commit, the same JSON error a non-streaming client gets.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::attempt::{CommitHead, Outcome};
+use crate::delivery::{
+    AggregateDelivery, HEADER_DEPLOYMENT, HEADER_FALLBACKS, HEADER_GROUP, HEADER_RETRIES,
+    StreamDelivery, StreamStart,
+};
+use crate::engine::{Admitted, Engine};
+use crate::error::ApiError;
+use crate::gateway::body::{self, ResponseBody};
+
+pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let path = req.uri().path().trim_end_matches('/');
+    let route = match path {
+        "/v1/chat/completions" | "/chat/completions" => Route::Chat,
+        "/v1/models" | "/models" => Route::Models,
+        "/health" | "/health/liveliness" | "/health/readiness" => Route::Health,
+        _ => return error(&ApiError::not_found(format!("no route for {path}"))),
+    };
+    let expected = match route {
+        Route::Chat => Method::POST,
+        Route::Models | Route::Health => Method::GET,
+    };
+    if req.method() != expected {
+        return error(&ApiError::new(
+            405,
+            "invalid_request_error",
+            format!("{path} takes {expected}, not {}", req.method()),
+        ));
+    }
+    match route {
+        Route::Health => json_response(StatusCode::OK, &json!({"status": "healthy"})),
+        Route::Models => models(&engine, &req),
+        Route::Chat => chat(engine, req).await,
+    }
+}
+
+enum Route {
+    Chat,
+    Models,
+    Health,
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn models(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
+    let catalog = engine.catalog();
+    let allowed = if catalog.has_keys() {
+        match bearer(req).and_then(|t| catalog.key(t)) {
+            Some(k) => k.allowed.clone(),
+            None => return error(&ApiError::unauthorized("missing or unknown API key")),
+        }
+    } else {
+        catalog.all_allowed()
+    };
+    let data: Vec<_> = catalog
+        .allowed_groups(&allowed)
+        .map(|g| json!({"id": g.name, "object": "model", "created": 0, "owned_by": "switchback"}))
+        .collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let limits = engine.catalog().limits.clone();
+    let max = limits.max_request_body_bytes;
+    let too_large = || {
+        error(
+            &ApiError::new(
+                413,
+                "invalid_request_error",
+                format!("request body over max_request_body_bytes = {max}"),
+            )
+            .code("request_too_large"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large();
+    }
+    let token = bearer(&req).map(str::to_string);
+    let read = tokio::time::timeout(
+        limits.body_read_timeout(),
+        Limited::new(req.into_body(), max).collect(),
+    )
+    .await;
+    let body: Bytes = match read {
+        Err(_) => {
+            return error(&ApiError::new(
+                408,
+                "invalid_request_error",
+                format!(
+                    "request body not received within body_read_timeout = {}s",
+                    limits.body_read_timeout
+                ),
+            ));
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
+            return error(&ApiError::bad_request(format!(
+                "could not read the request body: {e}"
+            )));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let admitted = match engine.admit(token.as_deref(), &body) {
+        Ok(a) => a,
+        Err(e) => return error(&e),
+    };
+    if admitted.request.stream {
+        stream(engine, admitted, limits.stream_buffer_frames).await
+    } else {
+        let mut out = AggregateDelivery::new();
+        let outcome = engine.execute(&admitted, &mut out).await;
+        aggregate_response(&engine, &admitted, &out, &outcome)
+    }
+}
+
+fn aggregate_response(
+    engine: &Engine,
+    admitted: &Admitted,
+    out: &AggregateDelivery,
+    outcome: &Outcome,
+) -> Response<ResponseBody> {
+    let mut response = match &outcome.result {
+        Ok(_) => json_response(StatusCode::OK, &out.response(&admitted.response_id())),
+        Err(unserved) => error(&ApiError::from_failure(
+            &unserved.failure,
+            &unserved.summary,
+        )),
+    };
+    let catalog = engine.catalog();
+    let head = match &outcome.result {
+        Ok(served) => Some(CommitHead {
+            group: catalog.group(served.group).name.clone(),
+            deployment: catalog.deployment(served.deployment).id.clone(),
+            retries: outcome.retries,
+            fallbacks: outcome.fallbacks,
+        }),
+        Err(_) => None,
+    };
+    set_counts(
+        &mut response,
+        outcome.retries,
+        outcome.fallbacks,
+        head.as_ref(),
+    );
+    response
+}
+
+async fn stream(engine: Arc<Engine>, admitted: Admitted, frames: usize) -> Response<ResponseBody> {
+    let (mut delivery, start, body_rx) =
+        StreamDelivery::new(admitted.request.include_usage, frames);
+    let task_engine = engine.clone();
+    let task = tokio::spawn(async move {
+        let outcome = task_engine.execute(&admitted, &mut delivery).await;
+        delivery
+            .finish(&outcome, task_engine.catalog(), &admitted.response_id())
+            .await;
+        outcome
+    });
+    match start.await {
+        Ok(StreamStart::Committed(head)) => {
+            let mut response = Response::new(body::channel(body_rx));
+            let h = response.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            set_counts(&mut response, head.retries, head.fallbacks, Some(&head));
+            response
+        }
+        Ok(StreamStart::Failed(e)) => {
+            let outcome = task.await.ok();
+            let mut response = error(&e);
+            if let Some(o) = outcome {
+                set_counts(&mut response, o.retries, o.fallbacks, None);
+            }
+            response
+        }
+        // The loop ended without a word: only a panic in the engine does that.
+        Err(_) => match task.await {
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            _ => error(&ApiError::new(
+                500,
+                "api_error",
+                "the request ended without a response",
+            )),
+        },
+    }
+}
+
+fn set_counts(
+    response: &mut Response<ResponseBody>,
+    retries: u32,
+    fallbacks: u32,
+    head: Option<&CommitHead>,
+) {
+    let h = response.headers_mut();
+    h.insert(HEADER_RETRIES, HeaderValue::from(retries));
+    h.insert(HEADER_FALLBACKS, HeaderValue::from(fallbacks));
+    if let Some(head) = head {
+        if let Ok(v) = HeaderValue::from_str(&head.group) {
+            h.insert(HEADER_GROUP, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&head.deployment) {
+            h.insert(HEADER_DEPLOYMENT, v);
+        }
+    }
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    let mut response = Response::new(body::full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(e: &ApiError) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    json_response(status, &e.body_json())
+}

@@ -1,0 +1,381 @@
+//! The OpenAI-compatible upstream client: one attempt, as a stream of chunks.
+//!
+//! Owns: `POST {api_base}/chat/completions` over hyper 1.x on an injected [`Connector`], the
+//! four timeouts (first byte, first chunk, idle gap, whole attempt), reading an error body,
+//! reading SSE incrementally (or a whole JSON body from an upstream that ignored `stream`),
+//! and naming what went wrong as an [`UpstreamError`]. One connection per attempt, closed
+//! when the [`UpstreamStream`] is dropped, so an abandoned attempt never leaks a socket.
+//! Does not own what a failure means for routing (`classify`, `attempt`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::time::{Instant, timeout_at};
+
+use crate::classify::{Failure, Signal, TimeoutKind, TransportFault, classify};
+use crate::transport::Connector;
+use crate::upstream::Endpoint;
+use crate::upstream::chunk::{self, Chunk, Payload};
+use crate::upstream::sse::{SseEvent, SseParser};
+
+/// Largest upstream error body read (the rest is ignored): enough for any error message.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Why an attempt failed, as the upstream showed it.
+#[derive(Debug, Clone)]
+pub enum UpstreamError {
+    Status {
+        status: u16,
+        headers: Box<HeaderMap>,
+        body: Bytes,
+    },
+    ErrorEvent(Value),
+    ContentFiltered,
+    Transport(TransportFault, String),
+    Timeout(TimeoutKind),
+    Malformed(String),
+}
+
+impl UpstreamError {
+    /// The failure class and details; `now` is the wall clock, for Retry-After dates.
+    pub fn classify(&self, now: SystemTime) -> Failure {
+        let mut failure = match self {
+            UpstreamError::Status {
+                status,
+                headers,
+                body,
+            } => classify(
+                Signal::Status {
+                    status: *status,
+                    headers,
+                    body,
+                },
+                now,
+            ),
+            UpstreamError::ErrorEvent(v) => classify(Signal::ErrorEvent { error: v }, now),
+            UpstreamError::ContentFiltered => classify(Signal::ContentFiltered, now),
+            UpstreamError::Transport(fault, _) => classify(Signal::Transport(*fault), now),
+            UpstreamError::Timeout(kind) => classify(Signal::Timeout(*kind), now),
+            UpstreamError::Malformed(_) => classify(Signal::Malformed, now),
+        };
+        match self {
+            UpstreamError::Transport(_, detail) | UpstreamError::Malformed(detail) => {
+                failure.message = format!("{}: {detail}", failure.message);
+            }
+            _ => {}
+        }
+        failure
+    }
+
+    pub fn timeout_kind(&self) -> Option<TimeoutKind> {
+        match self {
+            UpstreamError::Timeout(k) => Some(*k),
+            _ => None,
+        }
+    }
+}
+
+/// Bounds of one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptTimeouts {
+    /// Longest wait for response headers, for the first chunk, and between chunks (any
+    /// byte counts as activity, so keep-alive comments keep a thinking model alive).
+    pub stream_timeout: Duration,
+    /// The attempt ends here whatever happens (its `timeout`, capped by the request deadline).
+    pub deadline: Instant,
+}
+
+/// Size bounds of what an upstream may send.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub max_sse_line_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+/// Opens attempts against upstreams through a connector.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    connector: Arc<dyn Connector>,
+    limits: ClientLimits,
+}
+
+/// One upstream call to make.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub endpoint: &'a Endpoint,
+    pub api_key: Option<&'a str>,
+    pub body: &'a Bytes,
+}
+
+impl UpstreamClient {
+    pub fn new(connector: Arc<dyn Connector>, limits: ClientLimits) -> UpstreamClient {
+        UpstreamClient { connector, limits }
+    }
+
+    /// Sends the request and waits for the response head. A non-success status is read
+    /// (bounded) and returned as [`UpstreamError::Status`].
+    pub async fn open(
+        &self,
+        call: Call<'_>,
+        timeouts: AttemptTimeouts,
+    ) -> Result<UpstreamStream, UpstreamError> {
+        let first_byte = Wait::new(Instant::now(), timeouts, TimeoutKind::FirstByte);
+        let (response, conn) = timeout_at(first_byte.at, self.send(call))
+            .await
+            .map_err(|_| UpstreamError::Timeout(first_byte.kind))??;
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"));
+        let mut stream = UpstreamStream {
+            body,
+            parser: SseParser::new(self.limits.max_sse_line_bytes),
+            queue: VecDeque::new(),
+            timeouts,
+            last_activity: Instant::now(),
+            got_chunk: false,
+            saw_finish: false,
+            done: false,
+            _conn: conn,
+        };
+        if !(200..300).contains(&status) {
+            let body = stream.read_all(MAX_ERROR_BODY_BYTES, true).await?;
+            return Err(UpstreamError::Status {
+                status,
+                headers: Box::new(parts.headers),
+                body,
+            });
+        }
+        if json {
+            let body = stream.read_all(self.limits.max_body_bytes, false).await?;
+            let payload = chunk::from_completion(&body).map_err(UpstreamError::Malformed)?;
+            stream.queue_payload(payload)?;
+        }
+        Ok(stream)
+    }
+
+    async fn send(
+        &self,
+        call: Call<'_>,
+    ) -> Result<(http::Response<Incoming>, ConnGuard), UpstreamError> {
+        let endpoint = call.endpoint;
+        if endpoint.tls {
+            return Err(UpstreamError::Transport(
+                TransportFault::ConnectFailed,
+                format!(
+                    "{endpoint}: https upstreams are not supported by this build; use an http api_base"
+                ),
+            ));
+        }
+        let io = self
+            .connector
+            .connect(&endpoint.host, endpoint.port)
+            .await
+            .map_err(|e| {
+                let fault = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    TransportFault::ConnectRefused
+                } else {
+                    TransportFault::ConnectFailed
+                };
+                UpstreamError::Transport(fault, format!("{}: {e}", endpoint.authority()))
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io))
+                .await
+                .map_err(|e| {
+                    UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string())
+                })?;
+        let guard = ConnGuard(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let mut request = Request::post(endpoint.chat_completions_path())
+            .header(header::HOST, endpoint.authority())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "text/event-stream")
+            .body(Full::new(call.body.clone()))
+            .map_err(|e| UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string()))?;
+        if let Some(key) = call.api_key {
+            let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                UpstreamError::Transport(
+                    TransportFault::ConnectFailed,
+                    "api_key is not a valid header value".into(),
+                )
+            })?;
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| UpstreamError::Transport(TransportFault::Reset, e.to_string()))?;
+        Ok((response, guard))
+    }
+}
+
+/// Aborts the connection task when the attempt is dropped, closing the socket.
+struct ConnGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The deadline of one wait and the timeout it reports when it fires.
+struct Wait {
+    at: Instant,
+    kind: TimeoutKind,
+}
+
+impl Wait {
+    fn new(from: Instant, t: AttemptTimeouts, kind: TimeoutKind) -> Wait {
+        let own = from + t.stream_timeout;
+        if own < t.deadline {
+            Wait { at: own, kind }
+        } else {
+            Wait {
+                at: t.deadline,
+                kind: TimeoutKind::Attempt,
+            }
+        }
+    }
+}
+
+/// The body of a successful response, read chunk by chunk.
+pub struct UpstreamStream {
+    body: Incoming,
+    parser: SseParser,
+    queue: VecDeque<Result<Payload, String>>,
+    timeouts: AttemptTimeouts,
+    last_activity: Instant,
+    got_chunk: bool,
+    saw_finish: bool,
+    done: bool,
+    _conn: ConnGuard,
+}
+
+impl UpstreamStream {
+    /// The next chunk, `Ok(None)` at the end (`[DONE]`, or a clean end after a finish
+    /// reason when `[DONE]` is missing), or why the stream failed.
+    pub async fn next(&mut self) -> Result<Option<Chunk>, UpstreamError> {
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                match item.map_err(UpstreamError::Malformed)? {
+                    Payload::Done => {
+                        self.done = true;
+                        self.queue.clear();
+                        return Ok(None);
+                    }
+                    Payload::Error(v) => return Err(UpstreamError::ErrorEvent(v)),
+                    Payload::Chunk(c) => {
+                        if c.finish_reason.as_deref() == Some("content_filter") {
+                            return Err(UpstreamError::ContentFiltered);
+                        }
+                        self.saw_finish |= c.finish_reason.is_some();
+                        self.got_chunk = true;
+                        return Ok(Some(c));
+                    }
+                }
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let kind = if self.got_chunk {
+                TimeoutKind::Idle
+            } else {
+                TimeoutKind::FirstChunk
+            };
+            let wait = Wait::new(self.last_activity, self.timeouts, kind);
+            let frame = timeout_at(wait.at, self.body.frame())
+                .await
+                .map_err(|_| UpstreamError::Timeout(wait.kind))?;
+            match frame {
+                None => {
+                    self.done = true;
+                    if self.saw_finish && !self.parser.has_partial() {
+                        return Ok(None);
+                    }
+                    return Err(UpstreamError::Transport(
+                        TransportFault::Reset,
+                        "stream ended before [DONE]".to_string(),
+                    ));
+                }
+                Some(Err(e)) => {
+                    return Err(UpstreamError::Transport(
+                        TransportFault::Reset,
+                        e.to_string(),
+                    ));
+                }
+                Some(Ok(frame)) => {
+                    self.last_activity = Instant::now();
+                    if let Some(data) = frame.data_ref() {
+                        let mut events: Vec<SseEvent> = Vec::new();
+                        self.parser
+                            .push(data, &mut events)
+                            .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+                        self.queue
+                            .extend(events.into_iter().map(|e| chunk::parse_data(&e.data)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn queue_payload(&mut self, payload: Payload) -> Result<(), UpstreamError> {
+        if let Payload::Error(v) = payload {
+            return Err(UpstreamError::ErrorEvent(v));
+        }
+        self.queue.push_back(Ok(payload));
+        self.queue.push_back(Ok(Payload::Done));
+        Ok(())
+    }
+
+    /// Reads the whole body, up to `max` bytes. With `truncate`, the excess is dropped (an
+    /// error body); without, exceeding `max` is a malformed response.
+    async fn read_all(&mut self, max: usize, truncate: bool) -> Result<Bytes, UpstreamError> {
+        let mut buf = BytesMut::new();
+        loop {
+            let wait = Wait::new(self.last_activity, self.timeouts, TimeoutKind::FirstChunk);
+            let frame = timeout_at(wait.at, self.body.frame())
+                .await
+                .map_err(|_| UpstreamError::Timeout(wait.kind))?;
+            match frame {
+                None => return Ok(buf.freeze()),
+                Some(Err(e)) => {
+                    if truncate {
+                        return Ok(buf.freeze());
+                    }
+                    return Err(UpstreamError::Transport(
+                        TransportFault::Reset,
+                        e.to_string(),
+                    ));
+                }
+                Some(Ok(frame)) => {
+                    self.last_activity = Instant::now();
+                    if let Some(data) = frame.data_ref() {
+                        let room = max.saturating_sub(buf.len());
+                        if data.len() > room {
+                            if truncate {
+                                buf.extend_from_slice(&data[..room]);
+                                return Ok(buf.freeze());
+                            }
+                            return Err(UpstreamError::Malformed(format!(
+                                "response body over max_upstream_body_bytes = {max}"
+                            )));
+                        }
+                        buf.extend_from_slice(data);
+                    }
+                }
+            }
+        }
+    }
+}
