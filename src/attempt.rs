@@ -432,6 +432,7 @@ impl Run<'_> {
             endpoint: &spec.endpoint,
             api_key: spec.api_key.as_deref(),
             body: &body,
+            request_id: self.admitted.id,
         };
         let failed = |engine: &Engine, e: crate::upstream::client::UpstreamError, after_chunks| {
             AttemptError::Failed {

@@ -21,6 +21,7 @@ pub const HEADER_RETRIES: &str = "x-switchback-attempted-retries";
 pub const HEADER_FALLBACKS: &str = "x-switchback-attempted-fallbacks";
 pub const HEADER_GROUP: &str = "x-switchback-model-group";
 pub const HEADER_DEPLOYMENT: &str = "x-switchback-deployment";
+pub const HEADER_REQUEST_ID: &str = "x-switchback-request-id";
 
 /// What the HTTP handler of a streaming request waits for.
 #[derive(Debug)]

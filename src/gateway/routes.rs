@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::attempt::{CommitHead, Outcome};
 use crate::delivery::{
-    AggregateDelivery, HEADER_DEPLOYMENT, HEADER_FALLBACKS, HEADER_GROUP, HEADER_RETRIES,
+    AggregateDelivery, HEADER_DEPLOYMENT, HEADER_FALLBACKS, HEADER_GROUP, HEADER_REQUEST_ID, HEADER_RETRIES,
     StreamDelivery, StreamStart,
 };
 use crate::engine::{Admitted, Engine};
@@ -165,10 +165,12 @@ fn aggregate_response(
         outcome.fallbacks,
         head.as_ref(),
     );
+    set_request_id(&mut response, admitted.id);
     response
 }
 
 async fn stream(engine: Arc<Engine>, admitted: Admitted, frames: usize) -> Response<ResponseBody> {
+    let id = admitted.id;
     let (mut delivery, start, body_rx) =
         StreamDelivery::new(admitted.request.include_usage, frames);
     let task_engine = engine.clone();
@@ -189,6 +191,7 @@ async fn stream(engine: Arc<Engine>, admitted: Admitted, frames: usize) -> Respo
             );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             set_counts(&mut response, head.retries, head.fallbacks, Some(&head));
+            set_request_id(&mut response, id);
             response
         }
         Ok(StreamStart::Failed(e)) => {
@@ -197,6 +200,7 @@ async fn stream(engine: Arc<Engine>, admitted: Admitted, frames: usize) -> Respo
             if let Some(o) = outcome {
                 set_counts(&mut response, o.retries, o.fallbacks, None);
             }
+            set_request_id(&mut response, id);
             response
         }
         // The loop ended without a word: only a panic in the engine does that.
@@ -228,6 +232,11 @@ fn set_counts(
             h.insert(HEADER_DEPLOYMENT, v);
         }
     }
+}
+
+/// The gateway's number for the request (its trace `req=`), to correlate logs.
+fn set_request_id(response: &mut Response<ResponseBody>, id: u64) {
+    response.headers_mut().insert(HEADER_REQUEST_ID, HeaderValue::from(id));
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {

@@ -25,6 +25,9 @@ use crate::upstream::Endpoint;
 use crate::upstream::chunk::{self, Chunk, Payload};
 use crate::upstream::sse::{SseEvent, SseParser};
 
+/// Header carrying the gateway's request number to upstreams.
+pub const REQUEST_ID_HEADER: &str = "x-switchback-request-id";
+
 /// Largest upstream error body read (the rest is ignored): enough for any error message.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
@@ -112,6 +115,8 @@ pub struct Call<'a> {
     pub endpoint: &'a Endpoint,
     pub api_key: Option<&'a str>,
     pub body: &'a Bytes,
+    /// The gateway's request number, sent as `x-switchback-request-id` for correlation.
+    pub request_id: u64,
 }
 
 impl UpstreamClient {
@@ -202,6 +207,7 @@ impl UpstreamClient {
             .header(header::HOST, endpoint.authority())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "text/event-stream")
+            .header(REQUEST_ID_HEADER, call.request_id)
             .body(Full::new(call.body.clone()))
             .map_err(|e| UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string()))?;
         if let Some(key) = call.api_key {

@@ -1,0 +1,321 @@
+//! The scripted client: sends one chat request and records what a client sees.
+//!
+//! Owns: building the request body from a scenario request, sending it over any
+//! [`Connector`] (turmoil or tokio TCP), and recording status, the fallback-reporting headers,
+//! every SSE chunk (time, `model`, text), the metadata event, an error event, `[DONE]`, and
+//! the final text and model. Does not judge anything (`oracle`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value};
+use switchback::transport::Connector;
+use switchback::upstream::sse::SseParser;
+
+use crate::scenario::{Mode, RequestSpec};
+use crate::trace::TraceSink;
+
+/// Largest response body the client reads.
+pub const MAX_CLIENT_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// One chunk as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenChunk {
+    pub at_ms: u64,
+    pub model: Option<String>,
+    pub text: String,
+}
+
+/// An error as the client saw it: a JSON error response, or an SSE error event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenError {
+    pub status: u16,
+    pub error_type: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientResult {
+    /// Index of the request in the scenario and the copy number.
+    pub index: usize,
+    pub copy: u32,
+    pub status: Option<u16>,
+    /// Headers that report what the gateway did (`x-switchback-*`, `x-litellm-*`).
+    pub headers: BTreeMap<String, String>,
+    pub chunks: Vec<SeenChunk>,
+    pub text: String,
+    /// The response's `model` (non-stream) or the last chunk's (stream).
+    pub model: Option<String>,
+    pub error: Option<SeenError>,
+    /// The stream ended with `[DONE]`.
+    pub done: bool,
+    /// The stream's final metadata event (`switchback` field), if any.
+    pub meta: Option<Value>,
+    /// The request did not complete as HTTP: connect error, reset, client timeout.
+    pub broken: Option<String>,
+}
+
+impl ClientResult {
+    /// The gateway's request number, from `x-switchback-request-id`.
+    pub fn request_id(&self) -> Option<u64> {
+        self.headers.get("x-switchback-request-id").and_then(|v| v.parse().ok())
+    }
+
+    /// Retries and fallbacks as the client can tell: the metadata event's totals if the
+    /// stream sent one, else the response headers.
+    pub fn counts(&self) -> (Option<u32>, Option<u32>) {
+        let from_meta = |k: &str| {
+            self.meta
+                .as_ref()
+                .and_then(|m| m.get(k))
+                .and_then(Value::as_u64)
+                .map(|n| n as u32)
+        };
+        let from_header = |k: &str| self.headers.get(k).and_then(|v| v.parse().ok());
+        (
+            from_meta("attempted_retries").or_else(|| from_header("x-switchback-attempted-retries")),
+            from_meta("attempted_fallbacks").or_else(|| from_header("x-switchback-attempted-fallbacks")),
+        )
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == Some(200) && self.error.is_none() && self.broken.is_none()
+    }
+}
+
+/// The JSON body of a scenario request in `mode`.
+pub fn body(spec: &RequestSpec, mode: Mode) -> Value {
+    let mut body = Map::new();
+    body.insert("model".into(), Value::String(spec.model.clone()));
+    body.insert("messages".into(), Value::Array(spec.messages.clone()));
+    for (k, v) in &spec.body {
+        body.insert(k.clone(), v.clone());
+    }
+    body.insert("stream".into(), Value::Bool(mode.is_stream()));
+    Value::Object(body)
+}
+
+/// Where the gateway is and how to reach it.
+#[derive(Clone)]
+pub struct Target {
+    pub connector: Arc<dyn Connector>,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix before `/chat/completions` (default `/v1`).
+    pub base_path: String,
+}
+
+/// Sends one request and records what comes back. Never panics on what the gateway sends.
+pub async fn send(
+    target: &Target,
+    key: Option<&str>,
+    body: &Value,
+    timeout: Duration,
+    sink: &dyn TraceSink,
+    clock: &(dyn Fn() -> Duration + Send + Sync),
+    label: &str,
+) -> ClientResult {
+    let mut result = ClientResult::default();
+    sink.line("client", format!("{label} send stream={}", body.get("stream").and_then(Value::as_bool).unwrap_or(false)));
+    let run = exchange(target, key, body, sink, clock, label, &mut result);
+    if tokio::time::timeout(timeout, run).await.is_err() {
+        result.broken = Some(format!("no complete answer within {} ms", timeout.as_millis()));
+    }
+    let outcome = match (&result.broken, &result.error) {
+        (Some(b), _) => format!("broken ({b})"),
+        (None, Some(e)) => format!("error status={} type={}", e.status, e.error_type),
+        (None, None) => format!("ok model={} done={}", result.model.as_deref().unwrap_or("-"), result.done),
+    };
+    sink.line("client", format!("{label} end status={} {outcome}", result.status.map_or("-".into(), |s| s.to_string())));
+    result
+}
+
+async fn exchange(
+    target: &Target,
+    key: Option<&str>,
+    body: &Value,
+    sink: &dyn TraceSink,
+    clock: &(dyn Fn() -> Duration + Send + Sync),
+    label: &str,
+    result: &mut ClientResult,
+) {
+    let io = match target.connector.connect(&target.host, target.port).await {
+        Ok(io) => io,
+        Err(e) => {
+            result.broken = Some(format!("connect: {e}"));
+            return;
+        }
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            result.broken = Some(format!("handshake: {e}"));
+            return;
+        }
+    };
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut request = Request::post(format!("{}/chat/completions", target.base_path))
+        .header(header::HOST, format!("{}:{}", target.host, target.port))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid request");
+    if let Some(k) = key {
+        if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {k}")) {
+            request.headers_mut().insert(header::AUTHORIZATION, v);
+        }
+    }
+    let response = match sender.send_request(request).await {
+        Ok(r) => r,
+        Err(e) => {
+            result.broken = Some(format!("request: {e}"));
+            conn.abort();
+            return;
+        }
+    };
+    let status = response.status().as_u16();
+    result.status = Some(status);
+    for (name, value) in response.headers() {
+        let n = name.as_str();
+        if n.starts_with("x-switchback-") || n.starts_with("x-litellm-") {
+            result.headers.insert(n.to_string(), value.to_str().unwrap_or("").to_string());
+        }
+    }
+    let sse = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    sink.line(
+        "client",
+        format!(
+            "{label} head status={status} sse={sse} retries={} fallbacks={} deployment={}",
+            header_or_dash(result, "x-switchback-attempted-retries"),
+            header_or_dash(result, "x-switchback-attempted-fallbacks"),
+            header_or_dash(result, "x-switchback-deployment"),
+        ),
+    );
+    let mut body = response.into_body();
+    if sse {
+        let mut parser = SseParser::new(switchback::limits::Limits::default().max_sse_line_bytes);
+        let mut events = Vec::new();
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Err(e)) => {
+                    result.broken = Some(format!("stream broke: {e}"));
+                    break;
+                }
+                Some(Ok(frame)) => {
+                    let Some(data) = frame.data_ref() else { continue };
+                    if let Err(e) = parser.push(data, &mut events) {
+                        result.broken = Some(format!("bad SSE from gateway: {e}"));
+                        break;
+                    }
+                    for ev in events.drain(..) {
+                        on_event(&ev.data, status, result, sink, clock, label);
+                    }
+                }
+            }
+        }
+        if result.broken.is_none() && !result.done && result.error.is_none() {
+            result.broken = Some("stream ended without [DONE] or an error event".into());
+        }
+    } else {
+        let bytes = match http_body_util::Limited::new(body, MAX_CLIENT_BODY_BYTES).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                result.broken = Some(format!("body: {e}"));
+                conn.abort();
+                return;
+            }
+        };
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if v.get("error").is_some() => result.error = Some(seen_error(&v["error"], status)),
+            Ok(v) => {
+                result.model = v.get("model").and_then(Value::as_str).map(str::to_string);
+                result.text = v
+                    .pointer("/choices/0/message/content")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+            }
+            Err(e) => result.broken = Some(format!("response is not JSON: {e}")),
+        }
+    }
+    conn.abort();
+}
+
+fn header_or_dash(r: &ClientResult, name: &str) -> String {
+    r.headers.get(name).cloned().unwrap_or_else(|| "-".into())
+}
+
+fn seen_error(e: &Value, status: u16) -> SeenError {
+    SeenError {
+        status: e.get("status").and_then(Value::as_u64).map_or(status, |s| s as u16),
+        error_type: e.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
+        message: e.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+    }
+}
+
+fn on_event(
+    data: &str,
+    status: u16,
+    result: &mut ClientResult,
+    sink: &dyn TraceSink,
+    clock: &(dyn Fn() -> Duration + Send + Sync),
+    label: &str,
+) {
+    if data.trim() == "[DONE]" {
+        if result.done {
+            result.broken = Some("two [DONE] events".into());
+        }
+        result.done = true;
+        sink.line("client", format!("{label} done"));
+        return;
+    }
+    if result.done {
+        result.broken = Some("an event after [DONE]".into());
+        return;
+    }
+    let Ok(v) = serde_json::from_str::<Value>(data) else {
+        result.broken = Some(format!("unparsable event from gateway: {data}"));
+        return;
+    };
+    if let Some(e) = v.get("error") {
+        let seen = seen_error(e, status);
+        sink.line("client", format!("{label} error_event status={} type={}", seen.status, seen.error_type));
+        result.error = Some(seen);
+        return;
+    }
+    let model = v.get("model").and_then(Value::as_str).map(str::to_string);
+    if let Some(meta) = v.get("switchback") {
+        sink.line("client", format!("{label} meta {meta}"));
+        result.meta = Some(meta.clone());
+        result.model = model.or(result.model.take());
+        return;
+    }
+    let text = v
+        .pointer("/choices/0/delta/content")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let at_ms = clock().as_millis() as u64;
+    if !text.is_empty() {
+        sink.line(
+            "client",
+            format!("{label} chunk model={} text={:?}", model.as_deref().unwrap_or("-"), text),
+        );
+    }
+    result.text.push_str(&text);
+    if model.is_some() {
+        result.model.clone_from(&model);
+    }
+    result.chunks.push(SeenChunk { at_ms, model, text });
+}

@@ -1,0 +1,19 @@
+//! The world Switchback is tested in, and the `switchback` command line.
+//!
+//! # Layout
+//!
+//! * [`scenario`]: the scenario file model QA write, loaded with located errors.
+//! * [`fake`]: scripted OpenAI-compatible providers that inject faults at chunk offsets.
+//! * [`world`]: one turmoil simulation per run: gateway, provider and client hosts.
+//! * [`client`]: scripted requests, and what a client sees.
+//! * [`oracle`]: expectations, invariants, stream/non-stream equivalence.
+//! * [`trace`]: the canonical per-run trace that snapshots record.
+//! * [`run`]: running files and suites, and the summary.
+
+pub mod client;
+pub mod fake;
+pub mod oracle;
+pub mod run;
+pub mod scenario;
+pub mod trace;
+pub mod world;

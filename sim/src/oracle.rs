@@ -1,0 +1,402 @@
+//! Judging runs: scenario expectations, global invariants, stream/non-stream equivalence.
+//!
+//! Owns: reading each request's story out of a run (client result + the engine's events +
+//! the fakes' call logs) into a [`RequestStory`], and every check made on it. A check that
+//! fails adds a line that says which request, which mode, what was expected and what
+//! happened. Does not run anything (`world`).
+
+use std::collections::BTreeMap;
+
+use switchback::catalog::{Catalog, DeploymentId, GroupId};
+use switchback::classify::FailureClass;
+use switchback::config::MidStreamPolicy;
+use switchback::trace::Event;
+
+use crate::client::ClientResult;
+use crate::fake::CallRecord;
+use crate::scenario::{Expect, Mode, Scenario};
+use crate::world::ModeRun;
+
+/// One attempt as the equivalence relation compares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub group: GroupId,
+    pub deployment: DeploymentId,
+    /// `None` for the attempt that served the answer (or one cut short by the client).
+    pub class: Option<FailureClass>,
+}
+
+/// Everything known about one request of one run.
+#[derive(Debug, Clone)]
+pub struct RequestStory<'r> {
+    pub mode: Mode,
+    pub client: &'r ClientResult,
+    pub steps: Vec<Step>,
+    pub served: Option<(GroupId, DeploymentId, String)>,
+    pub engine_counts: Option<(u32, u32)>,
+    pub failed: Option<(u16, &'static str)>,
+    pub events: Vec<&'static str>,
+    pub committed: bool,
+    pub attempt_after_commit: bool,
+    pub max_fallbacks: Option<u32>,
+    pub mid_stream: Option<MidStreamPolicy>,
+    pub terminal_events: usize,
+    /// The provider call that served the answer, when the fakes logged one.
+    pub serving_call: Option<&'r CallRecord>,
+}
+
+impl RequestStory<'_> {
+    /// "<deployment id>: <class>" lines, as `expect.attempts` writes them.
+    pub fn attempt_lines(&self, catalog: &Catalog) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|s| {
+                let class = s.class.map_or("ok", |c| c.as_str());
+                format!("{}: {class}", catalog.deployment(s.deployment).id)
+            })
+            .collect()
+    }
+
+    /// Success, or the error's (status, type) the client saw.
+    pub fn outcome(&self) -> Result<(), (u16, String)> {
+        match (&self.client.error, self.client.status) {
+            (Some(e), _) => Err((e.status, e.error_type.clone())),
+            (None, Some(200)) => Ok(()),
+            (None, s) => Err((s.unwrap_or(0), String::new())),
+        }
+    }
+}
+
+/// Reads every request's story out of a run.
+pub fn stories(run: &ModeRun) -> Vec<RequestStory<'_>> {
+    let mut by_request: BTreeMap<u64, Vec<&Event>> = BTreeMap::new();
+    for r in &run.records {
+        by_request.entry(r.request).or_default().push(&r.event);
+    }
+    run.results
+        .iter()
+        .map(|client| {
+            let events = client
+                .request_id()
+                .and_then(|id| by_request.get(&id))
+                .cloned()
+                .unwrap_or_default();
+            story(run, client, &events)
+        })
+        .collect()
+}
+
+fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> RequestStory<'r> {
+    let mut s = RequestStory {
+        mode: run.mode,
+        client,
+        steps: Vec::new(),
+        served: None,
+        engine_counts: None,
+        failed: None,
+        events: events.iter().map(|e| e.name()).collect(),
+        committed: false,
+        attempt_after_commit: false,
+        max_fallbacks: None,
+        mid_stream: None,
+        terminal_events: 0,
+        serving_call: None,
+    };
+    for e in events {
+        match e {
+            Event::PlanResolved { max_fallbacks, mid_stream, .. } => {
+                s.max_fallbacks = Some(*max_fallbacks);
+                s.mid_stream = Some(*mid_stream);
+            }
+            Event::AttemptStarted { group, deployment, .. } => {
+                if s.committed {
+                    s.attempt_after_commit = true;
+                }
+                s.steps.push(Step { group: *group, deployment: *deployment, class: None });
+            }
+            Event::AttemptFailed { class, .. } => {
+                if let Some(last) = s.steps.last_mut() {
+                    last.class = Some(*class);
+                }
+            }
+            Event::Committed { .. } => s.committed = true,
+            Event::Completed { group, deployment, model, retries, fallbacks, .. } => {
+                s.terminal_events += 1;
+                s.served = Some((*group, *deployment, model.clone()));
+                s.engine_counts = Some((*retries, *fallbacks));
+            }
+            Event::Failed { status, error_type, .. } => {
+                s.terminal_events += 1;
+                s.failed = Some((*status, error_type));
+            }
+            _ => {}
+        }
+    }
+    if let (Some((_, deployment, _)), Some(id)) = (&s.served, client.request_id()) {
+        let host = &run.catalog.deployment(*deployment).endpoint.host;
+        s.serving_call = run
+            .calls
+            .get(host)
+            .and_then(|calls| calls.iter().rev().find(|c| c.request_id == Some(id)));
+    }
+    s
+}
+
+/// Checks one run against the scenario's expectations and the invariants.
+pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>) {
+    let mode = run.mode.as_str();
+    if let Some(h) = &run.hang {
+        failures.push(format!("[{mode}] {h}"));
+        return;
+    }
+    for (host, open) in &run.open_connections {
+        if *open > 0 {
+            failures.push(format!("[{mode}] invariant: {open} connection(s) to `{host}` still open at the end"));
+        }
+    }
+    let catalog = &run.catalog;
+    for story in stories(run) {
+        let c = story.client;
+        let spec = &scenario.requests[c.index];
+        let label = format!("[{mode}] request r{}.{}", c.index, c.copy);
+        let mut fail = |msg: String| failures.push(format!("{label}: {msg}"));
+        let expect = spec.expect.as_ref().map_or_else(|| scenario.expect.clone(), |e| e.or(&scenario.expect));
+        check_invariants(&story, catalog, scenario, &mut fail);
+        check_expect(&story, &expect, catalog, &mut fail);
+    }
+}
+
+fn check_invariants(s: &RequestStory<'_>, catalog: &Catalog, scenario: &Scenario, fail: &mut dyn FnMut(String)) {
+    let c = s.client;
+    if let Some(b) = &c.broken {
+        fail(format!("invariant: the client got no clean outcome: {b}"));
+    }
+    if c.request_id().is_some() && s.terminal_events != 1 {
+        fail(format!("invariant: {} terminal events (completed/failed) for one request", s.terminal_events));
+    }
+    if s.mid_stream == Some(MidStreamPolicy::Error) && s.attempt_after_commit {
+        fail("invariant: an attempt started after commit under mid_stream: error".into());
+    }
+    if let Some(max) = s.max_fallbacks {
+        let mut groups: Vec<GroupId> = Vec::new();
+        for step in &s.steps {
+            if groups.last() != Some(&step.group) {
+                if groups.contains(&step.group) {
+                    fail(format!("invariant: group `{}` visited twice", catalog.group(step.group).name));
+                }
+                groups.push(step.group);
+            }
+        }
+        if groups.len() as u32 > max + 1 {
+            fail(format!("invariant: {} groups visited with max_fallbacks = {max}", groups.len()));
+        }
+    }
+    if s.steps.len() as u32 > catalog.limits.max_attempts {
+        fail(format!("invariant: {} attempts, over max_attempts", s.steps.len()));
+    }
+    let spec = &scenario.requests[c.index];
+    if let Some(key) = spec.key.as_deref().and_then(|k| catalog.key(k)) {
+        for step in &s.steps {
+            if !key.allowed[step.group.0 as usize] {
+                fail(format!("invariant: group `{}` called but the key may not use it", catalog.group(step.group).name));
+            }
+        }
+    }
+    if let Some((_, _, model)) = &s.served {
+        if c.succeeded() && c.model.as_ref() != Some(model) {
+            fail(format!(
+                "invariant: the client's final model is {:?} but the serving deployment reported `{model}`",
+                c.model
+            ));
+        }
+        if s.mode.is_stream() {
+            if let Some(last) = c.chunks.iter().rev().find(|ch| !ch.text.is_empty()) {
+                if last.model.as_ref() != Some(model) {
+                    fail(format!("invariant: the last content chunk says model {:?}, served by `{model}`", last.model));
+                }
+            }
+        }
+        if let Some(call) = s.serving_call {
+            let expected = match (s.mode, &call.continuation) {
+                (Mode::Stream, Some(prefix)) => format!("{prefix}{}", call.planned),
+                (_, None) => call.planned.clone(),
+                (Mode::NonStream, Some(_)) => {
+                    fail("invariant: a non-streaming request was served by a continuation".into());
+                    call.planned.clone()
+                }
+            };
+            if c.succeeded() && c.text != expected {
+                fail(format!(
+                    "invariant: chunks lost or duplicated: the client has {:?}, the serving call accounts for {expected:?}",
+                    c.text
+                ));
+            }
+        }
+    }
+    if c.succeeded() {
+        let (retries, fallbacks) = c.counts();
+        if let Some((er, ef)) = s.engine_counts {
+            if (retries, fallbacks) != (Some(er), Some(ef)) {
+                fail(format!(
+                    "invariant: the client was told retries={retries:?} fallbacks={fallbacks:?}, the engine made {er} and {ef}"
+                ));
+            }
+        }
+    }
+}
+
+fn check_expect(s: &RequestStory<'_>, e: &Expect, catalog: &Catalog, fail: &mut dyn FnMut(String)) {
+    let c = s.client;
+    let status = c.error.as_ref().map(|e| e.status).or(c.status);
+    if let Some(want) = e.status {
+        if status != Some(want) {
+            fail(format!("status: expected {want}, got {status:?} ({})", describe_error(c)));
+        }
+    }
+    let served = s.served.as_ref();
+    if let Some(want) = &e.group {
+        let got = served.map(|(g, _, _)| catalog.group(*g).name.as_str());
+        if got != Some(want.as_str()) {
+            fail(format!("group: expected `{want}`, got {got:?}"));
+        }
+    }
+    if let Some(want) = &e.deployment {
+        let got = served.map(|(_, d, _)| catalog.deployment(*d).id.as_str());
+        if got != Some(want.as_str()) {
+            fail(format!("deployment: expected `{want}`, got {got:?}"));
+        }
+    }
+    if let Some(want) = &e.attempts {
+        let got = s.attempt_lines(catalog);
+        if &got != want {
+            fail(format!("attempts: expected {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(want) = &e.content {
+        if &c.text != want {
+            fail(format!("content: expected {want:?}, got {:?}", c.text));
+        }
+    }
+    if let Some(want) = &e.model {
+        if c.model.as_ref() != Some(want) {
+            fail(format!("model: expected `{want}`, got {:?}", c.model));
+        }
+    }
+    let (retries, fallbacks) = c.counts();
+    if let Some(want) = e.retries {
+        if retries != Some(want) {
+            fail(format!("retries: expected {want}, got {retries:?}"));
+        }
+    }
+    if let Some(want) = e.fallbacks {
+        if fallbacks != Some(want) {
+            fail(format!("fallbacks: expected {want}, got {fallbacks:?}"));
+        }
+    }
+    if let Some(want) = &e.error_type {
+        let got = c.error.as_ref().map(|e| e.error_type.as_str());
+        if got != Some(want.as_str()) {
+            fail(format!("error_type: expected `{want}`, got {got:?}"));
+        }
+    }
+    for name in &e.events {
+        if !s.events.contains(&name.as_str()) {
+            fail(format!("events: `{name}` did not occur (saw {:?})", s.events));
+        }
+    }
+    for name in &e.no_events {
+        if s.events.contains(&name.as_str()) {
+            fail(format!("no_events: `{name}` occurred"));
+        }
+    }
+    if let Some(want) = e.stream_error {
+        if s.mode.is_stream() {
+            let got = c.error.is_some() && !c.done && c.status == Some(200);
+            if got != want {
+                fail(format!("stream_error: expected {want}, got {got} ({})", describe_error(c)));
+            }
+        }
+    }
+}
+
+fn describe_error(c: &ClientResult) -> String {
+    match (&c.error, &c.broken) {
+        (Some(e), _) => format!("error type={} message={:?}", e.error_type, e.message),
+        (None, Some(b)) => format!("broken: {b}"),
+        (None, None) => "no error".into(),
+    }
+}
+
+/// Stream/non-stream equivalence (DESIGN.md). Both runs must come from fresh worlds with the
+/// same seed. On a mismatch, the message names the first diverging attempt.
+pub fn check_equivalence(scenario: &Scenario, a: &ModeRun, b: &ModeRun, failures: &mut Vec<String>) {
+    let (sa, sb) = (stories(a), stories(b));
+    let catalog = &a.catalog;
+    for (x, y) in sa.iter().zip(sb.iter()) {
+        let spec = &scenario.requests[x.client.index];
+        let expect = spec.expect.as_ref().map_or_else(|| scenario.expect.clone(), |e| e.or(&scenario.expect));
+        if expect.equivalent == Some(false) {
+            continue;
+        }
+        let label = format!("request r{}.{}", x.client.index, x.client.copy);
+        let mut fail = |m: String| failures.push(format!("[equivalence] {label}: {m}"));
+        let (ma, mb) = (a.mode.as_str(), b.mode.as_str());
+        if x.outcome() != y.outcome() {
+            fail(format!("outcome differs: {ma} {:?}, {mb} {:?}", x.outcome(), y.outcome()));
+        }
+        if x.steps != y.steps {
+            let i = x.steps.iter().zip(&y.steps).position(|(p, q)| p != q).unwrap_or(x.steps.len().min(y.steps.len()));
+            let show = |s: Option<&Step>| {
+                s.map_or("(none)".to_string(), |s| {
+                    format!(
+                        "{}/{}: {}",
+                        catalog.group(s.group).name,
+                        catalog.deployment(s.deployment).id,
+                        s.class.map_or("ok", |c| c.as_str())
+                    )
+                })
+            };
+            fail(format!(
+                "attempts diverge at attempt {}: {ma} {}, {mb} {}",
+                i + 1,
+                show(x.steps.get(i)),
+                show(y.steps.get(i))
+            ));
+        }
+        let serving = |s: &RequestStory<'_>| s.served.as_ref().map(|(g, d, _)| (*g, *d));
+        if serving(x) != serving(y) || x.client.model != y.client.model {
+            fail(format!(
+                "serving deployment or model differs: {ma} {:?} {:?}, {mb} {:?} {:?}",
+                serving(x).map(|(_, d)| &catalog.deployment(d).id),
+                x.client.model,
+                serving(y).map(|(_, d)| &catalog.deployment(d).id),
+                y.client.model
+            ));
+        }
+        if x.client.succeeded() && y.client.succeeded() && x.client.counts() != y.client.counts() {
+            fail(format!(
+                "retry/fallback counts differ: {ma} {:?}, {mb} {:?}",
+                x.client.counts(),
+                y.client.counts()
+            ));
+        }
+    }
+    let cooled = |run: &ModeRun| -> Vec<(DeploymentId, u128, FailureClass)> {
+        run.records
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::DeploymentCooled { deployment, duration, class } => Some((*deployment, duration.as_millis(), *class)),
+                _ => None,
+            })
+            .collect()
+    };
+    if cooled(a) != cooled(b) && scenario.expect.equivalent != Some(false) {
+        failures.push(format!(
+            "[equivalence] cooldowns differ: {} {:?}, {} {:?}",
+            a.mode.as_str(),
+            cooled(a),
+            b.mode.as_str(),
+            cooled(b)
+        ));
+    }
+}

@@ -1,0 +1,608 @@
+//! The scenario file: what QA write.
+//!
+//! Owns: the YAML model of a scenario (gateway config inline, fake providers and their
+//! per-call scripts, network faults over time, scripted requests, modes, expectations), with
+//! `deny_unknown_fields` everywhere, loading with errors that name the file, line, column and
+//! field (and suggest the nearest field for a typo), and the checks that make a scenario
+//! runnable (every `api_base` points at a provider, every key exists, ...). Does not own
+//! running it (`world`) or judging it (`oracle`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use switchback::config::GatewayConfig;
+use switchback::upstream::Endpoint;
+use switchback::yaml::{self, PathSeg, YamlError};
+
+/// Upper bounds that keep a scenario finite.
+pub const MAX_REQUESTS: u32 = 10_000;
+pub const MAX_CHUNKS: usize = 10_000;
+pub const MAX_DURATION_MS: u64 = 24 * 3600 * 1000;
+/// Simulated time a scenario may take unless it says otherwise.
+pub const DEFAULT_DURATION_MS: u64 = 10 * 60 * 1000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Seed of the simulation (network latency) and of the gateway's RNG.
+    #[serde(default)]
+    pub seed: u64,
+    /// Simulated time bound; a run still going at this point is reported as hung.
+    #[serde(default = "default_duration")]
+    pub duration_ms: u64,
+    pub gateway: GatewayConfig,
+    pub providers: Vec<Provider>,
+    #[serde(default)]
+    pub network: Network,
+    pub requests: Vec<RequestSpec>,
+    #[serde(default = "Mode::both")]
+    pub modes: Vec<Mode>,
+    /// Expectations for every request (a request's own `expect` replaces it field by field).
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn default_duration() -> u64 {
+    DEFAULT_DURATION_MS
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Stream,
+    NonStream,
+}
+
+impl Mode {
+    pub fn both() -> Vec<Mode> {
+        vec![Mode::NonStream, Mode::Stream]
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Stream => "stream",
+            Mode::NonStream => "non_stream",
+        }
+    }
+    pub fn is_stream(self) -> bool {
+        self == Mode::Stream
+    }
+}
+
+/// A fake OpenAI-compatible provider host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// Host name in the simulated network (and in `api_base`).
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The `model` this provider reports in its answers (default: the model requested).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The answer when no rule in `calls` matches.
+    #[serde(default)]
+    pub default: Script,
+    /// Per-call answers, first match wins (each with `calls` and/or `for_model`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<Script>,
+}
+
+pub fn default_port() -> u16 {
+    8000
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    /// In `calls`: the call numbers (1-based, per provider) this answer is for; empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<u32>,
+    /// In `calls`: the requested upstream model this answer is for; absent = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_model: Option<String>,
+    /// The whole answer text, cut into `chunk_size`-character chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<usize>,
+    /// The answer as explicit chunks (instead of `text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<String>>,
+    /// Time to response headers.
+    #[serde(default)]
+    pub ttfb_ms: u64,
+    /// Gap before every chunk.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Gap before each chunk (overrides `delay_ms` where given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delays_ms: Vec<u64>,
+    /// Extra response headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Overrides the provider's reported model for this answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+}
+
+pub const DEFAULT_TEXT: &str = "pong";
+pub const DEFAULT_CHUNK_SIZE: usize = 4;
+
+impl Script {
+    /// The chunks of the full answer.
+    pub fn chunk_texts(&self) -> Vec<String> {
+        if let Some(chunks) = &self.chunks {
+            return chunks.clone();
+        }
+        let text = self.text.as_deref().unwrap_or(DEFAULT_TEXT);
+        let size = self.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE).max(1);
+        let chars: Vec<char> = text.chars().collect();
+        chars.chunks(size).map(|c| c.iter().collect()).collect()
+    }
+
+    pub fn full_text(&self) -> String {
+        self.chunk_texts().concat()
+    }
+
+    /// Gap before chunk `i`.
+    pub fn delay_before(&self, i: usize) -> u64 {
+        self.delays_ms.get(i).copied().unwrap_or(self.delay_ms)
+    }
+}
+
+/// What goes wrong, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub kind: FaultKind,
+    /// Chunks sent before the fault (k). `http` requires 0.
+    #[serde(default)]
+    pub after_chunks: usize,
+    /// HTTP status (`http`) or the error event's code (`error_event`); default 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Retry-After in seconds: a header for `http`, a field of the event for `error_event`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<f64>,
+    /// Error body shape.
+    #[serde(default)]
+    pub flavour: Flavour,
+    /// Error `code` (e.g. `context_length_exceeded`, `content_filter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// An HTTP error status before any chunk.
+    Http,
+    /// `data: {"error": ...}` after k chunks, then the stream ends.
+    ErrorEvent,
+    /// The connection breaks after k chunks.
+    Reset,
+    /// No more bytes after k chunks; the connection stays open.
+    Stall,
+    /// An unparsable `data:` line after k chunks.
+    Malformed,
+    /// A chunk with `finish_reason: content_filter` after k chunks.
+    ContentFilter,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Http,
+        FaultKind::ErrorEvent,
+        FaultKind::Reset,
+        FaultKind::Stall,
+        FaultKind::Malformed,
+        FaultKind::ContentFilter,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Http => "http",
+            FaultKind::ErrorEvent => "error_event",
+            FaultKind::Reset => "reset",
+            FaultKind::Stall => "stall",
+            FaultKind::Malformed => "malformed",
+            FaultKind::ContentFilter => "content_filter",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flavour {
+    #[default]
+    Openai,
+    Openrouter,
+    Vertex,
+    Anthropic,
+}
+
+/// Network shape and timed faults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Message latency range, milliseconds.
+    #[serde(default = "default_latency")]
+    pub latency_ms: [u64; 2],
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<NetFault>,
+}
+
+fn default_latency() -> [u64; 2] {
+    [1, 1]
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            latency_ms: default_latency(),
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// A change to the network at `at_ms`: exactly one action per entry. Host pairs name two
+/// hosts (`gateway`, `client`, or a provider host).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetFault {
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<[String; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<[String; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<[String; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<[String; 2]>,
+    /// Stops a provider host (its connections break).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash: Option<String>,
+    /// Restarts a provider host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce: Option<String>,
+    /// Message drop rate on a link, 0.0 to 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_rate: Option<FailRate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailRate {
+    pub link: [String; 2],
+    pub rate: f64,
+}
+
+/// One network action, as the world applies it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetAction {
+    Partition([String; 2]),
+    Repair([String; 2]),
+    Hold([String; 2]),
+    Release([String; 2]),
+    Crash(String),
+    Bounce(String),
+    FailRate([String; 2], f64),
+}
+
+impl NetFault {
+    /// The entry's actions (a valid entry has exactly one).
+    pub fn actions(&self) -> Vec<NetAction> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.partition {
+            out.push(NetAction::Partition(p.clone()));
+        }
+        if let Some(p) = &self.repair {
+            out.push(NetAction::Repair(p.clone()));
+        }
+        if let Some(p) = &self.hold {
+            out.push(NetAction::Hold(p.clone()));
+        }
+        if let Some(p) = &self.release {
+            out.push(NetAction::Release(p.clone()));
+        }
+        if let Some(h) = &self.crash {
+            out.push(NetAction::Crash(h.clone()));
+        }
+        if let Some(h) = &self.bounce {
+            out.push(NetAction::Bounce(h.clone()));
+        }
+        if let Some(f) = &self.fail_rate {
+            out.push(NetAction::FailRate(f.link.clone(), f.rate));
+        }
+        out
+    }
+}
+
+/// Requests the client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub model: String,
+    #[serde(default = "default_messages")]
+    pub messages: Vec<serde_json::Value>,
+    /// Extra body fields (`mock_testing_fallbacks`, `max_tokens`, request-level settings...).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub body: serde_json::Map<String, serde_json::Value>,
+    /// When the first copy is sent.
+    #[serde(default)]
+    pub at_ms: u64,
+    /// Copies sent in total.
+    #[serde(default = "one")]
+    pub repeat: u32,
+    /// Copies in flight at once.
+    #[serde(default = "one")]
+    pub concurrency: u32,
+    /// Client-side bound on one request.
+    #[serde(default = "default_client_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_client_timeout() -> u64 {
+    300_000
+}
+
+fn default_messages() -> Vec<serde_json::Value> {
+    vec![serde_json::json!({"role": "user", "content": "say ping"})]
+}
+
+/// What must be true of a request's result. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Serving model group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Serving deployment id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// Ordered attempts, each `"<deployment id>: <class>"` or `"<deployment id>: ok"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<String>>,
+    /// Exact text the client ends up with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// `model` of the response (and of the last chunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallbacks: Option<u32>,
+    /// Error `type` of a failed request (or of a stream's error event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    /// Trace event names that must occur / must not occur.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_events: Vec<String>,
+    /// Streamed: the stream ends with an error event and no `[DONE]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_error: Option<bool>,
+    /// Stream and non-stream runs must be equivalent (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equivalent: Option<bool>,
+}
+
+impl Expect {
+    /// `self` with every unset field taken from `defaults`.
+    pub fn or(&self, defaults: &Expect) -> Expect {
+        macro_rules! pick {
+            ($($f:ident),*) => { Expect { $($f: self.$f.clone().or_else(|| defaults.$f.clone()),)* events: if self.events.is_empty() { defaults.events.clone() } else { self.events.clone() }, no_events: if self.no_events.is_empty() { defaults.no_events.clone() } else { self.no_events.clone() } } };
+        }
+        pick!(status, group, deployment, attempts, content, model, retries, fallbacks, error_type, stream_error, equivalent)
+    }
+}
+
+/// A scenario that cannot be loaded or run.
+pub type ScenarioError = YamlError;
+
+impl Scenario {
+    pub fn load_file(path: &Path) -> Result<Scenario, ScenarioError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| YamlError {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+            hint: None,
+        })?;
+        Scenario::load(&name, &text)
+    }
+
+    pub fn load(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = yaml::from_str(file, text)?;
+        scenario
+            .check()
+            .map_err(|(path, message)| yaml::error_at(file, text, &path, message))?;
+        Ok(scenario)
+    }
+
+    /// Semantic checks: the first problem, with its path.
+    pub fn check(&self) -> Result<(), (Vec<PathSeg>, String)> {
+        let key = |k: &str| PathSeg::Key(k.to_string());
+        if let Err(issues) = self.gateway.validate() {
+            let first = &issues[0];
+            let mut path = vec![key("gateway")];
+            path.extend(first.path.iter().cloned());
+            return Err((path, first.message.clone()));
+        }
+        if self.duration_ms == 0 || self.duration_ms > MAX_DURATION_MS {
+            return Err((vec![key("duration_ms")], format!("must be 1 to {MAX_DURATION_MS}")));
+        }
+        let mut hosts: Vec<&str> = vec!["gateway", "client"];
+        for (i, p) in self.providers.iter().enumerate() {
+            let at = |f: &str| vec![key("providers"), PathSeg::Index(i), key(f)];
+            if hosts.contains(&p.host.as_str()) {
+                return Err((at("host"), format!("host `{}` is used twice (or is reserved)", p.host)));
+            }
+            if p.host.is_empty() || !p.host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err((at("host"), "a host name is letters, digits and `-`".into()));
+            }
+            hosts.push(&p.host);
+            check_script(&p.default).map_err(|m| (at("default"), m))?;
+            if !p.default.calls.is_empty() || p.default.for_model.is_some() {
+                return Err((at("default"), "`calls` and `for_model` belong in `calls` entries".into()));
+            }
+            for (j, rule) in p.calls.iter().enumerate() {
+                check_script(rule).map_err(|m| {
+                    (vec![key("providers"), PathSeg::Index(i), key("calls"), PathSeg::Index(j)], m)
+                })?;
+            }
+        }
+        for (i, d) in self.gateway.model_list.iter().enumerate() {
+            let base = d.litellm_params.api_base.as_deref().unwrap_or_default();
+            let at = vec![
+                key("gateway"),
+                key("model_list"),
+                PathSeg::Index(i),
+                key("litellm_params"),
+                key("api_base"),
+            ];
+            let endpoint = Endpoint::parse(base).map_err(|m| (at.clone(), m))?;
+            let known = self
+                .providers
+                .iter()
+                .any(|p| p.host == endpoint.host && p.port == endpoint.port);
+            if !known {
+                return Err((
+                    at,
+                    format!("`{base}` is not a provider of this scenario (hosts: {})", hosts[2..].join(", ")),
+                ));
+            }
+        }
+        for (i, f) in self.network.faults.iter().enumerate() {
+            let at = vec![key("network"), key("faults"), PathSeg::Index(i)];
+            let actions = f.actions();
+            if actions.len() != 1 {
+                return Err((at, format!("one action per entry, this one has {}", actions.len())));
+            }
+            let named: Vec<String> = match &actions[0] {
+                NetAction::Partition(p) | NetAction::Repair(p) | NetAction::Hold(p) | NetAction::Release(p) => p.to_vec(),
+                NetAction::Crash(h) | NetAction::Bounce(h) => {
+                    if h == "gateway" || h == "client" {
+                        return Err((at, "only provider hosts can crash or bounce".into()));
+                    }
+                    vec![h.clone()]
+                }
+                NetAction::FailRate(link, rate) => {
+                    if !(0.0..=1.0).contains(rate) {
+                        return Err((at, "rate is 0.0 to 1.0".into()));
+                    }
+                    link.to_vec()
+                }
+            };
+            for h in named {
+                if !hosts.contains(&h.as_str()) {
+                    return Err((at, format!("unknown host `{h}`")));
+                }
+            }
+        }
+        if self.network.latency_ms[0] > self.network.latency_ms[1] {
+            return Err((vec![key("network"), key("latency_ms")], "min is above max".into()));
+        }
+        if self.requests.is_empty() {
+            return Err((vec![key("requests")], "a scenario needs at least one request".into()));
+        }
+        let total: u64 = self.requests.iter().map(|r| u64::from(r.repeat)).sum();
+        if total > u64::from(MAX_REQUESTS) {
+            return Err((vec![key("requests")], format!("{total} requests is over MAX_REQUESTS = {MAX_REQUESTS}")));
+        }
+        for (i, r) in self.requests.iter().enumerate() {
+            let at = |f: &str| vec![key("requests"), PathSeg::Index(i), key(f)];
+            if r.repeat == 0 || r.concurrency == 0 {
+                return Err((at("repeat"), "repeat and concurrency are at least 1".into()));
+            }
+            if let Some(k) = &r.key {
+                if !self.gateway.keys.iter().any(|c| &c.key == k) {
+                    return Err((at("key"), format!("key `{k}` is not in gateway.keys")));
+                }
+            }
+            if r.timeout_ms == 0 {
+                return Err((at("timeout_ms"), "must be at least 1".into()));
+            }
+        }
+        if self.modes.is_empty() {
+            return Err((vec![key("modes")], "name at least one mode".into()));
+        }
+        Ok(())
+    }
+}
+
+fn check_script(s: &Script) -> Result<(), String> {
+    if s.text.is_some() && s.chunks.is_some() {
+        return Err("give `text` or `chunks`, not both".into());
+    }
+    if s.chunk_size == Some(0) {
+        return Err("`chunk_size` must be at least 1".into());
+    }
+    if s.chunk_texts().len() > MAX_CHUNKS {
+        return Err(format!("more than MAX_CHUNKS = {MAX_CHUNKS} chunks"));
+    }
+    if let Some(f) = &s.fault {
+        if f.kind == FaultKind::Http && f.after_chunks != 0 {
+            return Err("an `http` fault happens before any chunk: after_chunks must be 0".into());
+        }
+        if f.after_chunks > s.chunk_texts().len() {
+            return Err(format!(
+                "after_chunks = {} but the answer has {} chunks",
+                f.after_chunks,
+                s.chunk_texts().len()
+            ));
+        }
+        if let Some(st) = f.status {
+            if !(100..=599).contains(&st) {
+                return Err(format!("status {st} is not an HTTP status"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every `*.yaml` under `dir`, sorted, recursively.
+pub fn find_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if dir.is_file() {
+        out.push(dir.to_path_buf());
+        return Ok(out);
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

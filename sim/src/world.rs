@@ -1,0 +1,286 @@
+//! The simulated world a scenario runs in: one turmoil simulation per run.
+//!
+//! Owns: building the simulation (seed, fixed epoch, bounded duration, latency), the hosts
+//! (`gateway` running the real engine and HTTP server, one host per fake provider, and the
+//! `client`), the turmoil implementations of the engine's transport seam, applying timed
+//! network faults, and stepping to completion. A run that does not finish within the
+//! scenario's `duration_ms` is reported as hung, with its last trace lines, never a silent
+//! hang. Does not own what the run means (`oracle`).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use switchback::catalog::Catalog;
+use switchback::config::GatewayConfig;
+use switchback::engine::{Engine, WallClock};
+use switchback::trace::TraceRecord;
+use switchback::transport::{BoxFuture, BoxIo, Connector, Listener};
+use tokio::sync::Semaphore;
+
+use crate::client::{self, ClientResult, Target};
+use crate::fake::{CallRecord, Fake};
+use crate::scenario::{Mode, NetAction, Scenario};
+use crate::trace::{EngineObserver, Trace, TraceSink};
+
+/// The gateway's port in the simulated network.
+pub const GATEWAY_PORT: u16 = 4000;
+/// The simulation's wall-clock epoch: fixed, so HTTP dates are reproducible.
+pub const EPOCH_SECS: u64 = 1_700_000_000;
+/// Simulated time allowed after the client finishes, for connections to close.
+pub const DRAIN: Duration = Duration::from_millis(500);
+
+/// Connects through turmoil's simulated TCP.
+pub struct SimConnector;
+
+impl Connector for SimConnector {
+    fn connect<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let stream = turmoil::net::TcpStream::connect((host, port)).await?;
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }
+}
+
+/// Accepts through turmoil's simulated TCP.
+pub struct SimListener(pub turmoil::net::TcpListener);
+
+impl Listener for SimListener {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, SocketAddr)>> {
+        Box::pin(async move {
+            let (stream, peer) = self.0.accept().await?;
+            Ok((Box::new(stream) as BoxIo, peer))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// The simulation's wall clock: the fixed epoch plus simulated time.
+struct SimWallClock;
+
+impl WallClock for SimWallClock {
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + turmoil::since_epoch().unwrap_or(Duration::from_secs(EPOCH_SECS))
+    }
+}
+
+/// Everything one run of one scenario in one mode produced.
+pub struct ModeRun {
+    pub mode: Mode,
+    /// Client results, ordered by (request index, copy).
+    pub results: Vec<ClientResult>,
+    /// The engine's typed events.
+    pub records: Vec<TraceRecord>,
+    /// Calls each provider received, by host.
+    pub calls: BTreeMap<String, Vec<CallRecord>>,
+    /// Connections still open to each provider at the end.
+    pub open_connections: BTreeMap<String, usize>,
+    pub trace: String,
+    pub catalog: Arc<Catalog>,
+    /// Set when the run did not finish (or the simulation failed).
+    pub hang: Option<String>,
+}
+
+/// The gateway config a scenario runs with: its own, seeded by the scenario unless it
+/// fixes `rng_seed` itself.
+pub fn gateway_config(scenario: &Scenario) -> GatewayConfig {
+    let mut config = scenario.gateway.clone();
+    config.router_settings.rng_seed.get_or_insert(scenario.seed);
+    config
+}
+
+/// Runs `scenario` in `mode` in a fresh world.
+pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
+    let catalog = Arc::new(Catalog::new(&gateway_config(scenario)).map_err(|e| e.to_string())?);
+    let trace = Trace::simulated();
+    let sink: Arc<dyn TraceSink> = trace.clone();
+    let observer = EngineObserver::new(sink.clone());
+    let [min_latency, max_latency] = scenario.network.latency_ms;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(scenario.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
+        .simulation_duration(Duration::from_millis(scenario.duration_ms) + DRAIN)
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(min_latency))
+        .max_message_latency(Duration::from_millis(max_latency))
+        .build();
+
+    {
+        let catalog = catalog.clone();
+        let observer = observer.clone();
+        sim.host("gateway", move || {
+            let catalog = catalog.clone();
+            let observer = observer.clone();
+            async move {
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", GATEWAY_PORT)).await?;
+                let engine = Arc::new(Engine::new(catalog, Arc::new(SimConnector), observer, Arc::new(SimWallClock)));
+                switchback::gateway::serve(engine, SimListener(listener), std::future::pending()).await;
+                Ok(())
+            }
+        });
+    }
+
+    let mut fakes = Vec::new();
+    for provider in &scenario.providers {
+        let fake = Fake::new(provider.clone(), sink.clone());
+        fakes.push(fake.clone());
+        let port = provider.port;
+        sim.host(provider.host.as_str(), move || {
+            let fake = fake.clone();
+            async move {
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
+                fake.serve(SimListener(listener)).await;
+                Ok(())
+            }
+        });
+    }
+
+    let results: Arc<Mutex<Vec<ClientResult>>> = Arc::default();
+    {
+        let results = results.clone();
+        let requests = scenario.requests.clone();
+        let sink = sink.clone();
+        sim.client("client", async move {
+            let target = Target {
+                connector: Arc::new(SimConnector),
+                host: "gateway".into(),
+                port: GATEWAY_PORT,
+                base_path: "/v1".into(),
+            };
+            let start = tokio::time::Instant::now();
+            let mut tasks = Vec::new();
+            for (index, spec) in requests.into_iter().enumerate() {
+                let permits = Arc::new(Semaphore::new(spec.concurrency as usize));
+                for copy in 0..spec.repeat {
+                    let (target, sink, results, permits, spec) =
+                        (target.clone(), sink.clone(), results.clone(), permits.clone(), spec.clone());
+                    tasks.push(tokio::spawn(async move {
+                        tokio::time::sleep_until(start + Duration::from_millis(spec.at_ms)).await;
+                        let _permit = permits.acquire_owned().await.expect("never closed");
+                        let body = client::body(&spec, mode);
+                        let clock = || turmoil::sim_elapsed().unwrap_or_default();
+                        let label = format!("r{index}.{copy}");
+                        let mut r = client::send(
+                            &target,
+                            spec.key.as_deref(),
+                            &body,
+                            Duration::from_millis(spec.timeout_ms),
+                            sink.as_ref(),
+                            &clock,
+                            &label,
+                        )
+                        .await;
+                        r.index = index;
+                        r.copy = copy;
+                        results.lock().expect("results").push(r);
+                    }));
+                }
+            }
+            for t in tasks {
+                t.await?;
+            }
+            Ok(())
+        });
+    }
+
+    let mut faults: Vec<(u64, NetAction)> = scenario
+        .network
+        .faults
+        .iter()
+        .flat_map(|f| f.actions().into_iter().map(move |a| (f.at_ms, a)))
+        .collect();
+    faults.sort_by_key(|(at, _)| *at);
+    let mut faults = faults.into_iter().peekable();
+    let mut hang = None;
+    let mut finished_at: Option<Duration> = None;
+    loop {
+        let now = sim.elapsed();
+        while let Some((at, _)) = faults.peek() {
+            if Duration::from_millis(*at) > now {
+                break;
+            }
+            let (_, action) = faults.next().expect("peeked");
+            apply(&mut sim, &action);
+            sink_line_from_outside(&trace, now, &action);
+        }
+        match sim.step() {
+            Ok(done) => {
+                if done && finished_at.is_none() {
+                    finished_at = Some(sim.elapsed());
+                }
+                if let Some(t) = finished_at {
+                    if sim.elapsed() >= t + DRAIN {
+                        break;
+                    }
+                }
+                if finished_at.is_none() && sim.elapsed() >= Duration::from_millis(scenario.duration_ms) {
+                    hang = Some(hang_report(scenario, &trace));
+                    break;
+                }
+            }
+            Err(e) => {
+                hang = Some(format!("simulation error: {e}\n{}", tail(&trace)));
+                break;
+            }
+        }
+    }
+
+    let mut results = std::mem::take(&mut *results.lock().expect("results"));
+    results.sort_by_key(|r| (r.index, r.copy));
+    Ok(ModeRun {
+        mode,
+        results,
+        records: observer.records(),
+        calls: fakes.iter().map(|f| (f.spec.host.clone(), f.calls())).collect(),
+        open_connections: fakes.iter().map(|f| (f.spec.host.clone(), f.open_connections())).collect(),
+        trace: trace.text(),
+        catalog,
+        hang,
+    })
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, action: &NetAction) {
+    match action {
+        NetAction::Partition([a, b]) => sim.partition(a.as_str(), b.as_str()),
+        NetAction::Repair([a, b]) => sim.repair(a.as_str(), b.as_str()),
+        NetAction::Hold([a, b]) => sim.hold(a.as_str(), b.as_str()),
+        NetAction::Release([a, b]) => sim.release(a.as_str(), b.as_str()),
+        NetAction::Crash(h) => sim.crash(h.as_str()),
+        NetAction::Bounce(h) => sim.bounce(h.as_str()),
+        NetAction::FailRate([a, b], rate) => sim.set_link_fail_rate(a.as_str(), b.as_str(), *rate),
+    }
+}
+
+/// Network faults are applied between steps, outside any host: stamp them with the
+/// simulation's own clock.
+fn sink_line_from_outside(trace: &Trace, now: Duration, action: &NetAction) {
+    let text = match action {
+        NetAction::Partition([a, b]) => format!("partition {a} {b}"),
+        NetAction::Repair([a, b]) => format!("repair {a} {b}"),
+        NetAction::Hold([a, b]) => format!("hold {a} {b}"),
+        NetAction::Release([a, b]) => format!("release {a} {b}"),
+        NetAction::Crash(h) => format!("crash {h}"),
+        NetAction::Bounce(h) => format!("bounce {h}"),
+        NetAction::FailRate([a, b], r) => format!("fail_rate {a} {b} {r}"),
+    };
+    trace.line_at(now, "network", text);
+}
+
+fn tail(trace: &Trace) -> String {
+    let lines = trace.lines();
+    let from = lines.len().saturating_sub(15);
+    lines[from..].join("\n")
+}
+
+fn hang_report(scenario: &Scenario, trace: &Trace) -> String {
+    format!(
+        "did not finish within duration_ms = {} (simulated); last trace lines:\n{}",
+        scenario.duration_ms,
+        tail(trace)
+    )
+}
