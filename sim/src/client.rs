@@ -63,7 +63,9 @@ pub struct ClientResult {
 impl ClientResult {
     /// The gateway's request number, from `x-switchback-request-id`.
     pub fn request_id(&self) -> Option<u64> {
-        self.headers.get("x-switchback-request-id").and_then(|v| v.parse().ok())
+        self.headers
+            .get("x-switchback-request-id")
+            .and_then(|v| v.parse().ok())
     }
 
     /// Retries and fallbacks as the client can tell: the metadata event's totals if the
@@ -78,8 +80,10 @@ impl ClientResult {
         };
         let from_header = |k: &str| self.headers.get(k).and_then(|v| v.parse().ok());
         (
-            from_meta("attempted_retries").or_else(|| from_header("x-switchback-attempted-retries")),
-            from_meta("attempted_fallbacks").or_else(|| from_header("x-switchback-attempted-fallbacks")),
+            from_meta("attempted_retries")
+                .or_else(|| from_header("x-switchback-attempted-retries")),
+            from_meta("attempted_fallbacks")
+                .or_else(|| from_header("x-switchback-attempted-fallbacks")),
         )
     }
 
@@ -121,17 +125,36 @@ pub async fn send(
     label: &str,
 ) -> ClientResult {
     let mut result = ClientResult::default();
-    sink.line("client", format!("{label} send stream={}", body.get("stream").and_then(Value::as_bool).unwrap_or(false)));
+    sink.line(
+        "client",
+        format!(
+            "{label} send stream={}",
+            body.get("stream").and_then(Value::as_bool).unwrap_or(false)
+        ),
+    );
     let run = exchange(target, key, body, sink, clock, label, &mut result);
     if tokio::time::timeout(timeout, run).await.is_err() {
-        result.broken = Some(format!("no complete answer within {} ms", timeout.as_millis()));
+        result.broken = Some(format!(
+            "no complete answer within {} ms",
+            timeout.as_millis()
+        ));
     }
     let outcome = match (&result.broken, &result.error) {
         (Some(b), _) => format!("broken ({b})"),
         (None, Some(e)) => format!("error status={} type={}", e.status, e.error_type),
-        (None, None) => format!("ok model={} done={}", result.model.as_deref().unwrap_or("-"), result.done),
+        (None, None) => format!(
+            "ok model={} done={}",
+            result.model.as_deref().unwrap_or("-"),
+            result.done
+        ),
     };
-    sink.line("client", format!("{label} end status={} {outcome}", result.status.map_or("-".into(), |s| s.to_string())));
+    sink.line(
+        "client",
+        format!(
+            "{label} end status={} {outcome}",
+            result.status.map_or("-".into(), |s| s.to_string())
+        ),
+    );
     result
 }
 
@@ -151,13 +174,14 @@ async fn exchange(
             return;
         }
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            result.broken = Some(format!("handshake: {e}"));
-            return;
-        }
-    };
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                result.broken = Some(format!("handshake: {e}"));
+                return;
+            }
+        };
     let conn = tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -184,7 +208,9 @@ async fn exchange(
     for (name, value) in response.headers() {
         let n = name.as_str();
         if n.starts_with("x-switchback-") || n.starts_with("x-litellm-") {
-            result.headers.insert(n.to_string(), value.to_str().unwrap_or("").to_string());
+            result
+                .headers
+                .insert(n.to_string(), value.to_str().unwrap_or("").to_string());
         }
     }
     let sse = response
@@ -213,7 +239,9 @@ async fn exchange(
                     break;
                 }
                 Some(Ok(frame)) => {
-                    let Some(data) = frame.data_ref() else { continue };
+                    let Some(data) = frame.data_ref() else {
+                        continue;
+                    };
                     if let Err(e) = parser.push(data, &mut events) {
                         result.broken = Some(format!("bad SSE from gateway: {e}"));
                         break;
@@ -228,7 +256,10 @@ async fn exchange(
             result.broken = Some("stream ended without [DONE] or an error event".into());
         }
     } else {
-        let bytes = match http_body_util::Limited::new(body, MAX_CLIENT_BODY_BYTES).collect().await {
+        let bytes = match http_body_util::Limited::new(body, MAX_CLIENT_BODY_BYTES)
+            .collect()
+            .await
+        {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 result.broken = Some(format!("body: {e}"));
@@ -237,7 +268,9 @@ async fn exchange(
             }
         };
         match serde_json::from_slice::<Value>(&bytes) {
-            Ok(v) if v.get("error").is_some() => result.error = Some(seen_error(&v["error"], status)),
+            Ok(v) if v.get("error").is_some() => {
+                result.error = Some(seen_error(&v["error"], status))
+            }
             Ok(v) => {
                 result.model = v.get("model").and_then(Value::as_str).map(str::to_string);
                 result.text = v
@@ -258,9 +291,20 @@ fn header_or_dash(r: &ClientResult, name: &str) -> String {
 
 fn seen_error(e: &Value, status: u16) -> SeenError {
     SeenError {
-        status: e.get("status").and_then(Value::as_u64).map_or(status, |s| s as u16),
-        error_type: e.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
-        message: e.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+        status: e
+            .get("status")
+            .and_then(Value::as_u64)
+            .map_or(status, |s| s as u16),
+        error_type: e
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        message: e
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
     }
 }
 
@@ -290,7 +334,13 @@ fn on_event(
     };
     if let Some(e) = v.get("error") {
         let seen = seen_error(e, status);
-        sink.line("client", format!("{label} error_event status={} type={}", seen.status, seen.error_type));
+        sink.line(
+            "client",
+            format!(
+                "{label} error_event status={} type={}",
+                seen.status, seen.error_type
+            ),
+        );
         result.error = Some(seen);
         return;
     }
@@ -310,7 +360,11 @@ fn on_event(
     if !text.is_empty() {
         sink.line(
             "client",
-            format!("{label} chunk model={} text={:?}", model.as_deref().unwrap_or("-"), text),
+            format!(
+                "{label} chunk model={} text={:?}",
+                model.as_deref().unwrap_or("-"),
+                text
+            ),
         );
     }
     result.text.push_str(&text);

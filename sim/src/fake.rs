@@ -44,6 +44,9 @@ pub struct CallRecord {
     pub stream: bool,
     /// The partial answer this call was asked to continue, if any.
     pub continuation: Option<String>,
+    /// Whether it continued it (its text starts with that partial answer) or, not being
+    /// able to, answered in full.
+    pub continued: bool,
     pub authorization: Option<String>,
     /// The gateway's request number (`x-switchback-request-id`), when it sent one.
     pub request_id: Option<u64>,
@@ -86,10 +89,14 @@ impl Fake {
     /// Serves connections from `listener` forever.
     pub async fn serve<L: Listener>(self: Arc<Self>, mut listener: L) {
         loop {
-            let Ok((io, _)) = listener.accept().await else { continue };
+            let Ok((io, _)) = listener.accept().await else {
+                continue;
+            };
             let fake = self.clone();
             fake.open.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
+                // Counts down however the task ends, a crash of the host included.
+                let _open = OpenGuard(fake.clone());
                 let svc_fake = fake.clone();
                 let service = service_fn(move |req| {
                     let fake = svc_fake.clone();
@@ -98,7 +105,6 @@ impl Fake {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(io), service)
                     .await;
-                fake.open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     }
@@ -111,10 +117,18 @@ impl Fake {
         let path = req.uri().path().to_string();
         if req.method() == http::Method::GET && path.ends_with("/models") {
             let model = self.spec.model.clone().unwrap_or_else(|| "fake".into());
-            return json_response(200, &json!({"object": "list", "data": [{"id": model, "object": "model"}]}), &[]);
+            return json_response(
+                200,
+                &json!({"object": "list", "data": [{"id": model, "object": "model"}]}),
+                &[],
+            );
         }
         if req.method() != http::Method::POST || !path.ends_with("/chat/completions") {
-            return json_response(404, &json!({"error": {"message": format!("no route {path}")}}), &[]);
+            return json_response(
+                404,
+                &json!({"error": {"message": format!("no route {path}")}}),
+                &[],
+            );
         }
         let authorization = req
             .headers()
@@ -126,28 +140,46 @@ impl Fake {
             .get("x-switchback-request-id")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let body = match http_body_util::Limited::new(req.into_body(), MAX_FAKE_REQUEST_BYTES).collect().await {
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_FAKE_REQUEST_BYTES)
+            .collect()
+            .await
+        {
             Ok(b) => b.to_bytes(),
-            Err(_) => return json_response(400, &json!({"error": {"message": "body unreadable"}}), &[]),
+            Err(_) => {
+                return json_response(400, &json!({"error": {"message": "body unreadable"}}), &[]);
+            }
         };
         let Ok(body) = serde_json::from_slice::<Value>(&body) else {
             return json_response(400, &json!({"error": {"message": "body is not JSON"}}), &[]);
         };
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let model = body.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+        let model = body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         let include_usage = body
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let script = self.script_for(call, &model).clone();
-        let continuation = continuation_prefix(&body, &script.full_text());
-        let answer = Answer::new(&self.spec, &script, call, &model, continuation.as_deref());
+        let continuation = continuation_prefix(&body);
+        let full = script.full_text();
+        let continued = continuation.as_deref().is_some_and(|p| full.starts_with(p));
+        let answer = Answer::new(
+            &self.spec,
+            &script,
+            call,
+            &model,
+            continuation.as_deref().filter(|_| continued),
+        );
         self.log.lock().expect("fake log").push(CallRecord {
             call,
             model: model.clone(),
             stream,
             continuation: continuation.clone(),
+            continued,
             authorization,
             request_id,
             planned: answer.chunks[..answer.sent_before_fault()].concat(),
@@ -156,7 +188,11 @@ impl Fake {
         self.trace(format!(
             "received call={call} model={model} stream={stream} continuation={} fault={}",
             continuation.as_ref().map_or(0, |p| p.chars().count()),
-            script.fault.as_ref().map_or("-".to_string(), |f| format!("{}@{}", f.kind.as_str(), f.after_chunks)),
+            script.fault.as_ref().map_or("-".to_string(), |f| format!(
+                "{}@{}",
+                f.kind.as_str(),
+                f.after_chunks
+            )),
         ));
         tokio::time::sleep(Duration::from_millis(script.ttfb_ms)).await;
         if stream {
@@ -171,22 +207,33 @@ impl Fake {
             .calls
             .iter()
             .find(|s| {
-                (s.calls.is_empty() || s.calls.contains(&call)) && s.for_model.as_deref().is_none_or(|m| m == model)
+                (s.calls.is_empty() || s.calls.contains(&call))
+                    && s.for_model.as_deref().is_none_or(|m| m == model)
             })
             .unwrap_or(&self.spec.default)
     }
 }
 
+struct OpenGuard(Arc<Fake>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A continuation request ends with the partial answer (assistant) and an instruction
-/// (user). When this script's text starts with that partial answer, it is a continuation.
-fn continuation_prefix(body: &Value, text: &str) -> Option<String> {
+/// (user). The fake continues it when its own text starts with that partial answer.
+fn continuation_prefix(body: &Value) -> Option<String> {
     let messages = body.get("messages")?.as_array()?;
-    let [.., prev, last] = messages.as_slice() else { return None };
+    let [.., prev, last] = messages.as_slice() else {
+        return None;
+    };
     if prev.get("role")?.as_str()? != "assistant" || last.get("role")?.as_str()? != "user" {
         return None;
     }
     let prefix = prev.get("content")?.as_str()?;
-    (!prefix.is_empty() && text.starts_with(prefix)).then(|| prefix.to_string())
+    (!prefix.is_empty()).then(|| prefix.to_string())
 }
 
 /// One answer, ready to be sent either way.
@@ -201,7 +248,13 @@ struct Answer {
 }
 
 impl Answer {
-    fn new(spec: &Provider, script: &Script, call: u32, requested: &str, continuation: Option<&str>) -> Answer {
+    fn new(
+        spec: &Provider,
+        script: &Script,
+        call: u32,
+        requested: &str,
+        continuation: Option<&str>,
+    ) -> Answer {
         let all = script.chunk_texts();
         let skip = continuation.map_or(0, |p| p.chars().count());
         let mut chunks = Vec::new();
@@ -229,7 +282,11 @@ impl Answer {
             model,
             id: format!("fake-{}-{call}", spec.host),
             fault: script.fault.clone(),
-            headers: script.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers: script
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             prompt_messages: 0,
         }
     }
@@ -250,7 +307,9 @@ impl Answer {
 
     /// Chunks sent before the fault (all of them without one).
     fn sent_before_fault(&self) -> usize {
-        self.fault.as_ref().map_or(self.chunks.len(), |f| f.after_chunks.min(self.chunks.len()))
+        self.fault
+            .as_ref()
+            .map_or(self.chunks.len(), |f| f.after_chunks.min(self.chunks.len()))
     }
 
     fn stream(self, include_usage: bool) -> Response<FakeBody> {
@@ -259,19 +318,30 @@ impl Answer {
         }
         let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(16);
         let mut response = Response::new(ChannelBody(rx).boxed());
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         add_headers(&mut response, &self.headers);
         tokio::spawn(async move {
             let send = |v: &Value| Ok(Bytes::from(format!("data: {v}\n\n")));
-            if tx.send(send(&self.chunk(json!({"role": "assistant", "content": ""}), None))).await.is_err() {
+            if tx
+                .send(send(
+                    &self.chunk(json!({"role": "assistant", "content": ""}), None),
+                ))
+                .await
+                .is_err()
+            {
                 return;
             }
             let k = self.sent_before_fault();
             for i in 0..k {
                 tokio::time::sleep(Duration::from_millis(self.delays[i])).await;
-                if tx.send(send(&self.chunk(json!({"content": self.chunks[i]}), None))).await.is_err() {
+                if tx
+                    .send(send(&self.chunk(json!({"content": self.chunks[i]}), None)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -282,14 +352,21 @@ impl Answer {
                 let end = match f.kind {
                     FaultKind::Http => unreachable!("handled before streaming"),
                     FaultKind::ErrorEvent => Some(send(&error_body(f, true))),
-                    FaultKind::Reset => Some(Err(io::Error::new(io::ErrorKind::ConnectionReset, "scripted reset"))),
+                    FaultKind::Reset => Some(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "scripted reset",
+                    ))),
                     FaultKind::Stall => {
                         // Hold the connection open with no bytes until the peer gives up.
                         tx.closed().await;
                         return;
                     }
-                    FaultKind::Malformed => Some(Ok(Bytes::from_static(b"data: {\"id\": \"broken\n\n"))),
-                    FaultKind::ContentFilter => Some(send(&self.chunk(json!({}), Some("content_filter")))),
+                    FaultKind::Malformed => {
+                        Some(Ok(Bytes::from_static(b"data: {\"id\": \"broken\n\n")))
+                    }
+                    FaultKind::ContentFilter => {
+                        Some(send(&self.chunk(json!({}), Some("content_filter"))))
+                    }
                 };
                 if let Some(frame) = end {
                     let _ = tx.send(frame).await;
@@ -314,7 +391,13 @@ impl Answer {
             return http_error(f, &self.headers);
         }
         let k = self.sent_before_fault();
-        let waited: u64 = self.delays[..k].iter().sum::<u64>() + self.fault.as_ref().and_then(|_| self.delays.get(k)).copied().unwrap_or(0);
+        let waited: u64 = self.delays[..k].iter().sum::<u64>()
+            + self
+                .fault
+                .as_ref()
+                .and_then(|_| self.delays.get(k))
+                .copied()
+                .unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(waited)).await;
         let text: String = self.chunks[..k].concat();
         let completion = |finish: &str| {
@@ -332,17 +415,26 @@ impl Answer {
             Some(f) => match f.kind {
                 FaultKind::Http => unreachable!("handled above"),
                 FaultKind::ErrorEvent => {
-                    let mut r = json_response(f.status.unwrap_or(429), &error_body(f, false), &self.headers);
+                    let mut r = json_response(
+                        f.status.unwrap_or(429),
+                        &error_body(f, false),
+                        &self.headers,
+                    );
                     if let Some(ra) = f.retry_after {
-                        r.headers_mut().insert("retry-after", HeaderValue::from_str(&fmt_secs(ra)).expect("number"));
+                        r.headers_mut().insert(
+                            "retry-after",
+                            HeaderValue::from_str(&fmt_secs(ra)).expect("number"),
+                        );
                     }
                     r
                 }
                 FaultKind::Reset => {
                     let body = futures_error_body();
                     let mut r = Response::new(body);
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
                     r
                 }
                 FaultKind::Stall => {
@@ -351,11 +443,15 @@ impl Answer {
                 }
                 FaultKind::Malformed => {
                     let mut r = Response::new(full("{\"id\": \"broken"));
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
                     r
                 }
-                FaultKind::ContentFilter => json_response(200, &completion("content_filter"), &self.headers),
+                FaultKind::ContentFilter => {
+                    json_response(200, &completion("content_filter"), &self.headers)
+                }
             },
         }
     }
@@ -364,21 +460,30 @@ impl Answer {
 /// A 200 whose body breaks before a byte: what a reset looks like to a non-stream client.
 fn futures_error_body() -> FakeBody {
     let (tx, rx) = mpsc::channel(1);
-    tx.try_send(Err(io::Error::new(io::ErrorKind::ConnectionReset, "scripted reset")))
-        .expect("fresh channel has room");
+    tx.try_send(Err(io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "scripted reset",
+    )))
+    .expect("fresh channel has room");
     ChannelBody(rx).boxed()
 }
 
 fn fmt_secs(s: f64) -> String {
-    if s.fract() == 0.0 { format!("{}", s as u64) } else { format!("{s}") }
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s}")
+    }
 }
 
 fn http_error(f: &Fault, headers: &[(String, String)]) -> Response<FakeBody> {
     let status = f.status.unwrap_or(429);
     let mut r = json_response(status, &error_body(f, false), headers);
     if let Some(ra) = f.retry_after {
-        r.headers_mut()
-            .insert("retry-after", HeaderValue::from_str(&fmt_secs(ra)).expect("number"));
+        r.headers_mut().insert(
+            "retry-after",
+            HeaderValue::from_str(&fmt_secs(ra)).expect("number"),
+        );
     }
     r
 }
@@ -407,7 +512,10 @@ fn default_message(status: u16, code: Option<&str>) -> &'static str {
 pub fn error_body(f: &Fault, event: bool) -> Value {
     let status = f.status.unwrap_or(429);
     let code = f.code.as_deref();
-    let message = f.message.clone().unwrap_or_else(|| default_message(status, code).to_string());
+    let message = f
+        .message
+        .clone()
+        .unwrap_or_else(|| default_message(status, code).to_string());
     let mut v = match f.flavour {
         Flavour::Openai => {
             let kind = match status {
@@ -417,7 +525,9 @@ pub fn error_body(f: &Fault, event: bool) -> Value {
             };
             json!({"error": {"message": message, "type": kind, "code": code, "param": null}})
         }
-        Flavour::Openrouter => json!({"error": {"code": status, "message": message, "metadata": {}}}),
+        Flavour::Openrouter => {
+            json!({"error": {"code": status, "message": message, "metadata": {}}})
+        }
         Flavour::Vertex => {
             let name = match status {
                 429 => "RESOURCE_EXHAUSTED",
@@ -432,7 +542,11 @@ pub fn error_body(f: &Fault, event: bool) -> Value {
             if let Some(ra) = f.retry_after {
                 e["details"] = json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{}s", fmt_secs(ra))}]);
             }
-            if event { json!({"error": e}) } else { json!([{"error": e}]) }
+            if event {
+                json!({"error": e})
+            } else {
+                json!([{"error": e}])
+            }
         }
         Flavour::Anthropic => {
             let kind = match status {
@@ -459,21 +573,28 @@ pub fn error_body(f: &Fault, event: bool) -> Value {
 }
 
 fn full(text: impl Into<Bytes>) -> FakeBody {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn json_response(status: u16, body: &Value, headers: &[(String, String)]) -> Response<FakeBody> {
     let mut r = Response::new(full(body.to_string()));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     add_headers(&mut r, headers);
     r
 }
 
 fn add_headers(r: &mut Response<FakeBody>, headers: &[(String, String)]) {
     for (k, v) in headers {
-        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             r.headers_mut().insert(k, v);
         }
     }
@@ -486,7 +607,10 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.0.poll_recv(cx).map(|f| f.map(|r| r.map(Frame::data)))
     }
 }

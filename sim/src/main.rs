@@ -12,7 +12,11 @@ use switchback::trace::NoTrace;
 use switchback::transport::{TcpConnector, TcpListener};
 
 #[derive(Parser)]
-#[command(name = "switchback", version, about = "Switchback: an LLM gateway whose streams fall back like its non-streams")]
+#[command(
+    name = "switchback",
+    version,
+    about = "Switchback: an LLM gateway whose streams fall back like its non-streams"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,7 +63,11 @@ fn run(paths: &[PathBuf], trace: bool) -> ExitCode {
                 summary.requests,
                 summary.wall.as_secs_f64()
             );
-            if failed.is_empty() && summary.scenarios > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if failed.is_empty() && summary.scenarios > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -83,7 +91,10 @@ fn serve(config: &std::path::Path, listen: std::net::SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -98,9 +109,21 @@ fn serve(config: &std::path::Path, listen: std::net::SocketAddr) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let addr = listener.0.local_addr().map_or(listen.to_string(), |a| a.to_string());
-        println!("switchback gateway listening on http://{addr} ({} groups, {} deployments)", catalog.groups.len(), catalog.deployments.len());
-        let engine = Arc::new(Engine::new(catalog, Arc::new(TcpConnector), Arc::new(NoTrace), Arc::new(SystemWallClock)));
+        let addr = listener
+            .0
+            .local_addr()
+            .map_or(listen.to_string(), |a| a.to_string());
+        println!(
+            "switchback gateway listening on http://{addr} ({} groups, {} deployments)",
+            catalog.groups.len(),
+            catalog.deployments.len()
+        );
+        let engine = Arc::new(Engine::new(
+            catalog,
+            Arc::new(TcpConnector),
+            Arc::new(NoTrace),
+            Arc::new(SystemWallClock),
+        ));
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };

@@ -104,15 +104,25 @@ fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> R
     };
     for e in events {
         match e {
-            Event::PlanResolved { max_fallbacks, mid_stream, .. } => {
+            Event::PlanResolved {
+                max_fallbacks,
+                mid_stream,
+                ..
+            } => {
                 s.max_fallbacks = Some(*max_fallbacks);
                 s.mid_stream = Some(*mid_stream);
             }
-            Event::AttemptStarted { group, deployment, .. } => {
+            Event::AttemptStarted {
+                group, deployment, ..
+            } => {
                 if s.committed {
                     s.attempt_after_commit = true;
                 }
-                s.steps.push(Step { group: *group, deployment: *deployment, class: None });
+                s.steps.push(Step {
+                    group: *group,
+                    deployment: *deployment,
+                    class: None,
+                });
             }
             Event::AttemptFailed { class, .. } => {
                 if let Some(last) = s.steps.last_mut() {
@@ -120,12 +130,21 @@ fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> R
                 }
             }
             Event::Committed { .. } => s.committed = true,
-            Event::Completed { group, deployment, model, retries, fallbacks, .. } => {
+            Event::Completed {
+                group,
+                deployment,
+                model,
+                retries,
+                fallbacks,
+                ..
+            } => {
                 s.terminal_events += 1;
                 s.served = Some((*group, *deployment, model.clone()));
                 s.engine_counts = Some((*retries, *fallbacks));
             }
-            Event::Failed { status, error_type, .. } => {
+            Event::Failed {
+                status, error_type, ..
+            } => {
                 s.terminal_events += 1;
                 s.failed = Some((*status, error_type));
             }
@@ -151,7 +170,9 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
     }
     for (host, open) in &run.open_connections {
         if *open > 0 {
-            failures.push(format!("[{mode}] invariant: {open} connection(s) to `{host}` still open at the end"));
+            failures.push(format!(
+                "[{mode}] invariant: {open} connection(s) to `{host}` still open at the end"
+            ));
         }
     }
     let catalog = &run.catalog;
@@ -160,19 +181,30 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
         let spec = &scenario.requests[c.index];
         let label = format!("[{mode}] request r{}.{}", c.index, c.copy);
         let mut fail = |msg: String| failures.push(format!("{label}: {msg}"));
-        let expect = spec.expect.as_ref().map_or_else(|| scenario.expect.clone(), |e| e.or(&scenario.expect));
+        let expect = spec
+            .expect
+            .as_ref()
+            .map_or_else(|| scenario.expect.clone(), |e| e.or(&scenario.expect));
         check_invariants(&story, catalog, scenario, &mut fail);
         check_expect(&story, &expect, catalog, &mut fail);
     }
 }
 
-fn check_invariants(s: &RequestStory<'_>, catalog: &Catalog, scenario: &Scenario, fail: &mut dyn FnMut(String)) {
+fn check_invariants(
+    s: &RequestStory<'_>,
+    catalog: &Catalog,
+    scenario: &Scenario,
+    fail: &mut dyn FnMut(String),
+) {
     let c = s.client;
     if let Some(b) = &c.broken {
         fail(format!("invariant: the client got no clean outcome: {b}"));
     }
     if c.request_id().is_some() && s.terminal_events != 1 {
-        fail(format!("invariant: {} terminal events (completed/failed) for one request", s.terminal_events));
+        fail(format!(
+            "invariant: {} terminal events (completed/failed) for one request",
+            s.terminal_events
+        ));
     }
     if s.mid_stream == Some(MidStreamPolicy::Error) && s.attempt_after_commit {
         fail("invariant: an attempt started after commit under mid_stream: error".into());
@@ -182,23 +214,35 @@ fn check_invariants(s: &RequestStory<'_>, catalog: &Catalog, scenario: &Scenario
         for step in &s.steps {
             if groups.last() != Some(&step.group) {
                 if groups.contains(&step.group) {
-                    fail(format!("invariant: group `{}` visited twice", catalog.group(step.group).name));
+                    fail(format!(
+                        "invariant: group `{}` visited twice",
+                        catalog.group(step.group).name
+                    ));
                 }
                 groups.push(step.group);
             }
         }
         if groups.len() as u32 > max + 1 {
-            fail(format!("invariant: {} groups visited with max_fallbacks = {max}", groups.len()));
+            fail(format!(
+                "invariant: {} groups visited with max_fallbacks = {max}",
+                groups.len()
+            ));
         }
     }
     if s.steps.len() as u32 > catalog.limits.max_attempts {
-        fail(format!("invariant: {} attempts, over max_attempts", s.steps.len()));
+        fail(format!(
+            "invariant: {} attempts, over max_attempts",
+            s.steps.len()
+        ));
     }
     let spec = &scenario.requests[c.index];
     if let Some(key) = spec.key.as_deref().and_then(|k| catalog.key(k)) {
         for step in &s.steps {
             if !key.allowed[step.group.0 as usize] {
-                fail(format!("invariant: group `{}` called but the key may not use it", catalog.group(step.group).name));
+                fail(format!(
+                    "invariant: group `{}` called but the key may not use it",
+                    catalog.group(step.group).name
+                ));
             }
         }
     }
@@ -212,7 +256,10 @@ fn check_invariants(s: &RequestStory<'_>, catalog: &Catalog, scenario: &Scenario
         if s.mode.is_stream() {
             if let Some(last) = c.chunks.iter().rev().find(|ch| !ch.text.is_empty()) {
                 if last.model.as_ref() != Some(model) {
-                    fail(format!("invariant: the last content chunk says model {:?}, served by `{model}`", last.model));
+                    fail(format!(
+                        "invariant: the last content chunk says model {:?}, served by `{model}`",
+                        last.model
+                    ));
                 }
             }
         }
@@ -250,7 +297,10 @@ fn check_expect(s: &RequestStory<'_>, e: &Expect, catalog: &Catalog, fail: &mut 
     let status = c.error.as_ref().map(|e| e.status).or(c.status);
     if let Some(want) = e.status {
         if status != Some(want) {
-            fail(format!("status: expected {want}, got {status:?} ({})", describe_error(c)));
+            fail(format!(
+                "status: expected {want}, got {status:?} ({})",
+                describe_error(c)
+            ));
         }
     }
     let served = s.served.as_ref();
@@ -301,7 +351,10 @@ fn check_expect(s: &RequestStory<'_>, e: &Expect, catalog: &Catalog, fail: &mut 
     }
     for name in &e.events {
         if !s.events.contains(&name.as_str()) {
-            fail(format!("events: `{name}` did not occur (saw {:?})", s.events));
+            fail(format!(
+                "events: `{name}` did not occur (saw {:?})",
+                s.events
+            ));
         }
     }
     for name in &e.no_events {
@@ -313,7 +366,10 @@ fn check_expect(s: &RequestStory<'_>, e: &Expect, catalog: &Catalog, fail: &mut 
         if s.mode.is_stream() {
             let got = c.error.is_some() && !c.done && c.status == Some(200);
             if got != want {
-                fail(format!("stream_error: expected {want}, got {got} ({})", describe_error(c)));
+                fail(format!(
+                    "stream_error: expected {want}, got {got} ({})",
+                    describe_error(c)
+                ));
             }
         }
     }
@@ -329,12 +385,20 @@ fn describe_error(c: &ClientResult) -> String {
 
 /// Stream/non-stream equivalence (DESIGN.md). Both runs must come from fresh worlds with the
 /// same seed. On a mismatch, the message names the first diverging attempt.
-pub fn check_equivalence(scenario: &Scenario, a: &ModeRun, b: &ModeRun, failures: &mut Vec<String>) {
+pub fn check_equivalence(
+    scenario: &Scenario,
+    a: &ModeRun,
+    b: &ModeRun,
+    failures: &mut Vec<String>,
+) {
     let (sa, sb) = (stories(a), stories(b));
     let catalog = &a.catalog;
     for (x, y) in sa.iter().zip(sb.iter()) {
         let spec = &scenario.requests[x.client.index];
-        let expect = spec.expect.as_ref().map_or_else(|| scenario.expect.clone(), |e| e.or(&scenario.expect));
+        let expect = spec
+            .expect
+            .as_ref()
+            .map_or_else(|| scenario.expect.clone(), |e| e.or(&scenario.expect));
         if expect.equivalent == Some(false) {
             continue;
         }
@@ -342,10 +406,19 @@ pub fn check_equivalence(scenario: &Scenario, a: &ModeRun, b: &ModeRun, failures
         let mut fail = |m: String| failures.push(format!("[equivalence] {label}: {m}"));
         let (ma, mb) = (a.mode.as_str(), b.mode.as_str());
         if x.outcome() != y.outcome() {
-            fail(format!("outcome differs: {ma} {:?}, {mb} {:?}", x.outcome(), y.outcome()));
+            fail(format!(
+                "outcome differs: {ma} {:?}, {mb} {:?}",
+                x.outcome(),
+                y.outcome()
+            ));
         }
         if x.steps != y.steps {
-            let i = x.steps.iter().zip(&y.steps).position(|(p, q)| p != q).unwrap_or(x.steps.len().min(y.steps.len()));
+            let i = x
+                .steps
+                .iter()
+                .zip(&y.steps)
+                .position(|(p, q)| p != q)
+                .unwrap_or(x.steps.len().min(y.steps.len()));
             let show = |s: Option<&Step>| {
                 s.map_or("(none)".to_string(), |s| {
                     format!(
@@ -364,7 +437,8 @@ pub fn check_equivalence(scenario: &Scenario, a: &ModeRun, b: &ModeRun, failures
             ));
         }
         let serving = |s: &RequestStory<'_>| s.served.as_ref().map(|(g, d, _)| (*g, *d));
-        if serving(x) != serving(y) || x.client.model != y.client.model {
+        let both_served = x.client.succeeded() && y.client.succeeded();
+        if serving(x) != serving(y) || (both_served && x.client.model != y.client.model) {
             fail(format!(
                 "serving deployment or model differs: {ma} {:?} {:?}, {mb} {:?} {:?}",
                 serving(x).map(|(_, d)| &catalog.deployment(d).id),
@@ -385,7 +459,11 @@ pub fn check_equivalence(scenario: &Scenario, a: &ModeRun, b: &ModeRun, failures
         run.records
             .iter()
             .filter_map(|r| match &r.event {
-                Event::DeploymentCooled { deployment, duration, class } => Some((*deployment, duration.as_millis(), *class)),
+                Event::DeploymentCooled {
+                    deployment,
+                    duration,
+                    class,
+                } => Some((*deployment, duration.as_millis(), *class)),
                 _ => None,
             })
             .collect()

@@ -72,7 +72,11 @@ pub struct Summary {
 }
 
 /// Runs every scenario under `paths`, printing one line per scenario; returns the summary.
-pub fn run_suite(paths: &[PathBuf], verbose: bool, mut print: impl FnMut(&str)) -> std::io::Result<(Summary, Vec<Report>)> {
+pub fn run_suite(
+    paths: &[PathBuf],
+    verbose: bool,
+    mut print: impl FnMut(&str),
+) -> std::io::Result<(Summary, Vec<Report>)> {
     let started = Instant::now();
     let mut files = Vec::new();
     for p in paths {
@@ -94,7 +98,11 @@ pub fn run_suite(paths: &[PathBuf], verbose: bool, mut print: impl FnMut(&str)) 
         ));
         if verbose {
             for run in &report.runs {
-                print(&format!("--- trace, {} ---\n{}", run.mode.as_str(), run.trace));
+                print(&format!(
+                    "--- trace, {} ---\n{}",
+                    run.mode.as_str(),
+                    run.trace
+                ));
             }
         }
         if report.passed() {

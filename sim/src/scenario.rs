@@ -413,7 +413,19 @@ impl Expect {
         macro_rules! pick {
             ($($f:ident),*) => { Expect { $($f: self.$f.clone().or_else(|| defaults.$f.clone()),)* events: if self.events.is_empty() { defaults.events.clone() } else { self.events.clone() }, no_events: if self.no_events.is_empty() { defaults.no_events.clone() } else { self.no_events.clone() } } };
         }
-        pick!(status, group, deployment, attempts, content, model, retries, fallbacks, error_type, stream_error, equivalent)
+        pick!(
+            status,
+            group,
+            deployment,
+            attempts,
+            content,
+            model,
+            retries,
+            fallbacks,
+            error_type,
+            stream_error,
+            equivalent
+        )
     }
 }
 
@@ -452,25 +464,47 @@ impl Scenario {
             return Err((path, first.message.clone()));
         }
         if self.duration_ms == 0 || self.duration_ms > MAX_DURATION_MS {
-            return Err((vec![key("duration_ms")], format!("must be 1 to {MAX_DURATION_MS}")));
+            return Err((
+                vec![key("duration_ms")],
+                format!("must be 1 to {MAX_DURATION_MS}"),
+            ));
         }
         let mut hosts: Vec<&str> = vec!["gateway", "client"];
         for (i, p) in self.providers.iter().enumerate() {
             let at = |f: &str| vec![key("providers"), PathSeg::Index(i), key(f)];
             if hosts.contains(&p.host.as_str()) {
-                return Err((at("host"), format!("host `{}` is used twice (or is reserved)", p.host)));
+                return Err((
+                    at("host"),
+                    format!("host `{}` is used twice (or is reserved)", p.host),
+                ));
             }
-            if p.host.is_empty() || !p.host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            if p.host.is_empty()
+                || !p
+                    .host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            {
                 return Err((at("host"), "a host name is letters, digits and `-`".into()));
             }
             hosts.push(&p.host);
             check_script(&p.default).map_err(|m| (at("default"), m))?;
             if !p.default.calls.is_empty() || p.default.for_model.is_some() {
-                return Err((at("default"), "`calls` and `for_model` belong in `calls` entries".into()));
+                return Err((
+                    at("default"),
+                    "`calls` and `for_model` belong in `calls` entries".into(),
+                ));
             }
             for (j, rule) in p.calls.iter().enumerate() {
                 check_script(rule).map_err(|m| {
-                    (vec![key("providers"), PathSeg::Index(i), key("calls"), PathSeg::Index(j)], m)
+                    (
+                        vec![
+                            key("providers"),
+                            PathSeg::Index(i),
+                            key("calls"),
+                            PathSeg::Index(j),
+                        ],
+                        m,
+                    )
                 })?;
             }
         }
@@ -491,7 +525,10 @@ impl Scenario {
             if !known {
                 return Err((
                     at,
-                    format!("`{base}` is not a provider of this scenario (hosts: {})", hosts[2..].join(", ")),
+                    format!(
+                        "`{base}` is not a provider of this scenario (hosts: {})",
+                        hosts[2..].join(", ")
+                    ),
                 ));
             }
         }
@@ -499,10 +536,16 @@ impl Scenario {
             let at = vec![key("network"), key("faults"), PathSeg::Index(i)];
             let actions = f.actions();
             if actions.len() != 1 {
-                return Err((at, format!("one action per entry, this one has {}", actions.len())));
+                return Err((
+                    at,
+                    format!("one action per entry, this one has {}", actions.len()),
+                ));
             }
             let named: Vec<String> = match &actions[0] {
-                NetAction::Partition(p) | NetAction::Repair(p) | NetAction::Hold(p) | NetAction::Release(p) => p.to_vec(),
+                NetAction::Partition(p)
+                | NetAction::Repair(p)
+                | NetAction::Hold(p)
+                | NetAction::Release(p) => p.to_vec(),
                 NetAction::Crash(h) | NetAction::Bounce(h) => {
                     if h == "gateway" || h == "client" {
                         return Err((at, "only provider hosts can crash or bounce".into()));
@@ -523,14 +566,23 @@ impl Scenario {
             }
         }
         if self.network.latency_ms[0] > self.network.latency_ms[1] {
-            return Err((vec![key("network"), key("latency_ms")], "min is above max".into()));
+            return Err((
+                vec![key("network"), key("latency_ms")],
+                "min is above max".into(),
+            ));
         }
         if self.requests.is_empty() {
-            return Err((vec![key("requests")], "a scenario needs at least one request".into()));
+            return Err((
+                vec![key("requests")],
+                "a scenario needs at least one request".into(),
+            ));
         }
         let total: u64 = self.requests.iter().map(|r| u64::from(r.repeat)).sum();
         if total > u64::from(MAX_REQUESTS) {
-            return Err((vec![key("requests")], format!("{total} requests is over MAX_REQUESTS = {MAX_REQUESTS}")));
+            return Err((
+                vec![key("requests")],
+                format!("{total} requests is over MAX_REQUESTS = {MAX_REQUESTS}"),
+            ));
         }
         for (i, r) in self.requests.iter().enumerate() {
             let at = |f: &str| vec![key("requests"), PathSeg::Index(i), key(f)];

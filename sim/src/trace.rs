@@ -64,7 +64,9 @@ impl Trace {
         if lines.len() < MAX_TRACE_LINES {
             lines.push(format!("{at:>6}ms {host:<9} {text}"));
         } else if lines.len() == MAX_TRACE_LINES {
-            lines.push(format!("... truncated at MAX_TRACE_LINES = {MAX_TRACE_LINES}"));
+            lines.push(format!(
+                "... truncated at MAX_TRACE_LINES = {MAX_TRACE_LINES}"
+            ));
         }
     }
 }
@@ -97,7 +99,10 @@ impl EngineObserver {
 
 impl Observer for EngineObserver {
     fn record(&self, record: TraceRecord, catalog: &Catalog) {
-        self.sink.line("gateway", format!("req={} {}", record.request, record.event.render(catalog)));
+        self.sink.line(
+            "gateway",
+            format!("req={} {}", record.request, record.event.render(catalog)),
+        );
         let mut records = self.records.lock().expect("records lock");
         if records.len() < MAX_TRACE_LINES {
             records.push(record);

@@ -118,8 +118,14 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
             let observer = observer.clone();
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", GATEWAY_PORT)).await?;
-                let engine = Arc::new(Engine::new(catalog, Arc::new(SimConnector), observer, Arc::new(SimWallClock)));
-                switchback::gateway::serve(engine, SimListener(listener), std::future::pending()).await;
+                let engine = Arc::new(Engine::new(
+                    catalog,
+                    Arc::new(SimConnector),
+                    observer,
+                    Arc::new(SimWallClock),
+                ));
+                switchback::gateway::serve(engine, SimListener(listener), std::future::pending())
+                    .await;
                 Ok(())
             }
         });
@@ -157,8 +163,13 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
             for (index, spec) in requests.into_iter().enumerate() {
                 let permits = Arc::new(Semaphore::new(spec.concurrency as usize));
                 for copy in 0..spec.repeat {
-                    let (target, sink, results, permits, spec) =
-                        (target.clone(), sink.clone(), results.clone(), permits.clone(), spec.clone());
+                    let (target, sink, results, permits, spec) = (
+                        target.clone(),
+                        sink.clone(),
+                        results.clone(),
+                        permits.clone(),
+                        spec.clone(),
+                    );
                     tasks.push(tokio::spawn(async move {
                         tokio::time::sleep_until(start + Duration::from_millis(spec.at_ms)).await;
                         let _permit = permits.acquire_owned().await.expect("never closed");
@@ -218,7 +229,9 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
                         break;
                     }
                 }
-                if finished_at.is_none() && sim.elapsed() >= Duration::from_millis(scenario.duration_ms) {
+                if finished_at.is_none()
+                    && sim.elapsed() >= Duration::from_millis(scenario.duration_ms)
+                {
                     hang = Some(hang_report(scenario, &trace));
                     break;
                 }
@@ -236,8 +249,14 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         mode,
         results,
         records: observer.records(),
-        calls: fakes.iter().map(|f| (f.spec.host.clone(), f.calls())).collect(),
-        open_connections: fakes.iter().map(|f| (f.spec.host.clone(), f.open_connections())).collect(),
+        calls: fakes
+            .iter()
+            .map(|f| (f.spec.host.clone(), f.calls()))
+            .collect(),
+        open_connections: fakes
+            .iter()
+            .map(|f| (f.spec.host.clone(), f.open_connections()))
+            .collect(),
         trace: trace.text(),
         catalog,
         hang,

@@ -15,8 +15,8 @@ use serde_json::json;
 
 use crate::attempt::{CommitHead, Outcome};
 use crate::delivery::{
-    AggregateDelivery, HEADER_DEPLOYMENT, HEADER_FALLBACKS, HEADER_GROUP, HEADER_REQUEST_ID, HEADER_RETRIES,
-    StreamDelivery, StreamStart,
+    AggregateDelivery, HEADER_DEPLOYMENT, HEADER_FALLBACKS, HEADER_GROUP, HEADER_REQUEST_ID,
+    HEADER_RETRIES, StreamDelivery, StreamStart,
 };
 use crate::engine::{Admitted, Engine};
 use crate::error::ApiError;
@@ -236,7 +236,9 @@ fn set_counts(
 
 /// The gateway's number for the request (its trace `req=`), to correlate logs.
 fn set_request_id(response: &mut Response<ResponseBody>, id: u64) {
-    response.headers_mut().insert(HEADER_REQUEST_ID, HeaderValue::from(id));
+    response
+        .headers_mut()
+        .insert(HEADER_REQUEST_ID, HeaderValue::from(id));
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
