@@ -111,7 +111,11 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, YamlEr
             file: file.to_string(),
             line,
             column,
-            path: if path == "." { String::new() } else { path },
+            path: if path == "." || path == "?" {
+                String::new()
+            } else {
+                path
+            },
             message,
             hint,
         }

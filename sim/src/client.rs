@@ -114,6 +114,65 @@ pub struct Target {
     pub base_path: String,
 }
 
+/// A clock for trace and chunk times: simulated in the world, real in live mode.
+pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// Sends every request of a scenario on its schedule (`at_ms`, `repeat`, `concurrency`) and
+/// returns the results ordered by (request index, copy), however they interleaved.
+pub async fn run_requests(
+    target: &Target,
+    requests: &[RequestSpec],
+    mode: Mode,
+    sink: Arc<dyn TraceSink>,
+    clock: Clock,
+) -> Vec<ClientResult> {
+    let start = tokio::time::Instant::now();
+    let results: Arc<std::sync::Mutex<Vec<ClientResult>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (index, spec) in requests.iter().enumerate() {
+        let permits = Arc::new(tokio::sync::Semaphore::new(spec.concurrency as usize));
+        for copy in 0..spec.repeat {
+            let (target, sink, results, permits, spec, clock) = (
+                target.clone(),
+                sink.clone(),
+                results.clone(),
+                permits.clone(),
+                spec.clone(),
+                clock.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep_until(start + Duration::from_millis(spec.at_ms)).await;
+                let _permit = permits.acquire_owned().await.expect("never closed");
+                let body = body(&spec, mode);
+                let label = format!("r{index}.{copy}");
+                let timeout = Duration::from_millis(spec.timeout_ms);
+                let mut r = send(
+                    &target,
+                    spec.key.as_deref(),
+                    &body,
+                    timeout,
+                    sink.as_ref(),
+                    clock.as_ref(),
+                    &label,
+                )
+                .await;
+                r.index = index;
+                r.copy = copy;
+                results.lock().expect("results").push(r);
+            }));
+        }
+    }
+    for t in tasks {
+        // A panicking request task is a harness bug: surface it.
+        if let Err(e) = t.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    let mut results = std::mem::take(&mut *results.lock().expect("results"));
+    results.sort_by_key(|r| (r.index, r.copy));
+    results
+}
+
 /// Sends one request and records what comes back. Never panics on what the gateway sends.
 pub async fn send(
     target: &Target,

@@ -6,12 +6,14 @@
 //! * [`fake`]: scripted OpenAI-compatible providers that inject faults at chunk offsets.
 //! * [`world`]: one turmoil simulation per run: gateway, provider and client hosts.
 //! * [`client`]: scripted requests, and what a client sees.
+//! * [`live`]: the same scenarios on real loopback sockets and the real clock.
 //! * [`oracle`]: expectations, invariants, stream/non-stream equivalence.
 //! * [`trace`]: the canonical per-run trace that snapshots record.
 //! * [`run`]: running files and suites, and the summary.
 
 pub mod client;
 pub mod fake;
+pub mod live;
 pub mod oracle;
 pub mod run;
 pub mod scenario;

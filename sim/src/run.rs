@@ -23,12 +23,30 @@ impl Report {
     }
 }
 
+/// Where a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Where {
+    /// In a turmoil simulation (deterministic, simulated time).
+    Simulation,
+    /// On loopback sockets with the real clock.
+    Live,
+}
+
 /// Runs a loaded scenario in each of its modes and judges it.
 pub fn run_scenario(path: &Path, scenario: &Scenario) -> Report {
+    run_scenario_in(path, scenario, Where::Simulation)
+}
+
+/// Runs a loaded scenario in each of its modes, in simulation or live, and judges it.
+pub fn run_scenario_in(path: &Path, scenario: &Scenario, place: Where) -> Report {
     let mut failures = Vec::new();
     let mut runs = Vec::new();
     for mode in &scenario.modes {
-        match world::run(scenario, *mode) {
+        let run = match place {
+            Where::Simulation => world::run(scenario, *mode),
+            Where::Live => crate::live::run(scenario, *mode),
+        };
+        match run {
             Ok(run) => {
                 oracle::check_run(scenario, &run, &mut failures);
                 runs.push(run);

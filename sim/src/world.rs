@@ -18,7 +18,6 @@ use switchback::config::GatewayConfig;
 use switchback::engine::{Engine, WallClock};
 use switchback::trace::TraceRecord;
 use switchback::transport::{BoxFuture, BoxIo, Connector, Listener};
-use tokio::sync::Semaphore;
 
 use crate::client::{self, ClientResult, Target};
 use crate::fake::{CallRecord, Fake};
@@ -158,43 +157,9 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
                 port: GATEWAY_PORT,
                 base_path: "/v1".into(),
             };
-            let start = tokio::time::Instant::now();
-            let mut tasks = Vec::new();
-            for (index, spec) in requests.into_iter().enumerate() {
-                let permits = Arc::new(Semaphore::new(spec.concurrency as usize));
-                for copy in 0..spec.repeat {
-                    let (target, sink, results, permits, spec) = (
-                        target.clone(),
-                        sink.clone(),
-                        results.clone(),
-                        permits.clone(),
-                        spec.clone(),
-                    );
-                    tasks.push(tokio::spawn(async move {
-                        tokio::time::sleep_until(start + Duration::from_millis(spec.at_ms)).await;
-                        let _permit = permits.acquire_owned().await.expect("never closed");
-                        let body = client::body(&spec, mode);
-                        let clock = || turmoil::sim_elapsed().unwrap_or_default();
-                        let label = format!("r{index}.{copy}");
-                        let mut r = client::send(
-                            &target,
-                            spec.key.as_deref(),
-                            &body,
-                            Duration::from_millis(spec.timeout_ms),
-                            sink.as_ref(),
-                            &clock,
-                            &label,
-                        )
-                        .await;
-                        r.index = index;
-                        r.copy = copy;
-                        results.lock().expect("results").push(r);
-                    }));
-                }
-            }
-            for t in tasks {
-                t.await?;
-            }
+            let clock: client::Clock = Arc::new(|| turmoil::sim_elapsed().unwrap_or_default());
+            let done = client::run_requests(&target, &requests, mode, sink, clock).await;
+            *results.lock().expect("results") = done;
             Ok(())
         });
     }
@@ -243,8 +208,7 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         }
     }
 
-    let mut results = std::mem::take(&mut *results.lock().expect("results"));
-    results.sort_by_key(|r| (r.index, r.copy));
+    let results = std::mem::take(&mut *results.lock().expect("results"));
     Ok(ModeRun {
         mode,
         results,
