@@ -195,7 +195,7 @@ impl Run<'_> {
         let fallback_on_bad_request = self.catalog.settings.fallback_on_bad_request;
         loop {
             let mut route = FallbackRoute::Generic;
-            let mut next = match self.enter(group).await {
+            let mut next = match self.enter(group) {
                 Ok(d) => Some(d),
                 Err(failure) => {
                     last = Some(failure);
@@ -352,10 +352,11 @@ impl Run<'_> {
         }
     }
 
-    /// The first deployment of a group. If all are cooling, wait for the first to recover
-    /// when that fits `max_retry_after` and the deadline; otherwise the group is skipped
-    /// with a rate-limit failure (no upstream call).
-    async fn enter(&mut self, group: GroupId) -> Result<DeploymentId, Failure> {
+    /// The first deployment of a group. A group whose every deployment is cooling is
+    /// skipped at once, without an upstream call, as a rate-limit failure carrying the time
+    /// until the first deployment recovers (LiteLLM does the same). New requests never queue
+    /// behind a cooldown; only a retry that honours a Retry-After waits (see `route`).
+    fn enter(&mut self, group: GroupId) -> Result<DeploymentId, Failure> {
         let now = Instant::now();
         let choice = {
             let book = self.engine.cooldowns();
@@ -363,27 +364,21 @@ impl Run<'_> {
         };
         match choice {
             Choice::Now(d) => Ok(d),
-            Choice::After(d, wait) => {
-                let too_long = wait > self.catalog.limits.max_retry_after();
-                if too_long || now + wait >= self.deadline {
-                    let reason = if too_long {
-                        GiveUp::WaitTooLong(wait)
-                    } else {
-                        GiveUp::PastDeadline
-                    };
-                    self.emit(Event::GroupExhausted { group, reason });
-                    let mut f = Failure::new(
-                        FailureClass::RateLimited,
-                        format!(
-                            "every deployment of `{}` is cooling down",
-                            self.catalog.group(group).name
-                        ),
-                    );
-                    f.retry_after = Some(wait);
-                    return Err(f);
-                }
-                tokio::time::sleep(wait).await;
-                Ok(d)
+            Choice::After(_, wait) => {
+                self.emit(Event::GroupExhausted {
+                    group,
+                    reason: GiveUp::AllCooling(wait),
+                });
+                let mut f = Failure::new(
+                    FailureClass::RateLimited,
+                    format!(
+                        "every deployment of `{}` is cooling down (the first recovers in {} ms)",
+                        self.catalog.group(group).name,
+                        wait.as_millis()
+                    ),
+                );
+                f.retry_after = Some(wait);
+                Err(f)
             }
         }
     }

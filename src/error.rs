@@ -15,6 +15,8 @@ pub struct ApiError {
     pub error_type: &'static str,
     pub code: Option<String>,
     pub param: Option<String>,
+    /// Sent as `retry-after` (whole seconds, rounded up) when the last failure carried one.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             error_type,
             code: None,
             param: None,
+            retry_after: None,
         }
     }
 
@@ -62,6 +65,7 @@ impl ApiError {
             format!("{} ({summary})", failure.message),
         );
         e.code = failure.class.error_code().map(str::to_string);
+        e.retry_after = failure.retry_after;
         e
     }
 

@@ -105,17 +105,29 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, YamlEr
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
-        let message = clean_message(&e.without_snippet().to_string());
+        let mut message = clean_message(&e.without_snippet().to_string());
         let hint = suggest(&message);
+        let mut path = if path == "." || path == "?" {
+            String::new()
+        } else {
+            path
+        };
+        // A duplicate key: name it in the path, and drop the parser's advice, which is
+        // about its own options, not about the file.
+        if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+            let key = rest.split(',').next().unwrap_or(rest).trim().to_string();
+            path = match path.strip_suffix('?') {
+                Some(parent) => format!("{parent}{key}"),
+                None if path.is_empty() => key.clone(),
+                None => path,
+            };
+            message = format!("`{key}` appears twice in the same mapping");
+        }
         YamlError {
             file: file.to_string(),
             line,
             column,
-            path: if path == "." || path == "?" {
-                String::new()
-            } else {
-                path
-            },
+            path,
             message,
             hint,
         }

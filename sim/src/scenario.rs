@@ -487,7 +487,7 @@ impl Scenario {
                 return Err((at("host"), "a host name is letters, digits and `-`".into()));
             }
             hosts.push(&p.host);
-            check_script(&p.default).map_err(|m| (at("default"), m))?;
+            check_script(&p.default).map_err(|(sub, m)| (join(at("default"), sub), m))?;
             if !p.default.calls.is_empty() || p.default.for_model.is_some() {
                 return Err((
                     at("default"),
@@ -495,17 +495,13 @@ impl Scenario {
                 ));
             }
             for (j, rule) in p.calls.iter().enumerate() {
-                check_script(rule).map_err(|m| {
-                    (
-                        vec![
-                            key("providers"),
-                            PathSeg::Index(i),
-                            key("calls"),
-                            PathSeg::Index(j),
-                        ],
-                        m,
-                    )
-                })?;
+                let at = vec![
+                    key("providers"),
+                    PathSeg::Index(i),
+                    key("calls"),
+                    PathSeg::Index(j),
+                ];
+                check_script(rule).map_err(|(sub, m)| (join(at, sub), m))?;
             }
         }
         for (i, d) in self.gateway.model_list.iter().enumerate() {
@@ -541,27 +537,41 @@ impl Scenario {
                     format!("one action per entry, this one has {}", actions.len()),
                 ));
             }
-            let named: Vec<String> = match &actions[0] {
-                NetAction::Partition(p)
-                | NetAction::Repair(p)
-                | NetAction::Hold(p)
-                | NetAction::Release(p) => p.to_vec(),
+            let field = |name: &str| join(at.clone(), vec![key(name)]);
+            let (name, named): (&str, Vec<String>) = match &actions[0] {
+                NetAction::Partition(p) => ("partition", p.to_vec()),
+                NetAction::Repair(p) => ("repair", p.to_vec()),
+                NetAction::Hold(p) => ("hold", p.to_vec()),
+                NetAction::Release(p) => ("release", p.to_vec()),
                 NetAction::Crash(h) | NetAction::Bounce(h) => {
+                    let name = if f.crash.is_some() { "crash" } else { "bounce" };
                     if h == "gateway" || h == "client" {
-                        return Err((at, "only provider hosts can crash or bounce".into()));
+                        return Err((
+                            field(name),
+                            "only provider hosts can crash or bounce".into(),
+                        ));
                     }
-                    vec![h.clone()]
+                    (name, vec![h.clone()])
                 }
                 NetAction::FailRate(link, rate) => {
                     if !(0.0..=1.0).contains(rate) {
-                        return Err((at, "rate is 0.0 to 1.0".into()));
+                        return Err((
+                            join(field("fail_rate"), vec![key("rate")]),
+                            "rate is 0.0 to 1.0".into(),
+                        ));
                     }
-                    link.to_vec()
+                    ("fail_rate", link.to_vec())
                 }
             };
-            for h in named {
+            for (j, h) in named.iter().enumerate() {
                 if !hosts.contains(&h.as_str()) {
-                    return Err((at, format!("unknown host `{h}`")));
+                    let mut path = field(name);
+                    match name {
+                        "crash" | "bounce" => {}
+                        "fail_rate" => path.extend([key("link"), PathSeg::Index(j)]),
+                        _ => path.push(PathSeg::Index(j)),
+                    }
+                    return Err((path, format!("unknown host `{h}`")));
                 }
             }
         }
@@ -586,8 +596,11 @@ impl Scenario {
         }
         for (i, r) in self.requests.iter().enumerate() {
             let at = |f: &str| vec![key("requests"), PathSeg::Index(i), key(f)];
-            if r.repeat == 0 || r.concurrency == 0 {
-                return Err((at("repeat"), "repeat and concurrency are at least 1".into()));
+            if r.repeat == 0 {
+                return Err((at("repeat"), "`repeat` must be at least 1".into()));
+            }
+            if r.concurrency == 0 {
+                return Err((at("concurrency"), "`concurrency` must be at least 1".into()));
             }
             if let Some(k) = &r.key {
                 if !self.gateway.keys.iter().any(|c| &c.key == k) {
@@ -605,34 +618,61 @@ impl Scenario {
     }
 }
 
-fn check_script(s: &Script) -> Result<(), String> {
+/// Checks one script; an error carries the path (inside the script) of the culprit.
+fn check_script(s: &Script) -> Result<(), (Vec<PathSeg>, String)> {
+    let at = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| PathSeg::Key(n.to_string()))
+            .collect::<Vec<_>>()
+    };
     if s.text.is_some() && s.chunks.is_some() {
-        return Err("give `text` or `chunks`, not both".into());
+        return Err((at(&["chunks"]), "give `text` or `chunks`, not both".into()));
     }
     if s.chunk_size == Some(0) {
-        return Err("`chunk_size` must be at least 1".into());
+        return Err((
+            at(&["chunk_size"]),
+            "`chunk_size` must be at least 1".into(),
+        ));
     }
-    if s.chunk_texts().len() > MAX_CHUNKS {
-        return Err(format!("more than MAX_CHUNKS = {MAX_CHUNKS} chunks"));
+    let chunks = s.chunk_texts().len();
+    if chunks > MAX_CHUNKS {
+        return Err((
+            at(&["text"]),
+            format!("more than MAX_CHUNKS = {MAX_CHUNKS} chunks"),
+        ));
     }
     if let Some(f) = &s.fault {
         if f.kind == FaultKind::Http && f.after_chunks != 0 {
-            return Err("an `http` fault happens before any chunk: after_chunks must be 0".into());
+            return Err((
+                at(&["fault", "after_chunks"]),
+                "an `http` fault happens before any chunk: after_chunks must be 0".into(),
+            ));
         }
-        if f.after_chunks > s.chunk_texts().len() {
-            return Err(format!(
-                "after_chunks = {} but the answer has {} chunks",
-                f.after_chunks,
-                s.chunk_texts().len()
+        if f.after_chunks > chunks {
+            return Err((
+                at(&["fault", "after_chunks"]),
+                format!(
+                    "after_chunks = {} but the answer has {chunks} chunks",
+                    f.after_chunks
+                ),
             ));
         }
         if let Some(st) = f.status {
             if !(100..=599).contains(&st) {
-                return Err(format!("status {st} is not an HTTP status"));
+                return Err((
+                    at(&["fault", "status"]),
+                    format!("status {st} is not an HTTP status"),
+                ));
             }
         }
     }
     Ok(())
+}
+
+fn join(mut base: Vec<PathSeg>, sub: Vec<PathSeg>) -> Vec<PathSeg> {
+    base.extend(sub);
+    base
 }
 
 /// Every `*.yaml` under `dir`, sorted, recursively.

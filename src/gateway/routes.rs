@@ -253,5 +253,12 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Resp
 
 fn error(e: &ApiError) -> Response<ResponseBody> {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    json_response(status, &e.body_json())
+    let mut response = json_response(status, &e.body_json());
+    if let Some(wait) = e.retry_after {
+        let secs = wait.as_millis().div_ceil(1000) as u64;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }

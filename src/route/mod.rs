@@ -32,6 +32,9 @@ pub enum GiveUp {
     WaitTooLong(Duration),
     /// The wait would end past the request deadline.
     PastDeadline,
+    /// Every deployment of the group is cooling (for at least this long) when the request
+    /// reaches it: the group is skipped without a call.
+    AllCooling(Duration),
 }
 
 impl GiveUp {
@@ -41,6 +44,7 @@ impl GiveUp {
             GiveUp::BudgetSpent => "budget_spent",
             GiveUp::WaitTooLong(_) => "wait_too_long",
             GiveUp::PastDeadline => "past_deadline",
+            GiveUp::AllCooling(_) => "all_cooling",
         }
     }
 }

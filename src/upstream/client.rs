@@ -141,7 +141,12 @@ impl UpstreamClient {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/json"));
+            // Media types are case-insensitive (RFC 9110 §8.3.1).
+            .is_some_and(|ct| {
+                ct.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
         let mut stream = UpstreamStream {
             body,
             parser: SseParser::new(self.limits.max_sse_line_bytes),
@@ -325,11 +330,14 @@ impl UpstreamStream {
                     self.last_activity = Instant::now();
                     if let Some(data) = frame.data_ref() {
                         let mut events: Vec<SseEvent> = Vec::new();
-                        self.parser
-                            .push(data, &mut events)
-                            .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+                        let parsed = self.parser.push(data, &mut events);
+                        // Events completed before a bad line in the same read still count:
+                        // how TCP cuts the bytes must not change what is delivered.
                         self.queue
                             .extend(events.into_iter().map(|e| chunk::parse_data(&e.data)));
+                        if let Err(e) = parsed {
+                            self.queue.push_back(Err(e.to_string()));
+                        }
                     }
                 }
             }

@@ -1,0 +1,278 @@
+//! The broken-file corpus: every file under `sim/tests/broken/` is a valid scenario (the
+//! [`BASE`] below) with one mistake, and must fail to load with an error that names the
+//! line, the column and the field of that mistake, says what is wrong, and suggests the right
+//! name for a typo.
+//!
+//! [`CASES`] is the table. A file in `broken/` without a row fails
+//! [`every_broken_file_has_a_row`], so the corpus cannot grow untested.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use switchback_sim::scenario::Scenario;
+
+/// What loading one broken file must report.
+struct Case {
+    /// File name under `sim/tests/broken/`.
+    file: &'static str,
+    /// 1-based line and column of the offending token.
+    line: u64,
+    column: u64,
+    /// Field path as `YamlError::path` renders it (empty for the document root).
+    path: &'static str,
+    /// A phrase the message must contain.
+    phrase: &'static str,
+    /// The "did you mean" suggestion: the right name for a typo, `None` otherwise.
+    hint: Option<&'static str>,
+}
+
+const fn row(
+    file: &'static str,
+    line: u64,
+    column: u64,
+    path: &'static str,
+    phrase: &'static str,
+    hint: Option<&'static str>,
+) -> Case {
+    Case {
+        file,
+        line,
+        column,
+        path,
+        phrase,
+        hint,
+    }
+}
+
+/// Must pass: file → line, column, field path, message phrase, hint.
+#[rustfmt::skip]
+const CASES: &[Case] = &[
+    // YAML syntax. An unclosed `[` in the middle of the file is noticed at the first token
+    // that cannot continue the sequence (the `:` of the next key); at the end of the file,
+    // at the `[` itself.
+    row("syntax_unclosed_bracket.yaml",        23,  7, "gateway.router_settings.fallbacks[0].chat", "illegal placement of ':' indicator", None),
+    row("syntax_unclosed_bracket_at_end.yaml", 47,  8, "modes", "unclosed bracket '['", None),
+    // Unknown fields (typos), at every depth: the key itself, with a suggestion.
+    row("unknown_top_level_field.yaml",        43,  1, "reqests", "unknown field `reqests`", Some("requests")),
+    row("unknown_fault_field.yaml",            34,  9, "providers[0].default.fault.after_chunk", "unknown field `after_chunk`", Some("after_chunks")),
+    row("gateway_setting_typo.yaml",           19,  5, "gateway.router_settings.num_retires", "unknown field `num_retires`", Some("num_retries")),
+    // Wrong types and values: the value.
+    row("wrong_type_seed.yaml",                 3,  7, "seed", "invalid u64", None),
+    row("bad_fault_kind.yaml",                 33, 15, "providers[0].default.fault.kind", "unknown variant `explode`", None),
+    row("bad_mid_stream.yaml",                 20, 17, "gateway.router_settings.mid_stream", "unknown variant `contine`", Some("continue")),
+    row("mode_typo.yaml",                      47, 21, "modes[1]", "unknown variant `streem`", Some("stream")),
+    // Missing required fields: the mapping that lacks one (reported at its last key).
+    row("missing_requests.yaml",               43,  1, "", "missing field `requests`", None),
+    row("missing_request_model.yaml",          45,  5, "requests[0]", "missing field `model`", None),
+    // Gateway config checks, pinned into the scenario's `gateway:` section.
+    row("fallback_unknown_group.yaml",         22, 16, "gateway.router_settings.fallbacks[0].chat[0]", "fallback to unknown group `backpu`", None),
+    row("fallback_two_groups.yaml",            22,  9, "gateway.router_settings.fallbacks[0]", "a fallback entry names exactly one group", None),
+    row("gateway_only_on_key.yaml",            26, 24, "gateway.keys[0].router_settings.cooldown_time", "`cooldown_time` is gateway-wide state", None),
+    // Scenario checks.
+    row("api_base_not_a_provider.yaml",        15, 19, "gateway.model_list[1].litellm_params.api_base", "`http://c:8000/v1` is not a provider of this scenario", None),
+    row("duplicate_provider_host.yaml",        35, 11, "providers[1].host", "host `a` is used twice", None),
+    row("network_fault_two_actions.yaml",      41,  7, "network.faults[0]", "one action per entry, this one has 2", None),
+    row("latency_min_above_max.yaml",          40,  3, "network.latency_ms", "min is above max", None),
+    row("empty_requests.yaml",                 43,  1, "requests", "a scenario needs at least one request", None),
+    row("repeat_zero.yaml",                    46, 13, "requests[0].repeat", "at least 1", None),
+    row("request_key_unknown.yaml",            45, 10, "requests[0].key", "key `sk-2` is not in gateway.keys", None),
+    row("concurrency_zero.yaml",               46, 18, "requests[0].concurrency", "at least 1", None),
+    row("duplicate_key.yaml",                  46,  5, "requests[0].key", "`key` appears twice", None),
+    row("fault_after_last_chunk.yaml",         34, 23, "providers[0].default.fault.after_chunks", "after_chunks = 3 but the answer has 2 chunks", None),
+    row("http_fault_after_chunks.yaml",        34, 23, "providers[0].default.fault.after_chunks", "after_chunks must be 0", None),
+    row("network_crash_unknown_host.yaml",     42, 14, "network.faults[0].crash", "unknown host `c`", None),
+    row("network_partition_unknown_host.yaml", 42, 28, "network.faults[0].partition[1]", "unknown host `c`", None),
+];
+
+/// The valid scenario every broken file is a variation of.
+const BASE: &str = r#"name: broken-file corpus base (valid)
+seed: 1
+gateway:
+  model_list:
+    - model_name: chat
+      litellm_params:
+        model: openai/m
+        api_base: "http://a:8000/v1"
+      model_info:
+        id: a
+    - model_name: backup
+      litellm_params:
+        model: openai/m
+        api_base: "http://b:8000/v1"
+      model_info:
+        id: b
+  router_settings:
+    num_retries: 1
+    mid_stream: continue
+    fallbacks:
+      - chat: [backup]
+  keys:
+    - key: sk-1
+      router_settings:
+        num_retries: 0
+providers:
+  - host: a
+    default:
+      text: "abcdefgh"
+      chunk_size: 4
+      fault:
+        kind: reset
+        after_chunks: 1
+  - host: b
+    default:
+      text: "abcdefgh"
+      chunk_size: 4
+network:
+  faults:
+    - at_ms: 0
+      crash: a
+requests:
+  - model: chat
+    key: sk-1
+    repeat: 1
+expect:
+  status: 200
+"#;
+
+/// Lines a broken file may differ from [`BASE`] by (besides its comment and `name:`).
+const MAX_CHANGED_LINES: usize = 5;
+
+fn broken_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken")
+}
+
+/// Everything about the error for `case.file` that differs from `case` (empty: all good).
+/// With `place_too` false, the line, column and path are only required to be present.
+fn mismatches(case: &Case, place_too: bool) -> Vec<String> {
+    let file = broken_dir().join(case.file);
+    let err = match Scenario::load_file(&file) {
+        Ok(_) => return vec![format!("{}: loaded without error", case.file)],
+        Err(e) => e,
+    };
+    let shown = err.to_string();
+    let mut out = Vec::new();
+    let mut fail = |what: String| out.push(format!("{}: {what}\n    error: {shown}", case.file));
+
+    if err.line == 0 || err.column == 0 {
+        fail(format!("no location ({}:{})", err.line, err.column));
+    }
+    if err.path.is_empty() && !case.path.is_empty() {
+        fail("no field path".to_string());
+    }
+    if place_too {
+        if (err.line, err.column) != (case.line, case.column) {
+            fail(format!(
+                "at {}:{}, expected {}:{}",
+                err.line, err.column, case.line, case.column
+            ));
+        }
+        if err.path != case.path {
+            fail(format!("field `{}`, expected `{}`", err.path, case.path));
+        }
+    }
+    if !err.message.contains(case.phrase) {
+        fail(format!("message lacks {:?}", case.phrase));
+    }
+    if err.hint.as_deref() != case.hint {
+        fail(format!("hint {:?}, expected {:?}", err.hint, case.hint));
+    }
+    let name = file.display().to_string();
+    if err.file != name {
+        fail(format!("file {:?}, expected {name:?}", err.file));
+    }
+    let mut prefix = format!("{name}:{}:{}: ", err.line, err.column);
+    if !err.path.is_empty() {
+        prefix.push_str(&format!("field `{}`: ", err.path));
+    }
+    if !shown.starts_with(&prefix) {
+        fail(format!("rendering does not start with {prefix:?}"));
+    }
+    out
+}
+
+fn assert_all(table: &'static [Case], place_too: bool) {
+    let problems: Vec<String> = table
+        .iter()
+        .flat_map(|c| mismatches(c, place_too))
+        .collect();
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn base_scenario_is_valid() {
+    if let Err(e) = Scenario::load("base.yaml", BASE) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn every_broken_file_has_a_row() {
+    let mut rows: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in CASES.iter() {
+        *rows.entry(c.file).or_default() += 1;
+    }
+    let twice: Vec<_> = rows.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "files with more than one row: {twice:?}");
+
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(broken_dir()).expect("sim/tests/broken is readable") {
+        let entry = entry.expect("a readable directory entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(
+            entry.file_type().is_ok_and(|t| t.is_file()),
+            "broken/{name} is not a plain file; put every broken file directly in broken/"
+        );
+        files.push(name);
+    }
+    files.sort();
+    let untested: Vec<_> = files
+        .iter()
+        .filter(|f| !rows.contains_key(f.as_str()))
+        .collect();
+    assert!(
+        untested.is_empty(),
+        "files in sim/tests/broken with no row in CASES or KNOWN_BUGS: {untested:?}"
+    );
+    let stale: Vec<_> = rows
+        .keys()
+        .filter(|f| !files.iter().any(|x| x == *f))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "rows for files that do not exist: {stale:?}"
+    );
+}
+
+/// One mistake per file: apart from its comment and `name:`, a broken file differs from
+/// [`BASE`] in a few lines only, so it cannot fail for a reason its row does not name.
+#[test]
+fn every_broken_file_is_a_small_variation_of_the_base() {
+    fn lines(text: &str) -> BTreeMap<&str, i64> {
+        let mut count = BTreeMap::new();
+        for l in text.lines() {
+            if !l.starts_with('#') && !l.starts_with("name:") {
+                *count.entry(l).or_default() += 1;
+            }
+        }
+        count
+    }
+    let base = lines(BASE);
+    for c in CASES.iter() {
+        let text = std::fs::read_to_string(broken_dir().join(c.file)).expect("readable");
+        let mut diff = lines(&text);
+        for (l, n) in &base {
+            *diff.entry(l).or_default() -= n;
+        }
+        let changed: usize = diff.values().map(|n| n.unsigned_abs() as usize).sum();
+        assert!(
+            (1..=MAX_CHANGED_LINES).contains(&changed),
+            "{}: {changed} lines differ from the base (1 to {MAX_CHANGED_LINES} expected)",
+            c.file
+        );
+    }
+}
+
+#[test]
+fn every_broken_file_names_line_column_and_field() {
+    assert_all(CASES, true);
+}

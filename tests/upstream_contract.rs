@@ -1,0 +1,869 @@
+//! Contract tests of the upstream client (`switchback::upstream::client`) against a real HTTP
+//! server (wiremock) on loopback, through the real [`TcpConnector`].
+//!
+//! Covers: the request an attempt sends (method, path, headers, and the body built by
+//! [`ChatRequest::upstream_body`]); reading SSE streams (order, CRLF and CR line ends,
+//! comments, multi-line `data:`, a missing `[DONE]` with and without a finish reason); a whole
+//! JSON completion answering a stream request; every status and error shape of the README's
+//! "Failure classes" table, with Retry-After in all its forms; error events and content
+//! filtering mid-stream; malformed and oversized responses, at and just past their limits;
+//! first-byte and whole-attempt timeouts; and a refused connection.
+//!
+//! Real sockets and the real clock: no test waits more than a few hundred milliseconds.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use switchback::classify::{Failure, FailureClass, TimeoutKind, TransportFault};
+use switchback::limits::Limits;
+use switchback::request::ChatRequest;
+use switchback::transport::TcpConnector;
+use switchback::upstream::Endpoint;
+use switchback::upstream::chunk::Chunk;
+use switchback::upstream::client::{
+    AttemptTimeouts, Call, ClientLimits, REQUEST_ID_HEADER, UpstreamClient, UpstreamError,
+    UpstreamStream,
+};
+use tokio::time::Instant;
+use wiremock::matchers::{body_partial_json, header, method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+/// The model name the upstream is asked for (the client asks for `vertex_ai/...`).
+const MODEL: &str = "gemini-2.5-flash";
+const KEY: &str = "sk-upstream-test";
+const REQUEST_ID: u64 = 4242;
+const LIMITS: ClientLimits = ClientLimits {
+    max_sse_line_bytes: 4096,
+    max_body_bytes: 64 * 1024,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn messages() -> Value {
+    json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "say ping"},
+    ])
+}
+
+/// The upstream body the engine builds from a client request that asked for `stream: false`
+/// and carries a passthrough field and a router setting.
+fn upstream_body() -> Bytes {
+    let client_body = json!({
+        "model": "vertex_ai/gemini-2.5-flash",
+        "messages": messages(),
+        "stream": false,
+        "max_tokens": 32,
+        "num_retries": 1,
+    });
+    ChatRequest::parse(client_body.to_string().as_bytes(), &Limits::default())
+        .expect("a valid client request")
+        .upstream_body(MODEL, None)
+}
+
+/// Timeouts no test here reaches.
+fn relaxed() -> AttemptTimeouts {
+    timeouts(Duration::from_secs(5), Duration::from_secs(10))
+}
+
+fn timeouts(stream_timeout: Duration, attempt: Duration) -> AttemptTimeouts {
+    AttemptTimeouts {
+        stream_timeout,
+        deadline: Instant::now() + attempt,
+    }
+}
+
+/// Opens one attempt against `base` (`http://host:port`, without `/v1`).
+async fn attempt(
+    base: &str,
+    api_key: Option<&str>,
+    limits: ClientLimits,
+    timeouts: AttemptTimeouts,
+) -> Result<UpstreamStream, UpstreamError> {
+    let endpoint = Endpoint::parse(&format!("{base}/v1")).expect("a valid api_base");
+    let body = upstream_body();
+    UpstreamClient::new(Arc::new(TcpConnector), limits)
+        .open(
+            Call {
+                endpoint: &endpoint,
+                api_key,
+                body: &body,
+                request_id: REQUEST_ID,
+            },
+            timeouts,
+        )
+        .await
+}
+
+/// An upstream that answers one chat completion request with `response`.
+async fn upstream(response: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(response)
+        .expect(1)
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Opens an attempt that must fail before the first chunk.
+async fn open_err(
+    server: &MockServer,
+    limits: ClientLimits,
+    timeouts: AttemptTimeouts,
+) -> UpstreamError {
+    attempt(&server.uri(), Some(KEY), limits, timeouts)
+        .await
+        .err()
+        .expect("the attempt fails at open")
+}
+
+/// Reads a stream to its end: the chunks, then `Ok(())` for a clean end or the error.
+async fn drain(stream: &mut UpstreamStream) -> (Vec<Chunk>, Result<(), UpstreamError>) {
+    let mut chunks = Vec::new();
+    loop {
+        match stream.next().await {
+            Ok(Some(chunk)) => chunks.push(chunk),
+            Ok(None) => return (chunks, Ok(())),
+            Err(e) => return (chunks, Err(e)),
+        }
+    }
+}
+
+/// Serves `response`, opens an attempt with `limits` and reads it to its end.
+async fn read_with(
+    limits: ClientLimits,
+    response: ResponseTemplate,
+) -> (Vec<Chunk>, Result<(), UpstreamError>) {
+    let server = upstream(response).await;
+    let mut stream = attempt(&server.uri(), Some(KEY), limits, relaxed())
+        .await
+        .expect("the response head is a success");
+    drain(&mut stream).await
+}
+
+async fn read(response: ResponseTemplate) -> (Vec<Chunk>, Result<(), UpstreamError>) {
+    read_with(LIMITS, response).await
+}
+
+fn classified(e: &UpstreamError) -> Failure {
+    e.classify(SystemTime::now())
+}
+
+fn sse_response(body: impl Into<String>) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(body.into(), "text/event-stream")
+}
+
+/// `data: <event>` blocks with LF line ends.
+fn sse(events: &[String]) -> String {
+    events.iter().map(|e| format!("data: {e}\n\n")).collect()
+}
+
+const DONE: &str = "data: [DONE]\n\n";
+
+fn chunk_json(delta: Value, finish_reason: Option<&str>) -> String {
+    json!({
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    })
+    .to_string()
+}
+
+fn role() -> String {
+    chunk_json(json!({"role": "assistant", "content": ""}), None)
+}
+
+fn content(text: &str) -> String {
+    chunk_json(json!({"content": text}), None)
+}
+
+fn finish(reason: &str) -> String {
+    chunk_json(json!({}), Some(reason))
+}
+
+fn usage() -> String {
+    json!({
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": MODEL,
+        "choices": [],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+    })
+    .to_string()
+}
+
+/// A whole answer: role, two content chunks, finish, usage (no `[DONE]`).
+fn answer() -> Vec<String> {
+    vec![
+        role(),
+        content("Hel"),
+        content("lo"),
+        finish("stop"),
+        usage(),
+    ]
+}
+
+fn texts(chunks: &[Chunk]) -> Vec<&str> {
+    chunks.iter().map(|c| c.text.as_str()).collect()
+}
+
+/// Asserts `chunks` are exactly [`answer`], in order.
+fn assert_is_answer(chunks: &[Chunk]) {
+    assert_eq!(texts(chunks), ["", "Hel", "lo", "", ""]);
+    let finishes: Vec<_> = chunks.iter().map(|c| c.finish_reason.as_deref()).collect();
+    assert_eq!(finishes, [None, None, None, Some("stop"), None]);
+    let usage_only: Vec<_> = chunks.iter().map(|c| c.usage_only).collect();
+    assert_eq!(usage_only, [false, false, false, false, true]);
+    assert!(
+        chunks.iter().all(|c| c.model.as_deref() == Some(MODEL)),
+        "every chunk names the upstream model: {chunks:?}"
+    );
+    assert_eq!(
+        chunks[4].object["usage"]["total_tokens"],
+        json!(11),
+        "the usage chunk is kept whole"
+    );
+}
+
+fn assert_class(result: Result<(), UpstreamError>, class: FailureClass) -> UpstreamError {
+    let err = result.expect_err("the stream fails");
+    assert_eq!(classified(&err).class, class, "{err:?}");
+    err
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Request shape
+// ---------------------------------------------------------------------------------------------
+
+/// The body carries exactly the client's messages and no router setting.
+fn body_is_exact(request: &Request) -> bool {
+    let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+    body["messages"] == messages() && body.get("num_retries").is_none()
+}
+
+fn shaped_request() -> wiremock::MockBuilder {
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("content-type", "application/json"))
+        .and(header("accept", "text/event-stream"))
+        .and(header(REQUEST_ID_HEADER, REQUEST_ID.to_string().as_str()))
+        .and(body_partial_json(json!({
+            "model": MODEL,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "max_tokens": 32,
+        })))
+        .and(body_is_exact)
+}
+
+#[tokio::test]
+async fn request_is_a_streaming_post_with_bearer_key_and_request_id() {
+    let server = MockServer::start().await;
+    shaped_request()
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .respond_with(sse_response(sse(&answer()) + DONE))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut stream = attempt(&server.uri(), Some(KEY), LIMITS, relaxed())
+        .await
+        .expect("the request matched the contract");
+    drain(&mut stream).await.1.expect("a clean end");
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn request_without_api_key_sends_no_authorization() {
+    let server = MockServer::start().await;
+    shaped_request()
+        .and(|r: &Request| !r.headers.contains_key("authorization"))
+        .respond_with(sse_response(sse(&answer()) + DONE))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut stream = attempt(&server.uri(), None, LIMITS, relaxed())
+        .await
+        .expect("the request matched the contract");
+    drain(&mut stream).await.1.expect("a clean end");
+    server.verify().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. SSE responses
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn stream_yields_chunks_in_order_then_ends_at_done() {
+    let server = upstream(sse_response(sse(&answer()) + DONE)).await;
+    let mut stream = attempt(&server.uri(), Some(KEY), LIMITS, relaxed())
+        .await
+        .expect("a success");
+    let (chunks, end) = drain(&mut stream).await;
+    end.expect("a clean end");
+    assert_is_answer(&chunks);
+    assert!(
+        matches!(stream.next().await, Ok(None)),
+        "an ended stream stays ended"
+    );
+}
+
+#[tokio::test]
+async fn line_ends_comments_and_multi_line_data_do_not_change_the_chunks() {
+    let events = answer();
+    let mut body = String::from(": keep-alive\r\n\r\n");
+    for (i, event) in events.iter().enumerate() {
+        body.push_str(": keep-alive\r\n");
+        match i {
+            // One JSON object over two `data:` lines (joined with a newline), no space after
+            // the colon, and fields clients ignore.
+            1 => {
+                let (head, tail) = event.split_at(event.find(',').expect("a JSON object") + 1);
+                body.push_str(&format!(
+                    "id: 1\r\nevent: message\r\ndata:{head}\r\ndata: {tail}\r\n\r\n"
+                ));
+            }
+            // Bare CR line ends.
+            2 => body.push_str(&format!("data: {event}\r\r")),
+            _ => body.push_str(&format!("data: {event}\r\n\r\n")),
+        }
+    }
+    body.push_str(": keep-alive\r\n\r\ndata: [DONE]\r\n\r\n");
+
+    let (chunks, end) = read(sse_response(body)).await;
+    end.expect("a clean end");
+    assert_is_answer(&chunks);
+}
+
+#[tokio::test]
+async fn missing_done_after_a_finish_reason_is_a_clean_end() {
+    let (chunks, end) = read(sse_response(sse(&answer()))).await;
+    end.expect("a finish reason then end of body is a complete answer");
+    assert_is_answer(&chunks);
+}
+
+#[tokio::test]
+async fn missing_done_without_a_finish_reason_is_transient() {
+    let (chunks, end) = read(sse_response(sse(&[role(), content("Hel")]))).await;
+    assert_eq!(texts(&chunks), ["", "Hel"], "what came is delivered first");
+    let err = assert_class(end, FailureClass::Transient);
+    assert_eq!(classified(&err).status, None);
+}
+
+#[tokio::test]
+async fn an_unterminated_event_after_the_finish_reason_is_transient() {
+    let body = sse(&answer()) + "data: [DO";
+    let (chunks, end) = read(sse_response(body)).await;
+    assert_eq!(chunks.len(), 5);
+    assert_class(end, FailureClass::Transient);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A JSON completion answering a stream request
+// ---------------------------------------------------------------------------------------------
+
+fn completion() -> Value {
+    json!({
+        "id": "chatcmpl-2",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": MODEL,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello"},
+            "finish_reason": "stop",
+        }],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+    })
+}
+
+#[tokio::test]
+async fn json_completion_is_one_chunk_then_end() {
+    for content_type in ["application/json", "application/json; charset=utf-8"] {
+        let response =
+            ResponseTemplate::new(200).set_body_raw(completion().to_string(), content_type);
+        let (chunks, end) = read(response).await;
+        end.expect("a clean end");
+        assert_eq!(chunks.len(), 1, "{content_type}: {chunks:?}");
+        let c = &chunks[0];
+        assert_eq!(
+            (
+                c.text.as_str(),
+                c.model.as_deref(),
+                c.finish_reason.as_deref()
+            ),
+            ("Hello", Some(MODEL), Some("stop")),
+            "{content_type}"
+        );
+        assert_eq!(c.object["usage"]["total_tokens"], json!(10));
+    }
+}
+
+/// Media types are case-insensitive (RFC 9110 §8.3.1).
+#[tokio::test]
+async fn json_completion_content_type_is_case_insensitive() {
+    let response =
+        ResponseTemplate::new(200).set_body_raw(completion().to_string(), "Application/JSON");
+    let (chunks, end) = read(response).await;
+    end.expect("a clean end");
+    assert_eq!(texts(&chunks), ["Hello"]);
+}
+
+#[tokio::test]
+async fn json_error_body_with_status_200_is_an_error_event() {
+    let body =
+        json!({"error": {"code": 429, "message": "Rate limit exceeded: free-models-per-min"}});
+    let server = upstream(ResponseTemplate::new(200).set_body_json(body)).await;
+    let err = open_err(&server, LIMITS, relaxed()).await;
+    let f = classified(&err);
+    assert_eq!(
+        (f.class, f.status),
+        (FailureClass::RateLimited, Some(429)),
+        "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Error statuses and shapes (README, "Failure classes")
+// ---------------------------------------------------------------------------------------------
+
+struct StatusCase {
+    name: &'static str,
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static str,
+    class: FailureClass,
+    retry_after: Option<Duration>,
+}
+
+const fn case(
+    name: &'static str,
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static str,
+    class: FailureClass,
+    retry_after: Option<Duration>,
+) -> StatusCase {
+    StatusCase {
+        name,
+        status,
+        headers,
+        body,
+        class,
+        retry_after,
+    }
+}
+
+const OPENAI_RATE_LIMIT: &str = r#"{"error":{"message":"Rate limit reached for requests","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+const OPENAI_SERVER_ERROR: &str = r#"{"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}}"#;
+const GOOGLE_UNAVAILABLE: &str =
+    r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#;
+const ANTHROPIC_OVERLOADED: &str =
+    r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+const OPENAI_BAD_KEY: &str = r#"{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+const GOOGLE_FORBIDDEN: &str = r#"{"error":{"code":403,"message":"Permission denied on resource.","status":"PERMISSION_DENIED"}}"#;
+const OPENAI_NO_MODEL: &str = r#"{"error":{"message":"The model `gpt-9` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
+const OPENAI_BAD_PARAM: &str = r#"{"error":{"message":"Invalid value for 'temperature': expected a number.","type":"invalid_request_error","param":"temperature","code":null}}"#;
+const OPENAI_CONTEXT: &str = r#"{"error":{"message":"This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+const AZURE_FILTER: &str = r#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","type":null,"param":"prompt","code":"content_filter","status":400}}"#;
+const OPENROUTER_RATE_LIMIT: &str = r#"{"error":{"code":429,"message":"Rate limit exceeded: free-models-per-min.","metadata":{"headers":{"X-RateLimit-Limit":"20"}}}}"#;
+const VERTEX_QUOTA: &str = r#"[{"error":{"code":429,"message":"Resource exhausted. Please try again later.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7s"}]}}]"#;
+
+const fn secs(s: u64) -> Option<Duration> {
+    Some(Duration::from_secs(s))
+}
+
+const fn millis(ms: u64) -> Option<Duration> {
+    Some(Duration::from_millis(ms))
+}
+
+const STATUS_CASES: &[StatusCase] = {
+    use FailureClass::*;
+    &[
+        case(
+            "429 retry-after seconds",
+            429,
+            &[("retry-after", "3")],
+            OPENAI_RATE_LIMIT,
+            RateLimited,
+            secs(3),
+        ),
+        case(
+            "429 retry-after-ms",
+            429,
+            &[("retry-after-ms", "1500")],
+            OPENAI_RATE_LIMIT,
+            RateLimited,
+            millis(1500),
+        ),
+        case(
+            "429 retry-after-ms beats retry-after",
+            429,
+            &[("retry-after-ms", "250"), ("retry-after", "9")],
+            "",
+            RateLimited,
+            millis(250),
+        ),
+        case(
+            "429 retry-after HTTP-date against the response's Date",
+            429,
+            &[
+                ("retry-after", "Wed, 21 Oct 2015 07:28:10 GMT"),
+                ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ],
+            OPENAI_RATE_LIMIT,
+            RateLimited,
+            secs(10),
+        ),
+        case(
+            "429 without body or header",
+            429,
+            &[],
+            "",
+            RateLimited,
+            None,
+        ),
+        case(
+            "500 OpenAI server_error",
+            500,
+            &[],
+            OPENAI_SERVER_ERROR,
+            Transient,
+            None,
+        ),
+        case(
+            "502 HTML",
+            502,
+            &[],
+            "<html><body>502 Bad Gateway</body></html>",
+            Transient,
+            None,
+        ),
+        case(
+            "503 Google UNAVAILABLE",
+            503,
+            &[("retry-after", "3")],
+            GOOGLE_UNAVAILABLE,
+            Transient,
+            secs(3),
+        ),
+        case("504 empty", 504, &[], "", Transient, None),
+        case(
+            "529 Anthropic overloaded_error",
+            529,
+            &[],
+            ANTHROPIC_OVERLOADED,
+            Transient,
+            None,
+        ),
+        case(
+            "401 OpenAI invalid_api_key",
+            401,
+            &[],
+            OPENAI_BAD_KEY,
+            Auth,
+            None,
+        ),
+        case(
+            "403 Google PERMISSION_DENIED",
+            403,
+            &[],
+            GOOGLE_FORBIDDEN,
+            Auth,
+            None,
+        ),
+        case(
+            "404 OpenAI model_not_found",
+            404,
+            &[],
+            OPENAI_NO_MODEL,
+            NotFound,
+            None,
+        ),
+        case("408 empty", 408, &[], "", Timeout, None),
+        case("400 plain text", 400, &[], "Bad Request", BadRequest, None),
+        case(
+            "400 OpenAI invalid parameter",
+            400,
+            &[],
+            OPENAI_BAD_PARAM,
+            BadRequest,
+            None,
+        ),
+        case(
+            "400 OpenAI context_length_exceeded",
+            400,
+            &[],
+            OPENAI_CONTEXT,
+            ContextWindow,
+            None,
+        ),
+        case(
+            "400 Azure content_filter",
+            400,
+            &[],
+            AZURE_FILTER,
+            ContentPolicy,
+            None,
+        ),
+        case(
+            "413 plain text",
+            413,
+            &[],
+            "Request Entity Too Large",
+            BadRequest,
+            None,
+        ),
+        case(
+            "422 validation",
+            422,
+            &[],
+            r#"{"detail":[{"loc":["body","messages"],"msg":"field required"}]}"#,
+            BadRequest,
+            None,
+        ),
+        case(
+            "429 OpenRouter numeric code",
+            429,
+            &[],
+            OPENROUTER_RATE_LIMIT,
+            RateLimited,
+            None,
+        ),
+        case(
+            "429 Vertex list with RetryInfo",
+            429,
+            &[],
+            VERTEX_QUOTA,
+            RateLimited,
+            secs(7),
+        ),
+    ]
+};
+
+#[tokio::test]
+async fn error_statuses_classify_as_the_readme_table_says() {
+    for c in STATUS_CASES {
+        let mime = if c.body.starts_with(['{', '[']) {
+            "application/json"
+        } else {
+            "text/plain"
+        };
+        let mut response = ResponseTemplate::new(c.status).set_body_raw(c.body, mime);
+        for (name, value) in c.headers {
+            response = response.insert_header(*name, *value);
+        }
+        let server = upstream(response).await;
+        let err = open_err(&server, LIMITS, relaxed()).await;
+        assert!(
+            matches!(&err, UpstreamError::Status { status, .. } if *status == c.status),
+            "{}: {err:?}",
+            c.name
+        );
+        let f = classified(&err);
+        assert_eq!(
+            (f.class, f.status, f.retry_after),
+            (c.class, Some(c.status), c.retry_after),
+            "{}: {}",
+            c.name,
+            f.message
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Failures mid-stream
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn error_events_after_two_chunks_classify_by_their_shape() {
+    let cases = [
+        (
+            "OpenRouter 429",
+            r#"data: {"error":{"code":429,"message":"Rate limit exceeded","retry_after":2}}"#,
+            FailureClass::RateLimited,
+            Some(429),
+            secs(2),
+        ),
+        (
+            "Vertex RESOURCE_EXHAUSTED",
+            r#"data: {"error":{"status":"RESOURCE_EXHAUSTED","message":"Quota exceeded"}}"#,
+            FailureClass::RateLimited,
+            None,
+            None,
+        ),
+        (
+            "Anthropic overloaded_error with an event name",
+            concat!(
+                "event: error\n",
+                r#"data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            ),
+            FailureClass::Transient,
+            None,
+            None,
+        ),
+    ];
+    for (name, event, class, status, retry_after) in cases {
+        let body = format!("{}{event}\n\n{DONE}", sse(&[role(), content("Hel")]));
+        let (chunks, end) = read(sse_response(body)).await;
+        assert_eq!(texts(&chunks), ["", "Hel"], "{name}");
+        let err = end.expect_err("the stream fails");
+        assert!(
+            matches!(err, UpstreamError::ErrorEvent(_)),
+            "{name}: {err:?}"
+        );
+        let f = classified(&err);
+        assert_eq!(
+            (f.class, f.status, f.retry_after),
+            (class, status, retry_after),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn content_filter_finish_reason_is_content_policy() {
+    let body = sse(&[role(), content("Hel"), finish("content_filter"), usage()]) + DONE;
+    let (chunks, end) = read(sse_response(body)).await;
+    assert_eq!(texts(&chunks), ["", "Hel"]);
+    assert_class(end, FailureClass::ContentPolicy);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Malformed and oversized responses
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unparsable_chunk_is_malformed() {
+    let body = sse(&[role()]) + "data: {not json\n\n" + DONE;
+    let (chunks, end) = read(sse_response(body)).await;
+    assert_eq!(chunks.len(), 1, "the chunk before is delivered");
+    assert_class(end, FailureClass::Malformed);
+}
+
+#[tokio::test]
+async fn sse_line_at_the_limit_is_read_and_one_byte_over_is_malformed() {
+    let long = content(&"x".repeat(300));
+    let line = format!("data: {long}").len();
+    let body = sse(&[long.clone(), finish("stop")]) + DONE;
+
+    let at_limit = ClientLimits {
+        max_sse_line_bytes: line,
+        ..LIMITS
+    };
+    let (chunks, end) = read_with(at_limit, sse_response(body.clone())).await;
+    end.expect("a line of exactly max_sse_line_bytes is accepted");
+    assert_eq!(chunks[0].text.len(), 300);
+
+    let over = ClientLimits {
+        max_sse_line_bytes: line - 1,
+        ..LIMITS
+    };
+    let (_, end) = read_with(over, sse_response(body)).await;
+    assert_class(end, FailureClass::Malformed);
+}
+
+/// Whether the chunks before an over-long line are delivered must not depend on how the
+/// bytes were cut into reads (they are when the long line comes in a later read).
+#[tokio::test]
+async fn chunks_before_an_over_long_line_are_delivered() {
+    let body = sse(&[role(), content("Hel"), content(&"x".repeat(300))]) + DONE;
+    let limits = ClientLimits {
+        max_sse_line_bytes: 256,
+        ..LIMITS
+    };
+    let (chunks, end) = read_with(limits, sse_response(body)).await;
+    assert_eq!(texts(&chunks), ["", "Hel"]);
+    assert_class(end, FailureClass::Malformed);
+}
+
+#[tokio::test]
+async fn json_body_at_the_limit_is_read_and_one_byte_over_is_malformed() {
+    let body = completion().to_string();
+    let response = || ResponseTemplate::new(200).set_body_raw(body.clone(), "application/json");
+
+    let at_limit = ClientLimits {
+        max_body_bytes: body.len(),
+        ..LIMITS
+    };
+    let (chunks, end) = read_with(at_limit, response()).await;
+    end.expect("a body of exactly max_body_bytes is accepted");
+    assert_eq!(texts(&chunks), ["Hello"]);
+
+    let over = ClientLimits {
+        max_body_bytes: body.len() - 1,
+        ..LIMITS
+    };
+    let server = upstream(response()).await;
+    let err = open_err(&server, over, relaxed()).await;
+    assert!(matches!(err, UpstreamError::Malformed(_)), "{err:?}");
+    assert_eq!(classified(&err).class, FailureClass::Malformed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Timeouts (real clock: 50 ms budgets against a 200 ms slow upstream)
+// ---------------------------------------------------------------------------------------------
+
+const SLOW: Duration = Duration::from_millis(200);
+const SHORT: Duration = Duration::from_millis(50);
+
+async fn slow_upstream() -> MockServer {
+    upstream(sse_response(sse(&answer()) + DONE).set_delay(SLOW)).await
+}
+
+#[tokio::test]
+async fn slow_response_head_is_a_first_byte_timeout() {
+    let server = slow_upstream().await;
+    let started = Instant::now();
+    let err = open_err(&server, LIMITS, timeouts(SHORT, Duration::from_secs(5))).await;
+    assert!(started.elapsed() >= SHORT, "not before stream_timeout");
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::FirstByte), "{err:?}");
+    assert_eq!(classified(&err).class, FailureClass::Timeout);
+}
+
+#[tokio::test]
+async fn deadline_before_stream_timeout_is_an_attempt_timeout() {
+    let server = slow_upstream().await;
+    let started = Instant::now();
+    let err = open_err(&server, LIMITS, timeouts(Duration::from_secs(5), SHORT)).await;
+    assert!(started.elapsed() >= SHORT, "not before the deadline");
+    assert_eq!(err.timeout_kind(), Some(TimeoutKind::Attempt), "{err:?}");
+    assert_eq!(classified(&err).class, FailureClass::Timeout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Connection refused
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn refused_connection_is_transient() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.local_addr().expect("bound").port()
+    };
+    let err = attempt(
+        &format!("http://127.0.0.1:{port}"),
+        Some(KEY),
+        LIMITS,
+        relaxed(),
+    )
+    .await
+    .err()
+    .expect("nothing listens there");
+    assert!(
+        matches!(
+            err,
+            UpstreamError::Transport(TransportFault::ConnectRefused, _)
+        ),
+        "{err:?}"
+    );
+    let f = classified(&err);
+    assert_eq!((f.class, f.status), (FailureClass::Transient, None));
+}
