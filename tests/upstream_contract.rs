@@ -867,3 +867,24 @@ async fn refused_connection_is_transient() {
     let f = classified(&err);
     assert_eq!((f.class, f.status), (FailureClass::Transient, None));
 }
+
+/// An `https` api_base goes through TLS: against a plain-HTTP server the handshake fails,
+/// as a transient transport failure that says so (and no request reaches the server).
+#[tokio::test]
+async fn https_endpoints_speak_tls() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let uri = server.uri().replace("http://", "https://");
+    let err = attempt(&uri, Some(KEY), LIMITS, relaxed())
+        .await
+        .err()
+        .expect("a plain HTTP server cannot complete a TLS handshake");
+    let f = classified(&err);
+    assert_eq!(f.class, FailureClass::Transient);
+    assert!(f.message.contains("TLS"), "{}", f.message);
+    server.verify().await;
+}

@@ -164,6 +164,8 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         trace: trace.text(),
         catalog,
         hang: None,
+        elapsed: started.elapsed(),
+        wall: started.elapsed(),
     })
 }
 

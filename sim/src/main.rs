@@ -1,15 +1,19 @@
-//! `switchback`: run scenario suites in simulation, or run the gateway for real.
+//! `switchback`: run scenario suites in simulation or live, inspect one run, or run the
+//! gateway for real.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
 use switchback::engine::{Engine, SystemWallClock};
 use switchback::trace::NoTrace;
 use switchback::transport::{TcpConnector, TcpListener};
+use switchback_sim::run::{self, Summary, Where};
+use switchback_sim::scenario::{Mode, Scenario};
 
 #[derive(Parser)]
 #[command(
@@ -22,16 +26,50 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Stream,
+    NonStream,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Stream => Mode::Stream,
+            ModeArg::NonStream => Mode::NonStream,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run scenario files (or folders of them) in simulation and print a summary.
+    /// Run scenario files (or folders of them) in simulation and print a results table.
     Run {
         /// Files or folders; folders are searched for *.yaml recursively.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Print each run's trace.
+        /// Write a JUnit XML report here.
         #[arg(long)]
-        trace: bool,
+        junit: Option<PathBuf>,
+        /// Scenarios run at once (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Run one scenario in one mode in simulation and print its trace.
+    Trace {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "stream")]
+        mode: ModeArg,
+    },
+    /// Only load and validate scenario files.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run scenarios against the real gateway on loopback sockets (real clock), both modes.
+    Live {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
     /// Run the gateway on real sockets.
     Serve {
@@ -47,23 +85,76 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { paths, trace } => run(&paths, trace),
+        Command::Run { paths, junit, jobs } => {
+            suite(&paths, Where::Simulation, junit.as_deref(), jobs)
+        }
+        Command::Live { paths } => suite(&paths, Where::Live, None, Some(1)),
+        Command::Trace { file, mode } => trace(&file, mode.into()),
+        Command::Check { paths } => check(&paths),
         Command::Serve { config, listen } => serve(&config, listen),
     }
 }
 
-fn run(paths: &[PathBuf], trace: bool) -> ExitCode {
-    match switchback_sim::run::run_suite(paths, trace, |line| println!("{line}")) {
-        Ok((summary, failed)) => {
-            println!(
-                "\n{} scenarios, {} passed, {} failed; {} requests simulated in {:.2} s",
-                summary.scenarios,
-                summary.passed,
-                failed.len(),
-                summary.requests,
-                summary.wall.as_secs_f64()
-            );
-            if failed.is_empty() && summary.scenarios > 0 {
+fn suite(paths: &[PathBuf], place: Where, junit: Option<&Path>, jobs: Option<usize>) -> ExitCode {
+    let files = match run::collect_files(paths) {
+        Ok(f) if !f.is_empty() => f,
+        Ok(_) => {
+            eprintln!("error: no scenario files (*.yaml) under {paths:?}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let started = Instant::now();
+    let reports = run::run_files(&files, place, jobs);
+    let summary = Summary::of(&reports, started.elapsed());
+    print!("{}", run::table(&reports));
+    if let Some(path) = junit {
+        if let Err(e) = std::fs::write(path, run::junit(&reports)) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let place = match place {
+        Where::Simulation => "simulated",
+        Where::Live => "live",
+    };
+    println!(
+        "\n{} scenarios: {} passed, {} failed. {} {place} requests in {:.2} s wall on {jobs} thread(s) ({:.0} requests per wall second per thread).",
+        summary.scenarios,
+        summary.passed,
+        summary.scenarios - summary.passed,
+        summary.requests,
+        summary.wall.as_secs_f64(),
+        summary.requests_per_run_second(),
+    );
+    if summary.passed == summary.scenarios {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn trace(file: &Path, mode: Mode) -> ExitCode {
+    let scenario = match Scenario::load_file(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match switchback_sim::world::run(&scenario, mode) {
+        Ok(run) => {
+            print!("{}", run.trace);
+            let mut failures = Vec::new();
+            switchback_sim::oracle::check_run(&scenario, &run, &mut failures);
+            for f in &failures {
+                eprintln!("{f}");
+            }
+            if failures.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -76,7 +167,37 @@ fn run(paths: &[PathBuf], trace: bool) -> ExitCode {
     }
 }
 
-fn serve(config: &std::path::Path, listen: std::net::SocketAddr) -> ExitCode {
+fn check(paths: &[PathBuf]) -> ExitCode {
+    let files = match run::collect_files(paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut bad = 0;
+    for f in &files {
+        match Scenario::load_file(f) {
+            Ok(s) => println!("ok   {} ({})", f.display(), s.name),
+            Err(e) => {
+                bad += 1;
+                println!("FAIL {e}");
+            }
+        }
+    }
+    println!(
+        "\n{} files: {} valid, {bad} invalid",
+        files.len(),
+        files.len() - bad
+    );
+    if bad == 0 && !files.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn serve(config: &Path, listen: std::net::SocketAddr) -> ExitCode {
     let config = match GatewayConfig::load_file(config) {
         Ok(c) => c,
         Err(e) => {

@@ -83,6 +83,10 @@ pub struct ModeRun {
     pub catalog: Arc<Catalog>,
     /// Set when the run did not finish (or the simulation failed).
     pub hang: Option<String>,
+    /// Time the run took: simulated in the world, real in live mode.
+    pub elapsed: Duration,
+    /// Wall-clock time the run took.
+    pub wall: Duration,
 }
 
 /// The gateway config a scenario runs with: its own, seeded by the scenario unless it
@@ -95,6 +99,7 @@ pub fn gateway_config(scenario: &Scenario) -> GatewayConfig {
 
 /// Runs `scenario` in `mode` in a fresh world.
 pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
+    let wall = std::time::Instant::now();
     let catalog = Arc::new(Catalog::new(&gateway_config(scenario)).map_err(|e| e.to_string())?);
     let trace = Trace::simulated();
     let sink: Arc<dyn TraceSink> = trace.clone();
@@ -224,6 +229,8 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         trace: trace.text(),
         catalog,
         hang,
+        elapsed: finished_at.unwrap_or_else(|| sim.elapsed()),
+        wall: wall.elapsed(),
     })
 }
 

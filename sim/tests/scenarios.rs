@@ -1,85 +1,82 @@
-//! Every scenario file under `scenarios/`, in simulation, in each of its modes: the oracle's
-//! verdict (expectations, invariants, equivalence) and a reviewed snapshot of each trace.
+//! Every scenario file under `scenarios/` is its own test, named by its path
+//! (`cargo test -p switchback-sim --test scenarios key_level` runs the matching ones; a new
+//! YAML file needs no Rust). Each test runs the scenario in simulation in each of its modes
+//! and checks:
+//! - the oracle's verdict (expectations, invariants, stream/non-stream equivalence);
+//! - determinism: a second run of each mode gives a byte-identical trace;
+//! - the reviewed insta snapshot of each mode's trace in `snapshots/`.
 //!
-//! A changed trace fails here; review it with `cargo insta review` (or set
+//! A changed trace fails here. Review it with `cargo insta review` (or run with
 //! `INSTA_UPDATE=always`, then read the diff in `snapshots/` before committing).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use switchback_sim::run::run_file;
+use libtest_mimic::{Arguments, Failed, Trial};
+use switchback_sim::run::run_scenario;
+use switchback_sim::scenario::{Scenario, find_files};
+use switchback_sim::world;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `scenarios/known_bug/x.yaml` in `stream` mode → `known_bug__x__stream`.
-fn snapshot_name(file: &Path, mode: &str) -> String {
+/// `scenarios/known_bug/x.yaml` → `known_bug/x`.
+fn test_name(file: &Path) -> String {
     let rel = file.strip_prefix(root().join("scenarios")).unwrap_or(file);
-    let stem = rel.with_extension("");
-    let parts: Vec<String> = stem
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    format!("{}__{mode}", parts.join("__"))
+    rel.with_extension("").to_string_lossy().replace('\\', "/")
 }
 
-#[test]
-fn every_scenario_passes_and_matches_its_snapshots() {
-    let files = switchback_sim::scenario::find_files(&root().join("scenarios"))
-        .expect("scenarios/ is readable");
-    assert!(!files.is_empty(), "no scenario files found");
-    let queue = Mutex::new(files.clone());
-    let problems = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(files.len());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    let Some(file) = queue.lock().unwrap().pop() else {
-                        return;
-                    };
-                    let report = run_file(&file);
-                    let mut mine: Vec<String> = report
-                        .failures
-                        .iter()
-                        .map(|f| format!("{}: {f}", file.display()))
-                        .collect();
-                    for run in &report.runs {
-                        let name = snapshot_name(&file, run.mode.as_str());
-                        let mut settings = insta::Settings::clone_current();
-                        settings.set_snapshot_path(root().join("snapshots"));
-                        settings.set_prepend_module_to_snapshot(false);
-                        settings.set_omit_expression(true);
-                        settings.set_description(format!(
-                            "{} ({})",
-                            report.name,
-                            run.mode.as_str()
-                        ));
-                        let trace = run.trace.clone();
-                        let outcome =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                settings.bind(|| insta::assert_snapshot!(name.clone(), trace));
-                            }));
-                        if outcome.is_err() {
-                            mine.push(format!(
-                                "{}: trace snapshot `{name}` differs (see the diff above)",
-                                file.display()
-                            ));
-                        }
-                    }
-                    problems.lock().unwrap().extend(mine);
-                }
-            });
+fn check(file: &Path) -> Result<(), Failed> {
+    let scenario = Scenario::load_file(file).map_err(|e| e.to_string())?;
+    let report = run_scenario(file, &scenario);
+    let mut problems = report.failures.clone();
+    for run in &report.runs {
+        let mode = run.mode.as_str();
+        match world::run(&scenario, run.mode) {
+            Ok(again) if again.trace != run.trace => {
+                let line = run
+                    .trace
+                    .lines()
+                    .zip(again.trace.lines())
+                    .position(|(a, b)| a != b);
+                problems.push(format!(
+                    "[{mode}] not deterministic: a second run's trace differs (first at line {})",
+                    line.map_or("end".to_string(), |l| (l + 1).to_string())
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(format!("[{mode}] second run failed to start: {e}")),
         }
-    });
-    let problems = problems.into_inner().unwrap();
-    assert!(
-        problems.is_empty(),
-        "{} problem(s):\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+        let name = format!("{}__{mode}", test_name(file).replace('/', "__"));
+        let mut settings = insta::Settings::clone_current();
+        settings.set_snapshot_path(root().join("snapshots"));
+        settings.set_prepend_module_to_snapshot(false);
+        settings.set_omit_expression(true);
+        settings.set_description(format!("{} ({mode})", report.name));
+        let trace = run.trace.clone();
+        let matched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            settings.bind(|| insta::assert_snapshot!(name.clone(), trace));
+        }));
+        if matched.is_err() {
+            problems.push(format!(
+                "trace snapshot `{name}` differs (see the diff above)"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n").into())
+    }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let files = find_files(&root().join("scenarios")).expect("scenarios/ is readable");
+    assert!(!files.is_empty(), "no scenario files under scenarios/");
+    let trials = files
+        .into_iter()
+        .map(|file| Trial::test(test_name(&file), move || check(&file)))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
 }

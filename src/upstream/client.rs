@@ -107,6 +107,7 @@ pub struct ClientLimits {
 pub struct UpstreamClient {
     connector: Arc<dyn Connector>,
     limits: ClientLimits,
+    tls: Arc<tokio_rustls::rustls::ClientConfig>,
 }
 
 /// One upstream call to make.
@@ -121,7 +122,11 @@ pub struct Call<'a> {
 
 impl UpstreamClient {
     pub fn new(connector: Arc<dyn Connector>, limits: ClientLimits) -> UpstreamClient {
-        UpstreamClient { connector, limits }
+        UpstreamClient {
+            connector,
+            limits,
+            tls: crate::upstream::tls::client_config(),
+        }
     }
 
     /// Sends the request and waits for the response head. A non-success status is read
@@ -179,14 +184,6 @@ impl UpstreamClient {
         call: Call<'_>,
     ) -> Result<(http::Response<Incoming>, ConnGuard), UpstreamError> {
         let endpoint = call.endpoint;
-        if endpoint.tls {
-            return Err(UpstreamError::Transport(
-                TransportFault::ConnectFailed,
-                format!(
-                    "{endpoint}: https upstreams are not supported by this build; use an http api_base"
-                ),
-            ));
-        }
         let io = self
             .connector
             .connect(&endpoint.host, endpoint.port)
@@ -199,6 +196,16 @@ impl UpstreamClient {
                 };
                 UpstreamError::Transport(fault, format!("{}: {e}", endpoint.authority()))
             })?;
+        let io = if endpoint.tls {
+            crate::upstream::tls::wrap(&self.tls, &endpoint.host, io)
+                .await
+                .map_err(|e| {
+                    let detail = format!("{}: TLS: {e}", endpoint.authority());
+                    UpstreamError::Transport(TransportFault::ConnectFailed, detail)
+                })?
+        } else {
+            io
+        };
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io))
                 .await
