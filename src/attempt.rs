@@ -325,6 +325,11 @@ impl Run<'_> {
                 last = Some(failure);
             }
             let failure = last.clone().expect("a group is left only after a failure");
+            // No fallback is taken (or counted) that could not be attempted.
+            if let Some(limit) = self.limit_reached() {
+                self.emit(Event::LimitHit { limit });
+                return Err(Some(self.unserved(failure, &walk)));
+            }
             walk.group_failed(group, route);
             let mut skipped = Vec::new();
             let link = walk.next(&mut |link, reason| skipped.push((link, reason)));

@@ -518,7 +518,7 @@ impl GatewayConfig {
         }
 
         let gateway = root.key("router_settings");
-        self.check_settings(&self.router_settings, &gateway, true, &known, &mut push);
+        self.check_settings(&self.router_settings, &gateway, true, &groups, &mut push);
 
         let mut team_ids = BTreeMap::new();
         for (i, t) in self.teams.iter().enumerate() {
@@ -534,7 +534,7 @@ impl GatewayConfig {
                 &t.router_settings,
                 &at.key("router_settings"),
                 false,
-                &known,
+                &groups,
                 &mut push,
             );
         }
@@ -558,7 +558,7 @@ impl GatewayConfig {
                 &k.router_settings,
                 &at.key("router_settings"),
                 false,
-                &known,
+                &groups,
                 &mut push,
             );
         }
@@ -599,10 +599,10 @@ impl GatewayConfig {
         s: &RouterSettings,
         at: &At,
         is_gateway: bool,
-        known: &dyn Fn(&str) -> bool,
+        groups: &[&str],
         push: &mut dyn FnMut(At, String),
     ) {
-        check_settings_fields(s, at, known, &self.limits, push);
+        check_settings_fields(s, at, groups, &self.limits, push);
         if !is_gateway {
             for field in s.gateway_only_fields_set() {
                 push(
@@ -626,10 +626,17 @@ impl GatewayConfig {
 pub fn check_settings_fields(
     s: &RouterSettings,
     at: &At,
-    known: &dyn Fn(&str) -> bool,
+    groups: &[&str],
     limits: &Limits,
     push: &mut dyn FnMut(At, String),
 ) {
+    let known = |g: &str| groups.contains(&g);
+    // An entry's key may name a group with or without its provider prefix (see `policy`).
+    let entry_known = |g: &str| {
+        groups
+            .iter()
+            .any(|n| strip_provider(n) == strip_provider(g))
+    };
     for (name, list) in [
         ("fallbacks", &s.fallbacks),
         ("context_window_fallbacks", &s.context_window_fallbacks),
@@ -638,7 +645,7 @@ pub fn check_settings_fields(
         let Some(list) = list else { continue };
         for (i, entry) in list.iter().enumerate() {
             let eat = at.key(name).idx(i).key(&entry.group);
-            if entry.group != "*" && !known(&entry.group) && !known(strip_provider(&entry.group)) {
+            if entry.group != "*" && !entry_known(&entry.group) {
                 push(
                     eat.clone(),
                     format!("fallback entry for unknown group `{}`", entry.group),

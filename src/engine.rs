@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::attempt::{self, Delivery, Outcome};
 use crate::catalog::Catalog;
-use crate::config::{At, check_settings_fields};
+use crate::config::{At, RouterSettings, check_settings_fields};
 use crate::error::ApiError;
 use crate::plan::FallbackPlan;
 use crate::policy::Levels;
@@ -159,10 +159,15 @@ impl Engine {
             )));
         }
         let mut problem = None;
+        let groups: Vec<&str> = if request.settings == RouterSettings::default() {
+            Vec::new()
+        } else {
+            catalog.groups.iter().map(|g| g.name.as_str()).collect()
+        };
         check_settings_fields(
             &request.settings,
             &At::default(),
-            &|g| catalog.group_id(g).is_some(),
+            &groups,
             &catalog.limits,
             &mut |at, message| {
                 problem.get_or_insert((crate::yaml::render_path(&at.0), message));

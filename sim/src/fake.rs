@@ -208,6 +208,7 @@ impl Fake {
             .iter()
             .find(|s| {
                 (s.calls.is_empty() || s.calls.contains(&call))
+                    && s.every.is_none_or(|n| call % n == 0)
                     && s.for_model.as_deref().is_none_or(|m| m == model)
             })
             .unwrap_or(&self.spec.default)

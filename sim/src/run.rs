@@ -83,10 +83,27 @@ pub fn run_scenario_in(path: &Path, scenario: &Scenario, place: Where) -> Report
     }
 }
 
-/// Loads and runs one file; a file that does not load is a failed report.
+/// Loads and runs one file; a file that does not load, or a run that panics, is a failed
+/// report (the rest of the suite still runs).
 pub fn run_file(path: &Path, place: Where) -> Report {
     match Scenario::load_file(path) {
-        Ok(s) => run_scenario_in(path, &s, place),
+        Ok(s) => match std::panic::catch_unwind(|| run_scenario_in(path, &s, place)) {
+            Ok(report) => report,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                Report {
+                    path: path.to_path_buf(),
+                    name: s.name.clone(),
+                    runs: Vec::new(),
+                    failures: vec![format!("the run panicked: {what}")],
+                    wall: Duration::ZERO,
+                }
+            }
+        },
         Err(e) => Report {
             path: path.to_path_buf(),
             name: path.display().to_string(),
@@ -205,6 +222,7 @@ pub fn table(reports: &[Report]) -> String {
                         .map_or("-".into(), |(_, d, _)| m.catalog.deployment(*d).id.clone())
                 })
                 .collect();
+            serving.sort();
             serving.dedup();
             let serving = if serving.len() == 1 {
                 serving.remove(0)

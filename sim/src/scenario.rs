@@ -102,6 +102,9 @@ pub struct Script {
     /// In `calls`: the call numbers (1-based, per provider) this answer is for; empty = any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<u32>,
+    /// In `calls`: every n-th call (call number divisible by n); absent = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<u32>,
     /// In `calls`: the requested upstream model this answer is for; absent = any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_model: Option<String>,
@@ -488,10 +491,13 @@ impl Scenario {
             }
             hosts.push(&p.host);
             check_script(&p.default).map_err(|(sub, m)| (join(at("default"), sub), m))?;
-            if !p.default.calls.is_empty() || p.default.for_model.is_some() {
+            if !p.default.calls.is_empty()
+                || p.default.for_model.is_some()
+                || p.default.every.is_some()
+            {
                 return Err((
                     at("default"),
-                    "`calls` and `for_model` belong in `calls` entries".into(),
+                    "`calls`, `every` and `for_model` belong in `calls` entries".into(),
                 ));
             }
             for (j, rule) in p.calls.iter().enumerate() {
@@ -628,6 +634,9 @@ fn check_script(s: &Script) -> Result<(), (Vec<PathSeg>, String)> {
     };
     if s.text.is_some() && s.chunks.is_some() {
         return Err((at(&["chunks"]), "give `text` or `chunks`, not both".into()));
+    }
+    if s.every == Some(0) {
+        return Err((at(&["every"]), "`every` must be at least 1".into()));
     }
     if s.chunk_size == Some(0) {
         return Err((

@@ -28,6 +28,9 @@ use crate::trace::{EngineObserver, Trace, TraceSink};
 pub const GATEWAY_PORT: u16 = 4000;
 /// The simulation's wall-clock epoch: fixed, so HTTP dates are reproducible.
 pub const EPOCH_SECS: u64 = 1_700_000_000;
+/// Per-socket message buffer in the simulated network (turmoil's default, 64, is too small
+/// for hundreds of concurrent connections to one listener).
+pub const TCP_CAPACITY: usize = 1 << 16;
 /// Simulated time allowed after the client finishes, for connections to close.
 pub const DRAIN: Duration = Duration::from_millis(500);
 
@@ -108,8 +111,9 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
     let mut sim = turmoil::Builder::new()
         .rng_seed(scenario.seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
-        .simulation_duration(Duration::from_millis(scenario.duration_ms) + DRAIN)
+        .simulation_duration(Duration::from_millis(scenario.duration_ms) * 2 + DRAIN)
         .tick_duration(Duration::from_millis(1))
+        .tcp_capacity(TCP_CAPACITY)
         .min_message_latency(Duration::from_millis(min_latency))
         .max_message_latency(Duration::from_millis(max_latency))
         .build();
@@ -176,6 +180,7 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         .flat_map(|f| f.actions().into_iter().map(move |a| (f.at_ms, a)))
         .collect();
     faults.sort_by_key(|(at, _)| *at);
+    let last_fault = Duration::from_millis(faults.last().map_or(0, |(at, _)| *at));
     let mut faults = faults.into_iter().peekable();
     let mut hang = None;
     let mut finished_at: Option<Duration> = None;
@@ -195,7 +200,9 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
                     finished_at = Some(sim.elapsed());
                 }
                 if let Some(t) = finished_at {
-                    if sim.elapsed() >= t + DRAIN {
+                    // Faults scheduled after the client finished still happen (a release
+                    // lets held closes through), then the world drains.
+                    if sim.elapsed() >= t.max(last_fault) + DRAIN {
                         break;
                     }
                 }
