@@ -123,13 +123,13 @@ fn suite(paths: &[PathBuf], place: Where, junit: Option<&Path>, jobs: Option<usi
         Where::Live => "live",
     };
     println!(
-        "\n{} scenarios: {} passed, {} failed. {} {place} requests in {:.2} s wall on {jobs} thread(s) ({:.0} requests per wall second per thread).",
+        "\n{} scenarios: {} passed, {} failed. {} {place} requests in {:.3} s wall ({:.0} requests per wall second; {jobs} scenario(s) at once, modes side by side).",
         summary.scenarios,
         summary.passed,
         summary.scenarios - summary.passed,
         summary.requests,
         summary.wall.as_secs_f64(),
-        summary.requests_per_run_second(),
+        summary.requests_per_wall_second(),
     );
     if summary.passed == summary.scenarios {
         ExitCode::SUCCESS
