@@ -27,7 +27,7 @@ use crate::config::MidStreamPolicy;
 use crate::engine::{Admitted, Engine};
 use crate::policy::EffectiveSettings;
 use crate::route::select::{self, Choice};
-use crate::route::{GiveUp, RetryContext, RetryDecision, plan_retry};
+use crate::route::{GiveUp, RetryContext, RetryDecision};
 use crate::trace::Event;
 use crate::upstream::chunk::Chunk;
 use crate::upstream::client::{AttemptTimeouts, Call};
@@ -295,6 +295,7 @@ impl Run<'_> {
                         retries_allowed: self.settings.retries_for(failure.class),
                         retries_used: retries_here,
                         mocked: mocked.is_some(),
+                        committed: self.committed,
                         tried: &tried,
                         now,
                         deadline: self.deadline,
@@ -303,7 +304,9 @@ impl Run<'_> {
                         backoff_max: self.catalog.settings.retry_backoff_max,
                     };
                     let book = self.engine.cooldowns();
-                    plan_retry(&cx, self.catalog, &book, &mut self.rng)
+                    self.engine
+                        .retry_policy()
+                        .decide(&cx, self.catalog, &book, &mut self.rng)
                 };
                 match decision {
                     RetryDecision::Retry { deployment, delay } => {

@@ -20,6 +20,7 @@ use crate::plan::FallbackPlan;
 use crate::policy::Levels;
 use crate::request::ChatRequest;
 use crate::route::cooldown::CooldownBook;
+use crate::route::{DefaultRetryPolicy, RetryPolicy};
 use crate::trace::{Event, Observer, TraceRecord};
 use crate::transport::Connector;
 use crate::upstream::client::{ClientLimits, UpstreamClient};
@@ -64,6 +65,7 @@ pub struct Engine {
     pub(crate) client: UpstreamClient,
     observer: Arc<dyn Observer>,
     wall: Arc<dyn WallClock>,
+    retry_policy: Arc<dyn RetryPolicy>,
     started: Instant,
     next_request: AtomicU64,
 }
@@ -85,9 +87,20 @@ impl Engine {
             catalog,
             observer,
             wall,
+            retry_policy: Arc::new(DefaultRetryPolicy),
             started: Instant::now(),
             next_request: AtomicU64::new(1),
         }
+    }
+
+    /// Replaces the retry decision (see [`RetryPolicy`]).
+    pub fn with_retry_policy(mut self, policy: Arc<dyn RetryPolicy>) -> Engine {
+        self.retry_policy = policy;
+        self
+    }
+
+    pub(crate) fn retry_policy(&self) -> &dyn RetryPolicy {
+        self.retry_policy.as_ref()
     }
 
     pub fn catalog(&self) -> &Catalog {

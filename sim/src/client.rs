@@ -122,10 +122,35 @@ pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
 pub async fn run_requests(
     target: &Target,
     requests: &[RequestSpec],
+    sequential: bool,
     mode: Mode,
     sink: Arc<dyn TraceSink>,
     clock: Clock,
 ) -> Vec<ClientResult> {
+    if sequential {
+        let mut results = Vec::new();
+        for (index, spec) in requests.iter().enumerate() {
+            for copy in 0..spec.repeat {
+                let label = format!("r{index}.{copy}");
+                let timeout = Duration::from_millis(spec.timeout_ms);
+                let body = body(spec, mode);
+                let mut r = send(
+                    target,
+                    spec.key.as_deref(),
+                    &body,
+                    timeout,
+                    sink.as_ref(),
+                    clock.as_ref(),
+                    &label,
+                )
+                .await;
+                r.index = index;
+                r.copy = copy;
+                results.push(r);
+            }
+        }
+        return results;
+    }
     let start = tokio::time::Instant::now();
     let results: Arc<std::sync::Mutex<Vec<ClientResult>>> = Arc::default();
     let mut tasks = Vec::new();

@@ -8,10 +8,14 @@
 //! * [`client`]: scripted requests, and what a client sees.
 //! * [`live`]: the same scenarios on real loopback sockets and the real clock.
 //! * [`oracle`]: expectations, invariants, stream/non-stream equivalence.
+//! * [`explore`]: generated scenarios, swarm fault mixes, shrinking to a scenario file.
+//! * [`counted`]: counting the gateway's open connections.
 //! * [`trace`]: the canonical per-run trace that snapshots record.
 //! * [`run`]: running files and suites, and the summary.
 
 pub mod client;
+pub mod counted;
+pub mod explore;
 pub mod fake;
 pub mod live;
 pub mod oracle;

@@ -20,6 +20,7 @@ use switchback::engine::{Engine, SystemWallClock};
 use switchback::transport::{BoxFuture, BoxIo, Connector, TcpConnector, TcpListener};
 
 use crate::client::{self, Clock, Target};
+use crate::counted::OpenCount;
 use crate::fake::Fake;
 use crate::scenario::{Mode, Scenario};
 use crate::trace::{EngineObserver, Trace, TraceSink};
@@ -31,6 +32,8 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Connects a scenario host name (`vertex:8000`) to the loopback port its fake listens on.
 pub struct LoopbackConnector {
     pub ports: BTreeMap<(String, u16), SocketAddr>,
+    /// Counts the connections opened through this connector until they are dropped.
+    pub count: OpenCount,
 }
 
 impl Connector for LoopbackConnector {
@@ -48,7 +51,7 @@ impl Connector for LoopbackConnector {
                 })?;
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            Ok(Box::new(stream) as BoxIo)
+            Ok(Box::new(self.count.track(stream)) as BoxIo)
         })
     }
 }
@@ -122,8 +125,10 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
     let fakes = start_fakes(scenario, sink.clone(), None)
         .await
         .map_err(|e| format!("cannot start fakes: {e}"))?;
+    let upstreams = OpenCount::default();
     let connector = Arc::new(LoopbackConnector {
         ports: fakes.ports.clone(),
+        count: upstreams.clone(),
     });
     let engine = Arc::new(Engine::new(
         catalog.clone(),
@@ -146,11 +151,18 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         base_path: "/v1".into(),
     };
     let clock: Clock = Arc::new(move || started.elapsed());
-    let results =
-        client::run_requests(&target, &scenario.requests, mode, sink.clone(), clock).await;
+    let results = client::run_requests(
+        &target,
+        &scenario.requests,
+        scenario.sequential,
+        mode,
+        sink.clone(),
+        clock,
+    )
+    .await;
     let _ = stop.send(());
     let _ = gateway.await;
-    let open = wait_for_closes(&fakes.fakes).await;
+    let open = wait_for_closes(&upstreams, &fakes.fakes).await;
     Ok(ModeRun {
         mode,
         results,
@@ -171,13 +183,10 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
 
 /// Waits (bounded by [`CLOSE_WAIT`]) for the fakes' connections to close, returning what is
 /// still open. Closing is the peer's doing, so there is nothing to wait on but the count.
-async fn wait_for_closes(fakes: &[Arc<Fake>]) -> BTreeMap<String, usize> {
+async fn wait_for_closes(upstreams: &OpenCount, fakes: &[Arc<Fake>]) -> BTreeMap<String, usize> {
     let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
     loop {
-        let open: BTreeMap<String, usize> = fakes
-            .iter()
-            .map(|f| (f.spec.host.clone(), f.open_connections()))
-            .collect();
+        let open = crate::world::open_at_end(upstreams, fakes, true);
         if open.values().all(|n| *n == 0) || tokio::time::Instant::now() >= deadline {
             return open;
         }

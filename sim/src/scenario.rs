@@ -34,11 +34,19 @@ pub struct Scenario {
     /// Simulated time bound; a run still going at this point is reported as hung.
     #[serde(default = "default_duration")]
     pub duration_ms: u64,
+    /// Simulated time per step of the world (default 1 ms): the resolution of the trace.
+    /// Coarser ticks make long waits cheaper to simulate.
+    #[serde(default = "default_tick", skip_serializing_if = "is_default_tick")]
+    pub tick_ms: u64,
     pub gateway: GatewayConfig,
     pub providers: Vec<Provider>,
     #[serde(default)]
     pub network: Network,
     pub requests: Vec<RequestSpec>,
+    /// Send the requests one after another, each starting when the previous one ended
+    /// (`at_ms` and `concurrency` are then ignored).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sequential: bool,
     #[serde(default = "Mode::both")]
     pub modes: Vec<Mode>,
     /// Expectations for every request (a request's own `expect` replaces it field by field).
@@ -49,6 +57,17 @@ pub struct Scenario {
 fn default_duration() -> u64 {
     DEFAULT_DURATION_MS
 }
+
+fn default_tick() -> u64 {
+    1
+}
+
+fn is_default_tick(t: &u64) -> bool {
+    *t == 1
+}
+
+/// Coarsest tick a scenario may ask for.
+pub const MAX_TICK_MS: u64 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -465,6 +484,9 @@ impl Scenario {
             let mut path = vec![key("gateway")];
             path.extend(first.path.iter().cloned());
             return Err((path, first.message.clone()));
+        }
+        if self.tick_ms == 0 || self.tick_ms > MAX_TICK_MS {
+            return Err((vec![key("tick_ms")], format!("must be 1 to {MAX_TICK_MS}")));
         }
         if self.duration_ms == 0 || self.duration_ms > MAX_DURATION_MS {
             return Err((

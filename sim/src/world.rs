@@ -16,10 +16,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
 use switchback::engine::{Engine, WallClock};
-use switchback::trace::TraceRecord;
+use switchback::trace::{Observer, TraceRecord};
 use switchback::transport::{BoxFuture, BoxIo, Connector, Listener};
 
 use crate::client::{self, ClientResult, Target};
+use crate::counted::OpenCount;
 use crate::fake::{CallRecord, Fake};
 use crate::scenario::{Mode, NetAction, Scenario};
 use crate::trace::{EngineObserver, Trace, TraceSink};
@@ -34,17 +35,26 @@ pub const TCP_CAPACITY: usize = 1 << 16;
 /// Simulated time allowed after the client finishes, for connections to close.
 pub const DRAIN: Duration = Duration::from_millis(500);
 
-/// Connects through turmoil's simulated TCP.
-pub struct SimConnector;
+/// Connects through turmoil's simulated TCP, counting open connections when asked to.
+#[derive(Default)]
+pub struct SimConnector {
+    pub count: Option<OpenCount>,
+}
 
 impl Connector for SimConnector {
     fn connect<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, io::Result<BoxIo>> {
         Box::pin(async move {
             let stream = turmoil::net::TcpStream::connect((host, port)).await?;
-            Ok(Box::new(stream) as BoxIo)
+            Ok(match &self.count {
+                Some(count) => Box::new(count.track(stream)) as BoxIo,
+                None => Box::new(stream) as BoxIo,
+            })
         })
     }
 }
+
+/// The label of the gateway's own upstream connections in [`ModeRun::open_connections`].
+pub const GATEWAY_UPSTREAMS: &str = "gateway->upstreams";
 
 /// Accepts through turmoil's simulated TCP.
 pub struct SimListener(pub turmoil::net::TcpListener);
@@ -62,8 +72,46 @@ impl Listener for SimListener {
     }
 }
 
+/// What runs on the `gateway` host: Switchback's engine by default. Tests plug in others
+/// (deliberately faulty wrappers) to prove the oracle catches them.
+pub trait GatewayUnderTest: Send + Sync + 'static {
+    /// Serves HTTP on `listener` until the host stops.
+    /// `config` is what `catalog` was built from, for gateways that need to build their own.
+    fn serve(
+        &self,
+        config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+}
+
+/// The real thing.
+pub struct Switchback;
+
+impl GatewayUnderTest for Switchback {
+    fn serve(
+        &self,
+        _config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let engine = Arc::new(Engine::new(catalog, connector, observer, wall));
+        Box::pin(switchback::gateway::serve(
+            engine,
+            listener,
+            std::future::pending(),
+        ))
+    }
+}
+
 /// The simulation's wall clock: the fixed epoch plus simulated time.
-struct SimWallClock;
+pub struct SimWallClock;
 
 impl WallClock for SimWallClock {
     fn now(&self) -> SystemTime {
@@ -80,7 +128,9 @@ pub struct ModeRun {
     pub records: Vec<TraceRecord>,
     /// Calls each provider received, by host.
     pub calls: BTreeMap<String, Vec<CallRecord>>,
-    /// Connections still open to each provider at the end.
+    /// Connections still open at the end: the gateway's upstream connections
+    /// ([`GATEWAY_UPSTREAMS`]), and each provider's when no network fault could have eaten
+    /// the packets that close them.
     pub open_connections: BTreeMap<String, usize>,
     pub trace: String,
     pub catalog: Arc<Catalog>,
@@ -100,11 +150,22 @@ pub fn gateway_config(scenario: &Scenario) -> GatewayConfig {
     config
 }
 
-/// Runs `scenario` in `mode` in a fresh world.
+/// Runs `scenario` in `mode` in a fresh world, against Switchback.
 pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
+    run_with(scenario, mode, Arc::new(Switchback))
+}
+
+/// Runs `scenario` in `mode` in a fresh world, against `gateway`.
+pub fn run_with(
+    scenario: &Scenario,
+    mode: Mode,
+    gateway: Arc<dyn GatewayUnderTest>,
+) -> Result<ModeRun, String> {
     let wall = std::time::Instant::now();
-    let catalog = Arc::new(Catalog::new(&gateway_config(scenario)).map_err(|e| e.to_string())?);
+    let config = gateway_config(scenario);
+    let catalog = Arc::new(Catalog::new(&config).map_err(|e| e.to_string())?);
     let trace = Trace::simulated();
+    let upstreams = OpenCount::default();
     let sink: Arc<dyn TraceSink> = trace.clone();
     let observer = EngineObserver::new(sink.clone());
     let [min_latency, max_latency] = scenario.network.latency_ms;
@@ -112,7 +173,7 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         .rng_seed(scenario.seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
         .simulation_duration(Duration::from_millis(scenario.duration_ms) * 2 + DRAIN)
-        .tick_duration(Duration::from_millis(1))
+        .tick_duration(Duration::from_millis(scenario.tick_ms))
         .tcp_capacity(TCP_CAPACITY)
         .min_message_latency(Duration::from_millis(min_latency))
         .max_message_latency(Duration::from_millis(max_latency))
@@ -121,18 +182,27 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
     {
         let catalog = catalog.clone();
         let observer = observer.clone();
+        let upstreams = upstreams.clone();
+        let config = config.clone();
         sim.host("gateway", move || {
             let catalog = catalog.clone();
-            let observer = observer.clone();
+            let observer: Arc<dyn Observer> = observer.clone();
+            let gateway = gateway.clone();
+            let upstreams = upstreams.clone();
+            let config = config.clone();
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", GATEWAY_PORT)).await?;
-                let engine = Arc::new(Engine::new(
-                    catalog,
-                    Arc::new(SimConnector),
-                    observer,
-                    Arc::new(SimWallClock),
-                ));
-                switchback::gateway::serve(engine, SimListener(listener), std::future::pending())
+                gateway
+                    .serve(
+                        &config,
+                        catalog,
+                        Arc::new(SimConnector {
+                            count: Some(upstreams.clone()),
+                        }),
+                        observer,
+                        Arc::new(SimWallClock),
+                        SimListener(listener),
+                    )
                     .await;
                 Ok(())
             }
@@ -158,16 +228,18 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
     {
         let results = results.clone();
         let requests = scenario.requests.clone();
+        let sequential = scenario.sequential;
         let sink = sink.clone();
         sim.client("client", async move {
             let target = Target {
-                connector: Arc::new(SimConnector),
+                connector: Arc::new(SimConnector::default()),
                 host: "gateway".into(),
                 port: GATEWAY_PORT,
                 base_path: "/v1".into(),
             };
             let clock: client::Clock = Arc::new(|| turmoil::sim_elapsed().unwrap_or_default());
-            let done = client::run_requests(&target, &requests, mode, sink, clock).await;
+            let done =
+                client::run_requests(&target, &requests, sequential, mode, sink, clock).await;
             *results.lock().expect("results") = done;
             Ok(())
         });
@@ -229,16 +301,30 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
             .iter()
             .map(|f| (f.spec.host.clone(), f.calls()))
             .collect(),
-        open_connections: fakes
-            .iter()
-            .map(|f| (f.spec.host.clone(), f.open_connections()))
-            .collect(),
+        open_connections: open_at_end(&upstreams, &fakes, scenario.network.faults.is_empty()),
         trace: trace.text(),
         catalog,
         hang,
         elapsed: finished_at.unwrap_or_else(|| sim.elapsed()),
         wall: wall.elapsed(),
     })
+}
+
+/// What is still open when a run ends (see [`ModeRun::open_connections`]).
+pub fn open_at_end(
+    upstreams: &OpenCount,
+    fakes: &[Arc<Fake>],
+    provider_side_too: bool,
+) -> BTreeMap<String, usize> {
+    let mut open = BTreeMap::from([(GATEWAY_UPSTREAMS.to_string(), upstreams.open())]);
+    if provider_side_too {
+        open.extend(
+            fakes
+                .iter()
+                .map(|f| (f.spec.host.clone(), f.open_connections())),
+        );
+    }
+    open
 }
 
 fn apply(sim: &mut turmoil::Sim<'_>, action: &NetAction) {

@@ -123,7 +123,19 @@ async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseB
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let admitted = match engine.admit(token.as_deref(), &body) {
+    chat_buffered(engine, token.as_deref(), &body).await
+}
+
+/// A chat completion whose body has been read: admission, the attempt loop, the response.
+/// `bearer` is the token after `Bearer `. Public so that a front end (or a test wrapper)
+/// that reads the body itself can hand the request to the engine.
+pub async fn chat_buffered(
+    engine: Arc<Engine>,
+    bearer: Option<&str>,
+    body: &[u8],
+) -> Response<ResponseBody> {
+    let limits = engine.catalog().limits.clone();
+    let admitted = match engine.admit(bearer, body) {
         Ok(a) => a,
         Err(e) => return error(&e),
     };

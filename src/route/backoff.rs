@@ -8,7 +8,12 @@ use rand::Rng;
 
 /// A delay drawn uniformly from `[0, min(max, base * 2^retry)]` ("full jitter"), so retries
 /// from many requests spread out instead of arriving together.
-pub fn full_jitter(retry: u32, base: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
+pub fn full_jitter(
+    retry: u32,
+    base: Duration,
+    max: Duration,
+    rng: &mut (impl Rng + ?Sized),
+) -> Duration {
     let ceiling = base.saturating_mul(1u32 << retry.min(20)).min(max);
     let micros = ceiling.as_micros() as u64;
     if micros == 0 {

@@ -14,6 +14,9 @@ pub mod select;
 use std::time::Duration;
 
 use rand::Rng;
+/// The RNG trait [`RetryPolicy::decide`] draws from (re-exported so implementors need not
+/// depend on the same `rand` version).
+pub use rand::RngCore;
 use tokio::time::Instant;
 
 use self::cooldown::CooldownBook;
@@ -70,6 +73,8 @@ pub struct RetryContext<'a> {
     pub retries_used: u32,
     /// A mocked failure tests the fallback path: it is never retried.
     pub mocked: bool,
+    /// The request has committed (its first content chunk arrived), in either mode.
+    pub committed: bool,
     /// Deployments already tried in this group, in order.
     pub tried: &'a [DeploymentId],
     pub now: Instant,
@@ -79,6 +84,36 @@ pub struct RetryContext<'a> {
     pub backoff_max: Duration,
 }
 
+/// The retry decision as a seam: plain data in, decision out. The engine uses
+/// [`DefaultRetryPolicy`] unless the embedder gives another one to
+/// `Engine::with_retry_policy` (a tighter budget, a different backoff, or, in tests, a
+/// deliberately wrong policy to prove the oracle catches it).
+pub trait RetryPolicy: Send + Sync + 'static {
+    fn decide(
+        &self,
+        cx: &RetryContext<'_>,
+        catalog: &Catalog,
+        book: &CooldownBook,
+        rng: &mut dyn RngCore,
+    ) -> RetryDecision;
+}
+
+/// [`plan_retry`], the policy DESIGN.md describes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DefaultRetryPolicy;
+
+impl RetryPolicy for DefaultRetryPolicy {
+    fn decide(
+        &self,
+        cx: &RetryContext<'_>,
+        catalog: &Catalog,
+        book: &CooldownBook,
+        rng: &mut dyn RngCore,
+    ) -> RetryDecision {
+        plan_retry(cx, catalog, book, rng)
+    }
+}
+
 /// Decides whether and where the group is retried. Another healthy deployment is preferred;
 /// if every deployment is cooling, the retry waits for the first to come back (that is how
 /// a Retry-After is honoured), unless that wait is over `max_wait` or past the deadline.
@@ -86,7 +121,7 @@ pub fn plan_retry(
     cx: &RetryContext<'_>,
     catalog: &Catalog,
     book: &CooldownBook,
-    rng: &mut impl Rng,
+    rng: &mut (impl Rng + ?Sized),
 ) -> RetryDecision {
     if cx.mocked || !cx.failure.class.actions(false).retry {
         return RetryDecision::GiveUp(GiveUp::NotRetryable);
@@ -136,6 +171,7 @@ mod tests {
             retries_allowed: 2,
             retries_used: 0,
             mocked: false,
+            committed: false,
             tried,
             now,
             deadline: now + Duration::from_secs(60),

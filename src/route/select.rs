@@ -27,7 +27,7 @@ pub fn choose(
     book: &CooldownBook,
     now: Instant,
     tried: &[DeploymentId],
-    rng: &mut impl Rng,
+    rng: &mut (impl Rng + ?Sized),
 ) -> Choice {
     let all = &catalog.group(group).deployments;
     assert!(

@@ -71,6 +71,39 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Generate random scenarios, run each in both modes, and check every invariant and
+    /// stream/non-stream equivalence. Failing cases are shrunk and saved as scenario files.
+    Explore {
+        /// Cases to run (across all shards).
+        #[arg(long, default_value_t = 1000)]
+        cases: u64,
+        /// First case seed; case i has seed S + i.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop after this long (e.g. 60s, 5m) even if cases remain.
+        #[arg(long, value_parser = parse_duration)]
+        time: Option<std::time::Duration>,
+        /// Run only shard i of n (1-based), e.g. 2/4: disjoint seeds for a CI matrix.
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<(u64, u64)>,
+        /// Run every case twice and fail on any difference in the traces.
+        #[arg(long)]
+        check_determinism: bool,
+        /// Where shrunk failing cases are written.
+        #[arg(long, default_value = "explore-failures")]
+        out: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Reproduce one generated case exactly and print its traces (and its YAML with --yaml).
+    Replay {
+        #[arg(long)]
+        seed: u64,
+        /// Also print the scenario file.
+        #[arg(long)]
+        yaml: bool,
+    },
     /// Run the gateway on real sockets.
     Serve {
         /// Gateway config (LiteLLM-style YAML).
@@ -91,9 +124,64 @@ fn main() -> ExitCode {
         Command::Live { paths } => suite(&paths, Where::Live, None, Some(1)),
         Command::Trace { file, mode } => trace(&file, mode.into()),
         Command::Check { paths } => check(&paths),
+        Command::Explore {
+            cases,
+            seed,
+            time,
+            shard,
+            check_determinism,
+            out,
+            jobs,
+        } => explore::main(explore::Options {
+            cases,
+            seed,
+            time,
+            shard: shard.unwrap_or((1, 1)),
+            check_determinism,
+            out,
+            jobs: jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }),
+        Command::Replay { seed, yaml } => explore::replay(seed, yaml),
         Command::Serve { config, listen } => serve(&config, listen),
     }
 }
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number and a unit, e.g. 60s or 5m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        other => return Err(format!("`{s}`: unknown unit `{other}` (use s, m or h)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}`: expected i/n, e.g. 2/4"))?;
+    let i: u64 = i
+        .parse()
+        .map_err(|_| format!("`{s}`: shard index is not a number"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}`: shard count is not a number"))?;
+    if n == 0 || i == 0 || i > n {
+        return Err(format!("`{s}`: need 1 <= i <= n"));
+    }
+    Ok((i, n))
+}
+
+mod explore;
 
 fn suite(paths: &[PathBuf], place: Where, junit: Option<&Path>, jobs: Option<usize>) -> ExitCode {
     let files = match run::collect_files(paths) {

@@ -1,0 +1,350 @@
+//! The oracle has teeth: deliberately faulty gateways, each a thin wrapper around the real
+//! engine that reproduces a bug real gateways have shipped, must make the equivalence
+//! property fail, shrink, and produce a scenario file that reproduces the fault (and passes
+//! against Switchback itself). The wrappers live here, in a test, and nowhere else.
+//!
+//! 1. Key-level fallbacks dropped for streams (the LiteLLM bug: "Available Model Group
+//!    Fallbacks=None"): stream requests go to an engine whose keys have no `fallbacks`.
+//! 2. The requested model stamped on streamed chunks after a fallback.
+//! 3. No retries after commit for streams: stream requests go to an engine whose retry
+//!    policy gives up once the answer has started.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use switchback::catalog::Catalog;
+use switchback::config::GatewayConfig;
+use switchback::engine::{Engine, WallClock};
+use switchback::gateway::body::ResponseBody;
+use switchback::gateway::routes::chat_buffered;
+use switchback::route::{
+    DefaultRetryPolicy, GiveUp, RetryContext, RetryDecision, RetryPolicy, RngCore,
+};
+use switchback::trace::Observer;
+use switchback::transport::{Connector, Listener};
+use switchback_sim::explore;
+use switchback_sim::scenario::Scenario;
+use switchback_sim::world::{GatewayUnderTest, SimListener, Switchback};
+
+/// Seeds searched for a case that exposes the fault.
+const MAX_SEEDS: u64 = 3_000;
+/// Shrinking budget per fault (debug builds are slow; the shrunk case need not be minimal).
+const SHRINK_STEPS: u32 = 150;
+
+type ServeFuture = Pin<Box<dyn Future<Output = ()>>>;
+
+/// What a wrapper does with one chat request.
+trait Front: Send + Sync + 'static {
+    fn answer(
+        &self,
+        stream: bool,
+        bearer: Option<String>,
+        body: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
+}
+
+/// Serves `front` on `listener`: reads each request's body, sees whether it streams, and
+/// lets the front answer.
+fn serve_front(front: Arc<dyn Front>, mut listener: SimListener) -> ServeFuture {
+    Box::pin(async move {
+        loop {
+            let Ok((io, _)) = listener.accept().await else {
+                continue;
+            };
+            let front = front.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let front = front.clone();
+                    async move {
+                        let bearer = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "))
+                            .map(str::to_string);
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let stream = serde_json::from_slice::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v.get("stream").and_then(serde_json::Value::as_bool))
+                            .unwrap_or(false);
+                        Ok::<_, Infallible>(front.answer(stream, bearer, body).await)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// Two engines: the real one for non-stream requests, a different one for streams.
+struct SplitFront {
+    non_stream: Arc<Engine>,
+    stream: Arc<Engine>,
+}
+
+impl Front for SplitFront {
+    fn answer(
+        &self,
+        stream: bool,
+        bearer: Option<String>,
+        body: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>> {
+        let engine = if stream {
+            self.stream.clone()
+        } else {
+            self.non_stream.clone()
+        };
+        Box::pin(async move { chat_buffered(engine, bearer.as_deref(), &body).await })
+    }
+}
+
+/// Fault 1: streams read a config whose keys have no fallbacks.
+struct DropsKeyFallbacksForStreams;
+
+impl GatewayUnderTest for DropsKeyFallbacksForStreams {
+    fn serve(
+        &self,
+        config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> ServeFuture {
+        let mut stripped = config.clone();
+        for key in &mut stripped.keys {
+            key.router_settings.fallbacks = None;
+        }
+        let stream_catalog = Arc::new(Catalog::new(&stripped).expect("still valid"));
+        let front = SplitFront {
+            non_stream: Arc::new(Engine::new(
+                catalog,
+                connector.clone(),
+                observer.clone(),
+                wall.clone(),
+            )),
+            stream: Arc::new(Engine::new(stream_catalog, connector, observer, wall)),
+        };
+        serve_front(Arc::new(front), listener)
+    }
+}
+
+/// Fault 3's retry policy: the real one, except that it never retries once committed.
+struct NoRetryAfterCommit;
+
+impl RetryPolicy for NoRetryAfterCommit {
+    fn decide(
+        &self,
+        cx: &RetryContext<'_>,
+        catalog: &Catalog,
+        book: &switchback::route::cooldown::CooldownBook,
+        rng: &mut dyn RngCore,
+    ) -> RetryDecision {
+        if cx.committed {
+            return RetryDecision::GiveUp(GiveUp::NotRetryable);
+        }
+        DefaultRetryPolicy.decide(cx, catalog, book, rng)
+    }
+}
+
+/// Fault 3: streams are served by an engine that skips retries after commit.
+struct SkipsRetriesAfterCommitForStreams;
+
+impl GatewayUnderTest for SkipsRetriesAfterCommitForStreams {
+    fn serve(
+        &self,
+        _config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> ServeFuture {
+        let front = SplitFront {
+            non_stream: Arc::new(Engine::new(
+                catalog.clone(),
+                connector.clone(),
+                observer.clone(),
+                wall.clone(),
+            )),
+            stream: Arc::new(
+                Engine::new(catalog, connector, observer, wall)
+                    .with_retry_policy(Arc::new(NoRetryAfterCommit)),
+            ),
+        };
+        serve_front(Arc::new(front), listener)
+    }
+}
+
+/// Fault 2: after a fallback, every streamed chunk says the requested model.
+struct StampsRequestedModel {
+    engine: Arc<Engine>,
+}
+
+impl Front for StampsRequestedModel {
+    fn answer(
+        &self,
+        stream: bool,
+        bearer: Option<String>,
+        body: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>> {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let requested = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string))
+                .unwrap_or_default();
+            let response = chat_buffered(engine, bearer.as_deref(), &body).await;
+            let fell_back = response
+                .headers()
+                .get("x-switchback-attempted-fallbacks")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v != "0");
+            if !stream || !fell_back {
+                return response;
+            }
+            let (parts, body) = response.into_parts();
+            let body = body
+                .map_frame(move |frame| match frame.into_data() {
+                    Ok(data) => Frame::data(stamp(&data, &requested)),
+                    Err(frame) => frame,
+                })
+                .boxed();
+            Response::from_parts(parts, body)
+        })
+    }
+}
+
+fn stamp(frame: &Bytes, model: &str) -> Bytes {
+    let text = String::from_utf8_lossy(frame);
+    let Some(json) = text.strip_prefix("data: ").map(str::trim_end) else {
+        return frame.clone();
+    };
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(mut v) if v.get("model").is_some() => {
+            v["model"] = serde_json::Value::String(model.to_string());
+            Bytes::from(format!("data: {v}\n\n"))
+        }
+        _ => frame.clone(),
+    }
+}
+
+struct StampsRequestedModelOnStreams;
+
+impl GatewayUnderTest for StampsRequestedModelOnStreams {
+    fn serve(
+        &self,
+        _config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> ServeFuture {
+        let front = StampsRequestedModel {
+            engine: Arc::new(Engine::new(catalog, connector, observer, wall)),
+        };
+        serve_front(Arc::new(front), listener)
+    }
+}
+
+/// Searches generated cases for one the faulty gateway fails, shrinks it, saves it, and
+/// checks the saved file: it fails against the faulty gateway and passes against Switchback.
+fn caught(name: &str, faulty: Arc<dyn GatewayUnderTest>) {
+    let started = Instant::now();
+    let seed = (0..MAX_SEEDS)
+        .find(|seed| {
+            !explore::judge(&explore::case(*seed), &faulty)
+                .failures
+                .is_empty()
+        })
+        .unwrap_or_else(|| {
+            panic!("{name}: no case in {MAX_SEEDS} exposes the fault: the oracle has no teeth")
+        });
+    let (small, failures) = explore::shrink_within(seed, &faulty, SHRINK_STEPS);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("target/explore-failures")
+        .join(name);
+    let path = explore::save(&dir, &small, &failures).expect("saved");
+    let replayed = Scenario::load_file(&path)
+        .unwrap_or_else(|e| panic!("{name}: the saved case does not load: {e}"));
+    let again = explore::judge(&replayed, &faulty);
+    assert!(
+        !again.failures.is_empty(),
+        "{name}: the saved case {} no longer fails",
+        path.display()
+    );
+    let real: Arc<dyn GatewayUnderTest> = Arc::new(Switchback);
+    let clean = explore::judge(&replayed, &real);
+    assert!(
+        clean.failures.is_empty(),
+        "{name}: Switchback fails the saved case too: {:?}",
+        clean.failures
+    );
+    println!(
+        "{name}: case {seed} caught and shrunk in {:.1} s -> {}\n  replay: cargo run --release -- run {}\n  first failure: {}",
+        started.elapsed().as_secs_f64(),
+        path.display(),
+        path.display(),
+        failures.first().map_or("", String::as_str)
+    );
+}
+
+#[test]
+fn dropping_key_fallbacks_for_streams_is_caught() {
+    caught(
+        "drops_key_fallbacks_for_streams",
+        Arc::new(DropsKeyFallbacksForStreams),
+    );
+}
+
+#[test]
+fn stamping_the_requested_model_after_a_fallback_is_caught() {
+    caught(
+        "stamps_requested_model",
+        Arc::new(StampsRequestedModelOnStreams),
+    );
+}
+
+#[test]
+fn skipping_retries_after_commit_is_caught() {
+    caught(
+        "skips_retries_after_commit",
+        Arc::new(SkipsRetriesAfterCommitForStreams),
+    );
+}
+
+/// The wrappers are real gateways: on a case without faults they pass.
+#[test]
+fn the_wrappers_pass_a_clean_case() {
+    let clean = Scenario::load_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scenarios/streaming/precommit_429_falls_back.yaml"),
+    )
+    .expect("corpus file");
+    let gateways: [Arc<dyn GatewayUnderTest>; 2] = [
+        Arc::new(DropsKeyFallbacksForStreams),
+        Arc::new(SkipsRetriesAfterCommitForStreams),
+    ];
+    for gw in gateways {
+        let v = explore::judge(&clean, &gw);
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+    }
+}
