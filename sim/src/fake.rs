@@ -39,6 +39,8 @@ pub const CREATED: u64 = 1_700_000_000;
 /// What a fake received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallRecord {
+    /// Position among all calls to the fakes sharing one order (see [`Fake::with_order`]).
+    pub seq: u64,
     pub call: u32,
     pub model: String,
     pub stream: bool,
@@ -52,6 +54,8 @@ pub struct CallRecord {
     pub request_id: Option<u64>,
     /// The text this call sends before its fault (all of it without one).
     pub planned: String,
+    /// What the script does: `ok`, or the fault (`http 429`, `error_event@3 429`, ...).
+    pub outcome: String,
     pub body: Value,
 }
 
@@ -61,19 +65,37 @@ pub struct Fake {
     open: AtomicUsize,
     log: Mutex<Vec<CallRecord>>,
     sink: Arc<dyn TraceSink>,
+    /// Shared by the fakes of one run: the order calls arrived in, across hosts.
+    order: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type FakeBody = BoxBody<Bytes, io::Error>;
 
 impl Fake {
     pub fn new(spec: Provider, sink: Arc<dyn TraceSink>) -> Arc<Fake> {
+        Fake::with_order(spec, sink, Arc::default())
+    }
+
+    /// A fake whose calls are numbered in one sequence with the other fakes sharing `order`.
+    pub fn with_order(
+        spec: Provider,
+        sink: Arc<dyn TraceSink>,
+        order: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Arc<Fake> {
         Arc::new(Fake {
             spec,
             calls: AtomicU32::new(0),
             open: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
             sink,
+            order,
         })
+    }
+
+    /// Forgets every call: the next call is call 1 again (a fresh provider for the next run).
+    pub fn reset(&self) {
+        self.calls.store(0, Ordering::SeqCst);
+        self.log.lock().expect("fake log").clear();
     }
 
     /// Every request received so far, in order.
@@ -175,6 +197,7 @@ impl Fake {
             continuation.as_deref().filter(|_| continued),
         );
         self.log.lock().expect("fake log").push(CallRecord {
+            seq: self.order.fetch_add(1, Ordering::SeqCst) + 1,
             call,
             model: model.clone(),
             stream,
@@ -183,6 +206,14 @@ impl Fake {
             authorization,
             request_id,
             planned: answer.chunks[..answer.sent_before_fault()].concat(),
+            outcome: script.fault.as_ref().map_or_else(
+                || "ok".to_string(),
+                |f| match (f.kind, f.status) {
+                    (crate::scenario::FaultKind::Http, s) => format!("http {}", s.unwrap_or(429)),
+                    (kind, Some(s)) => format!("{}@{} {s}", kind.as_str(), f.after_chunks),
+                    (kind, None) => format!("{}@{}", kind.as_str(), f.after_chunks),
+                },
+            ),
             body: body.clone(),
         });
         self.trace(format!(

@@ -7,6 +7,8 @@
 //! * [`world`]: one turmoil simulation per run: gateway, provider and client hosts.
 //! * [`client`]: scripted requests, and what a client sees.
 //! * [`live`]: the same scenarios on real loopback sockets and the real clock.
+//! * [`emit`]: gateway configs (Switchback's or LiteLLM's) pointing at loopback fakes.
+//! * [`probe`]: equivalence checks against any external gateway on loopback.
 //! * [`oracle`]: expectations, invariants, stream/non-stream equivalence.
 //! * [`explore`]: generated scenarios, swarm fault mixes, shrinking to a scenario file.
 //! * [`counted`]: counting the gateway's open connections.
@@ -15,10 +17,12 @@
 
 pub mod client;
 pub mod counted;
+pub mod emit;
 pub mod explore;
 pub mod fake;
 pub mod live;
 pub mod oracle;
+pub mod probe;
 pub mod run;
 pub mod scenario;
 pub mod trace;

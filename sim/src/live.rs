@@ -78,6 +78,7 @@ pub async fn start_fakes(
     sink: Arc<dyn TraceSink>,
     port_base: Option<u16>,
 ) -> io::Result<RunningFakes> {
+    let order = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut running = RunningFakes {
         fakes: Vec::new(),
         ports: BTreeMap::new(),
@@ -92,7 +93,7 @@ pub async fn start_fakes(
         };
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
         let addr = listener.0.local_addr()?;
-        let fake = Fake::new(p.clone(), sink.clone());
+        let fake = Fake::with_order(p.clone(), sink.clone(), order.clone());
         running.ports.insert((p.host.clone(), p.port), addr);
         running
             .tasks

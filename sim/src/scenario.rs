@@ -66,6 +66,9 @@ fn is_default_tick(t: &u64) -> bool {
     *t == 1
 }
 
+/// Longest pause `probe` puts between the two modes, in seconds.
+pub const MAX_PAUSE_SECS: f64 = 60.0;
+
 /// Coarsest tick a scenario may ask for.
 pub const MAX_TICK_MS: u64 = 100;
 

@@ -17,6 +17,15 @@ pub trait TraceSink: Send + Sync + 'static {
     fn line(&self, host: &str, text: String);
 }
 
+/// Prints every line to standard output (the `fakes` command's request log).
+pub struct PrintSink;
+
+impl TraceSink for PrintSink {
+    fn line(&self, host: &str, text: String) {
+        println!("{host:<9} {text}");
+    }
+}
+
 /// Drops everything.
 pub struct NullSink;
 

@@ -210,7 +210,9 @@ fn join(set: &std::collections::BTreeSet<&'static str>) -> String {
 fn progress(done: u64, total: u64, started: Instant, failing: usize) {
     let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let width = 30;
-    let filled = (done * width as u64).checked_div(total).map_or(width, |f| (f as usize).min(width));
+    let filled = (done * width as u64)
+        .checked_div(total)
+        .map_or(width, |f| (f as usize).min(width));
     let end = if std::io::stderr().is_terminal() {
         "\r"
     } else {

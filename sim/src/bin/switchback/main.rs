@@ -41,6 +41,12 @@ impl From<ModeArg> for Mode {
     }
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum EmitArg {
+    Litellm,
+    Switchback,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run scenario files (or folders of them) in simulation and print a results table.
@@ -104,6 +110,35 @@ enum Command {
         #[arg(long)]
         yaml: bool,
     },
+    /// Serve a scenario's fake providers on loopback (provider i on PORT_BASE + i) until
+    /// interrupted, logging every request; or, with --emit-config, print a gateway config
+    /// whose api_base values point at them.
+    Fakes {
+        scenario: PathBuf,
+        /// Loopback address of the first fake; the others take the next ports.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: std::net::SocketAddr,
+        /// Print a config for these fakes and exit: `litellm` or `switchback`.
+        #[arg(long, value_enum)]
+        emit_config: Option<EmitArg>,
+    },
+    /// Check an external gateway (started with the emitted config) for stream/non-stream
+    /// equivalence: the fakes run in-process on loopback, at the same ports.
+    Probe {
+        scenario: PathBuf,
+        /// The gateway's base URL on loopback, e.g. http://127.0.0.1:4000.
+        #[arg(long)]
+        gateway: String,
+        /// Send this key instead of the scenario's keys (e.g. LiteLLM's master key).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Loopback address of the first fake (as given to `fakes --emit-config`).
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: std::net::SocketAddr,
+        /// Seconds between the two modes (default: the scenario's cooldown or Retry-After).
+        #[arg(long)]
+        pause: Option<f64>,
+    },
     /// Run the gateway on real sockets.
     Serve {
         /// Gateway config (LiteLLM-style YAML).
@@ -143,6 +178,22 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         }),
         Command::Replay { seed, yaml } => explore::replay(seed, yaml),
+        Command::Fakes {
+            scenario,
+            listen,
+            emit_config,
+        } => external::fakes(
+            &scenario,
+            listen,
+            emit_config.map(|e| matches!(e, EmitArg::Litellm)),
+        ),
+        Command::Probe {
+            scenario,
+            gateway,
+            api_key,
+            listen,
+            pause,
+        } => external::probe(&scenario, &gateway, api_key, listen, pause),
         Command::Serve { config, listen } => serve(&config, listen),
     }
 }
@@ -182,6 +233,7 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 }
 
 mod explore;
+mod external;
 
 fn suite(paths: &[PathBuf], place: Where, junit: Option<&Path>, jobs: Option<usize>) -> ExitCode {
     let files = match run::collect_files(paths) {
