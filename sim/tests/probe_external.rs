@@ -314,6 +314,7 @@ fn probe_reports_a_gateway_that_ignores_fallbacks_for_streams() {
         .output()
         .expect("switchback probe runs");
     let text = String::from_utf8_lossy(&output.stdout);
+    println!("{text}");
     assert!(
         !output.status.success(),
         "probe must fail on a divergent gateway:\n{text}"
