@@ -225,7 +225,7 @@ impl Fake {
                 f.after_chunks
             )),
         ));
-        tokio::time::sleep(Duration::from_millis(script.ttfb_ms)).await;
+        pause(script.ttfb_ms).await;
         if stream {
             answer.stream(include_usage)
         } else {
@@ -243,6 +243,14 @@ impl Fake {
                     && s.for_model.as_deref().is_none_or(|m| m == model)
             })
             .unwrap_or(&self.spec.default)
+    }
+}
+
+/// Waits `ms` milliseconds; no wait at all for 0 (a zero-length timer still waits for the
+/// timer wheel's next tick, about a millisecond on real clocks).
+async fn pause(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 
@@ -368,7 +376,7 @@ impl Answer {
             }
             let k = self.sent_before_fault();
             for i in 0..k {
-                tokio::time::sleep(Duration::from_millis(self.delays[i])).await;
+                pause(self.delays[i]).await;
                 if tx
                     .send(send(&self.chunk(json!({"content": self.chunks[i]}), None)))
                     .await
@@ -379,7 +387,7 @@ impl Answer {
             }
             if let Some(f) = &self.fault {
                 if let Some(gap) = self.delays.get(k) {
-                    tokio::time::sleep(Duration::from_millis(*gap)).await;
+                    pause(*gap).await;
                 }
                 let end = match f.kind {
                     FaultKind::Http => unreachable!("handled before streaming"),
@@ -430,7 +438,7 @@ impl Answer {
                 .and_then(|_| self.delays.get(k))
                 .copied()
                 .unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(waited)).await;
+        pause(waited).await;
         let text: String = self.chunks[..k].concat();
         let completion = |finish: &str| {
             json!({

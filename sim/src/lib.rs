@@ -9,6 +9,8 @@
 //! * [`live`]: the same scenarios on real loopback sockets and the real clock.
 //! * [`emit`]: gateway configs (Switchback's or LiteLLM's) pointing at loopback fakes.
 //! * [`probe`]: equivalence checks against any external gateway on loopback.
+//! * [`load`]: an open-loop load generator with HDR histograms.
+//! * [`overhead`]: the gateway's added latency against a direct baseline, and its memory.
 //! * [`oracle`]: expectations, invariants, stream/non-stream equivalence.
 //! * [`explore`]: generated scenarios, swarm fault mixes, shrinking to a scenario file.
 //! * [`counted`]: counting the gateway's open connections.
@@ -21,7 +23,9 @@ pub mod emit;
 pub mod explore;
 pub mod fake;
 pub mod live;
+pub mod load;
 pub mod oracle;
+pub mod overhead;
 pub mod probe;
 pub mod run;
 pub mod scenario;

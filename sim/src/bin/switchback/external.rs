@@ -12,7 +12,7 @@ use switchback_sim::probe::{self, GatewayUrl, ProbeOptions};
 use switchback_sim::scenario::Scenario;
 use switchback_sim::trace::{NullSink, PrintSink, TraceSink};
 
-fn load(path: &Path) -> Result<Scenario, ExitCode> {
+fn load_scenario(path: &Path) -> Result<Scenario, ExitCode> {
     Scenario::load_file(path).map_err(|e| {
         eprintln!("{e}");
         ExitCode::FAILURE
@@ -57,7 +57,7 @@ fn planned_ports(scenario: &Scenario, base: u16) -> emit::PortMap {
 }
 
 pub fn fakes(path: &Path, listen: SocketAddr, emit_litellm: Option<bool>) -> ExitCode {
-    let (scenario, base) = match (load(path), loopback_base(listen)) {
+    let (scenario, base) = match (load_scenario(path), loopback_base(listen)) {
         (Ok(s), Ok(b)) => (s, b),
         (Err(e), _) | (_, Err(e)) => return e,
     };
@@ -112,7 +112,7 @@ pub fn probe(
     listen: SocketAddr,
     pause: Option<f64>,
 ) -> ExitCode {
-    let (scenario, base) = match (load(path), loopback_base(listen)) {
+    let (scenario, base) = match (load_scenario(path), loopback_base(listen)) {
         (Ok(s), Ok(b)) => (s, b),
         (Err(e), _) | (_, Err(e)) => return e,
     };
@@ -162,6 +162,116 @@ pub fn probe(
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn load(
+    path: &Path,
+    gateway: &str,
+    rate: f64,
+    duration: Duration,
+    stream: bool,
+    connections: usize,
+    listen: SocketAddr,
+    api_key: Option<String>,
+    json: bool,
+) -> ExitCode {
+    let (scenario, base) = match (load_scenario(path), loopback_base(listen)) {
+        (Ok(s), Ok(b)) => (s, b),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let gateway = match GatewayUrl::parse(gateway) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: --gateway {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let request = &scenario.requests[0];
+    let mode = if stream {
+        switchback_sim::scenario::Mode::Stream
+    } else {
+        switchback_sim::scenario::Mode::NonStream
+    };
+    let spec = switchback_sim::load::LoadSpec {
+        host: gateway.host.clone(),
+        port: gateway.port,
+        path: format!("{}/chat/completions", gateway.base_path),
+        key: api_key.or_else(|| request.key.clone()),
+        body: switchback_sim::client::body(request, mode),
+        rate,
+        duration,
+        connections,
+    };
+    if let Err(e) = spec.check() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    rt.block_on(async move {
+        let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
+        let _fakes = match start_fakes(&scenario, sink, Some(base)).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: cannot start the fakes at {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let report = switchback_sim::load::run(&spec, |done, total| {
+            eprintln!("{done}/{total} requests done")
+        })
+        .await;
+        match report {
+            Ok(r) => {
+                if json {
+                    println!("{}", r.to_json());
+                } else {
+                    print!("{}", r.text());
+                }
+                if r.accounted() && r.errors == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+pub fn bench_overhead(o: switchback_sim::overhead::OverheadOptions) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find this binary to start the gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    rt.block_on(async move {
+        match switchback_sim::overhead::run(&exe, &o, |line| eprintln!("{line}")).await {
+            Ok((variants, rss_load, rss_streams)) => {
+                print!(
+                    "{}",
+                    switchback_sim::overhead::table(&variants, rss_load, rss_streams, &o)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
         }
     })
 }

@@ -139,6 +139,51 @@ enum Command {
         #[arg(long)]
         pause: Option<f64>,
     },
+    /// Open-loop, constant-rate load against a gateway on loopback, with the scenario's fakes
+    /// answering upstream (started here at --listen, as for `probe`). Latency percentiles
+    /// from an HDR histogram; for streams, time to first chunk too.
+    Load {
+        /// The gateway's base URL on loopback, e.g. http://127.0.0.1:4000.
+        #[arg(long)]
+        gateway: String,
+        /// Scenario whose fakes to start and whose first request to send.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Requests per second.
+        #[arg(long)]
+        rate: f64,
+        /// How long, e.g. 30s.
+        #[arg(long, value_parser = parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long)]
+        stream: bool,
+        /// Keep-alive connections at most.
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure what Switchback adds over calling the provider directly (interleaved, same
+    /// process for the load and fakes; the gateway runs as a child process for its RSS).
+    BenchOverhead {
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Time per variant, e.g. 30s.
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        duration: std::time::Duration,
+        #[arg(long, default_value_t = 6)]
+        rounds: u32,
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+        /// Concurrent streams for the memory measurement.
+        #[arg(long, default_value_t = 1000)]
+        streams: usize,
+    },
     /// Run the gateway on real sockets.
     Serve {
         /// Gateway config (LiteLLM-style YAML).
@@ -187,6 +232,40 @@ fn main() -> ExitCode {
             listen,
             emit_config.map(|e| matches!(e, EmitArg::Litellm)),
         ),
+        Command::Load {
+            gateway,
+            scenario,
+            rate,
+            duration,
+            stream,
+            connections,
+            listen,
+            api_key,
+            json,
+        } => external::load(
+            &scenario,
+            &gateway,
+            rate,
+            duration,
+            stream,
+            connections,
+            listen,
+            api_key,
+            json,
+        ),
+        Command::BenchOverhead {
+            rate,
+            duration,
+            rounds,
+            connections,
+            streams,
+        } => external::bench_overhead(switchback_sim::overhead::OverheadOptions {
+            rate,
+            duration,
+            rounds,
+            connections,
+            streams,
+        }),
         Command::Probe {
             scenario,
             gateway,

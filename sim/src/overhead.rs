@@ -1,0 +1,444 @@
+//! `bench-overhead`: what Switchback adds on top of calling the provider directly.
+//!
+//! Owns: the benchmark world (fake providers in this process on loopback; Switchback as a
+//! child process, `switchback serve`, so its memory is its own), the variants (the provider
+//! directly; Switchback with no fault; the primary answering 429 at once and the fallback
+//! serving; the primary failing after 3 chunks and `continue` finishing the stream),
+//! running them interleaved in rounds so that drift on the machine hits every variant alike,
+//! the added-latency table, and the gateway's peak RSS (also under 1,000 concurrent streams).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use switchback::config::{
+    Deployment, FallbackEntry, GatewayConfig, LitellmParams, MidStreamPolicy, ModelInfo,
+    RouterSettings,
+};
+
+use crate::live::{RunningFakes, start_fakes};
+use crate::load::{self, LoadReport, LoadSpec};
+use crate::scenario::{
+    Expect, Fault, FaultKind, Flavour, Mode, Network, Provider, RequestSpec, Scenario, Script,
+};
+use crate::trace::{NullSink, TraceSink};
+
+/// How the benchmark runs.
+#[derive(Debug, Clone)]
+pub struct OverheadOptions {
+    pub rate: f64,
+    /// Time per variant, split across the rounds.
+    pub duration: Duration,
+    pub rounds: u32,
+    pub connections: usize,
+    /// Concurrent streams for the memory measurement.
+    pub streams: usize,
+}
+
+const ANSWER: &str = "one two three four five six seven eight nine ten";
+
+fn provider(host: &str, script: Script) -> Provider {
+    Provider {
+        host: host.into(),
+        port: 8000,
+        model: Some(format!("{host}-model")),
+        default: script,
+        calls: Vec::new(),
+    }
+}
+
+fn answer(delay_ms: u64) -> Script {
+    Script {
+        text: Some(ANSWER.into()),
+        chunk_size: Some(5),
+        delay_ms,
+        ..Script::default()
+    }
+}
+
+/// The fake providers of the benchmark.
+pub fn world() -> Scenario {
+    let fault = |kind, after, status| Fault {
+        kind,
+        after_chunks: after,
+        status: Some(status),
+        retry_after: None,
+        flavour: Flavour::Openai,
+        code: None,
+        message: None,
+    };
+    Scenario {
+        name: "bench-overhead".into(),
+        description: String::new(),
+        seed: 0,
+        duration_ms: 60_000,
+        tick_ms: 1,
+        gateway: GatewayConfig::default(),
+        providers: vec![
+            provider("ok", answer(0)),
+            provider(
+                "limited",
+                Script {
+                    fault: Some(fault(FaultKind::Http, 0, 429)),
+                    ..answer(0)
+                },
+            ),
+            provider(
+                "midfail",
+                Script {
+                    fault: Some(fault(FaultKind::ErrorEvent, 3, 429)),
+                    ..answer(0)
+                },
+            ),
+            provider(
+                "slow",
+                Script {
+                    chunk_size: Some(3),
+                    ..answer(60)
+                },
+            ),
+        ],
+        network: Network::default(),
+        requests: vec![RequestSpec {
+            key: None,
+            model: "plain".into(),
+            messages: vec![json!({"role": "user", "content": "count to ten"})],
+            body: Default::default(),
+            at_ms: 0,
+            repeat: 1,
+            concurrency: 1,
+            timeout_ms: 30_000,
+            expect: None,
+        }],
+        sequential: false,
+        modes: Mode::both(),
+        expect: Expect::default(),
+    }
+}
+
+/// Switchback's config for the benchmark: one group per variant, on the fakes' ports.
+pub fn gateway_config(fakes: &RunningFakes) -> GatewayConfig {
+    let base = |host: &str| format!("http://{}/v1", fakes.ports[&(host.to_string(), 8000)]);
+    let deployment = |group: &str, host: &str| Deployment {
+        model_name: group.into(),
+        litellm_params: LitellmParams {
+            model: format!("openai/{host}-model"),
+            api_base: Some(base(host)),
+            ..LitellmParams::default()
+        },
+        model_info: ModelInfo {
+            id: Some(format!("{group}-{host}")),
+        },
+    };
+    GatewayConfig {
+        model_list: vec![
+            deployment("plain", "ok"),
+            deployment("limited", "limited"),
+            deployment("midfail", "midfail"),
+            deployment("slow", "slow"),
+        ],
+        router_settings: RouterSettings {
+            num_retries: Some(0),
+            // Every request must meet the failure: no cooldown short-cut.
+            cooldown_time: Some(0.0),
+            mid_stream: Some(MidStreamPolicy::Continue),
+            fallbacks: Some(vec![
+                FallbackEntry::new("limited", &["plain"]),
+                FallbackEntry::new("midfail", &["plain"]),
+            ]),
+            ..RouterSettings::default()
+        },
+        limits: switchback::limits::Limits {
+            max_connections: 8192,
+            ..Default::default()
+        },
+        ..GatewayConfig::default()
+    }
+}
+
+/// A `switchback serve` child, killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// Starts `exe serve` with `config` (written to `config_path`) on an ephemeral port.
+    pub fn start(
+        exe: &Path,
+        config: &GatewayConfig,
+        config_path: &Path,
+    ) -> Result<Gateway, String> {
+        let text = serde_saphyr::to_string(config).map_err(|e| e.to_string())?;
+        std::fs::write(config_path, text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("unexpected first line from serve: {line:?}"))?;
+        Ok(Gateway { child, addr })
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB, on Linux.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+    }
+}
+
+/// One measured variant.
+pub struct Variant {
+    pub name: &'static str,
+    /// The baseline it is compared with.
+    pub baseline: Option<&'static str>,
+    pub total: Histogram<u64>,
+    pub first_chunk: Option<Histogram<u64>>,
+    pub ok: u64,
+    pub errors: u64,
+    pub samples: Vec<String>,
+}
+
+fn body(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "count to ten"}]})
+}
+
+/// Runs the benchmark. `exe` is the `switchback` binary to start as the gateway.
+pub async fn run(
+    exe: &Path,
+    o: &OverheadOptions,
+    mut log: impl FnMut(&str),
+) -> Result<(Vec<Variant>, Option<u64>, Option<u64>), String> {
+    let scenario = world();
+    let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
+    let fakes = start_fakes(&scenario, sink, None)
+        .await
+        .map_err(|e| format!("cannot start the fakes: {e}"))?;
+    let config_path =
+        std::env::temp_dir().join(format!("switchback-bench-{}.yaml", std::process::id()));
+    let gateway = Gateway::start(exe, &gateway_config(&fakes), &config_path)?;
+    let direct = fakes.ports[&("ok".to_string(), 8000)];
+    let plans: [(&str, Option<&str>, SocketAddr, Value); 5] = [
+        ("direct", None, direct, body("ok-model", false)),
+        ("direct_stream", None, direct, body("ok-model", true)),
+        (
+            "switchback",
+            Some("direct"),
+            gateway.addr,
+            body("plain", false),
+        ),
+        (
+            "fallback_429",
+            Some("direct"),
+            gateway.addr,
+            body("limited", false),
+        ),
+        (
+            "midstream_continue",
+            Some("direct_stream"),
+            gateway.addr,
+            body("midfail", true),
+        ),
+    ];
+    let mut variants: Vec<Variant> = plans
+        .iter()
+        .map(|(name, baseline, _, b)| Variant {
+            name,
+            baseline: *baseline,
+            total: load::histogram(),
+            first_chunk: b["stream"].as_bool().unwrap_or(false).then(load::histogram),
+            ok: 0,
+            errors: 0,
+            samples: Vec::new(),
+        })
+        .collect();
+    let slice = o.duration / o.rounds.max(1);
+    for round in 0..o.rounds.max(1) {
+        for (i, (name, _, addr, b)) in plans.iter().enumerate() {
+            let spec = LoadSpec {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                path: "/v1/chat/completions".into(),
+                key: None,
+                body: b.clone(),
+                rate: o.rate,
+                duration: slice,
+                connections: o.connections,
+            };
+            let r: LoadReport = load::run(&spec, |_, _| {}).await?;
+            log(&format!(
+                "round {}/{} {name:<18} {} ok {} errors p50 {} µs p99 {} µs",
+                round + 1,
+                o.rounds,
+                r.ok,
+                r.errors,
+                r.total.value_at_quantile(0.5),
+                r.total.value_at_quantile(0.99)
+            ));
+            let v = &mut variants[i];
+            v.total.add(&r.total).map_err(|e| e.to_string())?;
+            if let (Some(h), Some(f)) = (v.first_chunk.as_mut(), r.first_chunk.as_ref()) {
+                h.add(f).map_err(|e| e.to_string())?;
+            }
+            v.ok += r.ok;
+            v.errors += r.errors;
+            for s in r.error_samples {
+                if v.samples.len() < 3 && !v.samples.contains(&s) {
+                    v.samples.push(s);
+                }
+            }
+        }
+    }
+    let rss_after_load = gateway.peak_rss_kib();
+    // Memory under many open streams: `streams` slow streams (about 1 s each) at once.
+    let spec = LoadSpec {
+        host: gateway.addr.ip().to_string(),
+        port: gateway.addr.port(),
+        path: "/v1/chat/completions".into(),
+        key: None,
+        body: body("slow", true),
+        rate: (o.streams as f64) * 4.0,
+        duration: Duration::from_millis(250),
+        connections: o.streams,
+    };
+    let r = load::run(&spec, |_, _| {}).await?;
+    log(&format!(
+        "{} concurrent slow streams: {} ok, {} errors",
+        o.streams, r.ok, r.errors
+    ));
+    let rss_streams = gateway.peak_rss_kib();
+    let _ = std::fs::remove_file(&config_path);
+    Ok((variants, rss_after_load, rss_streams))
+}
+
+const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
+
+/// The results table: latency per variant, and what Switchback adds over its baseline.
+pub fn table(
+    variants: &[Variant],
+    rss_after_load: Option<u64>,
+    rss_streams: Option<u64>,
+    o: &OverheadOptions,
+) -> String {
+    let by_name: BTreeMap<&str, &Variant> = variants.iter().map(|v| (v.name, v)).collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "open loop, {} requests per second, {:.0} s per variant in {} interleaved rounds, {} connections, same host",
+        o.rate,
+        o.duration.as_secs_f64(),
+        o.rounds,
+        o.connections
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "variant (µs)", "p50", "p90", "p99", "p99.9", "max", "ok", "errors"
+    );
+    for v in variants {
+        let q: Vec<String> = QUANTILES
+            .iter()
+            .map(|(_, q)| v.total.value_at_quantile(*q).to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            v.name,
+            q[0],
+            q[1],
+            q[2],
+            q[3],
+            v.total.max(),
+            v.ok,
+            v.errors
+        );
+        if let Some(f) = &v.first_chunk {
+            let q: Vec<String> = QUANTILES
+                .iter()
+                .map(|(_, q)| f.value_at_quantile(*q).to_string())
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "  first chunk",
+                q[0],
+                q[1],
+                q[2],
+                q[3],
+                f.max()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nadded by Switchback (variant minus baseline, µs; ratio in brackets)"
+    );
+    for v in variants {
+        let Some(base) = v.baseline.and_then(|b| by_name.get(b)) else {
+            continue;
+        };
+        let cells: Vec<String> = QUANTILES
+            .iter()
+            .map(|(name, q)| {
+                let (a, b) = (
+                    v.total.value_at_quantile(*q) as f64,
+                    base.total.value_at_quantile(*q) as f64,
+                );
+                format!("{name} {:+.0} [{:.2}x]", a - b, a / b.max(1.0))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<20} vs {:<14} {}",
+            v.name,
+            base.name,
+            cells.join("  ")
+        );
+    }
+    let mib = |k: Option<u64>| {
+        k.map_or("n/a".to_string(), |k| {
+            format!("{:.1} MiB", k as f64 / 1024.0)
+        })
+    };
+    let _ = writeln!(
+        out,
+        "\ngateway peak RSS: {} after the load, {} with {} concurrent streams",
+        mib(rss_after_load),
+        mib(rss_streams),
+        o.streams
+    );
+    for v in variants.iter().filter(|v| !v.samples.is_empty()) {
+        let _ = writeln!(out, "{} errors, e.g.: {}", v.name, v.samples.join("; "));
+    }
+    out
+}

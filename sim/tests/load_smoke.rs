@@ -1,0 +1,108 @@
+//! A short smoke run of the load generator against Switchback on loopback: a few hundred
+//! requests, every one accounted for and answered. Counts, not timings: speed targets live in
+//! `switchback bench-overhead`, never in a test.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchback::catalog::Catalog;
+use switchback::engine::{Engine, SystemWallClock};
+use switchback::trace::NoTrace;
+use switchback::transport::{TcpConnector, TcpListener};
+use switchback_sim::live::start_fakes;
+use switchback_sim::load::{self, LoadSpec};
+use switchback_sim::overhead;
+use switchback_sim::trace::{NullSink, TraceSink};
+
+async fn gateway(config: &switchback::config::GatewayConfig) -> SocketAddr {
+    let engine = Arc::new(Engine::new(
+        Arc::new(Catalog::new(config).unwrap()),
+        Arc::new(TcpConnector),
+        Arc::new(NoTrace),
+        Arc::new(SystemWallClock),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.0.local_addr().unwrap();
+    tokio::spawn(switchback::gateway::serve(
+        engine,
+        listener,
+        std::future::pending(),
+    ));
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_of_a_load_run_is_answered_and_counted() {
+    let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
+    let fakes = start_fakes(&overhead::world(), sink, None).await.unwrap();
+    let addr = gateway(&overhead::gateway_config(&fakes)).await;
+    for (model, stream) in [("plain", false), ("limited", false), ("midfail", true)] {
+        let spec = LoadSpec {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            path: "/v1/chat/completions".into(),
+            key: None,
+            body: serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}),
+            rate: 300.0,
+            duration: Duration::from_secs(1),
+            connections: 32,
+        };
+        let report = load::run(&spec, |_, _| {}).await.unwrap();
+        assert_eq!(report.planned, 300);
+        assert!(
+            report.accounted(),
+            "{model}: lost requests: {}",
+            report.text()
+        );
+        assert_eq!(report.errors, 0, "{model}: {}", report.text());
+        assert_eq!(report.total.len(), 300, "{model}: every success recorded");
+        assert_eq!(
+            report.first_chunk.as_ref().map(|h| h.len()),
+            stream.then_some(300),
+            "{model}"
+        );
+    }
+}
+
+#[test]
+fn bad_load_specs_are_refused() {
+    let base = LoadSpec {
+        host: "127.0.0.1".into(),
+        port: 1,
+        path: "/v1/chat/completions".into(),
+        key: None,
+        body: serde_json::json!({}),
+        rate: 10.0,
+        duration: Duration::from_secs(1),
+        connections: 1,
+    };
+    assert!(base.check().is_ok());
+    for bad in [
+        LoadSpec {
+            rate: 0.0,
+            ..base.clone()
+        },
+        LoadSpec {
+            rate: f64::NAN,
+            ..base.clone()
+        },
+        LoadSpec {
+            connections: 0,
+            ..base.clone()
+        },
+        LoadSpec {
+            duration: Duration::ZERO,
+            ..base.clone()
+        },
+        LoadSpec {
+            rate: 1e6,
+            duration: Duration::from_secs(3600),
+            ..base.clone()
+        },
+    ] {
+        assert!(bad.check().is_err(), "{bad:?}");
+    }
+}
