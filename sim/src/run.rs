@@ -171,6 +171,61 @@ pub fn run_files(files: &[PathBuf], place: Where, jobs: usize) -> Vec<Report> {
         .collect()
 }
 
+/// The snapshot name of `file`'s run in `mode`: its path under the `scenarios` folder, with
+/// `/` as `__` (`scenarios/known_bug/x.yaml`, stream → `known_bug__x__stream`).
+pub fn snapshot_name(file: &Path, mode: Mode) -> String {
+    let parts: Vec<String> = file
+        .with_extension("")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let start = parts
+        .iter()
+        .rposition(|p| p == "scenarios")
+        .map_or(0, |i| i + 1);
+    format!("{}__{}", parts[start..].join("__"), mode.as_str())
+}
+
+/// The body of an insta `.snap` file (what follows its `---` header).
+pub fn snapshot_body(text: &str) -> &str {
+    text.strip_prefix("---\n")
+        .and_then(|rest| rest.split_once("\n---\n").map(|(_, body)| body))
+        .unwrap_or(text)
+}
+
+/// Compares every run's trace with its reviewed snapshot in `dir` (as `cargo test` does in a
+/// debug build): run from a release build, this proves traces are the same in both.
+pub fn check_snapshots(reports: &mut [Report], dir: &Path) {
+    for r in reports.iter_mut() {
+        for m in &r.runs {
+            let name = snapshot_name(&r.path, m.mode);
+            let path = dir.join(format!("{name}.snap"));
+            match std::fs::read_to_string(&path) {
+                Err(e) => r.failures.push(format!(
+                    "[{}] snapshot {}: {e}",
+                    m.mode.as_str(),
+                    path.display()
+                )),
+                Ok(text) => {
+                    let (want, got) = (snapshot_body(&text).trim_end(), m.trace.trim_end());
+                    if want != got {
+                        let line = want
+                            .lines()
+                            .zip(got.lines())
+                            .position(|(a, b)| a != b)
+                            .map_or("end".into(), |l| (l + 1).to_string());
+                        r.failures.push(format!(
+                            "[{}] trace differs from snapshot {} (first at line {line})",
+                            m.mode.as_str(),
+                            path.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Suite totals.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Summary {

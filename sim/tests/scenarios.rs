@@ -47,7 +47,7 @@ fn check(file: &Path) -> Result<(), Failed> {
             Ok(_) => {}
             Err(e) => problems.push(format!("[{mode}] second run failed to start: {e}")),
         }
-        let name = format!("{}__{mode}", test_name(file).replace('/', "__"));
+        let name = switchback_sim::run::snapshot_name(file, run.mode);
         let mut settings = insta::Settings::clone_current();
         settings.set_snapshot_path(root().join("snapshots"));
         settings.set_prepend_module_to_snapshot(false);

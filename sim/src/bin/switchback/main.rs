@@ -60,6 +60,9 @@ enum Command {
         /// Scenarios run at once (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Also compare every trace with its reviewed snapshot in this folder.
+        #[arg(long)]
+        snapshots: Option<PathBuf>,
     },
     /// Run one scenario in one mode in simulation and print its trace.
     Trace {
@@ -198,10 +201,19 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { paths, junit, jobs } => {
-            suite(&paths, Where::Simulation, junit.as_deref(), jobs)
-        }
-        Command::Live { paths } => suite(&paths, Where::Live, None, Some(1)),
+        Command::Run {
+            paths,
+            junit,
+            jobs,
+            snapshots,
+        } => suite(
+            &paths,
+            Where::Simulation,
+            junit.as_deref(),
+            jobs,
+            snapshots.as_deref(),
+        ),
+        Command::Live { paths } => suite(&paths, Where::Live, None, Some(1), None),
         Command::Trace { file, mode } => trace(&file, mode.into()),
         Command::Check { paths } => check(&paths),
         Command::Explore {
@@ -314,7 +326,13 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 mod explore;
 mod external;
 
-fn suite(paths: &[PathBuf], place: Where, junit: Option<&Path>, jobs: Option<usize>) -> ExitCode {
+fn suite(
+    paths: &[PathBuf],
+    place: Where,
+    junit: Option<&Path>,
+    jobs: Option<usize>,
+    snapshots: Option<&Path>,
+) -> ExitCode {
     let files = match run::collect_files(paths) {
         Ok(f) if !f.is_empty() => f,
         Ok(_) => {
@@ -328,7 +346,10 @@ fn suite(paths: &[PathBuf], place: Where, junit: Option<&Path>, jobs: Option<usi
     };
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = Instant::now();
-    let reports = run::run_files(&files, place, jobs);
+    let mut reports = run::run_files(&files, place, jobs);
+    if let Some(dir) = snapshots {
+        run::check_snapshots(&mut reports, dir);
+    }
     let summary = Summary::of(&reports, started.elapsed());
     print!("{}", run::table(&reports));
     if let Some(path) = junit {
