@@ -131,21 +131,17 @@ pub async fn run_requests(
         let mut results = Vec::new();
         for (index, spec) in requests.iter().enumerate() {
             for copy in 0..spec.repeat {
-                let label = format!("r{index}.{copy}");
-                let timeout = Duration::from_millis(spec.timeout_ms);
-                let body = body(spec, mode);
-                let mut r = send(
+                let r = send_spec(
                     target,
+                    spec,
+                    index,
+                    copy,
+                    mode,
                     spec.key.as_deref(),
-                    &body,
-                    timeout,
                     sink.as_ref(),
                     clock.as_ref(),
-                    &label,
                 )
                 .await;
-                r.index = index;
-                r.copy = copy;
                 results.push(r);
             }
         }
@@ -168,21 +164,17 @@ pub async fn run_requests(
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep_until(start + Duration::from_millis(spec.at_ms)).await;
                 let _permit = permits.acquire_owned().await.expect("never closed");
-                let body = body(&spec, mode);
-                let label = format!("r{index}.{copy}");
-                let timeout = Duration::from_millis(spec.timeout_ms);
-                let mut r = send(
+                let r = send_spec(
                     &target,
+                    &spec,
+                    index,
+                    copy,
+                    mode,
                     spec.key.as_deref(),
-                    &body,
-                    timeout,
                     sink.as_ref(),
                     clock.as_ref(),
-                    &label,
                 )
                 .await;
-                r.index = index;
-                r.copy = copy;
                 results.lock().expect("results").push(r);
             }));
         }
@@ -196,6 +188,26 @@ pub async fn run_requests(
     let mut results = std::mem::take(&mut *results.lock().expect("results"));
     results.sort_by_key(|r| (r.index, r.copy));
     results
+}
+
+/// Sends copy `copy` of scenario request `index` in `mode`, with `key`, labelled `rI.C`.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_spec(
+    target: &Target,
+    spec: &RequestSpec,
+    index: usize,
+    copy: u32,
+    mode: Mode,
+    key: Option<&str>,
+    sink: &dyn TraceSink,
+    clock: &(dyn Fn() -> Duration + Send + Sync),
+) -> ClientResult {
+    let label = format!("r{index}.{copy}");
+    let timeout = Duration::from_millis(spec.timeout_ms);
+    let mut r = send(target, key, &body(spec, mode), timeout, sink, clock, &label).await;
+    r.index = index;
+    r.copy = copy;
+    r
 }
 
 /// Sends one request and records what comes back. Never panics on what the gateway sends.

@@ -205,22 +205,10 @@ pub async fn probe_mode(
     for (index, spec) in scenario.requests.iter().enumerate() {
         for copy in 0..spec.repeat {
             let before: Vec<usize> = fakes.fakes.iter().map(|f| f.calls().len()).collect();
-            let key = api_key.map(str::to_string).or_else(|| spec.key.clone());
-            let body = client::body(spec, mode);
+            let key = api_key.or(spec.key.as_deref());
+            let r = client::send_spec(&target, spec, index, copy, mode, key, sink.as_ref(), &clock)
+                .await;
             let label = format!("r{index}.{copy}");
-            let timeout = Duration::from_millis(spec.timeout_ms);
-            let mut r = client::send(
-                &target,
-                key.as_deref(),
-                &body,
-                timeout,
-                sink.as_ref(),
-                &clock,
-                &label,
-            )
-            .await;
-            r.index = index;
-            r.copy = copy;
             let mut calls: Vec<(String, CallRecord)> = fakes
                 .fakes
                 .iter()

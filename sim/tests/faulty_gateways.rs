@@ -9,7 +9,6 @@
 //! 3. No retries after commit for streams: stream requests go to an engine whose retry
 //!    policy gives up once the answer has started.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,19 +16,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::Response;
+use hyper::body::Frame;
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
 use switchback::engine::{Engine, WallClock};
-use switchback::gateway::body::ResponseBody;
 use switchback::gateway::routes::chat_buffered;
 use switchback::route::{
     DefaultRetryPolicy, GiveUp, RetryContext, RetryDecision, RetryPolicy, RngCore,
 };
 use switchback::trace::Observer;
-use switchback::transport::{Connector, Listener};
+use switchback::transport::Connector;
 use switchback_sim::explore;
 use switchback_sim::scenario::Scenario;
 use switchback_sim::world::{GatewayUnderTest, SimListener, Switchback};
@@ -39,79 +36,9 @@ const MAX_SEEDS: u64 = 3_000;
 /// Shrinking budget per fault (debug builds are slow; the shrunk case need not be minimal).
 const SHRINK_STEPS: u32 = 150;
 
+mod common;
+
 type ServeFuture = Pin<Box<dyn Future<Output = ()>>>;
-
-/// What a wrapper does with one chat request.
-trait Front: Send + Sync + 'static {
-    fn answer(
-        &self,
-        stream: bool,
-        bearer: Option<String>,
-        body: Bytes,
-    ) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
-}
-
-/// Serves `front` on `listener`: reads each request's body, sees whether it streams, and
-/// lets the front answer.
-fn serve_front(front: Arc<dyn Front>, mut listener: SimListener) -> ServeFuture {
-    Box::pin(async move {
-        loop {
-            let Ok((io, _)) = listener.accept().await else {
-                continue;
-            };
-            let front = front.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let front = front.clone();
-                    async move {
-                        let bearer = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.strip_prefix("Bearer "))
-                            .map(str::to_string);
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let stream = serde_json::from_slice::<serde_json::Value>(&body)
-                            .ok()
-                            .and_then(|v| v.get("stream").and_then(serde_json::Value::as_bool))
-                            .unwrap_or(false);
-                        Ok::<_, Infallible>(front.answer(stream, bearer, body).await)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(io), service)
-                    .await;
-            });
-        }
-    })
-}
-
-/// Two engines: the real one for non-stream requests, a different one for streams.
-struct SplitFront {
-    non_stream: Arc<Engine>,
-    stream: Arc<Engine>,
-}
-
-impl Front for SplitFront {
-    fn answer(
-        &self,
-        stream: bool,
-        bearer: Option<String>,
-        body: Bytes,
-    ) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>> {
-        let engine = if stream {
-            self.stream.clone()
-        } else {
-            self.non_stream.clone()
-        };
-        Box::pin(async move { chat_buffered(engine, bearer.as_deref(), &body).await })
-    }
-}
 
 /// Fault 1: streams read a config whose keys have no fallbacks.
 struct DropsKeyFallbacksForStreams;
@@ -131,16 +58,16 @@ impl GatewayUnderTest for DropsKeyFallbacksForStreams {
             key.router_settings.fallbacks = None;
         }
         let stream_catalog = Arc::new(Catalog::new(&stripped).expect("still valid"));
-        let front = SplitFront {
-            non_stream: Arc::new(Engine::new(
+        let front = common::split(
+            Arc::new(Engine::new(
                 catalog,
                 connector.clone(),
                 observer.clone(),
                 wall.clone(),
             )),
-            stream: Arc::new(Engine::new(stream_catalog, connector, observer, wall)),
-        };
-        serve_front(Arc::new(front), listener)
+            Arc::new(Engine::new(stream_catalog, connector, observer, wall)),
+        );
+        Box::pin(common::serve_front(listener, front))
     }
 }
 
@@ -175,35 +102,26 @@ impl GatewayUnderTest for SkipsRetriesAfterCommitForStreams {
         wall: Arc<dyn WallClock>,
         listener: SimListener,
     ) -> ServeFuture {
-        let front = SplitFront {
-            non_stream: Arc::new(Engine::new(
+        let front = common::split(
+            Arc::new(Engine::new(
                 catalog.clone(),
                 connector.clone(),
                 observer.clone(),
                 wall.clone(),
             )),
-            stream: Arc::new(
+            Arc::new(
                 Engine::new(catalog, connector, observer, wall)
                     .with_retry_policy(Arc::new(NoRetryAfterCommit)),
             ),
-        };
-        serve_front(Arc::new(front), listener)
+        );
+        Box::pin(common::serve_front(listener, front))
     }
 }
 
 /// Fault 2: after a fallback, every streamed chunk says the requested model.
-struct StampsRequestedModel {
-    engine: Arc<Engine>,
-}
-
-impl Front for StampsRequestedModel {
-    fn answer(
-        &self,
-        stream: bool,
-        bearer: Option<String>,
-        body: Bytes,
-    ) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>> {
-        let engine = self.engine.clone();
+fn stamps_requested_model(engine: Arc<Engine>) -> common::Front {
+    Arc::new(move |stream, bearer, body| {
+        let engine = engine.clone();
         Box::pin(async move {
             let requested = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -227,7 +145,7 @@ impl Front for StampsRequestedModel {
                 .boxed();
             Response::from_parts(parts, body)
         })
-    }
+    })
 }
 
 fn stamp(frame: &Bytes, model: &str) -> Bytes {
@@ -256,10 +174,9 @@ impl GatewayUnderTest for StampsRequestedModelOnStreams {
         wall: Arc<dyn WallClock>,
         listener: SimListener,
     ) -> ServeFuture {
-        let front = StampsRequestedModel {
-            engine: Arc::new(Engine::new(catalog, connector, observer, wall)),
-        };
-        serve_front(Arc::new(front), listener)
+        let front =
+            stamps_requested_model(Arc::new(Engine::new(catalog, connector, observer, wall)));
+        Box::pin(common::serve_front(listener, front))
     }
 }
 

@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod common;
+
 use switchback_sim::run::{Where, run_scenario_in};
 use switchback_sim::scenario::{Mode, Scenario};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,23 +155,7 @@ fn admission_errors_live() {
 /// A gateway on loopback for raw-HTTP tests.
 async fn gateway(config: &str) -> std::net::SocketAddr {
     let config = switchback::config::GatewayConfig::load("e2e.yaml", config).unwrap();
-    let catalog = std::sync::Arc::new(switchback::catalog::Catalog::new(&config).unwrap());
-    let engine = std::sync::Arc::new(switchback::engine::Engine::new(
-        catalog,
-        std::sync::Arc::new(switchback::transport::TcpConnector),
-        std::sync::Arc::new(switchback::trace::NoTrace),
-        std::sync::Arc::new(switchback::engine::SystemWallClock),
-    ));
-    let listener = switchback::transport::TcpListener::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.0.local_addr().unwrap();
-    tokio::spawn(switchback::gateway::serve(
-        engine,
-        listener,
-        std::future::pending(),
-    ));
-    addr
+    common::loopback_gateway(&config).await
 }
 
 const CONFIG: &str = r#"

@@ -2,43 +2,21 @@
 //! requests, every one accounted for and answered. Counts, not timings: speed targets live in
 //! `switchback bench-overhead`, never in a test.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchback::catalog::Catalog;
-use switchback::engine::{Engine, SystemWallClock};
-use switchback::trace::NoTrace;
-use switchback::transport::{TcpConnector, TcpListener};
+mod common;
+
 use switchback_sim::live::start_fakes;
 use switchback_sim::load::{self, LoadSpec};
 use switchback_sim::overhead;
 use switchback_sim::trace::{NullSink, TraceSink};
 
-async fn gateway(config: &switchback::config::GatewayConfig) -> SocketAddr {
-    let engine = Arc::new(Engine::new(
-        Arc::new(Catalog::new(config).unwrap()),
-        Arc::new(TcpConnector),
-        Arc::new(NoTrace),
-        Arc::new(SystemWallClock),
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.0.local_addr().unwrap();
-    tokio::spawn(switchback::gateway::serve(
-        engine,
-        listener,
-        std::future::pending(),
-    ));
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_of_a_load_run_is_answered_and_counted() {
     let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
     let fakes = start_fakes(&overhead::world(), sink, None).await.unwrap();
-    let addr = gateway(&overhead::gateway_config(&fakes)).await;
+    let addr = common::loopback_gateway(&overhead::gateway_config(&fakes)).await;
     for (model, stream) in [("plain", false), ("limited", false), ("midfail", true)] {
         let spec = LoadSpec {
             host: addr.ip().to_string(),

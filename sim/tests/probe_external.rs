@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
+mod common;
+
 use switchback_sim::emit;
 use switchback_sim::live::start_fakes;
 use switchback_sim::oracle;
@@ -211,10 +213,6 @@ fn simulation_and_live_decide_the_same() {
 /// engine with the scenario's config for non-stream requests, one without any fallbacks for
 /// streams.
 async fn faulty_gateway(config: &switchback::config::GatewayConfig) -> SocketAddr {
-    use switchback::catalog::Catalog;
-    use switchback::engine::{Engine, SystemWallClock};
-    use switchback::gateway::routes::chat_buffered;
-    use switchback::transport::TcpConnector;
     let mut stripped = config.clone();
     stripped.router_settings.fallbacks = None;
     for k in &mut stripped.keys {
@@ -223,58 +221,15 @@ async fn faulty_gateway(config: &switchback::config::GatewayConfig) -> SocketAdd
     for t in &mut stripped.teams {
         t.router_settings.fallbacks = None;
     }
-    let engine = |c: &switchback::config::GatewayConfig| {
-        Arc::new(Engine::new(
-            Arc::new(Catalog::new(c).unwrap()),
-            Arc::new(TcpConnector),
-            Arc::new(switchback::trace::NoTrace),
-            Arc::new(SystemWallClock),
-        ))
-    };
-    let (full, streams) = (engine(config), engine(&stripped));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((io, _)) = listener.accept().await else {
-                continue;
-            };
-            let (full, streams) = (full.clone(), streams.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (full, streams) = (full.clone(), streams.clone());
-                        async move {
-                            use http_body_util::BodyExt;
-                            let bearer = req
-                                .headers()
-                                .get("authorization")
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| v.strip_prefix("Bearer "))
-                                .map(str::to_string);
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let stream = serde_json::from_slice::<serde_json::Value>(&body)
-                                .ok()
-                                .and_then(|v| v.get("stream").and_then(serde_json::Value::as_bool))
-                                .unwrap_or(false);
-                            let engine = if stream { streams } else { full };
-                            Ok::<_, std::convert::Infallible>(
-                                chat_buffered(engine, bearer.as_deref(), &body).await,
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-                    .await;
-            });
-        }
-    });
+    let front = common::split(
+        common::loopback_engine(config),
+        common::loopback_engine(&stripped),
+    );
+    let listener = switchback::transport::TcpListener::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.0.local_addr().unwrap();
+    tokio::spawn(common::serve_front(listener, front));
     addr
 }
 
