@@ -116,6 +116,8 @@ struct Run<'a> {
     committed: bool,
     at_commit: Option<(u32, u32)>,
     delivered: u32,
+    /// The `id` every chunk carries, built once.
+    response_id: Value,
 }
 
 pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: &mut D) -> Outcome {
@@ -133,6 +135,7 @@ pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: 
         committed: false,
         at_commit: None,
         delivered: 0,
+        response_id: Value::String(admitted.response_id()),
     };
     let result = run.walk(out).await;
     let client_gone = matches!(result, Err(None));
@@ -503,7 +506,7 @@ impl Run<'_> {
                 self.deliver(chunk, out).await?;
                 continue;
             }
-            let size = Value::Object(chunk.object.clone()).to_string().len();
+            let size = serde_json::to_vec(&chunk.object).map_or(0, |v| v.len());
             if chunk.payload_bytes > 0 || held_bytes + size > limits.max_precommit_buffer_bytes {
                 self.commit(deployment, group, out).await?;
                 for c in held.drain(..) {
@@ -554,9 +557,7 @@ impl Run<'_> {
     /// The request's id on every chunk; the producing deployment's model when the upstream
     /// left it out; no repeated `role` after the first delivered chunk.
     fn stamp(&self, mut chunk: Chunk, upstream_model: &str) -> Chunk {
-        chunk
-            .object
-            .insert("id".into(), Value::String(self.admitted.response_id()));
+        chunk.object.insert("id".into(), self.response_id.clone());
         if chunk.model.is_none() {
             chunk.model = Some(upstream_model.to_string());
             chunk
