@@ -31,7 +31,8 @@ pub trait WallClock: Send + Sync + 'static {
     fn now(&self) -> SystemTime;
 }
 
-/// The operating system's clock.
+/// The operating system's clock. Production only: the simulation injects its own (epoch +
+/// simulated time), so this never reaches a simulated run's behaviour or trace.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemWallClock;
 

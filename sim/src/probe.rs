@@ -196,6 +196,8 @@ pub async fn probe_mode(
         port: gateway.port,
         base_path: gateway.base_path.clone(),
     };
+    // Probing runs on real sockets against a real gateway: real time is the point here
+    // (chunk times in the client's record), and nothing here is replayed or snapshotted.
     let started = std::time::Instant::now();
     let clock = move || started.elapsed();
     for f in &fakes.fakes {

@@ -161,6 +161,8 @@ pub fn run_with(
     mode: Mode,
     gateway: Arc<dyn GatewayUnderTest>,
 ) -> Result<ModeRun, String> {
+    // Real time, only to report how long the run took (`ModeRun::wall`); never in the
+    // world, its behaviour or its trace.
     let wall = std::time::Instant::now();
     let config = gateway_config(scenario);
     let catalog = Arc::new(Catalog::new(&config).map_err(|e| e.to_string())?);

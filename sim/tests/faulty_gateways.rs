@@ -183,6 +183,7 @@ impl GatewayUnderTest for StampsRequestedModelOnStreams {
 /// Searches generated cases for one the faulty gateway fails, shrinks it, saves it, and
 /// checks the saved file: it fails against the faulty gateway and passes against Switchback.
 fn caught(name: &str, faulty: Arc<dyn GatewayUnderTest>) {
+    // Wall time, printed for the README figure; never asserted (no timed tests).
     let started = Instant::now();
     let seed = (0..MAX_SEEDS)
         .find(|seed| {

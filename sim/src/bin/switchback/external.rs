@@ -41,6 +41,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+/// Starts the scenario's fakes at `base`, or says why not.
+async fn start_at(
+    scenario: &Scenario,
+    sink: Arc<dyn TraceSink>,
+    base: u16,
+) -> Result<switchback_sim::live::RunningFakes, ExitCode> {
+    start_fakes(scenario, sink, Some(base)).await.map_err(|e| {
+        eprintln!("error: cannot start the fakes at 127.0.0.1:{base}: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn gateway_url(url: &str) -> Result<GatewayUrl, ExitCode> {
+    GatewayUrl::parse(url).map_err(|e| {
+        eprintln!("error: --gateway {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// The port map `fakes` and `probe` agree on: provider i at base + i.
 fn planned_ports(scenario: &Scenario, base: u16) -> emit::PortMap {
     scenario
@@ -86,12 +105,9 @@ pub fn fakes(path: &Path, listen: SocketAddr, emit_litellm: Option<bool>) -> Exi
     };
     rt.block_on(async move {
         let sink: Arc<dyn TraceSink> = Arc::new(PrintSink);
-        let running = match start_fakes(&scenario, sink, Some(base)).await {
+        let running = match start_at(&scenario, sink, base).await {
             Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: cannot start the fakes: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return e,
         };
         for ((host, port), addr) in &running.ports {
             println!("{host}:{port} -> http://{addr}/v1");
@@ -116,12 +132,9 @@ pub fn probe(
         (Ok(s), Ok(b)) => (s, b),
         (Err(e), _) | (_, Err(e)) => return e,
     };
-    let gateway = match GatewayUrl::parse(gateway) {
+    let gateway = match gateway_url(gateway) {
         Ok(g) => g,
-        Err(e) => {
-            eprintln!("error: --gateway {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return e,
     };
     let pause = match pause {
         Some(p)
@@ -144,12 +157,9 @@ pub fn probe(
     };
     rt.block_on(async move {
         let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
-        let running = match start_fakes(&scenario, sink.clone(), Some(base)).await {
+        let running = match start_at(&scenario, sink.clone(), base).await {
             Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: cannot start the fakes at {listen}: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return e,
         };
         let options = ProbeOptions {
             gateway,
@@ -182,12 +192,9 @@ pub fn load(
         (Ok(s), Ok(b)) => (s, b),
         (Err(e), _) | (_, Err(e)) => return e,
     };
-    let gateway = match GatewayUrl::parse(gateway) {
+    let gateway = match gateway_url(gateway) {
         Ok(g) => g,
-        Err(e) => {
-            eprintln!("error: --gateway {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return e,
     };
     let request = &scenario.requests[0];
     let mode = if stream {
@@ -215,12 +222,9 @@ pub fn load(
     };
     rt.block_on(async move {
         let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
-        let _fakes = match start_fakes(&scenario, sink, Some(base)).await {
+        let _fakes = match start_at(&scenario, sink, base).await {
             Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: cannot start the fakes at {listen}: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return e,
         };
         let report = switchback_sim::load::run(&spec, |done, total| {
             eprintln!("{done}/{total} requests done")

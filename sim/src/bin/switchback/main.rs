@@ -345,6 +345,7 @@ fn suite(
         }
     };
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Wall time of the suite, for the summary line only.
     let started = Instant::now();
     let mut reports = run::run_files(&files, place, jobs);
     if let Some(dir) = snapshots {
