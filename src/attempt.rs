@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::catalog::{Catalog, DeploymentId, GroupId};
-use crate::classify::{Failure, FailureClass, FallbackRoute, TimeoutKind};
+use crate::classify::{Blame, Failure, FailureClass, FallbackRoute, TimeoutKind};
 use crate::config::MidStreamPolicy;
 use crate::engine::{Admitted, Engine};
 use crate::policy::EffectiveSettings;
@@ -32,9 +32,26 @@ use crate::trace::Event;
 use crate::upstream::chunk::Chunk;
 use crate::upstream::client::{AttemptTimeouts, Call};
 
-/// The client went away (a streaming client closed its connection).
+/// The client can no longer receive the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientGone;
+pub struct ClientGone(pub GoneReason);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneReason {
+    /// It closed its connection.
+    Left,
+    /// It stopped reading: a write waited past `client_write_timeout` or the deadline.
+    TooSlow,
+}
+
+impl GoneReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoneReason::Left => "left",
+            GoneReason::TooSlow => "too_slow",
+        }
+    }
+}
 
 /// What the client is told at commit.
 #[derive(Debug, Clone)]
@@ -52,6 +69,9 @@ pub trait Delivery: Send {
     fn commit(&mut self, head: CommitHead) -> impl Future<Output = Result<(), ClientGone>> + Send;
     /// A chunk, already stamped with the request's id and the producing deployment's model.
     fn chunk(&mut self, chunk: Chunk) -> impl Future<Output = Result<(), ClientGone>> + Send;
+    /// Resolves when the client has gone away, so the loop stops at once instead of
+    /// calling upstreams for no one. Watched while waiting on an upstream or a backoff.
+    fn gone(&mut self) -> impl Future<Output = GoneReason> + Send;
     /// The text the next attempt must continue from (`None`: ask for a fresh answer).
     fn restart(&mut self) -> Option<String>;
 }
@@ -99,6 +119,12 @@ enum AttemptError {
         after_chunks: u32,
         timeout: Option<TimeoutKind>,
     },
+    ClientGone(GoneReason),
+}
+
+/// Why the walk stopped without an answer.
+enum Stop {
+    Unserved(Unserved),
     ClientGone,
 }
 
@@ -137,34 +163,39 @@ pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: 
         delivered: 0,
         response_id: Value::String(admitted.response_id()),
     };
-    let result = run.walk(out).await;
-    let client_gone = matches!(result, Err(None));
-    let result = result.map_err(|e| e.expect("client gone handled above"));
-    match &result {
-        Ok(served) => run.emit(Event::Completed {
-            group: served.group,
-            deployment: served.deployment,
-            model: served.model.clone(),
-            retries: run.retries,
-            fallbacks: run.fallbacks,
-            chunks: run.delivered,
-        }),
-        Err(unserved) => run.emit(Event::Failed {
-            status: unserved.failure.client_status(),
-            error_type: unserved.failure.class.error_type(),
-            class: unserved.failure.class,
-            committed: run.committed,
-        }),
-    }
-    Outcome {
-        result: if client_gone {
-            Err(Unserved {
+    // The walk has emitted `client_gone` already when the client left; every other end
+    // gets exactly one final event here.
+    let (result, client_gone) = match run.walk(out).await {
+        Ok(served) => {
+            run.emit(Event::Completed {
+                group: served.group,
+                deployment: served.deployment,
+                model: served.model.clone(),
+                retries: run.retries,
+                fallbacks: run.fallbacks,
+                chunks: run.delivered,
+            });
+            (Ok(served), false)
+        }
+        Err(Stop::Unserved(unserved)) => {
+            run.emit(Event::Failed {
+                status: unserved.failure.client_status(),
+                error_type: unserved.failure.client_error_type(),
+                class: unserved.failure.class,
+                committed: run.committed,
+            });
+            (Err(unserved), false)
+        }
+        Err(Stop::ClientGone) => {
+            let unserved = Unserved {
                 failure: Failure::new(FailureClass::Transient, "client went away"),
                 summary: String::new(),
-            })
-        } else {
-            result
-        },
+            };
+            (Err(unserved), true)
+        }
+    };
+    Outcome {
+        result,
         attempts: run.attempts,
         retries: run.retries,
         fallbacks: run.fallbacks,
@@ -188,8 +219,7 @@ impl Run<'_> {
     }
 
     /// Walks groups until an attempt serves the answer or the plan is exhausted.
-    /// `Err(None)` means the client went away.
-    async fn walk<D: Delivery>(&mut self, out: &mut D) -> Result<Served, Option<Unserved>> {
+    async fn walk<D: Delivery>(&mut self, out: &mut D) -> Result<Served, Stop> {
         let plan = &self.admitted.plan;
         let mut walk = plan.walk();
         let mut group = plan.primary;
@@ -211,7 +241,7 @@ impl Run<'_> {
                 if let Some(limit) = self.limit_reached() {
                     self.emit(Event::LimitHit { limit });
                     let failure = last.take().unwrap_or_else(|| limit_failure(limit));
-                    return Err(Some(self.unserved(failure, &walk)));
+                    return Err(Stop::Unserved(self.unserved(failure, &walk)));
                 }
                 tried.push(deployment);
                 let attempt = self.attempts.len() as u32 + 1;
@@ -247,9 +277,9 @@ impl Run<'_> {
                         });
                         return Ok(served);
                     }
-                    Err(AttemptError::ClientGone) => {
-                        self.emit(Event::ClientGone);
-                        return Err(None);
+                    Err(AttemptError::ClientGone(reason)) => {
+                        self.emit(Event::ClientGone { reason });
+                        return Err(Stop::ClientGone);
                     }
                     Err(AttemptError::Failed {
                         failure,
@@ -273,7 +303,14 @@ impl Run<'_> {
                     timeout,
                 });
                 let now = Instant::now();
-                if mocked.is_none() {
+                if mocked.is_some() {
+                    // A mock says nothing about the deployment.
+                } else if failure.blame != Blame::Deployment {
+                    self.emit(Event::FailureNotCounted {
+                        deployment,
+                        reason: failure.blame,
+                    });
+                } else {
                     let cooled = self.engine.cooldowns().record_failure(
                         deployment,
                         &failure,
@@ -289,7 +326,7 @@ impl Run<'_> {
                     }
                 }
                 if self.committed && self.settings.mid_stream.value == MidStreamPolicy::Error {
-                    return Err(Some(self.unserved(failure, &walk)));
+                    return Err(Stop::Unserved(self.unserved(failure, &walk)));
                 }
                 let decision = {
                     let cx = RetryContext {
@@ -318,7 +355,14 @@ impl Run<'_> {
                             deployment,
                             delay,
                         });
-                        tokio::time::sleep(delay).await;
+                        tokio::select! {
+                            biased;
+                            reason = out.gone() => {
+                                self.emit(Event::ClientGone { reason });
+                                return Err(Stop::ClientGone);
+                            }
+                            () = tokio::time::sleep(delay) => {}
+                        }
                         retries_here += 1;
                         self.retries += 1;
                         next = Some(deployment);
@@ -334,7 +378,7 @@ impl Run<'_> {
             // No fallback is taken (or counted) that could not be attempted.
             if let Some(limit) = self.limit_reached() {
                 self.emit(Event::LimitHit { limit });
-                return Err(Some(self.unserved(failure, &walk)));
+                return Err(Stop::Unserved(self.unserved(failure, &walk)));
             }
             walk.group_failed(group, route);
             let mut skipped = Vec::new();
@@ -358,7 +402,7 @@ impl Run<'_> {
                     self.fallbacks += 1;
                     group = link.to;
                 }
-                None => return Err(Some(self.unserved(failure, &walk))),
+                None => return Err(Stop::Unserved(self.unserved(failure, &walk))),
             }
         }
     }
@@ -430,9 +474,34 @@ impl Run<'_> {
             .map_or(settings.stream_timeout.value, |t| {
                 t.min(settings.stream_timeout.value)
             });
+        let attempt_end = Instant::now() + timeout;
         let timeouts = AttemptTimeouts {
             stream_timeout,
-            deadline: (Instant::now() + timeout).min(self.deadline),
+            deadline: attempt_end.min(self.deadline),
+        };
+        // What this deployment would get from the gateway's own settings: a timeout tighter
+        // than that was the request's (or its key's, or its team's) choice, and so is the
+        // request deadline.
+        let (gateway_timeout, gateway_stream_timeout) = self.catalog.gateway_timeouts;
+        let own_timeout = spec
+            .timeout
+            .map_or(gateway_timeout, |t| t.min(gateway_timeout));
+        let own_stream_timeout = spec
+            .stream_timeout
+            .map_or(gateway_stream_timeout, |t| t.min(gateway_stream_timeout));
+        let request_deadline = self.deadline;
+        let timeout_blame = move |kind: TimeoutKind| {
+            let tighter = match kind {
+                TimeoutKind::Attempt => timeout < own_timeout || request_deadline < attempt_end,
+                TimeoutKind::FirstByte | TimeoutKind::FirstChunk | TimeoutKind::Idle => {
+                    stream_timeout < own_stream_timeout
+                }
+            };
+            if tighter {
+                Blame::RequestTimeout
+            } else {
+                Blame::Deployment
+            }
         };
         let call = Call {
             endpoint: &spec.endpoint,
@@ -440,27 +509,46 @@ impl Run<'_> {
             body: &body,
             request_id: self.admitted.id,
         };
-        let failed = |engine: &Engine, e: crate::upstream::client::UpstreamError, after_chunks| {
+        let (engine, catalog, request) = (self.engine, self.catalog, self.admitted.id);
+        let failed = move |e: crate::upstream::client::UpstreamError, after_chunks| {
+            if let Some(limit) = e.limit() {
+                engine.emit(request, Event::LimitHit { limit });
+            }
+            let mut failure = e.classify(engine.wall_now());
+            if let Some(kind) = e.timeout_kind() {
+                failure.blame = timeout_blame(kind);
+            }
+            // Upstream text reaches the client: keep the deployment's secrets out of it, and
+            // never promise a wait longer than the gateway would ever cool for.
+            failure.message = catalog
+                .redactor
+                .redact(&format!("deployment `{}`: {}", spec.id, failure.message));
+            let cap = catalog.limits.max_cooldown();
+            failure.retry_after = failure.retry_after.map(|r| r.min(cap));
             AttemptError::Failed {
-                failure: e.classify(engine.wall_now()),
+                failure,
                 after_chunks,
                 timeout: e.timeout_kind(),
             }
         };
-        let mut stream = self
-            .engine
-            .client
-            .open(call, timeouts)
-            .await
-            .map_err(|e| failed(self.engine, e, 0))?;
+        let opened = tokio::select! {
+            biased;
+            reason = out.gone() => return Err(AttemptError::ClientGone(reason)),
+            opened = self.engine.client.open(call, timeouts) => opened,
+        };
+        let mut stream = opened.map_err(|e| failed(e, 0))?;
         let limits = &self.catalog.limits;
         let mut held: Vec<Chunk> = Vec::new();
         let mut held_bytes = 0;
         let mut content_chunks = 0;
-        let mut payload_bytes = 0;
         let mut model = spec.upstream_model.clone();
         loop {
-            let chunk = match stream.next().await {
+            let next = tokio::select! {
+                biased;
+                reason = out.gone() => return Err(AttemptError::ClientGone(reason)),
+                next = stream.next() => next,
+            };
+            let chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => {
                     if !self.committed {
@@ -475,29 +563,11 @@ impl Run<'_> {
                         model,
                     });
                 }
-                Err(e) => return Err(failed(self.engine, e, content_chunks)),
+                Err(e) => return Err(failed(e, content_chunks)),
             };
             let chunk = self.stamp(chunk, &spec.upstream_model);
             if let Some(m) = &chunk.model {
                 model.clone_from(m);
-            }
-            payload_bytes += chunk.payload_bytes;
-            if payload_bytes > limits.max_upstream_body_bytes {
-                self.emit(Event::LimitHit {
-                    limit: "max_upstream_body_bytes",
-                });
-                let failure = Failure::new(
-                    FailureClass::Malformed,
-                    format!(
-                        "answer over max_upstream_body_bytes = {}",
-                        limits.max_upstream_body_bytes
-                    ),
-                );
-                return Err(AttemptError::Failed {
-                    failure,
-                    after_chunks: content_chunks,
-                    timeout: None,
-                });
             }
             if chunk.payload_bytes > 0 {
                 content_chunks += 1;
@@ -539,7 +609,9 @@ impl Run<'_> {
             retries: self.retries,
             fallbacks: self.fallbacks,
         };
-        out.commit(head).await.map_err(|_| AttemptError::ClientGone)
+        out.commit(head)
+            .await
+            .map_err(|ClientGone(reason)| AttemptError::ClientGone(reason))
     }
 
     async fn deliver<D: Delivery>(
@@ -551,7 +623,9 @@ impl Run<'_> {
         if !chunk.usage_only {
             self.delivered += 1;
         }
-        out.chunk(chunk).await.map_err(|_| AttemptError::ClientGone)
+        out.chunk(chunk)
+            .await
+            .map_err(|ClientGone(reason)| AttemptError::ClientGone(reason))
     }
 
     /// The request's id on every chunk; the producing deployment's model when the upstream

@@ -44,6 +44,34 @@ pub struct DeploymentSpec {
     pub stream_timeout: Option<Duration>,
 }
 
+/// SHA-256 of a virtual key: what the catalog keeps instead of the key.
+///
+/// Looking a presented token up by its digest makes the lookup's timing useless to an
+/// attacker: comparisons stop at the first differing byte of two *digests*, and no one can
+/// steer a digest's prefix towards a stored one. The catalog (and its `Debug` output) never
+/// holds a key in plain text.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    pub fn of(secret: &str) -> KeyDigest {
+        let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+        let mut out = [0; 32];
+        out.copy_from_slice(d.as_ref());
+        KeyDigest(out)
+    }
+}
+
+impl std::fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:")?;
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…")
+    }
+}
+
 /// A virtual key, ready for admission.
 #[derive(Debug, Clone)]
 pub struct KeySpec {
@@ -86,7 +114,14 @@ pub struct Catalog {
     pub gateway: Overrides,
     pub settings: GatewaySettings,
     pub limits: Limits,
-    keys: BTreeMap<String, KeySpec>,
+    /// The gateway's own `timeout` and `stream_timeout` (router_settings, else defaults):
+    /// a timeout tighter than these (and the deployment's) was asked for by the request.
+    pub gateway_timeouts: (Duration, Duration),
+    /// Redacts the upstream keys from anything a client may read.
+    pub redactor: crate::redact::Redactor,
+    /// Whether requests without a key are served (`allow_anonymous`).
+    pub allow_anonymous: bool,
+    keys: BTreeMap<KeyDigest, KeySpec>,
     teams: Vec<TeamSpec>,
     by_name: BTreeMap<String, GroupId>,
     all_allowed: Arc<[bool]>,
@@ -142,6 +177,14 @@ impl Catalog {
             gateway: Overrides::default(),
             settings: gateway_settings(&config.router_settings),
             limits: config.limits.clone(),
+            gateway_timeouts: (Duration::ZERO, Duration::ZERO),
+            redactor: crate::redact::Redactor::new(
+                config
+                    .model_list
+                    .iter()
+                    .filter_map(|d| d.litellm_params.api_key.as_deref()),
+            ),
+            allow_anonymous: config.allow_anonymous,
             keys: BTreeMap::new(),
             teams: Vec::new(),
             by_name,
@@ -150,6 +193,14 @@ impl Catalog {
         catalog.gateway = catalog
             .overrides(&config.router_settings)
             .expect("validated: gateway settings");
+        let baseline = crate::policy::Levels {
+            request: None,
+            key: None,
+            team: None,
+            gateway: &catalog.gateway,
+        }
+        .resolve();
+        catalog.gateway_timeouts = (baseline.timeout.value, baseline.stream_timeout.value);
         for t in &config.teams {
             let overrides = catalog
                 .overrides(&t.router_settings)
@@ -180,7 +231,7 @@ impl Catalog {
                 .overrides(&k.router_settings)
                 .expect("validated: key settings");
             catalog.keys.insert(
-                k.key.clone(),
+                KeyDigest::of(&k.key),
                 KeySpec {
                     alias: k.key_alias.clone().unwrap_or_else(|| redact(&k.key)),
                     team,
@@ -243,10 +294,10 @@ impl Catalog {
     }
 
     pub fn key(&self, secret: &str) -> Option<&KeySpec> {
-        self.keys.get(secret)
+        self.keys.get(&KeyDigest::of(secret))
     }
 
-    /// Whether any key is configured; without keys the gateway serves anonymous requests.
+    /// Whether any key is configured.
     pub fn has_keys(&self) -> bool {
         !self.keys.is_empty()
     }
@@ -288,6 +339,13 @@ fn redact(key: &str) -> String {
         .rev()
         .collect();
     format!("…{tail}")
+}
+
+impl Default for GatewaySettings {
+    /// The built-in defaults, as for a config whose `router_settings` is empty.
+    fn default() -> Self {
+        gateway_settings(&RouterSettings::default())
+    }
 }
 
 fn gateway_settings(s: &RouterSettings) -> GatewaySettings {

@@ -102,17 +102,19 @@ impl FailureClass {
         }
     }
 
-    /// OpenAI's error `type` for this class.
+    /// OpenAI's error `type` for this class, as the client sees it. An upstream's auth or
+    /// not-found error is the gateway's problem (`api_error`), never the client's.
     pub fn error_type(self) -> &'static str {
         match self {
             FailureClass::RateLimited => "rate_limit_error",
-            FailureClass::Transient | FailureClass::Malformed => "api_error",
+            FailureClass::Transient
+            | FailureClass::Malformed
+            | FailureClass::Auth
+            | FailureClass::NotFound => "api_error",
             FailureClass::Timeout => "timeout_error",
             FailureClass::ContextWindow
             | FailureClass::ContentPolicy
             | FailureClass::BadRequest => "invalid_request_error",
-            FailureClass::Auth => "authentication_error",
-            FailureClass::NotFound => "not_found_error",
         }
     }
 
@@ -123,6 +125,8 @@ impl FailureClass {
             FailureClass::ContentPolicy => Some("content_policy_violation"),
             FailureClass::RateLimited => Some("rate_limit_exceeded"),
             FailureClass::Timeout => Some("timeout"),
+            FailureClass::Auth => Some("upstream_authentication_error"),
+            FailureClass::NotFound => Some("upstream_model_not_found"),
             _ => None,
         }
     }
@@ -185,6 +189,11 @@ impl TimeoutKind {
 pub enum TransportFault {
     ConnectRefused,
     ConnectFailed,
+    /// The TLS handshake with an `https` upstream failed (certificate, protocol).
+    Tls,
+    /// The gateway could not open a connection for want of a local resource (file
+    /// descriptors, memory, ephemeral ports): not the upstream's fault.
+    LocalResource,
     /// The connection broke (reset, closed) while the response was in flight.
     Reset,
 }
@@ -210,6 +219,31 @@ pub enum Signal<'a> {
     Malformed,
 }
 
+/// Who caused a failure. Only a deployment's own failures count against its health: a
+/// deployment is shared by every tenant, so one request's tight timeout or the gateway's own
+/// lack of file descriptors must never cool it for everyone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Blame {
+    /// The deployment (or the network to it): counts towards cooling.
+    #[default]
+    Deployment,
+    /// A timeout tighter than the deployment's own, set by the request, its key or its team,
+    /// or the request's overall deadline.
+    RequestTimeout,
+    /// The gateway ran out of something local (file descriptors, memory, ports).
+    LocalResource,
+}
+
+impl Blame {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blame::Deployment => "deployment",
+            Blame::RequestTimeout => "request_timeout",
+            Blame::LocalResource => "local_resource",
+        }
+    }
+}
+
 /// A classified failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -217,8 +251,10 @@ pub struct Failure {
     /// The upstream's status, when there was one (for an error event, its numeric code).
     pub status: Option<u16>,
     pub retry_after: Option<Duration>,
-    /// Human-readable detail for logs and the client's error message.
+    /// Human-readable detail for the client's error message. Upstream text in it is
+    /// redacted (`crate::redact`) before it can reach a client.
     pub message: String,
+    pub blame: Blame,
 }
 
 impl Failure {
@@ -228,14 +264,41 @@ impl Failure {
             status: None,
             retry_after: None,
             message: message.into(),
+            blame: Blame::Deployment,
         }
     }
 
     /// Status the client sees if this failure ends the request.
+    ///
+    /// An upstream's 401/403/404 says the *gateway's* credentials or model name are wrong,
+    /// not the client's: the client gets a 502 it can tell from a refusal of its own key.
+    /// A local resource error is the gateway's own trouble: 503.
     pub fn client_status(&self) -> u16 {
-        match self.status {
-            Some(s) if (400..=599).contains(&s) => s,
-            _ => self.class.default_status(),
+        if self.blame == Blame::LocalResource {
+            return 503;
+        }
+        match self.class {
+            FailureClass::Auth | FailureClass::NotFound => 502,
+            _ => match self.status {
+                Some(s) if (400..=599).contains(&s) => s,
+                _ => self.class.default_status(),
+            },
+        }
+    }
+
+    /// OpenAI's error `type` for the client (see [`Failure::client_status`]).
+    pub fn client_error_type(&self) -> &'static str {
+        match (self.blame, self.class) {
+            (Blame::LocalResource, _) => "api_error",
+            _ => self.class.error_type(),
+        }
+    }
+
+    /// OpenAI's error `code` for the client.
+    pub fn client_error_code(&self) -> Option<&'static str> {
+        match (self.blame, self.class) {
+            (Blame::LocalResource, _) => Some("gateway_overloaded"),
+            _ => self.class.error_code(),
         }
     }
 }
@@ -269,6 +332,7 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
                 status: Some(status),
                 retry_after,
                 message,
+                blame: Blame::Deployment,
             }
         }
         Signal::ErrorEvent { error } => {
@@ -286,20 +350,32 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
                 message: hints
                     .message
                     .unwrap_or_else(|| "upstream sent an error event".into()),
+                blame: Blame::Deployment,
             }
         }
         Signal::ContentFiltered => Failure::new(
             FailureClass::ContentPolicy,
             "upstream stopped the answer with finish_reason: content_filter",
         ),
-        Signal::Transport(fault) => Failure::new(
-            FailureClass::Transient,
-            match fault {
-                TransportFault::ConnectRefused => "connection refused by upstream",
-                TransportFault::ConnectFailed => "could not connect to upstream",
-                TransportFault::Reset => "upstream connection broke mid-response",
-            },
-        ),
+        Signal::Transport(fault) => {
+            let mut f = Failure::new(
+                FailureClass::Transient,
+                match fault {
+                    TransportFault::ConnectRefused => "connection refused by upstream",
+                    TransportFault::ConnectFailed => "could not connect to upstream",
+                    TransportFault::Tls => "the TLS handshake with upstream failed",
+                    TransportFault::LocalResource => {
+                        "the gateway is out of local resources (file descriptors, memory or \
+                         ports) and could not open a connection"
+                    }
+                    TransportFault::Reset => "upstream connection broke mid-response",
+                },
+            );
+            if fault == TransportFault::LocalResource {
+                f.blame = Blame::LocalResource;
+            }
+            f
+        }
         Signal::Timeout(kind) => Failure::new(
             FailureClass::Timeout,
             format!("upstream timed out ({} timeout)", kind.as_str()),
@@ -451,9 +527,19 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
     }
 }
 
+/// Longest Retry-After read as such (ten years); anything longer, a date in the year 9999
+/// included, reads as this. The engine caps it again, much lower, with `limits.max_cooldown`
+/// and `limits.max_retry_after`: a longer wait asked for must never turn into a *shorter*
+/// one (dropping an out-of-range value would fall back to `cooldown_time`).
+pub const RETRY_AFTER_CEILING: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 fn duration_from_secs(s: f64) -> Option<Duration> {
-    (s.is_finite() && (0.0..=crate::limits::MAX_SECONDS).contains(&s))
-        .then(|| Duration::from_secs_f64(s))
+    if !s.is_finite() || s < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        s.min(RETRY_AFTER_CEILING.as_secs_f64()),
+    ))
 }
 
 /// Retry-After from headers: `retry-after-ms` (milliseconds) first, then `retry-after` as
@@ -477,7 +563,11 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let reference = text("date")
         .and_then(|d| httpdate::parse_http_date(d).ok())
         .unwrap_or(now);
-    Some(at.duration_since(reference).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(reference)
+            .unwrap_or(Duration::ZERO)
+            .min(RETRY_AFTER_CEILING),
+    )
 }
 
 #[cfg(test)]
@@ -706,11 +796,27 @@ mod tests {
             status_h(429, &[("retry-after", "-4")], "").retry_after,
             None
         );
+        // Longer than a day is still a wait asked for (capped later by max_cooldown), never
+        // dropped in favour of a shorter default.
+        assert_eq!(
+            status_h(429, &[("retry-after", "100000")], "").retry_after,
+            Some(Duration::from_secs(100_000))
+        );
+        assert_eq!(
+            status_h(429, &[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")], "").retry_after,
+            Some(RETRY_AFTER_CEILING)
+        );
     }
 
     #[test]
     fn client_status_prefers_the_upstream_status() {
         assert_eq!(status(503, "").client_status(), 503);
+        assert_eq!(
+            status(401, "").client_status(),
+            502,
+            "the upstream refused the gateway's key, not the client's"
+        );
+        assert_eq!(status(404, "").client_status(), 502);
         assert_eq!(
             Failure::new(FailureClass::Timeout, "x").client_status(),
             504

@@ -27,6 +27,10 @@ use crate::yaml::{self, PathSeg, YamlError};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
+    /// Serve requests without a virtual key. Off by default: a config without `keys` is
+    /// refused unless this says, on purpose, that anyone who can reach the port may use it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_anonymous: bool,
     #[serde(default)]
     pub model_list: Vec<Deployment>,
     #[serde(default)]
@@ -456,6 +460,23 @@ impl GatewayConfig {
         };
         let known = |g: &str| groups.binary_search(&g).is_ok();
 
+        if self.model_list.is_empty() {
+            push(
+                root.key("model_list"),
+                "`model_list` is empty: a gateway needs at least one deployment (is the file \
+                 empty or cut short?)"
+                    .into(),
+            );
+        }
+        if self.keys.is_empty() && !self.allow_anonymous {
+            push(
+                root.key("keys"),
+                "no `keys`: every client could use this gateway without a key; list the \
+                 virtual keys, or set `allow_anonymous: true` to serve anonymous requests on \
+                 purpose"
+                    .into(),
+            );
+        }
         let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         for (i, d) in self.model_list.iter().enumerate() {
             let at = root.key("model_list").idx(i);
@@ -488,6 +509,14 @@ impl GatewayConfig {
                     if let Err(why) = crate::upstream::Endpoint::parse(base) {
                         push(at.key("litellm_params").key("api_base"), why);
                     }
+                }
+            }
+            if let Some(key) = &p.api_key {
+                if let Err(why) = secret_ok(key) {
+                    push(
+                        at.key("litellm_params").key("api_key"),
+                        format!("`api_key` {why}"),
+                    );
                 }
             }
             seconds_ok(
@@ -542,8 +571,8 @@ impl GatewayConfig {
         let mut key_names = BTreeMap::new();
         for (i, k) in self.keys.iter().enumerate() {
             let at = root.key("keys").idx(i);
-            if k.key.is_empty() {
-                push(at.key("key"), "`key` is empty".into());
+            if let Err(why) = secret_ok(&k.key) {
+                push(at.key("key"), format!("`key` {why}"));
             }
             if key_names.insert(k.key.as_str(), i).is_some() {
                 push(at.key("key"), "duplicate key".into());
@@ -565,25 +594,26 @@ impl GatewayConfig {
 
         let l = &self.limits;
         let lat = root.key("limits");
-        for (name, v) in [
-            ("request_deadline", l.request_deadline),
-            ("max_retry_after", l.max_retry_after),
-            ("header_read_timeout", l.header_read_timeout),
-            ("body_read_timeout", l.body_read_timeout),
-        ] {
-            seconds_ok(&mut push, lat.key(name), Some(v), true);
+        for (name, v, zero_ok) in l.seconds() {
+            seconds_ok(&mut push, lat.key(name), Some(v), zero_ok);
         }
-        for (name, v) in [
-            ("max_request_body_bytes", l.max_request_body_bytes),
-            ("max_sse_line_bytes", l.max_sse_line_bytes),
-            ("max_upstream_body_bytes", l.max_upstream_body_bytes),
-            ("max_connections", l.max_connections),
-            ("stream_buffer_frames", l.stream_buffer_frames),
-            ("max_messages", l.max_messages),
-            ("max_attempts", l.max_attempts as usize),
-        ] {
-            if v == 0 {
-                push(lat.key(name), format!("`{name}` must be at least 1"));
+        for (name, v, min, max) in l.counts() {
+            if !(min..=max).contains(&v) {
+                push(
+                    lat.key(name),
+                    format!("`{name}` = {v} is out of range ({min} to {max})"),
+                );
+            }
+        }
+        if let Some(c) = self.router_settings.cooldown_time {
+            if c.is_finite() && c > l.max_cooldown {
+                push(
+                    root.key("router_settings").key("cooldown_time"),
+                    format!(
+                        "{c} seconds is over the limit max_cooldown = {}",
+                        l.max_cooldown
+                    ),
+                );
             }
         }
 
@@ -744,6 +774,20 @@ fn check_groups(
             push(at.idx(j), format!("unknown group `{g}`"));
         }
     }
+}
+
+/// A secret (an upstream `api_key`, a virtual `key`) must be one non-empty run of visible
+/// ASCII: whitespace or a control character (a CR/LF pasted in, a stray space) would either
+/// break the `Authorization` header or never match what a client sends. The message never
+/// repeats the value.
+fn secret_ok(secret: &str) -> Result<(), &'static str> {
+    if secret.is_empty() {
+        return Err("is empty");
+    }
+    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("contains whitespace, a control character (CR, LF, tab) or non-ASCII text");
+    }
+    Ok(())
 }
 
 fn seconds_ok(push: &mut dyn FnMut(At, String), at: At, v: Option<f64>, zero_ok: bool) {
@@ -955,6 +999,84 @@ model_list:
         assert!(problems(&text)[0].contains("out of range"));
         let text = format!("{GOOD}limits:\n  max_attempts: 0\n");
         assert!(problems(&text)[0].contains("max_attempts"));
+    }
+
+    #[test]
+    fn limits_that_would_panic_at_run_time_are_refused() {
+        for (limit, value) in [
+            ("max_connections", "2305843009213693952"),
+            ("stream_buffer_frames", "18446744073709551615"),
+            ("stream_buffer_bytes", "0"),
+            ("max_choices", "0"),
+        ] {
+            let text = format!("{GOOD}limits:\n  {limit}: {value}\n");
+            let p = problems(&text);
+            assert!(
+                p.iter()
+                    .any(|m| m.contains(limit) && m.contains("out of range")),
+                "{limit} = {value}: {p:?}"
+            );
+        }
+        for limit in [
+            "request_deadline",
+            "header_read_timeout",
+            "client_write_timeout",
+        ] {
+            let text = format!("{GOOD}limits:\n  {limit}: 0\n");
+            assert!(problems(&text)[0].contains(limit), "{limit} = 0");
+        }
+        let text = format!("{GOOD}limits:\n  max_cooldown: 10\n")
+            .replace("num_retries: 1", "cooldown_time: 60");
+        assert!(problems(&text)[0].contains("max_cooldown"));
+    }
+
+    #[test]
+    fn careless_values_are_refused_without_repeating_secrets() {
+        let p = problems(&GOOD.replace(
+            "api_base: http://provider-a:8000/v1",
+            "api_base: http://provider-a:99999/v1",
+        ));
+        assert!(p[0].contains("port `99999`"), "{p:?}");
+        let p = problems(&GOOD.replace(
+            "api_base: http://provider-a:8000/v1",
+            "api_base: http://user:hunter2@provider-a:8000/v1",
+        ));
+        assert!(
+            p[0].contains("api_key") && !p[0].contains("hunter2"),
+            "{p:?}"
+        );
+        let p = problems(&GOOD.replace(
+            "api_base: http://provider-a:8000/v1",
+            "api_base: http://provider-a:8000/v1\n      api_key: \"sk-abc\\r\\nX-Evil: 1\"",
+        ));
+        assert!(
+            p[0].contains("api_key")
+                && p[0].contains("control character")
+                && !p[0].contains("sk-abc"),
+            "{p:?}"
+        );
+        let p = problems(&GOOD.replace("key: sk-1", "key: \"  \""));
+        assert!(p[0].contains("`key` contains whitespace"), "{p:?}");
+    }
+
+    #[test]
+    fn anonymous_serving_is_opt_in_and_empty_files_are_refused() {
+        let no_keys = GOOD.split("keys:\n").next().unwrap().to_string();
+        let p = problems(&no_keys);
+        assert!(p.iter().any(|m| m.contains("allow_anonymous")), "{p:?}");
+        assert!(
+            GatewayConfig::load("g.yaml", &format!("allow_anonymous: true\n{no_keys}")).is_ok()
+        );
+        let p = problems("");
+        assert!(
+            p.iter().any(|m| m.contains("`model_list` is empty")),
+            "{p:?}"
+        );
+        let p = problems("model_list: []\n");
+        assert!(
+            p.iter().any(|m| m.contains("`model_list` is empty")),
+            "{p:?}"
+        );
     }
 
     #[test]

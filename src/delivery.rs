@@ -7,13 +7,17 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use crate::attempt::{ClientGone, CommitHead, Delivery, Outcome};
+use crate::attempt::{ClientGone, CommitHead, Delivery, GoneReason, Outcome};
 use crate::catalog::Catalog;
 use crate::error::ApiError;
+use crate::frames::{self, FrameReceiver, FrameSender, SendError};
 use crate::upstream::chunk::Chunk;
 
 /// Response headers reporting what the engine did.
@@ -32,10 +36,22 @@ pub enum StreamStart {
     Failed(ApiError),
 }
 
+/// How much a streaming client may make the gateway buffer, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamBounds {
+    pub frames: usize,
+    pub bytes: usize,
+    /// Longest wait for the client to take the next frame.
+    pub write_timeout: Duration,
+    /// The request's deadline: no write waits past it.
+    pub deadline: Instant,
+}
+
 /// Delivery for `stream: true`.
 pub struct StreamDelivery {
     start: Option<oneshot::Sender<StreamStart>>,
-    body: mpsc::Sender<Bytes>,
+    body: FrameSender,
+    bounds: StreamBounds,
     include_usage: bool,
     /// `choices[0]` text the client has received: what a continuation continues from.
     delivered_text: String,
@@ -45,18 +61,19 @@ pub struct StreamDelivery {
 impl StreamDelivery {
     pub fn new(
         include_usage: bool,
-        frames: usize,
+        bounds: StreamBounds,
     ) -> (
         StreamDelivery,
         oneshot::Receiver<StreamStart>,
-        mpsc::Receiver<Bytes>,
+        FrameReceiver,
     ) {
         let (start_tx, start_rx) = oneshot::channel();
-        let (body_tx, body_rx) = mpsc::channel(frames);
+        let (body_tx, body_rx) = frames::channel(bounds.frames, bounds.bytes);
         (
             StreamDelivery {
                 start: Some(start_tx),
                 body: body_tx,
+                bounds,
                 include_usage,
                 delivered_text: String::new(),
                 last_created: None,
@@ -67,7 +84,11 @@ impl StreamDelivery {
     }
 
     async fn send(&self, frame: Bytes) -> Result<(), ClientGone> {
-        self.body.send(frame).await.map_err(|_| ClientGone)
+        let until = (Instant::now() + self.bounds.write_timeout).min(self.bounds.deadline);
+        self.body.send(frame, until).await.map_err(|e| match e {
+            SendError::Closed => ClientGone(GoneReason::Left),
+            SendError::TimedOut => ClientGone(GoneReason::TooSlow),
+        })
     }
 
     /// Ends the stream after the loop: metadata event if anything happened after commit,
@@ -133,7 +154,16 @@ impl Delivery for StreamDelivery {
         let start = self.start.take().expect("commit happens once");
         start
             .send(StreamStart::Committed(head))
-            .map_err(|_| ClientGone)
+            .map_err(|_| ClientGone(GoneReason::Left))
+    }
+
+    async fn gone(&mut self) -> GoneReason {
+        match &mut self.start {
+            // Before commit the handler waits on `start`; it is dropped with the connection.
+            Some(start) => start.closed().await,
+            None => self.body.closed().await,
+        }
+        GoneReason::Left
     }
 
     async fn chunk(&mut self, chunk: Chunk) -> Result<(), ClientGone> {
@@ -227,6 +257,12 @@ impl Delivery for AggregateDelivery {
     async fn commit(&mut self, head: CommitHead) -> Result<(), ClientGone> {
         self.head = Some(head);
         Ok(())
+    }
+
+    /// A non-streaming client that leaves drops the whole request future (the HTTP server
+    /// cancels it), so there is nothing to watch here.
+    async fn gone(&mut self) -> GoneReason {
+        std::future::pending().await
     }
 
     async fn chunk(&mut self, chunk: Chunk) -> Result<(), ClientGone> {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::attempt::{self, Delivery, Outcome};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, KeySpec};
 use crate::config::{At, RouterSettings, check_settings_fields};
 use crate::error::ApiError;
 use crate::plan::FallbackPlan;
@@ -81,6 +81,10 @@ impl Engine {
         let limits = ClientLimits {
             max_sse_line_bytes: catalog.limits.max_sse_line_bytes,
             max_body_bytes: catalog.limits.max_upstream_body_bytes,
+            chunks: crate::upstream::chunk::ChunkLimits {
+                max_choices: catalog.limits.max_choices,
+                max_tool_calls: catalog.limits.max_tool_calls,
+            },
         };
         Engine {
             cooldowns: Mutex::new(CooldownBook::new(catalog.deployments.len())),
@@ -136,23 +140,31 @@ impl Engine {
         }
     }
 
+    /// The key a bearer token names: `Ok(None)` for an anonymous request (only when the
+    /// config allows them). Checked before a request body is read, so an unknown key costs
+    /// the gateway nothing.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Option<&KeySpec>, ApiError> {
+        let catalog = &*self.catalog;
+        if !catalog.has_keys() {
+            // Validation refuses a config without keys unless `allow_anonymous` is set.
+            return Ok(None);
+        }
+        match bearer {
+            Some(token) => catalog
+                .key(token)
+                .map(Some)
+                .ok_or_else(|| ApiError::unauthorized("unknown API key")),
+            None if catalog.allow_anonymous => Ok(None),
+            None => Err(ApiError::unauthorized(
+                "missing API key: send `Authorization: Bearer <virtual key>`",
+            )),
+        }
+    }
+
     /// Authenticates, parses and plans a request. `bearer` is the token after `Bearer `.
     pub fn admit(&self, bearer: Option<&str>, body: &[u8]) -> Result<Admitted, ApiError> {
         let catalog = &*self.catalog;
-        let key = if catalog.has_keys() {
-            let token = bearer.ok_or_else(|| {
-                ApiError::unauthorized(
-                    "missing API key: send `Authorization: Bearer <virtual key>`",
-                )
-            })?;
-            Some(
-                catalog
-                    .key(token)
-                    .ok_or_else(|| ApiError::unauthorized("unknown API key"))?,
-            )
-        } else {
-            None
-        };
+        let key = self.authenticate(bearer)?;
         let request = ChatRequest::parse(body, &catalog.limits)
             .map_err(|e| ApiError::bad_request(e.message).param(e.param))?;
         let group = catalog.group_id(&request.model).ok_or_else(|| {

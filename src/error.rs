@@ -61,10 +61,10 @@ impl ApiError {
     pub fn from_failure(failure: &Failure, summary: &str) -> ApiError {
         let mut e = ApiError::new(
             failure.client_status(),
-            failure.class.error_type(),
+            failure.client_error_type(),
             format!("{} ({summary})", failure.message),
         );
-        e.code = failure.class.error_code().map(str::to_string);
+        e.code = failure.client_error_code().map(str::to_string);
         e.retry_after = failure.retry_after;
         e
     }

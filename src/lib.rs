@@ -15,6 +15,7 @@
 //! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
 //! * [`limits`]: every named bound and its default.
+//! * [`redact`]: keeping secrets out of every message a client can read.
 //! * [`yaml`]: YAML loading with errors that name file, line, column and field.
 //!
 //! The decision modules (`policy`, `plan`, `classify`, `route`) are pure: plain data in,
@@ -29,10 +30,12 @@ pub mod config;
 pub mod delivery;
 pub mod engine;
 pub mod error;
+pub mod frames;
 pub mod gateway;
 pub mod limits;
 pub mod plan;
 pub mod policy;
+pub mod redact;
 pub mod request;
 pub mod route;
 pub mod trace;

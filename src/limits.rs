@@ -42,6 +42,24 @@ pub struct Limits {
     pub stream_buffer_frames: usize,
     /// Messages in one request.
     pub max_messages: usize,
+    /// Longest any deployment is cooled, in seconds, whatever a Retry-After asks (a date in
+    /// the year 9999 included); also the largest `retry-after` a client is told.
+    pub max_cooldown: f64,
+    /// Choices one answer may carry (the highest `index` + 1); more is a malformed answer.
+    pub max_choices: usize,
+    /// Tool calls one choice may carry; more is a malformed answer.
+    pub max_tool_calls: usize,
+    /// Seconds a streaming client may take to accept the next frame before it is dropped
+    /// (a client that stops reading must not hold its upstream connection for ever).
+    pub client_write_timeout: f64,
+    /// Bytes of SSE frames buffered between the attempt loop and a slow streaming client.
+    pub stream_buffer_bytes: usize,
+    /// Connections accepted past `max_connections` only to be told 503 (or served
+    /// `/health`); past this many more, a connection is closed at once.
+    pub max_overflow_connections: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM or SIGINT before the gateway
+    /// exits anyway.
+    pub shutdown_grace: f64,
 }
 
 impl Default for Limits {
@@ -61,6 +79,13 @@ impl Default for Limits {
             max_connections: 4096,
             stream_buffer_frames: 64,
             max_messages: 4096,
+            max_cooldown: 300.0,
+            max_choices: 128,
+            max_tool_calls: 128,
+            client_write_timeout: 30.0,
+            stream_buffer_bytes: 256 * 1024,
+            max_overflow_connections: 64,
+            shutdown_grace: 30.0,
         }
     }
 }
@@ -77,6 +102,87 @@ impl Limits {
     }
     pub fn body_read_timeout(&self) -> Duration {
         secs(self.body_read_timeout)
+    }
+    pub fn max_cooldown(&self) -> Duration {
+        secs(self.max_cooldown)
+    }
+    pub fn client_write_timeout(&self) -> Duration {
+        secs(self.client_write_timeout)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        secs(self.shutdown_grace)
+    }
+
+    /// Every count limit with the range it must lie in. The upper bounds keep each value
+    /// within what the structures that use it accept (a semaphore's permits, a channel's
+    /// capacity) and what one process could ever need, so no value can panic at run time.
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 14] {
+        const GIB: usize = 1 << 30;
+        [
+            (
+                "max_request_body_bytes",
+                self.max_request_body_bytes,
+                1,
+                GIB,
+            ),
+            (
+                "max_precommit_buffer_bytes",
+                self.max_precommit_buffer_bytes,
+                1,
+                64 << 20,
+            ),
+            (
+                "max_fallbacks_ceiling",
+                self.max_fallbacks_ceiling as usize,
+                0,
+                1_000,
+            ),
+            (
+                "max_retries_ceiling",
+                self.max_retries_ceiling as usize,
+                0,
+                1_000,
+            ),
+            ("max_attempts", self.max_attempts as usize, 1, 10_000),
+            ("max_sse_line_bytes", self.max_sse_line_bytes, 1, GIB),
+            (
+                "max_upstream_body_bytes",
+                self.max_upstream_body_bytes,
+                1,
+                4 * GIB,
+            ),
+            ("max_connections", self.max_connections, 1, 1_000_000),
+            (
+                "stream_buffer_frames",
+                self.stream_buffer_frames,
+                1,
+                1 << 16,
+            ),
+            ("max_messages", self.max_messages, 1, 1_000_000),
+            ("max_choices", self.max_choices, 1, 1_024),
+            ("max_tool_calls", self.max_tool_calls, 1, 4_096),
+            ("stream_buffer_bytes", self.stream_buffer_bytes, 1, GIB),
+            (
+                "max_overflow_connections",
+                self.max_overflow_connections,
+                0,
+                100_000,
+            ),
+        ]
+    }
+
+    /// Every seconds limit, and whether zero is allowed (zero means "never wait" for the
+    /// ones that allow it; a zero deadline or read timeout would refuse every request).
+    pub fn seconds(&self) -> [(&'static str, f64, bool); 7] {
+        [
+            ("request_deadline", self.request_deadline, false),
+            ("max_retry_after", self.max_retry_after, true),
+            ("header_read_timeout", self.header_read_timeout, false),
+            ("body_read_timeout", self.body_read_timeout, false),
+            ("max_cooldown", self.max_cooldown, true),
+            ("client_write_timeout", self.client_write_timeout, false),
+            ("shutdown_grace", self.shutdown_grace, true),
+        ]
     }
 }
 

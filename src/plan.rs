@@ -236,7 +236,7 @@ mod tests {
     use crate::policy::{Levels, Overrides};
 
     fn catalog(groups: &[&str]) -> Catalog {
-        let mut yaml = String::from("model_list:\n");
+        let mut yaml = String::from("allow_anonymous: true\nmodel_list:\n");
         for g in groups {
             yaml.push_str(&format!("  - {{model_name: {g}, litellm_params: {{model: {g}, api_base: \"http://p/v1\"}}}}\n"));
         }

@@ -216,6 +216,7 @@ mod tests {
 
     fn catalog() -> Catalog {
         let yaml = r#"
+allow_anonymous: true
 model_list:
   - {model_name: a, litellm_params: {model: a, api_base: "http://pa/v1"}}
   - {model_name: b, litellm_params: {model: b, api_base: "http://pb/v1"}}

@@ -10,8 +10,9 @@ use std::fmt::{self, Write as _};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::attempt::GoneReason;
 use crate::catalog::{Catalog, DeploymentId, GroupId};
-use crate::classify::{FailureClass, TimeoutKind};
+use crate::classify::{Blame, FailureClass, TimeoutKind};
 use crate::config::MidStreamPolicy;
 use crate::plan::{ListKind, SkipReason};
 use crate::policy::Level;
@@ -53,6 +54,12 @@ pub enum Event {
         duration: Duration,
         class: FailureClass,
     },
+    /// A failed attempt that says nothing about the deployment's health (see [`Blame`]),
+    /// so it is not counted towards cooling it.
+    FailureNotCounted {
+        deployment: DeploymentId,
+        reason: Blame,
+    },
     RetryScheduled {
         group: GroupId,
         deployment: DeploymentId,
@@ -92,8 +99,10 @@ pub enum Event {
         class: FailureClass,
         committed: bool,
     },
-    /// The streaming client went away; the attempt was abandoned.
-    ClientGone,
+    /// The client went away (or stopped reading); the request was abandoned.
+    ClientGone {
+        reason: GoneReason,
+    },
     /// A limit stopped the request.
     LimitHit {
         limit: &'static str,
@@ -108,6 +117,7 @@ impl Event {
             Event::AttemptStarted { .. } => "attempt_started",
             Event::AttemptFailed { .. } => "attempt_failed",
             Event::DeploymentCooled { .. } => "deployment_cooled",
+            Event::FailureNotCounted { .. } => "failure_not_counted",
             Event::RetryScheduled { .. } => "retry_scheduled",
             Event::GroupExhausted { .. } => "group_exhausted",
             Event::LinkSkipped { .. } => "link_skipped",
@@ -115,7 +125,7 @@ impl Event {
             Event::Committed { .. } => "committed",
             Event::Completed { .. } => "completed",
             Event::Failed { .. } => "failed",
-            Event::ClientGone => "client_gone",
+            Event::ClientGone { .. } => "client_gone",
             Event::LimitHit { .. } => "limit_hit",
         }
     }
@@ -185,6 +195,10 @@ impl Event {
                 f("for_ms", &duration.as_millis());
                 f("class", &class.as_str());
             }
+            Event::FailureNotCounted { deployment, reason } => {
+                f("deployment", &d(deployment));
+                f("reason", &reason.as_str());
+            }
             Event::RetryScheduled {
                 group,
                 deployment,
@@ -253,7 +267,7 @@ impl Event {
                 f("class", &class.as_str());
                 f("committed", committed);
             }
-            Event::ClientGone => {}
+            Event::ClientGone { reason } => f("reason", &reason.as_str()),
             Event::LimitHit { limit } => f("limit", limit),
         }
         out

@@ -15,7 +15,7 @@ use switchback::policy::Levels;
 const GROUPS: [&str; 6] = ["a", "b", "c", "vertex_ai/d", "e", "f"];
 
 fn catalog(n: usize) -> Catalog {
-    let mut yaml = String::from("model_list:\n");
+    let mut yaml = String::from("allow_anonymous: true\nmodel_list:\n");
     for g in &GROUPS[..n] {
         yaml.push_str(&format!(
             "  - {{model_name: \"{g}\", litellm_params: {{model: m, api_base: \"http://p/v1\"}}}}\n"

@@ -21,7 +21,7 @@ use switchback::limits::Limits;
 use switchback::request::ChatRequest;
 use switchback::transport::TcpConnector;
 use switchback::upstream::Endpoint;
-use switchback::upstream::chunk::Chunk;
+use switchback::upstream::chunk::{Chunk, ChunkLimits};
 use switchback::upstream::client::{
     AttemptTimeouts, Call, ClientLimits, REQUEST_ID_HEADER, UpstreamClient, UpstreamError,
     UpstreamStream,
@@ -37,6 +37,10 @@ const REQUEST_ID: u64 = 4242;
 const LIMITS: ClientLimits = ClientLimits {
     max_sse_line_bytes: 4096,
     max_body_bytes: 64 * 1024,
+    chunks: ChunkLimits {
+        max_choices: 8,
+        max_tool_calls: 8,
+    },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -803,8 +807,36 @@ async fn json_body_at_the_limit_is_read_and_one_byte_over_is_malformed() {
     };
     let server = upstream(response()).await;
     let err = open_err(&server, over, relaxed()).await;
-    assert!(matches!(err, UpstreamError::Malformed(_)), "{err:?}");
+    assert!(
+        matches!(&err, UpstreamError::Limit(l) if l.name == "max_upstream_body_bytes"),
+        "{err:?}"
+    );
     assert_eq!(classified(&err).class, FailureClass::Malformed);
+}
+
+#[tokio::test]
+async fn every_byte_of_a_stream_counts_against_max_body_bytes() {
+    // Comments and role-only chunks carry no content, but they are bytes all the same.
+    let mut body = sse(&[chunk_json(
+        json!({"role": "assistant", "content": "Hi"}),
+        None,
+    )]);
+    for _ in 0..200 {
+        body.push_str(": keep-alive padding padding padding\n\n");
+        body.push_str(&sse(&[chunk_json(json!({"role": "assistant"}), None)]));
+    }
+    body.push_str("data: [DONE]\n\n");
+    let limits = ClientLimits {
+        max_body_bytes: 4096,
+        ..LIMITS
+    };
+    let (chunks, end) = read_with(limits, sse_response(body)).await;
+    assert!(chunks.len() < 40, "{} chunks read", chunks.len());
+    let err = end.unwrap_err();
+    assert!(
+        matches!(&err, UpstreamError::Limit(l) if l.name == "max_upstream_body_bytes"),
+        "{err:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -421,6 +421,7 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                             duration_ms: 120_000,
                             tick_ms: TICK_MS,
                             gateway: GatewayConfig {
+                                allow_anonymous: false,
                                 model_list,
                                 router_settings: gateway,
                                 teams,

@@ -159,6 +159,8 @@ pub fn gateway_config(fakes: &RunningFakes) -> GatewayConfig {
             max_connections: 8192,
             ..Default::default()
         },
+        // The benchmark's own gateway on loopback: no keys to send.
+        allow_anonymous: true,
         ..GatewayConfig::default()
     }
 }

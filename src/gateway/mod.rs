@@ -1,25 +1,33 @@
 //! The HTTP gateway: accepting connections and serving them with hyper.
 //!
-//! Owns: the accept loop over an injected [`Listener`], the connection limit
-//! (`max_connections`: further connections wait in the accept queue), the header read
-//! timeout, and shutdown. What each route does lives in [`routes`]; response bodies in
-//! [`body`]. Does not own routing decisions (`engine`, `attempt`).
+//! Owns: the accept loop over an injected [`Listener`] (with a backoff when accepting fails,
+//! so running out of descriptors never spins a core), the connection limit
+//! (`max_connections`; past it, up to `max_overflow_connections` more are answered at once —
+//! `/health` normally, anything else with a 503 — and any more are closed), the header read
+//! timeout, and the graceful drain when `shutdown` completes: no new connections, in-flight
+//! requests (streams included) finish, idle keep-alive connections close, all within
+//! `shutdown_grace`. What each route does lives in [`routes`]; response bodies in [`body`].
+//! Does not own routing decisions (`engine`, `attempt`).
 
 pub mod body;
 pub mod routes;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::engine::Engine;
-use crate::transport::Listener;
+use crate::transport::{BoxIo, Listener};
 
-/// Serves `listener` until `shutdown` completes. Connections already accepted finish on
-/// their own tasks.
+/// First and longest pause after a failed accept.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+
+/// Serves `listener` until `shutdown` completes, then drains: returns once every connection
+/// has closed or `limits.shutdown_grace` has passed.
 pub async fn serve<L: Listener>(
     engine: Arc<Engine>,
     mut listener: L,
@@ -27,38 +35,95 @@ pub async fn serve<L: Listener>(
 ) {
     let limits = engine.catalog().limits.clone();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let overflow = Arc::new(Semaphore::new(limits.max_overflow_connections));
+    let (drain, draining) = watch::channel(false);
+    let mut backoff = ACCEPT_BACKOFF.0;
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = &mut shutdown => return,
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
         let accepted = tokio::select! {
             biased;
-            _ = &mut shutdown => return,
+            () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let (io, _peer) = match accepted {
-            Ok(conn) => conn,
+        let io = match accepted {
+            Ok((io, _peer)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                io
+            }
             // A failed accept (a reset during the handshake, out of descriptors) concerns
-            // that connection only; keep serving the others.
-            Err(_) => continue,
+            // that connection only; but it may fail again at once, so wait a little, longer
+            // each time, instead of spinning.
+            Err(_) => {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
         };
-        let engine = engine.clone();
-        let header_timeout = limits.header_read_timeout();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req| {
-                let engine = engine.clone();
-                async move { Ok::<_, std::convert::Infallible>(routes::handle(engine, req).await) }
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            let engine = engine.clone();
+            let draining = draining.clone();
+            let header_timeout = limits.header_read_timeout();
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_connection(engine, io, header_timeout, draining).await;
             });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            // A connection error (client reset, header timeout) ends that connection only.
-            let _ = builder.serve_connection(TokioIo::new(io), service).await;
-        });
+        } else if let Ok(permit) = overflow.clone().try_acquire_owned() {
+            let max = limits.max_connections;
+            let header_timeout = limits.header_read_timeout();
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_overflow(io, max, header_timeout).await;
+            });
+        }
+        // Else: past both limits, the connection is closed at once (dropped).
     }
+    drop(listener);
+    let _ = drain.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(limits.shutdown_grace(), permits.acquire_many(all)).await;
+}
+
+/// One client connection, until it closes or the drain asks it to finish.
+async fn serve_connection(
+    engine: Arc<Engine>,
+    io: BoxIo,
+    header_timeout: Duration,
+    mut draining: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| {
+        let engine = engine.clone();
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(engine, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        // A connection error (client reset, header timeout) ends that connection only.
+        _ = conn.as_mut() => return,
+        _ = draining.wait_for(|d| *d) => {}
+    }
+    // Finish the request in flight (a stream to its end), then close.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// A connection past `max_connections`: answered at once, then closed.
+async fn serve_overflow(io: BoxIo, max_connections: usize, header_timeout: Duration) {
+    let service = service_fn(move |req| async move {
+        Ok::<_, std::convert::Infallible>(routes::overflow(&req, max_connections))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(false);
+    let _ = builder.serve_connection(TokioIo::new(io), service).await;
 }

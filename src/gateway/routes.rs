@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::attempt::{CommitHead, Outcome};
 use crate::delivery::{
     AggregateDelivery, HEADER_DEPLOYMENT, HEADER_FALLBACKS, HEADER_GROUP, HEADER_REQUEST_ID,
-    HEADER_RETRIES, StreamDelivery, StreamStart,
+    HEADER_RETRIES, StreamBounds, StreamDelivery, StreamStart,
 };
 use crate::engine::{Admitted, Engine};
 use crate::error::ApiError;
@@ -42,7 +42,7 @@ pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Res
         ));
     }
     match route {
-        Route::Health => json_response(StatusCode::OK, &json!({"status": "healthy"})),
+        Route::Health => health(),
         Route::Models => models(&engine, &req),
         Route::Chat => chat(engine, req).await,
     }
@@ -54,6 +54,30 @@ enum Route {
     Health,
 }
 
+fn health() -> Response<ResponseBody> {
+    json_response(StatusCode::OK, &json!({"status": "healthy"}))
+}
+
+/// The answer on a connection past `max_connections`: `/health` as usual (a load
+/// balancer's probe must not read a full gateway as a dead one), anything else a 503 that
+/// says why and when to retry.
+pub fn overflow<B>(req: &Request<B>, max_connections: usize) -> Response<ResponseBody> {
+    let path = req.uri().path().trim_end_matches('/');
+    if matches!(path, "/health" | "/health/liveliness" | "/health/readiness") {
+        return health();
+    }
+    let mut e = ApiError::new(
+        503,
+        "api_error",
+        format!(
+            "the gateway is serving max_connections = {max_connections} connections; retry shortly"
+        ),
+    )
+    .code("server_overloaded");
+    e.retry_after = Some(std::time::Duration::from_secs(1));
+    error(&e)
+}
+
 fn bearer(req: &Request<Incoming>) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -62,13 +86,10 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
 
 fn models(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
     let catalog = engine.catalog();
-    let allowed = if catalog.has_keys() {
-        match bearer(req).and_then(|t| catalog.key(t)) {
-            Some(k) => k.allowed.clone(),
-            None => return error(&ApiError::unauthorized("missing or unknown API key")),
-        }
-    } else {
-        catalog.all_allowed()
+    let allowed = match engine.authenticate(bearer(req)) {
+        Ok(Some(k)) => k.allowed.clone(),
+        Ok(None) => catalog.all_allowed(),
+        Err(e) => return error(&e),
     };
     let data: Vec<_> = catalog
         .allowed_groups(&allowed)
@@ -99,6 +120,10 @@ async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseB
         return too_large();
     }
     let token = bearer(&req).map(str::to_string);
+    // The key first: an unknown one is refused before a byte of its body is read.
+    if let Err(e) = engine.authenticate(token.as_deref()) {
+        return error(&e);
+    }
     let read = tokio::time::timeout(
         limits.body_read_timeout(),
         Limited::new(req.into_body(), max).collect(),
@@ -140,7 +165,13 @@ pub async fn chat_buffered(
         Err(e) => return error(&e),
     };
     if admitted.request.stream {
-        stream(engine, admitted, limits.stream_buffer_frames).await
+        let bounds = StreamBounds {
+            frames: limits.stream_buffer_frames,
+            bytes: limits.stream_buffer_bytes,
+            write_timeout: limits.client_write_timeout(),
+            deadline: admitted.admitted_at + limits.request_deadline(),
+        };
+        stream(engine, admitted, bounds).await
     } else {
         let mut out = AggregateDelivery::new();
         let outcome = engine.execute(&admitted, &mut out).await;
@@ -181,10 +212,14 @@ fn aggregate_response(
     response
 }
 
-async fn stream(engine: Arc<Engine>, admitted: Admitted, frames: usize) -> Response<ResponseBody> {
+async fn stream(
+    engine: Arc<Engine>,
+    admitted: Admitted,
+    bounds: StreamBounds,
+) -> Response<ResponseBody> {
     let id = admitted.id;
     let (mut delivery, start, body_rx) =
-        StreamDelivery::new(admitted.request.include_usage, frames);
+        StreamDelivery::new(admitted.request.include_usage, bounds);
     let task_engine = engine.clone();
     let task = tokio::spawn(async move {
         let outcome = task_engine.execute(&admitted, &mut delivery).await;
@@ -195,7 +230,7 @@ async fn stream(engine: Arc<Engine>, admitted: Admitted, frames: usize) -> Respo
     });
     match start.await {
         Ok(StreamStart::Committed(head)) => {
-            let mut response = Response::new(body::channel(body_rx));
+            let mut response = Response::new(body::frames(body_rx));
             let h = response.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,

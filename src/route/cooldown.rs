@@ -109,15 +109,14 @@ impl CooldownBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
     use crate::classify::FailureClass;
-    use crate::config::GatewayConfig;
 
     fn settings(allowed_fails: u32, cooldown: u64) -> GatewaySettings {
-        let mut s = Catalog::new(&GatewayConfig::default()).unwrap().settings;
-        s.allowed_fails = allowed_fails;
-        s.cooldown_time = Duration::from_secs(cooldown);
-        s
+        GatewaySettings {
+            allowed_fails,
+            cooldown_time: Duration::from_secs(cooldown),
+            ..GatewaySettings::default()
+        }
     }
 
     #[test]

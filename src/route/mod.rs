@@ -155,7 +155,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn catalog(n: usize) -> Catalog {
-        let mut yaml = String::from("model_list:\n");
+        let mut yaml = String::from("allow_anonymous: true\nmodel_list:\n");
         for i in 0..n {
             yaml.push_str(&format!(
                 "  - {{model_name: g, litellm_params: {{model: m, api_base: \"http://p{i}/v1\"}}, model_info: {{id: d{i}}}}}\n"
@@ -182,7 +182,7 @@ mod tests {
     }
 
     fn settings() -> GatewaySettings {
-        Catalog::new(&GatewayConfig::default()).unwrap().settings
+        GatewaySettings::default()
     }
 
     #[test]

@@ -86,13 +86,14 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::GatewaySettings;
     use crate::classify::{Failure, FailureClass};
     use crate::config::GatewayConfig;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
     fn catalog(specs: &[(u32, u32)]) -> Catalog {
-        let mut yaml = String::from("model_list:\n");
+        let mut yaml = String::from("allow_anonymous: true\nmodel_list:\n");
         for (i, (weight, order)) in specs.iter().enumerate() {
             yaml.push_str(&format!(
                 "  - {{model_name: g, litellm_params: {{model: m, api_base: \"http://p{i}/v1\", weight: {weight}, order: {order}}}, model_info: {{id: d{i}}}}}\n"
@@ -151,7 +152,7 @@ mod tests {
         }
         let now = Instant::now();
         let f = Failure::new(FailureClass::Auth, "x");
-        let s = Catalog::new(&GatewayConfig::default()).unwrap().settings;
+        let s = GatewaySettings::default();
         book.record_failure(DeploymentId(0), &f, now, &s);
         assert_eq!(pick(&c, &book, &[], 0), Choice::Now(DeploymentId(1)));
         book.record_failure(DeploymentId(1), &f, now + Duration::from_secs(1), &s);

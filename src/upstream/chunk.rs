@@ -8,6 +8,43 @@
 
 use serde_json::{Map, Value};
 
+use crate::limits::LimitExceeded;
+
+/// How much one answer may carry, per chunk parsed (see `limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLimits {
+    /// Choices per answer: no choice `index` may reach this.
+    pub max_choices: usize,
+    /// Tool calls per choice: no tool-call `index` (or position) may reach this.
+    pub max_tool_calls: usize,
+}
+
+impl Default for ChunkLimits {
+    fn default() -> Self {
+        let l = crate::limits::Limits::default();
+        ChunkLimits {
+            max_choices: l.max_choices,
+            max_tool_calls: l.max_tool_calls,
+        }
+    }
+}
+
+/// Why a payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkError {
+    /// Not a chunk at all (not JSON, wrong shape).
+    Malformed(String),
+    /// A chunk over a named limit: an upstream that invents choices or tool calls without
+    /// end must not grow the gateway's memory without end.
+    Limit(LimitExceeded),
+}
+
+impl From<String> for ChunkError {
+    fn from(s: String) -> Self {
+        ChunkError::Malformed(s)
+    }
+}
+
 /// A parsed upstream chunk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
@@ -32,20 +69,20 @@ pub enum Payload {
     Done,
 }
 
-/// Parses one SSE data payload. `Err` carries a short reason for a malformed payload.
-pub fn parse_data(data: &str) -> Result<Payload, String> {
+/// Parses one SSE data payload.
+pub fn parse_data(data: &str, limits: &ChunkLimits) -> Result<Payload, ChunkError> {
     let data = data.trim();
     if data == "[DONE]" {
         return Ok(Payload::Done);
     }
     let value: Value = serde_json::from_str(data).map_err(|e| format!("chunk is not JSON: {e}"))?;
-    from_value(value)
+    from_value(value, limits)
 }
 
 /// Interprets a parsed chunk or error object.
-pub fn from_value(value: Value) -> Result<Payload, String> {
+pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkError> {
     let Value::Object(object) = value else {
-        return Err("chunk is not a JSON object".to_string());
+        return Err("chunk is not a JSON object".to_string().into());
     };
     if object.contains_key("error") {
         return Ok(Payload::Error(Value::Object(object)));
@@ -57,8 +94,9 @@ pub fn from_value(value: Value) -> Result<Payload, String> {
     let choices = match object.get("choices") {
         Some(Value::Array(c)) => c.as_slice(),
         None | Some(Value::Null) => &[],
-        Some(_) => return Err("`choices` is not an array".to_string()),
+        Some(_) => return Err("`choices` is not an array".to_string().into()),
     };
+    check_limits(choices, limits)?;
     let mut text = String::new();
     let mut payload_bytes = 0;
     let mut finish_reason = None;
@@ -92,7 +130,7 @@ pub fn from_value(value: Value) -> Result<Payload, String> {
     }
     let usage_only = choices.is_empty() && object.get("usage").is_some_and(|u| !u.is_null());
     if choices.is_empty() && !usage_only {
-        return Err("chunk has neither `choices` nor `usage`".to_string());
+        return Err("chunk has neither `choices` nor `usage`".to_string().into());
     }
     Ok(Payload::Chunk(Chunk {
         object,
@@ -104,17 +142,82 @@ pub fn from_value(value: Value) -> Result<Payload, String> {
     }))
 }
 
+/// Refuses choice and tool-call indexes (or counts) at or past their limits.
+fn check_limits(choices: &[Value], limits: &ChunkLimits) -> Result<(), ChunkError> {
+    let over =
+        |name: &'static str, what: String| Err(ChunkError::Limit(LimitExceeded::new(name, what)));
+    if choices.len() > limits.max_choices {
+        return over(
+            "max_choices",
+            format!(
+                "{} choices in one chunk (max_choices = {})",
+                choices.len(),
+                limits.max_choices
+            ),
+        );
+    }
+    for (i, choice) in choices.iter().enumerate() {
+        let index = choice
+            .get("index")
+            .and_then(Value::as_u64)
+            .unwrap_or(i as u64);
+        if index >= limits.max_choices as u64 {
+            return over(
+                "max_choices",
+                format!(
+                    "choice index {index} (max_choices = {})",
+                    limits.max_choices
+                ),
+            );
+        }
+        let delta = choice.get("delta").or_else(|| choice.get("message"));
+        let Some(Value::Array(calls)) = delta.and_then(|d| d.get("tool_calls")) else {
+            continue;
+        };
+        if calls.len() > limits.max_tool_calls {
+            return over(
+                "max_tool_calls",
+                format!(
+                    "{} tool calls in one chunk (max_tool_calls = {})",
+                    calls.len(),
+                    limits.max_tool_calls
+                ),
+            );
+        }
+        for (j, call) in calls.iter().enumerate() {
+            let index = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(j as u64);
+            if index >= limits.max_tool_calls as u64 {
+                return over(
+                    "max_tool_calls",
+                    format!(
+                        "tool call index {index} (max_tool_calls = {})",
+                        limits.max_tool_calls
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An upstream that answered a stream request with a whole JSON completion: the same
 /// information as one chunk (`message` read as `delta`).
-pub fn from_completion(body: &[u8]) -> Result<Payload, String> {
+pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Payload, ChunkError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("response is not JSON: {e}"))?;
-    from_value(value)
+    from_value(value, limits)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_data(data: &str) -> Result<Payload, ChunkError> {
+        super::parse_data(data, &ChunkLimits::default())
+    }
 
     fn chunk(data: &str) -> Chunk {
         match parse_data(data).unwrap() {
@@ -159,9 +262,37 @@ mod tests {
     }
 
     #[test]
+    fn choice_and_tool_call_indexes_are_bounded() {
+        let limits = ChunkLimits {
+            max_choices: 2,
+            max_tool_calls: 2,
+        };
+        let c = |s: &str| super::parse_data(s, &limits);
+        assert!(c(r#"{"choices":[{"index":1,"delta":{"content":"x"}}]}"#).is_ok());
+        let limit = |r: Result<Payload, ChunkError>| match r {
+            Err(ChunkError::Limit(l)) => l.name,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            limit(c(r#"{"choices":[{"index":2,"delta":{"content":"x"}}]}"#)),
+            "max_choices"
+        );
+        assert_eq!(
+            limit(c(r#"{"choices":[{"delta":{}},{"delta":{}},{"delta":{}}]}"#)),
+            "max_choices"
+        );
+        assert_eq!(
+            limit(c(
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":5,"function":{"name":"f"}}]}}]}"#
+            )),
+            "max_tool_calls"
+        );
+    }
+
+    #[test]
     fn whole_completion_reads_like_one_chunk() {
         let body = br#"{"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
-        match from_completion(body).unwrap() {
+        match from_completion(body, &ChunkLimits::default()).unwrap() {
             Payload::Chunk(c) => assert_eq!(
                 (c.text.as_str(), c.finish_reason.as_deref()),
                 ("hi", Some("stop"))

@@ -19,10 +19,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 
-use crate::classify::{Failure, Signal, TimeoutKind, TransportFault, classify};
+use crate::classify::{Failure, FailureClass, Signal, TimeoutKind, TransportFault, classify};
+use crate::limits::LimitExceeded;
 use crate::transport::Connector;
 use crate::upstream::Endpoint;
-use crate::upstream::chunk::{self, Chunk, Payload};
+use crate::upstream::chunk::{self, Chunk, ChunkError, ChunkLimits, Payload};
 use crate::upstream::sse::{SseEvent, SseParser};
 
 /// Header carrying the gateway's request number to upstreams.
@@ -44,6 +45,17 @@ pub enum UpstreamError {
     Transport(TransportFault, String),
     Timeout(TimeoutKind),
     Malformed(String),
+    /// The answer went past a named limit (its size, its number of choices or tool calls).
+    Limit(LimitExceeded),
+}
+
+impl From<ChunkError> for UpstreamError {
+    fn from(e: ChunkError) -> Self {
+        match e {
+            ChunkError::Malformed(m) => UpstreamError::Malformed(m),
+            ChunkError::Limit(l) => UpstreamError::Limit(l),
+        }
+    }
 }
 
 impl UpstreamError {
@@ -67,14 +79,24 @@ impl UpstreamError {
             UpstreamError::Transport(fault, _) => classify(Signal::Transport(*fault), now),
             UpstreamError::Timeout(kind) => classify(Signal::Timeout(*kind), now),
             UpstreamError::Malformed(_) => classify(Signal::Malformed, now),
-        };
-        match self {
-            UpstreamError::Transport(_, detail) | UpstreamError::Malformed(detail) => {
-                failure.message = format!("{}: {detail}", failure.message);
+            UpstreamError::Limit(limit) => {
+                Failure::new(FailureClass::Malformed, format!("upstream answer: {limit}"))
             }
-            _ => {}
+        };
+        // Transport details (host, port, OS error) stay out: they describe the gateway's
+        // internals, and the client's message goes out as is.
+        if let UpstreamError::Malformed(detail) = self {
+            failure.message = format!("{}: {detail}", failure.message);
         }
         failure
+    }
+
+    /// The named limit this error hit, if it is one.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            UpstreamError::Limit(l) => Some(l.name),
+            _ => None,
+        }
     }
 
     pub fn timeout_kind(&self) -> Option<TimeoutKind> {
@@ -99,7 +121,9 @@ pub struct AttemptTimeouts {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientLimits {
     pub max_sse_line_bytes: usize,
+    /// Every byte of an answer's body counts, SSE comments and content-less chunks included.
     pub max_body_bytes: usize,
+    pub chunks: ChunkLimits,
 }
 
 /// Opens attempts against upstreams through a connector.
@@ -161,6 +185,8 @@ impl UpstreamClient {
             got_chunk: false,
             saw_finish: false,
             done: false,
+            received: 0,
+            limits: self.limits,
             _conn: conn,
         };
         if !(200..300).contains(&status) {
@@ -173,7 +199,7 @@ impl UpstreamClient {
         }
         if json {
             let body = stream.read_all(self.limits.max_body_bytes, false).await?;
-            let payload = chunk::from_completion(&body).map_err(UpstreamError::Malformed)?;
+            let payload = chunk::from_completion(&body, &self.limits.chunks)?;
             stream.queue_payload(payload)?;
         }
         Ok(stream)
@@ -191,6 +217,8 @@ impl UpstreamClient {
             .map_err(|e| {
                 let fault = if e.kind() == std::io::ErrorKind::ConnectionRefused {
                     TransportFault::ConnectRefused
+                } else if is_local_resource(&e) {
+                    TransportFault::LocalResource
                 } else {
                     TransportFault::ConnectFailed
                 };
@@ -201,7 +229,7 @@ impl UpstreamClient {
                 .await
                 .map_err(|e| {
                     let detail = format!("{}: TLS: {e}", endpoint.authority());
-                    UpstreamError::Transport(TransportFault::ConnectFailed, detail)
+                    UpstreamError::Transport(TransportFault::Tls, detail)
                 })?
         } else {
             io
@@ -239,6 +267,26 @@ impl UpstreamClient {
     }
 }
 
+/// Whether a connect error is the gateway's own shortage (descriptors, memory, buffers,
+/// ephemeral ports) rather than anything the upstream did.
+fn is_local_resource(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::OutOfMemory | ErrorKind::AddrNotAvailable
+    ) {
+        return true;
+    }
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the numbers differ between systems.
+    #[cfg(target_os = "linux")]
+    const CODES: &[i32] = &[24, 23, 105, 12, 99];
+    #[cfg(target_vendor = "apple")]
+    const CODES: &[i32] = &[24, 23, 55, 12, 49];
+    #[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
+    const CODES: &[i32] = &[];
+    e.raw_os_error().is_some_and(|c| CODES.contains(&c))
+}
+
 /// Aborts the connection task when the attempt is dropped, closing the socket.
 struct ConnGuard(tokio::task::JoinHandle<()>);
 
@@ -272,12 +320,15 @@ impl Wait {
 pub struct UpstreamStream {
     body: Incoming,
     parser: SseParser,
-    queue: VecDeque<Result<Payload, String>>,
+    queue: VecDeque<Result<Payload, ChunkError>>,
     timeouts: AttemptTimeouts,
     last_activity: Instant,
     got_chunk: bool,
     saw_finish: bool,
     done: bool,
+    /// Body bytes read so far, whatever they were (data, comments, padding).
+    received: usize,
+    limits: ClientLimits,
     _conn: ConnGuard,
 }
 
@@ -287,7 +338,7 @@ impl UpstreamStream {
     pub async fn next(&mut self) -> Result<Option<Chunk>, UpstreamError> {
         loop {
             if let Some(item) = self.queue.pop_front() {
-                match item.map_err(UpstreamError::Malformed)? {
+                match item? {
                     Payload::Done => {
                         self.done = true;
                         self.queue.clear();
@@ -336,14 +387,36 @@ impl UpstreamStream {
                 Some(Ok(frame)) => {
                     self.last_activity = Instant::now();
                     if let Some(data) = frame.data_ref() {
+                        // Only the bytes within the limit are parsed: what lies past it is
+                        // never delivered, however the reads are cut.
+                        let room = self.limits.max_body_bytes.saturating_sub(self.received);
+                        let over = data.len() > room;
+                        let data = &data[..data.len().min(room)];
+                        self.received += data.len();
                         let mut events: Vec<SseEvent> = Vec::new();
                         let parsed = self.parser.push(data, &mut events);
                         // Events completed before a bad line in the same read still count:
                         // how TCP cuts the bytes must not change what is delivered.
-                        self.queue
-                            .extend(events.into_iter().map(|e| chunk::parse_data(&e.data)));
+                        let limits = self.limits.chunks;
+                        self.queue.extend(
+                            events
+                                .into_iter()
+                                .map(|e| chunk::parse_data(&e.data, &limits)),
+                        );
                         if let Err(e) = parsed {
-                            self.queue.push_back(Err(e.to_string()));
+                            self.queue
+                                .push_back(Err(ChunkError::Malformed(e.to_string())));
+                        }
+                        if over {
+                            self.queue
+                                .push_back(Err(ChunkError::Limit(LimitExceeded::new(
+                                    "max_upstream_body_bytes",
+                                    format!(
+                                        "answer over max_upstream_body_bytes = {}",
+                                        self.limits.max_body_bytes
+                                    ),
+                                ))));
+                            self.done = true;
                         }
                     }
                 }
@@ -389,8 +462,9 @@ impl UpstreamStream {
                                 buf.extend_from_slice(&data[..room]);
                                 return Ok(buf.freeze());
                             }
-                            return Err(UpstreamError::Malformed(format!(
-                                "response body over max_upstream_body_bytes = {max}"
+                            return Err(UpstreamError::Limit(LimitExceeded::new(
+                                "max_upstream_body_bytes",
+                                format!("response body over max_upstream_body_bytes = {max}"),
                             )));
                         }
                         buf.extend_from_slice(data);

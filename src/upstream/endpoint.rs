@@ -27,6 +27,14 @@ impl Endpoint {
             }
             None => return Err(format!("`{api_base}` needs a scheme (http:// or https://)")),
         };
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+        if authority.contains('@') {
+            return Err(format!(
+                "`{}`: credentials in the URL (`user:pass@`) are not sent upstream; put the key \
+                 in `api_key`",
+                redact_userinfo(api_base)
+            ));
+        }
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
@@ -39,7 +47,28 @@ impl Endpoint {
                 "`{api_base}`: a query string is not allowed in api_base"
             ));
         }
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        // `http::Uri` accepts any digits after the colon but reports a port only when it
+        // fits in u16 (port 99999 would silently become 80): read it from the authority.
+        let after_host = authority
+            .rsplit_once(']')
+            .map_or(authority, |(_, rest)| rest);
+        let port = match after_host.rsplit_once(':') {
+            None => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+            Some((_, digits)) => match digits.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(format!(
+                        "`{api_base}`: port `{digits}` is not a port (1 to 65535)"
+                    ));
+                }
+            },
+        };
         let base_path = uri.path().trim_end_matches('/').to_string();
         Ok(Endpoint {
             tls,
@@ -60,6 +89,16 @@ impl Endpoint {
 
     pub fn chat_completions_path(&self) -> String {
         format!("{}/chat/completions", self.base_path)
+    }
+}
+
+/// `http://user:pass@host/` → `http://[redacted]@host/`, so an error never repeats a secret.
+fn redact_userinfo(api_base: &str) -> String {
+    match (api_base.find("://"), api_base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            format!("{}[redacted]{}", &api_base[..s + 3], &api_base[at..])
+        }
+        _ => api_base.to_string(),
     }
 }
 
@@ -103,8 +142,19 @@ mod tests {
             "http:///v1",
             "http://x/v1?a=b",
             "not a url",
+            "http://x:99999/v1",
+            "http://x:0/v1",
+            "http://user:pass@x/v1",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn errors_name_the_problem_without_repeating_credentials() {
+        let e = Endpoint::parse("http://x:99999/v1").unwrap_err();
+        assert!(e.contains("port `99999`"), "{e}");
+        let e = Endpoint::parse("https://me:hunter2@x/v1").unwrap_err();
+        assert!(e.contains("api_key") && !e.contains("hunter2"), "{e}");
     }
 }

@@ -486,10 +486,40 @@ fn serve(config: &Path, listen: std::net::SocketAddr) -> ExitCode {
             Arc::new(NoTrace),
             Arc::new(SystemWallClock),
         ));
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        let grace = engine.catalog().limits.shutdown_grace;
+        let shutdown = async move {
+            let signal = stop_signal().await;
+            println!(
+                "switchback: {signal}: no new connections; draining in-flight requests \
+                 (up to shutdown_grace = {grace}s)"
+            );
         };
         switchback::gateway::serve(engine, listener, shutdown).await;
+        println!("switchback: stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Waits for SIGTERM (what process managers send) or SIGINT (Ctrl-C), and names it.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                biased;
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
 }

@@ -1,0 +1,579 @@
+//! Hostile clients, hostile upstreams and careless configs, against the whole gateway in
+//! memory (see `support`): each test is one item of the hardening issue, written to fail on
+//! the code before its fix. Time is tokio's paused clock, so waits of minutes cost nothing
+//! and every run is the same.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "sk-upstream-SECRET-123";
+
+fn with(config: &str, extra: &str) -> String {
+    format!("{config}{extra}")
+}
+
+/// Reads frames from a streaming response until `n` data frames arrived.
+async fn read_frames(body: &mut hyper::body::Incoming, n: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    out.push(d);
+                }
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+// 1. A streaming client that leaves must not panic the engine.
+#[tokio::test(start_paused = true)]
+async fn a_streaming_client_that_leaves_causes_no_panic() {
+    watch_panics();
+    let net = MemNet::new();
+    net.host("up", |_| {
+        sse_flood(
+            vec![frame(&chunk_json(
+                "m",
+                json!({"role": "assistant", "content": ""}),
+                None,
+            ))],
+            |i| frame(&chunk_json("m", json!({"content": format!("w{i} ")}), None)),
+        )
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    let mut response = gw.chat(None, chat_body("g", true)).await;
+    assert_eq!(response.status(), 200);
+    let got = read_frames(response.body_mut(), 3).await;
+    assert_eq!(got.len(), 3);
+    drop(response);
+    assert!(
+        settle(100, || gw.saw("client_gone") && net.open() == 0).await,
+        "the engine noticed and closed the upstream: {:#?}",
+        gw.events()
+    );
+    assert_eq!(panics_here(), Vec::<String>::new());
+}
+
+// 2. Upstream secrets never reach a client, whether the upstream echoes its key in an error
+// status, in a plain-text 500, or in a mid-stream error event.
+#[tokio::test(start_paused = true)]
+async fn upstream_echoes_of_the_api_key_are_redacted() {
+    let net = MemNet::new();
+    net.host("up", |call| {
+        let auth = call
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        match call.n {
+            1 => json_response(
+                401,
+                &json!({"error": {"message": format!("Incorrect API key provided: {auth}"), "type": "invalid_request_error", "code": "invalid_api_key"}}),
+            ),
+            2 => {
+                let mut r = sse(format!(
+                    "headers: authorization={auth}; host=up:80; key={}",
+                    &auth[7..]
+                ));
+                *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                r.headers_mut()
+                    .insert("content-type", "text/plain".parse().unwrap());
+                r
+            }
+            _ => {
+                let mut body = frame(&chunk_json(
+                    "m",
+                    json!({"role": "assistant", "content": "Hel"}),
+                    None,
+                ));
+                body.push_str(&frame(
+                    &json!({"error": {"message": format!("upstream rejected {auth}"), "code": 500}}),
+                ));
+                sse(body)
+            }
+        }
+    });
+    let gw = Gw::start(
+        &ONE_GROUP.replace(
+            "{num_retries: 0}",
+            "{num_retries: 0, mid_stream: error, cooldown_time: 0}",
+        ),
+        &net,
+    );
+    for stream in [false, false, true] {
+        let response = gw.chat(None, chat_body("g", stream)).await;
+        let text = text(response).await;
+        assert!(
+            !text.contains("SECRET") && !text.contains(SECRET),
+            "secret leaked to the client: {text}"
+        );
+        assert!(
+            text.contains("[redacted]"),
+            "the echo is shown redacted: {text}"
+        );
+    }
+}
+
+// 15a. An upstream's own 401 is the gateway's misconfiguration, not the client's key: the
+// client gets a 502 it can tell from its own 401, without retrying it.
+#[tokio::test(start_paused = true)]
+async fn an_upstream_401_is_a_gateway_error_for_the_client() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        json_response(
+            401,
+            &json!({"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}),
+        )
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    let response = gw.chat(None, chat_body("g", false)).await;
+    assert_eq!(response.status(), 502);
+    let body: Value = serde_json::from_str(&text(response).await).unwrap();
+    assert_eq!(body["error"]["type"], "api_error", "{body}");
+    assert_eq!(
+        body["error"]["code"], "upstream_authentication_error",
+        "{body}"
+    );
+}
+
+// 15b. Error bodies never show internal host names, ports or OS errors.
+#[tokio::test(start_paused = true)]
+async fn transport_errors_do_not_expose_internal_addresses() {
+    let net = MemNet::new(); // `up` is not served: connection refused
+    let gw = Gw::start(ONE_GROUP, &net);
+    let text = text(gw.chat(None, chat_body("g", false)).await).await;
+    assert!(
+        !text.contains("up:80") && !text.contains("os error") && !text.contains("refused (os"),
+        "{text}"
+    );
+    assert!(
+        text.contains("deployment `d`"),
+        "names the deployment instead: {text}"
+    );
+}
+
+// 3. Retry-After, in every form, is bounded: a far-future date or a huge number cools for at
+// most `limits.max_cooldown`, and clients are told no more than that.
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_capped_by_max_cooldown() {
+    for retry_after in ["Fri, 31 Dec 9999 23:59:59 GMT", "100000", "251606658974"] {
+        let net = MemNet::new();
+        let value = retry_after.to_string();
+        net.host("up", move |_| {
+            let mut r = json_response(
+                429,
+                &json!({"error": {"message": "slow down", "type": "rate_limit_error"}}),
+            );
+            r.headers_mut()
+                .insert("retry-after", value.parse().unwrap());
+            r
+        });
+        let gw = Gw::start(&with(ONE_GROUP, "limits: {max_cooldown: 120}\n"), &net);
+        let response = gw.chat(None, chat_body("g", false)).await;
+        assert_eq!(response.status(), 429);
+        let told: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(told, 120, "Retry-After: {retry_after}");
+        assert!(
+            gw.saw("deployment_cooled deployment=d for_ms=120000 class=rate_limited"),
+            "Retry-After: {retry_after}: {:#?}",
+            gw.events()
+        );
+    }
+}
+
+// 4. An upstream that invents a new choice index with every chunk cannot grow the gateway's
+// memory: the answer fails at `limits.max_choices`.
+#[tokio::test(start_paused = true)]
+async fn new_choice_index_floods_stop_at_max_choices() {
+    let sent = Arc::new(AtomicU64::new(0));
+    let net = MemNet::new();
+    let counter = sent.clone();
+    net.host("up", move |_| {
+        let counter = counter.clone();
+        sse_flood(Vec::new(), move |i| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if i > 50_000 {
+                return "data: [DONE]\n\n".to_string();
+            }
+            frame(
+                &json!({"id": "x", "object": "chat.completion.chunk", "model": "m",
+                "choices": [{"index": i, "delta": {"content": "x"}, "finish_reason": null}]}),
+            )
+        })
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let response = gw.chat(None, chat_body("g", stream)).await;
+        let text = text(response).await;
+        assert!(
+            gw.saw("limit_hit limit=max_choices"),
+            "stream={stream}: {text:.300}"
+        );
+    }
+    assert!(
+        sent.load(Ordering::SeqCst) < 2_000,
+        "read {} chunks before stopping",
+        sent.load(Ordering::SeqCst)
+    );
+}
+
+// 5. Content-less chunks (role-only, empty deltas) and SSE comments count against
+// `max_upstream_body_bytes` like any other byte, in both modes.
+#[tokio::test(start_paused = true)]
+async fn content_less_floods_stop_at_max_upstream_body_bytes() {
+    for (name, flood) in [
+        (
+            "role-only",
+            frame(&chunk_json("m", json!({"role": "assistant"}), None)),
+        ),
+        ("comments", ": keep-alive\n\n".to_string()),
+    ] {
+        for stream in [false, true] {
+            let sent = Arc::new(AtomicU64::new(0));
+            let net = MemNet::new();
+            let (counter, flood_frame) = (sent.clone(), flood.clone());
+            net.host("up", move |_| {
+                let flood = flood_frame.clone();
+                let counter = counter.clone();
+                sse_flood(
+                    vec![frame(&chunk_json("m", json!({"content": "Hi"}), None))],
+                    move |i| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        if i > 100_000 {
+                            "data: [DONE]\n\n".to_string()
+                        } else {
+                            flood.clone()
+                        }
+                    },
+                )
+            });
+            let gw = Gw::start(
+                &with(ONE_GROUP, "limits: {max_upstream_body_bytes: 65536}\n"),
+                &net,
+            );
+            let response = gw.chat(None, chat_body("g", stream)).await;
+            let body = text(response).await;
+            assert!(
+                gw.saw("limit_hit limit=max_upstream_body_bytes"),
+                "{name} stream={stream}: {:#?}",
+                gw.events()
+            );
+            assert!(
+                body.len() < 100_000,
+                "{name} stream={stream}: the client got {} bytes",
+                body.len()
+            );
+            // The limit, plus what the pipes between upstream and gateway buffer (64 KiB).
+            let bytes = sent.load(Ordering::SeqCst) * flood.len() as u64;
+            assert!(
+                bytes < 4 * 65_536,
+                "{name} stream={stream}: the upstream got {bytes} bytes of flood out"
+            );
+        }
+    }
+}
+
+/// A group whose one deployment answers after `delay` and cools on its first counted failure.
+fn slow_group(net: &MemNet, delay: Duration) -> Gw {
+    net.host_after("up", delay, |_| sse_answer("m", &["pong"]));
+    Gw::start(
+        &ONE_GROUP.replace(
+            "{num_retries: 0}",
+            "{num_retries: 0, allowed_fails: 0, cooldown_time: 60}",
+        ),
+        net,
+    )
+}
+
+// 6. A request's own tight timeout is not the deployment's failure: it never cools a
+// deployment that other tenants share.
+#[tokio::test(start_paused = true)]
+async fn a_tenants_own_tight_timeout_never_cools_a_shared_deployment() {
+    for setting in ["timeout", "stream_timeout"] {
+        let net = MemNet::new();
+        let gw = slow_group(&net, Duration::from_millis(200));
+        for _ in 0..4 {
+            let mut body = chat_body("g", false);
+            body[setting] = json!(0.05);
+            let r = gw.chat(None, body).await;
+            assert_eq!(r.status(), 504, "{setting}");
+        }
+        let r = gw.chat(None, chat_body("g", false)).await;
+        assert_eq!(r.status(), 200, "{setting}: {:#?}", gw.events());
+        assert!(!gw.saw("deployment_cooled"), "{setting}");
+        assert!(
+            gw.saw("failure_not_counted deployment=d reason=request_timeout"),
+            "{setting}: {:#?}",
+            gw.events()
+        );
+    }
+}
+
+// 6b. The deployment's own timeout (gateway level) does count.
+#[tokio::test(start_paused = true)]
+async fn the_gateways_own_timeout_still_counts() {
+    let net = MemNet::new();
+    net.host_after("up", Duration::from_millis(200), |_| {
+        sse_answer("m", &["pong"])
+    });
+    let gw = Gw::start(
+        &ONE_GROUP.replace(
+            "{num_retries: 0}",
+            "{num_retries: 0, allowed_fails: 0, cooldown_time: 60, stream_timeout: 0.05}",
+        ),
+        &net,
+    );
+    assert_eq!(gw.chat(None, chat_body("g", false)).await.status(), 504);
+    assert!(
+        gw.saw("deployment_cooled deployment=d"),
+        "{:#?}",
+        gw.events()
+    );
+}
+
+// 7a. Running out of local file descriptors is not the upstream's fault.
+#[tokio::test(start_paused = true)]
+async fn local_resource_errors_never_cool_a_deployment() {
+    const EMFILE: i32 = 24;
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["pong"]));
+    let gw = Gw::start(
+        &ONE_GROUP.replace(
+            "{num_retries: 0}",
+            "{num_retries: 0, allowed_fails: 0, cooldown_time: 60}",
+        ),
+        &net,
+    );
+    net.fail_connects(Some(EMFILE));
+    let r = gw.chat(None, chat_body("g", false)).await;
+    assert_eq!(r.status(), 503, "a local failure is the gateway's own: 503");
+    net.fail_connects(None);
+    let r = gw.chat(None, chat_body("g", false)).await;
+    assert_eq!(r.status(), 200, "{:#?}", gw.events());
+    assert!(gw.saw("failure_not_counted deployment=d reason=local_resource"));
+}
+
+/// A listener that fails every accept with EMFILE, counting calls.
+struct FailingListener(Arc<AtomicU64>);
+
+impl switchback::transport::Listener for FailingListener {
+    fn accept(
+        &mut self,
+    ) -> switchback::transport::BoxFuture<
+        '_,
+        std::io::Result<(switchback::transport::BoxIo, std::net::SocketAddr)>,
+    > {
+        let n = self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            if n >= 1_000 {
+                // Enough to tell a spin from a backoff; then let the test's clock run.
+                std::future::pending::<()>().await;
+            }
+            Err(std::io::Error::from_raw_os_error(24))
+        })
+    }
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+}
+
+// 7b. The accept loop backs off on errors instead of spinning a core.
+#[tokio::test(start_paused = true)]
+async fn the_accept_loop_backs_off_on_errors() {
+    let net = MemNet::new();
+    let gw = Gw::start(ONE_GROUP, &net);
+    let calls = Arc::new(AtomicU64::new(0));
+    tokio::spawn(switchback::gateway::serve(
+        gw.engine.clone(),
+        FailingListener(calls.clone()),
+        std::future::pending(),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n = calls.load(Ordering::SeqCst);
+    assert!(n < 50, "{n} accepts in one second");
+}
+
+// 8. A client that stops reading a stream cannot hold its slot, task and upstream
+// connection for ever: the write times out (`client_write_timeout`) and everything is freed.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_after_client_write_timeout() {
+    let net = MemNet::new();
+    let big = "x".repeat(16 * 1024);
+    net.host("up", move |_| {
+        let big = big.clone();
+        sse_flood(Vec::new(), move |i| {
+            if i > 100_000 {
+                "data: [DONE]\n\n".into()
+            } else {
+                frame(&chunk_json("m", json!({"content": big}), None))
+            }
+        })
+    });
+    let gw = Gw::start(
+        &with(ONE_GROUP, "limits: {client_write_timeout: 5}\n"),
+        &net,
+    );
+    let mut sender = gw.connect_with_buffer(1024).await;
+    let response = sender
+        .send_request(chat_request(None, &chat_body("g", true)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Never read the body.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        settle(100, || gw.saw("client_gone reason=too_slow")
+            && net.open() == 0)
+        .await,
+        "{:#?}",
+        gw.events()
+    );
+    drop(response);
+}
+
+// 8b. Delivery also runs under the request deadline.
+#[tokio::test(start_paused = true)]
+async fn delivery_runs_under_the_request_deadline() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        sse_flood(Vec::new(), |_| {
+            frame(&chunk_json("m", json!({"content": "y".repeat(4096)}), None))
+        })
+    });
+    let gw = Gw::start(
+        &with(
+            ONE_GROUP,
+            "limits: {client_write_timeout: 3600, request_deadline: 2}\n",
+        ),
+        &net,
+    );
+    let mut sender = gw.connect_with_buffer(1024).await;
+    let response = sender
+        .send_request(chat_request(None, &chat_body("g", true)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(settle(100, || net.open() == 0).await, "{:#?}", gw.events());
+    drop(response);
+}
+
+const KEYED: &str = r#"
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+keys:
+  - {key: sk-good, key_alias: good}
+"#;
+
+// 9. The key is checked before the body is read: an unknown key gets 401 at once, whatever
+// it is still sending.
+#[tokio::test(start_paused = true)]
+async fn unknown_keys_are_refused_before_the_body_is_read() {
+    let net = MemNet::new();
+    let gw = Gw::start(KEYED, &net);
+    let mut pipe = gw.raw().await;
+    pipe.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\nauthorization: Bearer sk-bad\r\n\
+          content-type: application/json\r\ncontent-length: 1000000\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(1), pipe.read(&mut buf))
+        .await
+        .expect("answered within a second, not after body_read_timeout")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+// 10. At `max_connections`, a new connection is still answered: `/health` works and other
+// routes get a clear 503, instead of waiting in the kernel's backlog.
+#[tokio::test(start_paused = true)]
+async fn over_the_connection_cap_health_answers_and_others_get_503() {
+    let net = MemNet::new();
+    let gw = Gw::start(&with(ONE_GROUP, "limits: {max_connections: 2}\n"), &net);
+    let _idle1 = gw.raw().await;
+    let _idle2 = gw.raw().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for (request, expect) in [
+        ("GET /health HTTP/1.1\r\nhost: g\r\n\r\n", "HTTP/1.1 200"),
+        ("GET /v1/models HTTP/1.1\r\nhost: g\r\n\r\n", "HTTP/1.1 503"),
+    ] {
+        let mut pipe = gw.raw().await;
+        pipe.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(1), pipe.read(&mut buf))
+            .await
+            .expect("answered at once")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with(expect), "{request}: {head}");
+    }
+}
+
+// 11. A stream whose client leaves before commit stops calling upstreams.
+#[tokio::test(start_paused = true)]
+async fn a_stream_abandoned_before_commit_stops_calling_upstreams() {
+    let net = MemNet::new();
+    net.host_after("up", Duration::from_millis(100), |_| {
+        json_response(500, &json!({"error": {"message": "boom"}}))
+    });
+    let gw = Gw::start(
+        &ONE_GROUP.replace(
+            "{num_retries: 0}",
+            "{num_retries: 8, cooldown_time: 0, retry_backoff_base: 0.05, retry_backoff_max: 0.05}",
+        ),
+        &net,
+    );
+    let mut sender = gw.connect().await;
+    let pending = tokio::spawn(async move {
+        sender
+            .send_request(chat_request(None, &chat_body("g", true)))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    pending.abort();
+    let _ = pending.await;
+    let at_leave = net.calls("up").len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = net.calls("up").len();
+    assert!(
+        after <= at_leave + 1,
+        "{} calls after the client left: {:#?}",
+        after - at_leave,
+        gw.events()
+    );
+    assert!(gw.saw("client_gone reason=left"));
+}
+
+// 13. The engine refuses a config without keys unless anonymous mode is asked for.
+#[test]
+fn anonymous_mode_is_an_explicit_opt_in() {
+    let config = ONE_GROUP.replace("allow_anonymous: true\n", "");
+    let e = switchback::config::GatewayConfig::load("g.yaml", &config)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("allow_anonymous"), "{e}");
+    let e = switchback::config::GatewayConfig::load("g.yaml", "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model_list"), "an empty file is refused: {e}");
+}
