@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod routes;
+pub mod write_timeout;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::engine::Engine;
 use crate::transport::{BoxIo, Listener};
+use write_timeout::WriteTimeout;
 
 /// First and longest pause after a failed accept.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
@@ -63,6 +65,8 @@ pub async fn serve<L: Listener>(
                 continue;
             }
         };
+        // A client that stops reading must not keep its connection for ever.
+        let io = WriteTimeout::new(io, limits.client_write_timeout());
         if let Ok(permit) = permits.clone().try_acquire_owned() {
             let engine = engine.clone();
             let draining = draining.clone();
@@ -90,7 +94,7 @@ pub async fn serve<L: Listener>(
 /// One client connection, until it closes or the drain asks it to finish.
 async fn serve_connection(
     engine: Arc<Engine>,
-    io: BoxIo,
+    io: WriteTimeout<BoxIo>,
     header_timeout: Duration,
     mut draining: watch::Receiver<bool>,
 ) {
@@ -116,7 +120,7 @@ async fn serve_connection(
 }
 
 /// A connection past `max_connections`: answered at once, then closed.
-async fn serve_overflow(io: BoxIo, max_connections: usize, header_timeout: Duration) {
+async fn serve_overflow(io: WriteTimeout<BoxIo>, max_connections: usize, header_timeout: Duration) {
     let service = service_fn(move |req| async move {
         Ok::<_, std::convert::Infallible>(routes::overflow(&req, max_connections))
     });
