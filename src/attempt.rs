@@ -6,31 +6,37 @@
 //! policy, and emitting a trace event for every decision.
 //!
 //! The loop does not know the client's mode. The [`Delivery`] it is given does: a
-//! streaming delivery writes chunks to the client as they come, an aggregating one keeps them
-//! for one JSON body. The commit point is the same in both modes: the first chunk with
-//! content (or the pre-commit buffer limit). After commit, a failure under `mid_stream:
-//! error` ends the request in both modes; under `continue` the next attempt is built from
-//! [`Delivery::restart`]: a stream continues from what the client already has, an
-//! aggregate starts afresh. That is the only place the modes differ, and it changes
-//! what is *asked* of the next attempt, never *which* attempt comes next.
+//! streaming delivery writes chunks to the client as they come, an aggregating one merges
+//! them into one JSON body. Everything else is the same in both modes, by construction:
+//! the upstream request of every attempt (built here from the plan, the deployment and the
+//! [`CommitState`], never from the client's mode), the commit point (the first chunk with
+//! content, or the pre-commit buffer limit), and what happens after a failure past commit:
+//! under `mid_stream: error` the request ends; under `continue` the next attempt is asked to
+//! continue the text delivered so far, in both modes, so the upstream traffic of the two
+//! modes is identical byte for byte, and the non-streaming answer is the same text the
+//! streaming client gets. Only text of a single choice can be continued; any other answer
+//! (tool calls, several choices, audio, reasoning, logprobs) ends as under `error`.
 
 use std::future::Future;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::accumulate::ToolCallCount;
 use crate::catalog::{Catalog, DeploymentId, GroupId};
 use crate::classify::{Blame, Failure, FailureClass, FallbackRoute, TimeoutKind};
+use crate::commit::{CommitState, Next};
 use crate::config::MidStreamPolicy;
 use crate::engine::{Admitted, Engine};
+use crate::limits::LimitExceeded;
 use crate::policy::EffectiveSettings;
+use crate::request::{Continuation, UpstreamCall};
 use crate::route::select::{self, Choice};
 use crate::route::{GiveUp, RetryContext, RetryDecision};
 use crate::trace::Event;
 use crate::upstream::chunk::Chunk;
-use crate::upstream::client::{AttemptTimeouts, Call};
+use crate::upstream::client::{AttemptTimeouts, Call, UpstreamError};
 
 /// The client can no longer receive the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +59,10 @@ impl GoneReason {
     }
 }
 
+/// Upstream response headers passed on to the client (from the committing attempt), by
+/// prefix: the provider's request id, its rate-limit state, its processing time.
+pub const FORWARDED_HEADERS: &[&str] = &["x-request-id", "x-ratelimit-", "openai-processing-ms"];
+
 /// What the client is told at commit.
 #[derive(Debug, Clone)]
 pub struct CommitHead {
@@ -60,20 +70,25 @@ pub struct CommitHead {
     pub deployment: String,
     pub retries: u32,
     pub fallbacks: u32,
+    /// The `id` of the response and of every chunk.
+    pub response_id: String,
+    /// The committing attempt's headers on the [`FORWARDED_HEADERS`] list.
+    pub upstream_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// How an answer reaches the client. The loop calls these in order: `commit` once, then
 /// `chunk` for every chunk of the committed answer, and `restart` before an attempt that
-/// follows a failure after commit.
+/// continues the answer after a failure past commit.
 pub trait Delivery: Send {
     fn commit(&mut self, head: CommitHead) -> impl Future<Output = Result<(), ClientGone>> + Send;
-    /// A chunk, already stamped with the request's id and the producing deployment's model.
+    /// A chunk, already stamped (see [`CommitState::stamp_and_record`]).
     fn chunk(&mut self, chunk: Chunk) -> impl Future<Output = Result<(), ClientGone>> + Send;
     /// Resolves when the client has gone away, so the loop stops at once instead of
     /// calling upstreams for no one. Watched while waiting on an upstream or a backoff.
     fn gone(&mut self) -> impl Future<Output = GoneReason> + Send;
-    /// The text the next attempt must continue from (`None`: ask for a fresh answer).
-    fn restart(&mut self) -> Option<String>;
+    /// The attempt that failed is superseded: what it sent past its last content (a
+    /// finish chunk, usage) is not the answer's end any more.
+    fn restart(&mut self);
 }
 
 /// One attempt, as the equivalence check compares them.
@@ -111,6 +126,8 @@ pub struct Outcome {
     /// Retries and fallbacks counted at commit (what the response headers said).
     pub at_commit: Option<(u32, u32)>,
     pub client_gone: bool,
+    /// The response's `id`, once committed.
+    pub response_id: Option<String>,
 }
 
 enum AttemptError {
@@ -139,11 +156,10 @@ struct Run<'a> {
     attempts: Vec<AttemptRecord>,
     retries: u32,
     fallbacks: u32,
-    committed: bool,
     at_commit: Option<(u32, u32)>,
-    delivered: u32,
-    /// The `id` every chunk carries, built once.
-    response_id: Value,
+    commit: CommitState,
+    /// What the next attempt continues, after a failure past commit under `continue`.
+    ask: Option<(String, Option<u64>)>,
 }
 
 pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: &mut D) -> Outcome {
@@ -158,10 +174,9 @@ pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: 
         attempts: Vec::new(),
         retries: 0,
         fallbacks: 0,
-        committed: false,
         at_commit: None,
-        delivered: 0,
-        response_id: Value::String(admitted.response_id()),
+        commit: CommitState::new(),
+        ask: None,
     };
     // The walk has emitted `client_gone` already when the client left; every other end
     // gets exactly one final event here.
@@ -173,7 +188,7 @@ pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: 
                 model: served.model.clone(),
                 retries: run.retries,
                 fallbacks: run.fallbacks,
-                chunks: run.delivered,
+                chunks: run.commit.delivered(),
             });
             (Ok(served), false)
         }
@@ -182,7 +197,7 @@ pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: 
                 status: unserved.failure.client_status(),
                 error_type: unserved.failure.client_error_type(),
                 class: unserved.failure.class,
-                committed: run.committed,
+                committed: run.commit.is_committed(),
             });
             (Err(unserved), false)
         }
@@ -199,9 +214,10 @@ pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: 
         attempts: run.attempts,
         retries: run.retries,
         fallbacks: run.fallbacks,
-        committed: run.committed,
+        committed: run.commit.is_committed(),
         at_commit: run.at_commit,
         client_gone,
+        response_id: run.commit.response_id().map(str::to_string),
     }
 }
 
@@ -245,15 +261,11 @@ impl Run<'_> {
                 }
                 tried.push(deployment);
                 let attempt = self.attempts.len() as u32 + 1;
-                let continuation =
-                    self.committed && self.settings.mid_stream.value == MidStreamPolicy::Continue;
                 self.emit(Event::AttemptStarted {
                     attempt,
                     group,
                     deployment,
-                    continuation: continuation
-                        && self.delivered > 0
-                        && self.admitted.request.stream,
+                    continuation: self.ask.is_some(),
                 });
                 let mocked = mock.take();
                 let result = match mocked {
@@ -325,8 +337,22 @@ impl Run<'_> {
                         });
                     }
                 }
-                if self.committed && self.settings.mid_stream.value == MidStreamPolicy::Error {
-                    return Err(Stop::Unserved(self.unserved(failure, &walk)));
+                if self.commit.is_committed() {
+                    if self.settings.mid_stream.value == MidStreamPolicy::Error {
+                        return Err(Stop::Unserved(self.unserved(failure, &walk)));
+                    }
+                    let budget = self.admitted.request.token_budget();
+                    match self.commit.after_failure(budget) {
+                        Next::Stop(reason) => {
+                            self.emit(Event::ContinuationRefused { reason });
+                            return Err(Stop::Unserved(self.unserved(failure, &walk)));
+                        }
+                        Next::Fresh => self.ask = None,
+                        Next::Continue {
+                            prefix,
+                            tokens_left,
+                        } => self.ask = Some((prefix, tokens_left)),
+                    }
                 }
                 let decision = {
                     let cx = RetryContext {
@@ -335,7 +361,7 @@ impl Run<'_> {
                         retries_allowed: self.settings.retries_for(failure.class),
                         retries_used: retries_here,
                         mocked: mocked.is_some(),
-                        committed: self.committed,
+                        committed: self.commit.is_committed(),
                         tried: &tried,
                         now,
                         deadline: self.deadline,
@@ -448,6 +474,61 @@ impl Run<'_> {
         None
     }
 
+    /// The timeouts of one attempt at `spec`, and who is to blame when one fires: a
+    /// timeout tighter than what the deployment gets from the gateway's own settings was
+    /// the request's (or its key's, or its team's) choice, and so is the request deadline.
+    fn timeouts(&self, spec: &crate::catalog::DeploymentSpec) -> (AttemptTimeouts, TimeoutBlame) {
+        let settings = self.settings;
+        let tighter = |own: Option<std::time::Duration>, set: std::time::Duration| {
+            own.map_or(set, |t| t.min(set))
+        };
+        let timeout = tighter(spec.timeout, settings.timeout.value);
+        let stream_timeout = tighter(spec.stream_timeout, settings.stream_timeout.value);
+        let attempt_end = Instant::now() + timeout;
+        let (gateway_timeout, gateway_stream_timeout) = self.catalog.gateway_timeouts;
+        let blame = TimeoutBlame {
+            attempt: timeout < tighter(spec.timeout, gateway_timeout)
+                || self.deadline < attempt_end,
+            stream: stream_timeout < tighter(spec.stream_timeout, gateway_stream_timeout),
+        };
+        let timeouts = AttemptTimeouts {
+            stream_timeout,
+            deadline: attempt_end.min(self.deadline),
+        };
+        (timeouts, blame)
+    }
+
+    /// A failed attempt, as the loop records it: classified, blamed, with upstream text
+    /// redacted and Retry-After capped by `max_cooldown`.
+    fn failed(
+        &self,
+        spec: &crate::catalog::DeploymentSpec,
+        e: UpstreamError,
+        blame: TimeoutBlame,
+        after_chunks: u32,
+    ) -> AttemptError {
+        if let Some(limit) = e.limit() {
+            self.emit(Event::LimitHit { limit });
+        }
+        let mut failure = e.classify(self.engine.wall_now());
+        if let Some(kind) = e.timeout_kind() {
+            failure.blame = blame.of(kind);
+        }
+        // Upstream text reaches the client: keep the deployment's secrets out of it, and
+        // never promise a wait longer than the gateway would ever cool for.
+        failure.message = self
+            .catalog
+            .redactor
+            .redact(&format!("deployment `{}`: {}", spec.id, failure.message));
+        let cap = self.catalog.limits.max_cooldown();
+        failure.retry_after = failure.retry_after.map(|r| r.min(cap));
+        AttemptError::Failed {
+            failure,
+            after_chunks,
+            timeout: e.timeout_kind(),
+        }
+    }
+
     /// One call to one deployment, read to its end.
     async fn attempt<D: Delivery>(
         &mut self,
@@ -456,91 +537,44 @@ impl Run<'_> {
         out: &mut D,
     ) -> Result<Served, AttemptError> {
         let spec = self.catalog.deployment(deployment);
-        let settings = self.settings;
-        let prefix = if self.committed { out.restart() } else { None };
-        let prompt = &self.catalog.settings.continuation_prompt;
-        let body = self.admitted.request.upstream_body(
-            &spec.upstream_model,
-            prefix
-                .as_deref()
-                .filter(|p| !p.is_empty())
-                .map(|p| (p, prompt.as_str())),
-        );
-        let timeout = spec
-            .timeout
-            .map_or(settings.timeout.value, |t| t.min(settings.timeout.value));
-        let stream_timeout = spec
-            .stream_timeout
-            .map_or(settings.stream_timeout.value, |t| {
-                t.min(settings.stream_timeout.value)
-            });
-        let attempt_end = Instant::now() + timeout;
-        let timeouts = AttemptTimeouts {
-            stream_timeout,
-            deadline: attempt_end.min(self.deadline),
+        if self.commit.is_committed() {
+            out.restart();
+        }
+        let prompt = self.catalog.settings.continuation_prompt.as_str();
+        let continuation = self.ask.as_ref().map(|(prefix, tokens_left)| Continuation {
+            prefix,
+            instruction: prompt,
+            tokens_left: *tokens_left,
+        });
+        let to = UpstreamCall {
+            model: &spec.upstream_model,
+            stream: spec.stream,
+            stream_options: spec.stream_options,
         };
-        // What this deployment would get from the gateway's own settings: a timeout tighter
-        // than that was the request's (or its key's, or its team's) choice, and so is the
-        // request deadline.
-        let (gateway_timeout, gateway_stream_timeout) = self.catalog.gateway_timeouts;
-        let own_timeout = spec
-            .timeout
-            .map_or(gateway_timeout, |t| t.min(gateway_timeout));
-        let own_stream_timeout = spec
-            .stream_timeout
-            .map_or(gateway_stream_timeout, |t| t.min(gateway_stream_timeout));
-        let request_deadline = self.deadline;
-        let timeout_blame = move |kind: TimeoutKind| {
-            let tighter = match kind {
-                TimeoutKind::Attempt => timeout < own_timeout || request_deadline < attempt_end,
-                TimeoutKind::FirstByte | TimeoutKind::FirstChunk | TimeoutKind::Idle => {
-                    stream_timeout < own_stream_timeout
-                }
-            };
-            if tighter {
-                Blame::RequestTimeout
-            } else {
-                Blame::Deployment
-            }
-        };
+        let body = self
+            .admitted
+            .request
+            .upstream_body(&to, continuation.as_ref());
+        let (timeouts, blame) = self.timeouts(spec);
         let call = Call {
             endpoint: &spec.endpoint,
             api_key: spec.api_key.as_deref(),
             body: &body,
             request_id: self.admitted.id,
-        };
-        let (engine, catalog, request) = (self.engine, self.catalog, self.admitted.id);
-        let failed = move |e: crate::upstream::client::UpstreamError, after_chunks| {
-            if let Some(limit) = e.limit() {
-                engine.emit(request, Event::LimitHit { limit });
-            }
-            let mut failure = e.classify(engine.wall_now());
-            if let Some(kind) = e.timeout_kind() {
-                failure.blame = timeout_blame(kind);
-            }
-            // Upstream text reaches the client: keep the deployment's secrets out of it, and
-            // never promise a wait longer than the gateway would ever cool for.
-            failure.message = catalog
-                .redactor
-                .redact(&format!("deployment `{}`: {}", spec.id, failure.message));
-            let cap = catalog.limits.max_cooldown();
-            failure.retry_after = failure.retry_after.map(|r| r.min(cap));
-            AttemptError::Failed {
-                failure,
-                after_chunks,
-                timeout: e.timeout_kind(),
-            }
+            stream: spec.stream,
         };
         let opened = tokio::select! {
             biased;
             reason = out.gone() => return Err(AttemptError::ClientGone(reason)),
             opened = self.engine.client.open(call, timeouts) => opened,
         };
-        let mut stream = opened.map_err(|e| failed(e, 0))?;
+        let mut stream = opened.map_err(|e| self.failed(spec, e, blame, 0))?;
         let limits = &self.catalog.limits;
+        let content_policy_fails = self.admitted.plan.content_policy_applies(group);
         let mut held: Vec<Chunk> = Vec::new();
         let mut held_bytes = 0;
         let mut content_chunks = 0;
+        let mut tool_calls = ToolCallCount::default();
         let mut model = spec.upstream_model.clone();
         loop {
             let next = tokio::select! {
@@ -551,11 +585,13 @@ impl Run<'_> {
             let chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => {
-                    if !self.committed {
-                        self.commit(deployment, group, out).await?;
+                    if !self.commit.is_committed() {
+                        let id = held.first().and_then(upstream_id);
+                        self.commit_with(id, deployment, group, stream.headers(), out)
+                            .await?;
                     }
                     for c in held.drain(..) {
-                        self.deliver(c, out).await?;
+                        self.deliver(c, &spec.upstream_model, out).await?;
                     }
                     return Ok(Served {
                         group,
@@ -563,26 +599,43 @@ impl Run<'_> {
                         model,
                     });
                 }
-                Err(e) => return Err(failed(e, content_chunks)),
+                Err(e) => return Err(self.failed(spec, e, blame, content_chunks)),
             };
-            let chunk = self.stamp(chunk, &spec.upstream_model);
+            if chunk.finish_reason.as_deref() == Some("content_filter") && content_policy_fails {
+                // With a content-policy fallback list for this group, the filter is a
+                // failure to route around; without one it is the answer.
+                let e = UpstreamError::ContentFiltered;
+                return Err(self.failed(spec, e, blame, content_chunks));
+            }
+            if tool_calls.push(&chunk.object) > limits.max_tool_calls {
+                let e = UpstreamError::Limit(LimitExceeded::new(
+                    "max_tool_calls",
+                    format!(
+                        "more than max_tool_calls = {} tool calls",
+                        limits.max_tool_calls
+                    ),
+                ));
+                return Err(self.failed(spec, e, blame, content_chunks));
+            }
             if let Some(m) = &chunk.model {
                 model.clone_from(m);
             }
             if chunk.payload_bytes > 0 {
                 content_chunks += 1;
             }
-            if self.committed {
-                self.deliver(chunk, out).await?;
+            if self.commit.is_committed() {
+                self.deliver(chunk, &spec.upstream_model, out).await?;
                 continue;
             }
             let size = serde_json::to_vec(&chunk.object).map_or(0, |v| v.len());
             if chunk.payload_bytes > 0 || held_bytes + size > limits.max_precommit_buffer_bytes {
-                self.commit(deployment, group, out).await?;
+                let id = upstream_id(held.first().unwrap_or(&chunk));
+                self.commit_with(id, deployment, group, stream.headers(), out)
+                    .await?;
                 for c in held.drain(..) {
-                    self.deliver(c, out).await?;
+                    self.deliver(c, &spec.upstream_model, out).await?;
                 }
-                self.deliver(chunk, out).await?;
+                self.deliver(chunk, &spec.upstream_model, out).await?;
             } else {
                 held_bytes += size;
                 held.push(chunk);
@@ -590,24 +643,42 @@ impl Run<'_> {
         }
     }
 
-    async fn commit<D: Delivery>(
+    /// Commits with the committing attempt's first chunk (its id names the response) and
+    /// its response headers.
+    async fn commit_with<D: Delivery>(
         &mut self,
+        upstream_id: Option<String>,
         deployment: DeploymentId,
         group: GroupId,
+        upstream: &http::HeaderMap,
         out: &mut D,
     ) -> Result<(), AttemptError> {
-        assert!(!self.committed, "a request commits once");
-        self.committed = true;
+        let mut ids = ChaCha8Rng::seed_from_u64(request_seed(
+            self.catalog.settings.rng_seed ^ ID_STREAM,
+            self.admitted.id,
+        ));
+        let response_id = self.commit.commit(upstream_id.as_deref(), &mut ids);
         self.at_commit = Some((self.retries, self.fallbacks));
         self.emit(Event::Committed {
             attempt: self.attempts.len() as u32 + 1,
             deployment,
         });
+        let upstream_headers = upstream
+            .iter()
+            .filter(|(name, _)| {
+                FORWARDED_HEADERS
+                    .iter()
+                    .any(|f| name.as_str().starts_with(f))
+            })
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
         let head = CommitHead {
             group: self.catalog.group(group).name.clone(),
             deployment: self.catalog.deployment(deployment).id.clone(),
             retries: self.retries,
             fallbacks: self.fallbacks,
+            response_id,
+            upstream_headers,
         };
         out.commit(head)
             .await
@@ -617,37 +688,13 @@ impl Run<'_> {
     async fn deliver<D: Delivery>(
         &mut self,
         chunk: Chunk,
+        upstream_model: &str,
         out: &mut D,
     ) -> Result<(), AttemptError> {
-        assert!(self.committed, "nothing reaches the client before commit");
-        if !chunk.usage_only {
-            self.delivered += 1;
-        }
+        let chunk = self.commit.stamp_and_record(chunk, upstream_model);
         out.chunk(chunk)
             .await
             .map_err(|ClientGone(reason)| AttemptError::ClientGone(reason))
-    }
-
-    /// The request's id on every chunk; the producing deployment's model when the upstream
-    /// left it out; no repeated `role` after the first delivered chunk.
-    fn stamp(&self, mut chunk: Chunk, upstream_model: &str) -> Chunk {
-        chunk.object.insert("id".into(), self.response_id.clone());
-        if chunk.model.is_none() {
-            chunk.model = Some(upstream_model.to_string());
-            chunk
-                .object
-                .insert("model".into(), Value::String(upstream_model.to_string()));
-        }
-        if self.delivered > 0 {
-            if let Some(Value::Array(choices)) = chunk.object.get_mut("choices") {
-                for c in choices {
-                    if let Some(Value::Object(delta)) = c.get_mut("delta") {
-                        delta.remove("role");
-                    }
-                }
-            }
-        }
-        chunk
     }
 
     fn unserved(&self, failure: Failure, walk: &crate::plan::PlanWalk<'_>) -> Unserved {
@@ -665,6 +712,42 @@ impl Run<'_> {
             self.fallbacks,
         );
         Unserved { failure, summary }
+    }
+}
+
+/// The `id` an upstream gave its chunk.
+fn upstream_id(chunk: &Chunk) -> Option<String> {
+    chunk
+        .object
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+}
+
+/// Salt of the random stream generated response ids come from, apart from the stream
+/// routing draws from (so an upstream without ids never shifts a routing decision).
+const ID_STREAM: u64 = 0x001D_50FC_0441_71D5;
+
+/// Whether each kind of timeout, when it fires, is the request's own doing.
+#[derive(Debug, Clone, Copy)]
+struct TimeoutBlame {
+    /// The whole-attempt timeout is tighter than the deployment's, or capped by the deadline.
+    attempt: bool,
+    /// The first-byte, first-chunk and idle timeouts are tighter than the deployment's.
+    stream: bool,
+}
+
+impl TimeoutBlame {
+    fn of(self, kind: TimeoutKind) -> Blame {
+        let request = match kind {
+            TimeoutKind::Attempt => self.attempt,
+            TimeoutKind::FirstByte | TimeoutKind::FirstChunk | TimeoutKind::Idle => self.stream,
+        };
+        if request {
+            Blame::RequestTimeout
+        } else {
+            Blame::Deployment
+        }
     }
 }
 

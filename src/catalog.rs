@@ -42,6 +42,10 @@ pub struct DeploymentSpec {
     pub order: u32,
     pub timeout: Option<Duration>,
     pub stream_timeout: Option<Duration>,
+    /// Called with `stream: true` (default) or for one JSON completion (`fake_stream`).
+    pub stream: bool,
+    /// A streaming call carries `stream_options` (`send_stream_options`, default true).
+    pub stream_options: bool,
 }
 
 /// SHA-256 of a virtual key: what the catalog keeps instead of the key.
@@ -168,6 +172,8 @@ impl Catalog {
                 order: p.order.unwrap_or(0),
                 timeout: p.timeout.map(secs),
                 stream_timeout: p.stream_timeout.map(secs),
+                stream: !p.fake_stream.unwrap_or(false),
+                stream_options: p.send_stream_options.unwrap_or(true),
             });
         }
         let n = groups.len();

@@ -85,6 +85,16 @@ pub struct LitellmParams {
     /// cooling down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<u32>,
+    /// Call this deployment without streaming (LiteLLM's name): for providers that cannot
+    /// stream a request (reasoning models for unverified organisations, audio output in
+    /// `wav`/`mp3`). Both client modes then call it the same way; a streaming client gets
+    /// the one answer re-chunked. Default false: deployments are called with `stream: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fake_stream: Option<bool>,
+    /// Whether a streaming call carries `stream_options` (with `include_usage`). Set false
+    /// for upstreams that reject the field (their answers then may lack `usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_stream_options: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,11 +1,16 @@
 //! The two ways an answer reaches the client: as an SSE stream, or as one JSON body.
 //!
 //! Owns: [`StreamDelivery`] (response head at commit, `data:` frames through a bounded
-//! channel, the final metadata event, `[DONE]` or a typed error event) and
-//! [`AggregateDelivery`] (merging chunks into one `chat.completion`). Both implement the
+//! channel, the metadata of what happened after commit, `[DONE]` or a typed error event)
+//! and [`AggregateDelivery`] (one `chat.completion`, by OpenAI's accumulation, or the
+//! upstream's own completion byte for byte when it answered with one). Both implement the
 //! attempt loop's [`Delivery`] seam; neither takes a routing decision.
-
-use std::collections::BTreeMap;
+//!
+//! Post-commit metadata (retries or fallbacks after the first chunk) rides on the stream's
+//! last chunk as a `switchback` field: the chunk with the `finish_reason` (held back until
+//! the upstream's `[DONE]`), or the usage chunk when the client asked for one. It never
+//! arrives as a chunk of its own with `choices: []`, which the canonical
+//! `chunk.choices[0].delta.content` loop cannot take.
 
 use std::time::Duration;
 
@@ -14,6 +19,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::accumulate::Accumulator;
 use crate::attempt::{ClientGone, CommitHead, Delivery, GoneReason, Outcome};
 use crate::catalog::Catalog;
 use crate::error::ApiError;
@@ -53,9 +59,9 @@ pub struct StreamDelivery {
     body: FrameSender,
     bounds: StreamBounds,
     include_usage: bool,
-    /// `choices[0]` text the client has received: what a continuation continues from.
-    delivered_text: String,
-    last_created: Option<Value>,
+    /// The answer's tail, from its first chunk with a `finish_reason` on: held until the
+    /// end so the metadata can ride on it.
+    tail: Vec<Chunk>,
 }
 
 impl StreamDelivery {
@@ -75,8 +81,7 @@ impl StreamDelivery {
                 body: body_tx,
                 bounds,
                 include_usage,
-                delivered_text: String::new(),
-                last_created: None,
+                tail: Vec::new(),
             },
             start_rx,
             body_rx,
@@ -91,10 +96,10 @@ impl StreamDelivery {
         })
     }
 
-    /// Ends the stream after the loop: metadata event if anything happened after commit,
-    /// then `[DONE]`; or a typed error event (no `[DONE]`); or, if nothing was committed,
-    /// the error response.
-    pub async fn finish(mut self, outcome: &Outcome, catalog: &Catalog, response_id: &str) {
+    /// Ends the stream after the loop: the held tail (carrying the metadata if anything
+    /// happened after commit), then `[DONE]`; or a typed error event (no `[DONE]`); or, if
+    /// nothing was committed, the error response.
+    pub async fn finish(mut self, outcome: &Outcome, catalog: &Catalog) {
         if outcome.client_gone {
             return;
         }
@@ -110,24 +115,23 @@ impl StreamDelivery {
         };
         match &outcome.result {
             Ok(served) => {
+                let mut tail = std::mem::take(&mut self.tail);
                 if outcome.retries != retries_at_commit || outcome.fallbacks != fallbacks_at_commit
                 {
-                    let mut meta = json!({
-                        "id": response_id,
-                        "object": "chat.completion.chunk",
-                        "model": served.model,
-                        "choices": [],
-                        "switchback": {
-                            "attempted_retries": outcome.retries,
-                            "attempted_fallbacks": outcome.fallbacks,
-                            "model_group": catalog.group(served.group).name,
-                            "deployment": catalog.deployment(served.deployment).id,
-                        }
+                    let meta = json!({
+                        "attempted_retries": outcome.retries,
+                        "attempted_fallbacks": outcome.fallbacks,
+                        "model_group": catalog.group(served.group).name,
+                        "deployment": catalog.deployment(served.deployment).id,
                     });
-                    if let Some(created) = self.last_created.take() {
-                        meta["created"] = created;
+                    self.attach_meta(&mut tail, meta, outcome, &served.model);
+                }
+                for chunk in tail {
+                    if self.deliverable(&chunk)
+                        && self.send(sse_frame(&chunk.object)).await.is_err()
+                    {
+                        return;
                     }
-                    let _ = self.send(sse_frame(&meta)).await;
                 }
                 let _ = self.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
             }
@@ -135,13 +139,61 @@ impl StreamDelivery {
                 let error = ApiError::from_failure(&unserved.failure, &unserved.summary);
                 let mut body = error.body_json();
                 body["error"]["status"] = json!(error.status);
-                let _ = self.send(sse_frame(&body)).await;
+                let _ = self.send(sse_frame_value(&body)).await;
             }
         }
     }
+
+    /// Puts `meta` on the usage chunk when the client gets one, else on the chunk with the
+    /// finish reason; an answer that had neither gets a chunk with an empty delta for it.
+    fn attach_meta(&self, tail: &mut Vec<Chunk>, meta: Value, outcome: &Outcome, model: &str) {
+        let carrier = tail
+            .iter()
+            .rposition(|c| c.usage_only && self.include_usage)
+            .or_else(|| tail.iter().position(|c| c.finish_reason.is_some()));
+        match carrier {
+            Some(i) => {
+                tail[i].object.insert("switchback".into(), meta);
+            }
+            None => {
+                let mut object = Map::new();
+                object.insert("id".into(), json!(outcome.response_id));
+                object.insert("object".into(), json!("chat.completion.chunk"));
+                object.insert("model".into(), json!(model));
+                object.insert(
+                    "choices".into(),
+                    json!([{"index": 0, "delta": {}, "finish_reason": null}]),
+                );
+                object.insert("switchback".into(), meta);
+                tail.push(Chunk {
+                    object,
+                    model: Some(model.to_string()),
+                    text: String::new(),
+                    payload_bytes: 0,
+                    finish_reason: None,
+                    usage_only: false,
+                    continuable: true,
+                    whole: None,
+                });
+            }
+        }
+    }
+
+    /// Whether the client gets this chunk: the usage chunk only if it asked for usage.
+    fn deliverable(&self, chunk: &Chunk) -> bool {
+        !chunk.usage_only || self.include_usage || chunk.object.contains_key("switchback")
+    }
 }
 
-fn sse_frame(value: &Value) -> Bytes {
+fn sse_frame(object: &Map<String, Value>) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut out, object).expect("a JSON map always serialises");
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+fn sse_frame_value(value: &Value) -> Bytes {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"data: ");
     serde_json::to_writer(&mut out, value).expect("a JSON value always serialises");
@@ -167,39 +219,36 @@ impl Delivery for StreamDelivery {
     }
 
     async fn chunk(&mut self, chunk: Chunk) -> Result<(), ClientGone> {
-        if chunk.usage_only && !self.include_usage {
+        if !self.tail.is_empty() || chunk.finish_reason.is_some() {
+            self.tail.push(chunk);
             return Ok(());
         }
-        self.delivered_text.push_str(&chunk.text);
-        if let Some(created) = chunk.object.get("created") {
-            self.last_created = Some(created.clone());
+        if !self.deliverable(&chunk) {
+            return Ok(());
         }
-        let frame = sse_frame(&Value::Object(chunk.object));
-        self.send(frame).await
+        self.send(sse_frame(&chunk.object)).await
     }
 
-    fn restart(&mut self) -> Option<String> {
-        Some(self.delivered_text.clone())
+    fn restart(&mut self) {
+        self.tail.clear();
     }
 }
 
-/// Delivery for `stream: false`: merges chunks into one `chat.completion`.
+/// Delivery for `stream: false`: one `chat.completion`.
 #[derive(Debug, Default)]
 pub struct AggregateDelivery {
     head: Option<CommitHead>,
-    model: Option<String>,
-    created: Option<Value>,
-    system_fingerprint: Option<Value>,
+    /// Top-level fields other than `choices`, `usage` and `object`, in the order they first
+    /// appeared (`id`, `created`, `model`, `system_fingerprint`, `service_tier`, a
+    /// provider's own...).
+    top: Map<String, Value>,
+    choices: Accumulator,
     usage: Option<Value>,
-    choices: BTreeMap<u64, ChoiceAcc>,
-}
-
-#[derive(Debug, Default)]
-struct ChoiceAcc {
-    content: Option<String>,
-    refusal: Option<String>,
-    finish_reason: Option<Value>,
-    tool_calls: BTreeMap<u64, Map<String, Value>>,
+    /// The upstream's own completion, while it is the whole answer (one attempt that
+    /// answered with JSON): passed on as it came.
+    whole: Option<Box<Map<String, Value>>>,
+    /// An attempt after a failure past commit contributed.
+    continued: bool,
 }
 
 impl AggregateDelivery {
@@ -209,35 +258,31 @@ impl AggregateDelivery {
 
     /// The response body of a served request.
     pub fn response(&self, response_id: &str) -> Value {
-        let choices: Vec<Value> = self
-            .choices
-            .iter()
-            .map(|(index, c)| {
-                let mut message = json!({"role": "assistant", "content": c.content});
-                if let Some(r) = &c.refusal {
-                    message["refusal"] = json!(r);
-                }
-                if !c.tool_calls.is_empty() {
-                    message["tool_calls"] =
-                        Value::Array(c.tool_calls.values().cloned().map(Value::Object).collect());
-                }
-                json!({"index": index, "message": message, "finish_reason": c.finish_reason})
-            })
-            .collect();
-        let mut body = json!({
-            "id": response_id,
-            "object": "chat.completion",
-            "created": self.created.clone().unwrap_or(json!(0)),
-            "model": self.model,
-            "choices": choices,
-        });
+        if let Some(whole) = &self.whole {
+            let mut whole = whole.as_ref().clone();
+            if whole.get("id").and_then(Value::as_str) != Some(response_id) {
+                whole.insert("id".into(), json!(response_id));
+            }
+            return Value::Object(whole);
+        }
+        let mut body = Map::new();
+        body.insert("id".into(), json!(response_id));
+        body.insert("object".into(), json!("chat.completion"));
+        for key in ["created", "model"] {
+            if let Some(v) = self.top.get(key) {
+                body.insert(key.into(), v.clone());
+            }
+        }
+        body.insert("choices".into(), Value::Array(self.choices.choices()));
         if let Some(u) = &self.usage {
-            body["usage"] = u.clone();
+            body.insert("usage".into(), u.clone());
         }
-        if let Some(f) = &self.system_fingerprint {
-            body["system_fingerprint"] = f.clone();
+        for (k, v) in &self.top {
+            if !body.contains_key(k) {
+                body.insert(k.clone(), v.clone());
+            }
         }
-        body
+        Value::Object(body)
     }
 
     pub fn head(&self) -> Option<&CommitHead> {
@@ -246,10 +291,15 @@ impl AggregateDelivery {
 
     /// The merged text of choice 0.
     pub fn text(&self) -> &str {
-        self.choices
-            .get(&0)
-            .and_then(|c| c.content.as_deref())
-            .unwrap_or("")
+        match &self.whole {
+            Some(w) => w
+                .get("choices")
+                .and_then(|c| c.get(0))
+                .and_then(|c| c.pointer("/message/content"))
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            None => self.choices.text(),
+        }
     }
 }
 
@@ -266,78 +316,44 @@ impl Delivery for AggregateDelivery {
     }
 
     async fn chunk(&mut self, chunk: Chunk) -> Result<(), ClientGone> {
-        self.model = chunk.model.clone().or(self.model.take());
+        if let Some(mut whole) = chunk.whole {
+            if !self.continued && self.choices.is_empty() {
+                if let (false, Some(model)) = (whole.contains_key("model"), &chunk.model) {
+                    whole.insert("model".into(), json!(model));
+                }
+                self.whole = Some(whole);
+            }
+        }
         let o = &chunk.object;
-        if let Some(c) = o.get("created") {
-            self.created = Some(c.clone());
-        }
-        if let Some(f) = o.get("system_fingerprint").filter(|f| !f.is_null()) {
-            self.system_fingerprint = Some(f.clone());
-        }
-        if let Some(u) = o.get("usage").filter(|u| !u.is_null()) {
-            self.usage = Some(u.clone());
-        }
-        let Some(Value::Array(choices)) = o.get("choices") else {
-            return Ok(());
-        };
-        for (i, choice) in choices.iter().enumerate() {
-            let index = choice
-                .get("index")
-                .and_then(Value::as_u64)
-                .unwrap_or(i as u64);
-            let acc = self.choices.entry(index).or_default();
-            let delta = choice.get("delta").or_else(|| choice.get("message"));
-            if let Some(delta) = delta {
-                if let Some(text) = delta.get("content").and_then(Value::as_str) {
-                    acc.content.get_or_insert_with(String::new).push_str(text);
+        for (k, v) in o {
+            match k.as_str() {
+                "choices" | "object" => {}
+                "usage" => {
+                    if !v.is_null() {
+                        self.usage = Some(v.clone());
+                    }
                 }
-                if let Some(text) = delta.get("refusal").and_then(Value::as_str) {
-                    acc.refusal.get_or_insert_with(String::new).push_str(text);
-                }
-                if let Some(Value::Array(calls)) = delta.get("tool_calls") {
-                    for (j, call) in calls.iter().enumerate() {
-                        merge_tool_call(&mut acc.tool_calls, j as u64, call);
+                // The first chunk's `created`; every other field's latest value.
+                "created" if self.top.contains_key("created") => {}
+                _ => {
+                    if !v.is_null() || !self.top.contains_key(k) {
+                        self.top.insert(k.clone(), v.clone());
                     }
                 }
             }
-            if let Some(reason) = choice.get("finish_reason").filter(|r| !r.is_null()) {
-                acc.finish_reason = Some(reason.clone());
+        }
+        self.choices.push(o);
+        if let (Some(whole), Some(usage)) = (&mut self.whole, &self.usage) {
+            // The one completion's usage, summed with nothing: as it came.
+            if whole.get("usage") != Some(usage) {
+                whole.insert("usage".into(), usage.clone());
             }
         }
         Ok(())
     }
 
-    fn restart(&mut self) -> Option<String> {
-        let head = self.head.take();
-        *self = AggregateDelivery {
-            head,
-            ..AggregateDelivery::default()
-        };
-        None
-    }
-}
-
-/// Tool-call deltas arrive in pieces: ids and names once, `arguments` a fragment at a time.
-fn merge_tool_call(calls: &mut BTreeMap<u64, Map<String, Value>>, position: u64, delta: &Value) {
-    let index = delta
-        .get("index")
-        .and_then(Value::as_u64)
-        .unwrap_or(position);
-    let call = calls.entry(index).or_default();
-    for field in ["id", "type"] {
-        if let Some(v) = delta.get(field).filter(|v| !v.is_null()) {
-            call.insert(field.into(), v.clone());
-        }
-    }
-    if let Some(Value::Object(f)) = delta.get("function") {
-        let function = call
-            .entry("function")
-            .or_insert_with(|| json!({"name": "", "arguments": ""}));
-        for field in ["name", "arguments"] {
-            if let Some(piece) = f.get(field).and_then(Value::as_str) {
-                let merged = format!("{}{piece}", function[field].as_str().unwrap_or(""));
-                function[field] = Value::String(merged);
-            }
-        }
+    fn restart(&mut self) {
+        self.whole = None;
+        self.continued = true;
     }
 }

@@ -42,6 +42,22 @@ impl WallClock for SystemWallClock {
     }
 }
 
+/// A seed from the operating system's randomness, for a gateway whose config fixes none
+/// (`router_settings.rng_seed`): generated response ids then never repeat across restarts.
+/// Simulations always fix the seed.
+pub fn os_seed() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    // The OS RNG failing is not recoverable and leaves nothing to seed with but time.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return nanos as u64;
+    }
+    u64::from_le_bytes(bytes)
+}
+
 /// A request that passed admission, with its frozen plan.
 #[derive(Debug)]
 pub struct Admitted {
@@ -53,13 +69,6 @@ pub struct Admitted {
     pub admitted_at: Instant,
 }
 
-impl Admitted {
-    /// The `id` of the response and of every chunk.
-    pub fn response_id(&self) -> String {
-        format!("chatcmpl-switchback-{}", self.id)
-    }
-}
-
 pub struct Engine {
     catalog: Arc<Catalog>,
     cooldowns: Mutex<CooldownBook>,
@@ -68,6 +77,8 @@ pub struct Engine {
     wall: Arc<dyn WallClock>,
     retry_policy: Arc<dyn RetryPolicy>,
     started: Instant,
+    /// Wall-clock start, in Unix seconds: the `created` of `/v1/models`.
+    started_unix: u64,
     next_request: AtomicU64,
 }
 
@@ -86,6 +97,10 @@ impl Engine {
                 max_tool_calls: catalog.limits.max_tool_calls,
             },
         };
+        let started_unix = wall
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         Engine {
             cooldowns: Mutex::new(CooldownBook::new(catalog.deployments.len())),
             client: UpstreamClient::new(connector, limits),
@@ -94,6 +109,7 @@ impl Engine {
             wall,
             retry_policy: Arc::new(DefaultRetryPolicy),
             started: Instant::now(),
+            started_unix,
             next_request: AtomicU64::new(1),
         }
     }
@@ -106,6 +122,11 @@ impl Engine {
 
     pub(crate) fn retry_policy(&self) -> &dyn RetryPolicy {
         self.retry_policy.as_ref()
+    }
+
+    /// When the engine started, in Unix seconds (from the injected wall clock).
+    pub fn started_at_unix(&self) -> u64 {
+        self.started_unix
     }
 
     pub fn catalog(&self) -> &Catalog {

@@ -13,6 +13,8 @@
 //! * [`classify`]: upstream failure → [`classify::FailureClass`], and the decision table.
 //! * [`route`]: deployment choice, cooldowns, retry backoff.
 //! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser.
+//! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.
+//! * [`commit`]: what the client has been given, and what a continuation may ask.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
 //! * [`limits`]: every named bound and its default.
 //! * [`redact`]: keeping secrets out of every message a client can read.
@@ -23,9 +25,11 @@
 //! streams; that is what makes the two modes take the same decisions.
 #![forbid(unsafe_code)]
 
+pub mod accumulate;
 pub mod attempt;
 pub mod catalog;
 pub mod classify;
+pub mod commit;
 pub mod config;
 pub mod delivery;
 pub mod engine;

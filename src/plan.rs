@@ -89,6 +89,19 @@ impl FallbackPlan {
         }
     }
 
+    /// Whether a `content_policy_fallbacks` list has somewhere to send this group: then a
+    /// `finish_reason: content_filter` is a failure to route around; otherwise it is the
+    /// answer.
+    pub fn content_policy_applies(&self, group: GroupId) -> bool {
+        let s = &self.settings;
+        !s.disable_fallbacks.value
+            && s.content_policy_fallbacks
+                .value
+                .as_ref()
+                .and_then(|t| t.lookup(group))
+                .is_some_and(|list| !list.is_empty())
+    }
+
     pub fn allows(&self, group: GroupId) -> bool {
         self.allowed.get(group.0 as usize).copied().unwrap_or(false)
     }

@@ -6,9 +6,11 @@
 //! the continuation body after a mid-stream failure. Everything the engine does not
 //! interpret is passed upstream unchanged.
 //!
-//! Upstream requests always stream (`stream: true` with usage), whatever the client asked:
-//! the engine reads every answer the same way, so timeouts, mid-answer failures and the
-//! commit point are identical for both modes. Only the delivery to the client differs.
+//! How an upstream is called is a property of the deployment, never of the client: by
+//! default `stream: true` with `stream_options.include_usage` merged into whatever
+//! `stream_options` the client sent; for a deployment with `fake_stream: true`, one JSON
+//! completion. Either way both modes send the same upstream request, so they meet the same
+//! timeouts, mid-answer failures and commit point. Only the delivery to the client differs.
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
@@ -77,6 +79,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// The client asked for the usage chunk in its stream (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// The client's own `stream_options`, merged into what a streaming upstream is sent.
+    pub stream_options: Option<Map<String, Value>>,
     pub messages: Vec<Value>,
     pub settings: RouterSettings,
     pub mock: Option<FailureClass>,
@@ -96,26 +100,40 @@ impl ChatRequest {
                 param: None,
             });
         };
-        let model = match body.remove("model") {
+        // `shift_remove` keeps the order of the fields passed through.
+        let model = match body.shift_remove("model") {
             Some(Value::String(m)) if !m.trim().is_empty() => m,
             Some(Value::String(_)) | None => return Err(bad("model", "`model` is required")),
             Some(_) => return Err(bad("model", "`model` must be a string")),
         };
-        let stream = match body.remove("stream") {
+        let stream = match body.shift_remove("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => b,
             Some(_) => return Err(bad("stream", "`stream` must be a boolean")),
         };
-        let include_usage = match body.remove("stream_options") {
-            None | Some(Value::Null) => false,
-            Some(Value::Object(o)) => match o.get("include_usage") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(bad("stream_options.include_usage", "must be a boolean")),
-            },
+        let stream_options = match body.shift_remove("stream_options") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(o)) => Some(o),
             Some(_) => return Err(bad("stream_options", "`stream_options` must be an object")),
         };
-        let messages = match body.remove("messages") {
+        let include_usage = match stream_options.as_ref().and_then(|o| o.get("include_usage")) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(bad("stream_options.include_usage", "must be a boolean")),
+        };
+        for field in ["max_tokens", "max_completion_tokens"] {
+            match body.get(field) {
+                None | Some(Value::Null) => {}
+                Some(v) if v.as_u64().is_some() => {}
+                Some(_) => {
+                    return Err(bad(
+                        field,
+                        format!("`{field}` must be a non-negative integer"),
+                    ));
+                }
+            }
+        }
+        let messages = match body.shift_remove("messages") {
             Some(Value::Array(m)) => m,
             None => return Err(bad("messages", "`messages` is required")),
             Some(_) => return Err(bad("messages", "`messages` must be an array")),
@@ -143,7 +161,7 @@ impl ChatRequest {
         }
         let mut mock = None;
         for (flag, class) in MOCK_FLAGS {
-            match body.remove(*flag) {
+            match body.shift_remove(*flag) {
                 None | Some(Value::Null) | Some(Value::Bool(false)) => {}
                 Some(Value::Bool(true)) => {
                     if let Some(other) = mock.replace(*class) {
@@ -164,6 +182,7 @@ impl ChatRequest {
             model,
             stream,
             include_usage,
+            stream_options,
             messages,
             settings,
             mock,
@@ -174,7 +193,7 @@ impl ChatRequest {
     fn settings(body: &mut Map<String, Value>, model: &str) -> Result<RouterSettings, BadRequest> {
         let mut fields = Map::new();
         for name in SETTINGS_FIELDS {
-            if let Some(v) = body.remove(*name) {
+            if let Some(v) = body.shift_remove(*name) {
                 fields.insert((*name).to_string(), v);
             }
         }
@@ -199,21 +218,69 @@ impl ChatRequest {
         Ok(settings)
     }
 
-    /// The upstream body of an attempt at `upstream_model`. With `continuation`, the
-    /// partial answer is sent as an assistant message followed by the instruction.
-    pub fn upstream_body(&self, upstream_model: &str, continuation: Option<(&str, &str)>) -> Bytes {
-        let mut body = self.passthrough.clone();
-        body.insert("model".into(), Value::String(upstream_model.to_string()));
+    /// The upstream body of an attempt. A continuation sends the partial answer as an
+    /// assistant message followed by the instruction, and asks for what is left of the
+    /// client's token budget.
+    pub fn upstream_body(
+        &self,
+        to: &UpstreamCall<'_>,
+        continuation: Option<&Continuation<'_>>,
+    ) -> Bytes {
+        let mut body = Map::new();
+        body.insert("model".into(), Value::String(to.model.to_string()));
         let mut messages = self.messages.clone();
-        if let Some((prefix, instruction)) = continuation {
-            messages.push(json!({"role": "assistant", "content": prefix}));
-            messages.push(json!({"role": "user", "content": instruction}));
+        if let Some(c) = continuation {
+            messages.push(json!({"role": "assistant", "content": c.prefix}));
+            messages.push(json!({"role": "user", "content": c.instruction}));
         }
         body.insert("messages".into(), Value::Array(messages));
-        body.insert("stream".into(), Value::Bool(true));
-        body.insert("stream_options".into(), json!({"include_usage": true}));
+        for (k, v) in &self.passthrough {
+            body.insert(k.clone(), v.clone());
+        }
+        if let Some(c) = continuation {
+            for field in ["max_tokens", "max_completion_tokens"] {
+                if let (Some(_), Some(left)) = (body.get(field), c.tokens_left) {
+                    body.insert(field.into(), Value::from(left));
+                }
+            }
+        }
+        body.insert("stream".into(), Value::Bool(to.stream));
+        if to.stream && to.stream_options {
+            let mut options = self.stream_options.clone().unwrap_or_default();
+            options.insert("include_usage".into(), Value::Bool(true));
+            body.insert("stream_options".into(), Value::Object(options));
+        }
         Bytes::from(serde_json::to_vec(&body).expect("a JSON map always serialises"))
     }
+
+    /// The client's token budget (`max_completion_tokens`, else `max_tokens`), if it set one.
+    pub fn token_budget(&self) -> Option<u64> {
+        ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|f| self.passthrough.get(*f).and_then(Value::as_u64))
+    }
+}
+
+/// How one deployment is called.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamCall<'a> {
+    /// The model name sent upstream.
+    pub model: &'a str,
+    /// `stream: true` (the default), or one JSON completion (`fake_stream`).
+    pub stream: bool,
+    /// Send `stream_options` (with `include_usage`) to a streaming upstream.
+    pub stream_options: bool,
+}
+
+/// What a continuation attempt is asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Continuation<'a> {
+    /// The answer so far.
+    pub prefix: &'a str,
+    /// The instruction that follows it (`continuation_prompt`).
+    pub instruction: &'a str,
+    /// What is left of the client's token budget, if it set one.
+    pub tokens_left: Option<u64>,
 }
 
 pub fn mock_flag(class: FailureClass) -> &'static str {
@@ -316,20 +383,73 @@ mod tests {
         );
     }
 
+    const STREAMED: UpstreamCall<'static> = UpstreamCall {
+        model: "m-up",
+        stream: true,
+        stream_options: true,
+    };
+
     #[test]
-    fn upstream_body_always_streams_and_continues() {
-        let r =
-            parse(r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#)
-                .unwrap();
-        let body: Value = serde_json::from_slice(&r.upstream_body("m-up", None)).unwrap();
+    fn upstream_body_streams_by_default_and_continues() {
+        let r = parse(
+            r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"temperature":0.5,"max_tokens":10,"stream_options":{"include_obfuscation":false}}"#,
+        )
+        .unwrap();
+        let body: Value = serde_json::from_slice(&r.upstream_body(&STREAMED, None)).unwrap();
         assert_eq!(body["model"], "m-up");
         assert_eq!(body["stream"], true);
         assert_eq!(body["temperature"], 0.5);
-        let body: Value =
-            serde_json::from_slice(&r.upstream_body("m2", Some(("Hel", "go on")))).unwrap();
+        assert_eq!(
+            body["stream_options"],
+            json!({"include_obfuscation": false, "include_usage": true}),
+            "the client's stream_options are kept, include_usage merged in"
+        );
+        let c = Continuation {
+            prefix: "Hel",
+            instruction: "go on",
+            tokens_left: Some(7),
+        };
+        let body: Value = serde_json::from_slice(&r.upstream_body(&STREAMED, Some(&c))).unwrap();
         let messages = body["messages"].as_array().unwrap();
         assert_eq!(messages.len(), 3);
         assert_eq!(messages[1], json!({"role": "assistant", "content": "Hel"}));
         assert_eq!(messages[2], json!({"role": "user", "content": "go on"}));
+        assert_eq!(body["max_tokens"], 7, "only what is left of the budget");
+    }
+
+    #[test]
+    fn how_a_deployment_is_called_is_its_own_setting() {
+        let r = parse(r#"{"model":"a","messages":[{"role":"user"}],"stream":true,"stream_options":{"include_usage":true}}"#)
+            .unwrap();
+        let whole = UpstreamCall {
+            stream: false,
+            ..STREAMED
+        };
+        let body: Value = serde_json::from_slice(&r.upstream_body(&whole, None)).unwrap();
+        assert_eq!(body["stream"], false);
+        assert!(
+            body.get("stream_options").is_none(),
+            "never with stream: false"
+        );
+        let no_options = UpstreamCall {
+            stream_options: false,
+            ..STREAMED
+        };
+        let body: Value = serde_json::from_slice(&r.upstream_body(&no_options, None)).unwrap();
+        assert_eq!(body["stream"], true);
+        assert!(body.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn passthrough_fields_keep_their_order() {
+        let r = parse(r#"{"zeta":1,"model":"a","alpha":2,"messages":[{"role":"user"}],"mid":3}"#)
+            .unwrap();
+        let body = String::from_utf8(r.upstream_body(&STREAMED, None).to_vec()).unwrap();
+        let (z, a, m) = (
+            body.find("zeta").unwrap(),
+            body.find("alpha").unwrap(),
+            body.find("mid").unwrap(),
+        );
+        assert!(z < a && a < m, "{body}");
     }
 }

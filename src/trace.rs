@@ -99,6 +99,12 @@ pub enum Event {
         class: FailureClass,
         committed: bool,
     },
+    /// A failure after commit under `mid_stream: continue` that cannot be continued
+    /// (what was delivered is not text of one choice, or the token budget is spent): the
+    /// request ends as under `error`.
+    ContinuationRefused {
+        reason: &'static str,
+    },
     /// The client went away (or stopped reading); the request was abandoned.
     ClientGone {
         reason: GoneReason,
@@ -125,6 +131,7 @@ impl Event {
             Event::Committed { .. } => "committed",
             Event::Completed { .. } => "completed",
             Event::Failed { .. } => "failed",
+            Event::ContinuationRefused { .. } => "continuation_refused",
             Event::ClientGone { .. } => "client_gone",
             Event::LimitHit { .. } => "limit_hit",
         }
@@ -267,6 +274,7 @@ impl Event {
                 f("class", &class.as_str());
                 f("committed", committed);
             }
+            Event::ContinuationRefused { reason } => f("reason", &format_args!("{reason:?}")),
             Event::ClientGone { reason } => f("reason", &reason.as_str()),
             Event::LimitHit { limit } => f("limit", limit),
         }

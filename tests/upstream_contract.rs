@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use switchback::classify::{Failure, FailureClass, TimeoutKind, TransportFault};
 use switchback::limits::Limits;
-use switchback::request::ChatRequest;
+use switchback::request::{ChatRequest, UpstreamCall};
 use switchback::transport::TcpConnector;
 use switchback::upstream::Endpoint;
 use switchback::upstream::chunk::{Chunk, ChunkLimits};
@@ -66,7 +66,14 @@ fn upstream_body() -> Bytes {
     });
     ChatRequest::parse(client_body.to_string().as_bytes(), &Limits::default())
         .expect("a valid client request")
-        .upstream_body(MODEL, None)
+        .upstream_body(
+            &UpstreamCall {
+                model: MODEL,
+                stream: true,
+                stream_options: true,
+            },
+            None,
+        )
 }
 
 /// Timeouts no test here reaches.
@@ -97,6 +104,7 @@ async fn attempt(
                 api_key,
                 body: &body,
                 request_id: REQUEST_ID,
+                stream: true,
             },
             timeouts,
         )
@@ -395,7 +403,7 @@ async fn json_completion_is_one_chunk_then_end() {
             ResponseTemplate::new(200).set_body_raw(completion().to_string(), content_type);
         let (chunks, end) = read(response).await;
         end.expect("a clean end");
-        assert_eq!(chunks.len(), 1, "{content_type}: {chunks:?}");
+        assert_eq!(chunks.len(), 2, "{content_type}: {chunks:?}");
         let c = &chunks[0];
         assert_eq!(
             (
@@ -406,7 +414,12 @@ async fn json_completion_is_one_chunk_then_end() {
             ("Hello", Some(MODEL), Some("stop")),
             "{content_type}"
         );
-        assert_eq!(c.object["usage"]["total_tokens"], json!(10));
+        assert_eq!(c.object["object"], "chat.completion.chunk");
+        assert_eq!(c.object["choices"][0]["delta"]["content"], "Hello");
+        assert!(c.whole.is_some(), "the completion itself travels with it");
+        // The usage comes as a stream's usage chunk would.
+        assert!(chunks[1].usage_only);
+        assert_eq!(chunks[1].object["usage"]["total_tokens"], json!(10));
     }
 }
 
@@ -417,7 +430,7 @@ async fn json_completion_content_type_is_case_insensitive() {
         ResponseTemplate::new(200).set_body_raw(completion().to_string(), "Application/JSON");
     let (chunks, end) = read(response).await;
     end.expect("a clean end");
-    assert_eq!(texts(&chunks), ["Hello"]);
+    assert_eq!(texts(&chunks), ["Hello", ""]);
 }
 
 #[tokio::test]
@@ -732,12 +745,15 @@ async fn error_events_after_two_chunks_classify_by_their_shape() {
     }
 }
 
+/// The client reads `finish_reason: content_filter` as part of the answer; whether it is a
+/// failure to route around is the request's plan's business (`attempt`).
 #[tokio::test]
-async fn content_filter_finish_reason_is_content_policy() {
+async fn content_filter_finish_reason_is_read_as_an_answer() {
     let body = sse(&[role(), content("Hel"), finish("content_filter"), usage()]) + DONE;
     let (chunks, end) = read(sse_response(body)).await;
-    assert_eq!(texts(&chunks), ["", "Hel"]);
-    assert_class(end, FailureClass::ContentPolicy);
+    assert_eq!(texts(&chunks), ["", "Hel", "", ""]);
+    assert_eq!(chunks[2].finish_reason.as_deref(), Some("content_filter"));
+    end.expect("a clean end");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -799,7 +815,7 @@ async fn json_body_at_the_limit_is_read_and_one_byte_over_is_malformed() {
     };
     let (chunks, end) = read_with(at_limit, response()).await;
     end.expect("a body of exactly max_body_bytes is accepted");
-    assert_eq!(texts(&chunks), ["Hello"]);
+    assert_eq!(texts(&chunks), ["Hello", ""]);
 
     let over = ClientLimits {
         max_body_bytes: body.len() - 1,

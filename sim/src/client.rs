@@ -441,11 +441,10 @@ fn on_event(
         return;
     }
     let model = v.get("model").and_then(Value::as_str).map(str::to_string);
+    // Post-commit metadata rides on the stream's last chunk (see `delivery`).
     if let Some(meta) = v.get("switchback") {
         sink.line("client", format!("{label} meta {meta}"));
         result.meta = Some(meta.clone());
-        result.model = model.or(result.model.take());
-        return;
     }
     let text = v
         .pointer("/choices/0/delta/content")

@@ -1,9 +1,13 @@
 //! The gateway's routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`.
 //!
-//! Owns: reading the request (body size limit, body read timeout, bearer token), handing it
-//! to the engine, and turning the outcome into a response: one JSON body for `stream:
-//! false`; for `stream: true`, a 200 SSE response at commit, or, if every attempt failed
-//! before commit, the same JSON error a non-streaming client gets.
+//! Owns: reading the request (bearer token first, then the body under its size limit and
+//! read timeout), handing it to the engine, and turning the outcome into a response: one
+//! JSON body for `stream: false`; for `stream: true`, a 200 SSE response at commit, or, if
+//! every attempt failed before commit, the same JSON error a non-streaming client gets.
+//! Either way the committing attempt's `x-request-id`, `x-ratelimit-*` and
+//! `openai-processing-ms` headers are passed on, and an error that ends a request whose
+//! plan is exhausted says `x-should-retry: false`, so an SDK's own retries do not multiply
+//! the gateway's.
 
 use std::sync::Arc;
 
@@ -28,11 +32,17 @@ pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Res
         "/v1/chat/completions" | "/chat/completions" => Route::Chat,
         "/v1/models" | "/models" => Route::Models,
         "/health" | "/health/liveliness" | "/health/readiness" => Route::Health,
-        _ => return error(&ApiError::not_found(format!("no route for {path}"))),
+        _ => match path
+            .strip_prefix("/v1/models/")
+            .or_else(|| path.strip_prefix("/models/"))
+        {
+            Some(id) => Route::Model(id.to_string()),
+            None => return error(&ApiError::not_found(format!("no route for {path}"))),
+        },
     };
     let expected = match route {
         Route::Chat => Method::POST,
-        Route::Models | Route::Health => Method::GET,
+        Route::Models | Route::Model(_) | Route::Health => Method::GET,
     };
     if req.method() != expected {
         return error(&ApiError::new(
@@ -44,6 +54,7 @@ pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Res
     match route {
         Route::Health => health(),
         Route::Models => models(&engine, &req),
+        Route::Model(id) => model(&engine, &req, &id),
         Route::Chat => chat(engine, req).await,
     }
 }
@@ -51,6 +62,8 @@ pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Res
 enum Route {
     Chat,
     Models,
+    /// `GET /v1/models/{id}`; a group's name may itself contain `/`.
+    Model(String),
     Health,
 }
 
@@ -84,18 +97,48 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The groups a request's key may use.
+fn allowed(engine: &Engine, req: &Request<Incoming>) -> Result<Arc<[bool]>, ApiError> {
+    Ok(match engine.authenticate(bearer(req))? {
+        Some(k) => k.allowed.clone(),
+        None => engine.catalog().all_allowed(),
+    })
+}
+
+fn model_object(engine: &Engine, name: &str) -> serde_json::Value {
+    json!({"id": name, "object": "model", "created": engine.started_at_unix(), "owned_by": "switchback"})
+}
+
 fn models(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
-    let catalog = engine.catalog();
-    let allowed = match engine.authenticate(bearer(req)) {
-        Ok(Some(k)) => k.allowed.clone(),
-        Ok(None) => catalog.all_allowed(),
+    let allowed = match allowed(engine, req) {
+        Ok(a) => a,
         Err(e) => return error(&e),
     };
-    let data: Vec<_> = catalog
+    let data: Vec<_> = engine
+        .catalog()
         .allowed_groups(&allowed)
-        .map(|g| json!({"id": g.name, "object": "model", "created": 0, "owned_by": "switchback"}))
+        .map(|g| model_object(engine, &g.name))
         .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+fn model(engine: &Engine, req: &Request<Incoming>, id: &str) -> Response<ResponseBody> {
+    let allowed = match allowed(engine, req) {
+        Ok(a) => a,
+        Err(e) => return error(&e),
+    };
+    match engine.catalog().group_id(id) {
+        Some(g) if allowed[g.0 as usize] => {
+            json_response(StatusCode::OK, &model_object(engine, id))
+        }
+        _ => error(
+            &ApiError::not_found(format!(
+                "model `{id}` is not a model group this key may use"
+            ))
+            .code("model_not_found")
+            .param(Some("model".into())),
+        ),
+    }
 }
 
 async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -185,31 +228,53 @@ fn aggregate_response(
     out: &AggregateDelivery,
     outcome: &Outcome,
 ) -> Response<ResponseBody> {
-    let mut response = match &outcome.result {
-        Ok(_) => json_response(StatusCode::OK, &out.response(&admitted.response_id())),
-        Err(unserved) => error(&ApiError::from_failure(
-            &unserved.failure,
-            &unserved.summary,
-        )),
-    };
     let catalog = engine.catalog();
-    let head = match &outcome.result {
-        Ok(served) => Some(CommitHead {
-            group: catalog.group(served.group).name.clone(),
-            deployment: catalog.deployment(served.deployment).id.clone(),
-            retries: outcome.retries,
-            fallbacks: outcome.fallbacks,
-        }),
-        Err(_) => None,
+    let mut response = match (&outcome.result, out.head()) {
+        (Ok(served), Some(committed)) => {
+            let id = outcome
+                .response_id
+                .as_deref()
+                .unwrap_or(&committed.response_id);
+            let mut r = json_response(StatusCode::OK, &out.response(id));
+            forward_upstream_headers(&mut r, committed);
+            // The serving deployment (after a continuation, not the committing one).
+            let head = CommitHead {
+                group: catalog.group(served.group).name.clone(),
+                deployment: catalog.deployment(served.deployment).id.clone(),
+                ..committed.clone()
+            };
+            set_counts(&mut r, outcome.retries, outcome.fallbacks, Some(&head));
+            r
+        }
+        (Ok(_), None) => unreachable!("a served request has committed"),
+        (Err(unserved), _) => {
+            let mut r = final_error(&ApiError::from_failure(
+                &unserved.failure,
+                &unserved.summary,
+            ));
+            set_counts(&mut r, outcome.retries, outcome.fallbacks, None);
+            r
+        }
     };
-    set_counts(
-        &mut response,
-        outcome.retries,
-        outcome.fallbacks,
-        head.as_ref(),
-    );
     set_request_id(&mut response, admitted.id);
     response
+}
+
+/// The committing attempt's headers on the forwarded list.
+fn forward_upstream_headers(response: &mut Response<ResponseBody>, head: &CommitHead) {
+    let h = response.headers_mut();
+    for (name, value) in &head.upstream_headers {
+        h.insert(name.clone(), value.clone());
+    }
+}
+
+/// An error that ends a request after the gateway has already retried and fallen back as
+/// far as its plan allows: the client's own retries would only multiply the attempts.
+fn final_error(e: &ApiError) -> Response<ResponseBody> {
+    let mut r = error(e);
+    r.headers_mut()
+        .insert("x-should-retry", HeaderValue::from_static("false"));
+    r
 }
 
 async fn stream(
@@ -223,9 +288,7 @@ async fn stream(
     let task_engine = engine.clone();
     let task = tokio::spawn(async move {
         let outcome = task_engine.execute(&admitted, &mut delivery).await;
-        delivery
-            .finish(&outcome, task_engine.catalog(), &admitted.response_id())
-            .await;
+        delivery.finish(&outcome, task_engine.catalog()).await;
         outcome
     });
     match start.await {
@@ -237,13 +300,14 @@ async fn stream(
                 HeaderValue::from_static("text/event-stream"),
             );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            forward_upstream_headers(&mut response, &head);
             set_counts(&mut response, head.retries, head.fallbacks, Some(&head));
             set_request_id(&mut response, id);
             response
         }
         Ok(StreamStart::Failed(e)) => {
             let outcome = task.await.ok();
-            let mut response = error(&e);
+            let mut response = final_error(&e);
             if let Some(o) = outcome {
                 set_counts(&mut response, o.retries, o.fallbacks, None);
             }

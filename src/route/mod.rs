@@ -35,8 +35,9 @@ pub enum GiveUp {
     WaitTooLong(Duration),
     /// The wait would end past the request deadline.
     PastDeadline,
-    /// Every deployment of the group is cooling (for at least this long) when the request
-    /// reaches it: the group is skipped without a call.
+    /// Every deployment of the group is cooling (for at least this long): when the request
+    /// reaches the group, which is then skipped without a call; or after a failure whose
+    /// provider asked for no wait (no Retry-After), so the cooldown is not waited out.
     AllCooling(Duration),
 }
 
@@ -114,9 +115,12 @@ impl RetryPolicy for DefaultRetryPolicy {
     }
 }
 
-/// Decides whether and where the group is retried. Another healthy deployment is preferred;
-/// if every deployment is cooling, the retry waits for the first to come back (that is how
-/// a Retry-After is honoured), unless that wait is over `max_wait` or past the deadline.
+/// Decides whether and where the group is retried. Another healthy deployment is preferred.
+/// If every deployment is cooling, the retry waits for the first to come back only when the
+/// provider asked for that wait (the failure carried a Retry-After): that is how a
+/// Retry-After is honoured, up to `max_wait` and never past the deadline. A cooldown the
+/// provider did not ask for (transient failures past `allowed_fails`) is not waited out:
+/// the group gives up at once and the plan goes on.
 pub fn plan_retry(
     cx: &RetryContext<'_>,
     catalog: &Catalog,
@@ -133,6 +137,9 @@ pub fn plan_retry(
     let (deployment, delay) = match select::choose(catalog, cx.group, book, cx.now, cx.tried, rng) {
         Choice::Now(d) => (d, jitter),
         Choice::After(d, wait) => {
+            if cx.failure.retry_after.is_none() {
+                return RetryDecision::GiveUp(GiveUp::AllCooling(wait));
+            }
             if wait > cx.max_wait {
                 return RetryDecision::GiveUp(GiveUp::WaitTooLong(wait));
             }
@@ -263,6 +270,27 @@ mod tests {
         assert_eq!(
             plan_retry(&cx(&f, &tried, now), &c, &book, &mut rng),
             RetryDecision::GiveUp(GiveUp::WaitTooLong(Duration::from_secs(30)))
+        );
+    }
+
+    #[test]
+    fn a_cooldown_the_provider_did_not_ask_for_is_not_waited_out() {
+        // Two 503s cooled the only deployment for cooldown_time: no Retry-After, so the
+        // group gives up at once and the plan goes on (no 5 s wait for a retry).
+        let c = catalog(1);
+        let mut book = CooldownBook::new(1);
+        let now = Instant::now();
+        let f = Failure::new(FailureClass::Transient, "503");
+        let s = GatewaySettings {
+            allowed_fails: 0,
+            ..settings()
+        };
+        book.record_failure(DeploymentId(0), &f, now, &s);
+        let tried = [DeploymentId(0)];
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        assert_eq!(
+            plan_retry(&cx(&f, &tried, now), &c, &book, &mut rng),
+            RetryDecision::GiveUp(GiveUp::AllCooling(s.cooldown_time))
         );
     }
 

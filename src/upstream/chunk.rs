@@ -52,11 +52,19 @@ pub struct Chunk {
     pub model: Option<String>,
     /// `choices[0].delta.content` (the text a continuation is built from).
     pub text: String,
-    /// Bytes of answer payload in this chunk (content, refusal, tool calls), all choices.
+    /// Bytes of answer payload in this chunk (content, refusal, tool calls, audio,
+    /// reasoning: any delta field but `role` that is not empty), all choices.
     pub payload_bytes: usize,
     pub finish_reason: Option<String>,
     /// No choices, only `usage`: the final usage chunk of `stream_options.include_usage`.
     pub usage_only: bool,
+    /// Whether an answer made of chunks like this one can be continued by another attempt:
+    /// text of choice 0 only (no other choice, tool call, audio, refusal, reasoning or
+    /// logprobs). Decided from what was delivered, which is the same in both modes.
+    pub continuable: bool,
+    /// For an upstream that answered with one JSON completion: that completion as it
+    /// came, so a non-streaming client can get it byte for byte.
+    pub whole: Option<Box<Map<String, Value>>>,
 }
 
 /// What one `data:` payload was.
@@ -100,36 +108,49 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
     let mut text = String::new();
     let mut payload_bytes = 0;
     let mut finish_reason = None;
+    let mut continuable = true;
     for (i, choice) in choices.iter().enumerate() {
         let index = choice
             .get("index")
             .and_then(Value::as_u64)
             .unwrap_or(i as u64);
         let delta = choice.get("delta").or_else(|| choice.get("message"));
-        if let Some(delta) = delta {
-            if let Some(content) = delta.get("content").and_then(Value::as_str) {
-                payload_bytes += content.len();
-                if index == 0 {
-                    text.push_str(content);
+        if let Some(Value::Object(delta)) = delta {
+            for (key, value) in delta {
+                let size = match value {
+                    Value::Null => 0,
+                    Value::String(s) => s.len(),
+                    Value::Array(a) if a.is_empty() => 0,
+                    Value::Object(o) if o.is_empty() => 0,
+                    other => other.to_string().len(),
+                };
+                if key == "role" || size == 0 {
+                    continue;
                 }
-            }
-            if let Some(refusal) = delta.get("refusal").and_then(Value::as_str) {
-                payload_bytes += refusal.len();
-            }
-            for calls in ["tool_calls", "function_call"] {
-                match delta.get(calls) {
-                    None | Some(Value::Null) => {}
-                    Some(Value::Array(a)) if a.is_empty() => {}
-                    Some(other) => payload_bytes += other.to_string().len().max(1),
+                payload_bytes += size;
+                if key == "content" {
+                    if let Some(content) = value.as_str() {
+                        if index == 0 {
+                            text.push_str(content);
+                        }
+                        continuable &= index == 0;
+                        continue;
+                    }
                 }
+                continuable = false;
             }
+        }
+        if choice.get("logprobs").is_some_and(|l| !l.is_null()) {
+            continuable = false;
         }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
             finish_reason = Some(reason.to_string());
         }
     }
     let usage_only = choices.is_empty() && object.get("usage").is_some_and(|u| !u.is_null());
-    if choices.is_empty() && !usage_only {
+    // Azure opens with `choices: []` and `prompt_filter_results`: a content-less chunk like
+    // any other. Only an object with no `choices` at all (and no usage) is not a chunk.
+    if !object.contains_key("choices") && !usage_only {
         return Err("chunk has neither `choices` nor `usage`".to_string().into());
     }
     Ok(Payload::Chunk(Chunk {
@@ -139,6 +160,8 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
         payload_bytes,
         finish_reason,
         usage_only,
+        continuable,
+        whole: None,
     }))
 }
 
@@ -203,12 +226,77 @@ fn check_limits(choices: &[Value], limits: &ChunkLimits) -> Result<(), ChunkErro
     Ok(())
 }
 
-/// An upstream that answered a stream request with a whole JSON completion: the same
-/// information as one chunk (`message` read as `delta`).
-pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Payload, ChunkError> {
+/// An upstream that answered with a whole JSON `chat.completion` (a deployment called
+/// without streaming, or one that ignored `stream: true`): the same answer as chunks, so
+/// the attempt loop reads every answer one way. The first chunk carries every choice's
+/// `message` as its `delta` (and the completion itself, see [`Chunk::whole`]); a second
+/// chunk carries `usage`, as a streamed answer with `include_usage` would.
+pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>, ChunkError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("response is not JSON: {e}"))?;
-    from_value(value, limits)
+    let Value::Object(whole) = value else {
+        return Err("response is not a JSON object".to_string().into());
+    };
+    if whole.contains_key("error") {
+        return Ok(vec![Payload::Error(Value::Object(whole))]);
+    }
+    let mut chunk = Map::new();
+    let mut usage = None;
+    for (key, value) in &whole {
+        match key.as_str() {
+            "object" => {
+                chunk.insert(key.clone(), Value::String("chat.completion.chunk".into()));
+            }
+            "usage" => usage = Some(value.clone()),
+            "choices" => {
+                let choices = match value {
+                    Value::Array(c) => c
+                        .iter()
+                        .map(|choice| match choice {
+                            Value::Object(c) => Value::Object(
+                                c.iter()
+                                    .map(|(k, v)| {
+                                        let k = if k == "message" { "delta" } else { k.as_str() };
+                                        (k.to_string(), v.clone())
+                                    })
+                                    .collect(),
+                            ),
+                            other => other.clone(),
+                        })
+                        .collect(),
+                    other => return Err(format!("`choices` is {other}, not an array").into()),
+                };
+                chunk.insert(key.clone(), Value::Array(choices));
+            }
+            _ => {
+                chunk.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    if !chunk.contains_key("object") {
+        chunk.insert(
+            "object".into(),
+            Value::String("chat.completion.chunk".into()),
+        );
+    }
+    let mut out = Vec::new();
+    let Payload::Chunk(mut first) = from_value(Value::Object(chunk.clone()), limits)? else {
+        return Err("a completion is not a chunk".to_string().into());
+    };
+    first.whole = Some(Box::new(whole));
+    out.push(Payload::Chunk(first));
+    if let Some(usage) = usage.filter(|u| !u.is_null()) {
+        let mut tail = Map::new();
+        for key in ["id", "object", "created", "model", "system_fingerprint"] {
+            if let Some(v) = chunk.get(key) {
+                tail.insert(key.to_string(), v.clone());
+            }
+        }
+        tail.insert("choices".into(), Value::Array(Vec::new()));
+        tail.insert("usage".into(), usage);
+        out.push(from_value(Value::Object(tail), limits)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -246,6 +334,30 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}"#,
         );
         assert!(c.payload_bytes > 0, "tool calls are content");
+        assert!(!c.continuable, "a tool call cannot be continued");
+    }
+
+    #[test]
+    fn only_text_of_choice_zero_is_continuable() {
+        let ok = |s: &str| chunk(s).continuable;
+        assert!(ok(
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi","refusal":null}}]}"#
+        ));
+        assert!(!ok(r#"{"choices":[{"index":1,"delta":{"content":"Hi"}}]}"#));
+        assert!(!ok(
+            r#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#
+        ));
+        assert!(!ok(
+            r#"{"choices":[{"index":0,"delta":{"audio":{"transcript":"a"}}}]}"#
+        ));
+        assert!(!ok(
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":{"content":[]}}]}"#
+        ));
+        let r = chunk(r#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#);
+        assert!(
+            r.payload_bytes > 0,
+            "reasoning commits a stream like content"
+        );
     }
 
     #[test]
@@ -259,6 +371,11 @@ mod tests {
         assert!(parse_data("[1,2]").is_err());
         assert!(parse_data(r#"{"choices":"x"}"#).is_err());
         assert!(parse_data(r#"{"id":"x"}"#).is_err());
+        // Azure's first chunk: no choices yet, only its prompt filter results.
+        let azure = chunk(
+            r#"{"id":"","object":"","created":0,"model":"","choices":[],"prompt_filter_results":[{"prompt_index":0}]}"#,
+        );
+        assert_eq!((azure.payload_bytes, azure.usage_only), (0, false));
     }
 
     #[test]
@@ -292,11 +409,21 @@ mod tests {
     #[test]
     fn whole_completion_reads_like_one_chunk() {
         let body = br#"{"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
-        match from_completion(body, &ChunkLimits::default()).unwrap() {
-            Payload::Chunk(c) => assert_eq!(
-                (c.text.as_str(), c.finish_reason.as_deref()),
-                ("hi", Some("stop"))
-            ),
+        let mut payloads = from_completion(body, &ChunkLimits::default()).unwrap();
+        assert_eq!(payloads.len(), 1, "no usage, no usage chunk");
+        match payloads.remove(0) {
+            Payload::Chunk(c) => {
+                assert_eq!(
+                    (c.text.as_str(), c.finish_reason.as_deref()),
+                    ("hi", Some("stop"))
+                );
+                assert_eq!(c.object["object"], "chat.completion.chunk");
+                assert_eq!(
+                    c.object["choices"][0]["delta"]["content"], "hi",
+                    "message reads as delta"
+                );
+                assert!(c.whole.is_some());
+            }
             other => panic!("{other:?}"),
         }
     }

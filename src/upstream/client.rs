@@ -142,6 +142,9 @@ pub struct Call<'a> {
     pub body: &'a Bytes,
     /// The gateway's request number, sent as `x-switchback-request-id` for correlation.
     pub request_id: u64,
+    /// Whether the body asks for a stream (`stream: true`); otherwise the answer is one
+    /// JSON completion.
+    pub stream: bool,
 }
 
 impl UpstreamClient {
@@ -166,16 +169,17 @@ impl UpstreamClient {
             .map_err(|_| UpstreamError::Timeout(first_byte.kind))??;
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
-        let json = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            // Media types are case-insensitive (RFC 9110 §8.3.1).
-            .is_some_and(|ct| {
-                ct.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("application/json")
-            });
+        let json = !call.stream
+            || parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                // Media types are case-insensitive (RFC 9110 §8.3.1).
+                .is_some_and(|ct| {
+                    ct.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("application/json")
+                });
         let mut stream = UpstreamStream {
             body,
             parser: SseParser::new(self.limits.max_sse_line_bytes),
@@ -187,13 +191,14 @@ impl UpstreamClient {
             done: false,
             received: 0,
             limits: self.limits,
+            headers: parts.headers,
             _conn: conn,
         };
         if !(200..300).contains(&status) {
             let body = stream.read_all(MAX_ERROR_BODY_BYTES, true).await?;
             return Err(UpstreamError::Status {
                 status,
-                headers: Box::new(parts.headers),
+                headers: Box::new(std::mem::take(&mut stream.headers)),
                 body,
             });
         }
@@ -246,7 +251,14 @@ impl UpstreamClient {
         let mut request = Request::post(endpoint.chat_completions_path())
             .header(header::HOST, endpoint.authority())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "text/event-stream")
+            .header(
+                header::ACCEPT,
+                if call.stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            )
             .header(REQUEST_ID_HEADER, call.request_id)
             .body(Full::new(call.body.clone()))
             .map_err(|e| UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string()))?;
@@ -329,6 +341,7 @@ pub struct UpstreamStream {
     /// Body bytes read so far, whatever they were (data, comments, padding).
     received: usize,
     limits: ClientLimits,
+    headers: HeaderMap,
     _conn: ConnGuard,
 }
 
@@ -346,9 +359,8 @@ impl UpstreamStream {
                     }
                     Payload::Error(v) => return Err(UpstreamError::ErrorEvent(v)),
                     Payload::Chunk(c) => {
-                        if c.finish_reason.as_deref() == Some("content_filter") {
-                            return Err(UpstreamError::ContentFiltered);
-                        }
+                        // `finish_reason: content_filter` is an answer here; whether it is
+                        // a failure depends on the request's plan (see `attempt`).
                         self.saw_finish |= c.finish_reason.is_some();
                         self.got_chunk = true;
                         return Ok(Some(c));
@@ -424,13 +436,20 @@ impl UpstreamStream {
         }
     }
 
-    fn queue_payload(&mut self, payload: Payload) -> Result<(), UpstreamError> {
-        if let Payload::Error(v) = payload {
-            return Err(UpstreamError::ErrorEvent(v));
+    fn queue_payload(&mut self, payloads: Vec<Payload>) -> Result<(), UpstreamError> {
+        for payload in payloads {
+            if let Payload::Error(v) = payload {
+                return Err(UpstreamError::ErrorEvent(v));
+            }
+            self.queue.push_back(Ok(payload));
         }
-        self.queue.push_back(Ok(payload));
         self.queue.push_back(Ok(Payload::Done));
         Ok(())
+    }
+
+    /// The response headers of this attempt.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
     }
 
     /// Reads the whole body, up to `max` bytes. With `truncate`, the excess is dropped (an

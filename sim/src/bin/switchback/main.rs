@@ -439,13 +439,18 @@ fn check(paths: &[PathBuf]) -> ExitCode {
 }
 
 fn serve(config: &Path, listen: std::net::SocketAddr) -> ExitCode {
-    let config = match GatewayConfig::load_file(config) {
+    let mut config = match GatewayConfig::load_file(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    // Unless the config fixes one, a fresh seed per process: generated ids never repeat.
+    config
+        .router_settings
+        .rng_seed
+        .get_or_insert_with(switchback::engine::os_seed);
     let catalog = match Catalog::new(&config) {
         Ok(c) => Arc::new(c),
         Err(e) => {

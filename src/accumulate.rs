@@ -1,0 +1,507 @@
+//! OpenAI's accumulation of streamed chunks into one `chat.completion`, in linear time.
+//!
+//! Owns: [`Accumulator`], which merges `chat.completion.chunk` objects the way the official
+//! SDKs do (`accumulate_delta` in openai-python, `ChatCompletionStream` in openai-node),
+//! made robust to the dialects real upstreams speak:
+//!
+//! * deltas merge per choice `index` (a choice without one takes its position);
+//! * strings concatenate (`content`, `refusal`, `reasoning_content`, an audio `transcript`
+//!   or `data`...), except identifiers and tags (`id`, `type`, `index`, `name`, `role`,
+//!   `object`, `model`, `expires_at`), which are set once;
+//! * objects merge field by field; lists of objects with an `index` merge by index, other
+//!   lists concatenate (`logprobs.content`, `annotations`);
+//! * tool calls merge by `index`, but a delta carrying a new `id` starts a new call (the
+//!   OpenAI-compatible endpoints of Gemini, Ollama and SGLang omit `index` or repeat
+//!   `index: 0`), and `function.name` is never concatenated;
+//! * every other field, at every level, is kept (last non-null value wins), so nothing a
+//!   provider adds is lost.
+//!
+//! Every merge appends to the accumulated value in place, so the total work is linear in
+//! the size of the stream. Does not own limits on how many choices or tool calls an answer
+//! may have (the chunk parser and [`ToolCallCount`] enforce those) nor the response shape
+//! around the choices (`delivery`).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+/// Fields that identify or tag something: a repeat is the same value again, never a
+/// continuation to append.
+const SET_ONCE: &[&str] = &[
+    "id",
+    "type",
+    "index",
+    "name",
+    "role",
+    "object",
+    "model",
+    "expires_at",
+];
+
+/// One choice being accumulated.
+#[derive(Debug, Default, Clone)]
+pub struct ChoiceAcc {
+    /// The accumulated `delta`s: the final `message`.
+    pub message: Map<String, Value>,
+    /// Choice-level fields other than `index`, `delta` and `message` (`finish_reason`,
+    /// `logprobs`, `content_filter_results`, ...).
+    pub fields: Map<String, Value>,
+    tools: ToolCalls,
+}
+
+/// Tool calls of one choice, as they are being assembled.
+#[derive(Debug, Default, Clone)]
+struct ToolCalls {
+    calls: Vec<Map<String, Value>>,
+    /// The call each upstream `index` currently feeds.
+    by_index: BTreeMap<u64, usize>,
+}
+
+/// Merges chunks into choices.
+#[derive(Debug, Default, Clone)]
+pub struct Accumulator {
+    choices: BTreeMap<u64, ChoiceAcc>,
+}
+
+impl Accumulator {
+    pub fn new() -> Accumulator {
+        Accumulator::default()
+    }
+
+    /// Merges the `choices` of one chunk (or of a whole completion: `message` reads as
+    /// `delta`).
+    pub fn push(&mut self, chunk: &Map<String, Value>) {
+        let Some(Value::Array(choices)) = chunk.get("choices") else {
+            return;
+        };
+        for (position, choice) in choices.iter().enumerate() {
+            let Value::Object(choice) = choice else {
+                continue;
+            };
+            let index = choice
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(position as u64);
+            let acc = self.choices.entry(index).or_default();
+            for (key, value) in choice {
+                match key.as_str() {
+                    "index" => {}
+                    "delta" | "message" => {
+                        if let Value::Object(delta) = value {
+                            merge_delta(acc, delta);
+                        }
+                    }
+                    _ => merge_field(&mut acc.fields, key, value),
+                }
+            }
+        }
+    }
+
+    /// The merged text of choice 0.
+    pub fn text(&self) -> &str {
+        self.choices
+            .get(&0)
+            .and_then(|c| c.message.get("content"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.choices.is_empty()
+    }
+
+    /// The `choices` of the final `chat.completion`, in index order: `index`, `message`
+    /// (with `role` first, `content` present even when null, and the assembled
+    /// `tool_calls`), then the choice-level fields in the order they first appeared.
+    pub fn choices(&self) -> Vec<Value> {
+        self.choices
+            .iter()
+            .map(|(index, c)| {
+                let mut message = Map::new();
+                let role = c
+                    .message
+                    .get("role")
+                    .cloned()
+                    .unwrap_or_else(|| Value::String("assistant".into()));
+                message.insert("role".into(), role);
+                message.insert(
+                    "content".into(),
+                    c.message.get("content").cloned().unwrap_or(Value::Null),
+                );
+                for (k, v) in &c.message {
+                    if k != "role" && k != "content" {
+                        message.insert(k.clone(), v.clone());
+                    }
+                }
+                if !c.tools.calls.is_empty() {
+                    message.insert("tool_calls".into(), Value::Array(c.tools.finished()));
+                }
+                let mut choice = Map::new();
+                choice.insert("index".into(), Value::from(*index));
+                choice.insert("message".into(), Value::Object(message));
+                for (k, v) in &c.fields {
+                    choice.insert(k.clone(), v.clone());
+                }
+                if !choice.contains_key("finish_reason") {
+                    choice.insert("finish_reason".into(), Value::Null);
+                }
+                Value::Object(choice)
+            })
+            .collect()
+    }
+}
+
+fn merge_delta(acc: &mut ChoiceAcc, delta: &Map<String, Value>) {
+    for (key, value) in delta {
+        if key == "tool_calls" {
+            if let Value::Array(calls) = value {
+                for call in calls {
+                    if let Value::Object(call) = call {
+                        acc.tools.merge(call);
+                    }
+                }
+            }
+            continue;
+        }
+        merge_field(&mut acc.message, key, value);
+    }
+}
+
+impl ToolCalls {
+    /// Which call a tool-call delta feeds: the call its `index` feeds (without an index,
+    /// the last call), unless the delta brings an `id` that differs from that call's: then
+    /// a new call (`None`).
+    fn target(&self, delta: &Map<String, Value>) -> Option<usize> {
+        let id = delta
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        let current = match delta.get("index").and_then(Value::as_u64) {
+            Some(index) => self.by_index.get(&index).copied(),
+            None => self.calls.len().checked_sub(1),
+        };
+        match (current, id) {
+            (Some(c), Some(id))
+                if self.calls[c]
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|existing| existing != id) =>
+            {
+                None
+            }
+            (current, _) => current,
+        }
+    }
+
+    fn merge(&mut self, delta: &Map<String, Value>) {
+        let target = match self.target(delta) {
+            Some(t) => t,
+            None => {
+                self.calls.push(Map::new());
+                self.calls.len() - 1
+            }
+        };
+        if let Some(index) = delta.get("index").and_then(Value::as_u64) {
+            self.by_index.insert(index, target);
+        }
+        let call = &mut self.calls[target];
+        for (key, value) in delta {
+            // The final message numbers calls by position (see `finished`).
+            if key != "index" {
+                merge_field(call, key, value);
+            }
+        }
+    }
+
+    /// The assembled calls, numbered by position, keys in OpenAI's order.
+    fn finished(&self) -> Vec<Value> {
+        self.calls
+            .iter()
+            .enumerate()
+            .map(|(position, call)| {
+                let mut call = call.clone();
+                call.insert("index".into(), Value::from(position as u64));
+                reorder(&mut call, &["index", "id", "type", "function"]);
+                Value::Object(call)
+            })
+            .collect()
+    }
+}
+
+/// Puts `first` keys first (those present), keeping the rest in their order.
+fn reorder(map: &mut Map<String, Value>, first: &[&str]) {
+    let mut out = Map::new();
+    for k in first {
+        if let Some(v) = map.shift_remove(*k) {
+            out.insert((*k).to_string(), v);
+        }
+    }
+    out.extend(std::mem::take(map));
+    *map = out;
+}
+
+/// Merges one field of a delta into `into`, per the rules in the module doc.
+fn merge_field(into: &mut Map<String, Value>, key: &str, value: &Value) {
+    let Some(existing) = into.get_mut(key) else {
+        into.insert(key.to_string(), value.clone());
+        return;
+    };
+    if value.is_null() {
+        return;
+    }
+    if existing.is_null() {
+        *existing = value.clone();
+        return;
+    }
+    if SET_ONCE.contains(&key) {
+        // Tags of a discriminated union follow the latest delta (as the SDKs do);
+        // identifiers and names are the first one's.
+        if key == "type" || key == "index" {
+            *existing = value.clone();
+        }
+        return;
+    }
+    match (existing, value) {
+        (Value::String(a), Value::String(b)) => a.push_str(b),
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge_field(a, k, v);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => merge_list(a, b),
+        (existing, value) => *existing = value.clone(),
+    }
+}
+
+/// Lists of objects that carry an `index` merge by index; other lists concatenate.
+fn merge_list(acc: &mut Vec<Value>, delta: &[Value]) {
+    let indexed = |v: &Value| v.get("index").and_then(Value::as_u64);
+    for item in delta {
+        match (indexed(item), item) {
+            (Some(i), Value::Object(obj)) => match acc.iter_mut().find(|a| indexed(a) == Some(i)) {
+                Some(Value::Object(target)) => {
+                    for (k, v) in obj {
+                        merge_field(target, k, v);
+                    }
+                }
+                _ => acc.push(item.clone()),
+            },
+            _ => acc.push(item.clone()),
+        }
+    }
+}
+
+/// Counts an answer's tool calls per choice, with the accumulator's rule for when a new
+/// call starts, so `max_tool_calls` bounds what an aggregate would hold.
+#[derive(Debug, Default, Clone)]
+pub struct ToolCallCount {
+    per_choice: BTreeMap<u64, ToolCalls>,
+}
+
+impl ToolCallCount {
+    /// Registers a chunk's tool-call deltas; returns the largest number of calls any choice
+    /// now has.
+    pub fn push(&mut self, chunk: &Map<String, Value>) -> usize {
+        let Some(Value::Array(choices)) = chunk.get("choices") else {
+            return self.max();
+        };
+        for (position, choice) in choices.iter().enumerate() {
+            let index = choice
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(position as u64);
+            let delta = choice.get("delta").or_else(|| choice.get("message"));
+            let Some(Value::Array(calls)) = delta.and_then(|d| d.get("tool_calls")) else {
+                continue;
+            };
+            let tools = self.per_choice.entry(index).or_default();
+            for call in calls {
+                if let Value::Object(call) = call {
+                    // Only ids and indexes matter for counting: keep no arguments.
+                    let mut skeleton = Map::new();
+                    for k in ["id", "index"] {
+                        if let Some(v) = call.get(k) {
+                            skeleton.insert(k.to_string(), v.clone());
+                        }
+                    }
+                    tools.merge(&skeleton);
+                }
+            }
+        }
+        self.max()
+    }
+
+    fn max(&self) -> usize {
+        self.per_choice
+            .values()
+            .map(|t| t.calls.len())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn acc(chunks: &[Value]) -> Accumulator {
+        let mut a = Accumulator::new();
+        for c in chunks {
+            a.push(c.as_object().unwrap());
+        }
+        a
+    }
+
+    fn delta(choice: u64, d: Value) -> Value {
+        json!({"choices": [{"index": choice, "delta": d, "finish_reason": null}]})
+    }
+
+    #[test]
+    fn text_refusal_and_unknown_fields_concatenate_or_survive() {
+        let a = acc(&[
+            delta(0, json!({"role": "assistant", "content": ""})),
+            delta(0, json!({"content": "Hel", "reasoning_content": "think"})),
+            delta(
+                0,
+                json!({"content": "lo", "reasoning_content": "ing", "x_provider": 1}),
+            ),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": null}]}),
+        ]);
+        assert_eq!(
+            Value::Array(a.choices()),
+            json!([{"index": 0, "message": {"role": "assistant", "content": "Hello",
+                "reasoning_content": "thinking", "x_provider": 1},
+                "finish_reason": "stop", "logprobs": null}])
+        );
+    }
+
+    #[test]
+    fn interleaved_choices_stay_apart() {
+        let a = acc(&[
+            delta(1, json!({"role": "assistant", "content": "B"})),
+            delta(0, json!({"role": "assistant", "content": "A"})),
+            delta(1, json!({"content": "b"})),
+            delta(0, json!({"content": "a"})),
+        ]);
+        let c = a.choices();
+        assert_eq!(c[0]["message"]["content"], "Aa");
+        assert_eq!(c[1]["message"]["content"], "Bb");
+        assert_eq!(c[1]["index"], 1);
+    }
+
+    #[test]
+    fn indexed_tool_calls_merge_and_names_are_never_concatenated() {
+        let a = acc(&[
+            delta(
+                0,
+                json!({"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+            ),
+            delta(
+                0,
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+            ),
+            delta(
+                0,
+                json!({"tool_calls": [{"index": 1, "id": "c2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]}),
+            ),
+            delta(
+                0,
+                json!({"tool_calls": [{"index": 0, "function": {"name": "get_weather", "arguments": "\"Oslo\"}"}}]}),
+            ),
+        ]);
+        let calls = &a.choices()[0]["message"]["tool_calls"];
+        assert_eq!(
+            calls,
+            &json!([
+                {"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                {"index": 1, "id": "c2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+            ])
+        );
+        assert_eq!(a.choices()[0]["message"]["content"], Value::Null);
+    }
+
+    #[test]
+    fn a_new_id_starts_a_new_call_without_or_with_a_repeated_index() {
+        // Gemini/Ollama: every call arrives whole at index 0, or with no index at all.
+        for with_index in [true, false] {
+            let call = |id: &str, name: &str, args: &str| {
+                let mut c = json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}});
+                if with_index {
+                    c["index"] = json!(0);
+                }
+                delta(0, json!({"tool_calls": [c]}))
+            };
+            let a = acc(&[
+                call("a", "get_weather", "{\"city\":\"Oslo\"}"),
+                call("b", "get_weather", "{\"city\":\"Rome\"}"),
+            ]);
+            let calls = a.choices()[0]["message"]["tool_calls"].clone();
+            assert_eq!(calls.as_array().unwrap().len(), 2, "{calls}");
+            assert_eq!(calls[1]["function"]["name"], "get_weather");
+            assert_eq!(calls[1]["function"]["arguments"], "{\"city\":\"Rome\"}");
+            assert_eq!(calls[1]["index"], 1);
+        }
+    }
+
+    #[test]
+    fn logprobs_and_annotations_lists_concatenate() {
+        let a = acc(&[
+            json!({"choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [{"token": "a", "logprob": -0.1}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"content": "b", "annotations": [{"type": "url_citation"}]}, "logprobs": {"content": [{"token": "b", "logprob": -0.2}]}}]}),
+        ]);
+        let c = &a.choices()[0];
+        assert_eq!(c["logprobs"]["content"].as_array().unwrap().len(), 2);
+        assert_eq!(c["message"]["annotations"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn audio_transcript_and_data_concatenate_but_its_id_is_set_once() {
+        let a = acc(&[
+            delta(
+                0,
+                json!({"audio": {"id": "au_1", "transcript": "Hi", "data": "AAA"}}),
+            ),
+            delta(
+                0,
+                json!({"audio": {"id": "au_1", "transcript": " there", "data": "BBB", "expires_at": 5}}),
+            ),
+        ]);
+        assert_eq!(
+            a.choices()[0]["message"]["audio"],
+            json!({"id": "au_1", "transcript": "Hi there", "data": "AAABBB", "expires_at": 5})
+        );
+    }
+
+    #[test]
+    fn accumulation_is_linear() {
+        // 100k fragments of one call's arguments: each merge appends in place.
+        let mut a = Accumulator::new();
+        let first = delta(
+            0,
+            json!({"tool_calls": [{"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
+        );
+        a.push(first.as_object().unwrap());
+        let frag = delta(
+            0,
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "x"}}]}),
+        );
+        for _ in 0..100_000 {
+            a.push(frag.as_object().unwrap());
+        }
+        let args = a.choices()[0]["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap()
+            .len();
+        assert_eq!(args, 100_000);
+    }
+
+    #[test]
+    fn counting_follows_the_same_rule() {
+        let mut n = ToolCallCount::default();
+        let call = |id: &str| json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": id}]}}]});
+        assert_eq!(n.push(call("a").as_object().unwrap()), 1);
+        assert_eq!(n.push(call("a").as_object().unwrap()), 1);
+        assert_eq!(n.push(call("b").as_object().unwrap()), 2);
+    }
+}

@@ -1,0 +1,291 @@
+//! What the client has been given so far, and what that allows next.
+//!
+//! Owns: [`CommitState`], the request's state from its commit on, kept by the attempt loop
+//! in both modes alike: the response `id` chosen at commit (the committing attempt's own
+//! upstream id, or a generated one that never repeats across restarts), the text of choice
+//! 0 delivered so far, whether that answer can still be continued by another attempt (only
+//! text of a single choice can), which choices have had their `role`, the usage of the
+//! attempts that contributed, and the client's token budget. It stamps each chunk with the
+//! fields Switchback must set and nothing else. Does not own when to commit or which
+//! attempt comes next (`attempt`), nor delivery (`delivery`).
+
+use std::collections::BTreeSet;
+
+use rand::RngCore;
+use serde_json::{Map, Value};
+
+use crate::upstream::chunk::Chunk;
+
+/// The usage counters summed across the attempts that contributed to one answer.
+const USAGE_COUNTERS: [&str; 3] = ["prompt_tokens", "completion_tokens", "total_tokens"];
+
+#[derive(Debug, Default)]
+pub struct CommitState {
+    committed: bool,
+    response_id: Option<Value>,
+    /// Text of choice 0 delivered so far (what a continuation continues from).
+    text: String,
+    /// Everything delivered was text of choice 0.
+    continuable: bool,
+    /// Choices whose `role` the client has had.
+    roles: BTreeSet<u64>,
+    /// Content chunks delivered, all attempts (usage-only chunks excluded).
+    delivered: u32,
+    /// Usage of earlier attempts that contributed (reported, or estimated).
+    earlier: [u64; 3],
+    /// This attempt's reported usage counters, if it reported any.
+    attempt_usage: Option<[u64; 3]>,
+    /// Content chunks this attempt delivered: one token each when it reports no usage.
+    attempt_chunks: u64,
+}
+
+/// What the attempt after a failure past commit may be asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing but content-less chunks was delivered: a fresh answer continues nothing.
+    Fresh,
+    /// Continue this text, with this much of the client's token budget left.
+    Continue {
+        prefix: String,
+        tokens_left: Option<u64>,
+    },
+    /// What was delivered cannot be continued (tool calls, several choices, audio,
+    /// reasoning, logprobs), or the budget is spent: end as under `mid_stream: error`.
+    Stop(&'static str),
+}
+
+impl CommitState {
+    pub fn new() -> CommitState {
+        CommitState {
+            continuable: true,
+            ..CommitState::default()
+        }
+    }
+
+    pub fn is_committed(&self) -> bool {
+        self.committed
+    }
+
+    /// Content chunks delivered so far.
+    pub fn delivered(&self) -> u32 {
+        self.delivered
+    }
+
+    /// Commits. The response's id is `upstream_id`, the committing attempt's own, or, if it
+    /// gave none, `chatcmpl-` and 24 random hex digits from `ids` (seeded from the
+    /// operating system by `serve`, from the scenario in simulation).
+    pub fn commit(&mut self, upstream_id: Option<&str>, ids: &mut dyn RngCore) -> String {
+        assert!(!self.committed, "a request commits once");
+        self.committed = true;
+        let id = match upstream_id.filter(|id| !id.is_empty()) {
+            Some(id) => id.to_string(),
+            None => format!("chatcmpl-{:016x}{:08x}", ids.next_u64(), ids.next_u32()),
+        };
+        self.response_id = Some(Value::String(id.clone()));
+        id
+    }
+
+    /// The response id, once committed.
+    pub fn response_id(&self) -> Option<&str> {
+        self.response_id.as_ref().and_then(Value::as_str)
+    }
+
+    /// Sets what Switchback must set on a chunk it delivers, and nothing else: the
+    /// response's `id`; the producing deployment's `model` when the upstream left it out;
+    /// no second `role` for a choice that already had one; and usage covering every attempt
+    /// that contributed. Then records what the client now has.
+    pub fn stamp_and_record(&mut self, mut chunk: Chunk, upstream_model: &str) -> Chunk {
+        assert!(self.committed, "nothing is delivered before commit");
+        if let Some(id) = &self.response_id {
+            if chunk.object.get("id") != Some(id) {
+                chunk.object.insert("id".into(), id.clone());
+            }
+        }
+        if chunk.model.is_none() {
+            chunk.model = Some(upstream_model.to_string());
+            chunk
+                .object
+                .insert("model".into(), Value::String(upstream_model.to_string()));
+        }
+        if let Some(Value::Array(choices)) = chunk.object.get_mut("choices") {
+            for (position, c) in choices.iter_mut().enumerate() {
+                let index = c
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(position as u64);
+                if let Some(Value::Object(delta)) = c.get_mut("delta") {
+                    if delta.contains_key("role") && !self.roles.insert(index) {
+                        delta.shift_remove("role");
+                    }
+                }
+            }
+        }
+        if let Some(Value::Object(usage)) = chunk.object.get_mut("usage") {
+            self.attempt_usage = Some(counters(usage));
+            if self.earlier != [0; 3] {
+                for (name, earlier) in USAGE_COUNTERS.iter().zip(self.earlier) {
+                    if let Some(n) = usage.get(*name).and_then(Value::as_u64) {
+                        usage.insert((*name).to_string(), Value::from(n + earlier));
+                    }
+                }
+            }
+        }
+        if !chunk.usage_only {
+            self.delivered += 1;
+        }
+        if chunk.payload_bytes > 0 {
+            self.attempt_chunks += 1;
+        }
+        self.text.push_str(&chunk.text);
+        self.continuable &= chunk.continuable;
+        chunk
+    }
+
+    /// After an attempt that delivered something failed: folds its usage into the
+    /// earlier attempts' (its reported usage, else one completion token per content chunk
+    /// it delivered) and decides what the next attempt may be asked. `budget` is the
+    /// client's `max_completion_tokens` or `max_tokens`.
+    pub fn after_failure(&mut self, budget: Option<u64>) -> Next {
+        let usage =
+            self.attempt_usage
+                .take()
+                .unwrap_or([0, self.attempt_chunks, self.attempt_chunks]);
+        for (sum, n) in self.earlier.iter_mut().zip(usage) {
+            *sum += n;
+        }
+        self.attempt_chunks = 0;
+        if !self.continuable {
+            return Next::Stop("what was delivered is not text of a single choice");
+        }
+        if self.text.is_empty() {
+            return Next::Fresh;
+        }
+        let tokens_left = match budget {
+            None => None,
+            Some(b) => match b.checked_sub(self.earlier[1]).filter(|left| *left > 0) {
+                Some(left) => Some(left),
+                None => return Next::Stop("the client's token budget is spent"),
+            },
+        };
+        Next::Continue {
+            prefix: self.text.clone(),
+            tokens_left,
+        }
+    }
+}
+
+fn counters(usage: &Map<String, Value>) -> [u64; 3] {
+    USAGE_COUNTERS.map(|name| usage.get(name).and_then(Value::as_u64).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
+    use rand::SeedableRng;
+
+    fn chunk(s: &str) -> Chunk {
+        match parse_data(s, &ChunkLimits::default()).unwrap() {
+            Payload::Chunk(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn rng() -> rand_chacha::ChaCha8Rng {
+        rand_chacha::ChaCha8Rng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn the_response_id_is_the_committing_attempts_own() {
+        let mut s = CommitState::new();
+        assert_eq!(s.commit(Some("up-1"), &mut rng()), "up-1");
+        let later = s.stamp_and_record(
+            chunk(r#"{"id":"other","choices":[{"index":0,"delta":{"content":"b"}}]}"#),
+            "m",
+        );
+        assert_eq!(later.object["id"], "up-1", "every chunk carries one id");
+        let mut s = CommitState::new();
+        let id = s.commit(None, &mut rng());
+        assert!(id.starts_with("chatcmpl-") && id.len() == 33, "{id}");
+    }
+
+    #[test]
+    fn roles_are_stripped_per_choice() {
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        let c = s.stamp_and_record(
+            chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"a"}}]}"#),
+            "m",
+        );
+        assert_eq!(c.object["choices"][0]["delta"]["role"], "assistant");
+        let c = s.stamp_and_record(
+            chunk(r#"{"choices":[{"index":1,"delta":{"role":"assistant","content":"b"}},{"index":0,"delta":{"role":"assistant","content":"c"}}]}"#),
+            "m",
+        );
+        assert_eq!(
+            c.object["choices"][0]["delta"]["role"], "assistant",
+            "choice 1's first"
+        );
+        assert!(
+            c.object["choices"][1]["delta"].get("role").is_none(),
+            "choice 0's second"
+        );
+    }
+
+    #[test]
+    fn continuation_budget_and_usage() {
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        for t in ["He", "ll"] {
+            s.stamp_and_record(
+                chunk(&format!(
+                    r#"{{"choices":[{{"index":0,"delta":{{"content":"{t}"}}}}]}}"#
+                )),
+                "m",
+            );
+        }
+        assert_eq!(
+            s.after_failure(Some(5)),
+            Next::Continue {
+                prefix: "Hell".into(),
+                tokens_left: Some(3)
+            },
+            "two chunks count as two tokens"
+        );
+        s.stamp_and_record(
+            chunk(r#"{"choices":[{"index":0,"delta":{"content":"o"}}]}"#),
+            "m",
+        );
+        let usage = s.stamp_and_record(
+            chunk(r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}"#),
+            "m",
+        );
+        assert_eq!(
+            usage.object["usage"],
+            serde_json::json!({"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}),
+            "usage covers both attempts"
+        );
+        assert_eq!(
+            s.after_failure(Some(3)),
+            Next::Stop("the client's token budget is spent")
+        );
+    }
+
+    #[test]
+    fn only_text_can_be_continued() {
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        s.stamp_and_record(
+            chunk(r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f"}}]}}]}"#),
+            "m",
+        );
+        assert!(matches!(s.after_failure(None), Next::Stop(_)));
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        s.stamp_and_record(
+            chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#),
+            "m",
+        );
+        assert_eq!(s.after_failure(None), Next::Fresh);
+    }
+}
