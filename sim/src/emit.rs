@@ -27,10 +27,11 @@ pub type PortMap = BTreeMap<(String, u16), SocketAddr>;
 /// of `--setup`, and for requests without a key of their own when given as `--api-key`.
 pub const LITELLM_MASTER_KEY: &str = "sk-switchback-master";
 
-/// The LiteLLM setting that lets requests carry `mock_testing_*` flags. LiteLLM ≥ 1.85
-/// refuses (or strips) them without it: `litellm/proxy/route_llm_request.py`,
-/// `mock_testing_params_allowed` reads `general_settings[MOCK_TESTING_CONFIG_KEY]`, and
-/// `raise_if_mock_testing_params_disallowed` rejects the request. Older versions ignore it.
+/// The LiteLLM setting that lets requests carry `mock_testing_*` flags. Newer LiteLLM
+/// versions (1.108 and 1.110 in issue 13) refuse them without it: in LiteLLM's main branch,
+/// `litellm/proxy/route_llm_request.py`, `mock_testing_params_allowed` reads
+/// `general_settings[MOCK_TESTING_CONFIG_KEY]` and `raise_if_mock_testing_params_disallowed`
+/// rejects the request. 1.83.0 does not know the setting and ignores it.
 pub const LITELLM_MOCK_SETTING: &str = "dangerously_allow_mock_testing_request_params";
 
 /// Router settings LiteLLM's `Router.__init__` accepts (`litellm/router.py`); the proxy
