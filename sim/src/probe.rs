@@ -268,12 +268,6 @@ pub async fn probe_mode(
     observed
 }
 
-/// The key request `index` sends, if it is the scenario's own.
-fn scenario_key(scenario: &Scenario, label: &str) -> Option<String> {
-    let index: usize = label.strip_prefix('r')?.split('.').next()?.parse().ok()?;
-    scenario.requests.get(index)?.key.clone()
-}
-
 /// Pairs the two modes' observations request by request and judges each pair against what
 /// the scenario relies on ([`Reference`]).
 pub fn pair_up(
@@ -288,22 +282,16 @@ pub fn pair_up(
         .zip(stream)
         .enumerate()
         .map(|(i, ((label, n), (_, s)))| {
-            let index: usize = label
-                .strip_prefix('r')
-                .and_then(|l| l.split('.').next())
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(0);
-            let naming = scenario
-                .requests
-                .get(index)
+            let spec = scenario.requests.get(n.client.index);
+            let naming = spec
                 .map(|spec| Naming::of(scenario, spec))
                 .unwrap_or_default();
             let expected = (
                 reference.non_stream.get(i).unwrap_or(&none),
                 reference.stream.get(i).unwrap_or(&none),
             );
-            let key = scenario_key(scenario, &label);
-            let judgement = verdict::judge(&n, &s, expected, &naming, key.as_deref());
+            let key = spec.and_then(|spec| spec.key.as_deref());
+            let judgement = verdict::judge(&n, &s, expected, &naming, key);
             Pair {
                 label,
                 non_stream: n,
