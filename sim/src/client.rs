@@ -385,12 +385,25 @@ fn header_or_dash(r: &ClientResult, name: &str) -> String {
     r.headers.get(name).cloned().unwrap_or_else(|| "-".into())
 }
 
+/// An error as gateways send it: the status from `status`, else from `code` as a number or
+/// a numeric string (LiteLLM's stream error events: `litellm/proxy/_types.py`,
+/// `ProxyException.to_dict`, whose `code` is `str(status)`), else the HTTP status; `type` as
+/// given. A non-numeric `code` (`"rate_limit_exceeded"`) is not a status.
 fn seen_error(e: &Value, status: u16) -> SeenError {
+    let as_status = |v: &Value| {
+        let n = match v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        };
+        n.filter(|n| (100..=599).contains(n)).map(|n| n as u16)
+    };
     SeenError {
         status: e
             .get("status")
-            .and_then(Value::as_u64)
-            .map_or(status, |s| s as u16),
+            .and_then(as_status)
+            .or_else(|| e.get("code").and_then(as_status))
+            .unwrap_or(status),
         error_type: e
             .get("type")
             .and_then(Value::as_str)
@@ -467,4 +480,34 @@ fn on_event(
         result.model.clone_from(&model);
     }
     result.chunks.push(SeenChunk { at_ms, model, text });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn error_statuses_are_read_in_every_shape_gateways_send() {
+        let seen = |e: Value| {
+            let s = seen_error(&e, 200);
+            (s.status, s.error_type)
+        };
+        // Switchback's own event.
+        assert_eq!(
+            seen(json!({"status": 429, "type": "rate_limit_error"})),
+            (429, "rate_limit_error".into())
+        );
+        // LiteLLM's events: the status in `code`, as a string.
+        assert_eq!(
+            seen(json!({"message": "x", "type": "throttling_error", "param": null, "code": "429"})),
+            (429, "throttling_error".into())
+        );
+        assert_eq!(seen(json!({"code": "408", "type": null})).0, 408);
+        // OpenRouter and Vertex: a number in `code`.
+        assert_eq!(seen(json!({"code": 503, "message": "x"})).0, 503);
+        // An OpenAI error code is a name, not a status: the HTTP status stands.
+        assert_eq!(seen(json!({"code": "rate_limit_exceeded"})).0, 200);
+        assert_eq!(seen(json!({"code": "12345"})).0, 200);
+    }
 }

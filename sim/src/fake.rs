@@ -56,6 +56,11 @@ pub struct CallRecord {
     pub planned: String,
     /// What the script does: `ok`, or the fault (`http 429`, `error_event@3 429`, ...).
     pub outcome: String,
+    /// Whether the scripted fault actually happened: the error status sent, the error event,
+    /// reset, malformed line or `content_filter` chunk written after its k chunks, or the
+    /// stall begun. `false` without a fault, and when the caller went away before the
+    /// fault's turn: a fault that never fired tested nothing (`probe` checks this).
+    pub fault_fired: bool,
     pub body: Value,
 }
 
@@ -196,8 +201,9 @@ impl Fake {
             &model,
             continuation.as_deref().filter(|_| continued),
         );
+        let seq = self.order.fetch_add(1, Ordering::SeqCst) + 1;
         self.log.lock().expect("fake log").push(CallRecord {
-            seq: self.order.fetch_add(1, Ordering::SeqCst) + 1,
+            seq,
             call,
             model: model.clone(),
             stream,
@@ -214,6 +220,7 @@ impl Fake {
                     (kind, None) => format!("{}@{}", kind.as_str(), f.after_chunks),
                 },
             ),
+            fault_fired: false,
             body: body.clone(),
         });
         self.trace(format!(
@@ -226,10 +233,14 @@ impl Fake {
             )),
         ));
         pause(script.ttfb_ms).await;
+        let fired = FiredMark {
+            fake: self.clone(),
+            seq,
+        };
         if stream {
-            answer.stream(include_usage)
+            answer.stream(include_usage, fired)
         } else {
-            answer.whole().await
+            answer.whole(fired).await
         }
     }
 
@@ -254,6 +265,21 @@ async fn pause(ms: u64) {
     }
 }
 
+/// Marks one call's fault as fired in the fake's log, when it does.
+struct FiredMark {
+    fake: Arc<Fake>,
+    seq: u64,
+}
+
+impl FiredMark {
+    fn fire(&self) {
+        let mut log = self.fake.log.lock().expect("fake log");
+        if let Some(c) = log.iter_mut().rev().find(|c| c.seq == self.seq) {
+            c.fault_fired = true;
+        }
+    }
+}
+
 struct OpenGuard(Arc<Fake>);
 
 impl Drop for OpenGuard {
@@ -263,16 +289,24 @@ impl Drop for OpenGuard {
 }
 
 /// A continuation request ends with the partial answer (assistant) and an instruction
-/// (user). The fake continues it when its own text starts with that partial answer.
+/// (user), as Switchback sends it, or with the partial answer itself as an assistant prefix
+/// (after a system instruction), as LiteLLM sends it (`litellm/router.py`,
+/// `stream_with_fallbacks`: `{"role": "assistant", "content": ..., "prefix": True}`). The
+/// fake continues it when its own text starts with that partial answer.
 fn continuation_prefix(body: &Value) -> Option<String> {
     let messages = body.get("messages")?.as_array()?;
-    let [.., prev, last] = messages.as_slice() else {
-        return None;
+    let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_string);
+    let partial = match messages.as_slice() {
+        [.., last] if role(last).as_deref() == Some("assistant") => last,
+        [.., prev, last]
+            if role(prev).as_deref() == Some("assistant")
+                && role(last).as_deref() == Some("user") =>
+        {
+            prev
+        }
+        _ => return None,
     };
-    if prev.get("role")?.as_str()? != "assistant" || last.get("role")?.as_str()? != "user" {
-        return None;
-    }
-    let prefix = prev.get("content")?.as_str()?;
+    let prefix = partial.get("content")?.as_str()?;
     (!prefix.is_empty()).then(|| prefix.to_string())
 }
 
@@ -352,8 +386,9 @@ impl Answer {
             .map_or(self.chunks.len(), |f| f.after_chunks.min(self.chunks.len()))
     }
 
-    fn stream(self, include_usage: bool) -> Response<FakeBody> {
+    fn stream(self, include_usage: bool, fired: FiredMark) -> Response<FakeBody> {
         if let Some(f) = self.fault.as_ref().filter(|f| f.kind == FaultKind::Http) {
+            fired.fire();
             return http_error(f, &self.headers);
         }
         let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(16);
@@ -398,6 +433,7 @@ impl Answer {
                     ))),
                     FaultKind::Stall => {
                         // Hold the connection open with no bytes until the peer gives up.
+                        fired.fire();
                         tx.closed().await;
                         return;
                     }
@@ -409,7 +445,9 @@ impl Answer {
                     }
                 };
                 if let Some(frame) = end {
-                    let _ = tx.send(frame).await;
+                    if tx.send(frame).await.is_ok() {
+                        fired.fire();
+                    }
                 }
                 if f.kind == FaultKind::ContentFilter {
                     let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
@@ -426,8 +464,9 @@ impl Answer {
         response
     }
 
-    async fn whole(self) -> Response<FakeBody> {
+    async fn whole(self, fired: FiredMark) -> Response<FakeBody> {
         if let Some(f) = self.fault.as_ref().filter(|f| f.kind == FaultKind::Http) {
+            fired.fire();
             return http_error(f, &self.headers);
         }
         let k = self.sent_before_fault();
@@ -439,6 +478,10 @@ impl Answer {
                 .copied()
                 .unwrap_or(0);
         pause(waited).await;
+        // The caller waited this long (the future was not dropped): the fault happens now.
+        if self.fault.is_some() {
+            fired.fire();
+        }
         let text: String = self.chunks[..k].concat();
         let completion = |finish: &str| {
             json!({
@@ -652,5 +695,28 @@ impl Body for ChannelBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.0.poll_recv(cx).map(|f| f.map(|r| r.map(Frame::data)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuations_are_read_in_switchback_and_litellm_shapes() {
+        let switchback = json!({"messages": [
+            {"role": "user", "content": "say ping"},
+            {"role": "assistant", "content": "The q"},
+            {"role": "user", "content": "Continue exactly where your previous message stopped."},
+        ]});
+        let litellm = json!({"messages": [
+            {"role": "user", "content": "say ping"},
+            {"role": "system", "content": "respond in continuation of this text: "},
+            {"role": "assistant", "content": "The q", "prefix": true},
+        ]});
+        let fresh = json!({"messages": [{"role": "user", "content": "say ping"}]});
+        assert_eq!(continuation_prefix(&switchback).as_deref(), Some("The q"));
+        assert_eq!(continuation_prefix(&litellm).as_deref(), Some("The q"));
+        assert_eq!(continuation_prefix(&fresh), None);
     }
 }

@@ -2,11 +2,16 @@
 //! non-stream equivalence, over real loopback sockets.
 //!
 //! Owns: running a scenario's requests against an external gateway in both modes (one request
-//! at a time, so every provider call belongs to the request in flight), reconstructing each
-//! request's attempts from the fakes' call logs (an external gateway has no trace to read),
-//! comparing the two modes request by request, and the side-by-side report. The fakes are
+//! at a time, so every provider call belongs to the request in flight), with a bound on each
+//! request and progress while waiting; reconstructing each request's attempts from the fakes'
+//! call logs (an external gateway has no trace to read); the whole run (checks, optional setup
+//! of keys and teams, both modes, the verdict); and the side-by-side report. The fakes are
 //! reset between the modes, so per-call scripts replay identically; the gateway itself cannot
 //! be reset, so the modes are separated by a pause long enough for its cooldowns to end.
+//!
+//! The parts: [`reference`] (what each request relies on and is expected to show),
+//! [`verdict`] (comparison and verdict), [`preflight`] (ports and gateway checks), [`setup`]
+//! (keys and teams through LiteLLM's admin API).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -19,6 +24,24 @@ use crate::fake::CallRecord;
 use crate::live::RunningFakes;
 use crate::scenario::{Mode, Scenario};
 use crate::trace::TraceSink;
+
+pub mod preflight;
+pub mod reference;
+pub mod setup;
+pub mod verdict;
+
+pub use reference::{Expected, Reference};
+pub use verdict::{Judgement, Naming, Verdict};
+
+/// A request waits at most this long in each mode unless `--timeout` says otherwise (or the
+/// scenario's own `timeout_ms` is shorter).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest `--timeout` accepted, in seconds.
+pub const MAX_REQUEST_TIMEOUT_SECS: f64 = 600.0;
+/// How often `probe` says it is still waiting for a request.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How the client reports a request that did not finish within its bound.
+pub const TIMED_OUT: &str = "no complete answer within";
 
 /// Where the gateway under probe listens.
 #[derive(Debug, Clone)]
@@ -73,18 +96,28 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// `host#call model: outcome`, the attempts as the providers saw them.
+    /// `host#call model: outcome`, the attempts as the providers saw them; a scripted fault
+    /// that did not happen (the gateway stopped reading first) is marked `(not fired)`.
     pub fn call_lines(&self) -> Vec<String> {
         self.calls
             .iter()
-            .map(|(host, c)| format!("{host}#{} {}: {}", c.call, c.model, c.outcome))
+            .map(|(host, c)| {
+                let not_fired = if c.outcome != "ok" && !c.fault_fired {
+                    " (not fired)"
+                } else {
+                    ""
+                };
+                format!("{host}#{} {}: {}{not_fired}", c.call, c.model, c.outcome)
+            })
             .collect()
     }
 
-    fn outcome(&self) -> String {
+    /// `200`, `error 429 rate_limit_error`, `broken (...)`: what the client got.
+    pub fn outcome(&self) -> String {
         let c = &self.client;
         match (&c.broken, &c.error, c.status) {
             (Some(b), _, _) => format!("broken ({b})"),
+            (None, Some(e), _) if e.error_type.is_empty() => format!("error {}", e.status),
             (None, Some(e), _) => format!("error {} {}", e.status, e.error_type),
             (None, None, Some(s)) => format!("{s}"),
             (None, None, None) => "no answer".into(),
@@ -116,79 +149,46 @@ impl Observed {
     }
 }
 
-/// Both modes of one request, and how they differ.
+/// Both modes of one request, and the verdict on them.
 #[derive(Debug, Clone)]
 pub struct Pair {
     pub label: String,
     pub non_stream: Observed,
     pub stream: Observed,
-    pub differences: Vec<String>,
-}
-
-/// Compares the two modes of one request (DESIGN.md's equivalence, as far as an external
-/// gateway lets us see it).
-pub fn compare(n: &Observed, s: &Observed) -> Vec<String> {
-    let mut d = Vec::new();
-    if n.outcome() != s.outcome() {
-        d.push(format!(
-            "outcome: non_stream {}, stream {}",
-            n.outcome(),
-            s.outcome()
-        ));
-    }
-    let (nc, sc) = (n.call_lines(), s.call_lines());
-    if nc != sc {
-        let i = nc
-            .iter()
-            .zip(&sc)
-            .position(|(a, b)| a != b)
-            .unwrap_or(nc.len().min(sc.len()));
-        d.push(format!(
-            "provider calls diverge at call {}: non_stream {}, stream {}",
-            i + 1,
-            nc.get(i).map_or("(none)", String::as_str),
-            sc.get(i).map_or("(none)", String::as_str)
-        ));
-    }
-    let both_ok = n.client.succeeded() && s.client.succeeded();
-    if both_ok && n.client.model != s.client.model {
-        d.push(format!(
-            "model: non_stream {:?}, stream {:?}",
-            n.client.model, s.client.model
-        ));
-    }
-    if both_ok && n.client.text != s.client.text {
-        d.push(format!(
-            "text: non_stream {:?}, stream {:?}",
-            n.client.text, s.client.text
-        ));
-    }
-    if let (Some(a), Some(b)) = (n.fallbacks_header(), s.fallbacks_header()) {
-        if a != b {
-            d.push(format!("reported fallbacks: non_stream {a}, stream {b}"));
-        }
-    }
-    d
+    pub judgement: Judgement,
 }
 
 /// Options of one probe.
 pub struct ProbeOptions {
     pub gateway: GatewayUrl,
-    /// Replaces every request's key (e.g. an external gateway's master key).
+    /// The key sent by requests that have none in the scenario (e.g. LiteLLM's master key).
+    /// A request with its own `key` always sends that key.
     pub api_key: Option<String>,
     /// Pause between the modes, for the gateway's cooldowns to end.
     pub pause: Duration,
+    /// Bound on each request (default: the scenario's `timeout_ms`, at most
+    /// [`DEFAULT_REQUEST_TIMEOUT`]).
+    pub timeout: Option<Duration>,
+    /// With a master key: create the scenario's teams and keys first (LiteLLM's admin API).
+    pub setup_master_key: Option<String>,
 }
 
+/// Progress lines while a probe runs (to standard error in the command).
+pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
 /// Sends every request of `scenario`, one at a time, in `mode`, against the gateway, with
-/// `fakes` (reset first) answering its upstream calls.
+/// `fakes` (reset first) answering its upstream calls. Requests with a `key` send it;
+/// others send `api_key`.
+#[allow(clippy::too_many_arguments)]
 pub async fn probe_mode(
     scenario: &Scenario,
     fakes: &RunningFakes,
     gateway: &GatewayUrl,
     api_key: Option<&str>,
+    timeout: Option<Duration>,
     mode: Mode,
     sink: Arc<dyn TraceSink>,
+    progress: Progress<'_>,
 ) -> Vec<(String, Observed)> {
     let target = Target {
         connector: Arc::new(TcpConnector),
@@ -197,7 +197,8 @@ pub async fn probe_mode(
         base_path: gateway.base_path.clone(),
     };
     // Probing runs on real sockets against a real gateway: real time is the point here
-    // (chunk times in the client's record), and nothing here is replayed or snapshotted.
+    // (chunk times in the client's record, progress while waiting), and nothing here is
+    // replayed or snapshotted.
     let started = std::time::Instant::now();
     let clock = move || started.elapsed();
     for f in &fakes.fakes {
@@ -205,12 +206,42 @@ pub async fn probe_mode(
     }
     let mut observed = Vec::new();
     for (index, spec) in scenario.requests.iter().enumerate() {
+        let mut spec = spec.clone();
+        let bound = timeout
+            .unwrap_or_else(|| Duration::from_millis(spec.timeout_ms).min(DEFAULT_REQUEST_TIMEOUT));
+        spec.timeout_ms = bound.as_millis().max(1) as u64;
         for copy in 0..spec.repeat {
-            let before: Vec<usize> = fakes.fakes.iter().map(|f| f.calls().len()).collect();
-            let key = api_key.or(spec.key.as_deref());
-            let r = client::send_spec(&target, spec, index, copy, mode, key, sink.as_ref(), &clock)
-                .await;
             let label = format!("r{index}.{copy}");
+            let before: Vec<usize> = fakes.fakes.iter().map(|f| f.calls().len()).collect();
+            let key = spec.key.as_deref().or(api_key);
+            let sent = std::time::Instant::now();
+            let send = client::send_spec(
+                &target,
+                &spec,
+                index,
+                copy,
+                mode,
+                key,
+                sink.as_ref(),
+                &clock,
+            );
+            tokio::pin!(send);
+            let mut ticks = tokio::time::interval_at(
+                tokio::time::Instant::now() + PROGRESS_EVERY,
+                PROGRESS_EVERY,
+            );
+            let r = loop {
+                tokio::select! {
+                    biased;
+                    r = &mut send => break r,
+                    _ = ticks.tick() => progress(&format!(
+                        "{} {label}: still waiting for the gateway ({} s of at most {} s)",
+                        mode.as_str(),
+                        sent.elapsed().as_secs(),
+                        bound.as_secs_f64()
+                    )),
+                }
+            };
             let mut calls: Vec<(String, CallRecord)> = fakes
                 .fakes
                 .iter()
@@ -223,61 +254,151 @@ pub async fn probe_mode(
                 })
                 .collect();
             calls.sort_by_key(|(_, c)| c.seq);
-            observed.push((label, Observed { client: r, calls }));
+            let o = Observed { client: r, calls };
+            progress(&format!(
+                "{} {label}: {} in {:.2} s, {} provider call(s)",
+                mode.as_str(),
+                o.outcome(),
+                sent.elapsed().as_secs_f64(),
+                o.calls.len()
+            ));
+            observed.push((label, o));
         }
     }
     observed
 }
 
-/// Pairs the two modes' observations request by request and compares them.
-pub fn pair_up(non_stream: Vec<(String, Observed)>, stream: Vec<(String, Observed)>) -> Vec<Pair> {
+/// Pairs the two modes' observations request by request and judges each pair against what
+/// the scenario relies on ([`Reference`]).
+pub fn pair_up(
+    scenario: &Scenario,
+    reference: &Reference,
+    non_stream: Vec<(String, Observed)>,
+    stream: Vec<(String, Observed)>,
+) -> Vec<Pair> {
+    let none = Expected::default();
     non_stream
         .into_iter()
         .zip(stream)
-        .map(|((label, n), (_, s))| {
-            let differences = compare(&n, &s);
+        .enumerate()
+        .map(|(i, ((label, n), (_, s)))| {
+            let spec = scenario.requests.get(n.client.index);
+            let naming = spec
+                .map(|spec| Naming::of(scenario, spec))
+                .unwrap_or_default();
+            let expected = (
+                reference.non_stream.get(i).unwrap_or(&none),
+                reference.stream.get(i).unwrap_or(&none),
+            );
+            let key = spec.and_then(|spec| spec.key.as_deref());
+            let judgement = verdict::judge(&n, &s, expected, &naming, key);
             Pair {
                 label,
                 non_stream: n,
                 stream: s,
-                differences,
+                judgement,
             }
         })
         .collect()
 }
 
-/// Both modes against one running gateway, non-stream first, `o.pause` apart (the gateway's
-/// cooldowns cannot be reset from outside).
+/// A whole probe: the verdict, and either the pairs or why it could not run.
+#[derive(Debug, Clone)]
+pub struct ProbeRun {
+    pub verdict: Verdict,
+    pub could_not_run: Option<String>,
+    pub pairs: Vec<Pair>,
+}
+
+impl ProbeRun {
+    pub fn could_not_run(reason: impl Into<String>) -> ProbeRun {
+        ProbeRun {
+            verdict: Verdict::CouldNotRun,
+            could_not_run: Some(reason.into()),
+            pairs: Vec::new(),
+        }
+    }
+}
+
+/// Checks the gateway answers, sets up keys and teams if asked, then sends both modes
+/// (non-stream first, `o.pause` apart: the gateway's cooldowns cannot be reset from outside)
+/// and judges every request. The fakes must already run at the ports the gateway knows.
 pub async fn probe(
     scenario: &Scenario,
+    reference: &Reference,
     fakes: &RunningFakes,
     o: &ProbeOptions,
     sink: Arc<dyn TraceSink>,
-) -> Vec<Pair> {
+    progress: Progress<'_>,
+) -> ProbeRun {
+    if let Err(e) = preflight::gateway_answers(&o.gateway).await {
+        return ProbeRun::could_not_run(e);
+    }
+    if let Some(master) = &o.setup_master_key {
+        match setup::setup_litellm(scenario, &o.gateway, master, progress).await {
+            Ok(n) => progress(&format!("setup: {n} team(s) and key(s) created")),
+            Err(e) => {
+                return ProbeRun::could_not_run(format!(
+                    "setting up the scenario's teams and keys failed: {e}"
+                ));
+            }
+        }
+    }
     let key = o.api_key.as_deref();
     let n = probe_mode(
         scenario,
         fakes,
         &o.gateway,
         key,
+        o.timeout,
         Mode::NonStream,
         sink.clone(),
+        progress,
     )
     .await;
-    tokio::time::sleep(o.pause).await;
-    let s = probe_mode(scenario, fakes, &o.gateway, key, Mode::Stream, sink).await;
-    pair_up(n, s)
+    if !o.pause.is_zero() {
+        progress(&format!(
+            "pausing {:.1} s between the modes, for the gateway's cooldowns to end (--pause)",
+            o.pause.as_secs_f64()
+        ));
+        tokio::time::sleep(o.pause).await;
+    }
+    let s = probe_mode(
+        scenario,
+        fakes,
+        &o.gateway,
+        key,
+        o.timeout,
+        Mode::Stream,
+        sink,
+        progress,
+    )
+    .await;
+    let pairs = pair_up(scenario, reference, n, s);
+    ProbeRun {
+        verdict: Verdict::overall(pairs.iter().map(|p| p.judgement.verdict)),
+        could_not_run: None,
+        pairs,
+    }
 }
 
-/// The side-by-side report.
-pub fn report(scenario: &Scenario, pairs: &[Pair]) -> String {
+/// The side-by-side report, ending with the verdict and its exit status.
+pub fn report(scenario: &Scenario, run: &ProbeRun) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "scenario: {}", scenario.name);
+    if let Some(reason) = &run.could_not_run {
+        let _ = writeln!(
+            out,
+            "\nverdict: could not run (exit status {}): {reason}",
+            Verdict::CouldNotRun.exit_code()
+        );
+        return out;
+    }
     let _ = writeln!(
         out,
         "(timing-exact expectations are not checked in probe mode; decisions are)"
     );
-    for p in pairs {
+    for p in &run.pairs {
         let _ = writeln!(out, "\nrequest {}", p.label);
         let row = |out: &mut String, name: &str, a: String, b: String| {
             let _ = writeln!(out, "  {name:<11} {a:<44} {b}");
@@ -333,6 +454,9 @@ pub fn report(scenario: &Scenario, pairs: &[Pair]) -> String {
             headers(&p.stream),
         );
         let (a, b) = (p.non_stream.call_lines(), p.stream.call_lines());
+        if a.is_empty() && b.is_empty() {
+            row(&mut out, "calls", "(none)".into(), "(none)".into());
+        }
         for i in 0..a.len().max(b.len()) {
             row(
                 &mut out,
@@ -341,24 +465,46 @@ pub fn report(scenario: &Scenario, pairs: &[Pair]) -> String {
                 b.get(i).cloned().unwrap_or_default(),
             );
         }
-        match p.differences.first() {
+        let j = &p.judgement;
+        match j.reasons.first() {
             None => {
-                let _ = writeln!(out, "  verdict     equivalent");
+                let _ = writeln!(out, "  verdict     {}", j.verdict.as_str());
             }
             Some(first) => {
-                let _ = writeln!(out, "  verdict     DIFFERENT: {first}");
-                for more in &p.differences[1..] {
+                let _ = writeln!(
+                    out,
+                    "  verdict     {}: {first}",
+                    j.verdict.as_str().to_uppercase()
+                );
+                for more in &j.reasons[1..] {
                     let _ = writeln!(out, "              also: {more}");
                 }
             }
         }
+        for note in &j.notes {
+            let _ = writeln!(out, "  note        {note}");
+        }
     }
-    let bad = pairs.iter().filter(|p| !p.differences.is_empty()).count();
+    let count = |v: Verdict| {
+        run.pairs
+            .iter()
+            .filter(|p| p.judgement.verdict == v)
+            .count()
+    };
     let _ = writeln!(
         out,
-        "\n{} request(s): {} equivalent, {bad} different",
-        pairs.len(),
-        pairs.len() - bad
+        "\n{} request(s): {} equivalent, {} different, {} inconclusive, {} could not run",
+        run.pairs.len(),
+        count(Verdict::Equivalent),
+        count(Verdict::Different),
+        count(Verdict::Inconclusive),
+        count(Verdict::CouldNotRun),
+    );
+    let _ = writeln!(
+        out,
+        "verdict: {} (exit status {})",
+        run.verdict.as_str(),
+        run.verdict.exit_code()
     );
     out
 }

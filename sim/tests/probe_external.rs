@@ -5,7 +5,11 @@
 //!   not leak into the other).
 //! * The same scenarios decided the same way in simulation and live.
 //! * A deliberately faulty gateway (a test-only front that ignores fallbacks for streams),
-//!   probed with the `switchback probe` command: it reports the divergence and exits non-zero.
+//!   probed with the `switchback probe` command: it reports the divergence and exits 1.
+//! * Every way a probe could pass without testing anything gives `could not run` (exit 2)
+//!   or `inconclusive` (exit 3), never `equivalent`: a gateway that is down, a scripted fault
+//!   that never fires, both modes failing before any provider call, neither mode answering
+//!   in time, a setup the gateway refuses, a fake's port already taken.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -18,7 +22,7 @@ mod common;
 use switchback_sim::emit;
 use switchback_sim::live::start_fakes;
 use switchback_sim::oracle;
-use switchback_sim::probe::{self, GatewayUrl};
+use switchback_sim::probe::{self, GatewayUrl, Verdict};
 use switchback_sim::run::{Where, run_scenario_in};
 use switchback_sim::scenario::{Mode, Scenario};
 use switchback_sim::trace::{NullSink, TraceSink};
@@ -99,9 +103,12 @@ fn serve(name: &str, config: &switchback::config::GatewayConfig) -> Served {
     }
 }
 
-/// Probes a fresh `switchback serve` child per mode and returns the report's pairs.
+fn quiet(_: &str) {}
+
+/// Probes a fresh `switchback serve` child per mode and returns the judged pairs.
 fn probe_child(rel: &str) -> Vec<probe::Pair> {
     let (_, scenario) = corpus(rel);
+    let reference = probe::reference::reference(&scenario).expect("reference run");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,13 +127,33 @@ fn probe_child(rel: &str) -> Vec<probe::Pair> {
                 &config,
             );
             let url = GatewayUrl::parse(&format!("http://{}", child.addr)).unwrap();
-            by_mode
-                .push(probe::probe_mode(&scenario, &fakes, &url, None, mode, sink.clone()).await);
+            by_mode.push(
+                probe::probe_mode(
+                    &scenario,
+                    &fakes,
+                    &url,
+                    None,
+                    None,
+                    mode,
+                    sink.clone(),
+                    &quiet,
+                )
+                .await,
+            );
         }
         let s = by_mode.pop().unwrap();
         let n = by_mode.pop().unwrap();
-        probe::pair_up(n, s)
+        probe::pair_up(&scenario, &reference, n, s)
     })
+}
+
+fn report_of(scenario: &Scenario, pairs: &[probe::Pair]) -> String {
+    let run = probe::ProbeRun {
+        verdict: Verdict::overall(pairs.iter().map(|p| p.judgement.verdict)),
+        could_not_run: None,
+        pairs: pairs.to_vec(),
+    };
+    probe::report(scenario, &run)
 }
 
 #[test]
@@ -143,9 +170,12 @@ fn probing_switchback_serve_finds_the_modes_equivalent() {
         let pairs = probe_child(rel);
         assert!(!pairs.is_empty(), "{rel}: no requests");
         let (_, scenario) = corpus(rel);
-        let report = probe::report(&scenario, &pairs);
+        let report = report_of(&scenario, &pairs);
+        // Equivalent, and not vacuously: every fault fired and every expect held.
         assert!(
-            pairs.iter().all(|p| p.differences.is_empty()),
+            pairs
+                .iter()
+                .all(|p| p.judgement.verdict == Verdict::Equivalent && p.judgement.notes.is_empty()),
             "{rel}:\n{report}"
         );
         // The provider-side call sequences are real evidence, not empty lists.
@@ -233,12 +263,28 @@ async fn faulty_gateway(config: &switchback::config::GatewayConfig) -> SocketAdd
     addr
 }
 
-#[test]
-fn probe_reports_a_gateway_that_ignores_fallbacks_for_streams() {
-    let (path, scenario) = corpus("known_bug/key_level_fallbacks_stream.yaml");
-    // Fixed ports: the `probe` command starts its own fakes there, as a user's would.
-    let base: u16 = 18_650;
-    let ports: emit::PortMap = scenario
+/// A port base with `n` free consecutive loopback ports (other test binaries and other
+/// checkouts on this machine probe too, so no port is fixed).
+fn free_port_base(n: u16) -> u16 {
+    for _ in 0..200 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("an ephemeral port");
+        let base = probe.local_addr().unwrap().port();
+        drop(probe);
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let held: Vec<_> = (0..n)
+            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+    panic!("no {n} free consecutive loopback ports");
+}
+
+fn ports_at(scenario: &Scenario, base: u16) -> emit::PortMap {
+    scenario
         .providers
         .iter()
         .enumerate()
@@ -248,36 +294,288 @@ fn probe_reports_a_gateway_that_ignores_fallbacks_for_streams() {
                 SocketAddr::from(([127, 0, 0, 1], base + i as u16)),
             )
         })
-        .collect();
-    let config = emit::switchback_config(&scenario, &ports).unwrap();
+        .collect()
+}
+
+/// What `switchback probe` printed and its exit status.
+struct ProbeOutput {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_probe(path: &Path, gateway: &str, base: u16, extra: &[&str]) -> ProbeOutput {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchback"))
+        .arg("probe")
+        .arg(path)
+        .args(["--gateway", gateway, "--port-base", &base.to_string()])
+        .args(if extra.contains(&"--pause") {
+            &[][..]
+        } else {
+            &["--pause", "0"][..]
+        })
+        .args(extra)
+        .output()
+        .expect("switchback probe runs");
+    let out = ProbeOutput {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    println!("{}\n{}", out.stdout, out.stderr);
+    out
+}
+
+/// `switchback serve` with the scenario's config for fakes at `base`, changed by `edit`.
+fn serve_at(
+    rel: &str,
+    base: u16,
+    edit: impl FnOnce(&mut switchback::config::GatewayConfig),
+) -> (PathBuf, Served) {
+    let (path, scenario) = corpus(rel);
+    let mut config = emit::switchback_config(&scenario, &ports_at(&scenario, base)).unwrap();
+    edit(&mut config);
+    let child = serve(&rel.replace('/', "_"), &config);
+    (path, child)
+}
+
+#[test]
+fn probe_reports_a_gateway_that_ignores_fallbacks_for_streams() {
+    let (path, scenario) = corpus("known_bug/key_level_fallbacks_stream.yaml");
+    let base = free_port_base(scenario.providers.len() as u16);
+    let config = emit::switchback_config(&scenario, &ports_at(&scenario, base)).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let addr = rt.block_on(faulty_gateway(&config));
-    let output = Command::new(env!("CARGO_BIN_EXE_switchback"))
-        .args(["probe"])
-        .arg(&path)
-        .args([
-            "--gateway",
-            &format!("http://{addr}"),
-            "--listen",
-            &format!("127.0.0.1:{base}"),
-            "--pause",
-            "0",
-        ])
-        .output()
-        .expect("switchback probe runs");
-    let text = String::from_utf8_lossy(&output.stdout);
-    println!("{text}");
+    let out = run_probe(&path, &format!("http://{addr}"), base, &[]);
+    assert_eq!(out.code, Some(1), "different exits 1");
     assert!(
-        !output.status.success(),
-        "probe must fail on a divergent gateway:\n{text}"
+        out.stdout.contains("verdict     DIFFERENT"),
+        "{}",
+        out.stdout
     );
-    assert!(text.contains("verdict     DIFFERENT"), "{text}");
     assert!(
-        text.contains("1 request(s): 0 equivalent, 1 different"),
-        "{text}"
+        out.stdout
+            .contains("1 request(s): 0 equivalent, 1 different, 0 inconclusive, 0 could not run"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("verdict: different (exit status 1)"),
+        "{}",
+        out.stdout
+    );
+    // Progress while it ran, on standard error.
+    assert!(
+        out.stderr.contains("probe: non_stream r0.0: 200 in"),
+        "{}",
+        out.stderr
     );
     drop(rt);
+}
+
+#[test]
+fn the_same_gateway_set_up_right_is_equivalent_through_the_command() {
+    let rel = "known_bug/midstream_429_key_fallbacks.yaml";
+    let (_, scenario) = corpus(rel);
+    let base = free_port_base(scenario.providers.len() as u16);
+    let (path, child) = serve_at(rel, base, |_| {});
+    let out = run_probe(
+        &path,
+        &format!("http://{}", child.addr),
+        base,
+        &["--pause", "1.5"],
+    );
+    assert_eq!(out.code, Some(0), "equivalent exits 0");
+    assert!(
+        out.stdout.contains("verdict: equivalent (exit status 0)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_gateway_that_is_down_could_not_run() {
+    let (path, scenario) = corpus("known_bug/midstream_429_key_fallbacks.yaml");
+    let base = free_port_base(scenario.providers.len() as u16 + 1);
+    // Nothing listens at the port after the fakes' ports.
+    let gateway = format!(
+        "http://127.0.0.1:{}",
+        base + scenario.providers.len() as u16
+    );
+    let out = run_probe(&path, &gateway, base, &[]);
+    assert_eq!(out.code, Some(2), "could not run exits 2");
+    assert!(
+        out.stdout
+            .contains("verdict: could not run (exit status 2): nothing answers at"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("equivalent"), "{}", out.stdout);
+}
+
+#[test]
+fn a_scripted_fault_that_never_fires_is_inconclusive() {
+    // The gateway never calls the primary's provider (its api_base is the fallback's, as when
+    // LiteLLM never picks a primary without `order`): both modes are served straight away,
+    // agree, and test nothing of the scripted mid-stream 429.
+    let rel = "known_bug/midstream_429_key_fallbacks.yaml";
+    let (_, scenario) = corpus(rel);
+    let base = free_port_base(scenario.providers.len() as u16);
+    let (path, child) = serve_at(rel, base, |c| {
+        let fallback = c.model_list[1].litellm_params.api_base.clone();
+        c.model_list[0].litellm_params.api_base = fallback;
+    });
+    let out = run_probe(&path, &format!("http://{}", child.addr), base, &[]);
+    assert_eq!(out.code, Some(3), "inconclusive exits 3");
+    assert!(
+        out.stdout.contains(
+            "INCONCLUSIVE: the scripted fault(s) the scenario relies on never fired: vertex error_event@3 429"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("verdict: inconclusive (exit status 3)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn both_modes_failing_before_any_provider_call_is_inconclusive() {
+    // The gateway does not know the scenario's key (LiteLLM without its keys set up): both
+    // modes get the same 401 and never reach a provider.
+    let rel = "known_bug/key_level_fallbacks_stream.yaml";
+    let (_, scenario) = corpus(rel);
+    let base = free_port_base(scenario.providers.len() as u16);
+    let (path, child) = serve_at(rel, base, |c| c.keys[0].key = "sk-someone-else".into());
+    let out = run_probe(&path, &format!("http://{}", child.addr), base, &[]);
+    assert_eq!(out.code, Some(3), "inconclusive exits 3");
+    assert!(
+        out.stdout
+            .contains("INCONCLUSIVE: neither mode reached a provider (both: error 401"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("create the keys with `--setup`"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn neither_mode_answering_in_time_is_inconclusive() {
+    // A gateway that takes connections and never answers.
+    let (path, scenario) = corpus("known_bug/midstream_429_key_fallbacks.yaml");
+    let base = free_port_base(scenario.providers.len() as u16);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in silent.incoming().take(3) {
+            open.push(conn);
+        }
+        open
+    });
+    let out = run_probe(&path, &format!("http://{addr}"), base, &["--timeout", "1"]);
+    assert_eq!(out.code, Some(3), "inconclusive exits 3");
+    assert!(
+        out.stdout
+            .contains("INCONCLUSIVE: neither mode answered in time (broken (no complete answer within 1000 ms))"),
+        "{}",
+        out.stdout
+    );
+    // The bound is the flag's: each mode gave up after about a second.
+    assert!(
+        out.stderr
+            .contains("r0.0: broken (no complete answer within 1000 ms) in 1."),
+        "{}",
+        out.stderr
+    );
+    // Unblock the acceptor (it waits for a third connection) and let it end.
+    let _ = std::net::TcpStream::connect(addr);
+    drop(held.join());
+}
+
+/// A LiteLLM stand-in without a database: every admin call is refused with LiteLLM's own
+/// words, and chat requests must never arrive.
+fn admin_without_database() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let chats = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = chats.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            if head.contains("/chat/completions") {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let body = r#"{"error":{"message":"{'error': 'No db connected'}","type":"internal_server_error","param":"None","code":"500"}}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, chats)
+}
+
+#[test]
+fn a_refused_setup_could_not_run_with_the_gateways_own_error() {
+    let (path, scenario) = corpus("known_bug/key_level_fallbacks_stream.yaml");
+    let base = free_port_base(scenario.providers.len() as u16);
+    let (addr, chats) = admin_without_database();
+    let out = run_probe(&path, &format!("http://{addr}"), base, &["--setup"]);
+    assert_eq!(out.code, Some(2), "could not run exits 2");
+    assert!(
+        out.stdout.contains(
+            "could not run (exit status 2): setting up the scenario's teams and keys failed: /team/new answered 500"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("No db connected"), "{}", out.stdout);
+    assert_eq!(
+        chats.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no request is sent after a failed setup"
+    );
+}
+
+#[test]
+fn a_taken_fake_port_could_not_run() {
+    let (path, scenario) = corpus("known_bug/midstream_429_key_fallbacks.yaml");
+    let base = free_port_base(scenario.providers.len() as u16);
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", base + 1)).unwrap();
+    let out = run_probe(&path, "http://127.0.0.1:9", base, &[]);
+    assert_eq!(out.code, Some(2), "could not run exits 2");
+    assert!(
+        out.stdout
+            .contains(&format!("port {} on 127.0.0.1 is taken", base + 1)),
+        "{}",
+        out.stdout
+    );
+    // `fakes --emit-config` refuses the same ports before a gateway is pointed at them.
+    let emit = Command::new(env!("CARGO_BIN_EXE_switchback"))
+        .arg("fakes")
+        .arg(&path)
+        .args(["--port-base", &base.to_string(), "--emit-config", "litellm"])
+        .output()
+        .unwrap();
+    assert!(!emit.status.success());
+    assert!(
+        String::from_utf8_lossy(&emit.stderr).contains("is taken"),
+        "{}",
+        String::from_utf8_lossy(&emit.stderr)
+    );
+    drop(squatter);
 }

@@ -1,4 +1,4 @@
-//! `switchback fakes` and `switchback probe`: testing a gateway that runs as its own process.
+//! `switchback fakes`, `probe` and `load`: testing a gateway that runs as its own process.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use switchback_sim::emit;
 use switchback_sim::live::start_fakes;
-use switchback_sim::probe::{self, GatewayUrl, ProbeOptions};
+use switchback_sim::probe::{self, GatewayUrl, ProbeOptions, Verdict};
 use switchback_sim::scenario::Scenario;
 use switchback_sim::trace::{NullSink, PrintSink, TraceSink};
 
@@ -75,11 +75,44 @@ fn planned_ports(scenario: &Scenario, base: u16) -> emit::PortMap {
         .collect()
 }
 
-pub fn fakes(path: &Path, listen: SocketAddr, emit_litellm: Option<bool>) -> ExitCode {
-    let (scenario, base) = match (load_scenario(path), loopback_base(listen)) {
-        (Ok(s), Ok(b)) => (s, b),
-        (Err(e), _) | (_, Err(e)) => return e,
+/// The port base from `--port-base`, or from the old `--listen ADDRESS` spelling.
+pub fn port_base(port_base: u16, listen: Option<SocketAddr>) -> Result<u16, String> {
+    match listen {
+        None => Ok(port_base),
+        Some(l) if !l.ip().is_loopback() => {
+            Err(format!("--listen {l}: fakes only listen on loopback"))
+        }
+        Some(l) => Ok(l.port()),
+    }
+}
+
+/// Checks that the scenario's fakes fit at `base` and that nobody listens there yet.
+async fn fake_ports_free(scenario: &Scenario, base: u16) -> Result<(), String> {
+    let ports = probe::preflight::fake_ports(base, scenario.providers.len())?;
+    probe::preflight::ports_free(&ports).await
+}
+
+pub fn fakes(path: &Path, base: Result<u16, String>, emit_litellm: Option<bool>) -> ExitCode {
+    let scenario = match load_scenario(path) {
+        Ok(s) => s,
+        Err(e) => return e,
     };
+    let base = match base {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    // A config pointing at ports someone else serves would send the gateway to a stranger.
+    if let Err(e) = rt.block_on(fake_ports_free(&scenario, base)) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Some(litellm) = emit_litellm {
         let ports = planned_ports(&scenario, base);
         let text = if litellm {
@@ -99,10 +132,6 @@ pub fn fakes(path: &Path, listen: SocketAddr, emit_litellm: Option<bool>) -> Exi
             }
         };
     }
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
     rt.block_on(async move {
         let sink: Arc<dyn TraceSink> = Arc::new(PrintSink);
         let running = match start_at(&scenario, sink, base).await {
@@ -121,58 +150,116 @@ pub fn fakes(path: &Path, listen: SocketAddr, emit_litellm: Option<bool>) -> Exi
     })
 }
 
-pub fn probe(
-    path: &Path,
-    gateway: &str,
-    api_key: Option<String>,
-    listen: SocketAddr,
-    pause: Option<f64>,
-) -> ExitCode {
-    let (scenario, base) = match (load_scenario(path), loopback_base(listen)) {
-        (Ok(s), Ok(b)) => (s, b),
-        (Err(e), _) | (_, Err(e)) => return e,
+/// What `switchback probe` was asked.
+pub struct ProbeArgs {
+    pub scenario: std::path::PathBuf,
+    pub gateway: String,
+    pub api_key: Option<String>,
+    pub setup: bool,
+    pub master_key: String,
+    pub port_base: Result<u16, String>,
+    pub pause: Option<f64>,
+    pub timeout: Option<f64>,
+}
+
+/// Prints the verdict of a probe that could not run, and returns its exit status.
+fn could_not_run(reason: &str) -> ExitCode {
+    println!(
+        "verdict: could not run (exit status {}): {reason}",
+        Verdict::CouldNotRun.exit_code()
+    );
+    ExitCode::from(Verdict::CouldNotRun.exit_code())
+}
+
+fn seconds(flag: &str, value: Option<f64>, max: f64) -> Result<Option<Duration>, String> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_finite() && (0.0..=max).contains(&v) => {
+            Ok(Some(Duration::from_secs_f64(v)))
+        }
+        Some(v) => Err(format!("{flag} {v}: 0 to {max} seconds")),
+    }
+}
+
+pub fn probe(a: ProbeArgs) -> ExitCode {
+    let scenario = match Scenario::load_file(&a.scenario) {
+        Ok(s) => s,
+        Err(e) => return could_not_run(&e.to_string()),
     };
-    let gateway = match gateway_url(gateway) {
+    let base = match a.port_base {
+        Ok(b) => b,
+        Err(e) => return could_not_run(&e),
+    };
+    let gateway = match GatewayUrl::parse(&a.gateway) {
         Ok(g) => g,
-        Err(e) => return e,
+        Err(e) => return could_not_run(&format!("--gateway {e}")),
     };
-    let pause = match pause {
-        Some(p)
-            if p.is_finite() && (0.0..=switchback_sim::scenario::MAX_PAUSE_SECS).contains(&p) =>
-        {
-            Duration::from_secs_f64(p)
+    let pause = match seconds("--pause", a.pause, switchback_sim::scenario::MAX_PAUSE_SECS) {
+        Ok(p) => p.unwrap_or_else(|| probe::default_pause(&scenario)),
+        Err(e) => return could_not_run(&e),
+    };
+    let timeout = match seconds("--timeout", a.timeout, probe::MAX_REQUEST_TIMEOUT_SECS) {
+        Ok(Some(t)) if t.is_zero() => return could_not_run("--timeout 0: give at least 1 ms"),
+        Ok(t) => t,
+        Err(e) => return could_not_run(&e),
+    };
+    if !scenario.network.faults.is_empty() {
+        return could_not_run(
+            "the scenario has network faults, which need the simulated network: run it with `switchback run`",
+        );
+    }
+    let ports = match probe::preflight::fake_ports(base, scenario.providers.len()) {
+        Ok(p) => p,
+        Err(e) => return could_not_run(&e),
+    };
+    if ports.contains(&gateway.port) {
+        return could_not_run(&format!(
+            "the gateway's port {} is one of the fakes' ports ({}-{}): choose another --port-base",
+            gateway.port,
+            ports[0],
+            ports[ports.len() - 1]
+        ));
+    }
+    if !scenario.gateway.keys.is_empty() && a.api_key.is_some() {
+        eprintln!(
+            "probe: requests with a key in the scenario send that key; --api-key is sent only by requests without one"
+        );
+    }
+    // What each request relies on, from a run on Switchback in simulation (its own runtime).
+    let reference = match probe::reference::reference(&scenario) {
+        Ok(r) => r,
+        Err(e) => {
+            return could_not_run(&format!("cannot tell what the scenario relies on: {e}"));
         }
-        Some(p) => {
-            eprintln!(
-                "error: --pause {p}: 0 to {} seconds",
-                switchback_sim::scenario::MAX_PAUSE_SECS
-            );
-            return ExitCode::FAILURE;
-        }
-        None => probe::default_pause(&scenario),
     };
     let rt = match runtime() {
         Ok(r) => r,
         Err(e) => return e,
     };
+    let options = ProbeOptions {
+        gateway,
+        api_key: a.api_key,
+        pause,
+        timeout,
+        setup_master_key: a.setup.then_some(a.master_key),
+    };
     rt.block_on(async move {
-        let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
-        let running = match start_at(&scenario, sink.clone(), base).await {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
-        let options = ProbeOptions {
-            gateway,
-            api_key,
-            pause,
-        };
-        let pairs = probe::probe(&scenario, &running, &options, sink).await;
-        print!("{}", probe::report(&scenario, &pairs));
-        if pairs.iter().all(|p| p.differences.is_empty()) {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
+        if let Err(e) = fake_ports_free(&scenario, base).await {
+            return could_not_run(&e);
         }
+        let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
+        let running = match start_fakes(&scenario, sink.clone(), Some(base)).await {
+            Ok(r) => r,
+            Err(e) => {
+                return could_not_run(&format!(
+                    "cannot start the fakes at 127.0.0.1:{base}: {e}; choose another --port-base"
+                ));
+            }
+        };
+        let progress = |line: &str| eprintln!("probe: {line}");
+        let run = probe::probe(&scenario, &reference, &running, &options, sink, &progress).await;
+        print!("{}", probe::report(&scenario, &run));
+        ExitCode::from(run.verdict.exit_code())
     })
 }
 

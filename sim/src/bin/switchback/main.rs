@@ -115,32 +115,55 @@ enum Command {
     },
     /// Serve a scenario's fake providers on loopback (provider i on PORT_BASE + i) until
     /// interrupted, logging every request; or, with --emit-config, print a gateway config
-    /// whose api_base values point at them.
+    /// whose api_base values point at them. Fails if anything already listens on those ports.
     Fakes {
         scenario: PathBuf,
-        /// Loopback address of the first fake; the others take the next ports.
-        #[arg(long, default_value = "127.0.0.1:18000")]
-        listen: std::net::SocketAddr,
+        /// Port of the first fake on 127.0.0.1; the others take the next ports.
+        #[arg(long, default_value_t = 18000)]
+        port_base: u16,
+        /// Old spelling of --port-base: the first fake's loopback address.
+        #[arg(long, hide = true, conflicts_with = "port_base")]
+        listen: Option<std::net::SocketAddr>,
         /// Print a config for these fakes and exit: `litellm` or `switchback`.
         #[arg(long, value_enum)]
         emit_config: Option<EmitArg>,
     },
     /// Check an external gateway (started with the emitted config) for stream/non-stream
     /// equivalence: the fakes run in-process on loopback, at the same ports.
+    ///
+    /// Exit status: 0 equivalent, 1 different, 2 could not run (gateway down, ports taken,
+    /// setup refused, bad arguments), 3 inconclusive (a scripted fault never fired, neither
+    /// mode reached a provider, neither answered in time, or the gateway did not do what the
+    /// scenario describes).
     Probe {
         scenario: PathBuf,
         /// The gateway's base URL on loopback, e.g. http://127.0.0.1:4000.
         #[arg(long)]
         gateway: String,
-        /// Send this key instead of the scenario's keys (e.g. LiteLLM's master key).
+        /// Key sent by requests that have no key in the scenario (e.g. LiteLLM's master
+        /// key). Requests with a key always send the scenario's key.
         #[arg(long)]
         api_key: Option<String>,
-        /// Loopback address of the first fake (as given to `fakes --emit-config`).
-        #[arg(long, default_value = "127.0.0.1:18000")]
-        listen: std::net::SocketAddr,
+        /// Create the scenario's teams and keys first through LiteLLM's admin API
+        /// (/team/new, /key/generate) with --master-key. LiteLLM needs a database for this.
+        #[arg(long)]
+        setup: bool,
+        /// Admin key for --setup.
+        #[arg(long, default_value = switchback_sim::emit::LITELLM_MASTER_KEY)]
+        master_key: String,
+        /// Port of the first fake on 127.0.0.1 (as given to `fakes --emit-config`).
+        #[arg(long, default_value_t = 18000)]
+        port_base: u16,
+        /// Old spelling of --port-base: the first fake's loopback address.
+        #[arg(long, hide = true, conflicts_with = "port_base")]
+        listen: Option<std::net::SocketAddr>,
         /// Seconds between the two modes (default: the scenario's cooldown or Retry-After).
         #[arg(long)]
         pause: Option<f64>,
+        /// Seconds each request may take in each mode (default: the scenario's timeout_ms,
+        /// at most 60).
+        #[arg(long)]
+        timeout: Option<f64>,
     },
     /// Open-loop, constant-rate load against a gateway on loopback, with the scenario's fakes
     /// answering upstream (started here at --listen, as for `probe`). Latency percentiles
@@ -237,11 +260,12 @@ fn main() -> ExitCode {
         Command::Replay { seed, yaml } => explore::replay(seed, yaml),
         Command::Fakes {
             scenario,
+            port_base,
             listen,
             emit_config,
         } => external::fakes(
             &scenario,
-            listen,
+            external::port_base(port_base, listen),
             emit_config.map(|e| matches!(e, EmitArg::Litellm)),
         ),
         Command::Load {
@@ -282,9 +306,22 @@ fn main() -> ExitCode {
             scenario,
             gateway,
             api_key,
+            setup,
+            master_key,
+            port_base,
             listen,
             pause,
-        } => external::probe(&scenario, &gateway, api_key, listen, pause),
+            timeout,
+        } => external::probe(external::ProbeArgs {
+            scenario,
+            gateway,
+            api_key,
+            setup,
+            master_key,
+            port_base: external::port_base(port_base, listen),
+            pause,
+            timeout,
+        }),
         Command::Serve { config, listen } => serve(&config, listen),
     }
 }

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# The seed bug, reproduced on the real LiteLLM, and the same probes against Switchback.
+#
+# 1. A Python venv with litellm[proxy]==1.83.0 (the seed's line) from PyPI. No database.
+# 2. For each scenario: `switchback fakes --emit-config litellm`, LiteLLM started on
+#    127.0.0.1 with that config, `switchback probe`, and a check of the verdict (its exit
+#    status) and of its reasons (lines of the report).
+# 3. The same scenarios against Switchback's own `serve`: every one must be equivalent.
+#
+# Needs: Python 3 with venv and pip, and PyPI. SWITCHBACK_SKIP_LITELLM=1 skips the whole
+# suite (quick local runs); SWITCHBACK_LITELLM_VENV reuses a venv elsewhere. The venv is
+# kept in target/ and reused when it already holds the right version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${SWITCHBACK_SKIP_LITELLM:-0}" == 1 ]]; then
+    echo "== LiteLLM probe suite skipped (SWITCHBACK_SKIP_LITELLM=1)"
+    exit 0
+fi
+
+LITELLM_VERSION=1.83.0
+PYTHON=${PYTHON:-python3}
+VENV=${SWITCHBACK_LITELLM_VENV:-target/litellm-venv}
+WORK=target/litellm-probe
+BIN=target/release/switchback
+MASTER=sk-switchback-master
+suite_started=$(date +%s)
+mkdir -p "$WORK"
+
+echo "== LiteLLM $LITELLM_VERSION in $VENV"
+# A venv is reused only when it was built by this script from the same constraints.
+if cmp -s .ci/litellm-constraints.txt "$VENV/switchback-constraints.txt" \
+    && "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('litellm') != '$LITELLM_VERSION')" 2>/dev/null; then
+    echo "   (reusing the venv)"
+else
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    # LiteLLM's own requirements are ranges; the constraints pin what the suite was checked
+    # against, so a new release of a dependency cannot change what CI tests.
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+        -c .ci/litellm-constraints.txt "litellm[proxy]==$LITELLM_VERSION"
+    cp .ci/litellm-constraints.txt "$VENV/switchback-constraints.txt"
+fi
+installed=$(date +%s)
+echo "   ready in $((installed - suite_started)) s"
+
+cargo build --release --locked -p switchback-sim --bin switchback
+built=$(date +%s)
+
+# Ports: 10 consecutive free ones on loopback for the fakes (port base), then the gateway's.
+# Started at a per-process offset so parallel checkouts on one machine rarely meet.
+read -r PORT_BASE GATEWAY_PORT < <("$VENV/bin/python" - "$$" <<'EOF'
+import socket, sys
+start = 20000 + (int(sys.argv[1]) % 3000) * 10
+for base in range(start, 60000, 11):
+    held = []
+    try:
+        for port in range(base, base + 11):
+            s = socket.socket()
+            s.bind(("127.0.0.1", port))
+            held.append(s)
+        print(base, base + 10)
+        break
+    except OSError:
+        pass
+    finally:
+        for s in held:
+            s.close()
+else:
+    sys.exit("no 11 free consecutive loopback ports")
+EOF
+)
+GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
+echo "   fakes from 127.0.0.1:$PORT_BASE, gateway at $GATEWAY"
+
+GATEWAY_PID=
+stop_gateway() {
+    if [[ -n "$GATEWAY_PID" ]]; then
+        kill "$GATEWAY_PID" 2>/dev/null || true
+        wait "$GATEWAY_PID" 2>/dev/null || true
+        GATEWAY_PID=
+    fi
+}
+trap stop_gateway EXIT
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+# wait_for URL LOG: until URL answers (any HTTP status), the gateway exits, or 180 s pass.
+wait_for() {
+    local url=$1 log=$2
+    for _ in $(seq 1 360); do
+        kill -0 "$GATEWAY_PID" 2>/dev/null || { tail -40 "$log" >&2; fail "the gateway exited (log: $log)"; }
+        if "$VENV/bin/python" - "$url" <<'EOF' 2>/dev/null
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=2)
+except urllib.error.HTTPError:
+    pass
+EOF
+        then
+            return 0
+        fi
+        sleep 0.5
+    done
+    tail -40 "$log" >&2
+    fail "$url did not answer within 180 s (log: $log)"
+}
+
+start_litellm() { # scenario name
+    local config="$WORK/$2.litellm.yaml" log="$WORK/$2.litellm.log"
+    "$BIN" fakes "$1" --port-base "$PORT_BASE" --emit-config litellm > "$config"
+    # No remote price list: the machine has no network but the package registries.
+    LITELLM_LOCAL_MODEL_COST_MAP=True "$VENV/bin/litellm" --config "$config" \
+        --host 127.0.0.1 --port "$GATEWAY_PORT" > "$log" 2>&1 &
+    GATEWAY_PID=$!
+    wait_for "$GATEWAY/health/liveliness" "$log"
+}
+
+start_switchback() { # scenario name
+    local config="$WORK/$2.switchback.yaml" log="$WORK/$2.switchback.log"
+    "$BIN" fakes "$1" --port-base "$PORT_BASE" --emit-config switchback > "$config"
+    "$BIN" serve --config "$config" --listen "127.0.0.1:$GATEWAY_PORT" > "$log" 2>&1 &
+    GATEWAY_PID=$!
+    wait_for "$GATEWAY/health" "$log"
+}
+
+CHECKS=0
+# expect_probe SCENARIO NAME EXIT [PATTERN...] -- [PROBE ARGS...]: probes the gateway
+# running now; the exit status must be EXIT and the report must contain every PATTERN.
+expect_probe() {
+    local scenario=$1 name=$2 want=$3
+    shift 3
+    local patterns=()
+    while [[ $# -gt 0 && "$1" != "--" ]]; do
+        patterns+=("$1")
+        shift
+    done
+    [[ $# -gt 0 ]] && shift
+    local out="$WORK/$name.out"
+    local code=0
+    "$BIN" probe "$scenario" --gateway "$GATEWAY" --port-base "$PORT_BASE" "$@" > "$out" 2> "$WORK/$name.err" || code=$?
+    sed 's/^/   | /' "$out"
+    [[ "$code" == "$want" ]] || fail "$name: probe exited $code, expected $want (report: $out, progress: $WORK/$name.err)"
+    for p in "${patterns[@]}"; do
+        grep -qF -- "$p" "$out" || fail "$name: the report does not say: $p"
+    done
+    CHECKS=$((CHECKS + 1))
+    echo "   ok: $name exited $code"
+}
+
+echo "== probing LiteLLM $LITELLM_VERSION"
+PRIMARY="model: stream names the primary after a fallback"
+MIDSTREAM="mid-stream failure that non_stream survives"
+for level in gateway request; do
+    s=scenarios/live/${level}_level_mock_fallbacks.yaml
+    start_litellm "$s" "litellm-${level}-mock"
+    expect_probe "$s" "litellm-${level}-mock" 1 "verdict: different" "$PRIMARY" -- --api-key "$MASTER"
+    stop_gateway
+done
+
+s=scenarios/live/gateway_level_midstream_429.yaml
+start_litellm "$s" litellm-gateway-midstream
+expect_probe "$s" litellm-gateway-midstream 1 "verdict: different" "$PRIMARY" -- --api-key "$MASTER"
+stop_gateway
+
+s=scenarios/live/request_level_midstream_429.yaml
+start_litellm "$s" litellm-request-midstream
+expect_probe "$s" litellm-request-midstream 1 "verdict: different" "outcome: $MIDSTREAM" -- --api-key "$MASTER"
+stop_gateway
+
+# `order` as LiteLLM reads it: the primary (no order in the scenario) gets order 1, so it is
+# called, and its mid-stream reset shows: 1.83.0 ends the stream cleanly, truncated.
+s=scenarios/streaming/reset_after_chunks.yaml
+start_litellm "$s" litellm-order-reset
+expect_probe "$s" litellm-order-reset 1 "verdict: different" "text: $MIDSTREAM" -- --api-key "$MASTER"
+stop_gateway
+
+s=scenarios/live/control_no_fault.yaml
+start_litellm "$s" litellm-control
+expect_probe "$s" litellm-control 0 "verdict: equivalent (exit status 0)" -- --api-key "$MASTER"
+stop_gateway
+
+# The key-level scenario itself: without a database LiteLLM cannot hold the scenario's key.
+s=scenarios/known_bug/key_level_fallbacks_stream.yaml
+start_litellm "$s" litellm-key-level
+expect_probe "$s" litellm-key-level-no-setup 3 "verdict: inconclusive" \
+    "neither mode reached a provider" "create the keys with \`--setup\`" -- --api-key "$MASTER"
+expect_probe "$s" litellm-key-level-setup 2 "verdict: could not run" "/team/new answered 500" \
+    "No db connected" -- --setup
+stop_gateway
+litellm_done=$(date +%s)
+
+echo "== probing Switchback's own gateway on the same scenarios"
+for s in scenarios/live/*.yaml scenarios/known_bug/*.yaml scenarios/streaming/reset_after_chunks.yaml; do
+    name="switchback-$(basename "$(dirname "$s")")-$(basename "$s" .yaml)"
+    start_switchback "$s" "$name"
+    expect_probe "$s" "$name" 0 "verdict: equivalent (exit status 0)"
+    stop_gateway
+done
+
+done_at=$(date +%s)
+echo "== LiteLLM probe suite: $CHECKS checks passed in $((done_at - suite_started)) s" \
+    "(venv and install $((installed - suite_started)) s, release build $((built - installed)) s," \
+    "LiteLLM probes $((litellm_done - built)) s, Switchback probes $((done_at - litellm_done)) s)"

@@ -1,0 +1,564 @@
+//! The verdict of a probe, which cannot be vacuous.
+//!
+//! Owns: comparing the two modes of one request (outcome, provider calls, `model`, text,
+//! reported fallbacks), naming the seed's two symptoms when they show (a stream that names
+//! the primary after a fallback; a mid-stream failure that the non-stream request survives)
+//! apart from a mere naming convention, checking that every scripted fault the request relies
+//! on fired and that the scenario's `expect` holds where an outside observer can see it, and
+//! the verdict with its exit code. Does not send anything (`probe`) or lay out the report.
+//!
+//! `equivalent` is only said when something was exercised: both modes reached the providers
+//! the scenario reaches, every fault it relies on fired in both, and both meet its `expect`.
+
+use std::collections::BTreeSet;
+
+use switchback::catalog::Catalog;
+
+use super::Observed;
+use super::reference::Expected;
+use crate::scenario::{RequestSpec, Scenario};
+use crate::world::gateway_config;
+
+/// The outcome of a probe, of one request or of the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// The modes agree, on a request that exercised what the scenario relies on.
+    Equivalent,
+    /// Nothing was compared: a fault never fired, neither mode reached a provider, neither
+    /// answered in time, or the gateway did not do what the scenario describes.
+    Inconclusive,
+    /// The probe could not be carried out (gateway down, ports taken, setup failed, ...).
+    CouldNotRun,
+    /// The modes differ.
+    Different,
+}
+
+impl Verdict {
+    /// The exit status of `switchback probe`. 2 is also what a mistyped command line gets,
+    /// which did not run either.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Equivalent => 0,
+            Verdict::Different => 1,
+            Verdict::CouldNotRun => 2,
+            Verdict::Inconclusive => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Equivalent => "equivalent",
+            Verdict::Different => "different",
+            Verdict::CouldNotRun => "could not run",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+
+    /// The verdict of a whole run: a difference found is found, whatever else happened; then
+    /// a run that could not be completed; then one that tested nothing somewhere.
+    pub fn overall(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
+        verdicts.into_iter().max().unwrap_or(Verdict::Inconclusive)
+    }
+}
+
+/// A request's verdict, why, and what else is worth knowing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    /// Why (the first is the main reason); empty for `equivalent`.
+    pub reasons: Vec<String>,
+    /// Expectations not met and faults not fired, per mode, and hints.
+    pub notes: Vec<String>,
+}
+
+/// What the names of one request's models mean: which names are its primary's, and which
+/// provider calls go to its primary.
+#[derive(Debug, Clone, Default)]
+pub struct Naming {
+    primary_names: BTreeSet<String>,
+    primary_calls: BTreeSet<(String, String)>,
+}
+
+impl Naming {
+    /// The requested group's own names: the group (as requested), each deployment's model
+    /// with and without its provider prefix, and what its providers report.
+    pub fn of(scenario: &Scenario, spec: &RequestSpec) -> Naming {
+        let mut n = Naming::default();
+        n.primary_names.insert(spec.model.clone());
+        let Ok(catalog) = Catalog::new(&gateway_config(scenario)) else {
+            return n;
+        };
+        for (d, entry) in catalog.deployments.iter().zip(&scenario.gateway.model_list) {
+            if entry.model_name != spec.model {
+                continue;
+            }
+            n.primary_names.insert(d.upstream_model.clone());
+            n.primary_names.insert(entry.litellm_params.model.clone());
+            n.primary_calls
+                .insert((d.endpoint.host.clone(), d.upstream_model.clone()));
+            if let Some(reported) = scenario
+                .providers
+                .iter()
+                .find(|p| p.host == d.endpoint.host)
+                .and_then(|p| p.model.clone())
+            {
+                n.primary_names.insert(reported);
+            }
+        }
+        n
+    }
+
+    /// The request was served by something other than its primary: its last provider call
+    /// went elsewhere (or, with a mock flag, the primary was never called at all).
+    fn fell_back(&self, o: &Observed) -> bool {
+        o.calls
+            .last()
+            .is_some_and(|(h, c)| !self.primary_calls.contains(&(h.clone(), c.model.clone())))
+    }
+}
+
+/// The chunk offset of a fault outcome (`error_event@3 429` → 3), if it has one.
+fn fault_offset(outcome: &str) -> Option<usize> {
+    let rest = outcome.split_once('@')?.1;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The request met a fault after some chunks in this mode (a mid-stream failure).
+fn met_midstream_fault(o: &Observed) -> bool {
+    o.calls
+        .iter()
+        .any(|(_, c)| c.fault_fired && fault_offset(&c.outcome).is_some_and(|k| k > 0))
+}
+
+/// Compares the two modes of one request (DESIGN.md's equivalence, as far as an external
+/// gateway lets us see it). Each difference starts with what differs.
+pub fn compare(n: &Observed, s: &Observed, naming: &Naming) -> Vec<String> {
+    let mut d = Vec::new();
+    let (n_out, s_out) = (n.outcome(), s.outcome());
+    if n_out != s_out {
+        let streamed_text = s
+            .client
+            .chunks
+            .iter()
+            .filter(|c| !c.text.is_empty())
+            .count();
+        if n.client.succeeded() && streamed_text > 0 {
+            d.push(format!(
+                "outcome: mid-stream failure that non_stream survives: the stream failed after {streamed_text} chunk(s) of text ({s_out}), non_stream {n_out}"
+            ));
+        } else {
+            d.push(format!("outcome: non_stream {n_out}, stream {s_out}"));
+        }
+    }
+    let (nc, sc) = (n.call_lines(), s.call_lines());
+    if nc != sc {
+        let i = nc
+            .iter()
+            .zip(&sc)
+            .position(|(a, b)| a != b)
+            .unwrap_or(nc.len().min(sc.len()));
+        d.push(format!(
+            "provider calls diverge at call {}: non_stream {}, stream {}",
+            i + 1,
+            nc.get(i).map_or("(none)", String::as_str),
+            sc.get(i).map_or("(none)", String::as_str)
+        ));
+    }
+    let both_ok = n.client.succeeded() && s.client.succeeded();
+    if both_ok && n.client.model != s.client.model {
+        let (nm, sm) = (
+            n.client.model.as_deref().unwrap_or("-"),
+            s.client.model.as_deref().unwrap_or("-"),
+        );
+        if naming.fell_back(s) && naming.primary_names.contains(sm) {
+            d.push(format!(
+                "model: stream names the primary after a fallback: stream chunks say `{sm}`, non_stream says `{nm}` (served by {})",
+                s.calls
+                    .last()
+                    .map_or("-".to_string(), |(h, c)| format!("{h} {}", c.model))
+            ));
+        } else {
+            d.push(format!(
+                "model: naming differs: non_stream `{nm}`, stream `{sm}`"
+            ));
+        }
+    }
+    if both_ok && n.client.text != s.client.text {
+        if met_midstream_fault(s) && n.client.text.starts_with(&s.client.text) {
+            d.push(format!(
+                "text: mid-stream failure that non_stream survives: the stream ended cleanly after {:?}, non_stream has {:?}",
+                s.client.text, n.client.text
+            ));
+        } else {
+            d.push(format!(
+                "text: non_stream {:?}, stream {:?}",
+                n.client.text, s.client.text
+            ));
+        }
+    }
+    if let (Some(a), Some(b)) = (n.fallbacks_header(), s.fallbacks_header()) {
+        if a != b {
+            d.push(format!("reported fallbacks: non_stream {a}, stream {b}"));
+        }
+    }
+    d
+}
+
+/// Where one mode falls short of the scenario's `expect` (status, content, provider calls).
+pub fn expectation_misses(o: &Observed, e: &Expected) -> Vec<String> {
+    let mut misses = Vec::new();
+    let c = &o.client;
+    let status = c.error.as_ref().map(|e| e.status).or(c.status);
+    if let Some(want) = e.status {
+        if status != Some(want) {
+            misses.push(format!("status: expected {want}, got {}", o.outcome()));
+        }
+    }
+    if let Some(want) = &e.content {
+        if &c.text != want {
+            misses.push(format!("content: expected {want:?}, got {:?}", c.text));
+        }
+    }
+    if let Some(want) = &e.calls {
+        let got: Vec<(String, String)> = o
+            .calls
+            .iter()
+            .map(|(h, c)| (h.clone(), c.model.clone()))
+            .collect();
+        if &got != want {
+            let show = |calls: &[(String, String)]| {
+                if calls.is_empty() {
+                    "none".to_string()
+                } else {
+                    calls
+                        .iter()
+                        .map(|(h, m)| format!("{h} {m}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
+            misses.push(format!(
+                "provider calls: expected {}, got {}",
+                show(want),
+                show(&got)
+            ));
+        }
+    }
+    misses
+}
+
+/// Scripted faults the request relies on that did not fire in this mode.
+pub fn unfired(o: &Observed, e: &Expected) -> Vec<String> {
+    let fired: BTreeSet<(String, String)> = o
+        .calls
+        .iter()
+        .filter(|(_, c)| c.fault_fired)
+        .map(|(h, c)| (h.clone(), c.outcome.clone()))
+        .collect();
+    e.faults
+        .difference(&fired)
+        .map(|(h, f)| format!("{h} {f}"))
+        .collect()
+}
+
+fn connect_failure(o: &Observed) -> Option<&str> {
+    o.client
+        .broken
+        .as_deref()
+        .filter(|b| b.starts_with("connect:"))
+}
+
+fn timed_out(o: &Observed) -> bool {
+    o.client
+        .broken
+        .as_deref()
+        .is_some_and(|b| b.starts_with(crate::probe::TIMED_OUT))
+}
+
+/// Judges one request from its two modes and what it relies on in each.
+pub fn judge(
+    n: &Observed,
+    s: &Observed,
+    expected: (&Expected, &Expected),
+    naming: &Naming,
+    key: Option<&str>,
+) -> Judgement {
+    let (en, es) = expected;
+    if let Some(e) = connect_failure(n).or(connect_failure(s)) {
+        return Judgement {
+            verdict: Verdict::CouldNotRun,
+            reasons: vec![format!("the gateway did not take the connection ({e})")],
+            notes: Vec::new(),
+        };
+    }
+    let mut notes = Vec::new();
+    let (misses_n, misses_s) = (expectation_misses(n, en), expectation_misses(s, es));
+    let (unfired_n, unfired_s) = (unfired(n, en), unfired(s, es));
+    for (mode, misses) in [("non_stream", &misses_n), ("stream", &misses_s)] {
+        for m in misses {
+            notes.push(format!("expect not met ({mode}): {m}"));
+        }
+    }
+    for (mode, faults) in [("non_stream", &unfired_n), ("stream", &unfired_s)] {
+        for f in faults {
+            notes.push(format!("scripted fault never fired ({mode}): {f}"));
+        }
+    }
+    let differences = compare(n, s, naming);
+    if !differences.is_empty() {
+        return Judgement {
+            verdict: Verdict::Different,
+            reasons: differences,
+            notes,
+        };
+    }
+    let inconclusive = |reason: String, mut notes: Vec<String>| {
+        if let (Some(k), Some(status)) = (key, n.client.error.as_ref().map(|e| e.status)) {
+            if (400..=403).contains(&status) && n.calls.is_empty() {
+                notes.push(format!(
+                    "this request sends the scenario's key `{k}`: a gateway that does not know the key answers like this; create the keys with `--setup` (LiteLLM keeps keys in a database)"
+                ));
+            }
+        }
+        Judgement {
+            verdict: Verdict::Inconclusive,
+            reasons: vec![reason],
+            notes,
+        }
+    };
+    if timed_out(n) && timed_out(s) {
+        return inconclusive(
+            format!(
+                "neither mode answered in time ({}); raise --timeout",
+                n.outcome()
+            ),
+            notes,
+        );
+    }
+    if (en.reaches_provider || es.reaches_provider) && n.calls.is_empty() && s.calls.is_empty() {
+        return inconclusive(
+            format!(
+                "neither mode reached a provider (both: {}), where the scenario reaches one",
+                n.outcome()
+            ),
+            notes,
+        );
+    }
+    if !unfired_n.is_empty() || !unfired_s.is_empty() {
+        let all: BTreeSet<&String> = unfired_n.iter().chain(&unfired_s).collect();
+        return inconclusive(
+            format!(
+                "the scripted fault(s) the scenario relies on never fired: {}",
+                all.into_iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            notes,
+        );
+    }
+    if let Some(first) = misses_n.first().or(misses_s.first()) {
+        return inconclusive(
+            format!("the modes agree, but the scenario's expect does not hold: {first}"),
+            notes,
+        );
+    }
+    Judgement {
+        verdict: Verdict::Equivalent,
+        reasons: Vec::new(),
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{ClientResult, SeenChunk, SeenError};
+    use crate::fake::CallRecord;
+
+    fn call(host: &str, model: &str, outcome: &str, fired: bool) -> (String, CallRecord) {
+        (
+            host.to_string(),
+            CallRecord {
+                seq: 0,
+                call: 1,
+                model: model.to_string(),
+                stream: true,
+                continuation: None,
+                continued: false,
+                authorization: None,
+                request_id: None,
+                planned: String::new(),
+                outcome: outcome.to_string(),
+                fault_fired: fired,
+                body: serde_json::Value::Null,
+            },
+        )
+    }
+
+    fn ok(model: &str, text: &str, calls: Vec<(String, CallRecord)>) -> Observed {
+        Observed {
+            client: ClientResult {
+                status: Some(200),
+                model: Some(model.into()),
+                text: text.into(),
+                done: true,
+                ..Default::default()
+            },
+            calls,
+        }
+    }
+
+    fn streamed(models: &[&str], texts: &[&str], calls: Vec<(String, CallRecord)>) -> Observed {
+        let mut o = ok(models[models.len() - 1], &texts.concat(), calls);
+        o.client.chunks = models
+            .iter()
+            .zip(texts)
+            .map(|(m, t)| SeenChunk {
+                at_ms: 0,
+                model: Some(m.to_string()),
+                text: t.to_string(),
+            })
+            .collect();
+        o
+    }
+
+    /// The known bug's request: primary `vertex_ai/lite` (upstream `lite` on host vertex),
+    /// fallback `vertex_ai/flash` (upstream `flash` on host flash).
+    fn naming() -> Naming {
+        let mut n = Naming::default();
+        n.primary_names
+            .extend(["vertex_ai/lite".to_string(), "lite".to_string()]);
+        n.primary_calls.insert(("vertex".into(), "lite".into()));
+        n
+    }
+
+    fn fault_then_fallback() -> Vec<(String, CallRecord)> {
+        vec![
+            call("vertex", "lite", "error_event@3 429", true),
+            call("flash", "flash", "ok", false),
+        ]
+    }
+
+    #[test]
+    fn chunks_naming_the_primary_after_a_fallback_are_the_seed_bug() {
+        let n = ok("flash", "The quick brown fox", fault_then_fallback());
+        let s = streamed(
+            &["vertex_ai/lite", "vertex_ai/lite"],
+            &["The quick brown", " fox"],
+            fault_then_fallback(),
+        );
+        let d = compare(&n, &s, &naming());
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].starts_with("model: stream names the primary after a fallback"),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn naming_the_serving_groups_alias_is_only_a_naming_difference() {
+        let n = ok("flash", "The quick brown fox", fault_then_fallback());
+        let s = streamed(
+            &["vertex_ai/lite", "vertex_ai/flash"],
+            &["The quick brown", " fox"],
+            fault_then_fallback(),
+        );
+        let d = compare(&n, &s, &naming());
+        assert!(d[0].starts_with("model: naming differs"), "{d:?}");
+    }
+
+    #[test]
+    fn a_stream_that_dies_or_stops_mid_way_is_the_seeds_second_symptom() {
+        let n = ok("flash", "The quick brown fox", fault_then_fallback());
+        let mut failed = streamed(
+            &["vertex_ai/lite"],
+            &["The quick brown"],
+            vec![call("vertex", "lite", "error_event@3 429", true)],
+        );
+        failed.client.error = Some(SeenError {
+            status: 429,
+            error_type: String::new(),
+            message: String::new(),
+        });
+        failed.client.done = false;
+        let d = compare(&n, &failed, &naming());
+        assert!(
+            d[0].starts_with("outcome: mid-stream failure that non_stream survives"),
+            "{d:?}"
+        );
+        let truncated = streamed(
+            &["lite"],
+            &["The quick brown"],
+            vec![call("vertex", "lite", "reset@3", true)],
+        );
+        let d = compare(&n, &truncated, &naming());
+        assert!(
+            d.iter()
+                .any(|x| x.starts_with("text: mid-stream failure that non_stream survives")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn agreeing_modes_are_equivalent_only_when_the_faults_fired_and_expect_holds() {
+        let expected = Expected {
+            faults: [("vertex".to_string(), "error_event@3 429".to_string())].into(),
+            calls: Some(vec![
+                ("vertex".into(), "lite".into()),
+                ("flash".into(), "flash".into()),
+            ]),
+            status: Some(200),
+            content: Some("The quick brown fox".into()),
+            reaches_provider: true,
+        };
+        let both = (&expected, &expected);
+        let n = ok("flash", "The quick brown fox", fault_then_fallback());
+        let s = streamed(&["flash"], &["The quick brown fox"], fault_then_fallback());
+        let j = judge(&n, &s, both, &naming(), None);
+        assert_eq!(j.verdict, Verdict::Equivalent, "{j:?}");
+
+        // The fault was scripted but the gateway stopped reading first: nothing tested.
+        let unfired = vec![
+            call("vertex", "lite", "error_event@3 429", false),
+            call("flash", "flash", "ok", false),
+        ];
+        let n = ok("flash", "The quick brown fox", unfired.clone());
+        let s = streamed(&["flash"], &["The quick brown fox"], unfired);
+        let j = judge(&n, &s, both, &naming(), None);
+        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+        assert!(j.reasons[0].contains("never fired: vertex error_event@3 429"));
+
+        // Served straight by the fallback: the modes agree, on nothing the scenario tests.
+        let direct = vec![call("flash", "flash", "ok", false)];
+        let j = judge(
+            &ok("flash", "The quick brown fox", direct.clone()),
+            &streamed(&["flash"], &["The quick brown fox"], direct),
+            both,
+            &naming(),
+            None,
+        );
+        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_and_a_difference_outranks_everything() {
+        let all = [
+            Verdict::Equivalent,
+            Verdict::Different,
+            Verdict::CouldNotRun,
+            Verdict::Inconclusive,
+        ];
+        let codes: BTreeSet<u8> = all.iter().map(|v| v.exit_code()).collect();
+        assert_eq!(codes.len(), 4);
+        assert_eq!(Verdict::Equivalent.exit_code(), 0);
+        assert_eq!(Verdict::overall(all), Verdict::Different);
+        assert_eq!(
+            Verdict::overall([Verdict::Equivalent, Verdict::Inconclusive]),
+            Verdict::Inconclusive
+        );
+        assert_eq!(
+            Verdict::overall([Verdict::Inconclusive, Verdict::CouldNotRun]),
+            Verdict::CouldNotRun
+        );
+        // Nothing probed is not a pass.
+        assert_eq!(Verdict::overall([]), Verdict::Inconclusive);
+    }
+}
