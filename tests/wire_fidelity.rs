@@ -1,0 +1,601 @@
+//! Wire fidelity: through Switchback, a client gets what its provider sent, except the
+//! failures. One test per defect of the wire-fidelity issue, each written to fail on the
+//! code before its fix, against the whole gateway in memory (see `support`).
+//!
+//! "What the provider sent" is compared as bytes where the engine promises bytes (stream
+//! frames modulo the fields it must set, a JSON completion passed on whole) and as JSON
+//! values where it reassembles (a non-streaming answer built from a stream).
+
+mod support;
+
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use support::*;
+
+/// Every `data:` payload of an SSE body, `[DONE]` included.
+fn payloads(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn json_payloads(body: &str) -> Vec<Value> {
+    payloads(body)
+        .iter()
+        .filter(|p| p.as_str() != "[DONE]")
+        .map(|p| serde_json::from_str(p).unwrap_or_else(|e| panic!("{e}: {p}")))
+        .collect()
+}
+
+/// An SSE answer made of exactly these chunk objects, then `[DONE]`.
+fn sse_of(chunks: &[Value]) -> http::Response<UpBody> {
+    let mut body: String = chunks.iter().map(frame).collect();
+    body.push_str("data: [DONE]\n\n");
+    sse(body)
+}
+
+async fn body_json(r: http::Response<hyper::body::Incoming>) -> Value {
+    let t = text(r).await;
+    serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}"))
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+// 1. Key order survives, in both directions: a Structured Outputs schema reaches the
+// provider with its properties in the client's order, and chunks reach the client with
+// their keys in the provider's order.
+#[tokio::test(start_paused = true)]
+async fn key_order_survives_both_ways() {
+    let net = MemNet::new();
+    let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "system_fingerprint": "fp", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "{}"}, "logprobs": null, "finish_reason": null}]});
+    let stop = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+    let (c, s) = (chunk.clone(), stop.clone());
+    net.host("up", move |_| sse_of(&[c.clone(), s.clone()]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    let mut body = chat_body("g", true);
+    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "r", "strict": true,
+        "schema": {"type": "object", "properties": {"steps": {"type": "array"}, "final_answer": {"type": "string"}},
+                   "required": ["steps", "final_answer"]}}});
+    let streamed = text(gw.chat(None, body.clone()).await).await;
+    let sent = &net.calls("up")[0].body;
+    assert_eq!(
+        keys(&sent["response_format"]["json_schema"]["schema"]["properties"]),
+        ["steps", "final_answer"],
+        "the schema's order reaches the provider"
+    );
+    let first = &payloads(&streamed)[0];
+    assert_eq!(
+        first,
+        &chunk.to_string(),
+        "the chunk's bytes come through unchanged"
+    );
+}
+
+// 2. Upstreams that repeat `index: 0` or omit it for every tool call: the non-streaming
+// answer has two calls, with their own names and arguments.
+#[tokio::test(start_paused = true)]
+async fn tool_calls_without_distinct_indexes_stay_apart() {
+    for with_index in [true, false] {
+        let net = MemNet::new();
+        net.host("up", move |_| {
+            let call = |id: &str, city: &str| {
+                let mut c = json!({"id": id, "type": "function",
+                    "function": {"name": "get_weather", "arguments": format!("{{\"city\":\"{city}\"}}")}});
+                if with_index {
+                    c["index"] = json!(0);
+                }
+                json!({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                    "choices": [{"index": 0, "delta": {"tool_calls": [c]}, "finish_reason": null}]})
+            };
+            sse_of(&[
+                chunk_json("m", json!({"role": "assistant", "content": null}), None),
+                call("call_a", "Oslo"),
+                call("call_b", "Rome"),
+                chunk_json("m", json!({}), Some("tool_calls")),
+            ])
+        });
+        let gw = Gw::start(ONE_GROUP, &net);
+        let v = body_json(gw.chat(None, chat_body("g", false)).await).await;
+        let calls = &v["choices"][0]["message"]["tool_calls"];
+        assert_eq!(calls.as_array().map(Vec::len), Some(2), "{v}");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        assert_eq!(calls[1]["function"]["arguments"], "{\"city\":\"Rome\"}");
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    }
+}
+
+/// A group whose first attempt delivers `delivered` chunks and then resets, with a second
+/// deployment behind it.
+fn fails_after(delivered: Vec<Value>) -> (MemNet, Gw) {
+    let net = MemNet::new();
+    net.host("up", move |_| {
+        let (tx, r) = sse_channel();
+        let frames: Vec<String> = delivered.iter().map(frame).collect();
+        tokio::spawn(async move {
+            for f in frames {
+                let _ = tx.send(Ok(f.into())).await;
+            }
+            // Let the frames reach the gateway before the connection breaks.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            let _ = tx
+                .send(Err(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionReset,
+                )))
+                .await;
+        });
+        r
+    });
+    net.host("up2", |_| sse_answer("m2", &["fresh"]));
+    let gw = Gw::start(
+        r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: g2, litellm_params: {model: openai/m2, api_base: "http://up2/v1"}, model_info: {id: d2}}
+router_settings: {num_retries: 0, mid_stream: continue, fallbacks: [{g: [g2]}]}
+"#,
+        &net,
+    );
+    (net, gw)
+}
+
+// 3. `mid_stream: continue` continues only text of one choice. A partial tool call, or
+// n = 2, ends as under `error`, in both modes, with no second call.
+#[tokio::test(start_paused = true)]
+async fn only_text_of_one_choice_is_continued() {
+    let partial_tool = vec![
+        chunk_json("m", json!({"role": "assistant", "content": null}), None),
+        chunk_json(
+            "m",
+            json!({"tool_calls": [{"index": 0, "id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{\"ci"}}]}),
+            None,
+        ),
+    ];
+    let two_choices = vec![
+        json!({"id": "x", "model": "m", "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "A"}, "finish_reason": null},
+            {"index": 1, "delta": {"role": "assistant", "content": "B"}, "finish_reason": null}]}),
+    ];
+    for delivered in [partial_tool, two_choices] {
+        for stream in [false, true] {
+            let (net, gw) = fails_after(delivered.clone());
+            let r = gw.chat(None, chat_body("g", stream)).await;
+            let body = text(r).await;
+            assert!(
+                gw.saw("continuation_refused"),
+                "stream={stream}: {:#?}",
+                gw.events()
+            );
+            assert!(net.calls("up2").is_empty(), "no continuation was asked");
+            if stream {
+                let last = json_payloads(&body).pop().unwrap();
+                assert!(
+                    last.get("error").is_some(),
+                    "ends with an error event: {body}"
+                );
+                assert!(!body.contains("[DONE]"));
+            } else {
+                assert!(body.contains("\"error\""), "{body}");
+            }
+        }
+    }
+}
+
+// 3b. Text is continued, and both modes ask the same continuation.
+#[tokio::test(start_paused = true)]
+async fn text_is_continued_the_same_way_in_both_modes() {
+    let mut bodies = Vec::new();
+    let mut answers = Vec::new();
+    for stream in [false, true] {
+        let (net, gw) = fails_after(vec![chunk_json(
+            "m",
+            json!({"role": "assistant", "content": "fre"}),
+            None,
+        )]);
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        let body = text(r).await;
+        let sent = net.calls("up2")[0].body.clone();
+        assert_eq!(
+            sent["messages"][1],
+            json!({"role": "assistant", "content": "fre"})
+        );
+        bodies.push(sent);
+        answers.push(if stream {
+            json_payloads(&body)
+                .iter()
+                .filter_map(|c| {
+                    c.pointer("/choices/0/delta/content")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .collect::<String>()
+        } else {
+            serde_json::from_str::<Value>(&body).unwrap()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+    }
+    assert_eq!(bodies[0], bodies[1], "identical upstream requests");
+    assert_eq!(answers[0], answers[1], "the same text in both modes");
+}
+
+// 4. Azure opens its stream with `choices: []` and `prompt_filter_results`: an answer, not a
+// malformed response, and the chunk reaches a streaming client as Azure sent it.
+#[tokio::test(start_paused = true)]
+async fn azure_prompt_filter_chunks_pass() {
+    let azure = json!({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {"hate": {"filtered": false, "severity": "safe"}}}]});
+    let net = MemNet::new();
+    let a = azure.clone();
+    net.host("up", move |_| {
+        let mut chunks = vec![a.clone()];
+        chunks.push(json!({"id": "az-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": null,
+                         "content_filter_results": {}}]}));
+        chunks.push(chunk_json("gpt-4o", json!({}), Some("stop")));
+        sse_of(&chunks)
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    let v = body_json(gw.chat(None, chat_body("g", false)).await).await;
+    assert_eq!(v["choices"][0]["message"]["content"], "Hi", "{v}");
+    assert!(
+        v.get("prompt_filter_results").is_some(),
+        "provider fields survive: {v}"
+    );
+    let s = text(gw.chat(None, chat_body("g", true)).await).await;
+    let first: Value = serde_json::from_str(&payloads(&s)[0]).unwrap();
+    assert_eq!(
+        first["prompt_filter_results"],
+        azure["prompt_filter_results"]
+    );
+}
+
+const FAKE_STREAM: &str = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/o3, api_base: "http://up/v1", fake_stream: true}, model_info: {id: d}}
+"#;
+
+// 5. A deployment called without streaming (`fake_stream`): both modes call it with
+// `stream: false`; a non-streaming client gets its JSON as it came, a streaming one gets it
+// re-chunked.
+#[tokio::test(start_paused = true)]
+async fn fake_stream_deployments_are_called_without_streaming() {
+    let completion = r#"{"id":"o3-1","object":"chat.completion","created":7,"model":"o3","choices":[{"index":0,"message":{"role":"assistant","content":"done","refusal":null,"annotations":[]},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4},"service_tier":"default"}"#;
+    let net = MemNet::new();
+    net.host("up", move |_| {
+        let mut r = sse(completion);
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r
+    });
+    let gw = Gw::start(FAKE_STREAM, &net);
+    let whole = text(gw.chat(None, chat_body("g", false)).await).await;
+    assert_eq!(whole, completion, "byte for byte");
+    let streamed = text(gw.chat(None, chat_body("g", true)).await).await;
+    let chunks = json_payloads(&streamed);
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "done");
+    assert!(streamed.ends_with("data: [DONE]\n\n"));
+    for call in net.calls("up") {
+        assert_eq!(call.body["stream"], false);
+        assert!(call.body.get("stream_options").is_none());
+    }
+}
+
+// 6. `stream_options`: the client's own fields are kept and `include_usage` merged in; a
+// deployment with `send_stream_options: false` gets none.
+#[tokio::test(start_paused = true)]
+async fn stream_options_are_merged_or_left_out() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["a"]));
+    net.host("up2", |_| sse_answer("m", &["a"]));
+    let gw = Gw::start(
+        r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
+  - {model_name: h, litellm_params: {model: openai/m, api_base: "http://up2/v1", send_stream_options: false}}
+"#,
+        &net,
+    );
+    let mut body = chat_body("g", true);
+    body["stream_options"] = json!({"include_obfuscation": false});
+    let _ = text(gw.chat(None, body.clone()).await).await;
+    assert_eq!(
+        net.calls("up")[0].body["stream_options"],
+        json!({"include_obfuscation": false, "include_usage": true})
+    );
+    body["model"] = json!("h");
+    let _ = text(gw.chat(None, body).await).await;
+    assert!(net.calls("up2")[0].body.get("stream_options").is_none());
+}
+
+// 7. The non-streaming answer keeps every field: logprobs, service_tier, a legacy
+// function_call, audio, annotations, reasoning_content, metadata, a provider's own.
+#[tokio::test(start_paused = true)]
+async fn the_aggregate_keeps_every_field() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let c = |choice: Value| {
+            json!({"id": "r1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "service_tier": "default", "system_fingerprint": "fp", "x_provider": {"a": 1},
+                "choices": [choice]})
+        };
+        sse_of(&[
+            c(json!({"index": 0, "delta": {"role": "assistant", "reasoning_content": "think "}, "logprobs": {"content": [{"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []}]}, "finish_reason": null})),
+            c(json!({"index": 0, "delta": {"reasoning_content": "hard", "content": "a", "annotations": [{"type": "url_citation", "url_citation": {"url": "u"}}]}, "logprobs": {"content": [{"token": "b", "logprob": -0.25, "bytes": [98], "top_logprobs": []}]}, "finish_reason": null})),
+            c(json!({"index": 0, "delta": {"function_call": {"name": "f", "arguments": "{"}}, "finish_reason": null})),
+            c(json!({"index": 0, "delta": {"function_call": {"arguments": "}"}, "audio": {"id": "au", "transcript": "hi"}}, "finish_reason": null})),
+            c(json!({"index": 0, "delta": {}, "finish_reason": "function_call"})),
+        ])
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    let v = body_json(gw.chat(None, chat_body("g", false)).await).await;
+    let m = &v["choices"][0]["message"];
+    assert_eq!(m["reasoning_content"], "think hard");
+    assert_eq!(m["function_call"], json!({"name": "f", "arguments": "{}"}));
+    assert_eq!(m["audio"]["transcript"], "hi");
+    assert_eq!(m["annotations"][0]["type"], "url_citation");
+    assert_eq!(
+        v["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        v["choices"][0]["logprobs"]["content"][1]["logprob"],
+        json!(-0.25)
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "function_call");
+    assert_eq!(v["service_tier"], "default");
+    assert_eq!(v["system_fingerprint"], "fp");
+    assert_eq!(v["x_provider"], json!({"a": 1}));
+    assert_eq!(v["id"], "r1");
+}
+
+// 8. `role` is stripped only for a choice that already had one: with n = 2, each choice's
+// first delta keeps its role.
+#[tokio::test(start_paused = true)]
+async fn role_is_kept_once_per_choice() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let c = |i: u64, d: Value| {
+            json!({"id": "n2", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": i, "delta": d, "finish_reason": null}]})
+        };
+        sse_of(&[
+            c(0, json!({"role": "assistant", "content": "A"})),
+            c(1, json!({"role": "assistant", "content": "B"})),
+            c(0, json!({"content": "a"})),
+            c(1, json!({"content": "b"})),
+        ])
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    let s = text(gw.chat(None, chat_body("g", true)).await).await;
+    let chunks = json_payloads(&s);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(
+        chunks[1]["choices"][0]["delta"]["role"], "assistant",
+        "choice 1's first"
+    );
+    let v = body_json(gw.chat(None, chat_body("g", false)).await).await;
+    assert_eq!(v["choices"][1]["message"]["content"], "Bb");
+}
+
+// 9. After a retry past commit, the metadata never comes as a `choices: []` chunk (the
+// canonical `chunk.choices[0].delta.content` loop would raise IndexError); it rides on the
+// last chunk.
+#[tokio::test(start_paused = true)]
+async fn post_commit_metadata_never_arrives_without_choices() {
+    let (_net, gw) = fails_after(vec![chunk_json(
+        "m",
+        json!({"role": "assistant", "content": "fre"}),
+        None,
+    )]);
+    let s = text(gw.chat(None, chat_body("g", true)).await).await;
+    let chunks = json_payloads(&s);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["choices"].as_array().is_some_and(|a| !a.is_empty())),
+        "{s}"
+    );
+    let meta = chunks
+        .iter()
+        .find_map(|c| c.get("switchback"))
+        .expect("metadata sent");
+    assert_eq!(meta["attempted_fallbacks"], 1);
+}
+
+// 10. A JSON answer to a stream request reaches a streaming client as chunks.
+#[tokio::test(start_paused = true)]
+async fn a_json_answer_to_a_stream_request_is_rechunked() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        json_response(200, &json!({"id": "j1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}]}))
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    let s = text(gw.chat(None, chat_body("g", true)).await).await;
+    let chunks = json_payloads(&s);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk"),
+        "{s}"
+    );
+    assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "whole");
+}
+
+// 11. `finish_reason: content_filter` is an answer, unless a content-policy fallback list
+// applies to the group.
+#[tokio::test(start_paused = true)]
+async fn content_filter_is_an_answer_without_a_content_policy_list() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        sse_of(&[
+            chunk_json(
+                "m",
+                json!({"role": "assistant", "content": "partial"}),
+                None,
+            ),
+            chunk_json("m", json!({}), Some("content_filter")),
+        ])
+    });
+    net.host("up2", |_| sse_answer("m2", &["clean"]));
+    let config = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
+  - {model_name: g2, litellm_params: {model: openai/m2, api_base: "http://up2/v1"}}
+router_settings: {num_retries: 0, fallbacks: [{g: [g2]}]}
+"#;
+    let gw = Gw::start(config, &net);
+    let r = gw.chat(None, chat_body("g", false)).await;
+    assert_eq!(r.status(), 200);
+    let v = body_json(r).await;
+    assert_eq!(v["choices"][0]["finish_reason"], "content_filter");
+    assert!(net.calls("up2").is_empty());
+    let with_list = config.replace(
+        "fallbacks: [{g: [g2]}]",
+        "content_policy_fallbacks: [{g: [g2]}]",
+    );
+    let gw = Gw::start(&with_list, &net);
+    let v = body_json(gw.chat(None, chat_body("g", false)).await).await;
+    assert_eq!(v["choices"][0]["message"]["content"], "partialclean", "{v}");
+}
+
+// 12. Headers and ids: the provider's request id and rate-limit headers come through; the
+// response id is the provider's; without one, generated ids differ between gateways.
+#[tokio::test(start_paused = true)]
+async fn provider_headers_and_ids_come_through() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let mut r = sse_of(&[json!({"id": "chatcmpl-provider-9", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]})]);
+        let h = r.headers_mut();
+        h.insert("x-request-id", "req_abc".parse().unwrap());
+        h.insert("x-ratelimit-remaining-requests", "99".parse().unwrap());
+        h.insert("openai-processing-ms", "12".parse().unwrap());
+        h.insert("set-cookie", "secret=1".parse().unwrap());
+        r
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        let h = r.headers().clone();
+        assert_eq!(h["x-request-id"], "req_abc", "stream={stream}");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "99");
+        assert_eq!(h["openai-processing-ms"], "12");
+        assert!(h.get("set-cookie").is_none(), "only the allow-list");
+        let t = text(r).await;
+        assert!(t.contains("chatcmpl-provider-9"), "{t}");
+        assert!(!t.contains("chatcmpl-switchback"), "{t}");
+    }
+    // No id from the provider: each gateway (seeded from the OS by `serve`) makes its own.
+    let net = MemNet::new();
+    net.host("up", |_| {
+        sse_of(&[json!({"object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}]})])
+    });
+    let mut ids = Vec::new();
+    for seed in [1, 2] {
+        let gw = Gw::start(
+            &format!("{ONE_GROUP}  rng_seed: {seed}\n").replace(
+                "router_settings: {num_retries: 0}\n  rng_seed",
+                "router_settings:\n  num_retries: 0\n  rng_seed",
+            ),
+            &net,
+        );
+        let v = body_json(gw.chat(None, chat_body("g", false)).await).await;
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert_ne!(switchback::engine::os_seed(), switchback::engine::os_seed());
+}
+
+// 13. Across a continuation, `max_tokens` stays a bound and `usage` covers both attempts.
+#[tokio::test(start_paused = true)]
+async fn a_continuation_keeps_the_token_budget_and_counts_all_usage() {
+    let (net, gw) = fails_after(vec![
+        chunk_json("m", json!({"role": "assistant", "content": "a"}), None),
+        chunk_json("m", json!({"content": "b"}), None),
+    ]);
+    net.host("up2", |_| {
+        sse_of(&[
+            chunk_json("m2", json!({"role": "assistant", "content": "c"}), None),
+            chunk_json("m2", json!({}), Some("stop")),
+            json!({"id": "u", "object": "chat.completion.chunk", "model": "m2", "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}),
+        ])
+    });
+    let mut body = chat_body("g", false);
+    body["max_tokens"] = json!(5);
+    let v = body_json(gw.chat(None, body).await).await;
+    assert_eq!(
+        net.calls("up2")[0].body["max_tokens"],
+        3,
+        "5 less the 2 delivered"
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{v}");
+}
+
+// 14. An error that ends an exhausted plan says `x-should-retry: false`: the SDK's own
+// retries must not multiply the gateway's.
+#[tokio::test(start_paused = true)]
+async fn final_errors_tell_sdks_not_to_retry() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        json_response(503, &json!({"error": {"message": "down"}}))
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["x-should-retry"], "false", "stream={stream}");
+    }
+}
+
+// 15. `GET /v1/models/{id}` answers (group names may contain `/`), and `created` is real.
+#[tokio::test(start_paused = true)]
+async fn models_by_id_and_their_created_time() {
+    let net = MemNet::new();
+    let gw = Gw::start(
+        &ONE_GROUP.replace("model_name: g,", "model_name: vertex_ai/gemini-2.5-flash,"),
+        &net,
+    );
+    let mut sender = gw.connect().await;
+    let r = sender
+        .send_request(
+            http::Request::get("/v1/models/vertex_ai/gemini-2.5-flash")
+                .header("host", "g")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["id"], "vertex_ai/gemini-2.5-flash");
+    assert_eq!(v["created"], json!(WALL_EPOCH_SECS));
+    let mut sender = gw.connect().await;
+    let r = sender
+        .send_request(
+            http::Request::get("/v1/models/nope")
+                .header("host", "g")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
