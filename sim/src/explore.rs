@@ -116,6 +116,7 @@ fn fault(kinds: Vec<FaultKind>, chunks: usize) -> BoxedStrategy<Option<Fault>> {
                 flavour,
                 code: code.map(str::to_string),
                 message: None,
+                echo: None,
             })
         })
         .boxed()
@@ -154,6 +155,8 @@ fn provider(host: String, model: String, kinds: Vec<FaultKind>) -> impl Strategy
                     s
                 })
                 .collect(),
+            dialect: Default::default(),
+            tool_call_index: None,
         })
 }
 
@@ -288,6 +291,8 @@ fn request(n: usize, swarm: &Swarm, at_ms: u64) -> impl Strategy<Value = Request
             concurrency: 1,
             timeout_ms: 60_000,
             expect: None,
+            disconnect: None,
+            stop_reading: None,
         }
     })
 }

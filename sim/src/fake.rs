@@ -3,9 +3,12 @@
 //! Owns: serving `POST /v1/chat/completions` (stream or not) from a [`Provider`] spec: choosing
 //! the script by call number and requested model, emitting chunks with their delays, injecting
 //! the script's fault at chunk offset k (HTTP error, SSE error event, reset, stall, malformed
-//! SSE, `content_filter`), answering a continuation with only the rest of its text, and
-//! recording every request it receives. Runs on any [`Listener`]: turmoil in simulation,
-//! tokio TCP in live mode. Does not own the network (`world`) or the verdict (`oracle`).
+//! SSE, `content_filter`), answering a continuation with only the rest of its text, the
+//! hostile shapes (content-less floods, errors that echo the request's `Authorization` or
+//! headers), and recording every request it receives with what it sent and what its own
+//! non-stream answer is. Runs on any [`Listener`]: turmoil in simulation, tokio TCP in
+//! live mode. Does not own the shape of an answer in each provider's dialect (`dialect`),
+//! the network (`world`) or the verdict (`oracle`).
 //!
 //! A non-streaming request meets the same fault at the same instant: the whole request fails
 //! with that error once the k chunks would have been sent.
@@ -28,16 +31,18 @@ use serde_json::{Value, json};
 use switchback::transport::Listener;
 use tokio::sync::mpsc;
 
-use crate::scenario::{Fault, FaultKind, Flavour, Provider, Script};
+use crate::dialect::Reply;
+use crate::scenario::{
+    Dialect, Echo, Fault, FaultKind, Flavour, Flood, FloodKind, Provider, Script,
+};
 use crate::trace::TraceSink;
 
 /// Largest request body a fake reads.
 pub const MAX_FAKE_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-/// Fixed `created` timestamp, so answers are byte-identical across runs.
-pub const CREATED: u64 = 1_700_000_000;
+pub use crate::dialect::CREATED;
 
-/// What a fake received.
-#[derive(Debug, Clone, PartialEq)]
+/// What a fake received, and what it answered.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CallRecord {
     /// Position among all calls to the fakes sharing one order (see [`Fake::with_order`]).
     pub seq: u64,
@@ -52,7 +57,7 @@ pub struct CallRecord {
     pub authorization: Option<String>,
     /// The gateway's request number (`x-switchback-request-id`), when it sent one.
     pub request_id: Option<u64>,
-    /// The text this call sends before its fault (all of it without one).
+    /// The text (of choice 0) this call sends before its fault (all of it without one).
     pub planned: String,
     /// What the script does: `ok`, or the fault (`http 429`, `error_event@3 429`, ...).
     pub outcome: String,
@@ -62,6 +67,18 @@ pub struct CallRecord {
     /// fault's turn: a fault that never fired tested nothing (`probe` checks this).
     pub fault_fired: bool,
     pub body: Value,
+    /// Every SSE `data:` payload it wrote, in order (`[DONE]` and error events included),
+    /// or, for an answer given as one JSON body, that body.
+    pub sent: Vec<String>,
+    /// It answered with one JSON body (a non-stream call, or a `json_only` provider).
+    pub answered_json: bool,
+    /// Its own non-stream answer to this call: what it answers, or would have answered,
+    /// to the same request with `stream: false` (absent when that is an error).
+    pub own_answer: Option<String>,
+    /// Its answer included a hostile flood (whose items `sent` does not list).
+    pub flooded: bool,
+    /// The response headers it sent (its script's, and its dialect's own).
+    pub headers: Vec<(String, String)>,
 }
 
 pub struct Fake {
@@ -167,6 +184,11 @@ impl Fake {
             .get("x-switchback-request-id")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
+        let request_headers: String = req
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
         let body = match http_body_util::Limited::new(req.into_body(), MAX_FAKE_REQUEST_BYTES)
             .collect()
             .await
@@ -192,15 +214,30 @@ impl Fake {
             .unwrap_or(false);
         let script = self.script_for(call, &model).clone();
         let continuation = continuation_prefix(&body);
-        let full = script.full_text();
+        let fresh = Reply::new(&self.spec, &script, call, &model, None);
+        let full = fresh.text(usize::MAX);
         let continued = continuation.as_deref().is_some_and(|p| full.starts_with(p));
-        let answer = Answer::new(
-            &self.spec,
-            &script,
-            call,
-            &model,
-            continuation.as_deref().filter(|_| continued),
-        );
+        let mut reply = if continued {
+            Reply::new(&self.spec, &script, call, &model, continuation.as_deref())
+        } else {
+            fresh
+        };
+        reply.include_usage = include_usage;
+        let fault = script.fault.clone();
+        let k = fault.as_ref().map_or(reply.pieces.len(), |f| {
+            f.after_chunks.min(reply.pieces.len())
+        });
+        let own_answer = match fault.as_ref().map(|f| f.kind) {
+            None => Some(reply.whole(reply.pieces.len(), None)),
+            Some(FaultKind::ContentFilter) => Some(reply.whole(k, Some("content_filter"))),
+            Some(_) => None,
+        };
+        let mut headers = dialect_headers(&self.spec, call);
+        for (k, v) in &script.headers {
+            headers.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
+            headers.push((k.clone(), v.clone()));
+        }
+        let json_answer = !stream || self.spec.dialect == Dialect::JsonOnly;
         let seq = self.order.fetch_add(1, Ordering::SeqCst) + 1;
         self.log.lock().expect("fake log").push(CallRecord {
             seq,
@@ -209,38 +246,58 @@ impl Fake {
             stream,
             continuation: continuation.clone(),
             continued,
-            authorization,
+            authorization: authorization.clone(),
             request_id,
-            planned: answer.chunks[..answer.sent_before_fault()].concat(),
-            outcome: script.fault.as_ref().map_or_else(
+            planned: reply.text(k),
+            outcome: fault.as_ref().map_or_else(
                 || "ok".to_string(),
                 |f| match (f.kind, f.status) {
-                    (crate::scenario::FaultKind::Http, s) => format!("http {}", s.unwrap_or(429)),
+                    (FaultKind::Http, s) => format!("http {}", s.unwrap_or(429)),
                     (kind, Some(s)) => format!("{}@{} {s}", kind.as_str(), f.after_chunks),
                     (kind, None) => format!("{}@{}", kind.as_str(), f.after_chunks),
                 },
             ),
             fault_fired: false,
             body: body.clone(),
+            sent: Vec::new(),
+            answered_json: false,
+            own_answer: own_answer.as_ref().map(Value::to_string),
+            flooded: script.flood.is_some(),
+            headers: headers.clone(),
         });
+        let dialect = match self.spec.dialect {
+            Dialect::Openai => String::new(),
+            d => format!(" dialect={}", d.as_str()),
+        };
         self.trace(format!(
-            "received call={call} model={model} stream={stream} continuation={} fault={}",
+            "received call={call} model={model} stream={stream} continuation={} fault={}{dialect}",
             continuation.as_ref().map_or(0, |p| p.chars().count()),
-            script.fault.as_ref().map_or("-".to_string(), |f| format!(
+            fault.as_ref().map_or("-".to_string(), |f| format!(
                 "{}@{}",
                 f.kind.as_str(),
                 f.after_chunks
             )),
         ));
         pause(script.ttfb_ms).await;
-        let fired = FiredMark {
-            fake: self.clone(),
-            seq,
+        let answer = Answer {
+            reply,
+            k,
+            fault,
+            flood: script.flood.clone(),
+            headers,
+            echo: EchoSource {
+                authorization: authorization.unwrap_or_default(),
+                request_headers,
+            },
+            log: LogHandle {
+                fake: self.clone(),
+                seq,
+            },
         };
-        if stream {
-            answer.stream(include_usage, fired)
+        if json_answer {
+            answer.whole().await
         } else {
-            answer.whole(fired).await
+            answer.stream()
         }
     }
 
@@ -265,18 +322,31 @@ async fn pause(ms: u64) {
     }
 }
 
-/// Marks one call's fault as fired in the fake's log, when it does.
-struct FiredMark {
+/// Writes into one call's record as its answer goes out.
+struct LogHandle {
     fake: Arc<Fake>,
     seq: u64,
 }
 
-impl FiredMark {
-    fn fire(&self) {
+impl LogHandle {
+    fn with(&self, f: impl FnOnce(&mut CallRecord)) {
         let mut log = self.fake.log.lock().expect("fake log");
         if let Some(c) = log.iter_mut().rev().find(|c| c.seq == self.seq) {
-            c.fault_fired = true;
+            f(c);
         }
+    }
+
+    /// The scripted fault happened.
+    fn fire(&self) {
+        self.with(|c| c.fault_fired = true);
+    }
+
+    /// A `data:` payload (or a whole JSON body) left.
+    fn sent(&self, payload: String, json: bool) {
+        self.with(|c| {
+            c.sent.push(payload);
+            c.answered_json |= json;
+        });
     }
 }
 
@@ -310,86 +380,130 @@ fn continuation_prefix(body: &Value) -> Option<String> {
     (!prefix.is_empty()).then(|| prefix.to_string())
 }
 
+/// The headers a provider of this dialect sends with every answer: its request id and
+/// its processing time, as OpenAI and Azure do.
+fn dialect_headers(spec: &Provider, call: u32) -> Vec<(String, String)> {
+    match spec.dialect {
+        Dialect::Openai | Dialect::Azure | Dialect::JsonOnly => vec![
+            ("x-request-id".into(), format!("req_{}_{call}", spec.host)),
+            ("openai-processing-ms".into(), "7".into()),
+        ],
+        Dialect::Gemini | Dialect::Ollama | Dialect::Vllm => Vec::new(),
+    }
+}
+
+/// What a hostile upstream can repeat of the request.
+struct EchoSource {
+    authorization: String,
+    request_headers: String,
+}
+
 /// One answer, ready to be sent either way.
 struct Answer {
-    chunks: Vec<String>,
-    delays: Vec<u64>,
-    model: String,
-    id: String,
+    reply: Reply,
+    /// Pieces sent before the fault (all of them without one).
+    k: usize,
     fault: Option<Fault>,
+    flood: Option<Flood>,
     headers: Vec<(String, String)>,
-    prompt_messages: usize,
+    echo: EchoSource,
+    log: LogHandle,
+}
+
+/// Sends one `data:` payload and records it; false when the caller is gone.
+async fn send_data(
+    tx: &mpsc::Sender<Result<Bytes, io::Error>>,
+    log: &LogHandle,
+    payload: String,
+) -> bool {
+    let frame = Bytes::from(format!("data: {payload}\n\n"));
+    if tx.send(Ok(frame)).await.is_err() {
+        return false;
+    }
+    log.sent(payload, false);
+    true
 }
 
 impl Answer {
-    fn new(
-        spec: &Provider,
-        script: &Script,
-        call: u32,
-        requested: &str,
-        continuation: Option<&str>,
-    ) -> Answer {
-        let all = script.chunk_texts();
-        let skip = continuation.map_or(0, |p| p.chars().count());
-        let mut chunks = Vec::new();
-        let mut delays = Vec::new();
-        let mut seen = 0;
-        for (i, c) in all.iter().enumerate() {
-            let n = c.chars().count();
-            if seen + n <= skip {
-                seen += n;
-                continue;
+    /// Sends the flood, if it comes after `at` pieces; false when the caller is gone.
+    async fn flood_at(&self, at: usize, tx: &mpsc::Sender<Result<Bytes, io::Error>>) -> bool {
+        let Some(flood) = self.flood.as_ref().filter(|f| f.after_chunks == at) else {
+            return true;
+        };
+        for i in 0..flood.count {
+            let item = match flood.kind {
+                FloodKind::Comments => {
+                    let pad = "x".repeat(flood.pad.max(1));
+                    format!(": {pad}\n\n")
+                }
+                FloodKind::RoleOnly => format!("data: {}\n\n", self.reply.role_only(0, flood.pad)),
+                FloodKind::NewChoiceIndex => format!(
+                    "data: {}\n\n",
+                    self.reply.role_only(self.reply.choices + i, flood.pad)
+                ),
+                FloodKind::NewChoiceContent => format!(
+                    "data: {}\n\n",
+                    self.reply.content_for(self.reply.choices + i)
+                ),
+            };
+            if tx.send(Ok(Bytes::from(item))).await.is_err() {
+                return false;
             }
-            let cut = skip.saturating_sub(seen);
-            chunks.push(c.chars().skip(cut).collect());
-            delays.push(script.delay_before(i));
-            seen += n;
         }
-        let model = script
-            .model
-            .clone()
-            .or_else(|| spec.model.clone())
-            .unwrap_or_else(|| requested.to_string());
-        Answer {
-            chunks,
-            delays,
-            model,
-            id: format!("fake-{}-{call}", spec.host),
-            fault: script.fault.clone(),
-            headers: script
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            prompt_messages: 0,
+        true
+    }
+
+    fn error_body(&self, f: &Fault, event: bool) -> Value {
+        match f.echo {
+            Some(Echo::Authorization) => {
+                let mut echoed = f.clone();
+                echoed.message = Some(format!(
+                    "Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.",
+                    self.echo.authorization
+                ));
+                error_body(&echoed, event)
+            }
+            Some(Echo::Headers) if event => {
+                let mut echoed = f.clone();
+                echoed.message = Some(format!(
+                    "upstream failed; request was: {}",
+                    self.echo.request_headers.replace('\n', "; ")
+                ));
+                error_body(&echoed, event)
+            }
+            _ => error_body(f, event),
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": CREATED,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        })
+    fn http_error(&self, f: &Fault) -> Response<FakeBody> {
+        let status = f.status.unwrap_or(429);
+        let mut r = if f.echo == Some(Echo::Headers) {
+            let mut r = Response::new(full(format!(
+                "Internal error while handling:\n{}",
+                self.echo.request_headers
+            )));
+            *r.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            add_headers(&mut r, &self.headers);
+            r
+        } else {
+            json_response(status, &self.error_body(f, false), &self.headers)
+        };
+        if let Some(ra) = f.retry_after {
+            r.headers_mut().insert(
+                "retry-after",
+                HeaderValue::from_str(&fmt_secs(ra)).expect("number"),
+            );
+        }
+        r
     }
 
-    fn usage(&self, completion: usize) -> Value {
-        json!({"prompt_tokens": self.prompt_messages + 5, "completion_tokens": completion, "total_tokens": self.prompt_messages + 5 + completion})
-    }
-
-    /// Chunks sent before the fault (all of them without one).
-    fn sent_before_fault(&self) -> usize {
-        self.fault
-            .as_ref()
-            .map_or(self.chunks.len(), |f| f.after_chunks.min(self.chunks.len()))
-    }
-
-    fn stream(self, include_usage: bool, fired: FiredMark) -> Response<FakeBody> {
+    fn stream(self) -> Response<FakeBody> {
         if let Some(f) = self.fault.as_ref().filter(|f| f.kind == FaultKind::Http) {
-            fired.fire();
-            return http_error(f, &self.headers);
+            self.log.fire();
+            return self.http_error(f);
         }
         let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(16);
         let mut response = Response::new(ChannelBody(rx).boxed());
@@ -399,108 +513,113 @@ impl Answer {
         );
         add_headers(&mut response, &self.headers);
         tokio::spawn(async move {
-            let send = |v: &Value| Ok(Bytes::from(format!("data: {v}\n\n")));
-            if tx
-                .send(send(
-                    &self.chunk(json!({"role": "assistant", "content": ""}), None),
-                ))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let k = self.sent_before_fault();
-            for i in 0..k {
-                pause(self.delays[i]).await;
-                if tx
-                    .send(send(&self.chunk(json!({"content": self.chunks[i]}), None)))
-                    .await
-                    .is_err()
-                {
+            let log = &self.log;
+            for chunk in self.reply.opening() {
+                if !send_data(&tx, log, chunk.to_string()).await {
                     return;
                 }
             }
-            if let Some(f) = &self.fault {
-                if let Some(gap) = self.delays.get(k) {
-                    pause(*gap).await;
+            let k = self.k;
+            for i in 0..k {
+                if !self.flood_at(i, &tx).await {
+                    return;
                 }
-                let end = match f.kind {
+                pause(self.reply.pieces[i].delay_ms).await;
+                if !send_data(&tx, log, self.reply.piece(i).to_string()).await {
+                    return;
+                }
+            }
+            if !self.flood_at(k, &tx).await {
+                return;
+            }
+            if let Some(f) = &self.fault {
+                if let Some(p) = self.reply.pieces.get(k) {
+                    pause(p.delay_ms).await;
+                }
+                match f.kind {
                     FaultKind::Http => unreachable!("handled before streaming"),
-                    FaultKind::ErrorEvent => Some(send(&error_body(f, true))),
-                    FaultKind::Reset => Some(Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        "scripted reset",
-                    ))),
+                    FaultKind::ErrorEvent => {
+                        if send_data(&tx, log, self.error_body(f, true).to_string()).await {
+                            log.fire();
+                        }
+                    }
+                    FaultKind::Reset => {
+                        let reset =
+                            io::Error::new(io::ErrorKind::ConnectionReset, "scripted reset");
+                        if tx.send(Err(reset)).await.is_ok() {
+                            log.fire();
+                        }
+                    }
                     FaultKind::Stall => {
                         // Hold the connection open with no bytes until the peer gives up.
-                        fired.fire();
+                        log.fire();
                         tx.closed().await;
-                        return;
                     }
                     FaultKind::Malformed => {
-                        Some(Ok(Bytes::from_static(b"data: {\"id\": \"broken\n\n")))
+                        let line = Bytes::from_static(b"data: {\"id\": \"broken\n\n");
+                        if tx.send(Ok(line)).await.is_ok() {
+                            log.fire();
+                        }
                     }
                     FaultKind::ContentFilter => {
-                        Some(send(&self.chunk(json!({}), Some("content_filter"))))
+                        let chunk = self.reply.finish_chunk(0, "content_filter", k);
+                        if send_data(&tx, log, chunk.to_string()).await {
+                            log.fire();
+                            send_data(&tx, log, "[DONE]".into()).await;
+                        }
                     }
-                };
-                if let Some(frame) = end {
-                    if tx.send(frame).await.is_ok() {
-                        fired.fire();
-                    }
-                }
-                if f.kind == FaultKind::ContentFilter {
-                    let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
                 }
                 return;
             }
-            let _ = tx.send(send(&self.chunk(json!({}), Some("stop")))).await;
-            if include_usage {
-                let usage = json!({"id": self.id, "object": "chat.completion.chunk", "created": CREATED, "model": self.model, "choices": [], "usage": self.usage(self.chunks.len())});
-                let _ = tx.send(send(&usage)).await;
+            for chunk in self.reply.closing() {
+                if !send_data(&tx, log, chunk.to_string()).await {
+                    return;
+                }
             }
-            let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+            send_data(&tx, log, "[DONE]".into()).await;
         });
         response
     }
 
-    async fn whole(self, fired: FiredMark) -> Response<FakeBody> {
+    async fn whole(self) -> Response<FakeBody> {
         if let Some(f) = self.fault.as_ref().filter(|f| f.kind == FaultKind::Http) {
-            fired.fire();
-            return http_error(f, &self.headers);
+            self.log.fire();
+            return self.http_error(f);
         }
-        let k = self.sent_before_fault();
-        let waited: u64 = self.delays[..k].iter().sum::<u64>()
+        let k = self.k;
+        let waited: u64 = self.reply.pieces[..k]
+            .iter()
+            .map(|p| p.delay_ms)
+            .sum::<u64>()
             + self
                 .fault
                 .as_ref()
-                .and_then(|_| self.delays.get(k))
-                .copied()
-                .unwrap_or(0);
+                .and_then(|_| self.reply.pieces.get(k))
+                .map_or(0, |p| p.delay_ms);
         pause(waited).await;
         // The caller waited this long (the future was not dropped): the fault happens now.
         if self.fault.is_some() {
-            fired.fire();
+            self.log.fire();
         }
-        let text: String = self.chunks[..k].concat();
-        let completion = |finish: &str| {
-            json!({
-                "id": self.id,
-                "object": "chat.completion",
-                "created": CREATED,
-                "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-                "usage": self.usage(k),
-            })
+        let answer = |finish: Option<&str>, upto: usize| {
+            let body = self.reply.whole(upto, finish).to_string();
+            self.log.sent(body.clone(), true);
+            let mut r = Response::new(full(body));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            add_headers(&mut r, &self.headers);
+            r
         };
         match &self.fault {
-            None => json_response(200, &completion("stop"), &self.headers),
+            None => answer(None, self.reply.pieces.len()),
             Some(f) => match f.kind {
                 FaultKind::Http => unreachable!("handled above"),
                 FaultKind::ErrorEvent => {
                     let mut r = json_response(
                         f.status.unwrap_or(429),
-                        &error_body(f, false),
+                        &self.error_body(f, false),
                         &self.headers,
                     );
                     if let Some(ra) = f.retry_after {
@@ -532,9 +651,7 @@ impl Answer {
                     );
                     r
                 }
-                FaultKind::ContentFilter => {
-                    json_response(200, &completion("content_filter"), &self.headers)
-                }
+                FaultKind::ContentFilter => answer(Some("content_filter"), k),
             },
         }
     }
@@ -557,18 +674,6 @@ fn fmt_secs(s: f64) -> String {
     } else {
         format!("{s}")
     }
-}
-
-fn http_error(f: &Fault, headers: &[(String, String)]) -> Response<FakeBody> {
-    let status = f.status.unwrap_or(429);
-    let mut r = json_response(status, &error_body(f, false), headers);
-    if let Some(ra) = f.retry_after {
-        r.headers_mut().insert(
-            "retry-after",
-            HeaderValue::from_str(&fmt_secs(ra)).expect("number"),
-        );
-    }
-    r
 }
 
 fn default_message(status: u16, code: Option<&str>) -> &'static str {

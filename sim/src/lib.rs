@@ -4,6 +4,7 @@
 //!
 //! * [`scenario`]: the scenario file model QA write, loaded with located errors.
 //! * [`fake`]: scripted OpenAI-compatible providers that inject faults at chunk offsets.
+//! * [`dialect`]: how real providers' answers look on the wire (OpenAI, Azure, Gemini, ...).
 //! * [`world`]: one turmoil simulation per run: gateway, provider and client hosts.
 //! * [`client`]: scripted requests, and what a client sees.
 //! * [`live`]: the same scenarios on real loopback sockets and the real clock.
@@ -19,6 +20,7 @@
 
 pub mod client;
 pub mod counted;
+pub mod dialect;
 pub mod emit;
 pub mod explore;
 pub mod fake;

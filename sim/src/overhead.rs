@@ -51,6 +51,8 @@ fn provider(host: &str, script: Script) -> Provider {
         model: Some(format!("{host}-model")),
         default: script,
         calls: Vec::new(),
+        dialect: Default::default(),
+        tool_call_index: None,
     }
 }
 
@@ -73,6 +75,7 @@ pub fn world() -> Scenario {
         flavour: Flavour::Openai,
         code: None,
         message: None,
+        echo: None,
     };
     Scenario {
         name: "bench-overhead".into(),
@@ -116,6 +119,8 @@ pub fn world() -> Scenario {
             concurrency: 1,
             timeout_ms: 30_000,
             expect: None,
+            disconnect: None,
+            stop_reading: None,
         }],
         sequential: false,
         modes: Mode::both(),

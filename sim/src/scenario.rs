@@ -15,6 +15,9 @@ use switchback::config::GatewayConfig;
 use switchback::upstream::Endpoint;
 use switchback::yaml::{self, PathSeg, YamlError};
 
+mod answer;
+pub use answer::*;
+
 /// Upper bounds that keep a scenario finite.
 pub const MAX_REQUESTS: u32 = 10_000;
 pub const MAX_CHUNKS: usize = 10_000;
@@ -111,6 +114,24 @@ pub struct Provider {
     /// Per-call answers, first match wins (each with `calls` and/or `for_model`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<Script>,
+    /// The wire dialect it speaks (default `openai`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dialect: Dialect,
+    /// How its streamed tool calls are numbered (default: its dialect's way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_index: Option<ToolCallIndex>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl Provider {
+    /// How this provider numbers streamed tool calls.
+    pub fn tool_call_index(&self) -> ToolCallIndex {
+        self.tool_call_index
+            .unwrap_or_else(|| self.dialect.default_tool_call_index())
+    }
 }
 
 pub fn default_port() -> u16 {
@@ -155,6 +176,40 @@ pub struct Script {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// Reasoning streamed before the answer (`reasoning_content`, Ollama's `reasoning`),
+    /// cut into `chunk_size`-character chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// A refusal instead of text (`refusal` deltas), cut into `chunk_size`-character chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// A spoken answer instead of text: the audio's transcript, cut into
+    /// `chunk_size`-character chunks, each with a piece of audio `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<String>,
+    /// Tool calls, after any text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallSpec>,
+    /// Characters per streamed fragment of a tool call's arguments, in the dialects that
+    /// fragment them (Gemini and Ollama send each call whole). Default: one fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments_chunk_size: Option<usize>,
+    /// n > 1: the text of choices 1, 2, ... (choice 0's is `text`), cut into
+    /// `chunk_size`-character chunks that interleave with choice 0's, round robin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_choices: Vec<String>,
+    /// Log probabilities on every content chunk (`logprobs.content` of its choice).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logprobs: bool,
+    /// URL citations (`annotations` of choice 0), in one chunk after its text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub annotations: Vec<String>,
+    /// The finish reason of every choice (default `stop`, or `tool_calls` with tool calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    /// Hostile: a content-less flood inside the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flood: Option<Flood>,
 }
 
 pub const DEFAULT_TEXT: &str = "pong";
@@ -204,6 +259,9 @@ pub struct Fault {
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Hostile: the error repeats part of the request (`http` and `error_event` faults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<Echo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -377,6 +435,19 @@ pub struct RequestSpec {
     pub timeout_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expect>,
+    /// Hostile client: it closes its connection early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<Disconnect>,
+    /// Hostile client: it stops reading the stream and holds the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reading: Option<StopReading>,
+}
+
+impl RequestSpec {
+    /// Whether the scripted client means to leave before the answer ends.
+    pub fn leaves(&self) -> bool {
+        self.disconnect.is_some() || self.stop_reading.is_some()
+    }
 }
 
 fn one() -> u32 {
@@ -430,6 +501,17 @@ pub struct Expect {
     /// Stream and non-stream runs must be equivalent (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equivalent: Option<bool>,
+    /// Wire fidelity: a stream reaches the client chunk for chunk as the serving provider
+    /// sent it, and a non-stream answer equals that provider's own non-stream answer (as
+    /// JSON values; byte for byte when the provider answered with JSON), except for the
+    /// fields the README says Switchback sets. The provider's allow-listed headers
+    /// (`x-request-id`, `x-ratelimit-*`, `openai-processing-ms`) arrive unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<bool>,
+    /// Limits the engine must name in `limit_hit` events for this request
+    /// (`max_upstream_body_bytes`, `max_choices`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Vec<String>>,
 }
 
 impl Expect {
@@ -449,7 +531,9 @@ impl Expect {
             fallbacks,
             error_type,
             stream_error,
-            equivalent
+            equivalent,
+            passthrough,
+            limits
         )
     }
 }

@@ -388,7 +388,7 @@ mod tests {
                 planned: String::new(),
                 outcome: outcome.to_string(),
                 fault_fired: fired,
-                body: serde_json::Value::Null,
+                ..CallRecord::default()
             },
         )
     }

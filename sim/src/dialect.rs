@@ -1,0 +1,1058 @@
+//! What real providers' answers look like on the wire.
+//!
+//! Owns: turning one scripted answer ([`Script`]) of one provider into the pieces of its
+//! answer ([`Reply`]), and rendering them the way that provider's dialect streams them
+//! (`chat.completion.chunk` payloads) and answers them whole (its own `chat.completion`).
+//! Both renderings come from the same pieces, and the whole answer is what OpenAI's
+//! accumulation of the stream gives, so "the provider's own non-stream answer" exists for
+//! every streamed one. Does not own timing, faults or the HTTP exchange (`fake`).
+//!
+//! Each dialect follows captures of the real thing (keys in the order the provider writes
+//! them):
+//!
+//! * `openai`: OpenAI's streaming reference and captured streams: `service_tier`,
+//!   `system_fingerprint`, a role chunk per choice with `content: ""` and `refusal: null`,
+//!   `logprobs: null` on every choice, `usage: null` on every chunk when
+//!   `stream_options.include_usage` was asked for, then a usage chunk with `choices: []`,
+//!   and the `obfuscation` padding field on streamed chunks.
+//! * `azure`: a captured Azure OpenAI stream (`dto-btn/ssc-assistant`,
+//!   `mergeOpenAiDelta/testHelpers/simple_chat.ts`) and Microsoft's content-filter
+//!   streaming docs (`MicrosoftDocs/azure-ai-docs`, `content-filter-streaming.md`): keys in
+//!   alphabetical order, a first chunk with `choices: []`, `created: 0`, `id: ""`,
+//!   `model: ""`, `object: ""` and `prompt_filter_results`; `content_filter_results` on
+//!   every choice (`{}` on the role and finish chunks).
+//! * `gemini`: captured streams of `generativelanguage.googleapis.com/v1beta/openai`
+//!   (gemini-2.5-flash-lite; THU-MAIC/OpenMAIC issue 1556 for tool calls): alphabetical
+//!   keys, `role` in every delta, no `finish_reason` until the last content chunk, which
+//!   carries it, cumulative `usage` on every chunk, each tool call whole in one chunk
+//!   without an `index`.
+//! * `ollama`: captured streams of Ollama's `/v1/chat/completions` (g0t4/ask-openai.nvim
+//!   notes) and ollama/ollama issue 7881: `system_fingerprint: "fp_ollama"`, `role` and
+//!   `content` in every delta, each tool call whole in one chunk, without `index` before
+//!   0.4.7 (issue 15457: `index: 0` on every call after; `tool_call_index: zero`).
+//! * `vllm`: vLLM's reasoning outputs docs (v0.10): a role chunk, `reasoning_content`
+//!   deltas before the content, `stop_reason` beside the finish reason.
+//! * `json_only`: an upstream that ignores `stream: true` and answers with one
+//!   `chat.completion` (OpenAI's shape).
+//!
+//! Where a real provider's non-stream answer has fields its stream never carries (Azure's
+//! `annotations: []`, vLLM's `prompt_logprobs: null` and `tool_calls: []`), the fake's own
+//! answer leaves them out, so that it is exactly the accumulation of its stream; a real
+//! provider whose two modes disagree (Gemini's streamed tool calls end with
+//! `finish_reason: "stop"`, its non-stream ones with `"tool_calls"`: googleapis/python-genai
+//! issue 2868) is not reproduced, since no gateway could make that consistent.
+
+use serde_json::{Map, Value, json};
+
+use crate::scenario::{Dialect, Provider, Script, ToolCallIndex, ToolCallSpec};
+
+/// Fixed `created` timestamp, so answers are byte-identical across runs.
+pub const CREATED: u64 = 1_700_000_000;
+/// `expires_at` of scripted audio.
+pub const AUDIO_EXPIRES_AT: u64 = 1_700_003_600;
+/// Prompt tokens every fake reports.
+pub const PROMPT_TOKENS: u64 = 5;
+
+/// One content piece of an answer: what one content chunk carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Content(String),
+    Reasoning(String),
+    Refusal(String),
+    /// A piece of the audio transcript and its data; the first carries the audio's id.
+    Audio {
+        transcript: String,
+        data: String,
+        first: bool,
+        last: bool,
+    },
+    /// A fragment of tool call `call`: the header (id, type, name) and/or arguments.
+    ToolCall {
+        call: usize,
+        header: bool,
+        arguments: String,
+    },
+    /// Every URL citation of the choice.
+    Annotations,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub choice: u32,
+    pub part: Part,
+    /// The gap before this piece, milliseconds.
+    pub delay_ms: u64,
+}
+
+/// One answer of one call, ready to be rendered either way.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub dialect: Dialect,
+    pub tool_call_index: ToolCallIndex,
+    pub id: String,
+    pub model: String,
+    pub pieces: Vec<Piece>,
+    /// Number of choices (n).
+    pub choices: u32,
+    pub tool_calls: Vec<(String, String, String)>,
+    pub annotations: Vec<String>,
+    pub logprobs: bool,
+    pub finish: String,
+    pub audio_id: String,
+    /// Whether the request asked for `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// Which choices have text (content) pieces at all, in the whole answer.
+    text_choices: Vec<bool>,
+}
+
+/// Cuts `text` into pieces of `size` characters.
+pub fn cut(text: &str, size: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(size.max(1))
+        .map(|c| c.iter().collect())
+        .collect()
+}
+
+/// The content pieces of `script` as `dialect` sends them, before any continuation: its
+/// reasoning, then the text of every choice (interleaved), then annotations, then tool
+/// calls. The order of `delays_ms` follows this list.
+pub fn pieces(dialect: Dialect, script: &Script) -> Vec<(u32, Part)> {
+    let size = script
+        .chunk_size
+        .unwrap_or(crate::scenario::DEFAULT_CHUNK_SIZE)
+        .max(1);
+    let mut out = Vec::new();
+    if let Some(r) = &script.reasoning {
+        out.extend(cut(r, size).into_iter().map(|p| (0, Part::Reasoning(p))));
+    }
+    let first: Vec<Part> = if let Some(refusal) = &script.refusal {
+        cut(refusal, size).into_iter().map(Part::Refusal).collect()
+    } else if let Some(transcript) = &script.audio {
+        let parts = cut(transcript, size);
+        let n = parts.len();
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| Part::Audio {
+                data: base64(t.as_bytes()),
+                transcript: t,
+                first: i == 0,
+                last: i + 1 == n,
+            })
+            .collect()
+    } else if script.tool_calls.is_empty() || script.text.is_some() || script.chunks.is_some() {
+        script
+            .chunk_texts()
+            .into_iter()
+            .map(Part::Content)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let others: Vec<Vec<Part>> = script
+        .more_choices
+        .iter()
+        .map(|t| cut(t, size).into_iter().map(Part::Content).collect())
+        .collect();
+    let longest = others
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0)
+        .max(first.len());
+    let mut columns: Vec<std::vec::IntoIter<Part>> = std::iter::once(first)
+        .chain(others)
+        .map(Vec::into_iter)
+        .collect();
+    for _ in 0..longest {
+        for (choice, col) in columns.iter_mut().enumerate() {
+            if let Some(p) = col.next() {
+                out.push((choice as u32, p));
+            }
+        }
+    }
+    if !script.annotations.is_empty() {
+        out.push((0, Part::Annotations));
+    }
+    let whole_calls = matches!(dialect, Dialect::Gemini | Dialect::Ollama);
+    for (call, spec) in script.tool_calls.iter().enumerate() {
+        match script.arguments_chunk_size.filter(|_| !whole_calls) {
+            None => out.push((
+                0,
+                Part::ToolCall {
+                    call,
+                    header: true,
+                    arguments: spec.arguments.clone(),
+                },
+            )),
+            Some(n) => {
+                out.push((
+                    0,
+                    Part::ToolCall {
+                        call,
+                        header: true,
+                        arguments: String::new(),
+                    },
+                ));
+                out.extend(cut(&spec.arguments, n).into_iter().map(|a| {
+                    (
+                        0,
+                        Part::ToolCall {
+                            call,
+                            header: false,
+                            arguments: a,
+                        },
+                    )
+                }));
+            }
+        }
+    }
+    out
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for group in bytes.chunks(3) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl Reply {
+    /// The answer `spec` gives to call `call` asking for `requested`, continuing
+    /// `continuation` (a prefix of choice 0's text it had already given) if any.
+    pub fn new(
+        spec: &Provider,
+        script: &Script,
+        call: u32,
+        requested: &str,
+        continuation: Option<&str>,
+    ) -> Reply {
+        let all = pieces(spec.dialect, script);
+        let text_choices = {
+            let n = 1 + script.more_choices.len();
+            (0..n)
+                .map(|c| {
+                    all.iter()
+                        .any(|(ch, p)| *ch as usize == c && matches!(p, Part::Content(_)))
+                        || (c == 0 && all.is_empty())
+                })
+                .collect()
+        };
+        let mut skip = continuation.map_or(0, |p| p.chars().count());
+        let mut out = Vec::new();
+        for (i, (choice, part)) in all.into_iter().enumerate() {
+            let delay_ms = script.delay_before(i);
+            if skip > 0 {
+                match (&part, choice) {
+                    (Part::Content(t), 0) => {
+                        let n = t.chars().count();
+                        if n <= skip {
+                            skip -= n;
+                            continue;
+                        }
+                        let rest: String = t.chars().skip(skip).collect();
+                        skip = 0;
+                        out.push(Piece {
+                            choice,
+                            part: Part::Content(rest),
+                            delay_ms,
+                        });
+                    }
+                    // Whatever came before the text it continues was part of what the
+                    // caller already has.
+                    _ => {}
+                }
+                continue;
+            }
+            out.push(Piece {
+                choice,
+                part,
+                delay_ms,
+            });
+        }
+        let model = script
+            .model
+            .clone()
+            .or_else(|| spec.model.clone())
+            .unwrap_or_else(|| requested.to_string());
+        let id = match spec.dialect {
+            Dialect::Gemini => format!("{}{call}gemfake", spec.host),
+            Dialect::Ollama => format!("chatcmpl-{call}"),
+            _ => format!("chatcmpl-fake-{}-{call}", spec.host),
+        };
+        let tool_calls = script
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(
+                |(
+                    n,
+                    ToolCallSpec {
+                        id,
+                        name,
+                        arguments,
+                    },
+                )| {
+                    (
+                        id.clone()
+                            .unwrap_or_else(|| format!("call_{}_{call}_{n}", spec.host)),
+                        name.clone(),
+                        arguments.clone(),
+                    )
+                },
+            )
+            .collect::<Vec<_>>();
+        let finish = script.finish_reason.clone().unwrap_or_else(|| {
+            if tool_calls.is_empty() {
+                "stop".into()
+            } else {
+                "tool_calls".into()
+            }
+        });
+        Reply {
+            dialect: spec.dialect,
+            tool_call_index: spec.tool_call_index(),
+            audio_id: format!("audio_{}_{call}", spec.host),
+            id,
+            model,
+            pieces: out,
+            choices: 1 + script.more_choices.len() as u32,
+            tool_calls,
+            annotations: script.annotations.clone(),
+            logprobs: script.logprobs,
+            finish,
+            include_usage: false,
+            text_choices,
+        }
+    }
+
+    /// Text of choice 0 in the first `upto` pieces.
+    pub fn text(&self, upto: usize) -> String {
+        self.pieces[..upto.min(self.pieces.len())]
+            .iter()
+            .filter_map(|p| match (&p.part, p.choice) {
+                (Part::Content(t), 0) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn usage(&self, completion: usize) -> Value {
+        let (p, c) = (PROMPT_TOKENS, completion as u64);
+        let t = p + c;
+        let reasoning = self.pieces[..completion.min(self.pieces.len())]
+            .iter()
+            .filter(|x| matches!(x.part, Part::Reasoning(_)))
+            .count();
+        match self.dialect {
+            Dialect::Openai | Dialect::JsonOnly => json!({
+                "prompt_tokens": p, "completion_tokens": c, "total_tokens": t,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+            }),
+            Dialect::Azure => json!({
+                "completion_tokens": c,
+                "completion_tokens_details": {"accepted_prediction_tokens": 0, "audio_tokens": 0,
+                    "reasoning_tokens": reasoning, "rejected_prediction_tokens": 0},
+                "prompt_tokens": p,
+                "prompt_tokens_details": {"audio_tokens": 0, "cached_tokens": 0},
+                "total_tokens": t
+            }),
+            Dialect::Gemini => {
+                json!({"completion_tokens": c, "prompt_tokens": p, "total_tokens": t})
+            }
+            Dialect::Ollama => {
+                json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": t})
+            }
+            Dialect::Vllm => {
+                json!({"prompt_tokens": p, "total_tokens": t, "completion_tokens": c})
+            }
+        }
+    }
+
+    fn content_filter_results() -> Value {
+        let safe = json!({"filtered": false, "severity": "safe"});
+        json!({"hate": safe, "self_harm": safe, "sexual": safe, "violence": safe})
+    }
+
+    /// A stream chunk with these choices (`n` pieces sent so far, for cumulative usage).
+    fn chunk(&self, choices: Vec<Value>, sent: usize, pad: usize) -> Value {
+        let mut o = Map::new();
+        let mut put = |k: &str, v: Value| {
+            o.insert(k.to_string(), v);
+        };
+        match self.dialect {
+            Dialect::Openai | Dialect::JsonOnly => {
+                put("id", json!(self.id));
+                put("object", json!("chat.completion.chunk"));
+                put("created", json!(CREATED));
+                put("model", json!(self.model));
+                put("service_tier", json!("default"));
+                put("system_fingerprint", json!("fp_fake0001"));
+                put("choices", Value::Array(choices));
+                if self.include_usage {
+                    put("usage", Value::Null);
+                }
+                put("obfuscation", json!(&"x7Qv2Lk9Pz"[..1 + sent % 10]));
+            }
+            Dialect::Azure => {
+                put("choices", Value::Array(choices));
+                put("created", json!(CREATED));
+                put("id", json!(self.id));
+                put("model", json!(self.model));
+                put("object", json!("chat.completion.chunk"));
+                put("system_fingerprint", json!("fp_azure01"));
+                if self.include_usage {
+                    put("usage", Value::Null);
+                }
+            }
+            Dialect::Gemini => {
+                put("choices", Value::Array(choices));
+                put("created", json!(CREATED));
+                put("id", json!(self.id));
+                put("model", json!(self.model));
+                put("object", json!("chat.completion.chunk"));
+                put("usage", self.usage(sent));
+            }
+            Dialect::Ollama => {
+                put("id", json!(self.id));
+                put("object", json!("chat.completion.chunk"));
+                put("created", json!(CREATED));
+                put("model", json!(self.model));
+                put("system_fingerprint", json!("fp_ollama"));
+                put("choices", Value::Array(choices));
+            }
+            Dialect::Vllm => {
+                put("id", json!(self.id));
+                put("object", json!("chat.completion.chunk"));
+                put("created", json!(CREATED));
+                put("model", json!(self.model));
+                put("choices", Value::Array(choices));
+            }
+        }
+        if pad > 0 {
+            o.insert("x_pad".into(), json!("p".repeat(pad)));
+        }
+        Value::Object(o)
+    }
+
+    /// One choice of a stream chunk.
+    fn choice(
+        &self,
+        index: u32,
+        delta: Value,
+        logprobs: Option<Value>,
+        finish: Option<&str>,
+        filtered: bool,
+    ) -> Value {
+        let finish = finish.map_or(Value::Null, |f| json!(f));
+        let logprobs = logprobs.unwrap_or(Value::Null);
+        let mut o = Map::new();
+        match self.dialect {
+            Dialect::Openai | Dialect::JsonOnly => {
+                o.insert("index".into(), json!(index));
+                o.insert("delta".into(), delta);
+                o.insert("logprobs".into(), logprobs);
+                o.insert("finish_reason".into(), finish);
+            }
+            Dialect::Azure => {
+                let cfr = if filtered {
+                    Reply::content_filter_results()
+                } else {
+                    json!({})
+                };
+                o.insert("content_filter_results".into(), cfr);
+                o.insert("delta".into(), delta);
+                o.insert("finish_reason".into(), finish);
+                o.insert("index".into(), json!(index));
+                o.insert("logprobs".into(), logprobs);
+            }
+            Dialect::Gemini => {
+                o.insert("delta".into(), delta);
+                if !finish.is_null() {
+                    o.insert("finish_reason".into(), finish);
+                }
+                o.insert("index".into(), json!(index));
+                if !logprobs.is_null() {
+                    o.insert("logprobs".into(), logprobs);
+                }
+            }
+            Dialect::Ollama => {
+                o.insert("index".into(), json!(index));
+                o.insert("delta".into(), delta);
+                if !logprobs.is_null() {
+                    o.insert("logprobs".into(), logprobs);
+                }
+                o.insert("finish_reason".into(), finish);
+            }
+            Dialect::Vllm => {
+                let last = !finish.is_null();
+                o.insert("index".into(), json!(index));
+                o.insert("delta".into(), delta);
+                o.insert("logprobs".into(), logprobs);
+                o.insert("finish_reason".into(), finish);
+                if last {
+                    o.insert("stop_reason".into(), Value::Null);
+                }
+            }
+        }
+        Value::Object(o)
+    }
+
+    /// `{role: assistant}` merged into a delta the way this dialect repeats it.
+    fn with_role(&self, mut fields: Vec<(&str, Value)>) -> Value {
+        let mut o = Map::new();
+        match self.dialect {
+            Dialect::Gemini => {
+                fields.push(("role", json!("assistant")));
+                fields.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            Dialect::Ollama => {
+                fields.insert(0, ("role", json!("assistant")));
+                if !fields.iter().any(|(k, _)| *k == "content") {
+                    fields.insert(1, ("content", json!("")));
+                }
+            }
+            _ => {}
+        }
+        for (k, v) in fields {
+            o.insert(k.to_string(), v);
+        }
+        Value::Object(o)
+    }
+
+    fn reasoning_key(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Ollama => "reasoning",
+            _ => "reasoning_content",
+        }
+    }
+
+    fn logprob_entry(token: &str, n: usize) -> Value {
+        let logprob = -((n % 8) as f64 + 1.0) / 8.0;
+        json!({"token": token, "logprob": logprob, "bytes": token.as_bytes(), "top_logprobs": []})
+    }
+
+    fn tool_call_delta(&self, call: usize, header: bool, arguments: &str) -> Value {
+        let (id, name, _) = &self.tool_calls[call];
+        let index = match self.tool_call_index {
+            ToolCallIndex::Sequential => Some(call),
+            ToolCallIndex::Zero => Some(0),
+            ToolCallIndex::Omit => None,
+        };
+        let mut o = Map::new();
+        match self.dialect {
+            Dialect::Gemini => {
+                o.insert(
+                    "function".into(),
+                    json!({"arguments": arguments, "name": name}),
+                );
+                o.insert("id".into(), json!(id));
+                if let Some(i) = index {
+                    o.insert("index".into(), json!(i));
+                }
+                o.insert("type".into(), json!("function"));
+            }
+            Dialect::Ollama => {
+                o.insert("id".into(), json!(id));
+                if let Some(i) = index {
+                    o.insert("index".into(), json!(i));
+                }
+                o.insert("type".into(), json!("function"));
+                o.insert(
+                    "function".into(),
+                    json!({"name": name, "arguments": arguments}),
+                );
+            }
+            _ => {
+                if let Some(i) = index {
+                    o.insert("index".into(), json!(i));
+                }
+                if header {
+                    o.insert("id".into(), json!(id));
+                    o.insert("type".into(), json!("function"));
+                    o.insert(
+                        "function".into(),
+                        json!({"name": name, "arguments": arguments}),
+                    );
+                } else {
+                    o.insert("function".into(), json!({"arguments": arguments}));
+                }
+            }
+        }
+        Value::Object(o)
+    }
+
+    fn annotations_value(&self) -> Value {
+        Value::Array(
+            self.annotations
+                .iter()
+                .enumerate()
+                .map(|(i, url)| {
+                    json!({"type": "url_citation", "url_citation": {
+                        "end_index": i + 1, "start_index": i, "title": format!("Source {}", i + 1), "url": url}})
+                })
+                .collect(),
+        )
+    }
+
+    /// The stream payloads before any content: Azure's prompt-filter chunk and the role
+    /// chunks of the dialects that send them.
+    pub fn opening(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        if self.dialect == Dialect::Azure {
+            let mut o = Map::new();
+            o.insert("choices".into(), json!([]));
+            o.insert("created".into(), json!(0));
+            o.insert("id".into(), json!(""));
+            o.insert("model".into(), json!(""));
+            o.insert("object".into(), json!(""));
+            o.insert(
+                "prompt_filter_results".into(),
+                json!([{"prompt_index": 0, "content_filter_results": Reply::content_filter_results()}]),
+            );
+            out.push(Value::Object(o));
+        }
+        match self.dialect {
+            Dialect::Openai | Dialect::Azure | Dialect::JsonOnly => {
+                for c in 0..self.choices {
+                    let content = if self.text_choices[c as usize] {
+                        json!("")
+                    } else {
+                        Value::Null
+                    };
+                    let delta = if self.dialect == Dialect::Azure {
+                        json!({"content": content, "refusal": null, "role": "assistant"})
+                    } else {
+                        json!({"role": "assistant", "content": content, "refusal": null})
+                    };
+                    out.push(self.chunk(vec![self.choice(c, delta, None, None, false)], 0, 0));
+                }
+            }
+            Dialect::Vllm => {
+                for c in 0..self.choices {
+                    let delta = json!({"role": "assistant", "content": ""});
+                    out.push(self.chunk(vec![self.choice(c, delta, None, None, false)], 0, 0));
+                }
+            }
+            Dialect::Gemini | Dialect::Ollama => {}
+        }
+        out
+    }
+
+    /// Whether piece `i` is the last of its choice (Gemini puts the finish reason on it).
+    fn last_of_choice(&self, i: usize) -> bool {
+        let c = self.pieces[i].choice;
+        !self.pieces[i + 1..].iter().any(|p| p.choice == c)
+    }
+
+    /// The stream payload of piece `i`.
+    pub fn piece(&self, i: usize) -> Value {
+        let p = &self.pieces[i];
+        let mut logprobs = None;
+        let delta = match &p.part {
+            Part::Content(t) => {
+                if self.logprobs {
+                    logprobs =
+                        Some(json!({"content": [Reply::logprob_entry(t, i)], "refusal": null}));
+                }
+                self.with_role(vec![("content", json!(t))])
+            }
+            Part::Reasoning(t) => self.with_role(vec![(self.reasoning_key(), json!(t))]),
+            Part::Refusal(t) => self.with_role(vec![("refusal", json!(t))]),
+            Part::Audio {
+                transcript,
+                data,
+                first,
+                last,
+            } => {
+                let mut a = Map::new();
+                if *first {
+                    a.insert("id".into(), json!(self.audio_id));
+                }
+                a.insert("transcript".into(), json!(transcript));
+                a.insert("data".into(), json!(data));
+                if *last {
+                    a.insert("expires_at".into(), json!(AUDIO_EXPIRES_AT));
+                }
+                self.with_role(vec![("audio", Value::Object(a))])
+            }
+            Part::ToolCall {
+                call,
+                header,
+                arguments,
+            } => self.with_role(vec![(
+                "tool_calls",
+                json!([self.tool_call_delta(*call, *header, arguments)]),
+            )]),
+            Part::Annotations => self.with_role(vec![("annotations", self.annotations_value())]),
+        };
+        let finish = (self.dialect == Dialect::Gemini && self.last_of_choice(i))
+            .then_some(self.finish.as_str());
+        self.chunk(
+            vec![self.choice(p.choice, delta, logprobs, finish, true)],
+            i + 1,
+            0,
+        )
+    }
+
+    /// A chunk that ends choice `c` with `reason`.
+    pub fn finish_chunk(&self, c: u32, reason: &str, sent: usize) -> Value {
+        let delta = match self.dialect {
+            Dialect::Vllm => json!({"content": ""}),
+            Dialect::Gemini => json!({"content": "", "role": "assistant"}),
+            Dialect::Ollama => json!({"role": "assistant", "content": ""}),
+            _ => json!({}),
+        };
+        self.chunk(
+            vec![self.choice(c, delta, None, Some(reason), false)],
+            sent,
+            0,
+        )
+    }
+
+    /// The stream payloads after every piece: finish chunks (where the dialect sends them
+    /// apart) and the usage chunk (when asked for, in the dialects that send one).
+    pub fn closing(&self) -> Vec<Value> {
+        let sent = self.pieces.len();
+        let mut out = Vec::new();
+        for c in 0..self.choices {
+            let has_pieces = self.pieces.iter().any(|p| p.choice == c);
+            if self.dialect != Dialect::Gemini || !has_pieces {
+                out.push(self.finish_chunk(c, &self.finish, sent));
+            }
+        }
+        if self.include_usage && self.dialect != Dialect::Gemini {
+            let mut chunk = self.chunk(Vec::new(), sent, 0);
+            let o = chunk.as_object_mut().expect("an object");
+            o.shift_remove("obfuscation");
+            o.insert("usage".into(), self.usage(sent));
+            if self.dialect == Dialect::Azure {
+                // Alphabetical, as Azure writes it.
+                o.sort_keys();
+            }
+            out.push(chunk);
+        }
+        out
+    }
+
+    /// A flood item: a role-only chunk, for choice `choice`, with `pad` bytes of padding.
+    pub fn role_only(&self, choice: u32, pad: usize) -> Value {
+        let delta = json!({"role": "assistant"});
+        self.chunk(vec![self.choice(choice, delta, None, None, false)], 0, pad)
+    }
+
+    /// A flood item: one character of content for choice `choice`.
+    pub fn content_for(&self, choice: u32) -> Value {
+        let delta = self.with_role(vec![("content", json!("x"))]);
+        self.chunk(vec![self.choice(choice, delta, None, None, true)], 0, 0)
+    }
+
+    /// This provider's own non-stream answer made of the first `upto` pieces, ending with
+    /// `finish` (default: the script's finish reason): exactly what OpenAI's accumulation
+    /// of the same stream gives.
+    pub fn whole(&self, upto: usize, finish: Option<&str>) -> Value {
+        let pieces = &self.pieces[..upto.min(self.pieces.len())];
+        let finish = finish.unwrap_or(&self.finish);
+        let alphabetical = matches!(self.dialect, Dialect::Azure | Dialect::Gemini);
+        let mut choices = Vec::new();
+        for c in 0..self.choices {
+            let of_c = || {
+                pieces
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, p)| p.choice == c)
+            };
+            let joined = |f: &dyn Fn(&Part) -> Option<String>| -> Option<String> {
+                let parts: Vec<String> = of_c().filter_map(|(_, p)| f(&p.part)).collect();
+                (!parts.is_empty()).then(|| parts.concat())
+            };
+            let content = joined(&|p| match p {
+                Part::Content(t) => Some(t.clone()),
+                _ => None,
+            });
+            let reasoning = joined(&|p| match p {
+                Part::Reasoning(t) => Some(t.clone()),
+                _ => None,
+            });
+            let refusal = joined(&|p| match p {
+                Part::Refusal(t) => Some(t.clone()),
+                _ => None,
+            });
+            let transcript = joined(&|p| match p {
+                Part::Audio { transcript, .. } => Some(transcript.clone()),
+                _ => None,
+            });
+            let data = joined(&|p| match p {
+                Part::Audio { data, .. } => Some(data.clone()),
+                _ => None,
+            });
+            let mut audio_last = false;
+            let mut calls: Vec<(usize, String)> = Vec::new();
+            let mut annotated = false;
+            let mut logprobs = Vec::new();
+            for (i, p) in of_c() {
+                match &p.part {
+                    Part::ToolCall {
+                        call, arguments, ..
+                    } => match calls.iter_mut().find(|(n, _)| n == call) {
+                        Some((_, a)) => a.push_str(arguments),
+                        None => calls.push((*call, arguments.clone())),
+                    },
+                    Part::Annotations => annotated = true,
+                    Part::Audio { last, .. } => audio_last |= *last,
+                    Part::Content(t) if self.logprobs => logprobs.push(Reply::logprob_entry(t, i)),
+                    _ => {}
+                }
+            }
+            let mut m: Vec<(&str, Value)> = vec![("role", json!("assistant"))];
+            // `content` as the role chunk (or every delta) left it.
+            let content = match (self.dialect, content) {
+                (_, Some(t)) => Some(json!(t)),
+                (Dialect::Ollama, None) => Some(json!("")),
+                (Dialect::Gemini, None) => None,
+                (Dialect::Vllm, None) => Some(json!("")),
+                (_, None) if self.text_choices[c as usize] => Some(json!("")),
+                (_, None) => Some(Value::Null),
+            };
+            if let Some(v) = content {
+                m.push(("content", v));
+            }
+            if let Some(r) = reasoning {
+                m.push((self.reasoning_key(), json!(r)));
+            }
+            match (self.dialect, refusal) {
+                (_, Some(r)) => m.push(("refusal", json!(r))),
+                (Dialect::Openai | Dialect::Azure | Dialect::JsonOnly, None) => {
+                    m.push(("refusal", Value::Null))
+                }
+                _ => {}
+            }
+            if let Some(t) = transcript {
+                let mut a = Map::new();
+                a.insert("id".into(), json!(self.audio_id));
+                a.insert("transcript".into(), json!(t));
+                a.insert("data".into(), json!(data.unwrap_or_default()));
+                if audio_last {
+                    a.insert("expires_at".into(), json!(AUDIO_EXPIRES_AT));
+                }
+                m.push(("audio", Value::Object(a)));
+            }
+            if annotated {
+                m.push(("annotations", self.annotations_value()));
+            }
+            if !calls.is_empty() {
+                let list: Vec<Value> = calls
+                    .iter()
+                    .map(|(n, args)| {
+                        let (id, name, _) = &self.tool_calls[*n];
+                        if alphabetical {
+                            json!({"function": {"arguments": args, "name": name}, "id": id, "type": "function"})
+                        } else {
+                            json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+                        }
+                    })
+                    .collect();
+                m.push(("tool_calls", Value::Array(list)));
+            }
+            if alphabetical {
+                m.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            let message: Map<String, Value> =
+                m.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let logprobs = if self.logprobs && !logprobs.is_empty() {
+                json!({"content": logprobs, "refusal": null})
+            } else {
+                Value::Null
+            };
+            let mut ch: Vec<(&str, Value)> = vec![
+                ("index", json!(c)),
+                ("message", Value::Object(message)),
+                ("finish_reason", json!(finish)),
+            ];
+            match self.dialect {
+                Dialect::Openai | Dialect::JsonOnly => ch.insert(2, ("logprobs", logprobs)),
+                Dialect::Azure => {
+                    ch.push(("logprobs", logprobs));
+                    ch.push(("content_filter_results", Reply::content_filter_results()));
+                }
+                Dialect::Vllm => {
+                    ch.insert(2, ("logprobs", logprobs));
+                    ch.push(("stop_reason", Value::Null));
+                }
+                Dialect::Gemini | Dialect::Ollama => {
+                    if !logprobs.is_null() {
+                        ch.push(("logprobs", logprobs));
+                    }
+                }
+            }
+            if alphabetical {
+                ch.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            choices.push(Value::Object(
+                ch.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            ));
+        }
+        let mut top: Vec<(&str, Value)> = vec![
+            ("id", json!(self.id)),
+            ("object", json!("chat.completion")),
+            ("created", json!(CREATED)),
+            ("model", json!(self.model)),
+            ("choices", Value::Array(choices)),
+            ("usage", self.usage(upto)),
+        ];
+        match self.dialect {
+            Dialect::Openai | Dialect::JsonOnly => {
+                top.push(("service_tier", json!("default")));
+                top.push(("system_fingerprint", json!("fp_fake0001")));
+            }
+            Dialect::Azure => {
+                top.push((
+                    "prompt_filter_results",
+                    json!([{"prompt_index": 0, "content_filter_results": Reply::content_filter_results()}]),
+                ));
+                top.push(("system_fingerprint", json!("fp_azure01")));
+            }
+            Dialect::Ollama => top.insert(4, ("system_fingerprint", json!("fp_ollama"))),
+            Dialect::Gemini | Dialect::Vllm => {}
+        }
+        if alphabetical {
+            top.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        Value::Object(top.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{Provider, Script};
+
+    fn provider(dialect: Dialect) -> Provider {
+        Provider {
+            host: "p".into(),
+            port: 8000,
+            model: Some("m".into()),
+            default: Script::default(),
+            calls: Vec::new(),
+            dialect,
+            tool_call_index: None,
+        }
+    }
+
+    fn script() -> Script {
+        Script {
+            text: Some("Hello".into()),
+            chunk_size: Some(2),
+            ..Script::default()
+        }
+    }
+
+    #[test]
+    fn azure_opens_with_a_prompt_filter_chunk_in_alphabetical_order() {
+        let r = Reply::new(&provider(Dialect::Azure), &script(), 1, "m", None);
+        let open = r.opening();
+        assert_eq!(
+            open[0].to_string(),
+            r#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{"hate":{"filtered":false,"severity":"safe"},"self_harm":{"filtered":false,"severity":"safe"},"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":false,"severity":"safe"}}}]}"#
+        );
+        assert_eq!(
+            r.piece(0).to_string(),
+            r#"{"choices":[{"content_filter_results":{"hate":{"filtered":false,"severity":"safe"},"self_harm":{"filtered":false,"severity":"safe"},"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":false,"severity":"safe"}},"delta":{"content":"He"},"finish_reason":null,"index":0,"logprobs":null}],"created":1700000000,"id":"chatcmpl-fake-p-1","model":"m","object":"chat.completion.chunk","system_fingerprint":"fp_azure01"}"#
+        );
+    }
+
+    #[test]
+    fn gemini_repeats_the_role_and_finishes_on_the_last_content_chunk() {
+        let r = Reply::new(&provider(Dialect::Gemini), &script(), 1, "m", None);
+        assert!(r.opening().is_empty());
+        assert_eq!(
+            r.piece(2).to_string(),
+            r#"{"choices":[{"delta":{"content":"o","role":"assistant"},"finish_reason":"stop","index":0}],"created":1700000000,"id":"p1gemfake","model":"m","object":"chat.completion.chunk","usage":{"completion_tokens":3,"prompt_tokens":5,"total_tokens":8}}"#
+        );
+        assert!(r.closing().is_empty());
+    }
+
+    #[test]
+    fn tool_calls_are_whole_and_unindexed_in_gemini_and_ollama_and_fragmented_in_openai() {
+        let mut s = script();
+        s.text = None;
+        s.arguments_chunk_size = Some(4);
+        s.tool_calls = vec![
+            ToolCallSpec {
+                id: None,
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Oslo"}"#.into(),
+            },
+            ToolCallSpec {
+                id: None,
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Rome"}"#.into(),
+            },
+        ];
+        let g = Reply::new(&provider(Dialect::Gemini), &s, 1, "m", None);
+        assert_eq!(g.pieces.len(), 2);
+        let call = &g.piece(0)["choices"][0]["delta"]["tool_calls"][0];
+        assert!(call.get("index").is_none(), "{call}");
+        let o = Reply::new(&provider(Dialect::Ollama), &s, 1, "m", None);
+        assert_eq!(o.pieces.len(), 2);
+        let mut zero = provider(Dialect::Ollama);
+        zero.tool_call_index = Some(ToolCallIndex::Zero);
+        let z = Reply::new(&zero, &s, 1, "m", None);
+        assert_eq!(
+            z.piece(1)["choices"][0]["delta"]["tool_calls"][0]["index"],
+            0
+        );
+        let a = Reply::new(&provider(Dialect::Openai), &s, 1, "m", None);
+        // A header, then four-character fragments of 15 characters: 1 + 4 per call.
+        assert_eq!(a.pieces.len(), 10);
+        assert_eq!(
+            a.piece(5)["choices"][0]["delta"]["tool_calls"][0]["index"],
+            1
+        );
+        let whole = a.whole(a.pieces.len(), None);
+        assert_eq!(
+            whole["choices"][0]["message"]["tool_calls"][1]["function"]["arguments"],
+            r#"{"city":"Rome"}"#
+        );
+        assert_eq!(whole["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(whole["choices"][0]["message"]["content"], Value::Null);
+    }
+
+    #[test]
+    fn choices_interleave_and_continuations_skip_the_given_prefix() {
+        let mut s = script();
+        s.more_choices = vec!["World".into()];
+        let r = Reply::new(&provider(Dialect::Openai), &s, 1, "m", None);
+        let order: Vec<u32> = r.pieces.iter().map(|p| p.choice).collect();
+        assert_eq!(order, vec![0, 1, 0, 1, 0, 1]);
+        assert_eq!(r.opening().len(), 2, "a role chunk per choice");
+        let w = r.whole(r.pieces.len(), None);
+        assert_eq!(w["choices"][1]["message"]["content"], "World");
+        let c = Reply::new(&provider(Dialect::Openai), &script(), 2, "m", Some("Hel"));
+        assert_eq!(c.text(c.pieces.len()), "lo");
+    }
+
+    #[test]
+    fn base64_pads() {
+        assert_eq!(base64(b"Ma"), "TWE=");
+        assert_eq!(base64(b"Man"), "TWFu");
+        assert_eq!(base64(b"M"), "TQ==");
+    }
+}

@@ -1,0 +1,171 @@
+//! The file model of what a fake answers besides plain text, and of hostile clients.
+//!
+//! Owns: the YAML types for a provider's wire [`Dialect`], the answer shapes a script can
+//! produce (tool calls, more choices, reasoning, refusals, audio, annotations, logprobs),
+//! the hostile upstream shapes ([`Flood`], [`Echo`]) and the hostile client behaviours
+//! ([`Disconnect`], [`StopReading`]), with `deny_unknown_fields` everywhere. Does not own
+//! rendering them on the wire (`dialect`, `fake`) or acting them out (`client`).
+
+use serde::{Deserialize, Serialize};
+
+/// Longest flood a script may ask for (items), so every hostile scenario stays bounded.
+pub const MAX_FLOOD: u32 = 200_000;
+/// Longest padding of one flood item, bytes.
+pub const MAX_FLOOD_PAD: usize = 64 * 1024;
+
+/// How a provider speaks OpenAI's wire format: the real dialects upstreams use.
+/// `dialect::` documents each shape and where it was checked against the real thing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// OpenAI's own: a role chunk per choice, `usage: null` on every chunk when usage was
+    /// asked for, then a usage chunk with `choices: []`.
+    #[default]
+    Openai,
+    /// Azure OpenAI: a first chunk with `choices: []` and `prompt_filter_results`, and
+    /// `content_filter_results` on every choice.
+    Azure,
+    /// Gemini's OpenAI-compatible endpoint: `role` in every delta, usage on every chunk,
+    /// the finish reason on the last content chunk, each tool call whole in one chunk.
+    Gemini,
+    /// Ollama's OpenAI-compatible endpoint: `role` and `content` in every delta, each tool
+    /// call whole in one chunk, without an `index`.
+    Ollama,
+    /// vLLM: `reasoning_content` deltas before the content.
+    Vllm,
+    /// An upstream that answers a stream request with one JSON `chat.completion`.
+    JsonOnly,
+}
+
+impl Dialect {
+    pub const ALL: [Dialect; 6] = [
+        Dialect::Openai,
+        Dialect::Azure,
+        Dialect::Gemini,
+        Dialect::Ollama,
+        Dialect::Vllm,
+        Dialect::JsonOnly,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Openai => "openai",
+            Dialect::Azure => "azure",
+            Dialect::Gemini => "gemini",
+            Dialect::Ollama => "ollama",
+            Dialect::Vllm => "vllm",
+            Dialect::JsonOnly => "json_only",
+        }
+    }
+
+    /// How this dialect numbers streamed tool calls unless the provider says otherwise.
+    pub fn default_tool_call_index(self) -> ToolCallIndex {
+        match self {
+            Dialect::Gemini | Dialect::Ollama => ToolCallIndex::Omit,
+            _ => ToolCallIndex::Sequential,
+        }
+    }
+}
+
+/// The `index` a streamed tool-call delta carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolCallIndex {
+    /// 0, 1, 2... (OpenAI).
+    Sequential,
+    /// No `index` at all (Gemini; Ollama before 0.4.7).
+    Omit,
+    /// `index: 0` on every call (Ollama from 0.4.7 on, SGLang).
+    Zero,
+}
+
+/// One tool call of a scripted answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCallSpec {
+    /// The call's id (default `call_<host>_<call>_<n>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The function's name.
+    pub name: String,
+    /// The function's arguments, as the JSON text the model writes.
+    #[serde(default = "empty_object")]
+    pub arguments: String,
+}
+
+fn empty_object() -> String {
+    "{}".to_string()
+}
+
+/// A hostile upstream's content-less flood, sent after `after_chunks` content chunks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flood {
+    pub kind: FloodKind,
+    /// Items sent (at most `MAX_FLOOD`).
+    pub count: u32,
+    /// Content chunks of the answer sent before the flood (0: before any content).
+    #[serde(default)]
+    pub after_chunks: usize,
+    /// Bytes of padding in each item: a comment's text, or a role-only chunk's extra field.
+    #[serde(default)]
+    pub pad: usize,
+}
+
+/// What a flood is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloodKind {
+    /// Chunks whose delta is only `{"role": "assistant"}`.
+    RoleOnly,
+    /// SSE comment lines (`: ...`).
+    Comments,
+    /// Role-only chunks, each for a choice `index` never seen before (1, 2, 3...).
+    NewChoiceIndex,
+    /// Chunks with one character of content, each for a new choice `index`.
+    NewChoiceContent,
+}
+
+impl FloodKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FloodKind::RoleOnly => "role_only",
+            FloodKind::Comments => "comments",
+            FloodKind::NewChoiceIndex => "new_choice_index",
+            FloodKind::NewChoiceContent => "new_choice_content",
+        }
+    }
+}
+
+/// What a hostile upstream repeats of the request it got, in an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Echo {
+    /// The error message quotes the `Authorization` header (OpenAI's 401 wording).
+    Authorization,
+    /// The error body is `text/plain` listing every request header, `name: value`.
+    Headers,
+}
+
+/// The scripted client leaves: after `after_chunks` stream chunks, or `after_ms` after it
+/// sent the request (exactly one of the two).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disconnect {
+    /// Chunks read (any chunk, content or not) before the client closes its connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_chunks: Option<usize>,
+    /// Milliseconds after sending before the client closes its connection, whatever came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
+}
+
+/// The scripted client stops reading a stream after `after_chunks` chunks, and holds its
+/// connection open without reading for `hold_ms` (bounded by the request's `timeout_ms`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopReading {
+    #[serde(default)]
+    pub after_chunks: usize,
+    pub hold_ms: u64,
+}
