@@ -1,9 +1,12 @@
 //! The scripted client: sends one chat request and records what a client sees.
 //!
 //! Owns: building the request body from a scenario request, sending it over any
-//! [`Connector`] (turmoil or tokio TCP), and recording status, the fallback-reporting headers,
-//! every SSE chunk (time, `model`, text), the metadata event, an error event, `[DONE]`, and
-//! the final text and model. Does not judge anything (`oracle`).
+//! [`Connector`] (turmoil or tokio TCP), and recording status, every response header, every
+//! SSE chunk (time, `model`, choice 0's text, the payload as it came), the metadata event,
+//! an error event, `[DONE]`, the body of a non-stream answer as it came, and the final text
+//! and model. Acts out the hostile clients of a scenario: one that disconnects after k
+//! chunks or after a time, and one that stops reading and holds its connection. Does not
+//! judge anything (`oracle`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use serde_json::{Map, Value};
 use switchback::transport::Connector;
 use switchback::upstream::sse::SseParser;
 
-use crate::scenario::{Mode, RequestSpec};
+use crate::scenario::{Disconnect, Mode, RequestSpec, StopReading};
 use crate::trace::TraceSink;
 
 /// Largest response body the client reads.
@@ -28,7 +31,10 @@ pub const MAX_CLIENT_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub struct SeenChunk {
     pub at_ms: u64,
     pub model: Option<String>,
+    /// Choice 0's `content` in this chunk.
     pub text: String,
+    /// The `data:` payload exactly as it came.
+    pub raw: String,
 }
 
 /// An error as the client saw it: a JSON error response, or an SSE error event.
@@ -47,7 +53,11 @@ pub struct ClientResult {
     pub status: Option<u16>,
     /// Headers that report what the gateway did (`x-switchback-*`, `x-litellm-*`).
     pub headers: BTreeMap<String, String>,
+    /// Every response header, by (lowercase) name; repeated headers joined with `, `.
+    pub response_headers: BTreeMap<String, String>,
     pub chunks: Vec<SeenChunk>,
+    /// The body of a non-stream answer (or of an error response) exactly as it came.
+    pub body: Option<String>,
     pub text: String,
     /// The response's `model` (non-stream) or the last chunk's (stream).
     pub model: Option<String>,
@@ -58,6 +68,8 @@ pub struct ClientResult {
     pub meta: Option<Value>,
     /// The request did not complete as HTTP: connect error, reset, client timeout.
     pub broken: Option<String>,
+    /// The scripted client left on purpose (disconnected, or stopped reading): how.
+    pub left: Option<String>,
 }
 
 impl ClientResult {
@@ -88,7 +100,10 @@ impl ClientResult {
     }
 
     pub fn succeeded(&self) -> bool {
-        self.status == Some(200) && self.error.is_none() && self.broken.is_none()
+        self.status == Some(200)
+            && self.error.is_none()
+            && self.broken.is_none()
+            && self.left.is_none()
     }
 }
 
@@ -204,10 +219,31 @@ pub async fn send_spec(
 ) -> ClientResult {
     let label = format!("r{index}.{copy}");
     let timeout = Duration::from_millis(spec.timeout_ms);
-    let mut r = send(target, key, &body(spec, mode), timeout, sink, clock, &label).await;
+    let hostile = Hostile {
+        disconnect: spec.disconnect.clone(),
+        stop_reading: spec.stop_reading.clone(),
+    };
+    let mut r = send_as(
+        target,
+        key,
+        &body(spec, mode),
+        timeout,
+        &hostile,
+        sink,
+        clock,
+        &label,
+    )
+    .await;
     r.index = index;
     r.copy = copy;
     r
+}
+
+/// How a scripted client misbehaves (nothing, by default).
+#[derive(Debug, Clone, Default)]
+pub struct Hostile {
+    pub disconnect: Option<Disconnect>,
+    pub stop_reading: Option<StopReading>,
 }
 
 /// Sends one request and records what comes back. Never panics on what the gateway sends.
@@ -220,6 +256,31 @@ pub async fn send(
     clock: &(dyn Fn() -> Duration + Send + Sync),
     label: &str,
 ) -> ClientResult {
+    send_as(
+        target,
+        key,
+        body,
+        timeout,
+        &Hostile::default(),
+        sink,
+        clock,
+        label,
+    )
+    .await
+}
+
+/// [`send`], by a client that may misbehave as `hostile` says.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_as(
+    target: &Target,
+    key: Option<&str>,
+    body: &Value,
+    timeout: Duration,
+    hostile: &Hostile,
+    sink: &dyn TraceSink,
+    clock: &(dyn Fn() -> Duration + Send + Sync),
+    label: &str,
+) -> ClientResult {
     let mut result = ClientResult::default();
     sink.line(
         "client",
@@ -228,17 +289,34 @@ pub async fn send(
             body.get("stream").and_then(Value::as_bool).unwrap_or(false)
         ),
     );
-    let run = exchange(target, key, body, sink, clock, label, &mut result);
-    if tokio::time::timeout(timeout, run).await.is_err() {
-        result.broken = Some(format!(
-            "no complete answer within {} ms",
-            timeout.as_millis()
-        ));
+    let leave_at = hostile
+        .disconnect
+        .as_ref()
+        .and_then(|d| d.after_ms)
+        .map(Duration::from_millis)
+        .filter(|t| *t < timeout);
+    let run = exchange(target, key, body, hostile, sink, clock, label, &mut result);
+    if tokio::time::timeout(leave_at.unwrap_or(timeout), run)
+        .await
+        .is_err()
+    {
+        match leave_at {
+            Some(t) => {
+                result.left = Some(format!("disconnected after {} ms", t.as_millis()));
+            }
+            None => {
+                result.broken = Some(format!(
+                    "no complete answer within {} ms",
+                    timeout.as_millis()
+                ));
+            }
+        }
     }
-    let outcome = match (&result.broken, &result.error) {
-        (Some(b), _) => format!("broken ({b})"),
-        (None, Some(e)) => format!("error status={} type={}", e.status, e.error_type),
-        (None, None) => format!(
+    let outcome = match (&result.left, &result.broken, &result.error) {
+        (Some(l), _, _) => format!("left ({l})"),
+        (None, Some(b), _) => format!("broken ({b})"),
+        (None, None, Some(e)) => format!("error status={} type={}", e.status, e.error_type),
+        (None, None, None) => format!(
             "ok model={} done={}",
             result.model.as_deref().unwrap_or("-"),
             result.done
@@ -254,10 +332,22 @@ pub async fn send(
     result
 }
 
+/// Aborts the connection's task when the exchange ends, however it ends (a client that
+/// gives up or leaves closes its connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     target: &Target,
     key: Option<&str>,
     body: &Value,
+    hostile: &Hostile,
     sink: &dyn TraceSink,
     clock: &(dyn Fn() -> Duration + Send + Sync),
     label: &str,
@@ -278,9 +368,9 @@ async fn exchange(
                 return;
             }
         };
-    let conn = tokio::spawn(async move {
+    let conn = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
-    });
+    }));
     let mut request = Request::post(format!("{}/chat/completions", target.base_path))
         .header(header::HOST, format!("{}:{}", target.host, target.port))
         .header(header::CONTENT_TYPE, "application/json")
@@ -295,7 +385,7 @@ async fn exchange(
         Ok(r) => r,
         Err(e) => {
             result.broken = Some(format!("request: {e}"));
-            conn.abort();
+            drop(conn);
             return;
         }
     };
@@ -303,11 +393,18 @@ async fn exchange(
     result.status = Some(status);
     for (name, value) in response.headers() {
         let n = name.as_str();
+        let v = value.to_str().unwrap_or("").to_string();
         if n.starts_with("x-switchback-") || n.starts_with("x-litellm-") {
-            result
-                .headers
-                .insert(n.to_string(), value.to_str().unwrap_or("").to_string());
+            result.headers.insert(n.to_string(), v.clone());
         }
+        result
+            .response_headers
+            .entry(n.to_string())
+            .and_modify(|all| {
+                all.push_str(", ");
+                all.push_str(&v);
+            })
+            .or_insert(v);
     }
     let sse = response
         .headers()
@@ -324,10 +421,34 @@ async fn exchange(
         ),
     );
     let mut body = response.into_body();
+    let leave_after = hostile.disconnect.as_ref().and_then(|d| d.after_chunks);
+    let stop_after = hostile.stop_reading.as_ref().map(|s| s.after_chunks);
     if sse {
         let mut parser = SseParser::new(switchback::limits::Limits::default().max_sse_line_bytes);
         let mut events = Vec::new();
-        loop {
+        'read: loop {
+            if leave_after.is_some_and(|k| result.chunks.len() >= k) {
+                result.left = Some(format!(
+                    "disconnected after {} chunk(s)",
+                    result.chunks.len()
+                ));
+                sink.line("client", format!("{label} disconnects"));
+                return;
+            }
+            if let Some(hold) = hostile
+                .stop_reading
+                .as_ref()
+                .filter(|_| stop_after.is_some_and(|k| result.chunks.len() >= k))
+            {
+                result.left = Some(format!(
+                    "stopped reading after {} chunk(s)",
+                    result.chunks.len()
+                ));
+                sink.line("client", format!("{label} stops reading"));
+                // Holds the connection and the unread body, reading nothing.
+                tokio::time::sleep(Duration::from_millis(hold.hold_ms)).await;
+                return;
+            }
             match body.frame().await {
                 None => break,
                 Some(Err(e)) => {
@@ -342,8 +463,15 @@ async fn exchange(
                         result.broken = Some(format!("bad SSE from gateway: {e}"));
                         break;
                     }
-                    for ev in events.drain(..) {
+                    let pending: Vec<_> = events.drain(..).collect();
+                    for (i, ev) in pending.iter().enumerate() {
                         on_event(&ev.data, status, result, sink, clock, label);
+                        let leaving = leave_after.is_some_and(|k| result.chunks.len() >= k)
+                            || stop_after.is_some_and(|k| result.chunks.len() >= k);
+                        if leaving && i + 1 < pending.len() {
+                            // The rest of this read is not taken: the client leaves now.
+                            continue 'read;
+                        }
                     }
                 }
             }
@@ -359,10 +487,10 @@ async fn exchange(
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 result.broken = Some(format!("body: {e}"));
-                conn.abort();
                 return;
             }
         };
+        result.body = Some(String::from_utf8_lossy(&bytes).into_owned());
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(v) if v.get("error").is_some() => {
                 result.error = Some(seen_error(&v["error"], status))
@@ -378,7 +506,6 @@ async fn exchange(
             Err(e) => result.broken = Some(format!("response is not JSON: {e}")),
         }
     }
-    conn.abort();
 }
 
 fn header_or_dash(r: &ClientResult, name: &str) -> String {
@@ -459,11 +586,7 @@ fn on_event(
         sink.line("client", format!("{label} meta {meta}"));
         result.meta = Some(meta.clone());
     }
-    let text = v
-        .pointer("/choices/0/delta/content")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let text = choice_zero_content(&v);
     let at_ms = clock().as_millis() as u64;
     if !text.is_empty() {
         sink.line(
@@ -479,7 +602,25 @@ fn on_event(
     if model.is_some() {
         result.model.clone_from(&model);
     }
-    result.chunks.push(SeenChunk { at_ms, model, text });
+    result.chunks.push(SeenChunk {
+        at_ms,
+        model,
+        text,
+        raw: data.to_string(),
+    });
+}
+
+/// The `content` of choice 0 in a chunk (by `index`; a choice without one by position).
+fn choice_zero_content(chunk: &Value) -> String {
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(i, c)| c.get("index").and_then(Value::as_u64).unwrap_or(*i as u64) == 0)
+        .filter_map(|(_, c)| c.pointer("/delta/content").and_then(Value::as_str))
+        .collect()
 }
 
 #[cfg(test)]

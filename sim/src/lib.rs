@@ -13,6 +13,8 @@
 //! * [`load`]: an open-loop load generator with HDR histograms.
 //! * [`overhead`]: the gateway's added latency against a direct baseline, and its memory.
 //! * [`oracle`]: expectations, invariants, stream/non-stream equivalence.
+//! * [`passthrough`]: wire fidelity (what the provider sent is what the client got) and
+//!   secrecy (no deployment key in anything a client receives).
 //! * [`explore`]: generated scenarios, swarm fault mixes, shrinking to a scenario file.
 //! * [`counted`]: counting the gateway's open connections.
 //! * [`trace`]: the canonical per-run trace that snapshots record.
@@ -28,6 +30,7 @@ pub mod live;
 pub mod load;
 pub mod oracle;
 pub mod overhead;
+pub mod passthrough;
 pub mod probe;
 pub mod run;
 pub mod scenario;

@@ -43,6 +43,10 @@ pub struct RequestStory<'r> {
     pub terminal_events: usize,
     /// The provider call that served the answer, when the fakes logged one.
     pub serving_call: Option<&'r CallRecord>,
+    /// The limits named by `limit_hit` events, in order.
+    pub limits_hit: Vec<&'static str>,
+    /// Why the engine saw the client go (`client_gone`), if it did.
+    pub gone: Option<&'static str>,
 }
 
 impl RequestStory<'_> {
@@ -57,8 +61,12 @@ impl RequestStory<'_> {
             .collect()
     }
 
-    /// Success, or the error's (status, type) the client saw.
+    /// Success, or the error's (status, type) the client saw (`(0, "client_left")` for a
+    /// client that left on purpose).
     pub fn outcome(&self) -> Result<(), (u16, String)> {
+        if self.client.left.is_some() {
+            return Err((0, "client_left".into()));
+        }
         match (&self.client.error, self.client.status) {
             (Some(e), _) => Err((e.status, e.error_type.clone())),
             (None, Some(200)) => Ok(()),
@@ -101,6 +109,8 @@ fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> R
         mid_stream: None,
         terminal_events: 0,
         serving_call: None,
+        limits_hit: Vec::new(),
+        gone: None,
     };
     for e in events {
         match e {
@@ -148,6 +158,8 @@ fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> R
                 s.terminal_events += 1;
                 s.failed = Some((*status, error_type));
             }
+            Event::LimitHit { limit } => s.limits_hit.push(limit),
+            Event::ClientGone { reason } => s.gone = Some(reason.as_str()),
             _ => {}
         }
     }
@@ -176,6 +188,7 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
         }
     }
     let catalog = &run.catalog;
+    let secrets = crate::passthrough::secrets(catalog);
     for story in stories(run) {
         let c = story.client;
         let spec = &scenario.requests[c.index];
@@ -185,8 +198,26 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
             .expect
             .as_ref()
             .map_or_else(|| scenario.expect.clone(), |e| e.or(&scenario.expect));
+        if let Some(leak) = crate::passthrough::leaked(c, &secrets) {
+            fail(format!("invariant: no secret reaches a client, but {leak}"));
+        }
         check_invariants(&story, catalog, scenario, &mut fail);
         check_expect(&story, &expect, catalog, &mut fail);
+        if expect.passthrough == Some(true) {
+            let include_usage = spec
+                .body
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            crate::passthrough::check(
+                c,
+                story.serving_call,
+                run.mode.is_stream(),
+                include_usage,
+                &mut fail,
+            );
+        }
     }
 }
 
@@ -200,7 +231,14 @@ fn check_invariants(
     if let Some(b) = &c.broken {
         fail(format!("invariant: the client got no clean outcome: {b}"));
     }
-    if c.request_id().is_some() && s.terminal_events != 1 {
+    let left = c.left.is_some();
+    if left && s.terminal_events > 1 {
+        fail(format!(
+            "invariant: {} terminal events (completed/failed) for one request",
+            s.terminal_events
+        ));
+    }
+    if !left && c.request_id().is_some() && s.terminal_events != 1 {
         fail(format!(
             "invariant: {} terminal events (completed/failed) for one request",
             s.terminal_events
@@ -348,6 +386,14 @@ fn check_expect(s: &RequestStory<'_>, e: &Expect, catalog: &Catalog, fail: &mut 
     for name in &e.no_events {
         if s.events.contains(&name.as_str()) {
             fail(format!("no_events: `{name}` occurred"));
+        }
+    }
+    for name in e.limits.iter().flatten() {
+        if !s.limits_hit.contains(&name.as_str()) {
+            fail(format!(
+                "limits: `{name}` was not named by a limit_hit event (limits hit: {:?})",
+                s.limits_hit
+            ));
         }
     }
     if let Some(want) = e.stream_error {

@@ -599,7 +599,8 @@ impl Scenario {
                 return Err((at("host"), "a host name is letters, digits and `-`".into()));
             }
             hosts.push(&p.host);
-            check_script(&p.default).map_err(|(sub, m)| (join(at("default"), sub), m))?;
+            check_script(&p.default, p.dialect)
+                .map_err(|(sub, m)| (join(at("default"), sub), m))?;
             if !p.default.calls.is_empty()
                 || p.default.for_model.is_some()
                 || p.default.every.is_some()
@@ -616,7 +617,7 @@ impl Scenario {
                     key("calls"),
                     PathSeg::Index(j),
                 ];
-                check_script(rule).map_err(|(sub, m)| (join(at, sub), m))?;
+                check_script(rule, p.dialect).map_err(|(sub, m)| (join(at, sub), m))?;
             }
         }
         for (i, d) in self.gateway.model_list.iter().enumerate() {
@@ -725,6 +726,52 @@ impl Scenario {
             if r.timeout_ms == 0 {
                 return Err((at("timeout_ms"), "must be at least 1".into()));
             }
+            let streams_only = !self.modes.contains(&Mode::NonStream);
+            if let Some(d) = &r.disconnect {
+                let sub = |f: &str| join(at("disconnect"), vec![key(f)]);
+                match (d.after_chunks, d.after_ms) {
+                    (Some(_), Some(_)) | (None, None) => {
+                        return Err((
+                            at("disconnect"),
+                            "give one of `after_chunks` and `after_ms`".into(),
+                        ));
+                    }
+                    (Some(_), None) if !streams_only => {
+                        return Err((
+                            sub("after_chunks"),
+                            "`after_chunks` counts stream chunks: give the scenario `modes: [stream]`".into(),
+                        ));
+                    }
+                    (None, Some(0)) => {
+                        return Err((sub("after_ms"), "must be at least 1".into()));
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(sr) = &r.stop_reading {
+                if !streams_only {
+                    return Err((
+                        at("stop_reading"),
+                        "only a stream can stop being read: give the scenario `modes: [stream]`"
+                            .into(),
+                    ));
+                }
+                if sr.hold_ms >= r.timeout_ms {
+                    return Err((
+                        join(at("stop_reading"), vec![key("hold_ms")]),
+                        format!(
+                            "hold_ms = {} must be below the request's timeout_ms = {}",
+                            sr.hold_ms, r.timeout_ms
+                        ),
+                    ));
+                }
+                if r.disconnect.is_some() {
+                    return Err((
+                        at("stop_reading"),
+                        "a client either disconnects or stops reading, not both".into(),
+                    ));
+                }
+            }
         }
         if self.modes.is_empty() {
             return Err((vec![key("modes")], "name at least one mode".into()));
@@ -734,7 +781,7 @@ impl Scenario {
 }
 
 /// Checks one script; an error carries the path (inside the script) of the culprit.
-fn check_script(s: &Script) -> Result<(), (Vec<PathSeg>, String)> {
+fn check_script(s: &Script, dialect: Dialect) -> Result<(), (Vec<PathSeg>, String)> {
     let at = |names: &[&str]| {
         names
             .iter()
@@ -753,18 +800,87 @@ fn check_script(s: &Script) -> Result<(), (Vec<PathSeg>, String)> {
             "`chunk_size` must be at least 1".into(),
         ));
     }
-    let chunks = s.chunk_texts().len();
+    if s.arguments_chunk_size == Some(0) {
+        return Err((
+            at(&["arguments_chunk_size"]),
+            "`arguments_chunk_size` must be at least 1".into(),
+        ));
+    }
+    let answers = [
+        ("text", s.text.is_some() || s.chunks.is_some()),
+        ("refusal", s.refusal.is_some()),
+        ("audio", s.audio.is_some()),
+    ];
+    let given: Vec<&str> = answers
+        .iter()
+        .filter(|(_, g)| *g)
+        .map(|(n, _)| *n)
+        .collect();
+    if let [_, second, ..] = given.as_slice() {
+        return Err((
+            at(&[second]),
+            "an answer is text, a refusal or audio: give one of `text`/`chunks`, `refusal`, `audio`".into(),
+        ));
+    }
+    if !s.more_choices.is_empty() && (s.refusal.is_some() || s.audio.is_some()) {
+        return Err((
+            at(&["more_choices"]),
+            "`more_choices` are text: choice 0 must be text too".into(),
+        ));
+    }
+    for (i, call) in s.tool_calls.iter().enumerate() {
+        if call.name.is_empty() {
+            return Err((
+                vec![
+                    PathSeg::Key("tool_calls".into()),
+                    PathSeg::Index(i),
+                    PathSeg::Key("name".into()),
+                ],
+                "a tool call needs a name".into(),
+            ));
+        }
+    }
+    let chunks = crate::dialect::pieces(dialect, s).len();
     if chunks > MAX_CHUNKS {
         return Err((
             at(&["text"]),
             format!("more than MAX_CHUNKS = {MAX_CHUNKS} chunks"),
         ));
     }
+    if let Some(f) = &s.flood {
+        if f.count > MAX_FLOOD {
+            return Err((
+                at(&["flood", "count"]),
+                format!("{} items is over MAX_FLOOD = {MAX_FLOOD}", f.count),
+            ));
+        }
+        if f.pad > MAX_FLOOD_PAD {
+            return Err((
+                at(&["flood", "pad"]),
+                format!("{} bytes is over MAX_FLOOD_PAD = {MAX_FLOOD_PAD}", f.pad),
+            ));
+        }
+        if f.after_chunks > chunks {
+            return Err((
+                at(&["flood", "after_chunks"]),
+                format!(
+                    "after_chunks = {} but the answer has {chunks} chunks",
+                    f.after_chunks
+                ),
+            ));
+        }
+    }
     if let Some(f) = &s.fault {
         if f.kind == FaultKind::Http && f.after_chunks != 0 {
             return Err((
                 at(&["fault", "after_chunks"]),
                 "an `http` fault happens before any chunk: after_chunks must be 0".into(),
+            ));
+        }
+        if f.echo.is_some() && !matches!(f.kind, FaultKind::Http | FaultKind::ErrorEvent) {
+            return Err((
+                at(&["fault", "echo"]),
+                "only `http` and `error_event` faults carry an error to echo into".into(),
             ));
         }
         if f.after_chunks > chunks {

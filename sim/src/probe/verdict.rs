@@ -415,6 +415,7 @@ mod tests {
                 at_ms: 0,
                 model: Some(m.to_string()),
                 text: t.to_string(),
+                raw: String::new(),
             })
             .collect();
         o
