@@ -91,7 +91,11 @@ impl Accumulator {
                             merge_delta(acc, delta);
                         }
                     }
-                    _ => merge_field(&mut acc.fields, key, value),
+                    // Log probabilities are deltas like the message's: lists concatenate.
+                    "logprobs" => merge_field(&mut acc.fields, key, value),
+                    // Other choice-level fields are the choice's state, not pieces of it
+                    // (`finish_reason`, Azure's `content_filter_results`): latest wins.
+                    _ => merge_state(&mut acc.fields, key, value),
                 }
             }
         }
@@ -111,8 +115,9 @@ impl Accumulator {
     }
 
     /// The `choices` of the final `chat.completion`, in index order: `index`, `message`
-    /// (with `role` first, `content` present even when null, and the assembled
-    /// `tool_calls`), then the choice-level fields in the order they first appeared.
+    /// (with `role` first, `content` when the stream had it, even as null, and the
+    /// assembled `tool_calls`), then the choice-level fields in the order they first
+    /// appeared.
     pub fn choices(&self) -> Vec<Value> {
         self.choices
             .iter()
@@ -124,10 +129,10 @@ impl Accumulator {
                     .cloned()
                     .unwrap_or_else(|| Value::String("assistant".into()));
                 message.insert("role".into(), role);
-                message.insert(
-                    "content".into(),
-                    c.message.get("content").cloned().unwrap_or(Value::Null),
-                );
+                // A stream that never had `content` (Gemini's tool calls) answers without.
+                if let Some(content) = c.message.get("content") {
+                    message.insert("content".into(), content.clone());
+                }
                 for (k, v) in &c.message {
                     if k != "role" && k != "content" {
                         message.insert(k.clone(), v.clone());
@@ -213,31 +218,11 @@ impl ToolCalls {
         }
     }
 
-    /// The assembled calls, numbered by position, keys in OpenAI's order.
+    /// The assembled calls, in order, as a non-stream answer has them: without the
+    /// streaming `index` (the position says it), keys in the order they came.
     fn finished(&self) -> Vec<Value> {
-        self.calls
-            .iter()
-            .enumerate()
-            .map(|(position, call)| {
-                let mut call = call.clone();
-                call.insert("index".into(), Value::from(position as u64));
-                reorder(&mut call, &["index", "id", "type", "function"]);
-                Value::Object(call)
-            })
-            .collect()
+        self.calls.iter().cloned().map(Value::Object).collect()
     }
-}
-
-/// Puts `first` keys first (those present), keeping the rest in their order.
-fn reorder(map: &mut Map<String, Value>, first: &[&str]) {
-    let mut out = Map::new();
-    for k in first {
-        if let Some(v) = map.shift_remove(*k) {
-            out.insert((*k).to_string(), v);
-        }
-    }
-    out.extend(std::mem::take(map));
-    *map = out;
 }
 
 /// Merges one field of a delta into `into`, per the rules in the module doc.
@@ -270,6 +255,24 @@ fn merge_field(into: &mut Map<String, Value>, key: &str, value: &Value) {
         }
         (Value::Array(a), Value::Array(b)) => merge_list(a, b),
         (existing, value) => *existing = value.clone(),
+    }
+}
+
+/// Merges a choice-level state field: a null changes nothing, objects merge field by field,
+/// anything else replaces what was there.
+fn merge_state(into: &mut Map<String, Value>, key: &str, value: &Value) {
+    if value.is_null() && into.contains_key(key) {
+        return;
+    }
+    match (into.get_mut(key), value) {
+        (Some(Value::Object(existing)), Value::Object(update)) => {
+            for (k, v) in update {
+                merge_state(existing, k, v);
+            }
+        }
+        _ => {
+            into.insert(key.to_string(), value.clone());
+        }
     }
 }
 
@@ -414,8 +417,8 @@ mod tests {
         assert_eq!(
             calls,
             &json!([
-                {"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
-                {"index": 1, "id": "c2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
             ])
         );
         assert_eq!(a.choices()[0]["message"]["content"], Value::Null);
@@ -440,8 +443,27 @@ mod tests {
             assert_eq!(calls.as_array().unwrap().len(), 2, "{calls}");
             assert_eq!(calls[1]["function"]["name"], "get_weather");
             assert_eq!(calls[1]["function"]["arguments"], "{\"city\":\"Rome\"}");
-            assert_eq!(calls[1]["index"], 1);
+            assert!(
+                calls[1].get("index").is_none(),
+                "a non-stream answer's calls carry no streaming index: {calls}"
+            );
         }
+    }
+
+    #[test]
+    fn choice_state_is_the_latest_never_concatenated() {
+        // Azure: every content chunk repeats the filter results; the finish chunk has `{}`.
+        let safe = json!({"hate": {"filtered": false, "severity": "safe"}});
+        let a = acc(&[
+            json!({"choices": [{"index": 0, "delta": {"content": "a"}, "content_filter_results": {}}]}),
+            json!({"choices": [{"index": 0, "delta": {"content": "b"}, "content_filter_results": safe}]}),
+            json!({"choices": [{"index": 0, "delta": {"content": "c"}, "content_filter_results": safe}]}),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "content_filter_results": {}}]}),
+        ]);
+        let c = &a.choices()[0];
+        assert_eq!(c["content_filter_results"], safe);
+        assert_eq!(c["finish_reason"], "stop");
+        assert_eq!(c["message"]["content"], "abc");
     }
 
     #[test]

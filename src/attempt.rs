@@ -586,7 +586,7 @@ impl Run<'_> {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => {
                     if !self.commit.is_committed() {
-                        let id = held.first().and_then(upstream_id);
+                        let id = held.iter().find_map(upstream_id);
                         self.commit_with(id, deployment, group, stream.headers(), out)
                             .await?;
                     }
@@ -629,7 +629,10 @@ impl Run<'_> {
             }
             let size = serde_json::to_vec(&chunk.object).map_or(0, |v| v.len());
             if chunk.payload_bytes > 0 || held_bytes + size > limits.max_precommit_buffer_bytes {
-                let id = upstream_id(held.first().unwrap_or(&chunk));
+                let id = held
+                    .iter()
+                    .chain(std::iter::once(&chunk))
+                    .find_map(upstream_id);
                 self.commit_with(id, deployment, group, stream.headers(), out)
                     .await?;
                 for c in held.drain(..) {
@@ -715,12 +718,14 @@ impl Run<'_> {
     }
 }
 
-/// The `id` an upstream gave its chunk.
+/// The `id` an upstream gave its chunk, unless empty (Azure's first chunk, with only
+/// `prompt_filter_results`, has `id: ""`: the answer's id comes on the next one).
 fn upstream_id(chunk: &Chunk) -> Option<String> {
     chunk
         .object
         .get("id")
         .and_then(serde_json::Value::as_str)
+        .filter(|id| !id.is_empty())
         .map(str::to_string)
 }
 

@@ -327,14 +327,17 @@ impl Delivery for AggregateDelivery {
         let o = &chunk.object;
         for (k, v) in o {
             match k.as_str() {
-                "choices" | "object" => {}
+                // `obfuscation` is padding OpenAI adds to streamed chunks only (against
+                // size side channels): no non-stream answer has it.
+                "choices" | "object" | "obfuscation" => {}
                 "usage" => {
                     if !v.is_null() {
                         self.usage = Some(v.clone());
                     }
                 }
-                // The first chunk's `created`; every other field's latest value.
-                "created" if self.top.contains_key("created") => {}
+                // The first real `created` (Azure's prompt-filter chunk says 0); every
+                // other field's latest value.
+                "created" if self.top.get("created").is_some_and(|c| c != &json!(0)) => {}
                 _ => {
                     if !v.is_null() || !self.top.contains_key(k) {
                         self.top.insert(k.clone(), v.clone());
