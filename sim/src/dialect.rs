@@ -310,7 +310,7 @@ impl Reply {
                 )| {
                     (
                         id.clone()
-                            .unwrap_or_else(|| format!("call_{}_{call}_{n}", spec.host)),
+                            .unwrap_or_else(|| format!("call_{}_{n}", spec.host)),
                         name.clone(),
                         arguments.clone(),
                     )

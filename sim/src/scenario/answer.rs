@@ -83,7 +83,7 @@ pub enum ToolCallIndex {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolCallSpec {
-    /// The call's id (default `call_<host>_<call>_<n>`).
+    /// The call's id (default `call_<host>_<n>`, n counting from 0 in the answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// The function's name.
