@@ -96,9 +96,11 @@ impl CommitState {
     /// that contributed. Then records what the client now has.
     pub fn stamp_and_record(&mut self, mut chunk: Chunk, upstream_model: &str) -> Chunk {
         assert!(self.committed, "nothing is delivered before commit");
+        let mut changed = false;
         if let Some(id) = &self.response_id {
             if chunk.object.get("id") != Some(id) {
                 chunk.object.insert("id".into(), id.clone());
+                changed = true;
             }
         }
         if chunk.model.is_none() {
@@ -106,6 +108,7 @@ impl CommitState {
             chunk
                 .object
                 .insert("model".into(), Value::String(upstream_model.to_string()));
+            changed = true;
         }
         if let Some(Value::Array(choices)) = chunk.object.get_mut("choices") {
             for (position, c) in choices.iter_mut().enumerate() {
@@ -116,6 +119,7 @@ impl CommitState {
                 if let Some(Value::Object(delta)) = c.get_mut("delta") {
                     if delta.contains_key("role") && !self.roles.insert(index) {
                         delta.shift_remove("role");
+                        changed = true;
                     }
                 }
             }
@@ -126,9 +130,13 @@ impl CommitState {
                 for (name, earlier) in USAGE_COUNTERS.iter().zip(self.earlier) {
                     if let Some(n) = usage.get(*name).and_then(Value::as_u64) {
                         usage.insert((*name).to_string(), Value::from(n + earlier));
+                        changed = true;
                     }
                 }
             }
+        }
+        if changed {
+            chunk.raw = None;
         }
         if !chunk.usage_only {
             self.delivered += 1;

@@ -127,9 +127,7 @@ impl StreamDelivery {
                     self.attach_meta(&mut tail, meta, outcome, &served.model);
                 }
                 for chunk in tail {
-                    if self.deliverable(&chunk)
-                        && self.send(sse_frame(&chunk.object)).await.is_err()
-                    {
+                    if self.deliverable(&chunk) && self.send(sse_frame(&chunk)).await.is_err() {
                         return;
                     }
                 }
@@ -154,6 +152,7 @@ impl StreamDelivery {
         match carrier {
             Some(i) => {
                 tail[i].object.insert("switchback".into(), meta);
+                tail[i].raw = None;
             }
             None => {
                 let mut object = Map::new();
@@ -174,6 +173,7 @@ impl StreamDelivery {
                     usage_only: false,
                     continuable: true,
                     whole: None,
+                    raw: None,
                 });
             }
         }
@@ -185,10 +185,16 @@ impl StreamDelivery {
     }
 }
 
-fn sse_frame(object: &Map<String, Value>) -> Bytes {
-    let mut out = Vec::with_capacity(256);
+/// A chunk's SSE frame: the provider's own bytes when the chunk is unchanged.
+fn sse_frame(chunk: &Chunk) -> Bytes {
+    let mut out = Vec::with_capacity(chunk.raw.as_ref().map_or(256, |r| r.len() + 8));
     out.extend_from_slice(b"data: ");
-    serde_json::to_writer(&mut out, object).expect("a JSON map always serialises");
+    match &chunk.raw {
+        Some(raw) => out.extend_from_slice(raw.as_bytes()),
+        None => {
+            serde_json::to_writer(&mut out, &chunk.object).expect("a JSON map always serialises")
+        }
+    }
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
@@ -226,7 +232,7 @@ impl Delivery for StreamDelivery {
         if !self.deliverable(&chunk) {
             return Ok(());
         }
-        self.send(sse_frame(&chunk.object)).await
+        self.send(sse_frame(&chunk)).await
     }
 
     fn restart(&mut self) {

@@ -487,6 +487,15 @@ mod tests {
             }
         }
         assert!(!by_group.is_empty(), "the scenario has a group with orders");
+        // Numbers reach the YAML as numbers (serde_json's arbitrary_precision once turned
+        // them into `{"$serde_json::private::Number": "1"}` maps, which LiteLLM crashed on).
+        let lite = litellm_config(&scenario, &ports(&scenario)).unwrap();
+        assert!(!lite.contains("serde_json"), "{lite}");
+        let doc = yaml(&lite);
+        assert!(
+            doc["model_list"][0]["litellm_params"]["order"].is_u64(),
+            "{lite}"
+        );
         for tiers in by_group.values() {
             assert!(tiers.iter().any(|(_, o)| *o == 1), "{tiers:?}");
             for (a, x) in tiers {

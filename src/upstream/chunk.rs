@@ -65,6 +65,10 @@ pub struct Chunk {
     /// For an upstream that answered with one JSON completion: that completion as it
     /// came, so a non-streaming client can get it byte for byte.
     pub whole: Option<Box<Map<String, Value>>>,
+    /// The SSE `data` payload exactly as the upstream sent it, while [`Chunk::object`] is
+    /// unchanged: a streaming client then gets the provider's own bytes (spacing and number
+    /// spellings included). Cleared by whatever changes the object.
+    pub raw: Option<String>,
 }
 
 /// What one `data:` payload was.
@@ -84,7 +88,11 @@ pub fn parse_data(data: &str, limits: &ChunkLimits) -> Result<Payload, ChunkErro
         return Ok(Payload::Done);
     }
     let value: Value = serde_json::from_str(data).map_err(|e| format!("chunk is not JSON: {e}"))?;
-    from_value(value, limits)
+    let mut payload = from_value(value, limits)?;
+    if let Payload::Chunk(c) = &mut payload {
+        c.raw = Some(data.to_string());
+    }
+    Ok(payload)
 }
 
 /// Interprets a parsed chunk or error object.
@@ -162,6 +170,7 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
         usage_only,
         continuable,
         whole: None,
+        raw: None,
     }))
 }
 
