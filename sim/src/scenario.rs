@@ -321,6 +321,11 @@ pub struct Network {
     pub latency_ms: [u64; 2],
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<NetFault>,
+    /// Messages one direction of a connection may have unread before its writer waits
+    /// (default `world::TCP_CAPACITY`): small, a client that stops reading pushes back on
+    /// the gateway as a real socket would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_capacity: Option<usize>,
 }
 
 fn default_latency() -> [u64; 2] {
@@ -332,6 +337,7 @@ impl Default for Network {
         Network {
             latency_ms: default_latency(),
             faults: Vec::new(),
+            tcp_capacity: None,
         }
     }
 }
@@ -689,6 +695,14 @@ impl Scenario {
                     }
                     return Err((path, format!("unknown host `{h}`")));
                 }
+            }
+        }
+        if let Some(c) = self.network.tcp_capacity {
+            if !(1..=crate::world::TCP_CAPACITY).contains(&c) {
+                return Err((
+                    vec![key("network"), key("tcp_capacity")],
+                    format!("must be 1 to {}", crate::world::TCP_CAPACITY),
+                ));
             }
         }
         if self.network.latency_ms[0] > self.network.latency_ms[1] {

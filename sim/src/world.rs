@@ -176,7 +176,7 @@ pub fn run_with(
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
         .simulation_duration(Duration::from_millis(scenario.duration_ms) * 2 + DRAIN)
         .tick_duration(Duration::from_millis(scenario.tick_ms))
-        .tcp_capacity(TCP_CAPACITY)
+        .tcp_capacity(scenario.network.tcp_capacity.unwrap_or(TCP_CAPACITY))
         .min_message_latency(Duration::from_millis(min_latency))
         .max_message_latency(Duration::from_millis(max_latency))
         .build();

@@ -1,0 +1,89 @@
+//! The hostile scenarios' oracles have teeth: the hostile shapes really reach the gateway,
+//! and the secrecy invariant reports a leak when there is one.
+
+use std::path::Path;
+
+use switchback_sim::oracle;
+use switchback_sim::scenario::{Mode, Scenario};
+use switchback_sim::world;
+
+fn scenario(name: &str) -> Scenario {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/hostile")
+        .join(name);
+    Scenario::load_file(&path).expect("the corpus loads")
+}
+
+#[test]
+fn an_echoed_key_reaches_the_gateway_and_never_the_client() {
+    let s = scenario("upstream_echoes_the_key.yaml");
+    let key = s.gateway.model_list[0]
+        .litellm_params
+        .api_key
+        .clone()
+        .unwrap();
+    let run = world::run(&s, Mode::NonStream).unwrap();
+    let call = &run.calls["echo1"][0];
+    assert_eq!(
+        call.authorization.as_deref(),
+        Some(format!("Bearer {key}").as_str())
+    );
+    let client = &run.results[0];
+    let message = &client.error.as_ref().expect("an error").message;
+    assert!(
+        message.contains("Incorrect API key provided"),
+        "the echo came through, redacted: {message}"
+    );
+    assert!(!message.contains(&key[8..24]), "{message}");
+    let mut failures = Vec::new();
+    oracle::check_run(&s, &run, &mut failures);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn a_leak_anywhere_a_client_looks_is_reported() {
+    let s = scenario("upstream_echoes_the_key.yaml");
+    let key = s.gateway.model_list[1]
+        .litellm_params
+        .api_key
+        .clone()
+        .unwrap();
+    for place in ["body", "header", "message", "chunk"] {
+        let mut run = world::run(&s, Mode::NonStream).unwrap();
+        let client = &mut run.results[1];
+        let leak = format!("upstream said: Bearer {key}");
+        match place {
+            "body" => client.body = Some(leak),
+            "header" => {
+                client.response_headers.insert("x-debug".into(), leak);
+            }
+            "message" => {
+                client.error = Some(switchback_sim::client::SeenError {
+                    status: 500,
+                    error_type: "api_error".into(),
+                    message: leak,
+                })
+            }
+            _ => client.chunks.push(switchback_sim::client::SeenChunk {
+                at_ms: 0,
+                model: None,
+                text: String::new(),
+                raw: leak,
+            }),
+        }
+        let mut failures = Vec::new();
+        oracle::check_run(&s, &run, &mut failures);
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("no secret reaches a client")),
+            "a key in the {place} went unnoticed: {failures:#?}"
+        );
+        assert!(
+            !failures
+                .iter()
+                .any(|f| f.contains("no secret reaches a client") && f.contains(&key[8..])),
+            "the secrecy report repeats the key"
+        );
+    }
+}
