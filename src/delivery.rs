@@ -62,6 +62,11 @@ pub struct StreamDelivery {
     /// The answer's tail, from its first chunk with a `finish_reason` on: held until the
     /// end so the metadata can ride on it.
     tail: Vec<Chunk>,
+    /// Content a failed attempt had in its held tail (Gemini puts the finish reason on the
+    /// last content chunk): the client's all the same, since the continuation goes on from
+    /// it, so it is sent before anything else, without the finish reason that no longer
+    /// ends the answer.
+    carried: Vec<Chunk>,
 }
 
 impl StreamDelivery {
@@ -82,6 +87,7 @@ impl StreamDelivery {
                 bounds,
                 include_usage,
                 tail: Vec::new(),
+                carried: Vec::new(),
             },
             start_rx,
             body_rx,
@@ -94,6 +100,16 @@ impl StreamDelivery {
             SendError::Closed => ClientGone(GoneReason::Left),
             SendError::TimedOut => ClientGone(GoneReason::TooSlow),
         })
+    }
+
+    /// Sends the content a failed attempt's tail carried.
+    async fn send_carried(&mut self) -> Result<(), ClientGone> {
+        for chunk in std::mem::take(&mut self.carried) {
+            if self.deliverable(&chunk) {
+                self.send(sse_frame(&chunk)).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Ends the stream after the loop: the held tail (carrying the metadata if anything
@@ -113,6 +129,9 @@ impl StreamDelivery {
             }
             return;
         };
+        if self.send_carried().await.is_err() {
+            return;
+        }
         match &outcome.result {
             Ok(served) => {
                 let mut tail = std::mem::take(&mut self.tail);
@@ -225,6 +244,7 @@ impl Delivery for StreamDelivery {
     }
 
     async fn chunk(&mut self, chunk: Chunk) -> Result<(), ClientGone> {
+        self.send_carried().await?;
         if !self.tail.is_empty() || chunk.finish_reason.is_some() {
             self.tail.push(chunk);
             return Ok(());
@@ -236,8 +256,26 @@ impl Delivery for StreamDelivery {
     }
 
     fn restart(&mut self) {
-        self.tail.clear();
+        for mut chunk in std::mem::take(&mut self.tail) {
+            if chunk.payload_bytes > 0 {
+                clear_finish_reasons(&mut chunk);
+                self.carried.push(chunk);
+            }
+        }
     }
+}
+
+/// Sets every choice's `finish_reason` of `chunk` to null.
+fn clear_finish_reasons(chunk: &mut Chunk) {
+    if let Some(Value::Array(choices)) = chunk.object.get_mut("choices") {
+        for c in choices {
+            if let Some(reason) = c.get_mut("finish_reason") {
+                *reason = Value::Null;
+            }
+        }
+    }
+    chunk.finish_reason = None;
+    chunk.raw = None;
 }
 
 /// Delivery for `stream: false`: one `chat.completion`.
