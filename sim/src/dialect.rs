@@ -730,12 +730,20 @@ impl Reply {
     /// The stream payloads after every piece: finish chunks (where the dialect sends them
     /// apart) and the usage chunk (when asked for, in the dialects that send one).
     pub fn closing(&self) -> Vec<Value> {
-        let sent = self.pieces.len();
+        self.closing_after(self.pieces.len(), None)
+    }
+
+    /// The stream payloads that end the answer after its first `sent` pieces, every choice
+    /// finishing with `finish` (default: the script's, which Gemini already put on each
+    /// choice's last piece when all were sent), then the usage chunk when asked for.
+    pub fn closing_after(&self, sent: usize, finish: Option<&str>) -> Vec<Value> {
         let mut out = Vec::new();
         for c in 0..self.choices {
-            let has_pieces = self.pieces.iter().any(|p| p.choice == c);
-            if self.dialect != Dialect::Gemini || !has_pieces {
-                out.push(self.finish_chunk(c, &self.finish, sent));
+            let finished_on_a_piece = self.dialect == Dialect::Gemini
+                && finish.is_none()
+                && self.pieces[..sent].iter().any(|p| p.choice == c);
+            if !finished_on_a_piece {
+                out.push(self.finish_chunk(c, finish.unwrap_or(&self.finish), sent));
             }
         }
         if self.include_usage && self.dialect != Dialect::Gemini {
@@ -769,6 +777,8 @@ impl Reply {
     /// of the same stream gives.
     pub fn whole(&self, upto: usize, finish: Option<&str>) -> Value {
         let pieces = &self.pieces[..upto.min(self.pieces.len())];
+        // A finish chunk of its own ends every choice (Gemini otherwise finishes on a piece).
+        let finish_chunks = finish.is_some();
         let finish = finish.unwrap_or(&self.finish);
         let alphabetical = matches!(self.dialect, Dialect::Azure | Dialect::Gemini);
         let mut choices = Vec::new();
@@ -826,6 +836,10 @@ impl Reply {
             let content = match (self.dialect, content) {
                 (_, Some(t)) => Some(json!(t)),
                 (Dialect::Ollama, None) => Some(json!("")),
+                // A finish chunk of its own carries `content: ""`.
+                (Dialect::Gemini, None) if finish_chunks || of_c().next().is_none() => {
+                    Some(json!(""))
+                }
                 (Dialect::Gemini, None) => None,
                 (Dialect::Vllm, None) => Some(json!("")),
                 (_, None) if self.text_choices[c as usize] => Some(json!("")),
@@ -890,7 +904,13 @@ impl Reply {
                 Dialect::Openai | Dialect::JsonOnly => ch.insert(2, ("logprobs", logprobs)),
                 Dialect::Azure => {
                     ch.push(("logprobs", logprobs));
-                    ch.push(("content_filter_results", Reply::content_filter_results()));
+                    // The results ride on content chunks; role and finish chunks have `{}`.
+                    let cfr = if of_c().next().is_some() {
+                        Reply::content_filter_results()
+                    } else {
+                        json!({})
+                    };
+                    ch.push(("content_filter_results", cfr));
                 }
                 Dialect::Vllm => {
                     ch.insert(2, ("logprobs", logprobs));

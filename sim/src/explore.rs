@@ -5,8 +5,12 @@
 //! allow-lists, per-call provider scripts with faults at random chunk offsets, network
 //! faults, request bodies with and without `mock_testing_*` flags), swarm-style: each case
 //! first picks which fault kinds are enabled, then draws faults only from those. Also: the
-//! property (both modes, every invariant, equivalence), generating case `seed` exactly
-//! (`replay`), shrinking a failing case, and writing it out as a scenario file.
+//! property (both modes, every invariant, equivalence, and wire fidelity wherever an answer
+//! was passed through), generating case `seed` exactly (`replay`), shrinking a failing case,
+//! and writing it out as a scenario file. The providers' dialects and answer shapes come
+//! from [`shapes`].
+
+pub mod shapes;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,8 @@ pub struct Swarm {
     pub mocks: bool,
     pub network: bool,
     pub request_settings: bool,
+    /// Providers speak generated dialects and answer in generated shapes.
+    pub shapes: bool,
 }
 
 fn swarm() -> impl Strategy<Value = Swarm> {
@@ -51,12 +57,14 @@ fn swarm() -> impl Strategy<Value = Swarm> {
         proptest::bool::weighted(0.3),
         proptest::bool::weighted(0.2),
         proptest::bool::weighted(0.3),
+        proptest::bool::weighted(0.5),
     )
-        .prop_map(|(kinds, mocks, network, request_settings)| Swarm {
+        .prop_map(|(kinds, mocks, network, request_settings, shapes)| Swarm {
             kinds,
             mocks,
             network,
             request_settings,
+            shapes,
         })
 }
 
@@ -322,6 +330,7 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                 })
                 .collect();
             let orders = proptest::collection::vec(0u32..=1, hosts.len());
+            let shapes = proptest::collection::vec(shapes::shape(), hosts.len());
             let two_requests = proptest::bool::weighted(0.3);
             let net = if swarm.network {
                 proptest::option::weighted(
@@ -350,6 +359,7 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                     two_requests,
                 ),
                 net,
+                shapes,
             )
                 .prop_map(
                     move |(
@@ -362,7 +372,14 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                         (key_settings, key_models),
                         (r1, r2, two),
                         net,
+                        shapes,
                     )| {
+                        let mut providers = providers;
+                        if swarm.shapes {
+                            for (p, shape) in providers.iter_mut().zip(&shapes) {
+                                shapes::apply(p, shape);
+                            }
+                        }
                         let model_list = hosts
                             .iter()
                             .zip(&orders)
@@ -416,11 +433,12 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                         Scenario {
                             name: "generated".into(),
                             description: format!(
-                                "swarm: kinds [{}], mocks {}, network {}, request settings {}",
+                                "swarm: kinds [{}], mocks {}, network {}, request settings {}, shapes {}",
                                 kinds.join(", "),
                                 swarm.mocks,
                                 swarm.network,
-                                swarm.request_settings
+                                swarm.request_settings,
+                                swarm.shapes
                             ),
                             seed: 0,
                             duration_ms: 120_000,
@@ -527,6 +545,7 @@ pub fn judge(scenario: &Scenario, gateway: &Arc<dyn GatewayUnderTest>) -> Verdic
         .collect();
     for run in &runs {
         oracle::check_run(scenario, run, &mut failures);
+        oracle::check_passthrough_where_it_applies(scenario, run, &mut failures);
     }
     if let [a, b] = runs.as_slice() {
         if a.hang.is_none() && b.hang.is_none() {
@@ -601,6 +620,9 @@ pub fn save(dir: &Path, scenario: &Scenario, failures: &[String]) -> std::io::Re
 #[derive(Debug, Default)]
 pub struct Coverage {
     pub fault_kinds: BTreeSet<&'static str>,
+    /// Provider dialects and answer shapes (tool calls, choices, reasoning...) generated.
+    pub dialects: BTreeSet<&'static str>,
+    pub answers: BTreeSet<&'static str>,
     pub classes: BTreeSet<&'static str>,
     pub sequences: BTreeSet<String>,
     pub cases: u64,
@@ -610,9 +632,22 @@ impl Coverage {
     pub fn add(&mut self, scenario: &Scenario, runs: &[ModeRun]) {
         self.cases += 1;
         for p in &scenario.providers {
+            self.dialects.insert(p.dialect.as_str());
             for s in std::iter::once(&p.default).chain(&p.calls) {
                 if let Some(f) = &s.fault {
                     self.fault_kinds.insert(f.kind.as_str());
+                }
+                for (present, name) in [
+                    (!s.tool_calls.is_empty(), "tool_calls"),
+                    (!s.more_choices.is_empty(), "two_choices"),
+                    (s.reasoning.is_some(), "reasoning"),
+                    (s.refusal.is_some(), "refusal"),
+                    (s.audio.is_some(), "audio"),
+                    (s.logprobs, "logprobs"),
+                ] {
+                    if present {
+                        self.answers.insert(name);
+                    }
                 }
             }
         }

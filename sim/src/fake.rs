@@ -562,11 +562,17 @@ impl Answer {
                         }
                     }
                     FaultKind::ContentFilter => {
-                        let chunk = self.reply.finish_chunk(0, "content_filter", k);
-                        if send_data(&tx, log, chunk.to_string()).await {
-                            log.fire();
-                            send_data(&tx, log, "[DONE]".into()).await;
+                        let mut fired = false;
+                        for chunk in self.reply.closing_after(k, Some("content_filter")) {
+                            if !send_data(&tx, log, chunk.to_string()).await {
+                                return;
+                            }
+                            if !fired {
+                                log.fire();
+                                fired = true;
+                            }
                         }
+                        send_data(&tx, log, "[DONE]".into()).await;
                     }
                 }
                 return;

@@ -221,6 +221,44 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
     }
 }
 
+/// Wire fidelity wherever it must hold in any run (explore's generated cases): every
+/// request that succeeded on one attempt's answer (none after commit, no continuation, no
+/// flood) got exactly what that provider gave (see `passthrough`).
+pub fn check_passthrough_where_it_applies(
+    scenario: &Scenario,
+    run: &ModeRun,
+    failures: &mut Vec<String>,
+) {
+    let mode = run.mode.as_str();
+    for story in stories(run) {
+        let c = story.client;
+        let Some(call) = story.serving_call else {
+            continue;
+        };
+        if !c.succeeded() || story.attempt_after_commit || call.continuation.is_some() {
+            continue;
+        }
+        if call.flooded {
+            continue;
+        }
+        let spec = &scenario.requests[c.index];
+        let include_usage = spec
+            .body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let label = format!("[{mode}] request r{}.{}", c.index, c.copy);
+        crate::passthrough::check(
+            c,
+            Some(call),
+            run.mode.is_stream(),
+            include_usage,
+            &mut |m| failures.push(format!("{label}: {m}")),
+        );
+    }
+}
+
 fn check_invariants(
     s: &RequestStory<'_>,
     catalog: &Catalog,

@@ -154,6 +154,8 @@ fn finish(
         failing.len()
     );
     println!("fault kinds covered: {}", join(&coverage.fault_kinds));
+    println!("provider dialects: {}", join(&coverage.dialects));
+    println!("answer shapes: {}", join(&coverage.answers));
     println!("failure classes seen: {}", join(&coverage.classes));
     println!("distinct attempt sequences: {}", coverage.sequences.len());
     if failing.is_empty() {

@@ -1,0 +1,120 @@
+//! Generated answer shapes: the provider dialects and what a script answers besides text.
+//!
+//! Owns: the strategy for one provider's [`Shape`] (its dialect, how it numbers tool calls,
+//! and the answer its scripts give: text, text then parallel tool calls, more choices,
+//! reasoning then text, a refusal, audio, logprobs) and applying it to a generated provider,
+//! with every fault offset kept inside the answer. Does not own the rest of a case
+//! (`explore`).
+
+use proptest::prelude::*;
+
+use crate::dialect;
+use crate::scenario::{Dialect, FaultKind, Provider, Script, ToolCallIndex, ToolCallSpec};
+
+/// What one generated provider answers besides plain text.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub dialect: Dialect,
+    pub tool_call_index: Option<ToolCallIndex>,
+    pub answer: Answer,
+    pub logprobs: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Text,
+    /// The text, then `calls` tool calls, arguments cut in `fragment`-character pieces.
+    ToolCalls {
+        calls: usize,
+        fragment: Option<usize>,
+    },
+    /// n = 2, the second choice's text interleaved.
+    TwoChoices,
+    Reasoning,
+    Refusal,
+    Audio,
+}
+
+impl Answer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Text => "text",
+            Answer::ToolCalls { .. } => "tool_calls",
+            Answer::TwoChoices => "two_choices",
+            Answer::Reasoning => "reasoning",
+            Answer::Refusal => "refusal",
+            Answer::Audio => "audio",
+        }
+    }
+}
+
+pub fn shape() -> impl Strategy<Value = Shape> {
+    (
+        proptest::sample::select(Dialect::ALL.to_vec()),
+        proptest::option::weighted(
+            0.3,
+            proptest::sample::select(vec![
+                ToolCallIndex::Sequential,
+                ToolCallIndex::Omit,
+                ToolCallIndex::Zero,
+            ]),
+        ),
+        prop_oneof![
+            3 => Just(Answer::Text),
+            3 => (1usize..=3, proptest::option::of(2usize..=9))
+                .prop_map(|(calls, fragment)| Answer::ToolCalls { calls, fragment }),
+            2 => Just(Answer::TwoChoices),
+            2 => Just(Answer::Reasoning),
+            1 => Just(Answer::Refusal),
+            1 => Just(Answer::Audio),
+        ],
+        proptest::bool::weighted(0.2),
+    )
+        .prop_map(|(dialect, tool_call_index, answer, logprobs)| Shape {
+            dialect,
+            tool_call_index,
+            answer,
+            logprobs,
+        })
+}
+
+/// `provider` answering in `shape`, every script's fault kept within its answer.
+pub fn apply(provider: &mut Provider, shape: &Shape) {
+    provider.dialect = shape.dialect;
+    provider.tool_call_index = shape.tool_call_index;
+    let dialect = shape.dialect;
+    for script in std::iter::once(&mut provider.default).chain(provider.calls.iter_mut()) {
+        shape_script(script, shape);
+        let pieces = dialect::pieces(dialect, script).len();
+        if let Some(f) = &mut script.fault {
+            if f.kind != FaultKind::Http {
+                f.after_chunks = f.after_chunks.min(pieces);
+            }
+        }
+    }
+}
+
+fn shape_script(s: &mut Script, shape: &Shape) {
+    s.logprobs = shape.logprobs;
+    match shape.answer {
+        Answer::Text => {}
+        Answer::ToolCalls { calls, fragment } => {
+            s.tool_calls = (0..calls)
+                .map(|i| ToolCallSpec {
+                    id: None,
+                    name: "get_weather".into(),
+                    arguments: format!(r#"{{"city":"city number {i}"}}"#),
+                })
+                .collect();
+            s.arguments_chunk_size = fragment;
+        }
+        Answer::TwoChoices => s.more_choices = vec!["another choice, in other words".into()],
+        Answer::Reasoning => s.reasoning = Some("first think, then answer".into()),
+        Answer::Refusal => {
+            s.refusal = s.text.take();
+        }
+        Answer::Audio => {
+            s.audio = s.text.take();
+        }
+    }
+}
