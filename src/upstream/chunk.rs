@@ -176,60 +176,33 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
 
 /// Refuses choice and tool-call indexes (or counts) at or past their limits.
 fn check_limits(choices: &[Value], limits: &ChunkLimits) -> Result<(), ChunkError> {
-    let over =
-        |name: &'static str, what: String| Err(ChunkError::Limit(LimitExceeded::new(name, what)));
-    if choices.len() > limits.max_choices {
-        return over(
-            "max_choices",
-            format!(
-                "{} choices in one chunk (max_choices = {})",
-                choices.len(),
-                limits.max_choices
-            ),
-        );
+    within("max_choices", "choice", choices, limits.max_choices)?;
+    for choice in choices {
+        let delta = choice.get("delta").or_else(|| choice.get("message"));
+        if let Some(Value::Array(calls)) = delta.and_then(|d| d.get("tool_calls")) {
+            within("max_tool_calls", "tool call", calls, limits.max_tool_calls)?;
+        }
     }
-    for (i, choice) in choices.iter().enumerate() {
-        let index = choice
+    Ok(())
+}
+
+/// At most `max` items (choices, tool calls), and none whose `index` (or, without one,
+/// position) reaches `max`.
+fn within(limit: &'static str, what: &str, items: &[Value], max: usize) -> Result<(), ChunkError> {
+    let over = |detail: String| Err(ChunkError::Limit(LimitExceeded::new(limit, detail)));
+    if items.len() > max {
+        return over(format!(
+            "{} {what}s in one chunk ({limit} = {max})",
+            items.len()
+        ));
+    }
+    for (position, item) in items.iter().enumerate() {
+        let index = item
             .get("index")
             .and_then(Value::as_u64)
-            .unwrap_or(i as u64);
-        if index >= limits.max_choices as u64 {
-            return over(
-                "max_choices",
-                format!(
-                    "choice index {index} (max_choices = {})",
-                    limits.max_choices
-                ),
-            );
-        }
-        let delta = choice.get("delta").or_else(|| choice.get("message"));
-        let Some(Value::Array(calls)) = delta.and_then(|d| d.get("tool_calls")) else {
-            continue;
-        };
-        if calls.len() > limits.max_tool_calls {
-            return over(
-                "max_tool_calls",
-                format!(
-                    "{} tool calls in one chunk (max_tool_calls = {})",
-                    calls.len(),
-                    limits.max_tool_calls
-                ),
-            );
-        }
-        for (j, call) in calls.iter().enumerate() {
-            let index = call
-                .get("index")
-                .and_then(Value::as_u64)
-                .unwrap_or(j as u64);
-            if index >= limits.max_tool_calls as u64 {
-                return over(
-                    "max_tool_calls",
-                    format!(
-                        "tool call index {index} (max_tool_calls = {})",
-                        limits.max_tool_calls
-                    ),
-                );
-            }
+            .unwrap_or(position as u64);
+        if index >= max as u64 {
+            return over(format!("{what} index {index} ({limit} = {max})"));
         }
     }
     Ok(())
