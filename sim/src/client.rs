@@ -463,7 +463,7 @@ async fn exchange(
                         result.broken = Some(format!("bad SSE from gateway: {e}"));
                         break;
                     }
-                    let pending: Vec<_> = events.drain(..).collect();
+                    let pending = std::mem::take(&mut events);
                     for (i, ev) in pending.iter().enumerate() {
                         on_event(&ev.data, status, result, sink, clock, label);
                         let leaving = leave_after.is_some_and(|k| result.chunks.len() >= k)

@@ -258,24 +258,21 @@ impl Reply {
         for (i, (choice, part)) in all.into_iter().enumerate() {
             let delay_ms = script.delay_before(i);
             if skip > 0 {
-                match (&part, choice) {
-                    (Part::Content(t), 0) => {
-                        let n = t.chars().count();
-                        if n <= skip {
-                            skip -= n;
-                            continue;
-                        }
-                        let rest: String = t.chars().skip(skip).collect();
-                        skip = 0;
-                        out.push(Piece {
-                            choice,
-                            part: Part::Content(rest),
-                            delay_ms,
-                        });
+                // Whatever else came before the text it continues is part of what the
+                // caller already has.
+                if let (Part::Content(t), 0) = (&part, choice) {
+                    let n = t.chars().count();
+                    if n <= skip {
+                        skip -= n;
+                        continue;
                     }
-                    // Whatever came before the text it continues was part of what the
-                    // caller already has.
-                    _ => {}
+                    let rest: String = t.chars().skip(skip).collect();
+                    skip = 0;
+                    out.push(Piece {
+                        choice,
+                        part: Part::Content(rest),
+                        delay_ms,
+                    });
                 }
                 continue;
             }

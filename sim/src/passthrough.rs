@@ -245,11 +245,12 @@ fn check_whole(
     normalise_id(&mut want);
     if call.answered_json {
         // The README promises these bytes as they came (but for the id).
-        if got.to_string() != want.to_string() {
+        let (want, got) = (want.to_string(), got.to_string());
+        if got != want {
             fail(format!(
                 "the provider answered with JSON, which must reach the client byte for byte:\n      provider: {}\n      client:   {}",
-                clip(&want.to_string()),
-                clip(&got.to_string())
+                clip(&want),
+                clip(&got)
             ));
         }
         return;
@@ -335,8 +336,9 @@ pub fn first_difference(want: &Value, got: &Value, path: &str) -> Option<String>
 /// from the engine's own accumulation, so that one is not judged by itself.
 pub fn reassemble(chunks: &[Map<String, Value>]) -> Value {
     let mut top = Map::new();
-    let mut choices: std::collections::BTreeMap<u64, (Map<String, Value>, Map<String, Value>)> =
-        Default::default();
+    // Per choice index: its message so far, and its other fields.
+    type Choice = (Map<String, Value>, Map<String, Value>);
+    let mut choices: std::collections::BTreeMap<u64, Choice> = Default::default();
     for chunk in chunks {
         for (k, v) in chunk {
             match k.as_str() {
