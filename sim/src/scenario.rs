@@ -258,11 +258,23 @@ pub enum Flavour {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
-    /// Message latency range, milliseconds.
+    /// Latency range of gateway↔provider messages, milliseconds: each message's is drawn
+    /// from (seed, connection, message number), uniformly in the range.
     #[serde(default = "default_latency")]
     pub latency_ms: [u64; 2],
+    /// Latency of every client↔gateway message (default: the low end of `latency_ms`).
+    /// Fixed, so that the two modes' different client traffic cannot shift anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_latency_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<NetFault>,
+}
+
+impl Network {
+    /// The client link's fixed latency, milliseconds.
+    pub fn client_latency(&self) -> u64 {
+        self.client_latency_ms.unwrap_or(self.latency_ms[0])
+    }
 }
 
 fn default_latency() -> [u64; 2] {
@@ -273,6 +285,7 @@ impl Default for Network {
     fn default() -> Self {
         Network {
             latency_ms: default_latency(),
+            client_latency_ms: None,
             faults: Vec::new(),
         }
     }
