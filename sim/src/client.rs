@@ -47,6 +47,8 @@ pub struct ClientResult {
     pub status: Option<u16>,
     /// Headers that report what the gateway did (`x-switchback-*`, `x-litellm-*`).
     pub headers: BTreeMap<String, String>,
+    /// Every response header, by (lowercase) name; repeated headers joined with `, `.
+    pub response_headers: BTreeMap<String, String>,
     pub chunks: Vec<SeenChunk>,
     pub text: String,
     /// The response's `model` (non-stream) or the last chunk's (stream).
@@ -303,11 +305,18 @@ async fn exchange(
     result.status = Some(status);
     for (name, value) in response.headers() {
         let n = name.as_str();
+        let v = value.to_str().unwrap_or("").to_string();
         if n.starts_with("x-switchback-") || n.starts_with("x-litellm-") {
-            result
-                .headers
-                .insert(n.to_string(), value.to_str().unwrap_or("").to_string());
+            result.headers.insert(n.to_string(), v.clone());
         }
+        result
+            .response_headers
+            .entry(n.to_string())
+            .and_modify(|all| {
+                all.push_str(", ");
+                all.push_str(&v);
+            })
+            .or_insert(v);
     }
     let sse = response
         .headers()
