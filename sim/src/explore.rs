@@ -36,6 +36,9 @@ use crate::world::{self, GatewayUnderTest, ModeRun, WorldOptions};
 pub const TEXT: &str = "alpha beta gamma delta epsilon";
 /// Simulated milliseconds per step in generated worlds.
 pub const TICK_MS: u64 = 5;
+/// ... and in concurrent ones, where coarse steps would lump events of different requests
+/// a few milliseconds apart into one instant.
+pub const CONCURRENT_TICK_MS: u64 = 1;
 /// Shrinking stops after this many steps, whatever is left.
 pub const MAX_SHRINK_STEPS: u32 = 500;
 
@@ -539,7 +542,11 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                             ),
                             seed: 0,
                             duration_ms: 120_000,
-                            tick_ms: TICK_MS,
+                            tick_ms: if swarm.concurrency {
+                                CONCURRENT_TICK_MS
+                            } else {
+                                TICK_MS
+                            },
                             gateway: GatewayConfig {
                                 model_list,
                                 router_settings: gateway,

@@ -156,3 +156,22 @@ fn explore_catches_and_shrinks_the_shared_latency_rng() {
         failures.first().map_or("", String::as_str)
     );
 }
+
+/// A known engine issue, kept as evidence for whoever fixes it (see the files' headers):
+/// when two requests' upstream events land in the same simulated instant, the two modes
+/// process them in a different order. Fails today; un-ignore once the engine orders them
+/// alike. (Generated concurrent cases run at 1 ms steps, where such ties are rare.)
+#[test]
+#[ignore = "known engine issue: same-instant events are processed in a mode-dependent order"]
+fn same_instant_events_are_processed_alike_in_both_modes() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/same_instant");
+    let mut failing = Vec::new();
+    for file in switchback_sim::scenario::find_files(&dir).expect("readable") {
+        let s = Scenario::load_file(&file).unwrap_or_else(|e| panic!("{e}"));
+        let failures = explore::judge(&s, &switchback()).failures;
+        if !failures.is_empty() {
+            failing.push(format!("{}: {}", file.display(), failures[0]));
+        }
+    }
+    assert!(failing.is_empty(), "\n{}", failing.join("\n"));
+}

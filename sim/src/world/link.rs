@@ -352,7 +352,9 @@ async fn deliver(mut write: OwnedWriteHalf, pipe: Arc<Mutex<Pipe>>) {
         })
         .await;
         let Some((at, bytes)) = next else { break };
-        tokio::time::sleep_until(at).await;
+        if at > Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
         if let Err(e) = write.write_all(&bytes).await {
             let mut p = pipe.lock().expect("pipe");
             p.error = Some(e.kind());
