@@ -7,9 +7,12 @@
 //! `duration_ms` is reported as hung, with its last trace lines, never a silent hang.
 //! Message latency is [`link`]'s: turmoil itself runs with none, so the two modes of a
 //! scenario meet every provider-side event at the same simulated instant (see [`link`] for
-//! why that holds by construction). Does not own what the run means (`oracle`).
+//! why that holds by construction), and the client sends copies released in the same
+//! instant in one order whatever the mode ([`schedule`]). Does not own what the run means
+//! (`oracle`).
 
 pub mod link;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -298,7 +301,7 @@ pub fn run_in(
             };
             let clock: client::Clock = Arc::new(|| turmoil::sim_elapsed().unwrap_or_default());
             let done =
-                client::run_requests(&target, &requests, sequential, mode, sink, clock).await;
+                schedule::run_requests(&target, &requests, sequential, mode, sink, clock).await;
             *results.lock().expect("results") = done;
             Ok(())
         });

@@ -21,12 +21,11 @@
 //!   carries (the `x-switchback-request-id` of the first message its opener sends; that
 //!   message's hash if it has none) and how many earlier connections from the gateway to
 //!   the same provider carried the same request (its attempts, which come one after
-//!   another). Nothing another connection or
-//!   link does can change it: there is no RNG state to consume, and no dependence on the
-//!   order in which concurrent requests happen to open their connections within one tick
-//!   (which does differ by mode: a non-streaming request runs the attempt loop in its
-//!   connection's task, a stream in a task of its own). Opening a connection costs one more
-//!   drawn latency, added to its first message.
+//!   another). Nothing another connection or link does can change it: there is no RNG
+//!   state to consume, and no dependence on the order in which concurrent requests happen
+//!   to open their connections within one step (which does differ by mode: a non-streaming
+//!   request runs the attempt loop in its connection's task, a stream in a task of its
+//!   own). Opening a connection costs one more drawn latency, added to its first message.
 //! * **Client↔gateway messages** take one fixed latency (`network.client_latency_ms`,
 //!   default the low end of `latency_ms`). A response ends at the same instant in both
 //!   modes (its one body, or its last SSE frame and `[DONE]`, are written when the upstream
@@ -43,6 +42,11 @@
 //! on the provider side reads them. If the engine itself diverged (different upstream bytes,
 //! as under `mid_stream: continue` before both modes asked for the same continuation), the
 //! timings would follow, and the oracle reports the engine's divergence, which is the point.
+//! (So would an engine that processes events landing on the same instant in a different
+//! order in each mode: `sim/tests/same_instant/` keeps two such cases.)
+//!
+//! A message is handed to turmoil when its latency has passed and arrives at the receiving
+//! host's next step: up to one step later than its latency says, the same in both modes.
 //!
 //! [`WorldOptions::shared_latency_rng`](super::WorldOptions) restores the old behaviour (one
 //! RNG for every message of every link, the client's included) so a test can prove the
