@@ -34,7 +34,7 @@ use switchback_sim::world::{GatewayUnderTest, SimListener, Switchback};
 /// Seeds searched for a case that exposes the fault.
 const MAX_SEEDS: u64 = 3_000;
 /// Shrinking budget per fault (debug builds are slow; the shrunk case need not be minimal).
-const SHRINK_STEPS: u32 = 150;
+const SHRINK_STEPS: u32 = 60;
 
 mod common;
 
