@@ -104,16 +104,18 @@ fn benches(c: &mut Criterion) {
         retry_after: Some(Duration::from_secs(30)),
         ..Failure::new(FailureClass::RateLimited, "x")
     };
-    book.record_failure(DeploymentId(0), &rate_limited, t0, &catalog.settings);
+    book.record_failure(DeploymentId(0), &rate_limited, t0, &catalog.settings, 1);
+    let t1 = t0 + Duration::from_millis(1);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let tried = [DeploymentId(1)];
     c.bench_function("choose_deployment_with_cooldowns", |b| {
         b.iter(|| {
+            // What the engine does per decision: the request's view of the book, then choose.
             black_box(choose(
                 &catalog,
                 primary,
-                &book,
-                t0,
+                &book.view(2, t1),
+                t1,
                 black_box(&tried),
                 &mut rng,
             ))

@@ -281,7 +281,8 @@ impl Run<'_> {
                 };
                 let (failure, after_chunks, timeout) = match result {
                     Ok(served) => {
-                        self.engine.cooldowns().record_success(deployment);
+                        let (id, now) = (self.admitted.id, Instant::now());
+                        self.engine.health(now).record_success(deployment, now, id);
                         self.attempts.push(AttemptRecord {
                             group,
                             deployment,
@@ -323,11 +324,12 @@ impl Run<'_> {
                         reason: failure.blame,
                     });
                 } else {
-                    let cooled = self.engine.cooldowns().record_failure(
+                    let cooled = self.engine.health(now).record_failure(
                         deployment,
                         &failure,
                         now,
                         &self.catalog.settings,
+                        self.admitted.id,
                     );
                     if let Some(c) = cooled {
                         self.emit(Event::DeploymentCooled {
@@ -369,7 +371,7 @@ impl Run<'_> {
                         backoff_base: self.catalog.settings.retry_backoff_base,
                         backoff_max: self.catalog.settings.retry_backoff_max,
                     };
-                    let book = self.engine.cooldowns();
+                    let book = self.engine.health(now).view(self.admitted.id, now);
                     self.engine
                         .retry_policy()
                         .decide(&cx, self.catalog, &book, &mut self.rng)
@@ -440,7 +442,7 @@ impl Run<'_> {
     fn enter(&mut self, group: GroupId) -> Result<DeploymentId, Failure> {
         let now = Instant::now();
         let choice = {
-            let book = self.engine.cooldowns();
+            let book = self.engine.health(now).view(self.admitted.id, now);
             select::choose(self.catalog, group, &book, now, &[], &mut self.rng)
         };
         match choice {

@@ -293,11 +293,31 @@ pub struct AggregateDelivery {
     whole: Option<Box<Map<String, Value>>>,
     /// An attempt after a failure past commit contributed.
     continued: bool,
+    /// Closed when the handler waiting for this answer is dropped with its connection.
+    handler: Option<tokio::sync::oneshot::Sender<Self>>,
 }
 
 impl AggregateDelivery {
     pub fn new() -> AggregateDelivery {
         AggregateDelivery::default()
+    }
+
+    /// A delivery whose client is the handler holding the receiver: [`Delivery::gone`]
+    /// resolves when that handler is dropped, and [`AggregateDelivery::hand_over`] passes
+    /// the finished answer to it.
+    pub fn watching(handler: tokio::sync::oneshot::Sender<Self>) -> AggregateDelivery {
+        AggregateDelivery {
+            handler: Some(handler),
+            ..AggregateDelivery::default()
+        }
+    }
+
+    /// Passes the answer to the handler given to [`AggregateDelivery::watching`] (a handler
+    /// that left is told nothing: there is no one to tell).
+    pub fn hand_over(mut self) {
+        if let Some(handler) = self.handler.take() {
+            let _ = handler.send(self);
+        }
     }
 
     /// The response body of a served request.
@@ -353,10 +373,14 @@ impl Delivery for AggregateDelivery {
         Ok(())
     }
 
-    /// A non-streaming client that leaves drops the whole request future (the HTTP server
-    /// cancels it), so there is nothing to watch here.
+    /// A non-streaming client that leaves drops the handler waiting for the answer (the
+    /// HTTP server cancels it with its connection).
     async fn gone(&mut self) -> GoneReason {
-        std::future::pending().await
+        match &mut self.handler {
+            Some(handler) => handler.closed().await,
+            None => std::future::pending().await,
+        }
+        GoneReason::Left
     }
 
     async fn chunk(&mut self, chunk: Chunk) -> Result<(), ClientGone> {

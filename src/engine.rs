@@ -137,13 +137,29 @@ impl Engine {
         self.wall.now()
     }
 
-    pub(crate) fn cooldowns(&self) -> std::sync::MutexGuard<'_, CooldownBook> {
-        self.cooldowns.lock().expect("cooldown lock poisoned")
+    /// The shared deployment health, with every effect from before `now` settled (see
+    /// [`CooldownBook`] for why effects of the same instant wait). A cooldown that settling
+    /// found and no request reported is traced here, on the request it names.
+    pub(crate) fn health(&self, now: Instant) -> std::sync::MutexGuard<'_, CooldownBook> {
+        let mut book = self.cooldowns.lock().expect("cooldown lock poisoned");
+        book.settle(now);
+        for u in book.take_unreported() {
+            self.emit(
+                u.request,
+                Event::DeploymentCooled {
+                    deployment: u.cooled.deployment,
+                    duration: u.cooled.duration,
+                    class: u.class,
+                },
+            );
+        }
+        book
     }
 
     /// Remaining cooldown of every deployment, in catalog order.
     pub fn cooldown_snapshot(&self) -> Vec<Duration> {
-        self.cooldowns().remaining(Instant::now())
+        let book = self.cooldowns.lock().expect("cooldown lock poisoned");
+        book.remaining(Instant::now())
     }
 
     pub(crate) fn tracing(&self) -> bool {

@@ -107,6 +107,22 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, YamlEr
             .unwrap_or((0, 0));
         let mut message = clean_message(&e.without_snippet().to_string());
         let hint = suggest(&message);
+        let (mut line, mut column) = (line, column);
+        if let Some(better) = expected_instead(&message, text, line, column) {
+            message = better;
+        } else if let Some((l, c, bracket)) = serde_saphyr::from_str::<Node>(text)
+            .is_err()
+            .then(|| unclosed_flow(text, line, column))
+            .flatten()
+        {
+            // A syntax error (the file is not YAML at all) inside a `[` or `{` that is still
+            // open: the parser notices an unclosed bracket only where the next token cannot
+            // continue it, often lines later, so point at the bracket itself.
+            message = format!(
+                "unclosed `{bracket}`: it is never closed (the parser gave up at line {line}, column {column}: {message})"
+            );
+            (line, column) = (l, c);
+        }
         let mut path = if path == "." || path == "?" {
             String::new()
         } else {
@@ -162,6 +178,94 @@ fn clean_message(raw: &str) -> String {
     }
 }
 
+/// For "invalid u32" and its kind (a value of the wrong type), what was expected instead and
+/// what the file has at that place.
+fn expected_instead(message: &str, text: &str, line: u64, column: u64) -> Option<String> {
+    let ty = message.strip_prefix("invalid ")?;
+    let expected = match ty {
+        "u8" => format!("a whole number from 0 to {}", u8::MAX),
+        "u16" => format!("a whole number from 0 to {}", u16::MAX),
+        "u32" => format!("a whole number from 0 to {}", u32::MAX),
+        "u64" | "usize" => format!("a whole number from 0 to {}", u64::MAX),
+        "i32" => format!("a whole number from {} to {}", i32::MIN, i32::MAX),
+        "i64" | "isize" => format!("a whole number from {} to {}", i64::MIN, i64::MAX),
+        "floating point" | "f32" | "f64" => "a number".to_string(),
+        "boolean" | "bool" => "true or false".to_string(),
+        _ => return None,
+    };
+    Some(match token_at(text, line, column) {
+        Some(found) => format!("expected {expected}, found `{found}`"),
+        None => format!("expected {expected}"),
+    })
+}
+
+/// The scalar that starts at (line, column), 1-based, as written.
+fn token_at(text: &str, line: u64, column: u64) -> Option<String> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let rest: String = l
+        .chars()
+        .skip(usize::try_from(column).ok()?.saturating_sub(1))
+        .collect();
+    let token = match rest.chars().next()? {
+        q @ ('"' | '\'') => {
+            let end = rest[1..].find(q).map_or(rest.len(), |i| i + 2);
+            rest[..end].to_string()
+        }
+        _ => rest
+            .split([',', ']', '}', '#'])
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+    };
+    (!token.is_empty()).then_some(token)
+}
+
+/// The innermost `[` or `{` still open at (line, column), as (line, column, bracket):
+/// flow collections only, outside quotes and comments.
+fn unclosed_flow(text: &str, line: u64, column: u64) -> Option<(u64, u64, char)> {
+    let mut open: Vec<(u64, u64, char)> = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let n = i as u64 + 1;
+        if n > line {
+            break;
+        }
+        let mut quote: Option<char> = None;
+        let mut previous = ' ';
+        let mut value_start = true;
+        for (j, c) in l.chars().enumerate() {
+            let col = j as u64 + 1;
+            if n == line && col >= column {
+                break;
+            }
+            match quote {
+                Some(q) => {
+                    if c == q && previous != '\\' {
+                        quote = None;
+                    }
+                }
+                None => match c {
+                    '#' if previous.is_whitespace() || j == 0 => break,
+                    '"' | '\'' if value_start || !open.is_empty() => quote = Some(c),
+                    '[' | '{' if value_start || !open.is_empty() => open.push((n, col, c)),
+                    ']' | '}' => {
+                        open.pop();
+                    }
+                    _ => {}
+                },
+            }
+            // A flow collection or a quoted scalar opens where a value may begin.
+            if !c.is_whitespace() {
+                value_start = matches!(c, ':' | '-' | ',' | '[' | '{');
+            }
+            previous = c;
+        }
+    }
+    open.pop()
+}
+
 /// For "unknown field `x`, expected one of a, b" (or `unknown variant`), the closest
 /// expected name, if any is close enough to be a plausible typo.
 fn suggest(message: &str) -> Option<String> {
@@ -175,14 +279,22 @@ fn suggest(message: &str) -> Option<String> {
         .split_once("expected ")
         .map(|(_, e)| e)?
         .trim_start_matches("one of ");
-    expected
-        .split(", ")
-        .map(|c| {
+    nearest(
+        wrong,
+        expected.split(", ").map(|c| {
             c.trim()
                 .trim_matches('`')
                 .trim_start_matches("or ")
                 .trim_matches('`')
-        })
+        }),
+    )
+}
+
+/// The candidate closest to `wrong`, if one is close enough to be a plausible typo: the
+/// "did you mean" of every error that names something unknown.
+pub fn nearest<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    candidates
+        .into_iter()
         .filter(|c| !c.is_empty())
         .map(|c| (strsim::damerau_levenshtein(wrong, c), c))
         .filter(|(d, c)| *d <= 3.max(c.len() / 3))
@@ -375,6 +487,39 @@ mod tests {
     fn broken_syntax_is_an_error_not_a_panic() {
         let e = from_str::<Doc>("c.yaml", "inner: [\n").unwrap_err();
         assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn a_wrong_type_says_what_was_expected_and_what_was_found() {
+        #[derive(Debug, Deserialize)]
+        struct Counts {
+            #[allow(dead_code)]
+            n: u32,
+        }
+        let e = from_str::<Counts>("c.yaml", "n: many\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "expected a whole number from 0 to 4294967295, found `many`"
+        );
+        let e = from_str::<Counts>("c.yaml", "n: -3 # negative\n").unwrap_err();
+        assert!(e.message.ends_with("found `-3`"), "{}", e.message);
+    }
+
+    #[test]
+    fn an_unclosed_bracket_is_reported_where_it_opens() {
+        #[derive(Debug, Deserialize)]
+        struct Lists {
+            #[allow(dead_code)]
+            items: Vec<String>,
+            #[allow(dead_code)]
+            next: Option<u32>,
+        }
+        let text = "items: [x, y\nnext: 5\n";
+        let e = from_str::<Lists>("c.yaml", text).unwrap_err();
+        assert_eq!((e.line, e.column), (1, 8), "{e}");
+        assert!(e.message.starts_with("unclosed `[`"), "{e}");
+        // Brackets inside quotes, comments and plain text do not count.
+        assert_eq!(unclosed_flow("a: \"[\" # [\nb: x [y\nc: :\n", 3, 4), None);
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! 1–2 deployments each, fallback lists at every precedence level, keys and teams with
 //! allow-lists, per-call provider scripts with faults at random chunk offsets, network
 //! faults, request bodies with and without `mock_testing_*` flags), swarm-style: each case
-//! first picks which fault kinds are enabled, then draws faults only from those. Also: the
-//! property (both modes, every invariant, equivalence, and wire fidelity wherever an answer
-//! was passed through), generating case `seed` exactly (`replay`), shrinking a failing case,
-//! and writing it out as a scenario file. The providers' dialects and answer shapes come
-//! from [`shapes`].
+//! first picks which fault kinds (and which other features) are enabled, then draws only
+//! from those. One feature is concurrency: several requests in flight at once, from several
+//! keys, sharing deployments, short cooldowns and `allowed_fails`, on a network with a
+//! latency range, arriving while cooldowns start and end; another is the providers' dialects
+//! and answer shapes (from [`shapes`]). Also: the property (both modes, every invariant,
+//! equivalence, and wire fidelity wherever an answer was passed through), generating case
+//! `seed` exactly (`replay`), shrinking a failing case, writing it out as a scenario file,
+//! and the coverage report.
 
 pub mod shapes;
 
@@ -31,12 +34,15 @@ use crate::oracle;
 use crate::scenario::{
     Expect, Fault, FaultKind, Flavour, Mode, NetFault, Provider, RequestSpec, Scenario, Script,
 };
-use crate::world::{self, GatewayUnderTest, ModeRun};
+use crate::world::{self, GatewayUnderTest, ModeRun, WorldOptions};
 
 /// The answer every fake gives, so a continuation on any deployment completes it.
 pub const TEXT: &str = "alpha beta gamma delta epsilon";
 /// Simulated milliseconds per step in generated worlds.
 pub const TICK_MS: u64 = 5;
+/// ... and in concurrent ones, where coarse steps would lump events of different requests
+/// a few milliseconds apart into one instant.
+pub const CONCURRENT_TICK_MS: u64 = 1;
 /// Shrinking stops after this many steps, whatever is left.
 pub const MAX_SHRINK_STEPS: u32 = 500;
 
@@ -49,23 +55,63 @@ pub struct Swarm {
     pub request_settings: bool,
     /// Providers speak generated dialects and answer in generated shapes.
     pub shapes: bool,
+    /// Several requests in flight at once, from several keys, with short cooldowns, faults
+    /// that recur every few calls, and a latency range.
+    pub concurrency: bool,
 }
 
-fn swarm() -> impl Strategy<Value = Swarm> {
+/// Share of cases with [`Swarm::concurrency`] on, by default.
+pub const CONCURRENCY_WEIGHT: f64 = 0.4;
+
+/// How often generated cases have [`Swarm::concurrency`] on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Concurrency {
+    /// In [`CONCURRENCY_WEIGHT`] of the cases.
+    #[default]
+    Sometimes,
+    Always,
+    Never,
+}
+
+impl Concurrency {
+    fn weight(self) -> f64 {
+        match self {
+            Concurrency::Sometimes => CONCURRENCY_WEIGHT,
+            Concurrency::Always => 1.0,
+            Concurrency::Never => 0.0,
+        }
+    }
+}
+/// Keys a concurrent case may use: `sk-explore`, `sk-explore-1`, ...
+pub const MAX_KEYS: usize = 3;
+
+fn swarm(concurrency: Concurrency) -> impl Strategy<Value = Swarm> {
     (
         proptest::sample::subsequence(FaultKind::ALL.to_vec(), 0..=FaultKind::ALL.len()),
         proptest::bool::weighted(0.3),
         proptest::bool::weighted(0.2),
         proptest::bool::weighted(0.3),
+        proptest::bool::weighted(concurrency.weight()),
         proptest::bool::weighted(0.5),
     )
-        .prop_map(|(kinds, mocks, network, request_settings, shapes)| Swarm {
-            kinds,
-            mocks,
-            network,
-            request_settings,
-            shapes,
-        })
+        .prop_map(
+            |(kinds, mocks, network, request_settings, concurrency, shapes)| Swarm {
+                kinds,
+                mocks,
+                network,
+                request_settings,
+                concurrency,
+                shapes,
+            },
+        )
+}
+
+fn key_name(i: usize) -> String {
+    if i == 0 {
+        "sk-explore".to_string()
+    } else {
+        format!("sk-explore-{i}")
+    }
 }
 
 fn chunk_count(chunk_size: usize) -> usize {
@@ -146,12 +192,25 @@ fn script(kinds: Vec<FaultKind>, fault_weight: f64) -> impl Strategy<Value = Scr
     })
 }
 
-fn provider(host: String, model: String, kinds: Vec<FaultKind>) -> impl Strategy<Value = Provider> {
+fn provider(
+    host: String,
+    model: String,
+    kinds: Vec<FaultKind>,
+    recurring: bool,
+) -> impl Strategy<Value = Provider> {
+    // Under concurrency, faults that recur every few calls: many requests meet them, and
+    // consecutive failures (allowed_fails) depend on how the requests interleave.
+    let every = if recurring {
+        proptest::collection::vec((2u32..=4, script(kinds.clone(), 0.9)), 0..=2).boxed()
+    } else {
+        Just(Vec::new()).boxed()
+    };
     (
         script(kinds.clone(), 0.15),
         proptest::collection::vec((1u32..=4, script(kinds, 0.9)), 0..=3),
+        every,
     )
-        .prop_map(move |(default, calls)| Provider {
+        .prop_map(move |(default, calls, every)| Provider {
             host: host.clone(),
             port: 8000,
             model: Some(model.clone()),
@@ -162,6 +221,10 @@ fn provider(host: String, model: String, kinds: Vec<FaultKind>) -> impl Strategy
                     s.calls = vec![call];
                     s
                 })
+                .chain(every.into_iter().map(|(n, mut s)| {
+                    s.every = Some(n);
+                    s
+                }))
                 .collect(),
             dialect: Default::default(),
             tool_call_index: None,
@@ -186,7 +249,19 @@ fn table(n: usize) -> impl Strategy<Value = Option<Vec<FallbackEntry>>> {
     proptest::option::weighted(0.6, proptest::collection::vec(entry, 1..=4))
 }
 
-fn level_settings(n: usize, gateway: bool) -> impl Strategy<Value = RouterSettings> {
+/// Cooldowns short enough to start and end while concurrent requests are still arriving.
+const SHORT_COOLDOWNS: [f64; 4] = [0.02, 0.05, 0.1, 0.25];
+
+fn level_settings(
+    n: usize,
+    gateway: bool,
+    short_cooldowns: bool,
+) -> impl Strategy<Value = RouterSettings> {
+    let cooldowns = if short_cooldowns {
+        SHORT_COOLDOWNS.to_vec()
+    } else {
+        vec![0.0, 1.0, 30.0]
+    };
     (
         table(n),
         proptest::option::weighted(0.2, table(n)),
@@ -211,7 +286,7 @@ fn level_settings(n: usize, gateway: bool) -> impl Strategy<Value = RouterSettin
         (
             proptest::option::weighted(0.1, Just(true)),
             0u32..=2,
-            proptest::sample::select(vec![0.0, 1.0, 30.0]),
+            proptest::sample::select(cooldowns),
         ),
     )
         .prop_map(
@@ -305,10 +380,29 @@ fn request(n: usize, swarm: &Swarm, at_ms: u64) -> impl Strategy<Value = Request
     })
 }
 
-/// A whole generated scenario (its name carries nothing; `case` sets it).
-pub fn scenario() -> impl Strategy<Value = Scenario> {
+/// Under concurrency: one request spec with copies in flight at once, from one of `keys`
+/// keys, arriving within the first 400 ms (while cooldowns start and end).
+fn burst(n: usize, swarm: &Swarm, keys: usize) -> impl Strategy<Value = RequestSpec> + use<> {
     (
-        swarm(),
+        request(n, swarm, 0),
+        0..keys,
+        0u64..=400,
+        1u32..=5,
+        1u32..=5,
+    )
+        .prop_map(|(mut r, key, at_ms, repeat, concurrency)| {
+            r.key = Some(key_name(key));
+            r.at_ms = at_ms;
+            r.repeat = repeat;
+            r.concurrency = concurrency.min(repeat);
+            r
+        })
+}
+
+/// A whole generated scenario (its name carries nothing; `case` sets it).
+pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
+    (
+        swarm(concurrency),
         1usize..=5,
         proptest::collection::vec(1usize..=2, 5),
     )
@@ -326,6 +420,7 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                         format!("h{g}x{d}"),
                         format!("model-{g}-{d}"),
                         swarm.kinds.clone(),
+                        swarm.concurrency,
                     )
                 })
                 .collect();
@@ -345,20 +440,36 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
             } else {
                 Just(None).boxed()
             };
+            let keys = if swarm.concurrency { MAX_KEYS } else { 1 };
+            let bursts = if swarm.concurrency {
+                proptest::collection::vec(burst(n, &swarm, keys), 2..=3).boxed()
+            } else {
+                Just(Vec::new()).boxed()
+            };
+            let latency = if swarm.concurrency {
+                (0u64..=2, 5u64..=30).prop_map(|(lo, hi)| [lo, hi]).boxed()
+            } else {
+                Just(crate::scenario::Network::default().latency_ms).boxed()
+            };
             (
                 Just(swarm.clone()),
                 Just(hosts),
                 providers,
                 orders,
-                level_settings(n, true),
-                proptest::option::weighted(0.5, (level_settings(n, false), allow_list(n))),
-                (level_settings(n, false), allow_list(n)),
+                level_settings(n, true, swarm.concurrency),
+                proptest::option::weighted(0.5, (level_settings(n, false, false), allow_list(n))),
+                proptest::collection::vec(
+                    (level_settings(n, false, false), allow_list(n)),
+                    keys,
+                ),
                 (
                     request(n, &swarm, 0),
                     request(n, &swarm, 2_000),
                     two_requests,
+                    bursts,
                 ),
                 net,
+                latency,
                 shapes,
             )
                 .prop_map(
@@ -369,9 +480,10 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                         orders,
                         gateway,
                         team,
-                        (key_settings, key_models),
-                        (r1, r2, two),
+                        key_levels,
+                        (r1, r2, two, bursts),
                         net,
+                        latency,
                         shapes,
                     )| {
                         let mut providers = providers;
@@ -404,14 +516,21 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                                 router_settings: settings.clone(),
                             })
                             .collect();
-                        let key = Key {
-                            key: "sk-explore".into(),
-                            key_alias: Some("explore".into()),
-                            team_id: teams.first().map(|t| t.team_id.clone()),
-                            models: key_models,
-                            router_settings: key_settings,
+                        let keys: Vec<Key> = key_levels
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, (key_settings, key_models))| Key {
+                                key: key_name(i),
+                                key_alias: Some(key_name(i).replace("sk-", "")),
+                                team_id: teams.first().map(|t| t.team_id.clone()),
+                                models: key_models,
+                                router_settings: key_settings,
+                            })
+                            .collect();
+                        let mut network = crate::scenario::Network {
+                            latency_ms: latency,
+                            ..crate::scenario::Network::default()
                         };
-                        let mut network = crate::scenario::Network::default();
                         if let (Some(((g, d), at, length)), false) = (net, two) {
                             let link = ["gateway".to_string(), format!("h{g}x{d}")];
                             network.faults.push(NetFault {
@@ -425,30 +544,38 @@ pub fn scenario() -> impl Strategy<Value = Scenario> {
                                 ..NetFault::default()
                             });
                         }
-                        let mut requests = vec![r1];
-                        if two {
-                            requests.push(r2);
-                        }
+                        let requests = if swarm.concurrency {
+                            bursts
+                        } else if two {
+                            vec![r1, r2]
+                        } else {
+                            vec![r1]
+                        };
                         let kinds: Vec<&str> = swarm.kinds.iter().map(|k| k.as_str()).collect();
                         Scenario {
                             name: "generated".into(),
                             description: format!(
-                                "swarm: kinds [{}], mocks {}, network {}, request settings {}, shapes {}",
+                                "swarm: kinds [{}], mocks {}, network {}, request settings {}, concurrency {}, shapes {}",
                                 kinds.join(", "),
                                 swarm.mocks,
                                 swarm.network,
                                 swarm.request_settings,
+                                swarm.concurrency,
                                 swarm.shapes
                             ),
                             seed: 0,
                             duration_ms: 120_000,
-                            tick_ms: TICK_MS,
+                            tick_ms: if swarm.concurrency {
+                                CONCURRENT_TICK_MS
+                            } else {
+                                TICK_MS
+                            },
                             gateway: GatewayConfig {
                                 allow_anonymous: false,
                                 model_list,
                                 router_settings: gateway,
                                 teams,
-                                keys: vec![key],
+                                keys,
                                 limits: Limits {
                                     request_deadline: 20.0,
                                     max_retry_after: 3.0,
@@ -486,9 +613,9 @@ fn runner(seed: u64) -> TestRunner {
 }
 
 /// Generated case `seed`, with its value tree (for shrinking).
-pub fn case_tree(seed: u64) -> impl ValueTree<Value = Scenario> {
+pub fn case_tree(seed: u64, concurrency: Concurrency) -> impl ValueTree<Value = Scenario> {
     let mut runner = runner(seed);
-    let tree = scenario()
+    let tree = scenario(concurrency)
         .new_tree(&mut runner)
         .expect("the strategy never rejects");
     // The name and the world's seed follow the case seed, without disturbing shrinking.
@@ -497,7 +624,12 @@ pub fn case_tree(seed: u64) -> impl ValueTree<Value = Scenario> {
 
 /// Generated case `seed`.
 pub fn case(seed: u64) -> Scenario {
-    case_tree(seed).current()
+    case_with(seed, Concurrency::default())
+}
+
+/// Generated case `seed`, with concurrency as often as `concurrency` says.
+pub fn case_with(seed: u64, concurrency: Concurrency) -> Scenario {
+    case_tree(seed, concurrency).current()
 }
 
 struct Named<T> {
@@ -529,12 +661,21 @@ pub struct Verdict {
 
 /// Runs a scenario in both modes against `gateway` and applies every check.
 pub fn judge(scenario: &Scenario, gateway: &Arc<dyn GatewayUnderTest>) -> Verdict {
+    judge_in(scenario, gateway, WorldOptions::default())
+}
+
+/// [`judge`] in worlds built with `options`.
+pub fn judge_in(
+    scenario: &Scenario,
+    gateway: &Arc<dyn GatewayUnderTest>,
+    options: WorldOptions,
+) -> Verdict {
     let mut failures = Vec::new();
     let runs: Vec<ModeRun> = scenario
         .modes
         .iter()
         .filter_map(
-            |mode| match world::run_with(scenario, *mode, gateway.clone()) {
+            |mode| match world::run_in(scenario, *mode, gateway.clone(), options) {
                 Ok(run) => Some(run),
                 Err(e) => {
                     failures.push(format!("[{}] cannot start: {e}", mode.as_str()));
@@ -555,6 +696,50 @@ pub fn judge(scenario: &Scenario, gateway: &Arc<dyn GatewayUnderTest>) -> Verdic
     Verdict { failures, runs }
 }
 
+/// The first attempt the two modes asked differently: a continuation of a partial answer in
+/// one mode, a fresh answer in the other (`None` if every attempt was asked alike). Until the
+/// engine sends the same continuation in both modes (issue 12, item 0), the upstream answers
+/// such attempts differently, and a case can diverge for that reason alone; this lets the
+/// reports tell those cases from the rest. Once both modes ask alike it never finds one.
+pub fn asked_differently(runs: &[ModeRun]) -> Option<String> {
+    use std::collections::BTreeMap;
+    let asked = |run: &ModeRun| -> BTreeMap<(usize, u32), Vec<bool>> {
+        let mut by_id: BTreeMap<u64, Vec<bool>> = BTreeMap::new();
+        for r in &run.records {
+            if let Event::AttemptStarted { continuation, .. } = &r.event {
+                by_id.entry(r.request).or_default().push(*continuation);
+            }
+        }
+        run.results
+            .iter()
+            .filter_map(|c| Some(((c.index, c.copy), by_id.get(&c.request_id()?)?.clone())))
+            .collect()
+    };
+    let [a, b] = runs else { return None };
+    let (x, y) = (asked(a), asked(b));
+    x.iter().find_map(|(request, xs)| {
+        let ys = y.get(request)?;
+        let i = xs.iter().zip(ys).position(|(p, q)| p != q)?;
+        let ask = |c: bool| {
+            if c {
+                "a continuation"
+            } else {
+                "a fresh answer"
+            }
+        };
+        Some(format!(
+            "r{}.{} attempt {}: {} asks for {}, {} for {}",
+            request.0,
+            request.1,
+            i + 1,
+            a.mode.as_str(),
+            ask(xs[i]),
+            b.mode.as_str(),
+            ask(ys[i]),
+        ))
+    })
+}
+
 /// Shrinks a failing case: the smallest scenario the strategy can reach that still fails.
 pub fn shrink(seed: u64, gateway: &Arc<dyn GatewayUnderTest>) -> (Scenario, Vec<String>) {
     shrink_within(seed, gateway, MAX_SHRINK_STEPS)
@@ -566,13 +751,41 @@ pub fn shrink_within(
     gateway: &Arc<dyn GatewayUnderTest>,
     max_steps: u32,
 ) -> (Scenario, Vec<String>) {
-    let mut tree = case_tree(seed);
+    shrink_in(
+        seed,
+        Concurrency::default(),
+        gateway,
+        WorldOptions::default(),
+        max_steps,
+    )
+}
+
+/// [`shrink_within`] for a case generated with `concurrency`, in worlds built with
+/// `options`.
+pub fn shrink_in(
+    seed: u64,
+    concurrency: Concurrency,
+    gateway: &Arc<dyn GatewayUnderTest>,
+    options: WorldOptions,
+    max_steps: u32,
+) -> (Scenario, Vec<String>) {
+    shrink_by(seed, concurrency, max_steps, |s| {
+        let failures = judge_in(s, gateway, options).failures;
+        (!failures.is_empty()).then_some(failures)
+    })
+}
+
+/// Shrinks case `seed` to the smallest scenario the strategy reaches for which `fails`
+/// still says what failed (`None`: it passes).
+pub fn shrink_by(
+    seed: u64,
+    concurrency: Concurrency,
+    max_steps: u32,
+    fails: impl Fn(&Scenario) -> Option<Vec<String>>,
+) -> (Scenario, Vec<String>) {
+    let mut tree = case_tree(seed, concurrency);
     let mut best = tree.current();
-    let mut best_failures = judge(&best, gateway).failures;
-    assert!(
-        !best_failures.is_empty(),
-        "shrink is only called on a failing case"
-    );
+    let mut best_failures = fails(&best).expect("shrink is only called on a failing case");
     let mut steps = 0;
     let mut fails_now = true;
     while steps < max_steps {
@@ -586,11 +799,13 @@ pub fn shrink_within(
             break;
         }
         let candidate = tree.current();
-        let failures = judge(&candidate, gateway).failures;
-        fails_now = !failures.is_empty();
-        if fails_now {
-            best = candidate;
-            best_failures = failures;
+        match fails(&candidate) {
+            Some(failures) => {
+                fails_now = true;
+                best = candidate;
+                best_failures = failures;
+            }
+            None => fails_now = false,
         }
     }
     (best, best_failures)
@@ -626,6 +841,125 @@ pub struct Coverage {
     pub classes: BTreeSet<&'static str>,
     pub sequences: BTreeSet<String>,
     pub cases: u64,
+    /// Cases by what they exercised (see [`Shape`]).
+    pub shapes: Shape,
+}
+
+/// How many cases exercised each concurrency shape (counted from what the runs did, not
+/// from what the generator meant to do).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Two or more requests in flight in the gateway at the same time.
+    pub concurrent: u64,
+    /// Requests from two or more keys.
+    pub several_keys: u64,
+    /// One deployment attempted by two or more requests.
+    pub shared_deployment: u64,
+    /// A gateway↔provider latency range wider than one value.
+    pub latency_range: u64,
+    /// A request admitted while a deployment was cooling.
+    pub admitted_while_cooling: u64,
+    /// A request admitted after a cooldown had ended.
+    pub admitted_after_cooldown: u64,
+    /// A deployment cooled while other requests were in flight.
+    pub cooled_mid_flight: u64,
+}
+
+impl Shape {
+    /// What one run exercised.
+    pub fn of(scenario: &Scenario, run: &ModeRun) -> Shape {
+        use std::collections::BTreeMap;
+        let mut spans: BTreeMap<u64, (u128, u128)> = BTreeMap::new();
+        let mut keys = BTreeSet::new();
+        let mut admissions = Vec::new();
+        let mut cooldowns = Vec::new();
+        let mut users: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+        for r in &run.records {
+            let at = r.at.as_millis();
+            let span = spans.entry(r.request).or_insert((at, at));
+            span.1 = span.1.max(at);
+            match &r.event {
+                Event::Admitted { key, .. } => {
+                    keys.insert(key.clone());
+                    admissions.push(at);
+                }
+                Event::DeploymentCooled { duration, .. } => {
+                    cooldowns.push((at, at + duration.as_millis()));
+                }
+                Event::AttemptStarted { deployment, .. } => {
+                    users.entry(deployment.0).or_default().insert(r.request);
+                }
+                _ => {}
+            }
+        }
+        let spans: Vec<(u128, u128)> = spans.into_values().collect();
+        let overlapping = |t: u128| spans.iter().filter(|(a, b)| *a <= t && t <= *b).count();
+        let flag = |b: bool| u64::from(b);
+        let [lo, hi] = scenario.network.latency_ms;
+        Shape {
+            concurrent: flag(spans.iter().any(|(a, _)| overlapping(*a) >= 2)),
+            several_keys: flag(keys.len() >= 2),
+            shared_deployment: flag(users.values().any(|r| r.len() >= 2)),
+            latency_range: flag(hi > lo),
+            admitted_while_cooling: flag(
+                admissions
+                    .iter()
+                    .any(|t| cooldowns.iter().any(|(a, b)| a <= t && t < b)),
+            ),
+            admitted_after_cooldown: flag(
+                admissions
+                    .iter()
+                    .any(|t| cooldowns.iter().any(|(_, b)| b <= t)),
+            ),
+            cooled_mid_flight: flag(cooldowns.iter().any(|(a, _)| overlapping(*a) >= 2)),
+        }
+    }
+
+    /// Adds one case's flags to the counts.
+    fn add(&mut self, other: Shape) {
+        self.concurrent += other.concurrent;
+        self.several_keys += other.several_keys;
+        self.shared_deployment += other.shared_deployment;
+        self.latency_range += other.latency_range;
+        self.admitted_while_cooling += other.admitted_while_cooling;
+        self.admitted_after_cooldown += other.admitted_after_cooldown;
+        self.cooled_mid_flight += other.cooled_mid_flight;
+    }
+
+    fn or(self, other: Shape) -> Shape {
+        let f = |a: u64, b: u64| a.max(b);
+        Shape {
+            concurrent: f(self.concurrent, other.concurrent),
+            several_keys: f(self.several_keys, other.several_keys),
+            shared_deployment: f(self.shared_deployment, other.shared_deployment),
+            latency_range: f(self.latency_range, other.latency_range),
+            admitted_while_cooling: f(self.admitted_while_cooling, other.admitted_while_cooling),
+            admitted_after_cooldown: f(self.admitted_after_cooldown, other.admitted_after_cooldown),
+            cooled_mid_flight: f(self.cooled_mid_flight, other.cooled_mid_flight),
+        }
+    }
+
+    /// `name N` pairs, for the report.
+    pub fn lines(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("concurrent requests", self.concurrent),
+            ("several keys", self.several_keys),
+            ("a deployment shared by requests", self.shared_deployment),
+            ("a latency range", self.latency_range),
+            (
+                "admitted while a deployment cooled",
+                self.admitted_while_cooling,
+            ),
+            (
+                "admitted after a cooldown ended",
+                self.admitted_after_cooldown,
+            ),
+            (
+                "cooled with other requests in flight",
+                self.cooled_mid_flight,
+            ),
+        ]
+    }
 }
 
 impl Coverage {
@@ -651,7 +985,9 @@ impl Coverage {
                 }
             }
         }
+        let mut shape = Shape::default();
         for run in runs {
+            shape = shape.or(Shape::of(scenario, run));
             for r in &run.records {
                 if let Event::AttemptFailed { class, .. } = &r.event {
                     self.classes.insert(class.as_str());
@@ -662,5 +998,6 @@ impl Coverage {
                     .insert(story.attempt_lines(&run.catalog).join(" > "));
             }
         }
+        self.shapes.add(shape);
     }
 }

@@ -12,6 +12,9 @@
 //!
 //! A non-streaming request meets the same fault at the same instant: the whole request fails
 //! with that error once the k chunks would have been sent.
+//!
+//! A fault after chunk k comes after exactly k chunks have left, whatever the delays (a zero
+//! delay included), so a fault after the last chunk, before `[DONE]`, is reachable.
 
 use std::convert::Infallible;
 use std::io;
@@ -506,7 +509,7 @@ impl Answer {
             return self.http_error(f);
         }
         let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(16);
-        let mut response = Response::new(ChannelBody(rx).boxed());
+        let mut response = Response::new(ChannelBody::new(rx).boxed());
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
@@ -671,7 +674,7 @@ fn futures_error_body() -> FakeBody {
         "scripted reset",
     )))
     .expect("fresh channel has room");
-    ChannelBody(rx).boxed()
+    ChannelBody::new(rx).boxed()
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -795,7 +798,17 @@ fn add_headers(r: &mut Response<FakeBody>, headers: &[(String, String)]) {
 }
 
 /// A body fed by a channel, which can carry an error (a scripted reset).
-struct ChannelBody(mpsc::Receiver<Result<Bytes, io::Error>>);
+struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, io::Error>>,
+    /// An error taken from the channel, given to hyper on its next poll.
+    held: Option<io::Error>,
+}
+
+impl ChannelBody {
+    fn new(rx: mpsc::Receiver<Result<Bytes, io::Error>>) -> ChannelBody {
+        ChannelBody { rx, held: None }
+    }
+}
 
 impl Body for ChannelBody {
     type Data = Bytes;
@@ -805,7 +818,21 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.0.poll_recv(cx).map(|f| f.map(|r| r.map(Frame::data)))
+        if let Some(e) = self.held.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(Err(e)) => {
+                // A failing body makes hyper drop the connection with whatever it has
+                // buffered but not yet written: the chunks just before a reset would be
+                // lost (a reset after chunk k would deliver fewer than k). One pending turn
+                // first lets hyper flush them; the error comes on the next poll.
+                self.held = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => Poll::Ready(other.map(|r| r.map(Frame::data))),
+        }
     }
 }
 

@@ -17,6 +17,52 @@ use crate::fake::CallRecord;
 use crate::scenario::{Expect, Mode, Scenario};
 use crate::world::ModeRun;
 
+/// Every event name the engine emits, as `events` and `no_events` may list them, in the
+/// order of [`Event`]'s variants ([`listed_name`] keeps the two in step).
+pub const EVENT_NAMES: &[&str] = &[
+    "admitted",
+    "plan_resolved",
+    "attempt_started",
+    "attempt_failed",
+    "deployment_cooled",
+    "failure_not_counted",
+    "retry_scheduled",
+    "group_exhausted",
+    "link_skipped",
+    "fallback_taken",
+    "committed",
+    "completed",
+    "failed",
+    "continuation_refused",
+    "client_gone",
+    "limit_hit",
+];
+
+/// `event`'s name as [`EVENT_NAMES`] lists it. The match is exhaustive on purpose: a new
+/// engine event does not compile here until it is listed, so a name in a scenario file
+/// can never be checked against a stale list.
+pub fn listed_name(event: &Event) -> &'static str {
+    let i = match event {
+        Event::Admitted { .. } => 0,
+        Event::PlanResolved { .. } => 1,
+        Event::AttemptStarted { .. } => 2,
+        Event::AttemptFailed { .. } => 3,
+        Event::DeploymentCooled { .. } => 4,
+        Event::FailureNotCounted { .. } => 5,
+        Event::RetryScheduled { .. } => 6,
+        Event::GroupExhausted { .. } => 7,
+        Event::LinkSkipped { .. } => 8,
+        Event::FallbackTaken { .. } => 9,
+        Event::Committed { .. } => 10,
+        Event::Completed { .. } => 11,
+        Event::Failed { .. } => 12,
+        Event::ContinuationRefused { .. } => 13,
+        Event::ClientGone { .. } => 14,
+        Event::LimitHit { .. } => 15,
+    };
+    EVENT_NAMES[i]
+}
+
 /// One attempt as the equivalence relation compares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
@@ -102,7 +148,7 @@ fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> R
         served: None,
         engine_counts: None,
         failed: None,
-        events: events.iter().map(|e| e.name()).collect(),
+        events: events.iter().map(|e| listed_name(e)).collect(),
         committed: false,
         attempt_after_commit: false,
         max_fallbacks: None,
@@ -194,31 +240,40 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
         let spec = &scenario.requests[c.index];
         let label = format!("[{mode}] request r{}.{}", c.index, c.copy);
         let mut fail = |msg: String| failures.push(format!("{label}: {msg}"));
-        let expect = spec
-            .expect
-            .as_ref()
-            .map_or_else(|| scenario.expect.clone(), |e| e.or(&scenario.expect));
+        let expect = Expect::resolve(spec.expect.as_ref(), &scenario.expect, run.mode);
         if let Some(leak) = crate::passthrough::leaked(c, &secrets) {
             fail(format!("invariant: no secret reaches a client, but {leak}"));
         }
         check_invariants(&story, catalog, scenario, &mut fail);
-        check_expect(&story, &expect, catalog, &mut fail);
+        check_expect(&story, &expect, catalog, run, &mut fail);
         if expect.passthrough == Some(true) {
-            let include_usage = spec
-                .body
-                .get("stream_options")
-                .and_then(|o| o.get("include_usage"))
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false);
             crate::passthrough::check(
                 c,
                 story.serving_call,
                 run.mode.is_stream(),
-                include_usage,
+                include_usage(spec),
                 &mut fail,
             );
         }
     }
+    let totals = scenario.expect.for_mode(run.mode).or(&scenario.expect);
+    for (host, want) in totals.total_calls.iter().flatten() {
+        let got = run.calls.get(host).map_or(0, Vec::len);
+        if got != *want as usize {
+            failures.push(format!(
+                "[{mode}] total_calls: expected {want} call(s) to `{host}`, got {got}"
+            ));
+        }
+    }
+}
+
+/// Whether the request asked for a usage chunk (`stream_options.include_usage`).
+fn include_usage(spec: &crate::scenario::RequestSpec) -> bool {
+    spec.body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// Wire fidelity wherever it must hold in any run (explore's generated cases): every
@@ -242,18 +297,12 @@ pub fn check_passthrough_where_it_applies(
             continue;
         }
         let spec = &scenario.requests[c.index];
-        let include_usage = spec
-            .body
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false);
         let label = format!("[{mode}] request r{}.{}", c.index, c.copy);
         crate::passthrough::check(
             c,
             Some(call),
             run.mode.is_stream(),
-            include_usage,
+            include_usage(spec),
             &mut |m| failures.push(format!("{label}: {m}")),
         );
     }
@@ -356,7 +405,13 @@ fn check_invariants(
     }
 }
 
-fn check_expect(s: &RequestStory<'_>, e: &Expect, catalog: &Catalog, fail: &mut dyn FnMut(String)) {
+fn check_expect(
+    s: &RequestStory<'_>,
+    e: &Expect,
+    catalog: &Catalog,
+    run: &ModeRun,
+    fail: &mut dyn FnMut(String),
+) {
     let c = s.client;
     let status = c.error.as_ref().map(|e| e.status).or(c.status);
     if let Some(want) = e.status {
@@ -384,6 +439,48 @@ fn check_expect(s: &RequestStory<'_>, e: &Expect, catalog: &Catalog, fail: &mut 
         let got = s.attempt_lines(catalog);
         if &got != want {
             fail(format!("attempts: expected {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(want) = e.attempt_count {
+        if s.steps.len() != want as usize {
+            fail(format!(
+                "attempt_count: expected {want}, got {} ({:?})",
+                s.steps.len(),
+                s.attempt_lines(catalog)
+            ));
+        }
+    }
+    if let Some(want) = &e.calls {
+        let id = c.request_id();
+        for (host, n) in want {
+            let mine: Vec<u32> = run
+                .calls
+                .get(host)
+                .into_iter()
+                .flatten()
+                .filter(|call| id.is_some() && call.request_id == id)
+                .map(|call| call.call)
+                .collect();
+            if mine.len() != *n as usize {
+                fail(format!(
+                    "calls: expected {n} call(s) to `{host}`, got {} (call numbers {mine:?})",
+                    mine.len()
+                ));
+            }
+        }
+    }
+    if let Some(want) = &e.headers {
+        for (name, value) in want {
+            let got = c.response_headers.get(&name.to_ascii_lowercase());
+            if got != value.as_ref() {
+                let show =
+                    |v: Option<&String>| v.map_or("absent".to_string(), |v| format!("{v:?}"));
+                fail(format!(
+                    "headers: expected `{name}` {}, got {}",
+                    show(value.as_ref()),
+                    show(got)
+                ));
+            }
         }
     }
     if let Some(want) = &e.content {
@@ -467,10 +564,7 @@ pub fn check_equivalence(
     let catalog = &a.catalog;
     for (x, y) in sa.iter().zip(sb.iter()) {
         let spec = &scenario.requests[x.client.index];
-        let expect = spec
-            .expect
-            .as_ref()
-            .map_or_else(|| scenario.expect.clone(), |e| e.or(&scenario.expect));
+        let expect = Expect::shared(spec.expect.as_ref(), &scenario.expect);
         if expect.equivalent == Some(false) {
             continue;
         }
@@ -533,18 +627,23 @@ pub fn check_equivalence(
             ));
         }
     }
+    // In time order; within one instant, in a fixed order (which request's task the runtime
+    // ran first in that instant is not behaviour).
     let cooled = |run: &ModeRun| -> Vec<(DeploymentId, u128, FailureClass)> {
-        run.records
+        let mut cooled: Vec<_> = run
+            .records
             .iter()
             .filter_map(|r| match &r.event {
                 Event::DeploymentCooled {
                     deployment,
                     duration,
                     class,
-                } => Some((*deployment, duration.as_millis(), *class)),
+                } => Some((r.at, *deployment, duration.as_millis(), *class)),
                 _ => None,
             })
-            .collect()
+            .collect();
+        cooled.sort();
+        cooled.into_iter().map(|(_, d, ms, c)| (d, ms, c)).collect()
     };
     if cooled(a) != cooled(b) && scenario.expect.equivalent != Some(false) {
         failures.push(format!(
@@ -554,5 +653,115 @@ pub fn check_equivalence(
             b.mode.as_str(),
             cooled(b)
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use switchback::attempt::GoneReason;
+    use switchback::catalog::{DeploymentId, GroupId};
+    use switchback::classify::{Blame, FailureClass, TimeoutKind};
+    use switchback::config::MidStreamPolicy;
+    use switchback::plan::{ListKind, SkipReason};
+    use switchback::policy::Level;
+    use switchback::route::GiveUp;
+    use switchback::trace::Event;
+
+    use super::{EVENT_NAMES, listed_name};
+
+    /// The list QA's names are checked against is the engine's own vocabulary.
+    #[test]
+    fn event_names_are_the_engines() {
+        let (g, d) = (GroupId(0), DeploymentId(0));
+        let class = FailureClass::Transient;
+        let every = [
+            Event::Admitted {
+                key: "k".into(),
+                group: g,
+                stream: false,
+            },
+            Event::PlanResolved {
+                chain: vec![g],
+                fallbacks_from: Level::Default,
+                max_fallbacks: 1,
+                mid_stream: MidStreamPolicy::Continue,
+            },
+            Event::AttemptStarted {
+                attempt: 1,
+                group: g,
+                deployment: d,
+                continuation: false,
+            },
+            Event::AttemptFailed {
+                attempt: 1,
+                deployment: d,
+                class,
+                status: None,
+                retry_after: None,
+                after_chunks: 0,
+                mocked: false,
+                timeout: Some(TimeoutKind::FirstByte),
+            },
+            Event::DeploymentCooled {
+                deployment: d,
+                duration: Duration::ZERO,
+                class,
+            },
+            Event::FailureNotCounted {
+                deployment: d,
+                reason: Blame::RequestTimeout,
+            },
+            Event::RetryScheduled {
+                group: g,
+                deployment: d,
+                delay: Duration::ZERO,
+            },
+            Event::GroupExhausted {
+                group: g,
+                reason: GiveUp::BudgetSpent,
+            },
+            Event::LinkSkipped {
+                from: g,
+                to: g,
+                list: ListKind::Fallbacks,
+                reason: SkipReason::NotAllowed,
+            },
+            Event::FallbackTaken {
+                from: g,
+                to: g,
+                list: ListKind::Fallbacks,
+                class,
+            },
+            Event::Committed {
+                attempt: 1,
+                deployment: d,
+            },
+            Event::Completed {
+                group: g,
+                deployment: d,
+                model: "m".into(),
+                retries: 0,
+                fallbacks: 0,
+                chunks: 0,
+            },
+            Event::Failed {
+                status: 500,
+                error_type: "api_error",
+                class,
+                committed: false,
+            },
+            Event::ContinuationRefused { reason: "r" },
+            Event::ClientGone {
+                reason: GoneReason::Left,
+            },
+            Event::LimitHit { limit: "x" },
+        ];
+        let names: Vec<&str> = every.iter().map(Event::name).collect();
+        assert_eq!(names, EVENT_NAMES);
+        for e in &every {
+            assert_eq!(listed_name(e), e.name());
+        }
     }
 }

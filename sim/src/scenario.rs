@@ -316,9 +316,14 @@ pub enum Flavour {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
-    /// Message latency range, milliseconds.
+    /// Latency range of gateway↔provider messages, milliseconds: each message's is drawn
+    /// from (seed, connection, message number), uniformly in the range.
     #[serde(default = "default_latency")]
     pub latency_ms: [u64; 2],
+    /// Latency of every client↔gateway message (default: the low end of `latency_ms`).
+    /// Fixed, so that the two modes' different client traffic cannot shift anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_latency_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<NetFault>,
     /// Messages one direction of a connection may have unread before its writer waits
@@ -326,6 +331,13 @@ pub struct Network {
     /// the gateway as a real socket would.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_capacity: Option<usize>,
+}
+
+impl Network {
+    /// The client link's fixed latency, milliseconds.
+    pub fn client_latency(&self) -> u64 {
+        self.client_latency_ms.unwrap_or(self.latency_ms[0])
+    }
 }
 
 fn default_latency() -> [u64; 2] {
@@ -336,6 +348,7 @@ impl Default for Network {
     fn default() -> Self {
         Network {
             latency_ms: default_latency(),
+            client_latency_ms: None,
             faults: Vec::new(),
             tcp_capacity: None,
         }
@@ -483,6 +496,9 @@ pub struct Expect {
     /// Ordered attempts, each `"<deployment id>: <class>"` or `"<deployment id>: ok"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<String>>,
+    /// How many attempts the request made, however they ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_count: Option<u32>,
     /// Exact text the client ends up with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
@@ -496,7 +512,21 @@ pub struct Expect {
     /// Error `type` of a failed request (or of a stream's error event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_type: Option<String>,
-    /// Trace event names that must occur / must not occur.
+    /// Upstream calls this request made to each provider host: `{pa: 2, pb: 0}`. Hosts not
+    /// named are not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<BTreeMap<String, u32>>,
+    /// Upstream calls each provider host received in the whole run (all requests together):
+    /// `{pa: 8, pb: 2}`. Only in the scenario's `expect` (and its `stream`/`non_stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_calls: Option<BTreeMap<String, u32>>,
+    /// Response headers the client saw (names in any case): each must have exactly this
+    /// value; `null` means the header must be absent. A stream's headers are those sent at
+    /// commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, Option<String>>>,
+    /// Trace event names that must occur / must not occur (checked against the engine's
+    /// event names when the file loads).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -518,29 +548,65 @@ pub struct Expect {
     /// (`max_upstream_body_bytes`, `max_choices`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Vec<String>>,
+    /// Expectations for the stream run only, where the modes legitimately differ: they
+    /// replace the fields above, field by field, for that run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Box<Expect>>,
+    /// Expectations for the non-stream run only (as `stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_stream: Option<Box<Expect>>,
 }
 
 impl Expect {
-    /// `self` with every unset field taken from `defaults`.
+    /// `self` with every unset field taken from `defaults` (the per-mode blocks are not
+    /// merged: see [`Expect::resolve`]).
     pub fn or(&self, defaults: &Expect) -> Expect {
         macro_rules! pick {
-            ($($f:ident),*) => { Expect { $($f: self.$f.clone().or_else(|| defaults.$f.clone()),)* events: if self.events.is_empty() { defaults.events.clone() } else { self.events.clone() }, no_events: if self.no_events.is_empty() { defaults.no_events.clone() } else { self.no_events.clone() } } };
+            ($($f:ident),*) => { Expect { $($f: self.$f.clone().or_else(|| defaults.$f.clone()),)* events: if self.events.is_empty() { defaults.events.clone() } else { self.events.clone() }, no_events: if self.no_events.is_empty() { defaults.no_events.clone() } else { self.no_events.clone() }, stream: None, non_stream: None } };
         }
         pick!(
             status,
             group,
             deployment,
             attempts,
+            attempt_count,
             content,
             model,
             retries,
             fallbacks,
             error_type,
+            calls,
+            total_calls,
+            headers,
             stream_error,
             equivalent,
             passthrough,
             limits
         )
+    }
+
+    /// This block's expectations for `mode` only (empty when it has none).
+    pub fn for_mode(&self, mode: Mode) -> Expect {
+        let block = match mode {
+            Mode::Stream => &self.stream,
+            Mode::NonStream => &self.non_stream,
+        };
+        block.as_deref().cloned().unwrap_or_default()
+    }
+
+    /// What a request must show in `mode`, most specific first: the request's block for the
+    /// mode, the request's own fields, the scenario's block for the mode, the scenario's.
+    pub fn resolve(request: Option<&Expect>, scenario: &Expect, mode: Mode) -> Expect {
+        let general = scenario.for_mode(mode).or(scenario);
+        match request {
+            Some(r) => r.for_mode(mode).or(r).or(&general),
+            None => general,
+        }
+    }
+
+    /// What both modes share (for `equivalent`): the request's fields over the scenario's.
+    pub fn shared(request: Option<&Expect>, scenario: &Expect) -> Expect {
+        request.map_or_else(|| scenario.or(&Expect::default()), |r| r.or(scenario))
     }
 }
 
@@ -563,14 +629,47 @@ impl Scenario {
 
     pub fn load(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
         let scenario: Scenario = yaml::from_str(file, text)?;
-        scenario
-            .check()
-            .map_err(|(path, message)| yaml::error_at(file, text, &path, message))?;
+        scenario.problem().map_err(|p| {
+            let mut e = yaml::error_at(file, text, &p.path, p.message);
+            e.hint = p.hint;
+            e
+        })?;
         Ok(scenario)
     }
 
-    /// Semantic checks: the first problem, with its path.
+    /// Semantic checks: the first problem, with its path (and the right name for a typo in
+    /// the message).
     pub fn check(&self) -> Result<(), (Vec<PathSeg>, String)> {
+        self.problem().map_err(|p| {
+            let message = match &p.hint {
+                Some(h) => format!("{} (did you mean `{h}`?)", p.message),
+                None => p.message,
+            };
+            (p.path, message)
+        })
+    }
+
+    /// Semantic checks: the first problem.
+    pub fn problem(&self) -> Result<(), Problem> {
+        self.check_world().map_err(|(path, message)| Problem {
+            path,
+            message,
+            hint: None,
+        })?;
+        let hosts: Vec<&str> = self.providers.iter().map(|p| p.host.as_str()).collect();
+        let key = |k: &str| PathSeg::Key(k.to_string());
+        check_expect(&self.expect, vec![key("expect")], Block::Scenario, &hosts)?;
+        for (i, r) in self.requests.iter().enumerate() {
+            if let Some(e) = &r.expect {
+                let at = vec![key("requests"), PathSeg::Index(i), key("expect")];
+                check_expect(e, at, Block::Request, &hosts)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks of everything but the expectations.
+    fn check_world(&self) -> Result<(), (Vec<PathSeg>, String)> {
         let key = |k: &str| PathSeg::Key(k.to_string());
         if let Err(issues) = self.gateway.validate() {
             let first = &issues[0];
@@ -640,6 +739,17 @@ impl Scenario {
                 .providers
                 .iter()
                 .any(|p| p.host == endpoint.host && p.port == endpoint.port);
+            if let Some(p) = self.providers.iter().find(|p| p.host == endpoint.host) {
+                if !known {
+                    return Err((
+                        at,
+                        format!(
+                            "`{base}` names provider `{}` on port {}, but it listens on port {} (set `port: {}` on the provider, or use port {} here)",
+                            p.host, endpoint.port, p.port, endpoint.port, p.port
+                        ),
+                    ));
+                }
+            }
             if !known {
                 return Err((
                     at,
@@ -740,6 +850,15 @@ impl Scenario {
             if r.timeout_ms == 0 {
                 return Err((at("timeout_ms"), "must be at least 1".into()));
             }
+            if r.at_ms >= self.duration_ms {
+                return Err((
+                    at("at_ms"),
+                    format!(
+                        "at_ms = {} is not before duration_ms = {}: the run would be over before the request is sent",
+                        r.at_ms, self.duration_ms
+                    ),
+                ));
+            }
             let streams_only = !self.modes.contains(&Mode::NonStream);
             if let Some(d) = &r.disconnect {
                 let sub = |f: &str| join(at("disconnect"), vec![key(f)]);
@@ -792,6 +911,116 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// A problem [`Scenario::problem`] found: where, what, and the right name for a typo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: Vec<PathSeg>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Where an `expect` block sits, which decides what it may say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Scenario,
+    Request,
+    /// A `stream:` or `non_stream:` block inside one of the above.
+    Mode(Mode),
+}
+
+/// Checks an `expect` block: event names are the engine's, hosts are providers, and each
+/// field is allowed where it stands.
+fn check_expect(e: &Expect, at: Vec<PathSeg>, block: Block, hosts: &[&str]) -> Result<(), Problem> {
+    let here = |names: &[PathSeg]| {
+        let mut p = at.clone();
+        p.extend(names.iter().cloned());
+        p
+    };
+    let key = |k: &str| PathSeg::Key(k.to_string());
+    let problem = |path: Vec<PathSeg>, message: String| Problem {
+        path,
+        message,
+        hint: None,
+    };
+    for (field, names) in [("events", &e.events), ("no_events", &e.no_events)] {
+        for (j, name) in names.iter().enumerate() {
+            if !crate::oracle::EVENT_NAMES.contains(&name.as_str()) {
+                return Err(Problem {
+                    path: here(&[key(field), PathSeg::Index(j)]),
+                    message: format!(
+                        "unknown event `{name}`, expected one of {}",
+                        crate::oracle::EVENT_NAMES.join(", ")
+                    ),
+                    hint: yaml::nearest(name, crate::oracle::EVENT_NAMES.iter().copied()),
+                });
+            }
+        }
+    }
+    for (field, counts) in [("calls", &e.calls), ("total_calls", &e.total_calls)] {
+        for host in counts.iter().flat_map(|c| c.keys()) {
+            if !hosts.contains(&host.as_str()) {
+                return Err(Problem {
+                    path: here(&[key(field), key(host)]),
+                    message: format!(
+                        "`{host}` is not a provider host of this scenario (hosts: {})",
+                        hosts.join(", ")
+                    ),
+                    hint: yaml::nearest(host, hosts.iter().copied()),
+                });
+            }
+        }
+    }
+    if let Some(headers) = &e.headers {
+        for name in headers.keys() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(problem(
+                    here(&[key("headers"), key(name)]),
+                    format!("`{name}` is not a header name"),
+                ));
+            }
+        }
+    }
+    let inner = |field: &str| -> Option<Result<(), Problem>> {
+        let (mode, sub) = match field {
+            "stream" => (Mode::Stream, e.stream.as_deref()?),
+            _ => (Mode::NonStream, e.non_stream.as_deref()?),
+        };
+        Some(match block {
+            Block::Mode(_) => Err(problem(
+                here(&[key(field)]),
+                "a per-mode block cannot hold another".into(),
+            )),
+            _ => check_expect(sub, here(&[key(field)]), Block::Mode(mode), hosts),
+        })
+    };
+    for field in ["stream", "non_stream"] {
+        if let Some(result) = inner(field) {
+            result?;
+        }
+    }
+    if let Block::Mode(mode) = block {
+        if e.equivalent.is_some() {
+            return Err(problem(
+                here(&[key("equivalent")]),
+                "`equivalent` compares the two modes: it cannot be set for one of them".into(),
+            ));
+        }
+        if mode == Mode::NonStream && e.stream_error.is_some() {
+            return Err(problem(
+                here(&[key("stream_error")]),
+                "`stream_error` is about streams: it cannot be set for non_stream".into(),
+            ));
+        }
+    }
+    if block == Block::Request && e.total_calls.is_some() {
+        return Err(problem(
+            here(&[key("total_calls")]),
+            "`total_calls` counts the whole run: put it in the scenario's `expect`".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks one script; an error carries the path (inside the script) of the culprit.

@@ -1,11 +1,18 @@
 //! The simulated world a scenario runs in: one turmoil simulation per run.
 //!
-//! Owns: building the simulation (seed, fixed epoch, bounded duration, latency), the hosts
-//! (`gateway` running the real engine and HTTP server, one host per fake provider, and the
-//! `client`), the turmoil implementations of the engine's transport seam, applying timed
-//! network faults, and stepping to completion. A run that does not finish within the
-//! scenario's `duration_ms` is reported as hung, with its last trace lines, never a silent
-//! hang. Does not own what the run means (`oracle`).
+//! Owns: building the simulation (seed, fixed epoch, bounded duration), the hosts (`gateway`
+//! running the real engine and HTTP server, one host per fake provider, and the `client`),
+//! the turmoil implementations of the engine's transport seam, applying timed network
+//! faults, and stepping to completion. A run that does not finish within the scenario's
+//! `duration_ms` is reported as hung, with its last trace lines, never a silent hang.
+//! Message latency is [`link`]'s: turmoil itself runs with none, so the two modes of a
+//! scenario meet every provider-side event at the same simulated instant (see [`link`] for
+//! why that holds by construction), and the client sends copies released in the same
+//! instant in one order whatever the mode ([`schedule`]). Does not own what the run means
+//! (`oracle`).
+
+pub mod link;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -24,6 +31,7 @@ use crate::counted::OpenCount;
 use crate::fake::{CallRecord, Fake};
 use crate::scenario::{Mode, NetAction, Scenario};
 use crate::trace::{EngineObserver, Trace, TraceSink};
+use link::{End, LinkKind, LinkStream, Net};
 
 /// The gateway's port in the simulated network.
 pub const GATEWAY_PORT: u16 = 4000;
@@ -35,16 +43,25 @@ pub const TCP_CAPACITY: usize = 1 << 16;
 /// Simulated time allowed after the client finishes, for connections to close.
 pub const DRAIN: Duration = Duration::from_millis(500);
 
-/// Connects through turmoil's simulated TCP, counting open connections when asked to.
-#[derive(Default)]
+/// Connects through turmoil's simulated TCP, with [`link`]'s latency, counting open
+/// connections when asked to.
 pub struct SimConnector {
     pub count: Option<OpenCount>,
+    net: Arc<Net>,
+    kind: LinkKind,
+}
+
+impl SimConnector {
+    pub fn new(net: Arc<Net>, kind: LinkKind, count: Option<OpenCount>) -> Self {
+        SimConnector { count, net, kind }
+    }
 }
 
 impl Connector for SimConnector {
     fn connect<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, io::Result<BoxIo>> {
         Box::pin(async move {
             let stream = turmoil::net::TcpStream::connect((host, port)).await?;
+            let stream = LinkStream::new(stream, self.net.clone(), self.kind, End::Opener)?;
             Ok(match &self.count {
                 Some(count) => Box::new(count.track(stream)) as BoxIo,
                 None => Box::new(stream) as BoxIo,
@@ -56,19 +73,30 @@ impl Connector for SimConnector {
 /// The label of the gateway's own upstream connections in [`ModeRun::open_connections`].
 pub const GATEWAY_UPSTREAMS: &str = "gateway->upstreams";
 
-/// Accepts through turmoil's simulated TCP.
-pub struct SimListener(pub turmoil::net::TcpListener);
+/// Accepts through turmoil's simulated TCP, with [`link`]'s latency on what it sends back.
+pub struct SimListener {
+    inner: turmoil::net::TcpListener,
+    net: Arc<Net>,
+    kind: LinkKind,
+}
+
+impl SimListener {
+    pub fn new(inner: turmoil::net::TcpListener, net: Arc<Net>, kind: LinkKind) -> Self {
+        SimListener { inner, net, kind }
+    }
+}
 
 impl Listener for SimListener {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, SocketAddr)>> {
         Box::pin(async move {
-            let (stream, peer) = self.0.accept().await?;
+            let (stream, peer) = self.inner.accept().await?;
+            let stream = LinkStream::new(stream, self.net.clone(), self.kind, End::Acceptor)?;
             Ok((Box::new(stream) as BoxIo, peer))
         })
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.inner.local_addr()
     }
 }
 
@@ -155,11 +183,31 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
     run_with(scenario, mode, Arc::new(Switchback))
 }
 
+/// How a world is built, beyond what the scenario says. The default is the real thing; the
+/// other settings exist to prove the oracle notices what they break.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorldOptions {
+    /// Draw every message's latency, on every link (the client's included), from one RNG in
+    /// send order: the design [`link`] replaced, under which the two modes drift apart in
+    /// time. Only for tests that must see `explore` catch that drift.
+    pub shared_latency_rng: bool,
+}
+
 /// Runs `scenario` in `mode` in a fresh world, against `gateway`.
 pub fn run_with(
     scenario: &Scenario,
     mode: Mode,
     gateway: Arc<dyn GatewayUnderTest>,
+) -> Result<ModeRun, String> {
+    run_in(scenario, mode, gateway, WorldOptions::default())
+}
+
+/// Runs `scenario` in `mode` in a fresh world built with `options`, against `gateway`.
+pub fn run_in(
+    scenario: &Scenario,
+    mode: Mode,
+    gateway: Arc<dyn GatewayUnderTest>,
+    options: WorldOptions,
 ) -> Result<ModeRun, String> {
     // Real time, only to report how long the run took (`ModeRun::wall`); never in the
     // world, its behaviour or its trace.
@@ -170,15 +218,27 @@ pub fn run_with(
     let upstreams = OpenCount::default();
     let sink: Arc<dyn TraceSink> = trace.clone();
     let observer = EngineObserver::new(sink.clone());
-    let [min_latency, max_latency] = scenario.network.latency_ms;
+    let net = Net::new(
+        scenario.seed,
+        scenario.network.latency_ms,
+        scenario.network.client_latency(),
+        options.shared_latency_rng,
+    )
+    .with_max_in_flight(
+        scenario
+            .network
+            .tcp_capacity
+            .unwrap_or(link::MAX_MESSAGES_IN_FLIGHT),
+    );
+    // turmoil's own latency is zero: [`link`] decides every message's (see there for why).
     let mut sim = turmoil::Builder::new()
         .rng_seed(scenario.seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
         .simulation_duration(Duration::from_millis(scenario.duration_ms) * 2 + DRAIN)
         .tick_duration(Duration::from_millis(scenario.tick_ms))
         .tcp_capacity(scenario.network.tcp_capacity.unwrap_or(TCP_CAPACITY))
-        .min_message_latency(Duration::from_millis(min_latency))
-        .max_message_latency(Duration::from_millis(max_latency))
+        .min_message_latency(Duration::ZERO)
+        .max_message_latency(Duration::ZERO)
         .build();
 
     {
@@ -186,24 +246,26 @@ pub fn run_with(
         let observer = observer.clone();
         let upstreams = upstreams.clone();
         let config = config.clone();
+        let net = net.clone();
         sim.host("gateway", move || {
             let catalog = catalog.clone();
             let observer: Arc<dyn Observer> = observer.clone();
             let gateway = gateway.clone();
             let upstreams = upstreams.clone();
             let config = config.clone();
+            let net = net.clone();
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", GATEWAY_PORT)).await?;
+                let connector =
+                    SimConnector::new(net.clone(), LinkKind::Upstream, Some(upstreams.clone()));
                 gateway
                     .serve(
                         &config,
                         catalog,
-                        Arc::new(SimConnector {
-                            count: Some(upstreams.clone()),
-                        }),
+                        Arc::new(connector),
                         observer,
                         Arc::new(SimWallClock),
-                        SimListener(listener),
+                        SimListener::new(listener, net, LinkKind::Client),
                     )
                     .await;
                 Ok(())
@@ -216,11 +278,14 @@ pub fn run_with(
         let fake = Fake::new(provider.clone(), sink.clone());
         fakes.push(fake.clone());
         let port = provider.port;
+        let net = net.clone();
         sim.host(provider.host.as_str(), move || {
             let fake = fake.clone();
+            let net = net.clone();
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
-                fake.serve(SimListener(listener)).await;
+                fake.serve(SimListener::new(listener, net, LinkKind::Upstream))
+                    .await;
                 Ok(())
             }
         });
@@ -232,16 +297,17 @@ pub fn run_with(
         let requests = scenario.requests.clone();
         let sequential = scenario.sequential;
         let sink = sink.clone();
+        let connector = SimConnector::new(net.clone(), LinkKind::Client, None);
         sim.client("client", async move {
             let target = Target {
-                connector: Arc::new(SimConnector::default()),
+                connector: Arc::new(connector),
                 host: "gateway".into(),
                 port: GATEWAY_PORT,
                 base_path: "/v1".into(),
             };
             let clock: client::Clock = Arc::new(|| turmoil::sim_elapsed().unwrap_or_default());
             let done =
-                client::run_requests(&target, &requests, sequential, mode, sink, clock).await;
+                schedule::run_requests(&target, &requests, sequential, mode, sink, clock).await;
             *results.lock().expect("results") = done;
             Ok(())
         });
@@ -265,7 +331,7 @@ pub fn run_with(
                 break;
             }
             let (_, action) = faults.next().expect("peeked");
-            apply(&mut sim, &action);
+            apply(&mut sim, &net, &action);
             sink_line_from_outside(&trace, now, &action);
         }
         match sim.step() {
@@ -329,7 +395,7 @@ pub fn open_at_end(
     open
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, action: &NetAction) {
+fn apply(sim: &mut turmoil::Sim<'_>, net: &Net, action: &NetAction) {
     match action {
         NetAction::Partition([a, b]) => sim.partition(a.as_str(), b.as_str()),
         NetAction::Repair([a, b]) => sim.repair(a.as_str(), b.as_str()),
@@ -337,7 +403,10 @@ fn apply(sim: &mut turmoil::Sim<'_>, action: &NetAction) {
         NetAction::Release([a, b]) => sim.release(a.as_str(), b.as_str()),
         NetAction::Crash(h) => sim.crash(h.as_str()),
         NetAction::Bounce(h) => sim.bounce(h.as_str()),
-        NetAction::FailRate([a, b], rate) => sim.set_link_fail_rate(a.as_str(), b.as_str(), *rate),
+        // Drawn per message by `link`, not by turmoil's shared RNG.
+        NetAction::FailRate([a, b], rate) => {
+            net.set_fail_rate(sim.lookup(a.as_str()), sim.lookup(b.as_str()), *rate)
+        }
     }
 }
 

@@ -47,17 +47,17 @@ const fn row(
 /// Must pass: file → line, column, field path, message phrase, hint.
 #[rustfmt::skip]
 const CASES: &[Case] = &[
-    // YAML syntax. An unclosed `[` in the middle of the file is noticed at the first token
-    // that cannot continue the sequence (the `:` of the next key); at the end of the file,
-    // at the `[` itself.
-    row("syntax_unclosed_bracket.yaml",        23,  7, "gateway.router_settings.fallbacks[0].chat", "illegal placement of ':' indicator", None),
+    // YAML syntax. An unclosed `[` is reported where it opens, in the middle of the file
+    // (the parser only notices at the next key's `:`, a line later) as at its end.
+    row("syntax_unclosed_bracket.yaml",        22, 15, "gateway.router_settings.fallbacks[0].chat", "unclosed `[`: it is never closed (the parser gave up at line 23, column 7", None),
     row("syntax_unclosed_bracket_at_end.yaml", 47,  8, "modes", "unclosed bracket '['", None),
     // Unknown fields (typos), at every depth: the key itself, with a suggestion.
     row("unknown_top_level_field.yaml",        43,  1, "reqests", "unknown field `reqests`", Some("requests")),
     row("unknown_fault_field.yaml",            34,  9, "providers[0].default.fault.after_chunk", "unknown field `after_chunk`", Some("after_chunks")),
     row("gateway_setting_typo.yaml",           19,  5, "gateway.router_settings.num_retires", "unknown field `num_retires`", Some("num_retries")),
     // Wrong types and values: the value.
-    row("wrong_type_seed.yaml",                 3,  7, "seed", "invalid u64", None),
+    row("wrong_type_seed.yaml",                 3,  7, "seed", "expected a whole number from 0 to 18446744073709551615, found `abc`", None),
+    row("wrong_type_repeat.yaml",              46, 13, "requests[0].repeat", "expected a whole number from 0 to 4294967295, found `many`", None),
     row("bad_fault_kind.yaml",                 33, 15, "providers[0].default.fault.kind", "unknown variant `explode`", None),
     row("bad_mid_stream.yaml",                 20, 17, "gateway.router_settings.mid_stream", "unknown variant `contine`", Some("continue")),
     row("mode_typo.yaml",                      47, 21, "modes[1]", "unknown variant `streem`", Some("stream")),
@@ -70,6 +70,14 @@ const CASES: &[Case] = &[
     row("gateway_only_on_key.yaml",            26, 24, "gateway.keys[0].router_settings.cooldown_time", "`cooldown_time` is gateway-wide state", None),
     // Scenario checks.
     row("api_base_not_a_provider.yaml",        15, 19, "gateway.model_list[1].litellm_params.api_base", "`http://c:8000/v1` is not a provider of this scenario", None),
+    row("api_base_wrong_port.yaml",            15, 19, "gateway.model_list[1].litellm_params.api_base", "names provider `b` on port 9000, but it listens on port 8000", None),
+    row("at_ms_after_duration.yaml",           48, 12, "requests[0].at_ms", "at_ms = 5000 is not before duration_ms = 1000", None),
+    // Expectations: names checked against the engine's events and the scenario's hosts,
+    // and each field where it means something.
+    row("event_name_typo.yaml",                49, 12, "expect.events[0]", "unknown event `fallback_takn`", Some("fallback_taken")),
+    row("calls_unknown_host.yaml",             49, 15, "expect.calls.bb", "`bb` is not a provider host of this scenario (hosts: a, b)", Some("b")),
+    row("total_calls_on_request.yaml",         47, 14, "requests[0].expect.total_calls", "counts the whole run", None),
+    row("equivalent_for_one_mode.yaml",        49, 24, "expect.stream.equivalent", "`equivalent` compares the two modes", None),
     row("duplicate_provider_host.yaml",        35, 11, "providers[1].host", "host `a` is used twice", None),
     row("network_fault_two_actions.yaml",      41,  7, "network.faults[0]", "one action per entry, this one has 2", None),
     row("latency_min_above_max.yaml",          40,  3, "network.latency_ms", "min is above max", None),

@@ -27,14 +27,14 @@ use switchback::route::{
 };
 use switchback::trace::Observer;
 use switchback::transport::Connector;
-use switchback_sim::explore;
+use switchback_sim::explore::{self, Concurrency};
 use switchback_sim::scenario::Scenario;
 use switchback_sim::world::{GatewayUnderTest, SimListener, Switchback};
 
 /// Seeds searched for a case that exposes the fault.
 const MAX_SEEDS: u64 = 3_000;
 /// Shrinking budget per fault (debug builds are slow; the shrunk case need not be minimal).
-const SHRINK_STEPS: u32 = 150;
+const SHRINK_STEPS: u32 = 60;
 
 mod common;
 
@@ -180,6 +180,10 @@ impl GatewayUnderTest for StampsRequestedModelOnStreams {
     }
 }
 
+/// The faults here are wrong per request, so cases of one request at a time expose them;
+/// concurrent cases would only make the search and the shrinking slower.
+const SEARCH: Concurrency = Concurrency::Never;
+
 /// Searches generated cases for one the faulty gateway fails, shrinks it, saves it, and
 /// checks the saved file: it fails against the faulty gateway and passes against Switchback.
 fn caught(name: &str, faulty: Arc<dyn GatewayUnderTest>) {
@@ -187,14 +191,15 @@ fn caught(name: &str, faulty: Arc<dyn GatewayUnderTest>) {
     let started = Instant::now();
     let seed = (0..MAX_SEEDS)
         .find(|seed| {
-            !explore::judge(&explore::case(*seed), &faulty)
+            !explore::judge(&explore::case_with(*seed, SEARCH), &faulty)
                 .failures
                 .is_empty()
         })
         .unwrap_or_else(|| {
             panic!("{name}: no case in {MAX_SEEDS} exposes the fault: the oracle has no teeth")
         });
-    let (small, failures) = explore::shrink_within(seed, &faulty, SHRINK_STEPS);
+    let (small, failures) =
+        explore::shrink_in(seed, SEARCH, &faulty, Default::default(), SHRINK_STEPS);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")

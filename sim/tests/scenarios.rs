@@ -4,17 +4,30 @@
 //! and checks:
 //! - the oracle's verdict (expectations, invariants, stream/non-stream equivalence);
 //! - determinism: a second run of each mode gives a byte-identical trace;
-//! - the reviewed insta snapshot of each mode's trace in `snapshots/`.
+//! - the reviewed insta snapshot of each mode's trace in `snapshots/`;
+//! - the file's teeth: every mutant of its expectations (`common/mutants.rs`: a count, an
+//!   order, a status, an event, a value changed) fails against the same runs, unless the
+//!   survivor is explained there. The run ends with the corpus's mutation score.
 //!
 //! A changed trace fails here. Review it with `cargo insta review` (or run with
 //! `INSTA_UPDATE=always`, then read the diff in `snapshots/` before committing).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use switchback_sim::run::run_scenario;
 use switchback_sim::scenario::{Scenario, find_files};
 use switchback_sim::world;
+
+mod common;
+
+use common::mutants;
+
+/// Mutants made, killed (failed as they must), and surviving with an explanation.
+static MUTANTS: AtomicUsize = AtomicUsize::new(0);
+static KILLED: AtomicUsize = AtomicUsize::new(0);
+static EXPLAINED: AtomicUsize = AtomicUsize::new(0);
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -30,6 +43,29 @@ fn check(file: &Path) -> Result<(), Failed> {
     let scenario = Scenario::load_file(file).map_err(|e| e.to_string())?;
     let report = run_scenario(file, &scenario);
     let mut problems = report.failures.clone();
+    if problems.is_empty() {
+        let name = test_name(file);
+        // Judging the file itself against the same runs must pass, or the mutants prove
+        // nothing.
+        let unmutated = mutants::judge(&scenario, &report.runs);
+        assert!(unmutated.is_empty(), "{name}: {unmutated:?}");
+        for m in mutants::mutants(&scenario) {
+            if std::env::var_os("SWITCHBACK_LIST_MUTANTS").is_some() {
+                println!("{name}: {}", m.what);
+            }
+            MUTANTS.fetch_add(1, Ordering::Relaxed);
+            if !mutants::judge(&m.scenario, &report.runs).is_empty() {
+                KILLED.fetch_add(1, Ordering::Relaxed);
+            } else if mutants::explained(&name, &m.what).is_some() {
+                EXPLAINED.fetch_add(1, Ordering::Relaxed);
+            } else {
+                problems.push(format!(
+                    "mutant survived: `{}` still passes: the expectation checks nothing (strengthen the file, or explain it in sim/tests/common/mutants.rs)",
+                    m.what
+                ));
+            }
+        }
+    }
     for run in &report.runs {
         let mode = run.mode.as_str();
         match world::run(&scenario, run.mode) {
@@ -78,5 +114,16 @@ fn main() {
         .into_iter()
         .map(|file| Trial::test(test_name(&file), move || check(&file)))
         .collect();
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    let (made, killed, explained) = (
+        MUTANTS.load(Ordering::Relaxed),
+        KILLED.load(Ordering::Relaxed),
+        EXPLAINED.load(Ordering::Relaxed),
+    );
+    println!(
+        "mutation score: {killed}/{made} mutants of the corpus's expectations killed ({:.1}%), {explained} surviving with an explanation, {} unexplained",
+        100.0 * killed as f64 / made.max(1) as f64,
+        made - killed - explained
+    );
+    conclusion.exit();
 }

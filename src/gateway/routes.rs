@@ -216,9 +216,34 @@ pub async fn chat_buffered(
         };
         stream(engine, admitted, bounds).await
     } else {
-        let mut out = AggregateDelivery::new();
-        let outcome = engine.execute(&admitted, &mut out).await;
-        aggregate_response(&engine, &admitted, &out, &outcome)
+        aggregate(engine, admitted).await
+    }
+}
+
+/// `stream: false`. The attempt loop runs in a task of its own, as a stream's does, so both
+/// modes reach the engine's shared state (deployment health, cooldowns) through the same
+/// task structure: when two requests' upstream events land in the same instant, they are
+/// processed in the same order whatever the modes (`sim/tests/same_instant/`).
+async fn aggregate(engine: Arc<Engine>, admitted: Admitted) -> Response<ResponseBody> {
+    let (handler, answer) = tokio::sync::oneshot::channel();
+    let task_engine = engine.clone();
+    let task = tokio::spawn(async move {
+        let mut out = AggregateDelivery::watching(handler);
+        let outcome = task_engine.execute(&admitted, &mut out).await;
+        out.hand_over();
+        (admitted, outcome)
+    });
+    let out = answer.await;
+    match (task.await, out) {
+        (Ok((admitted, outcome)), Ok(out)) => {
+            aggregate_response(&engine, &admitted, &out, &outcome)
+        }
+        (Err(join), _) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        _ => error(&ApiError::new(
+            500,
+            "api_error",
+            "the request ended without a response",
+        )),
     }
 }
 

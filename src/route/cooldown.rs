@@ -4,13 +4,31 @@
 //! `allowed_fails` consecutive failures for transient ones), for how long (Retry-After, else
 //! `cooldown_time`), and when it is healthy again. A success resets the count. Time is a
 //! parameter; the book itself is plain data kept behind a lock by the engine.
+//!
+//! **Effects that land in the same instant.** Two requests' upstream events can arrive in
+//! the same instant (always possible under a paused or simulated clock, where every event of
+//! a tick shares one instant). Which of them the runtime processes first is a scheduling
+//! accident: under the simulation it even differs between a stream and a non-stream run of
+//! the same traffic (their tasks do different work). So the book never lets that order
+//! matter:
+//! * a request sees every effect from earlier instants, and its own effects at this one; the
+//!   other requests' effects at this instant become visible from the next instant on;
+//! * an instant's effects on one deployment are combined by one rule, whatever their order:
+//!   failures first (their counts add up, a cooldown is the longest one asked for), then
+//!   successes (any success resets the count).
+//!
+//! With a real clock two events practically never share an instant, so this is the
+//! sequential rule. A cooldown that only the instant's failures together cause (two
+//! transient failures, each within `allowed_fails` alone) is reported as
+//! [`Unreported`], attributed to the lowest-numbered request that failed, for the engine to
+//! trace.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::catalog::{DeploymentId, GatewaySettings};
-use crate::classify::{CoolDown, Failure};
+use crate::classify::{CoolDown, Failure, FailureClass};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Health {
@@ -26,16 +44,210 @@ pub struct Cooled {
     pub duration: Duration,
 }
 
+/// A cooldown no single request's failure caused, found when its instant was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreported {
+    /// The lowest-numbered request whose failure counted towards it.
+    pub request: u64,
+    pub cooled: Cooled,
+    pub class: FailureClass,
+}
+
+/// What one outcome does to a deployment's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Success,
+    /// Counts towards `allowed_fails` (over it, cools for `cooldown_time`).
+    Counted {
+        class: FailureClass,
+        allowed_fails: u32,
+        cooldown_time: Duration,
+    },
+    /// Cools at once for `duration` (zero: only resets the count).
+    Immediate {
+        class: FailureClass,
+        duration: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    at: Instant,
+    request: u64,
+    deployment: DeploymentId,
+    effect: Effect,
+}
+
+/// The cooldown an instant's effects cause, if any: its length and the class to report.
+type Caused = Option<(Duration, FailureClass)>;
+
+/// Applies one instant's effects on one deployment, in the order-free way the module doc
+/// describes.
+fn combine<'e>(h: &mut Health, at: Instant, effects: impl Iterator<Item = &'e Effect>) -> Caused {
+    let mut counted: Option<(u32, Duration, FailureClass)> = None;
+    let mut immediate: Caused = None;
+    let mut succeeded = false;
+    for effect in effects {
+        match *effect {
+            Effect::Success => succeeded = true,
+            Effect::Counted {
+                class,
+                allowed_fails,
+                cooldown_time,
+            } => {
+                h.consecutive_fails = h.consecutive_fails.saturating_add(1);
+                let c = counted.get_or_insert((allowed_fails, cooldown_time, class));
+                c.2 = c.2.max(class);
+            }
+            Effect::Immediate { class, duration } => {
+                immediate = immediate.max(Some((duration, class)));
+            }
+        }
+    }
+    let over = counted.filter(|(allowed, _, _)| h.consecutive_fails > *allowed);
+    let caused = immediate.max(over.map(|(_, cooldown, class)| (cooldown, class)));
+    if over.is_some() || immediate.is_some() {
+        h.consecutive_fails = 0;
+    }
+    if succeeded {
+        h.consecutive_fails = 0;
+    }
+    let caused = caused.filter(|(duration, _)| !duration.is_zero())?;
+    let until = at + caused.0;
+    // A later cooldown never shortens an earlier, longer one.
+    h.cooled_until = Some(h.cooled_until.map_or(until, |u| u.max(until)));
+    Some(caused)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CooldownBook {
     health: Vec<Health>,
+    /// Effects of the latest instant, not yet seen by other requests.
+    pending: Vec<Pending>,
+    unreported: Vec<Unreported>,
 }
 
 impl CooldownBook {
     pub fn new(deployments: usize) -> CooldownBook {
         CooldownBook {
             health: vec![Health::default(); deployments],
+            pending: Vec::new(),
+            unreported: Vec::new(),
         }
+    }
+
+    /// Folds every effect from before `now` into the shared health.
+    pub fn settle(&mut self, now: Instant) {
+        if self.pending.iter().all(|p| p.at >= now) {
+            return;
+        }
+        let (due, rest): (Vec<Pending>, Vec<Pending>) =
+            self.pending.drain(..).partition(|p| p.at < now);
+        self.pending = rest;
+        let mut instants: Vec<(Instant, DeploymentId)> =
+            due.iter().map(|p| (p.at, p.deployment)).collect();
+        instants.sort();
+        instants.dedup();
+        for (at, d) in instants {
+            let of = |p: &&Pending| p.at == at && p.deployment == d;
+            let mut requests: Vec<u64> = due.iter().filter(of).map(|p| p.request).collect();
+            requests.sort_unstable();
+            requests.dedup();
+            // Whether some request's own view already reported a cooldown here.
+            let reported = requests.iter().any(|r| {
+                let mut own = self.health[d.0 as usize].clone();
+                combine(
+                    &mut own,
+                    at,
+                    due.iter()
+                        .filter(of)
+                        .filter(|p| p.request == *r)
+                        .map(|p| &p.effect),
+                )
+                .is_some()
+            });
+            let h = &mut self.health[d.0 as usize];
+            let caused = combine(h, at, due.iter().filter(of).map(|p| &p.effect));
+            if let (Some((duration, class)), false) = (caused, reported) {
+                let request = due
+                    .iter()
+                    .filter(of)
+                    .filter(|p| p.effect != Effect::Success)
+                    .map(|p| p.request)
+                    .min()
+                    .expect("a cooldown has a failure behind it");
+                self.unreported.push(Unreported {
+                    request,
+                    cooled: Cooled {
+                        deployment: d,
+                        until: at + duration,
+                        duration,
+                    },
+                    class,
+                });
+            }
+        }
+    }
+
+    /// Cooldowns found by [`CooldownBook::settle`] that no request has reported yet.
+    pub fn take_unreported(&mut self) -> Vec<Unreported> {
+        std::mem::take(&mut self.unreported)
+    }
+
+    /// The health `request` sees at `now`: every earlier effect and its own at `now`.
+    /// (The engine settles the book before it asks, so this usually copies only the
+    /// health.)
+    pub fn view(&self, request: u64, now: Instant) -> CooldownBook {
+        let settled;
+        let book = if self.pending.iter().any(|p| p.at < now) {
+            let mut copy = self.clone();
+            copy.settle(now);
+            settled = copy;
+            &settled
+        } else {
+            self
+        };
+        let mut view = CooldownBook {
+            health: book.health.clone(),
+            pending: Vec::new(),
+            unreported: Vec::new(),
+        };
+        for d in book.own_deployments(request) {
+            view.health[d.0 as usize] = book.own_health(d, request).0;
+        }
+        view
+    }
+
+    fn own_deployments(&self, request: u64) -> Vec<DeploymentId> {
+        let mut ds: Vec<DeploymentId> = self
+            .pending
+            .iter()
+            .filter(|p| p.request == request)
+            .map(|p| p.deployment)
+            .collect();
+        ds.sort_unstable();
+        ds.dedup();
+        ds
+    }
+
+    /// `d`'s health with `request`'s own pending effects applied, and what they cause.
+    fn own_health(&self, d: DeploymentId, request: u64) -> (Health, Caused) {
+        let mut h = self.health[d.0 as usize].clone();
+        let at = self
+            .pending
+            .iter()
+            .find(|p| p.request == request && p.deployment == d);
+        let caused = at.and_then(|first| {
+            combine(
+                &mut h,
+                first.at,
+                self.pending
+                    .iter()
+                    .filter(|p| p.request == request && p.deployment == d)
+                    .map(|p| &p.effect),
+            )
+        });
+        (h, caused)
     }
 
     /// The instant `d` is healthy again, if it is cooling at `now`.
@@ -49,54 +261,64 @@ impl CooldownBook {
         self.cooling_until(d, now).is_some()
     }
 
-    pub fn record_success(&mut self, d: DeploymentId) {
-        self.health[d.0 as usize].consecutive_fails = 0;
+    pub fn record_success(&mut self, d: DeploymentId, now: Instant, request: u64) {
+        self.settle(now);
+        self.pending.push(Pending {
+            at: now,
+            request,
+            deployment: d,
+            effect: Effect::Success,
+        });
     }
 
-    /// Applies the decision table's cool-down column. Mocked failures must not be recorded
-    /// (they say nothing about the deployment); the caller ensures that.
+    /// Applies the decision table's cool-down column, and says whether this failure cooled
+    /// `d` as `request` sees it. Mocked failures must not be recorded (they say nothing
+    /// about the deployment); the caller ensures that.
     pub fn record_failure(
         &mut self,
         d: DeploymentId,
         failure: &Failure,
         now: Instant,
         settings: &GatewaySettings,
+        request: u64,
     ) -> Option<Cooled> {
-        let h = &mut self.health[d.0 as usize];
-        let duration = match failure
-            .class
-            .actions(settings.fallback_on_bad_request)
-            .cool_down
-        {
+        let class = failure.class;
+        let effect = match class.actions(settings.fallback_on_bad_request).cool_down {
             CoolDown::Never => return None,
-            CoolDown::Immediately => failure.retry_after.unwrap_or(settings.cooldown_time),
-            CoolDown::AfterAllowedFails => {
-                h.consecutive_fails += 1;
-                if h.consecutive_fails <= settings.allowed_fails {
-                    return None;
-                }
-                settings.cooldown_time
-            }
+            CoolDown::AfterAllowedFails => Effect::Counted {
+                class,
+                allowed_fails: settings.allowed_fails,
+                cooldown_time: settings.cooldown_time,
+            },
+            CoolDown::Immediately => Effect::Immediate {
+                class,
+                duration: failure.retry_after.unwrap_or(settings.cooldown_time),
+            },
         };
-        h.consecutive_fails = 0;
-        if duration.is_zero() {
-            return None;
-        }
-        let until = now + duration;
-        // A later cooldown never shortens an earlier, longer one.
-        let until = h.cooled_until.map_or(until, |u| u.max(until));
-        h.cooled_until = Some(until);
+        self.settle(now);
+        let (_, before) = self.own_health(d, request);
+        self.pending.push(Pending {
+            at: now,
+            request,
+            deployment: d,
+            effect,
+        });
+        let (h, after) = self.own_health(d, request);
+        let (duration, _) = after.filter(|_| after != before)?;
         Some(Cooled {
             deployment: d,
-            until,
+            until: h.cooled_until.expect("a cooldown was just caused"),
             duration,
         })
     }
 
-    /// Remaining cooldown of every deployment at `now` (zero when healthy), in id order:
-    /// what the equivalence check compares after a run.
+    /// Remaining cooldown of every deployment at `now` (zero when healthy), in id order,
+    /// with every effect so far applied: what the equivalence check compares after a run.
     pub fn remaining(&self, now: Instant) -> Vec<Duration> {
-        self.health
+        let mut settled = self.clone();
+        settled.settle(now + Duration::from_nanos(1));
+        settled
+            .health
             .iter()
             .map(|h| {
                 h.cooled_until
@@ -119,6 +341,10 @@ mod tests {
         }
     }
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
     fn rate_limit_cools_at_once_for_retry_after_then_expires() {
         let mut book = CooldownBook::new(1);
@@ -126,16 +352,23 @@ mod tests {
         let now = Instant::now();
         let mut f = Failure::new(FailureClass::RateLimited, "x");
         f.retry_after = Some(Duration::from_secs(2));
-        let cooled = book.record_failure(d, &f, now, &settings(3, 60)).unwrap();
+        let cooled = book
+            .record_failure(d, &f, now, &settings(3, 60), 1)
+            .unwrap();
         assert_eq!(cooled.duration, Duration::from_secs(2));
-        assert!(book.is_cooling(d, now + Duration::from_millis(1999)));
+        let later = now + ms(1);
+        assert!(book.view(2, later).is_cooling(d, now + ms(1999)));
         assert!(
-            !book.is_cooling(d, now + Duration::from_secs(2)),
+            !book
+                .view(2, later)
+                .is_cooling(d, now + Duration::from_secs(2)),
             "cooldown expires exactly at its end"
         );
         // Without Retry-After, cooldown_time applies.
         f.retry_after = None;
-        let cooled = book.record_failure(d, &f, now, &settings(3, 60)).unwrap();
+        let cooled = book
+            .record_failure(d, &f, later, &settings(3, 60), 1)
+            .unwrap();
         assert_eq!(cooled.duration, Duration::from_secs(60));
     }
 
@@ -143,44 +376,41 @@ mod tests {
     fn transient_failures_cool_after_allowed_fails() {
         let mut book = CooldownBook::new(1);
         let d = DeploymentId(0);
-        let now = Instant::now();
+        let t = Instant::now();
         let s = settings(2, 10);
         let f = Failure::new(FailureClass::Transient, "x");
-        assert!(book.record_failure(d, &f, now, &s).is_none());
-        assert!(book.record_failure(d, &f, now, &s).is_none());
+        assert!(book.record_failure(d, &f, t, &s, 1).is_none());
+        assert!(book.record_failure(d, &f, t + ms(1), &s, 1).is_none());
         assert!(
-            book.record_failure(d, &f, now, &s).is_some(),
+            book.record_failure(d, &f, t + ms(2), &s, 1).is_some(),
             "the third failure is over allowed_fails = 2"
         );
         // A success in between resets the count.
         let mut book = CooldownBook::new(1);
-        book.record_failure(d, &f, now, &s);
-        book.record_failure(d, &f, now, &s);
-        book.record_success(d);
-        assert!(book.record_failure(d, &f, now, &s).is_none());
+        book.record_failure(d, &f, t, &s, 1);
+        book.record_failure(d, &f, t + ms(1), &s, 1);
+        book.record_success(d, t + ms(2), 1);
+        assert!(book.record_failure(d, &f, t + ms(3), &s, 1).is_none());
     }
 
     #[test]
     fn client_side_classes_never_cool() {
         let mut book = CooldownBook::new(1);
+        let now = Instant::now();
         for class in [
             FailureClass::ContextWindow,
             FailureClass::ContentPolicy,
             FailureClass::BadRequest,
         ] {
+            let f = Failure::new(class, "x");
             assert!(
-                book.record_failure(
-                    DeploymentId(0),
-                    &Failure::new(class, "x"),
-                    Instant::now(),
-                    &settings(0, 10)
-                )
-                .is_none()
+                book.record_failure(DeploymentId(0), &f, now, &settings(0, 10), 1)
+                    .is_none()
             );
         }
         let auth = Failure::new(FailureClass::Auth, "x");
         assert!(
-            book.record_failure(DeploymentId(0), &auth, Instant::now(), &settings(0, 10))
+            book.record_failure(DeploymentId(0), &auth, now, &settings(0, 10), 1)
                 .is_some()
         );
     }
@@ -189,9 +419,104 @@ mod tests {
     fn zero_cooldown_time_disables_cooling() {
         let mut book = CooldownBook::new(1);
         let f = Failure::new(FailureClass::Auth, "x");
+        let now = Instant::now();
         assert!(
-            book.record_failure(DeploymentId(0), &f, Instant::now(), &settings(0, 0))
+            book.record_failure(DeploymentId(0), &f, now, &settings(0, 0), 1)
                 .is_none()
         );
+        assert!(
+            !book
+                .view(2, now + ms(1))
+                .is_cooling(DeploymentId(0), now + ms(1))
+        );
+    }
+
+    #[test]
+    fn another_requests_effect_is_seen_from_the_next_instant_its_own_at_once() {
+        let mut book = CooldownBook::new(1);
+        let d = DeploymentId(0);
+        let t = Instant::now();
+        let f = Failure::new(FailureClass::RateLimited, "x");
+        assert!(book.record_failure(d, &f, t, &settings(0, 10), 1).is_some());
+        assert!(book.view(1, t).is_cooling(d, t), "its own failure, at once");
+        assert!(
+            !book.view(2, t).is_cooling(d, t),
+            "another's, not in the same instant"
+        );
+        assert!(book.view(2, t + ms(1)).is_cooling(d, t + ms(1)));
+    }
+
+    /// The combined result of one instant's effects does not depend on the order in which
+    /// the requests reported them: every permutation settles to the same health.
+    #[test]
+    fn an_instants_effects_settle_alike_in_any_order() {
+        let d = DeploymentId(0);
+        let t = Instant::now();
+        let s = settings(1, 5);
+        let transient = Failure::new(FailureClass::Transient, "x");
+        let mut limited = Failure::new(FailureClass::RateLimited, "x");
+        limited.retry_after = Some(Duration::from_secs(2));
+        // (request, outcome): None = success.
+        let outcomes: [(u64, Option<&Failure>); 4] = [
+            (1, Some(&transient)),
+            (2, None),
+            (3, Some(&transient)),
+            (4, Some(&limited)),
+        ];
+        let mut seen = Vec::new();
+        for perm in permutations(&[0, 1, 2, 3]) {
+            for with_limit in [false, true] {
+                let mut book = CooldownBook::new(1);
+                let mut reported = Vec::new();
+                for &i in &perm {
+                    let (request, outcome) = outcomes[i];
+                    match outcome {
+                        Some(f) if !with_limit && f.class == FailureClass::RateLimited => {}
+                        Some(f) => reported.push(book.record_failure(d, f, t, &s, request)),
+                        None => book.record_success(d, t, request),
+                    }
+                }
+                let later = t + ms(1);
+                book.settle(later);
+                let cooling = book.cooling_until(d, later);
+                let unreported = book.take_unreported();
+                reported.sort_by_key(|c| c.map(|c| c.duration));
+                seen.push((with_limit, cooling, unreported, reported));
+            }
+        }
+        for (with_limit, cooling, unreported, reported) in &seen {
+            let first = seen.iter().find(|x| x.0 == *with_limit).unwrap();
+            assert_eq!(
+                (cooling, unreported, reported),
+                (&first.1, &first.2, &first.3)
+            );
+        }
+        // Without the rate limit: two transient failures together exceed allowed_fails = 1
+        // though neither does alone, so settling reports the cooldown, on request 1.
+        let plain = seen.iter().find(|x| !x.0).unwrap();
+        assert_eq!(plain.1, Some(t + Duration::from_secs(5)));
+        assert_eq!(plain.2.len(), 1);
+        assert_eq!(plain.2[0].request, 1);
+        assert_eq!(plain.2[0].class, FailureClass::Transient);
+        // With it: request 4 reported its own cooldown; the longer transient one wins.
+        let limited = seen.iter().find(|x| x.0).unwrap();
+        assert_eq!(limited.1, Some(t + Duration::from_secs(5)));
+        assert!(limited.2.is_empty(), "request 4 reported a cooldown itself");
+    }
+
+    fn permutations(items: &[usize]) -> Vec<Vec<usize>> {
+        if items.len() <= 1 {
+            return vec![items.to_vec()];
+        }
+        let mut out = Vec::new();
+        for (i, first) in items.iter().enumerate() {
+            let mut rest = items.to_vec();
+            rest.remove(i);
+            for mut p in permutations(&rest) {
+                p.insert(0, *first);
+                out.push(p);
+            }
+        }
+        out
     }
 }

@@ -202,24 +202,24 @@ mod tests {
         let tried = [DeploymentId(0)];
         let mut ctx = cx(&f, &tried, now);
         assert!(matches!(
-            plan_retry(&ctx, &c, &book, &mut rng),
+            plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
             RetryDecision::Retry { .. }
         ));
         ctx.retries_used = 2;
         assert_eq!(
-            plan_retry(&ctx, &c, &book, &mut rng),
+            plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
             RetryDecision::GiveUp(GiveUp::BudgetSpent)
         );
         let ctxw = Failure::new(FailureClass::ContextWindow, "x");
         let ctx = cx(&ctxw, &tried, now);
         assert_eq!(
-            plan_retry(&ctx, &c, &book, &mut rng),
+            plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
             RetryDecision::GiveUp(GiveUp::NotRetryable)
         );
         let mut ctx = cx(&f, &tried, now);
         ctx.mocked = true;
         assert_eq!(
-            plan_retry(&ctx, &c, &book, &mut rng),
+            plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
             RetryDecision::GiveUp(GiveUp::NotRetryable)
         );
     }
@@ -233,7 +233,7 @@ mod tests {
         for seed in 0..20 {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let tried = [DeploymentId(1)];
-            match plan_retry(&cx(&f, &tried, now), &c, &book, &mut rng) {
+            match plan_retry(&cx(&f, &tried, now), &c, &book.view(1, now), &mut rng) {
                 RetryDecision::Retry { deployment, delay } => {
                     assert_eq!(deployment, DeploymentId(0));
                     assert!(
@@ -253,11 +253,11 @@ mod tests {
         let now = Instant::now();
         let mut f = Failure::new(FailureClass::RateLimited, "x");
         f.retry_after = Some(Duration::from_secs(3));
-        book.record_failure(DeploymentId(0), &f, now, &settings());
+        book.record_failure(DeploymentId(0), &f, now, &settings(), 1);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let tried = [DeploymentId(0)];
         assert_eq!(
-            plan_retry(&cx(&f, &tried, now), &c, &book, &mut rng),
+            plan_retry(&cx(&f, &tried, now), &c, &book.view(1, now), &mut rng),
             RetryDecision::Retry {
                 deployment: DeploymentId(0),
                 delay: Duration::from_secs(3)
@@ -266,9 +266,9 @@ mod tests {
         // Over the cap: give up on the group (fall back) instead of waiting.
         f.retry_after = Some(Duration::from_secs(30));
         let mut book = CooldownBook::new(1);
-        book.record_failure(DeploymentId(0), &f, now, &settings());
+        book.record_failure(DeploymentId(0), &f, now, &settings(), 1);
         assert_eq!(
-            plan_retry(&cx(&f, &tried, now), &c, &book, &mut rng),
+            plan_retry(&cx(&f, &tried, now), &c, &book.view(1, now), &mut rng),
             RetryDecision::GiveUp(GiveUp::WaitTooLong(Duration::from_secs(30)))
         );
     }
@@ -285,11 +285,11 @@ mod tests {
             allowed_fails: 0,
             ..settings()
         };
-        book.record_failure(DeploymentId(0), &f, now, &s);
+        book.record_failure(DeploymentId(0), &f, now, &s, 1);
         let tried = [DeploymentId(0)];
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         assert_eq!(
-            plan_retry(&cx(&f, &tried, now), &c, &book, &mut rng),
+            plan_retry(&cx(&f, &tried, now), &c, &book.view(1, now), &mut rng),
             RetryDecision::GiveUp(GiveUp::AllCooling(s.cooldown_time))
         );
     }
@@ -301,13 +301,13 @@ mod tests {
         let now = Instant::now();
         let mut f = Failure::new(FailureClass::RateLimited, "x");
         f.retry_after = Some(Duration::from_secs(5));
-        book.record_failure(DeploymentId(0), &f, now, &settings());
+        book.record_failure(DeploymentId(0), &f, now, &settings(), 1);
         let tried = [DeploymentId(0)];
         let mut ctx = cx(&f, &tried, now);
         ctx.deadline = now + Duration::from_secs(4);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         assert_eq!(
-            plan_retry(&ctx, &c, &book, &mut rng),
+            plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
             RetryDecision::GiveUp(GiveUp::PastDeadline)
         );
     }

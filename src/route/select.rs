@@ -153,13 +153,17 @@ mod tests {
         let now = Instant::now();
         let f = Failure::new(FailureClass::Auth, "x");
         let s = GatewaySettings::default();
-        book.record_failure(DeploymentId(0), &f, now, &s);
-        assert_eq!(pick(&c, &book, &[], 0), Choice::Now(DeploymentId(1)));
-        book.record_failure(DeploymentId(1), &f, now + Duration::from_secs(1), &s);
+        book.record_failure(DeploymentId(0), &f, now, &s, 1);
+        assert_eq!(
+            pick(&c, &book.view(1, now), &[], 0),
+            Choice::Now(DeploymentId(1))
+        );
+        let later = now + Duration::from_secs(1);
+        book.record_failure(DeploymentId(1), &f, later, &s, 1);
         match choose(
             &c,
             GroupId(0),
-            &book,
+            &book.view(1, later),
             now,
             &[],
             &mut ChaCha8Rng::seed_from_u64(0),

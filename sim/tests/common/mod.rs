@@ -23,6 +23,8 @@ use switchback::gateway::routes::chat_buffered;
 use switchback::trace::NoTrace;
 use switchback::transport::{Listener, TcpConnector, TcpListener};
 
+pub mod mutants;
+
 /// Switchback on an ephemeral loopback port, real TCP upstreams, no trace.
 pub async fn loopback_gateway(config: &GatewayConfig) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0".parse().expect("an address"))

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchback_sim::explore::{self, Coverage};
-use switchback_sim::world::{GatewayUnderTest, Switchback};
+use switchback_sim::explore::{self, Concurrency, Coverage};
+use switchback_sim::world::{GatewayUnderTest, Switchback, WorldOptions};
 
 pub struct Options {
     pub cases: u64,
@@ -22,10 +22,18 @@ pub struct Options {
     pub check_determinism: bool,
     pub out: PathBuf,
     pub jobs: usize,
+    /// How often a case has several requests in flight at once.
+    pub concurrency: Concurrency,
+    /// The world the cases run in (the default, or a deliberately broken one).
+    pub world: WorldOptions,
 }
 
 /// Failing cases shrunk and saved per run; the rest are listed by seed.
 const MAX_SAVED: usize = 3;
+
+/// A failing case: its seed, what failed, and the first attempt its modes asked differently
+/// (continuation against fresh answer), if any.
+type Failing = (u64, Vec<String>, Option<String>);
 
 pub fn main(o: Options) -> ExitCode {
     let (shard, shards) = o.shard;
@@ -35,7 +43,7 @@ pub fn main(o: Options) -> ExitCode {
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
-    let failing: Mutex<Vec<(u64, Vec<String>)>> = Mutex::new(Vec::new());
+    let failing: Mutex<Vec<Failing>> = Mutex::new(Vec::new());
     let coverage = Mutex::new(Coverage::default());
     let gateway: Arc<dyn GatewayUnderTest> = Arc::new(Switchback);
     let workers = AtomicU64::new(o.jobs.max(1) as u64);
@@ -61,11 +69,17 @@ pub fn main(o: Options) -> ExitCode {
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         run_case(seed, &o, &gateway, &coverage)
                     }));
-                    let failures = ran.unwrap_or_else(|_| {
-                        vec![format!("case {seed} panicked (see the message above)")]
+                    let (failures, asked) = ran.unwrap_or_else(|_| {
+                        (
+                            vec![format!("case {seed} panicked (see the message above)")],
+                            None,
+                        )
                     });
                     if !failures.is_empty() {
-                        failing.lock().expect("failing").push((seed, failures));
+                        failing
+                            .lock()
+                            .expect("failing")
+                            .push((seed, failures, asked));
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -95,14 +109,14 @@ pub fn main(o: Options) -> ExitCode {
     )
 }
 
-/// Runs one case; returns what failed.
+/// Runs one case; returns what failed, and where its modes asked an attempt differently.
 fn run_case(
     seed: u64,
     o: &Options,
     gateway: &Arc<dyn GatewayUnderTest>,
     coverage: &Mutex<Coverage>,
-) -> Vec<String> {
-    let scenario = explore::case(seed);
+) -> (Vec<String>, Option<String>) {
+    let scenario = explore::case_with(seed, o.concurrency);
     let mut failures = match scenario.check() {
         Ok(()) => Vec::new(),
         Err((path, m)) => vec![format!(
@@ -110,11 +124,13 @@ fn run_case(
             switchback::yaml::render_path(&path)
         )],
     };
+    let mut asked = None;
     if failures.is_empty() {
-        let verdict = explore::judge(&scenario, gateway);
+        let verdict = explore::judge_in(&scenario, gateway, o.world);
+        asked = explore::asked_differently(&verdict.runs);
         failures = verdict.failures;
         if o.check_determinism {
-            let again = explore::judge(&scenario, gateway);
+            let again = explore::judge_in(&scenario, gateway, o.world);
             for (a, b) in verdict.runs.iter().zip(&again.runs) {
                 if a.trace != b.trace {
                     failures.push(format!(
@@ -129,7 +145,7 @@ fn run_case(
             .expect("coverage")
             .add(&scenario, &verdict.runs);
     }
-    failures
+    (failures, asked)
 }
 
 fn finish(
@@ -137,7 +153,7 @@ fn finish(
     started: Instant,
     mine: u64,
     ran: u64,
-    failing: Mutex<Vec<(u64, Vec<String>)>>,
+    failing: Mutex<Vec<Failing>>,
     coverage: Mutex<Coverage>,
 ) -> ExitCode {
     let (shard, shards) = o.shard;
@@ -146,9 +162,10 @@ fn finish(
     let elapsed = started.elapsed();
     let coverage = coverage.into_inner().expect("coverage");
     let mut failing = failing.into_inner().expect("failing");
-    failing.sort_by_key(|(seed, _)| *seed);
+    failing.sort_by_key(|(seed, _, _)| *seed);
+    let asked = failing.iter().filter(|(_, _, a)| a.is_some()).count();
     println!(
-        "shard {shard}/{shards}: {ran} cases in {:.1} s ({:.0} cases per second), {} failing",
+        "shard {shard}/{shards}: {ran} cases in {:.1} s ({:.0} cases per second), {} failing ({asked} where the modes asked an attempt differently: a continuation in one, a fresh answer in the other)",
         elapsed.as_secs_f64(),
         ran as f64 / elapsed.as_secs_f64().max(1e-9),
         failing.len()
@@ -158,21 +175,38 @@ fn finish(
     println!("answer shapes: {}", join(&coverage.answers));
     println!("failure classes seen: {}", join(&coverage.classes));
     println!("distinct attempt sequences: {}", coverage.sequences.len());
+    let shapes: Vec<String> = coverage
+        .shapes
+        .lines()
+        .into_iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    println!("cases with: {}", shapes.join(", "));
     if failing.is_empty() {
         return ExitCode::SUCCESS;
     }
-    for (seed, failures) in failing.iter().take(MAX_SAVED) {
+    for (seed, failures, asked) in failing.iter().take(MAX_SAVED) {
         println!("\ncase {seed} failed:");
         for f in failures.iter().take(5) {
             println!("  {f}");
         }
+        if let Some(a) = asked {
+            println!("  the modes asked differently: {a}");
+        }
         let gateway: Arc<dyn GatewayUnderTest> = Arc::new(Switchback);
-        let (small, small_failures) = explore::shrink(*seed, &gateway);
+        let (small, small_failures) = explore::shrink_in(
+            *seed,
+            o.concurrency,
+            &gateway,
+            o.world,
+            explore::MAX_SHRINK_STEPS,
+        );
         match explore::save(&o.out, &small, &small_failures) {
             Ok(path) => println!(
-                "  shrunk to {}\n  replay: cargo run --release -- run {}\n  or: cargo run --release -- replay --seed {seed}",
+                "  shrunk to {}\n  replay: cargo run --release -- run {}\n  or: cargo run --release -- replay --seed {seed}{}",
                 path.display(),
-                path.display()
+                path.display(),
+                concurrency_flag(o.concurrency)
             ),
             Err(e) => println!("  could not save the shrunk case: {e}"),
         }
@@ -180,9 +214,12 @@ fn finish(
     if failing.len() > MAX_SAVED {
         let rest: Vec<String> = failing[MAX_SAVED..]
             .iter()
-            .map(|(s, _)| s.to_string())
+            .map(|(s, _, a)| format!("{s}{}", if a.is_some() { "*" } else { "" }))
             .collect();
-        println!("\nalso failing (seeds): {}", rest.join(", "));
+        println!(
+            "\nalso failing (seeds; * where the modes asked differently): {}",
+            rest.join(", ")
+        );
     }
     ExitCode::FAILURE
 }
@@ -228,8 +265,17 @@ fn progress(done: u64, total: u64, started: Instant, failing: usize) {
     let _ = std::io::stderr().flush();
 }
 
-pub fn replay(seed: u64, yaml: bool) -> ExitCode {
-    let scenario = explore::case(seed);
+/// The `--concurrency` flag that regenerates the same cases (empty for the default).
+fn concurrency_flag(c: Concurrency) -> &'static str {
+    match c {
+        Concurrency::Sometimes => "",
+        Concurrency::Always => " --concurrency always",
+        Concurrency::Never => " --concurrency never",
+    }
+}
+
+pub fn replay(seed: u64, yaml: bool, concurrency: Concurrency) -> ExitCode {
+    let scenario = explore::case_with(seed, concurrency);
     if yaml {
         match serde_saphyr::to_string(&scenario) {
             Ok(text) => println!("{text}"),

@@ -26,10 +26,33 @@ struct Cli {
     command: Command,
 }
 
+/// A mode, spelt as scenario files spell it (`non_stream`; `non-stream` is accepted too).
 #[derive(Clone, Copy, ValueEnum)]
 enum ModeArg {
     Stream,
+    #[value(name = "non_stream", alias = "non-stream")]
     NonStream,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ConcurrencyArg {
+    /// In some cases (the default mix).
+    Sometimes,
+    /// In every case.
+    Always,
+    /// In no case.
+    Never,
+}
+
+impl From<ConcurrencyArg> for switchback_sim::explore::Concurrency {
+    fn from(c: ConcurrencyArg) -> Self {
+        use switchback_sim::explore::Concurrency;
+        match c {
+            ConcurrencyArg::Sometimes => Concurrency::Sometimes,
+            ConcurrencyArg::Always => Concurrency::Always,
+            ConcurrencyArg::Never => Concurrency::Never,
+        }
+    }
 }
 
 impl From<ModeArg> for Mode {
@@ -104,6 +127,14 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
+        /// How often a case has several requests in flight at once, from several keys,
+        /// sharing deployments and short cooldowns, on a network with a latency range.
+        #[arg(long, value_enum, default_value = "sometimes")]
+        concurrency: ConcurrencyArg,
+        /// Run in the old, drifting world (one latency RNG for every link), to see explore
+        /// catch it. Never for real exploration.
+        #[arg(long, hide = true)]
+        shared_latency_rng: bool,
     },
     /// Reproduce one generated case exactly and print its traces (and its YAML with --yaml).
     Replay {
@@ -112,6 +143,9 @@ enum Command {
         /// Also print the scenario file.
         #[arg(long)]
         yaml: bool,
+        /// As given to `explore`.
+        #[arg(long, value_enum, default_value = "sometimes")]
+        concurrency: ConcurrencyArg,
     },
     /// Serve a scenario's fake providers on loopback (provider i on PORT_BASE + i) until
     /// interrupted, logging every request; or, with --emit-config, print a gateway config
@@ -247,6 +281,8 @@ fn main() -> ExitCode {
             check_determinism,
             out,
             jobs,
+            concurrency,
+            shared_latency_rng,
         } => explore::main(explore::Options {
             cases,
             seed,
@@ -256,8 +292,14 @@ fn main() -> ExitCode {
             out,
             jobs: jobs
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            concurrency: concurrency.into(),
+            world: switchback_sim::world::WorldOptions { shared_latency_rng },
         }),
-        Command::Replay { seed, yaml } => explore::replay(seed, yaml),
+        Command::Replay {
+            seed,
+            yaml,
+            concurrency,
+        } => explore::replay(seed, yaml, concurrency.into()),
         Command::Fakes {
             scenario,
             port_base,

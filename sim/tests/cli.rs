@@ -1,0 +1,46 @@
+//! The command line accepts what the file format and the results table spell: a mode is
+//! `non_stream` there, so `trace --mode non_stream` works (and the old `non-stream` still
+//! does), and `check` refuses a broken file with the loader's message.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn switchback(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchback"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the switchback binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn trace_takes_the_mode_as_scenario_files_spell_it() {
+    let file = "scenarios/streaming/precommit_429_falls_back.yaml";
+    for mode in ["non_stream", "non-stream"] {
+        let (ok, stdout, stderr) = switchback(&["trace", file, "--mode", mode]);
+        assert!(ok, "--mode {mode}: {stderr}");
+        assert!(stdout.contains("stream=false"), "--mode {mode}:\n{stdout}");
+    }
+    let (ok, _, stderr) = switchback(&["trace", file, "--mode", "streem"]);
+    assert!(!ok);
+    assert!(stderr.contains("non_stream"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_a_request_sent_after_the_run() {
+    let (ok, stdout, _) = switchback(&["check", "sim/tests/broken/at_ms_after_duration.yaml"]);
+    assert!(!ok);
+    assert!(
+        stdout.contains("at_ms = 5000 is not before duration_ms = 1000"),
+        "{stdout}"
+    );
+}
