@@ -16,12 +16,13 @@ use crate::attempt::{self, Delivery, Outcome};
 use crate::catalog::{Catalog, KeySpec};
 use crate::config::{At, RouterSettings, check_settings_fields};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::plan::FallbackPlan;
 use crate::policy::Levels;
 use crate::request::ChatRequest;
 use crate::route::cooldown::CooldownBook;
 use crate::route::{DefaultRetryPolicy, RetryPolicy};
-use crate::trace::{Event, Observer, TraceRecord};
+use crate::trace::{Event, Fanout, Observer, TraceRecord};
 use crate::transport::Connector;
 use crate::upstream::client::{ClientLimits, UpstreamClient};
 
@@ -80,6 +81,8 @@ pub struct Engine {
     /// Wall-clock start, in Unix seconds: the `created` of `/v1/models`.
     started_unix: u64,
     next_request: AtomicU64,
+    /// What `/metrics` shows, when the embedder asked for metrics.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Engine {
@@ -111,6 +114,7 @@ impl Engine {
             started: Instant::now(),
             started_unix,
             next_request: AtomicU64::new(1),
+            metrics: None,
         }
     }
 
@@ -118,6 +122,18 @@ impl Engine {
     pub fn with_retry_policy(mut self, policy: Arc<dyn RetryPolicy>) -> Engine {
         self.retry_policy = policy;
         self
+    }
+
+    /// Feeds `metrics` from the engine's events (besides the observer given to `new`) and
+    /// serves them on `GET /metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Engine {
+        self.observer = Arc::new(Fanout(vec![self.observer, metrics.clone()]));
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     pub(crate) fn retry_policy(&self) -> &dyn RetryPolicy {
@@ -160,6 +176,16 @@ impl Engine {
     pub fn cooldown_snapshot(&self) -> Vec<Duration> {
         let book = self.cooldowns.lock().expect("cooldown lock poisoned");
         book.remaining(Instant::now())
+    }
+
+    /// Every deployment's id and remaining cooldown (zero when healthy), in catalog order.
+    pub fn cooling(&self) -> Vec<(String, Duration)> {
+        self.catalog
+            .deployments
+            .iter()
+            .zip(self.cooldown_snapshot())
+            .map(|(d, left)| (d.id.clone(), left))
+            .collect()
     }
 
     pub(crate) fn tracing(&self) -> bool {

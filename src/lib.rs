@@ -17,6 +17,7 @@
 //! * [`commit`]: what the client has been given, and what a continuation may ask.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
 //! * [`limits`]: every named bound and its default.
+//! * [`metrics`]: Prometheus counters and histograms, fed by the trace events.
 //! * [`redact`]: keeping secrets out of every message a client can read.
 //! * [`yaml`]: YAML loading with errors that name file, line, column and field.
 //!
@@ -37,6 +38,7 @@ pub mod error;
 pub mod frames;
 pub mod gateway;
 pub mod limits;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod redact;

@@ -329,6 +329,27 @@ impl Observer for NoTrace {
     fn record(&self, _: TraceRecord, _: &Catalog) {}
 }
 
+/// Hands every event to each of several observers, in order (a trace and the metrics, say).
+/// Events are built when any of them is enabled, and given only to the enabled ones.
+pub struct Fanout(pub Vec<std::sync::Arc<dyn Observer>>);
+
+impl Observer for Fanout {
+    fn enabled(&self) -> bool {
+        self.0.iter().any(|o| o.enabled())
+    }
+    fn record(&self, record: TraceRecord, catalog: &Catalog) {
+        let mut enabled = self.0.iter().filter(|o| o.enabled()).peekable();
+        while let Some(observer) = enabled.next() {
+            if enabled.peek().is_some() {
+                observer.record(record.clone(), catalog);
+            } else {
+                observer.record(record, catalog);
+                break;
+            }
+        }
+    }
+}
+
 /// Keeps rendered lines in memory, up to a bound (for tests and the harness).
 #[derive(Debug)]
 pub struct TraceLog {

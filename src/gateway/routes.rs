@@ -1,4 +1,5 @@
-//! The gateway's routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`.
+//! The gateway's routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
+//! `GET /metrics`.
 //!
 //! Owns: reading the request (bearer token first, then the body under its size limit and
 //! read timeout), handing it to the engine, and turning the outcome into a response: one
@@ -32,6 +33,7 @@ pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Res
         "/v1/chat/completions" | "/chat/completions" => Route::Chat,
         "/v1/models" | "/models" => Route::Models,
         "/health" | "/health/liveliness" | "/health/readiness" => Route::Health,
+        "/metrics" => Route::Metrics,
         _ => match path
             .strip_prefix("/v1/models/")
             .or_else(|| path.strip_prefix("/models/"))
@@ -42,7 +44,7 @@ pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Res
     };
     let expected = match route {
         Route::Chat => Method::POST,
-        Route::Models | Route::Model(_) | Route::Health => Method::GET,
+        Route::Models | Route::Model(_) | Route::Health | Route::Metrics => Method::GET,
     };
     if req.method() != expected {
         return error(&ApiError::new(
@@ -53,6 +55,7 @@ pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Res
     }
     match route {
         Route::Health => health(),
+        Route::Metrics => metrics(&engine, &req),
         Route::Models => models(&engine, &req),
         Route::Model(id) => model(&engine, &req, &id),
         Route::Chat => chat(engine, req).await,
@@ -65,10 +68,37 @@ enum Route {
     /// `GET /v1/models/{id}`; a group's name may itself contain `/`.
     Model(String),
     Health,
+    Metrics,
 }
 
 fn health() -> Response<ResponseBody> {
     json_response(StatusCode::OK, &json!({"status": "healthy"}))
+}
+
+/// The Prometheus exposition, when the engine keeps metrics. With keys configured, a
+/// scrape must present one of them (any key: the series name groups, deployments and key
+/// aliases, never a secret), so an open port does not show the gateway's traffic.
+fn metrics(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
+    let Some(metrics) = engine.metrics() else {
+        return error(&ApiError::not_found(
+            "metrics are off for this gateway (`serve --metrics on`)",
+        ));
+    };
+    match engine.authenticate(bearer(req)) {
+        Ok(None) if engine.catalog().has_keys() => {
+            return error(&ApiError::unauthorized(
+                "missing API key: send `Authorization: Bearer <virtual key>`",
+            ));
+        }
+        Err(e) => return error(&e),
+        Ok(_) => {}
+    }
+    let mut response = Response::new(body::full(metrics.render(engine.cooling())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
 }
 
 /// The answer on a connection past `max_connections`: `/health` as usual (a load

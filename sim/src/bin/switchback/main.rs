@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
 use switchback::engine::{Engine, SystemWallClock};
+use switchback::metrics::Metrics;
 use switchback::trace::NoTrace;
 use switchback::transport::{TcpConnector, TcpListener};
 use switchback_sim::run::{self, Summary, Where};
@@ -252,7 +253,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:4000")]
         listen: std::net::SocketAddr,
+        /// Keep Prometheus metrics and serve them on `GET /metrics`.
+        #[arg(long, value_enum, default_value = "on")]
+        metrics: Switch,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -364,7 +374,11 @@ fn main() -> ExitCode {
             pause,
             timeout,
         }),
-        Command::Serve { config, listen } => serve(&config, listen),
+        Command::Serve {
+            config,
+            listen,
+            metrics,
+        } => serve(&config, listen, metrics == Switch::On),
     }
 }
 
@@ -517,7 +531,7 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn serve(config: &Path, listen: std::net::SocketAddr) -> ExitCode {
+fn serve(config: &Path, listen: std::net::SocketAddr, metrics: bool) -> ExitCode {
     let mut config = match GatewayConfig::load_file(config) {
         Ok(c) => c,
         Err(e) => {
@@ -564,12 +578,16 @@ fn serve(config: &Path, listen: std::net::SocketAddr) -> ExitCode {
             catalog.groups.len(),
             catalog.deployments.len()
         );
-        let engine = Arc::new(Engine::new(
+        let mut engine = Engine::new(
             catalog,
             Arc::new(TcpConnector),
             Arc::new(NoTrace),
             Arc::new(SystemWallClock),
-        ));
+        );
+        if metrics {
+            engine = engine.with_metrics(Arc::new(Metrics::new()));
+        }
+        let engine = Arc::new(engine);
         let grace = engine.catalog().limits.shutdown_grace;
         let shutdown = async move {
             let signal = stop_signal().await;

@@ -1,0 +1,306 @@
+//! Operating the real `switchback serve` binary on loopback: `/metrics` scraped and read by
+//! a real Prometheus text parser (`prometheus-parse`), after traffic whose decisions are
+//! known (a rate-limited primary, a fallback that serves).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const KEY: &str = "sk-ops-client";
+
+/// A one-port upstream: `/a/...` always answers 429, `/b/...` an SSE answer.
+async fn upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let head = read_request(&mut s).await;
+                let response = if head.starts_with("POST /a/") {
+                    let body = r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#;
+                    format!(
+                        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    let chunk = |delta: &str, finish: &str| {
+                        format!(
+                            "data: {{\"id\":\"up\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"mb\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+                        )
+                    };
+                    let body = chunk(r#"{"role":"assistant","content":"pong"}"#, "null")
+                        + &chunk("{}", r#""stop""#)
+                        + "data: [DONE]\n\n";
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = s.write_all(response.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one request (headers and a `content-length` body); returns its head.
+async fn read_request(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text[..end].to_string();
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `switchback serve` as a child process.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Gateway {
+    fn start(name: &str, config: &str, args: &[&str]) -> Gateway {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/ops-tests")
+            .join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchback"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("switchback serve starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while err.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).expect("serve prints its address");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = out.read_to_string(&mut rest);
+        });
+        Gateway {
+            child,
+            addr,
+            stderr,
+            dir,
+        }
+    }
+}
+
+fn config(upstream: SocketAddr) -> String {
+    format!(
+        r#"
+model_list:
+  - {{model_name: a, litellm_params: {{model: openai/ma, api_base: "http://{upstream}/a/v1", api_key: sk-upstream-SECRET-a}}, model_info: {{id: a1}}}}
+  - {{model_name: b, litellm_params: {{model: openai/mb, api_base: "http://{upstream}/b/v1", api_key: sk-upstream-SECRET-b}}, model_info: {{id: b1}}}}
+router_settings: {{num_retries: 0, cooldown_time: 60, allowed_fails: 0, fallbacks: [{{a: [b]}}]}}
+keys:
+  - {{key: {KEY}, key_alias: client-1}}
+"#
+    )
+}
+
+async fn exchange(addr: SocketAddr, request: String) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the gateway answers within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn chat(model: &str, stream: bool) -> String {
+    let body = format!(
+        r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"ping"}}]}}"#
+    );
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn scrape(key: Option<&str>) -> String {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")
+}
+
+/// The value of the sample of `name` whose labels include all of `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one sample {name} {labels:?}, got {found:?}"
+    );
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_from_a_real_gateway_in_prometheus_text() {
+    let up = upstream().await;
+    let gw = Gateway::start("metrics", &config(up), &[]);
+    // Non-stream then stream: a1 answers 429 and cools (allowed_fails: 0), the request falls
+    // back to b; the second request finds a cooling and is skipped to b at once.
+    for (n, stream) in [(1, false), (2, true)] {
+        let r = exchange(gw.addr, chat("a", stream)).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "request {n}: {r}");
+    }
+    // Without a key: refused, since keys are configured.
+    let refused = exchange(gw.addr, scrape(None)).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let response = exchange(gw.addr, scrape(Some(KEY))).await;
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let requests = |mode| {
+        sample(
+            &parsed,
+            "switchback_requests_total",
+            &[
+                ("group", "a"),
+                ("key", "client-1"),
+                ("mode", mode),
+                ("outcome", "completed"),
+            ],
+        )
+    };
+    assert_eq!(requests("non_stream"), 1.0);
+    assert_eq!(requests("stream"), 1.0);
+    assert_eq!(
+        sample(
+            &parsed,
+            "switchback_attempt_failures_total",
+            &[("deployment", "a1"), ("class", "rate_limited")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &parsed,
+            "switchback_fallbacks_total",
+            &[("from", "a"), ("to", "b"), ("class", "rate_limited")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &parsed,
+            "switchback_attempts_total",
+            &[("deployment", "b1")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &parsed,
+            "switchback_deployment_cooling",
+            &[("deployment", "a1")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &parsed,
+            "switchback_deployment_cooling",
+            &[("deployment", "b1")]
+        ),
+        0.0
+    );
+    assert!(
+        parsed
+            .samples
+            .iter()
+            .any(|s| s.metric == "switchback_time_to_commit_seconds"),
+        "histogram present:\n{body}"
+    );
+    // No secret and no client-chosen string in any label.
+    assert!(!body.contains("SECRET") && !body.contains(KEY), "{body}");
+    let stderr = gw.stderr.lock().unwrap().clone();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_turned_off() {
+    let up = upstream().await;
+    let gw = Gateway::start("metrics-off", &config(up), &["--metrics", "off"]);
+    let r = exchange(gw.addr, scrape(Some(KEY))).await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+}

@@ -1,0 +1,727 @@
+//! Prometheus metrics, fed by the engine's typed events.
+//!
+//! Owns: [`Metrics`], an [`Observer`] that folds every [`TraceRecord`] into counters and
+//! histograms, and their rendering in the Prometheus text format (0.0.4) through the
+//! `prometheus-client` crate. Every series lives in a `BTreeMap`, so a scrape lists series in
+//! a fixed order. Label values come only from the config (group names, deployment ids, key
+//! aliases) and from the engine's own closed vocabularies (failure classes, limit names,
+//! modes, outcomes), never from request data: a model name a client sent that is not a
+//! group never reaches admission, so it never becomes a label.
+//! Does not own the `/metrics` route (`gateway::routes`) nor any decision: it only watches.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::catalog::Catalog;
+use crate::trace::{Event, Observer, TraceRecord};
+
+/// The `Content-Type` of a scrape.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Requests followed from admission to their last event at once. Each HTTP/1 connection
+/// carries one request at a time, so `max_connections` (4096 by default) bounds what is in
+/// flight; this bound only guards against a request whose last event never comes. Past it,
+/// new requests are counted in `switchback_metrics_untracked_requests_total` and otherwise
+/// left out of the per-request series.
+pub const MAX_TRACKED_REQUESTS: usize = 65_536;
+
+/// Upper bounds of the latency histograms' buckets, in seconds: from a loopback upstream's
+/// millisecond to `request_deadline`'s default 600 s.
+pub const LATENCY_BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
+/// The engine's counters and histograms. Cheap to share: clone the `Arc`.
+pub struct Metrics {
+    state: Arc<Mutex<State>>,
+    registry: Registry,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// What the metrics know of a request between its admission and its last event.
+#[derive(Debug, Clone)]
+struct InFlight {
+    group: String,
+    key: String,
+    mode: &'static str,
+    admitted_at: Duration,
+    committed: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    /// Per bucket of [`LATENCY_BUCKETS`], not cumulative; the last slot is `+Inf`.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, value: Duration) {
+        let secs = value.as_secs_f64();
+        if self.counts.is_empty() {
+            self.counts = vec![0; LATENCY_BUCKETS.len() + 1];
+        }
+        let slot = LATENCY_BUCKETS
+            .iter()
+            .position(|upper| secs <= *upper)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[slot] += 1;
+        self.sum += secs;
+        self.count += 1;
+    }
+
+    /// `(upper bound, count in this bucket only)` pairs, `+Inf` last: the encoder sums
+    /// them into the exposition's cumulative `le` buckets.
+    fn buckets(&self) -> Vec<(f64, u64)> {
+        LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .enumerate()
+            .map(|(i, upper)| (upper, self.counts.get(i).copied().unwrap_or(0)))
+            .collect()
+    }
+}
+
+type Labels<const N: usize> = [(&'static str, String); N];
+
+/// Every series, keyed by its label values.
+#[derive(Debug, Default)]
+struct State {
+    in_flight: BTreeMap<u64, InFlight>,
+    untracked: u64,
+    /// group, key, mode, outcome
+    requests: BTreeMap<[String; 4], u64>,
+    /// group, deployment
+    attempts: BTreeMap<[String; 2], u64>,
+    /// deployment, class
+    attempt_failures: BTreeMap<[String; 2], u64>,
+    /// deployment
+    failures_after_commit: BTreeMap<[String; 1], u64>,
+    /// group, deployment
+    retries: BTreeMap<[String; 2], u64>,
+    /// from, to, class
+    fallbacks: BTreeMap<[String; 3], u64>,
+    /// group, reason
+    groups_exhausted: BTreeMap<[String; 2], u64>,
+    /// deployment, class
+    cooldowns: BTreeMap<[String; 2], u64>,
+    /// limit
+    limit_hits: BTreeMap<[String; 1], u64>,
+    /// mode, reason
+    client_disconnects: BTreeMap<[String; 2], u64>,
+    /// reason
+    continuations_refused: BTreeMap<[String; 1], u64>,
+    /// group, mode, outcome
+    request_duration: BTreeMap<[String; 3], Histogram>,
+    /// group, mode
+    time_to_commit: BTreeMap<[String; 2], Histogram>,
+    /// Filled just before a scrape: deployment id and remaining cooldown, catalog order.
+    cooling: Vec<(String, Duration)>,
+}
+
+fn bump<const N: usize>(map: &mut BTreeMap<[String; N], u64>, key: [&str; N]) {
+    *map.entry(key.map(str::to_string)).or_insert(0) += 1;
+}
+
+impl State {
+    fn record(&mut self, record: &TraceRecord, catalog: &Catalog) {
+        let g = |id| catalog.group(id).name.as_str();
+        let d = |id| catalog.deployment(id).id.as_str();
+        let id = record.request;
+        match &record.event {
+            Event::Admitted { key, group, stream } => {
+                if self.in_flight.len() >= MAX_TRACKED_REQUESTS {
+                    self.untracked += 1;
+                    return;
+                }
+                self.in_flight.insert(
+                    id,
+                    InFlight {
+                        group: g(*group).to_string(),
+                        key: key.clone(),
+                        mode: if *stream { "stream" } else { "non_stream" },
+                        admitted_at: record.at,
+                        committed: false,
+                    },
+                );
+            }
+            Event::AttemptStarted {
+                group, deployment, ..
+            } => bump(&mut self.attempts, [g(*group), d(*deployment)]),
+            Event::AttemptFailed {
+                deployment, class, ..
+            } => {
+                bump(&mut self.attempt_failures, [d(*deployment), class.as_str()]);
+                if self.in_flight.get(&id).is_some_and(|r| r.committed) {
+                    bump(&mut self.failures_after_commit, [d(*deployment)]);
+                }
+            }
+            Event::DeploymentCooled {
+                deployment, class, ..
+            } => bump(&mut self.cooldowns, [d(*deployment), class.as_str()]),
+            Event::RetryScheduled {
+                group, deployment, ..
+            } => bump(&mut self.retries, [g(*group), d(*deployment)]),
+            Event::GroupExhausted { group, reason } => {
+                bump(&mut self.groups_exhausted, [g(*group), reason.as_str()])
+            }
+            Event::FallbackTaken {
+                from, to, class, ..
+            } => bump(&mut self.fallbacks, [g(*from), g(*to), class.as_str()]),
+            Event::Committed { .. } => {
+                if let Some(r) = self.in_flight.get_mut(&id) {
+                    r.committed = true;
+                    let waited = record.at.saturating_sub(r.admitted_at);
+                    self.time_to_commit
+                        .entry([r.group.clone(), r.mode.to_string()])
+                        .or_default()
+                        .observe(waited);
+                }
+            }
+            Event::Completed { .. } => self.finish(id, "completed", record.at),
+            Event::Failed { committed, .. } => {
+                let outcome = if *committed {
+                    "failed_after_commit"
+                } else {
+                    "failed"
+                };
+                self.finish(id, outcome, record.at);
+            }
+            Event::ClientGone { reason } => {
+                let mode = self.in_flight.get(&id).map_or("unknown", |r| r.mode);
+                bump(&mut self.client_disconnects, [mode, reason.as_str()]);
+                self.finish(id, "client_gone", record.at);
+            }
+            Event::LimitHit { limit } => bump(&mut self.limit_hits, [limit]),
+            Event::ContinuationRefused { reason } => {
+                bump(&mut self.continuations_refused, [reason])
+            }
+            Event::PlanResolved { .. }
+            | Event::FailureNotCounted { .. }
+            | Event::LinkSkipped { .. } => {}
+        }
+    }
+
+    /// The request's last event: its outcome and total time.
+    fn finish(&mut self, id: u64, outcome: &str, at: Duration) {
+        let Some(r) = self.in_flight.remove(&id) else {
+            return;
+        };
+        bump(&mut self.requests, [&r.group, &r.key, r.mode, outcome]);
+        self.request_duration
+            .entry([r.group, r.mode.to_string(), outcome.to_string()])
+            .or_default()
+            .observe(at.saturating_sub(r.admitted_at));
+    }
+}
+
+/// The registry's one collector: encodes [`State`] in a fixed order.
+#[derive(Debug)]
+struct StateCollector(Arc<Mutex<State>>);
+
+fn labels<const N: usize>(names: [&'static str; N], values: &[String; N]) -> Labels<N> {
+    let mut i = 0;
+    names.map(|n| {
+        let v = values[i].clone();
+        i += 1;
+        (n, v)
+    })
+}
+
+fn counter_family<const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    names: [&'static str; N],
+    series: &BTreeMap<[String; N], u64>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (values, count) in series {
+        let set = labels(names, values);
+        metric
+            .encode_family(&set)?
+            .encode_counter::<NoLabelSet, _, u64>(count, None)?;
+    }
+    Ok(())
+}
+
+fn histogram_family<const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    names: [&'static str; N],
+    series: &BTreeMap<[String; N], Histogram>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (values, h) in series {
+        let set = labels(names, values);
+        metric.encode_family(&set)?.encode_histogram::<NoLabelSet>(
+            h.sum,
+            h.count,
+            &h.buckets(),
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+fn gauge_family<S: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (S, f64)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (set, value) in series {
+        metric.encode_family(&set)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let s = self.0.lock().expect("metrics lock");
+        counter_family(
+            &mut e,
+            "switchback_requests",
+            "Admitted requests by requested group, key alias, mode and outcome (completed, failed, failed_after_commit, client_gone).",
+            ["group", "key", "mode", "outcome"],
+            &s.requests,
+        )?;
+        counter_family(
+            &mut e,
+            "switchback_attempts",
+            "Upstream attempts started, by group and deployment.",
+            ["group", "deployment"],
+            &s.attempts,
+        )?;
+        counter_family(
+            &mut e,
+            "switchback_attempt_failures",
+            "Failed upstream attempts, by deployment and failure class.",
+            ["deployment", "class"],
+            &s.attempt_failures,
+        )?;
+        counter_family(
+            &mut e,
+            "switchback_failures_after_commit",
+            "Attempts that failed after the request had committed (a stream already under way), by deployment.",
+            ["deployment"],
+            &s.failures_after_commit,
+        )?;
+        counter_family(
+            &mut e,
+            "switchback_retries",
+            "Retries scheduled within a group, by group and the deployment that failed.",
+            ["group", "deployment"],
+            &s.retries,
+        )?;
+        counter_family(
+            &mut e,
+            "switchback_fallbacks",
+            "Fallbacks taken, by the group left, the group tried next and the failure class that caused it.",
+            ["from", "to", "class"],
+            &s.fallbacks,
+        )?;
+        counter_family(
+            &mut e,
+            "switchback_groups_exhausted",
+            "Groups given up on within a request, by group and reason.",
+            ["group", "reason"],
+            &s.groups_exhausted,
+        )?;
+        counter_family(
+            &mut e,
+            "switchback_cooldowns",
+            "Cooldowns started, by deployment and the failure class that caused them.",
+            ["deployment", "class"],
+            &s.cooldowns,
+        )?;
+        counter_family(
+            &mut e,
+            "switchback_limit_hits",
+            "Requests stopped by a named limit.",
+            ["limit"],
+            &s.limit_hits,
+        )?;
+        counter_family(
+            &mut e,
+            "switchback_client_disconnects",
+            "Requests abandoned because the client left or stopped reading, by mode and reason.",
+            ["mode", "reason"],
+            &s.client_disconnects,
+        )?;
+        counter_family(
+            &mut e,
+            "switchback_continuations_refused",
+            "Failures after commit under mid_stream: continue that could not be continued, by reason.",
+            ["reason"],
+            &s.continuations_refused,
+        )?;
+        let untracked = BTreeMap::from([([], s.untracked)]);
+        counter_family(
+            &mut e,
+            "switchback_metrics_untracked_requests",
+            "Requests left out of per-request series because MAX_TRACKED_REQUESTS were in flight.",
+            [],
+            &untracked,
+        )?;
+        histogram_family(
+            &mut e,
+            "switchback_request_duration_seconds",
+            "Time from admission to the request's last event, by requested group, mode and outcome.",
+            ["group", "mode", "outcome"],
+            &s.request_duration,
+        )?;
+        histogram_family(
+            &mut e,
+            "switchback_time_to_commit_seconds",
+            "Time from admission to commit (the first content chunk of some attempt: what a streaming client waits for its first byte), by requested group and mode.",
+            ["group", "mode"],
+            &s.time_to_commit,
+        )?;
+        gauge_family(
+            &mut e,
+            "switchback_deployment_cooling",
+            "1 while a deployment is cooling, else 0.",
+            s.cooling.iter().map(|(d, left)| {
+                (
+                    [("deployment", d.clone())],
+                    f64::from(u8::from(!left.is_zero())),
+                )
+            }),
+        )?;
+        gauge_family(
+            &mut e,
+            "switchback_deployment_cooldown_remaining_seconds",
+            "Time until a cooling deployment is healthy again (0 when healthy).",
+            s.cooling
+                .iter()
+                .map(|(d, left)| ([("deployment", d.clone())], left.as_secs_f64())),
+        )?;
+        Ok(())
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let state = Arc::new(Mutex::new(State::default()));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StateCollector(state.clone())));
+        Metrics { state, registry }
+    }
+
+    /// The exposition, with the deployments' cooldowns as `cooling` says (deployment id and
+    /// remaining time, in catalog order; see [`crate::engine::Engine::cooling`]).
+    pub fn render(&self, cooling: Vec<(String, Duration)>) -> String {
+        self.state.lock().expect("metrics lock").cooling = cooling;
+        let mut out = String::new();
+        // Writing to a String cannot fail; a collector error would be a bug in this file.
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("metrics encode into a String");
+        out
+    }
+
+    /// Requests admitted and not yet finished, as the metrics see them.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().expect("metrics lock").in_flight.len()
+    }
+}
+
+impl Observer for Metrics {
+    fn record(&self, record: TraceRecord, catalog: &Catalog) {
+        self.state
+            .lock()
+            .expect("metrics lock")
+            .record(&record, catalog);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{DeploymentId, GroupId};
+    use crate::classify::FailureClass;
+    use crate::config::GatewayConfig;
+    use crate::plan::ListKind;
+
+    const CONFIG: &str = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: a, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: a1}}
+  - {model_name: b, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: b1}}
+"#;
+
+    fn catalog() -> Catalog {
+        let config = GatewayConfig::load("t.yaml", CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        Catalog::new(&config).unwrap()
+    }
+
+    fn at(ms: u64, request: u64, event: Event) -> TraceRecord {
+        TraceRecord {
+            at: Duration::from_millis(ms),
+            request,
+            event,
+        }
+    }
+
+    fn failed(deployment: u32, class: FailureClass) -> Event {
+        Event::AttemptFailed {
+            attempt: 1,
+            deployment: DeploymentId(deployment),
+            class,
+            status: Some(429),
+            retry_after: None,
+            after_chunks: 0,
+            mocked: false,
+            timeout: None,
+        }
+    }
+
+    /// One streamed request: a1 rate-limited, fallback to b, b1 commits then fails, and
+    /// the request fails after commit. One non-stream request completes on a1.
+    fn feed(m: &Metrics, c: &Catalog) {
+        let (a, b) = (GroupId(0), GroupId(1));
+        let events = [
+            at(
+                0,
+                1,
+                Event::Admitted {
+                    key: "anonymous".into(),
+                    group: a,
+                    stream: true,
+                },
+            ),
+            at(
+                0,
+                1,
+                Event::AttemptStarted {
+                    attempt: 1,
+                    group: a,
+                    deployment: DeploymentId(0),
+                    continuation: false,
+                },
+            ),
+            at(2, 1, failed(0, FailureClass::RateLimited)),
+            at(
+                2,
+                1,
+                Event::DeploymentCooled {
+                    deployment: DeploymentId(0),
+                    duration: Duration::from_secs(5),
+                    class: FailureClass::RateLimited,
+                },
+            ),
+            at(
+                2,
+                1,
+                Event::FallbackTaken {
+                    from: a,
+                    to: b,
+                    list: ListKind::Fallbacks,
+                    class: FailureClass::RateLimited,
+                },
+            ),
+            at(
+                2,
+                1,
+                Event::AttemptStarted {
+                    attempt: 2,
+                    group: b,
+                    deployment: DeploymentId(1),
+                    continuation: false,
+                },
+            ),
+            at(
+                7,
+                1,
+                Event::Committed {
+                    attempt: 2,
+                    deployment: DeploymentId(1),
+                },
+            ),
+            at(9, 1, failed(1, FailureClass::Transient)),
+            at(
+                9,
+                1,
+                Event::Failed {
+                    status: 502,
+                    error_type: "api_error",
+                    class: FailureClass::Transient,
+                    committed: true,
+                },
+            ),
+            at(
+                10,
+                2,
+                Event::Admitted {
+                    key: "anonymous".into(),
+                    group: a,
+                    stream: false,
+                },
+            ),
+            at(
+                10,
+                2,
+                Event::AttemptStarted {
+                    attempt: 1,
+                    group: a,
+                    deployment: DeploymentId(0),
+                    continuation: false,
+                },
+            ),
+            at(
+                13,
+                2,
+                Event::Committed {
+                    attempt: 1,
+                    deployment: DeploymentId(0),
+                },
+            ),
+            at(
+                40,
+                2,
+                Event::Completed {
+                    group: a,
+                    deployment: DeploymentId(0),
+                    model: "m".into(),
+                    retries: 0,
+                    fallbacks: 0,
+                    chunks: 2,
+                },
+            ),
+            at(
+                41,
+                3,
+                Event::LimitHit {
+                    limit: "max_attempts",
+                },
+            ),
+        ];
+        for e in events {
+            m.record(e, c);
+        }
+    }
+
+    #[test]
+    fn events_become_counters_with_config_labels_in_a_fixed_order() {
+        let (m, c) = (Metrics::new(), catalog());
+        feed(&m, &c);
+        let text = m.render(vec![
+            ("a1".into(), Duration::from_millis(4_500)),
+            ("b1".into(), Duration::ZERO),
+        ]);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        let wanted = [
+            r#"switchback_requests_total{group="a",key="anonymous",mode="non_stream",outcome="completed"} 1"#,
+            r#"switchback_requests_total{group="a",key="anonymous",mode="stream",outcome="failed_after_commit"} 1"#,
+            r#"switchback_attempts_total{group="a",deployment="a1"} 2"#,
+            r#"switchback_attempts_total{group="b",deployment="b1"} 1"#,
+            r#"switchback_attempt_failures_total{deployment="a1",class="rate_limited"} 1"#,
+            r#"switchback_attempt_failures_total{deployment="b1",class="transient"} 1"#,
+            r#"switchback_failures_after_commit_total{deployment="b1"} 1"#,
+            r#"switchback_fallbacks_total{from="a",to="b",class="rate_limited"} 1"#,
+            r#"switchback_cooldowns_total{deployment="a1",class="rate_limited"} 1"#,
+            r#"switchback_limit_hits_total{limit="max_attempts"} 1"#,
+            r#"switchback_metrics_untracked_requests_total 0"#,
+            r#"switchback_deployment_cooling{deployment="a1"} 1.0"#,
+            r#"switchback_deployment_cooling{deployment="b1"} 0.0"#,
+            r#"switchback_deployment_cooldown_remaining_seconds{deployment="a1"} 4.5"#,
+        ];
+        for w in wanted {
+            assert!(lines.contains(&w), "missing `{w}` in:\n{text}");
+        }
+        // Fixed order: the same events rendered twice give the same bytes, and the series
+        // of a family come sorted by their label values.
+        let again = Metrics::new();
+        feed(&again, &c);
+        assert_eq!(
+            text,
+            again.render(vec![
+                ("a1".into(), Duration::from_millis(4_500)),
+                ("b1".into(), Duration::ZERO),
+            ])
+        );
+        let requests: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.starts_with("switchback_requests_total"))
+            .collect();
+        assert!(requests[0].contains("non_stream") && requests[1].contains("\"stream\""));
+        assert_eq!(m.in_flight(), 0, "both requests finished");
+    }
+
+    #[test]
+    fn latency_histograms_measure_from_admission() {
+        let (m, c) = (Metrics::new(), catalog());
+        feed(&m, &c);
+        let text = m.render(Vec::new());
+        let has = |w: &str| assert!(text.lines().any(|l| l == w), "missing `{w}` in:\n{text}");
+        // Request 1 committed 7 ms after admission, request 2 3 ms after.
+        has(r#"switchback_time_to_commit_seconds_bucket{group="a",mode="stream",le="0.005"} 0"#);
+        has(r#"switchback_time_to_commit_seconds_bucket{group="a",mode="stream",le="0.01"} 1"#);
+        has(
+            r#"switchback_time_to_commit_seconds_bucket{group="a",mode="non_stream",le="0.005"} 1"#,
+        );
+        has(r#"switchback_time_to_commit_seconds_count{group="a",mode="stream"} 1"#);
+        // Request 2 took 30 ms in all.
+        has(
+            r#"switchback_request_duration_seconds_bucket{group="a",mode="non_stream",outcome="completed",le="0.025"} 0"#,
+        );
+        has(
+            r#"switchback_request_duration_seconds_bucket{group="a",mode="non_stream",outcome="completed",le="0.05"} 1"#,
+        );
+        has(
+            r#"switchback_request_duration_seconds_bucket{group="a",mode="non_stream",outcome="completed",le="+Inf"} 1"#,
+        );
+        has(
+            r#"switchback_request_duration_seconds_sum{group="a",mode="non_stream",outcome="completed"} 0.03"#,
+        );
+        has("# TYPE switchback_request_duration_seconds histogram");
+    }
+
+    #[test]
+    fn requests_past_the_tracking_bound_are_counted_not_followed() {
+        let (m, c) = (Metrics::new(), catalog());
+        for id in 0..=MAX_TRACKED_REQUESTS as u64 {
+            m.record(
+                at(
+                    0,
+                    id,
+                    Event::Admitted {
+                        key: "anonymous".into(),
+                        group: GroupId(0),
+                        stream: false,
+                    },
+                ),
+                &c,
+            );
+        }
+        assert_eq!(m.in_flight(), MAX_TRACKED_REQUESTS);
+        let text = m.render(Vec::new());
+        assert!(
+            text.contains("switchback_metrics_untracked_requests_total 1\n"),
+            "{text}"
+        );
+    }
+}
