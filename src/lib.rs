@@ -16,6 +16,7 @@
 //! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.
 //! * [`commit`]: what the client has been given, and what a continuation may ask.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
+//! * [`decision_log`]: every routing decision as one JSON (or trace) line, for operators.
 //! * [`limits`]: every named bound and its default.
 //! * [`metrics`]: Prometheus counters and histograms, fed by the trace events.
 //! * [`redact`]: keeping secrets out of every message a client can read.
@@ -32,6 +33,7 @@ pub mod catalog;
 pub mod classify;
 pub mod commit;
 pub mod config;
+pub mod decision_log;
 pub mod delivery;
 pub mod engine;
 pub mod error;

@@ -1,6 +1,6 @@
 //! Operating the real `switchback serve` binary on loopback: `/metrics` scraped and read by
 //! a real Prometheus text parser (`prometheus-parse`), after traffic whose decisions are
-//! known (a rate-limited primary, a fallback that serves).
+//! known (a rate-limited primary, a fallback that serves); the decision log on stderr.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -303,4 +303,56 @@ async fn metrics_can_be_turned_off() {
     let gw = Gateway::start("metrics-off", &config(up), &["--metrics", "off"]);
     let r = exchange(gw.addr, scrape(Some(KEY))).await;
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_a_json_line_on_stderr_without_secrets() {
+    let up = upstream().await;
+    let gw = Gateway::start("decision-log", &config(up), &["--decision-log", "json"]);
+    let r = exchange(gw.addr, chat("a", true)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // The last line of the request is written before its last byte is sent; the reader
+    // thread may still be on its way: wait for it, within a bound.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stderr = loop {
+        let text = gw.stderr.lock().unwrap().clone();
+        if text.contains(r#""event":"completed""#) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "admitted",
+            "plan_resolved",
+            "attempt_started",
+            "attempt_failed",
+            "deployment_cooled",
+            "group_exhausted",
+            "fallback_taken",
+            "attempt_started",
+            "committed",
+            "completed"
+        ],
+        "{stderr}"
+    );
+    assert!(events.iter().all(|e| e["request"] == 1), "{stderr}");
+    assert_eq!(events[0]["key"], "client-1");
+    assert_eq!(events[3]["deployment"], "a1");
+    assert_eq!(events[3]["class"], "rate_limited");
+    assert_eq!(events[6]["from"], "a");
+    assert_eq!(events[6]["to"], "b");
+    assert_eq!(events[9]["deployment"], "b1");
+    assert!(events[9]["since_admission_ms"].is_u64(), "{stderr}");
+    assert!(
+        !stderr.contains("SECRET") && !stderr.contains(KEY),
+        "{stderr}"
+    );
 }

@@ -9,9 +9,10 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
+use switchback::decision_log::{DecisionLog, LogFormat};
 use switchback::engine::{Engine, SystemWallClock};
 use switchback::metrics::Metrics;
-use switchback::trace::NoTrace;
+use switchback::trace::{NoTrace, Observer};
 use switchback::transport::{TcpConnector, TcpListener};
 use switchback_sim::run::{self, Summary, Where};
 use switchback_sim::scenario::{Mode, Scenario};
@@ -256,7 +257,18 @@ enum Command {
         /// Keep Prometheus metrics and serve them on `GET /metrics`.
         #[arg(long, value_enum, default_value = "on")]
         metrics: Switch,
+        /// Write every routing decision to stderr, one line each: `json` (one object per
+        /// line) or `text` (the trace line). Off by default.
+        #[arg(long, value_enum, default_value = "off")]
+        decision_log: DecisionLogArg,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DecisionLogArg {
+    Off,
+    Json,
+    Text,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -378,7 +390,17 @@ fn main() -> ExitCode {
             config,
             listen,
             metrics,
-        } => serve(&config, listen, metrics == Switch::On),
+            decision_log,
+        } => serve(
+            &config,
+            listen,
+            metrics == Switch::On,
+            match decision_log {
+                DecisionLogArg::Off => None,
+                DecisionLogArg::Json => Some(LogFormat::Json),
+                DecisionLogArg::Text => Some(LogFormat::Text),
+            },
+        ),
     }
 }
 
@@ -531,7 +553,12 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn serve(config: &Path, listen: std::net::SocketAddr, metrics: bool) -> ExitCode {
+fn serve(
+    config: &Path,
+    listen: std::net::SocketAddr,
+    metrics: bool,
+    decision_log: Option<LogFormat>,
+) -> ExitCode {
     let mut config = match GatewayConfig::load_file(config) {
         Ok(c) => c,
         Err(e) => {
@@ -578,10 +605,18 @@ fn serve(config: &Path, listen: std::net::SocketAddr, metrics: bool) -> ExitCode
             catalog.groups.len(),
             catalog.deployments.len()
         );
+        let observer: Arc<dyn Observer> = match decision_log {
+            Some(format) => Arc::new(DecisionLog::new(
+                format,
+                Box::new(std::io::stderr()),
+                Arc::new(SystemWallClock),
+            )),
+            None => Arc::new(NoTrace),
+        };
         let mut engine = Engine::new(
             catalog,
             Arc::new(TcpConnector),
-            Arc::new(NoTrace),
+            observer,
             Arc::new(SystemWallClock),
         );
         if metrics {
