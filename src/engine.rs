@@ -72,15 +72,18 @@ pub struct Admitted {
 
 pub struct Engine {
     catalog: Arc<Catalog>,
-    cooldowns: Mutex<CooldownBook>,
+    /// Shared with a reloaded successor that keeps the same deployments.
+    cooldowns: Arc<Mutex<CooldownBook>>,
     pub(crate) client: UpstreamClient,
+    connector: Arc<dyn Connector>,
     observer: Arc<dyn Observer>,
     wall: Arc<dyn WallClock>,
     retry_policy: Arc<dyn RetryPolicy>,
     started: Instant,
     /// Wall-clock start, in Unix seconds: the `created` of `/v1/models`.
     started_unix: u64,
-    next_request: AtomicU64,
+    /// Shared with reloaded successors: request numbers never repeat.
+    next_request: Arc<AtomicU64>,
     /// What `/metrics` shows, when the embedder asked for metrics.
     metrics: Option<Arc<Metrics>>,
 }
@@ -105,15 +108,16 @@ impl Engine {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Engine {
-            cooldowns: Mutex::new(CooldownBook::new(catalog.deployments.len())),
-            client: UpstreamClient::new(connector, limits),
+            cooldowns: Arc::new(Mutex::new(CooldownBook::new(catalog.deployments.len()))),
+            client: UpstreamClient::new(connector.clone(), limits),
+            connector,
             catalog,
             observer,
             wall,
             retry_policy: Arc::new(DefaultRetryPolicy),
             started: Instant::now(),
             started_unix,
-            next_request: AtomicU64::new(1),
+            next_request: Arc::new(AtomicU64::new(1)),
             metrics: None,
         }
     }
@@ -130,6 +134,38 @@ impl Engine {
         self.observer = Arc::new(Fanout(vec![self.observer, metrics.clone()]));
         self.metrics = Some(metrics);
         self
+    }
+
+    /// The engine for `catalog` that takes over from this one (a config reload): the same
+    /// connector, observers, clocks, retry policy, start time and request numbering. The
+    /// deployments' health is shared when `catalog` lists the same deployment ids in the same
+    /// order (the book is indexed by position), and starts afresh otherwise.
+    pub fn successor(&self, catalog: Arc<Catalog>) -> Engine {
+        let same_deployments = catalog.deployments.iter().map(|d| &d.id).eq(self
+            .catalog
+            .deployments
+            .iter()
+            .map(|d| &d.id));
+        let mut next = Engine::new(
+            catalog,
+            self.connector.clone(),
+            self.observer.clone(),
+            self.wall.clone(),
+        );
+        next.retry_policy = self.retry_policy.clone();
+        next.started = self.started;
+        next.started_unix = self.started_unix;
+        next.next_request = self.next_request.clone();
+        next.metrics = self.metrics.clone();
+        if same_deployments {
+            next.cooldowns = self.cooldowns.clone();
+        }
+        next
+    }
+
+    /// Whether this engine and `other` share deployment health (see [`Engine::successor`]).
+    pub fn shares_health_with(&self, other: &Engine) -> bool {
+        Arc::ptr_eq(&self.cooldowns, &other.cooldowns)
     }
 
     pub fn metrics(&self) -> Option<&Arc<Metrics>> {

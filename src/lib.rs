@@ -20,6 +20,7 @@
 //! * [`limits`]: every named bound and its default.
 //! * [`metrics`]: Prometheus counters and histograms, fed by the trace events.
 //! * [`redact`]: keeping secrets out of every message a client can read.
+//! * [`reload`]: swapping the running config for a validated new one.
 //! * [`yaml`]: YAML loading with errors that name file, line, column and field.
 //!
 //! The decision modules (`policy`, `plan`, `classify`, `route`) are pure: plain data in,
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod redact;
+pub mod reload;
 pub mod request;
 pub mod route;
 pub mod trace;

@@ -1,6 +1,7 @@
 //! Operating the real `switchback serve` binary on loopback: `/metrics` scraped and read by
 //! a real Prometheus text parser (`prometheus-parse`), after traffic whose decisions are
-//! known (a rate-limited primary, a fallback that serves); the decision log on stderr.
+//! known (a rate-limited primary, a fallback that serves); the decision log on stderr;
+//! a config reload on SIGHUP.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -355,4 +356,63 @@ async fn every_decision_is_a_json_line_on_stderr_without_secrets() {
         !stderr.contains("SECRET") && !stderr.contains(KEY),
         "{stderr}"
     );
+}
+
+impl Gateway {
+    /// Rewrites the config file and sends SIGHUP; returns stderr once it reports the
+    /// `n`-th reload (done or refused), within a bound.
+    async fn reload(&self, config: &str, n: usize) -> String {
+        std::fs::write(self.dir.join("gateway.yaml"), config).unwrap();
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.stderr.lock().unwrap().clone();
+            let reports = text.matches("switchback: reload").count();
+            if reports >= n || std::time::Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_error() {
+    let up = upstream().await;
+    let gw = Gateway::start("reload", &config(up), &[]);
+    let before = exchange(gw.addr, chat("c", false)).await;
+    assert!(before.starts_with("HTTP/1.1 404"), "{before}");
+
+    // A new group `c`, served like `b`.
+    let with_c = config(up).replace(
+        "router_settings:",
+        &format!(
+            "  - {{model_name: c, litellm_params: {{model: openai/mb, api_base: \"http://{up}/b/v1\"}}, model_info: {{id: c1}}}}\nrouter_settings:"
+        ),
+    );
+    let stderr = gw.reload(&with_c, 1).await;
+    assert!(
+        stderr.contains("reloaded") && stderr.contains("3 groups"),
+        "{stderr}"
+    );
+    let after = exchange(gw.addr, chat("c", false)).await;
+    assert!(after.starts_with("HTTP/1.1 200"), "{after}");
+
+    // A broken file: refused with its located error, and `c` is still served.
+    let stderr = gw.reload("model_list: [{model_name: c}]\n", 2).await;
+    assert!(
+        stderr.contains("refused, the running config stays"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("gateway.yaml"),
+        "the error names the file: {stderr}"
+    );
+    let still = exchange(gw.addr, chat("c", false)).await;
+    assert!(still.starts_with("HTTP/1.1 200"), "{still}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

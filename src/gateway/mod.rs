@@ -6,7 +6,9 @@
 //! `/health` normally, anything else with a 503 — and any more are closed), the header read
 //! timeout, and the graceful drain when `shutdown` completes: no new connections, in-flight
 //! requests (streams included) finish, idle keep-alive connections close, all within
-//! `shutdown_grace`. What each route does lives in [`routes`]; response bodies in [`body`].
+//! `shutdown_grace`. Each request is served by the engine current when it arrives
+//! ([`LiveEngine`]: a config reload never changes a request in flight); the limits above are
+//! read once, at start. What each route does lives in [`routes`]; response bodies in [`body`].
 //! Does not own routing decisions (`engine`, `attempt`).
 
 pub mod body;
@@ -21,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, watch};
 
-use crate::engine::Engine;
+use crate::reload::LiveEngine;
 use crate::transport::{BoxIo, Listener};
 use write_timeout::WriteTimeout;
 
@@ -31,11 +33,12 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration
 /// Serves `listener` until `shutdown` completes, then drains: returns once every connection
 /// has closed or `limits.shutdown_grace` has passed.
 pub async fn serve<L: Listener>(
-    engine: Arc<Engine>,
+    engine: impl Into<LiveEngine>,
     mut listener: L,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limits = engine.catalog().limits.clone();
+    let engine: LiveEngine = engine.into();
+    let limits = engine.current().catalog().limits.clone();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let overflow = Arc::new(Semaphore::new(limits.max_overflow_connections));
     let (drain, draining) = watch::channel(false);
@@ -93,13 +96,13 @@ pub async fn serve<L: Listener>(
 
 /// One client connection, until it closes or the drain asks it to finish.
 async fn serve_connection(
-    engine: Arc<Engine>,
+    engine: LiveEngine,
     io: WriteTimeout<BoxIo>,
     header_timeout: Duration,
     mut draining: watch::Receiver<bool>,
 ) {
     let service = service_fn(move |req| {
-        let engine = engine.clone();
+        let engine = engine.current();
         async move { Ok::<_, std::convert::Infallible>(routes::handle(engine, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

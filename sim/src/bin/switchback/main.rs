@@ -12,6 +12,7 @@ use switchback::config::GatewayConfig;
 use switchback::decision_log::{DecisionLog, LogFormat};
 use switchback::engine::{Engine, SystemWallClock};
 use switchback::metrics::Metrics;
+use switchback::reload::LiveEngine;
 use switchback::trace::{NoTrace, Observer};
 use switchback::transport::{TcpConnector, TcpListener};
 use switchback_sim::run::{self, Summary, Where};
@@ -554,12 +555,13 @@ fn check(paths: &[PathBuf]) -> ExitCode {
 }
 
 fn serve(
-    config: &Path,
+    config_path: &Path,
     listen: std::net::SocketAddr,
     metrics: bool,
     decision_log: Option<LogFormat>,
 ) -> ExitCode {
-    let mut config = match GatewayConfig::load_file(config) {
+    let config_path = config_path.to_path_buf();
+    let mut config = match GatewayConfig::load_file(&config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -622,8 +624,9 @@ fn serve(
         if metrics {
             engine = engine.with_metrics(Arc::new(Metrics::new()));
         }
-        let engine = Arc::new(engine);
-        let grace = engine.catalog().limits.shutdown_grace;
+        let engine = LiveEngine::from(Arc::new(engine));
+        let grace = engine.current().catalog().limits.shutdown_grace;
+        let reloader = tokio::spawn(reload_on_sighup(engine.clone(), config_path));
         let shutdown = async move {
             let signal = stop_signal().await;
             println!(
@@ -632,9 +635,58 @@ fn serve(
             );
         };
         switchback::gateway::serve(engine, listener, shutdown).await;
+        reloader.abort();
         println!("switchback: stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads the config file on every SIGHUP: validated fully first; an invalid file keeps
+/// the running config. A file that fixes no `rng_seed` keeps the running one.
+async fn reload_on_sighup(engine: LiveEngine, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            eprintln!("switchback: cannot watch SIGHUP; config reload is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            eprintln!("{}", reload(&engine, &path));
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (engine, path);
+    }
+}
+
+/// One reload of `path`, and the line that reports it.
+fn reload(engine: &LiveEngine, path: &Path) -> String {
+    let shown = path.display();
+    let mut config = match GatewayConfig::load_file(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return format!(
+                "switchback: reload of {shown} refused, the running config stays:\n{e}"
+            );
+        }
+    };
+    let seed = engine.current().catalog().settings.rng_seed;
+    config.router_settings.rng_seed.get_or_insert(seed);
+    match engine.reload(&config) {
+        Ok(r) => format!(
+            "switchback: reloaded {shown}: {} groups, {} deployments; deployment health {}",
+            r.groups,
+            r.deployments,
+            if r.health_kept {
+                "kept (same deployment ids)"
+            } else {
+                "reset (deployment ids changed)"
+            }
+        ),
+        Err(e) => format!("switchback: reload of {shown} refused, the running config stays:\n{e}"),
+    }
 }
 
 /// Waits for SIGTERM (what process managers send) or SIGINT (Ctrl-C), and names it.

@@ -1,0 +1,205 @@
+//! Config reload on a running gateway (in memory, tokio's paused clock): a valid config
+//! serves every request admitted after the reload while a request in flight finishes on
+//! the old one; an invalid config changes nothing; deployment health carries over when the
+//! deployment ids stay the same.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use support::*;
+use switchback::catalog::Catalog;
+use switchback::config::GatewayConfig;
+use switchback::engine::Engine;
+use switchback::reload::LiveEngine;
+use switchback::trace::TraceLog;
+use tokio::sync::mpsc;
+
+fn config(yaml: &str) -> GatewayConfig {
+    GatewayConfig::load("reload.yaml", yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn deployment_at(host: &str, id: &str) -> String {
+    format!(
+        r#"
+allow_anonymous: true
+model_list:
+  - {{model_name: g, litellm_params: {{model: openai/m, api_base: "http://{host}/v1"}}, model_info: {{id: {id}}}}}
+router_settings: {{num_retries: 0, allowed_fails: 0, cooldown_time: 60}}
+"#
+    )
+}
+
+struct Running {
+    live: LiveEngine,
+    trace: Arc<TraceLog>,
+    conns: mpsc::Sender<switchback::transport::BoxIo>,
+}
+
+impl Running {
+    fn start(yaml: &str, net: &MemNet) -> Running {
+        let catalog = Arc::new(Catalog::new(&config(yaml)).unwrap());
+        let trace = Arc::new(TraceLog::default());
+        let wall = std::time::UNIX_EPOCH + Duration::from_secs(WALL_EPOCH_SECS);
+        let engine = Arc::new(Engine::new(
+            catalog,
+            Arc::new(net.clone()),
+            trace.clone(),
+            Arc::new(FixedWall(wall)),
+        ));
+        let live = LiveEngine::from(engine);
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(switchback::gateway::serve(
+            live.clone(),
+            MemListener(rx),
+            std::future::pending(),
+        ));
+        Running {
+            live,
+            trace,
+            conns: tx,
+        }
+    }
+
+    async fn connect(&self) -> SendRequest<Full<Bytes>> {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        self.conns.send(Box::new(far)).await.expect("gateway up");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(near))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        sender
+    }
+}
+
+fn header(r: &http::Response<hyper::body::Incoming>, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_requests_finish_on_the_old_config_and_new_ones_use_the_new() {
+    let net = MemNet::new();
+    net.host_after("old", Duration::from_secs(5), |_| {
+        sse_answer("m-old", &["from old"])
+    });
+    net.host("new", |_| sse_answer("m-new", &["from new"]));
+    let gw = Running::start(&deployment_at("old", "d-old"), &net);
+    let before = gw.live.current();
+
+    // Request 1 is admitted on the old config and waits on its upstream.
+    let mut first = gw.connect().await;
+    let in_flight = tokio::spawn(async move {
+        first
+            .send_request(chat_request(None, &chat_body("g", true)))
+            .await
+            .expect("response")
+    });
+    assert!(settle(100, || net.calls("old").len() == 1).await);
+
+    // An invalid config (a fallback to a group that does not exist) changes nothing.
+    let mut broken = config(&deployment_at("new", "d-new"));
+    broken.router_settings.fallbacks = serde_json::from_value(json!([{"g": ["nowhere"]}])).unwrap();
+    let refused = gw
+        .live
+        .reload(&broken)
+        .expect_err("an invalid config is refused");
+    assert!(refused.to_string().contains("nowhere"), "{refused}");
+    assert!(Arc::ptr_eq(&before, &gw.live.current()));
+
+    let reloaded = gw
+        .live
+        .reload(&config(&deployment_at("new", "d-new")))
+        .unwrap();
+    assert!(!reloaded.health_kept, "the deployment ids changed");
+
+    // Request 2, admitted after the reload, goes to the new deployment at once.
+    let mut second = gw.connect().await;
+    let r2 = second
+        .send_request(chat_request(None, &chat_body("g", false)))
+        .await
+        .unwrap();
+    assert_eq!(r2.status(), 200);
+    assert_eq!(header(&r2, "x-switchback-deployment"), "d-new");
+    assert_eq!(
+        header(&r2, "x-switchback-request-id"),
+        "2",
+        "numbering goes on"
+    );
+    assert!(text(r2).await.contains("from new"));
+
+    // Request 1 finishes on the config it was admitted with.
+    let r1 = in_flight.await.unwrap();
+    assert_eq!(r1.status(), 200);
+    assert_eq!(header(&r1, "x-switchback-deployment"), "d-old");
+    assert!(text(r1).await.contains("from old"));
+    assert_eq!(net.calls("old").len(), 1);
+    assert_eq!(net.calls("new").len(), 1);
+    let trace = gw.trace.lines().join("\n");
+    assert!(
+        trace.contains("req=1 completed group=g deployment=d-old"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("req=2 completed group=g deployment=d-new"),
+        "{trace}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deployment_health_carries_over_when_the_ids_stay() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        json_response(
+            429,
+            &json!({"error": {"message": "slow down", "type": "rate_limit_error"}}),
+        )
+    });
+    let gw = Running::start(&deployment_at("up", "d"), &net);
+    let mut c = gw.connect().await;
+    let r = c
+        .send_request(chat_request(None, &chat_body("g", false)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let cooling = |live: &LiveEngine| live.current().cooling()[0].1;
+    assert!(!cooling(&gw.live).is_zero(), "the 429 cooled d");
+
+    // Effects of one instant are seen by others only after it (see `CooldownBook`).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    // Same ids (a setting changed): the cooldown stays.
+    let same = deployment_at("up", "d").replace("cooldown_time: 60", "cooldown_time: 30");
+    assert!(gw.live.reload(&config(&same)).unwrap().health_kept);
+    assert!(!cooling(&gw.live).is_zero(), "health carried over");
+    let r = gw
+        .connect()
+        .await
+        .send_request(chat_request(None, &chat_body("g", false)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        net.calls("up").len(),
+        1,
+        "the cooling deployment was not called again"
+    );
+
+    // Other ids: health starts afresh.
+    assert!(
+        !gw.live
+            .reload(&config(&deployment_at("up", "d2")))
+            .unwrap()
+            .health_kept
+    );
+    assert!(cooling(&gw.live).is_zero());
+}
