@@ -2,7 +2,8 @@
 //!
 //! Owns: the benchmark world (fake providers in this process on loopback; Switchback as a
 //! child process, `switchback serve`, so its memory is its own), the variants (the provider
-//! directly; Switchback with no fault; the primary answering 429 at once and the fallback
+//! directly; Switchback with no fault, with its metrics on (the default) and, from a second
+//! child, off; the primary answering 429 at once and the fallback
 //! serving; the primary failing after 3 chunks and `continue` finishing the stream),
 //! running them interleaved in rounds so that drift on the machine hits every variant alike,
 //! the added-latency table, and the gateway's peak RSS (also under 1,000 concurrent streams).
@@ -184,11 +185,13 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
-    /// Starts `exe serve` with `config` (written to `config_path`) on an ephemeral port.
+    /// Starts `exe serve` with `config` (written to `config_path`) and `extra` arguments on
+    /// an ephemeral port.
     pub fn start(
         exe: &Path,
         config: &GatewayConfig,
         config_path: &Path,
+        extra: &[&str],
     ) -> Result<Gateway, String> {
         let text = serde_saphyr::to_string(config).map_err(|e| e.to_string())?;
         std::fs::write(config_path, text).map_err(|e| format!("{}: {e}", config_path.display()))?;
@@ -196,6 +199,7 @@ impl Gateway {
             .args(["serve", "--config"])
             .arg(config_path)
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -253,15 +257,31 @@ pub async fn run(
         .map_err(|e| format!("cannot start the fakes: {e}"))?;
     let config_path =
         std::env::temp_dir().join(format!("switchback-bench-{}.yaml", std::process::id()));
-    let gateway = Gateway::start(exe, &gateway_config(&fakes), &config_path)?;
+    let gateway = Gateway::start(exe, &gateway_config(&fakes), &config_path, &[])?;
+    let quiet_path = std::env::temp_dir().join(format!(
+        "switchback-bench-{}-quiet.yaml",
+        std::process::id()
+    ));
+    let quiet = Gateway::start(
+        exe,
+        &gateway_config(&fakes),
+        &quiet_path,
+        &["--metrics", "off"],
+    )?;
     let direct = fakes.ports[&("ok".to_string(), 8000)];
-    let plans: [(&str, Option<&str>, SocketAddr, Value); 5] = [
+    let plans: [(&str, Option<&str>, SocketAddr, Value); 6] = [
         ("direct", None, direct, body("ok-model", false)),
         ("direct_stream", None, direct, body("ok-model", true)),
         (
             "switchback",
             Some("direct"),
             gateway.addr,
+            body("plain", false),
+        ),
+        (
+            "metrics_off",
+            Some("direct"),
+            quiet.addr,
             body("plain", false),
         ),
         (
@@ -345,6 +365,8 @@ pub async fn run(
     ));
     let rss_streams = gateway.peak_rss_kib();
     let _ = std::fs::remove_file(&config_path);
+    let _ = std::fs::remove_file(&quiet_path);
+    drop(quiet);
     Ok((variants, rss_after_load, rss_streams))
 }
 
