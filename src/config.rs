@@ -81,8 +81,10 @@ pub struct LitellmParams {
     /// Accepted for LiteLLM compatibility; informational only (not enforced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u64>,
-    /// Priority tier: lower orders are used first; higher ones only when all lower ones are
-    /// cooling down.
+    /// Priority tier: a request enters the group at its lowest tier with a healthy
+    /// deployment and its retries stay there; once that tier is spent (or cooling) it takes
+    /// an order-based fallback to the next tier, before the group's fallbacks (LiteLLM's
+    /// semantics; see `attempt` and `route::select`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<u32>,
     /// Call this deployment without streaming (LiteLLM's name): for providers that cannot
