@@ -189,6 +189,12 @@ pub struct RouterSettings {
     /// *Gateway only.* Whether a `bad_request` failure falls back (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_on_bad_request: Option<bool>,
+    /// *Gateway only.* Whether the only deployment of a group is cooled like any other
+    /// (default false: LiteLLM's behaviour, which never cools it for a rate limit or a
+    /// server error, since cooling it makes the whole group unavailable; see
+    /// `route::cooldown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_lone_deployment: Option<bool>,
     /// *Gateway only.* Seed of the gateway's random choices (load balancing, jitter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng_seed: Option<u64>,
@@ -212,6 +218,10 @@ impl RouterSettings {
         check(
             self.fallback_on_bad_request.is_some(),
             "fallback_on_bad_request",
+        );
+        check(
+            self.cooldown_lone_deployment.is_some(),
+            "cooldown_lone_deployment",
         );
         check(self.rng_seed.is_some(), "rng_seed");
         set

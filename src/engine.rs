@@ -102,7 +102,7 @@ impl Engine {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Engine {
-            cooldowns: Mutex::new(CooldownBook::new(catalog.deployments.len())),
+            cooldowns: Mutex::new(CooldownBook::for_catalog(&catalog)),
             client: UpstreamClient::new(connector, limits),
             catalog,
             observer,

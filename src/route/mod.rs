@@ -150,6 +150,15 @@ pub fn plan_retry(
     )
     .expect("the request's tier has deployments: it made the failed attempt");
     let (deployment, delay) = match choice {
+        // The deployment that asked for a wait was not cooled (the only one of its group,
+        // see `cooldown::may_cool`): its Retry-After is honoured all the same.
+        Choice::Now(d) if cx.tried.last() == Some(&d) && cx.failure.retry_after.is_some() => {
+            let wait = cx.failure.retry_after.expect("checked");
+            if wait > cx.max_wait {
+                return RetryDecision::GiveUp(GiveUp::WaitTooLong(wait));
+            }
+            (d, wait.max(jitter))
+        }
         Choice::Now(d) => (d, jitter),
         Choice::After(d, wait) => {
             let higher_tier_healthy =
@@ -371,6 +380,33 @@ mod tests {
                 deployment: DeploymentId(1),
                 delay: Duration::from_secs(1)
             }
+        );
+    }
+
+    #[test]
+    fn a_lone_deployment_is_not_cooled_but_its_retry_after_is_honoured() {
+        let c = catalog(1);
+        let mut book = CooldownBook::for_catalog(&c);
+        let now = Instant::now();
+        let mut f = Failure::new(FailureClass::RateLimited, "429");
+        f.retry_after = Some(Duration::from_secs(2));
+        assert_eq!(
+            book.record_failure(DeploymentId(0), &f, now, &settings(), 1),
+            None
+        );
+        let tried = [DeploymentId(0)];
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        assert_eq!(
+            plan_retry(&cx(&f, &tried, now), &c, &book.view(1, now), &mut rng),
+            RetryDecision::Retry {
+                deployment: DeploymentId(0),
+                delay: Duration::from_secs(2)
+            }
+        );
+        f.retry_after = Some(Duration::from_secs(20));
+        assert_eq!(
+            plan_retry(&cx(&f, &tried, now), &c, &book.view(1, now), &mut rng),
+            RetryDecision::GiveUp(GiveUp::WaitTooLong(Duration::from_secs(20)))
         );
     }
 
