@@ -697,10 +697,10 @@ pub fn judge_in(
 }
 
 /// The first attempt the two modes asked differently: a continuation of a partial answer in
-/// one mode, a fresh answer in the other (`None` if every attempt was asked alike). Until the
-/// engine sends the same continuation in both modes (issue 12, item 0), the upstream answers
-/// such attempts differently, and a case can diverge for that reason alone; this lets the
-/// reports tell those cases from the rest. Once both modes ask alike it never finds one.
+/// one mode, a fresh answer in the other (`None` if every attempt was asked alike). The
+/// engine sends the same continuation in both modes (issue 12, item 0), so this never finds
+/// one; if it did, the upstream would answer the modes differently, which would explain a
+/// divergence, so failure reports name it.
 pub fn asked_differently(runs: &[ModeRun]) -> Option<String> {
     use std::collections::BTreeMap;
     let asked = |run: &ModeRun| -> BTreeMap<(usize, u32), Vec<bool>> {
