@@ -32,7 +32,7 @@ use crate::engine::{Admitted, Engine};
 use crate::limits::LimitExceeded;
 use crate::policy::EffectiveSettings;
 use crate::request::{Continuation, UpstreamCall};
-use crate::route::select::{self, Choice};
+use crate::route::select::{self, Choice, Tiers};
 use crate::route::{GiveUp, RetryContext, RetryDecision};
 use crate::trace::Event;
 use crate::upstream::chunk::Chunk;
@@ -252,6 +252,8 @@ impl Run<'_> {
                 }
             };
             let mut tried: Vec<DeploymentId> = Vec::new();
+            // The `order` tier the request is in; retries stay inside it.
+            let mut tier = next.map_or(0, |d| self.catalog.deployment(d).order);
             let mut retries_here = 0;
             while let Some(deployment) = next.take() {
                 if let Some(limit) = self.limit_reached() {
@@ -365,6 +367,7 @@ impl Run<'_> {
                         mocked: mocked.is_some(),
                         committed: self.commit.is_committed(),
                         tried: &tried,
+                        tier,
                         now,
                         deadline: self.deadline,
                         max_wait: self.catalog.limits.max_retry_after(),
@@ -398,6 +401,13 @@ impl Run<'_> {
                     RetryDecision::GiveUp(reason) => {
                         self.emit(Event::GroupExhausted { group, reason });
                         route = failure.class.actions(fallback_on_bad_request).fallback;
+                        if let Some(d) =
+                            self.order_fallback(group, tier, route, failure.class, &mut walk)
+                        {
+                            tier = self.catalog.deployment(d).order;
+                            retries_here = 0;
+                            next = Some(d);
+                        }
                     }
                 }
                 last = Some(failure);
@@ -433,6 +443,53 @@ impl Run<'_> {
                 None => return Err(Stop::Unserved(self.unserved(failure, &walk))),
             }
         }
+    }
+
+    /// LiteLLM's order-based fallback: when the request's `order` tier of `group` is spent,
+    /// the group's next tier with a healthy deployment takes over, with a retry budget of its
+    /// own, before the group's fallbacks; it is traced and counted as a fallback
+    /// (`litellm/router.py`, `Router.async_function_with_fallbacks_common_utils`, which
+    /// prepends `{"model": group, "_target_order": o}` entries for the higher orders to the
+    /// fallback list). Tiers whose every deployment is cooling are passed over; none left,
+    /// or no fallback allowed (see [`crate::plan::PlanWalk::order_fallback_allowed`]), and
+    /// the group is done. No fallback is taken that could not be attempted (a limit
+    /// reached).
+    fn order_fallback(
+        &mut self,
+        group: GroupId,
+        tier: u32,
+        route: FallbackRoute,
+        class: FailureClass,
+        walk: &mut crate::plan::PlanWalk<'_>,
+    ) -> Option<DeploymentId> {
+        if !walk.order_fallback_allowed(route) || self.limit_reached().is_some() {
+            return None;
+        }
+        let now = Instant::now();
+        let choice = {
+            let book = self.engine.health(now).view(self.admitted.id, now);
+            select::choose_in(
+                self.catalog,
+                group,
+                Tiers::Above(tier),
+                &book,
+                now,
+                &[],
+                &mut self.rng,
+            )
+        };
+        let Some(Choice::Now(d)) = choice else {
+            return None;
+        };
+        walk.order_fallback_taken();
+        self.fallbacks += 1;
+        self.emit(Event::OrderFallbackTaken {
+            group,
+            from_order: tier,
+            to_order: self.catalog.deployment(d).order,
+            class,
+        });
+        Some(d)
     }
 
     /// The first deployment of a group. A group whose every deployment is cooling is

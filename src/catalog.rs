@@ -101,6 +101,8 @@ pub struct GatewaySettings {
     pub retry_backoff_base: Duration,
     pub retry_backoff_max: Duration,
     pub fallback_on_bad_request: bool,
+    /// Cool the only deployment of a group too (`cooldown_lone_deployment`).
+    pub cooldown_lone_deployment: bool,
     pub rng_seed: u64,
 }
 
@@ -287,6 +289,11 @@ impl Catalog {
         })
     }
 
+    /// Whether `d` is the only deployment of its group.
+    pub fn is_lone(&self, d: DeploymentId) -> bool {
+        self.group(self.deployment(d).group).deployments.len() == 1
+    }
+
     pub fn group_id(&self, name: &str) -> Option<GroupId> {
         self.by_name.get(name).copied()
     }
@@ -371,6 +378,7 @@ fn gateway_settings(s: &RouterSettings) -> GatewaySettings {
             .map(secs)
             .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX),
         fallback_on_bad_request: s.fallback_on_bad_request.unwrap_or(false),
+        cooldown_lone_deployment: s.cooldown_lone_deployment.unwrap_or(false),
         rng_seed: s.rng_seed.unwrap_or(0),
     }
 }

@@ -81,8 +81,10 @@ pub struct LitellmParams {
     /// Accepted for LiteLLM compatibility; informational only (not enforced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u64>,
-    /// Priority tier: lower orders are used first; higher ones only when all lower ones are
-    /// cooling down.
+    /// Priority tier: a request enters the group at its lowest tier with a healthy
+    /// deployment and its retries stay there; once that tier is spent (or cooling) it takes
+    /// an order-based fallback to the next tier, before the group's fallbacks (LiteLLM's
+    /// semantics; see `attempt` and `route::select`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<u32>,
     /// Call this deployment without streaming (LiteLLM's name): for providers that cannot
@@ -187,6 +189,12 @@ pub struct RouterSettings {
     /// *Gateway only.* Whether a `bad_request` failure falls back (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_on_bad_request: Option<bool>,
+    /// *Gateway only.* Whether the only deployment of a group is cooled like any other
+    /// (default false: LiteLLM's behaviour, which never cools it for a rate limit or a
+    /// server error, since cooling it makes the whole group unavailable; see
+    /// `route::cooldown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_lone_deployment: Option<bool>,
     /// *Gateway only.* Seed of the gateway's random choices (load balancing, jitter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng_seed: Option<u64>,
@@ -210,6 +218,10 @@ impl RouterSettings {
         check(
             self.fallback_on_bad_request.is_some(),
             "fallback_on_bad_request",
+        );
+        check(
+            self.cooldown_lone_deployment.is_some(),
+            "cooldown_lone_deployment",
         );
         check(self.rng_seed.is_some(), "rng_seed");
         set

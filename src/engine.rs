@@ -108,7 +108,7 @@ impl Engine {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Engine {
-            cooldowns: Arc::new(Mutex::new(CooldownBook::new(catalog.deployments.len()))),
+            cooldowns: Arc::new(Mutex::new(CooldownBook::for_catalog(&catalog))),
             client: UpstreamClient::new(connector.clone(), limits),
             connector,
             catalog,
@@ -139,13 +139,19 @@ impl Engine {
     /// The engine for `catalog` that takes over from this one (a config reload): the same
     /// connector, observers, clocks, retry policy, start time and request numbering. The
     /// deployments' health is shared when `catalog` lists the same deployment ids in the same
-    /// order (the book is indexed by position), and starts afresh otherwise.
+    /// order (the book is indexed by position), each still alone in its group or not as
+    /// before (the book knows which are: see `cooldown_lone_deployment`), and starts afresh
+    /// otherwise.
     pub fn successor(&self, catalog: Arc<Catalog>) -> Engine {
-        let same_deployments = catalog.deployments.iter().map(|d| &d.id).eq(self
-            .catalog
-            .deployments
-            .iter()
-            .map(|d| &d.id));
+        let shape = |c: &Catalog| -> Vec<(String, bool)> {
+            (0..c.deployments.len())
+                .map(|i| {
+                    let d = crate::catalog::DeploymentId(i as u32);
+                    (c.deployment(d).id.clone(), c.is_lone(d))
+                })
+                .collect()
+        };
+        let same_deployments = shape(&catalog) == shape(&self.catalog);
         let mut next = Engine::new(
             catalog,
             self.connector.clone(),

@@ -232,6 +232,28 @@ impl<'p> PlanWalk<'p> {
         None
     }
 
+    /// Whether a group whose current `order` tier failed with a failure routed `route` may
+    /// fall back to its next tier: the failure falls back through the generic list (LiteLLM
+    /// skips order-based fallbacks for context-window and content-policy errors, and
+    /// Switchback never falls back on a `bad_request` unless `fallback_on_bad_request`),
+    /// fallbacks are not disabled, and `max_fallbacks` is not reached (a tier counts as a
+    /// fallback, as LiteLLM's `fallback_depth` counts it). See
+    /// `litellm/router.py`, `Router.async_function_with_fallbacks_common_utils`.
+    pub fn order_fallback_allowed(&self, route: FallbackRoute) -> bool {
+        route == FallbackRoute::Generic
+            && !self.plan.settings.disable_fallbacks.value
+            && self.fallbacks_taken < self.plan.settings.max_fallbacks.value
+    }
+
+    /// Counts an order-based fallback taken (see [`PlanWalk::order_fallback_allowed`]).
+    pub fn order_fallback_taken(&mut self) {
+        assert!(
+            self.fallbacks_taken < self.plan.settings.max_fallbacks.value,
+            "an order-based fallback is taken only while max_fallbacks allows one"
+        );
+        self.fallbacks_taken += 1;
+    }
+
     pub fn fallbacks_taken(&self) -> u32 {
         self.fallbacks_taken
     }
@@ -344,6 +366,41 @@ mod tests {
             names(&c, &plan_with(&c, "a", s, None).generic_chain()),
             ["a"]
         );
+    }
+
+    #[test]
+    fn order_fallbacks_follow_the_generic_route_and_share_max_fallbacks() {
+        let c = catalog(&["a", "b", "c"]);
+        let s = RouterSettings {
+            fallbacks: entries(&[("a", &["b", "c"])]),
+            max_fallbacks: Some(2),
+            ..Default::default()
+        };
+        let plan = plan_with(&c, "a", s.clone(), None);
+        let mut walk = plan.walk();
+        for route in [
+            FallbackRoute::NoFallback,
+            FallbackRoute::ContextWindow,
+            FallbackRoute::ContentPolicy,
+        ] {
+            assert!(!walk.order_fallback_allowed(route), "{route:?}");
+        }
+        assert!(walk.order_fallback_allowed(FallbackRoute::Generic));
+        walk.order_fallback_taken();
+        walk.group_failed(plan.primary, FallbackRoute::Generic);
+        let link = walk.next(&mut |_, _| {}).expect("one fallback left");
+        assert_eq!(c.group(link.to).name, "b");
+        assert!(!walk.order_fallback_allowed(FallbackRoute::Generic));
+        walk.group_failed(link.to, FallbackRoute::Generic);
+        let mut skipped = Vec::new();
+        assert_eq!(walk.next(&mut |l, r| skipped.push((l, r))), None);
+        assert_eq!(skipped[0].1, SkipReason::MaxFallbacks);
+        let disabled = RouterSettings {
+            disable_fallbacks: Some(true),
+            ..s
+        };
+        let plan = plan_with(&c, "a", disabled, None);
+        assert!(!plan.walk().order_fallback_allowed(FallbackRoute::Generic));
     }
 
     #[test]

@@ -81,6 +81,15 @@ pub enum Event {
         list: ListKind,
         class: FailureClass,
     },
+    /// The group's current `order` tier is spent: the request moves to the group's next
+    /// tier with a healthy deployment (LiteLLM's order-based fallback), counted as a
+    /// fallback.
+    OrderFallbackTaken {
+        group: GroupId,
+        from_order: u32,
+        to_order: u32,
+        class: FailureClass,
+    },
     Committed {
         attempt: u32,
         deployment: DeploymentId,
@@ -128,6 +137,7 @@ impl Event {
             Event::GroupExhausted { .. } => "group_exhausted",
             Event::LinkSkipped { .. } => "link_skipped",
             Event::FallbackTaken { .. } => "fallback_taken",
+            Event::OrderFallbackTaken { .. } => "order_fallback_taken",
             Event::Committed { .. } => "committed",
             Event::Completed { .. } => "completed",
             Event::Failed { .. } => "failed",
@@ -239,6 +249,17 @@ impl Event {
                 f("from", &g(from));
                 f("to", &g(to));
                 f("list", &list.as_str());
+                f("class", &class.as_str());
+            }
+            Event::OrderFallbackTaken {
+                group,
+                from_order,
+                to_order,
+                class,
+            } => {
+                f("group", &g(group));
+                f("from_order", from_order);
+                f("to_order", to_order);
                 f("class", &class.as_str());
             }
             Event::Committed {

@@ -181,7 +181,12 @@ async fn retry_after_is_capped_by_max_cooldown() {
                 .insert("retry-after", value.parse().unwrap());
             r
         });
-        let gw = Gw::start(&with(ONE_GROUP, "limits: {max_cooldown: 120}\n"), &net);
+        // The group's only deployment: cooled only with cooldown_lone_deployment.
+        let config = ONE_GROUP.replace(
+            "{num_retries: 0}",
+            "{num_retries: 0, cooldown_lone_deployment: true}",
+        );
+        let gw = Gw::start(&with(&config, "limits: {max_cooldown: 120}\n"), &net);
         let response = gw.chat(None, chat_body("g", false)).await;
         assert_eq!(response.status(), 429);
         let told: u64 = response.headers()["retry-after"]
@@ -290,13 +295,14 @@ async fn content_less_floods_stop_at_max_upstream_body_bytes() {
     }
 }
 
-/// A group whose one deployment answers after `delay` and cools on its first counted failure.
+/// A group whose one deployment answers after `delay` and cools on its first counted failure
+/// (`cooldown_lone_deployment`: otherwise the only deployment of a group is never cooled).
 fn slow_group(net: &MemNet, delay: Duration) -> Gw {
     net.host_after("up", delay, |_| sse_answer("m", &["pong"]));
     Gw::start(
         &ONE_GROUP.replace(
             "{num_retries: 0}",
-            "{num_retries: 0, allowed_fails: 0, cooldown_time: 60}",
+            "{num_retries: 0, allowed_fails: 0, cooldown_time: 60, cooldown_lone_deployment: true}",
         ),
         net,
     )
@@ -336,7 +342,7 @@ async fn the_gateways_own_timeout_still_counts() {
     let gw = Gw::start(
         &ONE_GROUP.replace(
             "{num_retries: 0}",
-            "{num_retries: 0, allowed_fails: 0, cooldown_time: 60, stream_timeout: 0.05}",
+            "{num_retries: 0, allowed_fails: 0, cooldown_time: 60, cooldown_lone_deployment: true, stream_timeout: 0.05}",
         ),
         &net,
     );
@@ -357,7 +363,7 @@ async fn local_resource_errors_never_cool_a_deployment() {
     let gw = Gw::start(
         &ONE_GROUP.replace(
             "{num_retries: 0}",
-            "{num_retries: 0, allowed_fails: 0, cooldown_time: 60}",
+            "{num_retries: 0, allowed_fails: 0, cooldown_time: 60, cooldown_lone_deployment: true}",
         ),
         &net,
     );

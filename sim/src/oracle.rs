@@ -30,6 +30,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "group_exhausted",
     "link_skipped",
     "fallback_taken",
+    "order_fallback_taken",
     "committed",
     "completed",
     "failed",
@@ -53,12 +54,13 @@ pub fn listed_name(event: &Event) -> &'static str {
         Event::GroupExhausted { .. } => 7,
         Event::LinkSkipped { .. } => 8,
         Event::FallbackTaken { .. } => 9,
-        Event::Committed { .. } => 10,
-        Event::Completed { .. } => 11,
-        Event::Failed { .. } => 12,
-        Event::ContinuationRefused { .. } => 13,
-        Event::ClientGone { .. } => 14,
-        Event::LimitHit { .. } => 15,
+        Event::OrderFallbackTaken { .. } => 10,
+        Event::Committed { .. } => 11,
+        Event::Completed { .. } => 12,
+        Event::Failed { .. } => 13,
+        Event::ContinuationRefused { .. } => 14,
+        Event::ClientGone { .. } => 15,
+        Event::LimitHit { .. } => 16,
     };
     EVENT_NAMES[i]
 }
@@ -732,6 +734,12 @@ mod tests {
                 from: g,
                 to: g,
                 list: ListKind::Fallbacks,
+                class,
+            },
+            Event::OrderFallbackTaken {
+                group: g,
+                from_order: 1,
+                to_order: 2,
                 class,
             },
             Event::Committed {

@@ -17,6 +17,15 @@
 //!   failures first (their counts add up, a cooldown is the longest one asked for), then
 //!   successes (any success resets the count).
 //!
+//! **A lone deployment** (the only one of its group) is not cooled by default for a rate
+//! limit, a server error, a timeout or a malformed answer: cooling it would turn one error
+//! into an outage of the whole group for `cooldown_time`. Its failures then leave no effect
+//! at all, so the same-instant rule above is untouched. This is LiteLLM's behaviour
+//! (`litellm/router_utils/cooldown_handlers.py`, `_should_cooldown_deployment`, the
+//! `is_single_deployment_model_group` base case), which still cools it for 401 and 404
+//! (statuses `litellm.utils._should_retry` says never to retry): so does Switchback, for the
+//! `auth` and `not_found` classes. `cooldown_lone_deployment: true` cools it like any other.
+//!
 //! With a real clock two events practically never share an instant, so this is the
 //! sequential rule. A cooldown that only the instant's failures together cause (two
 //! transient failures, each within `allowed_fails` alone) is reported as
@@ -119,9 +128,20 @@ fn combine<'e>(h: &mut Health, at: Instant, effects: impl Iterator<Item = &'e Ef
     Some(caused)
 }
 
+/// Whether a failure of class `class` on a deployment may cool it: always, unless the
+/// deployment is the only one of its group (`lone`) and the gateway keeps LiteLLM's default
+/// (see the module doc).
+pub fn may_cool(class: FailureClass, lone: bool, settings: &GatewaySettings) -> bool {
+    !lone
+        || settings.cooldown_lone_deployment
+        || matches!(class, FailureClass::Auth | FailureClass::NotFound)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CooldownBook {
     health: Vec<Health>,
+    /// `lone[d]`: `d` is the only deployment of its group.
+    lone: Vec<bool>,
     /// Effects of the latest instant, not yet seen by other requests.
     pending: Vec<Pending>,
     unreported: Vec<Unreported>,
@@ -131,8 +151,20 @@ impl CooldownBook {
     pub fn new(deployments: usize) -> CooldownBook {
         CooldownBook {
             health: vec![Health::default(); deployments],
+            lone: vec![false; deployments],
             pending: Vec::new(),
             unreported: Vec::new(),
+        }
+    }
+
+    /// A book for every deployment of `catalog`, knowing which ones are alone in their group.
+    pub fn for_catalog(catalog: &crate::catalog::Catalog) -> CooldownBook {
+        let n = catalog.deployments.len();
+        CooldownBook {
+            lone: (0..n)
+                .map(|d| catalog.is_lone(DeploymentId(d as u32)))
+                .collect(),
+            ..CooldownBook::new(n)
         }
     }
 
@@ -209,6 +241,7 @@ impl CooldownBook {
         };
         let mut view = CooldownBook {
             health: book.health.clone(),
+            lone: book.lone.clone(),
             pending: Vec::new(),
             unreported: Vec::new(),
         };
@@ -283,6 +316,9 @@ impl CooldownBook {
         request: u64,
     ) -> Option<Cooled> {
         let class = failure.class;
+        if !may_cool(class, self.lone[d.0 as usize], settings) {
+            return None;
+        }
         let effect = match class.actions(settings.fallback_on_bad_request).cool_down {
             CoolDown::Never => return None,
             CoolDown::AfterAllowedFails => Effect::Counted {
@@ -444,6 +480,33 @@ mod tests {
             "another's, not in the same instant"
         );
         assert!(book.view(2, t + ms(1)).is_cooling(d, t + ms(1)));
+    }
+
+    #[test]
+    fn a_lone_deployment_is_cooled_only_for_auth_and_not_found_by_default() {
+        let s = settings(0, 10);
+        let on = GatewaySettings {
+            cooldown_lone_deployment: true,
+            ..s.clone()
+        };
+        for class in FailureClass::ALL {
+            let cools_anyway = matches!(class, FailureClass::Auth | FailureClass::NotFound);
+            assert_eq!(may_cool(class, true, &s), cools_anyway, "{class:?}");
+            assert!(may_cool(class, true, &on), "{class:?}");
+            assert!(may_cool(class, false, &s), "{class:?}");
+        }
+        let mut book = CooldownBook::new(1);
+        book.lone[0] = true;
+        let t = Instant::now();
+        let limited = Failure::new(FailureClass::RateLimited, "x");
+        assert!(
+            book.record_failure(DeploymentId(0), &limited, t, &s, 1)
+                .is_none()
+        );
+        assert!(
+            book.record_failure(DeploymentId(0), &limited, t, &on, 1)
+                .is_some()
+        );
     }
 
     /// The combined result of one instant's effects does not depend on the order in which

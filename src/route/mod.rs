@@ -20,7 +20,7 @@ pub use rand::RngCore;
 use tokio::time::Instant;
 
 use self::cooldown::CooldownBook;
-use self::select::Choice;
+use self::select::{Choice, Tiers};
 use crate::catalog::{Catalog, DeploymentId, GroupId};
 use crate::classify::Failure;
 
@@ -78,6 +78,8 @@ pub struct RetryContext<'a> {
     pub committed: bool,
     /// Deployments already tried in this group, in order.
     pub tried: &'a [DeploymentId],
+    /// The `order` tier the request is in: retries stay inside it.
+    pub tier: u32,
     pub now: Instant,
     pub deadline: Instant,
     pub max_wait: Duration,
@@ -115,12 +117,15 @@ impl RetryPolicy for DefaultRetryPolicy {
     }
 }
 
-/// Decides whether and where the group is retried. Another healthy deployment is preferred.
-/// If every deployment is cooling, the retry waits for the first to come back only when the
-/// provider asked for that wait (the failure carried a Retry-After): that is how a
-/// Retry-After is honoured, up to `max_wait` and never past the deadline. A cooldown the
-/// provider did not ask for (transient failures past `allowed_fails`) is not waited out:
-/// the group gives up at once and the plan goes on.
+/// Decides whether and where the group is retried. Retries stay inside the request's
+/// current `order` tier ([`RetryContext::tier`]); another healthy deployment of the tier is
+/// preferred. If every deployment of the tier is cooling, the retry waits for the first to
+/// come back only when the provider asked for that wait (the failure carried a Retry-After)
+/// and no higher tier of the group has a healthy deployment (then the tier gives up and the
+/// attempt loop takes an order-based fallback): that is how a Retry-After is honoured, up to
+/// `max_wait` and never past the deadline. A cooldown the provider did not ask for
+/// (transient failures past `allowed_fails`) is not waited out: the tier gives up at once
+/// and the plan goes on.
 pub fn plan_retry(
     cx: &RetryContext<'_>,
     catalog: &Catalog,
@@ -134,10 +139,31 @@ pub fn plan_retry(
         return RetryDecision::GiveUp(GiveUp::BudgetSpent);
     }
     let jitter = backoff::full_jitter(cx.retries_used, cx.backoff_base, cx.backoff_max, rng);
-    let (deployment, delay) = match select::choose(catalog, cx.group, book, cx.now, cx.tried, rng) {
+    let choice = select::choose_in(
+        catalog,
+        cx.group,
+        Tiers::Only(cx.tier),
+        book,
+        cx.now,
+        cx.tried,
+        rng,
+    )
+    .expect("the request's tier has deployments: it made the failed attempt");
+    let (deployment, delay) = match choice {
+        // The deployment that asked for a wait was not cooled (the only one of its group,
+        // see `cooldown::may_cool`): its Retry-After is honoured all the same.
+        Choice::Now(d) if cx.tried.last() == Some(&d) && cx.failure.retry_after.is_some() => {
+            let wait = cx.failure.retry_after.expect("checked");
+            if wait > cx.max_wait {
+                return RetryDecision::GiveUp(GiveUp::WaitTooLong(wait));
+            }
+            (d, wait.max(jitter))
+        }
         Choice::Now(d) => (d, jitter),
         Choice::After(d, wait) => {
-            if cx.failure.retry_after.is_none() {
+            let higher_tier_healthy =
+                select::has_healthy(catalog, cx.group, Tiers::Above(cx.tier), book, cx.now);
+            if cx.failure.retry_after.is_none() || higher_tier_healthy {
                 return RetryDecision::GiveUp(GiveUp::AllCooling(wait));
             }
             if wait > cx.max_wait {
@@ -180,6 +206,7 @@ mod tests {
             mocked: false,
             committed: false,
             tried,
+            tier: 0,
             now,
             deadline: now + Duration::from_secs(60),
             max_wait: Duration::from_secs(10),
@@ -291,6 +318,95 @@ mod tests {
         assert_eq!(
             plan_retry(&cx(&f, &tried, now), &c, &book.view(1, now), &mut rng),
             RetryDecision::GiveUp(GiveUp::AllCooling(s.cooldown_time))
+        );
+    }
+
+    fn tiered(orders: &[u32]) -> Catalog {
+        let mut yaml = String::from("allow_anonymous: true\nmodel_list:\n");
+        for (i, order) in orders.iter().enumerate() {
+            yaml.push_str(&format!(
+                "  - {{model_name: g, litellm_params: {{model: m, api_base: \"http://p{i}/v1\", order: {order}}}, model_info: {{id: d{i}}}}}\n"
+            ));
+        }
+        Catalog::new(&GatewayConfig::load("t.yaml", &yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn retries_stay_in_their_tier() {
+        let c = tiered(&[1, 2]);
+        let book = CooldownBook::new(2);
+        let now = Instant::now();
+        let f = Failure::new(FailureClass::Transient, "500");
+        let tried = [DeploymentId(0)];
+        for seed in 0..20 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut ctx = cx(&f, &tried, now);
+            ctx.tier = 1;
+            assert!(matches!(
+                plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
+                RetryDecision::Retry {
+                    deployment: DeploymentId(0),
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn a_cooling_tier_is_not_waited_for_while_a_higher_one_is_healthy() {
+        let c = tiered(&[1, 2]);
+        let mut book = CooldownBook::new(2);
+        let now = Instant::now();
+        let mut f = Failure::new(FailureClass::RateLimited, "429");
+        f.retry_after = Some(Duration::from_secs(1));
+        book.record_failure(DeploymentId(0), &f, now, &settings(), 1);
+        let tried = [DeploymentId(0)];
+        let mut ctx = cx(&f, &tried, now);
+        ctx.tier = 1;
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        assert_eq!(
+            plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
+            RetryDecision::GiveUp(GiveUp::AllCooling(Duration::from_secs(1))),
+            "the order-2 tier is healthy: the tier gives up, for an order-based fallback"
+        );
+        // The top tier cooling, with nothing above it: the Retry-After is waited out.
+        book.record_failure(DeploymentId(1), &f, now, &settings(), 1);
+        let tried = [DeploymentId(1)];
+        let mut ctx = cx(&f, &tried, now);
+        ctx.tier = 2;
+        assert_eq!(
+            plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
+            RetryDecision::Retry {
+                deployment: DeploymentId(1),
+                delay: Duration::from_secs(1)
+            }
+        );
+    }
+
+    #[test]
+    fn a_lone_deployment_is_not_cooled_but_its_retry_after_is_honoured() {
+        let c = catalog(1);
+        let mut book = CooldownBook::for_catalog(&c);
+        let now = Instant::now();
+        let mut f = Failure::new(FailureClass::RateLimited, "429");
+        f.retry_after = Some(Duration::from_secs(2));
+        assert_eq!(
+            book.record_failure(DeploymentId(0), &f, now, &settings(), 1),
+            None
+        );
+        let tried = [DeploymentId(0)];
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        assert_eq!(
+            plan_retry(&cx(&f, &tried, now), &c, &book.view(1, now), &mut rng),
+            RetryDecision::Retry {
+                deployment: DeploymentId(0),
+                delay: Duration::from_secs(2)
+            }
+        );
+        f.retry_after = Some(Duration::from_secs(20));
+        assert_eq!(
+            plan_retry(&cx(&f, &tried, now), &c, &book.view(1, now), &mut rng),
+            RetryDecision::GiveUp(GiveUp::WaitTooLong(Duration::from_secs(20)))
         );
     }
 

@@ -1,9 +1,17 @@
 //! Picking a deployment inside a group.
 //!
-//! Owns: the choice among a group's deployments: skip the ones cooling down, prefer ones
-//! not yet tried by this request, take the lowest `order` tier present, then a weighted
-//! draw from the injected RNG (LiteLLM's "simple-shuffle"). When every deployment is
-//! cooling, it names the one that comes back first and how long that takes.
+//! Owns: the choice among a group's deployments: keep the `order` tiers the caller allows
+//! ([`Tiers`]), skip the ones cooling down, take the lowest tier left, prefer deployments
+//! of that tier not yet tried by this request, then a weighted draw from the injected RNG
+//! (LiteLLM's "simple-shuffle"). When every allowed deployment is cooling, it names the one
+//! that comes back first and how long that takes.
+//!
+//! The tier comes before the preference for untried deployments: a retry never leaves its
+//! tier for an untried deployment of a higher one (moving to the next tier is an
+//! order-based fallback, decided by the attempt loop). LiteLLM picks the same way: cooling
+//! deployments are filtered out first, then the lowest `order` left
+//! (`litellm/router.py`, `Router.async_get_available_deployment`, through
+//! `litellm/utils.py`, `_get_order_filtered_deployments`).
 
 use std::time::Duration;
 
@@ -21,6 +29,29 @@ pub enum Choice {
     After(DeploymentId, Duration),
 }
 
+/// The `order` tiers of a group a choice may draw from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tiers {
+    /// Any tier: the lowest one with a healthy deployment (a request entering a group).
+    Any,
+    /// Only this tier (a retry: retries stay inside their tier).
+    Only(u32),
+    /// Tiers above this one: the lowest of them with a healthy deployment (an order-based
+    /// fallback).
+    Above(u32),
+}
+
+impl Tiers {
+    fn admits(self, order: u32) -> bool {
+        match self {
+            Tiers::Any => true,
+            Tiers::Only(tier) => order == tier,
+            Tiers::Above(tier) => order > tier,
+        }
+    }
+}
+
+/// [`choose_in`] over every tier of the group.
 pub fn choose(
     catalog: &Catalog,
     group: GroupId,
@@ -29,19 +60,52 @@ pub fn choose(
     tried: &[DeploymentId],
     rng: &mut (impl Rng + ?Sized),
 ) -> Choice {
-    let all = &catalog.group(group).deployments;
-    assert!(
-        !all.is_empty(),
-        "a validated group has at least one deployment"
-    );
-    let healthy = |d: &&DeploymentId| !book.is_cooling(**d, now);
-    let fresh = |d: &&DeploymentId| !tried.contains(d);
-    let pool: Vec<DeploymentId> = if all.iter().filter(healthy).any(|d| fresh(&d)) {
-        all.iter().filter(healthy).filter(fresh).copied().collect()
-    } else {
-        all.iter().filter(healthy).copied().collect()
-    };
-    if pool.is_empty() {
+    choose_in(catalog, group, Tiers::Any, book, now, tried, rng)
+        .expect("a validated group has at least one deployment")
+}
+
+/// Whether some deployment of `group` within `tiers` is healthy at `now` (no draw).
+pub fn has_healthy(
+    catalog: &Catalog,
+    group: GroupId,
+    tiers: Tiers,
+    book: &CooldownBook,
+    now: Instant,
+) -> bool {
+    catalog
+        .group(group)
+        .deployments
+        .iter()
+        .any(|d| tiers.admits(catalog.deployment(*d).order) && !book.is_cooling(*d, now))
+}
+
+/// The deployment of `group`, within `tiers`, that takes the next attempt; `None` when no
+/// deployment of the group is in `tiers` at all.
+pub fn choose_in(
+    catalog: &Catalog,
+    group: GroupId,
+    tiers: Tiers,
+    book: &CooldownBook,
+    now: Instant,
+    tried: &[DeploymentId],
+    rng: &mut (impl Rng + ?Sized),
+) -> Option<Choice> {
+    let all: Vec<DeploymentId> = catalog
+        .group(group)
+        .deployments
+        .iter()
+        .copied()
+        .filter(|d| tiers.admits(catalog.deployment(*d).order))
+        .collect();
+    if all.is_empty() {
+        return None;
+    }
+    let healthy: Vec<DeploymentId> = all
+        .iter()
+        .copied()
+        .filter(|d| !book.is_cooling(*d, now))
+        .collect();
+    if healthy.is_empty() {
         // Earliest to recover; ties go to catalog order, so the choice is deterministic.
         let (d, until) = all
             .iter()
@@ -54,19 +118,21 @@ pub fn choose(
             })
             .min_by_key(|(d, until)| (*until, *d))
             .expect("non-empty group");
-        return Choice::After(d, until - now);
+        return Some(Choice::After(d, until - now));
     }
-    let tier = pool
+    let tier = healthy
         .iter()
         .map(|d| catalog.deployment(*d).order)
         .min()
         .expect("non-empty pool");
-    let pool: Vec<DeploymentId> = pool
+    let in_tier = healthy
         .into_iter()
-        .filter(|d| catalog.deployment(*d).order == tier)
-        .collect();
+        .filter(|d| catalog.deployment(*d).order == tier);
+    let (fresh, stale): (Vec<DeploymentId>, Vec<DeploymentId>) =
+        in_tier.partition(|d| !tried.contains(d));
+    let pool = if fresh.is_empty() { stale } else { fresh };
     if pool.len() == 1 {
-        return Choice::Now(pool[0]);
+        return Some(Choice::Now(pool[0]));
     }
     let total: u64 = pool
         .iter()
@@ -76,7 +142,7 @@ pub fn choose(
     for d in &pool {
         let w = u64::from(catalog.deployment(*d).weight);
         if ticket < w {
-            return Choice::Now(*d);
+            return Some(Choice::Now(*d));
         }
         ticket -= w;
     }
@@ -174,6 +240,87 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn pick_in(
+        c: &Catalog,
+        book: &CooldownBook,
+        tiers: Tiers,
+        tried: &[DeploymentId],
+    ) -> Option<Choice> {
+        choose_in(
+            c,
+            GroupId(0),
+            tiers,
+            book,
+            Instant::now(),
+            tried,
+            &mut ChaCha8Rng::seed_from_u64(0),
+        )
+    }
+
+    /// Issue 17, item 1: a retry after a failure on the order-1 deployment, with nothing
+    /// cooling, stays in order 1 rather than taking the untried order-2 deployment.
+    #[test]
+    fn the_tier_comes_before_untried_deployments() {
+        let c = catalog(&[(1, 1), (1, 2)]);
+        let book = CooldownBook::new(2);
+        let tried = [DeploymentId(0)];
+        for seed in 0..20 {
+            assert_eq!(pick(&c, &book, &tried, seed), Choice::Now(DeploymentId(0)));
+        }
+        assert_eq!(
+            pick_in(&c, &book, Tiers::Only(1), &tried),
+            Some(Choice::Now(DeploymentId(0)))
+        );
+    }
+
+    #[test]
+    fn tiers_limit_the_choice() {
+        let c = catalog(&[(1, 1), (1, 2), (1, 3)]);
+        let mut book = CooldownBook::new(3);
+        assert_eq!(
+            pick_in(&c, &book, Tiers::Above(1), &[]),
+            Some(Choice::Now(DeploymentId(1)))
+        );
+        assert_eq!(
+            pick_in(&c, &book, Tiers::Only(3), &[]),
+            Some(Choice::Now(DeploymentId(2)))
+        );
+        assert_eq!(
+            pick_in(&c, &book, Tiers::Above(3), &[]),
+            None,
+            "no tier above the last"
+        );
+        assert_eq!(pick_in(&c, &book, Tiers::Only(7), &[]), None);
+        // A cooling tier is passed over by `Above`; `Only` names when it recovers.
+        let now = Instant::now();
+        let s = GatewaySettings::default();
+        book.record_failure(
+            DeploymentId(1),
+            &Failure::new(FailureClass::Auth, "x"),
+            now,
+            &s,
+            1,
+        );
+        let view = book.view(1, now);
+        assert_eq!(
+            pick_in(&c, &view, Tiers::Above(1), &[]),
+            Some(Choice::Now(DeploymentId(2)))
+        );
+        let only_2 = choose_in(
+            &c,
+            GroupId(0),
+            Tiers::Only(2),
+            &view,
+            now,
+            &[],
+            &mut ChaCha8Rng::seed_from_u64(0),
+        );
+        assert_eq!(
+            only_2,
+            Some(Choice::After(DeploymentId(1), s.cooldown_time))
+        );
     }
 
     #[test]
