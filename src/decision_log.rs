@@ -108,6 +108,17 @@ fn fields(event: &Event, catalog: &Catalog, out: &mut Map<String, Value>) {
             put("max_fallbacks", json!(max_fallbacks));
             put("mid_stream", json!(mid_stream.as_str()));
         }
+        Event::OrderFallbackTaken {
+            group,
+            from_order,
+            to_order,
+            class,
+        } => {
+            put("group", g(*group));
+            put("from_order", json!(from_order));
+            put("to_order", json!(to_order));
+            put("class", json!(class.as_str()));
+        }
         Event::AttemptStarted {
             attempt,
             group,

@@ -183,6 +183,10 @@ impl State {
             Event::FallbackTaken {
                 from, to, class, ..
             } => bump(&mut self.fallbacks, [g(*from), g(*to), class.as_str()]),
+            // An order-based fallback moves to the next tier of the same group.
+            Event::OrderFallbackTaken { group, class, .. } => {
+                bump(&mut self.fallbacks, [g(*group), g(*group), class.as_str()])
+            }
             Event::Committed { .. } => {
                 if let Some(r) = self.in_flight.get_mut(&id) {
                     r.committed = true;
