@@ -264,15 +264,20 @@ async fn faulty_gateway(config: &switchback::config::GatewayConfig) -> SocketAdd
 }
 
 /// A port base with `n` free consecutive loopback ports (other test binaries and other
-/// checkouts on this machine probe too, so no port is fixed).
+/// checkouts on this machine probe too, so no port is fixed). Searched below Linux's
+/// ephemeral range (32768 and up), where the kernel's own outgoing connections never sit,
+/// from a start spread by the process id (other test binaries) and by a counter (the other
+/// tests of this one, which run at once and release their ports before the fakes bind).
 fn free_port_base(n: u16) -> u16 {
-    for _ in 0..200 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("an ephemeral port");
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base.checked_add(n).is_none() {
-            continue;
-        }
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const HIGH: u32 = 32_000;
+    let span = HIGH - LOW;
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let start = (std::process::id().wrapping_mul(7919) + call * 64) % span;
+    for step in 0..span / 8 {
+        let base = (LOW + (start + step * 8) % span) as u16;
         let held: Vec<_> = (0..n)
             .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
             .collect();
@@ -280,7 +285,7 @@ fn free_port_base(n: u16) -> u16 {
             return base;
         }
     }
-    panic!("no {n} free consecutive loopback ports");
+    panic!("no {n} free consecutive loopback ports between {LOW} and {HIGH}");
 }
 
 fn ports_at(scenario: &Scenario, base: u16) -> emit::PortMap {
