@@ -25,13 +25,15 @@ fn config(yaml: &str) -> GatewayConfig {
     GatewayConfig::load("reload.yaml", yaml).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A group of one deployment; `cooldown_lone_deployment` so that a 429 cools it (LiteLLM
+/// never cools the only deployment of a group, and neither does Switchback by default).
 fn deployment_at(host: &str, id: &str) -> String {
     format!(
         r#"
 allow_anonymous: true
 model_list:
   - {{model_name: g, litellm_params: {{model: openai/m, api_base: "http://{host}/v1"}}, model_info: {{id: {id}}}}}
-router_settings: {{num_retries: 0, allowed_fails: 0, cooldown_time: 60}}
+router_settings: {{num_retries: 0, allowed_fails: 0, cooldown_time: 60, cooldown_lone_deployment: true}}
 "#
     )
 }

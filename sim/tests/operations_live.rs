@@ -145,13 +145,15 @@ impl Gateway {
     }
 }
 
+/// Two groups of one deployment each; `cooldown_lone_deployment` so that a 429 cools `a1`
+/// (by default the only deployment of a group is never cooled).
 fn config(upstream: SocketAddr) -> String {
     format!(
         r#"
 model_list:
   - {{model_name: a, litellm_params: {{model: openai/ma, api_base: "http://{upstream}/a/v1", api_key: sk-upstream-SECRET-a}}, model_info: {{id: a1}}}}
   - {{model_name: b, litellm_params: {{model: openai/mb, api_base: "http://{upstream}/b/v1", api_key: sk-upstream-SECRET-b}}, model_info: {{id: b1}}}}
-router_settings: {{num_retries: 0, cooldown_time: 60, allowed_fails: 0, fallbacks: [{{a: [b]}}]}}
+router_settings: {{num_retries: 0, cooldown_time: 60, allowed_fails: 0, cooldown_lone_deployment: true, fallbacks: [{{a: [b]}}]}}
 keys:
   - {{key: {KEY}, key_alias: client-1}}
 "#
