@@ -106,6 +106,8 @@ fn benches(c: &mut Criterion) {
     };
     book.record_failure(DeploymentId(0), &rate_limited, t0, &catalog.settings, 1);
     let t1 = t0 + Duration::from_millis(1);
+    // As the engine does when it takes the book's lock at t1.
+    book.settle(t1);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let tried = [DeploymentId(1)];
     c.bench_function("choose_deployment_with_cooldowns", |b| {

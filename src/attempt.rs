@@ -374,7 +374,8 @@ impl Run<'_> {
                         backoff_base: self.catalog.settings.retry_backoff_base,
                         backoff_max: self.catalog.settings.retry_backoff_max,
                     };
-                    let book = self.engine.health(now).view(self.admitted.id, now);
+                    let health = self.engine.health(now);
+                    let book = health.view(self.admitted.id, now);
                     self.engine
                         .retry_policy()
                         .decide(&cx, self.catalog, &book, &mut self.rng)
@@ -467,7 +468,8 @@ impl Run<'_> {
         }
         let now = Instant::now();
         let choice = {
-            let book = self.engine.health(now).view(self.admitted.id, now);
+            let health = self.engine.health(now);
+            let book = health.view(self.admitted.id, now);
             select::choose_in(
                 self.catalog,
                 group,
@@ -499,7 +501,8 @@ impl Run<'_> {
     fn enter(&mut self, group: GroupId) -> Result<DeploymentId, Failure> {
         let now = Instant::now();
         let choice = {
-            let book = self.engine.health(now).view(self.admitted.id, now);
+            let health = self.engine.health(now);
+            let book = health.view(self.admitted.id, now);
             select::choose(self.catalog, group, &book, now, &[], &mut self.rng)
         };
         match choice {

@@ -32,6 +32,7 @@
 //! [`Unreported`], attributed to the lowest-numbered request that failed, for the engine to
 //! trace.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -227,28 +228,24 @@ impl CooldownBook {
     }
 
     /// The health `request` sees at `now`: every earlier effect and its own at `now`.
-    /// (The engine settles the book before it asks, so this usually copies only the
-    /// health.)
-    pub fn view(&self, request: u64, now: Instant) -> CooldownBook {
-        let settled;
-        let book = if self.pending.iter().any(|p| p.at < now) {
-            let mut copy = self.clone();
-            copy.settle(now);
-            settled = copy;
-            &settled
-        } else {
-            self
-        };
-        let mut view = CooldownBook {
-            health: book.health.clone(),
-            lone: book.lone.clone(),
-            pending: Vec::new(),
-            unreported: Vec::new(),
-        };
-        for d in book.own_deployments(request) {
-            view.health[d.0 as usize] = book.own_health(d, request).0;
+    /// (The engine settles the book before it asks, so this is usually the book itself, on
+    /// the hot path: a copy only when the request has outcomes of its own at `now`.)
+    pub fn view(&self, request: u64, now: Instant) -> Cow<'_, CooldownBook> {
+        let due = self.pending.iter().any(|p| p.at < now);
+        if !due && !self.pending.iter().any(|p| p.request == request) {
+            return Cow::Borrowed(self);
         }
-        view
+        let mut book = self.clone();
+        if due {
+            book.settle(now);
+        }
+        for d in book.own_deployments(request) {
+            book.health[d.0 as usize] = book.own_health(d, request).0;
+        }
+        // Only the view's health is read; nothing in it may settle again.
+        book.pending.clear();
+        book.unreported.clear();
+        Cow::Owned(book)
     }
 
     fn own_deployments(&self, request: u64) -> Vec<DeploymentId> {
