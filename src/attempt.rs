@@ -466,6 +466,12 @@ impl Run<'_> {
         if !walk.order_fallback_allowed(route) || self.limit_reached().is_some() {
             return None;
         }
+        // LiteLLM builds order-based fallbacks from the deployments of the requested name
+        // (`Router._get_all_deployments(model_name=...)`), and a name a wildcard group
+        // serves has none: its tiers never fall back to one another.
+        if self.admitted.plan.wildcard().is_some() && group == self.admitted.plan.primary {
+            return None;
+        }
         let now = Instant::now();
         let choice = {
             let health = self.engine.health(now);
@@ -608,8 +614,15 @@ impl Run<'_> {
             instruction: prompt,
             tokens_left: *tokens_left,
         });
+        // A wildcard group's deployment is called with a model made from the requested name.
+        let upstream_model = match self.admitted.plan.wildcard() {
+            Some(w) if group == self.admitted.plan.primary => {
+                std::borrow::Cow::Owned(w.upstream_model(spec))
+            }
+            _ => std::borrow::Cow::Borrowed(spec.upstream_model.as_str()),
+        };
         let to = UpstreamCall {
-            model: &spec.upstream_model,
+            model: &upstream_model,
             stream: spec.stream,
             stream_options: spec.stream_options,
         };
@@ -637,7 +650,7 @@ impl Run<'_> {
         let mut held_bytes = 0;
         let mut content_chunks = 0;
         let mut tool_calls = ToolCallCount::default();
-        let mut model = spec.upstream_model.clone();
+        let mut model = upstream_model.to_string();
         loop {
             let next = tokio::select! {
                 biased;
@@ -653,7 +666,7 @@ impl Run<'_> {
                             .await?;
                     }
                     for c in held.drain(..) {
-                        self.deliver(c, &spec.upstream_model, out).await?;
+                        self.deliver(c, &upstream_model, out).await?;
                     }
                     return Ok(Served {
                         group,
@@ -686,7 +699,7 @@ impl Run<'_> {
                 content_chunks += 1;
             }
             if self.commit.is_committed() {
-                self.deliver(chunk, &spec.upstream_model, out).await?;
+                self.deliver(chunk, &upstream_model, out).await?;
                 continue;
             }
             let size = serde_json::to_vec(&chunk.object).map_or(0, |v| v.len());
@@ -698,9 +711,9 @@ impl Run<'_> {
                 self.commit_with(id, deployment, group, stream.headers(), out)
                     .await?;
                 for c in held.drain(..) {
-                    self.deliver(c, &spec.upstream_model, out).await?;
+                    self.deliver(c, &upstream_model, out).await?;
                 }
-                self.deliver(chunk, &spec.upstream_model, out).await?;
+                self.deliver(chunk, &upstream_model, out).await?;
             } else {
                 held_bytes += size;
                 held.push(chunk);

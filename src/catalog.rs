@@ -46,6 +46,40 @@ pub struct DeploymentSpec {
     pub stream: bool,
     /// A streaming call carries `stream_options` (`send_stream_options`, default true).
     pub stream_options: bool,
+    /// `litellm_params.model` when it has a `*`: for a deployment of a wildcard group, the
+    /// model it is called with comes from the requested name (see [`crate::wildcard`]).
+    pub model_template: Option<String>,
+}
+
+/// A request served by a wildcard group: the name it asked for and what the group's `*`s
+/// captured from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WildcardServe {
+    pub requested: String,
+    pub captures: Vec<String>,
+}
+
+impl WildcardServe {
+    /// The model `spec` (a deployment of the serving group) is called with: its
+    /// `litellm_params.model` with the captures put in, provider prefix stripped.
+    pub fn upstream_model(&self, spec: &DeploymentSpec) -> String {
+        match &spec.model_template {
+            None => spec.upstream_model.clone(),
+            Some(template) => {
+                let captures: Vec<&str> = self.captures.iter().map(String::as_str).collect();
+                let model = crate::wildcard::deployment_model(template, &captures, &self.requested);
+                strip_provider(&model).to_string()
+            }
+        }
+    }
+}
+
+/// The group a requested model name is served by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub group: GroupId,
+    /// Set when a wildcard group serves the name.
+    pub wildcard: Option<WildcardServe>,
 }
 
 /// SHA-256 of a virtual key: what the catalog keeps instead of the key.
@@ -83,7 +117,22 @@ pub struct KeySpec {
     pub team: Option<usize>,
     /// `allowed[g]`: may this key use group `g` (its own and its team's lists combined)?
     pub allowed: Arc<[bool]>,
+    /// The key's and its team's `models` lists, for names a wildcard group serves (which
+    /// `allowed` cannot list): see [`KeySpec::admits_name`].
+    pub model_lists: [Arc<[String]>; 2],
     pub overrides: Overrides,
+}
+
+impl KeySpec {
+    /// Whether the key (and its team) may use the model name `name`, as LiteLLM checks a
+    /// requested model against a key's `models` (`litellm/proxy/auth/auth_checks.py`,
+    /// `_check_model_access_helper`): the name itself, not the wildcard group serving it,
+    /// must be listed or match a wildcard entry.
+    pub fn admits_name(&self, name: &str) -> bool {
+        self.model_lists
+            .iter()
+            .all(|list| crate::wildcard::allow_list_admits(list, name))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +179,8 @@ pub struct Catalog {
     keys: BTreeMap<KeyDigest, KeySpec>,
     teams: Vec<TeamSpec>,
     by_name: BTreeMap<String, GroupId>,
+    /// Wildcard groups, in the order LiteLLM tries them (most specific first).
+    patterns: Vec<(GroupId, crate::wildcard::Pattern)>,
     all_allowed: Arc<[bool]>,
 }
 
@@ -176,8 +227,23 @@ impl Catalog {
                 stream_timeout: p.stream_timeout.map(secs),
                 stream: !p.fake_stream.unwrap_or(false),
                 stream_options: p.send_stream_options.unwrap_or(true),
+                model_template: p.model.contains('*').then(|| p.model.clone()),
             });
         }
+        // LiteLLM sorts patterns by specificity, descending; Rust's sort is stable, so ties
+        // keep `model_list` order as Python's `sorted` does.
+        let mut patterns: Vec<(GroupId, crate::wildcard::Pattern)> = groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| {
+                crate::wildcard::Pattern::parse(&g.name).map(|p| (GroupId(i as u32), p))
+            })
+            .collect();
+        patterns.sort_by_key(|(g, _)| {
+            std::cmp::Reverse(crate::wildcard::Pattern::specificity(
+                &groups[g.0 as usize].name,
+            ))
+        });
         let n = groups.len();
         let mut catalog = Catalog {
             groups,
@@ -196,6 +262,7 @@ impl Catalog {
             keys: BTreeMap::new(),
             teams: Vec::new(),
             by_name,
+            patterns,
             all_allowed: vec![true; n].into(),
         };
         catalog.gateway = catalog
@@ -235,6 +302,7 @@ impl Catalog {
                     permits(&k.models, name) && permits(team_models, name)
                 })
                 .collect();
+            let model_lists = [k.models.clone().into(), team_models.to_vec().into()];
             let overrides = catalog
                 .overrides(&k.router_settings)
                 .expect("validated: key settings");
@@ -244,6 +312,7 @@ impl Catalog {
                     alias: k.key_alias.clone().unwrap_or_else(|| redact(&k.key)),
                     team,
                     allowed,
+                    model_lists,
                     overrides,
                 },
             );
@@ -298,6 +367,37 @@ impl Catalog {
         self.by_name.get(name).copied()
     }
 
+    /// The group serving a requested model name: a group of that exact name, else the most
+    /// specific wildcard group whose pattern matches it (`litellm/router.py`,
+    /// `Router._common_checks_available_deployment`, then
+    /// `PatternMatchRouter.get_deployments_by_pattern`). A wildcard group's own name (a
+    /// request for `openai/*` itself) is matched as a pattern too, so its deployments are
+    /// always called with a model made from the request.
+    pub fn route(&self, name: &str) -> Option<Routed> {
+        if let Some(group) = self.group_id(name) {
+            if !self.is_wildcard(group) {
+                return Some(Routed {
+                    group,
+                    wildcard: None,
+                });
+            }
+        }
+        self.patterns.iter().find_map(|(group, pattern)| {
+            pattern.captures(name).map(|captures| Routed {
+                group: *group,
+                wildcard: Some(WildcardServe {
+                    requested: name.to_string(),
+                    captures: captures.into_iter().map(str::to_string).collect(),
+                }),
+            })
+        })
+    }
+
+    /// Whether `group` is a wildcard group (its name has a `*`).
+    pub fn is_wildcard(&self, group: GroupId) -> bool {
+        self.patterns.iter().any(|(g, _)| *g == group)
+    }
+
     pub fn group(&self, id: GroupId) -> &Group {
         &self.groups[id.0 as usize]
     }
@@ -338,7 +438,7 @@ impl Catalog {
 }
 
 fn permits(list: &[String], group: &str) -> bool {
-    list.is_empty() || list.iter().any(|m| m == "*" || m == group)
+    crate::wildcard::allow_list_admits(list, group)
 }
 
 /// Keys are secrets: traces show an alias, never the key.

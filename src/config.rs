@@ -481,6 +481,8 @@ impl GatewayConfig {
             g
         };
         let known = |g: &str| groups.binary_search(&g).is_ok();
+        // A `models` entry may name a model a wildcard group serves.
+        let listable = |g: &str| known(g) || served_by(&groups, g).is_some();
 
         if self.model_list.is_empty() {
             push(
@@ -508,13 +510,17 @@ impl GatewayConfig {
                     "a deployment needs a group: `model_name` is empty".into(),
                 );
             }
-            if d.model_name == "*" {
+            let p = &d.litellm_params;
+            if p.model.contains('*') && !d.model_name.contains('*') {
                 push(
-                    at.key("model_name"),
-                    "`*` is reserved for default fallbacks and cannot name a group".into(),
+                    at.key("litellm_params").key("model"),
+                    format!(
+                        "`model` has a `*` but `model_name` `{}` has none: only a wildcard \
+                         group (`model_name: \"openai/*\"`) fills in a `*` from the request",
+                        d.model_name
+                    ),
                 );
             }
-            let p = &d.litellm_params;
             if p.model.trim().is_empty() {
                 push(
                     at.key("litellm_params").key("model"),
@@ -580,7 +586,7 @@ impl GatewayConfig {
                     format!("duplicate team_id `{}`", t.team_id),
                 );
             }
-            check_groups(&mut push, at.key("models"), &t.models, &known);
+            check_groups(&mut push, at.key("models"), &t.models, &listable);
             self.check_settings(
                 &t.router_settings,
                 &at.key("router_settings"),
@@ -604,7 +610,7 @@ impl GatewayConfig {
                     push(at.key("team_id"), format!("unknown team `{team}`"));
                 }
             }
-            check_groups(&mut push, at.key("models"), &k.models, &known);
+            check_groups(&mut push, at.key("models"), &k.models, &listable);
             self.check_settings(
                 &k.router_settings,
                 &at.key("router_settings"),
@@ -682,12 +688,26 @@ pub fn check_settings_fields(
     limits: &Limits,
     push: &mut dyn FnMut(At, String),
 ) {
-    let known = |g: &str| groups.contains(&g);
-    // An entry's key may name a group with or without its provider prefix (see `policy`).
+    let known = |g: &str| groups.contains(&g) && !g.contains('*');
+    // An entry's key may name a group with or without its provider prefix (see `policy`),
+    // or a model a wildcard group serves.
     let entry_known = |g: &str| {
         groups
             .iter()
             .any(|n| strip_provider(n) == strip_provider(g))
+            || fallback_key_served(groups, g)
+    };
+    let target_problem = |target: &str| -> String {
+        if target.contains('*') {
+            format!("cannot fall back to wildcard group `{target}`: a fallback names a model group")
+        } else if let Some(pattern) = served_by(groups, target) {
+            format!(
+                "fallback to `{target}`, which only wildcard group `{pattern}` serves: a \
+                 fallback names a model group (list the model as a group of its own)"
+            )
+        } else {
+            format!("fallback to unknown group `{target}`")
+        }
     };
     for (name, list) in [
         ("fallbacks", &s.fallbacks),
@@ -697,7 +717,17 @@ pub fn check_settings_fields(
         let Some(list) = list else { continue };
         for (i, entry) in list.iter().enumerate() {
             let eat = at.key(name).idx(i).key(&entry.group);
-            if entry.group != "*" && !entry_known(&entry.group) {
+            if entry.group != "*" && entry.group.contains('*') {
+                push(
+                    eat.clone(),
+                    format!(
+                        "fallback entry keyed by wildcard group `{}` never applies: fallbacks \
+                         are looked up by the requested model (key the entry by that model, \
+                         or by `*`)",
+                        entry.group
+                    ),
+                );
+            } else if entry.group != "*" && !entry_known(&entry.group) {
                 push(
                     eat.clone(),
                     format!("fallback entry for unknown group `{}`", entry.group),
@@ -705,7 +735,7 @@ pub fn check_settings_fields(
             }
             for (j, target) in entry.fallbacks.iter().enumerate() {
                 if !known(target) {
-                    push(eat.idx(j), format!("fallback to unknown group `{target}`"));
+                    push(eat.idx(j), target_problem(target));
                 }
             }
         }
@@ -713,10 +743,7 @@ pub fn check_settings_fields(
     if let Some(list) = &s.default_fallbacks {
         for (j, target) in list.iter().enumerate() {
             if !known(target) {
-                push(
-                    at.key("default_fallbacks").idx(j),
-                    format!("fallback to unknown group `{target}`"),
-                );
+                push(at.key("default_fallbacks").idx(j), target_problem(target));
             }
         }
     }
@@ -792,10 +819,44 @@ fn check_groups(
     known: &dyn Fn(&str) -> bool,
 ) {
     for (j, g) in groups.iter().enumerate() {
-        if g != "*" && !known(g) {
+        // An entry with a `*` is a pattern of names (LiteLLM's allow-list wildcards).
+        if !g.contains('*') && !known(g) {
             push(at.idx(j), format!("unknown group `{g}`"));
         }
     }
+}
+
+/// The wildcard group among `groups` that serves the model name `name`, if one does (the
+/// most specific, as [`crate::catalog::Catalog::route`] picks), unless a group has that
+/// exact name.
+pub fn served_by<'g>(groups: &[&'g str], name: &str) -> Option<&'g str> {
+    use crate::wildcard::Pattern;
+    if groups.contains(&name) && !name.contains('*') {
+        return None;
+    }
+    let mut best: Option<((usize, usize), &'g str)> = None;
+    for g in groups {
+        let Some(p) = Pattern::parse(g) else { continue };
+        if p.captures(name).is_some() {
+            let key = Pattern::specificity(g);
+            if best.is_none_or(|(k, _)| key > k) {
+                best = Some((key, g));
+            }
+        }
+    }
+    best.map(|(_, g)| g)
+}
+
+/// Whether a fallback entry keyed `key` can apply to some request a wildcard group serves:
+/// a name a pattern serves as it is, with a provider prefix put in front (an entry `gpt-4.1`
+/// applies to a request for `openai/gpt-4.1`), or without its prefix.
+pub fn fallback_key_served(groups: &[&str], key: &str) -> bool {
+    let bare = strip_provider(key);
+    served_by(groups, key).is_some()
+        || served_by(groups, bare).is_some()
+        || PROVIDER_PREFIXES
+            .iter()
+            .any(|p| served_by(groups, &format!("{p}/{bare}")).is_some())
 }
 
 /// A secret (an upstream `api_key`, a virtual `key`) must be one non-empty run of visible
@@ -1106,6 +1167,64 @@ model_list:
         let c = GatewayConfig::load("g.yaml", GOOD).unwrap();
         let text = serde_saphyr::to_string(&c).unwrap();
         assert_eq!(GatewayConfig::load("again.yaml", &text).unwrap(), c);
+    }
+
+    const WILD: &str = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: "openai/*", litellm_params: {model: "openai/*", api_base: "http://w/v1"}}
+  - {model_name: "*", litellm_params: {model: "openai/*", api_base: "http://c/v1"}}
+  - {model_name: backup, litellm_params: {model: openai/b, api_base: "http://b/v1"}}
+router_settings:
+  fallbacks:
+    - openai/gpt-4.1: [backup]
+    - gpt-4o: [backup]
+keys:
+  - {key: sk-1, models: ["openai/*", openai/o3]}
+"#;
+
+    #[test]
+    fn wildcard_groups_load_and_their_misuses_are_located() {
+        GatewayConfig::load("g.yaml", WILD).unwrap();
+        let p = problems(&WILD.replace("- gpt-4o: [backup]", "- \"openai/*\": [backup]"));
+        assert!(
+            p[0].contains("router_settings.fallbacks[1]") && p[0].contains("never applies"),
+            "{p:?}"
+        );
+        let p = problems(&WILD.replace("- gpt-4o: [backup]", "- backup: [\"openai/*\"]"));
+        assert!(p[0].contains("cannot fall back to wildcard group"), "{p:?}");
+        let p = problems(&WILD.replace("- gpt-4o: [backup]", "- backup: [openai/gpt-4o]"));
+        assert!(
+            p[0].contains("which only wildcard group `openai/*` serves"),
+            "{p:?}"
+        );
+        let p = problems(&WILD.replace("model: openai/b,", "model: \"openai/b*\","));
+        assert!(
+            p[0].contains("model_list[2].litellm_params.model") && p[0].contains("has none"),
+            "{p:?}"
+        );
+        // An entry or allow-list name that no group serves is unknown.
+        let narrow = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: "fixed/*", litellm_params: {model: "openai/*", api_base: "http://w/v1"}}
+  - {model_name: backup, litellm_params: {model: openai/b, api_base: "http://b/v1"}}
+router_settings:
+  fallbacks: [{fixed/x: [backup]}]
+keys:
+  - {key: sk-1, models: ["fixed/*", fixed/y]}
+"#;
+        GatewayConfig::load("g.yaml", narrow).unwrap();
+        let p = problems(&narrow.replace("fixed/x:", "other:"));
+        assert!(
+            p[0].contains("fallback entry for unknown group `other`"),
+            "{p:?}"
+        );
+        let p = problems(&narrow.replace("fixed/y]", "other]"));
+        assert!(
+            p[0].contains("keys[0].models[1]") && p[0].contains("unknown group `other`"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -272,7 +272,7 @@ impl Engine {
         let key = self.authenticate(bearer)?;
         let request = ChatRequest::parse(body, &catalog.limits)
             .map_err(|e| ApiError::bad_request(e.message).param(e.param))?;
-        let group = catalog.group_id(&request.model).ok_or_else(|| {
+        let routed = catalog.route(&request.model).ok_or_else(|| {
             ApiError::not_found(format!(
                 "model `{}` is not a model group of this gateway",
                 request.model
@@ -280,10 +280,17 @@ impl Engine {
             .code("model_not_found")
             .param(Some("model".into()))
         })?;
+        let group = routed.group;
         let allowed = key
             .map(|k| k.allowed.clone())
             .unwrap_or_else(|| catalog.all_allowed());
-        if !allowed[group.0 as usize] {
+        // A wildcard-served name is checked itself against the key's lists, as LiteLLM
+        // checks the requested model (see `KeySpec::admits_name`).
+        let permitted = match &routed.wildcard {
+            None => allowed[group.0 as usize],
+            Some(_) => key.is_none_or(|k| k.admits_name(&request.model)),
+        };
+        if !permitted {
             return Err(ApiError::forbidden(format!(
                 "this key may not use model `{}`",
                 request.model
@@ -318,7 +325,10 @@ impl Engine {
             gateway: &catalog.gateway,
         }
         .resolve();
-        let plan = FallbackPlan::new(group, Arc::new(settings), allowed);
+        let plan = match routed.wildcard {
+            None => FallbackPlan::new(group, Arc::new(settings), allowed),
+            Some(served) => FallbackPlan::for_wildcard(group, served, Arc::new(settings), allowed),
+        };
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let admitted = Admitted {
             id,

@@ -21,6 +21,7 @@
 //! * [`metrics`]: Prometheus counters and histograms, fed by the trace events.
 //! * [`redact`]: keeping secrets out of every message a client can read.
 //! * [`reload`]: swapping the running config for a validated new one.
+//! * [`wildcard`]: wildcard model groups (`openai/*`) and wildcard allow-list entries.
 //! * [`yaml`]: YAML loading with errors that name file, line, column and field.
 //!
 //! The decision modules (`policy`, `plan`, `classify`, `route`) are pure: plain data in,
@@ -51,4 +52,5 @@ pub mod route;
 pub mod trace;
 pub mod transport;
 pub mod upstream;
+pub mod wildcard;
 pub mod yaml;

@@ -6,7 +6,9 @@
 //! a fixed order. Label values come only from the config (group names, deployment ids, key
 //! aliases) and from the engine's own closed vocabularies (failure classes, limit names,
 //! modes, outcomes), never from request data: a model name a client sent that is not a
-//! group never reaches admission, so it never becomes a label.
+//! group never reaches admission, so it never becomes a label, and a request a wildcard
+//! group serves (`openai/*`) is labelled by that group's pattern, not by the name it sent
+//! (its events carry the group, never the name).
 //! Does not own the `/metrics` route (`gateway::routes`) nor any decision: it only watches.
 
 use std::collections::BTreeMap;

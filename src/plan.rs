@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crate::catalog::GroupId;
+use crate::catalog::{GroupId, WildcardServe};
 use crate::classify::FallbackRoute;
 use crate::policy::{EffectiveSettings, FallbackTable, Level};
 
@@ -70,6 +70,8 @@ pub struct FallbackPlan {
     pub primary: GroupId,
     pub settings: Arc<EffectiveSettings>,
     allowed: Arc<[bool]>,
+    /// Set when a wildcard group serves the primary (see [`FallbackPlan::wildcard`]).
+    wildcard: Option<WildcardServe>,
 }
 
 impl FallbackPlan {
@@ -86,6 +88,39 @@ impl FallbackPlan {
             primary,
             settings,
             allowed,
+            wildcard: None,
+        }
+    }
+
+    /// The plan of a request that a wildcard group serves. Admission checked the requested
+    /// name against the key's allow-lists (the wildcard group's own name need not be on
+    /// them). Fallback lists are looked up by the requested name, never by the pattern,
+    /// as LiteLLM does (`litellm/router.py`, `Router.async_function_with_fallbacks_common_utils`
+    /// passes `kwargs["model"]`, the requested name, to `get_fallback_model_group`).
+    pub fn for_wildcard(
+        primary: GroupId,
+        served: WildcardServe,
+        settings: Arc<EffectiveSettings>,
+        allowed: Arc<[bool]>,
+    ) -> FallbackPlan {
+        FallbackPlan {
+            primary,
+            settings,
+            allowed,
+            wildcard: Some(served),
+        }
+    }
+
+    /// The requested name and captures when a wildcard group serves the primary.
+    pub fn wildcard(&self) -> Option<&WildcardServe> {
+        self.wildcard.as_ref()
+    }
+
+    /// `table`'s list for `group`: by the requested name for a wildcard-served primary.
+    fn lookup<'t>(&self, table: &'t FallbackTable, group: GroupId) -> Option<&'t [GroupId]> {
+        match &self.wildcard {
+            Some(w) if group == self.primary => table.lookup_name(&w.requested),
+            _ => table.lookup(group),
         }
     }
 
@@ -98,7 +133,7 @@ impl FallbackPlan {
             && s.content_policy_fallbacks
                 .value
                 .as_ref()
-                .and_then(|t| t.lookup(group))
+                .and_then(|t| self.lookup(t, group))
                 .is_some_and(|list| !list.is_empty())
     }
 
@@ -125,13 +160,13 @@ impl FallbackPlan {
         };
         if let Some((Some(table), kind)) = specific {
             // The specific setting exists: it alone decides, even if it has no entry here.
-            return (table.lookup(group).unwrap_or(&[]), kind);
+            return (self.lookup(table, group).unwrap_or(&[]), kind);
         }
         if let Some(list) = s
             .fallbacks
             .value
             .as_deref()
-            .and_then(|t: &FallbackTable| t.lookup(group))
+            .and_then(|t: &FallbackTable| self.lookup(t, group))
         {
             return (list, ListKind::Fallbacks);
         }

@@ -51,6 +51,9 @@ impl Level {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FallbackTable {
     by_group: Vec<Option<Arc<[GroupId]>>>,
+    /// Every entry by the name it is keyed by, in list order: for a name a wildcard group
+    /// serves, looked up when the request arrives (see [`FallbackTable::lookup_name`]).
+    named: Vec<(String, Arc<[GroupId]>)>,
 }
 
 impl FallbackTable {
@@ -65,6 +68,10 @@ impl FallbackTable {
                 })
                 .collect()
         };
+        let named = entries
+            .iter()
+            .map(|e| Ok((e.group.clone(), resolve(e)?)))
+            .collect::<Result<Vec<_>, String>>()?;
         let mut by_group = Vec::with_capacity(catalog.groups.len());
         for group in &catalog.groups {
             let name = group.name.as_str();
@@ -79,17 +86,37 @@ impl FallbackTable {
                 .or_else(|| entries.iter().find(|e| e.group == "*"));
             by_group.push(found.map(resolve).transpose()?);
         }
+        let names: Vec<&str> = catalog.groups.iter().map(|g| g.name.as_str()).collect();
         for e in entries {
             if e.group != "*"
                 && !catalog
                     .groups
                     .iter()
                     .any(|g| strip_provider(&g.name) == strip_provider(&e.group))
+                && !crate::config::fallback_key_served(&names, &e.group)
             {
                 return Err(format!("fallback entry for unknown group `{}`", e.group));
             }
         }
-        Ok(FallbackTable { by_group })
+        Ok(FallbackTable { by_group, named })
+    }
+
+    /// The list for a model name a wildcard group serves, looked up as for a group: an
+    /// entry keyed by exactly that name, else one equal to it without provider prefixes,
+    /// else `*`. An entry keyed by the wildcard group's own name does not apply (LiteLLM
+    /// looks fallbacks up by the requested model: `litellm/router_utils/
+    /// fallback_event_handlers.py`, `get_fallback_model_group`); validation refuses such
+    /// entries.
+    pub fn lookup_name(&self, name: &str) -> Option<&[GroupId]> {
+        let find = |hit: &dyn Fn(&str) -> bool| {
+            self.named
+                .iter()
+                .find(|(key, _)| hit(key))
+                .map(|(_, list)| &**list)
+        };
+        find(&|key| key == name)
+            .or_else(|| find(&|key| key != "*" && strip_provider(key) == strip_provider(name)))
+            .or_else(|| find(&|key| key == "*"))
     }
 
     /// The list for `group`, or `None` if the table has no entry that applies.

@@ -13,6 +13,7 @@
 //! `seed` exactly (`replay`), shrinking a failing case, writing it out as a scenario file,
 //! and the coverage report.
 
+pub mod routing;
 pub mod shapes;
 
 use std::collections::BTreeSet;
@@ -399,8 +400,17 @@ fn burst(n: usize, swarm: &Swarm, keys: usize) -> impl Strategy<Value = RequestS
         })
 }
 
-/// A whole generated scenario (its name carries nothing; `case` sets it).
+/// A whole generated scenario (its name carries nothing; `case` sets it), with the routing
+/// features of [`routing`].
 pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
+    (base_scenario(concurrency), routing::routing()).prop_map(|(mut s, r)| {
+        r.apply(&mut s);
+        s.description.push_str(&r.describe());
+        s
+    })
+}
+
+fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
     (
         swarm(concurrency),
         1usize..=5,

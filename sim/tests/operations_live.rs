@@ -300,6 +300,43 @@ async fn metrics_are_scraped_from_a_real_gateway_in_prometheus_text() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A request a wildcard group serves is labelled by the group's pattern, never by the model
+/// name the client sent: label values stay bounded by the config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_served_requests_are_labelled_by_their_pattern() {
+    let up = upstream().await;
+    let config = format!(
+        r#"
+model_list:
+  - {{model_name: "openai/*", litellm_params: {{model: "openai/*", api_base: "http://{up}/b/v1"}}, model_info: {{id: wild}}}}
+keys:
+  - {{key: {KEY}, key_alias: client-1}}
+"#
+    );
+    let gw = Gateway::start("metrics-wildcard", &config, &[]);
+    for (n, stream) in [(1, false), (2, true), (3, false)] {
+        let r = exchange(gw.addr, chat(&format!("openai/client-chosen-{n}"), stream)).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "request {n}: {r}");
+    }
+    let response = exchange(gw.addr, scrape(Some(KEY))).await;
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let requests = |mode| {
+        sample(
+            &parsed,
+            "switchback_requests_total",
+            &[
+                ("group", "openai/*"),
+                ("mode", mode),
+                ("outcome", "completed"),
+            ],
+        )
+    };
+    assert_eq!((requests("non_stream"), requests("stream")), (2.0, 1.0));
+    assert!(!body.contains("client-chosen"), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_be_turned_off() {
     let up = upstream().await;

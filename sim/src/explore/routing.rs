@@ -1,0 +1,143 @@
+//! Generated routing features: which groups and deployments a request and its fallbacks
+//! reach (issue 17's wildcard model groups, fallbacks to a deployment id, request-level
+//! fallback entries with their own `messages`).
+//!
+//! Owns: the strategy for one case's [`Routing`] and applying it to a generated scenario
+//! (a wildcard group with a provider of its own, requests for names it serves, fallback
+//! entries keyed by those names, wildcard allow-list entries). Does not own the rest of a
+//! case (`explore`); what it adds keeps the config valid.
+
+use proptest::prelude::*;
+use switchback::config::{Deployment, FallbackEntry, LitellmParams, ModelInfo};
+
+use crate::scenario::Scenario;
+
+/// The wildcard group's deployment id and its provider's host.
+pub const WILD_ID: &str = "wild";
+const WILD_HOST: &str = "hw";
+
+/// What one case adds.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub wildcard: Option<Wildcard>,
+}
+
+/// A wildcard group and how the case uses it.
+#[derive(Debug, Clone)]
+pub struct Wildcard {
+    /// `"w/*"`, or the catch-all `"*"`.
+    pub pattern: &'static str,
+    /// Its deployment's `litellm_params.model`: with a `*` (filled from the request) or not.
+    pub template: &'static str,
+    /// For each request (by position, cycling): ask for `w/m<k>` instead of its group.
+    pub ask: Vec<Option<u8>>,
+    /// A gateway fallback entry keyed `w/m<k>` (or `m<k>`, without the prefix) to group `to`.
+    pub entry: Option<(u8, bool, usize)>,
+    /// Allow-lists that are not empty also get this entry (`"w/*"` or `"w/m<k>"`).
+    pub allow: Option<Option<u8>>,
+}
+
+pub fn routing() -> impl Strategy<Value = Routing> {
+    let wildcard = (
+        prop_oneof![Just("w/*"), Just("*")],
+        prop_oneof![Just("openai/*"), Just("openai/fixed-model")],
+        proptest::collection::vec(proptest::option::weighted(0.6, 0u8..3), 1..=3),
+        proptest::option::weighted(0.5, (0u8..3, any::<bool>(), 0usize..5)),
+        proptest::option::weighted(0.5, proptest::option::of(0u8..3)),
+    )
+        .prop_map(|(pattern, template, ask, entry, allow)| Wildcard {
+            pattern,
+            template,
+            ask,
+            entry,
+            allow,
+        });
+    proptest::option::weighted(0.3, wildcard).prop_map(|wildcard| Routing { wildcard })
+}
+
+impl Routing {
+    /// Adds the features to a generated scenario whose groups are `g0`..`g<n-1>`.
+    pub fn apply(&self, s: &mut Scenario) {
+        if let Some(w) = &self.wildcard {
+            w.apply(s);
+        }
+    }
+
+    /// A line for the case's description.
+    pub fn describe(&self) -> String {
+        match &self.wildcard {
+            None => String::new(),
+            Some(w) => format!(", wildcard {} -> {}", w.pattern, w.template),
+        }
+    }
+}
+
+fn groups(s: &Scenario) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for d in &s.gateway.model_list {
+        if !names.contains(&d.model_name) {
+            names.push(d.model_name.clone());
+        }
+    }
+    names
+}
+
+impl Wildcard {
+    fn apply(&self, s: &mut Scenario) {
+        let groups = groups(s);
+        let Some(first) = s.providers.first().cloned() else {
+            return;
+        };
+        s.providers.push(crate::scenario::Provider {
+            host: WILD_HOST.into(),
+            ..first
+        });
+        s.gateway.model_list.push(Deployment {
+            model_name: self.pattern.into(),
+            litellm_params: LitellmParams {
+                model: self.template.into(),
+                api_base: Some(format!("http://{WILD_HOST}:8000/v1")),
+                ..LitellmParams::default()
+            },
+            model_info: ModelInfo {
+                id: Some(WILD_ID.into()),
+            },
+        });
+        for (i, r) in s.requests.iter_mut().enumerate() {
+            if let Some(k) = self.ask[i % self.ask.len()] {
+                r.model = format!("w/m{k}");
+            }
+        }
+        if let Some((k, bare, to)) = self.entry {
+            let key = if bare {
+                format!("m{k}")
+            } else {
+                format!("w/m{k}")
+            };
+            // `m<k>` applies to `w/m<k>` only through a provider prefix; `w` is none, so
+            // the bare form is kept for the catch-all, which also serves `m<k>` itself.
+            if !bare || self.pattern == "*" {
+                let to = groups[to % groups.len()].clone();
+                s.gateway
+                    .router_settings
+                    .fallbacks
+                    .get_or_insert_with(Vec::new)
+                    .insert(0, FallbackEntry::new(key, &[to.as_str()]));
+            }
+        }
+        if let Some(entry) = self.allow {
+            let entry = entry.map_or_else(|| "w/*".to_string(), |k| format!("w/m{k}"));
+            let lists = s
+                .gateway
+                .keys
+                .iter_mut()
+                .map(|k| &mut k.models)
+                .chain(s.gateway.teams.iter_mut().map(|t| &mut t.models));
+            for list in lists {
+                if !list.is_empty() {
+                    list.push(entry.clone());
+                }
+            }
+        }
+    }
+}
