@@ -181,6 +181,8 @@ pub struct Catalog {
     by_name: BTreeMap<String, GroupId>,
     /// Wildcard groups, in the order LiteLLM tries them (most specific first).
     patterns: Vec<(GroupId, crate::wildcard::Pattern)>,
+    /// Groups from this index on are deployment ids (see [`Catalog::pinned`]).
+    pinned_from: usize,
     all_allowed: Arc<[bool]>,
 }
 
@@ -244,6 +246,19 @@ impl Catalog {
                 &groups[g.0 as usize].name,
             ))
         });
+        // Every deployment id is also a name a fallback (or a request) may use: a group of
+        // that one deployment. An id that names its own group of one needs none.
+        let pinned_from = groups.len();
+        for (i, spec) in deployments.iter().enumerate() {
+            // (The default id of a wildcard group's deployment, `openai/*#1`, names none.)
+            if !by_name.contains_key(&spec.id) && !spec.id.contains('*') {
+                by_name.insert(spec.id.clone(), GroupId(groups.len() as u32));
+                groups.push(Group {
+                    name: spec.id.clone(),
+                    deployments: vec![DeploymentId(i as u32)],
+                });
+            }
+        }
         let n = groups.len();
         let mut catalog = Catalog {
             groups,
@@ -263,6 +278,7 @@ impl Catalog {
             teams: Vec::new(),
             by_name,
             patterns,
+            pinned_from,
             all_allowed: vec![true; n].into(),
         };
         catalog.gateway = catalog
@@ -296,10 +312,18 @@ impl Catalog {
             let team_models = team
                 .map(|t| config.teams[t].models.as_slice())
                 .unwrap_or(&[]);
+            // A deployment named by its id may be used by the key that may use its group
+            // (or that lists the id itself).
             let allowed: Arc<[bool]> = (0..n)
                 .map(|g| {
                     let name = &catalog.groups[g].name;
-                    permits(&k.models, name) && permits(team_models, name)
+                    let group_of = catalog
+                        .pinned(GroupId(g as u32))
+                        .map(|d| &catalog.group(catalog.deployment(d).group).name);
+                    let lets = |list: &[String]| {
+                        permits(list, name) || group_of.is_some_and(|own| permits(list, own))
+                    };
+                    lets(&k.models) && lets(team_models)
                 })
                 .collect();
             let model_lists = [k.models.clone().into(), team_models.to_vec().into()];
@@ -393,6 +417,24 @@ impl Catalog {
         })
     }
 
+    /// The deployment a group stands for when it is a deployment id rather than a model
+    /// group: a fallback (or a request) naming `model_info.id` calls exactly that
+    /// deployment, as LiteLLM does (`litellm/router.py`,
+    /// `Router._common_checks_available_deployment`: `has_model_id` is checked before the
+    /// group names, and `get_deployment` returns that deployment as it is, before any
+    /// cooldown filter).
+    pub fn pinned(&self, group: GroupId) -> Option<DeploymentId> {
+        if (group.0 as usize) < self.pinned_from {
+            return None;
+        }
+        self.groups.get(group.0 as usize).map(|g| g.deployments[0])
+    }
+
+    /// How many model groups the config has (the groups that are not deployment ids).
+    pub fn model_group_count(&self) -> usize {
+        self.pinned_from
+    }
+
     /// Whether `group` is a wildcard group (its name has a `*`).
     pub fn is_wildcard(&self, group: GroupId) -> bool {
         self.patterns.iter().any(|(g, _)| *g == group)
@@ -429,7 +471,7 @@ impl Catalog {
         &'a self,
         allowed: &'a [bool],
     ) -> impl Iterator<Item = &'a Group> + 'a {
-        self.groups
+        self.groups[..self.pinned_from]
             .iter()
             .zip(allowed.iter())
             .filter(|(_, a)| **a)

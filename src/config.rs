@@ -574,8 +574,52 @@ impl GatewayConfig {
             }
         }
 
+        // Fallbacks may name a deployment id as well as a group (LiteLLM's
+        // `Router._common_checks_available_deployment` looks ids up first).
+        let ids: Vec<String> = (0..self.model_list.len())
+            .map(|i| deployment_id(&self.model_list, i))
+            .collect();
+        for (i, (d, id)) in self.model_list.iter().zip(&ids).enumerate() {
+            // An id that is also a group's name would take every request for that group
+            // in LiteLLM; only a group of one deployment named after it is unambiguous.
+            let own_group_of_one = *id == d.model_name
+                && self
+                    .model_list
+                    .iter()
+                    .filter(|o| o.model_name == d.model_name)
+                    .count()
+                    == 1;
+            if known(id) && !own_group_of_one {
+                push(
+                    root.key("model_list").idx(i).key("model_info").key("id"),
+                    format!(
+                        "deployment id `{id}` is also the name of model group `{id}`: a \
+                         fallback or request naming it would call only this deployment \
+                         (LiteLLM looks ids up first); give the deployment another id"
+                    ),
+                );
+            }
+            if d.model_info.id.as_ref().is_some_and(|id| id.contains('*')) {
+                push(
+                    root.key("model_list").idx(i).key("model_info").key("id"),
+                    format!("deployment id `{id}` contains `*`, which names wildcard groups"),
+                );
+            }
+        }
+        let targets: Vec<&str> = {
+            let mut t: Vec<&str> = groups.clone();
+            // The default id of a wildcard group's deployment (`openai/*#1`) names none.
+            t.extend(
+                ids.iter()
+                    .map(String::as_str)
+                    .filter(|id| !id.contains('*')),
+            );
+            t.sort_unstable();
+            t.dedup();
+            t
+        };
         let gateway = root.key("router_settings");
-        self.check_settings(&self.router_settings, &gateway, true, &groups, &mut push);
+        self.check_settings(&self.router_settings, &gateway, true, &targets, &mut push);
 
         let mut team_ids = BTreeMap::new();
         for (i, t) in self.teams.iter().enumerate() {
@@ -591,7 +635,7 @@ impl GatewayConfig {
                 &t.router_settings,
                 &at.key("router_settings"),
                 false,
-                &groups,
+                &targets,
                 &mut push,
             );
         }
@@ -615,7 +659,7 @@ impl GatewayConfig {
                 &k.router_settings,
                 &at.key("router_settings"),
                 false,
-                &groups,
+                &targets,
                 &mut push,
             );
         }
@@ -706,7 +750,10 @@ pub fn check_settings_fields(
                  fallback names a model group (list the model as a group of its own)"
             )
         } else {
-            format!("fallback to unknown group `{target}`")
+            format!(
+                "fallback to unknown group `{target}` (no model group or deployment id has \
+                 this name)"
+            )
         }
     };
     for (name, list) in [
@@ -1225,6 +1272,34 @@ keys:
             p[0].contains("keys[0].models[1]") && p[0].contains("unknown group `other`"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn fallbacks_may_name_deployment_ids_that_exist() {
+        // `claude-b` is the id of the `claude` deployment; `gpt-4o#1` the default id.
+        let text = GOOD.replace(
+            "    - gpt-4o: [claude]\nteams",
+            "    - gpt-4o: [claude-b, \"gpt-4o#1\"]\nteams",
+        );
+        GatewayConfig::load("g.yaml", &text).unwrap();
+        let text = GOOD.replace(
+            "    - gpt-4o: [claude]\nteams",
+            "    - gpt-4o: [claude-c]\nteams",
+        );
+        let p = problems(&text);
+        assert!(
+            p[0].contains("router_settings.fallbacks[0].gpt-4o[0]")
+                && p[0].contains("no model group or deployment id has this name"),
+            "{p:?}"
+        );
+        // An id that is another group's name is ambiguous; one naming its own group of one
+        // deployment is not.
+        let p = problems(&GOOD.replace("id: claude-b", "id: gpt-4o"));
+        assert!(
+            p[0].contains("model_list[1].model_info.id") && p[0].contains("also the name"),
+            "{p:?}"
+        );
+        GatewayConfig::load("g.yaml", &GOOD.replace("id: claude-b", "id: claude")).unwrap();
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl LiveEngine {
         let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
         let next = slot.successor(catalog);
         let reloaded = Reloaded {
-            groups: next.catalog().groups.len(),
+            groups: next.catalog().model_group_count(),
             deployments: next.catalog().deployments.len(),
             health_kept: next.shares_health_with(&slot),
         };

@@ -158,7 +158,8 @@ fn model(engine: &Engine, req: &Request<Incoming>, id: &str) -> Response<Respons
         Err(e) => return error(&e),
     };
     match engine.catalog().group_id(id) {
-        Some(g) if allowed[g.0 as usize] => {
+        // A deployment id is callable but is not a model group: not listed.
+        Some(g) if allowed[g.0 as usize] && engine.catalog().pinned(g).is_none() => {
             json_response(StatusCode::OK, &model_object(engine, id))
         }
         _ => error(

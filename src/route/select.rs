@@ -100,10 +100,13 @@ pub fn choose_in(
     if all.is_empty() {
         return None;
     }
+    // A deployment named by its id is called as it is, cooling or not: LiteLLM hands it
+    // back before any cooldown filter (see `Catalog::pinned`).
+    let pinned = catalog.pinned(group).is_some();
     let healthy: Vec<DeploymentId> = all
         .iter()
         .copied()
-        .filter(|d| !book.is_cooling(*d, now))
+        .filter(|d| pinned || !book.is_cooling(*d, now))
         .collect();
     if healthy.is_empty() {
         // Earliest to recover; ties go to catalog order, so the choice is deterministic.

@@ -5,7 +5,8 @@
 //! Owns: the strategy for one case's [`Routing`] and applying it to a generated scenario
 //! (a wildcard group with a provider of its own, requests for names it serves, fallback
 //! entries keyed by those names, wildcard allow-list entries). Does not own the rest of a
-//! case (`explore`); what it adds keeps the config valid.
+//! case (`explore`); what it adds keeps the config valid. Also: a gateway fallback entry
+//! whose target is a deployment id.
 
 use proptest::prelude::*;
 use switchback::config::{Deployment, FallbackEntry, LitellmParams, ModelInfo};
@@ -20,6 +21,9 @@ const WILD_HOST: &str = "hw";
 #[derive(Debug, Clone)]
 pub struct Routing {
     pub wildcard: Option<Wildcard>,
+    /// A gateway fallback to a deployment id: from group `from` (by position), to the
+    /// deployment at position `to` of the model list (a group's first entry if there is none).
+    pub id_fallback: Option<(usize, usize)>,
 }
 
 /// A wildcard group and how the case uses it.
@@ -52,12 +56,35 @@ pub fn routing() -> impl Strategy<Value = Routing> {
             entry,
             allow,
         });
-    proptest::option::weighted(0.3, wildcard).prop_map(|wildcard| Routing { wildcard })
+    (
+        proptest::option::weighted(0.3, wildcard),
+        proptest::option::weighted(0.3, (0usize..5, 0usize..10)),
+    )
+        .prop_map(|(wildcard, id_fallback)| Routing {
+            wildcard,
+            id_fallback,
+        })
 }
 
 impl Routing {
     /// Adds the features to a generated scenario whose groups are `g0`..`g<n-1>`.
     pub fn apply(&self, s: &mut Scenario) {
+        if let Some((from, to)) = self.id_fallback {
+            let groups = groups(s);
+            let list = &s.gateway.model_list;
+            let d = &list[to % list.len()];
+            let id = d
+                .model_info
+                .id
+                .clone()
+                .expect("generated deployments have ids");
+            let from = groups[from % groups.len()].clone();
+            s.gateway
+                .router_settings
+                .fallbacks
+                .get_or_insert_with(Vec::new)
+                .insert(0, FallbackEntry::new(from, &[id.as_str()]));
+        }
         if let Some(w) = &self.wildcard {
             w.apply(s);
         }
@@ -65,10 +92,14 @@ impl Routing {
 
     /// A line for the case's description.
     pub fn describe(&self) -> String {
-        match &self.wildcard {
-            None => String::new(),
-            Some(w) => format!(", wildcard {} -> {}", w.pattern, w.template),
+        let mut line = String::new();
+        if let Some(w) = &self.wildcard {
+            line.push_str(&format!(", wildcard {} -> {}", w.pattern, w.template));
         }
+        if self.id_fallback.is_some() {
+            line.push_str(", fallback to a deployment id");
+        }
+        line
     }
 }
 

@@ -604,7 +604,7 @@ fn serve(
             .map_or(listen.to_string(), |a| a.to_string());
         println!(
             "switchback gateway listening on http://{addr} ({} groups, {} deployments)",
-            catalog.groups.len(),
+            catalog.model_group_count(),
             catalog.deployments.len()
         );
         let observer: Arc<dyn Observer> = match decision_log {
