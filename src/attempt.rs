@@ -626,10 +626,16 @@ impl Run<'_> {
             stream: spec.stream,
             stream_options: spec.stream_options,
         };
-        let body = self
-            .admitted
-            .request
-            .upstream_body(&to, continuation.as_ref());
+        // A fallback reached through a request-level entry with its own `messages` sends
+        // them (LiteLLM: `litellm/router_utils/fallback_event_handlers.py`,
+        // `run_async_fallback`, `kwargs.update(entry)`; see `request::client_side_fallbacks`).
+        let request = &self.admitted.request;
+        let messages = if group == self.admitted.plan.primary {
+            request.messages.as_slice()
+        } else {
+            request.messages_for(&self.catalog.group(group).name)
+        };
+        let body = request.upstream_body_with(&to, continuation.as_ref(), messages);
         let (timeouts, blame) = self.timeouts(spec);
         let call = Call {
             endpoint: &spec.endpoint,

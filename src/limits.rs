@@ -60,6 +60,9 @@ pub struct Limits {
     /// Seconds in-flight requests get to finish after SIGTERM or SIGINT before the gateway
     /// exits anyway.
     pub shutdown_grace: f64,
+    /// Items in a request body's `fallbacks` list (names, `{model, messages}` objects or
+    /// `{group: [...]}` entries). Each entry's own `messages` are bounded by `max_messages`.
+    pub max_request_fallbacks: usize,
 }
 
 impl Default for Limits {
@@ -86,6 +89,7 @@ impl Default for Limits {
             stream_buffer_bytes: 256 * 1024,
             max_overflow_connections: 64,
             shutdown_grace: 30.0,
+            max_request_fallbacks: 16,
         }
     }
 }
@@ -116,7 +120,7 @@ impl Limits {
     /// Every count limit with the range it must lie in. The upper bounds keep each value
     /// within what the structures that use it accept (a semaphore's permits, a channel's
     /// capacity) and what one process could ever need, so no value can panic at run time.
-    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 14] {
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 15] {
         const GIB: usize = 1 << 30;
         [
             (
@@ -167,6 +171,12 @@ impl Limits {
                 self.max_overflow_connections,
                 0,
                 100_000,
+            ),
+            (
+                "max_request_fallbacks",
+                self.max_request_fallbacks,
+                0,
+                1_000,
             ),
         ]
     }

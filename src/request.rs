@@ -83,6 +83,9 @@ pub struct ChatRequest {
     pub stream_options: Option<Map<String, Value>>,
     pub messages: Vec<Value>,
     pub settings: RouterSettings,
+    /// For request-level fallback entries with their own `messages`: the messages each
+    /// fallback target is sent instead of the request's (see [`ChatRequest::messages_for`]).
+    pub fallback_messages: Vec<(String, std::sync::Arc<Vec<Value>>)>,
     pub mock: Option<FailureClass>,
     /// Everything else in the body, forwarded upstream.
     pub passthrough: Map<String, Value>,
@@ -151,14 +154,7 @@ impl ChatRequest {
                 ),
             ));
         }
-        for (i, m) in messages.iter().enumerate() {
-            if !m.get("role").is_some_and(Value::is_string) {
-                return Err(bad(
-                    &format!("messages[{i}]"),
-                    format!("messages[{i}] needs a string `role`"),
-                ));
-            }
-        }
+        check_messages(&messages, "messages", limits)?;
         let mut mock = None;
         for (flag, class) in MOCK_FLAGS {
             match body.shift_remove(*flag) {
@@ -177,7 +173,7 @@ impl ChatRequest {
                 Some(_) => return Err(bad(flag, format!("`{flag}` must be a boolean"))),
             }
         }
-        let settings = Self::settings(&mut body, &model)?;
+        let (settings, fallback_messages) = Self::settings(&mut body, &model, limits)?;
         Ok(ChatRequest {
             model,
             stream,
@@ -185,23 +181,41 @@ impl ChatRequest {
             stream_options,
             messages,
             settings,
+            fallback_messages,
             mock,
             passthrough: body,
         })
     }
 
-    fn settings(body: &mut Map<String, Value>, model: &str) -> Result<RouterSettings, BadRequest> {
+    /// The request-level router settings, and the messages of request-level fallback
+    /// entries that carry their own.
+    #[allow(clippy::type_complexity)]
+    fn settings(
+        body: &mut Map<String, Value>,
+        model: &str,
+        limits: &Limits,
+    ) -> Result<(RouterSettings, Vec<(String, std::sync::Arc<Vec<Value>>)>), BadRequest> {
         let mut fields = Map::new();
         for name in SETTINGS_FIELDS {
             if let Some(v) = body.shift_remove(*name) {
                 fields.insert((*name).to_string(), v);
             }
         }
-        // LiteLLM's request form `fallbacks: ["b", "c"]` means: fallbacks of the requested model.
+        let mut fallback_messages = Vec::new();
         if let Some(Value::Array(list)) = fields.get("fallbacks") {
-            if !list.is_empty() && list.iter().all(Value::is_string) {
-                let list = list.clone();
-                fields.insert("fallbacks".into(), json!([{ model: list }]));
+            if list.len() > limits.max_request_fallbacks {
+                return Err(bad(
+                    "fallbacks",
+                    format!(
+                        "{} fallback entries is over the limit max_request_fallbacks = {}",
+                        list.len(),
+                        limits.max_request_fallbacks
+                    ),
+                ));
+            }
+            if let Some((targets, messages)) = client_side_fallbacks(list, limits)? {
+                fallback_messages = messages;
+                fields.insert("fallbacks".into(), json!([{ model: targets }]));
             }
         }
         let settings: RouterSettings = serde_path_to_error::deserialize(Value::Object(fields))
@@ -215,7 +229,17 @@ impl ChatRequest {
                 format!("`{field}` is a gateway-wide setting and cannot be set per request"),
             ));
         }
-        Ok(settings)
+        Ok((settings, fallback_messages))
+    }
+
+    /// The messages an attempt on the group or deployment id `target` is sent: those of
+    /// the request-level fallback entry that reached it, when that entry (or one before it)
+    /// carried `messages`, else the request's own.
+    pub fn messages_for(&self, target: &str) -> &[Value] {
+        self.fallback_messages
+            .iter()
+            .find(|(name, _)| name == target)
+            .map_or(&self.messages, |(_, m)| m.as_slice())
     }
 
     /// The upstream body of an attempt. A continuation sends the partial answer as an
@@ -226,9 +250,20 @@ impl ChatRequest {
         to: &UpstreamCall<'_>,
         continuation: Option<&Continuation<'_>>,
     ) -> Bytes {
+        self.upstream_body_with(to, continuation, &self.messages)
+    }
+
+    /// [`ChatRequest::upstream_body`] with `messages` instead of the request's (a
+    /// request-level fallback entry's own).
+    pub fn upstream_body_with(
+        &self,
+        to: &UpstreamCall<'_>,
+        continuation: Option<&Continuation<'_>>,
+        messages: &[Value],
+    ) -> Bytes {
         let mut body = Map::new();
         body.insert("model".into(), Value::String(to.model.to_string()));
-        let mut messages = self.messages.clone();
+        let mut messages = messages.to_vec();
         if let Some(c) = continuation {
             messages.push(json!({"role": "assistant", "content": c.prefix}));
             messages.push(json!({"role": "user", "content": c.instruction}));
@@ -281,6 +316,115 @@ pub struct Continuation<'a> {
     pub instruction: &'a str,
     /// What is left of the client's token budget, if it set one.
     pub tokens_left: Option<u64>,
+}
+
+/// Every message needs a string `role`; at most `max_messages` of them, none missing.
+fn check_messages(messages: &[Value], param: &str, limits: &Limits) -> Result<(), BadRequest> {
+    if messages.is_empty() {
+        return Err(bad(param, format!("`{param}` must not be empty")));
+    }
+    if messages.len() > limits.max_messages {
+        return Err(bad(
+            param,
+            format!(
+                "{} messages is over the limit max_messages = {}",
+                messages.len(),
+                limits.max_messages
+            ),
+        ));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if !m.get("role").is_some_and(Value::is_string) {
+            return Err(bad(
+                &format!("{param}[{i}]"),
+                format!("{param}[{i}] needs a string `role`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The messages each target of client-side fallbacks is sent, by target name.
+type TargetMessages = Vec<(String, std::sync::Arc<Vec<Value>>)>;
+
+/// LiteLLM's client-side fallback forms (`litellm/router_utils/fallback_event_handlers.py`,
+/// `_check_non_standard_fallback_format`): a list of names (`["b", "c"]`), or of objects
+/// naming a `model` and optionally its own `messages` (`[{"model": "b", "messages":
+/// [...]}]`); anything else is the `[{group: [...]}]` form (`None` here). Both mean: the
+/// fallbacks of the requested model, in this order. LiteLLM applies an object by
+/// `kwargs.update(entry)` in `run_async_fallback`, on the kwargs its later entries reuse: an
+/// entry's `messages` replace the request's for that fallback **and every later one**, until
+/// another entry sets its own. Only `model` and `messages` are accepted in an object (LiteLLM
+/// would apply any parameter; refused here rather than ignored).
+fn client_side_fallbacks(
+    list: &[Value],
+    limits: &Limits,
+) -> Result<Option<(Vec<String>, TargetMessages)>, BadRequest> {
+    let names = list.iter().all(Value::is_string);
+    let objects = list.iter().all(Value::is_object)
+        && list
+            .first()
+            .and_then(Value::as_object)
+            .is_some_and(|o| o.contains_key("model") || o.contains_key("messages"));
+    if list.is_empty() || !(names || objects) {
+        if list.iter().any(Value::is_string) && list.iter().any(Value::is_object) {
+            return Err(bad(
+                "fallbacks",
+                "`fallbacks` mixes model names and objects; use one form",
+            ));
+        }
+        return Ok(None);
+    }
+    let mut targets = Vec::with_capacity(list.len());
+    let mut carried: Option<std::sync::Arc<Vec<Value>>> = None;
+    let mut messages = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let at = format!("fallbacks[{i}]");
+        let target = match item {
+            Value::String(name) => name.clone(),
+            Value::Object(entry) => {
+                if let Some(key) = entry.keys().find(|k| *k != "model" && *k != "messages") {
+                    return Err(bad(
+                        &format!("{at}.{key}"),
+                        format!(
+                            "`{at}.{key}`: a request-level fallback entry takes only `model` \
+                             and `messages`"
+                        ),
+                    ));
+                }
+                let name = match entry.get("model") {
+                    Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+                    _ => {
+                        return Err(bad(
+                            &format!("{at}.model"),
+                            format!("`{at}.model` is required and must be a model name"),
+                        ));
+                    }
+                };
+                match entry.get("messages") {
+                    None => {}
+                    Some(Value::Array(m)) => {
+                        check_messages(m, &format!("{at}.messages"), limits)?;
+                        carried = Some(std::sync::Arc::new(m.clone()));
+                    }
+                    Some(_) => {
+                        return Err(bad(
+                            &format!("{at}.messages"),
+                            format!("`{at}.messages` must be an array"),
+                        ));
+                    }
+                }
+                name
+            }
+            _ => unreachable!("checked: every item is a name or an object"),
+        };
+        // A target named twice is reached (at most once) through its first entry.
+        if let (Some(m), false) = (&carried, targets.contains(&target)) {
+            messages.push((target.clone(), m.clone()));
+        }
+        targets.push(target);
+    }
+    Ok(Some((targets, messages)))
 }
 
 pub fn mock_flag(class: FailureClass) -> &'static str {
@@ -381,6 +525,87 @@ mod tests {
             r.settings.mid_stream,
             Some(crate::config::MidStreamPolicy::Error)
         );
+    }
+
+    #[test]
+    fn client_side_fallback_objects_carry_their_messages_forward() {
+        let r = parse(
+            r#"{"model":"a","messages":[{"role":"user","content":"long"}],"fallbacks":[
+                {"model":"b"},
+                {"model":"c","messages":[{"role":"user","content":"short"}]},
+                {"model":"d"},
+                {"model":"b","messages":[{"role":"user","content":"other"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.settings.fallbacks,
+            Some(vec![FallbackEntry::new("a", &["b", "c", "d", "b"])])
+        );
+        let first = |target: &str| r.messages_for(target)[0]["content"].clone();
+        assert_eq!(
+            first("b"),
+            "long",
+            "before any entry with messages; first b wins"
+        );
+        assert_eq!(first("c"), "short");
+        assert_eq!(
+            first("d"),
+            "short",
+            "carried forward, as kwargs.update does"
+        );
+        assert_eq!(first("a"), "long");
+    }
+
+    #[test]
+    fn client_side_fallbacks_are_bounded_and_checked() {
+        let body = |fallbacks: &str| {
+            format!(r#"{{"model":"a","messages":[{{"role":"user"}}],"fallbacks":{fallbacks}}}"#)
+        };
+        let limits = Limits {
+            max_request_fallbacks: 2,
+            ..Limits::default()
+        };
+        let e = ChatRequest::parse(body(r#"["b","c","d"]"#).as_bytes(), &limits).unwrap_err();
+        assert!(e.message.contains("max_request_fallbacks = 2"), "{e:?}");
+        for (fallbacks, param, says) in [
+            (
+                r#"[{"model":"b","temperature":0}]"#,
+                "fallbacks[0].temperature",
+                "only `model`",
+            ),
+            (
+                r#"[{"messages":[{"role":"user"}]}]"#,
+                "fallbacks[0].model",
+                "required",
+            ),
+            (
+                r#"[{"model":"b","messages":[]}]"#,
+                "fallbacks[0].messages",
+                "must not be empty",
+            ),
+            (
+                r#"[{"model":"b","messages":[{}]}]"#,
+                "fallbacks[0].messages[0]",
+                "string `role`",
+            ),
+            (
+                r#"[{"model":"b","messages":{}}]"#,
+                "fallbacks[0].messages",
+                "must be an array",
+            ),
+            (r#"["b",{"model":"c"}]"#, "fallbacks", "mixes"),
+        ] {
+            let e = parse(&body(fallbacks)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{fallbacks}: {e:?}");
+            assert!(e.message.contains(says), "{fallbacks}: {e:?}");
+        }
+        // The `{group: [...]}` form is unchanged.
+        let r = parse(&body(r#"[{"a":["b"]}]"#)).unwrap();
+        assert_eq!(
+            r.settings.fallbacks,
+            Some(vec![FallbackEntry::new("a", &["b"])])
+        );
+        assert!(r.fallback_messages.is_empty());
     }
 
     const STREAMED: UpstreamCall<'static> = UpstreamCall {

@@ -215,7 +215,11 @@ impl Fake {
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let script = self.script_for(call, &model).clone();
+        let first_message = body
+            .pointer("/messages/0/content")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let script = self.script_for(call, &model, first_message).clone();
         let continuation = continuation_prefix(&body);
         let fresh = Reply::new(&self.spec, &script, call, &model, None);
         let full = fresh.text(usize::MAX);
@@ -304,7 +308,7 @@ impl Fake {
         }
     }
 
-    fn script_for(&self, call: u32, model: &str) -> &Script {
+    fn script_for(&self, call: u32, model: &str, first_message: &str) -> &Script {
         self.spec
             .calls
             .iter()
@@ -312,6 +316,9 @@ impl Fake {
                 (s.calls.is_empty() || s.calls.contains(&call))
                     && s.every.is_none_or(|n| call % n == 0)
                     && s.for_model.as_deref().is_none_or(|m| m == model)
+                    && s.for_first_message
+                        .as_deref()
+                        .is_none_or(|m| m == first_message)
             })
             .unwrap_or(&self.spec.default)
     }

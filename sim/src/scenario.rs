@@ -111,7 +111,8 @@ pub struct Provider {
     /// The answer when no rule in `calls` matches.
     #[serde(default)]
     pub default: Script,
-    /// Per-call answers, first match wins (each with `calls` and/or `for_model`).
+    /// Per-call answers, first match wins (each with `calls`, `for_model` and/or
+    /// `for_first_message`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<Script>,
     /// The wire dialect it speaks (default `openai`).
@@ -151,6 +152,10 @@ pub struct Script {
     /// In `calls`: the requested upstream model this answer is for; absent = any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_model: Option<String>,
+    /// In `calls`: the text `content` of the request's first message this answer is for
+    /// (to see which messages reached the provider); absent = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_first_message: Option<String>,
     /// The whole answer text, cut into `chunk_size`-character chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -708,11 +713,14 @@ impl Scenario {
                 .map_err(|(sub, m)| (join(at("default"), sub), m))?;
             if !p.default.calls.is_empty()
                 || p.default.for_model.is_some()
+                || p.default.for_first_message.is_some()
                 || p.default.every.is_some()
             {
                 return Err((
                     at("default"),
-                    "`calls`, `every` and `for_model` belong in `calls` entries".into(),
+                    "`calls`, `every`, `for_model` and `for_first_message` belong in `calls` \
+                     entries"
+                        .into(),
                 ));
             }
             for (j, rule) in p.calls.iter().enumerate() {

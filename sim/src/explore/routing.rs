@@ -6,7 +6,8 @@
 //! (a wildcard group with a provider of its own, requests for names it serves, fallback
 //! entries keyed by those names, wildcard allow-list entries). Does not own the rest of a
 //! case (`explore`); what it adds keeps the config valid. Also: a gateway fallback entry
-//! whose target is a deployment id.
+//! whose target is a deployment id, and request bodies whose `fallbacks` are
+//! `{model, messages}` objects.
 
 use proptest::prelude::*;
 use switchback::config::{Deployment, FallbackEntry, LitellmParams, ModelInfo};
@@ -24,6 +25,9 @@ pub struct Routing {
     /// A gateway fallback to a deployment id: from group `from` (by position), to the
     /// deployment at position `to` of the model list (a group's first entry if there is none).
     pub id_fallback: Option<(usize, usize)>,
+    /// For each request (by position, cycling): client-side fallbacks as `{model, messages}`
+    /// objects, each `(group, with messages of its own)`.
+    pub client_side: Option<Vec<Vec<(usize, bool)>>>,
 }
 
 /// A wildcard group and how the case uses it.
@@ -56,13 +60,19 @@ pub fn routing() -> impl Strategy<Value = Routing> {
             entry,
             allow,
         });
+    let client_side = proptest::collection::vec(
+        proptest::collection::vec((0usize..5, any::<bool>()), 0..=3),
+        1..=3,
+    );
     (
         proptest::option::weighted(0.3, wildcard),
         proptest::option::weighted(0.3, (0usize..5, 0usize..10)),
+        proptest::option::weighted(0.25, client_side),
     )
-        .prop_map(|(wildcard, id_fallback)| Routing {
+        .prop_map(|(wildcard, id_fallback, client_side)| Routing {
             wildcard,
             id_fallback,
+            client_side,
         })
 }
 
@@ -85,6 +95,30 @@ impl Routing {
                 .get_or_insert_with(Vec::new)
                 .insert(0, FallbackEntry::new(from, &[id.as_str()]));
         }
+        if let Some(per_request) = &self.client_side {
+            let groups = groups(s);
+            for (i, r) in s.requests.iter_mut().enumerate() {
+                let entries = &per_request[i % per_request.len()];
+                if entries.is_empty() {
+                    continue;
+                }
+                let list: Vec<serde_json::Value> = entries
+                    .iter()
+                    .map(|(g, own)| {
+                        let model = &groups[g % groups.len()];
+                        if *own {
+                            serde_json::json!({"model": model, "messages": [
+                                {"role": "user", "content": format!("say the words for {model}")}
+                            ]})
+                        } else {
+                            serde_json::json!({"model": model})
+                        }
+                    })
+                    .collect();
+                r.body
+                    .insert("fallbacks".into(), serde_json::Value::Array(list));
+            }
+        }
         if let Some(w) = &self.wildcard {
             w.apply(s);
         }
@@ -98,6 +132,9 @@ impl Routing {
         }
         if self.id_fallback.is_some() {
             line.push_str(", fallback to a deployment id");
+        }
+        if self.client_side.is_some() {
+            line.push_str(", client-side fallbacks with messages");
         }
         line
     }
