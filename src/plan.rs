@@ -529,6 +529,54 @@ mod tests {
     }
 
     #[test]
+    fn a_wildcard_primary_looks_its_fallbacks_up_by_the_requested_name() {
+        let yaml = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: "openai/*", litellm_params: {model: "openai/*", api_base: "http://p/v1"}}
+  - {model_name: b, litellm_params: {model: b, api_base: "http://p/v1"}}
+  - {model_name: c, litellm_params: {model: c, api_base: "http://p/v1"}}
+"#;
+        let c = Catalog::new(&GatewayConfig::load("t.yaml", yaml).unwrap()).unwrap();
+        let s = RouterSettings {
+            fallbacks: entries(&[("openai/gpt-4.1", &["b"]), ("o3", &["c"]), ("*", &["c"])]),
+            ..Default::default()
+        };
+        let plan = |requested: &str| {
+            let routed = c.route(requested).expect("the pattern serves it");
+            let request = c.overrides(&s).unwrap();
+            let settings = Levels {
+                request: Some(&request),
+                key: None,
+                team: None,
+                gateway: &c.gateway,
+            }
+            .resolve();
+            FallbackPlan::for_wildcard(
+                routed.group,
+                routed.wildcard.expect("a wildcard serves it"),
+                Arc::new(settings),
+                c.all_allowed(),
+            )
+        };
+        assert_eq!(
+            names(&c, &plan("openai/gpt-4.1").generic_chain()),
+            ["openai/*", "b", "c"],
+            "its own entry, then b's own fallbacks (from `*`)"
+        );
+        assert_eq!(
+            names(&c, &plan("openai/o3").generic_chain()),
+            ["openai/*", "c"],
+            "an entry without the provider prefix applies"
+        );
+        assert_eq!(
+            names(&c, &plan("openai/gpt-4.2").generic_chain()),
+            ["openai/*", "c"],
+            "no entry of its own: `*`"
+        );
+    }
+
+    #[test]
     fn no_fallback_route_stops() {
         let c = catalog(&["a", "b"]);
         let p = plan_with(
