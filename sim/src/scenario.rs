@@ -375,6 +375,14 @@ pub struct NetFault {
     /// Restarts a provider host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce: Option<String>,
+    /// A provider host stays up but refuses new connections (its listener is closed, so a
+    /// connect fails at once with "connection refused"); connections already open carry
+    /// on. Lasts until `listen` (a `bounce` does not end it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refuse: Option<String>,
+    /// A refusing provider host accepts connections again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
     /// Message drop rate on a link, 0.0 to 1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_rate: Option<FailRate>,
@@ -396,7 +404,26 @@ pub enum NetAction {
     Release([String; 2]),
     Crash(String),
     Bounce(String),
+    Refuse(String),
+    Listen(String),
     FailRate([String; 2], f64),
+}
+
+impl NetAction {
+    /// The action's field name in a scenario file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NetAction::Partition(_) => "partition",
+            NetAction::Repair(_) => "repair",
+            NetAction::Hold(_) => "hold",
+            NetAction::Release(_) => "release",
+            NetAction::Crash(_) => "crash",
+            NetAction::Bounce(_) => "bounce",
+            NetAction::Refuse(_) => "refuse",
+            NetAction::Listen(_) => "listen",
+            NetAction::FailRate(..) => "fail_rate",
+        }
+    }
 }
 
 impl NetFault {
@@ -420,6 +447,12 @@ impl NetFault {
         }
         if let Some(h) = &self.bounce {
             out.push(NetAction::Bounce(h.clone()));
+        }
+        if let Some(h) = &self.refuse {
+            out.push(NetAction::Refuse(h.clone()));
+        }
+        if let Some(h) = &self.listen {
+            out.push(NetAction::Listen(h.clone()));
         }
         if let Some(f) = &self.fail_rate {
             out.push(NetAction::FailRate(f.link.clone(), f.rate));
@@ -775,13 +808,13 @@ impl Scenario {
                 NetAction::Repair(p) => ("repair", p.to_vec()),
                 NetAction::Hold(p) => ("hold", p.to_vec()),
                 NetAction::Release(p) => ("release", p.to_vec()),
-                NetAction::Crash(h) | NetAction::Bounce(h) => {
-                    let name = if f.crash.is_some() { "crash" } else { "bounce" };
+                NetAction::Crash(h)
+                | NetAction::Bounce(h)
+                | NetAction::Refuse(h)
+                | NetAction::Listen(h) => {
+                    let name = actions[0].name();
                     if h == "gateway" || h == "client" {
-                        return Err((
-                            field(name),
-                            "only provider hosts can crash or bounce".into(),
-                        ));
+                        return Err((field(name), format!("only provider hosts can {name}")));
                     }
                     (name, vec![h.clone()])
                 }
@@ -799,7 +832,7 @@ impl Scenario {
                 if !hosts.contains(&h.as_str()) {
                     let mut path = field(name);
                     match name {
-                        "crash" | "bounce" => {}
+                        "crash" | "bounce" | "refuse" | "listen" => {}
                         "fail_rate" => path.extend([key("link"), PathSeg::Index(j)]),
                         _ => path.push(PathSeg::Index(j)),
                     }

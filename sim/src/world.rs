@@ -274,19 +274,37 @@ pub fn run_in(
     }
 
     let mut fakes = Vec::new();
+    let mut refusals = Refusals::default();
     for provider in &scenario.providers {
         let fake = Fake::new(provider.clone(), sink.clone());
         fakes.push(fake.clone());
         let port = provider.port;
         let net = net.clone();
+        let refusing = refusals.add(&provider.host);
         sim.host(provider.host.as_str(), move || {
             let fake = fake.clone();
             let net = net.clone();
+            let mut refusing = refusing.clone();
             async move {
-                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
-                fake.serve(SimListener::new(listener, net, LinkKind::Upstream))
-                    .await;
-                Ok(())
+                // A refusing host has no listener: turmoil drops a connect's SYN to a port
+                // nobody listens on, and the caller gets "connection refused" at once.
+                loop {
+                    if refusing.wait_for(|r| !*r).await.is_err() {
+                        return Ok(());
+                    }
+                    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
+                    let serving = fake.clone().serve(SimListener::new(
+                        listener,
+                        net.clone(),
+                        LinkKind::Upstream,
+                    ));
+                    tokio::select! {
+                        biased;
+                        // Dropping `serving` drops the listener; open connections carry on.
+                        _ = refusing.wait_for(|r| *r) => {}
+                        _ = serving => {}
+                    }
+                }
             }
         });
     }
@@ -331,7 +349,7 @@ pub fn run_in(
                 break;
             }
             let (_, action) = faults.next().expect("peeked");
-            apply(&mut sim, &net, &action);
+            apply(&mut sim, &net, &refusals, &action);
             sink_line_from_outside(&trace, now, &action);
         }
         match sim.step() {
@@ -395,8 +413,31 @@ pub fn open_at_end(
     open
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, net: &Net, action: &NetAction) {
+/// Whether each provider host refuses connections (`refuse` / `listen` faults), by host.
+#[derive(Default)]
+struct Refusals(BTreeMap<String, tokio::sync::watch::Sender<bool>>);
+
+impl Refusals {
+    /// Registers `host` (listening) and returns what its software watches.
+    fn add(&mut self, host: &str) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.0.insert(host.to_string(), tx);
+        rx
+    }
+
+    fn set(&self, host: &str, refusing: bool) {
+        let tx = self
+            .0
+            .get(host)
+            .expect("validation admits refuse/listen for provider hosts only");
+        tx.send_replace(refusing);
+    }
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, net: &Net, refusals: &Refusals, action: &NetAction) {
     match action {
+        NetAction::Refuse(h) => refusals.set(h, true),
+        NetAction::Listen(h) => refusals.set(h, false),
         NetAction::Partition([a, b]) => sim.partition(a.as_str(), b.as_str()),
         NetAction::Repair([a, b]) => sim.repair(a.as_str(), b.as_str()),
         NetAction::Hold([a, b]) => sim.hold(a.as_str(), b.as_str()),
@@ -420,6 +461,8 @@ fn sink_line_from_outside(trace: &Trace, now: Duration, action: &NetAction) {
         NetAction::Release([a, b]) => format!("release {a} {b}"),
         NetAction::Crash(h) => format!("crash {h}"),
         NetAction::Bounce(h) => format!("bounce {h}"),
+        NetAction::Refuse(h) => format!("refuse {h}"),
+        NetAction::Listen(h) => format!("listen {h}"),
         NetAction::FailRate([a, b], r) => format!("fail_rate {a} {b} {r}"),
     };
     trace.line_at(now, "network", text);
