@@ -201,6 +201,14 @@ enum Command {
         /// at most 60).
         #[arg(long)]
         timeout: Option<f64>,
+        /// Compare with a second gateway instead (both configured for the same fakes):
+        /// request by request and mode by mode, the provider calls each made and what its
+        /// client got. Exit status: 0 the same, 1 different, 2 could not run.
+        #[arg(long)]
+        against: Option<String>,
+        /// Key sent to the --against gateway by requests that have none in the scenario.
+        #[arg(long, requires = "against")]
+        against_api_key: Option<String>,
     },
     /// Open-loop, constant-rate load against a gateway on loopback, with the scenario's fakes
     /// answering upstream (started here at --listen, as for `probe`). Latency percentiles
@@ -377,6 +385,8 @@ fn main() -> ExitCode {
             listen,
             pause,
             timeout,
+            against,
+            against_api_key,
         } => external::probe(external::ProbeArgs {
             scenario,
             gateway,
@@ -386,6 +396,8 @@ fn main() -> ExitCode {
             port_base: external::port_base(port_base, listen),
             pause,
             timeout,
+            against,
+            against_api_key,
         }),
         Command::Serve {
             config,
