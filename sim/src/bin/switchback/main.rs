@@ -96,6 +96,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "stream")]
         mode: ModeArg,
     },
+    /// Gateway configs: `config check FILE...` validates them as `serve` would.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Only load and validate scenario files.
     Check {
         #[arg(required = true)]
@@ -273,6 +278,16 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate gateway config files fully, with the same located errors as `serve` (for
+    /// CI pipelines). Exit status 0 when every file is valid, 1 otherwise.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DecisionLogArg {
     Off,
@@ -304,6 +319,9 @@ fn main() -> ExitCode {
         Command::Live { paths } => suite(&paths, Where::Live, None, Some(1), None),
         Command::Trace { file, mode } => trace(&file, mode.into()),
         Command::Check { paths } => check(&paths),
+        Command::Config {
+            action: ConfigAction::Check { files },
+        } => config_check(&files),
         Command::Explore {
             cases,
             seed,
@@ -563,6 +581,33 @@ fn check(paths: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `config check`: each file loaded and validated as `serve` would (environment references
+/// included), one line per valid file, the located error for each invalid one.
+fn config_check(files: &[PathBuf]) -> ExitCode {
+    let mut invalid = 0;
+    for file in files {
+        let checked = GatewayConfig::load_file(file).and_then(|c| Catalog::new(&c));
+        match checked {
+            Ok(catalog) => println!(
+                "ok: {} ({} groups, {} deployments)",
+                file.display(),
+                catalog.groups.len(),
+                catalog.deployments.len()
+            ),
+            Err(e) => {
+                invalid += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if invalid > 0 {
+        eprintln!("{invalid} of {} config file(s) invalid", files.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
