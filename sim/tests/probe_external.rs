@@ -81,6 +81,8 @@ fn serve(name: &str, config: &switchback::config::GatewayConfig) -> Served {
         .args(["serve", "--config"])
         .arg(&path.0)
         .args(["--listen", "127.0.0.1:0"])
+        // Warnings only: access lines would go straight to the test run's output.
+        .args(["--log-level", "warn"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

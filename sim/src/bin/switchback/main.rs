@@ -9,11 +9,11 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
-use switchback::decision_log::{DecisionLog, LogFormat};
+use switchback::decision_log::DecisionLog;
 use switchback::engine::{Engine, SystemWallClock};
 use switchback::metrics::Metrics;
 use switchback::reload::LiveEngine;
-use switchback::trace::{NoTrace, Observer};
+use switchback::trace::Observer;
 use switchback::transport::{TcpConnector, TcpListener};
 use switchback_sim::run::{self, Summary, Where};
 use switchback_sim::scenario::{Mode, Scenario};
@@ -271,10 +271,14 @@ enum Command {
         /// Keep Prometheus metrics and serve them on `GET /metrics`.
         #[arg(long, value_enum, default_value = "on")]
         metrics: Switch,
-        /// Write every routing decision to stderr, one line each: `json` (one object per
-        /// line) or `text` (the trace line). Off by default.
-        #[arg(long, value_enum, default_value = "off")]
-        decision_log: DecisionLogArg,
+        /// How log lines on stderr look: `text` (human) or `json` (one object per line).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormatArg,
+        /// The least severe lines written: `info` writes one access line per request and
+        /// every decision that matters (failed attempts, cooldowns, retries, fallbacks);
+        /// `debug` every routing event; `warn` or `error` less.
+        #[arg(long, value_enum, default_value = "info")]
+        log_level: LogLevelArg,
     },
 }
 
@@ -289,10 +293,28 @@ enum ConfigAction {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DecisionLogArg {
-    Off,
-    Json,
+enum LogFormatArg {
     Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogLevelArg {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl From<LogLevelArg> for tracing::Level {
+    fn from(l: LogLevelArg) -> tracing::Level {
+        match l {
+            LogLevelArg::Error => tracing::Level::ERROR,
+            LogLevelArg::Warn => tracing::Level::WARN,
+            LogLevelArg::Info => tracing::Level::INFO,
+            LogLevelArg::Debug => tracing::Level::DEBUG,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -421,17 +443,12 @@ fn main() -> ExitCode {
             config,
             listen,
             metrics,
-            decision_log,
-        } => serve(
-            &config,
-            listen,
-            metrics == Switch::On,
-            match decision_log {
-                DecisionLogArg::Off => None,
-                DecisionLogArg::Json => Some(LogFormat::Json),
-                DecisionLogArg::Text => Some(LogFormat::Text),
-            },
-        ),
+            log_format,
+            log_level,
+        } => {
+            install_logs(log_format, log_level.into());
+            serve(&config, listen, metrics == Switch::On)
+        }
     }
 }
 
@@ -611,12 +628,22 @@ fn config_check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn serve(
-    config_path: &Path,
-    listen: std::net::SocketAddr,
-    metrics: bool,
-    decision_log: Option<LogFormat>,
-) -> ExitCode {
+/// `serve`'s log lines, on stderr: the engine's decisions and access lines
+/// (`switchback::decision`, `switchback::access`) and reloads (`switchback::reload`).
+fn install_logs(format: LogFormatArg, level: tracing::Level) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level);
+    let installed = match format {
+        LogFormatArg::Text => builder.try_init(),
+        LogFormatArg::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(e) = installed {
+        eprintln!("switchback: cannot install the log writer: {e}");
+    }
+}
+
+fn serve(config_path: &Path, listen: std::net::SocketAddr, metrics: bool) -> ExitCode {
     let config_path = config_path.to_path_buf();
     let mut config = match GatewayConfig::load_file(&config_path) {
         Ok(c) => c,
@@ -664,14 +691,7 @@ fn serve(
             catalog.groups.len(),
             catalog.deployments.len()
         );
-        let observer: Arc<dyn Observer> = match decision_log {
-            Some(format) => Arc::new(DecisionLog::new(
-                format,
-                Box::new(std::io::stderr()),
-                Arc::new(SystemWallClock),
-            )),
-            None => Arc::new(NoTrace),
-        };
+        let observer: Arc<dyn Observer> = Arc::new(DecisionLog::new());
         let mut engine = Engine::new(
             catalog,
             Arc::new(TcpConnector),
@@ -709,7 +729,10 @@ async fn reload_on_sighup(engine: LiveEngine, path: PathBuf) {
             return;
         };
         while hangups.recv().await.is_some() {
-            eprintln!("{}", reload(&engine, &path));
+            match reload(&engine, &path) {
+                Ok(done) => tracing::info!(target: "switchback::reload", "{done}"),
+                Err(refused) => tracing::warn!(target: "switchback::reload", "{refused}"),
+            }
         }
     }
     #[cfg(not(unix))]
@@ -718,22 +741,22 @@ async fn reload_on_sighup(engine: LiveEngine, path: PathBuf) {
     }
 }
 
-/// One reload of `path`, and the line that reports it.
-fn reload(engine: &LiveEngine, path: &Path) -> String {
+/// One reload of `path`, and the line that reports it (`Err`: refused).
+fn reload(engine: &LiveEngine, path: &Path) -> Result<String, String> {
     let shown = path.display();
     let mut config = match GatewayConfig::load_file(path) {
         Ok(c) => c,
         Err(e) => {
-            return format!(
-                "switchback: reload of {shown} refused, the running config stays:\n{e}"
-            );
+            return Err(format!(
+                "reload of {shown} refused, the running config stays:\n{e}"
+            ));
         }
     };
     let seed = engine.current().catalog().settings.rng_seed;
     config.router_settings.rng_seed.get_or_insert(seed);
     match engine.reload(&config) {
-        Ok(r) => format!(
-            "switchback: reloaded {shown}: {} groups, {} deployments; deployment health {}",
+        Ok(r) => Ok(format!(
+            "reloaded {shown}: {} groups, {} deployments; deployment health {}",
             r.groups,
             r.deployments,
             if r.health_kept {
@@ -741,8 +764,10 @@ fn reload(engine: &LiveEngine, path: &Path) -> String {
             } else {
                 "reset (deployment ids changed)"
             }
-        ),
-        Err(e) => format!("switchback: reload of {shown} refused, the running config stays:\n{e}"),
+        )),
+        Err(e) => Err(format!(
+            "reload of {shown} refused, the running config stays:\n{e}"
+        )),
     }
 }
 
