@@ -605,6 +605,7 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                             },
                             providers,
                             network,
+                            reloads: Vec::new(),
                             requests,
                             sequential: false,
                             modes: Mode::both(),
@@ -1016,7 +1017,7 @@ impl Coverage {
             }
             for story in oracle::stories(run) {
                 self.sequences
-                    .insert(story.attempt_lines(&run.catalog).join(" > "));
+                    .insert(story.attempt_lines(story.catalog).join(" > "));
             }
         }
         self.shapes.add(shape);

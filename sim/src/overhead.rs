@@ -110,6 +110,7 @@ pub fn world() -> Scenario {
             ),
         ],
         network: Network::default(),
+        reloads: Vec::new(),
         requests: vec![RequestSpec {
             key: None,
             model: "plain".into(),
@@ -196,8 +197,8 @@ impl Gateway {
         let text = serde_saphyr::to_string(config).map_err(|e| e.to_string())?;
         std::fs::write(config_path, text).map_err(|e| format!("{}: {e}", config_path.display()))?;
         let log_path = config_path.with_extension("log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let mut child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(config_path)

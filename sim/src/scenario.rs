@@ -45,6 +45,10 @@ pub struct Scenario {
     pub providers: Vec<Provider>,
     #[serde(default)]
     pub network: Network,
+    /// Config reloads at simulated instants (as `serve` does on SIGHUP): requests admitted
+    /// from then on get the new config, requests in flight keep theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reloads: Vec<Reload>,
     pub requests: Vec<RequestSpec>,
     /// Send the requests one after another, each starting when the previous one ended
     /// (`at_ms` and `concurrency` are then ignored).
@@ -353,6 +357,15 @@ impl Default for Network {
             tcp_capacity: None,
         }
     }
+}
+
+/// A config reload at `at_ms`: the whole new gateway config, validated at load like
+/// `gateway` itself (its `rng_seed`, when it fixes none, is the scenario's seed again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reload {
+    pub at_ms: u64,
+    pub gateway: GatewayConfig,
 }
 
 /// A change to the network at `at_ms`: exactly one action per entry. Host pairs name two
@@ -701,6 +714,59 @@ impl Scenario {
         Ok(())
     }
 
+    /// A gateway config of the scenario (`gateway`, or a reload's), at `at`: valid, and every
+    /// `api_base` one of the scenario's providers.
+    fn check_gateway(
+        &self,
+        gateway: &GatewayConfig,
+        at: Vec<PathSeg>,
+    ) -> Result<(), (Vec<PathSeg>, String)> {
+        let key = |k: &str| PathSeg::Key(k.to_string());
+        if let Err(issues) = gateway.validate() {
+            let first = &issues[0];
+            return Err((join(at, first.path.clone()), first.message.clone()));
+        }
+        let hosts: Vec<&str> = self.providers.iter().map(|p| p.host.as_str()).collect();
+        for (i, d) in gateway.model_list.iter().enumerate() {
+            let base = d.litellm_params.api_base.as_deref().unwrap_or_default();
+            let at = join(
+                at.clone(),
+                vec![
+                    key("model_list"),
+                    PathSeg::Index(i),
+                    key("litellm_params"),
+                    key("api_base"),
+                ],
+            );
+            let endpoint = Endpoint::parse(base).map_err(|m| (at.clone(), m))?;
+            let known = self
+                .providers
+                .iter()
+                .any(|p| p.host == endpoint.host && p.port == endpoint.port);
+            if let Some(p) = self.providers.iter().find(|p| p.host == endpoint.host) {
+                if !known {
+                    return Err((
+                        at,
+                        format!(
+                            "`{base}` names provider `{}` on port {}, but it listens on port {} (set `port: {}` on the provider, or use port {} here)",
+                            p.host, endpoint.port, p.port, endpoint.port, p.port
+                        ),
+                    ));
+                }
+            }
+            if !known {
+                return Err((
+                    at,
+                    format!(
+                        "`{base}` is not a provider of this scenario (hosts: {})",
+                        hosts.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks of everything but the expectations.
     fn check_world(&self) -> Result<(), (Vec<PathSeg>, String)> {
         let key = |k: &str| PathSeg::Key(k.to_string());
@@ -758,37 +824,16 @@ impl Scenario {
                 check_script(rule, p.dialect).map_err(|(sub, m)| (join(at, sub), m))?;
             }
         }
-        for (i, d) in self.gateway.model_list.iter().enumerate() {
-            let base = d.litellm_params.api_base.as_deref().unwrap_or_default();
-            let at = vec![
-                key("gateway"),
-                key("model_list"),
-                PathSeg::Index(i),
-                key("litellm_params"),
-                key("api_base"),
-            ];
-            let endpoint = Endpoint::parse(base).map_err(|m| (at.clone(), m))?;
-            let known = self
-                .providers
-                .iter()
-                .any(|p| p.host == endpoint.host && p.port == endpoint.port);
-            if let Some(p) = self.providers.iter().find(|p| p.host == endpoint.host) {
-                if !known {
-                    return Err((
-                        at,
-                        format!(
-                            "`{base}` names provider `{}` on port {}, but it listens on port {} (set `port: {}` on the provider, or use port {} here)",
-                            p.host, endpoint.port, p.port, endpoint.port, p.port
-                        ),
-                    ));
-                }
-            }
-            if !known {
+        self.check_gateway(&self.gateway, vec![key("gateway")])?;
+        for (i, r) in self.reloads.iter().enumerate() {
+            let at = vec![key("reloads"), PathSeg::Index(i)];
+            self.check_gateway(&r.gateway, join(at.clone(), vec![key("gateway")]))?;
+            if r.at_ms >= self.duration_ms {
                 return Err((
-                    at,
+                    join(at, vec![key("at_ms")]),
                     format!(
-                        "`{base}` is not a provider of this scenario (hosts: {})",
-                        hosts[2..].join(", ")
+                        "at_ms = {} is not before duration_ms = {}",
+                        r.at_ms, self.duration_ms
                     ),
                 ));
             }

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
 use switchback::engine::{Engine, WallClock};
+use switchback::reload::LiveEngine;
 use switchback::trace::{Observer, TraceRecord};
 use switchback::transport::{BoxFuture, BoxIo, Connector, Listener};
 
@@ -114,6 +115,39 @@ pub trait GatewayUnderTest: Send + Sync + 'static {
         wall: Arc<dyn WallClock>,
         listener: SimListener,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+    /// As [`serve`](Self::serve), and puts the engine a scenario's `reloads` swap into
+    /// `reloads`. By default the gateway cannot reload (a scenario with reloads then fails
+    /// on it, saying so).
+    #[allow(clippy::too_many_arguments)]
+    fn serve_reloadable(
+        &self,
+        config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+        reloads: ReloadHandle,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let _ = reloads;
+        self.serve(config, catalog, connector, observer, wall, listener)
+    }
+}
+
+/// The gateway's reloadable engine, once it serves: the world swaps its config at a
+/// reload's instant, between two steps, as `serve` does on SIGHUP.
+#[derive(Clone, Default)]
+pub struct ReloadHandle(Arc<Mutex<Option<LiveEngine>>>);
+
+impl ReloadHandle {
+    pub fn set(&self, engine: LiveEngine) {
+        *self.0.lock().expect("reload handle") = Some(engine);
+    }
+
+    fn get(&self) -> Option<LiveEngine> {
+        self.0.lock().expect("reload handle").clone()
+    }
 }
 
 /// The real thing.
@@ -129,7 +163,29 @@ impl GatewayUnderTest for Switchback {
         wall: Arc<dyn WallClock>,
         listener: SimListener,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-        let engine = Arc::new(Engine::new(catalog, connector, observer, wall));
+        self.serve_reloadable(
+            _config,
+            catalog,
+            connector,
+            observer,
+            wall,
+            listener,
+            ReloadHandle::default(),
+        )
+    }
+
+    fn serve_reloadable(
+        &self,
+        _config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+        reloads: ReloadHandle,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let engine = LiveEngine::from(Arc::new(Engine::new(catalog, connector, observer, wall)));
+        reloads.set(engine.clone());
         Box::pin(switchback::gateway::serve(
             engine,
             listener,
@@ -154,6 +210,10 @@ pub struct ModeRun {
     pub results: Vec<ClientResult>,
     /// The engine's typed events.
     pub records: Vec<TraceRecord>,
+    /// The configs the gateway ran with, in order: the scenario's, then each reload's.
+    pub catalogs: Vec<Arc<Catalog>>,
+    /// For each request (by number), the config (index in `catalogs`) it was admitted with.
+    pub admitted_under: BTreeMap<u64, usize>,
     /// Calls each provider received, by host.
     pub calls: BTreeMap<String, Vec<CallRecord>>,
     /// Connections still open at the end: the gateway's upstream connections
@@ -168,6 +228,17 @@ pub struct ModeRun {
     pub elapsed: Duration,
     /// Wall-clock time the run took.
     pub wall: Duration,
+}
+
+impl ModeRun {
+    /// The config the request numbered `request` was admitted with (the scenario's, or a
+    /// reload's); the scenario's for a request the gateway never admitted.
+    pub fn catalog_for(&self, request: Option<u64>) -> &Catalog {
+        request
+            .and_then(|r| self.admitted_under.get(&r))
+            .and_then(|i| self.catalogs.get(*i))
+            .map_or(&self.catalog, |c| c.as_ref())
+    }
 }
 
 /// The gateway config a scenario runs with: its own, seeded by the scenario unless it
@@ -218,6 +289,8 @@ pub fn run_in(
     let upstreams = OpenCount::default();
     let sink: Arc<dyn TraceSink> = trace.clone();
     let observer = EngineObserver::new(sink.clone());
+    observer.know(catalog.clone());
+    let reloads = ReloadHandle::default();
     let net = Net::new(
         scenario.seed,
         scenario.network.latency_ms,
@@ -247,6 +320,7 @@ pub fn run_in(
         let upstreams = upstreams.clone();
         let config = config.clone();
         let net = net.clone();
+        let reloads = reloads.clone();
         sim.host("gateway", move || {
             let catalog = catalog.clone();
             let observer: Arc<dyn Observer> = observer.clone();
@@ -254,18 +328,20 @@ pub fn run_in(
             let upstreams = upstreams.clone();
             let config = config.clone();
             let net = net.clone();
+            let reloads = reloads.clone();
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", GATEWAY_PORT)).await?;
                 let connector =
                     SimConnector::new(net.clone(), LinkKind::Upstream, Some(upstreams.clone()));
                 gateway
-                    .serve(
+                    .serve_reloadable(
                         &config,
                         catalog,
                         Arc::new(connector),
                         observer,
                         Arc::new(SimWallClock),
                         SimListener::new(listener, net, LinkKind::Client),
+                        reloads,
                     )
                     .await;
                 Ok(())
@@ -340,6 +416,10 @@ pub fn run_in(
     faults.sort_by_key(|(at, _)| *at);
     let last_fault = Duration::from_millis(faults.last().map_or(0, |(at, _)| *at));
     let mut faults = faults.into_iter().peekable();
+    let mut pending_reloads: Vec<(usize, &crate::scenario::Reload)> =
+        scenario.reloads.iter().enumerate().collect();
+    pending_reloads.sort_by_key(|(_, r)| r.at_ms);
+    let mut pending_reloads = pending_reloads.into_iter().peekable();
     let mut hang = None;
     let mut finished_at: Option<Duration> = None;
     loop {
@@ -351,6 +431,20 @@ pub fn run_in(
             let (_, action) = faults.next().expect("peeked");
             apply(&mut sim, &net, &refusals, &action);
             sink_line_from_outside(&trace, now, &action);
+        }
+        while let Some((i, r)) =
+            pending_reloads.next_if(|(_, r)| Duration::from_millis(r.at_ms) <= now)
+        {
+            match reload(scenario, &reloads, &observer, r) {
+                Ok(line) => trace.line_at(now, "harness", format!("reload #{i}: {line}")),
+                Err(e) => {
+                    hang = Some(format!("reloads[{i}] at {} ms: {e}", r.at_ms));
+                    break;
+                }
+            }
+        }
+        if hang.is_some() {
+            break;
         }
         match sim.step() {
             Ok(done) => {
@@ -383,6 +477,8 @@ pub fn run_in(
         mode,
         results,
         records: observer.records(),
+        catalogs: observer.catalogs(),
+        admitted_under: observer.admitted_under(),
         calls: fakes
             .iter()
             .map(|f| (f.spec.host.clone(), f.calls()))
@@ -432,6 +528,29 @@ impl Refusals {
             .expect("validation admits refuse/listen for provider hosts only");
         tx.send_replace(refusing);
     }
+}
+
+/// Swaps the gateway's config for `r`'s, between two steps: a request admitted from the
+/// next step on gets it. The line that says so, or why it could not be done.
+fn reload(
+    scenario: &Scenario,
+    reloads: &ReloadHandle,
+    observer: &EngineObserver,
+    r: &crate::scenario::Reload,
+) -> Result<String, String> {
+    let live = reloads
+        .get()
+        .ok_or("the gateway under test cannot reload its config (or is not serving yet)")?;
+    let mut config = r.gateway.clone();
+    config.router_settings.rng_seed.get_or_insert(scenario.seed);
+    let done = live.reload(&config).map_err(|e| e.to_string())?;
+    observer.know(live.current().shared_catalog());
+    Ok(format!(
+        "{} groups, {} deployments; deployment health {}",
+        done.groups,
+        done.deployments,
+        if done.health_kept { "kept" } else { "reset" }
+    ))
 }
 
 fn apply(sim: &mut turmoil::Sim<'_>, net: &Net, refusals: &Refusals, action: &NetAction) {

@@ -211,6 +211,11 @@ pub fn probe(a: ProbeArgs) -> ExitCode {
             "the scenario has network faults, which need the simulated network: run it with `switchback run`",
         );
     }
+    if !scenario.reloads.is_empty() {
+        return could_not_run(
+            "the scenario reloads its config at simulated instants, which needs the simulation: run it with `switchback run`",
+        );
+    }
     let ports = match probe::preflight::fake_ports(base, scenario.providers.len()) {
         Ok(p) => p,
         Err(e) => return could_not_run(&e),
