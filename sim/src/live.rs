@@ -138,12 +138,16 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         ports: fakes.ports.clone(),
         count: upstreams.clone(),
     });
-    let engine = Arc::new(Engine::new(
-        catalog.clone(),
-        connector,
-        observer.clone(),
-        Arc::new(SystemWallClock),
-    ));
+    let metrics = Arc::new(switchback::metrics::Metrics::new());
+    let engine = Arc::new(
+        Engine::new(
+            catalog.clone(),
+            connector,
+            observer.clone(),
+            Arc::new(SystemWallClock),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
@@ -177,6 +181,7 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         records: observer.records(),
         catalogs: observer.catalogs(),
         admitted_under: observer.admitted_under(),
+        metrics: Some(metrics.render(Vec::new())),
         calls: fakes
             .fakes
             .iter()

@@ -231,6 +231,11 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
         failures.push(format!("[{mode}] {h}"));
         return;
     }
+    if let Some(exposition) = &run.metrics {
+        for d in crate::metrics_check::disagreements(exposition, &run.records) {
+            failures.push(format!("[{mode}] invariant: metrics: {d}"));
+        }
+    }
     for (host, open) in &run.open_connections {
         if *open > 0 {
             failures.push(format!(

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
 use switchback::engine::{Engine, WallClock};
+use switchback::metrics::Metrics;
 use switchback::reload::LiveEngine;
 use switchback::trace::{Observer, TraceRecord};
 use switchback::transport::{BoxFuture, BoxIo, Connector, Listener};
@@ -116,9 +117,9 @@ pub trait GatewayUnderTest: Send + Sync + 'static {
         listener: SimListener,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
-    /// As [`serve`](Self::serve), and puts the engine a scenario's `reloads` swap into
-    /// `reloads`. By default the gateway cannot reload (a scenario with reloads then fails
-    /// on it, saying so).
+    /// As [`serve`](Self::serve), and puts its engine into `engine`, for a scenario's
+    /// `reloads` and for reading its metrics. By default a gateway under test does not (a
+    /// scenario with reloads then fails on it, saying so; its metrics are not checked).
     #[allow(clippy::too_many_arguments)]
     fn serve_reloadable(
         &self,
@@ -128,19 +129,19 @@ pub trait GatewayUnderTest: Send + Sync + 'static {
         observer: Arc<dyn Observer>,
         wall: Arc<dyn WallClock>,
         listener: SimListener,
-        reloads: ReloadHandle,
+        engine: EngineHandle,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-        let _ = reloads;
+        let _ = engine;
         self.serve(config, catalog, connector, observer, wall, listener)
     }
 }
 
-/// The gateway's reloadable engine, once it serves: the world swaps its config at a
-/// reload's instant, between two steps, as `serve` does on SIGHUP.
+/// The gateway's engine, once it serves: the world swaps its config at a reload's instant,
+/// between two steps, as `serve` does on SIGHUP, and reads its metrics at the end.
 #[derive(Clone, Default)]
-pub struct ReloadHandle(Arc<Mutex<Option<LiveEngine>>>);
+pub struct EngineHandle(Arc<Mutex<Option<LiveEngine>>>);
 
-impl ReloadHandle {
+impl EngineHandle {
     pub fn set(&self, engine: LiveEngine) {
         *self.0.lock().expect("reload handle") = Some(engine);
     }
@@ -170,7 +171,7 @@ impl GatewayUnderTest for Switchback {
             observer,
             wall,
             listener,
-            ReloadHandle::default(),
+            EngineHandle::default(),
         )
     }
 
@@ -182,10 +183,14 @@ impl GatewayUnderTest for Switchback {
         observer: Arc<dyn Observer>,
         wall: Arc<dyn WallClock>,
         listener: SimListener,
-        reloads: ReloadHandle,
+        handle: EngineHandle,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-        let engine = LiveEngine::from(Arc::new(Engine::new(catalog, connector, observer, wall)));
-        reloads.set(engine.clone());
+        // Metrics on, as `serve` has them by default: the oracle checks them against the
+        // trace on every run.
+        let engine =
+            Engine::new(catalog, connector, observer, wall).with_metrics(Arc::new(Metrics::new()));
+        let engine = LiveEngine::from(Arc::new(engine));
+        handle.set(engine.clone());
         Box::pin(switchback::gateway::serve(
             engine,
             listener,
@@ -214,6 +219,8 @@ pub struct ModeRun {
     pub catalogs: Vec<Arc<Catalog>>,
     /// For each request (by number), the config (index in `catalogs`) it was admitted with.
     pub admitted_under: BTreeMap<u64, usize>,
+    /// The gateway's Prometheus exposition at the end, when it keeps metrics.
+    pub metrics: Option<String>,
     /// Calls each provider received, by host.
     pub calls: BTreeMap<String, Vec<CallRecord>>,
     /// Connections still open at the end: the gateway's upstream connections
@@ -290,7 +297,7 @@ pub fn run_in(
     let sink: Arc<dyn TraceSink> = trace.clone();
     let observer = EngineObserver::new(sink.clone());
     observer.know(catalog.clone());
-    let reloads = ReloadHandle::default();
+    let reloads = EngineHandle::default();
     let net = Net::new(
         scenario.seed,
         scenario.network.latency_ms,
@@ -479,6 +486,9 @@ pub fn run_in(
         records: observer.records(),
         catalogs: observer.catalogs(),
         admitted_under: observer.admitted_under(),
+        metrics: reloads
+            .get()
+            .and_then(|live| live.current().metrics().map(|m| m.render(Vec::new()))),
         calls: fakes
             .iter()
             .map(|f| (f.spec.host.clone(), f.calls()))
@@ -534,7 +544,7 @@ impl Refusals {
 /// next step on gets it. The line that says so, or why it could not be done.
 fn reload(
     scenario: &Scenario,
-    reloads: &ReloadHandle,
+    reloads: &EngineHandle,
     observer: &EngineObserver,
     r: &crate::scenario::Reload,
 ) -> Result<String, String> {
