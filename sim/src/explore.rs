@@ -602,6 +602,7 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                                     max_retry_after: 3.0,
                                     ..Limits::default()
                                 },
+                                ..GatewayConfig::default()
                             },
                             providers,
                             network,

@@ -501,3 +501,78 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_error() {
     assert!(still.starts_with("HTTP/1.1 200"), "{still}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+const MASTER: &str = "sk-admin-only-7f3a";
+
+/// `POST /admin/reload` with `key` as the bearer (none: no header).
+fn admin_reload(key: Option<&str>) -> String {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /admin/reload HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_reload_route_needs_the_master_key_and_reloads_the_file() {
+    let up = upstream().await;
+    let with_master = format!("{}general_settings: {{master_key: {MASTER}}}\n", config(up));
+    let gw = Gateway::start("admin-reload", &with_master, &[]);
+    // Nobody but the admin: a client's key is refused, and so is no key.
+    let r = exchange(gw.addr, admin_reload(Some(KEY))).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = exchange(gw.addr, admin_reload(None)).await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    // Nor can the admin key make requests: it is not a virtual key.
+    let chat_as_admin = chat("a", false).replace(KEY, MASTER);
+    let r = exchange(gw.addr, chat_as_admin).await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    // With metrics scraped by the admin only.
+    let r = exchange(gw.addr, scrape(Some(KEY))).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = exchange(gw.addr, scrape(Some(MASTER))).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    // A new group `c` in the file, reloaded by the admin.
+    let with_c = with_master.replace(
+        "router_settings:",
+        &format!(
+            "  - {{model_name: c, litellm_params: {{model: openai/mb, api_base: \"http://{up}/b/v1\"}}, model_info: {{id: c1}}}}\nrouter_settings:"
+        ),
+    );
+    std::fs::write(gw.dir.join("gateway.yaml"), &with_c).unwrap();
+    let r = exchange(gw.addr, admin_reload(Some(MASTER))).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.contains(r#""reloaded":true"#) && r.contains(r#""groups":3"#),
+        "{r}"
+    );
+    let r = exchange(gw.addr, chat("c", false)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    // A broken file: 400 with its located error; `c` is still served.
+    std::fs::write(
+        gw.dir.join("gateway.yaml"),
+        "model_list: [{model_name: c}]\n",
+    )
+    .unwrap();
+    let r = exchange(gw.addr, admin_reload(Some(MASTER))).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(
+        r.contains("refused, the running config stays") && r.contains("gateway.yaml:1:"),
+        "{r}"
+    );
+    assert!(r.contains(r#""code":"invalid_config""#), "{r}");
+    let r = exchange(gw.addr, chat("c", false)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_master_key_nobody_may_reload_over_http() {
+    let up = upstream().await;
+    let gw = Gateway::start("admin-none", &config(up), &[]);
+    let r = exchange(gw.addr, admin_reload(Some(KEY))).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("general_settings.master_key"), "{r}");
+}

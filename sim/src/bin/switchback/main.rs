@@ -701,9 +701,9 @@ fn serve(config_path: &Path, listen: std::net::SocketAddr, metrics: bool) -> Exi
         if metrics {
             engine = engine.with_metrics(Arc::new(Metrics::new()));
         }
-        let engine = LiveEngine::from(Arc::new(engine));
+        let engine = LiveEngine::from(Arc::new(engine)).with_source(config_path);
         let grace = engine.current().catalog().limits.shutdown_grace;
-        let reloader = tokio::spawn(reload_on_sighup(engine.clone(), config_path));
+        let reloader = tokio::spawn(reload_on_sighup(engine.clone()));
         let shutdown = async move {
             let signal = stop_signal().await;
             println!(
@@ -720,54 +720,29 @@ fn serve(config_path: &Path, listen: std::net::SocketAddr, metrics: bool) -> Exi
 
 /// Reloads the config file on every SIGHUP: validated fully first; an invalid file keeps
 /// the running config. A file that fixes no `rng_seed` keeps the running one.
-async fn reload_on_sighup(engine: LiveEngine, path: PathBuf) {
+async fn reload_on_sighup(engine: LiveEngine) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            eprintln!("switchback: cannot watch SIGHUP; config reload is off");
+            tracing::warn!(target: "switchback::reload", "cannot watch SIGHUP; reload with POST /admin/reload");
             return;
         };
         while hangups.recv().await.is_some() {
-            match reload(&engine, &path) {
-                Ok(done) => tracing::info!(target: "switchback::reload", "{done}"),
+            match engine.reload_source() {
+                Ok((path, done)) => tracing::info!(
+                    target: "switchback::reload",
+                    "reloaded {} on SIGHUP: {}",
+                    path.display(),
+                    done.describe()
+                ),
                 Err(refused) => tracing::warn!(target: "switchback::reload", "{refused}"),
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (engine, path);
-    }
-}
-
-/// One reload of `path`, and the line that reports it (`Err`: refused).
-fn reload(engine: &LiveEngine, path: &Path) -> Result<String, String> {
-    let shown = path.display();
-    let mut config = match GatewayConfig::load_file(path) {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(format!(
-                "reload of {shown} refused, the running config stays:\n{e}"
-            ));
-        }
-    };
-    let seed = engine.current().catalog().settings.rng_seed;
-    config.router_settings.rng_seed.get_or_insert(seed);
-    match engine.reload(&config) {
-        Ok(r) => Ok(format!(
-            "reloaded {shown}: {} groups, {} deployments; deployment health {}",
-            r.groups,
-            r.deployments,
-            if r.health_kept {
-                "kept (same deployment ids)"
-            } else {
-                "reset (deployment ids changed)"
-            }
-        )),
-        Err(e) => Err(format!(
-            "reload of {shown} refused, the running config stays:\n{e}"
-        )),
+        let _ = engine;
     }
 }
 
