@@ -47,19 +47,20 @@ echo "   ready in $((installed - suite_started)) s"
 cargo build --release --locked -p switchback-sim --bin switchback
 built=$(date +%s)
 
-# Ports: 10 consecutive free ones on loopback for the fakes (port base), then the gateway's.
+# Ports: 10 consecutive free ones on loopback for the fakes (port base), then the gateway's,
+# then a second gateway's (differential probes run LiteLLM and Switchback side by side).
 # Started at a per-process offset so parallel checkouts on one machine rarely meet.
-read -r PORT_BASE GATEWAY_PORT < <("$VENV/bin/python" - "$$" <<'EOF'
+read -r PORT_BASE GATEWAY_PORT SECOND_PORT < <("$VENV/bin/python" - "$$" <<'EOF'
 import socket, sys
 start = 20000 + (int(sys.argv[1]) % 3000) * 10
-for base in range(start, 60000, 11):
+for base in range(start, 60000, 12):
     held = []
     try:
-        for port in range(base, base + 11):
+        for port in range(base, base + 12):
             s = socket.socket()
             s.bind(("127.0.0.1", port))
             held.append(s)
-        print(base, base + 10)
+        print(base, base + 10, base + 11)
         break
     except OSError:
         pass
@@ -67,19 +68,25 @@ for base in range(start, 60000, 11):
         for s in held:
             s.close()
 else:
-    sys.exit("no 11 free consecutive loopback ports")
+    sys.exit("no 12 free consecutive loopback ports")
 EOF
 )
 GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
-echo "   fakes from 127.0.0.1:$PORT_BASE, gateway at $GATEWAY"
+SECOND="http://127.0.0.1:$SECOND_PORT"
+echo "   fakes from 127.0.0.1:$PORT_BASE, gateway at $GATEWAY, a second one at $SECOND"
 
 GATEWAY_PID=
+SECOND_PID=
 stop_gateway() {
-    if [[ -n "$GATEWAY_PID" ]]; then
-        kill "$GATEWAY_PID" 2>/dev/null || true
-        wait "$GATEWAY_PID" 2>/dev/null || true
-        GATEWAY_PID=
-    fi
+    local pid
+    for pid in "$GATEWAY_PID" "$SECOND_PID"; do
+        if [[ -n "$pid" ]]; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    GATEWAY_PID=
+    SECOND_PID=
 }
 trap stop_gateway EXIT
 
@@ -88,11 +95,12 @@ fail() {
     exit 1
 }
 
-# wait_for URL LOG: until URL answers (any HTTP status), the gateway exits, or 180 s pass.
+# wait_for URL LOG [PID]: until URL answers (any HTTP status), the gateway (PID, default
+# GATEWAY_PID) exits, or 180 s pass.
 wait_for() {
-    local url=$1 log=$2
+    local url=$1 log=$2 pid=${3:-$GATEWAY_PID}
     for _ in $(seq 1 360); do
-        kill -0 "$GATEWAY_PID" 2>/dev/null || { tail -40 "$log" >&2; fail "the gateway exited (log: $log)"; }
+        kill -0 "$pid" 2>/dev/null || { tail -40 "$log" >&2; fail "the gateway exited (log: $log)"; }
         if "$VENV/bin/python" - "$url" <<'EOF' 2>/dev/null
 import sys, urllib.request, urllib.error
 try:
@@ -125,6 +133,14 @@ start_switchback() { # scenario name
     "$BIN" serve --config "$config" --listen "127.0.0.1:$GATEWAY_PORT" > "$log" 2>&1 &
     GATEWAY_PID=$!
     wait_for "$GATEWAY/health" "$log"
+}
+
+start_second_switchback() { # scenario name: Switchback at $SECOND, beside the gateway
+    local config="$WORK/$2.second.yaml" log="$WORK/$2.second.log"
+    "$BIN" fakes "$1" --port-base "$PORT_BASE" --emit-config switchback > "$config"
+    "$BIN" serve --config "$config" --listen "127.0.0.1:$SECOND_PORT" > "$log" 2>&1 &
+    SECOND_PID=$!
+    wait_for "$SECOND/health" "$log" "$SECOND_PID"
 }
 
 CHECKS=0
@@ -201,7 +217,38 @@ for s in scenarios/live/*.yaml scenarios/known_bug/*.yaml scenarios/streaming/re
     stop_gateway
 done
 
+switchback_done=$(date +%s)
+
+# Differential: the same scenario through LiteLLM (A) and Switchback (B) side by side, the
+# same fakes behind both; `probe --against` compares their provider calls and outcomes
+# request by request and mode by mode. Where the README claims parity the calls must be the
+# same; where it documents a difference, the report must show exactly that difference.
+echo "== differential: LiteLLM $LITELLM_VERSION (A) against Switchback (B), call by call"
+expect_diff() { # scenario name exit [pattern...]
+    local s=$1 name=$2 want=$3
+    shift 3
+    start_litellm "$s" "$name"
+    start_second_switchback "$s" "$name"
+    expect_probe "$s" "$name" "$want" "$@" -- --api-key "$MASTER" --against "$SECOND"
+    stop_gateway
+}
+SAME="verdict: same (exit status 0)"
+for s in scenarios/parity/order_retry_stays_in_tier.yaml \
+    scenarios/parity/order_tier_falls_back_in_group_first.yaml \
+    scenarios/parity/order_tiers_then_group_fallbacks.yaml \
+    scenarios/parity/lone_deployment_default_settings.yaml \
+    scenarios/parity/lone_deployment_cooled_on_request.yaml; do
+    expect_diff "$s" "diff-$(basename "$s" .yaml)" 0 "$SAME"
+done
+# Documented difference: with allowed_fails set, LiteLLM 1.83.0 cools even a lone
+# deployment (after its 429); Switchback keeps the lone-deployment rule and retries.
+expect_diff scenarios/parity/lone_deployment_not_cooled.yaml diff-lone-allowed-fails 1 \
+    'differs: calls: 1 against 3 call(s); from call 2 on, A made (no call) and B made `solo#2 m: http 503`' \
+    'differs: calls: 0 against 1 call(s); from call 1 on, A made (no call) and B made `solo#4 m: ok`' \
+    "4 request-mode(s): 0 the same, 4 different"
+
 done_at=$(date +%s)
 echo "== LiteLLM probe suite: $CHECKS checks passed in $((done_at - suite_started)) s" \
     "(venv and install $((installed - suite_started)) s, release build $((built - installed)) s," \
-    "LiteLLM probes $((litellm_done - built)) s, Switchback probes $((done_at - litellm_done)) s)"
+    "LiteLLM probes $((litellm_done - built)) s, Switchback probes $((switchback_done - litellm_done)) s," \
+    "differential $((done_at - switchback_done)) s)"

@@ -177,6 +177,8 @@ pub struct Catalog {
     /// Whether requests without a key are served (`allow_anonymous`).
     pub allow_anonymous: bool,
     keys: BTreeMap<KeyDigest, KeySpec>,
+    /// `general_settings.master_key`, as a digest like the virtual keys.
+    admin_key: Option<KeyDigest>,
     teams: Vec<TeamSpec>,
     by_name: BTreeMap<String, GroupId>,
     /// Wildcard groups, in the order LiteLLM tries them (most specific first).
@@ -275,6 +277,11 @@ impl Catalog {
             ),
             allow_anonymous: config.allow_anonymous,
             keys: BTreeMap::new(),
+            admin_key: config
+                .general_settings
+                .master_key
+                .as_deref()
+                .map(KeyDigest::of),
             teams: Vec::new(),
             by_name,
             patterns,
@@ -450,6 +457,16 @@ impl Catalog {
 
     pub fn key(&self, secret: &str) -> Option<&KeySpec> {
         self.keys.get(&KeyDigest::of(secret))
+    }
+
+    /// Whether an admin key (`general_settings.master_key`) is configured.
+    pub fn has_admin_key(&self) -> bool {
+        self.admin_key.is_some()
+    }
+
+    /// Whether `secret` is the admin key.
+    pub fn is_admin(&self, secret: &str) -> bool {
+        self.admin_key.as_ref() == Some(&KeyDigest::of(secret))
     }
 
     /// Whether any key is configured.

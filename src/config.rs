@@ -41,6 +41,26 @@ pub struct GatewayConfig {
     pub keys: Vec<Key>,
     #[serde(default)]
     pub limits: Limits,
+    /// LiteLLM's `general_settings`; Switchback reads its `master_key` only.
+    #[serde(default, skip_serializing_if = "GeneralSettings::is_empty")]
+    pub general_settings: GeneralSettings,
+}
+
+/// LiteLLM's `general_settings` section, as far as Switchback has a use for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneralSettings {
+    /// The admin key (LiteLLM's name for it). When set, it alone may scrape `GET /metrics`
+    /// and call `POST /admin/reload`; it is not a virtual key and cannot make requests.
+    /// `os.environ/NAME` reads the environment at load time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key: Option<String>,
+}
+
+impl GeneralSettings {
+    fn is_empty(&self) -> bool {
+        self.master_key.is_none()
+    }
 }
 
 /// One upstream deployment serving a model group (`model_name`).
@@ -435,8 +455,21 @@ impl GatewayConfig {
         Self::load(&name, &text)
     }
 
-    /// Replaces `api_key: os.environ/NAME` with the variable's value (LiteLLM's syntax).
+    /// Replaces `api_key: os.environ/NAME` (and `master_key: os.environ/NAME`) with the
+    /// variable's value (LiteLLM's syntax).
     fn resolve_env(&mut self) -> Result<(), Issue> {
+        if let Some(name) = self
+            .general_settings
+            .master_key
+            .as_deref()
+            .and_then(|k| k.strip_prefix("os.environ/"))
+        {
+            let value = std::env::var(name).map_err(|_| Issue {
+                path: At::default().key("general_settings").key("master_key").0,
+                message: format!("environment variable `{name}` is not set"),
+            })?;
+            self.general_settings.master_key = Some(value);
+        }
         for (i, d) in self.model_list.iter_mut().enumerate() {
             if let Some(name) = d
                 .litellm_params
@@ -662,6 +695,18 @@ impl GatewayConfig {
                 &targets,
                 &mut push,
             );
+        }
+
+        if let Some(master) = &self.general_settings.master_key {
+            let at = root.key("general_settings").key("master_key");
+            if let Err(why) = secret_ok(master) {
+                push(at, format!("`master_key` {why}"));
+            } else if key_names.contains_key(master.as_str()) {
+                push(
+                    at,
+                    "the admin key is also a virtual key: give admins a key of their own".into(),
+                );
+            }
         }
 
         let l = &self.limits;
@@ -1028,6 +1073,32 @@ keys:
             .iter()
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn the_admin_key_is_litellms_master_key_and_never_a_virtual_key() {
+        let with = |master: &str| format!("{GOOD}general_settings:\n  master_key: {master}\n");
+        let c = GatewayConfig::load("g.yaml", &with("sk-admin")).unwrap();
+        assert_eq!(c.general_settings.master_key.as_deref(), Some("sk-admin"));
+        let p = problems(&with("sk-1"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("g.yaml:27:15:"), "{p:?}");
+        assert!(
+            p[0].contains("the admin key is also a virtual key"),
+            "{p:?}"
+        );
+        let p = problems(&with("os.environ/SWITCHBACK_TEST_UNSET_MASTER_KEY"));
+        assert!(
+            p[0].contains("general_settings.master_key")
+                && p[0].contains("`SWITCHBACK_TEST_UNSET_MASTER_KEY` is not set"),
+            "{p:?}"
+        );
+        // LiteLLM's other general settings (a database, ...) mean nothing here: refused,
+        // by name, rather than silently ignored.
+        let p = problems(&format!(
+            "{GOOD}general_settings:\n  database_url: postgres://x\n"
+        ));
+        assert!(p[0].contains("unknown field `database_url`"), "{p:?}");
     }
 
     #[test]

@@ -1,283 +1,312 @@
-//! The decision log: every routing decision of the engine as one line, for operators.
+//! The decision log: every routing decision of the engine as a `tracing` event, and one
+//! access-log line per request, for operators.
 //!
-//! Owns: [`DecisionLog`], an [`Observer`] that writes each [`TraceRecord`] to a sink
-//! (`serve` gives it stderr) as one JSON object per line, or as the canonical trace line.
-//! A JSON line carries the wall-clock time, the request's number (its
-//! `x-switchback-request-id`), the time since the request's admission, the event's name and
-//! its fields, with groups and deployments by name. Never a secret: events carry key
-//! aliases, never keys, and every free text (aliases, upstream model names) goes through the
-//! catalog's [`Redactor`](crate::redact::Redactor) first. Fields come in a fixed order.
-//! Does not own which events exist (`trace`) nor when they are emitted (`engine`, `attempt`).
+//! Owns: [`DecisionLog`], an [`Observer`] that turns each [`TraceRecord`] into a `tracing`
+//! event (target [`DECISION_TARGET`]) with the request's number and key alias and the
+//! event's own fields, groups and deployments by name; and, when a request ends, one event
+//! (target [`ACCESS_TARGET`], level INFO) with its outcome, status, attempts, serving
+//! deployment and timings. Never a secret: events carry key aliases, never keys, and every
+//! free text (aliases, upstream model names) goes through the catalog's
+//! [`Redactor`](crate::redact::Redactor) first. Does not own how lines look or where they go
+//! (the subscriber `serve` installs: text or JSON, on stderr), which events exist (`trace`)
+//! nor when they are emitted (`engine`, `attempt`).
+//!
+//! Levels: the decisions an operator asks about ("why did this request fall back?") are
+//! INFO — failed attempts, cooldowns, retries, fallbacks, exhausted groups, skipped links,
+//! limits, failures, clients gone. The routine steps of every request (admitted, plan,
+//! attempt started, committed, completed) are DEBUG: at INFO a healthy request writes its
+//! access line only. With `tracing`, each event is its own callsite, so its fields are
+//! typed and a subscriber can filter by level and target.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use tracing::{Level, debug, info};
 
-use crate::catalog::Catalog;
-use crate::engine::WallClock;
+use crate::catalog::{Catalog, GroupId};
 use crate::trace::{Event, Observer, TraceRecord};
 
-/// Requests whose admission time is remembered at once (for `since_admission_ms`). Past it,
-/// lines of newly admitted requests leave that field out. See
-/// [`crate::metrics::MAX_TRACKED_REQUESTS`] for why this never binds in practice.
+/// The `tracing` target of decision events.
+pub const DECISION_TARGET: &str = "switchback::decision";
+/// The `tracing` target of access-log lines.
+pub const ACCESS_TARGET: &str = "switchback::access";
+
+/// Requests whose admission is remembered at once (for the access line's key, group,
+/// attempts and timings, and the key alias on every decision line). Past it, lines of newly
+/// admitted requests leave those fields out. See [`crate::metrics::MAX_TRACKED_REQUESTS`]
+/// for why this never binds in practice.
 pub const MAX_TRACKED_REQUESTS: usize = crate::metrics::MAX_TRACKED_REQUESTS;
 
-/// How each decision is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// The canonical trace line (`<ms> req=<n> <event> field=value ...`).
-    Text,
+/// What the log remembers of a request in flight, for its access line.
+struct Open {
+    admitted: Duration,
+    key: String,
+    group: GroupId,
+    stream: bool,
+    attempts: u32,
+    committed: Option<Duration>,
 }
 
-/// Writes every event to `sink`, one line each.
+/// Emits every decision, and an access line per request, as `tracing` events.
+#[derive(Default)]
 pub struct DecisionLog {
-    format: LogFormat,
-    wall: Arc<dyn WallClock>,
-    inner: Mutex<Inner>,
-}
-
-struct Inner {
-    sink: Box<dyn Write + Send>,
-    admitted: BTreeMap<u64, Duration>,
+    open: Mutex<BTreeMap<u64, Open>>,
 }
 
 impl DecisionLog {
-    pub fn new(
-        format: LogFormat,
-        sink: Box<dyn Write + Send>,
-        wall: Arc<dyn WallClock>,
-    ) -> DecisionLog {
-        DecisionLog {
-            format,
-            wall,
-            inner: Mutex::new(Inner {
-                sink,
-                admitted: BTreeMap::new(),
-            }),
-        }
-    }
-
-    /// The JSON line of `record` (without its newline).
-    pub fn json_line(
-        record: &TraceRecord,
-        since_admission: Option<Duration>,
-        unix_ms: u128,
-        catalog: &Catalog,
-    ) -> String {
-        let mut line = Map::new();
-        line.insert("ts_unix_ms".into(), json!(unix_ms as u64));
-        line.insert("request".into(), json!(record.request));
-        line.insert("at_ms".into(), json!(record.at.as_millis() as u64));
-        if let Some(d) = since_admission {
-            line.insert("since_admission_ms".into(), json!(d.as_millis() as u64));
-        }
-        line.insert("event".into(), json!(record.event.name()));
-        fields(&record.event, catalog, &mut line);
-        Value::Object(line).to_string()
+    pub fn new() -> DecisionLog {
+        DecisionLog::default()
     }
 }
 
-/// The event's fields, as [`Event::render`] names them, in the same order.
-fn fields(event: &Event, catalog: &Catalog, out: &mut Map<String, Value>) {
-    let g = |id| json!(catalog.group(id).name);
-    let d = |id| json!(catalog.deployment(id).id);
-    let text = |s: &str| json!(catalog.redactor.redact(s));
-    let ms = |d: Duration| json!(d.as_millis() as u64);
-    let mut put = |k: &str, v: Value| {
-        out.insert(k.to_string(), v);
-    };
-    match event {
-        Event::Admitted { key, group, stream } => {
-            put("key", text(key));
-            put("group", g(*group));
-            put("stream", json!(stream));
-        }
-        Event::PlanResolved {
-            chain,
-            fallbacks_from,
-            max_fallbacks,
-            mid_stream,
-        } => {
-            put("chain", Value::Array(chain.iter().map(|c| g(*c)).collect()));
-            put("fallbacks_from", json!(fallbacks_from.as_str()));
-            put("max_fallbacks", json!(max_fallbacks));
-            put("mid_stream", json!(mid_stream.as_str()));
-        }
-        Event::OrderFallbackTaken {
-            group,
-            from_order,
-            to_order,
-            class,
-        } => {
-            put("group", g(*group));
-            put("from_order", json!(from_order));
-            put("to_order", json!(to_order));
-            put("class", json!(class.as_str()));
-        }
-        Event::AttemptStarted {
-            attempt,
-            group,
-            deployment,
-            continuation,
-        } => {
-            put("attempt", json!(attempt));
-            put("group", g(*group));
-            put("deployment", d(*deployment));
-            put("continuation", json!(continuation));
-        }
-        Event::AttemptFailed {
-            attempt,
-            deployment,
-            class,
-            status,
-            retry_after,
-            after_chunks,
-            mocked,
-            timeout,
-        } => {
-            put("attempt", json!(attempt));
-            put("deployment", d(*deployment));
-            put("class", json!(class.as_str()));
-            put("status", json!(status));
-            put("retry_after_ms", retry_after.map_or(Value::Null, ms));
-            put("after_chunks", json!(after_chunks));
-            put("mocked", json!(mocked));
-            put("timeout", json!(timeout.map(|t| t.as_str())));
-        }
-        Event::DeploymentCooled {
-            deployment,
-            duration,
-            class,
-        } => {
-            put("deployment", d(*deployment));
-            put("for_ms", ms(*duration));
-            put("class", json!(class.as_str()));
-        }
-        Event::FailureNotCounted { deployment, reason } => {
-            put("deployment", d(*deployment));
-            put("reason", json!(reason.as_str()));
-        }
-        Event::RetryScheduled {
-            group,
-            deployment,
-            delay,
-        } => {
-            put("group", g(*group));
-            put("deployment", d(*deployment));
-            put("delay_ms", ms(*delay));
-        }
-        Event::GroupExhausted { group, reason } => {
-            put("group", g(*group));
-            put("reason", json!(reason.as_str()));
-        }
-        Event::LinkSkipped {
-            from,
-            to,
-            list,
-            reason,
-        } => {
-            put("from", g(*from));
-            put("to", g(*to));
-            put("list", json!(list.as_str()));
-            put("reason", json!(reason.as_str()));
-        }
-        Event::FallbackTaken {
-            from,
-            to,
-            list,
-            class,
-        } => {
-            put("from", g(*from));
-            put("to", g(*to));
-            put("list", json!(list.as_str()));
-            put("class", json!(class.as_str()));
-        }
-        Event::Committed {
-            attempt,
-            deployment,
-        } => {
-            put("attempt", json!(attempt));
-            put("deployment", d(*deployment));
-        }
-        Event::Completed {
-            group,
-            deployment,
-            model,
-            retries,
-            fallbacks,
-            chunks,
-        } => {
-            put("group", g(*group));
-            put("deployment", d(*deployment));
-            put("model", text(model));
-            put("retries", json!(retries));
-            put("fallbacks", json!(fallbacks));
-            put("chunks", json!(chunks));
-        }
-        Event::Failed {
-            status,
-            error_type,
-            class,
-            committed,
-        } => {
-            put("status", json!(status));
-            put("type", json!(error_type));
-            put("class", json!(class.as_str()));
-            put("committed", json!(committed));
-        }
-        Event::ContinuationRefused { reason } => put("reason", json!(reason)),
-        Event::ClientGone { reason } => put("reason", json!(reason.as_str())),
-        Event::LimitHit { limit } => put("limit", json!(limit)),
-    }
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 impl Observer for DecisionLog {
-    fn record(&self, record: TraceRecord, catalog: &Catalog) {
-        let mut inner = self.inner.lock().expect("decision log lock");
-        let since = match &record.event {
-            Event::Admitted { .. } => {
-                if inner.admitted.len() < MAX_TRACKED_REQUESTS {
-                    inner.admitted.insert(record.request, record.at);
-                }
-                Some(Duration::ZERO)
-            }
-            Event::Completed { .. } | Event::Failed { .. } | Event::ClientGone { .. } => inner
-                .admitted
-                .remove(&record.request)
-                .map(|a| record.at.saturating_sub(a)),
-            _ => inner
-                .admitted
-                .get(&record.request)
-                .map(|a| record.at.saturating_sub(*a)),
-        };
-        let line = match self.format {
-            LogFormat::Json => {
-                let unix_ms = self
-                    .wall
-                    .now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis());
-                DecisionLog::json_line(&record, since, unix_ms, catalog)
-            }
-            LogFormat::Text => catalog.redactor.redact(&record.render(catalog)),
-        };
-        // One write per line, so lines from other writers never land inside it. A log that
-        // cannot be written (stderr closed) must not stop the gateway.
-        let mut bytes = line.into_bytes();
-        bytes.push(b'\n');
-        let _ = inner.sink.write_all(&bytes);
+    fn enabled(&self) -> bool {
+        // Nothing listens at INFO or below: the engine need not build events at all.
+        tracing::enabled!(target: DECISION_TARGET, Level::INFO)
+            || tracing::enabled!(target: ACCESS_TARGET, Level::INFO)
     }
+
+    fn record(&self, record: TraceRecord, catalog: &Catalog) {
+        let request = record.request;
+        let at = record.at;
+        let g = |id: &GroupId| catalog.group(*id).name.as_str();
+        let d = |id: &crate::catalog::DeploymentId| catalog.deployment(*id).id.as_str();
+        let text = |s: &str| catalog.redactor.redact(s);
+        let ends = matches!(
+            record.event,
+            Event::Completed { .. } | Event::Failed { .. } | Event::ClientGone { .. }
+        );
+        // The request's state is updated under the lock; lines are written after it is
+        // released, so requests never wait on each other's writes.
+        let (key, since_admission_ms, ended) = {
+            let mut open = self.open.lock().expect("decision log lock");
+            match &record.event {
+                Event::Admitted { key, group, stream } if open.len() < MAX_TRACKED_REQUESTS => {
+                    open.insert(
+                        request,
+                        Open {
+                            admitted: at,
+                            key: text(key),
+                            group: *group,
+                            stream: *stream,
+                            attempts: 0,
+                            committed: None,
+                        },
+                    );
+                }
+                Event::AttemptStarted { .. } => {
+                    if let Some(o) = open.get_mut(&request) {
+                        o.attempts += 1;
+                    }
+                }
+                Event::Committed { .. } => {
+                    if let Some(o) = open.get_mut(&request) {
+                        o.committed = Some(at);
+                    }
+                }
+                _ => {}
+            }
+            let ended = if ends { open.remove(&request) } else { None };
+            let current = ended.as_ref().or_else(|| open.get(&request));
+            (
+                current.map(|o| o.key.clone()),
+                current.map(|o| ms(at.saturating_sub(o.admitted))),
+                ended,
+            )
+        };
+        let key = key.as_deref();
+        match &record.event {
+            Event::Admitted { group, stream, .. } => {
+                debug!(target: DECISION_TARGET, request, key, since_admission_ms, group = g(group), stream,
+                    "admitted");
+            }
+            Event::PlanResolved {
+                chain,
+                fallbacks_from,
+                max_fallbacks,
+                mid_stream,
+            } => {
+                let chain: Vec<&str> = chain.iter().map(g).collect();
+                debug!(target: DECISION_TARGET, request, key, since_admission_ms,
+                    chain = %format_args!("[{}]", chain.join(",")),
+                    fallbacks_from = fallbacks_from.as_str(), max_fallbacks,
+                    mid_stream = mid_stream.as_str(), "plan_resolved");
+            }
+            Event::AttemptStarted {
+                attempt,
+                group,
+                deployment,
+                continuation,
+            } => {
+                debug!(target: DECISION_TARGET, request, key, since_admission_ms, attempt, group = g(group),
+                    deployment = d(deployment), continuation, "attempt_started");
+            }
+            Event::AttemptFailed {
+                attempt,
+                deployment,
+                class,
+                status,
+                retry_after,
+                after_chunks,
+                mocked,
+                timeout,
+            } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, attempt,
+                    deployment = d(deployment), class = class.as_str(), status,
+                    retry_after_ms = retry_after.map(ms), after_chunks, mocked,
+                    timeout = timeout.map(|t| t.as_str()), "attempt_failed");
+            }
+            Event::DeploymentCooled {
+                deployment,
+                duration,
+                class,
+            } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, deployment = d(deployment),
+                    for_ms = ms(*duration), class = class.as_str(), "deployment_cooled");
+            }
+            Event::FailureNotCounted { deployment, reason } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, deployment = d(deployment),
+                    reason = reason.as_str(), "failure_not_counted");
+            }
+            Event::RetryScheduled {
+                group,
+                deployment,
+                delay,
+            } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, group = g(group),
+                    deployment = d(deployment), delay_ms = ms(*delay), "retry_scheduled");
+            }
+            Event::GroupExhausted { group, reason } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, group = g(group),
+                    reason = reason.as_str(), "group_exhausted");
+            }
+            Event::LinkSkipped {
+                from,
+                to,
+                list,
+                reason,
+            } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, from = g(from), to = g(to),
+                    list = list.as_str(), reason = reason.as_str(), "link_skipped");
+            }
+            Event::FallbackTaken {
+                from,
+                to,
+                list,
+                class,
+            } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, from = g(from), to = g(to),
+                    list = list.as_str(), class = class.as_str(), "fallback_taken");
+            }
+            Event::OrderFallbackTaken {
+                group,
+                from_order,
+                to_order,
+                class,
+            } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, group = g(group), from_order,
+                    to_order, class = class.as_str(), "order_fallback_taken");
+            }
+            Event::Committed {
+                attempt,
+                deployment,
+            } => {
+                debug!(target: DECISION_TARGET, request, key, since_admission_ms, attempt,
+                    deployment = d(deployment), "committed");
+            }
+            Event::Completed {
+                group,
+                deployment,
+                model,
+                retries,
+                fallbacks,
+                chunks,
+            } => {
+                debug!(target: DECISION_TARGET, request, key, since_admission_ms, group = g(group),
+                    deployment = d(deployment), model = %text(model), retries, fallbacks, chunks,
+                    "completed");
+            }
+            Event::Failed {
+                status,
+                error_type,
+                class,
+                committed,
+            } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, status, r#type = *error_type,
+                    class = class.as_str(), committed, "failed");
+            }
+            Event::ContinuationRefused { reason } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, reason = *reason,
+                    "continuation_refused");
+            }
+            Event::ClientGone { reason } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, reason = reason.as_str(),
+                    "client_gone");
+            }
+            Event::LimitHit { limit } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, limit = *limit, "limit_hit");
+            }
+        }
+        if ends {
+            access_line(&record, ended.as_ref(), catalog);
+        }
+    }
+}
+
+/// The request's one access-log line, at its last event.
+fn access_line(record: &TraceRecord, open: Option<&Open>, catalog: &Catalog) {
+    let request = record.request;
+    let (outcome, status, deployment, retries, fallbacks) = match &record.event {
+        Event::Completed {
+            deployment,
+            retries,
+            fallbacks,
+            ..
+        } => (
+            "completed",
+            Some(200),
+            Some(catalog.deployment(*deployment).id.as_str()),
+            Some(*retries),
+            Some(*fallbacks),
+        ),
+        Event::Failed {
+            status, committed, ..
+        } => (
+            if *committed {
+                "failed_after_commit"
+            } else {
+                "failed"
+            },
+            Some(*status),
+            None,
+            None,
+            None,
+        ),
+        Event::ClientGone { .. } => ("client_gone", None, None, None, None),
+        _ => unreachable!("an access line is written at a request's last event only"),
+    };
+    let key = open.map(|o| o.key.as_str());
+    let group = open.map(|o| catalog.group(o.group).name.as_str());
+    let mode = open.map(|o| if o.stream { "stream" } else { "non_stream" });
+    let attempts = open.map(|o| o.attempts);
+    let duration_ms = open.map(|o| ms(record.at.saturating_sub(o.admitted)));
+    let time_to_commit_ms =
+        open.and_then(|o| o.committed.map(|c| ms(c.saturating_sub(o.admitted))));
+    info!(target: ACCESS_TARGET, request, key, group, mode, outcome, status, deployment,
+        attempts, retries, fallbacks, duration_ms, time_to_commit_ms, "request");
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::catalog::{DeploymentId, GroupId};
+    use crate::catalog::DeploymentId;
     use crate::classify::FailureClass;
     use crate::config::GatewayConfig;
 
@@ -288,51 +317,71 @@ keys:
   - {key: sk-client-SECRET-abcdef, key_alias: client-1}
 "#;
 
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
+    /// A writer the test subscriber appends to.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().write(buf)
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
 
-    struct Wall;
-    impl WallClock for Wall {
-        fn now(&self) -> std::time::SystemTime {
-            std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
-        }
-    }
-
-    #[test]
-    fn each_decision_is_one_json_line_with_names_and_no_secret() {
+    /// The JSON lines `records` produce at `level`.
+    fn json_lines(level: Level, records: Vec<TraceRecord>) -> Vec<serde_json::Value> {
         let config = GatewayConfig::load("t.yaml", CONFIG).unwrap_or_else(|e| panic!("{e}"));
         let catalog = Catalog::new(&config).unwrap();
-        let alias = "client-1".to_string();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let log = DecisionLog::new(
-            LogFormat::Json,
-            Box::new(Shared(out.clone())),
-            Arc::new(Wall),
-        );
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .without_time()
+            .with_max_level(level)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let log = DecisionLog::new();
+            assert!(log.enabled());
+            for r in records {
+                log.record(r, &catalog);
+            }
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("SECRET"), "{text}");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    fn request_with_a_retry() -> Vec<TraceRecord> {
         let rec = |ms, event| TraceRecord {
             at: Duration::from_millis(ms),
             request: 7,
             event,
         };
-        log.record(
+        vec![
             rec(
                 5,
                 Event::Admitted {
-                    key: alias.clone(),
+                    key: "client-1".into(),
                     group: GroupId(0),
                     stream: true,
                 },
             ),
-            &catalog,
-        );
-        log.record(
+            rec(
+                6,
+                Event::AttemptStarted {
+                    attempt: 1,
+                    group: GroupId(0),
+                    deployment: DeploymentId(0),
+                    continuation: false,
+                },
+            ),
             rec(
                 9,
                 Event::AttemptFailed {
@@ -346,9 +395,22 @@ keys:
                     timeout: None,
                 },
             ),
-            &catalog,
-        );
-        log.record(
+            rec(
+                10,
+                Event::AttemptStarted {
+                    attempt: 2,
+                    group: GroupId(0),
+                    deployment: DeploymentId(0),
+                    continuation: false,
+                },
+            ),
+            rec(
+                11,
+                Event::Committed {
+                    attempt: 2,
+                    deployment: DeploymentId(0),
+                },
+            ),
             rec(
                 12,
                 Event::Completed {
@@ -361,21 +423,65 @@ keys:
                     chunks: 3,
                 },
             ),
-            &catalog,
+        ]
+    }
+
+    #[test]
+    fn at_info_a_request_logs_its_decisions_that_matter_and_one_access_line() {
+        let lines = json_lines(Level::INFO, request_with_a_retry());
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert_eq!(
+            lines[0],
+            serde_json::json!({
+                "level": "INFO", "message": "attempt_failed", "request": 7, "key": "client-1",
+                "since_admission_ms": 4, "attempt": 1, "deployment": "a1",
+                "class": "rate_limited", "status": 429, "retry_after_ms": 2000,
+                "after_chunks": 0, "mocked": false, "target": DECISION_TARGET
+            })
         );
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
         assert_eq!(
             lines[1],
-            r#"{"ts_unix_ms":1700000000123,"request":7,"at_ms":9,"since_admission_ms":4,"event":"attempt_failed","attempt":1,"deployment":"a1","class":"rate_limited","status":429,"retry_after_ms":2000,"after_chunks":0,"mocked":false,"timeout":null}"#
+            serde_json::json!({
+                "level": "INFO", "message": "request", "request": 7, "key": "client-1",
+                "group": "a", "mode": "stream", "outcome": "completed", "status": 200,
+                "deployment": "a1", "attempts": 2, "retries": 1, "fallbacks": 0,
+                "duration_ms": 7, "time_to_commit_ms": 6, "target": ACCESS_TARGET
+            })
         );
-        let done: Value = serde_json::from_str(lines[2]).unwrap();
-        assert_eq!(done["since_admission_ms"], 7);
-        assert_eq!(done["model"], "m-[redacted]");
-        assert!(!text.contains("SECRET"), "{text}");
-        for l in &lines {
-            serde_json::from_str::<Value>(l).expect("every line is JSON");
-        }
+    }
+
+    #[test]
+    fn at_debug_every_event_is_a_line_and_free_text_is_redacted() {
+        let lines = json_lines(Level::DEBUG, request_with_a_retry());
+        let names: Vec<&str> = lines
+            .iter()
+            .map(|l| l["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "admitted",
+                "attempt_started",
+                "attempt_failed",
+                "attempt_started",
+                "committed",
+                "completed",
+                "request"
+            ]
+        );
+        assert_eq!(lines[5]["model"], "m-[redacted]");
+        assert!(lines.iter().all(|l| l["request"] == 7));
+        assert!(lines.iter().all(|l| l["key"] == "client-1"));
+    }
+
+    #[test]
+    fn nobody_listening_means_the_engine_builds_no_events() {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(Level::WARN)
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!DecisionLog::new().enabled());
+        });
     }
 }

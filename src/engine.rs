@@ -191,6 +191,12 @@ impl Engine {
         &self.catalog
     }
 
+    /// The catalog, shared (for whoever keeps it beyond this engine: the simulation's
+    /// record of which config each request was admitted with).
+    pub fn shared_catalog(&self) -> Arc<Catalog> {
+        self.catalog.clone()
+    }
+
     pub(crate) fn wall_now(&self) -> SystemTime {
         self.wall.now()
     }

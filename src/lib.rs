@@ -16,7 +16,8 @@
 //! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.
 //! * [`commit`]: what the client has been given, and what a continuation may ask.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
-//! * [`decision_log`]: every routing decision as one JSON (or trace) line, for operators.
+//! * [`decision_log`]: every routing decision, and an access line per request, as `tracing`
+//!   events for operators.
 //! * [`limits`]: every named bound and its default.
 //! * [`metrics`]: Prometheus counters and histograms, fed by the trace events.
 //! * [`redact`]: keeping secrets out of every message a client can read.

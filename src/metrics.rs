@@ -61,6 +61,12 @@ struct InFlight {
     mode: &'static str,
     admitted_at: Duration,
     committed: bool,
+    /// When the attempt under way started, if one is.
+    attempt_since: Option<Duration>,
+    /// Time spent inside attempts (waiting on, or relaying, an upstream) so far.
+    upstream: Duration,
+    /// Backoff the request slept between attempts (a wait the retry policy chose).
+    backoff: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -132,6 +138,8 @@ struct State {
     request_duration: BTreeMap<[String; 3], Histogram>,
     /// group, mode
     time_to_commit: BTreeMap<[String; 2], Histogram>,
+    /// group, mode
+    gateway_added: BTreeMap<[String; 2], Histogram>,
     /// Filled just before a scrape: deployment id and remaining cooldown, catalog order.
     cooling: Vec<(String, Duration)>,
 }
@@ -159,15 +167,26 @@ impl State {
                         mode: if *stream { "stream" } else { "non_stream" },
                         admitted_at: record.at,
                         committed: false,
+                        attempt_since: None,
+                        upstream: Duration::ZERO,
+                        backoff: Duration::ZERO,
                     },
                 );
             }
             Event::AttemptStarted {
                 group, deployment, ..
-            } => bump(&mut self.attempts, [g(*group), d(*deployment)]),
+            } => {
+                bump(&mut self.attempts, [g(*group), d(*deployment)]);
+                if let Some(r) = self.in_flight.get_mut(&id) {
+                    r.attempt_since = Some(record.at);
+                }
+            }
             Event::AttemptFailed {
                 deployment, class, ..
             } => {
+                if let Some(r) = self.in_flight.get_mut(&id) {
+                    r.end_attempt(record.at);
+                }
                 bump(&mut self.attempt_failures, [d(*deployment), class.as_str()]);
                 if self.in_flight.get(&id).is_some_and(|r| r.committed) {
                     bump(&mut self.failures_after_commit, [d(*deployment)]);
@@ -177,8 +196,15 @@ impl State {
                 deployment, class, ..
             } => bump(&mut self.cooldowns, [d(*deployment), class.as_str()]),
             Event::RetryScheduled {
-                group, deployment, ..
-            } => bump(&mut self.retries, [g(*group), d(*deployment)]),
+                group,
+                deployment,
+                delay,
+            } => {
+                bump(&mut self.retries, [g(*group), d(*deployment)]);
+                if let Some(r) = self.in_flight.get_mut(&id) {
+                    r.backoff += *delay;
+                }
+            }
             Event::GroupExhausted { group, reason } => {
                 bump(&mut self.groups_exhausted, [g(*group), reason.as_str()])
             }
@@ -223,16 +249,31 @@ impl State {
         }
     }
 
-    /// The request's last event: its outcome and total time.
+    /// The request's last event: its outcome, total time and the gateway's own share.
     fn finish(&mut self, id: u64, outcome: &str, at: Duration) {
-        let Some(r) = self.in_flight.remove(&id) else {
+        let Some(mut r) = self.in_flight.remove(&id) else {
             return;
         };
+        r.end_attempt(at);
         bump(&mut self.requests, [&r.group, &r.key, r.mode, outcome]);
+        let total = at.saturating_sub(r.admitted_at);
+        self.gateway_added
+            .entry([r.group.clone(), r.mode.to_string()])
+            .or_default()
+            .observe(total.saturating_sub(r.upstream + r.backoff));
         self.request_duration
             .entry([r.group, r.mode.to_string(), outcome.to_string()])
             .or_default()
-            .observe(at.saturating_sub(r.admitted_at));
+            .observe(total);
+    }
+}
+
+impl InFlight {
+    /// The attempt under way, if any, ends at `at`.
+    fn end_attempt(&mut self, at: Duration) {
+        if let Some(since) = self.attempt_since.take() {
+            self.upstream += at.saturating_sub(since);
+        }
     }
 }
 
@@ -400,6 +441,13 @@ impl Collector for StateCollector {
             "Time from admission to commit (the first content chunk of some attempt: what a streaming client waits for its first byte), by requested group and mode.",
             ["group", "mode"],
             &s.time_to_commit,
+        )?;
+        histogram_family(
+            &mut e,
+            "switchback_gateway_added_seconds",
+            "The gateway's own share of a request's time: from admission to its last event, less the time inside upstream attempts and the retry backoff slept, by requested group and mode.",
+            ["group", "mode"],
+            &s.gateway_added,
         )?;
         gauge_family(
             &mut e,
@@ -704,6 +752,72 @@ model_list:
             r#"switchback_request_duration_seconds_sum{group="a",mode="non_stream",outcome="completed"} 0.03"#,
         );
         has("# TYPE switchback_request_duration_seconds histogram");
+    }
+
+    #[test]
+    fn the_gateways_own_time_leaves_out_upstream_waits_and_backoff() {
+        let (m, c) = (Metrics::new(), catalog());
+        let started = |n| Event::AttemptStarted {
+            attempt: n,
+            group: GroupId(0),
+            deployment: DeploymentId(0),
+            continuation: false,
+        };
+        let events = [
+            at(
+                0,
+                1,
+                Event::Admitted {
+                    key: "anonymous".into(),
+                    group: GroupId(0),
+                    stream: false,
+                },
+            ),
+            // 2 ms to admit and plan, 3 ms on the upstream, a 10 ms backoff, 1 ms more of
+            // the gateway's own, then 4 ms on the upstream.
+            at(2, 1, started(1)),
+            at(5, 1, failed(0, FailureClass::Transient)),
+            at(
+                5,
+                1,
+                Event::RetryScheduled {
+                    group: GroupId(0),
+                    deployment: DeploymentId(0),
+                    delay: Duration::from_millis(10),
+                },
+            ),
+            at(16, 1, started(2)),
+            at(
+                20,
+                1,
+                Event::Committed {
+                    attempt: 2,
+                    deployment: DeploymentId(0),
+                },
+            ),
+            at(
+                20,
+                1,
+                Event::Completed {
+                    group: GroupId(0),
+                    deployment: DeploymentId(0),
+                    model: "m".into(),
+                    retries: 1,
+                    fallbacks: 0,
+                    chunks: 1,
+                },
+            ),
+        ];
+        for e in events {
+            m.record(e, &c);
+        }
+        let text = m.render(Vec::new());
+        let has = |w: &str| assert!(text.lines().any(|l| l == w), "missing `{w}` in:\n{text}");
+        has(r#"switchback_gateway_added_seconds_sum{group="a",mode="non_stream"} 0.003"#);
+        has(r#"switchback_gateway_added_seconds_count{group="a",mode="non_stream"} 1"#);
+        has(
+            r#"switchback_request_duration_seconds_sum{group="a",mode="non_stream",outcome="completed"} 0.02"#,
+        );
     }
 
     #[test]

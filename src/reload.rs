@@ -9,10 +9,12 @@
 //! keeps the request numbering, the observers (trace, metrics, decision log), the clocks
 //! and the retry policy; it keeps the deployments' health (cooldowns, failure counts) when
 //! the new config lists the same deployment ids in the same order, and starts it afresh
-//! otherwise (see [`Engine::successor`]). Does not own where a reload comes from (`serve`
-//! reloads on SIGHUP) nor the listener-level limits (`max_connections`, the header read
+//! otherwise (see [`Engine::successor`]). [`LiveEngine::reload_source`] re-reads the file the
+//! config came from. Does not own when a reload is asked for (`serve` on SIGHUP, the
+//! `POST /admin/reload` route) nor the listener-level limits (`max_connections`, the header read
 //! timeout, `shutdown_grace`), which apply from start to stop.
 
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use crate::catalog::Catalog;
@@ -23,12 +25,15 @@ use crate::engine::Engine;
 #[derive(Clone)]
 pub struct LiveEngine {
     current: Arc<RwLock<Arc<Engine>>>,
+    /// The file the config came from, for reloads from it (SIGHUP, `POST /admin/reload`).
+    source: Option<Arc<PathBuf>>,
 }
 
 impl From<Arc<Engine>> for LiveEngine {
     fn from(engine: Arc<Engine>) -> LiveEngine {
         LiveEngine {
             current: Arc::new(RwLock::new(engine)),
+            source: None,
         }
     }
 }
@@ -42,7 +47,49 @@ pub struct Reloaded {
     pub health_kept: bool,
 }
 
+impl Reloaded {
+    /// `3 groups, 4 deployments; deployment health kept (same deployment ids)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} groups, {} deployments; deployment health {}",
+            self.groups,
+            self.deployments,
+            if self.health_kept {
+                "kept (same deployment ids)"
+            } else {
+                "reset (deployment ids changed)"
+            }
+        )
+    }
+}
+
 impl LiveEngine {
+    /// The same engine, reloadable from `path` ([`LiveEngine::reload_source`]).
+    pub fn with_source(mut self, path: impl Into<PathBuf>) -> LiveEngine {
+        self.source = Some(Arc::new(path.into()));
+        self
+    }
+
+    /// Reads the config file again and reloads it ([`LiveEngine::reload`]); a file that
+    /// fixes no `router_settings.rng_seed` keeps the running one. `Err` is the line to
+    /// report: no source, or the file's located errors (the running config stays).
+    pub fn reload_source(&self) -> Result<(PathBuf, Reloaded), String> {
+        let Some(path) = self.source.as_deref() else {
+            return Err("this gateway was not started from a config file".into());
+        };
+        let refused = |e: ConfigError| {
+            format!(
+                "reload of {} refused, the running config stays:\n{e}",
+                path.display()
+            )
+        };
+        let mut config = GatewayConfig::load_file(path).map_err(refused)?;
+        let seed = self.current().catalog().settings.rng_seed;
+        config.router_settings.rng_seed.get_or_insert(seed);
+        let done = self.reload(&config).map_err(refused)?;
+        Ok((path.clone(), done))
+    }
+
     /// The engine for a request arriving now.
     pub fn current(&self) -> Arc<Engine> {
         // A poisoned lock only means a reload panicked between two plain assignments; the

@@ -444,6 +444,8 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                         proptest::sample::select(hosts.clone()),
                         0u64..=200,
                         100u64..=2000,
+                        // A host cut off by a partition, or up but refusing connections.
+                        proptest::bool::ANY,
                     ),
                 )
                 .boxed()
@@ -541,17 +543,36 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                             latency_ms: latency,
                             ..crate::scenario::Network::default()
                         };
-                        if let (Some(((g, d), at, length)), false) = (net, two) {
-                            let link = ["gateway".to_string(), format!("h{g}x{d}")];
-                            network.faults.push(NetFault {
-                                at_ms: at,
-                                partition: Some(link.clone()),
-                                ..NetFault::default()
-                            });
+                        if let (Some(((g, d), at, length, refuse)), false) = (net, two) {
+                            let host = format!("h{g}x{d}");
+                            let (start, end) = if refuse {
+                                (
+                                    NetFault {
+                                        refuse: Some(host.clone()),
+                                        ..NetFault::default()
+                                    },
+                                    NetFault {
+                                        listen: Some(host),
+                                        ..NetFault::default()
+                                    },
+                                )
+                            } else {
+                                let link = ["gateway".to_string(), host];
+                                (
+                                    NetFault {
+                                        partition: Some(link.clone()),
+                                        ..NetFault::default()
+                                    },
+                                    NetFault {
+                                        repair: Some(link),
+                                        ..NetFault::default()
+                                    },
+                                )
+                            };
+                            network.faults.push(NetFault { at_ms: at, ..start });
                             network.faults.push(NetFault {
                                 at_ms: at + length,
-                                repair: Some(link),
-                                ..NetFault::default()
+                                ..end
                             });
                         }
                         let requests = if swarm.concurrency {
@@ -591,9 +612,11 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                                     max_retry_after: 3.0,
                                     ..Limits::default()
                                 },
+                                ..GatewayConfig::default()
                             },
                             providers,
                             network,
+                            reloads: Vec::new(),
                             requests,
                             sequential: false,
                             modes: Mode::both(),
@@ -1005,7 +1028,7 @@ impl Coverage {
             }
             for story in oracle::stories(run) {
                 self.sequences
-                    .insert(story.attempt_lines(&run.catalog).join(" > "));
+                    .insert(story.attempt_lines(story.catalog).join(" > "));
             }
         }
         self.shapes.add(shape);

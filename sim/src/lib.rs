@@ -13,6 +13,7 @@
 //! * [`load`]: an open-loop load generator with HDR histograms.
 //! * [`overhead`]: the gateway's added latency against a direct baseline, and its memory.
 //! * [`oracle`]: expectations, invariants, stream/non-stream equivalence.
+//! * [`metrics_check`]: the gateway's Prometheus counters against its trace, on every run.
 //! * [`passthrough`]: wire fidelity (what the provider sent is what the client got) and
 //!   secrecy (no deployment key in anything a client receives).
 //! * [`explore`]: generated scenarios, swarm fault mixes, shrinking to a scenario file.
@@ -28,6 +29,7 @@ pub mod explore;
 pub mod fake;
 pub mod live;
 pub mod load;
+pub mod metrics_check;
 pub mod oracle;
 pub mod overhead;
 pub mod passthrough;

@@ -118,11 +118,18 @@ pub fn run(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
 }
 
 async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
+    if !scenario.reloads.is_empty() {
+        return Err(
+            "the scenario reloads its config at simulated instants: run it with `switchback run`"
+                .into(),
+        );
+    }
     let catalog = Arc::new(Catalog::new(&gateway_config(scenario)).map_err(|e| e.to_string())?);
     let started = Instant::now();
     let trace = Trace::new(Box::new(move || started.elapsed()));
     let sink: Arc<dyn TraceSink> = trace.clone();
     let observer = EngineObserver::new(sink.clone());
+    observer.know(catalog.clone());
     let fakes = start_fakes(scenario, sink.clone(), None)
         .await
         .map_err(|e| format!("cannot start fakes: {e}"))?;
@@ -131,12 +138,16 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         ports: fakes.ports.clone(),
         count: upstreams.clone(),
     });
-    let engine = Arc::new(Engine::new(
-        catalog.clone(),
-        connector,
-        observer.clone(),
-        Arc::new(SystemWallClock),
-    ));
+    let metrics = Arc::new(switchback::metrics::Metrics::new());
+    let engine = Arc::new(
+        Engine::new(
+            catalog.clone(),
+            connector,
+            observer.clone(),
+            Arc::new(SystemWallClock),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
@@ -168,6 +179,9 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         mode,
         results,
         records: observer.records(),
+        catalogs: observer.catalogs(),
+        admitted_under: observer.admitted_under(),
+        metrics: Some(metrics.render(Vec::new())),
         calls: fakes
             .fakes
             .iter()

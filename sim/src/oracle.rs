@@ -79,6 +79,8 @@ pub struct Step {
 pub struct RequestStory<'r> {
     pub mode: Mode,
     pub client: &'r ClientResult,
+    /// The config the request was admitted with (a scenario's `reloads` change it).
+    pub catalog: &'r Catalog,
     pub steps: Vec<Step>,
     pub served: Option<(GroupId, DeploymentId, String)>,
     pub engine_counts: Option<(u32, u32)>,
@@ -146,6 +148,7 @@ fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> R
     let mut s = RequestStory {
         mode: run.mode,
         client,
+        catalog: run.catalog_for(client.request_id()),
         steps: Vec::new(),
         served: None,
         engine_counts: None,
@@ -212,7 +215,7 @@ fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> R
         }
     }
     if let (Some((_, deployment, _)), Some(id)) = (&s.served, client.request_id()) {
-        let host = &run.catalog.deployment(*deployment).endpoint.host;
+        let host = &s.catalog.deployment(*deployment).endpoint.host;
         s.serving_call = run
             .calls
             .get(host)
@@ -228,6 +231,11 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
         failures.push(format!("[{mode}] {h}"));
         return;
     }
+    if let Some(exposition) = &run.metrics {
+        for d in crate::metrics_check::disagreements(exposition, &run.records) {
+            failures.push(format!("[{mode}] invariant: metrics: {d}"));
+        }
+    }
     for (host, open) in &run.open_connections {
         if *open > 0 {
             failures.push(format!(
@@ -235,9 +243,13 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
             ));
         }
     }
-    let catalog = &run.catalog;
-    let secrets = crate::passthrough::secrets(catalog);
+    // Secrets of every config the run had: a reload must not leak the old one's either.
+    let mut secrets = Vec::new();
+    for c in std::iter::once(&run.catalog).chain(&run.catalogs) {
+        secrets.extend(crate::passthrough::secrets(c));
+    }
     for story in stories(run) {
+        let catalog = story.catalog;
         let c = story.client;
         let spec = &scenario.requests[c.index];
         let label = format!("[{mode}] request r{}.{}", c.index, c.copy);
@@ -568,7 +580,6 @@ pub fn check_equivalence(
     failures: &mut Vec<String>,
 ) {
     let (sa, sb) = (stories(a), stories(b));
-    let catalog = &a.catalog;
     for (x, y) in sa.iter().zip(sb.iter()) {
         let spec = &scenario.requests[x.client.index];
         let expect = Expect::shared(spec.expect.as_ref(), &scenario.expect);
@@ -578,6 +589,18 @@ pub fn check_equivalence(
         let label = format!("request r{}.{}", x.client.index, x.client.copy);
         let mut fail = |m: String| failures.push(format!("[equivalence] {label}: {m}"));
         let (ma, mb) = (a.mode.as_str(), b.mode.as_str());
+        let under = |run: &ModeRun, s: &RequestStory<'_>| {
+            s.client
+                .request_id()
+                .and_then(|r| run.admitted_under.get(&r).copied())
+        };
+        if under(a, x) != under(b, y) {
+            fail(format!(
+                "admitted with different configs (0: the scenario's, n: after reload n): {ma} {:?}, {mb} {:?}",
+                under(a, x),
+                under(b, y)
+            ));
+        }
         if x.outcome() != y.outcome() {
             fail(format!(
                 "outcome differs: {ma} {:?}, {mb} {:?}",
@@ -592,7 +615,7 @@ pub fn check_equivalence(
                 .zip(&y.steps)
                 .position(|(p, q)| p != q)
                 .unwrap_or(x.steps.len().min(y.steps.len()));
-            let show = |s: Option<&Step>| {
+            let show = |catalog: &Catalog, s: Option<&Step>| {
                 s.map_or("(none)".to_string(), |s| {
                     format!(
                         "{}/{}: {}",
@@ -605,8 +628,8 @@ pub fn check_equivalence(
             fail(format!(
                 "attempts diverge at attempt {}: {ma} {}, {mb} {}",
                 i + 1,
-                show(x.steps.get(i)),
-                show(y.steps.get(i))
+                show(x.catalog, x.steps.get(i)),
+                show(y.catalog, y.steps.get(i))
             ));
         }
         let serving = |s: &RequestStory<'_>| s.served.as_ref().map(|(g, d, _)| (*g, *d));
@@ -614,9 +637,9 @@ pub fn check_equivalence(
         if serving(x) != serving(y) || (both_served && x.client.model != y.client.model) {
             fail(format!(
                 "serving deployment or model differs: {ma} {:?} {:?}, {mb} {:?} {:?}",
-                serving(x).map(|(_, d)| &catalog.deployment(d).id),
+                serving(x).map(|(_, d)| &x.catalog.deployment(d).id),
                 x.client.model,
-                serving(y).map(|(_, d)| &catalog.deployment(d).id),
+                serving(y).map(|(_, d)| &y.catalog.deployment(d).id),
                 y.client.model
             ));
         }

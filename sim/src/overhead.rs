@@ -110,6 +110,7 @@ pub fn world() -> Scenario {
             ),
         ],
         network: Network::default(),
+        reloads: Vec::new(),
         requests: vec![RequestSpec {
             key: None,
             model: "plain".into(),
@@ -195,13 +196,18 @@ impl Gateway {
     ) -> Result<Gateway, String> {
         let text = serde_saphyr::to_string(config).map_err(|e| e.to_string())?;
         std::fs::write(config_path, text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let log_path = config_path.with_extension("log");
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let mut child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(config_path)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // Its logs (an access line per request, at the default level) go to a file, as
+            // in production, not to the terminal the figures are printed on.
+            .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
         let mut line = String::new();

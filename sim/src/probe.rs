@@ -10,6 +10,7 @@
 //! be reset, so the modes are separated by a pause long enough for its cooldowns to end.
 //!
 //! The parts: [`reference`] (what each request relies on and is expected to show),
+//! [`differential`] (one scenario against two gateways, compared),
 //! [`verdict`] (comparison and verdict), [`preflight`] (ports and gateway checks), [`setup`]
 //! (keys and teams through LiteLLM's admin API).
 
@@ -25,6 +26,7 @@ use crate::live::RunningFakes;
 use crate::scenario::{Mode, Scenario};
 use crate::trace::TraceSink;
 
+pub mod differential;
 pub mod preflight;
 pub mod reference;
 pub mod setup;

@@ -287,7 +287,7 @@ pub fn table(reports: &[Report]) -> String {
                 .map(|s| {
                     s.served
                         .as_ref()
-                        .map_or("-".into(), |(_, d, _)| m.catalog.deployment(*d).id.clone())
+                        .map_or("-".into(), |(_, d, _)| s.catalog.deployment(*d).id.clone())
                 })
                 .collect();
             serving.sort();

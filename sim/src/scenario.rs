@@ -45,6 +45,10 @@ pub struct Scenario {
     pub providers: Vec<Provider>,
     #[serde(default)]
     pub network: Network,
+    /// Config reloads at simulated instants (as `serve` does on SIGHUP): requests admitted
+    /// from then on get the new config, requests in flight keep theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reloads: Vec<Reload>,
     pub requests: Vec<RequestSpec>,
     /// Send the requests one after another, each starting when the previous one ended
     /// (`at_ms` and `concurrency` are then ignored).
@@ -360,6 +364,15 @@ impl Default for Network {
     }
 }
 
+/// A config reload at `at_ms`: the whole new gateway config, validated at load like
+/// `gateway` itself (its `rng_seed`, when it fixes none, is the scenario's seed again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reload {
+    pub at_ms: u64,
+    pub gateway: GatewayConfig,
+}
+
 /// A change to the network at `at_ms`: exactly one action per entry. Host pairs name two
 /// hosts (`gateway`, `client`, or a provider host).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -380,6 +393,14 @@ pub struct NetFault {
     /// Restarts a provider host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce: Option<String>,
+    /// A provider host stays up but refuses new connections (its listener is closed, so a
+    /// connect fails at once with "connection refused"); connections already open carry
+    /// on. Lasts until `listen` (a `bounce` does not end it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refuse: Option<String>,
+    /// A refusing provider host accepts connections again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
     /// Message drop rate on a link, 0.0 to 1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_rate: Option<FailRate>,
@@ -401,7 +422,26 @@ pub enum NetAction {
     Release([String; 2]),
     Crash(String),
     Bounce(String),
+    Refuse(String),
+    Listen(String),
     FailRate([String; 2], f64),
+}
+
+impl NetAction {
+    /// The action's field name in a scenario file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NetAction::Partition(_) => "partition",
+            NetAction::Repair(_) => "repair",
+            NetAction::Hold(_) => "hold",
+            NetAction::Release(_) => "release",
+            NetAction::Crash(_) => "crash",
+            NetAction::Bounce(_) => "bounce",
+            NetAction::Refuse(_) => "refuse",
+            NetAction::Listen(_) => "listen",
+            NetAction::FailRate(..) => "fail_rate",
+        }
+    }
 }
 
 impl NetFault {
@@ -425,6 +465,12 @@ impl NetFault {
         }
         if let Some(h) = &self.bounce {
             out.push(NetAction::Bounce(h.clone()));
+        }
+        if let Some(h) = &self.refuse {
+            out.push(NetAction::Refuse(h.clone()));
+        }
+        if let Some(h) = &self.listen {
+            out.push(NetAction::Listen(h.clone()));
         }
         if let Some(f) = &self.fail_rate {
             out.push(NetAction::FailRate(f.link.clone(), f.rate));
@@ -673,6 +719,59 @@ impl Scenario {
         Ok(())
     }
 
+    /// A gateway config of the scenario (`gateway`, or a reload's), at `at`: valid, and every
+    /// `api_base` one of the scenario's providers.
+    fn check_gateway(
+        &self,
+        gateway: &GatewayConfig,
+        at: Vec<PathSeg>,
+    ) -> Result<(), (Vec<PathSeg>, String)> {
+        let key = |k: &str| PathSeg::Key(k.to_string());
+        if let Err(issues) = gateway.validate() {
+            let first = &issues[0];
+            return Err((join(at, first.path.clone()), first.message.clone()));
+        }
+        let hosts: Vec<&str> = self.providers.iter().map(|p| p.host.as_str()).collect();
+        for (i, d) in gateway.model_list.iter().enumerate() {
+            let base = d.litellm_params.api_base.as_deref().unwrap_or_default();
+            let at = join(
+                at.clone(),
+                vec![
+                    key("model_list"),
+                    PathSeg::Index(i),
+                    key("litellm_params"),
+                    key("api_base"),
+                ],
+            );
+            let endpoint = Endpoint::parse(base).map_err(|m| (at.clone(), m))?;
+            let known = self
+                .providers
+                .iter()
+                .any(|p| p.host == endpoint.host && p.port == endpoint.port);
+            if let Some(p) = self.providers.iter().find(|p| p.host == endpoint.host) {
+                if !known {
+                    return Err((
+                        at,
+                        format!(
+                            "`{base}` names provider `{}` on port {}, but it listens on port {} (set `port: {}` on the provider, or use port {} here)",
+                            p.host, endpoint.port, p.port, endpoint.port, p.port
+                        ),
+                    ));
+                }
+            }
+            if !known {
+                return Err((
+                    at,
+                    format!(
+                        "`{base}` is not a provider of this scenario (hosts: {})",
+                        hosts.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks of everything but the expectations.
     fn check_world(&self) -> Result<(), (Vec<PathSeg>, String)> {
         let key = |k: &str| PathSeg::Key(k.to_string());
@@ -733,37 +832,16 @@ impl Scenario {
                 check_script(rule, p.dialect).map_err(|(sub, m)| (join(at, sub), m))?;
             }
         }
-        for (i, d) in self.gateway.model_list.iter().enumerate() {
-            let base = d.litellm_params.api_base.as_deref().unwrap_or_default();
-            let at = vec![
-                key("gateway"),
-                key("model_list"),
-                PathSeg::Index(i),
-                key("litellm_params"),
-                key("api_base"),
-            ];
-            let endpoint = Endpoint::parse(base).map_err(|m| (at.clone(), m))?;
-            let known = self
-                .providers
-                .iter()
-                .any(|p| p.host == endpoint.host && p.port == endpoint.port);
-            if let Some(p) = self.providers.iter().find(|p| p.host == endpoint.host) {
-                if !known {
-                    return Err((
-                        at,
-                        format!(
-                            "`{base}` names provider `{}` on port {}, but it listens on port {} (set `port: {}` on the provider, or use port {} here)",
-                            p.host, endpoint.port, p.port, endpoint.port, p.port
-                        ),
-                    ));
-                }
-            }
-            if !known {
+        self.check_gateway(&self.gateway, vec![key("gateway")])?;
+        for (i, r) in self.reloads.iter().enumerate() {
+            let at = vec![key("reloads"), PathSeg::Index(i)];
+            self.check_gateway(&r.gateway, join(at.clone(), vec![key("gateway")]))?;
+            if r.at_ms >= self.duration_ms {
                 return Err((
-                    at,
+                    join(at, vec![key("at_ms")]),
                     format!(
-                        "`{base}` is not a provider of this scenario (hosts: {})",
-                        hosts[2..].join(", ")
+                        "at_ms = {} is not before duration_ms = {}",
+                        r.at_ms, self.duration_ms
                     ),
                 ));
             }
@@ -783,13 +861,13 @@ impl Scenario {
                 NetAction::Repair(p) => ("repair", p.to_vec()),
                 NetAction::Hold(p) => ("hold", p.to_vec()),
                 NetAction::Release(p) => ("release", p.to_vec()),
-                NetAction::Crash(h) | NetAction::Bounce(h) => {
-                    let name = if f.crash.is_some() { "crash" } else { "bounce" };
+                NetAction::Crash(h)
+                | NetAction::Bounce(h)
+                | NetAction::Refuse(h)
+                | NetAction::Listen(h) => {
+                    let name = actions[0].name();
                     if h == "gateway" || h == "client" {
-                        return Err((
-                            field(name),
-                            "only provider hosts can crash or bounce".into(),
-                        ));
+                        return Err((field(name), format!("only provider hosts can {name}")));
                     }
                     (name, vec![h.clone()])
                 }
@@ -807,7 +885,7 @@ impl Scenario {
                 if !hosts.contains(&h.as_str()) {
                     let mut path = field(name);
                     match name {
-                        "crash" | "bounce" => {}
+                        "crash" | "bounce" | "refuse" | "listen" => {}
                         "fail_rate" => path.extend([key("link"), PathSeg::Index(j)]),
                         _ => path.push(PathSeg::Index(j)),
                     }

@@ -4,6 +4,7 @@
 //! adapted to it), the line format `<ms>ms <host> <event> <fields>` and the bound on its
 //! length. Same scenario and seed ⇒ byte-identical trace.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,6 +92,11 @@ impl TraceSink for Trace {
 pub struct EngineObserver {
     sink: Arc<dyn TraceSink>,
     records: Mutex<Vec<TraceRecord>>,
+    /// The configs the world gave the gateway (the scenario's, then each reload's).
+    catalogs: Mutex<Vec<Arc<Catalog>>>,
+    /// Each request's config, by its index in `catalogs`, told by the catalog the engine
+    /// names its admission with.
+    admitted_under: Mutex<BTreeMap<u64, usize>>,
 }
 
 impl EngineObserver {
@@ -98,16 +104,45 @@ impl EngineObserver {
         Arc::new(EngineObserver {
             sink,
             records: Mutex::new(Vec::new()),
+            catalogs: Mutex::new(Vec::new()),
+            admitted_under: Mutex::new(BTreeMap::new()),
         })
     }
 
     pub fn records(&self) -> Vec<TraceRecord> {
         self.records.lock().expect("records lock").clone()
     }
+
+    /// Registers a config the gateway runs with from now on.
+    pub fn know(&self, catalog: Arc<Catalog>) {
+        self.catalogs.lock().expect("catalogs lock").push(catalog);
+    }
+
+    pub fn catalogs(&self) -> Vec<Arc<Catalog>> {
+        self.catalogs.lock().expect("catalogs lock").clone()
+    }
+
+    pub fn admitted_under(&self) -> BTreeMap<u64, usize> {
+        self.admitted_under.lock().expect("admitted lock").clone()
+    }
 }
 
 impl Observer for EngineObserver {
     fn record(&self, record: TraceRecord, catalog: &Catalog) {
+        if let switchback::trace::Event::Admitted { .. } = record.event {
+            // A gateway under test that builds engines of its own (a faulty test front)
+            // names catalogs the world never saw: those requests count as the first config.
+            let known = self.catalogs.lock().expect("catalogs lock");
+            let under = known
+                .iter()
+                .position(|c| std::ptr::eq(&**c, catalog))
+                .unwrap_or(0);
+            drop(known);
+            self.admitted_under
+                .lock()
+                .expect("admitted lock")
+                .insert(record.request, under);
+        }
         self.sink.line(
             "gateway",
             format!("req={} {}", record.request, record.event.render(catalog)),

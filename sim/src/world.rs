@@ -23,6 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
 use switchback::engine::{Engine, WallClock};
+use switchback::metrics::Metrics;
+use switchback::reload::LiveEngine;
 use switchback::trace::{Observer, TraceRecord};
 use switchback::transport::{BoxFuture, BoxIo, Connector, Listener};
 
@@ -114,6 +116,39 @@ pub trait GatewayUnderTest: Send + Sync + 'static {
         wall: Arc<dyn WallClock>,
         listener: SimListener,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+    /// As [`serve`](Self::serve), and puts its engine into `engine`, for a scenario's
+    /// `reloads` and for reading its metrics. By default a gateway under test does not (a
+    /// scenario with reloads then fails on it, saying so; its metrics are not checked).
+    #[allow(clippy::too_many_arguments)]
+    fn serve_reloadable(
+        &self,
+        config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+        engine: EngineHandle,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let _ = engine;
+        self.serve(config, catalog, connector, observer, wall, listener)
+    }
+}
+
+/// The gateway's engine, once it serves: the world swaps its config at a reload's instant,
+/// between two steps, as `serve` does on SIGHUP, and reads its metrics at the end.
+#[derive(Clone, Default)]
+pub struct EngineHandle(Arc<Mutex<Option<LiveEngine>>>);
+
+impl EngineHandle {
+    pub fn set(&self, engine: LiveEngine) {
+        *self.0.lock().expect("reload handle") = Some(engine);
+    }
+
+    fn get(&self) -> Option<LiveEngine> {
+        self.0.lock().expect("reload handle").clone()
+    }
 }
 
 /// The real thing.
@@ -129,7 +164,33 @@ impl GatewayUnderTest for Switchback {
         wall: Arc<dyn WallClock>,
         listener: SimListener,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-        let engine = Arc::new(Engine::new(catalog, connector, observer, wall));
+        self.serve_reloadable(
+            _config,
+            catalog,
+            connector,
+            observer,
+            wall,
+            listener,
+            EngineHandle::default(),
+        )
+    }
+
+    fn serve_reloadable(
+        &self,
+        _config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+        handle: EngineHandle,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        // Metrics on, as `serve` has them by default: the oracle checks them against the
+        // trace on every run.
+        let engine =
+            Engine::new(catalog, connector, observer, wall).with_metrics(Arc::new(Metrics::new()));
+        let engine = LiveEngine::from(Arc::new(engine));
+        handle.set(engine.clone());
         Box::pin(switchback::gateway::serve(
             engine,
             listener,
@@ -154,6 +215,12 @@ pub struct ModeRun {
     pub results: Vec<ClientResult>,
     /// The engine's typed events.
     pub records: Vec<TraceRecord>,
+    /// The configs the gateway ran with, in order: the scenario's, then each reload's.
+    pub catalogs: Vec<Arc<Catalog>>,
+    /// For each request (by number), the config (index in `catalogs`) it was admitted with.
+    pub admitted_under: BTreeMap<u64, usize>,
+    /// The gateway's Prometheus exposition at the end, when it keeps metrics.
+    pub metrics: Option<String>,
     /// Calls each provider received, by host.
     pub calls: BTreeMap<String, Vec<CallRecord>>,
     /// Connections still open at the end: the gateway's upstream connections
@@ -168,6 +235,17 @@ pub struct ModeRun {
     pub elapsed: Duration,
     /// Wall-clock time the run took.
     pub wall: Duration,
+}
+
+impl ModeRun {
+    /// The config the request numbered `request` was admitted with (the scenario's, or a
+    /// reload's); the scenario's for a request the gateway never admitted.
+    pub fn catalog_for(&self, request: Option<u64>) -> &Catalog {
+        request
+            .and_then(|r| self.admitted_under.get(&r))
+            .and_then(|i| self.catalogs.get(*i))
+            .map_or(&self.catalog, |c| c.as_ref())
+    }
 }
 
 /// The gateway config a scenario runs with: its own, seeded by the scenario unless it
@@ -218,6 +296,8 @@ pub fn run_in(
     let upstreams = OpenCount::default();
     let sink: Arc<dyn TraceSink> = trace.clone();
     let observer = EngineObserver::new(sink.clone());
+    observer.know(catalog.clone());
+    let reloads = EngineHandle::default();
     let net = Net::new(
         scenario.seed,
         scenario.network.latency_ms,
@@ -247,6 +327,7 @@ pub fn run_in(
         let upstreams = upstreams.clone();
         let config = config.clone();
         let net = net.clone();
+        let reloads = reloads.clone();
         sim.host("gateway", move || {
             let catalog = catalog.clone();
             let observer: Arc<dyn Observer> = observer.clone();
@@ -254,18 +335,20 @@ pub fn run_in(
             let upstreams = upstreams.clone();
             let config = config.clone();
             let net = net.clone();
+            let reloads = reloads.clone();
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", GATEWAY_PORT)).await?;
                 let connector =
                     SimConnector::new(net.clone(), LinkKind::Upstream, Some(upstreams.clone()));
                 gateway
-                    .serve(
+                    .serve_reloadable(
                         &config,
                         catalog,
                         Arc::new(connector),
                         observer,
                         Arc::new(SimWallClock),
                         SimListener::new(listener, net, LinkKind::Client),
+                        reloads,
                     )
                     .await;
                 Ok(())
@@ -274,19 +357,37 @@ pub fn run_in(
     }
 
     let mut fakes = Vec::new();
+    let mut refusals = Refusals::default();
     for provider in &scenario.providers {
         let fake = Fake::new(provider.clone(), sink.clone());
         fakes.push(fake.clone());
         let port = provider.port;
         let net = net.clone();
+        let refusing = refusals.add(&provider.host);
         sim.host(provider.host.as_str(), move || {
             let fake = fake.clone();
             let net = net.clone();
+            let mut refusing = refusing.clone();
             async move {
-                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
-                fake.serve(SimListener::new(listener, net, LinkKind::Upstream))
-                    .await;
-                Ok(())
+                // A refusing host has no listener: turmoil drops a connect's SYN to a port
+                // nobody listens on, and the caller gets "connection refused" at once.
+                loop {
+                    if refusing.wait_for(|r| !*r).await.is_err() {
+                        return Ok(());
+                    }
+                    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
+                    let serving = fake.clone().serve(SimListener::new(
+                        listener,
+                        net.clone(),
+                        LinkKind::Upstream,
+                    ));
+                    tokio::select! {
+                        biased;
+                        // Dropping `serving` drops the listener; open connections carry on.
+                        _ = refusing.wait_for(|r| *r) => {}
+                        _ = serving => {}
+                    }
+                }
             }
         });
     }
@@ -322,6 +423,10 @@ pub fn run_in(
     faults.sort_by_key(|(at, _)| *at);
     let last_fault = Duration::from_millis(faults.last().map_or(0, |(at, _)| *at));
     let mut faults = faults.into_iter().peekable();
+    let mut pending_reloads: Vec<(usize, &crate::scenario::Reload)> =
+        scenario.reloads.iter().enumerate().collect();
+    pending_reloads.sort_by_key(|(_, r)| r.at_ms);
+    let mut pending_reloads = pending_reloads.into_iter().peekable();
     let mut hang = None;
     let mut finished_at: Option<Duration> = None;
     loop {
@@ -331,8 +436,22 @@ pub fn run_in(
                 break;
             }
             let (_, action) = faults.next().expect("peeked");
-            apply(&mut sim, &net, &action);
+            apply(&mut sim, &net, &refusals, &action);
             sink_line_from_outside(&trace, now, &action);
+        }
+        while let Some((i, r)) =
+            pending_reloads.next_if(|(_, r)| Duration::from_millis(r.at_ms) <= now)
+        {
+            match reload(scenario, &reloads, &observer, r) {
+                Ok(line) => trace.line_at(now, "harness", format!("reload #{i}: {line}")),
+                Err(e) => {
+                    hang = Some(format!("reloads[{i}] at {} ms: {e}", r.at_ms));
+                    break;
+                }
+            }
+        }
+        if hang.is_some() {
+            break;
         }
         match sim.step() {
             Ok(done) => {
@@ -365,6 +484,11 @@ pub fn run_in(
         mode,
         results,
         records: observer.records(),
+        catalogs: observer.catalogs(),
+        admitted_under: observer.admitted_under(),
+        metrics: reloads
+            .get()
+            .and_then(|live| live.current().metrics().map(|m| m.render(Vec::new()))),
         calls: fakes
             .iter()
             .map(|f| (f.spec.host.clone(), f.calls()))
@@ -395,8 +519,54 @@ pub fn open_at_end(
     open
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, net: &Net, action: &NetAction) {
+/// Whether each provider host refuses connections (`refuse` / `listen` faults), by host.
+#[derive(Default)]
+struct Refusals(BTreeMap<String, tokio::sync::watch::Sender<bool>>);
+
+impl Refusals {
+    /// Registers `host` (listening) and returns what its software watches.
+    fn add(&mut self, host: &str) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.0.insert(host.to_string(), tx);
+        rx
+    }
+
+    fn set(&self, host: &str, refusing: bool) {
+        let tx = self
+            .0
+            .get(host)
+            .expect("validation admits refuse/listen for provider hosts only");
+        tx.send_replace(refusing);
+    }
+}
+
+/// Swaps the gateway's config for `r`'s, between two steps: a request admitted from the
+/// next step on gets it. The line that says so, or why it could not be done.
+fn reload(
+    scenario: &Scenario,
+    reloads: &EngineHandle,
+    observer: &EngineObserver,
+    r: &crate::scenario::Reload,
+) -> Result<String, String> {
+    let live = reloads
+        .get()
+        .ok_or("the gateway under test cannot reload its config (or is not serving yet)")?;
+    let mut config = r.gateway.clone();
+    config.router_settings.rng_seed.get_or_insert(scenario.seed);
+    let done = live.reload(&config).map_err(|e| e.to_string())?;
+    observer.know(live.current().shared_catalog());
+    Ok(format!(
+        "{} groups, {} deployments; deployment health {}",
+        done.groups,
+        done.deployments,
+        if done.health_kept { "kept" } else { "reset" }
+    ))
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, net: &Net, refusals: &Refusals, action: &NetAction) {
     match action {
+        NetAction::Refuse(h) => refusals.set(h, true),
+        NetAction::Listen(h) => refusals.set(h, false),
         NetAction::Partition([a, b]) => sim.partition(a.as_str(), b.as_str()),
         NetAction::Repair([a, b]) => sim.repair(a.as_str(), b.as_str()),
         NetAction::Hold([a, b]) => sim.hold(a.as_str(), b.as_str()),
@@ -420,6 +590,8 @@ fn sink_line_from_outside(trace: &Trace, now: Duration, action: &NetAction) {
         NetAction::Release([a, b]) => format!("release {a} {b}"),
         NetAction::Crash(h) => format!("crash {h}"),
         NetAction::Bounce(h) => format!("bounce {h}"),
+        NetAction::Refuse(h) => format!("refuse {h}"),
+        NetAction::Listen(h) => format!("listen {h}"),
         NetAction::FailRate([a, b], r) => format!("fail_rate {a} {b} {r}"),
     };
     trace.line_at(now, "network", text);

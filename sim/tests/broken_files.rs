@@ -89,6 +89,8 @@ const CASES: &[Case] = &[
     row("fault_after_last_chunk.yaml",         34, 23, "providers[0].default.fault.after_chunks", "after_chunks = 3 but the answer has 2 chunks", None),
     row("http_fault_after_chunks.yaml",        34, 23, "providers[0].default.fault.after_chunks", "after_chunks must be 0", None),
     row("network_crash_unknown_host.yaml",     42, 14, "network.faults[0].crash", "unknown host `c`", None),
+    row("reload_unknown_provider.yaml",        43, 83, "reloads[0].gateway.model_list[0].litellm_params.api_base", "`http://zz:8000/v1` is not a provider of this scenario (hosts: a, b)", None),
+    row("network_refuse_gateway.yaml",         42, 15, "network.faults[0].refuse", "only provider hosts can refuse", None),
     row("network_partition_unknown_host.yaml", 42, 28, "network.faults[0].partition[1]", "unknown host `c`", None),
 ];
 

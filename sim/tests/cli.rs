@@ -44,3 +44,39 @@ fn check_refuses_a_request_sent_after_the_run() {
         "{stdout}"
     );
 }
+
+#[test]
+fn config_check_validates_gateway_configs_as_serve_does() {
+    let (ok, stdout, stderr) = switchback(&["config", "check", "sim/tests/configs/valid.yaml"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        "ok: sim/tests/configs/valid.yaml (2 groups, 2 deployments)\n"
+    );
+    // Every problem, each at its line and column, and a failing exit status even when
+    // another file is valid.
+    let (ok, stdout, stderr) = switchback(&[
+        "config",
+        "check",
+        "sim/tests/configs/valid.yaml",
+        "sim/tests/configs/broken.yaml",
+    ]);
+    assert!(!ok);
+    assert!(
+        stdout.starts_with("ok: sim/tests/configs/valid.yaml"),
+        "{stdout}"
+    );
+    for line in [
+        "sim/tests/configs/broken.yaml:6:23: field `router_settings.fallbacks[0].chat[0]`: fallback to unknown group `backpu`",
+        "sim/tests/configs/broken.yaml:8:66: field `keys[0].router_settings.cooldown_time`: `cooldown_time` is gateway-wide state",
+        "1 of 2 config file(s) invalid",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
+    }
+    let (ok, _, stderr) = switchback(&["config", "check", "sim/tests/configs/missing.yaml"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("sim/tests/configs/missing.yaml"),
+        "{stderr}"
+    );
+}

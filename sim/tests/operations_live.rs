@@ -3,6 +3,7 @@
 //! known (a rate-limited primary, a fallback that serves); the decision log on stderr;
 //! a config reload on SIGHUP.
 
+use serde_json::json;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -345,28 +346,45 @@ async fn metrics_can_be_turned_off() {
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_decision_is_a_json_line_on_stderr_without_secrets() {
-    let up = upstream().await;
-    let gw = Gateway::start("decision-log", &config(up), &["--decision-log", "json"]);
-    let r = exchange(gw.addr, chat("a", true)).await;
-    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    // The last line of the request is written before its last byte is sent; the reader
-    // thread may still be on its way: wait for it, within a bound.
+/// The JSON log lines on the gateway's stderr once `done` appears in them, within a bound.
+async fn json_logs_until(gw: &Gateway, done: &str) -> (String, Vec<serde_json::Value>) {
+    // The request's last lines are written before its last byte is sent; the reader thread
+    // may still be on its way: wait for them, within a bound.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let stderr = loop {
         let text = gw.stderr.lock().unwrap().clone();
-        if text.contains(r#""event":"completed""#) || std::time::Instant::now() > deadline {
+        if text.contains(done) || std::time::Instant::now() > deadline {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let events: Vec<serde_json::Value> = stderr
+    let lines = stderr
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    (stderr, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_a_json_line_on_stderr_without_secrets() {
+    let up = upstream().await;
+    let gw = Gateway::start(
+        "decision-log",
+        &config(up),
+        &["--log-format", "json", "--log-level", "debug"],
+    );
+    let r = exchange(gw.addr, chat("a", true)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let (stderr, lines) = json_logs_until(&gw, r#""target":"switchback::access""#).await;
+    let events: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "switchback::decision")
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
     assert_eq!(
         names,
         [
@@ -384,17 +402,82 @@ async fn every_decision_is_a_json_line_on_stderr_without_secrets() {
         "{stderr}"
     );
     assert!(events.iter().all(|e| e["request"] == 1), "{stderr}");
-    assert_eq!(events[0]["key"], "client-1");
+    assert!(events.iter().all(|e| e["key"] == "client-1"), "{stderr}");
     assert_eq!(events[3]["deployment"], "a1");
     assert_eq!(events[3]["class"], "rate_limited");
     assert_eq!(events[6]["from"], "a");
     assert_eq!(events[6]["to"], "b");
     assert_eq!(events[9]["deployment"], "b1");
     assert!(events[9]["since_admission_ms"].is_u64(), "{stderr}");
+    // One access line, last, with what the request came to.
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "switchback::access")
+        .collect();
+    assert_eq!(access.len(), 1, "{stderr}");
+    let a = access[0];
+    assert_eq!(
+        (
+            &a["request"],
+            &a["key"],
+            &a["group"],
+            &a["mode"],
+            &a["outcome"],
+            &a["status"],
+            &a["deployment"],
+            &a["attempts"],
+            &a["fallbacks"]
+        ),
+        (
+            &json!(1),
+            &json!("client-1"),
+            &json!("a"),
+            &json!("stream"),
+            &json!("completed"),
+            &json!(200),
+            &json!("b1"),
+            &json!(2),
+            &json!(1)
+        ),
+        "{stderr}"
+    );
+    assert!(
+        a["duration_ms"].is_u64() && a["time_to_commit_ms"].is_u64(),
+        "{stderr}"
+    );
+    assert!(a["timestamp"].is_string(), "{stderr}");
     assert!(
         !stderr.contains("SECRET") && !stderr.contains(KEY),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_healthy_request_writes_one_text_access_line() {
+    let up = upstream().await;
+    let gw = Gateway::start("access-log", &config(up), &[]);
+    let r = exchange(gw.addr, chat("b", false)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stderr = loop {
+        let text = gw.stderr.lock().unwrap().clone();
+        if text.contains("switchback::access") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "INFO: no decision lines for a request served at once:\n{stderr}"
+    );
+    for part in [
+        " INFO switchback::access: request request=1 key=\"client-1\" group=\"b\" mode=\"non_stream\" outcome=\"completed\" status=200 deployment=\"b1\" attempts=1 retries=0 fallbacks=0 duration_ms=",
+        " time_to_commit_ms=",
+    ] {
+        assert!(lines[0].contains(part), "{part:?} not in:\n{stderr}");
+    }
 }
 
 impl Gateway {
@@ -410,7 +493,7 @@ impl Gateway {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let text = self.stderr.lock().unwrap().clone();
-            let reports = text.matches("switchback: reload").count();
+            let reports = text.matches("switchback::reload").count();
             if reports >= n || std::time::Instant::now() > deadline {
                 return text;
             }
@@ -454,4 +537,79 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_error() {
     let still = exchange(gw.addr, chat("c", false)).await;
     assert!(still.starts_with("HTTP/1.1 200"), "{still}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+const MASTER: &str = "sk-admin-only-7f3a";
+
+/// `POST /admin/reload` with `key` as the bearer (none: no header).
+fn admin_reload(key: Option<&str>) -> String {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /admin/reload HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_reload_route_needs_the_master_key_and_reloads_the_file() {
+    let up = upstream().await;
+    let with_master = format!("{}general_settings: {{master_key: {MASTER}}}\n", config(up));
+    let gw = Gateway::start("admin-reload", &with_master, &[]);
+    // Nobody but the admin: a client's key is refused, and so is no key.
+    let r = exchange(gw.addr, admin_reload(Some(KEY))).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = exchange(gw.addr, admin_reload(None)).await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    // Nor can the admin key make requests: it is not a virtual key.
+    let chat_as_admin = chat("a", false).replace(KEY, MASTER);
+    let r = exchange(gw.addr, chat_as_admin).await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    // With metrics scraped by the admin only.
+    let r = exchange(gw.addr, scrape(Some(KEY))).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = exchange(gw.addr, scrape(Some(MASTER))).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    // A new group `c` in the file, reloaded by the admin.
+    let with_c = with_master.replace(
+        "router_settings:",
+        &format!(
+            "  - {{model_name: c, litellm_params: {{model: openai/mb, api_base: \"http://{up}/b/v1\"}}, model_info: {{id: c1}}}}\nrouter_settings:"
+        ),
+    );
+    std::fs::write(gw.dir.join("gateway.yaml"), &with_c).unwrap();
+    let r = exchange(gw.addr, admin_reload(Some(MASTER))).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.contains(r#""reloaded":true"#) && r.contains(r#""groups":3"#),
+        "{r}"
+    );
+    let r = exchange(gw.addr, chat("c", false)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    // A broken file: 400 with its located error; `c` is still served.
+    std::fs::write(
+        gw.dir.join("gateway.yaml"),
+        "model_list: [{model_name: c}]\n",
+    )
+    .unwrap();
+    let r = exchange(gw.addr, admin_reload(Some(MASTER))).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(
+        r.contains("refused, the running config stays") && r.contains("gateway.yaml:1:"),
+        "{r}"
+    );
+    assert!(r.contains(r#""code":"invalid_config""#), "{r}");
+    let r = exchange(gw.addr, chat("c", false)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_master_key_nobody_may_reload_over_http() {
+    let up = upstream().await;
+    let gw = Gateway::start("admin-none", &config(up), &[]);
+    let r = exchange(gw.addr, admin_reload(Some(KEY))).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("general_settings.master_key"), "{r}");
 }

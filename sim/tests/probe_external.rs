@@ -81,6 +81,8 @@ fn serve(name: &str, config: &switchback::config::GatewayConfig) -> Served {
         .args(["serve", "--config"])
         .arg(&path.0)
         .args(["--listen", "127.0.0.1:0"])
+        // Warnings only: access lines would go straight to the test run's output.
+        .args(["--log-level", "warn"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -583,4 +585,94 @@ fn a_taken_fake_port_could_not_run() {
         String::from_utf8_lossy(&emit.stderr)
     );
     drop(squatter);
+}
+
+#[test]
+fn a_differential_probe_shows_exactly_where_two_gateways_differ() {
+    // A: `switchback serve` set up right. B: a front that ignores fallbacks for streams. The
+    // non-stream requests are the same on both; each stream request differs, and the report
+    // says at which call and how.
+    let rel = "known_bug/key_level_fallbacks_stream.yaml";
+    let (_, scenario) = corpus(rel);
+    let base = free_port_base(scenario.providers.len() as u16);
+    let (path, right) = serve_at(rel, base, |_| {});
+    let config = emit::switchback_config(&scenario, &ports_at(&scenario, base)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let faulty = rt.block_on(faulty_gateway(&config));
+    let out = run_probe(
+        &path,
+        &format!("http://{}", right.addr),
+        base,
+        &["--against", &format!("http://{faulty}")],
+    );
+    assert_eq!(out.code, Some(1), "different exits 1");
+    let stdout = &out.stdout;
+    let section = |name: &str| {
+        let from = stdout
+            .find(&format!("request {name}\n"))
+            .unwrap_or_else(|| panic!("no section for {name}:\n{stdout}"));
+        let rest = &stdout[from..];
+        let end = rest[1..].find("\nrequest ").map_or(rest.len(), |e| e + 1);
+        rest[..end].to_string()
+    };
+    let non_stream = section("r0.0 non_stream");
+    assert!(non_stream.contains("\n  same\n"), "{non_stream}");
+    let stream = section("r0.0 stream");
+    assert!(!stream.contains("\n  same\n"), "{stream}");
+    assert!(
+        stream.contains(
+            "  differs: calls: 1 against 0 call(s); from call 1 on, A made `vertex#1 gemini-2.5-flash: ok` and B made (no call)\n  differs: outcome: A 200, B error 502\n"
+        ),
+        "{stream}"
+    );
+    assert!(
+        stdout.contains("2 request-mode(s): 1 the same, 1 different"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("verdict: different (exit status 1)"),
+        "{stdout}"
+    );
+    drop(rt);
+}
+
+#[test]
+fn a_differential_probe_of_two_equal_gateways_is_the_same() {
+    let rel = "parity/order_tier_falls_back_in_group_first.yaml";
+    let (_, scenario) = corpus(rel);
+    let base = free_port_base(scenario.providers.len() as u16);
+    let (path, a) = serve_at(rel, base, |_| {});
+    let (_, b) = serve_at(rel, base, |_| {});
+    let out = run_probe(
+        &path,
+        &format!("http://{}", a.addr),
+        base,
+        &["--against", &format!("http://{}", b.addr)],
+    );
+    assert_eq!(out.code, Some(0), "the same exits 0");
+    assert!(
+        out.stdout.contains("first#1 m: http 500"),
+        "the calls are listed: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("2 request-mode(s): 2 the same, 0 different\nverdict: same (exit status 0)"),
+        "{}",
+        out.stdout
+    );
+    // The same gateway twice compares nothing.
+    let same = format!("http://{}", a.addr);
+    let out = run_probe(&path, &same, base, &["--against", &same]);
+    assert_eq!(out.code, Some(2), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "could not run (exit status 2): --against names the same gateway as --gateway"
+        ),
+        "{}",
+        out.stdout
+    );
 }

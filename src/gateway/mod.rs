@@ -102,7 +102,7 @@ async fn serve_connection(
     mut draining: watch::Receiver<bool>,
 ) {
     let service = service_fn(move |req| {
-        let engine = engine.current();
+        let engine = engine.clone();
         async move { Ok::<_, std::convert::Infallible>(routes::handle(engine, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -1,5 +1,5 @@
 //! The gateway's routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
-//! `GET /metrics`.
+//! `GET /metrics`, `POST /admin/reload`.
 //!
 //! Owns: reading the request (bearer token first, then the body under its size limit and
 //! read timeout), handing it to the engine, and turning the outcome into a response: one
@@ -26,14 +26,18 @@ use crate::delivery::{
 use crate::engine::{Admitted, Engine};
 use crate::error::ApiError;
 use crate::gateway::body::{self, ResponseBody};
+use crate::reload::LiveEngine;
 
-pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<ResponseBody> {
+    // A request keeps the engine it arrived with to its end, whatever reloads happen.
+    let engine = live.current();
     let path = req.uri().path().trim_end_matches('/');
     let route = match path {
         "/v1/chat/completions" | "/chat/completions" => Route::Chat,
         "/v1/models" | "/models" => Route::Models,
         "/health" | "/health/liveliness" | "/health/readiness" => Route::Health,
         "/metrics" => Route::Metrics,
+        "/admin/reload" => Route::AdminReload,
         _ => match path
             .strip_prefix("/v1/models/")
             .or_else(|| path.strip_prefix("/models/"))
@@ -43,7 +47,7 @@ pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Res
         },
     };
     let expected = match route {
-        Route::Chat => Method::POST,
+        Route::Chat | Route::AdminReload => Method::POST,
         Route::Models | Route::Model(_) | Route::Health | Route::Metrics => Method::GET,
     };
     if req.method() != expected {
@@ -56,6 +60,7 @@ pub async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Response<Res
     match route {
         Route::Health => health(),
         Route::Metrics => metrics(&engine, &req),
+        Route::AdminReload => admin_reload(&live, &engine, &req),
         Route::Models => models(&engine, &req),
         Route::Model(id) => model(&engine, &req, &id),
         Route::Chat => chat(engine, req).await,
@@ -69,29 +74,37 @@ enum Route {
     Model(String),
     Health,
     Metrics,
+    AdminReload,
 }
 
 fn health() -> Response<ResponseBody> {
     json_response(StatusCode::OK, &json!({"status": "healthy"}))
 }
 
-/// The Prometheus exposition, when the engine keeps metrics. With keys configured, a
-/// scrape must present one of them (any key: the series name groups, deployments and key
-/// aliases, never a secret), so an open port does not show the gateway's traffic.
+/// The Prometheus exposition, when the engine keeps metrics. With an admin key
+/// (`general_settings.master_key`) a scrape must present it; otherwise, with keys
+/// configured, any of them (the series name groups, deployments and key aliases, never a
+/// secret), so an open port does not show the gateway's traffic.
 fn metrics(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
     let Some(metrics) = engine.metrics() else {
         return error(&ApiError::not_found(
             "metrics are off for this gateway (`serve --metrics on`)",
         ));
     };
-    match engine.authenticate(bearer(req)) {
-        Ok(None) if engine.catalog().has_keys() => {
-            return error(&ApiError::unauthorized(
-                "missing API key: send `Authorization: Bearer <virtual key>`",
-            ));
+    if engine.catalog().has_admin_key() {
+        if let Err(e) = admin(engine, req) {
+            return error(&e);
         }
-        Err(e) => return error(&e),
-        Ok(_) => {}
+    } else {
+        match engine.authenticate(bearer(req)) {
+            Ok(None) if engine.catalog().has_keys() => {
+                return error(&ApiError::unauthorized(
+                    "missing API key: send `Authorization: Bearer <virtual key>`",
+                ));
+            }
+            Err(e) => return error(&e),
+            Ok(_) => {}
+        }
     }
     let mut response = Response::new(body::full(metrics.render(engine.cooling())));
     response.headers_mut().insert(
@@ -99,6 +112,59 @@ fn metrics(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
         HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     response
+}
+
+/// Whether the request presents the admin key. Without one configured, nobody is admin.
+fn admin(engine: &Engine, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let catalog = engine.catalog();
+    if !catalog.has_admin_key() {
+        return Err(ApiError::new(
+            403,
+            "permission_denied",
+            "admin routes need an admin key: set general_settings.master_key",
+        ));
+    }
+    match bearer(req) {
+        Some(token) if catalog.is_admin(token) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            403,
+            "permission_denied",
+            "this route needs the admin key (general_settings.master_key)",
+        )),
+        None => Err(ApiError::unauthorized(
+            "missing admin key: send `Authorization: Bearer <master_key>`",
+        )),
+    }
+}
+
+/// `POST /admin/reload`: re-reads the config file, as SIGHUP does. 200 with what changed,
+/// or 400 with the file's located errors (the running config stays).
+fn admin_reload(
+    live: &LiveEngine,
+    engine: &Engine,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    if let Err(e) = admin(engine, req) {
+        return error(&e);
+    }
+    match live.reload_source() {
+        Ok((path, done)) => {
+            tracing::info!(target: "switchback::reload", "reloaded {} on POST /admin/reload: {}", path.display(), done.describe());
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "reloaded": true,
+                    "groups": done.groups,
+                    "deployments": done.deployments,
+                    "deployment_health": if done.health_kept { "kept" } else { "reset" },
+                }),
+            )
+        }
+        Err(refused) => {
+            tracing::warn!(target: "switchback::reload", "{refused}");
+            error(&ApiError::bad_request(refused).code("invalid_config"))
+        }
+    }
 }
 
 /// The answer on a connection past `max_connections`: `/health` as usual (a load

@@ -160,6 +160,9 @@ pub struct ProbeArgs {
     pub port_base: Result<u16, String>,
     pub pause: Option<f64>,
     pub timeout: Option<f64>,
+    /// A second gateway to compare with, request by request (`--against`).
+    pub against: Option<String>,
+    pub against_api_key: Option<String>,
 }
 
 /// Prints the verdict of a probe that could not run, and returns its exit status.
@@ -208,17 +211,56 @@ pub fn probe(a: ProbeArgs) -> ExitCode {
             "the scenario has network faults, which need the simulated network: run it with `switchback run`",
         );
     }
+    if !scenario.reloads.is_empty() {
+        return could_not_run(
+            "the scenario reloads its config at simulated instants, which needs the simulation: run it with `switchback run`",
+        );
+    }
     let ports = match probe::preflight::fake_ports(base, scenario.providers.len()) {
         Ok(p) => p,
         Err(e) => return could_not_run(&e),
     };
-    if ports.contains(&gateway.port) {
-        return could_not_run(&format!(
-            "the gateway's port {} is one of the fakes' ports ({}-{}): choose another --port-base",
-            gateway.port,
-            ports[0],
-            ports[ports.len() - 1]
-        ));
+    let against = match a.against.as_deref().map(GatewayUrl::parse).transpose() {
+        Ok(g) => g,
+        Err(e) => return could_not_run(&format!("--against {e}")),
+    };
+    for (flag, g) in
+        std::iter::once(("--gateway", &gateway)).chain(against.iter().map(|g| ("--against", g)))
+    {
+        if ports.contains(&g.port) {
+            return could_not_run(&format!(
+                "{flag}'s port {} is one of the fakes' ports ({}-{}): choose another --port-base",
+                g.port,
+                ports[0],
+                ports[ports.len() - 1]
+            ));
+        }
+    }
+    if let Some(b) = &against {
+        if (b.host.as_str(), b.port) == (gateway.host.as_str(), gateway.port) {
+            return could_not_run("--against names the same gateway as --gateway");
+        }
+        if a.setup {
+            return could_not_run("--setup is for one gateway: set up keys before `--against`");
+        }
+        return differential(
+            &scenario,
+            base,
+            [
+                probe::differential::Side {
+                    label: "A",
+                    gateway,
+                    api_key: a.api_key,
+                },
+                probe::differential::Side {
+                    label: "B",
+                    gateway: b.clone(),
+                    api_key: a.against_api_key,
+                },
+            ],
+            pause,
+            timeout,
+        );
     }
     if !scenario.gateway.keys.is_empty() && a.api_key.is_some() {
         eprintln!(
@@ -260,6 +302,41 @@ pub fn probe(a: ProbeArgs) -> ExitCode {
         let run = probe::probe(&scenario, &reference, &running, &options, sink, &progress).await;
         print!("{}", probe::report(&scenario, &run));
         ExitCode::from(run.verdict.exit_code())
+    })
+}
+
+/// `probe --against`: the scenario against two gateways, compared request by request.
+fn differential(
+    scenario: &Scenario,
+    base: u16,
+    sides: [probe::differential::Side; 2],
+    pause: Duration,
+    timeout: Option<Duration>,
+) -> ExitCode {
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    rt.block_on(async move {
+        if let Err(e) = fake_ports_free(scenario, base).await {
+            return could_not_run(&e);
+        }
+        let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
+        let running = match start_fakes(scenario, sink.clone(), Some(base)).await {
+            Ok(r) => r,
+            Err(e) => {
+                return could_not_run(&format!(
+                    "cannot start the fakes at 127.0.0.1:{base}: {e}; choose another --port-base"
+                ));
+            }
+        };
+        let progress = |line: &str| eprintln!("probe: {line}");
+        let run = probe::differential::differential(
+            scenario, &running, sides, pause, timeout, sink, &progress,
+        )
+        .await;
+        print!("{}", probe::differential::report(scenario, &run));
+        ExitCode::from(run.verdict().exit_code())
     })
 }
 

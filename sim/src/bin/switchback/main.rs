@@ -9,11 +9,11 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
-use switchback::decision_log::{DecisionLog, LogFormat};
+use switchback::decision_log::DecisionLog;
 use switchback::engine::{Engine, SystemWallClock};
 use switchback::metrics::Metrics;
 use switchback::reload::LiveEngine;
-use switchback::trace::{NoTrace, Observer};
+use switchback::trace::Observer;
 use switchback::transport::{TcpConnector, TcpListener};
 use switchback_sim::run::{self, Summary, Where};
 use switchback_sim::scenario::{Mode, Scenario};
@@ -95,6 +95,11 @@ enum Command {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "stream")]
         mode: ModeArg,
+    },
+    /// Gateway configs: `config check FILE...` validates them as `serve` would.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Only load and validate scenario files.
     Check {
@@ -201,6 +206,14 @@ enum Command {
         /// at most 60).
         #[arg(long)]
         timeout: Option<f64>,
+        /// Compare with a second gateway instead (both configured for the same fakes):
+        /// request by request and mode by mode, the provider calls each made and what its
+        /// client got. Exit status: 0 the same, 1 different, 2 could not run.
+        #[arg(long)]
+        against: Option<String>,
+        /// Key sent to the --against gateway by requests that have none in the scenario.
+        #[arg(long, requires = "against")]
+        against_api_key: Option<String>,
     },
     /// Open-loop, constant-rate load against a gateway on loopback, with the scenario's fakes
     /// answering upstream (started here at --listen, as for `probe`). Latency percentiles
@@ -258,18 +271,50 @@ enum Command {
         /// Keep Prometheus metrics and serve them on `GET /metrics`.
         #[arg(long, value_enum, default_value = "on")]
         metrics: Switch,
-        /// Write every routing decision to stderr, one line each: `json` (one object per
-        /// line) or `text` (the trace line). Off by default.
-        #[arg(long, value_enum, default_value = "off")]
-        decision_log: DecisionLogArg,
+        /// How log lines on stderr look: `text` (human) or `json` (one object per line).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormatArg,
+        /// The least severe lines written: `info` writes one access line per request and
+        /// every decision that matters (failed attempts, cooldowns, retries, fallbacks);
+        /// `debug` every routing event; `warn` or `error` less.
+        #[arg(long, value_enum, default_value = "info")]
+        log_level: LogLevelArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate gateway config files fully, with the same located errors as `serve` (for
+    /// CI pipelines). Exit status 0 when every file is valid, 1 otherwise.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DecisionLogArg {
-    Off,
-    Json,
+enum LogFormatArg {
     Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogLevelArg {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl From<LogLevelArg> for tracing::Level {
+    fn from(l: LogLevelArg) -> tracing::Level {
+        match l {
+            LogLevelArg::Error => tracing::Level::ERROR,
+            LogLevelArg::Warn => tracing::Level::WARN,
+            LogLevelArg::Info => tracing::Level::INFO,
+            LogLevelArg::Debug => tracing::Level::DEBUG,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -296,6 +341,9 @@ fn main() -> ExitCode {
         Command::Live { paths } => suite(&paths, Where::Live, None, Some(1), None),
         Command::Trace { file, mode } => trace(&file, mode.into()),
         Command::Check { paths } => check(&paths),
+        Command::Config {
+            action: ConfigAction::Check { files },
+        } => config_check(&files),
         Command::Explore {
             cases,
             seed,
@@ -377,6 +425,8 @@ fn main() -> ExitCode {
             listen,
             pause,
             timeout,
+            against,
+            against_api_key,
         } => external::probe(external::ProbeArgs {
             scenario,
             gateway,
@@ -386,22 +436,19 @@ fn main() -> ExitCode {
             port_base: external::port_base(port_base, listen),
             pause,
             timeout,
+            against,
+            against_api_key,
         }),
         Command::Serve {
             config,
             listen,
             metrics,
-            decision_log,
-        } => serve(
-            &config,
-            listen,
-            metrics == Switch::On,
-            match decision_log {
-                DecisionLogArg::Off => None,
-                DecisionLogArg::Json => Some(LogFormat::Json),
-                DecisionLogArg::Text => Some(LogFormat::Text),
-            },
-        ),
+            log_format,
+            log_level,
+        } => {
+            install_logs(log_format, log_level.into());
+            serve(&config, listen, metrics == Switch::On)
+        }
     }
 }
 
@@ -554,12 +601,49 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn serve(
-    config_path: &Path,
-    listen: std::net::SocketAddr,
-    metrics: bool,
-    decision_log: Option<LogFormat>,
-) -> ExitCode {
+/// `config check`: each file loaded and validated as `serve` would (environment references
+/// included), one line per valid file, the located error for each invalid one.
+fn config_check(files: &[PathBuf]) -> ExitCode {
+    let mut invalid = 0;
+    for file in files {
+        let checked = GatewayConfig::load_file(file).and_then(|c| Catalog::new(&c));
+        match checked {
+            Ok(catalog) => println!(
+                "ok: {} ({} groups, {} deployments)",
+                file.display(),
+                catalog.model_group_count(),
+                catalog.deployments.len()
+            ),
+            Err(e) => {
+                invalid += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if invalid > 0 {
+        eprintln!("{invalid} of {} config file(s) invalid", files.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `serve`'s log lines, on stderr: the engine's decisions and access lines
+/// (`switchback::decision`, `switchback::access`) and reloads (`switchback::reload`).
+fn install_logs(format: LogFormatArg, level: tracing::Level) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level);
+    let installed = match format {
+        LogFormatArg::Text => builder.try_init(),
+        LogFormatArg::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(e) = installed {
+        eprintln!("switchback: cannot install the log writer: {e}");
+    }
+}
+
+fn serve(config_path: &Path, listen: std::net::SocketAddr, metrics: bool) -> ExitCode {
     let config_path = config_path.to_path_buf();
     let mut config = match GatewayConfig::load_file(&config_path) {
         Ok(c) => c,
@@ -607,14 +691,7 @@ fn serve(
             catalog.model_group_count(),
             catalog.deployments.len()
         );
-        let observer: Arc<dyn Observer> = match decision_log {
-            Some(format) => Arc::new(DecisionLog::new(
-                format,
-                Box::new(std::io::stderr()),
-                Arc::new(SystemWallClock),
-            )),
-            None => Arc::new(NoTrace),
-        };
+        let observer: Arc<dyn Observer> = Arc::new(DecisionLog::new());
         let mut engine = Engine::new(
             catalog,
             Arc::new(TcpConnector),
@@ -624,9 +701,9 @@ fn serve(
         if metrics {
             engine = engine.with_metrics(Arc::new(Metrics::new()));
         }
-        let engine = LiveEngine::from(Arc::new(engine));
+        let engine = LiveEngine::from(Arc::new(engine)).with_source(config_path);
         let grace = engine.current().catalog().limits.shutdown_grace;
-        let reloader = tokio::spawn(reload_on_sighup(engine.clone(), config_path));
+        let reloader = tokio::spawn(reload_on_sighup(engine.clone()));
         let shutdown = async move {
             let signal = stop_signal().await;
             println!(
@@ -643,49 +720,29 @@ fn serve(
 
 /// Reloads the config file on every SIGHUP: validated fully first; an invalid file keeps
 /// the running config. A file that fixes no `rng_seed` keeps the running one.
-async fn reload_on_sighup(engine: LiveEngine, path: PathBuf) {
+async fn reload_on_sighup(engine: LiveEngine) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            eprintln!("switchback: cannot watch SIGHUP; config reload is off");
+            tracing::warn!(target: "switchback::reload", "cannot watch SIGHUP; reload with POST /admin/reload");
             return;
         };
         while hangups.recv().await.is_some() {
-            eprintln!("{}", reload(&engine, &path));
+            match engine.reload_source() {
+                Ok((path, done)) => tracing::info!(
+                    target: "switchback::reload",
+                    "reloaded {} on SIGHUP: {}",
+                    path.display(),
+                    done.describe()
+                ),
+                Err(refused) => tracing::warn!(target: "switchback::reload", "{refused}"),
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (engine, path);
-    }
-}
-
-/// One reload of `path`, and the line that reports it.
-fn reload(engine: &LiveEngine, path: &Path) -> String {
-    let shown = path.display();
-    let mut config = match GatewayConfig::load_file(path) {
-        Ok(c) => c,
-        Err(e) => {
-            return format!(
-                "switchback: reload of {shown} refused, the running config stays:\n{e}"
-            );
-        }
-    };
-    let seed = engine.current().catalog().settings.rng_seed;
-    config.router_settings.rng_seed.get_or_insert(seed);
-    match engine.reload(&config) {
-        Ok(r) => format!(
-            "switchback: reloaded {shown}: {} groups, {} deployments; deployment health {}",
-            r.groups,
-            r.deployments,
-            if r.health_kept {
-                "kept (same deployment ids)"
-            } else {
-                "reset (deployment ids changed)"
-            }
-        ),
-        Err(e) => format!("switchback: reload of {shown} refused, the running config stays:\n{e}"),
+        let _ = engine;
     }
 }
 

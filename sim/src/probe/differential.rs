@@ -1,0 +1,385 @@
+//! Differential probing: one scenario against two gateways, compared request by request and
+//! mode by mode.
+//!
+//! Owns: sending a scenario's requests to two gateways (for example Switchback's `serve` and
+//! a LiteLLM proxy, each started with a config `fakes --emit-config` wrote for the same
+//! fakes), comparing what each did — the provider calls it made, in order, and what its
+//! client got — and the report with its verdict. Does not judge one gateway's two modes
+//! against each other (`verdict`), nor start the gateways (the caller does).
+//!
+//! Every request of one mode goes to gateway A, then the same mode to gateway B; the fakes
+//! are reset before each, so per-call scripts replay identically for both. The gateways are
+//! separate processes, so one's cooldowns cannot reach the other; each gateway's own modes
+//! are still separated by the pause, as in a plain probe.
+//!
+//! What counts as the same: the provider call lines (`host#call model: outcome`, see
+//! [`Observed::call_lines`]) in order, the HTTP status (or `broken`), and the answer's text.
+//! Error *types* and header names are each gateway's own vocabulary and are shown, not
+//! compared. Where two gateways are meant to differ (a difference the README documents), the
+//! report's `differs:` lines say exactly how, so a test can assert that difference and no
+//! other.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{GatewayUrl, Observed, Progress, preflight, probe_mode};
+use crate::live::RunningFakes;
+use crate::scenario::{Mode, Scenario};
+use crate::trace::TraceSink;
+
+/// One of the two gateways compared.
+#[derive(Debug, Clone)]
+pub struct Side {
+    /// How the report names it: `A` or `B`, with its URL.
+    pub label: &'static str,
+    pub gateway: GatewayUrl,
+    /// The key sent by requests that have none in the scenario.
+    pub api_key: Option<String>,
+}
+
+/// One request in one mode, on both gateways.
+#[derive(Debug, Clone)]
+pub struct DiffRow {
+    pub label: String,
+    pub mode: Mode,
+    pub a: Observed,
+    pub b: Observed,
+    /// Empty when the two gateways did the same.
+    pub differences: Vec<String>,
+}
+
+/// The verdict of a differential probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffVerdict {
+    Same,
+    Different,
+    CouldNotRun,
+}
+
+impl DiffVerdict {
+    /// The exit status of `switchback probe --against`.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            DiffVerdict::Same => 0,
+            DiffVerdict::Different => 1,
+            DiffVerdict::CouldNotRun => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiffVerdict::Same => "same",
+            DiffVerdict::Different => "different",
+            DiffVerdict::CouldNotRun => "could not run",
+        }
+    }
+}
+
+/// A whole differential probe.
+#[derive(Debug, Clone)]
+pub struct DiffRun {
+    pub sides: [Side; 2],
+    pub rows: Vec<DiffRow>,
+    pub could_not_run: Option<String>,
+}
+
+impl DiffRun {
+    pub fn verdict(&self) -> DiffVerdict {
+        if self.could_not_run.is_some() {
+            DiffVerdict::CouldNotRun
+        } else if self.rows.iter().any(|r| !r.differences.is_empty()) {
+            DiffVerdict::Different
+        } else {
+            DiffVerdict::Same
+        }
+    }
+}
+
+/// What the client got, in words both gateways share: the status (or `broken`), not the
+/// error's type.
+fn status_of(o: &Observed) -> String {
+    let c = &o.client;
+    match (&c.broken, &c.error, c.status) {
+        (Some(_), _, _) => "broken".into(),
+        (None, Some(e), _) => format!("error {}", e.status),
+        (None, None, Some(s)) => s.to_string(),
+        (None, None, None) => "no answer".into(),
+    }
+}
+
+/// How `a` and `b` (the same request in the same mode, on gateways A and B) differ; empty
+/// when they do not.
+pub fn compare(a: &Observed, b: &Observed) -> Vec<String> {
+    let mut out = Vec::new();
+    let (calls_a, calls_b) = (a.call_lines(), b.call_lines());
+    if calls_a != calls_b {
+        let first = calls_a
+            .iter()
+            .zip(&calls_b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(calls_a.len().min(calls_b.len()));
+        let at = |calls: &[String]| {
+            calls
+                .get(first)
+                .map_or_else(|| "(no call)".to_string(), |c| format!("`{c}`"))
+        };
+        out.push(format!(
+            "calls: {} against {} call(s); from call {} on, A made {} and B made {}",
+            calls_a.len(),
+            calls_b.len(),
+            first + 1,
+            at(&calls_a),
+            at(&calls_b)
+        ));
+    }
+    let (status_a, status_b) = (status_of(a), status_of(b));
+    if status_a != status_b {
+        out.push(format!("outcome: A {status_a}, B {status_b}"));
+    } else if a.client.error.is_none()
+        && a.client.broken.is_none()
+        && a.client.text != b.client.text
+    {
+        out.push(format!(
+            "text: A {:?}, B {:?}",
+            a.client.text, b.client.text
+        ));
+    }
+    out
+}
+
+/// Pairs the two gateways' observations of one mode, request by request.
+fn rows(mode: Mode, a: Vec<(String, Observed)>, b: Vec<(String, Observed)>) -> Vec<DiffRow> {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "both gateways are sent every request of the scenario"
+    );
+    a.into_iter()
+        .zip(b)
+        .map(|((label, a), (label_b, b))| {
+            assert_eq!(label, label_b, "requests are sent in the same order");
+            let differences = compare(&a, &b);
+            DiffRow {
+                label,
+                mode,
+                a,
+                b,
+                differences,
+            }
+        })
+        .collect()
+}
+
+/// Sends every request of `scenario` to both gateways, in both of the scenario's modes
+/// (non-stream first, then `pause`, then stream), and compares them.
+pub async fn differential(
+    scenario: &Scenario,
+    fakes: &RunningFakes,
+    sides: [Side; 2],
+    pause: Duration,
+    timeout: Option<Duration>,
+    sink: Arc<dyn TraceSink>,
+    progress: Progress<'_>,
+) -> DiffRun {
+    for side in &sides {
+        if let Err(e) = preflight::gateway_answers(&side.gateway).await {
+            return DiffRun {
+                sides: sides.clone(),
+                rows: Vec::new(),
+                could_not_run: Some(format!("gateway {}: {e}", side.label)),
+            };
+        }
+    }
+    let mut all = Vec::new();
+    for (i, mode) in scenario.modes.iter().copied().enumerate() {
+        if i > 0 && !pause.is_zero() {
+            progress(&format!(
+                "pausing {:.1} s between the modes, for the gateways' cooldowns to end (--pause)",
+                pause.as_secs_f64()
+            ));
+            tokio::time::sleep(pause).await;
+        }
+        let mut seen = Vec::new();
+        for side in &sides {
+            let tell = |line: &str| progress(&format!("{} {line}", side.label));
+            seen.push(
+                probe_mode(
+                    scenario,
+                    fakes,
+                    &side.gateway,
+                    side.api_key.as_deref(),
+                    timeout,
+                    mode,
+                    sink.clone(),
+                    &tell,
+                )
+                .await,
+            );
+        }
+        let b = seen.pop().expect("two sides");
+        let a = seen.pop().expect("two sides");
+        all.extend(rows(mode, a, b));
+    }
+    DiffRun {
+        sides,
+        rows: all,
+        could_not_run: None,
+    }
+}
+
+/// The report: each request and mode with both gateways' calls and outcomes, `same` or the
+/// exact differences, then the verdict and its exit status.
+pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "scenario: {}", scenario.name);
+    for side in &run.sides {
+        let g = &side.gateway;
+        let _ = writeln!(
+            out,
+            "gateway {}: http://{}:{}{}",
+            side.label, g.host, g.port, g.base_path
+        );
+    }
+    let verdict = run.verdict();
+    if let Some(reason) = &run.could_not_run {
+        let _ = writeln!(
+            out,
+            "\nverdict: could not run (exit status {}): {reason}",
+            verdict.exit_code()
+        );
+        return out;
+    }
+    for r in &run.rows {
+        let _ = writeln!(out, "\nrequest {} {}", r.label, r.mode.as_str());
+        let row = |out: &mut String, name: &str, a: String, b: String| {
+            let line = format!("  {name:<9} {a:<44} {b}");
+            let _ = writeln!(out, "{}", line.trim_end());
+        };
+        row(&mut out, "", "A".into(), "B".into());
+        row(&mut out, "outcome", r.a.outcome(), r.b.outcome());
+        row(
+            &mut out,
+            "text",
+            format!("{:?}", r.a.client.text),
+            format!("{:?}", r.b.client.text),
+        );
+        let (a, b) = (r.a.call_lines(), r.b.call_lines());
+        if a.is_empty() && b.is_empty() {
+            row(&mut out, "calls", "(none)".into(), "(none)".into());
+        }
+        for i in 0..a.len().max(b.len()) {
+            row(
+                &mut out,
+                if i == 0 { "calls" } else { "" },
+                a.get(i).cloned().unwrap_or_default(),
+                b.get(i).cloned().unwrap_or_default(),
+            );
+        }
+        if r.differences.is_empty() {
+            let _ = writeln!(out, "  same");
+        }
+        for d in &r.differences {
+            let _ = writeln!(out, "  differs: {d}");
+        }
+    }
+    let same = run.rows.iter().filter(|r| r.differences.is_empty()).count();
+    let _ = writeln!(
+        out,
+        "\n{} request-mode(s): {same} the same, {} different",
+        run.rows.len(),
+        run.rows.len() - same
+    );
+    let _ = writeln!(
+        out,
+        "verdict: {} (exit status {})",
+        verdict.as_str(),
+        verdict.exit_code()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{ClientResult, SeenError};
+    use crate::fake::CallRecord;
+
+    fn call(host: &str, n: u32, outcome: &str) -> (String, CallRecord) {
+        (
+            host.to_string(),
+            CallRecord {
+                call: n,
+                model: "m".into(),
+                outcome: outcome.into(),
+                fault_fired: outcome != "ok",
+                ..CallRecord::default()
+            },
+        )
+    }
+
+    fn observed(status: u16, text: &str, calls: Vec<(String, CallRecord)>) -> Observed {
+        Observed {
+            client: ClientResult {
+                status: Some(status),
+                text: text.into(),
+                ..ClientResult::default()
+            },
+            calls,
+        }
+    }
+
+    #[test]
+    fn the_same_calls_and_answer_are_the_same() {
+        let a = observed(
+            200,
+            "hi",
+            vec![call("a", 1, "http 500"), call("a", 2, "ok")],
+        );
+        assert!(compare(&a, &a.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_different_call_sequence_names_the_first_call_that_differs() {
+        let a = observed(
+            200,
+            "hi",
+            vec![call("a", 1, "http 500"), call("a", 2, "ok")],
+        );
+        let b = observed(
+            200,
+            "hi",
+            vec![call("a", 1, "http 500"), call("b", 1, "ok")],
+        );
+        assert_eq!(
+            compare(&a, &b),
+            vec![
+                "calls: 2 against 2 call(s); from call 2 on, A made `a#2 m: ok` and B made `b#1 m: ok`"
+            ]
+        );
+        let shorter = observed(200, "hi", vec![call("a", 1, "http 500")]);
+        assert_eq!(
+            compare(&a, &shorter),
+            vec![
+                "calls: 2 against 1 call(s); from call 2 on, A made `a#2 m: ok` and B made (no call)"
+            ]
+        );
+    }
+
+    #[test]
+    fn outcomes_compare_by_status_and_text_never_by_error_type() {
+        let ok = observed(200, "hi", vec![]);
+        let mut err_a = observed(429, "", vec![]);
+        err_a.client.error = Some(SeenError {
+            status: 429,
+            error_type: "rate_limit_error".into(),
+            message: "slow down".into(),
+        });
+        let mut err_b = err_a.clone();
+        err_b.client.error.as_mut().expect("error").error_type = "RateLimitError".into();
+        assert!(compare(&err_a, &err_b).is_empty());
+        assert_eq!(compare(&ok, &err_a), vec!["outcome: A 200, B error 429"]);
+        let other_text = observed(200, "bye", vec![]);
+        assert_eq!(compare(&ok, &other_text), vec![r#"text: A "hi", B "bye""#]);
+    }
+}
