@@ -469,7 +469,9 @@ impl Run<'_> {
         // LiteLLM builds order-based fallbacks from the deployments of the requested name
         // (`Router._get_all_deployments(model_name=...)`), and a name a wildcard group
         // serves has none: its tiers never fall back to one another.
-        if self.admitted.plan.wildcard().is_some() && group == self.admitted.plan.primary {
+        if (self.admitted.plan.wildcard().is_some() && group == self.admitted.plan.primary)
+            || self.catalog.wildcard_target(group).is_some()
+        {
             return None;
         }
         let now = Instant::now();
@@ -615,11 +617,13 @@ impl Run<'_> {
             tokens_left: *tokens_left,
         });
         // A wildcard group's deployment is called with a model made from the requested name.
-        let upstream_model = match self.admitted.plan.wildcard() {
-            Some(w) if group == self.admitted.plan.primary => {
-                std::borrow::Cow::Owned(w.upstream_model(spec))
-            }
-            _ => std::borrow::Cow::Borrowed(spec.upstream_model.as_str()),
+        let served = match self.admitted.plan.wildcard() {
+            Some(w) if group == self.admitted.plan.primary => Some(w),
+            _ => self.catalog.wildcard_target(group),
+        };
+        let upstream_model = match served {
+            Some(w) => std::borrow::Cow::Owned(w.upstream_model(spec)),
+            None => std::borrow::Cow::Borrowed(spec.upstream_model.as_str()),
         };
         let to = UpstreamCall {
             model: &upstream_model,

@@ -185,6 +185,10 @@ pub struct Catalog {
     patterns: Vec<(GroupId, crate::wildcard::Pattern)>,
     /// Groups from this index on are deployment ids (see [`Catalog::pinned`]).
     pinned_from: usize,
+    /// Groups from this index on are models a wildcard group serves, named as fallback
+    /// targets in the config (see [`Catalog::wildcard_target`]), one [`WildcardServe`] each.
+    targets_from: usize,
+    target_serves: Vec<WildcardServe>,
     all_allowed: Arc<[bool]>,
 }
 
@@ -261,6 +265,34 @@ impl Catalog {
                 });
             }
         }
+        // A config fallback to a model only a wildcard group serves (`openai/gpt-4.1-mini`
+        // under `openai/*`) reaches it as LiteLLM does: the fallback calls the router with
+        // that name, which the pattern serves (`litellm/router_utils/
+        // fallback_event_handlers.py`, `run_async_fallback` sets `kwargs["model"]`). Each such
+        // name becomes a group of the pattern's deployments, called with the name's model.
+        let targets_from = groups.len();
+        let mut target_serves = Vec::new();
+        for target in config.fallback_targets() {
+            if by_name.contains_key(target) {
+                continue;
+            }
+            let Some((pattern_group, captures)) = patterns
+                .iter()
+                .find_map(|(g, p)| p.captures(target).map(|c| (*g, c)))
+            else {
+                continue;
+            };
+            by_name.insert(target.to_string(), GroupId(groups.len() as u32));
+            let deployments = groups[pattern_group.0 as usize].deployments.clone();
+            groups.push(Group {
+                name: target.to_string(),
+                deployments,
+            });
+            target_serves.push(WildcardServe {
+                requested: target.to_string(),
+                captures: captures.into_iter().map(str::to_string).collect(),
+            });
+        }
         let n = groups.len();
         let mut catalog = Catalog {
             groups,
@@ -286,6 +318,8 @@ impl Catalog {
             by_name,
             patterns,
             pinned_from,
+            targets_from,
+            target_serves,
             all_allowed: vec![true; n].into(),
         };
         catalog.gateway = catalog
@@ -406,7 +440,9 @@ impl Catalog {
     /// always called with a model made from the request.
     pub fn route(&self, name: &str) -> Option<Routed> {
         if let Some(group) = self.group_id(name) {
-            if !self.is_wildcard(group) {
+            // A fallback target a pattern serves is asked for like any name the pattern
+            // serves (and labelled by the pattern).
+            if !self.is_wildcard(group) && self.wildcard_target(group).is_none() {
                 return Some(Routed {
                     group,
                     wildcard: None,
@@ -431,10 +467,19 @@ impl Catalog {
     /// group names, and `get_deployment` returns that deployment as it is, before any
     /// cooldown filter).
     pub fn pinned(&self, group: GroupId) -> Option<DeploymentId> {
-        if (group.0 as usize) < self.pinned_from {
+        let i = group.0 as usize;
+        if i < self.pinned_from || i >= self.targets_from {
             return None;
         }
-        self.groups.get(group.0 as usize).map(|g| g.deployments[0])
+        self.groups.get(i).map(|g| g.deployments[0])
+    }
+
+    /// For a group that is a config fallback target a wildcard group serves: the name and
+    /// captures its deployments are called with.
+    pub fn wildcard_target(&self, group: GroupId) -> Option<&WildcardServe> {
+        (group.0 as usize)
+            .checked_sub(self.targets_from)
+            .and_then(|i| self.target_serves.get(i))
     }
 
     /// How many model groups the config has (the groups that are not deployment ids).

@@ -647,6 +647,14 @@ impl GatewayConfig {
                     .map(String::as_str)
                     .filter(|id| !id.contains('*')),
             );
+            // A model a wildcard group serves may be a fallback target in the config (the
+            // catalog gives it a group of its own; see `Catalog::wildcard_target`).
+            let served: Vec<&str> = self
+                .fallback_targets()
+                .into_iter()
+                .filter(|n| !n.contains('*') && served_by(&groups, n).is_some())
+                .collect();
+            t.extend(served);
             t.sort_unstable();
             t.dedup();
             t
@@ -762,6 +770,33 @@ impl GatewayConfig {
         }
     }
 
+    /// Every fallback target named in the config's settings (gateway, teams, keys), in
+    /// order of appearance, repeats included.
+    pub fn fallback_targets(&self) -> Vec<&str> {
+        let blocks = std::iter::once(&self.router_settings)
+            .chain(self.teams.iter().map(|t| &t.router_settings))
+            .chain(self.keys.iter().map(|k| &k.router_settings));
+        let mut out = Vec::new();
+        for s in blocks {
+            for list in [
+                &s.fallbacks,
+                &s.context_window_fallbacks,
+                &s.content_policy_fallbacks,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for e in list {
+                    out.extend(e.fallbacks.iter().map(String::as_str));
+                }
+            }
+            if let Some(list) = &s.default_fallbacks {
+                out.extend(list.iter().map(String::as_str));
+            }
+        }
+        out
+    }
+
     /// The deployment id of `model_list[i]`.
     pub fn deployment_id(&self, i: usize) -> String {
         deployment_id(&self.model_list, i)
@@ -792,7 +827,8 @@ pub fn check_settings_fields(
         } else if let Some(pattern) = served_by(groups, target) {
             format!(
                 "fallback to `{target}`, which only wildcard group `{pattern}` serves: a \
-                 fallback names a model group (list the model as a group of its own)"
+                 request-level fallback names a model group or deployment id (name the model \
+                 in the config's fallbacks, or list it as a group of its own)"
             )
         } else {
             format!(
@@ -1311,7 +1347,25 @@ keys:
         );
         let p = problems(&WILD.replace("- gpt-4o: [backup]", "- backup: [\"openai/*\"]"));
         assert!(p[0].contains("cannot fall back to wildcard group"), "{p:?}");
-        let p = problems(&WILD.replace("- gpt-4o: [backup]", "- backup: [openai/gpt-4o]"));
+        // A config fallback may name a model a wildcard group serves; a request-level one
+        // only a group, a deployment id, or such a model the config names too.
+        GatewayConfig::load(
+            "g.yaml",
+            &WILD.replace("- gpt-4o: [backup]", "- backup: [openai/gpt-4o]"),
+        )
+        .unwrap();
+        let request = RouterSettings {
+            fallbacks: Some(vec![FallbackEntry::new("backup", &["openai/o3"])]),
+            ..RouterSettings::default()
+        };
+        let mut p = Vec::new();
+        check_settings_fields(
+            &request,
+            &At::default(),
+            &["openai/*", "backup"],
+            &Limits::default(),
+            &mut |_, m| p.push(m),
+        );
         assert!(
             p[0].contains("which only wildcard group `openai/*` serves"),
             "{p:?}"

@@ -333,7 +333,11 @@ impl Engine {
         .resolve();
         let plan = match routed.wildcard {
             None => FallbackPlan::new(group, Arc::new(settings), allowed),
-            Some(served) => FallbackPlan::for_wildcard(group, served, Arc::new(settings), allowed),
+            Some(served) => {
+                let alias = catalog.group_id(&request.model);
+                FallbackPlan::for_wildcard(group, served, Arc::new(settings), allowed)
+                    .with_primary_alias(alias)
+            }
         };
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let admitted = Admitted {

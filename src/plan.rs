@@ -72,6 +72,9 @@ pub struct FallbackPlan {
     allowed: Arc<[bool]>,
     /// Set when a wildcard group serves the primary (see [`FallbackPlan::wildcard`]).
     wildcard: Option<WildcardServe>,
+    /// The group a config fallback to the requested name would reach (a model the wildcard
+    /// group serves, see `Catalog::wildcard_target`): the same model, so visited already.
+    primary_alias: Option<GroupId>,
 }
 
 impl FallbackPlan {
@@ -89,6 +92,7 @@ impl FallbackPlan {
             settings,
             allowed,
             wildcard: None,
+            primary_alias: None,
         }
     }
 
@@ -108,7 +112,16 @@ impl FallbackPlan {
             settings,
             allowed,
             wildcard: Some(served),
+            primary_alias: None,
         }
+    }
+
+    /// Marks `group` as the primary under another name (see `primary_alias`): LiteLLM
+    /// skips a fallback equal to the requested model (`run_async_fallback`:
+    /// `if mg == original_model_group: continue`).
+    pub fn with_primary_alias(mut self, group: Option<GroupId>) -> FallbackPlan {
+        self.primary_alias = group;
+        self
     }
 
     /// The requested name and captures when a wildcard group serves the primary.
@@ -247,7 +260,7 @@ impl<'p> PlanWalk<'p> {
                 to,
                 list: frame.kind,
             };
-            if self.visited.contains(&to) {
+            if self.visited.contains(&to) || Some(to) == self.plan.primary_alias {
                 skipped(link, SkipReason::AlreadyVisited);
                 continue;
             }

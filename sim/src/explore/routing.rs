@@ -4,7 +4,8 @@
 //!
 //! Owns: the strategy for one case's [`Routing`] and applying it to a generated scenario
 //! (a wildcard group with a provider of its own, requests for names it serves, fallback
-//! entries keyed by those names, wildcard allow-list entries). Does not own the rest of a
+//! entries keyed by those names, fallbacks to those names, wildcard allow-list entries).
+//! Does not own the rest of a
 //! case (`explore`); what it adds keeps the config valid. Also: a gateway fallback entry
 //! whose target is a deployment id, and request bodies whose `fallbacks` are
 //! `{model, messages}` objects.
@@ -43,6 +44,9 @@ pub struct Wildcard {
     pub entry: Option<(u8, bool, usize)>,
     /// Allow-lists that are not empty also get this entry (`"w/*"` or `"w/m<k>"`).
     pub allow: Option<Option<u8>>,
+    /// A gateway fallback from group `from` (by position) to `w/m<k>`, a model only the
+    /// wildcard group serves.
+    pub target: Option<(usize, u8)>,
 }
 
 pub fn routing() -> impl Strategy<Value = Routing> {
@@ -52,13 +56,15 @@ pub fn routing() -> impl Strategy<Value = Routing> {
         proptest::collection::vec(proptest::option::weighted(0.6, 0u8..3), 1..=3),
         proptest::option::weighted(0.5, (0u8..3, any::<bool>(), 0usize..5)),
         proptest::option::weighted(0.5, proptest::option::of(0u8..3)),
+        proptest::option::weighted(0.4, (0usize..5, 0u8..3)),
     )
-        .prop_map(|(pattern, template, ask, entry, allow)| Wildcard {
+        .prop_map(|(pattern, template, ask, entry, allow, target)| Wildcard {
             pattern,
             template,
             ask,
             entry,
             allow,
+            target,
         });
     let client_side = proptest::collection::vec(
         proptest::collection::vec((0usize..5, any::<bool>()), 0..=3),
@@ -192,6 +198,15 @@ impl Wildcard {
                     .get_or_insert_with(Vec::new)
                     .insert(0, FallbackEntry::new(key, &[to.as_str()]));
             }
+        }
+        if let Some((from, k)) = self.target {
+            let from = groups[from % groups.len()].clone();
+            let to = format!("w/m{k}");
+            s.gateway
+                .router_settings
+                .fallbacks
+                .get_or_insert_with(Vec::new)
+                .push(FallbackEntry::new(from, &[to.as_str()]));
         }
         if let Some(entry) = self.allow {
             let entry = entry.map_or_else(|| "w/*".to_string(), |k| format!("w/m{k}"));
