@@ -458,36 +458,15 @@ impl GatewayConfig {
     /// Replaces `api_key: os.environ/NAME` (and `master_key: os.environ/NAME`) with the
     /// variable's value (LiteLLM's syntax).
     fn resolve_env(&mut self) -> Result<(), Issue> {
-        if let Some(name) = self
-            .general_settings
-            .master_key
-            .as_deref()
-            .and_then(|k| k.strip_prefix("os.environ/"))
-        {
-            let value = std::env::var(name).map_err(|_| Issue {
-                path: At::default().key("general_settings").key("master_key").0,
-                message: format!("environment variable `{name}` is not set"),
-            })?;
-            self.general_settings.master_key = Some(value);
-        }
+        let master = At::default().key("general_settings").key("master_key");
+        from_env(&mut self.general_settings.master_key, master)?;
         for (i, d) in self.model_list.iter_mut().enumerate() {
-            if let Some(name) = d
-                .litellm_params
-                .api_key
-                .as_deref()
-                .and_then(|k| k.strip_prefix("os.environ/"))
-            {
-                let value = std::env::var(name).map_err(|_| Issue {
-                    path: At::default()
-                        .key("model_list")
-                        .idx(i)
-                        .key("litellm_params")
-                        .key("api_key")
-                        .0,
-                    message: format!("environment variable `{name}` is not set"),
-                })?;
-                d.litellm_params.api_key = Some(value);
-            }
+            let at = At::default()
+                .key("model_list")
+                .idx(i)
+                .key("litellm_params")
+                .key("api_key");
+            from_env(&mut d.litellm_params.api_key, at)?;
         }
         Ok(())
     }
@@ -847,6 +826,22 @@ fn check_groups(
 /// ASCII: whitespace or a control character (a CR/LF pasted in, a stray space) would either
 /// break the `Authorization` header or never match what a client sends. The message never
 /// repeats the value.
+/// A secret given as `os.environ/NAME` becomes the variable's value (the field at `at`).
+fn from_env(secret: &mut Option<String>, at: At) -> Result<(), Issue> {
+    let Some(name) = secret
+        .as_deref()
+        .and_then(|k| k.strip_prefix("os.environ/"))
+    else {
+        return Ok(());
+    };
+    let value = std::env::var(name).map_err(|_| Issue {
+        path: at.0,
+        message: format!("environment variable `{name}` is not set"),
+    })?;
+    *secret = Some(value);
+    Ok(())
+}
+
 fn secret_ok(secret: &str) -> Result<(), &'static str> {
     if secret.is_empty() {
         return Err("is empty");
