@@ -286,6 +286,7 @@ impl Catalog {
             max_fallbacks: s.max_fallbacks,
             mid_stream: s.mid_stream,
             disable_fallbacks: s.disable_fallbacks,
+            authentication_retries: policy.and_then(|p| p.authentication),
         })
     }
 

@@ -68,7 +68,9 @@ impl FailureClass {
             FailureClass::Timeout => (true, Generic, AfterAllowedFails),
             FailureClass::ContextWindow => (false, ContextWindow, Never),
             FailureClass::ContentPolicy => (false, ContentPolicy, Never),
-            FailureClass::Auth | FailureClass::NotFound => (false, Generic, Immediately),
+            // Retried on another deployment only (`Failure::retry_elsewhere_only`).
+            FailureClass::Auth => (true, Generic, Immediately),
+            FailureClass::NotFound => (false, Generic, Immediately),
             FailureClass::BadRequest => (
                 false,
                 if bad_request_falls_back {
@@ -673,7 +675,7 @@ mod tests {
             row(FailureClass::ContentPolicy),
             (false, ContentPolicy, Never)
         );
-        assert_eq!(row(FailureClass::Auth), (false, Generic, Immediately));
+        assert_eq!(row(FailureClass::Auth), (true, Generic, Immediately));
         assert_eq!(row(FailureClass::NotFound), (false, Generic, Immediately));
         assert_eq!(row(FailureClass::BadRequest), (false, NoFallback, Never));
         assert_eq!(FailureClass::BadRequest.actions(true).fallback, Generic);

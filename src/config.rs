@@ -10,8 +10,9 @@
 //! - a `fallbacks` entry must have exactly one group (LiteLLM takes the first key);
 //! - `keys` and `teams` live in the file, each with its own `router_settings`, and settings
 //!   are resolved field by field (see `policy`);
-//! - `retry_policy` counts for classes that are never retried (bad request, auth, content
-//!   policy, context window) must be 0: a non-zero value would be silently ignored otherwise.
+//! - `retry_policy` counts for classes that are never retried (bad request, content policy,
+//!   context window) must be 0: a non-zero value would be silently ignored otherwise. (An
+//!   auth failure is retried, on another deployment of the group only.)
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -759,6 +760,7 @@ pub fn check_settings_fields(
             ("RateLimitErrorRetries", p.rate_limit),
             ("TimeoutErrorRetries", p.timeout),
             ("InternalServerErrorRetries", p.internal_server),
+            ("AuthenticationErrorRetries", p.authentication),
         ] {
             if let Some(n) = v {
                 if n > ceiling {
@@ -771,7 +773,6 @@ pub fn check_settings_fields(
         }
         for (field, v) in [
             ("BadRequestErrorRetries", p.bad_request),
-            ("AuthenticationErrorRetries", p.authentication),
             ("ContentPolicyViolationErrorRetries", p.content_policy),
             ("ContextWindowExceededErrorRetries", p.context_window),
         ] {

@@ -116,6 +116,7 @@ pub struct Overrides {
     pub max_fallbacks: Option<u32>,
     pub mid_stream: Option<MidStreamPolicy>,
     pub disable_fallbacks: Option<bool>,
+    pub authentication_retries: Option<u32>,
 }
 
 /// A resolved value and the level that supplied it.
@@ -141,6 +142,8 @@ pub struct EffectiveSettings {
     pub max_fallbacks: Setting<u32>,
     pub mid_stream: Setting<MidStreamPolicy>,
     pub disable_fallbacks: Setting<bool>,
+    /// `retry_policy.AuthenticationErrorRetries`.
+    pub authentication_retries: Setting<Option<u32>>,
 }
 
 /// The levels of one request, highest precedence first.
@@ -188,6 +191,7 @@ impl Levels<'_> {
             max_fallbacks: self.pick(|o| o.max_fallbacks, DEFAULT_MAX_FALLBACKS),
             mid_stream: self.pick(|o| o.mid_stream, MidStreamPolicy::Continue),
             disable_fallbacks: self.pick(|o| o.disable_fallbacks, false),
+            authentication_retries: self.pick(|o| o.authentication_retries.map(Some), None),
         }
     }
 }
@@ -195,11 +199,16 @@ impl Levels<'_> {
 impl EffectiveSettings {
     /// Retries allowed in one group for failures of `class`: the class's `retry_policy`
     /// count if any level sets it, else `num_retries`. Classes that are never retried get 0.
+    /// An `auth` failure has them too (LiteLLM: `router.py`, `Router.should_retry_this_error`
+    /// lets 401/403 through when the group has several deployments), but only ever spends
+    /// them on other deployments (`route::plan_retry`).
     pub fn retries_for(&self, class: FailureClass) -> u32 {
         let specific = match class {
             FailureClass::RateLimited => self.rate_limit_retries.value,
             FailureClass::Timeout => self.timeout_retries.value,
             FailureClass::Transient | FailureClass::Malformed => self.internal_server_retries.value,
+            // Only ever on another deployment of the group (`Failure::retry_elsewhere_only`).
+            FailureClass::Auth => self.authentication_retries.value,
             _ => return 0,
         };
         if !class.actions(false).retry {
@@ -421,6 +430,7 @@ model_list:
             RouterSettings {
                 retry_policy: Some(crate::config::RetryPolicy {
                     rate_limit: Some(1),
+                    authentication: Some(3),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -445,5 +455,19 @@ model_list:
         assert_eq!(s.retries_for(FailureClass::Malformed), 4);
         assert_eq!(s.retries_for(FailureClass::ContextWindow), 0);
         assert_eq!(s.retries_for(FailureClass::BadRequest), 0);
+        assert_eq!(s.retries_for(FailureClass::Auth), 3);
+        assert_eq!(s.retries_for(FailureClass::NotFound), 0);
+        let s = Levels {
+            request: None,
+            key: Some(&key),
+            team: None,
+            gateway: &Overrides::default(),
+        }
+        .resolve();
+        assert_eq!(
+            s.retries_for(FailureClass::Auth),
+            4,
+            "an auth failure has num_retries, on other deployments only"
+        );
     }
 }

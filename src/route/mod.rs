@@ -441,7 +441,8 @@ mod tests {
         let now = Instant::now();
         let mut quota = Failure::new(FailureClass::RateLimited, "credit balance too low");
         quota.quota = true;
-        for f in [&quota] {
+        let auth = Failure::new(FailureClass::Auth, "401");
+        for f in [&quota, &auth] {
             // Alone in its group (not cooled): no retry on the same deployment.
             let c = catalog(1);
             let book = CooldownBook::for_catalog(&c);
