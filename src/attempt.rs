@@ -255,6 +255,9 @@ impl Run<'_> {
             // The `order` tier the request is in; retries stay inside it.
             let mut tier = next.map_or(0, |d| self.catalog.deployment(d).order);
             let mut retries_here = 0;
+            // The first deployment that failed in this tier: its own `num_retries`, if it
+            // sets one, is the tier's retry budget (see `EffectiveSettings::retries_in`).
+            let mut first_failed: Option<DeploymentId> = None;
             while let Some(deployment) = next.take() {
                 if let Some(limit) = self.limit_reached() {
                     self.emit(Event::LimitHit { limit });
@@ -358,11 +361,15 @@ impl Run<'_> {
                         } => self.ask = Some((prefix, tokens_left)),
                     }
                 }
+                let tier_first = *first_failed.get_or_insert(deployment);
                 let decision = {
                     let cx = RetryContext {
                         group,
                         failure: &failure,
-                        retries_allowed: self.settings.retries_for(failure.class),
+                        retries_allowed: self.settings.retries_in(
+                            failure.class,
+                            self.catalog.deployment(tier_first).num_retries,
+                        ),
                         retries_used: retries_here,
                         mocked: mocked.is_some(),
                         committed: self.commit.is_committed(),
@@ -407,6 +414,7 @@ impl Run<'_> {
                         {
                             tier = self.catalog.deployment(d).order;
                             retries_here = 0;
+                            first_failed = None;
                             next = Some(d);
                         }
                     }

@@ -46,6 +46,11 @@ pub struct DeploymentSpec {
     pub stream: bool,
     /// A streaming call carries `stream_options` (`send_stream_options`, default true).
     pub stream_options: bool,
+    /// `litellm_params.cooldown_time`: beats Retry-After and the gateway's (see
+    /// `route::cooldown`).
+    pub cooldown_time: Option<Duration>,
+    /// `litellm_params.num_retries` (see [`crate::policy::EffectiveSettings::retries_in`]).
+    pub num_retries: Option<u32>,
 }
 
 /// SHA-256 of a virtual key: what the catalog keeps instead of the key.
@@ -176,6 +181,8 @@ impl Catalog {
                 stream_timeout: p.stream_timeout.map(secs),
                 stream: !p.fake_stream.unwrap_or(false),
                 stream_options: p.send_stream_options.unwrap_or(true),
+                cooldown_time: p.cooldown_time.map(secs),
+                num_retries: p.num_retries,
             });
         }
         let n = groups.len();

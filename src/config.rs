@@ -98,6 +98,20 @@ pub struct LitellmParams {
     /// for upstreams that reject the field (their answers then may lack `usage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_stream_options: Option<bool>,
+    /// Seconds this deployment rests when it is cooled, beating the response's Retry-After
+    /// and the gateway's `cooldown_time`; 0: never cooled, its failures not counted
+    /// (LiteLLM: `router.py`, `Router.deployment_callback_on_failure`, and
+    /// `router_utils/cooldown_handlers.py`, `_should_run_cooldown_logic`). At most
+    /// `limits.max_cooldown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_time: Option<f64>,
+    /// Retries of a group whose first failed attempt of the request was on this deployment,
+    /// in place of the `num_retries` the request resolved at every level; a `retry_policy`
+    /// count for the failure's class still beats it. LiteLLM's semantics: the deployment's
+    /// `num_retries` rides back to the router on the exception (`utils.py`, `client`
+    /// wrapper) and `router.py`, `Router.async_function_with_retries`, retries with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_retries: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -554,6 +568,32 @@ impl GatewayConfig {
                 p.stream_timeout,
                 false,
             );
+            seconds_ok(
+                &mut push,
+                at.key("litellm_params").key("cooldown_time"),
+                p.cooldown_time,
+                true,
+            );
+            if let Some(c) = p.cooldown_time {
+                if c.is_finite() && c > self.limits.max_cooldown {
+                    push(
+                        at.key("litellm_params").key("cooldown_time"),
+                        format!(
+                            "{c} seconds is over the limit max_cooldown = {}",
+                            self.limits.max_cooldown
+                        ),
+                    );
+                }
+            }
+            if let Some(n) = p.num_retries {
+                let ceiling = self.limits.max_retries_ceiling;
+                if n > ceiling {
+                    push(
+                        at.key("litellm_params").key("num_retries"),
+                        format!("{n} is over the limit max_retries_ceiling = {ceiling}"),
+                    );
+                }
+            }
             if p.weight == Some(0) {
                 push(
                     at.key("litellm_params").key("weight"),
@@ -1006,6 +1046,32 @@ model_list:
         );
         let p = problems(&text);
         assert!(p[0].contains("must be 0"), "{p:?}");
+    }
+
+    #[test]
+    fn deployment_cooldown_time_and_num_retries_are_checked_in_place() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "      api_base: http://provider-b:8000/v1\n",
+                &format!("      api_base: http://provider-b:8000/v1\n      {extra}\n"),
+            )
+        };
+        assert!(GatewayConfig::load("g.yaml", &with("cooldown_time: 0")).is_ok());
+        assert!(GatewayConfig::load("g.yaml", &with("num_retries: 4")).is_ok());
+        let p = problems(&with("cooldown_time: -1"));
+        assert!(
+            p[0].contains("model_list[1].litellm_params.cooldown_time")
+                && p[0].contains("out of range"),
+            "{p:?}"
+        );
+        let p = problems(&with("cooldown_time: 301"));
+        assert!(p[0].contains("max_cooldown"), "{p:?}");
+        let p = problems(&with("num_retries: 1000"));
+        assert!(
+            p[0].contains("model_list[1].litellm_params.num_retries")
+                && p[0].contains("max_retries_ceiling"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -203,6 +203,17 @@ impl EffectiveSettings {
     /// lets 401/403 through when the group has several deployments), but only ever spends
     /// them on other deployments (`route::plan_retry`).
     pub fn retries_for(&self, class: FailureClass) -> u32 {
+        self.retries_in(class, None)
+    }
+
+    /// [`EffectiveSettings::retries_for`] in a group (or `order` tier) whose first failed
+    /// attempt of the request was on a deployment with its own `litellm_params.num_retries`
+    /// (`deployment_num_retries`): that count replaces `num_retries` from every level, the
+    /// request's included, and a `retry_policy` count for the class still beats it. This is
+    /// LiteLLM's order in `router.py`, `Router.async_function_with_retries`: `num_retries`
+    /// becomes the failed deployment's (`deployment_num_retries`, carried on the exception
+    /// by `utils.py`'s `client` wrapper), then the retry policy's for the error, if any.
+    pub fn retries_in(&self, class: FailureClass, deployment_num_retries: Option<u32>) -> u32 {
         let specific = match class {
             FailureClass::RateLimited => self.rate_limit_retries.value,
             FailureClass::Timeout => self.timeout_retries.value,
@@ -214,7 +225,9 @@ impl EffectiveSettings {
         if !class.actions(false).retry {
             return 0;
         }
-        specific.unwrap_or(self.num_retries.value)
+        specific
+            .or(deployment_num_retries)
+            .unwrap_or(self.num_retries.value)
     }
 }
 

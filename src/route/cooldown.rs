@@ -1,8 +1,9 @@
 //! Per-deployment health shared by all requests: failure counts and cooldowns.
 //!
 //! Owns: when a deployment is cooled (at once for rate limits and auth errors, after
-//! `allowed_fails` consecutive failures for transient ones), for how long (Retry-After, else
-//! `cooldown_time`), and when it is healthy again. A success resets the count. Time is a
+//! `allowed_fails` consecutive failures for transient ones), for how long (the deployment's
+//! own `cooldown_time`, else Retry-After, else the gateway's `cooldown_time`; a deployment
+//! whose own `cooldown_time` is 0 is never cooled), and when it is healthy again. A success resets the count. Time is a
 //! parameter; the book itself is plain data kept behind a lock by the engine.
 //!
 //! **Effects that land in the same instant.** Two requests' upstream events can arrive in
@@ -143,6 +144,8 @@ pub struct CooldownBook {
     health: Vec<Health>,
     /// `lone[d]`: `d` is the only deployment of its group.
     lone: Vec<bool>,
+    /// `own_cooldown[d]`: `d`'s own `litellm_params.cooldown_time`, if it sets one.
+    own_cooldown: Vec<Option<Duration>>,
     /// Effects of the latest instant, not yet seen by other requests.
     pending: Vec<Pending>,
     unreported: Vec<Unreported>,
@@ -153,6 +156,7 @@ impl CooldownBook {
         CooldownBook {
             health: vec![Health::default(); deployments],
             lone: vec![false; deployments],
+            own_cooldown: vec![None; deployments],
             pending: Vec::new(),
             unreported: Vec::new(),
         }
@@ -164,6 +168,11 @@ impl CooldownBook {
         CooldownBook {
             lone: (0..n)
                 .map(|d| catalog.is_lone(DeploymentId(d as u32)))
+                .collect(),
+            own_cooldown: catalog
+                .deployments
+                .iter()
+                .map(|d| d.cooldown_time)
                 .collect(),
             ..CooldownBook::new(n)
         }
@@ -316,16 +325,26 @@ impl CooldownBook {
         if !may_cool(class, self.lone[d.0 as usize], settings) {
             return None;
         }
+        let own = self.own_cooldown[d.0 as usize];
+        if own.is_some_and(|c| c.is_zero()) {
+            // LiteLLM skips its whole cooldown logic, counting included, for a cooldown
+            // of zero (`cooldown_handlers.py`, `_should_run_cooldown_logic`).
+            return None;
+        }
         let effect = match class.actions(settings.fallback_on_bad_request).cool_down {
             CoolDown::Never => return None,
             CoolDown::AfterAllowedFails => Effect::Counted {
                 class,
                 allowed_fails: settings.allowed_fails,
-                cooldown_time: settings.cooldown_time,
+                cooldown_time: own.unwrap_or(settings.cooldown_time),
             },
+            // The deployment's own cooldown_time first, then the Retry-After, then the
+            // gateway's (LiteLLM: `router.py`, `Router.deployment_callback_on_failure`).
             CoolDown::Immediately => Effect::Immediate {
                 class,
-                duration: failure.retry_after.unwrap_or(settings.cooldown_time),
+                duration: own
+                    .or(failure.retry_after)
+                    .unwrap_or(settings.cooldown_time),
             },
         };
         self.settle(now);
@@ -403,6 +422,37 @@ mod tests {
             .record_failure(d, &f, later, &settings(3, 60), 1)
             .unwrap();
         assert_eq!(cooled.duration, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_deployments_own_cooldown_time_beats_retry_after_and_zero_never_cools() {
+        let yaml = "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://a/v1\", cooldown_time: 1}}\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://b/v1\", cooldown_time: 0}}\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://c/v1\"}}\n";
+        let catalog = crate::catalog::Catalog::new(
+            &crate::config::GatewayConfig::load("t.yaml", yaml).unwrap(),
+        )
+        .unwrap();
+        let mut book = CooldownBook::for_catalog(&catalog);
+        let now = Instant::now();
+        let mut f = Failure::new(FailureClass::RateLimited, "429");
+        f.retry_after = Some(Duration::from_secs(30));
+        let s = settings(0, 60);
+        let cooled = |book: &mut CooldownBook, d: u32, f: &Failure| {
+            book.record_failure(DeploymentId(d), f, now, &s, 1)
+                .map(|c| c.duration)
+        };
+        assert_eq!(cooled(&mut book, 0, &f), Some(Duration::from_secs(1)));
+        assert_eq!(
+            cooled(&mut book, 1, &f),
+            None,
+            "cooldown_time 0: never cooled"
+        );
+        assert_eq!(cooled(&mut book, 2, &f), Some(Duration::from_secs(30)));
+        let t = Failure::new(FailureClass::Transient, "503");
+        assert_eq!(cooled(&mut book, 1, &t), None);
+        f.retry_after = None;
+        let mut book = CooldownBook::for_catalog(&catalog);
+        assert_eq!(cooled(&mut book, 0, &t), Some(Duration::from_secs(1)));
+        assert_eq!(cooled(&mut book, 2, &t), Some(Duration::from_secs(60)));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! cooldowns that issue 17 added.
 //!
 //! Owns: the strategy for one case's [`Policies`] and applying it to a generated scenario:
-//! billing errors sent as HTTP 400 (in place of some generated 422s). Does not own the rest
-//! of a case (`explore`).
+//! billing errors sent as HTTP 400 (in place of some generated 422s); a deployment's own
+//! `cooldown_time` and `num_retries`. Does not own the rest of a case (`explore`).
 
 use proptest::prelude::*;
 
@@ -25,21 +25,46 @@ const BILLING: [(Option<&str>, &str); 3] = [
     ),
 ];
 
+/// A deployment's own cooldowns: zero (never cooled), short ones that start and end while
+/// concurrent requests still arrive, and one longer than a case's traffic.
+const DEPLOYMENT_COOLDOWNS: [f64; 4] = [0.0, 0.05, 0.25, 30.0];
+
+/// What one deployment (one provider: a generated case has one per deployment) gets.
+#[derive(Debug, Clone)]
+struct PerDeployment {
+    /// Which billing error replaces its generated 422s, if any.
+    billing: Option<usize>,
+    cooldown_time: Option<f64>,
+    num_retries: Option<u32>,
+}
+
 /// One case's failure policies.
 #[derive(Debug, Clone)]
 pub struct Policies {
-    /// Per provider: which billing error replaces its generated 422s, if any.
-    billing: Vec<Option<usize>>,
+    deployments: Vec<PerDeployment>,
 }
 
-pub fn policies(providers: usize) -> impl Strategy<Value = Policies> {
-    proptest::collection::vec(proptest::option::weighted(0.5, 0..BILLING.len()), providers)
-        .prop_map(|billing| Policies { billing })
+pub fn policies(deployments: usize) -> impl Strategy<Value = Policies> {
+    let one = (
+        proptest::option::weighted(0.5, 0..BILLING.len()),
+        proptest::option::weighted(0.2, proptest::sample::select(DEPLOYMENT_COOLDOWNS.to_vec())),
+        proptest::option::weighted(0.2, 0u32..=3),
+    )
+        .prop_map(|(billing, cooldown_time, num_retries)| PerDeployment {
+            billing,
+            cooldown_time,
+            num_retries,
+        });
+    proptest::collection::vec(one, deployments).prop_map(|deployments| Policies { deployments })
 }
 
 pub fn apply(scenario: &mut Scenario, p: &Policies) {
-    for (provider, billing) in scenario.providers.iter_mut().zip(&p.billing) {
-        if let Some(i) = *billing {
+    for (d, own) in scenario.gateway.model_list.iter_mut().zip(&p.deployments) {
+        d.litellm_params.cooldown_time = own.cooldown_time;
+        d.litellm_params.num_retries = own.num_retries;
+    }
+    for (provider, own) in scenario.providers.iter_mut().zip(&p.deployments) {
+        if let Some(i) = own.billing {
             let scripts = std::iter::once(&mut provider.default).chain(provider.calls.iter_mut());
             for script in scripts {
                 billing_instead_of_422(script, BILLING[i]);
