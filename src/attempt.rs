@@ -160,6 +160,8 @@ struct Run<'a> {
     commit: CommitState,
     /// What the next attempt continues, after a failure past commit under `continue`.
     ask: Option<(String, Option<u64>)>,
+    /// `num_retries_per_request` stopped a retry or fallback (traced once).
+    capped: bool,
 }
 
 pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: &mut D) -> Outcome {
@@ -177,6 +179,7 @@ pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: 
         at_commit: None,
         commit: CommitState::new(),
         ask: None,
+        capped: false,
     };
     // The walk has emitted `client_gone` already when the client left; every other end
     // gets exactly one final event here.
@@ -388,6 +391,9 @@ impl Run<'_> {
                         .decide(&cx, self.catalog, &book, &mut self.rng)
                 };
                 match decision {
+                    RetryDecision::Retry { .. } if self.cap_hit() => {
+                        return Err(Stop::Unserved(self.unserved(failure, &walk)));
+                    }
                     RetryDecision::Retry { deployment, delay } => {
                         self.emit(Event::RetryScheduled {
                             group,
@@ -439,6 +445,9 @@ impl Run<'_> {
                 });
             }
             match link {
+                Some(_) if self.cap_hit() => {
+                    return Err(Stop::Unserved(self.unserved(failure, &walk)));
+                }
                 Some(link) => {
                     self.emit(Event::FallbackTaken {
                         from: link.from,
@@ -491,6 +500,9 @@ impl Run<'_> {
         let Some(Choice::Now(d)) = choice else {
             return None;
         };
+        if self.cap_hit() {
+            return None;
+        }
         walk.order_fallback_taken();
         self.fallbacks += 1;
         self.emit(Event::OrderFallbackTaken {
@@ -532,6 +544,23 @@ impl Run<'_> {
                 Err(f)
             }
         }
+    }
+
+    /// Whether the request has made every retry and fallback `num_retries_per_request`
+    /// allows (order-based fallbacks and groups skipped while cooling count as fallbacks),
+    /// so the next one is not made. Traced once, as `limit_hit`.
+    fn cap_hit(&mut self) -> bool {
+        let Some(cap) = self.settings.num_retries_per_request.value else {
+            return false;
+        };
+        let spent = self.retries + self.fallbacks >= cap;
+        if spent && !self.capped {
+            self.capped = true;
+            self.emit(Event::LimitHit {
+                limit: "num_retries_per_request",
+            });
+        }
+        spent
     }
 
     fn limit_reached(&self) -> Option<&'static str> {

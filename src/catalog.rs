@@ -294,6 +294,7 @@ impl Catalog {
             mid_stream: s.mid_stream,
             disable_fallbacks: s.disable_fallbacks,
             authentication_retries: policy.and_then(|p| p.authentication),
+            num_retries_per_request: s.num_retries_per_request,
         })
     }
 

@@ -213,6 +213,12 @@ pub struct RouterSettings {
     /// *Gateway only.* Seed of the gateway's random choices (load balancing, jitter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng_seed: Option<u64>,
+    /// Retries and fallbacks one request may make in all, order-based fallbacks and groups
+    /// skipped while cooling included (LiteLLM's `num_retries_per_request`, "for the request
+    /// overall (incl. fallbacks + model retries)"). Resolved per request; at most
+    /// `limits.max_attempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_retries_per_request: Option<u32>,
 }
 
 impl RouterSettings {
@@ -794,6 +800,17 @@ pub fn check_settings_fields(
         }
     };
     retries("num_retries", s.num_retries);
+    if let Some(n) = s.num_retries_per_request {
+        if n > limits.max_attempts {
+            push(
+                at.key("num_retries_per_request"),
+                format!(
+                    "{n} is over the limit max_attempts = {}",
+                    limits.max_attempts
+                ),
+            );
+        }
+    }
     if let Some(p) = &s.retry_policy {
         let pat = at.key("retry_policy");
         for (field, v) in [
@@ -1070,6 +1087,19 @@ model_list:
         assert!(
             p[0].contains("model_list[1].litellm_params.num_retries")
                 && p[0].contains("max_retries_ceiling"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn num_retries_per_request_is_bounded_by_max_attempts() {
+        let text = GOOD.replace("num_retries: 1", "num_retries_per_request: 32");
+        assert!(GatewayConfig::load("g.yaml", &text).is_ok());
+        let text = GOOD.replace("num_retries: 1", "num_retries_per_request: 33");
+        let p = problems(&text);
+        assert!(
+            p[0].contains("router_settings.num_retries_per_request")
+                && p[0].contains("max_attempts = 32"),
             "{p:?}"
         );
     }

@@ -117,6 +117,7 @@ pub struct Overrides {
     pub mid_stream: Option<MidStreamPolicy>,
     pub disable_fallbacks: Option<bool>,
     pub authentication_retries: Option<u32>,
+    pub num_retries_per_request: Option<u32>,
 }
 
 /// A resolved value and the level that supplied it.
@@ -144,6 +145,8 @@ pub struct EffectiveSettings {
     pub disable_fallbacks: Setting<bool>,
     /// `retry_policy.AuthenticationErrorRetries`.
     pub authentication_retries: Setting<Option<u32>>,
+    /// Retries and fallbacks the whole request may make (`num_retries_per_request`).
+    pub num_retries_per_request: Setting<Option<u32>>,
 }
 
 /// The levels of one request, highest precedence first.
@@ -192,6 +195,7 @@ impl Levels<'_> {
             mid_stream: self.pick(|o| o.mid_stream, MidStreamPolicy::Continue),
             disable_fallbacks: self.pick(|o| o.disable_fallbacks, false),
             authentication_retries: self.pick(|o| o.authentication_retries.map(Some), None),
+            num_retries_per_request: self.pick(|o| o.num_retries_per_request.map(Some), None),
         }
     }
 }

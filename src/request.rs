@@ -32,6 +32,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "max_fallbacks",
     "mid_stream",
     "disable_fallbacks",
+    "num_retries_per_request",
     // Gateway-only: read so that they are refused with a clear message.
     "cooldown_time",
     "allowed_fails",

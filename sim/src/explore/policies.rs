@@ -3,7 +3,8 @@
 //!
 //! Owns: the strategy for one case's [`Policies`] and applying it to a generated scenario:
 //! billing errors sent as HTTP 400 (in place of some generated 422s); a deployment's own
-//! `cooldown_time` and `num_retries`. Does not own the rest of a case (`explore`).
+//! `cooldown_time` and `num_retries`; `num_retries_per_request` at the gateway and on a
+//! key. Does not own the rest of a case (`explore`).
 
 use proptest::prelude::*;
 
@@ -42,6 +43,8 @@ struct PerDeployment {
 #[derive(Debug, Clone)]
 pub struct Policies {
     deployments: Vec<PerDeployment>,
+    /// `num_retries_per_request` at the gateway and on the first key.
+    per_request: (Option<u32>, Option<u32>),
 }
 
 pub fn policies(deployments: usize) -> impl Strategy<Value = Policies> {
@@ -55,10 +58,23 @@ pub fn policies(deployments: usize) -> impl Strategy<Value = Policies> {
             cooldown_time,
             num_retries,
         });
-    proptest::collection::vec(one, deployments).prop_map(|deployments| Policies { deployments })
+    (
+        proptest::collection::vec(one, deployments),
+        proptest::option::weighted(0.2, 0u32..=4),
+        proptest::option::weighted(0.1, 0u32..=4),
+    )
+        .prop_map(|(deployments, gateway, key)| Policies {
+            deployments,
+            per_request: (gateway, key),
+        })
 }
 
 pub fn apply(scenario: &mut Scenario, p: &Policies) {
+    let gateway = &mut scenario.gateway;
+    gateway.router_settings.num_retries_per_request = p.per_request.0;
+    if let Some(key) = gateway.keys.first_mut() {
+        key.router_settings.num_retries_per_request = p.per_request.1;
+    }
     for (d, own) in scenario.gateway.model_list.iter_mut().zip(&p.deployments) {
         d.litellm_params.cooldown_time = own.cooldown_time;
         d.litellm_params.num_retries = own.num_retries;
