@@ -371,6 +371,7 @@ impl Run<'_> {
                         failure: &failure,
                         retries_allowed: self.settings.retries_in(
                             failure.class,
+                            Some(group),
                             self.catalog.deployment(tier_first).num_retries,
                         ),
                         retries_used: retries_here,

@@ -219,6 +219,16 @@ pub struct RouterSettings {
     /// `limits.max_attempts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_retries_per_request: Option<u32>,
+    /// *Gateway only.* Failures of one class a deployment may have before it cools, per
+    /// class (LiteLLM's `AllowedFailsPolicy`); a class without a count keeps its own rule
+    /// (see `route::cooldown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_fails_policy: Option<AllowedFailsPolicy>,
+    /// A retry policy per group, used in that group instead of `retry_policy` (whole: a
+    /// class it does not name gets `num_retries`), LiteLLM's semantics. Resolved per
+    /// request as one field (a key's map replaces the team's whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_group_retry_policy: Option<BTreeMap<String, RetryPolicy>>,
 }
 
 impl RouterSettings {
@@ -245,6 +255,7 @@ impl RouterSettings {
             "cooldown_lone_deployment",
         );
         check(self.rng_seed.is_some(), "rng_seed");
+        check(self.allowed_fails_policy.is_some(), "allowed_fails_policy");
         set
     }
 }
@@ -325,6 +336,55 @@ pub struct RetryPolicy {
         skip_serializing_if = "Option::is_none"
     )]
     pub context_window: Option<u32>,
+}
+
+/// Per-failure-class allowed failures before a deployment cools, LiteLLM's names
+/// (`types/router.py`, `AllowedFailsPolicy`; read by `router.py`,
+/// `Router.get_allowed_fails_from_policy`, for
+/// `router_utils/cooldown_handlers.py`, `should_cooldown_based_on_allowed_fails_policy`).
+/// `BadRequestErrorAllowedFails` and `ContentPolicyViolationErrorAllowedFails` are accepted
+/// (LiteLLM's documented example sets them) and have no effect: those failures never cool
+/// a deployment, in LiteLLM neither (no cooldown on a 400).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedFailsPolicy {
+    #[serde(
+        rename = "BadRequestErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bad_request: Option<u32>,
+    #[serde(
+        rename = "AuthenticationErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub authentication: Option<u32>,
+    #[serde(
+        rename = "TimeoutErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<u32>,
+    #[serde(
+        rename = "RateLimitErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate_limit: Option<u32>,
+    #[serde(
+        rename = "ContentPolicyViolationErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub content_policy: Option<u32>,
+    /// Also covers malformed upstream responses.
+    #[serde(
+        rename = "InternalServerErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub internal_server: Option<u32>,
 }
 
 /// One `{group: [fallback, ...]}` entry. Exactly one group per entry.
@@ -812,33 +872,50 @@ pub fn check_settings_fields(
         }
     }
     if let Some(p) = &s.retry_policy {
-        let pat = at.key("retry_policy");
-        for (field, v) in [
-            ("RateLimitErrorRetries", p.rate_limit),
-            ("TimeoutErrorRetries", p.timeout),
-            ("InternalServerErrorRetries", p.internal_server),
-            ("AuthenticationErrorRetries", p.authentication),
-        ] {
-            if let Some(n) = v {
-                if n > ceiling {
-                    push(
-                        pat.key(field),
-                        format!("{n} is over the limit max_retries_ceiling = {ceiling}"),
-                    );
-                }
-            }
-        }
-        for (field, v) in [
-            ("BadRequestErrorRetries", p.bad_request),
-            ("ContentPolicyViolationErrorRetries", p.content_policy),
-            ("ContextWindowExceededErrorRetries", p.context_window),
-        ] {
-            if v.is_some_and(|n| n > 0) {
+        check_retry_policy(p, &at.key("retry_policy"), ceiling, push);
+    }
+    if let Some(map) = &s.model_group_retry_policy {
+        let mat = at.key("model_group_retry_policy");
+        for (group, p) in map {
+            if !known(group) {
                 push(
-                    pat.key(field),
-                    "must be 0: Switchback never retries this class in the same group (it falls back or fails)".to_string(),
+                    mat.key(group),
+                    format!("retry policy for unknown group `{group}`"),
                 );
             }
+            check_retry_policy(p, &mat.key(group), ceiling, push);
+        }
+    }
+}
+
+/// A `retry_policy` (or one group's, in `model_group_retry_policy`): counts within the
+/// ceiling, and 0 for classes Switchback never retries in a group.
+fn check_retry_policy(p: &RetryPolicy, pat: &At, ceiling: u32, push: &mut dyn FnMut(At, String)) {
+    for (field, v) in [
+        ("RateLimitErrorRetries", p.rate_limit),
+        ("TimeoutErrorRetries", p.timeout),
+        ("InternalServerErrorRetries", p.internal_server),
+        ("AuthenticationErrorRetries", p.authentication),
+    ] {
+        if let Some(n) = v {
+            if n > ceiling {
+                push(
+                    pat.key(field),
+                    format!("{n} is over the limit max_retries_ceiling = {ceiling}"),
+                );
+            }
+        }
+    }
+    for (field, v) in [
+        ("BadRequestErrorRetries", p.bad_request),
+        ("ContentPolicyViolationErrorRetries", p.content_policy),
+        ("ContextWindowExceededErrorRetries", p.context_window),
+    ] {
+        if v.is_some_and(|n| n > 0) {
+            push(
+                pat.key(field),
+                "must be 0: Switchback never retries this class in the same group (it falls back or fails)".to_string(),
+            );
         }
     }
 }
@@ -1100,6 +1177,48 @@ model_list:
         assert!(
             p[0].contains("router_settings.num_retries_per_request")
                 && p[0].contains("max_attempts = 32"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn allowed_fails_policy_is_gateway_only_and_group_retry_policies_are_checked() {
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "allowed_fails_policy: {RateLimitErrorAllowedFails: 2, BadRequestErrorAllowedFails: 1000}",
+        );
+        assert!(GatewayConfig::load("g.yaml", &text).is_ok());
+        let text = GOOD.replace(
+            "    router_settings:\n      fallbacks:",
+            "    router_settings:\n      allowed_fails_policy: {TimeoutErrorAllowedFails: 1}\n      fallbacks:",
+        );
+        let p = problems(&text);
+        assert!(
+            p[0].contains("allowed_fails_policy") && p[0].contains("gateway-wide"),
+            "{p:?}"
+        );
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "allowed_fails_policy: {RateLimitErrorAllowedFail: 2}",
+        );
+        assert!(problems(&text)[0].contains("RateLimitErrorAllowedFails"));
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "model_group_retry_policy: {claude: {RateLimitErrorRetries: 1}, gpt-5: {TimeoutErrorRetries: 1}}",
+        );
+        let p = problems(&text);
+        assert!(
+            p[0].contains("model_group_retry_policy.gpt-5") && p[0].contains("unknown group"),
+            "{p:?}"
+        );
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "model_group_retry_policy: {claude: {BadRequestErrorRetries: 1}}",
+        );
+        let p = problems(&text);
+        assert!(
+            p[0].contains("model_group_retry_policy.claude.BadRequestErrorRetries")
+                && p[0].contains("must be 0"),
             "{p:?}"
         );
     }

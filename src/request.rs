@@ -33,6 +33,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "mid_stream",
     "disable_fallbacks",
     "num_retries_per_request",
+    "model_group_retry_policy",
     // Gateway-only: read so that they are refused with a clear message.
     "cooldown_time",
     "allowed_fails",
@@ -42,6 +43,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "retry_backoff_max",
     "fallback_on_bad_request",
     "rng_seed",
+    "allowed_fails_policy",
 ];
 
 /// `mock_testing_*` flags and the failure class each one injects.

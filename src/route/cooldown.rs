@@ -1,7 +1,8 @@
 //! Per-deployment health shared by all requests: failure counts and cooldowns.
 //!
 //! Owns: when a deployment is cooled (at once for rate limits and auth errors, after
-//! `allowed_fails` consecutive failures for transient ones), for how long (the deployment's
+//! `allowed_fails` consecutive failures for transient ones; `allowed_fails_policy` gives a
+//! class its own allowance, a class that cools at once included), for how long (the deployment's
 //! own `cooldown_time`, else Retry-After, else the gateway's `cooldown_time`; a deployment
 //! whose own `cooldown_time` is 0 is never cooled), and when it is healthy again. A success resets the count. Time is a
 //! parameter; the book itself is plain data kept behind a lock by the engine.
@@ -107,7 +108,11 @@ fn combine<'e>(h: &mut Health, at: Instant, effects: impl Iterator<Item = &'e Ef
                 cooldown_time,
             } => {
                 h.consecutive_fails = h.consecutive_fails.saturating_add(1);
+                // Order-free: the strictest allowance (failures of different classes can
+                // have different ones under `allowed_fails_policy`), the longest cooldown.
                 let c = counted.get_or_insert((allowed_fails, cooldown_time, class));
+                c.0 = c.0.min(allowed_fails);
+                c.1 = c.1.max(cooldown_time);
                 c.2 = c.2.max(class);
             }
             Effect::Immediate { class, duration } => {
@@ -331,21 +336,31 @@ impl CooldownBook {
             // of zero (`cooldown_handlers.py`, `_should_run_cooldown_logic`).
             return None;
         }
-        let effect = match class.actions(settings.fallback_on_bad_request).cool_down {
+        let rule = class.actions(settings.fallback_on_bad_request).cool_down;
+        // The deployment's own cooldown_time first, then (for a failure that cools at once)
+        // the Retry-After, then the gateway's (LiteLLM: `router.py`,
+        // `Router.deployment_callback_on_failure`).
+        let duration = match rule {
             CoolDown::Never => return None,
-            CoolDown::AfterAllowedFails => Effect::Counted {
+            CoolDown::AfterAllowedFails => own.unwrap_or(settings.cooldown_time),
+            CoolDown::Immediately => own
+                .or(failure.retry_after)
+                .unwrap_or(settings.cooldown_time),
+        };
+        // `allowed_fails_policy` names how many failures of this class are allowed: a class
+        // that cools at once (a rate limit, an auth failure) then counts too.
+        let effect = match (settings.allowed_fails_for(class), rule) {
+            (Some(allowed_fails), _) => Effect::Counted {
+                class,
+                allowed_fails,
+                cooldown_time: duration,
+            },
+            (None, CoolDown::AfterAllowedFails) => Effect::Counted {
                 class,
                 allowed_fails: settings.allowed_fails,
-                cooldown_time: own.unwrap_or(settings.cooldown_time),
+                cooldown_time: duration,
             },
-            // The deployment's own cooldown_time first, then the Retry-After, then the
-            // gateway's (LiteLLM: `router.py`, `Router.deployment_callback_on_failure`).
-            CoolDown::Immediately => Effect::Immediate {
-                class,
-                duration: own
-                    .or(failure.retry_after)
-                    .unwrap_or(settings.cooldown_time),
-            },
+            (None, _) => Effect::Immediate { class, duration },
         };
         self.settle(now);
         let (_, before) = self.own_health(d, request);
@@ -612,6 +627,45 @@ mod tests {
         let limited = seen.iter().find(|x| x.0).unwrap();
         assert_eq!(limited.1, Some(t + Duration::from_secs(5)));
         assert!(limited.2.is_empty(), "request 4 reported a cooldown itself");
+    }
+
+    /// Under `allowed_fails_policy`, failures of different classes in one instant have
+    /// different allowances: the strictest one and the longest cooldown apply, in any order.
+    #[test]
+    fn allowances_per_class_combine_alike_in_any_order() {
+        let d = DeploymentId(0);
+        let t = Instant::now();
+        let s = GatewaySettings {
+            allowed_fails_policy: crate::config::AllowedFailsPolicy {
+                rate_limit: Some(5),
+                internal_server: Some(1),
+                ..Default::default()
+            },
+            ..settings(3, 5)
+        };
+        let mut limited = Failure::new(FailureClass::RateLimited, "429");
+        limited.retry_after = Some(Duration::from_secs(2));
+        let transient = Failure::new(FailureClass::Transient, "503");
+        for order in [[&limited, &transient], [&transient, &limited]] {
+            let mut book = CooldownBook::new(1);
+            for (request, f) in order.iter().enumerate() {
+                assert_eq!(
+                    book.record_failure(d, f, t, &s, request as u64 + 1),
+                    None,
+                    "neither request's own failure passes its allowance"
+                );
+            }
+            book.settle(t + ms(1));
+            assert_eq!(
+                book.cooling_until(d, t + ms(1)),
+                Some(t + Duration::from_secs(5)),
+                "two failures pass the 503's allowance of 1; the longer cooldown wins"
+            );
+            assert_eq!(book.take_unreported().len(), 1);
+        }
+        // One 429 alone is within its allowance of 5: not cooled at once any more.
+        let mut book = CooldownBook::new(1);
+        assert_eq!(book.record_failure(d, &limited, t, &s, 1), None);
     }
 
     fn permutations(items: &[usize]) -> Vec<Vec<usize>> {

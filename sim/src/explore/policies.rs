@@ -3,10 +3,14 @@
 //!
 //! Owns: the strategy for one case's [`Policies`] and applying it to a generated scenario:
 //! billing errors sent as HTTP 400 (in place of some generated 422s); a deployment's own
-//! `cooldown_time` and `num_retries`; `num_retries_per_request` at the gateway and on a
-//! key. Does not own the rest of a case (`explore`).
+//! `cooldown_time` and `num_retries`; `num_retries_per_request` and
+//! `model_group_retry_policy` at the gateway and on a key; `allowed_fails_policy`. Does not
+//! own the rest of a case (`explore`).
+
+use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use switchback::config::{AllowedFailsPolicy, RetryPolicy};
 
 use crate::scenario::{FaultKind, Scenario, Script};
 
@@ -45,6 +49,36 @@ pub struct Policies {
     deployments: Vec<PerDeployment>,
     /// `num_retries_per_request` at the gateway and on the first key.
     per_request: (Option<u32>, Option<u32>),
+    allowed_fails_policy: Option<AllowedFailsPolicy>,
+    /// `model_group_retry_policy` for the first group, at the gateway and on the first key.
+    group_retry_policy: (Option<RetryPolicy>, Option<RetryPolicy>),
+}
+
+fn allowed_fails_policy() -> impl Strategy<Value = AllowedFailsPolicy> {
+    let count = || proptest::option::weighted(0.4, 0u32..=2);
+    (count(), count(), count(), count(), count()).prop_map(
+        |(rate_limit, timeout, internal_server, authentication, bad_request)| AllowedFailsPolicy {
+            rate_limit,
+            timeout,
+            internal_server,
+            authentication,
+            bad_request,
+            content_policy: None,
+        },
+    )
+}
+
+fn retry_policy() -> impl Strategy<Value = RetryPolicy> {
+    let count = || proptest::option::weighted(0.5, 0u32..=2);
+    (count(), count(), count(), count()).prop_map(
+        |(rate_limit, timeout, internal_server, authentication)| RetryPolicy {
+            rate_limit,
+            timeout,
+            internal_server,
+            authentication,
+            ..RetryPolicy::default()
+        },
+    )
 }
 
 pub fn policies(deployments: usize) -> impl Strategy<Value = Policies> {
@@ -62,18 +96,35 @@ pub fn policies(deployments: usize) -> impl Strategy<Value = Policies> {
         proptest::collection::vec(one, deployments),
         proptest::option::weighted(0.2, 0u32..=4),
         proptest::option::weighted(0.1, 0u32..=4),
+        proptest::option::weighted(0.25, allowed_fails_policy()),
+        proptest::option::weighted(0.2, retry_policy()),
+        proptest::option::weighted(0.1, retry_policy()),
     )
-        .prop_map(|(deployments, gateway, key)| Policies {
-            deployments,
-            per_request: (gateway, key),
-        })
+        .prop_map(
+            |(deployments, gateway, key, allowed, group_policy, key_group_policy)| Policies {
+                deployments,
+                per_request: (gateway, key),
+                allowed_fails_policy: allowed,
+                group_retry_policy: (group_policy, key_group_policy),
+            },
+        )
 }
 
 pub fn apply(scenario: &mut Scenario, p: &Policies) {
     let gateway = &mut scenario.gateway;
-    gateway.router_settings.num_retries_per_request = p.per_request.0;
+    let first_group = gateway.model_list[0].model_name.clone();
+    let for_first_group = |policy: &Option<RetryPolicy>| {
+        policy
+            .clone()
+            .map(|p| BTreeMap::from([(first_group.clone(), p)]))
+    };
+    let settings = &mut gateway.router_settings;
+    settings.num_retries_per_request = p.per_request.0;
+    settings.allowed_fails_policy = p.allowed_fails_policy.clone();
+    settings.model_group_retry_policy = for_first_group(&p.group_retry_policy.0);
     if let Some(key) = gateway.keys.first_mut() {
         key.router_settings.num_retries_per_request = p.per_request.1;
+        key.router_settings.model_group_retry_policy = for_first_group(&p.group_retry_policy.1);
     }
     for (d, own) in scenario.gateway.model_list.iter_mut().zip(&p.deployments) {
         d.litellm_params.cooldown_time = own.cooldown_time;
