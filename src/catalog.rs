@@ -112,6 +112,8 @@ pub struct GatewaySettings {
     pub rng_seed: u64,
     /// `allowed_fails_policy` (see [`GatewaySettings::allowed_fails_for`]).
     pub allowed_fails_policy: crate::config::AllowedFailsPolicy,
+    /// Cool by the failure rate of the current minute (`cooldown_by_failure_rate`).
+    pub cooldown_by_failure_rate: bool,
 }
 
 pub const DEFAULT_COOLDOWN_TIME: Duration = Duration::from_secs(5);
@@ -405,6 +407,7 @@ fn gateway_settings(s: &RouterSettings) -> GatewaySettings {
         cooldown_lone_deployment: s.cooldown_lone_deployment.unwrap_or(false),
         rng_seed: s.rng_seed.unwrap_or(0),
         allowed_fails_policy: s.allowed_fails_policy.clone().unwrap_or_default(),
+        cooldown_by_failure_rate: s.cooldown_by_failure_rate.unwrap_or(false),
     }
 }
 

@@ -229,6 +229,12 @@ pub struct RouterSettings {
     /// request as one field (a key's map replaces the team's whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_group_retry_policy: Option<BTreeMap<String, RetryPolicy>>,
+    /// *Gateway only.* Cool a deployment by its failure rate in the current minute instead
+    /// of by consecutive failures: LiteLLM's rule when neither `allowed_fails` nor
+    /// `allowed_fails_policy` is set (see `route::cooldown`), so it refuses both. Default
+    /// false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_by_failure_rate: Option<bool>,
 }
 
 impl RouterSettings {
@@ -256,6 +262,10 @@ impl RouterSettings {
         );
         check(self.rng_seed.is_some(), "rng_seed");
         check(self.allowed_fails_policy.is_some(), "allowed_fails_policy");
+        check(
+            self.cooldown_by_failure_rate.is_some(),
+            "cooldown_by_failure_rate",
+        );
         set
     }
 }
@@ -732,6 +742,23 @@ impl GatewayConfig {
                     lat.key(name),
                     format!("`{name}` = {v} is out of range ({min} to {max})"),
                 );
+            }
+        }
+        let rs = &self.router_settings;
+        if rs.cooldown_by_failure_rate == Some(true) {
+            for (set, field) in [
+                (rs.allowed_fails.is_some(), "allowed_fails"),
+                (rs.allowed_fails_policy.is_some(), "allowed_fails_policy"),
+            ] {
+                if set {
+                    push(
+                        root.key("router_settings").key("cooldown_by_failure_rate"),
+                        format!(
+                            "`cooldown_by_failure_rate` applies only when `{field}` is not set \
+                             (LiteLLM counts allowed failures instead once it is): remove one"
+                        ),
+                    );
+                }
             }
         }
         if let Some(c) = self.router_settings.cooldown_time {
@@ -1219,6 +1246,22 @@ model_list:
         assert!(
             p[0].contains("model_group_retry_policy.claude.BadRequestErrorRetries")
                 && p[0].contains("must be 0"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn cooldown_by_failure_rate_refuses_allowed_fails() {
+        let text = GOOD.replace("num_retries: 1", "cooldown_by_failure_rate: true");
+        assert!(GatewayConfig::load("g.yaml", &text).is_ok());
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "cooldown_by_failure_rate: true\n  allowed_fails: 3",
+        );
+        let p = problems(&text);
+        assert!(
+            p[0].contains("router_settings.cooldown_by_failure_rate")
+                && p[0].contains("`allowed_fails` is not set"),
             "{p:?}"
         );
     }

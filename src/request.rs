@@ -44,6 +44,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "fallback_on_bad_request",
     "rng_seed",
     "allowed_fails_policy",
+    "cooldown_by_failure_rate",
 ];
 
 /// `mock_testing_*` flags and the failure class each one injects.

@@ -4,8 +4,8 @@
 //! Owns: the strategy for one case's [`Policies`] and applying it to a generated scenario:
 //! billing errors sent as HTTP 400 (in place of some generated 422s); a deployment's own
 //! `cooldown_time` and `num_retries`; `num_retries_per_request` and
-//! `model_group_retry_policy` at the gateway and on a key; `allowed_fails_policy`. Does not
-//! own the rest of a case (`explore`).
+//! `model_group_retry_policy` at the gateway and on a key; `allowed_fails_policy`, or
+//! `cooldown_by_failure_rate` instead. Does not own the rest of a case (`explore`).
 
 use std::collections::BTreeMap;
 
@@ -52,6 +52,8 @@ pub struct Policies {
     allowed_fails_policy: Option<AllowedFailsPolicy>,
     /// `model_group_retry_policy` for the first group, at the gateway and on the first key.
     group_retry_policy: (Option<RetryPolicy>, Option<RetryPolicy>),
+    /// `cooldown_by_failure_rate` (in place of `allowed_fails` and `allowed_fails_policy`).
+    failure_rate: bool,
 }
 
 fn allowed_fails_policy() -> impl Strategy<Value = AllowedFailsPolicy> {
@@ -99,13 +101,15 @@ pub fn policies(deployments: usize) -> impl Strategy<Value = Policies> {
         proptest::option::weighted(0.25, allowed_fails_policy()),
         proptest::option::weighted(0.2, retry_policy()),
         proptest::option::weighted(0.1, retry_policy()),
+        proptest::bool::weighted(0.25),
     )
         .prop_map(
-            |(deployments, gateway, key, allowed, group_policy, key_group_policy)| Policies {
+            |(deployments, gateway, key, allowed, group_policy, key_group_policy, rate)| Policies {
                 deployments,
                 per_request: (gateway, key),
                 allowed_fails_policy: allowed,
                 group_retry_policy: (group_policy, key_group_policy),
+                failure_rate: rate,
             },
         )
 }
@@ -122,6 +126,11 @@ pub fn apply(scenario: &mut Scenario, p: &Policies) {
     settings.num_retries_per_request = p.per_request.0;
     settings.allowed_fails_policy = p.allowed_fails_policy.clone();
     settings.model_group_retry_policy = for_first_group(&p.group_retry_policy.0);
+    if p.failure_rate {
+        settings.cooldown_by_failure_rate = Some(true);
+        settings.allowed_fails = None;
+        settings.allowed_fails_policy = None;
+    }
     if let Some(key) = gateway.keys.first_mut() {
         key.router_settings.num_retries_per_request = p.per_request.1;
         key.router_settings.model_group_retry_policy = for_first_group(&p.group_retry_policy.1);
