@@ -13,6 +13,7 @@
 //! `seed` exactly (`replay`), shrinking a failing case, writing it out as a scenario file,
 //! and the coverage report.
 
+pub mod policies;
 pub mod shapes;
 
 use std::collections::BTreeSet;
@@ -426,6 +427,7 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                 .collect();
             let orders = proptest::collection::vec(0u32..=1, hosts.len());
             let shapes = proptest::collection::vec(shapes::shape(), hosts.len());
+            let policies = policies::policies(hosts.len());
             let two_requests = proptest::bool::weighted(0.3);
             let net = if swarm.network {
                 proptest::option::weighted(
@@ -472,7 +474,7 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                 ),
                 net,
                 latency,
-                shapes,
+                (shapes, policies),
             )
                 .prop_map(
                     move |(
@@ -486,7 +488,7 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                         (r1, r2, two, bursts),
                         net,
                         latency,
-                        shapes,
+                        (shapes, policies),
                     )| {
                         let mut providers = providers;
                         if swarm.shapes {
@@ -573,7 +575,7 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                             vec![r1]
                         };
                         let kinds: Vec<&str> = swarm.kinds.iter().map(|k| k.as_str()).collect();
-                        Scenario {
+                        let mut scenario = Scenario {
                             name: "generated".into(),
                             description: format!(
                                 "swarm: kinds [{}], mocks {}, network {}, request settings {}, concurrency {}, shapes {}",
@@ -611,7 +613,9 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                             sequential: false,
                             modes: Mode::both(),
                             expect: Expect::default(),
-                        }
+                        };
+                        policies::apply(&mut scenario, &policies);
+                        scenario
                     },
                 )
         })
