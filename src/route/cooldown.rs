@@ -280,6 +280,63 @@ impl CooldownBook {
         }
     }
 
+    /// A book for the deployments of `catalog` that keeps, by deployment id, what `self`
+    /// (the book of `old`) knows of each deployment both list: its failure count and
+    /// cooldown, its outcomes not yet settled and cooldowns not yet reported. A reload that
+    /// adds, removes or reorders deployments so does not forget which of the others are
+    /// cooling. `carried[d]` is where `d` came from, for every deployment of `catalog`.
+    pub fn carried_over(
+        &self,
+        old: &crate::catalog::Catalog,
+        catalog: &crate::catalog::Catalog,
+    ) -> (CooldownBook, Vec<Option<DeploymentId>>) {
+        assert_eq!(self.health.len(), old.deployments.len(), "a book of `old`");
+        let mut book = CooldownBook::for_catalog(catalog);
+        let carried: Vec<Option<DeploymentId>> = catalog
+            .deployments
+            .iter()
+            .map(|spec| {
+                old.deployments
+                    .iter()
+                    .position(|o| o.id == spec.id)
+                    .map(|i| DeploymentId(i as u32))
+            })
+            .collect();
+        let new_index = |from: DeploymentId| {
+            carried
+                .iter()
+                .position(|c| *c == Some(from))
+                .map(|i| DeploymentId(i as u32))
+        };
+        for (d, from) in carried.iter().enumerate() {
+            if let Some(from) = from {
+                book.health[d] = self.health[from.0 as usize].clone();
+            }
+        }
+        book.pending = self
+            .pending
+            .iter()
+            .filter_map(|p| {
+                new_index(p.deployment).map(|deployment| Pending {
+                    deployment,
+                    ..p.clone()
+                })
+            })
+            .collect();
+        book.unreported = self
+            .unreported
+            .iter()
+            .filter_map(|u| {
+                new_index(u.cooled.deployment).map(|deployment| {
+                    let mut u = u.clone();
+                    u.cooled.deployment = deployment;
+                    u
+                })
+            })
+            .collect();
+        (book, carried)
+    }
+
     /// Folds every effect from before `now` into the shared health.
     pub fn settle(&mut self, now: Instant) {
         if self.pending.iter().all(|p| p.at >= now) {
