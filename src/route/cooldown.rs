@@ -316,19 +316,14 @@ impl CooldownBook {
         book.pending = self
             .pending
             .iter()
-            .filter_map(|p| {
-                new_index(p.deployment).map(|deployment| Pending {
-                    deployment,
-                    ..p.clone()
-                })
-            })
+            .filter_map(|p| new_index(p.deployment).map(|deployment| Pending { deployment, ..*p }))
             .collect();
         book.unreported = self
             .unreported
             .iter()
             .filter_map(|u| {
                 new_index(u.cooled.deployment).map(|deployment| {
-                    let mut u = u.clone();
+                    let mut u = *u;
                     u.cooled.deployment = deployment;
                     u
                 })
