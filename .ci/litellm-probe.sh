@@ -237,7 +237,10 @@ for s in scenarios/parity/order_retry_stays_in_tier.yaml \
     scenarios/parity/order_tier_falls_back_in_group_first.yaml \
     scenarios/parity/order_tiers_then_group_fallbacks.yaml \
     scenarios/parity/lone_deployment_default_settings.yaml \
-    scenarios/parity/lone_deployment_cooled_on_request.yaml; do
+    scenarios/parity/lone_deployment_cooled_on_request.yaml \
+    scenarios/parity/deployment_num_retries.yaml \
+    scenarios/parity/auth_retried_on_another_deployment.yaml \
+    scenarios/parity/billing_400_falls_back.yaml; do
     expect_diff "$s" "diff-$(basename "$s" .yaml)" 0 "$SAME"
 done
 # Documented difference: with allowed_fails set, LiteLLM 1.83.0 cools even a lone
@@ -246,6 +249,13 @@ expect_diff scenarios/parity/lone_deployment_not_cooled.yaml diff-lone-allowed-f
     'differs: calls: 1 against 3 call(s); from call 2 on, A made (no call) and B made `solo#2 m: http 503`' \
     'differs: calls: 0 against 1 call(s); from call 1 on, A made (no call) and B made `solo#4 m: ok`' \
     "4 request-mode(s): 0 the same, 4 different"
+# Documented difference: LiteLLM's proxy retries a deployment's own num_retries inside the
+# completion call, where a retry_policy count does not bound them; Switchback lets the
+# retry policy's count win, as the router's order says.
+expect_diff scenarios/parity/deployment_num_retries_retry_policy_wins.yaml diff-deployment-retries-policy 1 \
+    'differs: calls: 4 against 2 call(s); from call 3 on, A made `solo#3 m: http 500` and B made (no call)' \
+    "differs: outcome: A 200, B error 500" \
+    "2 request-mode(s): 0 the same, 2 different"
 
 done_at=$(date +%s)
 echo "== LiteLLM probe suite: $CHECKS checks passed in $((done_at - suite_started)) s" \

@@ -160,6 +160,8 @@ struct Run<'a> {
     commit: CommitState,
     /// What the next attempt continues, after a failure past commit under `continue`.
     ask: Option<(String, Option<u64>)>,
+    /// `num_retries_per_request` stopped a retry or fallback (traced once).
+    capped: bool,
 }
 
 pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: &mut D) -> Outcome {
@@ -177,6 +179,7 @@ pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: 
         at_commit: None,
         commit: CommitState::new(),
         ask: None,
+        capped: false,
     };
     // The walk has emitted `client_gone` already when the client left; every other end
     // gets exactly one final event here.
@@ -255,6 +258,9 @@ impl Run<'_> {
             // The `order` tier the request is in; retries stay inside it.
             let mut tier = next.map_or(0, |d| self.catalog.deployment(d).order);
             let mut retries_here = 0;
+            // The first deployment that failed in this tier: its own `num_retries`, if it
+            // sets one, is the tier's retry budget (see `EffectiveSettings::retries_in`).
+            let mut first_failed: Option<DeploymentId> = None;
             while let Some(deployment) = next.take() {
                 if let Some(limit) = self.limit_reached() {
                     self.emit(Event::LimitHit { limit });
@@ -358,11 +364,16 @@ impl Run<'_> {
                         } => self.ask = Some((prefix, tokens_left)),
                     }
                 }
+                let tier_first = *first_failed.get_or_insert(deployment);
                 let decision = {
                     let cx = RetryContext {
                         group,
                         failure: &failure,
-                        retries_allowed: self.settings.retries_for(failure.class),
+                        retries_allowed: self.settings.retries_in(
+                            failure.class,
+                            Some(group),
+                            self.catalog.deployment(tier_first).num_retries,
+                        ),
                         retries_used: retries_here,
                         mocked: mocked.is_some(),
                         committed: self.commit.is_committed(),
@@ -381,6 +392,9 @@ impl Run<'_> {
                         .decide(&cx, self.catalog, &book, &mut self.rng)
                 };
                 match decision {
+                    RetryDecision::Retry { .. } if self.cap_hit() => {
+                        return Err(Stop::Unserved(self.unserved(failure, &walk)));
+                    }
                     RetryDecision::Retry { deployment, delay } => {
                         self.emit(Event::RetryScheduled {
                             group,
@@ -407,6 +421,7 @@ impl Run<'_> {
                         {
                             tier = self.catalog.deployment(d).order;
                             retries_here = 0;
+                            first_failed = None;
                             next = Some(d);
                         }
                     }
@@ -431,6 +446,9 @@ impl Run<'_> {
                 });
             }
             match link {
+                Some(_) if self.cap_hit() => {
+                    return Err(Stop::Unserved(self.unserved(failure, &walk)));
+                }
                 Some(link) => {
                     self.emit(Event::FallbackTaken {
                         from: link.from,
@@ -491,6 +509,9 @@ impl Run<'_> {
         let Some(Choice::Now(d)) = choice else {
             return None;
         };
+        if self.cap_hit() {
+            return None;
+        }
         walk.order_fallback_taken();
         self.fallbacks += 1;
         self.emit(Event::OrderFallbackTaken {
@@ -532,6 +553,23 @@ impl Run<'_> {
                 Err(f)
             }
         }
+    }
+
+    /// Whether the request has made every retry and fallback `num_retries_per_request`
+    /// allows (order-based fallbacks and groups skipped while cooling count as fallbacks),
+    /// so the next one is not made. Traced once, as `limit_hit`.
+    fn cap_hit(&mut self) -> bool {
+        let Some(cap) = self.settings.num_retries_per_request.value else {
+            return false;
+        };
+        let spent = self.retries + self.fallbacks >= cap;
+        if spent && !self.capped {
+            self.capped = true;
+            self.emit(Event::LimitHit {
+                limit: "num_retries_per_request",
+            });
+        }
+        spent
     }
 
     fn limit_reached(&self) -> Option<&'static str> {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::classify::FailureClass;
 use crate::config::{ConfigError, GatewayConfig, RouterSettings, strip_provider};
 use crate::limits::{Limits, secs};
 use crate::policy::{FallbackTable, Overrides};
@@ -49,6 +50,11 @@ pub struct DeploymentSpec {
     /// `litellm_params.model` when it has a `*`: for a deployment of a wildcard group, the
     /// model it is called with comes from the requested name (see [`crate::wildcard`]).
     pub model_template: Option<String>,
+    /// `litellm_params.cooldown_time`: beats Retry-After and the gateway's (see
+    /// `route::cooldown`).
+    pub cooldown_time: Option<Duration>,
+    /// `litellm_params.num_retries` (see [`crate::policy::EffectiveSettings::retries_in`]).
+    pub num_retries: Option<u32>,
 }
 
 /// A request served by a wildcard group: the name it asked for and what the group's `*`s
@@ -153,6 +159,10 @@ pub struct GatewaySettings {
     /// Cool the only deployment of a group too (`cooldown_lone_deployment`).
     pub cooldown_lone_deployment: bool,
     pub rng_seed: u64,
+    /// `allowed_fails_policy` (see [`GatewaySettings::allowed_fails_for`]).
+    pub allowed_fails_policy: crate::config::AllowedFailsPolicy,
+    /// Cool by the failure rate of the current minute (`cooldown_by_failure_rate`).
+    pub cooldown_by_failure_rate: bool,
 }
 
 pub const DEFAULT_COOLDOWN_TIME: Duration = Duration::from_secs(5);
@@ -235,6 +245,8 @@ impl Catalog {
                 stream_timeout: p.stream_timeout.map(secs),
                 stream: !p.fake_stream.unwrap_or(false),
                 stream_options: p.send_stream_options.unwrap_or(true),
+                cooldown_time: p.cooldown_time.map(secs),
+                num_retries: p.num_retries,
                 model_template: p.model.contains('*').then(|| p.model.clone()),
             });
         }
@@ -420,6 +432,20 @@ impl Catalog {
             max_fallbacks: s.max_fallbacks,
             mid_stream: s.mid_stream,
             disable_fallbacks: s.disable_fallbacks,
+            authentication_retries: policy.and_then(|p| p.authentication),
+            num_retries_per_request: s.num_retries_per_request,
+            model_group_retry_policy: match &s.model_group_retry_policy {
+                None => None,
+                Some(map) => Some(Arc::new(
+                    map.iter()
+                        .map(|(name, p)| {
+                            self.group_id(name)
+                                .map(|g| (g, crate::policy::ClassRetries::of(p)))
+                                .ok_or_else(|| format!("retry policy for unknown group `{name}`"))
+                        })
+                        .collect::<Result<_, String>>()?,
+                )),
+            },
         })
     }
 
@@ -584,5 +610,25 @@ fn gateway_settings(s: &RouterSettings) -> GatewaySettings {
         fallback_on_bad_request: s.fallback_on_bad_request.unwrap_or(false),
         cooldown_lone_deployment: s.cooldown_lone_deployment.unwrap_or(false),
         rng_seed: s.rng_seed.unwrap_or(0),
+        allowed_fails_policy: s.allowed_fails_policy.clone().unwrap_or_default(),
+        cooldown_by_failure_rate: s.cooldown_by_failure_rate.unwrap_or(false),
+    }
+}
+
+impl GatewaySettings {
+    /// The failures of `class` a deployment may have before it cools, when
+    /// `allowed_fails_policy` names the class (LiteLLM: `router.py`,
+    /// `Router.get_allowed_fails_from_policy`). `InternalServerErrorAllowedFails` covers
+    /// transient and malformed failures; LiteLLM 1.83.0 declares it but never reads it.
+    /// Bad-request and content-policy counts are `None`: those failures never cool.
+    pub fn allowed_fails_for(&self, class: FailureClass) -> Option<u32> {
+        let p = &self.allowed_fails_policy;
+        match class {
+            FailureClass::RateLimited => p.rate_limit,
+            FailureClass::Timeout => p.timeout,
+            FailureClass::Transient | FailureClass::Malformed => p.internal_server,
+            FailureClass::Auth => p.authentication,
+            _ => None,
+        }
     }
 }

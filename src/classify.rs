@@ -68,7 +68,9 @@ impl FailureClass {
             FailureClass::Timeout => (true, Generic, AfterAllowedFails),
             FailureClass::ContextWindow => (false, ContextWindow, Never),
             FailureClass::ContentPolicy => (false, ContentPolicy, Never),
-            FailureClass::Auth | FailureClass::NotFound => (false, Generic, Immediately),
+            // Retried on another deployment only (`Failure::retry_elsewhere_only`).
+            FailureClass::Auth => (true, Generic, Immediately),
+            FailureClass::NotFound => (false, Generic, Immediately),
             FailureClass::BadRequest => (
                 false,
                 if bad_request_falls_back {
@@ -255,6 +257,10 @@ pub struct Failure {
     /// redacted (`crate::redact`) before it can reach a client.
     pub message: String,
     pub blame: Blame,
+    /// A quota or billing failure (class `rate_limited`, without a 429): the account behind
+    /// the deployment is out of credit or quota. Waiting does not mend it, so it is retried
+    /// only on another deployment (see [`Failure::retry_elsewhere_only`]).
+    pub quota: bool,
 }
 
 impl Failure {
@@ -265,7 +271,16 @@ impl Failure {
             retry_after: None,
             message: message.into(),
             blame: Blame::Deployment,
+            quota: false,
         }
+    }
+
+    /// Whether a retry in the group must go to a deployment this request has not tried in
+    /// the group yet, never to the same one again: an `auth` failure (a key can be bad on
+    /// one deployment and good on another, LiteLLM's reason to retry it) and a quota or
+    /// billing failure (an empty account stays empty). None left: the group gives up.
+    pub fn retry_elsewhere_only(&self) -> bool {
+        self.quota || self.class == FailureClass::Auth
     }
 
     /// Status the client sees if this failure ends the request.
@@ -316,6 +331,7 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
             let err = parsed.as_ref().map(error_object);
             let hints = err.map(ErrorHints::of).unwrap_or_default();
             let class = class_of(Some(status), &hints);
+            let quota = is_quota(class, Some(status), &hints);
             let retry_after = retry_after(headers, now).or(hints.retry_after);
             let message = hints.message.clone().unwrap_or_else(|| {
                 let text = String::from_utf8_lossy(&body[..body.len().min(200)])
@@ -333,6 +349,7 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
                 retry_after,
                 message,
                 blame: Blame::Deployment,
+                quota,
             }
         }
         Signal::ErrorEvent { error } => {
@@ -347,6 +364,7 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
                 class,
                 status,
                 retry_after: hints.retry_after,
+                quota: is_quota(class, status, &hints),
                 message: hints
                     .message
                     .unwrap_or_else(|| "upstream sent an error event".into()),
@@ -492,6 +510,25 @@ const CONTENT_PHRASES: &[&str] = &[
     "safety system",
     "flagged by",
 ];
+/// Billing and credit errors that providers send as a 400 (or 402), not a 429: Anthropic's
+/// "Your credit balance is too low to access the Anthropic API", OpenAI's
+/// `billing_hard_limit_reached`, OpenRouter's "Insufficient credits".
+const BILLING_TAGS: &[&str] = &[
+    "billing_hard_limit_reached",
+    "billing_not_active",
+    "insufficient_credits",
+    "credit_balance_too_low",
+    "payment_required",
+];
+const BILLING_PHRASES: &[&str] = &[
+    "credit balance",
+    "insufficient credit",
+    "insufficient_credits",
+    "out of credits",
+    "billing",
+    "payment required",
+    "exceeded your current quota",
+];
 const OVERLOADED_TAGS: &[&str] = &[
     "overloaded_error",
     "unavailable",
@@ -515,6 +552,13 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
     {
         return FailureClass::ContentPolicy;
     }
+    // A billing or credit error is a quota failure whatever its 4xx status. LiteLLM 1.83.0
+    // has no such rule (`litellm_core_utils/exception_mapping_utils.py`, `exception_type`,
+    // maps any 400 to `BadRequestError`); issue 17 and the README's differences list say
+    // why Switchback cools it (an empty account fails every request until it is topped up).
+    if matches!(status, Some(400 | 402) | None) && is_billing(status, h) {
+        return FailureClass::RateLimited;
+    }
     match status {
         Some(401 | 403) => FailureClass::Auth,
         Some(404) => FailureClass::NotFound,
@@ -525,6 +569,18 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
         Some(_) => FailureClass::Transient,
         None => FailureClass::BadRequest,
     }
+}
+
+fn is_billing(status: Option<u16>, h: &ErrorHints) -> bool {
+    status == Some(402) || h.has_tag(BILLING_TAGS) || h.message_mentions(BILLING_PHRASES)
+}
+
+/// A rate-limited failure that is no 429: a quota or billing error (`insufficient_quota`
+/// sent as a 400, a credit balance too low). See [`Failure::quota`].
+fn is_quota(class: FailureClass, status: Option<u16>, h: &ErrorHints) -> bool {
+    class == FailureClass::RateLimited
+        && status != Some(429)
+        && (matches!(status, Some(400..=499)) || is_billing(status, h))
 }
 
 /// Longest Retry-After read as such (ten years); anything longer, a date in the year 9999
@@ -619,7 +675,7 @@ mod tests {
             row(FailureClass::ContentPolicy),
             (false, ContentPolicy, Never)
         );
-        assert_eq!(row(FailureClass::Auth), (false, Generic, Immediately));
+        assert_eq!(row(FailureClass::Auth), (true, Generic, Immediately));
         assert_eq!(row(FailureClass::NotFound), (false, Generic, Immediately));
         assert_eq!(row(FailureClass::BadRequest), (false, NoFallback, Never));
         assert_eq!(FailureClass::BadRequest.actions(true).fallback, Generic);
@@ -684,6 +740,49 @@ mod tests {
         let f = status(502, "<html>bad gateway</html>");
         assert_eq!(f.class, FailureClass::Transient);
         assert!(f.message.contains("bad gateway"));
+    }
+
+    #[test]
+    fn billing_and_credit_errors_are_quota_failures() {
+        for body in [
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#,
+            r#"{"error":{"message":"Billing hard limit has been reached","type":"invalid_request_error","code":"billing_hard_limit_reached","param":null}}"#,
+            r#"{"error":{"code":400,"message":"Insufficient credits. Add more using https://openrouter.ai/credits"}}"#,
+            r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota"}}"#,
+        ] {
+            let f = status(400, body);
+            assert_eq!(
+                (f.class, f.quota),
+                (FailureClass::RateLimited, true),
+                "{body}"
+            );
+            assert!(f.retry_elsewhere_only());
+            assert_eq!(f.client_status(), 400, "the client sees the real status");
+        }
+        let f = status(402, "");
+        assert_eq!((f.class, f.quota), (FailureClass::RateLimited, true));
+        // A 429 is a rate limit (waiting mends it), a plain 400 a bad request, and a
+        // context-window message that happens to say "billing" stays a context failure.
+        let f = status(
+            429,
+            r#"{"error":{"type":"insufficient_quota","message":"quota"}}"#,
+        );
+        assert_eq!((f.class, f.quota), (FailureClass::RateLimited, false));
+        assert!(!f.retry_elsewhere_only());
+        let f = status(400, r#"{"error":{"message":"bad `temperature`"}}"#);
+        assert_eq!((f.class, f.quota), (FailureClass::BadRequest, false));
+        let f = status(
+            400,
+            r#"{"error":{"message":"prompt is too long for your billing tier"}}"#,
+        );
+        assert_eq!(f.class, FailureClass::ContextWindow);
+        let event = serde_json::json!({"error": {"message": "Your credit balance is too low"}});
+        let f = classify(Signal::ErrorEvent { error: &event }, SystemTime::UNIX_EPOCH);
+        assert_eq!((f.class, f.quota), (FailureClass::RateLimited, true));
+        assert!(
+            status(401, "").retry_elsewhere_only(),
+            "auth: another deployment"
+        );
     }
 
     #[test]

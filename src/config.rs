@@ -10,8 +10,9 @@
 //! - a `fallbacks` entry must have exactly one group (LiteLLM takes the first key);
 //! - `keys` and `teams` live in the file, each with its own `router_settings`, and settings
 //!   are resolved field by field (see `policy`);
-//! - `retry_policy` counts for classes that are never retried (bad request, auth, content
-//!   policy, context window) must be 0: a non-zero value would be silently ignored otherwise.
+//! - `retry_policy` counts for classes that are never retried (bad request, content policy,
+//!   context window) must be 0: a non-zero value would be silently ignored otherwise. (An
+//!   auth failure is retried, on another deployment of the group only.)
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -117,6 +118,20 @@ pub struct LitellmParams {
     /// for upstreams that reject the field (their answers then may lack `usage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_stream_options: Option<bool>,
+    /// Seconds this deployment rests when it is cooled, beating the response's Retry-After
+    /// and the gateway's `cooldown_time`; 0: never cooled, its failures not counted
+    /// (LiteLLM: `router.py`, `Router.deployment_callback_on_failure`, and
+    /// `router_utils/cooldown_handlers.py`, `_should_run_cooldown_logic`). At most
+    /// `limits.max_cooldown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_time: Option<f64>,
+    /// Retries of a group whose first failed attempt of the request was on this deployment,
+    /// in place of the `num_retries` the request resolved at every level; a `retry_policy`
+    /// count for the failure's class still beats it. LiteLLM's semantics: the deployment's
+    /// `num_retries` rides back to the router on the exception (`utils.py`, `client`
+    /// wrapper) and `router.py`, `Router.async_function_with_retries`, retries with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_retries: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -218,6 +233,28 @@ pub struct RouterSettings {
     /// *Gateway only.* Seed of the gateway's random choices (load balancing, jitter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng_seed: Option<u64>,
+    /// Retries and fallbacks one request may make in all, order-based fallbacks and groups
+    /// skipped while cooling included (LiteLLM's `num_retries_per_request`, "for the request
+    /// overall (incl. fallbacks + model retries)"). Resolved per request; at most
+    /// `limits.max_attempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_retries_per_request: Option<u32>,
+    /// *Gateway only.* Failures of one class a deployment may have before it cools, per
+    /// class (LiteLLM's `AllowedFailsPolicy`); a class without a count keeps its own rule
+    /// (see `route::cooldown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_fails_policy: Option<AllowedFailsPolicy>,
+    /// A retry policy per group, used in that group instead of `retry_policy` (whole: a
+    /// class it does not name gets `num_retries`), LiteLLM's semantics. Resolved per
+    /// request as one field (a key's map replaces the team's whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_group_retry_policy: Option<BTreeMap<String, RetryPolicy>>,
+    /// *Gateway only.* Cool a deployment by its failure rate in the current minute instead
+    /// of by consecutive failures: LiteLLM's rule when neither `allowed_fails` nor
+    /// `allowed_fails_policy` is set (see `route::cooldown`), so it refuses both. Default
+    /// false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_by_failure_rate: Option<bool>,
 }
 
 impl RouterSettings {
@@ -244,6 +281,11 @@ impl RouterSettings {
             "cooldown_lone_deployment",
         );
         check(self.rng_seed.is_some(), "rng_seed");
+        check(self.allowed_fails_policy.is_some(), "allowed_fails_policy");
+        check(
+            self.cooldown_by_failure_rate.is_some(),
+            "cooldown_by_failure_rate",
+        );
         set
     }
 }
@@ -324,6 +366,55 @@ pub struct RetryPolicy {
         skip_serializing_if = "Option::is_none"
     )]
     pub context_window: Option<u32>,
+}
+
+/// Per-failure-class allowed failures before a deployment cools, LiteLLM's names
+/// (`types/router.py`, `AllowedFailsPolicy`; read by `router.py`,
+/// `Router.get_allowed_fails_from_policy`, for
+/// `router_utils/cooldown_handlers.py`, `should_cooldown_based_on_allowed_fails_policy`).
+/// `BadRequestErrorAllowedFails` and `ContentPolicyViolationErrorAllowedFails` are accepted
+/// (LiteLLM's documented example sets them) and have no effect: those failures never cool
+/// a deployment, in LiteLLM neither (no cooldown on a 400).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedFailsPolicy {
+    #[serde(
+        rename = "BadRequestErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bad_request: Option<u32>,
+    #[serde(
+        rename = "AuthenticationErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub authentication: Option<u32>,
+    #[serde(
+        rename = "TimeoutErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<u32>,
+    #[serde(
+        rename = "RateLimitErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate_limit: Option<u32>,
+    #[serde(
+        rename = "ContentPolicyViolationErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub content_policy: Option<u32>,
+    /// Also covers malformed upstream responses.
+    #[serde(
+        rename = "InternalServerErrorAllowedFails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub internal_server: Option<u32>,
 }
 
 /// One `{group: [fallback, ...]}` entry. Exactly one group per entry.
@@ -458,36 +549,15 @@ impl GatewayConfig {
     /// Replaces `api_key: os.environ/NAME` (and `master_key: os.environ/NAME`) with the
     /// variable's value (LiteLLM's syntax).
     fn resolve_env(&mut self) -> Result<(), Issue> {
-        if let Some(name) = self
-            .general_settings
-            .master_key
-            .as_deref()
-            .and_then(|k| k.strip_prefix("os.environ/"))
-        {
-            let value = std::env::var(name).map_err(|_| Issue {
-                path: At::default().key("general_settings").key("master_key").0,
-                message: format!("environment variable `{name}` is not set"),
-            })?;
-            self.general_settings.master_key = Some(value);
-        }
+        let master = At::default().key("general_settings").key("master_key");
+        from_env(&mut self.general_settings.master_key, master)?;
         for (i, d) in self.model_list.iter_mut().enumerate() {
-            if let Some(name) = d
-                .litellm_params
-                .api_key
-                .as_deref()
-                .and_then(|k| k.strip_prefix("os.environ/"))
-            {
-                let value = std::env::var(name).map_err(|_| Issue {
-                    path: At::default()
-                        .key("model_list")
-                        .idx(i)
-                        .key("litellm_params")
-                        .key("api_key")
-                        .0,
-                    message: format!("environment variable `{name}` is not set"),
-                })?;
-                d.litellm_params.api_key = Some(value);
-            }
+            let at = At::default()
+                .key("model_list")
+                .idx(i)
+                .key("litellm_params")
+                .key("api_key");
+            from_env(&mut d.litellm_params.api_key, at)?;
         }
         Ok(())
     }
@@ -592,6 +662,32 @@ impl GatewayConfig {
                 p.stream_timeout,
                 false,
             );
+            seconds_ok(
+                &mut push,
+                at.key("litellm_params").key("cooldown_time"),
+                p.cooldown_time,
+                true,
+            );
+            if let Some(c) = p.cooldown_time {
+                if c.is_finite() && c > self.limits.max_cooldown {
+                    push(
+                        at.key("litellm_params").key("cooldown_time"),
+                        format!(
+                            "{c} seconds is over the limit max_cooldown = {}",
+                            self.limits.max_cooldown
+                        ),
+                    );
+                }
+            }
+            if let Some(n) = p.num_retries {
+                let ceiling = self.limits.max_retries_ceiling;
+                if n > ceiling {
+                    push(
+                        at.key("litellm_params").key("num_retries"),
+                        format!("{n} is over the limit max_retries_ceiling = {ceiling}"),
+                    );
+                }
+            }
             if p.weight == Some(0) {
                 push(
                     at.key("litellm_params").key("weight"),
@@ -728,6 +824,23 @@ impl GatewayConfig {
                     lat.key(name),
                     format!("`{name}` = {v} is out of range ({min} to {max})"),
                 );
+            }
+        }
+        let rs = &self.router_settings;
+        if rs.cooldown_by_failure_rate == Some(true) {
+            for (set, field) in [
+                (rs.allowed_fails.is_some(), "allowed_fails"),
+                (rs.allowed_fails_policy.is_some(), "allowed_fails_policy"),
+            ] {
+                if set {
+                    push(
+                        root.key("router_settings").key("cooldown_by_failure_rate"),
+                        format!(
+                            "`cooldown_by_failure_rate` applies only when `{field}` is not set \
+                             (LiteLLM counts allowed failures instead once it is): remove one"
+                        ),
+                    );
+                }
             }
         }
         if let Some(c) = self.router_settings.cooldown_time {
@@ -908,34 +1021,62 @@ pub fn check_settings_fields(
         }
     };
     retries("num_retries", s.num_retries);
-    if let Some(p) = &s.retry_policy {
-        let pat = at.key("retry_policy");
-        for (field, v) in [
-            ("RateLimitErrorRetries", p.rate_limit),
-            ("TimeoutErrorRetries", p.timeout),
-            ("InternalServerErrorRetries", p.internal_server),
-        ] {
-            if let Some(n) = v {
-                if n > ceiling {
-                    push(
-                        pat.key(field),
-                        format!("{n} is over the limit max_retries_ceiling = {ceiling}"),
-                    );
-                }
-            }
+    if let Some(n) = s.num_retries_per_request {
+        if n > limits.max_attempts {
+            push(
+                at.key("num_retries_per_request"),
+                format!(
+                    "{n} is over the limit max_attempts = {}",
+                    limits.max_attempts
+                ),
+            );
         }
-        for (field, v) in [
-            ("BadRequestErrorRetries", p.bad_request),
-            ("AuthenticationErrorRetries", p.authentication),
-            ("ContentPolicyViolationErrorRetries", p.content_policy),
-            ("ContextWindowExceededErrorRetries", p.context_window),
-        ] {
-            if v.is_some_and(|n| n > 0) {
+    }
+    if let Some(p) = &s.retry_policy {
+        check_retry_policy(p, &at.key("retry_policy"), ceiling, push);
+    }
+    if let Some(map) = &s.model_group_retry_policy {
+        let mat = at.key("model_group_retry_policy");
+        for (group, p) in map {
+            if !known(group) {
                 push(
-                    pat.key(field),
-                    "must be 0: Switchback never retries this class in the same group (it falls back or fails)".to_string(),
+                    mat.key(group),
+                    format!("retry policy for unknown group `{group}`"),
                 );
             }
+            check_retry_policy(p, &mat.key(group), ceiling, push);
+        }
+    }
+}
+
+/// A `retry_policy` (or one group's, in `model_group_retry_policy`): counts within the
+/// ceiling, and 0 for classes Switchback never retries in a group.
+fn check_retry_policy(p: &RetryPolicy, pat: &At, ceiling: u32, push: &mut dyn FnMut(At, String)) {
+    for (field, v) in [
+        ("RateLimitErrorRetries", p.rate_limit),
+        ("TimeoutErrorRetries", p.timeout),
+        ("InternalServerErrorRetries", p.internal_server),
+        ("AuthenticationErrorRetries", p.authentication),
+    ] {
+        if let Some(n) = v {
+            if n > ceiling {
+                push(
+                    pat.key(field),
+                    format!("{n} is over the limit max_retries_ceiling = {ceiling}"),
+                );
+            }
+        }
+    }
+    for (field, v) in [
+        ("BadRequestErrorRetries", p.bad_request),
+        ("ContentPolicyViolationErrorRetries", p.content_policy),
+        ("ContextWindowExceededErrorRetries", p.context_window),
+    ] {
+        if v.is_some_and(|n| n > 0) {
+            push(
+                pat.key(field),
+                "must be 0: Switchback never retries this class in the same group (it falls back or fails)".to_string(),
+            );
         }
     }
 }
@@ -991,6 +1132,22 @@ pub fn fallback_key_served(groups: &[&str], key: &str) -> bool {
 /// ASCII: whitespace or a control character (a CR/LF pasted in, a stray space) would either
 /// break the `Authorization` header or never match what a client sends. The message never
 /// repeats the value.
+/// A secret given as `os.environ/NAME` becomes the variable's value (the field at `at`).
+fn from_env(secret: &mut Option<String>, at: At) -> Result<(), Issue> {
+    let Some(name) = secret
+        .as_deref()
+        .and_then(|k| k.strip_prefix("os.environ/"))
+    else {
+        return Ok(());
+    };
+    let value = std::env::var(name).map_err(|_| Issue {
+        path: at.0,
+        message: format!("environment variable `{name}` is not set"),
+    })?;
+    *secret = Some(value);
+    Ok(())
+}
+
 fn secret_ok(secret: &str) -> Result<(), &'static str> {
     if secret.is_empty() {
         return Err("is empty");
@@ -1220,6 +1377,103 @@ model_list:
         );
         let p = problems(&text);
         assert!(p[0].contains("must be 0"), "{p:?}");
+    }
+
+    #[test]
+    fn deployment_cooldown_time_and_num_retries_are_checked_in_place() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "      api_base: http://provider-b:8000/v1\n",
+                &format!("      api_base: http://provider-b:8000/v1\n      {extra}\n"),
+            )
+        };
+        assert!(GatewayConfig::load("g.yaml", &with("cooldown_time: 0")).is_ok());
+        assert!(GatewayConfig::load("g.yaml", &with("num_retries: 4")).is_ok());
+        let p = problems(&with("cooldown_time: -1"));
+        assert!(
+            p[0].contains("model_list[1].litellm_params.cooldown_time")
+                && p[0].contains("out of range"),
+            "{p:?}"
+        );
+        let p = problems(&with("cooldown_time: 301"));
+        assert!(p[0].contains("max_cooldown"), "{p:?}");
+        let p = problems(&with("num_retries: 1000"));
+        assert!(
+            p[0].contains("model_list[1].litellm_params.num_retries")
+                && p[0].contains("max_retries_ceiling"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn num_retries_per_request_is_bounded_by_max_attempts() {
+        let text = GOOD.replace("num_retries: 1", "num_retries_per_request: 32");
+        assert!(GatewayConfig::load("g.yaml", &text).is_ok());
+        let text = GOOD.replace("num_retries: 1", "num_retries_per_request: 33");
+        let p = problems(&text);
+        assert!(
+            p[0].contains("router_settings.num_retries_per_request")
+                && p[0].contains("max_attempts = 32"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn allowed_fails_policy_is_gateway_only_and_group_retry_policies_are_checked() {
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "allowed_fails_policy: {RateLimitErrorAllowedFails: 2, BadRequestErrorAllowedFails: 1000}",
+        );
+        assert!(GatewayConfig::load("g.yaml", &text).is_ok());
+        let text = GOOD.replace(
+            "    router_settings:\n      fallbacks:",
+            "    router_settings:\n      allowed_fails_policy: {TimeoutErrorAllowedFails: 1}\n      fallbacks:",
+        );
+        let p = problems(&text);
+        assert!(
+            p[0].contains("allowed_fails_policy") && p[0].contains("gateway-wide"),
+            "{p:?}"
+        );
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "allowed_fails_policy: {RateLimitErrorAllowedFail: 2}",
+        );
+        assert!(problems(&text)[0].contains("RateLimitErrorAllowedFails"));
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "model_group_retry_policy: {claude: {RateLimitErrorRetries: 1}, gpt-5: {TimeoutErrorRetries: 1}}",
+        );
+        let p = problems(&text);
+        assert!(
+            p[0].contains("model_group_retry_policy.gpt-5") && p[0].contains("unknown group"),
+            "{p:?}"
+        );
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "model_group_retry_policy: {claude: {BadRequestErrorRetries: 1}}",
+        );
+        let p = problems(&text);
+        assert!(
+            p[0].contains("model_group_retry_policy.claude.BadRequestErrorRetries")
+                && p[0].contains("must be 0"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn cooldown_by_failure_rate_refuses_allowed_fails() {
+        let text = GOOD.replace("num_retries: 1", "cooldown_by_failure_rate: true");
+        assert!(GatewayConfig::load("g.yaml", &text).is_ok());
+        let text = GOOD.replace(
+            "num_retries: 1",
+            "cooldown_by_failure_rate: true\n  allowed_fails: 3",
+        );
+        let p = problems(&text);
+        assert!(
+            p[0].contains("router_settings.cooldown_by_failure_rate")
+                && p[0].contains("`allowed_fails` is not set"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -140,18 +140,28 @@ impl Engine {
     /// connector, observers, clocks, retry policy, start time and request numbering. The
     /// deployments' health is shared when `catalog` lists the same deployment ids in the same
     /// order (the book is indexed by position), each still alone in its group or not as
-    /// before (the book knows which are: see `cooldown_lone_deployment`), and starts afresh
-    /// otherwise.
+    /// before and with the same own `cooldown_time` (the book knows both); otherwise the new
+    /// book starts with each deployment's health carried over by id
+    /// ([`CooldownBook::carried_over`]), and outcomes of requests still in flight on the old
+    /// config stay in the old book.
     pub fn successor(&self, catalog: Arc<Catalog>) -> Engine {
-        let shape = |c: &Catalog| -> Vec<(String, bool)> {
+        let shape = |c: &Catalog| -> Vec<(String, bool, Option<Duration>)> {
             (0..c.deployments.len())
                 .map(|i| {
                     let d = crate::catalog::DeploymentId(i as u32);
-                    (c.deployment(d).id.clone(), c.is_lone(d))
+                    let spec = c.deployment(d);
+                    (spec.id.clone(), c.is_lone(d), spec.cooldown_time)
                 })
                 .collect()
         };
         let same_deployments = shape(&catalog) == shape(&self.catalog);
+        let carried = (!same_deployments).then(|| {
+            self.cooldowns
+                .lock()
+                .expect("cooldown lock poisoned")
+                .carried_over(&self.catalog, &catalog)
+                .0
+        });
         let mut next = Engine::new(
             catalog,
             self.connector.clone(),
@@ -163,8 +173,9 @@ impl Engine {
         next.started_unix = self.started_unix;
         next.next_request = self.next_request.clone();
         next.metrics = self.metrics.clone();
-        if same_deployments {
-            next.cooldowns = self.cooldowns.clone();
+        match carried {
+            None => next.cooldowns = self.cooldowns.clone(),
+            Some(book) => next.cooldowns = Arc::new(Mutex::new(book)),
         }
         next
     }

@@ -12,12 +12,48 @@
 //! Nothing here knows whether the request streams. That is the point: there is one
 //! [`EffectiveSettings`] per request, and both modes consume it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, GroupId};
 use crate::classify::FailureClass;
-use crate::config::{FallbackEntry, MidStreamPolicy, strip_provider};
+use crate::config::{FallbackEntry, MidStreamPolicy, RetryPolicy, strip_provider};
+
+/// One retry policy's counts for the classes Switchback retries: a group's entry in
+/// `model_group_retry_policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClassRetries {
+    pub rate_limit: Option<u32>,
+    pub timeout: Option<u32>,
+    pub internal_server: Option<u32>,
+    pub authentication: Option<u32>,
+}
+
+impl ClassRetries {
+    pub fn of(p: &RetryPolicy) -> ClassRetries {
+        ClassRetries {
+            rate_limit: p.rate_limit,
+            timeout: p.timeout,
+            internal_server: p.internal_server,
+            authentication: p.authentication,
+        }
+    }
+
+    /// The count for `class`, if the policy names one (classes never retried have none).
+    pub fn count(&self, class: FailureClass) -> Option<u32> {
+        match class {
+            FailureClass::RateLimited => self.rate_limit,
+            FailureClass::Timeout => self.timeout,
+            FailureClass::Transient | FailureClass::Malformed => self.internal_server,
+            FailureClass::Auth => self.authentication,
+            _ => None,
+        }
+    }
+}
+
+/// `model_group_retry_policy`, by group.
+pub type GroupRetryPolicies = BTreeMap<GroupId, ClassRetries>;
 
 pub const DEFAULT_NUM_RETRIES: u32 = 2;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -143,6 +179,9 @@ pub struct Overrides {
     pub max_fallbacks: Option<u32>,
     pub mid_stream: Option<MidStreamPolicy>,
     pub disable_fallbacks: Option<bool>,
+    pub authentication_retries: Option<u32>,
+    pub num_retries_per_request: Option<u32>,
+    pub model_group_retry_policy: Option<Arc<GroupRetryPolicies>>,
 }
 
 /// A resolved value and the level that supplied it.
@@ -168,6 +207,11 @@ pub struct EffectiveSettings {
     pub max_fallbacks: Setting<u32>,
     pub mid_stream: Setting<MidStreamPolicy>,
     pub disable_fallbacks: Setting<bool>,
+    /// `retry_policy.AuthenticationErrorRetries`.
+    pub authentication_retries: Setting<Option<u32>>,
+    /// Retries and fallbacks the whole request may make (`num_retries_per_request`).
+    pub num_retries_per_request: Setting<Option<u32>>,
+    pub model_group_retry_policy: Setting<Option<Arc<GroupRetryPolicies>>>,
 }
 
 /// The levels of one request, highest precedence first.
@@ -215,6 +259,10 @@ impl Levels<'_> {
             max_fallbacks: self.pick(|o| o.max_fallbacks, DEFAULT_MAX_FALLBACKS),
             mid_stream: self.pick(|o| o.mid_stream, MidStreamPolicy::Continue),
             disable_fallbacks: self.pick(|o| o.disable_fallbacks, false),
+            authentication_retries: self.pick(|o| o.authentication_retries.map(Some), None),
+            num_retries_per_request: self.pick(|o| o.num_retries_per_request.map(Some), None),
+            model_group_retry_policy: self
+                .pick(|o| o.model_group_retry_policy.clone().map(Some), None),
         }
     }
 }
@@ -222,17 +270,61 @@ impl Levels<'_> {
 impl EffectiveSettings {
     /// Retries allowed in one group for failures of `class`: the class's `retry_policy`
     /// count if any level sets it, else `num_retries`. Classes that are never retried get 0.
+    /// An `auth` failure has them too (LiteLLM: `router.py`, `Router.should_retry_this_error`
+    /// lets 401/403 through when the group has several deployments), but only ever spends
+    /// them on other deployments (`route::plan_retry`).
     pub fn retries_for(&self, class: FailureClass) -> u32 {
+        self.retries_in(class, None, None)
+    }
+
+    /// [`EffectiveSettings::retries_for`] in a group (or `order` tier) whose first failed
+    /// attempt of the request was on a deployment with its own `litellm_params.num_retries`
+    /// (`deployment_num_retries`): that count replaces `num_retries` from every level, the
+    /// request's included, and a `retry_policy` count for the class still beats it. This is
+    /// LiteLLM's order in `router.py`, `Router.async_function_with_retries`: `num_retries`
+    /// becomes the failed deployment's (`deployment_num_retries`, carried on the exception
+    /// by `utils.py`'s `client` wrapper), then the retry policy's for the error, if any.
+    ///
+    /// In a `group` with an entry in `model_group_retry_policy`, that policy is the retry
+    /// policy, whole: a class it does not name gets `num_retries` (the deployment's, or the
+    /// resolved one), never `retry_policy`'s count (`router_utils/get_retry_from_policy.py`,
+    /// `get_num_retries_from_retry_policy`, swaps the group's policy in for retry_policy).
+    /// Each field is resolved on its own, then the group's policy beats `retry_policy`.
+    pub fn retries_in(
+        &self,
+        class: FailureClass,
+        group: Option<GroupId>,
+        deployment_num_retries: Option<u32>,
+    ) -> u32 {
+        if !class.actions(false).retry {
+            return 0;
+        }
+        let group_policy = group.and_then(|g| {
+            self.model_group_retry_policy
+                .value
+                .as_ref()
+                .and_then(|m| m.get(&g))
+        });
+        if let Some(p) = group_policy {
+            return p
+                .count(class)
+                .or(deployment_num_retries)
+                .unwrap_or(self.num_retries.value);
+        }
         let specific = match class {
             FailureClass::RateLimited => self.rate_limit_retries.value,
             FailureClass::Timeout => self.timeout_retries.value,
             FailureClass::Transient | FailureClass::Malformed => self.internal_server_retries.value,
+            // Only ever on another deployment of the group (`Failure::retry_elsewhere_only`).
+            FailureClass::Auth => self.authentication_retries.value,
             _ => return 0,
         };
         if !class.actions(false).retry {
             return 0;
         }
-        specific.unwrap_or(self.num_retries.value)
+        specific
+            .or(deployment_num_retries)
+            .unwrap_or(self.num_retries.value)
     }
 }
 
@@ -448,6 +540,7 @@ model_list:
             RouterSettings {
                 retry_policy: Some(crate::config::RetryPolicy {
                     rate_limit: Some(1),
+                    authentication: Some(3),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -472,5 +565,19 @@ model_list:
         assert_eq!(s.retries_for(FailureClass::Malformed), 4);
         assert_eq!(s.retries_for(FailureClass::ContextWindow), 0);
         assert_eq!(s.retries_for(FailureClass::BadRequest), 0);
+        assert_eq!(s.retries_for(FailureClass::Auth), 3);
+        assert_eq!(s.retries_for(FailureClass::NotFound), 0);
+        let s = Levels {
+            request: None,
+            key: Some(&key),
+            team: None,
+            gateway: &Overrides::default(),
+        }
+        .resolve();
+        assert_eq!(
+            s.retries_for(FailureClass::Auth),
+            4,
+            "an auth failure has num_retries, on other deployments only"
+        );
     }
 }

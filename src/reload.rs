@@ -8,8 +8,8 @@
 //! error. A valid one becomes the engine of every later request, atomically. The successor
 //! keeps the request numbering, the observers (trace, metrics, decision log), the clocks
 //! and the retry policy; it keeps the deployments' health (cooldowns, failure counts) when
-//! the new config lists the same deployment ids in the same order, and starts it afresh
-//! otherwise (see [`Engine::successor`]). [`LiveEngine::reload_source`] re-reads the file the
+//! the new config lists the same deployment ids in the same order, and otherwise carries
+//! each deployment's health over by id (see [`Engine::successor`]). [`LiveEngine::reload_source`] re-reads the file the
 //! config came from. Does not own when a reload is asked for (`serve` on SIGHUP, the
 //! `POST /admin/reload` route) nor the listener-level limits (`max_connections`, the header read
 //! timeout, `shutdown_grace`), which apply from start to stop.
@@ -43,8 +43,12 @@ impl From<Arc<Engine>> for LiveEngine {
 pub struct Reloaded {
     pub groups: usize,
     pub deployments: usize,
-    /// Whether deployment health carried over (the same deployment ids, in order).
+    /// Whether deployment health is shared with the old config whole (the same deployment
+    /// ids, in order, each alone in its group or not as before, with the same own
+    /// `cooldown_time`).
     pub health_kept: bool,
+    /// Deployments whose health carried over by id (all of them when `health_kept`).
+    pub health_carried: usize,
 }
 
 impl Reloaded {
@@ -54,12 +58,23 @@ impl Reloaded {
             "{} groups, {} deployments; deployment health {}",
             self.groups,
             self.deployments,
-            if self.health_kept {
-                "kept (same deployment ids)"
-            } else {
-                "reset (deployment ids changed)"
-            }
+            self.health()
         )
+    }
+
+    /// `kept (same deployment ids)`, `carried over for 2 of 3 deployments (by id)` or
+    /// `reset (no deployment id kept)`.
+    pub fn health(&self) -> String {
+        if self.health_kept {
+            "kept (same deployment ids)".into()
+        } else if self.health_carried > 0 {
+            format!(
+                "carried over for {} of {} deployments (by id)",
+                self.health_carried, self.deployments
+            )
+        } else {
+            "reset (no deployment id kept)".into()
+        }
     }
 }
 
@@ -106,10 +121,17 @@ impl LiveEngine {
         let catalog = Arc::new(Catalog::new(config)?);
         let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
         let next = slot.successor(catalog);
+        let old_ids = &slot.catalog().deployments;
         let reloaded = Reloaded {
             groups: next.catalog().model_group_count(),
             deployments: next.catalog().deployments.len(),
             health_kept: next.shares_health_with(&slot),
+            health_carried: next
+                .catalog()
+                .deployments
+                .iter()
+                .filter(|d| old_ids.iter().any(|o| o.id == d.id))
+                .count(),
         };
         *slot = Arc::new(next);
         Ok(reloaded)

@@ -32,6 +32,8 @@ const SETTINGS_FIELDS: &[&str] = &[
     "max_fallbacks",
     "mid_stream",
     "disable_fallbacks",
+    "num_retries_per_request",
+    "model_group_retry_policy",
     // Gateway-only: read so that they are refused with a clear message.
     "cooldown_time",
     "allowed_fails",
@@ -41,6 +43,8 @@ const SETTINGS_FIELDS: &[&str] = &[
     "retry_backoff_max",
     "fallback_on_bad_request",
     "rng_seed",
+    "allowed_fails_policy",
+    "cooldown_by_failure_rate",
 ];
 
 /// `mock_testing_*` flags and the failure class each one injects.

@@ -196,12 +196,33 @@ async fn deployment_health_carries_over_when_the_ids_stay() {
         "the cooling deployment was not called again"
     );
 
-    // Other ids: health starts afresh.
-    assert!(
-        !gw.live
-            .reload(&config(&deployment_at("up", "d2")))
-            .unwrap()
-            .health_kept
+    // A deployment added in another group, listed first: the book is new (positions
+    // moved), but d's cooldown carries over by its id.
+    let added = deployment_at("up", "d").replace(
+        "model_list:\n",
+        "model_list:\n  - {model_name: h, litellm_params: {model: openai/m, api_base: \"http://up/v1\"}, model_info: {id: e}}\n",
     );
+    let reloaded = gw.live.reload(&config(&added)).unwrap();
+    assert!(!reloaded.health_kept, "the book is a new one");
+    assert_eq!(reloaded.health_carried, 1, "{}", reloaded.describe());
+    assert_eq!(
+        reloaded.health(),
+        "carried over for 1 of 2 deployments (by id)"
+    );
+    let cooling_of = |live: &LiveEngine, id: &str| {
+        live.current()
+            .cooling()
+            .into_iter()
+            .find(|(d, _)| d == id)
+            .map(|(_, left)| left)
+            .expect("listed")
+    };
+    assert!(!cooling_of(&gw.live, "d").is_zero(), "d is still cooling");
+    assert!(cooling_of(&gw.live, "e").is_zero(), "e is new and healthy");
+
+    // Other ids: health starts afresh.
+    let reloaded = gw.live.reload(&config(&deployment_at("up", "d2"))).unwrap();
+    assert!(!reloaded.health_kept);
+    assert_eq!(reloaded.health_carried, 0);
     assert!(cooling(&gw.live).is_zero());
 }

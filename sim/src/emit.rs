@@ -50,6 +50,8 @@ const LITELLM_GATEWAY_SETTINGS: &[&str] = &[
     "cooldown_time",
     "allowed_fails",
     "routing_strategy",
+    "allowed_fails_policy",
+    "model_group_retry_policy",
 ];
 
 /// Team and key settings LiteLLM applies to a request: `litellm/proxy/route_llm_request.py`,
@@ -275,6 +277,12 @@ pub fn litellm_config(scenario: &Scenario, ports: &PortMap) -> Result<String, St
             if let Some(w) = p.weight {
                 params["weight"] = json!(w);
             }
+            if let Some(c) = p.cooldown_time {
+                params["cooldown_time"] = json!(c);
+            }
+            if let Some(n) = p.num_retries {
+                params["num_retries"] = json!(n);
+            }
             if let Some(o) = order {
                 params["order"] = json!(o);
             }
@@ -295,11 +303,21 @@ pub fn litellm_config(scenario: &Scenario, ports: &PortMap) -> Result<String, St
     if uses_mock_flags(scenario) {
         general[LITELLM_MOCK_SETTING] = json!(true);
     }
-    let doc = json!({
+    let mut doc = json!({
         "model_list": model_list,
         "router_settings": router_settings,
         "general_settings": general,
     });
+    // LiteLLM keeps `num_retries_per_request` as a module setting (`litellm/__init__.py`),
+    // which the proxy sets from `litellm_settings`.
+    if dropped.remove("num_retries_per_request") {
+        doc["litellm_settings"] = json!({
+            "num_retries_per_request": config.router_settings.num_retries_per_request,
+        });
+    }
+    // Cooling by failure rate is what LiteLLM does when `allowed_fails` is not set, and
+    // Switchback refuses the setting together with `allowed_fails`: nothing to translate.
+    dropped.remove("cooldown_by_failure_rate");
     let body = serde_saphyr::to_string(&doc).map_err(|e| e.to_string())?;
     let mut out = String::new();
     let _ = writeln!(
@@ -389,6 +407,48 @@ mod tests {
 
     fn yaml(text: &str) -> Value {
         serde_saphyr::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn issue_17_failure_settings_reach_litellm_under_its_own_names() {
+        let scenario = load("parity/num_retries_per_request_caps_retries_and_fallbacks.yaml");
+        let lite = litellm_config(&scenario, &ports(&scenario)).unwrap();
+        let doc = yaml(&lite);
+        assert_eq!(doc["litellm_settings"]["num_retries_per_request"], 3);
+        assert!(
+            doc["router_settings"]
+                .get("num_retries_per_request")
+                .is_none()
+        );
+        let left_out = lite.lines().find(|l| l.contains("left out")).unwrap_or("");
+        assert!(!left_out.contains("num_retries_per_request"), "{lite}");
+        let scenario = load("parity/deployment_num_retries.yaml");
+        let doc = yaml(&litellm_config(&scenario, &ports(&scenario)).unwrap());
+        assert_eq!(doc["model_list"][0]["litellm_params"]["num_retries"], 3);
+        let scenario = load("parity/deployment_cooldown_time_beats_retry_after.yaml");
+        let doc = yaml(&litellm_config(&scenario, &ports(&scenario)).unwrap());
+        assert_eq!(doc["model_list"][0]["litellm_params"]["cooldown_time"], 1.0);
+        let scenario = load("parity/allowed_fails_policy_rate_limits.yaml");
+        let doc = yaml(&litellm_config(&scenario, &ports(&scenario)).unwrap());
+        assert_eq!(
+            doc["router_settings"]["allowed_fails_policy"]["RateLimitErrorAllowedFails"],
+            1
+        );
+        let scenario = load("parity/model_group_retry_policy.yaml");
+        let doc = yaml(&litellm_config(&scenario, &ports(&scenario)).unwrap());
+        assert_eq!(
+            doc["router_settings"]["model_group_retry_policy"]["chat"]["InternalServerErrorRetries"],
+            2
+        );
+        let scenario = load("parity/cooldown_by_failure_rate.yaml");
+        let lite = litellm_config(&scenario, &ports(&scenario)).unwrap();
+        let left_out = lite.lines().find(|l| l.contains("left out")).unwrap_or("");
+        assert!(!left_out.contains("cooldown_by_failure_rate"), "{lite}");
+        assert!(
+            yaml(&lite)["router_settings"]
+                .get("cooldown_by_failure_rate")
+                .is_none()
+        );
     }
 
     #[test]

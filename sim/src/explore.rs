@@ -13,6 +13,7 @@
 //! `seed` exactly (`replay`), shrinking a failing case, writing it out as a scenario file,
 //! and the coverage report.
 
+pub mod policies;
 pub mod routing;
 pub mod shapes;
 
@@ -403,11 +404,16 @@ fn burst(n: usize, swarm: &Swarm, keys: usize) -> impl Strategy<Value = RequestS
 /// A whole generated scenario (its name carries nothing; `case` sets it), with the routing
 /// features of [`routing`].
 pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
-    (base_scenario(concurrency), routing::routing()).prop_map(|(mut s, r)| {
-        r.apply(&mut s);
-        s.description.push_str(&r.describe());
-        s
-    })
+    // Boxed: the two strategies' value trees nested unboxed overflow a debug build's stack.
+    (
+        base_scenario(concurrency).boxed(),
+        routing::routing().boxed(),
+    )
+        .prop_map(|(mut s, r)| {
+            r.apply(&mut s);
+            s.description.push_str(&r.describe());
+            s
+        })
 }
 
 fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
@@ -436,6 +442,7 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                 .collect();
             let orders = proptest::collection::vec(0u32..=1, hosts.len());
             let shapes = proptest::collection::vec(shapes::shape(), hosts.len());
+            let policies = policies::policies(hosts.len());
             let two_requests = proptest::bool::weighted(0.3);
             let net = if swarm.network {
                 proptest::option::weighted(
@@ -482,7 +489,7 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                 ),
                 net,
                 latency,
-                shapes,
+                (shapes, policies),
             )
                 .prop_map(
                     move |(
@@ -496,7 +503,7 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                         (r1, r2, two, bursts),
                         net,
                         latency,
-                        shapes,
+                        (shapes, policies),
                     )| {
                         let mut providers = providers;
                         if swarm.shapes {
@@ -583,7 +590,7 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                             vec![r1]
                         };
                         let kinds: Vec<&str> = swarm.kinds.iter().map(|k| k.as_str()).collect();
-                        Scenario {
+                        let mut scenario = Scenario {
                             name: "generated".into(),
                             description: format!(
                                 "swarm: kinds [{}], mocks {}, network {}, request settings {}, concurrency {}, shapes {}",
@@ -621,7 +628,9 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                             sequential: false,
                             modes: Mode::both(),
                             expect: Expect::default(),
-                        }
+                        };
+                        policies::apply(&mut scenario, &policies);
+                        scenario
                     },
                 )
         })

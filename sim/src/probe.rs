@@ -455,18 +455,12 @@ pub fn report(scenario: &Scenario, run: &ProbeRun) -> String {
             headers(&p.non_stream),
             headers(&p.stream),
         );
-        let (a, b) = (p.non_stream.call_lines(), p.stream.call_lines());
-        if a.is_empty() && b.is_empty() {
-            row(&mut out, "calls", "(none)".into(), "(none)".into());
-        }
-        for i in 0..a.len().max(b.len()) {
-            row(
-                &mut out,
-                if i == 0 { "calls" } else { "" },
-                a.get(i).cloned().unwrap_or_default(),
-                b.get(i).cloned().unwrap_or_default(),
-            );
-        }
+        call_rows(
+            &mut out,
+            &p.non_stream.call_lines(),
+            &p.stream.call_lines(),
+            &row,
+        );
         let j = &p.judgement;
         match j.reasons.first() {
             None => {
@@ -509,6 +503,27 @@ pub fn report(scenario: &Scenario, run: &ProbeRun) -> String {
         run.verdict.exit_code()
     );
     out
+}
+
+/// The `calls` rows of a side-by-side report: `a`'s and `b`'s call lines next to each
+/// other, `(none)` for both when neither made a call.
+pub fn call_rows(
+    out: &mut String,
+    a: &[String],
+    b: &[String],
+    row: &dyn Fn(&mut String, &str, String, String),
+) {
+    if a.is_empty() && b.is_empty() {
+        row(out, "calls", "(none)".into(), "(none)".into());
+    }
+    for i in 0..a.len().max(b.len()) {
+        row(
+            out,
+            if i == 0 { "calls" } else { "" },
+            a.get(i).cloned().unwrap_or_default(),
+            b.get(i).cloned().unwrap_or_default(),
+        );
+    }
 }
 
 /// The pause that lets the scenario's cooldowns end between the modes.

@@ -555,12 +555,7 @@ fn reload(
     config.router_settings.rng_seed.get_or_insert(scenario.seed);
     let done = live.reload(&config).map_err(|e| e.to_string())?;
     observer.know(live.current().shared_catalog());
-    Ok(format!(
-        "{} groups, {} deployments; deployment health {}",
-        done.groups,
-        done.deployments,
-        if done.health_kept { "kept" } else { "reset" }
-    ))
+    Ok(done.describe())
 }
 
 fn apply(sim: &mut turmoil::Sim<'_>, net: &Net, refusals: &Refusals, action: &NetAction) {

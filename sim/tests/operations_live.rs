@@ -348,16 +348,7 @@ async fn metrics_can_be_turned_off() {
 
 /// The JSON log lines on the gateway's stderr once `done` appears in them, within a bound.
 async fn json_logs_until(gw: &Gateway, done: &str) -> (String, Vec<serde_json::Value>) {
-    // The request's last lines are written before its last byte is sent; the reader thread
-    // may still be on its way: wait for them, within a bound.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let stderr = loop {
-        let text = gw.stderr.lock().unwrap().clone();
-        if text.contains(done) || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let stderr = gw.stderr_when(|text| text.contains(done)).await;
     let lines = stderr
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -458,14 +449,9 @@ async fn by_default_a_healthy_request_writes_one_text_access_line() {
     let gw = Gateway::start("access-log", &config(up), &[]);
     let r = exchange(gw.addr, chat("b", false)).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let stderr = loop {
-        let text = gw.stderr.lock().unwrap().clone();
-        if text.contains("switchback::access") || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let stderr = gw
+        .stderr_when(|text| text.contains("switchback::access"))
+        .await;
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(
         lines.len(),
@@ -490,11 +476,18 @@ impl Gateway {
             .status()
             .expect("kill runs");
         assert!(sent.success());
+        self.stderr_when(|text| text.matches("switchback::reload").count() >= n)
+            .await
+    }
+
+    /// The gateway's stderr once `ready` says so, or as it is after 10 s. A request's last
+    /// lines are written before its last byte is sent, and the reader thread may still be
+    /// on its way: this waits for them, within a bound.
+    async fn stderr_when(&self, ready: impl Fn(&str) -> bool) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let text = self.stderr.lock().unwrap().clone();
-            let reports = text.matches("switchback::reload").count();
-            if reports >= n || std::time::Instant::now() > deadline {
+            if ready(&text) || std::time::Instant::now() > deadline {
                 return text;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -156,7 +156,14 @@ fn admin_reload(
                     "reloaded": true,
                     "groups": done.groups,
                     "deployments": done.deployments,
-                    "deployment_health": if done.health_kept { "kept" } else { "reset" },
+                    "deployment_health": if done.health_kept {
+                        "kept"
+                    } else if done.health_carried > 0 {
+                        "carried_by_id"
+                    } else {
+                        "reset"
+                    },
+                    "deployments_carried": done.health_carried,
                 }),
             )
         }

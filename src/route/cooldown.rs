@@ -1,8 +1,10 @@
 //! Per-deployment health shared by all requests: failure counts and cooldowns.
 //!
 //! Owns: when a deployment is cooled (at once for rate limits and auth errors, after
-//! `allowed_fails` consecutive failures for transient ones), for how long (Retry-After, else
-//! `cooldown_time`), and when it is healthy again. A success resets the count. Time is a
+//! `allowed_fails` consecutive failures for transient ones; `allowed_fails_policy` gives a
+//! class its own allowance, a class that cools at once included), for how long (the deployment's
+//! own `cooldown_time`, else Retry-After, else the gateway's `cooldown_time`; a deployment
+//! whose own `cooldown_time` is 0 is never cooled), and when it is healthy again. A success resets the count. Time is a
 //! parameter; the book itself is plain data kept behind a lock by the engine.
 //!
 //! **Effects that land in the same instant.** Two requests' upstream events can arrive in
@@ -26,6 +28,18 @@
 //! (statuses `litellm.utils._should_retry` says never to retry): so does Switchback, for the
 //! `auth` and `not_found` classes. `cooldown_lone_deployment: true` cools it like any other.
 //!
+//! **Cooldown by failure rate** (`cooldown_by_failure_rate: true`, gateway only, refused
+//! with `allowed_fails` or `allowed_fails_policy`): LiteLLM's rule when neither is set
+//! (`litellm/router_utils/cooldown_handlers.py`, `_should_cooldown_deployment`, reading the
+//! stats of `router_callbacks/track_deployment_metrics.py`). A server error, a timeout or a
+//! malformed answer cools the deployment once more than [`FAILURE_RATE_THRESHOLD_PERCENT`]
+//! of at least [`FAILURE_RATE_MINIMUM_REQUESTS`] outcomes of the current minute failed (a
+//! lone deployment only when all of at least [`LONE_DEPLOYMENT_ALL_FAILED_REQUESTS`] did);
+//! what cools at once still does. The minute's counts lapse [`FAILURE_RATE_WINDOW`] after
+//! their last increment, as LiteLLM's TTL cache entries do; time is the engine's
+//! (`tokio::time`), simulated in the harness. An instant's outcomes combine by the same
+//! order-free rule: its failures are counted, the rate is judged, then its successes count.
+//!
 //! With a real clock two events practically never share an instant, so this is the
 //! sequential rule. A cooldown that only the instant's failures together cause (two
 //! transient failures, each within `allowed_fails` alone) is reported as
@@ -44,6 +58,46 @@ use crate::classify::{CoolDown, Failure, FailureClass};
 struct Health {
     consecutive_fails: u32,
     cooled_until: Option<Instant>,
+    /// Successes and failures of "the current minute" (`cooldown_by_failure_rate`).
+    minute_successes: Lapsing,
+    minute_fails: Lapsing,
+}
+
+/// How long a count of the current minute lives after its last increment.
+pub const FAILURE_RATE_WINDOW: Duration = Duration::from_secs(60);
+/// A failure rate over this (a share of the minute's requests) cools a deployment...
+pub const FAILURE_RATE_THRESHOLD_PERCENT: u32 = 50;
+/// ... once the minute has at least this many requests (LiteLLM's
+/// `DEFAULT_FAILURE_THRESHOLD_MINIMUM_REQUESTS`)...
+pub const FAILURE_RATE_MINIMUM_REQUESTS: u32 = 5;
+/// ... and a lone deployment only when every one of at least this many failed (LiteLLM's
+/// `SINGLE_DEPLOYMENT_TRAFFIC_FAILURE_THRESHOLD`).
+pub const LONE_DEPLOYMENT_ALL_FAILED_REQUESTS: u32 = 1000;
+
+/// A count of the current minute as LiteLLM keeps it: a cache entry whose 60 s TTL restarts
+/// at every increment (`router_callbacks/track_deployment_metrics.py`;
+/// `caching/in_memory_cache.py`, `InMemoryCache.increment_cache` sets the value again with
+/// the TTL), so it lapses 60 s after its last increment. Simulated time only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Lapsing {
+    count: u32,
+    last: Option<Instant>,
+}
+
+impl Lapsing {
+    fn read(&self, at: Instant) -> u32 {
+        match self.last {
+            Some(last) if at < last + FAILURE_RATE_WINDOW => self.count,
+            _ => 0,
+        }
+    }
+
+    fn add(&mut self, at: Instant, n: u32) {
+        if n > 0 {
+            self.count = self.read(at).saturating_add(n);
+            self.last = Some(at);
+        }
+    }
 }
 
 /// A deployment was just cooled.
@@ -78,6 +132,15 @@ enum Effect {
         class: FailureClass,
         duration: Duration,
     },
+    /// `cooldown_by_failure_rate`: counts in the minute's failures; cools for `duration` at
+    /// once (`immediate`) or when the minute's failure rate says so.
+    Rated {
+        class: FailureClass,
+        duration: Duration,
+        immediate: bool,
+        /// The deployment is alone in its group (and `cooldown_lone_deployment` is off).
+        lone: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,16 +160,41 @@ fn combine<'e>(h: &mut Health, at: Instant, effects: impl Iterator<Item = &'e Ef
     let mut counted: Option<(u32, Duration, FailureClass)> = None;
     let mut immediate: Caused = None;
     let mut succeeded = false;
+    let (mut successes, mut rated_fails) = (0u32, 0u32);
+    let mut rated: Option<(Duration, FailureClass, bool)> = None;
     for effect in effects {
         match *effect {
-            Effect::Success => succeeded = true,
+            Effect::Success => {
+                succeeded = true;
+                successes = successes.saturating_add(1);
+            }
+            Effect::Rated {
+                class,
+                duration,
+                immediate: at_once,
+                lone,
+            } => {
+                rated_fails = rated_fails.saturating_add(1);
+                if at_once {
+                    immediate = immediate.max(Some((duration, class)));
+                } else {
+                    let r = rated.get_or_insert((duration, class, lone));
+                    r.0 = r.0.max(duration);
+                    r.1 = r.1.max(class);
+                    r.2 &= lone;
+                }
+            }
             Effect::Counted {
                 class,
                 allowed_fails,
                 cooldown_time,
             } => {
                 h.consecutive_fails = h.consecutive_fails.saturating_add(1);
+                // Order-free: the strictest allowance (failures of different classes can
+                // have different ones under `allowed_fails_policy`), the longest cooldown.
                 let c = counted.get_or_insert((allowed_fails, cooldown_time, class));
+                c.0 = c.0.min(allowed_fails);
+                c.1 = c.1.max(cooldown_time);
                 c.2 = c.2.max(class);
             }
             Effect::Immediate { class, duration } => {
@@ -115,7 +203,22 @@ fn combine<'e>(h: &mut Health, at: Instant, effects: impl Iterator<Item = &'e Ef
         }
     }
     let over = counted.filter(|(allowed, _, _)| h.consecutive_fails > *allowed);
-    let caused = immediate.max(over.map(|(_, cooldown, class)| (cooldown, class)));
+    // The minute's failures (this instant's included), then the rate rule, then this
+    // instant's successes: the same order-free rule as for counted failures.
+    h.minute_fails.add(at, rated_fails);
+    let rate = rated.filter(|(_, _, lone)| {
+        let fails = h.minute_fails.read(at);
+        let total = fails.saturating_add(h.minute_successes.read(at));
+        let all_failed = fails == total && total >= LONE_DEPLOYMENT_ALL_FAILED_REQUESTS;
+        let over_rate = u64::from(fails) * 100
+            > u64::from(total) * u64::from(FAILURE_RATE_THRESHOLD_PERCENT)
+            && total >= FAILURE_RATE_MINIMUM_REQUESTS;
+        all_failed || (over_rate && !lone)
+    });
+    h.minute_successes.add(at, successes);
+    let caused = immediate
+        .max(over.map(|(_, cooldown, class)| (cooldown, class)))
+        .max(rate.map(|(duration, class, _)| (duration, class)));
     if over.is_some() || immediate.is_some() {
         h.consecutive_fails = 0;
     }
@@ -143,6 +246,8 @@ pub struct CooldownBook {
     health: Vec<Health>,
     /// `lone[d]`: `d` is the only deployment of its group.
     lone: Vec<bool>,
+    /// `own_cooldown[d]`: `d`'s own `litellm_params.cooldown_time`, if it sets one.
+    own_cooldown: Vec<Option<Duration>>,
     /// Effects of the latest instant, not yet seen by other requests.
     pending: Vec<Pending>,
     unreported: Vec<Unreported>,
@@ -153,6 +258,7 @@ impl CooldownBook {
         CooldownBook {
             health: vec![Health::default(); deployments],
             lone: vec![false; deployments],
+            own_cooldown: vec![None; deployments],
             pending: Vec::new(),
             unreported: Vec::new(),
         }
@@ -165,8 +271,65 @@ impl CooldownBook {
             lone: (0..n)
                 .map(|d| catalog.is_lone(DeploymentId(d as u32)))
                 .collect(),
+            own_cooldown: catalog
+                .deployments
+                .iter()
+                .map(|d| d.cooldown_time)
+                .collect(),
             ..CooldownBook::new(n)
         }
+    }
+
+    /// A book for the deployments of `catalog` that keeps, by deployment id, what `self`
+    /// (the book of `old`) knows of each deployment both list: its failure count and
+    /// cooldown, its outcomes not yet settled and cooldowns not yet reported. A reload that
+    /// adds, removes or reorders deployments so does not forget which of the others are
+    /// cooling. `carried[d]` is where `d` came from, for every deployment of `catalog`.
+    pub fn carried_over(
+        &self,
+        old: &crate::catalog::Catalog,
+        catalog: &crate::catalog::Catalog,
+    ) -> (CooldownBook, Vec<Option<DeploymentId>>) {
+        assert_eq!(self.health.len(), old.deployments.len(), "a book of `old`");
+        let mut book = CooldownBook::for_catalog(catalog);
+        let carried: Vec<Option<DeploymentId>> = catalog
+            .deployments
+            .iter()
+            .map(|spec| {
+                old.deployments
+                    .iter()
+                    .position(|o| o.id == spec.id)
+                    .map(|i| DeploymentId(i as u32))
+            })
+            .collect();
+        let new_index = |from: DeploymentId| {
+            carried
+                .iter()
+                .position(|c| *c == Some(from))
+                .map(|i| DeploymentId(i as u32))
+        };
+        for (d, from) in carried.iter().enumerate() {
+            if let Some(from) = from {
+                book.health[d] = self.health[from.0 as usize].clone();
+            }
+        }
+        book.pending = self
+            .pending
+            .iter()
+            .filter_map(|p| new_index(p.deployment).map(|deployment| Pending { deployment, ..*p }))
+            .collect();
+        book.unreported = self
+            .unreported
+            .iter()
+            .filter_map(|u| {
+                new_index(u.cooled.deployment).map(|deployment| {
+                    let mut u = *u;
+                    u.cooled.deployment = deployment;
+                    u
+                })
+            })
+            .collect();
+        (book, carried)
     }
 
     /// Folds every effect from before `now` into the shared health.
@@ -313,20 +476,53 @@ impl CooldownBook {
         request: u64,
     ) -> Option<Cooled> {
         let class = failure.class;
-        if !may_cool(class, self.lone[d.0 as usize], settings) {
+        let own = self.own_cooldown[d.0 as usize];
+        if own.is_some_and(|c| c.is_zero()) {
+            // LiteLLM skips its whole cooldown logic, counting included, for a cooldown
+            // of zero (`cooldown_handlers.py`, `_should_run_cooldown_logic`).
             return None;
         }
-        let effect = match class.actions(settings.fallback_on_bad_request).cool_down {
+        let lone = self.lone[d.0 as usize];
+        if !settings.cooldown_by_failure_rate && !may_cool(class, lone, settings) {
+            return None;
+        }
+        let rule = class.actions(settings.fallback_on_bad_request).cool_down;
+        // The deployment's own cooldown_time first, then (for a failure that cools at once)
+        // the Retry-After, then the gateway's (LiteLLM: `router.py`,
+        // `Router.deployment_callback_on_failure`).
+        let duration = match rule {
             CoolDown::Never => return None,
-            CoolDown::AfterAllowedFails => Effect::Counted {
+            CoolDown::AfterAllowedFails => own.unwrap_or(settings.cooldown_time),
+            CoolDown::Immediately => own
+                .or(failure.retry_after)
+                .unwrap_or(settings.cooldown_time),
+        };
+        // `allowed_fails_policy` names how many failures of this class are allowed: a class
+        // that cools at once (a rate limit, an auth failure) then counts too.
+        let effect = match (settings.allowed_fails_for(class), rule) {
+            // Validation keeps `allowed_fails_policy` (and `allowed_fails`) away from this.
+            _ if settings.cooldown_by_failure_rate => {
+                let lone = lone && !settings.cooldown_lone_deployment;
+                Effect::Rated {
+                    class,
+                    duration,
+                    // What cools at once still does (a 429 but on a lone deployment, an
+                    // auth or not-found failure); the rest waits for the rate rule.
+                    immediate: rule == CoolDown::Immediately && may_cool(class, lone, settings),
+                    lone,
+                }
+            }
+            (Some(allowed_fails), _) => Effect::Counted {
+                class,
+                allowed_fails,
+                cooldown_time: duration,
+            },
+            (None, CoolDown::AfterAllowedFails) => Effect::Counted {
                 class,
                 allowed_fails: settings.allowed_fails,
-                cooldown_time: settings.cooldown_time,
+                cooldown_time: duration,
             },
-            CoolDown::Immediately => Effect::Immediate {
-                class,
-                duration: failure.retry_after.unwrap_or(settings.cooldown_time),
-            },
+            (None, _) => Effect::Immediate { class, duration },
         };
         self.settle(now);
         let (_, before) = self.own_health(d, request);
@@ -403,6 +599,37 @@ mod tests {
             .record_failure(d, &f, later, &settings(3, 60), 1)
             .unwrap();
         assert_eq!(cooled.duration, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_deployments_own_cooldown_time_beats_retry_after_and_zero_never_cools() {
+        let yaml = "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://a/v1\", cooldown_time: 1}}\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://b/v1\", cooldown_time: 0}}\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://c/v1\"}}\n";
+        let catalog = crate::catalog::Catalog::new(
+            &crate::config::GatewayConfig::load("t.yaml", yaml).unwrap(),
+        )
+        .unwrap();
+        let mut book = CooldownBook::for_catalog(&catalog);
+        let now = Instant::now();
+        let mut f = Failure::new(FailureClass::RateLimited, "429");
+        f.retry_after = Some(Duration::from_secs(30));
+        let s = settings(0, 60);
+        let cooled = |book: &mut CooldownBook, d: u32, f: &Failure| {
+            book.record_failure(DeploymentId(d), f, now, &s, 1)
+                .map(|c| c.duration)
+        };
+        assert_eq!(cooled(&mut book, 0, &f), Some(Duration::from_secs(1)));
+        assert_eq!(
+            cooled(&mut book, 1, &f),
+            None,
+            "cooldown_time 0: never cooled"
+        );
+        assert_eq!(cooled(&mut book, 2, &f), Some(Duration::from_secs(30)));
+        let t = Failure::new(FailureClass::Transient, "503");
+        assert_eq!(cooled(&mut book, 1, &t), None);
+        f.retry_after = None;
+        let mut book = CooldownBook::for_catalog(&catalog);
+        assert_eq!(cooled(&mut book, 0, &t), Some(Duration::from_secs(1)));
+        assert_eq!(cooled(&mut book, 2, &t), Some(Duration::from_secs(60)));
     }
 
     #[test]
@@ -562,6 +789,129 @@ mod tests {
         let limited = seen.iter().find(|x| x.0).unwrap();
         assert_eq!(limited.1, Some(t + Duration::from_secs(5)));
         assert!(limited.2.is_empty(), "request 4 reported a cooldown itself");
+    }
+
+    /// Under `allowed_fails_policy`, failures of different classes in one instant have
+    /// different allowances: the strictest one and the longest cooldown apply, in any order.
+    #[test]
+    fn allowances_per_class_combine_alike_in_any_order() {
+        let d = DeploymentId(0);
+        let t = Instant::now();
+        let s = GatewaySettings {
+            allowed_fails_policy: crate::config::AllowedFailsPolicy {
+                rate_limit: Some(5),
+                internal_server: Some(1),
+                ..Default::default()
+            },
+            ..settings(3, 5)
+        };
+        let mut limited = Failure::new(FailureClass::RateLimited, "429");
+        limited.retry_after = Some(Duration::from_secs(2));
+        let transient = Failure::new(FailureClass::Transient, "503");
+        for order in [[&limited, &transient], [&transient, &limited]] {
+            let mut book = CooldownBook::new(1);
+            for (request, f) in order.iter().enumerate() {
+                assert_eq!(
+                    book.record_failure(d, f, t, &s, request as u64 + 1),
+                    None,
+                    "neither request's own failure passes its allowance"
+                );
+            }
+            book.settle(t + ms(1));
+            assert_eq!(
+                book.cooling_until(d, t + ms(1)),
+                Some(t + Duration::from_secs(5)),
+                "two failures pass the 503's allowance of 1; the longer cooldown wins"
+            );
+            assert_eq!(book.take_unreported().len(), 1);
+        }
+        // One 429 alone is within its allowance of 5: not cooled at once any more.
+        let mut book = CooldownBook::new(1);
+        assert_eq!(book.record_failure(d, &limited, t, &s, 1), None);
+    }
+
+    #[test]
+    fn failure_rate_cools_past_half_of_five_and_a_lone_deployment_only_at_a_thousand() {
+        let s = GatewaySettings {
+            cooldown_by_failure_rate: true,
+            ..settings(3, 10)
+        };
+        let f = Failure::new(FailureClass::Transient, "500");
+        let t = Instant::now();
+        let mut book = CooldownBook::new(1);
+        let d = DeploymentId(0);
+        let mut at = t;
+        let mut step = |book: &mut CooldownBook, ok: bool| {
+            at += ms(10);
+            if ok {
+                book.record_success(d, at, 1);
+                None
+            } else {
+                book.record_failure(d, &f, at, &s, 1)
+            }
+        };
+        assert_eq!(step(&mut book, true), None);
+        assert_eq!(step(&mut book, true), None);
+        assert_eq!(step(&mut book, false), None, "1 in 3");
+        assert_eq!(step(&mut book, false), None, "2 in 4: not over half");
+        let cooled = step(&mut book, false).expect("3 in 5 is over half of at least 5");
+        assert_eq!(cooled.duration, Duration::from_secs(10));
+
+        // A lone deployment: 5 failures in 5 do not cool it; 1,000 in 1,000 do.
+        let mut book = CooldownBook::new(1);
+        book.lone[0] = true;
+        let mut cooled_at = None;
+        for i in 1..=LONE_DEPLOYMENT_ALL_FAILED_REQUESTS {
+            at += ms(10);
+            if book.record_failure(d, &f, at, &s, 1).is_some() {
+                cooled_at = Some(i);
+                break;
+            }
+        }
+        assert_eq!(cooled_at, Some(LONE_DEPLOYMENT_ALL_FAILED_REQUESTS));
+        // A 429 still cools a deployment that is not alone at once.
+        let mut book = CooldownBook::new(1);
+        let limited = Failure::new(FailureClass::RateLimited, "429");
+        assert!(book.record_failure(d, &limited, at, &s, 1).is_some());
+    }
+
+    /// Rated failures and successes of one instant settle alike in any order, and the rate
+    /// is judged after the instant's failures, before its successes.
+    #[test]
+    fn rated_effects_of_an_instant_settle_alike_in_any_order() {
+        let s = GatewaySettings {
+            cooldown_by_failure_rate: true,
+            ..settings(3, 10)
+        };
+        let d = DeploymentId(0);
+        let t = Instant::now();
+        let f = Failure::new(FailureClass::Transient, "500");
+        let mut seen = Vec::new();
+        for perm in permutations(&[0, 1, 2, 3, 4]) {
+            let mut book = CooldownBook::new(1);
+            // Two earlier successes, then, in one instant, three failures and two successes.
+            book.record_success(d, t, 9);
+            book.record_success(d, t + ms(1), 9);
+            let now = t + ms(2);
+            for &i in &perm {
+                if i < 3 {
+                    book.record_failure(d, &f, now, &s, i as u64 + 1);
+                } else {
+                    book.record_success(d, now, i as u64 + 1);
+                }
+            }
+            book.settle(now + ms(1));
+            seen.push((
+                book.cooling_until(d, now + ms(1)),
+                book.take_unreported().len(),
+            ));
+        }
+        assert!(seen.iter().all(|x| *x == seen[0]), "{seen:?}");
+        assert_eq!(
+            seen[0],
+            (Some(t + ms(2) + Duration::from_secs(10)), 1),
+            "3 failures in 5, the instant's successes counted after"
+        );
     }
 
     fn permutations(items: &[usize]) -> Vec<Vec<usize>> {

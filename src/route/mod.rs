@@ -39,6 +39,9 @@ pub enum GiveUp {
     /// reaches the group, which is then skipped without a call; or after a failure whose
     /// provider asked for no wait (no Retry-After), so the cooldown is not waited out.
     AllCooling(Duration),
+    /// The failure may only be retried on a deployment of the tier this request has not
+    /// tried in the group yet ([`Failure::retry_elsewhere_only`]), and none is healthy.
+    NoOtherDeployment,
 }
 
 impl GiveUp {
@@ -49,6 +52,7 @@ impl GiveUp {
             GiveUp::WaitTooLong(_) => "wait_too_long",
             GiveUp::PastDeadline => "past_deadline",
             GiveUp::AllCooling(_) => "all_cooling",
+            GiveUp::NoOtherDeployment => "no_other_deployment",
         }
     }
 }
@@ -126,6 +130,11 @@ impl RetryPolicy for DefaultRetryPolicy {
 /// `max_wait` and never past the deadline. A cooldown the provider did not ask for
 /// (transient failures past `allowed_fails`) is not waited out: the tier gives up at once
 /// and the plan goes on.
+///
+/// A failure that the same deployment cannot mend ([`Failure::retry_elsewhere_only`]: an
+/// `auth` failure, a quota or billing error) is retried only on a healthy deployment of the
+/// tier not yet tried by this request in this group, never waited for: none, and the tier
+/// gives up ([`GiveUp::NoOtherDeployment`]).
 pub fn plan_retry(
     cx: &RetryContext<'_>,
     catalog: &Catalog,
@@ -149,6 +158,23 @@ pub fn plan_retry(
         rng,
     )
     .expect("the request's tier has deployments: it made the failed attempt");
+    if cx.failure.retry_elsewhere_only() {
+        return match choice {
+            Choice::Now(d) if !cx.tried.contains(&d) => {
+                if cx.now + jitter >= cx.deadline {
+                    RetryDecision::GiveUp(GiveUp::PastDeadline)
+                } else {
+                    RetryDecision::Retry {
+                        deployment: d,
+                        delay: jitter,
+                    }
+                }
+            }
+            // `choose_in` prefers untried healthy deployments: a tried one means none is left.
+            Choice::Now(_) => RetryDecision::GiveUp(GiveUp::NoOtherDeployment),
+            Choice::After(_, wait) => RetryDecision::GiveUp(GiveUp::AllCooling(wait)),
+        };
+    }
     let (deployment, delay) = match choice {
         // The deployment that asked for a wait was not cooled (the only one of its group,
         // see `cooldown::may_cool`): its Retry-After is honoured all the same.
@@ -408,6 +434,45 @@ mod tests {
             plan_retry(&cx(&f, &tried, now), &c, &book.view(1, now), &mut rng),
             RetryDecision::GiveUp(GiveUp::WaitTooLong(Duration::from_secs(20)))
         );
+    }
+
+    #[test]
+    fn a_failure_the_same_deployment_cannot_mend_is_retried_elsewhere_only() {
+        let now = Instant::now();
+        let mut quota = Failure::new(FailureClass::RateLimited, "credit balance too low");
+        quota.quota = true;
+        let auth = Failure::new(FailureClass::Auth, "401");
+        for f in [&quota, &auth] {
+            // Alone in its group (not cooled): no retry on the same deployment.
+            let c = catalog(1);
+            let book = CooldownBook::for_catalog(&c);
+            let tried = [DeploymentId(0)];
+            let mut rng = ChaCha8Rng::seed_from_u64(3);
+            assert_eq!(
+                plan_retry(&cx(f, &tried, now), &c, &book.view(1, now), &mut rng),
+                RetryDecision::GiveUp(GiveUp::NoOtherDeployment),
+                "{f:?}"
+            );
+            // With two, the other one, even though the failed one is not cooling; both
+            // tried: give up.
+            let c = catalog(2);
+            let book = CooldownBook::new(2);
+            for seed in 0..10 {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                assert!(matches!(
+                    plan_retry(&cx(f, &tried, now), &c, &book.view(1, now), &mut rng),
+                    RetryDecision::Retry {
+                        deployment: DeploymentId(1),
+                        ..
+                    }
+                ));
+            }
+            let both = [DeploymentId(0), DeploymentId(1)];
+            assert_eq!(
+                plan_retry(&cx(f, &both, now), &c, &book.view(1, now), &mut rng),
+                RetryDecision::GiveUp(GiveUp::NoOtherDeployment)
+            );
+        }
     }
 
     #[test]

@@ -264,18 +264,7 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
             format!("{:?}", r.a.client.text),
             format!("{:?}", r.b.client.text),
         );
-        let (a, b) = (r.a.call_lines(), r.b.call_lines());
-        if a.is_empty() && b.is_empty() {
-            row(&mut out, "calls", "(none)".into(), "(none)".into());
-        }
-        for i in 0..a.len().max(b.len()) {
-            row(
-                &mut out,
-                if i == 0 { "calls" } else { "" },
-                a.get(i).cloned().unwrap_or_default(),
-                b.get(i).cloned().unwrap_or_default(),
-            );
-        }
+        super::call_rows(&mut out, &r.a.call_lines(), &r.b.call_lines(), &row);
         if r.differences.is_empty() {
             let _ = writeln!(out, "  same");
         }
