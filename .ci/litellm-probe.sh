@@ -240,7 +240,10 @@ for s in scenarios/parity/order_retry_stays_in_tier.yaml \
     scenarios/parity/lone_deployment_cooled_on_request.yaml \
     scenarios/parity/deployment_num_retries.yaml \
     scenarios/parity/auth_retried_on_another_deployment.yaml \
-    scenarios/parity/billing_400_falls_back.yaml; do
+    scenarios/parity/billing_400_falls_back.yaml \
+    scenarios/parity/wildcard_group_serves_requested_model.yaml \
+    scenarios/parity/wildcard_fallbacks_by_requested_name.yaml \
+    scenarios/parity/fallback_to_deployment_id.yaml; do
     expect_diff "$s" "diff-$(basename "$s" .yaml)" 0 "$SAME"
 done
 # Documented difference: with allowed_fails set, LiteLLM 1.83.0 cools even a lone

@@ -369,11 +369,20 @@ impl Run<'_> {
                     let cx = RetryContext {
                         group,
                         failure: &failure,
-                        retries_allowed: self.settings.retries_in(
-                            failure.class,
-                            Some(group),
-                            self.catalog.deployment(tier_first).num_retries,
-                        ),
+                        // A fallback to a deployment id is one call: LiteLLM retries a
+                        // model group by its deployments, and an id names none
+                        // (`router.py`, `Router.should_retry_this_error` raises when the
+                        // name has no healthy deployments to retry on). `probe --against`
+                        // on `parity/fallback_to_deployment_id.yaml` shows it.
+                        retries_allowed: if self.catalog.pinned(group).is_some() {
+                            0
+                        } else {
+                            self.settings.retries_in(
+                                failure.class,
+                                Some(group),
+                                self.catalog.deployment(tier_first).num_retries,
+                            )
+                        },
                         retries_used: retries_here,
                         mocked: mocked.is_some(),
                         committed: self.commit.is_committed(),
