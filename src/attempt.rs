@@ -694,6 +694,7 @@ impl Run<'_> {
             body: &body,
             request_id: self.admitted.id,
             stream: spec.stream,
+            ca_bundle: spec.ca_bundle.as_deref(),
         };
         let opened = tokio::select! {
             biased;

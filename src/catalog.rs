@@ -55,6 +55,9 @@ pub struct DeploymentSpec {
     pub cooldown_time: Option<Duration>,
     /// `litellm_params.num_retries` (see [`crate::policy::EffectiveSettings::retries_in`]).
     pub num_retries: Option<u32>,
+    /// `litellm_params.ssl_verify` as a CA bundle: the only certificates trusted for this
+    /// deployment's `https` upstream (none: the Mozilla roots).
+    pub ca_bundle: Option<Arc<crate::upstream::tls::CaBundle>>,
 }
 
 /// A request served by a wildcard group: the name it asked for and what the group's `*`s
@@ -248,6 +251,24 @@ impl Catalog {
                 cooldown_time: p.cooldown_time.map(secs),
                 num_retries: p.num_retries,
                 model_template: p.model.contains('*').then(|| p.model.clone()),
+                ca_bundle: match &p.ssl_verify {
+                    // Read again here: it may have changed since `validate` read it.
+                    Some(crate::config::SslVerify::CaBundle(path)) => Some(Arc::new(
+                        crate::upstream::tls::CaBundle::load(path).map_err(|why| {
+                            use crate::yaml::PathSeg::{Index, Key};
+                            let at = [
+                                Key("model_list".into()),
+                                Index(i),
+                                Key("litellm_params".into()),
+                                Key("ssl_verify".into()),
+                            ];
+                            ConfigError {
+                                problems: vec![crate::yaml::error_at("<config>", "", &at, why)],
+                            }
+                        })?,
+                    )),
+                    _ => None,
+                },
             });
         }
         // LiteLLM sorts patterns by specificity, descending; Rust's sort is stable, so ties

@@ -132,6 +132,20 @@ pub struct LitellmParams {
     /// wrapper) and `router.py`, `Router.async_function_with_retries`, retries with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_retries: Option<u32>,
+    /// How an `https` upstream's certificate is checked (LiteLLM's name): `true` (the
+    /// default) against the Mozilla root store; a path to a PEM CA bundle to trust only the
+    /// certificates in it (a private CA, a self-signed test provider). `false` is refused:
+    /// Switchback always verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_verify: Option<SslVerify>,
+}
+
+/// `litellm_params.ssl_verify`: a switch or a CA bundle's path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SslVerify {
+    Enabled(bool),
+    CaBundle(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -641,6 +655,21 @@ impl GatewayConfig {
                         push(at.key("litellm_params").key("api_base"), why);
                     }
                 }
+            }
+            match &p.ssl_verify {
+                Some(SslVerify::Enabled(false)) => push(
+                    at.key("litellm_params").key("ssl_verify"),
+                    "`ssl_verify: false` is not supported: Switchback always verifies upstream \
+                     certificates; give the path of a PEM CA bundle that holds the upstream's \
+                     CA (or its self-signed certificate) instead"
+                        .into(),
+                ),
+                Some(SslVerify::CaBundle(path)) => {
+                    if let Err(why) = crate::upstream::tls::CaBundle::load(path) {
+                        push(at.key("litellm_params").key("ssl_verify"), why);
+                    }
+                }
+                Some(SslVerify::Enabled(true)) | None => {}
             }
             if let Some(key) = &p.api_key {
                 if let Err(why) = secret_ok(key) {

@@ -25,6 +25,7 @@ use crate::route::{DefaultRetryPolicy, RetryPolicy};
 use crate::trace::{Event, Fanout, Observer, TraceRecord};
 use crate::transport::Connector;
 use crate::upstream::client::{ClientLimits, UpstreamClient};
+use crate::upstream::pool::Pool;
 
 /// Wall-clock time, used only to read Retry-After HTTP-dates that come without a `Date`
 /// header. Monotonic time is always `tokio::time`.
@@ -109,7 +110,11 @@ impl Engine {
             .map_or(0, |d| d.as_secs());
         Engine {
             cooldowns: Arc::new(Mutex::new(CooldownBook::for_catalog(&catalog))),
-            client: UpstreamClient::new(connector.clone(), limits),
+            client: UpstreamClient::new(
+                connector.clone(),
+                limits,
+                Pool::new(catalog.limits.upstream_pool()),
+            ),
             connector,
             catalog,
             observer,
@@ -173,6 +178,10 @@ impl Engine {
         next.started_unix = self.started_unix;
         next.next_request = self.next_request.clone();
         next.metrics = self.metrics.clone();
+        // Kept connections outlive a reload unless the pool's own bounds changed.
+        if next.client.pool().limits() == self.client.pool().limits() {
+            next.client = next.client.with_pool(self.client.pool().clone());
+        }
         match carried {
             None => next.cooldowns = self.cooldowns.clone(),
             Some(book) => next.cooldowns = Arc::new(Mutex::new(book)),
@@ -183,6 +192,12 @@ impl Engine {
     /// Whether this engine and `other` share deployment health (see [`Engine::successor`]).
     pub fn shares_health_with(&self, other: &Engine) -> bool {
         Arc::ptr_eq(&self.cooldowns, &other.cooldowns)
+    }
+
+    /// The upstream connections kept between attempts (shared with reloaded successors
+    /// whose pool bounds are unchanged).
+    pub fn upstream_pool(&self) -> &Pool {
+        self.client.pool()
     }
 
     pub fn metrics(&self) -> Option<&Arc<Metrics>> {

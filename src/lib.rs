@@ -12,7 +12,9 @@
 //! * [`plan`]: the immutable fallback plan and its depth-first walk.
 //! * [`classify`]: upstream failure → [`classify::FailureClass`], and the decision table.
 //! * [`route`]: deployment choice, cooldowns, retry backoff.
-//! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser.
+//! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser, the pool of kept
+//!   connections, TLS.
+//! * [`dns`]: real TCP to upstreams, with DNS answers cached for a bounded time.
 //! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.
 //! * [`commit`]: what the client has been given, and what a continuation may ask.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
@@ -38,6 +40,7 @@ pub mod commit;
 pub mod config;
 pub mod decision_log;
 pub mod delivery;
+pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod frames;

@@ -63,6 +63,19 @@ pub struct Limits {
     /// Items in a request body's `fallbacks` list (names, `{model, messages}` objects or
     /// `{group: [...]}` entries). Each entry's own `messages` are bounded by `max_messages`.
     pub max_request_fallbacks: usize,
+    /// Idle upstream connections kept per (scheme, host, port) for the next attempt; 0
+    /// turns keep-alive off (every attempt opens its own connection).
+    pub max_idle_upstream_connections_per_host: usize,
+    /// Seconds an upstream connection may stay idle before it is closed. Below the 5 s
+    /// keep-alive of uvicorn (vLLM, LiteLLM) and most servers, so that the gateway closes an
+    /// idle connection before the upstream does, and never sends on one the upstream is
+    /// closing (a request that may have been sent is never re-sent).
+    pub upstream_pool_idle_timeout: f64,
+    /// Seconds an upstream host name's DNS answer is reused for new connections; 0 looks
+    /// it up for every connection.
+    pub dns_cache_ttl: f64,
+    /// Host names whose DNS answers are kept at once.
+    pub max_dns_cache_entries: usize,
 }
 
 impl Default for Limits {
@@ -90,6 +103,10 @@ impl Default for Limits {
             max_overflow_connections: 64,
             shutdown_grace: 30.0,
             max_request_fallbacks: 16,
+            max_idle_upstream_connections_per_host: 64,
+            upstream_pool_idle_timeout: 4.0,
+            dns_cache_ttl: 30.0,
+            max_dns_cache_entries: 1024,
         }
     }
 }
@@ -116,11 +133,20 @@ impl Limits {
     pub fn shutdown_grace(&self) -> Duration {
         secs(self.shutdown_grace)
     }
+    pub fn dns_cache_ttl(&self) -> Duration {
+        secs(self.dns_cache_ttl)
+    }
+    pub fn upstream_pool(&self) -> crate::upstream::pool::PoolLimits {
+        crate::upstream::pool::PoolLimits {
+            max_idle_per_host: self.max_idle_upstream_connections_per_host,
+            idle_timeout: secs(self.upstream_pool_idle_timeout),
+        }
+    }
 
     /// Every count limit with the range it must lie in. The upper bounds keep each value
     /// within what the structures that use it accept (a semaphore's permits, a channel's
     /// capacity) and what one process could ever need, so no value can panic at run time.
-    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 15] {
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 17] {
         const GIB: usize = 1 << 30;
         [
             (
@@ -178,12 +204,24 @@ impl Limits {
                 0,
                 1_000,
             ),
+            (
+                "max_idle_upstream_connections_per_host",
+                self.max_idle_upstream_connections_per_host,
+                0,
+                100_000,
+            ),
+            (
+                "max_dns_cache_entries",
+                self.max_dns_cache_entries,
+                0,
+                1_000_000,
+            ),
         ]
     }
 
     /// Every seconds limit, and whether zero is allowed (zero means "never wait" for the
     /// ones that allow it; a zero deadline or read timeout would refuse every request).
-    pub fn seconds(&self) -> [(&'static str, f64, bool); 7] {
+    pub fn seconds(&self) -> [(&'static str, f64, bool); 9] {
         [
             ("request_deadline", self.request_deadline, false),
             ("max_retry_after", self.max_retry_after, true),
@@ -192,6 +230,12 @@ impl Limits {
             ("max_cooldown", self.max_cooldown, true),
             ("client_write_timeout", self.client_write_timeout, false),
             ("shutdown_grace", self.shutdown_grace, true),
+            (
+                "upstream_pool_idle_timeout",
+                self.upstream_pool_idle_timeout,
+                false,
+            ),
+            ("dns_cache_ttl", self.dns_cache_ttl, true),
         ]
     }
 }

@@ -97,18 +97,25 @@ async fn attempt(
 ) -> Result<UpstreamStream, UpstreamError> {
     let endpoint = Endpoint::parse(&format!("{base}/v1")).expect("a valid api_base");
     let body = upstream_body();
-    UpstreamClient::new(Arc::new(TcpConnector), limits)
-        .open(
-            Call {
-                endpoint: &endpoint,
-                api_key,
-                body: &body,
-                request_id: REQUEST_ID,
-                stream: true,
-            },
-            timeouts,
-        )
-        .await
+    UpstreamClient::new(
+        Arc::new(TcpConnector),
+        limits,
+        switchback::upstream::pool::Pool::new(
+            switchback::limits::Limits::default().upstream_pool(),
+        ),
+    )
+    .open(
+        Call {
+            endpoint: &endpoint,
+            api_key,
+            body: &body,
+            request_id: REQUEST_ID,
+            stream: true,
+            ca_bundle: None,
+        },
+        timeouts,
+    )
+    .await
 }
 
 /// An upstream that answers one chat completion request with `response`.

@@ -970,6 +970,7 @@ mod tests {
             calls: Vec::new(),
             dialect,
             tool_call_index: None,
+            keep_alive_ms: None,
         }
     }
 

@@ -207,12 +207,20 @@ fn provider(
     } else {
         Just(Vec::new()).boxed()
     };
+    // How long the provider keeps an idle connection: for ever (most servers), not at all
+    // (`Connection: close`), or briefly (uvicorn's keep-alive, scaled to a scenario).
+    let keep_alive = prop_oneof![
+        4 => Just(None),
+        1 => Just(Some(0u64)),
+        1 => (20u64..=200).prop_map(Some),
+    ];
     (
         script(kinds.clone(), 0.15),
         proptest::collection::vec((1u32..=4, script(kinds, 0.9)), 0..=3),
         every,
+        keep_alive,
     )
-        .prop_map(move |(default, calls, every)| Provider {
+        .prop_map(move |(default, calls, every, keep_alive_ms)| Provider {
             host: host.clone(),
             port: 8000,
             model: Some(model.clone()),
@@ -230,6 +238,7 @@ fn provider(
                 .collect(),
             dialect: Default::default(),
             tool_call_index: None,
+            keep_alive_ms,
         })
 }
 

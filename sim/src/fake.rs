@@ -87,6 +87,8 @@ pub struct CallRecord {
 pub struct Fake {
     pub spec: Provider,
     calls: AtomicU32,
+    /// Connections accepted since the last reset.
+    accepted: AtomicU32,
     open: AtomicUsize,
     log: Mutex<Vec<CallRecord>>,
     sink: Arc<dyn TraceSink>,
@@ -110,6 +112,7 @@ impl Fake {
         Arc::new(Fake {
             spec,
             calls: AtomicU32::new(0),
+            accepted: AtomicU32::new(0),
             open: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
             sink,
@@ -120,12 +123,18 @@ impl Fake {
     /// Forgets every call: the next call is call 1 again (a fresh provider for the next run).
     pub fn reset(&self) {
         self.calls.store(0, Ordering::SeqCst);
+        self.accepted.store(0, Ordering::SeqCst);
         self.log.lock().expect("fake log").clear();
     }
 
     /// Every request received so far, in order.
     pub fn calls(&self) -> Vec<CallRecord> {
         self.log.lock().expect("fake log").clone()
+    }
+
+    /// Connections accepted since the last reset.
+    pub fn accepted(&self) -> u32 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Connections currently open to this fake.
@@ -141,6 +150,7 @@ impl Fake {
             };
             let fake = self.clone();
             fake.open.fetch_add(1, Ordering::SeqCst);
+            fake.accepted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 // Counts down however the task ends, a crash of the host included.
                 let _open = OpenGuard(fake.clone());
@@ -149,9 +159,21 @@ impl Fake {
                     let fake = svc_fake.clone();
                     async move { Ok::<_, Infallible>(fake.handle(req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(io), service)
-                    .await;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                match fake.spec.keep_alive_ms {
+                    Some(0) => {
+                        builder.keep_alive(false);
+                    }
+                    // hyper's header read timeout runs while it waits for the next request
+                    // on a kept connection too: it is how servers close idle connections.
+                    Some(ms) => {
+                        builder
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(std::time::Duration::from_millis(ms));
+                    }
+                    None => {}
+                }
+                let _ = builder.serve_connection(TokioIo::new(io), service).await;
             });
         }
     }

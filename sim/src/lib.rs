@@ -36,5 +36,6 @@ pub mod passthrough;
 pub mod probe;
 pub mod run;
 pub mod scenario;
+pub mod tls_fake;
 pub mod trace;
 pub mod world;

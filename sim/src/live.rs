@@ -187,7 +187,15 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
             .iter()
             .map(|f| (f.spec.host.clone(), f.calls()))
             .collect(),
+        connections: fakes
+            .fakes
+            .iter()
+            .map(|f| (f.spec.host.clone(), f.accepted()))
+            .collect(),
         open_connections: open,
+        // The gateway has stopped, and a stopped gateway closes what it kept.
+        kept_connections: Some(BTreeMap::new()),
+        max_kept_per_host: 0,
         trace: trace.text(),
         catalog,
         hang: None,

@@ -236,10 +236,29 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
             failures.push(format!("[{mode}] invariant: metrics: {d}"));
         }
     }
+    // Every connection open at the end is one the gateway's pool keeps idle, within its
+    // bound: nothing in use (no request is live), nothing leaked.
+    let providers = run.calls.len().max(1);
     for (host, open) in &run.open_connections {
-        if *open > 0 {
+        let bound = if host == crate::world::GATEWAY_UPSTREAMS {
+            run.max_kept_per_host * providers
+        } else {
+            run.max_kept_per_host
+        };
+        let kept = match &run.kept_connections {
+            Some(kept) => kept.get(host).copied().unwrap_or(0),
+            None => (*open).min(bound),
+        };
+        if *open != kept {
             failures.push(format!(
-                "[{mode}] invariant: {open} connection(s) to `{host}` still open at the end"
+                "[{mode}] invariant: {open} connection(s) to `{host}` still open at the end, \
+                 of which {kept} kept idle by the gateway's pool"
+            ));
+        }
+        if kept > bound {
+            failures.push(format!(
+                "[{mode}] invariant: the pool keeps {kept} connection(s) to `{host}`, over its \
+                 bound of {bound}"
             ));
         }
     }
@@ -271,6 +290,15 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
         }
     }
     let totals = scenario.expect.for_mode(run.mode).or(&scenario.expect);
+    for (host, want) in totals.total_connections.iter().flatten() {
+        let got = run.connections.get(host).copied().unwrap_or(0);
+        if got != *want {
+            failures.push(format!(
+                "[{mode}] total_connections: expected {want} connection(s) accepted by \
+                 `{host}`, got {got}"
+            ));
+        }
+    }
     for (host, want) in totals.total_calls.iter().flatten() {
         let got = run.calls.get(host).map_or(0, Vec::len);
         if got != *want as usize {

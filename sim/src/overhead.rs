@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use switchback::config::{
     Deployment, FallbackEntry, GatewayConfig, LitellmParams, MidStreamPolicy, ModelInfo,
-    RouterSettings,
+    RouterSettings, SslVerify,
 };
 
 use crate::live::{RunningFakes, start_fakes};
@@ -29,6 +29,7 @@ use crate::load::{self, LoadReport, LoadSpec};
 use crate::scenario::{
     Expect, Fault, FaultKind, Flavour, Mode, Network, Provider, RequestSpec, Scenario, Script,
 };
+use crate::tls_fake::{ThrowawayPki, TlsListener};
 use crate::trace::{NullSink, TraceSink};
 
 /// How the benchmark runs.
@@ -41,6 +42,12 @@ pub struct OverheadOptions {
     pub connections: usize,
     /// Concurrent streams for the memory measurement.
     pub streams: usize,
+    /// A plain reverse proxy (nginx with an upstream keep-alive pool, say) in front of the
+    /// `ok` fake, measured as one more variant: the practical floor of a proxy hop.
+    pub reference: Option<String>,
+    /// Where the fakes listen (provider i on base + i; the `ok` fake is the first), so a
+    /// reference proxy can be configured before the run; ephemeral ports otherwise.
+    pub fakes_port_base: Option<u16>,
 }
 
 const ANSWER: &str = "one two three four five six seven eight nine ten";
@@ -54,6 +61,7 @@ fn provider(host: &str, script: Script) -> Provider {
         calls: Vec::new(),
         dialect: Default::default(),
         tool_call_index: None,
+        keep_alive_ms: None,
     }
 }
 
@@ -128,6 +136,28 @@ pub fn world() -> Scenario {
         modes: Mode::both(),
         expect: Expect::default(),
     }
+}
+
+/// Adds the group `tls`: the `ok` answer from a fake behind TLS at `addr`, whose CA is the
+/// PEM file at `ca_path` (trusted through `ssl_verify`).
+pub fn with_tls_upstream(
+    mut config: GatewayConfig,
+    addr: SocketAddr,
+    ca_path: &Path,
+) -> GatewayConfig {
+    config.model_list.push(Deployment {
+        model_name: "tls".into(),
+        litellm_params: LitellmParams {
+            model: "openai/ok-model".into(),
+            api_base: Some(format!("https://localhost:{}/v1", addr.port())),
+            ssl_verify: Some(SslVerify::CaBundle(ca_path.display().to_string())),
+            ..LitellmParams::default()
+        },
+        model_info: ModelInfo {
+            id: Some("tls-ok".into()),
+        },
+    });
+    config
 }
 
 /// Switchback's config for the benchmark: one group per variant, on the fakes' ports.
@@ -258,12 +288,49 @@ pub async fn run(
 ) -> Result<(Vec<Variant>, Option<u64>, Option<u64>), String> {
     let scenario = world();
     let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
-    let fakes = start_fakes(&scenario, sink, None)
+    let fakes = start_fakes(&scenario, sink, o.fakes_port_base)
         .await
         .map_err(|e| format!("cannot start the fakes: {e}"))?;
+    for ((host, _), addr) in &fakes.ports {
+        log(&format!("fake `{host}` on {addr}"));
+    }
+    let reference = match &o.reference {
+        Some(url) => {
+            let e = switchback::upstream::Endpoint::parse(url)
+                .map_err(|e| format!("--reference: {e}"))?;
+            if e.tls {
+                return Err("--reference: only http:// is measured".into());
+            }
+            let addr = tokio::net::lookup_host((e.host.as_str(), e.port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("--reference: cannot resolve `{}`", e.host))?;
+            Some(addr)
+        }
+        None => None,
+    };
+    // The `ok` answer again, behind TLS, for the https variant.
+    let pki = ThrowawayPki::new()?;
+    let ca_path =
+        std::env::temp_dir().join(format!("switchback-bench-{}-ca.pem", std::process::id()));
+    std::fs::write(&ca_path, &pki.ca_pem).map_err(|e| format!("cannot write the CA: {e}"))?;
+    let tls_listener = TlsListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), &pki)
+        .await
+        .map_err(|e| format!("cannot start the TLS fake: {e}"))?;
+    let tls_addr =
+        switchback::transport::Listener::local_addr(&tls_listener).map_err(|e| e.to_string())?;
+    let tls_fake = crate::fake::Fake::new(provider("ok", answer(0)), Arc::new(NullSink));
+    let tls_task = tokio::spawn(tls_fake.serve(tls_listener));
+    log(&format!("fake `ok` behind TLS on {tls_addr}"));
     let config_path =
         std::env::temp_dir().join(format!("switchback-bench-{}.yaml", std::process::id()));
-    let gateway = Gateway::start(exe, &gateway_config(&fakes), &config_path, &[])?;
+    let gateway = Gateway::start(
+        exe,
+        &with_tls_upstream(gateway_config(&fakes), tls_addr, &ca_path),
+        &config_path,
+        &[],
+    )?;
     let quiet_path = std::env::temp_dir().join(format!(
         "switchback-bench-{}-quiet.yaml",
         std::process::id()
@@ -275,7 +342,7 @@ pub async fn run(
         &["--metrics", "off"],
     )?;
     let direct = fakes.ports[&("ok".to_string(), 8000)];
-    let plans: [(&str, Option<&str>, SocketAddr, Value); 6] = [
+    let mut plans: Vec<(&str, Option<&str>, SocketAddr, Value)> = vec![
         ("direct", None, direct, body("ok-model", false)),
         ("direct_stream", None, direct, body("ok-model", true)),
         (
@@ -291,6 +358,12 @@ pub async fn run(
             body("plain", false),
         ),
         (
+            "switchback_tls",
+            Some("direct"),
+            gateway.addr,
+            body("tls", false),
+        ),
+        (
             "fallback_429",
             Some("direct"),
             gateway.addr,
@@ -303,6 +376,12 @@ pub async fn run(
             body("midfail", true),
         ),
     ];
+    if let Some(addr) = reference {
+        plans.insert(
+            2,
+            ("reference", Some("direct"), addr, body("ok-model", false)),
+        );
+    }
     let mut variants: Vec<Variant> = plans
         .iter()
         .map(|(name, baseline, _, b)| Variant {
@@ -372,6 +451,8 @@ pub async fn run(
     let rss_streams = gateway.peak_rss_kib();
     let _ = std::fs::remove_file(&config_path);
     let _ = std::fs::remove_file(&quiet_path);
+    let _ = std::fs::remove_file(&ca_path);
+    tls_task.abort();
     drop(quiet);
     Ok((variants, rss_after_load, rss_streams))
 }
@@ -458,6 +539,44 @@ pub fn table(
             v.name,
             base.name,
             cells.join("  ")
+        );
+    }
+    if let (Some(sb), Some(re), Some(direct)) = (
+        by_name.get("switchback"),
+        by_name.get("reference"),
+        by_name.get("direct"),
+    ) {
+        let added = |v: &Variant, q: f64| {
+            v.total.value_at_quantile(q) as f64 - direct.total.value_at_quantile(q) as f64
+        };
+        let ratio = |q: f64| added(sb, q) / added(re, q).max(1.0);
+        let _ = writeln!(
+            out,
+            "reference proxy adds p50 {:+.0} µs, p99 {:+.0} µs; switchback adds p50 {:+.0} µs, p99 {:+.0} µs",
+            added(re, 0.5),
+            added(re, 0.99),
+            added(sb, 0.5),
+            added(sb, 0.99)
+        );
+        let _ = writeln!(
+            out,
+            "switchback's added latency over the reference proxy's: p50 {:.2}x (target <= 1.5x), p99 {:.2}x (target <= 2x)",
+            ratio(0.5),
+            ratio(0.99)
+        );
+    }
+    if let (Some(sb), Some(tls), Some(direct)) = (
+        by_name.get("switchback"),
+        by_name.get("switchback_tls"),
+        by_name.get("direct"),
+    ) {
+        let added = |v: &Variant| {
+            v.total.value_at_quantile(0.5) as f64 - direct.total.value_at_quantile(0.5) as f64
+        };
+        let _ = writeln!(
+            out,
+            "https upstream: added p50 {:.2}x the plain-http figure (target <= 1.2x)",
+            added(tls) / added(sb).max(1.0)
         );
     }
     let mib = |k: Option<u64>| {

@@ -125,6 +125,11 @@ pub struct Provider {
     /// How its streamed tool calls are numbered (default: its dialect's way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_index: Option<ToolCallIndex>,
+    /// Milliseconds it keeps an idle connection open for the next request before closing
+    /// it, as uvicorn's `timeout_keep_alive` (5 s) does; 0 closes the connection after
+    /// every response (`Connection: close`). Default: kept until the client closes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_ms: Option<u64>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -571,6 +576,11 @@ pub struct Expect {
     /// `{pa: 8, pb: 2}`. Only in the scenario's `expect` (and its `stream`/`non_stream`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_calls: Option<BTreeMap<String, u32>>,
+    /// Connections each provider host accepted in the whole run: `{pa: 1}` says every call
+    /// to pa shared one kept-alive connection. Only in the scenario's `expect` (and its
+    /// `stream`/`non_stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_connections: Option<BTreeMap<String, u32>>,
     /// Response headers the client saw (names in any case): each must have exactly this
     /// value; `null` means the header must be absent. A stream's headers are those sent at
     /// commit.
@@ -628,6 +638,7 @@ impl Expect {
             error_type,
             calls,
             total_calls,
+            total_connections,
             headers,
             stream_error,
             equivalent,
@@ -793,6 +804,12 @@ impl Scenario {
         let mut hosts: Vec<&str> = vec!["gateway", "client"];
         for (i, p) in self.providers.iter().enumerate() {
             let at = |f: &str| vec![key("providers"), PathSeg::Index(i), key(f)];
+            if p.keep_alive_ms.is_some_and(|ms| ms > MAX_DURATION_MS) {
+                return Err((
+                    at("keep_alive_ms"),
+                    format!("must be 0 to {MAX_DURATION_MS}"),
+                ));
+            }
             if hosts.contains(&p.host.as_str()) {
                 return Err((
                     at("host"),
@@ -1044,7 +1061,11 @@ fn check_expect(e: &Expect, at: Vec<PathSeg>, block: Block, hosts: &[&str]) -> R
             }
         }
     }
-    for (field, counts) in [("calls", &e.calls), ("total_calls", &e.total_calls)] {
+    for (field, counts) in [
+        ("calls", &e.calls),
+        ("total_calls", &e.total_calls),
+        ("total_connections", &e.total_connections),
+    ] {
         for host in counts.iter().flat_map(|c| c.keys()) {
             if !hosts.contains(&host.as_str()) {
                 return Err(Problem {
@@ -1100,11 +1121,16 @@ fn check_expect(e: &Expect, at: Vec<PathSeg>, block: Block, hosts: &[&str]) -> R
             ));
         }
     }
-    if block == Block::Request && e.total_calls.is_some() {
-        return Err(problem(
-            here(&[key("total_calls")]),
-            "`total_calls` counts the whole run: put it in the scenario's `expect`".into(),
-        ));
+    for (field, set) in [
+        ("total_calls", e.total_calls.is_some()),
+        ("total_connections", e.total_connections.is_some()),
+    ] {
+        if block == Block::Request && set {
+            return Err(problem(
+                here(&[key(field)]),
+                format!("`{field}` counts the whole run: put it in the scenario's `expect`"),
+            ));
+        }
     }
     Ok(())
 }

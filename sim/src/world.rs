@@ -223,10 +223,19 @@ pub struct ModeRun {
     pub metrics: Option<String>,
     /// Calls each provider received, by host.
     pub calls: BTreeMap<String, Vec<CallRecord>>,
+    /// Connections each provider accepted, by host.
+    pub connections: BTreeMap<String, u32>,
     /// Connections still open at the end: the gateway's upstream connections
     /// ([`GATEWAY_UPSTREAMS`]), and each provider's when no network fault could have eaten
     /// the packets that close them.
     pub open_connections: BTreeMap<String, usize>,
+    /// What the gateway's upstream pool kept idle at the end, by the same labels as
+    /// `open_connections`, with its bound per host: every connection open at the end must
+    /// be one of these. `None` when the gateway under test does not show its pool (then
+    /// only the bound is checked).
+    pub kept_connections: Option<BTreeMap<String, usize>>,
+    /// Idle connections the pool may keep per host.
+    pub max_kept_per_host: usize,
     pub trace: String,
     pub catalog: Arc<Catalog>,
     /// Set when the run did not finish (or the simulation failed).
@@ -304,6 +313,7 @@ pub fn run_in(
         scenario.network.client_latency(),
         options.shared_latency_rng,
     )
+    .with_connect_cost(Duration::from_millis(scenario.tick_ms))
     .with_max_in_flight(
         scenario
             .network
@@ -480,6 +490,9 @@ pub fn run_in(
     }
 
     let results = std::mem::take(&mut *results.lock().expect("results"));
+    let kept_connections = reloads
+        .get()
+        .map(|live| kept_at_end(live.current().upstream_pool()));
     Ok(ModeRun {
         mode,
         results,
@@ -493,13 +506,30 @@ pub fn run_in(
             .iter()
             .map(|f| (f.spec.host.clone(), f.calls()))
             .collect(),
+        connections: fakes
+            .iter()
+            .map(|f| (f.spec.host.clone(), f.accepted()))
+            .collect(),
         open_connections: open_at_end(&upstreams, &fakes, scenario.network.faults.is_empty()),
+        kept_connections,
+        max_kept_per_host: catalog.limits.max_idle_upstream_connections_per_host,
         trace: trace.text(),
         catalog,
         hang,
         elapsed: finished_at.unwrap_or_else(|| sim.elapsed()),
         wall: wall.elapsed(),
     })
+}
+
+/// What an upstream pool keeps idle, labelled as [`open_at_end`] labels open connections: by
+/// provider host, and in all as [`GATEWAY_UPSTREAMS`].
+pub fn kept_at_end(pool: &switchback::upstream::pool::Pool) -> BTreeMap<String, usize> {
+    let mut kept = BTreeMap::new();
+    for (key, n) in pool.idle() {
+        *kept.entry(key.host).or_default() += n;
+        *kept.entry(GATEWAY_UPSTREAMS.to_string()).or_default() += n;
+    }
+    kept
 }
 
 /// What is still open when a run ends (see [`ModeRun::open_connections`]).

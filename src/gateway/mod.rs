@@ -92,6 +92,9 @@ pub async fn serve<L: Listener>(
     let _ = drain.send(true);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(limits.shutdown_grace(), permits.acquire_many(all)).await;
+    // Nothing will ask for an upstream connection again: close the kept ones now rather
+    // than when the last handle on the engine goes.
+    engine.current().upstream_pool().close_idle();
 }
 
 /// One client connection, until it closes or the drain asks it to finish.

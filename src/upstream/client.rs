@@ -3,9 +3,13 @@
 //! Owns: `POST {api_base}/chat/completions` over hyper 1.x on an injected [`Connector`], the
 //! four timeouts (first byte, first chunk, idle gap, whole attempt), reading an error body,
 //! reading SSE incrementally (or a whole JSON body from an upstream that ignored `stream`),
-//! and naming what went wrong as an [`UpstreamError`]. One connection per attempt, closed
-//! when the [`UpstreamStream`] is dropped, so an abandoned attempt never leaks a socket.
-//! Does not own what a failure means for routing (`classify`, `attempt`).
+//! and naming what went wrong as an [`UpstreamError`]. An attempt takes a kept connection
+//! from the [`Pool`] or opens one; it is kept again only when its response was read to the
+//! end, so an abandoned attempt closes its socket and never leaves a half-read connection.
+//! A kept connection found closed before the request was written is replaced transparently;
+//! a request that may have reached the upstream is never re-sent here. Does not own what a
+//! failure means for routing (`classify`, `attempt`) nor how long connections are kept
+//! (`pool`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,7 +28,9 @@ use crate::limits::LimitExceeded;
 use crate::transport::Connector;
 use crate::upstream::Endpoint;
 use crate::upstream::chunk::{self, Chunk, ChunkError, ChunkLimits, Payload};
+use crate::upstream::pool::{Conn, Lease, Pool, PoolKey};
 use crate::upstream::sse::{SseEvent, SseParser};
+use crate::upstream::tls::CaBundle;
 
 /// Header carrying the gateway's request number to upstreams.
 pub const REQUEST_ID_HEADER: &str = "x-switchback-request-id";
@@ -132,6 +138,7 @@ pub struct UpstreamClient {
     connector: Arc<dyn Connector>,
     limits: ClientLimits,
     tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    pool: Pool,
 }
 
 /// One upstream call to make.
@@ -145,15 +152,29 @@ pub struct Call<'a> {
     /// Whether the body asks for a stream (`stream: true`); otherwise the answer is one
     /// JSON completion.
     pub stream: bool,
+    /// The deployment's own CA bundle for `https` (none: the Mozilla roots).
+    pub ca_bundle: Option<&'a CaBundle>,
 }
 
 impl UpstreamClient {
-    pub fn new(connector: Arc<dyn Connector>, limits: ClientLimits) -> UpstreamClient {
+    pub fn new(connector: Arc<dyn Connector>, limits: ClientLimits, pool: Pool) -> UpstreamClient {
         UpstreamClient {
             connector,
             limits,
             tls: crate::upstream::tls::client_config(),
+            pool,
         }
+    }
+
+    /// The same client, keeping its connections in `pool`.
+    pub fn with_pool(mut self, pool: Pool) -> UpstreamClient {
+        self.pool = pool;
+        self
+    }
+
+    /// The connections this client keeps between attempts.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Sends the request and waits for the response head. A non-success status is read
@@ -164,7 +185,7 @@ impl UpstreamClient {
         timeouts: AttemptTimeouts,
     ) -> Result<UpstreamStream, UpstreamError> {
         let first_byte = Wait::new(Instant::now(), timeouts, TimeoutKind::FirstByte);
-        let (response, conn) = timeout_at(first_byte.at, self.send(call))
+        let (response, lease) = timeout_at(first_byte.at, self.send(call))
             .await
             .map_err(|_| UpstreamError::Timeout(first_byte.kind))??;
         let status = response.status().as_u16();
@@ -181,7 +202,7 @@ impl UpstreamClient {
                         .starts_with("application/json")
                 });
         let mut stream = UpstreamStream {
-            body,
+            body: Some(body),
             parser: SseParser::new(self.limits.max_sse_line_bytes),
             queue: VecDeque::new(),
             timeouts,
@@ -189,10 +210,11 @@ impl UpstreamClient {
             got_chunk: false,
             saw_finish: false,
             done: false,
+            at_done: false,
             received: 0,
             limits: self.limits,
             headers: parts.headers,
-            _conn: conn,
+            lease: Some(lease),
         };
         if !(200..300).contains(&status) {
             let body = stream.read_all(MAX_ERROR_BODY_BYTES, true).await?;
@@ -213,8 +235,66 @@ impl UpstreamClient {
     async fn send(
         &self,
         call: Call<'_>,
-    ) -> Result<(http::Response<Incoming>, ConnGuard), UpstreamError> {
+    ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
         let endpoint = call.endpoint;
+        let key = PoolKey {
+            tls: endpoint.tls,
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+            ca_bundle: call.ca_bundle.map(|b| b.path.clone()),
+        };
+        let mut request = build_request(call)?;
+        // Pooled connections tried for this request: each one found closed is dropped, so
+        // the bound only matters if other attempts keep returning stale ones.
+        let mut stale = 0;
+        loop {
+            let pooled = if stale <= self.pool.limits().max_idle_per_host {
+                self.pool.take(&key)
+            } else {
+                None
+            };
+            let mut lease = match pooled {
+                Some(conn) => self.pool.lease(key.clone(), conn, true),
+                None => {
+                    let conn = self.connect(endpoint, call.ca_bundle).await?;
+                    self.pool.lease(key.clone(), conn, false)
+                }
+            };
+            // A kept connection is ready once hyper's driver has seen the end of its last
+            // response; an error here means the upstream closed it while it was idle.
+            if lease.reused() && lease.sender().ready().await.is_err() {
+                stale += 1;
+                continue;
+            }
+            match lease.sender().try_send_request(request).await {
+                Ok(response) => return Ok((response, lease)),
+                Err(mut e) => match e.take_message() {
+                    // hyper gives the request back only when no byte of it was written:
+                    // the upstream cannot have seen it, so another connection may carry it.
+                    // A request that may have been sent is never re-sent here; it fails
+                    // the attempt like any other transport failure.
+                    Some(unsent) if lease.reused() => {
+                        stale += 1;
+                        request = unsent;
+                    }
+                    _ => {
+                        return Err(UpstreamError::Transport(
+                            TransportFault::Reset,
+                            e.into_error().to_string(),
+                        ));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Opens a new connection to `endpoint`: TCP through the connector, TLS for https, and
+    /// the HTTP/1.1 handshake, with the task that drives it.
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        ca_bundle: Option<&CaBundle>,
+    ) -> Result<Conn, UpstreamError> {
         let io = self
             .connector
             .connect(&endpoint.host, endpoint.port)
@@ -230,7 +310,8 @@ impl UpstreamClient {
                 UpstreamError::Transport(fault, format!("{}: {e}", endpoint.authority()))
             })?;
         let io = if endpoint.tls {
-            crate::upstream::tls::wrap(&self.tls, &endpoint.host, io)
+            let tls = ca_bundle.map_or(&self.tls, |b| &b.config);
+            crate::upstream::tls::wrap(tls, &endpoint.host, io)
                 .await
                 .map_err(|e| {
                     let detail = format!("{}: TLS: {e}", endpoint.authority());
@@ -239,44 +320,46 @@ impl UpstreamClient {
         } else {
             io
         };
-        let (mut sender, conn) =
+        let (sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io))
                 .await
                 .map_err(|e| {
                     UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string())
                 })?;
-        let guard = ConnGuard(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _ = conn.await;
-        }));
-        let mut request = Request::post(endpoint.chat_completions_path())
-            .header(header::HOST, endpoint.authority())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(
-                header::ACCEPT,
-                if call.stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            )
-            .header(REQUEST_ID_HEADER, call.request_id)
-            .body(Full::new(call.body.clone()))
-            .map_err(|e| UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string()))?;
-        if let Some(key) = call.api_key {
-            let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                UpstreamError::Transport(
-                    TransportFault::ConnectFailed,
-                    "api_key is not a valid header value".into(),
-                )
-            })?;
-            request.headers_mut().insert(header::AUTHORIZATION, value);
-        }
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| UpstreamError::Transport(TransportFault::Reset, e.to_string()))?;
-        Ok((response, guard))
+        });
+        Ok(Conn::new(sender, task))
     }
+}
+
+/// The upstream request of one call.
+fn build_request(call: Call<'_>) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    let endpoint = call.endpoint;
+    let mut request = Request::post(endpoint.chat_completions_path())
+        .header(header::HOST, endpoint.authority())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::ACCEPT,
+            if call.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        )
+        .header(REQUEST_ID_HEADER, call.request_id)
+        .body(Full::new(call.body.clone()))
+        .map_err(|e| UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string()))?;
+    if let Some(key) = call.api_key {
+        let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+            UpstreamError::Transport(
+                TransportFault::ConnectFailed,
+                "api_key is not a valid header value".into(),
+            )
+        })?;
+        request.headers_mut().insert(header::AUTHORIZATION, value);
+    }
+    Ok(request)
 }
 
 /// Whether a connect error is the gateway's own shortage (descriptors, memory, buffers,
@@ -297,15 +380,6 @@ fn is_local_resource(e: &std::io::Error) -> bool {
     #[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
     const CODES: &[i32] = &[];
     e.raw_os_error().is_some_and(|c| CODES.contains(&c))
-}
-
-/// Aborts the connection task when the attempt is dropped, closing the socket.
-struct ConnGuard(tokio::task::JoinHandle<()>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The deadline of one wait and the timeout it reports when it fires.
@@ -330,7 +404,8 @@ impl Wait {
 
 /// The body of a successful response, read chunk by chunk.
 pub struct UpstreamStream {
-    body: Incoming,
+    /// Taken only on drop (to drain it in the background).
+    body: Option<Incoming>,
     parser: SseParser,
     queue: VecDeque<Result<Payload, ChunkError>>,
     timeouts: AttemptTimeouts,
@@ -338,11 +413,60 @@ pub struct UpstreamStream {
     got_chunk: bool,
     saw_finish: bool,
     done: bool,
+    /// The stream ended with `[DONE]` (what follows it in the body is drained on drop).
+    at_done: bool,
     /// Body bytes read so far, whatever they were (data, comments, padding).
     received: usize,
     limits: ClientLimits,
     headers: HeaderMap,
-    _conn: ConnGuard,
+    /// The connection, until the stream is dropped: back to the pool if its body was read
+    /// to the end, closed otherwise.
+    lease: Option<Lease>,
+}
+
+/// Most bytes read after `[DONE]` to reach the end of the body, so that the connection can
+/// be kept (a well-behaved upstream sends only the end of the chunked body).
+pub const MAX_DRAIN_BYTES: usize = 16 * 1024;
+
+impl Drop for UpstreamStream {
+    fn drop(&mut self) {
+        let (Some(body), Some(lease)) = (self.body.take(), self.lease.take()) else {
+            return;
+        };
+        // Only a stream that ended with `[DONE]` is worth keeping: its body has nothing
+        // left but the end of the chunked encoding, which usually arrives at once. Anything
+        // else (a client gone, a timeout, a failure mid-stream) drops the connection here.
+        if lease.is_reusable() || !self.at_done {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let until = Wait::new(Instant::now(), self.timeouts, TimeoutKind::Idle).at;
+        runtime.spawn(drain(body, lease, until));
+    }
+}
+
+/// Reads what is left of a body (at most [`MAX_DRAIN_BYTES`], until `until`) and keeps the
+/// connection if the body ends cleanly.
+async fn drain(mut body: Incoming, mut lease: Lease, until: Instant) {
+    let mut left = MAX_DRAIN_BYTES;
+    loop {
+        match timeout_at(until, body.frame()).await {
+            Ok(None) => {
+                lease.reusable();
+                return;
+            }
+            Ok(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.len());
+                if n > left {
+                    return;
+                }
+                left -= n;
+            }
+            Ok(Some(Err(_))) | Err(_) => return,
+        }
+    }
 }
 
 impl UpstreamStream {
@@ -354,6 +478,7 @@ impl UpstreamStream {
                 match item? {
                     Payload::Done => {
                         self.done = true;
+                        self.at_done = true;
                         self.queue.clear();
                         return Ok(None);
                     }
@@ -376,12 +501,13 @@ impl UpstreamStream {
                 TimeoutKind::FirstChunk
             };
             let wait = Wait::new(self.last_activity, self.timeouts, kind);
-            let frame = timeout_at(wait.at, self.body.frame())
+            let frame = timeout_at(wait.at, self.body().frame())
                 .await
                 .map_err(|_| UpstreamError::Timeout(wait.kind))?;
             match frame {
                 None => {
                     self.done = true;
+                    self.reached_end();
                     if self.saw_finish && !self.parser.has_partial() {
                         return Ok(None);
                     }
@@ -436,6 +562,17 @@ impl UpstreamStream {
         }
     }
 
+    fn body(&mut self) -> &mut Incoming {
+        self.body.as_mut().expect("the body is only taken on drop")
+    }
+
+    /// The body was read to its end: the connection may serve another request.
+    fn reached_end(&mut self) {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.reusable();
+        }
+    }
+
     fn queue_payload(&mut self, payloads: Vec<Payload>) -> Result<(), UpstreamError> {
         for payload in payloads {
             if let Payload::Error(v) = payload {
@@ -458,11 +595,14 @@ impl UpstreamStream {
         let mut buf = BytesMut::new();
         loop {
             let wait = Wait::new(self.last_activity, self.timeouts, TimeoutKind::FirstChunk);
-            let frame = timeout_at(wait.at, self.body.frame())
+            let frame = timeout_at(wait.at, self.body().frame())
                 .await
                 .map_err(|_| UpstreamError::Timeout(wait.kind))?;
             match frame {
-                None => return Ok(buf.freeze()),
+                None => {
+                    self.reached_end();
+                    return Ok(buf.freeze());
+                }
                 Some(Err(e)) => {
                     if truncate {
                         return Ok(buf.freeze());

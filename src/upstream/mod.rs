@@ -1,12 +1,13 @@
 //! Talking to an OpenAI-compatible upstream.
 //!
 //! Owns: where a deployment lives ([`Endpoint`]), the incremental SSE parser ([`sse`]),
-//! chunk parsing ([`chunk`]), the HTTP client of one attempt ([`client`]) and TLS for
-//! `https` upstreams ([`tls`]).
+//! chunk parsing ([`chunk`]), the HTTP client of one attempt ([`client`]), the connections
+//! kept between attempts ([`pool`]) and TLS for `https` upstreams ([`tls`]).
 
 pub mod chunk;
 pub mod client;
 pub mod endpoint;
+pub mod pool;
 pub mod sse;
 pub mod tls;
 

@@ -98,6 +98,10 @@ pub struct Net {
     client_ms: u64,
     /// Messages one direction of a connection may have in flight.
     max_in_flight: usize,
+    /// What turmoil's own connect handshake costs (one step): a request on a kept
+    /// connection waits it too, so that keeping a connection never changes when anything
+    /// arrives.
+    connect_cost: Duration,
     /// `Some`: the old, drifting behaviour — one RNG state for every message of every link.
     shared: Option<Mutex<u64>>,
     /// Message loss rate per link (host pair, either order).
@@ -115,6 +119,7 @@ impl Net {
             range_ms,
             client_ms,
             max_in_flight: MAX_MESSAGES_IN_FLIGHT,
+            connect_cost: Duration::ZERO,
             shared: shared_rng.then(|| Mutex::new(seed)),
             fail_rates: Mutex::default(),
             opened: Mutex::default(),
@@ -127,6 +132,14 @@ impl Net {
         Arc::get_mut(&mut self)
             .expect("set before the network is shared")
             .max_in_flight = max.clamp(1, MAX_MESSAGES_IN_FLIGHT);
+        self
+    }
+
+    /// Sets what turmoil's connect handshake costs (the simulation's step).
+    pub fn with_connect_cost(mut self: Arc<Net>, cost: Duration) -> Arc<Net> {
+        Arc::get_mut(&mut self)
+            .expect("set before the network is shared")
+            .connect_cost = cost;
         self
     }
 
@@ -268,8 +281,6 @@ struct Pipe {
     queue: VecDeque<(Instant, Bytes)>,
     /// Arrival time of the last message: a later one never overtakes it.
     last_at: Option<Instant>,
-    /// Messages written so far (the next one's number).
-    sent: u64,
     /// A message was lost: like a TCP gap, nothing after it arrives, not even the close.
     gap: bool,
     /// The writer shut its side down: send FIN once the queue has drained.
@@ -292,8 +303,13 @@ pub struct LinkStream {
     end: End,
     local: SocketAddr,
     peer: SocketAddr,
-    /// The connection's identity (see [`Net::name_opened`]), once known.
+    /// The connection's identity (see [`Net::name_opened`]), once known. A kept-alive
+    /// connection is renamed by each request it carries.
     name: Option<u64>,
+    /// Messages this side wrote under the current name.
+    sent_under_name: u64,
+    /// Names the opener gave this connection so far (more than one: it was kept alive).
+    names_given: u64,
 }
 
 impl LinkStream {
@@ -311,7 +327,6 @@ impl LinkStream {
         let pipe = Arc::new(Mutex::new(Pipe {
             queue: VecDeque::new(),
             last_at: None,
-            sent: 0,
             gap: false,
             shutdown: false,
             dropped: None,
@@ -330,24 +345,34 @@ impl LinkStream {
             local,
             peer,
             name: None,
+            sent_under_name: 0,
+            names_given: 0,
         })
     }
 
-    /// The connection's identity, naming it now if this is the opener's first message.
-    fn name(&mut self, first: &[u8]) -> u64 {
-        if let Some(n) = self.name {
-            return n;
-        }
+    /// The identity `message` is sent under, and its number under it. The opener names
+    /// the connection by its first message, and again by every request head that carries
+    /// a gateway request id (a kept-alive connection serving its next request); the
+    /// acceptor follows the opener's current name. So a request's messages take the same
+    /// time whether it got a fresh connection or a kept one.
+    fn name(&mut self, message: &[u8]) -> (u64, u64) {
         let name = match self.end {
-            End::Opener => Some(self.net.name_opened(self.local, self.peer, first)),
+            End::Opener if self.name.is_none() || request_id(message).is_some() => {
+                Some(self.net.name_opened(self.local, self.peer, message))
+            }
+            End::Opener => self.name,
             End::Acceptor => self.net.name_of(self.peer, self.local),
         };
         // An acceptor that speaks first (no HTTP server does) falls back on the addresses.
         let n = name.unwrap_or_else(|| mix(addr_key(self.local) ^ mix(addr_key(self.peer))));
-        if name.is_some() {
-            self.name = Some(n);
+        if name.is_some() && self.name != name {
+            self.name = name;
+            self.sent_under_name = 0;
+            self.names_given += 1;
         }
-        n
+        let nth = self.sent_under_name;
+        self.sent_under_name += 1;
+        (n, nth)
     }
 }
 
@@ -438,13 +463,12 @@ impl AsyncWrite for LinkStream {
             p.writer = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        let n = p.sent;
-        p.sent += 1;
         let direction = match this.end {
             End::Opener => 0,
             End::Acceptor => 1,
         };
-        let key = [this.name(buf), direction, n];
+        let (name, n) = this.name(buf);
+        let key = [name, direction, n];
         if !p.gap && this.net.lost(this.local.ip(), this.peer.ip(), &key) {
             p.gap = true;
         }
@@ -454,8 +478,14 @@ impl AsyncWrite for LinkStream {
         }
         let mut latency = this.net.latency(this.kind, &key);
         if this.end == End::Opener && n == 0 {
-            // Opening the connection: one more trip before the first message arrives.
+            // Opening the connection: one more trip before the first message arrives. A
+            // request on a kept connection pays it too, and the step turmoil's handshake
+            // took, so that whether a connection was kept (which can depend on how fast
+            // each mode's client reads) never changes when anything arrives.
             latency += this.net.latency(this.kind, &[key[0], OPEN_SALT]);
+            if this.names_given > 1 {
+                latency += this.net.connect_cost;
+            }
         }
         let at = Instant::now() + latency;
         let at = p.last_at.map_or(at, |last| at.max(last));

@@ -170,20 +170,25 @@ fn block_mutants(
             m.error_type = Some(to.to_string())
         });
     }
-    for (field, counts) in [("calls", &e.calls), ("total_calls", &e.total_calls)] {
+    for (field, counts) in [
+        ("calls", &e.calls),
+        ("total_calls", &e.total_calls),
+        ("total_connections", &e.total_connections),
+    ] {
         for (host, n) in counts.iter().flatten() {
             let bump = |map: &mut Option<BTreeMap<String, u32>>| {
                 if let Some(v) = map.as_mut().and_then(|m| m.get_mut(host)) {
                     *v += 1;
                 }
             };
-            add(format!("{field}.{host}: {n} -> {}", n + 1), &|m| {
-                if field == "calls" {
-                    bump(&mut m.calls);
-                } else {
-                    bump(&mut m.total_calls);
-                }
-            });
+            add(
+                format!("{field}.{host}: {n} -> {}", n + 1),
+                &|m| match field {
+                    "calls" => bump(&mut m.calls),
+                    "total_calls" => bump(&mut m.total_calls),
+                    _ => bump(&mut m.total_connections),
+                },
+            );
         }
     }
     for (name, value) in e.headers.iter().flatten() {

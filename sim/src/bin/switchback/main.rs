@@ -10,11 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
 use switchback::decision_log::DecisionLog;
+use switchback::dns::CachedDnsConnector;
 use switchback::engine::{Engine, SystemWallClock};
 use switchback::metrics::Metrics;
 use switchback::reload::LiveEngine;
 use switchback::trace::Observer;
-use switchback::transport::{TcpConnector, TcpListener};
+use switchback::transport::TcpListener;
 use switchback_sim::run::{self, Summary, Where};
 use switchback_sim::scenario::{Mode, Scenario};
 
@@ -259,6 +260,14 @@ enum Command {
         /// Concurrent streams for the memory measurement.
         #[arg(long, default_value_t = 1000)]
         streams: usize,
+        /// A plain reverse proxy in front of the `ok` fake (e.g. nginx with keep-alive at
+        /// http://127.0.0.1:8089), measured in the same run; see `bench/nginx-reference.sh`.
+        #[arg(long)]
+        reference: Option<String>,
+        /// Fakes listen on this port and the next ones (the `ok` fake on the first), so a
+        /// reference proxy can point at it.
+        #[arg(long)]
+        fakes_port_base: Option<u16>,
     },
     /// Run the gateway on real sockets.
     Serve {
@@ -408,12 +417,16 @@ fn main() -> ExitCode {
             rounds,
             connections,
             streams,
+            reference,
+            fakes_port_base,
         } => external::bench_overhead(switchback_sim::overhead::OverheadOptions {
             rate,
             duration,
             rounds,
             connections,
             streams,
+            reference,
+            fakes_port_base,
         }),
         Command::Probe {
             scenario,
@@ -692,12 +705,12 @@ fn serve(config_path: &Path, listen: std::net::SocketAddr, metrics: bool) -> Exi
             catalog.deployments.len()
         );
         let observer: Arc<dyn Observer> = Arc::new(DecisionLog::new());
-        let mut engine = Engine::new(
-            catalog,
-            Arc::new(TcpConnector),
-            observer,
-            Arc::new(SystemWallClock),
-        );
+        // Reloads keep this connector: its DNS bounds are read once, at start.
+        let connector = Arc::new(CachedDnsConnector::new(
+            catalog.limits.dns_cache_ttl(),
+            catalog.limits.max_dns_cache_entries,
+        ));
+        let mut engine = Engine::new(catalog, connector, observer, Arc::new(SystemWallClock));
         if metrics {
             engine = engine.with_metrics(Arc::new(Metrics::new()));
         }

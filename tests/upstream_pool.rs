@@ -1,0 +1,367 @@
+//! Contract tests of the upstream connection pool (`switchback::upstream::pool`) on real
+//! sockets, against a raw HTTP/1.1 server this file scripts byte by byte, so that each test
+//! decides exactly when the upstream answers, stalls or closes.
+//!
+//! Covers: a connection kept after a response read to its end and reused by the next
+//! attempt (JSON, and a stream ended by `[DONE]`, whose chunked end is drained); one closed
+//! by the upstream while idle, replaced by a new one with no failure; a request that may have
+//! reached the upstream, never re-sent; an abandoned stream, whose connection is closed and
+//! never kept; the per-host bound; and the idle timeout.
+//!
+//! Waits are for conditions (a count reaching a value), each bounded by [`PATIENCE`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use switchback::classify::TransportFault;
+use switchback::transport::TcpConnector;
+use switchback::upstream::Endpoint;
+use switchback::upstream::chunk::ChunkLimits;
+use switchback::upstream::client::{
+    AttemptTimeouts, Call, ClientLimits, UpstreamClient, UpstreamError,
+};
+use switchback::upstream::pool::{Pool, PoolLimits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+const LIMITS: ClientLimits = ClientLimits {
+    max_sse_line_bytes: 4096,
+    max_body_bytes: 64 * 1024,
+    chunks: ChunkLimits {
+        max_choices: 8,
+        max_tool_calls: 8,
+    },
+};
+
+/// Longest any condition here is waited for; reaching it fails the test.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+const JSON_ANSWER: &str = r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
+
+/// A keep-alive JSON response.
+fn json_response() -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{JSON_ANSWER}",
+        JSON_ANSWER.len()
+    )
+    .into_bytes()
+}
+
+/// The head of a chunked SSE response, and one SSE event as a chunk.
+const SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+
+fn sse_chunk(data: &str) -> Vec<u8> {
+    let event = format!("data: {data}\n\n");
+    format!("{:x}\r\n{event}\r\n", event.len()).into_bytes()
+}
+
+const CHUNK: &str = r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}"#;
+
+/// What the scripted server does with each request on a connection.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Json,
+    /// One chunk, `[DONE]`, then the end of the chunked body.
+    Stream,
+    /// One chunk, then nothing (until the client closes).
+    StallAfterOneChunk,
+    /// Read the request, then close without answering.
+    HangUpUnanswered,
+    /// Answer as `Json`, then close the connection (without `Connection: close`).
+    JsonThenClose,
+}
+
+/// A scripted upstream: accepts connections, reads each request head and body, and answers
+/// with the next item of `answers` (the last one repeats).
+struct Upstream {
+    base: String,
+    accepted: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    async fn start(answers: Vec<Answer>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (a, r, c) = (accepted.clone(), requests.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let (answers, r, c) = (answers.clone(), r.clone(), c.clone());
+                tokio::spawn(async move {
+                    serve(socket, answers, r).await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Upstream {
+            base,
+            accepted,
+            requests,
+            closed,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves one connection until either side closes it.
+async fn serve(mut socket: TcpStream, answers: Vec<Answer>, requests: Arc<AtomicUsize>) {
+    let mut buf = Vec::new();
+    loop {
+        // Read one request: its head, then `content-length` bytes of body.
+        let (head_end, body_len) = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                break (end + 4, len);
+            }
+            let mut chunk = [0u8; 4096];
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        while buf.len() < head_end + body_len {
+            let mut chunk = [0u8; 4096];
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + body_len);
+        let n = requests.fetch_add(1, Ordering::SeqCst);
+        let answer = answers[n.min(answers.len() - 1)];
+        let written = match answer {
+            Answer::Json | Answer::JsonThenClose => socket.write_all(&json_response()).await,
+            Answer::Stream => {
+                let mut out = SSE_HEAD.to_vec();
+                out.extend(sse_chunk(CHUNK));
+                out.extend(sse_chunk("[DONE]"));
+                out.extend_from_slice(b"0\r\n\r\n");
+                socket.write_all(&out).await
+            }
+            Answer::StallAfterOneChunk => {
+                let mut out = SSE_HEAD.to_vec();
+                out.extend(sse_chunk(CHUNK));
+                let _ = socket.write_all(&out).await;
+                // Wait for the client to close.
+                let mut sink = [0u8; 64];
+                while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+                return;
+            }
+            Answer::HangUpUnanswered => return,
+        };
+        if written.is_err() || matches!(answer, Answer::JsonThenClose) {
+            return;
+        }
+    }
+}
+
+fn client(limits: PoolLimits) -> UpstreamClient {
+    UpstreamClient::new(Arc::new(TcpConnector), LIMITS, Pool::new(limits))
+}
+
+fn keep(max_idle_per_host: usize) -> PoolLimits {
+    PoolLimits {
+        max_idle_per_host,
+        idle_timeout: Duration::from_secs(30),
+    }
+}
+
+/// Runs one attempt and reads it to its end; returns the text or the error.
+async fn call(client: &UpstreamClient, base: &str) -> Result<String, UpstreamError> {
+    let endpoint = Endpoint::parse(&format!("{base}/v1")).expect("api_base");
+    let body = Bytes::from_static(br#"{"model":"m","messages":[],"stream":true}"#);
+    let mut stream = client
+        .open(
+            Call {
+                endpoint: &endpoint,
+                api_key: None,
+                body: &body,
+                request_id: 1,
+                stream: true,
+                ca_bundle: None,
+            },
+            AttemptTimeouts {
+                stream_timeout: Duration::from_secs(2),
+                deadline: Instant::now() + Duration::from_secs(4),
+            },
+        )
+        .await?;
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await? {
+        text.push_str(&chunk.text);
+    }
+    Ok(text)
+}
+
+/// Waits until `cond` holds; fails the test after [`PATIENCE`].
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn idle(client: &UpstreamClient) -> usize {
+    client.pool().idle().values().sum()
+}
+
+#[tokio::test]
+async fn a_json_answer_read_to_its_end_keeps_the_connection_for_the_next_attempt() {
+    let up = Upstream::start(vec![Answer::Json]).await;
+    let client = client(keep(8));
+    for _ in 0..3 {
+        assert_eq!(call(&client, &up.base).await.expect("served"), "hi");
+    }
+    assert_eq!(up.requests(), 3);
+    assert_eq!(up.accepted(), 1, "three attempts, one connection");
+    assert_eq!(idle(&client), 1);
+    assert_eq!(client.pool().leased(), 0);
+}
+
+#[tokio::test]
+async fn a_stream_ended_by_done_is_drained_and_its_connection_kept() {
+    let up = Upstream::start(vec![Answer::Stream]).await;
+    let client = client(keep(8));
+    assert_eq!(call(&client, &up.base).await.expect("served"), "hi");
+    // The end of the chunked body is read after `[DONE]`, in the background.
+    until("the drained connection is kept", || idle(&client) == 1).await;
+    assert_eq!(call(&client, &up.base).await.expect("served"), "hi");
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn pooling_off_opens_a_connection_per_attempt() {
+    let up = Upstream::start(vec![Answer::Json]).await;
+    let client = client(keep(0));
+    call(&client, &up.base).await.expect("served");
+    call(&client, &up.base).await.expect("served");
+    assert_eq!(up.accepted(), 2);
+    until("both connections closed", || up.closed() == 2).await;
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_replaced_without_a_failure() {
+    let up = Upstream::start(vec![Answer::JsonThenClose]).await;
+    let client = client(keep(8));
+    call(&client, &up.base).await.expect("served");
+    until("the upstream closed its side", || up.closed() == 1).await;
+    until("the pool saw the close", || idle(&client) == 0).await;
+    assert_eq!(call(&client, &up.base).await.expect("served"), "hi");
+    assert_eq!(up.accepted(), 2);
+    assert_eq!(up.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_request_that_may_have_reached_the_upstream_is_never_sent_again() {
+    // The second request is read by the upstream on the kept connection, which then closes
+    // without answering: the upstream may have acted on it, so it must not be re-sent.
+    let up = Upstream::start(vec![Answer::Json, Answer::HangUpUnanswered, Answer::Json]).await;
+    let client = client(keep(8));
+    call(&client, &up.base).await.expect("served");
+    let err = call(&client, &up.base)
+        .await
+        .expect_err("the kept connection was closed");
+    assert!(
+        matches!(err, UpstreamError::Transport(TransportFault::Reset, _)),
+        "{err:?}"
+    );
+    assert_eq!(up.requests(), 2, "the request was not re-sent");
+    assert_eq!(up.accepted(), 1, "no second connection carried it");
+}
+
+#[tokio::test]
+async fn an_abandoned_stream_closes_its_connection_and_never_keeps_it() {
+    let up = Upstream::start(vec![Answer::StallAfterOneChunk, Answer::Json]).await;
+    let client = client(keep(8));
+    let endpoint = Endpoint::parse(&format!("{}/v1", up.base)).expect("api_base");
+    let body = Bytes::from_static(br#"{"model":"m","messages":[],"stream":true}"#);
+    let mut stream = client
+        .open(
+            Call {
+                endpoint: &endpoint,
+                api_key: None,
+                body: &body,
+                request_id: 1,
+                stream: true,
+                ca_bundle: None,
+            },
+            AttemptTimeouts {
+                stream_timeout: Duration::from_secs(2),
+                deadline: Instant::now() + Duration::from_secs(4),
+            },
+        )
+        .await
+        .expect("opened");
+    assert!(stream.next().await.expect("a chunk").is_some());
+    assert_eq!(client.pool().leased(), 1);
+    drop(stream);
+    assert_eq!(client.pool().leased(), 0);
+    until("the upstream saw the close", || up.closed() == 1).await;
+    assert_eq!(idle(&client), 0, "a half-read connection is never kept");
+    call(&client, &up.base).await.expect("served");
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test]
+async fn the_pool_keeps_at_most_its_bound_per_host() {
+    let up = Upstream::start(vec![Answer::Json]).await;
+    let client = client(keep(1));
+    let (tx, mut rx) = mpsc::channel(3);
+    for _ in 0..3 {
+        let (client, base, tx) = (client.clone(), up.base.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(call(&client, &base).await.is_ok()).await;
+        });
+    }
+    drop(tx);
+    while let Some(ok) = rx.recv().await {
+        assert!(ok);
+    }
+    assert!(idle(&client) <= 1, "kept {}", idle(&client));
+    let accepted = up.accepted();
+    until("connections past the bound closed", || {
+        up.closed() == accepted - idle(&client)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let up = Upstream::start(vec![Answer::Json]).await;
+    let client = client(PoolLimits {
+        max_idle_per_host: 8,
+        idle_timeout: Duration::from_millis(50),
+    });
+    call(&client, &up.base).await.expect("served");
+    assert_eq!(idle(&client), 1);
+    until("the idle connection was closed", || up.closed() == 1).await;
+    assert_eq!(idle(&client), 0);
+}
