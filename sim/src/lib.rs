@@ -20,6 +20,7 @@
 //! * [`counted`]: counting the gateway's open connections.
 //! * [`trace`]: the canonical per-run trace that snapshots record.
 //! * [`run`]: running files and suites, and the summary.
+//! * [`schema`]: JSON Schemas of scenario files and the gateway config, for editors.
 
 pub mod client;
 pub mod counted;
@@ -36,5 +37,6 @@ pub mod passthrough;
 pub mod probe;
 pub mod run;
 pub mod scenario;
+pub mod schema;
 pub mod trace;
 pub mod world;

@@ -260,6 +260,16 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         streams: usize,
     },
+    /// Print the JSON Schema of scenario files or of the gateway config (generated from
+    /// the types the loaders read), or write both into a folder (`--write schemas`).
+    Schema {
+        /// Which schema to print.
+        #[arg(value_enum, required_unless_present = "write")]
+        document: Option<SchemaArg>,
+        /// Write every schema into this folder instead (the committed ones: `schemas`).
+        #[arg(long, conflicts_with = "document")]
+        write: Option<PathBuf>,
+    },
     /// Run the gateway on real sockets.
     Serve {
         /// Gateway config (LiteLLM-style YAML).
@@ -290,6 +300,14 @@ enum ConfigAction {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SchemaArg {
+    /// Scenario files (`scenarios/**/*.yaml`).
+    Scenario,
+    /// The gateway config `serve --config` reads.
+    Config,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -439,6 +457,7 @@ fn main() -> ExitCode {
             against,
             against_api_key,
         }),
+        Command::Schema { document, write } => schema(document, write.as_deref()),
         Command::Serve {
             config,
             listen,
@@ -450,6 +469,30 @@ fn main() -> ExitCode {
             serve(&config, listen, metrics == Switch::On)
         }
     }
+}
+
+fn schema(document: Option<SchemaArg>, write: Option<&Path>) -> ExitCode {
+    use switchback_sim::schema::{self, Document};
+    if let Some(dir) = write {
+        return match schema::write_all(dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let doc = match document {
+        Some(SchemaArg::Config) => Document::GatewayConfig,
+        Some(SchemaArg::Scenario) | None => Document::Scenario,
+    };
+    print!("{}", doc.schema_json());
+    ExitCode::SUCCESS
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
