@@ -90,6 +90,19 @@ enum Command {
         #[arg(long)]
         snapshots: Option<PathBuf>,
     },
+    /// Run scenarios as `run` does and write an HTML timeline of each (both modes on one
+    /// simulated-time axis), plus `index.html` with the results table, into --html DIR.
+    Report {
+        /// Files or folders; folders are searched for *.yaml recursively.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Folder for the pages (created if missing).
+        #[arg(long, required = true)]
+        html: PathBuf,
+        /// Scenarios run at once (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// Run one scenario in one mode in simulation and print its trace.
     Trace {
         file: PathBuf,
@@ -132,6 +145,9 @@ enum Command {
         /// Where shrunk failing cases are written.
         #[arg(long, default_value = "explore-failures")]
         out: PathBuf,
+        /// Also write each shrunk failing case's HTML timeline into this folder.
+        #[arg(long)]
+        html: Option<PathBuf>,
         /// Worker threads (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
@@ -355,8 +371,12 @@ fn main() -> ExitCode {
             junit.as_deref(),
             jobs,
             snapshots.as_deref(),
+            None,
         ),
-        Command::Live { paths } => suite(&paths, Where::Live, None, Some(1), None),
+        Command::Report { paths, html, jobs } => {
+            suite(&paths, Where::Simulation, None, jobs, None, Some(&html))
+        }
+        Command::Live { paths } => suite(&paths, Where::Live, None, Some(1), None, None),
         Command::Trace { file, mode } => trace(&file, mode.into()),
         Command::Check { paths } => check(&paths),
         Command::Config {
@@ -369,6 +389,7 @@ fn main() -> ExitCode {
             shard,
             check_determinism,
             out,
+            html,
             jobs,
             concurrency,
             shared_latency_rng,
@@ -379,6 +400,7 @@ fn main() -> ExitCode {
             shard: shard.unwrap_or((1, 1)),
             check_determinism,
             out,
+            html,
             jobs: jobs
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             concurrency: concurrency.into(),
@@ -538,6 +560,7 @@ fn suite(
     junit: Option<&Path>,
     jobs: Option<usize>,
     snapshots: Option<&Path>,
+    html: Option<&Path>,
 ) -> ExitCode {
     let files = match run::collect_files(paths) {
         Ok(f) if !f.is_empty() => f,
@@ -563,6 +586,15 @@ fn suite(
         if let Err(e) = std::fs::write(path, run::junit(&reports)) {
             eprintln!("error: cannot write {}: {e}", path.display());
             return ExitCode::FAILURE;
+        }
+    }
+    if let Some(dir) = html {
+        match switchback_sim::report::write_suite(&reports, dir) {
+            Ok(index) => println!("\nTimelines: {}", index.display()),
+            Err(e) => {
+                eprintln!("error: cannot write the report into {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
         }
     }
     let place = match place {
