@@ -4,13 +4,15 @@
 //! Owns: turning a judged run ([`run::Report`]: its modes' traces and the oracle's
 //! failures) into a [`page::Page`], writing one page per scenario plus `index.html`, and the
 //! page file names. The pieces, one concept each: [`parse`] reads trace lines back,
-//! [`timeline`] turns them into things on lanes, [`page`] draws a page on a [`scale`], [`index`] the results
-//! table, [`escape`] makes text safe. Does not run anything (`run`, `explore`, `probe` do).
+//! [`timeline`] turns them into things on lanes, [`scale`] maps time to x, [`page`] draws
+//! a page, [`index`] the results table, [`probe_page`] a probe's page, [`escape`] makes
+//! text safe. Does not run anything (`run`, `explore`, `probe` do).
 
 pub mod escape;
 pub mod index;
 pub mod page;
 pub mod parse;
+pub mod probe_page;
 pub mod scale;
 pub mod timeline;
 
@@ -27,6 +29,8 @@ pub struct ModeSource<'a> {
     pub mode: &'a str,
     pub trace: &'a str,
     pub labels: BTreeMap<u64, String>,
+    /// Whether the trace holds the gateway's events (not for an external gateway).
+    pub gateway_traced: bool,
 }
 
 /// Lanes and deployment hosts of a run, from the configs the gateway ran with.
@@ -80,6 +84,7 @@ pub fn page_of(
                 providers,
                 deployment_hosts,
                 labels: &m.labels,
+                gateway_traced: m.gateway_traced,
             })
         })
         .collect();
@@ -163,6 +168,7 @@ pub fn page_of_runs(title: &str, source: &str, runs: &[ModeRun], failures: &[Str
             mode: m.mode.as_str(),
             trace: &m.trace,
             labels: labels_of(m),
+            gateway_traced: true,
         })
         .collect();
     page_of(title, source, &modes, &providers, &hosts, failures)
@@ -270,11 +276,13 @@ mod tests {
                 mode: "non_stream",
                 trace: NON_STREAM,
                 labels: labels.clone(),
+                gateway_traced: true,
             },
             ModeSource {
                 mode: "stream",
                 trace: STREAM,
                 labels,
+                gateway_traced: true,
             },
         ];
         page::render(&page_of(

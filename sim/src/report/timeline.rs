@@ -112,6 +112,10 @@ pub struct TraceInput<'a> {
     /// The client label (`r0.0`) of each gateway request number, when known; unknown ones
     /// are paired with the client's sends in order.
     pub labels: &'a BTreeMap<u64, String>,
+    /// Whether the gateway's own events are in the trace. An external gateway (`probe`)
+    /// has none: a client's send is then drawn straight into the gateway, and each call a
+    /// provider received as coming from it, with its scripted fault marked on arrival.
+    pub gateway_traced: bool,
 }
 
 struct OpenAttempt {
@@ -159,6 +163,13 @@ pub fn build(input: &TraceInput<'_>) -> ModeTimeline {
                 let req = Some(&label);
                 match what {
                     "send" => {
+                        if !input.gateway_traced {
+                            let mut item =
+                                Item::new(Shape::Arrow, "request", "client", at, title.clone())
+                                    .about(req, None);
+                            item.to = Some(("gateway".into(), at));
+                            t.items.push(item);
+                        }
                         sends.insert(label.clone(), at);
                         if !labels.values().any(|l| *l == label) {
                             unpaired_sends.push_back(label.clone());
@@ -406,6 +417,31 @@ pub fn build(input: &TraceInput<'_>) -> ModeTimeline {
                                 .about(attempt.label.as_ref(), Some(attempt.number));
                         item.to = Some((host.to_string(), at));
                         t.items.push(item);
+                    }
+                    None if !input.gateway_traced => {
+                        let mut item = Item::new(
+                            Shape::Arrow,
+                            "request upstream",
+                            "gateway",
+                            at,
+                            title.clone(),
+                        );
+                        item.to = Some((host.to_string(), at));
+                        t.items.push(item);
+                        if let Some(fault) = fault {
+                            t.items.push(
+                                Item::new(
+                                    Shape::Marker,
+                                    "fault",
+                                    host,
+                                    at,
+                                    format!(
+                                        "scripted fault {fault} (marked where the call arrived: the gateway's trace, which says when it met it, is not available)\n{title}"
+                                    ),
+                                )
+                                .labelled(format!("scripted {fault}")),
+                            );
+                        }
                     }
                     None => t
                         .items

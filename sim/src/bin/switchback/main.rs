@@ -230,6 +230,10 @@ enum Command {
         /// Key sent to the --against gateway by requests that have none in the scenario.
         #[arg(long, requires = "against")]
         against_api_key: Option<String>,
+        /// Also write an HTML timeline of what each mode's client and the fakes saw to this
+        /// file (not with --against).
+        #[arg(long, conflicts_with = "against")]
+        html: Option<PathBuf>,
     },
     /// Open-loop, constant-rate load against a gateway on loopback, with the scenario's fakes
     /// answering upstream (started here at --listen, as for `probe`). Latency percentiles
@@ -467,6 +471,7 @@ fn main() -> ExitCode {
             timeout,
             against,
             against_api_key,
+            html,
         } => external::probe(external::ProbeArgs {
             scenario,
             gateway,
@@ -478,6 +483,7 @@ fn main() -> ExitCode {
             timeout,
             against,
             against_api_key,
+            html,
         }),
         Command::Schema { document, write } => schema(document, write.as_deref()),
         Command::Serve {
