@@ -89,6 +89,7 @@ svg{display:block;background:#fbfcfd;border:1px solid #d0d7de}
 .bar.cooldown rect{fill:#bf8700;fill-opacity:.28;stroke:#bf8700}
 .bar.divergence rect{fill:#ffd33d;fill-opacity:.45;stroke:#d4a72c;stroke-width:2}
 text.label{font:11px system-ui,sans-serif;fill:#24292f;stroke:none;paint-order:stroke}
+svg.focusing [data-request]:not(.focus){opacity:.15}
 .diverges line{stroke-width:3}.marker.diverges{stroke:#d4a72c;stroke-width:3}
 .legend{display:flex;flex-wrap:wrap;gap:4px 16px;margin:8px 0;font-size:12px}
 .legend span.swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:4px;vertical-align:-2px}
@@ -99,12 +100,23 @@ text.label{font:11px system-ui,sans-serif;fill:#24292f;stroke:none;paint-order:s
 pre.trace{font:12px ui-monospace,monospace;background:#f6f8fa;padding:8px;overflow:auto;max-height:420px}
 "#;
 
-/// Records script errors where `--dump-dom` (and a test) can read them, and says the page
-/// ran to the end.
+/// Records script errors where `--dump-dom` (and a test) can read them, says the page ran
+/// to the end, and on hover brings out one request's items.
 const SCRIPT: &str = r#"
 (function(){
   var errors=[];
   window.addEventListener('error',function(e){errors.push(String(e.message));document.body.setAttribute('data-errors',errors.join(' | '));});
+  // Hovering anything of one request brings out all of it and dims the rest.
+  document.addEventListener('mouseover',function(e){
+    var g=e.target.closest?e.target.closest('[data-request]'):null;
+    var svg=e.target.closest?e.target.closest('svg'):null;
+    document.querySelectorAll('.focus').forEach(function(n){n.classList.remove('focus');});
+    document.querySelectorAll('svg.focusing').forEach(function(n){n.classList.remove('focusing');});
+    if(!g||!svg){return;}
+    svg.classList.add('focusing');
+    var r=g.getAttribute('data-request');
+    svg.querySelectorAll('[data-request]').forEach(function(n){if(n.getAttribute('data-request')===r){n.classList.add('focus');}});
+  });
   window.addEventListener('load',function(){
     var lanes=document.querySelectorAll('g.lane').length;
     document.body.setAttribute('data-lanes',String(lanes));
@@ -294,17 +306,24 @@ fn svg(out: &mut String, mode: &ModeTimeline, scale: &Scale, end: u64) {
         .filter(|i| i.shape == Shape::Bar)
         .collect();
     items.extend(mode.items.iter().filter(|i| i.shape != Shape::Bar));
-    // Labels of markers at (about) the same place stack upwards instead of overprinting.
-    let mut stacked: std::collections::BTreeMap<(String, i64), u32> = Default::default();
+    // A marker's label goes on the first of two rows above its lane where it overlaps no
+    // other label; where both are taken (a busy stretch) it is left out: the marker's
+    // tooltip still says everything.
+    let mut taken: std::collections::BTreeMap<(&str, u32), Vec<(f64, f64)>> = Default::default();
     for item in items {
-        let level = if item.label.is_some() && item.shape == Shape::Marker {
-            let slot = stacked
-                .entry((item.lane.clone(), (scale.x(item.at) / 40.0) as i64))
-                .or_default();
-            *slot += 1;
-            *slot - 1
-        } else {
-            0
+        let level = match (&item.label, item.shape) {
+            (Some(text), Shape::Marker) => {
+                let (x0, x1) = label_span(scale.x(item.at), text);
+                (0..2).find(|level| {
+                    let row = taken.entry((item.lane.as_str(), *level)).or_default();
+                    let free = row.iter().all(|(a, b)| x1 + 4.0 < *a || *b + 4.0 < x0);
+                    if free {
+                        row.push((x0, x1));
+                    }
+                    free
+                })
+            }
+            _ => Some(0),
         };
         draw(out, mode, item, scale, end, level);
     }
@@ -316,7 +335,14 @@ fn lane_y(mode: &ModeTimeline, lane: &str) -> f64 {
     AXIS + LANE * i as f64 + LANE / 2.0
 }
 
-fn draw(out: &mut String, mode: &ModeTimeline, item: &Item, scale: &Scale, end: u64, level: u32) {
+fn draw(
+    out: &mut String,
+    mode: &ModeTimeline,
+    item: &Item,
+    scale: &Scale,
+    end: u64,
+    level: Option<u32>,
+) {
     let shape = match item.shape {
         Shape::Arrow => "arrow",
         Shape::Tick => "tick",
@@ -387,7 +413,9 @@ fn draw(out: &mut String, mode: &ModeTimeline, item: &Item, scale: &Scale, end: 
                 }
                 _ => format!("<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"5.5\"/>"),
             };
-            let label = label(item, px + 8.0, py - 8.0 - 11.0 * f64::from(level.min(2)));
+            let label = level.map_or(String::new(), |level| {
+                label(item, px + 8.0, py - 8.0 - 11.0 * f64::from(level))
+            });
             let _ = writeln!(out, "<g {attrs}>{title}{symbol}{label}</g>");
         }
         Shape::Bar => {
@@ -409,6 +437,17 @@ fn draw(out: &mut String, mode: &ModeTimeline, item: &Item, scale: &Scale, end: 
                 label(item, px + 3.0, py + 18.0)
             );
         }
+    }
+}
+
+/// Where a marker at `px` puts its label `text` (about 6 px a character): after the
+/// marker, or before it near the right edge.
+fn label_span(px: f64, text: &str) -> (f64, f64) {
+    let w = text.chars().count() as f64 * 6.0;
+    if px + 8.0 > WIDTH - 160.0 {
+        (px - 8.0 - w, px - 8.0)
+    } else {
+        (px + 8.0, px + 8.0 + w)
     }
 }
 

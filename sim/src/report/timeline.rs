@@ -122,6 +122,7 @@ struct OpenAttempt {
     label: Option<String>,
     number: u32,
     host: String,
+    started: u64,
     /// The scripted fault of the provider call it became (`error_event@3`), once matched.
     scripted_fault: Option<String>,
 }
@@ -251,6 +252,7 @@ pub fn build(input: &TraceInput<'_>) -> ModeTimeline {
                                 label: label.clone(),
                                 number,
                                 host: host.clone(),
+                                started: at,
                                 scripted_fault: None,
                             },
                         );
@@ -403,15 +405,10 @@ pub fn build(input: &TraceInput<'_>) -> ModeTimeline {
                 let title = format!("{at} ms {host} {}", line.text);
                 let fault = get(&f, "fault").filter(|f| *f != "-").map(str::to_string);
                 let matched = waiting.get_mut(host).and_then(VecDeque::pop_front);
-                match matched.and_then(|req| open.get_mut(&req).map(|a| (req, a))) {
-                    Some((req, attempt)) => {
+                match matched.and_then(|req| open.get_mut(&req)) {
+                    Some(attempt) => {
                         attempt.scripted_fault = fault;
-                        let started = t
-                            .attempts
-                            .get(attempt.label.as_deref().unwrap_or(""))
-                            .and_then(|v| v.iter().rev().find(|a| a.number == attempt.number))
-                            .map_or(at, |a| a.started);
-                        let _ = req;
+                        let started = attempt.started;
                         let mut item =
                             Item::new(Shape::Arrow, "request upstream", "gateway", started, title)
                                 .about(attempt.label.as_ref(), Some(attempt.number));
