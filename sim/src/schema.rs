@@ -37,7 +37,9 @@ impl Document {
 
     /// The schema, as pretty JSON ending in a newline: what the committed file holds.
     pub fn schema_json(self) -> String {
-        let generator = SchemaSettings::draft2020_12().into_generator();
+        // Draft 7: what the YAML language server (and VS Code's YAML extension) validates
+        // with; it only partly supports the newer drafts.
+        let generator = SchemaSettings::draft07().into_generator();
         let mut schema = match self {
             Document::Scenario => generator.into_root_schema_for::<Scenario>(),
             Document::GatewayConfig => generator.into_root_schema_for::<GatewayConfig>(),
@@ -155,7 +157,8 @@ mod tests {
     fn field_docs_become_descriptions() {
         let schema: serde_json::Value =
             serde_json::from_str(&Document::Scenario.schema_json()).unwrap();
-        let fault = &schema["$defs"]["Fault"]["properties"]["after_chunks"];
+        assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+        let fault = &schema["definitions"]["Fault"]["properties"]["after_chunks"];
         assert!(
             fault["description"]
                 .as_str()
