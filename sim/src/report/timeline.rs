@@ -138,6 +138,7 @@ pub fn build(input: &TraceInput<'_>) -> ModeTimeline {
     let mut sends: BTreeMap<String, u64> = BTreeMap::new();
     let mut unpaired_sends: VecDeque<String> = VecDeque::new();
     let mut labels: BTreeMap<u64, String> = input.labels.clone();
+    let known_labels: std::collections::BTreeSet<&String> = input.labels.values().collect();
     // Per gateway request: its attempt in flight.
     let mut open: BTreeMap<u64, OpenAttempt> = BTreeMap::new();
     // Per provider host: attempts started towards it whose call it has not logged yet.
@@ -149,11 +150,6 @@ pub fn build(input: &TraceInput<'_>) -> ModeTimeline {
         };
         let at = line.at_ms;
         t.end_ms = t.end_ms.max(at);
-        let lane_known = |t: &mut ModeTimeline, lane: &str| {
-            if !t.lanes.iter().any(|l| l == lane) {
-                t.lanes.push(lane.to_string());
-            }
-        };
         match line.host.as_str() {
             "client" => {
                 let (label, rest) = line.text.split_once(' ').unwrap_or((&line.text, ""));
@@ -172,7 +168,7 @@ pub fn build(input: &TraceInput<'_>) -> ModeTimeline {
                             t.items.push(item);
                         }
                         sends.insert(label.clone(), at);
-                        if !labels.values().any(|l| *l == label) {
+                        if !known_labels.contains(&label) {
                             unpaired_sends.push_back(label.clone());
                         }
                     }
@@ -236,7 +232,7 @@ pub fn build(input: &TraceInput<'_>) -> ModeTimeline {
                         let number = get(&f, "attempt").and_then(|a| a.parse().ok()).unwrap_or(0);
                         let deployment = get(&f, "deployment").unwrap_or("-").to_string();
                         let host = host_of(&deployment).unwrap_or_else(|| "gateway".into());
-                        lane_known(&mut t, &host);
+                        t.lane(&host);
                         if let Some(l) = &label {
                             t.attempts.entry(l.clone()).or_default().push(AttemptView {
                                 number,
@@ -400,7 +396,7 @@ pub fn build(input: &TraceInput<'_>) -> ModeTimeline {
             }
             host => {
                 // A provider: what it received.
-                lane_known(&mut t, host);
+                t.lane(host);
                 let f = parse::fields(&line.text);
                 let title = format!("{at} ms {host} {}", line.text);
                 let fault = get(&f, "fault").filter(|f| *f != "-").map(str::to_string);
@@ -473,6 +469,13 @@ fn end_attempt(
 }
 
 impl ModeTimeline {
+    /// Adds `lane` below the others unless it is there already.
+    fn lane(&mut self, lane: &str) {
+        if !self.lanes.iter().any(|l| l == lane) {
+            self.lanes.push(lane.to_string());
+        }
+    }
+
     /// Marks every item of `label`'s attempt `number` as where the modes diverge; adds a
     /// highlight band over the attempt on the gateway lane, titled with `message`.
     pub fn highlight(&mut self, label: &str, number: u32, message: &str) {
