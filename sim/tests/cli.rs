@@ -129,3 +129,24 @@ fn report_writes_the_same_timeline_pages_twice() {
     );
     std::fs::remove_dir_all(&base).expect("clean up");
 }
+
+/// `replay --html` writes the generated case's timeline (a seed `explore` listed unsaved).
+#[test]
+fn replay_writes_a_cases_timeline() {
+    let page = std::env::temp_dir().join(format!("sb-replay-{}.html", std::process::id()));
+    let (ok, stdout, stderr) = switchback(&[
+        "replay",
+        "--seed",
+        "3",
+        "--html",
+        page.to_str().expect("utf-8 path"),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let html = std::fs::read_to_string(&page).expect("the page");
+    std::fs::remove_file(&page).expect("clean up");
+    assert!(html.contains("replay --seed 3"), "names the case");
+    for mode in ["non_stream", "stream"] {
+        assert!(html.contains(&format!("<section class=\"mode\" data-mode=\"{mode}\">")));
+    }
+    assert!(html.contains("<g class=\"lane\" data-lane=\"gateway\">"));
+}

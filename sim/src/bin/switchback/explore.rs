@@ -305,7 +305,12 @@ fn concurrency_flag(c: Concurrency) -> &'static str {
     }
 }
 
-pub fn replay(seed: u64, yaml: bool, concurrency: Concurrency) -> ExitCode {
+pub fn replay(
+    seed: u64,
+    yaml: bool,
+    concurrency: Concurrency,
+    html: Option<&std::path::Path>,
+) -> ExitCode {
     let scenario = explore::case_with(seed, concurrency);
     if yaml {
         match serde_saphyr::to_string(&scenario) {
@@ -317,6 +322,18 @@ pub fn replay(seed: u64, yaml: bool, concurrency: Concurrency) -> ExitCode {
     let verdict = explore::judge(&scenario, &gateway);
     for run in &verdict.runs {
         println!("--- case {seed}, {} ---\n{}", run.mode.as_str(), run.trace);
+    }
+    if let Some(path) = html {
+        let page = switchback_sim::report::page_of_runs(
+            &scenario.name,
+            &format!("replay --seed {seed}{}", concurrency_flag(concurrency)),
+            &verdict.runs,
+            &verdict.failures,
+        );
+        match switchback_sim::report::write_page(&page, path) {
+            Ok(()) => println!("timeline: {}", path.display()),
+            Err(e) => eprintln!("cannot write the timeline {}: {e}", path.display()),
+        }
     }
     if verdict.failures.is_empty() {
         println!("case {seed}: ok");

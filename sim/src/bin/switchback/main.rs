@@ -170,6 +170,9 @@ enum Command {
         /// As given to `explore`.
         #[arg(long, value_enum, default_value = "sometimes")]
         concurrency: ConcurrencyArg,
+        /// Also write the case's HTML timeline to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// Serve a scenario's fake providers on loopback (provider i on PORT_BASE + i) until
     /// interrupted, logging every request; or, with --emit-config, print a gateway config
@@ -414,7 +417,8 @@ fn main() -> ExitCode {
             seed,
             yaml,
             concurrency,
-        } => explore::replay(seed, yaml, concurrency.into()),
+            html,
+        } => explore::replay(seed, yaml, concurrency.into(), html.as_deref()),
         Command::Fakes {
             scenario,
             port_base,
