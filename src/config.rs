@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -25,21 +26,27 @@ use crate::limits::{Limits, MAX_SECONDS};
 use crate::yaml::{self, PathSeg, YamlError};
 
 /// The whole gateway config.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Serve requests without a virtual key. Off by default: a config without `keys` is
     /// refused unless this says, on purpose, that anyone who can reach the port may use it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_anonymous: bool,
+    /// The deployments: each serves a model group (`model_name`) from one upstream.
     #[serde(default)]
     pub model_list: Vec<Deployment>,
+    /// Gateway-level router settings (teams, keys and requests may override the fields not
+    /// marked *gateway only*).
     #[serde(default)]
     pub router_settings: RouterSettings,
+    /// Teams: allow-lists of groups with their own router settings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub teams: Vec<Team>,
+    /// Virtual keys clients send as `Authorization: Bearer <key>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<Key>,
+    /// Named bounds on everything; every field has a default.
     #[serde(default)]
     pub limits: Limits,
     /// LiteLLM's `general_settings`; Switchback reads its `master_key` only.
@@ -48,7 +55,7 @@ pub struct GatewayConfig {
 }
 
 /// LiteLLM's `general_settings` section, as far as Switchback has a use for it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GeneralSettings {
     /// The admin key (LiteLLM's name for it). When set, it alone may scrape `GET /metrics`
@@ -65,17 +72,19 @@ impl GeneralSettings {
 }
 
 /// One upstream deployment serving a model group (`model_name`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
     /// The model group clients ask for.
     pub model_name: String,
+    /// How to call the upstream: model, `api_base`, key, timeouts, weight, ...
     pub litellm_params: LitellmParams,
+    /// Metadata: the deployment `id` traces, headers and `attempts` name.
     #[serde(default)]
     pub model_info: ModelInfo,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LitellmParams {
     /// Upstream model, optionally with a LiteLLM provider prefix (`openai/gpt-4o`).
@@ -140,15 +149,18 @@ pub struct LitellmParams {
     pub ssl_verify: Option<SslVerify>,
 }
 
-/// `litellm_params.ssl_verify`: a switch or a CA bundle's path.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `litellm_params.ssl_verify`: `true` (the Mozilla roots) or the path of a PEM CA bundle
+/// whose certificates alone are trusted. `false` is refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum SslVerify {
+    /// `true`: verify against the Mozilla roots (`false` is refused at load).
     Enabled(bool),
+    /// Path of a PEM CA bundle: only its certificates are trusted.
     CaBundle(String),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {
     /// Stable deployment id used in traces and headers; defaults to `<group>#<n>`.
@@ -157,49 +169,65 @@ pub struct ModelInfo {
 }
 
 /// A team: an allow-list of groups and its own router settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Team {
+    /// The team's name, as keys' `team_id` give it.
     pub team_id: String,
     /// Groups the team may use; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// The team's router settings: they beat the gateway's, field by field.
     #[serde(default)]
     pub router_settings: RouterSettings,
 }
 
 /// A virtual key clients send as `Authorization: Bearer <key>`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Key {
+    /// The secret clients send (`Authorization: Bearer <key>`).
     pub key: String,
+    /// A readable name for the key (traces show only its last characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_alias: Option<String>,
+    /// The team this key belongs to: its allow-list and router settings apply under the
+    /// key's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team_id: Option<String>,
     /// Groups the key may use; empty means all (within its team's list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// The key's router settings: they beat the team's and the gateway's, field by field.
     #[serde(default)]
     pub router_settings: RouterSettings,
 }
 
 /// Router settings. The same shape is accepted at gateway, team, key and request level;
 /// the fields marked *gateway only* are shared state and are refused anywhere else.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouterSettings {
+    /// Groups to try, in order, when a group fails (after its retries): `- {group:
+    /// [fallback, ...]}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallbacks: Option<Vec<FallbackEntry>>,
+    /// Fallbacks taken only for a context-window failure (`context_length_exceeded`),
+    /// instead of `fallbacks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_window_fallbacks: Option<Vec<FallbackEntry>>,
+    /// Fallbacks taken only for a content-policy failure, instead of `fallbacks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_policy_fallbacks: Option<Vec<FallbackEntry>>,
     /// Fallbacks for any group without its own entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_fallbacks: Option<Vec<String>>,
+    /// Retries of a failed group before its fallbacks (a `retry_policy` count for the class
+    /// beats it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_retries: Option<u32>,
+    /// Retries per failure class, LiteLLM's names (`RateLimitErrorRetries`, ...); unset
+    /// classes use `num_retries`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicy>,
     /// Whole-attempt timeout, seconds.
@@ -211,8 +239,11 @@ pub struct RouterSettings {
     /// Fallback groups one request may visit (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_fallbacks: Option<u32>,
+    /// What happens when a stream fails after its first content chunk: `continue` on the
+    /// next attempt (default) or end with an `error` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mid_stream: Option<MidStreamPolicy>,
+    /// Take no fallbacks at all (retries still happen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disable_fallbacks: Option<bool>,
 
@@ -305,7 +336,7 @@ impl RouterSettings {
 }
 
 /// What happens when a stream fails after its first content chunk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MidStreamPolicy {
     /// Ask the next attempt to continue the partial answer; the client sees one stream.
@@ -326,7 +357,7 @@ impl MidStreamPolicy {
 
 /// Load balancing inside a group. Only LiteLLM's default is implemented; asking for
 /// another one is a load error rather than a silent substitution.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RoutingStrategy {
     #[default]
     #[serde(rename = "simple-shuffle")]
@@ -334,15 +365,17 @@ pub enum RoutingStrategy {
 }
 
 /// Per-failure-class retry counts, LiteLLM's names. Unset classes use `num_retries`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
+    /// Retries after a rate limit (429).
     #[serde(
         rename = "RateLimitErrorRetries",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub rate_limit: Option<u32>,
+    /// Retries after a timeout.
     #[serde(
         rename = "TimeoutErrorRetries",
         default,
@@ -356,24 +389,28 @@ pub struct RetryPolicy {
         skip_serializing_if = "Option::is_none"
     )]
     pub internal_server: Option<u32>,
+    /// Retries after a bad request: must be 0 (never retried).
     #[serde(
         rename = "BadRequestErrorRetries",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub bad_request: Option<u32>,
+    /// Retries after an authentication failure (on another deployment of the group only).
     #[serde(
         rename = "AuthenticationErrorRetries",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub authentication: Option<u32>,
+    /// Retries after a content-policy failure: must be 0 (never retried).
     #[serde(
         rename = "ContentPolicyViolationErrorRetries",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub content_policy: Option<u32>,
+    /// Retries after a context-window failure: must be 0 (never retried).
     #[serde(
         rename = "ContextWindowExceededErrorRetries",
         default,
@@ -389,33 +426,39 @@ pub struct RetryPolicy {
 /// `BadRequestErrorAllowedFails` and `ContentPolicyViolationErrorAllowedFails` are accepted
 /// (LiteLLM's documented example sets them) and have no effect: those failures never cool
 /// a deployment, in LiteLLM neither (no cooldown on a 400).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllowedFailsPolicy {
+    /// Accepted for LiteLLM compatibility; no effect (a 400 never cools a deployment).
     #[serde(
         rename = "BadRequestErrorAllowedFails",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub bad_request: Option<u32>,
+    /// Authentication failures a deployment may have before it cools.
     #[serde(
         rename = "AuthenticationErrorAllowedFails",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub authentication: Option<u32>,
+    /// Timeouts a deployment may have before it cools.
     #[serde(
         rename = "TimeoutErrorAllowedFails",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<u32>,
+    /// Rate limits a deployment may have before it cools.
     #[serde(
         rename = "RateLimitErrorAllowedFails",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub rate_limit: Option<u32>,
+    /// Accepted for LiteLLM compatibility; no effect (a content-policy failure never cools
+    /// a deployment).
     #[serde(
         rename = "ContentPolicyViolationErrorAllowedFails",
         default,
@@ -452,6 +495,24 @@ impl Serialize for FallbackEntry {
         let mut map = s.serialize_map(Some(1))?;
         map.serialize_entry(&self.group, &self.fallbacks)?;
         map.end()
+    }
+}
+
+/// The schema says what the hand-written `Deserialize` below accepts: a mapping with
+/// exactly one group, whose value is a list of group names.
+impl JsonSchema for FallbackEntry {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FallbackEntry".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`{group: [fallback, ...]}`: exactly one group, and the groups (or deployment ids) to try, in order, when it fails.",
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "additionalProperties": {"type": "array", "items": {"type": "string"}}
+        })
     }
 }
 

@@ -867,6 +867,12 @@ pub fn save(dir: &Path, scenario: &Scenario, failures: &[String]) -> std::io::Re
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("explore_case_{}.yaml", scenario.seed));
     let mut text = String::new();
+    // Run from the repository's root (as the README does), the file names the scenario
+    // schema for editors, like every file in `scenarios/`.
+    if let Some(line) = crate::schema::scenario_modeline_for(dir, Path::new(".")) {
+        text.push_str(&line);
+        text.push('\n');
+    }
     text.push_str(&format!(
         "# Found by `switchback explore` (case seed {}) and shrunk.\n# Replay: cargo run --release -- run {}\n# What failed:\n",
         scenario.seed,

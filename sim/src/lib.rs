@@ -20,6 +20,8 @@
 //! * [`counted`]: counting the gateway's open connections.
 //! * [`trace`]: the canonical per-run trace that snapshots record.
 //! * [`run`]: running files and suites, and the summary.
+//! * [`schema`]: JSON Schemas of scenario files and the gateway config, for editors.
+//! * [`report`]: HTML timelines of runs (`report --html`, `explore --html`, `probe --html`).
 
 pub mod client;
 pub mod counted;
@@ -34,8 +36,10 @@ pub mod oracle;
 pub mod overhead;
 pub mod passthrough;
 pub mod probe;
+pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod schema;
 pub mod tls_fake;
 pub mod trace;
 pub mod world;

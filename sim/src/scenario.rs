@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use switchback::config::GatewayConfig;
 use switchback::upstream::Endpoint;
@@ -25,10 +26,14 @@ pub const MAX_DURATION_MS: u64 = 24 * 3600 * 1000;
 /// Simulated time a scenario may take unless it says otherwise.
 pub const DEFAULT_DURATION_MS: u64 = 10 * 60 * 1000;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One scenario file: a whole world (the gateway config, fake providers and what each does
+/// at which chunk, network faults, requests) and what must happen in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
+    /// Shown in reports, test names and traces.
     pub name: String,
+    /// Free text: what the scenario shows and why.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// Seed of the simulation (network latency) and of the gateway's RNG.
@@ -41,19 +46,26 @@ pub struct Scenario {
     /// Coarser ticks make long waits cheaper to simulate.
     #[serde(default = "default_tick", skip_serializing_if = "is_default_tick")]
     pub tick_ms: u64,
+    /// The gateway config, exactly as in a real `config.yaml`; every `api_base` must name
+    /// one of `providers`.
     pub gateway: GatewayConfig,
+    /// The fake OpenAI-compatible hosts; each `api_base` in `gateway` must name one.
     pub providers: Vec<Provider>,
+    /// Latency ranges and timed network faults (partitions, crashes, drop rates, ...).
     #[serde(default)]
     pub network: Network,
     /// Config reloads at simulated instants (as `serve` does on SIGHUP): requests admitted
     /// from then on get the new config, requests in flight keep theirs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reloads: Vec<Reload>,
+    /// What the client sends, when, and how many copies.
     pub requests: Vec<RequestSpec>,
     /// Send the requests one after another, each starting when the previous one ended
     /// (`at_ms` and `concurrency` are then ignored).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sequential: bool,
+    /// Which client modes run, each in its own fresh world (default both: `[non_stream,
+    /// stream]`).
     #[serde(default = "Mode::both")]
     pub modes: Vec<Mode>,
     /// Expectations for every request (a request's own `expect` replaces it field by field).
@@ -79,7 +91,9 @@ pub const MAX_PAUSE_SECS: f64 = 60.0;
 /// Coarsest tick a scenario may ask for.
 pub const MAX_TICK_MS: u64 = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     Stream,
@@ -102,11 +116,12 @@ impl Mode {
 }
 
 /// A fake OpenAI-compatible provider host.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     /// Host name in the simulated network (and in `api_base`).
     pub host: String,
+    /// Port it listens on in the simulated network (default 8000).
     #[serde(default = "default_port")]
     pub port: u16,
     /// The `model` this provider reports in its answers (default: the model requested).
@@ -149,7 +164,7 @@ pub fn default_port() -> u16 {
 }
 
 /// One scripted answer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Script {
     /// In `calls`: the call numbers (1-based, per provider) this answer is for; empty = any.
@@ -168,6 +183,7 @@ pub struct Script {
     /// The whole answer text, cut into `chunk_size`-character chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Characters per chunk when cutting `text` (default 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<usize>,
     /// The answer as explicit chunks (instead of `text`).
@@ -188,6 +204,7 @@ pub struct Script {
     /// Overrides the provider's reported model for this answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// What goes wrong in this answer, after `after_chunks` chunks (absent: nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
     /// Reasoning streamed before the answer (`reasoning_content`, Ollama's `reasoning`),
@@ -252,9 +269,11 @@ impl Script {
 }
 
 /// What goes wrong, and when.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
+    /// What goes wrong: `http` (an error status before any chunk), `error_event`, `reset`,
+    /// `stall`, `malformed` or `content_filter` (after k chunks).
     pub kind: FaultKind,
     /// Chunks sent before the fault (k). `http` requires 0.
     #[serde(default)]
@@ -271,6 +290,7 @@ pub struct Fault {
     /// Error `code` (e.g. `context_length_exceeded`, `content_filter`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// Error `message` (default: one the flavour would send).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Hostile: the error repeats part of the request (`http` and `error_event` faults).
@@ -278,7 +298,9 @@ pub struct Fault {
     pub echo: Option<Echo>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
     /// An HTTP error status before any chunk.
@@ -316,7 +338,7 @@ impl FaultKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Flavour {
     #[default]
@@ -327,7 +349,7 @@ pub enum Flavour {
 }
 
 /// Network shape and timed faults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     /// Latency range of gateway↔provider messages, milliseconds: each message's is drawn
@@ -338,6 +360,7 @@ pub struct Network {
     /// Fixed, so that the two modes' different client traffic cannot shift anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_latency_ms: Option<u64>,
+    /// Network actions at simulated instants, one action per entry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<NetFault>,
     /// Messages one direction of a connection may have unread before its writer waits
@@ -371,25 +394,32 @@ impl Default for Network {
 
 /// A config reload at `at_ms`: the whole new gateway config, validated at load like
 /// `gateway` itself (its `rng_seed`, when it fixes none, is the scenario's seed again).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reload {
+    /// When the new config takes over (simulated milliseconds).
     pub at_ms: u64,
+    /// The whole new gateway config (validated like the scenario's `gateway`).
     pub gateway: GatewayConfig,
 }
 
 /// A change to the network at `at_ms`: exactly one action per entry. Host pairs name two
 /// hosts (`gateway`, `client`, or a provider host).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetFault {
+    /// When the action happens (simulated milliseconds).
     pub at_ms: u64,
+    /// Cuts the link between two hosts: messages on it are lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<[String; 2]>,
+    /// Restores a partitioned link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<[String; 2]>,
+    /// Delays the messages on a link until `release`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<[String; 2]>,
+    /// Delivers the messages a `hold` kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<[String; 2]>,
     /// Stops a provider host (its connections break).
@@ -411,10 +441,12 @@ pub struct NetFault {
     pub fail_rate: Option<FailRate>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailRate {
+    /// The two hosts of the link (`gateway`, `client`, or a provider host).
     pub link: [String; 2],
+    /// Share of messages dropped, 0.0 to 1.0.
     pub rate: f64,
 }
 
@@ -485,12 +517,15 @@ impl NetFault {
 }
 
 /// Requests the client sends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
+    /// Virtual key sent as `Authorization: Bearer <key>` (absent: no key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The model group asked for (the body's `model`).
     pub model: String,
+    /// The chat messages (default: one user message, "say ping").
     #[serde(default = "default_messages")]
     pub messages: Vec<serde_json::Value>,
     /// Extra body fields (`mock_testing_fallbacks`, `max_tokens`, request-level settings...).
@@ -508,6 +543,8 @@ pub struct RequestSpec {
     /// Client-side bound on one request.
     #[serde(default = "default_client_timeout")]
     pub timeout_ms: u64,
+    /// Expectations for this request only: they replace the scenario's `expect`, field by
+    /// field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expect>,
     /// Hostile client: it closes its connection early.
@@ -538,9 +575,10 @@ fn default_messages() -> Vec<serde_json::Value> {
 }
 
 /// What must be true of a request's result. Every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
+    /// HTTP status, or for a stream that failed after commit its error event's status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// Serving model group.
@@ -561,8 +599,12 @@ pub struct Expect {
     /// `model` of the response (and of the last chunk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Retries the client is told about (`x-switchback-attempted-retries`, or a stream's
+    /// final metadata).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Fallbacks the client is told about (`x-switchback-attempted-fallbacks`, or a
+    /// stream's final metadata).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallbacks: Option<u32>,
     /// Error `type` of a failed request (or of a stream's error event).
@@ -590,6 +632,7 @@ pub struct Expect {
     /// event names when the file loads).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
+    /// Trace event names that must not occur.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub no_events: Vec<String>,
     /// Streamed: the stream ends with an error event and no `[DONE]`.

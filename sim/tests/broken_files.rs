@@ -24,7 +24,25 @@ struct Case {
     phrase: &'static str,
     /// The "did you mean" suggestion: the right name for a typo, `None` otherwise.
     hint: Option<&'static str>,
+    /// Which kind of mistake it is, for the JSON Schema (`schemas/scenario.schema.json`):
+    /// an editor flags a `Schema` mistake as it is typed; only the loader sees the others.
+    kind: Kind,
 }
+
+/// What catches a broken file before `check` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Not YAML (or YAML that no JSON value represents, such as a duplicate key): no schema
+    /// applies.
+    Syntax,
+    /// The shape is wrong (unknown field, wrong type, missing field, bad enum value, two
+    /// groups in one fallback entry): the schema rejects the file.
+    Schema,
+    /// The shape is right and the meaning is wrong (an unknown group or host, a count of 0,
+    /// a time after the end...): the schema accepts the file, the loader refuses it.
+    Semantic,
+}
+use Kind::{Schema, Semantic, Syntax};
 
 const fn row(
     file: &'static str,
@@ -33,6 +51,7 @@ const fn row(
     path: &'static str,
     phrase: &'static str,
     hint: Option<&'static str>,
+    kind: Kind,
 ) -> Case {
     Case {
         file,
@@ -41,57 +60,58 @@ const fn row(
         path,
         phrase,
         hint,
+        kind,
     }
 }
 
-/// Must pass: file → line, column, field path, message phrase, hint.
+/// Must pass: file → line, column, field path, message phrase, hint, kind of mistake.
 #[rustfmt::skip]
 const CASES: &[Case] = &[
     // YAML syntax. An unclosed `[` is reported where it opens, in the middle of the file
     // (the parser only notices at the next key's `:`, a line later) as at its end.
-    row("syntax_unclosed_bracket.yaml",        22, 15, "gateway.router_settings.fallbacks[0].chat", "unclosed `[`: it is never closed (the parser gave up at line 23, column 7", None),
-    row("syntax_unclosed_bracket_at_end.yaml", 47,  8, "modes", "unclosed bracket '['", None),
+    row("syntax_unclosed_bracket.yaml",        22, 15, "gateway.router_settings.fallbacks[0].chat", "unclosed `[`: it is never closed (the parser gave up at line 23, column 7", None, Syntax),
+    row("syntax_unclosed_bracket_at_end.yaml", 47,  8, "modes", "unclosed bracket '['", None, Syntax),
     // Unknown fields (typos), at every depth: the key itself, with a suggestion.
-    row("unknown_top_level_field.yaml",        43,  1, "reqests", "unknown field `reqests`", Some("requests")),
-    row("unknown_fault_field.yaml",            34,  9, "providers[0].default.fault.after_chunk", "unknown field `after_chunk`", Some("after_chunks")),
-    row("gateway_setting_typo.yaml",           19,  5, "gateway.router_settings.num_retires", "unknown field `num_retires`", Some("num_retries")),
+    row("unknown_top_level_field.yaml",        43,  1, "reqests", "unknown field `reqests`", Some("requests"), Schema),
+    row("unknown_fault_field.yaml",            34,  9, "providers[0].default.fault.after_chunk", "unknown field `after_chunk`", Some("after_chunks"), Schema),
+    row("gateway_setting_typo.yaml",           19,  5, "gateway.router_settings.num_retires", "unknown field `num_retires`", Some("num_retries"), Schema),
     // Wrong types and values: the value.
-    row("wrong_type_seed.yaml",                 3,  7, "seed", "expected a whole number from 0 to 18446744073709551615, found `abc`", None),
-    row("wrong_type_repeat.yaml",              46, 13, "requests[0].repeat", "expected a whole number from 0 to 4294967295, found `many`", None),
-    row("bad_fault_kind.yaml",                 33, 15, "providers[0].default.fault.kind", "unknown variant `explode`", None),
-    row("bad_mid_stream.yaml",                 20, 17, "gateway.router_settings.mid_stream", "unknown variant `contine`", Some("continue")),
-    row("mode_typo.yaml",                      47, 21, "modes[1]", "unknown variant `streem`", Some("stream")),
+    row("wrong_type_seed.yaml",                 3,  7, "seed", "expected a whole number from 0 to 18446744073709551615, found `abc`", None, Schema),
+    row("wrong_type_repeat.yaml",              46, 13, "requests[0].repeat", "expected a whole number from 0 to 4294967295, found `many`", None, Schema),
+    row("bad_fault_kind.yaml",                 33, 15, "providers[0].default.fault.kind", "unknown variant `explode`", None, Schema),
+    row("bad_mid_stream.yaml",                 20, 17, "gateway.router_settings.mid_stream", "unknown variant `contine`", Some("continue"), Schema),
+    row("mode_typo.yaml",                      47, 21, "modes[1]", "unknown variant `streem`", Some("stream"), Schema),
     // Missing required fields: the mapping that lacks one (reported at its last key).
-    row("missing_requests.yaml",               43,  1, "", "missing field `requests`", None),
-    row("missing_request_model.yaml",          45,  5, "requests[0]", "missing field `model`", None),
+    row("missing_requests.yaml",               43,  1, "", "missing field `requests`", None, Schema),
+    row("missing_request_model.yaml",          45,  5, "requests[0]", "missing field `model`", None, Schema),
     // Gateway config checks, pinned into the scenario's `gateway:` section.
-    row("fallback_unknown_group.yaml",         22, 16, "gateway.router_settings.fallbacks[0].chat[0]", "fallback to unknown group `backpu`", None),
-    row("fallback_two_groups.yaml",            22,  9, "gateway.router_settings.fallbacks[0]", "a fallback entry names exactly one group", None),
-    row("gateway_only_on_key.yaml",            26, 24, "gateway.keys[0].router_settings.cooldown_time", "`cooldown_time` is gateway-wide state", None),
+    row("fallback_unknown_group.yaml",         22, 16, "gateway.router_settings.fallbacks[0].chat[0]", "fallback to unknown group `backpu`", None, Semantic),
+    row("fallback_two_groups.yaml",            22,  9, "gateway.router_settings.fallbacks[0]", "a fallback entry names exactly one group", None, Schema),
+    row("gateway_only_on_key.yaml",            26, 24, "gateway.keys[0].router_settings.cooldown_time", "`cooldown_time` is gateway-wide state", None, Semantic),
     // Scenario checks.
-    row("api_base_not_a_provider.yaml",        15, 19, "gateway.model_list[1].litellm_params.api_base", "`http://c:8000/v1` is not a provider of this scenario", None),
-    row("api_base_wrong_port.yaml",            15, 19, "gateway.model_list[1].litellm_params.api_base", "names provider `b` on port 9000, but it listens on port 8000", None),
-    row("at_ms_after_duration.yaml",           48, 12, "requests[0].at_ms", "at_ms = 5000 is not before duration_ms = 1000", None),
+    row("api_base_not_a_provider.yaml",        15, 19, "gateway.model_list[1].litellm_params.api_base", "`http://c:8000/v1` is not a provider of this scenario", None, Semantic),
+    row("api_base_wrong_port.yaml",            15, 19, "gateway.model_list[1].litellm_params.api_base", "names provider `b` on port 9000, but it listens on port 8000", None, Semantic),
+    row("at_ms_after_duration.yaml",           48, 12, "requests[0].at_ms", "at_ms = 5000 is not before duration_ms = 1000", None, Semantic),
     // Expectations: names checked against the engine's events and the scenario's hosts,
     // and each field where it means something.
-    row("event_name_typo.yaml",                49, 12, "expect.events[0]", "unknown event `fallback_takn`", Some("fallback_taken")),
-    row("calls_unknown_host.yaml",             49, 15, "expect.calls.bb", "`bb` is not a provider host of this scenario (hosts: a, b)", Some("b")),
-    row("total_calls_on_request.yaml",         47, 14, "requests[0].expect.total_calls", "counts the whole run", None),
-    row("equivalent_for_one_mode.yaml",        49, 24, "expect.stream.equivalent", "`equivalent` compares the two modes", None),
-    row("duplicate_provider_host.yaml",        35, 11, "providers[1].host", "host `a` is used twice", None),
-    row("network_fault_two_actions.yaml",      41,  7, "network.faults[0]", "one action per entry, this one has 2", None),
-    row("latency_min_above_max.yaml",          40,  3, "network.latency_ms", "min is above max", None),
-    row("empty_requests.yaml",                 43,  1, "requests", "a scenario needs at least one request", None),
-    row("repeat_zero.yaml",                    46, 13, "requests[0].repeat", "at least 1", None),
-    row("request_key_unknown.yaml",            45, 10, "requests[0].key", "key `sk-2` is not in gateway.keys", None),
-    row("concurrency_zero.yaml",               46, 18, "requests[0].concurrency", "at least 1", None),
-    row("duplicate_key.yaml",                  46,  5, "requests[0].key", "`key` appears twice", None),
-    row("fault_after_last_chunk.yaml",         34, 23, "providers[0].default.fault.after_chunks", "after_chunks = 3 but the answer has 2 chunks", None),
-    row("http_fault_after_chunks.yaml",        34, 23, "providers[0].default.fault.after_chunks", "after_chunks must be 0", None),
-    row("network_crash_unknown_host.yaml",     42, 14, "network.faults[0].crash", "unknown host `c`", None),
-    row("reload_unknown_provider.yaml",        43, 83, "reloads[0].gateway.model_list[0].litellm_params.api_base", "`http://zz:8000/v1` is not a provider of this scenario (hosts: a, b)", None),
-    row("network_refuse_gateway.yaml",         42, 15, "network.faults[0].refuse", "only provider hosts can refuse", None),
-    row("network_partition_unknown_host.yaml", 42, 28, "network.faults[0].partition[1]", "unknown host `c`", None),
+    row("event_name_typo.yaml",                49, 12, "expect.events[0]", "unknown event `fallback_takn`", Some("fallback_taken"), Semantic),
+    row("calls_unknown_host.yaml",             49, 15, "expect.calls.bb", "`bb` is not a provider host of this scenario (hosts: a, b)", Some("b"), Semantic),
+    row("total_calls_on_request.yaml",         47, 14, "requests[0].expect.total_calls", "counts the whole run", None, Semantic),
+    row("equivalent_for_one_mode.yaml",        49, 24, "expect.stream.equivalent", "`equivalent` compares the two modes", None, Semantic),
+    row("duplicate_provider_host.yaml",        35, 11, "providers[1].host", "host `a` is used twice", None, Semantic),
+    row("network_fault_two_actions.yaml",      41,  7, "network.faults[0]", "one action per entry, this one has 2", None, Semantic),
+    row("latency_min_above_max.yaml",          40,  3, "network.latency_ms", "min is above max", None, Semantic),
+    row("empty_requests.yaml",                 43,  1, "requests", "a scenario needs at least one request", None, Semantic),
+    row("repeat_zero.yaml",                    46, 13, "requests[0].repeat", "at least 1", None, Semantic),
+    row("request_key_unknown.yaml",            45, 10, "requests[0].key", "key `sk-2` is not in gateway.keys", None, Semantic),
+    row("concurrency_zero.yaml",               46, 18, "requests[0].concurrency", "at least 1", None, Semantic),
+    row("duplicate_key.yaml",                  46,  5, "requests[0].key", "`key` appears twice", None, Syntax),
+    row("fault_after_last_chunk.yaml",         34, 23, "providers[0].default.fault.after_chunks", "after_chunks = 3 but the answer has 2 chunks", None, Semantic),
+    row("http_fault_after_chunks.yaml",        34, 23, "providers[0].default.fault.after_chunks", "after_chunks must be 0", None, Semantic),
+    row("network_crash_unknown_host.yaml",     42, 14, "network.faults[0].crash", "unknown host `c`", None, Semantic),
+    row("reload_unknown_provider.yaml",        43, 83, "reloads[0].gateway.model_list[0].litellm_params.api_base", "`http://zz:8000/v1` is not a provider of this scenario (hosts: a, b)", None, Semantic),
+    row("network_refuse_gateway.yaml",         42, 15, "network.faults[0].refuse", "only provider hosts can refuse", None, Semantic),
+    row("network_partition_unknown_host.yaml", 42, 28, "network.faults[0].partition[1]", "unknown host `c`", None, Semantic),
 ];
 
 /// The valid scenario every broken file is a variation of.
@@ -285,4 +305,58 @@ fn every_broken_file_is_a_small_variation_of_the_base() {
 #[test]
 fn every_broken_file_names_line_column_and_field() {
     assert_all(CASES, true);
+}
+
+/// The committed scenario schema, as editors read it.
+fn scenario_schema() -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/scenario.schema.json");
+    let text = std::fs::read_to_string(&path).expect("schemas/scenario.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(&text).expect("the schema is JSON");
+    jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
+}
+
+/// The JSON Schema rejects exactly the rows marked `Schema`: it accepts every `Semantic` one
+/// (a mistake it cannot see must not be marked as one it can), and no `Syntax` file even
+/// reaches it. Run against the real validator, over every row: none is skipped.
+#[test]
+fn the_schema_rejects_exactly_the_schema_errors() {
+    let validator = scenario_schema();
+    let mut wrong = Vec::new();
+    for case in CASES {
+        let text = std::fs::read_to_string(broken_dir().join(case.file)).expect("read");
+        let value = serde_saphyr::from_str::<serde_json::Value>(&text);
+        match (case.kind, value) {
+            (Syntax, Ok(v)) => wrong.push(format!(
+                "{}: marked Syntax but parses as YAML (schema says valid: {})",
+                case.file,
+                validator.is_valid(&v)
+            )),
+            (Syntax, Err(_)) => {}
+            (_, Err(e)) => wrong.push(format!("{}: does not parse as YAML: {e}", case.file)),
+            (Schema, Ok(v)) => {
+                if validator.is_valid(&v) {
+                    wrong.push(format!("{}: a schema error the schema accepts", case.file));
+                }
+            }
+            (Semantic, Ok(v)) => {
+                let errors: Vec<String> = validator
+                    .iter_errors(&v)
+                    .map(|e| format!("{} at {}", e, e.instance_path()))
+                    .collect();
+                if !errors.is_empty() {
+                    wrong.push(format!(
+                        "{}: marked Semantic but the schema rejects it (mark it Schema?): {}",
+                        case.file,
+                        errors.join("; ")
+                    ));
+                }
+            }
+        }
+    }
+    let schema_rows = CASES.iter().filter(|c| c.kind == Schema).count();
+    assert!(
+        schema_rows >= 10,
+        "only {schema_rows} rows are schema errors"
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

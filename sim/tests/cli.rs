@@ -80,3 +80,73 @@ fn config_check_validates_gateway_configs_as_serve_does() {
         "{stderr}"
     );
 }
+
+/// `report --html` writes the index and a page per scenario; the same run writes the same
+/// bytes (no wall-clock time in the pages), and a failing scenario fails the command.
+#[test]
+fn report_writes_the_same_timeline_pages_twice() {
+    let base = std::env::temp_dir().join(format!("sb-report-cli-{}", std::process::id()));
+    let mut pages = Vec::new();
+    for round in ["a", "b"] {
+        let dir = base.join(round);
+        let (ok, stdout, stderr) = switchback(&[
+            "report",
+            "scenarios/known_bug/midstream_429_key_fallbacks.yaml",
+            "scenarios/streaming/precommit_429_falls_back.yaml",
+            "--html",
+            dir.to_str().expect("utf-8 path"),
+        ]);
+        assert!(ok, "{stdout}\n{stderr}");
+        assert!(stdout.contains("Timelines: "), "{stdout}");
+        let index = std::fs::read_to_string(dir.join("index.html")).expect("index.html");
+        assert!(
+            index.contains("href=\"streaming__precommit_429_falls_back.html\""),
+            "{index}"
+        );
+        assert!(
+            index.contains("data-scenarios=\"2\" data-passed=\"2\""),
+            "{index}"
+        );
+        let page = std::fs::read_to_string(dir.join("known_bug__midstream_429_key_fallbacks.html"))
+            .expect("the page");
+        assert!(page.contains("class=\"marker fault\" data-lane=\"vertex\""));
+        pages.push((index, page));
+    }
+    assert!(pages[0] == pages[1], "two runs wrote different pages");
+    // A scenario that cannot load is a failed row, and the command fails.
+    let dir = base.join("c");
+    let (ok, _, _) = switchback(&[
+        "report",
+        "sim/tests/broken/at_ms_after_duration.yaml",
+        "--html",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert!(!ok, "a broken scenario must fail the report");
+    let index = std::fs::read_to_string(dir.join("index.html")).expect("index.html");
+    assert!(
+        index.contains("data-scenarios=\"1\" data-passed=\"0\""),
+        "{index}"
+    );
+    std::fs::remove_dir_all(&base).expect("clean up");
+}
+
+/// `replay --html` writes the generated case's timeline (a seed `explore` listed unsaved).
+#[test]
+fn replay_writes_a_cases_timeline() {
+    let page = std::env::temp_dir().join(format!("sb-replay-{}.html", std::process::id()));
+    let (ok, stdout, stderr) = switchback(&[
+        "replay",
+        "--seed",
+        "3",
+        "--html",
+        page.to_str().expect("utf-8 path"),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let html = std::fs::read_to_string(&page).expect("the page");
+    std::fs::remove_file(&page).expect("clean up");
+    assert!(html.contains("replay --seed 3"), "names the case");
+    for mode in ["non_stream", "stream"] {
+        assert!(html.contains(&format!("<section class=\"mode\" data-mode=\"{mode}\">")));
+    }
+    assert!(html.contains("<g class=\"lane\" data-lane=\"gateway\">"));
+}

@@ -28,6 +28,7 @@ use switchback::route::{
 use switchback::trace::Observer;
 use switchback::transport::Connector;
 use switchback_sim::explore::{self, Concurrency};
+use switchback_sim::report;
 use switchback_sim::scenario::Scenario;
 use switchback_sim::world::{GatewayUnderTest, SimListener, Switchback};
 
@@ -186,7 +187,8 @@ const SEARCH: Concurrency = Concurrency::Never;
 
 /// Searches generated cases for one the faulty gateway fails, shrinks it, saves it, and
 /// checks the saved file: it fails against the faulty gateway and passes against Switchback.
-fn caught(name: &str, faulty: Arc<dyn GatewayUnderTest>) {
+/// Its timeline page is written next to it; returns the page.
+fn caught(name: &str, faulty: Arc<dyn GatewayUnderTest>) -> String {
     // Wall time, printed for the README figure; never asserted (no timed tests).
     let started = Instant::now();
     let seed = (0..MAX_SEEDS)
@@ -214,6 +216,29 @@ fn caught(name: &str, faulty: Arc<dyn GatewayUnderTest>) {
         "{name}: the saved case {} no longer fails",
         path.display()
     );
+    let page = report::page::render(&report::page_of_runs(
+        &replayed.name,
+        &path.display().to_string(),
+        &again.runs,
+        &again.failures,
+    ));
+    std::fs::write(path.with_extension("html"), &page).expect("page written");
+    // Where the oracle says the modes diverge, the page highlights it, with the message
+    // naming the diverging attempt when there is one.
+    for f in &again.failures {
+        if let Some((label, message)) = f
+            .strip_prefix("[equivalence] request ")
+            .and_then(|r| r.split_once(": "))
+            .filter(|(_, m)| m.starts_with("attempts diverge"))
+        {
+            assert!(
+                page.contains(&format!(
+                    "class=\"divergence-note\" data-request=\"{label}\""
+                )) && page.contains(&report::escape::html(message)),
+                "{name}: the page does not highlight {f}"
+            );
+        }
+    }
     let real: Arc<dyn GatewayUnderTest> = Arc::new(Switchback);
     let clean = explore::judge(&replayed, &real);
     assert!(
@@ -228,13 +253,19 @@ fn caught(name: &str, faulty: Arc<dyn GatewayUnderTest>) {
         path.display(),
         failures.first().map_or("", String::as_str)
     );
+    page
 }
 
 #[test]
 fn dropping_key_fallbacks_for_streams_is_caught() {
-    caught(
+    let page = caught(
         "drops_key_fallbacks_for_streams",
         Arc::new(DropsKeyFallbacksForStreams),
+    );
+    // The modes' attempts differ (the stream takes no fallback): the timeline shows where.
+    assert!(
+        page.contains("class=\"bar divergence diverges\" data-lane=\"gateway\""),
+        "no divergence highlighted on the timeline"
     );
 }
 

@@ -356,8 +356,34 @@ fn probe_reports_a_gateway_that_ignores_fallbacks_for_streams() {
         .build()
         .unwrap();
     let addr = rt.block_on(faulty_gateway(&config));
-    let out = run_probe(&path, &format!("http://{addr}"), base, &[]);
+    let page = std::env::temp_dir().join(format!("sb-probe-page-{}.html", std::process::id()));
+    let out = run_probe(
+        &path,
+        &format!("http://{addr}"),
+        base,
+        &["--html", page.to_str().expect("utf-8 path")],
+    );
     assert_eq!(out.code, Some(1), "different exits 1");
+    // The page shows what each mode's client and the fakes saw, and why they differ.
+    let html = std::fs::read_to_string(&page).expect("the probe's page");
+    std::fs::remove_file(&page).expect("clean up");
+    for mode in ["non_stream", "stream"] {
+        assert!(html.contains(&format!("<section class=\"mode\" data-mode=\"{mode}\">")));
+    }
+    for p in &scenario.providers {
+        assert!(html.contains(&format!("<g class=\"lane\" data-lane=\"{}\">", p.host)));
+    }
+    assert!(html.contains("class=\"arrow request upstream\" data-lane=\"gateway\""));
+    assert!(
+        html.contains("class=\"marker end "),
+        "how each client's request ended"
+    );
+    assert!(
+        html.contains("[probe] request r0.0: different: "),
+        "the verdict's reason"
+    );
+    assert!(html.contains("verdict     DIFFERENT"), "the text report");
+    assert!(html.contains("id=\"verdict\" data-passed=\"false\""));
     assert!(
         out.stdout.contains("verdict     DIFFERENT"),
         "{}",

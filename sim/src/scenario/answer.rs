@@ -6,6 +6,7 @@
 //! ([`Disconnect`], [`StopReading`]), with `deny_unknown_fields` everywhere. Does not own
 //! rendering them on the wire (`dialect`, `fake`) or acting them out (`client`).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Longest flood a script may ask for (items), so every hostile scenario stays bounded.
@@ -15,7 +16,9 @@ pub const MAX_FLOOD_PAD: usize = 64 * 1024;
 
 /// How a provider speaks OpenAI's wire format: the real dialects upstreams use.
 /// `dialect::` documents each shape and where it was checked against the real thing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Dialect {
     /// OpenAI's own: a role chunk per choice, `usage: null` on every chunk when usage was
@@ -68,7 +71,7 @@ impl Dialect {
 }
 
 /// The `index` a streamed tool-call delta carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolCallIndex {
     /// 0, 1, 2... (OpenAI).
@@ -80,7 +83,7 @@ pub enum ToolCallIndex {
 }
 
 /// One tool call of a scripted answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolCallSpec {
     /// The call's id (default `call_<host>_<n>`, n counting from 0 in the answer).
@@ -98,9 +101,10 @@ fn empty_object() -> String {
 }
 
 /// A hostile upstream's content-less flood, sent after `after_chunks` content chunks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Flood {
+    /// What the flood is made of.
     pub kind: FloodKind,
     /// Items sent (at most `MAX_FLOOD`).
     pub count: u32,
@@ -113,7 +117,7 @@ pub struct Flood {
 }
 
 /// What a flood is made of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FloodKind {
     /// Chunks whose delta is only `{"role": "assistant"}`.
@@ -138,7 +142,7 @@ impl FloodKind {
 }
 
 /// What a hostile upstream repeats of the request it got, in an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Echo {
     /// The error message quotes the `Authorization` header (OpenAI's 401 wording).
@@ -149,7 +153,7 @@ pub enum Echo {
 
 /// The scripted client leaves: after `after_chunks` stream chunks, or `after_ms` after it
 /// sent the request (exactly one of the two).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Disconnect {
     /// Chunks read (any chunk, content or not) before the client closes its connection.
@@ -162,10 +166,12 @@ pub struct Disconnect {
 
 /// The scripted client stops reading a stream after `after_chunks` chunks, and holds its
 /// connection open without reading for `hold_ms` (bounded by the request's `timeout_ms`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopReading {
+    /// Chunks read before the client stops reading.
     #[serde(default)]
     pub after_chunks: usize,
+    /// How long it then holds the connection without reading, milliseconds.
     pub hold_ms: u64,
 }

@@ -21,6 +21,8 @@ pub struct Options {
     pub shard: (u64, u64),
     pub check_determinism: bool,
     pub out: PathBuf,
+    /// Also write each saved case's timeline page here.
+    pub html: Option<PathBuf>,
     pub jobs: usize,
     /// How often a case has several requests in flight at once.
     pub concurrency: Concurrency,
@@ -202,12 +204,17 @@ fn finish(
             explore::MAX_SHRINK_STEPS,
         );
         match explore::save(&o.out, &small, &small_failures) {
-            Ok(path) => println!(
-                "  shrunk to {}\n  replay: cargo run --release -- run {}\n  or: cargo run --release -- replay --seed {seed}{}",
-                path.display(),
-                path.display(),
-                concurrency_flag(o.concurrency)
-            ),
+            Ok(path) => {
+                println!(
+                    "  shrunk to {}\n  replay: cargo run --release -- run {}\n  or: cargo run --release -- replay --seed {seed}{}",
+                    path.display(),
+                    path.display(),
+                    concurrency_flag(o.concurrency)
+                );
+                if let Some(dir) = &o.html {
+                    html_page(dir, &path, &small, &gateway, o.world);
+                }
+            }
             Err(e) => println!("  could not save the shrunk case: {e}"),
         }
     }
@@ -222,6 +229,30 @@ fn finish(
         );
     }
     ExitCode::FAILURE
+}
+
+/// Judges the shrunk case again (its runs were not kept while shrinking) and writes its
+/// timeline next to the others in `dir`, named after its scenario file.
+fn html_page(
+    dir: &std::path::Path,
+    file: &std::path::Path,
+    case: &switchback_sim::scenario::Scenario,
+    gateway: &Arc<dyn GatewayUnderTest>,
+    world: WorldOptions,
+) {
+    let verdict = explore::judge_in(case, gateway, world);
+    let page = switchback_sim::report::page_of_runs(
+        &case.name,
+        &file.display().to_string(),
+        &verdict.runs,
+        &verdict.failures,
+    );
+    let name = file.with_extension("html");
+    let path = dir.join(name.file_name().unwrap_or_default());
+    match switchback_sim::report::write_page(&page, &path) {
+        Ok(()) => println!("  timeline: {}", path.display()),
+        Err(e) => println!("  could not write the timeline {}: {e}", path.display()),
+    }
 }
 
 /// Runs its closure when dropped, however the scope ends (a panic included).
@@ -274,7 +305,12 @@ fn concurrency_flag(c: Concurrency) -> &'static str {
     }
 }
 
-pub fn replay(seed: u64, yaml: bool, concurrency: Concurrency) -> ExitCode {
+pub fn replay(
+    seed: u64,
+    yaml: bool,
+    concurrency: Concurrency,
+    html: Option<&std::path::Path>,
+) -> ExitCode {
     let scenario = explore::case_with(seed, concurrency);
     if yaml {
         match serde_saphyr::to_string(&scenario) {
@@ -286,6 +322,18 @@ pub fn replay(seed: u64, yaml: bool, concurrency: Concurrency) -> ExitCode {
     let verdict = explore::judge(&scenario, &gateway);
     for run in &verdict.runs {
         println!("--- case {seed}, {} ---\n{}", run.mode.as_str(), run.trace);
+    }
+    if let Some(path) = html {
+        let page = switchback_sim::report::page_of_runs(
+            &scenario.name,
+            &format!("replay --seed {seed}{}", concurrency_flag(concurrency)),
+            &verdict.runs,
+            &verdict.failures,
+        );
+        match switchback_sim::report::write_page(&page, path) {
+            Ok(()) => println!("timeline: {}", path.display()),
+            Err(e) => eprintln!("cannot write the timeline {}: {e}", path.display()),
+        }
     }
     if verdict.failures.is_empty() {
         println!("case {seed}: ok");

@@ -10,7 +10,7 @@ use switchback_sim::emit;
 use switchback_sim::live::start_fakes;
 use switchback_sim::probe::{self, GatewayUrl, ProbeOptions, Verdict};
 use switchback_sim::scenario::Scenario;
-use switchback_sim::trace::{NullSink, PrintSink, TraceSink};
+use switchback_sim::trace::{NullSink, PrintSink, Trace, TraceSink};
 
 fn load_scenario(path: &Path) -> Result<Scenario, ExitCode> {
     Scenario::load_file(path).map_err(|e| {
@@ -163,6 +163,8 @@ pub struct ProbeArgs {
     /// A second gateway to compare with, request by request (`--against`).
     pub against: Option<String>,
     pub against_api_key: Option<String>,
+    /// Also write the probe's timeline page here.
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Prints the verdict of a probe that could not run, and returns its exit status.
@@ -289,7 +291,14 @@ pub fn probe(a: ProbeArgs) -> ExitCode {
         if let Err(e) = fake_ports_free(&scenario, base).await {
             return could_not_run(&e);
         }
-        let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
+        // With --html, the client's and the fakes' lines are kept, on the real clock.
+        let started = std::time::Instant::now();
+        let trace = Trace::new(Box::new(move || started.elapsed()));
+        let sink: Arc<dyn TraceSink> = if a.html.is_some() {
+            trace.clone()
+        } else {
+            Arc::new(NullSink)
+        };
         let running = match start_fakes(&scenario, sink.clone(), Some(base)).await {
             Ok(r) => r,
             Err(e) => {
@@ -300,7 +309,21 @@ pub fn probe(a: ProbeArgs) -> ExitCode {
         };
         let progress = |line: &str| eprintln!("probe: {line}");
         let run = probe::probe(&scenario, &reference, &running, &options, sink, &progress).await;
-        print!("{}", probe::report(&scenario, &run));
+        let text = probe::report(&scenario, &run);
+        print!("{text}");
+        if let Some(path) = &a.html {
+            let page = switchback_sim::report::probe_page::page_of_probe(
+                &scenario,
+                &a.scenario.display().to_string(),
+                &run,
+                &text,
+                &trace.text(),
+            );
+            match switchback_sim::report::write_page(&page, path) {
+                Ok(()) => eprintln!("probe: timeline written to {}", path.display()),
+                Err(e) => eprintln!("probe: cannot write {}: {e}", path.display()),
+            }
+        }
         ExitCode::from(run.verdict.exit_code())
     })
 }

@@ -91,6 +91,19 @@ enum Command {
         #[arg(long)]
         snapshots: Option<PathBuf>,
     },
+    /// Run scenarios as `run` does and write an HTML timeline of each (both modes on one
+    /// simulated-time axis), plus `index.html` with the results table, into --html DIR.
+    Report {
+        /// Files or folders; folders are searched for *.yaml recursively.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Folder for the pages (created if missing).
+        #[arg(long, required = true)]
+        html: PathBuf,
+        /// Scenarios run at once (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// Run one scenario in one mode in simulation and print its trace.
     Trace {
         file: PathBuf,
@@ -133,6 +146,9 @@ enum Command {
         /// Where shrunk failing cases are written.
         #[arg(long, default_value = "explore-failures")]
         out: PathBuf,
+        /// Also write each shrunk failing case's HTML timeline into this folder.
+        #[arg(long)]
+        html: Option<PathBuf>,
         /// Worker threads (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
@@ -155,6 +171,9 @@ enum Command {
         /// As given to `explore`.
         #[arg(long, value_enum, default_value = "sometimes")]
         concurrency: ConcurrencyArg,
+        /// Also write the case's HTML timeline to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// Serve a scenario's fake providers on loopback (provider i on PORT_BASE + i) until
     /// interrupted, logging every request; or, with --emit-config, print a gateway config
@@ -215,6 +234,10 @@ enum Command {
         /// Key sent to the --against gateway by requests that have none in the scenario.
         #[arg(long, requires = "against")]
         against_api_key: Option<String>,
+        /// Also write an HTML timeline of what each mode's client and the fakes saw to this
+        /// file (not with --against).
+        #[arg(long, conflicts_with = "against")]
+        html: Option<PathBuf>,
     },
     /// Open-loop, constant-rate load against a gateway on loopback, with the scenario's fakes
     /// answering upstream (started here at --listen, as for `probe`). Latency percentiles
@@ -269,6 +292,16 @@ enum Command {
         #[arg(long)]
         fakes_port_base: Option<u16>,
     },
+    /// Print the JSON Schema of scenario files or of the gateway config (generated from
+    /// the types the loaders read), or write both into a folder (`--write schemas`).
+    Schema {
+        /// Which schema to print.
+        #[arg(value_enum, required_unless_present = "write")]
+        document: Option<SchemaArg>,
+        /// Write every schema into this folder instead (the committed ones: `schemas`).
+        #[arg(long, conflicts_with = "document")]
+        write: Option<PathBuf>,
+    },
     /// Run the gateway on real sockets.
     Serve {
         /// Gateway config (LiteLLM-style YAML).
@@ -299,6 +332,14 @@ enum ConfigAction {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SchemaArg {
+    /// Scenario files (`scenarios/**/*.yaml`).
+    Scenario,
+    /// The gateway config `serve --config` reads.
+    Config,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -346,8 +387,12 @@ fn main() -> ExitCode {
             junit.as_deref(),
             jobs,
             snapshots.as_deref(),
+            None,
         ),
-        Command::Live { paths } => suite(&paths, Where::Live, None, Some(1), None),
+        Command::Report { paths, html, jobs } => {
+            suite(&paths, Where::Simulation, None, jobs, None, Some(&html))
+        }
+        Command::Live { paths } => suite(&paths, Where::Live, None, Some(1), None, None),
         Command::Trace { file, mode } => trace(&file, mode.into()),
         Command::Check { paths } => check(&paths),
         Command::Config {
@@ -360,6 +405,7 @@ fn main() -> ExitCode {
             shard,
             check_determinism,
             out,
+            html,
             jobs,
             concurrency,
             shared_latency_rng,
@@ -370,6 +416,7 @@ fn main() -> ExitCode {
             shard: shard.unwrap_or((1, 1)),
             check_determinism,
             out,
+            html,
             jobs: jobs
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             concurrency: concurrency.into(),
@@ -379,7 +426,8 @@ fn main() -> ExitCode {
             seed,
             yaml,
             concurrency,
-        } => explore::replay(seed, yaml, concurrency.into()),
+            html,
+        } => explore::replay(seed, yaml, concurrency.into(), html.as_deref()),
         Command::Fakes {
             scenario,
             port_base,
@@ -440,6 +488,7 @@ fn main() -> ExitCode {
             timeout,
             against,
             against_api_key,
+            html,
         } => external::probe(external::ProbeArgs {
             scenario,
             gateway,
@@ -451,7 +500,9 @@ fn main() -> ExitCode {
             timeout,
             against,
             against_api_key,
+            html,
         }),
+        Command::Schema { document, write } => schema(document, write.as_deref()),
         Command::Serve {
             config,
             listen,
@@ -463,6 +514,30 @@ fn main() -> ExitCode {
             serve(&config, listen, metrics == Switch::On)
         }
     }
+}
+
+fn schema(document: Option<SchemaArg>, write: Option<&Path>) -> ExitCode {
+    use switchback_sim::schema::{self, Document};
+    if let Some(dir) = write {
+        return match schema::write_all(dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let doc = match document {
+        Some(SchemaArg::Config) => Document::GatewayConfig,
+        Some(SchemaArg::Scenario) | None => Document::Scenario,
+    };
+    print!("{}", doc.schema_json());
+    ExitCode::SUCCESS
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -508,6 +583,7 @@ fn suite(
     junit: Option<&Path>,
     jobs: Option<usize>,
     snapshots: Option<&Path>,
+    html: Option<&Path>,
 ) -> ExitCode {
     let files = match run::collect_files(paths) {
         Ok(f) if !f.is_empty() => f,
@@ -533,6 +609,15 @@ fn suite(
         if let Err(e) = std::fs::write(path, run::junit(&reports)) {
             eprintln!("error: cannot write {}: {e}", path.display());
             return ExitCode::FAILURE;
+        }
+    }
+    if let Some(dir) = html {
+        match switchback_sim::report::write_suite(&reports, dir) {
+            Ok(index) => println!("\nTimelines: {}", index.display()),
+            Err(e) => {
+                eprintln!("error: cannot write the report into {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
         }
     }
     let place = match place {
