@@ -185,6 +185,10 @@ impl Pool {
         if let Some(s) = self.idle.lock().await.pop() {
             return Ok(s);
         }
+        self.connect().await
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
         let io = self
             .connector
             .connect(&self.host, self.port)
@@ -234,9 +238,24 @@ async fn one(pool: &Pool, spec: &LoadSpec, body: &Bytes, scheduled: Instant) -> 
             request.headers_mut().insert(header::AUTHORIZATION, v);
         }
     }
-    let response = match sender.send_request(request).await {
+    // A kept connection the gateway closed while idle (its `header_read_timeout`) hands the
+    // request back unwritten: it goes again on a new connection, as any keep-alive client
+    // does. A request that may have been written is an error.
+    let response = match sender.try_send_request(request).await {
         Ok(r) => r,
-        Err(e) => return fail(format!("request: {e}")),
+        Err(mut e) => {
+            let Some(unsent) = e.take_message() else {
+                return fail(format!("request: {}", e.into_error()));
+            };
+            sender = match pool.connect().await {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            match sender.send_request(unsent).await {
+                Ok(r) => r,
+                Err(e) => return fail(format!("request: {e}")),
+            }
+        }
     };
     let status = response.status();
     let mut body = response.into_body();
