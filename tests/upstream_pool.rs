@@ -14,28 +14,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use switchback::classify::TransportFault;
 use switchback::transport::TcpConnector;
-use switchback::upstream::Endpoint;
-use switchback::upstream::chunk::ChunkLimits;
-use switchback::upstream::client::{
-    AttemptTimeouts, Call, ClientLimits, UpstreamClient, UpstreamError,
-};
+use switchback::upstream::client::{UpstreamClient, UpstreamError};
 use switchback::upstream::pool::{Pool, PoolLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-const LIMITS: ClientLimits = ClientLimits {
-    max_sse_line_bytes: 4096,
-    max_body_bytes: 64 * 1024,
-    chunks: ChunkLimits {
-        max_choices: 8,
-        max_tool_calls: 8,
-    },
-};
+mod attempts;
+use attempts::LIMITS;
 
 /// Longest any condition here is waited for; reaching it fails the test.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -193,31 +182,9 @@ fn keep(max_idle_per_host: usize) -> PoolLimits {
     }
 }
 
-/// Runs one attempt and reads it to its end; returns the text or the error.
+/// Runs one attempt against `base` (`http://host:port`) and reads it to its end.
 async fn call(client: &UpstreamClient, base: &str) -> Result<String, UpstreamError> {
-    let endpoint = Endpoint::parse(&format!("{base}/v1")).expect("api_base");
-    let body = Bytes::from_static(br#"{"model":"m","messages":[],"stream":true}"#);
-    let mut stream = client
-        .open(
-            Call {
-                endpoint: &endpoint,
-                api_key: None,
-                body: &body,
-                request_id: 1,
-                stream: true,
-                ca_bundle: None,
-            },
-            AttemptTimeouts {
-                stream_timeout: Duration::from_secs(2),
-                deadline: Instant::now() + Duration::from_secs(4),
-            },
-        )
-        .await?;
-    let mut text = String::new();
-    while let Some(chunk) = stream.next().await? {
-        text.push_str(&chunk.text);
-    }
-    Ok(text)
+    attempts::call(client, &format!("{base}/v1"), None).await
 }
 
 /// Waits until `cond` holds; fails the test after [`PATIENCE`].
@@ -301,23 +268,7 @@ async fn a_request_that_may_have_reached_the_upstream_is_never_sent_again() {
 async fn an_abandoned_stream_closes_its_connection_and_never_keeps_it() {
     let up = Upstream::start(vec![Answer::StallAfterOneChunk, Answer::Json]).await;
     let client = client(keep(8));
-    let endpoint = Endpoint::parse(&format!("{}/v1", up.base)).expect("api_base");
-    let body = Bytes::from_static(br#"{"model":"m","messages":[],"stream":true}"#);
-    let mut stream = client
-        .open(
-            Call {
-                endpoint: &endpoint,
-                api_key: None,
-                body: &body,
-                request_id: 1,
-                stream: true,
-                ca_bundle: None,
-            },
-            AttemptTimeouts {
-                stream_timeout: Duration::from_secs(2),
-                deadline: Instant::now() + Duration::from_secs(4),
-            },
-        )
+    let mut stream = attempts::open(&client, &format!("{}/v1", up.base), None)
         .await
         .expect("opened");
     assert!(stream.next().await.expect("a chunk").is_some());

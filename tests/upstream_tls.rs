@@ -15,26 +15,15 @@ use hyper_util::rt::TokioIo;
 use switchback::classify::TransportFault;
 use switchback::config::GatewayConfig;
 use switchback::transport::TcpConnector;
-use switchback::upstream::Endpoint;
-use switchback::upstream::chunk::ChunkLimits;
-use switchback::upstream::client::{
-    AttemptTimeouts, Call, ClientLimits, UpstreamClient, UpstreamError,
-};
+use switchback::upstream::client::{UpstreamClient, UpstreamError};
 use switchback::upstream::pool::{Pool, PoolLimits};
 use switchback::upstream::tls::CaBundle;
 use tokio::sync::Mutex;
-use tokio::time::Instant;
+
+mod attempts;
+use attempts::LIMITS;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{HandshakeKind, ServerConfig, crypto};
-
-const LIMITS: ClientLimits = ClientLimits {
-    max_sse_line_bytes: 4096,
-    max_body_bytes: 64 * 1024,
-    chunks: ChunkLimits {
-        max_choices: 8,
-        max_tool_calls: 8,
-    },
-};
 
 const ANSWER: &str = r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"over tls"},"finish_reason":"stop"}]}"#;
 
@@ -141,29 +130,7 @@ async fn call(
     port: u16,
     ca_bundle: Option<&CaBundle>,
 ) -> Result<String, UpstreamError> {
-    let endpoint = Endpoint::parse(&format!("https://localhost:{port}/v1")).expect("api_base");
-    let body = Bytes::from_static(br#"{"model":"m","messages":[],"stream":true}"#);
-    let mut stream = client
-        .open(
-            Call {
-                endpoint: &endpoint,
-                api_key: None,
-                body: &body,
-                request_id: 1,
-                stream: true,
-                ca_bundle,
-            },
-            AttemptTimeouts {
-                stream_timeout: Duration::from_secs(2),
-                deadline: Instant::now() + Duration::from_secs(4),
-            },
-        )
-        .await?;
-    let mut text = String::new();
-    while let Some(chunk) = stream.next().await? {
-        text.push_str(&chunk.text);
-    }
-    Ok(text)
+    attempts::call(client, &format!("https://localhost:{port}/v1"), ca_bundle).await
 }
 
 fn client(max_idle_per_host: usize) -> UpstreamClient {

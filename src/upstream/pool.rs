@@ -150,6 +150,11 @@ impl Pool {
 
     /// Keeps `conn` idle for `key`, unless it is closed or the host's pool is full.
     fn put(&self, key: PoolKey, conn: Conn) {
+        // Outside a runtime (a lease dropped while the process winds down) nothing could
+        // close the connection when it expires: it is not kept.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if conn.sender.is_closed() || self.limits.max_idle_per_host == 0 {
             return;
         }
@@ -169,7 +174,7 @@ impl Pool {
             !std::mem::replace(&mut state.reaper, true)
         };
         if start_reaper {
-            tokio::spawn(reap(Arc::downgrade(&self.state), self.limits.idle_timeout));
+            runtime.spawn(reap(Arc::downgrade(&self.state), self.limits.idle_timeout));
         }
     }
 

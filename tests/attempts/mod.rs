@@ -1,0 +1,64 @@
+//! One upstream attempt on real sockets, for the pool and TLS contract tests: the client
+//! limits they share, opening an attempt, and reading it to its end.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use switchback::upstream::Endpoint;
+use switchback::upstream::chunk::ChunkLimits;
+use switchback::upstream::client::{
+    AttemptTimeouts, Call, ClientLimits, UpstreamClient, UpstreamError, UpstreamStream,
+};
+use switchback::upstream::tls::CaBundle;
+use tokio::time::Instant;
+
+pub const LIMITS: ClientLimits = ClientLimits {
+    max_sse_line_bytes: 4096,
+    max_body_bytes: 64 * 1024,
+    chunks: ChunkLimits {
+        max_choices: 8,
+        max_tool_calls: 8,
+    },
+};
+
+/// Opens one streaming attempt against `api_base` (`http(s)://host:port/v1`).
+pub async fn open(
+    client: &UpstreamClient,
+    api_base: &str,
+    ca_bundle: Option<&CaBundle>,
+) -> Result<UpstreamStream, UpstreamError> {
+    let endpoint = Endpoint::parse(api_base).expect("api_base");
+    let body = Bytes::from_static(br#"{"model":"m","messages":[],"stream":true}"#);
+    client
+        .open(
+            Call {
+                endpoint: &endpoint,
+                api_key: None,
+                body: &body,
+                request_id: 1,
+                stream: true,
+                ca_bundle,
+            },
+            AttemptTimeouts {
+                stream_timeout: Duration::from_secs(2),
+                deadline: Instant::now() + Duration::from_secs(4),
+            },
+        )
+        .await
+}
+
+/// Opens one attempt and reads it to its end: the text, or why it failed.
+pub async fn call(
+    client: &UpstreamClient,
+    api_base: &str,
+    ca_bundle: Option<&CaBundle>,
+) -> Result<String, UpstreamError> {
+    let mut stream = open(client, api_base, ca_bundle).await?;
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await? {
+        text.push_str(&chunk.text);
+    }
+    Ok(text)
+}
