@@ -261,6 +261,25 @@ impl Summary {
 }
 
 /// The results table: one row per scenario and mode, then the failures.
+/// A run's attempts in all, and the deployments that served its requests (sorted, each
+/// once; `-` for a request nobody served): what the results table and the report's index
+/// summarise.
+pub fn attempts_and_serving(m: &ModeRun) -> (usize, Vec<String>) {
+    let stories = oracle::stories(m);
+    let attempts = stories.iter().map(|s| s.steps.len()).sum();
+    let mut serving: Vec<String> = stories
+        .iter()
+        .map(|s| {
+            s.served
+                .as_ref()
+                .map_or("-".into(), |(_, d, _)| s.catalog.deployment(*d).id.clone())
+        })
+        .collect();
+    serving.sort();
+    serving.dedup();
+    (attempts, serving)
+}
+
 pub fn table(reports: &[Report]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -280,18 +299,7 @@ pub fn table(reports: &[Report]) -> String {
             let _ = writeln!(out, "{name:<52} {:<10} {:<7}", "-", "FAIL");
         }
         for m in &r.runs {
-            let stories = oracle::stories(m);
-            let attempts: usize = stories.iter().map(|s| s.steps.len()).sum();
-            let mut serving: Vec<String> = stories
-                .iter()
-                .map(|s| {
-                    s.served
-                        .as_ref()
-                        .map_or("-".into(), |(_, d, _)| s.catalog.deployment(*d).id.clone())
-                })
-                .collect();
-            serving.sort();
-            serving.dedup();
+            let (attempts, mut serving) = attempts_and_serving(m);
             let serving = if serving.len() == 1 {
                 serving.remove(0)
             } else {

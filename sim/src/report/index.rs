@@ -7,7 +7,6 @@
 use std::fmt::Write as _;
 
 use super::escape::html;
-use crate::oracle;
 use crate::run::Report;
 
 /// One scenario's row.
@@ -28,18 +27,7 @@ impl Row {
             .runs
             .iter()
             .map(|m| {
-                let stories = oracle::stories(m);
-                let attempts = stories.iter().map(|s| s.steps.len()).sum();
-                let mut serving: Vec<String> = stories
-                    .iter()
-                    .map(|s| {
-                        s.served
-                            .as_ref()
-                            .map_or("-".into(), |(_, d, _)| s.catalog.deployment(*d).id.clone())
-                    })
-                    .collect();
-                serving.sort();
-                serving.dedup();
+                let (attempts, serving) = crate::run::attempts_and_serving(m);
                 // As the results table says it: a few names, or how many.
                 let serving = if serving.len() > 3 {
                     vec![format!("{} kinds", serving.len())]
