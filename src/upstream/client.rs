@@ -4,12 +4,14 @@
 //! four timeouts (first byte, first chunk, idle gap, whole attempt), reading an error body,
 //! reading SSE incrementally (or a whole JSON body from an upstream that ignored `stream`),
 //! and naming what went wrong as an [`UpstreamError`]. An attempt takes a kept connection
-//! from the [`Pool`] or opens one; it is kept again only when its response was read to the
-//! end, so an abandoned attempt closes its socket and never leaves a half-read connection.
-//! A kept connection found closed before the request was written is replaced transparently;
-//! a request that may have reached the upstream is never re-sent here. Does not own what a
-//! failure means for routing (`classify`, `attempt`) nor how long connections are kept
-//! (`pool`).
+//! from the [`Pool`] or opens one (HTTP/2 when an `https` upstream picks `h2` by ALPN,
+//! HTTP/1.1 otherwise); an HTTP/1.1 one is kept again only when its response was read to the
+//! end, so an abandoned attempt closes its socket and never leaves a half-read connection,
+//! while an abandoned HTTP/2 stream is reset and its connection serves others. A kept
+//! connection found closed before the request was written is replaced transparently, and a
+//! request an HTTP/2 server refused unprocessed goes once more on a new connection; a request
+//! that may have reached the upstream is never re-sent here. Does not own what a failure
+//! means for routing (`classify`, `attempt`) nor how long connections are kept (`pool`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

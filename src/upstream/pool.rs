@@ -1,13 +1,20 @@
-//! The upstream connection pool: idle HTTP/1.1 keep-alive connections, per (scheme, host,
-//! port), bounded in number and in idle time.
+//! The upstream connection pool: idle HTTP/1.1 keep-alive connections, and HTTP/2
+//! connections shared as streams, per (scheme, host, port), bounded in number and in idle
+//! time.
 //!
-//! Owns: keeping a connection whose last response was read to its end, handing it to the
-//! next attempt to the same upstream (most recently used first), closing it when it has been
-//! idle for `upstream_pool_idle_timeout` or when the pool for its host is full, and counting
-//! what it holds so the simulation can check that nothing else is left open. Does not own
-//! opening connections (`client`, through the [`Connector`](crate::transport::Connector)
-//! seam) nor deciding whether a failed send may be re-sent (`client`: only when hyper hands
-//! the request back unwritten).
+//! Owns: keeping an HTTP/1.1 connection whose last response was read to its end, handing it
+//! to the next attempt to the same upstream (most recently used first); sharing an HTTP/2
+//! connection (`https` only, negotiated by ALPN in `client`) among concurrent attempts, one
+//! stream each, up to the lower of its server's `SETTINGS_MAX_CONCURRENT_STREAMS` and
+//! [`PoolLimits::max_http2_streams`], a full one making the next attempt open another;
+//! making attempts that arrive while a connection to an `https` upstream is being opened
+//! wait for it, so that a burst opens one HTTP/2 connection, not one each; closing a
+//! connection when it has been idle for `upstream_pool_idle_timeout` or when the pool for
+//! its host is full; and counting what it holds so the simulation can check that nothing
+//! else is left open. Does not own opening connections (`client`, through the
+//! [`Connector`](crate::transport::Connector) seam) nor deciding whether a failed send may
+//! be re-sent (`client`: only when hyper hands the request back unwritten, or an HTTP/2
+//! server proves it did not process it).
 //!
 //! Why not hyper-util's pooled client: its checkout races an idle connection against a new
 //! connect started in the background, so which connection a request gets, and how many are
@@ -15,13 +22,17 @@
 //! streaming and non-streaming paths); it does not say what it holds (the simulation's
 //! "nothing else is open" invariant needs the exact idle count); and it wants a `Uri`
 //! connector where ours speaks host and port. This pool is small because hyper's
-//! `http1::SendRequest` already does the hard part: it knows when a connection is closed
-//! and gives a request back when it was never written.
+//! `SendRequest` already does the hard part: it knows when a connection is closed, gives a
+//! request back when it was never written, and (HTTP/2) queues a stream the server has no
+//! room for yet.
 //!
-//! A connection goes back only from a [`Lease`] marked [`Lease::reusable`]: its response was
-//! read to the end of its body. Any other end (a client gone, a timeout, a failure
-//! mid-stream, a body over its limit) drops the connection, which closes the socket, so a
-//! half-read connection can never serve the next request.
+//! An HTTP/1.1 connection goes back only from a [`Lease`] marked [`Lease::reusable`]: its
+//! response was read to the end of its body. Any other end (a client gone, a timeout, a
+//! failure mid-stream, a body over its limit) drops the connection, which closes the socket,
+//! so a half-read connection can never serve the next request. An HTTP/2 connection stays
+//! whatever happens to one stream: hyper resets a stream whose response is dropped unread,
+//! and the connection's other streams go on. It leaves the pool once it is closed (it
+//! failed, or its server sent GOAWAY or hung up) and carries no stream.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
