@@ -704,6 +704,24 @@ fn problems(value: &str) -> String {
 }
 
 #[test]
+fn the_http2_stream_limit_is_checked_at_load() {
+    let load = |value: &str| {
+        let yaml = format!(
+            "allow_anonymous: true\nlimits: {{max_streams_per_upstream_http2_connection: {value}}}\nmodel_list:\n  - model_name: a\n    litellm_params: {{model: openai/m, api_base: \"https://localhost:1/v1\"}}\n"
+        );
+        GatewayConfig::load("test.yaml", &yaml).map(|c| c.limits.upstream_pool())
+    };
+    let off = load("0").expect("0 turns HTTP/2 off");
+    assert_eq!(off.max_http2_streams, 0);
+    assert_eq!(load("250").expect("valid").max_http2_streams, 250);
+    let err = load("2000000").expect_err("over the bound").to_string();
+    assert!(
+        err.contains("`max_streams_per_upstream_http2_connection` = 2000000 is out of range"),
+        "{err}"
+    );
+}
+
+#[test]
 fn ssl_verify_is_checked_at_load() {
     let pki = pki("config");
     let path = pki.ca_path.to_str().expect("utf-8");
