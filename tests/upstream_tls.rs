@@ -103,6 +103,8 @@ enum Answer {
     StallAfterOneChunk,
     /// One chunk, then the response body fails: HTTP/2 resets the stream.
     ResetAfterOneChunk,
+    /// SSE comments, `MIB` MiB of them, as fast as the client's flow control allows.
+    FloodMib(usize),
 }
 
 /// How the upstream ends its open connections when told to (see [`Upstream::close_all`]).
@@ -141,6 +143,8 @@ struct Seen {
     closed: AtomicUsize,
     requests: AtomicUsize,
     cancelled: AtomicUsize,
+    /// Bytes of [`Answer::FloodMib`] taken by the server's HTTP/2 or HTTP/1.1 writer.
+    flooded: AtomicUsize,
     handshakes: Mutex<Vec<Option<HandshakeKind>>>,
     /// The ALPN protocol of each connection, as the server negotiated it.
     protocols: Mutex<Vec<String>>,
@@ -321,6 +325,17 @@ async fn respond(
             tokio::spawn(async move {
                 let _ = tx.send(Ok(sse_chunk("c0"))).await;
                 let _ = tx.send(Err(std::io::Error::other("broken"))).await;
+            });
+        }
+        Answer::FloodMib(mib) => {
+            let line = Bytes::from(format!(": {}\n", "x".repeat(1021)));
+            tokio::spawn(async move {
+                for _ in 0..mib * 1024 {
+                    if tx.send(Ok(line.clone())).await.is_err() {
+                        return;
+                    }
+                    seen.flooded.fetch_add(line.len(), Ordering::SeqCst);
+                }
             });
         }
     }
@@ -524,6 +539,36 @@ async fn a_connection_full_by_the_servers_stream_limit_opens_another() {
 #[tokio::test]
 async fn a_connection_full_by_our_stream_limit_opens_another() {
     four_streams_at_two_per_connection("h2-our-limit", None, 2).await;
+}
+
+#[tokio::test]
+async fn streams_left_unread_do_not_hold_back_the_others_on_their_connection() {
+    // Six attempts whose upstream sends 2 MiB each, none of it read yet (their clients are
+    // slow, say), then one more on the same connection: its answer must still flow. The
+    // unread bytes are what the upstream may send before a read, per stream and per
+    // connection (HTTP/2 flow control); hyper's defaults (2 MiB per stream, 5 MiB per
+    // connection) would let three unread streams stall every other one.
+    let flood = Answer::FloodMib(2);
+    let mut answers = vec![flood; 6];
+    answers.push(Answer::Json);
+    let (_pki, bundle, up) = setup("h2-windows", Spec::new(Offer::H2AndHttp1, answers)).await;
+    let client = client(8);
+    let api_base = format!("https://localhost:{}/v1", up.port);
+    let mut unread = Vec::new();
+    for _ in 0..6 {
+        let stream = attempts::open(&client, &api_base, Some(&bundle))
+            .await
+            .expect("opened");
+        unread.push(stream);
+    }
+    until("5 MiB sent and left unread", || {
+        up.seen.flooded.load(Ordering::SeqCst) >= 5 << 20
+    })
+    .await;
+    let text = call(&client, up.port, Some(&bundle)).await.expect("served");
+    assert_eq!(text, "over tls");
+    assert_eq!(up.accepted(), 1, "all seven on one connection");
+    drop(unread);
 }
 
 #[tokio::test]

@@ -359,7 +359,9 @@ impl UpstreamClient {
             UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string())
         };
         if http2 {
-            return connect_http2(io).await.map_err(handshake_failed);
+            return connect_http2(io, self.pool.limits().max_http2_streams)
+                .await
+                .map_err(handshake_failed);
         }
         let (sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io))
@@ -372,10 +374,28 @@ impl UpstreamClient {
     }
 }
 
+/// Bytes an HTTP/2 upstream may send on one stream ahead of the gateway reading them (its
+/// flow-control window): enough for a whole typical answer, and for 20 MB/s per stream at
+/// 50 ms of round trip.
+const HTTP2_STREAM_WINDOW: u32 = 1 << 20;
+
+/// The connection's window: room for every stream's window at once, so that streams whose
+/// clients read slowly cannot stall the others on the connection (with hyper's default of
+/// 5 MiB, three unread streams would). It bounds memory too: at most `max_streams` full
+/// windows are ever held unread.
+fn http2_connection_window(max_streams: usize) -> u32 {
+    // HTTP/2 windows are at most 2^31 - 1 (RFC 9113 §6.9.1).
+    const MAX_WINDOW: u64 = (1 << 31) - 1;
+    let all = u64::from(HTTP2_STREAM_WINDOW).saturating_mul(max_streams.max(1) as u64);
+    u32::try_from(all.min(MAX_WINDOW)).expect("at most 2^31 - 1")
+}
+
 /// hyper's HTTP/2 handshake over a TLS connection whose server picked `h2`, and the task
 /// that dispatches its requests (hyper drives the socket itself, in a task it spawns).
-async fn connect_http2(io: BoxIo) -> Result<NewConn, hyper::Error> {
+async fn connect_http2(io: BoxIo, max_streams: usize) -> Result<NewConn, hyper::Error> {
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(http2_connection_window(max_streams))
         .handshake::<_, Full<Bytes>>(TokioIo::new(io))
         .await?;
     // The dispatcher is shared with the pool, which reads the server's current
