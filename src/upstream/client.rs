@@ -252,8 +252,7 @@ impl UpstreamClient {
         };
         let mut request = build_request(call)?;
         // Pooled connections tried for this request: each one found closed is dropped, so
-        // the bound only matters if other attempts keep returning stale ones. It bounds
-        // the streams an HTTP/2 upstream refused too.
+        // the bound only matters if other attempts keep returning stale ones.
         let mut stale = 0;
         // An attempt waits at most once for a connection another one is opening.
         let mut may_wait = true;
@@ -405,7 +404,8 @@ async fn connect_http2(io: BoxIo, max_streams: usize) -> Result<NewConn, hyper::
     let conn = Arc::new(std::sync::Mutex::new(Some(Box::pin(conn))));
     let polled = conn.clone();
     let task = tokio::spawn(std::future::poll_fn(move |cx| {
-        // Polling the dispatcher cannot panic half-way through a pool decision.
+        // Only a panic inside hyper's poll could poison the lock (and a panic ends the
+        // process in release).
         let mut slot = polled.lock().expect("HTTP/2 dispatcher lock poisoned");
         let Some(conn) = slot.as_mut() else {
             return std::task::Poll::Ready(());
@@ -418,6 +418,7 @@ async fn connect_http2(io: BoxIo, max_streams: usize) -> Result<NewConn, hyper::
         std::task::Poll::Pending
     }));
     let server_limit = Box::new(move || {
+        // (See above for the lock.)
         conn.lock()
             .expect("HTTP/2 dispatcher lock poisoned")
             .as_ref()
