@@ -97,11 +97,36 @@ impl CommitState {
     pub fn stamp_and_record(&mut self, mut chunk: Chunk, upstream_model: &str) -> Chunk {
         assert!(self.committed, "nothing is delivered before commit");
         let mut changed = false;
-        if let Some(id) = &self.response_id {
-            if chunk.object.get("id") != Some(id) {
-                chunk.object.insert("id".into(), id.clone());
-                changed = true;
+        // One pass over the chunk's fields (a chunk comes every few tokens; each map lookup
+        // would hash its key). Only `insert`s below add keys, in the order they always did.
+        let mut has_our_id = false;
+        for (key, value) in chunk.object.iter_mut() {
+            match key.as_str() {
+                "id" => has_our_id = self.response_id.as_ref() == Some(&*value),
+                "choices" => {
+                    if let Value::Array(choices) = value {
+                        changed |= self.drop_repeated_roles(choices);
+                    }
+                }
+                "usage" => {
+                    if let Value::Object(usage) = value {
+                        self.attempt_usage = Some(counters(usage));
+                        if self.earlier != [0; 3] {
+                            for (name, earlier) in USAGE_COUNTERS.iter().zip(self.earlier) {
+                                if let Some(n) = usage.get(*name).and_then(Value::as_u64) {
+                                    usage.insert((*name).to_string(), Value::from(n + earlier));
+                                    changed = true;
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
+        }
+        if let (Some(id), false) = (&self.response_id, has_our_id) {
+            chunk.object.insert("id".into(), id.clone());
+            changed = true;
         }
         if chunk.model.is_none() {
             chunk.model = Some(upstream_model.to_string());
@@ -109,31 +134,6 @@ impl CommitState {
                 .object
                 .insert("model".into(), Value::String(upstream_model.to_string()));
             changed = true;
-        }
-        if let Some(Value::Array(choices)) = chunk.object.get_mut("choices") {
-            for (position, c) in choices.iter_mut().enumerate() {
-                let index = c
-                    .get("index")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(position as u64);
-                if let Some(Value::Object(delta)) = c.get_mut("delta") {
-                    if delta.contains_key("role") && !self.roles.insert(index) {
-                        delta.shift_remove("role");
-                        changed = true;
-                    }
-                }
-            }
-        }
-        if let Some(Value::Object(usage)) = chunk.object.get_mut("usage") {
-            self.attempt_usage = Some(counters(usage));
-            if self.earlier != [0; 3] {
-                for (name, earlier) in USAGE_COUNTERS.iter().zip(self.earlier) {
-                    if let Some(n) = usage.get(*name).and_then(Value::as_u64) {
-                        usage.insert((*name).to_string(), Value::from(n + earlier));
-                        changed = true;
-                    }
-                }
-            }
         }
         if changed {
             chunk.raw = None;
@@ -147,6 +147,34 @@ impl CommitState {
         self.text.push_str(&chunk.text);
         self.continuable &= chunk.continuable;
         chunk
+    }
+
+    /// Removes the `role` of every choice delta whose choice already had one; whether any
+    /// was removed.
+    fn drop_repeated_roles(&mut self, choices: &mut [Value]) -> bool {
+        let mut changed = false;
+        for (position, choice) in choices.iter_mut().enumerate() {
+            let Value::Object(choice) = choice else {
+                continue;
+            };
+            let mut index = None;
+            let mut delta = None;
+            for (key, value) in choice.iter_mut() {
+                match key.as_str() {
+                    "index" => index = value.as_u64(),
+                    "delta" => delta = Some(value),
+                    _ => {}
+                }
+            }
+            let index = index.unwrap_or(position as u64);
+            if let Some(Value::Object(delta)) = delta {
+                if delta.keys().any(|k| k == "role") && !self.roles.insert(index) {
+                    delta.shift_remove("role");
+                    changed = true;
+                }
+            }
+        }
+        changed
     }
 
     /// After an attempt that delivered something failed: folds its usage into the

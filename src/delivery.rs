@@ -406,11 +406,18 @@ impl Delivery for AggregateDelivery {
                 // The first real `created` (Azure's prompt-filter chunk says 0); every
                 // other field's latest value.
                 "created" if self.top.get("created").is_some_and(|c| c != &json!(0)) => {}
-                _ => {
-                    if !v.is_null() || !self.top.contains_key(k) {
+                // What inserting would do (the key keeps its place; a null never replaces
+                // a value), without cloning what is already there.
+                _ => match self.top.get_mut(k) {
+                    Some(old) => {
+                        if !v.is_null() && old != v {
+                            old.clone_from(v);
+                        }
+                    }
+                    None => {
                         self.top.insert(k.clone(), v.clone());
                     }
-                }
+                },
             }
         }
         self.choices.push(o);

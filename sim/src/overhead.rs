@@ -3,7 +3,9 @@
 //! Owns: the benchmark world (fake providers in this process on loopback; Switchback as a
 //! child process, `switchback serve`, so its memory is its own), the variants (the provider
 //! directly; Switchback with no fault, with its metrics on (the default) and, from a second
-//! child, off; the primary answering 429 at once and the fallback
+//! child, off; with the upstream called for one JSON completion (`fake_stream`, the request
+//! a plain proxy makes) instead of a stream; behind TLS; the primary answering 429 at once
+//! and the fallback
 //! serving; the primary failing after 3 chunks and `continue` finishing the stream),
 //! running them interleaved in rounds so that drift on the machine hits every variant alike,
 //! the added-latency table, and the gateway's peak RSS (also under 1,000 concurrent streams).
@@ -174,9 +176,21 @@ pub fn gateway_config(fakes: &RunningFakes) -> GatewayConfig {
             id: Some(format!("{group}-{host}")),
         },
     };
+    // The `ok` answer again, called as one JSON completion (`fake_stream`): the upstream
+    // request nginx and `direct` make. Switchback streams from upstreams by default, so
+    // that both client modes read the same answer; this variant measures the hop without
+    // that choice's cost.
+    let json_upstream = Deployment {
+        litellm_params: LitellmParams {
+            fake_stream: Some(true),
+            ..deployment("plain_json", "ok").litellm_params
+        },
+        ..deployment("plain_json", "ok")
+    };
     GatewayConfig {
         model_list: vec![
             deployment("plain", "ok"),
+            json_upstream,
             deployment("limited", "limited"),
             deployment("midfail", "midfail"),
             deployment("slow", "slow"),
@@ -350,6 +364,12 @@ pub async fn run(
             Some("direct"),
             gateway.addr,
             body("plain", false),
+        ),
+        (
+            "switchback_json_upstream",
+            Some("direct"),
+            gateway.addr,
+            body("plain_json", false),
         ),
         (
             "metrics_off",

@@ -17,7 +17,12 @@ async fn every_request_of_a_load_run_is_answered_and_counted() {
     let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
     let fakes = start_fakes(&overhead::world(), sink, None).await.unwrap();
     let addr = common::loopback_gateway(&overhead::gateway_config(&fakes)).await;
-    for (model, stream) in [("plain", false), ("limited", false), ("midfail", true)] {
+    for (model, stream) in [
+        ("plain", false),
+        ("plain_json", false),
+        ("limited", false),
+        ("midfail", true),
+    ] {
         let spec = LoadSpec {
             host: addr.ip().to_string(),
             port: addr.port(),

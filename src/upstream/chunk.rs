@@ -84,15 +84,33 @@ pub enum Payload {
 /// Parses one SSE data payload.
 pub fn parse_data(data: &str, limits: &ChunkLimits) -> Result<Payload, ChunkError> {
     let data = data.trim();
-    if data == "[DONE]" {
-        return Ok(Payload::Done);
-    }
-    let value: Value = serde_json::from_str(data).map_err(|e| format!("chunk is not JSON: {e}"))?;
-    let mut payload = from_value(value, limits)?;
+    let mut payload = parse_trimmed(data, limits)?;
     if let Payload::Chunk(c) = &mut payload {
         c.raw = Some(data.to_string());
     }
     Ok(payload)
+}
+
+/// [`parse_data`] of an event's own data, which becomes the chunk's [`Chunk::raw`] without
+/// a copy when it needs no trimming (the usual case).
+pub fn parse_event_data(data: String, limits: &ChunkLimits) -> Result<Payload, ChunkError> {
+    if data.trim().len() != data.len() {
+        return parse_data(&data, limits);
+    }
+    let mut payload = parse_trimmed(&data, limits)?;
+    if let Payload::Chunk(c) = &mut payload {
+        c.raw = Some(data);
+    }
+    Ok(payload)
+}
+
+/// A trimmed payload, without its [`Chunk::raw`].
+fn parse_trimmed(data: &str, limits: &ChunkLimits) -> Result<Payload, ChunkError> {
+    if data == "[DONE]" {
+        return Ok(Payload::Done);
+    }
+    let value: Value = serde_json::from_str(data).map_err(|e| format!("chunk is not JSON: {e}"))?;
+    from_value(value, limits)
 }
 
 /// Interprets a parsed chunk or error object.
@@ -100,14 +118,12 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
     let Value::Object(object) = value else {
         return Err("chunk is not a JSON object".to_string().into());
     };
-    if object.contains_key("error") {
+    let top = TopFields::of(&object);
+    if top.error {
         return Ok(Payload::Error(Value::Object(object)));
     }
-    let model = object
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let choices = match object.get("choices") {
+    let model = top.model.and_then(Value::as_str).map(str::to_string);
+    let choices = match top.choices {
         Some(Value::Array(c)) => c.as_slice(),
         None | Some(Value::Null) => &[],
         Some(_) => return Err("`choices` is not an array".to_string().into()),
@@ -118,12 +134,9 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
     let mut finish_reason = None;
     let mut continuable = true;
     for (i, choice) in choices.iter().enumerate() {
-        let index = choice
-            .get("index")
-            .and_then(Value::as_u64)
-            .unwrap_or(i as u64);
-        let delta = choice.get("delta").or_else(|| choice.get("message"));
-        if let Some(Value::Object(delta)) = delta {
+        let fields = ChoiceFields::of(choice);
+        let index = fields.index.and_then(Value::as_u64).unwrap_or(i as u64);
+        if let Some(Value::Object(delta)) = fields.delta() {
             for (key, value) in delta {
                 let size = match value {
                     Value::Null => 0,
@@ -148,17 +161,17 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
                 continuable = false;
             }
         }
-        if choice.get("logprobs").is_some_and(|l| !l.is_null()) {
+        if fields.logprobs.is_some_and(|l| !l.is_null()) {
             continuable = false;
         }
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+        if let Some(reason) = fields.finish_reason.and_then(Value::as_str) {
             finish_reason = Some(reason.to_string());
         }
     }
-    let usage_only = choices.is_empty() && object.get("usage").is_some_and(|u| !u.is_null());
+    let usage_only = choices.is_empty() && top.usage.is_some_and(|u| !u.is_null());
     // Azure opens with `choices: []` and `prompt_filter_results`: a content-less chunk like
     // any other. Only an object with no `choices` at all (and no usage) is not a chunk.
-    if !object.contains_key("choices") && !usage_only {
+    if top.choices.is_none() && !usage_only {
         return Err("chunk has neither `choices` nor `usage`".to_string().into());
     }
     Ok(Payload::Chunk(Chunk {
@@ -174,12 +187,74 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
     }))
 }
 
+/// The top-level fields of a chunk the parser reads, found in one pass over its keys: a
+/// chunk is parsed for every few tokens, and each map lookup would hash its key.
+#[derive(Default)]
+struct TopFields<'a> {
+    error: bool,
+    model: Option<&'a Value>,
+    choices: Option<&'a Value>,
+    usage: Option<&'a Value>,
+}
+
+impl<'a> TopFields<'a> {
+    fn of(object: &'a Map<String, Value>) -> TopFields<'a> {
+        let mut top = TopFields::default();
+        for (key, value) in object {
+            match key.as_str() {
+                "error" => top.error = true,
+                "model" => top.model = Some(value),
+                "choices" => top.choices = Some(value),
+                "usage" => top.usage = Some(value),
+                _ => {}
+            }
+        }
+        top
+    }
+}
+
+/// The fields of one choice the parser reads, found in one pass (see [`TopFields`]).
+#[derive(Default)]
+struct ChoiceFields<'a> {
+    index: Option<&'a Value>,
+    delta: Option<&'a Value>,
+    message: Option<&'a Value>,
+    logprobs: Option<&'a Value>,
+    finish_reason: Option<&'a Value>,
+}
+
+impl<'a> ChoiceFields<'a> {
+    fn of(choice: &'a Value) -> ChoiceFields<'a> {
+        let mut fields = ChoiceFields::default();
+        if let Value::Object(choice) = choice {
+            for (key, value) in choice {
+                match key.as_str() {
+                    "index" => fields.index = Some(value),
+                    "delta" => fields.delta = Some(value),
+                    "message" => fields.message = Some(value),
+                    "logprobs" => fields.logprobs = Some(value),
+                    "finish_reason" => fields.finish_reason = Some(value),
+                    _ => {}
+                }
+            }
+        }
+        fields
+    }
+
+    /// The `delta`, or a whole completion's `message`.
+    fn delta(&self) -> Option<&'a Value> {
+        self.delta.or(self.message)
+    }
+}
+
 /// Refuses choice and tool-call indexes (or counts) at or past their limits.
 fn check_limits(choices: &[Value], limits: &ChunkLimits) -> Result<(), ChunkError> {
     within("max_choices", "choice", choices, limits.max_choices)?;
     for choice in choices {
-        let delta = choice.get("delta").or_else(|| choice.get("message"));
-        if let Some(Value::Array(calls)) = delta.and_then(|d| d.get("tool_calls")) {
+        if let Some(Value::Array(calls)) = ChoiceFields::of(choice)
+            .delta()
+            .and_then(|d| d.get("tool_calls"))
+        {
             within("max_tool_calls", "tool call", calls, limits.max_tool_calls)?;
         }
     }
@@ -284,6 +359,24 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_events_own_data_becomes_raw_as_parse_data_would_keep_it() {
+        let limits = ChunkLimits::default();
+        for data in [
+            r#"{"id":"a","choices":[{"index":0,"delta":{"content":"hi"}}]}"#,
+            r#"  {"id":"a","choices":[{"index":0,"delta":{"content":"hi"}}]} "#,
+            "[DONE]",
+            r#"{"error":{"code":429}}"#,
+        ] {
+            let owned = parse_event_data(data.to_string(), &limits).unwrap();
+            assert_eq!(owned, super::parse_data(data, &limits).unwrap(), "{data}");
+            if let Payload::Chunk(c) = owned {
+                assert_eq!(c.raw.as_deref(), Some(data.trim()));
+            }
+        }
+        assert!(parse_event_data("{".into(), &limits).is_err());
+    }
 
     fn parse_data(data: &str) -> Result<Payload, ChunkError> {
         super::parse_data(data, &ChunkLimits::default())

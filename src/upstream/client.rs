@@ -646,7 +646,7 @@ impl UpstreamStream {
                         self.queue.extend(
                             events
                                 .into_iter()
-                                .map(|e| chunk::parse_data(&e.data, &limits)),
+                                .map(|e| chunk::parse_event_data(e.data, &limits)),
                         );
                         if let Err(e) = parsed {
                             self.queue

@@ -55,8 +55,16 @@ impl SseParser {
                 bytes = rest;
             }
         }
-        while let Some(i) = bytes.iter().position(|b| *b == b'\n' || *b == b'\r') {
-            self.extend_line(&bytes[..i])?;
+        while let Some(i) = memchr::memchr2(b'\n', b'\r', bytes) {
+            let part = &bytes[..i];
+            // A line that starts and ends in this read is read where it lies; only a line
+            // cut across reads is copied (into `line`), and that buffer is reused.
+            let pending = !self.line.is_empty();
+            if pending {
+                self.extend_line(part)?;
+            } else {
+                self.check_line(part.len())?;
+            }
             let cr = bytes[i] == b'\r';
             bytes = &bytes[i + 1..];
             if cr {
@@ -66,7 +74,15 @@ impl SseParser {
                     Some(_) => {}
                 }
             }
-            self.end_line(out)?;
+            if pending {
+                let line = std::mem::take(&mut self.line);
+                let ended = self.end_line(&line, out);
+                self.line = line;
+                self.line.clear();
+                ended?;
+            } else {
+                self.end_line(part, out)?;
+            }
         }
         self.extend_line(bytes)
     }
@@ -77,17 +93,21 @@ impl SseParser {
     }
 
     fn extend_line(&mut self, part: &[u8]) -> Result<(), SseError> {
-        if self.line.len() + part.len() > self.max_line_bytes {
-            return Err(SseError::LineTooLong {
-                limit: self.max_line_bytes,
-            });
-        }
+        self.check_line(self.line.len() + part.len())?;
         self.line.extend_from_slice(part);
         Ok(())
     }
 
-    fn end_line(&mut self, out: &mut Vec<SseEvent>) -> Result<(), SseError> {
-        let line = std::mem::take(&mut self.line);
+    fn check_line(&self, len: usize) -> Result<(), SseError> {
+        if len > self.max_line_bytes {
+            return Err(SseError::LineTooLong {
+                limit: self.max_line_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn end_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
         if line.is_empty() {
             if self.has_data {
                 out.push(SseEvent {
@@ -103,12 +123,12 @@ impl SseParser {
         if line[0] == b':' {
             return Ok(());
         }
-        let (field, value) = match line.iter().position(|b| *b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(i) => {
                 let v = &line[i + 1..];
                 (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
             }
-            None => (&line[..], &b""[..]),
+            None => (line, &b""[..]),
         };
         let value = std::str::from_utf8(value).map_err(|_| SseError::NotUtf8)?;
         match field {
@@ -197,7 +217,50 @@ mod tests {
         );
     }
 
+    /// Every event and every error of `bytes` read in the given pieces.
+    fn outcome(pieces: &[&[u8]], max: usize) -> (Vec<SseEvent>, Option<SseError>, bool) {
+        let mut p = SseParser::new(max);
+        let mut out = Vec::new();
+        for piece in pieces {
+            if let Err(e) = p.push(piece, &mut out) {
+                return (out, Some(e), true);
+            }
+        }
+        let partial = p.has_partial();
+        (out, None, partial)
+    }
+
     proptest! {
+        /// Lines cut across reads (kept in the parser's buffer) and lines read in place
+        /// give the same events, the same errors and the same pending state, for any bytes
+        /// made of the characters SSE gives meaning to.
+        #[test]
+        fn any_bytes_any_cuts_same_outcome(
+            text in proptest::collection::vec(
+                proptest::sample::select(&b"data:ev nt\r\n\r\nx:\xff"[..]), 0..120),
+            cuts in proptest::collection::vec(0usize..120, 0..10),
+            max in 4usize..40,
+        ) {
+            let whole = outcome(&[&text], max);
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (text.len() + 1)).collect();
+            points.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for p in points {
+                pieces.push(&text[last..p]);
+                last = p;
+            }
+            pieces.push(&text[last..]);
+            let cut = outcome(&pieces, max);
+            // An error may come earlier or later in the reads, but it is the same error,
+            // after the same events.
+            prop_assert_eq!(cut.0, whole.0);
+            prop_assert_eq!(&cut.1, &whole.1);
+            if whole.1.is_none() {
+                prop_assert_eq!(cut.2, whole.2);
+            }
+        }
+
         /// However the bytes are cut, the same events come out.
         #[test]
         fn splitting_never_changes_the_events(cuts in proptest::collection::vec(0usize..200, 0..12), crlf in any::<bool>()) {

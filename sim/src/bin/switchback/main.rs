@@ -19,6 +19,12 @@ use switchback::transport::TcpListener;
 use switchback_sim::run::{self, Summary, Where};
 use switchback_sim::scenario::{Mode, Scenario};
 
+/// mimalloc rather than the system allocator: a request allocates for every chunk it
+/// parses, on threads that run side by side, where glibc's malloc pays for its arena locks
+/// (see the README's benchmarks for the figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "switchback",
@@ -284,7 +290,7 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         streams: usize,
         /// A plain reverse proxy in front of the `ok` fake (e.g. nginx with keep-alive at
-        /// http://127.0.0.1:8089), measured in the same run; see `bench/nginx-reference.sh`.
+        /// http://127.0.0.1:8089), measured in the same run; see `benches/nginx-reference.sh`.
         #[arg(long)]
         reference: Option<String>,
         /// Fakes listen on this port and the next ones (the `ok` fake on the first), so a
