@@ -72,6 +72,11 @@ pub struct Limits {
     /// idle connection before the upstream does, and never sends on one the upstream is
     /// closing (a request that may have been sent is never re-sent).
     pub upstream_pool_idle_timeout: f64,
+    /// Requests one HTTP/2 upstream connection carries at once, as streams (fewer when the
+    /// upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` says so); when every connection to an
+    /// upstream is that busy, the next request opens another. HTTP/2 is offered to `https`
+    /// upstreams only, by ALPN; 0 turns it off (they are offered HTTP/1.1 alone).
+    pub max_streams_per_upstream_http2_connection: usize,
     /// Seconds an upstream host name's DNS answer is reused for new connections; 0 looks
     /// it up for every connection.
     pub dns_cache_ttl: f64,
@@ -106,6 +111,8 @@ impl Default for Limits {
             max_request_fallbacks: 16,
             max_idle_upstream_connections_per_host: 64,
             upstream_pool_idle_timeout: 4.0,
+            // What most servers announce (RFC 9113 §6.5.2 advises at least 100).
+            max_streams_per_upstream_http2_connection: 100,
             dns_cache_ttl: 30.0,
             max_dns_cache_entries: 1024,
         }
@@ -141,13 +148,14 @@ impl Limits {
         crate::upstream::pool::PoolLimits {
             max_idle_per_host: self.max_idle_upstream_connections_per_host,
             idle_timeout: secs(self.upstream_pool_idle_timeout),
+            max_http2_streams: self.max_streams_per_upstream_http2_connection,
         }
     }
 
     /// Every count limit with the range it must lie in. The upper bounds keep each value
     /// within what the structures that use it accept (a semaphore's permits, a channel's
     /// capacity) and what one process could ever need, so no value can panic at run time.
-    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 17] {
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 18] {
         const GIB: usize = 1 << 30;
         [
             (
@@ -210,6 +218,13 @@ impl Limits {
                 self.max_idle_upstream_connections_per_host,
                 0,
                 100_000,
+            ),
+            (
+                "max_streams_per_upstream_http2_connection",
+                self.max_streams_per_upstream_http2_connection,
+                0,
+                // Well within HTTP/2's stream ids (2^31), and more than any server allows.
+                1_000_000,
             ),
             (
                 "max_dns_cache_entries",

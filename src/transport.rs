@@ -2,7 +2,8 @@
 //!
 //! Owns: the [`Connector`] (open a byte stream to `host:port`) and [`Listener`] (accept byte
 //! streams) traits, and their tokio TCP implementations, which set `TCP_NODELAY` because SSE
-//! chunks are small writes that Nagle's algorithm would hold back. The simulation provides
+//! chunks are small writes that Nagle's algorithm would hold back (and [`Accepted`], what a
+//! listener says of the protocol a connection negotiated). The simulation provides
 //! turmoil implementations; benches provide in-memory ones. Does not own HTTP (that is
 //! hyper's, in `upstream` and `gateway`).
 
@@ -29,6 +30,27 @@ pub trait Connector: Send + Sync + 'static {
 pub trait Listener: Send + 'static {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, SocketAddr)>>;
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Accepts a connection and says whether it speaks HTTP/2 (a TLS listener whose client
+    /// picked `h2` by ALPN); a plain listener's never does (no h2c).
+    fn accept_negotiated(&mut self) -> BoxFuture<'_, io::Result<Accepted>> {
+        Box::pin(async move {
+            let (io, peer) = self.accept().await?;
+            Ok(Accepted {
+                io,
+                peer,
+                http2: false,
+            })
+        })
+    }
+}
+
+/// A connection a [`Listener`] accepted.
+pub struct Accepted {
+    pub io: BoxIo,
+    pub peer: SocketAddr,
+    /// The connection negotiated HTTP/2.
+    pub http2: bool,
 }
 
 /// Real TCP through tokio.

@@ -179,6 +179,7 @@ fn keep(max_idle_per_host: usize) -> PoolLimits {
     PoolLimits {
         max_idle_per_host,
         idle_timeout: Duration::from_secs(30),
+        max_http2_streams: 100,
     }
 }
 
@@ -310,6 +311,7 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     let client = client(PoolLimits {
         max_idle_per_host: 8,
         idle_timeout: Duration::from_millis(50),
+        max_http2_streams: 100,
     });
     call(&client, &up.base).await.expect("served");
     assert_eq!(idle(&client), 1);

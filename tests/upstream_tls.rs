@@ -1,16 +1,23 @@
 //! `https` upstreams on real sockets: a deployment's own CA bundle (`ssl_verify: <path>`),
-//! kept-alive TLS connections, and TLS session resumption across connections.
+//! kept-alive TLS connections, TLS session resumption across connections, and HTTP/2
+//! negotiated by ALPN: concurrent attempts sharing one connection as streams within the
+//! server's and our stream limits, an abandoned stream reset without losing its connection,
+//! a connection the upstream ends while idle replaced, a stream reset mid-answer failing
+//! (never sent again) while a refused one goes again, the idle timeout, and HTTP/1.1 for an
+//! upstream that does not offer `h2` or when HTTP/2 is turned off.
 //!
-//! The upstream is hyper's HTTP/1.1 server behind tokio-rustls, with a throw-away CA and a
-//! `localhost` certificate made by rcgen for each test.
+//! The upstream is hyper's HTTP/1.1 or HTTP/2 server (as ALPN decided) behind tokio-rustls,
+//! or the h2 crate's server where a test needs a stream refused; a throw-away CA and a
+//! `localhost` certificate are made by rcgen for each test. Waits are for conditions (a
+//! count reaching a value), each bounded by [`PATIENCE`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::service::service_fn;
+use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use switchback::classify::TransportFault;
 use switchback::config::GatewayConfig;
@@ -18,7 +25,8 @@ use switchback::transport::TcpConnector;
 use switchback::upstream::client::{UpstreamClient, UpstreamError};
 use switchback::upstream::pool::{Pool, PoolLimits};
 use switchback::upstream::tls::CaBundle;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
 
 mod attempts;
 use attempts::LIMITS;
@@ -74,55 +82,267 @@ fn pki(name: &str) -> Pki {
     }
 }
 
-/// An https upstream answering every request with one JSON completion; it records how
-/// each connection's handshake went.
+/// Which protocols an upstream's ALPN offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Offer {
+    H2AndHttp1,
+    Http1Only,
+}
+
+/// What the upstream does with one request.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// One JSON completion.
+    Json,
+    /// `chunks` SSE chunks whose contents are `c0`, `c1`, ..., then `[DONE]`, once
+    /// `together` requests are being answered at the same time (a barrier, so that a test
+    /// knows its attempts are concurrent).
+    Sse { chunks: usize, together: usize },
+    /// One chunk, then nothing until the client gives up the stream (counted in
+    /// [`Upstream::cancelled`]).
+    StallAfterOneChunk,
+    /// One chunk, then the response body fails: HTTP/2 resets the stream.
+    ResetAfterOneChunk,
+    /// SSE comments, `MIB` MiB of them, as fast as the client's flow control allows.
+    FloodMib(usize),
+}
+
+/// How the upstream ends its open connections when told to (see [`Upstream::close_all`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Close {
+    Keep,
+    /// HTTP/2 GOAWAY, then close once no stream is left.
+    GoAway,
+    /// Drop the socket, saying nothing.
+    Drop,
+}
+
+/// Settings of a fake https upstream.
+#[derive(Clone)]
+struct Spec {
+    offer: Offer,
+    answers: Vec<Answer>,
+    /// The HTTP/2 server's SETTINGS_MAX_CONCURRENT_STREAMS (none: hyper's default).
+    max_streams: Option<u32>,
+}
+
+impl Spec {
+    fn new(offer: Offer, answers: Vec<Answer>) -> Spec {
+        Spec {
+            offer,
+            answers,
+            max_streams: None,
+        }
+    }
+}
+
+/// What an upstream saw.
+#[derive(Default)]
+struct Seen {
+    accepted: AtomicUsize,
+    closed: AtomicUsize,
+    requests: AtomicUsize,
+    cancelled: AtomicUsize,
+    /// Bytes of [`Answer::FloodMib`] taken by the server's HTTP/2 or HTTP/1.1 writer.
+    flooded: AtomicUsize,
+    handshakes: Mutex<Vec<Option<HandshakeKind>>>,
+    /// The ALPN protocol of each connection, as the server negotiated it.
+    protocols: Mutex<Vec<String>>,
+}
+
+/// An https upstream (hyper's HTTP/1.1 or HTTP/2 server, by ALPN) answering with the next
+/// item of its answers (the last one repeats); it records what it saw.
 struct Upstream {
     port: u16,
-    accepted: Arc<AtomicUsize>,
-    handshakes: Arc<Mutex<Vec<Option<HandshakeKind>>>>,
+    seen: Arc<Seen>,
+    close: tokio::sync::watch::Sender<Close>,
+}
+
+impl Upstream {
+    fn accepted(&self) -> usize {
+        self.seen.accepted.load(Ordering::SeqCst)
+    }
+    fn closed(&self) -> usize {
+        self.seen.closed.load(Ordering::SeqCst)
+    }
+    fn requests(&self) -> usize {
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+    fn cancelled(&self) -> usize {
+        self.seen.cancelled.load(Ordering::SeqCst)
+    }
+    async fn protocols(&self) -> Vec<String> {
+        self.seen.protocols.lock().await.clone()
+    }
+    /// Ends every open connection as `how` says.
+    fn close_all(&self, how: Close) {
+        self.close.send_replace(how);
+    }
 }
 
 async fn upstream(config: Arc<ServerConfig>) -> Upstream {
+    start(config, Spec::new(Offer::H2AndHttp1, vec![Answer::Json])).await
+}
+
+async fn start(config: Arc<ServerConfig>, spec: Spec) -> Upstream {
+    let mut config = (*config).clone();
+    config.alpn_protocols = match spec.offer {
+        Offer::H2AndHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Offer::Http1Only => vec![b"http/1.1".to_vec()],
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let handshakes: Arc<Mutex<Vec<Option<HandshakeKind>>>> = Arc::default();
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let (a, h) = (accepted.clone(), handshakes.clone());
+    let seen = Arc::new(Seen::default());
+    let (close, close_rx) = tokio::sync::watch::channel(Close::Keep);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let answering = Arc::new(tokio::sync::watch::channel(0usize).0);
+    let s = seen.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            a.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, h) = (acceptor.clone(), h.clone());
+            s.accepted.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, seen, spec) = (acceptor.clone(), s.clone(), spec.clone());
+            let (close, answering) = (close_rx.clone(), answering.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    h.lock().await.push(None);
-                    return;
-                };
-                h.lock().await.push(tls.get_ref().1.handshake_kind());
-                let service = service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(
-                        http::Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(ANSWER.as_bytes())))
-                            .expect("response"),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                serve(acceptor, tcp, &seen, spec, close, answering).await;
+                seen.closed.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    Upstream {
-        port,
-        accepted,
-        handshakes,
+    Upstream { port, seen, close }
+}
+
+/// Serves one connection until either side ends it.
+async fn serve(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    seen: &Arc<Seen>,
+    spec: Spec,
+    mut close: tokio::sync::watch::Receiver<Close>,
+    answering: Arc<tokio::sync::watch::Sender<usize>>,
+) {
+    let Ok(tls) = acceptor.accept(tcp).await else {
+        seen.handshakes.lock().await.push(None);
+        return;
+    };
+    let session = tls.get_ref().1;
+    seen.handshakes.lock().await.push(session.handshake_kind());
+    let protocol = String::from_utf8_lossy(session.alpn_protocol().unwrap_or(b"none")).into_owned();
+    seen.protocols.lock().await.push(protocol.clone());
+    let (s, answers) = (seen.clone(), spec.answers.clone());
+    let service = service_fn(move |_req| {
+        let n = s.requests.fetch_add(1, Ordering::SeqCst);
+        let answer = answers[n.min(answers.len() - 1)];
+        respond(answer, s.clone(), answering.clone())
+    });
+    let io = TokioIo::new(tls);
+    if protocol == "h2" {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.max_concurrent_streams(spec.max_streams);
+        let mut conn = std::pin::pin!(builder.serve_connection(io, service));
+        let goaway = tokio::select! {
+            biased;
+            _ = conn.as_mut() => false,
+            how = close.wait_for(|c| *c != Close::Keep) => how.is_ok_and(|c| *c == Close::GoAway),
+        };
+        if goaway {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        tokio::select! {
+            biased;
+            _ = conn => {}
+            _ = close.wait_for(|c| *c != Close::Keep) => {}
+        }
     }
+}
+
+/// A response body fed through a channel, frame by frame.
+struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map(hyper::body::Frame::data)))
+    }
+}
+
+fn sse(data: &str) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+fn sse_chunk(content: &str) -> Bytes {
+    sse(&format!(
+        r#"{{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}]}}"#
+    ))
+}
+
+async fn respond(
+    answer: Answer,
+    seen: Arc<Seen>,
+    answering: Arc<tokio::sync::watch::Sender<usize>>,
+) -> Result<http::Response<ChannelBody>, std::convert::Infallible> {
+    let (tx, rx) = mpsc::channel(16);
+    let content_type = match answer {
+        Answer::Json => "application/json",
+        _ => "text/event-stream",
+    };
+    match answer {
+        Answer::Json => {
+            let _ = tx.try_send(Ok(Bytes::from_static(ANSWER.as_bytes())));
+        }
+        Answer::Sse { chunks, together } => {
+            answering.send_modify(|n| *n += 1);
+            let _ = answering.subscribe().wait_for(|n| *n >= together).await;
+            tokio::spawn(async move {
+                for i in 0..chunks {
+                    let _ = tx.send(Ok(sse_chunk(&format!("c{i}")))).await;
+                }
+                let _ = tx.send(Ok(sse("[DONE]"))).await;
+            });
+        }
+        Answer::StallAfterOneChunk => {
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(sse_chunk("c0"))).await;
+                tx.closed().await;
+                seen.cancelled.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        Answer::ResetAfterOneChunk => {
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(sse_chunk("c0"))).await;
+                let _ = tx.send(Err(std::io::Error::other("broken"))).await;
+            });
+        }
+        Answer::FloodMib(mib) => {
+            let line = Bytes::from(format!(": {}\n", "x".repeat(1021)));
+            tokio::spawn(async move {
+                for _ in 0..mib * 1024 {
+                    if tx.send(Ok(line.clone())).await.is_err() {
+                        return;
+                    }
+                    seen.flooded.fetch_add(line.len(), Ordering::SeqCst);
+                }
+            });
+        }
+    }
+    Ok(http::Response::builder()
+        .header("content-type", content_type)
+        .body(ChannelBody(rx))
+        .expect("response"))
 }
 
 async fn call(
@@ -134,14 +354,15 @@ async fn call(
 }
 
 fn client(max_idle_per_host: usize) -> UpstreamClient {
-    UpstreamClient::new(
-        Arc::new(TcpConnector),
-        LIMITS,
-        Pool::new(PoolLimits {
-            max_idle_per_host,
-            idle_timeout: Duration::from_secs(30),
-        }),
-    )
+    client_with(PoolLimits {
+        max_idle_per_host,
+        idle_timeout: Duration::from_secs(30),
+        max_http2_streams: 100,
+    })
+}
+
+fn client_with(limits: PoolLimits) -> UpstreamClient {
+    UpstreamClient::new(Arc::new(TcpConnector), LIMITS, Pool::new(limits))
 }
 
 #[tokio::test]
@@ -154,7 +375,7 @@ async fn a_deployment_ca_bundle_is_trusted_and_its_connection_kept() {
         let text = call(&client, up.port, Some(&bundle)).await.expect("served");
         assert_eq!(text, "over tls");
     }
-    assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "one TLS connection");
+    assert_eq!(up.accepted(), 1, "one TLS connection");
 }
 
 #[tokio::test]
@@ -179,11 +400,341 @@ async fn a_new_connection_resumes_the_tls_session() {
     let client = client(0);
     call(&client, up.port, Some(&bundle)).await.expect("first");
     call(&client, up.port, Some(&bundle)).await.expect("second");
-    let kinds = up.handshakes.lock().await.clone();
+    let kinds = up.seen.handshakes.lock().await.clone();
     assert_eq!(
         kinds,
         vec![Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)]
     );
+}
+
+/// Longest any condition here is waited for; reaching it fails the test.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Waits until `cond` holds; fails the test after [`PATIENCE`].
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn idle(client: &UpstreamClient) -> usize {
+    client.pool().idle().values().sum()
+}
+
+/// A PKI, a CA bundle trusting it, and an upstream started with `spec`.
+async fn setup(name: &str, spec: Spec) -> (Pki, CaBundle, Upstream) {
+    let pki = pki(name);
+    let up = start(pki.server.clone(), spec).await;
+    let bundle = CaBundle::load(pki.ca_path.to_str().expect("utf-8")).expect("bundle");
+    (pki, bundle, up)
+}
+
+/// Runs `n` attempts at once; each one's text or error, in the order they were started.
+async fn concurrently(
+    client: &UpstreamClient,
+    port: u16,
+    bundle: &CaBundle,
+    n: usize,
+) -> Vec<Result<String, String>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, bundle) = (client.clone(), bundle.clone());
+            tokio::spawn(async move {
+                call(&client, port, Some(&bundle))
+                    .await
+                    .map_err(|e| format!("{e:?}"))
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("attempt task"));
+    }
+    results
+}
+
+#[tokio::test]
+async fn concurrent_attempts_share_one_http2_connection_as_streams() {
+    let answer = Answer::Sse {
+        chunks: 3,
+        together: 8,
+    };
+    let (_pki, bundle, up) = setup("h2-shared", Spec::new(Offer::H2AndHttp1, vec![answer])).await;
+    let client = client(8);
+    // The upstream answers none of them before all 8 are in flight.
+    let results = concurrently(&client, up.port, &bundle, 8).await;
+    assert_eq!(results, vec![Ok("c0c1c2".to_string()); 8]);
+    assert_eq!(up.accepted(), 1, "eight attempts, one TCP connection");
+    assert_eq!(up.protocols().await, vec!["h2"]);
+    until("the streams' ends are read", || idle(&client) == 1).await;
+    assert_eq!(client.pool().leased(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_offering_only_http1_gets_http1_keep_alive() {
+    let answer = Answer::Sse {
+        chunks: 2,
+        together: 3,
+    };
+    let (_pki, bundle, up) = setup("h1-only", Spec::new(Offer::Http1Only, vec![answer])).await;
+    let client = client(8);
+    // Concurrent attempts each need a connection of their own...
+    let results = concurrently(&client, up.port, &bundle, 3).await;
+    assert_eq!(results, vec![Ok("c0c1".to_string()); 3]);
+    assert_eq!(up.accepted(), 3);
+    until("the three are kept", || idle(&client) == 3).await;
+    // ...and are kept for the next ones.
+    let results = concurrently(&client, up.port, &bundle, 3).await;
+    assert_eq!(results, vec![Ok("c0c1".to_string()); 3]);
+    assert_eq!(up.accepted(), 3);
+    assert_eq!(up.protocols().await, vec!["http/1.1"; 3]);
+}
+
+#[tokio::test]
+async fn with_http2_turned_off_an_h2_upstream_is_spoken_http1() {
+    let answer = Answer::Sse {
+        chunks: 1,
+        together: 2,
+    };
+    let (_pki, bundle, up) = setup("h2-off", Spec::new(Offer::H2AndHttp1, vec![answer])).await;
+    let client = client_with(PoolLimits {
+        max_idle_per_host: 8,
+        idle_timeout: Duration::from_secs(30),
+        max_http2_streams: 0,
+    });
+    let results = concurrently(&client, up.port, &bundle, 2).await;
+    assert_eq!(results, vec![Ok("c0".to_string()); 2]);
+    assert_eq!(up.protocols().await, vec!["http/1.1"; 2]);
+}
+
+/// With at most 2 streams per connection (the server's setting, or ours), 4 concurrent
+/// attempts need 2 connections; the upstream answers none before all 4 are in flight.
+async fn four_streams_at_two_per_connection(name: &str, server: Option<u32>, ours: usize) {
+    let answer = Answer::Sse {
+        chunks: 1,
+        together: 4,
+    };
+    let mut spec = Spec::new(Offer::H2AndHttp1, vec![Answer::Json, answer]);
+    spec.max_streams = server;
+    let (_pki, bundle, up) = setup(name, spec).await;
+    let client = client_with(PoolLimits {
+        max_idle_per_host: 8,
+        idle_timeout: Duration::from_secs(30),
+        max_http2_streams: ours,
+    });
+    // The first answer brings the server's SETTINGS.
+    call(&client, up.port, Some(&bundle)).await.expect("first");
+    let results = concurrently(&client, up.port, &bundle, 4).await;
+    assert_eq!(results, vec![Ok("c0".to_string()); 4]);
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_connection_full_by_the_servers_stream_limit_opens_another() {
+    four_streams_at_two_per_connection("h2-server-limit", Some(2), 100).await;
+}
+
+#[tokio::test]
+async fn a_connection_full_by_our_stream_limit_opens_another() {
+    four_streams_at_two_per_connection("h2-our-limit", None, 2).await;
+}
+
+#[tokio::test]
+async fn streams_left_unread_do_not_hold_back_the_others_on_their_connection() {
+    // Six attempts whose upstream sends 2 MiB each, none of it read yet (their clients are
+    // slow, say), then one more on the same connection: its answer must still flow. The
+    // unread bytes are what the upstream may send before a read, per stream and per
+    // connection (HTTP/2 flow control); hyper's defaults (2 MiB per stream, 5 MiB per
+    // connection) would let three unread streams stall every other one.
+    let flood = Answer::FloodMib(2);
+    let mut answers = vec![flood; 6];
+    answers.push(Answer::Json);
+    let (_pki, bundle, up) = setup("h2-windows", Spec::new(Offer::H2AndHttp1, answers)).await;
+    let client = client(8);
+    let api_base = format!("https://localhost:{}/v1", up.port);
+    let mut unread = Vec::new();
+    for _ in 0..6 {
+        let stream = attempts::open(&client, &api_base, Some(&bundle))
+            .await
+            .expect("opened");
+        unread.push(stream);
+    }
+    until("5 MiB sent and left unread", || {
+        up.seen.flooded.load(Ordering::SeqCst) >= 5 << 20
+    })
+    .await;
+    let text = call(&client, up.port, Some(&bundle)).await.expect("served");
+    assert_eq!(text, "over tls");
+    assert_eq!(up.accepted(), 1, "all seven on one connection");
+    drop(unread);
+}
+
+#[tokio::test]
+async fn an_abandoned_stream_is_reset_and_its_connection_serves_the_next_attempt() {
+    let answers = vec![Answer::StallAfterOneChunk, Answer::Json];
+    let (_pki, bundle, up) = setup("h2-abandon", Spec::new(Offer::H2AndHttp1, answers)).await;
+    let client = client(8);
+    let api_base = format!("https://localhost:{}/v1", up.port);
+    let mut stream = attempts::open(&client, &api_base, Some(&bundle))
+        .await
+        .expect("opened");
+    assert!(stream.next().await.expect("a chunk").is_some());
+    assert_eq!(client.pool().leased(), 1);
+    drop(stream);
+    until("the upstream saw the stream reset", || up.cancelled() == 1).await;
+    assert_eq!(client.pool().leased(), 0);
+    assert_eq!(idle(&client), 1, "the connection stays");
+    let text = call(&client, up.port, Some(&bundle)).await.expect("served");
+    assert_eq!(text, "over tls");
+    assert_eq!(up.accepted(), 1, "the next attempt reused it");
+    assert_eq!(up.closed(), 0);
+}
+
+/// The upstream ends its idle HTTP/2 connection (`how`); the next attempt gets a new one.
+async fn an_idle_connection_ended_by_the_upstream_is_replaced(name: &str, how: Close) {
+    let (_pki, bundle, up) = setup(name, Spec::new(Offer::H2AndHttp1, vec![Answer::Json])).await;
+    let client = client(8);
+    call(&client, up.port, Some(&bundle)).await.expect("first");
+    up.close_all(how);
+    until("the upstream ended the connection", || up.closed() == 1).await;
+    until("the pool saw it end", || idle(&client) == 0).await;
+    up.close_all(Close::Keep);
+    let text = call(&client, up.port, Some(&bundle)).await.expect("second");
+    assert_eq!(text, "over tls");
+    assert_eq!(up.accepted(), 2);
+    assert_eq!(up.protocols().await, vec!["h2"; 2]);
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_ended_by_goaway_is_replaced() {
+    an_idle_connection_ended_by_the_upstream_is_replaced("h2-goaway", Close::GoAway).await;
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_dropped_by_the_upstream_is_replaced() {
+    an_idle_connection_ended_by_the_upstream_is_replaced("h2-drop", Close::Drop).await;
+}
+
+#[tokio::test]
+async fn a_stream_reset_mid_answer_fails_the_attempt_and_is_not_sent_again() {
+    let answers = vec![Answer::ResetAfterOneChunk, Answer::Json];
+    let (_pki, bundle, up) = setup("h2-reset", Spec::new(Offer::H2AndHttp1, answers)).await;
+    let client = client(8);
+    let err = call(&client, up.port, Some(&bundle))
+        .await
+        .expect_err("the stream was reset");
+    assert!(
+        matches!(err, UpstreamError::Transport(TransportFault::Reset, _)),
+        "{err:?}"
+    );
+    assert_eq!(up.requests(), 1, "the request was not sent again");
+    // Only the stream failed: its connection serves the next attempt.
+    let text = call(&client, up.port, Some(&bundle)).await.expect("served");
+    assert_eq!(text, "over tls");
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let (_pki, bundle, up) =
+        setup("h2-idle", Spec::new(Offer::H2AndHttp1, vec![Answer::Json])).await;
+    let idle_timeout = Duration::from_secs(30);
+    let client = client_with(PoolLimits {
+        max_idle_per_host: 8,
+        idle_timeout,
+        max_http2_streams: 100,
+    });
+    call(&client, up.port, Some(&bundle)).await.expect("served");
+    assert_eq!(idle(&client), 1);
+    assert_eq!(up.protocols().await, vec!["h2"]);
+    // The clock jumps past the idle timeout; the pool's reaper is the only timer due.
+    tokio::time::pause();
+    tokio::time::advance(idle_timeout).await;
+    tokio::time::resume();
+    until("the idle connection was closed", || up.closed() == 1).await;
+    assert_eq!(idle(&client), 0);
+}
+
+/// An h2 upstream (the h2 crate's server) that ends the first stream of its first
+/// connection with RST_STREAM(`first`) before answering, and answers every other request.
+async fn resetting_upstream(config: Arc<ServerConfig>, first: h2::Reason) -> Upstream {
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(Seen::default());
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let nth = s.accepted.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, seen) = (acceptor.clone(), s.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let n = seen.requests.fetch_add(1, Ordering::SeqCst);
+                    if nth == 0 && n == 0 {
+                        respond.send_reset(first);
+                        continue;
+                    }
+                    let head = http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(())
+                        .expect("head");
+                    if let Ok(mut body) = respond.send_response(head, false) {
+                        let _ = body.send_data(Bytes::from_static(ANSWER.as_bytes()), true);
+                    }
+                }
+                seen.closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Upstream {
+        port,
+        seen,
+        close: tokio::sync::watch::channel(Close::Keep).0,
+    }
+}
+
+#[tokio::test]
+async fn a_refused_stream_goes_again_on_a_new_connection() {
+    let pki = pki("h2-refused");
+    let up = resetting_upstream(pki.server.clone(), h2::Reason::REFUSED_STREAM).await;
+    let bundle = CaBundle::load(pki.ca_path.to_str().expect("utf-8")).expect("bundle");
+    let client = client(8);
+    let text = call(&client, up.port, Some(&bundle)).await.expect("served");
+    assert_eq!(text, "over tls");
+    assert_eq!(up.requests(), 2, "refused, then sent again");
+    assert_eq!(up.accepted(), 2, "on a new connection");
+}
+
+#[tokio::test]
+async fn a_stream_reset_before_its_answer_for_another_reason_is_not_sent_again() {
+    let pki = pki("h2-reset-early");
+    let up = resetting_upstream(pki.server.clone(), h2::Reason::INTERNAL_ERROR).await;
+    let bundle = CaBundle::load(pki.ca_path.to_str().expect("utf-8")).expect("bundle");
+    let client = client(8);
+    let err = call(&client, up.port, Some(&bundle))
+        .await
+        .expect_err("the stream was reset");
+    assert!(
+        matches!(err, UpstreamError::Transport(TransportFault::Reset, _)),
+        "{err:?}"
+    );
+    assert_eq!(up.requests(), 1, "the request was not sent again");
+    assert_eq!(up.accepted(), 1);
 }
 
 /// What loading a config whose one deployment has `ssl_verify: <value>` reports.
@@ -195,6 +746,24 @@ fn problems(value: &str) -> String {
         Ok(_) => String::new(),
         Err(e) => e.to_string(),
     }
+}
+
+#[test]
+fn the_http2_stream_limit_is_checked_at_load() {
+    let load = |value: &str| {
+        let yaml = format!(
+            "allow_anonymous: true\nlimits: {{max_streams_per_upstream_http2_connection: {value}}}\nmodel_list:\n  - model_name: a\n    litellm_params: {{model: openai/m, api_base: \"https://localhost:1/v1\"}}\n"
+        );
+        GatewayConfig::load("test.yaml", &yaml).map(|c| c.limits.upstream_pool())
+    };
+    let off = load("0").expect("0 turns HTTP/2 off");
+    assert_eq!(off.max_http2_streams, 0);
+    assert_eq!(load("250").expect("valid").max_http2_streams, 250);
+    let err = load("2000000").expect_err("over the bound").to_string();
+    assert!(
+        err.contains("`max_streams_per_upstream_http2_connection` = 2000000 is out of range"),
+        "{err}"
+    );
 }
 
 #[test]

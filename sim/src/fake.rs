@@ -31,7 +31,7 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use switchback::transport::Listener;
+use switchback::transport::{Accepted, Listener};
 use tokio::sync::mpsc;
 
 use crate::dialect::Reply;
@@ -145,7 +145,7 @@ impl Fake {
     /// Serves connections from `listener` forever.
     pub async fn serve<L: Listener>(self: Arc<Self>, mut listener: L) {
         loop {
-            let Ok((io, _)) = listener.accept().await else {
+            let Ok(Accepted { io, http2, .. }) = listener.accept_negotiated().await else {
                 continue;
             };
             let fake = self.clone();
@@ -159,6 +159,15 @@ impl Fake {
                     let fake = svc_fake.clone();
                     async move { Ok::<_, Infallible>(fake.handle(req).await) }
                 });
+                if http2 {
+                    // Only behind TLS (the benchmark's https variant), which never closes
+                    // idle connections itself: `keep_alive_ms` is an HTTP/1.1 setting.
+                    let builder = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = builder.serve_connection(TokioIo::new(io), service).await;
+                    return;
+                }
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 match fake.spec.keep_alive_ms {
                     Some(0) => {

@@ -3,14 +3,16 @@
 //! Owns: [`ThrowawayPki`], a CA and a `localhost` certificate it signs, made by rcgen when
 //! the benchmark starts and never kept (the gateway is told to trust the CA through a
 //! deployment's `ssl_verify: <path>`), and [`TlsListener`], which completes the TLS
-//! handshake of each accepted connection before the fake serves it. Does not own what the
-//! fake answers (`fake`).
+//! handshake of each accepted connection before the fake serves it. ALPN offers `h2` and
+//! `http/1.1`, as an https provider does; the listener says which one the client picked, so
+//! the fake serves the gateway's HTTP/2 (the gateway's default) or HTTP/1.1. Does not own
+//! what the fake answers (`fake`).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use switchback::transport::{BoxFuture, BoxIo, Listener};
+use switchback::transport::{Accepted, BoxFuture, BoxIo, Listener};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{ServerConfig, crypto};
@@ -35,7 +37,7 @@ impl ThrowawayPki {
         let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
             .and_then(|p| p.signed_by(&leaf_key, &issuer))
             .map_err(|e| fail("server certificate", &e))?;
-        let server =
+        let mut server =
             ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .map_err(|e| fail("protocol versions", &e))?
@@ -45,6 +47,7 @@ impl ThrowawayPki {
                     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
                 )
                 .map_err(|e| fail("server config", &e))?;
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ThrowawayPki {
             ca_pem: ca.pem(),
             server: Arc::new(server),
@@ -72,11 +75,23 @@ impl TlsListener {
 impl Listener for TlsListener {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, SocketAddr)>> {
         Box::pin(async move {
+            let accepted = self.accept_negotiated().await?;
+            Ok((accepted.io, accepted.peer))
+        })
+    }
+
+    fn accept_negotiated(&mut self) -> BoxFuture<'_, io::Result<Accepted>> {
+        Box::pin(async move {
             loop {
                 let (tcp, peer) = self.inner.accept().await?;
                 tcp.set_nodelay(true)?;
                 if let Ok(tls) = self.acceptor.accept(tcp).await {
-                    return Ok((Box::new(tls) as BoxIo, peer));
+                    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                    return Ok(Accepted {
+                        io: Box::new(tls) as BoxIo,
+                        peer,
+                        http2,
+                    });
                 }
             }
         })

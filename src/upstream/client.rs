@@ -4,12 +4,14 @@
 //! four timeouts (first byte, first chunk, idle gap, whole attempt), reading an error body,
 //! reading SSE incrementally (or a whole JSON body from an upstream that ignored `stream`),
 //! and naming what went wrong as an [`UpstreamError`]. An attempt takes a kept connection
-//! from the [`Pool`] or opens one; it is kept again only when its response was read to the
-//! end, so an abandoned attempt closes its socket and never leaves a half-read connection.
-//! A kept connection found closed before the request was written is replaced transparently;
-//! a request that may have reached the upstream is never re-sent here. Does not own what a
-//! failure means for routing (`classify`, `attempt`) nor how long connections are kept
-//! (`pool`).
+//! from the [`Pool`] or opens one (HTTP/2 when an `https` upstream picks `h2` by ALPN,
+//! HTTP/1.1 otherwise); an HTTP/1.1 one is kept again only when its response was read to the
+//! end, so an abandoned attempt closes its socket and never leaves a half-read connection,
+//! while an abandoned HTTP/2 stream is reset and its connection serves others. A kept
+//! connection found closed before the request was written is replaced transparently, and a
+//! request an HTTP/2 server refused unprocessed goes once more on a new connection; a request
+//! that may have reached the upstream is never re-sent here. Does not own what a failure
+//! means for routing (`classify`, `attempt`) nor how long connections are kept (`pool`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,21 +21,26 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 
 use crate::classify::{Failure, FailureClass, Signal, TimeoutKind, TransportFault, classify};
 use crate::limits::LimitExceeded;
-use crate::transport::Connector;
+use crate::transport::{BoxIo, Connector};
 use crate::upstream::Endpoint;
 use crate::upstream::chunk::{self, Chunk, ChunkError, ChunkLimits, Payload};
-use crate::upstream::pool::{Conn, Lease, Pool, PoolKey};
+use crate::upstream::pool::{Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey};
 use crate::upstream::sse::{SseEvent, SseParser};
 use crate::upstream::tls::CaBundle;
 
 /// Header carrying the gateway's request number to upstreams.
 pub const REQUEST_ID_HEADER: &str = "x-switchback-request-id";
+
+/// Times one request is sent again after an HTTP/2 upstream proved it did not process it
+/// (a refused stream, a GOAWAY below it). Once is enough for a server going away; a server
+/// refusing a fresh connection's first stream is overloaded, and the attempt fails.
+pub const MAX_UNPROCESSED_RESENDS: usize = 1;
 
 /// Largest upstream error body read (the rest is ignored): enough for any error message.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -137,7 +144,7 @@ pub struct ClientLimits {
 pub struct UpstreamClient {
     connector: Arc<dyn Connector>,
     limits: ClientLimits,
-    tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    tls: crate::upstream::tls::TrustConfig,
     pool: Pool,
 }
 
@@ -247,26 +254,36 @@ impl UpstreamClient {
         // Pooled connections tried for this request: each one found closed is dropped, so
         // the bound only matters if other attempts keep returning stale ones.
         let mut stale = 0;
+        // An attempt waits at most once for a connection another one is opening.
+        let mut may_wait = true;
+        // Requests the server proved it did not process (HTTP/2 only), sent again; once one
+        // was, the request goes on a connection of its own.
+        let mut unprocessed = 0;
         loop {
-            let pooled = if stale <= self.pool.limits().max_idle_per_host {
-                self.pool.take(&key)
+            let checkout = if stale <= self.pool.limits().max_idle_per_host && unprocessed == 0 {
+                self.pool.checkout(&key, may_wait)
             } else {
-                None
+                Checkout::Open(None)
             };
-            let mut lease = match pooled {
-                Some(conn) => self.pool.lease(key.clone(), conn, true),
-                None => {
+            let mut lease = match checkout {
+                Checkout::Kept(lease) => lease,
+                Checkout::Wait(opened) => {
+                    opened.await;
+                    may_wait = false;
+                    continue;
+                }
+                Checkout::Open(dial) => {
                     let conn = self.connect(endpoint, call.ca_bundle).await?;
-                    self.pool.lease(key.clone(), conn, false)
+                    self.pool.lease_new(key.clone(), conn, dial)
                 }
             };
             // A kept connection is ready once hyper's driver has seen the end of its last
             // response; an error here means the upstream closed it while it was idle.
-            if lease.reused() && lease.sender().ready().await.is_err() {
+            if lease.reused() && lease.ready().await.is_err() {
                 stale += 1;
                 continue;
             }
-            match lease.sender().try_send_request(request).await {
+            match lease.try_send(request).await {
                 Ok(response) => return Ok((response, lease)),
                 Err(mut e) => match e.take_message() {
                     // hyper gives the request back only when no byte of it was written:
@@ -278,9 +295,20 @@ impl UpstreamClient {
                         request = unsent;
                     }
                     _ => {
+                        let error = e.into_error();
+                        // HTTP/2 says when the server did not process a stream (RFC 9113
+                        // §8.7): it may go again, on another connection.
+                        if lease.is_http2()
+                            && unprocessed < MAX_UNPROCESSED_RESENDS
+                            && never_processed(&error)
+                        {
+                            unprocessed += 1;
+                            request = build_request(call)?;
+                            continue;
+                        }
                         return Err(UpstreamError::Transport(
                             TransportFault::Reset,
-                            e.into_error().to_string(),
+                            error.to_string(),
                         ));
                     }
                 },
@@ -288,13 +316,14 @@ impl UpstreamClient {
         }
     }
 
-    /// Opens a new connection to `endpoint`: TCP through the connector, TLS for https, and
-    /// the HTTP/1.1 handshake, with the task that drives it.
+    /// Opens a new connection to `endpoint`: TCP through the connector, TLS for https
+    /// (whose ALPN decides between HTTP/2 and HTTP/1.1), and hyper's handshake, with the
+    /// task that drives it.
     async fn connect(
         &self,
         endpoint: &Endpoint,
         ca_bundle: Option<&CaBundle>,
-    ) -> Result<Conn, UpstreamError> {
+    ) -> Result<NewConn, UpstreamError> {
         let io = self
             .connector
             .connect(&endpoint.host, endpoint.port)
@@ -309,28 +338,106 @@ impl UpstreamClient {
                 };
                 UpstreamError::Transport(fault, format!("{}: {e}", endpoint.authority()))
             })?;
-        let io = if endpoint.tls {
-            let tls = ca_bundle.map_or(&self.tls, |b| &b.config);
-            crate::upstream::tls::wrap(tls, &endpoint.host, io)
-                .await
-                .map_err(|e| {
-                    let detail = format!("{}: TLS: {e}", endpoint.authority());
-                    UpstreamError::Transport(TransportFault::Tls, detail)
-                })?
+        let (io, http2) = if endpoint.tls {
+            let trust = ca_bundle.map_or(&self.tls, |b| &b.config);
+            let wrapped = crate::upstream::tls::wrap(
+                trust.alpn(self.pool.offers_http2()),
+                &endpoint.host,
+                io,
+            )
+            .await
+            .map_err(|e| {
+                let detail = format!("{}: TLS: {e}", endpoint.authority());
+                UpstreamError::Transport(TransportFault::Tls, detail)
+            })?;
+            (wrapped.io, wrapped.http2)
         } else {
-            io
+            (io, false)
         };
+        let handshake_failed = |e: hyper::Error| {
+            UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string())
+        };
+        if http2 {
+            return connect_http2(io, self.pool.limits().max_http2_streams)
+                .await
+                .map_err(handshake_failed);
+        }
         let (sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io))
                 .await
-                .map_err(|e| {
-                    UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string())
-                })?;
+                .map_err(handshake_failed)?;
         let task = tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Conn::new(sender, task))
+        Ok(NewConn::Http1(Conn::new(sender, task)))
     }
+}
+
+/// Bytes an HTTP/2 upstream may send on one stream ahead of the gateway reading them (its
+/// flow-control window): enough for a whole typical answer, and for 20 MB/s per stream at
+/// 50 ms of round trip.
+const HTTP2_STREAM_WINDOW: u32 = 1 << 20;
+
+/// The connection's window: room for every stream's window at once, so that streams whose
+/// clients read slowly cannot stall the others on the connection (with hyper's default of
+/// 5 MiB, three unread streams would). It bounds memory too: at most `max_streams` full
+/// windows are ever held unread.
+fn http2_connection_window(max_streams: usize) -> u32 {
+    // HTTP/2 windows are at most 2^31 - 1 (RFC 9113 §6.9.1).
+    const MAX_WINDOW: u64 = (1 << 31) - 1;
+    let all = u64::from(HTTP2_STREAM_WINDOW).saturating_mul(max_streams.max(1) as u64);
+    u32::try_from(all.min(MAX_WINDOW)).expect("at most 2^31 - 1")
+}
+
+/// hyper's HTTP/2 handshake over a TLS connection whose server picked `h2`, and the task
+/// that dispatches its requests (hyper drives the socket itself, in a task it spawns).
+async fn connect_http2(io: BoxIo, max_streams: usize) -> Result<NewConn, hyper::Error> {
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(http2_connection_window(max_streams))
+        .handshake::<_, Full<Bytes>>(TokioIo::new(io))
+        .await?;
+    // The dispatcher is shared with the pool, which reads the server's current
+    // SETTINGS_MAX_CONCURRENT_STREAMS from it when it decides whether the connection has
+    // room for one more stream (hyper would queue that stream until one ends). It is
+    // dropped as soon as it ends, which is what marks the connection closed.
+    let conn = Arc::new(std::sync::Mutex::new(Some(Box::pin(conn))));
+    let polled = conn.clone();
+    let task = tokio::spawn(std::future::poll_fn(move |cx| {
+        // Only a panic inside hyper's poll could poison the lock (and a panic ends the
+        // process in release).
+        let mut slot = polled.lock().expect("HTTP/2 dispatcher lock poisoned");
+        let Some(conn) = slot.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        let ended = conn.as_mut().poll(cx).is_ready();
+        if ended {
+            *slot = None;
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }));
+    let server_limit = Box::new(move || {
+        // (See above for the lock.)
+        conn.lock()
+            .expect("HTTP/2 dispatcher lock poisoned")
+            .as_ref()
+            .map_or(0, |conn| conn.current_max_send_streams())
+    });
+    Ok(NewConn::Http2(Http2Conn::new(sender, server_limit, task)))
+}
+
+/// Whether an HTTP/2 request failed in a way that proves the server did not process it:
+/// it refused the stream (REFUSED_STREAM) or was going away before reaching it (a GOAWAY
+/// whose last stream id is below it, or any request sent after one). A stream reset for
+/// any other reason, or a connection lost, may have been processed.
+fn never_processed(error: &hyper::Error) -> bool {
+    let Some(h2) = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>())
+    else {
+        return false;
+    };
+    h2.is_remote()
+        && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
 /// The upstream request of one call.

@@ -1,13 +1,20 @@
-//! The upstream connection pool: idle HTTP/1.1 keep-alive connections, per (scheme, host,
-//! port), bounded in number and in idle time.
+//! The upstream connection pool: idle HTTP/1.1 keep-alive connections, and HTTP/2
+//! connections shared as streams, per (scheme, host, port), bounded in number and in idle
+//! time.
 //!
-//! Owns: keeping a connection whose last response was read to its end, handing it to the
-//! next attempt to the same upstream (most recently used first), closing it when it has been
-//! idle for `upstream_pool_idle_timeout` or when the pool for its host is full, and counting
-//! what it holds so the simulation can check that nothing else is left open. Does not own
-//! opening connections (`client`, through the [`Connector`](crate::transport::Connector)
-//! seam) nor deciding whether a failed send may be re-sent (`client`: only when hyper hands
-//! the request back unwritten).
+//! Owns: keeping an HTTP/1.1 connection whose last response was read to its end, handing it
+//! to the next attempt to the same upstream (most recently used first); sharing an HTTP/2
+//! connection (`https` only, negotiated by ALPN in `client`) among concurrent attempts, one
+//! stream each, up to the lower of its server's `SETTINGS_MAX_CONCURRENT_STREAMS` and
+//! [`PoolLimits::max_http2_streams`], a full one making the next attempt open another;
+//! making attempts that arrive while a connection to an `https` upstream is being opened
+//! wait for it, so that a burst opens one HTTP/2 connection, not one each; closing a
+//! connection when it has been idle for `upstream_pool_idle_timeout` or when the pool for
+//! its host is full; and counting what it holds so the simulation can check that nothing
+//! else is left open. Does not own opening connections (`client`, through the
+//! [`Connector`](crate::transport::Connector) seam) nor deciding whether a failed send may
+//! be re-sent (`client`: only when hyper hands the request back unwritten, or an HTTP/2
+//! server proves it did not process it).
 //!
 //! Why not hyper-util's pooled client: its checkout races an idle connection against a new
 //! connect started in the background, so which connection a request gets, and how many are
@@ -15,13 +22,17 @@
 //! streaming and non-streaming paths); it does not say what it holds (the simulation's
 //! "nothing else is open" invariant needs the exact idle count); and it wants a `Uri`
 //! connector where ours speaks host and port. This pool is small because hyper's
-//! `http1::SendRequest` already does the hard part: it knows when a connection is closed
-//! and gives a request back when it was never written.
+//! `SendRequest` already does the hard part: it knows when a connection is closed, gives a
+//! request back when it was never written, and (HTTP/2) queues a stream the server has no
+//! room for yet.
 //!
-//! A connection goes back only from a [`Lease`] marked [`Lease::reusable`]: its response was
-//! read to the end of its body. Any other end (a client gone, a timeout, a failure
-//! mid-stream, a body over its limit) drops the connection, which closes the socket, so a
-//! half-read connection can never serve the next request.
+//! An HTTP/1.1 connection goes back only from a [`Lease`] marked [`Lease::reusable`]: its
+//! response was read to the end of its body. Any other end (a client gone, a timeout, a
+//! failure mid-stream, a body over its limit) drops the connection, which closes the socket,
+//! so a half-read connection can never serve the next request. An HTTP/2 connection stays
+//! whatever happens to one stream: hyper resets a stream whose response is dropped unread,
+//! and the connection's other streams go on. It leaves the pool once it is closed (it
+//! failed, or its server sent GOAWAY or hung up) and carries no stream.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,8 +40,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::Full;
-use hyper::client::conn::http1;
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
 /// Where idle connections are kept apart: connections are only ever reused for the same
@@ -46,16 +61,21 @@ pub struct PoolKey {
 }
 
 /// Bounds of the pool (`limits.max_idle_upstream_connections_per_host`,
-/// `limits.upstream_pool_idle_timeout`).
+/// `limits.upstream_pool_idle_timeout`, `limits.max_streams_per_upstream_http2_connection`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolLimits {
-    /// Idle connections kept per (scheme, host, port); 0 turns pooling off.
+    /// Idle connections kept per (scheme, host, port); 0 turns pooling off (an HTTP/2
+    /// connection then carries one attempt only, like an HTTP/1.1 one).
     pub max_idle_per_host: usize,
     /// How long a connection may stay idle before it is closed.
     pub idle_timeout: Duration,
+    /// Streams one HTTP/2 connection carries at once (fewer if its server says so); 0 turns
+    /// HTTP/2 off.
+    pub max_http2_streams: usize,
 }
 
-/// One open upstream connection: the sender of its requests and the task that drives it.
+/// One open HTTP/1.1 upstream connection: the sender of its requests and the task that
+/// drives it.
 pub(crate) struct Conn {
     pub(crate) sender: http1::SendRequest<Full<Bytes>>,
     /// Aborting the task drops the socket.
@@ -77,17 +97,106 @@ impl Drop for Conn {
     }
 }
 
+/// How many streams an HTTP/2 connection's server allows at once right now (its latest
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub(crate) type ServerStreamLimit = Box<dyn Fn() -> usize + Send + Sync>;
+
+/// One open HTTP/2 upstream connection, shared by the attempts whose streams it carries.
+pub(crate) struct Http2Conn {
+    sender: http2::SendRequest<Full<Bytes>>,
+    server_limit: ServerStreamLimit,
+    /// Aborting the task ends hyper's request dispatch; the connection then closes as soon
+    /// as no stream of it is left (hyper drives the socket in a task of its own).
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Http2Conn {
+    pub(crate) fn new(
+        sender: http2::SendRequest<Full<Bytes>>,
+        server_limit: ServerStreamLimit,
+        task: tokio::task::JoinHandle<()>,
+    ) -> Http2Conn {
+        Http2Conn {
+            sender,
+            server_limit,
+            task,
+        }
+    }
+
+    /// Streams it may carry at once: ours or its server's limit, whichever is lower.
+    fn capacity(&self, ours: usize) -> usize {
+        ours.min((self.server_limit)())
+    }
+}
+
+impl Drop for Http2Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection just opened, in the version its server chose.
+pub(crate) enum NewConn {
+    Http1(Conn),
+    Http2(Http2Conn),
+}
+
 struct Idle {
     conn: Conn,
     since: Instant,
 }
 
+/// An HTTP/2 connection in the pool, busy (carrying `streams`) or idle.
+struct Shared {
+    conn: Arc<Http2Conn>,
+    id: u64,
+    streams: usize,
+    /// When its last stream ended (meaningful when `streams` is 0).
+    since: Instant,
+}
+
+impl Shared {
+    fn is_idle(&self) -> bool {
+        self.streams == 0
+    }
+}
+
+/// The HTTP/2 side of one `https` upstream.
+#[derive(Default)]
+struct Http2Host {
+    /// Oldest first: new streams go to the oldest connection with room, so that spare
+    /// ones fall idle and expire.
+    conns: Vec<Shared>,
+    /// An attempt is opening a connection that may turn out HTTP/2: attempts arriving
+    /// meanwhile wait for it rather than each opening their own.
+    dialing: Option<Arc<Notify>>,
+    /// The last connection opened to it was HTTP/1.1: nobody waits for a dial.
+    speaks_http1: bool,
+}
+
+impl Http2Host {
+    fn idle(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| c.is_idle() && !c.conn.sender.is_closed())
+            .count()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.conns.is_empty() && self.dialing.is_none() && !self.speaks_http1
+    }
+}
+
 #[derive(Default)]
 struct State {
-    /// Idle connections per key, least recently used first.
+    /// Idle HTTP/1.1 connections per key, least recently used first.
     idle: BTreeMap<PoolKey, Vec<Idle>>,
+    /// HTTP/2 connections per key (`https` only).
+    http2: BTreeMap<PoolKey, Http2Host>,
     /// Whether a task is closing idle connections as they expire.
     reaper: bool,
+    /// The id of the next HTTP/2 connection.
+    next_id: u64,
 }
 
 /// The pool one engine (and its reloaded successors with the same limits) shares.
@@ -95,8 +204,46 @@ struct State {
 pub struct Pool {
     state: Arc<Mutex<State>>,
     limits: PoolLimits,
-    /// Connections lent to attempts right now.
+    /// Connections lent to attempts right now (an HTTP/2 connection counts once, however
+    /// many streams it carries).
     leased: Arc<AtomicUsize>,
+}
+
+/// What an attempt does to get a connection.
+pub(crate) enum Checkout {
+    /// A kept HTTP/1.1 connection, or a stream on an open HTTP/2 one.
+    Kept(Lease),
+    /// Another attempt is opening a connection to this upstream that may be HTTP/2: wait
+    /// until it is open (or failed), then check out again.
+    Wait(OwnedNotified),
+    /// Open a new connection; with a [`Dial`] guard, attempts arriving meanwhile wait for
+    /// it.
+    Open(Option<Dial>),
+}
+
+/// This attempt is opening the connection others wait for; dropping it (the connection
+/// is in the pool, or it failed, or the attempt was abandoned) wakes them.
+pub(crate) struct Dial {
+    pool: Pool,
+    key: PoolKey,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Dial {
+    fn drop(&mut self) {
+        {
+            let mut state = self.pool.lock();
+            if let Some(host) = state.http2.get_mut(&self.key)
+                && host
+                    .dialing
+                    .as_ref()
+                    .is_some_and(|n| Arc::ptr_eq(n, &self.notify))
+            {
+                host.dialing = None;
+            }
+        }
+        self.notify.notify_waiters();
+    }
 }
 
 impl Pool {
@@ -112,9 +259,118 @@ impl Pool {
         self.limits
     }
 
-    /// The most recently used idle connection for `key` that is still open and not expired,
-    /// if any; expired and closed ones met on the way are closed.
-    pub(crate) fn take(&self, key: &PoolKey) -> Option<Conn> {
+    /// Whether `https` upstreams are offered HTTP/2.
+    pub fn offers_http2(&self) -> bool {
+        self.limits.max_http2_streams > 0
+    }
+
+    /// A connection for the next request to `key`: a kept HTTP/1.1 one, a stream on an
+    /// HTTP/2 one with room, a connection another attempt is opening (when `may_wait`), or
+    /// a new one.
+    pub(crate) fn checkout(&self, key: &PoolKey, may_wait: bool) -> Checkout {
+        if let Some(conn) = self.take(key) {
+            return Checkout::Kept(self.lease(key.clone(), conn, true));
+        }
+        if !key.tls || self.limits.max_idle_per_host == 0 || !self.offers_http2() {
+            return Checkout::Open(None);
+        }
+        let now = Instant::now();
+        let mut state = self.lock();
+        let host = state.http2.entry(key.clone()).or_default();
+        let closing = self.drop_unusable(host, now);
+        let ours = self.limits.max_http2_streams;
+        let free = host
+            .conns
+            .iter_mut()
+            .find(|c| !c.conn.sender.is_closed() && c.streams < c.conn.capacity(ours));
+        let checkout = if let Some(shared) = free {
+            if shared.is_idle() {
+                self.leased.fetch_add(1, Ordering::SeqCst);
+            }
+            shared.streams += 1;
+            Checkout::Kept(Lease::http2(
+                key.clone(),
+                self.clone(),
+                &shared.conn,
+                Some(shared.id),
+                true,
+            ))
+        } else if let Some(notify) = host.dialing.as_ref() {
+            if may_wait && !host.speaks_http1 {
+                Checkout::Wait(notify.clone().notified_owned())
+            } else {
+                Checkout::Open(None)
+            }
+        } else {
+            let notify = Arc::new(Notify::new());
+            host.dialing = Some(notify.clone());
+            Checkout::Open(Some(Dial {
+                pool: self.clone(),
+                key: key.clone(),
+                notify,
+            }))
+        };
+        drop(state);
+        drop(closing);
+        checkout
+    }
+
+    /// Takes the closed and expired idle HTTP/2 connections out of `host` (to be dropped
+    /// outside the lock).
+    fn drop_unusable(&self, host: &mut Http2Host, now: Instant) -> Vec<Shared> {
+        let timeout = self.limits.idle_timeout;
+        let (gone, kept) = std::mem::take(&mut host.conns).into_iter().partition(|c| {
+            c.is_idle() && (c.conn.sender.is_closed() || now.duration_since(c.since) >= timeout)
+        });
+        host.conns = kept;
+        gone
+    }
+
+    /// Lends a connection just opened to the attempt that opened it. An HTTP/2 one joins
+    /// the pool at once, so that attempts to the same upstream share it; `dial` is dropped
+    /// after that, waking the attempts waiting for it.
+    pub(crate) fn lease_new(&self, key: PoolKey, conn: NewConn, dial: Option<Dial>) -> Lease {
+        match conn {
+            NewConn::Http1(conn) => {
+                if dial.is_some() {
+                    self.lock()
+                        .http2
+                        .entry(key.clone())
+                        .or_default()
+                        .speaks_http1 = true;
+                }
+                drop(dial);
+                self.lease(key, conn, false)
+            }
+            NewConn::Http2(conn) => {
+                let conn = Arc::new(conn);
+                self.leased.fetch_add(1, Ordering::SeqCst);
+                if self.limits.max_idle_per_host == 0 {
+                    return Lease::http2(key, self.clone(), &conn, None, false);
+                }
+                let id = {
+                    let mut state = self.lock();
+                    let id = state.next_id;
+                    state.next_id += 1;
+                    let host = state.http2.entry(key.clone()).or_default();
+                    host.speaks_http1 = false;
+                    host.conns.push(Shared {
+                        conn: conn.clone(),
+                        id,
+                        streams: 1,
+                        since: Instant::now(),
+                    });
+                    id
+                };
+                drop(dial);
+                Lease::http2(key, self.clone(), &conn, Some(id), false)
+            }
+        }
+    }
+
+    /// The most recently used idle HTTP/1.1 connection for `key` that is still open and not
+    /// expired, if any; expired and closed ones met on the way are closed.
+    fn take(&self, key: &PoolKey) -> Option<Conn> {
         let now = Instant::now();
         let mut state = self.lock();
         let list = state.idle.get_mut(key)?;
@@ -136,11 +392,11 @@ impl Pool {
         found
     }
 
-    /// Lends `conn` to an attempt; `reused` says whether it came from the pool.
-    pub(crate) fn lease(&self, key: PoolKey, conn: Conn, reused: bool) -> Lease {
+    /// Lends the HTTP/1.1 `conn` to an attempt; `reused` says whether it came from the pool.
+    fn lease(&self, key: PoolKey, conn: Conn, reused: bool) -> Lease {
         self.leased.fetch_add(1, Ordering::SeqCst);
         Lease {
-            conn: Some(conn),
+            conn: Some(Leased::Http1(conn)),
             key,
             pool: self.clone(),
             reusable: false,
@@ -148,7 +404,8 @@ impl Pool {
         }
     }
 
-    /// Keeps `conn` idle for `key`, unless it is closed or the host's pool is full.
+    /// Keeps the HTTP/1.1 `conn` idle for `key`, unless it is closed or the host's pool is
+    /// full.
     fn put(&self, key: PoolKey, conn: Conn) {
         // Outside a runtime (a lease dropped while the process winds down) nothing could
         // close the connection when it expires: it is not kept.
@@ -178,30 +435,95 @@ impl Pool {
         }
     }
 
+    /// One stream of the shared HTTP/2 connection `id` ended. A connection left with none
+    /// is idle: kept (within the host's bound) until the idle timeout, or closed.
+    fn release_stream(&self, key: &PoolKey, id: u64) {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut closing = None;
+        let start_reaper = {
+            let mut state = self.lock();
+            let idle_http1 = state.idle.get(key).map_or(0, Vec::len);
+            let host = state
+                .http2
+                .get_mut(key)
+                .expect("a shared HTTP/2 connection is in the pool while it has streams");
+            let at = host
+                .conns
+                .iter()
+                .position(|c| c.id == id)
+                .expect("a shared HTTP/2 connection is in the pool while it has streams");
+            let shared = &mut host.conns[at];
+            assert!(shared.streams > 0, "a stream ended twice");
+            shared.streams -= 1;
+            if shared.streams > 0 {
+                return;
+            }
+            self.leased.fetch_sub(1, Ordering::SeqCst);
+            shared.since = Instant::now();
+            // Outside a runtime nothing could close it when it expires: it is not kept.
+            if runtime.is_none()
+                || shared.conn.sender.is_closed()
+                || idle_http1 + host.idle() > self.limits.max_idle_per_host
+            {
+                closing = Some(host.conns.remove(at));
+                if host.is_empty() {
+                    state.http2.remove(key);
+                }
+                false
+            } else {
+                !std::mem::replace(&mut state.reaper, true)
+            }
+        };
+        drop(closing);
+        if start_reaper && let Some(runtime) = runtime {
+            runtime.spawn(reap(Arc::downgrade(&self.state), self.limits.idle_timeout));
+        }
+    }
+
     /// Idle connections held right now and still open, per key. (A connection the upstream
     /// closed while idle stays listed until the next checkout or reap, but its socket is
-    /// already gone.)
+    /// already gone.) An HTTP/2 connection is idle when it carries no stream.
     pub fn idle(&self) -> BTreeMap<PoolKey, usize> {
-        self.lock()
+        let state = self.lock();
+        let mut idle: BTreeMap<PoolKey, usize> = state
             .idle
             .iter()
             .map(|(k, v)| {
                 let open = v.iter().filter(|i| !i.conn.sender.is_closed()).count();
                 (k.clone(), open)
             })
-            .filter(|(_, n)| *n > 0)
-            .collect()
+            .collect();
+        for (key, host) in &state.http2 {
+            *idle.entry(key.clone()).or_default() += host.idle();
+        }
+        idle.retain(|_, n| *n > 0);
+        idle
     }
 
-    /// Connections lent to attempts right now.
+    /// Connections lent to attempts right now (an HTTP/2 connection counts once, however
+    /// many streams it carries).
     pub fn leased(&self) -> usize {
         self.leased.load(Ordering::SeqCst)
     }
 
     /// Closes every idle connection (on shutdown).
     pub fn close_idle(&self) {
-        let idle = std::mem::take(&mut self.lock().idle);
+        let (idle, http2) = {
+            let mut state = self.lock();
+            let idle = std::mem::take(&mut state.idle);
+            let mut http2 = Vec::new();
+            for host in state.http2.values_mut() {
+                let (gone, busy) = std::mem::take(&mut host.conns)
+                    .into_iter()
+                    .partition(Shared::is_idle);
+                host.conns = busy;
+                http2.push(gone);
+            }
+            state.http2.retain(|_, host| !host.is_empty());
+            (idle, http2)
+        };
         drop(idle);
+        drop(http2);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -227,17 +549,29 @@ async fn reap(state: Weak<Mutex<State>>, timeout: Duration) {
                 expired.extend(list.drain(..keep));
             }
             s.idle.retain(|_, list| !list.is_empty());
-            let next = s
-                .idle
+            let mut expired_http2 = Vec::new();
+            for host in s.http2.values_mut() {
+                let (gone, kept) = std::mem::take(&mut host.conns)
+                    .into_iter()
+                    .partition(|c| c.is_idle() && now.duration_since(c.since) >= timeout);
+                host.conns = kept;
+                expired_http2.push(gone);
+            }
+            s.http2.retain(|_, host| !host.is_empty());
+            let oldest_http1 = s.idle.values().filter_map(|l| l.first()).map(|i| i.since);
+            let oldest_http2 = s
+                .http2
                 .values()
-                .filter_map(|l| l.first())
-                .map(|i| i.since)
-                .min();
+                .flat_map(|h| h.conns.iter())
+                .filter(|c| c.is_idle())
+                .map(|c| c.since);
+            let next = oldest_http1.chain(oldest_http2).min();
             if next.is_none() {
                 s.reaper = false;
             }
             drop(s);
             drop(expired);
+            drop(expired_http2);
             next
         };
         match next {
@@ -247,10 +581,24 @@ async fn reap(state: Weak<Mutex<State>>, timeout: Duration) {
     }
 }
 
-/// A connection lent to one attempt. It goes back to the pool when dropped only if the
-/// attempt marked it [`reusable`](Lease::reusable); otherwise it is closed.
+/// What a lease holds.
+enum Leased {
+    Http1(Conn),
+    /// A stream on an HTTP/2 connection: `shared` names it in the pool (none: this attempt
+    /// has it to itself, pooling being off).
+    Http2 {
+        conn: Arc<Http2Conn>,
+        sender: http2::SendRequest<Full<Bytes>>,
+        shared: Option<u64>,
+    },
+}
+
+/// A connection lent to one attempt. An HTTP/1.1 one goes back to the pool when dropped
+/// only if the attempt marked it [`reusable`](Lease::reusable); otherwise it is closed. An
+/// HTTP/2 one stays in the pool whatever happened to this attempt's stream (hyper resets a
+/// stream whose answer is dropped unread), unless the connection itself closed.
 pub(crate) struct Lease {
-    conn: Option<Conn>,
+    conn: Option<Leased>,
     key: PoolKey,
     pool: Pool,
     reusable: bool,
@@ -258,12 +606,52 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    pub(crate) fn sender(&mut self) -> &mut http1::SendRequest<Full<Bytes>> {
-        &mut self
-            .conn
-            .as_mut()
-            .expect("a lease holds its connection")
-            .sender
+    fn http2(
+        key: PoolKey,
+        pool: Pool,
+        conn: &Arc<Http2Conn>,
+        shared: Option<u64>,
+        reused: bool,
+    ) -> Lease {
+        Lease {
+            conn: Some(Leased::Http2 {
+                sender: conn.sender.clone(),
+                conn: conn.clone(),
+                shared,
+            }),
+            key,
+            pool,
+            reusable: false,
+            reused,
+        }
+    }
+
+    fn held(&mut self) -> &mut Leased {
+        self.conn.as_mut().expect("a lease holds its connection")
+    }
+
+    /// Waits until the connection can take a request; an error means it is closed.
+    pub(crate) async fn ready(&mut self) -> hyper::Result<()> {
+        match self.held() {
+            Leased::Http1(conn) => conn.sender.ready().await,
+            Leased::Http2 { sender, .. } => sender.ready().await,
+        }
+    }
+
+    /// Sends `request`; hyper hands it back in the error when none of it was written.
+    pub(crate) async fn try_send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Full<Bytes>>>> {
+        match self.held() {
+            Leased::Http1(conn) => conn.sender.try_send_request(request).await,
+            Leased::Http2 { sender, .. } => sender.try_send_request(request).await,
+        }
+    }
+
+    /// Whether the connection speaks HTTP/2.
+    pub(crate) fn is_http2(&self) -> bool {
+        matches!(self.conn, Some(Leased::Http2 { .. }))
     }
 
     /// Whether the connection came from the pool (a request on it may find it closed).
@@ -283,11 +671,28 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.pool.leased.fetch_sub(1, Ordering::SeqCst);
-        if let Some(conn) = self.conn.take()
-            && self.reusable
-        {
-            self.pool.put(self.key.clone(), conn);
+        match self.conn.take() {
+            Some(Leased::Http1(conn)) => {
+                self.pool.leased.fetch_sub(1, Ordering::SeqCst);
+                if self.reusable {
+                    self.pool.put(self.key.clone(), conn);
+                }
+            }
+            Some(Leased::Http2 {
+                conn,
+                sender,
+                shared,
+            }) => {
+                drop(sender);
+                match shared {
+                    Some(id) => self.pool.release_stream(&self.key, id),
+                    None => {
+                        self.pool.leased.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                drop(conn);
+            }
+            None => {}
         }
     }
 }

@@ -1,8 +1,11 @@
 //! TLS for `https` upstreams: rustls with the Mozilla root store (webpki-roots), or only the
-//! certificates of a deployment's CA bundle (`litellm_params.ssl_verify: /path/ca.pem`),
-//! ALPN `http/1.1`. Each configuration is built once (at config load) and shared, so rustls'
-//! session cache lets later connections to the same upstream resume their TLS session
-//! instead of a full handshake. The simulation only uses `http`.
+//! certificates of a deployment's CA bundle (`litellm_params.ssl_verify: /path/ca.pem`).
+//! ALPN offers `h2` then `http/1.1`, and [`wrap`] says which one the server picked; with
+//! HTTP/2 turned off (`limits.max_streams_per_upstream_http2_connection: 0`) it offers only
+//! `http/1.1`. Each trust is built once (at config load) and shared, so rustls' session
+//! cache lets later connections to the same upstream resume their TLS session instead of a
+//! full handshake; the two ALPN variants of one trust share that cache. The simulation only
+//! uses `http`.
 
 use std::io;
 use std::sync::Arc;
@@ -13,8 +16,30 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
 
 use crate::transport::BoxIo;
 
+/// The ALPN name of HTTP/2 over TLS (RFC 9113 §3.2).
+const ALPN_H2: &[u8] = b"h2";
+const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// One trust's client configurations: offering HTTP/2 and HTTP/1.1, or HTTP/1.1 only.
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    offer_h2: Arc<ClientConfig>,
+    http1_only: Arc<ClientConfig>,
+}
+
+impl TrustConfig {
+    /// The configuration whose ALPN offers HTTP/2 too (`http2`) or only HTTP/1.1.
+    pub fn alpn(&self, http2: bool) -> &Arc<ClientConfig> {
+        if http2 {
+            &self.offer_h2
+        } else {
+            &self.http1_only
+        }
+    }
+}
+
 /// The client TLS configuration every https upstream is reached with by default.
-pub fn client_config() -> Arc<ClientConfig> {
+pub fn client_config() -> TrustConfig {
     let roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -30,7 +55,7 @@ pub const MAX_CA_BUNDLE_BYTES: u64 = 4 * 1024 * 1024;
 pub struct CaBundle {
     /// The path as the config gave it: it names the trust in the connection pool's keys.
     pub path: String,
-    pub config: Arc<ClientConfig>,
+    pub config: TrustConfig,
 }
 
 impl PartialEq for CaBundle {
@@ -80,19 +105,32 @@ impl CaBundle {
     }
 }
 
-fn with_roots(roots: RootCertStore) -> Arc<ClientConfig> {
-    let mut config =
+fn with_roots(roots: RootCertStore) -> TrustConfig {
+    let mut offer_h2 =
         ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("ring supports the default protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    offer_h2.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    // A clone shares the session store (`resumption` holds it behind an `Arc`): a session
+    // got under one ALPN offer resumes under the other.
+    let mut http1_only = offer_h2.clone();
+    http1_only.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    TrustConfig {
+        offer_h2: Arc::new(offer_h2),
+        http1_only: Arc::new(http1_only),
+    }
+}
+
+/// A TLS connection and whether its server picked HTTP/2.
+pub struct Wrapped {
+    pub io: BoxIo,
+    pub http2: bool,
 }
 
 /// Runs the TLS handshake for `host` over an open connection.
-pub async fn wrap(config: &Arc<ClientConfig>, host: &str, io: BoxIo) -> io::Result<BoxIo> {
+pub async fn wrap(config: &Arc<ClientConfig>, host: &str, io: BoxIo) -> io::Result<Wrapped> {
     let name = ServerName::try_from(host.to_string()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -100,5 +138,9 @@ pub async fn wrap(config: &Arc<ClientConfig>, host: &str, io: BoxIo) -> io::Resu
         )
     })?;
     let stream = TlsConnector::from(config.clone()).connect(name, io).await?;
-    Ok(Box::new(stream))
+    let http2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+    Ok(Wrapped {
+        io: Box::new(stream),
+        http2,
+    })
 }
