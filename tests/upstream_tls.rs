@@ -657,9 +657,20 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(idle(&client), 0);
 }
 
-/// An h2 upstream (the h2 crate's server) that ends the first stream of its first
-/// connection with RST_STREAM(`first`) before answering, and answers every other request.
-async fn resetting_upstream(config: Arc<ServerConfig>, first: h2::Reason) -> Upstream {
+/// How an h2 upstream fails the first stream of its first connection, before answering.
+#[derive(Clone, Copy)]
+enum FailFirst {
+    /// RST_STREAM with this reason.
+    Reset(h2::Reason),
+    /// GOAWAY with this error code (its last stream id: the stream, which the server took),
+    /// then the connection closes.
+    GoAway(h2::Reason),
+}
+
+/// An h2 upstream (the h2 crate's server) that fails the first stream of its first
+/// connection as `first` says, and answers every other request.
+async fn resetting_upstream(config: Arc<ServerConfig>, first: impl Into<FailFirst>) -> Upstream {
+    let first = first.into();
     let mut config = (*config).clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -683,10 +694,19 @@ async fn resetting_upstream(config: Arc<ServerConfig>, first: h2::Reason) -> Ups
                 let Ok(mut conn) = h2::server::handshake(tls).await else {
                     return;
                 };
+                // A stream going away with its connection is held, not dropped (dropping it
+                // would reset it first).
+                let mut held = None;
                 while let Some(Ok((_req, mut respond))) = conn.accept().await {
                     let n = seen.requests.fetch_add(1, Ordering::SeqCst);
                     if nth == 0 && n == 0 {
-                        respond.send_reset(first);
+                        match first {
+                            FailFirst::Reset(reason) => respond.send_reset(reason),
+                            FailFirst::GoAway(reason) => {
+                                conn.abrupt_shutdown(reason);
+                                held = Some(respond);
+                            }
+                        }
                         continue;
                     }
                     let head = http::Response::builder()
@@ -697,6 +717,7 @@ async fn resetting_upstream(config: Arc<ServerConfig>, first: h2::Reason) -> Ups
                         let _ = body.send_data(Bytes::from_static(ANSWER.as_bytes()), true);
                     }
                 }
+                drop(held);
                 seen.closed.fetch_add(1, Ordering::SeqCst);
             });
         }
@@ -706,6 +727,38 @@ async fn resetting_upstream(config: Arc<ServerConfig>, first: h2::Reason) -> Ups
         seen,
         close: tokio::sync::watch::channel(Close::Keep).0,
     }
+}
+
+impl From<h2::Reason> for FailFirst {
+    fn from(reason: h2::Reason) -> FailFirst {
+        FailFirst::Reset(reason)
+    }
+}
+
+#[tokio::test]
+async fn a_stream_lost_with_its_connection_after_the_server_took_it_is_not_sent_again() {
+    // The server took the stream (its GOAWAY's last stream id covers it) and may have
+    // processed it, then closed the connection: the attempt fails (the client sees the
+    // connection lost), and the attempt loop decides what comes next. (Whether the client
+    // reads the GOAWAY before the close is a race, so this cannot pin down the error a
+    // covering GOAWAY gives; `never_processed` refuses GOAWAY errors whatever they say.)
+    let pki = pki("h2-goaway-covered");
+    let up = resetting_upstream(
+        pki.server.clone(),
+        FailFirst::GoAway(h2::Reason::INTERNAL_ERROR),
+    )
+    .await;
+    let bundle = CaBundle::load(pki.ca_path.to_str().expect("utf-8")).expect("bundle");
+    let client = client(8);
+    let err = call(&client, up.port, Some(&bundle))
+        .await
+        .expect_err("the connection went away under the stream");
+    assert!(
+        matches!(err, UpstreamError::Transport(TransportFault::Reset, _)),
+        "{err:?}"
+    );
+    assert_eq!(up.requests(), 1, "the request was not sent again");
+    assert_eq!(up.accepted(), 1);
 }
 
 #[tokio::test]

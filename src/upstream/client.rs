@@ -38,8 +38,8 @@ use crate::upstream::tls::CaBundle;
 pub const REQUEST_ID_HEADER: &str = "x-switchback-request-id";
 
 /// Times one request is sent again after an HTTP/2 upstream proved it did not process it
-/// (a refused stream, a GOAWAY below it). Once is enough for a server going away; a server
-/// refusing a fresh connection's first stream is overloaded, and the attempt fails.
+/// (a refused stream). Once is enough for a server shedding streams of a busy connection; a
+/// server refusing a fresh connection's first stream is overloaded, and the attempt fails.
 pub const MAX_UNPROCESSED_RESENDS: usize = 1;
 
 /// Largest upstream error body read (the rest is ignored): enough for any error message.
@@ -427,17 +427,18 @@ async fn connect_http2(io: BoxIo, max_streams: usize) -> Result<NewConn, hyper::
     Ok(NewConn::Http2(Http2Conn::new(sender, server_limit, task)))
 }
 
-/// Whether an HTTP/2 request failed in a way that proves the server did not process it:
-/// it refused the stream (REFUSED_STREAM) or was going away before reaching it (a GOAWAY
-/// whose last stream id is below it, or any request sent after one). A stream reset for
-/// any other reason, or a connection lost, may have been processed.
+/// Whether an HTTP/2 request failed in a way that proves the server did not process it: it
+/// refused the stream (REFUSED_STREAM, RFC 9113 §8.7). A GOAWAY proves as much only for
+/// streams above its last stream id, but the error hyper reports does not say which side of
+/// it a stream was (a GOAWAY with an error code fails the streams below it with the same
+/// error, and those may have been processed), so it counts as a failure like any other: a
+/// request that may have reached the upstream is never sent again here.
 fn never_processed(error: &hyper::Error) -> bool {
     let Some(h2) = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>())
     else {
         return false;
     };
-    h2.is_remote()
-        && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+    h2.is_remote() && h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// The upstream request of one call.
