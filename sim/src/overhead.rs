@@ -4,7 +4,8 @@
 //! child process, `switchback serve`, so its memory is its own), the variants (the provider
 //! directly; Switchback with no fault, with its metrics on (the default) and, from a second
 //! child, off; with the upstream called for one JSON completion (`fake_stream`, the request
-//! a plain proxy makes) instead of a stream; behind TLS; the primary answering 429 at once
+//! a plain proxy makes) instead of a stream; behind TLS, over HTTP/1.1 and, from a third
+//! child, over HTTP/2; the primary answering 429 at once
 //! and the fallback
 //! serving; the primary failing after 3 chunks and `continue` finishing the stream),
 //! running them interleaved in rounds so that drift on the machine hits every variant alike,
@@ -355,6 +356,12 @@ pub async fn run(
         &quiet_path,
         &["--metrics", "off"],
     )?;
+    // The same https deployment with HTTP/2 offered (off by default): the TLS fake picks it.
+    let mut h2_config = with_tls_upstream(gateway_config(&fakes), tls_addr, &ca_path);
+    h2_config.limits.max_streams_per_upstream_http2_connection = 100;
+    let h2_path =
+        std::env::temp_dir().join(format!("switchback-bench-{}-h2.yaml", std::process::id()));
+    let h2 = Gateway::start(exe, &h2_config, &h2_path, &[])?;
     let direct = fakes.ports[&("ok".to_string(), 8000)];
     let mut plans: Vec<(&str, Option<&str>, SocketAddr, Value)> = vec![
         ("direct", None, direct, body("ok-model", false)),
@@ -381,6 +388,12 @@ pub async fn run(
             "switchback_tls",
             Some("direct"),
             gateway.addr,
+            body("tls", false),
+        ),
+        (
+            "switchback_tls_h2",
+            Some("direct"),
+            h2.addr,
             body("tls", false),
         ),
         (
@@ -471,9 +484,11 @@ pub async fn run(
     let rss_streams = gateway.peak_rss_kib();
     let _ = std::fs::remove_file(&config_path);
     let _ = std::fs::remove_file(&quiet_path);
+    let _ = std::fs::remove_file(&h2_path);
     let _ = std::fs::remove_file(&ca_path);
     tls_task.abort();
     drop(quiet);
+    drop(h2);
     Ok((variants, rss_after_load, rss_streams))
 }
 
