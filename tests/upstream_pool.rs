@@ -8,7 +8,7 @@
 //! reached the upstream, never re-sent; an abandoned stream, whose connection is closed and
 //! never kept; the per-host bound; and the idle timeout.
 //!
-//! Waits are for conditions (a count reaching a value), each bounded by [`PATIENCE`].
+//! Waits are for conditions (a count reaching a value), each bounded by [`attempts::PATIENCE`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,13 +21,9 @@ use switchback::upstream::pool::{Pool, PoolLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 mod attempts;
-use attempts::LIMITS;
-
-/// Longest any condition here is waited for; reaching it fails the test.
-const PATIENCE: Duration = Duration::from_secs(5);
+use attempts::{LIMITS, idle, until};
 
 const JSON_ANSWER: &str = r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
 
@@ -186,19 +182,6 @@ fn keep(max_idle_per_host: usize) -> PoolLimits {
 /// Runs one attempt against `base` (`http://host:port`) and reads it to its end.
 async fn call(client: &UpstreamClient, base: &str) -> Result<String, UpstreamError> {
     attempts::call(client, &format!("{base}/v1"), None).await
-}
-
-/// Waits until `cond` holds; fails the test after [`PATIENCE`].
-async fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-fn idle(client: &UpstreamClient) -> usize {
-    client.pool().idle().values().sum()
 }
 
 #[tokio::test]

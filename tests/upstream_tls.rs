@@ -9,7 +9,7 @@
 //! The upstream is hyper's HTTP/1.1 or HTTP/2 server (as ALPN decided) behind tokio-rustls,
 //! or the h2 crate's server where a test needs a stream refused; a throw-away CA and a
 //! `localhost` certificate are made by rcgen for each test. Waits are for conditions (a
-//! count reaching a value), each bounded by [`PATIENCE`].
+//! count reaching a value), each bounded by [`attempts::PATIENCE`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,10 +26,9 @@ use switchback::upstream::client::{UpstreamClient, UpstreamError};
 use switchback::upstream::pool::{Pool, PoolLimits};
 use switchback::upstream::tls::CaBundle;
 use tokio::sync::{Mutex, mpsc};
-use tokio::time::Instant;
 
 mod attempts;
-use attempts::LIMITS;
+use attempts::{LIMITS, idle, until};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{HandshakeKind, ServerConfig, crypto};
 
@@ -405,22 +404,6 @@ async fn a_new_connection_resumes_the_tls_session() {
         kinds,
         vec![Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)]
     );
-}
-
-/// Longest any condition here is waited for; reaching it fails the test.
-const PATIENCE: Duration = Duration::from_secs(5);
-
-/// Waits until `cond` holds; fails the test after [`PATIENCE`].
-async fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-fn idle(client: &UpstreamClient) -> usize {
-    client.pool().idle().values().sum()
 }
 
 /// A PKI, a CA bundle trusting it, and an upstream started with `spec`.

@@ -217,6 +217,20 @@ mod tests {
         );
     }
 
+    /// `bytes` cut at the given offsets (taken modulo its length, in any order).
+    fn pieces(bytes: &[u8], cuts: Vec<usize>) -> Vec<&[u8]> {
+        let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut last = 0;
+        for p in points {
+            pieces.push(&bytes[last..p]);
+            last = p;
+        }
+        pieces.push(&bytes[last..]);
+        pieces
+    }
+
     /// Every event and every error of `bytes` read in the given pieces.
     fn outcome(pieces: &[&[u8]], max: usize) -> (Vec<SseEvent>, Option<SseError>, bool) {
         let mut p = SseParser::new(max);
@@ -242,16 +256,7 @@ mod tests {
             max in 4usize..40,
         ) {
             let whole = outcome(&[&text], max);
-            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (text.len() + 1)).collect();
-            points.sort_unstable();
-            let mut pieces = Vec::new();
-            let mut last = 0;
-            for p in points {
-                pieces.push(&text[last..p]);
-                last = p;
-            }
-            pieces.push(&text[last..]);
-            let cut = outcome(&pieces, max);
+            let cut = outcome(&pieces(&text, cuts), max);
             // An error may come earlier or later in the reads, but it is the same error,
             // after the same events.
             prop_assert_eq!(cut.0, whole.0);
@@ -268,16 +273,7 @@ mod tests {
             let text = format!("data: alpha{nl}{nl}: c{nl}data: be{nl}data: ta{nl}{nl}data: [DONE]{nl}{nl}");
             let bytes = text.as_bytes();
             let whole = parse_all(&[bytes]).unwrap();
-            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
-            points.sort_unstable();
-            let mut pieces = Vec::new();
-            let mut last = 0;
-            for p in points {
-                pieces.push(&bytes[last..p]);
-                last = p;
-            }
-            pieces.push(&bytes[last..]);
-            prop_assert_eq!(parse_all(&pieces).unwrap(), whole);
+            prop_assert_eq!(parse_all(&pieces(bytes, cuts)).unwrap(), whole);
         }
     }
 }

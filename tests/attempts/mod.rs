@@ -1,5 +1,6 @@
 //! One upstream attempt on real sockets, for the pool and TLS contract tests: the client
-//! limits they share, opening an attempt, and reading it to its end.
+//! limits they share, opening an attempt, reading it to its end, and waiting for what the
+//! pool holds.
 
 #![allow(dead_code)]
 
@@ -13,6 +14,23 @@ use switchback::upstream::client::{
 };
 use switchback::upstream::tls::CaBundle;
 use tokio::time::Instant;
+
+/// Longest any condition is waited for; reaching it fails the test.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Waits until `cond` holds; fails the test after [`PATIENCE`].
+pub async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Connections the client's pool keeps idle, over every upstream.
+pub fn idle(client: &UpstreamClient) -> usize {
+    client.pool().idle().values().sum()
+}
 
 pub const LIMITS: ClientLimits = ClientLimits {
     max_sse_line_bytes: 4096,
