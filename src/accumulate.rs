@@ -25,6 +25,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::json::{field, field_mut};
+use crate::upstream::chunk_object::{Choice, ChoiceField, ChunkObject, Fields};
+
 /// Fields that identify or tag something: a repeat is the same value again, never a
 /// continuation to append.
 const SET_ONCE: &[&str] = &[
@@ -70,27 +73,27 @@ impl Accumulator {
 
     /// Merges the `choices` of one chunk (or of a whole completion: `message` reads as
     /// `delta`).
-    pub fn push(&mut self, chunk: &Map<String, Value>) {
-        let Some(Value::Array(choices)) = chunk.get("choices") else {
+    pub fn push(&mut self, chunk: &ChunkObject) {
+        let Some(choices) = chunk.choices() else {
             return;
         };
         for (position, choice) in choices.iter().enumerate() {
-            let Value::Object(choice) = choice else {
+            let index = choice.index().unwrap_or(position as u64);
+            let Choice::Object(choice) = choice else {
                 continue;
             };
-            let index = choice
-                .get("index")
-                .and_then(Value::as_u64)
-                .unwrap_or(position as u64);
             let acc = self.choices.entry(index).or_default();
-            for (key, value) in choice {
-                match key.as_str() {
-                    "index" => {}
-                    "delta" | "message" => {
-                        if let Value::Object(delta) = value {
-                            merge_delta(acc, delta);
-                        }
+            for (key, value) in choice.iter() {
+                let value = match value {
+                    ChoiceField::Delta(delta) => {
+                        merge_delta(acc, delta);
+                        continue;
                     }
+                    ChoiceField::Json(value) => value,
+                };
+                match key {
+                    // A `delta` or `message` that is not an object adds nothing.
+                    "index" | "delta" | "message" => {}
                     // Log probabilities are deltas like the message's: lists concatenate.
                     "logprobs" => merge_field(&mut acc.fields, key, value),
                     // Other choice-level fields are the choice's state, not pieces of it
@@ -156,8 +159,8 @@ impl Accumulator {
     }
 }
 
-fn merge_delta(acc: &mut ChoiceAcc, delta: &Map<String, Value>) {
-    for (key, value) in delta {
+fn merge_delta(acc: &mut ChoiceAcc, delta: &Fields<Value>) {
+    for (key, value) in delta.iter() {
         if key == "tool_calls" {
             if let Value::Array(calls) = value {
                 for call in calls {
@@ -227,7 +230,7 @@ impl ToolCalls {
 
 /// Merges one field of a delta into `into`, per the rules in the module doc.
 fn merge_field(into: &mut Map<String, Value>, key: &str, value: &Value) {
-    let Some(existing) = into.get_mut(key) else {
+    let Some(existing) = field_mut(into, key) else {
         into.insert(key.to_string(), value.clone());
         return;
     };
@@ -261,10 +264,10 @@ fn merge_field(into: &mut Map<String, Value>, key: &str, value: &Value) {
 /// Merges a choice-level state field: a null changes nothing, objects merge field by field,
 /// anything else replaces what was there.
 fn merge_state(into: &mut Map<String, Value>, key: &str, value: &Value) {
-    if value.is_null() && into.contains_key(key) {
+    if value.is_null() && field(into, key).is_some() {
         return;
     }
-    match (into.get_mut(key), value) {
+    match (field_mut(into, key), value) {
         (Some(Value::Object(existing)), Value::Object(update)) => {
             for (k, v) in update {
                 merge_state(existing, k, v);
@@ -304,16 +307,13 @@ pub struct ToolCallCount {
 impl ToolCallCount {
     /// Registers a chunk's tool-call deltas; returns the largest number of calls any choice
     /// now has.
-    pub fn push(&mut self, chunk: &Map<String, Value>) -> usize {
-        let Some(Value::Array(choices)) = chunk.get("choices") else {
+    pub fn push(&mut self, chunk: &ChunkObject) -> usize {
+        let Some(choices) = chunk.choices() else {
             return self.max();
         };
         for (position, choice) in choices.iter().enumerate() {
-            let index = choice
-                .get("index")
-                .and_then(Value::as_u64)
-                .unwrap_or(position as u64);
-            let delta = choice.get("delta").or_else(|| choice.get("message"));
+            let index = choice.index().unwrap_or(position as u64);
+            let delta = choice.delta().and_then(ChoiceField::object);
             let Some(Value::Array(calls)) = delta.and_then(|d| d.get("tool_calls")) else {
                 continue;
             };
@@ -348,10 +348,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn object(chunk: &Value) -> ChunkObject {
+        ChunkObject::from_map(chunk.as_object().unwrap().clone())
+    }
+
     fn acc(chunks: &[Value]) -> Accumulator {
         let mut a = Accumulator::new();
         for c in chunks {
-            a.push(c.as_object().unwrap());
+            a.push(&object(c));
         }
         a
     }
@@ -503,13 +507,13 @@ mod tests {
             0,
             json!({"tool_calls": [{"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
         );
-        a.push(first.as_object().unwrap());
-        let frag = delta(
+        a.push(&object(&first));
+        let frag = object(&delta(
             0,
             json!({"tool_calls": [{"index": 0, "function": {"arguments": "x"}}]}),
-        );
+        ));
         for _ in 0..100_000 {
-            a.push(frag.as_object().unwrap());
+            a.push(&frag);
         }
         let args = a.choices()[0]["message"]["tool_calls"][0]["function"]["arguments"]
             .as_str()
@@ -522,8 +526,8 @@ mod tests {
     fn counting_follows_the_same_rule() {
         let mut n = ToolCallCount::default();
         let call = |id: &str| json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": id}]}}]});
-        assert_eq!(n.push(call("a").as_object().unwrap()), 1);
-        assert_eq!(n.push(call("a").as_object().unwrap()), 1);
-        assert_eq!(n.push(call("b").as_object().unwrap()), 2);
+        assert_eq!(n.push(&object(&call("a"))), 1);
+        assert_eq!(n.push(&object(&call("a"))), 1);
+        assert_eq!(n.push(&object(&call("b"))), 2);
     }
 }

@@ -856,7 +856,7 @@ impl Run<'_> {
 fn upstream_id(chunk: &Chunk) -> Option<String> {
     chunk
         .object
-        .get("id")
+        .json("id")
         .and_then(serde_json::Value::as_str)
         .filter(|id| !id.is_empty())
         .map(str::to_string)

@@ -15,6 +15,7 @@ use rand::RngCore;
 use serde_json::{Map, Value};
 
 use crate::upstream::chunk::Chunk;
+use crate::upstream::chunk_object::{Choice, ChoiceField, Top};
 
 /// The usage counters summed across the attempts that contributed to one answer.
 const USAGE_COUNTERS: [&str; 3] = ["prompt_tokens", "completion_tokens", "total_tokens"];
@@ -97,26 +98,22 @@ impl CommitState {
     pub fn stamp_and_record(&mut self, mut chunk: Chunk, upstream_model: &str) -> Chunk {
         assert!(self.committed, "nothing is delivered before commit");
         let mut changed = false;
-        // One pass over the chunk's fields (a chunk comes every few tokens; each map lookup
-        // would hash its key). Only `insert`s below add keys, in the order they always did.
+        // One pass over the chunk's fields (a chunk comes every few tokens). Only `insert`s
+        // below add keys, in the order they always did.
         let mut has_our_id = false;
         for (key, value) in chunk.object.iter_mut() {
-            match key.as_str() {
-                "id" => has_our_id = self.response_id.as_ref() == Some(&*value),
-                "choices" => {
-                    if let Value::Array(choices) = value {
-                        changed |= self.drop_repeated_roles(choices);
-                    }
+            match (key, value) {
+                ("id", Top::Json(id)) => has_our_id = self.response_id.as_ref() == Some(&*id),
+                ("choices", Top::Choices(choices)) => {
+                    changed |= self.drop_repeated_roles(choices);
                 }
-                "usage" => {
-                    if let Value::Object(usage) = value {
-                        self.attempt_usage = Some(counters(usage));
-                        if self.earlier != [0; 3] {
-                            for (name, earlier) in USAGE_COUNTERS.iter().zip(self.earlier) {
-                                if let Some(n) = usage.get(*name).and_then(Value::as_u64) {
-                                    usage.insert((*name).to_string(), Value::from(n + earlier));
-                                    changed = true;
-                                }
+                ("usage", Top::Json(Value::Object(usage))) => {
+                    self.attempt_usage = Some(counters(usage));
+                    if self.earlier != [0; 3] {
+                        for (name, earlier) in USAGE_COUNTERS.iter().zip(self.earlier) {
+                            if let Some(n) = usage.get(*name).and_then(Value::as_u64) {
+                                usage.insert((*name).to_string(), Value::from(n + earlier));
+                                changed = true;
                             }
                         }
                     }
@@ -125,14 +122,15 @@ impl CommitState {
             }
         }
         if let (Some(id), false) = (&self.response_id, has_our_id) {
-            chunk.object.insert("id".into(), id.clone());
+            chunk.object.insert("id", Top::Json(id.clone()));
             changed = true;
         }
         if chunk.model.is_none() {
             chunk.model = Some(upstream_model.to_string());
-            chunk
-                .object
-                .insert("model".into(), Value::String(upstream_model.to_string()));
+            chunk.object.insert(
+                "model",
+                Top::Json(Value::String(upstream_model.to_string())),
+            );
             changed = true;
         }
         if changed {
@@ -151,24 +149,15 @@ impl CommitState {
 
     /// Removes the `role` of every choice delta whose choice already had one; whether any
     /// was removed.
-    fn drop_repeated_roles(&mut self, choices: &mut [Value]) -> bool {
+    fn drop_repeated_roles(&mut self, choices: &mut [Choice]) -> bool {
         let mut changed = false;
         for (position, choice) in choices.iter_mut().enumerate() {
-            let Value::Object(choice) = choice else {
+            let index = choice.index().unwrap_or(position as u64);
+            let Choice::Object(choice) = choice else {
                 continue;
             };
-            let mut index = None;
-            let mut delta = None;
-            for (key, value) in choice.iter_mut() {
-                match key.as_str() {
-                    "index" => index = value.as_u64(),
-                    "delta" => delta = Some(value),
-                    _ => {}
-                }
-            }
-            let index = index.unwrap_or(position as u64);
-            if let Some(Value::Object(delta)) = delta {
-                if delta.keys().any(|k| k == "role") && !self.roles.insert(index) {
+            if let Some(ChoiceField::Delta(delta)) = choice.get_mut("delta") {
+                if delta.contains_key("role") && !self.roles.insert(index) {
                     delta.shift_remove("role");
                     changed = true;
                 }
@@ -239,7 +228,11 @@ mod tests {
             chunk(r#"{"id":"other","choices":[{"index":0,"delta":{"content":"b"}}]}"#),
             "m",
         );
-        assert_eq!(later.object["id"], "up-1", "every chunk carries one id");
+        assert_eq!(
+            later.object.to_value()["id"],
+            "up-1",
+            "every chunk carries one id"
+        );
         let mut s = CommitState::new();
         let id = s.commit(None, &mut rng());
         assert!(id.starts_with("chatcmpl-") && id.len() == 33, "{id}");
@@ -253,17 +246,23 @@ mod tests {
             chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"a"}}]}"#),
             "m",
         );
-        assert_eq!(c.object["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(
+            c.object.to_value()["choices"][0]["delta"]["role"],
+            "assistant"
+        );
         let c = s.stamp_and_record(
             chunk(r#"{"choices":[{"index":1,"delta":{"role":"assistant","content":"b"}},{"index":0,"delta":{"role":"assistant","content":"c"}}]}"#),
             "m",
         );
         assert_eq!(
-            c.object["choices"][0]["delta"]["role"], "assistant",
+            c.object.to_value()["choices"][0]["delta"]["role"],
+            "assistant",
             "choice 1's first"
         );
         assert!(
-            c.object["choices"][1]["delta"].get("role").is_none(),
+            c.object.to_value()["choices"][1]["delta"]
+                .get("role")
+                .is_none(),
             "choice 0's second"
         );
     }
@@ -297,7 +296,7 @@ mod tests {
             "m",
         );
         assert_eq!(
-            usage.object["usage"],
+            usage.object.to_value()["usage"],
             serde_json::json!({"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}),
             "usage covers both attempts"
         );

@@ -24,7 +24,9 @@ use crate::attempt::{ClientGone, CommitHead, Delivery, GoneReason, Outcome};
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::frames::{self, FrameReceiver, FrameSender, SendError};
+use crate::json::{field, field_mut};
 use crate::upstream::chunk::Chunk;
+use crate::upstream::chunk_object::{Choice, ChoiceField, ChunkObject, Top};
 
 /// Response headers reporting what the engine did.
 pub const HEADER_RETRIES: &str = "x-switchback-attempted-retries";
@@ -170,7 +172,7 @@ impl StreamDelivery {
             .or_else(|| tail.iter().position(|c| c.finish_reason.is_some()));
         match carrier {
             Some(i) => {
-                tail[i].object.insert("switchback".into(), meta);
+                tail[i].object.insert("switchback", Top::Json(meta));
                 tail[i].raw = None;
             }
             None => {
@@ -184,7 +186,7 @@ impl StreamDelivery {
                 );
                 object.insert("switchback".into(), meta);
                 tail.push(Chunk {
-                    object,
+                    object: ChunkObject::from_map(object),
                     model: Some(model.to_string()),
                     text: String::new(),
                     payload_bytes: 0,
@@ -267,10 +269,12 @@ impl Delivery for StreamDelivery {
 
 /// Sets every choice's `finish_reason` of `chunk` to null.
 fn clear_finish_reasons(chunk: &mut Chunk) {
-    if let Some(Value::Array(choices)) = chunk.object.get_mut("choices") {
+    if let Some(Top::Choices(choices)) = chunk.object.get_mut("choices") {
         for c in choices {
-            if let Some(reason) = c.get_mut("finish_reason") {
-                *reason = Value::Null;
+            if let Choice::Object(c) = c {
+                if let Some(reason) = c.get_mut("finish_reason") {
+                    *reason = ChoiceField::Json(Value::Null);
+                }
             }
         }
     }
@@ -393,8 +397,12 @@ impl Delivery for AggregateDelivery {
             }
         }
         let o = &chunk.object;
-        for (k, v) in o {
-            match k.as_str() {
+        for (k, v) in o.iter() {
+            // Only `choices` may hold anything but JSON, and they are read below.
+            let Top::Json(v) = v else {
+                continue;
+            };
+            match k {
                 // `obfuscation` is padding OpenAI adds to streamed chunks only (against
                 // size side channels): no non-stream answer has it.
                 "choices" | "object" | "obfuscation" => {}
@@ -405,17 +413,17 @@ impl Delivery for AggregateDelivery {
                 }
                 // The first real `created` (Azure's prompt-filter chunk says 0); every
                 // other field's latest value.
-                "created" if self.top.get("created").is_some_and(|c| c != &json!(0)) => {}
+                "created" if field(&self.top, "created").is_some_and(|c| c != &json!(0)) => {}
                 // What inserting would do (the key keeps its place; a null never replaces
                 // a value), without cloning what is already there.
-                _ => match self.top.get_mut(k) {
+                _ => match field_mut(&mut self.top, k) {
                     Some(old) => {
                         if !v.is_null() && old != v {
                             old.clone_from(v);
                         }
                     }
                     None => {
-                        self.top.insert(k.clone(), v.clone());
+                        self.top.insert(k.to_string(), v.clone());
                     }
                 },
             }

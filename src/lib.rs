@@ -15,6 +15,7 @@
 //! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser, the pool of kept
 //!   connections, TLS.
 //! * [`dns`]: real TCP to upstreams, with DNS answers cached for a bounded time.
+//! * [`json`]: JSON text into `serde_json` values, each map allocated once.
 //! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.
 //! * [`commit`]: what the client has been given, and what a continuation may ask.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
@@ -45,6 +46,7 @@ pub mod engine;
 pub mod error;
 pub mod frames;
 pub mod gateway;
+pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod plan;

@@ -97,7 +97,7 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     pub fn parse(body: &[u8], limits: &Limits) -> Result<ChatRequest, BadRequest> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| BadRequest {
+        let value = crate::json::from_slice(body).map_err(|e| BadRequest {
             message: format!("request body is not valid JSON: {e}"),
             param: None,
         })?;

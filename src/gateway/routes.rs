@@ -482,7 +482,9 @@ fn set_request_id(response: &mut Response<ResponseBody>, id: u64) {
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
-    let mut response = Response::new(body::full(value.to_string()));
+    // Straight into bytes, without the `fmt::Write` adapter `to_string` goes through.
+    let bytes = serde_json::to_vec(value).expect("a JSON value always serialises");
+    let mut response = Response::new(body::full(bytes));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

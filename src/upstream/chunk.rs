@@ -3,11 +3,13 @@
 //! Owns: reading an SSE `data:` payload (or a whole JSON completion, for upstreams that
 //! answer a stream request with JSON) into a [`Chunk`]: its `model`, its text, whether it
 //! carries content (the commit trigger), its finish reason and usage; or recognising it as
-//! an error object. The parsed object is kept whole so that everything the engine does not
-//! interpret (tool calls, logprobs, ...) is forwarded unchanged.
+//! an error object. The parsed object ([`ChunkObject`]) is kept whole so that everything
+//! the engine does not interpret (tool calls, logprobs, ...) is forwarded unchanged.
 
 use serde_json::{Map, Value};
 
+use super::chunk_object::{Choice, ChoiceField, ChunkObject, Top};
+use crate::json::member;
 use crate::limits::LimitExceeded;
 
 /// How much one answer may carry, per chunk parsed (see `limits`).
@@ -48,7 +50,7 @@ impl From<String> for ChunkError {
 /// A parsed upstream chunk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
-    pub object: Map<String, Value>,
+    pub object: ChunkObject,
     pub model: Option<String>,
     /// `choices[0].delta.content` (the text a continuation is built from).
     pub text: String,
@@ -109,23 +111,22 @@ fn parse_trimmed(data: &str, limits: &ChunkLimits) -> Result<Payload, ChunkError
     if data == "[DONE]" {
         return Ok(Payload::Done);
     }
-    let value: Value = serde_json::from_str(data).map_err(|e| format!("chunk is not JSON: {e}"))?;
-    from_value(value, limits)
+    let object = ChunkObject::parse(data)
+        .map_err(|e| format!("chunk is not JSON: {e}"))?
+        .ok_or_else(|| "chunk is not a JSON object".to_string())?;
+    from_object(object, limits)
 }
 
 /// Interprets a parsed chunk or error object.
-pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkError> {
-    let Value::Object(object) = value else {
-        return Err("chunk is not a JSON object".to_string().into());
-    };
+pub fn from_object(object: ChunkObject, limits: &ChunkLimits) -> Result<Payload, ChunkError> {
     let top = TopFields::of(&object);
     if top.error {
-        return Ok(Payload::Error(Value::Object(object)));
+        return Ok(Payload::Error(object.to_value()));
     }
     let model = top.model.and_then(Value::as_str).map(str::to_string);
     let choices = match top.choices {
-        Some(Value::Array(c)) => c.as_slice(),
-        None | Some(Value::Null) => &[],
+        Some(Top::Choices(c)) => c.as_slice(),
+        None | Some(Top::Json(Value::Null)) => &[],
         Some(_) => return Err("`choices` is not an array".to_string().into()),
     };
     check_limits(choices, limits)?;
@@ -136,8 +137,8 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
     for (i, choice) in choices.iter().enumerate() {
         let fields = ChoiceFields::of(choice);
         let index = fields.index.and_then(Value::as_u64).unwrap_or(i as u64);
-        if let Some(Value::Object(delta)) = fields.delta() {
-            for (key, value) in delta {
+        if let Some(ChoiceField::Delta(delta)) = fields.delta {
+            for (key, value) in delta.iter() {
                 let size = match value {
                     Value::Null => 0,
                     Value::String(s) => s.len(),
@@ -161,7 +162,10 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
                 continuable = false;
             }
         }
-        if fields.logprobs.is_some_and(|l| !l.is_null()) {
+        if fields
+            .logprobs
+            .is_some_and(|l| !matches!(l, ChoiceField::Json(Value::Null)))
+        {
             continuable = false;
         }
         if let Some(reason) = fields.finish_reason.and_then(Value::as_str) {
@@ -169,6 +173,10 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
         }
     }
     let usage_only = choices.is_empty() && top.usage.is_some_and(|u| !u.is_null());
+    debug_assert!(
+        !matches!(top.choices, Some(Top::Json(Value::Array(_)))),
+        "an array of choices is read as choices"
+    );
     // Azure opens with `choices: []` and `prompt_filter_results`: a content-less chunk like
     // any other. Only an object with no `choices` at all (and no usage) is not a chunk.
     if top.choices.is_none() && !usage_only {
@@ -193,19 +201,23 @@ pub fn from_value(value: Value, limits: &ChunkLimits) -> Result<Payload, ChunkEr
 struct TopFields<'a> {
     error: bool,
     model: Option<&'a Value>,
-    choices: Option<&'a Value>,
+    choices: Option<&'a Top>,
     usage: Option<&'a Value>,
 }
 
 impl<'a> TopFields<'a> {
-    fn of(object: &'a Map<String, Value>) -> TopFields<'a> {
+    fn of(object: &'a ChunkObject) -> TopFields<'a> {
         let mut top = TopFields::default();
-        for (key, value) in object {
-            match key.as_str() {
+        for (key, value) in object.iter() {
+            let json = match value {
+                Top::Json(v) => Some(v),
+                Top::Choices(_) => None,
+            };
+            match key {
                 "error" => top.error = true,
-                "model" => top.model = Some(value),
+                "model" => top.model = json,
                 "choices" => top.choices = Some(value),
-                "usage" => top.usage = Some(value),
+                "usage" => top.usage = json,
                 _ => {}
             }
         }
@@ -217,45 +229,45 @@ impl<'a> TopFields<'a> {
 #[derive(Default)]
 struct ChoiceFields<'a> {
     index: Option<&'a Value>,
-    delta: Option<&'a Value>,
-    message: Option<&'a Value>,
-    logprobs: Option<&'a Value>,
+    delta: Option<&'a ChoiceField>,
+    logprobs: Option<&'a ChoiceField>,
     finish_reason: Option<&'a Value>,
 }
 
 impl<'a> ChoiceFields<'a> {
-    fn of(choice: &'a Value) -> ChoiceFields<'a> {
-        let mut fields = ChoiceFields::default();
-        if let Value::Object(choice) = choice {
-            for (key, value) in choice {
-                match key.as_str() {
-                    "index" => fields.index = Some(value),
-                    "delta" => fields.delta = Some(value),
-                    "message" => fields.message = Some(value),
-                    "logprobs" => fields.logprobs = Some(value),
-                    "finish_reason" => fields.finish_reason = Some(value),
-                    _ => {}
-                }
-            }
+    fn of(choice: &'a Choice) -> ChoiceFields<'a> {
+        let Some(fields) = choice.fields() else {
+            return ChoiceFields::default();
+        };
+        ChoiceFields {
+            index: fields.get("index").and_then(ChoiceField::json),
+            // The `delta`, or a whole completion's `message`.
+            delta: choice.delta(),
+            logprobs: fields.get("logprobs"),
+            finish_reason: fields.get("finish_reason").and_then(ChoiceField::json),
         }
-        fields
-    }
-
-    /// The `delta`, or a whole completion's `message`.
-    fn delta(&self) -> Option<&'a Value> {
-        self.delta.or(self.message)
     }
 }
 
 /// Refuses choice and tool-call indexes (or counts) at or past their limits.
-fn check_limits(choices: &[Value], limits: &ChunkLimits) -> Result<(), ChunkError> {
-    within("max_choices", "choice", choices, limits.max_choices)?;
+fn check_limits(choices: &[Choice], limits: &ChunkLimits) -> Result<(), ChunkError> {
+    let indexes = choices.iter().map(Choice::index);
+    within("max_choices", "choice", indexes, limits.max_choices)?;
     for choice in choices {
-        if let Some(Value::Array(calls)) = ChoiceFields::of(choice)
+        if let Some(Value::Array(calls)) = choice
             .delta()
+            .and_then(ChoiceField::object)
             .and_then(|d| d.get("tool_calls"))
         {
-            within("max_tool_calls", "tool call", calls, limits.max_tool_calls)?;
+            let indexes = calls
+                .iter()
+                .map(|c| member(c, "index").and_then(Value::as_u64));
+            within(
+                "max_tool_calls",
+                "tool call",
+                indexes,
+                limits.max_tool_calls,
+            )?;
         }
     }
     Ok(())
@@ -263,19 +275,21 @@ fn check_limits(choices: &[Value], limits: &ChunkLimits) -> Result<(), ChunkErro
 
 /// At most `max` items (choices, tool calls), and none whose `index` (or, without one,
 /// position) reaches `max`.
-fn within(limit: &'static str, what: &str, items: &[Value], max: usize) -> Result<(), ChunkError> {
+fn within(
+    limit: &'static str,
+    what: &str,
+    indexes: impl ExactSizeIterator<Item = Option<u64>>,
+    max: usize,
+) -> Result<(), ChunkError> {
     let over = |detail: String| Err(ChunkError::Limit(LimitExceeded::new(limit, detail)));
-    if items.len() > max {
+    if indexes.len() > max {
         return over(format!(
             "{} {what}s in one chunk ({limit} = {max})",
-            items.len()
+            indexes.len()
         ));
     }
-    for (position, item) in items.iter().enumerate() {
-        let index = item
-            .get("index")
-            .and_then(Value::as_u64)
-            .unwrap_or(position as u64);
+    for (position, index) in indexes.enumerate() {
+        let index = index.unwrap_or(position as u64);
         if index >= max as u64 {
             return over(format!("{what} index {index} ({limit} = {max})"));
         }
@@ -289,8 +303,7 @@ fn within(limit: &'static str, what: &str, items: &[Value], max: usize) -> Resul
 /// `message` as its `delta` (and the completion itself, see [`Chunk::whole`]); a second
 /// chunk carries `usage`, as a streamed answer with `include_usage` would.
 pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>, ChunkError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("response is not JSON: {e}"))?;
+    let value = crate::json::from_slice(body).map_err(|e| format!("response is not JSON: {e}"))?;
     let Value::Object(whole) = value else {
         return Err("response is not a JSON object".to_string().into());
     };
@@ -337,7 +350,8 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
         );
     }
     let mut out = Vec::new();
-    let Payload::Chunk(mut first) = from_value(Value::Object(chunk.clone()), limits)? else {
+    let Payload::Chunk(mut first) = from_object(ChunkObject::from_map(chunk.clone()), limits)?
+    else {
         return Err("a completion is not a chunk".to_string().into());
     };
     first.whole = Some(Box::new(whole));
@@ -351,7 +365,7 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
         }
         tail.insert("choices".into(), Value::Array(Vec::new()));
         tail.insert("usage".into(), usage);
-        out.push(from_value(Value::Object(tail), limits)?);
+        out.push(from_object(ChunkObject::from_map(tail), limits)?);
     }
     Ok(out)
 }
@@ -492,9 +506,10 @@ mod tests {
                     (c.text.as_str(), c.finish_reason.as_deref()),
                     ("hi", Some("stop"))
                 );
-                assert_eq!(c.object["object"], "chat.completion.chunk");
+                assert_eq!(c.object.to_value()["object"], "chat.completion.chunk");
                 assert_eq!(
-                    c.object["choices"][0]["delta"]["content"], "hi",
+                    c.object.to_value()["choices"][0]["delta"]["content"],
+                    "hi",
                     "message reads as delta"
                 );
                 assert!(c.whole.is_some());
