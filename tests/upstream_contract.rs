@@ -800,7 +800,12 @@ async fn sse_line_at_the_limit_is_read_and_one_byte_over_is_malformed() {
         ..LIMITS
     };
     let (_, end) = read_with(over, sse_response(body)).await;
-    assert_class(end, FailureClass::Malformed);
+    let err = assert_class(end, FailureClass::Malformed);
+    assert_eq!(
+        err.limit(),
+        Some("max_sse_line_bytes"),
+        "a limit hit is reported as one (a `limit_hit` event), like the other limits: {err:?}"
+    );
 }
 
 /// Whether the chunks before an over-long line are delivered must not depend on how the

@@ -514,6 +514,27 @@ async fn four_streams_at_two_per_connection(name: &str, server: Option<u32>, our
     assert_eq!(up.accepted(), 2);
 }
 
+/// A burst past one connection's room opens the connections it needs, one at a time: an
+/// attempt that finds the connection it waited for already full waits for the next one
+/// being opened rather than opening its own.
+#[tokio::test]
+async fn a_burst_past_one_connections_room_opens_only_the_connections_it_needs() {
+    let answer = Answer::Sse {
+        chunks: 1,
+        together: 8,
+    };
+    let (_pki, bundle, up) = setup("h2-burst", Spec::new(Offer::H2AndHttp1, vec![answer])).await;
+    let client = client_with(PoolLimits {
+        max_idle_per_host: 8,
+        idle_timeout: Duration::from_secs(30),
+        max_http2_streams: 2,
+    });
+    // The upstream answers none before all 8 are in flight: 4 connections of 2 streams.
+    let results = concurrently(&client, up.port, &bundle, 8).await;
+    assert_eq!(results, vec![Ok("c0".to_string()); 8]);
+    assert_eq!(up.accepted(), 4, "8 streams at 2 per connection");
+}
+
 #[tokio::test]
 async fn a_connection_full_by_the_servers_stream_limit_opens_another() {
     four_streams_at_two_per_connection("h2-server-limit", Some(2), 100).await;

@@ -254,22 +254,23 @@ impl UpstreamClient {
         // Pooled connections tried for this request: each one found closed is dropped, so
         // the bound only matters if other attempts keep returning stale ones.
         let mut stale = 0;
-        // An attempt waits at most once for a connection another one is opening.
-        let mut may_wait = true;
         // Requests the server proved it did not process (HTTP/2 only), sent again; once one
         // was, the request goes on a connection of its own.
         let mut unprocessed = 0;
         loop {
             let checkout = if stale <= self.pool.limits().max_idle_per_host && unprocessed == 0 {
-                self.pool.checkout(&key, may_wait)
+                self.pool.checkout(&key)
             } else {
                 Checkout::Open(None)
             };
             let mut lease = match checkout {
                 Checkout::Kept(lease) => lease,
+                // Every wake-up follows a dial that ended: this attempt then finds room,
+                // opens the next connection itself, or waits for the one another attempt
+                // has begun (a burst opens the connections it needs, one at a time). All
+                // of it within the first-byte timeout around this call.
                 Checkout::Wait(opened) => {
                     opened.await;
-                    may_wait = false;
                     continue;
                 }
                 Checkout::Open(dial) => {
@@ -650,8 +651,13 @@ impl UpstreamStream {
                                 .map(|e| chunk::parse_event_data(e.data, &limits)),
                         );
                         if let Err(e) = parsed {
-                            self.queue
-                                .push_back(Err(ChunkError::Malformed(e.to_string())));
+                            let error = match e.limit() {
+                                Some(name) => {
+                                    ChunkError::Limit(LimitExceeded::new(name, e.to_string()))
+                                }
+                                None => ChunkError::Malformed(e.to_string()),
+                            };
+                            self.queue.push_back(Err(error));
                         }
                         if over {
                             self.queue

@@ -240,6 +240,10 @@ impl Drop for Dial {
                     .is_some_and(|n| Arc::ptr_eq(n, &self.notify))
             {
                 host.dialing = None;
+                // A dial that failed (or was abandoned) leaves nothing to remember.
+                if host.is_empty() {
+                    state.http2.remove(&self.key);
+                }
             }
         }
         self.notify.notify_waiters();
@@ -265,9 +269,8 @@ impl Pool {
     }
 
     /// A connection for the next request to `key`: a kept HTTP/1.1 one, a stream on an
-    /// HTTP/2 one with room, a connection another attempt is opening (when `may_wait`), or
-    /// a new one.
-    pub(crate) fn checkout(&self, key: &PoolKey, may_wait: bool) -> Checkout {
+    /// HTTP/2 one with room, a connection another attempt is opening, or a new one.
+    pub(crate) fn checkout(&self, key: &PoolKey) -> Checkout {
         if let Some(conn) = self.take(key) {
             return Checkout::Kept(self.lease(key.clone(), conn, true));
         }
@@ -296,7 +299,7 @@ impl Pool {
                 true,
             ))
         } else if let Some(notify) = host.dialing.as_ref() {
-            if may_wait && !host.speaks_http1 {
+            if !host.speaks_http1 {
                 Checkout::Wait(notify.clone().notified_owned())
             } else {
                 Checkout::Open(None)
@@ -714,5 +717,36 @@ mod tests {
             ..a.clone()
         };
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_dial_that_ends_without_a_connection_leaves_nothing_behind() {
+        let pool = Pool::new(PoolLimits {
+            max_idle_per_host: 4,
+            idle_timeout: Duration::from_secs(30),
+            max_http2_streams: 10,
+        });
+        let key = PoolKey {
+            tls: true,
+            host: "h".into(),
+            port: 443,
+            ca_bundle: None,
+        };
+        let Checkout::Open(Some(dial)) = pool.checkout(&key) else {
+            panic!("the first attempt opens the connection");
+        };
+        assert!(
+            matches!(pool.checkout(&key), Checkout::Wait(_)),
+            "the next one waits for it"
+        );
+        drop(dial);
+        assert!(
+            pool.lock().http2.is_empty(),
+            "no entry for a host with nothing"
+        );
+        assert!(
+            matches!(pool.checkout(&key), Checkout::Open(Some(_))),
+            "the next attempt dials again"
+        );
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Owns: turning a byte stream, cut anywhere, into events, as the WHATWG rules say: LF, CRLF
 //! or CR line ends (a CRLF split across two reads included), `:` comments, multi-line
-//! `data:`, one optional space after the colon. Every line and every event's data is
-//! bounded by `max_line_bytes`. Does not own what the data means (`client`).
+//! `data:`, one optional space after the colon, and a byte-order mark at the very start
+//! (UTF-8 decoding drops it, even cut across reads; some servers write one). Every line and
+//! every event's data is bounded by `max_line_bytes`. Does not own what the data means
+//! (`client`).
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +19,9 @@ pub struct SseEvent {
 pub enum SseError {
     #[error("SSE line longer than max_sse_line_bytes = {limit}")]
     LineTooLong { limit: usize },
+    /// An event's `data` lines joined (the same bound as one line).
+    #[error("SSE event data longer than max_sse_line_bytes = {limit}")]
+    DataTooLong { limit: usize },
     #[error("SSE data is not valid UTF-8")]
     NotUtf8,
 }
@@ -29,7 +34,25 @@ pub struct SseParser {
     event: Option<String>,
     /// The previous read ended on CR: a LF at the start of the next one is the same line end.
     after_cr: bool,
+    /// While the stream may still begin with a byte-order mark: how many of its bytes have
+    /// come so far (held back until it is clear whether they are one).
+    mark: Option<usize>,
     max_line_bytes: usize,
+}
+
+/// UTF-8's byte-order mark.
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+
+impl SseError {
+    /// The named limit the stream went over, if that is what it did.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            SseError::LineTooLong { .. } | SseError::DataTooLong { .. } => {
+                Some("max_sse_line_bytes")
+            }
+            SseError::NotUtf8 => None,
+        }
+    }
 }
 
 impl SseParser {
@@ -40,6 +63,7 @@ impl SseParser {
             has_data: false,
             event: None,
             after_cr: false,
+            mark: Some(0),
             max_line_bytes,
         }
     }
@@ -48,6 +72,25 @@ impl SseParser {
     pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
         if bytes.is_empty() {
             return Ok(());
+        }
+        if let Some(seen) = self.mark {
+            let rest = &BYTE_ORDER_MARK[seen..];
+            let n = rest.len().min(bytes.len());
+            if bytes[..n] == rest[..n] {
+                bytes = &bytes[n..];
+                if seen + n < BYTE_ORDER_MARK.len() {
+                    self.mark = Some(seen + n);
+                    return Ok(());
+                }
+                self.mark = None;
+            } else {
+                // Not a mark: what was held back begins the first line (it has no line end).
+                self.mark = None;
+                self.extend_line(&BYTE_ORDER_MARK[..seen])?;
+            }
+            if bytes.is_empty() {
+                return Ok(());
+            }
         }
         if self.after_cr {
             self.after_cr = false;
@@ -89,7 +132,7 @@ impl SseParser {
 
     /// Whether a partial line or an undispatched event is pending (a truncated stream).
     pub fn has_partial(&self) -> bool {
-        !self.line.is_empty() || self.has_data
+        !self.line.is_empty() || self.has_data || self.mark.is_some_and(|seen| seen > 0)
     }
 
     fn extend_line(&mut self, part: &[u8]) -> Result<(), SseError> {
@@ -130,11 +173,14 @@ impl SseParser {
             }
             None => (line, &b""[..]),
         };
-        let value = std::str::from_utf8(value).map_err(|_| SseError::NotUtf8)?;
+        // Only the fields read need be text: an `id:` or `retry:` line of bad bytes is
+        // ignored like any field not used.
+        let text = |value| std::str::from_utf8(value).map_err(|_| SseError::NotUtf8);
         match field {
             b"data" => {
+                let value = text(value)?;
                 if self.data.len() + value.len() + 1 > self.max_line_bytes {
-                    return Err(SseError::LineTooLong {
+                    return Err(SseError::DataTooLong {
                         limit: self.max_line_bytes,
                     });
                 }
@@ -144,7 +190,7 @@ impl SseParser {
                 self.data.push_str(value);
                 self.has_data = true;
             }
-            b"event" => self.event = Some(value.to_string()),
+            b"event" => self.event = Some(text(value)?.to_string()),
             _ => {}
         }
         Ok(())
@@ -203,6 +249,28 @@ mod tests {
     }
 
     #[test]
+    fn a_leading_byte_order_mark_is_not_part_of_the_first_line() {
+        let text = b"\xEF\xBB\xBFdata: a\n\ndata: b\n\n";
+        for cut in 0..=text.len() {
+            let e = parse_all(&[&text[..cut], &text[cut..]]).unwrap();
+            assert_eq!(data(&e), ["a", "b"], "cut at {cut}");
+        }
+        let one_at_a_time: Vec<&[u8]> = text.chunks(1).collect();
+        assert_eq!(data(&parse_all(&one_at_a_time).unwrap()), ["a", "b"]);
+        // Only at the very start: later, and a lone first byte, are the line's own bytes.
+        let later = parse_all(&[b"data: a\n\n\xEF\xBB\xBFdata: b\n\n"]).unwrap();
+        assert_eq!(data(&later), ["a"]);
+        let not_a_mark = parse_all(&[b"\xEF", b"data: a\n\ndata: b\n\n"]).unwrap();
+        assert_eq!(data(&not_a_mark), ["b"]);
+        let mut p = SseParser::new(64);
+        p.push(b"\xEF\xBB", &mut Vec::new()).unwrap();
+        assert!(
+            p.has_partial(),
+            "a stream cut inside its first bytes is truncated"
+        );
+    }
+
+    #[test]
     fn line_limit_and_utf8() {
         let mut p = SseParser::new(8);
         let mut out = Vec::new();
@@ -210,10 +278,21 @@ mod tests {
             p.push(b"data: 0123456789", &mut out),
             Err(SseError::LineTooLong { limit: 8 })
         );
+        let mut p = SseParser::new(10);
+        let joined = p.push(b"data: 0123\ndata: 4567\ndata: 89ab\n", &mut out);
+        assert_eq!(joined, Err(SseError::DataTooLong { limit: 10 }));
+        assert_eq!(joined.unwrap_err().limit(), Some("max_sse_line_bytes"));
         let mut p = SseParser::new(64);
         assert_eq!(
             p.push(b"data: \xff\xfe\n\n", &mut out),
             Err(SseError::NotUtf8)
+        );
+        assert_eq!(SseError::NotUtf8.limit(), None);
+        let ignored = parse_all(&[b"id: \xff\nretry: \xfe\ndata: a\n\n"]).unwrap();
+        assert_eq!(
+            data(&ignored),
+            ["a"],
+            "bad bytes in a field not read change nothing"
         );
     }
 
@@ -251,7 +330,7 @@ mod tests {
         #[test]
         fn any_bytes_any_cuts_same_outcome(
             text in proptest::collection::vec(
-                proptest::sample::select(&b"data:ev nt\r\n\r\nx:\xff"[..]), 0..120),
+                proptest::sample::select(&b"data:ev nt\r\n\r\nx:\xff\xEF\xBB\xBF"[..]), 0..120),
             cuts in proptest::collection::vec(0usize..120, 0..10),
             max in 4usize..40,
         ) {
