@@ -4,8 +4,14 @@
 //! name is resolved once and its addresses reused for `limits.dns_cache_ttl` seconds (at
 //! most `limits.max_dns_cache_entries` names are kept), so that a new connection does not pay
 //! a lookup; a name whose every address failed to connect is forgotten at once, so that a
-//! provider that moved is looked up again on the next attempt. Does not own the connections
-//! themselves (the pool in `upstream::pool` keeps those) nor TLS (`upstream::tls`).
+//! provider that moved is looked up again on the next attempt. Concurrent attempts that miss
+//! the cache for the same name share one lookup. A name with several addresses is connected
+//! to as RFC 8305 ("Happy Eyeballs") says: the next address is tried when the one before has
+//! not answered within [`CONNECTION_ATTEMPT_DELAY`], while the earlier tries go on, and the
+//! first to connect wins; so one address that swallows connections (a broken IPv6 route, a
+//! dead host) costs each new connection that delay, not its whole timeout. The address that
+//! connected is tried first next time. Does not own the connections themselves (the pool in
+//! `upstream::pool` keeps those) nor TLS (`upstream::tls`).
 //!
 //! The system resolver does not say how long an answer may be kept, so the bound is ours:
 //! short enough that a DNS change is seen within it, long enough that a busy gateway looks
@@ -14,18 +20,30 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::transport::{BoxFuture, BoxIo, Connector};
+
+/// How long one address has to connect before the next one is tried alongside it (RFC 8305
+/// §5 recommends 250 ms): longer than a connect to any reachable provider usually takes.
+pub const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Held by the one attempt looking a name up.
+type LookupTurn = Arc<tokio::sync::Mutex<()>>;
 
 /// Connects over real TCP, caching what host names resolve to.
 #[derive(Debug)]
 pub struct CachedDnsConnector {
     cache: Mutex<BTreeMap<(String, u16), Answer>>,
+    /// One lock per name being looked up: attempts that miss the cache together wait for
+    /// the first one's lookup instead of each making their own.
+    resolving: Mutex<BTreeMap<(String, u16), LookupTurn>>,
     ttl: Duration,
     max_entries: usize,
     lookups: AtomicU64,
@@ -42,6 +60,7 @@ impl CachedDnsConnector {
     pub fn new(ttl: Duration, max_entries: usize) -> CachedDnsConnector {
         CachedDnsConnector {
             cache: Mutex::default(),
+            resolving: Mutex::default(),
             ttl,
             max_entries,
             lookups: AtomicU64::new(0),
@@ -58,12 +77,49 @@ impl CachedDnsConnector {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let key = (host.to_string(), port);
-        let now = Instant::now();
-        if let Some(answer) = self.lock().get(&key)
-            && answer.expires > now
-        {
-            return Ok(answer.addrs.clone());
+        if let Some(addrs) = self.cached(&key) {
+            return Ok(addrs);
         }
+        let turn = self
+            .resolving
+            .lock()
+            .expect("dns lookup lock poisoned")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let answer = {
+            let _looking = turn.lock().await;
+            // Another attempt may have looked the name up while this one waited.
+            match self.cached(&key) {
+                Some(addrs) => Ok(addrs),
+                None => self.look_up(host, port, key.clone()).await,
+            }
+        };
+        // Whoever is done removes the lock: attempts still waiting on it go on with theirs
+        // (and find the answer cached), later ones find the answer and need none. Bounded
+        // by the names looked up at once; one left by a cancelled lookup is reused.
+        let mut resolving = self.resolving.lock().expect("dns lookup lock poisoned");
+        if resolving.get(&key).is_some_and(|t| Arc::ptr_eq(t, &turn)) {
+            resolving.remove(&key);
+        }
+        answer
+    }
+
+    /// A cached answer still within its time.
+    fn cached(&self, key: &(String, u16)) -> Option<Vec<SocketAddr>> {
+        let now = Instant::now();
+        self.lock()
+            .get(key)
+            .filter(|answer| answer.expires > now)
+            .map(|answer| answer.addrs.clone())
+    }
+
+    async fn look_up(
+        &self,
+        host: &str,
+        port: u16,
+        key: (String, u16),
+    ) -> io::Result<Vec<SocketAddr>> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
         if addrs.is_empty() {
@@ -103,6 +159,15 @@ impl CachedDnsConnector {
         self.lock().remove(&(host.to_string(), port));
     }
 
+    /// Puts the address that just connected first in the cached answer.
+    fn prefer(&self, host: &str, port: u16, addr: SocketAddr) {
+        if let Some(answer) = self.lock().get_mut(&(host.to_string(), port))
+            && let Some(at) = answer.addrs.iter().position(|a| *a == addr)
+        {
+            answer.addrs[..=at].rotate_right(1);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, u16), Answer>> {
         // Held for plain map edits only, which cannot panic half-way.
         self.cache.lock().expect("dns cache lock poisoned")
@@ -113,8 +178,11 @@ impl Connector for CachedDnsConnector {
     fn connect<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, io::Result<BoxIo>> {
         Box::pin(async move {
             let addrs = self.resolve(host, port).await?;
-            match tokio::net::TcpStream::connect(&addrs[..]).await {
-                Ok(stream) => {
+            match connect_any(&addrs, CONNECTION_ATTEMPT_DELAY).await {
+                Ok((stream, addr)) => {
+                    if addrs.first() != Some(&addr) {
+                        self.prefer(host, port, addr);
+                    }
                     stream.set_nodelay(true)?;
                     Ok(Box::new(stream) as BoxIo)
                 }
@@ -124,6 +192,44 @@ impl Connector for CachedDnsConnector {
                 }
             }
         })
+    }
+}
+
+/// Connects to the first of `addrs` that answers: each is tried in turn, the next one as
+/// soon as the one before fails or has not connected within `delay`, the earlier ones going
+/// on meanwhile. The tries still running when one connects are dropped. With every address
+/// failed, the last error.
+async fn connect_any(addrs: &[SocketAddr], delay: Duration) -> io::Result<(TcpStream, SocketAddr)> {
+    let mut next = addrs.iter().copied();
+    let mut tries = JoinSet::new();
+    let mut last_error = None;
+    loop {
+        if tries.is_empty() {
+            match next.next() {
+                Some(addr) => {
+                    tries.spawn(async move { (addr, TcpStream::connect(addr).await) });
+                }
+                None => {
+                    return Err(last_error.unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, "no address to connect to")
+                    }));
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            done = tries.join_next() => match done {
+                Some(Ok((addr, Ok(stream)))) => return Ok((stream, addr)),
+                Some(Ok((_, Err(e)))) => last_error = Some(e),
+                // A try panicked or was cancelled: another address may still answer.
+                Some(Err(e)) => last_error = Some(io::Error::other(e)),
+                None => {}
+            },
+            () = tokio::time::sleep(delay), if next.len() > 0 => {
+                let addr = next.next().expect("an address is left");
+                tries.spawn(async move { (addr, TcpStream::connect(addr).await) });
+            }
+        }
     }
 }
 
@@ -173,6 +279,86 @@ mod tests {
         assert!(c.connect("localhost", port).await.is_err());
         assert!(c.connect("localhost", port).await.is_err());
         assert_eq!(c.lookups(), 2, "looked up again after the failure");
+    }
+
+    /// A listener that accepts no connection and whose queue is full: the kernel drops
+    /// further SYNs, so a connect to it hangs as one to a dead host does.
+    async fn swallowing_listener() -> (tokio::net::TcpListener, Vec<TcpStream>, SocketAddr) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+        let listener = socket.listen(1).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let mut queued = Vec::new();
+        for _ in 0..64 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => queued.push(stream),
+                _ => return (listener, queued, addr),
+            }
+        }
+        panic!("the kernel took 64 connections into a queue of 1: no SYN was dropped");
+    }
+
+    /// A connector whose cached answer for `example.test:port` is `addrs`.
+    fn answering(port: u16, addrs: Vec<SocketAddr>) -> CachedDnsConnector {
+        let c = CachedDnsConnector::new(Duration::from_secs(30), 8);
+        let expires = Instant::now() + Duration::from_secs(30);
+        c.lock().insert(
+            ("example.test".to_string(), port),
+            Answer { addrs, expires },
+        );
+        c
+    }
+
+    #[tokio::test]
+    async fn an_address_that_swallows_connections_does_not_hold_back_the_next() {
+        let (_swallowing, _queued, dead) = swallowing_listener().await;
+        let (_l, port) = listener().await;
+        let alive = SocketAddr::from(([127, 0, 0, 1], port));
+        let c = answering(port, vec![dead, alive]);
+        // Far longer than the delay, far shorter than the kernel's SYN retries (minutes).
+        tokio::time::timeout(Duration::from_secs(20), c.connect("example.test", port))
+            .await
+            .expect("the second address is tried while the first hangs")
+            .expect("connected");
+        let key = ("example.test".to_string(), port);
+        assert_eq!(c.lock()[&key].addrs, [alive, dead], "tried first next time");
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_hands_over_at_once() {
+        let (_l, port) = listener().await;
+        let alive = SocketAddr::from(([127, 0, 0, 1], port));
+        let refused = {
+            let (l, port) = listener().await;
+            drop(l);
+            SocketAddr::from(([127, 0, 0, 1], port))
+        };
+        let never = Duration::from_secs(3600);
+        let (_, addr) = connect_any(&[refused, alive], never)
+            .await
+            .expect("connected");
+        assert_eq!(addr, alive);
+        assert!(connect_any(&[refused], never).await.is_err());
+        assert!(connect_any(&[], never).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_lookup() {
+        let (_l, port) = listener().await;
+        let c = Arc::new(CachedDnsConnector::new(Duration::from_secs(30), 8));
+        let mut tasks = JoinSet::new();
+        for _ in 0..20 {
+            let c = c.clone();
+            tasks.spawn(async move { c.connect("localhost", port).await.map(|_| ()) });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task").expect("connected");
+        }
+        assert_eq!(c.lookups(), 1);
+        assert!(
+            c.resolving.lock().unwrap().is_empty(),
+            "no lock left behind"
+        );
     }
 
     #[tokio::test]
