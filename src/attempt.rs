@@ -760,7 +760,13 @@ impl Run<'_> {
                 self.deliver(chunk, &upstream_model, out).await?;
                 continue;
             }
-            let size = serde_json::to_vec(&chunk.object).map_or(0, |v| v.len());
+            // A chunk with content commits whatever its size; one without is held, and the
+            // bytes held are the provider's own (or, for a whole completion, as written).
+            let size = match (&chunk.raw, chunk.payload_bytes) {
+                (_, 1..) => 0,
+                (Some(raw), 0) => raw.len(),
+                (None, 0) => serde_json::to_vec(&chunk.object).map_or(0, |v| v.len()),
+            };
             if chunk.payload_bytes > 0 || held_bytes + size > limits.max_precommit_buffer_bytes {
                 let id = held
                     .iter()
