@@ -81,6 +81,12 @@ pub struct Limits {
     /// kept HTTP/1.1 connections (every frame of every stream goes through one connection
     /// task on each side), and the HTTP/1.1 pool already saves the handshakes.
     pub max_streams_per_upstream_http2_connection: usize,
+    /// Seconds between PINGs on each HTTP/2 connection to an upstream (with HTTP/2 on),
+    /// carrying streams or not; a PING unanswered for as long closes the connection. A
+    /// connection that died without a word (a NAT that dropped it, a host that vanished)
+    /// then leaves the pool, where it would otherwise take every stream it is given until
+    /// each times out. 0 sends none.
+    pub upstream_http2_keep_alive: f64,
     /// Seconds an upstream host name's DNS answer is reused for new connections; 0 looks
     /// it up for every connection.
     pub dns_cache_ttl: f64,
@@ -117,6 +123,7 @@ impl Default for Limits {
             upstream_pool_idle_timeout: 4.0,
             // HTTP/2 off (see the field).
             max_streams_per_upstream_http2_connection: 0,
+            upstream_http2_keep_alive: 10.0,
             dns_cache_ttl: 30.0,
             max_dns_cache_entries: 1024,
         }
@@ -153,6 +160,8 @@ impl Limits {
             max_idle_per_host: self.max_idle_upstream_connections_per_host,
             idle_timeout: secs(self.upstream_pool_idle_timeout),
             max_http2_streams: self.max_streams_per_upstream_http2_connection,
+            http2_keep_alive: Some(secs(self.upstream_http2_keep_alive))
+                .filter(|every| !every.is_zero()),
         }
     }
 
@@ -241,7 +250,7 @@ impl Limits {
 
     /// Every seconds limit, and whether zero is allowed (zero means "never wait" for the
     /// ones that allow it; a zero deadline or read timeout would refuse every request).
-    pub fn seconds(&self) -> [(&'static str, f64, bool); 9] {
+    pub fn seconds(&self) -> [(&'static str, f64, bool); 10] {
         [
             ("request_deadline", self.request_deadline, false),
             ("max_retry_after", self.max_retry_after, true),
@@ -254,6 +263,11 @@ impl Limits {
                 "upstream_pool_idle_timeout",
                 self.upstream_pool_idle_timeout,
                 false,
+            ),
+            (
+                "upstream_http2_keep_alive",
+                self.upstream_http2_keep_alive,
+                true,
             ),
             ("dns_cache_ttl", self.dns_cache_ttl, true),
         ]

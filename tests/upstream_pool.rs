@@ -176,6 +176,7 @@ fn keep(max_idle_per_host: usize) -> PoolLimits {
         max_idle_per_host,
         idle_timeout: Duration::from_secs(30),
         max_http2_streams: 100,
+        http2_keep_alive: None,
     }
 }
 
@@ -295,6 +296,7 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
         max_idle_per_host: 8,
         idle_timeout: Duration::from_millis(50),
         max_http2_streams: 100,
+        http2_keep_alive: None,
     });
     call(&client, &up.base).await.expect("served");
     assert_eq!(idle(&client), 1);

@@ -12,7 +12,7 @@
 //! count reaching a value), each bounded by [`attempts::PATIENCE`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -357,6 +357,7 @@ fn client(max_idle_per_host: usize) -> UpstreamClient {
         max_idle_per_host,
         idle_timeout: Duration::from_secs(30),
         max_http2_streams: 100,
+        http2_keep_alive: None,
     })
 }
 
@@ -486,6 +487,7 @@ async fn with_http2_turned_off_an_h2_upstream_is_spoken_http1() {
         max_idle_per_host: 8,
         idle_timeout: Duration::from_secs(30),
         max_http2_streams: 0,
+        http2_keep_alive: None,
     });
     let results = concurrently(&client, up.port, &bundle, 2).await;
     assert_eq!(results, vec![Ok("c0".to_string()); 2]);
@@ -506,6 +508,7 @@ async fn four_streams_at_two_per_connection(name: &str, server: Option<u32>, our
         max_idle_per_host: 8,
         idle_timeout: Duration::from_secs(30),
         max_http2_streams: ours,
+        http2_keep_alive: None,
     });
     // The first answer brings the server's SETTINGS.
     call(&client, up.port, Some(&bundle)).await.expect("first");
@@ -528,6 +531,7 @@ async fn a_burst_past_one_connections_room_opens_only_the_connections_it_needs()
         max_idle_per_host: 8,
         idle_timeout: Duration::from_secs(30),
         max_http2_streams: 2,
+        http2_keep_alive: None,
     });
     // The upstream answers none before all 8 are in flight: 4 connections of 2 streams.
     let results = concurrently(&client, up.port, &bundle, 8).await;
@@ -640,6 +644,97 @@ async fn a_stream_reset_mid_answer_fails_the_attempt_and_is_not_sent_again() {
     assert_eq!(up.accepted(), 1);
 }
 
+/// A TCP relay to `target` whose connections can be frozen: bytes stop flowing both ways
+/// and the sockets stay open, as when a NAT drops a connection's mapping or a host
+/// vanishes. Connections made after a freeze flow.
+struct Relay {
+    port: u16,
+    open: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let open: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let conns = open.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = tokio::net::TcpStream::connect(("127.0.0.1", target))
+                    .await
+                    .expect("the upstream accepts");
+                let frozen = Arc::new(AtomicBool::new(false));
+                conns.lock().expect("relay lock").push(frozen.clone());
+                let (cr, cw) = client.into_split();
+                let (ur, uw) = upstream.into_split();
+                tokio::spawn(Relay::pipe(cr, uw, frozen.clone()));
+                tokio::spawn(Relay::pipe(ur, cw, frozen));
+            }
+        });
+        Relay { port, open }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: Arc<AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if frozen.load(Ordering::SeqCst) {
+                // Swallow everything from now on, keeping both sockets open.
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Freezes every connection open now.
+    fn freeze(&self) {
+        for frozen in self.open.lock().expect("relay lock").iter() {
+            frozen.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_died_silently_is_found_by_its_pings_and_replaced() {
+    let answers = vec![Answer::Json, Answer::Json];
+    let (_pki, bundle, up) = setup("h2-ping", Spec::new(Offer::H2AndHttp1, answers)).await;
+    let relay = Relay::start(up.port).await;
+    let client = client_with(PoolLimits {
+        max_idle_per_host: 8,
+        idle_timeout: Duration::from_secs(30),
+        max_http2_streams: 100,
+        http2_keep_alive: Some(Duration::from_millis(200)),
+    });
+    call(&client, relay.port, Some(&bundle))
+        .await
+        .expect("served");
+    assert_eq!(idle(&client), 1);
+    relay.freeze();
+    // Without PINGs the dead connection would stay in the pool, and the next attempt
+    // would wait on it for its whole timeout.
+    until("an unanswered PING closed the connection", || {
+        idle(&client) == 0
+    })
+    .await;
+    let text = call(&client, relay.port, Some(&bundle))
+        .await
+        .expect("served on a new connection");
+    assert_eq!(text, "over tls");
+    assert_eq!(up.accepted(), 2);
+}
+
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     let (_pki, bundle, up) =
@@ -649,6 +744,7 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
         max_idle_per_host: 8,
         idle_timeout,
         max_http2_streams: 100,
+        http2_keep_alive: None,
     });
     call(&client, up.port, Some(&bundle)).await.expect("served");
     assert_eq!(idle(&client), 1);

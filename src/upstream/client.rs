@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 
@@ -359,7 +359,8 @@ impl UpstreamClient {
             UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string())
         };
         if http2 {
-            return connect_http2(io, self.pool.limits().max_http2_streams)
+            let limits = self.pool.limits();
+            return connect_http2(io, limits.max_http2_streams, limits.http2_keep_alive)
                 .await
                 .map_err(handshake_failed);
         }
@@ -392,10 +393,24 @@ fn http2_connection_window(max_streams: usize) -> u32 {
 
 /// hyper's HTTP/2 handshake over a TLS connection whose server picked `h2`, and the task
 /// that dispatches its requests (hyper drives the socket itself, in a task it spawns).
-async fn connect_http2(io: BoxIo, max_streams: usize) -> Result<NewConn, hyper::Error> {
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+async fn connect_http2(
+    io: BoxIo,
+    max_streams: usize,
+    keep_alive: Option<Duration>,
+) -> Result<NewConn, hyper::Error> {
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(http2_connection_window(max_streams))
+        .initial_connection_window_size(http2_connection_window(max_streams));
+    if let Some(every) = keep_alive {
+        // A dead connection ends its dispatcher, which is what the pool sees as closed.
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(every)
+            .keep_alive_timeout(every)
+            .keep_alive_while_idle(true);
+    }
+    let (sender, conn) = builder
         .handshake::<_, Full<Bytes>>(TokioIo::new(io))
         .await?;
     // The dispatcher is shared with the pool, which reads the server's current

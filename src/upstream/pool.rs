@@ -72,6 +72,9 @@ pub struct PoolLimits {
     /// Streams one HTTP/2 connection carries at once (fewer if its server says so); 0 turns
     /// HTTP/2 off.
     pub max_http2_streams: usize,
+    /// How often each HTTP/2 connection is PINGed, and how long a PING may go unanswered
+    /// before the connection is closed; `None` sends none.
+    pub http2_keep_alive: Option<Duration>,
 }
 
 /// One open HTTP/1.1 upstream connection: the sender of its requests and the task that
@@ -725,6 +728,7 @@ mod tests {
             max_idle_per_host: 4,
             idle_timeout: Duration::from_secs(30),
             max_http2_streams: 10,
+            http2_keep_alive: None,
         });
         let key = PoolKey {
             tls: true,
