@@ -34,16 +34,17 @@ use crate::transport::{BoxFuture, BoxIo, Connector};
 /// §5 recommends 250 ms): longer than a connect to any reachable provider usually takes.
 pub const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
-/// Held by the one attempt looking a name up.
-type LookupTurn = Arc<tokio::sync::Mutex<()>>;
+/// One lookup of a name, shared by the attempts that wanted it at the same time: its
+/// addresses, or its error (as kind and message: `io::Error` is not `Clone`).
+type SharedLookup = Arc<tokio::sync::OnceCell<Result<Vec<SocketAddr>, (io::ErrorKind, String)>>>;
 
 /// Connects over real TCP, caching what host names resolve to.
 #[derive(Debug)]
 pub struct CachedDnsConnector {
     cache: Mutex<BTreeMap<(String, u16), Answer>>,
-    /// One lock per name being looked up: attempts that miss the cache together wait for
-    /// the first one's lookup instead of each making their own.
-    resolving: Mutex<BTreeMap<(String, u16), LookupTurn>>,
+    /// The lookup in flight per name: attempts that miss the cache together share its
+    /// answer, or its failure, instead of each making their own (or waiting in turn).
+    resolving: Mutex<BTreeMap<(String, u16), SharedLookup>>,
     ttl: Duration,
     max_entries: usize,
     lookups: AtomicU64,
@@ -80,29 +81,31 @@ impl CachedDnsConnector {
         if let Some(addrs) = self.cached(&key) {
             return Ok(addrs);
         }
-        let turn = self
+        let lookup = self
             .resolving
             .lock()
             .expect("dns lookup lock poisoned")
             .entry(key.clone())
             .or_default()
             .clone();
-        let answer = {
-            let _looking = turn.lock().await;
-            // Another attempt may have looked the name up while this one waited.
-            match self.cached(&key) {
-                Some(addrs) => Ok(addrs),
-                None => self.look_up(host, port, key.clone()).await,
-            }
-        };
-        // Whoever is done removes the lock: attempts still waiting on it go on with theirs
-        // (and find the answer cached), later ones find the answer and need none. Bounded
-        // by the names looked up at once; one left by a cancelled lookup is reused.
+        // The first attempt looks up; the others wait for its answer (if it is abandoned
+        // half-way, the next one in line looks up instead).
+        let answer = lookup
+            .get_or_init(|| async {
+                self.look_up(host, port, key.clone())
+                    .await
+                    .map_err(|e| (e.kind(), e.to_string()))
+            })
+            .await
+            .clone();
+        // Done: attempts arriving from now on look up afresh (or find the answer cached).
+        // The map holds only lookups in flight, and one left by a cancelled attempt is
+        // reused by the next.
         let mut resolving = self.resolving.lock().expect("dns lookup lock poisoned");
-        if resolving.get(&key).is_some_and(|t| Arc::ptr_eq(t, &turn)) {
+        if resolving.get(&key).is_some_and(|l| Arc::ptr_eq(l, &lookup)) {
             resolving.remove(&key);
         }
-        answer
+        answer.map_err(|(kind, message)| io::Error::new(kind, message))
     }
 
     /// A cached answer still within its time.
@@ -196,39 +199,45 @@ impl Connector for CachedDnsConnector {
 }
 
 /// Connects to the first of `addrs` that answers: each is tried in turn, the next one as
-/// soon as the one before fails or has not connected within `delay`, the earlier ones going
-/// on meanwhile. The tries still running when one connects are dropped. With every address
-/// failed, the last error.
+/// soon as a try fails or when the last one started has not connected within `delay`, the
+/// earlier ones going on meanwhile. The tries still running when one connects are dropped.
+/// With every address failed, the last error.
 async fn connect_any(addrs: &[SocketAddr], delay: Duration) -> io::Result<(TcpStream, SocketAddr)> {
     let mut next = addrs.iter().copied();
     let mut tries = JoinSet::new();
     let mut last_error = None;
+    // When the next address is tried if nothing has happened by then.
+    let next_try = tokio::time::sleep(delay);
+    tokio::pin!(next_try);
+    let mut start_next = true;
     loop {
+        if std::mem::take(&mut start_next)
+            && let Some(addr) = next.next()
+        {
+            tries.spawn(async move { (addr, TcpStream::connect(addr).await) });
+            next_try.as_mut().reset(Instant::now() + delay);
+        }
         if tries.is_empty() {
-            match next.next() {
-                Some(addr) => {
-                    tries.spawn(async move { (addr, TcpStream::connect(addr).await) });
-                }
-                None => {
-                    return Err(last_error.unwrap_or_else(|| {
-                        io::Error::new(io::ErrorKind::NotFound, "no address to connect to")
-                    }));
-                }
-            }
+            return Err(last_error.unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "no address to connect to")
+            }));
         }
         tokio::select! {
             biased;
             done = tries.join_next() => match done {
                 Some(Ok((addr, Ok(stream)))) => return Ok((stream, addr)),
-                Some(Ok((_, Err(e)))) => last_error = Some(e),
+                Some(Ok((_, Err(e)))) => {
+                    last_error = Some(e);
+                    start_next = true;
+                }
                 // A try panicked or was cancelled: another address may still answer.
-                Some(Err(e)) => last_error = Some(io::Error::other(e)),
+                Some(Err(e)) => {
+                    last_error = Some(io::Error::other(e));
+                    start_next = true;
+                }
                 None => {}
             },
-            () = tokio::time::sleep(delay), if next.len() > 0 => {
-                let addr = next.next().expect("an address is left");
-                tries.spawn(async move { (addr, TcpStream::connect(addr).await) });
-            }
+            () = &mut next_try, if next.len() > 0 => start_next = true,
         }
     }
 }
@@ -357,8 +366,27 @@ mod tests {
         assert_eq!(c.lookups(), 1);
         assert!(
             c.resolving.lock().unwrap().is_empty(),
-            "no lock left behind"
+            "no lookup left behind"
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_a_failed_lookup_and_an_uncached_one() {
+        for (name, ttl, ok) in [
+            ("localhost", Duration::ZERO, true),
+            ("no-such-host.invalid", Duration::from_secs(30), false),
+        ] {
+            let c = Arc::new(CachedDnsConnector::new(ttl, 8));
+            let mut tasks = JoinSet::new();
+            for _ in 0..20 {
+                let c = c.clone();
+                tasks.spawn(async move { c.resolve(name, 443).await.map(|_| ()) });
+            }
+            while let Some(done) = tasks.join_next().await {
+                assert_eq!(done.expect("task").is_ok(), ok, "{name}");
+            }
+            assert_eq!(c.lookups(), 1, "one lookup for all twenty: {name}");
+        }
     }
 
     #[tokio::test]

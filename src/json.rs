@@ -1,5 +1,5 @@
-//! JSON text into a [`serde_json::Value`], with every object's map allocated once, at its
-//! final size.
+//! JSON text into a [`serde_json::Value`], with every small object's map allocated once,
+//! at its final size.
 //!
 //! Owns: [`from_str`] and [`from_slice`], which give exactly what `serde_json`'s own do
 //! (the same values, in the same order, and the same errors); and [`field`] and
@@ -10,8 +10,10 @@
 //! rehashes it as it grows (3, 7, then 14 slots). A streamed chunk is three small maps (the
 //! chunk, its choice, the choice's delta) with about fifteen keys between them, and comes
 //! every few tokens: the growth was about a tenth of the gateway's instructions per
-//! request. Here a map's entries are first collected on the stack (a spill to the heap past
-//! eight), and the map is allocated once for all of them. Likewise a lookup in a map of a
+//! request. Here an object's first eight entries are collected on the stack and its map is
+//! allocated once for them; a larger object goes straight into its map from there on, as
+//! serde_json does, so that its memory follows its distinct keys, however often one repeats
+//! (`tests/json_memory.rs`). Likewise a lookup in a map of a
 //! few keys compares them rather than hashing the key with SipHash (`serde_json` maps use
 //! the standard library's hasher), which costs more than the comparisons.
 
@@ -130,15 +132,31 @@ impl<'de> Visitor<'de> for SizedValue {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut entries: SmallVec<[(String, Value); INLINE_ENTRIES]> = SmallVec::new();
+        // Past the inline entries, straight into the map, as `serde_json` does: held
+        // entries would grow with every repeat of a key, the map only with new keys.
+        let mut large: Option<Map<String, Value>> = None;
         while let Some(key) = map.next_key::<String>()? {
-            entries.push((key, map.next_value_seed(SizedValue)?));
+            let value = map.next_value_seed(SizedValue)?;
+            match &mut large {
+                Some(object) => {
+                    object.insert(key, value);
+                }
+                None if entries.len() < INLINE_ENTRIES => entries.push((key, value)),
+                None => {
+                    let mut object = Map::with_capacity(2 * INLINE_ENTRIES);
+                    object.extend(entries.drain(..));
+                    object.insert(key, value);
+                    large = Some(object);
+                }
+            }
         }
-        let mut object = Map::with_capacity(entries.len());
-        // In order, one by one: a repeated key keeps its first place and its last value,
-        // as `serde_json` has it.
-        for (key, value) in entries {
-            object.insert(key, value);
-        }
+        let object = large.unwrap_or_else(|| {
+            let mut object = Map::with_capacity(entries.len());
+            // In order, one by one: a repeated key keeps its first place and its last
+            // value, as `serde_json` has it.
+            object.extend(entries);
+            object
+        });
         Ok(Value::Object(object))
     }
 }

@@ -715,7 +715,10 @@ async fn an_http2_connection_that_died_silently_is_found_by_its_pings_and_replac
         max_idle_per_host: 8,
         idle_timeout: Duration::from_secs(30),
         max_http2_streams: 100,
-        http2_keep_alive: Some(Duration::from_millis(200)),
+        // Long enough that a loaded machine answers a PING in time (a PING sent during a
+        // call must not close a live connection), short enough to find the dead one well
+        // within the test's patience.
+        http2_keep_alive: Some(Duration::from_secs(1)),
     });
     call(&client, relay.port, Some(&bundle))
         .await

@@ -501,14 +501,15 @@ impl<'de, L: Level> Visitor<'de> for ObjectSeed<L> {
     }
 }
 
-/// Objects up to this many keys find a repeated key by comparing; past it, by hash (an
-/// upstream sending a chunk of many thousand keys must not cost quadratic time).
+/// Objects up to this many keys find a repeated key by comparing; past it, through an index
+/// of the keys (an upstream sending a chunk of many thousand keys must not cost quadratic
+/// time).
 const COMPARED_KEYS: usize = 16;
 
 /// An object's fields, each value read as level `L` reads it.
 fn read_fields<'de, L: Level, A: MapAccess<'de>>(mut map: A) -> Result<Fields<L::Value>, A::Error> {
     let mut fields = Fields::with_capacity(8);
-    let mut positions: Option<std::collections::HashMap<Key, usize>> = None;
+    let mut positions: Option<std::collections::BTreeMap<Key, usize>> = None;
     while let Some(key) = map.next_key_seed(KeySeed)? {
         let value = L::value(&key, &mut map)?;
         if fields.len() < COMPARED_KEYS {
@@ -805,7 +806,7 @@ mod tests {
 
     #[test]
     fn many_keys_and_their_repeats_read_as_serde_json_reads_them() {
-        // Past the compared keys, repeats are found by hash: same result, linear time.
+        // Past the compared keys, repeats are found through an index: same result.
         let keys: Vec<String> = (0..5_000)
             .map(|i| format!("\"k{}\":{i}", i % 3_000))
             .collect();

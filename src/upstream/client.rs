@@ -257,9 +257,11 @@ impl UpstreamClient {
         // Requests the server proved it did not process (HTTP/2 only), sent again; once one
         // was, the request goes on a connection of its own.
         let mut unprocessed = 0;
+        // Dials of other attempts this one waited for.
+        let mut waits = 0;
         loop {
             let checkout = if stale <= self.pool.limits().max_idle_per_host && unprocessed == 0 {
-                self.pool.checkout(&key)
+                self.pool.checkout(&key, waits < MAX_DIAL_WAITS)
             } else {
                 Checkout::Open(None)
             };
@@ -267,10 +269,11 @@ impl UpstreamClient {
                 Checkout::Kept(lease) => lease,
                 // Every wake-up follows a dial that ended: this attempt then finds room,
                 // opens the next connection itself, or waits for the one another attempt
-                // has begun (a burst opens the connections it needs, one at a time). All
-                // of it within the first-byte timeout around this call.
+                // has begun, up to MAX_DIAL_WAITS times. All of it within the first-byte
+                // timeout around this call.
                 Checkout::Wait(opened) => {
                     opened.await;
+                    waits += 1;
                     continue;
                 }
                 Checkout::Open(dial) => {
@@ -390,6 +393,12 @@ fn http2_connection_window(max_streams: usize) -> u32 {
     let all = u64::from(HTTP2_STREAM_WINDOW).saturating_mul(max_streams.max(1) as u64);
     u32::try_from(all.min(MAX_WINDOW)).expect("at most 2^31 - 1")
 }
+
+/// How many connections other attempts open an attempt waits for before it opens one of its
+/// own. A burst then opens the connections it needs mostly one at a time (8 attempts at 2
+/// streams per connection: 4 connections), yet no attempt queues behind more than a few
+/// handshakes when they are slow or the upstream allows few streams per connection.
+const MAX_DIAL_WAITS: usize = 4;
 
 /// hyper's HTTP/2 handshake over a TLS connection whose server picked `h2`, and the task
 /// that dispatches its requests (hyper drives the socket itself, in a task it spawns).

@@ -272,8 +272,9 @@ impl Pool {
     }
 
     /// A connection for the next request to `key`: a kept HTTP/1.1 one, a stream on an
-    /// HTTP/2 one with room, a connection another attempt is opening, or a new one.
-    pub(crate) fn checkout(&self, key: &PoolKey) -> Checkout {
+    /// HTTP/2 one with room, a connection another attempt is opening (when `may_wait`), or
+    /// a new one.
+    pub(crate) fn checkout(&self, key: &PoolKey, may_wait: bool) -> Checkout {
         if let Some(conn) = self.take(key) {
             return Checkout::Kept(self.lease(key.clone(), conn, true));
         }
@@ -302,7 +303,7 @@ impl Pool {
                 true,
             ))
         } else if let Some(notify) = host.dialing.as_ref() {
-            if !host.speaks_http1 {
+            if may_wait && !host.speaks_http1 {
                 Checkout::Wait(notify.clone().notified_owned())
             } else {
                 Checkout::Open(None)
@@ -736,11 +737,11 @@ mod tests {
             port: 443,
             ca_bundle: None,
         };
-        let Checkout::Open(Some(dial)) = pool.checkout(&key) else {
+        let Checkout::Open(Some(dial)) = pool.checkout(&key, true) else {
             panic!("the first attempt opens the connection");
         };
         assert!(
-            matches!(pool.checkout(&key), Checkout::Wait(_)),
+            matches!(pool.checkout(&key, true), Checkout::Wait(_)),
             "the next one waits for it"
         );
         drop(dial);
@@ -749,7 +750,7 @@ mod tests {
             "no entry for a host with nothing"
         );
         assert!(
-            matches!(pool.checkout(&key), Checkout::Open(Some(_))),
+            matches!(pool.checkout(&key, true), Checkout::Open(Some(_))),
             "the next attempt dials again"
         );
     }
