@@ -16,8 +16,9 @@
 //! * every other field, at every level, is kept (last non-null value wins), so nothing a
 //!   provider adds is lost.
 //!
-//! Every merge appends to the accumulated value in place, so the total work is linear in
-//! the size of the stream. Does not own limits on how many choices or tool calls an answer
+//! Every merge appends to the accumulated value in place, and a list merged by `index` keeps
+//! an index of its items across chunks ([`Lists`]), so the total work is linear in the size
+//! of the stream (up to a logarithm), whatever order an upstream sends indexes in. Does not own limits on how many choices or tool calls an answer
 //! may have (the chunk parser and [`ToolCallCount`] enforce those) nor the response shape
 //! around the choices (`delivery`).
 
@@ -50,6 +51,67 @@ pub struct ChoiceAcc {
     /// `logprobs`, `content_filter_results`, ...).
     pub fields: Map<String, Value>,
     tools: ToolCalls,
+    /// Indexes of the lists in `message` and `fields` merged by `index`.
+    lists: Lists,
+}
+
+/// Where each item of a list merged by `index` is, per list, kept across chunks: finding
+/// the item a delta's `index` continues then costs a lookup, not a scan of the list (an
+/// upstream sending a new index per chunk would otherwise cost quadratic time). A list is
+/// named by its path from the map it lives in, as a JSON Pointer under a prefix (`m` for
+/// the message, `f` for the choice's fields, `t3` for the fourth tool call). A value that
+/// is replaced takes the indexes of the lists under it along.
+#[derive(Debug, Default, Clone)]
+struct Lists {
+    /// Per list, the position of the first item carrying each `index`.
+    positions: BTreeMap<String, BTreeMap<u64, usize>>,
+    /// Indexes built from a list's items (a list seen for the first time, or again after
+    /// it was replaced).
+    built: usize,
+}
+
+/// Where a merge is: the lists' indexes and the path of the value being merged.
+struct At<'a> {
+    lists: &'a mut Lists,
+    path: String,
+}
+
+impl At<'_> {
+    /// Runs `f` at the path of `key` (JSON Pointer escaped) below the current one.
+    fn below<R>(&mut self, key: &str, f: impl FnOnce(&mut Self) -> R) -> R {
+        let len = self.path.len();
+        self.path.push('/');
+        for c in key.chars() {
+            match c {
+                '~' => self.path.push_str("~0"),
+                '/' => self.path.push_str("~1"),
+                c => self.path.push(c),
+            }
+        }
+        let out = f(self);
+        self.path.truncate(len);
+        out
+    }
+
+    /// The value at the current path was replaced: the indexes of lists in it are gone.
+    fn replaced(&mut self) {
+        let path = &self.path;
+        let stale: Vec<String> = self
+            .lists
+            .positions
+            .range::<str, _>((
+                std::ops::Bound::Included(path.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(path.as_str()))
+            .filter(|k| k.len() == path.len() || k[path.len()..].starts_with('/'))
+            .cloned()
+            .collect();
+        for k in stale {
+            self.lists.positions.remove(&k);
+        }
+    }
 }
 
 /// Tool calls of one choice, as they are being assembled.
@@ -58,6 +120,8 @@ struct ToolCalls {
     calls: Vec<Map<String, Value>>,
     /// The call each upstream `index` currently feeds.
     by_index: BTreeMap<u64, usize>,
+    /// Indexes of the lists in the calls merged by `index`.
+    lists: Lists,
 }
 
 /// Merges chunks into choices.
@@ -95,7 +159,13 @@ impl Accumulator {
                     // A `delta` or `message` that is not an object adds nothing.
                     "index" | "delta" | "message" => {}
                     // Log probabilities are deltas like the message's: lists concatenate.
-                    "logprobs" => merge_field(&mut acc.fields, key, value),
+                    "logprobs" => {
+                        let mut at = At {
+                            lists: &mut acc.lists,
+                            path: "f".to_string(),
+                        };
+                        merge_field(&mut acc.fields, key, value, &mut at);
+                    }
                     // Other choice-level fields are the choice's state, not pieces of it
                     // (`finish_reason`, Azure's `content_filter_results`): latest wins.
                     _ => merge_state(&mut acc.fields, key, value),
@@ -160,6 +230,10 @@ impl Accumulator {
 }
 
 fn merge_delta(acc: &mut ChoiceAcc, delta: &Fields<Value>) {
+    let mut at = At {
+        lists: &mut acc.lists,
+        path: "m".to_string(),
+    };
     for (key, value) in delta.iter() {
         if key == "tool_calls" {
             if let Value::Array(calls) = value {
@@ -171,7 +245,7 @@ fn merge_delta(acc: &mut ChoiceAcc, delta: &Fields<Value>) {
             }
             continue;
         }
-        merge_field(&mut acc.message, key, value);
+        merge_field(&mut acc.message, key, value, &mut at);
     }
 }
 
@@ -213,10 +287,14 @@ impl ToolCalls {
             self.by_index.insert(index, target);
         }
         let call = &mut self.calls[target];
+        let mut at = At {
+            lists: &mut self.lists,
+            path: format!("t{target}"),
+        };
         for (key, value) in delta {
             // The final message numbers calls by position (see `finished`).
             if key != "index" {
-                merge_field(call, key, value);
+                merge_field(call, key, value, &mut at);
             }
         }
     }
@@ -229,36 +307,43 @@ impl ToolCalls {
 }
 
 /// Merges one field of a delta into `into`, per the rules in the module doc.
-fn merge_field(into: &mut Map<String, Value>, key: &str, value: &Value) {
-    let Some(existing) = field_mut(into, key) else {
-        into.insert(key.to_string(), value.clone());
-        return;
-    };
-    if value.is_null() {
-        return;
-    }
-    if existing.is_null() {
-        *existing = value.clone();
-        return;
-    }
-    if SET_ONCE.contains(&key) {
-        // Tags of a discriminated union follow the latest delta (as the SDKs do);
-        // identifiers and names are the first one's.
-        if key == "type" || key == "index" {
-            *existing = value.clone();
+fn merge_field(into: &mut Map<String, Value>, key: &str, value: &Value, at: &mut At) {
+    at.below(key, |at| {
+        let Some(existing) = field_mut(into, key) else {
+            // A new field (no list under its path has an index yet).
+            into.insert(key.to_string(), value.clone());
+            return;
+        };
+        if value.is_null() {
+            return;
         }
-        return;
-    }
-    match (existing, value) {
-        (Value::String(a), Value::String(b)) => a.push_str(b),
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge_field(a, k, v);
+        if existing.is_null() {
+            *existing = value.clone();
+            return;
+        }
+        if SET_ONCE.contains(&key) {
+            // Tags of a discriminated union follow the latest delta (as the SDKs do);
+            // identifiers and names are the first one's.
+            if key == "type" || key == "index" {
+                at.replaced();
+                *existing = value.clone();
+            }
+            return;
+        }
+        match (existing, value) {
+            (Value::String(a), Value::String(b)) => a.push_str(b),
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge_field(a, k, v, at);
+                }
+            }
+            (Value::Array(a), Value::Array(b)) => merge_list(a, b, at),
+            (existing, value) => {
+                at.replaced();
+                *existing = value.clone();
             }
         }
-        (Value::Array(a), Value::Array(b)) => merge_list(a, b),
-        (existing, value) => *existing = value.clone(),
-    }
+    })
 }
 
 /// Merges a choice-level state field: a null changes nothing, objects merge field by field,
@@ -280,19 +365,42 @@ fn merge_state(into: &mut Map<String, Value>, key: &str, value: &Value) {
 }
 
 /// Lists of objects that carry an `index` merge by index; other lists concatenate.
-fn merge_list(acc: &mut Vec<Value>, delta: &[Value]) {
+fn merge_list(acc: &mut Vec<Value>, delta: &[Value], at: &mut At) {
     let indexed = |v: &Value| v.get("index").and_then(Value::as_u64);
     for item in delta {
-        match (indexed(item), item) {
-            (Some(i), Value::Object(obj)) => match acc.iter_mut().find(|a| indexed(a) == Some(i)) {
-                Some(Value::Object(target)) => {
-                    for (k, v) in obj {
-                        merge_field(target, k, v);
+        let (Some(i), Value::Object(obj)) = (indexed(item), item) else {
+            acc.push(item.clone());
+            continue;
+        };
+        let lists = &mut *at.lists;
+        let positions = match lists.positions.get_mut(&at.path) {
+            Some(p) => p,
+            None => {
+                lists.built += 1;
+                let mut first = BTreeMap::new();
+                for (p, a) in acc.iter().enumerate() {
+                    if let Some(i) = indexed(a) {
+                        first.entry(i).or_insert(p);
                     }
                 }
-                _ => acc.push(item.clone()),
-            },
-            _ => acc.push(item.clone()),
+                lists.positions.entry(at.path.clone()).or_insert(first)
+            }
+        };
+        match positions.get(&i) {
+            Some(&p) => {
+                let Some(Value::Object(target)) = acc.get_mut(p) else {
+                    unreachable!("an indexed position holds the object carrying that index");
+                };
+                at.below(&p.to_string(), |at| {
+                    for (k, v) in obj {
+                        merge_field(target, k, v, at);
+                    }
+                });
+            }
+            None => {
+                positions.insert(i, acc.len());
+                acc.push(item.clone());
+            }
         }
     }
 }
@@ -529,5 +637,162 @@ mod tests {
         assert_eq!(n.push(&object(&call("a"))), 1);
         assert_eq!(n.push(&object(&call("a"))), 1);
         assert_eq!(n.push(&object(&call("b"))), 2);
+    }
+
+    #[test]
+    fn a_list_merged_by_index_is_indexed_once_however_its_items_come() {
+        // A new index per chunk, in an order no scan could shortcut: with a scan per item
+        // this is quadratic; with the kept index, one build.
+        let mut a = Accumulator::new();
+        let n = 20_000u64;
+        for k in 0..n {
+            let i = (k * 7_919) % n;
+            a.push(&object(&delta(0, json!({"x": [{"index": i, "v": "a"}]}))));
+        }
+        a.push(&object(&delta(0, json!({"x": [{"index": 5, "v": "b"}]}))));
+        let acc = &a.choices[&0];
+        assert_eq!(acc.lists.built, 1, "the list's index was built once");
+        let x = acc.message["x"].as_array().unwrap();
+        assert_eq!(x.len(), n as usize);
+        assert_eq!(x.iter().find(|v| v["index"] == 5).unwrap()["v"], "ab");
+    }
+
+    #[test]
+    fn lists_whose_paths_would_read_alike_keep_their_own_indexes() {
+        // `x/y` and `x` then `y`: one path unless the key's `/` is escaped.
+        let deltas = [
+            json!({"x/y": [{"index": 0, "v": "a"}], "x": {"y": [{"index": 1, "v": "b"}]}}),
+            json!({"x/y": [{"index": 1, "v": "c"}], "x": {"y": [{"index": 0, "v": "d"}]}}),
+        ];
+        let (mut ours, mut theirs, mut lists) = (Map::new(), Map::new(), Lists::default());
+        for d in &deltas {
+            let mut at = At {
+                lists: &mut lists,
+                path: "m".to_string(),
+            };
+            merge_field(&mut ours, "p", d, &mut at);
+            reference::merge_field(&mut theirs, "p", d);
+        }
+        assert_eq!(ours, theirs);
+        assert_eq!(ours["p"]["x"]["y"].as_array().unwrap().len(), 2);
+    }
+
+    /// The merge as it was before lists kept an index: a scan of the list per item.
+    mod reference {
+        use super::super::SET_ONCE;
+        use serde_json::{Map, Value};
+
+        pub fn merge_field(into: &mut Map<String, Value>, key: &str, value: &Value) {
+            let Some(existing) = into.get_mut(key) else {
+                into.insert(key.to_string(), value.clone());
+                return;
+            };
+            if value.is_null() {
+                return;
+            }
+            if existing.is_null() {
+                *existing = value.clone();
+                return;
+            }
+            if SET_ONCE.contains(&key) {
+                if key == "type" || key == "index" {
+                    *existing = value.clone();
+                }
+                return;
+            }
+            match (existing, value) {
+                (Value::String(a), Value::String(b)) => a.push_str(b),
+                (Value::Object(a), Value::Object(b)) => {
+                    for (k, v) in b {
+                        merge_field(a, k, v);
+                    }
+                }
+                (Value::Array(a), Value::Array(b)) => {
+                    let indexed = |v: &Value| v.get("index").and_then(Value::as_u64);
+                    for item in b {
+                        match (indexed(item), item) {
+                            (Some(i), Value::Object(obj)) => {
+                                match a.iter_mut().find(|x| indexed(x) == Some(i)) {
+                                    Some(Value::Object(target)) => {
+                                        for (k, v) in obj {
+                                            merge_field(target, k, v);
+                                        }
+                                    }
+                                    _ => a.push(item.clone()),
+                                }
+                            }
+                            _ => a.push(item.clone()),
+                        }
+                    }
+                }
+                (existing, value) => *existing = value.clone(),
+            }
+        }
+    }
+
+    /// Values whose merges exercise every rule: strings, nulls, numbers, objects, lists of
+    /// indexed objects (repeated and new indexes, nested lists) and of anything else, keys
+    /// that are tags or need escaping in a path.
+    fn merge_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            "[ab]{0,2}".prop_map(Value::from),
+            (0u64..3).prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 40, 4, |inner| {
+            let key = prop_oneof![
+                Just("a".to_string()),
+                Just("b".to_string()),
+                Just("type".to_string()),
+                Just("x/y".to_string()),
+                Just("x".to_string()),
+                Just("y".to_string()),
+                Just("~".to_string()),
+                Just("0".to_string()),
+            ];
+            let object = prop::collection::vec((key, inner.clone()), 0..4)
+                .prop_map(|entries| Value::Object(entries.into_iter().collect()));
+            let indexed = (
+                (0u64..4),
+                prop::collection::vec(("[ab]", inner.clone()), 0..3),
+            )
+                .prop_map(|(i, entries)| {
+                    let mut m: Map<String, Value> = entries.into_iter().collect();
+                    m.insert("index".into(), Value::from(i));
+                    Value::Object(m)
+                });
+            prop_oneof![
+                object,
+                prop::collection::vec(prop_oneof![3 => indexed, 1 => inner], 0..4)
+                    .prop_map(Value::Array),
+            ]
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn merging_with_kept_indexes_is_merging_by_scan(
+            deltas in prop::collection::vec(
+                prop::collection::vec((prop_oneof![Just("p"), Just("q")], merge_value()), 1..3),
+                1..10,
+            )
+        ) {
+            let mut ours = Map::new();
+            let mut theirs = Map::new();
+            let mut lists = Lists::default();
+            for delta in &deltas {
+                let mut at = At { lists: &mut lists, path: "m".to_string() };
+                for (key, value) in delta {
+                    merge_field(&mut ours, key, value, &mut at);
+                    reference::merge_field(&mut theirs, key, value);
+                }
+            }
+            prop_assert_eq!(
+                serde_json::to_string(&ours).unwrap(),
+                serde_json::to_string(&theirs).unwrap()
+            );
+        }
     }
 }
