@@ -70,7 +70,9 @@ pub struct Limits {
     /// Seconds an upstream connection may stay idle before it is closed. Below the 5 s
     /// keep-alive of uvicorn (vLLM, LiteLLM) and most servers, so that the gateway closes an
     /// idle connection before the upstream does, and never sends on one the upstream is
-    /// closing (a request that may have been sent is never re-sent).
+    /// closing (a request that may have been sent is never re-sent). An upstream that
+    /// announces a shorter `Keep-Alive: timeout=` has its connections closed a second
+    /// before that.
     pub upstream_pool_idle_timeout: f64,
     /// Requests one HTTP/2 upstream connection carries at once, as streams (fewer when the
     /// upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` says so); when every connection to an

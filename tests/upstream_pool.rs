@@ -6,7 +6,8 @@
 //! attempt (JSON, and a stream ended by `[DONE]`, whose chunked end is drained); one closed
 //! by the upstream while idle, replaced by a new one with no failure; a request that may have
 //! reached the upstream, never re-sent; an abandoned stream, whose connection is closed and
-//! never kept; the per-host bound; and the idle timeout.
+//! never kept; the per-host bound; the idle timeout; and a server's shorter
+//! `Keep-Alive: timeout=`.
 //!
 //! Waits are for conditions (a count reaching a value), each bounded by [`attempts::PATIENCE`].
 
@@ -27,10 +28,10 @@ use attempts::{LIMITS, idle, until};
 
 const JSON_ANSWER: &str = r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
 
-/// A keep-alive JSON response.
-fn json_response() -> Vec<u8> {
+/// A keep-alive JSON response, with `extra` header lines.
+fn json_response(extra: &str) -> Vec<u8> {
     format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{JSON_ANSWER}",
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{JSON_ANSWER}",
         JSON_ANSWER.len()
     )
     .into_bytes()
@@ -59,6 +60,8 @@ enum Answer {
     HangUpUnanswered,
     /// Answer as `Json`, then close the connection (without `Connection: close`).
     JsonThenClose,
+    /// Answer as `Json`, saying `Keep-Alive: timeout=N` (N seconds).
+    JsonKeepAlive(u64),
 }
 
 /// A scripted upstream: accepts connections, reads each request head and body, and answers
@@ -142,7 +145,11 @@ async fn serve(mut socket: TcpStream, answers: Vec<Answer>, requests: Arc<Atomic
         let n = requests.fetch_add(1, Ordering::SeqCst);
         let answer = answers[n.min(answers.len() - 1)];
         let written = match answer {
-            Answer::Json | Answer::JsonThenClose => socket.write_all(&json_response()).await,
+            Answer::Json | Answer::JsonThenClose => socket.write_all(&json_response("")).await,
+            Answer::JsonKeepAlive(secs) => {
+                let extra = format!("keep-alive: timeout={secs}\r\n");
+                socket.write_all(&json_response(&extra)).await
+            }
             Answer::Stream => {
                 let mut out = SSE_HEAD.to_vec();
                 out.extend(sse_chunk(CHUNK));
@@ -302,4 +309,54 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(idle(&client), 1);
     until("the idle connection was closed", || up.closed() == 1).await;
     assert_eq!(idle(&client), 0);
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_before_its_server_said_it_closes_idle_ones() {
+    // Node.js says `Keep-Alive: timeout=5` and closes idle connections after 5 s: a pool
+    // keeping them for its own (longer) timeout sends requests onto connections the server
+    // is closing, where they fail after they may have been read. Kept for 2 s - margin here.
+    let up = Upstream::start(vec![Answer::JsonKeepAlive(2)]).await;
+    let client = client(keep(8));
+    call(&client, &up.base).await.expect("served");
+    assert_eq!(idle(&client), 1, "kept while the server keeps it");
+    // Well before our own 30 s (the wait is bounded by `attempts::PATIENCE`).
+    until("closed before the server's timeout", || up.closed() == 1).await;
+    assert_eq!(idle(&client), 0);
+    call(&client, &up.base).await.expect("served");
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_connection_whose_server_keeps_it_no_longer_than_the_margin_is_not_kept() {
+    let up = Upstream::start(vec![Answer::JsonKeepAlive(1)]).await;
+    let client = client(keep(8));
+    call(&client, &up.base).await.expect("served");
+    assert_eq!(idle(&client), 0, "the server may close it any moment");
+    until("closed at once", || up.closed() == 1).await;
+}
+
+#[tokio::test]
+async fn idle_time_counts_from_the_end_of_the_response_not_from_when_the_attempt_let_go() {
+    // The server's idle clock starts when it wrote the response's end. An attempt that holds
+    // a finished answer (a slow client still reading it) must not make the connection look
+    // fresher than it is.
+    let up = Upstream::start(vec![Answer::Json]).await;
+    let client = client(PoolLimits {
+        idle_timeout: Duration::from_millis(200),
+        ..keep(8)
+    });
+    let stream = attempts::open(&client, &format!("{}/v1", up.base), None)
+        .await
+        .expect("opened");
+    // The JSON body was read whole when the attempt opened: its end is behind us. The wait
+    // is the condition itself (time passing), not a stand-in for one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    assert_eq!(
+        idle(&client),
+        0,
+        "idle for longer than the idle timeout already"
+    );
+    until("closed", || up.closed() == 1).await;
 }

@@ -192,11 +192,14 @@ impl UpstreamClient {
         timeouts: AttemptTimeouts,
     ) -> Result<UpstreamStream, UpstreamError> {
         let first_byte = Wait::new(Instant::now(), timeouts, TimeoutKind::FirstByte);
-        let (response, lease) = timeout_at(first_byte.at, self.send(call))
+        let (response, mut lease) = timeout_at(first_byte.at, self.send(call))
             .await
             .map_err(|_| UpstreamError::Timeout(first_byte.kind))??;
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
+        if !lease.is_http2() {
+            lease.server_said(&parts.headers);
+        }
         let json = !call.stream
             || parts
                 .headers

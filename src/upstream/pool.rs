@@ -9,8 +9,9 @@
 //! [`PoolLimits::max_http2_streams`], a full one making the next attempt open another;
 //! making attempts that arrive while a connection to an `https` upstream is being opened
 //! wait for it, so that a burst opens one HTTP/2 connection, not one each; closing a
-//! connection when it has been idle for `upstream_pool_idle_timeout` or when the pool for
-//! its host is full; and counting what it holds so the simulation can check that nothing
+//! connection when it has been idle for `upstream_pool_idle_timeout` (counted from the end
+//! of its last response), sooner when an HTTP/1.1 server announced a shorter
+//! `Keep-Alive: timeout=`, or when the pool for its host is full; and counting what it holds so the simulation can check that nothing
 //! else is left open. Does not own opening connections (`client`, through the
 //! [`Connector`](crate::transport::Connector) seam) nor deciding whether a failed send may
 //! be re-sent (`client`: only when hyper hands the request back unwritten, or an HTTP/2
@@ -146,7 +147,9 @@ pub(crate) enum NewConn {
 
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// When it is closed: the idle timeout after its last response ended, or sooner when its
+    /// server said it closes idle connections sooner (`Keep-Alive: timeout=`).
+    expires: Instant,
 }
 
 /// An HTTP/2 connection in the pool, busy (carrying `streams`) or idle.
@@ -382,13 +385,10 @@ impl Pool {
         let mut state = self.lock();
         let list = state.idle.get_mut(key)?;
         let mut found = None;
+        // Expiries differ per connection (a server may say it closes sooner), so the
+        // expired ones are skipped one by one rather than cut off at the first.
         while let Some(idle) = list.pop() {
-            if now.duration_since(idle.since) >= self.limits.idle_timeout {
-                // Everything before it in the list is older still.
-                list.clear();
-                break;
-            }
-            if !idle.conn.sender.is_closed() {
+            if idle.expires > now && !idle.conn.sender.is_closed() {
                 found = Some(idle.conn);
                 break;
             }
@@ -406,20 +406,33 @@ impl Pool {
             conn: Some(Leased::Http1(conn)),
             key,
             pool: self.clone(),
-            reusable: false,
+            ended: None,
+            server_idle_timeout: None,
             reused,
         }
     }
 
-    /// Keeps the HTTP/1.1 `conn` idle for `key`, unless it is closed or the host's pool is
-    /// full.
-    fn put(&self, key: PoolKey, conn: Conn) {
+    /// Keeps the HTTP/1.1 `conn` idle for `key` from `since` (when its last response
+    /// ended), unless it is closed, the host's pool is full, or it would already have to
+    /// be closed: our idle timeout, or its server's (`server_idle_timeout`, less
+    /// [`KEEP_ALIVE_MARGIN`]), whichever is shorter.
+    fn put(&self, key: PoolKey, conn: Conn, since: Instant, server_idle_timeout: Option<Duration>) {
         // Outside a runtime (a lease dropped while the process winds down) nothing could
         // close the connection when it expires: it is not kept.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if conn.sender.is_closed() || self.limits.max_idle_per_host == 0 {
+        let keep = match server_idle_timeout {
+            Some(server) => server
+                .saturating_sub(KEEP_ALIVE_MARGIN)
+                .min(self.limits.idle_timeout),
+            None => self.limits.idle_timeout,
+        };
+        let expires = since + keep;
+        if conn.sender.is_closed()
+            || self.limits.max_idle_per_host == 0
+            || expires <= Instant::now()
+        {
             return;
         }
         let start_reaper = {
@@ -431,10 +444,7 @@ impl Pool {
                 drop(conn);
                 return;
             }
-            list.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            list.push(Idle { conn, expires });
             !std::mem::replace(&mut state.reaper, true)
         };
         if start_reaper {
@@ -549,11 +559,11 @@ async fn reap(state: Weak<Mutex<State>>, timeout: Duration) {
             let now = Instant::now();
             let mut expired = Vec::new();
             for list in s.idle.values_mut() {
-                let keep = list
-                    .iter()
-                    .position(|i| now.duration_since(i.since) < timeout)
-                    .unwrap_or(list.len());
-                expired.extend(list.drain(..keep));
+                let (gone, kept): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|i| i.expires <= now);
+                *list = kept;
+                expired.extend(gone);
             }
             s.idle.retain(|_, list| !list.is_empty());
             let mut expired_http2 = Vec::new();
@@ -565,14 +575,14 @@ async fn reap(state: Weak<Mutex<State>>, timeout: Duration) {
                 expired_http2.push(gone);
             }
             s.http2.retain(|_, host| !host.is_empty());
-            let oldest_http1 = s.idle.values().filter_map(|l| l.first()).map(|i| i.since);
-            let oldest_http2 = s
+            let http1 = s.idle.values().flatten().map(|i| i.expires);
+            let http2 = s
                 .http2
                 .values()
                 .flat_map(|h| h.conns.iter())
                 .filter(|c| c.is_idle())
-                .map(|c| c.since);
-            let next = oldest_http1.chain(oldest_http2).min();
+                .map(|c| c.since + timeout);
+            let next = http1.chain(http2).min();
             if next.is_none() {
                 s.reaper = false;
             }
@@ -582,10 +592,48 @@ async fn reap(state: Weak<Mutex<State>>, timeout: Duration) {
             next
         };
         match next {
-            Some(oldest) => tokio::time::sleep_until(oldest + timeout).await,
+            Some(expires) => tokio::time::sleep_until(expires).await,
             None => return,
         }
     }
+}
+
+/// How much sooner than its server says (`Keep-Alive: timeout=`) an idle connection is
+/// closed. The server's clock starts when it wrote the response's end, ours when we read it;
+/// a request sent near the server's deadline could cross its close on the wire, and fail
+/// after it may have been read (such a request is never re-sent).
+pub const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The idle timeout a server announces in `Keep-Alive: timeout=N` (RFC 2068 §19.7.1.1,
+/// whole seconds), the shortest if it says several. Anything unreadable counts as unsaid.
+pub fn server_idle_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("keep-alive")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|param| {
+            let (name, value) = param.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("timeout") {
+                return None;
+            }
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            // Digits only: `u64::from_str` would take a leading `+`.
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            // A number too long for u64 is longer than any idle timeout of ours anyway.
+            Some(
+                value
+                    .parse::<u64>()
+                    .map_or(Duration::MAX, Duration::from_secs),
+            )
+        })
+        .min()
 }
 
 /// What a lease holds.
@@ -608,7 +656,12 @@ pub(crate) struct Lease {
     conn: Option<Leased>,
     key: PoolKey,
     pool: Pool,
-    reusable: bool,
+    /// When its response was read to the end (none: it was not): the connection's idle
+    /// time counts from there, not from when the attempt let go of it.
+    ended: Option<Instant>,
+    /// How long its server keeps an idle connection open, as it said (`Keep-Alive:
+    /// timeout=`).
+    server_idle_timeout: Option<Duration>,
     reused: bool,
 }
 
@@ -628,7 +681,8 @@ impl Lease {
             }),
             key,
             pool,
-            reusable: false,
+            ended: None,
+            server_idle_timeout: None,
             reused,
         }
     }
@@ -666,13 +720,20 @@ impl Lease {
         self.reused
     }
 
-    /// The response on this connection was read to its end: it may serve another request.
+    /// The response on this connection was read to its end, just now: it may serve
+    /// another request.
     pub(crate) fn reusable(&mut self) {
-        self.reusable = true;
+        self.ended.get_or_insert_with(Instant::now);
     }
 
     pub(crate) fn is_reusable(&self) -> bool {
-        self.reusable
+        self.ended.is_some()
+    }
+
+    /// What the response head said about how long its server keeps the connection open
+    /// when idle (HTTP/1.1 `Keep-Alive: timeout=`); a connection is closed before that.
+    pub(crate) fn server_said(&mut self, headers: &http::HeaderMap) {
+        self.server_idle_timeout = server_idle_timeout(headers);
     }
 }
 
@@ -681,8 +742,9 @@ impl Drop for Lease {
         match self.conn.take() {
             Some(Leased::Http1(conn)) => {
                 self.pool.leased.fetch_sub(1, Ordering::SeqCst);
-                if self.reusable {
-                    self.pool.put(self.key.clone(), conn);
+                if let Some(ended) = self.ended {
+                    self.pool
+                        .put(self.key.clone(), conn, ended, self.server_idle_timeout);
                 }
             }
             Some(Leased::Http2 {
@@ -721,6 +783,51 @@ mod tests {
             ..a.clone()
         };
         assert_ne!(a, b);
+    }
+
+    fn said(values: &[&str]) -> Option<Duration> {
+        let mut headers = http::HeaderMap::new();
+        for v in values {
+            headers.append("keep-alive", http::HeaderValue::from_str(v).expect("value"));
+        }
+        server_idle_timeout(&headers)
+    }
+
+    #[test]
+    fn a_servers_keep_alive_timeout_is_read_as_it_says_it() {
+        let secs = |n| Some(Duration::from_secs(n));
+        assert_eq!(said(&[]), None);
+        assert_eq!(said(&["timeout=5"]), secs(5), "Node.js's default");
+        assert_eq!(said(&["timeout=5, max=100"]), secs(5), "Apache's");
+        assert_eq!(
+            said(&["max=100,Timeout = 7"]),
+            secs(7),
+            "any order and case"
+        );
+        assert_eq!(said(&["timeout=\"3\""]), secs(3), "quoted");
+        assert_eq!(
+            said(&["timeout=9", "timeout=4"]),
+            secs(4),
+            "the shortest said"
+        );
+        assert_eq!(said(&["timeout=0"]), secs(0));
+        assert_eq!(
+            said(&["timeout=99999999999999999999999"]),
+            Some(Duration::MAX),
+            "too long for u64: longer than any idle timeout, not an error"
+        );
+        for junk in [
+            "timeout",
+            "timeout=",
+            "timeout=-1",
+            "timeout=+5",
+            "timeout=1.5",
+            "timeout=abc",
+            "timeouts=5",
+            "max=3",
+        ] {
+            assert_eq!(said(&[junk]), None, "{junk:?} says nothing");
+        }
     }
 
     #[test]
