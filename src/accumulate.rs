@@ -70,32 +70,82 @@ struct Lists {
     built: usize,
 }
 
-/// Where a merge is: the lists' indexes and the path of the value being merged.
-struct At<'a> {
-    lists: &'a mut Lists,
-    path: String,
+/// One step of a path: a key of the delta being merged, or a position in a list.
+#[derive(Clone, Copy)]
+enum Step<'d> {
+    Key(&'d str),
+    Position(usize),
 }
 
-impl At<'_> {
-    /// Runs `f` at the path of `key` (JSON Pointer escaped) below the current one.
-    fn below<R>(&mut self, key: &str, f: impl FnOnce(&mut Self) -> R) -> R {
-        let len = self.path.len();
-        self.path.push('/');
-        for c in key.chars() {
-            match c {
-                '~' => self.path.push_str("~0"),
-                '/' => self.path.push_str("~1"),
-                c => self.path.push(c),
+/// Where a merge is: the lists' indexes and the path of the value being merged, as steps.
+/// The path's text is built only where an index is looked up or dropped: most merges (a
+/// `content` string appended) meet no indexed list and build none.
+struct At<'l, 'd> {
+    lists: &'l mut Lists,
+    /// The map the path starts from: `m`, `f` or `t3` (see [`Lists`]).
+    root: Root,
+    steps: smallvec::SmallVec<[Step<'d>; 8]>,
+}
+
+/// The map a path starts from.
+#[derive(Clone, Copy)]
+enum Root {
+    Message,
+    ChoiceFields,
+    ToolCall(usize),
+}
+
+impl<'l, 'd> At<'l, 'd> {
+    fn new(lists: &'l mut Lists, root: Root) -> At<'l, 'd> {
+        At {
+            lists,
+            root,
+            steps: smallvec::SmallVec::new(),
+        }
+    }
+
+    /// Runs `f` one step below the current path.
+    fn below<R>(&mut self, step: Step<'d>, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.steps.push(step);
+        let out = f(self);
+        self.steps.pop();
+        out
+    }
+
+    /// The current path as text: a JSON Pointer (keys escaped) under the root's prefix.
+    fn path(&self) -> String {
+        use std::fmt::Write as _;
+        let mut path = match self.root {
+            Root::Message => "m".to_string(),
+            Root::ChoiceFields => "f".to_string(),
+            Root::ToolCall(n) => format!("t{n}"),
+        };
+        for step in &self.steps {
+            path.push('/');
+            match step {
+                Step::Key(key) => {
+                    for c in key.chars() {
+                        match c {
+                            '~' => path.push_str("~0"),
+                            '/' => path.push_str("~1"),
+                            c => path.push(c),
+                        }
+                    }
+                }
+                Step::Position(p) => {
+                    let _ = write!(path, "{p}");
+                }
             }
         }
-        let out = f(self);
-        self.path.truncate(len);
-        out
+        path
     }
 
     /// The value at the current path was replaced: the indexes of lists in it are gone.
     fn replaced(&mut self) {
-        let path = &self.path;
+        if self.lists.positions.is_empty() {
+            return;
+        }
+        let path = &self.path();
         let stale: Vec<String> = self
             .lists
             .positions
@@ -160,10 +210,7 @@ impl Accumulator {
                     "index" | "delta" | "message" => {}
                     // Log probabilities are deltas like the message's: lists concatenate.
                     "logprobs" => {
-                        let mut at = At {
-                            lists: &mut acc.lists,
-                            path: "f".to_string(),
-                        };
+                        let mut at = At::new(&mut acc.lists, Root::ChoiceFields);
                         merge_field(&mut acc.fields, key, value, &mut at);
                     }
                     // Other choice-level fields are the choice's state, not pieces of it
@@ -230,10 +277,7 @@ impl Accumulator {
 }
 
 fn merge_delta(acc: &mut ChoiceAcc, delta: &Fields<Value>) {
-    let mut at = At {
-        lists: &mut acc.lists,
-        path: "m".to_string(),
-    };
+    let mut at = At::new(&mut acc.lists, Root::Message);
     for (key, value) in delta.iter() {
         if key == "tool_calls" {
             if let Value::Array(calls) = value {
@@ -287,10 +331,7 @@ impl ToolCalls {
             self.by_index.insert(index, target);
         }
         let call = &mut self.calls[target];
-        let mut at = At {
-            lists: &mut self.lists,
-            path: format!("t{target}"),
-        };
+        let mut at = At::new(&mut self.lists, Root::ToolCall(target));
         for (key, value) in delta {
             // The final message numbers calls by position (see `finished`).
             if key != "index" {
@@ -307,8 +348,13 @@ impl ToolCalls {
 }
 
 /// Merges one field of a delta into `into`, per the rules in the module doc.
-fn merge_field(into: &mut Map<String, Value>, key: &str, value: &Value, at: &mut At) {
-    at.below(key, |at| {
+fn merge_field<'d>(
+    into: &mut Map<String, Value>,
+    key: &'d str,
+    value: &'d Value,
+    at: &mut At<'_, 'd>,
+) {
+    at.below(Step::Key(key), |at| {
         let Some(existing) = field_mut(into, key) else {
             // A new field (no list under its path has an index yet).
             into.insert(key.to_string(), value.clone());
@@ -365,15 +411,19 @@ fn merge_state(into: &mut Map<String, Value>, key: &str, value: &Value) {
 }
 
 /// Lists of objects that carry an `index` merge by index; other lists concatenate.
-fn merge_list(acc: &mut Vec<Value>, delta: &[Value], at: &mut At) {
+fn merge_list<'d>(acc: &mut Vec<Value>, delta: &'d [Value], at: &mut At<'_, 'd>) {
     let indexed = |v: &Value| v.get("index").and_then(Value::as_u64);
+    // The list's path, built at its first indexed item (merging into an item below
+    // comes back to this path).
+    let mut path: Option<String> = None;
     for item in delta {
         let (Some(i), Value::Object(obj)) = (indexed(item), item) else {
             acc.push(item.clone());
             continue;
         };
+        let path = path.get_or_insert_with(|| at.path());
         let lists = &mut *at.lists;
-        let positions = match lists.positions.get_mut(&at.path) {
+        let positions = match lists.positions.get_mut(path.as_str()) {
             Some(p) => p,
             None => {
                 lists.built += 1;
@@ -383,7 +433,7 @@ fn merge_list(acc: &mut Vec<Value>, delta: &[Value], at: &mut At) {
                         first.entry(i).or_insert(p);
                     }
                 }
-                lists.positions.entry(at.path.clone()).or_insert(first)
+                lists.positions.entry(path.clone()).or_insert(first)
             }
         };
         match positions.get(&i) {
@@ -391,7 +441,7 @@ fn merge_list(acc: &mut Vec<Value>, delta: &[Value], at: &mut At) {
                 let Some(Value::Object(target)) = acc.get_mut(p) else {
                     unreachable!("an indexed position holds the object carrying that index");
                 };
-                at.below(&p.to_string(), |at| {
+                at.below(Step::Position(p), |at| {
                     for (k, v) in obj {
                         merge_field(target, k, v, at);
                     }
@@ -666,10 +716,7 @@ mod tests {
         ];
         let (mut ours, mut theirs, mut lists) = (Map::new(), Map::new(), Lists::default());
         for d in &deltas {
-            let mut at = At {
-                lists: &mut lists,
-                path: "m".to_string(),
-            };
+            let mut at = At::new(&mut lists, Root::Message);
             merge_field(&mut ours, "p", d, &mut at);
             reference::merge_field(&mut theirs, "p", d);
         }
@@ -783,7 +830,7 @@ mod tests {
             let mut theirs = Map::new();
             let mut lists = Lists::default();
             for delta in &deltas {
-                let mut at = At { lists: &mut lists, path: "m".to_string() };
+                let mut at = At::new(&mut lists, Root::Message);
                 for (key, value) in delta {
                     merge_field(&mut ours, key, value, &mut at);
                     reference::merge_field(&mut theirs, key, value);
