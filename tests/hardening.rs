@@ -535,6 +535,48 @@ async fn over_the_connection_cap_health_answers_and_others_get_503() {
     }
 }
 
+// 10b. Accept loops sharing a gate (`serve --workers`: one per worker thread) share its
+// connection cap: connections held on one loop count against the other's.
+#[tokio::test(start_paused = true)]
+async fn accept_loops_sharing_a_gate_share_the_connection_cap() {
+    let net = MemNet::new();
+    let gw = Gw::start(&with(ONE_GROUP, "limits: {max_connections: 2}\n"), &net);
+    let engine = switchback::reload::LiveEngine::from(gw.engine.clone());
+    let gate = switchback::gateway::Gate::new(&engine);
+    let (a, a_conns) = tokio::sync::mpsc::channel(8);
+    let (b, b_conns) = tokio::sync::mpsc::channel(8);
+    for conns in [a_conns, b_conns] {
+        let (engine, gate) = (engine.clone(), gate.clone());
+        tokio::spawn(async move {
+            switchback::gateway::accept(engine, MemListener(conns), std::future::pending(), &gate)
+                .await;
+        });
+    }
+    let pipe = |to: &tokio::sync::mpsc::Sender<switchback::transport::BoxIo>| {
+        let to = to.clone();
+        async move {
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            to.send(Box::new(far)).await.expect("accepting");
+            near
+        }
+    };
+    let _idle1 = pipe(&a).await;
+    let _idle2 = pipe(&a).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut other = pipe(&b).await;
+    other
+        .write_all(b"GET /v1/models HTTP/1.1\r\nhost: g\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(1), other.read(&mut buf))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+}
+
 // 11. A stream whose client leaves before commit stops calling upstreams.
 #[tokio::test(start_paused = true)]
 async fn a_stream_abandoned_before_commit_stops_calling_upstreams() {

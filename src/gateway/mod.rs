@@ -8,8 +8,11 @@
 //! requests (streams included) finish, idle keep-alive connections close, all within
 //! `shutdown_grace`. Each request is served by the engine current when it arrives
 //! ([`LiveEngine`]: a config reload never changes a request in flight); the limits above are
-//! read once, at start. What each route does lives in [`routes`]; response bodies in [`body`].
-//! Does not own routing decisions (`engine`, `attempt`).
+//! read once, at start. Several accept loops may share one gateway's limits and drain
+//! through a [`Gate`] (`switchback serve` runs one per worker thread); [`serve`] is one loop
+//! with its own. What each route does lives in [`routes`]; response bodies in [`body`].
+//! Does not own routing decisions (`engine`, `attempt`) nor threads and runtimes (the
+//! binary's).
 
 pub mod body;
 pub mod routes;
@@ -34,14 +37,61 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration
 /// has closed or `limits.shutdown_grace` has passed.
 pub async fn serve<L: Listener>(
     engine: impl Into<LiveEngine>,
-    mut listener: L,
+    listener: L,
     shutdown: impl Future<Output = ()>,
 ) {
     let engine: LiveEngine = engine.into();
-    let limits = engine.current().catalog().limits.clone();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let overflow = Arc::new(Semaphore::new(limits.max_overflow_connections));
-    let (drain, draining) = watch::channel(false);
+    let gate = Gate::new(&engine);
+    accept(engine.clone(), listener, shutdown, &gate).await;
+    gate.drain().await;
+    // Nothing will ask for an upstream connection again: close the kept ones now rather
+    // than when the last handle on the engine goes.
+    engine.current().upstream_pool().close_idle();
+}
+
+/// What the accept loops of one gateway share, however many there are (one per worker
+/// thread in `switchback serve`): the connection limits (`max_connections` and
+/// `max_overflow_connections` hold for the whole gateway, not per loop) and the drain.
+#[derive(Clone)]
+pub struct Gate {
+    limits: Arc<crate::limits::Limits>,
+    permits: Arc<Semaphore>,
+    overflow: Arc<Semaphore>,
+    drain: Arc<watch::Sender<bool>>,
+}
+
+impl Gate {
+    /// The gate of a gateway serving `engine`; its limits are read once, here.
+    pub fn new(engine: &LiveEngine) -> Gate {
+        let limits = engine.current().catalog().limits.clone();
+        Gate {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            overflow: Arc::new(Semaphore::new(limits.max_overflow_connections)),
+            drain: Arc::new(watch::channel(false).0),
+            limits: Arc::new(limits),
+        }
+    }
+
+    /// Asks every connection to finish its request in flight and close, then waits until
+    /// all have (on every accept loop) or `shutdown_grace` has passed. Call it once every
+    /// accept loop has stopped; calling it from several places waits alike.
+    pub async fn drain(&self) {
+        self.drain.send_replace(true);
+        let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(self.limits.shutdown_grace(), self.permits.acquire_many(all))
+            .await;
+    }
+}
+
+/// Accepts connections from `listener` and serves each in a task of its own, until
+/// `shutdown` completes; connections still open then are left to [`Gate::drain`].
+pub async fn accept<L: Listener>(
+    engine: LiveEngine,
+    mut listener: L,
+    shutdown: impl Future<Output = ()>,
+    gate: &Gate,
+) {
+    let limits = &gate.limits;
     let mut backoff = ACCEPT_BACKOFF.0;
     tokio::pin!(shutdown);
     loop {
@@ -70,15 +120,15 @@ pub async fn serve<L: Listener>(
         };
         // A client that stops reading must not keep its connection for ever.
         let io = WriteTimeout::new(io, limits.client_write_timeout());
-        if let Ok(permit) = permits.clone().try_acquire_owned() {
+        if let Ok(permit) = gate.permits.clone().try_acquire_owned() {
             let engine = engine.clone();
-            let draining = draining.clone();
+            let draining = gate.drain.subscribe();
             let header_timeout = limits.header_read_timeout();
             tokio::spawn(async move {
                 let _permit = permit;
                 serve_connection(engine, io, header_timeout, draining).await;
             });
-        } else if let Ok(permit) = overflow.clone().try_acquire_owned() {
+        } else if let Ok(permit) = gate.overflow.clone().try_acquire_owned() {
             let max = limits.max_connections;
             let header_timeout = limits.header_read_timeout();
             tokio::spawn(async move {
@@ -89,12 +139,6 @@ pub async fn serve<L: Listener>(
         // Else: past both limits, the connection is closed at once (dropped).
     }
     drop(listener);
-    let _ = drain.send(true);
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(limits.shutdown_grace(), permits.acquire_many(all)).await;
-    // Nothing will ask for an upstream connection again: close the kept ones now rather
-    // than when the last handle on the engine goes.
-    engine.current().upstream_pool().close_idle();
 }
 
 /// One client connection, until it closes or the drain asks it to finish.

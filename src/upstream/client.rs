@@ -248,6 +248,7 @@ impl UpstreamClient {
     ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
         let endpoint = call.endpoint;
         let key = PoolKey {
+            worker: crate::upstream::pool::worker(),
             tls: endpoint.tls,
             host: endpoint.host.clone(),
             port: endpoint.port,

@@ -50,15 +50,35 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
 /// Where idle connections are kept apart: connections are only ever reused for the same
-/// scheme, host and port.
+/// scheme, host and port, by the worker thread that opened them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PoolKey {
+    /// The worker thread (see [`set_worker`]): a connection is driven by a task on the
+    /// runtime that opened it, so a request from another worker's runtime would cross
+    /// threads at every read and write.
+    pub worker: usize,
     pub tls: bool,
     pub host: String,
     pub port: u16,
     /// The CA bundle the connection's certificate was checked against (none: the Mozilla
     /// roots): a connection is never reused under a different trust.
     pub ca_bundle: Option<String>,
+}
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Names the current thread as worker `index` of a gateway that runs a runtime per worker
+/// thread (`switchback serve --workers`): its attempts keep their connections apart from
+/// the other workers'. Threads never named are worker 0 (one runtime, the simulation).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// The worker the current thread is (see [`set_worker`]).
+pub fn worker() -> usize {
+    WORKER.with(std::cell::Cell::get)
 }
 
 /// Bounds of the pool (`limits.max_idle_upstream_connections_per_host`,
@@ -773,6 +793,7 @@ mod tests {
     #[test]
     fn keys_of_different_schemes_differ() {
         let a = PoolKey {
+            worker: 0,
             tls: false,
             host: "h".into(),
             port: 443,
@@ -839,6 +860,7 @@ mod tests {
             http2_keep_alive: None,
         });
         let key = PoolKey {
+            worker: 0,
             tls: true,
             host: "h".into(),
             port: 443,

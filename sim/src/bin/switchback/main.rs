@@ -12,10 +12,10 @@ use switchback::config::GatewayConfig;
 use switchback::decision_log::DecisionLog;
 use switchback::dns::CachedDnsConnector;
 use switchback::engine::{Engine, SystemWallClock};
+use switchback::gateway::Gate;
 use switchback::metrics::Metrics;
 use switchback::reload::LiveEngine;
 use switchback::trace::Observer;
-use switchback::transport::TcpListener;
 use switchback_sim::run::{self, Summary, Where};
 use switchback_sim::scenario::{Mode, Scenario};
 
@@ -327,6 +327,11 @@ enum Command {
         /// `debug` every routing event; `warn` or `error` less.
         #[arg(long, value_enum, default_value = "info")]
         log_level: LogLevelArg,
+        /// Worker threads, each with a runtime and a listening socket of its own (the
+        /// kernel spreads connections across them); default: one per CPU. More than one
+        /// only on Linux.
+        #[arg(long)]
+        workers: Option<usize>,
     },
 }
 
@@ -515,9 +520,10 @@ fn main() -> ExitCode {
             metrics,
             log_format,
             log_level,
+            workers,
         } => {
             install_logs(log_format, log_level.into());
-            serve(&config, listen, metrics == Switch::On)
+            serve(&config, listen, metrics == Switch::On, workers)
         }
     }
 }
@@ -582,6 +588,7 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 
 mod explore;
 mod external;
+mod workers;
 
 fn suite(
     paths: &[PathBuf],
@@ -747,7 +754,19 @@ fn install_logs(format: LogFormatArg, level: tracing::Level) {
     }
 }
 
-fn serve(config_path: &Path, listen: std::net::SocketAddr, metrics: bool) -> ExitCode {
+fn serve(
+    config_path: &Path,
+    listen: std::net::SocketAddr,
+    metrics: bool,
+    workers: Option<usize>,
+) -> ExitCode {
+    let workers = match workers::count(workers) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config_path = config_path.to_path_buf();
     let mut config = match GatewayConfig::load_file(&config_path) {
         Ok(c) => c,
@@ -768,7 +787,8 @@ fn serve(config_path: &Path, listen: std::net::SocketAddr, metrics: bool) -> Exi
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // This thread's runtime watches signals and reloads; the workers serve (`workers.rs`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -779,44 +799,60 @@ fn serve(config_path: &Path, listen: std::net::SocketAddr, metrics: bool) -> Exi
         }
     };
     runtime.block_on(async move {
-        let listener = match TcpListener::bind(listen).await {
+        let listeners = match workers::bind(listen, workers) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: cannot listen on {listen}: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let addr = listener
-            .0
+        let addr = listeners[0]
             .local_addr()
             .map_or(listen.to_string(), |a| a.to_string());
-        println!(
-            "switchback gateway listening on http://{addr} ({} groups, {} deployments)",
-            catalog.model_group_count(),
-            catalog.deployments.len()
-        );
         let observer: Arc<dyn Observer> = Arc::new(DecisionLog::new());
         // Reloads keep this connector: its DNS bounds are read once, at start.
         let connector = Arc::new(CachedDnsConnector::new(
             catalog.limits.dns_cache_ttl(),
             catalog.limits.max_dns_cache_entries,
         ));
+        let (groups, deployments) = (catalog.model_group_count(), catalog.deployments.len());
         let mut engine = Engine::new(catalog, connector, observer, Arc::new(SystemWallClock));
         if metrics {
             engine = engine.with_metrics(Arc::new(Metrics::new()));
         }
         let engine = LiveEngine::from(Arc::new(engine)).with_source(config_path);
         let grace = engine.current().catalog().limits.shutdown_grace;
-        let reloader = tokio::spawn(reload_on_sighup(engine.clone()));
-        let shutdown = async move {
-            let signal = stop_signal().await;
-            println!(
-                "switchback: {signal}: no new connections; draining in-flight requests \
-                 (up to shutdown_grace = {grace}s)"
-            );
+        let gate = Gate::new(&engine);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let threads = match workers::start(&engine, listeners, &gate, &stopped) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot start the worker threads: {e}");
+                stop.send_replace(true);
+                return ExitCode::FAILURE;
+            }
         };
-        switchback::gateway::serve(engine, listener, shutdown).await;
+        println!(
+            "switchback gateway listening on http://{addr} ({groups} groups, {deployments} \
+             deployments, {workers} workers)"
+        );
+        let reloader = tokio::spawn(reload_on_sighup(engine.clone()));
+        let signal = stop_signal().await;
+        println!(
+            "switchback: {signal}: no new connections; draining in-flight requests \
+             (up to shutdown_grace = {grace}s)"
+        );
+        stop.send_replace(true);
+        let joined =
+            tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()))
+                .await;
         reloader.abort();
+        // Nothing will ask for an upstream connection again: close the kept ones now.
+        engine.current().upstream_pool().close_idle();
+        if !matches!(joined, Ok(true)) {
+            eprintln!("error: a worker thread failed");
+            return ExitCode::FAILURE;
+        }
         println!("switchback: stopped");
         ExitCode::SUCCESS
     })

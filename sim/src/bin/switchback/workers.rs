@@ -1,0 +1,150 @@
+//! `serve`'s worker threads: a runtime per worker, each accepting on a listener of its own.
+//!
+//! Owns: binding the listening sockets (one per worker, on one address, with
+//! `SO_REUSEPORT`, so the kernel spreads new connections across them), starting a thread
+//! per worker with a single-threaded tokio runtime that accepts and serves its own
+//! connections to their end, and naming each thread's worker for the upstream pool. Why not
+//! one multi-threaded runtime: it wakes idle worker threads to steal work at nearly every
+//! I/O event, and a connection's tasks (the client's, the upstream's, the request's) move
+//! between threads; here a connection lives on one thread from accept to close, as nginx
+//! runs a process per core (measured: a sixth less CPU per request, see README
+//! "Benchmarks"). Does not own what is served (`switchback::gateway`) nor signals and
+//! reloads (`main`).
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use switchback::gateway::{Gate, accept};
+use switchback::reload::LiveEngine;
+use switchback::transport::TcpListener;
+use tokio::sync::watch;
+
+/// Most worker threads `--workers` accepts.
+pub const MAX_WORKERS: usize = 256;
+
+/// Pending connections each listening socket queues (tokio's own default).
+const BACKLOG: u32 = 1024;
+
+/// How many workers `--workers` (none: one per CPU the process may use) means here: within
+/// `1..=MAX_WORKERS`, and one where the kernel does not spread connections across sockets
+/// sharing a port (`SO_REUSEPORT` balances only on Linux).
+pub fn count(asked: Option<usize>) -> Result<usize, String> {
+    let n = match asked {
+        Some(0) => return Err("--workers must be at least 1".into()),
+        Some(n) if n > MAX_WORKERS => {
+            return Err(format!("--workers {n} is over the limit of {MAX_WORKERS}"));
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    Ok(if cfg!(target_os = "linux") { n } else { 1 })
+}
+
+/// Binds `n` listening sockets to `addr` (an ephemeral port is chosen by the first, and
+/// the others take the same). Runs inside a runtime (tokio registers the sockets, which are
+/// handed back unregistered, for each worker's runtime to take).
+pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n {
+        let socket = if at.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        #[cfg(target_os = "linux")]
+        if n > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(at)?;
+        let listener = socket.listen(BACKLOG)?;
+        at = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// Starts a worker thread per listener. Each accepts until `stop` turns true, then drains
+/// with the others (`gate`: the connection limits and the drain are the whole gateway's)
+/// and ends once every connection of every worker has closed or the grace has passed.
+pub fn start(
+    engine: &LiveEngine,
+    listeners: Vec<std::net::TcpListener>,
+    gate: &Gate,
+    stop: &watch::Receiver<bool>,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (engine, gate, mut stop) = (engine.clone(), gate.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("switchback-worker-{index}"))
+            .spawn(move || {
+                switchback::upstream::pool::set_worker(index);
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: worker {index}: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => TcpListener(l),
+                        Err(e) => {
+                            eprintln!("error: worker {index}: cannot listen: {e}");
+                            return;
+                        }
+                    };
+                    let stopped = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    accept(engine, listener, stopped, &gate).await;
+                    gate.drain().await;
+                });
+            })?;
+        threads.push(thread);
+    }
+    Ok(threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_counts_are_bounded_and_named() {
+        assert!(count(Some(0)).unwrap_err().contains("at least 1"));
+        assert!(
+            count(Some(MAX_WORKERS + 1))
+                .unwrap_err()
+                .contains("over the limit")
+        );
+        assert!(count(None).unwrap() >= 1);
+        if cfg!(target_os = "linux") {
+            assert_eq!(count(Some(3)).unwrap(), 3);
+        }
+    }
+
+    #[test]
+    fn every_listener_shares_the_first_ones_port() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = count(Some(3)).unwrap();
+        let listeners = runtime
+            .block_on(async { bind("127.0.0.1:0".parse().unwrap(), n) })
+            .expect("bound");
+        assert_eq!(listeners.len(), n);
+        let port = listeners[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for l in &listeners {
+            assert_eq!(l.local_addr().unwrap().port(), port);
+        }
+    }
+}
