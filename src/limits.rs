@@ -64,9 +64,9 @@ pub struct Limits {
     /// Items in a request body's `fallbacks` list (names, `{model, messages}` objects or
     /// `{group: [...]}` entries). Each entry's own `messages` are bounded by `max_messages`.
     pub max_request_fallbacks: usize,
-    /// Idle upstream connections kept per (scheme, host, port) for the next attempt (per
-    /// worker thread of `switchback serve`); 0 turns keep-alive off (every attempt opens
-    /// its own connection).
+    /// Idle upstream connections kept per (scheme, host, port) for the next attempt (split
+    /// evenly across the worker threads of `switchback serve`); 0 turns keep-alive off
+    /// (every attempt opens its own connection).
     pub max_idle_upstream_connections_per_host: usize,
     /// Seconds an upstream connection may stay idle before it is closed. Below the 5 s
     /// keep-alive of uvicorn (vLLM, LiteLLM) and most servers, so that the gateway closes an

@@ -360,3 +360,53 @@ async fn idle_time_counts_from_the_end_of_the_response_not_from_when_the_attempt
     );
     until("closed", || up.closed() == 1).await;
 }
+
+#[tokio::test]
+async fn a_connection_kept_later_that_expires_sooner_is_closed_on_time() {
+    // The pool's reaper already sleeps until the first connection expires (30 s); a second
+    // upstream's connection, kept later, expires in 1 s (its server says `timeout=2`).
+    let slow = Upstream::start(vec![Answer::Json]).await;
+    let quick = Upstream::start(vec![Answer::JsonKeepAlive(2)]).await;
+    let client = client(keep(8));
+    call(&client, &slow.base).await.expect("served");
+    call(&client, &quick.base).await.expect("served");
+    assert_eq!(idle(&client), 2);
+    until("the sooner one closed on time", || quick.closed() == 1).await;
+    assert_eq!(idle(&client), 1, "the other is kept");
+    assert_eq!(slow.closed(), 0);
+}
+
+#[test]
+fn a_reaper_lost_with_its_runtime_is_started_again() {
+    // `serve --workers`: the reaper runs on the runtime of whichever worker first kept a
+    // connection. If that runtime goes, the next connection kept must start another, or
+    // idle connections are never closed again.
+    let lasting = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let up = lasting.block_on(Upstream::start(vec![Answer::Json]));
+    let client = client(PoolLimits {
+        idle_timeout: Duration::from_millis(200),
+        ..keep(8)
+    });
+    let brief = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    brief.block_on(async { call(&client, &up.base).await.expect("served") });
+    // The kept connection's task and the reaper go with their runtime.
+    drop(brief);
+    lasting.block_on(async {
+        until("the first connection closed with its runtime", || {
+            up.closed() == 1
+        })
+        .await;
+        call(&client, &up.base).await.expect("served");
+        until("the second one closed after the idle timeout", || {
+            up.closed() == 2
+        })
+        .await;
+    });
+}

@@ -69,6 +69,16 @@ thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// How many workers the process runs (see [`set_workers`]).
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+/// Tells the pools of this process that `n` worker threads share them, each keeping its own
+/// connections: each keeps at most its share of `max_idle_per_host` idle (rounded up), so
+/// that the bound holds for the whole gateway, not per worker.
+pub fn set_workers(n: usize) {
+    WORKERS.store(n.max(1), Ordering::Relaxed);
+}
+
 /// Names the current thread as worker `index` of a gateway that runs a runtime per worker
 /// thread (`switchback serve --workers`): its attempts keep their connections apart from
 /// the other workers'. Threads never named are worker 0 (one runtime, the simulation).
@@ -221,6 +231,11 @@ struct State {
     http2: BTreeMap<PoolKey, Http2Host>,
     /// Whether a task is closing idle connections as they expire.
     reaper: bool,
+    /// When that task wakes next (none: it is not asleep on an expiry).
+    reaper_wakes_at: Option<Instant>,
+    /// Wakes that task early: a connection kept just now expires before it would wake (its
+    /// server's `Keep-Alive: timeout=` is shorter, or its response ended a while ago).
+    reaper_wake: Arc<Notify>,
     /// The id of the next HTTP/2 connection.
     next_id: u64,
 }
@@ -287,6 +302,13 @@ impl Pool {
 
     pub fn limits(&self) -> PoolLimits {
         self.limits
+    }
+
+    /// Idle connections kept per key: this worker's share of `max_idle_per_host`.
+    fn idle_cap(&self) -> usize {
+        self.limits
+            .max_idle_per_host
+            .div_ceil(WORKERS.load(Ordering::Relaxed))
     }
 
     /// Whether `https` upstreams are offered HTTP/2.
@@ -458,14 +480,18 @@ impl Pool {
         let start_reaper = {
             let mut state = self.lock();
             let list = state.idle.entry(key).or_default();
-            if list.len() >= self.limits.max_idle_per_host {
+            if list.len() >= self.idle_cap() {
                 // Full: the connection is closed as it drops, outside the lock.
                 drop(state);
                 drop(conn);
                 return;
             }
             list.push(Idle { conn, expires });
-            !std::mem::replace(&mut state.reaper, true)
+            let start = !std::mem::replace(&mut state.reaper, true);
+            if !start && state.reaper_wakes_at.is_none_or(|at| expires < at) {
+                state.reaper_wake.notify_one();
+            }
+            start
         };
         if start_reaper {
             runtime.spawn(reap(Arc::downgrade(&self.state), self.limits.idle_timeout));
@@ -500,7 +526,7 @@ impl Pool {
             // Outside a runtime nothing could close it when it expires: it is not kept.
             if runtime.is_none()
                 || shared.conn.sender.is_closed()
-                || idle_http1 + host.idle() > self.limits.max_idle_per_host
+                || idle_http1 + host.idle() > self.idle_cap()
             {
                 closing = Some(host.conns.remove(at));
                 if host.is_empty() {
@@ -569,11 +595,45 @@ impl Pool {
     }
 }
 
+/// While armed, the reaper task is running: if it is dropped unfinished (its runtime shut
+/// down), the pool learns that none runs, so the next connection kept starts another.
+struct ReaperRunning {
+    state: Weak<Mutex<State>>,
+    armed: bool,
+}
+
+impl Drop for ReaperRunning {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(state) = self.state.upgrade()
+            && let Ok(mut s) = state.lock()
+        {
+            s.reaper = false;
+            s.reaper_wakes_at = None;
+        }
+    }
+}
+
 /// Closes idle connections as they pass the idle timeout; ends when none is left (the next
 /// `put` starts another) or when the pool is gone.
-async fn reap(state: Weak<Mutex<State>>, timeout: Duration) {
+fn reap(state: Weak<Mutex<State>>, timeout: Duration) -> impl Future<Output = ()> {
+    // Armed before the task first runs: a task dropped unpolled counts too.
+    let running = ReaperRunning {
+        state: state.clone(),
+        armed: true,
+    };
+    reap_until_none_left(state, timeout, running)
+}
+
+async fn reap_until_none_left(
+    state: Weak<Mutex<State>>,
+    timeout: Duration,
+    mut running: ReaperRunning,
+) {
     loop {
-        let next = {
+        let (next, wake) = {
             let Some(state) = state.upgrade() else { return };
             let mut s = state.lock().expect("pool lock poisoned");
             let now = Instant::now();
@@ -603,17 +663,22 @@ async fn reap(state: Weak<Mutex<State>>, timeout: Duration) {
                 .filter(|c| c.is_idle())
                 .map(|c| c.since + timeout);
             let next = http1.chain(http2).min();
+            s.reaper_wakes_at = next;
             if next.is_none() {
                 s.reaper = false;
+                running.armed = false;
             }
+            let wake = s.reaper_wake.clone();
             drop(s);
             drop(expired);
             drop(expired_http2);
-            next
+            (next, wake)
         };
-        match next {
-            Some(expires) => tokio::time::sleep_until(expires).await,
-            None => return,
+        let Some(expires) = next else { return };
+        tokio::select! {
+            biased;
+            () = wake.notified() => {}
+            () = tokio::time::sleep_until(expires) => {}
         }
     }
 }

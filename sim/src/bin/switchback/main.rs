@@ -824,14 +824,19 @@ fn serve(
         let grace = engine.current().catalog().limits.shutdown_grace;
         let gate = Gate::new(&engine);
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let threads = match workers::start(&engine, listeners, &gate, &stopped) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: cannot start the worker threads: {e}");
-                stop.send_replace(true);
-                return ExitCode::FAILURE;
-            }
-        };
+        let started = workers::start(&engine, listeners, &gate, &stopped);
+        let threads = started.threads;
+        if let Some(e) = started.failed {
+            eprintln!("error: cannot start {e}");
+            stop.send_replace(true);
+            let _ = tokio::task::spawn_blocking(move || {
+                threads.into_iter().for_each(|t| {
+                    let _ = t.join();
+                });
+            })
+            .await;
+            return ExitCode::FAILURE;
+        }
         println!(
             "switchback gateway listening on http://{addr} ({groups} groups, {deployments} \
              deployments, {workers} workers)"

@@ -43,17 +43,21 @@ pub fn count(asked: Option<usize>) -> Result<usize, String> {
 /// Binds `n` listening sockets to `addr` (an ephemeral port is chosen by the first, and
 /// the others take the same). Runs inside a runtime (tokio registers the sockets, which are
 /// handed back unregistered, for each worker's runtime to take).
+///
+/// `SO_REUSEPORT` would also let a second gateway of the same user join the port and take
+/// a share of its connections, silently. So the address is first bound by a socket without
+/// it, which fails like a single socket would when anything listens there already; the
+/// group then binds the address that probe was given.
 pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let mut listeners = Vec::with_capacity(n);
     let mut at = addr;
+    if n > 1 {
+        let probe = new_socket(at)?;
+        probe.bind(at)?;
+        at = probe.local_addr()?;
+    }
+    let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
-        let socket = if at.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        #[cfg(unix)]
-        socket.set_reuseaddr(true)?;
+        let socket = new_socket(at)?;
         #[cfg(target_os = "linux")]
         if n > 1 {
             socket.set_reuseport(true)?;
@@ -66,19 +70,43 @@ pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpList
     Ok(listeners)
 }
 
-/// Starts a worker thread per listener. Each accepts until `stop` turns true, then drains
-/// with the others (`gate`: the connection limits and the drain are the whole gateway's)
-/// and ends once every connection of every worker has closed or the grace has passed.
+/// A TCP socket for `at`'s family, with `SO_REUSEADDR` as tokio's own listeners have.
+fn new_socket(at: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if at.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    Ok(socket)
+}
+
+/// The worker threads started, and whether every one of them is serving.
+pub struct Started {
+    pub threads: Vec<JoinHandle<()>>,
+    /// The first worker that could not start, and why.
+    pub failed: Option<String>,
+}
+
+/// Starts a worker thread per listener and returns once each is accepting or has failed.
+/// Each accepts until `stop` turns true, then drains with the others (`gate`: the
+/// connection limits and the drain are the whole gateway's) and ends once every connection
+/// of every worker has closed or the grace has passed.
 pub fn start(
     engine: &LiveEngine,
     listeners: Vec<std::net::TcpListener>,
     gate: &Gate,
     stop: &watch::Receiver<bool>,
-) -> std::io::Result<Vec<JoinHandle<()>>> {
+) -> Started {
+    switchback::upstream::pool::set_workers(listeners.len());
+    let (ready, readiness) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(listeners.len());
+    let mut failed = None;
     for (index, listener) in listeners.into_iter().enumerate() {
         let (engine, gate, mut stop) = (engine.clone(), gate.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
+        let ready = ready.clone();
+        let spawned = std::thread::Builder::new()
             .name(format!("switchback-worker-{index}"))
             .spawn(move || {
                 switchback::upstream::pool::set_worker(index);
@@ -88,7 +116,7 @@ pub fn start(
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        eprintln!("error: worker {index}: cannot start its runtime: {e}");
+                        let _ = ready.send(Err(format!("worker {index}: its runtime: {e}")));
                         return;
                     }
                 };
@@ -96,20 +124,43 @@ pub fn start(
                     let listener = match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => TcpListener(l),
                         Err(e) => {
-                            eprintln!("error: worker {index}: cannot listen: {e}");
+                            let _ = ready.send(Err(format!("worker {index}: its socket: {e}")));
                             return;
                         }
                     };
+                    let _ = ready.send(Ok(()));
+                    drop(ready);
                     let stopped = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
                     accept(engine, listener, stopped, &gate).await;
                     gate.drain().await;
                 });
-            })?;
-        threads.push(thread);
+            });
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                failed.get_or_insert(format!("worker {index}: its thread: {e}"));
+                break;
+            }
+        }
     }
-    Ok(threads)
+    drop(ready);
+    for _ in 0..threads.len() {
+        match readiness.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            // Every sender is gone: a worker ended without a word (it cannot, short of
+            // a panic, which aborts the process in release).
+            Err(_) => {
+                failed.get_or_insert_with(|| "a worker ended while starting".into());
+                break;
+            }
+        }
+    }
+    Started { threads, failed }
 }
 
 #[cfg(test)]
@@ -146,5 +197,24 @@ mod tests {
         for l in &listeners {
             assert_eq!(l.local_addr().unwrap().port(), port);
         }
+    }
+
+    #[test]
+    fn a_port_a_gateway_already_listens_on_is_refused() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = count(Some(2)).unwrap();
+        runtime.block_on(async {
+            let first = bind("127.0.0.1:0".parse().unwrap(), n).expect("bound");
+            let taken = first[0].local_addr().unwrap();
+            // A second gateway on the same port must not quietly take a share of the
+            // first one's connections.
+            let second = bind(taken, n).expect_err("the port is taken");
+            assert_eq!(second.kind(), std::io::ErrorKind::AddrInUse, "{second}");
+            drop(first);
+            bind(taken, n).expect("free again");
+        });
     }
 }
