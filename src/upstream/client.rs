@@ -220,7 +220,7 @@ impl UpstreamClient {
             got_chunk: false,
             saw_finish: false,
             done: false,
-            at_done: false,
+            upstream_ended: false,
             received: 0,
             limits: self.limits,
             headers: parts.headers,
@@ -550,8 +550,9 @@ pub struct UpstreamStream {
     got_chunk: bool,
     saw_finish: bool,
     done: bool,
-    /// The stream ended with `[DONE]` (what follows it in the body is drained on drop).
-    at_done: bool,
+    /// The upstream said the answer is over: `[DONE]`, or an error event (what follows in
+    /// the body is drained on drop, and the connection kept if the body ends cleanly).
+    upstream_ended: bool,
     /// Body bytes read so far, whatever they were (data, comments, padding).
     received: usize,
     limits: ClientLimits,
@@ -561,8 +562,9 @@ pub struct UpstreamStream {
     lease: Option<Lease>,
 }
 
-/// Most bytes read after `[DONE]` to reach the end of the body, so that the connection can
-/// be kept (a well-behaved upstream sends only the end of the chunked body).
+/// Most bytes read after `[DONE]` (or an error event) to reach the end of the body, so
+/// that the connection can be kept (a well-behaved upstream sends only the end of the
+/// chunked body).
 pub const MAX_DRAIN_BYTES: usize = 16 * 1024;
 
 impl Drop for UpstreamStream {
@@ -570,10 +572,12 @@ impl Drop for UpstreamStream {
         let (Some(body), Some(lease)) = (self.body.take(), self.lease.take()) else {
             return;
         };
-        // Only a stream that ended with `[DONE]` is worth keeping: its body has nothing
-        // left but the end of the chunked encoding, which usually arrives at once. Anything
-        // else (a client gone, a timeout, a failure mid-stream) drops the connection here.
-        if lease.is_reusable() || !self.at_done {
+        // Only a stream whose upstream ended it (`[DONE]`, or an error event: the upstream
+        // stopped generating either way) is worth keeping: its body has nothing left but
+        // the end of the chunked encoding, which usually arrives at once. Anything else (a
+        // client gone, a timeout, a malformed chunk, a limit) drops the connection here,
+        // which also tells the upstream to stop.
+        if lease.is_reusable() || !self.upstream_ended {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -615,11 +619,14 @@ impl UpstreamStream {
                 match item? {
                     Payload::Done => {
                         self.done = true;
-                        self.at_done = true;
+                        self.upstream_ended = true;
                         self.queue.clear();
                         return Ok(None);
                     }
-                    Payload::Error(v) => return Err(UpstreamError::ErrorEvent(v)),
+                    Payload::Error(v) => {
+                        self.upstream_ended = true;
+                        return Err(UpstreamError::ErrorEvent(v));
+                    }
                     Payload::Chunk(c) => {
                         // `finish_reason: content_filter` is an answer here; whether it is
                         // a failure depends on the request's plan (see `attempt`).
