@@ -699,7 +699,10 @@ impl Run<'_> {
         let opened = tokio::select! {
             biased;
             reason = out.gone() => return Err(AttemptError::ClientGone(reason)),
-            opened = self.engine.client.open(call, timeouts) => opened,
+            // Boxed: opening (connect, TLS, the request's head) is the largest state of an
+            // attempt, and only its first; unboxed, every request in flight would carry its
+            // size for as long as its stream lasts.
+            opened = Box::pin(self.engine.client.open(call, timeouts)) => opened,
         };
         let mut stream = opened.map_err(|e| self.failed(spec, e, blame, 0))?;
         let limits = &self.catalog.limits;

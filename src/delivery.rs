@@ -246,7 +246,10 @@ impl Delivery for StreamDelivery {
     }
 
     async fn chunk(&mut self, chunk: Chunk) -> Result<(), ClientGone> {
-        self.send_carried().await?;
+        if !self.carried.is_empty() {
+            // Boxed: only after a restart; unboxed, every chunk's future would carry it.
+            Box::pin(self.send_carried()).await?;
+        }
         if !self.tail.is_empty() || chunk.finish_reason.is_some() {
             self.tail.push(chunk);
             return Ok(());

@@ -246,8 +246,16 @@ fn model(engine: &Engine, req: &Request<Incoming>, id: &str) -> Response<Respons
 }
 
 async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let limits = engine.catalog().limits.clone();
-    let max = limits.max_request_body_bytes;
+    // Only the figures needed: what lives across an await is carried by every request's
+    // future, and the future by every client connection.
+    let (max, read_timeout, read_timeout_secs) = {
+        let limits = &engine.catalog().limits;
+        (
+            limits.max_request_body_bytes,
+            limits.body_read_timeout(),
+            limits.body_read_timeout,
+        )
+    };
     let too_large = || {
         error(
             &ApiError::new(
@@ -271,19 +279,15 @@ async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseB
     if let Err(e) = engine.authenticate(token.as_deref()) {
         return error(&e);
     }
-    let read = tokio::time::timeout(
-        limits.body_read_timeout(),
-        Limited::new(req.into_body(), max).collect(),
-    )
-    .await;
+    let read =
+        tokio::time::timeout(read_timeout, Limited::new(req.into_body(), max).collect()).await;
     let body: Bytes = match read {
         Err(_) => {
             return error(&ApiError::new(
                 408,
                 "invalid_request_error",
                 format!(
-                    "request body not received within body_read_timeout = {}s",
-                    limits.body_read_timeout
+                    "request body not received within body_read_timeout = {read_timeout_secs}s"
                 ),
             ));
         }
@@ -306,12 +310,12 @@ pub async fn chat_buffered(
     bearer: Option<&str>,
     body: &[u8],
 ) -> Response<ResponseBody> {
-    let limits = engine.catalog().limits.clone();
     let admitted = match engine.admit(bearer, body) {
         Ok(a) => a,
         Err(e) => return error(&e),
     };
     if admitted.request.stream {
+        let limits = &engine.catalog().limits;
         let bounds = StreamBounds {
             frames: limits.stream_buffer_frames,
             bytes: limits.stream_buffer_bytes,
