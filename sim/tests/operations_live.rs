@@ -532,6 +532,56 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Sends `signal` to the gateway at once, from this process (a `kill` child would arrive
+/// milliseconds later, past the window this checks).
+#[cfg(unix)]
+fn signal_now(gw: &Gateway, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(gw.child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    let sent = unsafe { libc::kill(pid, signal) };
+    assert_eq!(sent, 0, "kill({pid}, {signal}) failed");
+}
+
+/// Once `serve` has printed its address, its signals are handled: a SIGHUP that arrives at
+/// that very moment reloads, and never kills the process (SIGHUP's default action), as a
+/// process manager's reload right after start would. The handlers used to be installed
+/// after the address was printed, and this failed about once in a hundred runs.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_at_once_after_start_reloads_and_does_not_kill() {
+    let up = upstream().await;
+    for round in 0..20 {
+        let mut gw = Gateway::start(&format!("hup-at-once-{round}"), &config(up), &[]);
+        signal_now(&gw, libc::SIGHUP);
+        let stderr = gw
+            .stderr_when(|text| text.contains("switchback::reload"))
+            .await;
+        assert_eq!(
+            gw.child.try_wait().unwrap(),
+            None,
+            "round {round}: a SIGHUP at start ended the gateway: {stderr}"
+        );
+        assert!(stderr.contains("reloaded"), "round {round}: {stderr}");
+    }
+}
+
+/// A SIGTERM at that same moment stops the gateway the orderly way: exit status 0.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_at_once_after_start_stops_in_order() {
+    let up = upstream().await;
+    for round in 0..20 {
+        let mut gw = Gateway::start(&format!("term-at-once-{round}"), &config(up), &[]);
+        signal_now(&gw, libc::SIGTERM);
+        let status = tokio::task::block_in_place(|| gw.child.wait()).unwrap();
+        let stderr = gw.stderr.lock().unwrap().clone();
+        assert!(
+            status.success(),
+            "round {round}: {status} after a SIGTERM at start: {stderr}"
+        );
+    }
+}
+
 const MASTER: &str = "sk-admin-only-7f3a";
 
 /// `POST /admin/reload` with `key` as the bearer (none: no header).

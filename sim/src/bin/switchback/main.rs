@@ -588,6 +588,7 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 
 mod explore;
 mod external;
+mod signals;
 mod workers;
 
 fn suite(
@@ -799,6 +800,8 @@ fn serve(
         }
     };
     runtime.block_on(async move {
+        // Before anything can announce the gateway (see `signals`).
+        let signals::Signals { hangups, mut stop } = signals::Signals::install();
         let listeners = match workers::bind(listen, workers) {
             Ok(l) => l,
             Err(e) => {
@@ -823,12 +826,12 @@ fn serve(
         let engine = LiveEngine::from(Arc::new(engine)).with_source(config_path);
         let grace = engine.current().catalog().limits.shutdown_grace;
         let gate = Gate::new(&engine);
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
         let started = workers::start(&engine, listeners, &gate, &stopped);
         let threads = started.threads;
         if let Some(e) = started.failed {
             eprintln!("error: cannot start {e}");
-            stop.send_replace(true);
+            stopping.send_replace(true);
             let _ = tokio::task::spawn_blocking(move || {
                 threads.into_iter().for_each(|t| {
                     let _ = t.join();
@@ -841,13 +844,13 @@ fn serve(
             "switchback gateway listening on http://{addr} ({groups} groups, {deployments} \
              deployments, {workers} workers)"
         );
-        let reloader = tokio::spawn(reload_on_sighup(engine.clone()));
-        let signal = stop_signal().await;
+        let reloader = tokio::spawn(signals::reload_on_hangups(engine.clone(), hangups));
+        let signal = stop.wait().await;
         println!(
             "switchback: {signal}: no new connections; draining in-flight requests \
              (up to shutdown_grace = {grace}s)"
         );
-        stop.send_replace(true);
+        stopping.send_replace(true);
         let joined =
             tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()))
                 .await;
@@ -861,56 +864,4 @@ fn serve(
         println!("switchback: stopped");
         ExitCode::SUCCESS
     })
-}
-
-/// Reloads the config file on every SIGHUP: validated fully first; an invalid file keeps
-/// the running config. A file that fixes no `rng_seed` keeps the running one.
-async fn reload_on_sighup(engine: LiveEngine) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!(target: "switchback::reload", "cannot watch SIGHUP; reload with POST /admin/reload");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            match engine.reload_source() {
-                Ok((path, done)) => tracing::info!(
-                    target: "switchback::reload",
-                    "reloaded {} on SIGHUP: {}",
-                    path.display(),
-                    done.describe()
-                ),
-                Err(refused) => tracing::warn!(target: "switchback::reload", "{refused}"),
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = engine;
-    }
-}
-
-/// Waits for SIGTERM (what process managers send) or SIGINT (Ctrl-C), and names it.
-async fn stop_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                biased;
-                _ = term.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
-    }
 }
