@@ -12,6 +12,8 @@
 //! * [`probe`]: equivalence checks against any external gateway on loopback.
 //! * [`load`]: an open-loop load generator with HDR histograms.
 //! * [`overhead`]: the gateway's added latency against a direct baseline, and its memory.
+//! * [`kernel_tcp`]: the kernel's TCP counters (accept-queue overflows, SYN retransmits)
+//!   that a benchmark reports beside its latencies.
 //! * [`oracle`]: expectations, invariants, stream/non-stream equivalence.
 //! * [`metrics_check`]: the gateway's Prometheus counters against its trace, on every run.
 //! * [`passthrough`]: wire fidelity (what the provider sent is what the client got) and
@@ -29,6 +31,7 @@ pub mod dialect;
 pub mod emit;
 pub mod explore;
 pub mod fake;
+pub mod kernel_tcp;
 pub mod live;
 pub mod load;
 pub mod metrics_check;

@@ -27,6 +27,7 @@ use switchback::config::{
     RouterSettings, SslVerify,
 };
 
+use crate::kernel_tcp::TcpCounters;
 use crate::live::{RunningFakes, start_fakes};
 use crate::load::{self, LoadReport, LoadSpec};
 use crate::scenario::{
@@ -289,6 +290,8 @@ pub struct Variant {
     pub ok: u64,
     pub errors: u64,
     pub samples: Vec<String>,
+    /// The machine's TCP trouble while this variant ran (`None`: not readable here).
+    pub kernel: Option<TcpCounters>,
 }
 
 fn body(model: &str, stream: bool) -> Value {
@@ -425,6 +428,7 @@ pub async fn run(
             ok: 0,
             errors: 0,
             samples: Vec::new(),
+            kernel: Some(TcpCounters::default()),
         })
         .collect();
     let slice = o.duration / o.rounds.max(1);
@@ -440,17 +444,26 @@ pub async fn run(
                 duration: slice,
                 connections: o.connections,
             };
+            let before = TcpCounters::read();
             let r: LoadReport = load::run(&spec, |_, _| {}).await?;
+            let kernel = before.zip(TcpCounters::read()).map(|(b, a)| a.since(b));
             log(&format!(
-                "round {}/{} {name:<18} {} ok {} errors p50 {} µs p99 {} µs",
+                "round {}/{} {name:<18} {} ok {} errors p50 {} µs p99 {} µs{}",
                 round + 1,
                 o.rounds,
                 r.ok,
                 r.errors,
                 r.total.value_at_quantile(0.5),
-                r.total.value_at_quantile(0.99)
+                r.total.value_at_quantile(0.99),
+                kernel
+                    .filter(|k| k.any())
+                    .map_or(String::new(), |k| format!(
+                        " (kernel: {} accept-queue overflows, {} SYN retransmits)",
+                        k.listen_overflows, k.syn_retransmits
+                    ))
             ));
             let v = &mut variants[i];
+            v.kernel = v.kernel.zip(kernel).map(|(sum, k)| sum.plus(k));
             v.total.add(&r.total).map_err(|e| e.to_string())?;
             if let (Some(h), Some(f)) = (v.first_chunk.as_mut(), r.first_chunk.as_ref()) {
                 h.add(f).map_err(|e| e.to_string())?;
@@ -584,7 +597,16 @@ pub fn table(
         let added = |v: &Variant, q: f64| {
             v.total.value_at_quantile(q) as f64 - direct.total.value_at_quantile(q) as f64
         };
-        let ratio = |q: f64| added(sb, q) / added(re, q).max(1.0);
+        // A ratio over a reference that added nothing (or less than nothing: noise) says
+        // nothing; print why instead of a number.
+        let ratio = |q: f64| {
+            let (s, r) = (added(sb, q), added(re, q));
+            if r >= 1.0 {
+                format!("{:.2}x", s / r)
+            } else {
+                format!("n/a (the reference adds {r:+.0} µs)")
+            }
+        };
         let _ = writeln!(
             out,
             "reference proxy adds p50 {:+.0} µs, p99 {:+.0} µs; switchback adds p50 {:+.0} µs, p99 {:+.0} µs",
@@ -595,7 +617,7 @@ pub fn table(
         );
         let _ = writeln!(
             out,
-            "switchback's added latency over the reference proxy's: p50 {:.2}x (target <= 1.5x), p99 {:.2}x (target <= 2x)",
+            "switchback's added latency over the reference proxy's: p50 {} (target <= 1.5x), p99 {} (target <= 2x)",
             ratio(0.5),
             ratio(0.99)
         );
@@ -614,6 +636,7 @@ pub fn table(
             added(tls) / added(sb).max(1.0)
         );
     }
+    kernel_lines(&mut out, variants);
     let mib = |k: Option<u64>| {
         k.map_or("n/a".to_string(), |k| {
             format!("{:.1} MiB", k as f64 / 1024.0)
@@ -630,4 +653,123 @@ pub fn table(
         let _ = writeln!(out, "{} errors, e.g.: {}", v.name, v.samples.join("; "));
     }
     out
+}
+
+/// The machine's TCP trouble per variant, where there was any: a connection that met a
+/// full accept queue waits a second for its SYN to be sent again, so a max near a second
+/// with these counters is the kernel's (see `kernel_tcp`).
+fn kernel_lines(out: &mut String, variants: &[Variant]) {
+    if variants.iter().any(|v| v.kernel.is_none()) {
+        let _ = writeln!(
+            out,
+            "\nkernel TCP counters: not readable here (/proc/net/netstat); a max near 1 s may be a SYN retransmit"
+        );
+        return;
+    }
+    let troubled: Vec<String> = variants
+        .iter()
+        .filter_map(|v| Some((v.name, v.kernel?)))
+        .filter(|(_, k)| k.any())
+        .map(|(name, k)| {
+            format!(
+                "{name}: {} accept-queue overflows, {} SYN retransmits, {} retransmission timeouts",
+                k.listen_overflows, k.syn_retransmits, k.timeouts
+            )
+        })
+        .collect();
+    if troubled.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nkernel TCP counters: no accept-queue overflow, SYN retransmit or timeout during any variant"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\nkernel TCP trouble (whole machine; each SYN retransmit cost its connection 1 s):\n  {}",
+            troubled.join("\n  ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variant(name: &'static str, baseline: Option<&'static str>, micros: u64) -> Variant {
+        let mut total = load::histogram();
+        for _ in 0..100 {
+            total.record(micros).unwrap();
+        }
+        Variant {
+            name,
+            baseline,
+            total,
+            first_chunk: None,
+            ok: 100,
+            errors: 0,
+            samples: Vec::new(),
+            kernel: Some(TcpCounters::default()),
+        }
+    }
+
+    fn options() -> OverheadOptions {
+        OverheadOptions {
+            rate: 2000.0,
+            duration: Duration::from_secs(10),
+            rounds: 2,
+            connections: 256,
+            streams: 10,
+            reference: Some("http://127.0.0.1:1".into()),
+            fakes_port_base: None,
+        }
+    }
+
+    #[test]
+    fn a_ratio_over_a_reference_that_added_nothing_is_not_a_number() {
+        let variants = [
+            variant("direct", None, 500),
+            variant("reference", Some("direct"), 400),
+            variant("switchback", Some("direct"), 900),
+        ];
+        let text = table(&variants, None, None, &options());
+        assert!(
+            text.contains("p50 n/a (the reference adds -100 µs)"),
+            "{text}"
+        );
+        let variants = [
+            variant("direct", None, 500),
+            variant("reference", Some("direct"), 600),
+            variant("switchback", Some("direct"), 800),
+        ];
+        let text = table(&variants, None, None, &options());
+        assert!(text.contains("p50 3.00x (target <= 1.5x)"), "{text}");
+    }
+
+    #[test]
+    fn the_kernels_tcp_trouble_is_named_per_variant() {
+        let mut troubled = variant("switchback_tls", Some("direct"), 900);
+        troubled.kernel = Some(TcpCounters {
+            listen_overflows: 3,
+            syn_retransmits: 2,
+            timeouts: 0,
+        });
+        let variants = [variant("direct", None, 500), troubled];
+        let text = table(&variants, None, None, &options());
+        assert!(
+            text.contains(
+                "switchback_tls: 3 accept-queue overflows, 2 SYN retransmits, 0 retransmission timeouts"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("  direct:"), "{text}");
+
+        let quiet = [variant("direct", None, 500)];
+        let text = table(&quiet, None, None, &options());
+        assert!(text.contains("no accept-queue overflow"), "{text}");
+
+        let mut unknown = variant("direct", None, 500);
+        unknown.kernel = None;
+        let text = table(&[unknown], None, None, &options());
+        assert!(text.contains("not readable here"), "{text}");
+    }
 }
