@@ -238,6 +238,28 @@ struct State {
     reaper_wake: Arc<Notify>,
     /// The id of the next HTTP/2 connection.
     next_id: u64,
+    /// HTTP/1.1 dials in flight per TLS upstream (see [`MAX_TLS_DIALS_PER_HOST`]).
+    tls_dials: BTreeMap<PoolKey, TlsDials>,
+}
+
+/// Most HTTP/1.1 connections one worker opens at once to one TLS upstream; attempts past
+/// it wait for one of them, or for a connection to come back to the pool, before they
+/// open their own (at most `MAX_DIAL_WAITS` times, see `client.rs`). Why: a TLS handshake
+/// costs both sides milliseconds of CPU. With every attempt that found no idle connection
+/// opening one, a burst on a cold pool (or any hiccup that leaves every connection busy)
+/// opened hundreds at once on 2 cores: the handshakes made requests slower, slower
+/// requests left more attempts without a connection, and `bench-overhead`'s https
+/// variant stayed at a p50 of 1 s for a whole round. Plain TCP connects are cheap and
+/// not held back; HTTP/2 has its single probing dial (`Http2Host::dialing`).
+pub const MAX_TLS_DIALS_PER_HOST: usize = 4;
+
+/// The HTTP/1.1 dials in flight to one TLS upstream.
+struct TlsDials {
+    in_flight: usize,
+    /// Wakes one attempt waiting per event: a dial ended (a slot is free), or a connection
+    /// came back to the pool. Waking them all would spend every waiter's few waits
+    /// (`MAX_DIAL_WAITS`) on the first events, and they would then all dial at once.
+    changed: Arc<Notify>,
 }
 
 /// The pool one engine (and its reloaded successors with the same limits) shares.
@@ -268,10 +290,29 @@ pub(crate) struct Dial {
     pool: Pool,
     key: PoolKey,
     notify: Arc<Notify>,
+    /// One of the HTTP/1.1 dials to a TLS upstream counted in `State::tls_dials`, rather
+    /// than the one dial that finds out whether the upstream speaks HTTP/2.
+    counted: bool,
 }
 
 impl Drop for Dial {
     fn drop(&mut self) {
+        if self.counted {
+            let mut state = self.pool.lock();
+            let dials = state
+                .tls_dials
+                .get_mut(&self.key)
+                .expect("a counted dial is in the count until it drops");
+            assert!(dials.in_flight > 0, "a dial ended twice");
+            dials.in_flight -= 1;
+            if dials.in_flight == 0 {
+                state.tls_dials.remove(&self.key);
+            }
+            drop(state);
+            // One slot freed: one waiter (a waiter dropped meanwhile passes it on).
+            self.notify.notify_one();
+            return;
+        }
         {
             let mut state = self.pool.lock();
             if let Some(host) = state.http2.get_mut(&self.key)
@@ -323,8 +364,11 @@ impl Pool {
         if let Some(conn) = self.take(key) {
             return Checkout::Kept(self.lease(key.clone(), conn, true));
         }
-        if !key.tls || self.limits.max_idle_per_host == 0 || !self.offers_http2() {
+        if !key.tls || self.limits.max_idle_per_host == 0 {
             return Checkout::Open(None);
+        }
+        if !self.offers_http2() {
+            return self.checkout_tls_dial(key, may_wait);
         }
         let now = Instant::now();
         let mut state = self.lock();
@@ -360,11 +404,32 @@ impl Pool {
                 pool: self.clone(),
                 key: key.clone(),
                 notify,
+                counted: false,
             }))
         };
         drop(state);
         drop(closing);
         checkout
+    }
+
+    /// No idle HTTP/1.1 connection to the TLS upstream `key`: open one, unless
+    /// [`MAX_TLS_DIALS_PER_HOST`] are being opened already and this attempt may wait.
+    fn checkout_tls_dial(&self, key: &PoolKey, may_wait: bool) -> Checkout {
+        let mut state = self.lock();
+        let dials = state.tls_dials.entry(key.clone()).or_insert_with(|| TlsDials {
+            in_flight: 0,
+            changed: Arc::new(Notify::new()),
+        });
+        if may_wait && dials.in_flight >= MAX_TLS_DIALS_PER_HOST {
+            return Checkout::Wait(dials.changed.clone().notified_owned());
+        }
+        dials.in_flight += 1;
+        Checkout::Open(Some(Dial {
+            pool: self.clone(),
+            key: key.clone(),
+            notify: dials.changed.clone(),
+            counted: true,
+        }))
     }
 
     /// Takes the closed and expired idle HTTP/2 connections out of `host` (to be dropped
@@ -384,7 +449,7 @@ impl Pool {
     pub(crate) fn lease_new(&self, key: PoolKey, conn: NewConn, dial: Option<Dial>) -> Lease {
         match conn {
             NewConn::Http1(conn) => {
-                if dial.is_some() {
+                if dial.as_ref().is_some_and(|d| !d.counted) {
                     self.lock()
                         .http2
                         .entry(key.clone())
@@ -479,6 +544,7 @@ impl Pool {
         }
         let start_reaper = {
             let mut state = self.lock();
+            let waiters = state.tls_dials.get(&key).map(|d| d.changed.clone());
             let list = state.idle.entry(key).or_default();
             if list.len() >= self.idle_cap() {
                 // Full: the connection is closed as it drops, outside the lock.
@@ -487,6 +553,11 @@ impl Pool {
                 return;
             }
             list.push(Idle { conn, expires });
+            // One attempt waiting for a TLS dial may take this one instead (it checks out
+            // under this lock, so after the push).
+            if let Some(waiters) = waiters {
+                waiters.notify_one();
+            }
             let start = !std::mem::replace(&mut state.reaper, true);
             if !start && state.reaper_wakes_at.is_none_or(|at| expires < at) {
                 state.reaper_wake.notify_one();
