@@ -275,8 +275,8 @@ impl UpstreamClient {
                 // opens the next connection itself, or waits for the one another attempt
                 // has begun, up to MAX_DIAL_WAITS times. All of it within the first-byte
                 // timeout around this call.
-                Checkout::Wait(opened) => {
-                    opened.await;
+                Checkout::Wait(waiting) => {
+                    waiting.until_woken().await;
                     waits += 1;
                     continue;
                 }

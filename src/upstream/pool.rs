@@ -36,6 +36,7 @@
 //! failed, or its server sent GOAWAY or hung up) and carries no stream.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -278,11 +279,46 @@ pub(crate) enum Checkout {
     Kept(Lease),
     /// Another attempt is opening a connection to this upstream that may be HTTP/2: wait
     /// until it is open (or failed), then check out again.
-    Wait(OwnedNotified),
+    Wait(Waiting),
     /// Open a new connection; with a [`Dial`] guard, attempts arriving meanwhile wait for
     /// it.
     Open(Option<Dial>),
 }
+
+/// An attempt waiting for another's dial (or, to a TLS upstream over HTTP/1.1, for a
+/// connection to come back or a dial slot to free).
+pub(crate) struct Waiting {
+    woken: Pin<Box<OwnedNotified>>,
+    /// How long one wait may last before the attempt looks again (none: until woken).
+    at_most: Option<Duration>,
+}
+
+impl Waiting {
+    /// Waits for the wake-up of a dial: the future is registered with its `Notify` now,
+    /// while the pool's lock is held, so no `notify_one` between this checkout and the
+    /// first poll can pass it by (an unregistered waiter only leaves a permit, and two
+    /// such wake-ups make one: a request then waited for ever, seen twice in 60,000).
+    fn registered(notify: &Arc<Notify>, at_most: Option<Duration>) -> Waiting {
+        let mut woken = Box::pin(notify.clone().notified_owned());
+        woken.as_mut().enable();
+        Waiting { woken, at_most }
+    }
+
+    /// Until this attempt is woken, or `at_most` has passed.
+    pub(crate) async fn until_woken(self) {
+        match self.at_most {
+            Some(limit) => {
+                let _ = tokio::time::timeout(limit, self.woken).await;
+            }
+            None => self.woken.await,
+        }
+    }
+}
+
+/// The longest one wait for a TLS dial slot lasts before the attempt looks again: a wake-up
+/// is lost only if a connection taken by a woken waiter never comes back (its attempt
+/// was abandoned) while no dial is left to end, and then this bounds the cost.
+pub const TLS_DIAL_WAIT_LIMIT: Duration = Duration::from_millis(250);
 
 /// This attempt is opening the connection others wait for; dropping it (the connection
 /// is in the pool, or it failed, or the attempt was abandoned) wakes them.
@@ -393,7 +429,7 @@ impl Pool {
             ))
         } else if let Some(notify) = host.dialing.as_ref() {
             if may_wait && !host.speaks_http1 {
-                Checkout::Wait(notify.clone().notified_owned())
+                Checkout::Wait(Waiting::registered(notify, None))
             } else {
                 Checkout::Open(None)
             }
@@ -416,12 +452,18 @@ impl Pool {
     /// [`MAX_TLS_DIALS_PER_HOST`] are being opened already and this attempt may wait.
     fn checkout_tls_dial(&self, key: &PoolKey, may_wait: bool) -> Checkout {
         let mut state = self.lock();
-        let dials = state.tls_dials.entry(key.clone()).or_insert_with(|| TlsDials {
-            in_flight: 0,
-            changed: Arc::new(Notify::new()),
-        });
+        let dials = state
+            .tls_dials
+            .entry(key.clone())
+            .or_insert_with(|| TlsDials {
+                in_flight: 0,
+                changed: Arc::new(Notify::new()),
+            });
         if may_wait && dials.in_flight >= MAX_TLS_DIALS_PER_HOST {
-            return Checkout::Wait(dials.changed.clone().notified_owned());
+            return Checkout::Wait(Waiting::registered(
+                &dials.changed,
+                Some(TLS_DIAL_WAIT_LIMIT),
+            ));
         }
         dials.in_flight += 1;
         Checkout::Open(Some(Dial {
@@ -1018,5 +1060,59 @@ mod tests {
             matches!(pool.checkout(&key, true), Checkout::Open(Some(_))),
             "the next attempt dials again"
         );
+    }
+}
+
+#[cfg(test)]
+mod tls_dial_tests {
+    use super::*;
+
+    /// Two attempts wait for TLS dial slots and two dials end before either is first
+    /// polled: both are woken. Registered only when first polled, they shared one permit
+    /// and the second waited until the wait's limit (for ever, before there was one).
+    #[tokio::test(start_paused = true)]
+    async fn every_waiter_for_a_tls_dial_slot_is_woken_however_late_it_is_polled() {
+        let pool = Pool::new(PoolLimits {
+            max_idle_per_host: 4,
+            idle_timeout: Duration::from_secs(30),
+            max_http2_streams: 0,
+            http2_keep_alive: None,
+        });
+        let key = PoolKey {
+            worker: 0,
+            tls: true,
+            host: "h".into(),
+            port: 443,
+            ca_bundle: None,
+        };
+        let mut dials: Vec<Dial> = (0..MAX_TLS_DIALS_PER_HOST)
+            .map(|_| match pool.checkout(&key, true) {
+                Checkout::Open(Some(dial)) => dial,
+                _ => panic!("room for a dial"),
+            })
+            .collect();
+        let mut waiting = Vec::new();
+        for _ in 0..2 {
+            match pool.checkout(&key, true) {
+                Checkout::Wait(w) => waiting.push(w),
+                _ => panic!("past the cap, an attempt waits"),
+            }
+        }
+        assert!(
+            matches!(pool.checkout(&key, false), Checkout::Open(Some(_))),
+            "one that may not wait dials past the cap"
+        );
+        dials.truncate(MAX_TLS_DIALS_PER_HOST - 2);
+        let started = tokio::time::Instant::now();
+        for w in waiting {
+            w.until_woken().await;
+        }
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "both were woken by the dials that ended, not by the wait's limit"
+        );
+        drop(dials);
+        assert!(pool.lock().tls_dials.is_empty(), "no count left behind");
     }
 }
