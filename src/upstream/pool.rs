@@ -251,7 +251,11 @@ struct State {
 /// opened hundreds at once on 2 cores: the handshakes made requests slower, slower
 /// requests left more attempts without a connection, and `bench-overhead`'s https
 /// variant stayed at a p50 of 1 s for a whole round. Plain TCP connects are cheap and
-/// not held back; HTTP/2 has its single probing dial (`Http2Host::dialing`).
+/// not held back; HTTP/2 has its single probing dial (`Http2Host::dialing`). Not covered:
+/// pooling off (`max_idle_per_host` 0), and an HTTP/2-offering pool whose upstream answered
+/// HTTP/1.1 (`speaks_http1`), which still dials per attempt. Wake-ups are not strictly
+/// first come, first served: a `notify_one` with nobody registered leaves a permit, which
+/// wakes the next waiter for nothing and costs it one of its waits.
 pub const MAX_TLS_DIALS_PER_HOST: usize = 4;
 
 /// The HTTP/1.1 dials in flight to one TLS upstream.
@@ -341,12 +345,20 @@ impl Drop for Dial {
                 .expect("a counted dial is in the count until it drops");
             assert!(dials.in_flight > 0, "a dial ended twice");
             dials.in_flight -= 1;
-            if dials.in_flight == 0 {
+            let last = dials.in_flight == 0;
+            if last {
                 state.tls_dials.remove(&self.key);
             }
             drop(state);
-            // One slot freed: one waiter (a waiter dropped meanwhile passes it on).
-            self.notify.notify_one();
+            if last {
+                // No dial left: every slot is free, so nobody should still wait. Left
+                // waiting on a `Notify` the pool no longer holds, they were stranded until
+                // the wait's limit (the next dials wake a new one).
+                self.notify.notify_waiters();
+            } else {
+                // One slot freed: one waiter (a waiter dropped meanwhile passes it on).
+                self.notify.notify_one();
+            }
             return;
         }
         {
@@ -1113,6 +1125,57 @@ mod tls_dial_tests {
             "both were woken by the dials that ended, not by the wait's limit"
         );
         drop(dials);
+        assert!(pool.lock().tls_dials.is_empty(), "no count left behind");
+    }
+
+    /// Every dial ends while more attempts wait than there were dials: every waiter is
+    /// woken, the one left over too. The count's entry was removed with its last dial
+    /// and each ending dial woke one waiter, so the one left over sat out the wait's
+    /// limit (the next dials woke a new `Notify`).
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_left_over_when_every_dial_ended_is_woken_by_the_next_dials() {
+        let pool = Pool::new(PoolLimits {
+            max_idle_per_host: 4,
+            idle_timeout: Duration::from_secs(30),
+            max_http2_streams: 0,
+            http2_keep_alive: None,
+        });
+        let key = PoolKey {
+            worker: 0,
+            tls: true,
+            host: "h".into(),
+            port: 443,
+            ca_bundle: None,
+        };
+        let checkout_dial = || match pool.checkout(&key, true) {
+            Checkout::Open(Some(dial)) => dial,
+            _ => panic!("room for a dial"),
+        };
+        let dials: Vec<Dial> = (0..MAX_TLS_DIALS_PER_HOST)
+            .map(|_| checkout_dial())
+            .collect();
+        let mut waiting: Vec<Waiting> = (0..=MAX_TLS_DIALS_PER_HOST)
+            .map(|_| match pool.checkout(&key, true) {
+                Checkout::Wait(w) => w,
+                _ => panic!("past the cap, an attempt waits"),
+            })
+            .collect();
+        let left_over = waiting.pop().expect("one more waiter than dials");
+        drop(dials);
+        let started = tokio::time::Instant::now();
+        for w in waiting {
+            w.until_woken().await;
+        }
+        let again: Vec<Dial> = (0..MAX_TLS_DIALS_PER_HOST)
+            .map(|_| checkout_dial())
+            .collect();
+        drop(again);
+        left_over.until_woken().await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the waiter left over was woken by the next dials, not by the wait's limit"
+        );
         assert!(pool.lock().tls_dials.is_empty(), "no count left behind");
     }
 }
