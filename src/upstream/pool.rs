@@ -1041,12 +1041,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_dial_that_ends_without_a_connection_leaves_nothing_behind() {
+    /// A pool keeping 4 idle connections per host, with `max_http2_streams` (0: HTTP/2
+    /// off), and the key of an `https` upstream.
+    pub(super) fn tls_pool(max_http2_streams: usize) -> (Pool, PoolKey) {
         let pool = Pool::new(PoolLimits {
             max_idle_per_host: 4,
             idle_timeout: Duration::from_secs(30),
-            max_http2_streams: 10,
+            max_http2_streams,
             http2_keep_alive: None,
         });
         let key = PoolKey {
@@ -1056,6 +1057,12 @@ mod tests {
             port: 443,
             ca_bundle: None,
         };
+        (pool, key)
+    }
+
+    #[test]
+    fn a_dial_that_ends_without_a_connection_leaves_nothing_behind() {
+        let (pool, key) = tls_pool(10);
         let Checkout::Open(Some(dial)) = pool.checkout(&key, true) else {
             panic!("the first attempt opens the connection");
         };
@@ -1077,6 +1084,7 @@ mod tests {
 
 #[cfg(test)]
 mod tls_dial_tests {
+    use super::tests::tls_pool;
     use super::*;
 
     /// Two attempts wait for TLS dial slots and two dials end before either is first
@@ -1084,19 +1092,7 @@ mod tls_dial_tests {
     /// and the second waited until the wait's limit (for ever, before there was one).
     #[tokio::test(start_paused = true)]
     async fn every_waiter_for_a_tls_dial_slot_is_woken_however_late_it_is_polled() {
-        let pool = Pool::new(PoolLimits {
-            max_idle_per_host: 4,
-            idle_timeout: Duration::from_secs(30),
-            max_http2_streams: 0,
-            http2_keep_alive: None,
-        });
-        let key = PoolKey {
-            worker: 0,
-            tls: true,
-            host: "h".into(),
-            port: 443,
-            ca_bundle: None,
-        };
+        let (pool, key) = tls_pool(0);
         let mut dials: Vec<Dial> = (0..MAX_TLS_DIALS_PER_HOST)
             .map(|_| match pool.checkout(&key, true) {
                 Checkout::Open(Some(dial)) => dial,
@@ -1134,19 +1130,7 @@ mod tls_dial_tests {
     /// limit (the next dials woke a new `Notify`).
     #[tokio::test(start_paused = true)]
     async fn a_waiter_left_over_when_every_dial_ended_is_woken_by_the_next_dials() {
-        let pool = Pool::new(PoolLimits {
-            max_idle_per_host: 4,
-            idle_timeout: Duration::from_secs(30),
-            max_http2_streams: 0,
-            http2_keep_alive: None,
-        });
-        let key = PoolKey {
-            worker: 0,
-            tls: true,
-            host: "h".into(),
-            port: 443,
-            ca_bundle: None,
-        };
+        let (pool, key) = tls_pool(0);
         let checkout_dial = || match pool.checkout(&key, true) {
             Checkout::Open(Some(dial)) => dial,
             _ => panic!("room for a dial"),
