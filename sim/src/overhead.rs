@@ -49,6 +49,11 @@ pub struct OverheadOptions {
     /// A plain reverse proxy (nginx with an upstream keep-alive pool, say) in front of the
     /// `ok` fake, measured as one more variant: the practical floor of a proxy hop.
     pub reference: Option<String>,
+    /// The same hop built from Switchback's own stack and nothing else (the `bare_proxy`
+    /// example: hyper, a runtime per worker, kept upstream connections; no parsing, routing
+    /// or logs), in front of the `ok` fake: what the stack costs, so that the rest of
+    /// Switchback's added latency is its own work.
+    pub floor: Option<String>,
     /// Where the fakes listen (provider i on base + i; the `ok` fake is the first), so a
     /// reference proxy can be configured before the run; ephemeral ports otherwise.
     pub fakes_port_base: Option<u16>,
@@ -294,6 +299,19 @@ pub struct Variant {
     pub kernel: Option<TcpCounters>,
 }
 
+/// The address of a proxy given as `flag URL`: plain http, on this machine.
+async fn loopback_proxy(flag: &str, url: &str) -> Result<SocketAddr, String> {
+    let e = switchback::upstream::Endpoint::parse(url).map_err(|e| format!("{flag}: {e}"))?;
+    if e.tls {
+        return Err(format!("{flag}: only http:// is measured"));
+    }
+    tokio::net::lookup_host((e.host.as_str(), e.port))
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("{flag}: cannot resolve `{}`", e.host))
+}
+
 fn body(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "count to ten"}]})
 }
@@ -313,19 +331,11 @@ pub async fn run(
         log(&format!("fake `{host}` on {addr}"));
     }
     let reference = match &o.reference {
-        Some(url) => {
-            let e = switchback::upstream::Endpoint::parse(url)
-                .map_err(|e| format!("--reference: {e}"))?;
-            if e.tls {
-                return Err("--reference: only http:// is measured".into());
-            }
-            let addr = tokio::net::lookup_host((e.host.as_str(), e.port))
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| format!("--reference: cannot resolve `{}`", e.host))?;
-            Some(addr)
-        }
+        Some(url) => Some(loopback_proxy("--reference", url).await?),
+        None => None,
+    };
+    let floor = match &o.floor {
+        Some(url) => Some(loopback_proxy("--floor", url).await?),
         None => None,
     };
     // The `ok` answer again, behind TLS, for the https variant.
@@ -412,6 +422,9 @@ pub async fn run(
             body("midfail", true),
         ),
     ];
+    if let Some(addr) = floor {
+        plans.insert(2, ("floor", Some("direct"), addr, body("ok-model", false)));
+    }
     if let Some(addr) = reference {
         plans.insert(
             2,
@@ -526,7 +539,7 @@ pub fn table(
     );
     let _ = writeln!(
         out,
-        "\n{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "\n{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
         "variant (µs)", "p50", "p90", "p99", "p99.9", "max", "ok", "errors"
     );
     for v in variants {
@@ -536,7 +549,7 @@ pub fn table(
             .collect();
         let _ = writeln!(
             out,
-            "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
             v.name,
             q[0],
             q[1],
@@ -583,7 +596,7 @@ pub fn table(
             .collect();
         let _ = writeln!(
             out,
-            "{:<20} vs {:<14} {}",
+            "{:<24} vs {:<14} {}",
             v.name,
             base.name,
             cells.join("  ")
@@ -634,6 +647,21 @@ pub fn table(
             out,
             "https upstream: added p50 {:.2}x the plain-http figure (target <= 1.2x)",
             added(tls) / added(sb).max(1.0)
+        );
+    }
+    if let (Some(floor), Some(direct)) = (by_name.get("floor"), by_name.get("direct")) {
+        let p50 = |v: &Variant| v.total.value_at_quantile(0.5) as f64;
+        let over_floor = |name: &str| {
+            by_name.get(name).map_or("n/a".to_string(), |v| {
+                format!("{:+.0} µs", p50(v) - p50(floor))
+            })
+        };
+        let _ = writeln!(
+            out,
+            "the stack's floor (a bare hyper proxy) adds p50 {:+.0} µs; over it, switchback adds p50 {} (JSON upstream: {})",
+            p50(floor) - p50(direct),
+            over_floor("switchback"),
+            over_floor("switchback_json_upstream"),
         );
     }
     kernel_lines(&mut out, variants);
@@ -720,6 +748,7 @@ mod tests {
             connections: 256,
             streams: 10,
             reference: Some("http://127.0.0.1:1".into()),
+            floor: None,
             fakes_port_base: None,
         }
     }
@@ -743,6 +772,25 @@ mod tests {
         ];
         let text = table(&variants, None, None, &options());
         assert!(text.contains("p50 3.00x (target <= 1.5x)"), "{text}");
+    }
+
+    #[test]
+    fn what_switchback_adds_over_the_stacks_floor_is_its_own_work() {
+        let variants = [
+            variant("direct", None, 300),
+            variant("floor", Some("direct"), 450),
+            variant("switchback", Some("direct"), 700),
+            variant("switchback_json_upstream", Some("direct"), 560),
+        ];
+        let text = table(&variants, None, None, &options());
+        assert!(
+            text.contains(
+                "the stack's floor (a bare hyper proxy) adds p50 +150 µs; over it, switchback adds p50 +250 µs (JSON upstream: +110 µs)"
+            ),
+            "{text}"
+        );
+        let without = [variant("direct", None, 300)];
+        assert!(!table(&without, None, None, &options()).contains("floor"));
     }
 
     #[test]

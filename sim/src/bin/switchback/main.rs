@@ -293,6 +293,11 @@ enum Command {
         /// http://127.0.0.1:8089), measured in the same run; see `benches/nginx-reference.sh`.
         #[arg(long)]
         reference: Option<String>,
+        /// The same hop built from Switchback's stack alone (`cargo run --release --example
+        /// bare_proxy`), measured in the same run: what hyper, tokio and the kernel cost, so
+        /// the rest is Switchback's own work.
+        #[arg(long)]
+        floor: Option<String>,
         /// Fakes listen on this port and the next ones (the `ok` fake on the first), so a
         /// reference proxy can point at it.
         #[arg(long)]
@@ -477,6 +482,7 @@ fn main() -> ExitCode {
             connections,
             streams,
             reference,
+            floor,
             fakes_port_base,
         } => external::bench_overhead(switchback_sim::overhead::OverheadOptions {
             rate,
@@ -485,6 +491,7 @@ fn main() -> ExitCode {
             connections,
             streams,
             reference,
+            floor,
             fakes_port_base,
         }),
         Command::Probe {
