@@ -285,6 +285,14 @@ fn clear_finish_reasons(chunk: &mut Chunk) {
     chunk.raw = None;
 }
 
+/// An upstream's own completion, under the response id the client is given.
+fn with_id(mut whole: Map<String, Value>, response_id: &str) -> Value {
+    if whole.get("id").and_then(Value::as_str) != Some(response_id) {
+        whole.insert("id".into(), json!(response_id));
+    }
+    Value::Object(whole)
+}
+
 /// Delivery for `stream: false`: one `chat.completion`.
 #[derive(Debug, Default)]
 pub struct AggregateDelivery {
@@ -330,12 +338,22 @@ impl AggregateDelivery {
     /// The response body of a served request.
     pub fn response(&self, response_id: &str) -> Value {
         if let Some(whole) = &self.whole {
-            let mut whole = whole.as_ref().clone();
-            if whole.get("id").and_then(Value::as_str) != Some(response_id) {
-                whole.insert("id".into(), json!(response_id));
-            }
-            return Value::Object(whole);
+            return with_id(whole.as_ref().clone(), response_id);
         }
+        self.merged(response_id)
+    }
+
+    /// [`AggregateDelivery::response`], taking the upstream's own completion rather than
+    /// copying it (the gateway's last use of the answer).
+    pub fn into_response(mut self, response_id: &str) -> Value {
+        match self.whole.take() {
+            Some(whole) => with_id(*whole, response_id),
+            None => self.merged(response_id),
+        }
+    }
+
+    /// The answer merged from its chunks.
+    fn merged(&self, response_id: &str) -> Value {
         let mut body = Map::new();
         body.insert("id".into(), json!(response_id));
         body.insert("object".into(), json!("chat.completion"));
@@ -358,6 +376,11 @@ impl AggregateDelivery {
 
     pub fn head(&self) -> Option<&CommitHead> {
         self.head.as_ref()
+    }
+
+    /// The commit's head, taken out (the answer's body stays).
+    pub fn take_head(&mut self) -> Option<CommitHead> {
+        self.head.take()
     }
 
     /// The merged text of choice 0.

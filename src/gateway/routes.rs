@@ -19,10 +19,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::attempt::{CommitHead, Outcome};
-use crate::delivery::{
-    AggregateDelivery, HEADER_DEPLOYMENT, HEADER_FALLBACKS, HEADER_GROUP, HEADER_REQUEST_ID,
-    HEADER_RETRIES, StreamBounds, StreamDelivery, StreamStart,
-};
+use crate::delivery::{AggregateDelivery, StreamBounds, StreamDelivery, StreamStart};
 use crate::engine::{Admitted, Engine};
 use crate::error::ApiError;
 use crate::gateway::body::{self, ResponseBody};
@@ -343,9 +340,7 @@ async fn aggregate(engine: Arc<Engine>, admitted: Admitted) -> Response<Response
     });
     let out = answer.await;
     match (task.await, out) {
-        (Ok((admitted, outcome)), Ok(out)) => {
-            aggregate_response(&engine, &admitted, &out, &outcome)
-        }
+        (Ok((admitted, outcome)), Ok(out)) => aggregate_response(&engine, &admitted, out, &outcome),
         (Err(join), _) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
         _ => error(&ApiError::new(
             500,
@@ -358,25 +353,25 @@ async fn aggregate(engine: Arc<Engine>, admitted: Admitted) -> Response<Response
 fn aggregate_response(
     engine: &Engine,
     admitted: &Admitted,
-    out: &AggregateDelivery,
+    mut out: AggregateDelivery,
     outcome: &Outcome,
 ) -> Response<ResponseBody> {
     let catalog = engine.catalog();
-    let mut response = match (&outcome.result, out.head()) {
+    let mut response = match (&outcome.result, out.take_head()) {
         (Ok(served), Some(committed)) => {
             let id = outcome
                 .response_id
                 .as_deref()
                 .unwrap_or(&committed.response_id);
-            let mut r = json_response(StatusCode::OK, &out.response(id));
-            forward_upstream_headers(&mut r, committed);
+            let mut r = json_response(StatusCode::OK, &out.into_response(id));
+            forward_upstream_headers(&mut r, &committed);
             // The serving deployment (after a continuation, not the committing one).
-            let head = CommitHead {
+            let serving = CommitHead {
                 group: catalog.group(served.group).name.clone(),
                 deployment: catalog.deployment(served.deployment).id.clone(),
-                ..committed.clone()
+                ..committed
             };
-            set_counts(&mut r, outcome.retries, outcome.fallbacks, Some(&head));
+            set_counts(&mut r, outcome.retries, outcome.fallbacks, Some(&serving));
             r
         }
         (Ok(_), None) => unreachable!("a served request has committed"),
@@ -459,6 +454,21 @@ async fn stream(
     }
 }
 
+/// Switchback's response headers as header names made once: inserting by `&str` parses
+/// and checks the name on every response.
+mod names {
+    use crate::delivery::{
+        HEADER_DEPLOYMENT, HEADER_FALLBACKS, HEADER_GROUP, HEADER_REQUEST_ID, HEADER_RETRIES,
+    };
+    use hyper::header::HeaderName;
+
+    pub static RETRIES: HeaderName = HeaderName::from_static(HEADER_RETRIES);
+    pub static FALLBACKS: HeaderName = HeaderName::from_static(HEADER_FALLBACKS);
+    pub static GROUP: HeaderName = HeaderName::from_static(HEADER_GROUP);
+    pub static DEPLOYMENT: HeaderName = HeaderName::from_static(HEADER_DEPLOYMENT);
+    pub static REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
+}
+
 fn set_counts(
     response: &mut Response<ResponseBody>,
     retries: u32,
@@ -466,14 +476,14 @@ fn set_counts(
     head: Option<&CommitHead>,
 ) {
     let h = response.headers_mut();
-    h.insert(HEADER_RETRIES, HeaderValue::from(retries));
-    h.insert(HEADER_FALLBACKS, HeaderValue::from(fallbacks));
+    h.insert(names::RETRIES.clone(), HeaderValue::from(retries));
+    h.insert(names::FALLBACKS.clone(), HeaderValue::from(fallbacks));
     if let Some(head) = head {
         if let Ok(v) = HeaderValue::from_str(&head.group) {
-            h.insert(HEADER_GROUP, v);
+            h.insert(names::GROUP.clone(), v);
         }
         if let Ok(v) = HeaderValue::from_str(&head.deployment) {
-            h.insert(HEADER_DEPLOYMENT, v);
+            h.insert(names::DEPLOYMENT.clone(), v);
         }
     }
 }
@@ -482,7 +492,7 @@ fn set_counts(
 fn set_request_id(response: &mut Response<ResponseBody>, id: u64) {
     response
         .headers_mut()
-        .insert(HEADER_REQUEST_ID, HeaderValue::from(id));
+        .insert(names::REQUEST_ID.clone(), HeaderValue::from(id));
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {

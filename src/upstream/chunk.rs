@@ -310,7 +310,7 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
     if whole.contains_key("error") {
         return Ok(vec![Payload::Error(Value::Object(whole))]);
     }
-    let mut chunk = Map::new();
+    let mut chunk = Map::with_capacity(whole.len() + 1);
     let mut usage = None;
     for (key, value) in &whole {
         match key.as_str() {
@@ -349,14 +349,8 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
             Value::String("chat.completion.chunk".into()),
         );
     }
-    let mut out = Vec::new();
-    let Payload::Chunk(mut first) = from_object(ChunkObject::from_map(chunk.clone()), limits)?
-    else {
-        return Err("a completion is not a chunk".to_string().into());
-    };
-    first.whole = Some(Box::new(whole));
-    out.push(Payload::Chunk(first));
-    if let Some(usage) = usage.filter(|u| !u.is_null()) {
+    // The usage chunk's fields are read before the first chunk takes the map whole.
+    let tail = usage.filter(|u| !u.is_null()).map(|usage| {
         let mut tail = Map::new();
         for key in ["id", "object", "created", "model", "system_fingerprint"] {
             if let Some(v) = chunk.get(key) {
@@ -365,6 +359,15 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
         }
         tail.insert("choices".into(), Value::Array(Vec::new()));
         tail.insert("usage".into(), usage);
+        tail
+    });
+    let mut out = Vec::with_capacity(2);
+    let Payload::Chunk(mut first) = from_object(ChunkObject::from_map(chunk), limits)? else {
+        return Err("a completion is not a chunk".to_string().into());
+    };
+    first.whole = Some(Box::new(whole));
+    out.push(Payload::Chunk(first));
+    if let Some(tail) = tail {
         out.push(from_object(ChunkObject::from_map(tail), limits)?);
     }
     Ok(out)
