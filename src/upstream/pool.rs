@@ -80,6 +80,14 @@ pub fn set_workers(n: usize) {
     WORKERS.store(n.max(1), Ordering::Relaxed);
 }
 
+/// One worker's share of `max_idle_per_host` idle connections when `workers` share it:
+/// rounded up, so that pooling on stays on in every worker (a bound of 1 with 2 workers
+/// keeps 1 in each). The gateway as a whole then keeps at most `workers - 1` more than the
+/// bound, and only when the bound is not a multiple of the workers.
+fn worker_share(max_idle_per_host: usize, workers: usize) -> usize {
+    max_idle_per_host.div_ceil(workers.max(1))
+}
+
 /// Names the current thread as worker `index` of a gateway that runs a runtime per worker
 /// thread (`switchback serve --workers`): its attempts keep their connections apart from
 /// the other workers'. Threads never named are worker 0 (one runtime, the simulation).
@@ -395,9 +403,10 @@ impl Pool {
 
     /// Idle connections kept per key: this worker's share of `max_idle_per_host`.
     fn idle_cap(&self) -> usize {
-        self.limits
-            .max_idle_per_host
-            .div_ceil(WORKERS.load(Ordering::Relaxed))
+        worker_share(
+            self.limits.max_idle_per_host,
+            WORKERS.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether `https` upstreams are offered HTTP/2.
@@ -979,6 +988,28 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_worker_keeps_its_share_of_the_idle_bound_rounded_up() {
+        assert_eq!(worker_share(64, 1), 64);
+        assert_eq!(worker_share(64, 2), 32);
+        assert_eq!(worker_share(5, 2), 3);
+        // Pooling on stays on in every worker; off stays off.
+        assert_eq!(worker_share(1, 4), 1);
+        assert_eq!(worker_share(0, 4), 0);
+        // No workers named yet counts as one.
+        assert_eq!(worker_share(8, 0), 8);
+        for max in 0..40 {
+            for workers in 1..9 {
+                let all = worker_share(max, workers) * workers;
+                assert!(all >= max, "{max} over {workers} workers keeps {all}");
+                assert!(
+                    all < max + workers,
+                    "{max} over {workers} workers keeps {all}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn keys_of_different_schemes_differ() {
