@@ -181,16 +181,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_listener_shares_the_first_ones_port() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    // `bind` registers the sockets with the runtime it runs in.
+    #[tokio::test]
+    async fn every_listener_shares_the_first_ones_port() {
         let n = count(Some(3)).unwrap();
-        let listeners = runtime
-            .block_on(async { bind("127.0.0.1:0".parse().unwrap(), n) })
-            .expect("bound");
+        let listeners = bind("127.0.0.1:0".parse().unwrap(), n).expect("bound");
         assert_eq!(listeners.len(), n);
         let port = listeners[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
@@ -199,22 +194,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_port_a_gateway_already_listens_on_is_refused() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    #[tokio::test]
+    async fn a_port_a_gateway_already_listens_on_is_refused() {
         let n = count(Some(2)).unwrap();
-        runtime.block_on(async {
-            let first = bind("127.0.0.1:0".parse().unwrap(), n).expect("bound");
-            let taken = first[0].local_addr().unwrap();
-            // A second gateway on the same port must not quietly take a share of the
-            // first one's connections.
-            let second = bind(taken, n).expect_err("the port is taken");
-            assert_eq!(second.kind(), std::io::ErrorKind::AddrInUse, "{second}");
-            drop(first);
-            bind(taken, n).expect("free again");
-        });
+        let first = bind("127.0.0.1:0".parse().unwrap(), n).expect("bound");
+        let taken = first[0].local_addr().unwrap();
+        // A second gateway on the same port must not quietly take a share of the first
+        // one's connections.
+        let second = bind(taken, n).expect_err("the port is taken");
+        assert_eq!(second.kind(), std::io::ErrorKind::AddrInUse, "{second}");
+        drop(first);
+        bind(taken, n).expect("free again");
     }
 }
