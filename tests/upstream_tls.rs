@@ -503,7 +503,7 @@ async fn with_http2_turned_off_an_h2_upstream_is_spoken_http1() {
 
 /// A burst on a cold pool to an HTTP/1.1 TLS upstream opens at most
 /// `MAX_TLS_DIALS_PER_HOST` connections at once; the other attempts take the connections
-/// that come back, or open theirs as slots free. Every attempt opening its own at once
+/// that come back, or open theirs as slots free (which of the two is timing). Every attempt opening its own at once
 /// made a handshake storm that kept a whole `bench-overhead` round at a p50 of 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_to_an_http1_tls_upstream_opens_few_connections_at_once() {
@@ -525,11 +525,11 @@ async fn a_burst_to_an_http1_tls_upstream_opens_few_connections_at_once() {
         most <= 2 * MAX_TLS_DIALS_PER_HOST,
         "{most} handshakes at once, over twice {MAX_TLS_DIALS_PER_HOST}"
     );
-    assert!(
-        up.accepted() < 48,
-        "{} connections for 48 short answers: nothing was reused",
-        up.accepted()
-    );
+    // How many connections the burst opens in all is timing, not design: a slot freed by
+    // a dial that ends goes to the next waiter before any connection may have come back
+    // (a CI run under load saw 48 for 48). Keep-alive reuse has its own test
+    // (`an_upstream_offering_only_http1_gets_http1_keep_alive`).
+    assert!(up.accepted() <= 48, "{} connections", up.accepted());
     until("every connection is back", || client.pool().leased() == 0).await;
 }
 
