@@ -14,18 +14,16 @@ FAKE_PORT=${FAKE_PORT:-21400}
 NGINX_PORT=${NGINX_PORT:-21490}
 SWITCHBACK_PORT=${SWITCHBACK_PORT:-21491}
 FLOOR_PORT=${FLOOR_PORT:-21492}
-NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
-[ -x "$NGINX" ] || { echo "nginx not found: apt-get install nginx-light" >&2; exit 2; }
+. benches/nginx.sh
 
 dir=$(mktemp -d)
 pids=()
 cleanup() {
-    "$NGINX" -p "$dir" -c "$dir/nginx.conf" -s stop 2>/dev/null || true
+    nginx_stop "$dir"
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     rm -rf "$dir"
 }
 trap cleanup EXIT
-mkdir -p "$dir/logs"
 cat > "$dir/scenario.yaml" <<YAML
 name: capacity
 seed: 1
@@ -41,34 +39,10 @@ providers:
 requests:
   - model: plain
 YAML
-cat > "$dir/nginx.conf" <<CONF
-worker_processes auto;
-error_log $dir/logs/error.log warn;
-pid $dir/nginx.pid;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    upstream ok_fake {
-        server 127.0.0.1:$FAKE_PORT;
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://ok_fake;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-        }
-    }
-}
-CONF
 cargo build --release --locked -q -p switchback-sim --bin switchback --example bare_proxy
 bin=./target/release/switchback
 "$bin" fakes "$dir/scenario.yaml" --port-base "$FAKE_PORT" --emit-config switchback > "$dir/gateway.yaml"
-"$NGINX" -p "$dir" -c "$dir/nginx.conf"
+nginx_start "$dir" "$NGINX_PORT" "$FAKE_PORT"
 # Switchback's logs (an access line per request) go to a file, as in production.
 "$bin" serve --config "$dir/gateway.yaml" --listen "127.0.0.1:$SWITCHBACK_PORT" 2> "$dir/switchback.log" &
 pids+=($!)
