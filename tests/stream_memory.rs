@@ -1,0 +1,194 @@
+//! What an open upstream stream holds in memory while it lasts: its connection's buffers,
+//! not a second read buffer per stream pinned by what the attempt kept of the response
+//! head. hyper's header values are slices of the connection's read buffer; an attempt that
+//! kept them (or clones of them) for the stream's life made hyper allocate another 8 KiB
+//! buffer at the next read, for every open stream (measured: about 4 MiB of the gateway's
+//! RSS with 1,000 concurrent streams). Its own binary, for the counting allocator.
+//!
+//! Real sockets: a raw HTTP/1.1 upstream scripted byte by byte, so the test decides when
+//! each stream's next event is sent.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use switchback::transport::TcpConnector;
+use switchback::upstream::client::UpstreamClient;
+use switchback::upstream::pool::{Pool, PoolLimits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+mod attempts;
+use attempts::{LIMITS, open};
+
+/// hyper's buffers are 8 KiB: an allocation at least that large is one of them (or the
+/// client's request channel block).
+const LARGE: usize = 8 * 1024;
+
+/// The system allocator, counting the allocations of at least [`LARGE`] bytes held now.
+struct Counting;
+
+static LARGE_HELD: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's layout is passed on unchanged.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() && layout.size() >= LARGE {
+            LARGE_HELD.fetch_add(1, Ordering::SeqCst);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) };
+        if layout.size() >= LARGE {
+            LARGE_HELD.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as `GlobalAlloc::realloc` requires, passed on unchanged.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if layout.size() >= LARGE {
+                LARGE_HELD.fetch_sub(1, Ordering::SeqCst);
+            }
+            if new_size >= LARGE {
+                LARGE_HELD.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The head of the upstream's response: the headers a provider sends, among them some the
+/// gateway forwards to its client (`x-request-id`, `x-ratelimit-*`).
+const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+transfer-encoding: chunked\r\nx-request-id: req-123\r\n\
+x-ratelimit-remaining-requests: 99\r\nx-ratelimit-remaining-tokens: 9999\r\n\
+openai-processing-ms: 12\r\nserver: fake\r\n\r\n";
+
+fn sse_chunk(text: &str) -> Vec<u8> {
+    let event = format!(
+        "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\
+         \"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n"
+    );
+    format!("{:x}\r\n{event}\r\n", event.len()).into_bytes()
+}
+
+/// Reads one request (head, then `content-length` bytes), answers with [`HEAD`] and a first
+/// event, then one more event each time `next` changes, until the client closes.
+async fn serve(mut socket: TcpStream, mut next: watch::Receiver<usize>) {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break;
+            }
+        }
+        let mut chunk = [0u8; 1024];
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let mut out = HEAD.to_vec();
+    out.extend(sse_chunk("first"));
+    if socket.write_all(&out).await.is_err() {
+        return;
+    }
+    while next.changed().await.is_ok() {
+        if socket.write_all(&sse_chunk("more")).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_open_stream_holds_one_read_buffer_however_long_it_reads() {
+    const STREAMS: usize = 16;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let api_base = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    let (next_tx, next_rx) = watch::channel(0usize);
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(socket, next_rx.clone()));
+        }
+    });
+    let client = UpstreamClient::new(
+        Arc::new(TcpConnector),
+        LIMITS,
+        Pool::new(PoolLimits {
+            max_idle_per_host: 0,
+            idle_timeout: Duration::from_secs(30),
+            max_http2_streams: 100,
+            http2_keep_alive: None,
+        }),
+    );
+
+    // Nothing else allocates buffers this large: the scripted upstream reads into 1 KiB.
+    let baseline = LARGE_HELD.load(Ordering::SeqCst);
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let mut stream = open(&client, &api_base, None).await.expect("opened");
+        let first = stream.next().await.expect("read").expect("a first chunk");
+        assert_eq!(first.text, "first");
+        // What the gateway passes on of the head survives it.
+        let forwarded: Vec<(&str, &[u8])> = stream
+            .forwarded_headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(
+            forwarded,
+            [
+                ("x-request-id", &b"req-123"[..]),
+                ("x-ratelimit-remaining-requests", b"99"),
+                ("x-ratelimit-remaining-tokens", b"9999"),
+                ("openai-processing-ms", b"12"),
+            ]
+        );
+        streams.push(stream);
+    }
+    assert_eq!(served.load(Ordering::SeqCst), STREAMS, "a connection each");
+
+    // An open HTTP/1.1 stream holds three buffers of hyper's: its connection's write buffer,
+    // its read buffer, and the block of its client's request channel. Reading on must
+    // reuse the read buffer, not allocate another beside one the attempt pins.
+    let per_stream = |held: usize| (held - baseline) as f64 / STREAMS as f64;
+    let opened = LARGE_HELD.load(Ordering::SeqCst);
+    assert!(
+        per_stream(opened) <= 3.0,
+        "{} buffers of 8 KiB or more per open stream after its first event",
+        per_stream(opened)
+    );
+    for round in 1..=3 {
+        next_tx.send(round).expect("the upstream listens");
+        for stream in &mut streams {
+            let more = stream.next().await.expect("read").expect("another chunk");
+            assert_eq!(more.text, "more");
+        }
+        let now = LARGE_HELD.load(Ordering::SeqCst);
+        assert!(
+            per_stream(now) <= 3.0,
+            "round {round}: {} buffers of 8 KiB or more per open stream",
+            per_stream(now)
+        );
+    }
+}
