@@ -296,7 +296,16 @@ async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseB
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    chat_buffered(engine, token.as_deref(), &body).await
+    let admitted = match engine.admit(token.as_deref(), &body) {
+        Ok(a) => a,
+        Err(e) => return error(&e),
+    };
+    // The body is a slice of the connection's read buffer, and hyper has already read on
+    // for the client's end into a buffer of its own: held for the request's life, the first
+    // one would be 8 KiB more per request in flight (a non-streaming one: until its whole
+    // answer is in). Admission copied out what the request needs.
+    drop(body);
+    serve_admitted(engine, admitted).await
 }
 
 /// A chat completion whose body has been read: admission, the attempt loop, the response.
@@ -307,10 +316,14 @@ pub async fn chat_buffered(
     bearer: Option<&str>,
     body: &[u8],
 ) -> Response<ResponseBody> {
-    let admitted = match engine.admit(bearer, body) {
-        Ok(a) => a,
-        Err(e) => return error(&e),
-    };
+    match engine.admit(bearer, body) {
+        Ok(admitted) => serve_admitted(engine, admitted).await,
+        Err(e) => error(&e),
+    }
+}
+
+/// An admitted chat completion: the attempt loop and the response, in the request's mode.
+async fn serve_admitted(engine: Arc<Engine>, admitted: Admitted) -> Response<ResponseBody> {
     if admitted.request.stream {
         let limits = &engine.catalog().limits;
         let bounds = StreamBounds {
