@@ -472,6 +472,28 @@ impl Collector for StateCollector {
     }
 }
 
+/// The log writer's count of dropped lines, as a counter.
+struct DroppedLogLines(Box<dyn Fn() -> u64 + Send + Sync>);
+
+impl fmt::Debug for DroppedLogLines {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DroppedLogLines")
+    }
+}
+
+impl Collector for DroppedLogLines {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let dropped = BTreeMap::from([([], (self.0)())]);
+        counter_family(
+            &mut e,
+            "switchback_log_lines_dropped",
+            "Log lines dropped because the queue to stderr was full (--log-queue-lines): stderr's reader fell behind.",
+            [],
+            &dropped,
+        )
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -484,6 +506,18 @@ impl Metrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(StateCollector(state.clone())));
         Metrics { state, registry }
+    }
+
+    /// Adds `switchback_log_lines_dropped_total`, read from `dropped` at each scrape: the
+    /// lines `serve`'s log writer dropped because its queue was full (the engine, which logs
+    /// them, cannot see that).
+    pub fn with_dropped_log_lines(
+        mut self,
+        dropped: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Metrics {
+        self.registry
+            .register_collector(Box::new(DroppedLogLines(Box::new(dropped))));
+        self
     }
 
     /// The exposition, with the deployments' cooldowns as `cooling` says (deployment id and

@@ -100,6 +100,26 @@ impl Drop for Gateway {
 
 impl Gateway {
     fn start(name: &str, config: &str, args: &[&str]) -> Gateway {
+        Gateway::spawn(name, config, args, true).0
+    }
+
+    /// A gateway whose stderr is a pipe that nobody reads (kept open, so writes to it wait
+    /// once it is full rather than fail): a log collector that stopped reading.
+    fn start_with_stderr_unread(
+        name: &str,
+        config: &str,
+        args: &[&str],
+    ) -> (Gateway, std::process::ChildStderr) {
+        let (gw, stderr) = Gateway::spawn(name, config, args, false);
+        (gw, stderr.expect("the unread pipe"))
+    }
+
+    fn spawn(
+        name: &str,
+        config: &str,
+        args: &[&str],
+        read_stderr: bool,
+    ) -> (Gateway, Option<std::process::ChildStderr>) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/ops-tests")
             .join(format!("{name}-{}", std::process::id()));
@@ -115,15 +135,20 @@ impl Gateway {
             .spawn()
             .expect("switchback serve starts");
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            while err.read_line(&mut line).unwrap_or(0) > 0 {
-                sink.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
+        let mut unread = None;
+        if read_stderr {
+            let mut err = BufReader::new(child.stderr.take().unwrap());
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                while err.read_line(&mut line).unwrap_or(0) > 0 {
+                    sink.lock().unwrap().push_str(&line);
+                    line.clear();
+                }
+            });
+        } else {
+            unread = child.stderr.take();
+        }
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).expect("serve prints its address");
@@ -137,12 +162,13 @@ impl Gateway {
             let mut rest = String::new();
             let _ = out.read_to_string(&mut rest);
         });
-        Gateway {
+        let gw = Gateway {
             child,
             addr,
             stderr,
             dir,
-        }
+        };
+        (gw, unread)
     }
 }
 
@@ -344,6 +370,32 @@ async fn metrics_can_be_turned_off() {
     let gw = Gateway::start("metrics-off", &config(up), &["--metrics", "off"]);
     let r = exchange(gw.addr, scrape(Some(KEY))).await;
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+}
+
+// A log collector that stops reading (stderr a full pipe) must not stop the gateway: its
+// lines wait in a bounded queue, and past it are dropped and counted. Before, a worker
+// wrote each line to stderr itself, and blocked there with every connection it served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_reader_that_stops_reading_never_stops_the_gateway() {
+    let up = upstream().await;
+    let (gw, _unread) = Gateway::start_with_stderr_unread(
+        "log-reader-gone",
+        &config(up),
+        &["--log-queue-lines", "64"],
+    );
+    // An access line is about 300 bytes: 1,000 of them are over twice what the pipe (64 KiB),
+    // the writer's buffer (64 KiB) and the queue hold together.
+    for n in 1..=1000 {
+        let r = exchange(gw.addr, chat("b", false)).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "request {n}: {r}");
+    }
+    let response = exchange(gw.addr, scrape(Some(KEY))).await;
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let dropped = sample(&parsed, "switchback_log_lines_dropped_total", &[]);
+    // The pipe, the writer's buffer and the queue took some; the rest were dropped, and said so.
+    assert!(dropped >= 300.0, "{dropped} lines dropped");
 }
 
 /// The JSON log lines on the gateway's stderr once `done` appears in them, within a bound.

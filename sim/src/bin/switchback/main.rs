@@ -332,6 +332,12 @@ enum Command {
         /// `debug` every routing event; `warn` or `error` less.
         #[arg(long, value_enum, default_value = "info")]
         log_level: LogLevelArg,
+        /// Log lines that may wait for stderr: past them, lines are dropped and counted
+        /// (`switchback_log_lines_dropped_total`) rather than hold up requests while
+        /// stderr's reader falls behind.
+        #[arg(long, default_value_t = logs::DEFAULT_LOG_QUEUE_LINES,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
+        log_queue_lines: usize,
         /// Worker threads, each with a runtime and a listening socket of its own (the
         /// kernel spreads connections across them); default: one per CPU. More than one
         /// only on Linux.
@@ -527,10 +533,17 @@ fn main() -> ExitCode {
             metrics,
             log_format,
             log_level,
+            log_queue_lines,
             workers,
         } => {
-            install_logs(log_format, log_level.into());
-            serve(&config, listen, metrics == Switch::On, workers)
+            let format = match log_format {
+                LogFormatArg::Text => logs::Format::Text,
+                LogFormatArg::Json => logs::Format::Json,
+            };
+            // Kept to the end of `main`: what is queued is written at exit.
+            let logs = logs::install(format, log_level.into(), log_queue_lines);
+            let dropped = logs.as_ref().map(logs::Logs::dropped);
+            serve(&config, listen, metrics == Switch::On, workers, dropped)
         }
     }
 }
@@ -595,6 +608,7 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 
 mod explore;
 mod external;
+mod logs;
 mod signals;
 mod workers;
 
@@ -747,26 +761,12 @@ fn config_check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-/// `serve`'s log lines, on stderr: the engine's decisions and access lines
-/// (`switchback::decision`, `switchback::access`) and reloads (`switchback::reload`).
-fn install_logs(format: LogFormatArg, level: tracing::Level) {
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level);
-    let installed = match format {
-        LogFormatArg::Text => builder.try_init(),
-        LogFormatArg::Json => builder.json().flatten_event(true).try_init(),
-    };
-    if let Err(e) = installed {
-        eprintln!("switchback: cannot install the log writer: {e}");
-    }
-}
-
 fn serve(
     config_path: &Path,
     listen: std::net::SocketAddr,
     metrics: bool,
     workers: Option<usize>,
+    dropped_log_lines: Option<tracing_appender::non_blocking::ErrorCounter>,
 ) -> ExitCode {
     let workers = match workers::count(workers) {
         Ok(n) => n,
@@ -828,7 +828,11 @@ fn serve(
         let (groups, deployments) = (catalog.model_group_count(), catalog.deployments.len());
         let mut engine = Engine::new(catalog, connector, observer, Arc::new(SystemWallClock));
         if metrics {
-            engine = engine.with_metrics(Arc::new(Metrics::new()));
+            let mut m = Metrics::new();
+            if let Some(dropped) = dropped_log_lines {
+                m = m.with_dropped_log_lines(move || dropped.dropped_lines() as u64);
+            }
+            engine = engine.with_metrics(Arc::new(m));
         }
         let engine = LiveEngine::from(Arc::new(engine)).with_source(config_path);
         let grace = engine.current().catalog().limits.shutdown_grace;

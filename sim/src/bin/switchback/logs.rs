@@ -1,0 +1,74 @@
+//! `serve`'s log lines, on stderr, written by a thread of their own.
+//!
+//! Owns: the subscriber (text or JSON, the level) and the bounded queue between the
+//! threads that log and the one that writes (`tracing-appender`'s non-blocking writer,
+//! lossy). A worker formats its line and queues it; it never waits for stderr. Why: a
+//! write to stderr waits for whatever reads it (a pipe to a log collector that falls
+//! behind or stops reading, a terminal, a file on a busy disk). Made on a worker, it held
+//! up every connection of that worker, and the other workers behind stderr's lock: a log
+//! reader that stopped reading stopped the gateway (`a_log_reader_that_stops_reading_never_
+//! stops_the_gateway`). A full queue drops lines and counts them
+//! (`switchback_log_lines_dropped_total`). The writer drains the queue into a buffer and
+//! writes it in one go, so a burst of lines costs one system call, not one each. At exit,
+//! what is queued is written (waiting at most a second for a stderr that no longer
+//! drains). Does not own what is logged (`switchback::decision_log`, the access lines).
+
+use std::io::{BufWriter, Stderr};
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+
+/// Lines `--log-queue-lines` lets wait for the writer by default: at about 300 bytes a line,
+/// some 20 MB, half a minute of a busy gateway's lines (2,000 requests a second).
+pub const DEFAULT_LOG_QUEUE_LINES: usize = 65_536;
+
+/// Bytes the writer gathers before a write.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The installed log writer: keep it until exit, so that queued lines are written.
+pub struct Logs {
+    _written_at_exit: WorkerGuard,
+    dropped: ErrorCounter,
+}
+
+impl Logs {
+    /// Lines dropped so far because the queue was full.
+    pub fn dropped(&self) -> ErrorCounter {
+        self.dropped.clone()
+    }
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Installs the subscriber with a queue of `queue_lines` (at least 1). `None` (and a line on
+/// stderr saying why) if a subscriber was installed already.
+pub fn install(format: Format, level: tracing::Level, queue_lines: usize) -> Option<Logs> {
+    let stderr: BufWriter<Stderr> = BufWriter::with_capacity(WRITE_BUFFER_BYTES, std::io::stderr());
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(queue_lines.max(1))
+        .thread_name("switchback-logs")
+        .finish(stderr);
+    let dropped = writer.error_counter();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_max_level(level);
+    let installed = match format {
+        Format::Text => builder.try_init(),
+        Format::Json => builder.json().flatten_event(true).try_init(),
+    };
+    match installed {
+        Ok(()) => Some(Logs {
+            _written_at_exit: guard,
+            dropped,
+        }),
+        Err(e) => {
+            eprintln!("switchback: cannot install the log writer: {e}");
+            None
+        }
+    }
+}
