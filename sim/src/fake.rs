@@ -19,7 +19,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -91,6 +91,8 @@ pub struct Fake {
     accepted: AtomicU32,
     open: AtomicUsize,
     log: Mutex<Vec<CallRecord>>,
+    /// Whether calls go into `log` (see [`Fake::stop_recording`]).
+    recording: AtomicBool,
     sink: Arc<dyn TraceSink>,
     /// Shared by the fakes of one run: the order calls arrived in, across hosts.
     order: Arc<std::sync::atomic::AtomicU64>,
@@ -115,9 +117,20 @@ impl Fake {
             accepted: AtomicU32::new(0),
             open: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
+            recording: AtomicBool::new(true),
             sink,
             order,
         })
+    }
+
+    /// Stops keeping a record of each call ([`Fake::calls`] then lists none after this).
+    /// For a fake that serves load rather than a scenario's oracle (`bench-overhead`,
+    /// `load --listen`, `switchback fakes`): its log would grow with every call for as long
+    /// as it runs, and each time the log's vector doubled, every call waited behind one
+    /// copy of it under the lock (measured in `bench-overhead`: the bench's own runtime
+    /// stalled up to 400 ms, at the same round of every run).
+    pub fn stop_recording(&self) {
+        self.recording.store(false, Ordering::SeqCst);
     }
 
     /// Forgets every call: the next call is call 1 again (a fresh provider for the next run).
@@ -277,32 +290,35 @@ impl Fake {
         }
         let json_answer = !stream || self.spec.dialect == Dialect::JsonOnly;
         let seq = self.order.fetch_add(1, Ordering::SeqCst) + 1;
-        self.log.lock().expect("fake log").push(CallRecord {
-            seq,
-            call,
-            model: model.clone(),
-            stream,
-            continuation: continuation.clone(),
-            continued,
-            authorization: authorization.clone(),
-            request_id,
-            planned: reply.text(k),
-            outcome: fault.as_ref().map_or_else(
-                || "ok".to_string(),
-                |f| match (f.kind, f.status) {
-                    (FaultKind::Http, s) => format!("http {}", s.unwrap_or(429)),
-                    (kind, Some(s)) => format!("{}@{} {s}", kind.as_str(), f.after_chunks),
-                    (kind, None) => format!("{}@{}", kind.as_str(), f.after_chunks),
-                },
-            ),
-            fault_fired: false,
-            body: body.clone(),
-            sent: Vec::new(),
-            answered_json: false,
-            own_answer: own_answer.as_ref().map(Value::to_string),
-            flooded: script.flood.is_some(),
-            headers: headers.clone(),
-        });
+        // Built only when kept: it copies the request's body.
+        if self.recording.load(Ordering::SeqCst) {
+            self.log.lock().expect("fake log").push(CallRecord {
+                seq,
+                call,
+                model: model.clone(),
+                stream,
+                continuation: continuation.clone(),
+                continued,
+                authorization: authorization.clone(),
+                request_id,
+                planned: reply.text(k),
+                outcome: fault.as_ref().map_or_else(
+                    || "ok".to_string(),
+                    |f| match (f.kind, f.status) {
+                        (FaultKind::Http, s) => format!("http {}", s.unwrap_or(429)),
+                        (kind, Some(s)) => format!("{}@{} {s}", kind.as_str(), f.after_chunks),
+                        (kind, None) => format!("{}@{}", kind.as_str(), f.after_chunks),
+                    },
+                ),
+                fault_fired: false,
+                body: body.clone(),
+                sent: Vec::new(),
+                answered_json: false,
+                own_answer: own_answer.as_ref().map(Value::to_string),
+                flooded: script.flood.is_some(),
+                headers: headers.clone(),
+            });
+        }
         let dialect = match self.spec.dialect {
             Dialect::Openai => String::new(),
             d => format!(" dialect={}", d.as_str()),

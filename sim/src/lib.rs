@@ -14,6 +14,7 @@
 //! * [`overhead`]: the gateway's added latency against a direct baseline, and its memory.
 //! * [`kernel_tcp`]: the kernel's TCP counters (accept-queue overflows, SYN retransmits)
 //!   that a benchmark reports beside its latencies.
+//! * [`stall`]: watching a runtime's event loop for stalls (`serve`'s workers, the bench).
 //! * [`oracle`]: expectations, invariants, stream/non-stream equivalence.
 //! * [`metrics_check`]: the gateway's Prometheus counters against its trace, on every run.
 //! * [`passthrough`]: wire fidelity (what the provider sent is what the client got) and
@@ -43,6 +44,7 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod schema;
+pub mod stall;
 pub mod tls_fake;
 pub mod trace;
 pub mod world;

@@ -73,10 +73,19 @@ impl Drop for RunningFakes {
 
 /// Starts every provider of `scenario` on `127.0.0.1`. With `port_base`, provider i listens
 /// on `port_base + i`; otherwise on an ephemeral port.
+/// Whether started fakes keep a record of every call ([`Fake::calls`]): for an oracle, yes;
+/// for fakes that serve load for as long as they run, no (see [`Fake::stop_recording`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordCalls {
+    Yes,
+    No,
+}
+
 pub async fn start_fakes(
     scenario: &Scenario,
     sink: Arc<dyn TraceSink>,
     port_base: Option<u16>,
+    record_calls: RecordCalls,
 ) -> io::Result<RunningFakes> {
     let order = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut running = RunningFakes {
@@ -94,6 +103,9 @@ pub async fn start_fakes(
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
         let addr = listener.0.local_addr()?;
         let fake = Fake::with_order(p.clone(), sink.clone(), order.clone());
+        if record_calls == RecordCalls::No {
+            fake.stop_recording();
+        }
         running.ports.insert((p.host.clone(), p.port), addr);
         running
             .tasks
@@ -130,7 +142,7 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
     let sink: Arc<dyn TraceSink> = trace.clone();
     let observer = EngineObserver::new(sink.clone());
     observer.know(catalog.clone());
-    let fakes = start_fakes(scenario, sink.clone(), None)
+    let fakes = start_fakes(scenario, sink.clone(), None, RecordCalls::Yes)
         .await
         .map_err(|e| format!("cannot start fakes: {e}"))?;
     let upstreams = OpenCount::default();

@@ -28,11 +28,12 @@ use switchback::config::{
 };
 
 use crate::kernel_tcp::TcpCounters;
-use crate::live::{RunningFakes, start_fakes};
+use crate::live::{RecordCalls, RunningFakes, start_fakes};
 use crate::load::{self, LoadReport, LoadSpec};
 use crate::scenario::{
     Expect, Fault, FaultKind, Flavour, Mode, Network, Provider, RequestSpec, Scenario, Script,
 };
+use crate::stall::StallWatch;
 use crate::tls_fake::{ThrowawayPki, TlsListener};
 use crate::trace::{NullSink, TraceSink};
 
@@ -60,6 +61,10 @@ pub struct OverheadOptions {
 }
 
 const ANSWER: &str = "one two three four five six seven eight nine ten";
+
+/// A stall of the bench's own runtime worth naming in a round's line: past what a loaded
+/// runtime's timer ordinarily shows (a millisecond or two).
+const BENCH_STALL: Duration = Duration::from_millis(20);
 
 fn provider(host: &str, script: Script) -> Provider {
     Provider {
@@ -324,7 +329,7 @@ pub async fn run(
 ) -> Result<(Vec<Variant>, Option<u64>, Option<u64>), String> {
     let scenario = world();
     let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
-    let fakes = start_fakes(&scenario, sink, o.fakes_port_base)
+    let fakes = start_fakes(&scenario, sink, o.fakes_port_base, RecordCalls::No)
         .await
         .map_err(|e| format!("cannot start the fakes: {e}"))?;
     for ((host, _), addr) in &fakes.ports {
@@ -349,6 +354,7 @@ pub async fn run(
     let tls_addr =
         switchback::transport::Listener::local_addr(&tls_listener).map_err(|e| e.to_string())?;
     let tls_fake = crate::fake::Fake::new(provider("ok", answer(0)), Arc::new(NullSink));
+    tls_fake.stop_recording();
     let tls_task = tokio::spawn(tls_fake.serve(tls_listener));
     log(&format!("fake `ok` behind TLS on {tls_addr}"));
     let config_path =
@@ -458,10 +464,23 @@ pub async fn run(
                 connections: o.connections,
             };
             let before = TcpCounters::read();
+            // The load generator and the fakes share this runtime: a stall of theirs would
+            // read as the gateway's latency unless it is measured too.
+            let own_stalls = StallWatch::start(Duration::MAX, |_| {});
             let r: LoadReport = load::run(&spec, |_, _| {}).await?;
+            let own_worst = own_stalls.worst();
+            drop(own_stalls);
             let kernel = before.zip(TcpCounters::read()).map(|(b, a)| a.since(b));
+            let stalled = if own_worst > BENCH_STALL {
+                format!(
+                    " (the bench's own runtime stalled up to {} ms)",
+                    own_worst.as_millis()
+                )
+            } else {
+                String::new()
+            };
             log(&format!(
-                "round {}/{} {name:<18} {} ok {} errors p50 {} µs p99 {} µs{}",
+                "round {}/{} {name:<18} {} ok {} errors p50 {} µs p99 {} µs{}{stalled}",
                 round + 1,
                 o.rounds,
                 r.ok,
@@ -473,7 +492,7 @@ pub async fn run(
                     .map_or(String::new(), |k| format!(
                         " (kernel: {} accept-queue overflows, {} SYN retransmits)",
                         k.listen_overflows, k.syn_retransmits
-                    ))
+                    )),
             ));
             let v = &mut variants[i];
             v.kernel = v.kernel.zip(kernel).map(|(sum, k)| sum.plus(k));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 mod common;
 
-use switchback_sim::live::start_fakes;
+use switchback_sim::live::{RecordCalls, start_fakes};
 use switchback_sim::load::{self, LoadSpec};
 use switchback_sim::overhead;
 use switchback_sim::trace::{NullSink, TraceSink};
@@ -15,7 +15,9 @@ use switchback_sim::trace::{NullSink, TraceSink};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_of_a_load_run_is_answered_and_counted() {
     let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
-    let fakes = start_fakes(&overhead::world(), sink, None).await.unwrap();
+    let fakes = start_fakes(&overhead::world(), sink, None, RecordCalls::No)
+        .await
+        .unwrap();
     let addr = common::loopback_gateway(&overhead::gateway_config(&fakes)).await;
     for (model, stream) in [
         ("plain", false),
@@ -46,6 +48,14 @@ async fn every_request_of_a_load_run_is_answered_and_counted() {
             report.first_chunk.as_ref().map(|h| h.len()),
             stream.then_some(300),
             "{model}"
+        );
+    }
+    // Fakes serving load keep no log of their calls: it would grow without end.
+    for fake in &fakes.fakes {
+        assert!(
+            fake.calls().is_empty(),
+            "{} kept a call log",
+            fake.spec.host
         );
     }
 }

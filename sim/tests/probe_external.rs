@@ -20,7 +20,7 @@ use std::sync::Arc;
 mod common;
 
 use switchback_sim::emit;
-use switchback_sim::live::start_fakes;
+use switchback_sim::live::{RecordCalls, start_fakes};
 use switchback_sim::oracle;
 use switchback_sim::probe::{self, GatewayUrl, Verdict};
 use switchback_sim::run::{Where, run_scenario_in};
@@ -117,7 +117,7 @@ fn probe_child(rel: &str) -> Vec<probe::Pair> {
         .unwrap();
     rt.block_on(async {
         let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
-        let fakes = start_fakes(&scenario, sink.clone(), None)
+        let fakes = start_fakes(&scenario, sink.clone(), None, RecordCalls::Yes)
             .await
             .expect("fakes start");
         let config =

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchback_sim::emit;
-use switchback_sim::live::start_fakes;
+use switchback_sim::live::{RecordCalls, start_fakes};
 use switchback_sim::probe::{self, GatewayUrl, ProbeOptions, Verdict};
 use switchback_sim::scenario::Scenario;
 use switchback_sim::trace::{NullSink, PrintSink, Trace, TraceSink};
@@ -47,10 +47,13 @@ async fn start_at(
     sink: Arc<dyn TraceSink>,
     base: u16,
 ) -> Result<switchback_sim::live::RunningFakes, ExitCode> {
-    start_fakes(scenario, sink, Some(base)).await.map_err(|e| {
-        eprintln!("error: cannot start the fakes at 127.0.0.1:{base}: {e}");
-        ExitCode::FAILURE
-    })
+    // `fakes` and `load --listen` serve for as long as they run: no call log to grow.
+    start_fakes(scenario, sink, Some(base), RecordCalls::No)
+        .await
+        .map_err(|e| {
+            eprintln!("error: cannot start the fakes at 127.0.0.1:{base}: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn gateway_url(url: &str) -> Result<GatewayUrl, ExitCode> {
@@ -299,7 +302,8 @@ pub fn probe(a: ProbeArgs) -> ExitCode {
         } else {
             Arc::new(NullSink)
         };
-        let running = match start_fakes(&scenario, sink.clone(), Some(base)).await {
+        let running = match start_fakes(&scenario, sink.clone(), Some(base), RecordCalls::Yes).await
+        {
             Ok(r) => r,
             Err(e) => {
                 return could_not_run(&format!(
@@ -345,7 +349,8 @@ fn differential(
             return could_not_run(&e);
         }
         let sink: Arc<dyn TraceSink> = Arc::new(NullSink);
-        let running = match start_fakes(scenario, sink.clone(), Some(base)).await {
+        let running = match start_fakes(scenario, sink.clone(), Some(base), RecordCalls::Yes).await
+        {
             Ok(r) => r,
             Err(e) => {
                 return could_not_run(&format!(

@@ -6,8 +6,9 @@
 //! write to stderr waits for whatever reads it (a pipe to a log collector that falls
 //! behind or stops reading, a terminal, a file on a busy disk). Made on a worker, it held
 //! up every connection of that worker, and the other workers behind stderr's lock: a log
-//! reader that stopped reading stopped the gateway (`a_log_reader_that_stops_reading_never_
-//! stops_the_gateway`). A full queue drops lines and counts them
+//! reader that stopped reading stopped the gateway
+//! (`a_log_reader_that_stops_reading_never_stops_the_gateway`, `sim/tests/operations_live.rs`).
+//! A full queue drops lines and counts them
 //! (`switchback_log_lines_dropped_total`). The writer drains the queue into a buffer and
 //! writes it in one go, so a burst of lines costs one system call, not one each. At exit,
 //! what is queued is written (waiting at most a second for a stderr that no longer

@@ -13,10 +13,12 @@
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use switchback::gateway::{Gate, accept};
 use switchback::reload::LiveEngine;
 use switchback::transport::TcpListener;
+use switchback_sim::stall::StallWatch;
 use tokio::sync::watch;
 
 /// Most worker threads `--workers` accepts.
@@ -24,6 +26,11 @@ pub const MAX_WORKERS: usize = 256;
 
 /// Pending connections each listening socket queues (tokio's own default).
 const BACKLOG: u32 = 1024;
+
+/// How late a worker's stall watch may wake before the worker is said to have stalled
+/// (`worker_stalled`, WARN): well above a loaded worker's ordinary lateness (about a
+/// millisecond), well below what a client notices.
+const STALL_REPORTED_AFTER: Duration = Duration::from_millis(50);
 
 /// How many workers `--workers` (none: one per CPU the process may use) means here: within
 /// `1..=MAX_WORKERS`, and one where the kernel does not spread connections across sockets
@@ -130,6 +137,16 @@ pub fn start(
                     };
                     let _ = ready.send(Ok(()));
                     drop(ready);
+                    // A worker whose loop stops turning holds up every connection it serves:
+                    // said in the log, with how long (the thread was busy or not running).
+                    let _stalls = StallWatch::start(STALL_REPORTED_AFTER, move |late| {
+                        tracing::warn!(
+                            target: "switchback::worker",
+                            worker = index,
+                            stalled_ms = u64::try_from(late.as_millis()).unwrap_or(u64::MAX),
+                            "worker_stalled"
+                        );
+                    });
                     let stopped = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
