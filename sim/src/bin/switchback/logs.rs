@@ -18,9 +18,11 @@ use std::io::{BufWriter, Stderr};
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 
-/// Lines `--log-queue-lines` lets wait for the writer by default: at about 300 bytes a line,
-/// some 20 MB, half a minute of a busy gateway's lines (2,000 requests a second).
-pub const DEFAULT_LOG_QUEUE_LINES: usize = 65_536;
+/// Lines `--log-queue-lines` lets wait for the writer by default: four seconds of a busy
+/// gateway's lines (2,000 requests a second, a line each), at most about 2.5 MB of text at
+/// 300 bytes a line. The queue's slots are allocated, and written, when it is made (32
+/// bytes each): 65,536 of them were 2 MiB of the gateway's resident memory before a line.
+pub const DEFAULT_LOG_QUEUE_LINES: usize = 8_192;
 
 /// Bytes the writer gathers before a write.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
