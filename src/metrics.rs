@@ -132,6 +132,8 @@ struct State {
     limit_hits: BTreeMap<[String; 1], u64>,
     /// mode, reason
     client_disconnects: BTreeMap<[String; 2], u64>,
+    /// worker
+    worker_stalls: BTreeMap<[String; 1], u64>,
     /// reason
     continuations_refused: BTreeMap<[String; 1], u64>,
     /// group, mode, outcome
@@ -415,6 +417,13 @@ impl Collector for StateCollector {
         )?;
         counter_family(
             &mut e,
+            "switchback_worker_stalls",
+            "Times a serve worker's event loop stopped turning for over 50 ms (every connection of that worker waited), by worker.",
+            ["worker"],
+            &s.worker_stalls,
+        )?;
+        counter_family(
+            &mut e,
             "switchback_continuations_refused",
             "Failures after commit under mid_stream: continue that could not be continued, by reason.",
             ["reason"],
@@ -529,6 +538,19 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("metrics encode into a String");
         out
+    }
+
+    /// Counts a stall of `serve`'s worker `worker`: its event loop woke late past the
+    /// threshold (see `worker_stalled` in the logs). The engine cannot see these: `serve`
+    /// reports them.
+    pub fn record_worker_stall(&self, worker: usize) {
+        *self
+            .state
+            .lock()
+            .expect("metrics lock")
+            .worker_stalls
+            .entry([worker.to_string()])
+            .or_default() += 1;
     }
 
     /// Requests admitted and not yet finished, as the metrics see them.
@@ -852,6 +874,18 @@ model_list:
         has(
             r#"switchback_request_duration_seconds_sum{group="a",mode="non_stream",outcome="completed"} 0.02"#,
         );
+    }
+
+    #[test]
+    fn worker_stalls_are_counted_by_worker() {
+        let m = Metrics::new();
+        m.record_worker_stall(1);
+        m.record_worker_stall(1);
+        m.record_worker_stall(0);
+        let text = m.render(Vec::new());
+        let has = |w: &str| assert!(text.lines().any(|l| l == w), "missing `{w}` in:\n{text}");
+        has(r#"switchback_worker_stalls_total{worker="0"} 1"#);
+        has(r#"switchback_worker_stalls_total{worker="1"} 2"#);
     }
 
     #[test]

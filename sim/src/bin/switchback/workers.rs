@@ -138,8 +138,13 @@ pub fn start(
                     let _ = ready.send(Ok(()));
                     drop(ready);
                     // A worker whose loop stops turning holds up every connection it serves:
-                    // said in the log, with how long (the thread was busy or not running).
+                    // said in the log, with how long (the thread was busy or not running),
+                    // and counted in `switchback_worker_stalls_total`.
+                    let watched = engine.clone();
                     let _stalls = StallWatch::start(STALL_REPORTED_AFTER, move |late| {
+                        if let Some(metrics) = watched.current().metrics() {
+                            metrics.record_worker_stall(index);
+                        }
                         tracing::warn!(
                             target: "switchback::worker",
                             worker = index,
