@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 mod attempts;
 mod support;
-use attempts::{LIMITS, open};
+use attempts::{LIMITS, open, whole_request};
 use support::{Gw, MemNet, ONE_GROUP, chat_body, chunk_json, frame, settle, sse_channel};
 
 /// One test at a time: the allocation count is the whole process's.
@@ -110,18 +110,7 @@ fn sse_chunk(text: &str) -> Vec<u8> {
 /// event, then one more event each time `next` changes, until the client closes.
 async fn serve(mut socket: TcpStream, mut next: watch::Receiver<usize>) {
     let mut buf = Vec::new();
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                break;
-            }
-        }
+    while whole_request(&buf).is_none() {
         let mut chunk = [0u8; 1024];
         match socket.read(&mut chunk).await {
             Ok(0) | Err(_) => return,

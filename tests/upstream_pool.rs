@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 mod attempts;
-use attempts::{LIMITS, idle, until};
+use attempts::{LIMITS, idle, until, whole_request};
 
 const JSON_ANSWER: &str = r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
 
@@ -121,15 +121,9 @@ async fn serve(mut socket: TcpStream, answers: Vec<Answer>, requests: Arc<Atomic
     let mut buf = Vec::new();
     loop {
         // Read one request: its head, then `content-length` bytes of body.
-        let (head_end, body_len) = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                break (end + 4, len);
+        let whole = loop {
+            if let Some(n) = whole_request(&buf) {
+                break n;
             }
             let mut chunk = [0u8; 4096];
             match socket.read(&mut chunk).await {
@@ -137,14 +131,7 @@ async fn serve(mut socket: TcpStream, answers: Vec<Answer>, requests: Arc<Atomic
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
-        while buf.len() < head_end + body_len {
-            let mut chunk = [0u8; 4096];
-            match socket.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        buf.drain(..head_end + body_len);
+        buf.drain(..whole);
         let n = requests.fetch_add(1, Ordering::SeqCst);
         let answer = answers[n.min(answers.len() - 1)];
         let written = match answer {

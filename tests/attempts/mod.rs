@@ -80,3 +80,17 @@ pub async fn call(
     }
     Ok(text)
 }
+
+/// The length of the first whole request in `buf` (its head, then `content-length` bytes of
+/// body), once all of it has arrived: what a scripted upstream reads before it answers.
+pub fn whole_request(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let body = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let whole = end + 4 + body;
+    (buf.len() >= whole).then_some(whole)
+}
