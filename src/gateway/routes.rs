@@ -303,8 +303,9 @@ async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseB
     // The body is a slice of the connection's read buffer, and hyper has already read on
     // for the client's end into a buffer of its own: held for the request's life, the first
     // one would be 8 KiB more per request in flight (a non-streaming one: until its whole
-    // answer is in). Admission copied out what the request needs.
+    // answer is in). Admission copied out what the request needs, the key included.
     drop(body);
+    drop(token);
     serve_admitted(engine, admitted).await
 }
 

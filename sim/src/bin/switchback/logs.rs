@@ -40,8 +40,8 @@ impl Logs {
     }
 }
 
-/// How log lines look.
-#[derive(Clone, Copy, Debug)]
+/// How log lines look (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Text,
     Json,

@@ -326,7 +326,7 @@ enum Command {
         metrics: Switch,
         /// How log lines on stderr look: `text` (human) or `json` (one object per line).
         #[arg(long, value_enum, default_value = "text")]
-        log_format: LogFormatArg,
+        log_format: logs::Format,
         /// The least severe lines written: `info` writes one access line per request and
         /// every decision that matters (failed attempts, cooldowns, retries, fallbacks);
         /// `debug` every routing event; `warn` or `error` less.
@@ -362,12 +362,6 @@ enum SchemaArg {
     Scenario,
     /// The gateway config `serve --config` reads.
     Config,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormatArg {
-    Text,
-    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -536,12 +530,8 @@ fn main() -> ExitCode {
             log_queue_lines,
             workers,
         } => {
-            let format = match log_format {
-                LogFormatArg::Text => logs::Format::Text,
-                LogFormatArg::Json => logs::Format::Json,
-            };
             // Kept to the end of `main`: what is queued is written at exit.
-            let logs = logs::install(format, log_level.into(), log_queue_lines);
+            let logs = logs::install(log_format, log_level.into(), log_queue_lines);
             let dropped = logs.as_ref().map(logs::Logs::dropped);
             serve(&config, listen, metrics == Switch::On, workers, dropped)
         }
