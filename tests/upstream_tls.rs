@@ -3,13 +3,15 @@
 //! negotiated by ALPN: concurrent attempts sharing one connection as streams within the
 //! server's and our stream limits, an abandoned stream reset without losing its connection,
 //! a connection the upstream ends while idle replaced, a stream reset mid-answer failing
-//! (never sent again) while a refused one goes again, the idle timeout, and HTTP/1.1 for an
-//! upstream that does not offer `h2` or when HTTP/2 is turned off.
+//! (never sent again) while a refused one, or one above a graceful GOAWAY, goes again, the
+//! idle timeout, and HTTP/1.1 for an upstream that does not offer `h2` or when HTTP/2 is
+//! turned off.
 //!
 //! The upstream is hyper's HTTP/1.1 or HTTP/2 server (as ALPN decided) behind tokio-rustls,
-//! or the h2 crate's server where a test needs a stream refused; a throw-away CA and a
-//! `localhost` certificate are made by rcgen for each test. Waits are for conditions (a
-//! count reaching a value), each bounded by [`attempts::PATIENCE`].
+//! or the h2 crate's server where a test needs a stream refused (or frames written by hand,
+//! for a GOAWAY below a stream); a throw-away CA and a `localhost` certificate are made by
+//! rcgen for each test. Waits are for conditions (a count reaching a value), each bounded by
+//! [`attempts::PATIENCE`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -807,6 +809,53 @@ enum FailFirst {
     /// GOAWAY with this error code (its last stream id: the stream, which the server took),
     /// then the connection closes.
     GoAway(h2::Reason),
+    /// A graceful GOAWAY (NO_ERROR) whose last stream id (0) is below the stream: the
+    /// server says it did not process it, as a server draining its connections does to a
+    /// stream that crossed the GOAWAY on the wire (RFC 9113 §6.8).
+    GoAwayBelow,
+}
+
+/// Serves one HTTP/2 connection by hand, frame by frame: on the client's first HEADERS,
+/// answers with `GOAWAY(last_stream_id = 0, NO_ERROR)` (the h2 crate's server cannot send
+/// a last stream id below a stream it has read), then reads until the client closes.
+async fn go_away_below_first_stream(
+    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const SETTINGS: u8 = 0x4;
+    const HEADERS: u8 = 0x1;
+    const GOAWAY: u8 = 0x7;
+    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+        let len = u32::try_from(payload.len()).expect("small").to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut preface = [0u8; PREFACE.len()];
+    if tls.read_exact(&mut preface).await.is_err() || preface != PREFACE {
+        return;
+    }
+    if tls.write_all(&frame(SETTINGS, 0, &[])).await.is_err() {
+        return;
+    }
+    let mut head = [0u8; 9];
+    while tls.read_exact(&mut head).await.is_ok() {
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if tls.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        let reply = match head[3] {
+            SETTINGS if head[4] & 0x1 == 0 => frame(SETTINGS, 0x1, &[]),
+            // Last stream id 0, error code NO_ERROR (both zero).
+            HEADERS => frame(GOAWAY, 0, &[0; 8]),
+            _ => continue,
+        };
+        if tls.write_all(&reply).await.is_err() || tls.flush().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// An h2 upstream (the h2 crate's server) that fails the first stream of its first
@@ -833,6 +882,11 @@ async fn resetting_upstream(config: Arc<ServerConfig>, first: impl Into<FailFirs
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                if nth == 0 && matches!(first, FailFirst::GoAwayBelow) {
+                    go_away_below_first_stream(tls).await;
+                    seen.closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
                 let Ok(mut conn) = h2::server::handshake(tls).await else {
                     return;
                 };
@@ -848,6 +902,7 @@ async fn resetting_upstream(config: Arc<ServerConfig>, first: impl Into<FailFirs
                                 conn.abrupt_shutdown(reason);
                                 held = Some(respond);
                             }
+                            FailFirst::GoAwayBelow => unreachable!("served by hand"),
                         }
                         continue;
                     }
@@ -901,6 +956,22 @@ async fn a_stream_lost_with_its_connection_after_the_server_took_it_is_not_sent_
     );
     assert_eq!(up.requests(), 1, "the request was not sent again");
     assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_above_a_graceful_goaway_goes_again_on_a_new_connection() {
+    // A draining server's GOAWAY(NO_ERROR) names the last stream it will process; a stream
+    // above it was not processed (RFC 9113 §6.8), so it may go again, on a new connection
+    // (the old one takes no new streams). h2 fails only such streams with the GOAWAY's own
+    // error: those at or below it run to their end, or fail as the connection does.
+    let pki = pki("h2-goaway-below");
+    let up = resetting_upstream(pki.server.clone(), FailFirst::GoAwayBelow).await;
+    let bundle = CaBundle::load(pki.ca_path.to_str().expect("utf-8")).expect("bundle");
+    let client = client(8);
+    let text = call(&client, up.port, Some(&bundle)).await.expect("served");
+    assert_eq!(text, "over tls");
+    assert_eq!(up.requests(), 1, "answered once, on the second connection");
+    assert_eq!(up.accepted(), 2, "on a new connection");
 }
 
 #[tokio::test]

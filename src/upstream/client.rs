@@ -38,7 +38,7 @@ use crate::upstream::tls::CaBundle;
 pub const REQUEST_ID_HEADER: &str = "x-switchback-request-id";
 
 /// Times one request is sent again after an HTTP/2 upstream proved it did not process it
-/// (a refused stream). Once is enough for a server shedding streams of a busy connection; a
+/// (a refused stream, a stream above a graceful GOAWAY). Once is enough for a server shedding streams of a busy connection; a
 /// server refusing a fresh connection's first stream is overloaded, and the attempt fails.
 pub const MAX_UNPROCESSED_RESENDS: usize = 1;
 
@@ -306,8 +306,9 @@ impl UpstreamClient {
                     }
                     _ => {
                         let error = e.into_error();
-                        // HTTP/2 says when the server did not process a stream (RFC 9113
-                        // §8.7): it may go again, on another connection.
+                        // HTTP/2 says when the server did not process a stream (a refused
+                        // stream, RFC 9113 §8.7; a stream above a graceful GOAWAY, §6.8): it
+                        // may go again, on another connection.
                         if lease.is_http2()
                             && unprocessed < MAX_UNPROCESSED_RESENDS
                             && never_processed(&error)
@@ -458,18 +459,26 @@ async fn connect_http2(
     Ok(NewConn::Http2(Http2Conn::new(sender, server_limit, task)))
 }
 
-/// Whether an HTTP/2 request failed in a way that proves the server did not process it: it
-/// refused the stream (REFUSED_STREAM, RFC 9113 §8.7). A GOAWAY proves as much only for
-/// streams above its last stream id, but the error hyper reports does not say which side of
-/// it a stream was (a GOAWAY with an error code fails the streams below it with the same
-/// error, and those may have been processed), so it counts as a failure like any other: a
-/// request that may have reached the upstream is never sent again here.
+/// Whether an HTTP/2 request failed in a way that proves the server did not process it:
+/// - it refused the stream (REFUSED_STREAM, RFC 9113 §8.7);
+/// - a graceful GOAWAY (NO_ERROR) left it out: h2 fails a stream with the GOAWAY's own
+///   error only when its id is above the GOAWAY's last stream id, or when it was opened
+///   after the GOAWAY arrived, and neither was processed (RFC 9113 §6.8). A stream at or
+///   below that id runs to its end, or fails with the connection (a broken pipe), never
+///   with this error.
+///
+/// A GOAWAY with an error code proves nothing: when the connection then ends, h2 fails the
+/// streams below its last stream id with the same error, and those may have been
+/// processed. So it counts as a failure like any other: a request that may have reached
+/// the upstream is never sent again here.
 fn never_processed(error: &hyper::Error) -> bool {
     let Some(h2) = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>())
     else {
         return false;
     };
-    h2.is_remote() && h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+    let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+    let left_out_by_graceful_goaway = h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR);
+    h2.is_remote() && (refused || left_out_by_graceful_goaway)
 }
 
 /// The upstream request of one call.
