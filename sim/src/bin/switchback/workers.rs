@@ -106,21 +106,34 @@ pub fn start(
     gate: &Gate,
     stop: &watch::Receiver<bool>,
 ) -> Started {
+    start_with(engine, listeners, gate, stop, |_| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    })
+}
+
+/// [`start`], each worker's runtime made by `runtime` (given the worker's index), so that a
+/// test can make one fail.
+fn start_with(
+    engine: &LiveEngine,
+    listeners: Vec<std::net::TcpListener>,
+    gate: &Gate,
+    stop: &watch::Receiver<bool>,
+    runtime: impl Fn(usize) -> std::io::Result<tokio::runtime::Runtime> + Clone + Send + 'static,
+) -> Started {
     switchback::upstream::pool::set_workers(listeners.len());
     let (ready, readiness) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(listeners.len());
     let mut failed = None;
     for (index, listener) in listeners.into_iter().enumerate() {
         let (engine, gate, mut stop) = (engine.clone(), gate.clone(), stop.clone());
-        let ready = ready.clone();
+        let (ready, runtime) = (ready.clone(), runtime.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("switchback-worker-{index}"))
             .spawn(move || {
                 switchback::upstream::pool::set_worker(index);
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
+                let runtime = match runtime(index) {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = ready.send(Err(format!("worker {index}: its runtime: {e}")));
@@ -214,6 +227,56 @@ mod tests {
         for l in &listeners {
             assert_eq!(l.local_addr().unwrap().port(), port);
         }
+    }
+
+    #[test]
+    fn a_worker_that_cannot_start_is_named_and_the_others_stop() {
+        let config = switchback::config::GatewayConfig::load(
+            "test.yaml",
+            "allow_anonymous: true\nmodel_list:\n  - {model_name: a, litellm_params: {model: openai/m, api_base: \"http://127.0.0.1:1/v1\"}}\n",
+        )
+        .expect("valid");
+        let catalog = switchback::catalog::Catalog::new(&config).expect("valid");
+        let engine = switchback::engine::Engine::new(
+            std::sync::Arc::new(catalog),
+            std::sync::Arc::new(switchback::transport::TcpConnector),
+            std::sync::Arc::new(switchback::trace::Fanout(Vec::new())),
+            std::sync::Arc::new(switchback::engine::SystemWallClock),
+        );
+        let engine = LiveEngine::from(std::sync::Arc::new(engine));
+        // `bind` registers the sockets with the runtime it runs in.
+        let listeners = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async { bind("127.0.0.1:0".parse().unwrap(), 3) })
+            .expect("bound");
+        let gate = Gate::new(&engine);
+        let (stopping, stopped) = watch::channel(false);
+        let started = start_with(&engine, listeners, &gate, &stopped, |index| {
+            if index == 1 {
+                return Err(std::io::Error::other("no runtime for you"));
+            }
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        });
+        assert_eq!(
+            started.failed.as_deref(),
+            Some("worker 1: its runtime: no runtime for you")
+        );
+        assert_eq!(started.threads.len(), 3, "every thread was started");
+        // What `serve` does then: the workers that did start stop, with nothing to drain.
+        stopping.send_replace(true);
+        let (joined, all_joined) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ended = started.threads.into_iter().map(|t| t.join().is_ok());
+            let _ = joined.send(ended.collect::<Vec<_>>());
+        });
+        let ended = all_joined
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the workers stop once told to");
+        assert_eq!(ended, [true; 3], "no worker panicked");
     }
 
     #[tokio::test]
