@@ -8,7 +8,9 @@
 //! modes, outcomes), never from request data: a model name a client sent that is not a
 //! group never reaches admission, so it never becomes a label, and a request a wildcard
 //! group serves (`openai/*`) is labelled by that group's pattern, not by the name it sent
-//! (its events carry the group, never the name).
+//! (its events carry the group, never the name). The upstream connection pool's series are
+//! the pool's own counts, read at each scrape ([`PoolStats`]), labelled by the upstreams
+//! the config names (`scheme://host:port`).
 //! Does not own the `/metrics` route (`gateway::routes`) nor any decision: it only watches.
 
 use std::collections::BTreeMap;
@@ -23,6 +25,7 @@ use prometheus_client::registry::Registry;
 
 use crate::catalog::Catalog;
 use crate::trace::{Event, Observer, TraceRecord};
+use crate::upstream::pool::PoolStats;
 
 /// The `Content-Type` of a scrape.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -144,6 +147,8 @@ struct State {
     gateway_added: BTreeMap<[String; 2], Histogram>,
     /// Filled just before a scrape: deployment id and remaining cooldown, catalog order.
     cooling: Vec<(String, Duration)>,
+    /// Filled just before a scrape: the upstream connection pool's counts.
+    pool: PoolStats,
 }
 
 fn bump<const N: usize>(map: &mut BTreeMap<[String; N], u64>, key: [&str; N]) {
@@ -477,8 +482,55 @@ impl Collector for StateCollector {
                 .iter()
                 .map(|(d, left)| ([("deployment", d.clone())], left.as_secs_f64())),
         )?;
-        Ok(())
+        encode_pool(&mut e, &s.pool)
     }
+}
+
+/// The upstream connection pool's series.
+fn encode_pool(e: &mut DescriptorEncoder, pool: &PoolStats) -> fmt::Result {
+    let mut opened = BTreeMap::new();
+    let mut reused = BTreeMap::new();
+    for (upstream, u) in &pool.upstreams {
+        for (protocol, n) in [("http1", u.opened_http1), ("http2", u.opened_http2)] {
+            if n > 0 {
+                opened.insert([upstream.clone(), protocol.to_string()], n);
+            }
+        }
+        reused.insert([upstream.clone()], u.reused);
+    }
+    counter_family(
+        e,
+        "switchback_upstream_connections_opened",
+        "Upstream connections opened, by upstream (scheme://host:port) and protocol (http1, http2).",
+        ["upstream", "protocol"],
+        &opened,
+    )?;
+    counter_family(
+        e,
+        "switchback_upstream_connections_reused",
+        "Upstream requests given a connection that was open already (a kept HTTP/1.1 one, or a stream on an open HTTP/2 one), by upstream.",
+        ["upstream"],
+        &reused,
+    )?;
+    gauge_family(
+        e,
+        "switchback_upstream_connections_idle",
+        "Idle upstream connections kept right now, by upstream.",
+        pool.upstreams
+            .iter()
+            .map(|(upstream, u)| ([("upstream", upstream.clone())], u.idle as f64)),
+    )?;
+    let resends = BTreeMap::from([
+        (["not_processed".to_string()], pool.resent_unprocessed),
+        (["stale_connection".to_string()], pool.resent_stale),
+    ]);
+    counter_family(
+        e,
+        "switchback_upstream_resends",
+        "Upstream requests sent again on another connection, by reason: stale_connection (a kept connection found closed before any byte was written), not_processed (an HTTP/2 upstream refused the stream, or left it out with a graceful GOAWAY).",
+        ["reason"],
+        &resends,
+    )
 }
 
 /// The log writer's count of dropped lines, as a counter.
@@ -530,9 +582,14 @@ impl Metrics {
     }
 
     /// The exposition, with the deployments' cooldowns as `cooling` says (deployment id and
-    /// remaining time, in catalog order; see [`crate::engine::Engine::cooling`]).
-    pub fn render(&self, cooling: Vec<(String, Duration)>) -> String {
-        self.state.lock().expect("metrics lock").cooling = cooling;
+    /// remaining time, in catalog order; see [`crate::engine::Engine::cooling`]) and the
+    /// upstream connections as `pool` says ([`crate::upstream::pool::Pool::stats`]).
+    pub fn render(&self, cooling: Vec<(String, Duration)>, pool: PoolStats) -> String {
+        {
+            let mut state = self.state.lock().expect("metrics lock");
+            state.cooling = cooling;
+            state.pool = pool;
+        }
         let mut out = String::new();
         // Writing to a String cannot fail; a collector error would be a bug in this file.
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
@@ -738,10 +795,26 @@ model_list:
     fn events_become_counters_with_config_labels_in_a_fixed_order() {
         let (m, c) = (Metrics::new(), catalog());
         feed(&m, &c);
-        let text = m.render(vec![
-            ("a1".into(), Duration::from_millis(4_500)),
-            ("b1".into(), Duration::ZERO),
-        ]);
+        let pool = || PoolStats {
+            upstreams: BTreeMap::from([(
+                "https://api.example:443".to_string(),
+                crate::upstream::pool::UpstreamStats {
+                    opened_http1: 2,
+                    opened_http2: 0,
+                    reused: 7,
+                    idle: 1,
+                },
+            )]),
+            resent_stale: 3,
+            resent_unprocessed: 0,
+        };
+        let text = m.render(
+            vec![
+                ("a1".into(), Duration::from_millis(4_500)),
+                ("b1".into(), Duration::ZERO),
+            ],
+            pool(),
+        );
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         let wanted = [
             r#"switchback_requests_total{group="a",key="anonymous",mode="non_stream",outcome="completed"} 1"#,
@@ -758,6 +831,11 @@ model_list:
             r#"switchback_deployment_cooling{deployment="a1"} 1.0"#,
             r#"switchback_deployment_cooling{deployment="b1"} 0.0"#,
             r#"switchback_deployment_cooldown_remaining_seconds{deployment="a1"} 4.5"#,
+            r#"switchback_upstream_connections_opened_total{upstream="https://api.example:443",protocol="http1"} 2"#,
+            r#"switchback_upstream_connections_reused_total{upstream="https://api.example:443"} 7"#,
+            r#"switchback_upstream_connections_idle{upstream="https://api.example:443"} 1.0"#,
+            r#"switchback_upstream_resends_total{reason="stale_connection"} 3"#,
+            r#"switchback_upstream_resends_total{reason="not_processed"} 0"#,
         ];
         for w in wanted {
             assert!(lines.contains(&w), "missing `{w}` in:\n{text}");
@@ -768,10 +846,17 @@ model_list:
         feed(&again, &c);
         assert_eq!(
             text,
-            again.render(vec![
-                ("a1".into(), Duration::from_millis(4_500)),
-                ("b1".into(), Duration::ZERO),
-            ])
+            again.render(
+                vec![
+                    ("a1".into(), Duration::from_millis(4_500)),
+                    ("b1".into(), Duration::ZERO),
+                ],
+                pool(),
+            )
+        );
+        assert!(
+            !text.contains(r#"protocol="http2""#),
+            "no series for a protocol never opened"
         );
         let requests: Vec<&&str> = lines
             .iter()
@@ -785,7 +870,7 @@ model_list:
     fn latency_histograms_measure_from_admission() {
         let (m, c) = (Metrics::new(), catalog());
         feed(&m, &c);
-        let text = m.render(Vec::new());
+        let text = m.render(Vec::new(), PoolStats::default());
         let has = |w: &str| assert!(text.lines().any(|l| l == w), "missing `{w}` in:\n{text}");
         // Request 1 committed 7 ms after admission, request 2 3 ms after.
         has(r#"switchback_time_to_commit_seconds_bucket{group="a",mode="stream",le="0.005"} 0"#);
@@ -867,7 +952,7 @@ model_list:
         for e in events {
             m.record(e, &c);
         }
-        let text = m.render(Vec::new());
+        let text = m.render(Vec::new(), PoolStats::default());
         let has = |w: &str| assert!(text.lines().any(|l| l == w), "missing `{w}` in:\n{text}");
         has(r#"switchback_gateway_added_seconds_sum{group="a",mode="non_stream"} 0.003"#);
         has(r#"switchback_gateway_added_seconds_count{group="a",mode="non_stream"} 1"#);
@@ -882,7 +967,7 @@ model_list:
         m.record_worker_stall(1);
         m.record_worker_stall(1);
         m.record_worker_stall(0);
-        let text = m.render(Vec::new());
+        let text = m.render(Vec::new(), PoolStats::default());
         let has = |w: &str| assert!(text.lines().any(|l| l == w), "missing `{w}` in:\n{text}");
         has(r#"switchback_worker_stalls_total{worker="0"} 1"#);
         has(r#"switchback_worker_stalls_total{worker="1"} 2"#);
@@ -906,7 +991,7 @@ model_list:
             );
         }
         assert_eq!(m.in_flight(), MAX_TRACKED_REQUESTS);
-        let text = m.render(Vec::new());
+        let text = m.render(Vec::new(), PoolStats::default());
         assert!(
             text.contains("switchback_metrics_untracked_requests_total 1\n"),
             "{text}"

@@ -18,7 +18,7 @@ use std::time::Duration;
 use switchback::classify::TransportFault;
 use switchback::transport::TcpConnector;
 use switchback::upstream::client::{UpstreamClient, UpstreamError};
-use switchback::upstream::pool::{Pool, PoolLimits};
+use switchback::upstream::pool::{Pool, PoolLimits, UpstreamStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -202,6 +202,19 @@ async fn a_json_answer_read_to_its_end_keeps_the_connection_for_the_next_attempt
     assert_eq!(up.accepted(), 1, "three attempts, one connection");
     assert_eq!(idle(&client), 1);
     assert_eq!(client.pool().leased(), 0);
+    // What `/metrics` says of it (`switchback_upstream_connections_*`).
+    let stats = client.pool().stats();
+    assert_eq!(
+        stats.upstreams.get(&up.base),
+        Some(&UpstreamStats {
+            opened_http1: 1,
+            opened_http2: 0,
+            reused: 2,
+            idle: 1,
+        }),
+        "{stats:?}"
+    );
+    assert_eq!((stats.resent_stale, stats.resent_unprocessed), (0, 0));
 }
 
 #[tokio::test]
@@ -223,6 +236,8 @@ async fn pooling_off_opens_a_connection_per_attempt() {
     call(&client, &up.base).await.expect("served");
     assert_eq!(up.accepted(), 2);
     until("both connections closed", || up.closed() == 2).await;
+    let stats = client.pool().stats().upstreams[&up.base];
+    assert_eq!((stats.opened_http1, stats.reused, stats.idle), (2, 0, 0));
 }
 
 #[tokio::test]

@@ -972,6 +972,12 @@ async fn a_stream_above_a_graceful_goaway_goes_again_on_a_new_connection() {
     assert_eq!(text, "over tls");
     assert_eq!(up.requests(), 1, "answered once, on the second connection");
     assert_eq!(up.accepted(), 2, "on a new connection");
+    let stats = client.pool().stats();
+    assert_eq!(stats.resent_unprocessed, 1, "counted for /metrics");
+    assert_eq!(
+        stats.upstreams[&format!("https://localhost:{}", up.port)].opened_http2,
+        2
+    );
 }
 
 #[tokio::test]

@@ -165,6 +165,7 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         .map_err(|e| format!("cannot listen: {e}"))?;
     let gateway_addr = listener.0.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pool = engine.upstream_pool().clone();
     let gateway = tokio::spawn(switchback::gateway::serve(engine, listener, async {
         let _ = stopped.await;
     }));
@@ -193,7 +194,7 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
         records: observer.records(),
         catalogs: observer.catalogs(),
         admitted_under: observer.admitted_under(),
-        metrics: Some(metrics.render(Vec::new())),
+        metrics: Some(metrics.render(Vec::new(), pool.stats())),
         calls: fakes
             .fakes
             .iter()

@@ -499,9 +499,12 @@ pub fn run_in(
         records: observer.records(),
         catalogs: observer.catalogs(),
         admitted_under: observer.admitted_under(),
-        metrics: reloads
-            .get()
-            .and_then(|live| live.current().metrics().map(|m| m.render(Vec::new()))),
+        metrics: reloads.get().and_then(|live| {
+            let engine = live.current();
+            engine
+                .metrics()
+                .map(|m| m.render(Vec::new(), engine.upstream_pool().stats()))
+        }),
         calls: fakes
             .iter()
             .map(|f| (f.spec.host.clone(), f.calls()))

@@ -321,6 +321,34 @@ async fn metrics_are_scraped_from_a_real_gateway_in_prometheus_text() {
             .any(|s| s.metric == "switchback_time_to_commit_seconds"),
         "histogram present:\n{body}"
     );
+    // The upstream answers `connection: close`: three attempts (a1's 429, then b1 twice),
+    // three connections, none kept or reused.
+    let upstream = format!("http://{up}");
+    let pool = |name, protocol: Option<&str>| {
+        let mut labels = vec![("upstream", upstream.as_str())];
+        labels.extend(protocol.map(|p| ("protocol", p)));
+        sample(&parsed, name, &labels)
+    };
+    assert_eq!(
+        pool(
+            "switchback_upstream_connections_opened_total",
+            Some("http1")
+        ),
+        3.0
+    );
+    assert_eq!(
+        pool("switchback_upstream_connections_reused_total", None),
+        0.0
+    );
+    assert_eq!(pool("switchback_upstream_connections_idle", None), 0.0);
+    assert_eq!(
+        sample(
+            &parsed,
+            "switchback_upstream_resends_total",
+            &[("reason", "stale_connection")]
+        ),
+        0.0
+    );
     // No secret and no client-chosen string in any label.
     assert!(!body.contains("SECRET") && !body.contains(KEY), "{body}");
     let stderr = gw.stderr.lock().unwrap().clone();

@@ -103,7 +103,9 @@ fn metrics(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
             Ok(_) => {}
         }
     }
-    let mut response = Response::new(body::full(metrics.render(engine.cooling())));
+    let mut response = Response::new(body::full(
+        metrics.render(engine.cooling(), engine.upstream_pool().stats()),
+    ));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(crate::metrics::CONTENT_TYPE),

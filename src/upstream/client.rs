@@ -30,7 +30,7 @@ use crate::limits::LimitExceeded;
 use crate::transport::{BoxIo, Connector};
 use crate::upstream::Endpoint;
 use crate::upstream::chunk::{self, Chunk, ChunkError, ChunkLimits, Payload};
-use crate::upstream::pool::{Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey};
+use crate::upstream::pool::{Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey, Resend};
 use crate::upstream::sse::{SseEvent, SseParser};
 use crate::upstream::tls::CaBundle;
 
@@ -291,6 +291,7 @@ impl UpstreamClient {
             // response; an error here means the upstream closed it while it was idle.
             if lease.reused() && lease.ready().await.is_err() {
                 stale += 1;
+                self.pool.count_resend(Resend::StaleConnection);
                 continue;
             }
             match lease.try_send(request).await {
@@ -302,6 +303,7 @@ impl UpstreamClient {
                     // the attempt like any other transport failure.
                     Some(unsent) if lease.reused() => {
                         stale += 1;
+                        self.pool.count_resend(Resend::StaleConnection);
                         request = unsent;
                     }
                     _ => {
@@ -314,6 +316,7 @@ impl UpstreamClient {
                             && never_processed(&error)
                         {
                             unprocessed += 1;
+                            self.pool.count_resend(Resend::NotProcessed);
                             request = build_request(call)?;
                             continue;
                         }

@@ -37,7 +37,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -64,6 +64,50 @@ pub struct PoolKey {
     /// The CA bundle the connection's certificate was checked against (none: the Mozilla
     /// roots): a connection is never reused under a different trust.
     pub ca_bundle: Option<String>,
+}
+
+impl PoolKey {
+    /// The upstream as the metrics name it: `scheme://host:port` (workers and trust apart
+    /// are one upstream).
+    pub fn upstream(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// What the pool has done and holds, per upstream, for the metrics ([`Pool::stats`]).
+/// Counted from the pool's start: a reload that changes the pool's bounds starts a new
+/// pool, and its counts start again from zero (a counter reset, to Prometheus).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Per upstream (`scheme://host:port`).
+    pub upstreams: BTreeMap<String, UpstreamStats>,
+    /// Requests sent again on another connection because the kept one they were given was
+    /// found closed before any byte of them was written.
+    pub resent_stale: u64,
+    /// Requests sent again on another connection because an HTTP/2 upstream proved it had
+    /// not processed them (a refused stream, a stream above a graceful GOAWAY).
+    pub resent_unprocessed: u64,
+}
+
+/// One upstream's share of [`PoolStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamStats {
+    /// Connections opened, by the protocol they speak.
+    pub opened_http1: u64,
+    pub opened_http2: u64,
+    /// Requests sent over a connection that was open already: a kept HTTP/1.1 one, or a
+    /// stream on an open HTTP/2 one.
+    pub reused: u64,
+    /// Idle connections held right now.
+    pub idle: u64,
+}
+
+/// Why a request went again on another connection (see [`PoolStats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    StaleConnection,
+    NotProcessed,
 }
 
 thread_local! {
@@ -249,6 +293,22 @@ struct State {
     next_id: u64,
     /// HTTP/1.1 dials in flight per TLS upstream (see [`MAX_TLS_DIALS_PER_HOST`]).
     tls_dials: BTreeMap<PoolKey, TlsDials>,
+    /// Connections opened and reused per key, for [`Pool::stats`] (`idle` unused here).
+    /// Keys stay for the pool's life: counters must not go back.
+    counts: BTreeMap<PoolKey, UpstreamStats>,
+}
+
+impl State {
+    fn count(&mut self, key: &PoolKey, add: impl FnOnce(&mut UpstreamStats)) {
+        match self.counts.get_mut(key) {
+            Some(counts) => add(counts),
+            None => {
+                let mut counts = UpstreamStats::default();
+                add(&mut counts);
+                self.counts.insert(key.clone(), counts);
+            }
+        }
+    }
 }
 
 /// Most HTTP/1.1 connections one worker opens at once to one TLS upstream; attempts past
@@ -283,6 +343,8 @@ pub struct Pool {
     /// Connections lent to attempts right now (an HTTP/2 connection counts once, however
     /// many streams it carries).
     leased: Arc<AtomicUsize>,
+    /// Requests sent again: on a stale connection, and not processed (see [`PoolStats`]).
+    resends: Arc<[AtomicU64; 2]>,
 }
 
 /// What an attempt does to get a connection.
@@ -394,6 +456,7 @@ impl Pool {
             state: Arc::default(),
             limits,
             leased: Arc::default(),
+            resends: Arc::default(),
         }
     }
 
@@ -464,6 +527,9 @@ impl Pool {
                 counted: false,
             }))
         };
+        if matches!(checkout, Checkout::Kept(_)) {
+            state.count(key, |c| c.reused += 1);
+        }
         drop(state);
         drop(closing);
         checkout
@@ -526,10 +592,12 @@ impl Pool {
                 let conn = Arc::new(conn);
                 self.leased.fetch_add(1, Ordering::SeqCst);
                 if self.limits.max_idle_per_host == 0 {
+                    self.lock().count(&key, |c| c.opened_http2 += 1);
                     return Lease::http2(key, self.clone(), &conn, None, false);
                 }
                 let id = {
                     let mut state = self.lock();
+                    state.count(&key, |c| c.opened_http2 += 1);
                     let id = state.next_id;
                     state.next_id += 1;
                     let host = state.http2.entry(key.clone()).or_default();
@@ -572,6 +640,13 @@ impl Pool {
     /// Lends the HTTP/1.1 `conn` to an attempt; `reused` says whether it came from the pool.
     fn lease(&self, key: PoolKey, conn: Conn, reused: bool) -> Lease {
         self.leased.fetch_add(1, Ordering::SeqCst);
+        self.lock().count(&key, |c| {
+            if reused {
+                c.reused += 1;
+            } else {
+                c.opened_http1 += 1;
+            }
+        });
         Lease {
             conn: Some(Leased::Http1(conn)),
             key,
@@ -695,6 +770,31 @@ impl Pool {
         }
         idle.retain(|_, n| *n > 0);
         idle
+    }
+
+    /// Counts a request sent again on another connection, and why.
+    pub(crate) fn count_resend(&self, why: Resend) {
+        self.resends[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the pool has done and holds, per upstream (the metrics read it at a scrape).
+    pub fn stats(&self) -> PoolStats {
+        let idle = self.idle();
+        let mut upstreams: BTreeMap<String, UpstreamStats> = BTreeMap::new();
+        for (key, counts) in &self.lock().counts {
+            let u = upstreams.entry(key.upstream()).or_default();
+            u.opened_http1 += counts.opened_http1;
+            u.opened_http2 += counts.opened_http2;
+            u.reused += counts.reused;
+        }
+        for (key, n) in idle {
+            upstreams.entry(key.upstream()).or_default().idle += n as u64;
+        }
+        PoolStats {
+            upstreams,
+            resent_stale: self.resends[Resend::StaleConnection as usize].load(Ordering::Relaxed),
+            resent_unprocessed: self.resends[Resend::NotProcessed as usize].load(Ordering::Relaxed),
+        }
     }
 
     /// Connections lent to attempts right now (an HTTP/2 connection counts once, however
