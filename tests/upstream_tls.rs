@@ -3,9 +3,9 @@
 //! negotiated by ALPN: concurrent attempts sharing one connection as streams within the
 //! server's and our stream limits, an abandoned stream reset without losing its connection,
 //! a connection the upstream ends while idle replaced, a stream reset mid-answer failing
-//! (never sent again) while a refused one, or one above a graceful GOAWAY, goes again, the
-//! idle timeout, and HTTP/1.1 for an upstream that does not offer `h2` or when HTTP/2 is
-//! turned off.
+//! (never sent again) while a refused one, or one above a graceful GOAWAY, goes again, a
+//! draining connection given no new stream, the idle timeout, and HTTP/1.1 for an upstream
+//! that does not offer `h2` or when HTTP/2 is turned off.
 //!
 //! The upstream is hyper's HTTP/1.1 or HTTP/2 server (as ALPN decided) behind tokio-rustls,
 //! or the h2 crate's server where a test needs a stream refused (or frames written by hand,
@@ -152,6 +152,8 @@ struct Seen {
     most_handshaking: AtomicUsize,
     /// The ALPN protocol of each connection, as the server negotiated it.
     protocols: Mutex<Vec<String>>,
+    /// GOAWAY frames a hand-served connection sent ([`graceful_go_away`]).
+    goaways: AtomicUsize,
 }
 
 /// An https upstream (hyper's HTTP/1.1 or HTTP/2 server, by ALPN) answering with the next
@@ -809,17 +811,22 @@ enum FailFirst {
     /// GOAWAY with this error code (its last stream id: the stream, which the server took),
     /// then the connection closes.
     GoAway(h2::Reason),
-    /// A graceful GOAWAY (NO_ERROR) whose last stream id (0) is below the stream: the
-    /// server says it did not process it, as a server draining its connections does to a
-    /// stream that crossed the GOAWAY on the wire (RFC 9113 §6.8).
-    GoAwayBelow,
+    /// A graceful GOAWAY (NO_ERROR) with this last stream id, the first stream left
+    /// unanswered: with 0, below the stream, the server says it did not process it, as a
+    /// server draining its connections does to a stream that crossed the GOAWAY on the wire
+    /// (RFC 9113 §6.8); with 1, the stream is the server's to finish (it never does: a
+    /// long answer still streaming while the server drains) and later ones are left out.
+    GracefulGoAway { last_stream_id: u8 },
 }
 
 /// Serves one HTTP/2 connection by hand, frame by frame: on the client's first HEADERS,
-/// answers with `GOAWAY(last_stream_id = 0, NO_ERROR)` (the h2 crate's server cannot send
-/// a last stream id below a stream it has read), then reads until the client closes.
-async fn go_away_below_first_stream(
+/// answers with `GOAWAY(last_stream_id, NO_ERROR)` (the h2 crate's server cannot send a
+/// last stream id below a stream it has read) and counts it in `seen.goaways`; answers no
+/// stream; reads until the client closes.
+async fn graceful_go_away(
     mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    last_stream_id: u8,
+    seen: &Seen,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -848,12 +855,17 @@ async fn go_away_below_first_stream(
         }
         let reply = match head[3] {
             SETTINGS if head[4] & 0x1 == 0 => frame(SETTINGS, 0x1, &[]),
-            // Last stream id 0, error code NO_ERROR (both zero).
-            HEADERS => frame(GOAWAY, 0, &[0; 8]),
+            // The last stream id, then the error code NO_ERROR (zero).
+            HEADERS if seen.goaways.load(Ordering::SeqCst) == 0 => {
+                frame(GOAWAY, 0, &[0, 0, 0, last_stream_id, 0, 0, 0, 0])
+            }
             _ => continue,
         };
         if tls.write_all(&reply).await.is_err() || tls.flush().await.is_err() {
             return;
+        }
+        if head[3] == HEADERS {
+            seen.goaways.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -882,8 +894,8 @@ async fn resetting_upstream(config: Arc<ServerConfig>, first: impl Into<FailFirs
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                if nth == 0 && matches!(first, FailFirst::GoAwayBelow) {
-                    go_away_below_first_stream(tls).await;
+                if let (0, FailFirst::GracefulGoAway { last_stream_id }) = (nth, first) {
+                    graceful_go_away(tls, last_stream_id, &seen).await;
                     seen.closed.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
@@ -902,7 +914,7 @@ async fn resetting_upstream(config: Arc<ServerConfig>, first: impl Into<FailFirs
                                 conn.abrupt_shutdown(reason);
                                 held = Some(respond);
                             }
-                            FailFirst::GoAwayBelow => unreachable!("served by hand"),
+                            FailFirst::GracefulGoAway { .. } => unreachable!("served by hand"),
                         }
                         continue;
                     }
@@ -965,7 +977,11 @@ async fn a_stream_above_a_graceful_goaway_goes_again_on_a_new_connection() {
     // (the old one takes no new streams). h2 fails only such streams with the GOAWAY's own
     // error: those at or below it run to their end, or fail as the connection does.
     let pki = pki("h2-goaway-below");
-    let up = resetting_upstream(pki.server.clone(), FailFirst::GoAwayBelow).await;
+    let up = resetting_upstream(
+        pki.server.clone(),
+        FailFirst::GracefulGoAway { last_stream_id: 0 },
+    )
+    .await;
     let bundle = CaBundle::load(pki.ca_path.to_str().expect("utf-8")).expect("bundle");
     let client = client(8);
     let text = call(&client, up.port, Some(&bundle)).await.expect("served");
@@ -978,6 +994,45 @@ async fn a_stream_above_a_graceful_goaway_goes_again_on_a_new_connection() {
         stats.upstreams[&format!("https://localhost:{}", up.port)].opened_http2,
         2
     );
+}
+
+#[tokio::test]
+async fn a_draining_connection_takes_no_new_stream_while_its_last_ones_finish() {
+    // The server drains: GOAWAY(NO_ERROR, last stream 1) while stream 1 is still being
+    // answered (a long stream). The connection stays open for it, but must take no new
+    // stream (RFC 9113 §6.8): a later request goes on a new connection, at once or after
+    // one try the old one refused, and never fails.
+    let pki = pki("h2-draining");
+    let up = resetting_upstream(
+        pki.server.clone(),
+        FailFirst::GracefulGoAway { last_stream_id: 1 },
+    )
+    .await;
+    let bundle = CaBundle::load(pki.ca_path.to_str().expect("utf-8")).expect("bundle");
+    let client = Arc::new(client(8));
+    let (c, port, b) = (client.clone(), up.port, bundle.clone());
+    let long = tokio::spawn(async move { call(&c, port, Some(&b)).await });
+    until("the server drains its first connection", || {
+        up.seen.goaways.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for n in 1..=3 {
+        let text = call(&client, up.port, Some(&bundle))
+            .await
+            .unwrap_or_else(|e| panic!("request {n} while the first connection drains: {e:?}"));
+        assert_eq!(text, "over tls");
+    }
+    assert_eq!(
+        up.requests(),
+        3,
+        "each answered once, on the new connection"
+    );
+    assert_eq!(up.accepted(), 2, "one new connection for all three");
+    assert!(
+        !long.is_finished(),
+        "the first stream is still the server's"
+    );
+    long.abort();
 }
 
 #[tokio::test]
