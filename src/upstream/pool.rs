@@ -96,8 +96,9 @@ pub struct UpstreamStats {
     /// Connections opened, by the protocol they speak.
     pub opened_http1: u64,
     pub opened_http2: u64,
-    /// Requests sent over a connection that was open already: a kept HTTP/1.1 one, or a
-    /// stream on an open HTTP/2 one.
+    /// Requests given a connection that was open already: a kept HTTP/1.1 one, or a
+    /// stream on an open HTTP/2 one (a kept connection found closed counts here, and its
+    /// request again in [`PoolStats::resent_stale`]).
     pub reused: u64,
     /// Idle connections held right now.
     pub idle: u64,
