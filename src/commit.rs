@@ -112,7 +112,10 @@ impl CommitState {
                     if self.earlier != [0; 3] {
                         for (name, earlier) in USAGE_COUNTERS.iter().zip(self.earlier) {
                             if let Some(n) = usage.get(*name).and_then(Value::as_u64) {
-                                usage.insert((*name).to_string(), Value::from(n + earlier));
+                                usage.insert(
+                                    (*name).to_string(),
+                                    Value::from(n.saturating_add(earlier)),
+                                );
                                 changed = true;
                             }
                         }
@@ -175,8 +178,9 @@ impl CommitState {
             self.attempt_usage
                 .take()
                 .unwrap_or([0, self.attempt_chunks, self.attempt_chunks]);
+        // Usage is the upstreams' to report: a huge count saturates, never overflows.
         for (sum, n) in self.earlier.iter_mut().zip(usage) {
-            *sum += n;
+            *sum = sum.saturating_add(n);
         }
         self.attempt_chunks = 0;
         if !self.continuable {
@@ -322,5 +326,31 @@ mod tests {
             "m",
         );
         assert_eq!(s.after_failure(None), Next::Fresh);
+    }
+    /// Usage is the upstreams' to report, huge numbers included: the sum across attempts
+    /// saturates rather than overflowing (a panic in debug builds, a wrapped count in
+    /// release).
+    #[test]
+    fn usage_sums_saturate() {
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        s.stamp_and_record(
+            chunk(r#"{"choices":[],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1,"total_tokens":18446744073709551615}}"#),
+            "m",
+        );
+        s.stamp_and_record(
+            chunk(r#"{"choices":[{"index":0,"delta":{"content":"He"}}]}"#),
+            "m",
+        );
+        assert!(matches!(s.after_failure(None), Next::Continue { .. }));
+        let usage = s.stamp_and_record(
+            chunk(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":18446744073709551615,"total_tokens":18446744073709551615}}"#),
+            "m",
+        );
+        assert_eq!(
+            usage.object.to_value()["usage"],
+            serde_json::json!({"prompt_tokens":u64::MAX,"completion_tokens":u64::MAX,"total_tokens":u64::MAX}),
+        );
+        assert!(matches!(s.after_failure(None), Next::Continue { .. }));
     }
 }

@@ -7,11 +7,15 @@
 //! attempt loop's [`Delivery`] seam; neither takes a routing decision.
 //!
 //! Post-commit metadata (retries or fallbacks after the first chunk) rides on the stream's
-//! last chunk as a `switchback` field: the chunk with the `finish_reason` (held back until
-//! the upstream's `[DONE]`), or the usage chunk when the client asked for one. It never
-//! arrives as a chunk of its own with `choices: []`, which the canonical
+//! last chunk as a `switchback` field: the chunk with the answer's last `finish_reason`
+//! (held back until the upstream's `[DONE]`), or the usage chunk when the client asked for
+//! one. It never arrives as a chunk of its own with `choices: []`, which the canonical
 //! `chunk.choices[0].delta.content` loop cannot take.
+//!
+//! Only the answer's end is held back: with `n > 1`, a choice that finishes while another
+//! goes on is sent as it comes, and so is everything after it.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,9 +65,15 @@ pub struct StreamDelivery {
     body: FrameSender,
     bounds: StreamBounds,
     include_usage: bool,
-    /// The answer's tail, from its first chunk with a `finish_reason` on: held until the
-    /// end so the metadata can ride on it.
+    /// The answer's tail, from the chunk after which no choice it named is still going
+    /// (the last `finish_reason`) on: held until the end so the metadata can ride on it,
+    /// and so that a finish a continuation goes on from never reaches the client.
     tail: Vec<Chunk>,
+    /// Which choices the answer has named, and which of them have finished.
+    choices: ChoiceProgress,
+    /// The `created` of the last chunk that had one: a metadata chunk of Switchback's own
+    /// carries it, as every chunk must.
+    created: Option<Value>,
     /// Content a failed attempt had in its held tail (Gemini puts the finish reason on the
     /// last content chunk): the client's all the same, since the continuation goes on from
     /// it, so it is sent before anything else, without the finish reason that no longer
@@ -89,6 +99,8 @@ impl StreamDelivery {
                 bounds,
                 include_usage,
                 tail: Vec::new(),
+                choices: ChoiceProgress::default(),
+                created: None,
                 carried: Vec::new(),
             },
             start_rx,
@@ -107,6 +119,16 @@ impl StreamDelivery {
     /// Sends the content a failed attempt's tail carried.
     async fn send_carried(&mut self) -> Result<(), ClientGone> {
         for chunk in std::mem::take(&mut self.carried) {
+            if self.deliverable(&chunk) {
+                self.send(sse_frame(&chunk)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the held tail as it is.
+    async fn send_tail(&mut self) -> Result<(), ClientGone> {
+        for chunk in std::mem::take(&mut self.tail) {
             if self.deliverable(&chunk) {
                 self.send(sse_frame(&chunk)).await?;
             }
@@ -179,6 +201,9 @@ impl StreamDelivery {
                 let mut object = Map::new();
                 object.insert("id".into(), json!(outcome.response_id));
                 object.insert("object".into(), json!("chat.completion.chunk"));
+                if let Some(created) = &self.created {
+                    object.insert("created".into(), created.clone());
+                }
                 object.insert("model".into(), json!(model));
                 object.insert(
                     "choices".into(),
@@ -250,7 +275,20 @@ impl Delivery for StreamDelivery {
             // Boxed: only after a restart; unboxed, every chunk's future would carry it.
             Box::pin(self.send_carried()).await?;
         }
-        if !self.tail.is_empty() || chunk.finish_reason.is_some() {
+        if let Some(created) = chunk.object.json("created") {
+            self.created = Some(created.clone());
+        }
+        let names_one_going_on = self.choices.note(&chunk);
+        if !self.tail.is_empty() {
+            if !names_one_going_on || chunk.continuable {
+                self.tail.push(chunk);
+                return Ok(());
+            }
+            // Another choice goes on with output of its own: the held finish did not end
+            // the answer, and an answer of several choices is never continued. Boxed: rare.
+            Box::pin(self.send_tail()).await?;
+        }
+        if chunk.finish_reason.is_some() && self.choices.all_finished() {
             self.tail.push(chunk);
             return Ok(());
         }
@@ -261,12 +299,58 @@ impl Delivery for StreamDelivery {
     }
 
     fn restart(&mut self) {
+        // The carried chunks lose their finish reasons: their choices go on.
+        self.choices.finished.clear();
         for mut chunk in std::mem::take(&mut self.tail) {
             if chunk.payload_bytes > 0 {
                 clear_finish_reasons(&mut chunk);
                 self.carried.push(chunk);
             }
         }
+    }
+}
+
+/// The choices an answer has named so far (by `index`, else by place, as the chunk parser
+/// reads them), and those that have finished.
+#[derive(Debug, Default)]
+struct ChoiceProgress {
+    named: BTreeSet<u64>,
+    finished: BTreeSet<u64>,
+}
+
+impl ChoiceProgress {
+    /// Notes the choices of `chunk`; whether it names one that has not finished.
+    fn note(&mut self, chunk: &Chunk) -> bool {
+        let mut going_on = false;
+        for (place, choice) in chunk
+            .object
+            .choices()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let index = choice.index().unwrap_or(place as u64);
+            self.named.insert(index);
+            let finishes = choice
+                .fields()
+                .and_then(|f| f.get("finish_reason"))
+                .and_then(ChoiceField::json)
+                .is_some_and(Value::is_string);
+            if finishes {
+                self.finished.insert(index);
+            }
+            going_on |= !self.finished.contains(&index);
+        }
+        debug_assert!(
+            self.finished.is_subset(&self.named),
+            "a finished choice was named"
+        );
+        going_on
+    }
+
+    /// Every choice named so far has finished.
+    fn all_finished(&self) -> bool {
+        self.named.len() == self.finished.len()
     }
 }
 

@@ -507,8 +507,9 @@ async fn with_http2_turned_off_an_h2_upstream_is_spoken_http1() {
 
 /// A burst on a cold pool to an HTTP/1.1 TLS upstream opens at most
 /// `MAX_TLS_DIALS_PER_HOST` connections at once; the other attempts take the connections
-/// that come back, or open theirs as slots free (which of the two is timing). Every attempt opening its own at once
-/// made a handshake storm that kept a whole `bench-overhead` round at a p50 of 1 s.
+/// that come back, or open theirs as slots free (which of the two is timing). Every attempt
+/// opening its own at once made a handshake storm that kept a whole `bench-overhead` round
+/// at a p50 of 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_to_an_http1_tls_upstream_opens_few_connections_at_once() {
     let (_pki, bundle, up) =

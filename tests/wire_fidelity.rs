@@ -599,3 +599,153 @@ async fn models_by_id_and_their_created_time() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+// 16. A model id in the path is percent-decoded: the Node SDK's `models.retrieve(id)`
+// escapes `/` (`encodeURIPath`), and httpx escapes spaces and non-ASCII.
+#[tokio::test(start_paused = true)]
+async fn models_by_percent_encoded_id() {
+    let net = MemNet::new();
+    let gw = Gw::start(
+        &ONE_GROUP.replace("model_name: g,", "model_name: \"vertex_ai/gemini 2.5\","),
+        &net,
+    );
+    let get = |path: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut sender = gw.connect().await;
+            let r = sender
+                .send_request(
+                    http::Request::get(path)
+                        .header("host", "g")
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = r.status();
+            (status, text(r).await)
+        }
+    };
+    let (status, body) = get("/v1/models/vertex_ai%2Fgemini%202.5").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["id"], "vertex_ai/gemini 2.5");
+    // Not UTF-8 once decoded: no such model, said plainly.
+    let (status, body) = get("/v1/models/%FF").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not UTF-8"), "{body}");
+}
+
+// 17. With `n: 2`, a choice that finishes first does not hold back the others: only the
+// answer's last finish (and what follows it) waits for the upstream's `[DONE]`. Whether
+// the provider interleaves its choices or sends them one after the other.
+#[tokio::test(start_paused = true)]
+async fn a_choice_that_finishes_first_does_not_hold_back_the_others() {
+    let choice = |index: u64, delta: Value, finish: Option<&str>| json!({"index": index, "delta": delta, "finish_reason": finish});
+    let interleaved = vec![
+        choice(0, json!({"role": "assistant", "content": "A"}), None),
+        choice(1, json!({"role": "assistant", "content": "B"}), None),
+        choice(0, json!({}), Some("stop")),
+        choice(1, json!({"content": "LATE"}), None),
+    ];
+    let one_after_the_other = vec![
+        choice(0, json!({"role": "assistant", "content": "A"}), None),
+        choice(0, json!({}), Some("stop")),
+        choice(1, json!({"role": "assistant", "content": "B"}), None),
+        choice(1, json!({"content": "LATE"}), None),
+    ];
+    for before in [interleaved, one_after_the_other] {
+        let last = choice(1, json!({}), Some("stop"));
+        let mut expected: Vec<(Value, Value)> = before
+            .iter()
+            .chain([&last])
+            .map(|c| (c["index"].clone(), c["finish_reason"].clone()))
+            .collect();
+        let (early, all) = two_choices_then_a_pause(before, last).await;
+        assert!(
+            early.contains("LATE"),
+            "choice 1's content was held back; before the pause the client had:\n{early}"
+        );
+        let got: Vec<(Value, Value)> = json_payloads(&all)
+            .iter()
+            .map(|c| {
+                let choice = &c["choices"][0];
+                (choice["index"].clone(), choice["finish_reason"].clone())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            std::mem::take(&mut expected),
+            "in the upstream's order:\n{all}"
+        );
+        assert!(all.ends_with("data: [DONE]\n\n"), "{all}");
+    }
+}
+
+/// A stream of `n: 2` whose upstream sends one chunk per choice in `before`, then nothing
+/// for 20 s, then `last` and `[DONE]`: what the client had 5 s in, and in all.
+async fn two_choices_then_a_pause(before: Vec<Value>, last: Value) -> (String, String) {
+    let net = MemNet::new();
+    let (tx, answer) = sse_channel();
+    let answer = std::sync::Mutex::new(Some(answer));
+    net.host("up", move |_| {
+        answer.lock().unwrap().take().expect("one call")
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    let mut body = chat_body("g", true);
+    body["n"] = json!(2);
+    let chunk = |choice: Value| {
+        frame(
+            &json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1,
+                      "model": "m", "choices": [choice]}),
+        )
+    };
+    let upstream = tokio::spawn(async move {
+        for choice in before {
+            tx.send(Ok(chunk(choice).into())).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+        tx.send(Ok(chunk(last).into())).await.unwrap();
+        tx.send(Ok("data: [DONE]\n\n".into())).await.unwrap();
+    });
+    let r = gw.chat(None, body).await;
+    assert_eq!(r.status(), 200);
+    let mut body = r.into_body();
+    let mut seen = String::new();
+    let mut read_all = async |seen: &mut String| {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                seen.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_all(&mut seen)).await;
+    let early = seen.clone();
+    read_all(&mut seen).await;
+    upstream.await.unwrap();
+    (early, seen)
+}
+
+// 18. Metadata of a retry after commit, on an answer that had no finish chunk to carry
+// it, rides on a chunk of its own that is a whole chunk: with `created`, as the SDKs'
+// chunk type requires, taken from the answer's chunks.
+#[tokio::test(start_paused = true)]
+async fn a_metadata_chunk_of_its_own_has_created() {
+    let (net, gw) = fails_after(vec![chunk_json(
+        "m",
+        json!({"role": "assistant", "content": "fre"}),
+        None,
+    )]);
+    // The fallback ends its answer without a finish reason.
+    net.host("up2", |_| {
+        sse_of(&[chunk_json("m2", json!({"content": "sh"}), None)])
+    });
+    let s = text(gw.chat(None, chat_body("g", true)).await).await;
+    let chunks = json_payloads(&s);
+    let carrier = chunks
+        .iter()
+        .find(|c| c.get("switchback").is_some())
+        .unwrap_or_else(|| panic!("metadata sent: {s}"));
+    assert_eq!(carrier["created"], 1, "{s}");
+    assert_eq!(carrier["object"], "chat.completion.chunk", "{s}");
+}

@@ -256,6 +256,23 @@ async fn bad_input_gets_a_clear_4xx() {
             "OpenAI-shaped error body:\n{response}"
         );
     }
+    // A 405 names the method the route takes (RFC 9110 §15.5.6: `Allow` is a MUST).
+    for (request, allow) in [
+        (
+            &b"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+            "allow: POST\r\n",
+        ),
+        (
+            &b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+            "allow: GET\r\n",
+        ),
+    ] {
+        let response = raw(addr, request).await;
+        assert!(
+            response.starts_with("HTTP/1.1 405") && response.contains(allow),
+            "wanted 405 with {allow:?}:\n{response}"
+        );
+    }
 }
 
 #[tokio::test]

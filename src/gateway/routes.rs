@@ -39,7 +39,19 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
             .strip_prefix("/v1/models/")
             .or_else(|| path.strip_prefix("/models/"))
         {
-            Some(id) => Route::Model(id.to_string()),
+            // The Node SDK escapes a model id (`/` as `%2F`), httpx spaces and non-ASCII.
+            Some(id) => match percent_encoding::percent_decode_str(id).decode_utf8() {
+                Ok(id) => Route::Model(id.into_owned()),
+                Err(_) => {
+                    return error(
+                        &ApiError::not_found(format!(
+                            "model `{id}` is not UTF-8 once percent-decoded"
+                        ))
+                        .code("model_not_found")
+                        .param(Some("model".into())),
+                    );
+                }
+            },
             None => return error(&ApiError::not_found(format!("no route for {path}"))),
         },
     };
@@ -48,11 +60,19 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
         Route::Models | Route::Model(_) | Route::Health | Route::Metrics => Method::GET,
     };
     if req.method() != expected {
-        return error(&ApiError::new(
+        let mut response = error(&ApiError::new(
             405,
             "invalid_request_error",
             format!("{path} takes {expected}, not {}", req.method()),
         ));
+        // RFC 9110 §15.5.6: a 405 names the methods the resource takes.
+        let allow = HeaderValue::from_static(if expected == Method::POST {
+            "POST"
+        } else {
+            "GET"
+        });
+        response.headers_mut().insert(header::ALLOW, allow);
+        return response;
     }
     match route {
         Route::Health => health(),

@@ -11,8 +11,8 @@
 //! wait for it, so that a burst opens one HTTP/2 connection, not one each; closing a
 //! connection when it has been idle for `upstream_pool_idle_timeout` (counted from the end
 //! of its last response), sooner when an HTTP/1.1 server announced a shorter
-//! `Keep-Alive: timeout=`, or when the pool for its host is full; and counting what it holds so the simulation can check that nothing
-//! else is left open. Does not own opening connections (`client`, through the
+//! `Keep-Alive: timeout=`, or when the pool for its host is full; and counting what it
+//! holds so the simulation can check that nothing else is left open. Does not own opening connections (`client`, through the
 //! [`Connector`](crate::transport::Connector) seam) nor deciding whether a failed send may
 //! be re-sent (`client`: only when hyper hands the request back unwritten, or an HTTP/2
 //! server proves it did not process it).
@@ -294,17 +294,25 @@ struct State {
     next_id: u64,
     /// HTTP/1.1 dials in flight per TLS upstream (see [`MAX_TLS_DIALS_PER_HOST`]).
     tls_dials: BTreeMap<PoolKey, TlsDials>,
-    /// Connections opened and reused per key, for [`Pool::stats`] (`idle` unused here).
-    /// Keys stay for the pool's life: counters must not go back.
-    counts: BTreeMap<PoolKey, UpstreamStats>,
+    /// Connections opened and reused per key, for [`Pool::stats`]. Keys stay for the
+    /// pool's life: counters must not go back.
+    counts: BTreeMap<PoolKey, KeyCounts>,
+}
+
+/// What the pool has done for one key (the idle count is read from the idle lists).
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyCounts {
+    opened_http1: u64,
+    opened_http2: u64,
+    reused: u64,
 }
 
 impl State {
-    fn count(&mut self, key: &PoolKey, add: impl FnOnce(&mut UpstreamStats)) {
+    fn count(&mut self, key: &PoolKey, add: impl FnOnce(&mut KeyCounts)) {
         match self.counts.get_mut(key) {
             Some(counts) => add(counts),
             None => {
-                let mut counts = UpstreamStats::default();
+                let mut counts = KeyCounts::default();
                 add(&mut counts);
                 self.counts.insert(key.clone(), counts);
             }
