@@ -485,6 +485,8 @@ const CONTEXT_TAGS: &[&str] = &[
     "context_length_exceeded",
     "context_window_exceeded",
     "string_above_max_length",
+    // llama.cpp's server.
+    "exceed_context_size_error",
 ];
 const CONTEXT_PHRASES: &[&str] = &[
     "context length",
@@ -496,8 +498,13 @@ const CONTEXT_PHRASES: &[&str] = &[
     "input is too long",
     "exceeds the maximum number of tokens",
     "reduce the length of the messages",
+    // vLLM ("... is longer than the maximum model length of 8192"), llama.cpp.
+    "maximum model length",
+    "exceeds the available context size",
 ];
 const CONTENT_TAGS: &[&str] = &[
+    // OpenAI's moderation refusing a reasoning model's prompt.
+    "invalid_prompt",
     "content_filter",
     "content_policy_violation",
     "safety",
@@ -509,6 +516,7 @@ const CONTENT_PHRASES: &[&str] = &[
     "content filter",
     "safety system",
     "flagged by",
+    "usage policy",
 ];
 /// Billing and credit errors that providers send as a 400 (or 402), not a 429: Anthropic's
 /// "Your credit balance is too low to access the Anthropic API", OpenAI's
@@ -648,6 +656,32 @@ mod tests {
             },
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         )
+    }
+
+    /// OpenAI's moderation refusal of a reasoning model's prompt is a content-policy
+    /// failure (LiteLLM maps "Invalid prompt" with "violating our usage policy" the same).
+    #[test]
+    fn openai_invalid_prompt_is_content_policy() {
+        let f = status(
+            400,
+            r#"{"error":{"message":"Invalid prompt: your prompt was flagged as potentially violating our usage policy. Please try again with a different prompt","type":"invalid_request_error","param":null,"code":"invalid_prompt"}}"#,
+        );
+        assert_eq!(f.class, FailureClass::ContentPolicy);
+    }
+
+    /// vLLM's and llama.cpp's words for a prompt over the context window.
+    #[test]
+    fn vllm_and_llama_cpp_context_overflows_are_context_window() {
+        for body in [
+            r#"{"object":"error","message":"The decoder prompt (length 8825) is longer than the maximum model length of 8192. Make sure that `max_model_len` is no smaller than the number of text tokens.","type":"BadRequestError","param":null,"code":400}"#,
+            r#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":9000,"n_ctx":8192}}"#,
+        ] {
+            assert_eq!(
+                status(400, body).class,
+                FailureClass::ContextWindow,
+                "{body}"
+            );
+        }
     }
 
     #[test]

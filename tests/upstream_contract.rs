@@ -376,6 +376,24 @@ async fn missing_done_without_a_finish_reason_is_transient() {
     assert_eq!(classified(&err).status, None);
 }
 
+/// After the finish reason, a `[DONE]` whose blank line (or whole line end) never came is
+/// the end it says it is: the stream is as complete as one with no `[DONE]` at all, which
+/// is a clean end (openai-node dispatches such a last event too: openai/openai-node#2725).
+#[tokio::test]
+async fn a_done_without_its_line_ends_after_the_finish_reason_is_a_clean_end() {
+    for tail in [
+        "data: [DONE]\n",
+        "data: [DONE]",
+        "data:[DONE]\r\n",
+        "data: [DONE]\r",
+    ] {
+        let body = sse(&answer()) + tail;
+        let (chunks, end) = read(sse_response(body)).await;
+        end.unwrap_or_else(|e| panic!("{tail:?}: {e:?}"));
+        assert_is_answer(&chunks);
+    }
+}
+
 #[tokio::test]
 async fn an_unterminated_event_after_the_finish_reason_is_transient() {
     let body = sse(&answer()) + "data: [DO";

@@ -142,6 +142,7 @@ fn check_stream(
         }
         normalise_id(&mut want);
         normalise_id(&mut got);
+        index_tool_calls(&mut want);
         if let Some(d) = first_difference(&want, &got, "") {
             fail(format!(
                 "the stream does not add up to the provider's JSON answer: {d}"
@@ -327,6 +328,29 @@ pub fn first_difference(want: &Value, got: &Value, path: &str) -> Option<String>
             clip(&w.to_string()),
             clip(&g.to_string())
         )),
+    }
+}
+
+/// Switchback's documented change to a JSON answer re-chunked for a stream: each tool call
+/// without an `index` gets its place, first (a delta's tool calls must carry one).
+fn index_tool_calls(answer: &mut Value) {
+    let Some(Value::Array(choices)) = answer.get_mut("choices") else {
+        return;
+    };
+    for choice in choices {
+        let Some(Value::Array(calls)) = choice.pointer_mut("/message/tool_calls") else {
+            continue;
+        };
+        for (place, call) in calls.iter_mut().enumerate() {
+            if let Value::Object(fields) = call {
+                if !fields.contains_key("index") {
+                    let mut indexed = Map::new();
+                    indexed.insert("index".into(), Value::from(place));
+                    indexed.extend(std::mem::take(fields));
+                    *fields = indexed;
+                }
+            }
+        }
     }
 }
 

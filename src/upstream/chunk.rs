@@ -195,6 +195,47 @@ pub fn from_object(object: ChunkObject, limits: &ChunkLimits) -> Result<Payload,
     }))
 }
 
+/// Whether an `error` field holds an error: what the SDKs raise on (a truthy value, in
+/// openai-python's `if data.get("error")`). Some providers send `"error": null` on every
+/// healthy chunk.
+fn is_an_error(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// A completion's `message` as a chunk's `delta`: its tool calls get the `index` a delta's
+/// must have (OpenAI's chunk schema; the SDKs' stream helpers index by it), their place.
+fn as_delta(message: &Value) -> Value {
+    let Some(Value::Array(calls)) = message.get("tool_calls") else {
+        return message.clone();
+    };
+    if calls.iter().all(|c| c.get("index").is_some()) {
+        return message.clone();
+    }
+    let calls = calls
+        .iter()
+        .enumerate()
+        .map(|(place, call)| match call {
+            Value::Object(fields) if !fields.contains_key("index") => {
+                let mut indexed = Map::with_capacity(fields.len() + 1);
+                indexed.insert("index".to_string(), Value::from(place));
+                indexed.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Value::Object(indexed)
+            }
+            other => other.clone(),
+        })
+        .collect();
+    let mut delta = message.clone();
+    delta["tool_calls"] = Value::Array(calls);
+    delta
+}
+
 /// The top-level fields of a chunk the parser reads, found in one pass over its keys: a
 /// chunk is parsed for every few tokens, and each map lookup would hash its key.
 #[derive(Default)]
@@ -214,7 +255,7 @@ impl<'a> TopFields<'a> {
                 Top::Choices(_) => None,
             };
             match key {
-                "error" => top.error = true,
+                "error" => top.error = json.is_some_and(is_an_error),
                 "model" => top.model = json,
                 "choices" => top.choices = Some(value),
                 "usage" => top.usage = json,
@@ -307,7 +348,7 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
     let Value::Object(whole) = value else {
         return Err("response is not a JSON object".to_string().into());
     };
-    if whole.contains_key("error") {
+    if whole.get("error").is_some_and(is_an_error) {
         return Ok(vec![Payload::Error(Value::Object(whole))]);
     }
     let mut chunk = Map::with_capacity(whole.len() + 1);
@@ -325,9 +366,9 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
                         .map(|choice| match choice {
                             Value::Object(c) => Value::Object(
                                 c.iter()
-                                    .map(|(k, v)| {
-                                        let k = if k == "message" { "delta" } else { k.as_str() };
-                                        (k.to_string(), v.clone())
+                                    .map(|(k, v)| match k.as_str() {
+                                        "message" => ("delta".to_string(), as_delta(v)),
+                                        _ => (k.clone(), v.clone()),
                                     })
                                     .collect(),
                             ),
@@ -376,6 +417,7 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn an_events_own_data_becomes_raw_as_parse_data_would_keep_it() {
@@ -496,6 +538,65 @@ mod tests {
             )),
             "max_tool_calls"
         );
+    }
+
+    /// A completion's tool calls carry no `index`; a chunk's must (OpenAI's chunk schema,
+    /// and the SDKs' stream helpers index by it), so the re-chunked ones get their place.
+    #[test]
+    fn a_completions_tool_calls_get_their_index_as_chunk_deltas() {
+        let body = br#"{"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}},{"index":5,"id":"call_2","type":"function","function":{"name":"g","arguments":"{}"}},{"id":"call_3","type":"function","function":{"name":"h","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#;
+        let payloads = from_completion(body, &ChunkLimits::default()).unwrap();
+        let Payload::Chunk(c) = &payloads[0] else {
+            panic!("{payloads:?}")
+        };
+        let v = c.object.to_value();
+        let calls = v["choices"][0]["delta"]["tool_calls"].as_array().unwrap();
+        let indexes: Vec<&Value> = calls.iter().map(|c| &c["index"]).collect();
+        assert_eq!(indexes, [&json!(0), &json!(5), &json!(2)], "{v}");
+        assert_eq!(
+            calls[0]
+                .as_object()
+                .unwrap()
+                .keys()
+                .next()
+                .map(String::as_str),
+            Some("index"),
+            "first, as OpenAI writes it"
+        );
+        let whole = c.whole.as_ref().unwrap();
+        assert!(
+            whole["choices"][0]["message"]["tool_calls"][0]
+                .get("index")
+                .is_none(),
+            "the completion itself is kept as it came"
+        );
+    }
+
+    /// `"error": null` (or any other empty value) on a healthy answer is no error: the SDKs
+    /// raise only on a truthy `error`, and some providers send the field on every chunk.
+    #[test]
+    fn an_empty_error_field_is_no_error() {
+        for empty in ["null", "false", "\"\"", "{}"] {
+            let data = format!(
+                r#"{{"id":"x","choices":[{{"index":0,"delta":{{"content":"hi"}}}}],"error":{empty}}}"#
+            );
+            assert_eq!(chunk(&data).text, "hi", "{data}");
+            let body = format!(
+                r#"{{"model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"hi"}},"finish_reason":"stop"}}],"error":{empty}}}"#
+            );
+            let payloads = from_completion(body.as_bytes(), &ChunkLimits::default()).unwrap();
+            assert!(
+                matches!(payloads[0], Payload::Chunk(_)),
+                "{body}: {payloads:?}"
+            );
+        }
+        for error in [r#"{"message":"down"}"#, r#""down""#] {
+            let data = format!(r#"{{"choices":[],"error":{error}}}"#);
+            assert!(matches!(parse_data(&data), Ok(Payload::Error(_))), "{data}");
+            let body = format!(r#"{{"error":{error}}}"#);
+            let payloads = from_completion(body.as_bytes(), &ChunkLimits::default()).unwrap();
+            assert!(matches!(payloads[0], Payload::Error(_)), "{body}");
+        }
     }
 
     #[test]

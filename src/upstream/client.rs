@@ -38,8 +38,9 @@ use crate::upstream::tls::CaBundle;
 pub const REQUEST_ID_HEADER: &str = "x-switchback-request-id";
 
 /// Times one request is sent again after an HTTP/2 upstream proved it did not process it
-/// (a refused stream, a stream above a graceful GOAWAY). Once is enough for a server shedding streams of a busy connection; a
-/// server refusing a fresh connection's first stream is overloaded, and the attempt fails.
+/// (a refused stream, a stream above a graceful GOAWAY). Once is enough for a server
+/// shedding streams of a busy connection; a server refusing a fresh connection's first
+/// stream is overloaded, and the attempt fails.
 pub const MAX_UNPROCESSED_RESENDS: usize = 1;
 
 /// Largest upstream error body read (the rest is ignored): enough for any error message.
@@ -694,7 +695,9 @@ impl UpstreamStream {
                 None => {
                     self.done = true;
                     self.reached_end();
-                    if self.saw_finish && !self.parser.has_partial() {
+                    // A `[DONE]` cut only of its line ends says what it says.
+                    let clean = !self.parser.has_partial() || self.parser.pending_is_done();
+                    if self.saw_finish && clean {
                         return Ok(None);
                     }
                     return Err(UpstreamError::Transport(

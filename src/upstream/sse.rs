@@ -135,6 +135,17 @@ impl SseParser {
         !self.line.is_empty() || self.has_data || self.mark.is_some_and(|seen| seen > 0)
     }
 
+    /// At the end of the stream: whether what is pending is exactly one `data: [DONE]`
+    /// event whose blank line, or whole line end, never came.
+    pub fn pending_is_done(&self) -> bool {
+        let done_line = |line: &[u8]| matches!(line, b"data: [DONE]" | b"data:[DONE]");
+        match (self.has_data, self.line.is_empty()) {
+            (true, true) => self.data == "[DONE]",
+            (false, false) => done_line(&self.line),
+            _ => false,
+        }
+    }
+
     fn extend_line(&mut self, part: &[u8]) -> Result<(), SseError> {
         self.check_line(self.line.len() + part.len())?;
         self.line.extend_from_slice(part);
