@@ -346,7 +346,7 @@ impl Drop for AbortOnDrop {
 async fn exchange(
     target: &Target,
     key: Option<&str>,
-    body: &Value,
+    body_sent: &Value,
     hostile: &Hostile,
     sink: &dyn TraceSink,
     clock: &(dyn Fn() -> Duration + Send + Sync),
@@ -374,7 +374,7 @@ async fn exchange(
     let mut request = Request::post(format!("{}/chat/completions", target.base_path))
         .header(header::HOST, format!("{}:{}", target.host, target.port))
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(Bytes::from(body_sent.to_string())))
         .expect("a valid request");
     if let Some(k) = key {
         if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {k}")) {
@@ -504,6 +504,16 @@ async fn exchange(
                     .to_string();
             }
             Err(e) => result.broken = Some(format!("response is not JSON: {e}")),
+        }
+        // The SDKs read a stream's body as events whatever its type: a JSON answer has none,
+        // and the caller gets an empty stream.
+        let asked_to_stream = body_sent.get("stream").and_then(Value::as_bool) == Some(true);
+        if asked_to_stream && status == 200 && result.broken.is_none() {
+            let content_type = result.response_headers.get("content-type");
+            result.broken = Some(format!(
+                "a stream request was answered 200 with content-type {}, not text/event-stream",
+                content_type.map_or("(none)", String::as_str)
+            ));
         }
     }
 }

@@ -5,7 +5,7 @@
 //! fails adds a line that says which request, which mode, what was expected and what
 //! happened. Does not run anything (`world`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use switchback::catalog::{Catalog, DeploymentId, GroupId};
 use switchback::classify::FailureClass;
@@ -262,6 +262,12 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
             ));
         }
     }
+    for id in unclaimed_requests(run) {
+        failures.push(format!(
+            "[{mode}] invariant: request {id} was admitted, but no client response carries \
+             its x-switchback-request-id: its trace goes unchecked"
+        ));
+    }
     // Secrets of every config the run had: a reload must not leak the old one's either.
     let mut secrets = Vec::new();
     for c in std::iter::once(&run.catalog).chain(&run.catalogs) {
@@ -307,6 +313,79 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
             ));
         }
     }
+}
+
+/// Requests the engine admitted that no client result names by its request id (the header
+/// every chat response carries), or that two name: a request whose id the client cannot
+/// see has its events read as nobody's, and every check of its trace passes unseen. A
+/// client that left before the response head never saw it (its trace says so).
+fn unclaimed_requests(run: &ModeRun) -> Vec<u64> {
+    let mut claimed = BTreeMap::<u64, usize>::new();
+    for id in run.results.iter().filter_map(ClientResult::request_id) {
+        *claimed.entry(id).or_default() += 1;
+    }
+    let mut admitted = BTreeSet::new();
+    let mut gone = BTreeSet::new();
+    for r in &run.records {
+        match r.event {
+            Event::Admitted { .. } => {
+                admitted.insert(r.request);
+            }
+            Event::ClientGone { .. } => {
+                gone.insert(r.request);
+            }
+            _ => {}
+        }
+    }
+    admitted
+        .into_iter()
+        .filter(|id| match claimed.get(id) {
+            None => !gone.contains(id),
+            Some(n) => *n > 1,
+        })
+        .collect()
+}
+
+/// How an answer ended, as its client saw it: each choice's finish reason (by index) and
+/// the usage reported.
+#[derive(Debug, Default)]
+struct Ending {
+    finish_reasons: BTreeMap<u64, String>,
+    usage: Option<serde_json::Value>,
+}
+
+/// The [`Ending`] of a served answer: from the body, or from the stream's chunks (the
+/// latest finish reason per choice, the latest usage that is not null).
+fn ending(c: &ClientResult) -> Ending {
+    use serde_json::Value;
+    let mut ending = Ending::default();
+    let mut read = |object: &Value| {
+        for (place, choice) in object["choices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let index = choice["index"].as_u64().unwrap_or(place as u64);
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                ending.finish_reasons.insert(index, reason.to_string());
+            }
+        }
+        if let Some(usage) = object.get("usage").filter(|u| !u.is_null()) {
+            ending.usage = Some(usage.clone());
+        }
+    };
+    if c.chunks.is_empty() {
+        if let Some(body) = c.body.as_deref().and_then(|b| serde_json::from_str(b).ok()) {
+            read(&body);
+        }
+    }
+    for chunk in &c.chunks {
+        if let Ok(object) = serde_json::from_str::<Value>(&chunk.raw) {
+            read(&object);
+        }
+    }
+    ending
 }
 
 /// Whether the request asked for a usage chunk (`stream_options.include_usage`).
@@ -424,6 +503,26 @@ fn check_invariants(
                 "invariant: the client's final model is {:?} but the serving deployment reported `{model}`",
                 c.model
             ));
+        }
+        if let Some(call) = s.serving_call.filter(|_| c.succeeded()) {
+            // The seed bug's own symptom: after a fallback, the chunks kept the primary's
+            // name. Every chunk from the first that brings text the serving call produced
+            // (past the continued prefix) names the serving deployment's model, not only
+            // the last one.
+            let prefix = call.continuation.as_ref().map_or(0, String::len);
+            let mut delivered = 0;
+            let mut from_serving_call = false;
+            for (i, chunk) in c.chunks.iter().enumerate() {
+                delivered += chunk.text.len();
+                from_serving_call |= delivered > prefix;
+                if from_serving_call && chunk.model.as_ref() != Some(model) {
+                    fail(format!(
+                        "invariant: chunk {i} of the serving call's answer names model {:?}, but the serving deployment reported `{model}`",
+                        chunk.model
+                    ));
+                    break;
+                }
+            }
         }
         if let Some(call) = s.serving_call {
             // In both modes a continuation carries the text delivered so far, and the
@@ -676,6 +775,24 @@ pub fn check_equivalence(
                 "content differs: {ma} {:?}, {mb} {:?}",
                 x.client.text, y.client.text
             ));
+        }
+        if both_served {
+            // How each choice ended, and the usage the client is told (a stream tells it
+            // only when asked): a continued answer is the same answer in both modes.
+            let (ea, eb) = (ending(x.client), ending(y.client));
+            if ea.finish_reasons != eb.finish_reasons {
+                fail(format!(
+                    "finish reasons differ: {ma} {:?}, {mb} {:?}",
+                    ea.finish_reasons, eb.finish_reasons
+                ));
+            }
+            if include_usage(spec) && ea.usage != eb.usage {
+                fail(format!(
+                    "usage differs: {ma} {}, {mb} {}",
+                    ea.usage.as_ref().map_or("none".into(), |u| u.to_string()),
+                    eb.usage.as_ref().map_or("none".into(), |u| u.to_string()),
+                ));
+            }
         }
         if x.client.succeeded() && y.client.succeeded() && x.client.counts() != y.client.counts() {
             fail(format!(

@@ -8,6 +8,14 @@
 //! 2. The requested model stamped on streamed chunks after a fallback.
 //! 3. No retries after commit for streams: stream requests go to an engine whose retry
 //!    policy gives up once the answer has started.
+//! 4. The primary's model kept on a stream's chunks after a fallback, but for the last
+//!    one: the seed bug as a gateway that fixed only the final chunk would ship it.
+//! 5. Stream requests answered with the non-streaming JSON body (200, not an event
+//!    stream): the SDKs read no event from it.
+//! 6. Responses without `x-switchback-request-id`: the harness could not tie them to
+//!    their traces, and must say so rather than check nothing.
+//! 7. A continued stream that ends with another finish reason than the same answer
+//!    without streaming (`length` for `stop`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +29,7 @@ use hyper::body::Frame;
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
 use switchback::engine::{Engine, WallClock};
+use switchback::gateway::body::ResponseBody;
 use switchback::gateway::routes::chat_buffered;
 use switchback::route::{
     DefaultRetryPolicy, GiveUp, RetryContext, RetryDecision, RetryPolicy, RngCore,
@@ -181,6 +190,166 @@ impl GatewayUnderTest for StampsRequestedModelOnStreams {
     }
 }
 
+/// Fault 4: every streamed chunk names the first chunk's model, except the chunk carrying
+/// the post-commit metadata (the stream's last), which keeps the engine's.
+struct KeepsPrimaryModelButLast;
+
+impl GatewayUnderTest for KeepsPrimaryModelButLast {
+    fn serve(
+        &self,
+        _config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> ServeFuture {
+        let engine = Arc::new(Engine::new(catalog, connector, observer, wall));
+        let front: common::Front = Arc::new(move |stream, bearer, body| {
+            let engine = engine.clone();
+            Box::pin(async move {
+                let response = chat_buffered(engine, bearer.as_deref(), &body).await;
+                if !stream {
+                    return response;
+                }
+                let first = std::sync::Mutex::new(None::<String>);
+                let (parts, body) = response.into_parts();
+                let body = body
+                    .map_frame(move |frame| match frame.into_data() {
+                        Ok(data) => Frame::data(keep_first_model(&data, &first)),
+                        Err(frame) => frame,
+                    })
+                    .boxed();
+                Response::from_parts(parts, body)
+            })
+        });
+        Box::pin(common::serve_front(listener, front))
+    }
+}
+
+fn keep_first_model(frame: &Bytes, first: &std::sync::Mutex<Option<String>>) -> Bytes {
+    let text = String::from_utf8_lossy(frame);
+    let Some(json) = text.strip_prefix("data: ").map(str::trim_end) else {
+        return frame.clone();
+    };
+    let Ok(mut chunk) = serde_json::from_str::<serde_json::Value>(json) else {
+        return frame.clone();
+    };
+    // Azure's first chunk (the prompt filter's) names no model.
+    let Some(model) = chunk
+        .get("model")
+        .and_then(|m| m.as_str())
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+    else {
+        return frame.clone();
+    };
+    let first = first
+        .lock()
+        .expect("one frame at a time")
+        .get_or_insert(model)
+        .clone();
+    if chunk.get("switchback").is_some() {
+        return frame.clone();
+    }
+    chunk["model"] = serde_json::Value::String(first);
+    Bytes::from(format!("data: {chunk}\n\n"))
+}
+
+/// Fault 5: a stream request gets the non-streaming answer, as JSON.
+struct AnswersStreamsWithJson;
+
+impl GatewayUnderTest for AnswersStreamsWithJson {
+    fn serve(
+        &self,
+        _config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> ServeFuture {
+        let engine = Arc::new(Engine::new(catalog, connector, observer, wall));
+        let front: common::Front = Arc::new(move |_stream, bearer, body| {
+            let engine = engine.clone();
+            Box::pin(async move {
+                let mut request: serde_json::Value = match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(_) => return chat_buffered(engine, bearer.as_deref(), &body).await,
+                };
+                request["stream"] = serde_json::Value::Bool(false);
+                let body = serde_json::to_vec(&request).expect("a JSON value serialises");
+                chat_buffered(engine, bearer.as_deref(), &body).await
+            })
+        });
+        Box::pin(common::serve_front(listener, front))
+    }
+}
+
+/// A gateway that answers through the real engine, then rewrites each response.
+struct Rewrites(fn(bool, hyper::Response<ResponseBody>) -> hyper::Response<ResponseBody>);
+
+impl GatewayUnderTest for Rewrites {
+    fn serve(
+        &self,
+        _config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> ServeFuture {
+        let engine = Arc::new(Engine::new(catalog, connector, observer, wall));
+        let rewrite = self.0;
+        let front: common::Front = Arc::new(move |stream, bearer, body| {
+            let engine = engine.clone();
+            Box::pin(async move {
+                rewrite(
+                    stream,
+                    chat_buffered(engine, bearer.as_deref(), &body).await,
+                )
+            })
+        });
+        Box::pin(common::serve_front(listener, front))
+    }
+}
+
+/// Fault 6.
+fn without_request_id(
+    _stream: bool,
+    mut response: hyper::Response<ResponseBody>,
+) -> hyper::Response<ResponseBody> {
+    response.headers_mut().remove("x-switchback-request-id");
+    response
+}
+
+/// Fault 7: on a stream, the chunk that carries the post-commit metadata (a continued
+/// answer's finish) says `length` where the upstream said `stop`.
+fn continued_streams_end_with_length(
+    stream: bool,
+    response: hyper::Response<ResponseBody>,
+) -> hyper::Response<ResponseBody> {
+    if !stream {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let body = body
+        .map_frame(|frame| match frame.into_data() {
+            Ok(data) => {
+                let text = String::from_utf8_lossy(&data);
+                if !text.contains("\"switchback\"") {
+                    return Frame::data(data);
+                }
+                let changed =
+                    text.replace("\"finish_reason\":\"stop\"", "\"finish_reason\":\"length\"");
+                Frame::data(Bytes::from(changed))
+            }
+            Err(frame) => frame,
+        })
+        .boxed();
+    hyper::Response::from_parts(parts, body)
+}
+
 /// The faults here are wrong per request, so cases of one request at a time expose them;
 /// concurrent cases would only make the search and the shrinking slower.
 const SEARCH: Concurrency = Concurrency::Never;
@@ -285,6 +454,60 @@ fn skipping_retries_after_commit_is_caught() {
     );
 }
 
+/// Caught by the per-chunk model invariant alone: both modes' final `model` agree.
+#[test]
+fn keeping_the_primarys_model_on_all_but_the_last_chunk_is_caught() {
+    let faulty: Arc<dyn GatewayUnderTest> = Arc::new(KeepsPrimaryModelButLast);
+    let found = (0..MAX_SEEDS).find_map(|seed| {
+        let failures = explore::judge(&explore::case_with(seed, SEARCH), &faulty).failures;
+        let per_chunk = failures
+            .iter()
+            .any(|f| f.contains("of the serving call's answer names model"));
+        let final_model = failures.iter().any(|f| f.contains("final model"));
+        (per_chunk && !final_model).then_some((seed, failures))
+    });
+    let (seed, failures) = found.unwrap_or_else(|| {
+        panic!("no case in {MAX_SEEDS} shows the primary's name on a fallback's chunks: no teeth")
+    });
+    println!("keeps_primary_model_but_last: case {seed}: {failures:?}");
+    caught(
+        "keeps_primary_model_but_last",
+        Arc::new(KeepsPrimaryModelButLast),
+    );
+}
+
+#[test]
+fn answering_streams_with_json_is_caught() {
+    caught(
+        "answers_streams_with_json",
+        Arc::new(AnswersStreamsWithJson),
+    );
+}
+
+#[test]
+fn responses_without_their_request_id_are_caught() {
+    caught("without_request_id", Arc::new(Rewrites(without_request_id)));
+}
+
+/// Caught by the modes' comparison of how each choice ended: the per-request checks
+/// (passthrough among them) do not look at a continued answer's finish reason.
+#[test]
+fn a_continued_stream_ending_otherwise_is_caught() {
+    let faulty: Arc<dyn GatewayUnderTest> = Arc::new(Rewrites(continued_streams_end_with_length));
+    let found = (0..MAX_SEEDS).find_map(|seed| {
+        let verdict = explore::judge(&explore::case_with(seed, SEARCH), &faulty);
+        let failures = verdict.failures;
+        failures
+            .iter()
+            .any(|f| f.contains("finish reasons differ"))
+            .then_some((seed, failures))
+    });
+    let (seed, failures) = found.unwrap_or_else(|| {
+        panic!("no case in {MAX_SEEDS} shows a continued stream's finish reason: no teeth")
+    });
+    println!("continued_streams_end_with_length: case {seed}: {failures:?}");
+}
+
 /// The wrappers are real gateways: on a case without faults they pass.
 #[test]
 fn the_wrappers_pass_a_clean_case() {
@@ -293,9 +516,11 @@ fn the_wrappers_pass_a_clean_case() {
             .join("../scenarios/streaming/precommit_429_falls_back.yaml"),
     )
     .expect("corpus file");
-    let gateways: [Arc<dyn GatewayUnderTest>; 2] = [
+    let gateways: [Arc<dyn GatewayUnderTest>; 4] = [
         Arc::new(DropsKeyFallbacksForStreams),
         Arc::new(SkipsRetriesAfterCommitForStreams),
+        Arc::new(KeepsPrimaryModelButLast),
+        Arc::new(Rewrites(continued_streams_end_with_length)),
     ];
     for gw in gateways {
         let v = explore::judge(&clean, &gw);

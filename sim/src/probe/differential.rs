@@ -96,11 +96,12 @@ impl DiffRun {
     }
 }
 
-/// What the client got, in words both gateways share: the status (or `broken`), not the
-/// error's type.
+/// What the client got, in words both gateways share: the status (or `broken`, or `timed
+/// out`), not the error's type.
 fn status_of(o: &Observed) -> String {
     let c = &o.client;
     match (&c.broken, &c.error, c.status) {
+        (Some(_), _, _) if timed_out(o) => "timed out".into(),
         (Some(_), _, _) => "broken".into(),
         (None, Some(e), _) => format!("error {}", e.status),
         (None, None, Some(s)) => s.to_string(),
@@ -223,9 +224,31 @@ pub async fn differential(
     }
     DiffRun {
         sides,
+        could_not_run: nothing_compared(&all),
         rows: all,
-        could_not_run: None,
     }
+}
+
+/// Two gateways that both gave no answer in time agree on nothing that was tested: the
+/// first such request, as the reason the run could not be judged.
+fn nothing_compared(rows: &[DiffRow]) -> Option<String> {
+    rows.iter()
+        .find(|r| timed_out(&r.a) && timed_out(&r.b))
+        .map(|r| {
+            format!(
+                "request {} {}: neither gateway answered in time ({}); raise --timeout",
+                r.label,
+                r.mode.as_str(),
+                r.a.outcome()
+            )
+        })
+}
+
+fn timed_out(o: &Observed) -> bool {
+    o.client
+        .broken
+        .as_deref()
+        .is_some_and(|b| b.starts_with(super::TIMED_OUT))
 }
 
 /// The report: each request and mode with both gateways' calls and outcomes, `same` or the
@@ -316,6 +339,39 @@ mod tests {
             },
             calls,
         }
+    }
+
+    /// A timeout is no answer: against a broken stream it is a difference, and two of them
+    /// compare nothing (the run could not be judged, never `same`).
+    #[test]
+    fn timeouts_are_not_the_same_as_anything() {
+        let broken = |why: &str| Observed {
+            client: ClientResult {
+                broken: Some(why.into()),
+                ..ClientResult::default()
+            },
+            calls: Vec::new(),
+        };
+        let timeout = broken(&format!("{} 60000 ms", crate::probe::TIMED_OUT));
+        let cut = broken("stream ended without [DONE] or an error event");
+        assert_eq!(
+            compare(&timeout, &cut),
+            vec!["outcome: A timed out, B broken"]
+        );
+        let row = |a: &Observed, b: &Observed| DiffRow {
+            label: "r0".into(),
+            mode: Mode::Stream,
+            differences: compare(a, b),
+            a: a.clone(),
+            b: b.clone(),
+        };
+        assert_eq!(nothing_compared(&[row(&cut, &cut)]), None);
+        let both = nothing_compared(&[row(&cut, &cut), row(&timeout, &timeout)]);
+        assert!(
+            both.as_deref()
+                .is_some_and(|r| r.starts_with("request r0 stream: neither gateway answered")),
+            "{both:?}"
+        );
     }
 
     #[test]

@@ -117,6 +117,25 @@ impl Naming {
     }
 }
 
+impl Naming {
+    /// The first chunk the serving (fallback) call produced that names the primary (a
+    /// name the serving call's own model is not): every chunk from the first that brings
+    /// the text that call sent (the stream's last `planned` bytes, whether it continued an
+    /// answer or started afresh), not only the last (a gateway can put the right name on
+    /// its last chunk alone).
+    fn primary_named_by_the_fallback<'a>(&self, s: &'a Observed) -> Option<(usize, &'a str)> {
+        let (_, serving) = s.calls.last()?;
+        let before = s.client.text.len().checked_sub(serving.planned.len())?;
+        let mut delivered = 0;
+        s.client.chunks.iter().enumerate().find_map(|(i, chunk)| {
+            delivered += chunk.text.len();
+            let model = chunk.model.as_deref()?;
+            let names_primary = self.primary_names.contains(model) && model != serving.model;
+            (delivered > before && names_primary).then_some((i, model))
+        })
+    }
+}
+
 /// The chunk offset of a fault outcome (`error_event@3 429` → 3), if it has one.
 fn fault_offset(outcome: &str) -> Option<usize> {
     let rest = outcome.split_once('@')?.1;
@@ -165,7 +184,21 @@ pub fn compare(n: &Observed, s: &Observed, naming: &Naming) -> Vec<String> {
         ));
     }
     let both_ok = n.client.succeeded() && s.client.succeeded();
-    if both_ok && n.client.model != s.client.model {
+    let primary_chunk = if both_ok && naming.fell_back(s) {
+        naming.primary_named_by_the_fallback(s)
+    } else {
+        None
+    };
+    if let Some((i, model)) = primary_chunk {
+        d.push(format!(
+            "model: stream names the primary after a fallback: chunk {} of the fallback's answer says `{model}`, non_stream says `{}` (served by {})",
+            i + 1,
+            n.client.model.as_deref().unwrap_or("-"),
+            s.calls
+                .last()
+                .map_or("-".to_string(), |(h, c)| format!("{h} {}", c.model))
+        ));
+    } else if both_ok && n.client.model != s.client.model {
         let (nm, sm) = (
             n.client.model.as_deref().unwrap_or("-"),
             s.client.model.as_deref().unwrap_or("-"),
@@ -312,6 +345,18 @@ pub fn judge(
             notes,
         };
     }
+    // A broken answer is no outcome (a timeout is judged below): the modes breaking alike
+    // prove nothing equivalent.
+    let broke = |o: &Observed| o.client.broken.clone().filter(|_| !timed_out(o));
+    if let (Some(bn), Some(bs)) = (broke(n), broke(s)) {
+        return Judgement {
+            verdict: Verdict::CouldNotRun,
+            reasons: vec![format!(
+                "the gateway broke the answer in both modes (non_stream: {bn}; stream: {bs})"
+            )],
+            notes,
+        };
+    }
     let inconclusive = |reason: String, mut notes: Vec<String>| {
         if let (Some(k), Some(status)) = (key, n.client.error.as_ref().map(|e| e.status)) {
             if (400..=403).contains(&status) && n.calls.is_empty() {
@@ -452,6 +497,67 @@ mod tests {
             d[0].starts_with("model: stream names the primary after a fallback"),
             "{d:?}"
         );
+    }
+
+    /// The seed bug with the right name on the last chunk alone: the chunks before it still
+    /// say the primary's. A continued answer's own chunks (its prefix) may.
+    #[test]
+    fn any_chunk_of_the_fallback_naming_the_primary_is_the_seed_bug() {
+        let mut fresh = fault_then_fallback();
+        fresh[1].1.planned = "The quick brown fox".into();
+        let s = streamed(
+            &["flash", "vertex_ai/lite", "flash"],
+            &["The quick brown", " fox", ""],
+            fresh.clone(),
+        );
+        let n = ok("flash", "The quick brown fox", fresh);
+        let d = compare(&n, &s, &naming());
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].starts_with(
+                "model: stream names the primary after a fallback: chunk 2 of the fallback's answer says `vertex_ai/lite`"
+            ),
+            "{d:?}"
+        );
+        // Chunks the primary sent before its fault are its own, named as it named them.
+        let mut continued = fault_then_fallback();
+        continued[1].1.continuation = Some("The quick brown".into());
+        continued[1].1.planned = " fox".into();
+        let s = streamed(
+            &["lite", "flash", "flash"],
+            &["The quick brown", " fox", ""],
+            continued.clone(),
+        );
+        let n = ok("flash", "The quick brown fox", continued);
+        assert_eq!(compare(&n, &s, &naming()), Vec::<String>::new());
+    }
+
+    /// Both modes broken the same way is not equivalence: nothing was answered.
+    #[test]
+    fn both_modes_broken_could_not_run() {
+        let expected = Expected {
+            faults: BTreeSet::new(),
+            calls: None,
+            status: None,
+            content: None,
+            reaches_provider: true,
+        };
+        let broken = || {
+            let mut o = ok("flash", "", fault_then_fallback());
+            o.client.status = None;
+            o.client.done = false;
+            o.client.broken = Some("request: connection closed before message completed".into());
+            o
+        };
+        let j = judge(
+            &broken(),
+            &broken(),
+            (&expected, &expected),
+            &naming(),
+            None,
+        );
+        assert_eq!(j.verdict, Verdict::CouldNotRun, "{j:?}");
+        assert!(j.reasons[0].starts_with("the gateway broke the answer in both modes"));
     }
 
     #[test]
