@@ -971,6 +971,7 @@ mod tests {
             dialect,
             tool_call_index: None,
             keep_alive_ms: None,
+            framing: Default::default(),
         }
     }
 

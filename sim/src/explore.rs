@@ -34,7 +34,8 @@ use switchback::trace::Event;
 
 use crate::oracle;
 use crate::scenario::{
-    Expect, Fault, FaultKind, Flavour, Mode, NetFault, Provider, RequestSpec, Scenario, Script,
+    Expect, Fault, FaultKind, Flavour, Framing, LineEnd, Mode, NetFault, Provider, RequestSpec,
+    Scenario, Script,
 };
 use crate::world::{self, GatewayUnderTest, ModeRun, WorldOptions};
 
@@ -214,32 +215,51 @@ fn provider(
         1 => Just(Some(0u64)),
         1 => (20u64..=200).prop_map(Some),
     ];
+    // How it frames its events: mostly as OpenAI does, now and then as other servers do
+    // (CRLF or CR line ends, no space after `data:`, events cut across reads).
+    let framing = prop_oneof![
+        5 => Just(Framing::default()),
+        1 => (
+            prop_oneof![Just(LineEnd::Lf), Just(LineEnd::Crlf), Just(LineEnd::Cr)],
+            proptest::bool::ANY,
+            proptest::option::of(7usize..=64),
+        )
+            .prop_map(|(line_end, no_space, write_bytes)| Framing {
+                line_end,
+                no_space,
+                write_bytes,
+            }),
+    ];
     (
         script(kinds.clone(), 0.15),
         proptest::collection::vec((1u32..=4, script(kinds, 0.9)), 0..=3),
         every,
         keep_alive,
+        framing,
     )
-        .prop_map(move |(default, calls, every, keep_alive_ms)| Provider {
-            host: host.clone(),
-            port: 8000,
-            model: Some(model.clone()),
-            default,
-            calls: calls
-                .into_iter()
-                .map(|(call, mut s)| {
-                    s.calls = vec![call];
-                    s
-                })
-                .chain(every.into_iter().map(|(n, mut s)| {
-                    s.every = Some(n);
-                    s
-                }))
-                .collect(),
-            dialect: Default::default(),
-            tool_call_index: None,
-            keep_alive_ms,
-        })
+        .prop_map(
+            move |(default, calls, every, keep_alive_ms, framing)| Provider {
+                host: host.clone(),
+                port: 8000,
+                model: Some(model.clone()),
+                default,
+                calls: calls
+                    .into_iter()
+                    .map(|(call, mut s)| {
+                        s.calls = vec![call];
+                        s
+                    })
+                    .chain(every.into_iter().map(|(n, mut s)| {
+                        s.every = Some(n);
+                        s
+                    }))
+                    .collect(),
+                dialect: Default::default(),
+                tool_call_index: None,
+                keep_alive_ms,
+                framing,
+            },
+        )
 }
 
 fn group_name(i: usize) -> String {

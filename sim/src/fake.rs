@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::dialect::Reply;
 use crate::scenario::{
-    Dialect, Echo, Fault, FaultKind, Flavour, Flood, FloodKind, Provider, Script,
+    Dialect, Echo, Fault, FaultKind, Flavour, Flood, FloodKind, Framing, Provider, Script,
 };
 use crate::trace::TraceSink;
 
@@ -338,6 +338,7 @@ impl Fake {
             k,
             fault,
             flood: script.flood.clone(),
+            framing: self.spec.framing,
             headers,
             echo: EchoSource {
                 authorization: authorization.unwrap_or_default(),
@@ -462,20 +463,25 @@ struct Answer {
     k: usize,
     fault: Option<Fault>,
     flood: Option<Flood>,
+    framing: Framing,
     headers: Vec<(String, String)>,
     echo: EchoSource,
     log: LogHandle,
 }
 
-/// Sends one `data:` payload and records it; false when the caller is gone.
+/// Sends one `data:` payload, framed and written as the provider does, and records it;
+/// false when the caller is gone.
 async fn send_data(
     tx: &mpsc::Sender<Result<Bytes, io::Error>>,
     log: &LogHandle,
+    framing: Framing,
     payload: String,
 ) -> bool {
-    let frame = Bytes::from(format!("data: {payload}\n\n"));
-    if tx.send(Ok(frame)).await.is_err() {
-        return false;
+    let frame = Bytes::from(framing.event(&payload));
+    for write in framing.writes(frame) {
+        if tx.send(Ok(write)).await.is_err() {
+            return false;
+        }
     }
     log.sent(payload, false);
     true
@@ -572,7 +578,7 @@ impl Answer {
         tokio::spawn(async move {
             let log = &self.log;
             for chunk in self.reply.opening() {
-                if !send_data(&tx, log, chunk.to_string()).await {
+                if !send_data(&tx, log, self.framing, chunk.to_string()).await {
                     return;
                 }
             }
@@ -582,7 +588,7 @@ impl Answer {
                     return;
                 }
                 pause(self.reply.pieces[i].delay_ms).await;
-                if !send_data(&tx, log, self.reply.piece(i).to_string()).await {
+                if !send_data(&tx, log, self.framing, self.reply.piece(i).to_string()).await {
                     return;
                 }
             }
@@ -596,7 +602,9 @@ impl Answer {
                 match f.kind {
                     FaultKind::Http => unreachable!("handled before streaming"),
                     FaultKind::ErrorEvent => {
-                        if send_data(&tx, log, self.error_body(f, true).to_string()).await {
+                        if send_data(&tx, log, self.framing, self.error_body(f, true).to_string())
+                            .await
+                        {
                             log.fire();
                         }
                     }
@@ -621,7 +629,7 @@ impl Answer {
                     FaultKind::ContentFilter => {
                         let mut fired = false;
                         for chunk in self.reply.closing_after(k, Some("content_filter")) {
-                            if !send_data(&tx, log, chunk.to_string()).await {
+                            if !send_data(&tx, log, self.framing, chunk.to_string()).await {
                                 return;
                             }
                             if !fired {
@@ -629,17 +637,17 @@ impl Answer {
                                 fired = true;
                             }
                         }
-                        send_data(&tx, log, "[DONE]".into()).await;
+                        send_data(&tx, log, self.framing, "[DONE]".into()).await;
                     }
                 }
                 return;
             }
             for chunk in self.reply.closing() {
-                if !send_data(&tx, log, chunk.to_string()).await {
+                if !send_data(&tx, log, self.framing, chunk.to_string()).await {
                     return;
                 }
             }
-            send_data(&tx, log, "[DONE]".into()).await;
+            send_data(&tx, log, self.framing, "[DONE]".into()).await;
         });
         response
     }

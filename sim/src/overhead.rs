@@ -76,6 +76,7 @@ fn provider(host: &str, script: Script) -> Provider {
         dialect: Default::default(),
         tool_call_index: None,
         keep_alive_ms: None,
+        framing: Default::default(),
     }
 }
 

@@ -145,6 +145,9 @@ pub struct Provider {
     /// every response (`Connection: close`). Default: kept until the client closes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive_ms: Option<u64>,
+    /// How it lays its SSE events out on the wire (default: as OpenAI does).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub framing: Framing,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -851,6 +854,17 @@ impl Scenario {
                 return Err((
                     at("keep_alive_ms"),
                     format!("must be 0 to {MAX_DURATION_MS}"),
+                ));
+            }
+            if p.framing.write_bytes == Some(0) {
+                return Err((
+                    vec![
+                        key("providers"),
+                        PathSeg::Index(i),
+                        key("framing"),
+                        key("write_bytes"),
+                    ],
+                    "must be at least 1".to_string(),
                 ));
             }
             if hosts.contains(&p.host.as_str()) {

@@ -112,6 +112,7 @@ const CASES: &[Case] = &[
     row("reload_unknown_provider.yaml",        43, 83, "reloads[0].gateway.model_list[0].litellm_params.api_base", "`http://zz:8000/v1` is not a provider of this scenario (hosts: a, b)", None, Semantic),
     row("network_refuse_gateway.yaml",         42, 15, "network.faults[0].refuse", "only provider hosts can refuse", None, Semantic),
     row("network_partition_unknown_host.yaml", 42, 28, "network.faults[0].partition[1]", "unknown host `c`", None, Semantic),
+    row("framing_write_bytes_zero.yaml",       37, 20, "providers[1].framing.write_bytes", "must be at least 1", None, Semantic),
 ];
 
 /// The valid scenario every broken file is a variation of.

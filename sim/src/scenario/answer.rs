@@ -70,6 +70,72 @@ impl Dialect {
     }
 }
 
+/// How a provider lays its SSE events out on the wire. The default is what OpenAI sends:
+/// `data: <payload>` and a blank line, LF line ends, each event in one write. Real servers
+/// differ (CRLF line ends, `data:` with no space, events cut across TCP reads, a UTF-8
+/// character among them), and a gateway must read them all alike (WHATWG's SSE parsing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Framing {
+    /// The line end after each field and for the blank line (default `lf`).
+    #[serde(default, skip_serializing_if = "is_lf")]
+    pub line_end: LineEnd,
+    /// `data:<payload>`, with no space after the colon (default: one space).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_space: bool,
+    /// Writes of at most this many bytes: each event cut across that many reads of the
+    /// gateway's (a line, a JSON string, a UTF-8 character cut where they fall). At least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_bytes: Option<usize>,
+}
+
+fn is_lf(l: &LineEnd) -> bool {
+    *l == LineEnd::Lf
+}
+
+/// An SSE line end (all three are valid SSE).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LineEnd {
+    #[default]
+    Lf,
+    Crlf,
+    Cr,
+}
+
+impl LineEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineEnd::Lf => "\n",
+            LineEnd::Crlf => "\r\n",
+            LineEnd::Cr => "\r",
+        }
+    }
+}
+
+impl Framing {
+    /// One `data:` event, framed.
+    pub fn event(&self, payload: &str) -> String {
+        let end = self.line_end.as_str();
+        let space = if self.no_space { "" } else { " " };
+        format!("data:{space}{payload}{end}{end}")
+    }
+
+    /// `bytes` as the writes this provider makes of them.
+    pub fn writes(&self, bytes: bytes::Bytes) -> Vec<bytes::Bytes> {
+        match self.write_bytes {
+            Some(n) if n < bytes.len() => {
+                assert!(n > 0, "write_bytes is validated to be at least 1");
+                (0..bytes.len())
+                    .step_by(n)
+                    .map(|at| bytes.slice(at..(at + n).min(bytes.len())))
+                    .collect()
+            }
+            _ => vec![bytes],
+        }
+    }
+}
+
 /// The `index` a streamed tool-call delta carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
