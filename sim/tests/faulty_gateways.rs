@@ -172,9 +172,10 @@ fn stamp(frame: &Bytes, model: &str) -> Bytes {
     }
 }
 
-struct StampsRequestedModelOnStreams;
+/// A gateway that is the real engine behind a front built from it (faults 2 and 4 to 7).
+struct EngineBehind(fn(Arc<Engine>) -> common::Front);
 
-impl GatewayUnderTest for StampsRequestedModelOnStreams {
+impl GatewayUnderTest for EngineBehind {
     fn serve(
         &self,
         _config: &GatewayConfig,
@@ -184,47 +185,45 @@ impl GatewayUnderTest for StampsRequestedModelOnStreams {
         wall: Arc<dyn WallClock>,
         listener: SimListener,
     ) -> ServeFuture {
-        let front =
-            stamps_requested_model(Arc::new(Engine::new(catalog, connector, observer, wall)));
+        let front = (self.0)(Arc::new(Engine::new(catalog, connector, observer, wall)));
         Box::pin(common::serve_front(listener, front))
     }
 }
 
+/// A front that answers through `engine`, then rewrites each response.
+fn rewriting(
+    engine: Arc<Engine>,
+    rewrite: fn(bool, hyper::Response<ResponseBody>) -> hyper::Response<ResponseBody>,
+) -> common::Front {
+    Arc::new(move |stream, bearer, body| {
+        let engine = engine.clone();
+        Box::pin(async move {
+            rewrite(
+                stream,
+                chat_buffered(engine, bearer.as_deref(), &body).await,
+            )
+        })
+    })
+}
+
 /// Fault 4: every streamed chunk names the first chunk's model, except the chunk carrying
 /// the post-commit metadata (the stream's last), which keeps the engine's.
-struct KeepsPrimaryModelButLast;
-
-impl GatewayUnderTest for KeepsPrimaryModelButLast {
-    fn serve(
-        &self,
-        _config: &GatewayConfig,
-        catalog: Arc<Catalog>,
-        connector: Arc<dyn Connector>,
-        observer: Arc<dyn Observer>,
-        wall: Arc<dyn WallClock>,
-        listener: SimListener,
-    ) -> ServeFuture {
-        let engine = Arc::new(Engine::new(catalog, connector, observer, wall));
-        let front: common::Front = Arc::new(move |stream, bearer, body| {
-            let engine = engine.clone();
-            Box::pin(async move {
-                let response = chat_buffered(engine, bearer.as_deref(), &body).await;
-                if !stream {
-                    return response;
-                }
-                let first = std::sync::Mutex::new(None::<String>);
-                let (parts, body) = response.into_parts();
-                let body = body
-                    .map_frame(move |frame| match frame.into_data() {
-                        Ok(data) => Frame::data(keep_first_model(&data, &first)),
-                        Err(frame) => frame,
-                    })
-                    .boxed();
-                Response::from_parts(parts, body)
-            })
-        });
-        Box::pin(common::serve_front(listener, front))
+fn keeps_primary_model_but_last(
+    stream: bool,
+    response: hyper::Response<ResponseBody>,
+) -> hyper::Response<ResponseBody> {
+    if !stream {
+        return response;
     }
+    let first = std::sync::Mutex::new(None::<String>);
+    let (parts, body) = response.into_parts();
+    let body = body
+        .map_frame(move |frame| match frame.into_data() {
+            Ok(data) => Frame::data(keep_first_model(&data, &first)),
+            Err(frame) => frame,
+        })
+        .boxed();
+    Response::from_parts(parts, body)
 }
 
 fn keep_first_model(frame: &Bytes, first: &std::sync::Mutex<Option<String>>) -> Bytes {
@@ -257,61 +256,19 @@ fn keep_first_model(frame: &Bytes, first: &std::sync::Mutex<Option<String>>) -> 
 }
 
 /// Fault 5: a stream request gets the non-streaming answer, as JSON.
-struct AnswersStreamsWithJson;
-
-impl GatewayUnderTest for AnswersStreamsWithJson {
-    fn serve(
-        &self,
-        _config: &GatewayConfig,
-        catalog: Arc<Catalog>,
-        connector: Arc<dyn Connector>,
-        observer: Arc<dyn Observer>,
-        wall: Arc<dyn WallClock>,
-        listener: SimListener,
-    ) -> ServeFuture {
-        let engine = Arc::new(Engine::new(catalog, connector, observer, wall));
-        let front: common::Front = Arc::new(move |_stream, bearer, body| {
-            let engine = engine.clone();
-            Box::pin(async move {
-                let mut request: serde_json::Value = match serde_json::from_slice(&body) {
-                    Ok(v) => v,
-                    Err(_) => return chat_buffered(engine, bearer.as_deref(), &body).await,
-                };
-                request["stream"] = serde_json::Value::Bool(false);
-                let body = serde_json::to_vec(&request).expect("a JSON value serialises");
-                chat_buffered(engine, bearer.as_deref(), &body).await
-            })
-        });
-        Box::pin(common::serve_front(listener, front))
-    }
-}
-
-/// A gateway that answers through the real engine, then rewrites each response.
-struct Rewrites(fn(bool, hyper::Response<ResponseBody>) -> hyper::Response<ResponseBody>);
-
-impl GatewayUnderTest for Rewrites {
-    fn serve(
-        &self,
-        _config: &GatewayConfig,
-        catalog: Arc<Catalog>,
-        connector: Arc<dyn Connector>,
-        observer: Arc<dyn Observer>,
-        wall: Arc<dyn WallClock>,
-        listener: SimListener,
-    ) -> ServeFuture {
-        let engine = Arc::new(Engine::new(catalog, connector, observer, wall));
-        let rewrite = self.0;
-        let front: common::Front = Arc::new(move |stream, bearer, body| {
-            let engine = engine.clone();
-            Box::pin(async move {
-                rewrite(
-                    stream,
-                    chat_buffered(engine, bearer.as_deref(), &body).await,
-                )
-            })
-        });
-        Box::pin(common::serve_front(listener, front))
-    }
+fn answers_streams_with_json(engine: Arc<Engine>) -> common::Front {
+    Arc::new(move |_stream, bearer, body| {
+        let engine = engine.clone();
+        Box::pin(async move {
+            let mut request: serde_json::Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(_) => return chat_buffered(engine, bearer.as_deref(), &body).await,
+            };
+            request["stream"] = serde_json::Value::Bool(false);
+            let body = serde_json::to_vec(&request).expect("a JSON value serialises");
+            chat_buffered(engine, bearer.as_deref(), &body).await
+        })
+    })
 }
 
 /// Fault 6.
@@ -442,7 +399,7 @@ fn dropping_key_fallbacks_for_streams_is_caught() {
 fn stamping_the_requested_model_after_a_fallback_is_caught() {
     caught(
         "stamps_requested_model",
-        Arc::new(StampsRequestedModelOnStreams),
+        Arc::new(EngineBehind(stamps_requested_model)),
     );
 }
 
@@ -457,7 +414,8 @@ fn skipping_retries_after_commit_is_caught() {
 /// Caught by the per-chunk model invariant alone: both modes' final `model` agree.
 #[test]
 fn keeping_the_primarys_model_on_all_but_the_last_chunk_is_caught() {
-    let faulty: Arc<dyn GatewayUnderTest> = Arc::new(KeepsPrimaryModelButLast);
+    let faulty: Arc<dyn GatewayUnderTest> =
+        Arc::new(EngineBehind(|e| rewriting(e, keeps_primary_model_but_last)));
     let found = (0..MAX_SEEDS).find_map(|seed| {
         let failures = explore::judge(&explore::case_with(seed, SEARCH), &faulty).failures;
         let per_chunk = failures
@@ -472,7 +430,7 @@ fn keeping_the_primarys_model_on_all_but_the_last_chunk_is_caught() {
     println!("keeps_primary_model_but_last: case {seed}: {failures:?}");
     caught(
         "keeps_primary_model_but_last",
-        Arc::new(KeepsPrimaryModelButLast),
+        Arc::new(EngineBehind(|e| rewriting(e, keeps_primary_model_but_last))),
     );
 }
 
@@ -480,20 +438,25 @@ fn keeping_the_primarys_model_on_all_but_the_last_chunk_is_caught() {
 fn answering_streams_with_json_is_caught() {
     caught(
         "answers_streams_with_json",
-        Arc::new(AnswersStreamsWithJson),
+        Arc::new(EngineBehind(answers_streams_with_json)),
     );
 }
 
 #[test]
 fn responses_without_their_request_id_are_caught() {
-    caught("without_request_id", Arc::new(Rewrites(without_request_id)));
+    caught(
+        "without_request_id",
+        Arc::new(EngineBehind(|e| rewriting(e, without_request_id))),
+    );
 }
 
 /// Caught by the modes' comparison of how each choice ended: the per-request checks
 /// (passthrough among them) do not look at a continued answer's finish reason.
 #[test]
 fn a_continued_stream_ending_otherwise_is_caught() {
-    let faulty: Arc<dyn GatewayUnderTest> = Arc::new(Rewrites(continued_streams_end_with_length));
+    let faulty: Arc<dyn GatewayUnderTest> = Arc::new(EngineBehind(|e| {
+        rewriting(e, continued_streams_end_with_length)
+    }));
     let found = (0..MAX_SEEDS).find_map(|seed| {
         let verdict = explore::judge(&explore::case_with(seed, SEARCH), &faulty);
         let failures = verdict.failures;
@@ -519,8 +482,10 @@ fn the_wrappers_pass_a_clean_case() {
     let gateways: [Arc<dyn GatewayUnderTest>; 4] = [
         Arc::new(DropsKeyFallbacksForStreams),
         Arc::new(SkipsRetriesAfterCommitForStreams),
-        Arc::new(KeepsPrimaryModelButLast),
-        Arc::new(Rewrites(continued_streams_end_with_length)),
+        Arc::new(EngineBehind(|e| rewriting(e, keeps_primary_model_but_last))),
+        Arc::new(EngineBehind(|e| {
+            rewriting(e, continued_streams_end_with_length)
+        })),
     ];
     for gw in gateways {
         let v = explore::judge(&clean, &gw);
