@@ -444,10 +444,14 @@ impl ErrorHints {
                 _ => {}
             }
         }
-        hints.message = err
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        hints.message = match err {
+            // `{"error": "..."}`: the error is its message.
+            Value::String(message) => Some(message.clone()),
+            _ => err
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        };
         // Switchback's own convention for error events, and Vertex's RetryInfo detail.
         hints.retry_after = err
             .get("retry_after")
@@ -616,8 +620,10 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        return duration_from_secs(ms / 1000.0);
+    // A number that is no duration (negative, NaN) is as good as absent.
+    let ms = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok());
+    if let Some(wait) = ms.and_then(|ms| duration_from_secs(ms / 1000.0)) {
+        return Some(wait);
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
@@ -682,6 +688,35 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    /// A retry-after-ms that is a number but no duration (negative, NaN) is not there: the
+    /// `retry-after` beside it still counts.
+    #[test]
+    fn an_unusable_retry_after_ms_leaves_retry_after() {
+        for ms in ["-1", "NaN", "inf"] {
+            assert_eq!(
+                status_h(429, &[("retry-after-ms", ms), ("retry-after", "9")], "").retry_after,
+                Some(Duration::from_secs(9)),
+                "{ms}"
+            );
+        }
+    }
+
+    /// `{"error": "..."}`: an error that is only its message (some proxies, LiteLLM's own
+    /// older events) is read like one with a `message`.
+    #[test]
+    fn an_error_that_is_a_string_is_its_message() {
+        let f = status(
+            400,
+            r#"{"error":"This model's maximum context length is 8192 tokens"}"#,
+        );
+        assert_eq!(f.class, FailureClass::ContextWindow);
+        let event = serde_json::json!({"error": "Your credit balance is too low"});
+        assert_eq!(
+            classify(Signal::ErrorEvent { error: &event }, SystemTime::UNIX_EPOCH).class,
+            FailureClass::RateLimited
+        );
     }
 
     #[test]
