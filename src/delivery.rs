@@ -15,7 +15,6 @@
 //! Only the answer's end is held back: with `n > 1`, a choice that finishes while another
 //! goes on is sent as it comes, and so is everything after it.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +28,7 @@ use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::frames::{self, FrameReceiver, FrameSender, SendError};
 use crate::json::{field, field_mut};
+use crate::upstream::choices::ChoiceProgress;
 use crate::upstream::chunk::Chunk;
 use crate::upstream::chunk_object::{Choice, ChoiceField, ChunkObject, Top};
 
@@ -174,13 +174,21 @@ impl StreamDelivery {
                         return;
                     }
                 }
-                let _ = self.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                if self
+                    .send(Bytes::from_static(b"data: [DONE]\n\n"))
+                    .await
+                    .is_ok()
+                {
+                    self.body.end();
+                }
             }
             Err(unserved) => {
                 let error = ApiError::from_failure(&unserved.failure, &unserved.summary);
                 let mut body = error.body_json();
                 body["error"]["status"] = json!(error.status);
-                let _ = self.send(sse_frame_value(&body)).await;
+                if self.send(sse_frame_value(&body)).await.is_ok() {
+                    self.body.end();
+                }
             }
         }
     }
@@ -236,10 +244,19 @@ fn sse_frame(chunk: &Chunk) -> Bytes {
     let mut out = Vec::with_capacity(chunk.raw.as_ref().map_or(256, |r| r.len() + 8));
     out.extend_from_slice(b"data: ");
     match &chunk.raw {
-        Some(raw) => out.extend_from_slice(raw.as_bytes()),
-        None => {
-            serde_json::to_writer(&mut out, &chunk.object).expect("a JSON map always serialises")
+        // A provider may cut one payload over several `data:` lines (the SSE parser joined
+        // them with `\n`): each line is written as a `data:` line of its own, which an SSE
+        // client joins back into the same payload. A line end written bare would end the
+        // field, and the SDK would read half a JSON object.
+        Some(raw) if !raw.contains('\r') => {
+            for (i, line) in raw.split('\n').enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b"\ndata: ");
+                }
+                out.extend_from_slice(line.as_bytes());
+            }
         }
+        _ => serde_json::to_writer(&mut out, &chunk.object).expect("a JSON map always serialises"),
     }
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
@@ -300,57 +317,13 @@ impl Delivery for StreamDelivery {
 
     fn restart(&mut self) {
         // The carried chunks lose their finish reasons: their choices go on.
-        self.choices.finished.clear();
+        self.choices.forget_finishes();
         for mut chunk in std::mem::take(&mut self.tail) {
             if chunk.payload_bytes > 0 {
                 clear_finish_reasons(&mut chunk);
                 self.carried.push(chunk);
             }
         }
-    }
-}
-
-/// The choices an answer has named so far (by `index`, else by place, as the chunk parser
-/// reads them), and those that have finished.
-#[derive(Debug, Default)]
-struct ChoiceProgress {
-    named: BTreeSet<u64>,
-    finished: BTreeSet<u64>,
-}
-
-impl ChoiceProgress {
-    /// Notes the choices of `chunk`; whether it names one that has not finished.
-    fn note(&mut self, chunk: &Chunk) -> bool {
-        let mut going_on = false;
-        for (place, choice) in chunk
-            .object
-            .choices()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            let index = choice.index().unwrap_or(place as u64);
-            self.named.insert(index);
-            let finishes = choice
-                .fields()
-                .and_then(|f| f.get("finish_reason"))
-                .and_then(ChoiceField::json)
-                .is_some_and(Value::is_string);
-            if finishes {
-                self.finished.insert(index);
-            }
-            going_on |= !self.finished.contains(&index);
-        }
-        debug_assert!(
-            self.finished.is_subset(&self.named),
-            "a finished choice was named"
-        );
-        going_on
-    }
-
-    /// Every choice named so far has finished.
-    fn all_finished(&self) -> bool {
-        self.named.len() == self.finished.len()
     }
 }
 

@@ -4,11 +4,17 @@
 //! (`limits.stream_buffer_frames`) and in bytes (`limits.stream_buffer_bytes`), and how
 //! long one write may wait for the client to make room (`limits.client_write_timeout`,
 //! never past the request deadline). A client that stops reading is therefore dropped after
-//! a bounded time with a bounded buffer, and its upstream connection goes with it. Does not
-//! own what the frames say (`delivery`) nor the HTTP response (`gateway::body`).
+//! a bounded time with a bounded buffer, and its upstream connection goes with it. Also
+//! owns how a stream ends: cleanly only once the sender said its last frame
+//! ([`FrameSender::end`]); a sender dropped before that (a write that timed out, a final
+//! frame that could not be sent) makes the body fail, so hyper cuts the connection without
+//! the chunked body's last chunk and the client's SDK raises, rather than taking a stream
+//! cut short for a whole answer. Does not own what the frames say (`delivery`) nor the HTTP
+//! response (`gateway::body`).
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -25,6 +31,11 @@ pub enum SendError {
     TimedOut,
 }
 
+/// The error a stream's body ends with when the answer was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the stream ended before its last frame was sent")]
+pub struct StreamCut;
+
 /// A channel holding at most `frames` frames and about `bytes` bytes (a single frame larger
 /// than `bytes` still passes, alone).
 pub fn channel(frames: usize, bytes: usize) -> (FrameSender, FrameReceiver) {
@@ -32,16 +43,20 @@ pub fn channel(frames: usize, bytes: usize) -> (FrameSender, FrameReceiver) {
     let bytes = bytes.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
     let (tx, rx) = mpsc::channel(frames);
     let budget = Arc::new(Semaphore::new(bytes));
+    let ended = Arc::new(AtomicBool::new(false));
     (
         FrameSender {
             tx,
             budget: budget.clone(),
             max_bytes: bytes,
+            ended: ended.clone(),
         },
         FrameReceiver {
             rx,
             budget,
             max_bytes: bytes,
+            ended,
+            cut: false,
         },
     )
 }
@@ -56,6 +71,8 @@ pub struct FrameSender {
     tx: mpsc::Sender<Bytes>,
     budget: Arc<Semaphore>,
     max_bytes: usize,
+    /// Set by [`FrameSender::end`]: the frames sent are the whole stream.
+    ended: Arc<AtomicBool>,
 }
 
 impl FrameSender {
@@ -88,6 +105,13 @@ impl FrameSender {
     pub async fn closed(&self) {
         self.tx.closed().await;
     }
+
+    /// Says the frames sent are the whole stream (its last was `[DONE]` or an error event):
+    /// the body then ends cleanly once they are read. Without it, the body fails.
+    pub fn end(self) {
+        // Release: seen by the receiver with the channel's close (Acquire below).
+        self.ended.store(true, Ordering::Release);
+    }
 }
 
 /// The response body end: frames in order, ending when the sender is dropped. Dropping it
@@ -96,22 +120,36 @@ pub struct FrameReceiver {
     rx: mpsc::Receiver<Bytes>,
     budget: Arc<Semaphore>,
     max_bytes: usize,
+    ended: Arc<AtomicBool>,
+    /// The cut was reported once: the body is over.
+    cut: bool,
 }
 
 impl Body for FrameReceiver {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = StreamCut;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(frame)) = &polled {
-            let cost = cost(frame, self.max_bytes);
-            self.budget.add_permits(cost as usize);
+        if self.cut {
+            return Poll::Ready(None);
         }
-        polled.map(|frame| frame.map(|b| Ok(Frame::data(b))))
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(frame)) => {
+                let cost = cost(&frame, self.max_bytes);
+                self.budget.add_permits(cost as usize);
+                Poll::Ready(Some(Ok(Frame::data(frame))))
+            }
+            // Every sender is gone: `end` was called before the drop, or never.
+            Poll::Ready(None) if self.ended.load(Ordering::Acquire) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.cut = true;
+                Poll::Ready(Some(Err(StreamCut)))
+            }
+        }
     }
 }
 
@@ -145,5 +183,26 @@ mod tests {
             Err(SendError::Closed)
         );
         tx.closed().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_cleanly_only_once_the_sender_said_so() {
+        let soon = || Instant::now() + Duration::from_secs(1);
+        let (tx, mut rx) = channel(4, 1024);
+        tx.send(Bytes::from_static(b"data: [DONE]\n\n"), soon())
+            .await
+            .unwrap();
+        tx.end();
+        assert!(rx.frame().await.unwrap().is_ok());
+        assert!(rx.frame().await.is_none(), "ended: a clean end");
+
+        let (tx, mut rx) = channel(4, 1024);
+        tx.send(Bytes::from_static(b"data: {}\n\n"), soon())
+            .await
+            .unwrap();
+        drop(tx);
+        assert!(rx.frame().await.unwrap().is_ok(), "what was sent is read");
+        assert_eq!(rx.frame().await.unwrap().unwrap_err(), StreamCut);
+        assert!(rx.frame().await.is_none());
     }
 }

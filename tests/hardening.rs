@@ -478,7 +478,18 @@ async fn delivery_runs_under_the_request_deadline() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(settle(100, || net.open() == 0).await, "{:#?}", gw.events());
-    drop(response);
+    // What the client gets is a stream cut short, never one that ends as if it were whole:
+    // no `[DONE]`, no error event, so the body itself must fail (the SDKs raise on it).
+    let read = response.into_body().collect().await;
+    assert!(
+        read.is_err(),
+        "a stream cut at the deadline ended cleanly: {:?}",
+        read.map(|b| String::from_utf8_lossy(&b.to_bytes())
+            .chars()
+            .rev()
+            .take(200)
+            .collect::<String>())
+    );
 }
 
 const KEYED: &str = r#"

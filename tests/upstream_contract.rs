@@ -368,6 +368,35 @@ async fn missing_done_after_a_finish_reason_is_a_clean_end() {
     assert_is_answer(&chunks);
 }
 
+/// With `n: 2`, one choice's finish reason does not end the answer: a body that ends while
+/// another named choice is unfinished is cut short, whichever choice finished first.
+#[tokio::test]
+async fn missing_done_while_another_choice_is_unfinished_is_transient() {
+    let two = |first: &str, second: &str, finish: Option<(u64, &str)>| {
+        let choice = |index: u64, text: &str| {
+            let reason = finish.filter(|(i, _)| *i == index).map(|(_, r)| r);
+            json!({"index": index, "delta": {"content": text}, "finish_reason": reason})
+        };
+        json!({"id": "c", "object": "chat.completion.chunk", "model": "m",
+               "choices": [choice(0, first), choice(1, second)]})
+        .to_string()
+    };
+    for finished in [0, 1] {
+        let body = sse(&[two("a", "b", None), two("", "", Some((finished, "stop")))]);
+        let (chunks, end) = read(sse_response(body)).await;
+        assert_eq!(chunks.len(), 2, "choice {finished} finished");
+        assert_class(end, FailureClass::Transient);
+    }
+    // Both finished (in two chunks): a complete answer.
+    let body = sse(&[
+        two("a", "b", Some((1, "stop"))),
+        two("", "", Some((0, "length"))),
+    ]);
+    let (chunks, end) = read(sse_response(body)).await;
+    assert_eq!(chunks.len(), 2);
+    end.expect("every choice finished");
+}
+
 #[tokio::test]
 async fn missing_done_without_a_finish_reason_is_transient() {
     let (chunks, end) = read(sse_response(sse(&[role(), content("Hel")]))).await;

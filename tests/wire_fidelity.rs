@@ -749,3 +749,44 @@ async fn a_metadata_chunk_of_its_own_has_created() {
     assert_eq!(carrier["created"], 1, "{s}");
     assert_eq!(carrier["object"], "chat.completion.chunk", "{s}");
 }
+
+// A provider may cut one chunk's JSON over several `data:` lines (pretty-printing SSE
+// emitters do): the client gets that payload whole, and every line of the stream is a
+// `data:` field or blank, so the SDKs (which join `data:` lines with `\n`) read the same
+// JSON the provider sent.
+#[tokio::test(start_paused = true)]
+async fn a_chunk_over_several_data_lines_reaches_the_client_whole() {
+    let net = MemNet::new();
+    let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": null}]});
+    let stop = chunk_json("m", json!({}), Some("stop"));
+    let pretty = serde_json::to_string_pretty(&chunk).unwrap();
+    let mut body: String = pretty.lines().map(|l| format!("data: {l}\n")).collect();
+    body.push('\n');
+    body.push_str(&frame(&stop));
+    body.push_str("data: [DONE]\n\n");
+    net.host("up", move |_| sse(body.clone()));
+    let gw = Gw::start(ONE_GROUP, &net);
+    let streamed = text(gw.chat(None, chat_body("g", true)).await).await;
+    for line in streamed.lines() {
+        assert!(
+            line.is_empty() || line.starts_with("data: "),
+            "a line no SSE client reads as data: {line:?}\n{streamed}"
+        );
+    }
+    // The SDKs' reading: `data:` lines of an event joined with `\n`.
+    let events: Vec<String> = streamed
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.lines()
+                .map(|l| l.strip_prefix("data: ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    assert_eq!(events[0], pretty, "the provider's payload, whole");
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first, chunk);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+}

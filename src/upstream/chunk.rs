@@ -360,24 +360,27 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
             }
             "usage" => usage = Some(value.clone()),
             "choices" => {
+                // `null` reads as no choices, as it does in a streamed chunk.
                 let choices = match value {
-                    Value::Array(c) => c
-                        .iter()
-                        .map(|choice| match choice {
-                            Value::Object(c) => Value::Object(
-                                c.iter()
-                                    .map(|(k, v)| match k.as_str() {
-                                        "message" => ("delta".to_string(), as_delta(v)),
-                                        _ => (k.clone(), v.clone()),
-                                    })
-                                    .collect(),
-                            ),
-                            other => other.clone(),
-                        })
-                        .collect(),
+                    Value::Null => Value::Null,
+                    Value::Array(c) => Value::Array(
+                        c.iter()
+                            .map(|choice| match choice {
+                                Value::Object(c) => Value::Object(
+                                    c.iter()
+                                        .map(|(k, v)| match k.as_str() {
+                                            "message" => ("delta".to_string(), as_delta(v)),
+                                            _ => (k.clone(), v.clone()),
+                                        })
+                                        .collect(),
+                                ),
+                                other => other.clone(),
+                            })
+                            .collect(),
+                    ),
                     other => return Err(format!("`choices` is {other}, not an array").into()),
                 };
-                chunk.insert(key.clone(), Value::Array(choices));
+                chunk.insert(key.clone(), choices);
             }
             _ => {
                 chunk.insert(key.clone(), value.clone());
@@ -619,6 +622,29 @@ mod tests {
                 assert!(c.whole.is_some());
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// A completion's `choices: null` reads as it does in a streamed chunk (no choices),
+    /// not as a malformed answer; a `choices` that is neither is malformed in both.
+    #[test]
+    fn null_choices_read_alike_in_a_completion_and_a_chunk() {
+        let limits = ChunkLimits::default();
+        let body = br#"{"model":"m","choices":null,"usage":{"prompt_tokens":1,"completion_tokens":0,"total_tokens":1}}"#;
+        let payloads = from_completion(body, &limits).expect("no choices is not malformed");
+        let [Payload::Chunk(first), Payload::Chunk(usage)] = payloads.as_slice() else {
+            panic!("{payloads:?}");
+        };
+        assert_eq!(
+            (first.payload_bytes, first.finish_reason.as_deref()),
+            (0, None)
+        );
+        assert!(usage.usage_only);
+        let streamed = parse_event_data(r#"{"model":"m","choices":null}"#.to_string(), &limits);
+        assert!(matches!(streamed, Ok(Payload::Chunk(_))), "{streamed:?}");
+        for bad in [r#"{"choices":"x"}"#, r#"{"choices":{}}"#] {
+            assert!(from_completion(bad.as_bytes(), &limits).is_err(), "{bad}");
+            assert!(parse_event_data(bad.to_string(), &limits).is_err(), "{bad}");
         }
     }
 }

@@ -29,6 +29,7 @@ use crate::classify::{Failure, FailureClass, Signal, TimeoutKind, TransportFault
 use crate::limits::LimitExceeded;
 use crate::transport::{BoxIo, Connector};
 use crate::upstream::Endpoint;
+use crate::upstream::choices::ChoiceProgress;
 use crate::upstream::chunk::{self, Chunk, ChunkError, ChunkLimits, Payload};
 use crate::upstream::pool::{Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey, Resend};
 use crate::upstream::sse::{SseEvent, SseParser};
@@ -219,7 +220,7 @@ impl UpstreamClient {
             timeouts,
             last_activity: Instant::now(),
             got_chunk: false,
-            saw_finish: false,
+            choices: ChoiceProgress::default(),
             done: false,
             upstream_ended: false,
             received: 0,
@@ -563,7 +564,9 @@ pub struct UpstreamStream {
     timeouts: AttemptTimeouts,
     last_activity: Instant,
     got_chunk: bool,
-    saw_finish: bool,
+    /// Which choices have finished: a body that ends without `[DONE]` is a complete answer
+    /// only once every choice it named has.
+    choices: ChoiceProgress,
     done: bool,
     /// The upstream said the answer is over: `[DONE]`, or an error event (what follows in
     /// the body is drained on drop, and the connection kept if the body ends cleanly).
@@ -673,7 +676,7 @@ impl UpstreamStream {
                     Payload::Chunk(c) => {
                         // `finish_reason: content_filter` is an answer here; whether it is
                         // a failure depends on the request's plan (see `attempt`).
-                        self.saw_finish |= c.finish_reason.is_some();
+                        self.choices.note(&c);
                         self.got_chunk = true;
                         return Ok(Some(c));
                     }
@@ -697,7 +700,7 @@ impl UpstreamStream {
                     self.reached_end();
                     // A `[DONE]` cut only of its line ends says what it says.
                     let clean = !self.parser.has_partial() || self.parser.pending_is_done();
-                    if self.saw_finish && clean {
+                    if self.choices.complete() && clean {
                         return Ok(None);
                     }
                     return Err(UpstreamError::Transport(

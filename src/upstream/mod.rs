@@ -1,10 +1,11 @@
 //! Talking to an OpenAI-compatible upstream.
 //!
 //! Owns: where a deployment lives ([`Endpoint`]), the incremental SSE parser ([`sse`]),
-//! chunk parsing ([`chunk`]) and the shape a chunk's JSON object is held in
+//! chunk parsing ([`chunk`]), which choices have finished ([`choices`]) and the shape a chunk's JSON object is held in
 //! ([`chunk_object`]), the HTTP client of one attempt ([`client`]), the connections
 //! kept between attempts ([`pool`]) and TLS for `https` upstreams ([`tls`]).
 
+pub mod choices;
 pub mod chunk;
 pub mod chunk_object;
 pub mod client;

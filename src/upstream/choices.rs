@@ -1,0 +1,116 @@
+//! Which choices of an answer have finished.
+//!
+//! Owns: [`ChoiceProgress`], the record of the choices a stream has named (by `index`, else
+//! by place, as the chunk parser reads them) and those that have finished. The upstream
+//! reader asks it whether an answer that ends without `[DONE]` is complete; stream delivery
+//! asks it when the answer's end begins. Does not own what a finish reason means for the
+//! plan (content filters, see `attempt`).
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::chunk::Chunk;
+use super::chunk_object::ChoiceField;
+
+/// The choices an answer has named so far and those that have finished.
+#[derive(Debug, Default, Clone)]
+pub struct ChoiceProgress {
+    named: BTreeSet<u64>,
+    finished: BTreeSet<u64>,
+}
+
+impl ChoiceProgress {
+    /// Notes the choices of `chunk`; whether it names one that has not finished.
+    pub fn note(&mut self, chunk: &Chunk) -> bool {
+        let mut going_on = false;
+        for (place, choice) in chunk
+            .object
+            .choices()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let index = choice.index().unwrap_or(place as u64);
+            self.named.insert(index);
+            let finishes = choice
+                .fields()
+                .and_then(|f| f.get("finish_reason"))
+                .and_then(ChoiceField::json)
+                .is_some_and(Value::is_string);
+            if finishes {
+                self.finished.insert(index);
+            }
+            going_on |= !self.finished.contains(&index);
+        }
+        debug_assert!(
+            self.finished.is_subset(&self.named),
+            "a finished choice was named"
+        );
+        going_on
+    }
+
+    /// Every choice named so far has finished (true before any was named).
+    pub fn all_finished(&self) -> bool {
+        self.named.len() == self.finished.len()
+    }
+
+    /// The answer is complete: some choice finished and none is still going on. With
+    /// `n > 1`, one choice's finish reason does not end the answer.
+    pub fn complete(&self) -> bool {
+        !self.finished.is_empty() && self.all_finished()
+    }
+
+    /// The answer goes on in another attempt: no choice has finished any more.
+    pub fn forget_finishes(&mut self) {
+        self.finished.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::chunk::{ChunkLimits, Payload, parse_event_data};
+
+    fn chunk(data: &str) -> Chunk {
+        match parse_event_data(data.to_string(), &ChunkLimits::default()) {
+            Ok(Payload::Chunk(c)) => c,
+            other => panic!("{data}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_answer_is_complete_once_every_named_choice_finished() {
+        let mut progress = ChoiceProgress::default();
+        assert!(!progress.complete(), "nothing named, nothing finished");
+        assert!(progress.note(&chunk(
+            r#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#
+        )));
+        assert!(progress.note(&chunk(
+            r#"{"choices":[{"index":1,"delta":{},"finish_reason":"stop"},{"index":0,"delta":{"content":"c"}}]}"#
+        )));
+        assert!(!progress.complete(), "choice 0 goes on");
+        assert!(!progress.note(&chunk(
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#
+        )));
+        assert!(progress.complete());
+        progress.forget_finishes();
+        assert!(!progress.complete() && !progress.all_finished());
+    }
+
+    #[test]
+    fn choices_without_an_index_are_named_by_place() {
+        let mut progress = ChoiceProgress::default();
+        progress.note(&chunk(
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"},{"delta":{"content":"b"}}]}"#,
+        ));
+        assert!(!progress.complete());
+        progress.note(&chunk(
+            r#"{"choices":[{"delta":{},"finish_reason":null},{"delta":{},"finish_reason":"stop"}]}"#,
+        ));
+        assert!(
+            progress.complete(),
+            "a null finish reason does not undo one"
+        );
+    }
+}
