@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 pub struct Limits {
     /// Largest request body a client may send, in bytes.
     pub max_request_body_bytes: usize,
+    /// Bytes of a refused request's body (a 413, a 401) read and thrown away after its
+    /// error is sent, so that a client that sends its whole body before it reads (the
+    /// SDKs) gets the error rather than a reset connection; past it, the connection is
+    /// dropped. 0 drops it at once.
+    pub max_discarded_request_body_bytes: usize,
     /// Bytes of an upstream stream held back before commit (role-only or empty chunks)
     /// before the engine commits anyway.
     pub max_precommit_buffer_bytes: usize,
@@ -100,7 +105,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_request_body_bytes: 1024 * 1024,
+            // OpenAI takes up to 50 MB per request (images as base64 data URLs).
+            max_request_body_bytes: 50 * 1024 * 1024,
+            max_discarded_request_body_bytes: 64 * 1024 * 1024,
             max_precommit_buffer_bytes: 16 * 1024,
             max_fallbacks_ceiling: 16,
             max_retries_ceiling: 10,
@@ -171,7 +178,7 @@ impl Limits {
     /// Every count limit with the range it must lie in. The upper bounds keep each value
     /// within what the structures that use it accept (a semaphore's permits, a channel's
     /// capacity) and what one process could ever need, so no value can panic at run time.
-    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 18] {
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 19] {
         const GIB: usize = 1 << 30;
         [
             (
@@ -179,6 +186,12 @@ impl Limits {
                 self.max_request_body_bytes,
                 1,
                 GIB,
+            ),
+            (
+                "max_discarded_request_body_bytes",
+                self.max_discarded_request_body_bytes,
+                0,
+                4 * GIB,
             ),
             (
                 "max_precommit_buffer_bytes",

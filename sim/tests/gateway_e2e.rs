@@ -264,13 +264,47 @@ async fn bad_input_gets_a_clear_4xx() {
         ),
         (
             &b"DELETE /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
-            "allow: GET\r\n",
+            "allow: GET, HEAD\r\n",
         ),
     ] {
         let response = raw(addr, request).await;
         assert!(
             response.starts_with("HTTP/1.1 405") && response.contains(allow),
             "wanted 405 with {allow:?}:\n{response}"
+        );
+    }
+    // HEAD is GET without the body (RFC 9110 §9.3.2: a general-purpose server supports
+    // both), as uptime checks send it: the same status and headers, no body.
+    for path in ["/health", "/v1/models"] {
+        let get = raw(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-ok\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let head = raw(
+            addr,
+            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-ok\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let (get_head, get_body) = get.split_once("\r\n\r\n").expect("a GET response");
+        assert!(
+            get_head.starts_with("HTTP/1.1 200") && !get_body.is_empty(),
+            "{get}"
+        );
+        assert!(head.starts_with("HTTP/1.1 200"), "HEAD {path}:\n{head}");
+        assert!(
+            head.ends_with("\r\n\r\n"),
+            "HEAD {path} has no body:\n{head}"
+        );
+        let length = |r: &str| {
+            r.lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("content-length:"))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            length(&head),
+            length(get_head),
+            "HEAD {path} says GET's length"
         );
     }
 }
@@ -336,4 +370,87 @@ async fn health_answers() {
         response.starts_with("HTTP/1.1 200") && response.contains("healthy"),
         "{response}"
     );
+}
+
+/// A refused request's client gets its error, not a reset connection. httpx and undici send
+/// the whole body before they read: if the gateway answered and then closed the socket
+/// with the body unread, the kernel would reset the connection under the client's writes,
+/// and the SDK would raise a connection error (and retry, uploading the body again) instead
+/// of the 413 or 401. The gateway reads what is left of the body, up to
+/// `max_discarded_request_body_bytes`, and throws it away.
+#[tokio::test]
+async fn a_refused_upload_gets_its_error_not_a_reset() {
+    let config = r#"
+model_list:
+  - {model_name: a, litellm_params: {model: openai/m, api_base: "http://127.0.0.1:9/v1"}}
+keys:
+  - {key: sk-ok}
+limits: {max_request_body_bytes: 2048, body_read_timeout: 20}
+"#;
+    let addr = gateway(config).await;
+    let big = format!(
+        "{{\"model\":\"a\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
+        "A".repeat(8 << 20)
+    );
+    let declared = |key: &str| {
+        let mut r = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(big.as_bytes());
+        r
+    };
+    // No declared length: the key is judged first, or the limit only once it is passed.
+    let chunked = |key: &str| {
+        let mut r = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .into_bytes();
+        for piece in big.as_bytes().chunks(64 * 1024) {
+            r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            r.extend_from_slice(piece);
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(b"0\r\n\r\n");
+        r
+    };
+    for (what, request, status) in [
+        ("declared over the limit", declared("sk-ok"), "413"),
+        ("unknown key", chunked("sk-nope"), "401"),
+        ("chunked over the limit", chunked("sk-ok"), "413"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // As the SDKs do: the whole request first, then the response.
+        let written = s.write_all(&request).await;
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        out.extend_from_slice(&buf[..n]);
+                        if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .expect("the response comes within 10 s");
+        let response = String::from_utf8_lossy(&out);
+        assert!(
+            written.is_ok() && read.is_ok(),
+            "{what}: the upload was cut ({written:?}, {read:?}):\n{response}"
+        );
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: wanted {status}:\n{response}"
+        );
+    }
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
@@ -23,6 +22,7 @@ use crate::delivery::{AggregateDelivery, StreamBounds, StreamDelivery, StreamSta
 use crate::engine::{Admitted, Engine};
 use crate::error::ApiError;
 use crate::gateway::body::{self, ResponseBody};
+use crate::gateway::request_body::{self, ReadError};
 use crate::reload::LiveEngine;
 
 pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -59,7 +59,11 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
         Route::Chat | Route::AdminReload => Method::POST,
         Route::Models | Route::Model(_) | Route::Health | Route::Metrics => Method::GET,
     };
-    if req.method() != expected {
+    // HEAD is GET without the body (RFC 9110 §9.3.2), as uptime checks send it: hyper
+    // writes the head of the GET response (its length included) and leaves the body out.
+    let takes =
+        req.method() == expected || (expected == Method::GET && req.method() == Method::HEAD);
+    if !takes {
         let mut response = error(&ApiError::new(
             405,
             "invalid_request_error",
@@ -69,7 +73,7 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
         let allow = HeaderValue::from_static(if expected == Method::POST {
             "POST"
         } else {
-            "GET"
+            "GET, HEAD"
         });
         response.headers_mut().insert(header::ALLOW, allow);
         return response;
@@ -267,14 +271,16 @@ fn model(engine: &Engine, req: &Request<Incoming>, id: &str) -> Response<Respons
 async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseBody> {
     // Only the figures needed: what lives across an await is carried by every request's
     // future, and the future by every client connection.
-    let (max, read_timeout, read_timeout_secs) = {
+    let (max, read_timeout, read_timeout_secs, max_discarded) = {
         let limits = &engine.catalog().limits;
         (
             limits.max_request_body_bytes,
             limits.body_read_timeout(),
             limits.body_read_timeout,
+            limits.max_discarded_request_body_bytes,
         )
     };
+    let until = tokio::time::Instant::now() + read_timeout;
     let too_large = || {
         error(
             &ApiError::new(
@@ -291,17 +297,18 @@ async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseB
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
+        request_body::discard(req.into_body(), max_discarded, until);
         return too_large();
     }
     let token = bearer(&req).map(str::to_string);
     // The key first: an unknown one is refused before a byte of its body is read.
     if let Err(e) = engine.authenticate(token.as_deref()) {
+        request_body::discard(req.into_body(), max_discarded, until);
         return error(&e);
     }
-    let read =
-        tokio::time::timeout(read_timeout, Limited::new(req.into_body(), max).collect()).await;
-    let body: Bytes = match read {
-        Err(_) => {
+    let body: Bytes = match request_body::read(req.into_body(), max, until).await {
+        Ok(body) => body,
+        Err(ReadError::TimedOut) => {
             return error(&ApiError::new(
                 408,
                 "invalid_request_error",
@@ -310,13 +317,15 @@ async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseB
                 ),
             ));
         }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Ok(Err(e)) => {
+        Err(ReadError::TooLarge(rest)) => {
+            request_body::discard(rest, max_discarded, until);
+            return too_large();
+        }
+        Err(ReadError::Failed(e)) => {
             return error(&ApiError::bad_request(format!(
                 "could not read the request body: {e}"
             )));
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
     };
     let admitted = match engine.admit(token.as_deref(), &body) {
         Ok(a) => a,
