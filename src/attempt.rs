@@ -615,19 +615,21 @@ impl Run<'_> {
         (timeouts, blame)
     }
 
-    /// A failed attempt, as the loop records it: classified, blamed, with upstream text
-    /// redacted and Retry-After capped by `max_cooldown`.
+    /// A failed attempt, as the loop records it: classified (never a quota failure for
+    /// words the request itself `sent`), blamed, with upstream text redacted and
+    /// Retry-After capped by `max_cooldown`.
     fn failed(
         &self,
         spec: &crate::catalog::DeploymentSpec,
         e: UpstreamError,
         blame: TimeoutBlame,
         after_chunks: u32,
+        sent: &[u8],
     ) -> AttemptError {
         if let Some(limit) = e.limit() {
             self.emit(Event::LimitHit { limit });
         }
-        let mut failure = e.classify(self.engine.wall_now());
+        let mut failure = e.classify(self.engine.wall_now()).unless_echoed(sent);
         if let Some(kind) = e.timeout_kind() {
             failure.blame = blame.of(kind);
         }
@@ -704,7 +706,7 @@ impl Run<'_> {
             // size for as long as its stream lasts.
             opened = Box::pin(self.engine.client.open(call, timeouts)) => opened,
         };
-        let mut stream = opened.map_err(|e| self.failed(spec, e, blame, 0))?;
+        let mut stream = opened.map_err(|e| self.failed(spec, e, blame, 0, &body))?;
         let limits = &self.catalog.limits;
         let content_policy_fails = self.admitted.plan.content_policy_applies(group);
         let mut held: Vec<Chunk> = Vec::new();
@@ -735,13 +737,13 @@ impl Run<'_> {
                         model,
                     });
                 }
-                Err(e) => return Err(self.failed(spec, e, blame, content_chunks)),
+                Err(e) => return Err(self.failed(spec, e, blame, content_chunks, &body)),
             };
             if chunk.finish_reason.as_deref() == Some("content_filter") && content_policy_fails {
                 // With a content-policy fallback list for this group, the filter is a
                 // failure to route around; without one it is the answer.
                 let e = UpstreamError::ContentFiltered;
-                return Err(self.failed(spec, e, blame, content_chunks));
+                return Err(self.failed(spec, e, blame, content_chunks, &body));
             }
             if tool_calls.push(&chunk.object) > limits.max_tool_calls {
                 let e = UpstreamError::Limit(LimitExceeded::new(
@@ -751,7 +753,7 @@ impl Run<'_> {
                         limits.max_tool_calls
                     ),
                 ));
-                return Err(self.failed(spec, e, blame, content_chunks));
+                return Err(self.failed(spec, e, blame, content_chunks, &body));
             }
             if let Some(m) = &chunk.model {
                 model.clone_from(m);

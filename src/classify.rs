@@ -261,6 +261,14 @@ pub struct Failure {
     /// the deployment is out of credit or quota. Waiting does not mend it, so it is retried
     /// only on another deployment (see [`Failure::retry_elsewhere_only`]).
     pub quota: bool,
+    /// The words of the upstream's message that alone made this a quota failure (no 402,
+    /// no billing `type` or `code`): a request's own words echoed back ("Unrecognized
+    /// request argument supplied: ...") must not make it one (see
+    /// [`Failure::unless_echoed`]).
+    pub quota_words: Option<&'static str>,
+    /// The upstream error's `param` (the request field it found fault with), passed on to
+    /// the client as OpenAI sends it (`"param": "messages"` with a context-length error).
+    pub param: Option<String>,
 }
 
 impl Failure {
@@ -272,7 +280,34 @@ impl Failure {
             message: message.into(),
             blame: Blame::Deployment,
             quota: false,
+            quota_words: None,
+            param: None,
         }
+    }
+
+    /// This failure, unless it is a quota failure only because the upstream's message
+    /// says words the request itself sent (a field's name or a message's text, as many
+    /// providers quote an unknown field back in a 400): a client must not be able to cool a
+    /// deployment every tenant shares by naming a field "exceeded your current quota". Then
+    /// it is what the status says without those words, a bad request.
+    pub fn unless_echoed(mut self, sent: &[u8]) -> Failure {
+        let Some(words) = self.quota_words else {
+            return self;
+        };
+        // The request as the upstream read it: JSON escapes decoded, so that `\u0062illing`
+        // is the same words.
+        let echoed = match serde_json::from_slice::<Value>(sent) {
+            Ok(v) => mentions(&v, words),
+            Err(_) => String::from_utf8_lossy(sent)
+                .to_ascii_lowercase()
+                .contains(words),
+        };
+        if echoed {
+            self.class = FailureClass::BadRequest;
+            self.quota = false;
+            self.quota_words = None;
+        }
+        self
     }
 
     /// Whether a retry in the group must go to a deployment this request has not tried in
@@ -350,6 +385,8 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
                 message,
                 blame: Blame::Deployment,
                 quota,
+                quota_words: quota.then(|| quota_words(Some(status), &hints)).flatten(),
+                param: hints.param.clone(),
             }
         }
         Signal::ErrorEvent { error } => {
@@ -360,11 +397,14 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
                 (None, FailureClass::BadRequest) => FailureClass::Transient,
                 (_, c) => c,
             };
+            let quota = is_quota(class, status, &hints);
             Failure {
                 class,
                 status,
                 retry_after: hints.retry_after,
-                quota: is_quota(class, status, &hints),
+                quota,
+                quota_words: quota.then(|| quota_words(status, &hints)).flatten(),
+                param: hints.param.clone(),
                 message: hints
                     .message
                     .unwrap_or_else(|| "upstream sent an error event".into()),
@@ -422,6 +462,8 @@ struct ErrorHints {
     tags: Vec<String>,
     numeric_code: Option<u16>,
     message: Option<String>,
+    /// `param`: the request field the upstream found fault with.
+    param: Option<String>,
     retry_after: Option<Duration>,
 }
 
@@ -444,6 +486,7 @@ impl ErrorHints {
                 _ => {}
             }
         }
+        hints.param = err.get("param").and_then(Value::as_str).map(str::to_string);
         hints.message = match err {
             // `{"error": "..."}`: the error is its message.
             Value::String(message) => Some(message.clone()),
@@ -470,10 +513,14 @@ impl ErrorHints {
         self.tags.iter().any(|t| any.contains(&t.as_str()))
     }
 
-    fn message_mentions(&self, any: &[&str]) -> bool {
-        let Some(m) = &self.message else { return false };
-        let m = m.to_ascii_lowercase();
-        any.iter().any(|p| m.contains(p))
+    fn message_mentions(&self, any: &[&'static str]) -> bool {
+        self.mention_of(any).is_some()
+    }
+
+    /// The first of `any` the message says.
+    fn mention_of(&self, any: &[&'static str]) -> Option<&'static str> {
+        let m = self.message.as_ref()?.to_ascii_lowercase();
+        any.iter().copied().find(|p| m.contains(p))
     }
 }
 
@@ -532,13 +579,13 @@ const BILLING_TAGS: &[&str] = &[
     "credit_balance_too_low",
     "payment_required",
 ];
+/// Whole provider wordings, not single words: "billing" alone is also the name of a field
+/// a 400 quotes back ("Unrecognized request argument supplied: billing_info").
 const BILLING_PHRASES: &[&str] = &[
-    "credit balance",
+    "credit balance is too low",
     "insufficient credit",
     "insufficient_credits",
     "out of credits",
-    "billing",
-    "payment required",
     "exceeded your current quota",
 ];
 const OVERLOADED_TAGS: &[&str] = &[
@@ -585,6 +632,26 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
 
 fn is_billing(status: Option<u16>, h: &ErrorHints) -> bool {
     status == Some(402) || h.has_tag(BILLING_TAGS) || h.message_mentions(BILLING_PHRASES)
+}
+
+/// The billing phrase that alone makes a quota failure: none when the status or a tag says
+/// so (the provider's own structured word, which no request can put there).
+fn quota_words(status: Option<u16>, h: &ErrorHints) -> Option<&'static str> {
+    if status == Some(402) || h.has_tag(BILLING_TAGS) || h.has_tag(RATE_LIMIT_TAGS) {
+        return None;
+    }
+    h.mention_of(BILLING_PHRASES)
+}
+
+/// Whether any key or string in `v` contains `words` (lowercase), ASCII case aside.
+fn mentions(v: &Value, words: &str) -> bool {
+    let has = |s: &str| s.to_ascii_lowercase().contains(words);
+    match v {
+        Value::String(s) => has(s),
+        Value::Array(a) => a.iter().any(|v| mentions(v, words)),
+        Value::Object(o) => o.iter().any(|(k, v)| has(k) || mentions(v, words)),
+        _ => false,
+    }
 }
 
 /// A rate-limited failure that is no 429: a quota or billing error (`insufficient_quota`
@@ -809,6 +876,57 @@ mod tests {
         let f = status(502, "<html>bad gateway</html>");
         assert_eq!(f.class, FailureClass::Transient);
         assert!(f.message.contains("bad gateway"));
+    }
+
+    /// The upstream's `param` reaches the client as OpenAI sends it, for an error about the
+    /// request; a gateway-side status carries none.
+    #[test]
+    fn the_upstream_param_reaches_the_client() {
+        let f = status(
+            400,
+            r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#,
+        );
+        assert_eq!(f.class, FailureClass::ContextWindow);
+        let e = crate::error::ApiError::from_failure(&f, "summary");
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        assert_eq!(e.body_json()["error"]["param"], "messages");
+        let f = status(500, r#"{"error":{"message":"x","param":"messages"}}"#);
+        assert_eq!(crate::error::ApiError::from_failure(&f, "s").param, None);
+    }
+
+    /// A client's own words quoted back in a 400 never make a quota failure, which would cool
+    /// a deployment every tenant shares: not the word "billing" in a field's name, not a
+    /// provider's whole wording sent as a field's name (escaped or not) or as text.
+    #[test]
+    fn a_request_quoted_back_is_no_quota_failure() {
+        let f = status(
+            400,
+            r#"{"error":{"message":"Unrecognized request argument supplied: billing_info","type":"invalid_request_error","param":null,"code":null}}"#,
+        );
+        assert_eq!((f.class, f.quota), (FailureClass::BadRequest, false));
+        let quoted = r#"{"error":{"message":"Unrecognized request argument supplied: Exceeded your current quota","type":"invalid_request_error"}}"#;
+        let f = status(400, quoted);
+        assert_eq!(f.quota_words, Some("exceeded your current quota"));
+        for sent in [
+            r#"{"model":"m","Exceeded your current quota":1}"#,
+            r#"{"model":"m","\u0065xceeded your current quota":1}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"say: you exceeded your current quota"}]}"#,
+        ] {
+            let f = status(400, quoted).unless_echoed(sent.as_bytes());
+            assert_eq!(
+                (f.class, f.quota),
+                (FailureClass::BadRequest, false),
+                "{sent}"
+            );
+        }
+        // Words the request did not send are the provider's own: still a quota failure.
+        let f = status(400, quoted).unless_echoed(br#"{"model":"m","messages":[]}"#);
+        assert_eq!((f.class, f.quota), (FailureClass::RateLimited, true));
+        // A provider's structured word cannot be a request's echo: it stands.
+        let tagged =
+            r#"{"error":{"message":"exceeded your current quota","type":"insufficient_quota"}}"#;
+        let f = status(400, tagged).unless_echoed(br#"{"exceeded your current quota":1}"#);
+        assert_eq!((f.class, f.quota), (FailureClass::RateLimited, true));
     }
 
     #[test]

@@ -66,6 +66,11 @@ impl ApiError {
         );
         e.code = failure.client_error_code().map(str::to_string);
         e.retry_after = failure.retry_after;
+        // The field of the client's request the upstream named, for an error about the
+        // request (a 4xx the client sees as its own); never for the gateway's own statuses.
+        if (400..500).contains(&e.status) {
+            e.param.clone_from(&failure.param);
+        }
         e
     }
 

@@ -45,6 +45,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "rng_seed",
     "allowed_fails_policy",
     "cooldown_by_failure_rate",
+    "cooldown_lone_deployment",
 ];
 
 /// `mock_testing_*` flags and the failure class each one injects.
@@ -139,6 +140,25 @@ impl ChatRequest {
                     ));
                 }
             }
+        }
+        // An answer of more choices than `max_choices` is refused when it comes (a malformed
+        // answer, blamed on the deployment): asked for by the client, it is refused here, so
+        // that the client's own request cannot count against every deployment it reaches.
+        match body.get("n") {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64().filter(|n| *n >= 1) {
+                Some(n) if n > limits.max_choices as u64 => {
+                    return Err(bad(
+                        "n",
+                        format!(
+                            "n = {n} is over the limit max_choices = {}",
+                            limits.max_choices
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => return Err(bad("n", "`n` must be a positive integer")),
+            },
         }
         let messages = match body.shift_remove("messages") {
             Some(Value::Array(m)) => m,
@@ -510,6 +530,31 @@ mod tests {
         let e = parse(r#"{"model":"m","messages":[{"role":"user"}],"mock_testing_fallbacks":true,"mock_testing_rate_limit_error":true}"#)
             .unwrap_err();
         assert!(e.message.contains("only one"));
+        let e =
+            parse(r#"{"model":"m","messages":[{"role":"user"}],"cooldown_lone_deployment":true}"#)
+                .unwrap_err();
+        assert!(e.message.contains("gateway-wide"), "{}", e.message);
+    }
+
+    /// `n` is the client's own: more choices than `max_choices` is refused here, before any
+    /// deployment answers with them and is blamed for it; `n` must be a positive integer.
+    #[test]
+    fn n_is_bounded_by_max_choices() {
+        let with_n = |n: &str| {
+            parse(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user"}}],"n":{n}}}"#
+            ))
+        };
+        let max = Limits::default().max_choices;
+        assert!(with_n(&max.to_string()).is_ok());
+        assert!(with_n("null").is_ok());
+        let e = with_n(&(max + 1).to_string()).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("n"));
+        assert!(e.message.contains("max_choices"), "{}", e.message);
+        for bad in ["0", "-1", "1.5", "\"2\"", "true"] {
+            let e = with_n(bad).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("n"), "{bad}");
+        }
     }
 
     #[test]
