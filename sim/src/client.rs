@@ -18,13 +18,16 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use switchback::transport::Connector;
-use switchback::upstream::sse::SseParser;
 
 use crate::scenario::{Disconnect, Mode, RequestSpec, StopReading};
+use crate::sdk_stream::{SdkEvent, SdkReads, SdkStreamReader};
 use crate::trace::TraceSink;
 
 /// Largest response body the client reads.
 pub const MAX_CLIENT_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest SSE event the client reads (the SDKs have no bound; the harness must).
+pub const MAX_CLIENT_EVENT_BYTES: usize = 1024 * 1024;
 
 /// One chunk as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,7 +427,7 @@ async fn exchange(
     let leave_after = hostile.disconnect.as_ref().and_then(|d| d.after_chunks);
     let stop_after = hostile.stop_reading.as_ref().map(|s| s.after_chunks);
     if sse {
-        let mut parser = SseParser::new(switchback::limits::Limits::default().max_sse_line_bytes);
+        let mut parser = SdkStreamReader::new(MAX_CLIENT_EVENT_BYTES);
         let mut events = Vec::new();
         'read: loop {
             if leave_after.is_some_and(|k| result.chunks.len() >= k) {
@@ -465,7 +468,7 @@ async fn exchange(
                     }
                     let pending = std::mem::take(&mut events);
                     for (i, ev) in pending.iter().enumerate() {
-                        on_event(&ev.data, status, result, sink, clock, label);
+                        on_event(ev, status, result, sink, clock, label);
                         let leaving = leave_after.is_some_and(|k| result.chunks.len() >= k)
                             || stop_after.is_some_and(|k| result.chunks.len() >= k);
                         if leaving && i + 1 < pending.len() {
@@ -554,15 +557,19 @@ fn seen_error(e: &Value, status: u16) -> SeenError {
     }
 }
 
+/// Records one event as an SDK reads it (`sdk_stream`). Stricter than the SDK in one way:
+/// the SDK stops reading at `[DONE]`, the client reads on, so that an event after it (which
+/// an SDK would never deliver) is caught as the gateway's fault.
 fn on_event(
-    data: &str,
+    event: &SdkEvent,
     status: u16,
     result: &mut ClientResult,
     sink: &dyn TraceSink,
     clock: &(dyn Fn() -> Duration + Send + Sync),
     label: &str,
 ) {
-    if data.trim() == "[DONE]" {
+    let reads = event.read();
+    if reads == SdkReads::Done {
         if result.done {
             result.broken = Some("two [DONE] events".into());
         }
@@ -574,22 +581,27 @@ fn on_event(
         result.broken = Some("an event after [DONE]".into());
         return;
     }
-    let Ok(v) = serde_json::from_str::<Value>(data) else {
-        result.broken = Some(format!("unparsable event from gateway: {data}"));
-        return;
+    let data = event.data.as_str();
+    let v = match reads {
+        SdkReads::Done => unreachable!("handled above"),
+        SdkReads::Broken(why) => {
+            result.broken = Some(format!("event from gateway: {why}"));
+            return;
+        }
+        SdkReads::Error(e) => {
+            let seen = seen_error(&e, status);
+            sink.line(
+                "client",
+                format!(
+                    "{label} error_event status={} type={}",
+                    seen.status, seen.error_type
+                ),
+            );
+            result.error = Some(seen);
+            return;
+        }
+        SdkReads::Chunk(v) => v,
     };
-    if let Some(e) = v.get("error") {
-        let seen = seen_error(e, status);
-        sink.line(
-            "client",
-            format!(
-                "{label} error_event status={} type={}",
-                seen.status, seen.error_type
-            ),
-        );
-        result.error = Some(seen);
-        return;
-    }
     let model = v.get("model").and_then(Value::as_str).map(str::to_string);
     // Post-commit metadata rides on the stream's last chunk (see `delivery`).
     if let Some(meta) = v.get("switchback") {

@@ -7,6 +7,7 @@
 //! * [`dialect`]: how real providers' answers look on the wire (OpenAI, Azure, Gemini, ...).
 //! * [`world`]: one turmoil simulation per run: gateway, provider and client hosts.
 //! * [`client`]: scripted requests, and what a client sees.
+//! * [`sdk_stream`]: how an official SDK reads a stream, apart from the engine's parser.
 //! * [`live`]: the same scenarios on real loopback sockets and the real clock.
 //! * [`emit`]: gateway configs (Switchback's or LiteLLM's) pointing at loopback fakes.
 //! * [`probe`]: equivalence checks against any external gateway on loopback.
@@ -44,6 +45,7 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod schema;
+pub mod sdk_stream;
 pub mod stall;
 pub mod tls_fake;
 pub mod trace;
