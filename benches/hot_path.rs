@@ -54,7 +54,7 @@ fn benches(c: &mut Criterion) {
                     team: Some(&team.overrides),
                     gateway: &catalog.gateway,
                 }
-                .resolve(),
+                .resolve(&catalog.limits),
             )
         })
     });
@@ -66,7 +66,7 @@ fn benches(c: &mut Criterion) {
             team: Some(&team.overrides),
             gateway: &catalog.gateway,
         }
-        .resolve(),
+        .resolve(&catalog.limits),
     );
     c.bench_function("build_plan_and_first_fallback", |b| {
         b.iter(|| {

@@ -437,6 +437,10 @@ impl Run<'_> {
                 }
                 last = Some(failure);
             }
+            // A mock flag fails the primary group's attempt and nothing else. The primary
+            // may be left without one (every deployment cooling, a limit reached): the
+            // flag is spent all the same, or it would fail the first fallback instead.
+            mock = None;
             let failure = last.clone().expect("a group is left only after a failure");
             // No fallback is taken (or counted) that could not be attempted.
             if let Some(limit) = self.limit_reached() {

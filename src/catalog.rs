@@ -198,6 +198,9 @@ pub struct Catalog {
     patterns: Vec<(GroupId, crate::wildcard::Pattern)>,
     /// Groups from this index on are deployment ids (see [`Catalog::pinned`]).
     pinned_from: usize,
+    /// The ids of deployments whose `model` has a `*`, which get no group: see
+    /// [`Catalog::wildcard_deployment`].
+    wildcard_ids: BTreeMap<String, DeploymentId>,
     /// Groups from this index on are models a wildcard group serves, named as fallback
     /// targets in the config (see [`Catalog::wildcard_target`]), one [`WildcardServe`] each.
     targets_from: usize,
@@ -288,9 +291,21 @@ impl Catalog {
         // Every deployment id is also a name a fallback (or a request) may use: a group of
         // that one deployment. An id that names its own group of one needs none.
         let pinned_from = groups.len();
+        let mut wildcard_ids = BTreeMap::new();
         for (i, spec) in deployments.iter().enumerate() {
             // (The default id of a wildcard group's deployment, `openai/*#1`, names none.)
-            if !by_name.contains_key(&spec.id) && !spec.id.contains('*') {
+            if spec.id.contains('*') {
+                continue;
+            }
+            // A deployment whose `model` has a `*` is called with a model made from the
+            // requested name, and its id gives none: named by it, it would be sent
+            // `"model": "*"`. Validation keeps such ids out of fallbacks; a request naming
+            // one is refused at admission.
+            if spec.model_template.is_some() {
+                wildcard_ids.insert(spec.id.clone(), DeploymentId(i as u32));
+                continue;
+            }
+            if !by_name.contains_key(&spec.id) {
                 by_name.insert(spec.id.clone(), GroupId(groups.len() as u32));
                 groups.push(Group {
                     name: spec.id.clone(),
@@ -331,7 +346,7 @@ impl Catalog {
             groups,
             deployments,
             gateway: Overrides::default(),
-            settings: gateway_settings(&config.router_settings),
+            settings: gateway_settings(&config.router_settings, &config.limits),
             limits: config.limits.clone(),
             gateway_timeouts: (Duration::ZERO, Duration::ZERO),
             redactor: crate::redact::Redactor::new(
@@ -351,6 +366,7 @@ impl Catalog {
             by_name,
             patterns,
             pinned_from,
+            wildcard_ids,
             targets_from,
             target_serves,
             all_allowed: vec![true; n].into(),
@@ -364,7 +380,7 @@ impl Catalog {
             team: None,
             gateway: &catalog.gateway,
         }
-        .resolve();
+        .resolve(&catalog.limits);
         catalog.gateway_timeouts = (baseline.timeout.value, baseline.stream_timeout.value);
         for t in &config.teams {
             let overrides = catalog
@@ -521,6 +537,28 @@ impl Catalog {
         self.groups.get(i).map(|g| g.deployments[0])
     }
 
+    /// The deployment `name` is the id of, when that deployment's `model` has a `*`: it
+    /// cannot be called by its id (see [`crate::config::wildcard_id_why`]), and a request
+    /// naming it is refused rather than routed (ids are looked up before patterns, as in
+    /// LiteLLM, so a `*` group must not serve the id as a model name either).
+    pub fn wildcard_deployment(&self, name: &str) -> Option<DeploymentId> {
+        self.wildcard_ids.get(name).copied()
+    }
+
+    /// Every id [`Catalog::wildcard_deployment`] knows, with its deployment's group, in id
+    /// order: what request-level fallbacks are checked against.
+    pub fn wildcard_ids(&self) -> Vec<(&str, &str)> {
+        self.wildcard_ids
+            .iter()
+            .map(|(id, d)| {
+                (
+                    id.as_str(),
+                    self.group(self.deployment(*d).group).name.as_str(),
+                )
+            })
+            .collect()
+    }
+
     /// For a group that is a config fallback target a wildcard group serves: the name and
     /// captures its deployments are called with.
     pub fn wildcard_target(&self, group: GroupId) -> Option<&WildcardServe> {
@@ -608,13 +646,18 @@ fn redact(key: &str) -> String {
 impl Default for GatewaySettings {
     /// The built-in defaults, as for a config whose `router_settings` is empty.
     fn default() -> Self {
-        gateway_settings(&RouterSettings::default())
+        gateway_settings(&RouterSettings::default(), &Limits::default())
     }
 }
 
-fn gateway_settings(s: &RouterSettings) -> GatewaySettings {
+fn gateway_settings(s: &RouterSettings, limits: &Limits) -> GatewaySettings {
     GatewaySettings {
-        cooldown_time: s.cooldown_time.map(secs).unwrap_or(DEFAULT_COOLDOWN_TIME),
+        // `max_cooldown` is the longest any deployment is cooled, so it bounds the built-in
+        // default too; a `cooldown_time` over it was refused at load, where it is written.
+        cooldown_time: s
+            .cooldown_time
+            .map(secs)
+            .unwrap_or(DEFAULT_COOLDOWN_TIME.min(limits.max_cooldown())),
         allowed_fails: s.allowed_fails.unwrap_or(DEFAULT_ALLOWED_FAILS),
         continuation_prompt: s
             .continuation_prompt

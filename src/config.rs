@@ -825,20 +825,27 @@ impl GatewayConfig {
                 );
             }
         }
+        let wild_ids = self.wildcard_deployment_ids();
+        let wild: Vec<(&str, &str)> = wild_ids.iter().map(|(id, g)| (id.as_str(), *g)).collect();
+        let is_wild = |name: &str| wild.iter().any(|(id, _)| *id == name);
         let targets: Vec<&str> = {
             let mut t: Vec<&str> = groups.clone();
-            // The default id of a wildcard group's deployment (`openai/*#1`) names none.
+            // The default id of a wildcard group's deployment (`openai/*#1`) names none,
+            // and a wildcard deployment cannot be called by any id (see
+            // `wildcard_deployment_ids`).
             t.extend(
                 ids.iter()
                     .map(String::as_str)
-                    .filter(|id| !id.contains('*')),
+                    .filter(|id| !id.contains('*') && !is_wild(id)),
             );
             // A model a wildcard group serves may be a fallback target in the config (the
-            // catalog gives it a group of its own; see `Catalog::wildcard_target`).
+            // catalog gives it a group of its own; see `Catalog::wildcard_target`); a
+            // wildcard deployment's id is not such a model, even under a `*` group, since
+            // ids are looked up first.
             let served: Vec<&str> = self
                 .fallback_targets()
                 .into_iter()
-                .filter(|n| !n.contains('*') && served_by(&groups, n).is_some())
+                .filter(|n| !n.contains('*') && !is_wild(n) && served_by(&groups, n).is_some())
                 .collect();
             t.extend(served);
             t.sort_unstable();
@@ -846,7 +853,14 @@ impl GatewayConfig {
             t
         };
         let gateway = root.key("router_settings");
-        self.check_settings(&self.router_settings, &gateway, true, &targets, &mut push);
+        self.check_settings(
+            &self.router_settings,
+            &gateway,
+            true,
+            &targets,
+            &wild,
+            &mut push,
+        );
 
         let mut team_ids = BTreeMap::new();
         for (i, t) in self.teams.iter().enumerate() {
@@ -863,6 +877,7 @@ impl GatewayConfig {
                 &at.key("router_settings"),
                 false,
                 &targets,
+                &wild,
                 &mut push,
             );
         }
@@ -887,6 +902,7 @@ impl GatewayConfig {
                 &at.key("router_settings"),
                 false,
                 &targets,
+                &wild,
                 &mut push,
             );
         }
@@ -958,9 +974,10 @@ impl GatewayConfig {
         at: &At,
         is_gateway: bool,
         groups: &[&str],
+        wildcard_ids: &[(&str, &str)],
         push: &mut dyn FnMut(At, String),
     ) {
-        check_settings_fields(s, at, groups, &self.limits, push);
+        check_settings_fields(s, at, groups, wildcard_ids, &self.limits, push);
         if !is_gateway {
             for field in s.gateway_only_fields_set() {
                 push(
@@ -1004,14 +1021,43 @@ impl GatewayConfig {
     pub fn deployment_id(&self, i: usize) -> String {
         deployment_id(&self.model_list, i)
     }
+
+    /// The ids of the deployments whose `model` has a `*`, each with its wildcard group.
+    /// Such a deployment is called with a model made from the requested name; named by its
+    /// id there is no such name (it would be sent `"model": "*"`), so no fallback or
+    /// request may name it that way (see [`wildcard_id_why`]).
+    pub fn wildcard_deployment_ids(&self) -> Vec<(String, &str)> {
+        self.model_list
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.litellm_params.model.contains('*'))
+            .map(|(i, d)| (self.deployment_id(i), d.model_name.as_str()))
+            // A default id (`openai/*#1`) has the group's `*`: it names nothing already.
+            .filter(|(id, _)| !id.contains('*'))
+            .collect()
+    }
+}
+
+/// Why the id of a deployment of wildcard group `group` whose `model` has a `*` cannot
+/// name it: for the messages of config validation and of request admission alike.
+pub fn wildcard_id_why(group: &str) -> String {
+    format!(
+        "it is a wildcard deployment of `{group}` (its `model` is made from the requested \
+         model name, which an id does not give), so it cannot be called by its id; name a \
+         model that `{group}` matches instead"
+    )
 }
 
 /// Checks the per-request-resolvable fields of one settings block. Shared by config
 /// validation and by request admission (request-level overrides).
+///
+/// `wildcard_ids` are the ids no fallback may name, with their groups (see
+/// [`GatewayConfig::wildcard_deployment_ids`]); `groups` does not list them.
 pub fn check_settings_fields(
     s: &RouterSettings,
     at: &At,
     groups: &[&str],
+    wildcard_ids: &[(&str, &str)],
     limits: &Limits,
     push: &mut dyn FnMut(At, String),
 ) {
@@ -1024,8 +1070,19 @@ pub fn check_settings_fields(
             .any(|n| strip_provider(n) == strip_provider(g))
             || fallback_key_served(groups, g)
     };
+    let wildcard_id = |name: &str| {
+        wildcard_ids
+            .iter()
+            .find(|(id, _)| *id == name)
+            .map(|(_, group)| *group)
+    };
     let target_problem = |target: &str| -> String {
-        if target.contains('*') {
+        if let Some(group) = wildcard_id(target) {
+            format!(
+                "fallback to deployment `{target}`: {}",
+                wildcard_id_why(group)
+            )
+        } else if target.contains('*') {
             format!("cannot fall back to wildcard group `{target}`: a fallback names a model group")
         } else if let Some(pattern) = served_by(groups, target) {
             format!(
@@ -1048,7 +1105,16 @@ pub fn check_settings_fields(
         let Some(list) = list else { continue };
         for (i, entry) in list.iter().enumerate() {
             let eat = at.key(name).idx(i).key(&entry.group);
-            if entry.group != "*" && entry.group.contains('*') {
+            if let Some(group) = wildcard_id(&entry.group) {
+                push(
+                    eat.clone(),
+                    format!(
+                        "fallback entry keyed by deployment `{}` never applies: {}",
+                        entry.group,
+                        wildcard_id_why(group)
+                    ),
+                );
+            } else if entry.group != "*" && entry.group.contains('*') {
                 push(
                     eat.clone(),
                     format!(
@@ -1707,6 +1773,7 @@ keys:
             &request,
             &At::default(),
             &["openai/*", "backup"],
+            &[],
             &Limits::default(),
             &mut |_, m| p.push(m),
         );
@@ -1769,6 +1836,60 @@ keys:
             "{p:?}"
         );
         GatewayConfig::load("g.yaml", &GOOD.replace("id: claude-b", "id: claude")).unwrap();
+    }
+
+    /// A deployment whose `model` has a `*` is called with a model made from the requested
+    /// name; called by its id there is no such name, and it would be sent `"model": "*"`.
+    /// A config fallback naming such an id is refused where it stands, with or without a
+    /// pattern (`*`) that would otherwise serve the name.
+    #[test]
+    fn fallbacks_to_a_wildcard_deployments_id_are_located_errors() {
+        let wild = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: "openai/*", litellm_params: {model: "openai/*", api_base: "http://w/v1"}, model_info: {id: oa}}
+  - {model_name: "fixed/*", litellm_params: {model: openai/f, api_base: "http://f/v1"}, model_info: {id: fx}}
+  - {model_name: chat, litellm_params: {model: openai/c, api_base: "http://c/v1"}}
+router_settings:
+  fallbacks: [{chat: [fx]}]
+"#;
+        // A deployment of a wildcard group with a fixed `model` is an ordinary target.
+        GatewayConfig::load("g.yaml", wild).unwrap();
+        let refused = |text: &str, at: &str| {
+            let p = problems(text);
+            assert!(
+                p.len() == 1
+                    && p[0].contains(at)
+                    && p[0].contains("deployment `oa`")
+                    && p[0].contains("wildcard"),
+                "{p:?}"
+            );
+        };
+        let to_oa = wild.replace("[{chat: [fx]}]", "[{chat: [fx, oa]}]");
+        refused(&to_oa, "router_settings.fallbacks[0].chat[1]");
+        let star = "  - {model_name: \"*\", litellm_params: {model: \"openai/*\", api_base: \"http://s/v1\"}}\nrouter_settings:";
+        refused(
+            &to_oa.replace("router_settings:", star),
+            "router_settings.fallbacks[0].chat[1]",
+        );
+        refused(
+            &wild.replace(
+                "[{chat: [fx]}]",
+                "[{chat: [fx]}]\n  default_fallbacks: [oa]",
+            ),
+            "router_settings.default_fallbacks[0]",
+        );
+        // An entry keyed by the id would apply only to requests naming it, which are refused.
+        refused(
+            &wild.replace("[{chat: [fx]}]", "[{chat: [fx]}, {oa: [chat]}]"),
+            "router_settings.fallbacks[1].oa",
+        );
+        refused(
+            &format!(
+                "{wild}keys:\n  - key: sk-1\n    router_settings: {{context_window_fallbacks: [{{chat: [oa]}}]}}\n"
+            ),
+            "keys[0].router_settings.context_window_fallbacks[0].chat[0]",
+        );
     }
 
     #[test]

@@ -304,6 +304,9 @@ impl Engine {
         let key = self.authenticate(bearer)?;
         let request = ChatRequest::parse(body, &catalog.limits)
             .map_err(|e| ApiError::bad_request(e.message).param(e.param))?;
+        if let Some(d) = catalog.wildcard_deployment(&request.model) {
+            return Err(wildcard_id_refused(catalog, key, &request.model, d));
+        }
         let routed = catalog.route(&request.model).ok_or_else(|| {
             ApiError::not_found(format!(
                 "model `{}` is not a model group of this gateway",
@@ -329,15 +332,20 @@ impl Engine {
             )));
         }
         let mut problem = None;
-        let groups: Vec<&str> = if request.settings == RouterSettings::default() {
-            Vec::new()
-        } else {
-            catalog.groups.iter().map(|g| g.name.as_str()).collect()
-        };
+        let (groups, wildcard_ids): (Vec<&str>, _) =
+            if request.settings == RouterSettings::default() {
+                (Vec::new(), Vec::new())
+            } else {
+                (
+                    catalog.groups.iter().map(|g| g.name.as_str()).collect(),
+                    catalog.wildcard_ids(),
+                )
+            };
         check_settings_fields(
             &request.settings,
             &At::default(),
             &groups,
+            &wildcard_ids,
             &catalog.limits,
             &mut |at, message| {
                 problem.get_or_insert((crate::yaml::render_path(&at.0), message));
@@ -356,7 +364,7 @@ impl Engine {
             team,
             gateway: &catalog.gateway,
         }
-        .resolve();
+        .resolve(&catalog.limits);
         let plan = match routed.wildcard {
             None => FallbackPlan::new(group, Arc::new(settings), allowed),
             Some(served) => {
@@ -402,4 +410,24 @@ impl Engine {
     pub async fn execute<D: Delivery>(&self, admitted: &Admitted, out: &mut D) -> Outcome {
         attempt::run(self, admitted, out).await
     }
+}
+
+/// The answer to a request whose `model` is the id of deployment `d`, whose `model` has a
+/// `*` (see [`Catalog::wildcard_deployment`]). A key that may not use the deployment is
+/// told only that, as for any model it may not use; any other gets a 400 saying why the id
+/// cannot be called and what to ask for instead.
+fn wildcard_id_refused(
+    catalog: &Catalog,
+    key: Option<&KeySpec>,
+    name: &str,
+    d: crate::catalog::DeploymentId,
+) -> ApiError {
+    let group = catalog.deployment(d).group;
+    let permitted = key.is_none_or(|k| k.allowed[group.0 as usize] || k.admits_name(name));
+    if !permitted {
+        return ApiError::forbidden(format!("this key may not use model `{name}`"));
+    }
+    let why = crate::config::wildcard_id_why(&catalog.group(group).name);
+    ApiError::bad_request(format!("model `{name}` is the id of a deployment: {why}"))
+        .param(Some("model".into()))
 }

@@ -339,7 +339,7 @@ mod tests {
             team: None,
             gateway: &c.gateway,
         }
-        .resolve();
+        .resolve(&c.limits);
         let allowed: Arc<[bool]> = match allowed {
             None => c.all_allowed(),
             Some(list) => c
@@ -564,7 +564,7 @@ model_list:
                 team: None,
                 gateway: &c.gateway,
             }
-            .resolve();
+            .resolve(&c.limits);
             FallbackPlan::for_wildcard(
                 routed.group,
                 routed.wildcard.expect("a wildcard serves it"),

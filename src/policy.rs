@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::catalog::{Catalog, GroupId};
 use crate::classify::FailureClass;
 use crate::config::{FallbackEntry, MidStreamPolicy, RetryPolicy, strip_provider};
+use crate::limits::Limits;
 
 /// One retry policy's counts for the classes Switchback retries: a group's entry in
 /// `model_group_retry_policy`.
@@ -242,7 +243,15 @@ impl Levels<'_> {
     }
 
     /// Resolves every field. Called exactly once per request.
-    pub fn resolve(&self) -> EffectiveSettings {
+    ///
+    /// The built-in defaults are held to `limits` too: a ceiling bounds every count
+    /// ("any retry count", "any `max_fallbacks`"), so a config that lowers one below a
+    /// default without setting the count itself gets the ceiling, not the default. A value
+    /// some level sets is not clamped here: validation (config load, request admission)
+    /// already refused any over its ceiling, with the field's location.
+    pub fn resolve(&self, limits: &Limits) -> EffectiveSettings {
+        let default_num_retries = DEFAULT_NUM_RETRIES.min(limits.max_retries_ceiling);
+        let default_max_fallbacks = DEFAULT_MAX_FALLBACKS.min(limits.max_fallbacks_ceiling);
         EffectiveSettings {
             fallbacks: self.pick(|o| o.fallbacks.clone().map(Some), None),
             context_window_fallbacks: self
@@ -250,13 +259,13 @@ impl Levels<'_> {
             content_policy_fallbacks: self
                 .pick(|o| o.content_policy_fallbacks.clone().map(Some), None),
             default_fallbacks: self.pick(|o| o.default_fallbacks.clone().map(Some), None),
-            num_retries: self.pick(|o| o.num_retries, DEFAULT_NUM_RETRIES),
+            num_retries: self.pick(|o| o.num_retries, default_num_retries),
             rate_limit_retries: self.pick(|o| o.rate_limit_retries.map(Some), None),
             timeout_retries: self.pick(|o| o.timeout_retries.map(Some), None),
             internal_server_retries: self.pick(|o| o.internal_server_retries.map(Some), None),
             timeout: self.pick(|o| o.timeout, DEFAULT_TIMEOUT),
             stream_timeout: self.pick(|o| o.stream_timeout, DEFAULT_STREAM_TIMEOUT),
-            max_fallbacks: self.pick(|o| o.max_fallbacks, DEFAULT_MAX_FALLBACKS),
+            max_fallbacks: self.pick(|o| o.max_fallbacks, default_max_fallbacks),
             mid_stream: self.pick(|o| o.mid_stream, MidStreamPolicy::Continue),
             disable_fallbacks: self.pick(|o| o.disable_fallbacks, false),
             authentication_retries: self.pick(|o| o.authentication_retries.map(Some), None),
@@ -391,7 +400,7 @@ model_list:
                 team,
                 gateway: gw,
             }
-            .resolve()
+            .resolve(&c.limits)
             .num_retries
         };
         assert_eq!(
@@ -431,6 +440,47 @@ model_list:
         );
     }
 
+    /// `max_retries_ceiling` bounds any retry count and `max_fallbacks_ceiling` any
+    /// `max_fallbacks`, the built-in defaults included: a config that sets neither count
+    /// must not get 2 retries under a ceiling of 0, nor 5 fallbacks under a ceiling of 2.
+    #[test]
+    fn built_in_defaults_never_exceed_the_ceilings() {
+        let yaml = "allow_anonymous: true\nmodel_list:\n  - {model_name: a, litellm_params: {model: a, api_base: \"http://pa/v1\"}}\nlimits: {max_retries_ceiling: 0, max_fallbacks_ceiling: 2}\n";
+        let c = Catalog::new(&GatewayConfig::load("t.yaml", yaml).unwrap()).unwrap();
+        let s = Levels {
+            request: None,
+            key: None,
+            team: None,
+            gateway: &c.gateway,
+        }
+        .resolve(&c.limits);
+        assert_eq!(
+            s.num_retries,
+            Setting {
+                value: 0,
+                from: Level::Default
+            }
+        );
+        assert_eq!(s.retries_for(FailureClass::Transient), 0);
+        assert_eq!(
+            s.max_fallbacks,
+            Setting {
+                value: 2,
+                from: Level::Default
+            }
+        );
+        // Ceilings above the defaults leave them alone.
+        let s = Levels {
+            request: None,
+            key: None,
+            team: None,
+            gateway: &c.gateway,
+        }
+        .resolve(&crate::limits::Limits::default());
+        assert_eq!(s.num_retries.value, DEFAULT_NUM_RETRIES);
+        assert_eq!(s.max_fallbacks.value, DEFAULT_MAX_FALLBACKS);
+    }
+
     /// The known bug's configuration: fallbacks only on the key, none on the gateway.
     #[test]
     fn key_fallbacks_apply_when_gateway_has_none() {
@@ -449,7 +499,7 @@ model_list:
             team: None,
             gateway: &gateway,
         }
-        .resolve();
+        .resolve(&c.limits);
         assert_eq!(s.fallbacks.from, Level::Key);
         let a = c.group_id("a").unwrap();
         assert_eq!(
@@ -488,7 +538,7 @@ model_list:
             team: Some(&team),
             gateway: &gateway,
         }
-        .resolve();
+        .resolve(&c.limits);
         assert_eq!(
             s.fallbacks.from,
             Level::Team,
@@ -559,7 +609,7 @@ model_list:
             team: None,
             gateway: &gateway,
         }
-        .resolve();
+        .resolve(&c.limits);
         assert_eq!(s.retries_for(FailureClass::RateLimited), 1);
         assert_eq!(s.retries_for(FailureClass::Transient), 4);
         assert_eq!(s.retries_for(FailureClass::Malformed), 4);
@@ -573,7 +623,7 @@ model_list:
             team: None,
             gateway: &Overrides::default(),
         }
-        .resolve();
+        .resolve(&c.limits);
         assert_eq!(
             s.retries_for(FailureClass::Auth),
             4,

@@ -108,7 +108,7 @@ fn walk(case: &Case) -> (Vec<GroupId>, u32) {
         team: Some(&o[2]),
         gateway: &o[3],
     }
-    .resolve();
+    .resolve(&c.limits);
     let max = settings.max_fallbacks.value;
     let plan = FallbackPlan::new(GroupId(0), Arc::new(settings), case.allowed.clone().into());
     let mut w = plan.walk();

@@ -632,6 +632,42 @@ mod tests {
         assert_eq!(cooled(&mut book, 2, &t), Some(Duration::from_secs(60)));
     }
 
+    /// `max_cooldown` is the longest any deployment is cooled: the built-in `cooldown_time`
+    /// (5 s) must not outlast a smaller limit when the config sets no `cooldown_time`.
+    #[test]
+    fn the_default_cooldown_time_never_exceeds_max_cooldown() {
+        let yaml = "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://a/v1\"}}\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://b/v1\"}}\nlimits: {max_cooldown: 1}\n";
+        let catalog = crate::catalog::Catalog::new(
+            &crate::config::GatewayConfig::load("t.yaml", yaml).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(catalog.settings.cooldown_time, Duration::from_secs(1));
+        let mut book = CooldownBook::for_catalog(&catalog);
+        let now = Instant::now();
+        // A 429 without Retry-After cools at once for the gateway's cooldown_time; an auth
+        // failure too.
+        for (d, class) in [(0, FailureClass::RateLimited), (1, FailureClass::Auth)] {
+            let f = Failure::new(class, "x");
+            let cooled = book
+                .record_failure(DeploymentId(d), &f, now, &catalog.settings, 1)
+                .map(|c| c.duration);
+            assert_eq!(cooled, Some(Duration::from_secs(1)), "{class:?}");
+        }
+        // A limit above the default leaves the default alone.
+        let catalog = crate::catalog::Catalog::new(
+            &crate::config::GatewayConfig::load(
+                "t.yaml",
+                &yaml.replace("max_cooldown: 1", "max_cooldown: 60"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            catalog.settings.cooldown_time,
+            crate::catalog::DEFAULT_COOLDOWN_TIME
+        );
+    }
+
     #[test]
     fn transient_failures_cool_after_allowed_fails() {
         let mut book = CooldownBook::new(1);

@@ -1,0 +1,110 @@
+//! Routing, against the whole gateway in memory (see `support`): which attempts a request
+//! makes and what each upstream is asked. One test per defect of the routing review, each
+//! written to fail on the code before its fix, in both modes.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+/// A mock flag fails the *primary* attempt (DESIGN.md). When every deployment of the
+/// primary group is cooling, the group is skipped without an attempt, and the flag must not
+/// then fail the first fallback's attempt instead: the fallback serves the request.
+#[tokio::test(start_paused = true)]
+async fn a_mock_flag_never_fails_a_fallback_when_the_primary_is_skipped() {
+    let config = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: a, litellm_params: {model: openai/m, api_base: "http://pa/v1"}, model_info: {id: a1}}
+  - {model_name: b, litellm_params: {model: openai/m, api_base: "http://pb/v1"}, model_info: {id: b1}}
+router_settings: {num_retries: 0, cooldown_time: 60, fallbacks: [{a: [b]}]}
+"#;
+    for stream in [false, true] {
+        let net = MemNet::new();
+        // An upstream 401 cools `a1` at once, even as its group's only deployment.
+        net.host("pa", |_| {
+            json_response(401, &json!({"error": {"message": "bad key"}}))
+        });
+        net.host("pb", |_| sse_answer("m", &["from b"]));
+        let gw = Gw::start(config, &net);
+        let first = gw.chat(None, chat_body("a", stream)).await;
+        assert_eq!(first.status(), 200, "stream={stream}");
+        text(first).await;
+        assert!(
+            gw.saw("deployment_cooled deployment=a1"),
+            "{:#?}",
+            gw.events()
+        );
+        // Another request sees the cooldown from the next instant on.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut body = chat_body("a", stream);
+        body["mock_testing_fallbacks"] = json!(true);
+        let second = gw.chat(None, body).await;
+        let status = second.status();
+        let text = text(second).await;
+        assert_eq!(status, 200, "stream={stream}: {text}\n{:#?}", gw.events());
+        assert!(text.contains("from b"), "stream={stream}: {text}");
+        assert!(
+            !gw.saw("mocked=true"),
+            "no attempt was mocked: {:#?}",
+            gw.events()
+        );
+        assert_eq!(net.calls("pa").len(), 1, "a1 was called once, by the first");
+        assert_eq!(net.calls("pb").len(), 2, "b1 served both");
+    }
+}
+
+const WILDCARD_ID: &str = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: "openai/*", litellm_params: {model: "openai/*", api_base: "http://pw/v1"}, model_info: {id: oa}}
+  - {model_name: chat, litellm_params: {model: openai/c, api_base: "http://pc/v1"}, model_info: {id: c1}}
+router_settings: {num_retries: 0}
+"#;
+
+/// A deployment whose `model` has a `*` takes its model from the requested name. Named by
+/// its id there is none, and it was sent `"model": "*"`: a request naming the id, as its
+/// `model` or as a request-level fallback, is refused with a 400 that says why, and no
+/// upstream is called.
+#[tokio::test(start_paused = true)]
+async fn a_wildcard_deployment_named_by_its_id_is_refused_with_a_clear_400() {
+    for stream in [false, true] {
+        let net = MemNet::new();
+        net.host("pw", |_| sse_answer("m", &["from the pattern"]));
+        net.host("pc", |_| {
+            json_response(503, &json!({"error": {"message": "down"}}))
+        });
+        let gw = Gw::start(WILDCARD_ID, &net);
+        let mut by_fallback = chat_body("chat", stream);
+        by_fallback["fallbacks"] = json!(["oa"]);
+        for (body, param) in [
+            (chat_body("oa", stream), "model"),
+            (by_fallback, "fallbacks"),
+        ] {
+            let response = gw.chat(None, body).await;
+            let status = response.status();
+            let text = text(response).await;
+            assert_eq!(status, 400, "stream={stream} {param}: {text}");
+            let error: Value = serde_json::from_str(&text).expect("a JSON error");
+            let message = error["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("`oa`") && message.contains("wildcard"),
+                "stream={stream} {param}: {message}"
+            );
+            assert!(
+                error["error"]["param"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(param)),
+                "stream={stream}: {error}"
+            );
+        }
+        assert!(net.calls("pw").is_empty(), "no upstream was asked for `*`");
+        // The pattern still serves the names it matches.
+        let response = gw.chat(None, chat_body("openai/gpt-4o", stream)).await;
+        assert_eq!(response.status(), 200);
+        text(response).await;
+        assert_eq!(net.calls("pw")[0].body["model"], "gpt-4o");
+    }
+}
