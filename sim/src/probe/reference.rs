@@ -58,24 +58,37 @@ fn mock_flag_on(body: &serde_json::Map<String, serde_json::Value>) -> bool {
 }
 
 /// The provider calls `attempts` (`"<deployment id>: <class>"`) stand for, or `None` when an
-/// id is not a deployment of the scenario.
-fn calls_of(attempts: &[String], mock: bool, catalog: &Catalog) -> Option<Vec<(String, String)>> {
-    attempts
+/// id is not a deployment of the scenario. With a mock flag, the first attempt in the
+/// requested group (`model`) called no provider; a primary skipped because it was cooling
+/// made no attempt, and the mock then fails nothing.
+fn calls_of(
+    attempts: &[String],
+    mock: bool,
+    model: &str,
+    catalog: &Catalog,
+) -> Option<Vec<(String, String)>> {
+    let deployments: Vec<_> = attempts
         .iter()
-        .enumerate()
-        .filter(|(i, _)| !(mock && *i == 0))
-        .map(|(_, line)| {
+        .map(|line| {
             let id = line
                 .split_once(':')
                 .map_or(line.as_str(), |(id, _)| id)
                 .trim();
-            catalog
-                .deployments
-                .iter()
-                .find(|d| d.id == id)
-                .map(|d| (d.endpoint.host.clone(), d.upstream_model.clone()))
+            catalog.deployments.iter().find(|d| d.id == id)
         })
-        .collect()
+        .collect::<Option<_>>()?;
+    let mocked = deployments
+        .iter()
+        .position(|d| d.id == model || catalog.group(d.group).name == model)
+        .filter(|_| mock);
+    Some(
+        deployments
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != mocked)
+            .map(|(_, d)| (d.endpoint.host.clone(), d.upstream_model.clone()))
+            .collect(),
+    )
 }
 
 /// Runs `scenario` on Switchback in simulation, both modes, requests one at a time, and reads
@@ -116,7 +129,7 @@ pub fn reference(scenario: &Scenario) -> Result<Reference, String> {
                 calls: expect
                     .attempts
                     .as_deref()
-                    .and_then(|a| calls_of(a, mock_flag_on(&spec.body), &catalog)),
+                    .and_then(|a| calls_of(a, mock_flag_on(&spec.body), &spec.model, &catalog)),
                 status: expect.status,
                 content: expect.content.clone(),
                 reaches_provider: !calls.is_empty(),
@@ -172,6 +185,34 @@ mod tests {
         assert_eq!(
             e.calls.as_deref(),
             Some(&[("vertex".into(), "gemini-2.5-flash".into())][..])
+        );
+    }
+
+    /// A primary skipped because every deployment of it was cooling made no attempt: the
+    /// mock failed nothing, and the first attempt listed (a fallback's) did call its provider.
+    #[test]
+    fn a_mock_drops_only_an_attempt_in_the_requested_group() {
+        let scenario = load("known_bug/key_level_fallbacks_stream.yaml");
+        let catalog = Catalog::new(&gateway_config(&scenario)).unwrap();
+        let model = &scenario.requests[0].model;
+        let flash = ("vertex".to_string(), "gemini-2.5-flash".to_string());
+        let attempts = |lines: &[&str]| lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            calls_of(
+                &attempts(&["lite: transient", "flash: ok"]),
+                true,
+                model,
+                &catalog
+            ),
+            Some(vec![flash.clone()])
+        );
+        assert_eq!(
+            calls_of(&attempts(&["flash: ok"]), true, model, &catalog),
+            Some(vec![flash])
+        );
+        assert_eq!(
+            calls_of(&attempts(&["nobody: ok"]), true, model, &catalog),
+            None
         );
     }
 }
