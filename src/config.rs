@@ -1064,12 +1064,8 @@ pub fn check_settings_fields(
     let known = |g: &str| groups.contains(&g) && !g.contains('*');
     // An entry's key may name a group with or without its provider prefix (see `policy`),
     // or a model a wildcard group serves.
-    let entry_known = |g: &str| {
-        groups
-            .iter()
-            .any(|n| strip_provider(n) == strip_provider(g))
-            || fallback_key_served(groups, g)
-    };
+    let entry_known =
+        |g: &str| groups.iter().any(|n| entry_names_group(g, n)) || fallback_key_served(groups, g);
     let wildcard_id = |name: &str| {
         wildcard_ids
             .iter()
@@ -1363,6 +1359,14 @@ pub const PROVIDER_PREFIXES: &[&str] = &[
     "ollama",
     "custom_openai",
 ];
+
+/// Whether a fallback entry keyed `key` names the group `group`: the same name, or one of
+/// them is the other with a provider prefix (`vertex_ai/x` and `x`, as LiteLLM strips the
+/// requested name to look an entry up). Never two different prefixes: an entry for
+/// `openai/gpt-4o` is not one for `azure/gpt-4o`.
+pub fn entry_names_group(key: &str, group: &str) -> bool {
+    key == group || strip_provider(key) == group || key == strip_provider(group)
+}
 
 /// `vertex_ai/gemini-2.5-flash` → `gemini-2.5-flash`; names without a known prefix unchanged.
 pub fn strip_provider(name: &str) -> &str {

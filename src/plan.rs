@@ -131,9 +131,18 @@ impl FallbackPlan {
 
     /// `table`'s list for `group`: by the requested name for a wildcard-served primary.
     fn lookup<'t>(&self, table: &'t FallbackTable, group: GroupId) -> Option<&'t [GroupId]> {
+        self.lookup_entry(table, group).map(|(list, _)| list)
+    }
+
+    /// [`Plan::lookup`], and whether the list is the `*` entry's.
+    fn lookup_entry<'t>(
+        &self,
+        table: &'t FallbackTable,
+        group: GroupId,
+    ) -> Option<(&'t [GroupId], bool)> {
         match &self.wildcard {
-            Some(w) if group == self.primary => table.lookup_name(&w.requested),
-            _ => table.lookup(group),
+            Some(w) if group == self.primary => table.lookup_name_entry(&w.requested),
+            _ => table.lookup_entry(group),
         }
     }
 
@@ -175,13 +184,21 @@ impl FallbackPlan {
             // The specific setting exists: it alone decides, even if it has no entry here.
             return (self.lookup(table, group).unwrap_or(&[]), kind);
         }
-        if let Some(list) = s
+        // `default_fallbacks` is the `*` entry by another name (LiteLLM turns it into one):
+        // set at a level that outranks the one that set `fallbacks`, it beats that table's
+        // own `*`, as a key's setting beats the gateway's (an entry for the group itself
+        // still wins: it names the group).
+        let defaults_outrank =
+            s.default_fallbacks.value.is_some() && s.default_fallbacks.from > s.fallbacks.from;
+        if let Some((list, star)) = s
             .fallbacks
             .value
             .as_deref()
-            .and_then(|t: &FallbackTable| self.lookup(t, group))
+            .and_then(|t: &FallbackTable| self.lookup_entry(t, group))
         {
-            return (list, ListKind::Fallbacks);
+            if !(star && defaults_outrank) {
+                return (list, ListKind::Fallbacks);
+            }
         }
         match &s.default_fallbacks.value {
             Some(list) => (list, ListKind::Default),
@@ -517,6 +534,51 @@ mod tests {
             .unwrap();
         assert_eq!(c.group(link.to).name, "c");
         assert_eq!(skipped, [("b".to_string(), SkipReason::NotAllowed)]);
+    }
+
+    /// `default_fallbacks` is the `*` entry by another name: a key's beats the gateway's `*`,
+    /// as any key setting beats the gateway's; the gateway's entry for the group itself
+    /// still wins, and at one level the table's `*` comes first as before.
+    #[test]
+    fn a_keys_default_fallbacks_beat_the_gateways_star() {
+        let c = catalog(&["a", "b", "c", "d"]);
+        let chain = |gateway: RouterSettings, key: RouterSettings| {
+            let gateway = c.overrides(&gateway).unwrap();
+            let key = c.overrides(&key).unwrap();
+            let settings = Levels {
+                request: None,
+                key: Some(&key),
+                team: None,
+                gateway: &gateway,
+            }
+            .resolve(&c.limits);
+            let plan = FallbackPlan::new(
+                c.group_id("a").unwrap(),
+                Arc::new(settings),
+                c.all_allowed(),
+            );
+            names(&c, &plan.generic_chain())
+        };
+        let key = RouterSettings {
+            default_fallbacks: Some(vec!["c".into()]),
+            ..Default::default()
+        };
+        let star = RouterSettings {
+            fallbacks: entries(&[("*", &["b"])]),
+            ..Default::default()
+        };
+        assert_eq!(chain(star.clone(), key.clone()), ["a", "c"]);
+        let own = RouterSettings {
+            fallbacks: entries(&[("a", &["d"]), ("*", &["b"])]),
+            ..Default::default()
+        };
+        // `a`'s own entry wins; `d`, with none, takes the key's default rather than the `*`.
+        assert_eq!(chain(own, key), ["a", "d", "c"]);
+        let same_level = RouterSettings {
+            default_fallbacks: Some(vec!["c".into()]),
+            ..star
+        };
+        assert_eq!(chain(same_level, RouterSettings::default()), ["a", "b"]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::catalog::{Catalog, GroupId};
 use crate::classify::FailureClass;
-use crate::config::{FallbackEntry, MidStreamPolicy, RetryPolicy, strip_provider};
+use crate::config::{FallbackEntry, MidStreamPolicy, RetryPolicy, entry_names_group};
 use crate::limits::Limits;
 
 /// One retry policy's counts for the classes Switchback retries: a group's entry in
@@ -88,6 +88,8 @@ impl Level {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FallbackTable {
     by_group: Vec<Option<Arc<[GroupId]>>>,
+    /// Per group, whether its list came from the `*` entry (and no entry of its own).
+    by_star: Vec<bool>,
     /// Every entry by the name it is keyed by, in list order: for a name a wildcard group
     /// serves, looked up when the request arrives (see [`FallbackTable::lookup_name`]).
     named: Vec<(String, Arc<[GroupId]>)>,
@@ -110,17 +112,19 @@ impl FallbackTable {
             .map(|e| Ok((e.group.clone(), resolve(e)?)))
             .collect::<Result<Vec<_>, String>>()?;
         let mut by_group = Vec::with_capacity(catalog.groups.len());
+        let mut by_star = Vec::with_capacity(catalog.groups.len());
         for group in &catalog.groups {
             let name = group.name.as_str();
             let found = entries
                 .iter()
                 .find(|e| e.group == name)
                 .or_else(|| {
-                    entries.iter().find(|e| {
-                        e.group != "*" && strip_provider(&e.group) == strip_provider(name)
-                    })
+                    entries
+                        .iter()
+                        .find(|e| e.group != "*" && entry_names_group(&e.group, name))
                 })
                 .or_else(|| entries.iter().find(|e| e.group == "*"));
+            by_star.push(found.is_some_and(|e| e.group == "*"));
             by_group.push(found.map(resolve).transpose()?);
         }
         let names: Vec<&str> = catalog.groups.iter().map(|g| g.name.as_str()).collect();
@@ -129,38 +133,52 @@ impl FallbackTable {
                 && !catalog
                     .groups
                     .iter()
-                    .any(|g| strip_provider(&g.name) == strip_provider(&e.group))
+                    .any(|g| entry_names_group(&e.group, &g.name))
                 && !crate::config::fallback_key_served(&names, &e.group)
             {
                 return Err(format!("fallback entry for unknown group `{}`", e.group));
             }
         }
-        Ok(FallbackTable { by_group, named })
+        Ok(FallbackTable {
+            by_group,
+            by_star,
+            named,
+        })
     }
 
     /// The list for a model name a wildcard group serves, looked up as for a group: an
-    /// entry keyed by exactly that name, else one equal to it without provider prefixes,
-    /// else `*`. An entry keyed by the wildcard group's own name does not apply (LiteLLM
+    /// entry keyed by exactly that name, else one that is it with or without a provider
+    /// prefix (`entry_names_group`), else `*`. An entry keyed by the wildcard group's own name does not apply (LiteLLM
     /// looks fallbacks up by the requested model: `litellm/router_utils/
     /// fallback_event_handlers.py`, `get_fallback_model_group`); validation refuses such
     /// entries.
     pub fn lookup_name(&self, name: &str) -> Option<&[GroupId]> {
+        self.lookup_name_entry(name).map(|(list, _)| list)
+    }
+
+    /// [`FallbackTable::lookup_name`], and whether the list is the `*` entry's.
+    pub fn lookup_name_entry(&self, name: &str) -> Option<(&[GroupId], bool)> {
         let find = |hit: &dyn Fn(&str) -> bool| {
             self.named
                 .iter()
                 .find(|(key, _)| hit(key))
-                .map(|(_, list)| &**list)
+                .map(|(key, list)| (&**list, key == "*"))
         };
         find(&|key| key == name)
-            .or_else(|| find(&|key| key != "*" && strip_provider(key) == strip_provider(name)))
+            .or_else(|| find(&|key| key != "*" && entry_names_group(key, name)))
             .or_else(|| find(&|key| key == "*"))
     }
 
     /// The list for `group`, or `None` if the table has no entry that applies.
     pub fn lookup(&self, group: GroupId) -> Option<&[GroupId]> {
-        self.by_group
-            .get(group.0 as usize)
-            .and_then(|l| l.as_deref())
+        self.lookup_entry(group).map(|(list, _)| list)
+    }
+
+    /// [`FallbackTable::lookup`], and whether the list is the `*` entry's.
+    pub fn lookup_entry(&self, group: GroupId) -> Option<(&[GroupId], bool)> {
+        let i = group.0 as usize;
+        let list = self.by_group.get(i).and_then(|l| l.as_deref())?;
+        Some((list, self.by_star[i]))
     }
 }
 
@@ -252,6 +270,25 @@ impl Levels<'_> {
     pub fn resolve(&self, limits: &Limits) -> EffectiveSettings {
         let default_num_retries = DEFAULT_NUM_RETRIES.min(limits.max_retries_ceiling);
         let default_max_fallbacks = DEFAULT_MAX_FALLBACKS.min(limits.max_fallbacks_ceiling);
+        // `retry_policy` is one field, as `fallbacks` is: the highest level that sets any of
+        // its counts gives all four (a key's policy replaces its team's whole; a class the
+        // key's policy leaves out gets `num_retries`, not the team's count for it).
+        let retry_policy = self.pick(
+            |o| {
+                let counts = [
+                    o.rate_limit_retries,
+                    o.timeout_retries,
+                    o.internal_server_retries,
+                    o.authentication_retries,
+                ];
+                counts.iter().any(Option::is_some).then_some(counts)
+            },
+            [None; 4],
+        );
+        let count = |i: usize| Setting {
+            value: retry_policy.value[i],
+            from: retry_policy.from,
+        };
         EffectiveSettings {
             fallbacks: self.pick(|o| o.fallbacks.clone().map(Some), None),
             context_window_fallbacks: self
@@ -260,15 +297,15 @@ impl Levels<'_> {
                 .pick(|o| o.content_policy_fallbacks.clone().map(Some), None),
             default_fallbacks: self.pick(|o| o.default_fallbacks.clone().map(Some), None),
             num_retries: self.pick(|o| o.num_retries, default_num_retries),
-            rate_limit_retries: self.pick(|o| o.rate_limit_retries.map(Some), None),
-            timeout_retries: self.pick(|o| o.timeout_retries.map(Some), None),
-            internal_server_retries: self.pick(|o| o.internal_server_retries.map(Some), None),
+            rate_limit_retries: count(0),
+            timeout_retries: count(1),
+            internal_server_retries: count(2),
             timeout: self.pick(|o| o.timeout, DEFAULT_TIMEOUT),
             stream_timeout: self.pick(|o| o.stream_timeout, DEFAULT_STREAM_TIMEOUT),
             max_fallbacks: self.pick(|o| o.max_fallbacks, default_max_fallbacks),
             mid_stream: self.pick(|o| o.mid_stream, MidStreamPolicy::Continue),
             disable_fallbacks: self.pick(|o| o.disable_fallbacks, false),
-            authentication_retries: self.pick(|o| o.authentication_retries.map(Some), None),
+            authentication_retries: count(3),
             num_retries_per_request: self.pick(|o| o.num_retries_per_request.map(Some), None),
             model_group_retry_policy: self
                 .pick(|o| o.model_group_retry_policy.clone().map(Some), None),
@@ -580,6 +617,22 @@ model_list:
         assert_eq!(t.lookup(id("a")), Some(&[id("b")][..]), "* for the rest");
         let t = FallbackTable::build(&[FallbackEntry::new("b", &["a"])], &c).unwrap();
         assert_eq!(t.lookup(id("a")), None);
+        // An entry with another provider's prefix is not the group's: `openai/c` names
+        // neither `c` nor `vertex_ai/c`'s provider, and names no group at all.
+        assert!(FallbackTable::build(&[FallbackEntry::new("openai/c", &["a"])], &c).is_err());
+        let t = FallbackTable::build(
+            &[
+                FallbackEntry::new("vertex_ai/b", &["a"]),
+                FallbackEntry::new("*", &["b"]),
+            ],
+            &c,
+        )
+        .unwrap();
+        assert_eq!(
+            t.lookup(id("b")),
+            Some(&[id("a")][..]),
+            "a prefix over a bare group"
+        );
     }
 
     #[test]
@@ -629,5 +682,52 @@ model_list:
             4,
             "an auth failure has num_retries, on other deployments only"
         );
+    }
+
+    /// `retry_policy` is one field: a key's policy replaces its team's whole, as a key's
+    /// `fallbacks` does, so a class the key's policy leaves out gets `num_retries`, not the
+    /// team's count for it.
+    #[test]
+    fn a_keys_retry_policy_replaces_its_teams_whole() {
+        let c = catalog();
+        let policy = |p: crate::config::RetryPolicy| {
+            ov(
+                &c,
+                RouterSettings {
+                    retry_policy: Some(p),
+                    ..Default::default()
+                },
+            )
+        };
+        let team = policy(crate::config::RetryPolicy {
+            rate_limit: Some(5),
+            ..Default::default()
+        });
+        let key = policy(crate::config::RetryPolicy {
+            timeout: Some(1),
+            ..Default::default()
+        });
+        let s = Levels {
+            request: None,
+            key: Some(&key),
+            team: Some(&team),
+            gateway: &Overrides::default(),
+        }
+        .resolve(&c.limits);
+        assert_eq!(s.retries_for(FailureClass::Timeout), 1);
+        assert_eq!(
+            s.retries_for(FailureClass::RateLimited),
+            DEFAULT_NUM_RETRIES,
+            "the team's rate-limit count is not the key's"
+        );
+        assert_eq!(s.rate_limit_retries.from, Level::Key);
+        let s = Levels {
+            request: None,
+            key: None,
+            team: Some(&team),
+            gateway: &Overrides::default(),
+        }
+        .resolve(&c.limits);
+        assert_eq!(s.retries_for(FailureClass::RateLimited), 5);
     }
 }
