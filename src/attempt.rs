@@ -643,6 +643,13 @@ impl Run<'_> {
             .catalog
             .redactor
             .redact(&format!("deployment `{}`: {}", spec.id, failure.message));
+        if let Some(param) = &failure.param {
+            // A field path by now (`classify`), yet a key may look like one.
+            let redacted = self.catalog.redactor.redact(param);
+            if redacted != *param {
+                failure.param = None;
+            }
+        }
         let cap = self.catalog.limits.max_cooldown();
         failure.retry_after = failure.retry_after.map(|r| r.min(cap));
         AttemptError::Failed {

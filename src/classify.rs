@@ -467,6 +467,20 @@ struct ErrorHints {
     retry_after: Option<Duration>,
 }
 
+/// The longest `param` passed on: OpenAI's name a field (`messages`, `tools[0].function.name`).
+const MAX_PARAM_BYTES: usize = 256;
+
+/// Whether an upstream's `param` reads as the path of a request field, the only thing it is
+/// passed on to the client as. Free text there (an upstream echoing its headers, its key) is
+/// dropped rather than trusted to the redactor.
+fn is_field_path(param: &str) -> bool {
+    !param.is_empty()
+        && param.len() <= MAX_PARAM_BYTES
+        && param
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-[]".contains(&b))
+}
+
 impl ErrorHints {
     fn of(err: &Value) -> ErrorHints {
         let mut hints = ErrorHints::default();
@@ -486,7 +500,11 @@ impl ErrorHints {
                 _ => {}
             }
         }
-        hints.param = err.get("param").and_then(Value::as_str).map(str::to_string);
+        hints.param = err
+            .get("param")
+            .and_then(Value::as_str)
+            .filter(|p| is_field_path(p))
+            .map(str::to_string);
         hints.message = match err {
             // `{"error": "..."}`: the error is its message.
             Value::String(message) => Some(message.clone()),
@@ -890,6 +908,14 @@ mod tests {
         let e = crate::error::ApiError::from_failure(&f, "summary");
         assert_eq!(e.param.as_deref(), Some("messages"));
         assert_eq!(e.body_json()["error"]["param"], "messages");
+        for not_a_path in ["Bearer sk-1", "headers: a=b", "", &"m".repeat(257)] {
+            let body =
+                serde_json::json!({"error": {"message": "x", "param": not_a_path}}).to_string();
+            assert_eq!(status(400, &body).param, None, "{not_a_path:?}");
+        }
+        let path = "tools[0].function.name";
+        let body = serde_json::json!({"error": {"message": "x", "param": path}}).to_string();
+        assert_eq!(status(400, &body).param.as_deref(), Some(path));
         let f = status(500, r#"{"error":{"message":"x","param":"messages"}}"#);
         assert_eq!(crate::error::ApiError::from_failure(&f, "s").param, None);
     }

@@ -127,6 +127,50 @@ async fn upstream_echoes_of_the_api_key_are_redacted() {
     }
 }
 
+// 2b. The upstream's `param` reaches the client on a 4xx (it names the field of the request
+// at fault): an upstream that echoes its key there must not leak it, in either mode, and a
+// `param` that is no field path (free text, or over 256 bytes) is not passed on at all.
+#[tokio::test(start_paused = true)]
+async fn an_upstream_param_echoing_the_key_is_not_passed_on() {
+    let net = MemNet::new();
+    net.host("up", |call| {
+        let auth = call
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let param = match call.n % 3 {
+            1 => auth.clone(),
+            2 => auth[7..].to_string(),
+            _ => "messages.[0].content".to_string(),
+        };
+        json_response(
+            400,
+            &json!({"error": {"message": "bad field", "type": "invalid_request_error", "param": param}}),
+        )
+    });
+    let gw = Gw::start(
+        &ONE_GROUP.replace("{num_retries: 0}", "{num_retries: 0, cooldown_time: 0}"),
+        &net,
+    );
+    for (n, stream) in [(1, false), (2, true), (3, false)] {
+        let response = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(response.status(), 400);
+        let body: Value = serde_json::from_str(&text(response).await).unwrap();
+        let param = &body["error"]["param"];
+        assert!(
+            !param.to_string().contains("SECRET"),
+            "call {n}: the key leaked through param: {body}"
+        );
+        if n == 3 {
+            assert_eq!(param, "messages.[0].content", "a field path is passed on");
+        } else {
+            assert_eq!(param, &Value::Null, "call {n}: {body}");
+        }
+    }
+}
+
 // 15a. An upstream's own 401 is the gateway's misconfiguration, not the client's key: the
 // client gets a 502 it can tell from its own 401, without retrying it.
 #[tokio::test(start_paused = true)]
