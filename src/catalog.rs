@@ -189,6 +189,9 @@ pub struct Catalog {
     pub redactor: crate::redact::Redactor,
     /// Whether requests without a key are served (`allow_anonymous`).
     pub allow_anonymous: bool,
+    /// Whether requests may carry `mock_testing_*` flags
+    /// (`general_settings.dangerously_allow_mock_testing_request_params`).
+    pub allow_mock_flags: bool,
     keys: BTreeMap<KeyDigest, KeySpec>,
     /// `general_settings.master_key`, as a digest like the virtual keys.
     admin_key: Option<KeyDigest>,
@@ -356,6 +359,9 @@ impl Catalog {
                     .filter_map(|d| d.litellm_params.api_key.as_deref()),
             ),
             allow_anonymous: config.allow_anonymous,
+            allow_mock_flags: config
+                .general_settings
+                .dangerously_allow_mock_testing_request_params,
             keys: BTreeMap::new(),
             admin_key: config
                 .general_settings

@@ -49,7 +49,8 @@ pub struct GatewayConfig {
     /// Named bounds on everything; every field has a default.
     #[serde(default)]
     pub limits: Limits,
-    /// LiteLLM's `general_settings`; Switchback reads its `master_key` only.
+    /// LiteLLM's `general_settings`; Switchback reads its `master_key` and
+    /// `dangerously_allow_mock_testing_request_params` only.
     #[serde(default, skip_serializing_if = "GeneralSettings::is_empty")]
     pub general_settings: GeneralSettings,
 }
@@ -63,11 +64,18 @@ pub struct GeneralSettings {
     /// `os.environ/NAME` reads the environment at load time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_key: Option<String>,
+    /// Whether requests may carry `mock_testing_*` flags (LiteLLM's name for the same
+    /// opt-in). Off by default: a mocked failure counts as a failed attempt in the
+    /// gateway's metrics and takes a fallback, so any client could fire every tenant's
+    /// "provider is failing" alerts without one upstream call. A request with a flag is
+    /// then refused with a 400 naming this setting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dangerously_allow_mock_testing_request_params: bool,
 }
 
 impl GeneralSettings {
     fn is_empty(&self) -> bool {
-        self.master_key.is_none()
+        self.master_key.is_none() && !self.dangerously_allow_mock_testing_request_params
     }
 }
 

@@ -304,6 +304,15 @@ impl Engine {
         let key = self.authenticate(bearer)?;
         let request = ChatRequest::parse(body, &catalog.limits)
             .map_err(|e| ApiError::bad_request(e.message).param(e.param))?;
+        if let Some(class) = request.mock.filter(|_| !catalog.allow_mock_flags) {
+            let flag = crate::request::mock_flag(class);
+            return Err(ApiError::bad_request(format!(
+                "`{flag}` is refused: this gateway does not take mock_testing_* flags (set \
+                 general_settings.dangerously_allow_mock_testing_request_params: true in its \
+                 config to test fallbacks with them)"
+            ))
+            .param(Some(flag.into())));
+        }
         if let Some(d) = catalog.wildcard_deployment(&request.model) {
             return Err(wildcard_id_refused(catalog, key, &request.model, d));
         }

@@ -171,6 +171,43 @@ async fn an_upstream_param_echoing_the_key_is_not_passed_on() {
     }
 }
 
+// 2c. A `mock_testing_*` flag fails an attempt that the metrics count as an upstream's
+// failure, and takes a fallback: any client could fire every tenant's alerts without one
+// upstream call. Refused unless the gateway opts in, as newer LiteLLM does.
+#[tokio::test(start_paused = true)]
+async fn mock_flags_are_refused_unless_the_gateway_allows_them() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["real"]));
+    let allow = "general_settings: {dangerously_allow_mock_testing_request_params: true}\n";
+    for (config, allowed) in [
+        (ONE_GROUP.to_string(), false),
+        (with(ONE_GROUP, allow), true),
+    ] {
+        let gw = Gw::start(&config, &net);
+        for stream in [false, true] {
+            let mut body = chat_body("g", stream);
+            body["mock_testing_rate_limit_error"] = json!(true);
+            let response = gw.chat(None, body).await;
+            let status = response.status();
+            let text = text(response).await;
+            if allowed {
+                assert_eq!(
+                    status, 429,
+                    "stream={stream}: the mock fails the only group: {text}"
+                );
+            } else {
+                assert_eq!(status, 400, "stream={stream}: {text}");
+                assert!(
+                    text.contains("dangerously_allow_mock_testing_request_params")
+                        && text.contains(r#""param":"mock_testing_rate_limit_error""#),
+                    "the error names the flag and the setting: {text}"
+                );
+                assert!(!gw.saw("attempt_started"), "{:#?}", gw.events());
+            }
+        }
+    }
+}
+
 // 15a. An upstream's own 401 is the gateway's misconfiguration, not the client's key: the
 // client gets a 502 it can tell from its own 401, without retrying it.
 #[tokio::test(start_paused = true)]

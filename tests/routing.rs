@@ -16,6 +16,7 @@ use support::*;
 async fn a_mock_flag_never_fails_a_fallback_when_the_primary_is_skipped() {
     let config = r#"
 allow_anonymous: true
+general_settings: {dangerously_allow_mock_testing_request_params: true}
 model_list:
   - {model_name: a, litellm_params: {model: openai/m, api_base: "http://pa/v1"}, model_info: {id: a1}}
   - {model_name: b, litellm_params: {model: openai/m, api_base: "http://pb/v1"}, model_info: {id: b1}}

@@ -172,14 +172,6 @@ fn litellm_orders(config: &GatewayConfig) -> Vec<Option<u32>> {
         .collect()
 }
 
-/// Whether any request of the scenario carries a `mock_testing_*` flag.
-pub fn uses_mock_flags(scenario: &Scenario) -> bool {
-    scenario
-        .requests
-        .iter()
-        .any(|r| r.body.keys().any(|k| k.starts_with("mock_testing_")))
-}
-
 /// One call to LiteLLM's admin API that creates a team or a key of the scenario.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminCall {
@@ -300,7 +292,11 @@ pub fn litellm_config(scenario: &Scenario, ports: &PortMap) -> Result<String, St
         &mut dropped,
     );
     let mut general = json!({"master_key": LITELLM_MASTER_KEY});
-    if uses_mock_flags(scenario) {
+    // The same setting, by the same name: Switchback refuses the flags without it too.
+    if config
+        .general_settings
+        .dangerously_allow_mock_testing_request_params
+    {
         general[LITELLM_MOCK_SETTING] = json!(true);
     }
     let mut doc = json!({
@@ -471,7 +467,7 @@ mod tests {
             "openai/google/gemini-3.1-flash-lite-preview"
         );
         assert_eq!(doc["general_settings"]["master_key"], LITELLM_MASTER_KEY);
-        // The scenario sends mock_testing_fallbacks: LiteLLM must be told to accept it.
+        // The scenario allows mock_testing_* flags: LiteLLM must be told to accept them.
         assert_eq!(doc["general_settings"][LITELLM_MOCK_SETTING], true);
         assert!(lite.contains("--host 127.0.0.1"), "{lite}");
         assert!(!lite.contains("0.0.0.0"), "{lite}");

@@ -26,8 +26,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::json;
 use switchback::config::{
-    Deployment, FallbackEntry, GatewayConfig, Key, LitellmParams, MidStreamPolicy, ModelInfo,
-    RetryPolicy, RouterSettings, Team,
+    Deployment, FallbackEntry, GatewayConfig, GeneralSettings, Key, LitellmParams, MidStreamPolicy,
+    ModelInfo, RetryPolicy, RouterSettings, Team,
 };
 use switchback::limits::Limits;
 use switchback::trace::Event;
@@ -647,6 +647,10 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                                     request_deadline: 20.0,
                                     max_retry_after: 3.0,
                                     ..Limits::default()
+                                },
+                                general_settings: GeneralSettings {
+                                    dangerously_allow_mock_testing_request_params: swarm.mocks,
+                                    ..GeneralSettings::default()
                                 },
                                 ..GatewayConfig::default()
                             },
