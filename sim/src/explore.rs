@@ -652,7 +652,6 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                                     dangerously_allow_mock_testing_request_params: swarm.mocks,
                                     ..GeneralSettings::default()
                                 },
-                                ..GatewayConfig::default()
                             },
                             providers,
                             network,
