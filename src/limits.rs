@@ -165,6 +165,39 @@ impl Limits {
     pub fn dns_cache_ttl(&self) -> Duration {
         secs(self.dns_cache_ttl)
     }
+
+    /// The limits read once, at start (by the listener, its connections and `serve`'s DNS
+    /// cache), whose values differ in `next`: a reload leaves them as they were.
+    pub fn restart_only_changes(&self, next: &Limits) -> Vec<&'static str> {
+        let changed = [
+            (
+                "header_read_timeout",
+                self.header_read_timeout != next.header_read_timeout,
+            ),
+            (
+                "max_connections",
+                self.max_connections != next.max_connections,
+            ),
+            (
+                "client_write_timeout",
+                self.client_write_timeout != next.client_write_timeout,
+            ),
+            (
+                "max_overflow_connections",
+                self.max_overflow_connections != next.max_overflow_connections,
+            ),
+            ("shutdown_grace", self.shutdown_grace != next.shutdown_grace),
+            ("dns_cache_ttl", self.dns_cache_ttl != next.dns_cache_ttl),
+            (
+                "max_dns_cache_entries",
+                self.max_dns_cache_entries != next.max_dns_cache_entries,
+            ),
+        ];
+        changed
+            .into_iter()
+            .filter_map(|(name, differs)| differs.then_some(name))
+            .collect()
+    }
     pub fn upstream_pool(&self) -> crate::upstream::pool::PoolLimits {
         crate::upstream::pool::PoolLimits {
             max_idle_per_host: self.max_idle_upstream_connections_per_host,

@@ -10,16 +10,20 @@
 //! and the retry policy; it keeps the deployments' health (cooldowns, failure counts) when
 //! the new config lists the same deployment ids in the same order, and otherwise carries
 //! each deployment's health over by id (see [`Engine::successor`]). [`LiveEngine::reload_source`] re-reads the file the
-//! config came from. Does not own when a reload is asked for (`serve` on SIGHUP, the
-//! `POST /admin/reload` route) nor the listener-level limits (`max_connections`, the header read
-//! timeout, `shutdown_grace`), which apply from start to stop.
+//! config came from, one reload at a time. It keeps the limits of the start, which the
+//! listener reads once (`max_connections`, the header read and client write timeouts,
+//! `shutdown_grace`; `serve`'s DNS cache): a reload that changes them names them
+//! ([`Reloaded::needs_restart`]). Does not own when a reload is asked for (`serve` on
+//! SIGHUP, the `POST /admin/reload` route).
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use crate::catalog::Catalog;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::engine::Engine;
+use crate::limits::Limits;
 
 /// The gateway's current engine, swappable. Clones share it.
 #[derive(Clone)]
@@ -27,13 +31,22 @@ pub struct LiveEngine {
     current: Arc<RwLock<Arc<Engine>>>,
     /// The file the config came from, for reloads from it (SIGHUP, `POST /admin/reload`).
     source: Option<Arc<PathBuf>>,
+    /// Held from reading the file to the swap: two reloads at once (a SIGHUP on the main
+    /// runtime, a `POST /admin/reload` on a worker) would otherwise each read the file
+    /// and swap, and the one that read the older file could swap last.
+    reloading: Arc<Mutex<()>>,
+    /// The limits at start: those the listener reads once keep these values until a
+    /// restart, whatever a reload says ([`Limits::restart_only_changes`]).
+    at_start: Arc<Limits>,
 }
 
 impl From<Arc<Engine>> for LiveEngine {
     fn from(engine: Arc<Engine>) -> LiveEngine {
         LiveEngine {
+            at_start: Arc::new(engine.catalog().limits.clone()),
             current: Arc::new(RwLock::new(engine)),
             source: None,
+            reloading: Arc::default(),
         }
     }
 }
@@ -49,17 +62,36 @@ pub struct Reloaded {
     pub health_kept: bool,
     /// Deployments whose health carried over by id (all of them when `health_kept`).
     pub health_carried: usize,
+    /// Limits read only at start whose values in the new config differ from the start's
+    /// ([`Limits::restart_only_changes`]).
+    pub needs_restart: Vec<&'static str>,
 }
 
 impl Reloaded {
     /// `3 groups, 4 deployments; deployment health kept (same deployment ids)`.
     pub fn describe(&self) -> String {
-        format!(
+        let mut line = format!(
             "{} groups, {} deployments; deployment health {}",
             self.groups,
             self.deployments,
             self.health()
-        )
+        );
+        if !self.needs_restart.is_empty() {
+            line.push_str("; unchanged until a restart: ");
+            line.push_str(&self.needs_restart.join(", "));
+        }
+        line
+    }
+
+    /// Logs the reload of `path` on `trigger` (`SIGHUP`, `POST /admin/reload`): a warning
+    /// when it changes limits that only a restart applies.
+    pub fn log(&self, path: &std::path::Path, trigger: &str) {
+        let (path, line) = (path.display(), self.describe());
+        if self.needs_restart.is_empty() {
+            tracing::info!(target: "switchback::reload", "reloaded {path} on {trigger}: {line}");
+        } else {
+            tracing::warn!(target: "switchback::reload", "reloaded {path} on {trigger}: {line}");
+        }
     }
 
     /// `kept (same deployment ids)`, `carried over for 2 of 3 deployments (by id)` or
@@ -98,11 +130,23 @@ impl LiveEngine {
                 path.display()
             )
         };
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let mut config = GatewayConfig::load_file(path).map_err(refused)?;
         let seed = self.current().catalog().settings.rng_seed;
         config.router_settings.rng_seed.get_or_insert(seed);
         let done = self.reload(&config).map_err(refused)?;
         Ok((path.clone(), done))
+    }
+
+    /// The limits as they were at start: the listener's keep these values until a restart.
+    pub fn limits_at_start(&self) -> &Limits {
+        &self.at_start
+    }
+
+    /// `limits.client_write_timeout` as at start: the socket's writes keep it until a
+    /// restart, so a stream's frames do too.
+    pub fn client_write_timeout(&self) -> Duration {
+        self.at_start.client_write_timeout()
     }
 
     /// The engine for a request arriving now.
@@ -132,6 +176,7 @@ impl LiveEngine {
                 .iter()
                 .filter(|d| old_ids.iter().any(|o| o.id == d.id))
                 .count(),
+            needs_restart: self.at_start.restart_only_changes(&next.catalog().limits),
         };
         *slot = Arc::new(next);
         Ok(reloaded)

@@ -226,3 +226,78 @@ async fn deployment_health_carries_over_when_the_ids_stay() {
     assert_eq!(reloaded.health_carried, 0);
     assert!(cooling(&gw.live).is_zero());
 }
+
+/// Listener-level limits are read at start: a reload that changes them says they need a
+/// restart (in its description, and so in the log line and the admin answer), rather than
+/// reporting a reload that silently left them as they were.
+#[tokio::test(start_paused = true)]
+async fn a_reload_names_the_limits_that_need_a_restart() {
+    let net = MemNet::new();
+    let gw = Running::start(&deployment_at("up", "d"), &net);
+    let same = gw.live.reload(&config(&deployment_at("up", "d"))).unwrap();
+    assert_eq!(same.needs_restart, Vec::<&str>::new());
+    assert!(!same.describe().contains("restart"), "{}", same.describe());
+    let changed = format!(
+        "{}limits: {{client_write_timeout: 5, dns_cache_ttl: 1, max_connections: 7, max_messages: 9}}\n",
+        deployment_at("up", "d")
+    );
+    let reloaded = gw.live.reload(&config(&changed)).unwrap();
+    assert_eq!(
+        reloaded.needs_restart,
+        ["max_connections", "client_write_timeout", "dns_cache_ttl"],
+        "max_messages applies to the next request: not listed"
+    );
+    assert!(
+        reloaded.describe().ends_with(
+            "; unchanged until a restart: max_connections, client_write_timeout, dns_cache_ttl"
+        ),
+        "{}",
+        reloaded.describe()
+    );
+}
+
+/// `client_write_timeout` bounds both the socket's writes and a stream's frames: a reload
+/// cannot change one without the other, so both keep the value of the start.
+#[tokio::test(start_paused = true)]
+async fn a_stream_keeps_the_client_write_timeout_of_the_start() {
+    let net = MemNet::new();
+    let big = "x".repeat(16 * 1024);
+    net.host("up", move |_| {
+        let big = big.clone();
+        sse_flood(Vec::new(), move |i| {
+            if i > 100_000 {
+                "data: [DONE]\n\n".into()
+            } else {
+                frame(&chunk_json("m", json!({"content": big}), None))
+            }
+        })
+    });
+    let at = |timeout: u32| {
+        format!(
+            "{}limits: {{client_write_timeout: {timeout}}}\n",
+            deployment_at("up", "d")
+        )
+    };
+    let gw = Running::start(&at(30), &net);
+    gw.live.reload(&config(&at(1))).unwrap();
+    let response = gw
+        .connect()
+        .await
+        .send_request(chat_request(None, &chat_body("g", true)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Never read the body.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let trace = gw.trace.lines().join("\n");
+    assert!(
+        !trace.contains("client_gone"),
+        "cut at the reloaded 1 s, not the 30 s the socket keeps: {trace}"
+    );
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(
+        gw.trace.lines().join("\n").contains("client_gone"),
+        "cut at 30 s"
+    );
+    drop(response);
+}

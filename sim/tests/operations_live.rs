@@ -705,11 +705,22 @@ async fn the_admin_reload_route_needs_the_master_key_and_reloads_the_file() {
     let r = exchange(gw.addr, admin_reload(Some(MASTER))).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(
-        r.contains(r#""reloaded":true"#) && r.contains(r#""groups":3"#),
+        r.contains(r#""reloaded":true"#)
+            && r.contains(r#""groups":3"#)
+            && r.contains(r#""needs_restart":[]"#),
         "{r}"
     );
     let r = exchange(gw.addr, chat("c", false)).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    // A listener-level limit changed: reloaded, and said to need a restart.
+    let with_cap = format!("{with_c}limits: {{max_connections: 77}}\n");
+    std::fs::write(gw.dir.join("gateway.yaml"), &with_cap).unwrap();
+    let r = exchange(gw.addr, admin_reload(Some(MASTER))).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains(r#""needs_restart":["max_connections"]"#),
+        "{r}"
+    );
 
     // A broken file: 400 with its located error; `c` is still served.
     std::fs::write(

@@ -63,9 +63,10 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// The gate of a gateway serving `engine`; its limits are read once, here.
+    /// The gate of a gateway serving `engine`, with its limits as they were at start
+    /// (a reload that changes them says they need a restart).
     pub fn new(engine: &LiveEngine) -> Gate {
-        let limits = engine.current().catalog().limits.clone();
+        let limits = engine.limits_at_start().clone();
         Gate {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             overflow: Arc::new(Semaphore::new(limits.max_overflow_connections)),

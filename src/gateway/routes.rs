@@ -84,7 +84,7 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
         Route::AdminReload => admin_reload(&live, &engine, &req),
         Route::Models => models(&engine, &req),
         Route::Model(id) => model(&engine, &req, &id),
-        Route::Chat => chat(engine, req).await,
+        Route::Chat => chat(engine, req, live.client_write_timeout()).await,
     }
 }
 
@@ -172,7 +172,7 @@ fn admin_reload(
     }
     match live.reload_source() {
         Ok((path, done)) => {
-            tracing::info!(target: "switchback::reload", "reloaded {} on POST /admin/reload: {}", path.display(), done.describe());
+            done.log(&path, "POST /admin/reload");
             json_response(
                 StatusCode::OK,
                 &json!({
@@ -187,6 +187,7 @@ fn admin_reload(
                         "reset"
                     },
                     "deployments_carried": done.health_carried,
+                    "needs_restart": done.needs_restart,
                 }),
             )
         }
@@ -268,7 +269,12 @@ fn model(engine: &Engine, req: &Request<Incoming>, id: &str) -> Response<Respons
     }
 }
 
-async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseBody> {
+/// `write_timeout`: `client_write_timeout` as the listener has it (read at start).
+async fn chat(
+    engine: Arc<Engine>,
+    req: Request<Incoming>,
+    write_timeout: std::time::Duration,
+) -> Response<ResponseBody> {
     // Only the figures needed: what lives across an await is carried by every request's
     // future, and the future by every client connection.
     let (max, read_timeout, read_timeout_secs, max_discarded) = {
@@ -337,7 +343,7 @@ async fn chat(engine: Arc<Engine>, req: Request<Incoming>) -> Response<ResponseB
     // answer is in). Admission copied out what the request needs, the key included.
     drop(body);
     drop(token);
-    serve_admitted(engine, admitted).await
+    serve_admitted(engine, admitted, write_timeout).await
 }
 
 /// A chat completion whose body has been read: admission, the attempt loop, the response.
@@ -349,19 +355,26 @@ pub async fn chat_buffered(
     body: &[u8],
 ) -> Response<ResponseBody> {
     match engine.admit(bearer, body) {
-        Ok(admitted) => serve_admitted(engine, admitted).await,
+        Ok(admitted) => {
+            let write_timeout = engine.catalog().limits.client_write_timeout();
+            serve_admitted(engine, admitted, write_timeout).await
+        }
         Err(e) => error(&e),
     }
 }
 
 /// An admitted chat completion: the attempt loop and the response, in the request's mode.
-async fn serve_admitted(engine: Arc<Engine>, admitted: Admitted) -> Response<ResponseBody> {
+async fn serve_admitted(
+    engine: Arc<Engine>,
+    admitted: Admitted,
+    write_timeout: std::time::Duration,
+) -> Response<ResponseBody> {
     if admitted.request.stream {
         let limits = &engine.catalog().limits;
         let bounds = StreamBounds {
             frames: limits.stream_buffer_frames,
             bytes: limits.stream_buffer_bytes,
-            write_timeout: limits.client_write_timeout(),
+            write_timeout,
             deadline: admitted.admitted_at + limits.request_deadline(),
         };
         stream(engine, admitted, bounds).await

@@ -825,7 +825,7 @@ fn serve(
             engine = engine.with_metrics(Arc::new(m));
         }
         let engine = LiveEngine::from(Arc::new(engine)).with_source(config_path);
-        let grace = engine.current().catalog().limits.shutdown_grace;
+        let grace = engine.limits_at_start().shutdown_grace;
         let gate = Gate::new(&engine);
         let (stopping, stopped) = tokio::sync::watch::channel(false);
         let started = workers::start(&engine, listeners, &gate, &stopped);

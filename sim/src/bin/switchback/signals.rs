@@ -95,12 +95,7 @@ pub async fn reload_on_hangups(engine: LiveEngine, hangups: Hangups) {
         };
         while hangups.recv().await.is_some() {
             match engine.reload_source() {
-                Ok((path, done)) => tracing::info!(
-                    target: "switchback::reload",
-                    "reloaded {} on SIGHUP: {}",
-                    path.display(),
-                    done.describe()
-                ),
+                Ok((path, done)) => done.log(&path, "SIGHUP"),
                 Err(refused) => tracing::warn!(target: "switchback::reload", "{refused}"),
             }
         }
