@@ -417,10 +417,21 @@ limits: {max_request_body_bytes: 2048, body_read_timeout: 20}
         r.extend_from_slice(b"0\r\n\r\n");
         r
     };
+    // Any route refuses the same way: an unknown one (the SDKs' other endpoints), a GET
+    // route posted to, an admin route without the admin key.
+    let to = |path: &str| {
+        let mut r = declared("sk-ok");
+        let head = String::from_utf8_lossy(&r[..40]).replacen("/v1/chat/completions", path, 1);
+        r.splice(..40, head.into_bytes());
+        r
+    };
     for (what, request, status) in [
         ("declared over the limit", declared("sk-ok"), "413"),
         ("unknown key", chunked("sk-nope"), "401"),
         ("chunked over the limit", chunked("sk-ok"), "413"),
+        ("an unknown route", to("/v1/responses"), "404"),
+        ("a GET route", to("/v1/models"), "405"),
+        ("an admin route", to("/admin/reload"), "403"),
     ] {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         // As the SDKs do: the whole request first, then the response.

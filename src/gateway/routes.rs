@@ -28,6 +28,24 @@ use crate::reload::LiveEngine;
 pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<ResponseBody> {
     // A request keeps the engine it arrived with to its end, whatever reloads happen.
     let engine = live.current();
+    if req.method() == Method::POST && matches!(route_of(&req), Ok(Route::Chat)) {
+        return chat(engine, req, live.client_write_timeout()).await;
+    }
+    // Every other answer is made from the head alone: whatever body came with it is read
+    // and dropped, as for a refused chat request (see `request_body`).
+    let response = answer_from_head(&live, &engine, &req);
+    let limits = &engine.catalog().limits;
+    let until = tokio::time::Instant::now() + limits.body_read_timeout();
+    request_body::discard(
+        req.into_body(),
+        limits.max_discarded_request_body_bytes,
+        until,
+    );
+    response
+}
+
+/// The route a request's path names, or the 404 for none.
+fn route_of(req: &Request<Incoming>) -> Result<Route, ApiError> {
     let path = req.uri().path().trim_end_matches('/');
     let route = match path {
         "/v1/chat/completions" | "/chat/completions" => Route::Chat,
@@ -43,18 +61,35 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
             Some(id) => match percent_encoding::percent_decode_str(id).decode_utf8() {
                 Ok(id) => Route::Model(id.into_owned()),
                 Err(_) => {
-                    return error(
-                        &ApiError::not_found(format!(
-                            "model `{id}` is not UTF-8 once percent-decoded"
-                        ))
-                        .code("model_not_found")
-                        .param(Some("model".into())),
-                    );
+                    return Err(ApiError::not_found(format!(
+                        "model `{id}` is not UTF-8 once percent-decoded"
+                    ))
+                    .code("model_not_found")
+                    .param(Some("model".into())));
                 }
             },
-            None => return error(&ApiError::not_found(format!("no route for {path}"))),
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "no route for {}",
+                    req.uri().path()
+                )));
+            }
         },
     };
+    Ok(route)
+}
+
+/// The answer to any request but a chat completion's, from its head.
+fn answer_from_head(
+    live: &LiveEngine,
+    engine: &Engine,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let route = match route_of(req) {
+        Ok(route) => route,
+        Err(e) => return error(&e),
+    };
+    let path = req.uri().path().trim_end_matches('/');
     let expected = match route {
         Route::Chat | Route::AdminReload => Method::POST,
         Route::Models | Route::Model(_) | Route::Health | Route::Metrics => Method::GET,
@@ -80,11 +115,11 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
     }
     match route {
         Route::Health => health(),
-        Route::Metrics => metrics(&engine, &req),
-        Route::AdminReload => admin_reload(&live, &engine, &req),
-        Route::Models => models(&engine, &req),
-        Route::Model(id) => model(&engine, &req, &id),
-        Route::Chat => chat(engine, req, live.client_write_timeout()).await,
+        Route::Metrics => metrics(engine, req),
+        Route::AdminReload => admin_reload(live, engine, req),
+        Route::Models => models(engine, req),
+        Route::Model(id) => model(engine, req, &id),
+        Route::Chat => unreachable!("a POST to the chat route is served by `chat`"),
     }
 }
 
