@@ -602,6 +602,67 @@ async fn unknown_keys_are_refused_before_the_body_is_read() {
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
 }
 
+// 9b. A key is presented as `Authorization: Bearer <key>`, or, with no Authorization header,
+// as Azure OpenAI's `api-key` header (the official SDK's `AzureOpenAI` client sends it, and
+// LiteLLM takes it). An Authorization header that is not a bearer token is refused: read as
+// no key at all, it served a client that believed it used its own key as anonymous.
+#[tokio::test(start_paused = true)]
+async fn a_malformed_authorization_header_is_refused_not_read_as_anonymous() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let config = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: h, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: e}}
+keys:
+  - {key: sk-good, key_alias: good, models: [g]}
+"#;
+    let gw = Gw::start(config, &net);
+    let send = |headers: Vec<(&'static str, &'static str)>, model: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut b = http::Request::post("/v1/chat/completions")
+                .header("host", "gateway")
+                .header("content-type", "application/json");
+            for (name, value) in headers {
+                b = b.header(name, value);
+            }
+            let body = chat_body(model, false).to_string();
+            let response = gw
+                .connect()
+                .await
+                .send_request(
+                    b.body(http_body_util::Full::new(Bytes::from(body)))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, text(response).await)
+        }
+    };
+    for malformed in ["sk-good", "Basic c2stZ29vZA==", "Bearer", "Bearer   "] {
+        let (status, text) = send(vec![("authorization", malformed)], "h").await;
+        assert_eq!(status, 401, "{malformed:?}: {text}");
+        assert!(
+            text.contains("Bearer"),
+            "the error says what is expected: {text}"
+        );
+    }
+    let (status, text) = send(vec![("api-key", "sk-good")], "h").await;
+    assert_eq!(
+        status, 403,
+        "api-key names the key, which may not use h: {text}"
+    );
+    let (status, text) = send(vec![("api-key", "sk-good")], "g").await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = send(vec![("api-key", "sk-nope")], "g").await;
+    assert_eq!(status, 401, "{text}");
+    let (status, text) = send(vec![], "h").await;
+    assert_eq!(status, 200, "no key at all is anonymous here: {text}");
+}
+
 // 10. At `max_connections`, a new connection is still answered: `/health` works and other
 // routes get a clear 503, instead of waiting in the kernel's backlog.
 #[tokio::test(start_paused = true)]

@@ -152,7 +152,7 @@ fn metrics(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
             return error(&e);
         }
     } else {
-        match engine.authenticate(bearer(req)) {
+        match presented_key(req).and_then(|key| engine.authenticate(key)) {
             Ok(None) if engine.catalog().has_keys() => {
                 return error(&ApiError::unauthorized(
                     "missing API key: send `Authorization: Bearer <virtual key>`",
@@ -182,7 +182,7 @@ fn admin(engine: &Engine, req: &Request<Incoming>) -> Result<(), ApiError> {
             "admin routes need an admin key: set general_settings.master_key",
         ));
     }
-    match bearer(req) {
+    match presented_key(req)? {
         Some(token) if catalog.is_admin(token) => Ok(()),
         Some(_) => Err(ApiError::new(
             403,
@@ -253,15 +253,35 @@ pub fn overflow<B>(req: &Request<B>, max_connections: usize) -> Response<Respons
     error(&e)
 }
 
-fn bearer(req: &Request<Incoming>) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// The key a request presents: `Authorization: Bearer <key>`, or, without an Authorization
+/// header, Azure OpenAI's `api-key: <key>` (the official SDK's `AzureOpenAI` client sends
+/// it; LiteLLM takes it too). `Ok(None)` when it presents none. An Authorization header
+/// that is no bearer token is refused rather than read as no key: a client that believes
+/// it sends its key must not be served as anonymous.
+fn presented_key<B>(req: &Request<B>) -> Result<Option<&str>, ApiError> {
+    let headers = req.headers();
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(headers
+            .get("api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|key| !key.is_empty()));
+    };
+    let bearer = value.to_str().ok().and_then(|v| {
+        let (scheme, token) = v.trim_start().split_once([' ', '\t'])?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    });
+    bearer.map(Some).ok_or_else(|| {
+        ApiError::unauthorized(
+            "malformed Authorization header: send `Authorization: Bearer <virtual key>`",
+        )
+    })
 }
 
 /// The groups a request's key may use.
 fn allowed(engine: &Engine, req: &Request<Incoming>) -> Result<Arc<[bool]>, ApiError> {
-    Ok(match engine.authenticate(bearer(req))? {
+    Ok(match engine.authenticate(presented_key(req)?)? {
         Some(k) => k.allowed.clone(),
         None => engine.catalog().all_allowed(),
     })
@@ -341,12 +361,18 @@ async fn chat(
         request_body::discard(req.into_body(), max_discarded, until);
         return too_large();
     }
-    let token = bearer(&req).map(str::to_string);
     // The key first: an unknown one is refused before a byte of its body is read.
-    if let Err(e) = engine.authenticate(token.as_deref()) {
-        request_body::discard(req.into_body(), max_discarded, until);
-        return error(&e);
-    }
+    let token = presented_key(&req).and_then(|key| {
+        engine.authenticate(key)?;
+        Ok(key.map(str::to_string))
+    });
+    let token = match token {
+        Ok(token) => token,
+        Err(e) => {
+            request_body::discard(req.into_body(), max_discarded, until);
+            return error(&e);
+        }
+    };
     let body: Bytes = match request_body::read(req.into_body(), max, until).await {
         Ok(body) => body,
         Err(ReadError::TimedOut) => {
