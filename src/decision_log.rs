@@ -301,6 +301,13 @@ fn access_line(record: &TraceRecord, open: Option<&Open>, catalog: &Catalog) {
         attempts, retries, fallbacks, duration_ms, time_to_commit_ms, "request");
 }
 
+/// The access line of a request refused before admission, which has no events: its route
+/// (`none` for no route), status and the named limit that refused it. Nothing the client
+/// sent is written (no key, no model name).
+pub fn refused_line(route: &'static str, status: u16, limit: Option<&'static str>) {
+    info!(target: ACCESS_TARGET, route, outcome = "refused", status, limit, "request");
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

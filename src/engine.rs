@@ -204,6 +204,15 @@ impl Engine {
         self.metrics.as_ref()
     }
 
+    /// Records a request refused before admission (its access line, its count): `route` is
+    /// the route's name, `none` for no route.
+    pub fn note_refusal(&self, route: &'static str, status: u16, limit: Option<&'static str>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record_refusal(route, status, limit);
+        }
+        crate::decision_log::refused_line(route, status, limit);
+    }
+
     pub(crate) fn retry_policy(&self) -> &dyn RetryPolicy {
         self.retry_policy.as_ref()
     }
@@ -302,8 +311,11 @@ impl Engine {
     pub fn admit(&self, bearer: Option<&str>, body: &[u8]) -> Result<Admitted, ApiError> {
         let catalog = &*self.catalog;
         let key = self.authenticate(bearer)?;
-        let request = ChatRequest::parse(body, &catalog.limits)
-            .map_err(|e| ApiError::bad_request(e.message).param(e.param))?;
+        let request = ChatRequest::parse(body, &catalog.limits).map_err(|e| {
+            ApiError::bad_request(e.message)
+                .param(e.param)
+                .limit(e.limit)
+        })?;
         if let Some(class) = request.mock.filter(|_| !catalog.allow_mock_flags) {
             let flag = crate::request::mock_flag(class);
             return Err(ApiError::bad_request(format!(

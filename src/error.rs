@@ -13,10 +13,14 @@ pub struct ApiError {
     pub status: u16,
     pub message: String,
     pub error_type: &'static str,
-    pub code: Option<String>,
+    /// One of the gateway's own codes (a closed vocabulary), never upstream text.
+    pub code: Option<&'static str>,
     pub param: Option<String>,
     /// Sent as `retry-after` (whole seconds, rounded up) when the last failure carried one.
     pub retry_after: Option<std::time::Duration>,
+    /// The named limit that refused the request (`max_messages`, ...), for the refusal's
+    /// access line and metrics; not sent.
+    pub limit: Option<&'static str>,
 }
 
 impl ApiError {
@@ -28,11 +32,17 @@ impl ApiError {
             code: None,
             param: None,
             retry_after: None,
+            limit: None,
         }
     }
 
-    pub fn code(mut self, code: impl Into<String>) -> ApiError {
-        self.code = Some(code.into());
+    pub fn limit(mut self, limit: Option<&'static str>) -> ApiError {
+        self.limit = limit;
+        self
+    }
+
+    pub fn code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
         self
     }
 
@@ -64,7 +74,7 @@ impl ApiError {
             failure.client_error_type(),
             format!("{} ({summary})", failure.message),
         );
-        e.code = failure.client_error_code().map(str::to_string);
+        e.code = failure.client_error_code();
         e.retry_after = failure.retry_after;
         // The field of the client's request the upstream named, for an error about the
         // request (a 4xx the client sees as its own); never for the gateway's own statuses.

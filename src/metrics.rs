@@ -133,6 +133,8 @@ struct State {
     cooldowns: BTreeMap<[String; 2], u64>,
     /// limit
     limit_hits: BTreeMap<[String; 1], u64>,
+    /// route, status, limit
+    refused_requests: BTreeMap<[String; 3], u64>,
     /// mode, reason
     client_disconnects: BTreeMap<[String; 2], u64>,
     /// worker
@@ -415,6 +417,13 @@ impl Collector for StateCollector {
         )?;
         counter_family(
             &mut e,
+            "switchback_refused_requests",
+            "Requests refused before admission (a bad key, an unknown route or model, a bad body, a connection past max_connections), by route, status and the named limit that refused them (none: no limit).",
+            ["route", "status", "limit"],
+            &s.refused_requests,
+        )?;
+        counter_family(
+            &mut e,
             "switchback_client_disconnects",
             "Requests abandoned because the client left or stopped reading, by mode and reason.",
             ["mode", "reason"],
@@ -608,6 +617,16 @@ impl Metrics {
             .worker_stalls
             .entry([worker.to_string()])
             .or_default() += 1;
+    }
+
+    /// Counts a request refused before admission, which the engine's events never see:
+    /// `route` is the route's name (`none` for no route), `limit` the named limit that
+    /// refused it. Every label is the gateway's own: no request data becomes a label.
+    pub fn record_refusal(&self, route: &'static str, status: u16, limit: Option<&'static str>) {
+        bump(
+            &mut self.state.lock().expect("metrics lock").refused_requests,
+            [route, &status.to_string(), limit.unwrap_or("none")],
+        );
     }
 
     /// Requests admitted and not yet finished, as the metrics see them.

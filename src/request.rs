@@ -69,12 +69,23 @@ pub struct BadRequest {
     pub message: String,
     /// The offending field, OpenAI's `param`.
     pub param: Option<String>,
+    /// The named limit the request is over, if that is what is wrong with it.
+    pub limit: Option<&'static str>,
 }
 
 fn bad(param: &str, message: impl Into<String>) -> BadRequest {
     BadRequest {
         message: message.into(),
         param: Some(param.to_string()),
+        limit: None,
+    }
+}
+
+/// `param` is over the named limit `limit`.
+fn over(param: &str, limit: &'static str, message: impl Into<String>) -> BadRequest {
+    BadRequest {
+        limit: Some(limit),
+        ..bad(param, message)
     }
 }
 
@@ -101,11 +112,13 @@ impl ChatRequest {
         let value = crate::json::from_slice(body).map_err(|e| BadRequest {
             message: format!("request body is not valid JSON: {e}"),
             param: None,
+            limit: None,
         })?;
         let Value::Object(mut body) = value else {
             return Err(BadRequest {
                 message: "request body must be a JSON object".into(),
                 param: None,
+                limit: None,
             });
         };
         // `shift_remove` keeps the order of the fields passed through.
@@ -148,8 +161,9 @@ impl ChatRequest {
             None | Some(Value::Null) => {}
             Some(v) => match v.as_u64().filter(|n| *n >= 1) {
                 Some(n) if n > limits.max_choices as u64 => {
-                    return Err(bad(
+                    return Err(over(
                         "n",
+                        "max_choices",
                         format!(
                             "n = {n} is over the limit max_choices = {}",
                             limits.max_choices
@@ -169,8 +183,9 @@ impl ChatRequest {
             return Err(bad("messages", "`messages` must not be empty"));
         }
         if messages.len() > limits.max_messages {
-            return Err(bad(
+            return Err(over(
                 "messages",
+                "max_messages",
                 format!(
                     "{} messages is over the limit max_messages = {}",
                     messages.len(),
@@ -228,8 +243,9 @@ impl ChatRequest {
         let mut fallback_messages = Vec::new();
         if let Some(Value::Array(list)) = fields.get("fallbacks") {
             if list.len() > limits.max_request_fallbacks {
-                return Err(bad(
+                return Err(over(
                     "fallbacks",
+                    "max_request_fallbacks",
                     format!(
                         "{} fallback entries is over the limit max_request_fallbacks = {}",
                         list.len(),
@@ -348,8 +364,9 @@ fn check_messages(messages: &[Value], param: &str, limits: &Limits) -> Result<()
         return Err(bad(param, format!("`{param}` must not be empty")));
     }
     if messages.len() > limits.max_messages {
-        return Err(bad(
+        return Err(over(
             param,
+            "max_messages",
             format!(
                 "{} messages is over the limit max_messages = {}",
                 messages.len(),
@@ -551,6 +568,7 @@ mod tests {
         let e = with_n(&(max + 1).to_string()).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("n"));
         assert!(e.message.contains("max_choices"), "{}", e.message);
+        assert_eq!(e.limit, Some("max_choices"), "the refusal names its limit");
         for bad in ["0", "-1", "1.5", "\"2\"", "true"] {
             let e = with_n(bad).unwrap_err();
             assert_eq!(e.param.as_deref(), Some("n"), "{bad}");
@@ -616,6 +634,7 @@ mod tests {
         };
         let e = ChatRequest::parse(body(r#"["b","c","d"]"#).as_bytes(), &limits).unwrap_err();
         assert!(e.message.contains("max_request_fallbacks = 2"), "{e:?}");
+        assert_eq!(e.limit, Some("max_request_fallbacks"));
         for (fallbacks, param, says) in [
             (
                 r#"[{"model":"b","temperature":0}]"#,

@@ -134,9 +134,10 @@ pub async fn accept<L: Listener>(
         } else if let Ok(permit) = gate.overflow.clone().try_acquire_owned() {
             let max = limits.max_connections;
             let header_timeout = limits.header_read_timeout();
+            let engine = engine.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                serve_overflow(io, max, header_timeout).await;
+                serve_overflow(engine, io, max, header_timeout).await;
             });
         }
         // Else: past both limits, the connection is closed at once (dropped).
@@ -173,9 +174,17 @@ async fn serve_connection(
 }
 
 /// A connection past `max_connections`: answered at once, then closed.
-async fn serve_overflow(io: WriteTimeout<BoxIo>, max_connections: usize, header_timeout: Duration) {
-    let service = service_fn(move |req| async move {
-        Ok::<_, std::convert::Infallible>(routes::overflow(&req, max_connections))
+async fn serve_overflow(
+    engine: LiveEngine,
+    io: WriteTimeout<BoxIo>,
+    max_connections: usize,
+    header_timeout: Duration,
+) {
+    let service = service_fn(move |req| {
+        let engine = engine.current();
+        async move {
+            Ok::<_, std::convert::Infallible>(routes::overflow(&engine, &req, max_connections))
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

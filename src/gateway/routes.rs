@@ -34,6 +34,10 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
     // Every other answer is made from the head alone: whatever body came with it is read
     // and dropped, as for a refused chat request (see `request_body`).
     let response = answer_from_head(&live, &engine, &req);
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        engine.note_refusal(route_name(&req), status.as_u16(), None);
+    }
     let limits = &engine.catalog().limits;
     let until = tokio::time::Instant::now() + limits.body_read_timeout();
     request_body::discard(
@@ -44,8 +48,22 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
     response
 }
 
+/// The name of the route a request's path names (`none` for none), for refusals' access
+/// lines and metrics.
+fn route_name<B>(req: &Request<B>) -> &'static str {
+    match route_of(req) {
+        Ok(Route::Chat) => "chat",
+        Ok(Route::Models) => "models",
+        Ok(Route::Model(_)) => "model",
+        Ok(Route::Health) => "health",
+        Ok(Route::Metrics) => "metrics",
+        Ok(Route::AdminReload) => "admin_reload",
+        Err(_) => "none",
+    }
+}
+
 /// The route a request's path names, or the 404 for none.
-fn route_of(req: &Request<Incoming>) -> Result<Route, ApiError> {
+fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
     let path = req.uri().path().trim_end_matches('/');
     let route = match path {
         "/v1/chat/completions" | "/chat/completions" => Route::Chat,
@@ -236,11 +254,15 @@ fn admin_reload(
 /// The answer on a connection past `max_connections`: `/health` as usual (a load
 /// balancer's probe must not read a full gateway as a dead one), anything else a 503 that
 /// says why and when to retry.
-pub fn overflow<B>(req: &Request<B>, max_connections: usize) -> Response<ResponseBody> {
-    let path = req.uri().path().trim_end_matches('/');
-    if matches!(path, "/health" | "/health/liveliness" | "/health/readiness") {
+pub fn overflow<B>(
+    engine: &Engine,
+    req: &Request<B>,
+    max_connections: usize,
+) -> Response<ResponseBody> {
+    if matches!(route_of(req), Ok(Route::Health)) {
         return health();
     }
+    engine.note_refusal(route_name(req), 503, Some("max_connections"));
     let mut e = ApiError::new(
         503,
         "api_error",
@@ -342,14 +364,20 @@ async fn chat(
         )
     };
     let until = tokio::time::Instant::now() + read_timeout;
+    // Every way out before admission: no event will ever name the request.
+    let refuse = |e: ApiError| {
+        engine.note_refusal("chat", e.status, e.limit);
+        error(&e)
+    };
     let too_large = || {
-        error(
-            &ApiError::new(
+        refuse(
+            ApiError::new(
                 413,
                 "invalid_request_error",
                 format!("request body over max_request_body_bytes = {max}"),
             )
-            .code("request_too_large"),
+            .code("request_too_large")
+            .limit(Some("max_request_body_bytes")),
         )
     };
     let declared = req
@@ -370,33 +398,36 @@ async fn chat(
         Ok(token) => token,
         Err(e) => {
             request_body::discard(req.into_body(), max_discarded, until);
-            return error(&e);
+            return refuse(e);
         }
     };
     let body: Bytes = match request_body::read(req.into_body(), max, until).await {
         Ok(body) => body,
         Err(ReadError::TimedOut) => {
-            return error(&ApiError::new(
-                408,
-                "invalid_request_error",
-                format!(
-                    "request body not received within body_read_timeout = {read_timeout_secs}s"
-                ),
-            ));
+            return refuse(
+                ApiError::new(
+                    408,
+                    "invalid_request_error",
+                    format!(
+                        "request body not received within body_read_timeout = {read_timeout_secs}s"
+                    ),
+                )
+                .limit(Some("body_read_timeout")),
+            );
         }
         Err(ReadError::TooLarge(rest)) => {
             request_body::discard(rest, max_discarded, until);
             return too_large();
         }
         Err(ReadError::Failed(e)) => {
-            return error(&ApiError::bad_request(format!(
+            return refuse(ApiError::bad_request(format!(
                 "could not read the request body: {e}"
             )));
         }
     };
     let admitted = match engine.admit(token.as_deref(), &body) {
         Ok(a) => a,
-        Err(e) => return error(&e),
+        Err(e) => return refuse(e),
     };
     // The body is a slice of the connection's read buffer, and hyper has already read on
     // for the client's end into a buffer of its own: held for the request's life, the first
