@@ -309,9 +309,20 @@ impl Engine {
 
     /// Authenticates, parses and plans a request. `bearer` is the token after `Bearer `.
     pub fn admit(&self, bearer: Option<&str>, body: &[u8]) -> Result<Admitted, ApiError> {
+        self.admit_as(bearer, body, None)
+    }
+
+    /// [`Engine::admit`] for the group `model` when the request's path names one (see
+    /// [`ChatRequest::parse_as`]).
+    pub fn admit_as(
+        &self,
+        bearer: Option<&str>,
+        body: &[u8],
+        model: Option<&str>,
+    ) -> Result<Admitted, ApiError> {
         let catalog = &*self.catalog;
         let key = self.authenticate(bearer)?;
-        let request = ChatRequest::parse(body, &catalog.limits).map_err(|e| {
+        let request = ChatRequest::parse_as(body, &catalog.limits, model).map_err(|e| {
             ApiError::bad_request(e.message)
                 .param(e.param)
                 .limit(e.limit)

@@ -109,6 +109,17 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     pub fn parse(body: &[u8], limits: &Limits) -> Result<ChatRequest, BadRequest> {
+        ChatRequest::parse_as(body, limits, None)
+    }
+
+    /// [`ChatRequest::parse`], for the group `model` when the request's path names one (Azure
+    /// OpenAI's `/openai/deployments/{model}/chat/completions`): the path's name is the
+    /// model, whatever the body says, as LiteLLM reads it.
+    pub fn parse_as(
+        body: &[u8],
+        limits: &Limits,
+        model: Option<&str>,
+    ) -> Result<ChatRequest, BadRequest> {
         let value = crate::json::from_slice(body).map_err(|e| BadRequest {
             message: format!("request body is not valid JSON: {e}"),
             param: None,
@@ -122,10 +133,14 @@ impl ChatRequest {
             });
         };
         // `shift_remove` keeps the order of the fields passed through.
-        let model = match body.shift_remove("model") {
-            Some(Value::String(m)) if !m.trim().is_empty() => m,
-            Some(Value::String(_)) | None => return Err(bad("model", "`model` is required")),
-            Some(_) => return Err(bad("model", "`model` must be a string")),
+        let model = match (model, body.shift_remove("model")) {
+            (Some(m), _) if !m.trim().is_empty() => m.to_string(),
+            (Some(_), _) => return Err(bad("model", "the path names an empty deployment")),
+            (None, Some(Value::String(m))) if !m.trim().is_empty() => m,
+            (None, Some(Value::String(_)) | None) => {
+                return Err(bad("model", "`model` is required"));
+            }
+            (None, Some(_)) => return Err(bad("model", "`model` must be a string")),
         };
         let stream = match body.shift_remove("stream") {
             None | Some(Value::Null) => false,

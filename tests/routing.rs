@@ -109,3 +109,67 @@ async fn a_wildcard_deployment_named_by_its_id_is_refused_with_a_clear_400() {
         assert_eq!(net.calls("pw")[0].body["model"], "gpt-4o");
     }
 }
+
+/// The official SDKs' `AzureOpenAI` clients call `/openai/deployments/{deployment}/chat/
+/// completions?api-version=...` with the key in an `api-key` header. The deployment in the
+/// path is the model group, whatever the body's `model` says (LiteLLM reads it so); a
+/// group whose name has a `/` in it is named the same way, as the SDKs do not escape it.
+#[tokio::test(start_paused = true)]
+async fn the_azure_deployments_route_serves_the_group_its_path_names() {
+    let config = r#"
+model_list:
+  - {model_name: a, litellm_params: {model: openai/ma, api_base: "http://pa/v1"}, model_info: {id: a1}}
+  - {model_name: "vertex_ai/gemini", litellm_params: {model: openai/mg, api_base: "http://pg/v1"}, model_info: {id: g1}}
+keys:
+  - {key: sk-azure, key_alias: azure}
+"#;
+    for stream in [false, true] {
+        let net = MemNet::new();
+        net.host("pa", |_| sse_answer("ma", &["from a"]));
+        net.host("pg", |_| sse_answer("mg", &["from g"]));
+        let gw = Gw::start(config, &net);
+        for (path, host, upstream_model) in [
+            (
+                "/openai/deployments/a/chat/completions?api-version=2024-10-21",
+                "pa",
+                "ma",
+            ),
+            (
+                "/openai/deployments/vertex_ai/gemini/chat/completions",
+                "pg",
+                "mg",
+            ),
+            (
+                "/openai/deployments/vertex_ai%2Fgemini/chat/completions",
+                "pg",
+                "mg",
+            ),
+        ] {
+            let before = net.calls(host).len();
+            let body = chat_body("not-a-group", stream).to_string();
+            let request = http::Request::post(path)
+                .header("host", "gateway")
+                .header("content-type", "application/json")
+                .header("api-key", "sk-azure")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            let response = gw.connect().await.send_request(request).await.unwrap();
+            let status = response.status();
+            let text = text(response).await;
+            assert_eq!(status, 200, "stream={stream} {path}: {text}");
+            let calls = net.calls(host);
+            assert_eq!(calls.len(), before + 1, "stream={stream} {path}");
+            assert_eq!(calls[before].body["model"], upstream_model);
+        }
+        // The path's group is checked as the body's would be.
+        let request = http::Request::post("/openai/deployments/nope/chat/completions")
+            .header("host", "gateway")
+            .header("api-key", "sk-azure")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                chat_body("a", stream).to_string(),
+            )))
+            .unwrap();
+        let response = gw.connect().await.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 404, "stream={stream}");
+    }
+}

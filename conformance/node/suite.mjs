@@ -9,7 +9,7 @@
 // exits 1 if any comparison differs. Run by ../run.sh.
 
 import { readFileSync, writeFileSync } from 'node:fs';
-import OpenAI from 'openai';
+import OpenAI, { AzureOpenAI } from 'openai';
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => {
@@ -26,6 +26,21 @@ function sdk(baseURL, apiKey, counter) {
   return new OpenAI({
     baseURL,
     apiKey,
+    timeout: 30_000,
+    maxRetries: 2,
+    fetch: (url, init) => {
+      counter.n += 1;
+      return fetch(url, init);
+    },
+  });
+}
+
+// The SDK's Azure client: `api-key` header, `/openai/deployments/{model}/...` paths.
+function azureSdk(gatewayURL, apiKey, counter) {
+  return new AzureOpenAI({
+    endpoint: gatewayURL.replace(/\/v1$/, ''),
+    apiKey,
+    apiVersion: '2024-10-21',
     timeout: 30_000,
     maxRetries: 2,
     fetch: (url, init) => {
@@ -197,7 +212,7 @@ for (const kase of spec.cases) {
   const dc = { n: 0 };
   const gc = { n: 0 };
   const direct = sdk(fakes[host], 'sk-direct', dc);
-  const gateway = sdk(args.gateway, args.key, gc);
+  const gateway = (kase.client === 'azure' ? azureSdk : sdk)(args.gateway, args.key, gc);
   const row = { feature: kase.feature, modes: {}, direct_failures: [] };
   for (const mode of kase.modes) {
     const d = await outcome(direct, dc, kase, kase.direct_mode ?? mode, directModel);

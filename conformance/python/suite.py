@@ -41,6 +41,18 @@ def client(base_url, key, counter):
     )
 
 
+def azure_client(gateway_url, key, counter):
+    """The SDK's Azure client: `api-key` header, `/openai/deployments/{model}/...` paths."""
+    return openai.AzureOpenAI(
+        azure_endpoint=gateway_url.removesuffix("/v1"),
+        api_key=key,
+        api_version="2024-10-21",
+        timeout=30.0,
+        max_retries=2,
+        http_client=httpx2.Client(event_hooks={"request": [counter.hook]}),
+    )
+
+
 class Answer(pydantic.BaseModel):
     steps: list[str]
     final_answer: str
@@ -214,7 +226,8 @@ def main():
         host, direct_model = case["direct"]
         dc, gc = Counter(), Counter()
         direct_sdk = client(fakes[host], "sk-direct", dc)
-        gateway_sdk = client(a.gateway, a.key, gc)
+        make = azure_client if case.get("client") == "azure" else client
+        gateway_sdk = make(a.gateway, a.key, gc)
         row = {"feature": case["feature"], "modes": {}, "direct_failures": []}
         for mode in case["modes"]:
             d = outcome(direct_sdk, dc, case, case.get("direct_mode", mode), direct_model, tools)

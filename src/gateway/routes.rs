@@ -28,8 +28,10 @@ use crate::reload::LiveEngine;
 pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<ResponseBody> {
     // A request keeps the engine it arrived with to its end, whatever reloads happen.
     let engine = live.current();
-    if req.method() == Method::POST && matches!(route_of(&req), Ok(Route::Chat)) {
-        return chat(engine, req, live.client_write_timeout()).await;
+    if req.method() == Method::POST {
+        if let Ok(Route::Chat { deployment }) = route_of(&req) {
+            return chat(engine, req, live.client_write_timeout(), deployment).await;
+        }
     }
     // Every other answer is made from the head alone: whatever body came with it is read
     // and dropped, as for a refused chat request (see `request_body`).
@@ -52,7 +54,7 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
 /// lines and metrics.
 fn route_name<B>(req: &Request<B>) -> &'static str {
     match route_of(req) {
-        Ok(Route::Chat) => "chat",
+        Ok(Route::Chat { .. }) => "chat",
         Ok(Route::Models) => "models",
         Ok(Route::Model(_)) => "model",
         Ok(Route::Health) => "health",
@@ -62,15 +64,36 @@ fn route_name<B>(req: &Request<B>) -> &'static str {
     }
 }
 
+/// Azure OpenAI's chat route, `/openai/deployments/{deployment}/chat/completions` (with
+/// `?api-version=...`, ignored), as the official SDKs' `AzureOpenAI` clients call it: the
+/// deployment is the model group, whatever the body's `model` says (as LiteLLM reads it).
+const AZURE_DEPLOYMENTS: &str = "/openai/deployments/";
+const AZURE_CHAT: &str = "/chat/completions";
+
 /// The route a request's path names, or the 404 for none.
 fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
     let path = req.uri().path().trim_end_matches('/');
     let route = match path {
-        "/v1/chat/completions" | "/chat/completions" => Route::Chat,
+        "/v1/chat/completions" | "/chat/completions" => Route::Chat { deployment: None },
         "/v1/models" | "/models" => Route::Models,
         "/health" | "/health/liveliness" | "/health/readiness" => Route::Health,
         "/metrics" => Route::Metrics,
         "/admin/reload" => Route::AdminReload,
+        _ if path.starts_with(AZURE_DEPLOYMENTS) && path.ends_with(AZURE_CHAT) => {
+            let name = &path[AZURE_DEPLOYMENTS.len()..path.len() - AZURE_CHAT.len()];
+            match percent_encoding::percent_decode_str(name).decode_utf8() {
+                Ok(name) => Route::Chat {
+                    deployment: Some(name.into_owned()),
+                },
+                Err(_) => {
+                    return Err(ApiError::not_found(format!(
+                        "deployment `{name}` is not UTF-8 once percent-decoded"
+                    ))
+                    .code("model_not_found")
+                    .param(Some("model".into())));
+                }
+            }
+        }
         _ => match path
             .strip_prefix("/v1/models/")
             .or_else(|| path.strip_prefix("/models/"))
@@ -109,7 +132,7 @@ fn answer_from_head(
     };
     let path = req.uri().path().trim_end_matches('/');
     let expected = match route {
-        Route::Chat | Route::AdminReload => Method::POST,
+        Route::Chat { .. } | Route::AdminReload => Method::POST,
         Route::Models | Route::Model(_) | Route::Health | Route::Metrics => Method::GET,
     };
     // HEAD is GET without the body (RFC 9110 §9.3.2), as uptime checks send it: hyper
@@ -137,12 +160,15 @@ fn answer_from_head(
         Route::AdminReload => admin_reload(live, engine, req),
         Route::Models => models(engine, req),
         Route::Model(id) => model(engine, req, &id),
-        Route::Chat => unreachable!("a POST to the chat route is served by `chat`"),
+        Route::Chat { .. } => unreachable!("a POST to the chat route is served by `chat`"),
     }
 }
 
 enum Route {
-    Chat,
+    /// `deployment`: the group an Azure-style path names.
+    Chat {
+        deployment: Option<String>,
+    },
     Models,
     /// `GET /v1/models/{id}`; a group's name may itself contain `/`.
     Model(String),
@@ -351,6 +377,7 @@ async fn chat(
     engine: Arc<Engine>,
     req: Request<Incoming>,
     write_timeout: std::time::Duration,
+    deployment: Option<String>,
 ) -> Response<ResponseBody> {
     // Only the figures needed: what lives across an await is carried by every request's
     // future, and the future by every client connection.
@@ -425,7 +452,7 @@ async fn chat(
             )));
         }
     };
-    let admitted = match engine.admit(token.as_deref(), &body) {
+    let admitted = match engine.admit_as(token.as_deref(), &body, deployment.as_deref()) {
         Ok(a) => a,
         Err(e) => return refuse(e),
     };
@@ -435,6 +462,7 @@ async fn chat(
     // answer is in). Admission copied out what the request needs, the key included.
     drop(body);
     drop(token);
+    drop(deployment);
     serve_admitted(engine, admitted, write_timeout).await
 }
 
