@@ -1,6 +1,6 @@
 //! `https` upstreams on real sockets: a deployment's own CA bundle (`ssl_verify: <path>`),
 //! kept-alive TLS connections, TLS session resumption across connections, and HTTP/2
-//! negotiated by ALPN: concurrent attempts sharing one connection as streams within the
+//! negotiated by ALPN: each request's target as its protocol wants it, concurrent attempts sharing one connection as streams within the
 //! server's and our stream limits, an abandoned stream reset without losing its connection,
 //! a connection the upstream ends while idle replaced, a stream reset mid-answer failing
 //! (never sent again) while a refused one, or one above a graceful GOAWAY, goes again, a
@@ -154,6 +154,9 @@ struct Seen {
     protocols: Mutex<Vec<String>>,
     /// GOAWAY frames a hand-served connection sent ([`graceful_go_away`]).
     goaways: AtomicUsize,
+    /// Each request's target as hyper's server rebuilt it (HTTP/2: from `:scheme`,
+    /// `:authority` and `:path`), and its `Host` header.
+    targets: std::sync::Mutex<Vec<(http::Uri, Option<String>)>>,
 }
 
 /// An https upstream (hyper's HTTP/1.1 or HTTP/2 server, by ALPN) answering with the next
@@ -244,7 +247,15 @@ async fn serve(
     let protocol = String::from_utf8_lossy(session.alpn_protocol().unwrap_or(b"none")).into_owned();
     seen.protocols.lock().await.push(protocol.clone());
     let (s, answers) = (seen.clone(), spec.answers.clone());
-    let service = service_fn(move |_req| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+        s.targets
+            .lock()
+            .expect("targets lock")
+            .push((req.uri().clone(), host));
         let n = s.requests.fetch_add(1, Ordering::SeqCst);
         let answer = answers[n.min(answers.len() - 1)];
         respond(answer, s.clone(), answering.clone())
@@ -416,6 +427,43 @@ async fn a_new_connection_resumes_the_tls_session() {
         kinds,
         vec![Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)]
     );
+}
+
+/// An HTTP/2 request names its upstream in `:scheme` and `:authority` (RFC 9113 §8.3.1),
+/// an HTTP/1.1 one in its `Host` header with an origin-form target (RFC 9112 §3.2). The
+/// HTTP/2 requests went out path-only with a `Host` header: h2 then sends `:scheme: http`
+/// and no `:authority`, over TLS.
+#[tokio::test]
+async fn each_protocol_names_the_upstream_as_it_should() {
+    for (name, offer) in [
+        ("h2-target", Offer::H2AndHttp1),
+        ("h1-target", Offer::Http1Only),
+    ] {
+        let (_pki, bundle, up) = setup(name, Spec::new(offer, vec![Answer::Json])).await;
+        let client = client(0);
+        // Pooling off: each call opens a connection, so both build their request afresh.
+        for _ in 0..2 {
+            call(&client, up.port, Some(&bundle)).await.expect("served");
+        }
+        let authority = format!("localhost:{}", up.port);
+        let targets = up.seen.targets.lock().expect("targets lock").clone();
+        assert_eq!(targets.len(), 2, "{name}");
+        for (uri, host) in targets {
+            assert_eq!(uri.path(), "/v1/chat/completions", "{name}");
+            if offer == Offer::H2AndHttp1 {
+                assert_eq!(uri.scheme_str(), Some("https"), "{name}: {uri}");
+                assert_eq!(
+                    uri.authority().map(|a| a.as_str()),
+                    Some(authority.as_str()),
+                    "{name}: {uri}"
+                );
+                assert_eq!(host, None, "{name}: `:authority` replaces `Host`");
+            } else {
+                assert_eq!(uri.authority(), None, "{name}: origin form, {uri}");
+                assert_eq!(host.as_deref(), Some(authority.as_str()), "{name}");
+            }
+        }
+    }
 }
 
 /// A PKI, a CA bundle trusting it, and an upstream started with `spec`.
