@@ -32,7 +32,10 @@ use crate::transport::{BoxIo, Connector};
 use crate::upstream::Endpoint;
 use crate::upstream::choices::ChoiceProgress;
 use crate::upstream::chunk::{self, Chunk, ChunkError, ChunkLimits, Payload};
-use crate::upstream::pool::{Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey, Resend};
+use crate::upstream::first_frame::FirstFrameWatch;
+use crate::upstream::pool::{
+    Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey, Resend, SettingsWait,
+};
 use crate::upstream::sse::{SseEvent, SseParser};
 use crate::upstream::tls::CaBundle;
 
@@ -434,6 +437,9 @@ async fn connect_http2(
             .keep_alive_timeout(every)
             .keep_alive_while_idle(true);
     }
+    let settings = SettingsWait::default();
+    let told = settings.clone();
+    let io = FirstFrameWatch::new(io, Box::new(move || told.known()));
     let (sender, conn) = builder
         .handshake::<_, Full<Bytes>>(TokioIo::new(io))
         .await?;
@@ -464,7 +470,10 @@ async fn connect_http2(
             .as_ref()
             .map_or(0, |conn| conn.current_max_send_streams())
     });
-    Ok(NewConn::Http2(Http2Conn::new(sender, server_limit, task)))
+    Ok(NewConn::Http2(
+        Http2Conn::new(sender, server_limit, task),
+        settings,
+    ))
 }
 
 /// Whether an HTTP/2 request failed in a way that proves the server did not process it:

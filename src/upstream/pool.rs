@@ -8,7 +8,8 @@
 //! stream each, up to the lower of its server's `SETTINGS_MAX_CONCURRENT_STREAMS` and
 //! [`PoolLimits::max_http2_streams`], a full one making the next attempt open another;
 //! making attempts that arrive while a connection to an `https` upstream is being opened
-//! wait for it, so that a burst opens one HTTP/2 connection, not one each; closing a
+//! wait for it (an HTTP/2 one until its server's SETTINGS, its stream limit, are in: see
+//! [`SettingsWait`]), so that a burst opens one HTTP/2 connection, not one each; closing a
 //! connection when it has been idle for `upstream_pool_idle_timeout` (counted from the end
 //! of its last response), sooner when an HTTP/1.1 server announced a shorter
 //! `Keep-Alive: timeout=`, or when the pool for its host is full; and counting what it
@@ -189,6 +190,56 @@ impl Drop for Conn {
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
 pub(crate) type ServerStreamLimit = Box<dyn Fn() -> usize + Send + Sync>;
 
+/// Holds the [`Dial`] of a new HTTP/2 connection until its server's first SETTINGS have
+/// been applied (told by [`FirstFrameWatch`](crate::upstream::first_frame::FirstFrameWatch)),
+/// so that the attempts waiting for the connection see its server's stream limit. hyper's
+/// handshake returns before that, while h2 counts 100 streams allowed: woken then, a burst
+/// put up to 100 streams on the connection, its server refused those past its limit, and
+/// each refused one went again on a connection of its own. Why not until the dialer's
+/// response head, which also comes after the SETTINGS: an answer that is not streamed
+/// sends its head only when it is done, and the waiters would wait that long; the
+/// SETTINGS come about one round trip after the handshake.
+#[derive(Clone, Default)]
+pub(crate) struct SettingsWait(Arc<Mutex<Settings>>);
+
+#[derive(Default)]
+enum Settings {
+    /// Not yet in: the dial, once the pool has the connection.
+    #[default]
+    Unknown,
+    Waiting(Dial),
+    Known,
+}
+
+impl SettingsWait {
+    /// The dial ends once the SETTINGS are in (at once if they are already).
+    fn hold(&self, dial: Option<Dial>) {
+        let Some(dial) = dial else { return };
+        let mut settings = self.lock();
+        if matches!(*settings, Settings::Unknown) {
+            *settings = Settings::Waiting(dial);
+            return;
+        }
+        // Outside the lock: ending the dial takes the pool's.
+        drop(settings);
+        drop(dial);
+    }
+
+    /// The server's SETTINGS were applied, or will never be (the connection ended).
+    pub(crate) fn known(&self) {
+        let was = std::mem::replace(&mut *self.lock(), Settings::Known);
+        // Outside the lock, as above.
+        if let Settings::Waiting(dial) = was {
+            drop(dial);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Settings> {
+        // Held for a plain swap only, which cannot panic half-way.
+        self.0.lock().expect("SETTINGS wait lock poisoned")
+    }
+}
+
 /// One open HTTP/2 upstream connection, shared by the attempts whose streams it carries.
 pub(crate) struct Http2Conn {
     sender: http2::SendRequest<Full<Bytes>>,
@@ -223,10 +274,12 @@ impl Drop for Http2Conn {
     }
 }
 
-/// A connection just opened, in the version its server chose.
+/// A connection just opened, in the version its server chose. (An HTTP/2 one's
+/// [`SettingsWait`] is not kept in its [`Http2Conn`]: holding the dial, hence the pool, it
+/// would keep a dropped pool alive for as long as the connection waits for its server.)
 pub(crate) enum NewConn {
     Http1(Conn),
-    Http2(Http2Conn),
+    Http2(Http2Conn, SettingsWait),
 }
 
 struct Idle {
@@ -583,7 +636,8 @@ impl Pool {
 
     /// Lends a connection just opened to the attempt that opened it. An HTTP/2 one joins
     /// the pool at once, so that attempts to the same upstream share it; `dial` is dropped
-    /// after that, waking the attempts waiting for it.
+    /// after that (for HTTP/2, once its server's SETTINGS are in: see [`SettingsWait`]),
+    /// waking the attempts waiting for it.
     pub(crate) fn lease_new(&self, key: PoolKey, conn: NewConn, dial: Option<Dial>) -> Lease {
         match conn {
             NewConn::Http1(conn) => {
@@ -597,7 +651,7 @@ impl Pool {
                 drop(dial);
                 self.lease(key, conn, false)
             }
-            NewConn::Http2(conn) => {
+            NewConn::Http2(conn, settings) => {
                 let conn = Arc::new(conn);
                 self.leased.fetch_add(1, Ordering::SeqCst);
                 if self.limits.max_idle_per_host == 0 {
@@ -619,7 +673,7 @@ impl Pool {
                     });
                     id
                 };
-                drop(dial);
+                settings.hold(dial);
                 Lease::http2(key, self.clone(), &conn, Some(id), false)
             }
         }
