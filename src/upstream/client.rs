@@ -674,6 +674,12 @@ fn forwarded_copies(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
 /// chunked body).
 pub const MAX_DRAIN_BYTES: usize = 16 * 1024;
 
+/// Longest wait for the end of the body after `[DONE]` (or an error event); past it, the
+/// connection is closed. A well-behaved upstream ends the body at once; one that keeps it
+/// open would otherwise hold the connection, counted as leased, for the stream's idle
+/// timeout (a minute by default): at hundreds of requests per second, thousands of sockets.
+pub const MAX_DRAIN_WAIT: Duration = Duration::from_secs(1);
+
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
         let (Some(body), Some(lease)) = (self.body.take(), self.lease.take()) else {
@@ -690,13 +696,16 @@ impl Drop for UpstreamStream {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let until = Wait::new(Instant::now(), self.timeouts, TimeoutKind::Idle).at;
+        let now = Instant::now();
+        let until = Wait::new(now, self.timeouts, TimeoutKind::Idle)
+            .at
+            .min(now + MAX_DRAIN_WAIT);
         runtime.spawn(drain(body, lease, until));
     }
 }
 
-/// Reads what is left of a body (at most [`MAX_DRAIN_BYTES`], until `until`) and keeps the
-/// connection if the body ends cleanly.
+/// Reads what is left of a body (at most [`MAX_DRAIN_BYTES`], until `until`: at most
+/// [`MAX_DRAIN_WAIT`]) and keeps the connection if the body ends cleanly.
 async fn drain(mut body: Incoming, mut lease: Lease, until: Instant) {
     let mut left = MAX_DRAIN_BYTES;
     loop {
