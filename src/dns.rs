@@ -3,14 +3,15 @@
 //! Owns: [`CachedDnsConnector`], the [`Connector`] `serve` reaches upstreams with. A host
 //! name is resolved once and its addresses reused for `limits.dns_cache_ttl` seconds (at
 //! most `limits.max_dns_cache_entries` names are kept), so that a new connection does not pay
-//! a lookup; a name whose every address failed to connect is forgotten at once, so that a
-//! provider that moved is looked up again on the next attempt. Concurrent attempts that miss
-//! the cache for the same name share one lookup. A name with several addresses is connected
-//! to as RFC 8305 ("Happy Eyeballs") says: the next address is tried when the one before has
-//! not answered within [`CONNECTION_ATTEMPT_DELAY`], while the earlier tries go on, and the
-//! first to connect wins; so one address that swallows connections (a broken IPv6 route, a
-//! dead host) costs each new connection that delay, not its whole timeout. The address that
-//! connected is tried first next time. Does not own the connections themselves (the pool in
+//! a lookup; a name whose every address failed to connect, or whose connect was abandoned
+//! before any did, is forgotten at once, so that a provider that moved is looked up again on
+//! the next attempt. Concurrent attempts that miss the cache for the same name share one
+//! lookup. A name with several addresses is connected to as RFC 8305 ("Happy Eyeballs")
+//! says: the next address is tried when the one before has not answered within
+//! [`CONNECTION_ATTEMPT_DELAY`], while the earlier tries go on, and the first to connect
+//! wins; so one address that swallows connections (a broken IPv6 route, a dead host) costs
+//! each new connection that delay, not its whole timeout. The address that connected is
+//! tried first next time. Does not own the connections themselves (the pool in
 //! `upstream::pool` keeps those) nor TLS (`upstream::tls`).
 //!
 //! The system resolver does not say how long an answer may be kept, so the bound is ours:
@@ -181,20 +182,43 @@ impl Connector for CachedDnsConnector {
     fn connect<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, io::Result<BoxIo>> {
         Box::pin(async move {
             let addrs = self.resolve(host, port).await?;
-            match connect_any(&addrs, CONNECTION_ATTEMPT_DELAY).await {
-                Ok((stream, addr)) => {
-                    if addrs.first() != Some(&addr) {
-                        self.prefer(host, port, addr);
-                    }
-                    stream.set_nodelay(true)?;
-                    Ok(Box::new(stream) as BoxIo)
-                }
-                Err(e) => {
-                    self.forget(host, port);
-                    Err(e)
-                }
+            // Armed until an address connects: a connect abandoned half-way (the attempt's
+            // first-byte timeout, while every address swallows SYNs) proves no more than one
+            // that failed, and returns no error to forget on.
+            let forget = ForgetUnlessConnected {
+                connector: self,
+                host,
+                port,
+            };
+            let (stream, addr) = connect_any(&addrs, CONNECTION_ATTEMPT_DELAY).await?;
+            forget.connected();
+            if addrs.first() != Some(&addr) {
+                self.prefer(host, port, addr);
             }
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxIo)
         })
+    }
+}
+
+/// Forgets a name's answer when dropped: a connect to it ended without a connection,
+/// failed or abandoned.
+struct ForgetUnlessConnected<'a> {
+    connector: &'a CachedDnsConnector,
+    host: &'a str,
+    port: u16,
+}
+
+impl ForgetUnlessConnected<'_> {
+    fn connected(self) {
+        // Nothing to free: it holds references only.
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ForgetUnlessConnected<'_> {
+    fn drop(&mut self) {
+        self.connector.forget(self.host, self.port);
     }
 }
 
@@ -331,6 +355,22 @@ mod tests {
             .expect("connected");
         let key = ("example.test".to_string(), port);
         assert_eq!(c.lock()[&key].addrs, [alive, dead], "tried first next time");
+    }
+
+    #[tokio::test]
+    async fn a_connect_abandoned_before_any_address_answered_forgets_the_answer() {
+        // The attempt's first-byte timeout ends the connect while its only address swallows
+        // SYNs: the answer may be stale (the provider moved), and must not be used again
+        // for the rest of its time.
+        let (_swallowing, _queued, dead) = swallowing_listener().await;
+        let c = answering(dead.port(), vec![dead]);
+        let abandoned = tokio::time::timeout(
+            CONNECTION_ATTEMPT_DELAY,
+            c.connect("example.test", dead.port()),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the address swallows connections");
+        assert!(c.lock().is_empty(), "the answer is forgotten");
     }
 
     #[tokio::test]
