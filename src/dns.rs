@@ -7,7 +7,8 @@
 //! before any did, is forgotten at once, so that a provider that moved is looked up again on
 //! the next attempt. Concurrent attempts that miss the cache for the same name share one
 //! lookup. A name with several addresses is connected to as RFC 8305 ("Happy Eyeballs")
-//! says: the next address is tried when the one before has not answered within
+//! says: addresses are tried alternating families (IPv6, IPv4, IPv6... when the first is
+//! IPv6), the next one when the one before has not answered within
 //! [`CONNECTION_ATTEMPT_DELAY`], while the earlier tries go on, and the first to connect
 //! wins; so one address that swallows connections (a broken IPv6 route, a dead host) costs
 //! each new connection that delay, not its whole timeout. The address that connected is
@@ -125,7 +126,7 @@ impl CachedDnsConnector {
         key: (String, u16),
     ) -> io::Result<Vec<SocketAddr>> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        let addrs = interleave_families(tokio::net::lookup_host((host, port)).await?.collect());
         if addrs.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -169,6 +170,8 @@ impl CachedDnsConnector {
             && let Some(at) = answer.addrs.iter().position(|a| *a == addr)
         {
             answer.addrs[..=at].rotate_right(1);
+            // Its family first now, the families alternating still.
+            answer.addrs = interleave_families(std::mem::take(&mut answer.addrs));
         }
     }
 
@@ -198,6 +201,33 @@ impl Connector for CachedDnsConnector {
             stream.set_nodelay(true)?;
             Ok(Box::new(stream) as BoxIo)
         })
+    }
+}
+
+/// The order addresses are tried in (RFC 8305 §4): the first one's family, then the other,
+/// alternately, each family in its own order. getaddrinfo lists every IPv6 address before
+/// any IPv4 one (RFC 6724), so with a broken IPv6 route each of them cost
+/// [`CONNECTION_ATTEMPT_DELAY`] before an IPv4 address was tried at all.
+fn interleave_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return addrs;
+    };
+    let first_is_v6 = first.is_ipv6();
+    let (mut first_family, mut other): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+    for addr in &addrs {
+        if addr.is_ipv6() == first_is_v6 {
+            first_family.push(*addr);
+        } else {
+            other.push(*addr);
+        }
+    }
+    let (mut first_family, mut other) = (first_family.into_iter(), other.into_iter());
+    let mut ordered = Vec::with_capacity(addrs.len());
+    loop {
+        match (first_family.next(), other.next()) {
+            (None, None) => return ordered,
+            (a, b) => ordered.extend(a.into_iter().chain(b)),
+        }
     }
 }
 
@@ -371,6 +401,33 @@ mod tests {
         .await;
         assert!(abandoned.is_err(), "the address swallows connections");
         assert!(c.lock().is_empty(), "the answer is forgotten");
+    }
+
+    #[test]
+    fn addresses_are_tried_alternating_families_the_first_ones_family_first() {
+        let v6 = |n: u16| {
+            SocketAddr::from((
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n),
+                443,
+            ))
+        };
+        let v4 = |n: u8| SocketAddr::from(([192, 0, 2, n], 443));
+        // getaddrinfo's order: every IPv6 address first (RFC 6724).
+        assert_eq!(
+            interleave_families(vec![v6(1), v6(2), v6(3), v4(1), v4(2)]),
+            [v6(1), v4(1), v6(2), v4(2), v6(3)]
+        );
+        assert_eq!(
+            interleave_families(vec![v4(1), v4(2), v4(3), v6(1)]),
+            [v4(1), v6(1), v4(2), v4(3)]
+        );
+        assert_eq!(
+            interleave_families(vec![v4(1), v6(1), v6(2), v4(2)]),
+            [v4(1), v6(1), v4(2), v6(2)],
+            "each family keeps its own order"
+        );
+        assert_eq!(interleave_families(vec![v6(1), v6(2)]), [v6(1), v6(2)]);
+        assert_eq!(interleave_families(Vec::new()), []);
     }
 
     #[tokio::test]
