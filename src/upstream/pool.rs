@@ -721,7 +721,8 @@ impl Pool {
     }
 
     /// Keeps the HTTP/1.1 `conn` idle for `key` from `since` (when its last response
-    /// ended), unless it is closed, the host's pool is full, or it would already have to
+    /// ended), unless it is closed, the host's pool is full (of open, unexpired
+    /// connections: the others are closed here), or it would already have to
     /// be closed: our idle timeout, or its server's (`server_idle_timeout`, less
     /// [`KEEP_ALIVE_MARGIN`]), whichever is shorter.
     fn put(&self, key: PoolKey, conn: Conn, since: Instant, server_idle_timeout: Option<Duration>) {
@@ -743,13 +744,22 @@ impl Pool {
         {
             return;
         }
+        let now = Instant::now();
         let start_reaper = {
             let mut state = self.lock();
             let waiters = state.tls_dials.get(&key).map(|d| d.changed.clone());
             let list = state.idle.entry(key).or_default();
+            // Connections closed or expired while idle stay listed until a checkout or the
+            // reaper meets them: counted, they would take the place of good ones (every
+            // kept connection closes at once when its upstream restarts).
+            let (dead, open): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
+                .into_iter()
+                .partition(|i| i.expires <= now || i.conn.sender.is_closed());
+            *list = open;
             if list.len() >= self.idle_cap() {
                 // Full: the connection is closed as it drops, outside the lock.
                 drop(state);
+                drop(dead);
                 drop(conn);
                 return;
             }
@@ -763,6 +773,8 @@ impl Pool {
             if !start && state.reaper_wakes_at.is_none_or(|at| expires < at) {
                 state.reaper_wake.notify_one();
             }
+            drop(state);
+            drop(dead);
             start
         };
         if start_reaper {
@@ -1273,6 +1285,60 @@ mod tests {
             matches!(pool.checkout(&key, true), Checkout::Open(Some(_))),
             "the next attempt dials again"
         );
+    }
+}
+
+#[cfg(test)]
+mod idle_bound_tests {
+    use super::*;
+
+    /// An HTTP/1.1 connection over an in-memory pipe, the pipe's upstream end, and what
+    /// says hyper's driver of it has ended (the connection is closed).
+    async fn http1_conn() -> (
+        Conn,
+        tokio::io::DuplexStream,
+        tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (sender, conn) = http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(ours))
+            .await
+            .expect("handshake");
+        let (done, ended) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+            let _ = done.send(());
+        });
+        (Conn::new(sender, task), theirs, ended)
+    }
+
+    /// The upstream restarted: the connection kept idle is closed, yet listed until the
+    /// next checkout or reap. Counted against the bound, it made the pool close the good
+    /// connection that came back after it.
+    #[tokio::test]
+    async fn a_closed_idle_connection_does_not_take_the_place_of_a_good_one() {
+        let pool = Pool::new(PoolLimits {
+            max_idle_per_host: 1,
+            idle_timeout: Duration::from_secs(30),
+            max_http2_streams: 0,
+            http2_keep_alive: None,
+        });
+        let key = PoolKey {
+            worker: 0,
+            tls: false,
+            host: "h".into(),
+            port: 80,
+            ca_bundle: None,
+        };
+        let (old, old_upstream, old_ended) = http1_conn().await;
+        pool.put(key.clone(), old, Instant::now(), None);
+        assert_eq!(pool.idle().get(&key), Some(&1));
+        drop(old_upstream);
+        old_ended.await.expect("hyper's driver ended");
+        assert_eq!(pool.idle().get(&key), None, "closed");
+        let (good, _good_upstream, _) = http1_conn().await;
+        pool.put(key.clone(), good, Instant::now(), None);
+        assert_eq!(pool.idle().get(&key), Some(&1), "the good one is kept");
+        assert_eq!(pool.lock().idle[&key].len(), 1, "the closed one is gone");
     }
 }
 
