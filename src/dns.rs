@@ -3,14 +3,16 @@
 //! Owns: [`CachedDnsConnector`], the [`Connector`] `serve` reaches upstreams with. A host
 //! name is resolved once and its addresses reused for `limits.dns_cache_ttl` seconds (at
 //! most `limits.max_dns_cache_entries` names are kept), so that a new connection does not pay
-//! a lookup; a name whose every address failed to connect is forgotten at once, so that a
-//! provider that moved is looked up again on the next attempt. Concurrent attempts that miss
-//! the cache for the same name share one lookup. A name with several addresses is connected
-//! to as RFC 8305 ("Happy Eyeballs") says: the next address is tried when the one before has
-//! not answered within [`CONNECTION_ATTEMPT_DELAY`], while the earlier tries go on, and the
-//! first to connect wins; so one address that swallows connections (a broken IPv6 route, a
-//! dead host) costs each new connection that delay, not its whole timeout. The address that
-//! connected is tried first next time. Does not own the connections themselves (the pool in
+//! a lookup; a name whose every address failed to connect, or whose connect was abandoned
+//! before any did, is forgotten at once, so that a provider that moved is looked up again on
+//! the next attempt. Concurrent attempts that miss the cache for the same name share one
+//! lookup. A name with several addresses is connected to as RFC 8305 ("Happy Eyeballs")
+//! says: addresses are tried alternating families (IPv6, IPv4, IPv6... when the first is
+//! IPv6), the next one when the one before has not answered within
+//! [`CONNECTION_ATTEMPT_DELAY`], while the earlier tries go on, and the first to connect
+//! wins; so one address that swallows connections (a broken IPv6 route, a dead host) costs
+//! each new connection that delay, not its whole timeout. The address that connected is
+//! tried first next time. Does not own the connections themselves (the pool in
 //! `upstream::pool` keeps those) nor TLS (`upstream::tls`).
 //!
 //! The system resolver does not say how long an answer may be kept, so the bound is ours:
@@ -124,7 +126,7 @@ impl CachedDnsConnector {
         key: (String, u16),
     ) -> io::Result<Vec<SocketAddr>> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        let addrs = interleave_families(tokio::net::lookup_host((host, port)).await?.collect());
         if addrs.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -168,6 +170,8 @@ impl CachedDnsConnector {
             && let Some(at) = answer.addrs.iter().position(|a| *a == addr)
         {
             answer.addrs[..=at].rotate_right(1);
+            // Its family first now, the families alternating still.
+            answer.addrs = interleave_families(std::mem::take(&mut answer.addrs));
         }
     }
 
@@ -181,20 +185,70 @@ impl Connector for CachedDnsConnector {
     fn connect<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, io::Result<BoxIo>> {
         Box::pin(async move {
             let addrs = self.resolve(host, port).await?;
-            match connect_any(&addrs, CONNECTION_ATTEMPT_DELAY).await {
-                Ok((stream, addr)) => {
-                    if addrs.first() != Some(&addr) {
-                        self.prefer(host, port, addr);
-                    }
-                    stream.set_nodelay(true)?;
-                    Ok(Box::new(stream) as BoxIo)
-                }
-                Err(e) => {
-                    self.forget(host, port);
-                    Err(e)
-                }
+            // Armed until an address connects: a connect abandoned half-way (the attempt's
+            // first-byte timeout, while every address swallows SYNs) proves no more than one
+            // that failed, and returns no error to forget on.
+            let forget = ForgetUnlessConnected {
+                connector: self,
+                host,
+                port,
+            };
+            let (stream, addr) = connect_any(&addrs, CONNECTION_ATTEMPT_DELAY).await?;
+            forget.connected();
+            if addrs.first() != Some(&addr) {
+                self.prefer(host, port, addr);
             }
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxIo)
         })
+    }
+}
+
+/// The order addresses are tried in (RFC 8305 §4): the first one's family, then the other,
+/// alternately, each family in its own order. getaddrinfo lists every IPv6 address before
+/// any IPv4 one (RFC 6724), so with a broken IPv6 route each of them cost
+/// [`CONNECTION_ATTEMPT_DELAY`] before an IPv4 address was tried at all.
+fn interleave_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return addrs;
+    };
+    let first_is_v6 = first.is_ipv6();
+    let (mut first_family, mut other): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+    for addr in &addrs {
+        if addr.is_ipv6() == first_is_v6 {
+            first_family.push(*addr);
+        } else {
+            other.push(*addr);
+        }
+    }
+    let (mut first_family, mut other) = (first_family.into_iter(), other.into_iter());
+    let mut ordered = Vec::with_capacity(addrs.len());
+    loop {
+        match (first_family.next(), other.next()) {
+            (None, None) => return ordered,
+            (a, b) => ordered.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
+/// Forgets a name's answer when dropped: a connect to it ended without a connection,
+/// failed or abandoned.
+struct ForgetUnlessConnected<'a> {
+    connector: &'a CachedDnsConnector,
+    host: &'a str,
+    port: u16,
+}
+
+impl ForgetUnlessConnected<'_> {
+    fn connected(self) {
+        // Nothing to free: it holds references only.
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ForgetUnlessConnected<'_> {
+    fn drop(&mut self) {
+        self.connector.forget(self.host, self.port);
     }
 }
 
@@ -331,6 +385,49 @@ mod tests {
             .expect("connected");
         let key = ("example.test".to_string(), port);
         assert_eq!(c.lock()[&key].addrs, [alive, dead], "tried first next time");
+    }
+
+    #[tokio::test]
+    async fn a_connect_abandoned_before_any_address_answered_forgets_the_answer() {
+        // The attempt's first-byte timeout ends the connect while its only address swallows
+        // SYNs: the answer may be stale (the provider moved), and must not be used again
+        // for the rest of its time.
+        let (_swallowing, _queued, dead) = swallowing_listener().await;
+        let c = answering(dead.port(), vec![dead]);
+        let abandoned = tokio::time::timeout(
+            CONNECTION_ATTEMPT_DELAY,
+            c.connect("example.test", dead.port()),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the address swallows connections");
+        assert!(c.lock().is_empty(), "the answer is forgotten");
+    }
+
+    #[test]
+    fn addresses_are_tried_alternating_families_the_first_ones_family_first() {
+        let v6 = |n: u16| {
+            SocketAddr::from((
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n),
+                443,
+            ))
+        };
+        let v4 = |n: u8| SocketAddr::from(([192, 0, 2, n], 443));
+        // getaddrinfo's order: every IPv6 address first (RFC 6724).
+        assert_eq!(
+            interleave_families(vec![v6(1), v6(2), v6(3), v4(1), v4(2)]),
+            [v6(1), v4(1), v6(2), v4(2), v6(3)]
+        );
+        assert_eq!(
+            interleave_families(vec![v4(1), v4(2), v4(3), v6(1)]),
+            [v4(1), v6(1), v4(2), v4(3)]
+        );
+        assert_eq!(
+            interleave_families(vec![v4(1), v6(1), v6(2), v4(2)]),
+            [v4(1), v6(1), v4(2), v6(2)],
+            "each family keeps its own order"
+        );
+        assert_eq!(interleave_families(vec![v6(1), v6(2)]), [v6(1), v6(2)]);
+        assert_eq!(interleave_families(Vec::new()), []);
     }
 
     #[tokio::test]

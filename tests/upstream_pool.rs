@@ -3,11 +3,11 @@
 //! decides exactly when the upstream answers, stalls or closes.
 //!
 //! Covers: a connection kept after a response read to its end and reused by the next
-//! attempt (JSON, and a stream ended by `[DONE]`, whose chunked end is drained); one closed
-//! by the upstream while idle, replaced by a new one with no failure; a request that may have
-//! reached the upstream, never re-sent; an abandoned stream, whose connection is closed and
-//! never kept; the per-host bound; the idle timeout; and a server's shorter
-//! `Keep-Alive: timeout=`.
+//! attempt (JSON, and a stream ended by `[DONE]`, whose chunked end is drained, for a second
+//! at most); one closed by the upstream while idle, replaced by a new one with no failure; a
+//! request that may have reached the upstream, never re-sent; an abandoned stream, whose
+//! connection is closed and never kept; the per-host bound; the idle timeout; and a
+//! server's shorter `Keep-Alive: timeout=`.
 //!
 //! Waits are for conditions (a count reaching a value), each bounded by [`attempts::PATIENCE`].
 
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use switchback::classify::TransportFault;
 use switchback::transport::TcpConnector;
-use switchback::upstream::client::{UpstreamClient, UpstreamError};
+use switchback::upstream::client::{MAX_DRAIN_WAIT, UpstreamClient, UpstreamError};
 use switchback::upstream::pool::{Pool, PoolLimits, UpstreamStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -65,6 +65,9 @@ enum Answer {
     /// One chunk, an error event (a 429 mid-stream, as vLLM and OpenAI send them), then the
     /// end of the chunked body.
     StreamThenErrorEvent,
+    /// One chunk, `[DONE]`, then nothing: the chunked body is never ended (until the client
+    /// closes).
+    DoneThenStall,
 }
 
 /// A scripted upstream: accepts connections, reads each request head and body, and answers
@@ -156,9 +159,12 @@ async fn serve(mut socket: TcpStream, answers: Vec<Answer>, requests: Arc<Atomic
                 out.extend_from_slice(b"0\r\n\r\n");
                 socket.write_all(&out).await
             }
-            Answer::StallAfterOneChunk => {
+            Answer::StallAfterOneChunk | Answer::DoneThenStall => {
                 let mut out = SSE_HEAD.to_vec();
                 out.extend(sse_chunk(CHUNK));
+                if matches!(answer, Answer::DoneThenStall) {
+                    out.extend(sse_chunk("[DONE]"));
+                }
                 let _ = socket.write_all(&out).await;
                 // Wait for the client to close.
                 let mut sink = [0u8; 64];
@@ -439,4 +445,33 @@ async fn a_stream_ended_by_an_error_event_is_drained_and_its_connection_kept() {
     until("the drained connection is kept", || idle(&client) == 1).await;
     assert_eq!(call(&client, &up.base).await.expect("served"), "hi");
     assert_eq!(up.accepted(), 1, "one connection for both");
+}
+
+#[tokio::test]
+async fn a_body_left_open_after_done_is_closed_soon_not_drained_for_the_idle_timeout() {
+    // The end of the body is read after `[DONE]` in the background, the connection counted
+    // as leased meanwhile. Waiting for it as long as the stream's idle timeout (a minute by
+    // default) held such an upstream's every connection for a minute: at hundreds of
+    // requests per second, thousands of sockets.
+    let up = Upstream::start(vec![Answer::DoneThenStall]).await;
+    let client = client(keep(8));
+    let mut stream = attempts::open_with(
+        &client,
+        &format!("{}/v1", up.base),
+        None,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("opened");
+    assert!(stream.next().await.expect("a chunk").is_some());
+    assert!(stream.next().await.expect("[DONE]").is_none());
+    drop(stream);
+    assert_eq!(client.pool().leased(), 1, "draining");
+    // The clock jumps by the drain's limit; the drain's wait is the only timer due.
+    tokio::time::pause();
+    tokio::time::advance(MAX_DRAIN_WAIT).await;
+    tokio::time::resume();
+    until("the drain gave up", || client.pool().leased() == 0).await;
+    until("its connection was closed", || up.closed() == 1).await;
+    assert_eq!(idle(&client), 0, "a body not ended is not kept");
 }

@@ -1,11 +1,13 @@
 //! `https` upstreams on real sockets: a deployment's own CA bundle (`ssl_verify: <path>`),
 //! kept-alive TLS connections, TLS session resumption across connections, and HTTP/2
-//! negotiated by ALPN: concurrent attempts sharing one connection as streams within the
-//! server's and our stream limits, an abandoned stream reset without losing its connection,
-//! a connection the upstream ends while idle replaced, a stream reset mid-answer failing
-//! (never sent again) while a refused one, or one above a graceful GOAWAY, goes again, a
-//! draining connection given no new stream, the idle timeout, and HTTP/1.1 for an upstream
-//! that does not offer `h2` or when HTTP/2 is turned off.
+//! negotiated by ALPN: each request's target as its protocol wants it, concurrent attempts
+//! sharing one connection as streams within the server's and our stream limits (a burst on
+//! a new connection too, held until its server's limit is in), an abandoned stream reset
+//! without losing its connection, a connection the upstream ends while idle replaced, a
+//! stream reset mid-answer failing (never sent again) while a refused one, or one above a
+//! graceful GOAWAY, goes again, a draining connection given no new stream, the idle
+//! timeout, and HTTP/1.1 for an upstream that does not offer `h2` or when HTTP/2 is turned
+//! off.
 //!
 //! The upstream is hyper's HTTP/1.1 or HTTP/2 server (as ALPN decided) behind tokio-rustls,
 //! or the h2 crate's server where a test needs a stream refused (or frames written by hand,
@@ -154,6 +156,9 @@ struct Seen {
     protocols: Mutex<Vec<String>>,
     /// GOAWAY frames a hand-served connection sent ([`graceful_go_away`]).
     goaways: AtomicUsize,
+    /// Each request's target as hyper's server rebuilt it (HTTP/2: from `:scheme`,
+    /// `:authority` and `:path`), and its `Host` header.
+    targets: std::sync::Mutex<Vec<(http::Uri, Option<String>)>>,
 }
 
 /// An https upstream (hyper's HTTP/1.1 or HTTP/2 server, by ALPN) answering with the next
@@ -244,7 +249,15 @@ async fn serve(
     let protocol = String::from_utf8_lossy(session.alpn_protocol().unwrap_or(b"none")).into_owned();
     seen.protocols.lock().await.push(protocol.clone());
     let (s, answers) = (seen.clone(), spec.answers.clone());
-    let service = service_fn(move |_req| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+        s.targets
+            .lock()
+            .expect("targets lock")
+            .push((req.uri().clone(), host));
         let n = s.requests.fetch_add(1, Ordering::SeqCst);
         let answer = answers[n.min(answers.len() - 1)];
         respond(answer, s.clone(), answering.clone())
@@ -418,6 +431,43 @@ async fn a_new_connection_resumes_the_tls_session() {
     );
 }
 
+/// An HTTP/2 request names its upstream in `:scheme` and `:authority` (RFC 9113 §8.3.1),
+/// an HTTP/1.1 one in its `Host` header with an origin-form target (RFC 9112 §3.2). The
+/// HTTP/2 requests went out path-only with a `Host` header: h2 then sends `:scheme: http`
+/// and no `:authority`, over TLS.
+#[tokio::test]
+async fn each_protocol_names_the_upstream_as_it_should() {
+    for (name, offer) in [
+        ("h2-target", Offer::H2AndHttp1),
+        ("h1-target", Offer::Http1Only),
+    ] {
+        let (_pki, bundle, up) = setup(name, Spec::new(offer, vec![Answer::Json])).await;
+        let client = client(0);
+        // Pooling off: each call opens a connection, so both build their request afresh.
+        for _ in 0..2 {
+            call(&client, up.port, Some(&bundle)).await.expect("served");
+        }
+        let authority = format!("localhost:{}", up.port);
+        let targets = up.seen.targets.lock().expect("targets lock").clone();
+        assert_eq!(targets.len(), 2, "{name}");
+        for (uri, host) in targets {
+            assert_eq!(uri.path(), "/v1/chat/completions", "{name}");
+            if offer == Offer::H2AndHttp1 {
+                assert_eq!(uri.scheme_str(), Some("https"), "{name}: {uri}");
+                assert_eq!(
+                    uri.authority().map(|a| a.as_str()),
+                    Some(authority.as_str()),
+                    "{name}: {uri}"
+                );
+                assert_eq!(host, None, "{name}: `:authority` replaces `Host`");
+            } else {
+                assert_eq!(uri.authority(), None, "{name}: origin form, {uri}");
+                assert_eq!(host.as_deref(), Some(authority.as_str()), "{name}");
+            }
+        }
+    }
+}
+
 /// A PKI, a CA bundle trusting it, and an upstream started with `spec`.
 async fn setup(name: &str, spec: Spec) -> (Pki, CaBundle, Upstream) {
     let pki = pki(name);
@@ -586,6 +636,33 @@ async fn a_burst_past_one_connections_room_opens_only_the_connections_it_needs()
 #[tokio::test]
 async fn a_connection_full_by_the_servers_stream_limit_opens_another() {
     four_streams_at_two_per_connection("h2-server-limit", Some(2), 100).await;
+}
+
+/// A burst on a cold pool to a server allowing 2 streams: the attempts waiting for the
+/// first connection must see its server's limit, which arrives after hyper's handshake
+/// returns. Counting h2's 100 assumed until then, all four put their stream on the first
+/// connection; the server refused two, and each refused one went again on a connection of
+/// its own: 3 connections where 2 do.
+#[tokio::test]
+async fn a_burst_on_a_new_connection_waits_for_its_servers_stream_limit() {
+    let answer = Answer::Sse {
+        chunks: 1,
+        together: 4,
+    };
+    let mut spec = Spec::new(Offer::H2AndHttp1, vec![answer]);
+    spec.max_streams = Some(2);
+    let (_pki, bundle, up) = setup("h2-cold-limit", spec).await;
+    let client = client_with(PoolLimits {
+        max_idle_per_host: 8,
+        idle_timeout: Duration::from_secs(30),
+        max_http2_streams: 100,
+        http2_keep_alive: None,
+    });
+    let results = concurrently(&client, up.port, &bundle, 4).await;
+    assert_eq!(results, vec![Ok("c0".to_string()); 4]);
+    assert_eq!(up.accepted(), 2, "4 streams at 2 per connection");
+    assert_eq!(up.requests(), 4, "none refused and sent again");
+    assert_eq!(client.pool().stats().resent_unprocessed, 0);
 }
 
 #[tokio::test]

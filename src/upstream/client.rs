@@ -1,9 +1,10 @@
 //! The OpenAI-compatible upstream client: one attempt, as a stream of chunks.
 //!
-//! Owns: `POST {api_base}/chat/completions` over hyper 1.x on an injected [`Connector`], the
-//! four timeouts (first byte, first chunk, idle gap, whole attempt), reading an error body,
-//! reading SSE incrementally (or a whole JSON body from an upstream that ignored `stream`),
-//! and naming what went wrong as an [`UpstreamError`]. An attempt takes a kept connection
+//! Owns: `POST {api_base}/chat/completions` over hyper 1.x on an injected [`Connector`] (its
+//! target in the form each protocol wants: origin form and `Host` for HTTP/1.1, `:scheme`
+//! and `:authority` for HTTP/2), the four timeouts (first byte, first chunk, idle gap,
+//! whole attempt), reading an error body, reading SSE incrementally (or a whole JSON body
+//! from an upstream that ignored `stream`), and naming what went wrong as an [`UpstreamError`]. An attempt takes a kept connection
 //! from the [`Pool`] or opens one (HTTP/2 when an `https` upstream picks `h2` by ALPN,
 //! HTTP/1.1 otherwise); an HTTP/1.1 one is kept again only when its response was read to the
 //! end, so an abandoned attempt closes its socket and never leaves a half-read connection,
@@ -31,7 +32,10 @@ use crate::transport::{BoxIo, Connector};
 use crate::upstream::Endpoint;
 use crate::upstream::choices::ChoiceProgress;
 use crate::upstream::chunk::{self, Chunk, ChunkError, ChunkLimits, Payload};
-use crate::upstream::pool::{Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey, Resend};
+use crate::upstream::first_frame::FirstFrameWatch;
+use crate::upstream::pool::{
+    Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey, Resend, SettingsWait,
+};
 use crate::upstream::sse::{SseEvent, SseParser};
 use crate::upstream::tls::CaBundle;
 
@@ -258,6 +262,7 @@ impl UpstreamClient {
             port: endpoint.port,
             ca_bundle: call.ca_bundle.map(|b| b.path.clone()),
         };
+        let target = Target::new(endpoint)?;
         let mut request = build_request(call)?;
         // Pooled connections tried for this request: each one found closed is dropped, so
         // the bound only matters if other attempts keep returning stale ones.
@@ -296,6 +301,7 @@ impl UpstreamClient {
                 self.pool.count_resend(Resend::StaleConnection);
                 continue;
             }
+            target.aim(&mut request, lease.is_http2());
             match lease.try_send(request).await {
                 Ok(response) => return Ok((response, lease)),
                 Err(mut e) => match e.take_message() {
@@ -431,6 +437,9 @@ async fn connect_http2(
             .keep_alive_timeout(every)
             .keep_alive_while_idle(true);
     }
+    let settings = SettingsWait::default();
+    let told = settings.clone();
+    let io = FirstFrameWatch::new(io, Box::new(move || told.known()));
     let (sender, conn) = builder
         .handshake::<_, Full<Bytes>>(TokioIo::new(io))
         .await?;
@@ -461,7 +470,10 @@ async fn connect_http2(
             .as_ref()
             .map_or(0, |conn| conn.current_max_send_streams())
     });
-    Ok(NewConn::Http2(Http2Conn::new(sender, server_limit, task)))
+    Ok(NewConn::Http2(
+        Http2Conn::new(sender, server_limit, task),
+        settings,
+    ))
 }
 
 /// Whether an HTTP/2 request failed in a way that proves the server did not process it:
@@ -486,10 +498,59 @@ fn never_processed(error: &hyper::Error) -> bool {
     h2.is_remote() && (refused || left_out_by_graceful_goaway)
 }
 
-/// The upstream request of one call.
+/// Where a request goes, in the form each protocol wants: HTTP/1.1 an origin-form target
+/// and a `Host` header (RFC 9112 §3.2), HTTP/2 the scheme and authority in the URI, which
+/// hyper passes on as `:scheme` and `:authority` (RFC 9113 §8.3.1). Given a path-only URI,
+/// h2 sends `:scheme: http` and no `:authority` (a `Host` header is no substitute there),
+/// over TLS. A request may go on either kind of connection (a kept HTTP/1.1 one found
+/// closed, then a new one that speaks HTTP/2), so it is aimed anew at each send, as
+/// hyper-util's own client does.
+struct Target {
+    origin: http::Uri,
+    absolute: http::Uri,
+    host: HeaderValue,
+}
+
+impl Target {
+    fn new(endpoint: &Endpoint) -> Result<Target, UpstreamError> {
+        let unusable = |e: &dyn std::fmt::Display| {
+            UpstreamError::Transport(
+                TransportFault::ConnectFailed,
+                format!("{endpoint}: not a request target: {e}"),
+            )
+        };
+        let path = endpoint.chat_completions_path();
+        let scheme = if endpoint.tls { "https" } else { "http" };
+        let authority = endpoint.authority();
+        Ok(Target {
+            origin: path.parse().map_err(|e| unusable(&e))?,
+            absolute: format!("{scheme}://{authority}{path}")
+                .parse()
+                .map_err(|e| unusable(&e))?,
+            host: HeaderValue::from_str(&authority).map_err(|e| unusable(&e))?,
+        })
+    }
+
+    fn aim(&self, request: &mut Request<Full<Bytes>>, http2: bool) {
+        if http2 {
+            *request.uri_mut() = self.absolute.clone();
+            // `:authority` says it; RFC 9113 §8.3.1 would have a `Host` sent along agree.
+            request.headers_mut().remove(header::HOST);
+        } else {
+            *request.uri_mut() = self.origin.clone();
+            // In place when it is there (first); appended when HTTP/2 took it out.
+            request
+                .headers_mut()
+                .insert(header::HOST, self.host.clone());
+        }
+    }
+}
+
+/// The upstream request of one call (its target is set per connection, by [`Target`]).
 fn build_request(call: Call<'_>) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let endpoint = call.endpoint;
     let mut request = Request::post(endpoint.chat_completions_path())
+        // First, as RFC 9110 §7.2 asks of HTTP/1.1; taken out for HTTP/2.
         .header(header::HOST, endpoint.authority())
         .header(header::CONTENT_TYPE, "application/json")
         .header(
@@ -613,6 +674,12 @@ fn forwarded_copies(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
 /// chunked body).
 pub const MAX_DRAIN_BYTES: usize = 16 * 1024;
 
+/// Longest wait for the end of the body after `[DONE]` (or an error event); past it, the
+/// connection is closed. A well-behaved upstream ends the body at once; one that keeps it
+/// open would otherwise hold the connection, counted as leased, for the stream's idle
+/// timeout (a minute by default): at hundreds of requests per second, thousands of sockets.
+pub const MAX_DRAIN_WAIT: Duration = Duration::from_secs(1);
+
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
         let (Some(body), Some(lease)) = (self.body.take(), self.lease.take()) else {
@@ -629,13 +696,16 @@ impl Drop for UpstreamStream {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let until = Wait::new(Instant::now(), self.timeouts, TimeoutKind::Idle).at;
+        let now = Instant::now();
+        let until = Wait::new(now, self.timeouts, TimeoutKind::Idle)
+            .at
+            .min(now + MAX_DRAIN_WAIT);
         runtime.spawn(drain(body, lease, until));
     }
 }
 
-/// Reads what is left of a body (at most [`MAX_DRAIN_BYTES`], until `until`) and keeps the
-/// connection if the body ends cleanly.
+/// Reads what is left of a body (at most [`MAX_DRAIN_BYTES`], until `until`: at most
+/// [`MAX_DRAIN_WAIT`]) and keeps the connection if the body ends cleanly.
 async fn drain(mut body: Incoming, mut lease: Lease, until: Instant) {
     let mut left = MAX_DRAIN_BYTES;
     loop {

@@ -8,7 +8,8 @@
 //! stream each, up to the lower of its server's `SETTINGS_MAX_CONCURRENT_STREAMS` and
 //! [`PoolLimits::max_http2_streams`], a full one making the next attempt open another;
 //! making attempts that arrive while a connection to an `https` upstream is being opened
-//! wait for it, so that a burst opens one HTTP/2 connection, not one each; closing a
+//! wait for it (an HTTP/2 one until its server's SETTINGS, its stream limit, are in: see
+//! [`SettingsWait`]), so that a burst opens one HTTP/2 connection, not one each; closing a
 //! connection when it has been idle for `upstream_pool_idle_timeout` (counted from the end
 //! of its last response), sooner when an HTTP/1.1 server announced a shorter
 //! `Keep-Alive: timeout=`, or when the pool for its host is full; and counting what it
@@ -189,6 +190,56 @@ impl Drop for Conn {
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
 pub(crate) type ServerStreamLimit = Box<dyn Fn() -> usize + Send + Sync>;
 
+/// Holds the [`Dial`] of a new HTTP/2 connection until its server's first SETTINGS have
+/// been applied (told by [`FirstFrameWatch`](crate::upstream::first_frame::FirstFrameWatch)),
+/// so that the attempts waiting for the connection see its server's stream limit. hyper's
+/// handshake returns before that, while h2 counts 100 streams allowed: woken then, a burst
+/// put up to 100 streams on the connection, its server refused those past its limit, and
+/// each refused one went again on a connection of its own. Why not until the dialer's
+/// response head, which also comes after the SETTINGS: an answer that is not streamed
+/// sends its head only when it is done, and the waiters would wait that long; the
+/// SETTINGS come about one round trip after the handshake.
+#[derive(Clone, Default)]
+pub(crate) struct SettingsWait(Arc<Mutex<Settings>>);
+
+#[derive(Default)]
+enum Settings {
+    /// Not yet in: the dial, once the pool has the connection.
+    #[default]
+    Unknown,
+    Waiting(Dial),
+    Known,
+}
+
+impl SettingsWait {
+    /// The dial ends once the SETTINGS are in (at once if they are already).
+    fn hold(&self, dial: Option<Dial>) {
+        let Some(dial) = dial else { return };
+        let mut settings = self.lock();
+        if matches!(*settings, Settings::Unknown) {
+            *settings = Settings::Waiting(dial);
+            return;
+        }
+        // Outside the lock: ending the dial takes the pool's.
+        drop(settings);
+        drop(dial);
+    }
+
+    /// The server's SETTINGS were applied, or will never be (the connection ended).
+    pub(crate) fn known(&self) {
+        let was = std::mem::replace(&mut *self.lock(), Settings::Known);
+        // Outside the lock, as above.
+        if let Settings::Waiting(dial) = was {
+            drop(dial);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Settings> {
+        // Held for a plain swap only, which cannot panic half-way.
+        self.0.lock().expect("SETTINGS wait lock poisoned")
+    }
+}
+
 /// One open HTTP/2 upstream connection, shared by the attempts whose streams it carries.
 pub(crate) struct Http2Conn {
     sender: http2::SendRequest<Full<Bytes>>,
@@ -223,10 +274,12 @@ impl Drop for Http2Conn {
     }
 }
 
-/// A connection just opened, in the version its server chose.
+/// A connection just opened, in the version its server chose. (An HTTP/2 one's
+/// [`SettingsWait`] is not kept in its [`Http2Conn`]: holding the dial, hence the pool, it
+/// would keep a dropped pool alive for as long as the connection waits for its server.)
 pub(crate) enum NewConn {
     Http1(Conn),
-    Http2(Http2Conn),
+    Http2(Http2Conn, SettingsWait),
 }
 
 struct Idle {
@@ -583,7 +636,8 @@ impl Pool {
 
     /// Lends a connection just opened to the attempt that opened it. An HTTP/2 one joins
     /// the pool at once, so that attempts to the same upstream share it; `dial` is dropped
-    /// after that, waking the attempts waiting for it.
+    /// after that (for HTTP/2, once its server's SETTINGS are in: see [`SettingsWait`]),
+    /// waking the attempts waiting for it.
     pub(crate) fn lease_new(&self, key: PoolKey, conn: NewConn, dial: Option<Dial>) -> Lease {
         match conn {
             NewConn::Http1(conn) => {
@@ -597,7 +651,7 @@ impl Pool {
                 drop(dial);
                 self.lease(key, conn, false)
             }
-            NewConn::Http2(conn) => {
+            NewConn::Http2(conn, settings) => {
                 let conn = Arc::new(conn);
                 self.leased.fetch_add(1, Ordering::SeqCst);
                 if self.limits.max_idle_per_host == 0 {
@@ -619,7 +673,7 @@ impl Pool {
                     });
                     id
                 };
-                drop(dial);
+                settings.hold(dial);
                 Lease::http2(key, self.clone(), &conn, Some(id), false)
             }
         }
@@ -667,7 +721,8 @@ impl Pool {
     }
 
     /// Keeps the HTTP/1.1 `conn` idle for `key` from `since` (when its last response
-    /// ended), unless it is closed, the host's pool is full, or it would already have to
+    /// ended), unless it is closed, the host's pool is full (of open, unexpired
+    /// connections: the others are closed here), or it would already have to
     /// be closed: our idle timeout, or its server's (`server_idle_timeout`, less
     /// [`KEEP_ALIVE_MARGIN`]), whichever is shorter.
     fn put(&self, key: PoolKey, conn: Conn, since: Instant, server_idle_timeout: Option<Duration>) {
@@ -689,13 +744,22 @@ impl Pool {
         {
             return;
         }
+        let now = Instant::now();
         let start_reaper = {
             let mut state = self.lock();
             let waiters = state.tls_dials.get(&key).map(|d| d.changed.clone());
             let list = state.idle.entry(key).or_default();
+            // Connections closed or expired while idle stay listed until a checkout or the
+            // reaper meets them: counted, they would take the place of good ones (every
+            // kept connection closes at once when its upstream restarts).
+            let (dead, open): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
+                .into_iter()
+                .partition(|i| i.expires <= now || i.conn.sender.is_closed());
+            *list = open;
             if list.len() >= self.idle_cap() {
                 // Full: the connection is closed as it drops, outside the lock.
                 drop(state);
+                drop(dead);
                 drop(conn);
                 return;
             }
@@ -709,6 +773,8 @@ impl Pool {
             if !start && state.reaper_wakes_at.is_none_or(|at| expires < at) {
                 state.reaper_wake.notify_one();
             }
+            drop(state);
+            drop(dead);
             start
         };
         if start_reaper {
@@ -1219,6 +1285,60 @@ mod tests {
             matches!(pool.checkout(&key, true), Checkout::Open(Some(_))),
             "the next attempt dials again"
         );
+    }
+}
+
+#[cfg(test)]
+mod idle_bound_tests {
+    use super::*;
+
+    /// An HTTP/1.1 connection over an in-memory pipe, the pipe's upstream end, and what
+    /// says hyper's driver of it has ended (the connection is closed).
+    async fn http1_conn() -> (
+        Conn,
+        tokio::io::DuplexStream,
+        tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (sender, conn) = http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(ours))
+            .await
+            .expect("handshake");
+        let (done, ended) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+            let _ = done.send(());
+        });
+        (Conn::new(sender, task), theirs, ended)
+    }
+
+    /// The upstream restarted: the connection kept idle is closed, yet listed until the
+    /// next checkout or reap. Counted against the bound, it made the pool close the good
+    /// connection that came back after it.
+    #[tokio::test]
+    async fn a_closed_idle_connection_does_not_take_the_place_of_a_good_one() {
+        let pool = Pool::new(PoolLimits {
+            max_idle_per_host: 1,
+            idle_timeout: Duration::from_secs(30),
+            max_http2_streams: 0,
+            http2_keep_alive: None,
+        });
+        let key = PoolKey {
+            worker: 0,
+            tls: false,
+            host: "h".into(),
+            port: 80,
+            ca_bundle: None,
+        };
+        let (old, old_upstream, old_ended) = http1_conn().await;
+        pool.put(key.clone(), old, Instant::now(), None);
+        assert_eq!(pool.idle().get(&key), Some(&1));
+        drop(old_upstream);
+        old_ended.await.expect("hyper's driver ended");
+        assert_eq!(pool.idle().get(&key), None, "closed");
+        let (good, _good_upstream, _) = http1_conn().await;
+        pool.put(key.clone(), good, Instant::now(), None);
+        assert_eq!(pool.idle().get(&key), Some(&1), "the good one is kept");
+        assert_eq!(pool.lock().idle[&key].len(), 1, "the closed one is gone");
     }
 }
 

@@ -47,6 +47,17 @@ pub async fn open(
     api_base: &str,
     ca_bundle: Option<&CaBundle>,
 ) -> Result<UpstreamStream, UpstreamError> {
+    open_with(client, api_base, ca_bundle, Duration::from_secs(2)).await
+}
+
+/// [`open`], with `stream_timeout` as its first-byte, first-chunk and idle timeout (the
+/// attempt's deadline twice that).
+pub async fn open_with(
+    client: &UpstreamClient,
+    api_base: &str,
+    ca_bundle: Option<&CaBundle>,
+    stream_timeout: Duration,
+) -> Result<UpstreamStream, UpstreamError> {
     let endpoint = Endpoint::parse(api_base).expect("api_base");
     let body = Bytes::from_static(br#"{"model":"m","messages":[],"stream":true}"#);
     client
@@ -60,8 +71,8 @@ pub async fn open(
                 ca_bundle,
             },
             AttemptTimeouts {
-                stream_timeout: Duration::from_secs(2),
-                deadline: Instant::now() + Duration::from_secs(4),
+                stream_timeout,
+                deadline: Instant::now() + 2 * stream_timeout,
             },
         )
         .await
