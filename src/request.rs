@@ -120,10 +120,21 @@ impl ChatRequest {
         limits: &Limits,
         model: Option<&str>,
     ) -> Result<ChatRequest, BadRequest> {
-        let value = crate::json::from_slice(body).map_err(|e| BadRequest {
-            message: format!("request body is not valid JSON: {e}"),
-            param: None,
-            limit: None,
+        let value = crate::json::from_slice(body).map_err(|e| {
+            // serde_json names a lone surrogate by what it expected next.
+            let said = e.to_string();
+            let hint = if said.contains("surrogate") || said.contains("end of hex escape") {
+                " (a `\\u` escape there is a lone UTF-16 surrogate, half of a character, \
+                 which JSON text cannot carry: was a string cut between the two halves \
+                 of a pair?)"
+            } else {
+                ""
+            };
+            BadRequest {
+                message: format!("request body is not valid JSON: {said}{hint}"),
+                param: None,
+                limit: None,
+            }
         })?;
         let Value::Object(mut body) = value else {
             return Err(BadRequest {
@@ -570,6 +581,25 @@ mod tests {
 
     /// `n` is the client's own: more choices than `max_choices` is refused here, before any
     /// deployment answers with them and is blamed for it; `n` must be a positive integer.
+    /// JavaScript clients that cut a string between the two halves of a UTF-16 pair send a
+    /// lone surrogate escape (`\ud83d`), which JSON text cannot carry: the error says so,
+    /// rather than only serde_json's "unexpected end of hex escape".
+    #[test]
+    fn a_lone_surrogate_escape_is_named_as_such() {
+        for text in [
+            r#"{"model":"m","messages":[{"role":"user","content":"hi \ud83d"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"\ud83dx"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"\ude00"}]}"#,
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(
+                e.message.contains("lone UTF-16 surrogate") && e.message.contains("column"),
+                "{text}: {}",
+                e.message
+            );
+        }
+    }
+
     #[test]
     fn n_is_bounded_by_max_choices() {
         let with_n = |n: &str| {
