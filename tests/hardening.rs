@@ -659,8 +659,25 @@ keys:
     assert_eq!(status, 200, "{text}");
     let (status, text) = send(vec![("api-key", "sk-nope")], "g").await;
     assert_eq!(status, 401, "{text}");
+    for unusable in ["", "   "] {
+        let (status, text) = send(vec![("api-key", unusable)], "h").await;
+        assert_eq!(status, 401, "api-key {unusable:?} is no key: {text}");
+    }
     let (status, text) = send(vec![], "h").await;
     assert_eq!(status, 200, "no key at all is anonymous here: {text}");
+
+    // A gateway without keys reads no key from any request: a proxy's own Authorization
+    // header is not refused there.
+    let gw = Gw::start(ONE_GROUP, &net);
+    let request = http::Request::post("/v1/chat/completions")
+        .header("host", "gateway")
+        .header("authorization", "Basic c2stZ29vZA==")
+        .body(http_body_util::Full::new(Bytes::from(
+            chat_body("g", false).to_string(),
+        )))
+        .unwrap();
+    let response = gw.connect().await.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
 }
 
 // 10. At `max_connections`, a new connection is still answered: `/health` works and other

@@ -161,6 +161,25 @@ keys:
             assert_eq!(calls.len(), before + 1, "stream={stream} {path}");
             assert_eq!(calls[before].body["model"], upstream_model);
         }
+        // Paths that only look like the route (the prefix and the suffix share their `/`,
+        // or nothing lies between them) are a 404 or a 400, before any key is checked, and
+        // the gateway goes on serving.
+        for (path, status) in [
+            ("/openai/deployments/chat/completions", 404),
+            ("/openai/deployments/chat/completions/", 404),
+            ("/openai/deployments//chat/completions", 400),
+        ] {
+            let request = http::Request::post(path)
+                .header("host", "gateway")
+                .header("api-key", "sk-azure")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    chat_body("a", stream).to_string(),
+                )))
+                .unwrap();
+            let response = gw.connect().await.send_request(request).await;
+            let response = response.unwrap_or_else(|e| panic!("{path}: no answer: {e}"));
+            assert_eq!(response.status(), status, "stream={stream} {path}");
+        }
         // The path's group is checked as the body's would be.
         let request = http::Request::post("/openai/deployments/nope/chat/completions")
             .header("host", "gateway")

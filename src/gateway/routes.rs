@@ -79,8 +79,10 @@ fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
         "/health" | "/health/liveliness" | "/health/readiness" => Route::Health,
         "/metrics" => Route::Metrics,
         "/admin/reload" => Route::AdminReload,
-        _ if path.starts_with(AZURE_DEPLOYMENTS) && path.ends_with(AZURE_CHAT) => {
-            let name = &path[AZURE_DEPLOYMENTS.len()..path.len() - AZURE_CHAT.len()];
+        _ if let Some(name) = path
+            .strip_prefix(AZURE_DEPLOYMENTS)
+            .and_then(|rest| rest.strip_suffix(AZURE_CHAT)) =>
+        {
             match percent_encoding::percent_decode_str(name).decode_utf8() {
                 Ok(name) => Route::Chat {
                     deployment: Some(name.into_owned()),
@@ -196,7 +198,7 @@ fn metrics(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
             return error(&e);
         }
     } else {
-        match presented_key(req).and_then(|key| engine.authenticate(key)) {
+        match key_of(engine, req).and_then(|key| engine.authenticate(key)) {
             Ok(None) if engine.catalog().has_keys() => {
                 return error(&ApiError::unauthorized(
                     "missing API key: send `Authorization: Bearer <virtual key>`",
@@ -303,33 +305,50 @@ pub fn overflow<B>(
 
 /// The key a request presents: `Authorization: Bearer <key>`, or, without an Authorization
 /// header, Azure OpenAI's `api-key: <key>` (the official SDK's `AzureOpenAI` client sends
-/// it; LiteLLM takes it too). `Ok(None)` when it presents none. An Authorization header
-/// that is no bearer token is refused rather than read as no key: a client that believes
-/// it sends its key must not be served as anonymous.
+/// it; LiteLLM takes it too). `Ok(None)` when it presents none. A header that is there but
+/// holds no usable key (no `Bearer` scheme, an empty or non-ASCII value) is refused rather
+/// than read as no key: a client that believes it sends its key must not be served as
+/// anonymous.
 fn presented_key<B>(req: &Request<B>) -> Result<Option<&str>, ApiError> {
     let headers = req.headers();
+    let malformed = |header: &str, expected: &str| {
+        ApiError::unauthorized(format!("malformed {header} header: send `{expected}`"))
+    };
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(headers
-            .get("api-key")
-            .and_then(|v| v.to_str().ok())
+        let Some(value) = headers.get("api-key") else {
+            return Ok(None);
+        };
+        return value
+            .to_str()
+            .ok()
             .map(str::trim)
-            .filter(|key| !key.is_empty()));
+            .filter(|key| !key.is_empty())
+            .map(Some)
+            .ok_or_else(|| malformed("api-key", "api-key: <virtual key>"));
     };
     let bearer = value.to_str().ok().and_then(|v| {
         let (scheme, token) = v.trim_start().split_once([' ', '\t'])?;
         let token = token.trim();
         (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
     });
-    bearer.map(Some).ok_or_else(|| {
-        ApiError::unauthorized(
-            "malformed Authorization header: send `Authorization: Bearer <virtual key>`",
-        )
-    })
+    bearer
+        .map(Some)
+        .ok_or_else(|| malformed("Authorization", "Authorization: Bearer <virtual key>"))
+}
+
+/// [`presented_key`] where virtual keys are what is checked: a gateway without `keys:`
+/// reads no key from any request, so a header it has no use for (a proxy's own
+/// `Authorization: Basic ...`) is not refused there.
+fn key_of<'r, B>(engine: &Engine, req: &'r Request<B>) -> Result<Option<&'r str>, ApiError> {
+    match presented_key(req) {
+        Err(_) if !engine.catalog().has_keys() => Ok(None),
+        presented => presented,
+    }
 }
 
 /// The groups a request's key may use.
 fn allowed(engine: &Engine, req: &Request<Incoming>) -> Result<Arc<[bool]>, ApiError> {
-    Ok(match engine.authenticate(presented_key(req)?)? {
+    Ok(match engine.authenticate(key_of(engine, req)?)? {
         Some(k) => k.allowed.clone(),
         None => engine.catalog().all_allowed(),
     })
@@ -417,7 +436,7 @@ async fn chat(
         return too_large();
     }
     // The key first: an unknown one is refused before a byte of its body is read.
-    let token = presented_key(&req).and_then(|key| {
+    let token = key_of(&engine, &req).and_then(|key| {
         engine.authenticate(key)?;
         Ok(key.map(str::to_string))
     });
@@ -479,7 +498,10 @@ pub async fn chat_buffered(
             let write_timeout = engine.catalog().limits.client_write_timeout();
             serve_admitted(engine, admitted, write_timeout).await
         }
-        Err(e) => error(&e),
+        Err(e) => {
+            engine.note_refusal("chat", e.status, e.limit);
+            error(&e)
+        }
     }
 }
 
