@@ -127,6 +127,8 @@ struct Spec {
     answers: Vec<Answer>,
     /// The HTTP/2 server's SETTINGS_MAX_CONCURRENT_STREAMS (none: hyper's default).
     max_streams: Option<u32>,
+    /// How long an HTTP/2 server keeps silent after its TLS handshake (its SETTINGS late).
+    settings_delay: Duration,
 }
 
 impl Spec {
@@ -135,6 +137,7 @@ impl Spec {
             offer,
             answers,
             max_streams: None,
+            settings_delay: Duration::ZERO,
         }
     }
 }
@@ -264,6 +267,7 @@ async fn serve(
     });
     let io = TokioIo::new(tls);
     if protocol == "h2" {
+        tokio::time::sleep(spec.settings_delay).await;
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.max_concurrent_streams(spec.max_streams);
         let mut conn = std::pin::pin!(builder.serve_connection(io, service));
@@ -663,6 +667,61 @@ async fn a_burst_on_a_new_connection_waits_for_its_servers_stream_limit() {
     assert_eq!(up.accepted(), 2, "4 streams at 2 per connection");
     assert_eq!(up.requests(), 4, "none refused and sent again");
     assert_eq!(client.pool().stats().resent_unprocessed, 0);
+}
+
+/// The same, for attempts that come once the connection is open but before its server's
+/// SETTINGS: the connection must not read as having room for 100 streams meanwhile (the
+/// server refuses those past its limit, and each goes again on a connection of its own).
+#[tokio::test]
+async fn attempts_after_the_handshake_wait_for_the_servers_stream_limit() {
+    let answer = Answer::Sse {
+        chunks: 1,
+        together: 4,
+    };
+    let mut spec = Spec::new(Offer::H2AndHttp1, vec![answer]);
+    spec.max_streams = Some(2);
+    spec.settings_delay = Duration::from_millis(300);
+    let (_pki, bundle, up) = setup("h2-late-settings", spec).await;
+    let client = client_with(PoolLimits {
+        max_idle_per_host: 8,
+        idle_timeout: Duration::from_secs(30),
+        max_http2_streams: 100,
+        http2_keep_alive: None,
+    });
+    let first = {
+        let (client, bundle) = (client.clone(), bundle.clone());
+        tokio::spawn(async move {
+            call(&client, up.port, Some(&bundle))
+                .await
+                .map_err(|e| format!("{e:?}"))
+        })
+    };
+    // The first attempt's connection is open (the pool has it) and its server still silent.
+    let opened = |client: &UpstreamClient| {
+        client
+            .pool()
+            .stats()
+            .upstreams
+            .values()
+            .map(|u| u.opened_http2)
+            .sum::<u64>()
+    };
+    for _ in 0..200 {
+        if opened(&client) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(opened(&client), 1, "the first connection opened");
+    let mut results = concurrently(&client, up.port, &bundle, 3).await;
+    results.push(first.await.expect("attempt task"));
+    assert_eq!(results, vec![Ok("c0".to_string()); 4]);
+    assert_eq!(
+        client.pool().stats().resent_unprocessed,
+        0,
+        "none refused and sent again"
+    );
+    assert_eq!(up.accepted(), 2, "4 streams at 2 per connection");
 }
 
 #[tokio::test]

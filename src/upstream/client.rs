@@ -471,7 +471,7 @@ async fn connect_http2(
             .map_or(0, |conn| conn.current_max_send_streams())
     });
     Ok(NewConn::Http2(
-        Http2Conn::new(sender, server_limit, task),
+        Http2Conn::new(sender, server_limit, settings.known_flag(), task),
         settings,
     ))
 }

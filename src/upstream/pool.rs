@@ -38,7 +38,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -199,8 +199,14 @@ pub(crate) type ServerStreamLimit = Box<dyn Fn() -> usize + Send + Sync>;
 /// response head, which also comes after the SETTINGS: an answer that is not streamed
 /// sends its head only when it is done, and the waiters would wait that long; the
 /// SETTINGS come about one round trip after the handshake.
+/// Until then the connection itself counts room for one stream only (`Http2Conn::capacity`):
+/// an attempt that comes after the handshake, once the dial is held, would otherwise see
+/// h2's 100 on it and put a stream there rather than wait.
 #[derive(Clone, Default)]
-pub(crate) struct SettingsWait(Arc<Mutex<Settings>>);
+pub(crate) struct SettingsWait {
+    state: Arc<Mutex<Settings>>,
+    known: Arc<AtomicBool>,
+}
 
 #[derive(Default)]
 enum Settings {
@@ -227,6 +233,8 @@ impl SettingsWait {
 
     /// The server's SETTINGS were applied, or will never be (the connection ended).
     pub(crate) fn known(&self) {
+        // First: the attempts the dial's end wakes must find the server's limit counted.
+        self.known.store(true, Ordering::SeqCst);
         let was = std::mem::replace(&mut *self.lock(), Settings::Known);
         // Outside the lock, as above.
         if let Settings::Waiting(dial) = was {
@@ -234,9 +242,14 @@ impl SettingsWait {
         }
     }
 
+    /// Whether the server's SETTINGS are in, for the connection to read.
+    pub(crate) fn known_flag(&self) -> Arc<AtomicBool> {
+        self.known.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Settings> {
         // Held for a plain swap only, which cannot panic half-way.
-        self.0.lock().expect("SETTINGS wait lock poisoned")
+        self.state.lock().expect("SETTINGS wait lock poisoned")
     }
 }
 
@@ -244,6 +257,8 @@ impl SettingsWait {
 pub(crate) struct Http2Conn {
     sender: http2::SendRequest<Full<Bytes>>,
     server_limit: ServerStreamLimit,
+    /// Whether its server's SETTINGS are in ([`SettingsWait`]); before, h2 counts 100.
+    settings_known: Arc<AtomicBool>,
     /// Aborting the task ends hyper's request dispatch; the connection then closes as soon
     /// as no stream of it is left (hyper drives the socket in a task of its own).
     task: tokio::task::JoinHandle<()>,
@@ -253,18 +268,26 @@ impl Http2Conn {
     pub(crate) fn new(
         sender: http2::SendRequest<Full<Bytes>>,
         server_limit: ServerStreamLimit,
+        settings_known: Arc<AtomicBool>,
         task: tokio::task::JoinHandle<()>,
     ) -> Http2Conn {
         Http2Conn {
             sender,
             server_limit,
+            settings_known,
             task,
         }
     }
 
-    /// Streams it may carry at once: ours or its server's limit, whichever is lower.
+    /// Streams it may carry at once: ours or its server's limit, whichever is lower; one
+    /// (the dialer's) until the server's SETTINGS say its limit.
     fn capacity(&self, ours: usize) -> usize {
-        ours.min((self.server_limit)())
+        let server = if self.settings_known.load(Ordering::SeqCst) {
+            (self.server_limit)()
+        } else {
+            1
+        };
+        ours.min(server)
     }
 }
 
