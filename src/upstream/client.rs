@@ -262,7 +262,6 @@ impl UpstreamClient {
             port: endpoint.port,
             ca_bundle: call.ca_bundle.map(|b| b.path.clone()),
         };
-        let target = Target::new(endpoint)?;
         let mut request = build_request(call)?;
         // Pooled connections tried for this request: each one found closed is dropped, so
         // the bound only matters if other attempts keep returning stale ones.
@@ -301,7 +300,7 @@ impl UpstreamClient {
                 self.pool.count_resend(Resend::StaleConnection);
                 continue;
             }
-            target.aim(&mut request, lease.is_http2());
+            aim(&mut request, lease.is_http2(), endpoint)?;
             match lease.try_send(request).await {
                 Ok(response) => return Ok((response, lease)),
                 Err(mut e) => match e.take_message() {
@@ -504,49 +503,43 @@ fn never_processed(error: &hyper::Error) -> bool {
 /// h2 sends `:scheme: http` and no `:authority` (a `Host` header is no substitute there),
 /// over TLS. A request may go on either kind of connection (a kept HTTP/1.1 one found
 /// closed, then a new one that speaks HTTP/2), so it is aimed anew at each send, as
-/// hyper-util's own client does.
-struct Target {
-    origin: http::Uri,
-    absolute: http::Uri,
-    host: HeaderValue,
-}
-
-impl Target {
-    fn new(endpoint: &Endpoint) -> Result<Target, UpstreamError> {
-        let unusable = |e: &dyn std::fmt::Display| {
-            UpstreamError::Transport(
-                TransportFault::ConnectFailed,
-                format!("{endpoint}: not a request target: {e}"),
-            )
-        };
-        let path = endpoint.chat_completions_path();
+/// hyper-util's own client does. Only a request that changes kind is touched: one built
+/// for HTTP/1.1 (the common case) and sent on HTTP/1.1 costs nothing here.
+fn aim(
+    request: &mut Request<Full<Bytes>>,
+    http2: bool,
+    endpoint: &Endpoint,
+) -> Result<(), UpstreamError> {
+    let unusable = |e: &dyn std::fmt::Display| {
+        UpstreamError::Transport(
+            TransportFault::ConnectFailed,
+            format!("{endpoint}: not a request target: {e}"),
+        )
+    };
+    let absolute = request.uri().scheme().is_some();
+    if http2 && !absolute {
         let scheme = if endpoint.tls { "https" } else { "http" };
-        let authority = endpoint.authority();
-        Ok(Target {
-            origin: path.parse().map_err(|e| unusable(&e))?,
-            absolute: format!("{scheme}://{authority}{path}")
-                .parse()
-                .map_err(|e| unusable(&e))?,
-            host: HeaderValue::from_str(&authority).map_err(|e| unusable(&e))?,
-        })
+        *request.uri_mut() = format!("{scheme}://{}{}", endpoint.authority(), request.uri())
+            .parse()
+            .map_err(|e| unusable(&e))?;
+        // `:authority` says it; RFC 9113 §8.3.1 would have a `Host` sent along agree.
+        request.headers_mut().remove(header::HOST);
+    } else if !http2 && absolute {
+        let origin = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e| unusable(&e))?;
+        *request.uri_mut() = origin;
+        let host = HeaderValue::from_str(&endpoint.authority()).map_err(|e| unusable(&e))?;
+        // Appended: it was first, and HTTP/2 took it out.
+        request.headers_mut().insert(header::HOST, host);
     }
-
-    fn aim(&self, request: &mut Request<Full<Bytes>>, http2: bool) {
-        if http2 {
-            *request.uri_mut() = self.absolute.clone();
-            // `:authority` says it; RFC 9113 §8.3.1 would have a `Host` sent along agree.
-            request.headers_mut().remove(header::HOST);
-        } else {
-            *request.uri_mut() = self.origin.clone();
-            // In place when it is there (first); appended when HTTP/2 took it out.
-            request
-                .headers_mut()
-                .insert(header::HOST, self.host.clone());
-        }
-    }
+    Ok(())
 }
 
-/// The upstream request of one call (its target is set per connection, by [`Target`]).
+/// The upstream request of one call (its target is set per connection, by [`aim`]).
 fn build_request(call: Call<'_>) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let endpoint = call.endpoint;
     let mut request = Request::post(endpoint.chat_completions_path())
