@@ -433,28 +433,7 @@ limits: {max_request_body_bytes: 2048, body_read_timeout: 20}
         ("a GET route", to("/v1/models"), "405"),
         ("an admin route", to("/admin/reload"), "403"),
     ] {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        // As the SDKs do: the whole request first, then the response.
-        let written = s.write_all(&request).await;
-        let mut out = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), async {
-            let mut buf = [0u8; 4096];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => {
-                        out.extend_from_slice(&buf[..n]);
-                        if out.windows(4).any(|w| w == b"\r\n\r\n") {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        })
-        .await
-        .expect("the response comes within 10 s");
-        let response = String::from_utf8_lossy(&out);
+        let (written, read, response) = upload(addr, &request).await;
         assert!(
             written.is_ok() && read.is_ok(),
             "{what}: the upload was cut ({written:?}, {read:?}):\n{response}"
@@ -464,4 +443,59 @@ limits: {max_request_body_bytes: 2048, body_read_timeout: 20}
             "{what}: wanted {status}:\n{response}"
         );
     }
+    // A connection past max_connections is answered at once with a 503 and closed: its
+    // upload is read (and thrown away) first, as above.
+    let full = gateway(&config.replace(
+        "body_read_timeout: 20}",
+        "body_read_timeout: 20, max_connections: 1, max_overflow_connections: 4}",
+    ))
+    .await;
+    let mut held = tokio::net::TcpStream::connect(full).await.unwrap();
+    held.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 1024];
+    let n = held.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+    for (what, request) in [
+        ("declared, past max_connections", declared("sk-ok")),
+        ("chunked, past max_connections", chunked("sk-ok")),
+    ] {
+        let (written, read, response) = upload(full, &request).await;
+        assert!(
+            written.is_ok() && read.is_ok(),
+            "{what}: the upload was cut ({written:?}, {read:?}):\n{response}"
+        );
+        assert!(response.starts_with("HTTP/1.1 503"), "{what}:\n{response}");
+    }
+    drop(held);
+}
+
+/// Sends `request` whole, as the SDKs do, then reads the response's head (within 10 s):
+/// whether the write and the read went through, and what was read.
+async fn upload(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+) -> (std::io::Result<()>, std::io::Result<()>, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let written = s.write_all(request).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the response comes within 10 s");
+    (written, read, String::from_utf8_lossy(&out).into_owned())
 }

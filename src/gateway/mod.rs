@@ -182,9 +182,7 @@ async fn serve_overflow(
 ) {
     let service = service_fn(move |req| {
         let engine = engine.current();
-        async move {
-            Ok::<_, std::convert::Infallible>(routes::overflow(&engine, &req, max_connections))
-        }
+        async move { Ok::<_, std::convert::Infallible>(routes::overflow(&engine, req, max_connections)) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

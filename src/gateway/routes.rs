@@ -40,6 +40,14 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
     if status.is_client_error() || status.is_server_error() {
         engine.note_refusal(route_name(&req), status.as_u16(), None);
     }
+    drain(&engine, req);
+    response
+}
+
+/// Reads what is left of a request that was answered from its head, and throws it away
+/// (up to `max_discarded_request_body_bytes`, within `body_read_timeout`): a client that
+/// sends its whole upload before it reads then gets its answer, not a reset.
+fn drain(engine: &Engine, req: Request<Incoming>) {
     let limits = &engine.catalog().limits;
     let until = tokio::time::Instant::now() + limits.body_read_timeout();
     request_body::discard(
@@ -47,7 +55,6 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
         limits.max_discarded_request_body_bytes,
         until,
     );
-    response
 }
 
 /// The name of the route a request's path names (`none` for none), for refusals' access
@@ -281,16 +288,20 @@ fn admin_reload(
 
 /// The answer on a connection past `max_connections`: `/health` as usual (a load
 /// balancer's probe must not read a full gateway as a dead one), anything else a 503 that
-/// says why and when to retry.
-pub fn overflow<B>(
+/// says why and when to retry. Either way the request's body is drained, as on any route.
+pub fn overflow(
     engine: &Engine,
-    req: &Request<B>,
+    req: Request<Incoming>,
     max_connections: usize,
 ) -> Response<ResponseBody> {
-    if matches!(route_of(req), Ok(Route::Health)) {
+    let is_health = matches!(route_of(&req), Ok(Route::Health));
+    if !is_health {
+        engine.note_refusal(route_name(&req), 503, Some("max_connections"));
+    }
+    drain(engine, req);
+    if is_health {
         return health();
     }
-    engine.note_refusal(route_name(req), 503, Some("max_connections"));
     let mut e = ApiError::new(
         503,
         "api_error",
