@@ -60,6 +60,19 @@ pub struct DeploymentSpec {
     pub ca_bundle: Option<Arc<crate::upstream::tls::CaBundle>>,
 }
 
+impl DeploymentSpec {
+    /// Whether `other` calls the same upstream as this one: the same id, `api_base`, model
+    /// and key. Deployment health belongs to an upstream, and a default id (`<group>#<n>`)
+    /// is only a place in its group: after a reload it may name another one.
+    pub fn is_same_upstream(&self, other: &DeploymentSpec) -> bool {
+        self.id == other.id
+            && self.endpoint == other.endpoint
+            && self.upstream_model == other.upstream_model
+            && self.model_template == other.model_template
+            && self.api_key == other.api_key
+    }
+}
+
 /// A request served by a wildcard group: the name it asked for and what the group's `*`s
 /// captured from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,8 +390,22 @@ impl Catalog {
             target_serves,
             all_allowed: vec![true; n].into(),
         };
+        // LiteLLM's Router reads an empty specific list in its own settings as unset
+        // (`context_window_fallbacks or litellm.context_window_fallbacks`, `None` by
+        // default), and such a failure then falls back by `fallbacks`. At a key's, a team's
+        // or a request's level the list is passed as given (`is not None`): empty, it means
+        // no fallback for that class.
+        let mut gateway_settings = config.router_settings.clone();
+        for list in [
+            &mut gateway_settings.context_window_fallbacks,
+            &mut gateway_settings.content_policy_fallbacks,
+        ] {
+            if list.as_ref().is_some_and(Vec::is_empty) {
+                *list = None;
+            }
+        }
         catalog.gateway = catalog
-            .overrides(&config.router_settings)
+            .overrides(&gateway_settings)
             .expect("validated: gateway settings");
         let baseline = crate::policy::Levels {
             request: None,
@@ -467,15 +494,13 @@ impl Catalog {
             content_policy_fallbacks: table(&s.content_policy_fallbacks)?,
             default_fallbacks,
             num_retries: s.num_retries,
-            rate_limit_retries: policy.and_then(|p| p.rate_limit),
-            timeout_retries: policy.and_then(|p| p.timeout),
-            internal_server_retries: policy.and_then(|p| p.internal_server),
+            retry_policy: policy
+                .map(|p| [p.rate_limit, p.timeout, p.internal_server, p.authentication]),
             timeout: s.timeout.map(secs),
             stream_timeout: s.stream_timeout.map(secs),
             max_fallbacks: s.max_fallbacks,
             mid_stream: s.mid_stream,
             disable_fallbacks: s.disable_fallbacks,
-            authentication_retries: policy.and_then(|p| p.authentication),
             num_retries_per_request: s.num_retries_per_request,
             model_group_retry_policy: match &s.model_group_retry_policy {
                 None => None,

@@ -22,7 +22,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{Limits, MAX_SECONDS};
+use crate::limits::{Limits, MAX_SECONDS, MIN_NONZERO_SECONDS};
 use crate::yaml::{self, PathSeg, YamlError};
 
 /// The whole gateway config.
@@ -860,6 +860,8 @@ impl GatewayConfig {
             t.dedup();
             t
         };
+        // A key's or team's `models` may name a deployment by its id, as a fallback may.
+        let listable = |g: &str| listable(g) || targets.binary_search(&g).is_ok();
         let gateway = root.key("router_settings");
         self.check_settings(
             &self.router_settings,
@@ -1320,9 +1322,15 @@ fn secret_ok(secret: &str) -> Result<(), &'static str> {
 
 fn seconds_ok(push: &mut dyn FnMut(At, String), at: At, v: Option<f64>, zero_ok: bool) {
     let Some(v) = v else { return };
-    let low_ok = if zero_ok { v >= 0.0 } else { v > 0.0 };
+    // A duration that must not be zero must not round to zero either: `1e-10` is more
+    // than 0, and as a `Duration` it would time every attempt out at once.
+    let low_ok = if zero_ok {
+        v >= 0.0
+    } else {
+        v >= MIN_NONZERO_SECONDS
+    };
     if !v.is_finite() || !low_ok || v > MAX_SECONDS {
-        let low = if zero_ok { "0" } else { "more than 0" };
+        let low = if zero_ok { "0" } else { "0.001" };
         push(
             at,
             format!("{v} seconds is out of range ({low} to {MAX_SECONDS})"),

@@ -143,23 +143,24 @@ impl Engine {
 
     /// The engine for `catalog` that takes over from this one (a config reload): the same
     /// connector, observers, clocks, retry policy, start time and request numbering. The
-    /// deployments' health is shared when `catalog` lists the same deployment ids in the same
-    /// order (the book is indexed by position), each still alone in its group or not as
-    /// before and with the same own `cooldown_time` (the book knows both); otherwise the new
-    /// book starts with each deployment's health carried over by id
+    /// deployments' health is shared when `catalog` lists the same upstreams in the same
+    /// order (the book is indexed by position; see [`DeploymentSpec::is_same_upstream`]),
+    /// each still alone in its group or not as before and with the same own
+    /// `cooldown_time` (the book knows both); otherwise the new book starts with each
+    /// deployment's health carried over from the same upstream
     /// ([`CooldownBook::carried_over`]), and outcomes of requests still in flight on the old
     /// config stay in the old book.
+    ///
+    /// [`DeploymentSpec::is_same_upstream`]: crate::catalog::DeploymentSpec::is_same_upstream
     pub fn successor(&self, catalog: Arc<Catalog>) -> Engine {
-        let shape = |c: &Catalog| -> Vec<(String, bool, Option<Duration>)> {
-            (0..c.deployments.len())
-                .map(|i| {
-                    let d = crate::catalog::DeploymentId(i as u32);
-                    let spec = c.deployment(d);
-                    (spec.id.clone(), c.is_lone(d), spec.cooldown_time)
-                })
-                .collect()
-        };
-        let same_deployments = shape(&catalog) == shape(&self.catalog);
+        let same_deployments = catalog.deployments.len() == self.catalog.deployments.len()
+            && (0..catalog.deployments.len()).all(|i| {
+                let d = crate::catalog::DeploymentId(i as u32);
+                let (new, old) = (catalog.deployment(d), self.catalog.deployment(d));
+                new.is_same_upstream(old)
+                    && catalog.is_lone(d) == self.catalog.is_lone(d)
+                    && new.cooldown_time == old.cooldown_time
+            });
         let carried = (!same_deployments).then(|| {
             self.cooldowns
                 .lock()

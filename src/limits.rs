@@ -336,6 +336,10 @@ pub(crate) fn secs(value: f64) -> Duration {
 /// Largest number of seconds any setting may hold (one day).
 pub const MAX_SECONDS: f64 = 86_400.0;
 
+/// Smallest number of seconds a duration that must not be zero may hold (one millisecond):
+/// any less would round to nothing, or next to it, on the way to a timer.
+pub const MIN_NONZERO_SECONDS: f64 = 0.001;
+
 /// A request or response went past a named limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("limit `{name}` exceeded: {detail}")]

@@ -190,15 +190,14 @@ pub struct Overrides {
     pub content_policy_fallbacks: Option<Arc<FallbackTable>>,
     pub default_fallbacks: Option<Arc<[GroupId]>>,
     pub num_retries: Option<u32>,
-    pub rate_limit_retries: Option<u32>,
-    pub timeout_retries: Option<u32>,
-    pub internal_server_retries: Option<u32>,
+    /// `retry_policy`, when this level sets one (whatever counts it names): its counts for
+    /// rate limits, timeouts, server errors and authentication failures, in that order.
+    pub retry_policy: Option<[Option<u32>; 4]>,
     pub timeout: Option<Duration>,
     pub stream_timeout: Option<Duration>,
     pub max_fallbacks: Option<u32>,
     pub mid_stream: Option<MidStreamPolicy>,
     pub disable_fallbacks: Option<bool>,
-    pub authentication_retries: Option<u32>,
     pub num_retries_per_request: Option<u32>,
     pub model_group_retry_policy: Option<Arc<GroupRetryPolicies>>,
 }
@@ -270,21 +269,11 @@ impl Levels<'_> {
     pub fn resolve(&self, limits: &Limits) -> EffectiveSettings {
         let default_num_retries = DEFAULT_NUM_RETRIES.min(limits.max_retries_ceiling);
         let default_max_fallbacks = DEFAULT_MAX_FALLBACKS.min(limits.max_fallbacks_ceiling);
-        // `retry_policy` is one field, as `fallbacks` is: the highest level that sets any of
-        // its counts gives all four (a key's policy replaces its team's whole; a class the
-        // key's policy leaves out gets `num_retries`, not the team's count for it).
-        let retry_policy = self.pick(
-            |o| {
-                let counts = [
-                    o.rate_limit_retries,
-                    o.timeout_retries,
-                    o.internal_server_retries,
-                    o.authentication_retries,
-                ];
-                counts.iter().any(Option::is_some).then_some(counts)
-            },
-            [None; 4],
-        );
+        // `retry_policy` is one field, as `fallbacks` is: the highest level that sets it
+        // gives all four counts (a key's policy replaces its team's whole, even one that
+        // names only classes never retried; a class the key's policy leaves out gets
+        // `num_retries`, not the team's count for it).
+        let retry_policy = self.pick(|o| o.retry_policy, [None; 4]);
         let count = |i: usize| Setting {
             value: retry_policy.value[i],
             from: retry_policy.from,

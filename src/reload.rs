@@ -8,8 +8,9 @@
 //! error. A valid one becomes the engine of every later request, atomically. The successor
 //! keeps the request numbering, the observers (trace, metrics, decision log), the clocks
 //! and the retry policy; it keeps the deployments' health (cooldowns, failure counts) when
-//! the new config lists the same deployment ids in the same order, and otherwise carries
-//! each deployment's health over by id (see [`Engine::successor`]). [`LiveEngine::reload_source`] re-reads the file the
+//! the new config lists the same upstreams in the same order, and otherwise carries each
+//! upstream's health over (the same id, `api_base`, model and key; see
+//! [`Engine::successor`]). [`LiveEngine::reload_source`] re-reads the file the
 //! config came from, one reload at a time. It keeps the limits of the start, which the
 //! listener reads once (`max_connections`, the header read and client write timeouts,
 //! `shutdown_grace`; `serve`'s DNS cache): a reload that changes them names them
@@ -56,11 +57,12 @@ impl From<Arc<Engine>> for LiveEngine {
 pub struct Reloaded {
     pub groups: usize,
     pub deployments: usize,
-    /// Whether deployment health is shared with the old config whole (the same deployment
-    /// ids, in order, each alone in its group or not as before, with the same own
+    /// Whether deployment health is shared with the old config whole (the same upstreams,
+    /// in order, each alone in its group or not as before, with the same own
     /// `cooldown_time`).
     pub health_kept: bool,
-    /// Deployments whose health carried over by id (all of them when `health_kept`).
+    /// Deployments whose health carried over from the same upstream (id, `api_base`, model
+    /// and key) in the old config (all of them when `health_kept`).
     pub health_carried: usize,
     /// Limits read only at start whose values in the new config differ from the start's
     /// ([`Limits::restart_only_changes`]).
@@ -68,7 +70,7 @@ pub struct Reloaded {
 }
 
 impl Reloaded {
-    /// `3 groups, 4 deployments; deployment health kept (same deployment ids)`.
+    /// `3 groups, 4 deployments; deployment health kept (same deployments)`.
     pub fn describe(&self) -> String {
         let mut line = format!(
             "{} groups, {} deployments; deployment health {}",
@@ -94,18 +96,18 @@ impl Reloaded {
         }
     }
 
-    /// `kept (same deployment ids)`, `carried over for 2 of 3 deployments (by id)` or
-    /// `reset (no deployment id kept)`.
+    /// `kept (same deployments)`, `carried over for 2 of 3 deployments (same id and
+    /// upstream)` or `reset (no deployment kept its id and upstream)`.
     pub fn health(&self) -> String {
         if self.health_kept {
-            "kept (same deployment ids)".into()
+            "kept (same deployments)".into()
         } else if self.health_carried > 0 {
             format!(
-                "carried over for {} of {} deployments (by id)",
+                "carried over for {} of {} deployments (same id and upstream)",
                 self.health_carried, self.deployments
             )
         } else {
-            "reset (no deployment id kept)".into()
+            "reset (no deployment kept its id and upstream)".into()
         }
     }
 }
@@ -165,7 +167,7 @@ impl LiveEngine {
         let catalog = Arc::new(Catalog::new(config)?);
         let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
         let next = slot.successor(catalog);
-        let old_ids = &slot.catalog().deployments;
+        let old = &slot.catalog().deployments;
         let reloaded = Reloaded {
             groups: next.catalog().model_group_count(),
             deployments: next.catalog().deployments.len(),
@@ -174,7 +176,7 @@ impl LiveEngine {
                 .catalog()
                 .deployments
                 .iter()
-                .filter(|d| old_ids.iter().any(|o| o.id == d.id))
+                .filter(|d| old.iter().any(|o| o.is_same_upstream(d)))
                 .count(),
             needs_restart: self.at_start.restart_only_changes(&next.catalog().limits),
         };

@@ -207,7 +207,7 @@ async fn deployment_health_carries_over_when_the_ids_stay() {
     assert_eq!(reloaded.health_carried, 1, "{}", reloaded.describe());
     assert_eq!(
         reloaded.health(),
-        "carried over for 1 of 2 deployments (by id)"
+        "carried over for 1 of 2 deployments (same id and upstream)"
     );
     let cooling_of = |live: &LiveEngine, id: &str| {
         live.current()
@@ -300,4 +300,82 @@ async fn a_stream_keeps_the_client_write_timeout_of_the_start() {
         "cut at 30 s"
     );
     drop(response);
+}
+
+/// A default id (`g#1`) is a place in the group, not an upstream: a reload that drops the
+/// cooling first deployment of a group renames the second `g#1`. Health follows the
+/// upstream (id, `api_base`, model, key), so the one left does not inherit the other's
+/// cooldown (held cooling, the group's only deployment would refuse every request).
+#[test]
+fn a_reload_that_drops_a_cooling_deployment_does_not_cool_the_one_left() {
+    use switchback::catalog::DeploymentId;
+    use switchback::classify::{Failure, FailureClass};
+    use switchback::route::cooldown::CooldownBook;
+    let catalog = |yaml: &str| Catalog::new(&config(yaml)).unwrap();
+    let v1 = catalog(
+        r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: m, api_base: "http://provider-a/v1"}}
+  - {model_name: g, litellm_params: {model: m, api_base: "http://provider-b/v1"}}
+router_settings: {allowed_fails: 0, cooldown_time: 300}
+"#,
+    );
+    let v2 = catalog(
+        r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: m, api_base: "http://provider-b/v1"}}
+router_settings: {allowed_fails: 0, cooldown_time: 300}
+"#,
+    );
+    let mut book = CooldownBook::for_catalog(&v1);
+    let now = tokio::time::Instant::now();
+    let f = Failure::new(FailureClass::Transient, "503 from provider-a");
+    assert!(
+        book.record_failure(DeploymentId(0), &f, now, &v1.settings, 1)
+            .is_some(),
+        "provider-a cooled"
+    );
+    let (next, carried) = book.carried_over(&v1, &v2);
+    let later = now + Duration::from_secs(1);
+    assert_eq!(carried, [None], "provider-b was never `g#1` before");
+    assert!(!next.view(3, later).is_cooling(DeploymentId(0), later));
+}
+
+/// Swapping two deployments' `api_base`s keeps their default ids and their order: the
+/// old book must not be shared whole, or each upstream gets the other's health.
+#[tokio::test]
+async fn a_reload_that_swaps_upstreams_does_not_share_their_health() {
+    let yaml = |first: &str, second: &str| {
+        format!(
+            r#"
+allow_anonymous: true
+model_list:
+  - {{model_name: g, litellm_params: {{model: m, api_base: "http://{first}/v1"}}}}
+  - {{model_name: g, litellm_params: {{model: m, api_base: "http://{second}/v1"}}}}
+"#
+        )
+    };
+    let c1 = Arc::new(Catalog::new(&config(&yaml("provider-a", "provider-b"))).unwrap());
+    let engine = Engine::new(
+        c1,
+        Arc::new(switchback::transport::TcpConnector),
+        Arc::new(TraceLog::default()),
+        Arc::new(switchback::engine::SystemWallClock),
+    );
+    let live = LiveEngine::from(Arc::new(engine));
+    let done = live
+        .reload(&config(&yaml("provider-b", "provider-a")))
+        .unwrap();
+    assert!(!done.health_kept, "{}", done.describe());
+    assert_eq!(done.health_carried, 0, "{}", done.describe());
+    // A setting changed, the upstreams the same: health is kept whole.
+    let done = live
+        .reload(&config(&format!(
+            "{}router_settings: {{cooldown_time: 9}}\n",
+            yaml("provider-b", "provider-a")
+        )))
+        .unwrap();
+    assert!(done.health_kept, "{}", done.describe());
 }

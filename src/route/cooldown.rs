@@ -280,11 +280,16 @@ impl CooldownBook {
         }
     }
 
-    /// A book for the deployments of `catalog` that keeps, by deployment id, what `self`
-    /// (the book of `old`) knows of each deployment both list: its failure count and
-    /// cooldown, its outcomes not yet settled and cooldowns not yet reported. A reload that
-    /// adds, removes or reorders deployments so does not forget which of the others are
-    /// cooling. `carried[d]` is where `d` came from, for every deployment of `catalog`.
+    /// A book for the deployments of `catalog` that keeps what `self` (the book of `old`)
+    /// knows of each upstream both list ([`DeploymentSpec::is_same_upstream`]: the same
+    /// id, `api_base`, model and key): its failure count and cooldown, its outcomes not yet
+    /// settled and cooldowns not yet reported. A reload that adds, removes or reorders
+    /// deployments so does not forget which of the others are cooling; a default id
+    /// (`g#2`) that now names another upstream does not hand it the health of the one
+    /// it named before. `carried[d]` is where `d` came from, for every deployment of
+    /// `catalog`.
+    ///
+    /// [`DeploymentSpec::is_same_upstream`]: crate::catalog::DeploymentSpec::is_same_upstream
     pub fn carried_over(
         &self,
         old: &crate::catalog::Catalog,
@@ -298,7 +303,7 @@ impl CooldownBook {
             .map(|spec| {
                 old.deployments
                     .iter()
-                    .position(|o| o.id == spec.id)
+                    .position(|o| o.is_same_upstream(spec))
                     .map(|i| DeploymentId(i as u32))
             })
             .collect();
