@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::json::{field, field_mut};
 use crate::upstream::chunk_object::{Choice, ChoiceField, ChunkObject, Fields};
@@ -196,11 +196,19 @@ impl Accumulator {
             let Choice::Object(choice) = choice else {
                 continue;
             };
+            // A streamed chunk's `delta` is the piece; a `message` beside it is not (it
+            // is Perplexity's running copy of the whole message so far, which neither the
+            // SDKs nor the stream's client read). A whole completion has only `message`.
+            let has_delta = choice
+                .iter()
+                .any(|(key, value)| key == "delta" && matches!(value, ChoiceField::Delta(_)));
             let acc = self.choices.entry(index).or_default();
             for (key, value) in choice.iter() {
                 let value = match value {
                     ChoiceField::Delta(delta) => {
-                        merge_delta(acc, delta);
+                        if key == "delta" || !has_delta {
+                            merge_delta(acc, delta);
+                        }
                         continue;
                     }
                     ChoiceField::Json(value) => value,
@@ -384,12 +392,64 @@ fn merge_field<'d>(
                 }
             }
             (Value::Array(a), Value::Array(b)) => merge_list(a, b, at),
+            // `content` that changes kind between text and a list of parts (Mistral's
+            // Magistral: strings, then `thinking` parts, then strings) becomes a list of
+            // parts, as the provider's own non-stream answer has it: nothing the stream
+            // delivered is lost (the SDKs' accumulator keeps only the first kind).
+            (
+                existing @ (Value::String(_) | Value::Array(_)),
+                value @ (Value::String(_) | Value::Array(_)),
+            ) if key == "content" => {
+                merge_content_parts(existing, value, at);
+            }
             (existing, value) => {
                 at.replaced();
                 *existing = value.clone();
             }
         }
     })
+}
+
+/// Merges `content` of one kind into `content` of the other (text into a list of parts, or
+/// parts into text): the result is a list of parts, text as `{"type": "text"}` parts, with
+/// consecutive text merged into one part.
+fn merge_content_parts<'d>(existing: &mut Value, value: &'d Value, at: &mut At<'_, 'd>) {
+    debug_assert!(
+        matches!(
+            (&*existing, value),
+            (Value::String(_), Value::Array(_)) | (Value::Array(_), Value::String(_))
+        ),
+        "content changes kind"
+    );
+    if let Value::String(text) = existing {
+        *existing = Value::Array(match std::mem::take(text) {
+            text if text.is_empty() => Vec::new(),
+            text => vec![json!({"type": "text", "text": text})],
+        });
+    }
+    let Value::Array(parts) = existing else {
+        unreachable!("content is a list of parts by now");
+    };
+    match value {
+        // Parts that carry an `index` merge by it, as any list's do.
+        Value::Array(more) => merge_list(parts, more, at),
+        Value::String(text) if text.is_empty() => {}
+        Value::String(text) => {
+            let last_text = parts
+                .last_mut()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .and_then(|p| p.get_mut("text"))
+                .and_then(|t| match t {
+                    Value::String(t) => Some(t),
+                    _ => None,
+                });
+            match last_text {
+                Some(t) => t.push_str(text),
+                None => parts.push(json!({"type": "text", "text": text})),
+            }
+        }
+        other => unreachable!("content of kind {other:?}"),
+    }
 }
 
 /// Merges a choice-level state field: a null changes nothing, objects merge field by field,
@@ -539,6 +599,52 @@ mod tests {
                 "reasoning_content": "thinking", "x_provider": 1},
                 "finish_reason": "stop", "logprobs": null}])
         );
+    }
+
+    /// Magistral's `content`: text, then lists of `thinking` parts, then text again. The
+    /// answer is a list of parts with nothing lost, consecutive text in one part.
+    #[test]
+    fn content_that_changes_kind_becomes_a_list_of_parts() {
+        let thinking =
+            |t: &str| json!([{"type": "thinking", "thinking": [{"type": "text", "text": t}]}]);
+        let a = acc(&[
+            delta(0, json!({"role": "assistant", "content": ""})),
+            delta(0, json!({"content": thinking("a")})),
+            delta(0, json!({"content": thinking("b")})),
+            delta(0, json!({"content": "Hel"})),
+            delta(0, json!({"content": "lo"})),
+        ]);
+        assert_eq!(
+            a.choices()[0]["message"]["content"],
+            json!([
+                {"type": "thinking", "thinking": [{"type": "text", "text": "a"}]},
+                {"type": "thinking", "thinking": [{"type": "text", "text": "b"}]},
+                {"type": "text", "text": "Hello"},
+            ])
+        );
+        // Text first, then parts: the text becomes the first part.
+        let a = acc(&[
+            delta(0, json!({"content": "Hi"})),
+            delta(0, json!({"content": [{"type": "text", "text": "!"}]})),
+        ]);
+        assert_eq!(
+            a.choices()[0]["message"]["content"],
+            json!([{"type": "text", "text": "Hi"}, {"type": "text", "text": "!"}])
+        );
+    }
+
+    /// Perplexity puts the message so far beside each chunk's `delta`: only the delta is a
+    /// piece of the answer.
+    #[test]
+    fn a_message_beside_a_delta_is_not_merged() {
+        let a = acc(&[
+            json!({"choices": [{"index": 0, "message": {"content": "He"}, "delta": {"content": "He"}}]}),
+            json!({"choices": [{"index": 0, "message": {"content": "Hello"}, "delta": {"content": "llo"}}]}),
+        ]);
+        assert_eq!(a.text(), "Hello");
+        // A whole completion has only `message`.
+        let a = acc(&[json!({"choices": [{"index": 0, "message": {"content": "Hello"}}]})]);
+        assert_eq!(a.text(), "Hello");
     }
 
     #[test]

@@ -524,5 +524,9 @@ impl Delivery for AggregateDelivery {
     fn restart(&mut self) {
         self.whole = None;
         self.continued = true;
+        // The superseded attempt's usage is folded into the next usage report (see
+        // `CommitState::after_failure`), as the stream's held usage chunk is dropped: an
+        // answer whose last attempt reports none has none, in both modes.
+        self.usage = None;
     }
 }

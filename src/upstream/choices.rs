@@ -33,11 +33,14 @@ impl ChoiceProgress {
         {
             let index = choice.index().unwrap_or(place as u64);
             self.named.insert(index);
+            // Ollama and SGLang send `finish_reason: ""` on every chunk but the last: an
+            // empty reason finishes nothing, as `null` does.
             let finishes = choice
                 .fields()
                 .and_then(|f| f.get("finish_reason"))
                 .and_then(ChoiceField::json)
-                .is_some_and(Value::is_string);
+                .and_then(Value::as_str)
+                .is_some_and(|reason| !reason.is_empty());
             if finishes {
                 self.finished.insert(index);
             }

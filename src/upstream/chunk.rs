@@ -57,6 +57,8 @@ pub struct Chunk {
     /// Bytes of answer payload in this chunk (content, refusal, tool calls, audio,
     /// reasoning: any delta field but `role` that is not empty), all choices.
     pub payload_bytes: usize,
+    /// A choice's non-empty `finish_reason`: the last choice's, or `content_filter` when
+    /// any choice has it.
     pub finish_reason: Option<String>,
     /// No choices, only `usage`: the final usage chunk of `stream_options.include_usage`.
     pub usage_only: bool,
@@ -168,8 +170,16 @@ pub fn from_object(object: ChunkObject, limits: &ChunkLimits) -> Result<Payload,
         {
             continuable = false;
         }
-        if let Some(reason) = fields.finish_reason.and_then(Value::as_str) {
-            finish_reason = Some(reason.to_string());
+        // An empty reason is no reason (Ollama's and SGLang's chunks before the last). With
+        // several choices, a content filter on any of them is what the plan must see.
+        if let Some(reason) = fields
+            .finish_reason
+            .and_then(Value::as_str)
+            .filter(|reason| !reason.is_empty())
+        {
+            if finish_reason.as_deref() != Some("content_filter") {
+                finish_reason = Some(reason.to_string());
+            }
         }
     }
     let usage_only = choices.is_empty() && top.usage.is_some_and(|u| !u.is_null());
@@ -449,6 +459,31 @@ mod tests {
             Payload::Chunk(c) => c,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// An empty reason is none (Ollama, SGLang); with several choices a content filter on
+    /// any of them is the chunk's reason, whatever the later choices say.
+    #[test]
+    fn the_chunks_finish_reason_is_a_real_one_and_a_content_filter_wins() {
+        let reason = |data: &str| chunk(data).finish_reason;
+        assert_eq!(
+            reason(r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":""}]}"#),
+            None
+        );
+        assert_eq!(
+            reason(
+                r#"{"choices":[{"index":0,"delta":{},"finish_reason":"content_filter"},{"index":1,"delta":{},"finish_reason":"stop"}]}"#
+            )
+            .as_deref(),
+            Some("content_filter")
+        );
+        assert_eq!(
+            reason(
+                r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"},{"index":1,"delta":{},"finish_reason":""}]}"#
+            )
+            .as_deref(),
+            Some("length")
+        );
     }
 
     #[test]

@@ -244,8 +244,15 @@ impl UpstreamClient {
         drop(parts);
         if json {
             let body = stream.read_all(self.limits.max_body_bytes, false).await?;
-            let payload = chunk::from_completion(&body, &self.limits.chunks)?;
-            stream.queue_payload(payload)?;
+            if call.stream && reads_as_event_stream(&body) {
+                // An event stream labelled `application/json` (some gateways send one; the
+                // SDKs read a streamed answer whatever its label): read as what it is, once
+                // whole. Its end is judged as any stream's (`[DONE]`, or a finish).
+                stream.ingest(&body);
+            } else {
+                let payload = chunk::from_completion(&body, &self.limits.chunks)?;
+                stream.queue_payload(payload)?;
+            }
         }
         Ok(stream)
     }
@@ -719,6 +726,17 @@ async fn drain(mut body: Incoming, mut lease: Lease, until: Instant) {
     }
 }
 
+/// Whether a body begins as an event stream does (a `data:`, `event:`, `id:` or `retry:`
+/// field, or a `:` comment, after any byte-order mark and blank space), where a JSON
+/// completion begins with `{`.
+fn reads_as_event_stream(body: &[u8]) -> bool {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let start = body.trim_ascii_start();
+    [&b"data:"[..], b"event:", b"id:", b"retry:", b":"]
+        .iter()
+        .any(|field| start.starts_with(field))
+}
+
 impl UpstreamStream {
     /// The next chunk, `Ok(None)` at the end (`[DONE]`, or a clean end after a finish
     /// reason when `[DONE]` is missing), or why the stream failed.
@@ -780,45 +798,49 @@ impl UpstreamStream {
                 Some(Ok(frame)) => {
                     self.last_activity = Instant::now();
                     if let Some(data) = frame.data_ref() {
-                        // Only the bytes within the limit are parsed: what lies past it is
-                        // never delivered, however the reads are cut.
-                        let room = self.limits.max_body_bytes.saturating_sub(self.received);
-                        let over = data.len() > room;
-                        let data = &data[..data.len().min(room)];
-                        self.received += data.len();
-                        let mut events: Vec<SseEvent> = Vec::new();
-                        let parsed = self.parser.push(data, &mut events);
-                        // Events completed before a bad line in the same read still count:
-                        // how TCP cuts the bytes must not change what is delivered.
-                        let limits = self.limits.chunks;
-                        self.queue.extend(
-                            events
-                                .into_iter()
-                                .map(|e| chunk::parse_event_data(e.data, &limits)),
-                        );
-                        if let Err(e) = parsed {
-                            let error = match e.limit() {
-                                Some(name) => {
-                                    ChunkError::Limit(LimitExceeded::new(name, e.to_string()))
-                                }
-                                None => ChunkError::Malformed(e.to_string()),
-                            };
-                            self.queue.push_back(Err(error));
-                        }
-                        if over {
-                            self.queue
-                                .push_back(Err(ChunkError::Limit(LimitExceeded::new(
-                                    "max_upstream_body_bytes",
-                                    format!(
-                                        "answer over max_upstream_body_bytes = {}",
-                                        self.limits.max_body_bytes
-                                    ),
-                                ))));
-                            self.done = true;
-                        }
+                        self.ingest(data);
                     }
                 }
             }
+        }
+    }
+
+    /// Parses `data`, the body's next bytes, into queued payloads (or the error that ends
+    /// the stream), within `max_upstream_body_bytes`.
+    fn ingest(&mut self, data: &[u8]) {
+        // Only the bytes within the limit are parsed: what lies past it is
+        // never delivered, however the reads are cut.
+        let room = self.limits.max_body_bytes.saturating_sub(self.received);
+        let over = data.len() > room;
+        let data = &data[..data.len().min(room)];
+        self.received += data.len();
+        let mut events: Vec<SseEvent> = Vec::new();
+        let parsed = self.parser.push(data, &mut events);
+        // Events completed before a bad line in the same read still count:
+        // how TCP cuts the bytes must not change what is delivered.
+        let limits = self.limits.chunks;
+        self.queue.extend(
+            events
+                .into_iter()
+                .map(|e| chunk::parse_event_data(e.data, &limits)),
+        );
+        if let Err(e) = parsed {
+            let error = match e.limit() {
+                Some(name) => ChunkError::Limit(LimitExceeded::new(name, e.to_string())),
+                None => ChunkError::Malformed(e.to_string()),
+            };
+            self.queue.push_back(Err(error));
+        }
+        if over {
+            self.queue
+                .push_back(Err(ChunkError::Limit(LimitExceeded::new(
+                    "max_upstream_body_bytes",
+                    format!(
+                        "answer over max_upstream_body_bytes = {}",
+                        self.limits.max_body_bytes
+                    ),
+                ))));
+            self.done = true;
         }
     }
 

@@ -1,0 +1,250 @@
+//! Provider dialects: what real providers stream that OpenAI does not, read the same way in
+//! both modes. Ollama and SGLang put `finish_reason: ""` on every chunk but the last;
+//! Perplexity sends a running `message` beside each `delta`; Mistral's Magistral streams
+//! `content` as a string, then as lists of `thinking` parts, then as a string again. Each
+//! test was written to fail on the code before its fix, against the whole gateway in memory
+//! (see `support`).
+
+mod support;
+
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use support::*;
+
+/// Streams `frames` (each already an SSE frame), pauses 20 s, then sends `tail`:
+/// what the client had 5 s in, and in all.
+async fn stream_with_pause(
+    config: &str,
+    frames: Vec<String>,
+    tail: Vec<String>,
+) -> (String, String) {
+    let net = MemNet::new();
+    let (tx, answer) = sse_channel();
+    let answer = std::sync::Mutex::new(Some(answer));
+    net.host("up", move |_| {
+        answer.lock().unwrap().take().expect("one call")
+    });
+    let gw = Gw::start(config, &net);
+    let upstream = tokio::spawn(async move {
+        for f in frames {
+            tx.send(Ok(f.into())).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+        for f in tail {
+            tx.send(Ok(f.into())).await.unwrap();
+        }
+    });
+    let r = gw.chat(None, chat_body("g", true)).await;
+    assert_eq!(r.status(), 200);
+    let mut body = r.into_body();
+    let mut seen = String::new();
+    let mut read_all = async |seen: &mut String| {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                seen.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_all(&mut seen)).await;
+    let early = seen.clone();
+    read_all(&mut seen).await;
+    upstream.await.unwrap();
+    (early, seen)
+}
+
+/// Ollama (issue ollama/ollama#4357) and SGLang 0.4.3 (sgl-project/sglang#3912) send
+/// `"finish_reason": ""` on every intermediate chunk. The stream delivery reads `""` as a
+/// finish, holds the "tail" from the first chunk on, and so holds the WHOLE answer until
+/// the upstream ends: the streaming client gets a 200 and then nothing.
+#[tokio::test(start_paused = true)]
+async fn empty_string_finish_reasons_do_not_hold_the_whole_stream() {
+    let chunk = |delta: Value, finish: &str| {
+        frame(
+            &json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
+    };
+    let frames = vec![
+        chunk(json!({"role": "assistant", "content": ""}), ""),
+        chunk(json!({"content": "EARLY"}), ""),
+        chunk(json!({"content": " text"}), ""),
+    ];
+    let tail = vec![chunk(json!({}), "stop"), "data: [DONE]\n\n".to_string()];
+    let (early, all) = stream_with_pause(ONE_GROUP, frames, tail).await;
+    assert!(all.contains("EARLY"), "{all}");
+    assert!(
+        early.contains("EARLY"),
+        "the content sent before the upstream's pause was held back; 5 s in the client had:\n{early:?}"
+    );
+}
+
+/// Perplexity's streamed chunks carry the cumulative `message` beside the `delta`
+/// (perplexityai/api-discussion#209). The chunk parser, the commit text and the SDKs read
+/// only `delta`; the non-stream accumulator merges BOTH (it matches on the parsed variant,
+/// not the key), so the non-streaming answer repeats the text while the streaming client
+/// gets it once.
+#[tokio::test(start_paused = true)]
+async fn a_cumulative_message_beside_the_delta_is_not_merged_into_the_answer() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let chunk = |delta: &str, so_far: &str, finish: Value| {
+            frame(
+                &json!({"id": "p-1", "model": "sonar", "created": 1, "object": "chat.completion",
+                "choices": [{"index": 0, "finish_reason": finish,
+                    "message": {"role": "assistant", "content": so_far},
+                    "delta": {"role": "assistant", "content": delta}}]}),
+            )
+        };
+        let mut body = chunk("Hel", "Hel", Value::Null);
+        body.push_str(&chunk("lo", "Hello", Value::Null));
+        body.push_str(&chunk("", "Hello", json!("stop")));
+        body.push_str("data: [DONE]\n\n");
+        sse(body)
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    let streamed = text(gw.chat(None, chat_body("g", true)).await).await;
+    let streamed_text: String = streamed
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|p| *p != "[DONE]")
+        .map(|p| serde_json::from_str::<Value>(p).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(streamed_text, "Hello");
+    let r = gw.chat(None, chat_body("g", false)).await;
+    let v: Value = serde_json::from_str(&text(r).await).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"], "Hello",
+        "non-stream answer differs from the streamed one: {v}"
+    );
+}
+
+/// The same reading of `"finish_reason": ""` as a finish makes a body that ends cleanly in
+/// the middle of the answer (no real finish reason, no `[DONE]`) a complete answer: with
+/// `null` the same cut is a broken stream (502, or a retry/fallback), with `""` the client
+/// gets 200 and half an answer.
+#[tokio::test(start_paused = true)]
+async fn a_cut_answer_with_empty_string_finish_reasons_is_not_complete() {
+    for finish in [Value::Null, json!("")] {
+        let net = MemNet::new();
+        let f = finish.clone();
+        net.host("up", move |_| {
+            let chunk = |delta: Value| {
+                frame(
+                    &json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1,
+                    "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": f}]}),
+                )
+            };
+            let mut body = chunk(json!({"role": "assistant", "content": ""}));
+            body.push_str(&chunk(json!({"content": "The answer is"})));
+            sse(body) // ends here: no finish reason, no [DONE]
+        });
+        let gw = Gw::start(ONE_GROUP, &net);
+        let r = gw.chat(None, chat_body("g", false)).await;
+        let status = r.status();
+        let body = text(r).await;
+        assert_ne!(
+            status, 200,
+            "finish_reason {finish}: a cut answer served as complete: {body}"
+        );
+    }
+}
+
+/// Mistral's Magistral streams `content` as a string (`""` on the first chunks), then as a
+/// list of `thinking` parts, then as strings again (BerriAI/litellm#16272 shows the wire).
+/// The accumulator replaces a value whose kind changes, so the non-streaming answer loses
+/// every thinking part the streaming client received.
+#[tokio::test(start_paused = true)]
+async fn content_that_changes_kind_keeps_what_came_before() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let thinking =
+            |t: &str| json!([{"type": "thinking", "thinking": [{"type": "text", "text": t}]}]);
+        let mut body = frame(&chunk_json(
+            "magistral",
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ));
+        body.push_str(&frame(&chunk_json(
+            "magistral",
+            json!({"content": ""}),
+            None,
+        )));
+        body.push_str(&frame(&chunk_json(
+            "magistral",
+            json!({"content": thinking("THINK-1")}),
+            None,
+        )));
+        body.push_str(&frame(&chunk_json(
+            "magistral",
+            json!({"content": thinking("THINK-2")}),
+            None,
+        )));
+        body.push_str(&frame(&chunk_json(
+            "magistral",
+            json!({"content": "Hello"}),
+            None,
+        )));
+        body.push_str(&frame(&chunk_json(
+            "magistral",
+            json!({"content": "!"}),
+            Some("stop"),
+        )));
+        body.push_str("data: [DONE]\n\n");
+        sse(body)
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    let streamed = text(gw.chat(None, chat_body("g", true)).await).await;
+    assert!(streamed.contains("THINK-1") && streamed.contains("THINK-2"));
+    let r = gw.chat(None, chat_body("g", false)).await;
+    let v: Value = serde_json::from_str(&text(r).await).unwrap();
+    let content = v["choices"][0]["message"]["content"].to_string();
+    assert!(
+        content.contains("THINK-1") && content.contains("THINK-2") && content.contains("Hello!"),
+        "the non-stream answer lost what the stream delivered: {v}"
+    );
+}
+
+/// Some gateways label their event stream `application/json` (openclaw/openclaw#96497);
+/// the official SDKs read a streamed answer whatever its label. Switchback read the body
+/// as one JSON completion and failed the attempt ("not JSON"). A streamed call's body that
+/// is an event stream is read as one, in both modes; a JSON body is still a completion.
+#[tokio::test(start_paused = true)]
+async fn an_event_stream_labelled_json_is_read_as_a_stream() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let mut r = sse_answer("m", &["Hel", "lo"]);
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 200, "stream: {stream}");
+        let body = text(r).await;
+        let answer: String = if stream {
+            body.split("\n\n")
+                .filter_map(|e| e.strip_prefix("data: "))
+                .filter(|p| *p != "[DONE]")
+                .map(|p| serde_json::from_str::<Value>(p).unwrap())
+                .filter_map(|c| {
+                    c["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect()
+        } else {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(answer, "Hello", "stream: {stream}: {body}");
+    }
+}
