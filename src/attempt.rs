@@ -352,7 +352,10 @@ impl Run<'_> {
                         return Err(Stop::Unserved(self.unserved(failure, &walk)));
                     }
                     let budget = self.admitted.request.token_budget();
-                    match self.commit.after_failure(budget) {
+                    match self
+                        .commit
+                        .after_failure(budget, self.catalog.limits.max_upstream_body_bytes)
+                    {
                         Next::Stop(reason) => {
                             self.emit(Event::ContinuationRefused { reason });
                             return Err(Stop::Unserved(self.unserved(failure, &walk)));

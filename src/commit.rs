@@ -172,8 +172,11 @@ impl CommitState {
     /// After an attempt that delivered something failed: folds its usage into the
     /// earlier attempts' (its reported usage, else one completion token per content chunk
     /// it delivered) and decides what the next attempt may be asked. `budget` is the
-    /// client's `max_completion_tokens` or `max_tokens`.
-    pub fn after_failure(&mut self, budget: Option<u64>) -> Next {
+    /// client's `max_completion_tokens` or `max_tokens`; `max_prefix_bytes` bounds the text
+    /// a continuation carries (`max_upstream_body_bytes`): past it, answers continued again
+    /// and again would grow the gateway's memory and each continuation's request without
+    /// end, one upstream answer's worth per attempt.
+    pub fn after_failure(&mut self, budget: Option<u64>, max_prefix_bytes: usize) -> Next {
         let usage =
             self.attempt_usage
                 .take()
@@ -188,6 +191,9 @@ impl CommitState {
         }
         if self.text.is_empty() {
             return Next::Fresh;
+        }
+        if self.text.len() > max_prefix_bytes {
+            return Next::Stop("the answer so far is over max_upstream_body_bytes");
         }
         let tokens_left = match budget {
             None => None,
@@ -271,6 +277,27 @@ mod tests {
         );
     }
 
+    /// A continuation carries what was delivered: past `max_upstream_body_bytes` of it,
+    /// the answer is not continued again (memory and request size stay bounded).
+    #[test]
+    fn a_prefix_over_the_limit_is_not_continued() {
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        s.stamp_and_record(
+            chunk(r#"{"choices":[{"index":0,"delta":{"content":"Hello"}}]}"#),
+            "m",
+        );
+        assert!(matches!(s.after_failure(None, 5), Next::Continue { .. }));
+        s.stamp_and_record(
+            chunk(r#"{"choices":[{"index":0,"delta":{"content":"!"}}]}"#),
+            "m",
+        );
+        assert_eq!(
+            s.after_failure(None, 5),
+            Next::Stop("the answer so far is over max_upstream_body_bytes")
+        );
+    }
+
     #[test]
     fn continuation_budget_and_usage() {
         let mut s = CommitState::new();
@@ -284,7 +311,7 @@ mod tests {
             );
         }
         assert_eq!(
-            s.after_failure(Some(5)),
+            s.after_failure(Some(5), usize::MAX),
             Next::Continue {
                 prefix: "Hell".into(),
                 tokens_left: Some(3)
@@ -305,7 +332,7 @@ mod tests {
             "usage covers both attempts"
         );
         assert_eq!(
-            s.after_failure(Some(3)),
+            s.after_failure(Some(3), usize::MAX),
             Next::Stop("the client's token budget is spent")
         );
     }
@@ -318,14 +345,14 @@ mod tests {
             chunk(r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f"}}]}}]}"#),
             "m",
         );
-        assert!(matches!(s.after_failure(None), Next::Stop(_)));
+        assert!(matches!(s.after_failure(None, usize::MAX), Next::Stop(_)));
         let mut s = CommitState::new();
         s.commit(None, &mut rng());
         s.stamp_and_record(
             chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#),
             "m",
         );
-        assert_eq!(s.after_failure(None), Next::Fresh);
+        assert_eq!(s.after_failure(None, usize::MAX), Next::Fresh);
     }
     /// Usage is the upstreams' to report, huge numbers included: the sum across attempts
     /// saturates rather than overflowing (a panic in debug builds, a wrapped count in
@@ -342,7 +369,10 @@ mod tests {
             chunk(r#"{"choices":[{"index":0,"delta":{"content":"He"}}]}"#),
             "m",
         );
-        assert!(matches!(s.after_failure(None), Next::Continue { .. }));
+        assert!(matches!(
+            s.after_failure(None, usize::MAX),
+            Next::Continue { .. }
+        ));
         let usage = s.stamp_and_record(
             chunk(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":18446744073709551615,"total_tokens":18446744073709551615}}"#),
             "m",
@@ -351,6 +381,9 @@ mod tests {
             usage.object.to_value()["usage"],
             serde_json::json!({"prompt_tokens":u64::MAX,"completion_tokens":u64::MAX,"total_tokens":u64::MAX}),
         );
-        assert!(matches!(s.after_failure(None), Next::Continue { .. }));
+        assert!(matches!(
+            s.after_failure(None, usize::MAX),
+            Next::Continue { .. }
+        ));
     }
 }
