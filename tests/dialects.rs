@@ -7,7 +7,6 @@
 
 mod support;
 
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use support::*;
 
@@ -36,20 +35,9 @@ async fn stream_with_pause(
     });
     let r = gw.chat(None, chat_body("g", true)).await;
     assert_eq!(r.status(), 200);
-    let mut body = r.into_body();
-    let mut seen = String::new();
-    let mut read_all = async |seen: &mut String| {
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                seen.push_str(&String::from_utf8_lossy(&data));
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_all(&mut seen)).await;
-    let early = seen.clone();
-    read_all(&mut seen).await;
+    let seen = read_early_then_all(r, std::time::Duration::from_secs(5)).await;
     upstream.await.unwrap();
-    (early, seen)
+    seen
 }
 
 /// Ollama (issue ollama/ollama#4357) and SGLang 0.4.3 (sgl-project/sglang#3912) send
@@ -103,18 +91,7 @@ async fn a_cumulative_message_beside_the_delta_is_not_merged_into_the_answer() {
     });
     let gw = Gw::start(ONE_GROUP, &net);
     let streamed = text(gw.chat(None, chat_body("g", true)).await).await;
-    let streamed_text: String = streamed
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|p| *p != "[DONE]")
-        .map(|p| serde_json::from_str::<Value>(p).unwrap())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(streamed_text, "Hello");
+    assert_eq!(streamed_text(&streamed), "Hello");
     let r = gw.chat(None, chat_body("g", false)).await;
     let v: Value = serde_json::from_str(&text(r).await).unwrap();
     assert_eq!(
@@ -228,16 +205,7 @@ async fn an_event_stream_labelled_json_is_read_as_a_stream() {
         assert_eq!(r.status(), 200, "stream: {stream}");
         let body = text(r).await;
         let answer: String = if stream {
-            body.split("\n\n")
-                .filter_map(|e| e.strip_prefix("data: "))
-                .filter(|p| *p != "[DONE]")
-                .map(|p| serde_json::from_str::<Value>(p).unwrap())
-                .filter_map(|c| {
-                    c["choices"][0]["delta"]["content"]
-                        .as_str()
-                        .map(str::to_string)
-                })
-                .collect()
+            streamed_text(&body)
         } else {
             let v: Value = serde_json::from_str(&body).unwrap();
             v["choices"][0]["message"]["content"]

@@ -710,20 +710,9 @@ async fn two_choices_then_a_pause(before: Vec<Value>, last: Value) -> (String, S
     });
     let r = gw.chat(None, body).await;
     assert_eq!(r.status(), 200);
-    let mut body = r.into_body();
-    let mut seen = String::new();
-    let mut read_all = async |seen: &mut String| {
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                seen.push_str(&String::from_utf8_lossy(&data));
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_all(&mut seen)).await;
-    let early = seen.clone();
-    read_all(&mut seen).await;
+    let seen = read_early_then_all(r, std::time::Duration::from_secs(5)).await;
     upstream.await.unwrap();
-    (early, seen)
+    seen
 }
 
 // 18. Metadata of a retry after commit, on an answer that had no finish chunk to carry

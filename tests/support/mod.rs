@@ -313,6 +313,41 @@ pub async fn text(response: Response<Incoming>) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// What a streaming client has read of `response` within `wait`, then all of it.
+pub async fn read_early_then_all(
+    response: Response<Incoming>,
+    wait: std::time::Duration,
+) -> (String, String) {
+    let mut body = response.into_body();
+    let mut seen = String::new();
+    let mut read_all = async |seen: &mut String| {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("a body frame").into_data() {
+                seen.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    };
+    let _ = tokio::time::timeout(wait, read_all(&mut seen)).await;
+    let early = seen.clone();
+    read_all(&mut seen).await;
+    (early, seen)
+}
+
+/// The text of choice 0 in an SSE body: its deltas' `content`, joined.
+pub fn streamed_text(sse_body: &str) -> String {
+    sse_body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|p| *p != "[DONE]")
+        .filter_map(|p| serde_json::from_str::<Value>(p).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// Waits until `cond` holds, letting the paused clock run in 10 ms steps (at most `steps`).
 /// Time moves only when every task waits, so this is synchronisation, not a guess.
 pub async fn settle(steps: u32, mut cond: impl FnMut() -> bool) -> bool {
