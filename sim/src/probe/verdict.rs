@@ -338,22 +338,30 @@ pub fn judge(
         }
     }
     let differences = compare(n, s, naming);
-    if !differences.is_empty() {
-        return Judgement {
-            verdict: Verdict::Different,
-            reasons: differences,
-            notes,
-        };
-    }
-    // A broken answer is no outcome (a timeout is judged below): the modes breaking alike
-    // prove nothing equivalent.
+    // A broken answer is no outcome (a timeout is judged below): the modes breaking prove
+    // nothing, alike or not. This comes before the differences, because a broken answer's
+    // words are the client's and depend on the mode (`body: ...` against `stream broke: ...`),
+    // so two broken answers always "differ" in outcome; what else differs is kept as notes.
     let broke = |o: &Observed| o.client.broken.clone().filter(|_| !timed_out(o));
     if let (Some(bn), Some(bs)) = (broke(n), broke(s)) {
+        notes.extend(
+            differences
+                .into_iter()
+                .filter(|d| !d.starts_with("outcome:"))
+                .map(|d| format!("also differs (not judged, nothing was answered): {d}")),
+        );
         return Judgement {
             verdict: Verdict::CouldNotRun,
             reasons: vec![format!(
                 "the gateway broke the answer in both modes (non_stream: {bn}; stream: {bs})"
             )],
+            notes,
+        };
+    }
+    if !differences.is_empty() {
+        return Judgement {
+            verdict: Verdict::Different,
+            reasons: differences,
             notes,
         };
     }
@@ -558,6 +566,40 @@ mod tests {
         );
         assert_eq!(j.verdict, Verdict::CouldNotRun, "{j:?}");
         assert!(j.reasons[0].starts_with("the gateway broke the answer in both modes"));
+    }
+
+    /// The client words a broken answer by mode (`body: ...` for non_stream, `stream
+    /// broke: ...` or a missing `[DONE]` for stream), so breaking in both modes never shows
+    /// the same words; it is still nothing answered, not a difference.
+    #[test]
+    fn both_modes_broken_in_their_own_words_could_not_run() {
+        let expected = Expected {
+            reaches_provider: true,
+            ..Expected::default()
+        };
+        let broken = |why: &str| {
+            let mut o = ok("flash", "", fault_then_fallback());
+            o.client.done = false;
+            o.client.broken = Some(why.into());
+            o
+        };
+        let n = broken("body: error reading a body from connection");
+        let s = broken("stream ended without [DONE] or an error event");
+        let j = judge(&n, &s, (&expected, &expected), &naming(), None);
+        assert_eq!(j.verdict, Verdict::CouldNotRun, "{j:?}");
+        assert!(
+            j.reasons[0].starts_with("the gateway broke the answer in both modes"),
+            "{j:?}"
+        );
+        // One mode broken and the other answered is a difference.
+        let j = judge(
+            &ok("flash", "hi", fault_then_fallback()),
+            &s,
+            (&expected, &expected),
+            &naming(),
+            None,
+        );
+        assert_eq!(j.verdict, Verdict::Different, "{j:?}");
     }
 
     #[test]
