@@ -167,7 +167,7 @@ pub struct ProbeOptions {
     /// A request with its own `key` always sends that key.
     pub api_key: Option<String>,
     /// Pause between the modes, for the gateway's cooldowns to end.
-    pub pause: Duration,
+    pub pause: Pause,
     /// Bound on each request (default: the scenario's `timeout_ms`, at most
     /// [`DEFAULT_REQUEST_TIMEOUT`]).
     pub timeout: Option<Duration>,
@@ -358,12 +358,12 @@ pub async fn probe(
         progress,
     )
     .await;
-    if !o.pause.is_zero() {
+    if !o.pause.wait.is_zero() {
         progress(&format!(
             "pausing {:.1} s between the modes, for the gateway's cooldowns to end (--pause)",
-            o.pause.as_secs_f64()
+            o.pause.wait.as_secs_f64()
         ));
-        tokio::time::sleep(o.pause).await;
+        tokio::time::sleep(o.pause.wait).await;
     }
     let s = probe_mode(
         scenario,
@@ -376,7 +376,12 @@ pub async fn probe(
         progress,
     )
     .await;
-    let pairs = pair_up(scenario, reference, n, s);
+    let mut pairs = pair_up(scenario, reference, n, s);
+    if let Some(cut) = &o.pause.cut {
+        for p in &mut pairs {
+            p.judgement.taint(cut);
+        }
+    }
     ProbeRun {
         verdict: Verdict::overall(pairs.iter().map(|p| p.judgement.verdict)),
         could_not_run: None,
@@ -526,23 +531,160 @@ pub fn call_rows(
     }
 }
 
-/// The pause that lets the scenario's cooldowns end between the modes.
-pub fn default_pause(scenario: &Scenario) -> Duration {
-    let cooldown = scenario
+/// The pause between the modes, and whether its bound cut it short of the scenario's
+/// cooldowns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pause {
+    pub wait: Duration,
+    /// Why the second mode may still meet cooldowns the first mode left, when
+    /// [`crate::scenario::MAX_PAUSE_SECS`] cut the pause below the scenario's longest
+    /// cooldown: a difference in that mode is then not blamed on the gateway.
+    pub cut: Option<String>,
+}
+
+impl Pause {
+    /// A pause the user chose (`--pause`): taken as given, its risk the user's own.
+    pub fn given(wait: Duration) -> Pause {
+        Pause { wait, cut: None }
+    }
+}
+
+/// The longest a deployment of `scenario` may stay cooled, in seconds: the largest of the
+/// gateway's `cooldown_time` (or the default), every deployment's own `cooldown_time` (which
+/// beats the other two where it is set, and the emitted LiteLLM config keeps), and every
+/// Retry-After a script sends (a fault's `retry_after`, or its `headers:` as
+/// `retry-after-ms`, seconds or an HTTP-date, read as the gateway reads them). The largest,
+/// because which of them a cooldown takes depends on the deployment and the failure.
+pub fn longest_cooldown(scenario: &Scenario) -> f64 {
+    let router = scenario
         .gateway
         .router_settings
         .cooldown_time
         .unwrap_or(switchback::catalog::DEFAULT_COOLDOWN_TIME.as_secs_f64());
+    let deployments = scenario
+        .gateway
+        .model_list
+        .iter()
+        .filter_map(|d| d.litellm_params.cooldown_time);
+    // Real time: the probe runs on the real clock, and a gateway measures an HTTP-date
+    // Retry-After against its own (when the script sends no `date` header to measure by).
+    let now = std::time::SystemTime::now();
     let retry_after = scenario
         .providers
         .iter()
         .flat_map(|p| std::iter::once(&p.default).chain(&p.calls))
-        .filter_map(|s| s.fault.as_ref().and_then(|f| f.retry_after))
-        .fold(0.0, f64::max);
-    Duration::from_secs_f64(
-        cooldown
-            .max(retry_after)
-            .min(crate::scenario::MAX_PAUSE_SECS)
-            + 0.5,
-    )
+        .flat_map(|s| {
+            let headers: http::HeaderMap = s
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok()?,
+                        http::HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect();
+            let from_headers =
+                switchback::classify::retry_after(&headers, now).map(|d| d.as_secs_f64());
+            s.fault
+                .as_ref()
+                .and_then(|f| f.retry_after)
+                .into_iter()
+                .chain(from_headers)
+        });
+    deployments
+        .chain(retry_after)
+        .filter(|s| s.is_finite())
+        .fold(router, f64::max)
+}
+
+/// The pause that lets the scenario's cooldowns end between the modes: the longest cooldown
+/// ([`longest_cooldown`]) + 0.5 s, at most [`crate::scenario::MAX_PAUSE_SECS`] + 0.5 s (a
+/// probe must end); when that bound cuts it, [`Pause::cut`] says so.
+pub fn default_pause(scenario: &Scenario) -> Pause {
+    let longest = longest_cooldown(scenario);
+    let max = crate::scenario::MAX_PAUSE_SECS;
+    let cut = (longest > max).then(|| {
+        format!(
+            "the pause between the modes was cut to {max} s (its bound), and a deployment may stay cooled for {longest:.1} s in this scenario: the stream mode may have met a cooldown the non_stream mode left"
+        )
+    });
+    Pause {
+        wait: Duration::from_secs_f64(longest.min(max) + 0.5),
+        cut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(rel: &str) -> Scenario {
+        let path = format!("{}/../scenarios/{rel}", env!("CARGO_MANIFEST_DIR"));
+        Scenario::load_file(std::path::Path::new(&path)).unwrap()
+    }
+
+    /// Every way a scenario can make a deployment rest counts: the gateway's cooldown_time,
+    /// a deployment's own, a fault's retry_after, and Retry-After sent in a script's headers
+    /// (milliseconds, seconds or an HTTP-date).
+    #[test]
+    fn the_default_pause_outlasts_every_cooldown_the_scenario_can_cause() {
+        let mut s = load("live/control_no_fault.yaml");
+        s.gateway.router_settings.cooldown_time = Some(1.0);
+        s.providers.truncate(1);
+        s.providers[0].calls.clear();
+        s.providers[0].default = crate::scenario::Script::default();
+        assert_eq!(default_pause(&s).wait, Duration::from_secs_f64(1.5));
+
+        let mut own = s.clone();
+        own.gateway.model_list[0].litellm_params.cooldown_time = Some(7.0);
+        assert_eq!(default_pause(&own).wait, Duration::from_secs_f64(7.5));
+
+        let header = |name: &str, value: &str| {
+            let mut h = s.clone();
+            h.providers[0]
+                .default
+                .headers
+                .insert(name.into(), value.into());
+            default_pause(&h)
+        };
+        assert_eq!(
+            header("retry-after-ms", "9000").wait,
+            Duration::from_secs_f64(9.5)
+        );
+        assert_eq!(
+            header("Retry-After", "12").wait,
+            Duration::from_secs_f64(12.5)
+        );
+        // An HTTP-date, measured by the answer's own Date as the gateway measures it.
+        let mut dated = s.clone();
+        dated.providers[0].default.headers.extend([
+            ("retry-after".into(), "Wed, 21 Oct 2015 07:28:20 GMT".into()),
+            ("date".into(), "Wed, 21 Oct 2015 07:28:00 GMT".into()),
+        ]);
+        let dated = default_pause(&dated);
+        assert_eq!(dated.wait, Duration::from_secs_f64(20.5));
+        assert_eq!(dated.cut, None);
+    }
+
+    /// A cooldown longer than the pause's bound is not waited out, and the pause says so.
+    #[test]
+    fn a_pause_cut_by_its_bound_says_so() {
+        let p = default_pause(&load("hostile/far_future_retry_after.yaml"));
+        assert_eq!(
+            p.wait,
+            Duration::from_secs_f64(crate::scenario::MAX_PAUSE_SECS + 0.5)
+        );
+        assert!(
+            p.cut
+                .as_deref()
+                .is_some_and(|c| c.starts_with("the pause between the modes was cut to 60 s")),
+            "{p:?}"
+        );
+        let p = default_pause(&load(
+            "parity/deployment_cooldown_time_beats_retry_after.yaml",
+        ));
+        assert_eq!(p.wait, Duration::from_secs_f64(60.5));
+        assert_eq!(p.cut, None);
+    }
 }

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{GatewayUrl, Observed, Progress, preflight, probe_mode};
+use super::{GatewayUrl, Observed, Pause, Progress, preflight, probe_mode};
 use crate::live::RunningFakes;
 use crate::scenario::{Mode, Scenario};
 use crate::trace::TraceSink;
@@ -47,6 +47,10 @@ pub struct DiffRow {
     pub b: Observed,
     /// Empty when the two gateways did the same.
     pub differences: Vec<String>,
+    /// Why the differences may not be the gateways' own doing (the pause before this mode
+    /// was cut short of a cooldown; a provider call came late): they are shown, and the run
+    /// is then `could not run` rather than `different` unless another row differs.
+    pub tainted: Option<String>,
 }
 
 /// The verdict of a differential probe.
@@ -86,13 +90,45 @@ pub struct DiffRun {
 
 impl DiffRun {
     pub fn verdict(&self) -> DiffVerdict {
+        let differs = |r: &&DiffRow| !r.differences.is_empty();
         if self.could_not_run.is_some() {
             DiffVerdict::CouldNotRun
-        } else if self.rows.iter().any(|r| !r.differences.is_empty()) {
+        } else if self
+            .rows
+            .iter()
+            .filter(differs)
+            .any(|r| r.tainted.is_none())
+        {
             DiffVerdict::Different
+        } else if self.rows.iter().any(|r| differs(&r)) {
+            // Every difference may be an artefact of the run (see `DiffRow::tainted`).
+            DiffVerdict::CouldNotRun
         } else {
             DiffVerdict::Same
         }
+    }
+
+    /// Why the run could not be judged: its own reason, or the first difference that may
+    /// not be the gateways' doing when no other is left.
+    pub fn why_not_judged(&self) -> Option<String> {
+        if let Some(r) = &self.could_not_run {
+            return Some(r.clone());
+        }
+        (self.verdict() == DiffVerdict::CouldNotRun)
+            .then(|| {
+                self.rows
+                    .iter()
+                    .find(|r| !r.differences.is_empty())
+                    .and_then(|r| {
+                        let why = r.tainted.as_deref()?;
+                        Some(format!(
+                            "request {} {} differs, but not judged: {why}",
+                            r.label,
+                            r.mode.as_str()
+                        ))
+                    })
+            })
+            .flatten()
     }
 }
 
@@ -150,7 +186,12 @@ pub fn compare(a: &Observed, b: &Observed) -> Vec<String> {
 }
 
 /// Pairs the two gateways' observations of one mode, request by request.
-fn rows(mode: Mode, a: Vec<(String, Observed)>, b: Vec<(String, Observed)>) -> Vec<DiffRow> {
+fn rows(
+    mode: Mode,
+    a: Vec<(String, Observed)>,
+    b: Vec<(String, Observed)>,
+    tainted: Option<&str>,
+) -> Vec<DiffRow> {
     assert_eq!(
         a.len(),
         b.len(),
@@ -167,6 +208,7 @@ fn rows(mode: Mode, a: Vec<(String, Observed)>, b: Vec<(String, Observed)>) -> V
                 a,
                 b,
                 differences,
+                tainted: tainted.map(str::to_string),
             }
         })
         .collect()
@@ -178,7 +220,7 @@ pub async fn differential(
     scenario: &Scenario,
     fakes: &RunningFakes,
     sides: [Side; 2],
-    pause: Duration,
+    pause: Pause,
     timeout: Option<Duration>,
     sink: Arc<dyn TraceSink>,
     progress: Progress<'_>,
@@ -194,12 +236,12 @@ pub async fn differential(
     }
     let mut all = Vec::new();
     for (i, mode) in scenario.modes.iter().copied().enumerate() {
-        if i > 0 && !pause.is_zero() {
+        if i > 0 && !pause.wait.is_zero() {
             progress(&format!(
                 "pausing {:.1} s between the modes, for the gateways' cooldowns to end (--pause)",
-                pause.as_secs_f64()
+                pause.wait.as_secs_f64()
             ));
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(pause.wait).await;
         }
         let mut seen = Vec::new();
         for side in &sides {
@@ -220,7 +262,9 @@ pub async fn differential(
         }
         let b = seen.pop().expect("two sides");
         let a = seen.pop().expect("two sides");
-        all.extend(rows(mode, a, b));
+        // Only a mode after a pause can meet the cooldowns an earlier mode left.
+        let cut = pause.cut.as_deref().filter(|_| i > 0);
+        all.extend(rows(mode, a, b, cut));
     }
     DiffRun {
         sides,
@@ -294,6 +338,9 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
         for d in &r.differences {
             let _ = writeln!(out, "  differs: {d}");
         }
+        if let Some(why) = r.tainted.as_deref().filter(|_| !r.differences.is_empty()) {
+            let _ = writeln!(out, "  not judged: {why}");
+        }
     }
     let same = run.rows.iter().filter(|r| r.differences.is_empty()).count();
     let _ = writeln!(
@@ -302,12 +349,24 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
         run.rows.len(),
         run.rows.len() - same
     );
-    let _ = writeln!(
-        out,
-        "verdict: {} (exit status {})",
-        verdict.as_str(),
-        verdict.exit_code()
-    );
+    match run.why_not_judged() {
+        Some(why) => {
+            let _ = writeln!(
+                out,
+                "verdict: {} (exit status {}): {why}",
+                verdict.as_str(),
+                verdict.exit_code()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "verdict: {} (exit status {})",
+                verdict.as_str(),
+                verdict.exit_code()
+            );
+        }
+    }
     out
 }
 
@@ -361,6 +420,7 @@ mod tests {
         let row = |a: &Observed, b: &Observed| DiffRow {
             label: "r0".into(),
             mode: Mode::Stream,
+            tainted: None,
             differences: compare(a, b),
             a: a.clone(),
             b: b.clone(),
@@ -371,6 +431,49 @@ mod tests {
             both.as_deref()
                 .is_some_and(|r| r.starts_with("request r0 stream: neither gateway answered")),
             "{both:?}"
+        );
+    }
+
+    /// A difference in a row that may not show the gateways' own doing makes the run
+    /// `could not run`, unless a row that can be trusted differs too.
+    #[test]
+    fn tainted_differences_are_not_claimed() {
+        let a = observed(200, "hi", vec![call("a", 1, "ok")]);
+        let b = observed(429, "", vec![]);
+        let row = |a: &Observed, b: &Observed, tainted: Option<&str>| DiffRow {
+            label: "r0.0".into(),
+            mode: Mode::Stream,
+            differences: compare(a, b),
+            tainted: tainted.map(str::to_string),
+            a: a.clone(),
+            b: b.clone(),
+        };
+        let run = |rows| DiffRun {
+            sides: std::array::from_fn(|i| Side {
+                label: ["A", "B"][i],
+                gateway: GatewayUrl::parse("http://127.0.0.1:4000").unwrap(),
+                api_key: None,
+            }),
+            rows,
+            could_not_run: None,
+        };
+        let cut = run(vec![
+            row(&a, &b, Some("the pause was cut")),
+            row(&a, &a, None),
+        ]);
+        assert_eq!(cut.verdict(), DiffVerdict::CouldNotRun);
+        assert_eq!(
+            cut.why_not_judged().as_deref(),
+            Some("request r0.0 stream differs, but not judged: the pause was cut")
+        );
+        let real = run(vec![
+            row(&a, &b, Some("the pause was cut")),
+            row(&a, &b, None),
+        ]);
+        assert_eq!(real.verdict(), DiffVerdict::Different);
+        assert_eq!(
+            run(vec![row(&a, &a, Some("x"))]).verdict(),
+            DiffVerdict::Same
         );
     }
 

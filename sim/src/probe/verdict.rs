@@ -71,6 +71,27 @@ pub struct Judgement {
     pub notes: Vec<String>,
 }
 
+impl Judgement {
+    /// This judgement, for a request whose two observations may not show the gateway's own
+    /// doing (`why`: the pause was cut short of a cooldown, a provider call from another
+    /// request came late). A difference is then not claimed: it becomes `inconclusive`, with
+    /// `why` as its reason and the differences kept after it. Other verdicts stand, noted.
+    pub fn taint(&mut self, why: &str) {
+        if self.verdict == Verdict::Different {
+            self.verdict = Verdict::Inconclusive;
+            self.reasons = std::iter::once(format!("not judged: {why}"))
+                .chain(
+                    std::mem::take(&mut self.reasons)
+                        .into_iter()
+                        .map(|r| format!("seen: {r}")),
+                )
+                .collect();
+        } else {
+            self.notes.push(why.to_string());
+        }
+    }
+}
+
 /// What the names of one request's models mean: which names are its primary's, and which
 /// provider calls go to its primary.
 #[derive(Debug, Clone, Default)]
@@ -600,6 +621,29 @@ mod tests {
             None,
         );
         assert_eq!(j.verdict, Verdict::Different, "{j:?}");
+    }
+
+    /// A difference that may be an artefact of the run (a cut pause, a late call) is not
+    /// claimed; an agreement stands, with the reason noted.
+    #[test]
+    fn a_tainted_difference_is_inconclusive() {
+        let expected = Expected::default();
+        let n = ok("flash", "The quick brown fox", fault_then_fallback());
+        let s = ok("flash", "The quick", fault_then_fallback());
+        let mut j = judge(&n, &s, (&expected, &expected), &naming(), None);
+        assert_eq!(j.verdict, Verdict::Different);
+        j.taint("the pause was cut");
+        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+        assert_eq!(j.reasons[0], "not judged: the pause was cut");
+        assert!(j.reasons[1].starts_with("seen: text:"), "{j:?}");
+        let mut same = judge(&n, &n, (&expected, &expected), &naming(), None);
+        let before = same.verdict;
+        same.taint("the pause was cut");
+        assert_eq!(same.verdict, before);
+        assert_eq!(
+            same.notes.last().map(String::as_str),
+            Some("the pause was cut")
+        );
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub fn probe(a: ProbeArgs) -> ExitCode {
         Err(e) => return could_not_run(&format!("--gateway {e}")),
     };
     let pause = match seconds("--pause", a.pause, switchback_sim::scenario::MAX_PAUSE_SECS) {
-        Ok(p) => p.unwrap_or_else(|| probe::default_pause(&scenario)),
+        Ok(p) => p.map_or_else(|| probe::default_pause(&scenario), probe::Pause::given),
         Err(e) => return could_not_run(&e),
     };
     let timeout = match seconds("--timeout", a.timeout, probe::MAX_REQUEST_TIMEOUT_SECS) {
@@ -337,7 +337,7 @@ fn differential(
     scenario: &Scenario,
     base: u16,
     sides: [probe::differential::Side; 2],
-    pause: Duration,
+    pause: probe::Pause,
     timeout: Option<Duration>,
 ) -> ExitCode {
     let rt = match runtime() {
