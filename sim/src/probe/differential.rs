@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{GatewayUrl, Observed, Pause, Progress, preflight, probe_mode};
+use super::{GatewayUrl, Observed, Pause, Progress, Reference, preflight, probe_mode};
 use crate::live::RunningFakes;
 use crate::scenario::{Mode, Scenario};
 use crate::trace::TraceSink;
@@ -215,9 +215,13 @@ fn rows(
 }
 
 /// Sends every request of `scenario` to both gateways, in both of the scenario's modes
-/// (non-stream first, then `pause`, then stream), and compares them.
+/// (non-stream first, then `pause`, then stream), and compares them. `reference` says which
+/// requests reach a provider when the scenario runs as written (on Switchback in
+/// simulation): one that reaches none on either gateway compares nothing.
+#[allow(clippy::too_many_arguments)]
 pub async fn differential(
     scenario: &Scenario,
+    reference: &Reference,
     fakes: &RunningFakes,
     sides: [Side; 2],
     pause: Pause,
@@ -268,24 +272,44 @@ pub async fn differential(
     }
     DiffRun {
         sides,
-        could_not_run: nothing_compared(&all),
+        could_not_run: nothing_compared(&all, reference),
         rows: all,
     }
 }
 
-/// Two gateways that both gave no answer in time agree on nothing that was tested: the
+/// Two gateways that both gave no answer in time, or that both reached no provider for a
+/// request that reaches one as the scenario is written (a wrong key: 401 on both; a wrong
+/// base path: 404 on both; both gone: broken on both), agree on nothing that was tested: the
 /// first such request, as the reason the run could not be judged.
-fn nothing_compared(rows: &[DiffRow]) -> Option<String> {
-    rows.iter()
-        .find(|r| timed_out(&r.a) && timed_out(&r.b))
-        .map(|r| {
-            format!(
+fn nothing_compared(rows: &[DiffRow], reference: &Reference) -> Option<String> {
+    let mut index = [0usize; 2];
+    rows.iter().find_map(|r| {
+        // Rows come mode by mode, each in the order the reference has them.
+        let i = &mut index[usize::from(r.mode.is_stream())];
+        let reaches = reference
+            .for_mode(r.mode)
+            .get(*i)
+            .is_some_and(|e| e.reaches_provider);
+        *i += 1;
+        if timed_out(&r.a) && timed_out(&r.b) {
+            Some(format!(
                 "request {} {}: neither gateway answered in time ({}); raise --timeout",
                 r.label,
                 r.mode.as_str(),
                 r.a.outcome()
-            )
-        })
+            ))
+        } else if reaches && r.a.calls.is_empty() && r.b.calls.is_empty() {
+            Some(format!(
+                "request {} {}: neither gateway reached a provider (A: {}, B: {}), where the scenario reaches one; check --api-key, --against-api-key and the gateways' URLs",
+                r.label,
+                r.mode.as_str(),
+                r.a.outcome(),
+                r.b.outcome()
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 fn timed_out(o: &Observed) -> bool {
@@ -425,8 +449,9 @@ mod tests {
             a: a.clone(),
             b: b.clone(),
         };
-        assert_eq!(nothing_compared(&[row(&cut, &cut)]), None);
-        let both = nothing_compared(&[row(&cut, &cut), row(&timeout, &timeout)]);
+        let reference = Reference::default();
+        assert_eq!(nothing_compared(&[row(&cut, &cut)], &reference), None);
+        let both = nothing_compared(&[row(&cut, &cut), row(&timeout, &timeout)], &reference);
         assert!(
             both.as_deref()
                 .is_some_and(|r| r.starts_with("request r0 stream: neither gateway answered")),
@@ -475,6 +500,54 @@ mod tests {
             run(vec![row(&a, &a, Some("x"))]).verdict(),
             DiffVerdict::Same
         );
+    }
+
+    /// Two gateways that both refuse before any provider call (a wrong key, a wrong base
+    /// path, both gone) tested nothing, where the scenario's request reaches a provider;
+    /// where it reaches none as written (a cooled group answering 429 at once), the same
+    /// refusal is the same.
+    #[test]
+    fn neither_gateway_reaching_a_provider_compares_nothing() {
+        let refused = |status: u16| {
+            let mut o = observed(status, "", vec![]);
+            o.client.error = Some(SeenError {
+                status,
+                error_type: "auth_error".into(),
+                message: "bad key".into(),
+            });
+            o
+        };
+        let row = |mode: Mode, a: &Observed, b: &Observed| DiffRow {
+            label: "r0.0".into(),
+            mode,
+            differences: compare(a, b),
+            tainted: None,
+            a: a.clone(),
+            b: b.clone(),
+        };
+        let reaches = |yes: bool| Reference {
+            non_stream: vec![crate::probe::Expected {
+                reaches_provider: yes,
+                ..Default::default()
+            }],
+            stream: vec![crate::probe::Expected {
+                reaches_provider: yes,
+                ..Default::default()
+            }],
+        };
+        let served = observed(200, "hi", vec![call("a", 1, "ok")]);
+        let rows = [
+            row(Mode::NonStream, &served, &served),
+            row(Mode::Stream, &refused(401), &refused(401)),
+        ];
+        assert!(rows.iter().all(|r| r.differences.is_empty()));
+        assert_eq!(
+            nothing_compared(&rows, &reaches(true)).as_deref(),
+            Some(
+                "request r0.0 stream: neither gateway reached a provider (A: error 401 auth_error, B: error 401 auth_error), where the scenario reaches one; check --api-key, --against-api-key and the gateways' URLs"
+            )
+        );
+        assert_eq!(nothing_compared(&rows, &reaches(false)), None);
     }
 
     #[test]
