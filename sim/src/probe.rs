@@ -44,6 +44,14 @@ pub const MAX_REQUEST_TIMEOUT_SECS: f64 = 600.0;
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How the client reports a request that did not finish within its bound.
 pub const TIMED_OUT: &str = "no complete answer within";
+/// After a request the client gave up on (it timed out, or left as its script says), the
+/// gateway may still be calling providers for it, and those calls would land in the next
+/// request's window: `probe` waits until no call has arrived for this long...
+pub const SETTLE_QUIET: Duration = Duration::from_millis(500);
+/// ... but no longer than this. A gateway an outside observer cannot ask when it is done
+/// is watched through the fakes' call logs, polled this often.
+pub const SETTLE_MAX: Duration = Duration::from_secs(10);
+const SETTLE_POLL: Duration = Duration::from_millis(50);
 
 /// Where the gateway under probe listens.
 #[derive(Debug, Clone)]
@@ -90,11 +98,14 @@ impl GatewayUrl {
 }
 
 /// What one request showed in one mode.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub client: ClientResult,
     /// Provider calls made while the request was in flight, in arrival order.
     pub calls: Vec<(String, CallRecord)>,
+    /// Why `calls` may hold calls the gateway made for an earlier request (one it went on
+    /// with after its client gave up): its comparisons are then not judged.
+    pub tainted: Option<String>,
 }
 
 impl Observed {
@@ -178,9 +189,53 @@ pub struct ProbeOptions {
 /// Progress lines while a probe runs (to standard error in the command).
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
+/// How waiting for the fakes to go quiet ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Calls that arrived while waiting.
+    pub late: usize,
+    /// No call arrived for `quiet` before `max` was up.
+    pub quiet: bool,
+}
+
+/// Waits until `count` (the calls the fakes have received) has not moved for `quiet`, at
+/// most `max`, looking every `poll`.
+pub async fn settle(
+    count: impl Fn() -> usize,
+    quiet: Duration,
+    max: Duration,
+    poll: Duration,
+) -> Settled {
+    let start = tokio::time::Instant::now();
+    let first = count();
+    let (mut last, mut since) = (first, start);
+    loop {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(since) >= quiet {
+            return Settled {
+                late: last - first,
+                quiet: true,
+            };
+        }
+        if now.duration_since(start) >= max {
+            return Settled {
+                late: last - first,
+                quiet: false,
+            };
+        }
+        tokio::time::sleep(poll).await;
+        let n = count();
+        if n != last {
+            (last, since) = (n, tokio::time::Instant::now());
+        }
+    }
+}
+
 /// Sends every request of `scenario`, one at a time, in `mode`, against the gateway, with
 /// `fakes` (reset first) answering its upstream calls. Requests with a `key` send it;
-/// others send `api_key`.
+/// others send `api_key`. `still_calling` says, coming in, why the gateway may still be
+/// calling providers for a request sent before (its calls would be taken for the first
+/// request's), and going out the same for whatever is sent next.
 #[allow(clippy::too_many_arguments)]
 pub async fn probe_mode(
     scenario: &Scenario,
@@ -191,6 +246,7 @@ pub async fn probe_mode(
     mode: Mode,
     sink: Arc<dyn TraceSink>,
     progress: Progress<'_>,
+    still_calling: &mut Option<String>,
 ) -> Vec<(String, Observed)> {
     let target = Target {
         connector: Arc::new(TcpConnector),
@@ -256,7 +312,11 @@ pub async fn probe_mode(
                 })
                 .collect();
             calls.sort_by_key(|(_, c)| c.seq);
-            let o = Observed { client: r, calls };
+            let o = Observed {
+                client: r,
+                calls,
+                tainted: still_calling.take(),
+            };
             progress(&format!(
                 "{} {label}: {} in {:.2} s, {} provider call(s)",
                 mode.as_str(),
@@ -264,6 +324,32 @@ pub async fn probe_mode(
                 sent.elapsed().as_secs_f64(),
                 o.calls.len()
             ));
+            // The client gave up (or its calls were mixed with an earlier request's): the
+            // gateway may go on calling providers for it. Its calls must not be taken for
+            // the next request's, so wait for them to stop; if they do not, say so.
+            let gave_up = o.client.left.is_some()
+                || o.client
+                    .broken
+                    .as_deref()
+                    .is_some_and(|b| b.starts_with(TIMED_OUT));
+            if gave_up || o.tainted.is_some() {
+                let all_calls = || fakes.fakes.iter().map(|f| f.calls().len()).sum::<usize>();
+                let settled = settle(all_calls, SETTLE_QUIET, SETTLE_MAX, SETTLE_POLL).await;
+                if settled.late > 0 {
+                    progress(&format!(
+                        "{} {label}: {} provider call(s) came after the client gave up",
+                        mode.as_str(),
+                        settled.late
+                    ));
+                }
+                if !settled.quiet {
+                    *still_calling = Some(format!(
+                        "the gateway was still calling providers {} s after {} {label} ended (it went on after its client gave up), so these calls may include that request's",
+                        SETTLE_MAX.as_secs(),
+                        mode.as_str()
+                    ));
+                }
+            }
             observed.push((label, o));
         }
     }
@@ -293,7 +379,12 @@ pub fn pair_up(
                 reference.stream.get(i).unwrap_or(&none),
             );
             let key = spec.and_then(|spec| spec.key.as_deref());
-            let judgement = verdict::judge(&n, &s, expected, &naming, key);
+            let mut judgement = verdict::judge(&n, &s, expected, &naming, key);
+            for (mode, o) in [("non_stream", &n), ("stream", &s)] {
+                if let Some(why) = &o.tainted {
+                    judgement.taint(&format!("{mode}: {why}"));
+                }
+            }
             Pair {
                 label,
                 non_stream: n,
@@ -347,6 +438,7 @@ pub async fn probe(
         }
     }
     let key = o.api_key.as_deref();
+    let mut still_calling = None;
     let n = probe_mode(
         scenario,
         fakes,
@@ -356,6 +448,7 @@ pub async fn probe(
         Mode::NonStream,
         sink.clone(),
         progress,
+        &mut still_calling,
     )
     .await;
     if !o.pause.wait.is_zero() {
@@ -374,6 +467,7 @@ pub async fn probe(
         Mode::Stream,
         sink,
         progress,
+        &mut still_calling,
     )
     .await;
     let mut pairs = pair_up(scenario, reference, n, s);
@@ -665,6 +759,76 @@ mod tests {
         let dated = default_pause(&dated);
         assert_eq!(dated.wait, Duration::from_secs_f64(20.5));
         assert_eq!(dated.cut, None);
+    }
+
+    /// Calls that keep coming are waited for, at most `max`; calls that stop are waited
+    /// out, and counted.
+    #[tokio::test]
+    async fn settling_waits_for_the_calls_to_stop_and_says_when_they_do_not() {
+        let quiet = Duration::from_millis(30);
+        let max = Duration::from_millis(300);
+        let poll = Duration::from_millis(5);
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        // Three more calls, one at each of the first looks, then none.
+        let stops = || {
+            let seen = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            seen.min(3)
+        };
+        // (A generous bound here: a loaded machine must not turn quiet into not quiet.)
+        assert_eq!(
+            settle(stops, quiet, Duration::from_secs(30), poll).await,
+            Settled {
+                late: 3,
+                quiet: true
+            }
+        );
+        // A new call at every look: never quiet, however late the looks come (each look
+        // that sees a new call starts the quiet time afresh).
+        let m = std::sync::atomic::AtomicUsize::new(0);
+        let never = || m.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let s = settle(never, quiet, max, poll).await;
+        assert!(!s.quiet && s.late > 0, "{s:?}");
+    }
+
+    /// A request whose calls may hold an earlier request's is not blamed for a difference.
+    #[test]
+    fn a_request_after_calls_that_never_stopped_is_not_judged() {
+        let s = load("live/control_no_fault.yaml");
+        let reference = Reference::default();
+        let answered = |text: &str, tainted: Option<&str>| {
+            let client = ClientResult {
+                status: Some(200),
+                text: text.into(),
+                done: true,
+                ..ClientResult::default()
+            };
+            (
+                "r0.0".to_string(),
+                Observed {
+                    client,
+                    calls: Vec::new(),
+                    tainted: tainted.map(str::to_string),
+                },
+            )
+        };
+        let clean = pair_up(
+            &s,
+            &reference,
+            vec![answered("a", None)],
+            vec![answered("b", None)],
+        );
+        assert_eq!(clean[0].judgement.verdict, Verdict::Different);
+        let late = pair_up(
+            &s,
+            &reference,
+            vec![answered("a", None)],
+            vec![answered("b", Some("still calling"))],
+        );
+        assert_eq!(late[0].judgement.verdict, Verdict::Inconclusive);
+        assert_eq!(
+            late[0].judgement.reasons[0],
+            "not judged: stream: still calling"
+        );
     }
 
     /// A cooldown longer than the pause's bound is not waited out, and the pause says so.

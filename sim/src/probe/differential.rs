@@ -202,13 +202,17 @@ fn rows(
         .map(|((label, a), (label_b, b))| {
             assert_eq!(label, label_b, "requests are sent in the same order");
             let differences = compare(&a, &b);
+            let tainted = tainted
+                .map(str::to_string)
+                .or_else(|| a.tainted.as_ref().map(|w| format!("A: {w}")))
+                .or_else(|| b.tainted.as_ref().map(|w| format!("B: {w}")));
             DiffRow {
                 label,
                 mode,
                 a,
                 b,
                 differences,
-                tainted: tainted.map(str::to_string),
+                tainted,
             }
         })
         .collect()
@@ -248,6 +252,9 @@ pub async fn differential(
             tokio::time::sleep(pause.wait).await;
         }
         let mut seen = Vec::new();
+        // Calls a gateway goes on making for a request its client gave up on are waited
+        // for; if they never stop, the next requests (gateway B's too) are not judged.
+        let mut still_calling = None;
         for side in &sides {
             let tell = |line: &str| progress(&format!("{} {line}", side.label));
             seen.push(
@@ -260,6 +267,7 @@ pub async fn differential(
                     mode,
                     sink.clone(),
                     &tell,
+                    &mut still_calling,
                 )
                 .await,
             );
@@ -421,6 +429,7 @@ mod tests {
                 ..ClientResult::default()
             },
             calls,
+            tainted: None,
         }
     }
 
@@ -433,7 +442,7 @@ mod tests {
                 broken: Some(why.into()),
                 ..ClientResult::default()
             },
-            calls: Vec::new(),
+            ..Observed::default()
         };
         let timeout = broken(&format!("{} 60000 ms", crate::probe::TIMED_OUT));
         let cut = broken("stream ended without [DONE] or an error event");

@@ -477,6 +477,7 @@ mod tests {
                 ..Default::default()
             },
             calls,
+            tainted: None,
         }
     }
 
