@@ -132,13 +132,18 @@ impl DiffRun {
     }
 }
 
-/// What the client got, in words both gateways share: the status (or `broken`, or `timed
-/// out`), not the error's type.
+/// What the client got, in words both gateways share: the HTTP status, and an error's
+/// status where it differs from it (a stream answered 200 that then failed with an error
+/// event is `200 then error 429`, not the `error 429` of a refusal), or `broken`, or `timed
+/// out`; never the error's type.
 fn status_of(o: &Observed) -> String {
     let c = &o.client;
     match (&c.broken, &c.error, c.status) {
         (Some(_), _, _) if timed_out(o) => "timed out".into(),
         (Some(_), _, _) => "broken".into(),
+        (None, Some(e), Some(http)) if http != e.status => {
+            format!("{http} then error {}", e.status)
+        }
         (None, Some(e), _) => format!("error {}", e.status),
         (None, None, Some(s)) => s.to_string(),
         (None, None, None) => "no answer".into(),
@@ -173,10 +178,9 @@ pub fn compare(a: &Observed, b: &Observed) -> Vec<String> {
     let (status_a, status_b) = (status_of(a), status_of(b));
     if status_a != status_b {
         out.push(format!("outcome: A {status_a}, B {status_b}"));
-    } else if a.client.error.is_none()
-        && a.client.broken.is_none()
-        && a.client.text != b.client.text
-    {
+    } else if a.client.broken.is_none() && a.client.text != b.client.text {
+        // The same status (a broken answer's text is wherever the break fell): the text is
+        // compared with an error too, e.g. what two streams delivered before their error.
         out.push(format!(
             "text: A {:?}, B {:?}",
             a.client.text, b.client.text
@@ -557,6 +561,31 @@ mod tests {
             )
         );
         assert_eq!(nothing_compared(&rows, &reaches(false)), None);
+    }
+
+    /// A stream that was answered 200 and then failed with an error event is not an error
+    /// answered with its status, and the text each client got is compared with errors too.
+    #[test]
+    fn the_http_status_and_the_text_count_when_there_is_an_error() {
+        let seen = |status: u16| SeenError {
+            status,
+            error_type: "rate_limit_error".into(),
+            message: "slow down".into(),
+        };
+        let mut midstream = observed(200, "The quick", vec![]);
+        midstream.client.error = Some(seen(429));
+        let mut refused = observed(429, "", vec![]);
+        refused.client.error = Some(seen(429));
+        assert_eq!(
+            compare(&midstream, &refused),
+            vec!["outcome: A 200 then error 429, B error 429"]
+        );
+        let mut further = observed(200, "The quick brown", vec![]);
+        further.client.error = Some(seen(429));
+        assert_eq!(
+            compare(&midstream, &further),
+            vec![r#"text: A "The quick", B "The quick brown""#]
+        );
     }
 
     #[test]
