@@ -254,8 +254,9 @@ pub fn litellm_config(scenario: &Scenario, ports: &PortMap) -> Result<String, St
         .map(|(d, order)| {
             let p = &d.litellm_params;
             // LiteLLM's `openai/` provider speaks to any OpenAI-compatible api_base and sends
-            // the rest of the name upstream, as Switchback does with its prefix stripped.
-            let bare = p.model.split_once('/').map_or(p.model.as_str(), |(_, m)| m);
+            // the rest of the name upstream: the name Switchback sends, which strips only a
+            // provider prefix it knows (`Qwen/Qwen2.5-7B-Instruct` is sent whole).
+            let bare = switchback::config::strip_provider(&p.model);
             let mut params = json!({
                 "model": format!("openai/{bare}"),
                 "api_base": p.api_base,
@@ -445,6 +446,36 @@ mod tests {
                 .get("cooldown_by_failure_rate")
                 .is_none()
         );
+    }
+
+    /// LiteLLM's `openai/` provider sends the rest of its name upstream: that must be the
+    /// name Switchback sends, which keeps a path that is no provider prefix
+    /// (`Qwen/Qwen2.5-7B-Instruct`, as vLLM names its models).
+    #[test]
+    fn litellm_calls_the_upstream_by_the_name_switchback_sends() {
+        let mut scenario = load("live/control_no_fault.yaml");
+        let names = [
+            (
+                "Qwen/Qwen2.5-7B-Instruct",
+                "openai/Qwen/Qwen2.5-7B-Instruct",
+            ),
+            ("openai/gpt-4o", "openai/gpt-4o"),
+            ("vertex_ai/gemini-2.5-flash", "openai/gemini-2.5-flash"),
+            ("plain", "openai/plain"),
+        ];
+        for (model, _) in names {
+            scenario.gateway.model_list[0].litellm_params.model = model.into();
+            let doc = yaml(&litellm_config(&scenario, &ports(&scenario)).unwrap());
+            let want = names.iter().find(|(m, _)| *m == model).unwrap().1;
+            assert_eq!(
+                doc["model_list"][0]["litellm_params"]["model"], want,
+                "{model}"
+            );
+            assert_eq!(
+                format!("openai/{}", switchback::config::strip_provider(model)),
+                want
+            );
+        }
     }
 
     #[test]
