@@ -243,6 +243,30 @@ pub fn litellm_admin_calls(scenario: &Scenario) -> (Vec<AdminCall>, BTreeSet<Str
     (calls, dropped)
 }
 
+/// Deployment settings the LiteLLM config does not carry, as `<deployment id>: <setting>`:
+/// `fake_stream` (how the deployment is called: not confirmed to act the same in LiteLLM
+/// 1.83.0's `litellm_params` for its `openai/` provider) and `send_stream_options`
+/// (LiteLLM has no such setting). A scenario relying on them cannot be compared with a
+/// LiteLLM started from the emitted config: its upstream calls differ by construction.
+pub fn litellm_untranslated(scenario: &Scenario) -> Vec<String> {
+    let config = &scenario.gateway;
+    config
+        .model_list
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| {
+            let p = &d.litellm_params;
+            [
+                ("fake_stream", p.fake_stream.is_some()),
+                ("send_stream_options", p.send_stream_options.is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(move |(name, _)| format!("{}: {name}", config.deployment_id(i)))
+        })
+        .collect()
+}
+
 /// A LiteLLM proxy `config.yaml` for the scenario, its fakes on loopback.
 pub fn litellm_config(scenario: &Scenario, ports: &PortMap) -> Result<String, String> {
     let config = switchback_config(scenario, ports)?;
@@ -342,6 +366,14 @@ pub fn litellm_config(scenario: &Scenario, ports: &PortMap) -> Result<String, St
             out,
             "# Gateway settings LiteLLM has no equivalent for, left out: {}",
             dropped.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let untranslated = litellm_untranslated(scenario);
+    if !untranslated.is_empty() {
+        let _ = writeln!(
+            out,
+            "# Deployment settings not translated (a scenario relying on them cannot be compared): {}",
+            untranslated.join(", ")
         );
     }
     let (calls, not_applied) = litellm_admin_calls(scenario);
@@ -476,6 +508,36 @@ mod tests {
                 want
             );
         }
+    }
+
+    /// How a deployment is called (`fake_stream`, `send_stream_options`) is not silently
+    /// lost: the header names what the LiteLLM config does not carry.
+    #[test]
+    fn deployment_settings_not_translated_are_named() {
+        let mut scenario = load("live/control_no_fault.yaml");
+        scenario.gateway.model_list[0].litellm_params.fake_stream = Some(true);
+        scenario.gateway.model_list[1]
+            .litellm_params
+            .send_stream_options = Some(false);
+        let lite = litellm_config(&scenario, &ports(&scenario)).unwrap();
+        let line = lite
+            .lines()
+            .find(|l| l.starts_with("# Deployment settings not translated"))
+            .unwrap_or_else(|| panic!("{lite}"));
+        let (a, b) = (
+            scenario.gateway.deployment_id(0),
+            scenario.gateway.deployment_id(1),
+        );
+        assert!(
+            line.ends_with(&format!("{a}: fake_stream, {b}: send_stream_options")),
+            "{line}"
+        );
+        let doc = yaml(&lite);
+        assert!(
+            doc["model_list"][0]["litellm_params"]
+                .get("fake_stream")
+                .is_none()
+        );
     }
 
     #[test]

@@ -499,6 +499,15 @@ pub fn report(scenario: &Scenario, run: &ProbeRun) -> String {
         out,
         "(timing-exact expectations are not checked in probe mode; decisions are)"
     );
+    let untranslated = crate::emit::litellm_untranslated(scenario);
+    if !untranslated.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: settings a LiteLLM config from `--emit-config litellm` does not carry ({}): against such a LiteLLM, what relies on them cannot be compared",
+            untranslated.join(", ")
+        );
+    }
+
     for p in &run.pairs {
         let _ = writeln!(out, "\nrequest {}", p.label);
         let row = |out: &mut String, name: &str, a: String, b: String| {
