@@ -423,6 +423,21 @@ async fn exchange(
             header_or_dash(result, "x-switchback-deployment"),
         ),
     );
+    // The other way round from the check at the end: an SDK that sent `stream: false`
+    // parses a success's body as one JSON object, and SSE is none (openai-python raises).
+    // The parser is chosen by content-type below, so without this the stream would be read
+    // as if the client had asked for one.
+    let asked_to_stream = body_sent.get("stream").and_then(Value::as_bool) == Some(true);
+    if sse && !asked_to_stream && (200..300).contains(&status) {
+        result.broken = Some(format!(
+            "the gateway streamed ({status}, content-type {}) to a `stream: false` request",
+            result
+                .response_headers
+                .get("content-type")
+                .map_or("(none)", String::as_str)
+        ));
+        return;
+    }
     let mut body = response.into_body();
     let leave_after = hostile.disconnect.as_ref().and_then(|d| d.after_chunks);
     let stop_after = hostile.stop_reading.as_ref().map(|s| s.after_chunks);
@@ -510,7 +525,6 @@ async fn exchange(
         }
         // The SDKs read a stream's body as events whatever its type: a JSON answer has none,
         // and the caller gets an empty stream.
-        let asked_to_stream = body_sent.get("stream").and_then(Value::as_bool) == Some(true);
         if asked_to_stream && status == 200 && result.broken.is_none() {
             let content_type = result.response_headers.get("content-type");
             result.broken = Some(format!(
@@ -648,7 +662,94 @@ fn choice_zero_content(chunk: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::NullSink;
     use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers one request on loopback with `response` (the raw HTTP response) and sends
+    /// `stream` to it; returns what the client saw.
+    async fn exchange_with(response: Vec<u8>, stream: bool) -> ClientResult {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            // The request's head and body: read until the body's end (the client sends
+            // small JSON, with a content-length), then answer.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = sock.write_all(&response).await;
+            let _ = sock.shutdown().await;
+        });
+        let target = Target {
+            connector: Arc::new(switchback::transport::TcpConnector),
+            host: "127.0.0.1".into(),
+            port,
+            base_path: "/v1".into(),
+        };
+        let body = json!({"model": "m", "messages": [], "stream": stream});
+        let r = send(
+            &target,
+            None,
+            &body,
+            Duration::from_secs(30),
+            &NullSink,
+            &|| Duration::ZERO,
+            "r0.0",
+        )
+        .await;
+        server.abort();
+        r
+    }
+
+    fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    const ONE_CHUNK: &str = "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+
+    /// An SDK that sent `stream: false` parses the body as JSON and fails on SSE: a
+    /// gateway that streams to it broke the answer.
+    #[tokio::test]
+    async fn a_stream_answering_a_non_stream_request_is_broken() {
+        let r = exchange_with(response("200 OK", "text/event-stream", ONE_CHUNK), false).await;
+        assert_eq!(
+            r.broken.as_deref(),
+            Some(
+                "the gateway streamed (200, content-type text/event-stream) to a `stream: false` request"
+            ),
+            "{r:?}"
+        );
+        assert!(!r.succeeded());
+        // The same answer to a stream request is a stream.
+        let r = exchange_with(response("200 OK", "text/event-stream", ONE_CHUNK), true).await;
+        assert!(r.succeeded(), "{r:?}");
+        assert_eq!(r.text, "hi");
+    }
 
     #[test]
     fn error_statuses_are_read_in_every_shape_gateways_send() {

@@ -243,6 +243,30 @@ pub fn litellm_admin_calls(scenario: &Scenario) -> (Vec<AdminCall>, BTreeSet<Str
     (calls, dropped)
 }
 
+/// Deployment settings the LiteLLM config does not carry, as `<deployment id>: <setting>`:
+/// `fake_stream` (how the deployment is called: not confirmed to act the same in LiteLLM
+/// 1.83.0's `litellm_params` for its `openai/` provider) and `send_stream_options`
+/// (LiteLLM has no such setting). A scenario relying on them cannot be compared with a
+/// LiteLLM started from the emitted config: its upstream calls differ by construction.
+pub fn litellm_untranslated(scenario: &Scenario) -> Vec<String> {
+    let config = &scenario.gateway;
+    config
+        .model_list
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| {
+            let p = &d.litellm_params;
+            [
+                ("fake_stream", p.fake_stream.is_some()),
+                ("send_stream_options", p.send_stream_options.is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(move |(name, _)| format!("{}: {name}", config.deployment_id(i)))
+        })
+        .collect()
+}
+
 /// A LiteLLM proxy `config.yaml` for the scenario, its fakes on loopback.
 pub fn litellm_config(scenario: &Scenario, ports: &PortMap) -> Result<String, String> {
     let config = switchback_config(scenario, ports)?;
@@ -254,8 +278,9 @@ pub fn litellm_config(scenario: &Scenario, ports: &PortMap) -> Result<String, St
         .map(|(d, order)| {
             let p = &d.litellm_params;
             // LiteLLM's `openai/` provider speaks to any OpenAI-compatible api_base and sends
-            // the rest of the name upstream, as Switchback does with its prefix stripped.
-            let bare = p.model.split_once('/').map_or(p.model.as_str(), |(_, m)| m);
+            // the rest of the name upstream: the name Switchback sends, which strips only a
+            // provider prefix it knows (`Qwen/Qwen2.5-7B-Instruct` is sent whole).
+            let bare = switchback::config::strip_provider(&p.model);
             let mut params = json!({
                 "model": format!("openai/{bare}"),
                 "api_base": p.api_base,
@@ -341,6 +366,14 @@ pub fn litellm_config(scenario: &Scenario, ports: &PortMap) -> Result<String, St
             out,
             "# Gateway settings LiteLLM has no equivalent for, left out: {}",
             dropped.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let untranslated = litellm_untranslated(scenario);
+    if !untranslated.is_empty() {
+        let _ = writeln!(
+            out,
+            "# Deployment settings not translated (a scenario relying on them cannot be compared): {}",
+            untranslated.join(", ")
         );
     }
     let (calls, not_applied) = litellm_admin_calls(scenario);
@@ -443,6 +476,66 @@ mod tests {
         assert!(
             yaml(&lite)["router_settings"]
                 .get("cooldown_by_failure_rate")
+                .is_none()
+        );
+    }
+
+    /// LiteLLM's `openai/` provider sends the rest of its name upstream: that must be the
+    /// name Switchback sends, which keeps a path that is no provider prefix
+    /// (`Qwen/Qwen2.5-7B-Instruct`, as vLLM names its models).
+    #[test]
+    fn litellm_calls_the_upstream_by_the_name_switchback_sends() {
+        let mut scenario = load("live/control_no_fault.yaml");
+        let names = [
+            (
+                "Qwen/Qwen2.5-7B-Instruct",
+                "openai/Qwen/Qwen2.5-7B-Instruct",
+            ),
+            ("openai/gpt-4o", "openai/gpt-4o"),
+            ("vertex_ai/gemini-2.5-flash", "openai/gemini-2.5-flash"),
+            ("plain", "openai/plain"),
+        ];
+        for (model, _) in names {
+            scenario.gateway.model_list[0].litellm_params.model = model.into();
+            let doc = yaml(&litellm_config(&scenario, &ports(&scenario)).unwrap());
+            let want = names.iter().find(|(m, _)| *m == model).unwrap().1;
+            assert_eq!(
+                doc["model_list"][0]["litellm_params"]["model"], want,
+                "{model}"
+            );
+            assert_eq!(
+                format!("openai/{}", switchback::config::strip_provider(model)),
+                want
+            );
+        }
+    }
+
+    /// How a deployment is called (`fake_stream`, `send_stream_options`) is not silently
+    /// lost: the header names what the LiteLLM config does not carry.
+    #[test]
+    fn deployment_settings_not_translated_are_named() {
+        let mut scenario = load("live/control_no_fault.yaml");
+        scenario.gateway.model_list[0].litellm_params.fake_stream = Some(true);
+        scenario.gateway.model_list[1]
+            .litellm_params
+            .send_stream_options = Some(false);
+        let lite = litellm_config(&scenario, &ports(&scenario)).unwrap();
+        let line = lite
+            .lines()
+            .find(|l| l.starts_with("# Deployment settings not translated"))
+            .unwrap_or_else(|| panic!("{lite}"));
+        let (a, b) = (
+            scenario.gateway.deployment_id(0),
+            scenario.gateway.deployment_id(1),
+        );
+        assert!(
+            line.ends_with(&format!("{a}: fake_stream, {b}: send_stream_options")),
+            "{line}"
+        );
+        let doc = yaml(&lite);
+        assert!(
+            doc["model_list"][0]["litellm_params"]
+                .get("fake_stream")
                 .is_none()
         );
     }

@@ -44,6 +44,14 @@ pub const MAX_REQUEST_TIMEOUT_SECS: f64 = 600.0;
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How the client reports a request that did not finish within its bound.
 pub const TIMED_OUT: &str = "no complete answer within";
+/// After a request the client gave up on (it timed out, or left as its script says), the
+/// gateway may still be calling providers for it, and those calls would land in the next
+/// request's window: `probe` waits until no call has arrived for this long...
+pub const SETTLE_QUIET: Duration = Duration::from_millis(500);
+/// ... but no longer than this. A gateway an outside observer cannot ask when it is done
+/// is watched through the fakes' call logs, polled this often.
+pub const SETTLE_MAX: Duration = Duration::from_secs(10);
+const SETTLE_POLL: Duration = Duration::from_millis(50);
 
 /// Where the gateway under probe listens.
 #[derive(Debug, Clone)]
@@ -90,11 +98,14 @@ impl GatewayUrl {
 }
 
 /// What one request showed in one mode.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub client: ClientResult,
     /// Provider calls made while the request was in flight, in arrival order.
     pub calls: Vec<(String, CallRecord)>,
+    /// Why `calls` may hold calls the gateway made for an earlier request (one it went on
+    /// with after its client gave up): its comparisons are then not judged.
+    pub tainted: Option<String>,
 }
 
 impl Observed {
@@ -167,7 +178,7 @@ pub struct ProbeOptions {
     /// A request with its own `key` always sends that key.
     pub api_key: Option<String>,
     /// Pause between the modes, for the gateway's cooldowns to end.
-    pub pause: Duration,
+    pub pause: Pause,
     /// Bound on each request (default: the scenario's `timeout_ms`, at most
     /// [`DEFAULT_REQUEST_TIMEOUT`]).
     pub timeout: Option<Duration>,
@@ -178,9 +189,53 @@ pub struct ProbeOptions {
 /// Progress lines while a probe runs (to standard error in the command).
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
+/// How waiting for the fakes to go quiet ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Calls that arrived while waiting.
+    pub late: usize,
+    /// No call arrived for `quiet` before `max` was up.
+    pub quiet: bool,
+}
+
+/// Waits until `count` (the calls the fakes have received) has not moved for `quiet`, at
+/// most `max`, looking every `poll`.
+pub async fn settle(
+    count: impl Fn() -> usize,
+    quiet: Duration,
+    max: Duration,
+    poll: Duration,
+) -> Settled {
+    let start = tokio::time::Instant::now();
+    let first = count();
+    let (mut last, mut since) = (first, start);
+    loop {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(since) >= quiet {
+            return Settled {
+                late: last - first,
+                quiet: true,
+            };
+        }
+        if now.duration_since(start) >= max {
+            return Settled {
+                late: last - first,
+                quiet: false,
+            };
+        }
+        tokio::time::sleep(poll).await;
+        let n = count();
+        if n != last {
+            (last, since) = (n, tokio::time::Instant::now());
+        }
+    }
+}
+
 /// Sends every request of `scenario`, one at a time, in `mode`, against the gateway, with
 /// `fakes` (reset first) answering its upstream calls. Requests with a `key` send it;
-/// others send `api_key`.
+/// others send `api_key`. `still_calling` says, coming in, why the gateway may still be
+/// calling providers for a request sent before (its calls would be taken for the first
+/// request's), and going out the same for whatever is sent next.
 #[allow(clippy::too_many_arguments)]
 pub async fn probe_mode(
     scenario: &Scenario,
@@ -191,6 +246,7 @@ pub async fn probe_mode(
     mode: Mode,
     sink: Arc<dyn TraceSink>,
     progress: Progress<'_>,
+    still_calling: &mut Option<String>,
 ) -> Vec<(String, Observed)> {
     let target = Target {
         connector: Arc::new(TcpConnector),
@@ -256,7 +312,11 @@ pub async fn probe_mode(
                 })
                 .collect();
             calls.sort_by_key(|(_, c)| c.seq);
-            let o = Observed { client: r, calls };
+            let o = Observed {
+                client: r,
+                calls,
+                tainted: still_calling.take(),
+            };
             progress(&format!(
                 "{} {label}: {} in {:.2} s, {} provider call(s)",
                 mode.as_str(),
@@ -264,6 +324,32 @@ pub async fn probe_mode(
                 sent.elapsed().as_secs_f64(),
                 o.calls.len()
             ));
+            // The client gave up (or its calls were mixed with an earlier request's): the
+            // gateway may go on calling providers for it. Its calls must not be taken for
+            // the next request's, so wait for them to stop; if they do not, say so.
+            let gave_up = o.client.left.is_some()
+                || o.client
+                    .broken
+                    .as_deref()
+                    .is_some_and(|b| b.starts_with(TIMED_OUT));
+            if gave_up || o.tainted.is_some() {
+                let all_calls = || fakes.fakes.iter().map(|f| f.calls().len()).sum::<usize>();
+                let settled = settle(all_calls, SETTLE_QUIET, SETTLE_MAX, SETTLE_POLL).await;
+                if settled.late > 0 {
+                    progress(&format!(
+                        "{} {label}: {} provider call(s) came after the client gave up",
+                        mode.as_str(),
+                        settled.late
+                    ));
+                }
+                if !settled.quiet {
+                    *still_calling = Some(format!(
+                        "the gateway was still calling providers {} s after {} {label} ended (it went on after its client gave up), so these calls may include that request's",
+                        SETTLE_MAX.as_secs(),
+                        mode.as_str()
+                    ));
+                }
+            }
             observed.push((label, o));
         }
     }
@@ -293,7 +379,12 @@ pub fn pair_up(
                 reference.stream.get(i).unwrap_or(&none),
             );
             let key = spec.and_then(|spec| spec.key.as_deref());
-            let judgement = verdict::judge(&n, &s, expected, &naming, key);
+            let mut judgement = verdict::judge(&n, &s, expected, &naming, key);
+            for (mode, o) in [("non_stream", &n), ("stream", &s)] {
+                if let Some(why) = &o.tainted {
+                    judgement.taint(&format!("{mode}: {why}"));
+                }
+            }
             Pair {
                 label,
                 non_stream: n,
@@ -347,6 +438,7 @@ pub async fn probe(
         }
     }
     let key = o.api_key.as_deref();
+    let mut still_calling = None;
     let n = probe_mode(
         scenario,
         fakes,
@@ -356,14 +448,15 @@ pub async fn probe(
         Mode::NonStream,
         sink.clone(),
         progress,
+        &mut still_calling,
     )
     .await;
-    if !o.pause.is_zero() {
+    if !o.pause.wait.is_zero() {
         progress(&format!(
             "pausing {:.1} s between the modes, for the gateway's cooldowns to end (--pause)",
-            o.pause.as_secs_f64()
+            o.pause.wait.as_secs_f64()
         ));
-        tokio::time::sleep(o.pause).await;
+        tokio::time::sleep(o.pause.wait).await;
     }
     let s = probe_mode(
         scenario,
@@ -374,9 +467,15 @@ pub async fn probe(
         Mode::Stream,
         sink,
         progress,
+        &mut still_calling,
     )
     .await;
-    let pairs = pair_up(scenario, reference, n, s);
+    let mut pairs = pair_up(scenario, reference, n, s);
+    if let Some(cut) = &o.pause.cut {
+        for p in &mut pairs {
+            p.judgement.taint(cut);
+        }
+    }
     ProbeRun {
         verdict: Verdict::overall(pairs.iter().map(|p| p.judgement.verdict)),
         could_not_run: None,
@@ -400,6 +499,15 @@ pub fn report(scenario: &Scenario, run: &ProbeRun) -> String {
         out,
         "(timing-exact expectations are not checked in probe mode; decisions are)"
     );
+    let untranslated = crate::emit::litellm_untranslated(scenario);
+    if !untranslated.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: settings a LiteLLM config from `--emit-config litellm` does not carry ({}): against such a LiteLLM, what relies on them cannot be compared",
+            untranslated.join(", ")
+        );
+    }
+
     for p in &run.pairs {
         let _ = writeln!(out, "\nrequest {}", p.label);
         let row = |out: &mut String, name: &str, a: String, b: String| {
@@ -526,23 +634,230 @@ pub fn call_rows(
     }
 }
 
-/// The pause that lets the scenario's cooldowns end between the modes.
-pub fn default_pause(scenario: &Scenario) -> Duration {
-    let cooldown = scenario
+/// The pause between the modes, and whether its bound cut it short of the scenario's
+/// cooldowns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pause {
+    pub wait: Duration,
+    /// Why the second mode may still meet cooldowns the first mode left, when
+    /// [`crate::scenario::MAX_PAUSE_SECS`] cut the pause below the scenario's longest
+    /// cooldown: a difference in that mode is then not blamed on the gateway.
+    pub cut: Option<String>,
+}
+
+impl Pause {
+    /// A pause the user chose (`--pause`): taken as given, its risk the user's own.
+    pub fn given(wait: Duration) -> Pause {
+        Pause { wait, cut: None }
+    }
+}
+
+/// The longest a deployment of `scenario` may stay cooled, in seconds: the largest of the
+/// gateway's `cooldown_time` (or the default), every deployment's own `cooldown_time` (which
+/// beats the other two where it is set, and the emitted LiteLLM config keeps), and every
+/// Retry-After a script sends (a fault's `retry_after`, or its `headers:` as
+/// `retry-after-ms`, seconds or an HTTP-date, read as the gateway reads them). The largest,
+/// because which of them a cooldown takes depends on the deployment and the failure.
+pub fn longest_cooldown(scenario: &Scenario) -> f64 {
+    let router = scenario
         .gateway
         .router_settings
         .cooldown_time
         .unwrap_or(switchback::catalog::DEFAULT_COOLDOWN_TIME.as_secs_f64());
+    let deployments = scenario
+        .gateway
+        .model_list
+        .iter()
+        .filter_map(|d| d.litellm_params.cooldown_time);
+    // Real time: the probe runs on the real clock, and a gateway measures an HTTP-date
+    // Retry-After against its own (when the script sends no `date` header to measure by).
+    let now = std::time::SystemTime::now();
     let retry_after = scenario
         .providers
         .iter()
         .flat_map(|p| std::iter::once(&p.default).chain(&p.calls))
-        .filter_map(|s| s.fault.as_ref().and_then(|f| f.retry_after))
-        .fold(0.0, f64::max);
-    Duration::from_secs_f64(
-        cooldown
-            .max(retry_after)
-            .min(crate::scenario::MAX_PAUSE_SECS)
-            + 0.5,
-    )
+        .flat_map(|s| {
+            let headers: http::HeaderMap = s
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok()?,
+                        http::HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect();
+            let from_headers =
+                switchback::classify::retry_after(&headers, now).map(|d| d.as_secs_f64());
+            s.fault
+                .as_ref()
+                .and_then(|f| f.retry_after)
+                .into_iter()
+                .chain(from_headers)
+        });
+    deployments
+        .chain(retry_after)
+        .filter(|s| s.is_finite())
+        .fold(router, f64::max)
+}
+
+/// The pause that lets the scenario's cooldowns end between the modes: the longest cooldown
+/// ([`longest_cooldown`]) + 0.5 s, at most [`crate::scenario::MAX_PAUSE_SECS`] + 0.5 s (a
+/// probe must end); when that bound cuts it, [`Pause::cut`] says so.
+pub fn default_pause(scenario: &Scenario) -> Pause {
+    let longest = longest_cooldown(scenario);
+    let max = crate::scenario::MAX_PAUSE_SECS;
+    let cut = (longest > max).then(|| {
+        format!(
+            "the pause between the modes was cut to {max} s (its bound), and a deployment may stay cooled for {longest:.1} s in this scenario: the stream mode may have met a cooldown the non_stream mode left"
+        )
+    });
+    Pause {
+        wait: Duration::from_secs_f64(longest.min(max) + 0.5),
+        cut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(rel: &str) -> Scenario {
+        let path = format!("{}/../scenarios/{rel}", env!("CARGO_MANIFEST_DIR"));
+        Scenario::load_file(std::path::Path::new(&path)).unwrap()
+    }
+
+    /// Every way a scenario can make a deployment rest counts: the gateway's cooldown_time,
+    /// a deployment's own, a fault's retry_after, and Retry-After sent in a script's headers
+    /// (milliseconds, seconds or an HTTP-date).
+    #[test]
+    fn the_default_pause_outlasts_every_cooldown_the_scenario_can_cause() {
+        let mut s = load("live/control_no_fault.yaml");
+        s.gateway.router_settings.cooldown_time = Some(1.0);
+        s.providers.truncate(1);
+        s.providers[0].calls.clear();
+        s.providers[0].default = crate::scenario::Script::default();
+        assert_eq!(default_pause(&s).wait, Duration::from_secs_f64(1.5));
+
+        let mut own = s.clone();
+        own.gateway.model_list[0].litellm_params.cooldown_time = Some(7.0);
+        assert_eq!(default_pause(&own).wait, Duration::from_secs_f64(7.5));
+
+        let header = |name: &str, value: &str| {
+            let mut h = s.clone();
+            h.providers[0]
+                .default
+                .headers
+                .insert(name.into(), value.into());
+            default_pause(&h)
+        };
+        assert_eq!(
+            header("retry-after-ms", "9000").wait,
+            Duration::from_secs_f64(9.5)
+        );
+        assert_eq!(
+            header("Retry-After", "12").wait,
+            Duration::from_secs_f64(12.5)
+        );
+        // An HTTP-date, measured by the answer's own Date as the gateway measures it.
+        let mut dated = s.clone();
+        dated.providers[0].default.headers.extend([
+            ("retry-after".into(), "Wed, 21 Oct 2015 07:28:20 GMT".into()),
+            ("date".into(), "Wed, 21 Oct 2015 07:28:00 GMT".into()),
+        ]);
+        let dated = default_pause(&dated);
+        assert_eq!(dated.wait, Duration::from_secs_f64(20.5));
+        assert_eq!(dated.cut, None);
+    }
+
+    /// Calls that keep coming are waited for, at most `max`; calls that stop are waited
+    /// out, and counted.
+    #[tokio::test]
+    async fn settling_waits_for_the_calls_to_stop_and_says_when_they_do_not() {
+        let quiet = Duration::from_millis(30);
+        let max = Duration::from_millis(300);
+        let poll = Duration::from_millis(5);
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        // Three more calls, one at each of the first looks, then none.
+        let stops = || {
+            let seen = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            seen.min(3)
+        };
+        // (A generous bound here: a loaded machine must not turn quiet into not quiet.)
+        assert_eq!(
+            settle(stops, quiet, Duration::from_secs(30), poll).await,
+            Settled {
+                late: 3,
+                quiet: true
+            }
+        );
+        // A new call at every look: never quiet, however late the looks come (each look
+        // that sees a new call starts the quiet time afresh).
+        let m = std::sync::atomic::AtomicUsize::new(0);
+        let never = || m.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let s = settle(never, quiet, max, poll).await;
+        assert!(!s.quiet && s.late > 0, "{s:?}");
+    }
+
+    /// A request whose calls may hold an earlier request's is not blamed for a difference.
+    #[test]
+    fn a_request_after_calls_that_never_stopped_is_not_judged() {
+        let s = load("live/control_no_fault.yaml");
+        let reference = Reference::default();
+        let answered = |text: &str, tainted: Option<&str>| {
+            let client = ClientResult {
+                status: Some(200),
+                text: text.into(),
+                done: true,
+                ..ClientResult::default()
+            };
+            (
+                "r0.0".to_string(),
+                Observed {
+                    client,
+                    calls: Vec::new(),
+                    tainted: tainted.map(str::to_string),
+                },
+            )
+        };
+        let clean = pair_up(
+            &s,
+            &reference,
+            vec![answered("a", None)],
+            vec![answered("b", None)],
+        );
+        assert_eq!(clean[0].judgement.verdict, Verdict::Different);
+        let late = pair_up(
+            &s,
+            &reference,
+            vec![answered("a", None)],
+            vec![answered("b", Some("still calling"))],
+        );
+        assert_eq!(late[0].judgement.verdict, Verdict::Inconclusive);
+        assert_eq!(
+            late[0].judgement.reasons[0],
+            "not judged: stream: still calling"
+        );
+    }
+
+    /// A cooldown longer than the pause's bound is not waited out, and the pause says so.
+    #[test]
+    fn a_pause_cut_by_its_bound_says_so() {
+        let p = default_pause(&load("hostile/far_future_retry_after.yaml"));
+        assert_eq!(
+            p.wait,
+            Duration::from_secs_f64(crate::scenario::MAX_PAUSE_SECS + 0.5)
+        );
+        assert!(
+            p.cut
+                .as_deref()
+                .is_some_and(|c| c.starts_with("the pause between the modes was cut to 60 s")),
+            "{p:?}"
+        );
+        let p = default_pause(&load(
+            "parity/deployment_cooldown_time_beats_retry_after.yaml",
+        ));
+        assert_eq!(p.wait, Duration::from_secs_f64(60.5));
+        assert_eq!(p.cut, None);
+    }
 }

@@ -139,6 +139,7 @@ fn probe_child(rel: &str) -> Vec<probe::Pair> {
                     mode,
                     sink.clone(),
                     &quiet,
+                    &mut None,
                 )
                 .await,
             );

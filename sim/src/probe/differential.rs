@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{GatewayUrl, Observed, Progress, preflight, probe_mode};
+use super::{GatewayUrl, Observed, Pause, Progress, Reference, preflight, probe_mode};
 use crate::live::RunningFakes;
 use crate::scenario::{Mode, Scenario};
 use crate::trace::TraceSink;
@@ -47,6 +47,10 @@ pub struct DiffRow {
     pub b: Observed,
     /// Empty when the two gateways did the same.
     pub differences: Vec<String>,
+    /// Why the differences may not be the gateways' own doing (the pause before this mode
+    /// was cut short of a cooldown; a provider call came late): they are shown, and the run
+    /// is then `could not run` rather than `different` unless another row differs.
+    pub tainted: Option<String>,
 }
 
 /// The verdict of a differential probe.
@@ -86,23 +90,60 @@ pub struct DiffRun {
 
 impl DiffRun {
     pub fn verdict(&self) -> DiffVerdict {
+        let differs = |r: &&DiffRow| !r.differences.is_empty();
         if self.could_not_run.is_some() {
             DiffVerdict::CouldNotRun
-        } else if self.rows.iter().any(|r| !r.differences.is_empty()) {
+        } else if self
+            .rows
+            .iter()
+            .filter(differs)
+            .any(|r| r.tainted.is_none())
+        {
             DiffVerdict::Different
+        } else if self.rows.iter().any(|r| differs(&r)) {
+            // Every difference may be an artefact of the run (see `DiffRow::tainted`).
+            DiffVerdict::CouldNotRun
         } else {
             DiffVerdict::Same
         }
     }
+
+    /// Why the run could not be judged: its own reason, or the first difference that may
+    /// not be the gateways' doing when no other is left.
+    pub fn why_not_judged(&self) -> Option<String> {
+        if let Some(r) = &self.could_not_run {
+            return Some(r.clone());
+        }
+        (self.verdict() == DiffVerdict::CouldNotRun)
+            .then(|| {
+                self.rows
+                    .iter()
+                    .find(|r| !r.differences.is_empty())
+                    .and_then(|r| {
+                        let why = r.tainted.as_deref()?;
+                        Some(format!(
+                            "request {} {} differs, but not judged: {why}",
+                            r.label,
+                            r.mode.as_str()
+                        ))
+                    })
+            })
+            .flatten()
+    }
 }
 
-/// What the client got, in words both gateways share: the status (or `broken`, or `timed
-/// out`), not the error's type.
+/// What the client got, in words both gateways share: the HTTP status, and an error's
+/// status where it differs from it (a stream answered 200 that then failed with an error
+/// event is `200 then error 429`, not the `error 429` of a refusal), or `broken`, or `timed
+/// out`; never the error's type.
 fn status_of(o: &Observed) -> String {
     let c = &o.client;
     match (&c.broken, &c.error, c.status) {
         (Some(_), _, _) if timed_out(o) => "timed out".into(),
         (Some(_), _, _) => "broken".into(),
+        (None, Some(e), Some(http)) if http != e.status => {
+            format!("{http} then error {}", e.status)
+        }
         (None, Some(e), _) => format!("error {}", e.status),
         (None, None, Some(s)) => s.to_string(),
         (None, None, None) => "no answer".into(),
@@ -137,10 +178,9 @@ pub fn compare(a: &Observed, b: &Observed) -> Vec<String> {
     let (status_a, status_b) = (status_of(a), status_of(b));
     if status_a != status_b {
         out.push(format!("outcome: A {status_a}, B {status_b}"));
-    } else if a.client.error.is_none()
-        && a.client.broken.is_none()
-        && a.client.text != b.client.text
-    {
+    } else if a.client.broken.is_none() && a.client.text != b.client.text {
+        // The same status (a broken answer's text is wherever the break fell): the text is
+        // compared with an error too, e.g. what two streams delivered before their error.
         out.push(format!(
             "text: A {:?}, B {:?}",
             a.client.text, b.client.text
@@ -150,7 +190,12 @@ pub fn compare(a: &Observed, b: &Observed) -> Vec<String> {
 }
 
 /// Pairs the two gateways' observations of one mode, request by request.
-fn rows(mode: Mode, a: Vec<(String, Observed)>, b: Vec<(String, Observed)>) -> Vec<DiffRow> {
+fn rows(
+    mode: Mode,
+    a: Vec<(String, Observed)>,
+    b: Vec<(String, Observed)>,
+    tainted: Option<&str>,
+) -> Vec<DiffRow> {
     assert_eq!(
         a.len(),
         b.len(),
@@ -161,24 +206,33 @@ fn rows(mode: Mode, a: Vec<(String, Observed)>, b: Vec<(String, Observed)>) -> V
         .map(|((label, a), (label_b, b))| {
             assert_eq!(label, label_b, "requests are sent in the same order");
             let differences = compare(&a, &b);
+            let tainted = tainted
+                .map(str::to_string)
+                .or_else(|| a.tainted.as_ref().map(|w| format!("A: {w}")))
+                .or_else(|| b.tainted.as_ref().map(|w| format!("B: {w}")));
             DiffRow {
                 label,
                 mode,
                 a,
                 b,
                 differences,
+                tainted,
             }
         })
         .collect()
 }
 
 /// Sends every request of `scenario` to both gateways, in both of the scenario's modes
-/// (non-stream first, then `pause`, then stream), and compares them.
+/// (non-stream first, then `pause`, then stream), and compares them. `reference` says which
+/// requests reach a provider when the scenario runs as written (on Switchback in
+/// simulation): one that reaches none on either gateway compares nothing.
+#[allow(clippy::too_many_arguments)]
 pub async fn differential(
     scenario: &Scenario,
+    reference: &Reference,
     fakes: &RunningFakes,
     sides: [Side; 2],
-    pause: Duration,
+    pause: Pause,
     timeout: Option<Duration>,
     sink: Arc<dyn TraceSink>,
     progress: Progress<'_>,
@@ -194,14 +248,17 @@ pub async fn differential(
     }
     let mut all = Vec::new();
     for (i, mode) in scenario.modes.iter().copied().enumerate() {
-        if i > 0 && !pause.is_zero() {
+        if i > 0 && !pause.wait.is_zero() {
             progress(&format!(
                 "pausing {:.1} s between the modes, for the gateways' cooldowns to end (--pause)",
-                pause.as_secs_f64()
+                pause.wait.as_secs_f64()
             ));
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(pause.wait).await;
         }
         let mut seen = Vec::new();
+        // Calls a gateway goes on making for a request its client gave up on are waited
+        // for; if they never stop, the next requests (gateway B's too) are not judged.
+        let mut still_calling = None;
         for side in &sides {
             let tell = |line: &str| progress(&format!("{} {line}", side.label));
             seen.push(
@@ -214,34 +271,57 @@ pub async fn differential(
                     mode,
                     sink.clone(),
                     &tell,
+                    &mut still_calling,
                 )
                 .await,
             );
         }
         let b = seen.pop().expect("two sides");
         let a = seen.pop().expect("two sides");
-        all.extend(rows(mode, a, b));
+        // Only a mode after a pause can meet the cooldowns an earlier mode left.
+        let cut = pause.cut.as_deref().filter(|_| i > 0);
+        all.extend(rows(mode, a, b, cut));
     }
     DiffRun {
         sides,
-        could_not_run: nothing_compared(&all),
+        could_not_run: nothing_compared(&all, reference),
         rows: all,
     }
 }
 
-/// Two gateways that both gave no answer in time agree on nothing that was tested: the
+/// Two gateways that both gave no answer in time, or that both reached no provider for a
+/// request that reaches one as the scenario is written (a wrong key: 401 on both; a wrong
+/// base path: 404 on both; both gone: broken on both), agree on nothing that was tested: the
 /// first such request, as the reason the run could not be judged.
-fn nothing_compared(rows: &[DiffRow]) -> Option<String> {
-    rows.iter()
-        .find(|r| timed_out(&r.a) && timed_out(&r.b))
-        .map(|r| {
-            format!(
+fn nothing_compared(rows: &[DiffRow], reference: &Reference) -> Option<String> {
+    let mut index = [0usize; 2];
+    rows.iter().find_map(|r| {
+        // Rows come mode by mode, each in the order the reference has them.
+        let i = &mut index[usize::from(r.mode.is_stream())];
+        let reaches = reference
+            .for_mode(r.mode)
+            .get(*i)
+            .is_some_and(|e| e.reaches_provider);
+        *i += 1;
+        if timed_out(&r.a) && timed_out(&r.b) {
+            Some(format!(
                 "request {} {}: neither gateway answered in time ({}); raise --timeout",
                 r.label,
                 r.mode.as_str(),
                 r.a.outcome()
-            )
-        })
+            ))
+        } else if reaches && r.a.calls.is_empty() && r.b.calls.is_empty() {
+            Some(format!(
+                "request {} {}: neither gateway reached a provider (A: {}, B: {}), where the scenario reaches one; check --api-key, --against-api-key and the gateways' URLs",
+                r.label,
+                r.mode.as_str(),
+                r.a.outcome(),
+                r.b.outcome()
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 fn timed_out(o: &Observed) -> bool {
@@ -273,6 +353,14 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
         );
         return out;
     }
+    let untranslated = crate::emit::litellm_untranslated(scenario);
+    if !untranslated.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: settings a LiteLLM config from `--emit-config litellm` does not carry ({}): against such a LiteLLM, what relies on them cannot be compared",
+            untranslated.join(", ")
+        );
+    }
     for r in &run.rows {
         let _ = writeln!(out, "\nrequest {} {}", r.label, r.mode.as_str());
         let row = |out: &mut String, name: &str, a: String, b: String| {
@@ -294,6 +382,9 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
         for d in &r.differences {
             let _ = writeln!(out, "  differs: {d}");
         }
+        if let Some(why) = r.tainted.as_deref().filter(|_| !r.differences.is_empty()) {
+            let _ = writeln!(out, "  not judged: {why}");
+        }
     }
     let same = run.rows.iter().filter(|r| r.differences.is_empty()).count();
     let _ = writeln!(
@@ -302,12 +393,24 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
         run.rows.len(),
         run.rows.len() - same
     );
-    let _ = writeln!(
-        out,
-        "verdict: {} (exit status {})",
-        verdict.as_str(),
-        verdict.exit_code()
-    );
+    match run.why_not_judged() {
+        Some(why) => {
+            let _ = writeln!(
+                out,
+                "verdict: {} (exit status {}): {why}",
+                verdict.as_str(),
+                verdict.exit_code()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "verdict: {} (exit status {})",
+                verdict.as_str(),
+                verdict.exit_code()
+            );
+        }
+    }
     out
 }
 
@@ -338,6 +441,7 @@ mod tests {
                 ..ClientResult::default()
             },
             calls,
+            tainted: None,
         }
     }
 
@@ -350,7 +454,7 @@ mod tests {
                 broken: Some(why.into()),
                 ..ClientResult::default()
             },
-            calls: Vec::new(),
+            ..Observed::default()
         };
         let timeout = broken(&format!("{} 60000 ms", crate::probe::TIMED_OUT));
         let cut = broken("stream ended without [DONE] or an error event");
@@ -361,16 +465,134 @@ mod tests {
         let row = |a: &Observed, b: &Observed| DiffRow {
             label: "r0".into(),
             mode: Mode::Stream,
+            tainted: None,
             differences: compare(a, b),
             a: a.clone(),
             b: b.clone(),
         };
-        assert_eq!(nothing_compared(&[row(&cut, &cut)]), None);
-        let both = nothing_compared(&[row(&cut, &cut), row(&timeout, &timeout)]);
+        let reference = Reference::default();
+        assert_eq!(nothing_compared(&[row(&cut, &cut)], &reference), None);
+        let both = nothing_compared(&[row(&cut, &cut), row(&timeout, &timeout)], &reference);
         assert!(
             both.as_deref()
                 .is_some_and(|r| r.starts_with("request r0 stream: neither gateway answered")),
             "{both:?}"
+        );
+    }
+
+    /// A difference in a row that may not show the gateways' own doing makes the run
+    /// `could not run`, unless a row that can be trusted differs too.
+    #[test]
+    fn tainted_differences_are_not_claimed() {
+        let a = observed(200, "hi", vec![call("a", 1, "ok")]);
+        let b = observed(429, "", vec![]);
+        let row = |a: &Observed, b: &Observed, tainted: Option<&str>| DiffRow {
+            label: "r0.0".into(),
+            mode: Mode::Stream,
+            differences: compare(a, b),
+            tainted: tainted.map(str::to_string),
+            a: a.clone(),
+            b: b.clone(),
+        };
+        let run = |rows| DiffRun {
+            sides: std::array::from_fn(|i| Side {
+                label: ["A", "B"][i],
+                gateway: GatewayUrl::parse("http://127.0.0.1:4000").unwrap(),
+                api_key: None,
+            }),
+            rows,
+            could_not_run: None,
+        };
+        let cut = run(vec![
+            row(&a, &b, Some("the pause was cut")),
+            row(&a, &a, None),
+        ]);
+        assert_eq!(cut.verdict(), DiffVerdict::CouldNotRun);
+        assert_eq!(
+            cut.why_not_judged().as_deref(),
+            Some("request r0.0 stream differs, but not judged: the pause was cut")
+        );
+        let real = run(vec![
+            row(&a, &b, Some("the pause was cut")),
+            row(&a, &b, None),
+        ]);
+        assert_eq!(real.verdict(), DiffVerdict::Different);
+        assert_eq!(
+            run(vec![row(&a, &a, Some("x"))]).verdict(),
+            DiffVerdict::Same
+        );
+    }
+
+    /// Two gateways that both refuse before any provider call (a wrong key, a wrong base
+    /// path, both gone) tested nothing, where the scenario's request reaches a provider;
+    /// where it reaches none as written (a cooled group answering 429 at once), the same
+    /// refusal is the same.
+    #[test]
+    fn neither_gateway_reaching_a_provider_compares_nothing() {
+        let refused = |status: u16| {
+            let mut o = observed(status, "", vec![]);
+            o.client.error = Some(SeenError {
+                status,
+                error_type: "auth_error".into(),
+                message: "bad key".into(),
+            });
+            o
+        };
+        let row = |mode: Mode, a: &Observed, b: &Observed| DiffRow {
+            label: "r0.0".into(),
+            mode,
+            differences: compare(a, b),
+            tainted: None,
+            a: a.clone(),
+            b: b.clone(),
+        };
+        let reaches = |yes: bool| Reference {
+            non_stream: vec![crate::probe::Expected {
+                reaches_provider: yes,
+                ..Default::default()
+            }],
+            stream: vec![crate::probe::Expected {
+                reaches_provider: yes,
+                ..Default::default()
+            }],
+        };
+        let served = observed(200, "hi", vec![call("a", 1, "ok")]);
+        let rows = [
+            row(Mode::NonStream, &served, &served),
+            row(Mode::Stream, &refused(401), &refused(401)),
+        ];
+        assert!(rows.iter().all(|r| r.differences.is_empty()));
+        assert_eq!(
+            nothing_compared(&rows, &reaches(true)).as_deref(),
+            Some(
+                "request r0.0 stream: neither gateway reached a provider (A: error 401 auth_error, B: error 401 auth_error), where the scenario reaches one; check --api-key, --against-api-key and the gateways' URLs"
+            )
+        );
+        assert_eq!(nothing_compared(&rows, &reaches(false)), None);
+    }
+
+    /// A stream that was answered 200 and then failed with an error event is not an error
+    /// answered with its status, and the text each client got is compared with errors too.
+    #[test]
+    fn the_http_status_and_the_text_count_when_there_is_an_error() {
+        let seen = |status: u16| SeenError {
+            status,
+            error_type: "rate_limit_error".into(),
+            message: "slow down".into(),
+        };
+        let mut midstream = observed(200, "The quick", vec![]);
+        midstream.client.error = Some(seen(429));
+        let mut refused = observed(429, "", vec![]);
+        refused.client.error = Some(seen(429));
+        assert_eq!(
+            compare(&midstream, &refused),
+            vec!["outcome: A 200 then error 429, B error 429"]
+        );
+        let mut further = observed(200, "The quick brown", vec![]);
+        further.client.error = Some(seen(429));
+        assert_eq!(
+            compare(&midstream, &further),
+            vec![r#"text: A "The quick", B "The quick brown""#]
         );
     }
 

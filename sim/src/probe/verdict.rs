@@ -71,6 +71,27 @@ pub struct Judgement {
     pub notes: Vec<String>,
 }
 
+impl Judgement {
+    /// This judgement, for a request whose two observations may not show the gateway's own
+    /// doing (`why`: the pause was cut short of a cooldown, a provider call from another
+    /// request came late). A difference is then not claimed: it becomes `inconclusive`, with
+    /// `why` as its reason and the differences kept after it. Other verdicts stand, noted.
+    pub fn taint(&mut self, why: &str) {
+        if self.verdict == Verdict::Different {
+            self.verdict = Verdict::Inconclusive;
+            self.reasons = std::iter::once(format!("not judged: {why}"))
+                .chain(
+                    std::mem::take(&mut self.reasons)
+                        .into_iter()
+                        .map(|r| format!("seen: {r}")),
+                )
+                .collect();
+        } else {
+            self.notes.push(why.to_string());
+        }
+    }
+}
+
 /// What the names of one request's models mean: which names are its primary's, and which
 /// provider calls go to its primary.
 #[derive(Debug, Clone, Default)]
@@ -338,22 +359,30 @@ pub fn judge(
         }
     }
     let differences = compare(n, s, naming);
-    if !differences.is_empty() {
-        return Judgement {
-            verdict: Verdict::Different,
-            reasons: differences,
-            notes,
-        };
-    }
-    // A broken answer is no outcome (a timeout is judged below): the modes breaking alike
-    // prove nothing equivalent.
+    // A broken answer is no outcome (a timeout is judged below): the modes breaking prove
+    // nothing, alike or not. This comes before the differences, because a broken answer's
+    // words are the client's and depend on the mode (`body: ...` against `stream broke: ...`),
+    // so two broken answers always "differ" in outcome; what else differs is kept as notes.
     let broke = |o: &Observed| o.client.broken.clone().filter(|_| !timed_out(o));
     if let (Some(bn), Some(bs)) = (broke(n), broke(s)) {
+        notes.extend(
+            differences
+                .into_iter()
+                .filter(|d| !d.starts_with("outcome:"))
+                .map(|d| format!("also differs (not judged, nothing was answered): {d}")),
+        );
         return Judgement {
             verdict: Verdict::CouldNotRun,
             reasons: vec![format!(
                 "the gateway broke the answer in both modes (non_stream: {bn}; stream: {bs})"
             )],
+            notes,
+        };
+    }
+    if !differences.is_empty() {
+        return Judgement {
+            verdict: Verdict::Different,
+            reasons: differences,
             notes,
         };
     }
@@ -448,6 +477,7 @@ mod tests {
                 ..Default::default()
             },
             calls,
+            tainted: None,
         }
     }
 
@@ -558,6 +588,63 @@ mod tests {
         );
         assert_eq!(j.verdict, Verdict::CouldNotRun, "{j:?}");
         assert!(j.reasons[0].starts_with("the gateway broke the answer in both modes"));
+    }
+
+    /// The client words a broken answer by mode (`body: ...` for non_stream, `stream
+    /// broke: ...` or a missing `[DONE]` for stream), so breaking in both modes never shows
+    /// the same words; it is still nothing answered, not a difference.
+    #[test]
+    fn both_modes_broken_in_their_own_words_could_not_run() {
+        let expected = Expected {
+            reaches_provider: true,
+            ..Expected::default()
+        };
+        let broken = |why: &str| {
+            let mut o = ok("flash", "", fault_then_fallback());
+            o.client.done = false;
+            o.client.broken = Some(why.into());
+            o
+        };
+        let n = broken("body: error reading a body from connection");
+        let s = broken("stream ended without [DONE] or an error event");
+        let j = judge(&n, &s, (&expected, &expected), &naming(), None);
+        assert_eq!(j.verdict, Verdict::CouldNotRun, "{j:?}");
+        assert!(
+            j.reasons[0].starts_with("the gateway broke the answer in both modes"),
+            "{j:?}"
+        );
+        // One mode broken and the other answered is a difference.
+        let j = judge(
+            &ok("flash", "hi", fault_then_fallback()),
+            &s,
+            (&expected, &expected),
+            &naming(),
+            None,
+        );
+        assert_eq!(j.verdict, Verdict::Different, "{j:?}");
+    }
+
+    /// A difference that may be an artefact of the run (a cut pause, a late call) is not
+    /// claimed; an agreement stands, with the reason noted.
+    #[test]
+    fn a_tainted_difference_is_inconclusive() {
+        let expected = Expected::default();
+        let n = ok("flash", "The quick brown fox", fault_then_fallback());
+        let s = ok("flash", "The quick", fault_then_fallback());
+        let mut j = judge(&n, &s, (&expected, &expected), &naming(), None);
+        assert_eq!(j.verdict, Verdict::Different);
+        j.taint("the pause was cut");
+        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+        assert_eq!(j.reasons[0], "not judged: the pause was cut");
+        assert!(j.reasons[1].starts_with("seen: text:"), "{j:?}");
+        let mut same = judge(&n, &n, (&expected, &expected), &naming(), None);
+        let before = same.verdict;
+        same.taint("the pause was cut");
+        assert_eq!(same.verdict, before);
+        assert_eq!(
+            same.notes.last().map(String::as_str),
+            Some("the pause was cut")
+        );
     }
 
     #[test]

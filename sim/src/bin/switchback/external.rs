@@ -203,7 +203,7 @@ pub fn probe(a: ProbeArgs) -> ExitCode {
         Err(e) => return could_not_run(&format!("--gateway {e}")),
     };
     let pause = match seconds("--pause", a.pause, switchback_sim::scenario::MAX_PAUSE_SECS) {
-        Ok(p) => p.unwrap_or_else(|| probe::default_pause(&scenario)),
+        Ok(p) => p.map_or_else(|| probe::default_pause(&scenario), probe::Pause::given),
         Err(e) => return could_not_run(&e),
     };
     let timeout = match seconds("--timeout", a.timeout, probe::MAX_REQUEST_TIMEOUT_SECS) {
@@ -248,8 +248,17 @@ pub fn probe(a: ProbeArgs) -> ExitCode {
         if a.setup {
             return could_not_run("--setup is for one gateway: set up keys before `--against`");
         }
+        // Which requests reach a provider as the scenario is written: one that reaches
+        // none on either gateway tested nothing.
+        let reference = match probe::reference::reference(&scenario) {
+            Ok(r) => r,
+            Err(e) => {
+                return could_not_run(&format!("cannot tell what the scenario relies on: {e}"));
+            }
+        };
         return differential(
             &scenario,
+            &reference,
             base,
             [
                 probe::differential::Side {
@@ -335,9 +344,10 @@ pub fn probe(a: ProbeArgs) -> ExitCode {
 /// `probe --against`: the scenario against two gateways, compared request by request.
 fn differential(
     scenario: &Scenario,
+    reference: &probe::Reference,
     base: u16,
     sides: [probe::differential::Side; 2],
-    pause: Duration,
+    pause: probe::Pause,
     timeout: Option<Duration>,
 ) -> ExitCode {
     let rt = match runtime() {
@@ -360,7 +370,7 @@ fn differential(
         };
         let progress = |line: &str| eprintln!("probe: {line}");
         let run = probe::differential::differential(
-            scenario, &running, sides, pause, timeout, sink, &progress,
+            scenario, reference, &running, sides, pause, timeout, sink, &progress,
         )
         .await;
         print!("{}", probe::differential::report(scenario, &run));
