@@ -79,6 +79,8 @@ pub struct Step {
 pub struct RequestStory<'r> {
     pub mode: Mode,
     pub client: &'r ClientResult,
+    /// The gateway's number for this request (`x-switchback-request-id`), when known.
+    pub id: Option<u64>,
     /// The config the request was admitted with (a scenario's `reloads` change it).
     pub catalog: &'r Catalog,
     pub steps: Vec<Step>,
@@ -148,6 +150,7 @@ fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> R
     let mut s = RequestStory {
         mode: run.mode,
         client,
+        id: client.request_id(),
         catalog: run.catalog_for(client.request_id()),
         steps: Vec::new(),
         served: None,
@@ -794,6 +797,12 @@ pub fn check_equivalence(
                 ));
             }
         }
+        if let Some(m) = upstream_divergence(
+            (ma, &upstream_calls(a, x.id)),
+            (mb, &upstream_calls(b, y.id)),
+        ) {
+            fail(m);
+        }
         if x.client.succeeded() && y.client.succeeded() && x.client.counts() != y.client.counts() {
             fail(format!(
                 "retry/fallback counts differ: {ma} {:?}, {mb} {:?}",
@@ -820,6 +829,18 @@ pub fn check_equivalence(
         cooled.sort();
         cooled.into_iter().map(|(_, d, ms, c)| (d, ms, c)).collect()
     };
+    // Calls no request can be told by (a gateway that does not send its request number
+    // upstream): the modes must still have sent the same ones.
+    if scenario.expect.equivalent != Some(false) {
+        if let Some(m) = upstream_divergence(
+            (a.mode.as_str(), &upstream_calls(a, None)),
+            (b.mode.as_str(), &upstream_calls(b, None)),
+        ) {
+            failures.push(format!(
+                "[equivalence] calls without x-switchback-request-id: {m}"
+            ));
+        }
+    }
     if cooled(a) != cooled(b) && scenario.expect.equivalent != Some(false) {
         failures.push(format!(
             "[equivalence] cooldowns differ: {} {:?}, {} {:?}",
@@ -829,6 +850,71 @@ pub fn check_equivalence(
             cooled(b)
         ));
     }
+}
+
+/// The upstream calls made for the request numbered `id` (`None`: the calls that carry no
+/// request number), in the order they reached the fakes, with the host each went to.
+fn upstream_calls(run: &ModeRun, id: Option<u64>) -> Vec<(&str, &CallRecord)> {
+    let mut calls: Vec<(&str, &CallRecord)> = run
+        .calls
+        .iter()
+        .flat_map(|(host, calls)| {
+            calls
+                .iter()
+                .filter(move |c| c.request_id == id)
+                .map(move |c| (host.as_str(), c))
+        })
+        .collect();
+    calls.sort_by_key(|(_, c)| c.seq);
+    calls
+}
+
+/// A JSON value as text, its keys in their order.
+fn as_text(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+/// Where two modes' upstream calls for one request first differ, if they do. How a
+/// deployment is called is the deployment's, never the client's (DESIGN.md: "both modes
+/// send identical upstream traffic"), so each call must go to the same host with the same
+/// body, key order included: the same `stream` flag, the same continuation, the same
+/// messages and parameters.
+fn upstream_divergence(
+    (ma, xs): (&str, &[(&str, &CallRecord)]),
+    (mb, ys): (&str, &[(&str, &CallRecord)]),
+) -> Option<String> {
+    let i = (0..xs.len().max(ys.len())).find(|&i| {
+        match (xs.get(i), ys.get(i)) {
+            // As text: `Value`'s equality ignores key order, which the engine keeps.
+            (Some((hx, cx)), Some((hy, cy))) => hx != hy || as_text(&cx.body) != as_text(&cy.body),
+            _ => true,
+        }
+    })?;
+    let show = |call: Option<&(&str, &CallRecord)>| {
+        call.map_or("(none)".to_string(), |(host, c)| {
+            format!(
+                "{host} stream={} continuation={}",
+                c.stream,
+                c.continuation.as_ref().map_or(0, |p| p.chars().count())
+            )
+        })
+    };
+    let (x, y) = (xs.get(i), ys.get(i));
+    let mut m = format!(
+        "upstream calls diverge at call {}: {ma} {}, {mb} {}",
+        i + 1,
+        show(x),
+        show(y)
+    );
+    if let (Some((_, cx)), Some((_, cy))) = (x, y) {
+        if show(x) == show(y) {
+            m.push_str(&format!(
+                " (request bodies differ: {ma} {}, {mb} {})",
+                cx.body, cy.body
+            ));
+        }
+    }
+    Some(m)
 }
 
 #[cfg(test)]
