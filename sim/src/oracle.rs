@@ -359,6 +359,17 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
         failures.push(format!("[{mode}] {h}"));
         return;
     }
+    // The observer keeps this many typed events and drops the rest (a run of MAX_REQUESTS
+    // requests can emit more): judged on a cut record, later requests would fail with
+    // misleading messages ("0 terminal events"). Say what happened instead.
+    if run.records.len() >= crate::trace::MAX_TRACE_LINES {
+        failures.push(format!(
+            "[{mode}] the engine emitted {} events or more, the most a run keeps \
+             (MAX_TRACE_LINES): the requests past them cannot be judged; split the scenario",
+            crate::trace::MAX_TRACE_LINES
+        ));
+        return;
+    }
     if let Some(exposition) = &run.metrics {
         for d in crate::metrics_check::disagreements(exposition, &run.records) {
             failures.push(format!("[{mode}] invariant: metrics: {d}"));

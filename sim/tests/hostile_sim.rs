@@ -149,3 +149,27 @@ fn expectations_on_clients_that_cannot_be_told_apart_are_refused() {
         assert!(failures.contains(&want), "{want} not in {failures:#?}");
     }
 }
+
+/// The engine's typed events are kept up to MAX_TRACE_LINES; a run that reached it is
+/// refused by name, not judged on a cut record (where later requests would show "0 terminal
+/// events").
+#[test]
+fn a_run_whose_events_were_cut_is_refused_by_name() {
+    let s = scenario("client_leaves_before_commit.yaml");
+    let mut run = world::run(&s, Mode::NonStream).unwrap();
+    let filler = run.records[0].clone();
+    let filler = switchback::trace::TraceRecord {
+        request: 10_000,
+        event: switchback::trace::Event::LimitHit { limit: "filler" },
+        ..filler
+    };
+    run.records
+        .resize(switchback_sim::trace::MAX_TRACE_LINES, filler);
+    let mut failures = Vec::new();
+    oracle::check_run(&s, &run, &mut failures);
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert!(
+        failures[0].contains("the requests past them cannot be judged"),
+        "{failures:#?}"
+    );
+}
