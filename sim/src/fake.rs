@@ -175,13 +175,19 @@ impl Fake {
                 if http2 {
                     // Only behind TLS (the benchmark's https variant), which never closes
                     // idle connections itself: `keep_alive_ms` is an HTTP/1.1 setting.
-                    let builder = hyper::server::conn::http2::Builder::new(
+                    let mut builder = hyper::server::conn::http2::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     );
+                    builder.auto_date_header(false);
                     let _ = builder.serve_connection(TokioIo::new(io), service).await;
                     return;
                 }
                 let mut builder = hyper::server::conn::http1::Builder::new();
+                // hyper's automatic Date comes from the real clock, and the engine measures
+                // an HTTP-date Retry-After against the response's Date: real time would
+                // reach the trace. A fake sends a Date only when its script says so; without
+                // one the engine measures against its own (in simulation, simulated) clock.
+                builder.auto_date_header(false);
                 match fake.spec.keep_alive_ms {
                     Some(0) => {
                         builder.keep_alive(false);

@@ -79,6 +79,11 @@ pub struct Step {
 pub struct RequestStory<'r> {
     pub mode: Mode,
     pub client: &'r ClientResult,
+    /// The gateway's number for this request, when known (see [`whose`]).
+    pub id: Option<u64>,
+    /// The requests one of which is this one, when the harness cannot tell which (see
+    /// [`Whose::OneOf`]): its trace is unknown, and an expectation on it cannot be checked.
+    pub unknown: Option<Vec<u64>>,
     /// The config the request was admitted with (a scenario's `reloads` change it).
     pub catalog: &'r Catalog,
     pub steps: Vec<Step>,
@@ -125,30 +130,153 @@ impl RequestStory<'_> {
     }
 }
 
-/// Reads every request's story out of a run.
+/// Whose request a client's is: what the oracle reads its trace by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Whose {
+    /// The gateway's request number: from the response's `x-switchback-request-id`, or, for
+    /// a client that left before the response head, the one request of its kind (key,
+    /// model, mode) admitted and left by its client that no other client names.
+    Request(u64),
+    /// No request of the gateway's: refused before admission, or left before it.
+    None,
+    /// A client that left before the response head, among others of its kind: one of these
+    /// requests is its own, but not which, so its trace cannot be read.
+    OneOf(Vec<u64>),
+}
+
+/// [`Whose`] request each client result is, in the order of `run.results`.
+///
+/// A client that leaves before the response head never learns its request number. Read by
+/// the header alone, its trace would be empty, and every expectation on it (`no_events`,
+/// `calls: {h: 0}`) would pass unseen. Every admitted request is named by exactly one
+/// client or was left by its client ([`unclaimed_requests`] fails the run otherwise), so
+/// the requests a leaving client can own are the admitted, left and unnamed ones whose
+/// admission matches its key, model and mode; when exactly one such request matches
+/// exactly one such client, it is that client's.
+pub fn whose(scenario: &Scenario, run: &ModeRun) -> Vec<Whose> {
+    let named: BTreeSet<u64> = run
+        .results
+        .iter()
+        .filter_map(ClientResult::request_id)
+        .collect();
+    let mut admitted = BTreeMap::new();
+    let mut gone = BTreeSet::new();
+    for r in &run.records {
+        match &r.event {
+            Event::Admitted { key, group, stream } => {
+                admitted.insert(r.request, (key.as_str(), *group, *stream));
+            }
+            Event::ClientGone { .. } => {
+                gone.insert(r.request);
+            }
+            _ => {}
+        }
+    }
+    let orphans: Vec<u64> = admitted
+        .keys()
+        .copied()
+        .filter(|id| gone.contains(id) && !named.contains(id))
+        .collect();
+    // The orphans each client could own, by what its admission says.
+    let candidates: Vec<Vec<u64>> = run
+        .results
+        .iter()
+        .map(|c| {
+            if c.request_id().is_some() || c.left.is_none() {
+                return Vec::new();
+            }
+            let spec = &scenario.requests[c.index];
+            orphans
+                .iter()
+                .copied()
+                .filter(|id| {
+                    let (key, group, stream) = admitted[id];
+                    let catalog = run.catalog_for(Some(*id));
+                    let alias = match spec.key.as_deref() {
+                        Some(token) => catalog.key(token).map(|k| k.alias.as_str()),
+                        None => Some("anonymous"),
+                    };
+                    alias == Some(key)
+                        && catalog.route(&spec.model).map(|r| r.group) == Some(group)
+                        && stream == run.mode.is_stream()
+                })
+                .collect()
+        })
+        .collect();
+    run.results
+        .iter()
+        .zip(&candidates)
+        .map(|(c, mine)| {
+            if let Some(id) = c.request_id() {
+                return Whose::Request(id);
+            }
+            match mine.as_slice() {
+                [] => Whose::None,
+                [id] if candidates.iter().filter(|o| o.contains(id)).count() == 1 => {
+                    Whose::Request(*id)
+                }
+                _ => Whose::OneOf(mine.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Reads every request's story out of a run, each client's request known as [`whose`]
+/// tells it.
+pub fn stories_of<'r>(scenario: &Scenario, run: &'r ModeRun) -> Vec<RequestStory<'r>> {
+    stories_by(run, whose(scenario, run))
+}
+
+/// Reads every request's story out of a run, each client's request known by its response
+/// header alone (for a summary with no scenario at hand: a client that left before the
+/// response head has no request there).
 pub fn stories(run: &ModeRun) -> Vec<RequestStory<'_>> {
+    let whose = run
+        .results
+        .iter()
+        .map(|c| c.request_id().map_or(Whose::None, Whose::Request))
+        .collect();
+    stories_by(run, whose)
+}
+
+fn stories_by(run: &ModeRun, whose: Vec<Whose>) -> Vec<RequestStory<'_>> {
     let mut by_request: BTreeMap<u64, Vec<&Event>> = BTreeMap::new();
     for r in &run.records {
         by_request.entry(r.request).or_default().push(&r.event);
     }
     run.results
         .iter()
-        .map(|client| {
-            let events = client
-                .request_id()
+        .zip(whose)
+        .map(|(client, whose)| {
+            let id = match &whose {
+                Whose::Request(id) => Some(*id),
+                Whose::None | Whose::OneOf(_) => None,
+            };
+            let events = id
                 .and_then(|id| by_request.get(&id))
                 .cloned()
                 .unwrap_or_default();
-            story(run, client, &events)
+            let mut s = story(run, client, id, &events);
+            if let Whose::OneOf(ids) = whose {
+                s.unknown = Some(ids);
+            }
+            s
         })
         .collect()
 }
 
-fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> RequestStory<'r> {
+fn story<'r>(
+    run: &'r ModeRun,
+    client: &'r ClientResult,
+    id: Option<u64>,
+    events: &[&Event],
+) -> RequestStory<'r> {
     let mut s = RequestStory {
         mode: run.mode,
         client,
-        catalog: run.catalog_for(client.request_id()),
+        id,
+        unknown: None,
+        catalog: run.catalog_for(id),
         steps: Vec::new(),
         served: None,
         engine_counts: None,
@@ -214,7 +342,7 @@ fn story<'r>(run: &'r ModeRun, client: &'r ClientResult, events: &[&Event]) -> R
             _ => {}
         }
     }
-    if let (Some((_, deployment, _)), Some(id)) = (&s.served, client.request_id()) {
+    if let (Some((_, deployment, _)), Some(id)) = (&s.served, id) {
         let host = &s.catalog.deployment(*deployment).endpoint.host;
         s.serving_call = run
             .calls
@@ -229,6 +357,17 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
     let mode = run.mode.as_str();
     if let Some(h) = &run.hang {
         failures.push(format!("[{mode}] {h}"));
+        return;
+    }
+    // The observer keeps this many typed events and drops the rest (a run of MAX_REQUESTS
+    // requests can emit more): judged on a cut record, later requests would fail with
+    // misleading messages ("0 terminal events"). Say what happened instead.
+    if run.records.len() >= crate::trace::MAX_TRACE_LINES {
+        failures.push(format!(
+            "[{mode}] the engine emitted {} events or more, the most a run keeps \
+             (MAX_TRACE_LINES): the requests past them cannot be judged; split the scenario",
+            crate::trace::MAX_TRACE_LINES
+        ));
         return;
     }
     if let Some(exposition) = &run.metrics {
@@ -273,7 +412,7 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
     for c in std::iter::once(&run.catalog).chain(&run.catalogs) {
         secrets.extend(crate::passthrough::secrets(c));
     }
-    for story in stories(run) {
+    for story in stories_of(scenario, run) {
         let catalog = story.catalog;
         let c = story.client;
         let spec = &scenario.requests[c.index];
@@ -318,7 +457,8 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
 /// Requests the engine admitted that no client result names by its request id (the header
 /// every chat response carries), or that two name: a request whose id the client cannot
 /// see has its events read as nobody's, and every check of its trace passes unseen. A
-/// client that left before the response head never saw it (its trace says so).
+/// client that left before the response head never saw it (its trace says so): [`whose`]
+/// tells its request by elimination.
 fn unclaimed_requests(run: &ModeRun) -> Vec<u64> {
     let mut claimed = BTreeMap::<u64, usize>::new();
     for id in run.results.iter().filter_map(ClientResult::request_id) {
@@ -406,7 +546,7 @@ pub fn check_passthrough_where_it_applies(
     failures: &mut Vec<String>,
 ) {
     let mode = run.mode.as_str();
-    for story in stories(run) {
+    for story in stories_of(scenario, run) {
         let c = story.client;
         let Some(call) = story.serving_call else {
             continue;
@@ -559,6 +699,32 @@ fn check_expect(
     fail: &mut dyn FnMut(String),
 ) {
     let c = s.client;
+    if let Some(ids) = &s.unknown {
+        let on_trace = [
+            ("group", e.group.is_some()),
+            ("deployment", e.deployment.is_some()),
+            ("attempts", e.attempts.is_some()),
+            ("attempt_count", e.attempt_count.is_some()),
+            ("calls", e.calls.is_some()),
+            ("events", !e.events.is_empty()),
+            ("no_events", !e.no_events.is_empty()),
+            ("limits", e.limits.is_some()),
+        ];
+        let named: Vec<&str> = on_trace
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| *name)
+            .collect();
+        if !named.is_empty() {
+            // Passing them on an empty trace would pass them unseen.
+            fail(format!(
+                "{} cannot be checked: the client left before the response head, and so did \
+                 other clients of its key and model, so which of requests {ids:?} is its own \
+                 is unknown",
+                named.join(", ")
+            ));
+        }
+    }
     let status = c.error.as_ref().map(|e| e.status).or(c.status);
     if let Some(want) = e.status {
         if status != Some(want) {
@@ -597,7 +763,7 @@ fn check_expect(
         }
     }
     if let Some(want) = &e.calls {
-        let id = c.request_id();
+        let id = s.id;
         for (host, n) in want {
             let mine: Vec<u32> = run
                 .calls
@@ -706,7 +872,7 @@ pub fn check_equivalence(
     b: &ModeRun,
     failures: &mut Vec<String>,
 ) {
-    let (sa, sb) = (stories(a), stories(b));
+    let (sa, sb) = (stories_of(scenario, a), stories_of(scenario, b));
     for (x, y) in sa.iter().zip(sb.iter()) {
         let spec = &scenario.requests[x.client.index];
         let expect = Expect::shared(spec.expect.as_ref(), &scenario.expect);
@@ -717,9 +883,7 @@ pub fn check_equivalence(
         let mut fail = |m: String| failures.push(format!("[equivalence] {label}: {m}"));
         let (ma, mb) = (a.mode.as_str(), b.mode.as_str());
         let under = |run: &ModeRun, s: &RequestStory<'_>| {
-            s.client
-                .request_id()
-                .and_then(|r| run.admitted_under.get(&r).copied())
+            s.id.and_then(|r| run.admitted_under.get(&r).copied())
         };
         if under(a, x) != under(b, y) {
             fail(format!(
@@ -794,6 +958,12 @@ pub fn check_equivalence(
                 ));
             }
         }
+        if let Some(m) = upstream_divergence(
+            (ma, &upstream_calls(a, x.id)),
+            (mb, &upstream_calls(b, y.id)),
+        ) {
+            fail(m);
+        }
         if x.client.succeeded() && y.client.succeeded() && x.client.counts() != y.client.counts() {
             fail(format!(
                 "retry/fallback counts differ: {ma} {:?}, {mb} {:?}",
@@ -820,6 +990,18 @@ pub fn check_equivalence(
         cooled.sort();
         cooled.into_iter().map(|(_, d, ms, c)| (d, ms, c)).collect()
     };
+    // Calls no request can be told by (a gateway that does not send its request number
+    // upstream): the modes must still have sent the same ones.
+    if scenario.expect.equivalent != Some(false) {
+        if let Some(m) = upstream_divergence(
+            (a.mode.as_str(), &upstream_calls(a, None)),
+            (b.mode.as_str(), &upstream_calls(b, None)),
+        ) {
+            failures.push(format!(
+                "[equivalence] calls without x-switchback-request-id: {m}"
+            ));
+        }
+    }
     if cooled(a) != cooled(b) && scenario.expect.equivalent != Some(false) {
         failures.push(format!(
             "[equivalence] cooldowns differ: {} {:?}, {} {:?}",
@@ -829,6 +1011,71 @@ pub fn check_equivalence(
             cooled(b)
         ));
     }
+}
+
+/// The upstream calls made for the request numbered `id` (`None`: the calls that carry no
+/// request number), in the order they reached the fakes, with the host each went to.
+fn upstream_calls(run: &ModeRun, id: Option<u64>) -> Vec<(&str, &CallRecord)> {
+    let mut calls: Vec<(&str, &CallRecord)> = run
+        .calls
+        .iter()
+        .flat_map(|(host, calls)| {
+            calls
+                .iter()
+                .filter(move |c| c.request_id == id)
+                .map(move |c| (host.as_str(), c))
+        })
+        .collect();
+    calls.sort_by_key(|(_, c)| c.seq);
+    calls
+}
+
+/// A JSON value as text, its keys in their order.
+fn as_text(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+/// Where two modes' upstream calls for one request first differ, if they do. How a
+/// deployment is called is the deployment's, never the client's (DESIGN.md: "both modes
+/// send identical upstream traffic"), so each call must go to the same host with the same
+/// body, key order included: the same `stream` flag, the same continuation, the same
+/// messages and parameters.
+fn upstream_divergence(
+    (ma, xs): (&str, &[(&str, &CallRecord)]),
+    (mb, ys): (&str, &[(&str, &CallRecord)]),
+) -> Option<String> {
+    let i = (0..xs.len().max(ys.len())).find(|&i| {
+        match (xs.get(i), ys.get(i)) {
+            // As text: `Value`'s equality ignores key order, which the engine keeps.
+            (Some((hx, cx)), Some((hy, cy))) => hx != hy || as_text(&cx.body) != as_text(&cy.body),
+            _ => true,
+        }
+    })?;
+    let show = |call: Option<&(&str, &CallRecord)>| {
+        call.map_or("(none)".to_string(), |(host, c)| {
+            format!(
+                "{host} stream={} continuation={}",
+                c.stream,
+                c.continuation.as_ref().map_or(0, |p| p.chars().count())
+            )
+        })
+    };
+    let (x, y) = (xs.get(i), ys.get(i));
+    let mut m = format!(
+        "upstream calls diverge at call {}: {ma} {}, {mb} {}",
+        i + 1,
+        show(x),
+        show(y)
+    );
+    if let (Some((_, cx)), Some((_, cy))) = (x, y) {
+        if show(x) == show(y) {
+            m.push_str(&format!(
+                " (request bodies differ: {ma} {}, {mb} {})",
+                cx.body, cy.body
+            ));
+        }
+    }
+    Some(m)
 }
 
 #[cfg(test)]

@@ -930,6 +930,17 @@ impl Scenario {
                 ));
             }
             let field = |name: &str| join(at.clone(), vec![key(name)]);
+            // The world steps until the last fault (and a drain after it): a fault past the
+            // end would keep a finished run stepping, for a day of simulated time here.
+            if f.at_ms >= self.duration_ms {
+                return Err((
+                    field("at_ms"),
+                    format!(
+                        "at_ms = {} is not before duration_ms = {}",
+                        f.at_ms, self.duration_ms
+                    ),
+                ));
+            }
             let (name, named): (&str, Vec<String>) = match &actions[0] {
                 NetAction::Partition(p) => ("partition", p.to_vec()),
                 NetAction::Repair(p) => ("repair", p.to_vec()),
@@ -1068,6 +1079,16 @@ impl Scenario {
         }
         if self.modes.is_empty() {
             return Err((vec![key("modes")], "name at least one mode".into()));
+        }
+        // A mode named twice runs twice and the other never: reported as passed, with no
+        // equivalence checked.
+        for (i, m) in self.modes.iter().enumerate() {
+            if self.modes[..i].contains(m) {
+                return Err((
+                    vec![key("modes"), PathSeg::Index(i)],
+                    format!("mode `{}` is named twice", m.as_str()),
+                ));
+            }
         }
         Ok(())
     }

@@ -148,6 +148,8 @@ impl Observer for EngineObserver {
             format!("req={} {}", record.request, record.event.render(catalog)),
         );
         let mut records = self.records.lock().expect("records lock");
+        // Bounded like the trace; the oracle refuses to judge a run whose records reached
+        // the bound (`oracle::check_run`) rather than read a cut record as the whole.
         if records.len() < MAX_TRACE_LINES {
             records.push(record);
         }

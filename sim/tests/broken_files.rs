@@ -92,6 +92,8 @@ const CASES: &[Case] = &[
     row("api_base_not_a_provider.yaml",        15, 19, "gateway.model_list[1].litellm_params.api_base", "`http://c:8000/v1` is not a provider of this scenario", None, Semantic),
     row("api_base_wrong_port.yaml",            15, 19, "gateway.model_list[1].litellm_params.api_base", "names provider `b` on port 9000, but it listens on port 8000", None, Semantic),
     row("at_ms_after_duration.yaml",           48, 12, "requests[0].at_ms", "at_ms = 5000 is not before duration_ms = 1000", None, Semantic),
+    row("fault_at_ms_after_duration.yaml",     42, 14, "network.faults[0].at_ms", "at_ms = 86400000 is not before duration_ms = 1000", None, Semantic),
+    row("modes_twice.yaml",                    48, 17, "modes[1]", "mode `stream` is named twice", None, Semantic),
     // Expectations: names checked against the engine's events and the scenario's hosts,
     // and each field where it means something.
     row("event_name_typo.yaml",                49, 12, "expect.events[0]", "unknown event `fallback_takn`", Some("fallback_taken"), Semantic),

@@ -76,3 +76,32 @@ fn a_reset_after_the_final_chunk_is_reachable() {
         run.trace
     );
 }
+
+/// A fake sends no Date header of its own: hyper's automatic one is read from the real
+/// clock, and the engine measures an HTTP-date Retry-After against the response's Date, so
+/// real time reached the trace. Without one, the engine measures against its own clock,
+/// the simulated one: the wait ends at the date the header names, in simulated time.
+#[test]
+fn an_http_date_retry_after_is_measured_in_simulated_time() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/retries/retry_after_http_date_without_date.yaml");
+    let s = Scenario::load_file(&path).expect("corpus file");
+    for mode in [Mode::NonStream, Mode::Stream] {
+        let run = world::run(&s, mode).expect("runs");
+        let (at, wait) = run
+            .records
+            .iter()
+            .find_map(|r| match &r.event {
+                Event::AttemptFailed { retry_after, .. } => Some((r.at, *retry_after)),
+                _ => None,
+            })
+            .expect("the 429");
+        // 22:13:22 is 2 s after the epoch (22:13:20).
+        assert_eq!(
+            wait.map(|w| at + w),
+            Some(std::time::Duration::from_secs(2)),
+            "{}: the 429 came at {at:?} and the gateway waits {wait:?}",
+            mode.as_str()
+        );
+    }
+}

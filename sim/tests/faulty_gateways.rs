@@ -16,6 +16,9 @@
 //!    their traces, and must say so rather than check nothing.
 //! 7. A continued stream that ends with another finish reason than the same answer
 //!    without streaming (`length` for `stop`).
+//! 8. Upstreams called by the client's mode: non-stream requests go to an engine that
+//!    calls every deployment without streaming (`fake_stream`). Both modes answer alike;
+//!    only the upstream requests differ.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -307,6 +310,38 @@ fn continued_streams_end_with_length(
     hyper::Response::from_parts(parts, body)
 }
 
+/// Fault 8: non-stream requests are served by an engine that calls every deployment
+/// without streaming, as if how an upstream is called followed the client.
+struct CallsUpstreamsByClientMode;
+
+impl GatewayUnderTest for CallsUpstreamsByClientMode {
+    fn serve(
+        &self,
+        config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> ServeFuture {
+        let mut whole = config.clone();
+        for d in &mut whole.model_list {
+            d.litellm_params.fake_stream = Some(true);
+        }
+        let whole = Arc::new(Catalog::new(&whole).expect("still valid"));
+        let front = common::split(
+            Arc::new(Engine::new(
+                whole,
+                connector.clone(),
+                observer.clone(),
+                wall.clone(),
+            )),
+            Arc::new(Engine::new(catalog, connector, observer, wall)),
+        );
+        Box::pin(common::serve_front(listener, front))
+    }
+}
+
 /// The faults here are wrong per request, so cases of one request at a time expose them;
 /// concurrent cases would only make the search and the shrinking slower.
 const SEARCH: Concurrency = Concurrency::Never;
@@ -469,6 +504,30 @@ fn a_continued_stream_ending_otherwise_is_caught() {
         panic!("no case in {MAX_SEEDS} shows a continued stream's finish reason: no teeth")
     });
     println!("continued_streams_end_with_length: case {seed}: {failures:?}");
+}
+
+/// Caught only by the modes' comparison of the upstream requests: a 429 event after three
+/// chunks, then a fallback, answered with the same text, attempts, model and counts in both
+/// modes; but the non-stream run called both providers without streaming (and, having no
+/// partial answer, asked the fallback for a fresh one).
+#[test]
+fn calling_upstreams_by_the_clients_mode_is_caught() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/midstream/continue_at_chunk_3.yaml");
+    let scenario = Scenario::load_file(&file).expect("corpus file");
+    let faulty: Arc<dyn GatewayUnderTest> = Arc::new(CallsUpstreamsByClientMode);
+    let failures = explore::judge(&scenario, &faulty).failures;
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.starts_with("[equivalence] request r0.0: upstream calls diverge at call 1")),
+        "not caught: {failures:?}"
+    );
+    // Nothing else tells: only the new comparison sees it.
+    assert!(
+        failures.iter().all(|f| f.contains("upstream calls")),
+        "{failures:?}"
+    );
 }
 
 /// The wrappers are real gateways: on a case without faults they pass.

@@ -87,3 +87,89 @@ fn a_leak_anywhere_a_client_looks_is_reported() {
         );
     }
 }
+
+/// A client that leaves before the response head never sees its request number: its
+/// request is still the harness's to know (the only one of its key and model that left),
+/// so expectations on its trace are checked, not passed unseen. Here they are false: the
+/// request was admitted, planned, attempted (one call to `slow`) and its client went.
+#[test]
+fn expectations_on_a_client_that_left_before_the_head_can_fail() {
+    let mut s = scenario("client_leaves_before_commit.yaml");
+    let expect = s.requests[0]
+        .expect
+        .as_mut()
+        .expect("tenant A's expectations");
+    expect.no_events = [
+        "admitted",
+        "plan_resolved",
+        "attempt_started",
+        "client_gone",
+    ]
+    .map(String::from)
+    .to_vec();
+    expect.calls = Some([("slow".to_string(), 0)].into_iter().collect());
+    for mode in [Mode::NonStream, Mode::Stream] {
+        let run = world::run(&s, mode).unwrap();
+        let mut failures = Vec::new();
+        oracle::check_run(&s, &run, &mut failures);
+        let m = mode.as_str();
+        for name in [
+            "admitted",
+            "plan_resolved",
+            "attempt_started",
+            "client_gone",
+        ] {
+            let want = format!("[{m}] request r0.0: no_events: `{name}` occurred");
+            assert!(failures.contains(&want), "{want} not in {failures:#?}");
+        }
+        assert!(
+            failures.iter().any(|f| f.starts_with(&format!(
+                "[{m}] request r0.0: calls: expected 0 call(s) to `slow`, got 1"
+            ))),
+            "{failures:#?}"
+        );
+    }
+}
+
+/// Two clients of one key and model that both leave before the head: which request is
+/// whose cannot be told, and an expectation on either's trace is an error, not a pass.
+#[test]
+fn expectations_on_clients_that_cannot_be_told_apart_are_refused() {
+    let mut s = scenario("client_leaves_before_commit.yaml");
+    s.requests[0].repeat = 2;
+    let run = world::run(&s, Mode::NonStream).unwrap();
+    let mut failures = Vec::new();
+    oracle::check_run(&s, &run, &mut failures);
+    for copy in 0..2 {
+        let want = format!(
+            "[non_stream] request r0.{copy}: no_events cannot be checked: the client left \
+             before the response head, and so did other clients of its key and model, so \
+             which of requests [1, 2] is its own is unknown"
+        );
+        assert!(failures.contains(&want), "{want} not in {failures:#?}");
+    }
+}
+
+/// The engine's typed events are kept up to MAX_TRACE_LINES; a run that reached it is
+/// refused by name, not judged on a cut record (where later requests would show "0 terminal
+/// events").
+#[test]
+fn a_run_whose_events_were_cut_is_refused_by_name() {
+    let s = scenario("client_leaves_before_commit.yaml");
+    let mut run = world::run(&s, Mode::NonStream).unwrap();
+    let filler = run.records[0].clone();
+    let filler = switchback::trace::TraceRecord {
+        request: 10_000,
+        event: switchback::trace::Event::LimitHit { limit: "filler" },
+        ..filler
+    };
+    run.records
+        .resize(switchback_sim::trace::MAX_TRACE_LINES, filler);
+    let mut failures = Vec::new();
+    oracle::check_run(&s, &run, &mut failures);
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert!(
+        failures[0].contains("the requests past them cannot be judged"),
+        "{failures:#?}"
+    );
+}
