@@ -29,6 +29,12 @@ pub const MAX_CLIENT_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Largest SSE event the client reads (the SDKs have no bound; the harness must).
 pub const MAX_CLIENT_EVENT_BYTES: usize = 1024 * 1024;
 
+/// Largest stream the client reads, in bytes: every chunk it keeps holds its raw text, so
+/// a gateway that floods must not grow the harness (or `probe`) without bound until its
+/// timeout. Above the gateway's own `max_upstream_body_bytes` default (16 MiB) with room
+/// for the fields it stamps on each chunk.
+pub const MAX_CLIENT_STREAM_BYTES: usize = 64 * 1024 * 1024;
+
 /// One chunk as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenChunk {
@@ -444,6 +450,7 @@ async fn exchange(
     if sse {
         let mut parser = SdkStreamReader::new(MAX_CLIENT_EVENT_BYTES);
         let mut events = Vec::new();
+        let mut received = 0usize;
         'read: loop {
             if leave_after.is_some_and(|k| result.chunks.len() >= k) {
                 result.left = Some(format!(
@@ -477,6 +484,14 @@ async fn exchange(
                     let Some(data) = frame.data_ref() else {
                         continue;
                     };
+                    received = received.saturating_add(data.len());
+                    if received > MAX_CLIENT_STREAM_BYTES {
+                        result.broken = Some(format!(
+                            "the stream went past the client's MAX_CLIENT_STREAM_BYTES = \
+                             {MAX_CLIENT_STREAM_BYTES} bytes"
+                        ));
+                        break;
+                    }
                     if let Err(e) = parser.push(data, &mut events) {
                         result.broken = Some(format!("bad SSE from gateway: {e}"));
                         break;
@@ -509,9 +524,26 @@ async fn exchange(
             }
         };
         result.body = Some(String::from_utf8_lossy(&bytes).into_owned());
+        // An `error` is one only when it holds one, as the SDKs read it (`"error": null` on
+        // a healthy completion is part of the answer).
+        let holds_error = |v: &Value| {
+            v.get("error")
+                .is_some_and(|e| !matches!(e, Value::Null | Value::Bool(false)))
+        };
         match serde_json::from_slice::<Value>(&bytes) {
-            Ok(v) if v.get("error").is_some() => {
-                result.error = Some(seen_error(&v["error"], status))
+            // The SDKs raise on the HTTP status and report it (`response.status_code`);
+            // on a 2xx they return the body as a completion, so an error body there is a
+            // completion with no choices: the gateway broke the answer.
+            Ok(v) if holds_error(&v) && (200..300).contains(&status) => {
+                result.broken = Some(format!(
+                    "the gateway answered {status} with an error body (an SDK returns it as a \
+                     completion without choices)"
+                ));
+            }
+            Ok(v) if holds_error(&v) => {
+                let mut seen = seen_error(&v["error"], status);
+                seen.status = status;
+                result.error = Some(seen);
             }
             Ok(v) => {
                 result.model = v.get("model").and_then(Value::as_str).map(str::to_string);
@@ -539,10 +571,12 @@ fn header_or_dash(r: &ClientResult, name: &str) -> String {
     r.headers.get(name).cloned().unwrap_or_else(|| "-".into())
 }
 
-/// An error as gateways send it: the status from `status`, else from `code` as a number or
-/// a numeric string (LiteLLM's stream error events: `litellm/proxy/_types.py`,
+/// An error as gateways send it in a stream's error event (whose HTTP status is the
+/// stream's 200): the status from `status`, else from `code` as a number or a numeric
+/// string (LiteLLM's stream error events: `litellm/proxy/_types.py`,
 /// `ProxyException.to_dict`, whose `code` is `str(status)`), else the HTTP status; `type` as
-/// given. A non-numeric `code` (`"rate_limit_exceeded"`) is not a status.
+/// given. A non-numeric `code` (`"rate_limit_exceeded"`) is not a status. An error response
+/// is reported with its HTTP status, as the SDKs report it.
 fn seen_error(e: &Value, status: u16) -> SeenError {
     let as_status = |v: &Value| {
         let n = match v {
@@ -728,6 +762,53 @@ mod tests {
             body.len()
         )
         .into_bytes()
+    }
+
+    /// A gateway that floods a stream (comment lines, which keep no chunk, so only the
+    /// byte bound can stop them) is cut at MAX_CLIENT_STREAM_BYTES, not read until the
+    /// request's timeout.
+    #[tokio::test]
+    async fn a_flooding_stream_is_cut_at_the_clients_bound() {
+        let line = format!(": {}\n\n", "x".repeat(1020));
+        let flood = line.repeat(MAX_CLIENT_STREAM_BYTES / line.len() + 2);
+        let r = exchange_with(response("200 OK", "text/event-stream", &flood), true).await;
+        assert_eq!(
+            r.broken.as_deref(),
+            Some(
+                format!(
+                    "the stream went past the client's MAX_CLIENT_STREAM_BYTES = {MAX_CLIENT_STREAM_BYTES} bytes"
+                )
+                .as_str()
+            ),
+            "{:?}",
+            r.broken
+        );
+    }
+
+    /// An error response's status is its HTTP status, as `response.status_code` in the
+    /// SDKs, whatever its body's `code` says; an error body on a 200 is a broken answer; an
+    /// `"error": null` beside a completion is none.
+    #[tokio::test]
+    async fn an_error_is_read_as_the_sdks_read_it() {
+        let body = r#"{"error":{"message":"slow down","type":"rate_limit_error","code":"429"}}"#;
+        let r = exchange_with(
+            response("503 Service Unavailable", "application/json", body),
+            false,
+        )
+        .await;
+        assert_eq!(r.error.as_ref().map(|e| e.status), Some(503), "{r:?}");
+        let r = exchange_with(response("200 OK", "application/json", body), false).await;
+        assert!(r.error.is_none(), "{r:?}");
+        assert_eq!(
+            r.broken.as_deref(),
+            Some(
+                "the gateway answered 200 with an error body (an SDK returns it as a completion without choices)"
+            )
+        );
+        let ok = r#"{"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"error":null}"#;
+        let r = exchange_with(response("200 OK", "application/json", ok), false).await;
+        assert!(r.error.is_none() && r.broken.is_none(), "{r:?}");
+        assert_eq!(r.text, "hi");
     }
 
     const ONE_CHUNK: &str = "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
