@@ -109,10 +109,9 @@ pub fn reference(scenario: &Scenario) -> Result<Reference, String> {
         let mut expected = Vec::new();
         for r in &run.results {
             let spec = &scenario.requests[r.index];
-            let expect: Expect = spec
-                .expect
-                .as_ref()
-                .map_or_else(|| scenario.expect.clone(), |e| e.or(&scenario.expect));
+            // As the oracle reads it: a `stream:` or `non_stream:` block beats the fields
+            // both modes share.
+            let expect = Expect::resolve(spec.expect.as_ref(), &scenario.expect, mode);
             let id = r.request_id();
             let calls: Vec<(&String, &crate::fake::CallRecord)> = run
                 .calls
@@ -174,6 +173,24 @@ mod tests {
             assert_eq!(e.status, Some(200));
             assert!(e.reaches_provider);
         }
+    }
+
+    /// A request's `stream:` or `non_stream:` block beats the fields both modes share, as
+    /// the oracle reads them (they were dropped: the shared fields held for both modes).
+    #[test]
+    fn a_modes_own_expect_block_is_what_that_mode_expects() {
+        let mut scenario = load("known_bug/midstream_429_key_fallbacks.yaml");
+        let expect = scenario.requests[0]
+            .expect
+            .get_or_insert_with(Default::default);
+        expect.content = Some("shared".into());
+        expect.stream = Some(Box::new(Expect {
+            content: Some("the stream's own".into()),
+            ..Expect::default()
+        }));
+        let r = reference(&scenario).unwrap();
+        assert_eq!(r.stream[0].content.as_deref(), Some("the stream's own"));
+        assert_eq!(r.non_stream[0].content.as_deref(), Some("shared"));
     }
 
     #[test]
