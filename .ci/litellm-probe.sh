@@ -95,20 +95,22 @@ fail() {
     exit 1
 }
 
-# wait_for URL LOG [PID]: until URL answers (any HTTP status), the gateway (PID, default
-# GATEWAY_PID) exits, or 180 s pass.
+# wait_for URL LOG [PID]: until URL answers 2xx while the gateway (PID, default GATEWAY_PID)
+# is still running, the gateway exits, or 180 s pass. Only a health answer counts, and only
+# from a gateway still up once it came: a process already on the port (a stale one) would
+# answer while the gateway just started fails to bind and exits.
 wait_for() {
     local url=$1 log=$2 pid=${3:-$GATEWAY_PID}
     for _ in $(seq 1 360); do
         kill -0 "$pid" 2>/dev/null || { tail -40 "$log" >&2; fail "the gateway exited (log: $log)"; }
         if "$VENV/bin/python" - "$url" <<'EOF' 2>/dev/null
-import sys, urllib.request, urllib.error
-try:
-    urllib.request.urlopen(sys.argv[1], timeout=2)
-except urllib.error.HTTPError:
-    pass
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=2)
 EOF
         then
+            # A gateway that could not bind exits at once: give it that moment.
+            sleep 0.5
+            kill -0 "$pid" 2>/dev/null || { tail -40 "$log" >&2; fail "the gateway exited after $url answered: another process holds the port (log: $log)"; }
             return 0
         fi
         sleep 0.5
