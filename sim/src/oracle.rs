@@ -98,6 +98,9 @@ pub struct RequestStory<'r> {
     pub terminal_events: usize,
     /// The provider call that served the answer, when the fakes logged one.
     pub serving_call: Option<&'r CallRecord>,
+    /// The request's calls before the serving one, every provider's, in the order they
+    /// reached the fakes: what they wrote is what a continuation's prefix must come from.
+    pub earlier_calls: Vec<&'r CallRecord>,
     /// The limits named by `limit_hit` events, in order.
     pub limits_hit: Vec<&'static str>,
     /// Why the engine saw the client go (`client_gone`), if it did.
@@ -288,6 +291,7 @@ fn story<'r>(
         mid_stream: None,
         terminal_events: 0,
         serving_call: None,
+        earlier_calls: Vec::new(),
         limits_hit: Vec::new(),
         gone: None,
     };
@@ -348,8 +352,80 @@ fn story<'r>(
             .calls
             .get(host)
             .and_then(|calls| calls.iter().rev().find(|c| c.request_id == Some(id)));
+        if let Some(serving) = s.serving_call {
+            let mut earlier: Vec<&CallRecord> = run
+                .calls
+                .values()
+                .flatten()
+                .filter(|c| c.request_id == Some(id) && c.seq < serving.seq)
+                .collect();
+            earlier.sort_by_key(|c| c.seq);
+            s.earlier_calls = earlier;
+        }
     }
     s
+}
+
+/// The payloads a call wrote, as JSON (an error event's and `[DONE]` are skipped).
+fn sent_objects(call: &CallRecord) -> impl Iterator<Item = serde_json::Value> + '_ {
+    call.sent
+        .iter()
+        .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .filter(|v| v.get("choices").is_some())
+}
+
+/// The text of choice 0 a call's answer carried, as the fake wrote it: its chunks'
+/// `delta.content`, or its JSON answer's `message.content`.
+fn sent_text(call: &CallRecord) -> String {
+    let mut text = String::new();
+    for v in sent_objects(call) {
+        for (place, choice) in v["choices"].as_array().into_iter().flatten().enumerate() {
+            if choice["index"].as_u64().unwrap_or(place as u64) != 0 {
+                continue;
+            }
+            let content = choice
+                .pointer("/delta/content")
+                .or_else(|| choice.pointer("/message/content"));
+            if let Some(t) = content.and_then(serde_json::Value::as_str) {
+                text.push_str(t);
+            }
+        }
+    }
+    text
+}
+
+/// The model a call's answer named: the first `model` it wrote that is not empty (Azure's
+/// first chunk has `""`). `None` when it named none (the gateway then names the
+/// deployment's).
+fn sent_model(call: &CallRecord) -> Option<String> {
+    sent_objects(call).find_map(|v| {
+        v.get("model")
+            .and_then(serde_json::Value::as_str)
+            .filter(|m| !m.is_empty())
+            .map(str::to_string)
+    })
+}
+
+/// Whether `prefix` is what `calls` delivered, in order: each call a leading part of what it
+/// wrote (a gateway may cut an answer short, never skip or repeat a piece of it), nothing
+/// else.
+fn prefix_comes_from(prefix: &str, calls: &[String]) -> bool {
+    let Some((first, rest)) = calls.split_first() else {
+        return prefix.is_empty();
+    };
+    let common = first
+        .char_indices()
+        .zip(prefix.chars())
+        .take_while(|((_, a), b)| a == b)
+        .count();
+    // Every split a leading part of `first` allows, longest first.
+    (0..=common).rev().any(|n| {
+        let cut = prefix
+            .char_indices()
+            .nth(n)
+            .map_or(prefix.len(), |(i, _)| i);
+        prefix_comes_from(&prefix[cut..], rest)
+    })
 }
 
 /// Checks one run against the scenario's expectations and the invariants.
@@ -665,6 +741,25 @@ fn check_invariants(
             }
         }
         if let Some(call) = s.serving_call {
+            // The engine's account of the model is checked against the provider's own,
+            // not only the client's against the engine's: an engine that recorded and
+            // stamped the same wrong name would otherwise pass.
+            if let Some(named) = sent_model(call).filter(|named| named != model) {
+                fail(format!(
+                    "invariant: the engine reported model `{model}`, but the serving call's answer named `{named}`"
+                ));
+            }
+            // A continuation's prefix is the gateway's own claim: it must be what the
+            // earlier calls wrote, in order, each perhaps cut short, or a chunk dropped or
+            // repeated before the continuation would pass unseen.
+            if let Some(prefix) = &call.continuation {
+                let earlier: Vec<String> = s.earlier_calls.iter().map(|c| sent_text(c)).collect();
+                if !prefix_comes_from(prefix, &earlier) {
+                    fail(format!(
+                        "invariant: chunks lost or duplicated before a continuation: it carried {prefix:?}, the earlier calls wrote {earlier:?}"
+                    ));
+                }
+            }
             // In both modes a continuation carries the text delivered so far, and the
             // answer is that text plus what the continuation added.
             let expected = match &call.continuation {
@@ -1082,6 +1177,8 @@ fn upstream_divergence(
 mod tests {
     use std::time::Duration;
 
+    use super::prefix_comes_from;
+
     use switchback::attempt::GoneReason;
     use switchback::catalog::{DeploymentId, GroupId};
     use switchback::classify::{Blame, FailureClass, TimeoutKind};
@@ -1191,5 +1288,24 @@ mod tests {
         for e in &every {
             assert_eq!(listed_name(e), e.name());
         }
+    }
+
+    /// A continuation's prefix must be what the earlier calls wrote, each perhaps cut
+    /// short: a piece dropped or repeated is caught (the review's case: "uick " dropped
+    /// and the rest sent on as the prefix), a tail cut is not a fault.
+    #[test]
+    fn a_prefix_comes_from_the_earlier_calls_or_not() {
+        let calls = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(prefix_comes_from("The quick ", &calls(&["The quick brown"])));
+        assert!(prefix_comes_from("", &calls(&["The quick brown"])));
+        assert!(prefix_comes_from("The quick brown", &calls(&["The quick brown"])));
+        assert!(!prefix_comes_from("The qbrown", &calls(&["The quick brown"])));
+        assert!(!prefix_comes_from("The quick The quick ", &calls(&["The quick brown"])));
+        // Two calls, the first cut where the second's text happens to begin alike.
+        assert!(prefix_comes_from("abX", &calls(&["ab", "bX"])));
+        assert!(prefix_comes_from("ab", &calls(&["", "ab"])));
+        assert!(!prefix_comes_from("ba", &calls(&["ab"])));
+        // Multi-byte text is split on characters.
+        assert!(prefix_comes_from("héx", &calls(&["hé", "x"])));
     }
 }

@@ -368,8 +368,11 @@ pub fn run_in(
 
     let mut fakes = Vec::new();
     let mut refusals = Refusals::default();
+    // One numbering for every fake's calls: the oracle reads a request's calls across
+    // providers in the order they came (a continuation's prefix from the calls before it).
+    let order = Arc::default();
     for provider in &scenario.providers {
-        let fake = Fake::new(provider.clone(), sink.clone());
+        let fake = Fake::with_order(provider.clone(), sink.clone(), Arc::clone(&order));
         fakes.push(fake.clone());
         let port = provider.port;
         let net = net.clone();
