@@ -32,6 +32,11 @@
 //!   0.4.7 (issue 15457: `index: 0` on every call after; `tool_call_index: zero`).
 //! * `vllm`: vLLM's reasoning outputs docs (v0.10): a role chunk, `reasoning_content`
 //!   deltas before the content, `stop_reason` beside the finish reason.
+//! * `sglang`: a captured SGLang 0.4.3 stream (sgl-project/sglang issue 3912; Ollama
+//!   before 0.1.39 and others did the same, ollama/ollama issue 4357): `finish_reason: ""`
+//!   on every chunk but the last, `role: null` and `tool_calls: null` in every delta after
+//!   the role chunk, `matched_stop: null` beside the finish reason, `usage: null` on every
+//!   chunk.
 //! * `json_only`: an upstream that ignores `stream: true` and answers with one
 //!   `chat.completion` (OpenAI's shape).
 //!
@@ -380,6 +385,8 @@ impl Reply {
             Dialect::Vllm => {
                 json!({"prompt_tokens": p, "total_tokens": t, "completion_tokens": c})
             }
+            Dialect::Sglang => json!({"prompt_tokens": p, "total_tokens": t,
+                "completion_tokens": c, "prompt_tokens_details": null}),
         }
     }
 
@@ -441,6 +448,14 @@ impl Reply {
                 put("created", json!(CREATED));
                 put("model", json!(self.model));
                 put("choices", Value::Array(choices));
+            }
+            Dialect::Sglang => {
+                put("id", json!(self.id));
+                put("object", json!("chat.completion.chunk"));
+                put("created", json!(CREATED));
+                put("model", json!(self.model));
+                put("choices", Value::Array(choices));
+                put("usage", Value::Null);
             }
         }
         if pad > 0 {
@@ -508,6 +523,14 @@ impl Reply {
                     o.insert("stop_reason".into(), Value::Null);
                 }
             }
+            Dialect::Sglang => {
+                let finish = if finish.is_null() { json!("") } else { finish };
+                o.insert("index".into(), json!(index));
+                o.insert("delta".into(), delta);
+                o.insert("logprobs".into(), logprobs);
+                o.insert("finish_reason".into(), finish);
+                o.insert("matched_stop".into(), Value::Null);
+            }
         }
         Value::Object(o)
     }
@@ -524,6 +547,15 @@ impl Reply {
                 fields.insert(0, ("role", json!("assistant")));
                 if !fields.iter().any(|(k, _)| *k == "content") {
                     fields.insert(1, ("content", json!("")));
+                }
+            }
+            Dialect::Sglang => {
+                fields.insert(0, ("role", Value::Null));
+                if !fields.iter().any(|(k, _)| *k == "content") {
+                    fields.insert(1, ("content", Value::Null));
+                }
+                if !fields.iter().any(|(k, _)| *k == "tool_calls") {
+                    fields.push(("tool_calls", Value::Null));
                 }
             }
             _ => {}
@@ -648,6 +680,18 @@ impl Reply {
                     out.push(self.chunk(vec![self.choice(c, delta, None, None, false)], 0, 0));
                 }
             }
+            Dialect::Sglang => {
+                for c in 0..self.choices {
+                    let content = if self.text_choices[c as usize] {
+                        json!("")
+                    } else {
+                        Value::Null
+                    };
+                    let delta =
+                        json!({"role": "assistant", "content": content, "tool_calls": null});
+                    out.push(self.chunk(vec![self.choice(c, delta, None, None, false)], 0, 0));
+                }
+            }
             Dialect::Gemini | Dialect::Ollama => {}
         }
         out
@@ -715,6 +759,7 @@ impl Reply {
             Dialect::Vllm => json!({"content": ""}),
             Dialect::Gemini => json!({"content": "", "role": "assistant"}),
             Dialect::Ollama => json!({"role": "assistant", "content": ""}),
+            Dialect::Sglang => json!({"role": null, "content": null, "tool_calls": null}),
             _ => json!({}),
         };
         self.chunk(
@@ -913,6 +958,10 @@ impl Reply {
                     ch.insert(2, ("logprobs", logprobs));
                     ch.push(("stop_reason", Value::Null));
                 }
+                Dialect::Sglang => {
+                    ch.insert(2, ("logprobs", logprobs));
+                    ch.push(("matched_stop", Value::Null));
+                }
                 Dialect::Gemini | Dialect::Ollama => {
                     if !logprobs.is_null() {
                         ch.push(("logprobs", logprobs));
@@ -947,7 +996,7 @@ impl Reply {
                 top.push(("system_fingerprint", json!("fp_azure01")));
             }
             Dialect::Ollama => top.insert(4, ("system_fingerprint", json!("fp_ollama"))),
-            Dialect::Gemini | Dialect::Vllm => {}
+            Dialect::Gemini | Dialect::Vllm | Dialect::Sglang => {}
         }
         if alphabetical {
             top.sort_by(|a, b| a.0.cmp(b.0));

@@ -452,7 +452,7 @@ fn dialect_headers(spec: &Provider, call: u32) -> Vec<(String, String)> {
             ("x-request-id".into(), format!("req_{}_{call}", spec.host)),
             ("openai-processing-ms".into(), "7".into()),
         ],
-        Dialect::Gemini | Dialect::Ollama | Dialect::Vllm => Vec::new(),
+        Dialect::Gemini | Dialect::Ollama | Dialect::Vllm | Dialect::Sglang => Vec::new(),
     }
 }
 
@@ -645,6 +645,11 @@ impl Answer {
                         }
                         send_data(&tx, log, self.framing, "[DONE]".into()).await;
                     }
+                    FaultKind::Cut => {
+                        // The body ends here, cleanly: the sender goes, and with it the
+                        // body's last frame.
+                        log.fire();
+                    }
                 }
                 return;
             }
@@ -729,6 +734,19 @@ impl Answer {
                     r
                 }
                 FaultKind::ContentFilter => answer(Some("content_filter"), k),
+                FaultKind::Cut => {
+                    // Half of the answer's JSON, then a clean end.
+                    let whole = self.reply.whole(self.reply.pieces.len(), None).to_string();
+                    let cut: String = whole.chars().take(whole.chars().count() / 2).collect();
+                    self.log.sent(cut.clone(), true);
+                    let mut r = Response::new(full(cut));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    add_headers(&mut r, &self.headers);
+                    r
+                }
             },
         }
     }

@@ -1296,11 +1296,23 @@ mod tests {
     #[test]
     fn a_prefix_comes_from_the_earlier_calls_or_not() {
         let calls = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(prefix_comes_from("The quick ", &calls(&["The quick brown"])));
+        assert!(prefix_comes_from(
+            "The quick ",
+            &calls(&["The quick brown"])
+        ));
         assert!(prefix_comes_from("", &calls(&["The quick brown"])));
-        assert!(prefix_comes_from("The quick brown", &calls(&["The quick brown"])));
-        assert!(!prefix_comes_from("The qbrown", &calls(&["The quick brown"])));
-        assert!(!prefix_comes_from("The quick The quick ", &calls(&["The quick brown"])));
+        assert!(prefix_comes_from(
+            "The quick brown",
+            &calls(&["The quick brown"])
+        ));
+        assert!(!prefix_comes_from(
+            "The qbrown",
+            &calls(&["The quick brown"])
+        ));
+        assert!(!prefix_comes_from(
+            "The quick The quick ",
+            &calls(&["The quick brown"])
+        ));
         // Two calls, the first cut where the second's text happens to begin alike.
         assert!(prefix_comes_from("abX", &calls(&["ab", "bX"])));
         assert!(prefix_comes_from("ab", &calls(&["", "ab"])));

@@ -318,16 +318,20 @@ pub enum FaultKind {
     Malformed,
     /// A chunk with `finish_reason: content_filter` after k chunks.
     ContentFilter,
+    /// The body ends cleanly after k chunks: no finish chunk, no `[DONE]` (a proxy that
+    /// closes a chunked body early; a non-stream answer cut half-way through its JSON).
+    Cut,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Http,
         FaultKind::ErrorEvent,
         FaultKind::Reset,
         FaultKind::Stall,
         FaultKind::Malformed,
         FaultKind::ContentFilter,
+        FaultKind::Cut,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -337,6 +341,7 @@ impl FaultKind {
             FaultKind::Stall => "stall",
             FaultKind::Malformed => "malformed",
             FaultKind::ContentFilter => "content_filter",
+            FaultKind::Cut => "cut",
         }
     }
 }

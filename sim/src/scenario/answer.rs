@@ -36,17 +36,22 @@ pub enum Dialect {
     Ollama,
     /// vLLM: `reasoning_content` deltas before the content.
     Vllm,
+    /// SGLang 0.4.3: `finish_reason: ""` on every chunk but the last, `role: null` and
+    /// `tool_calls: null` in every delta, `matched_stop` beside the finish reason, `usage:
+    /// null` on every chunk.
+    Sglang,
     /// An upstream that answers a stream request with one JSON `chat.completion`.
     JsonOnly,
 }
 
 impl Dialect {
-    pub const ALL: [Dialect; 6] = [
+    pub const ALL: [Dialect; 7] = [
         Dialect::Openai,
         Dialect::Azure,
         Dialect::Gemini,
         Dialect::Ollama,
         Dialect::Vllm,
+        Dialect::Sglang,
         Dialect::JsonOnly,
     ];
 
@@ -57,6 +62,7 @@ impl Dialect {
             Dialect::Gemini => "gemini",
             Dialect::Ollama => "ollama",
             Dialect::Vllm => "vllm",
+            Dialect::Sglang => "sglang",
             Dialect::JsonOnly => "json_only",
         }
     }
