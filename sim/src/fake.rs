@@ -78,7 +78,8 @@ pub struct CallRecord {
     /// Its own non-stream answer to this call: what it answers, or would have answered,
     /// to the same request with `stream: false` (absent when that is an error).
     pub own_answer: Option<String>,
-    /// Its answer included a hostile flood (whose items `sent` does not list).
+    /// Its answer included a hostile flood (whose items `sent` does not list): set when
+    /// the flood starts to go out, not when it is scripted.
     pub flooded: bool,
     /// The response headers it sent (its script's, and its dialect's own).
     pub headers: Vec<(String, String)>,
@@ -321,7 +322,7 @@ impl Fake {
                 sent: Vec::new(),
                 answered_json: false,
                 own_answer: own_answer.as_ref().map(Value::to_string),
-                flooded: script.flood.is_some(),
+                flooded: false,
                 headers: headers.clone(),
             });
         }
@@ -495,10 +496,18 @@ async fn send_data(
 
 impl Answer {
     /// Sends the flood, if it comes after `at` pieces; false when the caller is gone.
-    async fn flood_at(&self, at: usize, tx: &mpsc::Sender<Result<Bytes, io::Error>>) -> bool {
+    async fn flood_at(
+        &self,
+        at: usize,
+        tx: &mpsc::Sender<Result<Bytes, io::Error>>,
+        log: &LogHandle,
+    ) -> bool {
         let Some(flood) = self.flood.as_ref().filter(|f| f.after_chunks == at) else {
             return true;
         };
+        // Only a flood that goes out marks the call: one scripted after the fault never
+        // does, and the checks it switches off (passthrough) must then still run.
+        log.with(|c| c.flooded = true);
         for i in 0..flood.count {
             let item = match flood.kind {
                 FloodKind::Comments => {
@@ -590,7 +599,7 @@ impl Answer {
             }
             let k = self.k;
             for i in 0..k {
-                if !self.flood_at(i, &tx).await {
+                if !self.flood_at(i, &tx, log).await {
                     return;
                 }
                 pause(self.reply.pieces[i].delay_ms).await;
@@ -598,7 +607,7 @@ impl Answer {
                     return;
                 }
             }
-            if !self.flood_at(k, &tx).await {
+            if !self.flood_at(k, &tx, log).await {
                 return;
             }
             if let Some(f) = &self.fault {

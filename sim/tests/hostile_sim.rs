@@ -173,3 +173,24 @@ fn a_run_whose_events_were_cut_is_refused_by_name() {
         "{failures:#?}"
     );
 }
+
+/// A call is marked `flooded` (which switches off the passthrough check for it) only when
+/// its flood went out: one scripted after the answer's last chunk never goes, and the call
+/// must still be held to what it sent.
+#[test]
+fn only_a_flood_that_went_out_marks_its_call() {
+    let mut s = scenario("comment_flood.yaml");
+    let run = world::run(&s, Mode::NonStream).unwrap();
+    let flooded = run.calls.values().flatten().filter(|c| c.flooded).count();
+    assert!(flooded > 0, "the corpus's flood goes out");
+    for p in &mut s.providers {
+        for script in std::iter::once(&mut p.default).chain(p.calls.iter_mut()) {
+            if let Some(f) = script.flood.as_mut() {
+                f.after_chunks = 10_000;
+            }
+        }
+    }
+    let run = world::run(&s, Mode::NonStream).unwrap();
+    let flooded: Vec<_> = run.calls.values().flatten().filter(|c| c.flooded).collect();
+    assert!(flooded.is_empty(), "no flood went out, yet: {flooded:?}");
+}
