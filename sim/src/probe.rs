@@ -499,14 +499,7 @@ pub fn report(scenario: &Scenario, run: &ProbeRun) -> String {
         out,
         "(timing-exact expectations are not checked in probe mode; decisions are)"
     );
-    let untranslated = crate::emit::litellm_untranslated(scenario);
-    if !untranslated.is_empty() {
-        let _ = writeln!(
-            out,
-            "note: settings a LiteLLM config from `--emit-config litellm` does not carry ({}): against such a LiteLLM, what relies on them cannot be compared",
-            untranslated.join(", ")
-        );
-    }
+    untranslated_note(&mut out, scenario);
 
     for p in &run.pairs {
         let _ = writeln!(out, "\nrequest {}", p.label);
@@ -715,6 +708,18 @@ pub fn default_pause(scenario: &Scenario) -> Pause {
     Pause {
         wait: Duration::from_secs_f64(longest.min(max) + 0.5),
         cut,
+    }
+}
+
+/// The report's note on the scenario's settings a LiteLLM config cannot carry, if any.
+fn untranslated_note(out: &mut String, scenario: &Scenario) {
+    let untranslated = crate::emit::litellm_untranslated(scenario);
+    if !untranslated.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: settings a LiteLLM config from `--emit-config litellm` does not carry ({}): against such a LiteLLM, what relies on them cannot be compared",
+            untranslated.join(", ")
+        );
     }
 }
 

@@ -353,14 +353,7 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
         );
         return out;
     }
-    let untranslated = crate::emit::litellm_untranslated(scenario);
-    if !untranslated.is_empty() {
-        let _ = writeln!(
-            out,
-            "note: settings a LiteLLM config from `--emit-config litellm` does not carry ({}): against such a LiteLLM, what relies on them cannot be compared",
-            untranslated.join(", ")
-        );
-    }
+    super::untranslated_note(&mut out, scenario);
     for r in &run.rows {
         let _ = writeln!(out, "\nrequest {} {}", r.label, r.mode.as_str());
         let row = |out: &mut String, name: &str, a: String, b: String| {
