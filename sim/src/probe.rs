@@ -327,11 +327,10 @@ pub async fn probe_mode(
             // The client gave up (or its calls were mixed with an earlier request's): the
             // gateway may go on calling providers for it. Its calls must not be taken for
             // the next request's, so wait for them to stop; if they do not, say so.
-            let gave_up = o.client.left.is_some()
-                || o.client
-                    .broken
-                    .as_deref()
-                    .is_some_and(|b| b.starts_with(TIMED_OUT));
+            // Any broken answer counts: the client stopped reading there (a timeout, a
+            // stream past its bound, bad SSE, a stream to a `stream: false` request), and
+            // the gateway may not have stopped with it. Waiting costs a quiet half second.
+            let gave_up = o.client.left.is_some() || o.client.broken.is_some();
             if gave_up || o.tainted.is_some() {
                 let all_calls = || fakes.fakes.iter().map(|f| f.calls().len()).sum::<usize>();
                 let settled = settle(all_calls, SETTLE_QUIET, SETTLE_MAX, SETTLE_POLL).await;

@@ -91,17 +91,18 @@ pub struct DiffRun {
 impl DiffRun {
     pub fn verdict(&self) -> DiffVerdict {
         let differs = |r: &&DiffRow| !r.differences.is_empty();
-        if self.could_not_run.is_some() {
-            DiffVerdict::CouldNotRun
-        } else if self
+        // A difference that can be trusted stands whatever else went wrong: a request
+        // that compared nothing (`could_not_run` with rows) does not hide it.
+        if self
             .rows
             .iter()
             .filter(differs)
             .any(|r| r.tainted.is_none())
         {
             DiffVerdict::Different
-        } else if self.rows.iter().any(|r| differs(&r)) {
-            // Every difference may be an artefact of the run (see `DiffRow::tainted`).
+        } else if self.could_not_run.is_some() || self.rows.iter().any(|r| differs(&r)) {
+            // Nothing was compared somewhere, or every difference may be an artefact of
+            // the run (see `DiffRow::tainted`).
             DiffVerdict::CouldNotRun
         } else {
             DiffVerdict::Same
@@ -111,6 +112,9 @@ impl DiffRun {
     /// Why the run could not be judged: its own reason, or the first difference that may
     /// not be the gateways' doing when no other is left.
     pub fn why_not_judged(&self) -> Option<String> {
+        if self.verdict() != DiffVerdict::CouldNotRun {
+            return None;
+        }
         if let Some(r) = &self.could_not_run {
             return Some(r.clone());
         }
@@ -247,6 +251,10 @@ pub async fn differential(
         }
     }
     let mut all = Vec::new();
+    // Calls a gateway goes on making for a request its client gave up on are waited for;
+    // if they never stop, the next requests (gateway B's, and the next mode's) are not
+    // judged.
+    let mut still_calling = None;
     for (i, mode) in scenario.modes.iter().copied().enumerate() {
         if i > 0 && !pause.wait.is_zero() {
             progress(&format!(
@@ -256,9 +264,6 @@ pub async fn differential(
             tokio::time::sleep(pause.wait).await;
         }
         let mut seen = Vec::new();
-        // Calls a gateway goes on making for a request its client gave up on are waited
-        // for; if they never stop, the next requests (gateway B's too) are not judged.
-        let mut still_calling = None;
         for side in &sides {
             let tell = |line: &str| progress(&format!("{} {line}", side.label));
             seen.push(
@@ -345,7 +350,9 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
         );
     }
     let verdict = run.verdict();
-    if let Some(reason) = &run.could_not_run {
+    // With no rows there is nothing else to show; with rows, they are shown (a difference
+    // among them may stand), and the reason comes with the verdict.
+    if let Some(reason) = run.could_not_run.as_ref().filter(|_| run.rows.is_empty()) {
         let _ = writeln!(
             out,
             "\nverdict: could not run (exit status {}): {reason}",
@@ -513,6 +520,29 @@ mod tests {
         assert_eq!(
             run(vec![row(&a, &a, Some("x"))]).verdict(),
             DiffVerdict::Same
+        );
+        // A request that compared nothing does not hide a difference that can be trusted
+        // (it did: `could not run`, and no row was shown); alone, it is the reason the run
+        // was not judged, shown after the rows.
+        let nothing = |rows| DiffRun {
+            could_not_run: Some("request r1.0 stream: neither gateway reached a provider".into()),
+            ..run(rows)
+        };
+        let hidden = nothing(vec![row(&a, &b, None)]);
+        assert_eq!(hidden.verdict(), DiffVerdict::Different);
+        assert_eq!(hidden.why_not_judged(), None);
+        let scenario = crate::scenario::Scenario::load_file(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scenarios/live/control_no_fault.yaml"
+        )))
+        .unwrap();
+        let report = report(&scenario, &hidden);
+        assert!(report.contains("differs: "), "{report}");
+        let alone = nothing(vec![row(&a, &a, None)]);
+        assert_eq!(alone.verdict(), DiffVerdict::CouldNotRun);
+        assert_eq!(
+            alone.why_not_judged().as_deref(),
+            Some("request r1.0 stream: neither gateway reached a provider")
         );
     }
 
