@@ -185,7 +185,9 @@ pub fn whose(scenario: &Scenario, run: &ModeRun) -> Vec<Whose> {
         .results
         .iter()
         .map(|c| {
-            if c.request_id().is_some() || c.left.is_none() {
+            // A client that left, or that stopped waiting (its `timeout_ms`, a broken
+            // head), before the head: either way it never saw its request's number.
+            if c.request_id().is_some() || (c.left.is_none() && c.broken.is_none()) {
                 return Vec::new();
             }
             let spec = &scenario.requests[c.index];

@@ -131,6 +131,36 @@ fn expectations_on_a_client_that_left_before_the_head_can_fail() {
     }
 }
 
+/// A client whose own patience (`timeout_ms`) ran out before the head did not see its
+/// request number either: its request is told by elimination as a leaving client's is, and
+/// expectations on its trace can fail.
+#[test]
+fn expectations_on_a_client_that_timed_out_before_the_head_can_fail() {
+    let mut s = scenario("client_leaves_before_commit.yaml");
+    s.requests[0].disconnect = None;
+    s.requests[0].timeout_ms = 50;
+    let expect = s.requests[0]
+        .expect
+        .as_mut()
+        .expect("tenant A's expectations");
+    expect.no_events = vec!["attempt_started".to_string()];
+    expect.calls = Some([("slow".to_string(), 0)].into_iter().collect());
+    let run = world::run(&s, Mode::NonStream).unwrap();
+    assert!(run.results[0].request_id().is_none() && run.results[0].broken.is_some());
+    let mut failures = Vec::new();
+    oracle::check_run(&s, &run, &mut failures);
+    let want = "[non_stream] request r0.0: no_events: `attempt_started` occurred";
+    assert!(
+        failures.iter().any(|f| f == want),
+        "{want} not in {failures:#?}"
+    );
+    assert!(
+        failures.iter().any(|f| f
+            .starts_with("[non_stream] request r0.0: calls: expected 0 call(s) to `slow`, got 1")),
+        "{failures:#?}"
+    );
+}
+
 /// Two clients of one key and model that both leave before the head: which request is
 /// whose cannot be told, and an expectation on either's trace is an error, not a pass.
 #[test]
