@@ -91,6 +91,9 @@ pub struct Fake {
     /// Connections accepted since the last reset.
     accepted: AtomicU32,
     open: AtomicUsize,
+    /// Calls whose answer is still being given (from arrival until its body ends or its
+    /// caller goes: a stall counts until the gateway gives up on it).
+    answering: Arc<AtomicUsize>,
     log: Mutex<Vec<CallRecord>>,
     /// Whether calls go into `log` (see [`Fake::stop_recording`]).
     recording: AtomicBool,
@@ -117,6 +120,7 @@ impl Fake {
             calls: AtomicU32::new(0),
             accepted: AtomicU32::new(0),
             open: AtomicUsize::new(0),
+            answering: Arc::default(),
             log: Mutex::new(Vec::new()),
             recording: AtomicBool::new(true),
             sink,
@@ -154,6 +158,12 @@ impl Fake {
     /// Connections currently open to this fake.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// Calls whose answer is still being given: a gateway waiting on one (a stall, a slow
+    /// first byte) may still call again when it gives up, however long no call arrived.
+    pub fn answering(&self) -> usize {
+        self.answering.load(Ordering::SeqCst)
     }
 
     /// Serves connections from `listener` forever.
@@ -256,6 +266,7 @@ impl Fake {
             return json_response(400, &json!({"error": {"message": "body is not JSON"}}), &[]);
         };
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let answering = Answering::start(&self.answering);
         let model = body
             .get("model")
             .and_then(Value::as_str)
@@ -355,6 +366,7 @@ impl Fake {
                 fake: self.clone(),
                 seq,
             },
+            _answering: answering,
         };
         if json_answer {
             answer.whole().await
@@ -474,6 +486,24 @@ struct Answer {
     headers: Vec<(String, String)>,
     echo: EchoSource,
     log: LogHandle,
+    /// Held for as long as the answer is being given (see [`Fake::answering`]).
+    _answering: Answering,
+}
+
+/// One call counted in [`Fake::answering`] until dropped.
+struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    fn start(count: &Arc<AtomicUsize>) -> Answering {
+        count.fetch_add(1, Ordering::SeqCst);
+        Answering(Arc::clone(count))
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Sends one `data:` payload, framed and written as the provider does, and records it;

@@ -198,10 +198,12 @@ pub struct Settled {
     pub quiet: bool,
 }
 
-/// Waits until `count` (the calls the fakes have received) has not moved for `quiet`, at
-/// most `max`, looking every `poll`.
+/// Waits until `count` (the calls the fakes have received) has not moved for `quiet`
+/// while `busy` (a call still being answered: a gateway waiting out a stall may call again
+/// when it gives up) said no, at most `max`, looking every `poll`.
 pub async fn settle(
     count: impl Fn() -> usize,
+    busy: impl Fn() -> bool,
     quiet: Duration,
     max: Duration,
     poll: Duration,
@@ -225,7 +227,7 @@ pub async fn settle(
         }
         tokio::time::sleep(poll).await;
         let n = count();
-        if n != last {
+        if n != last || busy() {
             (last, since) = (n, tokio::time::Instant::now());
         }
     }
@@ -333,7 +335,9 @@ pub async fn probe_mode(
             let gave_up = o.client.left.is_some() || o.client.broken.is_some();
             if gave_up || o.tainted.is_some() {
                 let all_calls = || fakes.fakes.iter().map(|f| f.calls().len()).sum::<usize>();
-                let settled = settle(all_calls, SETTLE_QUIET, SETTLE_MAX, SETTLE_POLL).await;
+                let answering = || fakes.fakes.iter().any(|f| f.answering() > 0);
+                let settled =
+                    settle(all_calls, answering, SETTLE_QUIET, SETTLE_MAX, SETTLE_POLL).await;
                 if settled.late > 0 {
                     progress(&format!(
                         "{} {label}: {} provider call(s) came after the client gave up",
@@ -789,17 +793,32 @@ mod tests {
         };
         // (A generous bound here: a loaded machine must not turn quiet into not quiet.)
         assert_eq!(
-            settle(stops, quiet, Duration::from_secs(30), poll).await,
+            settle(stops, || false, quiet, Duration::from_secs(30), poll).await,
             Settled {
                 late: 3,
                 quiet: true
             }
         );
+        // No new call, but one still being answered (a stall the gateway is waiting out):
+        // not quiet while it lasts, however long no call arrives.
+        let looks = std::sync::atomic::AtomicUsize::new(0);
+        let answering = || looks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 20;
+        let started = tokio::time::Instant::now();
+        let s = settle(|| 0, answering, quiet, Duration::from_secs(30), poll).await;
+        assert!(s.quiet, "{s:?}");
+        assert!(
+            looks.load(std::sync::atomic::Ordering::SeqCst) >= 20,
+            "quiet only once nothing was being answered"
+        );
+        assert!(started.elapsed() >= quiet);
+        // Answering for ever: never quiet.
+        let s = settle(|| 0, || true, quiet, max, poll).await;
+        assert!(!s.quiet, "{s:?}");
         // A new call at every look: never quiet, however late the looks come (each look
         // that sees a new call starts the quiet time afresh).
         let m = std::sync::atomic::AtomicUsize::new(0);
         let never = || m.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let s = settle(never, quiet, max, poll).await;
+        let s = settle(never, || false, quiet, max, poll).await;
         assert!(!s.quiet && s.late > 0, "{s:?}");
     }
 
