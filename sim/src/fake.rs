@@ -324,8 +324,8 @@ impl Fake {
                     || "ok".to_string(),
                     |f| match (f.kind, f.status) {
                         (FaultKind::Http, s) => format!("http {}", s.unwrap_or(429)),
-                        (kind, Some(s)) => format!("{}@{} {s}", kind.as_str(), f.after_chunks),
-                        (kind, None) => format!("{}@{}", kind.as_str(), f.after_chunks),
+                        (_, Some(s)) => format!("{} {s}", fault_at(f, k)),
+                        (_, None) => fault_at(f, k),
                     },
                 ),
                 fault_fired: false,
@@ -344,11 +344,7 @@ impl Fake {
         self.trace(format!(
             "received call={call} model={model} stream={stream} continuation={} fault={}{dialect}",
             continuation.as_ref().map_or(0, |p| p.chars().count()),
-            fault.as_ref().map_or("-".to_string(), |f| format!(
-                "{}@{}",
-                f.kind.as_str(),
-                f.after_chunks
-            )),
+            fault.as_ref().map_or("-".to_string(), |f| fault_at(f, k)),
         ));
         pause(script.ttfb_ms).await;
         let answer = Answer {
@@ -388,6 +384,21 @@ impl Fake {
                         .is_none_or(|m| m == first_message)
             })
             .unwrap_or(&self.spec.default)
+    }
+}
+
+/// A fault as the trace shows it: `kind@k`, where `k` is the chunk it fires after. Where the
+/// answer has fewer chunks than scripted (a continuation's answer is only its rest), the fault
+/// fires after the last one, and the trace says so rather than print an offset that never was.
+fn fault_at(fault: &Fault, k: usize) -> String {
+    if k == fault.after_chunks {
+        format!("{}@{k}", fault.kind.as_str())
+    } else {
+        format!(
+            "{}@{k} (scripted @{})",
+            fault.kind.as_str(),
+            fault.after_chunks
+        )
     }
 }
 
@@ -514,13 +525,25 @@ async fn send_data(
     framing: Framing,
     payload: String,
 ) -> bool {
-    let frame = Bytes::from(framing.event(&payload));
-    for write in framing.writes(frame) {
+    if !send_framed(tx, framing, framing.event(&payload)).await {
+        return false;
+    }
+    log.sent(payload, false);
+    true
+}
+
+/// Writes already framed SSE text as the provider makes its writes (`write_bytes`); false
+/// when the caller is gone.
+async fn send_framed(
+    tx: &mpsc::Sender<Result<Bytes, io::Error>>,
+    framing: Framing,
+    text: String,
+) -> bool {
+    for write in framing.writes(Bytes::from(text)) {
         if tx.send(Ok(write)).await.is_err() {
             return false;
         }
     }
-    log.sent(payload, false);
     true
 }
 
@@ -539,22 +562,24 @@ impl Answer {
         // does, and the checks it switches off (passthrough) must then still run.
         log.with(|c| c.flooded = true);
         for i in 0..flood.count {
+            // Framed as the provider frames its events: a gateway must read a flood in CRLF
+            // or cut across reads as it reads the answer.
             let item = match flood.kind {
-                FloodKind::Comments => {
-                    let pad = "x".repeat(flood.pad.max(1));
-                    format!(": {pad}\n\n")
-                }
-                FloodKind::RoleOnly => format!("data: {}\n\n", self.reply.role_only(0, flood.pad)),
-                FloodKind::NewChoiceIndex => format!(
-                    "data: {}\n\n",
-                    self.reply.role_only(self.reply.choices + i, flood.pad)
+                FloodKind::Comments => self.framing.comment(&"x".repeat(flood.pad.max(1))),
+                FloodKind::RoleOnly => self
+                    .framing
+                    .event(&self.reply.role_only(0, flood.pad).to_string()),
+                FloodKind::NewChoiceIndex => self.framing.event(
+                    &self
+                        .reply
+                        .role_only(self.reply.choices + i, flood.pad)
+                        .to_string(),
                 ),
-                FloodKind::NewChoiceContent => format!(
-                    "data: {}\n\n",
-                    self.reply.content_for(self.reply.choices + i)
-                ),
+                FloodKind::NewChoiceContent => self
+                    .framing
+                    .event(&self.reply.content_for(self.reply.choices + i).to_string()),
             };
-            if tx.send(Ok(Bytes::from(item))).await.is_err() {
+            if !send_framed(tx, self.framing, item).await {
                 return false;
             }
         }
@@ -666,8 +691,8 @@ impl Answer {
                         tx.closed().await;
                     }
                     FaultKind::Malformed => {
-                        let line = Bytes::from_static(b"data: {\"id\": \"broken\n\n");
-                        if tx.send(Ok(line)).await.is_ok() {
+                        let line = self.framing.event("{\"id\": \"broken");
+                        if send_framed(&tx, self.framing, line).await {
                             log.fire();
                         }
                     }

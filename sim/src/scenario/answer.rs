@@ -127,6 +127,12 @@ impl Framing {
         format!("data:{space}{payload}{end}{end}")
     }
 
+    /// One SSE comment line (`: <text>`) and a blank line, framed.
+    pub fn comment(&self, text: &str) -> String {
+        let end = self.line_end.as_str();
+        format!(": {text}{end}{end}")
+    }
+
     /// `bytes` as the writes this provider makes of them.
     pub fn writes(&self, bytes: bytes::Bytes) -> Vec<bytes::Bytes> {
         match self.write_bytes {
