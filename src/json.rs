@@ -28,7 +28,7 @@ const INLINE_ENTRIES: usize = 8;
 /// Parses JSON text, as `serde_json::from_str::<Value>` does.
 pub fn from_str(text: &str) -> serde_json::Result<Value> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let value = SizedValue.deserialize(&mut de)?;
+    let value = SIZED.deserialize(&mut de)?;
     de.end()?;
     Ok(value)
 }
@@ -36,9 +36,36 @@ pub fn from_str(text: &str) -> serde_json::Result<Value> {
 /// Parses JSON bytes, as `serde_json::from_slice::<Value>` does.
 pub fn from_slice(bytes: &[u8]) -> serde_json::Result<Value> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = SizedValue.deserialize(&mut de)?;
+    let value = SIZED.deserialize(&mut de)?;
     de.end()?;
     Ok(value)
+}
+
+/// Why [`from_slice_bounded`] gave no value.
+#[derive(Debug)]
+pub enum BoundedError {
+    /// Not JSON, as `serde_json` says.
+    Json(serde_json::Error),
+    /// Valid so far, but with more values than allowed: parsing stopped there.
+    TooManyValues,
+}
+
+/// [`from_slice`], refusing text of more than `max_values` values (every object, array,
+/// string, number, boolean and null counts one; keys do not). Why: a value in memory is
+/// about 80 bytes where its text can be two (`0,`), so the text's size alone does not bound
+/// the tree's: a 50 MiB array of zeros is 2 GiB of values. Parsing stops at the first value
+/// over, before it is built.
+pub fn from_slice_bounded(bytes: &[u8], max_values: usize) -> Result<Value, BoundedError> {
+    let left = std::cell::Cell::new(max_values);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = SizedValue(&left)
+        .deserialize(&mut de)
+        .and_then(|value| de.end().map(|()| value));
+    parsed.map_err(|e| match e.classify() {
+        // The budget's own refusal is the only custom error a value's visitor makes.
+        serde_json::error::Category::Data if left.get() == 0 => BoundedError::TooManyValues,
+        _ => BoundedError::Json(e),
+    })
 }
 
 /// Maps up to this many keys are searched key by key, larger ones by hash.
@@ -68,18 +95,56 @@ pub fn member<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
     }
 }
 
-/// A JSON value whose maps are sized once (the visitor mirrors `serde_json`'s own).
-pub(crate) struct SizedValue;
+/// What a parse may still build: every value it visits spends one.
+pub(crate) trait Budget: Copy {
+    /// Spends one value; false when none is left.
+    fn spend(self) -> bool;
+}
 
-impl<'de> DeserializeSeed<'de> for SizedValue {
+/// No bound: the parse of a value already bounded by its text (an SSE event's line).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unbounded;
+
+impl Budget for Unbounded {
+    #[inline(always)]
+    fn spend(self) -> bool {
+        true
+    }
+}
+
+/// The values left, counted down.
+impl Budget for &std::cell::Cell<usize> {
+    fn spend(self) -> bool {
+        match self.get().checked_sub(1) {
+            Some(left) => {
+                self.set(left);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A JSON value whose maps are sized once (the visitor mirrors `serde_json`'s own), within
+/// a [`Budget`] of values.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SizedValue<B = Unbounded>(pub(crate) B);
+
+/// The unbounded [`SizedValue`].
+pub(crate) const SIZED: SizedValue = SizedValue(Unbounded);
+
+impl<'de, B: Budget> DeserializeSeed<'de> for SizedValue<B> {
     type Value = Value;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if !self.0.spend() {
+            return Err(serde::de::Error::custom("too many JSON values"));
+        }
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for SizedValue {
+impl<'de, B: Budget> Visitor<'de> for SizedValue<B> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -124,7 +189,7 @@ impl<'de> Visitor<'de> for SizedValue {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(SizedValue)? {
+        while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -136,7 +201,7 @@ impl<'de> Visitor<'de> for SizedValue {
         // entries would grow with every repeat of a key, the map only with new keys.
         let mut large: Option<Map<String, Value>> = None;
         while let Some(key) = map.next_key::<String>()? {
-            let value = map.next_value_seed(SizedValue)?;
+            let value = map.next_value_seed(self)?;
             match &mut large {
                 Some(object) => {
                     object.insert(key, value);

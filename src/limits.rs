@@ -48,6 +48,12 @@ pub struct Limits {
     pub stream_buffer_frames: usize,
     /// Messages in one request.
     pub max_messages: usize,
+    /// JSON values in one request body (every object, array, string, number, boolean and
+    /// null counts one). A value takes about 80 bytes in memory where its text may take two
+    /// (`0,`), so `max_request_body_bytes` alone does not bound a request's memory: 50 MiB
+    /// of zeros in an array would be 2 GiB. A long conversation with many tools is tens of
+    /// thousands of values; images are one string each.
+    pub max_request_json_values: usize,
     /// Longest any deployment is cooled, in seconds, whatever a Retry-After asks (a date in
     /// the year 9999 included); also the largest `retry-after` a client is told.
     pub max_cooldown: f64,
@@ -66,8 +72,10 @@ pub struct Limits {
     /// Seconds in-flight requests get to finish after SIGTERM or SIGINT before the gateway
     /// exits anyway.
     pub shutdown_grace: f64,
-    /// Items in a request body's `fallbacks` list (names, `{model, messages}` objects or
-    /// `{group: [...]}` entries). Each entry's own `messages` are bounded by `max_messages`.
+    /// Items in each of a request body's fallback lists: `fallbacks` (names, `{model,
+    /// messages}` objects or `{group: [...]}` entries), `context_window_fallbacks`,
+    /// `content_policy_fallbacks` and `default_fallbacks`, and targets in each `{group:
+    /// [...]}` entry's list. Each entry's own `messages` are bounded by `max_messages`.
     pub max_request_fallbacks: usize,
     /// Idle upstream connections kept per (scheme, host, port) for the next attempt (split
     /// evenly across the worker threads of `switchback serve`); 0 turns keep-alive off
@@ -121,6 +129,8 @@ impl Default for Limits {
             max_connections: 4096,
             stream_buffer_frames: 64,
             max_messages: 4096,
+            // About 20 MB of values at most, several times what a real request holds.
+            max_request_json_values: 250_000,
             max_cooldown: 300.0,
             max_choices: 128,
             max_tool_calls: 128,
@@ -211,7 +221,7 @@ impl Limits {
     /// Every count limit with the range it must lie in. The upper bounds keep each value
     /// within what the structures that use it accept (a semaphore's permits, a channel's
     /// capacity) and what one process could ever need, so no value can panic at run time.
-    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 19] {
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 20] {
         const GIB: usize = 1 << 30;
         [
             (
@@ -260,6 +270,12 @@ impl Limits {
                 1 << 16,
             ),
             ("max_messages", self.max_messages, 1, 1_000_000),
+            (
+                "max_request_json_values",
+                self.max_request_json_values,
+                1,
+                100_000_000,
+            ),
             ("max_choices", self.max_choices, 1, 1_024),
             ("max_tool_calls", self.max_tool_calls, 1, 4_096),
             ("stream_buffer_bytes", self.stream_buffer_bytes, 1, GIB),

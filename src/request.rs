@@ -73,6 +73,36 @@ pub struct BadRequest {
     pub limit: Option<&'static str>,
 }
 
+/// The body is not JSON, as `serde_json` says.
+fn not_json(e: serde_json::Error) -> BadRequest {
+    // serde_json names a lone surrogate by what it expected next.
+    let said = e.to_string();
+    let hint = if said.contains("surrogate") || said.contains("end of hex escape") {
+        " (a `\\u` escape there is a lone UTF-16 surrogate, half of a character, \
+             which JSON text cannot carry: was a string cut between the two halves \
+             of a pair?)"
+    } else {
+        ""
+    };
+    BadRequest {
+        message: format!("request body is not valid JSON: {said}{hint}"),
+        param: None,
+        limit: None,
+    }
+}
+
+fn over_json_values(limits: &Limits) -> BadRequest {
+    BadRequest {
+        message: format!(
+            "request body has more than {} JSON values, over the limit \
+             max_request_json_values = {}",
+            limits.max_request_json_values, limits.max_request_json_values
+        ),
+        param: None,
+        limit: Some("max_request_json_values"),
+    }
+}
+
 fn bad(param: &str, message: impl Into<String>) -> BadRequest {
     BadRequest {
         message: message.into(),
@@ -120,22 +150,13 @@ impl ChatRequest {
         limits: &Limits,
         model: Option<&str>,
     ) -> Result<ChatRequest, BadRequest> {
-        let value = crate::json::from_slice(body).map_err(|e| {
-            // serde_json names a lone surrogate by what it expected next.
-            let said = e.to_string();
-            let hint = if said.contains("surrogate") || said.contains("end of hex escape") {
-                " (a `\\u` escape there is a lone UTF-16 surrogate, half of a character, \
-                 which JSON text cannot carry: was a string cut between the two halves \
-                 of a pair?)"
-            } else {
-                ""
-            };
-            BadRequest {
-                message: format!("request body is not valid JSON: {said}{hint}"),
-                param: None,
-                limit: None,
-            }
-        })?;
+        let value =
+            crate::json::from_slice_bounded(body, limits.max_request_json_values).map_err(|e| {
+                match e {
+                    crate::json::BoundedError::TooManyValues => over_json_values(limits),
+                    crate::json::BoundedError::Json(e) => not_json(e),
+                }
+            })?;
         let Value::Object(mut body) = value else {
             return Err(BadRequest {
                 message: "request body must be a JSON object".into(),
@@ -267,18 +288,17 @@ impl ChatRequest {
             }
         }
         let mut fallback_messages = Vec::new();
-        if let Some(Value::Array(list)) = fields.get("fallbacks") {
-            if list.len() > limits.max_request_fallbacks {
-                return Err(over(
-                    "fallbacks",
-                    "max_request_fallbacks",
-                    format!(
-                        "{} fallback entries is over the limit max_request_fallbacks = {}",
-                        list.len(),
-                        limits.max_request_fallbacks
-                    ),
-                ));
+        for field in [
+            "fallbacks",
+            "context_window_fallbacks",
+            "content_policy_fallbacks",
+            "default_fallbacks",
+        ] {
+            if let Some(list) = fields.get(field) {
+                check_fallback_list_sizes(field, list, limits)?;
             }
+        }
+        if let Some(Value::Array(list)) = fields.get("fallbacks") {
             if let Some((targets, messages)) = client_side_fallbacks(list, limits)? {
                 fallback_messages = messages;
                 fields.insert("fallbacks".into(), json!([{ model: targets }]));
@@ -423,6 +443,46 @@ type TargetMessages = Vec<(String, std::sync::Arc<Vec<Value>>)>;
 /// entry's `messages` replace the request's for that fallback **and every later one**, until
 /// another entry sets its own. Only `model` and `messages` are accepted in an object (LiteLLM
 /// would apply any parameter; refused here rather than ignored).
+/// A request's fallback list, and each `{group: [...]}` entry's list of targets, hold at
+/// most `max_request_fallbacks` items. Why every level: the plan visits each target of an
+/// entry and reports each one it skips, so one entry of a million repeated names was a
+/// million log lines from one request. Shapes are checked later; this only counts.
+fn check_fallback_list_sizes(field: &str, list: &Value, limits: &Limits) -> Result<(), BadRequest> {
+    let max = limits.max_request_fallbacks;
+    let too_long = |at: &str, n: usize, what: &str| {
+        over(
+            at,
+            "max_request_fallbacks",
+            format!("`{at}`: {n} {what} is over the limit max_request_fallbacks = {max}"),
+        )
+    };
+    let Value::Array(items) = list else {
+        return Ok(());
+    };
+    if items.len() > max {
+        return Err(too_long(field, items.len(), "fallback entries"));
+    }
+    for (i, item) in items.iter().enumerate() {
+        // A client-side `{model, messages}` object: its messages are bounded by max_messages.
+        let Value::Object(entry) = item else { continue };
+        if entry.contains_key("model") || entry.contains_key("messages") {
+            continue;
+        }
+        for (group, targets) in entry {
+            if let Value::Array(targets) = targets {
+                if targets.len() > max {
+                    return Err(too_long(
+                        &format!("{field}[{i}].{group}"),
+                        targets.len(),
+                        "fallback targets",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn client_side_fallbacks(
     list: &[Value],
     limits: &Limits,
@@ -666,6 +726,77 @@ mod tests {
             "carried forward, as kwargs.update does"
         );
         assert_eq!(first("a"), "long");
+    }
+
+    #[test]
+    fn every_request_fallback_list_is_bounded_not_only_the_outer_one() {
+        // One `{group: [...]}` entry passed the outer bound with any number of targets, and
+        // each repeated target was logged as a skip: one request, millions of log lines.
+        let limits = Limits {
+            max_request_fallbacks: 2,
+            ..Limits::default()
+        };
+        for (field, value, param) in [
+            ("fallbacks", r#"[{"a":["b","b","b"]}]"#, "fallbacks[0].a"),
+            (
+                "context_window_fallbacks",
+                r#"[{"a":["b"]},{"a":["c"]},{"a":["d"]}]"#,
+                "context_window_fallbacks",
+            ),
+            (
+                "context_window_fallbacks",
+                r#"[{"a":["b","c","d"]}]"#,
+                "context_window_fallbacks[0].a",
+            ),
+            (
+                "content_policy_fallbacks",
+                r#"[{"a":["b","c","d"]}]"#,
+                "content_policy_fallbacks[0].a",
+            ),
+            ("default_fallbacks", r#"["b","c","d"]"#, "default_fallbacks"),
+        ] {
+            let body =
+                format!(r#"{{"model":"a","messages":[{{"role":"user"}}],"{field}":{value}}}"#);
+            let e = ChatRequest::parse(body.as_bytes(), &limits).unwrap_err();
+            assert_eq!(
+                e.limit,
+                Some("max_request_fallbacks"),
+                "{field} {value}: {e:?}"
+            );
+            assert_eq!(e.param.as_deref(), Some(param), "{e:?}");
+            assert!(e.message.contains("max_request_fallbacks = 2"), "{e:?}");
+        }
+        let ok = r#"{"model":"a","messages":[{"role":"user"}],"fallbacks":[{"a":["b","c"]},{"b":["c"]}],"default_fallbacks":["b","c"]}"#;
+        ChatRequest::parse(ok.as_bytes(), &limits).expect("within the bound at every level");
+        let carried = r#"{"model":"a","messages":[{"role":"user"}],"fallbacks":[{"model":"b","messages":[{"role":"user"},{"role":"user"},{"role":"user"}]}]}"#;
+        ChatRequest::parse(carried.as_bytes(), &limits)
+            .expect("an entry's messages are bounded by max_messages, not here");
+    }
+
+    #[test]
+    fn a_body_of_too_many_json_values_is_refused_before_it_is_built() {
+        // Two bytes of `0,` became a value of about 80 bytes: a 50 MiB body, 2 GiB of tree.
+        let limits = Limits {
+            max_request_json_values: 1_000,
+            ..Limits::default()
+        };
+        let body = |n: usize| {
+            format!(
+                r#"{{"model":"a","messages":[{{"role":"user","content":"hi"}}],"x":[{}]}}"#,
+                vec!["0"; n].join(",")
+            )
+        };
+        // The body's object, `model`, `messages` and its message (3), `x`: 7 values.
+        ChatRequest::parse(body(1_000 - 7).as_bytes(), &limits).expect("at the bound");
+        let e = ChatRequest::parse(body(1_000 - 6).as_bytes(), &limits).unwrap_err();
+        assert_eq!(e.limit, Some("max_request_json_values"), "{e:?}");
+        assert!(
+            e.message.contains("more than 1000 JSON values")
+                && e.message.contains("max_request_json_values"),
+            "{e:?}"
+        );
+        let e = ChatRequest::parse(b"{\"model\": [1,", &limits).unwrap_err();
+        assert_eq!(e.limit, None, "a broken body is still just not JSON: {e:?}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 
-use crate::json::SizedValue;
+use crate::json::SIZED;
 
 /// A field name: the chunk format's own names are static; a provider's others are owned.
 pub type Key = Cow<'static, str>;
@@ -409,7 +409,7 @@ impl Level for TopLevel {
         if key == "choices" {
             map.next_value_seed(ChoicesSeed)
         } else {
-            map.next_value_seed(SizedValue).map(Top::Json)
+            map.next_value_seed(SIZED).map(Top::Json)
         }
     }
 }
@@ -423,7 +423,7 @@ impl Level for ChoiceLevel {
         if key == "delta" || key == "message" {
             map.next_value_seed(DeltaSeed)
         } else {
-            map.next_value_seed(SizedValue).map(ChoiceField::Json)
+            map.next_value_seed(SIZED).map(ChoiceField::Json)
         }
     }
 }
@@ -434,7 +434,7 @@ struct DeltaLevel;
 impl Level for DeltaLevel {
     type Value = Value;
     fn value<'de, A: MapAccess<'de>>(_: &str, map: &mut A) -> Result<Value, A::Error> {
-        map.next_value_seed(SizedValue)
+        map.next_value_seed(SIZED)
     }
 }
 
@@ -454,28 +454,28 @@ impl<'de, L: Level> DeserializeSeed<'de> for ObjectSeed<L> {
 macro_rules! not_an_object {
     ($out:ty, $wrap:expr) => {
         fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<$out, E> {
-            SizedValue.visit_bool(v).map($wrap)
+            SIZED.visit_bool(v).map($wrap)
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$out, E> {
-            SizedValue.visit_i64(v).map($wrap)
+            SIZED.visit_i64(v).map($wrap)
         }
         fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$out, E> {
-            SizedValue.visit_u64(v).map($wrap)
+            SIZED.visit_u64(v).map($wrap)
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<$out, E> {
-            SizedValue.visit_f64(v).map($wrap)
+            SIZED.visit_f64(v).map($wrap)
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$out, E> {
-            SizedValue.visit_str(v).map($wrap)
+            SIZED.visit_str(v).map($wrap)
         }
         fn visit_string<E: serde::de::Error>(self, v: String) -> Result<$out, E> {
-            SizedValue.visit_string(v).map($wrap)
+            SIZED.visit_string(v).map($wrap)
         }
         fn visit_none<E: serde::de::Error>(self) -> Result<$out, E> {
-            SizedValue.visit_none().map($wrap)
+            SIZED.visit_none().map($wrap)
         }
         fn visit_unit<E: serde::de::Error>(self) -> Result<$out, E> {
-            SizedValue.visit_unit().map($wrap)
+            SIZED.visit_unit().map($wrap)
         }
         fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<$out, D::Error> {
             d.deserialize_any(self)
@@ -493,7 +493,7 @@ impl<'de, L: Level> Visitor<'de> for ObjectSeed<L> {
     not_an_object!(Option<Fields<L::Value>>, |_| None);
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        SizedValue.visit_seq(seq).map(|_| None)
+        SIZED.visit_seq(seq).map(|_| None)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
@@ -552,7 +552,7 @@ impl<'de> Visitor<'de> for DeltaSeed {
     not_an_object!(ChoiceField, ChoiceField::Json);
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ChoiceField, A::Error> {
-        SizedValue.visit_seq(seq).map(ChoiceField::Json)
+        SIZED.visit_seq(seq).map(ChoiceField::Json)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ChoiceField, A::Error> {
@@ -581,7 +581,7 @@ impl<'de> Visitor<'de> for ChoicesSeed {
     not_an_object!(Top, Top::Json);
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Top, A::Error> {
-        SizedValue.visit_map(map).map(Top::Json)
+        SIZED.visit_map(map).map(Top::Json)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top, A::Error> {
@@ -614,7 +614,7 @@ impl<'de> Visitor<'de> for ChoiceSeed {
     not_an_object!(Choice, Choice::Json);
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Choice, A::Error> {
-        SizedValue.visit_seq(seq).map(Choice::Json)
+        SIZED.visit_seq(seq).map(Choice::Json)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Choice, A::Error> {
