@@ -329,6 +329,9 @@ impl Failure {
         }
         match self.class {
             FailureClass::Auth | FailureClass::NotFound => 502,
+            // The upstream's 499 (it cancelled the call) would read, to a client, as its own
+            // request closed: the gateway failed to get an answer.
+            _ if self.status == Some(499) => 502,
             _ => match self.status {
                 Some(s) if (400..=599).contains(&s) => s,
                 _ => self.class.default_status(),
@@ -500,6 +503,16 @@ impl ErrorHints {
                 _ => {}
             }
         }
+        // Google's structured reasons (`details: [{"@type": ".../ErrorInfo", "reason":
+        // "API_KEY_INVALID"}]`): the provider's own word, which no request can put there.
+        if let Some(details) = err.get("details").and_then(Value::as_array) {
+            hints.tags.extend(
+                details
+                    .iter()
+                    .filter_map(|d| d.get("reason")?.as_str())
+                    .map(str::to_ascii_lowercase),
+            );
+        }
         hints.param = err
             .get("param")
             .and_then(Value::as_str)
@@ -586,7 +599,21 @@ const CONTENT_PHRASES: &[&str] = &[
     "safety system",
     "flagged by",
     "usage policy",
+    // OpenRouter's moderation, sent as a 403 ("... requires moderation on Amazon Bedrock.
+    // Your input was flagged for ..."): the prompt's problem, not the key's.
+    "requires moderation",
+    "your input was flagged",
 ];
+/// A 404 that names the request's parameters, not the model: OpenRouter's "No endpoints
+/// found that support tool use" when `tools` go to a model without them. Read as the
+/// model's absence it cooled a shared deployment for one request's choice of parameters.
+const UNSUPPORTED_REQUEST_PHRASES: &[&str] = &[
+    "no endpoints found that support",
+    "no endpoints found that can handle",
+];
+/// A bad key in a provider's structured reason, whatever the status: Gemini sends one as
+/// a 400 `INVALID_ARGUMENT` with `details: [{"reason": "API_KEY_INVALID"}]`.
+const AUTH_TAGS: &[&str] = &["api_key_invalid"];
 /// Billing and credit errors that providers send as a 400 (or 402), not a 429: Anthropic's
 /// "Your credit balance is too low to access the Anthropic API", OpenAI's
 /// `billing_hard_limit_reached`, OpenRouter's "Insufficient credits".
@@ -636,10 +663,17 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
     if matches!(status, Some(400 | 402) | None) && is_billing(status, h) {
         return FailureClass::RateLimited;
     }
+    if client_error && h.has_tag(AUTH_TAGS) {
+        return FailureClass::Auth;
+    }
     match status {
         Some(401 | 403) => FailureClass::Auth,
+        Some(404) if h.message_mentions(UNSUPPORTED_REQUEST_PHRASES) => FailureClass::BadRequest,
         Some(404) => FailureClass::NotFound,
         Some(408) => FailureClass::Timeout,
+        // Gemini and Vertex's `CANCELLED` under load (and a proxy's "client closed
+        // request"): the server gave up on the call, not on the request.
+        Some(499) => FailureClass::Transient,
         Some(500..=599) => FailureClass::Transient,
         Some(400..=499) => FailureClass::BadRequest,
         _ if h.has_tag(OVERLOADED_TAGS) => FailureClass::Transient,
@@ -675,9 +709,15 @@ fn mentions(v: &Value, words: &str) -> bool {
 /// A rate-limited failure that is no 429: a quota or billing error (`insufficient_quota`
 /// sent as a 400, a credit balance too low). See [`Failure::quota`].
 fn is_quota(class: FailureClass, status: Option<u16>, h: &ErrorHints) -> bool {
-    class == FailureClass::RateLimited
-        && status != Some(429)
-        && (matches!(status, Some(400..=499)) || is_billing(status, h))
+    if class != FailureClass::RateLimited {
+        return false;
+    }
+    if status == Some(429) {
+        // OpenAI sends an empty account as a 429 `insufficient_quota`: waiting does not
+        // mend it, where it mends a rate limit or Google's per-minute `RESOURCE_EXHAUSTED`.
+        return h.has_tag(&["insufficient_quota"]);
+    }
+    matches!(status, Some(400..=499)) || is_billing(status, h)
 }
 
 /// Longest Retry-After read as such (ten years); anything longer, a date in the year 9999
@@ -747,6 +787,66 @@ mod tests {
             },
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         )
+    }
+
+    /// Real providers' answers that the status alone misreads (found by review). Each one
+    /// either cooled a shared deployment for a request's own problem, or kept calling a
+    /// deployment that cannot serve.
+    #[test]
+    fn provider_answers_the_status_alone_misreads() {
+        // OpenRouter's moderation refusal comes as a 403: the prompt's problem, not the key's.
+        let f = status(
+            403,
+            r#"{"error":{"message":"anthropic/claude-3-5-haiku requires moderation on Amazon Bedrock. Your input was flagged for \"self-harm/intent\". No credits were charged.","code":403,"metadata":{"reasons":["self-harm/intent"],"flagged_input":"...","provider_name":"Amazon Bedrock","model_slug":"anthropic/claude-3-5-haiku"}}}"#,
+        );
+        assert_eq!(f.class, FailureClass::ContentPolicy, "{f:?}");
+        // OpenRouter's 404 when no provider of the model takes the request's parameters
+        // (`tools` to a model without tool use): the request's problem.
+        for message in [
+            "No endpoints found that support tool use. To learn more about provider routing, visit: https://openrouter.ai/docs/provider-routing",
+            "No endpoints found that can handle the requested parameters.",
+        ] {
+            let body = serde_json::json!({"error": {"message": message, "code": 404}}).to_string();
+            let f = status(404, &body);
+            assert_eq!(f.class, FailureClass::BadRequest, "{message}");
+        }
+        // ...where a model OpenRouter does not have at all is the deployment's.
+        let f = status(
+            404,
+            r#"{"error":{"message":"No endpoints found for nonexistent/model.","code":404}}"#,
+        );
+        assert_eq!(f.class, FailureClass::NotFound);
+        // Gemini sends a bad key as a 400 INVALID_ARGUMENT, its reason in `details`.
+        let f = status(
+            400,
+            r#"[{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com","metadata":{"service":"generativelanguage.googleapis.com"}}]}}]"#,
+        );
+        assert_eq!(f.class, FailureClass::Auth, "{f:?}");
+        assert_eq!(
+            f.client_status(),
+            502,
+            "the gateway's key, not the client's"
+        );
+        // Gemini and Vertex under load: 499 CANCELLED is the server's, and passes.
+        let f = status(
+            499,
+            r#"[{"error":{"code":499,"message":"The operation was cancelled.","errors":[{"message":"The operation was cancelled.","domain":"global","reason":"backendError"}],"status":"CANCELLED"}}]"#,
+        );
+        assert_eq!(f.class, FailureClass::Transient, "{f:?}");
+        assert_eq!(
+            f.client_status(),
+            502,
+            "a 499 is no status to hand a client"
+        );
+        // OpenAI's empty account is a 429 `insufficient_quota`: waiting does not mend it,
+        // so it is retried only on another deployment, as a 400 quota error is.
+        let f = status(
+            429,
+            r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+        );
+        assert_eq!((f.class, f.quota), (FailureClass::RateLimited, true));
+        assert!(f.retry_elsewhere_only());
+        assert_eq!(f.client_status(), 429);
     }
 
     /// OpenAI's moderation refusal of a reasoning model's prompt is a content-policy
@@ -974,11 +1074,12 @@ mod tests {
         }
         let f = status(402, "");
         assert_eq!((f.class, f.quota), (FailureClass::RateLimited, true));
-        // A 429 is a rate limit (waiting mends it), a plain 400 a bad request, and a
-        // context-window message that happens to say "billing" stays a context failure.
+        // A 429 is a rate limit (waiting mends it), unless it says the account is empty
+        // (above); a plain 400 a bad request, and a context-window message that happens to
+        // say "billing" stays a context failure.
         let f = status(
             429,
-            r#"{"error":{"type":"insufficient_quota","message":"quota"}}"#,
+            r#"{"error":{"status":"RESOURCE_EXHAUSTED","message":"quota"}}"#,
         );
         assert_eq!((f.class, f.quota), (FailureClass::RateLimited, false));
         assert!(!f.retry_elsewhere_only());
