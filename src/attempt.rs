@@ -618,6 +618,7 @@ impl Run<'_> {
         let timeouts = AttemptTimeouts {
             stream_timeout,
             deadline: attempt_end.min(self.deadline),
+            request_deadline: self.deadline,
         };
         (timeouts, blame)
     }

@@ -85,6 +85,7 @@ fn timeouts(stream_timeout: Duration, attempt: Duration) -> AttemptTimeouts {
     AttemptTimeouts {
         stream_timeout,
         deadline: Instant::now() + attempt,
+        request_deadline: Instant::now() + attempt,
     }
 }
 

@@ -446,7 +446,7 @@ async fn exchange(
     }
     let mut body = response.into_body();
     let leave_after = hostile.disconnect.as_ref().and_then(|d| d.after_chunks);
-    let stop_after = hostile.stop_reading.as_ref().map(|s| s.after_chunks);
+    let mut stop_after = hostile.stop_reading.as_ref().map(|s| s.after_chunks);
     if sse {
         let mut parser = SdkStreamReader::new(MAX_CLIENT_EVENT_BYTES);
         let mut events = Vec::new();
@@ -465,14 +465,21 @@ async fn exchange(
                 .as_ref()
                 .filter(|_| stop_after.is_some_and(|k| result.chunks.len() >= k))
             {
-                result.left = Some(format!(
-                    "stopped reading after {} chunk(s)",
-                    result.chunks.len()
-                ));
+                if !hold.resume {
+                    result.left = Some(format!(
+                        "stopped reading after {} chunk(s)",
+                        result.chunks.len()
+                    ));
+                }
                 sink.line("client", format!("{label} stops reading"));
                 // Holds the connection and the unread body, reading nothing.
                 tokio::time::sleep(Duration::from_millis(hold.hold_ms)).await;
-                return;
+                if !hold.resume {
+                    return;
+                }
+                sink.line("client", format!("{label} reads on"));
+                stop_after = None;
+                continue 'read;
             }
             match body.frame().await {
                 None => break,

@@ -1058,10 +1058,13 @@ impl Scenario {
                 }
             }
             if let Some(sr) = &r.stop_reading {
-                if !streams_only {
+                // A slow reader (`resume`) is compared across modes: the non-streaming client
+                // reads its one body as any client does.
+                if !streams_only && !sr.resume {
                     return Err((
                         at("stop_reading"),
-                        "only a stream can stop being read: give the scenario `modes: [stream]`"
+                        "only a stream can stop being read: give the scenario `modes: [stream]` \
+                         (or `resume: true`, a slow reader, whose answer is compared across modes)"
                             .into(),
                     ));
                 }

@@ -212,3 +212,69 @@ fn ties_in_coarse_steps_settle_alike() {
 fn ties_over_2000_coarse_cases() {
     coarse_concurrent_cases(700_000..702_000);
 }
+
+/// A streaming client that reads slowly holds the gateway's writes up; that time is not the
+/// upstream's. The deployment's answer takes about 0.4 s, within its `timeout` and
+/// `stream_timeout` of 1 s; the client reads one chunk, then nothing for 1.5 s (within
+/// `client_write_timeout`), then reads on, and the answer is larger than every buffer
+/// between them, so the gateway's writes wait meanwhile. The stream must be served by the
+/// one call, as the non-streaming answer is. Before, the attempt's clock ran on while the
+/// gateway waited on its client: the first upstream read that was not ready at once fired
+/// a timeout blamed on the deployment, and the stream was continued on a second call the
+/// non-streaming request never made.
+#[test]
+fn a_slow_streaming_reader_does_not_spend_the_attempt_timeout() {
+    // 6,000 one-character chunks with log probabilities: about 2 MB of SSE, more than the
+    // client's HTTP read buffer and the gateway's stream buffers hold.
+    let text: String = (0..6_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let yaml = format!(
+        r#"name: a slow streaming reader
+seed: 41
+network: {{tcp_capacity: 4}}
+gateway:
+  allow_anonymous: true
+  model_list:
+    - {{model_name: chat, litellm_params: {{model: openai/m, api_base: "http://up:8000/v1", timeout: 1, stream_timeout: 1}}, model_info: {{id: up}}}}
+  router_settings: {{num_retries: 2, mid_stream: continue}}
+  limits: {{stream_buffer_frames: 2}}
+providers:
+  - host: up
+    default: {{text: "{text}", chunk_size: 1, logprobs: true, delays_ms: [400]}}
+requests:
+  - model: chat
+    stop_reading: {{after_chunks: 1, hold_ms: 1500, resume: true}}
+    timeout_ms: 10000
+expect:
+  status: 200
+  content: "{text}"
+  attempts: ["up: ok"]
+  calls: {{up: 1}}
+"#
+    );
+    let s = Scenario::load("slow_reader.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let verdict = explore::judge(&s, &switchback());
+    // Each failure cut short: the expected content alone is 6,000 characters.
+    let failures: Vec<String> = verdict
+        .failures
+        .iter()
+        .map(|f| f.chars().take(300).collect())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let stream = verdict
+        .runs
+        .iter()
+        .find(|r| r.mode == switchback_sim::scenario::Mode::Stream)
+        .expect("a stream run");
+    assert!(
+        stream.trace.contains("r0.0 reads on"),
+        "the client held the gateway up, then read on:\n{}",
+        stream
+            .trace
+            .lines()
+            .filter(|l| !l.contains(" chunk "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -132,8 +132,11 @@ pub struct AttemptTimeouts {
     /// Longest wait for response headers, for the first chunk, and between chunks (any
     /// byte counts as activity, so keep-alive comments keep a thinking model alive).
     pub stream_timeout: Duration,
-    /// The attempt ends here whatever happens (its `timeout`, capped by the request deadline).
+    /// The attempt ends here whatever happens (its `timeout`, capped by the request deadline),
+    /// unless the gateway waits on its client: see [`UpstreamStream::next`].
     pub deadline: Instant,
+    /// The request's own deadline: `deadline` never moves past it.
+    pub request_deadline: Instant,
 }
 
 /// Size bounds of what an upstream may send.
@@ -197,6 +200,14 @@ impl UpstreamClient {
         call: Call<'_>,
         timeouts: AttemptTimeouts,
     ) -> Result<UpstreamStream, UpstreamError> {
+        // `stream_timeout` bounds a streamed call's waits, as LiteLLM's does: a call for one
+        // JSON completion (`fake_stream`) gets its head only once the whole answer is
+        // written, so only the attempt's `timeout` bounds it. Under `stream_timeout` it
+        // could never serve an answer that takes longer to write (a reasoning model's).
+        let mut timeouts = timeouts;
+        if !call.stream {
+            timeouts.stream_timeout = Duration::MAX;
+        }
         let first_byte = Wait::new(Instant::now(), timeouts, TimeoutKind::FirstByte);
         let (response, mut lease) = timeout_at(first_byte.at, self.send(call))
             .await
@@ -223,6 +234,7 @@ impl UpstreamClient {
             queue: VecDeque::new(),
             timeouts,
             last_activity: Instant::now(),
+            handed_out: None,
             got_chunk: false,
             choices: ChoiceProgress::default(),
             done: false,
@@ -604,14 +616,12 @@ struct Wait {
 
 impl Wait {
     fn new(from: Instant, t: AttemptTimeouts, kind: TimeoutKind) -> Wait {
-        let own = from + t.stream_timeout;
-        if own < t.deadline {
-            Wait { at: own, kind }
-        } else {
-            Wait {
+        match from.checked_add(t.stream_timeout) {
+            Some(own) if own < t.deadline => Wait { at: own, kind },
+            _ => Wait {
                 at: t.deadline,
                 kind: TimeoutKind::Attempt,
-            }
+            },
         }
     }
 }
@@ -624,6 +634,9 @@ pub struct UpstreamStream {
     queue: VecDeque<Result<Payload, ChunkError>>,
     timeouts: AttemptTimeouts,
     last_activity: Instant,
+    /// When [`UpstreamStream::next`] last handed a chunk out: until the caller asks for the
+    /// next one, the gateway is busy with its client, not waiting on the upstream.
+    handed_out: Option<Instant>,
     got_chunk: bool,
     /// Which choices have finished: a body that ends without `[DONE]` is a complete answer
     /// only once every choice it named has.
@@ -738,9 +751,33 @@ fn reads_as_event_stream(body: &[u8]) -> bool {
 }
 
 impl UpstreamStream {
+    /// Moves the attempt's clocks on by `held`, time the upstream is not to answer for.
+    fn hold_clocks(&mut self, held: Duration) {
+        if held.is_zero() {
+            return;
+        }
+        self.last_activity += held;
+        let t = &mut self.timeouts;
+        t.deadline = t
+            .deadline
+            .checked_add(held)
+            .map_or(t.request_deadline, |d| d.min(t.request_deadline))
+            .max(t.deadline);
+    }
+
     /// The next chunk, `Ok(None)` at the end (`[DONE]`, or a clean end after a finish
     /// reason when `[DONE]` is missing), or why the stream failed.
+    ///
+    /// The attempt's clocks (its `timeout` and the idle timer) run only while the gateway
+    /// waits on the upstream: the time between handing a chunk out and asking for the next
+    /// one moves them on. Why: a streaming client that reads slowly holds the gateway's
+    /// writes up, where a non-streaming one never does; counted, that time timed the
+    /// upstream out in one mode only, blamed on the deployment, and changed what the two
+    /// modes called upstream. The request deadline still bounds the whole.
     pub async fn next(&mut self) -> Result<Option<Chunk>, UpstreamError> {
+        if let Some(at) = self.handed_out.take() {
+            self.hold_clocks(Instant::now().saturating_duration_since(at));
+        }
         loop {
             if let Some(item) = self.queue.pop_front() {
                 match item? {
@@ -759,6 +796,7 @@ impl UpstreamStream {
                         // a failure depends on the request's plan (see `attempt`).
                         self.choices.note(&c);
                         self.got_chunk = true;
+                        self.handed_out = Some(Instant::now());
                         return Ok(Some(c));
                     }
                 }

@@ -243,7 +243,9 @@ pub struct Disconnect {
 }
 
 /// The scripted client stops reading a stream after `after_chunks` chunks, and holds its
-/// connection open without reading for `hold_ms` (bounded by the request's `timeout_ms`).
+/// connection open without reading for `hold_ms` (bounded by the request's `timeout_ms`);
+/// then it leaves, or with `resume`, reads the rest: a slow reader, whose answer must be
+/// the one a fast reader gets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopReading {
@@ -252,4 +254,7 @@ pub struct StopReading {
     pub after_chunks: usize,
     /// How long it then holds the connection without reading, milliseconds.
     pub hold_ms: u64,
+    /// After `hold_ms`, read on to the end rather than leave (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume: bool,
 }
