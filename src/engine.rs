@@ -102,6 +102,7 @@ impl Engine {
             chunks: crate::upstream::chunk::ChunkLimits {
                 max_choices: catalog.limits.max_choices,
                 max_tool_calls: catalog.limits.max_tool_calls,
+                max_json_values: catalog.limits.max_upstream_json_values,
             },
         };
         let started_unix = wall

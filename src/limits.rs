@@ -54,6 +54,12 @@ pub struct Limits {
     /// of zeros in an array would be 2 GiB. A long conversation with many tools is tens of
     /// thousands of values; images are one string each.
     pub max_request_json_values: usize,
+    /// JSON values in one upstream answer sent as one JSON completion (a `fake_stream`
+    /// deployment's, or one that ignored `stream: true`); more is a malformed answer. The
+    /// same reason as `max_request_json_values`: `max_upstream_body_bytes` of `0,` would be
+    /// 640 MB of values. A 4,096-token answer with 20 `top_logprobs` per token is about
+    /// 430,000.
+    pub max_upstream_json_values: usize,
     /// Longest any deployment is cooled, in seconds, whatever a Retry-After asks (a date in
     /// the year 9999 included); also the largest `retry-after` a client is told.
     pub max_cooldown: f64,
@@ -131,6 +137,7 @@ impl Default for Limits {
             max_messages: 4096,
             // About 20 MB of values at most, several times what a real request holds.
             max_request_json_values: 250_000,
+            max_upstream_json_values: 1_000_000,
             max_cooldown: 300.0,
             max_choices: 128,
             max_tool_calls: 128,
@@ -221,7 +228,7 @@ impl Limits {
     /// Every count limit with the range it must lie in. The upper bounds keep each value
     /// within what the structures that use it accept (a semaphore's permits, a channel's
     /// capacity) and what one process could ever need, so no value can panic at run time.
-    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 20] {
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 21] {
         const GIB: usize = 1 << 30;
         [
             (
@@ -273,6 +280,12 @@ impl Limits {
             (
                 "max_request_json_values",
                 self.max_request_json_values,
+                1,
+                100_000_000,
+            ),
+            (
+                "max_upstream_json_values",
+                self.max_upstream_json_values,
                 1,
                 100_000_000,
             ),

@@ -40,6 +40,7 @@ const LIMITS: ClientLimits = ClientLimits {
     chunks: ChunkLimits {
         max_choices: 8,
         max_tool_calls: 8,
+        max_json_values: 100_000,
     },
 };
 

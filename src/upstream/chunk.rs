@@ -19,6 +19,8 @@ pub struct ChunkLimits {
     pub max_choices: usize,
     /// Tool calls per choice: no tool-call `index` (or position) may reach this.
     pub max_tool_calls: usize,
+    /// JSON values in one whole JSON answer (`limits.max_upstream_json_values`).
+    pub max_json_values: usize,
 }
 
 impl Default for ChunkLimits {
@@ -27,6 +29,7 @@ impl Default for ChunkLimits {
         ChunkLimits {
             max_choices: l.max_choices,
             max_tool_calls: l.max_tool_calls,
+            max_json_values: l.max_upstream_json_values,
         }
     }
 }
@@ -354,7 +357,19 @@ fn within(
 /// `message` as its `delta` (and the completion itself, see [`Chunk::whole`]); a second
 /// chunk carries `usage`, as a streamed answer with `include_usage` would.
 pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>, ChunkError> {
-    let value = crate::json::from_slice(body).map_err(|e| format!("response is not JSON: {e}"))?;
+    let value =
+        crate::json::from_slice_bounded(body, limits.max_json_values).map_err(|e| match e {
+            crate::json::BoundedError::Json(e) => {
+                ChunkError::from(format!("response is not JSON: {e}"))
+            }
+            crate::json::BoundedError::TooManyValues => ChunkError::Limit(LimitExceeded::new(
+                "max_upstream_json_values",
+                format!(
+                    "the answer has more than {} JSON values (max_upstream_json_values)",
+                    limits.max_json_values
+                ),
+            )),
+        })?;
     let Value::Object(whole) = value else {
         return Err("response is not a JSON object".to_string().into());
     };
@@ -551,10 +566,36 @@ mod tests {
     }
 
     #[test]
+    fn a_json_answer_of_too_many_values_is_refused_by_name() {
+        // A hostile upstream's 16 MiB of `0,` would be 640 MB of values in memory.
+        let limits = ChunkLimits {
+            max_json_values: 100,
+            ..ChunkLimits::default()
+        };
+        let answer = |n: usize| {
+            format!(
+                r#"{{"id":"x","object":"chat.completion","choices":[{{"index":0,"message":{{"role":"assistant","content":"hi"}},"finish_reason":"stop"}}],"pad":[{}]}}"#,
+                vec!["0"; n].join(",")
+            )
+        };
+        // The answer, id, object, choices, its choice (index, message, role, content,
+        // finish_reason) and pad: 11 values.
+        assert!(from_completion(answer(89).as_bytes(), &limits).is_ok());
+        match from_completion(answer(90).as_bytes(), &limits) {
+            Err(ChunkError::Limit(l)) => {
+                assert_eq!(l.name, "max_upstream_json_values");
+                assert!(l.detail.contains("more than 100 JSON values"), "{l:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn choice_and_tool_call_indexes_are_bounded() {
         let limits = ChunkLimits {
             max_choices: 2,
             max_tool_calls: 2,
+            ..ChunkLimits::default()
         };
         let c = |s: &str| super::parse_data(s, &limits);
         assert!(c(r#"{"choices":[{"index":1,"delta":{"content":"x"}}]}"#).is_ok());

@@ -38,6 +38,7 @@ pub const LIMITS: ClientLimits = ClientLimits {
     chunks: ChunkLimits {
         max_choices: 8,
         max_tool_calls: 8,
+        max_json_values: 100_000,
     },
 };
 
