@@ -577,7 +577,9 @@ fn build_request(call: Call<'_>) -> Result<Request<Full<Bytes>>, UpstreamError> 
 }
 
 /// Whether a connect error is the gateway's own shortage (descriptors, memory, buffers,
-/// ephemeral ports) rather than anything the upstream did.
+/// ephemeral ports) rather than anything the upstream did. `serve`'s connector reports
+/// `AddrNotAvailable` for a name only when every one of its addresses failed so (see
+/// `dns::how_telling`): one address family off in a container is not a shortage.
 fn is_local_resource(e: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     if matches!(
