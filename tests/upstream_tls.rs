@@ -1,6 +1,7 @@
 //! `https` upstreams on real sockets: a deployment's own CA bundle (`ssl_verify: <path>`),
 //! kept-alive TLS connections, TLS session resumption across connections, and HTTP/2
-//! negotiated by ALPN: each request's target as its protocol wants it, concurrent attempts
+//! negotiated by ALPN: each request's target as its protocol wants it (the scheme's default
+//! port left out of `Host` and `:authority`), concurrent attempts
 //! sharing one connection as streams within the server's and our stream limits (a burst on
 //! a new connection too, held until its server's limit is in), an abandoned stream reset
 //! without losing its connection, a connection the upstream ends while idle replaced, a
@@ -25,7 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use switchback::classify::TransportFault;
 use switchback::config::GatewayConfig;
-use switchback::transport::TcpConnector;
+use switchback::transport::{BoxFuture, BoxIo, Connector, TcpConnector};
 use switchback::upstream::client::{UpstreamClient, UpstreamError};
 use switchback::upstream::pool::{MAX_TLS_DIALS_PER_HOST, Pool, PoolLimits};
 use switchback::upstream::tls::CaBundle;
@@ -468,6 +469,56 @@ async fn each_protocol_names_the_upstream_as_it_should() {
                 assert_eq!(uri.authority(), None, "{name}: origin form, {uri}");
                 assert_eq!(host.as_deref(), Some(authority.as_str()), "{name}");
             }
+        }
+    }
+}
+
+/// Connects every host and port to one loopback port: the upstream, seen by the client at
+/// the scheme's default port, where the test cannot listen.
+struct AllTo(u16);
+
+impl Connector for AllTo {
+    fn connect<'a>(&'a self, _host: &'a str, _port: u16) -> BoxFuture<'a, std::io::Result<BoxIo>> {
+        TcpConnector.connect("127.0.0.1", self.0)
+    }
+}
+
+/// At the scheme's default port, `:authority` (HTTP/2) and `Host` (HTTP/1.1) name the host
+/// alone, as curl, httpx and hyper-util send them: Envoy-based fronts (Envoy AI Gateway,
+/// Envoy Gateway, Emissary) match virtual hosts without the port, and answered
+/// `localhost:443` with `404 NR route_not_found`, which cooled the deployment.
+#[tokio::test]
+async fn at_the_default_port_the_upstream_is_named_without_it() {
+    for (name, offer) in [
+        ("h2-default-port", Offer::H2AndHttp1),
+        ("h1-default-port", Offer::Http1Only),
+    ] {
+        let (_pki, bundle, up) = setup(name, Spec::new(offer, vec![Answer::Json])).await;
+        let client = UpstreamClient::new(
+            Arc::new(AllTo(up.port)),
+            LIMITS,
+            Pool::new(PoolLimits {
+                max_idle_per_host: 0,
+                idle_timeout: Duration::from_secs(30),
+                max_http2_streams: 100,
+                http2_keep_alive: None,
+            }),
+        );
+        attempts::call(&client, "https://localhost/v1", Some(&bundle))
+            .await
+            .expect("served");
+        let targets = up.seen.targets.lock().expect("targets lock").clone();
+        let [(uri, host)] = &targets[..] else {
+            panic!("{name}: one request, saw {targets:?}");
+        };
+        if offer == Offer::H2AndHttp1 {
+            assert_eq!(
+                uri.authority().map(|a| a.as_str()),
+                Some("localhost"),
+                "{name}: {uri}"
+            );
+        } else {
+            assert_eq!(host.as_deref(), Some("localhost"), "{name}");
         }
     }
 }

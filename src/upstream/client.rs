@@ -364,7 +364,7 @@ impl UpstreamClient {
                 } else {
                     TransportFault::ConnectFailed
                 };
-                UpstreamError::Transport(fault, format!("{}: {e}", endpoint.authority()))
+                UpstreamError::Transport(fault, format!("{}: {e}", endpoint.host_port()))
             })?;
         let (io, http2) = if endpoint.tls {
             let trust = ca_bundle.map_or(&self.tls, |b| &b.config);
@@ -375,7 +375,7 @@ impl UpstreamClient {
             )
             .await
             .map_err(|e| {
-                let detail = format!("{}: TLS: {e}", endpoint.authority());
+                let detail = format!("{}: TLS: {e}", endpoint.host_port());
                 UpstreamError::Transport(TransportFault::Tls, detail)
             })?;
             (wrapped.io, wrapped.http2)
