@@ -286,10 +286,11 @@ impl UpstreamClient {
             };
             let mut lease = match checkout {
                 Checkout::Kept(lease) => lease,
-                // Every wake-up follows a dial that ended: this attempt then finds room,
-                // opens the next connection itself, or waits for the one another attempt
-                // has begun, up to MAX_DIAL_WAITS times. All of it within the first-byte
-                // timeout around this call.
+                // A wake-up follows a dial that ended, or the wait's bound (a dial that
+                // hangs: a server that never sends its SETTINGS): this attempt then finds
+                // room, opens the next connection itself, or waits for the one another
+                // attempt has begun, up to MAX_DIAL_WAITS times. All of it within the
+                // first-byte timeout around this call.
                 Checkout::Wait(waiting) => {
                     waiting.until_woken().await;
                     waits += 1;
