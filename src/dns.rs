@@ -12,8 +12,10 @@
 //! [`CONNECTION_ATTEMPT_DELAY`], while the earlier tries go on, and the first to connect
 //! wins; so one address that swallows connections (a broken IPv6 route, a dead host) costs
 //! each new connection that delay, not its whole timeout. The address that connected is
-//! tried first next time. Does not own the connections themselves (the pool in
-//! `upstream::pool` keeps those) nor TLS (`upstream::tls`).
+//! tried first next time. When every address failed, the error reported is the one that
+//! says most about the upstream (one address refused beats another's family being off), for
+//! it decides whether the deployment or the gateway is blamed. Does not own the connections
+//! themselves (the pool in `upstream::pool` keeps those) nor TLS (`upstream::tls`).
 //!
 //! The system resolver does not say how long an answer may be kept, so the bound is ours:
 //! short enough that a DNS change is seen within it, long enough that a busy gateway looks
@@ -255,11 +257,27 @@ impl Drop for ForgetUnlessConnected<'_> {
 /// Connects to the first of `addrs` that answers: each is tried in turn, the next one as
 /// soon as a try fails or when the last one started has not connected within `delay`, the
 /// earlier ones going on meanwhile. The tries still running when one connects are dropped.
-/// With every address failed, the last error.
+/// With every address failed, the error that says most about the upstream (see
+/// [`how_telling`]), the first of those that say as much.
 async fn connect_any(addrs: &[SocketAddr], delay: Duration) -> io::Result<(TcpStream, SocketAddr)> {
+    connect_any_with(addrs, delay, TcpStream::connect).await
+}
+
+/// [`connect_any`] with `dial` making each try: the tests' seam, for errors a real socket
+/// cannot be made to give on demand (an address family turned off in a container).
+async fn connect_any_with<S, F, Fut>(
+    addrs: &[SocketAddr],
+    delay: Duration,
+    dial: F,
+) -> io::Result<(S, SocketAddr)>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: Future<Output = io::Result<S>> + Send + 'static,
+    S: Send + 'static,
+{
     let mut next = addrs.iter().copied();
     let mut tries = JoinSet::new();
-    let mut last_error = None;
+    let mut reported: Option<io::Error> = None;
     // When the next address is tried if nothing has happened by then.
     let next_try = tokio::time::sleep(delay);
     tokio::pin!(next_try);
@@ -268,11 +286,12 @@ async fn connect_any(addrs: &[SocketAddr], delay: Duration) -> io::Result<(TcpSt
         if std::mem::take(&mut start_next)
             && let Some(addr) = next.next()
         {
-            tries.spawn(async move { (addr, TcpStream::connect(addr).await) });
+            let dialing = dial(addr);
+            tries.spawn(async move { (addr, dialing.await) });
             next_try.as_mut().reset(Instant::now() + delay);
         }
         if tries.is_empty() {
-            return Err(last_error.unwrap_or_else(|| {
+            return Err(reported.take().unwrap_or_else(|| {
                 io::Error::new(io::ErrorKind::NotFound, "no address to connect to")
             }));
         }
@@ -281,18 +300,47 @@ async fn connect_any(addrs: &[SocketAddr], delay: Duration) -> io::Result<(TcpSt
             done = tries.join_next() => match done {
                 Some(Ok((addr, Ok(stream)))) => return Ok((stream, addr)),
                 Some(Ok((_, Err(e)))) => {
-                    last_error = Some(e);
+                    keep_most_telling(&mut reported, e);
                     start_next = true;
                 }
                 // A try panicked or was cancelled: another address may still answer.
                 Some(Err(e)) => {
-                    last_error = Some(io::Error::other(e));
+                    keep_most_telling(&mut reported, io::Error::other(e));
                     start_next = true;
                 }
                 None => {}
             },
             () = &mut next_try, if next.len() > 0 => start_next = true,
         }
+    }
+}
+
+/// Makes `e` the error to report if it says more than the one kept so far.
+fn keep_most_telling(reported: &mut Option<io::Error>, e: io::Error) {
+    if reported
+        .as_ref()
+        .is_none_or(|r| how_telling(&e) > how_telling(r))
+    {
+        *reported = Some(e);
+    }
+}
+
+/// How much a failed connect says about the upstream, to choose the error reported when
+/// every address failed (`client` judges the attempt by it). An answer from the upstream's
+/// host, or the kernel giving up on one that never answered, is the upstream's state. An
+/// address this host cannot use (its family turned off, as IPv6 often is in containers; no
+/// route to it) says nothing about the upstream while another address could be tried.
+/// Lowest, `AddrNotAvailable`: `client` reads it as the gateway out of ephemeral ports,
+/// which holds only when every address said it; with `localhost` resolving to 127.0.0.1
+/// and ::1 in a container without IPv6, a refused 127.0.0.1 and an unbindable ::1 blamed a
+/// dead upstream on the gateway, and it was never cooled.
+fn how_telling(e: &io::Error) -> u8 {
+    use io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut => 3,
+        NetworkUnreachable | HostUnreachable | NetworkDown => 1,
+        AddrNotAvailable => 0,
+        _ => 2,
     }
 }
 
@@ -446,6 +494,63 @@ mod tests {
         assert_eq!(addr, alive);
         assert!(connect_any(&[refused], never).await.is_err());
         assert!(connect_any(&[], never).await.is_err());
+    }
+
+    /// Every address fails at once, each with its own error: the one reported is what
+    /// the attempt is judged by (`client` reads `AddrNotAvailable` as the gateway's own
+    /// shortage: never cooling, a 503 to the client). `localhost` in a container with IPv6
+    /// off resolves to 127.0.0.1 and ::1; with the upstream down, 127.0.0.1 refuses and ::1
+    /// cannot even be bound (EADDRNOTAVAIL). Reporting the last error blamed a dead upstream
+    /// on the gateway, and it was never cooled.
+    #[tokio::test(start_paused = true)]
+    async fn the_error_reported_when_every_address_fails_is_the_one_that_says_most() {
+        use io::ErrorKind::*;
+        let v4 = SocketAddr::from(([127, 0, 0, 1], 11434));
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 11434));
+        let cases = [
+            // The upstream's own answer beats an address this host cannot use.
+            (
+                [(v4, ConnectionRefused), (v6, AddrNotAvailable)],
+                ConnectionRefused,
+            ),
+            (
+                [(v6, AddrNotAvailable), (v4, ConnectionRefused)],
+                ConnectionRefused,
+            ),
+            (
+                [(v4, ConnectionReset), (v6, NetworkUnreachable)],
+                ConnectionReset,
+            ),
+            ([(v6, HostUnreachable), (v4, TimedOut)], TimedOut),
+            // Only when every address says it is it the gateway's shortage (its ports).
+            (
+                [(v4, AddrNotAvailable), (v6, AddrNotAvailable)],
+                AddrNotAvailable,
+            ),
+            (
+                [(v4, AddrNotAvailable), (v6, NetworkUnreachable)],
+                NetworkUnreachable,
+            ),
+            (
+                [(v6, NetworkUnreachable), (v4, AddrNotAvailable)],
+                NetworkUnreachable,
+            ),
+        ];
+        for (answers, expected) in cases {
+            let addrs: Vec<SocketAddr> = answers.iter().map(|(a, _)| *a).collect();
+            let dial = |addr: SocketAddr| {
+                let kind = answers
+                    .iter()
+                    .find(|(a, _)| *a == addr)
+                    .map(|(_, k)| *k)
+                    .expect("an address of the answer");
+                std::future::ready(Err::<(), _>(io::Error::from(kind)))
+            };
+            let error = connect_any_with(&addrs, Duration::from_secs(3600), dial)
+                .await
+                .expect_err("every address fails");
+            assert_eq!(error.kind(), expected, "{answers:?}");
+        }
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
 //! `https` upstreams on real sockets: a deployment's own CA bundle (`ssl_verify: <path>`),
 //! kept-alive TLS connections, TLS session resumption across connections, and HTTP/2
-//! negotiated by ALPN: each request's target as its protocol wants it, concurrent attempts
+//! negotiated by ALPN: each request's target as its protocol wants it (the scheme's default
+//! port left out of `Host` and `:authority`), concurrent attempts
 //! sharing one connection as streams within the server's and our stream limits (a burst on
 //! a new connection too, held until its server's limit is in), an abandoned stream reset
 //! without losing its connection, a connection the upstream ends while idle replaced, a
 //! stream reset mid-answer failing (never sent again) while a refused one, or one above a
-//! graceful GOAWAY, goes again, a draining connection given no new stream, the idle
+//! graceful GOAWAY, goes again, a draining connection given no new stream, a server that
+//! never sends its SETTINGS (bounded waits for its dial; its connection not kept), the idle
 //! timeout, and HTTP/1.1 for an upstream that does not offer `h2` or when HTTP/2 is turned
 //! off.
 //!
@@ -25,7 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use switchback::classify::TransportFault;
 use switchback::config::GatewayConfig;
-use switchback::transport::TcpConnector;
+use switchback::transport::{BoxFuture, BoxIo, Connector, TcpConnector};
 use switchback::upstream::client::{UpstreamClient, UpstreamError};
 use switchback::upstream::pool::{MAX_TLS_DIALS_PER_HOST, Pool, PoolLimits};
 use switchback::upstream::tls::CaBundle;
@@ -129,6 +131,9 @@ struct Spec {
     max_streams: Option<u32>,
     /// How long an HTTP/2 server keeps silent after its TLS handshake (its SETTINGS late).
     settings_delay: Duration,
+    /// An HTTP/2 server that completes TLS (ALPN `h2`) and then never writes a byte: it
+    /// reads what it is sent until the client closes.
+    silent: bool,
 }
 
 impl Spec {
@@ -138,6 +143,7 @@ impl Spec {
             answers,
             max_streams: None,
             settings_delay: Duration::ZERO,
+            silent: false,
         }
     }
 }
@@ -251,6 +257,11 @@ async fn serve(
     seen.handshakes.lock().await.push(session.handshake_kind());
     let protocol = String::from_utf8_lossy(session.alpn_protocol().unwrap_or(b"none")).into_owned();
     seen.protocols.lock().await.push(protocol.clone());
+    if protocol == "h2" && spec.silent {
+        let mut tls = tls;
+        let _ = tokio::io::copy(&mut tls, &mut tokio::io::sink()).await;
+        return;
+    }
     let (s, answers) = (seen.clone(), spec.answers.clone());
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let host = req
@@ -468,6 +479,56 @@ async fn each_protocol_names_the_upstream_as_it_should() {
                 assert_eq!(uri.authority(), None, "{name}: origin form, {uri}");
                 assert_eq!(host.as_deref(), Some(authority.as_str()), "{name}");
             }
+        }
+    }
+}
+
+/// Connects every host and port to one loopback port: the upstream, seen by the client at
+/// the scheme's default port, where the test cannot listen.
+struct AllTo(u16);
+
+impl Connector for AllTo {
+    fn connect<'a>(&'a self, _host: &'a str, _port: u16) -> BoxFuture<'a, std::io::Result<BoxIo>> {
+        TcpConnector.connect("127.0.0.1", self.0)
+    }
+}
+
+/// At the scheme's default port, `:authority` (HTTP/2) and `Host` (HTTP/1.1) name the host
+/// alone, as curl, httpx and hyper-util send them: Envoy-based fronts (Envoy AI Gateway,
+/// Envoy Gateway, Emissary) match virtual hosts without the port, and answered
+/// `localhost:443` with `404 NR route_not_found`, which cooled the deployment.
+#[tokio::test]
+async fn at_the_default_port_the_upstream_is_named_without_it() {
+    for (name, offer) in [
+        ("h2-default-port", Offer::H2AndHttp1),
+        ("h1-default-port", Offer::Http1Only),
+    ] {
+        let (_pki, bundle, up) = setup(name, Spec::new(offer, vec![Answer::Json])).await;
+        let client = UpstreamClient::new(
+            Arc::new(AllTo(up.port)),
+            LIMITS,
+            Pool::new(PoolLimits {
+                max_idle_per_host: 0,
+                idle_timeout: Duration::from_secs(30),
+                max_http2_streams: 100,
+                http2_keep_alive: None,
+            }),
+        );
+        attempts::call(&client, "https://localhost/v1", Some(&bundle))
+            .await
+            .expect("served");
+        let targets = up.seen.targets.lock().expect("targets lock").clone();
+        let [(uri, host)] = &targets[..] else {
+            panic!("{name}: one request, saw {targets:?}");
+        };
+        if offer == Offer::H2AndHttp1 {
+            assert_eq!(
+                uri.authority().map(|a| a.as_str()),
+                Some("localhost"),
+                "{name}: {uri}"
+            );
+        } else {
+            assert_eq!(host.as_deref(), Some("localhost"), "{name}");
         }
     }
 }
@@ -722,6 +783,78 @@ async fn attempts_after_the_handshake_wait_for_the_servers_stream_limit() {
         "none refused and sent again"
     );
     assert_eq!(up.accepted(), 2, "4 streams at 2 per connection");
+}
+
+/// An upstream that completes TLS, picks `h2`, and never sends its SETTINGS (nor anything
+/// else), with a client that offers HTTP/2.
+async fn silent_h2_upstream(name: &str) -> (Pki, CaBundle, Upstream, UpstreamClient, String) {
+    let mut spec = Spec::new(Offer::H2AndHttp1, vec![Answer::Json]);
+    spec.silent = true;
+    let (pki, bundle, up) = setup(name, spec).await;
+    let api_base = format!("https://localhost:{}/v1", up.port);
+    (pki, bundle, up, client(8), api_base)
+}
+
+/// While the first attempt's dial to a silent server is held (its SETTINGS never come), a
+/// second attempt waits for it a bounded time only, then opens a connection of its own. It
+/// waited for the dial until its own first-byte timeout, and never dialed.
+#[tokio::test]
+async fn an_attempt_waits_a_bounded_time_for_a_dial_whose_server_stays_silent() {
+    let (_pki, bundle, up, client, api_base) = silent_h2_upstream("h2-silent-dial").await;
+    // Both attempts' own timeouts are far past the test's patience: only the bound on the
+    // wait can make the second one dial.
+    let patient = Duration::from_secs(60);
+    let first = {
+        let (client, bundle, api_base) = (client.clone(), bundle.clone(), api_base.clone());
+        tokio::spawn(async move {
+            attempts::open_with(&client, &api_base, Some(&bundle), patient)
+                .await
+                .map(|_| ())
+        })
+    };
+    until("the first attempt is dialing", || up.accepted() == 1).await;
+    let second = {
+        let (client, bundle, api_base) = (client.clone(), bundle.clone(), api_base.clone());
+        tokio::spawn(async move {
+            attempts::open_with(&client, &api_base, Some(&bundle), patient)
+                .await
+                .map(|_| ())
+        })
+    };
+    until("the second attempt dialed on its own", || {
+        up.accepted() == 2
+    })
+    .await;
+    assert!(
+        !first.is_finished() && !second.is_finished(),
+        "both still wait"
+    );
+    first.abort();
+    second.abort();
+}
+
+/// A connection whose server never sent its SETTINGS is closed when its dialer's attempt
+/// times out, not kept: the next attempt dials afresh. Kept idle, with room for one stream
+/// (its server's limit unknown), it was handed to the next attempt, which timed out on it
+/// in turn.
+#[tokio::test]
+async fn a_connection_whose_server_never_spoke_is_not_handed_to_the_next_attempt() {
+    let (_pki, bundle, up, client, api_base) = silent_h2_upstream("h2-silent-kept").await;
+    let quick = Duration::from_millis(300);
+    for n in 1..=2 {
+        let error = attempts::open_with(&client, &api_base, Some(&bundle), quick)
+            .await
+            .map(|_| ())
+            .expect_err("the server says nothing");
+        assert!(
+            matches!(error, UpstreamError::Timeout(_)),
+            "attempt {n}: {error:?}"
+        );
+        assert_eq!(up.accepted(), n, "attempt {n} on a connection of its own");
+        until("the silent connection is closed", || up.closed() == n).await;
+        assert_eq!(idle(&client), 0, "attempt {n}: nothing kept");
+    }
+    assert_eq!(client.pool().leased(), 0);
 }
 
 #[tokio::test]

@@ -298,10 +298,11 @@ impl UpstreamClient {
             };
             let mut lease = match checkout {
                 Checkout::Kept(lease) => lease,
-                // Every wake-up follows a dial that ended: this attempt then finds room,
-                // opens the next connection itself, or waits for the one another attempt
-                // has begun, up to MAX_DIAL_WAITS times. All of it within the first-byte
-                // timeout around this call.
+                // A wake-up follows a dial that ended, or the wait's bound (a dial that
+                // hangs: a server that never sends its SETTINGS): this attempt then finds
+                // room, opens the next connection itself, or waits for the one another
+                // attempt has begun, up to MAX_DIAL_WAITS times. All of it within the
+                // first-byte timeout around this call.
                 Checkout::Wait(waiting) => {
                     waiting.until_woken().await;
                     waits += 1;
@@ -376,7 +377,7 @@ impl UpstreamClient {
                 } else {
                     TransportFault::ConnectFailed
                 };
-                UpstreamError::Transport(fault, format!("{}: {e}", endpoint.authority()))
+                UpstreamError::Transport(fault, format!("{}: {e}", endpoint.host_port()))
             })?;
         let (io, http2) = if endpoint.tls {
             let trust = ca_bundle.map_or(&self.tls, |b| &b.config);
@@ -387,7 +388,7 @@ impl UpstreamClient {
             )
             .await
             .map_err(|e| {
-                let detail = format!("{}: TLS: {e}", endpoint.authority());
+                let detail = format!("{}: TLS: {e}", endpoint.host_port());
                 UpstreamError::Transport(TransportFault::Tls, detail)
             })?;
             (wrapped.io, wrapped.http2)
@@ -589,7 +590,9 @@ fn build_request(call: Call<'_>) -> Result<Request<Full<Bytes>>, UpstreamError> 
 }
 
 /// Whether a connect error is the gateway's own shortage (descriptors, memory, buffers,
-/// ephemeral ports) rather than anything the upstream did.
+/// ephemeral ports) rather than anything the upstream did. `serve`'s connector reports
+/// `AddrNotAvailable` for a name only when every one of its addresses failed so (see
+/// `dns::how_telling`): one address family off in a container is not a shortage.
 fn is_local_resource(e: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     if matches!(

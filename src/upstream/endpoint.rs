@@ -78,12 +78,31 @@ impl Endpoint {
         })
     }
 
-    /// `host:port` for the Host header and for connecting.
+    /// The upstream as requests name it (`Host`, HTTP/2 `:authority`): the host, with the
+    /// port only when it is not the scheme's default. RFC 9110 §4.2.3 makes both forms the
+    /// same, but not every server agrees: Envoy-based fronts (Envoy AI Gateway, Envoy
+    /// Gateway, Emissary) match virtual hosts on the bare name and answered `host:443` with
+    /// `404 NR route_not_found`. curl, httpx and hyper-util leave the default port out.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            self.bracketed_host()
         } else {
-            format!("{}:{}", self.host, self.port)
+            self.host_port()
+        }
+    }
+
+    /// `host:port`, always with the port: where connections go, for messages.
+    pub fn host_port(&self) -> String {
+        format!("{}:{}", self.bracketed_host(), self.port)
+    }
+
+    /// The host, an IPv6 literal in brackets (RFC 3986 §3.2.2).
+    fn bracketed_host(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
         }
     }
 
@@ -105,7 +124,7 @@ fn redact_userinfo(api_base: &str) -> String {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "https" } else { "http" };
-        write!(f, "{scheme}://{}{}", self.authority(), self.base_path)
+        write!(f, "{scheme}://{}{}", self.host_port(), self.base_path)
     }
 }
 
@@ -132,6 +151,29 @@ mod tests {
             ),
             ("::1", "[::1]:9", "")
         );
+    }
+
+    /// `Host` and `:authority` name the port only when it is not the scheme's default, as
+    /// curl, httpx and hyper-util send them: Envoy-based fronts (Envoy AI Gateway, Envoy
+    /// Gateway, Emissary) match virtual hosts by name and answered `api.example.com:443`
+    /// with `404 NR route_not_found`, which cooled the deployment.
+    #[test]
+    fn the_authority_names_the_port_only_when_it_is_not_the_schemes_default() {
+        for (api_base, authority) in [
+            ("https://api.openai.com/v1", "api.openai.com"),
+            ("https://api.openai.com:443/v1", "api.openai.com"),
+            ("http://provider-a/v1", "provider-a"),
+            ("http://provider-a:80/v1", "provider-a"),
+            ("https://provider-a:8443/v1", "provider-a:8443"),
+            ("http://provider-a:443/v1", "provider-a:443"),
+            ("https://provider-a:80/v1", "provider-a:80"),
+            ("http://provider-a:8000/v1", "provider-a:8000"),
+            ("https://[2001:db8::1]/v1", "[2001:db8::1]"),
+            ("http://[::1]:9/", "[::1]:9"),
+        ] {
+            let e = Endpoint::parse(api_base).unwrap();
+            assert_eq!(e.authority(), authority, "{api_base}");
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! [`PoolLimits::max_http2_streams`], a full one making the next attempt open another;
 //! making attempts that arrive while a connection to an `https` upstream is being opened
 //! wait for it (an HTTP/2 one until its server's SETTINGS, its stream limit, are in: see
-//! [`SettingsWait`]), so that a burst opens one HTTP/2 connection, not one each; closing a
+//! [`SettingsWait`]; each wait bounded, [`HTTP2_DIAL_WAIT_LIMIT`]), so that a burst opens
+//! one HTTP/2 connection, not one each; closing a new HTTP/2 connection whose server has not
+//! spoken when its dialer's attempt ends without an answer, rather than keeping it; closing a
 //! connection when it has been idle for `upstream_pool_idle_timeout` (counted from the end
 //! of its last response), sooner when an HTTP/1.1 server announced a shorter
 //! `Keep-Alive: timeout=`, or when the pool for its host is full; and counting what it
@@ -34,7 +36,8 @@
 //! so a half-read connection can never serve the next request. An HTTP/2 connection stays
 //! whatever happens to one stream: hyper resets a stream whose response is dropped unread,
 //! and the connection's other streams go on. It leaves the pool once it is closed (it
-//! failed, or its server sent GOAWAY or hung up) and carries no stream.
+//! failed, or its server sent GOAWAY or hung up) and carries no stream, or when the one
+//! stream it was opened for ends unanswered before its server sent anything.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -201,7 +204,10 @@ pub(crate) type ServerStreamLimit = Box<dyn Fn() -> usize + Send + Sync>;
 /// SETTINGS come about one round trip after the handshake.
 /// Until then the connection itself counts room for one stream only (`Http2Conn::capacity`):
 /// an attempt that comes after the handshake, once the dial is held, would otherwise see
-/// h2's 100 on it and put a stream there rather than wait.
+/// h2's 100 on it and put a stream there rather than wait. A server that never sends its
+/// SETTINGS holds the dial until the connection ends: the waiters look again after
+/// [`HTTP2_DIAL_WAIT_LIMIT`], and the connection is closed when its dialer's stream ends
+/// unanswered (see [`Lease`]'s drop).
 #[derive(Clone, Default)]
 pub(crate) struct SettingsWait {
     state: Arc<Mutex<Settings>>,
@@ -448,8 +454,8 @@ pub(crate) enum Checkout {
 /// connection to come back or a dial slot to free).
 pub(crate) struct Waiting {
     woken: Pin<Box<OwnedNotified>>,
-    /// How long one wait may last before the attempt looks again (none: until woken).
-    at_most: Option<Duration>,
+    /// How long one wait may last before the attempt looks again.
+    at_most: Duration,
 }
 
 impl Waiting {
@@ -457,7 +463,7 @@ impl Waiting {
     /// while the pool's lock is held, so no `notify_one` between this checkout and the
     /// first poll can pass it by (an unregistered waiter only leaves a permit, and two
     /// such wake-ups make one: a request then waited for ever, seen twice in 60,000).
-    fn registered(notify: &Arc<Notify>, at_most: Option<Duration>) -> Waiting {
+    fn registered(notify: &Arc<Notify>, at_most: Duration) -> Waiting {
         let mut woken = Box::pin(notify.clone().notified_owned());
         woken.as_mut().enable();
         Waiting { woken, at_most }
@@ -465,12 +471,7 @@ impl Waiting {
 
     /// Until this attempt is woken, or `at_most` has passed.
     pub(crate) async fn until_woken(self) {
-        match self.at_most {
-            Some(limit) => {
-                let _ = tokio::time::timeout(limit, self.woken).await;
-            }
-            None => self.woken.await,
-        }
+        let _ = tokio::time::timeout(self.at_most, self.woken).await;
     }
 }
 
@@ -478,6 +479,16 @@ impl Waiting {
 /// is lost only if a connection taken by a woken waiter never comes back (its attempt
 /// was abandoned) while no dial is left to end, and then this bounds the cost.
 pub const TLS_DIAL_WAIT_LIMIT: Duration = Duration::from_millis(250);
+
+/// The longest one wait for another attempt's HTTP/2 dial lasts before the attempt looks
+/// again; after `MAX_DIAL_WAITS` of them (see `client.rs`) it opens its own connection. A
+/// whole dial (TCP, TLS, then the server's SETTINGS: about three round trips) ends within
+/// that to even a distant provider (300 ms round trips make about a second), so a dial
+/// that is merely slow still gathers its burst onto one connection. A server that completes
+/// TLS, picks `h2`, and then never sends its SETTINGS holds its dial until the connection
+/// ends: without a bound every attempt to it waited for that, each until its own first-byte
+/// timeout (60 s by default), and none opened a connection of its own.
+pub const HTTP2_DIAL_WAIT_LIMIT: Duration = Duration::from_millis(500);
 
 /// This attempt is opening the connection others wait for; dropping it (the connection
 /// is in the pool, or it failed, or the attempt was abandoned) wakes them.
@@ -598,7 +609,7 @@ impl Pool {
             ))
         } else if let Some(notify) = host.dialing.as_ref() {
             if may_wait && !host.speaks_http1 {
-                Checkout::Wait(Waiting::registered(notify, None))
+                Checkout::Wait(Waiting::registered(notify, HTTP2_DIAL_WAIT_LIMIT))
             } else {
                 Checkout::Open(None)
             }
@@ -632,10 +643,7 @@ impl Pool {
                 changed: Arc::new(Notify::new()),
             });
         if may_wait && dials.in_flight >= MAX_TLS_DIALS_PER_HOST {
-            return Checkout::Wait(Waiting::registered(
-                &dials.changed,
-                Some(TLS_DIAL_WAIT_LIMIT),
-            ));
+            return Checkout::Wait(Waiting::registered(&dials.changed, TLS_DIAL_WAIT_LIMIT));
         }
         dials.in_flight += 1;
         Checkout::Open(Some(Dial {
@@ -806,8 +814,9 @@ impl Pool {
     }
 
     /// One stream of the shared HTTP/2 connection `id` ended. A connection left with none
-    /// is idle: kept (within the host's bound) until the idle timeout, or closed.
-    fn release_stream(&self, key: &PoolKey, id: u64) {
+    /// is idle: kept (within the host's bound) until the idle timeout, or closed; closed
+    /// too when `unheard` (see [`Lease`]'s drop).
+    fn release_stream(&self, key: &PoolKey, id: u64, unheard: bool) {
         let runtime = tokio::runtime::Handle::try_current().ok();
         let mut closing = None;
         let start_reaper = {
@@ -832,6 +841,7 @@ impl Pool {
             shared.since = Instant::now();
             // Outside a runtime nothing could close it when it expires: it is not kept.
             if runtime.is_none()
+                || unheard
                 || shared.conn.sender.is_closed()
                 || idle_http1 + host.idle() > self.idle_cap()
             {
@@ -1068,7 +1078,8 @@ enum Leased {
 /// A connection lent to one attempt. An HTTP/1.1 one goes back to the pool when dropped
 /// only if the attempt marked it [`reusable`](Lease::reusable); otherwise it is closed. An
 /// HTTP/2 one stays in the pool whatever happened to this attempt's stream (hyper resets a
-/// stream whose answer is dropped unread), unless the connection itself closed.
+/// stream whose answer is dropped unread), unless the connection itself closed or its
+/// server has sent nothing yet.
 pub(crate) struct Lease {
     conn: Option<Leased>,
     key: PoolKey,
@@ -1170,8 +1181,14 @@ impl Drop for Lease {
                 shared,
             }) => {
                 drop(sender);
+                // Its server has not said a word (its SETTINGS come first, RFC 9113 §3.4) and
+                // this stream got no whole answer: the dialer's attempt failed or timed out
+                // on it. Kept, it would count room for one stream until its server spoke, and
+                // the next attempt would be handed it and wait on it in turn; closed, its
+                // dial ends and the next attempt opens a new one.
+                let unheard = self.ended.is_none() && !conn.settings_known.load(Ordering::SeqCst);
                 match shared {
-                    Some(id) => self.pool.release_stream(&self.key, id),
+                    Some(id) => self.pool.release_stream(&self.key, id, unheard),
                     None => {
                         self.pool.leased.fetch_sub(1, Ordering::SeqCst);
                     }
@@ -1307,6 +1324,36 @@ mod tests {
         assert!(
             matches!(pool.checkout(&key, true), Checkout::Open(Some(_))),
             "the next attempt dials again"
+        );
+    }
+}
+
+#[cfg(test)]
+mod http2_dial_tests {
+    use super::tests::tls_pool;
+    use super::*;
+
+    /// The dial an attempt waits for never ends (its server completed TLS, picked `h2`, and
+    /// never sends its SETTINGS): the wait still does, at its limit, so that the attempt
+    /// looks again and, after its few waits, opens a connection of its own. It waited for
+    /// ever (until its own first-byte timeout).
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_another_attempts_http2_dial_is_bounded() {
+        let (pool, key) = tls_pool(10);
+        let Checkout::Open(Some(_dial)) = pool.checkout(&key, true) else {
+            panic!("the first attempt opens the connection");
+        };
+        let Checkout::Wait(waiting) = pool.checkout(&key, true) else {
+            panic!("the next one waits for it");
+        };
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(3600), waiting.until_woken())
+            .await
+            .expect("the wait ends while the dial does not");
+        assert_eq!(started.elapsed(), HTTP2_DIAL_WAIT_LIMIT);
+        assert!(
+            matches!(pool.checkout(&key, false), Checkout::Open(None)),
+            "once it may wait no more, it opens its own, beside the dial"
         );
     }
 }
