@@ -707,6 +707,7 @@ impl Run<'_> {
         let (timeouts, blame) = self.timeouts(spec);
         let call = Call {
             endpoint: &spec.endpoint,
+            model: &upstream_model,
             api_key: spec.api_key.as_deref(),
             body: &body,
             request_id: self.admitted.id,

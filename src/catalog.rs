@@ -250,9 +250,10 @@ impl Catalog {
         for (i, d) in config.model_list.iter().enumerate() {
             let group = by_name[&d.model_name];
             let p = &d.litellm_params;
-            let endpoint =
+            let mut endpoint =
                 Endpoint::parse(p.api_base.as_deref().expect("validated: api_base present"))
                     .expect("validated: api_base parses");
+            endpoint.azure_api_version = p.api_version.clone();
             let id = DeploymentId(deployments.len() as u32);
             groups[group.0 as usize].deployments.push(id);
             deployments.push(DeploymentSpec {

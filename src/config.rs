@@ -155,6 +155,15 @@ pub struct LitellmParams {
     /// Switchback always verifies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_verify: Option<SslVerify>,
+    /// Azure OpenAI's `api-version` (LiteLLM's name), for an `azure/<deployment>` model:
+    /// the deployment is then called at Azure's deployments API,
+    /// `{api_base}/openai/deployments/<deployment>/chat/completions?api-version=...`, with
+    /// its key as `api-key`, as LiteLLM's `azure/` provider and the `AzureOpenAI` clients
+    /// call it; `api_base` is the resource's root (`https://<resource>.openai.azure.com`).
+    /// Without it an `azure/` model is called as any OpenAI-compatible API, Azure's v1 API
+    /// (`api_base: https://<resource>.openai.azure.com/openai/v1`) among them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
 }
 
 /// `litellm_params.ssl_verify`: `true` (the Mozilla roots) or the path of a PEM CA bundle
@@ -724,6 +733,9 @@ impl GatewayConfig {
                         push(at.key("litellm_params").key("api_base"), why);
                     }
                 }
+            }
+            if let Some(why) = azure_problem(p) {
+                push(at.key("litellm_params"), why);
             }
             match &p.ssl_verify {
                 Some(SslVerify::Enabled(false)) => push(
@@ -1338,6 +1350,47 @@ fn seconds_ok(push: &mut dyn FnMut(At, String), at: At, v: Option<f64>, zero_ok:
     }
 }
 
+/// What is wrong with a deployment's Azure settings, if anything: `api_version` belongs to
+/// an `azure/` model and must be a version (`2024-10-21`, `2025-01-01-preview`); and an
+/// Azure OpenAI resource's root needs it, for without it the call goes to
+/// `{api_base}/chat/completions`, which Azure answers with a 404 on every request.
+fn azure_problem(p: &LitellmParams) -> Option<String> {
+    let azure = p.model.starts_with("azure/");
+    match &p.api_version {
+        Some(_) if !azure => Some(format!(
+            "`api_version` is Azure OpenAI's: it needs an `azure/<deployment>` model, not `{}`",
+            p.model
+        )),
+        Some(v)
+            if v.is_empty()
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+        {
+            Some(format!(
+                "`api_version: {v}` is not an API version (letters, digits, `-` and `.`, \
+                 e.g. `2024-10-21`)"
+            ))
+        }
+        Some(_) => None,
+        None if azure => {
+            let endpoint = crate::upstream::Endpoint::parse(p.api_base.as_deref()?).ok()?;
+            let resource = [".openai.azure.com", ".cognitiveservices.azure.com"]
+                .iter()
+                .any(|suffix| endpoint.host.ends_with(suffix));
+            (resource && !endpoint.base_path.ends_with("/openai/v1")).then(|| {
+                format!(
+                    "`{}` is an Azure OpenAI resource: its deployments API needs `api_version` \
+                     (e.g. `2024-10-21`), or give its v1 API as `api_base` (`https://{}/openai/v1`)",
+                    p.api_base.as_deref().unwrap_or_default(),
+                    endpoint.host
+                )
+            })
+        }
+        None => None,
+    }
+}
+
 fn deployment_id(list: &[Deployment], i: usize) -> String {
     let d = &list[i];
     if let Some(id) = &d.model_info.id {
@@ -1442,6 +1495,66 @@ keys:
             .iter()
             .map(|p| p.to_string())
             .collect()
+    }
+
+    /// LiteLLM's `azure/` deployments: with `api_version`, Azure OpenAI's deployments API
+    /// (`catalog` turns it into the endpoint's path and `api-key`); without it, an
+    /// OpenAI-compatible API such as Azure's v1 (`.../openai/v1`). An Azure resource named
+    /// without either would only ever answer 404: refused at load, by name.
+    #[test]
+    fn azure_deployments_take_litellms_api_version() {
+        let with = |params: &str| {
+            format!(
+                "model_list:\n  - model_name: eu\n    litellm_params: {{{params}}}\nallow_anonymous: true\n"
+            )
+        };
+        let classic = with(
+            "model: azure/gpt-4o-eu, api_base: \"https://res.openai.azure.com\", api_version: \"2024-10-21\", api_key: k",
+        );
+        let c = crate::catalog::Catalog::new(&GatewayConfig::load("g.yaml", &classic).unwrap())
+            .unwrap();
+        let spec = &c.deployments[0];
+        assert_eq!(
+            spec.endpoint.azure_api_version.as_deref(),
+            Some("2024-10-21")
+        );
+        assert_eq!(
+            spec.endpoint.chat_completions_path(&spec.upstream_model),
+            "/openai/deployments/gpt-4o-eu/chat/completions?api-version=2024-10-21"
+        );
+        for ok in [
+            "model: azure/gpt-4o-eu, api_base: \"https://res.openai.azure.com/openai/v1\"",
+            "model: azure/gpt-4o-eu, api_base: \"http://az:8000/v1\"",
+        ] {
+            let c =
+                crate::catalog::Catalog::new(&GatewayConfig::load("g.yaml", &with(ok)).unwrap())
+                    .unwrap();
+            assert_eq!(c.deployments[0].endpoint.azure_api_version, None, "{ok}");
+        }
+        for (params, says) in [
+            (
+                "model: openai/gpt-4o, api_base: \"http://a/v1\", api_version: \"2024-10-21\"",
+                "`api_version` is Azure OpenAI's",
+            ),
+            (
+                "model: azure/gpt-4o, api_base: \"https://res.openai.azure.com\", api_version: \"2024 10&x=1\"",
+                "not an API version",
+            ),
+            (
+                "model: azure/gpt-4o, api_base: \"https://res.openai.azure.com\"",
+                "needs `api_version`",
+            ),
+            (
+                "model: azure/gpt-4o, api_base: \"https://res.cognitiveservices.azure.com/\"",
+                "needs `api_version`",
+            ),
+        ] {
+            let p = problems(&with(params));
+            assert!(
+                p.len() == 1 && p[0].contains(says) && p[0].contains("litellm_params"),
+                "{params}: {p:?}"
+            );
+        }
     }
 
     #[test]

@@ -109,6 +109,7 @@ async fn attempt(
     .open(
         Call {
             endpoint: &endpoint,
+            model: MODEL,
             api_key,
             body: &body,
             request_id: REQUEST_ID,
@@ -314,6 +315,54 @@ async fn request_without_api_key_sends_no_authorization() {
         .await
         .expect("the request matched the contract");
     drain(&mut stream).await.1.expect("a clean end");
+    server.verify().await;
+}
+
+/// Azure OpenAI's deployments API (a deployment with `api_version`): the deployment is in
+/// the path, the version in the query, and the key in `api-key`, as the `AzureOpenAI`
+/// clients and LiteLLM's `azure/` provider send them; a Bearer there is for Entra tokens.
+/// Before, the call went to `{api_base}/chat/completions` with a Bearer key: a 404 that
+/// cooled the deployment on every request.
+#[tokio::test]
+async fn an_azure_deployment_is_called_at_its_path_with_its_version_and_api_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/openai/deployments/gpt-4o-eu/chat/completions"))
+        .and(wiremock::matchers::query_param("api-version", "2024-10-21"))
+        .and(header("api-key", KEY))
+        .and(|r: &Request| !r.headers.contains_key("authorization"))
+        .respond_with(sse_response(sse(&answer()) + DONE))
+        .expect(2)
+        .mount(&server)
+        .await;
+    // LiteLLM's (and the SDKs') `api_base` is the resource's root; one ending in `/openai`
+    // names the same.
+    for base in [server.uri(), format!("{}/openai/", server.uri())] {
+        let mut endpoint = Endpoint::parse(&base).expect("a valid api_base");
+        endpoint.azure_api_version = Some("2024-10-21".to_string());
+        let body = upstream_body();
+        let client = UpstreamClient::new(
+            Arc::new(TcpConnector),
+            LIMITS,
+            switchback::upstream::pool::Pool::new(Limits::default().upstream_pool()),
+        );
+        let mut stream = client
+            .open(
+                Call {
+                    endpoint: &endpoint,
+                    model: "gpt-4o-eu",
+                    api_key: Some(KEY),
+                    body: &body,
+                    request_id: REQUEST_ID,
+                    stream: true,
+                    ca_bundle: None,
+                },
+                relaxed(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{base}: the request matched the contract: {e:?}"));
+        drain(&mut stream).await.1.expect("a clean end");
+    }
     server.verify().await;
 }
 

@@ -279,7 +279,9 @@ pub fn litellm_config(scenario: &Scenario, ports: &PortMap) -> Result<String, St
             let p = &d.litellm_params;
             // LiteLLM's `openai/` provider speaks to any OpenAI-compatible api_base and sends
             // the rest of the name upstream: the name Switchback sends, which strips only a
-            // provider prefix it knows (`Qwen/Qwen2.5-7B-Instruct` is sent whole).
+            // provider prefix it knows (`Qwen/Qwen2.5-7B-Instruct` is sent whole). An Azure
+            // deployment's `api_version` (its path and `api-key`) is not carried: the fakes
+            // answer every path and key alike.
             let bare = switchback::config::strip_provider(&p.model);
             let mut params = json!({
                 "model": format!("openai/{bare}"),

@@ -161,6 +161,8 @@ pub struct UpstreamClient {
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
     pub endpoint: &'a Endpoint,
+    /// The model the body names: Azure's deployments API also names it in the path.
+    pub model: &'a str,
     pub api_key: Option<&'a str>,
     pub body: &'a Bytes,
     /// The gateway's request number, sent as `x-switchback-request-id` for correlation.
@@ -562,7 +564,7 @@ fn aim(
 /// The upstream request of one call (its target is set per connection, by [`aim`]).
 fn build_request(call: Call<'_>) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let endpoint = call.endpoint;
-    let mut request = Request::post(endpoint.chat_completions_path())
+    let mut request = Request::post(endpoint.chat_completions_path(call.model))
         // First, as RFC 9110 §7.2 asks of HTTP/1.1; taken out for HTTP/2.
         .header(header::HOST, endpoint.authority())
         .header(header::CONTENT_TYPE, "application/json")
@@ -578,13 +580,19 @@ fn build_request(call: Call<'_>) -> Result<Request<Full<Bytes>>, UpstreamError> 
         .body(Full::new(call.body.clone()))
         .map_err(|e| UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string()))?;
     if let Some(key) = call.api_key {
-        let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+        let (name, value) = if endpoint.takes_api_key_header() {
+            (HeaderName::from_static("api-key"), key.to_string())
+        } else {
+            (header::AUTHORIZATION, format!("Bearer {key}"))
+        };
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
             UpstreamError::Transport(
                 TransportFault::ConnectFailed,
                 "api_key is not a valid header value".into(),
             )
         })?;
-        request.headers_mut().insert(header::AUTHORIZATION, value);
+        value.set_sensitive(true);
+        request.headers_mut().insert(name, value);
     }
     Ok(request)
 }

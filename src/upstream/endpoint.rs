@@ -10,6 +10,11 @@ pub struct Endpoint {
     pub port: u16,
     /// Base path without a trailing slash (`/v1`), or empty.
     pub base_path: String,
+    /// Azure OpenAI's deployments API, at this `api-version` (`litellm_params.api_version`):
+    /// the call names its deployment in the path and its version in the query, and sends
+    /// its key as `api-key`. None: an OpenAI-compatible API (`{base}/chat/completions`,
+    /// a Bearer key), Azure's v1 API (`.../openai/v1`) among them.
+    pub azure_api_version: Option<String>,
 }
 
 impl Endpoint {
@@ -75,6 +80,7 @@ impl Endpoint {
             host,
             port,
             base_path,
+            azure_api_version: None,
         })
     }
 
@@ -106,10 +112,44 @@ impl Endpoint {
         }
     }
 
-    pub fn chat_completions_path(&self) -> String {
-        format!("{}/chat/completions", self.base_path)
+    /// The path (and query) a chat completion of `model` is posted to.
+    pub fn chat_completions_path(&self, model: &str) -> String {
+        match &self.azure_api_version {
+            None => format!("{}/chat/completions", self.base_path),
+            Some(version) => {
+                // The SDKs' `azure_endpoint` is the resource's root, and they add `/openai`;
+                // a base that already ends in it names the same.
+                let root = self
+                    .base_path
+                    .strip_suffix("/openai")
+                    .unwrap_or(&self.base_path);
+                let deployment =
+                    percent_encoding::utf8_percent_encode(model, PATH_SEGMENT).to_string();
+                let version =
+                    percent_encoding::utf8_percent_encode(version, QUERY_VALUE).to_string();
+                format!(
+                    "{root}/openai/deployments/{deployment}/chat/completions?api-version={version}"
+                )
+            }
+        }
+    }
+
+    /// Whether the key goes in `api-key` (Azure's deployments API) rather than a Bearer.
+    pub fn takes_api_key_header(&self) -> bool {
+        self.azure_api_version.is_some()
     }
 }
+
+/// What a deployment name may not carry as it is in a path segment (RFC 3986 §3.3: anything
+/// but unreserved characters is escaped).
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The same for a query value.
+const QUERY_VALUE: &percent_encoding::AsciiSet = PATH_SEGMENT;
 
 /// `http://user:pass@host/` → `http://[redacted]@host/`, so an error never repeats a secret.
 fn redact_userinfo(api_base: &str) -> String {
@@ -139,7 +179,7 @@ mod tests {
             (e.tls, e.host.as_str(), e.port, e.base_path.as_str()),
             (false, "provider-a", 8000, "/v1")
         );
-        assert_eq!(e.chat_completions_path(), "/v1/chat/completions");
+        assert_eq!(e.chat_completions_path("m"), "/v1/chat/completions");
         let e = Endpoint::parse("https://api.openai.com/v1").unwrap();
         assert_eq!((e.tls, e.port), (true, 443));
         let e = Endpoint::parse("http://[::1]:9/").unwrap();
@@ -173,6 +213,41 @@ mod tests {
         ] {
             let e = Endpoint::parse(api_base).unwrap();
             assert_eq!(e.authority(), authority, "{api_base}");
+        }
+    }
+
+    #[test]
+    fn an_azure_deployment_is_named_in_the_path() {
+        for (api_base, path) in [
+            (
+                "https://res.openai.azure.com",
+                "/openai/deployments/gpt 4o/chat/completions",
+            ),
+            (
+                "https://res.openai.azure.com/",
+                "/openai/deployments/gpt 4o/chat/completions",
+            ),
+            (
+                "https://res.openai.azure.com/openai",
+                "/openai/deployments/gpt 4o/chat/completions",
+            ),
+            (
+                "https://apim.example.com/eu",
+                "/eu/openai/deployments/gpt 4o/chat/completions",
+            ),
+        ] {
+            let mut e = Endpoint::parse(api_base).unwrap();
+            assert!(!e.takes_api_key_header());
+            e.azure_api_version = Some("2025-01-01-preview".into());
+            assert!(e.takes_api_key_header());
+            assert_eq!(
+                e.chat_completions_path("gpt 4o/x"),
+                format!(
+                    "{}?api-version=2025-01-01-preview",
+                    path.replace("gpt 4o", "gpt%204o%2Fx")
+                ),
+                "{api_base}"
+            );
         }
     }
 

@@ -65,6 +65,7 @@ pub async fn open_with(
         .open(
             Call {
                 endpoint: &endpoint,
+                model: "m",
                 api_key: None,
                 body: &body,
                 request_id: 1,
