@@ -680,6 +680,115 @@ keys:
     assert_eq!(response.status(), 200);
 }
 
+// 9c. Anthropic-style clients and many proxies send their key as `x-api-key`, and LiteLLM's
+// own header is `x-litellm-api-key`: both name the key. Read as no key, a request carrying
+// either was served as anonymous (without its key's allow-list, team or aliases) where
+// anonymous requests are allowed, and refused as keyless where they are not.
+// `x-litellm-api-key` supersedes the other headers, as in LiteLLM (it exists for clients
+// whose Authorization carries something else); two of the others naming different keys are
+// refused, and no error repeats a key.
+#[tokio::test(start_paused = true)]
+async fn every_key_header_names_the_key_and_conflicting_ones_are_refused() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let config = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: h, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: e}}
+keys:
+  - {key: sk-good, key_alias: good, models: [g]}
+  - {key: sk-other, key_alias: other}
+"#;
+    let gw = Gw::start(config, &net);
+    let send = |headers: Vec<(&'static str, &'static str)>, model: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut b = http::Request::post("/v1/chat/completions")
+                .header("host", "gateway")
+                .header("content-type", "application/json");
+            for (name, value) in headers {
+                b = b.header(name, value);
+            }
+            let body = chat_body(model, false).to_string();
+            let response = gw
+                .connect()
+                .await
+                .send_request(
+                    b.body(http_body_util::Full::new(Bytes::from(body)))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, text(response).await)
+        }
+    };
+    for header in ["x-api-key", "x-litellm-api-key", "X-Api-Key"] {
+        let (status, text) = send(vec![(header, "sk-good")], "h").await;
+        assert_eq!(
+            status, 403,
+            "{header} names the key, which may not use h (not anonymous): {text}"
+        );
+        let (status, text) = send(vec![(header, "sk-good")], "g").await;
+        assert_eq!(status, 200, "{header}: {text}");
+        let (status, text) = send(vec![(header, "sk-nope")], "g").await;
+        assert_eq!(status, 401, "{header}: {text}");
+        for unusable in ["", "   "] {
+            let (status, text) = send(vec![(header, unusable)], "h").await;
+            assert_eq!(status, 401, "{header} {unusable:?} is no key: {text}");
+            assert!(
+                text.contains(&header.to_ascii_lowercase()),
+                "the error names the header: {text}"
+            );
+        }
+    }
+    // LiteLLM takes `x-litellm-api-key: Bearer <key>` as well as the bare key.
+    let (status, text) = send(vec![("x-litellm-api-key", "Bearer sk-good")], "h").await;
+    assert_eq!(status, 403, "{text}");
+
+    // The same key in several headers is that key.
+    let (status, text) = send(
+        vec![
+            ("authorization", "Bearer sk-good"),
+            ("api-key", "sk-good"),
+            ("x-api-key", "sk-good"),
+        ],
+        "h",
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    // Different keys in Authorization, api-key and x-api-key: refused, whichever would
+    // have been read first, and the error names the headers, never a key.
+    for (a, b) in [
+        (
+            ("authorization", "Bearer sk-other"),
+            ("x-api-key", "sk-good"),
+        ),
+        (("authorization", "Bearer sk-other"), ("api-key", "sk-good")),
+        (("api-key", "sk-other"), ("x-api-key", "sk-good")),
+    ] {
+        let (status, text) = send(vec![a, b], "h").await;
+        assert_eq!(status, 401, "{a:?} and {b:?}: {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            lower.contains(a.0) && lower.contains(b.0),
+            "the error names both headers: {text}"
+        );
+        assert!(!text.contains("sk-"), "no key in the error: {text}");
+    }
+    // x-litellm-api-key supersedes the others, whatever they hold (a provider SDK's own
+    // token, a proxy's credentials).
+    for other in [
+        ("authorization", "Bearer sk-other"),
+        ("authorization", "Basic c2stZ29vZA=="),
+        ("x-api-key", "sk-other"),
+    ] {
+        let (status, text) = send(vec![other, ("x-litellm-api-key", "sk-good")], "h").await;
+        assert_eq!(status, 403, "with {other:?}, the key is sk-good's: {text}");
+    }
+}
+
 // 10. At `max_connections`, a new connection is still answered: `/health` works and other
 // routes get a clear 503, instead of waiting in the kernel's backlog.
 #[tokio::test(start_paused = true)]
