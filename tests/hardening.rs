@@ -602,6 +602,65 @@ async fn unknown_keys_are_refused_before_the_body_is_read() {
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
 }
 
+// 9d. A client that leaves in the middle of its upload is a client gone, not a refusal:
+// nobody receives an answer. It was counted as a 400 in `switchback_refused_requests_total`
+// and logged `outcome="refused" status=400`, so every cancelled upload looked like a bad
+// request in the 4xx dashboards.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_during_its_upload_is_gone_not_refused() {
+    let (logs, _guard) = Logs::capture();
+    let net = MemNet::new();
+    let gw = Gw::start_metered(ONE_GROUP, &net);
+    let mut pipe = gw.raw().await;
+    pipe.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n\
+          content-length: 1000\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    drop(pipe);
+    let gone =
+        "switchback_client_disconnects_total{mode=\"unknown\",reason=\"left_during_upload\"} 1";
+    let seen = settle(100, || {
+        let scrape = gw.scrape();
+        scrape.contains(gone) || scrape.contains("switchback_refused_requests_total{")
+    })
+    .await;
+    let scrape = gw.scrape();
+    assert!(seen, "neither counted:\n{scrape}");
+    assert!(scrape.contains(gone), "{scrape}");
+    assert!(
+        !scrape.contains("switchback_refused_requests_total{"),
+        "no refusal: {scrape}"
+    );
+    let access = logs.lines("switchback::access");
+    assert_eq!(access.len(), 1, "{access:#?}");
+    assert_eq!(access[0]["route"], "chat", "{access:#?}");
+    assert_eq!(access[0]["outcome"], "client_gone", "{access:#?}");
+    assert_eq!(access[0]["reason"], "left_during_upload", "{access:#?}");
+    assert!(access[0].get("status").is_none(), "{access:#?}");
+
+    // A body whose framing is broken, from a client still there, is still a 400 refusal.
+    let mut pipe = gw.raw().await;
+    pipe.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n\
+          transfer-encoding: chunked\r\n\r\nZZ\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0; 4096];
+    let n = pipe.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let refused =
+        "switchback_refused_requests_total{route=\"chat\",status=\"400\",limit=\"none\"} 1";
+    assert!(
+        settle(100, || gw.scrape().contains(refused)).await,
+        "{}",
+        gw.scrape()
+    );
+}
+
 // 9b. A key is presented as `Authorization: Bearer <key>`, or, with no Authorization header,
 // as Azure OpenAI's `api-key` header (the official SDK's `AzureOpenAI` client sends it, and
 // LiteLLM takes it). An Authorization header that is not a bearer token is refused: read as

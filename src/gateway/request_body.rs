@@ -1,6 +1,8 @@
 //! Reading a client's request body under its limits, and throwing away a refused one.
 //!
-//! Owns: [`read`], the body under `max_request_body_bytes` and `body_read_timeout`, and
+//! Owns: [`read`], the body under `max_request_body_bytes` and `body_read_timeout` (telling
+//! a connection that ended before the body, a cancelled upload, from a body whose framing is
+//! broken: only the second has a client left to refuse), and
 //! [`discard`], what is left of the body of a request refused before it was read (a 413, a
 //! 401). The official SDKs (httpx, undici) send their whole body before they read the
 //! response: a gateway that answered and closed the socket with the body unread would have
@@ -21,8 +23,12 @@ pub enum ReadError {
     TooLarge(Incoming),
     /// Not received in time.
     TimedOut,
-    /// The connection failed while reading.
-    Failed(hyper::Error),
+    /// The connection ended (closed, reset) before the body was whole: the client cancelled
+    /// its request, and nobody is there to be answered.
+    Left,
+    /// The body's framing is broken (a bad chunk size): the client is still there to be
+    /// told.
+    Malformed(hyper::Error),
 }
 
 /// Reads the whole body: at most `max` bytes, by `until`.
@@ -32,7 +38,8 @@ pub async fn read(mut body: Incoming, max: usize, until: Instant) -> Result<Byte
         match timeout_at(until, body.frame()).await {
             Err(_) => return Err(ReadError::TimedOut),
             Ok(None) => return Ok(buf.freeze()),
-            Ok(Some(Err(e))) => return Err(ReadError::Failed(e)),
+            Ok(Some(Err(e))) if is_malformed(&e) => return Err(ReadError::Malformed(e)),
+            Ok(Some(Err(_))) => return Err(ReadError::Left),
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     if data.len() > max - buf.len() {
@@ -43,6 +50,20 @@ pub async fn read(mut body: Incoming, max: usize, until: Instant) -> Result<Byte
             }
         }
     }
+}
+
+/// Whether a body error is the body's own framing, which hyper's decoder reports as
+/// `InvalidInput` or `InvalidData`; every other error (the end of the connection before the
+/// body's, a reset) means the connection is gone.
+fn is_malformed(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        })
 }
 
 /// Reads what is left of a refused request's body in the background and drops it: at most

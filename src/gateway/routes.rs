@@ -562,7 +562,15 @@ async fn chat(
             request_body::discard(rest, max_discarded, until);
             return too_large();
         }
-        Err(ReadError::Failed(e)) => {
+        // Nobody receives this answer: a cancelled upload is a client gone, not a refusal
+        // (a 4xx in the dashboards for every upload a user cancelled).
+        Err(ReadError::Left) => {
+            engine.note_client_gone("chat");
+            return error(&ApiError::bad_request(
+                "the connection ended before the request body was complete",
+            ));
+        }
+        Err(ReadError::Malformed(e)) => {
             return refuse(ApiError::bad_request(format!(
                 "could not read the request body: {e}"
             )));
