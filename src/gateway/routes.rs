@@ -2,7 +2,7 @@
 //! `GET /metrics`, `POST /admin/reload`.
 //!
 //! Owns: reading the request (its key first, from whichever header carries it, then the
-//! body under its size limit and read timeout), handing it to the engine, and turning the
+//! body under its size limit and deadline), handing it to the engine, and turning the
 //! outcome into a response: one JSON body for `stream: false`; for `stream: true`, a 200 SSE
 //! response at commit, or, if every attempt failed before commit, the same JSON error a
 //! non-streaming client gets.
@@ -46,15 +46,14 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
 }
 
 /// Reads what is left of a request that was answered from its head, and throws it away
-/// (up to `max_discarded_request_body_bytes`, within `body_read_timeout`): a client that
+/// (up to `max_discarded_request_body_bytes`, within the body's deadline): a client that
 /// sends its whole upload before it reads then gets its answer, not a reset.
 fn drain(engine: &Engine, req: Request<Incoming>) {
     let limits = &engine.catalog().limits;
-    let until = tokio::time::Instant::now() + limits.body_read_timeout();
     request_body::discard(
         req.into_body(),
         limits.max_discarded_request_body_bytes,
-        until,
+        request_body::Deadline::new(limits),
     );
 }
 
@@ -497,16 +496,15 @@ async fn chat(
 ) -> Response<ResponseBody> {
     // Only the figures needed: what lives across an await is carried by every request's
     // future, and the future by every client connection.
-    let (max, read_timeout, read_timeout_secs, max_discarded) = {
+    let (max, max_discarded, deadline, grace) = {
         let limits = &engine.catalog().limits;
         (
             limits.max_request_body_bytes,
-            limits.body_read_timeout(),
-            limits.body_read_timeout,
             limits.max_discarded_request_body_bytes,
+            request_body::Deadline::new(limits),
+            limits.body_timeout_grace(),
         )
     };
-    let until = tokio::time::Instant::now() + read_timeout;
     // Every way out before admission: no event will ever name the request.
     let refuse = |e: ApiError| {
         engine.note_refusal("chat", e.status, e.limit);
@@ -529,7 +527,7 @@ async fn chat(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        request_body::discard(req.into_body(), max_discarded, until);
+        request_body::discard(req.into_body(), max_discarded, deadline);
         return too_large();
     }
     // The key first: an unknown one is refused before a byte of its body is read.
@@ -540,26 +538,36 @@ async fn chat(
     let token = match token {
         Ok(token) => token,
         Err(e) => {
-            request_body::discard(req.into_body(), max_discarded, until);
+            request_body::discard(req.into_body(), max_discarded, deadline);
             return refuse(e);
         }
     };
-    let body: Bytes = match request_body::read(req.into_body(), max, until).await {
+    let body: Bytes = match request_body::read(req.into_body(), max, deadline).await {
         Ok(body) => body,
-        Err(ReadError::TimedOut) => {
+        Err(ReadError::TimedOut(rest, missed)) => {
+            // A client that finishes its upload soon after reads the 408 (see
+            // `request_body`); one still far from its end is cut after `grace`.
+            request_body::discard(rest, max_discarded, request_body::Deadline::fixed(grace));
+            let limits = &engine.catalog().limits;
             return refuse(
                 ApiError::new(
                     408,
                     "invalid_request_error",
                     format!(
-                        "request body not received within body_read_timeout = {read_timeout_secs}s"
+                        "request body too slow: {} bytes in {:.1} s; a body may take \
+                         body_read_timeout = {} s plus 1 s for every \
+                         min_request_body_bytes_per_second = {} bytes it sends",
+                        missed.received(),
+                        missed.elapsed().as_secs_f64(),
+                        limits.body_read_timeout,
+                        limits.min_request_body_bytes_per_second,
                     ),
                 )
                 .limit(Some("body_read_timeout")),
             );
         }
-        Err(ReadError::TooLarge(rest)) => {
-            request_body::discard(rest, max_discarded, until);
+        Err(ReadError::TooLarge(rest, deadline)) => {
+            request_body::discard(rest, max_discarded, deadline);
             return too_large();
         }
         // Nobody receives this answer: a cancelled upload is a client gone, not a refusal
