@@ -308,6 +308,14 @@ pub fn refused_line(route: &'static str, status: u16, limit: Option<&'static str
     info!(target: ACCESS_TARGET, route, outcome = "refused", status, limit, "request");
 }
 
+/// The access line of a client that left while sending its request body, before admission:
+/// its route and `outcome="client_gone"`, with the reason that says when it left. No status:
+/// nobody received one.
+pub fn gone_line(route: &'static str) {
+    info!(target: ACCESS_TARGET, route, outcome = "client_gone",
+        reason = crate::metrics::LEFT_DURING_UPLOAD, "request");
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

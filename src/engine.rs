@@ -215,6 +215,16 @@ impl Engine {
         crate::decision_log::refused_line(route, status, limit);
     }
 
+    /// Records a client that left before its request was admitted (in the middle of its
+    /// body): its access line and `switchback_client_disconnects_total`, never a refusal,
+    /// since nobody receives an answer. `route` as for [`Engine::note_refusal`].
+    pub fn note_client_gone(&self, route: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record_client_gone_before_admission();
+        }
+        crate::decision_log::gone_line(route);
+    }
+
     pub(crate) fn retry_policy(&self) -> &dyn RetryPolicy {
         self.retry_policy.as_ref()
     }

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct Limits {
     /// Largest request body a client may send, in bytes.
     pub max_request_body_bytes: usize,
-    /// Bytes of a refused request's body (a 413, a 401) read and thrown away after its
-    /// error is sent, so that a client that sends its whole body before it reads (the
+    /// Bytes of a refused request's body (a 413, a 401, a 408) read and thrown away after
+    /// its error is sent, so that a client that sends its whole body before it reads (the
     /// SDKs) gets the error rather than a reset connection; past it, the connection is
     /// dropped. 0 drops it at once.
     pub max_discarded_request_body_bytes: usize,
@@ -40,8 +40,25 @@ pub struct Limits {
     pub max_retry_after: f64,
     /// Seconds a client has to send its request headers.
     pub header_read_timeout: f64,
-    /// Seconds a client has to send its request body.
+    /// Seconds a client's request body may fall behind `min_request_body_bytes_per_second`:
+    /// a body may take this long plus one second for every that many bytes received (a
+    /// body too slow for it gets a 408). With no byte received, it is the time the body
+    /// has.
     pub body_read_timeout: f64,
+    /// The slowest upload a client may keep up, in bytes a second of its request body
+    /// (see `body_read_timeout`), as Apache's `mod_reqtimeout` `MinRate`: a deadline on
+    /// the whole body would give a 50 MiB vision upload on an ordinary uplink a 408, while
+    /// a deadline that grows only with the bytes received lets no client hold a connection
+    /// without sending (at most `body_read_timeout` plus `max_request_body_bytes` at this
+    /// rate, some 54 minutes of a steady 128 kbit/s for the defaults). The rest of a
+    /// refused body is read and thrown away under the same rule. 0: the deadline does not
+    /// grow.
+    pub min_request_body_bytes_per_second: usize,
+    /// Seconds the rest of a body that came too slowly (a 408) is still read and thrown
+    /// away after the 408 is sent (up to `max_discarded_request_body_bytes`), so that a
+    /// client that finishes its upload soon after, as the SDKs do before they read, gets
+    /// the 408 rather than a connection closed under its writes. 0 closes it at once.
+    pub body_timeout_grace: f64,
     /// Connections the gateway serves at once; further ones wait in the accept queue.
     pub max_connections: usize,
     /// SSE frames buffered between the attempt loop and a slow streaming client.
@@ -132,6 +149,9 @@ impl Default for Limits {
             max_retry_after: 30.0,
             header_read_timeout: 10.0,
             body_read_timeout: 30.0,
+            // 128 kbit/s: a 50 MiB body on any uplink faster than that is read whole.
+            min_request_body_bytes_per_second: 16 * 1024,
+            body_timeout_grace: 5.0,
             max_connections: 4096,
             stream_buffer_frames: 64,
             max_messages: 4096,
@@ -169,6 +189,9 @@ impl Limits {
     }
     pub fn body_read_timeout(&self) -> Duration {
         secs(self.body_read_timeout)
+    }
+    pub fn body_timeout_grace(&self) -> Duration {
+        secs(self.body_timeout_grace)
     }
     pub fn max_cooldown(&self) -> Duration {
         secs(self.max_cooldown)
@@ -228,7 +251,7 @@ impl Limits {
     /// Every count limit with the range it must lie in. The upper bounds keep each value
     /// within what the structures that use it accept (a semaphore's permits, a channel's
     /// capacity) and what one process could ever need, so no value can panic at run time.
-    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 21] {
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 22] {
         const GIB: usize = 1 << 30;
         [
             (
@@ -275,6 +298,12 @@ impl Limits {
                 self.stream_buffer_frames,
                 1,
                 1 << 16,
+            ),
+            (
+                "min_request_body_bytes_per_second",
+                self.min_request_body_bytes_per_second,
+                0,
+                GIB,
             ),
             ("max_messages", self.max_messages, 1, 1_000_000),
             (
@@ -328,12 +357,13 @@ impl Limits {
 
     /// Every seconds limit, and whether zero is allowed (zero means "never wait" for the
     /// ones that allow it; a zero deadline or read timeout would refuse every request).
-    pub fn seconds(&self) -> [(&'static str, f64, bool); 10] {
+    pub fn seconds(&self) -> [(&'static str, f64, bool); 11] {
         [
             ("request_deadline", self.request_deadline, false),
             ("max_retry_after", self.max_retry_after, true),
             ("header_read_timeout", self.header_read_timeout, false),
             ("body_read_timeout", self.body_read_timeout, false),
+            ("body_timeout_grace", self.body_timeout_grace, true),
             ("max_cooldown", self.max_cooldown, true),
             ("client_write_timeout", self.client_write_timeout, false),
             ("shutdown_grace", self.shutdown_grace, true),

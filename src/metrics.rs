@@ -37,6 +37,10 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// left out of the per-request series.
 pub const MAX_TRACKED_REQUESTS: usize = 65_536;
 
+/// The `reason` of a client that left while sending its request body (an admitted
+/// request's reasons are [`GoneReason`](crate::attempt::GoneReason)'s).
+pub const LEFT_DURING_UPLOAD: &str = "left_during_upload";
+
 /// Upper bounds of the latency histograms' buckets, in seconds: from a loopback upstream's
 /// millisecond to `request_deadline`'s default 600 s.
 pub const LATENCY_BUCKETS: [f64; 18] = [
@@ -425,7 +429,7 @@ impl Collector for StateCollector {
         counter_family(
             &mut e,
             "switchback_client_disconnects",
-            "Requests abandoned because the client left or stopped reading, by mode and reason.",
+            "Requests abandoned because the client left or stopped reading, by mode (unknown: it left before its body was read) and reason (left, too_slow, left_during_upload).",
             ["mode", "reason"],
             &s.client_disconnects,
         )?;
@@ -626,6 +630,15 @@ impl Metrics {
         bump(
             &mut self.state.lock().expect("metrics lock").refused_requests,
             [route, &status.to_string(), limit.unwrap_or("none")],
+        );
+    }
+
+    /// Counts a client that left while sending its request body: before admission, so its
+    /// mode is `unknown`, and its reason says when it left.
+    pub fn record_client_gone_before_admission(&self) {
+        bump(
+            &mut self.state.lock().expect("metrics lock").client_disconnects,
+            ["unknown", LEFT_DURING_UPLOAD],
         );
     }
 

@@ -580,6 +580,188 @@ keys:
   - {key: sk-good, key_alias: good}
 "#;
 
+/// A chat request's head and a body of about `bytes` bytes (one long message).
+fn big_upload(bytes: usize) -> (Vec<u8>, Vec<u8>) {
+    let body = json!({"model": "g", "stream": false,
+        "messages": [{"role": "user", "content": "a".repeat(bytes)}]})
+    .to_string()
+    .into_bytes();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    (head, body)
+}
+
+/// Writes `body` at `per_second` bytes a second (in tenths of a second, on the paused
+/// clock), as a client on a slow uplink does; the first write that fails ends it.
+async fn upload_at(
+    pipe: &mut tokio::io::DuplexStream,
+    body: &[u8],
+    per_second: usize,
+) -> std::io::Result<()> {
+    for piece in body.chunks(per_second / 10) {
+        pipe.write_all(piece).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The response's head: what the pipe holds up to the first blank line.
+async fn response_head(pipe: &mut tokio::io::DuplexStream) -> String {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !all.windows(4).any(|w| w == b"\r\n\r\n") {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+// 8d. `body_read_timeout` bounds how far an upload may fall behind
+// `min_request_body_bytes_per_second`, not the whole upload: it was a deadline on the whole
+// body, set when the head arrived, so with 50 MiB bodies allowed any vision upload slower
+// than 14 Mbit/s got a 408 (and, its body dropped unread, a reset under its writes: the SDK
+// retried the upload from the start). A 1 MiB body at 256 kbit/s took 32 s of the 30.
+#[tokio::test(start_paused = true)]
+async fn a_slow_upload_above_the_minimum_rate_is_read_to_its_end() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    let (head, body) = big_upload(1 << 20);
+    let mut pipe = gw.raw().await;
+    pipe.write_all(&head).await.unwrap();
+    let started = tokio::time::Instant::now();
+    upload_at(&mut pipe, &body, 32 * 1024).await.unwrap();
+    assert!(started.elapsed() > Duration::from_secs(30));
+    let head = response_head(&mut pipe).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+// 8e. ... and the rule holds the other way: a client below the rate (a slowloris) still
+// gets its 408 once it is `body_read_timeout` behind, whatever it declared; the deadline
+// grows only with bytes received.
+#[tokio::test(start_paused = true)]
+async fn an_upload_below_the_minimum_rate_gets_a_408_once_it_falls_behind() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    let (head, body) = big_upload(1 << 20);
+    let mut pipe = gw.raw().await;
+    pipe.write_all(&head).await.unwrap();
+    let started = tokio::time::Instant::now();
+    // 1 KiB/s, where 16 KiB/s is the minimum: 30 s behind after about 32 s.
+    let (mut reader, mut writer) = tokio::io::split(pipe);
+    let uploading = tokio::spawn(async move {
+        for piece in body.chunks(100) {
+            if writer.write_all(piece).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut first = [0u8; 64];
+    let n = reader.read(&mut first).await.unwrap();
+    let waited = started.elapsed();
+    uploading.abort();
+    let first = String::from_utf8_lossy(&first[..n]);
+    assert!(first.starts_with("HTTP/1.1 408"), "{first}");
+    assert!(
+        waited > Duration::from_secs(31) && waited < Duration::from_secs(34),
+        "{waited:?}"
+    );
+}
+
+// 8f. A client that fell behind, then sends the rest of its body soon after, reads its 408:
+// the rest is read and thrown away for `body_timeout_grace`, as a refused upload's is. The
+// body was dropped unread, so the gateway closed the connection under the client's writes
+// (a reset, on TCP) and the SDK saw a connection error instead of the 408.
+#[tokio::test(start_paused = true)]
+async fn a_408_is_read_as_a_408_by_a_client_that_finishes_its_upload() {
+    let net = MemNet::new();
+    let gw = Gw::start(ONE_GROUP, &net);
+    let (head, body) = big_upload(64 * 1024);
+    let mut pipe = gw.raw().await;
+    pipe.write_all(&head).await.unwrap();
+    pipe.write_all(&body[..1024]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let sent = pipe.write_all(&body[1024..]).await;
+    assert!(sent.is_ok(), "the rest of the upload was cut: {sent:?}");
+    let head = response_head(&mut pipe).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+
+    // One that sends nothing more is cut once the grace is over, not held.
+    let mut pipe = gw.raw().await;
+    pipe.write_all(&head_and(&body[..1024])).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut all = Vec::new();
+    pipe.read_to_end(&mut all).await.unwrap();
+    let held = started.elapsed();
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 408"));
+    assert!(
+        held >= Duration::from_secs(35) && held < Duration::from_secs(36),
+        "held {held:?}, for body_read_timeout (30 s) and body_timeout_grace (5 s)"
+    );
+
+    // With no grace, the connection closes with the 408.
+    let gw = Gw::start(&with(ONE_GROUP, "limits: {body_timeout_grace: 0}\n"), &net);
+    let mut pipe = gw.raw().await;
+    pipe.write_all(&head_and(&body[..1024])).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(pipe.write_all(&body[1024..]).await.is_err());
+
+    fn head_and(part: &[u8]) -> Vec<u8> {
+        let (mut head, _) = big_upload(64 * 1024);
+        head.extend_from_slice(part);
+        head
+    }
+}
+
+// 8g. The rest of a refused upload (a 413, a 401) is read and thrown away under the same
+// rule, so a slow client still reads its error: the rest was read for `body_read_timeout`
+// from the head at most, and a 1.5 MiB upload at 256 kbit/s was cut after 30 s.
+#[tokio::test(start_paused = true)]
+async fn a_slow_refused_upload_still_reads_its_error() {
+    let net = MemNet::new();
+    let gw = Gw::start(
+        &with(ONE_GROUP, "limits: {max_request_body_bytes: 1048576}\n"),
+        &net,
+    );
+    let (head, body) = big_upload(3 << 19);
+    let mut pipe = gw.raw().await;
+    pipe.write_all(&head).await.unwrap();
+    let sent = upload_at(&mut pipe, &body, 32 * 1024).await;
+    assert!(sent.is_ok(), "the upload was cut: {sent:?}");
+    let head = response_head(&mut pipe).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
+// 8h. The body's limits are range-checked at load, as every limit is.
+#[test]
+fn the_body_rate_limits_are_range_checked() {
+    for (limit, value) in [
+        ("min_request_body_bytes_per_second", "-1"),
+        ("min_request_body_bytes_per_second", "18446744073709551615"),
+        ("body_timeout_grace", "-1"),
+        ("body_timeout_grace", "1e9"),
+    ] {
+        let config = with(ONE_GROUP, &format!("limits: {{{limit}: {value}}}\n"));
+        let e = switchback::config::GatewayConfig::load("g.yaml", &config)
+            .expect_err(&format!("{limit} = {value} is refused"))
+            .to_string();
+        assert!(e.contains(limit), "{e}");
+    }
+    let config = with(
+        ONE_GROUP,
+        "limits: {min_request_body_bytes_per_second: 0, body_timeout_grace: 0}\n",
+    );
+    assert!(switchback::config::GatewayConfig::load("g.yaml", &config).is_ok());
+}
+
 // 9. The key is checked before the body is read: an unknown key gets 401 at once, whatever
 // it is still sending.
 #[tokio::test(start_paused = true)]
@@ -600,6 +782,65 @@ async fn unknown_keys_are_refused_before_the_body_is_read() {
         .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+// 9d. A client that leaves in the middle of its upload is a client gone, not a refusal:
+// nobody receives an answer. It was counted as a 400 in `switchback_refused_requests_total`
+// and logged `outcome="refused" status=400`, so every cancelled upload looked like a bad
+// request in the 4xx dashboards.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_during_its_upload_is_gone_not_refused() {
+    let (logs, _guard) = Logs::capture();
+    let net = MemNet::new();
+    let gw = Gw::start_metered(ONE_GROUP, &net);
+    let mut pipe = gw.raw().await;
+    pipe.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n\
+          content-length: 1000\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    drop(pipe);
+    let gone =
+        "switchback_client_disconnects_total{mode=\"unknown\",reason=\"left_during_upload\"} 1";
+    let seen = settle(100, || {
+        let scrape = gw.scrape();
+        scrape.contains(gone) || scrape.contains("switchback_refused_requests_total{")
+    })
+    .await;
+    let scrape = gw.scrape();
+    assert!(seen, "neither counted:\n{scrape}");
+    assert!(scrape.contains(gone), "{scrape}");
+    assert!(
+        !scrape.contains("switchback_refused_requests_total{"),
+        "no refusal: {scrape}"
+    );
+    let access = logs.lines("switchback::access");
+    assert_eq!(access.len(), 1, "{access:#?}");
+    assert_eq!(access[0]["route"], "chat", "{access:#?}");
+    assert_eq!(access[0]["outcome"], "client_gone", "{access:#?}");
+    assert_eq!(access[0]["reason"], "left_during_upload", "{access:#?}");
+    assert!(access[0].get("status").is_none(), "{access:#?}");
+
+    // A body whose framing is broken, from a client still there, is still a 400 refusal.
+    let mut pipe = gw.raw().await;
+    pipe.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n\
+          transfer-encoding: chunked\r\n\r\nZZ\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0; 4096];
+    let n = pipe.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let refused =
+        "switchback_refused_requests_total{route=\"chat\",status=\"400\",limit=\"none\"} 1";
+    assert!(
+        settle(100, || gw.scrape().contains(refused)).await,
+        "{}",
+        gw.scrape()
+    );
 }
 
 // 9b. A key is presented as `Authorization: Bearer <key>`, or, with no Authorization header,
@@ -678,6 +919,115 @@ keys:
         .unwrap();
     let response = gw.connect().await.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
+}
+
+// 9c. Anthropic-style clients and many proxies send their key as `x-api-key`, and LiteLLM's
+// own header is `x-litellm-api-key`: both name the key. Read as no key, a request carrying
+// either was served as anonymous (without its key's allow-list, team or aliases) where
+// anonymous requests are allowed, and refused as keyless where they are not.
+// `x-litellm-api-key` supersedes the other headers, as in LiteLLM (it exists for clients
+// whose Authorization carries something else); two of the others naming different keys are
+// refused, and no error repeats a key.
+#[tokio::test(start_paused = true)]
+async fn every_key_header_names_the_key_and_conflicting_ones_are_refused() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let config = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: h, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: e}}
+keys:
+  - {key: sk-good, key_alias: good, models: [g]}
+  - {key: sk-other, key_alias: other}
+"#;
+    let gw = Gw::start(config, &net);
+    let send = |headers: Vec<(&'static str, &'static str)>, model: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut b = http::Request::post("/v1/chat/completions")
+                .header("host", "gateway")
+                .header("content-type", "application/json");
+            for (name, value) in headers {
+                b = b.header(name, value);
+            }
+            let body = chat_body(model, false).to_string();
+            let response = gw
+                .connect()
+                .await
+                .send_request(
+                    b.body(http_body_util::Full::new(Bytes::from(body)))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, text(response).await)
+        }
+    };
+    for header in ["x-api-key", "x-litellm-api-key", "X-Api-Key"] {
+        let (status, text) = send(vec![(header, "sk-good")], "h").await;
+        assert_eq!(
+            status, 403,
+            "{header} names the key, which may not use h (not anonymous): {text}"
+        );
+        let (status, text) = send(vec![(header, "sk-good")], "g").await;
+        assert_eq!(status, 200, "{header}: {text}");
+        let (status, text) = send(vec![(header, "sk-nope")], "g").await;
+        assert_eq!(status, 401, "{header}: {text}");
+        for unusable in ["", "   "] {
+            let (status, text) = send(vec![(header, unusable)], "h").await;
+            assert_eq!(status, 401, "{header} {unusable:?} is no key: {text}");
+            assert!(
+                text.contains(&header.to_ascii_lowercase()),
+                "the error names the header: {text}"
+            );
+        }
+    }
+    // LiteLLM takes `x-litellm-api-key: Bearer <key>` as well as the bare key.
+    let (status, text) = send(vec![("x-litellm-api-key", "Bearer sk-good")], "h").await;
+    assert_eq!(status, 403, "{text}");
+
+    // The same key in several headers is that key.
+    let (status, text) = send(
+        vec![
+            ("authorization", "Bearer sk-good"),
+            ("api-key", "sk-good"),
+            ("x-api-key", "sk-good"),
+        ],
+        "h",
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    // Different keys in Authorization, api-key and x-api-key: refused, whichever would
+    // have been read first, and the error names the headers, never a key.
+    for (a, b) in [
+        (
+            ("authorization", "Bearer sk-other"),
+            ("x-api-key", "sk-good"),
+        ),
+        (("authorization", "Bearer sk-other"), ("api-key", "sk-good")),
+        (("api-key", "sk-other"), ("x-api-key", "sk-good")),
+    ] {
+        let (status, text) = send(vec![a, b], "h").await;
+        assert_eq!(status, 401, "{a:?} and {b:?}: {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            lower.contains(a.0) && lower.contains(b.0),
+            "the error names both headers: {text}"
+        );
+        assert!(!text.contains("sk-"), "no key in the error: {text}");
+    }
+    // x-litellm-api-key supersedes the others, whatever they hold (a provider SDK's own
+    // token, a proxy's credentials).
+    for other in [
+        ("authorization", "Bearer sk-other"),
+        ("authorization", "Basic c2stZ29vZA=="),
+        ("x-api-key", "sk-other"),
+    ] {
+        let (status, text) = send(vec![other, ("x-litellm-api-key", "sk-good")], "h").await;
+        assert_eq!(status, 403, "with {other:?}, the key is sk-good's: {text}");
+    }
 }
 
 // 10. At `max_connections`, a new connection is still answered: `/health` works and other

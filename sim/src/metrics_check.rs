@@ -3,13 +3,15 @@
 //! Owns: reading a run's Prometheus exposition (parsed by `prometheus-parse`, as a scraper
 //! would) and comparing its counters with counts of the engine's own events: attempts,
 //! failed attempts by class, retries, fallbacks (order-based ones included), cooldowns by
-//! class, exhausted groups, limit hits, clients gone, and requests by outcome. Every run of
+//! class, exhausted groups, limit hits, clients gone (but those that left during their
+//! upload, before admission, when there is no event), and requests by outcome. Every run of
 //! the corpus, of `explore` and of live mode goes through it, so the metrics cannot drift
 //! from the engine. Does not own the metrics (`switchback::metrics`) nor other verdicts
 //! (`oracle`).
 
 use std::collections::BTreeMap;
 
+use switchback::metrics::LEFT_DURING_UPLOAD;
 use switchback::trace::{Event, TraceRecord};
 
 use crate::trace::MAX_TRACE_LINES;
@@ -17,7 +19,14 @@ use crate::trace::MAX_TRACE_LINES;
 /// A counter family summed by one of its labels (`""`: summed over everything).
 fn totals(scrape: &prometheus_parse::Scrape, metric: &str, by: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for s in scrape.samples.iter().filter(|s| s.metric == metric) {
+    // A client that left during its upload is counted before admission, where no event is.
+    let before_admission =
+        |s: &prometheus_parse::Sample| s.labels.get("reason") == Some(LEFT_DURING_UPLOAD);
+    for s in scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && !before_admission(s))
+    {
         let v = match s.value {
             prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
             _ => continue,
@@ -176,6 +185,17 @@ switchback_requests_total{group=\"a\",key=\"k\",mode=\"stream\",outcome=\"failed
     #[test]
     fn metrics_that_say_what_the_trace_says_agree() {
         assert_eq!(disagreements(EXPOSITION, &trace()), Vec::<String>::new());
+    }
+
+    /// A client that left during its upload is counted before admission, where the engine
+    /// has no request and no event to count it by.
+    #[test]
+    fn clients_gone_before_admission_are_not_compared() {
+        let exposition = format!(
+            "{EXPOSITION}# TYPE switchback_client_disconnects_total counter\n\
+             switchback_client_disconnects_total{{mode=\"unknown\",reason=\"left_during_upload\"}} 2\n"
+        );
+        assert_eq!(disagreements(&exposition, &trace()), Vec::<String>::new());
     }
 
     #[test]

@@ -163,7 +163,7 @@ model_list:
   - {model_name: a, litellm_params: {model: openai/m, api_base: "http://127.0.0.1:9/v1"}}
 keys:
   - {key: sk-ok}
-limits: {max_request_body_bytes: 2048, header_read_timeout: 0.3, body_read_timeout: 0.3}
+limits: {max_request_body_bytes: 2048, header_read_timeout: 0.3, body_read_timeout: 0.3, body_timeout_grace: 0.3}
 "#;
 
 async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {

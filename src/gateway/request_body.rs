@@ -1,42 +1,130 @@
 //! Reading a client's request body under its limits, and throwing away a refused one.
 //!
-//! Owns: [`read`], the body under `max_request_body_bytes` and `body_read_timeout`, and
-//! [`discard`], what is left of the body of a request refused before it was read (a 413, a
-//! 401). The official SDKs (httpx, undici) send their whole body before they read the
+//! Owns: [`read`], the body under `max_request_body_bytes` and its [`Deadline`] (telling a
+//! connection that ended before the body, a cancelled upload, from a body whose framing is
+//! broken: only the second has a client left to refuse), and [`discard`], what is left of
+//! the body of a request refused before it was read (a 413, a 401) or that came too slowly
+//! (a 408). The official SDKs (httpx, undici) send their whole body before they read the
 //! response: a gateway that answered and closed the socket with the body unread would have
 //! the kernel reset the connection under the client's writes, and the SDK would raise a
 //! connection error (and retry, uploading the body again) instead of the 413 or 401. So the
-//! rest is read and dropped, up to `max_discarded_request_body_bytes` and within the body
-//! read timeout; past either, the connection is dropped. Does not own what the request
-//! says (`engine::admit`) nor the error responses (`routes`).
+//! rest is read and dropped, up to `max_discarded_request_body_bytes` and within its
+//! deadline; past either, the connection is dropped. Does not own what the request says
+//! (`engine::admit`) nor the error responses (`routes`).
+//!
+//! A body's deadline grows with what it brings: `body_read_timeout` after the head, plus a
+//! second for every `min_request_body_bytes_per_second` bytes received (Apache's
+//! `mod_reqtimeout` rule). A fixed deadline on the whole body failed honest large uploads
+//! on slow uplinks, and an idle timeout between reads would let a client hold a connection
+//! for ever with a byte now and then; this one asks a steady minimum rate, so a connection
+//! is held at most `body_read_timeout` plus the largest body at that rate, and only by a
+//! client that keeps sending.
+
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tokio::time::{Instant, timeout_at};
 
-/// Why a body could not be read.
-pub enum ReadError {
-    /// Over the limit; the body, to be discarded.
-    TooLarge(Incoming),
-    /// Not received in time.
-    TimedOut,
-    /// The connection failed while reading.
-    Failed(hyper::Error),
+use crate::limits::Limits;
+
+/// Beyond any deadline a valid config can make matter (30 years).
+const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// When a body (or what is left of it) must have come by, which grows with what it brings.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    start: Instant,
+    grace: Duration,
+    /// 0: the deadline does not grow.
+    per_second: u64,
+    received: u64,
 }
 
-/// Reads the whole body: at most `max` bytes, by `until`.
-pub async fn read(mut body: Incoming, max: usize, until: Instant) -> Result<Bytes, ReadError> {
+impl Deadline {
+    /// A body's deadline as `limits` set it, from now (its head has arrived).
+    pub fn new(limits: &Limits) -> Deadline {
+        Deadline {
+            start: Instant::now(),
+            grace: limits.body_read_timeout(),
+            per_second: limits.min_request_body_bytes_per_second as u64,
+            received: 0,
+        }
+    }
+
+    /// `grace` from now, whatever comes.
+    pub fn fixed(grace: Duration) -> Deadline {
+        Deadline {
+            start: Instant::now(),
+            grace,
+            per_second: 0,
+            received: 0,
+        }
+    }
+
+    /// Bytes of the body received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Time since the deadline was set.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn got(&mut self, bytes: usize) {
+        self.received = self.received.saturating_add(bytes as u64);
+    }
+
+    fn until(&self) -> Instant {
+        let earned = match self.per_second {
+            0 => Duration::ZERO,
+            rate => {
+                // Whole seconds, then the rest in nanoseconds: no float, no overflow.
+                let (secs, rest) = (self.received / rate, self.received % rate);
+                let nanos = u128::from(rest) * 1_000_000_000 / u128::from(rate);
+                Duration::from_secs(secs).saturating_add(Duration::from_nanos(nanos as u64))
+            }
+        };
+        // A rate of a byte a second and a body of gigabytes is a valid config: a deadline
+        // centuries away, which an `Instant` may not hold.
+        self.start + self.grace.saturating_add(earned).min(FAR)
+    }
+}
+
+/// Why a body could not be read.
+pub enum ReadError {
+    /// Over the limit; the body, to be discarded under its deadline as it stands.
+    TooLarge(Incoming, Deadline),
+    /// It came too slowly for its deadline; the body, and the deadline it missed.
+    TimedOut(Incoming, Deadline),
+    /// The connection ended (closed, reset) before the body was whole: the client cancelled
+    /// its request, and nobody is there to be answered.
+    Left,
+    /// The body's framing is broken (a bad chunk size): the client is still there to be
+    /// told.
+    Malformed(hyper::Error),
+}
+
+/// Reads the whole body: at most `max` bytes, within `deadline`.
+pub async fn read(
+    mut body: Incoming,
+    max: usize,
+    mut deadline: Deadline,
+) -> Result<Bytes, ReadError> {
     let mut buf = BytesMut::new();
     loop {
-        match timeout_at(until, body.frame()).await {
-            Err(_) => return Err(ReadError::TimedOut),
+        match timeout_at(deadline.until(), body.frame()).await {
+            Err(_) => return Err(ReadError::TimedOut(body, deadline)),
             Ok(None) => return Ok(buf.freeze()),
-            Ok(Some(Err(e))) => return Err(ReadError::Failed(e)),
+            Ok(Some(Err(e))) if is_malformed(&e) => return Err(ReadError::Malformed(e)),
+            Ok(Some(Err(_))) => return Err(ReadError::Left),
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    deadline.got(data.len());
                     if data.len() > max - buf.len() {
-                        return Err(ReadError::TooLarge(body));
+                        return Err(ReadError::TooLarge(body, deadline));
                     }
                     buf.extend_from_slice(data);
                 }
@@ -45,20 +133,36 @@ pub async fn read(mut body: Incoming, max: usize, until: Instant) -> Result<Byte
     }
 }
 
+/// Whether a body error is the body's own framing, which hyper's decoder reports as
+/// `InvalidInput` or `InvalidData`; every other error (the end of the connection before the
+/// body's, a reset) means the connection is gone.
+fn is_malformed(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        })
+}
+
 /// Reads what is left of a refused request's body in the background and drops it: at most
-/// `max` bytes, by `until`, after which the body (and with it the connection) is dropped.
-pub fn discard(mut body: Incoming, max: usize, until: Instant) {
+/// `max` bytes, within `deadline`, after which the body (and with it the connection) is
+/// dropped.
+pub fn discard(mut body: Incoming, max: usize, mut deadline: Deadline) {
     if max == 0 || body.is_end_stream() {
         return;
     }
     tokio::spawn(async move {
         let mut left = max;
-        while let Ok(Some(Ok(frame))) = timeout_at(until, body.frame()).await {
+        while let Ok(Some(Ok(frame))) = timeout_at(deadline.until(), body.frame()).await {
             let n = frame.data_ref().map_or(0, Bytes::len);
             if n > left {
                 return;
             }
             left -= n;
+            deadline.got(n);
         }
     });
 }

@@ -1,10 +1,11 @@
 //! The gateway's routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
 //! `GET /metrics`, `POST /admin/reload`.
 //!
-//! Owns: reading the request (bearer token first, then the body under its size limit and
-//! read timeout), handing it to the engine, and turning the outcome into a response: one
-//! JSON body for `stream: false`; for `stream: true`, a 200 SSE response at commit, or, if
-//! every attempt failed before commit, the same JSON error a non-streaming client gets.
+//! Owns: reading the request (its key first, from whichever header carries it, then the
+//! body under its size limit and deadline), handing it to the engine, and turning the
+//! outcome into a response: one JSON body for `stream: false`; for `stream: true`, a 200 SSE
+//! response at commit, or, if every attempt failed before commit, the same JSON error a
+//! non-streaming client gets.
 //! Either way the committing attempt's `x-request-id`, `x-ratelimit-*` and
 //! `openai-processing-ms` headers are passed on, and an error that ends a request whose
 //! plan is exhausted says `x-should-retry: false`, so an SDK's own retries do not multiply
@@ -13,7 +14,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 
@@ -45,15 +46,14 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
 }
 
 /// Reads what is left of a request that was answered from its head, and throws it away
-/// (up to `max_discarded_request_body_bytes`, within `body_read_timeout`): a client that
+/// (up to `max_discarded_request_body_bytes`, within the body's deadline): a client that
 /// sends its whole upload before it reads then gets its answer, not a reset.
 fn drain(engine: &Engine, req: Request<Incoming>) {
     let limits = &engine.catalog().limits;
-    let until = tokio::time::Instant::now() + limits.body_read_timeout();
     request_body::discard(
         req.into_body(),
         limits.max_discarded_request_body_bytes,
-        until,
+        request_body::Deadline::new(limits),
     );
 }
 
@@ -314,37 +314,122 @@ pub fn overflow(
     error(&e)
 }
 
-/// The key a request presents: `Authorization: Bearer <key>`, or, without an Authorization
-/// header, Azure OpenAI's `api-key: <key>` (the official SDK's `AzureOpenAI` client sends
-/// it; LiteLLM takes it too). `Ok(None)` when it presents none. A header that is there but
-/// holds no usable key (no `Bearer` scheme, an empty or non-ASCII value) is refused rather
-/// than read as no key: a client that believes it sends its key must not be served as
-/// anonymous.
+/// The headers a key may come in, besides `x-litellm-api-key` (which is read alone, see
+/// [`presented_key`]), in LiteLLM's order: `Authorization: Bearer <key>` (the OpenAI SDKs),
+/// Azure OpenAI's `api-key` (the official SDKs' `AzureOpenAI` clients) and `x-api-key`
+/// (Anthropic's SDKs, and many proxies), each with what to send when it is malformed.
+static KEY_HEADERS: [(&HeaderName, &str); 3] = [
+    (
+        &key_headers::AUTHORIZATION,
+        "Authorization: Bearer <virtual key>",
+    ),
+    (&key_headers::API_KEY, "api-key: <virtual key>"),
+    (&key_headers::X_API_KEY, "x-api-key: <virtual key>"),
+];
+
+mod key_headers {
+    use hyper::header::{self, HeaderName};
+
+    pub static AUTHORIZATION: HeaderName = header::AUTHORIZATION;
+    pub static API_KEY: HeaderName = HeaderName::from_static("api-key");
+    pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    pub static X_LITELLM_API_KEY: HeaderName = HeaderName::from_static("x-litellm-api-key");
+}
+
+/// The key a request presents, `Ok(None)` when it presents none. LiteLLM's own
+/// `x-litellm-api-key` (`<key>` or `Bearer <key>`) supersedes every other header, as in
+/// LiteLLM (`get_api_key` in `litellm/proxy/auth/user_api_key_auth.py`): it exists for
+/// clients whose Authorization header carries something else (a provider SDK's own token, a
+/// proxy's credentials), so those are not read then. Otherwise the key is whatever
+/// [`KEY_HEADERS`] present, and headers that name different keys are refused: LiteLLM
+/// silently takes the first, and a client that believes it sends one key must not be served
+/// as another. Any header that is there but holds no usable key (no `Bearer` scheme, an
+/// empty or non-ASCII value) is refused rather than read as no key, for the same reason: a
+/// client that believes it sends its key must not be served as anonymous. Errors name
+/// headers, never what they hold.
 fn presented_key<B>(req: &Request<B>) -> Result<Option<&str>, ApiError> {
     let headers = req.headers();
-    let malformed = |header: &str, expected: &str| {
-        ApiError::unauthorized(format!("malformed {header} header: send `{expected}`"))
+    let malformed = |header: &HeaderName, expected: &str| {
+        let name = shown(header);
+        ApiError::unauthorized(format!("malformed {name} header: send `{expected}`"))
     };
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        let Some(value) = headers.get("api-key") else {
-            return Ok(None);
-        };
-        return value
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|key| !key.is_empty())
-            .map(Some)
-            .ok_or_else(|| malformed("api-key", "api-key: <virtual key>"));
-    };
-    let bearer = value.to_str().ok().and_then(|v| {
-        let (scheme, token) = v.trim_start().split_once([' ', '\t'])?;
-        let token = token.trim();
-        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-    });
-    bearer
-        .map(Some)
-        .ok_or_else(|| malformed("Authorization", "Authorization: Bearer <virtual key>"))
+    let litellm = &key_headers::X_LITELLM_API_KEY;
+    if headers.contains_key(litellm) {
+        return one_key(headers.get_all(litellm).iter().map(|value| {
+            litellm_key(value)
+                .map(|key| (litellm, key))
+                .ok_or_else(|| malformed(litellm, "x-litellm-api-key: <virtual key>"))
+        }));
+    }
+    one_key(KEY_HEADERS.iter().flat_map(|&(name, expected)| {
+        headers.get_all(name).iter().map(move |value| {
+            let key = if name == header::AUTHORIZATION {
+                bearer(value)
+            } else {
+                bare(value)
+            };
+            key.map(|key| (name, key))
+                .ok_or_else(|| malformed(name, expected))
+        })
+    }))
+}
+
+/// The one key that every `(header, key)` names, the first error, or a 401 naming the first
+/// two headers that disagree.
+fn one_key<'r>(
+    found: impl Iterator<Item = Result<(&'r HeaderName, &'r str), ApiError>>,
+) -> Result<Option<&'r str>, ApiError> {
+    let mut first: Option<(&HeaderName, &str)> = None;
+    for next in found {
+        let (name, key) = next?;
+        match first {
+            None => first = Some((name, key)),
+            Some((_, seen)) if seen == key => {}
+            Some((seen_in, _)) => {
+                let both = if seen_in == name {
+                    format!("two {} headers", shown(name))
+                } else {
+                    format!("the {} and {} headers", shown(seen_in), shown(name))
+                };
+                return Err(ApiError::unauthorized(format!(
+                    "conflicting API keys: {both} name different keys; send one key, or \
+                     the one to use as x-litellm-api-key"
+                )));
+            }
+        }
+    }
+    Ok(first.map(|(_, key)| key))
+}
+
+/// A header's name as clients and docs spell it (`HeaderName` holds it lower-case).
+fn shown(name: &HeaderName) -> &str {
+    if *name == header::AUTHORIZATION {
+        "Authorization"
+    } else {
+        name.as_str()
+    }
+}
+
+/// The token of `Bearer <token>`.
+fn bearer(value: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.trim_start().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A header that holds the key alone.
+fn bare(value: &HeaderValue) -> Option<&str> {
+    Some(value.to_str().ok()?.trim()).filter(|key| !key.is_empty())
+}
+
+/// `x-litellm-api-key`: the key alone, or `Bearer <key>` (LiteLLM takes both).
+fn litellm_key(value: &HeaderValue) -> Option<&str> {
+    let key = bare(value)?;
+    match key.split_once([' ', '\t']) {
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("bearer") => bearer(value),
+        _ if key.eq_ignore_ascii_case("bearer") => None,
+        _ => Some(key),
+    }
 }
 
 /// [`presented_key`] where virtual keys are what is checked: a gateway without `keys:`
@@ -411,16 +496,15 @@ async fn chat(
 ) -> Response<ResponseBody> {
     // Only the figures needed: what lives across an await is carried by every request's
     // future, and the future by every client connection.
-    let (max, read_timeout, read_timeout_secs, max_discarded) = {
+    let (max, max_discarded, deadline, grace) = {
         let limits = &engine.catalog().limits;
         (
             limits.max_request_body_bytes,
-            limits.body_read_timeout(),
-            limits.body_read_timeout,
             limits.max_discarded_request_body_bytes,
+            request_body::Deadline::new(limits),
+            limits.body_timeout_grace(),
         )
     };
-    let until = tokio::time::Instant::now() + read_timeout;
     // Every way out before admission: no event will ever name the request.
     let refuse = |e: ApiError| {
         engine.note_refusal("chat", e.status, e.limit);
@@ -443,7 +527,7 @@ async fn chat(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        request_body::discard(req.into_body(), max_discarded, until);
+        request_body::discard(req.into_body(), max_discarded, deadline);
         return too_large();
     }
     // The key first: an unknown one is refused before a byte of its body is read.
@@ -454,29 +538,47 @@ async fn chat(
     let token = match token {
         Ok(token) => token,
         Err(e) => {
-            request_body::discard(req.into_body(), max_discarded, until);
+            request_body::discard(req.into_body(), max_discarded, deadline);
             return refuse(e);
         }
     };
-    let body: Bytes = match request_body::read(req.into_body(), max, until).await {
+    let body: Bytes = match request_body::read(req.into_body(), max, deadline).await {
         Ok(body) => body,
-        Err(ReadError::TimedOut) => {
+        Err(ReadError::TimedOut(rest, missed)) => {
+            // A client that finishes its upload soon after reads the 408 (see
+            // `request_body`); one still far from its end is cut after `grace`.
+            request_body::discard(rest, max_discarded, request_body::Deadline::fixed(grace));
+            let limits = &engine.catalog().limits;
             return refuse(
                 ApiError::new(
                     408,
                     "invalid_request_error",
                     format!(
-                        "request body not received within body_read_timeout = {read_timeout_secs}s"
+                        "request body too slow: {} bytes in {:.1} s; a body may take \
+                         body_read_timeout = {} s plus 1 s for every \
+                         min_request_body_bytes_per_second = {} bytes it sends",
+                        missed.received(),
+                        missed.elapsed().as_secs_f64(),
+                        limits.body_read_timeout,
+                        limits.min_request_body_bytes_per_second,
                     ),
                 )
                 .limit(Some("body_read_timeout")),
             );
         }
-        Err(ReadError::TooLarge(rest)) => {
-            request_body::discard(rest, max_discarded, until);
+        Err(ReadError::TooLarge(rest, deadline)) => {
+            request_body::discard(rest, max_discarded, deadline);
             return too_large();
         }
-        Err(ReadError::Failed(e)) => {
+        // Nobody receives this answer: a cancelled upload is a client gone, not a refusal
+        // (a 4xx in the dashboards for every upload a user cancelled).
+        Err(ReadError::Left) => {
+            engine.note_client_gone("chat");
+            return error(&ApiError::bad_request(
+                "the connection ended before the request body was complete",
+            ));
+        }
+        Err(ReadError::Malformed(e)) => {
             return refuse(ApiError::bad_request(format!(
                 "could not read the request body: {e}"
             )));

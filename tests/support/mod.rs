@@ -212,16 +212,21 @@ pub struct Gw {
 impl Gw {
     /// Loads `yaml` (a gateway config) and serves it over `net`.
     pub fn start(yaml: &str, net: &MemNet) -> Gw {
+        Gw::start_with(yaml, net, |engine| engine)
+    }
+
+    /// [`Gw::start`] with the engine as `build` makes it from the plain one.
+    pub fn start_with(yaml: &str, net: &MemNet, build: impl FnOnce(Engine) -> Engine) -> Gw {
         let config = GatewayConfig::load("test.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
         let catalog = Arc::new(Catalog::new(&config).unwrap());
         let trace = Arc::new(TraceLog::default());
         let wall = std::time::UNIX_EPOCH + std::time::Duration::from_secs(WALL_EPOCH_SECS);
-        let engine = Arc::new(Engine::new(
+        let engine = Arc::new(build(Engine::new(
             catalog,
             Arc::new(net.clone()),
             trace.clone(),
             Arc::new(FixedWall(wall)),
-        ));
+        )));
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(switchback::gateway::serve(
             engine.clone(),
@@ -234,6 +239,19 @@ impl Gw {
             net: net.clone(),
             conns: tx,
         }
+    }
+
+    /// [`Gw::start`] with Prometheus metrics kept (as `serve --metrics on` does).
+    pub fn start_metered(yaml: &str, net: &MemNet) -> Gw {
+        Gw::start_with(yaml, net, |engine| {
+            engine.with_metrics(Arc::new(switchback::metrics::Metrics::new()))
+        })
+    }
+
+    /// The metrics scrape, as `GET /metrics` renders it.
+    pub fn scrape(&self) -> String {
+        let metrics = self.engine.metrics().expect("a metered gateway");
+        metrics.render(self.engine.cooling(), self.engine.upstream_pool().stats())
     }
 
     /// A raw byte pipe to the gateway, as a client's socket.
@@ -465,6 +483,50 @@ model_list:
   - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1", api_key: sk-upstream-SECRET-123}, model_info: {id: d}}
 router_settings: {num_retries: 0}
 "#;
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------------------------
+
+/// What a test's log subscriber wrote: JSON lines, one per event.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Records every INFO event of the calling thread (a `#[tokio::test]`'s tasks run on it)
+    /// as JSON, until the guard is dropped.
+    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .without_time()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The lines of `target` (`switchback::access` for access lines).
+    pub fn lines(&self, target: &str) -> Vec<Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["target"] == target)
+            .collect()
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Panics
