@@ -340,13 +340,14 @@ mod key_headers {
 /// `x-litellm-api-key` (`<key>` or `Bearer <key>`) supersedes every other header, as in
 /// LiteLLM (`get_api_key` in `litellm/proxy/auth/user_api_key_auth.py`): it exists for
 /// clients whose Authorization header carries something else (a provider SDK's own token, a
-/// proxy's credentials), so those are not read then. Otherwise the key is whatever
-/// [`KEY_HEADERS`] present, and headers that name different keys are refused: LiteLLM
-/// silently takes the first, and a client that believes it sends one key must not be served
-/// as another. Any header that is there but holds no usable key (no `Bearer` scheme, an
-/// empty or non-ASCII value) is refused rather than read as no key, for the same reason: a
-/// client that believes it sends its key must not be served as anonymous. Errors name
-/// headers, never what they hold.
+/// proxy's credentials), so those are not read then. Otherwise the key is in the first of
+/// [`KEY_HEADERS`] present, in LiteLLM's order, and the later ones are not read: a proxy in
+/// front (AWS API Gateway's usage plans, Kong, Apigee) adds its own `x-api-key` beside the
+/// client's `Authorization`, and must not turn a working request into a 401. The header read
+/// must hold a usable key: one that is there but holds none (no `Bearer` scheme, an empty
+/// or non-ASCII value), or that is sent twice naming different keys, is refused rather than
+/// read as no key, for a client that believes it sends its key must not be served as
+/// anonymous. Errors name headers, never what they hold.
 fn presented_key<B>(req: &Request<B>) -> Result<Option<&str>, ApiError> {
     let headers = req.headers();
     let malformed = |header: &HeaderName, expected: &str| {
@@ -361,21 +362,25 @@ fn presented_key<B>(req: &Request<B>) -> Result<Option<&str>, ApiError> {
                 .ok_or_else(|| malformed(litellm, "x-litellm-api-key: <virtual key>"))
         }));
     }
-    one_key(KEY_HEADERS.iter().flat_map(|&(name, expected)| {
-        headers.get_all(name).iter().map(move |value| {
-            let key = if name == header::AUTHORIZATION {
-                bearer(value)
-            } else {
-                bare(value)
-            };
-            key.map(|key| (name, key))
-                .ok_or_else(|| malformed(name, expected))
-        })
+    let Some(&(name, expected)) = KEY_HEADERS
+        .iter()
+        .find(|(name, _)| headers.contains_key(*name))
+    else {
+        return Ok(None);
+    };
+    one_key(headers.get_all(name).iter().map(|value| {
+        let key = if name == header::AUTHORIZATION {
+            bearer(value)
+        } else {
+            bare(value)
+        };
+        key.map(|key| (name, key))
+            .ok_or_else(|| malformed(name, expected))
     }))
 }
 
-/// The one key that every `(header, key)` names, the first error, or a 401 naming the first
-/// two headers that disagree.
+/// The one key that every value of one header names, the first error, or a 401 when two
+/// values disagree.
 fn one_key<'r>(
     found: impl Iterator<Item = Result<(&'r HeaderName, &'r str), ApiError>>,
 ) -> Result<Option<&'r str>, ApiError> {
