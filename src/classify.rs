@@ -642,6 +642,18 @@ const OVERLOADED_TAGS: &[&str] = &[
 ];
 
 fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
+    // OpenAI's 429 for one request larger than the organisation's whole tokens-per-minute
+    // ("Request too large for gpt-4o ... on tokens per min (TPM): Limit 30000, Requested
+    // 48211. The input or output tokens must be reduced"): no wait mends it, and it says
+    // nothing of the deployment's load. Read as a rate limit, one tenant's prompt cooled
+    // every deployment it was retried on; like a context window, it goes where a larger
+    // request fits (`context_window_fallbacks`, else `fallbacks`), cooling nothing.
+    if matches!(status, Some(429) | None)
+        && h.message_mentions(&["request too large for"])
+        && h.message_mentions(&["tokens per min"])
+    {
+        return FailureClass::ContextWindow;
+    }
     if status == Some(429) || h.has_tag(RATE_LIMIT_TAGS) {
         return FailureClass::RateLimited;
     }
@@ -847,6 +859,25 @@ mod tests {
         assert_eq!((f.class, f.quota), (FailureClass::RateLimited, true));
         assert!(f.retry_elsewhere_only());
         assert_eq!(f.client_status(), 429);
+        // OpenAI's 429 for one request larger than the organisation's tokens-per-minute:
+        // no wait mends it, and it says nothing of the deployment's load. As a rate limit it
+        // cooled every deployment it was retried on, for every tenant, for one prompt.
+        let f = status(
+            429,
+            r#"{"error":{"message":"Request too large for gpt-4o in organization org-abc on tokens per min (TPM): Limit 30000, Requested 48211. The input or output tokens must be reduced in order to run successfully. Visit https://platform.openai.com/account/rate-limits to learn more.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(f.class, FailureClass::ContextWindow, "{f:?}");
+        assert_eq!(
+            f.client_status(),
+            429,
+            "the client sees OpenAI's own status"
+        );
+        // ...where the same organisation's ordinary TPM limit is a rate limit.
+        let f = status(
+            429,
+            r#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-abc on tokens per min (TPM): Limit 30000, Used 29500, Requested 900. Please try again in 0.8s.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(f.class, FailureClass::RateLimited);
     }
 
     /// OpenAI's moderation refusal of a reasoning model's prompt is a content-policy
