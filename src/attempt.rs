@@ -640,6 +640,12 @@ impl Run<'_> {
         let mut failure = e.classify(self.engine.wall_now()).unless_echoed(sent);
         if let Some(kind) = e.timeout_kind() {
             failure.blame = blame.of(kind);
+            // An attempt's deadline moves on while its client holds the gateway up (see
+            // `UpstreamStream::next`), and stops at the request's: one that fires there is
+            // the request's, whatever the deployment's `timeout` was at the start.
+            if kind == TimeoutKind::Attempt && Instant::now() >= self.deadline {
+                failure.blame = Blame::RequestTimeout;
+            }
         }
         // Upstream text reaches the client: keep the deployment's secrets out of it, and
         // never promise a wait longer than the gateway would ever cool for.

@@ -1372,6 +1372,25 @@ fn azure_problem(p: &LitellmParams) -> Option<String> {
                  e.g. `2024-10-21`)"
             ))
         }
+        // LiteLLM reads these as Azure's v1 API (`.../openai/v1/...`), not a version of
+        // the deployments API: sent as `api-version=v1` there, every call would fail.
+        Some(v) if ["v1", "preview", "latest"].contains(&v.as_str()) => Some(format!(
+            "`api_version: {v}` names Azure's v1 API: give it as `api_base` \
+             (`https://<resource>.openai.azure.com/openai/v1`) with no `api_version`"
+        )),
+        Some(_)
+            if p.api_base
+                .as_deref()
+                .and_then(|b| crate::upstream::Endpoint::parse(b).ok())
+                .is_some_and(|e| e.base_path.ends_with("/openai/v1")) =>
+        {
+            Some(
+                "`api_version` is for Azure's deployments API, whose `api_base` is the \
+                 resource's root; an `api_base` ending in `/openai/v1` is the v1 API, which \
+                 takes none"
+                    .to_string(),
+            )
+        }
         Some(_) => None,
         None if azure => {
             let endpoint = crate::upstream::Endpoint::parse(p.api_base.as_deref()?).ok()?;
@@ -1543,6 +1562,14 @@ keys:
             (
                 "model: azure/gpt-4o, api_base: \"https://res.openai.azure.com\"",
                 "needs `api_version`",
+            ),
+            (
+                "model: azure/gpt-4o, api_base: \"https://res.openai.azure.com\", api_version: v1",
+                "names Azure's v1 API",
+            ),
+            (
+                "model: azure/gpt-4o, api_base: \"https://res.openai.azure.com/openai/v1\", api_version: \"2024-10-21\"",
+                "takes none",
             ),
             (
                 "model: azure/gpt-4o, api_base: \"https://res.cognitiveservices.azure.com/\"",

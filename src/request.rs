@@ -434,15 +434,6 @@ fn check_messages(messages: &[Value], param: &str, limits: &Limits) -> Result<()
 /// The messages each target of client-side fallbacks is sent, by target name.
 type TargetMessages = Vec<(String, std::sync::Arc<Vec<Value>>)>;
 
-/// LiteLLM's client-side fallback forms (`litellm/router_utils/fallback_event_handlers.py`,
-/// `_check_non_standard_fallback_format`): a list of names (`["b", "c"]`), or of objects
-/// naming a `model` and optionally its own `messages` (`[{"model": "b", "messages":
-/// [...]}]`); anything else is the `[{group: [...]}]` form (`None` here). Both mean: the
-/// fallbacks of the requested model, in this order. LiteLLM applies an object by
-/// `kwargs.update(entry)` in `run_async_fallback`, on the kwargs its later entries reuse: an
-/// entry's `messages` replace the request's for that fallback **and every later one**, until
-/// another entry sets its own. Only `model` and `messages` are accepted in an object (LiteLLM
-/// would apply any parameter; refused here rather than ignored).
 /// A request's fallback list, and each `{group: [...]}` entry's list of targets, hold at
 /// most `max_request_fallbacks` items. Why every level: the plan visits each target of an
 /// entry and reports each one it skips, so one entry of a million repeated names was a
@@ -463,12 +454,15 @@ fn check_fallback_list_sizes(field: &str, list: &Value, limits: &Limits) -> Resu
         return Err(too_long(field, items.len(), "fallback entries"));
     }
     for (i, item) in items.iter().enumerate() {
-        // A client-side `{model, messages}` object: its messages are bounded by max_messages.
         let Value::Object(entry) = item else { continue };
-        if entry.contains_key("model") || entry.contains_key("messages") {
-            continue;
-        }
+        // A client-side `{model: "b", messages: [...]}` object of `fallbacks`: its messages
+        // are bounded by max_messages. Anywhere else, `model` or `messages` with a list is a
+        // group's entry like any other.
+        let client_side = field == "fallbacks" && entry.get("model").is_some_and(Value::is_string);
         for (group, targets) in entry {
+            if client_side && group == "messages" {
+                continue;
+            }
             if let Value::Array(targets) = targets {
                 if targets.len() > max {
                     return Err(too_long(
@@ -483,6 +477,15 @@ fn check_fallback_list_sizes(field: &str, list: &Value, limits: &Limits) -> Resu
     Ok(())
 }
 
+/// LiteLLM's client-side fallback forms (`litellm/router_utils/fallback_event_handlers.py`,
+/// `_check_non_standard_fallback_format`): a list of names (`["b", "c"]`), or of objects
+/// naming a `model` and optionally its own `messages` (`[{"model": "b", "messages":
+/// [...]}]`); anything else is the `[{group: [...]}]` form (`None` here). Both mean: the
+/// fallbacks of the requested model, in this order. LiteLLM applies an object by
+/// `kwargs.update(entry)` in `run_async_fallback`, on the kwargs its later entries reuse: an
+/// entry's `messages` replace the request's for that fallback **and every later one**, until
+/// another entry sets its own. Only `model` and `messages` are accepted in an object (LiteLLM
+/// would apply any parameter; refused here rather than ignored).
 fn client_side_fallbacks(
     list: &[Value],
     limits: &Limits,
@@ -771,6 +774,20 @@ mod tests {
         let carried = r#"{"model":"a","messages":[{"role":"user"}],"fallbacks":[{"model":"b","messages":[{"role":"user"},{"role":"user"},{"role":"user"}]}]}"#;
         ChatRequest::parse(carried.as_bytes(), &limits)
             .expect("an entry's messages are bounded by max_messages, not here");
+        // A group named like a client-side object's fields is bounded as any other.
+        for (field, value) in [
+            ("context_window_fallbacks", r#"[{"model":["b","c","d"]}]"#),
+            ("fallbacks", r#"[{"a":["b"]},{"messages":["b","c","d"]}]"#),
+        ] {
+            let body =
+                format!(r#"{{"model":"a","messages":[{{"role":"user"}}],"{field}":{value}}}"#);
+            let e = ChatRequest::parse(body.as_bytes(), &limits).unwrap_err();
+            assert_eq!(
+                e.limit,
+                Some("max_request_fallbacks"),
+                "{field} {value}: {e:?}"
+            );
+        }
     }
 
     #[test]

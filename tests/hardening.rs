@@ -676,6 +676,31 @@ async fn an_upload_below_the_minimum_rate_gets_a_408_once_it_falls_behind() {
     );
 }
 
+// 8e'. A client that sent most of a large body fast, then stops, gets its 408
+// `body_read_timeout` after its last byte: the minimum rate alone gave it about a second per
+// 16 KiB already sent (for 8 MiB, over eight minutes), a connection and a body in memory
+// held for nothing.
+#[tokio::test(start_paused = true)]
+async fn an_upload_that_stops_gets_its_408_whatever_it_sent_before() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    let (head, body) = big_upload(8 << 20);
+    let mut pipe = gw.raw().await;
+    pipe.write_all(&head).await.unwrap();
+    pipe.write_all(&body[..body.len() - 1]).await.unwrap();
+    let stopped = tokio::time::Instant::now();
+    let mut first = [0u8; 64];
+    let n = pipe.read(&mut first).await.unwrap();
+    let waited = stopped.elapsed();
+    let first = String::from_utf8_lossy(&first[..n]);
+    assert!(first.starts_with("HTTP/1.1 408"), "{first}");
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+        "{waited:?}: body_read_timeout after its last byte"
+    );
+}
+
 // 8f. A client that fell behind, then sends the rest of its body soon after, reads its 408:
 // the rest is read and thrown away for `body_timeout_grace`, as a refused upload's is. The
 // body was dropped unread, so the gateway closed the connection under the client's writes
@@ -926,8 +951,10 @@ keys:
 // either was served as anonymous (without its key's allow-list, team or aliases) where
 // anonymous requests are allowed, and refused as keyless where they are not.
 // `x-litellm-api-key` supersedes the other headers, as in LiteLLM (it exists for clients
-// whose Authorization carries something else); two of the others naming different keys are
-// refused, and no error repeats a key.
+// whose Authorization carries something else); of the others the first present in
+// LiteLLM's order is the key (a proxy's own `x-api-key` beside the client's Authorization
+// is not read), one header sent twice with different keys is refused, and no error repeats
+// a key.
 #[tokio::test(start_paused = true)]
 async fn every_key_header_names_the_key_and_the_first_in_litellms_order_is_read() {
     let net = MemNet::new();

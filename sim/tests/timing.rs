@@ -213,19 +213,14 @@ fn ties_over_2000_coarse_cases() {
     coarse_concurrent_cases(700_000..702_000);
 }
 
-/// A streaming client that reads slowly holds the gateway's writes up; that time is not the
-/// upstream's. The deployment's answer takes about 0.4 s, within its `timeout` and
-/// `stream_timeout` of 1 s; the client reads one chunk, then nothing for 1.5 s (within
-/// `client_write_timeout`), then reads on, and the answer is larger than every buffer
-/// between them, so the gateway's writes wait meanwhile. The stream must be served by the
-/// one call, as the non-streaming answer is. Before, the attempt's clock ran on while the
-/// gateway waited on its client: the first upstream read that was not ready at once fired
-/// a timeout blamed on the deployment, and the stream was continued on a second call the
-/// non-streaming request never made.
-#[test]
-fn a_slow_streaming_reader_does_not_spend_the_attempt_timeout() {
-    // 6,000 one-character chunks with log probabilities: about 2 MB of SSE, more than the
-    // client's HTTP read buffer and the gateway's stream buffers hold.
+/// A world where a streaming client reads one chunk, then nothing for 1.5 s (within
+/// `client_write_timeout`), then reads on, and the answer (6,000 one-character chunks with
+/// log probabilities: about 2 MB of SSE) is larger than every buffer between the gateway and
+/// it, so the gateway's writes wait meanwhile. The deployment's `timeout` and
+/// `stream_timeout` are 1 s. `first_call` scripts the first call's answer (YAML), the
+/// others answer the text whole; `expect` is the request's expectation (YAML, `{content}`
+/// standing for the text).
+fn slow_reader(first_call: &str, expect: &str) -> (Scenario, String) {
     let text: String = (0..6_000)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
@@ -241,20 +236,23 @@ gateway:
   limits: {{stream_buffer_frames: 2}}
 providers:
   - host: up
-    default: {{text: "{text}", chunk_size: 1, logprobs: true, delays_ms: [400]}}
+    default: {{text: "{text}", chunk_size: 1, logprobs: true}}
+    calls: [{{calls: [1], text: "{text}", chunk_size: 1, logprobs: true, {first_call}}}]
 requests:
   - model: chat
     stop_reading: {{after_chunks: 1, hold_ms: 1500, resume: true}}
     timeout_ms: 10000
-expect:
-  status: 200
-  content: "{text}"
-  attempts: ["up: ok"]
-  calls: {{up: 1}}
+expect: {{{expect}}}
 "#
     );
+    let yaml = yaml.replace("{content}", &text);
     let s = Scenario::load("slow_reader.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
-    let verdict = explore::judge(&s, &switchback());
+    (s, text)
+}
+
+/// Both modes of `s` judged alike; the stream's client held the gateway up, then read on.
+fn judged_alike_with_a_slow_reader(s: &Scenario) {
+    let verdict = explore::judge(s, &switchback());
     // Each failure cut short: the expected content alone is 6,000 characters.
     let failures: Vec<String> = verdict
         .failures
@@ -277,4 +275,29 @@ expect:
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// A slow streaming reader's time is not the upstream's when the upstream keeps up: the
+/// answer (0.4 s) is served by the one call, as the non-streaming answer is. Before, the
+/// attempt's clock ran on while the gateway waited on its client: the first upstream read
+/// that was not ready at once fired a timeout blamed on the deployment, and the stream was
+/// continued on a second call the non-streaming request never made.
+#[test]
+fn a_slow_streaming_reader_does_not_spend_the_attempt_timeout() {
+    let (s, _) = slow_reader(
+        "delays_ms: [400]",
+        r#"status: 200, content: "{content}", attempts: ["up: ok"], calls: {up: 1}"#,
+    );
+    judged_alike_with_a_slow_reader(&s);
+}
+
+/// ...and an upstream that falls silent is timed out in both modes alike, a slow reader or
+/// not: after the whole text the call stalls, and both modes fail it at its `timeout`.
+#[test]
+fn an_upstream_that_stalls_behind_a_slow_reader_times_out_in_both_modes() {
+    let (s, _) = slow_reader(
+        "fault: {kind: stall, after_chunks: 6000}",
+        r#"status: 504, attempts: ["up: timeout"], calls: {up: 1}"#,
+    );
+    judged_alike_with_a_slow_reader(&s);
 }

@@ -14,11 +14,14 @@
 //!
 //! A body's deadline grows with what it brings: `body_read_timeout` after the head, plus a
 //! second for every `min_request_body_bytes_per_second` bytes received (Apache's
-//! `mod_reqtimeout` rule). A fixed deadline on the whole body failed honest large uploads
-//! on slow uplinks, and an idle timeout between reads would let a client hold a connection
-//! for ever with a byte now and then; this one asks a steady minimum rate, so a connection
-//! is held at most `body_read_timeout` plus the largest body at that rate, and only by a
-//! client that keeps sending.
+//! `mod_reqtimeout` rule), and never more than `body_read_timeout` after its last bytes. A
+//! fixed deadline on the whole body failed honest large uploads on slow uplinks; an idle
+//! timeout alone would let a client hold a connection for ever with a byte now and then;
+//! the rate alone let a client that sent most of a large body fast, then stopped, hold its
+//! connection and the body in memory for as long as it had earned (an hour for 50 MiB).
+//! Both together ask a steady minimum rate and no long silence, so a connection is held at
+//! most `body_read_timeout` plus the largest body at that rate, and only by a client that
+//! keeps sending.
 
 use std::time::Duration;
 
@@ -36,6 +39,8 @@ const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
     start: Instant,
+    /// When the last bytes came (the start, before any).
+    last_bytes: Instant,
     grace: Duration,
     /// 0: the deadline does not grow.
     per_second: u64,
@@ -45,8 +50,10 @@ pub struct Deadline {
 impl Deadline {
     /// A body's deadline as `limits` set it, from now (its head has arrived).
     pub fn new(limits: &Limits) -> Deadline {
+        let now = Instant::now();
         Deadline {
-            start: Instant::now(),
+            start: now,
+            last_bytes: now,
             grace: limits.body_read_timeout(),
             per_second: limits.min_request_body_bytes_per_second as u64,
             received: 0,
@@ -55,8 +62,10 @@ impl Deadline {
 
     /// `grace` from now, whatever comes.
     pub fn fixed(grace: Duration) -> Deadline {
+        let now = Instant::now();
         Deadline {
-            start: Instant::now(),
+            start: now,
+            last_bytes: now,
             grace,
             per_second: 0,
             received: 0,
@@ -75,6 +84,9 @@ impl Deadline {
 
     fn got(&mut self, bytes: usize) {
         self.received = self.received.saturating_add(bytes as u64);
+        if bytes > 0 {
+            self.last_bytes = Instant::now();
+        }
     }
 
     fn until(&self) -> Instant {
@@ -89,7 +101,8 @@ impl Deadline {
         };
         // A rate of a byte a second and a body of gigabytes is a valid config: a deadline
         // centuries away, which an `Instant` may not hold.
-        self.start + self.grace.saturating_add(earned).min(FAR)
+        let by_rate = self.start + self.grace.saturating_add(earned).min(FAR);
+        by_rate.min(self.last_bytes + self.grace.min(FAR))
     }
 }
 

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -236,7 +237,7 @@ impl UpstreamClient {
             queue: VecDeque::new(),
             timeouts,
             last_activity: Instant::now(),
-            handed_out: None,
+            unread_since: None,
             got_chunk: false,
             choices: ChoiceProgress::default(),
             done: false,
@@ -645,9 +646,9 @@ pub struct UpstreamStream {
     queue: VecDeque<Result<Payload, ChunkError>>,
     timeouts: AttemptTimeouts,
     last_activity: Instant,
-    /// When [`UpstreamStream::next`] last handed a chunk out: until the caller asks for the
-    /// next one, the gateway is busy with its client, not waiting on the upstream.
-    handed_out: Option<Instant>,
+    /// Since when the gateway has not read the upstream's body: set when
+    /// [`UpstreamStream::next`] hands a chunk out, cleared at the next read (see there).
+    unread_since: Option<Instant>,
     got_chunk: bool,
     /// Which choices have finished: a body that ends without `[DONE]` is a complete answer
     /// only once every choice it named has.
@@ -720,10 +721,10 @@ impl Drop for UpstreamStream {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let now = Instant::now();
-        let until = Wait::new(now, self.timeouts, TimeoutKind::Idle)
-            .at
-            .min(now + MAX_DRAIN_WAIT);
+        // Bounded from now, not by the attempt's deadline: the drain is about the
+        // connection, and a stream dropped late (its client slow to take the last chunks)
+        // would find that deadline past and close a connection the other mode keeps.
+        let until = Instant::now() + MAX_DRAIN_WAIT.min(self.timeouts.stream_timeout);
         runtime.spawn(drain(body, lease, until));
     }
 }
@@ -779,16 +780,16 @@ impl UpstreamStream {
     /// The next chunk, `Ok(None)` at the end (`[DONE]`, or a clean end after a finish
     /// reason when `[DONE]` is missing), or why the stream failed.
     ///
-    /// The attempt's clocks (its `timeout` and the idle timer) run only while the gateway
-    /// waits on the upstream: the time between handing a chunk out and asking for the next
-    /// one moves them on. Why: a streaming client that reads slowly holds the gateway's
-    /// writes up, where a non-streaming one never does; counted, that time timed the
-    /// upstream out in one mode only, blamed on the deployment, and changed what the two
-    /// modes called upstream. The request deadline still bounds the whole.
+    /// The time the gateway spent away from the upstream (handing chunks to its client) is
+    /// not charged to the upstream when the upstream was ahead of it: when its next bytes
+    /// are already waiting at the first read after, the attempt's clocks (its `timeout` and
+    /// the idle timer) move on by that time. Why: a streaming client that reads slowly holds
+    /// the gateway's writes up, where a non-streaming one never does; charged, that time
+    /// timed an upstream that was keeping up out in one mode only, blamed on the
+    /// deployment, and changed what the two modes called upstream. When nothing is waiting,
+    /// the upstream was behind on its own, as it would have been for a non-streaming
+    /// client, and nothing moves. The request deadline still bounds the whole.
     pub async fn next(&mut self) -> Result<Option<Chunk>, UpstreamError> {
-        if let Some(at) = self.handed_out.take() {
-            self.hold_clocks(Instant::now().saturating_duration_since(at));
-        }
         loop {
             if let Some(item) = self.queue.pop_front() {
                 match item? {
@@ -807,7 +808,7 @@ impl UpstreamStream {
                         // a failure depends on the request's plan (see `attempt`).
                         self.choices.note(&c);
                         self.got_chunk = true;
-                        self.handed_out = Some(Instant::now());
+                        self.unread_since.get_or_insert_with(Instant::now);
                         return Ok(Some(c));
                     }
                 }
@@ -820,10 +821,37 @@ impl UpstreamStream {
             } else {
                 TimeoutKind::FirstChunk
             };
-            let wait = Wait::new(self.last_activity, self.timeouts, kind);
-            let frame = timeout_at(wait.at, self.body().frame())
-                .await
-                .map_err(|_| UpstreamError::Timeout(wait.kind))?;
+            // The first read after time away: what is already waiting says whether the
+            // upstream was ahead of the gateway meanwhile.
+            let waiting = match self.unread_since.take() {
+                Some(since) => {
+                    let body = self.body();
+                    let now_or_never = std::future::poll_fn(|cx| {
+                        Poll::Ready(hyper::body::Body::poll_frame(
+                            std::pin::Pin::new(&mut *body),
+                            cx,
+                        ))
+                    })
+                    .await;
+                    match now_or_never {
+                        Poll::Ready(frame) => {
+                            self.hold_clocks(Instant::now().saturating_duration_since(since));
+                            Some(frame)
+                        }
+                        Poll::Pending => None,
+                    }
+                }
+                None => None,
+            };
+            let frame = match waiting {
+                Some(frame) => frame,
+                None => {
+                    let wait = Wait::new(self.last_activity, self.timeouts, kind);
+                    timeout_at(wait.at, self.body().frame())
+                        .await
+                        .map_err(|_| UpstreamError::Timeout(wait.kind))?
+                }
+            };
             match frame {
                 None => {
                     self.done = true;

@@ -123,8 +123,13 @@ impl Endpoint {
                     .base_path
                     .strip_suffix("/openai")
                     .unwrap_or(&self.base_path);
-                let deployment =
+                let mut deployment =
                     percent_encoding::utf8_percent_encode(model, PATH_SEGMENT).to_string();
+                // `.` and `..` are unreserved, yet as a whole segment they name another path
+                // (RFC 3986 §5.2.4): a wildcard group's `azure/..` would post elsewhere.
+                if deployment == "." || deployment == ".." {
+                    deployment = deployment.replace('.', "%2E");
+                }
                 let version =
                     percent_encoding::utf8_percent_encode(version, QUERY_VALUE).to_string();
                 format!(
@@ -240,6 +245,14 @@ mod tests {
             assert!(!e.takes_api_key_header());
             e.azure_api_version = Some("2025-01-01-preview".into());
             assert!(e.takes_api_key_header());
+            assert_eq!(
+                e.chat_completions_path(".."),
+                format!(
+                    "{}?api-version=2025-01-01-preview",
+                    path.replace("gpt 4o", "%2E%2E")
+                ),
+                "{api_base}: a dot segment would name another path"
+            );
             assert_eq!(
                 e.chat_completions_path("gpt 4o/x"),
                 format!(
