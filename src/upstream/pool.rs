@@ -481,14 +481,16 @@ impl Waiting {
 pub const TLS_DIAL_WAIT_LIMIT: Duration = Duration::from_millis(250);
 
 /// The longest one wait for another attempt's HTTP/2 dial lasts before the attempt looks
-/// again; after `MAX_DIAL_WAITS` of them (see `client.rs`) it opens its own connection. A
-/// whole dial (TCP, TLS, then the server's SETTINGS: about three round trips) ends within
-/// that to even a distant provider (300 ms round trips make about a second), so a dial
-/// that is merely slow still gathers its burst onto one connection. A server that completes
-/// TLS, picks `h2`, and then never sends its SETTINGS holds its dial until the connection
-/// ends: without a bound every attempt to it waited for that, each until its own first-byte
-/// timeout (60 s by default), and none opened a connection of its own.
-pub const HTTP2_DIAL_WAIT_LIMIT: Duration = Duration::from_millis(500);
+/// again; after `MAX_DIAL_WAITS` (4) of them (see `client.rs`) it opens its own connection.
+/// Four of them, 8 s, outlast a whole dial (TCP, TLS, then the server's SETTINGS: about
+/// three round trips, a second to a distant provider) slowed by two lost SYNs (the kernel
+/// sends them again after 1 s, then 2 s more): a dial that is merely slow still gathers
+/// its burst onto one connection, where at 500 ms a 2 s dial sent every waiter to open its
+/// own handshake at once. A server that completes TLS, picks `h2`, and then never sends
+/// its SETTINGS holds its dial until the connection ends: without a bound every attempt to
+/// it waited for that, each until its own first-byte timeout (60 s by default), and none
+/// opened a connection of its own.
+pub const HTTP2_DIAL_WAIT_LIMIT: Duration = Duration::from_secs(2);
 
 /// This attempt is opening the connection others wait for; dropping it (the connection
 /// is in the pool, or it failed, or the attempt was abandoned) wakes them.
