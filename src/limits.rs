@@ -71,9 +71,10 @@ pub struct Limits {
     /// of zeros in an array would be 2 GiB. A long conversation with many tools is tens of
     /// thousands of values; images are one string each.
     pub max_request_json_values: usize,
-    /// JSON values in one upstream answer sent as one JSON completion (a `fake_stream`
-    /// deployment's, or one that ignored `stream: true`); more is a malformed answer. The
-    /// same reason as `max_request_json_values`: `max_upstream_body_bytes` of `0,` would be
+    /// JSON values in one upstream answer: one JSON completion (a `fake_stream`
+    /// deployment's, or one that ignored `stream: true`), or all of a streamed answer's
+    /// chunks together, from which a non-streaming client's answer is merged; more is a
+    /// malformed answer, in both modes alike. The same reason as `max_request_json_values`: `max_upstream_body_bytes` of `0,` would be
     /// 640 MB of values. A 4,096-token answer with 20 `top_logprobs` per token is about
     /// 430,000.
     pub max_upstream_json_values: usize,

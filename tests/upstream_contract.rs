@@ -971,6 +971,40 @@ async fn every_byte_of_a_stream_counts_against_max_body_bytes() {
     );
 }
 
+/// Every chunk's JSON values count against `max_upstream_json_values`, across the answer:
+/// a non-streaming client's answer is merged from them all, and an upstream streaming
+/// `logprobs` arrays of zeros in lines within `max_sse_line_bytes` would grow it by about
+/// 80 bytes per two bytes sent. Both modes read the answer through this stream, so both
+/// fail it alike.
+#[tokio::test]
+async fn every_chunks_json_values_count_against_the_answers_bound() {
+    let padded = |n: usize| {
+        let mut c: Value = serde_json::from_str(&content("x")).unwrap();
+        c["choices"][0]["logprobs"] = json!({"content": vec![0; n]});
+        c.to_string()
+    };
+    let answer: Vec<String> = (0..10).map(|_| padded(40)).collect();
+    let body = sse(&answer) + DONE;
+    let limits = |values: usize| ClientLimits {
+        chunks: ChunkLimits {
+            max_json_values: values,
+            ..LIMITS.chunks
+        },
+        ..LIMITS
+    };
+    let (chunks, end) = read_with(limits(100_000), sse_response(body.clone())).await;
+    end.expect("well within the bound");
+    assert_eq!(chunks.len(), 10);
+    let (chunks, end) = read_with(limits(300), sse_response(body)).await;
+    assert!(chunks.len() < 10, "{} chunks read", chunks.len());
+    let err = end.unwrap_err();
+    assert!(
+        matches!(&err, UpstreamError::Limit(l) if l.name == "max_upstream_json_values"),
+        "{err:?}"
+    );
+    assert_eq!(classified(&err).class, FailureClass::Malformed);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Timeouts (real clock: 50 ms budgets against a 200 ms slow upstream)
 // ---------------------------------------------------------------------------------------------

@@ -186,6 +186,48 @@ impl Fields<Top> {
                 .collect(),
         )
     }
+
+    /// The JSON values it holds (every object, array, string, number, boolean and null
+    /// counts one, itself included), as `json::from_slice_bounded` counts them.
+    pub fn value_count(&self) -> usize {
+        1 + self
+            .iter()
+            .map(|(_, top)| match top {
+                Top::Choices(choices) => {
+                    1 + choices
+                        .iter()
+                        .map(|choice| match choice {
+                            Choice::Object(fields) => {
+                                1 + fields
+                                    .iter()
+                                    .map(|(_, field)| match field {
+                                        ChoiceField::Delta(delta) => {
+                                            1 + delta
+                                                .iter()
+                                                .map(|(_, v)| values_in(v))
+                                                .sum::<usize>()
+                                        }
+                                        ChoiceField::Json(v) => values_in(v),
+                                    })
+                                    .sum::<usize>()
+                            }
+                            Choice::Json(v) => values_in(v),
+                        })
+                        .sum::<usize>()
+                }
+                Top::Json(v) => values_in(v),
+            })
+            .sum::<usize>()
+    }
+}
+
+/// The JSON values in `v`, itself included.
+fn values_in(v: &Value) -> usize {
+    1 + match v {
+        Value::Array(items) => items.iter().map(values_in).sum(),
+        Value::Object(map) => map.values().map(values_in).sum(),
+        _ => 0,
+    }
 }
 
 impl Top {
@@ -619,6 +661,33 @@ impl<'de> Visitor<'de> for ChoiceSeed {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Choice, A::Error> {
         read_fields::<ChoiceLevel, A>(map).map(Choice::Object)
+    }
+}
+
+#[cfg(test)]
+mod value_count_tests {
+    use super::*;
+
+    /// A chunk's count is the one the bounded parse counts for the same text.
+    #[test]
+    fn a_chunks_values_are_counted_as_the_bounded_parse_counts_them() {
+        for text in [
+            r#"{}"#,
+            r#"{"id":"x","choices":[{"index":0,"delta":{"content":"a","tool_calls":[{"index":0}]},"logprobs":{"content":[1,2]},"finish_reason":null}],"usage":null}"#,
+            r#"{"choices":[1,[2],{"message":{"role":"assistant"}}],"x":{"y":[true,null]}}"#,
+            r#"{"choices":null}"#,
+        ] {
+            let object = ChunkObject::parse(text).unwrap().unwrap();
+            let n = object.value_count();
+            assert!(
+                crate::json::from_slice_bounded(text.as_bytes(), n).is_ok(),
+                "{text}"
+            );
+            assert!(
+                crate::json::from_slice_bounded(text.as_bytes(), n - 1).is_err(),
+                "{text}: {n} values"
+            );
+        }
     }
 }
 

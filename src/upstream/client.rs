@@ -243,6 +243,7 @@ impl UpstreamClient {
             done: false,
             upstream_ended: false,
             received: 0,
+            values: 0,
             limits: self.limits,
             forwarded: Vec::new(),
             lease: Some(lease),
@@ -659,6 +660,8 @@ pub struct UpstreamStream {
     upstream_ended: bool,
     /// Body bytes read so far, whatever they were (data, comments, padding).
     received: usize,
+    /// JSON values in the chunks handed out so far (`max_upstream_json_values`).
+    values: usize,
     limits: ClientLimits,
     /// The response's headers on the [`FORWARDED_HEADERS`] list, copied: the head itself is
     /// not kept (see [`forwarded_copies`]).
@@ -804,6 +807,19 @@ impl UpstreamStream {
                         return Err(UpstreamError::ErrorEvent(v));
                     }
                     Payload::Chunk(c) => {
+                        // A non-streaming client's answer is merged from every chunk: their
+                        // values are bounded together, and in both modes alike.
+                        self.values = self.values.saturating_add(c.object.value_count());
+                        if self.values > self.limits.chunks.max_json_values {
+                            return Err(UpstreamError::Limit(LimitExceeded::new(
+                                "max_upstream_json_values",
+                                format!(
+                                    "the answer's chunks hold more than {} JSON values \
+                                     (max_upstream_json_values)",
+                                    self.limits.chunks.max_json_values
+                                ),
+                            )));
+                        }
                         // `finish_reason: content_filter` is an answer here; whether it is
                         // a failure depends on the request's plan (see `attempt`).
                         self.choices.note(&c);
