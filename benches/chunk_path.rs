@@ -53,6 +53,8 @@ fn chunks(body: &[u8], mut deliver: impl FnMut(switchback::upstream::chunk::Chun
     for event in events {
         match parse_event_data(event.data, &limits).expect("a chunk") {
             Payload::Chunk(chunk) => {
+                // The upstream reader counts every chunk's values (max_upstream_json_values).
+                std::hint::black_box(chunk.object.value_count());
                 if !commit.is_committed() {
                     commit.commit(Some("chatcmpl-A1b2C3"), &mut ids);
                 }
