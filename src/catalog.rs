@@ -208,6 +208,8 @@ pub struct Catalog {
     keys: BTreeMap<KeyDigest, KeySpec>,
     /// `general_settings.master_key`, as a digest like the virtual keys.
     admin_key: Option<KeyDigest>,
+    /// `general_settings.cors_allowed_origins`.
+    pub cors: crate::gateway::cors::CorsPolicy,
     teams: Vec<TeamSpec>,
     by_name: BTreeMap<String, GroupId>,
     /// Wildcard groups, in the order LiteLLM tries them (most specific first).
@@ -382,6 +384,9 @@ impl Catalog {
                 .master_key
                 .as_deref()
                 .map(KeyDigest::of),
+            cors: crate::gateway::cors::CorsPolicy::new(
+                &config.general_settings.cors_allowed_origins,
+            ),
             teams: Vec::new(),
             by_name,
             patterns,

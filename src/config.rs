@@ -71,12 +71,38 @@ pub struct GeneralSettings {
     /// then refused with a 400 naming this setting.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dangerously_allow_mock_testing_request_params: bool,
+    /// Origins whose browser pages may call the gateway (CORS): `scheme://host[:port]`
+    /// each, or `*` for any. Empty (the default): none, and the gateway answers as if CORS
+    /// did not exist. Switchback's own setting: LiteLLM allows every origin by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl GeneralSettings {
     fn is_empty(&self) -> bool {
-        self.master_key.is_none() && !self.dangerously_allow_mock_testing_request_params
+        self.master_key.is_none()
+            && !self.dangerously_allow_mock_testing_request_params
+            && self.cors_allowed_origins.is_empty()
     }
+}
+
+/// Whether `origin` is one as browsers send it in `Origin`: `*`, or `scheme://host[:port]`
+/// with no path, query or trailing slash (what a browser sends never has one, so such an
+/// entry would never match).
+fn is_cors_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
+        && origin.parse::<http::HeaderValue>().is_ok()
 }
 
 /// One upstream deployment serving a model group (`model_name`).
@@ -929,6 +955,24 @@ impl GatewayConfig {
             );
         }
 
+        for (i, origin) in self
+            .general_settings
+            .cors_allowed_origins
+            .iter()
+            .enumerate()
+        {
+            if !is_cors_origin(origin) {
+                push(
+                    root.key("general_settings")
+                        .key("cors_allowed_origins")
+                        .idx(i),
+                    format!(
+                        "`{origin}` is not an origin: give `scheme://host[:port]` as a browser \
+                         sends it (no path, no trailing slash), or `*` for any"
+                    ),
+                );
+            }
+        }
         if let Some(master) = &self.general_settings.master_key {
             let at = root.key("general_settings").key("master_key");
             if let Err(why) = secret_ok(master) {
@@ -1514,6 +1558,32 @@ keys:
             .iter()
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn cors_origins_are_origins_as_browsers_send_them() {
+        let with =
+            |origins: &str| format!("{GOOD}general_settings:\n  cors_allowed_origins: {origins}\n");
+        let c = GatewayConfig::load(
+            "g.yaml",
+            &with(r#"["*", "https://app.example", "http://localhost:3000"]"#),
+        )
+        .unwrap();
+        assert_eq!(c.general_settings.cors_allowed_origins.len(), 3);
+        for bad in [
+            "app.example",
+            "https://app.example/",
+            "https://app.example/chat",
+            "https://",
+        ] {
+            let p = problems(&with(&format!("[\"{bad}\"]")));
+            assert!(
+                p.len() == 1
+                    && p[0].contains("is not an origin")
+                    && p[0].contains("cors_allowed_origins[0]"),
+                "{bad}: {p:?}"
+            );
+        }
     }
 
     /// LiteLLM's `azure/` deployments: with `api_version`, Azure OpenAI's deployments API

@@ -1226,3 +1226,129 @@ async fn a_client_that_stops_reading_loses_its_connection() {
     assert!(read.is_ok(), "the gateway still writes: the slot is held");
     assert!(all.len() < 256 * 1024, "{} bytes", all.len());
 }
+
+/// Sends `method` to the chat route with `headers`, and a chat body (streaming or not)
+/// when `body` says so; the status, headers and text of the answer.
+async fn send_with(
+    gw: &Gw,
+    method: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Option<bool>,
+) -> (u16, http::HeaderMap, String) {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri("/v1/chat/completions")
+        .header("host", "gateway");
+    for (name, value) in headers {
+        b = b.header(name, value);
+    }
+    let body = match body {
+        Some(stream) => {
+            b = b.header("content-type", "application/json");
+            Bytes::from(chat_body("g", stream).to_string())
+        }
+        None => Bytes::new(),
+    };
+    let response = gw
+        .connect()
+        .await
+        .send_request(b.body(http_body_util::Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, text(response).await)
+}
+
+// 12. Browsers: with `general_settings.cors_allowed_origins`, a page on a listed origin may
+// call the gateway (its preflight answered, every response, a stream's included, naming its
+// origin); an unlisted origin gets no CORS header and its preflight a 403; without the
+// setting, nothing changes (a preflight is a 405, as any OPTIONS is). Before, no browser
+// page could call the gateway at all: the preflight got a 405 and no response named an
+// origin.
+#[tokio::test(start_paused = true)]
+async fn browsers_on_a_listed_origin_may_call_the_gateway() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let cors = "general_settings: {cors_allowed_origins: [\"https://app.example\"]}\n";
+    let preflight = vec![
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "POST"),
+        (
+            "access-control-request-headers",
+            "authorization, content-type, x-stainless-os",
+        ),
+    ];
+
+    let gw = Gw::start(&with(ONE_GROUP, cors), &net);
+    let (status, headers, text) = send_with(&gw, "OPTIONS", preflight.clone(), None).await;
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert_eq!(
+        headers["access-control-allow-headers"],
+        "authorization, content-type, x-stainless-os"
+    );
+    assert!(headers.get("access-control-max-age").is_some());
+    assert!(
+        headers.get_all("vary").iter().any(|v| v == "Origin"),
+        "{headers:?}"
+    );
+    for stream in [false, true] {
+        let (status, headers, text) = send_with(
+            &gw,
+            "POST",
+            vec![("origin", "https://app.example")],
+            Some(stream),
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(
+            headers["access-control-allow-origin"],
+            "https://app.example"
+        );
+        assert_eq!(headers["access-control-expose-headers"], "*");
+        assert!(text.contains("hi"), "{text}");
+    }
+    // An error names the origin too: the page can read why.
+    let (status, headers, _) =
+        send_with(&gw, "GET", vec![("origin", "https://app.example")], None).await;
+    assert_eq!(status, 405);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    // An unlisted origin: no CORS header, and its preflight refused.
+    let mut elsewhere = preflight.clone();
+    elsewhere[0] = ("origin", "https://evil.example");
+    let (status, headers, text) = send_with(&gw, "OPTIONS", elsewhere, None).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(headers.get("access-control-allow-origin").is_none());
+    assert!(text.contains("cors_allowed_origins"), "{text}");
+    let (status, headers, _) = send_with(
+        &gw,
+        "POST",
+        vec![("origin", "https://evil.example")],
+        Some(false),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "served: a browser will not let the page read it"
+    );
+    assert!(headers.get("access-control-allow-origin").is_none());
+
+    // Without the setting, nothing changes.
+    let gw = Gw::start(ONE_GROUP, &net);
+    let (status, headers, _) = send_with(&gw, "OPTIONS", preflight, None).await;
+    assert_eq!(status, 405);
+    assert!(headers.get("access-control-allow-origin").is_none());
+}

@@ -11,11 +11,12 @@
 //! read once, at start. Several accept loops may share one gateway's limits and drain
 //! through a [`Gate`] (`switchback serve` runs one per worker thread); [`serve`] is one loop
 //! with its own. What each route does lives in [`routes`]; request bodies in [`request_body`],
-//! response bodies in [`body`].
+//! response bodies in [`body`]; browsers' cross-origin calls in [`cors`].
 //! Does not own routing decisions (`engine`, `attempt`) nor threads and runtimes (the
 //! binary's).
 
 pub mod body;
+pub mod cors;
 pub mod request_body;
 pub mod routes;
 pub mod write_timeout;

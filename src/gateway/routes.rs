@@ -23,12 +23,74 @@ use crate::delivery::{AggregateDelivery, StreamBounds, StreamDelivery, StreamSta
 use crate::engine::{Admitted, Engine};
 use crate::error::ApiError;
 use crate::gateway::body::{self, ResponseBody};
+use crate::gateway::cors;
 use crate::gateway::request_body::{self, ReadError};
 use crate::reload::LiveEngine;
 
 pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<ResponseBody> {
     // A request keeps the engine it arrived with to its end, whatever reloads happen.
     let engine = live.current();
+    let cors = &engine.catalog().cors;
+    if cors.is_off() {
+        return dispatch(live, engine, req).await;
+    }
+    let origin = cors.allowed(req.headers());
+    if cors::is_preflight(&req) {
+        let response = preflight(&engine, &req, origin);
+        drain(&engine, req);
+        return response;
+    }
+    let mut response = dispatch(live, engine, req).await;
+    if let Some(origin) = origin {
+        cors::allow(&mut response, origin);
+    }
+    response
+}
+
+/// The answer to a browser's preflight: what the route takes, for an allowed origin; a 403
+/// naming the setting for another (the browser would refuse the page the call anyway, and
+/// the page's developer reads why); the route's 404 for no route.
+fn preflight(
+    engine: &Engine,
+    req: &Request<Incoming>,
+    origin: Option<HeaderValue>,
+) -> Response<ResponseBody> {
+    let route = match route_of(req) {
+        Ok(route) => route,
+        Err(e) => {
+            let mut response = error(&e);
+            if let Some(origin) = origin {
+                cors::allow(&mut response, origin);
+            }
+            return response;
+        }
+    };
+    let Some(origin) = origin else {
+        engine.note_refusal(route_name(req), 403, None);
+        return error(&ApiError::new(
+            403,
+            "invalid_request_error",
+            "this origin may not call the gateway from a browser: it is not in \
+             general_settings.cors_allowed_origins",
+        ));
+    };
+    let methods = match route {
+        Route::Chat { .. } | Route::AdminReload => "POST",
+        Route::Models | Route::Model(_) | Route::Health | Route::Metrics => "GET, HEAD",
+    };
+    cors::preflight(
+        origin,
+        req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS),
+        methods,
+    )
+}
+
+/// Serves a request (the preflight aside), whatever its origin.
+async fn dispatch(
+    live: LiveEngine,
+    engine: Arc<Engine>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     if req.method() == Method::POST {
         if let Ok(Route::Chat { deployment }) = route_of(&req) {
             return chat(engine, req, live.client_write_timeout(), deployment).await;
