@@ -100,7 +100,13 @@ impl Drop for Gateway {
 
 impl Gateway {
     fn start(name: &str, config: &str, args: &[&str]) -> Gateway {
-        Gateway::spawn(name, config, args, true).0
+        Gateway::spawn(name, config, args, true, true).0
+    }
+
+    /// A gateway whose stdout reader leaves after the first line (a supervisor that read
+    /// the address, a `| head -1`): its later writes to stdout fail.
+    fn start_then_close_stdout(name: &str, config: &str) -> Gateway {
+        Gateway::spawn(name, config, &[], true, false).0
     }
 
     /// A gateway whose stderr is a pipe that nobody reads (kept open, so writes to it wait
@@ -110,7 +116,7 @@ impl Gateway {
         config: &str,
         args: &[&str],
     ) -> (Gateway, std::process::ChildStderr) {
-        let (gw, stderr) = Gateway::spawn(name, config, args, false);
+        let (gw, stderr) = Gateway::spawn(name, config, args, false, true);
         (gw, stderr.expect("the unread pipe"))
     }
 
@@ -119,6 +125,7 @@ impl Gateway {
         config: &str,
         args: &[&str],
         read_stderr: bool,
+        read_stdout: bool,
     ) -> (Gateway, Option<std::process::ChildStderr>) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/ops-tests")
@@ -158,10 +165,14 @@ impl Gateway {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = out.read_to_string(&mut rest);
-        });
+        if read_stdout {
+            std::thread::spawn(move || {
+                let mut rest = String::new();
+                let _ = out.read_to_string(&mut rest);
+            });
+        } else {
+            drop(out);
+        }
         let gw = Gateway {
             child,
             addr,
@@ -764,6 +775,26 @@ async fn a_sigterm_at_once_after_start_stops_in_order() {
             "round {round}: {status} after a SIGTERM at start: {stderr}"
         );
     }
+}
+
+/// A gateway whose stdout nobody reads any more still drains and exits 0 on SIGTERM: its
+/// "draining" and "stopped" lines went to stdout with `println!`, which panics when the
+/// write fails (a closed pipe), and a release build aborts: no drain, every stream cut.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_drains_even_when_stdout_is_gone() {
+    let up = upstream().await;
+    let mut gw = Gateway::start_then_close_stdout("term-stdout-gone", &config(up));
+    // A request served after stdout closed: the gateway is up and serving.
+    let answer = exchange(gw.addr, chat("b", false)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    signal_now(&gw, libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| gw.child.wait()).unwrap();
+    let stderr = gw.stderr.lock().unwrap().clone();
+    assert!(
+        status.success(),
+        "{status} after a SIGTERM with stdout gone: {stderr}"
+    );
 }
 
 const MASTER: &str = "sk-admin-only-7f3a";

@@ -841,16 +841,16 @@ fn serve(
             .await;
             return ExitCode::FAILURE;
         }
-        println!(
+        say(&format!(
             "switchback gateway listening on http://{addr} ({groups} groups, {deployments} \
              deployments, {workers} workers)"
-        );
+        ));
         let reloader = tokio::spawn(signals::reload_on_hangups(engine.clone(), hangups));
         let signal = stop.wait().await;
-        println!(
+        say(&format!(
             "switchback: {signal}: no new connections; draining in-flight requests \
              (up to shutdown_grace = {grace}s)"
-        );
+        ));
         stopping.send_replace(true);
         let joined =
             tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()))
@@ -862,7 +862,16 @@ fn serve(
             eprintln!("error: a worker thread failed");
             return ExitCode::FAILURE;
         }
-        println!("switchback: stopped");
+        say("switchback: stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// One line of `serve`'s own on stdout. A write that fails (whatever read stdout is gone: a
+/// supervisor that read the address, a `| head -1`) is ignored, where `println!` panics and
+/// a release build aborts: a SIGTERM then cut every stream instead of draining them.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
