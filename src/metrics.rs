@@ -387,7 +387,7 @@ impl Collector for StateCollector {
         counter_family(
             &mut e,
             "switchback_retries",
-            "Retries scheduled within a group, by group and the deployment that failed.",
+            "Retries scheduled within a group, by group and the deployment the retry goes to.",
             ["group", "deployment"],
             &s.retries,
         )?;
@@ -401,7 +401,7 @@ impl Collector for StateCollector {
         counter_family(
             &mut e,
             "switchback_groups_exhausted",
-            "Groups given up on within a request, by group and reason.",
+            "Groups (or a group's order tier) given up on within a request, by group and reason.",
             ["group", "reason"],
             &s.groups_exhausted,
         )?;
@@ -415,7 +415,7 @@ impl Collector for StateCollector {
         counter_family(
             &mut e,
             "switchback_limit_hits",
-            "Requests stopped by a named limit.",
+            "Named limits hit (an attempt's upstream answer over one may then be retried), by limit.",
             ["limit"],
             &s.limit_hits,
         )?;
