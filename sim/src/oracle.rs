@@ -483,6 +483,9 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
             ));
         }
     }
+    for f in calls_no_deployment_makes(run) {
+        failures.push(format!("[{mode}] invariant: {f}"));
+    }
     for id in unclaimed_requests(run) {
         failures.push(format!(
             "[{mode}] invariant: request {id} was admitted, but no client response carries \
@@ -1177,6 +1180,53 @@ fn upstream_divergence(
         }
     }
     Some(m)
+}
+
+/// The upstream calls no deployment of the run's configs would make: each call must name
+/// the model one of the deployments at its host is called with (its `model` with the
+/// provider prefix taken off; a wildcard deployment's depends on the request) and carry
+/// that deployment's key as a Bearer (none without one; an Azure deployment's goes in
+/// `api-key`). A fake answers whatever it is asked, so without this a gateway that sent
+/// the group's name, the provider prefix, another deployment's key or the client's own
+/// virtual key upstream passed, alike in both modes.
+pub fn calls_no_deployment_makes(run: &ModeRun) -> Vec<String> {
+    let catalogs: Vec<&switchback::catalog::Catalog> = std::iter::once(&*run.catalog)
+        .chain(run.catalogs.iter().map(|c| &**c))
+        .collect();
+    let mut wrong = Vec::new();
+    for (host, calls) in &run.calls {
+        let at_host: Vec<&switchback::catalog::DeploymentSpec> = catalogs
+            .iter()
+            .flat_map(|c| c.deployments.iter())
+            .filter(|d| d.endpoint.host == *host)
+            .collect();
+        if at_host.is_empty() {
+            continue;
+        }
+        for call in calls {
+            let made_by = |d: &&switchback::catalog::DeploymentSpec| {
+                let model = d.model_template.is_some() || d.upstream_model == call.model;
+                let key = if d.endpoint.azure_api_version.is_some() {
+                    call.authorization.is_none()
+                } else {
+                    call.authorization == d.api_key.as_ref().map(|k| format!("Bearer {k}"))
+                };
+                model && key
+            };
+            if !at_host.iter().any(made_by) {
+                let key = match &call.authorization {
+                    None => "no key".to_string(),
+                    Some(a) => format!("key ...{}", &a[a.len().saturating_sub(4)..]),
+                };
+                wrong.push(format!(
+                    "call {} to `{host}` named model `{}` with {key}: no deployment at `{host}` \
+                     is called so",
+                    call.call, call.model
+                ));
+            }
+        }
+    }
+    wrong
 }
 
 #[cfg(test)]

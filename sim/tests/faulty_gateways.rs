@@ -19,6 +19,9 @@
 //! 8. Upstreams called by the client's mode: non-stream requests go to an engine that
 //!    calls every deployment without streaming (`fake_stream`). Both modes answer alike;
 //!    only the upstream requests differ.
+//! 9. The group's name sent upstream as the model, and 10. each deployment's key sent to
+//!    another's upstream: alike in both modes, and every fake answers; only what the calls
+//!    name tells.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -342,6 +345,51 @@ impl GatewayUnderTest for CallsUpstreamsByClientMode {
     }
 }
 
+/// Faults 9 and 10: a gateway that calls its upstreams wrongly, alike in both modes: the
+/// config it serves is `rewrite` of the scenario's. The fakes answer whatever they are
+/// asked, so only the oracle's check of what each call names can tell.
+struct ServesRewrittenConfig(fn(&mut GatewayConfig));
+
+impl GatewayUnderTest for ServesRewrittenConfig {
+    fn serve(
+        &self,
+        config: &GatewayConfig,
+        _catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> ServeFuture {
+        let mut wrong = config.clone();
+        (self.0)(&mut wrong);
+        let catalog = Arc::new(Catalog::new(&wrong).expect("still valid"));
+        let engine = Arc::new(Engine::new(catalog, connector, observer, wall));
+        Box::pin(common::serve_front(
+            listener,
+            common::split(engine.clone(), engine),
+        ))
+    }
+}
+
+/// Fault 9: the group's name sent upstream as the model (the provider's model is lost).
+fn sends_group_names(config: &mut GatewayConfig) {
+    for d in &mut config.model_list {
+        d.litellm_params.model = format!("openai/{}", d.model_name);
+    }
+}
+
+/// Fault 10: each deployment's key sent to the next deployment's upstream.
+fn sends_the_next_deployments_key(config: &mut GatewayConfig) {
+    let keys: Vec<Option<String>> = config
+        .model_list
+        .iter()
+        .map(|d| d.litellm_params.api_key.clone())
+        .collect();
+    for (i, d) in config.model_list.iter_mut().enumerate() {
+        d.litellm_params.api_key = keys[(i + 1) % keys.len()].clone();
+    }
+}
+
 /// The faults here are wrong per request, so cases of one request at a time expose them;
 /// concurrent cases would only make the search and the shrinking slower.
 const SEARCH: Concurrency = Concurrency::Never;
@@ -528,6 +576,44 @@ fn calling_upstreams_by_the_clients_mode_is_caught() {
         failures.iter().all(|f| f.contains("upstream calls")),
         "{failures:?}"
     );
+}
+
+/// A gateway that names the wrong model or key upstream, in both modes alike, is caught by
+/// what the calls name; before, both modes agreed and every fake answered, so it passed.
+#[test]
+fn calling_upstreams_with_the_wrong_model_or_key_is_caught() {
+    let corpus = |name: &str| {
+        Scenario::load_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../scenarios")
+                .join(name),
+        )
+        .expect("corpus file")
+    };
+    for (file, fault, says) in [
+        (
+            "streaming/precommit_429_falls_back.yaml",
+            sends_group_names as fn(&mut GatewayConfig),
+            "named model `primary`",
+        ),
+        (
+            "hostile/upstream_echoes_the_key.yaml",
+            sends_the_next_deployments_key,
+            "to `echo1` named model `m` with key ...6789",
+        ),
+    ] {
+        let faulty: Arc<dyn GatewayUnderTest> = Arc::new(ServesRewrittenConfig(fault));
+        let failures = explore::judge(&corpus(file), &faulty).failures;
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("invariant: call") && f.contains(says)),
+            "{file}: not caught: {failures:?}"
+        );
+        let clean: Arc<dyn GatewayUnderTest> = Arc::new(ServesRewrittenConfig(|_| {}));
+        let v = explore::judge(&corpus(file), &clean);
+        assert!(v.failures.is_empty(), "{file}: {:?}", v.failures);
+    }
 }
 
 /// The wrappers are real gateways: on a case without faults they pass.
