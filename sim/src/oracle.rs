@@ -1003,6 +1003,24 @@ pub fn check_equivalence(
                 y.outcome()
             ));
         }
+        // An error response before commit tells the SDKs whether to retry it themselves
+        // (openai-python and openai-node retry a 408, 409, 429 or 5xx twice unless
+        // `x-should-retry: false`): the two modes must tell them alike, or one mode's
+        // clients multiply the gateway's own attempts.
+        let should_retry =
+            |s: &RequestStory<'_>| s.client.response_headers.get("x-should-retry").cloned();
+        if x.outcome().is_err()
+            && y.outcome().is_err()
+            && !x.committed
+            && !y.committed
+            && should_retry(x) != should_retry(y)
+        {
+            fail(format!(
+                "x-should-retry differs on the error: {ma} {:?}, {mb} {:?}",
+                should_retry(x),
+                should_retry(y)
+            ));
+        }
         if x.steps != y.steps {
             let i = x
                 .steps

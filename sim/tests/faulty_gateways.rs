@@ -22,6 +22,8 @@
 //! 9. The group's name sent upstream as the model, and 10. each deployment's key sent to
 //!    another's upstream: alike in both modes, and every fake answers; only what the calls
 //!    name tells.
+//! 11. A stream's error before commit without `x-should-retry: false`, where the same
+//!    error without streaming has it: the SDKs retry it twice more on their own.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -283,6 +285,18 @@ fn without_request_id(
     mut response: hyper::Response<ResponseBody>,
 ) -> hyper::Response<ResponseBody> {
     response.headers_mut().remove("x-switchback-request-id");
+    response
+}
+
+/// Fault 11: a stream's error before commit (the JSON error a non-streaming client gets
+/// too) without `x-should-retry: false`: the SDKs retry it twice more on their own.
+fn stream_errors_invite_sdk_retries(
+    stream: bool,
+    mut response: hyper::Response<ResponseBody>,
+) -> hyper::Response<ResponseBody> {
+    if stream {
+        response.headers_mut().remove("x-should-retry");
+    }
     response
 }
 
@@ -614,6 +628,25 @@ fn calling_upstreams_with_the_wrong_model_or_key_is_caught() {
         let v = explore::judge(&corpus(file), &clean);
         assert!(v.failures.is_empty(), "{file}: {:?}", v.failures);
     }
+}
+
+/// A stream's pre-commit error that invites the SDKs' own retries, where the same
+/// error without streaming does not, is caught by the modes' comparison.
+#[test]
+fn stream_errors_inviting_sdk_retries_are_caught() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/retries/final_429_tells_retry_after.yaml");
+    let scenario = Scenario::load_file(&file).expect("corpus file");
+    let faulty: Arc<dyn GatewayUnderTest> = Arc::new(EngineBehind(|e| {
+        rewriting(e, stream_errors_invite_sdk_retries)
+    }));
+    let failures = explore::judge(&scenario, &faulty).failures;
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("x-should-retry differs on the error")),
+        "not caught: {failures:?}"
+    );
 }
 
 /// The wrappers are real gateways: on a case without faults they pass.
