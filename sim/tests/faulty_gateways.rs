@@ -23,7 +23,7 @@
 //!    another's upstream: alike in both modes, and every fake answers; only what the calls
 //!    name tells.
 //! 11. A stream's error before commit without `x-should-retry: false`, where the same
-//!    error without streaming has it: the SDKs retry it twice more on their own.
+//!     error without streaming has it: the SDKs retry it twice more on their own.
 
 use std::future::Future;
 use std::pin::Pin;
