@@ -71,6 +71,10 @@ pub struct ClientResult {
     /// The response's `model` (non-stream) or the last chunk's (stream).
     pub model: Option<String>,
     pub error: Option<SeenError>,
+    /// Every stream event that was not a chunk or `[DONE]` (an error event, a broken one),
+    /// as its data came: whatever the SDKs keep of it, all of it is the client's to read,
+    /// and the secrecy check reads all of it (`error.param`, `error.metadata`, ...).
+    pub other_events: Vec<String>,
     /// The stream ended with `[DONE]`.
     pub done: bool,
     /// The stream's final metadata event (`switchback` field), if any.
@@ -641,9 +645,11 @@ fn on_event(
         SdkReads::Done => unreachable!("handled above"),
         SdkReads::Broken(why) => {
             result.broken = Some(format!("event from gateway: {why}"));
+            result.other_events.push(data.to_string());
             return;
         }
         SdkReads::Error(e) => {
+            result.other_events.push(data.to_string());
             let seen = seen_error(&e, status);
             sink.line(
                 "client",

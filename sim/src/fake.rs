@@ -604,6 +604,19 @@ impl Answer {
                 ));
                 error_body(&echoed, event)
             }
+            Some(Echo::Param) => {
+                let mut body = error_body(f, event);
+                let key = self
+                    .echo
+                    .authorization
+                    .strip_prefix("Bearer ")
+                    .unwrap_or(&self.echo.authorization);
+                // Where the flavour has an error object, as OpenAI's 400 has its `param`.
+                if let Some(error) = body.get_mut("error").and_then(Value::as_object_mut) {
+                    error.insert("param".into(), Value::String(key.to_string()));
+                }
+                body
+            }
             _ => error_body(f, event),
         }
     }

@@ -486,6 +486,9 @@ pub fn leaked(client: &ClientResult, secrets: &[String]) -> Option<String> {
         seen.push(("an error message", &e.message));
         seen.push(("an error type", &e.error_type));
     }
+    for event in &client.other_events {
+        seen.push(("a stream's error event", event));
+    }
     for secret in secrets {
         let chars: Vec<char> = secret.chars().collect();
         let windows: Vec<String> = if chars.len() > SECRET_WINDOW {
@@ -572,6 +575,14 @@ mod tests {
             leaked(&c, std::slice::from_ref(&key)).is_some(),
             "16 characters of it"
         );
+        c.body = None;
+        c.other_events = vec![format!(
+            r#"{{"error":{{"message":"upstream failed","param":"{}","code":"x"}}}}"#,
+            &key[2..20]
+        )];
+        let found = leaked(&c, std::slice::from_ref(&key)).expect("in a field the SDKs keep");
+        assert!(found.starts_with("a stream's error event"), "{found}");
+        c.other_events.clear();
         c.body = Some("Incorrect API key provided: sk-live-********mnop".into());
         assert!(leaked(&c, &[key]).is_none(), "a masked echo is no leak");
     }

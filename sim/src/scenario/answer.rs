@@ -227,6 +227,9 @@ pub enum Echo {
     Authorization,
     /// The error body is `text/plain` listing every request header, `name: value`.
     Headers,
+    /// The error's `param` (the request field a 400 blames) is the key it got, as a field
+    /// path would read: the one part of an upstream error passed on to the client as it is.
+    Param,
 }
 
 /// The scripted client leaves: after `after_chunks` stream chunks, or `after_ms` after it
