@@ -24,6 +24,8 @@
 //!    name tells.
 //! 11. A stream's error before commit without `x-should-retry: false`, where the same
 //!     error without streaming has it: the SDKs retry it twice more on their own.
+//! 12. After a fallback, another model named on every streamed chunk but the last: on an
+//!     answer that brings no text (tool calls).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -286,6 +288,36 @@ fn without_request_id(
 ) -> hyper::Response<ResponseBody> {
     response.headers_mut().remove("x-switchback-request-id");
     response
+}
+
+/// Fault 12: after a fallback, every streamed chunk but the stream's last names another
+/// model than the serving deployment's (the seed bug, fixed on the last chunk only).
+fn names_another_model_but_last_after_a_fallback(
+    stream: bool,
+    response: hyper::Response<ResponseBody>,
+) -> hyper::Response<ResponseBody> {
+    let fell_back = response
+        .headers()
+        .get("x-switchback-attempted-fallbacks")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "0");
+    if !stream || !fell_back {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let body = body
+        .map_frame(|frame| match frame.into_data() {
+            Ok(data) => {
+                let text = String::from_utf8_lossy(&data);
+                if text.contains("\"switchback\"") {
+                    return Frame::data(data);
+                }
+                Frame::data(stamp(&data, "the-primarys-model"))
+            }
+            Err(frame) => frame,
+        })
+        .boxed();
+    Response::from_parts(parts, body)
 }
 
 /// Fault 11: a stream's error before commit (the JSON error a non-streaming client gets
@@ -647,6 +679,47 @@ fn stream_errors_inviting_sdk_retries_are_caught() {
             .any(|f| f.contains("x-should-retry differs on the error")),
         "not caught: {failures:?}"
     );
+}
+
+/// The seed bug on an answer that brings no text (tool calls, served by a fallback): the
+/// chunks before the last named another model. The per-chunk check began at the first
+/// chunk with text, so it never began, and the last chunk's right name hid the rest.
+#[test]
+fn another_model_on_a_fallbacks_tool_call_chunks_is_caught() {
+    let yaml = r#"name: a fallback's tool calls
+seed: 5
+gateway:
+  allow_anonymous: true
+  model_list:
+    - {model_name: primary, litellm_params: {model: openai/p, api_base: "http://pa:8000/v1"}, model_info: {id: pa}}
+    - {model_name: backup, litellm_params: {model: openai/b, api_base: "http://pb:8000/v1"}, model_info: {id: pb}}
+  router_settings: {num_retries: 0, fallbacks: [{primary: [backup]}]}
+providers:
+  - host: pa
+    default: {fault: {kind: http, status: 429}}
+  - host: pb
+    default:
+      tool_calls: [{name: get_weather, arguments: '{"city":"Oslo"}'}]
+      arguments_chunk_size: 4
+requests:
+  - model: primary
+expect: {status: 200, attempts: ["pa: rate_limited", "pb: ok"]}
+"#;
+    let scenario = Scenario::load("tool_calls.yaml", yaml).expect("a valid scenario");
+    let faulty: Arc<dyn GatewayUnderTest> = Arc::new(EngineBehind(|e| {
+        rewriting(e, names_another_model_but_last_after_a_fallback)
+    }));
+    let failures = explore::judge(&scenario, &faulty).failures;
+    assert!(
+        failures
+            .iter()
+            .any(|f| f
+                .contains("of the serving call's answer names model Some(\"the-primarys-model\")")),
+        "not caught: {failures:?}"
+    );
+    let real: Arc<dyn GatewayUnderTest> = Arc::new(Switchback);
+    let clean = explore::judge(&scenario, &real);
+    assert!(clean.failures.is_empty(), "{:?}", clean.failures);
 }
 
 /// The wrappers are real gateways: on a case without faults they pass.
