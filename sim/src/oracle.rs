@@ -1205,7 +1205,8 @@ fn upstream_divergence(
     Some(m)
 }
 
-/// The upstream calls no deployment of the run's configs would make: each call must name
+/// The upstream calls no deployment of the run's configs would make, or that carry no
+/// `x-switchback-request-id` (the oracle ties a call to its request by it): each call must name
 /// the model one of the deployments at its host is called with (its `model` with the
 /// provider prefix taken off; a wildcard deployment's depends on the request) and carry
 /// that deployment's key as a Bearer (none without one; an Azure deployment's goes in
@@ -1227,6 +1228,16 @@ pub fn calls_no_deployment_makes(run: &ModeRun) -> Vec<String> {
             continue;
         }
         for call in calls {
+            // The oracle ties a call to its request by this header: without it, the checks
+            // of what the serving call sent (lost chunks, the served model, a
+            // continuation's prefix) were skipped, not failed.
+            if call.request_id.is_none() {
+                wrong.push(format!(
+                    "call {} to `{host}` carried no x-switchback-request-id: it cannot be \
+                     tied to its request, and what it sent goes unchecked",
+                    call.call
+                ));
+            }
             let made_by = |d: &&switchback::catalog::DeploymentSpec| {
                 let model = d.model_template.is_some() || d.upstream_model == call.model;
                 let key = if d.endpoint.azure_api_version.is_some() {

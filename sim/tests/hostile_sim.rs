@@ -224,3 +224,38 @@ fn only_a_flood_that_went_out_marks_its_call() {
     let flooded: Vec<_> = run.calls.values().flatten().filter(|c| c.flooded).collect();
     assert!(flooded.is_empty(), "no flood went out, yet: {flooded:?}");
 }
+
+/// What the calls name is checked against the config, call by call: a call with another
+/// model, another key or no request id is reported (the faulty gateways of
+/// `faulty_gateways.rs` show it end to end for the first two).
+#[test]
+fn a_call_no_deployment_makes_is_reported() {
+    let s = scenario("upstream_echoes_the_key.yaml");
+    let run = world::run(&s, Mode::NonStream).unwrap();
+    assert!(oracle::calls_no_deployment_makes(&run).is_empty());
+    let host = "echo1";
+    let mutated = |change: fn(&mut switchback_sim::fake::CallRecord)| {
+        let mut run = world::run(&s, Mode::NonStream).unwrap();
+        change(&mut run.calls.get_mut(host).unwrap()[0]);
+        oracle::calls_no_deployment_makes(&run)
+    };
+    let says = |wrong: Vec<String>, what: &str| {
+        assert!(
+            wrong.len() == 1 && wrong[0].contains(what),
+            "{what}: {wrong:?}"
+        );
+    };
+    says(
+        mutated(|c| c.model = "echo-auth".into()),
+        "named model `echo-auth`",
+    );
+    says(mutated(|c| c.authorization = None), "with no key");
+    says(
+        mutated(|c| c.authorization = Some("Bearer sk-tenant".into())),
+        "with key ...nant",
+    );
+    says(
+        mutated(|c| c.request_id = None),
+        "carried no x-switchback-request-id",
+    );
+}
