@@ -888,24 +888,8 @@ keys:
     let send = |headers: Vec<(&'static str, &'static str)>, model: &'static str| {
         let gw = &gw;
         async move {
-            let mut b = http::Request::post("/v1/chat/completions")
-                .header("host", "gateway")
-                .header("content-type", "application/json");
-            for (name, value) in headers {
-                b = b.header(name, value);
-            }
-            let body = chat_body(model, false).to_string();
-            let response = gw
-                .connect()
-                .await
-                .send_request(
-                    b.body(http_body_util::Full::new(Bytes::from(body)))
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, text(response).await)
+            let (status, _, text) = send_with(gw, "POST", headers, Some((model, false))).await;
+            (status, text)
         }
     };
     for malformed in ["sk-good", "Basic c2stZ29vZA==", "Bearer", "Bearer   "] {
@@ -972,24 +956,8 @@ keys:
     let send = |headers: Vec<(&'static str, &'static str)>, model: &'static str| {
         let gw = &gw;
         async move {
-            let mut b = http::Request::post("/v1/chat/completions")
-                .header("host", "gateway")
-                .header("content-type", "application/json");
-            for (name, value) in headers {
-                b = b.header(name, value);
-            }
-            let body = chat_body(model, false).to_string();
-            let response = gw
-                .connect()
-                .await
-                .send_request(
-                    b.body(http_body_util::Full::new(Bytes::from(body)))
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, text(response).await)
+            let (status, _, text) = send_with(gw, "POST", headers, Some((model, false))).await;
+            (status, text)
         }
     };
     for header in ["x-api-key", "x-litellm-api-key", "X-Api-Key"] {
@@ -1227,13 +1195,13 @@ async fn a_client_that_stops_reading_loses_its_connection() {
     assert!(all.len() < 256 * 1024, "{} bytes", all.len());
 }
 
-/// Sends `method` to the chat route with `headers`, and a chat body (streaming or not)
-/// when `body` says so; the status, headers and text of the answer.
+/// Sends `method` to the chat route with `headers`, and a chat body for `(model, stream)`
+/// when `body` gives one; the status, headers and text of the answer.
 async fn send_with(
     gw: &Gw,
     method: &'static str,
     headers: Vec<(&'static str, &'static str)>,
-    body: Option<bool>,
+    body: Option<(&str, bool)>,
 ) -> (u16, http::HeaderMap, String) {
     let mut b = http::Request::builder()
         .method(method)
@@ -1243,9 +1211,9 @@ async fn send_with(
         b = b.header(name, value);
     }
     let body = match body {
-        Some(stream) => {
+        Some((model, stream)) => {
             b = b.header("content-type", "application/json");
-            Bytes::from(chat_body("g", stream).to_string())
+            Bytes::from(chat_body(model, stream).to_string())
         }
         None => Bytes::new(),
     };
@@ -1307,7 +1275,7 @@ async fn browsers_on_a_listed_origin_may_call_the_gateway() {
             &gw,
             "POST",
             vec![("origin", "https://app.example")],
-            Some(stream),
+            Some(("g", stream)),
         )
         .await;
         assert_eq!(status, 200, "{text}");
@@ -1337,7 +1305,7 @@ async fn browsers_on_a_listed_origin_may_call_the_gateway() {
         &gw,
         "POST",
         vec![("origin", "https://evil.example")],
-        Some(false),
+        Some(("g", false)),
     )
     .await;
     assert_eq!(
