@@ -148,12 +148,7 @@ fn stamps_requested_model(engine: Arc<Engine>) -> common::Front {
                 .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string))
                 .unwrap_or_default();
             let response = chat_buffered(engine, bearer.as_deref(), &body).await;
-            let fell_back = response
-                .headers()
-                .get("x-switchback-attempted-fallbacks")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v != "0");
-            if !stream || !fell_back {
+            if !stream || !fell_back(&response) {
                 return response;
             }
             let (parts, body) = response.into_parts();
@@ -166,6 +161,15 @@ fn stamps_requested_model(engine: Arc<Engine>) -> common::Front {
             Response::from_parts(parts, body)
         })
     })
+}
+
+/// Whether the gateway says the response came after a fallback.
+fn fell_back(response: &hyper::Response<ResponseBody>) -> bool {
+    response
+        .headers()
+        .get("x-switchback-attempted-fallbacks")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "0")
 }
 
 fn stamp(frame: &Bytes, model: &str) -> Bytes {
@@ -296,12 +300,7 @@ fn names_another_model_but_last_after_a_fallback(
     stream: bool,
     response: hyper::Response<ResponseBody>,
 ) -> hyper::Response<ResponseBody> {
-    let fell_back = response
-        .headers()
-        .get("x-switchback-attempted-fallbacks")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v != "0");
-    if !stream || !fell_back {
+    if !stream || !fell_back(&response) {
         return response;
     }
     let (parts, body) = response.into_parts();
