@@ -86,6 +86,16 @@ pub trait Delivery: Send {
     /// The attempt that failed is superseded: what it sent past its last content (a
     /// finish chunk, usage) is not the answer's end any more.
     fn restart(&mut self);
+    /// The answer's end, after the loop and before its last event: whatever the delivery
+    /// still holds (a stream's held finish chunk and `[DONE]`, or its error event). A client
+    /// that goes here is gone as anywhere else: the request is `client_gone`, never
+    /// `completed` for an answer whose end it did not get. Not called when the loop already
+    /// saw the client go.
+    fn conclude(
+        &mut self,
+        outcome: &Outcome,
+        catalog: &Catalog,
+    ) -> impl Future<Output = Result<(), ClientGone>> + Send;
 }
 
 /// One attempt, as the equivalence check compares them.
@@ -110,6 +120,16 @@ pub struct Unserved {
     pub failure: Failure,
     /// What was tried, for the client's error message.
     pub summary: String,
+}
+
+impl Unserved {
+    /// The end of a request whose client left: no one reads it.
+    fn client_went_away() -> Unserved {
+        Unserved {
+            failure: Failure::new(FailureClass::Transient, "client went away"),
+            summary: String::new(),
+        }
+    }
 }
 
 /// How a request ended.
@@ -184,44 +204,48 @@ pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: 
     // state twice in this future (6,000 bytes instead of 3,300, for every request in flight).
     let walked = run.walk(out).await;
     let (result, client_gone) = match walked {
-        Ok(served) => {
-            run.emit(Event::Completed {
-                group: served.group,
-                deployment: served.deployment,
-                model: served.model.clone(),
-                retries: run.retries,
-                fallbacks: run.fallbacks,
-                chunks: run.commit.delivered(),
-            });
-            (Ok(served), false)
-        }
-        Err(Stop::Unserved(unserved)) => {
-            run.emit(Event::Failed {
-                status: unserved.failure.client_status(),
-                error_type: unserved.failure.client_error_type(),
-                class: unserved.failure.class,
-                committed: run.commit.is_committed(),
-            });
-            (Err(unserved), false)
-        }
-        Err(Stop::ClientGone) => {
-            let unserved = Unserved {
-                failure: Failure::new(FailureClass::Transient, "client went away"),
-                summary: String::new(),
-            };
-            (Err(unserved), true)
-        }
+        Ok(served) => (Ok(served), false),
+        Err(Stop::Unserved(unserved)) => (Err(unserved), false),
+        Err(Stop::ClientGone) => (Err(Unserved::client_went_away()), true),
     };
-    Outcome {
+    let mut outcome = Outcome {
         result,
-        attempts: run.attempts,
+        attempts: std::mem::take(&mut run.attempts),
         retries: run.retries,
         fallbacks: run.fallbacks,
         committed: run.commit.is_committed(),
         at_commit: run.at_commit,
         client_gone,
         response_id: run.commit.response_id().map(str::to_string),
+    };
+    if client_gone {
+        return outcome;
     }
+    // The last event waits for the answer's end to be out: what the trace, the log and the
+    // metrics call `completed` is an answer the client was handed whole.
+    if let Err(ClientGone(reason)) = out.conclude(&outcome, catalog).await {
+        run.emit(Event::ClientGone { reason });
+        outcome.result = Err(Unserved::client_went_away());
+        outcome.client_gone = true;
+        return outcome;
+    }
+    match &outcome.result {
+        Ok(served) => run.emit(Event::Completed {
+            group: served.group,
+            deployment: served.deployment,
+            model: served.model.clone(),
+            retries: run.retries,
+            fallbacks: run.fallbacks,
+            chunks: run.commit.delivered(),
+        }),
+        Err(unserved) => run.emit(Event::Failed {
+            status: unserved.failure.client_status(),
+            error_type: unserved.failure.client_error_type(),
+            class: unserved.failure.class,
+            committed: run.commit.is_committed(),
+        }),
+    }
+    outcome
 }
 
 /// A distinct, reproducible random stream per request (SplitMix64 of seed and number).

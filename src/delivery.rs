@@ -139,23 +139,20 @@ impl StreamDelivery {
     /// Ends the stream after the loop: the held tail (carrying the metadata if anything
     /// happened after commit), then `[DONE]`; or a typed error event (no `[DONE]`); or, if
     /// nothing was committed, the error response.
-    pub async fn finish(mut self, outcome: &Outcome, catalog: &Catalog) {
-        if outcome.client_gone {
-            return;
-        }
+    async fn finish(&mut self, outcome: &Outcome, catalog: &Catalog) -> Result<(), ClientGone> {
+        debug_assert!(!outcome.client_gone, "the loop's own end for a client gone");
         let Some((retries_at_commit, fallbacks_at_commit)) = outcome.at_commit else {
             let error = match &outcome.result {
                 Err(unserved) => ApiError::from_failure(&unserved.failure, &unserved.summary),
                 Ok(_) => unreachable!("a served request has committed"),
             };
+            // The handler answers with the error; a client gone before it is hyper's to see.
             if let Some(start) = self.start.take() {
                 let _ = start.send(StreamStart::Failed(error));
             }
-            return;
+            return Ok(());
         };
-        if self.send_carried().await.is_err() {
-            return;
-        }
+        self.send_carried().await?;
         match &outcome.result {
             Ok(served) => {
                 let mut tail = std::mem::take(&mut self.tail);
@@ -170,27 +167,21 @@ impl StreamDelivery {
                     self.attach_meta(&mut tail, meta, outcome, &served.model);
                 }
                 for chunk in tail {
-                    if self.deliverable(&chunk) && self.send(sse_frame(&chunk)).await.is_err() {
-                        return;
+                    if self.deliverable(&chunk) {
+                        self.send(sse_frame(&chunk)).await?;
                     }
                 }
-                if self
-                    .send(Bytes::from_static(b"data: [DONE]\n\n"))
-                    .await
-                    .is_ok()
-                {
-                    self.body.end();
-                }
+                self.send(Bytes::from_static(b"data: [DONE]\n\n")).await?;
             }
             Err(unserved) => {
                 let error = ApiError::from_failure(&unserved.failure, &unserved.summary);
                 let mut body = error.body_json();
                 body["error"]["status"] = json!(error.status);
-                if self.send(sse_frame_value(&body)).await.is_ok() {
-                    self.body.end();
-                }
+                self.send(sse_frame_value(&body)).await?;
             }
         }
+        self.body.end();
+        Ok(())
     }
 
     /// Puts `meta` on the usage chunk when the client gets one, else on the chunk with the
@@ -313,6 +304,10 @@ impl Delivery for StreamDelivery {
             return Ok(());
         }
         self.send(sse_frame(&chunk)).await
+    }
+
+    async fn conclude(&mut self, outcome: &Outcome, catalog: &Catalog) -> Result<(), ClientGone> {
+        self.finish(outcome, catalog).await
     }
 
     fn restart(&mut self) {
@@ -518,6 +513,11 @@ impl Delivery for AggregateDelivery {
                 whole.insert("usage".into(), usage.clone());
             }
         }
+        Ok(())
+    }
+
+    /// Nothing is held: the handler writes the answer once the loop is over.
+    async fn conclude(&mut self, _: &Outcome, _: &Catalog) -> Result<(), ClientGone> {
         Ok(())
     }
 

@@ -107,8 +107,9 @@ impl FrameSender {
     }
 
     /// Says the frames sent are the whole stream (its last was `[DONE]` or an error event):
-    /// the body then ends cleanly once they are read. Without it, the body fails.
-    pub fn end(self) {
+    /// the body then ends cleanly once they are read and the sender is dropped. Without
+    /// it, the body fails.
+    pub fn end(&self) {
         // Release: seen by the receiver with the channel's close (Acquire below).
         self.ended.store(true, Ordering::Release);
     }
@@ -193,6 +194,7 @@ mod tests {
             .await
             .unwrap();
         tx.end();
+        drop(tx);
         assert!(rx.frame().await.unwrap().is_ok());
         assert!(rx.frame().await.is_none(), "ended: a clean end");
 

@@ -536,6 +536,53 @@ async fn a_client_that_stops_reading_is_dropped_after_client_write_timeout() {
     drop(response);
 }
 
+// 8a. The answer's held end (the finish chunk, `[DONE]`) goes to the client after the
+// upstream is done: a client that stops reading there is gone, and the request's trace,
+// log and metrics say so, never `completed` for an answer whose end it never got.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_before_the_held_end_is_gone_not_completed() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        // The first chunk fills hyper's write buffer (more than its 408 KiB), the next
+        // four the frame channel: each is handed over, and nothing is left to wait on but
+        // the held finish chunk and `[DONE]`.
+        let mut body = frame(&chunk_json(
+            "m",
+            json!({"role": "assistant", "content": "x".repeat(500 * 1024)}),
+            None,
+        ));
+        for _ in 0..4 {
+            body.push_str(&frame(&chunk_json("m", json!({"content": "y"}), None)));
+        }
+        body.push_str(&frame(&chunk_json("m", json!({}), Some("stop"))));
+        body.push_str("data: [DONE]\n\n");
+        sse(body)
+    });
+    let gw = Gw::start(
+        &with(
+            ONE_GROUP,
+            "limits: {client_write_timeout: 5, stream_buffer_frames: 4, \
+             max_sse_line_bytes: 1048576}\n",
+        ),
+        &net,
+    );
+    let mut sender = gw.connect_with_buffer(1024).await;
+    let response = sender
+        .send_request(chat_request(None, &chat_body("g", true)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Never read the body.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        settle(100, || gw.saw("client_gone reason=") && net.open() == 0).await,
+        "{:#?}",
+        gw.events()
+    );
+    assert!(!gw.saw("completed"), "{:#?}", gw.events());
+    drop(response);
+}
+
 // 8b. Delivery also runs under the request deadline.
 #[tokio::test(start_paused = true)]
 async fn delivery_runs_under_the_request_deadline() {

@@ -794,11 +794,7 @@ async fn stream(
     let (mut delivery, start, body_rx) =
         StreamDelivery::new(admitted.request.include_usage, bounds);
     let task_engine = engine.clone();
-    let task = tokio::spawn(async move {
-        let outcome = task_engine.execute(&admitted, &mut delivery).await;
-        delivery.finish(&outcome, task_engine.catalog()).await;
-        outcome
-    });
+    let task = tokio::spawn(async move { task_engine.execute(&admitted, &mut delivery).await });
     match start.await {
         Ok(StreamStart::Committed(head)) => {
             let mut response = Response::new(body::frames(body_rx));
