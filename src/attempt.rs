@@ -655,6 +655,7 @@ impl Run<'_> {
         spec: &crate::catalog::DeploymentSpec,
         e: UpstreamError,
         blame: TimeoutBlame,
+        model_from_request: bool,
         after_chunks: u32,
         sent: &[u8],
     ) -> AttemptError {
@@ -670,6 +671,11 @@ impl Run<'_> {
             if kind == TimeoutKind::Attempt && Instant::now() >= self.deadline {
                 failure.blame = Blame::RequestTimeout;
             }
+        }
+        // Under a wildcard group the model is the client's own words: a provider that does
+        // not know it says nothing of the deployment, which every tenant shares.
+        if model_from_request && failure.class == FailureClass::NotFound {
+            failure.blame = Blame::RequestedModel;
         }
         // Upstream text reaches the client: keep the deployment's secrets out of it, and
         // never promise a wait longer than the gateway would ever cool for.
@@ -711,8 +717,10 @@ impl Run<'_> {
             tokens_left: *tokens_left,
         });
         // A wildcard group's deployment is called with a model made from the requested name.
+        let from_request =
+            self.admitted.plan.wildcard().is_some() && group == self.admitted.plan.primary;
         let served = match self.admitted.plan.wildcard() {
-            Some(w) if group == self.admitted.plan.primary => Some(w),
+            Some(w) if from_request => Some(w),
             _ => self.catalog.wildcard_target(group),
         };
         let upstream_model = match served {
@@ -752,7 +760,7 @@ impl Run<'_> {
             // size for as long as its stream lasts.
             opened = Box::pin(self.engine.client.open(call, timeouts)) => opened,
         };
-        let mut stream = opened.map_err(|e| self.failed(spec, e, blame, 0, &body))?;
+        let mut stream = opened.map_err(|e| self.failed(spec, e, blame, from_request, 0, &body))?;
         let limits = &self.catalog.limits;
         let content_policy_fails = self.admitted.plan.content_policy_applies(group);
         let mut held: Vec<Chunk> = Vec::new();
@@ -783,13 +791,15 @@ impl Run<'_> {
                         model,
                     });
                 }
-                Err(e) => return Err(self.failed(spec, e, blame, content_chunks, &body)),
+                Err(e) => {
+                    return Err(self.failed(spec, e, blame, from_request, content_chunks, &body));
+                }
             };
             if chunk.finish_reason.as_deref() == Some("content_filter") && content_policy_fails {
                 // With a content-policy fallback list for this group, the filter is a
                 // failure to route around; without one it is the answer.
                 let e = UpstreamError::ContentFiltered;
-                return Err(self.failed(spec, e, blame, content_chunks, &body));
+                return Err(self.failed(spec, e, blame, from_request, content_chunks, &body));
             }
             if tool_calls.push(&chunk.object) > limits.max_tool_calls {
                 let e = UpstreamError::Limit(LimitExceeded::new(
@@ -799,7 +809,7 @@ impl Run<'_> {
                         limits.max_tool_calls
                     ),
                 ));
-                return Err(self.failed(spec, e, blame, content_chunks, &body));
+                return Err(self.failed(spec, e, blame, from_request, content_chunks, &body));
             }
             if let Some(m) = &chunk.model {
                 model.clone_from(m);

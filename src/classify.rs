@@ -234,6 +234,10 @@ pub enum Blame {
     RequestTimeout,
     /// The gateway ran out of something local (file descriptors, memory, ports).
     LocalResource,
+    /// The provider does not know the model the request named, served through a wildcard
+    /// group (`openai/*`): the name is the client's, so the client gets the provider's 404
+    /// as OpenAI sends one, and the deployment, which every tenant shares, is not cooled.
+    RequestedModel,
 }
 
 impl Blame {
@@ -242,6 +246,7 @@ impl Blame {
             Blame::Deployment => "deployment",
             Blame::RequestTimeout => "request_timeout",
             Blame::LocalResource => "local_resource",
+            Blame::RequestedModel => "requested_model",
         }
     }
 }
@@ -324,8 +329,10 @@ impl Failure {
     /// not the client's: the client gets a 502 it can tell from a refusal of its own key.
     /// A local resource error is the gateway's own trouble: 503.
     pub fn client_status(&self) -> u16 {
-        if self.blame == Blame::LocalResource {
-            return 503;
+        match self.blame {
+            Blame::LocalResource => return 503,
+            Blame::RequestedModel => return 404,
+            Blame::Deployment | Blame::RequestTimeout => {}
         }
         match self.class {
             FailureClass::Auth | FailureClass::NotFound => 502,
@@ -343,6 +350,7 @@ impl Failure {
     pub fn client_error_type(&self) -> &'static str {
         match (self.blame, self.class) {
             (Blame::LocalResource, _) => "api_error",
+            (Blame::RequestedModel, _) => "invalid_request_error",
             _ => self.class.error_type(),
         }
     }
@@ -351,6 +359,7 @@ impl Failure {
     pub fn client_error_code(&self) -> Option<&'static str> {
         match (self.blame, self.class) {
             (Blame::LocalResource, _) => Some("gateway_overloaded"),
+            (Blame::RequestedModel, _) => Some("model_not_found"),
             _ => self.class.error_code(),
         }
     }
