@@ -228,7 +228,7 @@ impl Observer for DecisionLog {
                 chunks,
             } => {
                 debug!(target: DECISION_TARGET, request, key, since_admission_ms, group = g(group),
-                    deployment = d(deployment), model = %text(model), retries, fallbacks, chunks,
+                    deployment = d(deployment), model = text(model).as_str(), retries, fallbacks, chunks,
                     "completed");
             }
             Event::Failed {
@@ -371,6 +371,46 @@ keys:
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
+    }
+
+    /// An upstream's `model` is its own text: in the text format (what `serve` writes by
+    /// default) a line break in it must not start a line of its own, which could pass for
+    /// an access line of another request.
+    #[test]
+    fn an_upstream_model_with_a_line_break_cannot_forge_a_line() {
+        let config = GatewayConfig::load("t.yaml", CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        let catalog = Catalog::new(&config).unwrap();
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .without_time()
+            .with_ansi(false)
+            .with_max_level(Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .finish();
+        let forged = "m\n INFO switchback::access: request request=999 key=\"admin\"";
+        let mut records = request_with_a_retry();
+        for r in &mut records {
+            if let Event::Completed { model, .. } = &mut r.event {
+                *model = forged.to_string();
+            }
+        }
+        let n = records.len();
+        tracing::subscriber::with_default(subscriber, || {
+            let log = DecisionLog::new();
+            for r in records {
+                log.record(r, &catalog);
+            }
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        // One line per event, and the access line.
+        assert_eq!(text.lines().count(), n + 1, "{text}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with(" INFO switchback::access: request request=999")),
+            "{text}"
+        );
     }
 
     fn request_with_a_retry() -> Vec<TraceRecord> {
