@@ -486,6 +486,9 @@ async fn provider_headers_and_ids_come_through() {
         h.insert("x-ratelimit-remaining-requests", "99".parse().unwrap());
         h.insert("openai-processing-ms", "12".parse().unwrap());
         h.insert("set-cookie", "secret=1".parse().unwrap());
+        // Names that only begin like a listed one are not on the list.
+        h.insert("x-request-id-evil", "leak".parse().unwrap());
+        h.insert("openai-processing-ms-x", "leak".parse().unwrap());
         r
     });
     let gw = Gw::start(ONE_GROUP, &net);
@@ -496,6 +499,11 @@ async fn provider_headers_and_ids_come_through() {
         assert_eq!(h["x-ratelimit-remaining-requests"], "99");
         assert_eq!(h["openai-processing-ms"], "12");
         assert!(h.get("set-cookie").is_none(), "only the allow-list");
+        assert!(
+            h.get("x-request-id-evil").is_none(),
+            "x-request-id is a name"
+        );
+        assert!(h.get("openai-processing-ms-x").is_none(), "so is this");
         let t = text(r).await;
         assert!(t.contains("chatcmpl-provider-9"), "{t}");
         assert!(!t.contains("chatcmpl-switchback"), "{t}");

@@ -671,9 +671,22 @@ pub struct UpstreamStream {
     lease: Option<Lease>,
 }
 
-/// Upstream response headers passed on to the client (from the committing attempt), by
-/// prefix: the provider's request id, its rate-limit state, its processing time.
+/// Upstream response headers passed on to the client (from the committing attempt): the
+/// provider's request id, its rate-limit state (every `x-ratelimit-*`: a name ending in `-`
+/// is a prefix) and its processing time. The others are names: `x-request-id-anything` is
+/// not the request id, and an upstream must not choose what else reaches the client.
 pub const FORWARDED_HEADERS: &[&str] = &["x-request-id", "x-ratelimit-", "openai-processing-ms"];
+
+/// Whether `name` is on the [`FORWARDED_HEADERS`] list.
+pub fn is_forwarded(name: &str) -> bool {
+    FORWARDED_HEADERS.iter().any(|f| {
+        if f.ends_with('-') {
+            name.starts_with(f)
+        } else {
+            name == *f
+        }
+    })
+}
 
 /// The headers on the [`FORWARDED_HEADERS`] list, in values of their own. hyper's header
 /// values are slices of the connection's read buffer, so an attempt that kept the response
@@ -683,11 +696,7 @@ pub const FORWARDED_HEADERS: &[&str] = &["x-request-id", "x-ratelimit-", "openai
 fn forwarded_copies(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     headers
         .iter()
-        .filter(|(name, _)| {
-            FORWARDED_HEADERS
-                .iter()
-                .any(|f| name.as_str().starts_with(f))
-        })
+        .filter(|(name, _)| is_forwarded(name.as_str()))
         .filter_map(|(name, value)| {
             // The same bytes hyper accepted as a header value: valid again.
             let mut copy = HeaderValue::from_bytes(value.as_bytes()).ok()?;
