@@ -677,13 +677,32 @@ pub fn rng(seed: u64) -> TestRng {
 }
 
 fn runner(seed: u64) -> TestRunner {
-    TestRunner::new_with_rng(
-        Config {
-            failure_persistence: None,
-            ..Config::default()
-        },
-        rng(seed),
-    )
+    TestRunner::new_with_rng(runner_config(), rng(seed))
+}
+
+/// The runner's configuration, every field proptest would take from a `PROPTEST_*`
+/// variable fixed here: shrinking reads `cases`, `max_flat_map_regens` and the shrink
+/// limits, so with `Config::default()` a seed shrank to another case when
+/// `PROPTEST_CASES` was set (as `sim/tests/equivalence.rs` suggests, to run more cases).
+/// The values are proptest's own defaults; the runner is given its RNG, so the seed
+/// fields only say so.
+pub fn runner_config() -> Config {
+    Config {
+        cases: 256,
+        max_local_rejects: 65_536,
+        max_global_rejects: 1024,
+        max_flat_map_regens: 1_000_000,
+        failure_persistence: None,
+        fork: false,
+        timeout: 0,
+        max_shrink_time: 0,
+        max_shrink_iters: u32::MAX,
+        max_default_size_range: 100,
+        verbose: 0,
+        rng_algorithm: RngAlgorithm::ChaCha,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0),
+        ..Config::default()
+    }
 }
 
 /// Generated case `seed`, with its value tree (for shrinking).

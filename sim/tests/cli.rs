@@ -150,3 +150,48 @@ fn replay_writes_a_cases_timeline() {
     }
     assert!(html.contains("<g class=\"lane\" data-lane=\"gateway\">"));
 }
+
+/// `explore`'s runner reads no `PROPTEST_*` variable: shrinking depends on the runner's
+/// configuration, so one that did would shrink the same seed to another case. A child
+/// process of this test binary prints the configuration with every variable set.
+#[test]
+fn explores_runner_reads_no_proptest_variables() {
+    // Without `result_cache`, a function's address: it moves between processes.
+    let printed = format!("{:?}", switchback_sim::explore::runner_config());
+    let printed = match printed.split_once("result_cache: ") {
+        Some((before, after)) => format!("{before}{}", after.split_once(", ").unwrap().1),
+        None => printed,
+    };
+    if std::env::var_os("SWITCHBACK_PRINT_RUNNER_CONFIG").is_some() {
+        println!("runner config: {printed}");
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "explores_runner_reads_no_proptest_variables",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SWITCHBACK_PRINT_RUNNER_CONFIG", "1")
+        .env("PROPTEST_CASES", "1")
+        .env("PROPTEST_MAX_FLAT_MAP_REGENS", "0")
+        .env("PROPTEST_MAX_SHRINK_ITERS", "1")
+        .env("PROPTEST_MAX_SHRINK_TIME", "1")
+        .env("PROPTEST_MAX_DEFAULT_SIZE_RANGE", "1")
+        .env("PROPTEST_MAX_LOCAL_REJECTS", "1")
+        .env("PROPTEST_MAX_GLOBAL_REJECTS", "1")
+        .env("PROPTEST_VERBOSE", "2")
+        .env("PROPTEST_RNG_ALGORITHM", "xs")
+        .env("PROPTEST_RNG_SEED", "7")
+        .env("PROPTEST_FORK", "true")
+        .env("PROPTEST_TIMEOUT", "5")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("runner config: {printed}")),
+        "with PROPTEST_* set: {stdout}\nwithout: {printed}"
+    );
+}
