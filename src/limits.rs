@@ -20,6 +20,19 @@ pub struct Limits {
     /// SDKs) gets the error rather than a reset connection; past it, the connection is
     /// dropped. 0 drops it at once.
     pub max_discarded_request_body_bytes: usize,
+    /// Bytes of request bodies the whole gateway holds at once, across every connection
+    /// and worker: a request takes its body's length from this budget as the body comes
+    /// (all of it at once when it declares a `Content-Length`, frame by frame when it comes
+    /// chunked) and gives it back when the request ends (a stream when its last byte is
+    /// sent). One that does not fit gets a 503 naming this limit at once, never a place in
+    /// a queue. `max_request_body_bytes` bounds one request, not the gateway: 4,096
+    /// connections of 50 MiB each, with no key under `allow_anonymous`, is 200 GiB, and a
+    /// body is held, parsed and copied for each upstream attempt, about 2.5 times its size
+    /// (8 uploads of 40 MiB to a stalling upstream took 852 MB). The default is five
+    /// bodies of the largest size at once (about 650 MB of memory at that ratio), or 4,096
+    /// connections of 64 KiB, far more than an ordinary chat request; it must be at least
+    /// `max_request_body_bytes`, so that any one request can be served.
+    pub max_in_flight_request_body_bytes: usize,
     /// Bytes of an upstream stream held back before commit (role-only or empty chunks)
     /// before the engine commits anyway.
     pub max_precommit_buffer_bytes: usize,
@@ -140,6 +153,8 @@ impl Default for Limits {
             // OpenAI takes up to 50 MB per request (images as base64 data URLs).
             max_request_body_bytes: 50 * 1024 * 1024,
             max_discarded_request_body_bytes: 64 * 1024 * 1024,
+            // Five 50 MiB bodies, or 4,096 connections of 64 KiB (see the field).
+            max_in_flight_request_body_bytes: 256 * 1024 * 1024,
             max_precommit_buffer_bytes: 16 * 1024,
             max_fallbacks_ceiling: 16,
             max_retries_ceiling: 10,
@@ -220,6 +235,10 @@ impl Limits {
                 self.max_connections != next.max_connections,
             ),
             (
+                "max_in_flight_request_body_bytes",
+                self.max_in_flight_request_body_bytes != next.max_in_flight_request_body_bytes,
+            ),
+            (
                 "client_write_timeout",
                 self.client_write_timeout != next.client_write_timeout,
             ),
@@ -252,7 +271,7 @@ impl Limits {
     /// Every count limit with the range it must lie in. The upper bounds keep each value
     /// within what the structures that use it accept (a semaphore's permits, a channel's
     /// capacity) and what one process could ever need, so no value can panic at run time.
-    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 22] {
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 23] {
         const GIB: usize = 1 << 30;
         [
             (
@@ -266,6 +285,12 @@ impl Limits {
                 self.max_discarded_request_body_bytes,
                 0,
                 4 * GIB,
+            ),
+            (
+                "max_in_flight_request_body_bytes",
+                self.max_in_flight_request_body_bytes,
+                1,
+                64 * GIB,
             ),
             (
                 "max_precommit_buffer_bytes",
