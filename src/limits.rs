@@ -78,6 +78,14 @@ pub struct Limits {
     pub stream_buffer_frames: usize,
     /// Messages in one request.
     pub max_messages: usize,
+    /// Longest model name a request may give, in bytes: its `model`, the deployment an
+    /// Azure-style path names, and every name in its fallback lists. A name is matched
+    /// against wildcard groups and allow-lists (a character, 4 bytes, at a time), sent
+    /// upstream and repeated in errors, so a 40 MiB `openai/AAA...` took one request from
+    /// 28 MB to 484 MB and went upstream whole. Provider model names
+    /// (`vertex_ai/gemini-2.5-flash-preview-05-20`) are tens of bytes, and Azure deployment
+    /// names short labels an operator picks: 256 leaves room for any of them with a prefix.
+    pub max_model_name_bytes: usize,
     /// JSON values in one request body (every object, array, string, number, boolean and
     /// null counts one). A value takes about 80 bytes in memory where its text may take two
     /// (`0,`), so `max_request_body_bytes` alone does not bound a request's memory: 50 MiB
@@ -171,6 +179,7 @@ impl Default for Limits {
             max_connections: 4096,
             stream_buffer_frames: 64,
             max_messages: 4096,
+            max_model_name_bytes: 256,
             // About 20 MB of values at most, several times what a real request holds.
             max_request_json_values: 250_000,
             max_upstream_json_values: 1_000_000,
@@ -271,7 +280,7 @@ impl Limits {
     /// Every count limit with the range it must lie in. The upper bounds keep each value
     /// within what the structures that use it accept (a semaphore's permits, a channel's
     /// capacity) and what one process could ever need, so no value can panic at run time.
-    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 23] {
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 24] {
         const GIB: usize = 1 << 30;
         [
             (
@@ -332,6 +341,12 @@ impl Limits {
                 GIB,
             ),
             ("max_messages", self.max_messages, 1, 1_000_000),
+            (
+                "max_model_name_bytes",
+                self.max_model_name_bytes,
+                1,
+                1 << 20,
+            ),
             (
                 "max_request_json_values",
                 self.max_request_json_values,

@@ -1495,3 +1495,135 @@ fn the_in_flight_body_budget_must_hold_the_largest_body() {
         .expect("a budget of one largest body");
     load("limits: {max_in_flight_request_body_bytes: 0}\n").expect_err("zero is refused");
 }
+
+/// A wildcard group, a plain one, a key allowed the wildcard's names and one allowed `g`.
+const WILDCARD_KEYED: &str = r#"
+model_list:
+  - {model_name: "openai/*", litellm_params: {model: "openai/*", api_base: "http://up/v1"}, model_info: {id: oa}}
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+keys:
+  - {key: sk-open, key_alias: open, models: ["openai/*"]}
+  - {key: sk-g, key_alias: gonly, models: [g]}
+router_settings: {num_retries: 0}
+"#;
+
+/// Sends `body` to `path` with `key`: the status and the error body.
+async fn post_to(gw: &Gw, path: &str, key: &str, body: &Value) -> (u16, Value) {
+    let request = http::Request::post(path)
+        .header("host", "gateway")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"))
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = gw.connect().await.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let text = text(response).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+// 14. A request's model name is bounded (`max_model_name_bytes`): a 40 MiB `openai/AAA...`
+// with a key allowed `openai/*` was matched against the allow-list a character at a time (4
+// bytes each), took one request from 28 MB to 484 MB, and was sent upstream whole. One byte
+// over is a 400 naming the limit (param `model`), in both modes, from the body or from an
+// Azure-style path, with no upstream call; at the bound it is served.
+#[tokio::test(start_paused = true)]
+async fn an_overlong_model_name_is_refused_naming_the_limit() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start_metered(WILDCARD_KEYED, &net);
+    let max = 256;
+    let name = |bytes: usize| format!("openai/{}", "A".repeat(bytes - "openai/".len()));
+    let mut refused = 0;
+    for stream in [false, true] {
+        for bytes in [max + 1, 1 << 20] {
+            let body = json!({"model": name(bytes), "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}]});
+            let (status, error) = post_to(&gw, "/v1/chat/completions", "sk-open", &body).await;
+            assert_eq!(status, 400, "stream={stream} {bytes}: {error}");
+            assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+            assert_eq!(error["error"]["param"], "model", "{error}");
+            let message = error["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("max_model_name_bytes = 256") && message.len() < 300,
+                "stream={stream}: {message}"
+            );
+            refused += 1;
+        }
+        // The deployment an Azure-style path names is the model: bounded alike.
+        let path = format!(
+            "/openai/deployments/{}/chat/completions",
+            "A".repeat(max + 1)
+        );
+        let (status, error) = post_to(&gw, &path, "sk-open", &chat_body("g", stream)).await;
+        assert_eq!(status, 400, "stream={stream}: {error}");
+        assert_eq!(error["error"]["param"], "model", "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("max_model_name_bytes")),
+            "{error}"
+        );
+        refused += 1;
+    }
+    assert!(net.calls("up").is_empty(), "no upstream call");
+    let counted = format!(
+        "switchback_refused_requests_total{{route=\"chat\",status=\"400\",\
+         limit=\"max_model_name_bytes\"}} {refused}"
+    );
+    assert!(gw.scrape().contains(&counted), "{}", gw.scrape());
+    for stream in [false, true] {
+        let body = json!({"model": name(max), "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let (status, answer) = post_to(&gw, "/v1/chat/completions", "sk-open", &body).await;
+        assert_eq!(status, 200, "at the bound: {answer}");
+    }
+    assert_eq!(net.calls("up").len(), 2);
+    assert_eq!(
+        net.calls("up")[0].body["model"].as_str().map(str::len),
+        Some(max - "openai/".len())
+    );
+}
+
+// 14b. An error that repeats a name the client gave (an unknown model, one its key may not
+// use, a `GET /v1/models/{id}`) shows only its start, cut at a character boundary: the 404
+// and 403 repeated the whole name, as long as the body allowed. A name of two-byte
+// characters after one ASCII byte puts every even byte offset inside a character.
+#[tokio::test(start_paused = true)]
+async fn errors_repeat_only_the_start_of_a_long_name() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(
+        &with(WILDCARD_KEYED, "limits: {max_model_name_bytes: 100000}\n"),
+        &net,
+    );
+    let long = format!("x{}", "é".repeat(40_000));
+    let unknown = chat_body(&long, false);
+    let forbidden = chat_body(&format!("openai/{long}"), true);
+    for (key, body, status) in [("sk-open", unknown, 404), ("sk-g", forbidden, 403)] {
+        let (got, error) = post_to(&gw, "/v1/chat/completions", key, &body).await;
+        assert_eq!(got, status, "{error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.len() < 400 && message.contains("xé"),
+            "{status}: {} bytes: {}",
+            message.len(),
+            message.chars().take(200).collect::<String>()
+        );
+    }
+    let mut sender = gw.connect().await;
+    // Within what a URI may hold (64 KiB), 10,001 bytes once decoded.
+    let id = format!("x{}", "%C3%A9".repeat(5_000));
+    let request = http::Request::get(format!("/v1/models/{id}"))
+        .header("host", "gateway")
+        .header("authorization", "Bearer sk-open")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 404);
+    let message = text(response).await;
+    assert!(message.len() < 500 && message.contains("xé"), "{message}");
+    assert!(net.calls("up").is_empty());
+}

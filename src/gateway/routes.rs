@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::attempt::{CommitHead, Outcome};
 use crate::delivery::{AggregateDelivery, StreamBounds, StreamDelivery, StreamStart};
 use crate::engine::{Admitted, Engine};
-use crate::error::ApiError;
+use crate::error::{ApiError, echoed};
 use crate::gateway::body::{self, ResponseBody};
 use crate::gateway::cors;
 use crate::gateway::request_body::{self, BodyBudget, Held, ReadError};
@@ -166,7 +166,8 @@ fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
                 },
                 Err(_) => {
                     return Err(ApiError::not_found(format!(
-                        "deployment `{name}` is not UTF-8 once percent-decoded"
+                        "deployment `{}` is not UTF-8 once percent-decoded",
+                        echoed(name)
                     ))
                     .code("model_not_found")
                     .param(Some("model".into())));
@@ -182,7 +183,8 @@ fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
                 Ok(id) => Route::Model(id.into_owned()),
                 Err(_) => {
                     return Err(ApiError::not_found(format!(
-                        "model `{id}` is not UTF-8 once percent-decoded"
+                        "model `{}` is not UTF-8 once percent-decoded",
+                        echoed(id)
                     ))
                     .code("model_not_found")
                     .param(Some("model".into())));
@@ -191,7 +193,7 @@ fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
             None => {
                 return Err(ApiError::not_found(format!(
                     "no route for {}",
-                    req.uri().path()
+                    echoed(req.uri().path())
                 )));
             }
         },
@@ -554,7 +556,8 @@ fn model(engine: &Engine, req: &Request<Incoming>, id: &str) -> Response<Respons
         }
         _ => error(
             &ApiError::not_found(format!(
-                "model `{id}` is not a model group this key may use"
+                "model `{}` is not a model group this key may use",
+                echoed(id)
             ))
             .code("model_not_found")
             .param(Some("model".into())),
@@ -619,6 +622,13 @@ async fn chat(
             return refuse(e);
         }
     };
+    // A path's deployment over the bound is refused before its body is read or held.
+    if let Some(name) = &deployment {
+        if let Err(e) = crate::request::check_model_name(name, "model", &engine.catalog().limits) {
+            request_body::discard(req.into_body(), max_discarded, deadline);
+            return refuse(ApiError::from(e));
+        }
+    }
     let total = held.budget_total();
     let over_budget = |received: Option<u64>| {
         let what = match received {
