@@ -998,6 +998,18 @@ impl GatewayConfig {
                 );
             }
         }
+        // A budget smaller than one allowed body would refuse that body for ever.
+        if l.max_in_flight_request_body_bytes < l.max_request_body_bytes {
+            push(
+                lat.key("max_in_flight_request_body_bytes"),
+                format!(
+                    "`max_in_flight_request_body_bytes` = {} is below `max_request_body_bytes` \
+                     = {}: the gateway could never hold one request of the largest size; \
+                     raise it or lower `max_request_body_bytes`",
+                    l.max_in_flight_request_body_bytes, l.max_request_body_bytes
+                ),
+            );
+        }
         let rs = &self.router_settings;
         if rs.cooldown_by_failure_rate == Some(true) {
             for (set, field) in [

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::attempt::{self, Delivery, Outcome};
 use crate::catalog::{Catalog, KeySpec};
 use crate::config::{At, RouterSettings, check_settings_fields};
-use crate::error::ApiError;
+use crate::error::{ApiError, echoed};
 use crate::metrics::Metrics;
 use crate::plan::FallbackPlan;
 use crate::policy::Levels;
@@ -334,11 +334,8 @@ impl Engine {
     ) -> Result<Admitted, ApiError> {
         let catalog = &*self.catalog;
         let key = self.authenticate(bearer)?;
-        let request = ChatRequest::parse_as(body, &catalog.limits, model).map_err(|e| {
-            ApiError::bad_request(e.message)
-                .param(e.param)
-                .limit(e.limit)
-        })?;
+        let request =
+            ChatRequest::parse_as(body, &catalog.limits, model).map_err(ApiError::from)?;
         if let Some(class) = request.mock.filter(|_| !catalog.allow_mock_flags) {
             let flag = crate::request::mock_flag(class);
             return Err(ApiError::bad_request(format!(
@@ -354,7 +351,7 @@ impl Engine {
         let routed = catalog.route(&request.model).ok_or_else(|| {
             ApiError::not_found(format!(
                 "model `{}` is not a model group of this gateway",
-                request.model
+                echoed(&request.model)
             ))
             .code("model_not_found")
             .param(Some("model".into()))
@@ -372,7 +369,7 @@ impl Engine {
         if !permitted {
             return Err(ApiError::forbidden(format!(
                 "this key may not use model `{}`",
-                request.model
+                echoed(&request.model)
             )));
         }
         let mut problem = None;
@@ -469,9 +466,12 @@ fn wildcard_id_refused(
     let group = catalog.deployment(d).group;
     let permitted = key.is_none_or(|k| k.allowed[group.0 as usize] || k.admits_name(name));
     if !permitted {
-        return ApiError::forbidden(format!("this key may not use model `{name}`"));
+        return ApiError::forbidden(format!("this key may not use model `{}`", echoed(name)));
     }
     let why = crate::config::wildcard_id_why(&catalog.group(group).name);
-    ApiError::bad_request(format!("model `{name}` is the id of a deployment: {why}"))
-        .param(Some("model".into()))
+    ApiError::bad_request(format!(
+        "model `{}` is the id of a deployment: {why}",
+        echoed(name)
+    ))
+    .param(Some("model".into()))
 }

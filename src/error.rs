@@ -1,12 +1,34 @@
 //! The errors a client sees, OpenAI-shaped: `{"error": {"message", "type", "code", "param"}}`.
 //!
 //! Owns: the [`ApiError`] value (status + body) and its constructors for admission failures
-//! and for a request whose every attempt failed. Does not own when they happen.
+//! and for a request whose every attempt failed, and how a message repeats a name the
+//! client gave ([`echoed`]). Does not own when they happen.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde_json::json;
 
 use crate::classify::Failure;
+
+/// The most of a client's name (a model, a deployment, a path) an error message repeats, in
+/// bytes: enough to recognise any real name, where repeating the whole of one as long as a
+/// request may carry would make every error as large as the request.
+pub const MAX_ECHOED_NAME_BYTES: usize = 256;
+
+/// `name` as an error message repeats it: whole when short, else its start, cut at a
+/// character boundary (a byte offset inside a character would panic a slice) within
+/// [`MAX_ECHOED_NAME_BYTES`], and `…` to say it was cut.
+pub fn echoed(name: &str) -> Cow<'_, str> {
+    if name.len() <= MAX_ECHOED_NAME_BYTES {
+        return Cow::Borrowed(name);
+    }
+    let mut end = MAX_ECHOED_NAME_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &name[..end]))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -21,6 +43,16 @@ pub struct ApiError {
     /// The named limit that refused the request (`max_messages`, ...), for the refusal's
     /// access line and metrics; not sent.
     pub limit: Option<&'static str>,
+}
+
+/// A body that could not be parsed: a 400 naming its field, and its limit if that is what
+/// it is over.
+impl From<crate::request::BadRequest> for ApiError {
+    fn from(e: crate::request::BadRequest) -> ApiError {
+        ApiError::bad_request(e.message)
+            .param(e.param)
+            .limit(e.limit)
+    }
 }
 
 impl ApiError {
@@ -98,5 +130,31 @@ impl ApiError {
 
     pub fn body(&self) -> Bytes {
         Bytes::from(self.body_json().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_name_is_cut_at_a_character_boundary() {
+        assert_eq!(echoed("gpt-4o"), "gpt-4o");
+        let at_bound = "a".repeat(MAX_ECHOED_NAME_BYTES);
+        assert_eq!(echoed(&at_bound), at_bound.as_str());
+        // One ASCII byte, then characters of 2, 3 and 4 bytes: the bound falls inside one
+        // of them wherever it is.
+        for wide in ["é", "€", "🦀"] {
+            let name = format!("x{}", wide.repeat(MAX_ECHOED_NAME_BYTES));
+            let shown = echoed(&name);
+            let kept = shown.strip_suffix('…').expect("marked as cut");
+            assert!(name.starts_with(kept), "{wide}");
+            assert!(
+                kept.len() <= MAX_ECHOED_NAME_BYTES
+                    && kept.len() > MAX_ECHOED_NAME_BYTES - wide.len(),
+                "{wide}: {}",
+                kept.len()
+            );
+        }
     }
 }

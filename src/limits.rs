@@ -20,6 +20,19 @@ pub struct Limits {
     /// SDKs) gets the error rather than a reset connection; past it, the connection is
     /// dropped. 0 drops it at once.
     pub max_discarded_request_body_bytes: usize,
+    /// Bytes of request bodies the whole gateway holds at once, across every connection
+    /// and worker: a request takes its body's length from this budget as the body comes
+    /// (all of it at once when it declares a `Content-Length`, frame by frame when it comes
+    /// chunked) and gives it back when the request ends (a stream when its last byte is
+    /// sent). One that does not fit gets a 503 naming this limit at once, never a place in
+    /// a queue. `max_request_body_bytes` bounds one request, not the gateway: 4,096
+    /// connections of 50 MiB each, with no key under `allow_anonymous`, is 200 GiB, and a
+    /// body is held, parsed and copied for each upstream attempt, about 2.5 times its size
+    /// (8 uploads of 40 MiB to a stalling upstream took 852 MB). The default is five
+    /// bodies of the largest size at once (about 650 MB of memory at that ratio), or 4,096
+    /// connections of 64 KiB, far more than an ordinary chat request; it must be at least
+    /// `max_request_body_bytes`, so that any one request can be served.
+    pub max_in_flight_request_body_bytes: usize,
     /// Bytes of an upstream stream held back before commit (role-only or empty chunks)
     /// before the engine commits anyway.
     pub max_precommit_buffer_bytes: usize,
@@ -65,6 +78,14 @@ pub struct Limits {
     pub stream_buffer_frames: usize,
     /// Messages in one request.
     pub max_messages: usize,
+    /// Longest model name a request may give, in bytes: its `model`, the deployment an
+    /// Azure-style path names, and every name in its fallback lists. A name is matched
+    /// against wildcard groups and allow-lists (a character, 4 bytes, at a time), sent
+    /// upstream and repeated in errors, so a 40 MiB `openai/AAA...` took one request from
+    /// 28 MB to 484 MB and went upstream whole. Provider model names
+    /// (`vertex_ai/gemini-2.5-flash-preview-05-20`) are tens of bytes, and Azure deployment
+    /// names short labels an operator picks: 256 leaves room for any of them with a prefix.
+    pub max_model_name_bytes: usize,
     /// JSON values in one request body (every object, array, string, number, boolean and
     /// null counts one). A value takes about 80 bytes in memory where its text may take two
     /// (`0,`), so `max_request_body_bytes` alone does not bound a request's memory: 50 MiB
@@ -140,6 +161,8 @@ impl Default for Limits {
             // OpenAI takes up to 50 MB per request (images as base64 data URLs).
             max_request_body_bytes: 50 * 1024 * 1024,
             max_discarded_request_body_bytes: 64 * 1024 * 1024,
+            // Five 50 MiB bodies, or 4,096 connections of 64 KiB (see the field).
+            max_in_flight_request_body_bytes: 256 * 1024 * 1024,
             max_precommit_buffer_bytes: 16 * 1024,
             max_fallbacks_ceiling: 16,
             max_retries_ceiling: 10,
@@ -156,6 +179,7 @@ impl Default for Limits {
             max_connections: 4096,
             stream_buffer_frames: 64,
             max_messages: 4096,
+            max_model_name_bytes: 256,
             // About 20 MB of values at most, several times what a real request holds.
             max_request_json_values: 250_000,
             max_upstream_json_values: 1_000_000,
@@ -220,6 +244,10 @@ impl Limits {
                 self.max_connections != next.max_connections,
             ),
             (
+                "max_in_flight_request_body_bytes",
+                self.max_in_flight_request_body_bytes != next.max_in_flight_request_body_bytes,
+            ),
+            (
                 "client_write_timeout",
                 self.client_write_timeout != next.client_write_timeout,
             ),
@@ -252,7 +280,7 @@ impl Limits {
     /// Every count limit with the range it must lie in. The upper bounds keep each value
     /// within what the structures that use it accept (a semaphore's permits, a channel's
     /// capacity) and what one process could ever need, so no value can panic at run time.
-    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 22] {
+    pub fn counts(&self) -> [(&'static str, usize, usize, usize); 24] {
         const GIB: usize = 1 << 30;
         [
             (
@@ -266,6 +294,12 @@ impl Limits {
                 self.max_discarded_request_body_bytes,
                 0,
                 4 * GIB,
+            ),
+            (
+                "max_in_flight_request_body_bytes",
+                self.max_in_flight_request_body_bytes,
+                1,
+                64 * GIB,
             ),
             (
                 "max_precommit_buffer_bytes",
@@ -307,6 +341,12 @@ impl Limits {
                 GIB,
             ),
             ("max_messages", self.max_messages, 1, 1_000_000),
+            (
+                "max_model_name_bytes",
+                self.max_model_name_bytes,
+                1,
+                1 << 20,
+            ),
             (
                 "max_request_json_values",
                 self.max_request_json_values,

@@ -111,6 +111,23 @@ fn bad(param: &str, message: impl Into<String>) -> BadRequest {
     }
 }
 
+/// A model name the request gives (`param` says where) must be at most
+/// `max_model_name_bytes` long; the refusal says how long it is, never what it says.
+pub fn check_model_name(name: &str, param: &str, limits: &Limits) -> Result<(), BadRequest> {
+    let max = limits.max_model_name_bytes;
+    if name.len() <= max {
+        return Ok(());
+    }
+    Err(over(
+        param,
+        "max_model_name_bytes",
+        format!(
+            "`{param}`: a model name of {} bytes, over the limit max_model_name_bytes = {max}",
+            name.len()
+        ),
+    ))
+}
+
 /// `param` is over the named limit `limit`.
 fn over(param: &str, limit: &'static str, message: impl Into<String>) -> BadRequest {
     BadRequest {
@@ -174,6 +191,7 @@ impl ChatRequest {
             }
             (None, Some(_)) => return Err(bad("model", "`model` must be a string")),
         };
+        check_model_name(&model, "model", limits)?;
         let stream = match body.shift_remove("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => b,
@@ -437,7 +455,10 @@ type TargetMessages = Vec<(String, std::sync::Arc<Vec<Value>>)>;
 /// A request's fallback list, and each `{group: [...]}` entry's list of targets, hold at
 /// most `max_request_fallbacks` items. Why every level: the plan visits each target of an
 /// entry and reports each one it skips, so one entry of a million repeated names was a
-/// million log lines from one request. Shapes are checked later; this only counts.
+/// million log lines from one request. Every name in them (a target, an entry's group, a
+/// client-side object's `model`) is bounded by `max_model_name_bytes`, as the request's own
+/// `model` is: each is matched against wildcard groups and may be repeated in an error.
+/// Shapes are checked later; this only counts and measures.
 fn check_fallback_list_sizes(field: &str, list: &Value, limits: &Limits) -> Result<(), BadRequest> {
     let max = limits.max_request_fallbacks;
     let too_long = |at: &str, n: usize, what: &str| {
@@ -447,6 +468,10 @@ fn check_fallback_list_sizes(field: &str, list: &Value, limits: &Limits) -> Resu
             format!("`{at}`: {n} {what} is over the limit max_request_fallbacks = {max}"),
         )
     };
+    let name_ok = |at: &str, name: &Value| match name {
+        Value::String(name) => check_model_name(name, at, limits),
+        _ => Ok(()),
+    };
     let Value::Array(items) = list else {
         return Ok(());
     };
@@ -454,22 +479,31 @@ fn check_fallback_list_sizes(field: &str, list: &Value, limits: &Limits) -> Resu
         return Err(too_long(field, items.len(), "fallback entries"));
     }
     for (i, item) in items.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        name_ok(&at, item)?;
         let Value::Object(entry) = item else { continue };
         // A client-side `{model: "b", messages: [...]}` object of `fallbacks`: its messages
         // are bounded by max_messages. Anywhere else, `model` or `messages` with a list is a
         // group's entry like any other.
         let client_side = field == "fallbacks" && entry.get("model").is_some_and(Value::is_string);
         for (group, targets) in entry {
-            if client_side && group == "messages" {
-                continue;
+            if client_side {
+                if group == "model" {
+                    name_ok(&format!("{at}.model"), targets)?;
+                }
+                if group == "messages" {
+                    continue;
+                }
             }
+            // Checked before it is part of a `param` of its own.
+            check_model_name(group, &at, limits)?;
             if let Value::Array(targets) = targets {
+                let at = format!("{at}.{group}");
                 if targets.len() > max {
-                    return Err(too_long(
-                        &format!("{field}[{i}].{group}"),
-                        targets.len(),
-                        "fallback targets",
-                    ));
+                    return Err(too_long(&at, targets.len(), "fallback targets"));
+                }
+                for (j, target) in targets.iter().enumerate() {
+                    name_ok(&format!("{at}[{j}]"), target)?;
                 }
             }
         }
@@ -785,6 +819,55 @@ mod tests {
         let carried = r#"{"model":"a","messages":[{"role":"user"}],"fallbacks":[{"model":"b","messages":[{"role":"user"},{"role":"user"},{"role":"user"}]}]}"#;
         ChatRequest::parse(carried.as_bytes(), &limits)
             .expect("an entry's messages are bounded by max_messages, not here");
+    }
+
+    #[test]
+    fn every_model_name_a_request_gives_is_bounded() {
+        let limits = Limits {
+            max_model_name_bytes: 8,
+            ..Limits::default()
+        };
+        let with = |model: &str, extra: &str| {
+            let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user"}}]{extra}}}"#);
+            ChatRequest::parse(body.as_bytes(), &limits)
+        };
+        with("12345678", "").expect("at the bound");
+        let path = |name: &str| {
+            let body = r#"{"model":"x","messages":[{"role":"user"}]}"#;
+            ChatRequest::parse_as(body.as_bytes(), &limits, Some(name))
+        };
+        path("12345678").expect("a path's name at the bound");
+        for (e, param) in [
+            (with("123456789", "").unwrap_err(), "model"),
+            (path("123456789").unwrap_err(), "model"),
+            (
+                with("a", r#","fallbacks":["b","123456789"]"#).unwrap_err(),
+                "fallbacks[1]",
+            ),
+            (
+                with("a", r#","fallbacks":[{"model":"123456789"}]"#).unwrap_err(),
+                "fallbacks[0].model",
+            ),
+            (
+                with("a", r#","fallbacks":[{"a":["b","123456789"]}]"#).unwrap_err(),
+                "fallbacks[0].a[1]",
+            ),
+            (
+                with("a", r#","context_window_fallbacks":[{"123456789":["b"]}]"#).unwrap_err(),
+                "context_window_fallbacks[0]",
+            ),
+            (
+                with("a", r#","default_fallbacks":["123456789"]"#).unwrap_err(),
+                "default_fallbacks[0]",
+            ),
+        ] {
+            assert_eq!(e.limit, Some("max_model_name_bytes"), "{e:?}");
+            assert_eq!(e.param.as_deref(), Some(param), "{e:?}");
+            assert!(
+                e.message.contains("9 bytes") && !e.message.contains("123456789"),
+                "says how long, not what: {e:?}"
+            );
+        }
     }
 
     #[test]

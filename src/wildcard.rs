@@ -134,7 +134,7 @@ pub fn allow_list_admits(list: &[String], name: &str) -> bool {
 /// `*` any run, `.` any one character, anything else itself; the whole name. A name with
 /// a line break never matches (LiteLLM's `.` stops at one). The classic two-pointer glob
 /// match: linear in practice, at worst the product of the lengths (the entry comes from the
-/// config, the name is bounded by the request body).
+/// config, the name is bounded by `max_model_name_bytes`).
 fn allow_entry_matches(entry: &[u8], name: &str) -> bool {
     if name.contains('\n') {
         return false;

@@ -1367,3 +1367,310 @@ async fn browsers_on_a_listed_origin_may_call_the_gateway() {
     assert_eq!(status, 405);
     assert!(headers.get("access-control-allow-origin").is_none());
 }
+
+/// A chat body of one message of `bytes` letters (about `bytes` + 70 bytes of JSON).
+fn big_chat(stream: bool, bytes: usize) -> Value {
+    json!({"model": "g", "stream": stream,
+        "messages": [{"role": "user", "content": "a".repeat(bytes)}]})
+}
+
+/// The senders of upstream answers held back by [`stalling`].
+type Stalled = Arc<std::sync::Mutex<Vec<tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>>>>;
+
+/// Serves `up` with answers that send their first text (a stream commits on it), then
+/// stall until [`release`]: requests in flight for as long as the test wants.
+fn stalling(net: &MemNet) -> Stalled {
+    let held = Stalled::default();
+    let keep = held.clone();
+    net.host("up", move |_| {
+        let (tx, response) = sse_channel();
+        let first = frame(&chunk_json(
+            "m",
+            json!({"role": "assistant", "content": "Hel"}),
+            None,
+        ));
+        tx.try_send(Ok(Bytes::from(first)))
+            .expect("room for one frame");
+        keep.lock().unwrap().push(tx);
+        response
+    });
+    held
+}
+
+/// Ends every stalled answer.
+async fn release(held: &Stalled) {
+    let senders = std::mem::take(&mut *held.lock().unwrap());
+    for tx in senders {
+        let rest = frame(&chunk_json("m", json!({"content": "lo"}), Some("stop")));
+        let _ = tx.send(Ok(Bytes::from(rest + "data: [DONE]\n\n"))).await;
+    }
+}
+
+/// Limits for [`request_bodies_in_flight_are_bounded_gateway_wide`]: three bodies of 1 MB
+/// fit the budget, a fourth does not.
+const BODY_BUDGET: &str =
+    "limits: {max_request_body_bytes: 1048576, max_in_flight_request_body_bytes: 3145728}\n";
+
+// 13. Request bodies in flight are bounded for the whole gateway, not only one by one: each
+// request may bring `max_request_body_bytes` (50 MiB), held with what it is parsed into and
+// the upstream's copy for the request's life, and 8 uploads of 40 MiB to a stalling upstream
+// took the gateway from 25 MB to 852 MB (with `max_connections` at 4096, and no key needed
+// under `allow_anonymous`). Past `max_in_flight_request_body_bytes`, a request is refused at
+// once with a 503 naming the limit, whether its length is declared or it comes chunked; the
+// budget is held for the request's life (a committed stream's included, after its handler
+// has returned), and is whole again once the requests end.
+#[tokio::test(start_paused = true)]
+async fn request_bodies_in_flight_are_bounded_gateway_wide() {
+    let net = MemNet::new();
+    let held = stalling(&net);
+    let gw = Gw::start_metered(&with(ONE_GROUP, BODY_BUDGET), &net);
+    let size = 1_000_000;
+    let mut in_flight = Vec::new();
+    let mut streamed = None;
+    for stream in [false, true, false] {
+        let mut sender = gw.connect().await;
+        let request = chat_request(None, &big_chat(stream, size));
+        if stream {
+            // Its handler returns at commit; its body's budget must stay held.
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            streamed = Some(response);
+        } else {
+            in_flight.push(tokio::spawn(async move {
+                let response = sender.send_request(request).await.unwrap();
+                (response.status(), text(response).await)
+            }));
+        }
+    }
+    assert!(settle(100, || net.calls("up").len() == 3).await);
+
+    // A fourth large body, its length declared: refused at once, before any upstream call.
+    let refused =
+        tokio::time::timeout(Duration::from_secs(1), gw.chat(None, big_chat(false, size)))
+            .await
+            .expect("refused at once, not queued behind the requests in flight");
+    assert_eq!(refused.status(), 503);
+    let retry_after = refused.headers().get("retry-after").cloned();
+    let body: Value = serde_json::from_str(&text(refused).await).unwrap();
+    assert!(retry_after.is_some(), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("max_in_flight_request_body_bytes = 3145728"),
+        "{body}"
+    );
+    assert_eq!(net.calls("up").len(), 3, "no upstream call for it");
+
+    // A small request fits in what is left: the budget counts bytes, not requests.
+    let mut sender = gw.connect().await;
+    let request = chat_request(None, &chat_body("g", false));
+    in_flight.push(tokio::spawn(async move {
+        let response = sender.send_request(request).await.unwrap();
+        (response.status(), text(response).await)
+    }));
+    assert!(settle(100, || net.calls("up").len() == 4).await);
+
+    // A chunked body (no length declared) is counted as it comes: refused once over.
+    let mut pipe = gw.raw().await;
+    pipe.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n\
+          transfer-encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let body = big_chat(false, size).to_string().into_bytes();
+    for piece in body.chunks(64 * 1024) {
+        let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
+        chunk.extend_from_slice(piece);
+        chunk.extend_from_slice(b"\r\n");
+        pipe.write_all(&chunk).await.unwrap();
+    }
+    pipe.write_all(b"0\r\n\r\n").await.unwrap();
+    let head = response_head(&mut pipe).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after"), "{head}");
+    assert_eq!(net.calls("up").len(), 4, "no upstream call for it");
+
+    release(&held).await;
+    for task in in_flight {
+        let (status, text) = task.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+    let streamed = text(streamed.unwrap()).await;
+    assert!(streamed.contains("[DONE]"), "{streamed}");
+
+    // The budget is whole again: three large bodies are in flight at once as before.
+    let mut again = Vec::new();
+    for stream in [false, true, false] {
+        let mut sender = gw.connect().await;
+        let request = chat_request(None, &big_chat(stream, size));
+        again.push(tokio::spawn(async move {
+            let response = sender.send_request(request).await.unwrap();
+            (response.status(), text(response).await)
+        }));
+    }
+    assert!(
+        settle(100, || net.calls("up").len() == 7).await,
+        "{} calls",
+        net.calls("up").len()
+    );
+    release(&held).await;
+    for task in again {
+        let (status, text) = task.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+    let refusals = "switchback_refused_requests_total{route=\"chat\",status=\"503\",\
+                    limit=\"max_in_flight_request_body_bytes\"} 2";
+    assert!(gw.scrape().contains(refusals), "{}", gw.scrape());
+}
+
+// 13b. The budget must hold the largest body one request may bring, or that request could
+// never be served: such a config is refused at load, naming both limits.
+#[test]
+fn the_in_flight_body_budget_must_hold_the_largest_body() {
+    let load = |limits: &str| {
+        switchback::config::GatewayConfig::load("g.yaml", &with(ONE_GROUP, limits))
+            .map_err(|e| e.to_string())
+    };
+    let e =
+        load("limits: {max_request_body_bytes: 2048, max_in_flight_request_body_bytes: 2047}\n")
+            .expect_err("a budget below the largest body is refused");
+    assert!(
+        e.contains("max_in_flight_request_body_bytes") && e.contains("max_request_body_bytes"),
+        "{e}"
+    );
+    load("limits: {max_request_body_bytes: 2048, max_in_flight_request_body_bytes: 2048}\n")
+        .expect("a budget of one largest body");
+    load("limits: {max_in_flight_request_body_bytes: 0}\n").expect_err("zero is refused");
+}
+
+/// A wildcard group, a plain one, a key allowed the wildcard's names and one allowed `g`.
+const WILDCARD_KEYED: &str = r#"
+model_list:
+  - {model_name: "openai/*", litellm_params: {model: "openai/*", api_base: "http://up/v1"}, model_info: {id: oa}}
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+keys:
+  - {key: sk-open, key_alias: open, models: ["openai/*"]}
+  - {key: sk-g, key_alias: gonly, models: [g]}
+router_settings: {num_retries: 0}
+"#;
+
+/// Sends `body` to `path` with `key`: the status and the error body.
+async fn post_to(gw: &Gw, path: &str, key: &str, body: &Value) -> (u16, Value) {
+    let request = http::Request::post(path)
+        .header("host", "gateway")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"))
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = gw.connect().await.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let text = text(response).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+// 14. A request's model name is bounded (`max_model_name_bytes`): a 40 MiB `openai/AAA...`
+// with a key allowed `openai/*` was matched against the allow-list a character at a time (4
+// bytes each), took one request from 28 MB to 484 MB, and was sent upstream whole. One byte
+// over is a 400 naming the limit (param `model`), in both modes, from the body or from an
+// Azure-style path, with no upstream call; at the bound it is served.
+#[tokio::test(start_paused = true)]
+async fn an_overlong_model_name_is_refused_naming_the_limit() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start_metered(WILDCARD_KEYED, &net);
+    let max = 256;
+    let name = |bytes: usize| format!("openai/{}", "A".repeat(bytes - "openai/".len()));
+    let mut refused = 0;
+    for stream in [false, true] {
+        for bytes in [max + 1, 1 << 20] {
+            let body = json!({"model": name(bytes), "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}]});
+            let (status, error) = post_to(&gw, "/v1/chat/completions", "sk-open", &body).await;
+            assert_eq!(status, 400, "stream={stream} {bytes}: {error}");
+            assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+            assert_eq!(error["error"]["param"], "model", "{error}");
+            let message = error["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("max_model_name_bytes = 256") && message.len() < 300,
+                "stream={stream}: {message}"
+            );
+            refused += 1;
+        }
+        // The deployment an Azure-style path names is the model: bounded alike.
+        let path = format!(
+            "/openai/deployments/{}/chat/completions",
+            "A".repeat(max + 1)
+        );
+        let (status, error) = post_to(&gw, &path, "sk-open", &chat_body("g", stream)).await;
+        assert_eq!(status, 400, "stream={stream}: {error}");
+        assert_eq!(error["error"]["param"], "model", "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("max_model_name_bytes")),
+            "{error}"
+        );
+        refused += 1;
+    }
+    assert!(net.calls("up").is_empty(), "no upstream call");
+    let counted = format!(
+        "switchback_refused_requests_total{{route=\"chat\",status=\"400\",\
+         limit=\"max_model_name_bytes\"}} {refused}"
+    );
+    assert!(gw.scrape().contains(&counted), "{}", gw.scrape());
+    for stream in [false, true] {
+        let body = json!({"model": name(max), "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let (status, answer) = post_to(&gw, "/v1/chat/completions", "sk-open", &body).await;
+        assert_eq!(status, 200, "at the bound: {answer}");
+    }
+    assert_eq!(net.calls("up").len(), 2);
+    assert_eq!(
+        net.calls("up")[0].body["model"].as_str().map(str::len),
+        Some(max - "openai/".len())
+    );
+}
+
+// 14b. An error that repeats a name the client gave (an unknown model, one its key may not
+// use, a `GET /v1/models/{id}`) shows only its start, cut at a character boundary: the 404
+// and 403 repeated the whole name, as long as the body allowed. A name of two-byte
+// characters after one ASCII byte puts every even byte offset inside a character.
+#[tokio::test(start_paused = true)]
+async fn errors_repeat_only_the_start_of_a_long_name() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(
+        &with(WILDCARD_KEYED, "limits: {max_model_name_bytes: 100000}\n"),
+        &net,
+    );
+    let long = format!("x{}", "é".repeat(40_000));
+    let unknown = chat_body(&long, false);
+    let forbidden = chat_body(&format!("openai/{long}"), true);
+    for (key, body, status) in [("sk-open", unknown, 404), ("sk-g", forbidden, 403)] {
+        let (got, error) = post_to(&gw, "/v1/chat/completions", key, &body).await;
+        assert_eq!(got, status, "{error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.len() < 400 && message.contains("xé"),
+            "{status}: {} bytes: {}",
+            message.len(),
+            message.chars().take(200).collect::<String>()
+        );
+    }
+    let mut sender = gw.connect().await;
+    // Within what a URI may hold (64 KiB), 10,001 bytes once decoded.
+    let id = format!("x{}", "%C3%A9".repeat(5_000));
+    let request = http::Request::get(format!("/v1/models/{id}"))
+        .header("host", "gateway")
+        .header("authorization", "Bearer sk-open")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 404);
+    let message = text(response).await;
+    assert!(message.len() < 500 && message.contains("xé"), "{message}");
+    assert!(net.calls("up").is_empty());
+}

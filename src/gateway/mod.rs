@@ -6,12 +6,15 @@
 //! `/health` normally, anything else with a 503 — and any more are closed), the header read
 //! timeout, and the graceful drain when `shutdown` completes: no new connections, in-flight
 //! requests (streams included) finish, idle keep-alive connections close, all within
-//! `shutdown_grace`. Each request is served by the engine current when it arrives
-//! ([`LiveEngine`]: a config reload never changes a request in flight); the limits above are
-//! read once, at start. Several accept loops may share one gateway's limits and drain
-//! through a [`Gate`] (`switchback serve` runs one per worker thread); [`serve`] is one loop
-//! with its own. What each route does lives in [`routes`]; request bodies in [`request_body`],
-//! response bodies in [`body`]; browsers' cross-origin calls in [`cors`].
+//! `shutdown_grace`; and the budget of request body bytes in flight
+//! (`max_in_flight_request_body_bytes`, [`request_body::BodyBudget`]), which like the
+//! connection limits holds for the whole gateway. Each request is served by the engine
+//! current when it arrives ([`LiveEngine`]: a config reload never changes a request in
+//! flight); the limits above are read once, at start. Several accept loops may share one
+//! gateway's limits and drain through a [`Gate`] (`switchback serve` runs one per worker
+//! thread); [`serve`] is one loop with its own. What each route does lives in [`routes`];
+//! request bodies in [`request_body`], response bodies in [`body`]; browsers' cross-origin
+//! calls in [`cors`].
 //! Does not own routing decisions (`engine`, `attempt`) nor threads and runtimes (the
 //! binary's).
 
@@ -54,12 +57,14 @@ pub async fn serve<L: Listener>(
 
 /// What the accept loops of one gateway share, however many there are (one per worker
 /// thread in `switchback serve`): the connection limits (`max_connections` and
-/// `max_overflow_connections` hold for the whole gateway, not per loop) and the drain.
+/// `max_overflow_connections` hold for the whole gateway, not per loop), the budget of
+/// request bodies in flight, and the drain.
 #[derive(Clone)]
 pub struct Gate {
     limits: Arc<crate::limits::Limits>,
     permits: Arc<Semaphore>,
     overflow: Arc<Semaphore>,
+    bodies: request_body::BodyBudget,
     drain: Arc<watch::Sender<bool>>,
 }
 
@@ -71,6 +76,7 @@ impl Gate {
         Gate {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             overflow: Arc::new(Semaphore::new(limits.max_overflow_connections)),
+            bodies: request_body::BodyBudget::new(limits.max_in_flight_request_body_bytes),
             drain: Arc::new(watch::channel(false).0),
             limits: Arc::new(limits),
         }
@@ -128,9 +134,10 @@ pub async fn accept<L: Listener>(
             let engine = engine.clone();
             let draining = gate.drain.subscribe();
             let header_timeout = limits.header_read_timeout();
+            let bodies = gate.bodies.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                serve_connection(engine, io, header_timeout, draining).await;
+                serve_connection(engine, bodies, io, header_timeout, draining).await;
             });
         } else if let Ok(permit) = gate.overflow.clone().try_acquire_owned() {
             let max = limits.max_connections;
@@ -149,13 +156,14 @@ pub async fn accept<L: Listener>(
 /// One client connection, until it closes or the drain asks it to finish.
 async fn serve_connection(
     engine: LiveEngine,
+    bodies: request_body::BodyBudget,
     io: WriteTimeout<BoxIo>,
     header_timeout: Duration,
     mut draining: watch::Receiver<bool>,
 ) {
     let service = service_fn(move |req| {
-        let engine = engine.clone();
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(engine, req).await) }
+        let (engine, bodies) = (engine.clone(), bodies.clone());
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(engine, &bodies, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

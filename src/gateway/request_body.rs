@@ -9,8 +9,11 @@
 //! the kernel reset the connection under the client's writes, and the SDK would raise a
 //! connection error (and retry, uploading the body again) instead of the 413 or 401. So the
 //! rest is read and dropped, up to `max_discarded_request_body_bytes` and within its
-//! deadline; past either, the connection is dropped. Does not own what the request says
-//! (`engine::admit`) nor the error responses (`routes`).
+//! deadline; past either, the connection is dropped. Also owns the gateway-wide budget of
+//! request body bytes in flight ([`BodyBudget`], `max_in_flight_request_body_bytes`): [`read`]
+//! takes a body's bytes from it as they come, and the request gives them back when it ends
+//! ([`Held`]). Does not own what the request says (`engine::admit`) nor the error responses
+//! (`routes`).
 //!
 //! A body's deadline grows with what it brings: `body_read_timeout` after the head, plus a
 //! second for every `min_request_body_bytes_per_second` bytes received (Apache's
@@ -23,11 +26,13 @@
 //! most `body_read_timeout` plus the largest body at that rate, and only by a client that
 //! keeps sending.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout_at};
 
 use crate::limits::Limits;
@@ -106,10 +111,102 @@ impl Deadline {
     }
 }
 
+/// The bytes of request bodies the whole gateway may hold at once
+/// (`max_in_flight_request_body_bytes`), shared by every accept loop as the connection
+/// limits are. A request that does not fit is refused at once rather than made to wait:
+/// waiting would hold its connection and what it has sent so far while it waits, and a
+/// client told 503 with a `retry-after` (which the SDKs retry) costs nothing meanwhile.
+#[derive(Clone, Debug)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+impl BodyBudget {
+    /// A budget of `total` bytes (validated: at most 64 GiB, far below a semaphore's
+    /// bound).
+    pub fn new(total: usize) -> BodyBudget {
+        BodyBudget {
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// The whole budget, in bytes.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Bytes not held by any request right now.
+    pub fn free(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    /// A hold on nothing yet, for one request's body.
+    pub fn hold(&self) -> Held {
+        Held {
+            budget: self.clone(),
+            permit: None,
+            bytes: 0,
+        }
+    }
+}
+
+/// What one request holds of the [`BodyBudget`]; given back when dropped, so whatever owns
+/// the request's memory (its parsed body, the attempt loop's task) should own this too.
+#[derive(Debug)]
+pub struct Held {
+    budget: BodyBudget,
+    permit: Option<OwnedSemaphorePermit>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The whole budget this is a hold on, in bytes.
+    pub fn budget_total(&self) -> usize {
+        self.budget.total
+    }
+
+    /// Makes the hold cover `bytes` of body in all, taking only what it lacks, at once or
+    /// not at all: `false` when the budget has not that much free. Never waits. A body
+    /// larger than the whole budget (only possible once a reload has raised
+    /// `max_request_body_bytes` past the budget read at start) is charged the whole
+    /// budget: it is then served alone, rather than refused for ever.
+    pub fn cover(&mut self, bytes: usize) -> bool {
+        let want = bytes.min(self.budget.total);
+        if want <= self.bytes {
+            return true;
+        }
+        // One body is at most `max_request_body_bytes` (1 GiB at most): within a u32.
+        let Ok(more) = u32::try_from(want - self.bytes) else {
+            return false;
+        };
+        match self.budget.bytes.clone().try_acquire_many_owned(more) {
+            Ok(taken) => {
+                match &mut self.permit {
+                    Some(permit) => permit.merge(taken),
+                    None => self.permit = Some(taken),
+                }
+                self.bytes = want;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// Why a body could not be read.
 pub enum ReadError {
     /// Over the limit; the body, to be discarded under its deadline as it stands.
     TooLarge(Incoming, Deadline),
+    /// The gateway's budget of bodies in flight has no room for the next bytes; the body,
+    /// to be discarded under its deadline as it stands, and the bytes it had brought.
+    OverBudget(Incoming, Deadline),
     /// It came too slowly for its deadline; the body, and the deadline it missed.
     TimedOut(Incoming, Deadline),
     /// The connection ended (closed, reset) before the body was whole: the client cancelled
@@ -120,11 +217,13 @@ pub enum ReadError {
     Malformed(hyper::Error),
 }
 
-/// Reads the whole body: at most `max` bytes, within `deadline`.
+/// Reads the whole body: at most `max` bytes, within `deadline`, each one covered by `held`
+/// before it is kept.
 pub async fn read(
     mut body: Incoming,
     max: usize,
     mut deadline: Deadline,
+    held: &mut Held,
 ) -> Result<Bytes, ReadError> {
     let mut buf = BytesMut::new();
     loop {
@@ -138,6 +237,9 @@ pub async fn read(
                     deadline.got(data.len());
                     if data.len() > max - buf.len() {
                         return Err(ReadError::TooLarge(body, deadline));
+                    }
+                    if !held.cover(buf.len() + data.len()) {
+                        return Err(ReadError::OverBudget(body, deadline));
                     }
                     buf.extend_from_slice(data);
                 }
@@ -178,4 +280,38 @@ pub fn discard(mut body: Incoming, max: usize, mut deadline: Deadline) {
             deadline.got(n);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_takes_what_it_lacks_at_once_or_nothing_and_gives_it_back_when_dropped() {
+        let budget = BodyBudget::new(100);
+        let mut a = budget.hold();
+        assert!(a.cover(30));
+        assert!(a.cover(60), "grows by what it lacks");
+        assert!(a.cover(10), "never shrinks");
+        assert_eq!((a.bytes(), budget.free()), (60, 40));
+        let mut b = budget.hold();
+        assert!(!b.cover(41), "over what is free: refused");
+        assert_eq!((b.bytes(), budget.free()), (0, 40), "and nothing taken");
+        assert!(b.cover(40));
+        drop(a);
+        assert_eq!(budget.free(), 60);
+        drop(b);
+        assert_eq!(budget.free(), 100, "whole again");
+    }
+
+    #[test]
+    fn a_body_larger_than_the_whole_budget_takes_all_of_it_rather_than_never_fitting() {
+        let budget = BodyBudget::new(100);
+        let mut big = budget.hold();
+        assert!(big.cover(1_000));
+        assert_eq!((big.bytes(), budget.free()), (100, 0));
+        assert!(!budget.hold().cover(1), "served alone");
+        drop(big);
+        assert_eq!(budget.free(), 100);
+    }
 }

@@ -2,7 +2,8 @@
 //! `GET /metrics`, `POST /admin/reload`.
 //!
 //! Owns: reading the request (its key first, from whichever header carries it, then the
-//! body under its size limit and deadline), handing it to the engine, and turning the
+//! body under its size limit, its deadline and the gateway's budget of bodies in flight,
+//! which the request holds to its end), handing it to the engine, and turning the
 //! outcome into a response: one JSON body for `stream: false`; for `stream: true`, a 200 SSE
 //! response at commit, or, if every attempt failed before commit, the same JSON error a
 //! non-streaming client gets.
@@ -21,18 +22,23 @@ use serde_json::json;
 use crate::attempt::{CommitHead, Outcome};
 use crate::delivery::{AggregateDelivery, StreamBounds, StreamDelivery, StreamStart};
 use crate::engine::{Admitted, Engine};
-use crate::error::ApiError;
+use crate::error::{ApiError, echoed};
 use crate::gateway::body::{self, ResponseBody};
 use crate::gateway::cors;
-use crate::gateway::request_body::{self, ReadError};
+use crate::gateway::request_body::{self, BodyBudget, Held, ReadError};
 use crate::reload::LiveEngine;
 
-pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<ResponseBody> {
+/// `bodies`: the gateway's budget of request bodies in flight.
+pub async fn handle(
+    live: LiveEngine,
+    bodies: &BodyBudget,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     // A request keeps the engine it arrived with to its end, whatever reloads happen.
     let engine = live.current();
     let cors = &engine.catalog().cors;
     if cors.is_off() {
-        return dispatch(live, engine, req).await;
+        return dispatch(live, engine, bodies, req).await;
     }
     let origin = cors.allowed(req.headers());
     if cors::is_preflight(&req) {
@@ -40,7 +46,7 @@ pub async fn handle(live: LiveEngine, req: Request<Incoming>) -> Response<Respon
         drain(&engine, req);
         return response;
     }
-    let mut response = dispatch(live, engine, req).await;
+    let mut response = dispatch(live, engine, bodies, req).await;
     if let Some(origin) = origin {
         cors::allow(&mut response, origin);
     }
@@ -89,11 +95,13 @@ fn preflight(
 async fn dispatch(
     live: LiveEngine,
     engine: Arc<Engine>,
+    bodies: &BodyBudget,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     if req.method() == Method::POST {
         if let Ok(Route::Chat { deployment }) = route_of(&req) {
-            return chat(engine, req, live.client_write_timeout(), deployment).await;
+            let held = bodies.hold();
+            return chat(engine, req, live.client_write_timeout(), deployment, held).await;
         }
     }
     // Every other answer is made from the head alone: whatever body came with it is read
@@ -158,7 +166,8 @@ fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
                 },
                 Err(_) => {
                     return Err(ApiError::not_found(format!(
-                        "deployment `{name}` is not UTF-8 once percent-decoded"
+                        "deployment `{}` is not UTF-8 once percent-decoded",
+                        echoed(name)
                     ))
                     .code("model_not_found")
                     .param(Some("model".into())));
@@ -174,7 +183,8 @@ fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
                 Ok(id) => Route::Model(id.into_owned()),
                 Err(_) => {
                     return Err(ApiError::not_found(format!(
-                        "model `{id}` is not UTF-8 once percent-decoded"
+                        "model `{}` is not UTF-8 once percent-decoded",
+                        echoed(id)
                     ))
                     .code("model_not_found")
                     .param(Some("model".into())));
@@ -183,7 +193,7 @@ fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
             None => {
                 return Err(ApiError::not_found(format!(
                     "no route for {}",
-                    req.uri().path()
+                    echoed(req.uri().path())
                 )));
             }
         },
@@ -546,7 +556,8 @@ fn model(engine: &Engine, req: &Request<Incoming>, id: &str) -> Response<Respons
         }
         _ => error(
             &ApiError::not_found(format!(
-                "model `{id}` is not a model group this key may use"
+                "model `{}` is not a model group this key may use",
+                echoed(id)
             ))
             .code("model_not_found")
             .param(Some("model".into())),
@@ -554,12 +565,14 @@ fn model(engine: &Engine, req: &Request<Incoming>, id: &str) -> Response<Respons
     }
 }
 
-/// `write_timeout`: `client_write_timeout` as the listener has it (read at start).
+/// `write_timeout`: `client_write_timeout` as the listener has it (read at start); `held`:
+/// the request's hold on the budget of bodies in flight (nothing yet), kept to its end.
 async fn chat(
     engine: Arc<Engine>,
     req: Request<Incoming>,
     write_timeout: std::time::Duration,
     deployment: Option<String>,
+    mut held: Held,
 ) -> Response<ResponseBody> {
     // Only the figures needed: what lives across an await is carried by every request's
     // future, and the future by every client connection.
@@ -609,8 +622,48 @@ async fn chat(
             return refuse(e);
         }
     };
-    let body: Bytes = match request_body::read(req.into_body(), max, deadline).await {
+    // A path's deployment over the bound is refused before its body is read or held.
+    if let Some(name) = &deployment {
+        if let Err(e) = crate::request::check_model_name(name, "model", &engine.catalog().limits) {
+            request_body::discard(req.into_body(), max_discarded, deadline);
+            return refuse(ApiError::from(e));
+        }
+    }
+    let total = held.budget_total();
+    let over_budget = |received: Option<u64>| {
+        let what = match received {
+            None => format!("this body of {} bytes", declared.unwrap_or(0)),
+            Some(n) => format!("this body, at {n} bytes so far,"),
+        };
+        let mut e = ApiError::new(
+            503,
+            "api_error",
+            format!(
+                "the gateway holds at most max_in_flight_request_body_bytes = {total} bytes \
+                 of request bodies at once, and {what} does not fit in what is free now; \
+                 retry shortly"
+            ),
+        )
+        .code("server_overloaded")
+        .limit(Some("max_in_flight_request_body_bytes"));
+        e.retry_after = Some(std::time::Duration::from_secs(1));
+        refuse(e)
+    };
+    // A declared length is taken whole before a byte is read: a body that will not fit is
+    // refused without being held at all.
+    if let Some(n) = declared {
+        if !held.cover(usize::try_from(n).unwrap_or(usize::MAX)) {
+            request_body::discard(req.into_body(), max_discarded, deadline);
+            return over_budget(None);
+        }
+    }
+    let body: Bytes = match request_body::read(req.into_body(), max, deadline, &mut held).await {
         Ok(body) => body,
+        Err(ReadError::OverBudget(rest, deadline)) => {
+            let received = deadline.received();
+            request_body::discard(rest, max_discarded, deadline);
+            return over_budget(Some(received));
+        }
         Err(ReadError::TimedOut(rest, missed)) => {
             // A client that finishes its upload soon after reads the 408 (see
             // `request_body`); one still far from its end is cut after `grace`.
@@ -662,7 +715,7 @@ async fn chat(
     drop(body);
     drop(token);
     drop(deployment);
-    serve_admitted(engine, admitted, write_timeout).await
+    serve_admitted(engine, admitted, write_timeout, Some(held)).await
 }
 
 /// A chat completion whose body has been read: admission, the attempt loop, the response.
@@ -676,7 +729,7 @@ pub async fn chat_buffered(
     match engine.admit(bearer, body) {
         Ok(admitted) => {
             let write_timeout = engine.catalog().limits.client_write_timeout();
-            serve_admitted(engine, admitted, write_timeout).await
+            serve_admitted(engine, admitted, write_timeout, None).await
         }
         Err(e) => {
             engine.note_refusal("chat", e.status, e.limit);
@@ -686,10 +739,14 @@ pub async fn chat_buffered(
 }
 
 /// An admitted chat completion: the attempt loop and the response, in the request's mode.
+/// `held`: the request's share of the budget of bodies in flight, given back when the
+/// attempt loop's task, which owns the request, ends (for a stream, after its last frame,
+/// long after this returns).
 async fn serve_admitted(
     engine: Arc<Engine>,
     admitted: Admitted,
     write_timeout: std::time::Duration,
+    held: Option<Held>,
 ) -> Response<ResponseBody> {
     if admitted.request.stream {
         let limits = &engine.catalog().limits;
@@ -699,9 +756,9 @@ async fn serve_admitted(
             write_timeout,
             deadline: admitted.admitted_at + limits.request_deadline(),
         };
-        stream(engine, admitted, bounds).await
+        stream(engine, admitted, bounds, held).await
     } else {
-        aggregate(engine, admitted).await
+        aggregate(engine, admitted, held).await
     }
 }
 
@@ -709,18 +766,26 @@ async fn serve_admitted(
 /// modes reach the engine's shared state (deployment health, cooldowns) through the same
 /// task structure: when two requests' upstream events land in the same instant, they are
 /// processed in the same order whatever the modes (`sim/tests/same_instant/`).
-async fn aggregate(engine: Arc<Engine>, admitted: Admitted) -> Response<ResponseBody> {
+async fn aggregate(
+    engine: Arc<Engine>,
+    admitted: Admitted,
+    held: Option<Held>,
+) -> Response<ResponseBody> {
     let (handler, answer) = tokio::sync::oneshot::channel();
     let task_engine = engine.clone();
     let task = tokio::spawn(async move {
         let mut out = AggregateDelivery::watching(handler);
         let outcome = task_engine.execute(&admitted, &mut out).await;
         out.hand_over();
-        (admitted, outcome)
+        // The hold goes wherever the request goes: given back with it, here or, when
+        // nobody awaits the task any more (the client left), when the task ends.
+        (admitted, outcome, held)
     });
     let out = answer.await;
     match (task.await, out) {
-        (Ok((admitted, outcome)), Ok(out)) => aggregate_response(&engine, &admitted, out, &outcome),
+        (Ok((admitted, outcome, _held)), Ok(out)) => {
+            aggregate_response(&engine, &admitted, out, &outcome)
+        }
         (Err(join), _) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
         _ => error(&ApiError::new(
             500,
@@ -789,12 +854,18 @@ async fn stream(
     engine: Arc<Engine>,
     admitted: Admitted,
     bounds: StreamBounds,
+    held: Option<Held>,
 ) -> Response<ResponseBody> {
     let id = admitted.id;
     let (mut delivery, start, body_rx) =
         StreamDelivery::new(admitted.request.include_usage, bounds);
     let task_engine = engine.clone();
-    let task = tokio::spawn(async move { task_engine.execute(&admitted, &mut delivery).await });
+    let task = tokio::spawn(async move {
+        // Held for as long as the task holds the request: past commit, when this
+        // function has long returned the response.
+        let _held = held;
+        task_engine.execute(&admitted, &mut delivery).await
+    });
     match start.await {
         Ok(StreamStart::Committed(head)) => {
             let mut response = Response::new(body::frames(body_rx));
