@@ -14,12 +14,13 @@
 //! gateway's limits and drain through a [`Gate`] (`switchback serve` runs one per worker
 //! thread); [`serve`] is one loop with its own. What each route does lives in [`routes`];
 //! request bodies in [`request_body`], response bodies in [`body`]; browsers' cross-origin
-//! calls in [`cors`].
+//! calls in [`cors`]; every response's `Date` in [`date`].
 //! Does not own routing decisions (`engine`, `attempt`) nor threads and runtimes (the
 //! binary's).
 
 pub mod body;
 pub mod cors;
+pub mod date;
 pub mod request_body;
 pub mod routes;
 pub mod write_timeout;
@@ -166,8 +167,10 @@ async fn serve_connection(
         async move { Ok::<_, std::convert::Infallible>(routes::handle(engine, &bodies, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // `Date` comes from the engine's clock (`date`), never the system's.
     builder
         .timer(TokioTimer::new())
+        .auto_date_header(false)
         .header_read_timeout(header_timeout);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -196,6 +199,7 @@ async fn serve_overflow(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
+        .auto_date_header(false)
         .header_read_timeout(header_timeout)
         .keep_alive(false);
     let _ = builder.serve_connection(TokioIo::new(io), service).await;

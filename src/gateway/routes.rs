@@ -36,6 +36,17 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     // A request keeps the engine it arrived with to its end, whatever reloads happen.
     let engine = live.current();
+    let mut response = respond(live, engine.clone(), bodies, req).await;
+    super::date::stamp(&engine, &mut response);
+    response
+}
+
+async fn respond(
+    live: LiveEngine,
+    engine: Arc<Engine>,
+    bodies: &BodyBudget,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let cors = &engine.catalog().cors;
     if cors.is_off() {
         return dispatch(live, engine, bodies, req).await;
@@ -371,9 +382,17 @@ pub fn overflow(
         engine.note_refusal(route_name(&req), 503, Some("max_connections"));
     }
     drain(engine, req);
-    if is_health {
-        return health();
-    }
+    let mut response = if is_health {
+        health()
+    } else {
+        overloaded(max_connections)
+    };
+    super::date::stamp(engine, &mut response);
+    response
+}
+
+/// The 503 of a connection past `max_connections`.
+fn overloaded(max_connections: usize) -> Response<ResponseBody> {
     let mut e = ApiError::new(
         503,
         "api_error",
