@@ -1,0 +1,168 @@
+//! Panic and hang hunt over scenario files: a broken or hostile scenario must fail to load
+//! with an error that names the file, or run to a report, never panic, hang or abort the
+//! harness (QA write these files without touching Rust).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use switchback_sim::run::run_scenario;
+use switchback_sim::scenario::Scenario;
+
+/// A small valid scenario; `{NET}`, `{PROVIDER}` and `{REQUEST}` are replaced by the
+/// values under test.
+const BASE: &str = r#"name: fuzz base
+seed: 1
+duration_ms: 5000
+gateway:
+  model_list:
+    - {model_name: a, litellm_params: {model: openai/m, api_base: "http://pa:8000/v1"}, model_info: {id: a1}}
+    - {model_name: b, litellm_params: {model: openai/m, api_base: "http://pb:8000/v1"}, model_info: {id: b1}}
+  router_settings:
+    fallbacks: [{a: [b]}]
+  keys:
+    - {key: sk-a, models: [a, b]}
+network: {NET}
+providers:
+  - {host: pa, default: {text: "hi", {PROVIDER}}}
+  - {host: pb, default: {text: "yo"}}
+requests:
+  - {key: sk-a, model: a, {REQUEST}}
+"#;
+
+fn scenario(net: &str, provider: &str, request: &str) -> String {
+    BASE.replace("{NET}", net)
+        .replace("{PROVIDER}", provider)
+        .replace("{REQUEST}", request)
+}
+
+const SPLICES: &[&str] = &[
+    "duration_ms: 18446744073709551615",
+    "duration_ms: 0",
+    "tick_ms: 18446744073709551615",
+    "seed: -1",
+    "seed: 1e400",
+    "x: &a [1, *a]",
+    "x: *nope",
+    "  - {key: sk-a, model: a, repeat: 4294967295, concurrency: 4294967295}",
+    "  - {key: sk-a, model: a, at_ms: 18446744073709551615}",
+    "  - {key: sk-a, model: a, timeout_ms: 0}",
+    "  - {key: sk-a, model: a, body: {x: [[[[[[[[1]]]]]]]]}}",
+    "  - {host: pa, default: {text: \"é😀\", chunk_size: 0}}",
+    "  - {host: pc, default: {chunks: []}}",
+    "reloads: [{at_ms: 18446744073709551615, gateway: {model_list: []}}]",
+    "\u{feff}",
+    "---",
+    "é😀: [",
+    "\t",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A scenario with a line spliced in, or cut short, loads or fails with an error that
+    /// names the file.
+    #[test]
+    fn mutated_scenarios_load_or_fail_cleanly(
+        line in any::<prop::sample::Index>(),
+        splice in proptest::sample::select(SPLICES),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let base = scenario("{}", "ttfb_ms: 1", "timeout_ms: 1000");
+        let lines: Vec<&str> = base.lines().collect();
+        let at = line.index(lines.len() + 1);
+        let mut spliced: Vec<&str> = lines[..at].to_vec();
+        spliced.push(splice);
+        spliced.extend_from_slice(&lines[at..]);
+        let spliced = spliced.join("\n");
+        let mut cut_text = spliced.clone();
+        let mut n = cut.index(cut_text.len() + 1);
+        while !cut_text.is_char_boundary(n) {
+            n -= 1;
+        }
+        cut_text.truncate(n);
+        for text in [spliced, cut_text] {
+            if let Err(e) = Scenario::load("s.yaml", &text) {
+                let shown = e.to_string();
+                prop_assert!(shown.contains("s.yaml"), "the error names the file: {shown}");
+            }
+        }
+    }
+}
+
+/// Loads `text` and, if it loads, runs it; either must end (in bounded wall time) without
+/// a panic.
+fn load_and_run(name: &str, text: &str) {
+    let started = Instant::now();
+    match Scenario::load("s.yaml", text) {
+        Err(e) => {
+            eprintln!("{name}: refused: {e}");
+            assert!(e.to_string().contains("s.yaml"), "{name}: {e}");
+        }
+        Ok(s) => {
+            let report = run_scenario(Path::new("s.yaml"), &s);
+            eprintln!("{name}: ran: {:?}", report.failures);
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "{name}: took {took:?} to load and run"
+    );
+}
+
+/// Milliseconds no test means, in every field that holds one: each is refused at load or
+/// runs to a report (`latency_ms` is in `fuzz_scenario_latency.rs`: it aborts the binary).
+#[test]
+fn huge_client_latency_fails_cleanly() {
+    load_and_run(
+        "client_latency_ms",
+        &scenario(
+            "{client_latency_ms: 18446744073709551615}",
+            "ttfb_ms: 1",
+            "timeout_ms: 1000",
+        ),
+    );
+}
+
+#[test]
+fn huge_ttfb_fails_cleanly() {
+    load_and_run(
+        "ttfb_ms",
+        &scenario("{}", "ttfb_ms: 18446744073709551615", "timeout_ms: 1000"),
+    );
+}
+
+#[test]
+fn huge_chunk_delay_fails_cleanly() {
+    load_and_run(
+        "delay_ms",
+        &scenario(
+            "{}",
+            "delay_ms: 18446744073709551615, chunk_size: 1",
+            "timeout_ms: 1000",
+        ),
+    );
+}
+
+#[test]
+fn huge_client_timeout_fails_cleanly() {
+    load_and_run(
+        "timeout_ms",
+        &scenario("{}", "ttfb_ms: 1", "timeout_ms: 18446744073709551615"),
+    );
+}
+
+#[test]
+fn deep_request_body_fails_cleanly() {
+    let deep = format!("body: {{x: {}1{}}}", "[".repeat(60), "]".repeat(60));
+    load_and_run("deep body", &scenario("{}", "ttfb_ms: 1", &deep));
+}
+
+/// A request body of nested maps within the YAML depth budget (64): loads or is refused on
+/// a test thread's 2 MiB stack, the stack a tokio worker has.
+#[test]
+fn deep_map_request_body_fails_cleanly() {
+    let deep = format!("body: {{x: {}1{}}}", "{a: ".repeat(60), "}".repeat(60));
+    load_and_run("deep map body", &scenario("{}", "ttfb_ms: 1", &deep));
+}
