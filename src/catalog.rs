@@ -249,7 +249,8 @@ impl Catalog {
             }
         }
         let mut deployments = Vec::new();
-        for (i, d) in config.model_list.iter().enumerate() {
+        let ids = config.deployment_ids();
+        for (i, (d, deployment_id)) in config.model_list.iter().zip(ids).enumerate() {
             let group = by_name[&d.model_name];
             let p = &d.litellm_params;
             let mut endpoint =
@@ -259,7 +260,7 @@ impl Catalog {
             let id = DeploymentId(deployments.len() as u32);
             groups[group.0 as usize].deployments.push(id);
             deployments.push(DeploymentSpec {
-                id: config.deployment_id(i),
+                id: deployment_id,
                 group,
                 endpoint,
                 upstream_model: strip_provider(&p.model).to_string(),

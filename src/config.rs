@@ -722,7 +722,8 @@ impl GatewayConfig {
                     .into(),
             );
         }
-        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+        let ids = self.deployment_ids();
+        let mut last_of_id: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, d) in self.model_list.iter().enumerate() {
             let at = root.key("model_list").idx(i);
             if d.model_name.trim().is_empty() {
@@ -830,8 +831,8 @@ impl GatewayConfig {
                     "`weight` must be at least 1".into(),
                 );
             }
-            let id = deployment_id(&self.model_list, i);
-            if let Some(first) = ids.insert(id.clone(), i) {
+            let id = ids[i].as_str();
+            if let Some(first) = last_of_id.insert(id, i) {
                 push(
                     at.key("model_info").key("id"),
                     format!("duplicate deployment id `{id}` (also used by model_list[{first}])"),
@@ -841,19 +842,11 @@ impl GatewayConfig {
 
         // Fallbacks may name a deployment id as well as a group (LiteLLM's
         // `Router._common_checks_available_deployment` looks ids up first).
-        let ids: Vec<String> = (0..self.model_list.len())
-            .map(|i| deployment_id(&self.model_list, i))
-            .collect();
+        let group_sizes = self.group_sizes();
         for (i, (d, id)) in self.model_list.iter().zip(&ids).enumerate() {
             // An id that is also a group's name would take every request for that group
             // in LiteLLM; only a group of one deployment named after it is unambiguous.
-            let own_group_of_one = *id == d.model_name
-                && self
-                    .model_list
-                    .iter()
-                    .filter(|o| o.model_name == d.model_name)
-                    .count()
-                    == 1;
+            let own_group_of_one = *id == d.model_name && group_sizes[d.model_name.as_str()] == 1;
             if known(id) && !own_group_of_one {
                 push(
                     root.key("model_list").idx(i).key("model_info").key("id"),
@@ -1095,9 +1088,49 @@ impl GatewayConfig {
         out
     }
 
-    /// The deployment id of `model_list[i]`.
+    /// The deployment id of `model_list[i]`: its `model_info.id`, else `group#n` for the
+    /// n-th deployment of its group in `model_list`. Counts the deployments before it:
+    /// for many, [`Self::deployment_ids`].
     pub fn deployment_id(&self, i: usize) -> String {
-        deployment_id(&self.model_list, i)
+        let d = &self.model_list[i];
+        match &d.model_info.id {
+            Some(id) => id.clone(),
+            None => {
+                let n = self.model_list[..i]
+                    .iter()
+                    .filter(|o| o.model_name == d.model_name)
+                    .count();
+                default_id(&d.model_name, n + 1)
+            }
+        }
+    }
+
+    /// Every deployment's id (as [`Self::deployment_id`] gives it), in `model_list` order,
+    /// in one pass: asking for each in turn counted the deployments before each, which
+    /// made a config of 16,000 deployments take seconds to load.
+    pub fn deployment_ids(&self) -> Vec<String> {
+        let mut so_far: BTreeMap<&str, usize> = BTreeMap::new();
+        self.model_list
+            .iter()
+            .map(|d| {
+                // Every deployment counts, those with an id of their own too.
+                let n = so_far.entry(d.model_name.as_str()).or_default();
+                *n += 1;
+                match &d.model_info.id {
+                    Some(id) => id.clone(),
+                    None => default_id(&d.model_name, *n),
+                }
+            })
+            .collect()
+    }
+
+    /// How many deployments each group has.
+    pub fn group_sizes(&self) -> BTreeMap<&str, usize> {
+        let mut sizes: BTreeMap<&str, usize> = BTreeMap::new();
+        for d in &self.model_list {
+            *sizes.entry(d.model_name.as_str()).or_default() += 1;
+        }
+        sizes
     }
 
     /// The ids of the deployments whose `model` has a `*`, each with its wildcard group.
@@ -1107,9 +1140,9 @@ impl GatewayConfig {
     pub fn wildcard_deployment_ids(&self) -> Vec<(String, &str)> {
         self.model_list
             .iter()
-            .enumerate()
-            .filter(|(_, d)| d.litellm_params.model.contains('*'))
-            .map(|(i, d)| (self.deployment_id(i), d.model_name.as_str()))
+            .zip(self.deployment_ids())
+            .filter(|(d, _)| d.litellm_params.model.contains('*'))
+            .map(|(d, id)| (id, d.model_name.as_str()))
             // A default id (`openai/*#1`) has the group's `*`: it names nothing already.
             .filter(|(id, _)| !id.contains('*'))
             .collect()
@@ -1466,17 +1499,9 @@ fn azure_problem(p: &LitellmParams) -> Option<String> {
     }
 }
 
-fn deployment_id(list: &[Deployment], i: usize) -> String {
-    let d = &list[i];
-    if let Some(id) = &d.model_info.id {
-        return id.clone();
-    }
-    let n = list[..i]
-        .iter()
-        .filter(|o| o.model_name == d.model_name)
-        .count()
-        + 1;
-    format!("{}#{n}", d.model_name)
+/// The id of the `n`-th deployment (from 1) of `group` when it gives none.
+fn default_id(group: &str, n: usize) -> String {
+    format!("{group}#{n}")
 }
 
 /// LiteLLM provider prefixes: `openai/gpt-4o` names model `gpt-4o` at an OpenAI-compatible

@@ -10,11 +10,30 @@
 use std::fmt;
 
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::Spanned;
+use serde_saphyr::budget::BudgetBreach;
+use serde_saphyr::granit_parser::ErrorKind;
+use serde_saphyr::localizer::ExternalMessageSource;
+use serde_saphyr::{Options, Spanned};
 
 /// Largest YAML file we agree to parse. Real gateway configs and scenario files are a few
 /// kilobytes; anything near this is a mistake (or an attack) and is refused up front.
 pub const MAX_YAML_BYTES: usize = 4 * 1024 * 1024;
+
+/// Deepest nesting of mappings and sequences we agree to parse. Deserialising recurses once
+/// per level, with frames so large in a debug build that serde-saphyr's own budget (64)
+/// overflowed a 2 MiB stack (a test thread's, a tokio worker's, where `/admin/reload`
+/// parses) under about 50 levels. Real configs and scenarios nest 8 deep at most, a
+/// request body in a scenario a few levels more. At 32 a debug build's parse needs under
+/// 1.5 MiB (`tests/fuzz_yaml_depth.rs` parses at the limit on a 2 MiB thread); a release
+/// build's frames are a fraction of that.
+pub const MAX_YAML_DEPTH: usize = 32;
+
+/// The parser's options for every YAML file we read: its defaults, with our depth limit.
+fn options() -> Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! { max_depth: MAX_YAML_DEPTH },
+    }
+}
 
 /// A YAML file that could not be loaded: where, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +113,7 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, YamlEr
         });
     }
     let mut path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             path = e.path().to_string();
             e.into_inner()
@@ -106,12 +125,29 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, YamlEr
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
         let mut message = clean_message(&e.without_snippet().to_string());
-        let hint = suggest(&message);
+        let mut hint = suggest(&message);
         let (mut line, mut column) = (line, column);
-        if let Some(better) = expected_instead(&message, text, line, column) {
+        // The typed parse stops at its first mistake, often before it has read the whole
+        // document: read it again as bare nodes to tell a document that is not YAML, or is
+        // too deep, from one with a mistake of meaning.
+        let unparsable = parse_node(text).err();
+        let depth = Some(&e)
+            .filter(|e| too_deep(e))
+            .or(unparsable.as_ref().filter(|n| too_deep(n)));
+        if let Some(depth) = depth {
+            // Not a syntax error, though the parser stops there: an unclosed-bracket hunt
+            // would blame whichever `{` was open at that point.
+            message = format!(
+                "the document is nested too deeply: more than MAX_YAML_DEPTH = {MAX_YAML_DEPTH} levels of mappings and sequences"
+            );
+            if let Some(l) = depth.location().filter(|l| l.line() > 0) {
+                (line, column) = (l.line(), l.column());
+            }
+            hint = None;
+        } else if let Some(better) = expected_instead(&message, text, line, column) {
             message = better;
-        } else if let Some((l, c, bracket)) = serde_saphyr::from_str::<Node>(text)
-            .is_err()
+        } else if let Some((l, c, bracket)) = unparsable
+            .is_some()
             .then(|| unclosed_flow(text, line, column))
             .flatten()
         {
@@ -148,6 +184,25 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, YamlEr
             hint,
         }
     })
+}
+
+/// Whether `e` is the depth limit, [`MAX_YAML_DEPTH`]: the budget's, or the parser's own
+/// nesting limit, which its look-ahead reaches first in a long run of `[` or `{`.
+fn too_deep(e: &serde_saphyr::Error) -> bool {
+    match e.without_snippet() {
+        serde_saphyr::Error::Budget { breach, .. } => matches!(breach, BudgetBreach::Depth { .. }),
+        serde_saphyr::Error::ExternalMessage { source, .. } => matches!(
+            &**source,
+            ExternalMessageSource::Parser(scan)
+                if matches!(scan.kind(), ErrorKind::RecursionLimitExceeded)
+        ),
+        _ => false,
+    }
+}
+
+/// The document as [`Node`]s, under the same limits as the typed parse.
+fn parse_node(text: &str) -> Result<Spanned<Node>, serde_saphyr::Error> {
+    serde_saphyr::from_str_with_options(text, options())
 }
 
 /// An error found after deserialising, pinned to `path` in `text` when the path exists there.
@@ -304,7 +359,7 @@ pub fn nearest<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -
 
 /// Where `path` is in `text`: (line, column) of the value (or the closest ancestor present).
 pub fn locate(text: &str, path: &[PathSeg]) -> Option<(u64, u64)> {
-    let root: Spanned<Node> = serde_saphyr::from_str(text).ok()?;
+    let root = parse_node(text).ok()?;
     let mut here = &root;
     let mut best = pos(here);
     for seg in path {

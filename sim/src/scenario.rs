@@ -834,6 +834,71 @@ impl Scenario {
         Ok(())
     }
 
+    /// Every length of time in milliseconds is at most [`MAX_DURATION_MS`]. The instants
+    /// (`at_ms`) are not here: they must come before `duration_ms`, which is bounded too.
+    /// Past a run's length a time means nothing, and the harness computes with these
+    /// (`latency_ms` spans a range it draws from, a deadline is a start plus a timeout):
+    /// `u64::MAX` there overflowed and aborted the harness.
+    fn check_milliseconds(&self) -> Result<(), (Vec<PathSeg>, String)> {
+        let key = |k: &str| PathSeg::Key(k.to_string());
+        let mut times: Vec<(Vec<PathSeg>, u64)> = Vec::new();
+        for (i, ms) in self.network.latency_ms.iter().enumerate() {
+            times.push((
+                vec![key("network"), key("latency_ms"), PathSeg::Index(i)],
+                *ms,
+            ));
+        }
+        if let Some(ms) = self.network.client_latency_ms {
+            times.push((vec![key("network"), key("client_latency_ms")], ms));
+        }
+        for (i, p) in self.providers.iter().enumerate() {
+            let at = vec![key("providers"), PathSeg::Index(i)];
+            if let Some(ms) = p.keep_alive_ms {
+                times.push((join(at.clone(), vec![key("keep_alive_ms")]), ms));
+            }
+            let scripts = std::iter::once((vec![key("default")], &p.default)).chain(
+                p.calls
+                    .iter()
+                    .enumerate()
+                    .map(|(j, s)| (vec![key("calls"), PathSeg::Index(j)], s)),
+            );
+            for (sub, s) in scripts {
+                let at = join(at.clone(), sub);
+                times.push((join(at.clone(), vec![key("ttfb_ms")]), s.ttfb_ms));
+                times.push((join(at.clone(), vec![key("delay_ms")]), s.delay_ms));
+                for (k, ms) in s.delays_ms.iter().enumerate() {
+                    times.push((
+                        join(at.clone(), vec![key("delays_ms"), PathSeg::Index(k)]),
+                        *ms,
+                    ));
+                }
+            }
+        }
+        for (i, r) in self.requests.iter().enumerate() {
+            let at = |f: &[&str]| {
+                let mut path = vec![key("requests"), PathSeg::Index(i)];
+                path.extend(f.iter().map(|k| key(k)));
+                path
+            };
+            times.push((at(&["timeout_ms"]), r.timeout_ms));
+            if let Some(ms) = r.disconnect.as_ref().and_then(|d| d.after_ms) {
+                times.push((at(&["disconnect", "after_ms"]), ms));
+            }
+            if let Some(sr) = &r.stop_reading {
+                times.push((at(&["stop_reading", "hold_ms"]), sr.hold_ms));
+            }
+        }
+        match times.into_iter().find(|(_, ms)| *ms > MAX_DURATION_MS) {
+            Some((path, ms)) => Err((
+                path,
+                format!(
+                    "{ms} ms is over MAX_DURATION_MS = {MAX_DURATION_MS} (a day), the longest a run may take"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Checks of everything but the expectations.
     fn check_world(&self) -> Result<(), (Vec<PathSeg>, String)> {
         let key = |k: &str| PathSeg::Key(k.to_string());
@@ -852,15 +917,10 @@ impl Scenario {
                 format!("must be 1 to {MAX_DURATION_MS}"),
             ));
         }
+        self.check_milliseconds()?;
         let mut hosts: Vec<&str> = vec!["gateway", "client"];
         for (i, p) in self.providers.iter().enumerate() {
             let at = |f: &str| vec![key("providers"), PathSeg::Index(i), key(f)];
-            if p.keep_alive_ms.is_some_and(|ms| ms > MAX_DURATION_MS) {
-                return Err((
-                    at("keep_alive_ms"),
-                    format!("must be 0 to {MAX_DURATION_MS}"),
-                ));
-            }
             if p.framing.write_bytes == Some(0) {
                 return Err((
                     vec![

@@ -114,6 +114,10 @@ pub struct Net {
 
 impl Net {
     pub fn new(seed: u64, range_ms: [u64; 2], client_ms: u64, shared_rng: bool) -> Arc<Net> {
+        assert!(
+            range_ms[0] <= range_ms[1],
+            "latency range {range_ms:?} upside down: a scenario is checked for it at load"
+        );
         Arc::new(Net {
             seed,
             range_ms,
@@ -162,15 +166,14 @@ impl Net {
 
     /// The latency of a message identified by `key` on a `kind` link.
     fn latency(&self, kind: LinkKind, key: &[u64]) -> Duration {
-        let [min, max] = self.range_ms;
         let ms = match (&self.shared, kind) {
             (Some(state), _) => {
                 let mut s = state.lock().expect("shared rng");
                 *s = mix(*s);
-                min + *s % (max - min + 1)
+                in_range(self.range_ms, *s)
             }
             (None, LinkKind::Client) => self.client_ms,
-            (None, LinkKind::Upstream) => min + Net::drawn(self.seed, key) % (max - min + 1),
+            (None, LinkKind::Upstream) => in_range(self.range_ms, Net::drawn(self.seed, key)),
         };
         Duration::from_millis(ms)
     }
@@ -269,6 +272,14 @@ fn ip_key(ip: IpAddr) -> u64 {
 
 fn addr_key(a: SocketAddr) -> u64 {
     mix(ip_key(a.ip())) ^ u64::from(a.port())
+}
+
+/// `draw` brought into `[min, max]`. In u128: the range's size, `max - min + 1`, is 2^64
+/// when the range is every u64, one past what a u64 holds (a scenario bounds the range
+/// well below that; this must not depend on it).
+fn in_range([min, max]: [u64; 2], draw: u64) -> u64 {
+    let offset = u128::from(draw) % (u128::from(max - min) + 1);
+    min + u64::try_from(offset).expect("an offset is at most max - min")
 }
 
 fn pair(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
@@ -549,6 +560,27 @@ mod tests {
                 Duration::from_millis(1)
             );
         }
+    }
+
+    /// A range as wide as a u64 (its size, 2^64, overflows a u64) and one of a single
+    /// value at the top: every draw lands in the range, in both ways of drawing.
+    #[test]
+    fn latencies_stay_in_ranges_that_reach_u64_max() {
+        for range in [[0, u64::MAX], [u64::MAX, u64::MAX], [1, u64::MAX]] {
+            for shared in [false, true] {
+                let net = Net::new(3, range, 0, shared);
+                for n in 0..100 {
+                    let ms = net.latency(LinkKind::Upstream, &[1, 0, n]).as_millis();
+                    assert!(
+                        (u128::from(range[0])..=u128::from(range[1])).contains(&ms),
+                        "{ms} outside {range:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(in_range([5, 7], 0), 5);
+        assert_eq!(in_range([5, 7], 5), 7);
+        assert_eq!(in_range([0, u64::MAX], u64::MAX), u64::MAX);
     }
 
     /// The property the design rests on: what one link sends does not change another's
