@@ -806,6 +806,28 @@ impl Scenario {
                 ],
             );
             let endpoint = Endpoint::parse(base).map_err(|m| (at.clone(), m))?;
+            // rustls draws a handshake's randomness from the operating system: a TLS
+            // upstream in the simulation would name its connection, and so draw its
+            // latencies, differently at every run of the same seed.
+            if endpoint.tls {
+                return Err((
+                    at,
+                    format!(
+                        "`{base}` is https: the simulation's upstreams are plain HTTP, since a TLS \
+                         handshake's randomness would make the same seed run differently (use \
+                         `http://`; TLS is tested on loopback, `tests/upstream_tls.rs`)"
+                    ),
+                ));
+            }
+            if d.litellm_params.ssl_verify.is_some() {
+                let at = join(at[..at.len() - 1].to_vec(), vec![key("ssl_verify")]);
+                return Err((
+                    at,
+                    "`ssl_verify` is for https upstreams, which a scenario cannot have (and a CA \
+                     bundle would be read from this machine's disk)"
+                        .to_string(),
+                ));
+            }
             let known = self
                 .providers
                 .iter()

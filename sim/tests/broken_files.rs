@@ -90,6 +90,8 @@ const CASES: &[Case] = &[
     row("gateway_only_on_key.yaml",            26, 24, "gateway.keys[0].router_settings.cooldown_time", "`cooldown_time` is gateway-wide state", None, Semantic),
     // Scenario checks.
     row("api_base_not_a_provider.yaml",        15, 19, "gateway.model_list[1].litellm_params.api_base", "`http://c:8000/v1` is not a provider of this scenario", None, Semantic),
+    row("api_base_https.yaml",                 15, 19, "gateway.model_list[1].litellm_params.api_base", "`https://b:8000/v1` is https: the simulation's upstreams are plain HTTP", None, Semantic),
+    row("ssl_verify_in_a_scenario.yaml",       16, 21, "gateway.model_list[1].litellm_params.ssl_verify", "`ssl_verify` is for https upstreams", None, Semantic),
     row("api_base_wrong_port.yaml",            15, 19, "gateway.model_list[1].litellm_params.api_base", "names provider `b` on port 9000, but it listens on port 8000", None, Semantic),
     row("at_ms_after_duration.yaml",           48, 12, "requests[0].at_ms", "at_ms = 5000 is not before duration_ms = 1000", None, Semantic),
     row("fault_at_ms_after_duration.yaml",     42, 14, "network.faults[0].at_ms", "at_ms = 86400000 is not before duration_ms = 1000", None, Semantic),
