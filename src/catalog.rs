@@ -14,6 +14,7 @@ use crate::classify::FailureClass;
 use crate::config::{ConfigError, GatewayConfig, RouterSettings, strip_provider};
 use crate::limits::{Limits, secs};
 use crate::policy::{FallbackTable, Overrides};
+use crate::secret::Secret;
 use crate::upstream::Endpoint;
 
 /// Index of a model group in [`Catalog::groups`].
@@ -38,7 +39,7 @@ pub struct DeploymentSpec {
     pub endpoint: Endpoint,
     /// The model name sent upstream (provider prefix stripped).
     pub upstream_model: String,
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     pub weight: u32,
     pub order: u32,
     pub timeout: Option<Duration>,

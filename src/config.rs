@@ -23,6 +23,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{Limits, MAX_SECONDS, MIN_NONZERO_SECONDS};
+use crate::secret::Secret;
 use crate::yaml::{self, PathSeg, YamlError};
 
 /// The whole gateway config.
@@ -63,7 +64,7 @@ pub struct GeneralSettings {
     /// and call `POST /admin/reload`; it is not a virtual key and cannot make requests.
     /// `os.environ/NAME` reads the environment at load time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub master_key: Option<String>,
+    pub master_key: Option<Secret>,
     /// Whether requests may carry `mock_testing_*` flags (LiteLLM's name for the same
     /// opt-in). Off by default: a mocked failure counts as a failed attempt in the
     /// gateway's metrics and takes a fallback, so any client could fire every tenant's
@@ -128,7 +129,7 @@ pub struct LitellmParams {
     pub api_base: Option<String>,
     /// Bearer token sent upstream. `os.environ/NAME` reads the environment at load time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Whole-attempt timeout for this deployment, seconds (the tighter of this and the
     /// request's effective `timeout` applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,7 +231,7 @@ pub struct Team {
 #[serde(deny_unknown_fields)]
 pub struct Key {
     /// The secret clients send (`Authorization: Bearer <key>`).
-    pub key: String,
+    pub key: Secret,
     /// A readable name for the key (traces show only its last characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_alias: Option<String>,
@@ -929,7 +930,7 @@ impl GatewayConfig {
             if let Err(why) = secret_ok(&k.key) {
                 push(at.key("key"), format!("`key` {why}"));
             }
-            if key_names.insert(k.key.as_str(), i).is_some() {
+            if key_names.insert(k.key.expose(), i).is_some() {
                 push(at.key("key"), "duplicate key".into());
             }
             if let Some(team) = &k.team_id {
@@ -970,7 +971,7 @@ impl GatewayConfig {
             let at = root.key("general_settings").key("master_key");
             if let Err(why) = secret_ok(master) {
                 push(at, format!("`master_key` {why}"));
-            } else if key_names.contains_key(master.as_str()) {
+            } else if key_names.contains_key(master.expose()) {
                 push(
                     at,
                     "the admin key is also a virtual key: give admins a key of their own".into(),
@@ -1396,7 +1397,7 @@ pub fn fallback_key_served(groups: &[&str], key: &str) -> bool {
 /// break the `Authorization` header or never match what a client sends. The message never
 /// repeats the value.
 /// A secret given as `os.environ/NAME` becomes the variable's value (the field at `at`).
-fn from_env(secret: &mut Option<String>, at: At) -> Result<(), Issue> {
+fn from_env(secret: &mut Option<Secret>, at: At) -> Result<(), Issue> {
     let Some(name) = secret
         .as_deref()
         .and_then(|k| k.strip_prefix("os.environ/"))
@@ -1407,7 +1408,7 @@ fn from_env(secret: &mut Option<String>, at: At) -> Result<(), Issue> {
         path: at.0,
         message: format!("environment variable `{name}` is not set"),
     })?;
-    *secret = Some(value);
+    *secret = Some(Secret::new(value));
     Ok(())
 }
 
@@ -1575,6 +1576,33 @@ keys:
       fallbacks:
         - gpt-4o: [claude]
 "#;
+
+    /// The config and the catalog built from it derive `Debug`: printing either (a log
+    /// line, a panic message, an assertion) must show no secret it holds.
+    #[test]
+    fn debug_of_the_config_and_its_catalog_shows_no_secret() {
+        let text = r#"
+model_list:
+  - model_name: g
+    litellm_params: {model: openai/m, api_base: "http://up:8000/v1", api_key: sk-upstream-DEBUG-0001}
+keys:
+  - {key: sk-virtual-DEBUG-0002, key_alias: team-a}
+general_settings: {master_key: sk-admin-DEBUG-0003}
+"#;
+        let config = GatewayConfig::load("t.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+        let catalog = crate::catalog::Catalog::new(&config).unwrap();
+        for shown in [
+            format!("{config:?}"),
+            format!("{catalog:?}"),
+            format!("{config:#?}"),
+        ] {
+            assert!(!shown.contains("DEBUG-000"), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+        // What is sent and compared is the text itself.
+        let key = config.model_list[0].litellm_params.api_key.as_deref();
+        assert_eq!(key, Some("sk-upstream-DEBUG-0001"));
+    }
 
     #[test]
     fn loads_a_litellm_style_config() {

@@ -24,6 +24,7 @@
 //! * [`limits`]: every named bound and its default.
 //! * [`metrics`]: Prometheus counters and histograms, fed by the trace events.
 //! * [`redact`]: keeping secrets out of every message a client can read.
+//! * [`secret`]: a secret's text, which `Debug` never shows.
 //! * [`reload`]: swapping the running config for a validated new one.
 //! * [`wildcard`]: wildcard model groups (`openai/*`) and wildcard allow-list entries.
 //! * [`yaml`]: YAML loading with errors that name file, line, column and field.
@@ -55,6 +56,7 @@ pub mod redact;
 pub mod reload;
 pub mod request;
 pub mod route;
+pub mod secret;
 pub mod trace;
 pub mod transport;
 pub mod upstream;

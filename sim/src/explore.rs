@@ -568,7 +568,7 @@ fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                             .into_iter()
                             .enumerate()
                             .map(|(i, (key_settings, key_models))| Key {
-                                key: key_name(i),
+                                key: key_name(i).into(),
                                 key_alias: Some(key_name(i).replace("sk-", "")),
                                 team_id: teams.first().map(|t| t.team_id.clone()),
                                 models: key_models,

@@ -1243,7 +1243,8 @@ pub fn calls_no_deployment_makes(run: &ModeRun) -> Vec<String> {
                 let key = if d.endpoint.azure_api_version.is_some() {
                     call.authorization.is_none()
                 } else {
-                    call.authorization == d.api_key.as_ref().map(|k| format!("Bearer {k}"))
+                    call.authorization
+                        == d.api_key.as_ref().map(|k| format!("Bearer {}", k.expose()))
                 };
                 model && key
             };

@@ -1101,7 +1101,7 @@ impl Scenario {
                 return Err((at("concurrency"), "`concurrency` must be at least 1".into()));
             }
             if let Some(k) = &r.key {
-                if !self.gateway.keys.iter().any(|c| &c.key == k) {
+                if !self.gateway.keys.iter().any(|c| c.key.expose() == k) {
                     return Err((at("key"), format!("key `{k}` is not in gateway.keys")));
                 }
             }

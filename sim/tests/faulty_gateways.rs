@@ -425,7 +425,7 @@ fn sends_group_names(config: &mut GatewayConfig) {
 
 /// Fault 10: each deployment's key sent to the next deployment's upstream.
 fn sends_the_next_deployments_key(config: &mut GatewayConfig) {
-    let keys: Vec<Option<String>> = config
+    let keys: Vec<Option<switchback::secret::Secret>> = config
         .model_list
         .iter()
         .map(|d| d.litellm_params.api_key.clone())

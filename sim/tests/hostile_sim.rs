@@ -26,7 +26,7 @@ fn an_echoed_key_reaches_the_gateway_and_never_the_client() {
     let call = &run.calls["echo1"][0];
     assert_eq!(
         call.authorization.as_deref(),
-        Some(format!("Bearer {key}").as_str())
+        Some(format!("Bearer {}", key.expose()).as_str())
     );
     let client = &run.results[0];
     let message = &client.error.as_ref().expect("an error").message;
@@ -51,7 +51,7 @@ fn a_leak_anywhere_a_client_looks_is_reported() {
     for place in ["body", "header", "message", "chunk"] {
         let mut run = world::run(&s, Mode::NonStream).unwrap();
         let client = &mut run.results[1];
-        let leak = format!("upstream said: Bearer {key}");
+        let leak = format!("upstream said: Bearer {}", key.expose());
         match place {
             "body" => client.body = Some(leak),
             "header" => {
