@@ -28,10 +28,18 @@ pub const MAX_YAML_BYTES: usize = 4 * 1024 * 1024;
 /// build's frames are a fraction of that.
 pub const MAX_YAML_DEPTH: usize = 32;
 
-/// The parser's options for every YAML file we read: its defaults, with our depth limit.
+/// The parser's options for every YAML file we read: its defaults, with our depth limit,
+/// and counts of nodes and events that every file within [`MAX_YAML_BYTES`] fits (a node
+/// takes at least 2 bytes, `a,`): the size of a file is limited by its bytes alone. With
+/// the parser's defaults (250,000 nodes) a 3 MB config of 32,000 deployments was refused,
+/// and as "unclosed `{`".
 fn options() -> Options {
     serde_saphyr::options! {
-        budget: serde_saphyr::budget! { max_depth: MAX_YAML_DEPTH },
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_YAML_DEPTH,
+            max_nodes: MAX_YAML_BYTES / 2,
+            max_events: MAX_YAML_BYTES,
+        },
     }
 }
 
@@ -134,7 +142,17 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, YamlEr
         let depth = Some(&e)
             .filter(|e| too_deep(e))
             .or(unparsable.as_ref().filter(|n| too_deep(n)));
-        if let Some(depth) = depth {
+        let breach = over_budget(&e).or_else(|| unparsable.as_ref().and_then(over_budget));
+        if let Some(breach) = breach.filter(|_| depth.is_none()) {
+            // Not a syntax error either: aliases past the parser's limits (a billion
+            // laughs), or a count past what any file within MAX_YAML_BYTES holds.
+            message = format!(
+                "the document is over the YAML parser's limits ({breach:?}): aliases are \
+                 bounded so that a small file cannot expand into a huge one, and counts so \
+                 that no file within MAX_YAML_BYTES = {MAX_YAML_BYTES} meets them"
+            );
+            hint = None;
+        } else if let Some(depth) = depth {
             // Not a syntax error, though the parser stops there: an unclosed-bracket hunt
             // would blame whichever `{` was open at that point.
             message = format!(
@@ -184,6 +202,18 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, YamlEr
             hint,
         }
     })
+}
+
+/// The parser's budget `e` breached, unless it is the depth (see [`too_deep`]).
+fn over_budget(e: &serde_saphyr::Error) -> Option<BudgetBreach> {
+    match e.without_snippet() {
+        serde_saphyr::Error::Budget { breach, .. }
+            if !matches!(breach, BudgetBreach::Depth { .. }) =>
+        {
+            Some(breach.clone())
+        }
+        _ => None,
+    }
 }
 
 /// Whether `e` is the depth limit, [`MAX_YAML_DEPTH`]: the budget's, or the parser's own
@@ -499,6 +529,34 @@ impl<'de> de::Deserialize<'de> for KeyText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A count past the parser's budget is said as such, never as a bracket left open;
+    /// and the budget lets through every file within MAX_YAML_BYTES.
+    #[test]
+    fn a_file_over_the_parsers_budget_is_told_so() {
+        // One anchor, 200 aliases of it: a small file that expands, past the ratio the
+        // parser allows.
+        let mut text = String::from("a: &x {k: [1, 2, 3]}\nb: [");
+        for _ in 0..200 {
+            text.push_str("*x, ");
+        }
+        text.push_str("*x]\n");
+        let e = from_str::<serde_json::Value>("t.yaml", &text).unwrap_err();
+        assert!(e.message.contains("over the YAML parser's limits"), "{e}");
+        assert!(!e.message.contains("unclosed"), "{e}");
+        // A flat sequence of one-character items, more than the parser's default of
+        // 250,000 nodes, well within the byte limit: no budget in the way.
+        let items = 300_000;
+        let mut text = String::with_capacity(MAX_YAML_BYTES);
+        text.push('[');
+        for _ in 0..items {
+            text.push_str("1,");
+        }
+        text.push_str("1]");
+        assert!(text.len() <= MAX_YAML_BYTES);
+        let v = from_str::<Vec<u8>>("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.len(), items + 1);
+    }
     use serde::Deserialize;
 
     #[derive(Debug, Deserialize)]
