@@ -789,6 +789,7 @@ impl Scenario {
         at: Vec<PathSeg>,
     ) -> Result<(), (Vec<PathSeg>, String)> {
         let key = |k: &str| PathSeg::Key(k.to_string());
+        check_plain_http(gateway, at.clone())?;
         if let Err(issues) = gateway.validate() {
             let first = &issues[0];
             return Err((join(at, first.path.clone()), first.message.clone()));
@@ -806,28 +807,6 @@ impl Scenario {
                 ],
             );
             let endpoint = Endpoint::parse(base).map_err(|m| (at.clone(), m))?;
-            // rustls draws a handshake's randomness from the operating system: a TLS
-            // upstream in the simulation would name its connection, and so draw its
-            // latencies, differently at every run of the same seed.
-            if endpoint.tls {
-                return Err((
-                    at,
-                    format!(
-                        "`{base}` is https: the simulation's upstreams are plain HTTP, since a TLS \
-                         handshake's randomness would make the same seed run differently (use \
-                         `http://`; TLS is tested on loopback, `tests/upstream_tls.rs`)"
-                    ),
-                ));
-            }
-            if d.litellm_params.ssl_verify.is_some() {
-                let at = join(at[..at.len() - 1].to_vec(), vec![key("ssl_verify")]);
-                return Err((
-                    at,
-                    "`ssl_verify` is for https upstreams, which a scenario cannot have (and a CA \
-                     bundle would be read from this machine's disk)"
-                        .to_string(),
-                ));
-            }
             let known = self
                 .providers
                 .iter()
@@ -924,6 +903,7 @@ impl Scenario {
     /// Checks of everything but the expectations.
     fn check_world(&self) -> Result<(), (Vec<PathSeg>, String)> {
         let key = |k: &str| PathSeg::Key(k.to_string());
+        check_plain_http(&self.gateway, vec![key("gateway")])?;
         if let Err(issues) = self.gateway.validate() {
             let first = &issues[0];
             let mut path = vec![key("gateway")];
@@ -1199,6 +1179,51 @@ enum Block {
     Request,
     /// A `stream:` or `non_stream:` block inside one of the above.
     Mode(Mode),
+}
+
+/// Every upstream of a scenario's gateway config is plain HTTP, checked before the config's
+/// own checks, which would read an `ssl_verify` CA bundle from this machine's disk.
+fn check_plain_http(
+    gateway: &GatewayConfig,
+    at: Vec<PathSeg>,
+) -> Result<(), (Vec<PathSeg>, String)> {
+    let key = |k: &str| PathSeg::Key(k.to_string());
+    for (i, d) in gateway.model_list.iter().enumerate() {
+        let base = d.litellm_params.api_base.as_deref().unwrap_or_default();
+        let at = join(
+            at.clone(),
+            vec![
+                key("model_list"),
+                PathSeg::Index(i),
+                key("litellm_params"),
+                key("api_base"),
+            ],
+        );
+        let tls = Endpoint::parse(base).is_ok_and(|e| e.tls);
+        // rustls draws a handshake's randomness from the operating system: a TLS
+        // upstream in the simulation would name its connection, and so draw its
+        // latencies, differently at every run of the same seed.
+        if tls {
+            return Err((
+                at,
+                format!(
+                    "`{base}` is https: the simulation's upstreams are plain HTTP, since a TLS \
+                         handshake's randomness would make the same seed run differently (use \
+                         `http://`; TLS is tested on loopback, `tests/upstream_tls.rs`)"
+                ),
+            ));
+        }
+        if d.litellm_params.ssl_verify.is_some() {
+            let at = join(at[..at.len() - 1].to_vec(), vec![key("ssl_verify")]);
+            return Err((
+                at,
+                "`ssl_verify` is for https upstreams, which a scenario cannot have (and a CA \
+                     bundle would be read from this machine's disk)"
+                    .to_string(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks an `expect` block: event names are the engine's, hosts are providers, and each
