@@ -224,10 +224,16 @@ pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: 
     // The last event waits for the answer's end to be out: what the trace, the log and the
     // metrics call `completed` is an answer the client was handed whole.
     if let Err(ClientGone(reason)) = out.conclude(&outcome, catalog).await {
-        run.emit(Event::ClientGone { reason });
-        outcome.result = Err(Unserved::client_went_away());
-        outcome.client_gone = true;
-        return outcome;
+        // A write that found no room by the request's deadline was cut by the deadline
+        // (no write waits past it), which says nothing of the client: the request ends
+        // as it would have.
+        let cut_by_deadline = reason == GoneReason::TooSlow && Instant::now() >= run.deadline;
+        if !cut_by_deadline {
+            run.emit(Event::ClientGone { reason });
+            outcome.result = Err(Unserved::client_went_away());
+            outcome.client_gone = true;
+            return outcome;
+        }
     }
     match &outcome.result {
         Ok(served) => run.emit(Event::Completed {
@@ -727,6 +733,9 @@ impl Run<'_> {
             Some(w) => std::borrow::Cow::Owned(w.upstream_model(spec)),
             None => std::borrow::Cow::Borrowed(spec.upstream_model.as_str()),
         };
+        // The client chose the model only where the deployment's own has a `*` to fill: a
+        // wildcard group may hold a deployment with a fixed model, whose 404 is its own.
+        let from_request = from_request && spec.model_template.is_some();
         let to = UpstreamCall {
             model: &upstream_model,
             stream: spec.stream,

@@ -733,6 +733,29 @@ impl GatewayConfig {
                     "a deployment needs a group: `model_name` is empty".into(),
                 );
             }
+            // A client names a group or a deployment id in `model` (or the Azure path),
+            // where a name longer than this is refused: one here could never be asked for.
+            let bound = self.limits.max_model_name_bytes;
+            for (field, name) in [
+                ("model_name", Some(&d.model_name)),
+                ("id", d.model_info.id.as_ref()),
+            ] {
+                if let Some(name) = name.filter(|n| n.len() > bound) {
+                    let at = if field == "id" {
+                        at.key("model_info")
+                    } else {
+                        at.clone()
+                    };
+                    push(
+                        at.key(field),
+                        format!(
+                            "`{field}` is {} bytes, longer than limits.max_model_name_bytes = \
+                             {bound}: no request could name it",
+                            name.len()
+                        ),
+                    );
+                }
+            }
             let p = &d.litellm_params;
             if p.model.contains('*') && !d.model_name.contains('*') {
                 push(
@@ -1623,6 +1646,33 @@ general_settings: {master_key: sk-admin-DEBUG-0003}
             .iter()
             .map(|p| p.to_string())
             .collect()
+    }
+
+    /// A group or deployment id longer than `max_model_name_bytes` could never be asked
+    /// for (requests naming it are refused): refused at load, by name.
+    #[test]
+    fn names_no_request_could_use_are_refused_at_load() {
+        let long = "m".repeat(300);
+        let config = |name: &str, id: &str, limits: &str| {
+            format!(
+                "allow_anonymous: true\nmodel_list:\n  - {{model_name: {name}, litellm_params: \
+                 {{model: openai/m, api_base: \"http://up/v1\"}}, model_info: {{id: {id}}}}}\n{limits}"
+            )
+        };
+        let p = problems(&config(&long, "d", ""));
+        assert!(
+            p.len() == 1
+                && p[0].contains("model_list[0].model_name")
+                && p[0].contains("max_model_name_bytes = 256"),
+            "{p:?}"
+        );
+        let p = problems(&config("g", &long, ""));
+        assert!(
+            p.len() == 1 && p[0].contains("model_list[0].model_info.id"),
+            "{p:?}"
+        );
+        let raised = "limits: {max_model_name_bytes: 512}\n";
+        assert!(GatewayConfig::load("g.yaml", &config(&long, &long, raised)).is_ok());
     }
 
     #[test]

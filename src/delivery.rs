@@ -516,9 +516,14 @@ impl Delivery for AggregateDelivery {
         Ok(())
     }
 
-    /// Nothing is held: the handler writes the answer once the loop is over.
+    /// Nothing is held: the handler writes the answer once the loop is over. A handler
+    /// already dropped with its connection is a client gone, as a stream's closed channel is
+    /// at the same moment.
     async fn conclude(&mut self, _: &Outcome, _: &Catalog) -> Result<(), ClientGone> {
-        Ok(())
+        match &self.handler {
+            Some(handler) if handler.is_closed() => Err(ClientGone(GoneReason::Left)),
+            _ => Ok(()),
+        }
     }
 
     fn restart(&mut self) {
@@ -528,5 +533,57 @@ impl Delivery for AggregateDelivery {
         // `CommitState::after_failure`), as the stream's held usage chunk is dropped: an
         // answer whose last attempt reports none has none, in both modes.
         self.usage = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attempt::Served;
+    use crate::catalog::{DeploymentId, GroupId};
+    use crate::config::GatewayConfig;
+
+    /// A non-streaming client that left by the time the loop is over is gone, as a
+    /// streaming one whose channel is closed is at the same moment: both modes end the
+    /// request alike.
+    #[tokio::test]
+    async fn an_aggregate_whose_handler_left_concludes_as_gone() {
+        let config = GatewayConfig::load(
+            "t.yaml",
+            "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: openai/m, api_base: \"http://up/v1\"}}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let catalog = Catalog::new(&config).unwrap();
+        let outcome = Outcome {
+            result: Ok(Served {
+                group: GroupId(0),
+                deployment: DeploymentId(0),
+                model: "m".into(),
+            }),
+            attempts: Vec::new(),
+            retries: 0,
+            fallbacks: 0,
+            committed: true,
+            at_commit: Some((0, 0)),
+            client_gone: false,
+            response_id: None,
+        };
+        let (handler, waiting) = oneshot::channel();
+        let mut out = AggregateDelivery::watching(handler);
+        assert!(
+            out.conclude(&outcome, &catalog).await.is_ok(),
+            "still waited for"
+        );
+        drop(waiting);
+        assert!(matches!(
+            out.conclude(&outcome, &catalog).await,
+            Err(ClientGone(GoneReason::Left))
+        ));
+        assert!(
+            AggregateDelivery::new()
+                .conclude(&outcome, &catalog)
+                .await
+                .is_ok()
+        );
     }
 }

@@ -583,6 +583,54 @@ async fn a_client_that_stops_reading_before_the_held_end_is_gone_not_completed()
     drop(response);
 }
 
+// 8c. A stream whose request deadline passes while its client's buffer is full ends as
+// the deadline's failure, not as a client gone: the error event that could not be written
+// past the deadline says nothing of the client (found by the review of 8a's change).
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_by_the_deadline_is_failed_even_when_its_end_cannot_be_written() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let (tx, response) = sse_channel();
+        tokio::spawn(async move {
+            // Fills hyper's write buffer, then the frame channel (as in 8a); then stalls.
+            let mut body = frame(&chunk_json(
+                "m",
+                json!({"role": "assistant", "content": "x".repeat(500 * 1024)}),
+                None,
+            ));
+            for _ in 0..4 {
+                body.push_str(&frame(&chunk_json("m", json!({"content": "y"}), None)));
+            }
+            let _ = tx.send(Ok(Bytes::from(body))).await;
+            std::future::pending::<()>().await;
+            drop(tx);
+        });
+        response
+    });
+    let gw = Gw::start(
+        &with(
+            ONE_GROUP,
+            "limits: {client_write_timeout: 3600, request_deadline: 2, stream_buffer_frames: 4, \
+             max_sse_line_bytes: 1048576}\n",
+        ),
+        &net,
+    );
+    let mut sender = gw.connect_with_buffer(1024).await;
+    let response = sender
+        .send_request(chat_request(None, &chat_body("g", true)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        settle(100, || gw.saw("failed status=")).await,
+        "{:#?}",
+        gw.events()
+    );
+    assert!(!gw.saw("client_gone"), "{:#?}", gw.events());
+    drop(response);
+}
+
 // 8b. Delivery also runs under the request deadline.
 #[tokio::test(start_paused = true)]
 async fn delivery_runs_under_the_request_deadline() {
@@ -1404,6 +1452,35 @@ async fn release(held: &Stalled) {
         let rest = frame(&chunk_json("m", json!({"content": "lo"}), Some("stop")));
         let _ = tx.send(Ok(Bytes::from(rest + "data: [DONE]\n\n"))).await;
     }
+}
+
+// 13b. The budget counts bytes that came, never bytes declared: clients that declare the
+// largest body and send nothing hold nothing, so others' requests are served meanwhile
+// (found by the review of this change: six such connections held the whole default budget
+// and every other tenant got a 503, for as long as the body deadline let them wait).
+#[tokio::test(start_paused = true)]
+async fn declared_bodies_that_do_not_come_hold_no_budget() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["served"]));
+    let gw = Gw::start(&with(ONE_GROUP, BODY_BUDGET), &net);
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        let mut pipe = gw.raw().await;
+        pipe.write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n\
+              content-length: 1048576\r\n\r\n{\"model\": \"g\", ",
+        )
+        .await
+        .unwrap();
+        idle.push(pipe);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for stream in [false, true] {
+        let response = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(response.status(), 200, "stream={stream}");
+        assert!(text(response).await.contains("served"));
+    }
+    drop(idle);
 }
 
 /// Limits for [`request_bodies_in_flight_are_bounded_gateway_wide`]: three bodies of 1 MB

@@ -649,11 +649,8 @@ async fn chat(
         }
     }
     let total = held.budget_total();
-    let over_budget = |received: Option<u64>| {
-        let what = match received {
-            None => format!("this body of {} bytes", declared.unwrap_or(0)),
-            Some(n) => format!("this body, at {n} bytes so far,"),
-        };
+    let over_budget = |received: u64| {
+        let what = format!("this body, at {received} bytes so far,");
         let mut e = ApiError::new(
             503,
             "api_error",
@@ -668,20 +665,15 @@ async fn chat(
         e.retry_after = Some(std::time::Duration::from_secs(1));
         refuse(e)
     };
-    // A declared length is taken whole before a byte is read: a body that will not fit is
-    // refused without being held at all.
-    if let Some(n) = declared {
-        if !held.cover(usize::try_from(n).unwrap_or(usize::MAX)) {
-            request_body::discard(req.into_body(), max_discarded, deadline);
-            return over_budget(None);
-        }
-    }
+    // Bytes are taken from the budget as they arrive, never as declared: a client that
+    // declares 50 MiB and sends nothing holds nothing (six such connections held the whole
+    // default budget, and every other tenant got a 503).
     let body: Bytes = match request_body::read(req.into_body(), max, deadline, &mut held).await {
         Ok(body) => body,
         Err(ReadError::OverBudget(rest, deadline)) => {
             let received = deadline.received();
             request_body::discard(rest, max_discarded, deadline);
-            return over_budget(Some(received));
+            return over_budget(received);
         }
         Err(ReadError::TimedOut(rest, missed)) => {
             // A client that finishes its upload soon after reads the 408 (see
