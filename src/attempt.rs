@@ -34,6 +34,7 @@ use crate::policy::EffectiveSettings;
 use crate::request::{Continuation, UpstreamCall};
 use crate::route::select::{self, Choice, Tiers};
 use crate::route::{GiveUp, RetryContext, RetryDecision};
+use crate::secret::Secret;
 use crate::trace::Event;
 use crate::upstream::chunk::Chunk;
 use crate::upstream::client::{AttemptTimeouts, Call, UpstreamError};
@@ -755,7 +756,7 @@ impl Run<'_> {
         let call = Call {
             endpoint: &spec.endpoint,
             model: &upstream_model,
-            api_key: spec.api_key.as_deref(),
+            api_key: spec.api_key.as_ref().map(Secret::expose),
             body: &body,
             request_id: self.admitted.id,
             stream: spec.stream,

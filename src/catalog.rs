@@ -374,7 +374,7 @@ impl Catalog {
                 config
                     .model_list
                     .iter()
-                    .filter_map(|d| d.litellm_params.api_key.as_deref()),
+                    .filter_map(|d| d.litellm_params.api_key.as_ref().map(Secret::expose)),
             ),
             allow_anonymous: config.allow_anonymous,
             allow_mock_flags: config
@@ -384,7 +384,8 @@ impl Catalog {
             admin_key: config
                 .general_settings
                 .master_key
-                .as_deref()
+                .as_ref()
+                .map(Secret::expose)
                 .map(KeyDigest::of),
             cors: crate::gateway::cors::CorsPolicy::new(
                 &config.general_settings.cors_allowed_origins,
@@ -462,9 +463,12 @@ impl Catalog {
                 .overrides(&k.router_settings)
                 .expect("validated: key settings");
             catalog.keys.insert(
-                KeyDigest::of(&k.key),
+                KeyDigest::of(k.key.expose()),
                 KeySpec {
-                    alias: k.key_alias.clone().unwrap_or_else(|| redact(&k.key)),
+                    alias: k
+                        .key_alias
+                        .clone()
+                        .unwrap_or_else(|| redact(k.key.expose())),
                     team,
                     allowed,
                     model_lists,

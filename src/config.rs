@@ -804,7 +804,7 @@ impl GatewayConfig {
                 Some(SslVerify::Enabled(true)) | None => {}
             }
             if let Some(key) = &p.api_key {
-                if let Err(why) = secret_ok(key) {
+                if let Err(why) = secret_ok(key.expose()) {
                     push(
                         at.key("litellm_params").key("api_key"),
                         format!("`api_key` {why}"),
@@ -950,7 +950,7 @@ impl GatewayConfig {
         let mut key_names = BTreeMap::new();
         for (i, k) in self.keys.iter().enumerate() {
             let at = root.key("keys").idx(i);
-            if let Err(why) = secret_ok(&k.key) {
+            if let Err(why) = secret_ok(k.key.expose()) {
                 push(at.key("key"), format!("`key` {why}"));
             }
             if key_names.insert(k.key.expose(), i).is_some() {
@@ -992,7 +992,7 @@ impl GatewayConfig {
         }
         if let Some(master) = &self.general_settings.master_key {
             let at = root.key("general_settings").key("master_key");
-            if let Err(why) = secret_ok(master) {
+            if let Err(why) = secret_ok(master.expose()) {
                 push(at, format!("`master_key` {why}"));
             } else if key_names.contains_key(master.expose()) {
                 push(
@@ -1422,7 +1422,8 @@ pub fn fallback_key_served(groups: &[&str], key: &str) -> bool {
 /// A secret given as `os.environ/NAME` becomes the variable's value (the field at `at`).
 fn from_env(secret: &mut Option<Secret>, at: At) -> Result<(), Issue> {
     let Some(name) = secret
-        .as_deref()
+        .as_ref()
+        .map(Secret::expose)
         .and_then(|k| k.strip_prefix("os.environ/"))
     else {
         return Ok(());
@@ -1623,7 +1624,11 @@ general_settings: {master_key: sk-admin-DEBUG-0003}
             assert!(shown.contains("[redacted]"), "{shown}");
         }
         // What is sent and compared is the text itself.
-        let key = config.model_list[0].litellm_params.api_key.as_deref();
+        let key = config.model_list[0]
+            .litellm_params
+            .api_key
+            .as_ref()
+            .map(Secret::expose);
         assert_eq!(key, Some("sk-upstream-DEBUG-0001"));
     }
 
@@ -1773,7 +1778,10 @@ general_settings: {master_key: sk-admin-DEBUG-0003}
     fn the_admin_key_is_litellms_master_key_and_never_a_virtual_key() {
         let with = |master: &str| format!("{GOOD}general_settings:\n  master_key: {master}\n");
         let c = GatewayConfig::load("g.yaml", &with("sk-admin")).unwrap();
-        assert_eq!(c.general_settings.master_key.as_deref(), Some("sk-admin"));
+        assert_eq!(
+            c.general_settings.master_key.as_ref().map(Secret::expose),
+            Some("sk-admin")
+        );
         let p = problems(&with("sk-1"));
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].starts_with("g.yaml:27:15:"), "{p:?}");

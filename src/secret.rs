@@ -1,14 +1,14 @@
 //! A secret's text: an upstream `api_key`, a virtual `key`, the `master_key`.
 //!
-//! Owns: [`Secret`], a string that is read as its text where it is used (sent upstream,
-//! hashed, compared) and never shown by `Debug`: the config and the catalog derive `Debug`,
+//! Owns: [`Secret`], a string that is read as its text only through [`Secret::expose`]
+//! (no `Deref`, no `Display`: every place a secret leaves from is a grep away) and never
+//! shown by `Debug`: the config and the catalog derive `Debug`,
 //! and one `{:?}` of either in a log line, a panic message or an assertion would otherwise
 //! print every key the gateway holds. Serialises as the plain string, so a config written
 //! back (the LiteLLM emitter) and the schema are what they were. Does not own keeping
 //! secrets out of upstream text (`redact`) nor what makes a secret valid (`config`).
 
 use std::fmt;
-use std::ops::Deref;
 
 use std::borrow::Cow;
 
@@ -42,14 +42,6 @@ impl Secret {
 
     /// The secret's text, to send or hash: every use is a place it leaves from.
     pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Deref for Secret {
-    type Target = str;
-
-    fn deref(&self) -> &str {
         &self.0
     }
 }

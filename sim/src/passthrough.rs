@@ -464,7 +464,7 @@ pub fn secrets(catalog: &Catalog) -> Vec<String> {
     let mut out: Vec<String> = catalog
         .deployments
         .iter()
-        .filter_map(|d| d.api_key.as_deref().map(str::to_string))
+        .filter_map(|d| d.api_key.as_ref().map(|k| k.expose().to_string()))
         .filter(|k| k.len() >= 8)
         .collect();
     out.sort();

@@ -159,7 +159,7 @@ pub struct UpstreamClient {
 }
 
 /// One upstream call to make.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Call<'a> {
     pub endpoint: &'a Endpoint,
     /// The model the body names: Azure's deployments API also names it in the path.
@@ -173,6 +173,21 @@ pub struct Call<'a> {
     pub stream: bool,
     /// The deployment's own CA bundle for `https` (none: the Mozilla roots).
     pub ca_bundle: Option<&'a CaBundle>,
+}
+
+/// Everything but the key's text (see [`crate::secret`]).
+impl std::fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("endpoint", self.endpoint)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.map(|_| crate::redact::REDACTED))
+            .field("body_bytes", &self.body.len())
+            .field("request_id", &self.request_id)
+            .field("stream", &self.stream)
+            .field("ca_bundle", &self.ca_bundle.is_some())
+            .finish()
+    }
 }
 
 impl UpstreamClient {
@@ -1015,5 +1030,28 @@ impl UpstreamStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calls_debug_shows_no_key() {
+        let endpoint = Endpoint::parse("http://up:8000/v1").unwrap();
+        let body = Bytes::from_static(b"{}");
+        let call = Call {
+            endpoint: &endpoint,
+            model: "m",
+            api_key: Some("sk-upstream-DEBUG-0004"),
+            body: &body,
+            request_id: 1,
+            stream: true,
+            ca_bundle: None,
+        };
+        let shown = format!("{call:?}");
+        assert!(!shown.contains("DEBUG-0004"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
     }
 }
