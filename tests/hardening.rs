@@ -518,12 +518,7 @@ async fn a_client_that_stops_reading_is_dropped_after_client_write_timeout() {
         &with(ONE_GROUP, "limits: {client_write_timeout: 5}\n"),
         &net,
     );
-    let mut sender = gw.connect_with_buffer(1024).await;
-    let response = sender
-        .send_request(chat_request(None, &chat_body("g", true)))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = a_stream_never_read(&gw).await;
     // Never read the body.
     tokio::time::sleep(Duration::from_secs(6)).await;
     // Whichever notices first (the frame channel's write timeout, `too_slow`, or the
@@ -536,6 +531,33 @@ async fn a_client_that_stops_reading_is_dropped_after_client_write_timeout() {
     drop(response);
 }
 
+/// A streaming chat request on a connection whose client never reads (1 KiB of buffer):
+/// its response head, a 200.
+async fn a_stream_never_read(gw: &Gw) -> http::Response<hyper::body::Incoming> {
+    let mut sender = gw.connect_with_buffer(1024).await;
+    let response = sender
+        .send_request(chat_request(None, &chat_body("g", true)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+}
+
+/// An answer's first frames for a client that never reads, under `stream_buffer_frames: 4`:
+/// a first chunk that fills hyper's write buffer (more than its 408 KiB), then four that
+/// fill the frame channel. Each is handed over; the next write waits.
+fn clogging_frames() -> String {
+    let mut body = frame(&chunk_json(
+        "m",
+        json!({"role": "assistant", "content": "x".repeat(500 * 1024)}),
+        None,
+    ));
+    for _ in 0..4 {
+        body.push_str(&frame(&chunk_json("m", json!({"content": "y"}), None)));
+    }
+    body
+}
+
 // 8a. The answer's held end (the finish chunk, `[DONE]`) goes to the client after the
 // upstream is done: a client that stops reading there is gone, and the request's trace,
 // log and metrics say so, never `completed` for an answer whose end it never got.
@@ -543,17 +565,8 @@ async fn a_client_that_stops_reading_is_dropped_after_client_write_timeout() {
 async fn a_client_that_stops_reading_before_the_held_end_is_gone_not_completed() {
     let net = MemNet::new();
     net.host("up", |_| {
-        // The first chunk fills hyper's write buffer (more than its 408 KiB), the next
-        // four the frame channel: each is handed over, and nothing is left to wait on but
-        // the held finish chunk and `[DONE]`.
-        let mut body = frame(&chunk_json(
-            "m",
-            json!({"role": "assistant", "content": "x".repeat(500 * 1024)}),
-            None,
-        ));
-        for _ in 0..4 {
-            body.push_str(&frame(&chunk_json("m", json!({"content": "y"}), None)));
-        }
+        // Nothing is left to wait on but the held finish chunk and `[DONE]`.
+        let mut body = clogging_frames();
         body.push_str(&frame(&chunk_json("m", json!({}), Some("stop"))));
         body.push_str("data: [DONE]\n\n");
         sse(body)
@@ -566,12 +579,7 @@ async fn a_client_that_stops_reading_before_the_held_end_is_gone_not_completed()
         ),
         &net,
     );
-    let mut sender = gw.connect_with_buffer(1024).await;
-    let response = sender
-        .send_request(chat_request(None, &chat_body("g", true)))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = a_stream_never_read(&gw).await;
     // Never read the body.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(
@@ -592,15 +600,8 @@ async fn a_stream_cut_by_the_deadline_is_failed_even_when_its_end_cannot_be_writ
     net.host("up", |_| {
         let (tx, response) = sse_channel();
         tokio::spawn(async move {
-            // Fills hyper's write buffer, then the frame channel (as in 8a); then stalls.
-            let mut body = frame(&chunk_json(
-                "m",
-                json!({"role": "assistant", "content": "x".repeat(500 * 1024)}),
-                None,
-            ));
-            for _ in 0..4 {
-                body.push_str(&frame(&chunk_json("m", json!({"content": "y"}), None)));
-            }
+            // Then stalls.
+            let body = clogging_frames();
             let _ = tx.send(Ok(Bytes::from(body))).await;
             std::future::pending::<()>().await;
             drop(tx);
@@ -615,12 +616,7 @@ async fn a_stream_cut_by_the_deadline_is_failed_even_when_its_end_cannot_be_writ
         ),
         &net,
     );
-    let mut sender = gw.connect_with_buffer(1024).await;
-    let response = sender
-        .send_request(chat_request(None, &chat_body("g", true)))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = a_stream_never_read(&gw).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         settle(100, || gw.saw("failed status=")).await,

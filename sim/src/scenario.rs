@@ -788,7 +788,6 @@ impl Scenario {
         gateway: &GatewayConfig,
         at: Vec<PathSeg>,
     ) -> Result<(), (Vec<PathSeg>, String)> {
-        let key = |k: &str| PathSeg::Key(k.to_string());
         check_plain_http(gateway, at.clone())?;
         if let Err(issues) = gateway.validate() {
             let first = &issues[0];
@@ -797,15 +796,7 @@ impl Scenario {
         let hosts: Vec<&str> = self.providers.iter().map(|p| p.host.as_str()).collect();
         for (i, d) in gateway.model_list.iter().enumerate() {
             let base = d.litellm_params.api_base.as_deref().unwrap_or_default();
-            let at = join(
-                at.clone(),
-                vec![
-                    key("model_list"),
-                    PathSeg::Index(i),
-                    key("litellm_params"),
-                    key("api_base"),
-                ],
-            );
+            let at = api_base_at(&at, i);
             let endpoint = Endpoint::parse(base).map_err(|m| (at.clone(), m))?;
             let known = self
                 .providers
@@ -1181,6 +1172,20 @@ enum Block {
     Mode(Mode),
 }
 
+/// The path of deployment `i`'s `api_base` in the gateway config at `at`.
+fn api_base_at(at: &[PathSeg], i: usize) -> Vec<PathSeg> {
+    let key = |k: &str| PathSeg::Key(k.to_string());
+    join(
+        at.to_vec(),
+        vec![
+            key("model_list"),
+            PathSeg::Index(i),
+            key("litellm_params"),
+            key("api_base"),
+        ],
+    )
+}
+
 /// Every upstream of a scenario's gateway config is plain HTTP, checked before the config's
 /// own checks, which would read an `ssl_verify` CA bundle from this machine's disk.
 fn check_plain_http(
@@ -1190,15 +1195,7 @@ fn check_plain_http(
     let key = |k: &str| PathSeg::Key(k.to_string());
     for (i, d) in gateway.model_list.iter().enumerate() {
         let base = d.litellm_params.api_base.as_deref().unwrap_or_default();
-        let at = join(
-            at.clone(),
-            vec![
-                key("model_list"),
-                PathSeg::Index(i),
-                key("litellm_params"),
-                key("api_base"),
-            ],
-        );
+        let at = api_base_at(&at, i);
         let tls = Endpoint::parse(base).is_ok_and(|e| e.tls);
         // rustls draws a handshake's randomness from the operating system: a TLS
         // upstream in the simulation would name its connection, and so draw its

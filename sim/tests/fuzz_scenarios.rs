@@ -210,3 +210,36 @@ fn deep_map_request_body_is_loaded_to_the_limit_and_refused_past_it() {
     assert!(e.message.contains("nested too deeply"), "{e}");
     load_and_run("deep map body", &deep_map_body(60));
 }
+
+// A latency range that reached u64::MAX overflowed `world/link.rs`'s draw
+// (`min + x % (max - min + 1)`: in debug an add overflow, in release a remainder by zero),
+// in a thread whose unwinding then aborted the whole harness.
+
+/// A latency range that reaches u64::MAX is refused at load, naming the bound.
+#[test]
+fn huge_latency_range_is_refused() {
+    let text = scenario(
+        &format!("{{latency_ms: [0, {}]}}", u64::MAX),
+        "ttfb_ms: 1",
+        "timeout_ms: 1000",
+    );
+    let Err(e) = Scenario::load("s.yaml", &text) else {
+        panic!("latency_ms up to u64::MAX was accepted");
+    };
+    assert_eq!(e.path, "network.latency_ms[1]", "{e}");
+    assert!(e.message.contains("MAX_DURATION_MS"), "{e}");
+}
+
+/// The widest range a scenario may give runs to a report: the draws from it do not
+/// overflow.
+#[test]
+fn the_widest_latency_range_runs_to_a_report() {
+    let text = scenario(
+        &format!("{{latency_ms: [0, {MAX_DURATION_MS}]}}"),
+        "ttfb_ms: 1",
+        "timeout_ms: 1000",
+    );
+    let s = Scenario::load("s.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let report = run_scenario(Path::new("s.yaml"), &s);
+    eprintln!("ran: {:?}", report.failures);
+}
