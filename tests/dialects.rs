@@ -216,3 +216,93 @@ async fn an_event_stream_labelled_json_is_read_as_a_stream() {
         assert_eq!(answer, "Hello", "stream: {stream}: {body}");
     }
 }
+
+/// Azure OpenAI's Asynchronous Filter (Microsoft's `content-filter-streaming.md`, its
+/// sample streams): content chunks carry no `content_filter_results`; annotation chunks
+/// (`id: ""`, `object: ""`, `model: ""`, `created: 0`, a choice with no `delta`, its
+/// `content_filter_offsets`) come between them and one more comes AFTER the finish chunk,
+/// with `finish_reason: null`.
+fn azure_async_filter_stream(blocked: bool) -> String {
+    let safe = json!({"hate": {"filtered": false, "severity": "safe"},
+        "self_harm": {"filtered": false, "severity": "safe"},
+        "sexual": {"filtered": false, "severity": "safe"},
+        "violence": {"filtered": false, "severity": "safe"}});
+    let content = |delta: Value, finish: Value| {
+        frame(
+            &json!({"id": "chatcmpl-az", "object": "chat.completion.chunk",
+            "created": 1692913344, "model": "gpt-35-turbo",
+            "choices": [{"index": 0, "finish_reason": finish, "delta": delta}], "usage": null}),
+        )
+    };
+    let annotation = |finish: Value, results: Value, check: u64| {
+        frame(&json!({"id": "", "object": "", "created": 0, "model": "",
+            "choices": [{"index": 0, "finish_reason": finish, "content_filter_results": results,
+                "content_filter_offsets": {"check_offset": check, "start_offset": 44, "end_offset": 198}}],
+            "usage": null}))
+    };
+    let mut body = frame(&json!({"id": "", "object": "", "created": 0, "model": "",
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": safe}],
+        "choices": [], "usage": null}));
+    body.push_str(&content(json!({"role": "assistant"}), Value::Null));
+    body.push_str(&content(json!({"content": "Color"}), Value::Null));
+    body.push_str(&annotation(Value::Null, safe.clone(), 44));
+    body.push_str(&content(json!({"content": " is"}), Value::Null));
+    if blocked {
+        body.push_str(&annotation(
+            json!("content_filter"),
+            json!({"protected_material_text": {"detected": true, "filtered": true}}),
+            65,
+        ));
+    } else {
+        body.push_str(&content(json!({}), json!("stop")));
+        body.push_str(&annotation(Value::Null, safe, 506));
+    }
+    body.push_str("data: [DONE]\n\n");
+    body
+}
+
+/// The annotation that comes after Azure's finish chunk has `finish_reason: null`; the
+/// answer's finish reason is still the finish chunk's, in both modes, and the annotation
+/// reaches a streaming client (it is part of the answer the provider sent).
+#[tokio::test(start_paused = true)]
+async fn azure_async_filter_annotations_after_the_finish_keep_the_finish_reason() {
+    let net = MemNet::new();
+    net.host("up", |_| sse(azure_async_filter_stream(false)));
+    let gw = Gw::start(ONE_GROUP, &net);
+    let r = gw.chat(None, chat_body("g", false)).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = serde_json::from_str(&text(r).await).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Color is", "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert_eq!(v["id"], "chatcmpl-az", "{v}");
+    let r = gw.chat(None, chat_body("g", true)).await;
+    assert_eq!(r.status(), 200);
+    let streamed = text(r).await;
+    assert_eq!(streamed_text(&streamed), "Color is");
+    assert!(streamed.contains("\"check_offset\":506"), "{streamed}");
+    assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+}
+
+/// Azure's Asynchronous Filter blocks after content was sent: the last chunk is an
+/// annotation whose choice has `finish_reason: "content_filter"` and no `delta`. Both
+/// modes end with that finish reason and the content sent before it.
+#[tokio::test(start_paused = true)]
+async fn azure_async_filter_block_ends_the_answer_with_content_filter() {
+    let net = MemNet::new();
+    net.host("up", |_| sse(azure_async_filter_stream(true)));
+    let gw = Gw::start(ONE_GROUP, &net);
+    let r = gw.chat(None, chat_body("g", false)).await;
+    let status = r.status();
+    let body = text(r).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "content_filter", "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "Color is", "{v}");
+    let r = gw.chat(None, chat_body("g", true)).await;
+    assert_eq!(r.status(), 200);
+    let streamed = text(r).await;
+    assert!(
+        streamed.contains("\"finish_reason\":\"content_filter\""),
+        "{streamed}"
+    );
+}

@@ -797,6 +797,81 @@ async fn a_sigterm_drains_even_when_stdout_is_gone() {
     );
 }
 
+/// An upstream that reads a request, says so on `got`, and never answers: a request to it
+/// stays in flight until its client or the gateway gives up.
+async fn silent_upstream() -> (SocketAddr, tokio::sync::mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got, requests) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let got = got.clone();
+            tokio::spawn(async move {
+                read_request(&mut s).await;
+                let _ = got.send(()).await;
+                // Held open, unanswered, until the gateway closes it.
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// A second SIGTERM (or SIGINT: an operator's second Ctrl-C) during the drain stops the
+/// gateway at once, with a failure status, where it was swallowed and the gateway waited
+/// out the whole `shutdown_grace` for a request that would never end.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_during_the_drain_stops_at_once() {
+    let (up, mut requests) = silent_upstream().await;
+    let config = format!(
+        r#"
+model_list:
+  - {{model_name: b, litellm_params: {{model: openai/mb, api_base: "http://{up}/v1", api_key: sk-up}}}}
+keys:
+  - {{key: {KEY}}}
+limits: {{shutdown_grace: 600}}
+"#
+    );
+    for (first, second) in [(libc::SIGTERM, libc::SIGTERM), (libc::SIGINT, libc::SIGINT)] {
+        let mut gw = Gateway::start("second-signal", &config, &[]);
+        let mut client = TcpStream::connect(gw.addr).await.unwrap();
+        client.write_all(chat("b", true).as_bytes()).await.unwrap();
+        requests
+            .recv()
+            .await
+            .expect("the request reached the upstream");
+        signal_now(&gw, first);
+        // The first signal has been acted on once the gateway stops accepting.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(gw.addr).await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still accepting 30 s after the signal"
+            );
+            tokio::task::yield_now().await;
+        }
+        signal_now(&gw, second);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = gw.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a second signal did not stop a draining gateway within 30 s (grace 600 s)"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            !status.success(),
+            "a cut drain is not an orderly stop: {status}"
+        );
+        drop(client);
+    }
+}
+
 const MASTER: &str = "sk-admin-only-7f3a";
 
 /// `POST /admin/reload` with `key` as the bearer (none: no header).

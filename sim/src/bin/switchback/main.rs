@@ -796,7 +796,7 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let status = runtime.block_on(async move {
         // Before anything can announce the gateway (see `signals`).
         let signals::Signals { hangups, mut stop } = signals::Signals::install();
         let listeners = match workers::bind(listen, workers) {
@@ -852,9 +852,20 @@ fn serve(
              (up to shutdown_grace = {grace}s)"
         ));
         stopping.send_replace(true);
-        let joined =
-            tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()))
-                .await;
+        let mut joining =
+            tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()));
+        // A second stop signal (an operator's second Ctrl-C, a supervisor that will not wait
+        // out the grace) ends the drain: what is still in flight is cut.
+        let joined = tokio::select! {
+            biased;
+            joined = &mut joining => joined,
+            again = stop.wait() => {
+                say(&format!(
+                    "switchback: {again} again: stopping now; requests still in flight are cut"
+                ));
+                return ExitCode::FAILURE;
+            }
+        };
         reloader.abort();
         // Nothing will ask for an upstream connection again: close the kept ones now.
         engine.current().upstream_pool().close_idle();
@@ -864,7 +875,11 @@ fn serve(
         }
         say("switchback: stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Never waits: after a cut drain, the task joining the workers is still blocked, and a
+    // dropped runtime would wait for it (and for any DNS lookup still on its blocking pool).
+    runtime.shutdown_background();
+    status
 }
 
 /// One line of `serve`'s own on stdout. A write that fails (whatever read stdout is gone: a

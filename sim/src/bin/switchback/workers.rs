@@ -171,6 +171,10 @@ fn start_with(
                     accept(engine, listener, stopped, &gate).await;
                     gate.drain().await;
                 });
+                // The drain is over (or its grace is): what is left is cut, and a lookup
+                // still on the blocking pool (`getaddrinfo` cannot be cancelled) is not
+                // waited for, as dropping the runtime would.
+                runtime.shutdown_background();
             });
         match spawned {
             Ok(thread) => threads.push(thread),
