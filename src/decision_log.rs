@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tracing::{Level, debug, info};
 
-use crate::catalog::{Catalog, GroupId};
+use crate::catalog::{Catalog, DeploymentId, GroupId};
 use crate::trace::{Event, Observer, TraceRecord};
 
 /// The `tracing` target of decision events.
@@ -45,7 +45,12 @@ struct Open {
     group: GroupId,
     stream: bool,
     attempts: u32,
-    committed: Option<Duration>,
+    /// Retries and fallbacks scheduled so far, for an access line that ends without
+    /// `completed` (which carries the engine's own counts).
+    retries: u32,
+    fallbacks: u32,
+    /// When the answer was committed, and from which deployment.
+    committed: Option<(Duration, DeploymentId)>,
 }
 
 /// Emits every decision, and an access line per request, as `tracing` events.
@@ -75,7 +80,7 @@ impl Observer for DecisionLog {
         let request = record.request;
         let at = record.at;
         let g = |id: &GroupId| catalog.group(*id).name.as_str();
-        let d = |id: &crate::catalog::DeploymentId| catalog.deployment(*id).id.as_str();
+        let d = |id: &DeploymentId| catalog.deployment(*id).id.as_str();
         let text = |s: &str| catalog.redactor.redact(s);
         let ends = matches!(
             record.event,
@@ -95,6 +100,8 @@ impl Observer for DecisionLog {
                             group: *group,
                             stream: *stream,
                             attempts: 0,
+                            retries: 0,
+                            fallbacks: 0,
                             committed: None,
                         },
                     );
@@ -104,9 +111,19 @@ impl Observer for DecisionLog {
                         o.attempts += 1;
                     }
                 }
-                Event::Committed { .. } => {
+                Event::Committed { deployment, .. } => {
                     if let Some(o) = open.get_mut(&request) {
-                        o.committed = Some(at);
+                        o.committed = Some((at, *deployment));
+                    }
+                }
+                Event::RetryScheduled { .. } => {
+                    if let Some(o) = open.get_mut(&request) {
+                        o.retries += 1;
+                    }
+                }
+                Event::FallbackTaken { .. } | Event::OrderFallbackTaken { .. } => {
+                    if let Some(o) = open.get_mut(&request) {
+                        o.fallbacks += 1;
                     }
                 }
                 _ => {}
@@ -274,6 +291,9 @@ fn access_line(record: &TraceRecord, open: Option<&Open>, catalog: &Catalog) {
             Some(*retries),
             Some(*fallbacks),
         ),
+        // Without `completed`, the counts are the events seen, and the deployment is the
+        // one whose answer was committed (none before commit): an operator reading a
+        // failed line sees how hard the gateway tried.
         Event::Failed {
             status, committed, ..
         } => (
@@ -283,11 +303,17 @@ fn access_line(record: &TraceRecord, open: Option<&Open>, catalog: &Catalog) {
                 "failed"
             },
             Some(*status),
-            None,
-            None,
-            None,
+            committed_deployment(open, catalog),
+            open.map(|o| o.retries),
+            open.map(|o| o.fallbacks),
         ),
-        Event::ClientGone { .. } => ("client_gone", None, None, None, None),
+        Event::ClientGone { .. } => (
+            "client_gone",
+            None,
+            committed_deployment(open, catalog),
+            open.map(|o| o.retries),
+            open.map(|o| o.fallbacks),
+        ),
         _ => unreachable!("an access line is written at a request's last event only"),
     };
     let key = open.map(|o| o.key.as_str());
@@ -296,9 +322,15 @@ fn access_line(record: &TraceRecord, open: Option<&Open>, catalog: &Catalog) {
     let attempts = open.map(|o| o.attempts);
     let duration_ms = open.map(|o| ms(record.at.saturating_sub(o.admitted)));
     let time_to_commit_ms =
-        open.and_then(|o| o.committed.map(|c| ms(c.saturating_sub(o.admitted))));
+        open.and_then(|o| o.committed.map(|(c, _)| ms(c.saturating_sub(o.admitted))));
     info!(target: ACCESS_TARGET, request, key, group, mode, outcome, status, deployment,
         attempts, retries, fallbacks, duration_ms, time_to_commit_ms, "request");
+}
+
+/// The id of the deployment whose answer the request committed, if it did.
+fn committed_deployment<'c>(open: Option<&Open>, catalog: &'c Catalog) -> Option<&'c str> {
+    open.and_then(|o| o.committed)
+        .map(|(_, d)| catalog.deployment(d).id.as_str())
 }
 
 /// The access line of a request refused before admission, which has no events: its route
@@ -503,6 +535,94 @@ keys:
                 "duration_ms": 7, "time_to_commit_ms": 6, "target": ACCESS_TARGET
             })
         );
+    }
+
+    /// A request that ends without `completed` says how hard the gateway tried: its
+    /// retries and fallbacks (they were left out: a failed line read as if nothing had been
+    /// tried), and after commit the deployment whose answer it was.
+    #[test]
+    fn a_failed_access_line_counts_its_retries_and_fallbacks() {
+        let rec = |ms, event| TraceRecord {
+            at: Duration::from_millis(ms),
+            request: 8,
+            event,
+        };
+        let started = |attempt| Event::AttemptStarted {
+            attempt,
+            group: GroupId(0),
+            deployment: DeploymentId(0),
+            continuation: false,
+        };
+        let tried = || {
+            vec![
+                rec(
+                    1,
+                    Event::Admitted {
+                        key: "client-1".into(),
+                        group: GroupId(0),
+                        stream: false,
+                    },
+                ),
+                rec(2, started(1)),
+                rec(
+                    3,
+                    Event::RetryScheduled {
+                        group: GroupId(0),
+                        deployment: DeploymentId(0),
+                        delay: Duration::ZERO,
+                    },
+                ),
+                rec(4, started(2)),
+                rec(
+                    5,
+                    Event::FallbackTaken {
+                        from: GroupId(0),
+                        to: GroupId(0),
+                        list: crate::plan::ListKind::Fallbacks,
+                        class: FailureClass::RateLimited,
+                    },
+                ),
+                rec(6, started(3)),
+            ]
+        };
+        let mut failed = tried();
+        failed.push(rec(
+            7,
+            Event::Failed {
+                status: 429,
+                error_type: "rate_limit_error",
+                class: FailureClass::RateLimited,
+                committed: false,
+            },
+        ));
+        let lines = json_lines(Level::INFO, failed);
+        let access = lines.last().unwrap();
+        assert_eq!(access["outcome"], "failed", "{access}");
+        assert_eq!(access["attempts"], 3, "{access}");
+        assert_eq!(access["retries"], 1, "{access}");
+        assert_eq!(access["fallbacks"], 1, "{access}");
+        assert_eq!(access.get("deployment"), None, "{access}");
+
+        let mut gone = tried();
+        gone.push(rec(
+            7,
+            Event::Committed {
+                attempt: 3,
+                deployment: DeploymentId(0),
+            },
+        ));
+        gone.push(rec(
+            8,
+            Event::ClientGone {
+                reason: crate::attempt::GoneReason::Left,
+            },
+        ));
+        let lines = json_lines(Level::INFO, gone);
+        let access = lines.last().unwrap();
+        assert_eq!(access["outcome"], "client_gone", "{access}");
+        assert_eq!(access["retries"], 1, "{access}");
+        assert_eq!(access["fallbacks"], 1, "{access}");
+        assert_eq!(access["deployment"], "a1", "{access}");
     }
 
     #[test]
