@@ -349,6 +349,15 @@ impl Engine {
             return Err(wildcard_id_refused(catalog, key, &request.model, d));
         }
         let routed = catalog.route(&request.model).ok_or_else(|| {
+            // A key restricted to some models learns nothing of the others: a name it may
+            // not use is refused alike whether a group serves it or not, as LiteLLM checks a
+            // key's models before its router looks the name up.
+            if key.is_some_and(|k| !k.admits_name(&request.model)) {
+                return ApiError::forbidden(format!(
+                    "this key may not use model `{}`",
+                    echoed(&request.model)
+                ));
+            }
             ApiError::not_found(format!(
                 "model `{}` is not a model group of this gateway",
                 echoed(&request.model)

@@ -192,3 +192,47 @@ keys:
         assert_eq!(response.status(), 404, "stream={stream}");
     }
 }
+
+/// A key restricted to some models learns nothing of the gateway's other groups: a name it
+/// may not use is refused alike (403) whether the gateway serves it or not. It got a 403
+/// for a group that exists and a 404 for one that does not, so one request per guess
+/// enumerated the groups of every other tenant. LiteLLM checks a key's models before the
+/// router looks the name up. A name the key's list admits (a pattern) that no group serves
+/// is still a 404, and so is any unknown name for an unrestricted key.
+#[tokio::test(start_paused = true)]
+async fn a_restricted_key_cannot_tell_other_groups_from_no_groups() {
+    let config = r#"
+model_list:
+  - {model_name: mine, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
+  - {model_name: theirs-secret-project, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
+keys:
+  - {key: sk-restricted, models: [mine, "team-*"]}
+  - {key: sk-open}
+"#;
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(config, &net);
+    for stream in [false, true] {
+        let mut answers = Vec::new();
+        for model in ["theirs-secret-project", "no-such-group"] {
+            let r = gw
+                .chat(Some("sk-restricted"), chat_body(model, stream))
+                .await;
+            let status = r.status().as_u16();
+            let body: Value = serde_json::from_str(&text(r).await).unwrap();
+            assert_eq!(status, 403, "{model}: {body}");
+            // The same answer but for the name it repeats.
+            answers.push(body.to_string().replace(model, "NAME"));
+        }
+        assert_eq!(answers[0], answers[1]);
+        let r = gw
+            .chat(Some("sk-restricted"), chat_body("team-x", stream))
+            .await;
+        assert_eq!(r.status(), 404, "a name its list admits: {}", text(r).await);
+        let r = gw
+            .chat(Some("sk-open"), chat_body("no-such-group", stream))
+            .await;
+        assert_eq!(r.status(), 404, "an unrestricted key: {}", text(r).await);
+    }
+    assert!(net.calls("up").is_empty());
+}
