@@ -1624,6 +1624,7 @@ model_list:
 keys:
   - {key: sk-open, key_alias: open, models: ["openai/*"]}
   - {key: sk-g, key_alias: gonly, models: [g]}
+  - {key: sk-any, key_alias: any}
 router_settings: {num_retries: 0}
 "#;
 
@@ -1722,7 +1723,7 @@ async fn errors_repeat_only_the_start_of_a_long_name() {
     let long = format!("x{}", "é".repeat(40_000));
     let unknown = chat_body(&long, false);
     let forbidden = chat_body(&format!("openai/{long}"), true);
-    for (key, body, status) in [("sk-open", unknown, 404), ("sk-g", forbidden, 403)] {
+    for (key, body, status) in [("sk-any", unknown, 404), ("sk-g", forbidden, 403)] {
         let (got, error) = post_to(&gw, "/v1/chat/completions", key, &body).await;
         assert_eq!(got, status, "{error}");
         let message = error["error"]["message"].as_str().unwrap_or_default();
