@@ -386,9 +386,26 @@ impl Engine {
             if request.settings == RouterSettings::default() {
                 (Vec::new(), Vec::new())
             } else {
+                // Only the groups the key may use can be named: one it may not reads as
+                // no group at all, so that a restricted key cannot list the others by
+                // naming them in its settings (as for its `model`, above).
+                let visible = |name: &str| {
+                    catalog
+                        .group_id(name)
+                        .is_some_and(|g| allowed[g.0 as usize])
+                };
                 (
-                    catalog.groups.iter().map(|g| g.name.as_str()).collect(),
-                    catalog.wildcard_ids(),
+                    catalog
+                        .groups
+                        .iter()
+                        .map(|g| g.name.as_str())
+                        .filter(|name| visible(name))
+                        .collect(),
+                    catalog
+                        .wildcard_ids()
+                        .into_iter()
+                        .filter(|(_, group)| visible(group))
+                        .collect(),
                 )
             };
         check_settings_fields(

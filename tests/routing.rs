@@ -236,3 +236,53 @@ keys:
     }
     assert!(net.calls("up").is_empty());
 }
+
+/// The same holds for the names a request's own router settings give: a request-level
+/// fallback (or retry policy) naming another tenant's group was accepted (and the link
+/// skipped), one naming no group was a 400, so a restricted key could still list the
+/// groups, one guess per request. Both are now a 400 that reads the same.
+#[tokio::test(start_paused = true)]
+async fn a_restricted_keys_settings_cannot_tell_other_groups_from_no_groups() {
+    let config = r#"
+model_list:
+  - {model_name: mine, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
+  - {model_name: theirs-secret-project, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
+keys:
+  - {key: sk-restricted, models: [mine]}
+  - {key: sk-open}
+"#;
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(config, &net);
+    let with_settings = |target: &str, which: &str, stream: bool| {
+        let mut body = chat_body("mine", stream);
+        body[which] = match which {
+            "fallbacks" => json!([{"mine": [target]}]),
+            _ => json!({target: {"RateLimitErrorRetries": 1}}),
+        };
+        body
+    };
+    for which in ["fallbacks", "model_group_retry_policy"] {
+        for stream in [false, true] {
+            let mut answers = Vec::new();
+            for target in ["theirs-secret-project", "no-such-group"] {
+                let r = gw
+                    .chat(Some("sk-restricted"), with_settings(target, which, stream))
+                    .await;
+                let status = r.status().as_u16();
+                let body = text(r).await;
+                assert_eq!(status, 400, "{which} {target}: {body}");
+                answers.push(body.replace(target, "NAME"));
+            }
+            assert_eq!(answers[0], answers[1], "{which}");
+            // An unrestricted key may name any group.
+            let r = gw
+                .chat(
+                    Some("sk-open"),
+                    with_settings("theirs-secret-project", which, stream),
+                )
+                .await;
+            assert_eq!(r.status(), 200, "{which}: {}", text(r).await);
+        }
+    }
+}
