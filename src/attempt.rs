@@ -821,7 +821,8 @@ impl Run<'_> {
                 ));
                 return Err(self.failed(spec, e, blame, from_request, content_chunks, &body));
             }
-            if let Some(m) = &chunk.model {
+            // Azure's filter annotations say `model: ""`: no model, not a new one.
+            if let Some(m) = chunk.model.as_ref().filter(|m| !m.is_empty()) {
                 model.clone_from(m);
             }
             if chunk.payload_bytes > 0 {

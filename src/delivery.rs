@@ -345,6 +345,12 @@ fn with_id(mut whole: Map<String, Value>, response_id: &str) -> Value {
     Value::Object(whole)
 }
 
+/// Whether `value` is an empty string in a field that names what answered (`model`,
+/// `system_fingerprint`): a chunk that says nothing there.
+fn blank_identity(key: &str, value: &Value) -> bool {
+    matches!(key, "model" | "system_fingerprint") && value.as_str() == Some("")
+}
+
 /// Delivery for `stream: false`: one `chat.completion`.
 #[derive(Debug, Default)]
 pub struct AggregateDelivery {
@@ -493,10 +499,13 @@ impl Delivery for AggregateDelivery {
                 // other field's latest value.
                 "created" if field(&self.top, "created").is_some_and(|c| c != &json!(0)) => {}
                 // What inserting would do (the key keeps its place; a null never replaces
-                // a value), without cloning what is already there.
+                // a value), without cloning what is already there. An empty `model` or
+                // `system_fingerprint` is none either: Azure's filter annotations say
+                // `model: ""`, one even after the finish chunk, and the SDKs' accumulation
+                // of a stream never lets an empty one erase a real one.
                 _ => match field_mut(&mut self.top, k) {
                     Some(old) => {
-                        if !v.is_null() && old != v {
+                        if !v.is_null() && old != v && !blank_identity(k, v) {
                             old.clone_from(v);
                         }
                     }
@@ -542,6 +551,30 @@ mod tests {
     use crate::attempt::Served;
     use crate::catalog::{DeploymentId, GroupId};
     use crate::config::GatewayConfig;
+
+    /// An empty `model` or `system_fingerprint` (Azure's filter annotations, after the
+    /// content) never erases the value the content chunks gave; any other field's latest
+    /// value wins, as before.
+    #[tokio::test]
+    async fn an_empty_model_does_not_erase_the_answers_model() {
+        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
+        let mut out = AggregateDelivery::new();
+        for data in [
+            r#"{"id":"","model":"","created":0,"choices":[]}"#,
+            r#"{"id":"a","model":"gpt-4o","system_fingerprint":"fp_1","created":7,"choices":[{"index":0,"delta":{"content":"hi"}}]}"#,
+            r#"{"id":"","model":"","system_fingerprint":"","created":0,"choices":[{"index":0,"finish_reason":null}]}"#,
+            r#"{"id":"a","model":"gpt-4o-2024","service_tier":"default","choices":[]}"#,
+        ] {
+            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
+                panic!("not a chunk: {data}");
+            };
+            assert!(out.chunk(chunk).await.is_ok());
+        }
+        let answer = out.response("resp");
+        assert_eq!(answer["model"], "gpt-4o-2024", "{answer}");
+        assert_eq!(answer["system_fingerprint"], "fp_1", "{answer}");
+        assert_eq!(answer["created"], 7, "{answer}");
+    }
 
     /// A non-streaming client that left by the time the loop is over is gone, as a
     /// streaming one whose channel is closed is at the same moment: both modes end the

@@ -275,12 +275,23 @@ async fn azure_async_filter_annotations_after_the_finish_keep_the_finish_reason(
     assert_eq!(v["choices"][0]["message"]["content"], "Color is", "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
     assert_eq!(v["id"], "chatcmpl-az", "{v}");
+    // The annotations' `model: ""` is no model: it must not erase the content chunks' own.
+    assert_eq!(v["model"], "gpt-35-turbo", "{v}");
     let r = gw.chat(None, chat_body("g", true)).await;
     assert_eq!(r.status(), 200);
     let streamed = text(r).await;
     assert_eq!(streamed_text(&streamed), "Color is");
     assert!(streamed.contains("\"check_offset\":506"), "{streamed}");
     assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+    let completed: Vec<String> = gw
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("completed"))
+        .collect();
+    assert_eq!(completed.len(), 2, "{completed:?}");
+    for line in &completed {
+        assert!(line.contains("model=gpt-35-turbo"), "{line}");
+    }
 }
 
 /// Azure's Asynchronous Filter blocks after content was sent: the last chunk is an
@@ -298,6 +309,7 @@ async fn azure_async_filter_block_ends_the_answer_with_content_filter() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "content_filter", "{v}");
     assert_eq!(v["choices"][0]["message"]["content"], "Color is", "{v}");
+    assert_eq!(v["model"], "gpt-35-turbo", "{v}");
     let r = gw.chat(None, chat_body("g", true)).await;
     assert_eq!(r.status(), 200);
     let streamed = text(r).await;
