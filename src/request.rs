@@ -150,8 +150,11 @@ pub struct ChatRequest {
     /// fallback target is sent instead of the request's (see [`ChatRequest::messages_for`]).
     pub fallback_messages: Vec<(String, std::sync::Arc<Vec<Value>>)>,
     pub mock: Option<FailureClass>,
-    /// Everything else in the body, forwarded upstream.
-    pub passthrough: Map<String, Value>,
+    /// Everything else in the body, forwarded upstream. Private so that nothing but
+    /// [`ChatRequest::parse_as`] fills it: it never holds a key the gateway writes itself
+    /// (`SET_BY_THE_GATEWAY`), which the upstream body would otherwise carry twice (a
+    /// release build does not check).
+    passthrough: Map<String, Value>,
 }
 
 impl ChatRequest {

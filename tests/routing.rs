@@ -286,3 +286,48 @@ keys:
         }
     }
 }
+
+/// The metrics scrape names every group, deployment and key alias. Without an admin key,
+/// any virtual key could scrape it, so a key restricted to its own models read the names
+/// of every other tenant's groups in one request (what the 403 and 400 above keep from
+/// it). A restricted key is now refused; a key with no `models` restriction (or `*`) still
+/// scrapes, and with an admin key only the admin does.
+#[tokio::test(start_paused = true)]
+async fn a_restricted_key_cannot_read_other_groups_from_the_metrics() {
+    let config = r#"
+model_list:
+  - {model_name: mine, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
+  - {model_name: theirs-secret-project, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
+keys:
+  - {key: sk-restricted, models: [mine]}
+  - {key: sk-star, models: ["*"]}
+  - {key: sk-open}
+"#;
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start_metered(config, &net);
+    let scrape = |key: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut sender = gw.connect().await;
+            let req = hyper::Request::get("/metrics")
+                .header("authorization", format!("Bearer {key}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            sender.send_request(req).await.expect("response")
+        }
+    };
+    let r = scrape("sk-restricted").await;
+    let status = r.status();
+    let body = text(r).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.contains("theirs-secret-project"), "{body}");
+    assert!(body.contains("master_key"), "says how to scrape: {body}");
+    for key in ["sk-open", "sk-star"] {
+        let r = scrape(key).await;
+        let status = r.status();
+        let body = text(r).await;
+        assert_eq!(status, 200, "{key}: {body}");
+        assert!(body.contains("theirs-secret-project"), "{key}: {body}");
+    }
+}

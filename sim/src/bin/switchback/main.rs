@@ -847,6 +847,7 @@ fn serve(
         ));
         let reloader = tokio::spawn(signals::reload_on_hangups(engine.clone(), hangups));
         let signal = stop.wait().await;
+        let first_stop = tokio::time::Instant::now();
         say(&format!(
             "switchback: {signal}: no new connections; draining in-flight requests \
              (up to shutdown_grace = {grace}s)"
@@ -855,15 +856,27 @@ fn serve(
         let mut joining =
             tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()));
         // A second stop signal (an operator's second Ctrl-C, a supervisor that will not wait
-        // out the grace) ends the drain: what is still in flight is cut.
-        let joined = tokio::select! {
-            biased;
-            joined = &mut joining => joined,
-            again = stop.wait() => {
-                say(&format!(
-                    "switchback: {again} again: stopping now; requests still in flight are cut"
-                ));
-                return ExitCode::FAILURE;
+        // out the grace) ends the drain: what is still in flight is cut. One that comes
+        // right after the first is a copy of the same stop, not a second one.
+        let joined = loop {
+            tokio::select! {
+                biased;
+                joined = &mut joining => break joined,
+                again = stop.wait() => {
+                    if first_stop.elapsed() < signals::FORWARDED_STOP_WINDOW {
+                        say(&format!(
+                            "switchback: {again}: the same stop as {signal} (it came within \
+                             {} ms, as a wrapper forwards one); send another to stop now",
+                            signals::FORWARDED_STOP_WINDOW.as_millis()
+                        ));
+                        continue;
+                    }
+                    say(&format!(
+                        "switchback: {again} after {signal}: stopping now; requests still in \
+                         flight are cut"
+                    ));
+                    return ExitCode::FAILURE;
+                }
             }
         };
         reloader.abort();

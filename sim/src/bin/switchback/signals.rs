@@ -6,7 +6,17 @@
 //! while the gateway starts is kept and acted on once it runs. Does not own what a reload
 //! or a stop does (`main`, `switchback::reload`, the workers' drain).
 
+use std::time::Duration;
+
 use switchback::reload::LiveEngine;
+
+/// A stop signal this soon after the first is a copy of the same stop, not an operator's
+/// second one (which cuts the drain). A Ctrl-C reaches the terminal's whole process group:
+/// the gateway gets its SIGINT, and a wrapper around it (a shell script, `npm start`, a
+/// supervisor) that forwards what it got as SIGTERM delivers another a few milliseconds
+/// later. Taken as a second stop, it cut every drain under such a wrapper at once. A person
+/// who means a second stop presses again later than this.
+pub const FORWARDED_STOP_WINDOW: Duration = Duration::from_secs(1);
 
 /// The handlers, installed; `serve` hands `hangups` to its reloader and waits on `stop`.
 pub struct Signals {
