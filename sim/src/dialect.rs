@@ -697,6 +697,14 @@ impl Reply {
         out
     }
 
+    /// Whether the first `sent` pieces already end the answer, with nothing after them:
+    /// Gemini puts each choice's finish reason on its last piece (and sends no usage chunk
+    /// apart), so a stream cut after every piece is its whole answer, and a gateway must
+    /// serve it as one.
+    pub fn complete_after(&self, sent: usize) -> bool {
+        self.dialect == Dialect::Gemini && !self.pieces.is_empty() && sent >= self.pieces.len()
+    }
+
     /// Whether piece `i` is the last of its choice (Gemini puts the finish reason on it).
     fn last_of_choice(&self, i: usize) -> bool {
         let c = self.pieces[i].choice;
