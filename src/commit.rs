@@ -38,6 +38,10 @@ pub struct CommitState {
     attempt_usage: Option<[u64; 3]>,
     /// Content chunks this attempt delivered: one token each when it reports no usage.
     attempt_chunks: u64,
+    /// The last non-empty `model` a chunk of this attempt carried: what a later chunk's
+    /// empty one is stamped with. Never an earlier attempt's: after a fallback, a chunk
+    /// must not name the model that failed.
+    last_model: Option<String>,
 }
 
 /// What the attempt after a failure past commit may be asked.
@@ -92,9 +96,17 @@ impl CommitState {
     }
 
     /// Sets what Switchback must set on a chunk it delivers, and nothing else: the
-    /// response's `id`; the producing deployment's `model` when the upstream left it out;
-    /// no second `role` for a choice that already had one; and usage covering every attempt
-    /// that contributed. Then records what the client now has.
+    /// response's `id`; the producing deployment's `model` when the upstream left it out,
+    /// and the last one delivered when it says `""` after a real one; no second `role` for
+    /// a choice that already had one; and usage covering every attempt that contributed.
+    /// Then records what the client now has.
+    ///
+    /// The empty model: Azure's Asynchronous Filter sends its annotation chunks with
+    /// `model: ""`, one of them after the finish chunk. Passed on, the stream's last chunk
+    /// named no model where the non-stream answer (whose accumulation, like the SDKs', never
+    /// lets an empty one erase a real one) names the deployment's, against DESIGN's rule
+    /// that the two agree. Before any real model (Azure's prompt-filter chunk) there is
+    /// nothing to stamp but a guess, and the chunk passes as sent.
     pub fn stamp_and_record(&mut self, mut chunk: Chunk, upstream_model: &str) -> Chunk {
         assert!(self.committed, "nothing is delivered before commit");
         let mut changed = false;
@@ -128,13 +140,23 @@ impl CommitState {
             chunk.object.insert("id", Top::Json(id.clone()));
             changed = true;
         }
-        if chunk.model.is_none() {
-            chunk.model = Some(upstream_model.to_string());
-            chunk.object.insert(
-                "model",
-                Top::Json(Value::String(upstream_model.to_string())),
-            );
+        let stamp = match chunk.model.as_deref() {
+            None => Some(upstream_model),
+            Some("") => self.last_model.as_deref(),
+            Some(_) => None,
+        };
+        if let Some(model) = stamp {
+            let model = model.to_string();
+            chunk
+                .object
+                .insert("model", Top::Json(Value::String(model.clone())));
+            chunk.model = Some(model);
             changed = true;
+        }
+        if let Some(model) = chunk.model.as_deref().filter(|m| !m.is_empty()) {
+            if self.last_model.as_deref() != Some(model) {
+                self.last_model = Some(model.to_string());
+            }
         }
         if changed {
             chunk.raw = None;
@@ -186,6 +208,7 @@ impl CommitState {
             *sum = sum.saturating_add(n);
         }
         self.attempt_chunks = 0;
+        self.last_model = None;
         if !self.continuable {
             return Next::Stop("what was delivered is not text of a single choice");
         }
@@ -246,6 +269,25 @@ mod tests {
         let mut s = CommitState::new();
         let id = s.commit(None, &mut rng());
         assert!(id.starts_with("chatcmpl-") && id.len() == 33, "{id}");
+    }
+
+    #[test]
+    fn an_empty_model_names_this_attempts_last_and_never_an_earlier_attempts() {
+        let model = |c: &Chunk| c.object.to_value()["model"].clone();
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        let first = s.stamp_and_record(chunk(r#"{"model":"","choices":[]}"#), "deployment");
+        assert_eq!(model(&first), "", "nothing named yet: passed as sent");
+        let content = r#"{"model":"gpt-35-turbo","choices":[{"index":0,"delta":{"content":"a"}}]}"#;
+        s.stamp_and_record(chunk(content), "deployment");
+        let annotation = r#"{"model":"","choices":[{"index":0,"finish_reason":null}]}"#;
+        let after = s.stamp_and_record(chunk(annotation), "deployment");
+        assert_eq!(model(&after), "gpt-35-turbo");
+        assert_eq!(after.model.as_deref(), Some("gpt-35-turbo"));
+        // The attempt fails; the next one's opening chunk must not name the failed model.
+        s.after_failure(None, 1 << 20);
+        let next = s.stamp_and_record(chunk(annotation), "fallback");
+        assert_eq!(model(&next), "");
     }
 
     #[test]

@@ -283,6 +283,9 @@ async fn azure_async_filter_annotations_after_the_finish_keep_the_finish_reason(
     assert_eq!(streamed_text(&streamed), "Color is");
     assert!(streamed.contains("\"check_offset\":506"), "{streamed}");
     assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+    // DESIGN: the last chunk's model is the non-stream answer's, so a client that takes
+    // the model from the last chunk (as the oracle does) reads the same in both modes.
+    assert_eq!(models_after_the_first(&streamed), ["gpt-35-turbo"; 6]);
     let completed: Vec<String> = gw
         .events()
         .into_iter()
@@ -317,4 +320,18 @@ async fn azure_async_filter_block_ends_the_answer_with_content_filter() {
         streamed.contains("\"finish_reason\":\"content_filter\""),
         "{streamed}"
     );
+    assert_eq!(models_after_the_first(&streamed), ["gpt-35-turbo"; 5]);
+}
+
+/// The `model` of every chunk of an SSE body but the first (Azure's prompt-filter chunk,
+/// before any model was named, keeps its `""`).
+fn models_after_the_first(sse_body: &str) -> Vec<String> {
+    sse_body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v.get("choices").is_some())
+        .skip(1)
+        .map(|v| v["model"].as_str().unwrap_or("<none>").to_string())
+        .collect()
 }

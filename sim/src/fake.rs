@@ -300,9 +300,7 @@ impl Fake {
             None => Some(reply.whole(reply.pieces.len(), None)),
             Some(FaultKind::ContentFilter) => Some(reply.whole(k, Some("content_filter"))),
             // Cut after a stream that had already ended: the fault took nothing away.
-            Some(FaultKind::Cut) if stream && reply.complete_after(k) => {
-                Some(reply.whole(k, None))
-            }
+            Some(FaultKind::Cut) if stream && reply.complete_after(k) => Some(reply.whole(k, None)),
             Some(_) => None,
         };
         let mut headers = dialect_headers(&self.spec, call);

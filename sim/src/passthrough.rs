@@ -156,6 +156,7 @@ fn check_stream(
     }
     let mut want = Vec::new();
     let mut roles = std::collections::BTreeSet::new();
+    let mut named: Option<Value> = None;
     for payload in &call.sent {
         let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(payload) else {
             continue; // [DONE]
@@ -171,7 +172,17 @@ fn check_stream(
         if usage_only && !include_usage {
             continue;
         }
-        // Switchback's documented changes, applied to what the provider sent.
+        // Switchback's documented changes, applied to what the provider sent: an empty
+        // `model` after a real one is that one.
+        match chunk.get("model") {
+            Some(Value::String(m)) if m.is_empty() => {
+                if let Some(real) = &named {
+                    chunk.insert("model".into(), real.clone());
+                }
+            }
+            Some(real @ Value::String(_)) => named = Some(real.clone()),
+            _ => {}
+        }
         if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
             for (position, c) in choices.iter_mut().enumerate() {
                 let index = c
