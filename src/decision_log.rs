@@ -45,9 +45,12 @@ struct Open {
     group: GroupId,
     stream: bool,
     attempts: u32,
-    /// Retries and fallbacks scheduled so far, for an access line that ends without
-    /// `completed` (which carries the engine's own counts).
+    /// Retries made and fallbacks taken so far, for an access line that ends without
+    /// `completed` (which carries the engine's own counts). A retry counts once its
+    /// attempt starts, as the engine counts it: a client that leaves during the backoff
+    /// (or a deadline that ends it) leaves one scheduled but never made.
     retries: u32,
+    retry_scheduled: bool,
     fallbacks: u32,
     /// When the answer was committed, and from which deployment.
     committed: Option<(Duration, DeploymentId)>,
@@ -101,6 +104,7 @@ impl Observer for DecisionLog {
                             stream: *stream,
                             attempts: 0,
                             retries: 0,
+                            retry_scheduled: false,
                             fallbacks: 0,
                             committed: None,
                         },
@@ -109,6 +113,9 @@ impl Observer for DecisionLog {
                 Event::AttemptStarted { .. } => {
                     if let Some(o) = open.get_mut(&request) {
                         o.attempts += 1;
+                        if std::mem::take(&mut o.retry_scheduled) {
+                            o.retries += 1;
+                        }
                     }
                 }
                 Event::Committed { deployment, .. } => {
@@ -118,7 +125,7 @@ impl Observer for DecisionLog {
                 }
                 Event::RetryScheduled { .. } => {
                     if let Some(o) = open.get_mut(&request) {
-                        o.retries += 1;
+                        o.retry_scheduled = true;
                     }
                 }
                 Event::FallbackTaken { .. } | Event::OrderFallbackTaken { .. } => {
@@ -623,6 +630,56 @@ keys:
         assert_eq!(access["retries"], 1, "{access}");
         assert_eq!(access["fallbacks"], 1, "{access}");
         assert_eq!(access["deployment"], "a1", "{access}");
+    }
+
+    /// A client that leaves during a retry's backoff ends the request before the retry is
+    /// made: the access line counts the retries made, as a completed request's (the
+    /// engine's own count) does, not the one only scheduled.
+    #[test]
+    fn a_retry_scheduled_but_never_made_is_not_counted() {
+        let rec = |ms, event| TraceRecord {
+            at: Duration::from_millis(ms),
+            request: 9,
+            event,
+        };
+        let events = vec![
+            rec(
+                1,
+                Event::Admitted {
+                    key: "client-1".into(),
+                    group: GroupId(0),
+                    stream: true,
+                },
+            ),
+            rec(
+                2,
+                Event::AttemptStarted {
+                    attempt: 1,
+                    group: GroupId(0),
+                    deployment: DeploymentId(0),
+                    continuation: false,
+                },
+            ),
+            rec(
+                3,
+                Event::RetryScheduled {
+                    group: GroupId(0),
+                    deployment: DeploymentId(0),
+                    delay: Duration::from_millis(500),
+                },
+            ),
+            rec(
+                4,
+                Event::ClientGone {
+                    reason: crate::attempt::GoneReason::Left,
+                },
+            ),
+        ];
+        let lines = json_lines(Level::INFO, events);
+        let access = lines.last().unwrap();
+        assert_eq!(access["outcome"], "client_gone", "{access}");
+        assert_eq!(access["attempts"], 1, "{access}");
+        assert_eq!(access["retries"], 0, "{access}");
     }
 
     #[test]
