@@ -191,6 +191,21 @@ impl Gateway {
     }
 }
 
+/// Waits (30 s at most) until `printed` (a gateway's stdout) holds `needle`, checking
+/// `meanwhile` at every look.
+async fn await_printed(printed: &Mutex<String>, needle: &str, mut meanwhile: impl FnMut()) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !printed.lock().unwrap().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{needle}` not printed within 30 s: {}",
+            printed.lock().unwrap()
+        );
+        meanwhile();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Two groups of one deployment each; `cooldown_lone_deployment` so that a 429 cools `a1`
 /// (by default the only deployment of a group is never cooled).
 fn config(upstream: SocketAddr) -> String {
@@ -865,27 +880,23 @@ limits: {{shutdown_grace: 600}}
             .expect("the request reached the upstream");
         signal_now(&gw, first);
         // A copy of the stop, as a wrapper forwards it, sent at once after the first (two
-        // of the same signal pending at once are one: only a different one can be a copy).
+        // of the same signal pending at once are one: only a different one can be a copy;
+        // two pending at once may be taken in either order).
         let copy = if first == second {
-            "draining in-flight requests".to_string()
+            "draining in-flight requests"
         } else {
             signal_now(&gw, second);
-            format!("{}: the same stop", name(second))
+            "the same stop as"
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !gw.stdout.lock().unwrap().contains(&copy) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the copy was not reported within 30 s: {}",
-                gw.stdout.lock().unwrap()
-            );
+        let printed = gw.stdout.clone();
+        await_printed(&printed, copy, || {
             assert!(
                 gw.child.try_wait().unwrap().is_none(),
                 "a forwarded copy of the stop cut the drain: {}",
-                gw.stdout.lock().unwrap()
+                printed.lock().unwrap()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
         assert!(gw.child.try_wait().unwrap().is_none(), "still draining");
         // A signal past the window is a second stop: sent until it is one.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -905,16 +916,13 @@ limits: {{shutdown_grace: 600}}
             "a cut drain is not an orderly stop: {status}"
         );
         // The reader thread may not have the last line yet: the pipe ends it.
-        let cut = format!("{} after {}: stopping now", name(second), name(first));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !gw.stdout.lock().unwrap().contains(&cut) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "names both signals: {}",
-                gw.stdout.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let cut = format!("{} after ", name(second));
+        await_printed(&gw.stdout, &cut, || {}).await;
+        assert!(
+            gw.stdout.lock().unwrap().contains(": stopping now"),
+            "{}",
+            gw.stdout.lock().unwrap()
+        );
         drop(client);
     }
 }
