@@ -215,6 +215,14 @@ impl Engine {
         crate::decision_log::refused_line(route, status, limit);
     }
 
+    /// Records a connection closed unanswered past `max_connections` and
+    /// `max_overflow_connections` (`switchback_connections_dropped_total`).
+    pub fn note_dropped_connection(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record_dropped_connection();
+        }
+    }
+
     /// Records a client that left before its request was admitted (in the middle of its
     /// body): its access line and `switchback_client_disconnects_total`, never a refusal,
     /// since nobody receives an answer. `route` as for [`Engine::note_refusal`].

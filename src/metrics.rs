@@ -143,6 +143,8 @@ struct State {
     client_disconnects: BTreeMap<[String; 2], u64>,
     /// worker
     worker_stalls: BTreeMap<[String; 1], u64>,
+    /// limit
+    connections_dropped: BTreeMap<[String; 1], u64>,
     /// reason
     continuations_refused: BTreeMap<[String; 1], u64>,
     /// group, mode, outcome
@@ -435,6 +437,13 @@ impl Collector for StateCollector {
         )?;
         counter_family(
             &mut e,
+            "switchback_connections_dropped",
+            "Connections closed at once, unanswered, by the limit that was full (max_overflow_connections: past max_connections, the overflow that answers 503 was full too).",
+            ["limit"],
+            &s.connections_dropped,
+        )?;
+        counter_family(
+            &mut e,
             "switchback_worker_stalls",
             "Times a serve worker's event loop stopped turning for over 50 ms (every connection of that worker waited), by worker.",
             ["worker"],
@@ -621,6 +630,15 @@ impl Metrics {
             .worker_stalls
             .entry([worker.to_string()])
             .or_default() += 1;
+    }
+
+    /// Counts a connection closed unanswered because every slot, the overflow's too, was
+    /// taken. Not logged line by line: a flood of them would flood the log.
+    pub fn record_dropped_connection(&self) {
+        bump(
+            &mut self.state.lock().expect("metrics lock").connections_dropped,
+            ["max_overflow_connections"],
+        );
     }
 
     /// Counts a request refused before admission, which the engine's events never see:

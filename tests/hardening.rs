@@ -1149,6 +1149,47 @@ async fn over_the_connection_cap_health_answers_and_others_get_503() {
     }
 }
 
+// 10a. Past `max_connections` and `max_overflow_connections` too, a connection is closed at
+// once; it is counted (`switchback_connections_dropped_total`), where nothing said the
+// gateway was turning clients away without a word.
+#[tokio::test(start_paused = true)]
+async fn a_connection_past_both_caps_is_closed_and_counted() {
+    let net = MemNet::new();
+    let gw = Gw::start_metered(
+        &with(
+            ONE_GROUP,
+            "limits: {max_connections: 1, max_overflow_connections: 0}\n",
+        ),
+        &net,
+    );
+    let mut held = gw.raw().await;
+    held.write_all(b"GET /health HTTP/1.1\r\nhost: g\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let n = held.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "the one slot is held"
+    );
+    for _ in 0..2 {
+        let mut dropped = gw.raw().await;
+        let n = tokio::time::timeout(Duration::from_secs(1), dropped.read(&mut buf))
+            .await
+            .expect("closed at once")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+    }
+    let scrape = gw.scrape();
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l
+                == r#"switchback_connections_dropped_total{limit="max_overflow_connections"} 2"#),
+        "{scrape}"
+    );
+}
+
 // 10b. Accept loops sharing a gate (`serve --workers`: one per worker thread) share its
 // connection cap: connections held on one loop count against the other's.
 #[tokio::test(start_paused = true)]

@@ -148,8 +148,10 @@ pub async fn accept<L: Listener>(
                 let _permit = permit;
                 serve_overflow(engine, io, max, header_timeout).await;
             });
+        } else {
+            // Past both limits, the connection is closed at once (dropped), and counted.
+            engine.current().note_dropped_connection();
         }
-        // Else: past both limits, the connection is closed at once (dropped).
     }
     drop(listener);
 }
