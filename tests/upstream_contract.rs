@@ -30,6 +30,8 @@ use tokio::time::Instant;
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+mod support;
+
 /// The model name the upstream is asked for (the client asks for `vertex_ai/...`).
 const MODEL: &str = "gemini-2.5-flash";
 const KEY: &str = "sk-upstream-test";
@@ -97,6 +99,18 @@ async fn attempt(
     limits: ClientLimits,
     timeouts: AttemptTimeouts,
 ) -> Result<UpstreamStream, UpstreamError> {
+    attempt_as(base, api_key, limits, timeouts, true).await
+}
+
+/// [`attempt`], asking for a stream (`stream`) or for one JSON completion (a `fake_stream`
+/// deployment's call).
+async fn attempt_as(
+    base: &str,
+    api_key: Option<&str>,
+    limits: ClientLimits,
+    timeouts: AttemptTimeouts,
+    stream: bool,
+) -> Result<UpstreamStream, UpstreamError> {
     let endpoint = Endpoint::parse(&format!("{base}/v1")).expect("a valid api_base");
     let body = upstream_body();
     UpstreamClient::new(
@@ -113,7 +127,7 @@ async fn attempt(
             api_key,
             body: &body,
             request_id: REQUEST_ID,
-            stream: true,
+            stream,
             ca_bundle: None,
         },
         timeouts,
@@ -316,6 +330,31 @@ async fn request_without_api_key_sends_no_authorization() {
         .expect("the request matched the contract");
     drain(&mut stream).await.1.expect("a clean end");
     server.verify().await;
+}
+
+/// Every call, streamed or not, asks for its body as it is (`accept-encoding: identity`):
+/// without it an upstream or a proxy on the way may compress the answer, which the client
+/// does not decode. Before, no `accept-encoding` was sent at all.
+#[tokio::test]
+async fn every_request_asks_for_an_identity_body() {
+    for stream in [true, false] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/chat/completions"))
+            .and(header("accept-encoding", "identity"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_raw(completion().to_string(), "application/json"),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let mut answer = attempt_as(&server.uri(), Some(KEY), LIMITS, relaxed(), stream)
+            .await
+            .unwrap_or_else(|e| panic!("stream: {stream}: the request asked for identity: {e:?}"));
+        drain(&mut answer).await.1.expect("a clean end");
+        server.verify().await;
+    }
 }
 
 /// Azure OpenAI's deployments API (a deployment with `api_version`): the deployment is in

@@ -827,3 +827,57 @@ async fn usage_of_a_superseded_tail_is_the_same_in_both_modes() {
         "usage differs between modes:\n{usages:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Content coding and charset: what the gateway reads and asks for is plain JSON and SSE.
+// ---------------------------------------------------------------------------------------------
+
+/// A chat request to the gateway with these extra headers, and `body` as its exact bytes.
+fn chat_request_with(
+    headers: &[(&str, &str)],
+    body: impl Into<bytes::Bytes>,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut b = http::Request::post("/v1/chat/completions")
+        .header("host", "gateway")
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        b = b.header(*name, *value);
+    }
+    b.body(http_body_util::Full::new(body.into())).unwrap()
+}
+
+async fn send(
+    gw: &Gw,
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
+    gw.connect()
+        .await
+        .send_request(request)
+        .await
+        .expect("response")
+}
+
+/// Upstreams are asked for an identity body in both modes, whatever the client accepts: a
+/// client's `accept-encoding: gzip, br` (every SDK's HTTP library sends one) is the client's
+/// business with the gateway, never forwarded. Before, no `accept-encoding` went upstream.
+#[tokio::test(start_paused = true)]
+async fn upstreams_are_asked_for_identity_whatever_the_client_accepts() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let request = chat_request_with(
+            &[("accept-encoding", "gzip, deflate, br")],
+            chat_body("g", stream).to_string(),
+        );
+        let r = send(&gw, request).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        text(r).await;
+    }
+    let calls = net.calls("up");
+    assert_eq!(calls.len(), 2);
+    for call in calls {
+        let asked: Vec<_> = call.headers.get_all("accept-encoding").iter().collect();
+        assert_eq!(asked, ["identity"], "call {}", call.n);
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! Owns: `POST {api_base}/chat/completions` over hyper 1.x on an injected [`Connector`] (its
 //! target in the form each protocol wants: origin form and `Host` for HTTP/1.1, `:scheme`
-//! and `:authority` for HTTP/2), the four timeouts (first byte, first chunk, idle gap,
+//! and `:authority` for HTTP/2; its answer asked for uncompressed), the four timeouts (first byte, first chunk, idle gap,
 //! whole attempt), reading an error body, reading SSE incrementally (or a whole JSON body
 //! from an upstream that ignored `stream`), and naming what went wrong as an [`UpstreamError`]. An attempt takes a kept connection
 //! from the [`Pool`] or opens one (HTTP/2 when an `https` upstream picks `h2` by ALPN,
@@ -593,6 +593,11 @@ fn build_request(call: Call<'_>) -> Result<Request<Full<Bytes>>, UpstreamError> 
                 "application/json"
             },
         )
+        // The body as it is: without this an upstream, or a proxy on the way, may compress
+        // the answer (RFC 9110 §12.5.3: no Accept-Encoding means any coding is acceptable),
+        // and nothing here decodes one. A client's own `accept-encoding` is its business
+        // with the gateway and is never forwarded.
+        .header(header::ACCEPT_ENCODING, "identity")
         .header(REQUEST_ID_HEADER, call.request_id)
         .body(Full::new(call.body.clone()))
         .map_err(|e| UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string()))?;
