@@ -12,8 +12,8 @@
 //! * [`plan`]: the immutable fallback plan and its depth-first walk.
 //! * [`classify`]: upstream failure → [`classify::FailureClass`], and the decision table.
 //! * [`route`]: deployment choice, cooldowns, retry backoff.
-//! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser, the pool of kept
-//!   connections, TLS.
+//! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser, which answers it
+//!   reads (content codings), the pool of kept connections, TLS.
 //! * [`dns`]: real TCP to upstreams, with DNS answers cached for a bounded time.
 //! * [`json`]: JSON text into `serde_json` values, each map allocated once.
 //! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.

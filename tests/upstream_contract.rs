@@ -1125,3 +1125,100 @@ async fn https_endpoints_speak_tls() {
     assert!(f.message.contains("TLS"), "{}", f.message);
     server.verify().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. Content codings and labels
+// ---------------------------------------------------------------------------------------------
+
+/// Opens an attempt on `response` and reads it to its end: the chunks, and the error it
+/// failed with, at open or on the way.
+async fn outcome(
+    response: ResponseTemplate,
+    stream: bool,
+) -> (Vec<Chunk>, Result<(), UpstreamError>) {
+    let server = upstream(response).await;
+    match attempt_as(&server.uri(), Some(KEY), LIMITS, relaxed(), stream).await {
+        Ok(mut answer) => drain(&mut answer).await,
+        Err(e) => (Vec::new(), Err(e)),
+    }
+}
+
+/// A success in a content coding the gateway did not ask for (a proxy that compresses
+/// whatever it is asked) is a malformed answer that names the coding, in both kinds of
+/// call, and not one chunk of it is read. Before, its bytes went to the SSE or JSON parser,
+/// and the attempt failed as unreadable SSE, unreadable JSON or a stream cut short, with a
+/// message that never said why.
+#[tokio::test]
+async fn a_success_in_a_content_coding_is_malformed_and_says_which() {
+    let cases = [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("GZip", "gzip"),
+        // Codings are listed in the order applied: any one but identity is one too many.
+        ("identity, gzip", "gzip"),
+    ];
+    for stream in [true, false] {
+        let mime = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        for (coding, named) in cases {
+            let response = ResponseTemplate::new(200)
+                .set_body_raw(support::GZIPPED_SSE_ANSWER, mime)
+                .insert_header("content-encoding", coding);
+            let (chunks, end) = outcome(response, stream).await;
+            let case = format!("stream: {stream}, content-encoding: {coding}");
+            assert!(chunks.is_empty(), "{case}: {chunks:?}");
+            let err = assert_class(end, FailureClass::Malformed);
+            let message = classified(&err).message;
+            assert!(
+                message.contains(&format!("content-encoding `{named}`")),
+                "{case}: {message}"
+            );
+            assert!(!message.contains('\u{FFFD}'), "{case}: {message}");
+        }
+    }
+}
+
+/// `content-encoding: identity` is no coding at all: the answer is read as usual.
+#[tokio::test]
+async fn an_identity_content_coding_is_read_as_usual() {
+    let response =
+        sse_response(sse(&answer()) + DONE).insert_header("content-encoding", "identity");
+    let (chunks, end) = read(response).await;
+    end.expect("a clean end");
+    assert_is_answer(&chunks);
+}
+
+/// An error status in a content coding is still what its status says, with its
+/// Retry-After; only its body cannot be read for a message, and the message says so rather
+/// than repeating compressed bytes. Before, the message was the body's first 200 bytes as
+/// text: binary garbage, which reached the client.
+#[tokio::test]
+async fn an_error_status_in_a_content_coding_keeps_its_class_and_retry_after() {
+    let cases = [
+        (429, Some("7"), FailureClass::RateLimited, secs(7)),
+        (503, None, FailureClass::Transient, None),
+        (400, None, FailureClass::BadRequest, None),
+    ];
+    for (status, retry_after, class, wait) in cases {
+        let mut response = ResponseTemplate::new(status)
+            .set_body_raw(support::GZIPPED_SSE_ANSWER, "application/json")
+            .insert_header("content-encoding", "gzip");
+        if let Some(after) = retry_after {
+            response = response.insert_header("retry-after", after);
+        }
+        let server = upstream(response).await;
+        let err = open_err(&server, LIMITS, relaxed()).await;
+        let f = classified(&err);
+        assert_eq!(
+            (f.class, f.status, f.retry_after),
+            (class, Some(status), wait),
+            "{status}: {}",
+            f.message
+        );
+        assert!(f.message.contains("gzip"), "{status}: {}", f.message);
+        assert!(!f.message.contains('\u{FFFD}'), "{status}: {}", f.message);
+    }
+}

@@ -881,3 +881,102 @@ async fn upstreams_are_asked_for_identity_whatever_the_client_accepts() {
         assert_eq!(asked, ["identity"], "call {}", call.n);
     }
 }
+
+/// `fails_after`'s two groups, `g` served by `up` and its fallback `g2` by `up2`.
+const FALLS_BACK_TO_G2: &str = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: g2, litellm_params: {model: openai/m2, api_base: "http://up2/v1"}, model_info: {id: d2}}
+router_settings: {num_retries: 0, fallbacks: [{g: [g2]}]}
+"#;
+
+/// A 200 whose body is gzip-compressed, labelled as an event stream.
+fn gzipped_answer() -> http::Response<UpBody> {
+    let mut r = sse(GZIPPED_SSE_ANSWER);
+    r.headers_mut()
+        .insert("content-encoding", "gzip".parse().unwrap());
+    r
+}
+
+/// A compressed answer is a malformed attempt in both modes: its fallback serves the
+/// request, and without one the client's 502 names the coding. Not a byte of it reaches
+/// the client. Before, the stream mode read it as an event stream cut short (a transient
+/// failure saying "stream ended before [DONE]"), and nothing said it was compressed.
+#[tokio::test(start_paused = true)]
+async fn a_compressed_answer_is_a_malformed_attempt_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| gzipped_answer());
+    net.host("up2", |_| sse_answer("m2", &["fresh"]));
+    let gw = Gw::start(FALLS_BACK_TO_G2, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let t = text(r).await;
+        let served = if stream {
+            streamed_text(&t)
+        } else {
+            let v: Value = serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}"));
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(served, "fresh", "stream={stream}: {t}");
+    }
+    let failed: Vec<_> = gw
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("attempt_failed"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.contains("deployment=d class=malformed status=-")),
+        "{failed:#?}"
+    );
+
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 502, "stream={stream}");
+        assert!(r.headers().get("content-encoding").is_none());
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("stream={stream}: {e}: {bytes:?}"));
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("content-encoding `gzip`"),
+            "stream={stream}: {message}"
+        );
+        assert_eq!(v["error"]["type"], "api_error");
+    }
+}
+
+/// An error status in a coding keeps its class and Retry-After: a compressed 429 is a rate
+/// limit in both modes, its Retry-After reaches the client, and the message says why the
+/// provider's own words are missing instead of repeating compressed bytes.
+#[tokio::test(start_paused = true)]
+async fn a_compressed_error_keeps_its_status_and_retry_after_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let mut r = gzipped_answer();
+        *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r.headers_mut().insert("retry-after", "7".parse().unwrap());
+        r
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 429, "stream={stream}");
+        assert_eq!(r.headers()["retry-after"], "7", "stream={stream}");
+        let v = body_json(r).await;
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("gzip"), "stream={stream}: {message}");
+        assert!(!message.contains('\u{FFFD}'), "stream={stream}: {message}");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+}

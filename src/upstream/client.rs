@@ -2,17 +2,19 @@
 //!
 //! Owns: `POST {api_base}/chat/completions` over hyper 1.x on an injected [`Connector`] (its
 //! target in the form each protocol wants: origin form and `Host` for HTTP/1.1, `:scheme`
-//! and `:authority` for HTTP/2; its answer asked for uncompressed), the four timeouts (first byte, first chunk, idle gap,
-//! whole attempt), reading an error body, reading SSE incrementally (or a whole JSON body
-//! from an upstream that ignored `stream`), and naming what went wrong as an [`UpstreamError`]. An attempt takes a kept connection
-//! from the [`Pool`] or opens one (HTTP/2 when an `https` upstream picks `h2` by ALPN,
-//! HTTP/1.1 otherwise); an HTTP/1.1 one is kept again only when its response was read to the
-//! end, so an abandoned attempt closes its socket and never leaves a half-read connection,
-//! while an abandoned HTTP/2 stream is reset and its connection serves others. A kept
-//! connection found closed before the request was written is replaced transparently, and a
-//! request an HTTP/2 server refused unprocessed goes once more on a new connection; a request
-//! that may have reached the upstream is never re-sent here. Does not own what a failure
-//! means for routing (`classify`, `attempt`) nor how long connections are kept (`pool`).
+//! and `:authority` for HTTP/2; its answer asked for uncompressed), the four timeouts
+//! (first byte, first chunk, idle gap, whole attempt), reading an error body, reading SSE
+//! incrementally (or a whole JSON body from an upstream that ignored `stream`; an answer
+//! [`coding`] says is unreadable, not at all), and naming what went wrong as an
+//! [`UpstreamError`]. An attempt takes a kept connection from the [`Pool`] or opens one
+//! (HTTP/2 when an `https` upstream picks `h2` by ALPN, HTTP/1.1 otherwise); an HTTP/1.1 one
+//! is kept again only when its response was read to the end, so an abandoned attempt closes
+//! its socket and never leaves a half-read connection, while an abandoned HTTP/2 stream is
+//! reset and its connection serves others. A kept connection found closed before the
+//! request was written is replaced transparently, and a request an HTTP/2 server refused
+//! unprocessed goes once more on a new connection; a request that may have reached the
+//! upstream is never re-sent here. Does not own what a failure means for routing
+//! (`classify`, `attempt`) nor how long connections are kept (`pool`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use crate::transport::{BoxIo, Connector};
 use crate::upstream::Endpoint;
 use crate::upstream::choices::ChoiceProgress;
 use crate::upstream::chunk::{self, Chunk, ChunkError, ChunkLimits, Payload};
+use crate::upstream::coding::{self, BodyForm};
 use crate::upstream::first_frame::FirstFrameWatch;
 use crate::upstream::pool::{
     Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey, Resend, SettingsWait,
@@ -86,14 +89,27 @@ impl UpstreamError {
                 status,
                 headers,
                 body,
-            } => classify(
-                Signal::Status {
-                    status: *status,
-                    headers,
-                    body,
-                },
-                now,
-            ),
+            } => {
+                // A body in a coding nothing here decodes says nothing (its bytes as text
+                // are garbage): the status and headers (Retry-After) say what they say.
+                let coded = coding::applied_coding(headers);
+                let body = if coded.is_some() { &[][..] } else { body };
+                let mut failure = classify(
+                    Signal::Status {
+                        status: *status,
+                        headers,
+                        body,
+                    },
+                    now,
+                );
+                if let Some(coding) = coded {
+                    failure.message = format!(
+                        "upstream returned HTTP {status} with its body in content-encoding \
+                         `{coding}`, which the gateway does not decode"
+                    );
+                }
+                failure
+            }
             UpstreamError::ErrorEvent(v) => classify(Signal::ErrorEvent { error: v }, now),
             UpstreamError::ContentFiltered => classify(Signal::ContentFiltered, now),
             UpstreamError::Transport(fault, _) => classify(Signal::Transport(*fault), now),
@@ -235,17 +251,6 @@ impl UpstreamClient {
         if !lease.is_http2() {
             lease.server_said(&parts.headers);
         }
-        let json = !call.stream
-            || parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                // Media types are case-insensitive (RFC 9110 §8.3.1).
-                .is_some_and(|ct| {
-                    ct.trim_start()
-                        .to_ascii_lowercase()
-                        .starts_with("application/json")
-                });
         let mut stream = UpstreamStream {
             body: Some(body),
             parser: SseParser::new(self.limits.max_sse_line_bytes),
@@ -271,9 +276,13 @@ impl UpstreamClient {
                 body,
             });
         }
+        // A body nothing here can read is refused before a byte of it is: the connection
+        // closes with the stream, and not one chunk of it reaches the client.
+        let form = coding::success_body(&parts.headers, call.stream)
+            .map_err(|unreadable| UpstreamError::Malformed(unreadable.to_string()))?;
         stream.forwarded = forwarded_copies(&parts.headers);
         drop(parts);
-        if json {
+        if form == BodyForm::Json {
             let body = stream.read_all(self.limits.max_body_bytes, false).await?;
             if call.stream && reads_as_event_stream(&body) {
                 // An event stream labelled `application/json` (some gateways send one; the
