@@ -13,7 +13,7 @@
 //! * [`classify`]: upstream failure → [`classify::FailureClass`], and the decision table.
 //! * [`route`]: deployment choice, cooldowns, retry backoff.
 //! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser, which answers it
-//!   reads (content codings), the pool of kept connections, TLS.
+//!   reads (content codings, labels), the pool of kept connections, TLS.
 //! * [`dns`]: real TCP to upstreams, with DNS answers cached for a bounded time.
 //! * [`json`]: JSON text into `serde_json` values, each map allocated once.
 //! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.

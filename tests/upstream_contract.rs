@@ -1222,3 +1222,47 @@ async fn an_error_status_in_a_content_coding_keeps_its_class_and_retry_after() {
         assert!(!f.message.contains('\u{FFFD}'), "{status}: {}", f.message);
     }
 }
+
+/// A captive portal's or a proxy's page, answering a streamed call with a 200.
+const PROXY_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Sign in</title></head>\n<body>Accept the terms to use this network.</body></html>\n";
+
+/// A streamed call answered with something labelled neither an event stream nor JSON, whose
+/// first bytes are no event stream either (a proxy's page), is a malformed answer that
+/// names its label, at its first bytes. Before, its lines were read as SSE fields nobody
+/// knows and skipped, and the attempt failed as a stream cut short (transient), or timed
+/// out when the page's connection stayed open.
+#[tokio::test]
+async fn a_streamed_answer_that_is_a_page_is_malformed_and_says_which() {
+    for (label, body) in [
+        ("text/html; charset=utf-8", PROXY_PAGE),
+        ("text/plain", "Access denied by policy\n"),
+        ("application/octet-stream", "\u{1}\u{2}binary"),
+    ] {
+        let response = ResponseTemplate::new(200).set_body_raw(body, label);
+        let (chunks, end) = outcome(response, true).await;
+        assert!(chunks.is_empty(), "{label}: {chunks:?}");
+        let err = assert_class(end, FailureClass::Malformed);
+        let message = classified(&err).message;
+        let essence = label.split(';').next().unwrap();
+        assert!(
+            message.contains(&format!("`{essence}`")),
+            "{label}: {message}"
+        );
+    }
+}
+
+/// An event stream is read as one whatever its label, as the SDKs read a streamed answer
+/// (and as before): under another label or none, its first bytes say what it is.
+#[tokio::test]
+async fn an_event_stream_under_another_label_or_none_is_read_as_one() {
+    let body = sse(&answer()) + DONE;
+    for label in [Some("text/plain; charset=utf-8"), Some("text/html"), None] {
+        let response = match label {
+            Some(label) => ResponseTemplate::new(200).set_body_raw(body.clone(), label),
+            None => ResponseTemplate::new(200).set_body_bytes(body.clone()),
+        };
+        let (chunks, end) = read(response).await;
+        end.unwrap_or_else(|e| panic!("{label:?}: {e:?}"));
+        assert_is_answer(&chunks);
+    }
+}

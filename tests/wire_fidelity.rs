@@ -980,3 +980,88 @@ async fn a_compressed_error_keeps_its_status_and_retry_after_in_both_modes() {
         assert_eq!(v["error"]["type"], "rate_limit_error");
     }
 }
+
+/// A proxy's HTML page answering a streamed call is a malformed attempt in both modes, and
+/// the fallback serves the request. Before, it failed as a stream cut short (transient).
+#[tokio::test(start_paused = true)]
+async fn a_proxy_page_is_a_malformed_attempt_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let mut r = sse("<html><body>Sign in to continue</body></html>\n");
+        r.headers_mut()
+            .insert("content-type", "text/html".parse().unwrap());
+        r
+    });
+    net.host("up2", |_| sse_answer("m2", &["fresh"]));
+    let gw = Gw::start(FALLS_BACK_TO_G2, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let t = text(r).await;
+        assert!(t.contains("fresh"), "stream={stream}: {t}");
+        assert!(!t.contains("Sign in"), "stream={stream}: {t}");
+    }
+    let failed: Vec<_> = gw
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("attempt_failed"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.contains("deployment=d class=malformed")),
+        "{failed:#?}"
+    );
+}
+
+/// An event stream labelled `text/plain`, its first bytes cut anywhere (a blank line, then
+/// `da` and `ta: ...` apart), is read as the event stream it is, in both modes: held only
+/// until its first bytes say so.
+#[tokio::test(start_paused = true)]
+async fn a_mislabelled_event_stream_cut_anywhere_is_read_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let (tx, mut r) = sse_channel();
+        r.headers_mut()
+            .insert("content-type", "text/plain".parse().unwrap());
+        let answer = frame(&chunk_json(
+            "m",
+            json!({"role": "assistant", "content": "hi"}),
+            Some("stop"),
+        ));
+        tokio::spawn(async move {
+            for part in [
+                "\n",
+                "da",
+                answer.strip_prefix("da").unwrap(),
+                "data: [DONE]\n\n",
+            ] {
+                if tx
+                    .send(Ok(bytes::Bytes::from(part.to_string())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        r
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let t = text(r).await;
+        let served = if stream {
+            streamed_text(&t)
+        } else {
+            serde_json::from_str::<Value>(&t).unwrap()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(served, "hi", "stream={stream}: {t}");
+    }
+}

@@ -35,7 +35,7 @@ use crate::transport::{BoxIo, Connector};
 use crate::upstream::Endpoint;
 use crate::upstream::choices::ChoiceProgress;
 use crate::upstream::chunk::{self, Chunk, ChunkError, ChunkLimits, Payload};
-use crate::upstream::coding::{self, BodyForm};
+use crate::upstream::coding::{self, BodyForm, StreamStart, Unreadable};
 use crate::upstream::first_frame::FirstFrameWatch;
 use crate::upstream::pool::{
     Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey, Resend, SettingsWait,
@@ -267,6 +267,7 @@ impl UpstreamClient {
             limits: self.limits,
             forwarded: Vec::new(),
             lease: Some(lease),
+            unconfirmed: None,
         };
         if !(200..300).contains(&status) {
             let body = stream.read_all(MAX_ERROR_BODY_BYTES, true).await?;
@@ -282,9 +283,14 @@ impl UpstreamClient {
             .map_err(|unreadable| UpstreamError::Malformed(unreadable.to_string()))?;
         stream.forwarded = forwarded_copies(&parts.headers);
         drop(parts);
-        if form == BodyForm::Json {
+        if let BodyForm::Labelled(label) = form {
+            stream.unconfirmed = Some(Unconfirmed {
+                label,
+                first: Vec::new(),
+            });
+        } else if form == BodyForm::Json {
             let body = stream.read_all(self.limits.max_body_bytes, false).await?;
-            if call.stream && reads_as_event_stream(&body) {
+            if call.stream && coding::reads_as_event_stream(&body) {
                 // An event stream labelled `application/json` (some gateways send one; the
                 // SDKs read a streamed answer whatever its label): read as what it is, once
                 // whole. Its end is judged as any stream's (`[DONE]`, or a finish).
@@ -698,6 +704,17 @@ pub struct UpstreamStream {
     /// The connection, until the stream is dropped: back to the pool if its body was read
     /// to the end, closed otherwise.
     lease: Option<Lease>,
+    /// A streamed answer labelled neither an event stream nor JSON, until its first bytes
+    /// say whether it is an event stream all the same.
+    unconfirmed: Option<Unconfirmed>,
+}
+
+/// A streamed answer under another label ([`BodyForm::Labelled`]): its label, and its first
+/// bytes, held (at most [`coding::MAX_STREAM_START_BYTES`] and a read) until they say what
+/// it is.
+struct Unconfirmed {
+    label: String,
+    first: Vec<u8>,
 }
 
 /// Upstream response headers passed on to the client (from the committing attempt): the
@@ -790,17 +807,6 @@ async fn drain(mut body: Incoming, mut lease: Lease, until: Instant) {
             Ok(Some(Err(_))) | Err(_) => return,
         }
     }
-}
-
-/// Whether a body begins as an event stream does (a `data:`, `event:`, `id:` or `retry:`
-/// field, or a `:` comment, after any byte-order mark and blank space), where a JSON
-/// completion begins with `{`.
-fn reads_as_event_stream(body: &[u8]) -> bool {
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let start = body.trim_ascii_start();
-    [&b"data:"[..], b"event:", b"id:", b"retry:", b":"]
-        .iter()
-        .any(|field| start.starts_with(field))
 }
 
 impl UpstreamStream {
@@ -910,6 +916,12 @@ impl UpstreamStream {
                 None => {
                     self.done = true;
                     self.reached_end();
+                    // It ended before its first bytes said it is an event stream.
+                    if let Some(Unconfirmed { label, .. }) = self.unconfirmed.take() {
+                        return Err(UpstreamError::Malformed(
+                            Unreadable::Labelled(label).to_string(),
+                        ));
+                    }
                     // A `[DONE]` cut only of its line ends says what it says.
                     let clean = !self.parser.has_partial() || self.parser.pending_is_done();
                     if self.choices.complete() && clean {
@@ -939,6 +951,25 @@ impl UpstreamStream {
     /// Parses `data`, the body's next bytes, into queued payloads (or the error that ends
     /// the stream), within `max_upstream_body_bytes`.
     fn ingest(&mut self, data: &[u8]) {
+        if let Some(unconfirmed) = self.unconfirmed.as_mut() {
+            unconfirmed.first.extend_from_slice(data);
+            let start = coding::stream_start(&unconfirmed.first);
+            let held = unconfirmed.first.len();
+            if start == StreamStart::Undecided && held <= coding::MAX_STREAM_START_BYTES {
+                return;
+            }
+            let Some(Unconfirmed { label, first }) = self.unconfirmed.take() else {
+                return;
+            };
+            if start == StreamStart::NotOne {
+                // Not a byte of it is parsed: a page is no answer, whatever lines it has.
+                let unreadable = Unreadable::Labelled(label).to_string();
+                self.queue.push_back(Err(ChunkError::Malformed(unreadable)));
+                self.done = true;
+                return;
+            }
+            return self.ingest(&first);
+        }
         // Only the bytes within the limit are parsed: what lies past it is
         // never delivered, however the reads are cut.
         let room = self.limits.max_body_bytes.saturating_sub(self.received);

@@ -3,7 +3,7 @@
 //! Owns: where a deployment lives ([`Endpoint`]), the incremental SSE parser ([`sse`]),
 //! chunk parsing ([`chunk`]), which choices have finished ([`choices`]) and the shape a
 //! chunk's JSON object is held in ([`chunk_object`]), the HTTP client of one attempt
-//! ([`client`]), which answers it reads ([`coding`]: content codings), the
+//! ([`client`]), which answers it reads ([`coding`]: content codings and labels), the
 //! connections kept between attempts ([`pool`]), when a new HTTP/2 connection's server has
 //! been heard ([`first_frame`]) and TLS for `https` upstreams ([`tls`]).
 
