@@ -1065,3 +1065,88 @@ async fn a_mislabelled_event_stream_cut_anywhere_is_read_in_both_modes() {
         assert_eq!(served, "hi", "stream={stream}: {t}");
     }
 }
+
+/// One key, `sk-good`, for group `g` at `up`.
+const ONE_KEY: &str = r#"
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+keys:
+  - {key: sk-good}
+"#;
+
+/// A request body in a content coding (`content-encoding: gzip`, as some HTTP libraries
+/// send when told to compress uploads) gets a 415 that names the coding and says what
+/// the gateway reads (`accept-encoding: identity`, RFC 9110 §15.5.16), whatever its mode,
+/// and no upstream is called. Before, its bytes went to the JSON parser: a 400 "request
+/// body is not valid JSON" that never said why, or, for a body labelled `gzip` that was
+/// not compressed, a request served as if the label were not there.
+#[tokio::test(start_paused = true)]
+async fn a_compressed_request_body_gets_a_415_naming_its_coding() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_KEY, &net);
+    let auth = ("authorization", "Bearer sk-good");
+    let cases: [(&str, bytes::Bytes, &str); 4] = [
+        ("gzip", GZIPPED_SSE_ANSWER.into(), "gzip"),
+        ("br", chat_body("g", true).to_string().into(), "br"),
+        (
+            "Deflate",
+            chat_body("g", false).to_string().into(),
+            "deflate",
+        ),
+        (
+            "identity, gzip",
+            chat_body("g", true).to_string().into(),
+            "gzip",
+        ),
+    ];
+    for (coding, body, named) in cases {
+        let r = send(
+            &gw,
+            chat_request_with(&[auth, ("content-encoding", coding)], body),
+        )
+        .await;
+        assert_eq!(r.status(), 415, "{coding}");
+        assert_eq!(r.headers()["accept-encoding"], "identity", "{coding}");
+        let v = body_json(r).await;
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("content-encoding `{named}`")),
+            "{coding}: {message}"
+        );
+        assert_eq!(
+            v["error"],
+            json!({"message": message, "type": "invalid_request_error",
+                   "code": "unsupported_content_encoding", "param": null}),
+            "{coding}"
+        );
+    }
+    assert!(net.calls("up").is_empty());
+    // `identity` is no coding at all.
+    for stream in [false, true] {
+        let body = chat_body("g", stream).to_string();
+        let request = chat_request_with(&[auth, ("content-encoding", "identity")], body);
+        let r = send(&gw, request).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        text(r).await;
+    }
+}
+
+/// The key is checked first, as for any body: without a usable key a compressed body gets
+/// the 401, not a 415 that would tell a stranger what the gateway reads.
+#[tokio::test(start_paused = true)]
+async fn a_compressed_request_body_without_a_usable_key_gets_the_401() {
+    let net = MemNet::new();
+    let gw = Gw::start(ONE_KEY, &net);
+    let body = || chat_body("g", false).to_string();
+    for headers in [
+        &[("content-encoding", "gzip")][..],
+        &[
+            ("content-encoding", "gzip"),
+            ("authorization", "Bearer sk-bad"),
+        ],
+    ] {
+        let r = send(&gw, chat_request_with(headers, body())).await;
+        assert_eq!(r.status(), 401, "{headers:?}");
+    }
+}
