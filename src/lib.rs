@@ -16,6 +16,8 @@
 //!   reads (content codings, labels), the pool of kept connections, TLS.
 //! * [`dns`]: real TCP to upstreams, with DNS answers cached for a bounded time.
 //! * [`json`]: JSON text into `serde_json` values, each map allocated once.
+//! * [`charset`]: a client's body is UTF-8 JSON (a byte-order mark skipped), or refused
+//!   naming the encoding it is in.
 //! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.
 //! * [`commit`]: what the client has been given, and what a continuation may ask.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
@@ -37,6 +39,7 @@
 pub mod accumulate;
 pub mod attempt;
 pub mod catalog;
+pub mod charset;
 pub mod classify;
 pub mod commit;
 pub mod config;

@@ -1150,3 +1150,54 @@ async fn a_compressed_request_body_without_a_usable_key_gets_the_401() {
         assert_eq!(r.status(), 401, "{headers:?}");
     }
 }
+
+/// A body that begins with UTF-8's byte-order mark (Windows PowerShell 5's
+/// `Invoke-RestMethod -Body (Get-Content body.json)` on a file saved "UTF-8 with BOM") is
+/// served in both modes, and the upstream is sent the same request as without the mark.
+/// Before, a 400 "not valid JSON ... at line 1 column 1".
+#[tokio::test(start_paused = true)]
+async fn a_body_with_a_utf8_byte_order_mark_is_served_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let json = chat_body("g", stream).to_string();
+        let marked = [&b"\xEF\xBB\xBF"[..], json.as_bytes()].concat();
+        let r = send(&gw, chat_request_with(&[], marked)).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let t = text(r).await;
+        assert!(t.contains("hi"), "stream={stream}: {t}");
+    }
+    let calls = net.calls("up");
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].body["messages"], calls[1].body["messages"]);
+    assert_eq!(calls[0].body["messages"][0]["content"], "say ping");
+}
+
+/// A UTF-16 body (PowerShell's and .NET's "Unicode") is a 400 that says the body must be
+/// UTF-8 JSON and which encoding it looks like, in both modes, and no upstream is called.
+/// Before, a JSON syntax error at column 1 that never said why.
+#[tokio::test(start_paused = true)]
+async fn a_utf16_body_is_refused_naming_its_encoding_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let utf16: Vec<u8> = chat_body("g", stream)
+            .to_string()
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let body = [&b"\xFF\xFE"[..], &utf16].concat();
+        let r = send(&gw, chat_request_with(&[], body)).await;
+        assert_eq!(r.status(), 400, "stream={stream}");
+        let v = body_json(r).await;
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("must be UTF-8 JSON") && message.contains("UTF-16LE"),
+            "stream={stream}: {message}"
+        );
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    assert!(net.calls("up").is_empty());
+}
