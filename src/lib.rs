@@ -12,10 +12,12 @@
 //! * [`plan`]: the immutable fallback plan and its depth-first walk.
 //! * [`classify`]: upstream failure → [`classify::FailureClass`], and the decision table.
 //! * [`route`]: deployment choice, cooldowns, retry backoff.
-//! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser, the pool of kept
-//!   connections, TLS.
+//! * [`upstream`]: the OpenAI-compatible client: endpoint, SSE parser, which answers it
+//!   reads (content codings, labels), the pool of kept connections, TLS.
 //! * [`dns`]: real TCP to upstreams, with DNS answers cached for a bounded time.
 //! * [`json`]: JSON text into `serde_json` values, each map allocated once.
+//! * [`charset`]: a client's body is UTF-8 JSON (a byte-order mark skipped), or refused
+//!   naming the encoding it is in.
 //! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.
 //! * [`commit`]: what the client has been given, and what a continuation may ask.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
@@ -37,6 +39,7 @@
 pub mod accumulate;
 pub mod attempt;
 pub mod catalog;
+pub mod charset;
 pub mod classify;
 pub mod commit;
 pub mod config;

@@ -1,10 +1,11 @@
 //! A client's chat completion request: parsed, checked, and turned into upstream bodies.
 //!
-//! Owns: reading `POST /v1/chat/completions` bodies (`model`, `messages`, `stream`, the
-//! router settings a request may override, the `mock_testing_*` flags), refusing bad ones
-//! with a message that names the field, and building each attempt's upstream body, including
-//! the continuation body after a mid-stream failure. Everything the engine does not
-//! interpret is passed upstream unchanged.
+//! Owns: reading `POST /v1/chat/completions` bodies (UTF-8 JSON, see [`crate::charset`]:
+//! `model`, `messages`, `stream`, the router settings a request may override, the
+//! `mock_testing_*` flags), refusing bad ones with a message that names the field, and
+//! building each attempt's upstream body, including the continuation body after a
+//! mid-stream failure. Everything the engine does not interpret is passed upstream
+//! unchanged.
 //!
 //! How an upstream is called is a property of the deployment, never of the client: by
 //! default `stream: true` with `stream_options.include_usage` merged into whatever
@@ -170,6 +171,13 @@ impl ChatRequest {
         limits: &Limits,
         model: Option<&str>,
     ) -> Result<ChatRequest, BadRequest> {
+        // UTF-8 only (a byte-order mark skipped): a UTF-16 body is told as one, not as a
+        // syntax error at its first byte.
+        let body = crate::charset::utf8_json(body).map_err(|e| BadRequest {
+            message: e.to_string(),
+            param: None,
+            limit: None,
+        })?;
         let value =
             crate::json::from_slice_bounded(body, limits.max_request_json_values).map_err(|e| {
                 match e {
@@ -747,6 +755,89 @@ mod tests {
             !r.passthrough.contains_key("mock_testing_fallbacks"),
             "mock flags are not forwarded"
         );
+    }
+
+    /// A UTF-8 byte-order mark (Windows PowerShell's `Out-File`, .NET's `UTF8Encoding(true)`)
+    /// is skipped, as RFC 8259 §8.1 lets a parser do: the body parses as it would without.
+    /// Before, it was a 400 "not valid JSON ... at line 1 column 1".
+    #[test]
+    fn a_utf8_byte_order_mark_is_skipped() {
+        let text = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        let marked = [&b"\xEF\xBB\xBF"[..], text.as_bytes()].concat();
+        let r = ChatRequest::parse(&marked, &Limits::default()).expect("parsed");
+        assert_eq!(r, parse(text).unwrap());
+        // Only one mark, at the very start: a second is no JSON.
+        let twice = [&b"\xEF\xBB\xBF\xEF\xBB\xBF"[..], text.as_bytes()].concat();
+        let e = ChatRequest::parse(&twice, &Limits::default()).unwrap_err();
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+    }
+
+    /// UTF-16 and UTF-32 bodies, with a byte-order mark or without (RFC 4627 §3's pattern of
+    /// zero bytes in the first characters), are a 400 that says the body must be UTF-8 and
+    /// which encoding it looks like. Before, a JSON syntax error at column 1.
+    #[test]
+    fn utf16_and_utf32_bodies_are_refused_naming_their_encoding() {
+        let text = r#" {"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let utf16 = |big: bool| -> Vec<u8> {
+            text.encode_utf16()
+                .flat_map(|u| {
+                    if big {
+                        u.to_be_bytes()
+                    } else {
+                        u.to_le_bytes()
+                    }
+                })
+                .collect()
+        };
+        let utf32 = |big: bool| -> Vec<u8> {
+            text.chars()
+                .flat_map(|c| {
+                    let c = c as u32;
+                    if big {
+                        c.to_be_bytes()
+                    } else {
+                        c.to_le_bytes()
+                    }
+                })
+                .collect()
+        };
+        let cases = [
+            ([&b"\xFF\xFE"[..], &utf16(false)].concat(), "UTF-16LE", true),
+            ([&b"\xFE\xFF"[..], &utf16(true)].concat(), "UTF-16BE", true),
+            (
+                [&b"\xFF\xFE\x00\x00"[..], &utf32(false)].concat(),
+                "UTF-32LE",
+                true,
+            ),
+            (
+                [&b"\x00\x00\xFE\xFF"[..], &utf32(true)].concat(),
+                "UTF-32BE",
+                true,
+            ),
+            (utf16(false), "UTF-16LE", false),
+            (utf16(true), "UTF-16BE", false),
+            (utf32(false), "UTF-32LE", false),
+            (utf32(true), "UTF-32BE", false),
+        ];
+        for (body, encoding, marked) in cases {
+            let e = ChatRequest::parse(&body, &Limits::default()).unwrap_err();
+            assert!(
+                e.message.contains("must be UTF-8 JSON") && e.message.contains(encoding),
+                "{encoding} (marked: {marked}): {}",
+                e.message
+            );
+            assert_eq!(
+                e.message.contains("byte-order mark"),
+                marked,
+                "{}",
+                e.message
+            );
+            assert_eq!((e.param, e.limit), (None, None));
+        }
+        // Short bodies are judged without reading past their end.
+        for short in [&b""[..], b"\xFF", b"\x00", b"{\x00", b"\xFE"] {
+            assert!(ChatRequest::parse(short, &Limits::default()).is_err());
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ use tokio::time::Instant;
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+mod support;
+
 /// The model name the upstream is asked for (the client asks for `vertex_ai/...`).
 const MODEL: &str = "gemini-2.5-flash";
 const KEY: &str = "sk-upstream-test";
@@ -97,6 +99,18 @@ async fn attempt(
     limits: ClientLimits,
     timeouts: AttemptTimeouts,
 ) -> Result<UpstreamStream, UpstreamError> {
+    attempt_as(base, api_key, limits, timeouts, true).await
+}
+
+/// [`attempt`], asking for a stream (`stream`) or for one JSON completion (a `fake_stream`
+/// deployment's call).
+async fn attempt_as(
+    base: &str,
+    api_key: Option<&str>,
+    limits: ClientLimits,
+    timeouts: AttemptTimeouts,
+    stream: bool,
+) -> Result<UpstreamStream, UpstreamError> {
     let endpoint = Endpoint::parse(&format!("{base}/v1")).expect("a valid api_base");
     let body = upstream_body();
     UpstreamClient::new(
@@ -113,7 +127,7 @@ async fn attempt(
             api_key,
             body: &body,
             request_id: REQUEST_ID,
-            stream: true,
+            stream,
             ca_bundle: None,
         },
         timeouts,
@@ -316,6 +330,31 @@ async fn request_without_api_key_sends_no_authorization() {
         .expect("the request matched the contract");
     drain(&mut stream).await.1.expect("a clean end");
     server.verify().await;
+}
+
+/// Every call, streamed or not, asks for its body as it is (`accept-encoding: identity`):
+/// without it an upstream or a proxy on the way may compress the answer, which the client
+/// does not decode. Before, no `accept-encoding` was sent at all.
+#[tokio::test]
+async fn every_request_asks_for_an_identity_body() {
+    for stream in [true, false] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/chat/completions"))
+            .and(header("accept-encoding", "identity"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_raw(completion().to_string(), "application/json"),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let mut answer = attempt_as(&server.uri(), Some(KEY), LIMITS, relaxed(), stream)
+            .await
+            .unwrap_or_else(|e| panic!("stream: {stream}: the request asked for identity: {e:?}"));
+        drain(&mut answer).await.1.expect("a clean end");
+        server.verify().await;
+    }
 }
 
 /// Azure OpenAI's deployments API (a deployment with `api_version`): the deployment is in
@@ -1085,4 +1124,145 @@ async fn https_endpoints_speak_tls() {
     assert_eq!(f.class, FailureClass::Transient);
     assert!(f.message.contains("TLS"), "{}", f.message);
     server.verify().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Content codings and labels
+// ---------------------------------------------------------------------------------------------
+
+/// Opens an attempt on `response` and reads it to its end: the chunks, and the error it
+/// failed with, at open or on the way.
+async fn outcome(
+    response: ResponseTemplate,
+    stream: bool,
+) -> (Vec<Chunk>, Result<(), UpstreamError>) {
+    let server = upstream(response).await;
+    match attempt_as(&server.uri(), Some(KEY), LIMITS, relaxed(), stream).await {
+        Ok(mut answer) => drain(&mut answer).await,
+        Err(e) => (Vec::new(), Err(e)),
+    }
+}
+
+/// A success in a content coding the gateway did not ask for (a proxy that compresses
+/// whatever it is asked) is a malformed answer that names the coding, in both kinds of
+/// call, and not one chunk of it is read. Before, its bytes went to the SSE or JSON parser,
+/// and the attempt failed as unreadable SSE, unreadable JSON or a stream cut short, with a
+/// message that never said why.
+#[tokio::test]
+async fn a_success_in_a_content_coding_is_malformed_and_says_which() {
+    let cases = [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("GZip", "gzip"),
+        // Codings are listed in the order applied: any one but identity is one too many.
+        ("identity, gzip", "gzip"),
+    ];
+    for stream in [true, false] {
+        let mime = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        for (coding, named) in cases {
+            let response = ResponseTemplate::new(200)
+                .set_body_raw(support::GZIPPED_SSE_ANSWER, mime)
+                .insert_header("content-encoding", coding);
+            let (chunks, end) = outcome(response, stream).await;
+            let case = format!("stream: {stream}, content-encoding: {coding}");
+            assert!(chunks.is_empty(), "{case}: {chunks:?}");
+            let err = assert_class(end, FailureClass::Malformed);
+            let message = classified(&err).message;
+            assert!(
+                message.contains(&format!("content-encoding `{named}`")),
+                "{case}: {message}"
+            );
+            assert!(!message.contains('\u{FFFD}'), "{case}: {message}");
+        }
+    }
+}
+
+/// `content-encoding: identity` is no coding at all: the answer is read as usual.
+#[tokio::test]
+async fn an_identity_content_coding_is_read_as_usual() {
+    let response =
+        sse_response(sse(&answer()) + DONE).insert_header("content-encoding", "identity");
+    let (chunks, end) = read(response).await;
+    end.expect("a clean end");
+    assert_is_answer(&chunks);
+}
+
+/// An error status in a content coding is still what its status says, with its
+/// Retry-After; only its body cannot be read for a message, and the message says so rather
+/// than repeating compressed bytes. Before, the message was the body's first 200 bytes as
+/// text: binary garbage, which reached the client.
+#[tokio::test]
+async fn an_error_status_in_a_content_coding_keeps_its_class_and_retry_after() {
+    let cases = [
+        (429, Some("7"), FailureClass::RateLimited, secs(7)),
+        (503, None, FailureClass::Transient, None),
+        (400, None, FailureClass::BadRequest, None),
+    ];
+    for (status, retry_after, class, wait) in cases {
+        let mut response = ResponseTemplate::new(status)
+            .set_body_raw(support::GZIPPED_SSE_ANSWER, "application/json")
+            .insert_header("content-encoding", "gzip");
+        if let Some(after) = retry_after {
+            response = response.insert_header("retry-after", after);
+        }
+        let server = upstream(response).await;
+        let err = open_err(&server, LIMITS, relaxed()).await;
+        let f = classified(&err);
+        assert_eq!(
+            (f.class, f.status, f.retry_after),
+            (class, Some(status), wait),
+            "{status}: {}",
+            f.message
+        );
+        assert!(f.message.contains("gzip"), "{status}: {}", f.message);
+        assert!(!f.message.contains('\u{FFFD}'), "{status}: {}", f.message);
+    }
+}
+
+/// A captive portal's or a proxy's page, answering a streamed call with a 200.
+const PROXY_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Sign in</title></head>\n<body>Accept the terms to use this network.</body></html>\n";
+
+/// A streamed call answered with something labelled neither an event stream nor JSON, whose
+/// first bytes are no event stream either (a proxy's page), is a malformed answer that
+/// names its label, at its first bytes. Before, its lines were read as SSE fields nobody
+/// knows and skipped, and the attempt failed as a stream cut short (transient), or timed
+/// out when the page's connection stayed open.
+#[tokio::test]
+async fn a_streamed_answer_that_is_a_page_is_malformed_and_says_which() {
+    for (label, body) in [
+        ("text/html; charset=utf-8", PROXY_PAGE),
+        ("text/plain", "Access denied by policy\n"),
+        ("application/octet-stream", "\u{1}\u{2}binary"),
+    ] {
+        let response = ResponseTemplate::new(200).set_body_raw(body, label);
+        let (chunks, end) = outcome(response, true).await;
+        assert!(chunks.is_empty(), "{label}: {chunks:?}");
+        let err = assert_class(end, FailureClass::Malformed);
+        let message = classified(&err).message;
+        let essence = label.split(';').next().unwrap();
+        assert!(
+            message.contains(&format!("`{essence}`")),
+            "{label}: {message}"
+        );
+    }
+}
+
+/// An event stream is read as one whatever its label, as the SDKs read a streamed answer
+/// (and as before): under another label or none, its first bytes say what it is.
+#[tokio::test]
+async fn an_event_stream_under_another_label_or_none_is_read_as_one() {
+    let body = sse(&answer()) + DONE;
+    for label in [Some("text/plain; charset=utf-8"), Some("text/html"), None] {
+        let response = match label {
+            Some(label) => ResponseTemplate::new(200).set_body_raw(body.clone(), label),
+            None => ResponseTemplate::new(200).set_body_bytes(body.clone()),
+        };
+        let (chunks, end) = read(response).await;
+        end.unwrap_or_else(|e| panic!("{label:?}: {e:?}"));
+        assert_is_answer(&chunks);
+    }
 }

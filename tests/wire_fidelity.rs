@@ -827,3 +827,377 @@ async fn usage_of_a_superseded_tail_is_the_same_in_both_modes() {
         "usage differs between modes:\n{usages:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Content coding and charset: what the gateway reads and asks for is plain JSON and SSE.
+// ---------------------------------------------------------------------------------------------
+
+/// A chat request to the gateway with these extra headers, and `body` as its exact bytes.
+fn chat_request_with(
+    headers: &[(&str, &str)],
+    body: impl Into<bytes::Bytes>,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut b = http::Request::post("/v1/chat/completions")
+        .header("host", "gateway")
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        b = b.header(*name, *value);
+    }
+    b.body(http_body_util::Full::new(body.into())).unwrap()
+}
+
+async fn send(
+    gw: &Gw,
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
+    gw.connect()
+        .await
+        .send_request(request)
+        .await
+        .expect("response")
+}
+
+/// Upstreams are asked for an identity body in both modes, whatever the client accepts: a
+/// client's `accept-encoding: gzip, br` (every SDK's HTTP library sends one) is the client's
+/// business with the gateway, never forwarded. Before, no `accept-encoding` went upstream.
+#[tokio::test(start_paused = true)]
+async fn upstreams_are_asked_for_identity_whatever_the_client_accepts() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let request = chat_request_with(
+            &[("accept-encoding", "gzip, deflate, br")],
+            chat_body("g", stream).to_string(),
+        );
+        let r = send(&gw, request).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        text(r).await;
+    }
+    let calls = net.calls("up");
+    assert_eq!(calls.len(), 2);
+    for call in calls {
+        let asked: Vec<_> = call.headers.get_all("accept-encoding").iter().collect();
+        assert_eq!(asked, ["identity"], "call {}", call.n);
+    }
+}
+
+/// `fails_after`'s two groups, `g` served by `up` and its fallback `g2` by `up2`.
+const FALLS_BACK_TO_G2: &str = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: g2, litellm_params: {model: openai/m2, api_base: "http://up2/v1"}, model_info: {id: d2}}
+router_settings: {num_retries: 0, fallbacks: [{g: [g2]}]}
+"#;
+
+/// A 200 whose body is gzip-compressed, labelled as an event stream.
+fn gzipped_answer() -> http::Response<UpBody> {
+    let mut r = sse(GZIPPED_SSE_ANSWER);
+    r.headers_mut()
+        .insert("content-encoding", "gzip".parse().unwrap());
+    r
+}
+
+/// A compressed answer is a malformed attempt in both modes: its fallback serves the
+/// request, and without one the client's 502 names the coding. Not a byte of it reaches
+/// the client. Before, the stream mode read it as an event stream cut short (a transient
+/// failure saying "stream ended before [DONE]"), and nothing said it was compressed.
+#[tokio::test(start_paused = true)]
+async fn a_compressed_answer_is_a_malformed_attempt_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| gzipped_answer());
+    net.host("up2", |_| sse_answer("m2", &["fresh"]));
+    let gw = Gw::start(FALLS_BACK_TO_G2, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let t = text(r).await;
+        let served = if stream {
+            streamed_text(&t)
+        } else {
+            let v: Value = serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}"));
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(served, "fresh", "stream={stream}: {t}");
+    }
+    let failed: Vec<_> = gw
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("attempt_failed"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.contains("deployment=d class=malformed status=-")),
+        "{failed:#?}"
+    );
+
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 502, "stream={stream}");
+        assert!(r.headers().get("content-encoding").is_none());
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("stream={stream}: {e}: {bytes:?}"));
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("content-encoding `gzip`"),
+            "stream={stream}: {message}"
+        );
+        assert_eq!(v["error"]["type"], "api_error");
+    }
+}
+
+/// An error status in a coding keeps its class and Retry-After: a compressed 429 is a rate
+/// limit in both modes, its Retry-After reaches the client, and the message says why the
+/// provider's own words are missing instead of repeating compressed bytes.
+#[tokio::test(start_paused = true)]
+async fn a_compressed_error_keeps_its_status_and_retry_after_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let mut r = gzipped_answer();
+        *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r.headers_mut().insert("retry-after", "7".parse().unwrap());
+        r
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 429, "stream={stream}");
+        assert_eq!(r.headers()["retry-after"], "7", "stream={stream}");
+        let v = body_json(r).await;
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("gzip"), "stream={stream}: {message}");
+        assert!(!message.contains('\u{FFFD}'), "stream={stream}: {message}");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+}
+
+/// A proxy's HTML page answering a streamed call is a malformed attempt in both modes, and
+/// the fallback serves the request. Before, it failed as a stream cut short (transient).
+#[tokio::test(start_paused = true)]
+async fn a_proxy_page_is_a_malformed_attempt_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let mut r = sse("<html><body>Sign in to continue</body></html>\n");
+        r.headers_mut()
+            .insert("content-type", "text/html".parse().unwrap());
+        r
+    });
+    net.host("up2", |_| sse_answer("m2", &["fresh"]));
+    let gw = Gw::start(FALLS_BACK_TO_G2, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let t = text(r).await;
+        assert!(t.contains("fresh"), "stream={stream}: {t}");
+        assert!(!t.contains("Sign in"), "stream={stream}: {t}");
+    }
+    let failed: Vec<_> = gw
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("attempt_failed"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.contains("deployment=d class=malformed")),
+        "{failed:#?}"
+    );
+}
+
+/// An event stream labelled `text/plain`, its first bytes cut anywhere (a blank line, then
+/// `da` and `ta: ...` apart), is read as the event stream it is, in both modes: held only
+/// until its first bytes say so.
+#[tokio::test(start_paused = true)]
+async fn a_mislabelled_event_stream_cut_anywhere_is_read_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let (tx, mut r) = sse_channel();
+        r.headers_mut()
+            .insert("content-type", "text/plain".parse().unwrap());
+        let answer = frame(&chunk_json(
+            "m",
+            json!({"role": "assistant", "content": "hi"}),
+            Some("stop"),
+        ));
+        tokio::spawn(async move {
+            for part in [
+                "\n",
+                "da",
+                answer.strip_prefix("da").unwrap(),
+                "data: [DONE]\n\n",
+            ] {
+                if tx
+                    .send(Ok(bytes::Bytes::from(part.to_string())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        r
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let t = text(r).await;
+        let served = if stream {
+            streamed_text(&t)
+        } else {
+            serde_json::from_str::<Value>(&t).unwrap()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(served, "hi", "stream={stream}: {t}");
+    }
+}
+
+/// One key, `sk-good`, for group `g` at `up`.
+const ONE_KEY: &str = r#"
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+keys:
+  - {key: sk-good}
+"#;
+
+/// A request body in a content coding (`content-encoding: gzip`, as some HTTP libraries
+/// send when told to compress uploads) gets a 415 that names the coding and says what
+/// the gateway reads (`accept-encoding: identity`, RFC 9110 §15.5.16), whatever its mode,
+/// and no upstream is called. Before, its bytes went to the JSON parser: a 400 "request
+/// body is not valid JSON" that never said why, or, for a body labelled `gzip` that was
+/// not compressed, a request served as if the label were not there.
+#[tokio::test(start_paused = true)]
+async fn a_compressed_request_body_gets_a_415_naming_its_coding() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_KEY, &net);
+    let auth = ("authorization", "Bearer sk-good");
+    let cases: [(&str, bytes::Bytes, &str); 4] = [
+        ("gzip", GZIPPED_SSE_ANSWER.into(), "gzip"),
+        ("br", chat_body("g", true).to_string().into(), "br"),
+        (
+            "Deflate",
+            chat_body("g", false).to_string().into(),
+            "deflate",
+        ),
+        (
+            "identity, gzip",
+            chat_body("g", true).to_string().into(),
+            "gzip",
+        ),
+    ];
+    for (coding, body, named) in cases {
+        let r = send(
+            &gw,
+            chat_request_with(&[auth, ("content-encoding", coding)], body),
+        )
+        .await;
+        assert_eq!(r.status(), 415, "{coding}");
+        assert_eq!(r.headers()["accept-encoding"], "identity", "{coding}");
+        let v = body_json(r).await;
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("content-encoding `{named}`")),
+            "{coding}: {message}"
+        );
+        assert_eq!(
+            v["error"],
+            json!({"message": message, "type": "invalid_request_error",
+                   "code": "unsupported_content_encoding", "param": null}),
+            "{coding}"
+        );
+    }
+    assert!(net.calls("up").is_empty());
+    // `identity` is no coding at all.
+    for stream in [false, true] {
+        let body = chat_body("g", stream).to_string();
+        let request = chat_request_with(&[auth, ("content-encoding", "identity")], body);
+        let r = send(&gw, request).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        text(r).await;
+    }
+}
+
+/// The key is checked first, as for any body: without a usable key a compressed body gets
+/// the 401, not a 415 that would tell a stranger what the gateway reads.
+#[tokio::test(start_paused = true)]
+async fn a_compressed_request_body_without_a_usable_key_gets_the_401() {
+    let net = MemNet::new();
+    let gw = Gw::start(ONE_KEY, &net);
+    let body = || chat_body("g", false).to_string();
+    for headers in [
+        &[("content-encoding", "gzip")][..],
+        &[
+            ("content-encoding", "gzip"),
+            ("authorization", "Bearer sk-bad"),
+        ],
+    ] {
+        let r = send(&gw, chat_request_with(headers, body())).await;
+        assert_eq!(r.status(), 401, "{headers:?}");
+    }
+}
+
+/// A body that begins with UTF-8's byte-order mark (Windows PowerShell 5's
+/// `Invoke-RestMethod -Body (Get-Content body.json)` on a file saved "UTF-8 with BOM") is
+/// served in both modes, and the upstream is sent the same request as without the mark.
+/// Before, a 400 "not valid JSON ... at line 1 column 1".
+#[tokio::test(start_paused = true)]
+async fn a_body_with_a_utf8_byte_order_mark_is_served_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let json = chat_body("g", stream).to_string();
+        let marked = [&b"\xEF\xBB\xBF"[..], json.as_bytes()].concat();
+        let r = send(&gw, chat_request_with(&[], marked)).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let t = text(r).await;
+        assert!(t.contains("hi"), "stream={stream}: {t}");
+    }
+    let calls = net.calls("up");
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].body["messages"], calls[1].body["messages"]);
+    assert_eq!(calls[0].body["messages"][0]["content"], "say ping");
+}
+
+/// A UTF-16 body (PowerShell's and .NET's "Unicode") is a 400 that says the body must be
+/// UTF-8 JSON and which encoding it looks like, in both modes, and no upstream is called.
+/// Before, a JSON syntax error at column 1 that never said why.
+#[tokio::test(start_paused = true)]
+async fn a_utf16_body_is_refused_naming_its_encoding_in_both_modes() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let utf16: Vec<u8> = chat_body("g", stream)
+            .to_string()
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let body = [&b"\xFF\xFE"[..], &utf16].concat();
+        let r = send(&gw, chat_request_with(&[], body)).await;
+        assert_eq!(r.status(), 400, "stream={stream}");
+        let v = body_json(r).await;
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("must be UTF-8 JSON") && message.contains("UTF-16LE"),
+            "stream={stream}: {message}"
+        );
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    assert!(net.calls("up").is_empty());
+}

@@ -13,12 +13,14 @@
 //! flight); the limits above are read once, at start. Several accept loops may share one
 //! gateway's limits and drain through a [`Gate`] (`switchback serve` runs one per worker
 //! thread); [`serve`] is one loop with its own. What each route does lives in [`routes`];
-//! request bodies in [`request_body`], response bodies in [`body`]; browsers' cross-origin
-//! calls in [`cors`]; every response's `Date` in [`date`].
+//! request bodies in [`request_body`] (and in a content coding, refused: [`content_coding`]),
+//! response bodies in [`body`]; browsers' cross-origin calls in [`cors`]; every response's
+//! `Date` in [`date`].
 //! Does not own routing decisions (`engine`, `attempt`) nor threads and runtimes (the
 //! binary's).
 
 pub mod body;
+pub mod content_coding;
 pub mod cors;
 pub mod date;
 pub mod request_body;

@@ -2,9 +2,9 @@
 //! `GET /metrics`, `POST /admin/reload`.
 //!
 //! Owns: reading the request (its key first, from whichever header carries it, then the
-//! body under its size limit, its deadline and the gateway's budget of bodies in flight,
-//! which the request holds to its end), handing it to the engine, and turning the
-//! outcome into a response: one JSON body for `stream: false`; for `stream: true`, a 200 SSE
+//! body, refused unread in a content coding (see [`content_coding`]), under its size limit,
+//! its deadline and the gateway's budget of bodies in flight, which the request holds to
+//! its end), handing it to the engine, and turning the outcome into a response: one JSON body for `stream: false`; for `stream: true`, a 200 SSE
 //! response at commit, or, if every attempt failed before commit, the same JSON error a
 //! non-streaming client gets.
 //! Either way the committing attempt's `x-request-id`, `x-ratelimit-*` and
@@ -24,6 +24,7 @@ use crate::delivery::{AggregateDelivery, StreamBounds, StreamDelivery, StreamSta
 use crate::engine::{Admitted, Engine};
 use crate::error::{ApiError, echoed};
 use crate::gateway::body::{self, ResponseBody};
+use crate::gateway::content_coding;
 use crate::gateway::cors;
 use crate::gateway::request_body::{self, BodyBudget, Held, ReadError};
 use crate::reload::LiveEngine;
@@ -650,6 +651,15 @@ async fn chat(
             return refuse(e);
         }
     };
+    // A body in a content coding is refused before it is read: the gateway decodes none,
+    // and the JSON parser would read compressed bytes as a syntax error. After the key, so
+    // a stranger learns nothing of what the gateway reads.
+    if let Some(e) = content_coding::refusal(req.headers()) {
+        request_body::discard(req.into_body(), max_discarded, deadline);
+        let mut response = refuse(e);
+        content_coding::name_what_is_read(&mut response);
+        return response;
+    }
     // A path's deployment over the bound is refused before its body is read or held.
     if let Some(name) = &deployment {
         if let Err(e) = crate::request::check_model_name(name, "model", &engine.catalog().limits) {

@@ -2,17 +2,19 @@
 //!
 //! Owns: `POST {api_base}/chat/completions` over hyper 1.x on an injected [`Connector`] (its
 //! target in the form each protocol wants: origin form and `Host` for HTTP/1.1, `:scheme`
-//! and `:authority` for HTTP/2), the four timeouts (first byte, first chunk, idle gap,
-//! whole attempt), reading an error body, reading SSE incrementally (or a whole JSON body
-//! from an upstream that ignored `stream`), and naming what went wrong as an [`UpstreamError`]. An attempt takes a kept connection
-//! from the [`Pool`] or opens one (HTTP/2 when an `https` upstream picks `h2` by ALPN,
-//! HTTP/1.1 otherwise); an HTTP/1.1 one is kept again only when its response was read to the
-//! end, so an abandoned attempt closes its socket and never leaves a half-read connection,
-//! while an abandoned HTTP/2 stream is reset and its connection serves others. A kept
-//! connection found closed before the request was written is replaced transparently, and a
-//! request an HTTP/2 server refused unprocessed goes once more on a new connection; a request
-//! that may have reached the upstream is never re-sent here. Does not own what a failure
-//! means for routing (`classify`, `attempt`) nor how long connections are kept (`pool`).
+//! and `:authority` for HTTP/2; its answer asked for uncompressed), the four timeouts
+//! (first byte, first chunk, idle gap, whole attempt), reading an error body, reading SSE
+//! incrementally (or a whole JSON body from an upstream that ignored `stream`; an answer
+//! [`coding`] says is unreadable, not at all), and naming what went wrong as an
+//! [`UpstreamError`]. An attempt takes a kept connection from the [`Pool`] or opens one
+//! (HTTP/2 when an `https` upstream picks `h2` by ALPN, HTTP/1.1 otherwise); an HTTP/1.1 one
+//! is kept again only when its response was read to the end, so an abandoned attempt closes
+//! its socket and never leaves a half-read connection, while an abandoned HTTP/2 stream is
+//! reset and its connection serves others. A kept connection found closed before the
+//! request was written is replaced transparently, and a request an HTTP/2 server refused
+//! unprocessed goes once more on a new connection; a request that may have reached the
+//! upstream is never re-sent here. Does not own what a failure means for routing
+//! (`classify`, `attempt`) nor how long connections are kept (`pool`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use crate::transport::{BoxIo, Connector};
 use crate::upstream::Endpoint;
 use crate::upstream::choices::ChoiceProgress;
 use crate::upstream::chunk::{self, Chunk, ChunkError, ChunkLimits, Payload};
+use crate::upstream::coding::{self, BodyForm, StreamStart, Unreadable};
 use crate::upstream::first_frame::FirstFrameWatch;
 use crate::upstream::pool::{
     Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey, Resend, SettingsWait,
@@ -86,14 +89,27 @@ impl UpstreamError {
                 status,
                 headers,
                 body,
-            } => classify(
-                Signal::Status {
-                    status: *status,
-                    headers,
-                    body,
-                },
-                now,
-            ),
+            } => {
+                // A body in a coding nothing here decodes says nothing (its bytes as text
+                // are garbage): the status and headers (Retry-After) say what they say.
+                let coded = coding::applied_coding(headers);
+                let body = if coded.is_some() { &[][..] } else { body };
+                let mut failure = classify(
+                    Signal::Status {
+                        status: *status,
+                        headers,
+                        body,
+                    },
+                    now,
+                );
+                if let Some(coding) = coded {
+                    failure.message = format!(
+                        "upstream returned HTTP {status} with its body in content-encoding \
+                         `{coding}`, which the gateway does not decode"
+                    );
+                }
+                failure
+            }
             UpstreamError::ErrorEvent(v) => classify(Signal::ErrorEvent { error: v }, now),
             UpstreamError::ContentFiltered => classify(Signal::ContentFiltered, now),
             UpstreamError::Transport(fault, _) => classify(Signal::Transport(*fault), now),
@@ -235,17 +251,6 @@ impl UpstreamClient {
         if !lease.is_http2() {
             lease.server_said(&parts.headers);
         }
-        let json = !call.stream
-            || parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                // Media types are case-insensitive (RFC 9110 §8.3.1).
-                .is_some_and(|ct| {
-                    ct.trim_start()
-                        .to_ascii_lowercase()
-                        .starts_with("application/json")
-                });
         let mut stream = UpstreamStream {
             body: Some(body),
             parser: SseParser::new(self.limits.max_sse_line_bytes),
@@ -262,6 +267,7 @@ impl UpstreamClient {
             limits: self.limits,
             forwarded: Vec::new(),
             lease: Some(lease),
+            unconfirmed: None,
         };
         if !(200..300).contains(&status) {
             let body = stream.read_all(MAX_ERROR_BODY_BYTES, true).await?;
@@ -271,11 +277,20 @@ impl UpstreamClient {
                 body,
             });
         }
+        // A body nothing here can read is refused before a byte of it is: the connection
+        // closes with the stream, and not one chunk of it reaches the client.
+        let form = coding::success_body(&parts.headers, call.stream)
+            .map_err(|unreadable| UpstreamError::Malformed(unreadable.to_string()))?;
         stream.forwarded = forwarded_copies(&parts.headers);
         drop(parts);
-        if json {
+        if let BodyForm::Labelled(label) = form {
+            stream.unconfirmed = Some(Unconfirmed {
+                label,
+                first: Vec::new(),
+            });
+        } else if form == BodyForm::Json {
             let body = stream.read_all(self.limits.max_body_bytes, false).await?;
-            if call.stream && reads_as_event_stream(&body) {
+            if call.stream && coding::reads_as_event_stream(&body) {
                 // An event stream labelled `application/json` (some gateways send one; the
                 // SDKs read a streamed answer whatever its label): read as what it is, once
                 // whole. Its end is judged as any stream's (`[DONE]`, or a finish).
@@ -593,6 +608,11 @@ fn build_request(call: Call<'_>) -> Result<Request<Full<Bytes>>, UpstreamError> 
                 "application/json"
             },
         )
+        // The body as it is: without this an upstream, or a proxy on the way, may compress
+        // the answer (RFC 9110 §12.5.3: no Accept-Encoding means any coding is acceptable),
+        // and nothing here decodes one. A client's own `accept-encoding` is its business
+        // with the gateway and is never forwarded.
+        .header(header::ACCEPT_ENCODING, "identity")
         .header(REQUEST_ID_HEADER, call.request_id)
         .body(Full::new(call.body.clone()))
         .map_err(|e| UpstreamError::Transport(TransportFault::ConnectFailed, e.to_string()))?;
@@ -684,6 +704,17 @@ pub struct UpstreamStream {
     /// The connection, until the stream is dropped: back to the pool if its body was read
     /// to the end, closed otherwise.
     lease: Option<Lease>,
+    /// A streamed answer labelled neither an event stream nor JSON, until its first bytes
+    /// say whether it is an event stream all the same.
+    unconfirmed: Option<Unconfirmed>,
+}
+
+/// A streamed answer under another label ([`BodyForm::Labelled`]): its label, and its first
+/// bytes, held (at most [`coding::MAX_STREAM_START_BYTES`] and a read) until they say what
+/// it is.
+struct Unconfirmed {
+    label: String,
+    first: Vec<u8>,
 }
 
 /// Upstream response headers passed on to the client (from the committing attempt): the
@@ -776,17 +807,6 @@ async fn drain(mut body: Incoming, mut lease: Lease, until: Instant) {
             Ok(Some(Err(_))) | Err(_) => return,
         }
     }
-}
-
-/// Whether a body begins as an event stream does (a `data:`, `event:`, `id:` or `retry:`
-/// field, or a `:` comment, after any byte-order mark and blank space), where a JSON
-/// completion begins with `{`.
-fn reads_as_event_stream(body: &[u8]) -> bool {
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let start = body.trim_ascii_start();
-    [&b"data:"[..], b"event:", b"id:", b"retry:", b":"]
-        .iter()
-        .any(|field| start.starts_with(field))
 }
 
 impl UpstreamStream {
@@ -896,6 +916,12 @@ impl UpstreamStream {
                 None => {
                     self.done = true;
                     self.reached_end();
+                    // It ended before its first bytes said it is an event stream.
+                    if let Some(Unconfirmed { label, .. }) = self.unconfirmed.take() {
+                        return Err(UpstreamError::Malformed(
+                            Unreadable::Labelled(label).to_string(),
+                        ));
+                    }
                     // A `[DONE]` cut only of its line ends says what it says.
                     let clean = !self.parser.has_partial() || self.parser.pending_is_done();
                     if self.choices.complete() && clean {
@@ -925,6 +951,25 @@ impl UpstreamStream {
     /// Parses `data`, the body's next bytes, into queued payloads (or the error that ends
     /// the stream), within `max_upstream_body_bytes`.
     fn ingest(&mut self, data: &[u8]) {
+        if let Some(unconfirmed) = self.unconfirmed.as_mut() {
+            unconfirmed.first.extend_from_slice(data);
+            let start = coding::stream_start(&unconfirmed.first);
+            let held = unconfirmed.first.len();
+            if start == StreamStart::Undecided && held <= coding::MAX_STREAM_START_BYTES {
+                return;
+            }
+            let Some(Unconfirmed { label, first }) = self.unconfirmed.take() else {
+                return;
+            };
+            if start == StreamStart::NotOne {
+                // Not a byte of it is parsed: a page is no answer, whatever lines it has.
+                let unreadable = Unreadable::Labelled(label).to_string();
+                self.queue.push_back(Err(ChunkError::Malformed(unreadable)));
+                self.done = true;
+                return;
+            }
+            return self.ingest(&first);
+        }
         // Only the bytes within the limit are parsed: what lies past it is
         // never delivered, however the reads are cut.
         let room = self.limits.max_body_bytes.saturating_sub(self.received);

@@ -1,0 +1,73 @@
+//! A client's request body in a content coding: refused with a 415.
+//!
+//! Owns: the decision that a request whose `Content-Encoding` names any coding but
+//! `identity` is refused before a byte of its body is read, and the 415 that says so:
+//! OpenAI-shaped, naming the coding, with `accept-encoding: identity` to say what the
+//! gateway reads (RFC 9110 §15.5.16). The gateway decodes no coding, so a compressed body
+//! would otherwise reach the JSON parser and come back as a syntax error that never says
+//! why (or, labelled but not compressed, be read as if the label were not there). Does not
+//! own reading the header's list ([`crate::upstream::coding::applied_coding`], shared with
+//! upstream answers) nor when the check runs (`routes`: after the key, as every check of a
+//! body).
+
+use http::{HeaderMap, HeaderValue, Response, header};
+
+use crate::error::ApiError;
+use crate::upstream::coding::applied_coding;
+
+/// The 415 for a body in a content coding; `None` for a body as it is.
+pub fn refusal(headers: &HeaderMap) -> Option<ApiError> {
+    let coding = applied_coding(headers)?;
+    Some(
+        ApiError::new(
+            415,
+            "invalid_request_error",
+            format!(
+                "request body in content-encoding `{coding}`: the gateway reads request bodies \
+                 as they are; send the JSON uncompressed (no content-encoding, or identity)"
+            ),
+        )
+        .code("unsupported_content_encoding"),
+    )
+}
+
+/// Says on a 415 what the gateway reads: `accept-encoding: identity`.
+pub fn name_what_is_read<B>(response: &mut Response<B>) {
+    response.headers_mut().insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coded(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(value));
+        h
+    }
+
+    #[test]
+    fn a_body_as_it_is_passes() {
+        assert_eq!(refusal(&HeaderMap::new()), None);
+        assert_eq!(refusal(&coded("identity")), None);
+        assert_eq!(refusal(&coded("Identity")), None);
+    }
+
+    #[test]
+    fn a_coded_body_is_a_415_naming_its_coding() {
+        for (value, named) in [("gzip", "gzip"), ("BR", "br"), ("identity, zstd", "zstd")] {
+            let e = refusal(&coded(value)).expect("refused");
+            assert_eq!(e.status, 415, "{value}");
+            assert_eq!(e.error_type, "invalid_request_error");
+            assert_eq!(e.code, Some("unsupported_content_encoding"));
+            assert!(
+                e.message.contains(&format!("content-encoding `{named}`")),
+                "{value}: {}",
+                e.message
+            );
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! What an upstream's answer is written in, and whether the gateway reads it.
+//!
+//! Owns: reading a response's `Content-Encoding` (the gateway asks for `identity` and
+//! decodes nothing, so a body in any other coding is unreadable: a success is then a
+//! malformed answer, and an error says only what its status and headers say); for a
+//! streamed call, its `Content-Type` (JSON is read whole, an event stream or an unlabelled
+//! body as it comes, anything else only if its first bytes are an event stream's: the SDKs
+//! read a streamed answer whatever its label, but a proxy's HTML page is no answer); and
+//! naming what it found within [`MAX_SHOWN_NAME_BYTES`], for a message. Pure: headers and
+//! first bytes in, decision out, no I/O. The gateway reads a client's `Content-Encoding`
+//! with the same [`applied_coding`]. Does not own reading the body (`client`) nor what a
+//! failure means for routing (`classify`).
+
+use http::{HeaderMap, header};
+
+/// The longest coding or media type name a message repeats: room for every content coding
+/// and the media types pages and errors come in. A longer one, or one with characters a
+/// name cannot have, is shown as [`UNSHOWN_NAME`]: the header is the sender's text, and a
+/// message is no place for it.
+pub const MAX_SHOWN_NAME_BYTES: usize = 64;
+
+/// What a message says instead of a name it does not repeat.
+pub const UNSHOWN_NAME: &str = "<not a name>";
+
+/// Most bytes of a streamed answer labelled as something else held to learn from its
+/// first bytes whether it is an event stream ([`stream_start`]). Only blank space (or a
+/// byte-order mark) keeps it undecided that long; past them it is read as an event stream,
+/// which will have to prove itself as any stream does.
+pub const MAX_STREAM_START_BYTES: usize = 1024;
+
+/// How a success's body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyForm {
+    /// An event stream, read as it comes.
+    EventStream,
+    /// One JSON document, read whole (a completion; or an event stream labelled as JSON,
+    /// which `client` tells by its first bytes: [`reads_as_event_stream`]).
+    Json,
+    /// Labelled as something else (shown as a message shows it): read as an event stream
+    /// if its first bytes are one ([`stream_start`]), else unreadable
+    /// ([`Unreadable::Labelled`]).
+    Labelled(String),
+}
+
+/// What the first bytes of a body say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStart {
+    /// They begin an event stream: a `data:`, `event:`, `id:` or `retry:` field, or a `:`
+    /// comment, after any byte-order mark and blank space.
+    EventStream,
+    /// They cannot begin one (a page's `<`, a text's first word).
+    NotOne,
+    /// Not enough of them yet: blank space, or the start of a field's name.
+    Undecided,
+}
+
+/// Why a success's body is not read: the attempt fails as a malformed answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    #[error(
+        "the answer is in content-encoding `{0}`, which the gateway does not decode (it asks \
+         for accept-encoding: identity)"
+    )]
+    Coded(String),
+    #[error("a streamed answer labelled `{0}` that is not an event stream (a proxy's page?)")]
+    Labelled(String),
+}
+
+/// How to read the body of a success, or why it cannot be read. `streamed`: the call asked
+/// for a stream; a call for one JSON completion reads its body as JSON whatever its label
+/// (what is not JSON fails there, as malformed), as it always did.
+pub fn success_body(headers: &HeaderMap, streamed: bool) -> Result<BodyForm, Unreadable> {
+    if let Some(coding) = applied_coding(headers) {
+        return Err(Unreadable::Coded(coding));
+    }
+    if !streamed {
+        return Ok(BodyForm::Json);
+    }
+    let Some(label) = headers.get(header::CONTENT_TYPE) else {
+        // Some minimal servers label nothing: read as the event stream that was asked for.
+        return Ok(BodyForm::EventStream);
+    };
+    let essence = label
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        // Media types are case-insensitive (RFC 9110 §8.3.1).
+        .map(|t| t.trim().to_ascii_lowercase());
+    Ok(match essence.as_deref() {
+        Some("text/event-stream") => BodyForm::EventStream,
+        Some(t) if is_json(t) => BodyForm::Json,
+        Some(t) => BodyForm::Labelled(shown(t)),
+        None => BodyForm::Labelled(UNSHOWN_NAME.to_string()),
+    })
+}
+
+/// `application/json`, or a `+json` type (RFC 6839 §3.1); `t` is lower-case.
+fn is_json(t: &str) -> bool {
+    t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+}
+
+/// The fields an event stream's first line may name (besides a `:` comment). A field's
+/// name ends at its colon, or at the line's end for a field with no value (WHATWG HTML
+/// §9.2.6).
+const EVENT_STREAM_FIELDS: [&[u8]; 4] = [b"data", b"event", b"id", b"retry"];
+
+/// UTF-8's byte-order mark, which may come before an event stream (the SSE parser drops it).
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+
+/// What `first`, the first bytes of a body (as many as have come), say it is.
+pub fn stream_start(first: &[u8]) -> StreamStart {
+    // A mark cut across reads.
+    if !first.is_empty()
+        && first.len() < BYTE_ORDER_MARK.len()
+        && BYTE_ORDER_MARK.starts_with(first)
+    {
+        return StreamStart::Undecided;
+    }
+    let start = first
+        .strip_prefix(BYTE_ORDER_MARK)
+        .unwrap_or(first)
+        .trim_ascii_start();
+    if start.starts_with(b":") {
+        return StreamStart::EventStream;
+    }
+    for name in EVENT_STREAM_FIELDS {
+        match start.strip_prefix(name).map(|rest| rest.first()) {
+            Some(Some(b':' | b'\n' | b'\r')) => return StreamStart::EventStream,
+            Some(None) => return StreamStart::Undecided,
+            // Another name that begins alike (`datum`), or not this one.
+            Some(Some(_)) => {}
+            None if name.starts_with(start) => return StreamStart::Undecided,
+            None => {}
+        }
+    }
+    StreamStart::NotOne
+}
+
+/// Whether a whole body begins as an event stream does, where a JSON completion begins
+/// with `{`.
+pub fn reads_as_event_stream(body: &[u8]) -> bool {
+    stream_start(body) == StreamStart::EventStream
+}
+
+/// The first content coding `headers` say was applied to the body, other than `identity`
+/// (which is none), as a message may show it (lower-case, or [`UNSHOWN_NAME`]); `None` when
+/// the body is as it is. `Content-Encoding` lists codings in the order applied, in one
+/// header or several (RFC 9110 §8.4): any one is one the gateway cannot undo.
+pub fn applied_coding(headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let Ok(list) = value.to_str() else {
+            return Some(UNSHOWN_NAME.to_string());
+        };
+        let applied = list
+            .split(',')
+            .map(str::trim)
+            .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+        if let Some(coding) = applied {
+            return Some(shown(coding));
+        }
+    }
+    None
+}
+
+/// `name` in lower case if it is a name (a token, or `type/subtype`) within
+/// [`MAX_SHOWN_NAME_BYTES`]; [`UNSHOWN_NAME`] otherwise.
+fn shown(name: &str) -> String {
+    let is_name_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b);
+    if name.is_empty() || name.len() > MAX_SHOWN_NAME_BYTES || !name.bytes().all(is_name_char) {
+        return UNSHOWN_NAME.to_string();
+    }
+    name.to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn identity_or_no_coding_is_the_body_as_it_is() {
+        for h in [
+            headers(&[]),
+            headers(&[("content-encoding", b"identity")]),
+            headers(&[("content-encoding", b"IDENTITY")]),
+            headers(&[("content-encoding", b"")]),
+            headers(&[("content-encoding", b" , identity ,")]),
+        ] {
+            assert_eq!(applied_coding(&h), None, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn any_other_coding_is_named_in_lower_case() {
+        for (values, named) in [
+            (&[&b"gzip"[..]][..], "gzip"),
+            (&[b"Br"], "br"),
+            (&[b"identity, zstd"], "zstd"),
+            (&[b"deflate, gzip"], "deflate"),
+            // One coding a header: the list goes on in the next.
+            (&[b"identity", b"gzip"], "gzip"),
+        ] {
+            let h = headers(
+                &values
+                    .iter()
+                    .map(|v| ("content-encoding", *v))
+                    .collect::<Vec<_>>(),
+            );
+            assert_eq!(applied_coding(&h).as_deref(), Some(named), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn a_name_that_is_not_one_is_not_repeated() {
+        let long = "x".repeat(MAX_SHOWN_NAME_BYTES + 1);
+        let at_bound = "x".repeat(MAX_SHOWN_NAME_BYTES);
+        for (value, shown) in [
+            (long.as_bytes(), UNSHOWN_NAME),
+            (at_bound.as_bytes(), at_bound.as_str()),
+            (b"gz\"ip", UNSHOWN_NAME),
+            (b"gz ip", UNSHOWN_NAME),
+            // obs-text: a header value may hold it, a name may not.
+            (b"gz\xffip", UNSHOWN_NAME),
+        ] {
+            let h = headers(&[("content-encoding", value)]);
+            assert_eq!(applied_coding(&h).as_deref(), Some(shown), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_coded_success_is_unreadable_in_either_kind_of_call() {
+        let h = headers(&[
+            ("content-encoding", b"gzip"),
+            ("content-type", b"text/event-stream"),
+        ]);
+        for streamed in [true, false] {
+            let e = success_body(&h, streamed).unwrap_err();
+            assert_eq!(e, Unreadable::Coded("gzip".into()));
+            assert!(e.to_string().contains("content-encoding `gzip`"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_stream_is_read_as_its_label_says() {
+        let cases: [(&[u8], BodyForm); 6] = [
+            (b"text/event-stream", BodyForm::EventStream),
+            (b"Text/Event-Stream; charset=utf-8", BodyForm::EventStream),
+            (b"text/event-stream ;x=1", BodyForm::EventStream),
+            (b"application/json", BodyForm::Json),
+            (b" Application/JSON;charset=utf-8", BodyForm::Json),
+            (b"application/vnd.api+json", BodyForm::Json),
+        ];
+        for (label, form) in cases {
+            let h = headers(&[("content-type", label)]);
+            assert_eq!(success_body(&h, true), Ok(form), "{label:?}");
+        }
+        assert_eq!(
+            success_body(&headers(&[]), true),
+            Ok(BodyForm::EventStream),
+            "no label: read as the stream asked for"
+        );
+    }
+
+    #[test]
+    fn a_stream_under_another_label_is_told_by_its_first_bytes() {
+        for (label, named) in [
+            (&b"text/html; charset=utf-8"[..], "text/html"),
+            (b"text/plain", "text/plain"),
+            (b"application/jsonl", "application/jsonl"),
+            (b"text/\xffhtml", UNSHOWN_NAME),
+        ] {
+            let h = headers(&[("content-type", label)]);
+            assert_eq!(
+                success_body(&h, true),
+                Ok(BodyForm::Labelled(named.into())),
+                "{label:?}"
+            );
+        }
+        let e = Unreadable::Labelled("text/html".into()).to_string();
+        assert!(e.contains("labelled `text/html`"), "{e}");
+    }
+
+    #[test]
+    fn first_bytes_say_whether_a_body_is_an_event_stream() {
+        use StreamStart::*;
+        for (first, says) in [
+            (&b"data: {}"[..], EventStream),
+            (b"\n\r\n  data:", EventStream),
+            (b": keep-alive", EventStream),
+            (b"event: error", EventStream),
+            (b"id:1", EventStream),
+            (b"retry: 10", EventStream),
+            (b"\xEF\xBB\xBFdata:", EventStream),
+            (b"", Undecided),
+            (b"\n\n ", Undecided),
+            (b"da", Undecided),
+            (b"\nretr", Undecided),
+            (b"\xEF", Undecided),
+            (b"\xEF\xBB", Undecided),
+            (b"\xEF\xBB\xBF", Undecided),
+            (b"<!DOCTYPE html>", NotOne),
+            (b"Access denied", NotOne),
+            (b"{\"id\": 1}", NotOne),
+            (b"dat x", NotOne),
+            (b"\xEFx", NotOne),
+            // A field with no value has no colon either.
+            (b"data\n", EventStream),
+            (b"data", Undecided),
+            (b"datum:", NotOne),
+        ] {
+            assert_eq!(
+                stream_start(first),
+                says,
+                "{:?}",
+                String::from_utf8_lossy(first)
+            );
+        }
+        assert!(reads_as_event_stream(b"data: [DONE]"));
+        assert!(!reads_as_event_stream(b"da"), "a whole body is what it is");
+    }
+
+    #[test]
+    fn a_call_for_one_completion_reads_json_whatever_its_label() {
+        for label in [&b"text/html"[..], b"text/plain", b"text/event-stream"] {
+            let h = headers(&[("content-type", label)]);
+            assert_eq!(success_body(&h, false), Ok(BodyForm::Json), "{label:?}");
+        }
+    }
+}
