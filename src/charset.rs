@@ -52,8 +52,9 @@ impl std::fmt::Display for NotUtf8 {
     }
 }
 
-/// UTF-8's byte-order mark.
-const UTF8_MARK: &[u8] = b"\xEF\xBB\xBF";
+/// UTF-8's byte-order mark, which may begin a client's body, an upstream's completion or
+/// its event stream: every reader of those drops it.
+pub const UTF8_BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 
 /// The byte-order marks of the other encodings, the longer first: UTF-32LE's begins with
 /// UTF-16LE's.
@@ -68,7 +69,7 @@ const MARKS: [(&[u8], Encoding); 4] = [
 /// encoding it is in when its first bytes show it is not UTF-8. Anything else, valid or
 /// not, is left to the JSON parser.
 pub fn utf8_json(body: &[u8]) -> Result<&[u8], NotUtf8> {
-    if let Some(rest) = body.strip_prefix(UTF8_MARK) {
+    if let Some(rest) = body.strip_prefix(UTF8_BYTE_ORDER_MARK) {
         return Ok(rest);
     }
     if let Some(&(_, encoding)) = MARKS.iter().find(|(mark, _)| body.starts_with(mark)) {

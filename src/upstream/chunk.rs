@@ -357,6 +357,9 @@ fn within(
 /// `message` as its `delta` (and the completion itself, see [`Chunk::whole`]); a second
 /// chunk carries `usage`, as a streamed answer with `include_usage` would.
 pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>, ChunkError> {
+    let body = body
+        .strip_prefix(crate::charset::UTF8_BYTE_ORDER_MARK)
+        .unwrap_or(body);
     let value =
         crate::json::from_slice_bounded(body, limits.max_json_values).map_err(|e| match e {
             crate::json::BoundedError::Json(e) => {
@@ -699,6 +702,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A completion that begins with UTF-8's byte-order mark (a .NET proxy's JSON writer)
+    /// is read as without it, as an event stream's is (RFC 8259 §8.1 lets a parser ignore
+    /// one); it was a malformed answer.
+    #[test]
+    fn a_completion_with_a_byte_order_mark_is_read() {
+        let limits = ChunkLimits::default();
+        let body = "\u{FEFF}{\"model\":\"m\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}";
+        let payloads = from_completion(body.as_bytes(), &limits).expect("read");
+        let Some(Payload::Chunk(first)) = payloads.first() else {
+            panic!("{payloads:?}");
+        };
+        assert_eq!(first.text, "hi");
     }
 
     /// A completion's `choices: null` reads as it does in a streamed chunk (no choices),

@@ -13,6 +13,8 @@
 
 use http::{HeaderMap, header};
 
+use crate::charset::UTF8_BYTE_ORDER_MARK;
+
 /// The longest coding or media type name a message repeats: room for every content coding
 /// and the media types pages and errors come in. A longer one, or one with characters a
 /// name cannot have, is shown as [`UNSHOWN_NAME`]: the header is the sender's text, and a
@@ -104,20 +106,17 @@ fn is_json(t: &str) -> bool {
 /// §9.2.6).
 const EVENT_STREAM_FIELDS: [&[u8]; 4] = [b"data", b"event", b"id", b"retry"];
 
-/// UTF-8's byte-order mark, which may come before an event stream (the SSE parser drops it).
-const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
-
 /// What `first`, the first bytes of a body (as many as have come), say it is.
 pub fn stream_start(first: &[u8]) -> StreamStart {
     // A mark cut across reads.
     if !first.is_empty()
-        && first.len() < BYTE_ORDER_MARK.len()
-        && BYTE_ORDER_MARK.starts_with(first)
+        && first.len() < UTF8_BYTE_ORDER_MARK.len()
+        && UTF8_BYTE_ORDER_MARK.starts_with(first)
     {
         return StreamStart::Undecided;
     }
     let start = first
-        .strip_prefix(BYTE_ORDER_MARK)
+        .strip_prefix(UTF8_BYTE_ORDER_MARK)
         .unwrap_or(first)
         .trim_ascii_start();
     if start.starts_with(b":") {

@@ -7,6 +7,8 @@
 //! every event's data is bounded by `max_line_bytes`. Does not own what the data means
 //! (`client`).
 
+use crate::charset::UTF8_BYTE_ORDER_MARK;
+
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
@@ -40,9 +42,6 @@ pub struct SseParser {
     max_line_bytes: usize,
 }
 
-/// UTF-8's byte-order mark.
-const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
-
 impl SseError {
     /// The named limit the stream went over, if that is what it did.
     pub fn limit(&self) -> Option<&'static str> {
@@ -74,11 +73,11 @@ impl SseParser {
             return Ok(());
         }
         if let Some(seen) = self.mark {
-            let rest = &BYTE_ORDER_MARK[seen..];
+            let rest = &UTF8_BYTE_ORDER_MARK[seen..];
             let n = rest.len().min(bytes.len());
             if bytes[..n] == rest[..n] {
                 bytes = &bytes[n..];
-                if seen + n < BYTE_ORDER_MARK.len() {
+                if seen + n < UTF8_BYTE_ORDER_MARK.len() {
                     self.mark = Some(seen + n);
                     return Ok(());
                 }
@@ -86,7 +85,7 @@ impl SseParser {
             } else {
                 // Not a mark: what was held back begins the first line (it has no line end).
                 self.mark = None;
-                self.extend_line(&BYTE_ORDER_MARK[..seen])?;
+                self.extend_line(&UTF8_BYTE_ORDER_MARK[..seen])?;
             }
             if bytes.is_empty() {
                 return Ok(());
