@@ -1,4 +1,6 @@
-//! The character encoding of a client's JSON body: UTF-8, or refused naming what it is.
+//! The character encoding of a client's JSON body: UTF-8, or refused naming what it is;
+//! and UTF-8's byte-order mark, which every reader of a body (a client's, an upstream's
+//! completion or event stream) drops.
 //!
 //! Owns: telling, from a body's first four bytes at most, whether it is UTF-8 (a UTF-8
 //! byte-order mark, which Windows tools write, is dropped: RFC 8259 §8.1 lets a parser

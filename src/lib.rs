@@ -17,7 +17,8 @@
 //! * [`dns`]: real TCP to upstreams, with DNS answers cached for a bounded time.
 //! * [`json`]: JSON text into `serde_json` values, each map allocated once.
 //! * [`charset`]: a client's body is UTF-8 JSON (a byte-order mark skipped), or refused
-//!   naming the encoding it is in.
+//!   naming the encoding it is in; the byte-order mark every body reader drops.
+//! * [`content_encoding`]: which `Content-Encoding` names a compression (none is decoded).
 //! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.
 //! * [`commit`]: what the client has been given, and what a continuation may ask.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
@@ -43,6 +44,7 @@ pub mod charset;
 pub mod classify;
 pub mod commit;
 pub mod config;
+pub mod content_encoding;
 pub mod decision_log;
 pub mod delivery;
 pub mod dns;

@@ -1132,6 +1132,44 @@ async fn a_compressed_request_body_gets_a_415_naming_its_coding() {
     }
 }
 
+/// A `Content-Encoding` that names no compression (`UTF-8`, `none`, `binary`: a
+/// misconfigured server or client that means a charset) changes nothing about the bytes,
+/// and the SDKs read such a body as it is (httpx skips a coding it does not know; urllib3
+/// and undici too). It was taken for a compression: every answer of such an upstream a
+/// malformed attempt, every such request a 415.
+#[tokio::test(start_paused = true)]
+async fn a_content_encoding_that_names_no_compression_is_read_as_it_is() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let mut r = sse_answer("m", &["hi"]);
+        r.headers_mut()
+            .insert("content-encoding", "UTF-8".parse().unwrap());
+        r
+    });
+    let gw = Gw::start(ONE_KEY, &net);
+    let auth = ("authorization", "Bearer sk-good");
+    for label in ["utf-8", "none", "binary"] {
+        for stream in [false, true] {
+            let body = chat_body("g", stream).to_string();
+            let request = chat_request_with(&[auth, ("content-encoding", label)], body);
+            let r = send(&gw, request).await;
+            assert_eq!(r.status(), 200, "{label} stream={stream}");
+            let t = text(r).await;
+            let served = if stream {
+                streamed_text(&t)
+            } else {
+                let v: Value = serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}"));
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            };
+            assert_eq!(served, "hi", "{label} stream={stream}: {t}");
+        }
+    }
+    assert!(!gw.saw("attempt_failed"), "{:#?}", gw.events());
+}
+
 /// The key is checked first, as for any body: without a usable key a compressed body gets
 /// the 401, not a 415 that would tell a stranger what the gateway reads.
 #[tokio::test(start_paused = true)]

@@ -1,19 +1,19 @@
 //! A client's request body in a content coding: refused with a 415.
 //!
-//! Owns: the decision that a request whose `Content-Encoding` names any coding but
-//! `identity` is refused before a byte of its body is read, and the 415 that says so:
-//! OpenAI-shaped, naming the coding, with `accept-encoding: identity` to say what the
-//! gateway reads (RFC 9110 §15.5.16). The gateway decodes no coding, so a compressed body
-//! would otherwise reach the JSON parser and come back as a syntax error that never says
-//! why (or, labelled but not compressed, be read as if the label were not there). Does not
-//! own reading the header's list ([`crate::upstream::coding::applied_coding`], shared with
-//! upstream answers) nor when the check runs (`routes`: after the key, as every check of a
-//! body).
+//! Owns: the decision that a request whose `Content-Encoding` names a compression is
+//! refused before a byte of its body is read, and the 415 that says so: OpenAI-shaped,
+//! naming the coding, with `accept-encoding: identity` to say what the gateway reads (RFC
+//! 9110 §15.5.16). The gateway decodes no coding, so a compressed body would otherwise
+//! reach the JSON parser and come back as a syntax error that never says why. A name that
+//! is no compression (`utf-8`, `none`) changes no byte and is read past, as the SDKs' HTTP
+//! clients read it. Does not own reading the header's list
+//! ([`crate::content_encoding::applied_coding`], shared with upstream answers) nor when
+//! the check runs (`routes`: after the key, as every check of a body).
 
 use http::{HeaderMap, HeaderValue, Response, header};
 
+use crate::content_encoding::applied_coding;
 use crate::error::ApiError;
-use crate::upstream::coding::applied_coding;
 
 /// The 415 for a body in a content coding; `None` for a body as it is.
 pub fn refusal(headers: &HeaderMap) -> Option<ApiError> {

@@ -92,7 +92,7 @@ impl UpstreamError {
             } => {
                 // A body in a coding nothing here decodes says nothing (its bytes as text
                 // are garbage): the status and headers (Retry-After) say what they say.
-                let coded = coding::applied_coding(headers);
+                let coded = crate::content_encoding::applied_coding(headers);
                 let body = if coded.is_some() { &[][..] } else { body };
                 let mut failure = classify(
                     Signal::Status {

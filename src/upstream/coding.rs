@@ -1,19 +1,20 @@
 //! What an upstream's answer is written in, and whether the gateway reads it.
 //!
-//! Owns: reading a response's `Content-Encoding` (the gateway asks for `identity` and
-//! decodes nothing, so a body in any other coding is unreadable: a success is then a
-//! malformed answer, and an error says only what its status and headers say); for a
+//! Owns: what a success's headers and first bytes say of its body: a compression the
+//! gateway asked not to get (it asks for `identity` and decodes nothing, so such a success
+//! is a malformed answer; an error says only what its status and headers say); for a
 //! streamed call, its `Content-Type` (JSON is read whole, an event stream or an unlabelled
 //! body as it comes, anything else only if its first bytes are an event stream's: the SDKs
 //! read a streamed answer whatever its label, but a proxy's HTML page is no answer); and
 //! naming what it found within [`MAX_SHOWN_NAME_BYTES`], for a message. Pure: headers and
-//! first bytes in, decision out, no I/O. The gateway reads a client's `Content-Encoding`
-//! with the same [`applied_coding`]. Does not own reading the body (`client`) nor what a
-//! failure means for routing (`classify`).
+//! first bytes in, decision out, no I/O. Does not own which `Content-Encoding` names a
+//! compression (`content_encoding`, shared with clients' bodies), reading the body
+//! (`client`) nor what a failure means for routing (`classify`).
 
 use http::{HeaderMap, header};
 
 use crate::charset::UTF8_BYTE_ORDER_MARK;
+use crate::content_encoding::applied_coding;
 
 /// The longest coding or media type name a message repeats: room for every content coding
 /// and the media types pages and errors come in. A longer one, or one with characters a
@@ -141,26 +142,6 @@ pub fn reads_as_event_stream(body: &[u8]) -> bool {
     stream_start(body) == StreamStart::EventStream
 }
 
-/// The first content coding `headers` say was applied to the body, other than `identity`
-/// (which is none), as a message may show it (lower-case, or [`UNSHOWN_NAME`]); `None` when
-/// the body is as it is. `Content-Encoding` lists codings in the order applied, in one
-/// header or several (RFC 9110 §8.4): any one is one the gateway cannot undo.
-pub fn applied_coding(headers: &HeaderMap) -> Option<String> {
-    for value in headers.get_all(header::CONTENT_ENCODING) {
-        let Ok(list) = value.to_str() else {
-            return Some(UNSHOWN_NAME.to_string());
-        };
-        let applied = list
-            .split(',')
-            .map(str::trim)
-            .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
-        if let Some(coding) = applied {
-            return Some(shown(coding));
-        }
-    }
-    None
-}
-
 /// `name` in lower case if it is a name (a token, or `type/subtype`) within
 /// [`MAX_SHOWN_NAME_BYTES`]; [`UNSHOWN_NAME`] otherwise.
 fn shown(name: &str) -> String {
@@ -185,56 +166,6 @@ mod tests {
             );
         }
         h
-    }
-
-    #[test]
-    fn identity_or_no_coding_is_the_body_as_it_is() {
-        for h in [
-            headers(&[]),
-            headers(&[("content-encoding", b"identity")]),
-            headers(&[("content-encoding", b"IDENTITY")]),
-            headers(&[("content-encoding", b"")]),
-            headers(&[("content-encoding", b" , identity ,")]),
-        ] {
-            assert_eq!(applied_coding(&h), None, "{h:?}");
-        }
-    }
-
-    #[test]
-    fn any_other_coding_is_named_in_lower_case() {
-        for (values, named) in [
-            (&[&b"gzip"[..]][..], "gzip"),
-            (&[b"Br"], "br"),
-            (&[b"identity, zstd"], "zstd"),
-            (&[b"deflate, gzip"], "deflate"),
-            // One coding a header: the list goes on in the next.
-            (&[b"identity", b"gzip"], "gzip"),
-        ] {
-            let h = headers(
-                &values
-                    .iter()
-                    .map(|v| ("content-encoding", *v))
-                    .collect::<Vec<_>>(),
-            );
-            assert_eq!(applied_coding(&h).as_deref(), Some(named), "{h:?}");
-        }
-    }
-
-    #[test]
-    fn a_name_that_is_not_one_is_not_repeated() {
-        let long = "x".repeat(MAX_SHOWN_NAME_BYTES + 1);
-        let at_bound = "x".repeat(MAX_SHOWN_NAME_BYTES);
-        for (value, shown) in [
-            (long.as_bytes(), UNSHOWN_NAME),
-            (at_bound.as_bytes(), at_bound.as_str()),
-            (b"gz\"ip", UNSHOWN_NAME),
-            (b"gz ip", UNSHOWN_NAME),
-            // obs-text: a header value may hold it, a name may not.
-            (b"gz\xffip", UNSHOWN_NAME),
-        ] {
-            let h = headers(&[("content-encoding", value)]);
-            assert_eq!(applied_coding(&h).as_deref(), Some(shown), "{value:?}");
-        }
     }
 
     #[test]
