@@ -58,6 +58,12 @@ impl std::fmt::Display for NotUtf8 {
 /// its event stream: every reader of those drops it.
 pub const UTF8_BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 
+/// `body` without UTF-8's byte-order mark, if it begins with one (RFC 8259 §8.1 lets a
+/// JSON parser ignore it).
+pub fn without_byte_order_mark(body: &[u8]) -> &[u8] {
+    body.strip_prefix(UTF8_BYTE_ORDER_MARK).unwrap_or(body)
+}
+
 /// The byte-order marks of the other encodings, the longer first: UTF-32LE's begins with
 /// UTF-16LE's.
 const MARKS: [(&[u8], Encoding); 4] = [

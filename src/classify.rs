@@ -374,6 +374,7 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
             headers,
             body,
         } => {
+            let body = crate::charset::without_byte_order_mark(body);
             let parsed: Option<Value> = serde_json::from_slice(body).ok();
             let err = parsed.as_ref().map(error_object);
             let hints = err.map(ErrorHints::of).unwrap_or_default();
@@ -1000,6 +1001,18 @@ mod tests {
             assert_eq!(f.class, class, "HTTP {code}");
             assert_eq!(f.status, Some(code));
         }
+    }
+
+    /// A .NET proxy's writer that puts UTF-8's byte-order mark before its completions puts
+    /// one before its errors too: the error is read as without it (it was not JSON, so a
+    /// context-window 400 was a plain bad request, and the client's message began with
+    /// the mark and the raw JSON).
+    #[test]
+    fn an_error_with_a_byte_order_mark_is_read() {
+        let ctx = "\u{FEFF}{\"error\":{\"message\":\"maximum context length is 8192 tokens\",\"code\":\"context_length_exceeded\"}}";
+        let f = status(400, ctx);
+        assert_eq!(f.class, FailureClass::ContextWindow);
+        assert_eq!(f.message, "maximum context length is 8192 tokens");
     }
 
     #[test]

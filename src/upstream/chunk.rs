@@ -357,9 +357,7 @@ fn within(
 /// `message` as its `delta` (and the completion itself, see [`Chunk::whole`]); a second
 /// chunk carries `usage`, as a streamed answer with `include_usage` would.
 pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>, ChunkError> {
-    let body = body
-        .strip_prefix(crate::charset::UTF8_BYTE_ORDER_MARK)
-        .unwrap_or(body);
+    let body = crate::charset::without_byte_order_mark(body);
     let value =
         crate::json::from_slice_bounded(body, limits.max_json_values).map_err(|e| match e {
             crate::json::BoundedError::Json(e) => {
