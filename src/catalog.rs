@@ -158,11 +158,11 @@ impl KeySpec {
     }
 
     /// Whether the key (and its team) may use any name at all: no `models` list, or one
-    /// holding `*`. Only such a key may see what names every group (the metrics scrape).
+    /// holding `*`.
     pub fn sees_every_group(&self) -> bool {
         self.model_lists
             .iter()
-            .all(|list| list.is_empty() || list.iter().any(|entry| entry == "*"))
+            .all(|list| crate::wildcard::allow_list_admits_every_name(list))
     }
 }
 

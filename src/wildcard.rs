@@ -117,6 +117,12 @@ pub fn deployment_model(template: &str, captures: &[&str], requested: &str) -> S
     model
 }
 
+/// Whether the allow-list `list` admits every name there is, now and after a reload: it is
+/// empty (no restriction) or holds `*`.
+pub fn allow_list_admits_every_name(list: &[String]) -> bool {
+    list.is_empty() || list.iter().any(|entry| entry == "*")
+}
+
 /// Whether an allow-list (a key's or team's `models`) admits the model name `name`:
 /// an empty list or a `*` entry admits everything; an entry without `*` must equal the
 /// name; an entry with `*` matches the whole name, `*` standing for any run of characters

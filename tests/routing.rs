@@ -290,16 +290,22 @@ keys:
 /// The metrics scrape names every group, deployment and key alias. Without an admin key,
 /// any virtual key could scrape it, so a key restricted to its own models read the names
 /// of every other tenant's groups in one request (what the 403 and 400 above keep from
-/// it). A restricted key is now refused; a key with no `models` restriction (or `*`) still
-/// scrapes, and with an admin key only the admin does.
+/// it), and a team's key every other team's key aliases and their traffic. A restricted
+/// key, or a team's, is now refused; a key of no team with no `models` restriction (or
+/// `*`) still scrapes, and with an admin key only the admin does.
 #[tokio::test(start_paused = true)]
 async fn a_restricted_key_cannot_read_other_groups_from_the_metrics() {
     let config = r#"
 model_list:
   - {model_name: mine, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
   - {model_name: theirs-secret-project, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
+teams:
+  - {team_id: team-narrow, models: [mine]}
+  - {team_id: team-wide}
 keys:
   - {key: sk-restricted, models: [mine]}
+  - {key: sk-narrow-team, team_id: team-narrow}
+  - {key: sk-wide-team, team_id: team-wide}
   - {key: sk-star, models: ["*"]}
   - {key: sk-open}
 "#;
@@ -317,12 +323,16 @@ keys:
             sender.send_request(req).await.expect("response")
         }
     };
-    let r = scrape("sk-restricted").await;
-    let status = r.status();
-    let body = text(r).await;
-    assert_eq!(status, 403, "{body}");
-    assert!(!body.contains("theirs-secret-project"), "{body}");
-    assert!(body.contains("master_key"), "says how to scrape: {body}");
+    // Restricted by its own list or its team's, or a team's at all (the series name every
+    // key alias with its traffic: another team's too).
+    for key in ["sk-restricted", "sk-narrow-team", "sk-wide-team"] {
+        let r = scrape(key).await;
+        let status = r.status();
+        let body = text(r).await;
+        assert_eq!(status, 403, "{key}: {body}");
+        assert!(!body.contains("theirs-secret-project"), "{key}: {body}");
+        assert!(body.contains("master_key"), "says how to scrape: {body}");
+    }
     for key in ["sk-open", "sk-star"] {
         let r = scrape(key).await;
         let status = r.status();

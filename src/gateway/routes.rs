@@ -276,9 +276,10 @@ fn health() -> Response<ResponseBody> {
 
 /// The Prometheus exposition, when the engine keeps metrics. With an admin key
 /// (`general_settings.master_key`) a scrape must present it; otherwise, with keys
-/// configured, any key that may use every group (the series name groups, deployments and
-/// key aliases, never a secret), so an open port does not show the gateway's traffic and a
-/// key restricted to its own models does not read the names of every other tenant's.
+/// configured, a key of no team that may use every group: the series name every group,
+/// deployment and key alias with its traffic (never a secret), so an open port does not
+/// show the gateway's traffic, a key restricted to its own models does not read the names
+/// of every other tenant's groups, and a team's key does not read the other teams'.
 fn metrics(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
     let Some(metrics) = engine.metrics() else {
         return error(&ApiError::not_found(
@@ -296,12 +297,13 @@ fn metrics(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
                     "missing API key: send `Authorization: Bearer <virtual key>`",
                 ));
             }
-            Ok(Some(key)) if !key.sees_every_group() => {
+            Ok(Some(key)) if key.team.is_some() || !key.sees_every_group() => {
                 return error(&ApiError::new(
                     403,
                     "permission_denied",
-                    "the metrics name every group and key; scrape with a key without a \
-                     `models` restriction, or set general_settings.master_key and scrape with it",
+                    "the metrics name every group and key with its traffic; scrape with a key \
+                     of no team and without a `models` restriction, or set \
+                     general_settings.master_key and scrape with it",
                 ));
             }
             Err(e) => return error(&e),
