@@ -438,6 +438,14 @@ impl Run<'_> {
                     RetryDecision::Retry { .. } if self.cap_hit() => {
                         return Err(Stop::Unserved(self.unserved(failure, &walk)));
                     }
+                    // The retry's attempt could not be made: end now, not after its backoff
+                    // (which would count a retry never made).
+                    RetryDecision::Retry { .. } if self.attempts_spent() => {
+                        self.emit(Event::LimitHit {
+                            limit: "max_attempts",
+                        });
+                        return Err(Stop::Unserved(self.unserved(failure, &walk)));
+                    }
                     RetryDecision::Retry { deployment, delay } => {
                         self.emit(Event::RetryScheduled {
                             group,
@@ -619,8 +627,13 @@ impl Run<'_> {
         spent
     }
 
+    /// Whether the request has made the `max_attempts` attempts it may.
+    fn attempts_spent(&self) -> bool {
+        self.attempts.len() as u32 >= self.catalog.limits.max_attempts
+    }
+
     fn limit_reached(&self) -> Option<&'static str> {
-        if self.attempts.len() as u32 >= self.catalog.limits.max_attempts {
+        if self.attempts_spent() {
             return Some("max_attempts");
         }
         if Instant::now() >= self.deadline {

@@ -341,3 +341,56 @@ keys:
         assert!(body.contains("theirs-secret-project"), "{key}: {body}");
     }
 }
+
+/// A retry that `max_attempts` would stop is never scheduled: the request ends at once with
+/// the limit, where it slept a whole backoff for an attempt it could not make, and told
+/// the client (and the metrics) of a retry never made.
+#[tokio::test(start_paused = true)]
+async fn a_retry_past_max_attempts_is_not_scheduled() {
+    let config = r#"
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}}
+router_settings: {num_retries: 3, retry_backoff_base: 5, retry_backoff_max: 5}
+limits: {max_attempts: 2}
+allow_anonymous: true
+"#;
+    let net = MemNet::new();
+    net.host("up", |_| {
+        json_response(
+            503,
+            &json!({"error": {"message": "busy", "type": "server_error"}}),
+        )
+    });
+    let gw = Gw::start(config, &net);
+    for stream in [false, true] {
+        let started = tokio::time::Instant::now();
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        let retries = r.headers()[switchback::delivery::HEADER_RETRIES]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let status = r.status();
+        let body = text(r).await;
+        assert_eq!(status, 503, "stream={stream}: {body}");
+        assert_eq!(retries, "1", "stream={stream}: the one retry made");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "stream={stream}: one backoff (5 s), not two: {:?}",
+            started.elapsed()
+        );
+    }
+    let events = gw.events();
+    let scheduled = events
+        .iter()
+        .filter(|e| e.contains("retry_scheduled"))
+        .count();
+    assert_eq!(scheduled, 2, "one per request: {events:#?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.contains("limit_hit limit=max_attempts"))
+            .count(),
+        2,
+        "{events:#?}"
+    );
+}
