@@ -42,6 +42,9 @@ pub struct CommitState {
     /// empty one is stamped with. Never an earlier attempt's: after a fallback, a chunk
     /// must not name the model that failed.
     last_model: Option<String>,
+    /// An attempt after a failure past commit is delivering: what it says is glued to what
+    /// an earlier one said.
+    continuing: bool,
 }
 
 /// What the attempt after a failure past commit may be asked.
@@ -142,7 +145,14 @@ impl CommitState {
         }
         let stamp = match chunk.model.as_deref() {
             None => Some(upstream_model),
-            Some("") => self.last_model.as_deref(),
+            // After a failure past commit, a chunk of the next attempt that names no model
+            // yet is still that attempt's: left empty, the non-stream answer (which never
+            // lets an empty one erase a real one) would name the model that failed.
+            Some("") => match (&self.last_model, self.continuing) {
+                (Some(model), _) => Some(model.as_str()),
+                (None, true) => Some(upstream_model),
+                (None, false) => None,
+            },
             Some(_) => None,
         };
         if let Some(model) = stamp {
@@ -209,6 +219,7 @@ impl CommitState {
         }
         self.attempt_chunks = 0;
         self.last_model = None;
+        self.continuing = true;
         if !self.continuable {
             return Next::Stop("what was delivered is not text of a single choice");
         }
@@ -284,10 +295,12 @@ mod tests {
         let after = s.stamp_and_record(chunk(annotation), "deployment");
         assert_eq!(model(&after), "gpt-35-turbo");
         assert_eq!(after.model.as_deref(), Some("gpt-35-turbo"));
-        // The attempt fails; the next one's opening chunk must not name the failed model.
+        // The attempt fails; the next one's chunks must not name the failed model, and
+        // name the next one's even before it names one itself (the non-stream answer keeps
+        // the last real name, which would be the failed one's).
         s.after_failure(None, 1 << 20);
         let next = s.stamp_and_record(chunk(annotation), "fallback");
-        assert_eq!(model(&next), "");
+        assert_eq!(model(&next), "fallback");
     }
 
     #[test]

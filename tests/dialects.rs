@@ -335,3 +335,47 @@ fn models_after_the_first(sse_body: &str) -> Vec<String> {
         .map(|v| v["model"].as_str().unwrap_or("<none>").to_string())
         .collect()
 }
+
+/// A stream cut after commit is continued by a fallback whose server names no model (`""`
+/// on every chunk). The stream's last chunk and the non-stream answer must name the same
+/// model, the fallback's: the non-stream answer kept the failed attempt's (an empty model
+/// never erases a real one) while the stream's last chunk said `""`.
+#[tokio::test(start_paused = true)]
+async fn a_continuation_whose_server_names_no_model_is_named_alike_in_both_modes() {
+    let config = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/ma, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: g2, litellm_params: {model: openai/mb, api_base: "http://up2/v1"}, model_info: {id: d2}}
+router_settings: {num_retries: 0, fallbacks: [{g: [g2]}], mid_stream: continue}
+"#;
+    let net = MemNet::new();
+    // Content, then the body ends: no finish reason, no [DONE] (a cut stream).
+    net.host("up", |_| {
+        sse(frame(&chunk_json(
+            "ma",
+            json!({"role": "assistant", "content": "Hel"}),
+            None,
+        )))
+    });
+    net.host("up2", |_| {
+        sse(frame(&chunk_json(
+            "",
+            json!({"role": "assistant", "content": "lo"}),
+            None,
+        )) + &frame(&chunk_json("", json!({}), Some("stop")))
+            + "data: [DONE]\n\n")
+    });
+    let gw = Gw::start(config, &net);
+    let r = gw.chat(None, chat_body("g", false)).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = serde_json::from_str(&text(r).await).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello", "{v}");
+    let r = gw.chat(None, chat_body("g", true)).await;
+    assert_eq!(r.status(), 200);
+    let streamed = text(r).await;
+    assert_eq!(streamed_text(&streamed), "Hello");
+    let models = models_after_the_first(&format!("data: {{\"choices\":[]}}\n\n{streamed}"));
+    assert_eq!(models.last().map(String::as_str), Some("mb"), "{models:?}");
+    assert_eq!(v["model"], "mb", "{v}");
+}

@@ -173,7 +173,8 @@ fn check_stream(
             continue;
         }
         // Switchback's documented changes, applied to what the provider sent: an empty
-        // `model` after a real one is that one.
+        // `model` after a real one is that one (a chunk with none is stamped with the
+        // model the call was asked for, which then counts as named).
         match chunk.get("model") {
             Some(Value::String(m)) if m.is_empty() => {
                 if let Some(real) = &named {
@@ -181,7 +182,8 @@ fn check_stream(
                 }
             }
             Some(real @ Value::String(_)) => named = Some(real.clone()),
-            _ => {}
+            None => named = Some(Value::String(call.model.clone())),
+            Some(_) => {}
         }
         if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
             for (position, c) in choices.iter_mut().enumerate() {
