@@ -1015,6 +1015,57 @@ async fn a_proxy_page_is_a_malformed_attempt_in_both_modes() {
     );
 }
 
+/// A page whose connection stays open (a captive portal that never ends its body) is told
+/// by its first bytes, at once: it timed out before (the first-chunk timeout, 30 s
+/// here), as a stream that never said a word.
+#[tokio::test(start_paused = true)]
+async fn a_page_whose_connection_stays_open_is_malformed_at_once() {
+    let net = MemNet::new();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    net.host("up", move |_| {
+        let (tx, mut r) = sse_channel();
+        r.headers_mut()
+            .insert("content-type", "text/html".parse().unwrap());
+        tx.try_send(Ok(bytes::Bytes::from_static(b"<html><body>Sign in")))
+            .unwrap();
+        // Kept, so the body never ends.
+        keep.lock().unwrap().push(tx);
+        r
+    });
+    net.host("up2", |_| sse_answer("m2", &["fresh"]));
+    let config = FALLS_BACK_TO_G2.replace(
+        "router_settings: {",
+        "router_settings: {stream_timeout: 30, timeout: 30, ",
+    );
+    let gw = Gw::start(&config, &net);
+    for stream in [false, true] {
+        let started = tokio::time::Instant::now();
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let t = text(r).await;
+        assert!(t.contains("fresh"), "stream={stream}: {t}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "stream={stream}: told at its first bytes, not by a timeout: {:?}",
+            started.elapsed()
+        );
+    }
+    let failed: Vec<_> = gw
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("attempt_failed"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.contains("deployment=d class=malformed")),
+        "{failed:#?}"
+    );
+    assert_eq!(held.lock().unwrap().len(), 2);
+}
+
 /// An event stream labelled `text/plain`, its first bytes cut anywhere (a blank line, then
 /// `da` and `ta: ...` apart), is read as the event stream it is, in both modes: held only
 /// until its first bytes say so.
