@@ -4,10 +4,9 @@
 //! Owns: reading the request (its key first, from whichever header carries it, then the
 //! body, refused unread in a content coding (see [`content_coding`]), under its size limit,
 //! its deadline and the gateway's budget of bodies in flight, which the request holds to
-//! its end), handing it to the engine, and turning the outcome into a response: one JSON body for `stream: false`; for `stream: true`, a 200 SSE
-//! response at commit, or, if every attempt failed before commit, the same JSON error a
-//! non-streaming client gets.
-//! Either way the committing attempt's `x-request-id`, `x-ratelimit-*` and
+//! its end), handing it to the engine, and turning the outcome into a response: one JSON
+//! body for `stream: false`; for `stream: true`, a 200 SSE response at commit, or, if every
+//! attempt failed before commit, the same JSON error a non-streaming client gets. Either way the committing attempt's `x-request-id`, `x-ratelimit-*` and
 //! `openai-processing-ms` headers are passed on, and an error that ends a request whose
 //! plan is exhausted says `x-should-retry: false`, so an SDK's own retries do not multiply
 //! the gateway's.
