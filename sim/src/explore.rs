@@ -258,6 +258,7 @@ fn provider(
                 tool_call_index: None,
                 keep_alive_ms,
                 framing,
+                content_filter: Default::default(),
             },
         )
 }
