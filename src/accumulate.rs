@@ -14,7 +14,8 @@
 //!   OpenAI-compatible endpoints of Gemini, Ollama and SGLang omit `index` or repeat
 //!   `index: 0`), and `function.name` is never concatenated;
 //! * every other field, at every level, is kept (last non-null value wins), so nothing a
-//!   provider adds is lost.
+//!   provider adds is lost, but for the `content_filter_offsets` of Azure's Asynchronous
+//!   Filter annotations, which only a stream has.
 //!
 //! Every merge appends to the accumulated value in place, and a list merged by `index` keeps
 //! an index of its items across chunks ([`Lists`]), so the total work is linear in the size
@@ -216,6 +217,10 @@ impl Accumulator {
                 match key {
                     // A `delta` or `message` that is not an object adds nothing.
                     "index" | "delta" | "message" => {}
+                    // Where an async-filtered Azure stream's annotation applies: no
+                    // non-stream answer has it, since Azure filters one whole before sending
+                    // it (its verdict, `content_filter_results`, is kept).
+                    "content_filter_offsets" => {}
                     // Log probabilities are deltas like the message's: lists concatenate.
                     "logprobs" => {
                         let mut at = At::new(&mut acc.lists, Root::ChoiceFields);
@@ -732,6 +737,25 @@ mod tests {
         assert_eq!(c["content_filter_results"], safe);
         assert_eq!(c["finish_reason"], "stop");
         assert_eq!(c["message"]["content"], "abc");
+    }
+
+    #[test]
+    fn azure_async_filter_offsets_are_left_out_and_its_verdicts_kept() {
+        // Azure's Asynchronous Filter: annotations without a `delta`, one after the finish.
+        let safe = json!({"hate": {"filtered": false, "severity": "safe"}});
+        let offsets =
+            |check: u64| json!({"check_offset": check, "start_offset": 8, "end_offset": 20});
+        let a = acc(&[
+            delta(0, json!({"content": "ab"})),
+            json!({"choices": [{"content_filter_offsets": offsets(8), "content_filter_results": safe, "finish_reason": null, "index": 0}]}),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            json!({"choices": [{"content_filter_offsets": offsets(20), "content_filter_results": safe, "finish_reason": null, "index": 0}]}),
+        ]);
+        let c = &a.choices()[0];
+        assert_eq!(c["content_filter_results"], safe);
+        assert_eq!(c["finish_reason"], "stop");
+        assert_eq!(c["message"]["content"], "ab");
+        assert!(c.get("content_filter_offsets").is_none(), "{c}");
     }
 
     #[test]

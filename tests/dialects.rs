@@ -277,6 +277,16 @@ async fn azure_async_filter_annotations_after_the_finish_keep_the_finish_reason(
     assert_eq!(v["id"], "chatcmpl-az", "{v}");
     // The annotations' `model: ""` is no model: it must not erase the content chunks' own.
     assert_eq!(v["model"], "gpt-35-turbo", "{v}");
+    // Azure filters a non-stream answer whole: its choices carry the verdict, never the
+    // offsets only an async-filtered stream has.
+    assert_eq!(
+        v["choices"][0]["content_filter_results"]["hate"]["severity"], "safe",
+        "{v}"
+    );
+    assert!(
+        v["choices"][0].get("content_filter_offsets").is_none(),
+        "{v}"
+    );
     let r = gw.chat(None, chat_body("g", true)).await;
     assert_eq!(r.status(), 200);
     let streamed = text(r).await;

@@ -20,7 +20,9 @@
 //!   streaming docs (`MicrosoftDocs/azure-ai-docs`, `content-filter-streaming.md`): keys in
 //!   alphabetical order, a first chunk with `choices: []`, `created: 0`, `id: ""`,
 //!   `model: ""`, `object: ""` and `prompt_filter_results`; `content_filter_results` on
-//!   every choice (`{}` on the role and finish chunks).
+//!   every choice (`{}` on the role and finish chunks). With `content_filter: async`
+//!   (Azure's Asynchronous Filter), content chunks carry no results and annotation chunks
+//!   come between them and after the finish chunk: [`async_filter`].
 //! * `gemini`: captured streams of `generativelanguage.googleapis.com/v1beta/openai`
 //!   (gemini-2.5-flash-lite; THU-MAIC/OpenMAIC issue 1556 for tool calls): alphabetical
 //!   keys, `role` in every delta, no `finish_reason` until the last content chunk, which
@@ -49,7 +51,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::scenario::{Dialect, Provider, Script, ToolCallIndex, ToolCallSpec};
+use crate::scenario::{ContentFilterMode, Dialect, Provider, Script, ToolCallIndex, ToolCallSpec};
+
+pub mod async_filter;
 
 /// Fixed `created` timestamp, so answers are byte-identical across runs.
 pub const CREATED: u64 = 1_700_000_000;
@@ -106,6 +110,10 @@ pub struct Reply {
     pub audio_id: String,
     /// Whether the request asked for `stream_options.include_usage`.
     pub include_usage: bool,
+    /// Characters of the request's prompt, where Azure's async-filter offsets start.
+    pub prompt_chars: usize,
+    /// An Azure deployment with the Asynchronous Filter ([`async_filter`]).
+    async_filter: bool,
     /// Which choices have text (content) pieces at all, in the whole answer.
     text_choices: Vec<bool>,
 }
@@ -339,6 +347,9 @@ impl Reply {
             logprobs: script.logprobs,
             finish,
             include_usage: false,
+            prompt_chars: 0,
+            async_filter: spec.dialect == Dialect::Azure
+                && spec.content_filter == ContentFilterMode::Async,
             text_choices,
         }
     }
@@ -484,12 +495,15 @@ impl Reply {
                 o.insert("finish_reason".into(), finish);
             }
             Dialect::Azure => {
-                let cfr = if filtered {
-                    Reply::content_filter_results()
-                } else {
-                    json!({})
-                };
-                o.insert("content_filter_results".into(), cfr);
+                // The Asynchronous Filter's verdicts come in annotations of their own.
+                if !self.async_filter {
+                    let cfr = if filtered {
+                        Reply::content_filter_results()
+                    } else {
+                        json!({})
+                    };
+                    o.insert("content_filter_results".into(), cfr);
+                }
                 o.insert("delta".into(), delta);
                 o.insert("finish_reason".into(), finish);
                 o.insert("index".into(), json!(index));
@@ -778,15 +792,28 @@ impl Reply {
     }
 
     /// The stream payloads after every piece: finish chunks (where the dialect sends them
-    /// apart) and the usage chunk (when asked for, in the dialects that send one).
+    /// apart), the usage chunk (when asked for, in the dialects that send one) and Azure's
+    /// last async-filter annotations.
     pub fn closing(&self) -> Vec<Value> {
         self.closing_after(self.pieces.len(), None)
     }
 
+    /// The stream payloads that end an answer the content filter stops after its first
+    /// `sent` pieces: every choice finishing with `content_filter` and the usage chunk, or,
+    /// with Azure's Asynchronous Filter, the usage chunk and the blocking annotations.
+    pub fn filtered_after(&self, sent: usize) -> Vec<Value> {
+        if self.async_filter {
+            self.blocked_closing(sent)
+        } else {
+            self.closing_after(sent, Some("content_filter"))
+        }
+    }
+
     /// The stream payloads that end the answer after its first `sent` pieces, every choice
     /// finishing with `finish` (default: the script's, which Gemini already put on each
-    /// choice's last piece when all were sent), then the usage chunk when asked for.
-    pub fn closing_after(&self, sent: usize, finish: Option<&str>) -> Vec<Value> {
+    /// choice's last piece when all were sent), then the usage chunk when asked for, then
+    /// Azure's async-filter annotation of each choice.
+    fn closing_after(&self, sent: usize, finish: Option<&str>) -> Vec<Value> {
         let mut out = Vec::new();
         for c in 0..self.choices {
             let finished_on_a_piece = self.dialect == Dialect::Gemini
@@ -796,18 +823,28 @@ impl Reply {
                 out.push(self.finish_chunk(c, finish.unwrap_or(&self.finish), sent));
             }
         }
-        if self.include_usage && self.dialect != Dialect::Gemini {
-            let mut chunk = self.chunk(Vec::new(), sent, 0);
-            let o = chunk.as_object_mut().expect("an object");
-            o.shift_remove("obfuscation");
-            o.insert("usage".into(), self.usage(sent));
-            if self.dialect == Dialect::Azure {
-                // Alphabetical, as Azure writes it.
-                o.sort_keys();
-            }
-            out.push(chunk);
+        out.extend(self.usage_chunk(sent));
+        if self.async_filter {
+            out.extend(self.trailing_annotations(sent));
         }
         out
+    }
+
+    /// The usage chunk (`choices: []`) after `sent` pieces, when the request asked for one
+    /// and the dialect sends one apart.
+    fn usage_chunk(&self, sent: usize) -> Option<Value> {
+        if !self.include_usage || self.dialect == Dialect::Gemini {
+            return None;
+        }
+        let mut chunk = self.chunk(Vec::new(), sent, 0);
+        let o = chunk.as_object_mut()?;
+        o.shift_remove("obfuscation");
+        o.insert("usage".into(), self.usage(sent));
+        if self.dialect == Dialect::Azure {
+            // Alphabetical, as Azure writes it.
+            o.sort_keys();
+        }
+        Some(chunk)
     }
 
     /// A flood item: a role-only chunk, for choice `choice`, with `pad` bytes of padding.
@@ -955,7 +992,12 @@ impl Reply {
                 Dialect::Azure => {
                     ch.push(("logprobs", logprobs));
                     // The results ride on content chunks; role and finish chunks have `{}`.
-                    let cfr = if of_c().next().is_some() {
+                    // A deployment with the Asynchronous Filter filters a non-stream answer
+                    // whole, as any other: its choices carry the verdict its stream's
+                    // annotations add up to, and no offsets.
+                    let cfr = if self.async_filter {
+                        Reply::async_verdict(finish_chunks && finish == "content_filter")
+                    } else if of_c().next().is_some() {
                         Reply::content_filter_results()
                     } else {
                         json!({})
@@ -1029,6 +1071,7 @@ mod tests {
             tool_call_index: None,
             keep_alive_ms: None,
             framing: Default::default(),
+            content_filter: Default::default(),
         }
     }
 

@@ -292,6 +292,7 @@ impl Fake {
             fresh
         };
         reply.include_usage = include_usage;
+        reply.prompt_chars = crate::dialect::async_filter::prompt_chars(&body);
         let fault = script.fault.clone();
         let k = fault.as_ref().map_or(reply.pieces.len(), |f| {
             f.after_chunks.min(reply.pieces.len())
@@ -676,6 +677,12 @@ impl Answer {
                 if !send_data(&tx, log, self.framing, self.reply.piece(i).to_string()).await {
                     return;
                 }
+                // Azure's async-filter annotations follow the text they are about at once.
+                for annotation in self.reply.annotations_after(i) {
+                    if !send_data(&tx, log, self.framing, annotation.to_string()).await {
+                        return;
+                    }
+                }
             }
             if !self.flood_at(k, &tx, log).await {
                 return;
@@ -712,14 +719,14 @@ impl Answer {
                         }
                     }
                     FaultKind::ContentFilter => {
-                        let mut fired = false;
-                        for chunk in self.reply.closing_after(k, Some("content_filter")) {
+                        for chunk in self.reply.filtered_after(k) {
                             if !send_data(&tx, log, self.framing, chunk.to_string()).await {
                                 return;
                             }
-                            if !fired {
+                            // The fault is the first chunk that says `content_filter` (Azure's
+                            // async filter sends the usage chunk and a safe annotation first).
+                            if says_content_filter(&chunk) {
                                 log.fire();
-                                fired = true;
                             }
                         }
                         send_data(&tx, log, self.framing, "[DONE]".into()).await;
@@ -829,6 +836,18 @@ impl Answer {
             },
         }
     }
+}
+
+/// Whether a chunk ends a choice with `finish_reason: content_filter`.
+fn says_content_filter(chunk: &Value) -> bool {
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(|choices| {
+            choices
+                .iter()
+                .any(|c| c.get("finish_reason").and_then(Value::as_str) == Some("content_filter"))
+        })
 }
 
 /// A 200 whose body breaks before a byte: what a reset looks like to a non-stream client.

@@ -77,6 +77,7 @@ fn provider(host: &str, script: Script) -> Provider {
         tool_call_index: None,
         keep_alive_ms: None,
         framing: Default::default(),
+        content_filter: Default::default(),
     }
 }
 

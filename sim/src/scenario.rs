@@ -148,6 +148,11 @@ pub struct Provider {
     /// How it lays its SSE events out on the wire (default: as OpenAI does).
     #[serde(default, skip_serializing_if = "is_default")]
     pub framing: Framing,
+    /// `dialect: azure` only: how its content filter streams its verdicts, `default`
+    /// (results on every content chunk) or `async` (Azure's Asynchronous Filter:
+    /// annotation chunks between the content chunks and after the finish chunk).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub content_filter: ContentFilterMode,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -938,6 +943,16 @@ impl Scenario {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-')
             {
                 return Err((at("host"), "a host name is letters, digits and `-`".into()));
+            }
+            if p.content_filter == ContentFilterMode::Async && p.dialect != Dialect::Azure {
+                return Err((
+                    at("content_filter"),
+                    format!(
+                        "`async` is Azure's Asynchronous Filter: it needs `dialect: azure`, \
+                         and this provider speaks `{}`",
+                        p.dialect.as_str()
+                    ),
+                ));
             }
             hosts.push(&p.host);
             check_script(&p.default, p.dialect)

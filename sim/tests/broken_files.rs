@@ -117,6 +117,7 @@ const CASES: &[Case] = &[
     row("network_refuse_gateway.yaml",         42, 15, "network.faults[0].refuse", "only provider hosts can refuse", None, Semantic),
     row("network_partition_unknown_host.yaml", 42, 28, "network.faults[0].partition[1]", "unknown host `c`", None, Semantic),
     row("framing_write_bytes_zero.yaml",       37, 20, "providers[1].framing.write_bytes", "must be at least 1", None, Semantic),
+    row("content_filter_async_not_azure.yaml", 36, 21, "providers[1].content_filter", "`async` is Azure's Asynchronous Filter: it needs `dialect: azure`", None, Semantic),
 ];
 
 /// The valid scenario every broken file is a variation of.

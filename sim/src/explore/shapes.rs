@@ -3,13 +3,16 @@
 //! Owns: the strategy for one provider's [`Shape`] (its dialect, how it numbers tool calls,
 //! and the answer its scripts give: text, text then parallel tool calls, more choices,
 //! reasoning then text, a refusal, audio, logprobs) and applying it to a generated provider,
-//! with every fault offset kept inside the answer. Does not own the rest of a case
-//! (`explore`).
+//! with every fault offset kept inside the answer; and the draw of Azure's content-filter
+//! streaming mode ([`content_filters`]), made apart, at the end of a case, so that it changed
+//! no earlier draw of a seed. Does not own the rest of a case (`explore`).
 
 use proptest::prelude::*;
 
 use crate::dialect;
-use crate::scenario::{Dialect, FaultKind, Provider, Script, ToolCallIndex, ToolCallSpec};
+use crate::scenario::{
+    ContentFilterMode, Dialect, FaultKind, Provider, Script, ToolCallIndex, ToolCallSpec,
+};
 
 /// What one generated provider answers besides plain text.
 #[derive(Debug, Clone)]
@@ -115,6 +118,27 @@ fn shape_script(s: &mut Script, shape: &Shape) {
         }
         Answer::Audio => {
             s.audio = s.text.take();
+        }
+    }
+}
+
+/// The most providers a case has (5 groups of 2 deployments, and the wildcard group's).
+const MAX_PROVIDERS: usize = 11;
+
+/// For each provider of a case, by position: the content filter it streams with if it speaks
+/// Azure's dialect (half of them Azure's Asynchronous Filter).
+pub fn content_filters() -> impl Strategy<Value = Vec<ContentFilterMode>> {
+    proptest::collection::vec(
+        proptest::sample::select(vec![ContentFilterMode::Default, ContentFilterMode::Async]),
+        MAX_PROVIDERS,
+    )
+}
+
+/// Gives each Azure provider its drawn content filter; the others have none to give.
+pub fn apply_content_filters(providers: &mut [Provider], drawn: &[ContentFilterMode]) {
+    for (p, mode) in providers.iter_mut().zip(drawn) {
+        if p.dialect == Dialect::Azure {
+            p.content_filter = *mode;
         }
     }
 }

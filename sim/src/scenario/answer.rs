@@ -1,6 +1,7 @@
 //! The file model of what a fake answers besides plain text, and of hostile clients.
 //!
-//! Owns: the YAML types for a provider's wire [`Dialect`], the answer shapes a script can
+//! Owns: the YAML types for a provider's wire [`Dialect`] (and Azure's
+//! [`ContentFilterMode`]), the answer shapes a script can
 //! produce (tool calls, more choices, reasoning, refusals, audio, annotations, logprobs),
 //! the hostile upstream shapes ([`Flood`], [`Echo`]) and the hostile client behaviours
 //! ([`Disconnect`], [`StopReading`]), with `deny_unknown_fields` everywhere. Does not own
@@ -144,6 +145,33 @@ impl Framing {
                     .collect()
             }
             _ => vec![bytes],
+        }
+    }
+}
+
+/// How an Azure OpenAI deployment streams its content filter's verdicts (Microsoft's
+/// `content-filter-streaming.md`; set per deployment in the Foundry portal). A non-stream
+/// answer is the same in both: the whole answer is filtered before it is sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentFilterMode {
+    /// The text is filtered before it is sent: every content chunk carries its
+    /// `content_filter_results`.
+    #[default]
+    Default,
+    /// Azure's Asynchronous Filter: content chunks go out unfiltered, without results;
+    /// annotation chunks (`id: ""`, `model: ""`, no `delta`, `content_filter_offsets`) come
+    /// between them and after the finish chunk, and a block ends the stream with an
+    /// annotation whose `finish_reason` is `content_filter`, the text already sent staying
+    /// sent. Only for `dialect: azure`.
+    Async,
+}
+
+impl ContentFilterMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentFilterMode::Default => "default",
+            ContentFilterMode::Async => "async",
         }
     }
 }
