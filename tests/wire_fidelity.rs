@@ -913,15 +913,7 @@ async fn a_compressed_answer_is_a_malformed_attempt_in_both_modes() {
         let r = gw.chat(None, chat_body("g", stream)).await;
         assert_eq!(r.status(), 200, "stream={stream}");
         let t = text(r).await;
-        let served = if stream {
-            streamed_text(&t)
-        } else {
-            let v: Value = serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}"));
-            v["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        };
+        let served = answered_text(&t, stream);
         assert_eq!(served, "fresh", "stream={stream}: {t}");
     }
     let failed: Vec<_> = gw
@@ -1105,14 +1097,7 @@ async fn a_mislabelled_event_stream_cut_anywhere_is_read_in_both_modes() {
         let r = gw.chat(None, chat_body("g", stream)).await;
         assert_eq!(r.status(), 200, "stream={stream}");
         let t = text(r).await;
-        let served = if stream {
-            streamed_text(&t)
-        } else {
-            serde_json::from_str::<Value>(&t).unwrap()["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        };
+        let served = answered_text(&t, stream);
         assert_eq!(served, "hi", "stream={stream}: {t}");
     }
 }
@@ -1206,15 +1191,7 @@ async fn a_content_encoding_that_names_no_compression_is_read_as_it_is() {
             let r = send(&gw, request).await;
             assert_eq!(r.status(), 200, "{label} stream={stream}");
             let t = text(r).await;
-            let served = if stream {
-                streamed_text(&t)
-            } else {
-                let v: Value = serde_json::from_str(&t).unwrap_or_else(|e| panic!("{e}: {t}"));
-                v["choices"][0]["message"]["content"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            };
+            let served = answered_text(&t, stream);
             assert_eq!(served, "hi", "{label} stream={stream}: {t}");
         }
     }

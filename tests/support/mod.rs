@@ -366,6 +366,19 @@ pub fn streamed_text(sse_body: &str) -> String {
         .collect()
 }
 
+/// The text of choice 0 in an answer's body: a stream's deltas joined, or a completion's
+/// message.
+pub fn answered_text(body: &str, stream: bool) -> String {
+    if stream {
+        return streamed_text(body);
+    }
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {v}"))
+        .to_string()
+}
+
 /// Waits until `cond` holds, letting the paused clock run in 10 ms steps (at most `steps`).
 /// Time moves only when every task waits, so this is synchronisation, not a guess.
 pub async fn settle(steps: u32, mut cond: impl FnMut() -> bool) -> bool {
