@@ -883,6 +883,17 @@ async fn upstreams_are_asked_for_identity_whatever_the_client_accepts() {
 }
 
 /// `fails_after`'s two groups, `g` served by `up` and its fallback `g2` by `up2`.
+/// The gateway's trace has two failed attempts (one per mode), each saying `what`.
+fn assert_two_failed_attempts(gw: &Gw, what: &str) {
+    let failed: Vec<_> = gw
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("attempt_failed"))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(failed.iter().all(|e| e.contains(what)), "{failed:#?}");
+}
+
 const FALLS_BACK_TO_G2: &str = r#"
 allow_anonymous: true
 model_list:
@@ -916,18 +927,7 @@ async fn a_compressed_answer_is_a_malformed_attempt_in_both_modes() {
         let served = answered_text(&t, stream);
         assert_eq!(served, "fresh", "stream={stream}: {t}");
     }
-    let failed: Vec<_> = gw
-        .events()
-        .into_iter()
-        .filter(|e| e.contains("attempt_failed"))
-        .collect();
-    assert_eq!(failed.len(), 2, "{failed:#?}");
-    assert!(
-        failed
-            .iter()
-            .all(|e| e.contains("deployment=d class=malformed status=-")),
-        "{failed:#?}"
-    );
+    assert_two_failed_attempts(&gw, "deployment=d class=malformed status=-");
 
     let gw = Gw::start(ONE_GROUP, &net);
     for stream in [false, true] {
@@ -993,18 +993,7 @@ async fn a_proxy_page_is_a_malformed_attempt_in_both_modes() {
         assert!(t.contains("fresh"), "stream={stream}: {t}");
         assert!(!t.contains("Sign in"), "stream={stream}: {t}");
     }
-    let failed: Vec<_> = gw
-        .events()
-        .into_iter()
-        .filter(|e| e.contains("attempt_failed"))
-        .collect();
-    assert_eq!(failed.len(), 2, "{failed:#?}");
-    assert!(
-        failed
-            .iter()
-            .all(|e| e.contains("deployment=d class=malformed")),
-        "{failed:#?}"
-    );
+    assert_two_failed_attempts(&gw, "deployment=d class=malformed");
 }
 
 /// A page whose connection stays open (a captive portal that never ends its body) is told
@@ -1043,18 +1032,7 @@ async fn a_page_whose_connection_stays_open_is_malformed_at_once() {
             started.elapsed()
         );
     }
-    let failed: Vec<_> = gw
-        .events()
-        .into_iter()
-        .filter(|e| e.contains("attempt_failed"))
-        .collect();
-    assert_eq!(failed.len(), 2, "{failed:#?}");
-    assert!(
-        failed
-            .iter()
-            .all(|e| e.contains("deployment=d class=malformed")),
-        "{failed:#?}"
-    );
+    assert_two_failed_attempts(&gw, "deployment=d class=malformed");
     assert_eq!(held.lock().unwrap().len(), 2);
 }
 
