@@ -326,7 +326,8 @@ impl UpstreamClient {
         let mut waits = 0;
         loop {
             let checkout = if stale <= self.pool.limits().max_idle_per_host && unprocessed == 0 {
-                self.pool.checkout(&key, waits < MAX_DIAL_WAITS)
+                self.pool
+                    .checkout(&key, call.request_id, waits < MAX_DIAL_WAITS)
             } else {
                 Checkout::Open(None)
             };
@@ -344,7 +345,8 @@ impl UpstreamClient {
                 }
                 Checkout::Open(dial) => {
                     let conn = self.connect(endpoint, call.ca_bundle).await?;
-                    self.pool.lease_new(key.clone(), conn, dial)
+                    self.pool
+                        .lease_new(key.clone(), call.request_id, conn, dial)
                 }
             };
             // A kept connection is ready once hyper's driver has seen the end of its last

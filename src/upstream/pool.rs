@@ -316,6 +316,40 @@ struct Idle {
     /// When it is closed: the idle timeout after its last response ended, or sooner when its
     /// server said it closes idle connections sooner (`Keep-Alive: timeout=`).
     expires: Instant,
+    returned: Returned,
+}
+
+/// When, and by which request, an idle connection came back to the pool.
+///
+/// **Connections returned in the same instant.** A connection can come back in the very
+/// instant another request looks for one (always possible under a paused or simulated
+/// clock, where every event of a tick shares one instant). Which of the two the runtime
+/// runs first is a scheduling accident, and under the simulation it differs between a
+/// stream and a non-stream run of the same traffic; yet it decided which request got which
+/// connection, hence which one met a connection its server had just closed, or which one
+/// became the upstream's next call. So, as the cooldown book does with deployment health
+/// (`route::cooldown`), the pool never lets that order matter: a connection returned at
+/// instant t is offered to the request that returned it at once (its own next attempt,
+/// which runs after the return in the same task), and to other requests from the next
+/// instant on. On a real clock two events almost never share an instant, so this costs a
+/// live gateway nothing. (Room on a shared HTTP/2 connection is not held back this way:
+/// the simulation, the only place ties are common, speaks HTTP/1.1 to its providers.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Returned {
+    pub(crate) at: Instant,
+    /// The gateway request whose attempt gave it back.
+    pub(crate) by: u64,
+}
+
+impl Returned {
+    /// Whether `request`, looking for a connection at `now`, may take this one.
+    pub(crate) fn offered_to(&self, request: u64, now: Instant) -> bool {
+        debug_assert!(
+            self.at <= now,
+            "a connection cannot come back in the future"
+        );
+        request == self.by || self.at < now
+    }
 }
 
 /// An HTTP/2 connection in the pool, busy (carrying `streams`) or idle.
@@ -578,9 +612,10 @@ impl Pool {
     /// A connection for the next request to `key`: a kept HTTP/1.1 one, a stream on an
     /// HTTP/2 one with room, a connection another attempt is opening (when `may_wait`), or
     /// a new one.
-    pub(crate) fn checkout(&self, key: &PoolKey, may_wait: bool) -> Checkout {
-        if let Some(conn) = self.take(key) {
-            return Checkout::Kept(self.lease(key.clone(), conn, true));
+    /// `request` is the gateway request the attempt belongs to (see [`Returned`]).
+    pub(crate) fn checkout(&self, key: &PoolKey, request: u64, may_wait: bool) -> Checkout {
+        if let Some(conn) = self.take(key, request) {
+            return Checkout::Kept(self.lease(key.clone(), request, conn, true));
         }
         if !key.tls || self.limits.max_idle_per_host == 0 {
             return Checkout::Open(None);
@@ -604,6 +639,7 @@ impl Pool {
             shared.streams += 1;
             Checkout::Kept(Lease::http2(
                 key.clone(),
+                request,
                 self.clone(),
                 &shared.conn,
                 Some(shared.id),
@@ -671,7 +707,13 @@ impl Pool {
     /// the pool at once, so that attempts to the same upstream share it; `dial` is dropped
     /// after that (for HTTP/2, once its server's SETTINGS are in: see [`SettingsWait`]),
     /// waking the attempts waiting for it.
-    pub(crate) fn lease_new(&self, key: PoolKey, conn: NewConn, dial: Option<Dial>) -> Lease {
+    pub(crate) fn lease_new(
+        &self,
+        key: PoolKey,
+        request: u64,
+        conn: NewConn,
+        dial: Option<Dial>,
+    ) -> Lease {
         match conn {
             NewConn::Http1(conn) => {
                 if dial.as_ref().is_some_and(|d| !d.counted) {
@@ -682,14 +724,14 @@ impl Pool {
                         .speaks_http1 = true;
                 }
                 drop(dial);
-                self.lease(key, conn, false)
+                self.lease(key, request, conn, false)
             }
             NewConn::Http2(conn, settings) => {
                 let conn = Arc::new(conn);
                 self.leased.fetch_add(1, Ordering::SeqCst);
                 if self.limits.max_idle_per_host == 0 {
                     self.lock().count(&key, |c| c.opened_http2 += 1);
-                    return Lease::http2(key, self.clone(), &conn, None, false);
+                    return Lease::http2(key, request, self.clone(), &conn, None, false);
                 }
                 let id = {
                     let mut state = self.lock();
@@ -707,23 +749,29 @@ impl Pool {
                     id
                 };
                 settings.hold(dial);
-                Lease::http2(key, self.clone(), &conn, Some(id), false)
+                Lease::http2(key, request, self.clone(), &conn, Some(id), false)
             }
         }
     }
 
-    /// The most recently used idle HTTP/1.1 connection for `key` that is still open and not
-    /// expired, if any; expired and closed ones met on the way are closed.
-    fn take(&self, key: &PoolKey) -> Option<Conn> {
+    /// The most recently used idle HTTP/1.1 connection for `key` that is still open, not
+    /// expired and offered to `request` (see [`Returned`]), if any; expired and closed ones
+    /// met on the way are closed.
+    fn take(&self, key: &PoolKey, request: u64) -> Option<Conn> {
         let now = Instant::now();
         let mut state = self.lock();
         let list = state.idle.get_mut(key)?;
         let mut found = None;
         // Expiries differ per connection (a server may say it closes sooner), so the
         // expired ones are skipped one by one rather than cut off at the first.
-        while let Some(idle) = list.pop() {
-            if idle.expires > now && !idle.conn.sender.is_closed() {
-                found = Some(idle.conn);
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let idle = &list[i];
+            if idle.expires <= now || idle.conn.sender.is_closed() {
+                list.remove(i);
+            } else if idle.returned.offered_to(request, now) {
+                found = Some(list.remove(i).conn);
                 break;
             }
         }
@@ -734,7 +782,7 @@ impl Pool {
     }
 
     /// Lends the HTTP/1.1 `conn` to an attempt; `reused` says whether it came from the pool.
-    fn lease(&self, key: PoolKey, conn: Conn, reused: bool) -> Lease {
+    fn lease(&self, key: PoolKey, request: u64, conn: Conn, reused: bool) -> Lease {
         self.leased.fetch_add(1, Ordering::SeqCst);
         self.lock().count(&key, |c| {
             if reused {
@@ -746,6 +794,7 @@ impl Pool {
         Lease {
             conn: Some(Leased::Http1(conn)),
             key,
+            request,
             pool: self.clone(),
             ended: None,
             server_idle_timeout: None,
@@ -758,7 +807,14 @@ impl Pool {
     /// connections: the others are closed here), or it would already have to
     /// be closed: our idle timeout, or its server's (`server_idle_timeout`, less
     /// [`KEEP_ALIVE_MARGIN`]), whichever is shorter.
-    fn put(&self, key: PoolKey, conn: Conn, since: Instant, server_idle_timeout: Option<Duration>) {
+    fn put(
+        &self,
+        key: PoolKey,
+        conn: Conn,
+        since: Instant,
+        by: u64,
+        server_idle_timeout: Option<Duration>,
+    ) {
         // Outside a runtime (a lease dropped while the process winds down) nothing could
         // close the connection when it expires: it is not kept.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -796,7 +852,12 @@ impl Pool {
                 drop(conn);
                 return;
             }
-            list.push(Idle { conn, expires });
+            let returned = Returned { at: now, by };
+            list.push(Idle {
+                conn,
+                expires,
+                returned,
+            });
             // One attempt waiting for a TLS dial may take this one instead (it checks out
             // under this lock, so after the push).
             if let Some(waiters) = waiters {
@@ -1085,6 +1146,8 @@ enum Leased {
 pub(crate) struct Lease {
     conn: Option<Leased>,
     key: PoolKey,
+    /// The gateway request whose attempt holds it (see [`Returned`]).
+    request: u64,
     pool: Pool,
     /// When its response was read to the end (none: it was not): the connection's idle
     /// time counts from there, not from when the attempt let go of it.
@@ -1098,6 +1161,7 @@ pub(crate) struct Lease {
 impl Lease {
     fn http2(
         key: PoolKey,
+        request: u64,
         pool: Pool,
         conn: &Arc<Http2Conn>,
         shared: Option<u64>,
@@ -1110,6 +1174,7 @@ impl Lease {
                 shared,
             }),
             key,
+            request,
             pool,
             ended: None,
             server_idle_timeout: None,
@@ -1173,8 +1238,13 @@ impl Drop for Lease {
             Some(Leased::Http1(conn)) => {
                 self.pool.leased.fetch_sub(1, Ordering::SeqCst);
                 if let Some(ended) = self.ended {
-                    self.pool
-                        .put(self.key.clone(), conn, ended, self.server_idle_timeout);
+                    self.pool.put(
+                        self.key.clone(),
+                        conn,
+                        ended,
+                        self.request,
+                        self.server_idle_timeout,
+                    );
                 }
             }
             Some(Leased::Http2 {
@@ -1311,11 +1381,11 @@ mod tests {
     #[test]
     fn a_dial_that_ends_without_a_connection_leaves_nothing_behind() {
         let (pool, key) = tls_pool(10);
-        let Checkout::Open(Some(dial)) = pool.checkout(&key, true) else {
+        let Checkout::Open(Some(dial)) = pool.checkout(&key, 1, true) else {
             panic!("the first attempt opens the connection");
         };
         assert!(
-            matches!(pool.checkout(&key, true), Checkout::Wait(_)),
+            matches!(pool.checkout(&key, 1, true), Checkout::Wait(_)),
             "the next one waits for it"
         );
         drop(dial);
@@ -1324,7 +1394,7 @@ mod tests {
             "no entry for a host with nothing"
         );
         assert!(
-            matches!(pool.checkout(&key, true), Checkout::Open(Some(_))),
+            matches!(pool.checkout(&key, 1, true), Checkout::Open(Some(_))),
             "the next attempt dials again"
         );
     }
@@ -1342,10 +1412,10 @@ mod http2_dial_tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_for_another_attempts_http2_dial_is_bounded() {
         let (pool, key) = tls_pool(10);
-        let Checkout::Open(Some(_dial)) = pool.checkout(&key, true) else {
+        let Checkout::Open(Some(_dial)) = pool.checkout(&key, 1, true) else {
             panic!("the first attempt opens the connection");
         };
-        let Checkout::Wait(waiting) = pool.checkout(&key, true) else {
+        let Checkout::Wait(waiting) = pool.checkout(&key, 1, true) else {
             panic!("the next one waits for it");
         };
         let started = Instant::now();
@@ -1354,7 +1424,7 @@ mod http2_dial_tests {
             .expect("the wait ends while the dial does not");
         assert_eq!(started.elapsed(), HTTP2_DIAL_WAIT_LIMIT);
         assert!(
-            matches!(pool.checkout(&key, false), Checkout::Open(None)),
+            matches!(pool.checkout(&key, 1, false), Checkout::Open(None)),
             "once it may wait no more, it opens its own, beside the dial"
         );
     }
@@ -1402,15 +1472,63 @@ mod idle_bound_tests {
             ca_bundle: None,
         };
         let (old, old_upstream, old_ended) = http1_conn().await;
-        pool.put(key.clone(), old, Instant::now(), None);
+        pool.put(key.clone(), old, Instant::now(), 1, None);
         assert_eq!(pool.idle().get(&key), Some(&1));
         drop(old_upstream);
         old_ended.await.expect("hyper's driver ended");
         assert_eq!(pool.idle().get(&key), None, "closed");
         let (good, _good_upstream, _) = http1_conn().await;
-        pool.put(key.clone(), good, Instant::now(), None);
+        pool.put(key.clone(), good, Instant::now(), 1, None);
         assert_eq!(pool.idle().get(&key), Some(&1), "the good one is kept");
         assert_eq!(pool.lock().idle[&key].len(), 1, "the closed one is gone");
+    }
+
+    /// A connection that comes back in an instant goes to the request that returned it at
+    /// once, and to any other from the next instant on, whatever order the runtime runs
+    /// their tasks in (see [`Returned`]).
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_returned_this_instant_is_offered_to_others_from_the_next() {
+        let pool = Pool::new(PoolLimits {
+            max_idle_per_host: 4,
+            idle_timeout: Duration::from_secs(30),
+            max_http2_streams: 0,
+            http2_keep_alive: None,
+        });
+        let key = PoolKey {
+            worker: 0,
+            tls: false,
+            host: "h".into(),
+            port: 80,
+            ca_bundle: None,
+        };
+        let (conn, _upstream, _) = http1_conn().await;
+        let (returner, other) = (7, 8);
+        pool.put(key.clone(), conn, Instant::now(), returner, None);
+        assert!(
+            matches!(pool.checkout(&key, other, false), Checkout::Open(None)),
+            "another request in the same instant opens its own"
+        );
+        assert_eq!(pool.idle().get(&key), Some(&1), "and leaves it idle");
+        let Checkout::Kept(lease) = pool.checkout(&key, returner, false) else {
+            panic!("the request that returned it takes it again at once");
+        };
+        let mut lease = lease;
+        lease.reusable();
+        drop(lease);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            matches!(pool.checkout(&key, other, false), Checkout::Kept(_)),
+            "from the next instant on, anyone takes it"
+        );
+    }
+
+    #[test]
+    fn a_return_is_offered_to_its_own_request_at_once_and_to_others_later() {
+        let at = Instant::now();
+        let returned = Returned { at, by: 3 };
+        assert!(returned.offered_to(3, at));
+        assert!(!returned.offered_to(4, at));
+        assert!(returned.offered_to(4, at + Duration::from_nanos(1)));
     }
 }
 
@@ -1426,20 +1544,20 @@ mod tls_dial_tests {
     async fn every_waiter_for_a_tls_dial_slot_is_woken_however_late_it_is_polled() {
         let (pool, key) = tls_pool(0);
         let mut dials: Vec<Dial> = (0..MAX_TLS_DIALS_PER_HOST)
-            .map(|_| match pool.checkout(&key, true) {
+            .map(|_| match pool.checkout(&key, 1, true) {
                 Checkout::Open(Some(dial)) => dial,
                 _ => panic!("room for a dial"),
             })
             .collect();
         let mut waiting = Vec::new();
         for _ in 0..2 {
-            match pool.checkout(&key, true) {
+            match pool.checkout(&key, 1, true) {
                 Checkout::Wait(w) => waiting.push(w),
                 _ => panic!("past the cap, an attempt waits"),
             }
         }
         assert!(
-            matches!(pool.checkout(&key, false), Checkout::Open(Some(_))),
+            matches!(pool.checkout(&key, 1, false), Checkout::Open(Some(_))),
             "one that may not wait dials past the cap"
         );
         dials.truncate(MAX_TLS_DIALS_PER_HOST - 2);
@@ -1463,7 +1581,7 @@ mod tls_dial_tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_left_over_when_every_dial_ended_is_woken_by_the_next_dials() {
         let (pool, key) = tls_pool(0);
-        let checkout_dial = || match pool.checkout(&key, true) {
+        let checkout_dial = || match pool.checkout(&key, 1, true) {
             Checkout::Open(Some(dial)) => dial,
             _ => panic!("room for a dial"),
         };
@@ -1471,7 +1589,7 @@ mod tls_dial_tests {
             .map(|_| checkout_dial())
             .collect();
         let mut waiting: Vec<Waiting> = (0..=MAX_TLS_DIALS_PER_HOST)
-            .map(|_| match pool.checkout(&key, true) {
+            .map(|_| match pool.checkout(&key, 1, true) {
                 Checkout::Wait(w) => w,
                 _ => panic!("past the cap, an attempt waits"),
             })
