@@ -406,6 +406,17 @@ impl Reply {
         json!({"hate": safe, "self_harm": safe, "sexual": safe, "violence": safe})
     }
 
+    /// The verdict Azure's default (synchronous) filter puts on a choice it stopped
+    /// (`finish_reason: content_filter`): the category that filtered it, at the severity
+    /// that did, beside the safe ones. A real block names its cause; an all-safe verdict
+    /// on a stopped choice would let a gateway that dropped or reordered the finish chunk's
+    /// verdict pass unseen.
+    fn blocked_results() -> Value {
+        let mut verdict = Reply::content_filter_results();
+        verdict["violence"] = json!({"filtered": true, "severity": "medium"});
+        verdict
+    }
+
     /// A stream chunk with these choices (`n` pieces sent so far, for cumulative usage).
     fn chunk(&self, choices: Vec<Value>, sent: usize, pad: usize) -> Value {
         let mut o = Map::new();
@@ -484,6 +495,7 @@ impl Reply {
         finish: Option<&str>,
         filtered: bool,
     ) -> Value {
+        let blocked = finish == Some("content_filter");
         let finish = finish.map_or(Value::Null, |f| json!(f));
         let logprobs = logprobs.unwrap_or(Value::Null);
         let mut o = Map::new();
@@ -497,7 +509,9 @@ impl Reply {
             Dialect::Azure => {
                 // The Asynchronous Filter's verdicts come in annotations of their own.
                 if !self.async_filter {
-                    let cfr = if filtered {
+                    let cfr = if blocked {
+                        Reply::blocked_results()
+                    } else if filtered {
                         Reply::content_filter_results()
                     } else {
                         json!({})
@@ -991,12 +1005,15 @@ impl Reply {
                 Dialect::Openai | Dialect::JsonOnly => ch.insert(2, ("logprobs", logprobs)),
                 Dialect::Azure => {
                     ch.push(("logprobs", logprobs));
-                    // The results ride on content chunks; role and finish chunks have `{}`.
+                    // The results ride on content chunks; role and finish chunks have `{}`,
+                    // but for a finish by the filter itself, which names what it filtered.
                     // A deployment with the Asynchronous Filter filters a non-stream answer
                     // whole, as any other: its choices carry the verdict its stream's
                     // annotations add up to, and no offsets.
                     let cfr = if self.async_filter {
                         Reply::async_verdict(finish_chunks && finish == "content_filter")
+                    } else if finish_chunks && finish == "content_filter" {
+                        Reply::blocked_results()
                     } else if of_c().next().is_some() {
                         Reply::content_filter_results()
                     } else {
@@ -1095,6 +1112,27 @@ mod tests {
             r.piece(0).to_string(),
             r#"{"choices":[{"content_filter_results":{"hate":{"filtered":false,"severity":"safe"},"self_harm":{"filtered":false,"severity":"safe"},"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":false,"severity":"safe"}},"delta":{"content":"He"},"finish_reason":null,"index":0,"logprobs":null}],"created":1700000000,"id":"chatcmpl-fake-p-1","model":"m","object":"chat.completion.chunk","system_fingerprint":"fp_azure01"}"#
         );
+    }
+
+    /// Azure's default filter stops a choice with `content_filter` and says which category
+    /// stopped it, in the stream's finish chunk and in the non-stream answer alike.
+    #[test]
+    fn an_azure_block_names_the_category_that_filtered_it() {
+        let r = Reply::new(&provider(Dialect::Azure), &script(), 1, "m", None);
+        let end = r.filtered_after(1);
+        let finish = &end[0]["choices"][0];
+        assert_eq!(finish["finish_reason"], "content_filter");
+        let streamed = &finish["content_filter_results"];
+        assert_eq!(
+            streamed["violence"],
+            json!({"filtered": true, "severity": "medium"})
+        );
+        assert_eq!(streamed["hate"]["severity"], "safe");
+        let whole = r.whole(1, Some("content_filter"));
+        assert_eq!(&whole["choices"][0]["content_filter_results"], streamed);
+        // An answer that ends as it should keeps `{}` on its finish chunk.
+        let normal = r.closing();
+        assert_eq!(normal[0]["choices"][0]["content_filter_results"], json!({}));
     }
 
     #[test]
