@@ -900,6 +900,35 @@ async fn unknown_keys_are_refused_before_the_body_is_read() {
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
 }
 
+// 9c'. The key comes before the declared size too: a stranger declaring a body over
+// `max_request_body_bytes` gets the 401, and learns nothing of the gateway's limits (it got
+// a 413 naming `max_request_body_bytes` and its value). A known key still gets the 413.
+#[tokio::test(start_paused = true)]
+async fn a_stranger_declaring_a_huge_body_is_refused_for_its_key_first() {
+    let net = MemNet::new();
+    let gw = Gw::start(
+        &with(KEYED, "limits: {max_request_body_bytes: 1048576}\n"),
+        &net,
+    );
+    for (key, status) in [("sk-bad", "401"), ("sk-good", "413")] {
+        let mut pipe = gw.raw().await;
+        pipe.write_all(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\nauthorization: Bearer {key}\r\n\
+                 content-type: application/json\r\ncontent-length: 2000000\r\n\r\n{{\"model\":"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let head = response_head(&mut pipe).await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{key}: {head}"
+        );
+    }
+}
+
 // 9d. A client that leaves in the middle of its upload is a client gone, not a refusal:
 // nobody receives an answer. It was counted as a 400 in `switchback_refused_requests_total`
 // and logged `outcome="refused" status=400`, so every cancelled upload looked like a bad

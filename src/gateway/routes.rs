@@ -631,16 +631,8 @@ async fn chat(
             .limit(Some("max_request_body_bytes")),
         )
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        request_body::discard(req.into_body(), max_discarded, deadline);
-        return too_large();
-    }
-    // The key first: an unknown one is refused before a byte of its body is read.
+    // The key first: an unknown one is refused before a byte of its body is read, and
+    // before anything else is checked, so a stranger learns none of the gateway's limits.
     let token = key_of(&engine, &req).and_then(|key| {
         engine.authenticate(key)?;
         Ok(key.map(str::to_string))
@@ -652,6 +644,15 @@ async fn chat(
             return refuse(e);
         }
     };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        request_body::discard(req.into_body(), max_discarded, deadline);
+        return too_large();
+    }
     // A body in a content coding is refused before it is read: the gateway decodes none,
     // and the JSON parser would read compressed bytes as a syntax error. After the key, so
     // a stranger learns nothing of what the gateway reads.
