@@ -441,6 +441,12 @@ impl Catalog {
                 overrides,
             });
         }
+        // Keys with the same `models` lists (their own and their team's) share one answer:
+        // it is a pass over every group (deployment ids included), so with thousands of
+        // keys and deployments a reload spent most of its time here, quadratic in the
+        // config, and held a copy per key.
+        type Lists<'a> = (&'a [String], &'a [String]);
+        let mut allowed_by_lists: BTreeMap<Lists, Arc<[bool]>> = BTreeMap::new();
         for k in &config.keys {
             let team = k.team_id.as_ref().map(|id| {
                 config
@@ -452,20 +458,15 @@ impl Catalog {
             let team_models = team
                 .map(|t| config.teams[t].models.as_slice())
                 .unwrap_or(&[]);
-            // A deployment named by its id may be used by the key that may use its group
-            // (or that lists the id itself).
-            let allowed: Arc<[bool]> = (0..n)
-                .map(|g| {
-                    let name = &catalog.groups[g].name;
-                    let group_of = catalog
-                        .pinned(GroupId(g as u32))
-                        .map(|d| &catalog.group(catalog.deployment(d).group).name);
-                    let lets = |list: &[String]| {
-                        permits(list, name) || group_of.is_some_and(|own| permits(list, own))
-                    };
-                    lets(&k.models) && lets(team_models)
-                })
-                .collect();
+            let lists = (k.models.as_slice(), team_models);
+            let allowed = match allowed_by_lists.get(&lists) {
+                Some(allowed) => allowed.clone(),
+                None => {
+                    let allowed = catalog.allowed_by(lists.0, lists.1);
+                    allowed_by_lists.insert(lists, allowed.clone());
+                    allowed
+                }
+            };
             let model_lists = [k.models.clone().into(), team_models.to_vec().into()];
             let overrides = catalog
                 .overrides(&k.router_settings)
@@ -677,6 +678,30 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// `allowed[g]` for a key with the `models` list `own` in a team with `team`'s (empty:
+    /// no list). A deployment named by its id may be used by the key that may use its
+    /// group (or that lists the id itself).
+    fn allowed_by(&self, own: &[String], team: &[String]) -> Arc<[bool]> {
+        use crate::wildcard::allow_list_admits_every_name as admits_all;
+        if admits_all(own) && admits_all(team) {
+            return self.all_allowed.clone();
+        }
+        (0..self.groups.len())
+            .map(|g| {
+                let name = &self.groups[g].name;
+                let group_of = self
+                    .pinned(GroupId(g as u32))
+                    .map(|d| &self.group(self.deployment(d).group).name);
+                let lets = |list: &[String]| {
+                    permits(list, name) || group_of.is_some_and(|own| permits(list, own))
+                };
+                lets(own) && lets(team)
+            })
+            .collect()
+    }
+}
+
 fn permits(list: &[String], group: &str) -> bool {
     crate::wildcard::allow_list_admits(list, group)
 }
@@ -745,5 +770,56 @@ impl GatewaySettings {
             FailureClass::Auth => p.authentication,
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys with the same `models` lists share one `allowed` table, and keys with none
+    /// share the catalog's all-true one: with thousands of keys and deployments, one table
+    /// each made a reload quadratic and held a table per key.
+    #[test]
+    fn keys_with_the_same_model_lists_share_one_table() {
+        let config = GatewayConfig::load(
+            "t.yaml",
+            r#"
+model_list:
+  - {model_name: a, litellm_params: {model: openai/a, api_base: "http://up/v1"}, model_info: {id: a1}}
+  - {model_name: b, litellm_params: {model: openai/b, api_base: "http://up/v1"}, model_info: {id: b1}}
+teams:
+  - {team_id: t, models: [a, b]}
+keys:
+  - {key: sk-1, models: [a]}
+  - {key: sk-2, models: [a]}
+  - {key: sk-3, models: [b]}
+  - {key: sk-4}
+  - {key: sk-5, models: ["*"]}
+  - {key: sk-6, models: [a], team_id: t}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let catalog = Catalog::new(&config).unwrap();
+        let allowed = |k: &str| catalog.key(k).expect("a key").allowed.clone();
+        let a = catalog.group_id("a").expect("a");
+        let a1 = catalog
+            .group_id("a1")
+            .expect("a deployment id names a group");
+        let b = catalog.group_id("b").expect("b");
+        assert!(Arc::ptr_eq(&allowed("sk-1"), &allowed("sk-2")));
+        assert!(!Arc::ptr_eq(&allowed("sk-1"), &allowed("sk-3")));
+        assert!(
+            !Arc::ptr_eq(&allowed("sk-1"), &allowed("sk-6")),
+            "its team's list too"
+        );
+        assert!(Arc::ptr_eq(&allowed("sk-4"), &catalog.all_allowed));
+        assert!(Arc::ptr_eq(&allowed("sk-5"), &catalog.all_allowed));
+        // And the tables say what they said one per key.
+        let table = allowed("sk-1");
+        assert!(table[a.0 as usize] && table[a1.0 as usize] && !table[b.0 as usize]);
+        let table = allowed("sk-6");
+        assert!(table[a.0 as usize] && !table[b.0 as usize]);
+        assert!(allowed("sk-3")[b.0 as usize] && !allowed("sk-3")[a.0 as usize]);
     }
 }

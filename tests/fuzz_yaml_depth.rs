@@ -11,8 +11,8 @@ use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
 use switchback::yaml::{MAX_YAML_DEPTH, YamlError};
 
-/// The stack of a test thread and of a tokio worker (where `POST /admin/reload` parses the
-/// file): what a parse must fit in.
+/// The stack of a test thread and of a tokio thread (`POST /admin/reload` parses the file on
+/// one of its blocking threads): what a parse must fit in.
 const WORKER_STACK: usize = 2 << 20;
 
 /// Loads `text` as a config on a thread with [`WORKER_STACK`], and builds a catalog from it
