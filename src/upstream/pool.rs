@@ -1453,13 +1453,11 @@ mod idle_bound_tests {
         (Conn::new(sender, task), theirs, ended)
     }
 
-    /// The upstream restarted: the connection kept idle is closed, yet listed until the
-    /// next checkout or reap. Counted against the bound, it made the pool close the good
-    /// connection that came back after it.
-    #[tokio::test]
-    async fn a_closed_idle_connection_does_not_take_the_place_of_a_good_one() {
+    /// A pool keeping `max_idle_per_host` idle HTTP/1.1 connections per host, HTTP/2 off,
+    /// and the key of an `http` upstream.
+    fn http_pool(max_idle_per_host: usize) -> (Pool, PoolKey) {
         let pool = Pool::new(PoolLimits {
-            max_idle_per_host: 1,
+            max_idle_per_host,
             idle_timeout: Duration::from_secs(30),
             max_http2_streams: 0,
             http2_keep_alive: None,
@@ -1471,6 +1469,15 @@ mod idle_bound_tests {
             port: 80,
             ca_bundle: None,
         };
+        (pool, key)
+    }
+
+    /// The upstream restarted: the connection kept idle is closed, yet listed until the
+    /// next checkout or reap. Counted against the bound, it made the pool close the good
+    /// connection that came back after it.
+    #[tokio::test]
+    async fn a_closed_idle_connection_does_not_take_the_place_of_a_good_one() {
+        let (pool, key) = http_pool(1);
         let (old, old_upstream, old_ended) = http1_conn().await;
         pool.put(key.clone(), old, Instant::now(), 1, None);
         assert_eq!(pool.idle().get(&key), Some(&1));
@@ -1488,19 +1495,7 @@ mod idle_bound_tests {
     /// their tasks in (see [`Returned`]).
     #[tokio::test(start_paused = true)]
     async fn a_connection_returned_this_instant_is_offered_to_others_from_the_next() {
-        let pool = Pool::new(PoolLimits {
-            max_idle_per_host: 4,
-            idle_timeout: Duration::from_secs(30),
-            max_http2_streams: 0,
-            http2_keep_alive: None,
-        });
-        let key = PoolKey {
-            worker: 0,
-            tls: false,
-            host: "h".into(),
-            port: 80,
-            ca_bundle: None,
-        };
+        let (pool, key) = http_pool(4);
         let (conn, _upstream, _) = http1_conn().await;
         let (returner, other) = (7, 8);
         pool.put(key.clone(), conn, Instant::now(), returner, None);
