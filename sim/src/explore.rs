@@ -8,12 +8,14 @@
 //! from those. One feature is concurrency: several requests in flight at once, from several
 //! keys, sharing deployments, short cooldowns and `allowed_fails`, on a network with a
 //! latency range, arriving while cooldowns start and end; another is the providers' dialects
-//! and answer shapes (from [`shapes`]). Also: the property (both modes, every invariant,
+//! and answer shapes (from [`shapes`]); another, a config reload mid-run (from
+//! [`reloads`]). Also: the property (both modes, every invariant,
 //! equivalence, and wire fidelity wherever an answer was passed through), generating case
 //! `seed` exactly (`replay`), shrinking a failing case, writing it out as a scenario file,
 //! and the coverage report.
 
 pub mod policies;
+pub mod reloads;
 pub mod routing;
 pub mod shapes;
 
@@ -441,12 +443,19 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
         // Drawn last, so that it leaves every earlier draw of a seed as it was: a seed's case
         // is the one it was before, but for some Azure providers' content filter.
         shapes::content_filters(),
+        // Drawn after it, for the same reason.
+        reloads::reload(),
     )
-        .prop_map(|(mut s, r, filters)| {
+        .prop_map(|(mut s, r, filters, reload)| {
             // Before the wildcard's provider copies the first one.
             shapes::apply_content_filters(&mut s.providers, &filters);
             r.apply(&mut s);
             s.description.push_str(&r.describe());
+            // Last: the new config is the case's final one, changed.
+            if let Some(reload) = reload {
+                reload.apply(&mut s);
+                s.description.push_str(&reload.describe());
+            }
             s
         })
 }
@@ -968,6 +977,10 @@ pub struct Shape {
     pub admitted_after_cooldown: u64,
     /// A deployment cooled while other requests were in flight.
     pub cooled_mid_flight: u64,
+    /// A request admitted after a config reload.
+    pub admitted_after_reload: u64,
+    /// A config reload while a request was in flight.
+    pub reloaded_mid_flight: u64,
 }
 
 impl Shape {
@@ -1001,6 +1014,11 @@ impl Shape {
         let overlapping = |t: u128| spans.iter().filter(|(a, b)| *a <= t && t <= *b).count();
         let flag = |b: bool| u64::from(b);
         let [lo, hi] = scenario.network.latency_ms;
+        let reloads: Vec<u128> = scenario
+            .reloads
+            .iter()
+            .map(|r| u128::from(r.at_ms))
+            .collect();
         Shape {
             concurrent: flag(spans.iter().any(|(a, _)| overlapping(*a) >= 2)),
             several_keys: flag(keys.len() >= 2),
@@ -1017,6 +1035,8 @@ impl Shape {
                     .any(|t| cooldowns.iter().any(|(_, b)| b <= t)),
             ),
             cooled_mid_flight: flag(cooldowns.iter().any(|(a, _)| overlapping(*a) >= 2)),
+            admitted_after_reload: flag(admissions.iter().any(|t| reloads.iter().any(|r| r <= t))),
+            reloaded_mid_flight: flag(reloads.iter().any(|r| overlapping(*r) >= 1)),
         }
     }
 
@@ -1029,6 +1049,8 @@ impl Shape {
         self.admitted_while_cooling += other.admitted_while_cooling;
         self.admitted_after_cooldown += other.admitted_after_cooldown;
         self.cooled_mid_flight += other.cooled_mid_flight;
+        self.admitted_after_reload += other.admitted_after_reload;
+        self.reloaded_mid_flight += other.reloaded_mid_flight;
     }
 
     fn or(self, other: Shape) -> Shape {
@@ -1041,6 +1063,8 @@ impl Shape {
             admitted_while_cooling: f(self.admitted_while_cooling, other.admitted_while_cooling),
             admitted_after_cooldown: f(self.admitted_after_cooldown, other.admitted_after_cooldown),
             cooled_mid_flight: f(self.cooled_mid_flight, other.cooled_mid_flight),
+            admitted_after_reload: f(self.admitted_after_reload, other.admitted_after_reload),
+            reloaded_mid_flight: f(self.reloaded_mid_flight, other.reloaded_mid_flight),
         }
     }
 
@@ -1063,6 +1087,8 @@ impl Shape {
                 "cooled with other requests in flight",
                 self.cooled_mid_flight,
             ),
+            ("admitted after a config reload", self.admitted_after_reload),
+            ("config reloaded mid-flight", self.reloaded_mid_flight),
         ]
     }
 }

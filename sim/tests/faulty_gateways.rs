@@ -26,6 +26,12 @@
 //!     error without streaming has it: the SDKs retry it twice more on their own.
 //! 12. After a fallback, another model named on every streamed chunk but the last: on an
 //!     answer that brings no text (tool calls).
+//! 13. A config reload that streams never see: stream requests go on with the config the
+//!     gateway started with, as a handler that kept its router from before the reload would.
+//!
+//! Only fault 13's gateway can reload its config, so the searches for the others skip the
+//! generated cases that reload (their only failure would be the harness's: "cannot reload"),
+//! and fault 13's searches only those.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,6 +47,7 @@ use switchback::config::GatewayConfig;
 use switchback::engine::{Engine, WallClock};
 use switchback::gateway::body::ResponseBody;
 use switchback::gateway::routes::chat_buffered;
+use switchback::reload::LiveEngine;
 use switchback::route::{
     DefaultRetryPolicy, GiveUp, RetryContext, RetryDecision, RetryPolicy, RngCore,
 };
@@ -49,7 +56,7 @@ use switchback::transport::Connector;
 use switchback_sim::explore::{self, Concurrency};
 use switchback_sim::report;
 use switchback_sim::scenario::Scenario;
-use switchback_sim::world::{GatewayUnderTest, SimListener, Switchback};
+use switchback_sim::world::{EngineHandle, GatewayUnderTest, SimListener, Switchback};
 
 /// Seeds searched for a case that exposes the fault.
 const MAX_SEEDS: u64 = 3_000;
@@ -435,21 +442,83 @@ fn sends_the_next_deployments_key(config: &mut GatewayConfig) {
     }
 }
 
+/// Fault 13: stream requests are served by the engine the gateway started with; only the
+/// non-stream ones see a reload.
+struct IgnoresReloadsForStreams;
+
+impl GatewayUnderTest for IgnoresReloadsForStreams {
+    fn serve(
+        &self,
+        config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+    ) -> ServeFuture {
+        self.serve_reloadable(
+            config,
+            catalog,
+            connector,
+            observer,
+            wall,
+            listener,
+            EngineHandle::default(),
+        )
+    }
+
+    fn serve_reloadable(
+        &self,
+        _config: &GatewayConfig,
+        catalog: Arc<Catalog>,
+        connector: Arc<dyn Connector>,
+        observer: Arc<dyn Observer>,
+        wall: Arc<dyn WallClock>,
+        listener: SimListener,
+        handle: EngineHandle,
+    ) -> ServeFuture {
+        let at_start = Arc::new(Engine::new(catalog, connector, observer, wall));
+        let live = LiveEngine::from(at_start.clone());
+        handle.set(live.clone());
+        let front: common::Front = Arc::new(move |streams, bearer, body| {
+            let engine = if streams {
+                at_start.clone()
+            } else {
+                live.current()
+            };
+            Box::pin(async move { chat_buffered(engine, bearer.as_deref(), &body).await })
+        });
+        Box::pin(common::serve_front(listener, front))
+    }
+}
+
 /// The faults here are wrong per request, so cases of one request at a time expose them;
 /// concurrent cases would only make the search and the shrinking slower.
 const SEARCH: Concurrency = Concurrency::Never;
+
+/// Generated case `seed`, when it suits a search: one that reloads its config for fault 13
+/// (`reloads`), one that does not for the others, whose gateways cannot reload.
+fn searched(seed: u64, reloads: bool) -> Option<Scenario> {
+    let case = explore::case_with(seed, SEARCH);
+    (case.reloads.is_empty() != reloads).then_some(case)
+}
 
 /// Searches generated cases for one the faulty gateway fails, shrinks it, saves it, and
 /// checks the saved file: it fails against the faulty gateway and passes against Switchback.
 /// Its timeline page is written next to it; returns the page.
 fn caught(name: &str, faulty: Arc<dyn GatewayUnderTest>) -> String {
+    caught_in(name, faulty, false)
+}
+
+/// As [`caught`], searching the cases that reload their config (`reloads`) or those that
+/// do not.
+fn caught_in(name: &str, faulty: Arc<dyn GatewayUnderTest>, reloads: bool) -> String {
     // Wall time, printed for the README figure; never asserted (no timed tests).
     let started = Instant::now();
     let seed = (0..MAX_SEEDS)
         .find(|seed| {
-            !explore::judge(&explore::case_with(*seed, SEARCH), &faulty)
-                .failures
-                .is_empty()
+            searched(*seed, reloads)
+                .is_some_and(|case| !explore::judge(&case, &faulty).failures.is_empty())
         })
         .unwrap_or_else(|| {
             panic!("{name}: no case in {MAX_SEEDS} exposes the fault: the oracle has no teeth")
@@ -545,7 +614,7 @@ fn keeping_the_primarys_model_on_all_but_the_last_chunk_is_caught() {
     let faulty: Arc<dyn GatewayUnderTest> =
         Arc::new(EngineBehind(|e| rewriting(e, keeps_primary_model_but_last)));
     let found = (0..MAX_SEEDS).find_map(|seed| {
-        let failures = explore::judge(&explore::case_with(seed, SEARCH), &faulty).failures;
+        let failures = explore::judge(&searched(seed, false)?, &faulty).failures;
         let per_chunk = failures
             .iter()
             .any(|f| f.contains("of the serving call's answer names model"));
@@ -586,7 +655,7 @@ fn a_continued_stream_ending_otherwise_is_caught() {
         rewriting(e, continued_streams_end_with_length)
     }));
     let found = (0..MAX_SEEDS).find_map(|seed| {
-        let verdict = explore::judge(&explore::case_with(seed, SEARCH), &faulty);
+        let verdict = explore::judge(&searched(seed, false)?, &faulty);
         let failures = verdict.failures;
         failures
             .iter()
@@ -721,6 +790,21 @@ expect: {status: 200, attempts: ["pa: rate_limited", "pb: ok"]}
     assert!(clean.failures.is_empty(), "{:?}", clean.failures);
 }
 
+/// Caught by the modes' comparison of the config each request was admitted with: a stream
+/// admitted after the reload ran with the config from before it.
+#[test]
+fn a_reload_that_streams_never_see_is_caught() {
+    let page = caught_in(
+        "ignores_reloads_for_streams",
+        Arc::new(IgnoresReloadsForStreams),
+        true,
+    );
+    assert!(
+        page.contains("reload #0"),
+        "the page does not show the reload"
+    );
+}
+
 /// The wrappers are real gateways: on a case without faults they pass.
 #[test]
 fn the_wrappers_pass_a_clean_case() {
@@ -729,7 +813,8 @@ fn the_wrappers_pass_a_clean_case() {
             .join("../scenarios/streaming/precommit_429_falls_back.yaml"),
     )
     .expect("corpus file");
-    let gateways: [Arc<dyn GatewayUnderTest>; 4] = [
+    let gateways: [Arc<dyn GatewayUnderTest>; 5] = [
+        Arc::new(IgnoresReloadsForStreams),
         Arc::new(DropsKeyFallbacksForStreams),
         Arc::new(SkipsRetriesAfterCommitForStreams),
         Arc::new(EngineBehind(|e| rewriting(e, keeps_primary_model_but_last))),
