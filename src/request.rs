@@ -404,8 +404,8 @@ impl ChatRequest {
 /// (a 45 MiB image request was copied whole before it was written, 30 ms of a gateway
 /// worker's time in a release build, and its size again in memory). Fields in this
 /// order: `model`, `messages` (a continuation's two after the request's), everything
-/// passed through in the client's order (a continuation's token budget in place of the
-/// client's), `stream`, `stream_options`.
+/// passed through in the client's order (a continuation's token budget in place of each
+/// token field the client gave a number), `stream`, `stream_options`.
 struct UpstreamBody<'a> {
     model: &'a str,
     messages: &'a [Value],
@@ -446,7 +446,10 @@ impl serde::Serialize for UpstreamBody<'_> {
                 "`{k}` is the gateway's to set, never passed through"
             );
             match tokens_left {
-                Some(left) if k == "max_tokens" || k == "max_completion_tokens" => {
+                // Only a field that holds a number: a client's `null` stays unset.
+                Some(left)
+                    if (k == "max_tokens" || k == "max_completion_tokens") && v.is_number() =>
+                {
                     map.serialize_entry(k, &left)?;
                 }
                 _ => map.serialize_entry(k, v)?,
@@ -682,7 +685,7 @@ mod tests {
         }
         if let Some(c) = continuation {
             for field in ["max_tokens", "max_completion_tokens"] {
-                if let (Some(_), Some(left)) = (body.get(field), c.tokens_left) {
+                if let (Some(Value::Number(_)), Some(left)) = (body.get(field), c.tokens_left) {
                     body.insert(field.into(), Value::from(left));
                 }
             }
@@ -732,6 +735,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A continuation's token budget replaces only a token field that holds a number: the
+    /// client's `null` (an SDK's unset field, sent as such) stays `null`. Written as a
+    /// number, it sent `max_tokens` beside `max_completion_tokens` to reasoning models,
+    /// which refuse `max_tokens`, so only the continuation failed.
+    #[test]
+    fn a_continuation_leaves_a_token_field_that_is_not_a_number_as_it_was() {
+        let r = parse(
+            r#"{"model":"g","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":500,"max_tokens":null,"stream":true}"#,
+        )
+        .unwrap();
+        assert_eq!(r.token_budget(), Some(500));
+        let c = Continuation {
+            prefix: "The answer",
+            instruction: "continue",
+            tokens_left: Some(480),
+        };
+        let to = UpstreamCall {
+            model: "o3",
+            stream: true,
+            stream_options: true,
+        };
+        let body: Value = serde_json::from_slice(&r.upstream_body(&to, Some(&c))).unwrap();
+        assert_eq!(body["max_completion_tokens"], json!(480));
+        assert_eq!(body["max_tokens"], Value::Null, "{body}");
     }
 
     use super::*;
