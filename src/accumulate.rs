@@ -10,9 +10,10 @@
 //!   `object`, `model`, `expires_at`), which are set once;
 //! * objects merge field by field; lists of objects with an `index` merge by index, other
 //!   lists concatenate (`logprobs.content`, `annotations`);
-//! * tool calls merge by `index`, but a delta carrying a new `id` starts a new call (the
-//!   OpenAI-compatible endpoints of Gemini, Ollama and SGLang omit `index` or repeat
-//!   `index: 0`), and `function.name` is never concatenated;
+//! * tool calls merge by `index`, but a delta carrying a new `id` and a function name
+//!   starts a new call (the OpenAI-compatible endpoints of Gemini, Ollama and SGLang omit
+//!   `index` or repeat `index: 0`; a new id alone, as Poolside sends on every fragment,
+//!   continues the call), and `function.name` is never concatenated;
 //! * every other field, at every level, is kept (last non-null value wins), so nothing a
 //!   provider adds is lost, but for the `content_filter_offsets` of Azure's Asynchronous
 //!   Filter annotations, which only a stream has.
@@ -308,13 +309,20 @@ fn merge_delta(acc: &mut ChoiceAcc, delta: &Fields<Value>) {
 
 impl ToolCalls {
     /// Which call a tool-call delta feeds: the call its `index` feeds (without an index,
-    /// the last call), unless the delta brings an `id` that differs from that call's: then
-    /// a new call (`None`).
+    /// the last call), unless the delta starts a call of its own (`None`): an `id` that
+    /// differs from that call's, with a function name. A new id without a name is a
+    /// fragment of the same call from a provider that ids every fragment afresh (Poolside,
+    /// LiteLLM's OCI handler); every new call names its function.
     fn target(&self, delta: &Map<String, Value>) -> Option<usize> {
+        let named = delta
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .is_some_and(|name| !name.is_empty());
         let id = delta
             .get("id")
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty());
+            .filter(|s| named && !s.is_empty());
         let current = match delta.get("index").and_then(Value::as_u64) {
             Some(index) => self.by_index.get(&index).copied(),
             None => self.calls.len().checked_sub(1),
@@ -543,12 +551,16 @@ impl ToolCallCount {
             let tools = self.per_choice.entry(index).or_default();
             for call in calls {
                 if let Value::Object(call) = call {
-                    // Only ids and indexes matter for counting: keep no arguments.
+                    // Only ids, indexes and whether a name comes matter for counting:
+                    // keep no arguments.
                     let mut skeleton = Map::new();
                     for k in ["id", "index"] {
                         if let Some(v) = call.get(k) {
                             skeleton.insert(k.to_string(), v.clone());
                         }
+                    }
+                    if let Some(name) = call.get("function").and_then(|f| f.get("name")) {
+                        skeleton.insert("function".into(), json!({ "name": name }));
                     }
                     tools.merge(&skeleton);
                 }
@@ -723,6 +735,39 @@ mod tests {
         }
     }
 
+    /// Poolside's API, mlx-openai-server before its PR 216 and LiteLLM's OCI handler give
+    /// every fragment of one call a fresh `id`: a new id without a function name continues
+    /// the call, as both SDKs merge it (by `index`), and the call keeps its first id.
+    #[test]
+    fn a_new_id_without_a_function_name_continues_the_call() {
+        let fragment = |id: &str, function: Value| {
+            delta(
+                0,
+                json!({"tool_calls": [{"index": 0, "id": id, "function": function}]}),
+            )
+        };
+        let a = acc(&[
+            fragment("call_A", json!({"name": "get_weather", "arguments": ""})),
+            fragment("call_B", json!({"arguments": "{\"city\":"})),
+            fragment("call_C", json!({"name": "", "arguments": "\"Oslo\"}"})),
+        ]);
+        let calls = a.choices()[0]["message"]["tool_calls"].clone();
+        assert_eq!(calls.as_array().unwrap().len(), 1, "{calls}");
+        assert_eq!(calls[0]["id"], "call_A");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Oslo\"}");
+        // And counted so: 200 fragments are one call, not 200 against `max_tool_calls`.
+        let mut n = ToolCallCount::default();
+        for k in 0..200 {
+            let f = if k == 0 {
+                json!({"name": "f", "arguments": ""})
+            } else {
+                json!({"arguments": "x"})
+            };
+            assert_eq!(n.push(&object(&fragment(&format!("id{k}"), f))), 1);
+        }
+    }
+
     #[test]
     fn choice_state_is_the_latest_never_concatenated() {
         // Azure: every content chunk repeats the filter results; the finish chunk has `{}`.
@@ -813,7 +858,7 @@ mod tests {
     #[test]
     fn counting_follows_the_same_rule() {
         let mut n = ToolCallCount::default();
-        let call = |id: &str| json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": id}]}}]});
+        let call = |id: &str| json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": id, "function": {"name": "f"}}]}}]});
         assert_eq!(n.push(&object(&call("a"))), 1);
         assert_eq!(n.push(&object(&call("a"))), 1);
         assert_eq!(n.push(&object(&call("b"))), 2);

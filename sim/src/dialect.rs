@@ -41,6 +41,9 @@
 //!   chunk.
 //! * `json_only`: an upstream that ignores `stream: true` and answers with one
 //!   `chat.completion` (OpenAI's shape).
+//! * `tool_call_ids: every_fragment`, with any OpenAI-style dialect: a fresh `id` on every
+//!   fragment of a streamed tool call, the function's name on its first only (Poolside's
+//!   API, LiteLLM's OCI handler, mlx-openai-server before its PR 216).
 //!
 //! Where a real provider's non-stream answer has fields its stream never carries (Azure's
 //! `annotations: []`, vLLM's `prompt_logprobs: null` and `tool_calls: []`), the fake's own
@@ -51,7 +54,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::scenario::{ContentFilterMode, Dialect, Provider, Script, ToolCallIndex, ToolCallSpec};
+use crate::scenario::{
+    ContentFilterMode, Dialect, Provider, Script, ToolCallIds, ToolCallIndex, ToolCallSpec,
+};
 
 pub mod async_filter;
 
@@ -98,6 +103,7 @@ pub struct Piece {
 pub struct Reply {
     pub dialect: Dialect,
     pub tool_call_index: ToolCallIndex,
+    pub tool_call_ids: ToolCallIds,
     pub id: String,
     pub model: String,
     pub pieces: Vec<Piece>,
@@ -337,6 +343,7 @@ impl Reply {
         Reply {
             dialect: spec.dialect,
             tool_call_index: spec.tool_call_index(),
+            tool_call_ids: spec.tool_call_ids,
             audio_id: format!("audio_{}_{call}", spec.host),
             id,
             model,
@@ -606,7 +613,9 @@ impl Reply {
         json!({"token": token, "logprob": logprob, "bytes": token.as_bytes(), "top_logprobs": []})
     }
 
-    fn tool_call_delta(&self, call: usize, header: bool, arguments: &str) -> Value {
+    /// One tool-call delta; `piece` (the piece's place in the answer) makes a fragment's
+    /// fresh id under [`ToolCallIds::EveryFragment`].
+    fn tool_call_delta(&self, call: usize, header: bool, arguments: &str, piece: usize) -> Value {
         let (id, name, _) = &self.tool_calls[call];
         let index = match self.tool_call_index {
             ToolCallIndex::Sequential => Some(call),
@@ -649,6 +658,9 @@ impl Reply {
                         json!({"name": name, "arguments": arguments}),
                     );
                 } else {
+                    if self.tool_call_ids == ToolCallIds::EveryFragment {
+                        o.insert("id".into(), json!(format!("{id}_{piece}")));
+                    }
                     o.insert("function".into(), json!({"arguments": arguments}));
                 }
             }
@@ -776,7 +788,7 @@ impl Reply {
                 arguments,
             } => self.with_role(vec![(
                 "tool_calls",
-                json!([self.tool_call_delta(*call, *header, arguments)]),
+                json!([self.tool_call_delta(*call, *header, arguments, i)]),
             )]),
             Part::Annotations => self.with_role(vec![("annotations", self.annotations_value())]),
         };
@@ -1086,6 +1098,7 @@ mod tests {
             calls: Vec::new(),
             dialect,
             tool_call_index: None,
+            tool_call_ids: Default::default(),
             keep_alive_ms: None,
             framing: Default::default(),
             content_filter: Default::default(),

@@ -258,6 +258,7 @@ fn provider(
                     .collect(),
                 dialect: Default::default(),
                 tool_call_index: None,
+                tool_call_ids: Default::default(),
                 keep_alive_ms,
                 framing,
                 content_filter: Default::default(),

@@ -75,6 +75,7 @@ fn provider(host: &str, script: Script) -> Provider {
         calls: Vec::new(),
         dialect: Default::default(),
         tool_call_index: None,
+        tool_call_ids: Default::default(),
         keep_alive_ms: None,
         framing: Default::default(),
         content_filter: Default::default(),

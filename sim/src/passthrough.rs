@@ -372,8 +372,8 @@ fn index_tool_calls(answer: &mut Value) {
 }
 
 /// A client's stream added up into one `chat.completion` by OpenAI's accumulation (per
-/// choice index; strings concatenate; tool calls merge by `index`, a new `id` starting a new
-/// call; other lists concatenate; the rest keeps its latest non-null value). Written apart
+/// choice index; strings concatenate; tool calls merge by `index`, a new `id` with a function
+/// name starting a new call; other lists concatenate; the rest keeps its latest non-null value). Written apart
 /// from the engine's own accumulation, so that one is not judged by itself.
 pub fn reassemble(chunks: &[Map<String, Value>]) -> Value {
     let mut top = Map::new();
@@ -447,10 +447,16 @@ fn accumulate(into: &mut Map<String, Value>, key: &str, value: &Value) {
         (Value::Array(a), Value::Array(b)) if key == "tool_calls" => {
             for call in b {
                 let index = call.get("index").and_then(Value::as_u64);
+                // A new id starts a call only with the function's name: a fresh id on
+                // every fragment (Poolside) is one call, as both SDKs merge it by index.
+                let named = call
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.is_empty());
                 let id = call
                     .get("id")
                     .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty());
+                    .filter(|s| named && !s.is_empty());
                 let target = a.iter_mut().rev().find(|c| {
                     let same_index =
                         index.is_none_or(|i| c.get("index").and_then(Value::as_u64) == Some(i));

@@ -140,6 +140,9 @@ pub struct Provider {
     /// How its streamed tool calls are numbered (default: its dialect's way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_index: Option<ToolCallIndex>,
+    /// Which of a streamed tool call's deltas carry its `id` (default `once`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tool_call_ids: ToolCallIds,
     /// Milliseconds it keeps an idle connection open for the next request before closing
     /// it, as uvicorn's `timeout_keep_alive` (5 s) does; 0 closes the connection after
     /// every response (`Connection: close`). Default: kept until the client closes it.

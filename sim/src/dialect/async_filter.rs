@@ -204,6 +204,7 @@ mod tests {
             calls: Vec::new(),
             dialect: Dialect::Azure,
             tool_call_index: None,
+            tool_call_ids: Default::default(),
             keep_alive_ms: None,
             framing: Default::default(),
             content_filter: ContentFilterMode::Async,

@@ -188,6 +188,19 @@ pub enum ToolCallIndex {
     Zero,
 }
 
+/// Which of a streamed tool call's deltas carry its `id`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolCallIds {
+    /// The call's first delta only (OpenAI).
+    #[default]
+    Once,
+    /// Every fragment, a fresh id each (Poolside's API, LiteLLM's OCI handler,
+    /// mlx-openai-server before its PR 216); the call's id is the first. OpenAI-style
+    /// dialects only: Gemini and Ollama send each call whole.
+    EveryFragment,
+}
+
 /// One tool call of a scripted answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
