@@ -593,6 +593,11 @@ const CONTEXT_PHRASES: &[&str] = &[
     // vLLM ("... is longer than the maximum model length of 8192"), llama.cpp.
     "maximum model length",
     "exceeds the available context size",
+    // Anthropic, when the input and `max_tokens` together pass the window ("input length
+    // and `max_tokens` exceed context limit: 199759 + 8192 > 200000"); LiteLLM reads it so.
+    "exceed context limit",
+    // xAI ("This model's maximum prompt length is 131072 but the request contains ...").
+    "maximum prompt length",
 ];
 const CONTENT_TAGS: &[&str] = &[
     // OpenAI's moderation refusing a reasoning model's prompt.
@@ -1024,6 +1029,20 @@ mod tests {
             status(400, anthropic_ctx).class,
             FailureClass::ContextWindow
         );
+        // Anthropic when input and `max_tokens` together pass the window, and xAI's prompt
+        // limit: both 400s a context-window fallback can serve.
+        for (who, ctx) in [
+            (
+                "anthropic",
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"input length and `max_tokens` exceed context limit: 199759 + 8192 > 200000, decrease input length or `max_tokens` and try again"}}"#,
+            ),
+            (
+                "xai",
+                r#"{"code":"Client specified an invalid argument","error":"This model's maximum prompt length is 131072 but the request contains 537812 tokens."}"#,
+            ),
+        ] {
+            assert_eq!(status(400, ctx).class, FailureClass::ContextWindow, "{who}");
+        }
         let azure_filter = r#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","code":"content_filter"}}"#;
         assert_eq!(status(400, azure_filter).class, FailureClass::ContentPolicy);
         let vertex_quota = r#"[{"error":{"code":429,"message":"Resource exhausted.","status":"RESOURCE_EXHAUSTED","details":[{"retryDelay":"7s"}]}}]"#;
