@@ -327,6 +327,12 @@ impl ChatRequest {
                 check_fallback_list_sizes(field, list, limits)?;
             }
         }
+        // Its keys are group names too; the param does not repeat the key (it may be huge).
+        if let Some(Value::Object(map)) = fields.get("model_group_retry_policy") {
+            for group in map.keys() {
+                check_model_name(group, "model_group_retry_policy", limits)?;
+            }
+        }
         if let Some(Value::Array(list)) = fields.get("fallbacks") {
             if let Some((targets, messages)) = client_side_fallbacks(list, limits)? {
                 fallback_messages = messages;
@@ -1104,6 +1110,15 @@ mod tests {
             (
                 with("a", r#","default_fallbacks":["123456789"]"#).unwrap_err(),
                 "default_fallbacks[0]",
+            ),
+            // A group's name as a key: the 400 for an unknown group repeated it three times.
+            (
+                with(
+                    "a",
+                    r#","model_group_retry_policy":{"a":{},"123456789":{}}"#,
+                )
+                .unwrap_err(),
+                "model_group_retry_policy",
             ),
         ] {
             assert_eq!(e.limit, Some("max_model_name_bytes"), "{e:?}");
