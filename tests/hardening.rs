@@ -1178,6 +1178,64 @@ async fn over_the_connection_cap_health_answers_and_others_get_503() {
     }
 }
 
+// 10b. A browser page on an allowed origin reads the full gateway's 503 (its status and
+// `retry-after`), and its preflight is answered as usual, so the page gets that 503 and not
+// an opaque network failure. Before, the overflow answers named no origin.
+#[tokio::test(start_paused = true)]
+async fn over_the_connection_cap_a_listed_origin_still_reads_the_answer() {
+    let net = MemNet::new();
+    let gw = Gw::start(
+        &with(
+            ONE_GROUP,
+            "limits: {max_connections: 2}\n\
+             general_settings: {cors_allowed_origins: [\"https://app.example\"]}\n",
+        ),
+        &net,
+    );
+    let _idle1 = gw.raw().await;
+    let _idle2 = gw.raw().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for (request, status) in [
+        (
+            "OPTIONS /v1/chat/completions HTTP/1.1\r\nhost: g\r\norigin: https://app.example\r\n\
+             access-control-request-method: POST\r\n\r\n",
+            "HTTP/1.1 204",
+        ),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\norigin: https://app.example\r\n\
+             content-length: 2\r\n\r\n{}",
+            "HTTP/1.1 503",
+        ),
+    ] {
+        let mut pipe = gw.raw().await;
+        pipe.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(1), pipe.read(&mut buf))
+            .await
+            .expect("answered at once")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(head.starts_with(&status.to_ascii_lowercase()), "{head}");
+        assert!(
+            head.contains("access-control-allow-origin: https://app.example"),
+            "{head}"
+        );
+    }
+    // Another origin gets no CORS header, full or not.
+    let mut pipe = gw.raw().await;
+    pipe.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\norigin: https://evil.example\r\n\
+          content-length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0; 4096];
+    let n = pipe.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+}
+
 // 10a. Past `max_connections` and `max_overflow_connections` too, a connection is closed at
 // once; it is counted (`switchback_connections_dropped_total`), where nothing said the
 // gateway was turning clients away without a word.

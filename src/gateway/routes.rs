@@ -394,7 +394,33 @@ async fn admin_reload(live: LiveEngine) -> Response<ResponseBody> {
 /// The answer on a connection past `max_connections`: `/health` as usual (a load
 /// balancer's probe must not read a full gateway as a dead one), anything else a 503 that
 /// says why and when to retry. Either way the request's body is drained, as on any route.
+/// An allowed origin's page reads it as any answer: its preflight is answered as usual (a
+/// preflight that fails is an opaque network error to the page), and the 503 names it.
 pub fn overflow(
+    engine: &Engine,
+    req: Request<Incoming>,
+    max_connections: usize,
+) -> Response<ResponseBody> {
+    let cors = &engine.catalog().cors;
+    let origin = if cors.is_off() {
+        None
+    } else {
+        cors.allowed(req.headers())
+    };
+    if !cors.is_off() && cors::is_preflight(&req) {
+        let mut response = preflight(engine, &req, origin);
+        drain(engine, req);
+        super::date::stamp(engine, &mut response);
+        return response;
+    }
+    let mut response = overflow_answer(engine, req, max_connections);
+    if let Some(origin) = origin {
+        cors::allow(&mut response, origin);
+    }
+    response
+}
+
+fn overflow_answer(
     engine: &Engine,
     req: Request<Incoming>,
     max_connections: usize,
