@@ -381,16 +381,24 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
             let class = class_of(Some(status), &hints);
             let quota = is_quota(class, Some(status), &hints);
             let retry_after = retry_after(headers, now).or(hints.retry_after);
-            let message = hints.message.clone().unwrap_or_else(|| {
-                let text = String::from_utf8_lossy(&body[..body.len().min(200)])
-                    .trim()
-                    .to_string();
-                if text.is_empty() {
-                    format!("upstream returned HTTP {status}")
-                } else {
-                    text
-                }
+            let redirect = (300..=399).contains(&status).then(|| {
+                format!(
+                    "upstream answered with a redirect (HTTP {status}), which Switchback does \
+                     not follow: set the deployment's api_base to the address the API is at"
+                )
             });
+            let message = redirect
+                .or_else(|| hints.message.clone())
+                .unwrap_or_else(|| {
+                    let text = String::from_utf8_lossy(&body[..body.len().min(200)])
+                        .trim()
+                        .to_string();
+                    if text.is_empty() {
+                        format!("upstream returned HTTP {status}")
+                    } else {
+                        text
+                    }
+                });
             Failure {
                 class,
                 status: Some(status),
@@ -698,6 +706,11 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
         Some(404) if h.message_mentions(UNSUPPORTED_REQUEST_PHRASES) => FailureClass::BadRequest,
         Some(404) => FailureClass::NotFound,
         Some(408) => FailureClass::Timeout,
+        // A redirect: the deployment's `api_base` is not where the API is (http:// behind
+        // an ingress that sends https://). Every retry gets the same answer; like a 404 it
+        // is the deployment's configuration. Not followed: a hop to another origin would
+        // carry the deployment's key there.
+        Some(300..=399) => FailureClass::NotFound,
         // Gemini and Vertex's `CANCELLED` under load (and a proxy's "client closed
         // request"): the server gave up on the call, not on the request.
         Some(499) => FailureClass::Transient,
@@ -1018,6 +1031,22 @@ mod tests {
         let f = status(400, ctx);
         assert_eq!(f.class, FailureClass::ContextWindow);
         assert_eq!(f.message, "maximum context length is 8192 tokens");
+    }
+
+    /// An `api_base` behind an ingress that redirects: a configuration fault of the
+    /// deployment, said so, and not a transient failure to retry.
+    #[test]
+    fn a_redirect_is_the_deployments_configuration_not_a_transient_failure() {
+        for code in [301, 302, 307, 308] {
+            let f = status(code, "<html><body>Permanent Redirect</body></html>");
+            assert_eq!(f.class, FailureClass::NotFound, "{code}");
+            assert!(
+                f.message.contains("redirect") && f.message.contains("api_base"),
+                "{code}: {}",
+                f.message
+            );
+            assert_eq!(f.client_status(), 502);
+        }
     }
 
     #[test]
