@@ -152,6 +152,12 @@ impl StreamDelivery {
             }
             return Ok(());
         };
+        if outcome.result.is_err() {
+            // No continuation follows: the held tail's content (Gemini's last content chunk
+            // carries the finish reason) is the client's all the same, and goes out before
+            // the error event, without a finish reason the error belies.
+            self.restart();
+        }
         self.send_carried().await?;
         match &outcome.result {
             Ok(served) => {

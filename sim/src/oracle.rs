@@ -101,6 +101,8 @@ pub struct RequestStory<'r> {
     /// The request's calls before the serving one, every provider's, in the order they
     /// reached the fakes: what they wrote is what a continuation's prefix must come from.
     pub earlier_calls: Vec<&'r CallRecord>,
+    /// The request's last provider call, whatever its end, when the fakes logged one.
+    pub last_call: Option<&'r CallRecord>,
     /// The limits named by `limit_hit` events, in order.
     pub limits_hit: Vec<&'static str>,
     /// Why the engine saw the client go (`client_gone`), if it did.
@@ -294,6 +296,7 @@ fn story<'r>(
         terminal_events: 0,
         serving_call: None,
         earlier_calls: Vec::new(),
+        last_call: None,
         limits_hit: Vec::new(),
         gone: None,
     };
@@ -347,6 +350,14 @@ fn story<'r>(
             Event::ClientGone { reason } => s.gone = Some(reason.as_str()),
             _ => {}
         }
+    }
+    if let Some(id) = id {
+        s.last_call = run
+            .calls
+            .values()
+            .flatten()
+            .filter(|c| c.request_id == Some(id))
+            .max_by_key(|c| c.seq);
     }
     if let (Some((_, deployment, _)), Some(id)) = (&s.served, id) {
         let host = &s.catalog.deployment(*deployment).endpoint.host;
@@ -784,6 +795,27 @@ fn check_invariants(
                 fail(format!(
                     "invariant: chunks lost or duplicated: the client has {:?}, the serving call accounts for {expected:?}",
                     c.text
+                ));
+            }
+        }
+    }
+    // Under `mid_stream: error` a stream that failed after commit ends with the committing
+    // call's failure: the client has a leading part of what that call wrote, and all of it
+    // when the call's fault fired and no limit cut the answer (a chunk held back to carry
+    // metadata, and dropped with the error event, passed unseen before).
+    let failed_stream = s.mode.is_stream() && s.committed && !c.succeeded();
+    let stayed = c.left.is_none() && s.gone.is_none();
+    if failed_stream && stayed && s.mid_stream == Some(MidStreamPolicy::Error) {
+        if let Some(call) = s.last_call.filter(|c| !c.flooded && !c.answered_json) {
+            if !call.planned.starts_with(&c.text) {
+                fail(format!(
+                    "invariant: a stream failed under mid_stream: error with {:?}, which is not a leading part of what its last call wrote, {:?}",
+                    c.text, call.planned
+                ));
+            } else if call.fault_fired && s.limits_hit.is_empty() && c.text != call.planned {
+                fail(format!(
+                    "invariant: content lost before a stream's error event: the client has {:?}, its last call wrote {:?} before its fault",
+                    c.text, call.planned
                 ));
             }
         }
