@@ -399,6 +399,8 @@ impl Run<'_> {
                     }
                 }
                 let tier_first = *first_failed.get_or_insert(deployment);
+                let order_route = failure.class.actions(fallback_on_bad_request).fallback;
+                let order_fallback_possible = self.order_fallback_open(group, order_route, &walk);
                 let decision = {
                     let cx = RetryContext {
                         group,
@@ -422,6 +424,7 @@ impl Run<'_> {
                         committed: self.commit.is_committed(),
                         tried: &tried,
                         tier,
+                        order_fallback_possible,
                         now,
                         deadline: self.deadline,
                         max_wait: self.catalog.limits.max_retry_after(),
@@ -466,7 +469,7 @@ impl Run<'_> {
                     }
                     RetryDecision::GiveUp(reason) => {
                         self.emit(Event::GroupExhausted { group, reason });
-                        route = failure.class.actions(fallback_on_bad_request).fallback;
+                        route = order_route;
                         if let Some(d) =
                             self.order_fallback(group, tier, route, failure.class, &mut walk)
                         {
@@ -536,15 +539,7 @@ impl Run<'_> {
         class: FailureClass,
         walk: &mut crate::plan::PlanWalk<'_>,
     ) -> Option<DeploymentId> {
-        if !walk.order_fallback_allowed(route) || self.limit_reached().is_some() {
-            return None;
-        }
-        // LiteLLM builds order-based fallbacks from the deployments of the requested name
-        // (`Router._get_all_deployments(model_name=...)`), and a name a wildcard group
-        // serves has none: its tiers never fall back to one another.
-        if (self.admitted.plan.wildcard().is_some() && group == self.admitted.plan.primary)
-            || self.catalog.wildcard_target(group).is_some()
-        {
+        if !self.order_fallback_open(group, route, walk) || self.limit_reached().is_some() {
             return None;
         }
         let now = Instant::now();
@@ -608,6 +603,23 @@ impl Run<'_> {
                 Err(f)
             }
         }
+    }
+
+    /// Whether `group`'s higher tiers may take over from a spent one at all: the plan allows
+    /// the fallback (see [`crate::plan::PlanWalk::order_fallback_allowed`]) and the group is
+    /// not a wildcard's. LiteLLM builds order-based fallbacks from the deployments of the
+    /// requested name (`Router._get_all_deployments(model_name=...)`), and a name a wildcard
+    /// group serves has none: its tiers never fall back to one another.
+    fn order_fallback_open(
+        &self,
+        group: GroupId,
+        route: FallbackRoute,
+        walk: &crate::plan::PlanWalk<'_>,
+    ) -> bool {
+        let wildcard = (self.admitted.plan.wildcard().is_some()
+            && group == self.admitted.plan.primary)
+            || self.catalog.wildcard_target(group).is_some();
+        walk.order_fallback_allowed(route) && !wildcard
     }
 
     /// Whether the request has made every retry and fallback `num_retries_per_request`

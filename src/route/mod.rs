@@ -84,6 +84,11 @@ pub struct RetryContext<'a> {
     pub tried: &'a [DeploymentId],
     /// The `order` tier the request is in: retries stay inside it.
     pub tier: u32,
+    /// A higher tier could take over from this one (the plan allows an order-based
+    /// fallback here, and the group is not a wildcard's). Only then is a healthy higher
+    /// tier a reason not to wait out a cooling tier's Retry-After: a tier that cannot be
+    /// reached serves nobody.
+    pub order_fallback_possible: bool,
     pub now: Instant,
     pub deadline: Instant,
     pub max_wait: Duration,
@@ -187,8 +192,8 @@ pub fn plan_retry(
         }
         Choice::Now(d) => (d, jitter),
         Choice::After(d, wait) => {
-            let higher_tier_healthy =
-                select::has_healthy(catalog, cx.group, Tiers::Above(cx.tier), book, cx.now);
+            let higher_tier_healthy = cx.order_fallback_possible
+                && select::has_healthy(catalog, cx.group, Tiers::Above(cx.tier), book, cx.now);
             if cx.failure.retry_after.is_none() || higher_tier_healthy {
                 return RetryDecision::GiveUp(GiveUp::AllCooling(wait));
             }
@@ -233,6 +238,7 @@ mod tests {
             committed: false,
             tried,
             tier: 0,
+            order_fallback_possible: true,
             now,
             deadline: now + Duration::from_secs(60),
             max_wait: Duration::from_secs(10),
@@ -394,6 +400,17 @@ mod tests {
             plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
             RetryDecision::GiveUp(GiveUp::AllCooling(Duration::from_secs(1))),
             "the order-2 tier is healthy: the tier gives up, for an order-based fallback"
+        );
+        // A healthy tier the request may not fall back to (fallbacks disabled, max_fallbacks
+        // spent, a wildcard group) serves nobody: the Retry-After is waited out.
+        ctx.order_fallback_possible = false;
+        assert_eq!(
+            plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
+            RetryDecision::Retry {
+                deployment: DeploymentId(0),
+                delay: Duration::from_secs(1)
+            },
+            "no order-based fallback can be taken: the cooling tier is waited for"
         );
         // The top tier cooling, with nothing above it: the Retry-After is waited out.
         book.record_failure(DeploymentId(1), &f, now, &settings(), 1);
