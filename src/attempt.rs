@@ -316,7 +316,13 @@ impl Run<'_> {
                         after_chunks: 0,
                         timeout: None,
                     }),
-                    None => self.attempt(group, deployment, out).await,
+                    None => {
+                        let content_policy_fails = walk.content_policy_would_route(group)
+                            && !self.cap_spent()
+                            && self.attempts.len() as u32 + 1 < self.catalog.limits.max_attempts;
+                        self.attempt(group, deployment, content_policy_fails, out)
+                            .await
+                    }
                 };
                 let (failure, after_chunks, timeout) = match result {
                     Ok(served) => {
@@ -626,10 +632,7 @@ impl Run<'_> {
     /// allows (order-based fallbacks and groups skipped while cooling count as fallbacks),
     /// so the next one is not made. Traced once, as `limit_hit`.
     fn cap_hit(&mut self) -> bool {
-        let Some(cap) = self.settings.num_retries_per_request.value else {
-            return false;
-        };
-        let spent = self.retries + self.fallbacks >= cap;
+        let spent = self.cap_spent();
         if spent && !self.capped {
             self.capped = true;
             self.emit(Event::LimitHit {
@@ -637,6 +640,14 @@ impl Run<'_> {
             });
         }
         spent
+    }
+
+    /// [`Self::cap_hit`] without tracing it.
+    fn cap_spent(&self) -> bool {
+        self.settings
+            .num_retries_per_request
+            .value
+            .is_some_and(|cap| self.retries + self.fallbacks >= cap)
     }
 
     /// Whether the request has made the `max_attempts` attempts it may.
@@ -732,10 +743,14 @@ impl Run<'_> {
     }
 
     /// One call to one deployment, read to its end.
+    ///
+    /// `content_policy_fails`: a `finish_reason: content_filter` is a failure to route
+    /// around (a content-policy fallback can still be taken), not the answer.
     async fn attempt<D: Delivery>(
         &mut self,
         group: GroupId,
         deployment: DeploymentId,
+        content_policy_fails: bool,
         out: &mut D,
     ) -> Result<Served, AttemptError> {
         let spec = self.catalog.deployment(deployment);
@@ -797,7 +812,6 @@ impl Run<'_> {
         };
         let mut stream = opened.map_err(|e| self.failed(spec, e, blame, from_request, 0, &body))?;
         let limits = &self.catalog.limits;
-        let content_policy_fails = self.admitted.plan.content_policy_applies(group);
         let mut held: Vec<Chunk> = Vec::new();
         let mut held_bytes = 0;
         let mut content_chunks = 0;

@@ -234,6 +234,7 @@ impl FallbackPlan {
     }
 }
 
+#[derive(Clone)]
 struct Frame<'p> {
     from: GroupId,
     list: &'p [GroupId],
@@ -242,6 +243,7 @@ struct Frame<'p> {
 }
 
 /// The mutable state of walking a plan: a depth-first stack of lists.
+#[derive(Clone)]
 pub struct PlanWalk<'p> {
     plan: &'p FallbackPlan,
     stack: Vec<Frame<'p>>,
@@ -262,6 +264,21 @@ impl<'p> PlanWalk<'p> {
                 pos: 0,
             });
         }
+    }
+
+    /// Whether a content-policy failure of `group` would be routed around now: a
+    /// `content_policy_fallbacks` list names somewhere for it (see
+    /// [`FallbackPlan::content_policy_applies`]) and the walk, after that failure, has a
+    /// group left to go to (allowed by the key, not visited, within `max_fallbacks`).
+    /// Otherwise `finish_reason: content_filter` is the answer: an error nothing can route
+    /// around would only take the provider's answer from the client.
+    pub fn content_policy_would_route(&self, group: GroupId) -> bool {
+        if !self.plan.content_policy_applies(group) {
+            return false;
+        }
+        let mut probe = self.clone();
+        probe.group_failed(group, FallbackRoute::ContentPolicy);
+        probe.next(&mut |_, _| {}).is_some()
     }
 
     /// The next group to fall back to, reporting every link it skips to `skipped`.
@@ -409,6 +426,33 @@ mod tests {
         assert_eq!(walk.next(&mut |l, r| skipped.push((l, r))), None);
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].1, SkipReason::AlreadyVisited);
+    }
+
+    #[test]
+    fn a_content_filter_is_routed_around_only_where_its_fallback_can_be_taken() {
+        let c = catalog(&["a", "lenient", "other"]);
+        let s = RouterSettings {
+            content_policy_fallbacks: entries(&[("a", &["lenient"])]),
+            ..Default::default()
+        };
+        let a = c.group_id("a").unwrap();
+        let open = plan_with(&c, "a", s.clone(), None);
+        assert!(open.walk().content_policy_would_route(a));
+        let barred = plan_with(&c, "a", s.clone(), Some(&["a", "other"]));
+        assert!(barred.content_policy_applies(a), "the list names a group");
+        assert!(
+            !barred.walk().content_policy_would_route(a),
+            "the key may not use it: the filtered answer is the answer"
+        );
+        let no_depth = RouterSettings {
+            max_fallbacks: Some(0),
+            ..s
+        };
+        assert!(
+            !plan_with(&c, "a", no_depth, None)
+                .walk()
+                .content_policy_would_route(a)
+        );
     }
 
     #[test]
