@@ -245,7 +245,8 @@ for s in scenarios/parity/order_retry_stays_in_tier.yaml \
     scenarios/parity/billing_400_falls_back.yaml \
     scenarios/parity/wildcard_group_serves_requested_model.yaml \
     scenarios/parity/wildcard_fallbacks_by_requested_name.yaml \
-    scenarios/parity/fallback_to_deployment_id.yaml; do
+    scenarios/parity/fallback_to_deployment_id.yaml \
+    scenarios/parity/default_fallbacks_beat_a_star_entry.yaml; do
     expect_diff "$s" "diff-$(basename "$s" .yaml)" 0 "$SAME"
 done
 # Documented difference: with allowed_fails set, LiteLLM 1.83.0 cools even a lone

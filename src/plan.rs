@@ -184,12 +184,13 @@ impl FallbackPlan {
             // The specific setting exists: it alone decides, even if it has no entry here.
             return (self.lookup(table, group).unwrap_or(&[]), kind);
         }
-        // `default_fallbacks` is the `*` entry by another name (LiteLLM turns it into one):
-        // set at a level that outranks the one that set `fallbacks`, it beats that table's
-        // own `*`, as a key's setting beats the gateway's (an entry for the group itself
+        // `default_fallbacks` is the `*` entry by another name: LiteLLM appends it to the
+        // table as `{"*": [...]}`, and the last `*` wins (`get_fallback_model_group`). Set at
+        // the same level as `fallbacks`, or at one that outranks it (a key's, against the
+        // gateway's table), it beats that table's own `*` (an entry for the group itself
         // still wins: it names the group).
         let defaults_outrank =
-            s.default_fallbacks.value.is_some() && s.default_fallbacks.from > s.fallbacks.from;
+            s.default_fallbacks.value.is_some() && s.default_fallbacks.from >= s.fallbacks.from;
         if let Some((list, star)) = s
             .fallbacks
             .value
@@ -584,7 +585,7 @@ mod tests {
     /// as any key setting beats the gateway's; the gateway's entry for the group itself
     /// still wins, and at one level the table's `*` comes first as before.
     #[test]
-    fn a_keys_default_fallbacks_beat_the_gateways_star() {
+    fn default_fallbacks_beat_a_star_entry_at_their_level_or_below() {
         let c = catalog(&["a", "b", "c", "d"]);
         let chain = |gateway: RouterSettings, key: RouterSettings| {
             let gateway = c.overrides(&gateway).unwrap();
@@ -622,7 +623,14 @@ mod tests {
             default_fallbacks: Some(vec!["c".into()]),
             ..star
         };
-        assert_eq!(chain(same_level, RouterSettings::default()), ["a", "b"]);
+        // One level: LiteLLM appends `default_fallbacks` to the table as a `*` entry, and
+        // the last `*` wins.
+        assert_eq!(chain(same_level, RouterSettings::default()), ["a", "c"]);
+        let two_stars = RouterSettings {
+            fallbacks: entries(&[("*", &["b"]), ("*", &["d"])]),
+            ..Default::default()
+        };
+        assert_eq!(chain(two_stars, RouterSettings::default()), ["a", "d"]);
     }
 
     #[test]

@@ -118,12 +118,18 @@ impl FallbackTable {
             let found = entries
                 .iter()
                 .find(|e| e.group == name)
+                // The last prefix-stripped match and the last `*` win, as in LiteLLM's
+                // `get_fallback_model_group` (it keeps overwriting them as it scans; only
+                // the exact match stops the scan): a `default_fallbacks` LiteLLM appends as
+                // a `*` entry after the table's own then wins, as `FallbackPlan::list_for`
+                // has it at one level.
                 .or_else(|| {
                     entries
                         .iter()
+                        .rev()
                         .find(|e| e.group != "*" && entry_names_group(&e.group, name))
                 })
-                .or_else(|| entries.iter().find(|e| e.group == "*"));
+                .or_else(|| entries.iter().rev().find(|e| e.group == "*"));
             by_star.push(found.is_some_and(|e| e.group == "*"));
             by_group.push(found.map(resolve).transpose()?);
         }
@@ -158,15 +164,19 @@ impl FallbackTable {
 
     /// [`FallbackTable::lookup_name`], and whether the list is the `*` entry's.
     pub fn lookup_name_entry(&self, name: &str) -> Option<(&[GroupId], bool)> {
-        let find = |hit: &dyn Fn(&str) -> bool| {
-            self.named
-                .iter()
-                .find(|(key, _)| hit(key))
-                .map(|(key, list)| (&**list, key == "*"))
+        // First exact match, last prefix-stripped one, last `*` (see `FallbackTable::new`).
+        let find = |hit: &dyn Fn(&str) -> bool, last: bool| {
+            let mut entries = self.named.iter();
+            let found = if last {
+                entries.rfind(|(key, _)| hit(key))
+            } else {
+                entries.find(|(key, _)| hit(key))
+            };
+            found.map(|(key, list)| (&**list, key == "*"))
         };
-        find(&|key| key == name)
-            .or_else(|| find(&|key| key != "*" && entry_names_group(key, name)))
-            .or_else(|| find(&|key| key == "*"))
+        find(&|key| key == name, false)
+            .or_else(|| find(&|key| key != "*" && entry_names_group(key, name), true))
+            .or_else(|| find(&|key| key == "*", true))
     }
 
     /// The list for `group`, or `None` if the table has no entry that applies.
