@@ -419,6 +419,75 @@ fn sent_model(call: &CallRecord) -> Option<String> {
     })
 }
 
+/// What is wrong with the shape of the stream a client got, whatever the upstreams did:
+/// one `id` for every chunk that names one (Azure's annotation chunks name `""`), and a
+/// choice's `role` once (the gateway drops the ones Gemini repeats in every delta, and the
+/// ones an attempt after commit sends again). After an attempt past commit, also: a
+/// choice's `finish_reason` once, and no content for it after that (a finish the
+/// continuation went on from must never reach the client). Text, model, the last finish and usage are judged
+/// elsewhere; a chunk that is not JSON is the client's `broken` to report.
+fn stream_shape(c: &ClientResult, continued: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut id: Option<&str> = None;
+    let mut roles: Vec<u64> = Vec::new();
+    let mut finished: Vec<u64> = Vec::new();
+    let objects: Vec<serde_json::Value> = c
+        .chunks
+        .iter()
+        .filter_map(|chunk| serde_json::from_str(&chunk.raw).ok())
+        .collect();
+    for (i, object) in objects.iter().enumerate() {
+        if let Some(this) = object["id"].as_str().filter(|id| !id.is_empty()) {
+            match id {
+                Some(first) if first != this => {
+                    problems.push(format!(
+                        "chunk {i} has id {this:?}, an earlier one {first:?}: one stream, one id"
+                    ));
+                    return problems;
+                }
+                _ => id = Some(this),
+            }
+        }
+        let choices = object["choices"].as_array().into_iter().flatten();
+        for (place, choice) in choices.enumerate() {
+            let index = choice["index"].as_u64().unwrap_or(place as u64);
+            if choice.pointer("/delta/role").is_some() {
+                if roles.contains(&index) {
+                    problems.push(format!(
+                        "chunk {i} gives choice {index} a role again: the SDKs take a role once"
+                    ));
+                    return problems;
+                }
+                roles.push(index);
+            }
+            let content = choice
+                .pointer("/delta/content")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|t| !t.is_empty());
+            if continued && content && finished.contains(&index) {
+                problems.push(format!(
+                    "chunk {i} brings content for choice {index} after its finish_reason: a finish the continuation went on from reached the client"
+                ));
+                return problems;
+            }
+            // SGLang's `""` on every chunk but the last finishes nothing.
+            if choice["finish_reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty())
+            {
+                if continued && finished.contains(&index) {
+                    problems.push(format!(
+                        "chunk {i} finishes choice {index} again: a finish the continuation went on from reached the client"
+                    ));
+                    return problems;
+                }
+                finished.push(index);
+            }
+        }
+    }
+    problems
+}
+
 /// Whether `prefix` is what `calls` delivered, in order: each call a leading part of what it
 /// wrote (a gateway may cut an answer short, never skip or repeat a piece of it), nothing
 /// else.
@@ -797,6 +866,11 @@ fn check_invariants(
                     c.text
                 ));
             }
+        }
+    }
+    if s.mode.is_stream() {
+        for problem in stream_shape(c, s.attempt_after_commit) {
+            fail(format!("invariant: {problem}"));
         }
     }
     // Under `mid_stream: error` a stream that failed after commit ends with the committing
