@@ -92,7 +92,13 @@ impl ApiError {
     }
 
     pub fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError::new(403, "permission_error", message).code("model_not_allowed")
+        ApiError::permission(message).code("model_not_allowed")
+    }
+
+    /// A 403 for a key that may not do this: one `type` for every such refusal, a model's
+    /// or a route's, so that a client handles them alike.
+    pub fn permission(message: impl Into<String>) -> ApiError {
+        ApiError::new(403, "permission_error", message)
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {

@@ -1837,7 +1837,7 @@ async fn an_overlong_model_name_is_refused_naming_the_limit() {
 }
 
 // 14b. An error that repeats a name the client gave (an unknown model, one its key may not
-// use, a `GET /v1/models/{id}`) shows only its start, cut at a character boundary: the 404
+// use, a `GET /v1/models/{id}`, a route taken with the wrong method) shows only its start, cut at a character boundary: the 404
 // and 403 repeated the whole name, as long as the body allowed. A name of two-byte
 // characters after one ASCII byte puts every even byte offset inside a character.
 #[tokio::test(start_paused = true)]
@@ -1874,5 +1874,21 @@ async fn errors_repeat_only_the_start_of_a_long_name() {
     assert_eq!(response.status(), 404);
     let message = text(response).await;
     assert!(message.len() < 500 && message.contains("xé"), "{message}");
+    // A route taken with the wrong method: its 405 named the whole path.
+    let long_path = format!("/openai/deployments/x{}/chat/completions", "y".repeat(30_000));
+    for (method, path) in [("GET", long_path.as_str()), ("DELETE", "/v1/models/{id}")] {
+        let path = path.replace("{id}", &id);
+        let request = http::Request::builder()
+            .method(method)
+            .uri(&path)
+            .header("host", "gateway")
+            .header("authorization", "Bearer sk-open")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 405, "{method}");
+        let message = text(response).await;
+        assert!(message.len() < 500, "{method}: {} bytes", message.len());
+    }
     assert!(net.calls("up").is_empty());
 }

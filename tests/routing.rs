@@ -332,6 +332,11 @@ keys:
         assert_eq!(status, 403, "{key}: {body}");
         assert!(!body.contains("theirs-secret-project"), "{key}: {body}");
         assert!(body.contains("master_key"), "says how to scrape: {body}");
+        // The type every 403 of the gateway has, a model's refusal's included.
+        assert!(
+            body.contains(r#""type":"permission_error""#),
+            "{key}: {body}"
+        );
     }
     for key in ["sk-open", "sk-star"] {
         let r = scrape(key).await;

@@ -237,7 +237,8 @@ fn answer_from_head(engine: &Engine, req: &Request<Incoming>) -> Response<Respon
         let mut response = error(&ApiError::new(
             405,
             "invalid_request_error",
-            format!("{path} takes {expected}, not {}", req.method()),
+            // The path may hold a long name (an Azure deployment's, a model id): its start.
+            format!("{} takes {expected}, not {}", echoed(path), req.method()),
         ));
         // RFC 9110 §15.5.6: a 405 names the methods the resource takes.
         let allow = HeaderValue::from_static(if expected == Method::POST {
@@ -299,9 +300,7 @@ fn metrics(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
                 ));
             }
             Ok(Some(key)) if key.team.is_some() || !key.sees_every_group() => {
-                return error(&ApiError::new(
-                    403,
-                    "permission_denied",
+                return error(&ApiError::permission(
                     "the metrics name every group and key with its traffic; scrape with a key \
                      of no team and without a `models` restriction, or set \
                      general_settings.master_key and scrape with it",
@@ -325,17 +324,13 @@ fn metrics(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
 fn admin(engine: &Engine, req: &Request<Incoming>) -> Result<(), ApiError> {
     let catalog = engine.catalog();
     if !catalog.has_admin_key() {
-        return Err(ApiError::new(
-            403,
-            "permission_denied",
+        return Err(ApiError::permission(
             "admin routes need an admin key: set general_settings.master_key",
         ));
     }
     match presented_key(req)? {
         Some(token) if catalog.is_admin(token) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            403,
-            "permission_denied",
+        Some(_) => Err(ApiError::permission(
             "this route needs the admin key (general_settings.master_key)",
         )),
         None => Err(ApiError::unauthorized(
