@@ -1146,6 +1146,40 @@ async fn a_compressed_request_body_gets_a_415_naming_its_coding() {
     }
 }
 
+/// A body in a transfer coding besides `chunked` (`Transfer-Encoding: gzip, chunked`):
+/// hyper takes off the `chunked`, and the compressed bytes reached the JSON parser, a 400
+/// "not valid JSON" that never said why. It gets the 501 RFC 9112 §6.1 asks for, naming
+/// the coding; plain `chunked` is served.
+#[tokio::test(start_paused = true)]
+async fn a_transfer_coding_besides_chunked_gets_a_501_naming_it() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_KEY, &net);
+    let auth = ("authorization", "Bearer sk-good");
+    let r = send(
+        &gw,
+        chat_request_with(
+            &[auth, ("transfer-encoding", "gzip, chunked")],
+            GZIPPED_SSE_ANSWER,
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), 501);
+    let v = body_json(r).await;
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("transfer-encoding `gzip`"), "{message}");
+    assert_eq!(v["error"]["code"], "unsupported_transfer_encoding");
+    assert!(net.calls("up").is_empty());
+    let body = chat_body("g", false).to_string();
+    let r = send(
+        &gw,
+        chat_request_with(&[auth, ("transfer-encoding", "chunked")], body),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    text(r).await;
+}
+
 /// A `Content-Encoding` that names no compression (`UTF-8`, `none`, `binary`: a
 /// misconfigured server or client that means a charset) changes nothing about the bytes,
 /// and the SDKs read such a body as it is (httpx skips a coding it does not know; urllib3

@@ -6,7 +6,10 @@
 //! 9110 §15.5.16). The gateway decodes no coding, so a compressed body would otherwise
 //! reach the JSON parser and come back as a syntax error that never says why. A name that
 //! is no compression (`utf-8`, `none`) changes no byte and is read past, as the SDKs' HTTP
-//! clients read it. Does not own reading the header's list
+//! clients read it. A transfer coding other than `chunked` (`Transfer-Encoding: gzip,
+//! chunked`; hyper takes off the `chunked` and hands the rest on) is refused likewise, with
+//! the 501 RFC 9112 §6.1 asks of a server that does not understand one. Does not own reading
+//! the header's list
 //! ([`crate::content_encoding::applied_coding`], shared with upstream answers) nor when
 //! the check runs (`routes`: after the key, as every check of a body).
 
@@ -28,6 +31,30 @@ pub fn refusal(headers: &HeaderMap) -> Option<ApiError> {
             ),
         )
         .code("unsupported_content_encoding"),
+    )
+}
+
+/// The 501 for a body in a transfer coding other than `chunked`; `None` for a body framed
+/// by `Content-Length` or plain `chunked`. hyper refuses a `Transfer-Encoding` whose last
+/// coding is not `chunked` itself (a 400); one that is ends here.
+pub fn transfer_refusal(headers: &HeaderMap) -> Option<ApiError> {
+    let coding = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))?;
+    let shown: String = coding.chars().take(32).collect();
+    Some(
+        ApiError::new(
+            501,
+            "invalid_request_error",
+            format!(
+                "request body in transfer-encoding `{shown}`: the gateway reads `chunked` \
+                 only; send the JSON with Content-Length or plain chunked"
+            ),
+        )
+        .code("unsupported_transfer_encoding"),
     )
 }
 
@@ -54,6 +81,29 @@ mod tests {
         assert_eq!(refusal(&HeaderMap::new()), None);
         assert_eq!(refusal(&coded("identity")), None);
         assert_eq!(refusal(&coded("Identity")), None);
+    }
+
+    #[test]
+    fn only_chunked_is_a_transfer_coding_read() {
+        let mut h = HeaderMap::new();
+        assert_eq!(transfer_refusal(&h), None);
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("Chunked"),
+        );
+        assert_eq!(transfer_refusal(&h), None);
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        let e = transfer_refusal(&h).expect("refused");
+        assert_eq!(e.status, 501);
+        assert_eq!(e.code, Some("unsupported_transfer_encoding"));
+        assert!(
+            e.message.contains("transfer-encoding `gzip`"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

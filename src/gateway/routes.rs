@@ -694,6 +694,10 @@ async fn chat(
         content_coding::name_what_is_read(&mut response);
         return response;
     }
+    if let Some(e) = content_coding::transfer_refusal(req.headers()) {
+        request_body::discard(req.into_body(), max_discarded, deadline);
+        return refuse(e);
+    }
     // A path's deployment over the bound is refused before its body is read or held.
     if let Some(name) = &deployment {
         if let Err(e) = crate::request::check_model_name(name, "model", &engine.catalog().limits) {
