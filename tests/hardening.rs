@@ -1875,7 +1875,10 @@ async fn errors_repeat_only_the_start_of_a_long_name() {
     let message = text(response).await;
     assert!(message.len() < 500 && message.contains("xé"), "{message}");
     // A route taken with the wrong method: its 405 named the whole path.
-    let long_path = format!("/openai/deployments/x{}/chat/completions", "y".repeat(30_000));
+    let long_path = format!(
+        "/openai/deployments/x{}/chat/completions",
+        "y".repeat(30_000)
+    );
     for (method, path) in [("GET", long_path.as_str()), ("DELETE", "/v1/models/{id}")] {
         let path = path.replace("{id}", &id);
         let request = http::Request::builder()
