@@ -446,12 +446,15 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
         shapes::content_filters(),
         // Drawn after it, for the same reason.
         reloads::reload(),
+        // And after that, likewise.
+        shapes::usage_asked(),
     )
-        .prop_map(|(mut s, r, filters, reload)| {
+        .prop_map(|(mut s, r, filters, reload, usage)| {
             // Before the wildcard's provider copies the first one.
             shapes::apply_content_filters(&mut s.providers, &filters);
             r.apply(&mut s);
             s.description.push_str(&r.describe());
+            shapes::apply_usage_asked(&mut s.requests, usage);
             // Last: the new config is the case's final one, changed.
             if let Some(reload) = reload {
                 reload.apply(&mut s);
@@ -982,6 +985,9 @@ pub struct Shape {
     pub admitted_after_reload: u64,
     /// A config reload while a request was in flight.
     pub reloaded_mid_flight: u64,
+    /// A request that asked for the usage chunk (`stream_options.include_usage`) and was
+    /// attempted more than once, where usage is summed across attempts.
+    pub usage_over_attempts: u64,
 }
 
 impl Shape {
@@ -993,6 +999,7 @@ impl Shape {
         let mut admissions = Vec::new();
         let mut cooldowns = Vec::new();
         let mut users: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+        let mut attempts: BTreeMap<u64, u32> = BTreeMap::new();
         for r in &run.records {
             let at = r.at.as_millis();
             let span = spans.entry(r.request).or_insert((at, at));
@@ -1007,6 +1014,7 @@ impl Shape {
                 }
                 Event::AttemptStarted { deployment, .. } => {
                     users.entry(deployment.0).or_default().insert(r.request);
+                    *attempts.entry(r.request).or_default() += 1;
                 }
                 _ => {}
             }
@@ -1038,6 +1046,12 @@ impl Shape {
             cooled_mid_flight: flag(cooldowns.iter().any(|(a, _)| overlapping(*a) >= 2)),
             admitted_after_reload: flag(admissions.iter().any(|t| reloads.iter().any(|r| r <= t))),
             reloaded_mid_flight: flag(reloads.iter().any(|r| overlapping(*r) >= 1)),
+            // Which gateway request is which spec is the oracle's to tell; a case whose
+            // every request asks for usage is counted exactly, a mixed one when any did.
+            usage_over_attempts: flag(
+                scenario.requests.iter().any(RequestSpec::asks_usage)
+                    && attempts.values().any(|n| *n >= 2),
+            ),
         }
     }
 
@@ -1052,6 +1066,7 @@ impl Shape {
         self.cooled_mid_flight += other.cooled_mid_flight;
         self.admitted_after_reload += other.admitted_after_reload;
         self.reloaded_mid_flight += other.reloaded_mid_flight;
+        self.usage_over_attempts += other.usage_over_attempts;
     }
 
     fn or(self, other: Shape) -> Shape {
@@ -1066,6 +1081,7 @@ impl Shape {
             cooled_mid_flight: f(self.cooled_mid_flight, other.cooled_mid_flight),
             admitted_after_reload: f(self.admitted_after_reload, other.admitted_after_reload),
             reloaded_mid_flight: f(self.reloaded_mid_flight, other.reloaded_mid_flight),
+            usage_over_attempts: f(self.usage_over_attempts, other.usage_over_attempts),
         }
     }
 
@@ -1090,6 +1106,10 @@ impl Shape {
             ),
             ("admitted after a config reload", self.admitted_after_reload),
             ("config reloaded mid-flight", self.reloaded_mid_flight),
+            (
+                "usage asked over several attempts",
+                self.usage_over_attempts,
+            ),
         ]
     }
 }

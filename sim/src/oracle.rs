@@ -422,15 +422,18 @@ fn sent_model(call: &CallRecord) -> Option<String> {
 /// What is wrong with the shape of the stream a client got, whatever the upstreams did:
 /// one `id` for every chunk that names one (Azure's annotation chunks name `""`), and a
 /// choice's `role` once (the gateway drops the ones Gemini repeats in every delta, and the
-/// ones an attempt after commit sends again). After an attempt past commit, also: a
-/// choice's `finish_reason` once, and no content for it after that (a finish the
-/// continuation went on from must never reach the client). Text, model, the last finish and usage are judged
-/// elsewhere; a chunk that is not JSON is the client's `broken` to report.
-fn stream_shape(c: &ClientResult, continued: bool) -> Vec<String> {
+/// ones an attempt after commit sends again). When `continued` gives the call that served
+/// an answer after an attempt past commit, also: no choice finishes more often than that
+/// call finished it (a finish an earlier attempt sent, which the continuation went on from,
+/// must never reach the client; a provider's own second finish, as a Gemini answer that
+/// ends on a content chunk with its finish and is then filtered, is its own). Text, model,
+/// the last finish and usage are judged elsewhere; a chunk that is not JSON is the client's
+/// `broken` to report.
+fn stream_shape(c: &ClientResult, continued: Option<&CallRecord>) -> Vec<String> {
     let mut problems = Vec::new();
     let mut id: Option<&str> = None;
     let mut roles: Vec<u64> = Vec::new();
-    let mut finished: Vec<u64> = Vec::new();
+    let mut finishes: BTreeMap<u64, usize> = BTreeMap::new();
     let objects: Vec<serde_json::Value> = c
         .chunks
         .iter()
@@ -460,32 +463,40 @@ fn stream_shape(c: &ClientResult, continued: bool) -> Vec<String> {
                 }
                 roles.push(index);
             }
-            let content = choice
-                .pointer("/delta/content")
-                .and_then(serde_json::Value::as_str)
-                .is_some_and(|t| !t.is_empty());
-            if continued && content && finished.contains(&index) {
-                problems.push(format!(
-                    "chunk {i} brings content for choice {index} after its finish_reason: a finish the continuation went on from reached the client"
-                ));
-                return problems;
+            if finishes_choice(choice) {
+                *finishes.entry(index).or_default() += 1;
             }
-            // SGLang's `""` on every chunk but the last finishes nothing.
-            if choice["finish_reason"]
-                .as_str()
-                .is_some_and(|r| !r.is_empty())
-            {
-                if continued && finished.contains(&index) {
-                    problems.push(format!(
-                        "chunk {i} finishes choice {index} again: a finish the continuation went on from reached the client"
-                    ));
-                    return problems;
+        }
+    }
+    if let Some(call) = continued {
+        let mut own: BTreeMap<u64, usize> = BTreeMap::new();
+        for object in sent_objects(call) {
+            let choices = object["choices"].as_array().into_iter().flatten();
+            for (place, choice) in choices.enumerate() {
+                if finishes_choice(choice) {
+                    let index = choice["index"].as_u64().unwrap_or(place as u64);
+                    *own.entry(index).or_default() += 1;
                 }
-                finished.push(index);
+            }
+        }
+        for (index, n) in finishes {
+            let theirs = own.get(&index).copied().unwrap_or(0);
+            if n > theirs {
+                problems.push(format!(
+                    "choice {index} finished {n} time(s), the serving call finished it {theirs} time(s): a finish the continuation went on from reached the client"
+                ));
             }
         }
     }
     problems
+}
+
+/// Whether a choice object carries a finish reason. SGLang's `""` on every chunk but the
+/// last finishes nothing.
+fn finishes_choice(choice: &serde_json::Value) -> bool {
+    choice["finish_reason"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty())
 }
 
 /// Whether `prefix` is what `calls` delivered, in order: each call a leading part of what it
@@ -594,7 +605,7 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
                 c,
                 story.serving_call,
                 run.mode.is_stream(),
-                include_usage(spec),
+                spec.asks_usage(),
                 &mut fail,
             );
         }
@@ -693,15 +704,6 @@ fn ending(c: &ClientResult) -> Ending {
     ending
 }
 
-/// Whether the request asked for a usage chunk (`stream_options.include_usage`).
-fn include_usage(spec: &crate::scenario::RequestSpec) -> bool {
-    spec.body
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false)
-}
-
 /// Wire fidelity wherever it must hold in any run (explore's generated cases): every
 /// request that succeeded on one attempt's answer (none after commit, no continuation, no
 /// flood) got exactly what that provider gave (see `passthrough`).
@@ -728,7 +730,7 @@ pub fn check_passthrough_where_it_applies(
             c,
             Some(call),
             run.mode.is_stream(),
-            include_usage(spec),
+            spec.asks_usage(),
             &mut |m| failures.push(format!("{label}: {m}")),
         );
     }
@@ -869,7 +871,8 @@ fn check_invariants(
         }
     }
     if s.mode.is_stream() {
-        for problem in stream_shape(c, s.attempt_after_commit) {
+        let continued = s.serving_call.filter(|_| s.attempt_after_commit);
+        for problem in stream_shape(c, continued) {
             fail(format!("invariant: {problem}"));
         }
     }
@@ -879,6 +882,10 @@ fn check_invariants(
     // metadata, and dropped with the error event, passed unseen before).
     let failed_stream = s.mode.is_stream() && s.committed && !c.succeeded();
     let stayed = c.left.is_none() && s.gone.is_none();
+    // What the fake wrote reached the gateway only if nothing in between lost it: a network
+    // fault (a partition) can swallow the rest, and the attempt then ends in a timeout.
+    let timed_out = s.steps.last().and_then(|step| step.class) == Some(FailureClass::Timeout);
+    let lossless = scenario.network.faults.is_empty() && !timed_out;
     if failed_stream && stayed && s.mid_stream == Some(MidStreamPolicy::Error) {
         if let Some(call) = s.last_call.filter(|c| !c.flooded && !c.answered_json) {
             if !call.planned.starts_with(&c.text) {
@@ -886,7 +893,11 @@ fn check_invariants(
                     "invariant: a stream failed under mid_stream: error with {:?}, which is not a leading part of what its last call wrote, {:?}",
                     c.text, call.planned
                 ));
-            } else if call.fault_fired && s.limits_hit.is_empty() && c.text != call.planned {
+            } else if call.fault_fired
+                && lossless
+                && s.limits_hit.is_empty()
+                && c.text != call.planned
+            {
                 fail(format!(
                     "invariant: content lost before a stream's error event: the client has {:?}, its last call wrote {:?} before its fault",
                     c.text, call.planned
@@ -1183,7 +1194,7 @@ pub fn check_equivalence(
                     ea.finish_reasons, eb.finish_reasons
                 ));
             }
-            if include_usage(spec) && ea.usage != eb.usage {
+            if spec.asks_usage() && ea.usage != eb.usage {
                 fail(format!(
                     "usage differs: {ma} {}, {mb} {}",
                     ea.usage.as_ref().map_or("none".into(), |u| u.to_string()),

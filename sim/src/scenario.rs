@@ -576,6 +576,15 @@ impl RequestSpec {
     pub fn leaves(&self) -> bool {
         self.disconnect.is_some() || self.stop_reading.is_some()
     }
+
+    /// Whether the request asks for the stream's usage chunk (`stream_options.include_usage`).
+    pub fn asks_usage(&self) -> bool {
+        self.body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
 }
 
 fn one() -> u32 {

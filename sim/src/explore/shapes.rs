@@ -4,14 +4,16 @@
 //! and the answer its scripts give: text, text then parallel tool calls, more choices,
 //! reasoning then text, a refusal, audio, logprobs) and applying it to a generated provider,
 //! with every fault offset kept inside the answer; and the draw of Azure's content-filter
-//! streaming mode ([`content_filters`]), made apart, at the end of a case, so that it changed
-//! no earlier draw of a seed. Does not own the rest of a case (`explore`).
+//! streaming mode ([`content_filters`]) and of which requests ask for a usage chunk
+//! ([`usage_asked`]), each made apart, at the end of a case, so that it changed no earlier
+//! draw of a seed. Does not own the rest of a case (`explore`).
 
 use proptest::prelude::*;
 
 use crate::dialect;
 use crate::scenario::{
-    ContentFilterMode, Dialect, FaultKind, Provider, Script, ToolCallIndex, ToolCallSpec,
+    ContentFilterMode, Dialect, FaultKind, Provider, RequestSpec, Script, ToolCallIndex,
+    ToolCallSpec,
 };
 
 /// What one generated provider answers besides plain text.
@@ -139,6 +141,29 @@ pub fn apply_content_filters(providers: &mut [Provider], drawn: &[ContentFilterM
     for (p, mode) in providers.iter_mut().zip(drawn) {
         if p.dialect == Dialect::Azure {
             p.content_filter = *mode;
+        }
+    }
+}
+
+/// Which of a case's requests ask for a usage chunk (`stream_options.include_usage`): in
+/// about 1 case in 3, those whose bit is set in the drawn mask (request `i`, bit `i % 8`).
+/// Without it no generated stream ever carried usage, and neither the passthrough check
+/// nor the modes' equal usage after a continuation was ever put to the test.
+pub fn usage_asked() -> impl Strategy<Value = Option<u8>> {
+    proptest::option::weighted(0.35, any::<u8>())
+}
+
+/// Asks for the usage chunk in the requests `mask` picks (see [`usage_asked`]).
+pub fn apply_usage_asked(requests: &mut [RequestSpec], mask: Option<u8>) {
+    let Some(mask) = mask else {
+        return;
+    };
+    for (i, r) in requests.iter_mut().enumerate() {
+        if mask & (1 << (i % 8)) != 0 {
+            r.body.insert(
+                "stream_options".into(),
+                serde_json::json!({"include_usage": true}),
+            );
         }
     }
 }
