@@ -389,10 +389,11 @@ impl Run<'_> {
                         return Err(Stop::Unserved(self.unserved(failure, &walk)));
                     }
                     let budget = self.admitted.request.token_budget();
-                    match self
-                        .commit
-                        .after_failure(budget, self.catalog.limits.max_upstream_body_bytes)
-                    {
+                    match self.commit.after_failure(
+                        budget,
+                        self.catalog.limits.max_upstream_body_bytes,
+                        self.admitted.request.unfit_for_continuation(),
+                    ) {
                         Next::Stop(reason) => {
                             self.emit(Event::ContinuationRefused { reason });
                             return Err(Stop::Unserved(self.unserved(failure, &walk)));

@@ -208,7 +208,16 @@ impl CommitState {
     /// a continuation carries (`max_upstream_body_bytes`): past it, answers continued again
     /// and again would grow the gateway's memory and each continuation's request without
     /// end, one upstream answer's worth per attempt.
-    pub fn after_failure(&mut self, budget: Option<u64>, max_prefix_bytes: usize) -> Next {
+    ///
+    /// `unfit` says why the request's answers can never be continued (see
+    /// `ChatRequest::unfit_for_continuation`): a fresh answer is still asked for when
+    /// nothing was delivered, never a continuation.
+    pub fn after_failure(
+        &mut self,
+        budget: Option<u64>,
+        max_prefix_bytes: usize,
+        unfit: Option<&'static str>,
+    ) -> Next {
         let usage =
             self.attempt_usage
                 .take()
@@ -225,6 +234,9 @@ impl CommitState {
         }
         if self.text.is_empty() {
             return Next::Fresh;
+        }
+        if let Some(reason) = unfit {
+            return Next::Stop(reason);
         }
         if self.text.len() > max_prefix_bytes {
             return Next::Stop("the answer so far is over max_upstream_body_bytes");
@@ -298,7 +310,7 @@ mod tests {
         // The attempt fails; the next one's chunks must not name the failed model, and
         // name the next one's even before it names one itself (the non-stream answer keeps
         // the last real name, which would be the failed one's).
-        s.after_failure(None, 1 << 20);
+        s.after_failure(None, 1 << 20, None);
         let next = s.stamp_and_record(chunk(annotation), "fallback");
         assert_eq!(model(&next), "fallback");
     }
@@ -342,13 +354,16 @@ mod tests {
             chunk(r#"{"choices":[{"index":0,"delta":{"content":"Hello"}}]}"#),
             "m",
         );
-        assert!(matches!(s.after_failure(None, 5), Next::Continue { .. }));
+        assert!(matches!(
+            s.after_failure(None, 5, None),
+            Next::Continue { .. }
+        ));
         s.stamp_and_record(
             chunk(r#"{"choices":[{"index":0,"delta":{"content":"!"}}]}"#),
             "m",
         );
         assert_eq!(
-            s.after_failure(None, 5),
+            s.after_failure(None, 5, None),
             Next::Stop("the answer so far is over max_upstream_body_bytes")
         );
     }
@@ -366,7 +381,7 @@ mod tests {
             );
         }
         assert_eq!(
-            s.after_failure(Some(5), usize::MAX),
+            s.after_failure(Some(5), usize::MAX, None),
             Next::Continue {
                 prefix: "Hell".into(),
                 tokens_left: Some(3)
@@ -387,7 +402,7 @@ mod tests {
             "usage covers both attempts"
         );
         assert_eq!(
-            s.after_failure(Some(3), usize::MAX),
+            s.after_failure(Some(3), usize::MAX, None),
             Next::Stop("the client's token budget is spent")
         );
     }
@@ -400,14 +415,17 @@ mod tests {
             chunk(r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f"}}]}}]}"#),
             "m",
         );
-        assert!(matches!(s.after_failure(None, usize::MAX), Next::Stop(_)));
+        assert!(matches!(
+            s.after_failure(None, usize::MAX, None),
+            Next::Stop(_)
+        ));
         let mut s = CommitState::new();
         s.commit(None, &mut rng());
         s.stamp_and_record(
             chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#),
             "m",
         );
-        assert_eq!(s.after_failure(None, usize::MAX), Next::Fresh);
+        assert_eq!(s.after_failure(None, usize::MAX, None), Next::Fresh);
     }
     /// Usage is the upstreams' to report, huge numbers included: the sum across attempts
     /// saturates rather than overflowing (a panic in debug builds, a wrapped count in
@@ -425,7 +443,7 @@ mod tests {
             "m",
         );
         assert!(matches!(
-            s.after_failure(None, usize::MAX),
+            s.after_failure(None, usize::MAX, None),
             Next::Continue { .. }
         ));
         let usage = s.stamp_and_record(
@@ -437,7 +455,7 @@ mod tests {
             serde_json::json!({"prompt_tokens":u64::MAX,"completion_tokens":u64::MAX,"total_tokens":u64::MAX}),
         );
         assert!(matches!(
-            s.after_failure(None, usize::MAX),
+            s.after_failure(None, usize::MAX, None),
             Next::Continue { .. }
         ));
     }

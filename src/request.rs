@@ -63,6 +63,22 @@ pub const MOCK_FLAGS: &[(&str, FailureClass)] = &[
     ),
 ];
 
+/// Body fields that carry a client's own provider credentials or endpoint (LiteLLM's
+/// "client-side credentials", `user_config`). Switchback calls each deployment with its own
+/// key at its own address: passed through, these would carry the client's provider key in
+/// the body to whichever deployment or fallback served (a third-party host, a server that
+/// logs bodies), and a server that ignores them would answer from the operator's model
+/// as if it were the one the client named. Refused with a 400 naming the field, as LiteLLM
+/// refuses `api_base` and `base_url` unless `allow_client_side_credentials` is set.
+const CLIENT_CREDENTIAL_FIELDS: &[&str] = &["api_key", "api_base", "base_url", "user_config"];
+
+/// Body fields that are LiteLLM's own (request tags and trace metadata for its logging and
+/// tag routing): read by the gateway, never forwarded. LiteLLM keeps `metadata` for itself
+/// (it reaches OpenAI only under `enable_preview_features`); forwarded, OpenAI refuses a
+/// `metadata` of LiteLLM's shape (a `tags` array, not a string) and Azure one of more keys
+/// than it takes, a 400 for a request that works on LiteLLM.
+const GATEWAY_METADATA_FIELDS: &[&str] = &["metadata", "litellm_metadata", "tags"];
+
 /// A request that could not be parsed; becomes a 400 `invalid_request_error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -288,6 +304,22 @@ impl ChatRequest {
                 Some(_) => return Err(bad(flag, format!("`{flag}` must be a boolean"))),
             }
         }
+        if let Some(field) = CLIENT_CREDENTIAL_FIELDS
+            .iter()
+            .find(|f| body.contains_key(**f))
+        {
+            return Err(bad(
+                field,
+                format!(
+                    "`{field}` is not allowed in the request body: Switchback calls each \
+                     deployment with its own credentials at its own address; remove it, or \
+                     configure a deployment for that provider"
+                ),
+            ));
+        }
+        for field in GATEWAY_METADATA_FIELDS {
+            body.shift_remove(*field);
+        }
         let (settings, fallback_messages) = Self::settings(&mut body, &model, limits)?;
         Ok(ChatRequest {
             model,
@@ -396,6 +428,33 @@ impl ChatRequest {
             stream_options,
         };
         Bytes::from(serde_json::to_vec(&body).expect("an upstream body always serialises"))
+    }
+
+    /// Why no answer to this request can be continued after a failure past commit, however
+    /// little it delivered; `None` when one can (see `CommitState::after_failure`).
+    ///
+    /// - `n > 1`: a continuation asks for the one choice delivered so far, and its `n`
+    ///   answers would each go on from that one; a choice that had sent only its role would
+    ///   get a fragment of another answer.
+    /// - `response_format` `json_object` or `json_schema`: the provider holds every answer to
+    ///   the format from its first token, so a continuation starts a whole new object after
+    ///   the half one (`{"name": "Al{"name": "Alice"}`), which no client can parse.
+    pub fn unfit_for_continuation(&self) -> Option<&'static str> {
+        let n = self.passthrough.get("n").and_then(Value::as_u64);
+        if n.is_some_and(|n| n > 1) {
+            return Some("the client asked for several choices (n > 1)");
+        }
+        let format = self
+            .passthrough
+            .get("response_format")
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str);
+        match format {
+            Some("json_object" | "json_schema") => {
+                Some("the answer must be JSON from its first token (response_format)")
+            }
+            _ => None,
+        }
     }
 
     /// The client's token budget (`max_completion_tokens`, else `max_tokens`), if it set one.
@@ -790,6 +849,49 @@ mod tests {
             !r.passthrough.contains_key("mock_testing_fallbacks"),
             "mock flags are not forwarded"
         );
+    }
+
+    /// LiteLLM's tags and trace metadata are the gateway's, never forwarded (OpenAI and Azure
+    /// refuse them); a client's own provider credentials are refused, never carried to a
+    /// deployment.
+    #[test]
+    fn litellm_metadata_stays_and_client_credentials_are_refused() {
+        let r = parse(
+            r#"{"model":"g","messages":[{"role":"user","content":"hi"}],"temperature":0.2,
+                "metadata":{"tags":["team-a"],"trace_id":"t1"},"tags":["x"],"litellm_metadata":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.passthrough.keys().collect::<Vec<_>>(), ["temperature"]);
+        for field in ["api_key", "api_base", "base_url", "user_config"] {
+            let body = format!(
+                r#"{{"model":"g","messages":[{{"role":"user","content":"hi"}}],"{field}":"sk-user"}}"#
+            );
+            let e = parse(&body).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(field));
+            assert!(e.message.contains("not allowed"), "{}", e.message);
+            assert!(
+                !e.message.contains("sk-user"),
+                "the key is not echoed: {}",
+                e.message
+            );
+        }
+    }
+
+    /// An answer to several choices, or one bound to a JSON format, is never continued.
+    #[test]
+    fn what_a_continuation_cannot_keep() {
+        let with = |extra: &str| {
+            parse(&format!(
+                r#"{{"model":"g","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#
+            ))
+            .unwrap()
+            .unfit_for_continuation()
+        };
+        assert_eq!(with(""), None);
+        assert_eq!(with(r#","n":1,"response_format":{"type":"text"}"#), None);
+        assert!(with(r#","n":2"#).is_some());
+        assert!(with(r#","response_format":{"type":"json_object"}"#).is_some());
+        assert!(with(r#","response_format":{"type":"json_schema","json_schema":{}}"#).is_some());
     }
 
     /// A UTF-8 byte-order mark (Windows PowerShell's `Out-File`, .NET's `UTF8Encoding(true)`)
