@@ -826,21 +826,14 @@ impl Run<'_> {
             };
             let chunk = match next {
                 Ok(Some(chunk)) => chunk,
-                Ok(None) => {
-                    if !self.commit.is_committed() {
-                        let id = held.iter().find_map(upstream_id);
-                        self.commit_with(id, deployment, group, stream.forwarded_headers(), out)
-                            .await?;
-                    }
-                    for c in held.drain(..) {
-                        self.deliver(c, &upstream_model, out).await?;
-                    }
-                    return Ok(Served {
-                        group,
-                        deployment,
-                        model,
-                    });
-                }
+                Ok(None) => break,
+                // The one choice asked for has finished: what fails after its finish reason
+                // (a reset or a cut before `[DONE]`, a line of garbage, an error event, a
+                // body held open to the idle timeout) takes nothing from the answer. Taken
+                // as a failure, a continuation went on from a finished answer and appended
+                // whatever the next deployment said to it (with several choices, one's
+                // finish does not say that another one named later is not still to come).
+                Err(_) if stream.finished() && self.admitted.request.one_choice() => break,
                 Err(e) => {
                     return Err(self.failed(spec, e, blame, from_request, content_chunks, &body));
                 }
@@ -895,6 +888,19 @@ impl Run<'_> {
                 held.push(chunk);
             }
         }
+        if !self.commit.is_committed() {
+            let id = held.iter().find_map(upstream_id);
+            self.commit_with(id, deployment, group, stream.forwarded_headers(), out)
+                .await?;
+        }
+        for c in held.drain(..) {
+            self.deliver(c, &upstream_model, out).await?;
+        }
+        Ok(Served {
+            group,
+            deployment,
+            model,
+        })
     }
 
     /// Commits with the committing attempt's first chunk (its id names the response) and

@@ -582,6 +582,74 @@ mod tests {
         assert_eq!(answer["created"], 7, "{answer}");
     }
 
+    /// A stream that fails after commit with no continuation to follow (`mid_stream:
+    /// error`, a refused continuation, nothing left in the plan) gives the client every
+    /// piece it had: Gemini's last content chunk, which carries the finish reason and was
+    /// held for the metadata, was dropped with the error event. It goes out without the
+    /// finish reason, before the error.
+    #[tokio::test]
+    async fn a_held_content_chunk_reaches_the_client_before_the_error_event() {
+        use crate::attempt::Unserved;
+        use crate::classify::{Failure, FailureClass};
+        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
+        use http_body_util::BodyExt;
+        let config = GatewayConfig::load(
+            "t.yaml",
+            "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: openai/m, api_base: \"http://up/v1\"}}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let catalog = Catalog::new(&config).unwrap();
+        let bounds = StreamBounds {
+            frames: 16,
+            bytes: 1 << 16,
+            write_timeout: Duration::from_secs(5),
+            deadline: Instant::now() + Duration::from_secs(60),
+        };
+        let (mut out, _start, body) = StreamDelivery::new(false, bounds);
+        let head = CommitHead {
+            group: "g".into(),
+            deployment: "d".into(),
+            retries: 0,
+            fallbacks: 0,
+            response_id: "r".into(),
+            upstream_headers: Vec::new(),
+        };
+        assert!(out.commit(head).await.is_ok());
+        for data in [
+            r#"{"id":"r","choices":[{"index":0,"delta":{"role":"assistant","content":"alp"}}]}"#,
+            r#"{"id":"r","choices":[{"index":0,"delta":{"content":"lon"},"finish_reason":"stop"}]}"#,
+        ] {
+            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
+                panic!("not a chunk: {data}");
+            };
+            assert!(out.chunk(chunk).await.is_ok());
+        }
+        let outcome = Outcome {
+            result: Err(Unserved {
+                failure: Failure::new(FailureClass::Malformed, "a line of garbage"),
+                summary: "1 attempt".into(),
+            }),
+            attempts: Vec::new(),
+            retries: 0,
+            fallbacks: 0,
+            committed: true,
+            at_commit: Some((0, 0)),
+            client_gone: false,
+            response_id: Some("r".into()),
+        };
+        assert!(out.conclude(&outcome, &catalog).await.is_ok());
+        drop(out);
+        let sent = body.collect().await.unwrap().to_bytes();
+        let sent = String::from_utf8_lossy(&sent);
+        let lon = sent
+            .find(r#""content":"lon""#)
+            .expect("the held piece is sent");
+        let error = sent.find(r#""error""#).expect("the error event");
+        assert!(lon < error, "{sent}");
+        assert!(!sent.contains(r#""finish_reason":"stop""#), "{sent}");
+        assert!(!sent.contains("[DONE]"), "{sent}");
+    }
+
     /// A non-streaming client that left by the time the loop is over is gone, as a
     /// streaming one whose channel is closed is at the same moment: both modes end the
     /// request alike.

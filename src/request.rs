@@ -430,6 +430,14 @@ impl ChatRequest {
         Bytes::from(serde_json::to_vec(&body).expect("an upstream body always serialises"))
     }
 
+    /// The client asked for one choice (`n` absent, null or 1).
+    pub fn one_choice(&self) -> bool {
+        self.passthrough
+            .get("n")
+            .and_then(Value::as_u64)
+            .is_none_or(|n| n <= 1)
+    }
+
     /// Why no answer to this request can be continued after a failure past commit, however
     /// little it delivered; `None` when one can (see `CommitState::after_failure`).
     ///
@@ -440,8 +448,7 @@ impl ChatRequest {
     ///   the format from its first token, so a continuation starts a whole new object after
     ///   the half one (`{"name": "Al{"name": "Alice"}`), which no client can parse.
     pub fn unfit_for_continuation(&self) -> Option<&'static str> {
-        let n = self.passthrough.get("n").and_then(Value::as_u64);
-        if n.is_some_and(|n| n > 1) {
+        if !self.one_choice() {
             return Some("the client asked for several choices (n > 1)");
         }
         let format = self

@@ -300,8 +300,16 @@ impl Fake {
         let own_answer = match fault.as_ref().map(|f| f.kind) {
             None => Some(reply.whole(reply.pieces.len(), None)),
             Some(FaultKind::ContentFilter) => Some(reply.whole(k, Some("content_filter"))),
-            // Cut after a stream that had already ended: the fault took nothing away.
-            Some(FaultKind::Cut) if stream && reply.complete_after(k) => Some(reply.whole(k, None)),
+            // A stream's fault after its answer had ended (Gemini's finish rides on its last
+            // content chunk): a cut, a reset, a malformed line, an error event or a stall
+            // takes nothing away, and the gateway serves the answer as it is.
+            Some(
+                FaultKind::Cut
+                | FaultKind::Reset
+                | FaultKind::Malformed
+                | FaultKind::ErrorEvent
+                | FaultKind::Stall,
+            ) if stream && reply.complete_after(k) => Some(reply.whole(k, None)),
             Some(_) => None,
         };
         let mut headers = dialect_headers(&self.spec, call);

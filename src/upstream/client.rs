@@ -1030,6 +1030,12 @@ impl UpstreamStream {
         Ok(())
     }
 
+    /// Every choice the answer named has finished, one at least (see
+    /// [`ChoiceProgress::complete`]).
+    pub fn finished(&self) -> bool {
+        self.choices.complete()
+    }
+
     /// This attempt's response headers on the [`FORWARDED_HEADERS`] list.
     pub fn forwarded_headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.forwarded
