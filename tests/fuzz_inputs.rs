@@ -707,8 +707,8 @@ fn consume(texts: &[String]) {
         rt.block_on(aggregate.chunk(chunk)).unwrap();
     }
     let _ = (acc.choices(), acc.text());
-    let _ = commit.after_failure(Some(u64::MAX), 16);
-    let _ = commit.after_failure(Some(0), usize::MAX);
+    let _ = commit.after_failure(Some(u64::MAX), 16, None);
+    let _ = commit.after_failure(Some(0), usize::MAX, None);
     let _ = aggregate.response("r");
 }
 
