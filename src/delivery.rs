@@ -558,6 +558,34 @@ mod tests {
     use crate::catalog::{DeploymentId, GroupId};
     use crate::config::GatewayConfig;
 
+    /// A gateway of one group, `g`.
+    fn one_group() -> Catalog {
+        let config = GatewayConfig::load(
+            "t.yaml",
+            "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: openai/m, api_base: \"http://up/v1\"}}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Catalog::new(&config).unwrap()
+    }
+
+    /// An outcome committed at once, with nothing after commit, served by `g`.
+    fn committed(response_id: Option<&str>) -> Outcome {
+        Outcome {
+            result: Ok(Served {
+                group: GroupId(0),
+                deployment: DeploymentId(0),
+                model: "m".into(),
+            }),
+            attempts: Vec::new(),
+            retries: 0,
+            fallbacks: 0,
+            committed: true,
+            at_commit: Some((0, 0)),
+            client_gone: false,
+            response_id: response_id.map(str::to_string),
+        }
+    }
+
     /// An empty `model` or `system_fingerprint` (Azure's filter annotations, after the
     /// content) never erases the value the content chunks gave; any other field's latest
     /// value wins, as before.
@@ -593,12 +621,7 @@ mod tests {
         use crate::classify::{Failure, FailureClass};
         use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
         use http_body_util::BodyExt;
-        let config = GatewayConfig::load(
-            "t.yaml",
-            "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: openai/m, api_base: \"http://up/v1\"}}\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let catalog = Catalog::new(&config).unwrap();
+        let catalog = one_group();
         let bounds = StreamBounds {
             frames: 16,
             bytes: 1 << 16,
@@ -629,13 +652,7 @@ mod tests {
                 failure: Failure::new(FailureClass::Malformed, "a line of garbage"),
                 summary: "1 attempt".into(),
             }),
-            attempts: Vec::new(),
-            retries: 0,
-            fallbacks: 0,
-            committed: true,
-            at_commit: Some((0, 0)),
-            client_gone: false,
-            response_id: Some("r".into()),
+            ..committed(Some("r"))
         };
         assert!(out.conclude(&outcome, &catalog).await.is_ok());
         drop(out);
@@ -655,26 +672,8 @@ mod tests {
     /// request alike.
     #[tokio::test]
     async fn an_aggregate_whose_handler_left_concludes_as_gone() {
-        let config = GatewayConfig::load(
-            "t.yaml",
-            "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: openai/m, api_base: \"http://up/v1\"}}\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let catalog = Catalog::new(&config).unwrap();
-        let outcome = Outcome {
-            result: Ok(Served {
-                group: GroupId(0),
-                deployment: DeploymentId(0),
-                model: "m".into(),
-            }),
-            attempts: Vec::new(),
-            retries: 0,
-            fallbacks: 0,
-            committed: true,
-            at_commit: Some((0, 0)),
-            client_gone: false,
-            response_id: None,
-        };
+        let catalog = one_group();
+        let outcome = committed(None);
         let (handler, waiting) = oneshot::channel();
         let mut out = AggregateDelivery::watching(handler);
         assert!(
