@@ -41,6 +41,14 @@
 //!   chunk.
 //! * `json_only`: an upstream that ignores `stream: true` and answers with one
 //!   `chat.completion` (OpenAI's shape).
+//! * `minimax`: MiniMax's `chatcompletion_v2` / `/v1/chat/completions` (streams captured
+//!   in higress-group/higress PRs 1593 and 1663, MiniMax-AI/MiniMax-M2 issue 105,
+//!   MiniMax-M2.5 issue 2): `role`, `name: "MiniMax AI"` and `audio_content: ""` in every
+//!   delta, `usage` with zero counts and `input_sensitive`/`output_sensitive` on every
+//!   chunk, no role chunk and no finish chunk. The stream ends with the whole answer once
+//!   more, as its own `chat.completion`: each choice's `message` (no `delta`), its finish
+//!   reason, the real usage and `base_resp` (ENTERPILOT/GoModel PR 1068, cline PR 9215 and
+//!   others found clients that append it doubled). Its non-stream answer is that object.
 //! * `tool_call_ids: every_fragment`, with any OpenAI-style dialect: a fresh `id` on every
 //!   fragment of a streamed tool call, the function's name on its first only (Poolside's
 //!   API, LiteLLM's OCI handler, mlx-openai-server before its PR 216).
@@ -405,7 +413,18 @@ impl Reply {
             }
             Dialect::Sglang => json!({"prompt_tokens": p, "total_tokens": t,
                 "completion_tokens": c, "prompt_tokens_details": null}),
+            Dialect::Minimax => json!({"total_tokens": t, "total_characters": 0,
+                "prompt_tokens": p, "completion_tokens": c}),
         }
+    }
+
+    /// What MiniMax puts beside the text of every delta and message.
+    fn minimax_labels() -> [(&'static str, Value); 3] {
+        [
+            ("role", json!("assistant")),
+            ("name", json!("MiniMax AI")),
+            ("audio_content", json!("")),
+        ]
     }
 
     fn content_filter_results() -> Value {
@@ -485,6 +504,16 @@ impl Reply {
                 put("model", json!(self.model));
                 put("choices", Value::Array(choices));
                 put("usage", Value::Null);
+            }
+            Dialect::Minimax => {
+                put("id", json!(self.id));
+                put("choices", Value::Array(choices));
+                put("created", json!(CREATED));
+                put("model", json!(self.model));
+                put("object", json!("chat.completion.chunk"));
+                put("usage", json!({"total_tokens": 0, "total_characters": 0}));
+                put("input_sensitive", json!(false));
+                put("output_sensitive", json!(false));
             }
         }
         if pad > 0 {
@@ -566,6 +595,14 @@ impl Reply {
                 o.insert("finish_reason".into(), finish);
                 o.insert("matched_stop".into(), Value::Null);
             }
+            // Its finish reasons come only in the closing `chat.completion` (see `whole`).
+            Dialect::Minimax => {
+                o.insert("index".into(), json!(index));
+                o.insert("delta".into(), delta);
+                if !logprobs.is_null() {
+                    o.insert("logprobs".into(), logprobs);
+                }
+            }
         }
         Value::Object(o)
     }
@@ -593,6 +630,7 @@ impl Reply {
                     fields.push(("tool_calls", Value::Null));
                 }
             }
+            Dialect::Minimax => fields.extend(Reply::minimax_labels()),
             _ => {}
         }
         for (k, v) in fields {
@@ -732,7 +770,7 @@ impl Reply {
                     out.push(self.chunk(vec![self.choice(c, delta, None, None, false)], 0, 0));
                 }
             }
-            Dialect::Gemini | Dialect::Ollama => {}
+            Dialect::Gemini | Dialect::Ollama | Dialect::Minimax => {}
         }
         out
     }
@@ -840,6 +878,10 @@ impl Reply {
     /// choice's last piece when all were sent), then the usage chunk when asked for, then
     /// Azure's async-filter annotation of each choice.
     fn closing_after(&self, sent: usize, finish: Option<&str>) -> Vec<Value> {
+        if self.dialect == Dialect::Minimax {
+            // No finish chunk, no usage chunk: the whole answer again, which has both.
+            return vec![self.whole(sent, Some(finish.unwrap_or(&self.finish)))];
+        }
         let mut out = Vec::new();
         for c in 0..self.choices {
             let finished_on_a_piece = self.dialect == Dialect::Gemini
@@ -859,7 +901,7 @@ impl Reply {
     /// The usage chunk (`choices: []`) after `sent` pieces, when the request asked for one
     /// and the dialect sends one apart.
     fn usage_chunk(&self, sent: usize) -> Option<Value> {
-        if !self.include_usage || self.dialect == Dialect::Gemini {
+        if !self.include_usage || matches!(self.dialect, Dialect::Gemini | Dialect::Minimax) {
             return None;
         }
         let mut chunk = self.chunk(Vec::new(), sent, 0);
@@ -954,12 +996,18 @@ impl Reply {
                     Some(json!(""))
                 }
                 (Dialect::Gemini, None) => None,
+                // Every delta names the role but only text carries `content`.
+                (Dialect::Minimax, None) if of_c().next().is_some() => None,
                 (Dialect::Vllm, None) => Some(json!("")),
                 (_, None) if self.text_choices[c as usize] => Some(json!("")),
                 (_, None) => Some(Value::Null),
             };
             if let Some(v) = content {
                 m.push(("content", v));
+            }
+            if self.dialect == Dialect::Minimax {
+                m.retain(|(k, _)| *k != "role");
+                m.extend(Reply::minimax_labels());
             }
             if let Some(r) = reasoning {
                 m.push((self.reasoning_key(), json!(r)));
@@ -1046,6 +1094,12 @@ impl Reply {
                         ch.push(("logprobs", logprobs));
                     }
                 }
+                Dialect::Minimax => {
+                    ch.rotate_right(1);
+                    if !logprobs.is_null() {
+                        ch.push(("logprobs", logprobs));
+                    }
+                }
             }
             if alphabetical {
                 ch.sort_by(|a, b| a.0.cmp(b.0));
@@ -1076,6 +1130,18 @@ impl Reply {
             }
             Dialect::Ollama => top.insert(4, ("system_fingerprint", json!("fp_ollama"))),
             Dialect::Gemini | Dialect::Vllm | Dialect::Sglang => {}
+            Dialect::Minimax => {
+                const ORDER: [&str; 6] = ["id", "choices", "created", "model", "object", "usage"];
+                top.sort_by_key(|(k, _)| ORDER.iter().position(|o| o == k));
+                top.extend([
+                    ("input_sensitive", json!(false)),
+                    ("output_sensitive", json!(false)),
+                    ("input_sensitive_type", json!(0)),
+                    ("output_sensitive_type", json!(0)),
+                    ("output_sensitive_int", json!(0)),
+                    ("base_resp", json!({"status_code": 0, "status_msg": ""})),
+                ]);
+            }
         }
         if alphabetical {
             top.sort_by(|a, b| a.0.cmp(b.0));
@@ -1217,6 +1283,30 @@ mod tests {
         assert_eq!(w["choices"][1]["message"]["content"], "World");
         let c = Reply::new(&provider(Dialect::Openai), &script(), 2, "m", Some("Hel"));
         assert_eq!(c.text(c.pieces.len()), "lo");
+    }
+
+    /// MiniMax: labels in every delta, no finish chunk, and the whole answer again (with
+    /// the finish reason and the usage) as the stream's last payload, equal to its own
+    /// non-stream answer.
+    #[test]
+    fn minimax_ends_its_stream_with_the_whole_answer() {
+        let r = Reply::new(&provider(Dialect::Minimax), &script(), 1, "m", None);
+        assert!(r.opening().is_empty());
+        assert_eq!(
+            r.piece(0).to_string(),
+            r#"{"id":"chatcmpl-fake-p-1","choices":[{"index":0,"delta":{"content":"He","role":"assistant","name":"MiniMax AI","audio_content":""}}],"created":1700000000,"model":"m","object":"chat.completion.chunk","usage":{"total_tokens":0,"total_characters":0},"input_sensitive":false,"output_sensitive":false}"#
+        );
+        let closing = r.closing();
+        assert_eq!(closing.len(), 1, "{closing:?}");
+        assert_eq!(
+            closing[0].to_string(),
+            r#"{"id":"chatcmpl-fake-p-1","choices":[{"finish_reason":"stop","index":0,"message":{"content":"Hello","role":"assistant","name":"MiniMax AI","audio_content":""}}],"created":1700000000,"model":"m","object":"chat.completion","usage":{"total_tokens":8,"total_characters":0,"prompt_tokens":5,"completion_tokens":3},"input_sensitive":false,"output_sensitive":false,"input_sensitive_type":0,"output_sensitive_type":0,"output_sensitive_int":0,"base_resp":{"status_code":0,"status_msg":""}}"#
+        );
+        assert_eq!(closing[0], r.whole(r.pieces.len(), None));
+        let filtered = r.filtered_after(1);
+        assert_eq!(filtered.len(), 1);
+        assert_eq!(filtered[0]["choices"][0]["finish_reason"], "content_filter");
+        assert_eq!(filtered[0]["choices"][0]["message"]["content"], "He");
     }
 
     #[test]

@@ -156,6 +156,7 @@ fn check_stream(
     }
     let mut want = Vec::new();
     let mut roles = std::collections::BTreeSet::new();
+    let mut spoken = std::collections::BTreeSet::new();
     let mut named: Option<Value> = None;
     for payload in &call.sent {
         let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(payload) else {
@@ -185,18 +186,47 @@ fn check_stream(
             None => named = Some(Value::String(call.model.clone())),
             Some(_) => {}
         }
+        let mut restated = false;
         if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
+            let mut speaking = Vec::new();
             for (position, c) in choices.iter_mut().enumerate() {
                 let index = c
                     .get("index")
                     .and_then(Value::as_u64)
                     .unwrap_or(position as u64);
                 if let Some(Value::Object(delta)) = c.get_mut("delta") {
+                    speaking.push(index);
                     if delta.contains_key("role") && !roles.insert(index) {
                         delta.shift_remove("role");
                     }
+                } else if spoken.contains(&index)
+                    && c.get("delta").is_none()
+                    && c.get("message").is_some_and(Value::is_object)
+                {
+                    // A `message` alone after the choice's deltas restates them: it
+                    // arrives as an empty `delta` in its place, its `logprobs` as `null`.
+                    if let Value::Object(fields) = c {
+                        if let Some(logprobs) = fields.get_mut("logprobs") {
+                            *logprobs = Value::Null;
+                        }
+                        *fields = std::mem::take(fields)
+                            .into_iter()
+                            .map(|(k, v)| match k.as_str() {
+                                "message" => ("delta".to_string(), Value::Object(Map::new())),
+                                _ => (k, v),
+                            })
+                            .collect();
+                    }
+                    restated = true;
                 }
             }
+            spoken.extend(speaking);
+        }
+        if restated && chunk.get("object").and_then(Value::as_str) == Some("chat.completion") {
+            chunk.insert(
+                "object".into(),
+                Value::String("chat.completion.chunk".into()),
+            );
         }
         want.push(chunk);
     }

@@ -73,14 +73,7 @@ impl ChoiceProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::chunk::{ChunkLimits, Payload, parse_event_data};
-
-    fn chunk(data: &str) -> Chunk {
-        match parse_event_data(data.to_string(), &ChunkLimits::default()) {
-            Ok(Payload::Chunk(c)) => c,
-            other => panic!("{data}: {other:?}"),
-        }
-    }
+    use crate::upstream::chunk::tests::chunk;
 
     #[test]
     fn an_answer_is_complete_once_every_named_choice_finished() {

@@ -58,7 +58,7 @@ pub struct Chunk {
     /// `choices[0].delta.content` (the text a continuation is built from).
     pub text: String,
     /// Bytes of answer payload in this chunk (content, refusal, tool calls, audio,
-    /// reasoning: any delta field but `role` that is not empty), all choices.
+    /// reasoning: any delta field but `role` and `name` that is not empty), all choices.
     pub payload_bytes: usize,
     /// A choice's non-empty `finish_reason`: the last choice's, or `content_filter` when
     /// any choice has it.
@@ -151,7 +151,9 @@ pub fn from_object(object: ChunkObject, limits: &ChunkLimits) -> Result<Payload,
                     Value::Object(o) if o.is_empty() => 0,
                     other => other.to_string().len(),
                 };
-                if key == "role" || size == 0 {
+                // Labels, not pieces of the answer: the role, and the speaker's `name`
+                // MiniMax puts in every delta.
+                if key == "role" || key == "name" || size == 0 {
                     continue;
                 }
                 payload_bytes += size;
@@ -444,7 +446,7 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -470,10 +472,11 @@ mod tests {
         super::parse_data(data, &ChunkLimits::default())
     }
 
-    fn chunk(data: &str) -> Chunk {
-        match parse_data(data).unwrap() {
-            Payload::Chunk(c) => c,
-            other => panic!("{other:?}"),
+    /// A chunk parsed as the upstream reader parses one event, for tests.
+    pub(crate) fn chunk(data: &str) -> Chunk {
+        match parse_event_data(data.to_string(), &ChunkLimits::default()) {
+            Ok(Payload::Chunk(c)) => c,
+            other => panic!("{data}: {other:?}"),
         }
     }
 
@@ -530,6 +533,10 @@ mod tests {
         let ok = |s: &str| chunk(s).continuable;
         assert!(ok(
             r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi","refusal":null}}]}"#
+        ));
+        // MiniMax labels every delta with the speaker's name and an empty audio field.
+        assert!(ok(
+            r#"{"choices":[{"index":0,"delta":{"content":"Hi","role":"assistant","name":"MiniMax AI","audio_content":""}}]}"#
         ));
         assert!(!ok(r#"{"choices":[{"index":1,"delta":{"content":"Hi"}}]}"#));
         assert!(!ok(

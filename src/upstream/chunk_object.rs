@@ -88,6 +88,14 @@ impl<V> Fields<V> {
         Some(self.entries.remove(at).1)
     }
 
+    /// Replaces `from` and its value with `to` and `value`, in `from`'s place; returns the
+    /// value it replaced (`None`, and nothing changed, when `from` is not there).
+    pub fn rename(&mut self, from: &str, to: impl Into<Key>, value: V) -> Option<V> {
+        let at = self.entries.iter().position(|(k, _)| k == from)?;
+        let (_, old) = std::mem::replace(&mut self.entries[at], (to.into(), value));
+        Some(old)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
         self.entries.iter().map(|(k, v)| (k.as_ref(), v))
     }

@@ -40,6 +40,7 @@ use crate::upstream::first_frame::FirstFrameWatch;
 use crate::upstream::pool::{
     Checkout, Conn, Http2Conn, Lease, NewConn, Pool, PoolKey, Resend, SettingsWait,
 };
+use crate::upstream::restatement::SpokenChoices;
 use crate::upstream::sse::{SseEvent, SseParser};
 use crate::upstream::tls::CaBundle;
 
@@ -260,6 +261,7 @@ impl UpstreamClient {
             unread_since: None,
             got_chunk: false,
             choices: ChoiceProgress::default(),
+            spoken: SpokenChoices::default(),
             done: false,
             upstream_ended: false,
             received: 0,
@@ -691,6 +693,8 @@ pub struct UpstreamStream {
     /// Which choices have finished: a body that ends without `[DONE]` is a complete answer
     /// only once every choice it named has.
     choices: ChoiceProgress,
+    /// Which choices have had deltas: a later `message` alone restates them (MiniMax).
+    spoken: SpokenChoices,
     done: bool,
     /// The upstream said the answer is over: `[DONE]`, or an error event (what follows in
     /// the body is drained on drop, and the connection kept if the body ends cleanly).
@@ -853,6 +857,7 @@ impl UpstreamStream {
                         return Err(UpstreamError::ErrorEvent(v));
                     }
                     Payload::Chunk(c) => {
+                        let c = self.spoken.read(c, &self.limits.chunks);
                         // A non-streaming client's answer is merged from every chunk: their
                         // values are bounded together, and in both modes alike.
                         self.values = self.values.saturating_add(c.object.value_count());

@@ -43,10 +43,14 @@ pub enum Dialect {
     Sglang,
     /// An upstream that answers a stream request with one JSON `chat.completion`.
     JsonOnly,
+    /// MiniMax's OpenAI-compatible endpoint (chatcompletion_v2): `role`, `name` and
+    /// `audio_content` in every delta, no finish chunk, and a stream that ends with the
+    /// whole answer again as a `chat.completion` (a `message`, the finish reason, the usage).
+    Minimax,
 }
 
 impl Dialect {
-    pub const ALL: [Dialect; 7] = [
+    pub const ALL: [Dialect; 8] = [
         Dialect::Openai,
         Dialect::Azure,
         Dialect::Gemini,
@@ -54,6 +58,7 @@ impl Dialect {
         Dialect::Vllm,
         Dialect::Sglang,
         Dialect::JsonOnly,
+        Dialect::Minimax,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +70,7 @@ impl Dialect {
             Dialect::Vllm => "vllm",
             Dialect::Sglang => "sglang",
             Dialect::JsonOnly => "json_only",
+            Dialect::Minimax => "minimax",
         }
     }
 
