@@ -72,6 +72,18 @@ pub const MOCK_FLAGS: &[(&str, FailureClass)] = &[
 /// refuses `api_base` and `base_url` unless `allow_client_side_credentials` is set.
 const CLIENT_CREDENTIAL_FIELDS: &[&str] = &["api_key", "api_base", "base_url", "user_config"];
 
+/// LiteLLM's mocked answers: given one of these, LiteLLM answers (or times out, or waits)
+/// by itself and calls no model. Switchback never makes an answer up: forwarded, OpenAI
+/// refuses the unknown field with a 400, and a server that ignores it answers for real, and
+/// bills it, to a test that meant to call nothing. Refused with a 400 naming the field
+/// (a `null` is no mock, as for the `mock_testing_*` flags, which inject failures here too).
+const MOCK_ANSWER_FIELDS: &[&str] = &[
+    "mock_response",
+    "mock_tool_calls",
+    "mock_timeout",
+    "mock_delay",
+];
+
 /// Body fields that are LiteLLM's own (request tags and trace metadata for its logging and
 /// tag routing): read by the gateway, never forwarded. LiteLLM keeps `metadata` for itself
 /// (it reaches OpenAI only under `enable_preview_features`); forwarded, OpenAI refuses a
@@ -316,6 +328,22 @@ impl ChatRequest {
                      configure a deployment for that provider"
                 ),
             ));
+        }
+        for field in MOCK_ANSWER_FIELDS {
+            match body.shift_remove(*field) {
+                None | Some(Value::Null) => {}
+                Some(_) => {
+                    return Err(bad(
+                        field,
+                        format!(
+                            "`{field}` (LiteLLM's mocked answer) is not supported: Switchback \
+                             always calls a deployment and never makes an answer up; the \
+                             mock_testing_* flags inject a failure, and `switchback run` \
+                             scripts whole answers in simulation"
+                        ),
+                    ));
+                }
+            }
         }
         for field in GATEWAY_METADATA_FIELDS {
             body.shift_remove(*field);
@@ -882,6 +910,31 @@ mod tests {
                 e.message
             );
         }
+    }
+
+    /// LiteLLM's mocked answers are refused, never forwarded to a real provider (which
+    /// would refuse the field, or ignore it and answer for real, billed).
+    #[test]
+    fn litellm_mocked_answers_are_refused() {
+        for (field, value) in [
+            ("mock_response", r#""It's simple to use""#),
+            ("mock_tool_calls", r#"[{"type":"function"}]"#),
+            ("mock_timeout", "true"),
+            ("mock_delay", "1"),
+        ] {
+            let body = format!(
+                r#"{{"model":"g","messages":[{{"role":"user","content":"hi"}}],"{field}":{value}}}"#
+            );
+            let e = parse(&body).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(field), "{}", e.message);
+            assert!(e.message.contains("mock_testing_"), "{}", e.message);
+        }
+        // A null is no mock, as for the mock_testing_* flags.
+        let r = parse(
+            r#"{"model":"g","messages":[{"role":"user","content":"hi"}],"mock_response":null}"#,
+        )
+        .unwrap();
+        assert!(r.passthrough.is_empty(), "{:?}", r.passthrough);
     }
 
     /// An answer to several choices, or one bound to a JSON format, is never continued.
