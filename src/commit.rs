@@ -122,7 +122,10 @@ impl CommitState {
                 ("choices", Top::Choices(choices)) => {
                     changed |= self.drop_repeated_roles(choices);
                 }
-                ("usage", Top::Json(Value::Object(usage))) => {
+                // A usage of all zeros is a placeholder, not a report (MiniMax puts one on
+                // every content chunk; a real report counts the prompt at least): it
+                // neither stands for the attempt's usage nor carries the earlier sums.
+                ("usage", Top::Json(Value::Object(usage))) if counters(usage) != [0; 3] => {
                     self.attempt_usage = Some(counters(usage));
                     if self.earlier != [0; 3] {
                         for (name, earlier) in USAGE_COUNTERS.iter().zip(self.earlier) {
@@ -370,24 +373,10 @@ mod tests {
 
     #[test]
     fn continuation_budget_and_usage() {
-        let mut s = CommitState::new();
-        s.commit(None, &mut rng());
-        for t in ["He", "ll"] {
-            s.stamp_and_record(
-                chunk(&format!(
-                    r#"{{"choices":[{{"index":0,"delta":{{"content":"{t}"}}}}]}}"#
-                )),
-                "m",
-            );
-        }
-        assert_eq!(
-            s.after_failure(Some(5), usize::MAX, None),
-            Next::Continue {
-                prefix: "Hell".into(),
-                tokens_left: Some(3)
-            },
-            "two chunks count as two tokens"
-        );
+        let (mut s, next) = two_pieces_then_failure(|t| {
+            format!(r#"{{"choices":[{{"index":0,"delta":{{"content":"{t}"}}}}]}}"#)
+        });
+        assert_eq!(next, continue_with_3(), "two chunks count as two tokens");
         s.stamp_and_record(
             chunk(r#"{"choices":[{"index":0,"delta":{"content":"o"}}]}"#),
             "m",
@@ -405,6 +394,42 @@ mod tests {
             s.after_failure(Some(3), usize::MAX, None),
             Next::Stop("the client's token budget is spent")
         );
+    }
+
+    /// MiniMax puts `usage` with zero counts on every content chunk: a placeholder, not a
+    /// report. Taken as one, a cut attempt's tokens went missing from the summed usage and
+    /// from the continuation's budget.
+    #[test]
+    fn a_zero_usage_on_a_content_chunk_is_no_report() {
+        let (_, next) = two_pieces_then_failure(|t| {
+            format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"content":"{t}","role":"assistant","name":"MiniMax AI"}}}}],"usage":{{"total_tokens":0,"total_characters":0}}}}"#
+            )
+        });
+        assert_eq!(
+            next,
+            continue_with_3(),
+            "two chunks count as two tokens, as without a usage field"
+        );
+    }
+
+    /// A committed answer that delivered "He" and "ll", each in a chunk `shape` makes of
+    /// its text, then failed; and what it may ask next with a budget of 5 tokens.
+    fn two_pieces_then_failure(shape: impl Fn(&str) -> String) -> (CommitState, Next) {
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        for t in ["He", "ll"] {
+            s.stamp_and_record(chunk(&shape(t)), "m");
+        }
+        let next = s.after_failure(Some(5), usize::MAX, None);
+        (s, next)
+    }
+
+    fn continue_with_3() -> Next {
+        Next::Continue {
+            prefix: "Hell".into(),
+            tokens_left: Some(3),
+        }
     }
 
     #[test]

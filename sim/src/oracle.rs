@@ -1026,6 +1026,18 @@ fn check_expect(
             fail(format!("content: expected {want:?}, got {:?}", c.text));
         }
     }
+    if let Some(want) = &e.usage {
+        let told = ending(c).usage;
+        for (name, n) in want {
+            let got = told.as_ref().and_then(|u| u.get(name));
+            if got.and_then(serde_json::Value::as_u64) != Some(*n) {
+                fail(format!(
+                    "usage: expected `{name}` {n}, got {}",
+                    got.map_or("none".to_string(), |g| g.to_string())
+                ));
+            }
+        }
+    }
     if let Some(want) = &e.model {
         if c.model.as_ref() != Some(want) {
             fail(format!("model: expected `{want}`, got {:?}", c.model));

@@ -199,13 +199,13 @@ fn check_stream(
                     if delta.contains_key("role") && !roles.insert(index) {
                         delta.shift_remove("role");
                     }
-                } else if spoken.contains(&index)
-                    && c.get("delta").is_none()
-                    && c.get("message").is_some_and(Value::is_object)
+                } else if spoken.contains(&index) && c.get("message").is_some_and(Value::is_object)
                 {
                     // A `message` alone after the choice's deltas restates them: it
                     // arrives as an empty `delta` in its place, its `logprobs` as `null`.
+                    // (A `delta` there that is not an object gives way to it.)
                     if let Value::Object(fields) = c {
+                        fields.shift_remove("delta");
                         if let Some(logprobs) = fields.get_mut("logprobs") {
                             *logprobs = Value::Null;
                         }

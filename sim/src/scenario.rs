@@ -621,6 +621,11 @@ pub struct Expect {
     /// Exact text the client ends up with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Counters of the usage the client is told last (a non-stream answer's `usage`, a
+    /// stream's last usage that is not null): `{prompt_tokens: 5, completion_tokens: 6}`.
+    /// Counters not named are not checked; a named one must be there with this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<BTreeMap<String, u64>>,
     /// `model` of the response (and of the last chunk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -700,6 +705,7 @@ impl Expect {
             attempts,
             attempt_count,
             content,
+            usage,
             model,
             retries,
             fallbacks,

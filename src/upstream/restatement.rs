@@ -1,8 +1,8 @@
 //! A stream's closing restatement of its own answer.
 //!
 //! Owns: [`SpokenChoices`], the record of which choices of one upstream stream have spoken
-//! through `delta`s, and the rewrite of a later choice that holds only a `message`: the
-//! whole answer said again, not more of it. MiniMax (`chatcompletion_v2`, its M2 and M3
+//! through `delta`s, and the rewrite of a later choice that holds a `message` and no `delta`
+//! object (none, or `null`): the whole answer said again, not more of it. MiniMax (`chatcompletion_v2`, its M2 and M3
 //! models) ends every stream so: a `chat.completion` whose choices hold the full `message`,
 //! the finish reason and, at the top, the real usage. Read as one more delta (a `message`
 //! stands for a `delta` in a whole completion), it doubled the text and tool-call arguments
@@ -35,23 +35,23 @@ impl SpokenChoices {
     /// `chunk`, with each choice that restates an answer its deltas already gave emptied;
     /// notes the choices that speak through a `delta` in it.
     pub fn read(&mut self, chunk: Chunk, limits: &ChunkLimits) -> Chunk {
-        let restates = self.note(&chunk);
-        if !restates {
+        let restated = self.note(&chunk);
+        if restated.is_empty() {
             return chunk;
         }
         let mut object = chunk.object.clone();
         if let Some(Top::Choices(choices)) = object.get_mut("choices") {
-            for (place, choice) in choices.iter_mut().enumerate() {
-                let index = choice.index().unwrap_or(place as u64);
-                if let Choice::Object(fields) = choice {
-                    if self.spoken.contains(&index) && restatement(fields) {
-                        let emptied = fields.rename("message", "delta", empty_delta());
-                        debug_assert!(emptied.is_some(), "a restatement has a message");
-                        // Its log probabilities are the whole answer's again, too.
-                        if let Some(logprobs) = fields.get_mut("logprobs") {
-                            *logprobs = ChoiceField::Json(Value::Null);
-                        }
-                    }
+            for place in restated {
+                let Some(Choice::Object(fields)) = choices.get_mut(place) else {
+                    unreachable!("a restated choice is an object of this chunk");
+                };
+                // A `delta` that is not an object (`null`) gives way to the empty one.
+                fields.shift_remove("delta");
+                let emptied = fields.rename("message", "delta", empty_delta());
+                debug_assert!(emptied.is_some(), "a restatement has a message");
+                // Its log probabilities are the whole answer's again, too.
+                if let Some(logprobs) = fields.get_mut("logprobs") {
+                    *logprobs = ChoiceField::Json(Value::Null);
                 }
             }
         }
@@ -70,33 +70,36 @@ impl SpokenChoices {
         }
     }
 
-    /// Notes which choices speak through a `delta` in `chunk`; whether any of its choices
-    /// restates one that spoke before it.
-    fn note(&mut self, chunk: &Chunk) -> bool {
+    /// Notes which choices speak through a `delta` in `chunk`; the places of its choices
+    /// that restate one that spoke in an earlier chunk (never in this one: what a chunk
+    /// says of itself does not depend on the order of its choices).
+    fn note(&mut self, chunk: &Chunk) -> Vec<usize> {
         let Some(choices) = chunk.object.choices() else {
-            return false;
+            return Vec::new();
         };
-        let mut restates = false;
+        let mut restated = Vec::new();
         let mut speaking = Vec::new();
         for (place, choice) in choices.iter().enumerate() {
             let index = choice.index().unwrap_or(place as u64);
             let Some(fields) = choice.fields() else {
                 continue;
             };
-            if restatement(fields) {
-                restates |= self.spoken.contains(&index);
-            } else if matches!(fields.get("delta"), Some(ChoiceField::Delta(_))) {
+            if speaks(fields) {
                 speaking.push(index);
+            } else if matches!(fields.get("message"), Some(ChoiceField::Delta(_)))
+                && self.spoken.contains(&index)
+            {
+                restated.push(place);
             }
         }
         self.spoken.extend(speaking);
-        restates
+        restated
     }
 }
 
-/// A choice holding a `message` object and no `delta`.
-fn restatement(fields: &Fields<ChoiceField>) -> bool {
-    !fields.contains_key("delta") && matches!(fields.get("message"), Some(ChoiceField::Delta(_)))
+/// A choice with a `delta` object: a piece of its answer (a `message` beside it is not read).
+fn speaks(fields: &Fields<ChoiceField>) -> bool {
+    matches!(fields.get("delta"), Some(ChoiceField::Delta(_)))
 }
 
 fn empty_delta() -> ChoiceField {
@@ -163,6 +166,46 @@ mod tests {
             .map(|p| spoken.read(chunk(p), &ChunkLimits::default()).text)
             .collect();
         assert_eq!(texts, ["Hel", "lo"]);
+    }
+
+    /// A `delta: null` beside the closing `message` is no delta: the message is still a
+    /// restatement (the accumulator, like the SDKs, reads a `message` there).
+    #[test]
+    fn a_null_delta_beside_a_restatement_is_no_delta() {
+        let mut spoken = SpokenChoices::default();
+        let mut acc = Accumulator::new();
+        for p in PIECES {
+            acc.push(&spoken.read(chunk(p), &ChunkLimits::default()).object);
+        }
+        let last = spoken.read(
+            chunk(r#"{"choices":[{"index":0,"delta":null,"message":{"content":"Hello"},"finish_reason":"stop"}]}"#),
+            &ChunkLimits::default(),
+        );
+        assert_eq!(
+            written(&last),
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#
+        );
+        acc.push(&last.object);
+        assert_eq!(acc.text(), "Hello");
+    }
+
+    /// Whether a choice restates depends on the chunks before, never on the other choices
+    /// of its own chunk.
+    #[test]
+    fn a_chunk_does_not_restate_what_it_says_itself() {
+        let mut spoken = SpokenChoices::default();
+        spoken.read(
+            chunk(r#"{"choices":[{"index":1,"delta":{"content":"a"}}]}"#),
+            &ChunkLimits::default(),
+        );
+        let c = spoken.read(
+            chunk(r#"{"choices":[{"index":0,"delta":{"content":"x"}},{"index":0,"message":{"content":"y"}},{"index":1,"message":{"content":"a"}}]}"#),
+            &ChunkLimits::default(),
+        );
+        assert_eq!(
+            written(&c),
+            r#"{"choices":[{"index":0,"delta":{"content":"x"}},{"index":0,"message":{"content":"y"}},{"index":1,"delta":{}}]}"#
+        );
     }
 
     /// Only the choice that spoke is restated; another choice's first `message` and a

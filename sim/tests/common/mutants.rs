@@ -145,6 +145,13 @@ fn block_mutants(
             m.content = Some(format!("{c}!"))
         });
     }
+    for (name, n) in e.usage.iter().flatten() {
+        add(format!("usage: {name} {n} -> {}", n + 1), &|m| {
+            if let Some(u) = m.usage.as_mut() {
+                u.insert(name.clone(), n + 1);
+            }
+        });
+    }
     if let Some(model) = &e.model {
         add(format!("model: {model} -> {model}-other"), &|m| {
             m.model = Some(format!("{model}-other"))
