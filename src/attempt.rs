@@ -34,9 +34,11 @@ use crate::policy::EffectiveSettings;
 use crate::request::{Continuation, UpstreamCall};
 use crate::route::select::{self, Choice, Tiers};
 use crate::route::{GiveUp, RetryContext, RetryDecision};
+use crate::seam::{Seam, SeamGuard};
 use crate::secret::Secret;
 use crate::trace::Event;
-use crate::upstream::chunk::Chunk;
+use crate::upstream::chunk::{Chunk, ChunkLimits, Payload, from_object};
+use crate::upstream::chunk_object::ChunkObject;
 use crate::upstream::client::{AttemptTimeouts, Call, UpstreamError};
 
 /// The client can no longer receive the answer.
@@ -818,6 +820,12 @@ impl Run<'_> {
         let mut content_chunks = 0;
         let mut tool_calls = ToolCallCount::default();
         let mut model = upstream_model.to_string();
+        // A continuation's first text may complete a stop sequence that the text delivered
+        // before it began (`seam`): its chunks are held until it has, or no longer can.
+        let mut seam = self.ask.as_ref().and_then(|(prefix, _)| {
+            SeamGuard::new(prefix, &self.admitted.request.stop_sequences())
+        });
+        let mut at_seam: Vec<Chunk> = Vec::new();
         loop {
             let next = tokio::select! {
                 biased;
@@ -862,6 +870,31 @@ impl Run<'_> {
                 content_chunks += 1;
             }
             if self.commit.is_committed() {
+                if let Some(guard) = seam.as_mut() {
+                    let verdict = guard.push(&chunk.text, chunk.finish_reason.is_some());
+                    at_seam.push(chunk);
+                    match verdict {
+                        Seam::Hold => continue,
+                        Seam::Release => {
+                            seam = None;
+                            for c in std::mem::take(&mut at_seam) {
+                                self.deliver(c, &upstream_model, out).await?;
+                            }
+                            continue;
+                        }
+                        Seam::Stop => {
+                            self.emit(Event::StopSequenceAtSeam {
+                                attempt: self.attempts.len() as u32 + 1,
+                            });
+                            self.end_at_seam(&at_seam, &upstream_model, out).await?;
+                            return Ok(Served {
+                                group,
+                                deployment,
+                                model,
+                            });
+                        }
+                    }
+                }
                 self.deliver(chunk, &upstream_model, out).await?;
                 continue;
             }
@@ -887,6 +920,10 @@ impl Run<'_> {
                 held_bytes += size;
                 held.push(chunk);
             }
+        }
+        // The answer ended while a seam was undecided: nothing completed a stop sequence.
+        for c in at_seam {
+            self.deliver(c, &upstream_model, out).await?;
         }
         if !self.commit.is_committed() {
             let id = held.iter().find_map(upstream_id);
@@ -935,6 +972,49 @@ impl Run<'_> {
         out.commit(head)
             .await
             .map_err(|ClientGone(reason)| AttemptError::ClientGone(reason))
+    }
+
+    /// Ends the answer at a continuation's seam (see `seam`): in place of the
+    /// continuation's `held` chunks, a finish chunk (`stop`, choice 0) and a usage chunk
+    /// counting one completion token per content chunk held, as for a failed attempt: the
+    /// rest of the upstream's answer, its usage report included, is never read. The client
+    /// is told the earlier attempts' usage too (`CommitState::stamp_and_record`), and a
+    /// stream that did not ask for usage drops the usage chunk as any other.
+    async fn end_at_seam<D: Delivery>(
+        &mut self,
+        held: &[Chunk],
+        upstream_model: &str,
+        out: &mut D,
+    ) -> Result<(), AttemptError> {
+        assert!(!held.is_empty(), "a seam is decided by a chunk");
+        let mut top = serde_json::Map::new();
+        for key in ["id", "created", "model", "system_fingerprint"] {
+            if let Some(v) = held[0].object.json(key) {
+                top.insert(key.to_string(), v.clone());
+            }
+        }
+        top.insert("object".into(), "chat.completion.chunk".into());
+        let content_chunks = held.iter().filter(|c| c.payload_bytes > 0).count() as u64;
+        let mut finish = top.clone();
+        finish.insert(
+            "choices".into(),
+            serde_json::json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        );
+        let mut usage = top;
+        usage.insert("choices".into(), serde_json::json!([]));
+        usage.insert(
+            "usage".into(),
+            serde_json::json!({"prompt_tokens": 0, "completion_tokens": content_chunks,
+                "total_tokens": content_chunks}),
+        );
+        for object in [finish, usage] {
+            let object = ChunkObject::from_map(object);
+            let Ok(Payload::Chunk(chunk)) = from_object(object, &ChunkLimits::default()) else {
+                unreachable!("a chunk of one choice, or of usage, is a chunk");
+            };
+            self.deliver(chunk, upstream_model, out).await?;
+        }
+        Ok(())
     }
 
     async fn deliver<D: Delivery>(

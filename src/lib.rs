@@ -21,6 +21,7 @@
 //! * [`content_encoding`]: which `Content-Encoding` names a compression (none is decoded).
 //! * [`accumulate`]: OpenAI's accumulation of chunks into one completion.
 //! * [`commit`]: what the client has been given, and what a continuation may ask.
+//! * [`seam`]: a stop sequence split across a continuation's seam.
 //! * [`trace`]: typed events and the [`trace::Observer`] seam.
 //! * [`decision_log`]: every routing decision, and an access line per request, as `tracing`
 //!   events for operators.
@@ -61,6 +62,7 @@ pub mod redact;
 pub mod reload;
 pub mod request;
 pub mod route;
+pub mod seam;
 pub mod secret;
 pub mod trace;
 pub mod transport;

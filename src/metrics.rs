@@ -260,7 +260,8 @@ impl State {
             }
             Event::PlanResolved { .. }
             | Event::FailureNotCounted { .. }
-            | Event::LinkSkipped { .. } => {}
+            | Event::LinkSkipped { .. }
+            | Event::StopSequenceAtSeam { .. } => {}
         }
     }
 

@@ -258,6 +258,24 @@ impl ChatRequest {
                 }
             }
         }
+        // `stop` is forwarded as sent, and read by the gateway too (see `seam`): a shape no
+        // provider takes is refused here rather than guessed at.
+        match body.get("stop") {
+            None | Some(Value::Null | Value::String(_)) => {}
+            Some(Value::Array(stops)) => {
+                if let Some(i) = stops.iter().position(|s| !s.is_string()) {
+                    let place = format!("stop[{i}]");
+                    let message = format!("`{place}` must be a string (a stop sequence)");
+                    return Err(bad(&place, message));
+                }
+            }
+            Some(_) => {
+                return Err(bad(
+                    "stop",
+                    "`stop` must be a string or an array of strings",
+                ));
+            }
+        }
         // An answer of more choices than `max_choices` is refused when it comes (a malformed
         // answer, blamed on the deployment): asked for by the client, it is refused here, so
         // that the client's own request cannot count against every deployment it reaches.
@@ -456,6 +474,15 @@ impl ChatRequest {
             stream_options,
         };
         Bytes::from(serde_json::to_vec(&body).expect("an upstream body always serialises"))
+    }
+
+    /// The client's `stop` sequences (one string or an array of them, as parsed).
+    pub fn stop_sequences(&self) -> Vec<&str> {
+        match self.passthrough.get("stop") {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(stops)) => stops.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// The client asked for one choice (`n` absent, null or 1).
@@ -1035,6 +1062,42 @@ mod tests {
         for short in [&b""[..], b"\xFF", b"\x00", b"{\x00", b"\xFE"] {
             assert!(ChatRequest::parse(short, &Limits::default()).is_err());
         }
+    }
+
+    #[test]
+    fn stop_is_a_string_or_strings_and_is_read_either_way() {
+        let with = |stop: &str| {
+            parse(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user"}}],"stop":{stop}}}"#
+            ))
+        };
+        assert_eq!(with(r#""END""#).unwrap().stop_sequences(), ["END"]);
+        assert_eq!(with(r#"["a","b"]"#).unwrap().stop_sequences(), ["a", "b"]);
+        assert!(with("null").unwrap().stop_sequences().is_empty());
+        assert!(with("[]").unwrap().stop_sequences().is_empty());
+        let e = with(r#"["a",7]"#).unwrap_err();
+        assert_eq!(
+            (e.param.as_deref(), e.message.as_str()),
+            (
+                Some("stop[1]"),
+                "`stop[1]` must be a string (a stop sequence)"
+            )
+        );
+        let e = with(r#"{"a":1}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stop"));
+        // Forwarded as sent.
+        let r = with(r#"["a","b"]"#).unwrap();
+        let body: Value = serde_json::from_slice(&r.upstream_body_with(
+            &UpstreamCall {
+                model: "m",
+                stream: true,
+                stream_options: true,
+            },
+            None,
+            &r.messages,
+        ))
+        .unwrap();
+        assert_eq!(body["stop"], serde_json::json!(["a", "b"]));
     }
 
     #[test]

@@ -114,6 +114,12 @@ pub enum Event {
     ContinuationRefused {
         reason: &'static str,
     },
+    /// A continuation's first text completed one of the client's `stop` sequences that the
+    /// text delivered before it began: the answer ended there, finish reason `stop`, with
+    /// nothing of the continuation (see `seam`).
+    StopSequenceAtSeam {
+        attempt: u32,
+    },
     /// The client went away (or stopped reading); the request was abandoned.
     ClientGone {
         reason: GoneReason,
@@ -142,6 +148,7 @@ impl Event {
             Event::Completed { .. } => "completed",
             Event::Failed { .. } => "failed",
             Event::ContinuationRefused { .. } => "continuation_refused",
+            Event::StopSequenceAtSeam { .. } => "stop_sequence_at_seam",
             Event::ClientGone { .. } => "client_gone",
             Event::LimitHit { .. } => "limit_hit",
         }
@@ -296,6 +303,7 @@ impl Event {
                 f("committed", committed);
             }
             Event::ContinuationRefused { reason } => f("reason", &format_args!("{reason:?}")),
+            Event::StopSequenceAtSeam { attempt } => f("attempt", attempt),
             Event::ClientGone { reason } => f("reason", &reason.as_str()),
             Event::LimitHit { limit } => f("limit", limit),
         }

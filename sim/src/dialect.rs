@@ -369,6 +369,51 @@ impl Reply {
         }
     }
 
+    /// Honours the request's `stop` as a provider does: choice 0's text ends just before
+    /// the first stop sequence in it, nothing of choice 0 comes after (no later text, tool
+    /// call or annotation), and the answer finishes with `stop`. Only a provider's own text
+    /// is searched: a continuation's is only its rest, so a stop sequence begun by the text
+    /// it continues and completed by its rest goes out, as it does from a real provider.
+    /// A script with several choices is sent as written (one finish reason serves them all).
+    pub fn stop_at(&mut self, stops: &[String]) {
+        if self.choices != 1 {
+            return;
+        }
+        let text = self.text(self.pieces.len());
+        let Some(mut left) = stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        else {
+            return;
+        };
+        let mut kept = Vec::new();
+        for mut piece in std::mem::take(&mut self.pieces) {
+            if piece.choice != 0 {
+                kept.push(piece);
+                continue;
+            }
+            let Part::Content(t) = &mut piece.part else {
+                // Reasoning comes before the text; anything else of choice 0 after it.
+                if left > 0 || matches!(piece.part, Part::Reasoning(_)) {
+                    kept.push(piece);
+                }
+                continue;
+            };
+            if left == 0 {
+                continue;
+            }
+            if t.len() > left {
+                t.truncate(left);
+            }
+            left -= t.len();
+            kept.push(piece);
+        }
+        self.pieces = kept;
+        self.finish = "stop".into();
+    }
+
     /// Text of choice 0 in the first `upto` pieces.
     pub fn text(&self, upto: usize) -> String {
         self.pieces[..upto.min(self.pieces.len())]
@@ -1283,6 +1328,44 @@ mod tests {
         assert_eq!(w["choices"][1]["message"]["content"], "World");
         let c = Reply::new(&provider(Dialect::Openai), &script(), 2, "m", Some("Hel"));
         assert_eq!(c.text(c.pieces.len()), "lo");
+    }
+
+    #[test]
+    fn a_stop_sequence_ends_the_text_before_it_and_only_the_providers_own_text_is_searched() {
+        let mut s = script();
+        s.text = Some("Hello ENDless".into());
+        s.tool_calls = vec![ToolCallSpec {
+            id: None,
+            name: "f".into(),
+            arguments: "{}".into(),
+        }];
+        let mut r = Reply::new(&provider(Dialect::Openai), &s, 1, "m", None);
+        r.stop_at(&["xyz".into(), "END".into(), "less".into()]);
+        assert_eq!(
+            r.text(r.pieces.len()),
+            "Hello ",
+            "the first match, in the text"
+        );
+        assert_eq!(r.pieces.len(), 3, "He|ll|o : cut, and no tool call after");
+        let w = r.whole(r.pieces.len(), None);
+        assert_eq!(w["choices"][0]["finish_reason"], "stop");
+        assert!(
+            w["choices"][0]["message"].get("tool_calls").is_none(),
+            "{w}"
+        );
+        // Asked to continue "Hello EN", its own text is only "Dless": no match in it.
+        let mut c = Reply::new(&provider(Dialect::Openai), &s, 2, "m", Some("Hello EN"));
+        c.stop_at(&["END".into()]);
+        assert_eq!(c.text(c.pieces.len()), "Dless");
+        let mut at_start = Reply::new(&provider(Dialect::Openai), &s, 3, "m", None);
+        at_start.stop_at(&["Hel".into(), String::new()]);
+        assert_eq!(at_start.text(at_start.pieces.len()), "");
+        let mut none = Reply::new(&provider(Dialect::Openai), &s, 4, "m", None);
+        none.stop_at(&[String::new()]);
+        assert_eq!(
+            none.whole(none.pieces.len(), None)["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
     }
 
     /// MiniMax: labels in every delta, no finish chunk, and the whole answer again (with

@@ -291,6 +291,7 @@ impl Fake {
         } else {
             fresh
         };
+        reply.stop_at(&stop_sequences(&body));
         reply.include_usage = include_usage;
         reply.prompt_chars = crate::dialect::async_filter::prompt_chars(&body);
         let fault = script.fault.clone();
@@ -454,6 +455,19 @@ struct OpenGuard(Arc<Fake>);
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The request's `stop` sequences: one string or an array of them.
+pub fn stop_sequences(body: &Value) -> Vec<String> {
+    match body.get("stop") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -35,6 +35,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "completed",
     "failed",
     "continuation_refused",
+    "stop_sequence_at_seam",
     "client_gone",
     "limit_hit",
 ];
@@ -59,8 +60,9 @@ pub fn listed_name(event: &Event) -> &'static str {
         Event::Completed { .. } => 12,
         Event::Failed { .. } => 13,
         Event::ContinuationRefused { .. } => 14,
-        Event::ClientGone { .. } => 15,
-        Event::LimitHit { .. } => 16,
+        Event::StopSequenceAtSeam { .. } => 15,
+        Event::ClientGone { .. } => 16,
+        Event::LimitHit { .. } => 17,
     };
     EVENT_NAMES[i]
 }
@@ -499,6 +501,17 @@ fn finishes_choice(choice: &serde_json::Value) -> bool {
         .is_some_and(|r| !r.is_empty())
 }
 
+/// Whether one of `stops` lies across byte `seam` of `text`: it starts before the seam and
+/// ends after it.
+fn stop_across(text: &str, seam: usize, stops: &[String]) -> bool {
+    stops.iter().filter(|s| !s.is_empty()).any(|stop| {
+        (seam.saturating_sub(stop.len() - 1)..seam).any(|at| {
+            text.get(at..)
+                .is_some_and(|rest| rest.starts_with(stop.as_str()))
+        })
+    })
+}
+
 /// Whether `prefix` is what `calls` delivered, in order: each call a leading part of what it
 /// wrote (a gateway may cut an answer short, never skip or repeat a piece of it), nothing
 /// else.
@@ -857,9 +870,20 @@ fn check_invariants(
                 }
             }
             // In both modes a continuation carries the text delivered so far, and the
-            // answer is that text plus what the continuation added.
+            // answer is that text plus what the continuation added; unless what it added
+            // completed a stop sequence the text delivered began, where the answer ends
+            // with the text delivered (each provider checks `stop` against its own text
+            // only: the gateway checks the seam).
             let expected = match &call.continuation {
-                Some(prefix) => format!("{prefix}{}", call.planned),
+                Some(prefix) => {
+                    let whole = format!("{prefix}{}", call.planned);
+                    let stops = crate::fake::stop_sequences(&call.body);
+                    if stop_across(&whole, prefix.len(), &stops) {
+                        prefix.clone()
+                    } else {
+                        whole
+                    }
+                }
                 None => call.planned.clone(),
             };
             if c.succeeded() && c.text != expected {
@@ -1036,6 +1060,12 @@ fn check_expect(
                     got.map_or("none".to_string(), |g| g.to_string())
                 ));
             }
+        }
+    }
+    if let Some(want) = &e.finish_reason {
+        let got = ending(c).finish_reasons.remove(&0);
+        if got.as_ref() != Some(want) {
+            fail(format!("finish_reason: expected `{want}`, got {got:?}"));
         }
     }
     if let Some(want) = &e.model {
@@ -1498,6 +1528,7 @@ mod tests {
                 committed: false,
             },
             Event::ContinuationRefused { reason: "r" },
+            Event::StopSequenceAtSeam { attempt: 2 },
             Event::ClientGone {
                 reason: GoneReason::Left,
             },

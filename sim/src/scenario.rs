@@ -626,6 +626,9 @@ pub struct Expect {
     /// Counters not named are not checked; a named one must be there with this value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<BTreeMap<String, u64>>,
+    /// How choice 0 ended, as its client saw it last (`stop`, `length`, `tool_calls`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
     /// `model` of the response (and of the last chunk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -706,6 +709,7 @@ impl Expect {
             attempt_count,
             content,
             usage,
+            finish_reason,
             model,
             retries,
             fallbacks,

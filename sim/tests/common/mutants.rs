@@ -152,6 +152,12 @@ fn block_mutants(
             }
         });
     }
+    if let Some(f) = &e.finish_reason {
+        let to = if f == "stop" { "length" } else { "stop" };
+        add(format!("finish_reason: {f} -> {to}"), &|m| {
+            m.finish_reason = Some(to.to_string())
+        });
+    }
     if let Some(model) = &e.model {
         add(format!("model: {model} -> {model}-other"), &|m| {
             m.model = Some(format!("{model}-other"))
