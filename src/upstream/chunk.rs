@@ -151,9 +151,11 @@ pub fn from_object(object: ChunkObject, limits: &ChunkLimits) -> Result<Payload,
                     Value::Object(o) if o.is_empty() => 0,
                     other => other.to_string().len(),
                 };
-                // Labels, not pieces of the answer: the role, and the speaker's `name`
-                // MiniMax puts in every delta.
-                if key == "role" || key == "name" || size == 0 {
+                // Labels, not pieces of the answer: the role, the speaker's `name`
+                // MiniMax puts in every delta, and the id of the token Together puts in
+                // every delta (its finish chunk's, too). Counted as answer, each made
+                // every answer impossible to continue.
+                if matches!(key, "role" | "name" | "token_id") || size == 0 {
                     continue;
                 }
                 payload_bytes += size;
@@ -538,6 +540,18 @@ pub(crate) mod tests {
         assert!(ok(
             r#"{"choices":[{"index":0,"delta":{"content":"Hi","role":"assistant","name":"MiniMax AI","audio_content":""}}]}"#
         ));
+        // Together puts the token's id in every delta (captured 2024-08, AIProxySwift's
+        // TogetherAIChatCompletionStreamingChunkTests), and the choice's `text` and `seed`
+        // beside it.
+        let together = r#"{"id":"8b43a5cfadf99e5c-SJC","object":"chat.completion.chunk","created":1723834621,"choices":[{"index":0,"text":"ABC","logprobs":null,"finish_reason":null,"seed":null,"delta":{"token_id":30,"role":"assistant","content":"ABC","tool_calls":null}}],"model":"meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo","usage":null}"#;
+        assert!(ok(together));
+        assert_eq!(chunk(together).payload_bytes, 3, "the text only");
+        let last = r#"{"choices":[{"index":0,"text":"","logprobs":null,"finish_reason":"eos","seed":2039908639335532000,"delta":{"token_id":128009,"role":"assistant","content":"","tool_calls":null}}],"usage":{"prompt_tokens":12,"completion_tokens":27,"total_tokens":39}}"#;
+        assert_eq!(
+            chunk(last).payload_bytes,
+            0,
+            "a finish chunk brings nothing"
+        );
         assert!(!ok(r#"{"choices":[{"index":1,"delta":{"content":"Hi"}}]}"#));
         assert!(!ok(
             r#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#
