@@ -49,6 +49,14 @@
 //!   more, as its own `chat.completion`: each choice's `message` (no `delta`), its finish
 //!   reason, the real usage and `base_resp` (ENTERPILOT/GoModel PR 1068, cline PR 9215 and
 //!   others found clients that append it doubled). Its non-stream answer is that object.
+//! * `together`: Together AI's `/v1/chat/completions` (a stream captured in
+//!   lzell/AIProxySwift, `TogetherAIChatCompletionStreamingChunkTests.swift`, 2024-08;
+//!   llama-stack's recorded Together streams, 2025-09; togethercomputer/together-py's
+//!   chunk type): every delta is `{token_id, role, content, tool_calls: null}`, every
+//!   choice `{index, text, logprobs, finish_reason, seed, delta}` with the delta's text
+//!   again as `text` and `seed: null`, `usage: null` on every chunk but the finish chunk,
+//!   which carries the end-of-sequence token's id, `content: ""`, a `seed` past 2^63 and
+//!   the usage, asked for or not. No role chunk, no usage chunk apart.
 //! * `tool_call_ids: every_fragment`, with any OpenAI-style dialect: a fresh `id` on every
 //!   fragment of a streamed tool call, the function's name on its first only (Poolside's
 //!   API, LiteLLM's OCI handler, mlx-openai-server before its PR 216).
@@ -74,6 +82,12 @@ pub const CREATED: u64 = 1_700_000_000;
 pub const AUDIO_EXPIRES_AT: u64 = 1_700_003_600;
 /// Prompt tokens every fake reports.
 pub const PROMPT_TOKENS: u64 = 5;
+/// The token id Together puts in a content delta, and in its finish chunk's (Llama 3's
+/// end-of-sequence token).
+const TOGETHER_TOKEN_ID: u64 = 30;
+const TOGETHER_EOS_TOKEN_ID: u64 = 128_009;
+/// The `seed` Together puts on its finish chunk (past 2^63, as the captures' are).
+const TOGETHER_SEED: u64 = 16_158_686_754_257_986_000;
 
 /// One content piece of an answer: what one content chunk carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -460,6 +474,9 @@ impl Reply {
                 "completion_tokens": c, "prompt_tokens_details": null}),
             Dialect::Minimax => json!({"total_tokens": t, "total_characters": 0,
                 "prompt_tokens": p, "completion_tokens": c}),
+            Dialect::Together => {
+                json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": t})
+            }
         }
     }
 
@@ -560,6 +577,14 @@ impl Reply {
                 put("input_sensitive", json!(false));
                 put("output_sensitive", json!(false));
             }
+            Dialect::Together => {
+                put("id", json!(self.id));
+                put("object", json!("chat.completion.chunk"));
+                put("created", json!(CREATED));
+                put("choices", Value::Array(choices));
+                put("model", json!(self.model));
+                put("usage", Value::Null);
+            }
         }
         if pad > 0 {
             o.insert("x_pad".into(), json!("p".repeat(pad)));
@@ -640,6 +665,20 @@ impl Reply {
                 o.insert("finish_reason".into(), finish);
                 o.insert("matched_stop".into(), Value::Null);
             }
+            Dialect::Together => {
+                let text = delta.get("content").cloned().unwrap_or(json!(""));
+                let seed = if finish.is_null() {
+                    Value::Null
+                } else {
+                    json!(TOGETHER_SEED)
+                };
+                o.insert("index".into(), json!(index));
+                o.insert("text".into(), text);
+                o.insert("logprobs".into(), logprobs);
+                o.insert("finish_reason".into(), finish);
+                o.insert("seed".into(), seed);
+                o.insert("delta".into(), delta);
+            }
             // Its finish reasons come only in the closing `chat.completion` (see `whole`).
             Dialect::Minimax => {
                 o.insert("index".into(), json!(index));
@@ -676,6 +715,13 @@ impl Reply {
                 }
             }
             Dialect::Minimax => fields.extend(Reply::minimax_labels()),
+            Dialect::Together => {
+                fields.insert(0, ("token_id", json!(TOGETHER_TOKEN_ID)));
+                fields.insert(1, ("role", json!("assistant")));
+                if !fields.iter().any(|(k, _)| *k == "tool_calls") {
+                    fields.push(("tool_calls", Value::Null));
+                }
+            }
             _ => {}
         }
         for (k, v) in fields {
@@ -815,7 +861,7 @@ impl Reply {
                     out.push(self.chunk(vec![self.choice(c, delta, None, None, false)], 0, 0));
                 }
             }
-            Dialect::Gemini | Dialect::Ollama | Dialect::Minimax => {}
+            Dialect::Gemini | Dialect::Ollama | Dialect::Minimax | Dialect::Together => {}
         }
         out
     }
@@ -891,13 +937,20 @@ impl Reply {
             Dialect::Gemini => json!({"content": "", "role": "assistant"}),
             Dialect::Ollama => json!({"role": "assistant", "content": ""}),
             Dialect::Sglang => json!({"role": null, "content": null, "tool_calls": null}),
+            Dialect::Together => json!({"token_id": TOGETHER_EOS_TOKEN_ID, "role": "assistant",
+                "content": "", "tool_calls": null}),
             _ => json!({}),
         };
-        self.chunk(
+        let mut chunk = self.chunk(
             vec![self.choice(c, delta, None, Some(reason), false)],
             sent,
             0,
-        )
+        );
+        // Together's usage rides on its finish chunk, asked for or not.
+        if self.dialect == Dialect::Together {
+            chunk["usage"] = self.usage(sent);
+        }
+        chunk
     }
 
     /// The stream payloads after every piece: finish chunks (where the dialect sends them
@@ -946,7 +999,12 @@ impl Reply {
     /// The usage chunk (`choices: []`) after `sent` pieces, when the request asked for one
     /// and the dialect sends one apart.
     fn usage_chunk(&self, sent: usize) -> Option<Value> {
-        if !self.include_usage || matches!(self.dialect, Dialect::Gemini | Dialect::Minimax) {
+        if !self.include_usage
+            || matches!(
+                self.dialect,
+                Dialect::Gemini | Dialect::Minimax | Dialect::Together
+            )
+        {
             return None;
         }
         let mut chunk = self.chunk(Vec::new(), sent, 0);
@@ -1043,7 +1101,7 @@ impl Reply {
                 (Dialect::Gemini, None) => None,
                 // Every delta names the role but only text carries `content`.
                 (Dialect::Minimax, None) if of_c().next().is_some() => None,
-                (Dialect::Vllm, None) => Some(json!("")),
+                (Dialect::Vllm | Dialect::Together, None) => Some(json!("")),
                 (_, None) if self.text_choices[c as usize] => Some(json!("")),
                 (_, None) => Some(Value::Null),
             };
@@ -1053,6 +1111,10 @@ impl Reply {
             if self.dialect == Dialect::Minimax {
                 m.retain(|(k, _)| *k != "role");
                 m.extend(Reply::minimax_labels());
+            }
+            // Every delta's token id, the finish chunk's (end of sequence) last.
+            if self.dialect == Dialect::Together {
+                m.push(("token_id", json!(TOGETHER_EOS_TOKEN_ID)));
             }
             if let Some(r) = reasoning {
                 m.push((self.reasoning_key(), json!(r)));
@@ -1139,6 +1201,13 @@ impl Reply {
                         ch.push(("logprobs", logprobs));
                     }
                 }
+                // Choice-level state, latest wins: the finish chunk's empty `text` and
+                // its seed.
+                Dialect::Together => {
+                    ch.insert(2, ("text", json!("")));
+                    ch.insert(3, ("logprobs", logprobs));
+                    ch.push(("seed", json!(TOGETHER_SEED)));
+                }
                 Dialect::Minimax => {
                     ch.rotate_right(1);
                     if !logprobs.is_null() {
@@ -1175,6 +1244,10 @@ impl Reply {
             }
             Dialect::Ollama => top.insert(4, ("system_fingerprint", json!("fp_ollama"))),
             Dialect::Gemini | Dialect::Vllm | Dialect::Sglang => {}
+            Dialect::Together => {
+                const ORDER: [&str; 6] = ["id", "object", "created", "choices", "model", "usage"];
+                top.sort_by_key(|(k, _)| ORDER.iter().position(|o| o == k));
+            }
             Dialect::Minimax => {
                 const ORDER: [&str; 6] = ["id", "choices", "created", "model", "object", "usage"];
                 top.sort_by_key(|(k, _)| ORDER.iter().position(|o| o == k));
@@ -1390,6 +1463,29 @@ mod tests {
         assert_eq!(filtered.len(), 1);
         assert_eq!(filtered[0]["choices"][0]["finish_reason"], "content_filter");
         assert_eq!(filtered[0]["choices"][0]["message"]["content"], "He");
+    }
+
+    /// Together: token ids in every delta, the text again as the choice's `text`, no role
+    /// chunk, and the usage on the finish chunk even unasked.
+    #[test]
+    fn together_labels_every_delta_and_puts_the_usage_on_its_finish_chunk() {
+        let r = Reply::new(&provider(Dialect::Together), &script(), 1, "m", None);
+        assert!(r.opening().is_empty());
+        assert_eq!(
+            r.piece(0).to_string(),
+            r#"{"id":"chatcmpl-fake-p-1","object":"chat.completion.chunk","created":1700000000,"choices":[{"index":0,"text":"He","logprobs":null,"finish_reason":null,"seed":null,"delta":{"token_id":30,"role":"assistant","content":"He","tool_calls":null}}],"model":"m","usage":null}"#
+        );
+        let closing = r.closing();
+        assert_eq!(closing.len(), 1, "{closing:?}");
+        assert_eq!(
+            closing[0].to_string(),
+            r#"{"id":"chatcmpl-fake-p-1","object":"chat.completion.chunk","created":1700000000,"choices":[{"index":0,"text":"","logprobs":null,"finish_reason":"stop","seed":16158686754257986000,"delta":{"token_id":128009,"role":"assistant","content":"","tool_calls":null}}],"model":"m","usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}"#
+        );
+        // What accumulating that stream gives: the labels kept, the latest state wins.
+        assert_eq!(
+            r.whole(r.pieces.len(), None).to_string(),
+            r#"{"id":"chatcmpl-fake-p-1","object":"chat.completion","created":1700000000,"choices":[{"index":0,"message":{"role":"assistant","content":"Hello","token_id":128009},"text":"","logprobs":null,"finish_reason":"stop","seed":16158686754257986000}],"model":"m","usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}"#
+        );
     }
 
     #[test]

@@ -501,9 +501,12 @@ fn dialect_headers(spec: &Provider, call: u32) -> Vec<(String, String)> {
             ("x-request-id".into(), format!("req_{}_{call}", spec.host)),
             ("openai-processing-ms".into(), "7".into()),
         ],
-        Dialect::Gemini | Dialect::Ollama | Dialect::Vllm | Dialect::Sglang | Dialect::Minimax => {
-            Vec::new()
-        }
+        Dialect::Gemini
+        | Dialect::Ollama
+        | Dialect::Vllm
+        | Dialect::Sglang
+        | Dialect::Minimax
+        | Dialect::Together => Vec::new(),
     }
 }
 

@@ -47,10 +47,14 @@ pub enum Dialect {
     /// `audio_content` in every delta, no finish chunk, and a stream that ends with the
     /// whole answer again as a `chat.completion` (a `message`, the finish reason, the usage).
     Minimax,
+    /// Together AI: `token_id`, `role` and `tool_calls: null` in every delta, the text again
+    /// as the choice's `text`, a `seed` (null until the finish chunk), and the usage on the
+    /// finish chunk, asked for or not.
+    Together,
 }
 
 impl Dialect {
-    pub const ALL: [Dialect; 8] = [
+    pub const ALL: [Dialect; 9] = [
         Dialect::Openai,
         Dialect::Azure,
         Dialect::Gemini,
@@ -59,6 +63,7 @@ impl Dialect {
         Dialect::Sglang,
         Dialect::JsonOnly,
         Dialect::Minimax,
+        Dialect::Together,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +76,7 @@ impl Dialect {
             Dialect::Sglang => "sglang",
             Dialect::JsonOnly => "json_only",
             Dialect::Minimax => "minimax",
+            Dialect::Together => "together",
         }
     }
 
