@@ -826,6 +826,7 @@ impl Run<'_> {
             SeamGuard::new(prefix, &self.admitted.request.stop_sequences())
         });
         let mut at_seam: Vec<Chunk> = Vec::new();
+        let mut at_seam_bytes = 0;
         loop {
             let next = tokio::select! {
                 biased;
@@ -870,9 +871,26 @@ impl Run<'_> {
                 content_chunks += 1;
             }
             if self.commit.is_committed() {
-                if let Some(guard) = seam.as_mut() {
+                // What comes before the continuation's first text (a thinking model's
+                // reasoning, a role chunk) decides nothing and goes as it comes: held, it
+                // kept a client waiting, and was dropped with the text if that ended the
+                // answer at the seam.
+                if let Some(guard) = seam
+                    .as_mut()
+                    .filter(|_| !at_seam.is_empty() || !chunk.text.is_empty())
+                {
                     let verdict = guard.push(&chunk.text, chunk.finish_reason.is_some());
+                    at_seam_bytes += chunk_size(&chunk);
                     at_seam.push(chunk);
+                    // What a seam holds is bounded as what commit holds: past the bound the
+                    // continuation goes as sent, the seam unguarded (content-less chunks
+                    // without end after the first text; a stop sequence of megabytes).
+                    let verdict = match verdict {
+                        Seam::Hold if at_seam_bytes > limits.max_precommit_buffer_bytes => {
+                            Seam::Release
+                        }
+                        verdict => verdict,
+                    };
                     match verdict {
                         Seam::Hold => continue,
                         Seam::Release => {
@@ -900,10 +918,9 @@ impl Run<'_> {
             }
             // A chunk with content commits whatever its size; one without is held, and the
             // bytes held are the provider's own (or, for a whole completion, as written).
-            let size = match (&chunk.raw, chunk.payload_bytes) {
-                (_, 1..) => 0,
-                (Some(raw), 0) => raw.len(),
-                (None, 0) => serde_json::to_vec(&chunk.object).map_or(0, |v| v.len()),
+            let size = match chunk.payload_bytes {
+                1.. => 0,
+                0 => chunk_size(&chunk),
             };
             if chunk.payload_bytes > 0 || held_bytes + size > limits.max_precommit_buffer_bytes {
                 let id = held
@@ -1044,6 +1061,15 @@ impl Run<'_> {
             self.fallbacks,
         );
         Unserved { failure, summary }
+    }
+}
+
+/// The bytes a held chunk stands for: the provider's own (or, for a whole completion, as
+/// written).
+fn chunk_size(chunk: &Chunk) -> usize {
+    match &chunk.raw {
+        Some(raw) => raw.len(),
+        None => serde_json::to_vec(&chunk.object).map_or(0, |v| v.len()),
     }
 }
 

@@ -34,7 +34,9 @@ pub struct Limits {
     /// `max_request_body_bytes`, so that any one request can be served.
     pub max_in_flight_request_body_bytes: usize,
     /// Bytes of an upstream stream held back before commit (role-only or empty chunks)
-    /// before the engine commits anyway.
+    /// before the engine commits anyway; and bytes of a continuation held at its seam
+    /// while its text may complete a stop sequence (`seam`), before they are delivered as
+    /// sent, the seam unguarded.
     pub max_precommit_buffer_bytes: usize,
     /// Hard ceiling for any `max_fallbacks` setting, whoever sets it.
     pub max_fallbacks_ceiling: u32,

@@ -112,6 +112,14 @@ async fn tool_calls_without_distinct_indexes_stay_apart() {
 /// A group whose first attempt delivers `delivered` chunks and then resets, with a second
 /// deployment behind it.
 fn fails_after(delivered: Vec<Value>) -> (MemNet, Gw) {
+    fails_after_then(delivered, |_| sse_answer("m2", &["fresh"]))
+}
+
+/// [`fails_after`], the second deployment answering with `continuation`.
+fn fails_after_then(
+    delivered: Vec<Value>,
+    continuation: impl Fn(UpCall) -> http::Response<UpBody> + Send + Sync + 'static,
+) -> (MemNet, Gw) {
     let net = MemNet::new();
     net.host("up", move |_| {
         let (tx, r) = sse_channel();
@@ -130,7 +138,7 @@ fn fails_after(delivered: Vec<Value>) -> (MemNet, Gw) {
         });
         r
     });
-    net.host("up2", |_| sse_answer("m2", &["fresh"]));
+    net.host("up2", continuation);
     let gw = Gw::start(
         r#"
 allow_anonymous: true
@@ -223,6 +231,107 @@ async fn text_is_continued_the_same_way_in_both_modes() {
     }
     assert_eq!(bodies[0], bodies[1], "identical upstream requests");
     assert_eq!(answers[0], answers[1], "the same text in both modes");
+}
+
+/// What one mode's answer says: the text and the reasoning of choice 0, and its finish.
+async fn text_reasoning_finish(
+    r: http::Response<hyper::body::Incoming>,
+    stream: bool,
+) -> [String; 3] {
+    let body = text(r).await;
+    let pick = |v: &Value, path: &str| v.pointer(path).and_then(Value::as_str).map(str::to_string);
+    if stream {
+        let chunks = json_payloads(&body);
+        let joined = |path: &str| {
+            chunks
+                .iter()
+                .filter_map(|c| pick(c, path))
+                .collect::<String>()
+        };
+        [
+            joined("/choices/0/delta/content"),
+            joined("/choices/0/delta/reasoning_content"),
+            joined("/choices/0/finish_reason"),
+        ]
+    } else {
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        let m = |path: &str| pick(&v, path).unwrap_or_default();
+        [
+            m("/choices/0/message/content"),
+            m("/choices/0/message/reasoning_content"),
+            m("/choices/0/finish_reason"),
+        ]
+    }
+}
+
+fn with_stop(stream: bool, stop: &str) -> Value {
+    let mut body = chat_body("g", stream);
+    body["stop"] = json!(stop);
+    body
+}
+
+// 3c. While a continuation's first text may complete a stop sequence the delivered text
+// began, what comes before that text is no part of the decision and is not held: a thinking
+// model's reasoning reaches the client, in both modes, even when the answer then ends at
+// the seam (before, it was held and dropped with the continuation's text).
+#[tokio::test(start_paused = true)]
+async fn what_comes_before_a_continuations_text_is_not_held_at_the_seam() {
+    for stream in [false, true] {
+        let (_net, gw) = fails_after_then(
+            vec![chunk_json(
+                "m",
+                json!({"role": "assistant", "content": "alpha EN"}),
+                None,
+            )],
+            |_| {
+                sse_of(&[
+                    chunk_json("m2", json!({"role": "assistant", "content": ""}), None),
+                    chunk_json("m2", json!({"reasoning_content": "They stopped "}), None),
+                    chunk_json("m2", json!({"reasoning_content": "mid-word."}), None),
+                    chunk_json("m2", json!({"content": "D omega"}), None),
+                    chunk_json("m2", json!({}), Some("stop")),
+                ])
+            },
+        );
+        let r = gw.chat(None, with_stop(stream, "END")).await;
+        let [content, reasoning, finish] = text_reasoning_finish(r, stream).await;
+        assert!(gw.saw("stop_sequence_at_seam"), "stream={stream}");
+        assert_eq!(content, "alpha EN", "stream={stream}");
+        assert_eq!(reasoning, "They stopped mid-word.", "stream={stream}");
+        assert_eq!(finish, "stop", "stream={stream}");
+    }
+}
+
+// 3d. What is held at a seam is bounded by `max_precommit_buffer_bytes`: past it, the
+// continuation is delivered as sent and the seam goes unguarded, where before an upstream
+// that sent text and then content-less chunks without end had all of them held.
+#[tokio::test(start_paused = true)]
+async fn what_a_seam_holds_is_bounded() {
+    // "D", then `empties` empty deltas of about 100 bytes each, then "! more".
+    let answer = |empties: usize| {
+        move |_| {
+            let mut chunks = vec![chunk_json("m2", json!({"content": "D"}), None)];
+            chunks.extend((0..empties).map(|_| chunk_json("m2", json!({"content": ""}), None)));
+            chunks.push(chunk_json("m2", json!({"content": "! more"}), None));
+            chunks.push(chunk_json("m2", json!({}), Some("stop")));
+            sse_of(&chunks)
+        }
+    };
+    // 400 of them: 40 KB, over the default 16 KiB; 10: under it, and the answer ends at
+    // the seam.
+    for (empties, stopped, expected) in [(400, false, "alpha END! more"), (10, true, "alpha EN")] {
+        for stream in [false, true] {
+            let delivered = json!({"role": "assistant", "content": "alpha EN"});
+            let (_net, gw) =
+                fails_after_then(vec![chunk_json("m", delivered, None)], answer(empties));
+            let r = gw.chat(None, with_stop(stream, "END!")).await;
+            let [content, _, finish] = text_reasoning_finish(r, stream).await;
+            let case = format!("{empties} empty chunks, stream={stream}");
+            assert_eq!(gw.saw("stop_sequence_at_seam"), stopped, "{case}");
+            assert_eq!(content, expected, "{case}");
+            assert_eq!(finish, "stop", "{case}");
+        }
+    }
 }
 
 // 4. Azure opens its stream with `choices: []` and `prompt_filter_results`: an answer, not a
