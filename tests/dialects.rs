@@ -389,3 +389,56 @@ router_settings: {num_retries: 0, fallbacks: [{g: [g2]}], mid_stream: continue}
     assert_eq!(models.last().map(String::as_str), Some("mb"), "{models:?}");
     assert_eq!(v["model"], "mb", "{v}");
 }
+
+/// llama.cpp's server (builds before its PR 16486, 2025-10) answers a request over the
+/// context size with a 200 whose event stream holds one line in a field of its own,
+/// `error: {...}`, and then `data: [DONE]` (llama.cpp issue 14566). SSE ignores a field it
+/// does not know, so the answer read as an empty one: a 200 with nothing in it, the
+/// deployment counted healthy, and no context-window fallback. Any upstream that answers
+/// a bare `[DONE]` did the same. Now the `error` field is an error event, classified by
+/// its body (here: the context window), and `[DONE]` before any chunk is a malformed
+/// answer, in both modes.
+#[tokio::test(start_paused = true)]
+async fn an_error_field_or_a_bare_done_is_no_empty_answer() {
+    const LLAMA_CPP: &str = "error: {\"code\":400,\"message\":\"the request exceeds the available context size. try increasing the context size or enable context shift\",\"type\":\"invalid_request_error\"}\n\ndata: [DONE]\n\n";
+    const CONFIG: &str = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: big, litellm_params: {model: openai/m2, api_base: "http://up2/v1"}, model_info: {id: d2}}
+  - {model_name: other, litellm_params: {model: openai/m3, api_base: "http://up3/v1"}, model_info: {id: d3}}
+router_settings: {num_retries: 0, context_window_fallbacks: [{g: [big]}], fallbacks: [{g: [other]}]}
+"#;
+    for (upstream, served_by, class) in [
+        (LLAMA_CPP, "big", "context_window"),
+        ("data: [DONE]\n\n", "other", "malformed"),
+    ] {
+        for stream in [false, true] {
+            let net = MemNet::new();
+            net.host("up", move |_| sse(upstream));
+            net.host("up2", |_| sse_answer("m2", &["long enough"]));
+            net.host("up3", |_| sse_answer("m3", &["another"]));
+            let gw = Gw::start(CONFIG, &net);
+            let r = gw.chat(None, chat_body("g", stream)).await;
+            let case = format!("{upstream:?}, stream={stream}");
+            assert_eq!(r.status(), 200, "{case}");
+            let body = text(r).await;
+            let answer = if stream {
+                streamed_text(&body)
+            } else {
+                answered_text(&body, false)
+            };
+            let expected = if served_by == "big" {
+                "long enough"
+            } else {
+                "another"
+            };
+            assert_eq!(answer, expected, "{case}: {body}");
+            assert!(
+                gw.saw(&format!("class={class}")),
+                "{case}: {:#?}",
+                gw.events()
+            );
+        }
+    }
+}

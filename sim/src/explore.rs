@@ -155,6 +155,7 @@ fn fault(kinds: Vec<FaultKind>, chunks: usize) -> BoxedStrategy<Option<Fault>> {
             Flavour::Openrouter,
             Flavour::Vertex,
             Flavour::Anthropic,
+            Flavour::LlamaCpp,
         ]),
     )
         .prop_map(|(kind, k, (hs, hc), (es, ec), retry_after, flavour)| {

@@ -720,6 +720,15 @@ impl Answer {
                 }
                 match f.kind {
                     FaultKind::Http => unreachable!("handled before streaming"),
+                    FaultKind::ErrorEvent if f.flavour == Flavour::LlamaCpp => {
+                        let error = self.error_body(f, true).to_string();
+                        let line = self.framing.field_event("error", &error);
+                        if send_framed(&tx, self.framing, line).await {
+                            log.sent(error, false);
+                            log.fire();
+                            send_data(&tx, log, self.framing, "[DONE]".into()).await;
+                        }
+                    }
                     FaultKind::ErrorEvent => {
                         if send_data(&tx, log, self.framing, self.error_body(f, true).to_string())
                             .await
@@ -967,6 +976,16 @@ pub fn error_body(f: &Fault, event: bool) -> Value {
                 _ => "api_error",
             };
             json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+        Flavour::LlamaCpp => {
+            let kind = match status {
+                400..=499 => "invalid_request_error",
+                503 => "unavailable_error",
+                _ => "server_error",
+            };
+            let e = json!({"code": status, "message": message, "type": kind});
+            // Its stream's error field holds the bare object; it sends no Retry-After.
+            return if event { e } else { json!({"error": e}) };
         }
     };
     if event {

@@ -362,6 +362,10 @@ pub enum Flavour {
     Openrouter,
     Vertex,
     Anthropic,
+    /// llama.cpp's server: `{"error": {"code", "message", "type"}}`; in a stream, as its
+    /// builds before 2025-10 sent it (llama.cpp issue 14566), the bare error object in a
+    /// field of its own, `error: {...}`, then `data: [DONE]`.
+    LlamaCpp,
 }
 
 /// Network shape and timed faults.

@@ -98,6 +98,28 @@ pub fn parse_data(data: &str, limits: &ChunkLimits) -> Result<Payload, ChunkErro
     Ok(payload)
 }
 
+/// The payload of an event named `event` with `data`. An event named `error` (`event:
+/// error`, or the `error:` field of llama.cpp's older servers, see `sse`) is an error
+/// whatever its data holds: its data is the error (classified by its `error` member when
+/// it has one, else by itself), or the error's message when it is no JSON object. Read as
+/// a chunk, llama.cpp's `{"code": 400, "message": "...context size..."}` was a chunk of
+/// nothing, and the answer an empty 200.
+pub fn parse_event(
+    event: Option<&str>,
+    data: String,
+    limits: &ChunkLimits,
+) -> Result<Payload, ChunkError> {
+    if event != Some("error") {
+        return parse_event_data(data, limits);
+    }
+    match crate::json::from_slice_bounded(data.trim().as_bytes(), limits.max_json_values) {
+        Ok(error @ Value::Object(_)) => Ok(Payload::Error(error)),
+        _ => Ok(Payload::Error(
+            serde_json::json!({"error": {"message": data}}),
+        )),
+    }
+}
+
 /// [`parse_data`] of an event's own data, which becomes the chunk's [`Chunk::raw`] without
 /// a copy when it needs no trimming (the usual case).
 pub fn parse_event_data(data: String, limits: &ChunkLimits) -> Result<Payload, ChunkError> {
@@ -528,6 +550,36 @@ pub(crate) mod tests {
         );
         assert!(c.payload_bytes > 0, "tool calls are content");
         assert!(!c.continuable, "a tool call cannot be continued");
+    }
+
+    /// An event named `error` is an error, whatever its data: llama.cpp's bare error object,
+    /// an `{"error": ...}` one, text; any other event is read by its data.
+    #[test]
+    fn an_event_named_error_is_an_error() {
+        let limits = ChunkLimits::default();
+        let event = |name, data: &str| parse_event(name, data.to_string(), &limits).unwrap();
+        let llama = r#"{"code":400,"message":"the request exceeds the available context size","type":"invalid_request_error"}"#;
+        assert_eq!(
+            event(Some("error"), llama),
+            Payload::Error(serde_json::from_str(llama).unwrap())
+        );
+        let wrapped = r#"{"error":{"code":429}}"#;
+        assert_eq!(
+            event(Some("error"), wrapped),
+            Payload::Error(serde_json::from_str(wrapped).unwrap())
+        );
+        assert_eq!(
+            event(Some("error"), "overloaded"),
+            Payload::Error(serde_json::json!({"error": {"message": "overloaded"}}))
+        );
+        assert!(matches!(
+            event(None, r#"{"choices":[]}"#),
+            Payload::Chunk(_)
+        ));
+        assert!(matches!(
+            event(Some("message"), r#"{"choices":[]}"#),
+            Payload::Chunk(_)
+        ));
     }
 
     #[test]

@@ -850,6 +850,13 @@ impl UpstreamStream {
                         self.done = true;
                         self.upstream_ended = true;
                         self.queue.clear();
+                        // An answer of nothing is no answer: served, it was a 200 with no
+                        // choice in it, and the deployment counted healthy.
+                        if !self.got_chunk {
+                            return Err(UpstreamError::Malformed(
+                                "the stream ended ([DONE]) before its first chunk".to_string(),
+                            ));
+                        }
                         return Ok(None);
                     }
                     Payload::Error(v) => {
@@ -991,7 +998,7 @@ impl UpstreamStream {
         self.queue.extend(
             events
                 .into_iter()
-                .map(|e| chunk::parse_event_data(e.data, &limits)),
+                .map(|e| chunk::parse_event(e.event.as_deref(), e.data, &limits)),
         );
         if let Err(e) = parsed {
             let error = match e.limit() {

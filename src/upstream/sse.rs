@@ -187,7 +187,12 @@ impl SseParser {
         // ignored like any field not used.
         let text = |value| std::str::from_utf8(value).map_err(|_| SseError::NotUtf8);
         match field {
-            b"data" => {
+            // llama.cpp's server before 2025-10 sent a failure as a field of its own,
+            // `error: {...}`, in a 200's stream: an event named `error` with that data.
+            b"data" | b"error" => {
+                if field == b"error" {
+                    self.event = Some("error".to_string());
+                }
                 let value = text(value)?;
                 if self.data.len() + value.len() + 1 > self.max_line_bytes {
                     return Err(SseError::DataTooLong {
@@ -246,6 +251,24 @@ mod tests {
                 event: Some("error".into()),
                 data: "a\nb".into()
             }]
+        );
+    }
+
+    #[test]
+    fn an_error_field_is_the_data_of_an_error_event() {
+        let e = parse_all(&[b"error: {\"code\":400}\n\ndata: [DONE]\n\n"]).unwrap();
+        assert_eq!(
+            e,
+            [
+                SseEvent {
+                    event: Some("error".into()),
+                    data: "{\"code\":400}".into()
+                },
+                SseEvent {
+                    event: None,
+                    data: "[DONE]".into()
+                }
+            ]
         );
     }
 

@@ -135,9 +135,15 @@ impl LineEnd {
 impl Framing {
     /// One `data:` event, framed.
     pub fn event(&self, payload: &str) -> String {
+        self.field_event("data", payload)
+    }
+
+    /// One event of a single `field` line (`error: {...}`, as llama.cpp's older servers
+    /// sent a failure) and a blank line, framed.
+    pub fn field_event(&self, field: &str, payload: &str) -> String {
         let end = self.line_end.as_str();
         let space = if self.no_space { "" } else { " " };
-        format!("data:{space}{payload}{end}{end}")
+        format!("{field}:{space}{payload}{end}{end}")
     }
 
     /// One SSE comment line (`: <text>`) and a blank line, framed.
