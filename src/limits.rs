@@ -48,7 +48,9 @@ pub struct Limits {
     pub request_deadline: f64,
     /// Longest SSE line accepted from an upstream, in bytes.
     pub max_sse_line_bytes: usize,
-    /// Largest upstream response (JSON body, or aggregated stream content), in bytes.
+    /// Largest upstream response (JSON body, or aggregated stream content), in bytes: every
+    /// byte but a running copy of the message beside a delta (Perplexity's), which grows
+    /// with the square of the answer's length (see `Chunk::running_copy_bytes`).
     pub max_upstream_body_bytes: usize,
     /// Longest Retry-After the engine will wait for before retrying the same group, in
     /// seconds; a longer one makes the group fall back instead.

@@ -442,3 +442,94 @@ router_settings: {num_retries: 0, context_window_fallbacks: [{g: [big]}], fallba
         }
     }
 }
+
+/// Perplexity's running copy of the message beside every delta grows with the answer, so
+/// its bytes on the wire grow with the square of the answer's length: counted whole
+/// against `max_upstream_body_bytes`, a healthy answer of about 4,000 tokens went past the
+/// default 16 MiB and failed as malformed (blamed on the deployment, and continued or cut).
+/// The copy is not the answer (the delta is; neither mode keeps the copy), and is not
+/// counted; everything else still is. Here with a limit of 256 KiB and an answer of 600
+/// pieces of 8 bytes: 1.5 MB on the wire, 4.8 KB of answer.
+#[tokio::test(start_paused = true)]
+async fn a_running_copy_of_the_message_does_not_count_against_the_answers_size() {
+    let config = format!("{ONE_GROUP}limits: {{max_upstream_body_bytes: 262144}}\n");
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let body = perplexity_answer(PIECES);
+        assert!(body.len() > 1_000_000, "{}", body.len());
+        sse(body)
+    });
+    let gw = Gw::start(&config, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        let status = r.status();
+        let body = text(r).await;
+        assert_eq!(status, 200, "stream={stream}: {body}");
+        let answer = answered_text(&body, stream);
+        assert_eq!(answer.len(), PIECES * 8, "stream={stream}");
+        assert!(answer.starts_with("word000 word001 "), "stream={stream}");
+    }
+    assert!(!gw.saw("class=malformed"), "{:#?}", gw.events());
+}
+
+const PIECES: usize = 600;
+
+/// Perplexity's stream of `pieces` pieces of 8 bytes, each chunk with the running copy.
+fn perplexity_answer(pieces: usize) -> String {
+    let mut body = String::new();
+    let mut so_far = String::new();
+    for i in 0..=pieces {
+        let (delta, finish) = match i {
+            i if i == pieces => (String::new(), json!("stop")),
+            _ => (format!("word{:03} ", i % 1000), Value::Null),
+        };
+        so_far.push_str(&delta);
+        body.push_str(&frame(&json!({"id": "p-1", "model": "sonar", "created": 1,
+            "object": "chat.completion", "choices": [{"index": 0, "finish_reason": finish,
+            "message": {"role": "assistant", "content": so_far},
+            "delta": {"role": "assistant", "content": delta}}]})));
+    }
+    body.push_str("data: [DONE]\n\n");
+    body
+}
+
+/// Where `max_upstream_body_bytes` cuts an answer with running copies does not depend on
+/// how its bytes were cut into reads: the same text reaches the client before the error.
+#[tokio::test(start_paused = true)]
+async fn where_the_size_limit_falls_does_not_depend_on_the_reads() {
+    let config = format!("{ONE_GROUP}limits: {{max_upstream_body_bytes: 61440}}\n");
+    let mut seen = Vec::new();
+    for write in [977, 4096, 65_536, usize::MAX] {
+        let net = MemNet::new();
+        net.host("up", move |_| {
+            let (tx, r) = sse_channel();
+            let body = bytes::Bytes::from(perplexity_answer(PIECES));
+            tokio::spawn(async move {
+                let mut at = 0;
+                while at < body.len() {
+                    let end = body.len().min(at.saturating_add(write));
+                    if tx.send(Ok(body.slice(at..end))).await.is_err() {
+                        return;
+                    }
+                    at = end;
+                }
+            });
+            r
+        });
+        let gw = Gw::start(&config, &net);
+        let body = text(gw.chat(None, chat_body("g", true)).await).await;
+        assert!(
+            gw.saw("limit_hit limit=max_upstream_body_bytes"),
+            "writes of {write}: {:#?}",
+            gw.events()
+        );
+        seen.push(streamed_text(&body));
+    }
+    let cut = &seen[0];
+    assert!(cut.len() > 1000 && cut.len() < PIECES * 8, "{}", cut.len());
+    assert!(
+        seen.iter().all(|s| s == cut),
+        "{:?}",
+        seen.iter().map(String::len).collect::<Vec<_>>()
+    );
+}

@@ -34,6 +34,48 @@ impl Default for ChunkLimits {
     }
 }
 
+impl Chunk {
+    /// Bytes of the running copies of the message in this chunk: a choice's `message`
+    /// beside its `delta` (Perplexity's whole answer so far, on every chunk). The delta
+    /// is the piece; neither mode keeps the copy, and counted against the answer's size
+    /// its bytes grow with the square of the answer's length.
+    pub fn running_copy_bytes(&self) -> usize {
+        let Some(choices) = self.object.choices() else {
+            return 0;
+        };
+        choices
+            .iter()
+            .filter_map(|c| match c {
+                Choice::Object(fields) => Some(fields),
+                Choice::Json(_) => None,
+            })
+            .filter(|fields| matches!(fields.get("delta"), Some(ChoiceField::Delta(_))))
+            .filter_map(|fields| match fields.get("message") {
+                Some(ChoiceField::Delta(message)) => Some(serialized_len(message)),
+                _ => None,
+            })
+            .sum()
+    }
+}
+
+/// The length of `value` as compact JSON, without building the text.
+fn serialized_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, nor can serialising parsed JSON.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// Why a payload was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkError {

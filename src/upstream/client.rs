@@ -984,28 +984,30 @@ impl UpstreamStream {
             }
             return self.ingest(&first);
         }
-        // Only the bytes within the limit are parsed: what lies past it is
-        // never delivered, however the reads are cut.
+        // Only the bytes within the limit are parsed: what lies past it is never delivered,
+        // however the reads are cut. A running copy of the message (see
+        // `Chunk::running_copy_bytes`) is not counted, from the end of its event on: a read
+        // that fits without those credits is parsed whole, and one that would not is parsed
+        // a line at a time, so that the limit falls at the same byte whatever the reads.
         let room = self.limits.max_body_bytes.saturating_sub(self.received);
-        let over = data.len() > room;
-        let data = &data[..data.len().min(room)];
-        self.received += data.len();
-        let mut events: Vec<SseEvent> = Vec::new();
-        let parsed = self.parser.push(data, &mut events);
-        // Events completed before a bad line in the same read still count:
-        // how TCP cuts the bytes must not change what is delivered.
-        let limits = self.limits.chunks;
-        self.queue.extend(
-            events
-                .into_iter()
-                .map(|e| chunk::parse_event(e.event.as_deref(), e.data, &limits)),
-        );
-        if let Err(e) = parsed {
-            let error = match e.limit() {
-                Some(name) => ChunkError::Limit(LimitExceeded::new(name, e.to_string())),
-                None => ChunkError::Malformed(e.to_string()),
-            };
-            self.queue.push_back(Err(error));
+        let mut over = false;
+        if data.len() <= room {
+            self.received += data.len();
+            self.parse_into_queue(data);
+        } else {
+            let mut start = 0;
+            let ends = memchr::memchr2_iter(b'\n', b'\r', data).map(|at| at + 1);
+            for end in ends.chain(std::iter::once(data.len())) {
+                let line = &data[start..end];
+                start = end;
+                let room = self.limits.max_body_bytes.saturating_sub(self.received);
+                over = line.len() > room;
+                let line = &line[..line.len().min(room)];
+                self.received += line.len();
+                if !self.parse_into_queue(line) || over {
+                    break;
+                }
+            }
         }
         if over {
             self.queue
@@ -1017,6 +1019,35 @@ impl UpstreamStream {
                     ),
                 ))));
             self.done = true;
+        }
+    }
+
+    /// Parses `data` into queued payloads, crediting each chunk's running copy of the
+    /// message back to the bytes received; false when a line could not be parsed (its
+    /// error is queued after the events completed before it).
+    fn parse_into_queue(&mut self, data: &[u8]) -> bool {
+        let mut events: Vec<SseEvent> = Vec::new();
+        let parsed = self.parser.push(data, &mut events);
+        // Events completed before a bad line in the same read still count:
+        // how TCP cuts the bytes must not change what is delivered.
+        let limits = self.limits.chunks;
+        for e in events {
+            let payload = chunk::parse_event(e.event.as_deref(), e.data, &limits);
+            if let Ok(Payload::Chunk(c)) = &payload {
+                self.received = self.received.saturating_sub(c.running_copy_bytes());
+            }
+            self.queue.push_back(payload);
+        }
+        match parsed {
+            Ok(()) => true,
+            Err(e) => {
+                let error = match e.limit() {
+                    Some(name) => ChunkError::Limit(LimitExceeded::new(name, e.to_string())),
+                    None => ChunkError::Malformed(e.to_string()),
+                };
+                self.queue.push_back(Err(error));
+                false
+            }
         }
     }
 
