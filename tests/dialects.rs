@@ -533,3 +533,55 @@ async fn where_the_size_limit_falls_does_not_depend_on_the_reads() {
         seen.iter().map(String::len).collect::<Vec<_>>()
     );
 }
+
+/// Moonshot's Kimi puts its usage in the finishing choice (`choices[0].usage`; ENTERPILOT/
+/// GoModel's recorded Kimi stream), and Groq, asked for none, in `x_groq.usage` on its
+/// last chunk (vercel/ai#1651). Read only at the top, the usage was never counted: the
+/// non-stream answer had no `usage`, a streaming client that asked for usage got none, and
+/// a continuation summed nothing. Where a chunk has no `usage` of its own, the one it
+/// reports elsewhere is read as its usage (and put at its top; the provider's own stays).
+#[tokio::test(start_paused = true)]
+async fn usage_reported_inside_the_choice_or_under_x_groq_is_counted() {
+    let kimi_finish = json!({"id": "k-1", "object": "chat.completion.chunk", "created": 1,
+        "model": "kimi-k2", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop",
+        "usage": {"prompt_tokens": 18, "completion_tokens": 50, "total_tokens": 68}}]});
+    let groq_finish = json!({"id": "g-1", "object": "chat.completion.chunk", "created": 1,
+        "model": "llama3-8b-8192", "system_fingerprint": "fp_179b0f92c9",
+        "choices": [{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}],
+        "x_groq": {"id": "req_01hy8ppkajfqk987jv2vx88m9r", "usage": {"queue_time": 0.07,
+            "prompt_tokens": 18, "prompt_time": 0.006, "completion_tokens": 50,
+            "completion_time": 0.022, "total_tokens": 68, "total_time": 0.028}}});
+    for finish in [kimi_finish, groq_finish] {
+        let net = MemNet::new();
+        let f = finish.clone();
+        net.host("up", move |_| {
+            let mut body = frame(&chunk_json(
+                "m",
+                json!({"role": "assistant", "content": "Hi"}),
+                None,
+            ));
+            body.push_str(&frame(&f));
+            body.push_str("data: [DONE]\n\n");
+            sse(body)
+        });
+        let gw = Gw::start(ONE_GROUP, &net);
+        let v: Value =
+            serde_json::from_str(&text(gw.chat(None, chat_body("g", false)).await).await).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "Hi", "{v}");
+        assert_eq!(v["usage"]["total_tokens"], 68, "non-stream, {finish}: {v}");
+        assert_eq!(v["usage"]["prompt_tokens"], 18, "{v}");
+        let mut body = chat_body("g", true);
+        body["stream_options"] = json!({"include_usage": true});
+        let streamed = text(gw.chat(None, body).await).await;
+        let reported: Vec<Value> = streamed
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter_map(|p| serde_json::from_str::<Value>(p).ok())
+            .filter_map(|c| c.get("usage").filter(|u| !u.is_null()).cloned())
+            .collect();
+        assert!(
+            reported.iter().any(|u| u["completion_tokens"] == 50),
+            "stream, {finish}: {streamed}"
+        );
+    }
+}

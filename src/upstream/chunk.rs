@@ -35,6 +35,40 @@ impl Default for ChunkLimits {
 }
 
 impl Chunk {
+    /// Reads a usage reported where OpenAI's is not as the chunk's `usage`, when it has
+    /// none of its own: Moonshot's Kimi puts it in the finishing choice (`choices[i].usage`),
+    /// Groq, asked for none, under `x_groq.usage`. Read only at the top, it was never
+    /// counted (no `usage` in a non-stream answer, none for a client that asked, nothing
+    /// summed over a continuation). The provider's own stays where it was; the chunk is
+    /// then written anew, its `usage` in the place of a `usage: null`, or at its end.
+    pub fn read_usage_reported_elsewhere(&mut self) {
+        if self.object.json("usage").is_some_and(|u| !u.is_null()) {
+            return;
+        }
+        let in_a_choice = || {
+            self.object
+                .choices()?
+                .iter()
+                .find_map(|choice| match choice {
+                    Choice::Object(fields) => match fields.get("usage") {
+                        Some(ChoiceField::Json(usage @ Value::Object(_))) => Some(usage),
+                        _ => None,
+                    },
+                    Choice::Json(_) => None,
+                })
+        };
+        let under_x_groq = || {
+            self.object
+                .json("x_groq")
+                .and_then(|x| x.get("usage"))
+                .filter(|u| u.is_object())
+        };
+        if let Some(usage) = in_a_choice().or_else(under_x_groq).cloned() {
+            self.object.insert("usage", Top::Json(usage));
+            self.raw = None;
+        }
+    }
+
     /// Bytes of the running copies of the message in this chunk: a choice's `message`
     /// beside its `delta` (Perplexity's whole answer so far, on every chunk). The delta
     /// is the piece; neither mode keeps the copy, and counted against the answer's size

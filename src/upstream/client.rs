@@ -864,7 +864,8 @@ impl UpstreamStream {
                         return Err(UpstreamError::ErrorEvent(v));
                     }
                     Payload::Chunk(c) => {
-                        let c = self.spoken.read(c, &self.limits.chunks);
+                        let mut c = self.spoken.read(c, &self.limits.chunks);
+                        c.read_usage_reported_elsewhere();
                         // A non-streaming client's answer is merged from every chunk: their
                         // values are bounded together, and in both modes alike.
                         self.values = self.values.saturating_add(c.object.value_count());
