@@ -322,8 +322,8 @@ struct Idle {
 /// When, and by which request, an idle connection came back to the pool.
 ///
 /// **Connections returned in the same instant.** A connection can come back in the very
-/// instant another request looks for one (always possible under a paused or simulated
-/// clock, where every event of a tick shares one instant). Which of the two the runtime
+/// instant another request looks for one, or come back together (always possible under a
+/// paused or simulated clock, where every event of a tick shares one instant). Which of the two the runtime
 /// runs first is a scheduling accident, and under the simulation it differs between a
 /// stream and a non-stream run of the same traffic; yet it decided which request got which
 /// connection, hence which one met a connection its server had just closed, or which one
@@ -331,7 +331,9 @@ struct Idle {
 /// (`route::cooldown`), the pool never lets that order matter: a connection returned at
 /// instant t is offered to the request that returned it at once (its own next attempt,
 /// which runs after the return in the same task), and to other requests from the next
-/// instant on. On a real clock two events almost never share an instant, so this costs a
+/// instant on; and connections back in the same instant are kept in the order of the
+/// requests that returned them, so that a later request takes the same one whichever
+/// returned first. On a real clock two events almost never share an instant, so this costs a
 /// live gateway nothing. (Room on a shared HTTP/2 connection is not held back this way:
 /// the simulation, the only place ties are common, speaks HTTP/1.1 to its providers.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -852,12 +854,22 @@ impl Pool {
                 drop(conn);
                 return;
             }
+            // The list is in the order connections came back, and `take` prefers the
+            // latest; those back in the same instant are in the order of the requests that
+            // returned them, not of whichever task the runtime ran first (see `Returned`).
             let returned = Returned { at: now, by };
-            list.push(Idle {
-                conn,
-                expires,
-                returned,
-            });
+            let place = list
+                .iter()
+                .rposition(|i| i.returned.at < now || i.returned.by <= by)
+                .map_or(0, |p| p + 1);
+            list.insert(
+                place,
+                Idle {
+                    conn,
+                    expires,
+                    returned,
+                },
+            );
             // One attempt waiting for a TLS dial may take this one instead (it checks out
             // under this lock, so after the push).
             if let Some(waiters) = waiters {
@@ -1515,6 +1527,29 @@ mod idle_bound_tests {
             matches!(pool.checkout(&key, other, false), Checkout::Kept(_)),
             "from the next instant on, anyone takes it"
         );
+    }
+
+    /// Two connections returned in the same instant: which one a later request takes does
+    /// not depend on the order the runtime ran their returns in (explore case 98003742: a
+    /// stream and a non-stream run of the same traffic gave a later request different
+    /// connections, one its server had closed).
+    #[tokio::test(start_paused = true)]
+    async fn connections_returned_in_one_instant_are_taken_in_the_same_order_whatever_ran_first() {
+        let mut left = Vec::new();
+        for returners in [[3, 5], [5, 3]] {
+            let (pool, key) = http_pool(4);
+            let mut upstreams = Vec::new();
+            let now = Instant::now();
+            for by in returners {
+                let (conn, upstream, _) = http1_conn().await;
+                upstreams.push(upstream);
+                pool.put(key.clone(), conn, now, by, None);
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(pool.take(&key, 9).is_some());
+            left.push(pool.lock().idle[&key][0].returned.by);
+        }
+        assert_eq!(left[0], left[1], "the same one is left idle in both orders");
     }
 
     #[test]
