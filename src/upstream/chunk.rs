@@ -72,7 +72,10 @@ impl Chunk {
     /// Bytes of the running copies of the message in this chunk: a choice's `message`
     /// beside its `delta` (Perplexity's whole answer so far, on every chunk). The delta
     /// is the piece; neither mode keeps the copy, and counted against the answer's size
-    /// its bytes grow with the square of the answer's length.
+    /// its bytes grow with the square of the answer's length. Only the copy's text is
+    /// counted here (its strings and keys, as read), which the event's own bytes hold at
+    /// least once: the copy written anew could be longer than it came (`1e15` is written
+    /// `1000000000000000.0`), and an upstream could then send bytes the bound never saw.
     pub fn running_copy_bytes(&self) -> usize {
         let Some(choices) = self.object.choices() else {
             return 0;
@@ -85,29 +88,26 @@ impl Chunk {
             })
             .filter(|fields| matches!(fields.get("delta"), Some(ChoiceField::Delta(_))))
             .filter_map(|fields| match fields.get("message") {
-                Some(ChoiceField::Delta(message)) => Some(serialized_len(message)),
+                Some(ChoiceField::Delta(message)) => Some(
+                    message
+                        .iter()
+                        .map(|(key, value)| key.len() + text_bytes(value))
+                        .sum::<usize>(),
+                ),
                 _ => None,
             })
             .sum()
     }
 }
 
-/// The length of `value` as compact JSON, without building the text.
-fn serialized_len(value: &impl serde::Serialize) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+/// Bytes of the strings and keys in `value`, as parsed (never more than their JSON text).
+fn text_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(text_bytes).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + text_bytes(v)).sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
     }
-    let mut count = Count(0);
-    // Writing to a counter cannot fail, nor can serialising parsed JSON.
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 /// Why a payload was refused.
@@ -626,6 +626,25 @@ pub(crate) mod tests {
         );
         assert!(c.payload_bytes > 0, "tool calls are content");
         assert!(!c.continuable, "a tool call cannot be continued");
+    }
+
+    /// Perplexity's running copy counts its text; numbers written longer than they came
+    /// (`1e15`) count nothing; a message without a delta beside it is no copy.
+    #[test]
+    fn a_running_copy_counts_its_text_and_no_more_than_came() {
+        let copy = chunk(
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"delta":{"content":"lo"}}]}"#,
+        );
+        assert_eq!(
+            copy.running_copy_bytes(),
+            "role".len() + "assistant".len() + "content".len() + 5
+        );
+        let numbers =
+            chunk(r#"{"choices":[{"index":0,"message":{"n":[1e15,1e15,1e15]},"delta":{}}]}"#);
+        assert_eq!(numbers.running_copy_bytes(), 1, "the key only");
+        let whole =
+            chunk(r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hello"}}]}"#);
+        assert_eq!(whole.running_copy_bytes(), 0);
     }
 
     /// An event named `error` is an error, whatever its data: llama.cpp's bare error object,
