@@ -1552,6 +1552,23 @@ pub const PROVIDER_PREFIXES: &[&str] = &[
     "perplexity",
     "ollama",
     "custom_openai",
+    // LiteLLM's other OpenAI-compatible providers: kept whole, `moonshot/kimi-k2` reached
+    // Moonshot as a model it does not have (a 404 for a config LiteLLM serves).
+    "moonshot",
+    "cerebras",
+    "sambanova",
+    "nvidia_nim",
+    "lm_studio",
+    "dashscope",
+    "llamafile",
+    "nebius",
+    "novita",
+    "hyperbolic",
+    "volcengine",
+    "lambda_ai",
+    "featherless_ai",
+    "xinference",
+    "litellm_proxy",
 ];
 
 /// Whether a fallback entry keyed `key` names the group `group`: the same name, or one of
@@ -2254,5 +2271,15 @@ router_settings:
         assert_eq!(strip_provider("openrouter/google/gemini"), "google/gemini");
         assert_eq!(strip_provider("google/gemini"), "google/gemini");
         assert_eq!(strip_provider("plain"), "plain");
+        assert_eq!(
+            strip_provider("moonshot/kimi-k2-0711-preview"),
+            "kimi-k2-0711-preview"
+        );
+        assert_eq!(strip_provider("cerebras/llama3.1-8b"), "llama3.1-8b");
+        assert_eq!(
+            strip_provider("litellm_proxy/openai/gpt-4o"),
+            "openai/gpt-4o",
+            "one prefix: the proxy's own name for the model goes as it is"
+        );
     }
 }

@@ -57,6 +57,10 @@
 //!   again as `text` and `seed: null`, `usage: null` on every chunk but the finish chunk,
 //!   which carries the end-of-sequence token's id, `content: ""`, a `seed` past 2^63 and
 //!   the usage, asked for or not. No role chunk, no usage chunk apart.
+//! * `kimi`: Moonshot's Kimi (`api.moonshot.ai/v1`; ENTERPILOT/GoModel's recorded Kimi
+//!   stream, earendil-works/pi issue 2017): OpenAI's chunks without `logprobs`, a role
+//!   chunk, and the usage inside the finishing choice (`choices[i].usage`), asked for or
+//!   not; no usage at the top, no usage chunk apart.
 //! * `tool_call_ids: every_fragment`, with any OpenAI-style dialect: a fresh `id` on every
 //!   fragment of a streamed tool call, the function's name on its first only (Poolside's
 //!   API, LiteLLM's OCI handler, mlx-openai-server before its PR 216).
@@ -477,6 +481,8 @@ impl Reply {
             Dialect::Together => {
                 json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": t})
             }
+            Dialect::Kimi => json!({"prompt_tokens": p, "completion_tokens": c,
+                "total_tokens": t, "cached_tokens": 0}),
         }
     }
 
@@ -552,7 +558,7 @@ impl Reply {
                 put("system_fingerprint", json!("fp_ollama"));
                 put("choices", Value::Array(choices));
             }
-            Dialect::Vllm => {
+            Dialect::Vllm | Dialect::Kimi => {
                 put("id", json!(self.id));
                 put("object", json!("chat.completion.chunk"));
                 put("created", json!(CREATED));
@@ -639,7 +645,7 @@ impl Reply {
                     o.insert("logprobs".into(), logprobs);
                 }
             }
-            Dialect::Ollama => {
+            Dialect::Ollama | Dialect::Kimi => {
                 o.insert("index".into(), json!(index));
                 o.insert("delta".into(), delta);
                 if !logprobs.is_null() {
@@ -843,7 +849,7 @@ impl Reply {
                     out.push(self.chunk(vec![self.choice(c, delta, None, None, false)], 0, 0));
                 }
             }
-            Dialect::Vllm => {
+            Dialect::Vllm | Dialect::Kimi => {
                 for c in 0..self.choices {
                     let delta = json!({"role": "assistant", "content": ""});
                     out.push(self.chunk(vec![self.choice(c, delta, None, None, false)], 0, 0));
@@ -946,9 +952,12 @@ impl Reply {
             sent,
             0,
         );
-        // Together's usage rides on its finish chunk, asked for or not.
-        if self.dialect == Dialect::Together {
-            chunk["usage"] = self.usage(sent);
+        // Together's usage rides on its finish chunk, asked for or not; Kimi's, in the
+        // finishing choice.
+        match self.dialect {
+            Dialect::Together => chunk["usage"] = self.usage(sent),
+            Dialect::Kimi => chunk["choices"][0]["usage"] = self.usage(sent),
+            _ => {}
         }
         chunk
     }
@@ -1002,7 +1011,7 @@ impl Reply {
         if !self.include_usage
             || matches!(
                 self.dialect,
-                Dialect::Gemini | Dialect::Minimax | Dialect::Together
+                Dialect::Gemini | Dialect::Minimax | Dialect::Together | Dialect::Kimi
             )
         {
             return None;
@@ -1101,7 +1110,7 @@ impl Reply {
                 (Dialect::Gemini, None) => None,
                 // Every delta names the role but only text carries `content`.
                 (Dialect::Minimax, None) if of_c().next().is_some() => None,
-                (Dialect::Vllm | Dialect::Together, None) => Some(json!("")),
+                (Dialect::Vllm | Dialect::Together | Dialect::Kimi, None) => Some(json!("")),
                 (_, None) if self.text_choices[c as usize] => Some(json!("")),
                 (_, None) => Some(Value::Null),
             };
@@ -1201,6 +1210,13 @@ impl Reply {
                         ch.push(("logprobs", logprobs));
                     }
                 }
+                // Its finish chunk's choice-level usage is the choice's state, kept.
+                Dialect::Kimi => {
+                    if !logprobs.is_null() {
+                        ch.insert(2, ("logprobs", logprobs));
+                    }
+                    ch.push(("usage", self.usage(upto)));
+                }
                 // Choice-level state, latest wins: the finish chunk's empty `text` and
                 // its seed.
                 Dialect::Together => {
@@ -1243,7 +1259,7 @@ impl Reply {
                 top.push(("system_fingerprint", json!("fp_azure01")));
             }
             Dialect::Ollama => top.insert(4, ("system_fingerprint", json!("fp_ollama"))),
-            Dialect::Gemini | Dialect::Vllm | Dialect::Sglang => {}
+            Dialect::Gemini | Dialect::Vllm | Dialect::Sglang | Dialect::Kimi => {}
             Dialect::Together => {
                 const ORDER: [&str; 6] = ["id", "object", "created", "choices", "model", "usage"];
                 top.sort_by_key(|(k, _)| ORDER.iter().position(|o| o == k));
@@ -1486,6 +1502,27 @@ mod tests {
             r.whole(r.pieces.len(), None).to_string(),
             r#"{"id":"chatcmpl-fake-p-1","object":"chat.completion","created":1700000000,"choices":[{"index":0,"message":{"role":"assistant","content":"Hello","token_id":128009},"text":"","logprobs":null,"finish_reason":"stop","seed":16158686754257986000}],"model":"m","usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}"#
         );
+    }
+
+    /// Kimi: OpenAI's chunks without `logprobs`, and the usage inside the finishing
+    /// choice only, even unasked.
+    #[test]
+    fn kimi_reports_its_usage_inside_the_finishing_choice() {
+        let r = Reply::new(&provider(Dialect::Kimi), &script(), 1, "m", None);
+        assert_eq!(r.opening().len(), 1, "a role chunk");
+        assert_eq!(
+            r.piece(0).to_string(),
+            r#"{"id":"chatcmpl-fake-p-1","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[{"index":0,"delta":{"content":"He"},"finish_reason":null}]}"#
+        );
+        let closing = r.closing();
+        assert_eq!(closing.len(), 1, "no usage chunk apart: {closing:?}");
+        assert_eq!(
+            closing[0].to_string(),
+            r#"{"id":"chatcmpl-fake-p-1","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop","usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8,"cached_tokens":0}}]}"#
+        );
+        let whole = r.whole(r.pieces.len(), None);
+        assert_eq!(whole["choices"][0]["usage"], whole["usage"], "{whole}");
+        assert_eq!(whole["usage"]["completion_tokens"], 3);
     }
 
     #[test]

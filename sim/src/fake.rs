@@ -506,7 +506,8 @@ fn dialect_headers(spec: &Provider, call: u32) -> Vec<(String, String)> {
         | Dialect::Vllm
         | Dialect::Sglang
         | Dialect::Minimax
-        | Dialect::Together => Vec::new(),
+        | Dialect::Together
+        | Dialect::Kimi => Vec::new(),
     }
 }
 

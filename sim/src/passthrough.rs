@@ -162,7 +162,11 @@ fn check_stream(
         let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(payload) else {
             continue; // [DONE]
         };
-        if chunk.contains_key("error") {
+        // An error event: `{"error": ...}`, or llama.cpp's bare error object (its `error:`
+        // field), neither `choices` nor `usage`.
+        if chunk.contains_key("error")
+            || !(chunk.contains_key("choices") || chunk.contains_key("usage"))
+        {
             continue;
         }
         let usage_only = chunk
@@ -227,6 +231,22 @@ fn check_stream(
                 "object".into(),
                 Value::String("chat.completion.chunk".into()),
             );
+        }
+        // A usage reported inside a choice (Kimi) or under `x_groq`, in a chunk with none
+        // of its own, is put at the top too (in the place of a `usage: null`, or last).
+        if chunk.get("usage").is_none_or(Value::is_null) {
+            let elsewhere = chunk
+                .get("choices")
+                .and_then(Value::as_array)
+                .and_then(|cs| {
+                    cs.iter()
+                        .find_map(|c| c.get("usage").filter(|u| u.is_object()))
+                })
+                .or_else(|| chunk.get("x_groq")?.get("usage").filter(|u| u.is_object()))
+                .cloned();
+            if let Some(usage) = elsewhere {
+                chunk.insert("usage".into(), usage);
+            }
         }
         want.push(chunk);
     }

@@ -51,10 +51,13 @@ pub enum Dialect {
     /// as the choice's `text`, a `seed` (null until the finish chunk), and the usage on the
     /// finish chunk, asked for or not.
     Together,
+    /// Moonshot's Kimi: the usage inside the finishing choice (`choices[i].usage`), asked
+    /// for or not, and nowhere else.
+    Kimi,
 }
 
 impl Dialect {
-    pub const ALL: [Dialect; 9] = [
+    pub const ALL: [Dialect; 10] = [
         Dialect::Openai,
         Dialect::Azure,
         Dialect::Gemini,
@@ -64,6 +67,7 @@ impl Dialect {
         Dialect::JsonOnly,
         Dialect::Minimax,
         Dialect::Together,
+        Dialect::Kimi,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Dialect {
             Dialect::JsonOnly => "json_only",
             Dialect::Minimax => "minimax",
             Dialect::Together => "together",
+            Dialect::Kimi => "kimi",
         }
     }
 
