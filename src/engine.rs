@@ -340,10 +340,24 @@ impl Engine {
         body: &[u8],
         model: Option<&str>,
     ) -> Result<Admitted, ApiError> {
+        self.admit_within(bearer, body, model, |_| Ok(()))
+    }
+
+    /// [`Engine::admit_as`], with `afford` asked, once the request is parsed and before
+    /// anything of it is recorded, whether the gateway can hold it (its parsed size against
+    /// the budget of bodies in flight, see `gateway::routes`).
+    pub fn admit_within(
+        &self,
+        bearer: Option<&str>,
+        body: &[u8],
+        model: Option<&str>,
+        afford: impl FnOnce(&ChatRequest) -> Result<(), ApiError>,
+    ) -> Result<Admitted, ApiError> {
         let catalog = &*self.catalog;
         let key = self.authenticate(bearer)?;
         let request =
             ChatRequest::parse_as(body, &catalog.limits, model).map_err(ApiError::from)?;
+        afford(&request)?;
         if let Some(class) = request.mock.filter(|_| !catalog.allow_mock_flags) {
             let flag = crate::request::mock_flag(class);
             return Err(ApiError::bad_request(format!(

@@ -56,16 +56,24 @@ pub enum BoundedError {
 /// the tree's: a 50 MiB array of zeros is 2 GiB of values. Parsing stops at the first value
 /// over, before it is built.
 pub fn from_slice_bounded(bytes: &[u8], max_values: usize) -> Result<Value, BoundedError> {
+    from_slice_counted(bytes, max_values).map(|(value, _)| value)
+}
+
+/// [`from_slice_bounded`], with how many values the tree holds.
+pub fn from_slice_counted(bytes: &[u8], max_values: usize) -> Result<(Value, usize), BoundedError> {
     let left = std::cell::Cell::new(max_values);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = SizedValue(&left)
         .deserialize(&mut de)
         .and_then(|value| de.end().map(|()| value));
-    parsed.map_err(|e| match e.classify() {
+    match parsed {
+        Ok(value) => Ok((value, max_values - left.get())),
         // The budget's own refusal is the only custom error a value's visitor makes.
-        serde_json::error::Category::Data if left.get() == 0 => BoundedError::TooManyValues,
-        _ => BoundedError::Json(e),
-    })
+        Err(e) if e.classify() == serde_json::error::Category::Data && left.get() == 0 => {
+            Err(BoundedError::TooManyValues)
+        }
+        Err(e) => Err(BoundedError::Json(e)),
+    }
 }
 
 /// Maps up to this many keys are searched key by key, larger ones by hash.

@@ -31,7 +31,9 @@ pub struct Limits {
     /// (8 uploads of 40 MiB to a stalling upstream took 852 MB). The default is five
     /// bodies of the largest size at once (about 650 MB of memory at that ratio), or 4,096
     /// connections of 64 KiB, far more than an ordinary chat request; it must be at least
-    /// `max_request_body_bytes`, so that any one request can be served.
+    /// `max_request_body_bytes`, so that any one request can be served. Once parsed, a
+    /// request holds the larger of its bytes and its JSON values at
+    /// `request::PARSED_VALUE_BYTES` each.
     pub max_in_flight_request_body_bytes: usize,
     /// Bytes of an upstream stream held back before commit (role-only or empty chunks)
     /// before the engine commits anyway; and bytes of a continuation held at its seam

@@ -184,7 +184,13 @@ pub struct ChatRequest {
     /// (`SET_BY_THE_GATEWAY`), which the upstream body would otherwise carry twice (a
     /// release build does not check).
     passthrough: Map<String, Value>,
+    /// JSON values the body held as parsed: what its tree takes in memory is about
+    /// [`PARSED_VALUE_BYTES`] each, whatever its text's size (see `gateway::routes`).
+    pub json_values: usize,
 }
+
+/// Bytes one parsed JSON value takes in memory, about (`max_request_json_values`).
+pub const PARSED_VALUE_BYTES: usize = 80;
 
 impl ChatRequest {
     pub fn parse(body: &[u8], limits: &Limits) -> Result<ChatRequest, BadRequest> {
@@ -206,8 +212,8 @@ impl ChatRequest {
             param: None,
             limit: None,
         })?;
-        let value =
-            crate::json::from_slice_bounded(body, limits.max_request_json_values).map_err(|e| {
+        let (value, json_values) =
+            crate::json::from_slice_counted(body, limits.max_request_json_values).map_err(|e| {
                 match e {
                     crate::json::BoundedError::TooManyValues => over_json_values(limits),
                     crate::json::BoundedError::Json(e) => not_json(e),
@@ -377,6 +383,7 @@ impl ChatRequest {
             fallback_messages,
             mock,
             passthrough: body,
+            json_values,
         })
     }
 

@@ -1724,6 +1724,60 @@ async fn request_bodies_in_flight_are_bounded_gateway_wide() {
     assert!(gw.scrape().contains(refusals), "{}", gw.scrape());
 }
 
+// 13c. What a body is parsed into counts against the same budget: a JSON value takes
+// about 80 bytes in memory where its text may take two (`0,`), so a body of 30,000 zeros
+// (60 KB on the wire) holds 2.4 MB, and the default budget of 256 MiB let 512 requests of
+// 250,000 values hold 10 GB (found in review). With one such request in flight, a second
+// does not fit a budget of 3 MiB: refused at admission with the 503 that names the limit,
+// before any upstream call (before, only its 60 KB were counted); a small one still fits.
+#[tokio::test(start_paused = true)]
+async fn what_a_body_is_parsed_into_counts_against_the_budget() {
+    let net = MemNet::new();
+    let held = stalling(&net);
+    let gw = Gw::start_metered(&with(ONE_GROUP, BODY_BUDGET), &net);
+    let zeros = |n: usize| {
+        let mut body = chat_body("g", false);
+        body["metadata_values"] = json!(vec![0; n]);
+        body
+    };
+    assert!(
+        zeros(30_000).to_string().len() < 70_000,
+        "small on the wire"
+    );
+    let mut in_flight = Vec::new();
+    let mut sender = gw.connect().await;
+    let request = chat_request(None, &zeros(30_000));
+    in_flight.push(tokio::spawn(async move {
+        let response = sender.send_request(request).await.unwrap();
+        (response.status(), text(response).await)
+    }));
+    assert!(settle(100, || net.calls("up").len() == 1).await);
+
+    let refused = gw.chat(None, zeros(30_000)).await;
+    assert_eq!(refused.status(), 503);
+    let body: Value = serde_json::from_str(&text(refused).await).unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("max_in_flight_request_body_bytes = 3145728")
+            && message.contains("30008 JSON values"),
+        "{body}"
+    );
+    assert_eq!(net.calls("up").len(), 1, "no upstream call for it");
+
+    let mut sender = gw.connect().await;
+    let request = chat_request(None, &chat_body("g", false));
+    in_flight.push(tokio::spawn(async move {
+        let response = sender.send_request(request).await.unwrap();
+        (response.status(), text(response).await)
+    }));
+    assert!(settle(100, || net.calls("up").len() == 2).await);
+    release(&held).await;
+    for task in in_flight {
+        let (status, text) = task.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
 // 13b. The budget must hold the largest body one request may bring, or that request could
 // never be served: such a config is refused at load, naming both limits.
 #[test]

@@ -706,8 +706,7 @@ async fn chat(
         }
     }
     let total = held.budget_total();
-    let over_budget = |received: u64| {
-        let what = format!("this body, at {received} bytes so far,");
+    let over_budget_error = move |what: String| {
         let mut e = ApiError::new(
             503,
             "api_error",
@@ -720,7 +719,12 @@ async fn chat(
         .code("server_overloaded")
         .limit(Some("max_in_flight_request_body_bytes"));
         e.retry_after = Some(std::time::Duration::from_secs(1));
-        refuse(e)
+        e
+    };
+    let over_budget = |received: u64| {
+        refuse(over_budget_error(format!(
+            "this body, at {received} bytes so far,"
+        )))
     };
     // Bytes are taken from the budget as they arrive, never as declared: a client that
     // declares 50 MiB and sends nothing holds nothing (six such connections held the whole
@@ -772,7 +776,23 @@ async fn chat(
             )));
         }
     };
-    let admitted = match engine.admit_as(token.as_deref(), &body, deployment.as_deref()) {
+    // What the body is parsed into counts against the budget too: a value takes about
+    // `PARSED_VALUE_BYTES` in memory where its text may take two bytes (`0,`), so 500 KB
+    // of zeros held 20 MB, and the default budget admitted 512 such requests at once.
+    let afford = |request: &crate::request::ChatRequest| {
+        let parsed = request
+            .json_values
+            .saturating_mul(crate::request::PARSED_VALUE_BYTES);
+        if held.cover(parsed) {
+            return Ok(());
+        }
+        Err(over_budget_error(format!(
+            "this body, parsed into {} JSON values (about {parsed} bytes in memory),",
+            request.json_values
+        )))
+    };
+    let admitted = match engine.admit_within(token.as_deref(), &body, deployment.as_deref(), afford)
+    {
         Ok(a) => a,
         Err(e) => return refuse(e),
     };
