@@ -1196,7 +1196,10 @@ pub fn check_settings_fields(
     limits: &Limits,
     push: &mut dyn FnMut(At, String),
 ) {
-    let known = |g: &str| groups.contains(&g) && !g.contains('*');
+    // Looked up, not scanned: a request's `model_group_retry_policy` may name 250,000
+    // groups within `max_request_json_values`, against thousands of groups (found in review).
+    let group_set: std::collections::BTreeSet<&str> = groups.iter().copied().collect();
+    let known = |g: &str| group_set.contains(g) && !g.contains('*');
     // An entry's key may name a group with or without its provider prefix (see `policy`),
     // or a model a wildcard group serves.
     let entry_known =
