@@ -61,6 +61,11 @@
 //!   stream, earendil-works/pi issue 2017): OpenAI's chunks without `logprobs`, a role
 //!   chunk, and the usage inside the finishing choice (`choices[i].usage`), asked for or
 //!   not; no usage at the top, no usage chunk apart.
+//! * `perplexity`: Perplexity's `/chat/completions` (perplexityai/api-discussion issues 193
+//!   and 209; LiteLLM's Perplexity tests): every chunk is `object: chat.completion` with
+//!   the running `usage` and the `citations`, and every choice holds the whole message so
+//!   far as `message` beside its `delta` (which names the role every time). No role chunk,
+//!   no usage chunk apart.
 //! * `tool_call_ids: every_fragment`, with any OpenAI-style dialect: a fresh `id` on every
 //!   fragment of a streamed tool call, the function's name on its first only (Poolside's
 //!   API, LiteLLM's OCI handler, mlx-openai-server before its PR 216).
@@ -90,6 +95,11 @@ pub const PROMPT_TOKENS: u64 = 5;
 /// end-of-sequence token).
 const TOGETHER_TOKEN_ID: u64 = 30;
 const TOGETHER_EOS_TOKEN_ID: u64 = 128_009;
+/// The sources Perplexity cites, on every chunk.
+const PERPLEXITY_CITATIONS: [&str; 2] = [
+    "https://docs.perplexity.ai/guides/streaming",
+    "https://example.com/fake-source",
+];
 /// The `seed` Together puts on its finish chunk (past 2^63, as the captures' are).
 const TOGETHER_SEED: u64 = 16_158_686_754_257_986_000;
 
@@ -483,6 +493,8 @@ impl Reply {
             }
             Dialect::Kimi => json!({"prompt_tokens": p, "completion_tokens": c,
                 "total_tokens": t, "cached_tokens": 0}),
+            Dialect::Perplexity => json!({"prompt_tokens": p, "completion_tokens": c,
+                "total_tokens": t, "search_context_size": "low"}),
         }
     }
 
@@ -582,6 +594,15 @@ impl Reply {
                 put("usage", json!({"total_tokens": 0, "total_characters": 0}));
                 put("input_sensitive", json!(false));
                 put("output_sensitive", json!(false));
+            }
+            Dialect::Perplexity => {
+                put("id", json!(self.id));
+                put("model", json!(self.model));
+                put("created", json!(CREATED));
+                put("usage", self.usage(sent));
+                put("citations", json!(PERPLEXITY_CITATIONS));
+                put("object", json!("chat.completion"));
+                put("choices", Value::Array(choices));
             }
             Dialect::Together => {
                 put("id", json!(self.id));
@@ -685,6 +706,17 @@ impl Reply {
                 o.insert("seed".into(), seed);
                 o.insert("delta".into(), delta);
             }
+            // Its running copy of the message is filled in by the caller, who knows how far
+            // the answer has gone (`with_running_copy`).
+            Dialect::Perplexity => {
+                o.insert("index".into(), json!(index));
+                o.insert("finish_reason".into(), finish);
+                o.insert("message".into(), Value::Null);
+                o.insert("delta".into(), delta);
+                if !logprobs.is_null() {
+                    o.insert("logprobs".into(), logprobs);
+                }
+            }
             // Its finish reasons come only in the closing `chat.completion` (see `whole`).
             Dialect::Minimax => {
                 o.insert("index".into(), json!(index));
@@ -721,6 +753,7 @@ impl Reply {
                 }
             }
             Dialect::Minimax => fields.extend(Reply::minimax_labels()),
+            Dialect::Perplexity => fields.insert(0, ("role", json!("assistant"))),
             Dialect::Together => {
                 fields.insert(0, ("token_id", json!(TOGETHER_TOKEN_ID)));
                 fields.insert(1, ("role", json!("assistant")));
@@ -867,7 +900,11 @@ impl Reply {
                     out.push(self.chunk(vec![self.choice(c, delta, None, None, false)], 0, 0));
                 }
             }
-            Dialect::Gemini | Dialect::Ollama | Dialect::Minimax | Dialect::Together => {}
+            Dialect::Gemini
+            | Dialect::Ollama
+            | Dialect::Minimax
+            | Dialect::Together
+            | Dialect::Perplexity => {}
         }
         out
     }
@@ -929,11 +966,29 @@ impl Reply {
         };
         let finish = (self.dialect == Dialect::Gemini && self.last_of_choice(i))
             .then_some(self.finish.as_str());
-        self.chunk(
+        let chunk = self.chunk(
             vec![self.choice(p.choice, delta, logprobs, finish, true)],
             i + 1,
             0,
-        )
+        );
+        self.with_running_copy(chunk, p.choice, i + 1)
+    }
+
+    /// Perplexity's chunk with its running copy of choice `c`'s message after `sent`
+    /// pieces: the role and the text so far (any other dialect's chunk as it is).
+    fn with_running_copy(&self, mut chunk: Value, c: u32, sent: usize) -> Value {
+        if self.dialect == Dialect::Perplexity {
+            let so_far: String = self.pieces[..sent.min(self.pieces.len())]
+                .iter()
+                .filter(|p| p.choice == c)
+                .filter_map(|p| match &p.part {
+                    Part::Content(t) => Some(t.as_str()),
+                    _ => None,
+                })
+                .collect();
+            chunk["choices"][0]["message"] = json!({"role": "assistant", "content": so_far});
+        }
+        chunk
     }
 
     /// A chunk that ends choice `c` with `reason`.
@@ -945,6 +1000,7 @@ impl Reply {
             Dialect::Sglang => json!({"role": null, "content": null, "tool_calls": null}),
             Dialect::Together => json!({"token_id": TOGETHER_EOS_TOKEN_ID, "role": "assistant",
                 "content": "", "tool_calls": null}),
+            Dialect::Perplexity => json!({"role": "assistant", "content": ""}),
             _ => json!({}),
         };
         let mut chunk = self.chunk(
@@ -959,7 +1015,7 @@ impl Reply {
             Dialect::Kimi => chunk["choices"][0]["usage"] = self.usage(sent),
             _ => {}
         }
-        chunk
+        self.with_running_copy(chunk, c, sent)
     }
 
     /// The stream payloads after every piece: finish chunks (where the dialect sends them
@@ -1011,7 +1067,11 @@ impl Reply {
         if !self.include_usage
             || matches!(
                 self.dialect,
-                Dialect::Gemini | Dialect::Minimax | Dialect::Together | Dialect::Kimi
+                Dialect::Gemini
+                    | Dialect::Minimax
+                    | Dialect::Together
+                    | Dialect::Kimi
+                    | Dialect::Perplexity
             )
         {
             return None;
@@ -1110,7 +1170,9 @@ impl Reply {
                 (Dialect::Gemini, None) => None,
                 // Every delta names the role but only text carries `content`.
                 (Dialect::Minimax, None) if of_c().next().is_some() => None,
-                (Dialect::Vllm | Dialect::Together | Dialect::Kimi, None) => Some(json!("")),
+                (Dialect::Vllm | Dialect::Together | Dialect::Kimi | Dialect::Perplexity, None) => {
+                    Some(json!(""))
+                }
                 (_, None) if self.text_choices[c as usize] => Some(json!("")),
                 (_, None) => Some(Value::Null),
             };
@@ -1205,7 +1267,7 @@ impl Reply {
                     ch.insert(2, ("logprobs", logprobs));
                     ch.push(("matched_stop", Value::Null));
                 }
-                Dialect::Gemini | Dialect::Ollama => {
+                Dialect::Gemini | Dialect::Ollama | Dialect::Perplexity => {
                     if !logprobs.is_null() {
                         ch.push(("logprobs", logprobs));
                     }
@@ -1260,6 +1322,11 @@ impl Reply {
             }
             Dialect::Ollama => top.insert(4, ("system_fingerprint", json!("fp_ollama"))),
             Dialect::Gemini | Dialect::Vllm | Dialect::Sglang | Dialect::Kimi => {}
+            Dialect::Perplexity => {
+                const ORDER: [&str; 6] = ["id", "model", "created", "usage", "object", "choices"];
+                top.sort_by_key(|(k, _)| ORDER.iter().position(|o| o == k));
+                top.insert(4, ("citations", json!(PERPLEXITY_CITATIONS)));
+            }
             Dialect::Together => {
                 const ORDER: [&str; 6] = ["id", "object", "created", "choices", "model", "usage"];
                 top.sort_by_key(|(k, _)| ORDER.iter().position(|o| o == k));
@@ -1523,6 +1590,28 @@ mod tests {
         let whole = r.whole(r.pieces.len(), None);
         assert_eq!(whole["choices"][0]["usage"], whole["usage"], "{whole}");
         assert_eq!(whole["usage"]["completion_tokens"], 3);
+    }
+
+    /// Perplexity: `chat.completion` chunks with the running usage and citations, the whole
+    /// message so far beside every delta, and a non-stream answer made of the deltas.
+    #[test]
+    fn perplexity_sends_the_message_so_far_beside_every_delta() {
+        let r = Reply::new(&provider(Dialect::Perplexity), &script(), 1, "m", None);
+        assert!(r.opening().is_empty());
+        assert_eq!(
+            r.piece(1).to_string(),
+            r#"{"id":"chatcmpl-fake-p-1","model":"m","created":1700000000,"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7,"search_context_size":"low"},"citations":["https://docs.perplexity.ai/guides/streaming","https://example.com/fake-source"],"object":"chat.completion","choices":[{"index":0,"finish_reason":null,"message":{"role":"assistant","content":"Hell"},"delta":{"role":"assistant","content":"ll"}}]}"#
+        );
+        let closing = r.closing();
+        assert_eq!(closing.len(), 1, "no usage chunk apart: {closing:?}");
+        assert_eq!(closing[0]["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(closing[0]["choices"][0]["delta"]["content"], "");
+        let whole = r.whole(r.pieces.len(), None);
+        assert_eq!(
+            whole["choices"][0]["message"],
+            json!({"role": "assistant", "content": "Hello"})
+        );
+        assert_eq!(whole["object"], "chat.completion");
     }
 
     #[test]

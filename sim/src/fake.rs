@@ -507,7 +507,8 @@ fn dialect_headers(spec: &Provider, call: u32) -> Vec<(String, String)> {
         | Dialect::Sglang
         | Dialect::Minimax
         | Dialect::Together
-        | Dialect::Kimi => Vec::new(),
+        | Dialect::Kimi
+        | Dialect::Perplexity => Vec::new(),
     }
 }
 

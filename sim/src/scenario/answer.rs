@@ -54,10 +54,13 @@ pub enum Dialect {
     /// Moonshot's Kimi: the usage inside the finishing choice (`choices[i].usage`), asked
     /// for or not, and nowhere else.
     Kimi,
+    /// Perplexity: every chunk a `chat.completion` with the running usage and the
+    /// citations, and the whole message so far beside every delta.
+    Perplexity,
 }
 
 impl Dialect {
-    pub const ALL: [Dialect; 10] = [
+    pub const ALL: [Dialect; 11] = [
         Dialect::Openai,
         Dialect::Azure,
         Dialect::Gemini,
@@ -68,6 +71,7 @@ impl Dialect {
         Dialect::Minimax,
         Dialect::Together,
         Dialect::Kimi,
+        Dialect::Perplexity,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +86,7 @@ impl Dialect {
             Dialect::Minimax => "minimax",
             Dialect::Together => "together",
             Dialect::Kimi => "kimi",
+            Dialect::Perplexity => "perplexity",
         }
     }
 
