@@ -725,10 +725,13 @@ impl Run<'_> {
         }
         // Upstream text reaches the client: keep the deployment's secrets out of it, and
         // never promise a wait longer than the gateway would ever cool for.
-        failure.message = self
-            .catalog
-            .redactor
-            .redact(&format!("deployment `{}`: {}", spec.id, failure.message));
+        // Only the upstream's words: a deployment's id is the operator's, and may well
+        // contain a placeholder key (`ollama-llama3` beside `api_key: ollama`).
+        failure.message = format!(
+            "deployment `{}`: {}",
+            spec.id,
+            self.catalog.redactor.redact(&failure.message)
+        );
         if let Some(param) = &failure.param {
             // A field path by now (`classify`), yet a key may look like one.
             let redacted = self.catalog.redactor.redact(param);

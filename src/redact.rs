@@ -5,7 +5,12 @@
 //! it can reach a client: each secret, and any run of 8 or more of its leading or trailing
 //! characters (a provider that echoes half a key), becomes `[redacted]`; so does whatever
 //! follows `Bearer ` (an upstream echoing the headers it got). The text is also bounded in
-//! length. Does not own which texts pass through it (`attempt` sends every upstream-sourced
+//! length.
+//!
+//! A secret shorter than [`MIN_ECHO`] is a placeholder a local server ignores (vLLM's docs
+//! give `EMPTY`, Ollama's `ollama`, many configs `x`): it is still kept out, but only where it
+//! stands as a word. Replaced everywhere, a key `x` turned `max_tokens` into
+//! `ma[redacted]_tokens` in every message a client read. Does not own which texts pass through it (`attempt` sends every upstream-sourced
 //! failure message through it).
 
 /// What replaces a secret.
@@ -52,9 +57,11 @@ impl Redactor {
         // shorter cut below.
         let mut out = cut(text, 8 * MAX_MESSAGE_BYTES).to_string();
         for secret in &self.secrets {
-            out = out.replace(secret.as_str(), REDACTED);
             if secret.len() >= MIN_ECHO {
+                out = out.replace(secret.as_str(), REDACTED);
                 out = redact_partial(&out, secret);
+            } else {
+                out = redact_word(&out, secret);
             }
         }
         out = redact_bearer(&out);
@@ -100,6 +107,29 @@ fn redact_partial(text: &str, secret: &str) -> String {
         if start >= copied {
             out.push_str(REDACTED);
         }
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// `text` with each occurrence of `secret` that stands as a word replaced: where the secret
+/// begins (ends) with a word character, the text must not have one just before (after) it.
+fn redact_word(text: &str, secret: &str) -> String {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let needs_left = secret.chars().next().is_some_and(is_word);
+    let needs_right = secret.chars().next_back().is_some_and(is_word);
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in text.match_indices(secret) {
+        let end = at + secret.len();
+        if (needs_left && text[..at].chars().next_back().is_some_and(is_word))
+            || (needs_right && text[end..].chars().next().is_some_and(is_word))
+        {
+            continue;
+        }
+        out.push_str(&text[copied..at]);
+        out.push_str(REDACTED);
         copied = end;
     }
     out.push_str(&text[copied..]);
@@ -165,6 +195,7 @@ mod tests {
         );
         assert_eq!(r.redact("ends ...eam-SECRET-123"), "ends ...[redacted]");
         assert_eq!(r.redact("a short word"), "a [redacted] word");
+        assert_eq!(r.redact("shortly, short."), "shortly, [redacted].");
         assert_eq!(
             r.redact("authorization: Bearer abc.def; host"),
             "authorization: Bearer [redacted]; host"
@@ -174,6 +205,18 @@ mod tests {
             r.redact("Authorization: Bearer sk-upstream-SECRET-123"),
             "Authorization: Bearer [redacted]"
         );
+    }
+
+    #[test]
+    fn a_placeholder_key_is_replaced_only_as_a_word() {
+        let r = Redactor::new(["x", "EMPTY", "sk-1234"]);
+        assert_eq!(
+            r.redact("max_tokens: x is not EMPTY, EMPTYx or sk-12345 but sk-1234."),
+            "max_tokens: [redacted] is not [redacted], EMPTYx or sk-12345 but [redacted]."
+        );
+        assert_eq!(r.redact("x"), "[redacted]");
+        assert_eq!(r.redact("é x é"), "é [redacted] é");
+        assert_eq!(r.redact("xx x"), "xx [redacted]");
     }
 
     #[test]

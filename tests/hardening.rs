@@ -171,6 +171,58 @@ async fn an_upstream_param_echoing_the_key_is_not_passed_on() {
     }
 }
 
+// 2d. Local servers take any key, so configs give them placeholders: vLLM's docs use
+// `EMPTY`, Ollama's `ollama`, and many a config has `x`. Such a key is still kept out of what
+// a client reads, but only where it stands as a word: the gateway's own words (a deployment's
+// id) are not the upstream's, and a one-letter key must not eat that letter out of every
+// message.
+#[tokio::test(start_paused = true)]
+async fn a_placeholder_key_is_redacted_only_where_it_stands_as_a_word() {
+    let net = MemNet::new();
+    net.host("vllm", |_| {
+        json_response(
+            400,
+            &json!({"object": "error", "message": "max_tokens must be at least 1, got 0. (x=EMPTY)", "type": "BadRequestError", "param": null, "code": 400}),
+        )
+    });
+    net.host("ollama", |_| {
+        json_response(
+            401,
+            &json!({"error": {"message": "invalid key ollama for ollama-server", "type": "api_error"}}),
+        )
+    });
+    let config = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: a, litellm_params: {model: hosted_vllm/qwen, api_base: "http://vllm/v1", api_key: x}, model_info: {id: vllm-box}}
+  - {model_name: b, litellm_params: {model: ollama/llama3, api_base: "http://ollama/v1", api_key: ollama}, model_info: {id: ollama-llama3}}
+router_settings: {num_retries: 0, cooldown_time: 0}
+"#;
+    let gw = Gw::start(config, &net);
+    for stream in [false, true] {
+        let body: Value =
+            serde_json::from_str(&text(gw.chat(None, chat_body("a", stream)).await).await).unwrap();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(
+                "deployment `vllm-box`: max_tokens must be at least 1, got 0. ([redacted]=EMPTY)"
+            ),
+            "stream {stream}: {body}"
+        );
+        let body: Value =
+            serde_json::from_str(&text(gw.chat(None, chat_body("b", stream)).await).await).unwrap();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("deployment `ollama-llama3`: "),
+            "stream {stream}: the gateway's own words are not redacted: {body}"
+        );
+        assert!(
+            message.contains("invalid key [redacted] for [redacted]-server"),
+            "stream {stream}: the key is, wherever the upstream says it as a word: {body}"
+        );
+    }
+}
+
 // 2c. A `mock_testing_*` flag fails an attempt that the metrics count as an upstream's
 // failure, and takes a fallback: any client could fire every tenant's alerts without one
 // upstream call. Refused unless the gateway opts in, as newer LiteLLM does.
