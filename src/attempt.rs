@@ -37,7 +37,7 @@ use crate::route::{GiveUp, RetryContext, RetryDecision};
 use crate::seam::{Seam, SeamGuard};
 use crate::secret::Secret;
 use crate::trace::Event;
-use crate::upstream::chunk::{Chunk, ChunkLimits, Payload, from_object};
+use crate::upstream::chunk::{CONTENT_FILTER, Chunk, ChunkLimits, Payload, from_object};
 use crate::upstream::chunk_object::ChunkObject;
 use crate::upstream::client::{AttemptTimeouts, Call, UpstreamError};
 
@@ -850,7 +850,7 @@ impl Run<'_> {
                     return Err(self.failed(spec, e, blame, from_request, content_chunks, &body));
                 }
             };
-            if chunk.finish_reason.as_deref() == Some("content_filter") && content_policy_fails {
+            if chunk.finish_reason.as_deref() == Some(CONTENT_FILTER) && content_policy_fails {
                 // With a content-policy fallback list for this group, the filter is a
                 // failure to route around; without one it is the answer.
                 let e = UpstreamError::ContentFiltered;

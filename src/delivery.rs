@@ -294,12 +294,13 @@ impl Delivery for StreamDelivery {
         }
         let names_one_going_on = self.choices.note(&chunk);
         if !self.tail.is_empty() {
-            if !names_one_going_on || chunk.continuable {
+            if !names_one_going_on {
                 self.tail.push(chunk);
                 return Ok(());
             }
-            // Another choice goes on with output of its own: the held finish did not end
-            // the answer, and an answer of several choices is never continued. Boxed: rare.
+            // A choice goes on with output of its own (another choice, or one whose
+            // provider puts a finish reason on every chunk): the held finish did not end
+            // the answer. Boxed: rare.
             Box::pin(self.send_tail()).await?;
         }
         if chunk.finish_reason.is_some() && self.choices.all_finished() {

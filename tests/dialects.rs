@@ -585,3 +585,236 @@ async fn usage_reported_inside_the_choice_or_under_x_groq_is_counted() {
         );
     }
 }
+
+/// Config for the tests below: `g` falls back to `other`; a content filter on `g` goes to
+/// `safe`.
+const FALLBACK_CONFIG: &str = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: other, litellm_params: {model: openai/m3, api_base: "http://up3/v1"}, model_info: {id: d3}}
+  - {model_name: safe, litellm_params: {model: openai/m4, api_base: "http://up4/v1"}, model_info: {id: d4}}
+router_settings: {num_retries: 0, fallbacks: [{g: [other]}], content_policy_fallbacks: [{g: [safe]}]}
+"#;
+
+/// The text of an answer in either mode, and which deployment served it.
+async fn answer_and_server(gw: &Gw, stream: bool) -> (u16, String, String) {
+    let r = gw.chat(None, chat_body("g", stream)).await;
+    let status = r.status().as_u16();
+    let server = r
+        .headers()
+        .get("x-switchback-deployment")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = text(r).await;
+    let answer = if status != 200 {
+        body
+    } else if stream {
+        streamed_text(&body)
+    } else {
+        answered_text(&body, false)
+    };
+    (status, answer, server)
+}
+
+/// A finish reason that says the answer FAILED, in an HTTP 200: vLLM's `abort` (the engine
+/// aborted the request: shut down, scaled down, preempted), Mistral's, OpenRouter's and
+/// Cloudflare's `error`, DeepSeek's `insufficient_system_resource` ("the request is
+/// interrupted due to insufficient resource of the inference system"), Zhipu's
+/// `network_error` ("model inference failed"); and OpenRouter's per-choice `error` object.
+/// Read as finishes, each was served as a complete answer (empty, or cut), with no retry or
+/// fallback, and the deployment counted healthy. Each is an error event now, in both modes:
+/// before commit the fallback answers.
+#[tokio::test(start_paused = true)]
+async fn a_finish_reason_that_says_the_answer_failed_is_a_failure() {
+    let failing = |reason: Value, error: Option<Value>| {
+        let mut last = json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]});
+        if let Some(e) = error {
+            last["choices"][0]["error"] = e;
+        }
+        let mut body = frame(&chunk_json(
+            "m",
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ));
+        body.push_str(&frame(&last));
+        body.push_str("data: [DONE]\n\n");
+        body
+    };
+    let cases = [
+        failing(json!("abort"), None),
+        failing(json!("error"), None),
+        failing(json!("insufficient_system_resource"), None),
+        failing(json!("network_error"), None),
+        failing(
+            json!("error"),
+            Some(json!({"code": 502, "message": "Provider returned error"})),
+        ),
+        failing(
+            Value::Null,
+            Some(json!({"code": 502, "message": "Provider returned error"})),
+        ),
+    ];
+    for upstream in cases {
+        for stream in [false, true] {
+            let net = MemNet::new();
+            let body = upstream.clone();
+            net.host("up", move |_| sse(body.clone()));
+            net.host("up3", |_| sse_answer("m3", &["another"]));
+            let gw = Gw::start(FALLBACK_CONFIG, &net);
+            let (status, answer, server) = answer_and_server(&gw, stream).await;
+            assert_eq!(
+                (status, answer.as_str(), server.as_str()),
+                (200, "another", "d3"),
+                "stream={stream}, {upstream}"
+            );
+        }
+    }
+}
+
+/// A whole JSON answer with `finish_reason: "error"` fails alike.
+#[tokio::test(start_paused = true)]
+async fn a_whole_answer_whose_finish_reason_says_it_failed_is_a_failure() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        json_response(
+            200,
+            &json!({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Par"}, "finish_reason": "error"}]}),
+        )
+    });
+    net.host("up3", |_| sse_answer("m3", &["another"]));
+    let gw = Gw::start(FALLBACK_CONFIG, &net);
+    for stream in [false, true] {
+        let (status, answer, server) = answer_and_server(&gw, stream).await;
+        assert_eq!(
+            (status, answer.as_str(), server.as_str()),
+            (200, "another", "d3")
+        );
+    }
+}
+
+/// A 200 that names no choice at all (`choices: []` with only a usage, as OpenRouter's free
+/// endpoints, Gemini's empty turns and some vLLM builds answer): served, the SDKs fail on
+/// `choices[0]` and the deployment counted healthy. It is a malformed answer now, in both
+/// modes. Azure's leading `choices: []` chunk still opens an answer.
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_names_no_choice_is_malformed() {
+    let usage = json!({"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5});
+    let whole = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [], "usage": usage});
+    let streamed = format!(
+        "{}{}data: [DONE]\n\n",
+        frame(
+            &json!({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": []})
+        ),
+        frame(
+            &json!({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], "usage": usage})
+        )
+    );
+    for json_body in [true, false] {
+        for stream in [false, true] {
+            let net = MemNet::new();
+            let (w, s) = (whole.clone(), streamed.clone());
+            net.host("up", move |_| {
+                if json_body {
+                    json_response(200, &w)
+                } else {
+                    sse(s.clone())
+                }
+            });
+            net.host("up3", |_| sse_answer("m3", &["another"]));
+            let gw = Gw::start(FALLBACK_CONFIG, &net);
+            let (status, answer, server) = answer_and_server(&gw, stream).await;
+            assert_eq!(
+                (status, answer.as_str(), server.as_str()),
+                (200, "another", "d3"),
+                "json={json_body} stream={stream}"
+            );
+            assert!(gw.saw("class=malformed"), "{:#?}", gw.events());
+        }
+    }
+}
+
+/// Open WebUI's `/api/chat/completions` and several Gemini relays put `finish_reason:
+/// "stop"` on EVERY chunk (open-webui#16377, one-hub#402). Read as a finish, the first one
+/// made the stream delivery hold everything after it until the upstream ended, and a reset
+/// after it was served as a complete answer. A choice that goes on after its finish did not
+/// finish: its chunks go as they come, and only `[DONE]` (or a finish with nothing after it)
+/// ends it.
+#[tokio::test(start_paused = true)]
+async fn a_finish_reason_on_every_chunk_does_not_hold_the_stream() {
+    let chunk = |delta: Value| {
+        frame(
+            &json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": "stop"}]}),
+        )
+    };
+    let frames = vec![
+        chunk(json!({"role": "assistant", "content": ""})),
+        chunk(json!({"content": "EARLY"})),
+        chunk(json!({"content": " text"})),
+    ];
+    let tail = vec![chunk(json!({"content": " end"})), "data: [DONE]\n\n".into()];
+    let (early, all) = stream_with_pause(ONE_GROUP, frames, tail).await;
+    assert_eq!(streamed_text(&all), "EARLY text end", "{all}");
+    assert!(
+        early.contains("EARLY"),
+        "the content sent before the upstream's pause was held back; 5 s in the client had:\n{early:?}"
+    );
+}
+
+/// The same stream, cut after a few chunks without `[DONE]`: not complete.
+#[tokio::test(start_paused = true)]
+async fn a_cut_answer_with_a_finish_reason_on_every_chunk_is_not_complete() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let chunk = |delta: Value| {
+            frame(
+                &json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1,
+                "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": "stop"}]}),
+            )
+        };
+        let mut body = chunk(json!({"role": "assistant", "content": "The"}));
+        body.push_str(&chunk(json!({"content": " answer is"})));
+        sse(body) // ends here: no [DONE]
+    });
+    net.host("up3", |_| sse_answer("m3", &["another"]));
+    let gw = Gw::start(FALLBACK_CONFIG, &net);
+    let (status, answer, _) = answer_and_server(&gw, false).await;
+    assert_ne!(
+        (status, answer.as_str()),
+        (200, "The answer is"),
+        "a cut answer served as complete"
+    );
+}
+
+/// Zhipu's `finish_reason: "sensitive"` is its content filter ("blocked by the safety
+/// review"): with a content-policy fallback list it is routed around as `content_filter`
+/// is, and without one it is the answer, as the provider said it.
+#[tokio::test(start_paused = true)]
+async fn zhipus_sensitive_finish_is_a_content_filter() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let mut body = frame(&chunk_json(
+            "glm",
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ));
+        body.push_str(&frame(&chunk_json("glm", json!({}), Some("sensitive"))));
+        body.push_str("data: [DONE]\n\n");
+        sse(body)
+    });
+    net.host("up4", |_| sse_answer("m4", &["safe answer"]));
+    let gw = Gw::start(FALLBACK_CONFIG, &net);
+    for stream in [false, true] {
+        let (status, answer, server) = answer_and_server(&gw, stream).await;
+        assert_eq!(
+            (status, answer.as_str(), server.as_str()),
+            (200, "safe answer", "d4"),
+            "stream={stream}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::chunk::Chunk;
+use super::chunk::{Chunk, has_output};
 use super::chunk_object::ChoiceField;
 
 /// The choices an answer has named so far and those that have finished.
@@ -18,6 +18,11 @@ use super::chunk_object::ChoiceField;
 pub struct ChoiceProgress {
     named: BTreeSet<u64>,
     finished: BTreeSet<u64>,
+    /// Choices that went on with output after a finish reason: their provider puts one on
+    /// every chunk (Open WebUI's `stop` on reasoning chunks, Gemini relays), so none of
+    /// theirs ends them any more; only `[DONE]` ends the answer. Believed, the first one
+    /// held the rest of the stream back, and a cut after it was served as complete.
+    finishes_unreliable: BTreeSet<u64>,
 }
 
 impl ChoiceProgress {
@@ -33,6 +38,10 @@ impl ChoiceProgress {
         {
             let index = choice.index().unwrap_or(place as u64);
             self.named.insert(index);
+            if self.finished.contains(&index) && has_output(choice) {
+                self.finished.remove(&index);
+                self.finishes_unreliable.insert(index);
+            }
             // Ollama and SGLang send `finish_reason: ""` on every chunk but the last: an
             // empty reason finishes nothing, as `null` does.
             let finishes = choice
@@ -40,7 +49,8 @@ impl ChoiceProgress {
                 .and_then(|f| f.get("finish_reason"))
                 .and_then(ChoiceField::json)
                 .and_then(Value::as_str)
-                .is_some_and(|reason| !reason.is_empty());
+                .is_some_and(|reason| !reason.is_empty())
+                && !self.finishes_unreliable.contains(&index);
             if finishes {
                 self.finished.insert(index);
             }
@@ -51,6 +61,11 @@ impl ChoiceProgress {
             "a finished choice was named"
         );
         going_on
+    }
+
+    /// Some chunk named a choice.
+    pub fn named_any(&self) -> bool {
+        !self.named.is_empty()
     }
 
     /// Every choice named so far has finished (true before any was named).
@@ -67,6 +82,8 @@ impl ChoiceProgress {
     /// The answer goes on in another attempt: no choice has finished any more.
     pub fn forget_finishes(&mut self) {
         self.finished.clear();
+        // The next attempt may be another provider's, whose finishes mean what they say.
+        self.finishes_unreliable.clear();
     }
 }
 

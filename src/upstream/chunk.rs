@@ -242,21 +242,13 @@ pub fn from_object(object: ChunkObject, limits: &ChunkLimits) -> Result<Payload,
         let index = fields.index.and_then(Value::as_u64).unwrap_or(i as u64);
         if let Some(ChoiceField::Delta(delta)) = fields.delta {
             for (key, value) in delta.iter() {
-                let size = match value {
-                    Value::Null => 0,
-                    Value::String(s) => s.len(),
-                    Value::Array(a) if a.is_empty() => 0,
-                    Value::Object(o) if o.is_empty() => 0,
-                    other => other.to_string().len(),
-                };
-                // Labels, not pieces of the answer: the role, the speaker's `name`
-                // MiniMax puts in every delta, and the id of the token Together puts in
-                // every delta (its finish chunk's, too). Counted as answer, each made
-                // every answer impossible to continue.
-                if matches!(key, "role" | "name" | "token_id") || size == 0 {
+                if !is_output(key, value) {
                     continue;
                 }
-                payload_bytes += size;
+                payload_bytes += match value {
+                    Value::String(s) => s.len(),
+                    other => other.to_string().len(),
+                };
                 if key == "content" {
                     if let Some(content) = value.as_str() {
                         if index == 0 {
@@ -275,15 +267,23 @@ pub fn from_object(object: ChunkObject, limits: &ChunkLimits) -> Result<Payload,
         {
             continuable = false;
         }
-        // An empty reason is no reason (Ollama's and SGLang's chunks before the last). With
-        // several choices, a content filter on any of them is what the plan must see.
-        if let Some(reason) = fields
+        let reason = fields
             .finish_reason
             .and_then(Value::as_str)
-            .filter(|reason| !reason.is_empty())
-        {
-            if finish_reason.as_deref() != Some("content_filter") {
-                finish_reason = Some(reason.to_string());
+            .filter(|reason| !reason.is_empty());
+        if let Some(failed) = failed_choice(index, reason, fields.error) {
+            return Ok(Payload::Error(failed));
+        }
+        // An empty reason is no reason (Ollama's and SGLang's chunks before the last). With
+        // several choices, a content filter on any of them is what the plan must see.
+        if let Some(reason) = reason {
+            if finish_reason.as_deref() != Some(CONTENT_FILTER) {
+                finish_reason = Some(match reason {
+                    // Zhipu's filter ("blocked by the safety review"), decided on as one;
+                    // the client still reads the provider's own word.
+                    "sensitive" => CONTENT_FILTER.to_string(),
+                    reason => reason.to_string(),
+                });
             }
         }
     }
@@ -313,6 +313,58 @@ pub fn from_object(object: ChunkObject, limits: &ChunkLimits) -> Result<Payload,
 /// Whether an `error` field holds an error: what the SDKs raise on (a truthy value, in
 /// openai-python's `if data.get("error")`). Some providers send `"error": null` on every
 /// healthy chunk.
+/// Whether a member of a delta is a piece of the answer. Labels are not: the role, the
+/// speaker's `name` MiniMax puts in every delta, and the id of the token Together puts in
+/// every delta (its finish chunk's, too); counted as answer, each made every answer
+/// impossible to continue. Nor is an empty value.
+fn is_output(key: &str, value: &Value) -> bool {
+    !matches!(key, "role" | "name" | "token_id")
+        && match value {
+            Value::Null => false,
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            Value::Bool(_) | Value::Number(_) => true,
+        }
+}
+
+/// Whether a choice of a chunk carries a piece of the answer (see [`is_output`]).
+pub fn has_output(choice: &Choice) -> bool {
+    matches!(choice.delta(), Some(ChoiceField::Delta(d)) if d.iter().any(|(k, v)| is_output(k, v)))
+}
+
+/// The finish reason of a content filter, as the plan decides on it.
+pub const CONTENT_FILTER: &str = "content_filter";
+
+/// Finish reasons that say the answer FAILED, though the status was 200: vLLM's `abort`
+/// (its engine dropped the request), Mistral's, OpenRouter's and Cloudflare's `error`,
+/// DeepSeek's `insufficient_system_resource`, Zhipu's `network_error`. Read as finishes,
+/// each served an empty or cut answer as complete, and counted the deployment healthy.
+pub const FAILURE_FINISH_REASONS: &[&str] = &[
+    "abort",
+    "error",
+    "insufficient_system_resource",
+    "network_error",
+];
+
+/// The error event a choice's end makes when it says the answer failed: its own `error`
+/// object (OpenRouter puts one in the choice), else one naming the finish reason. No status
+/// or type in it: it classifies as the server's transient failure.
+fn failed_choice(index: u64, reason: Option<&str>, error: Option<&Value>) -> Option<Value> {
+    let error = error.filter(|e| is_an_error(e));
+    let reason = reason.filter(|r| FAILURE_FINISH_REASONS.contains(r));
+    if error.is_none() && reason.is_none() {
+        return None;
+    }
+    Some(match error {
+        Some(error @ Value::Object(_)) => serde_json::json!({ "error": error }),
+        _ => serde_json::json!({"error": {"message": format!(
+            "upstream ended choice {index} with finish_reason `{}`: the answer failed",
+            reason.unwrap_or("error")
+        )}}),
+    })
+}
+
 fn is_an_error(value: &Value) -> bool {
     match value {
         Value::Null => false,
@@ -388,6 +440,8 @@ struct ChoiceFields<'a> {
     delta: Option<&'a ChoiceField>,
     logprobs: Option<&'a ChoiceField>,
     finish_reason: Option<&'a Value>,
+    /// OpenRouter's per-choice `error`.
+    error: Option<&'a Value>,
 }
 
 impl<'a> ChoiceFields<'a> {
@@ -401,6 +455,7 @@ impl<'a> ChoiceFields<'a> {
             delta: choice.delta(),
             logprobs: fields.get("logprobs"),
             finish_reason: fields.get("finish_reason").and_then(ChoiceField::json),
+            error: fields.get("error").and_then(ChoiceField::json),
         }
     }
 }
@@ -534,8 +589,11 @@ pub fn from_completion(body: &[u8], limits: &ChunkLimits) -> Result<Vec<Payload>
         tail
     });
     let mut out = Vec::with_capacity(2);
-    let Payload::Chunk(mut first) = from_object(ChunkObject::from_map(chunk), limits)? else {
-        return Err("a completion is not a chunk".to_string().into());
+    let mut first = match from_object(ChunkObject::from_map(chunk), limits)? {
+        Payload::Chunk(first) => first,
+        // A choice that says the answer failed.
+        error @ Payload::Error(_) => return Ok(vec![error]),
+        Payload::Done => unreachable!("an object is no `[DONE]`"),
     };
     first.whole = Some(Box::new(whole));
     out.push(Payload::Chunk(first));

@@ -851,10 +851,18 @@ impl UpstreamStream {
                         self.upstream_ended = true;
                         self.queue.clear();
                         // An answer of nothing is no answer: served, it was a 200 with no
-                        // choice in it, and the deployment counted healthy.
+                        // choice in it (the SDKs fail on `choices[0]`), and the deployment
+                        // counted healthy. So is one whose chunks never named a choice
+                        // (`choices: []` and a usage: OpenRouter's free endpoints, Gemini's
+                        // empty turns).
                         if !self.got_chunk {
                             return Err(UpstreamError::Malformed(
                                 "the stream ended ([DONE]) before its first chunk".to_string(),
+                            ));
+                        }
+                        if !self.choices.named_any() {
+                            return Err(UpstreamError::Malformed(
+                                "the answer ended without naming a choice".to_string(),
                             ));
                         }
                         return Ok(None);
