@@ -156,6 +156,7 @@ fn fault(kinds: Vec<FaultKind>, chunks: usize) -> BoxedStrategy<Option<Fault>> {
             Flavour::Vertex,
             Flavour::Anthropic,
             Flavour::LlamaCpp,
+            Flavour::Vllm,
         ]),
     )
         .prop_map(|(kind, k, (hs, hc), (es, ec), retry_after, flavour)| {

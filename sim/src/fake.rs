@@ -731,6 +731,16 @@ impl Answer {
                             send_data(&tx, log, self.framing, "[DONE]".into()).await;
                         }
                     }
+                    FaultKind::ErrorEvent if f.flavour == Flavour::Vllm => {
+                        let abort = json!({"id": self.reply.id, "object": "chat.completion.chunk",
+                            "created": crate::dialect::CREATED, "model": self.reply.model,
+                            "choices": [{"index": 0, "delta": {}, "logprobs": null,
+                                "finish_reason": "abort", "stop_reason": null}]});
+                        if send_data(&tx, log, self.framing, abort.to_string()).await {
+                            log.fire();
+                            send_data(&tx, log, self.framing, "[DONE]".into()).await;
+                        }
+                    }
                     FaultKind::ErrorEvent => {
                         if send_data(&tx, log, self.framing, self.error_body(f, true).to_string())
                             .await
@@ -978,6 +988,14 @@ pub fn error_body(f: &Fault, event: bool) -> Value {
                 _ => "api_error",
             };
             json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+        Flavour::Vllm => {
+            let kind = match status {
+                400..=499 => "BadRequestError",
+                503 => "ServiceUnavailableError",
+                _ => "InternalServerError",
+            };
+            json!({"object": "error", "message": message, "type": kind, "param": null, "code": status})
         }
         Flavour::LlamaCpp => {
             let kind = match status {

@@ -366,6 +366,11 @@ pub enum Flavour {
     /// builds before 2025-10 sent it (llama.cpp issue 14566), the bare error object in a
     /// field of its own, `error: {...}`, then `data: [DONE]`.
     LlamaCpp,
+    /// vLLM's server: `{"object": "error", "message", "type", "param", "code"}`; in a
+    /// stream, a request its engine aborted (shut down, scaled down, preempted), as vLLM
+    /// reports one (vllm-project/vllm issue 57082): a chunk whose choice ends with
+    /// `finish_reason: "abort"`, then `data: [DONE]`, whatever the fault's status.
+    Vllm,
 }
 
 /// Network shape and timed faults.
