@@ -355,11 +355,13 @@ impl Failure {
         }
     }
 
-    /// OpenAI's error `code` for the client.
+    /// OpenAI's error `code` for the client. An empty account is `insufficient_quota`, as
+    /// OpenAI says it: clients give up on that code and wait out any other rate limit.
     pub fn client_error_code(&self) -> Option<&'static str> {
         match (self.blame, self.class) {
             (Blame::LocalResource, _) => Some("gateway_overloaded"),
             (Blame::RequestedModel, _) => Some("model_not_found"),
+            (_, FailureClass::RateLimited) if self.quota => Some("insufficient_quota"),
             _ => self.class.error_code(),
         }
     }

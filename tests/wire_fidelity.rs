@@ -681,6 +681,91 @@ async fn final_errors_tell_sdks_not_to_retry() {
     }
 }
 
+// 14b. An error that called no upstream at all (every deployment cooling) costs nothing to
+// retry: it leaves the SDK's own retries alone (they wait out `retry-after-ms`, which the
+// SDKs read before `retry-after`) where `x-should-retry: false` made them give up at once.
+// One that did call an upstream still says `false`.
+#[tokio::test(start_paused = true)]
+async fn an_error_that_called_no_upstream_leaves_retries_to_the_sdk() {
+    let net = MemNet::new();
+    for host in ["up", "up2"] {
+        net.host(host, |_| {
+            let mut r = json_response(
+                429,
+                &json!({"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}),
+            );
+            r.headers_mut().insert("retry-after", "2".parse().unwrap());
+            r
+        });
+    }
+    let config = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up2/v1"}, model_info: {id: e}}
+router_settings: {num_retries: 1}
+"#;
+    let gw = Gw::start(config, &net);
+    let first = gw.chat(None, chat_body("g", false)).await;
+    assert_eq!(first.status(), 429);
+    assert_eq!(first.headers()["x-should-retry"], "false");
+    let calls = || net.calls("up").len() + net.calls("up2").len();
+    assert_eq!(calls(), 2, "both deployments were called, and cooled");
+    // Effects of one instant are seen by others only after it (see `CooldownBook`).
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 429, "stream={stream}");
+        assert_eq!(
+            calls(),
+            2,
+            "stream={stream}: nothing was called: {:#?}",
+            gw.events()
+        );
+        assert_eq!(
+            r.headers().get("x-should-retry"),
+            None,
+            "stream={stream}: {:?}",
+            r.headers()
+        );
+        let ms: u64 = r.headers()["retry-after-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2000).contains(&ms), "stream={stream}: {ms}");
+        assert_eq!(r.headers()["retry-after"], "2", "stream={stream}");
+    }
+}
+
+// 14c. OpenAI tells an empty account by `code: insufficient_quota` on its 429, and clients
+// branch on it (`except RateLimitError as e: if e.code == "insufficient_quota": raise`, else
+// wait and retry): told as `rate_limit_exceeded`, such a client retried an empty account
+// for ever.
+#[tokio::test(start_paused = true)]
+async fn an_empty_account_is_told_as_openai_tells_it() {
+    let net = MemNet::new();
+    net.host("up", |_| {
+        json_response(
+            429,
+            &json!({"error": {"message": "You exceeded your current quota, please check your plan and billing details.", "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}}),
+        )
+    });
+    let gw = Gw::start(
+        &ONE_GROUP.replace("{num_retries: 0}", "{num_retries: 0, cooldown_time: 0}"),
+        &net,
+    );
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 429, "stream={stream}");
+        let body: Value = serde_json::from_str(&text(r).await).unwrap();
+        assert_eq!(
+            body["error"]["code"], "insufficient_quota",
+            "stream={stream}: {body}"
+        );
+    }
+}
+
 // 15. `GET /v1/models/{id}` answers (group names may contain `/`), and `created` is real.
 #[tokio::test(start_paused = true)]
 async fn models_by_id_and_their_created_time() {
@@ -1258,7 +1343,8 @@ async fn a_compressed_request_body_gets_a_415_naming_its_coding() {
 /// A body in a transfer coding besides `chunked` (`Transfer-Encoding: gzip, chunked`):
 /// hyper takes off the `chunked`, and the compressed bytes reached the JSON parser, a 400
 /// "not valid JSON" that never said why. It gets the 501 RFC 9112 §6.1 asks for, naming
-/// the coding; plain `chunked` is served.
+/// the coding; plain `chunked` is served. The SDKs retry any 5xx: this one is the same
+/// every time, and says `x-should-retry: false`.
 #[tokio::test(start_paused = true)]
 async fn a_transfer_coding_besides_chunked_gets_a_501_naming_it() {
     let net = MemNet::new();
@@ -1274,6 +1360,10 @@ async fn a_transfer_coding_besides_chunked_gets_a_501_naming_it() {
     )
     .await;
     assert_eq!(r.status(), 501);
+    assert_eq!(
+        r.headers().get("x-should-retry").map(|v| v.as_bytes()),
+        Some(&b"false"[..])
+    );
     let v = body_json(r).await;
     let message = v["error"]["message"].as_str().unwrap();
     assert!(message.contains("transfer-encoding `gzip`"), "{message}");

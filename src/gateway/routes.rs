@@ -696,7 +696,12 @@ async fn chat(
     }
     if let Some(e) = content_coding::transfer_refusal(req.headers()) {
         request_body::discard(req.into_body(), max_discarded, deadline);
-        return refuse(e);
+        // A 5xx the SDKs would retry, and the same answer every time.
+        let mut response = refuse(e);
+        response
+            .headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static("false"));
+        return response;
     }
     // A path's deployment over the bound is refused before its body is read or held.
     if let Some(name) = &deployment {
@@ -909,10 +914,10 @@ fn aggregate_response(
         }
         (Ok(_), None) => unreachable!("a served request has committed"),
         (Err(unserved), _) => {
-            let mut r = final_error(&ApiError::from_failure(
-                &unserved.failure,
-                &unserved.summary,
-            ));
+            let mut r = final_error(
+                &ApiError::from_failure(&unserved.failure, &unserved.summary),
+                !outcome.attempts.is_empty(),
+            );
             set_counts(&mut r, outcome.retries, outcome.fallbacks, None);
             r
         }
@@ -930,11 +935,15 @@ fn forward_upstream_headers(response: &mut Response<ResponseBody>, head: &Commit
 }
 
 /// An error that ends a request after the gateway has already retried and fallen back as
-/// far as its plan allows: the client's own retries would only multiply the attempts.
-fn final_error(e: &ApiError) -> Response<ResponseBody> {
+/// far as its plan allows: the client's own retries would only multiply the attempts. One
+/// that called no upstream (every deployment cooling) cost nothing to retry: the SDK's
+/// own retries, which wait out `retry-after-ms`, are left to it.
+fn final_error(e: &ApiError, called_upstream: bool) -> Response<ResponseBody> {
     let mut r = error(e);
-    r.headers_mut()
-        .insert("x-should-retry", HeaderValue::from_static("false"));
+    if called_upstream {
+        r.headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static("false"));
+    }
     r
 }
 
@@ -970,7 +979,9 @@ async fn stream(
         }
         Ok(StreamStart::Failed(e)) => {
             let outcome = task.await.ok();
-            let mut response = final_error(&e);
+            // Without an outcome (a panic after the error was sent), as if it had called.
+            let called = outcome.as_ref().is_none_or(|o| !o.attempts.is_empty());
+            let mut response = final_error(&e, called);
             if let Some(o) = outcome {
                 set_counts(&mut response, o.retries, o.fallbacks, None);
             }
@@ -998,6 +1009,7 @@ mod names {
     use hyper::header::HeaderName;
 
     pub static RETRIES: HeaderName = HeaderName::from_static(HEADER_RETRIES);
+    pub static RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
     pub static FALLBACKS: HeaderName = HeaderName::from_static(HEADER_FALLBACKS);
     pub static GROUP: HeaderName = HeaderName::from_static(HEADER_GROUP);
     pub static DEPLOYMENT: HeaderName = HeaderName::from_static(HEADER_DEPLOYMENT);
@@ -1046,10 +1058,12 @@ fn error(e: &ApiError) -> Response<ResponseBody> {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = json_response(status, &e.body_json());
     if let Some(wait) = e.retry_after {
-        let secs = wait.as_millis().div_ceil(1000) as u64;
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        // The SDKs read `retry-after-ms` first: the wait to the millisecond, where whole
+        // seconds round a 100 ms cooldown up to 1 s.
+        let ms = wait.as_millis() as u64;
+        let h = response.headers_mut();
+        h.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
+        h.insert(names::RETRY_AFTER_MS.clone(), HeaderValue::from(ms));
     }
     response
 }
