@@ -839,13 +839,22 @@ impl Run<'_> {
             let chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
-                // The one choice asked for has finished: what fails after its finish reason
+                // Every choice asked for has finished: what fails after the finish reasons
                 // (a reset or a cut before `[DONE]`, a line of garbage, an error event, a
                 // body held open to the idle timeout) takes nothing from the answer. Taken
                 // as a failure, a continuation went on from a finished answer and appended
-                // whatever the next deployment said to it (with several choices, one's
-                // finish does not say that another one named later is not still to come).
-                Err(_) if stream.finished() && self.admitted.request.one_choice() => break,
+                // whatever the next deployment said to it (with fewer choices named than
+                // asked for, another may still come). Only once something was delivered:
+                // before, a retry costs nothing, and a finish with no answer before it (a
+                // provider's role chunk, when it puts a finish reason on every chunk) is no
+                // answer to serve.
+                Err(_)
+                    if stream.finished()
+                        && self.commit.is_committed()
+                        && stream.choices_named() >= self.admitted.request.choices_asked() =>
+                {
+                    break;
+                }
                 Err(e) => {
                     return Err(self.failed(spec, e, blame, from_request, content_chunks, &body));
                 }
@@ -882,7 +891,7 @@ impl Run<'_> {
                     .as_mut()
                     .filter(|_| !at_seam.is_empty() || !chunk.text.is_empty())
                 {
-                    let verdict = guard.push(&chunk.text, chunk.finish_reason.is_some());
+                    let verdict = guard.push(&chunk.text);
                     at_seam_bytes += chunk_size(&chunk);
                     at_seam.push(chunk);
                     // What a seam holds is bounded as what commit holds: past the bound the

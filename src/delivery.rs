@@ -292,15 +292,19 @@ impl Delivery for StreamDelivery {
         if let Some(created) = chunk.object.json("created") {
             self.created = Some(created.clone());
         }
-        let names_one_going_on = self.choices.note(&chunk);
+        let noted = self.choices.note(&chunk);
         if !self.tail.is_empty() {
-            if !names_one_going_on {
+            if !noted.going_on && noted.reopened.is_empty() {
                 self.tail.push(chunk);
                 return Ok(());
             }
             // A choice goes on with output of its own (another choice, or one whose
             // provider puts a finish reason on every chunk): the held finish did not end
-            // the answer. Boxed: rare.
+            // the answer. One that was no finish is not passed on: clients read a finish
+            // reason as the choice's end, and OpenAI sends one per choice. Boxed: rare.
+            for held in &mut self.tail {
+                clear_finish_reasons_of(held, &noted.reopened);
+            }
             Box::pin(self.send_tail()).await?;
         }
         if chunk.finish_reason.is_some() && self.choices.all_finished() {
@@ -342,6 +346,40 @@ fn clear_finish_reasons(chunk: &mut Chunk) {
     }
     chunk.finish_reason = None;
     chunk.raw = None;
+}
+
+/// Sets the `finish_reason` of the choices `indexes` names to null (choices without an
+/// `index` by place, as the chunk parser reads them).
+fn clear_finish_reasons_of(chunk: &mut Chunk, indexes: &[u64]) {
+    if indexes.is_empty() {
+        return;
+    }
+    let Some(Top::Choices(choices)) = chunk.object.get_mut("choices") else {
+        return;
+    };
+    let mut cleared = false;
+    let mut kept = None;
+    for (place, c) in choices.iter_mut().enumerate() {
+        let index = c.index().unwrap_or(place as u64);
+        let Choice::Object(c) = c else { continue };
+        let Some(reason) = c.get_mut("finish_reason") else {
+            continue;
+        };
+        if indexes.contains(&index) {
+            cleared |= !matches!(reason, ChoiceField::Json(Value::Null));
+            *reason = ChoiceField::Json(Value::Null);
+        } else if let Some(r) = reason
+            .json()
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+        {
+            kept.get_or_insert_with(|| r.to_string());
+        }
+    }
+    if cleared {
+        chunk.finish_reason = kept;
+        chunk.raw = None;
+    }
 }
 
 /// An upstream's own completion, under the response id the client is given.

@@ -492,6 +492,15 @@ impl ChatRequest {
         }
     }
 
+    /// How many choices the request asks for (`n`, 1 when absent).
+    pub fn choices_asked(&self) -> u64 {
+        self.passthrough
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// The client asked for one choice (`n` absent, null or 1).
     pub fn one_choice(&self) -> bool {
         self.passthrough

@@ -109,9 +109,10 @@ impl SeamGuard {
         (!begun.is_empty()).then_some(SeamGuard { begun, fed: 0 })
     }
 
-    /// The continuation's next chunk, with its text of choice 0 (`finished`: it carries a
-    /// finish reason, so no text of the choice comes after it).
-    pub fn push(&mut self, text: &str, finished: bool) -> Seam {
+    /// The continuation's next chunk, with its text of choice 0. A finish reason on it
+    /// decides nothing: some providers put one on every chunk, and an answer that does end
+    /// there delivers what the seam held at its end.
+    pub fn push(&mut self, text: &str) -> Seam {
         for byte in text.bytes() {
             self.fed += 1;
             for b in &mut self.begun {
@@ -129,7 +130,7 @@ impl SeamGuard {
                 return Seam::Release;
             }
         }
-        if finished { Seam::Release } else { Seam::Hold }
+        Seam::Hold
     }
 }
 
@@ -153,25 +154,25 @@ mod tests {
     #[test]
     fn a_continuation_that_completes_the_stop_sequence_stops() {
         let mut g = SeamGuard::new("alpha EN", &["END"]).unwrap();
-        assert_eq!(g.push("D omega", false), Seam::Stop);
+        assert_eq!(g.push("D omega"), Seam::Stop);
         let mut g = SeamGuard::new("alpha EN", &["END!"]).unwrap();
-        assert_eq!(g.push("", false), Seam::Hold, "a role chunk says nothing");
-        assert_eq!(g.push("D", false), Seam::Hold);
-        assert_eq!(g.push("!", false), Seam::Stop);
+        assert_eq!(g.push(""), Seam::Hold, "a role chunk says nothing");
+        assert_eq!(g.push("D"), Seam::Hold);
+        assert_eq!(g.push("!"), Seam::Stop);
     }
 
     #[test]
     fn a_continuation_that_turns_away_is_released() {
         let mut g = SeamGuard::new("alpha EN", &["END!"]).unwrap();
-        assert_eq!(g.push("D", false), Seam::Hold);
-        assert_eq!(g.push("x", false), Seam::Release);
+        assert_eq!(g.push("D"), Seam::Hold);
+        assert_eq!(g.push("x"), Seam::Release);
         let mut g = SeamGuard::new("alpha EN", &["END"]).unwrap();
-        assert_eq!(g.push("ough", false), Seam::Release);
+        assert_eq!(g.push("ough"), Seam::Release);
         let mut g = SeamGuard::new("alpha EN", &["ENDURE"]).unwrap();
         assert_eq!(
-            g.push("D", true),
-            Seam::Release,
-            "finished: nothing more comes"
+            g.push("D"),
+            Seam::Hold,
+            "a finish reason on it decides nothing"
         );
     }
 
@@ -179,20 +180,20 @@ mod tests {
     fn every_beginning_of_every_stop_sequence_counts() {
         // "…a" begins `aab` (rest "ab") and `ab` (rest "b"); "aa" begins `aab` (rest "b").
         let mut g = SeamGuard::new("xa", &["aab", "ab"]).unwrap();
-        assert_eq!(g.push("b", false), Seam::Stop, "through `ab`");
+        assert_eq!(g.push("b"), Seam::Stop, "through `ab`");
         let mut g = SeamGuard::new("xa", &["aab", "zz"]).unwrap();
-        assert_eq!(g.push("a", false), Seam::Hold);
-        assert_eq!(g.push("b", false), Seam::Stop);
+        assert_eq!(g.push("a"), Seam::Hold);
+        assert_eq!(g.push("b"), Seam::Stop);
         let mut g = SeamGuard::new("xaa", &["aab"]).unwrap();
-        assert_eq!(g.push("b", false), Seam::Stop, "the longer beginning");
+        assert_eq!(g.push("b"), Seam::Stop, "the longer beginning");
     }
 
     #[test]
     fn beginnings_are_whole_characters() {
         let mut g = SeamGuard::new("le caf", &["fé!"]).unwrap();
-        assert_eq!(g.push("é", false), Seam::Hold);
-        assert_eq!(g.push("!", false), Seam::Stop);
+        assert_eq!(g.push("é"), Seam::Hold);
+        assert_eq!(g.push("!"), Seam::Stop);
         let mut g = SeamGuard::new("naïv", &["ïve"]).unwrap();
-        assert_eq!(g.push("e", false), Seam::Stop);
+        assert_eq!(g.push("e"), Seam::Stop);
     }
 }

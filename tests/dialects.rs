@@ -742,8 +742,9 @@ async fn an_answer_that_names_no_choice_is_malformed() {
 /// "stop"` on EVERY chunk (open-webui#16377, one-hub#402). Read as a finish, the first one
 /// made the stream delivery hold everything after it until the upstream ended, and a reset
 /// after it was served as a complete answer. A choice that goes on after its finish did not
-/// finish: its chunks go as they come, and only `[DONE]` (or a finish with nothing after it)
-/// ends it.
+/// finish: its chunks go as they come, without the finish reasons that were none (OpenAI
+/// sends one per choice, and clients read it as the choice's end), and only `[DONE]` ends
+/// it.
 #[tokio::test(start_paused = true)]
 async fn a_finish_reason_on_every_chunk_does_not_hold_the_stream() {
     let chunk = |delta: Value| {
@@ -760,6 +761,11 @@ async fn a_finish_reason_on_every_chunk_does_not_hold_the_stream() {
     let tail = vec![chunk(json!({"content": " end"})), "data: [DONE]\n\n".into()];
     let (early, all) = stream_with_pause(ONE_GROUP, frames, tail).await;
     assert_eq!(streamed_text(&all), "EARLY text end", "{all}");
+    assert_eq!(
+        all.matches(r#""finish_reason":"stop""#).count(),
+        1,
+        "clients read a finish reason as the choice's end: one, on the last chunk: {all}"
+    );
     assert!(
         early.contains("EARLY"),
         "the content sent before the upstream's pause was held back; 5 s in the client had:\n{early:?}"

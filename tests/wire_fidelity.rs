@@ -302,6 +302,85 @@ async fn what_comes_before_a_continuations_text_is_not_held_at_the_seam() {
     }
 }
 
+// 3c-2. A continuation from a provider that puts a finish reason on every chunk (Open
+// WebUI, Gemini relays): its first chunk's `stop` is no end, and the seam went unguarded
+// after it, so a stop sequence completed by its second chunk ("N" then "D") was served, in
+// both modes.
+#[tokio::test(start_paused = true)]
+async fn a_finish_on_every_chunk_does_not_unguard_the_seam() {
+    for stream in [false, true] {
+        let (_net, gw) = fails_after_then(
+            vec![chunk_json(
+                "m",
+                json!({"role": "assistant", "content": "alpha E"}),
+                None,
+            )],
+            |_| {
+                sse_of(&[
+                    chunk_json("m2", json!({"content": "N"}), Some("stop")),
+                    chunk_json("m2", json!({"content": "D omega"}), Some("stop")),
+                ])
+            },
+        );
+        let r = gw.chat(None, with_stop(stream, "END")).await;
+        let [content, _, finish] = text_reasoning_finish(r, stream).await;
+        assert!(gw.saw("stop_sequence_at_seam"), "stream={stream}");
+        assert_eq!(content, "alpha E", "stream={stream}");
+        assert_eq!(finish, "stop", "stream={stream}");
+    }
+}
+
+// 3c-3. Before commit, a finish with nothing of the answer before it, then a broken stream
+// (a provider with a finish on every chunk, cut after its role chunk): nothing was
+// delivered, so the next deployment is asked, where it was served as an empty answer.
+#[tokio::test(start_paused = true)]
+async fn a_finish_before_any_output_then_a_break_is_retried_elsewhere() {
+    for stream in [false, true] {
+        let (_net, gw) = fails_after(vec![chunk_json(
+            "m",
+            json!({"role": "assistant", "content": ""}),
+            Some("stop"),
+        )]);
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        let [content, _, finish] = text_reasoning_finish(r, stream).await;
+        assert_eq!(content, "fresh", "stream={stream}: {:#?}", gw.events());
+        assert_eq!(finish, "stop", "stream={stream}");
+    }
+}
+
+// 3c-4. With `n: 2`, an answer whose two choices have both finished is complete: a break
+// after it (a reset before `[DONE]`) took the whole answer away, a 502 or an error event.
+#[tokio::test(start_paused = true)]
+async fn every_choice_asked_for_finished_then_a_break_is_served() {
+    let choice = |index: u64, delta: Value, finish: Option<&str>| {
+        json!({"id": "x", "model": "m", "object": "chat.completion.chunk",
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+    };
+    for stream in [false, true] {
+        let (net, gw) = fails_after(vec![
+            choice(0, json!({"role": "assistant", "content": "A"}), None),
+            choice(1, json!({"role": "assistant", "content": "B"}), None),
+            choice(0, json!({}), Some("stop")),
+            choice(1, json!({}), Some("stop")),
+        ]);
+        let mut body = chat_body("g", stream);
+        body["n"] = json!(2);
+        let r = gw.chat(None, body).await;
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let text = text(r).await;
+        assert!(
+            !text.contains("\"error\""),
+            "stream={stream}: the answer was complete: {text}"
+        );
+        assert!(net.calls("up2").is_empty(), "stream={stream}");
+        if !stream {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["choices"][1]["message"]["content"], "B", "{v}");
+            assert_eq!(v["choices"][1]["finish_reason"], "stop", "{v}");
+        }
+    }
+}
+
 // 3d. What is held at a seam is bounded by `max_precommit_buffer_bytes`: past it, the
 // continuation is delivered as sent and the seam goes unguarded, where before an upstream
 // that sent text and then content-less chunks without end had all of them held.

@@ -80,7 +80,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::scenario::{
-    ContentFilterMode, Dialect, Provider, Script, ToolCallIds, ToolCallIndex, ToolCallSpec,
+    ContentFilterMode, Dialect, FinishReasons, Provider, Script, ToolCallIds, ToolCallIndex,
+    ToolCallSpec,
 };
 
 pub mod async_filter;
@@ -158,6 +159,8 @@ pub struct Reply {
     async_filter: bool,
     /// Which choices have text (content) pieces at all, in the whole answer.
     text_choices: Vec<bool>,
+    /// The answer's finish reason on every chunk ([`FinishReasons::EveryChunk`]).
+    pub finish_on_every_chunk: bool,
 }
 
 /// Cuts `text` into pieces of `size` characters.
@@ -394,6 +397,7 @@ impl Reply {
             async_filter: spec.dialect == Dialect::Azure
                 && spec.content_filter == ContentFilterMode::Async,
             text_choices,
+            finish_on_every_chunk: spec.finish_reasons == FinishReasons::EveryChunk,
         }
     }
 
@@ -629,6 +633,10 @@ impl Reply {
         filtered: bool,
     ) -> Value {
         let blocked = finish == Some("content_filter");
+        let finish = finish.or_else(|| {
+            (self.finish_on_every_chunk && self.finish != "content_filter")
+                .then_some(self.finish.as_str())
+        });
         let finish = finish.map_or(Value::Null, |f| json!(f));
         let logprobs = logprobs.unwrap_or(Value::Null);
         let mut o = Map::new();
@@ -913,8 +921,65 @@ impl Reply {
     /// Gemini puts each choice's finish reason on its last piece (and sends no usage chunk
     /// apart), so a stream cut after every piece is its whole answer, and a gateway must
     /// serve it as one.
-    pub fn complete_after(&self, sent: usize) -> bool {
+    /// `clean_end`: the stream then ends as a body should (a `cut`); otherwise it breaks
+    /// (a reset, a malformed line, an error event, a stall), which before any output is
+    /// retried.
+    pub fn complete_after(&self, sent: usize, clean_end: bool) -> bool {
+        if self.finish_on_every_chunk {
+            return self.every_chunk_finished_after(sent, clean_end);
+        }
         self.dialect == Dialect::Gemini && !self.pieces.is_empty() && sent >= self.pieces.len()
+    }
+
+    /// With a finish reason on every chunk: whether the chunks sent until the cut (the
+    /// opening, the first `sent` pieces and the annotations after them) still read as a
+    /// finished answer. Each chunk's choices finish, and a choice that gives output after
+    /// a chunk of its own had finished was never finished (README, "a finish reason on
+    /// every chunk"): a cut then is a broken stream. So is a break before any output.
+    fn every_chunk_finished_after(&self, sent: usize, clean_end: bool) -> bool {
+        let chunks = self.sent_until(sent);
+        let mut finished = std::collections::BTreeSet::new();
+        let mut named = std::collections::BTreeSet::new();
+        let mut any_output = false;
+        for chunk in &chunks {
+            let choices = chunk["choices"].as_array().into_iter().flatten();
+            for (place, c) in choices.enumerate() {
+                let index = c["index"].as_u64().unwrap_or(place as u64);
+                let output = c["delta"].as_object().is_some_and(|d| {
+                    d.iter().any(|(k, v)| {
+                        !matches!(k.as_str(), "role" | "name" | "token_id")
+                            && match v {
+                                Value::Null => false,
+                                Value::String(s) => !s.is_empty(),
+                                Value::Array(a) => !a.is_empty(),
+                                Value::Object(o) => !o.is_empty(),
+                                _ => true,
+                            }
+                    })
+                });
+                if output && finished.contains(&index) {
+                    return false;
+                }
+                any_output |= output;
+                named.insert(index);
+                if c["finish_reason"].as_str().is_some_and(|f| !f.is_empty()) {
+                    finished.insert(index);
+                }
+            }
+        }
+        // A break before any output is retried: nothing was delivered.
+        (any_output || clean_end) && !named.is_empty() && named == finished
+    }
+
+    /// The chunks of a stream cut after its first `sent` pieces: the opening, the pieces
+    /// and the annotations after them.
+    fn sent_until(&self, sent: usize) -> Vec<Value> {
+        let mut chunks = self.opening();
+        for i in 0..sent.min(self.pieces.len()) {
+            chunks.push(self.piece(i));
+            chunks.extend(self.annotations_after(i));
+        }
+        chunks
     }
 
     /// Whether piece `i` is the last of its choice (Gemini puts the finish reason on it).
@@ -1369,6 +1434,7 @@ mod tests {
             keep_alive_ms: None,
             framing: Default::default(),
             content_filter: Default::default(),
+            finish_reasons: Default::default(),
         }
     }
 

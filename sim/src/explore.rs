@@ -264,6 +264,7 @@ fn provider(
                 keep_alive_ms,
                 framing,
                 content_filter: Default::default(),
+                finish_reasons: Default::default(),
             },
         )
 }
@@ -450,10 +451,13 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
         reloads::reload(),
         // And after that, likewise.
         shapes::usage_asked(),
+        // And after that, likewise.
+        shapes::finish_reasons(),
     )
-        .prop_map(|(mut s, r, filters, reload, usage)| {
+        .prop_map(|(mut s, r, filters, reload, usage, finishes)| {
             // Before the wildcard's provider copies the first one.
             shapes::apply_content_filters(&mut s.providers, &filters);
+            shapes::apply_finish_reasons(&mut s.providers, &finishes);
             r.apply(&mut s);
             s.description.push_str(&r.describe());
             shapes::apply_usage_asked(&mut s.requests, usage);

@@ -78,6 +78,9 @@ pub struct CallRecord {
     /// Its own non-stream answer to this call: what it answers, or would have answered,
     /// to the same request with `stream: false` (absent when that is an error).
     pub own_answer: Option<String>,
+    /// Its own answer is not stated though it may be served: a stream cut while every
+    /// chunk said the answer had finished (`finish_reasons: every_chunk`).
+    pub own_answer_unstated: bool,
     /// Its answer included a hostile flood (whose items `sent` does not list): set when
     /// the flood starts to go out, not when it is scripted.
     pub flooded: bool,
@@ -310,9 +313,22 @@ impl Fake {
                 | FaultKind::Malformed
                 | FaultKind::ErrorEvent
                 | FaultKind::Stall,
-            ) if stream && reply.complete_after(k) => Some(reply.whole(k, None)),
+            ) if stream && !reply.finish_on_every_chunk && reply.complete_after(k, false) => {
+                Some(reply.whole(k, None))
+            }
             Some(_) => None,
         };
+        // A stream cut while every chunk said the answer had finished is served as the
+        // chunks sent add up to: dialect by dialect, fields of the finish chunk never sent
+        // (Together's end-of-sequence token, Azure's filter results) would have to be
+        // taken out of `whole` again, so its own answer is left unstated.
+        let own_answer_unstated = stream
+            && reply.finish_on_every_chunk
+            && fault.as_ref().is_some_and(|f| {
+                f.kind != FaultKind::Http
+                    && f.kind != FaultKind::ContentFilter
+                    && reply.complete_after(k, f.kind == FaultKind::Cut)
+            });
         let mut headers = dialect_headers(&self.spec, call);
         for (k, v) in &script.headers {
             headers.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
@@ -345,6 +361,7 @@ impl Fake {
                 sent: Vec::new(),
                 answered_json: false,
                 own_answer: own_answer.as_ref().map(Value::to_string),
+                own_answer_unstated,
                 flooded: false,
                 headers: headers.clone(),
             });

@@ -475,14 +475,20 @@ fn stream_shape(c: &ClientResult, continued: Option<&CallRecord>) -> Vec<String>
         for object in sent_objects(call) {
             let choices = object["choices"].as_array().into_iter().flatten();
             for (place, choice) in choices.enumerate() {
+                let index = choice["index"].as_u64().unwrap_or(place as u64);
+                let n = own.entry(index).or_default();
                 if finishes_choice(choice) {
-                    let index = choice["index"].as_u64().unwrap_or(place as u64);
-                    *own.entry(index).or_default() += 1;
+                    *n += 1;
                 }
             }
         }
+        // Only the choices the continuation went on with: one it never named (a second
+        // choice of a provider that answered more than the one asked for) ended where the
+        // failed call left it, with whatever finish that call gave it.
         for (index, n) in finishes {
-            let theirs = own.get(&index).copied().unwrap_or(0);
+            let Some(theirs) = own.get(&index).copied() else {
+                continue;
+            };
             if n > theirs {
                 problems.push(format!(
                     "choice {index} finished {n} time(s), the serving call finished it {theirs} time(s): a finish the continuation went on from reached the client"

@@ -79,6 +79,7 @@ fn provider(host: &str, script: Script) -> Provider {
         keep_alive_ms: None,
         framing: Default::default(),
         content_filter: Default::default(),
+        finish_reasons: Default::default(),
     }
 }
 

@@ -156,6 +156,10 @@ pub struct Provider {
     /// annotation chunks between the content chunks and after the finish chunk).
     #[serde(default, skip_serializing_if = "is_default")]
     pub content_filter: ContentFilterMode,
+    /// Which streamed chunks carry a choice's finish reason: `last` (default) or
+    /// `every_chunk` (Open WebUI, Gemini relays).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub finish_reasons: FinishReasons,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -19,16 +19,26 @@ pub struct ChoiceProgress {
     named: BTreeSet<u64>,
     finished: BTreeSet<u64>,
     /// Choices that went on with output after a finish reason: their provider puts one on
-    /// every chunk (Open WebUI's `stop` on reasoning chunks, Gemini relays), so none of
-    /// theirs ends them any more; only `[DONE]` ends the answer. Believed, the first one
-    /// held the rest of the stream back, and a cut after it was served as complete.
+    /// every chunk (Open WebUI's `stop` on reasoning chunks, Gemini relays). Their finish
+    /// reasons still mark where the answer may end (the stream delivery holds what follows
+    /// one), but never make it complete: only `[DONE]` does. Believed, the first one held
+    /// the rest of the stream back, and a cut after it was served as complete.
     finishes_unreliable: BTreeSet<u64>,
 }
 
+/// What one chunk said of the answer's choices.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Noted {
+    /// It names a choice that has not finished.
+    pub going_on: bool,
+    /// The choices it gave output after their finish reason: that finish was none.
+    pub reopened: Vec<u64>,
+}
+
 impl ChoiceProgress {
-    /// Notes the choices of `chunk`; whether it names one that has not finished.
-    pub fn note(&mut self, chunk: &Chunk) -> bool {
-        let mut going_on = false;
+    /// Notes the choices of `chunk`.
+    pub fn note(&mut self, chunk: &Chunk) -> Noted {
+        let mut noted = Noted::default();
         for (place, choice) in chunk
             .object
             .choices()
@@ -41,6 +51,7 @@ impl ChoiceProgress {
             if self.finished.contains(&index) && has_output(choice) {
                 self.finished.remove(&index);
                 self.finishes_unreliable.insert(index);
+                noted.reopened.push(index);
             }
             // Ollama and SGLang send `finish_reason: ""` on every chunk but the last: an
             // empty reason finishes nothing, as `null` does.
@@ -49,23 +60,27 @@ impl ChoiceProgress {
                 .and_then(|f| f.get("finish_reason"))
                 .and_then(ChoiceField::json)
                 .and_then(Value::as_str)
-                .is_some_and(|reason| !reason.is_empty())
-                && !self.finishes_unreliable.contains(&index);
+                .is_some_and(|reason| !reason.is_empty());
             if finishes {
                 self.finished.insert(index);
             }
-            going_on |= !self.finished.contains(&index);
+            noted.going_on |= !self.finished.contains(&index);
         }
         debug_assert!(
             self.finished.is_subset(&self.named),
             "a finished choice was named"
         );
-        going_on
+        noted
     }
 
     /// Some chunk named a choice.
     pub fn named_any(&self) -> bool {
         !self.named.is_empty()
+    }
+
+    /// How many choices chunks have named.
+    pub fn named_count(&self) -> u64 {
+        self.named.len() as u64
     }
 
     /// Every choice named so far has finished (true before any was named).
@@ -76,7 +91,9 @@ impl ChoiceProgress {
     /// The answer is complete: some choice finished and none is still going on. With
     /// `n > 1`, one choice's finish reason does not end the answer.
     pub fn complete(&self) -> bool {
-        !self.finished.is_empty() && self.all_finished()
+        !self.finished.is_empty()
+            && self.all_finished()
+            && self.finished.is_disjoint(&self.finishes_unreliable)
     }
 
     /// The answer goes on in another attempt: no choice has finished any more.
@@ -98,17 +115,52 @@ mod tests {
         assert!(!progress.complete(), "nothing named, nothing finished");
         assert!(progress.note(&chunk(
             r#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#
-        )));
+        )).going_on);
         assert!(progress.note(&chunk(
             r#"{"choices":[{"index":1,"delta":{},"finish_reason":"stop"},{"index":0,"delta":{"content":"c"}}]}"#
-        )));
+        )).going_on);
         assert!(!progress.complete(), "choice 0 goes on");
-        assert!(!progress.note(&chunk(
-            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#
-        )));
+        assert!(
+            !progress
+                .note(&chunk(
+                    r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#
+                ))
+                .going_on
+        );
         assert!(progress.complete());
         progress.forget_finishes();
         assert!(!progress.complete() && !progress.all_finished());
+    }
+
+    #[test]
+    fn output_after_a_finish_reopens_the_choice_and_only_done_completes_it() {
+        let mut progress = ChoiceProgress::default();
+        let every = |text: &str| {
+            chunk(&format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"content":"{text}"}},"finish_reason":"stop"}}]}}"#
+            ))
+        };
+        assert_eq!(progress.note(&every("a")), Noted::default());
+        assert!(progress.complete(), "a finish, as far as anyone knows");
+        let noted = progress.note(&every("b"));
+        assert_eq!(noted.reopened, vec![0], "output after the finish");
+        assert!(
+            progress.all_finished(),
+            "its own finish marks a possible end"
+        );
+        assert!(!progress.complete(), "but never completes the answer");
+        let empty = chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+        assert_eq!(
+            progress.note(&empty),
+            Noted::default(),
+            "no output reopens nothing"
+        );
+        progress.forget_finishes();
+        progress.note(&every("c"));
+        assert!(
+            progress.complete(),
+            "the next attempt's finishes are believed"
+        );
     }
 
     #[test]

@@ -1088,6 +1088,11 @@ impl UpstreamStream {
         self.choices.complete()
     }
 
+    /// How many choices the answer has named.
+    pub fn choices_named(&self) -> u64 {
+        self.choices.named_count()
+    }
+
     /// This attempt's response headers on the [`FORWARDED_HEADERS`] list.
     pub fn forwarded_headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.forwarded

@@ -208,6 +208,7 @@ mod tests {
             keep_alive_ms: None,
             framing: Default::default(),
             content_filter: ContentFilterMode::Async,
+            finish_reasons: Default::default(),
         };
         let script = Script {
             text: Some(text.into()),

@@ -4,16 +4,17 @@
 //! and the answer its scripts give: text, text then parallel tool calls, more choices,
 //! reasoning then text, a refusal, audio, logprobs) and applying it to a generated provider,
 //! with every fault offset kept inside the answer; and the draw of Azure's content-filter
-//! streaming mode ([`content_filters`]) and of which requests ask for a usage chunk
-//! ([`usage_asked`]), each made apart, at the end of a case, so that it changed no earlier
+//! streaming mode ([`content_filters`]), of which requests ask for a usage chunk
+//! ([`usage_asked`]) and of which providers put a finish reason on every chunk
+//! ([`finish_reasons`]), each made apart, at the end of a case, so that it changed no earlier
 //! draw of a seed. Does not own the rest of a case (`explore`).
 
 use proptest::prelude::*;
 
 use crate::dialect;
 use crate::scenario::{
-    ContentFilterMode, Dialect, FaultKind, Provider, RequestSpec, Script, ToolCallIndex,
-    ToolCallSpec,
+    ContentFilterMode, Dialect, FaultKind, FinishReasons, Provider, RequestSpec, Script,
+    ToolCallIndex, ToolCallSpec,
 };
 
 /// What one generated provider answers besides plain text.
@@ -142,6 +143,28 @@ pub fn apply_content_filters(providers: &mut [Provider], drawn: &[ContentFilterM
         if p.dialect == Dialect::Azure {
             p.content_filter = *mode;
         }
+    }
+}
+
+/// For each provider of a case, by position: whether it puts the finish reason on every
+/// chunk (about 1 in 7), as Open WebUI and several Gemini relays do.
+pub fn finish_reasons() -> impl Strategy<Value = Vec<FinishReasons>> {
+    proptest::collection::vec(
+        proptest::bool::weighted(0.15).prop_map(|every| {
+            if every {
+                FinishReasons::EveryChunk
+            } else {
+                FinishReasons::Last
+            }
+        }),
+        MAX_PROVIDERS,
+    )
+}
+
+/// Gives each provider its drawn [`finish_reasons`].
+pub fn apply_finish_reasons(providers: &mut [Provider], drawn: &[FinishReasons]) {
+    for (p, finish_reasons) in providers.iter_mut().zip(drawn) {
+        p.finish_reasons = *finish_reasons;
     }
 }
 

@@ -177,6 +177,19 @@ impl Framing {
     }
 }
 
+/// Which streamed chunks carry a choice's finish reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReasons {
+    /// The finishing chunk only (OpenAI; `sglang` sends `""` on the others).
+    #[default]
+    Last,
+    /// Every chunk carries the answer's finish reason, the role chunk too: Open WebUI's
+    /// `/api/chat/completions` (open-webui issue 16377) and several Gemini relays
+    /// (one-hub issue 402). A content filter's finish stays on its own chunk.
+    EveryChunk,
+}
+
 /// How an Azure OpenAI deployment streams its content filter's verdicts (Microsoft's
 /// `content-filter-streaming.md`; set per deployment in the Foundry portal). A non-stream
 /// answer is the same in both: the whole answer is filtered before it is sent.
