@@ -1580,8 +1580,8 @@ async fn browsers_on_a_listed_origin_may_call_the_gateway() {
     )
     .await;
     assert_eq!(
-        status, 200,
-        "served: a browser will not let the page read it"
+        status, 403,
+        "anonymous, from an unlisted origin: see the test below"
     );
     assert!(headers.get("access-control-allow-origin").is_none());
 
@@ -1590,6 +1590,71 @@ async fn browsers_on_a_listed_origin_may_call_the_gateway() {
     let (status, headers, _) = send_with(&gw, "OPTIONS", preflight, None).await;
     assert_eq!(status, 405);
     assert!(headers.get("access-control-allow-origin").is_none());
+}
+
+// 12b. A page on any site can POST to a gateway without asking first: a `text/plain` body
+// is a "simple" request, which browsers send without a preflight (only reading the answer
+// is what CORS forbids). Against a gateway that serves anonymous requests (on a laptop, in
+// a private network), any page its users opened spent its models. An anonymous POST from
+// a browser page (it says its `Origin`) is served only for a listed origin or the gateway's
+// own, as Ollama does (`OLLAMA_ORIGINS`); a request with a key is the key's to answer for.
+#[tokio::test(start_paused = true)]
+async fn a_page_on_another_site_cannot_spend_an_anonymous_gateway() {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let cors = "general_settings: {cors_allowed_origins: [\"https://app.example\"]}\n";
+    let keyed = "keys:\n  - {key: sk-good, models: [g]}\n";
+    for (config, what) in [
+        (ONE_GROUP.to_string(), "CORS off"),
+        (with(ONE_GROUP, cors), "CORS on"),
+    ] {
+        let gw = Gw::start(&config, &net);
+        let before = net.calls("up").len();
+        let (status, _, text) = send_with(
+            &gw,
+            "POST",
+            vec![
+                ("origin", "https://evil.example"),
+                ("content-type", "text/plain"),
+            ],
+            Some(("g", false)),
+        )
+        .await;
+        assert_eq!(status, 403, "{what}: {text}");
+        assert!(text.contains("cors_allowed_origins"), "{what}: {text}");
+        assert_eq!(net.calls("up").len(), before, "{what}: nothing was spent");
+        // No Origin (an SDK, curl): served. The gateway's own origin: served.
+        for headers in [vec![], vec![("origin", "http://gateway")]] {
+            let (status, _, text) = send_with(&gw, "POST", headers, Some(("g", false))).await;
+            assert_eq!(status, 200, "{what}: {text}");
+        }
+    }
+    // A listed origin: served.
+    let gw = Gw::start(&with(ONE_GROUP, cors), &net);
+    let (status, _, text) = send_with(
+        &gw,
+        "POST",
+        vec![("origin", "https://app.example")],
+        Some(("g", false)),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    // With a key: the key answers for it, whatever the origin.
+    let gw = Gw::start(
+        &with(&ONE_GROUP.replace("allow_anonymous: true\n", ""), keyed),
+        &net,
+    );
+    let (status, _, text) = send_with(
+        &gw,
+        "POST",
+        vec![
+            ("origin", "https://evil.example"),
+            ("authorization", "Bearer sk-good"),
+        ],
+        Some(("g", false)),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
 }
 
 /// A chat body of one message of `bytes` letters (about `bytes` + 70 bytes of JSON).

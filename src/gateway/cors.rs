@@ -9,8 +9,10 @@
 //!
 //! Why opt-in, where LiteLLM allows every origin by default: a gateway that serves
 //! anonymous requests (`allow_anonymous`) inside a private network would let any web page
-//! a user of that network opens spend its models. Credentials (cookies) are never allowed:
-//! the gateway reads keys from headers only.
+//! a user of that network opens read its models' answers. (Spending them needs no CORS: a
+//! page's "simple" POST goes without a preflight; `routes` refuses an anonymous one from an
+//! unlisted origin.) Credentials (cookies) are never allowed: the gateway reads keys from
+//! headers only.
 
 use http::{HeaderMap, HeaderValue, Response, header};
 

@@ -48,6 +48,10 @@ async fn respond(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let cors = &engine.catalog().cors;
+    if let Some(e) = cross_site_anonymous(&engine, &req) {
+        drain(&engine, req);
+        return error(&e);
+    }
     if cors.is_off() {
         return dispatch(live, engine, bodies, req).await;
     }
@@ -62,6 +66,41 @@ async fn respond(
         cors::allow(&mut response, origin);
     }
     response
+}
+
+/// The 403 for an anonymous `POST` from a browser page on another site. A page can send a
+/// "simple" request (a `text/plain` body) without a preflight; CORS only keeps the page from
+/// reading the answer, so against a gateway that serves anonymous requests any page its
+/// users opened spent its models. A listed origin (`cors_allowed_origins`) and the gateway's
+/// own are served, and so is a request without `Origin` (every SDK, curl) or with a key
+/// (it answers for what it spends), as Ollama does (`OLLAMA_ORIGINS`).
+fn cross_site_anonymous<B>(engine: &Engine, req: &Request<B>) -> Option<ApiError> {
+    if req.method() != http::Method::POST {
+        return None;
+    }
+    let origin = req.headers().get(header::ORIGIN)?;
+    if engine.catalog().cors.allowed(req.headers()).is_some() {
+        return None;
+    }
+    let text = origin.to_str().unwrap_or("");
+    let authority = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
+        return None;
+    }
+    let key = key_of(engine, req).ok()?;
+    if !matches!(engine.authenticate(key), Ok(None)) {
+        return None;
+    }
+    let shown: String = text.chars().take(64).collect();
+    Some(ApiError::permission(format!(
+        "an anonymous request from a browser page on `{shown}`: list the origin in \
+         general_settings.cors_allowed_origins, or send a key"
+    )))
 }
 
 /// The answer to a browser's preflight: what the route takes, for an allowed origin; a 403
