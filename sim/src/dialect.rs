@@ -945,18 +945,7 @@ impl Reply {
             let choices = chunk["choices"].as_array().into_iter().flatten();
             for (place, c) in choices.enumerate() {
                 let index = c["index"].as_u64().unwrap_or(place as u64);
-                let output = c["delta"].as_object().is_some_and(|d| {
-                    d.iter().any(|(k, v)| {
-                        !matches!(k.as_str(), "role" | "name" | "token_id")
-                            && match v {
-                                Value::Null => false,
-                                Value::String(s) => !s.is_empty(),
-                                Value::Array(a) => !a.is_empty(),
-                                Value::Object(o) => !o.is_empty(),
-                                _ => true,
-                            }
-                    })
-                });
+                let output = crate::passthrough::gives_output(c);
                 if output && finished.contains(&index) {
                     return false;
                 }

@@ -308,19 +308,7 @@ fn belied_finishes(want: &mut [Map<String, Value>]) -> bool {
                     .get("index")
                     .and_then(Value::as_u64)
                     .unwrap_or(place as u64);
-                let output = c.get("delta").and_then(Value::as_object).is_some_and(|d| {
-                    d.iter().any(|(k, v)| {
-                        !matches!(k.as_str(), "role" | "name" | "token_id")
-                            && match v {
-                                Value::Null => false,
-                                Value::String(s) => !s.is_empty(),
-                                Value::Array(a) => !a.is_empty(),
-                                Value::Object(o) => !o.is_empty(),
-                                _ => true,
-                            }
-                    })
-                });
-                (index, output)
+                (index, gives_output(c))
             })
             .collect()
     };
@@ -346,6 +334,27 @@ fn belied_finishes(want: &mut [Map<String, Value>]) -> bool {
         output_later.extend(choices.iter().filter(|(_, o)| *o).map(|(i, _)| *i));
     }
     belied && indexes.len() > 1
+}
+
+/// Whether a streamed choice gives a piece of the answer: a `delta` member other than a
+/// label (`role`, MiniMax's `name`, Together's `token_id`) that is not empty (the README's
+/// rule, in the harness's own words).
+pub fn gives_output(choice: &Value) -> bool {
+    choice
+        .get("delta")
+        .and_then(Value::as_object)
+        .is_some_and(|d| {
+            d.iter().any(|(k, v)| {
+                !matches!(k.as_str(), "role" | "name" | "token_id")
+                    && match v {
+                        Value::Null => false,
+                        Value::String(s) => !s.is_empty(),
+                        Value::Array(a) => !a.is_empty(),
+                        Value::Object(o) => !o.is_empty(),
+                        _ => true,
+                    }
+            })
+        })
 }
 
 /// Whether a choice of `chunk` ends with a finish reason that says the answer failed (the
