@@ -583,6 +583,57 @@ async fn a_client_that_stops_reading_is_dropped_after_client_write_timeout() {
     drop(response);
 }
 
+// 8c. A client that reads a non-stream answer as a trickle (a little every 20 s, each read
+// inside `client_write_timeout`, which any progress resets) held its connection slot and the
+// whole answer for as long as it liked: 512 KiB at 16 KiB per 20 s is over ten minutes,
+// and nothing bounded it. A response is written by the request's deadline or not at all.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_reads_a_trickle_is_cut_at_the_deadline() {
+    let net = MemNet::new();
+    let piece = "x".repeat(8 * 1024);
+    net.host("up", move |_| {
+        let pieces: Vec<&str> = std::iter::repeat_n(piece.as_str(), 64).collect();
+        sse_answer("m", &pieces)
+    });
+    let gw = Gw::start(
+        &with(
+            ONE_GROUP,
+            "limits: {request_deadline: 5, client_write_timeout: 30}\n",
+        ),
+        &net,
+    );
+    let mut pipe = gw.raw().await;
+    let body = chat_body("g", false).to_string();
+    pipe.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut got = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(300) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break true,
+            Ok(n) => got += n,
+        }
+    };
+    assert!(
+        closed,
+        "still writing {:?} in, {got} bytes read",
+        started.elapsed()
+    );
+    assert!(got < 512 * 1024, "{got}");
+}
+
 /// A streaming chat request on a connection whose client never reads (1 KiB of buffer):
 /// its response head, a 200.
 async fn a_stream_never_read(gw: &Gw) -> http::Response<hyper::body::Incoming> {

@@ -31,6 +31,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, watch};
@@ -166,7 +168,18 @@ async fn serve_connection(
     header_timeout: Duration,
     mut draining: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |req| {
+    let deadline = io.deadline();
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        // The response must be read by the request's deadline: until a chat request is
+        // admitted (which starts the engine's, see `routes::chat`), counted from its
+        // arrival with the time its body may take to come.
+        let allowance = {
+            let current = engine.current();
+            let limits = &current.catalog().limits;
+            limits.request_deadline() + limits.body_read_timeout() + limits.body_timeout_grace()
+        };
+        deadline.set(tokio::time::Instant::now() + allowance);
+        req.extensions_mut().insert(deadline.clone());
         let (engine, bodies) = (engine.clone(), bodies.clone());
         async move { Ok::<_, std::convert::Infallible>(routes::handle(engine, &bodies, req).await) }
     });

@@ -26,6 +26,7 @@ use crate::gateway::body::{self, ResponseBody};
 use crate::gateway::content_coding;
 use crate::gateway::cors;
 use crate::gateway::request_body::{self, BodyBudget, Held, ReadError};
+use crate::gateway::write_timeout::WriteDeadline;
 use crate::reload::LiveEngine;
 
 /// `bodies`: the gateway's budget of request bodies in flight.
@@ -686,6 +687,8 @@ async fn chat(
             limits.body_timeout_grace(),
         )
     };
+    // The connection's deadline for this response, moved to the engine's once admitted.
+    let write_deadline = req.extensions().get::<WriteDeadline>().cloned();
     // Every way out before admission: no event will ever name the request.
     let refuse = |e: ApiError| {
         engine.note_refusal("chat", e.status, e.limit);
@@ -840,6 +843,9 @@ async fn chat(
         Ok(a) => a,
         Err(e) => return refuse(e),
     };
+    if let Some(d) = write_deadline {
+        d.set(admitted.admitted_at + engine.catalog().limits.request_deadline());
+    }
     // The body is a slice of the connection's read buffer, and hyper has already read on
     // for the client's end into a buffer of its own: held for the request's life, the first
     // one would be 8 KiB more per request in flight (a non-streaming one: until its whole
