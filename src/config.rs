@@ -125,6 +125,7 @@ pub struct LitellmParams {
     /// Upstream model, optionally with a LiteLLM provider prefix (`openai/gpt-4o`).
     pub model: String,
     /// Base URL of the OpenAI-compatible API, e.g. `http://provider-a:8000/v1`.
+    /// `os.environ/NAME` reads the environment at load time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base: Option<String>,
     /// Bearer token sent upstream. `os.environ/NAME` reads the environment at load time.
@@ -140,10 +141,12 @@ pub struct LitellmParams {
     /// Relative share of traffic inside its group (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
-    /// Accepted for LiteLLM compatibility; informational only (not enforced).
+    /// Requests per minute. Not enforced; when no deployment of the group gives a
+    /// `weight`, the group's traffic is shared by `rpm` (LiteLLM's simple-shuffle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpm: Option<u64>,
-    /// Accepted for LiteLLM compatibility; informational only (not enforced).
+    /// Tokens per minute. Not enforced; when the group gives neither `weight` nor `rpm`,
+    /// its traffic is shared by `tpm` (LiteLLM's simple-shuffle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u64>,
     /// Priority tier: a request enters the group at its lowest tier with a healthy
@@ -230,7 +233,8 @@ pub struct Team {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Key {
-    /// The secret clients send (`Authorization: Bearer <key>`).
+    /// The secret clients send (`Authorization: Bearer <key>`). `os.environ/NAME` reads
+    /// the environment at load time.
     pub key: Secret,
     /// A readable name for the key (traces show only its last characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -665,18 +669,24 @@ impl GatewayConfig {
         Self::load(&name, &text)
     }
 
-    /// Replaces `api_key: os.environ/NAME` (and `master_key: os.environ/NAME`) with the
-    /// variable's value (LiteLLM's syntax).
+    /// Replaces `os.environ/NAME` with the variable's value (LiteLLM's syntax) in a
+    /// deployment's `api_key`, `api_base` and `api_version`, a virtual key and the
+    /// `master_key`. A virtual key written so was once taken as that text, a key anyone
+    /// could guess.
     fn resolve_env(&mut self) -> Result<(), Issue> {
         let master = At::default().key("general_settings").key("master_key");
         from_env(&mut self.general_settings.master_key, master)?;
         for (i, d) in self.model_list.iter_mut().enumerate() {
-            let at = At::default()
-                .key("model_list")
-                .idx(i)
-                .key("litellm_params")
-                .key("api_key");
-            from_env(&mut d.litellm_params.api_key, at)?;
+            let at = At::default().key("model_list").idx(i).key("litellm_params");
+            let p = &mut d.litellm_params;
+            from_env(&mut p.api_key, at.key("api_key"))?;
+            from_env_text(&mut p.api_base, at.key("api_base"))?;
+            from_env_text(&mut p.api_version, at.key("api_version"))?;
+        }
+        for (i, k) in self.keys.iter_mut().enumerate() {
+            let mut key = Some(k.key.clone());
+            from_env(&mut key, At::default().key("keys").idx(i).key("key"))?;
+            k.key = key.expect("resolved in place");
         }
         Ok(())
     }
@@ -1439,6 +1449,14 @@ fn from_env(secret: &mut Option<Secret>, at: At) -> Result<(), Issue> {
     Ok(())
 }
 
+/// [`from_env`] for a setting that is no secret.
+fn from_env_text(text: &mut Option<String>, at: At) -> Result<(), Issue> {
+    let mut secret = text.as_deref().map(Secret::new);
+    from_env(&mut secret, at)?;
+    *text = secret.map(|s| s.expose().to_string());
+    Ok(())
+}
+
 fn secret_ok(secret: &str) -> Result<(), &'static str> {
     if secret.is_empty() {
         return Err("is empty");
@@ -1792,6 +1810,47 @@ general_settings: {master_key: sk-admin-DEBUG-0003}
                 "{params}: {p:?}"
             );
         }
+    }
+
+    /// LiteLLM reads `os.environ/NAME` in any of a deployment's params (its docs' Azure
+    /// quick-start gives `api_base` and `api_version` so); here only `api_key` was read, so
+    /// such a config was refused as "not a URL". A virtual key written so was taken as the
+    /// literal text: `os.environ/PROD_KEY`, a key anyone could guess, let clients in.
+    #[test]
+    fn os_environ_is_read_in_api_base_api_version_and_virtual_keys() {
+        let p = problems(&GOOD.replace(
+            "      model: openai/gpt-4o\n      api_base: http://provider-a:8000/v1\n",
+            "      model: azure/gpt-4o\n      api_base: https://res.openai.azure.com\n      api_version: os.environ/SWITCHBACK_TEST_UNSET_VAR\n",
+        ));
+        assert!(
+            p.iter()
+                .any(|p| p.contains("`SWITCHBACK_TEST_UNSET_VAR` is not set")
+                    && p.contains("api_version")),
+            "{p:?}"
+        );
+        let p = problems(&GOOD.replace(
+            "api_base: http://provider-a:8000/v1",
+            "api_base: os.environ/SWITCHBACK_TEST_UNSET_VAR",
+        ));
+        assert!(
+            p.iter()
+                .any(|p| p.contains("`SWITCHBACK_TEST_UNSET_VAR` is not set")
+                    && p.contains("api_base")),
+            "{p:?}"
+        );
+        let p = problems(&GOOD.replace("key: sk-1", "key: os.environ/SWITCHBACK_TEST_UNSET_VAR"));
+        assert!(
+            p.iter()
+                .any(|p| p.contains("`SWITCHBACK_TEST_UNSET_VAR` is not set") && p.contains("keys")),
+            "a virtual key is the variable's value, never the text: {p:?}"
+        );
+        // Cargo sets CARGO_PKG_NAME for the tests it runs.
+        let c = GatewayConfig::load(
+            "g.yaml",
+            &GOOD.replace("key: sk-1", "key: os.environ/CARGO_PKG_NAME"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.keys[0].key.expose(), env!("CARGO_PKG_NAME"));
     }
 
     #[test]
