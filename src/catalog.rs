@@ -235,6 +235,47 @@ pub struct Catalog {
     all_allowed: Arc<[bool]>,
 }
 
+/// What a group's traffic is shared by: LiteLLM's simple-shuffle draws by `weight` when
+/// its deployments give one, else by `rpm`, else by `tpm`
+/// (`router_strategy/simple_shuffle.py`); a deployment without the figure gets none of it.
+/// Read as informational, a 900/10 `rpm` split was served 50/50, and the small quota's
+/// deployment met half the traffic and its 429s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightBasis {
+    Weight,
+    Rpm,
+    Tpm,
+}
+
+fn weight_basis(config: &GatewayConfig) -> BTreeMap<&str, WeightBasis> {
+    let mut basis: BTreeMap<&str, WeightBasis> = BTreeMap::new();
+    for d in &config.model_list {
+        let p = &d.litellm_params;
+        let this = if p.weight.is_some() {
+            WeightBasis::Weight
+        } else if p.rpm.is_some() {
+            WeightBasis::Rpm
+        } else if p.tpm.is_some() {
+            WeightBasis::Tpm
+        } else {
+            continue;
+        };
+        // The first figure in LiteLLM's order that any deployment of the group gives.
+        let e = basis.entry(d.model_name.as_str()).or_insert(this);
+        let rank = |b: WeightBasis| b as u8;
+        if rank(this) < rank(*e) {
+            *e = this;
+        }
+    }
+    basis
+}
+
+/// A quota as a share of traffic (none: 0; a group whose shares are all 0 is drawn evenly,
+/// see `route::select`).
+fn clamp_weight(quota: Option<u64>) -> u32 {
+    quota.map_or(0, |q| u32::try_from(q).unwrap_or(u32::MAX))
+}
+
 impl Catalog {
     /// Builds the catalog of a config that passed [`GatewayConfig::validate`].
     pub fn new(config: &GatewayConfig) -> Result<Catalog, ConfigError> {
@@ -257,6 +298,7 @@ impl Catalog {
                 });
             }
         }
+        let basis = weight_basis(config);
         let mut deployments = Vec::new();
         let ids = config.deployment_ids();
         for (i, (d, deployment_id)) in config.model_list.iter().zip(ids).enumerate() {
@@ -274,7 +316,11 @@ impl Catalog {
                 endpoint,
                 upstream_model: strip_provider(&p.model).to_string(),
                 api_key: p.api_key.clone(),
-                weight: p.weight.unwrap_or(1),
+                weight: match basis.get(d.model_name.as_str()) {
+                    Some(WeightBasis::Rpm) => clamp_weight(p.rpm),
+                    Some(WeightBasis::Tpm) => clamp_weight(p.tpm),
+                    _ => p.weight.unwrap_or(1),
+                },
                 order: p.order.unwrap_or(0),
                 timeout: p.timeout.map(secs),
                 stream_timeout: p.stream_timeout.map(secs),

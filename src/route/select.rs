@@ -141,9 +141,15 @@ pub fn choose_in(
         .iter()
         .map(|d| u64::from(catalog.deployment(*d).weight))
         .sum();
+    // Shares by `rpm` or `tpm` may all be 0 (see `catalog`): then the draw is even.
+    let share = |d: &DeploymentId| match total {
+        0 => 1,
+        _ => u64::from(catalog.deployment(*d).weight),
+    };
+    let total = if total == 0 { pool.len() as u64 } else { total };
     let mut ticket = rng.random_range(0..total);
     for d in &pool {
-        let w = u64::from(catalog.deployment(*d).weight);
+        let w = share(d);
         if ticket < w {
             return Some(Choice::Now(*d));
         }
@@ -210,6 +216,40 @@ mod tests {
             (850..=950).contains(&heavy),
             "weight 9 of 10 got {heavy}/1000"
         );
+    }
+
+    /// LiteLLM's simple-shuffle shares a group by `weight`, else `rpm`, else `tpm`. Read as
+    /// informational, a 900/10 `rpm` split was served 50/50.
+    #[test]
+    fn rpm_or_tpm_shape_the_split_when_no_weight_is_given() {
+        let group = |params: [&str; 2]| {
+            let mut yaml = String::from("allow_anonymous: true\nmodel_list:\n");
+            for (i, extra) in params.iter().enumerate() {
+                yaml.push_str(&format!(
+                    "  - {{model_name: g, litellm_params: {{model: m, api_base: \"http://p{i}/v1\"{extra}}}, model_info: {{id: d{i}}}}}\n"
+                ));
+            }
+            Catalog::new(&GatewayConfig::load("t.yaml", &yaml).unwrap()).unwrap()
+        };
+        let first = |c: &Catalog| {
+            let book = CooldownBook::new(2);
+            (0..1000)
+                .filter(|s| pick(c, &book, &[], *s) == Choice::Now(DeploymentId(0)))
+                .count()
+        };
+        for (params, low, high) in [
+            ([", rpm: 900", ", rpm: 10"], 970, 1000),
+            ([", tpm: 90000", ", tpm: 10000"], 850, 950),
+            // `weight` first: the rpm split says nothing then.
+            ([", weight: 1, rpm: 900", ", weight: 1, rpm: 10"], 430, 570),
+            // No figure: none of the traffic, as LiteLLM reads a missing one as 0.
+            ([", rpm: 10", ""], 1000, 1000),
+            // All 0: an even draw.
+            ([", rpm: 0", ", rpm: 0"], 430, 570),
+        ] {
+            let n = first(&group(params));
+            assert!((low..=high).contains(&n), "{params:?}: {n}/1000");
+        }
     }
 
     #[test]
