@@ -798,6 +798,9 @@ impl GatewayConfig {
             if let Some(why) = azure_problem(p) {
                 push(at.key("litellm_params"), why);
             }
+            if let Some(why) = native_api_problem(p) {
+                push(at.key("litellm_params").key("api_base"), why);
+            }
             match &p.ssl_verify {
                 Some(SslVerify::Enabled(false)) => push(
                     at.key("litellm_params").key("ssl_verify"),
@@ -1545,6 +1548,35 @@ fn azure_problem(p: &LitellmParams) -> Option<String> {
     }
 }
 
+/// A LiteLLM provider whose `api_base` LiteLLM reads as the root of the provider's own API,
+/// with the path of the OpenAI-compatible one that Switchback calls in its place.
+const NATIVE_API_ROOTS: &[(&str, &str)] = &[
+    ("ollama/", "/v1"),
+    ("ollama_chat/", "/v1"),
+    ("anthropic/", "/v1"),
+];
+
+/// An `ollama/`, `ollama_chat/` or `anthropic/` model whose `api_base` is a server's root
+/// (`http://localhost:11434`, LiteLLM's own examples): LiteLLM calls that provider's own API
+/// there (`/api/chat`, `/v1/messages`); Switchback calls `{api_base}/chat/completions`,
+/// which the provider answers with a 404 on every request, and the deployment cooled as
+/// `not_found`. Refused at load, naming the OpenAI-compatible `api_base` to give.
+fn native_api_problem(p: &LitellmParams) -> Option<String> {
+    let (prefix, path) = NATIVE_API_ROOTS
+        .iter()
+        .find(|(prefix, _)| p.model.starts_with(prefix))?;
+    let base = p.api_base.as_deref()?;
+    let endpoint = crate::upstream::Endpoint::parse(base).ok()?;
+    matches!(endpoint.base_path.as_str(), "" | "/").then(|| {
+        format!(
+            "`{base}` is the root of the server: LiteLLM's `{prefix}` calls its own API there, \
+             Switchback calls OpenAI-compatible APIs only; give that one as `api_base` \
+             (`{}{path}`)",
+            base.trim_end_matches('/')
+        )
+    })
+}
+
 /// The id of the `n`-th deployment (from 1) of `group` when it gives none.
 fn default_id(group: &str, n: usize) -> String {
     format!("{group}#{n}")
@@ -1572,6 +1604,7 @@ pub const PROVIDER_PREFIXES: &[&str] = &[
     "xai",
     "perplexity",
     "ollama",
+    "ollama_chat",
     "custom_openai",
     // LiteLLM's other OpenAI-compatible providers: kept whole, `moonshot/kimi-k2` reached
     // Moonshot as a model it does not have (a 404 for a config LiteLLM serves).
@@ -1851,6 +1884,49 @@ general_settings: {master_key: sk-admin-DEBUG-0003}
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.keys[0].key.expose(), env!("CARGO_PKG_NAME"));
+    }
+
+    /// LiteLLM's own examples give Ollama's root as `api_base` (`ollama/llama3`, `api_base:
+    /// http://localhost:11434`): it calls Ollama's own API there. Switchback posted to
+    /// `{api_base}/chat/completions`, a 404 on every call; `ollama_chat/` also went upstream
+    /// as that whole name.
+    #[test]
+    fn a_native_api_root_is_refused_naming_the_openai_compatible_one() {
+        for (model, base, says) in [
+            (
+                "ollama/llama3",
+                "http://localhost:11434",
+                "http://localhost:11434/v1",
+            ),
+            (
+                "ollama_chat/llama3",
+                "http://localhost:11434/",
+                "http://localhost:11434/v1",
+            ),
+            (
+                "anthropic/claude-sonnet-4",
+                "https://api.anthropic.com",
+                "https://api.anthropic.com/v1",
+            ),
+        ] {
+            let p = problems(&GOOD.replace(
+                "      model: openai/gpt-4o\n      api_base: http://provider-a:8000/v1\n",
+                &format!("      model: {model}\n      api_base: {base}\n"),
+            ));
+            assert!(
+                p.len() == 1 && p[0].contains(says) && p[0].contains("api_base"),
+                "{model}: {p:?}"
+            );
+        }
+        let c = GatewayConfig::load(
+            "g.yaml",
+            &GOOD.replace("model: openai/gpt-4o", "model: ollama_chat/llama3"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            strip_provider(&c.model_list[0].litellm_params.model),
+            "llama3"
+        );
     }
 
     #[test]
