@@ -844,13 +844,13 @@ impl Run<'_> {
                 // body held open to the idle timeout) takes nothing from the answer. Taken
                 // as a failure, a continuation went on from a finished answer and appended
                 // whatever the next deployment said to it (with fewer choices named than
-                // asked for, another may still come). Only once something was delivered:
-                // before, a retry costs nothing, and a finish with no answer before it (a
-                // provider's role chunk, when it puts a finish reason on every chunk) is no
-                // answer to serve.
+                // asked for, another may still come). Only once this attempt gave some of
+                // the answer: a finish with nothing before it (a provider's role chunk, when
+                // it puts a finish reason on every chunk) is no answer, and before commit a
+                // retry costs nothing.
                 Err(_)
                     if stream.finished()
-                        && self.commit.is_committed()
+                        && content_chunks > 0
                         && stream.choices_named() >= self.admitted.request.choices_asked() =>
                 {
                     break;

@@ -237,9 +237,11 @@ pub struct Catalog {
 
 /// What a group's traffic is shared by: LiteLLM's simple-shuffle draws by `weight` when
 /// its deployments give one, else by `rpm`, else by `tpm`
-/// (`router_strategy/simple_shuffle.py`); a deployment without the figure gets none of it.
-/// Read as informational, a 900/10 `rpm` split was served 50/50, and the small quota's
-/// deployment met half the traffic and its 429s.
+/// (`router_strategy/simple_shuffle.py`). Read as informational, a 900/10 `rpm` split was
+/// served 50/50, and the small quota's deployment met half the traffic and its 429s. A
+/// quota shares the traffic only when every deployment of the group gives it: LiteLLM
+/// reads a missing one as 0 when the first deployment listed has one, so a quota noted on
+/// one deployment alone would send it all the traffic (or none, by the order listed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WeightBasis {
     Weight,
@@ -248,32 +250,34 @@ enum WeightBasis {
 }
 
 fn weight_basis(config: &GatewayConfig) -> BTreeMap<&str, WeightBasis> {
-    let mut basis: BTreeMap<&str, WeightBasis> = BTreeMap::new();
+    // Per group: whether any deployment gives a weight, and whether all give rpm, tpm.
+    let mut seen: BTreeMap<&str, (bool, bool, bool)> = BTreeMap::new();
     for d in &config.model_list {
         let p = &d.litellm_params;
-        let this = if p.weight.is_some() {
-            WeightBasis::Weight
-        } else if p.rpm.is_some() {
-            WeightBasis::Rpm
-        } else if p.tpm.is_some() {
-            WeightBasis::Tpm
-        } else {
-            continue;
-        };
-        // The first figure in LiteLLM's order that any deployment of the group gives.
-        let e = basis.entry(d.model_name.as_str()).or_insert(this);
-        let rank = |b: WeightBasis| b as u8;
-        if rank(this) < rank(*e) {
-            *e = this;
-        }
+        let e = seen
+            .entry(d.model_name.as_str())
+            .or_insert((false, true, true));
+        e.0 |= p.weight.is_some();
+        e.1 &= p.rpm.is_some();
+        e.2 &= p.tpm.is_some();
     }
-    basis
+    seen.into_iter()
+        .map(|(group, (weight, rpm, tpm))| {
+            let basis = match (weight, rpm, tpm) {
+                (false, true, _) => WeightBasis::Rpm,
+                (false, false, true) => WeightBasis::Tpm,
+                _ => WeightBasis::Weight,
+            };
+            (group, basis)
+        })
+        .collect()
 }
 
-/// A quota as a share of traffic (none: 0; a group whose shares are all 0 is drawn evenly,
-/// see `route::select`).
+/// A quota as a share of traffic (a group whose shares are all 0 is drawn evenly, see
+/// `route::select`).
 fn clamp_weight(quota: Option<u64>) -> u32 {
-    quota.map_or(0, |q| u32::try_from(q).unwrap_or(u32::MAX))
+    let quota = quota.expect("a quota basis is chosen only when every deployment gives it");
+    u32::try_from(quota).unwrap_or(u32::MAX)
 }
 
 impl Catalog {

@@ -115,22 +115,39 @@ fn redact_partial(text: &str, secret: &str) -> String {
 
 /// `text` with each occurrence of `secret` that stands as a word replaced: where the secret
 /// begins (ends) with a word character, the text must not have one just before (after) it.
+/// An escape just before it (`%22`, `\n`) ends a word too: its last character is no part of
+/// one. Occurrences that overlap a rejected one are still found.
 fn redact_word(text: &str, secret: &str) -> String {
     let is_word = |c: char| c.is_alphanumeric() || c == '_';
     let needs_left = secret.chars().next().is_some_and(is_word);
     let needs_right = secret.chars().next_back().is_some_and(is_word);
+    let escaped_before = |at: usize| {
+        let b = &text.as_bytes()[..at];
+        let percent = b.len() >= 3
+            && b[b.len() - 3] == b'%'
+            && b[b.len() - 2..].iter().all(u8::is_ascii_hexdigit);
+        let backslash = b.len() >= 2 && b[b.len() - 2] == b'\\';
+        percent || backslash
+    };
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
-    for (at, _) in text.match_indices(secret) {
+    let mut from = 0;
+    while let Some(found) = text[from..].find(secret) {
+        let at = from + found;
         let end = at + secret.len();
-        if (needs_left && text[..at].chars().next_back().is_some_and(is_word))
-            || (needs_right && text[end..].chars().next().is_some_and(is_word))
-        {
-            continue;
+        let left_ok = !needs_left
+            || !text[..at].chars().next_back().is_some_and(is_word)
+            || escaped_before(at);
+        let right_ok = !needs_right || !text[end..].chars().next().is_some_and(is_word);
+        if left_ok && right_ok {
+            out.push_str(&text[copied..at]);
+            out.push_str(REDACTED);
+            copied = end;
+            from = end;
+        } else {
+            // The next occurrence may begin inside this one.
+            from = at + text[at..].chars().next().map_or(1, char::len_utf8);
         }
-        out.push_str(&text[copied..at]);
-        out.push_str(REDACTED);
-        copied = end;
     }
     out.push_str(&text[copied..]);
     out
@@ -217,6 +234,13 @@ mod tests {
         assert_eq!(r.redact("x"), "[redacted]");
         assert_eq!(r.redact("é x é"), "é [redacted] é");
         assert_eq!(r.redact("xx x"), "xx [redacted]");
+        // Escapes end a word; an occurrence overlapping a rejected one is found.
+        let r = Redactor::new(["abc123", "ab-ab"]);
+        assert_eq!(
+            r.redact("q=%22abc123%22 and \\nabc123"),
+            "q=%22[redacted]%22 and \\n[redacted]"
+        );
+        assert_eq!(r.redact("xab-ab-ab"), "xab-[redacted]");
     }
 
     #[test]

@@ -1674,8 +1674,16 @@ async fn a_page_on_another_site_cannot_spend_an_anonymous_gateway() {
         assert_eq!(status, 403, "{what}: {text}");
         assert!(text.contains("cors_allowed_origins"), "{what}: {text}");
         assert_eq!(net.calls("up").len(), before, "{what}: nothing was spent");
-        // No Origin (an SDK, curl): served. The gateway's own origin: served.
-        for headers in [vec![], vec![("origin", "http://gateway")]] {
+        // No Origin (an SDK, curl): served. The gateway's own origin: served, also behind
+        // a proxy that rewrites `Host` (the browser says `Sec-Fetch-Site: same-origin`).
+        for headers in [
+            vec![],
+            vec![("origin", "http://gateway")],
+            vec![
+                ("origin", "https://ai.corp"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        ] {
             let (status, _, text) = send_with(&gw, "POST", headers, Some(("g", false))).await;
             assert_eq!(status, 200, "{what}: {text}");
         }

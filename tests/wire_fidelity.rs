@@ -348,6 +348,50 @@ async fn a_finish_before_any_output_then_a_break_is_retried_elsewhere() {
     }
 }
 
+// 3c-5. The same in a continuation: its first chunk a role chunk with `stop` (a provider
+// with a finish reason on every chunk), then a reset. Nothing of it was delivered, so its
+// finish is no end of the answer: served, the cut answer read as complete.
+#[tokio::test(start_paused = true)]
+async fn a_continuations_finish_before_any_output_then_a_break_ends_nothing() {
+    for stream in [false, true] {
+        let (_net, gw) = fails_after_then(
+            vec![chunk_json(
+                "m",
+                json!({"role": "assistant", "content": "The answer is"}),
+                None,
+            )],
+            |_| {
+                let (tx, r) = sse_channel();
+                let role = frame(&chunk_json(
+                    "m2",
+                    json!({"role": "assistant", "content": ""}),
+                    Some("stop"),
+                ));
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(role.into())).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    let _ = tx
+                        .send(Err(std::io::Error::from(
+                            std::io::ErrorKind::ConnectionReset,
+                        )))
+                        .await;
+                });
+                r
+            },
+        );
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        let status = r.status();
+        let text = text(r).await;
+        let served_as_complete = status == 200
+            && !text.contains("\"error\"")
+            && answered_text(&text, stream) == "The answer is";
+        assert!(
+            !served_as_complete,
+            "stream={stream}: a cut answer served as complete: {text}"
+        );
+    }
+}
+
 // 3c-4. With `n: 2`, an answer whose two choices have both finished is complete: a break
 // after it (a reset before `[DONE]`) took the whole answer away, a 502 or an error event.
 #[tokio::test(start_paused = true)]

@@ -170,13 +170,16 @@ async fn serve_connection(
 ) {
     let deadline = io.deadline();
     let service = service_fn(move |mut req: Request<Incoming>| {
-        // The response must be read by the request's deadline: until a chat request is
-        // admitted (which starts the engine's, see `routes::chat`), counted from its
-        // arrival with the time its body may take to come.
+        // The response must be read by the request's deadline, with `client_write_timeout`
+        // to spare: until a chat request is admitted (which starts the engine's, see
+        // `routes::chat`), counted from its arrival with the time its body may take.
         let allowance = {
             let current = engine.current();
             let limits = &current.catalog().limits;
-            limits.request_deadline() + limits.body_read_timeout() + limits.body_timeout_grace()
+            limits.request_deadline()
+                + limits.body_read_timeout()
+                + limits.body_timeout_grace()
+                + limits.client_write_timeout()
         };
         deadline.set(tokio::time::Instant::now() + allowance);
         req.extensions_mut().insert(deadline.clone());

@@ -73,7 +73,7 @@ async fn respond(
 /// "simple" request (a `text/plain` body) without a preflight; CORS only keeps the page from
 /// reading the answer, so against a gateway that serves anonymous requests any page its
 /// users opened spent its models. A listed origin (`cors_allowed_origins`) and the gateway's
-/// own are served, and so is a request without `Origin` (every SDK, curl) or with a key
+/// own (its `Host`, or the browser's `Sec-Fetch-Site: same-origin`) are served, and so is a request without `Origin` (every SDK, curl) or with a key
 /// (it answers for what it spends), as Ollama does (`OLLAMA_ORIGINS`).
 fn cross_site_anonymous<B>(engine: &Engine, req: &Request<B>) -> Option<ApiError> {
     if req.method() != http::Method::POST {
@@ -81,6 +81,15 @@ fn cross_site_anonymous<B>(engine: &Engine, req: &Request<B>) -> Option<ApiError
     }
     let origin = req.headers().get(header::ORIGIN)?;
     if engine.catalog().cors.allowed(req.headers()).is_some() {
+        return None;
+    }
+    // A page's own origin, as the browser says it (a page cannot set this header): through
+    // a proxy that rewrites `Host`, the comparison below would miss it.
+    if req
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"same-origin"))
+    {
         return None;
     }
     let text = origin.to_str().unwrap_or("");
@@ -844,7 +853,10 @@ async fn chat(
         Err(e) => return refuse(e),
     };
     if let Some(d) = write_deadline {
-        d.set(admitted.admitted_at + engine.catalog().limits.request_deadline());
+        // With `client_write_timeout` to spare: an answer ready just in time (or the
+        // deadline's own error event) still reaches a client that keeps reading.
+        let limits = &engine.catalog().limits;
+        d.set(admitted.admitted_at + limits.request_deadline() + limits.client_write_timeout());
     }
     // The body is a slice of the connection's read buffer, and hyper has already read on
     // for the client's end into a buffer of its own: held for the request's life, the first

@@ -242,8 +242,9 @@ mod tests {
             ([", tpm: 90000", ", tpm: 10000"], 850, 950),
             // `weight` first: the rpm split says nothing then.
             ([", weight: 1, rpm: 900", ", weight: 1, rpm: 10"], 430, 570),
-            // No figure: none of the traffic, as LiteLLM reads a missing one as 0.
-            ([", rpm: 10", ""], 1000, 1000),
+            // A quota on one deployment alone shares nothing: an even draw.
+            ([", rpm: 10", ""], 430, 570),
+            ([", tpm: 10", ", rpm: 900"], 430, 570),
             // All 0: an even draw.
             ([", rpm: 0", ", rpm: 0"], 430, 570),
         ] {
