@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use crate::upstream::chunk::Chunk;
 use crate::upstream::chunk_object::{Choice, ChoiceField, Top};
 
-/// The usage counters summed across the attempts that contributed to one answer.
+/// A usage's totals: all zero, it is a placeholder, not a report.
 const USAGE_COUNTERS: [&str; 3] = ["prompt_tokens", "completion_tokens", "total_tokens"];
 
 #[derive(Debug, Default)]
@@ -32,10 +32,13 @@ pub struct CommitState {
     roles: BTreeSet<u64>,
     /// Content chunks delivered, all attempts (usage-only chunks excluded).
     delivered: u32,
-    /// Usage of earlier attempts that contributed (reported, or estimated).
-    earlier: [u64; 3],
-    /// This attempt's reported usage counters, if it reported any.
-    attempt_usage: Option<[u64; 3]>,
+    /// Usage of earlier attempts that contributed (reported, or estimated): every whole
+    /// count, summed in the place it was reported, the counters inside a usage
+    /// (`prompt_tokens_details.cached_tokens`, DeepSeek's `prompt_cache_hit_tokens`) as its
+    /// totals, since a bill is read from both.
+    earlier: Map<String, Value>,
+    /// This attempt's reported usage, if it reported one.
+    attempt_usage: Option<Map<String, Value>>,
     /// Content chunks this attempt delivered: one token each when it reports no usage.
     attempt_chunks: u64,
     /// The last non-empty `model` a chunk of this attempt carried: what a later chunk's
@@ -126,18 +129,8 @@ impl CommitState {
                 // every content chunk; a real report counts the prompt at least): it
                 // neither stands for the attempt's usage nor carries the earlier sums.
                 ("usage", Top::Json(Value::Object(usage))) if counters(usage) != [0; 3] => {
-                    self.attempt_usage = Some(counters(usage));
-                    if self.earlier != [0; 3] {
-                        for (name, earlier) in USAGE_COUNTERS.iter().zip(self.earlier) {
-                            if let Some(n) = usage.get(*name).and_then(Value::as_u64) {
-                                usage.insert(
-                                    (*name).to_string(),
-                                    Value::from(n.saturating_add(earlier)),
-                                );
-                                changed = true;
-                            }
-                        }
-                    }
+                    self.attempt_usage = Some(usage.clone());
+                    changed |= add_counts(usage, &self.earlier);
                 }
                 _ => {}
             }
@@ -221,14 +214,14 @@ impl CommitState {
         max_prefix_bytes: usize,
         unfit: Option<&'static str>,
     ) -> Next {
-        let usage =
-            self.attempt_usage
-                .take()
-                .unwrap_or([0, self.attempt_chunks, self.attempt_chunks]);
-        // Usage is the upstreams' to report: a huge count saturates, never overflows.
-        for (sum, n) in self.earlier.iter_mut().zip(usage) {
-            *sum = sum.saturating_add(n);
-        }
+        let usage = self.attempt_usage.take().unwrap_or_else(|| {
+            let estimate = Value::from(self.attempt_chunks);
+            Map::from_iter([
+                ("completion_tokens".to_string(), estimate.clone()),
+                ("total_tokens".to_string(), estimate),
+            ])
+        });
+        fold_counts(&mut self.earlier, &usage);
         self.attempt_chunks = 0;
         self.last_model = None;
         self.continuing = true;
@@ -246,7 +239,10 @@ impl CommitState {
         }
         let tokens_left = match budget {
             None => None,
-            Some(b) => match b.checked_sub(self.earlier[1]).filter(|left| *left > 0) {
+            Some(b) => match b
+                .checked_sub(count(&self.earlier, "completion_tokens"))
+                .filter(|left| *left > 0)
+            {
                 Some(left) => Some(left),
                 None => return Next::Stop("the client's token budget is spent"),
             },
@@ -259,7 +255,76 @@ impl CommitState {
 }
 
 fn counters(usage: &Map<String, Value>) -> [u64; 3] {
-    USAGE_COUNTERS.map(|name| usage.get(name).and_then(Value::as_u64).unwrap_or(0))
+    USAGE_COUNTERS.map(|name| count(usage, name))
+}
+
+fn count(usage: &Map<String, Value>, name: &str) -> u64 {
+    usage.get(name).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Adds `sums` (see [`fold_counts`]) to every whole count of `usage` at the same place,
+/// one object deep; whether any changed. A place `usage` does not have is not made:
+/// another provider's counter in an answer the last one reported is not invented.
+fn add_counts(usage: &mut Map<String, Value>, sums: &Map<String, Value>) -> bool {
+    let mut changed = false;
+    for (name, value) in usage.iter_mut() {
+        match (value, sums.get(name)) {
+            (Value::Object(inner), Some(Value::Object(sums))) => {
+                changed |= add_counts_here(inner, sums);
+            }
+            (value, Some(sum)) => changed |= add_count(value, sum),
+            (_, None) => {}
+        }
+    }
+    changed
+}
+
+fn add_counts_here(usage: &mut Map<String, Value>, sums: &Map<String, Value>) -> bool {
+    let mut changed = false;
+    for (name, value) in usage.iter_mut() {
+        if let Some(sum) = sums.get(name) {
+            changed |= add_count(value, sum);
+        }
+    }
+    changed
+}
+
+fn add_count(value: &mut Value, sum: &Value) -> bool {
+    match (value.as_u64(), sum.as_u64()) {
+        // Usage is the upstreams' to report: a huge count saturates, never overflows.
+        (Some(n), Some(sum)) if sum > 0 => {
+            *value = Value::from(n.saturating_add(sum));
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Folds `usage`'s whole counts, and those of its objects one deep, into `sums`.
+fn fold_counts(sums: &mut Map<String, Value>, usage: &Map<String, Value>) {
+    for (name, value) in usage {
+        match value {
+            Value::Object(inner) => {
+                let entry = sums
+                    .entry(name.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(sums) = entry {
+                    for (name, value) in inner {
+                        fold_count(sums, name, value);
+                    }
+                }
+            }
+            value => fold_count(sums, name, value),
+        }
+    }
+}
+
+fn fold_count(sums: &mut Map<String, Value>, name: &str, value: &Value) {
+    let Some(n) = value.as_u64() else {
+        return;
+    };
+    let sum = sums.get(name).and_then(Value::as_u64).unwrap_or(0);
+    sums.insert(name.to_string(), Value::from(sum.saturating_add(n)));
 }
 
 #[cfg(test)]
@@ -393,6 +458,45 @@ mod tests {
         assert_eq!(
             s.after_failure(Some(3), usize::MAX, None),
             Next::Stop("the client's token budget is spent")
+        );
+    }
+
+    /// The counters inside a usage (cached and reasoning tokens, DeepSeek's cache hits)
+    /// cover the same attempts as its totals. Before, the totals were summed and the rest
+    /// were the last attempt's alone: 900 cached of a 1,010-token prompt read as 10 of
+    /// 1,010, and a bill read from it charged the cached tokens at the full price.
+    #[test]
+    fn the_counters_inside_a_usage_are_summed_as_its_totals() {
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        s.stamp_and_record(
+            chunk(r#"{"choices":[{"index":0,"delta":{"content":"He"}}]}"#),
+            "m",
+        );
+        s.stamp_and_record(
+            chunk(r#"{"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":50,"total_tokens":1050,"prompt_tokens_details":{"cached_tokens":900},"completion_tokens_details":{"reasoning_tokens":40,"audio_tokens":0},"prompt_cache_hit_tokens":900,"prompt_cache_miss_tokens":100,"cost":0.5,"model":"x"}}"#),
+            "m",
+        );
+        assert!(matches!(
+            s.after_failure(None, usize::MAX, None),
+            Next::Continue { .. }
+        ));
+        let usage = s.stamp_and_record(
+            chunk(r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":null,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":10,"cost":0.25,"model":"y"}}"#),
+            "m",
+        );
+        assert_eq!(
+            usage.object.to_value()["usage"],
+            serde_json::json!({
+                "prompt_tokens": 1010, "completion_tokens": 55, "total_tokens": 1065,
+                "prompt_tokens_details": {"cached_tokens": 900},
+                // `null` stands for nothing to add to: the earlier counts are not invented
+                // a place.
+                "completion_tokens_details": null,
+                "prompt_cache_hit_tokens": 900, "prompt_cache_miss_tokens": 110,
+                // Only whole counts are summed; what else a provider puts there is its own.
+                "cost": 0.25, "model": "y",
+            }),
         );
     }
 
