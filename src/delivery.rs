@@ -323,7 +323,7 @@ impl Delivery for StreamDelivery {
 
     fn restart(&mut self) {
         // The carried chunks lose their finish reasons: their choices go on.
-        self.choices.forget_finishes();
+        self.choices.start_over();
         for mut chunk in std::mem::take(&mut self.tail) {
             if chunk.payload_bytes > 0 {
                 clear_finish_reasons(&mut chunk);
@@ -704,6 +704,69 @@ mod tests {
         assert!(lon < error, "{sent}");
         assert!(!sent.contains(r#""finish_reason":"stop""#), "{sent}");
         assert!(!sent.contains("[DONE]"), "{sent}");
+    }
+
+    /// After an attempt that named two choices and broke, a continuation of the first
+    /// from a provider that puts a finish reason on every chunk: its false finishes stay
+    /// off the stream. Delivery held a chunk with a finish back only once every choice
+    /// named so far had finished, and still counted the second choice the failed attempt
+    /// named, which nothing continues: every false `stop` went out (`explore`, case
+    /// 107000201). The choices an answer names are the attempt's own.
+    #[tokio::test]
+    async fn a_continuations_false_finishes_are_held_after_an_attempt_that_named_two_choices() {
+        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
+        use http_body_util::BodyExt;
+        let catalog = one_group();
+        let bounds = StreamBounds {
+            frames: 16,
+            bytes: 1 << 16,
+            write_timeout: Duration::from_secs(5),
+            deadline: Instant::now() + Duration::from_secs(60),
+        };
+        let (mut out, _start, body) = StreamDelivery::new(false, bounds);
+        let head = CommitHead {
+            group: "g".into(),
+            deployment: "d".into(),
+            retries: 0,
+            fallbacks: 0,
+            response_id: "r".into(),
+            upstream_headers: Vec::new(),
+        };
+        assert!(out.commit(head).await.is_ok());
+        let send = async |out: &mut StreamDelivery, data: &str| {
+            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
+                panic!("not a chunk: {data}");
+            };
+            assert!(out.chunk(chunk).await.is_ok());
+        };
+        send(
+            &mut out,
+            r#"{"id":"r","choices":[{"index":0,"delta":{"role":"assistant"}},{"index":1,"delta":{"role":"assistant"}}]}"#,
+        )
+        .await;
+        send(
+            &mut out,
+            r#"{"id":"r","choices":[{"index":0,"delta":{"content":"alp"}}]}"#,
+        )
+        .await;
+        out.restart();
+        for text in ["ha ", "beta"] {
+            let data = format!(
+                r#"{{"id":"r","choices":[{{"index":0,"delta":{{"content":"{text}"}},"finish_reason":"stop"}}]}}"#
+            );
+            send(&mut out, &data).await;
+        }
+        assert!(out.conclude(&committed(Some("r")), &catalog).await.is_ok());
+        drop(out);
+        let sent = body.collect().await.unwrap().to_bytes();
+        let sent = String::from_utf8_lossy(&sent);
+        assert_eq!(
+            sent.matches(r#""finish_reason":"stop""#).count(),
+            1,
+            "one finish, the last: {sent}"
+        );
+        let beta = sent.find(r#""content":"beta""#).expect("the last piece");
+        assert!(sent[beta..].contains(r#""finish_reason":"stop""#), "{sent}");
     }
 
     /// A non-streaming client that left by the time the loop is over is gone, as a

@@ -427,7 +427,8 @@ fn sent_model(call: &CallRecord) -> Option<String> {
 /// ones an attempt after commit sends again). When `continued` gives the call that served
 /// an answer after an attempt past commit, also: no choice finishes more often than that
 /// call finished it (a finish an earlier attempt sent, which the continuation went on from,
-/// must never reach the client; a provider's own second finish, as a Gemini answer that
+/// must never reach the client, nor one the serving call went on from with output of that
+/// choice, when it gave one choice; a provider's own second finish, as a Gemini answer that
 /// ends on a content chunk with its finish and is then filtered, is its own). Text, model,
 /// the last finish and usage are judged elsewhere; a chunk that is not JSON is the client's
 /// `broken` to report.
@@ -436,6 +437,7 @@ fn stream_shape(c: &ClientResult, continued: Option<&CallRecord>) -> Vec<String>
     let mut id: Option<&str> = None;
     let mut roles: Vec<u64> = Vec::new();
     let mut finishes: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut named: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
     let objects: Vec<serde_json::Value> = c
         .chunks
         .iter()
@@ -456,6 +458,7 @@ fn stream_shape(c: &ClientResult, continued: Option<&CallRecord>) -> Vec<String>
         let choices = object["choices"].as_array().into_iter().flatten();
         for (place, choice) in choices.enumerate() {
             let index = choice["index"].as_u64().unwrap_or(place as u64);
+            named.insert(index);
             if choice.pointer("/delta/role").is_some() {
                 if roles.contains(&index) {
                     problems.push(format!(
@@ -471,27 +474,55 @@ fn stream_shape(c: &ClientResult, continued: Option<&CallRecord>) -> Vec<String>
         }
     }
     if let Some(call) = continued {
+        // A finish the call went on from with output of the same choice was none (a
+        // provider that puts one on every chunk): the gateway takes it back, with a single
+        // choice. With several, one sent while another choice went on cannot be (README).
         let mut own: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut unconfirmed: BTreeMap<u64, usize> = BTreeMap::new();
         for object in sent_objects(call) {
             let choices = object["choices"].as_array().into_iter().flatten();
             for (place, choice) in choices.enumerate() {
                 let index = choice["index"].as_u64().unwrap_or(place as u64);
                 let n = own.entry(index).or_default();
+                let pending = unconfirmed.entry(index).or_default();
+                if crate::passthrough::gives_output(choice) {
+                    *n -= std::mem::take(pending);
+                }
                 if finishes_choice(choice) {
                     *n += 1;
+                    *pending += 1;
+                }
+            }
+        }
+        if unconfirmed.len() > 1 {
+            // Several choices: count every finish the call sent, false ones included.
+            own.clear();
+            for object in sent_objects(call) {
+                let choices = object["choices"].as_array().into_iter().flatten();
+                for (place, choice) in choices.enumerate() {
+                    let index = choice["index"].as_u64().unwrap_or(place as u64);
+                    *own.entry(index).or_default() += usize::from(finishes_choice(choice));
                 }
             }
         }
         // Only the choices the continuation went on with: one it never named (a second
         // choice of a provider that answered more than the one asked for) ended where the
         // failed call left it, with whatever finish that call gave it.
+        // With several choices, a finish one choice sent while another went on cannot be
+        // taken back (README): an earlier attempt's, of a choice the continuation's
+        // provider answers again unasked, is the client's already. Only choice 0, the one
+        // a continuation goes on with, is held to the rule then.
+        let several = named.len() > 1;
         for (index, n) in finishes {
             let Some(theirs) = own.get(&index).copied() else {
                 continue;
             };
+            if several && index != 0 {
+                continue;
+            }
             if n > theirs {
                 problems.push(format!(
-                    "choice {index} finished {n} time(s), the serving call finished it {theirs} time(s): a finish the continuation went on from reached the client"
+                    "choice {index} finished {n} time(s), the serving call finished it {theirs} time(s): a finish the answer went on from reached the client"
                 ));
             }
         }

@@ -96,8 +96,13 @@ impl ChoiceProgress {
             && self.finished.is_disjoint(&self.finishes_unreliable)
     }
 
-    /// The answer goes on in another attempt: no choice has finished any more.
-    pub fn forget_finishes(&mut self) {
+    /// The answer goes on in another attempt: which choices it names and finishes is that
+    /// attempt's own. A choice an earlier attempt named and nothing continues (the second
+    /// of two a provider gave, when only the first is continued) is not waited for: held
+    /// as still going on, it kept every finish the continuation sent from looking like the
+    /// end, and a provider's false ones went out.
+    pub fn start_over(&mut self) {
+        self.named.clear();
         self.finished.clear();
         // The next attempt may be another provider's, whose finishes mean what they say.
         self.finishes_unreliable.clear();
@@ -128,8 +133,8 @@ mod tests {
                 .going_on
         );
         assert!(progress.complete());
-        progress.forget_finishes();
-        assert!(!progress.complete() && !progress.all_finished());
+        progress.start_over();
+        assert!(!progress.complete() && !progress.named_any());
     }
 
     #[test]
@@ -155,7 +160,7 @@ mod tests {
             Noted::default(),
             "no output reopens nothing"
         );
-        progress.forget_finishes();
+        progress.start_over();
         progress.note(&every("c"));
         assert!(
             progress.complete(),
