@@ -42,6 +42,8 @@ const SET_ONCE: &[&str] = &[
     "object",
     "model",
     "expires_at",
+    // OpenRouter's `reasoning_details[].format`, repeated on every delta of a detail.
+    "format",
 ];
 
 /// One choice being accumulated.
@@ -391,7 +393,7 @@ fn merge_field<'d>(
         if SET_ONCE.contains(&key) {
             // Tags of a discriminated union follow the latest delta (as the SDKs do);
             // identifiers and names are the first one's.
-            if key == "type" || key == "index" {
+            if matches!(key, "type" | "index" | "format") {
                 at.replaced();
                 *existing = value.clone();
             }
@@ -615,6 +617,32 @@ mod tests {
             json!([{"index": 0, "message": {"role": "assistant", "content": "Hello",
                 "reasoning_content": "thinking", "x_provider": 1},
                 "finish_reason": "stop", "logprobs": null}])
+        );
+    }
+
+    /// OpenRouter repeats each reasoning detail's `format` on every delta of it: a tag, as
+    /// `type` is. Joined, the answer's `format` was `anthropic-claude-v1anthropic-claude-v1…`,
+    /// and a client that sends the signed reasoning back (Claude and Gemini tool use) reads
+    /// the format to decide whether it may.
+    #[test]
+    fn a_reasoning_details_format_is_a_tag_not_text() {
+        let detail = |fields: Value| {
+            let mut d =
+                json!({"type": "reasoning.text", "format": "anthropic-claude-v1", "index": 0});
+            d.as_object_mut()
+                .unwrap()
+                .extend(fields.as_object().unwrap().clone());
+            delta(0, json!({"content": "", "reasoning_details": [d]}))
+        };
+        let a = acc(&[
+            detail(json!({"text": "The user "})),
+            detail(json!({"text": "wants"})),
+            detail(json!({"signature": "sig"})),
+        ]);
+        assert_eq!(
+            a.choices()[0]["message"]["reasoning_details"],
+            json!([{"type": "reasoning.text", "format": "anthropic-claude-v1", "index": 0,
+                "text": "The user wants", "signature": "sig"}])
         );
     }
 
