@@ -162,6 +162,7 @@ impl StreamDelivery {
         match &outcome.result {
             Ok(served) => {
                 let mut tail = std::mem::take(&mut self.tail);
+                let mut carrier = None;
                 if outcome.retries != retries_at_commit || outcome.fallbacks != fallbacks_at_commit
                 {
                     let meta = json!({
@@ -170,10 +171,10 @@ impl StreamDelivery {
                         "model_group": catalog.group(served.group).name,
                         "deployment": catalog.deployment(served.deployment).id,
                     });
-                    self.attach_meta(&mut tail, meta, outcome, &served.model);
+                    carrier = Some(self.attach_meta(&mut tail, meta, outcome, &served.model));
                 }
-                for chunk in tail {
-                    if self.deliverable(&chunk) {
+                for (i, chunk) in tail.into_iter().enumerate() {
+                    if carrier == Some(i) || self.deliverable(&chunk) {
                         self.send(sse_frame(&chunk)).await?;
                     }
                 }
@@ -192,7 +193,14 @@ impl StreamDelivery {
 
     /// Puts `meta` on the usage chunk when the client gets one, else on the chunk with the
     /// finish reason; an answer that had neither gets a chunk with an empty delta for it.
-    fn attach_meta(&self, tail: &mut Vec<Chunk>, meta: Value, outcome: &Outcome, model: &str) {
+    /// Returns the carrier's place in `tail`: the client gets it, whatever it is.
+    fn attach_meta(
+        &self,
+        tail: &mut Vec<Chunk>,
+        meta: Value,
+        outcome: &Outcome,
+        model: &str,
+    ) -> usize {
         let carrier = tail
             .iter()
             .rposition(|c| c.usage_only && self.include_usage)
@@ -201,6 +209,7 @@ impl StreamDelivery {
             Some(i) => {
                 tail[i].object.insert("switchback", Top::Json(meta));
                 tail[i].raw = None;
+                i
             }
             None => {
                 let mut object = Map::new();
@@ -226,13 +235,16 @@ impl StreamDelivery {
                     whole: None,
                     raw: None,
                 });
+                tail.len() - 1
             }
         }
     }
 
-    /// Whether the client gets this chunk: the usage chunk only if it asked for usage.
+    /// Whether the client gets this chunk: the usage chunk only if it asked for usage. (The
+    /// chunk carrying the gateway's metadata is sent by place, never by a field an
+    /// upstream could send as well.)
     fn deliverable(&self, chunk: &Chunk) -> bool {
-        !chunk.usage_only || self.include_usage || chunk.object.contains_key("switchback")
+        !chunk.usage_only || self.include_usage
     }
 }
 
@@ -307,7 +319,9 @@ impl Delivery for StreamDelivery {
             }
             Box::pin(self.send_tail()).await?;
         }
-        if chunk.finish_reason.is_some() && self.choices.all_finished() {
+        // The usage chunk is held too: it is the stream's last before `[DONE]` (and carries
+        // the metadata, if any), whether or not a finish reason came before it.
+        if chunk.usage_only || (chunk.finish_reason.is_some() && self.choices.all_finished()) {
             self.tail.push(chunk);
             return Ok(());
         }
@@ -767,6 +781,99 @@ mod tests {
         );
         let beta = sent.find(r#""content":"beta""#).expect("the last piece");
         assert!(sent[beta..].contains(r#""finish_reason":"stop""#), "{sent}");
+    }
+
+    /// A usage chunk reaches a client that asked for usage only. One whose upstream put a
+    /// `switchback` field on it (another Switchback in front of the provider, after a
+    /// retry of its own) passed as the gateway's own metadata carrier, and a client that
+    /// never asked for usage read `choices: []` (`choices[0]` fails in the SDK loops).
+    #[tokio::test]
+    async fn an_upstreams_switchback_field_does_not_deliver_a_usage_chunk() {
+        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
+        use http_body_util::BodyExt;
+        let catalog = one_group();
+        let bounds = StreamBounds {
+            frames: 16,
+            bytes: 1 << 16,
+            write_timeout: Duration::from_secs(5),
+            deadline: Instant::now() + Duration::from_secs(60),
+        };
+        let (mut out, _start, body) = StreamDelivery::new(false, bounds);
+        let head = CommitHead {
+            group: "g".into(),
+            deployment: "d".into(),
+            retries: 0,
+            fallbacks: 0,
+            response_id: "r".into(),
+            upstream_headers: Vec::new(),
+        };
+        assert!(out.commit(head).await.is_ok());
+        for data in [
+            r#"{"id":"r","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"}}]}"#,
+            r#"{"id":"r","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"id":"r","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},"switchback":{"attempted_retries":1}}"#,
+        ] {
+            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
+                panic!("not a chunk: {data}");
+            };
+            assert!(out.chunk(chunk).await.is_ok());
+        }
+        assert!(out.conclude(&committed(Some("r")), &catalog).await.is_ok());
+        drop(out);
+        let sent = body.collect().await.unwrap().to_bytes();
+        let sent = String::from_utf8_lossy(&sent);
+        assert!(!sent.contains("usage"), "{sent}");
+        assert!(sent.ends_with("data: [DONE]\n\n"), "{sent}");
+    }
+
+    /// The usage chunk is the stream's last before `[DONE]`, as OpenAI sends it, even from
+    /// an upstream that named no finish reason: it went out as it came, and the metadata
+    /// of a retry after commit followed it in a chunk of its own.
+    #[tokio::test]
+    async fn the_usage_chunk_stays_last_when_no_finish_reason_came() {
+        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
+        use http_body_util::BodyExt;
+        let catalog = one_group();
+        let bounds = StreamBounds {
+            frames: 16,
+            bytes: 1 << 16,
+            write_timeout: Duration::from_secs(5),
+            deadline: Instant::now() + Duration::from_secs(60),
+        };
+        let (mut out, _start, body) = StreamDelivery::new(true, bounds);
+        let head = CommitHead {
+            group: "g".into(),
+            deployment: "d".into(),
+            retries: 0,
+            fallbacks: 0,
+            response_id: "r".into(),
+            upstream_headers: Vec::new(),
+        };
+        assert!(out.commit(head).await.is_ok());
+        for data in [
+            r#"{"id":"r","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"}}]}"#,
+            r#"{"id":"r","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+        ] {
+            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
+                panic!("not a chunk: {data}");
+            };
+            assert!(out.chunk(chunk).await.is_ok());
+        }
+        let retried = Outcome {
+            retries: 1,
+            ..committed(Some("r"))
+        };
+        assert!(out.conclude(&retried, &catalog).await.is_ok());
+        drop(out);
+        let sent = body.collect().await.unwrap().to_bytes();
+        let sent = String::from_utf8_lossy(&sent);
+        let frames: Vec<&str> = sent.split("\n\n").filter(|f| !f.is_empty()).collect();
+        assert_eq!(frames.len(), 3, "{sent}");
+        assert!(
+            frames[1].contains(r#""usage""#) && frames[1].contains(r#""switchback""#),
+            "the usage chunk last, carrying the metadata: {sent}"
+        );
+        assert_eq!(frames[2], "data: [DONE]");
     }
 
     /// A non-streaming client that left by the time the loop is over is gone, as a
