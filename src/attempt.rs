@@ -685,8 +685,17 @@ impl Run<'_> {
                 || self.deadline < attempt_end,
             stream: stream_timeout < tighter(spec.stream_timeout, gateway_stream_timeout),
         };
+        // Only a `stream_timeout` someone set bounds the wait for the first output (see
+        // `AttemptTimeouts::until_output`).
+        let chosen = spec.stream_timeout.is_some()
+            || settings.stream_timeout.from != crate::policy::Level::Default;
         let timeouts = AttemptTimeouts {
             stream_timeout,
+            until_output: if chosen {
+                stream_timeout
+            } else {
+                std::time::Duration::MAX
+            },
             deadline: attempt_end.min(self.deadline),
             request_deadline: self.deadline,
         };

@@ -135,7 +135,9 @@ pub struct LitellmParams {
     /// request's effective `timeout` applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
-    /// First-chunk and idle-gap timeout for this deployment, seconds (tighter one applies).
+    /// Time to headers, to the first output and longest gap between chunks for this
+    /// deployment, seconds (the tighter one applies). Set here, it bounds the wait for the
+    /// first output too (see `RouterSettings::stream_timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_timeout: Option<f64>,
     /// Relative share of traffic inside its group (default 1).
@@ -281,7 +283,9 @@ pub struct RouterSettings {
     /// Whole-attempt timeout, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
-    /// Time to first chunk and longest gap between chunks, seconds.
+    /// Time to headers, to the first output and longest gap between chunks, seconds.
+    /// Unset at every level (and on the deployment), only the gaps after the first output
+    /// are bounded (60 s): a reasoning model may think in silence up to `timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_timeout: Option<f64>,
     /// Fallback groups one request may visit (default 5).

@@ -87,6 +87,7 @@ fn relaxed() -> AttemptTimeouts {
 fn timeouts(stream_timeout: Duration, attempt: Duration) -> AttemptTimeouts {
     AttemptTimeouts {
         stream_timeout,
+        until_output: stream_timeout,
         deadline: Instant::now() + attempt,
         request_deadline: Instant::now() + attempt,
     }

@@ -147,9 +147,17 @@ impl UpstreamError {
 /// Bounds of one attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct AttemptTimeouts {
-    /// Longest wait for response headers, for the first chunk, and between chunks (any
-    /// byte counts as activity, so keep-alive comments keep a thinking model alive).
+    /// Longest wait between chunks once the answer has given output (any byte counts as
+    /// activity, so keep-alive comments keep a thinking model alive).
     pub stream_timeout: Duration,
+    /// Longest wait for response headers and for the answer's first output, bytes before
+    /// it resetting the wait as above: `stream_timeout` when some level or the deployment
+    /// sets one, else none but `deadline`. A reasoning model thinks in silence: OpenAI's
+    /// chat completions send nothing, not even the role chunk, until it has thought (and a
+    /// gateway in front of it, LiteLLM or Switchback, not even headers), often for minutes.
+    /// Under a default 60 s that no one chose, every such answer was cut, re-asked (and
+    /// billed) as many times as the retries allowed, and its deployment cooled.
+    pub until_output: Duration,
     /// The attempt ends here whatever happens (its `timeout`, capped by the request deadline),
     /// unless the gateway waits on its client: see [`UpstreamStream::next`].
     pub deadline: Instant,
@@ -242,8 +250,14 @@ impl UpstreamClient {
         let mut timeouts = timeouts;
         if !call.stream {
             timeouts.stream_timeout = Duration::MAX;
+            timeouts.until_output = Duration::MAX;
         }
-        let first_byte = Wait::new(Instant::now(), timeouts, TimeoutKind::FirstByte);
+        let first_byte = Wait::new(
+            Instant::now(),
+            timeouts.until_output,
+            timeouts,
+            TimeoutKind::FirstByte,
+        );
         let (response, mut lease) = timeout_at(first_byte.at, self.send(call))
             .await
             .map_err(|_| UpstreamError::Timeout(first_byte.kind))??;
@@ -260,6 +274,7 @@ impl UpstreamClient {
             last_activity: Instant::now(),
             unread_since: None,
             got_chunk: false,
+            got_output: false,
             choices: ChoiceProgress::default(),
             spoken: SpokenChoices::default(),
             done: false,
@@ -667,8 +682,9 @@ struct Wait {
 }
 
 impl Wait {
-    fn new(from: Instant, t: AttemptTimeouts, kind: TimeoutKind) -> Wait {
-        match from.checked_add(t.stream_timeout) {
+    /// A wait of at most `limit` from `from`, and never past the attempt's deadline.
+    fn new(from: Instant, limit: Duration, t: AttemptTimeouts, kind: TimeoutKind) -> Wait {
+        match from.checked_add(limit) {
             Some(own) if own < t.deadline => Wait { at: own, kind },
             _ => Wait {
                 at: t.deadline,
@@ -690,6 +706,8 @@ pub struct UpstreamStream {
     /// [`UpstreamStream::next`] hands a chunk out, cleared at the next read (see there).
     unread_since: Option<Instant>,
     got_chunk: bool,
+    /// A chunk with output came: from then on the waits are `stream_timeout`'s.
+    got_output: bool,
     /// Which choices have finished: a body that ends without `[DONE]` is a complete answer
     /// only once every choice it named has.
     choices: ChoiceProgress,
@@ -891,6 +909,7 @@ impl UpstreamStream {
                         // a failure depends on the request's plan (see `attempt`).
                         self.choices.note(&c);
                         self.got_chunk = true;
+                        self.got_output |= c.payload_bytes > 0;
                         self.unread_since.get_or_insert_with(Instant::now);
                         return Ok(Some(c));
                     }
@@ -929,7 +948,12 @@ impl UpstreamStream {
             let frame = match waiting {
                 Some(frame) => frame,
                 None => {
-                    let wait = Wait::new(self.last_activity, self.timeouts, kind);
+                    let limit = if self.got_output {
+                        self.timeouts.stream_timeout
+                    } else {
+                        self.timeouts.until_output
+                    };
+                    let wait = Wait::new(self.last_activity, limit, self.timeouts, kind);
                     timeout_at(wait.at, self.body().frame())
                         .await
                         .map_err(|_| UpstreamError::Timeout(wait.kind))?
@@ -1103,7 +1127,12 @@ impl UpstreamStream {
     async fn read_all(&mut self, max: usize, truncate: bool) -> Result<Bytes, UpstreamError> {
         let mut buf = BytesMut::new();
         loop {
-            let wait = Wait::new(self.last_activity, self.timeouts, TimeoutKind::FirstChunk);
+            let wait = Wait::new(
+                self.last_activity,
+                self.timeouts.stream_timeout,
+                self.timeouts,
+                TimeoutKind::FirstChunk,
+            );
             let frame = timeout_at(wait.at, self.body().frame())
                 .await
                 .map_err(|_| UpstreamError::Timeout(wait.kind))?;

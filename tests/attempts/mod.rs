@@ -74,6 +74,7 @@ pub async fn open_with(
             },
             AttemptTimeouts {
                 stream_timeout,
+                until_output: stream_timeout,
                 deadline: Instant::now() + 2 * stream_timeout,
                 request_deadline: Instant::now() + 2 * stream_timeout,
             },
