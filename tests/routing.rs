@@ -193,6 +193,54 @@ keys:
     }
 }
 
+/// Azure OpenAI's v1 API is called as `OpenAI(base_url=".../openai/v1/")`
+/// (`/openai/v1/chat/completions`, `/openai/v1/models`), and openai-python's `AzureOpenAI`
+/// with `api_version="preview"` or `"latest"` leaves the deployment out of its path
+/// (`/openai/chat/completions?api-version=preview`): the body's `model` names the group,
+/// as on `/v1`. Both were a 404 "no route".
+#[tokio::test(start_paused = true)]
+async fn azures_v1_paths_serve_the_group_the_body_names() {
+    let config = r#"
+model_list:
+  - {model_name: a, litellm_params: {model: openai/ma, api_base: "http://pa/v1"}, model_info: {id: a1}}
+keys:
+  - {key: sk-azure, key_alias: azure}
+"#;
+    for stream in [false, true] {
+        let net = MemNet::new();
+        net.host("pa", |_| sse_answer("ma", &["from a"]));
+        let gw = Gw::start(config, &net);
+        for path in [
+            "/openai/v1/chat/completions",
+            "/openai/v1/chat/completions?api-version=preview",
+            "/openai/chat/completions?api-version=latest",
+        ] {
+            let before = net.calls("pa").len();
+            let request = http::Request::post(path)
+                .header("host", "gateway")
+                .header("content-type", "application/json")
+                .header("api-key", "sk-azure")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    chat_body("a", stream).to_string(),
+                )))
+                .unwrap();
+            let response = gw.connect().await.send_request(request).await.unwrap();
+            let status = response.status();
+            let text = text(response).await;
+            assert_eq!(status, 200, "stream={stream} {path}: {text}");
+            assert_eq!(net.calls("pa").len(), before + 1, "stream={stream} {path}");
+        }
+        let request = http::Request::get("/openai/v1/models")
+            .header("host", "gateway")
+            .header("api-key", "sk-azure")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = gw.connect().await.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(text(response).await.contains(r#""id":"a""#));
+    }
+}
+
 /// A key restricted to some models learns nothing of the gateway's other groups: a name it
 /// may not use is refused alike (403) whether the gateway serves it or not. It got a 403
 /// for a group that exists and a 404 for one that does not, so one request per guess

@@ -217,8 +217,14 @@ const AZURE_CHAT: &str = "/chat/completions";
 fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
     let path = req.uri().path().trim_end_matches('/');
     let route = match path {
-        "/v1/chat/completions" | "/chat/completions" => Route::Chat { deployment: None },
-        "/v1/models" | "/models" => Route::Models,
+        // Azure OpenAI's v1 API (`base_url=".../openai/v1/"`), and openai-python's
+        // `AzureOpenAI` with `api_version="preview"` or `"latest"`, which leaves the
+        // deployment out of the path: the body names the group.
+        "/v1/chat/completions"
+        | "/chat/completions"
+        | "/openai/v1/chat/completions"
+        | "/openai/chat/completions" => Route::Chat { deployment: None },
+        "/v1/models" | "/models" | "/openai/v1/models" => Route::Models,
         "/health" | "/health/liveliness" | "/health/readiness" => Route::Health,
         "/metrics" => Route::Metrics,
         "/admin/reload" => Route::AdminReload,
