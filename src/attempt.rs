@@ -792,11 +792,6 @@ impl Run<'_> {
         // The client chose the model only where the deployment's own has a `*` to fill: a
         // wildcard group may hold a deployment with a fixed model, whose 404 is its own.
         let from_request = from_request && spec.model_template.is_some();
-        let to = UpstreamCall {
-            model: &upstream_model,
-            stream: spec.stream,
-            stream_options: spec.stream_options,
-        };
         // A fallback reached through a request-level entry with its own `messages` sends
         // them (LiteLLM: `litellm/router_utils/fallback_event_handlers.py`,
         // `run_async_fallback`, `kwargs.update(entry)`; see `request::client_side_fallbacks`).
@@ -806,24 +801,46 @@ impl Run<'_> {
         } else {
             request.messages_for(&self.catalog.group(group).name)
         };
-        let body = request.upstream_body_with(&to, continuation.as_ref(), messages);
         let (timeouts, blame) = self.timeouts(spec);
-        let call = Call {
-            endpoint: &spec.endpoint,
-            model: &upstream_model,
-            api_key: spec.api_key.as_ref().map(Secret::expose),
-            body: &body,
-            request_id: self.admitted.id,
-            stream: spec.stream,
-            ca_bundle: spec.ca_bundle.as_deref(),
-        };
-        let opened = tokio::select! {
-            biased;
-            reason = out.gone() => return Err(AttemptError::ClientGone(reason)),
-            // Boxed: opening (connect, TLS, the request's head) is the largest state of an
-            // attempt, and only its first; unboxed, every request in flight would carry its
-            // size for as long as its stream lasts.
-            opened = Box::pin(self.engine.client.open(call, timeouts)) => opened,
+        let mut streamed = spec.stream;
+        let (opened, body) = loop {
+            let to = UpstreamCall {
+                model: &upstream_model,
+                stream: streamed,
+                stream_options: spec.stream_options,
+            };
+            let body = request.upstream_body_with(&to, continuation.as_ref(), messages);
+            let call = Call {
+                endpoint: &spec.endpoint,
+                model: &upstream_model,
+                api_key: spec.api_key.as_ref().map(Secret::expose),
+                body: &body,
+                request_id: self.admitted.id,
+                stream: streamed,
+                ca_bundle: spec.ca_bundle.as_deref(),
+            };
+            let opened = tokio::select! {
+                biased;
+                reason = out.gone() => return Err(AttemptError::ClientGone(reason)),
+                // Boxed: opening (connect, TLS, the request's head) is the largest state of
+                // an attempt, and only its first; unboxed, every request in flight would
+                // carry its size for as long as its stream lasts.
+                opened = Box::pin(self.engine.client.open(call, timeouts)) => opened,
+            };
+            match opened {
+                // The deployment refuses to stream this request, not the request: it is
+                // asked again at once without streaming, within the same attempt and in
+                // both modes alike (a streaming client gets the answer re-chunked, as from
+                // a `fake_stream` deployment). Nothing was generated, so nothing is billed
+                // twice; not a failure of the deployment, so nothing is counted against it.
+                Err(e) if streamed && e.classify(self.engine.wall_now()).refuses_streaming() => {
+                    self.emit(Event::StreamRefused {
+                        attempt: self.attempts.len() as u32 + 1,
+                    });
+                    streamed = false;
+                }
+                opened => break (opened, body),
+            }
         };
         let mut stream = opened.map_err(|e| self.failed(spec, e, blame, from_request, 0, &body))?;
         let limits = &self.catalog.limits;

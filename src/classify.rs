@@ -277,6 +277,21 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A 400 that refuses the call's streaming, not the request: OpenAI's for o3 and gpt-5
+    /// in an organisation not verified (`param: "stream"`, "Your organization must be
+    /// verified to stream this model"), and for audio output in a format but pcm16
+    /// ("... does not support 'wav' when stream=true"). The same request without streaming
+    /// is served (see `attempt`).
+    pub fn refuses_streaming(&self) -> bool {
+        if self.class != FailureClass::BadRequest || self.status != Some(400) {
+            return false;
+        }
+        let message = self.message.to_ascii_lowercase();
+        self.param.as_deref() == Some("stream")
+            || message.contains("when stream=true")
+            || message.contains("to stream this model")
+    }
+
     pub fn new(class: FailureClass, message: impl Into<String>) -> Failure {
         Failure {
             class,
@@ -809,6 +824,34 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+
+    /// OpenAI refuses streaming, not the request, for o3 and gpt-5 in an organisation not
+    /// verified, and for audio output but pcm16; any other 400 is the request's.
+    #[test]
+    fn a_400_that_refuses_streaming_is_told_apart() {
+        let status = |body: &str| {
+            classify(
+                Signal::Status {
+                    status: 400,
+                    headers: &HeaderMap::new(),
+                    body: body.as_bytes(),
+                },
+                SystemTime::UNIX_EPOCH,
+            )
+        };
+        for refusal in [
+            r#"{"error":{"message":"Your organization must be verified to stream this model. Please go to: https://platform.openai.com/settings/organization/general and click on Verify Organization.","type":"invalid_request_error","param":"stream","code":"unsupported_value"}}"#,
+            r#"{"error":{"message":"Unsupported value: 'audio.format' does not support 'wav' when stream=true. Supported values are: 'pcm16'.","type":"invalid_request_error","param":"audio.format","code":"unsupported_value"}}"#,
+        ] {
+            assert!(status(refusal).refuses_streaming(), "{refusal}");
+        }
+        for other in [
+            r#"{"error":{"message":"Invalid value for 'max_tokens'","type":"invalid_request_error","param":"max_tokens","code":null}}"#,
+            r#"{"error":{"message":"'messages' must contain the word 'json'","type":"invalid_request_error","param":"messages","code":null}}"#,
+        ] {
+            assert!(!status(other).refuses_streaming(), "{other}");
+        }
+    }
     use super::*;
     use http::HeaderValue;
 

@@ -272,6 +272,10 @@ impl Observer for DecisionLog {
                 info!(target: DECISION_TARGET, request, key, since_admission_ms, attempt,
                     "stop_sequence_at_seam");
             }
+            Event::StreamRefused { attempt } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, attempt,
+                    "stream_refused");
+            }
             Event::ClientGone { reason } => {
                 info!(target: DECISION_TARGET, request, key, since_admission_ms, reason = reason.as_str(),
                     "client_gone");

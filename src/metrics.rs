@@ -261,7 +261,8 @@ impl State {
             Event::PlanResolved { .. }
             | Event::FailureNotCounted { .. }
             | Event::LinkSkipped { .. }
-            | Event::StopSequenceAtSeam { .. } => {}
+            | Event::StopSequenceAtSeam { .. }
+            | Event::StreamRefused { .. } => {}
         }
     }
 

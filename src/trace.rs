@@ -120,6 +120,12 @@ pub enum Event {
     StopSequenceAtSeam {
         attempt: u32,
     },
+    /// The deployment refused to stream the call with a 400 that names streaming, not the
+    /// request (OpenAI's "Your organization must be verified to stream this model"): the
+    /// attempt asks it again without streaming.
+    StreamRefused {
+        attempt: u32,
+    },
     /// The client went away (or stopped reading); the request was abandoned.
     ClientGone {
         reason: GoneReason,
@@ -149,6 +155,7 @@ impl Event {
             Event::Failed { .. } => "failed",
             Event::ContinuationRefused { .. } => "continuation_refused",
             Event::StopSequenceAtSeam { .. } => "stop_sequence_at_seam",
+            Event::StreamRefused { .. } => "stream_refused",
             Event::ClientGone { .. } => "client_gone",
             Event::LimitHit { .. } => "limit_hit",
         }
@@ -303,7 +310,9 @@ impl Event {
                 f("committed", committed);
             }
             Event::ContinuationRefused { reason } => f("reason", &format_args!("{reason:?}")),
-            Event::StopSequenceAtSeam { attempt } => f("attempt", attempt),
+            Event::StopSequenceAtSeam { attempt } | Event::StreamRefused { attempt } => {
+                f("attempt", attempt)
+            }
             Event::ClientGone { reason } => f("reason", &reason.as_str()),
             Event::LimitHit { limit } => f("limit", limit),
         }

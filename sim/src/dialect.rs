@@ -1424,6 +1424,7 @@ mod tests {
             framing: Default::default(),
             content_filter: Default::default(),
             finish_reasons: Default::default(),
+            refuses_streaming: false,
         }
     }
 

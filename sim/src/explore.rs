@@ -177,6 +177,7 @@ fn fault(kinds: Vec<FaultKind>, chunks: usize) -> BoxedStrategy<Option<Fault>> {
                 flavour,
                 code: code.map(str::to_string),
                 message: None,
+                param: None,
                 echo: None,
             })
         })
@@ -265,6 +266,7 @@ fn provider(
                 framing,
                 content_filter: Default::default(),
                 finish_reasons: Default::default(),
+                refuses_streaming: false,
             },
         )
 }
@@ -453,11 +455,14 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
         shapes::usage_asked(),
         // And after that, likewise.
         shapes::finish_reasons(),
+        // And after that, likewise.
+        shapes::streaming_refused(),
     )
-        .prop_map(|(mut s, r, filters, reload, usage, finishes)| {
+        .prop_map(|(mut s, r, filters, reload, usage, finishes, refused)| {
             // Before the wildcard's provider copies the first one.
             shapes::apply_content_filters(&mut s.providers, &filters);
             shapes::apply_finish_reasons(&mut s.providers, &finishes);
+            shapes::apply_streaming_refused(&mut s.providers, &refused);
             r.apply(&mut s);
             s.description.push_str(&r.describe());
             shapes::apply_usage_asked(&mut s.requests, usage);

@@ -297,7 +297,11 @@ impl Fake {
         reply.stop_at(&stop_sequences(&body));
         reply.include_usage = include_usage;
         reply.prompt_chars = crate::dialect::async_filter::prompt_chars(&body);
-        let fault = script.fault.clone();
+        let fault = if self.spec.refuses_streaming && stream {
+            Some(stream_refused())
+        } else {
+            script.fault.clone()
+        };
         let k = fault.as_ref().map_or(reply.pieces.len(), |f| {
             f.after_chunks.min(reply.pieces.len())
         });
@@ -954,6 +958,27 @@ fn default_message(status: u16, code: Option<&str>) -> &'static str {
     }
 }
 
+/// OpenAI's 400 for a streamed call of o3 or gpt-5 from an organisation not verified.
+fn stream_refused() -> Fault {
+    Fault {
+        kind: FaultKind::Http,
+        after_chunks: 0,
+        status: Some(400),
+        retry_after: None,
+        flavour: Flavour::Openai,
+        code: Some("unsupported_value".into()),
+        message: Some(
+            "Your organization must be verified to stream this model. Please go to: \
+             https://platform.openai.com/settings/organization/general and click on Verify \
+             Organization. If you just verified, it can take up to 15 minutes for access to \
+             propagate."
+                .into(),
+        ),
+        param: Some("stream".into()),
+        echo: None,
+    }
+}
+
 /// The error body in the provider flavour. `event`: inside an SSE stream (always an object).
 pub fn error_body(f: &Fault, event: bool) -> Value {
     let status = f.status.unwrap_or(429);
@@ -969,7 +994,7 @@ pub fn error_body(f: &Fault, event: bool) -> Value {
                 400..=499 => "invalid_request_error",
                 _ => "server_error",
             };
-            json!({"error": {"message": message, "type": kind, "code": code, "param": null}})
+            json!({"error": {"message": message, "type": kind, "code": code, "param": f.param}})
         }
         Flavour::Openrouter => {
             json!({"error": {"code": status, "message": message, "metadata": {}}})
@@ -1012,7 +1037,7 @@ pub fn error_body(f: &Fault, event: bool) -> Value {
                 503 => "ServiceUnavailableError",
                 _ => "InternalServerError",
             };
-            json!({"object": "error", "message": message, "type": kind, "param": null, "code": status})
+            json!({"object": "error", "message": message, "type": kind, "param": f.param, "code": status})
         }
         Flavour::LlamaCpp => {
             let kind = match status {

@@ -38,6 +38,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "stop_sequence_at_seam",
     "client_gone",
     "limit_hit",
+    "stream_refused",
 ];
 
 /// `event`'s name as [`EVENT_NAMES`] lists it. The match is exhaustive on purpose: a new
@@ -63,6 +64,7 @@ pub fn listed_name(event: &Event) -> &'static str {
         Event::StopSequenceAtSeam { .. } => 15,
         Event::ClientGone { .. } => 16,
         Event::LimitHit { .. } => 17,
+        Event::StreamRefused { .. } => 18,
     };
     EVENT_NAMES[i]
 }
@@ -1570,6 +1572,7 @@ mod tests {
                 reason: GoneReason::Left,
             },
             Event::LimitHit { limit: "x" },
+            Event::StreamRefused { attempt: 1 },
         ];
         let names: Vec<&str> = every.iter().map(Event::name).collect();
         assert_eq!(names, EVENT_NAMES);

@@ -80,6 +80,7 @@ fn provider(host: &str, script: Script) -> Provider {
         framing: Default::default(),
         content_filter: Default::default(),
         finish_reasons: Default::default(),
+        refuses_streaming: false,
     }
 }
 
@@ -102,6 +103,7 @@ pub fn world() -> Scenario {
         flavour: Flavour::Openai,
         code: None,
         message: None,
+        param: None,
         echo: None,
     };
     Scenario {

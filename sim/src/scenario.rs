@@ -160,6 +160,11 @@ pub struct Provider {
     /// `every_chunk` (Open WebUI, Gemini relays).
     #[serde(default, skip_serializing_if = "is_default")]
     pub finish_reasons: FinishReasons,
+    /// Refuses every streamed call with a 400 naming `stream`, and answers the same call
+    /// without streaming, as OpenAI does for o3 and gpt-5 in an organisation not verified
+    /// ("Your organization must be verified to stream this model").
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub refuses_streaming: bool,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -308,6 +313,10 @@ pub struct Fault {
     /// Error `message` (default: one the flavour would send).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Error `param`, the request field at fault (flavours with one: `openai`, `vllm`;
+    /// default `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
     /// Hostile: the error repeats part of the request (`http` and `error_event` faults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<Echo>,

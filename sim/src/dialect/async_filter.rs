@@ -209,6 +209,7 @@ mod tests {
             framing: Default::default(),
             content_filter: ContentFilterMode::Async,
             finish_reasons: Default::default(),
+            refuses_streaming: false,
         };
         let script = Script {
             text: Some(text.into()),

@@ -168,6 +168,19 @@ pub fn apply_finish_reasons(providers: &mut [Provider], drawn: &[FinishReasons])
     }
 }
 
+/// Which providers refuse streamed calls with a 400 naming `stream` (OpenAI's for o3 and
+/// gpt-5 in an organisation not verified): about one in fifteen.
+pub fn streaming_refused() -> impl Strategy<Value = Vec<bool>> {
+    proptest::collection::vec(proptest::bool::weighted(0.07), MAX_PROVIDERS)
+}
+
+/// Gives each provider its drawn [`streaming_refused`].
+pub fn apply_streaming_refused(providers: &mut [Provider], drawn: &[bool]) {
+    for (p, refuses) in providers.iter_mut().zip(drawn) {
+        p.refuses_streaming = *refuses;
+    }
+}
+
 /// Which of a case's requests ask for a usage chunk (`stream_options.include_usage`): in
 /// about 1 case in 3, those whose bit is set in the drawn mask (request `i`, bit `i % 8`).
 /// Without it no generated stream ever carried usage, and neither the passthrough check
