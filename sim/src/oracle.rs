@@ -856,6 +856,32 @@ fn check_invariants(
             }
         }
     }
+    // The seed bug's symptom in a stream that failed after commit: with no attempt after
+    // commit, every chunk the client got came from the committing call, the last one,
+    // and names the model that call's answer named, never a primary's that failed before
+    // commit (checked above only for answers that were served).
+    if let (Mode::Stream, true, false, None, Some(call)) = (
+        s.mode,
+        s.committed,
+        s.attempt_after_commit,
+        &s.served,
+        s.last_call,
+    ) {
+        if let Some(named) = sent_model(call) {
+            let wrong = c.chunks.iter().enumerate().find(|(_, chunk)| {
+                chunk
+                    .model
+                    .as_deref()
+                    .is_some_and(|m| !m.is_empty() && m != named)
+            });
+            if let Some((i, chunk)) = wrong {
+                fail(format!(
+                    "invariant: chunk {i} of a stream that failed after commit names model {:?}, but the committing call's answer named `{named}`",
+                    chunk.model
+                ));
+            }
+        }
+    }
     if let Some((_, _, model)) = &s.served {
         if c.succeeded() && c.model.as_ref() != Some(model) {
             fail(format!(
