@@ -84,17 +84,28 @@ pub fn shape() -> impl Strategy<Value = Shape> {
         })
 }
 
-/// `provider` answering in `shape`, every script's fault kept within its answer.
+/// `provider` answering in `shape`, every script's fault spread over its whole answer.
+///
+/// A fault's offset is drawn over the text's chunks, before the shape is known; it is
+/// scaled to the shaped answer's pieces, so that it can fall anywhere in it: clamped
+/// instead, no fault ever fell inside a tool call's fragments, after the last of them, or
+/// at the end of an answer with reasoning or two choices, which the README says explore
+/// covers.
 pub fn apply(provider: &mut Provider, shape: &Shape) {
     provider.dialect = shape.dialect;
     provider.tool_call_index = shape.tool_call_index;
     let dialect = shape.dialect;
     for script in std::iter::once(&mut provider.default).chain(provider.calls.iter_mut()) {
+        let drawn_over = dialect::pieces(dialect, script).len();
         shape_script(script, shape);
         let pieces = dialect::pieces(dialect, script).len();
         if let Some(f) = &mut script.fault {
             if f.kind != FaultKind::Http {
-                f.after_chunks = f.after_chunks.min(pieces);
+                f.after_chunks = match drawn_over {
+                    0 => f.after_chunks.min(pieces),
+                    n => (f.after_chunks.min(n) * pieces).div_ceil(n),
+                };
+                debug_assert!(f.after_chunks <= pieces);
             }
         }
     }
