@@ -394,15 +394,24 @@ fn sent_objects(call: &CallRecord) -> impl Iterator<Item = serde_json::Value> + 
 /// The text of choice 0 a call's answer carried, as the fake wrote it: its chunks'
 /// `delta.content`, or its JSON answer's `message.content`.
 fn sent_text(call: &CallRecord) -> String {
+    sent_text_of(call, true)
+}
+
+/// [`sent_text`], and with `messages`, a `message.content` where a choice has no delta
+/// content (a JSON answer's; also Perplexity's running copy and MiniMax's closing
+/// restatement of the whole answer, which a streaming client never reads).
+fn sent_text_of(call: &CallRecord, messages: bool) -> String {
     let mut text = String::new();
     for v in sent_objects(call) {
         for (place, choice) in v["choices"].as_array().into_iter().flatten().enumerate() {
             if choice["index"].as_u64().unwrap_or(place as u64) != 0 {
                 continue;
             }
-            let content = choice
-                .pointer("/delta/content")
-                .or_else(|| choice.pointer("/message/content"));
+            let content = choice.pointer("/delta/content").or_else(|| {
+                messages
+                    .then(|| choice.pointer("/message/content"))
+                    .flatten()
+            });
             if let Some(t) = content.and_then(serde_json::Value::as_str) {
                 text.push_str(t);
             }
@@ -965,31 +974,43 @@ fn check_invariants(
             fail(format!("invariant: {problem}"));
         }
     }
-    // Under `mid_stream: error` a stream that failed after commit ends with the committing
-    // call's failure: the client has a leading part of what that call wrote, and all of it
-    // when the call's fault fired and no limit cut the answer (a chunk held back to carry
-    // metadata, and dropped with the error event, passed unseen before).
+    // A stream that failed after commit ends with its last call's failure, under any
+    // policy (`mid_stream: error`; or `continue`, its continuation refused or its plan
+    // spent): the client has a leading part of the text delivered before that call (its
+    // continuation) and what the call wrote, and all of it when the call's fault fired and
+    // no limit cut the answer (a chunk held back to carry metadata, and dropped with the
+    // error event, passed unseen before). Not all of it when the request has `stop`
+    // sequences: a continuation's text that may complete one is held at the seam.
     let failed_stream = s.mode.is_stream() && s.committed && !c.succeeded();
     let stayed = c.left.is_none() && s.gone.is_none();
     // What the fake wrote reached the gateway only if nothing in between lost it: a network
     // fault (a partition) can swallow the rest, and the attempt then ends in a timeout.
     let timed_out = s.steps.last().and_then(|step| step.class) == Some(FailureClass::Timeout);
     let lossless = scenario.network.faults.is_empty() && !timed_out;
-    if failed_stream && stayed && s.mid_stream == Some(MidStreamPolicy::Error) {
+    if failed_stream && stayed {
         if let Some(call) = s.last_call.filter(|c| !c.flooded && !c.answered_json) {
-            if !call.planned.starts_with(&c.text) {
+            // What the call's stream wrote, not what it planned: an error in a JSON-only
+            // dialect is a status before any of its text.
+            let wrote = format!(
+                "{}{}",
+                call.continuation.as_deref().unwrap_or(""),
+                sent_text_of(call, false)
+            );
+            let stops = crate::fake::stop_sequences(&call.body);
+            if !wrote.starts_with(&c.text) {
                 fail(format!(
-                    "invariant: a stream failed under mid_stream: error with {:?}, which is not a leading part of what its last call wrote, {:?}",
-                    c.text, call.planned
+                    "invariant: a stream failed after commit with {:?}, which is not a leading part of what was delivered before its last call and what that call wrote, {:?}",
+                    c.text, wrote
                 ));
             } else if call.fault_fired
                 && lossless
                 && s.limits_hit.is_empty()
-                && c.text != call.planned
+                && stops.iter().all(String::is_empty)
+                && c.text != wrote
             {
                 fail(format!(
-                    "invariant: content lost before a stream's error event: the client has {:?}, its last call wrote {:?} before its fault",
-                    c.text, call.planned
+                    "invariant: content lost before a stream's error event: the client has {:?}, what was delivered before its last call and what that call wrote before its fault is {:?}",
+                    c.text, wrote
                 ));
             }
         }
