@@ -106,6 +106,16 @@ node conformance/node/suite.mjs --gateway "http://127.0.0.1:$gateway_port/v1" \
 
 python3 conformance/table.py "$out/python.json" "$out/node.json" --out "$out/table.md" \
   --check README.md || status=1
+# The `mid` case compares text only: a gateway that sent it straight to the fallback
+# (the primary skipped, cooling or never called) would match as well. Every request of
+# it through the gateway must have met the primary's fault and been continued on the
+# fallback: as many continuations at `midf` as calls at `midp`, and some of each.
+mid_primary=$(grep -c '^midp *received .*fault=error_event' "$out/fakes.log" || true)
+mid_continued=$(grep -c '^midf *received .*continuation=[1-9]' "$out/fakes.log" || true)
+if [[ "$mid_primary" == 0 || "$mid_primary" != "$mid_continued" ]]; then
+  echo "conformance: the mid-stream case met its primary's fault $mid_primary time(s) and was continued on the fallback $mid_continued time(s) (see $out/fakes.log)" >&2
+  status=1
+fi
 if grep -q panicked "$out/gateway.log"; then
   echo "conformance: the gateway panicked (see $out/gateway.log)" >&2
   status=1

@@ -4,7 +4,7 @@
 // once through the gateway, and what the SDK returned (plain JSON objects, every field) is
 // compared field by field, except for what the README says Switchback sets: the response
 // `id`, `role` only on a choice's first delta, and `usage: null` on chunks (the gateway asks
-// its upstream for usage). Errors compare the exception class, the status and the error type;
+// its upstream for usage). Errors compare the exception class and the status;
 // through the gateway the SDK must not retry (`x-should-retry: false`). Writes a JSON report;
 // exits 1 if any comparison differs. Run by ../run.sh.
 

@@ -186,7 +186,10 @@ async fn run_async(scenario: &Scenario, mode: Mode) -> Result<ModeRun, String> {
     )
     .await;
     let _ = stop.send(());
-    let _ = gateway.await;
+    // A panic in the gateway's serving task is the run's failure, never a silent end.
+    if let Err(e) = gateway.await {
+        return Err(format!("the gateway's serving task ended abnormally: {e}"));
+    }
     let open = wait_for_closes(&upstreams, &fakes.fakes).await;
     Ok(ModeRun {
         mode,

@@ -385,7 +385,7 @@ pub fn pair_up(
             let mut judgement = verdict::judge(&n, &s, expected, &naming, key);
             for (mode, o) in [("non_stream", &n), ("stream", &s)] {
                 if let Some(why) = &o.tainted {
-                    judgement.taint(&format!("{mode}: {why}"));
+                    judgement.taint_calls(&format!("{mode}: {why}"));
                 }
             }
             Pair {

@@ -216,9 +216,14 @@ fn simulation_and_live_decide_the_same() {
         let live = run_scenario_in(&path, &scenario, Where::Live);
         assert!(sim.passed(), "{rel} in simulation: {:?}", sim.failures);
         assert!(live.passed(), "{rel} live: {:?}", live.failures);
+        // `zip` stops at the shorter: a run or a request missing on one side is a failure,
+        // never a comparison skipped.
+        assert_eq!(sim.runs.len(), live.runs.len(), "{rel}: runs");
         for (a, b) in sim.runs.iter().zip(&live.runs) {
             assert_eq!(a.mode, b.mode);
-            for (x, y) in oracle::stories(a).iter().zip(oracle::stories(b).iter()) {
+            let (xs, ys) = (oracle::stories(a), oracle::stories(b));
+            assert_eq!(xs.len(), ys.len(), "{rel} [{}]: requests", a.mode.as_str());
+            for (x, y) in xs.iter().zip(ys.iter()) {
                 let what = format!(
                     "{rel} [{}] r{}.{}",
                     a.mode.as_str(),

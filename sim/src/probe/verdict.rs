@@ -73,9 +73,9 @@ pub struct Judgement {
 
 impl Judgement {
     /// This judgement, for a request whose two observations may not show the gateway's own
-    /// doing (`why`: the pause was cut short of a cooldown, a provider call from another
-    /// request came late). A difference is then not claimed: it becomes `inconclusive`, with
-    /// `why` as its reason and the differences kept after it. Other verdicts stand, noted.
+    /// doing (`why`: the pause was cut short of a cooldown). A difference is then not
+    /// claimed: it becomes `inconclusive`, with `why` as its reason and the differences
+    /// kept after it. Other verdicts stand, noted.
     pub fn taint(&mut self, why: &str) {
         if self.verdict == Verdict::Different {
             self.verdict = Verdict::Inconclusive;
@@ -88,6 +88,19 @@ impl Judgement {
                 .collect();
         } else {
             self.notes.push(why.to_string());
+        }
+    }
+
+    /// [`Judgement::taint`] for a request whose provider calls may be another's (`why`: the
+    /// gateway went on calling providers for an earlier request whose client gave up). An
+    /// agreement is not claimed either: the late calls may be what fired the faults this
+    /// request's verdict relies on.
+    pub fn taint_calls(&mut self, why: &str) {
+        if self.verdict == Verdict::Equivalent {
+            self.verdict = Verdict::Inconclusive;
+            self.reasons = vec![format!("not judged: {why}")];
+        } else {
+            self.taint(why);
         }
     }
 }
@@ -645,6 +658,13 @@ mod tests {
             same.notes.last().map(String::as_str),
             Some("the pause was cut")
         );
+        // Calls that may be another request's take an agreement too: they may be what
+        // fired the faults it relies on.
+        let mut same = judge(&n, &n, (&expected, &expected), &naming(), None);
+        assert_eq!(same.verdict, Verdict::Equivalent);
+        same.taint_calls("the gateway was still calling");
+        assert_eq!(same.verdict, Verdict::Inconclusive, "{same:?}");
+        assert_eq!(same.reasons[0], "not judged: the gateway was still calling");
     }
 
     #[test]
