@@ -58,6 +58,10 @@ pub struct CallRecord {
     /// able to, answered in full.
     pub continued: bool,
     pub authorization: Option<String>,
+    /// Its `api-key` header (Azure's deployments API takes the key there).
+    pub api_key: Option<String>,
+    /// The path and query it was posted to.
+    pub path_and_query: String,
     /// The gateway's request number (`x-switchback-request-id`), when it sent one.
     pub request_id: Option<u64>,
     /// The text (of choice 0) this call sends before its fault (all of it without one).
@@ -246,6 +250,15 @@ impl Fake {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let api_key = req
+            .headers()
+            .get("api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| path.clone(), |p| p.as_str().to_string());
         let request_id = req
             .headers()
             .get("x-switchback-request-id")
@@ -350,6 +363,8 @@ impl Fake {
                 continuation: continuation.clone(),
                 continued,
                 authorization: authorization.clone(),
+                api_key,
+                path_and_query,
                 request_id,
                 planned: reply.text(k),
                 outcome: fault.as_ref().map_or_else(

@@ -1485,13 +1485,17 @@ pub fn calls_no_deployment_makes(run: &ModeRun) -> Vec<String> {
             }
             let made_by = |d: &&switchback::catalog::DeploymentSpec| {
                 let model = d.model_template.is_some() || d.upstream_model == call.model;
-                let key = if d.endpoint.azure_api_version.is_some() {
-                    call.authorization.is_none()
+                let key = d.api_key.as_ref().map(|k| k.expose().to_string());
+                // Azure's deployments API takes the key in `api-key`, the others a Bearer;
+                // and the path names the deployment the body's model is.
+                let key = if d.endpoint.takes_api_key_header() {
+                    call.authorization.is_none() && call.api_key == key
                 } else {
-                    call.authorization
-                        == d.api_key.as_ref().map(|k| format!("Bearer {}", k.expose()))
+                    call.api_key.is_none()
+                        && call.authorization == key.map(|k| format!("Bearer {k}"))
                 };
-                model && key
+                let path = call.path_and_query == d.endpoint.chat_completions_path(&call.model);
+                model && key && path
             };
             if !at_host.iter().any(made_by) {
                 let key = match &call.authorization {
@@ -1499,9 +1503,9 @@ pub fn calls_no_deployment_makes(run: &ModeRun) -> Vec<String> {
                     Some(a) => format!("key ...{}", &a[a.len().saturating_sub(4)..]),
                 };
                 wrong.push(format!(
-                    "call {} to `{host}` named model `{}` with {key}: no deployment at `{host}` \
-                     is called so",
-                    call.call, call.model
+                    "call {} to `{host}` `{}` named model `{}` with {key}: no deployment at \
+                     `{host}` is called so",
+                    call.call, call.path_and_query, call.model
                 ));
             }
         }
