@@ -1503,9 +1503,9 @@ pub fn calls_no_deployment_makes(run: &ModeRun) -> Vec<String> {
                     Some(a) => format!("key ...{}", &a[a.len().saturating_sub(4)..]),
                 };
                 wrong.push(format!(
-                    "call {} to `{host}` `{}` named model `{}` with {key}: no deployment at \
-                     `{host}` is called so",
-                    call.call, call.path_and_query, call.model
+                    "call {} to `{host}` named model `{}` with {key} at `{}`: no deployment \
+                     at `{host}` is called so",
+                    call.call, call.model, call.path_and_query
                 ));
             }
         }
