@@ -296,18 +296,28 @@ pub async fn differential(
 
 /// Two gateways that both gave no answer in time, or that both reached no provider for a
 /// request that reaches one as the scenario is written (a wrong key: 401 on both; a wrong
-/// base path: 404 on both; both gone: broken on both), agree on nothing that was tested: the
-/// first such request, as the reason the run could not be judged.
+/// base path: 404 on both; both gone: broken on both), agree on nothing that was tested; nor
+/// do two that did the same but not what the scenario expects (its status, content or
+/// provider calls, or a fault it relies on never fired): both wrong alike is no evidence
+/// that either is right. The first such request, as the reason the run could not be judged.
 fn nothing_compared(rows: &[DiffRow], reference: &Reference) -> Option<String> {
     let mut index = [0usize; 2];
+    let none = super::reference::Expected::default();
     rows.iter().find_map(|r| {
         // Rows come mode by mode, each in the order the reference has them.
         let i = &mut index[usize::from(r.mode.is_stream())];
-        let reaches = reference
-            .for_mode(r.mode)
-            .get(*i)
-            .is_some_and(|e| e.reaches_provider);
+        let expected = reference.for_mode(r.mode).get(*i).unwrap_or(&none);
+        let reaches = expected.reaches_provider;
         *i += 1;
+        let misses = |o: &Observed| {
+            let mut m = super::verdict::expectation_misses(o, expected);
+            m.extend(
+                super::verdict::unfired(o, expected)
+                    .into_iter()
+                    .map(|f| format!("fault not fired: {f}")),
+            );
+            m
+        };
         if timed_out(&r.a) && timed_out(&r.b) {
             Some(format!(
                 "request {} {}: neither gateway answered in time ({}); raise --timeout",
@@ -323,6 +333,17 @@ fn nothing_compared(rows: &[DiffRow], reference: &Reference) -> Option<String> {
                 r.a.outcome(),
                 r.b.outcome()
             ))
+        } else if r.differences.is_empty() && r.tainted.is_none() {
+            let (a, b) = (misses(&r.a), misses(&r.b));
+            (!a.is_empty() || !b.is_empty()).then(|| {
+                format!(
+                    "request {} {}: both gateways did the same, but not what the scenario expects (A: {}; B: {}), so their agreement tests nothing",
+                    r.label,
+                    r.mode.as_str(),
+                    if a.is_empty() { "met".into() } else { a.join(", ") },
+                    if b.is_empty() { "met".into() } else { b.join(", ") },
+                )
+            })
         } else {
             None
         }
@@ -592,6 +613,57 @@ mod tests {
             )
         );
         assert_eq!(nothing_compared(&rows, &reaches(false)), None);
+    }
+
+    /// Two gateways that did the same, but not what the scenario expects (both skipped the
+    /// primary whose fault the scenario relies on; both served other text), agree on
+    /// nothing tested: the run could not be judged, never `same`.
+    #[test]
+    fn the_same_wrong_answer_on_both_is_not_the_same() {
+        let row = |a: &Observed| DiffRow {
+            label: "r0.0".into(),
+            mode: Mode::NonStream,
+            differences: Vec::new(),
+            tainted: None,
+            a: a.clone(),
+            b: a.clone(),
+        };
+        let expecting = |e: crate::probe::Expected| Reference {
+            non_stream: vec![e],
+            stream: Vec::new(),
+        };
+        let fallback_only = observed(200, "hi", vec![call("b", 1, "ok")]);
+        let relies_on_primary = expecting(crate::probe::Expected {
+            faults: [("a".to_string(), "http 429".to_string())].into(),
+            content: Some("hi".into()),
+            reaches_provider: true,
+            ..Default::default()
+        });
+        let why = nothing_compared(&[row(&fallback_only)], &relies_on_primary);
+        assert_eq!(
+            why.as_deref(),
+            Some(
+                "request r0.0 non_stream: both gateways did the same, but not what the scenario expects (A: fault not fired: a http 429; B: fault not fired: a http 429), so their agreement tests nothing"
+            )
+        );
+        let primary_then_fallback = observed(
+            200,
+            "hi",
+            vec![call("a", 1, "http 429"), call("b", 1, "ok")],
+        );
+        assert_eq!(
+            nothing_compared(&[row(&primary_then_fallback)], &relies_on_primary),
+            None
+        );
+        let other_text = expecting(crate::probe::Expected {
+            content: Some("bye".into()),
+            reaches_provider: true,
+            ..Default::default()
+        });
+        assert!(
+            nothing_compared(&[row(&primary_then_fallback)], &other_text)
+                .is_some_and(|w| w.contains(r#"content: expected "bye", got "hi""#))
+        );
     }
 
     /// A stream that was answered 200 and then failed with an error event is not an error

@@ -81,12 +81,22 @@ fn calls_of(
         .iter()
         .position(|d| d.id == model || catalog.group(d.group).name == model)
         .filter(|_| mock);
+    // A wildcard group's deployment is called with the model made from the requested name
+    // (`openai/*` asked for `openai/gpt-4.1` calls `gpt-4.1`), not its template's `*`.
+    let routed = catalog.route(model);
+    let called_with = |d: &switchback::catalog::DeploymentSpec| match &routed {
+        Some(r) if r.group == d.group => r
+            .wildcard
+            .as_ref()
+            .map_or_else(|| d.upstream_model.clone(), |w| w.upstream_model(d)),
+        _ => d.upstream_model.clone(),
+    };
     Some(
         deployments
             .iter()
             .enumerate()
             .filter(|(i, _)| Some(*i) != mocked)
-            .map(|(_, d)| (d.endpoint.host.clone(), d.upstream_model.clone()))
+            .map(|(_, d)| (d.endpoint.host.clone(), called_with(d)))
             .collect(),
     )
 }
@@ -230,6 +240,23 @@ mod tests {
         assert_eq!(
             calls_of(&attempts(&["nobody: ok"]), true, model, &catalog),
             None
+        );
+    }
+
+    /// A wildcard group's deployment is called with the model the requested name makes,
+    /// not its template's `*`: expected as `wild *`, every probe of a wildcard scenario
+    /// missed its own expectation (`probe --against` found it, once it checked them).
+    #[test]
+    fn a_wildcard_deployment_is_expected_with_the_requested_model() {
+        let r = reference(&load("parity/wildcard_fallbacks_by_requested_name.yaml")).unwrap();
+        let call = |host: &str, model: &str| (host.to_string(), model.to_string());
+        assert_eq!(
+            r.non_stream[0].calls.as_deref(),
+            Some(&[call("wild", "gpt-4.1"), call("backup", "backup")][..])
+        );
+        assert_eq!(
+            r.stream[1].calls.as_deref(),
+            Some(&[call("wild", "o3"), call("backup", "backup")][..])
         );
     }
 }
