@@ -639,6 +639,43 @@ mod tests {
         }
     }
 
+    /// A stream delivery committed as response `r`, the receiver its commit goes to (kept:
+    /// dropped, the client is gone), and what its client receives.
+    async fn committed_stream(
+        include_usage: bool,
+    ) -> (
+        StreamDelivery,
+        oneshot::Receiver<StreamStart>,
+        FrameReceiver,
+    ) {
+        let bounds = StreamBounds {
+            frames: 16,
+            bytes: 1 << 16,
+            write_timeout: Duration::from_secs(5),
+            deadline: Instant::now() + Duration::from_secs(60),
+        };
+        let (mut out, start, body) = StreamDelivery::new(include_usage, bounds);
+        let head = CommitHead {
+            group: "g".into(),
+            deployment: "d".into(),
+            retries: 0,
+            fallbacks: 0,
+            response_id: "r".into(),
+            upstream_headers: Vec::new(),
+        };
+        assert!(out.commit(head).await.is_ok());
+        (out, start, body)
+    }
+
+    /// Hands `out` the upstream chunk `data`.
+    async fn deliver_data(out: &mut StreamDelivery, data: &str) {
+        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
+        let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
+            panic!("not a chunk: {data}");
+        };
+        assert!(out.chunk(chunk).await.is_ok());
+    }
+
     /// An empty `model` or `system_fingerprint` (Azure's filter annotations, after the
     /// content) never erases the value the content chunks gave; any other field's latest
     /// value wins, as before.
@@ -672,33 +709,14 @@ mod tests {
     async fn a_held_content_chunk_reaches_the_client_before_the_error_event() {
         use crate::attempt::Unserved;
         use crate::classify::{Failure, FailureClass};
-        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
         use http_body_util::BodyExt;
         let catalog = one_group();
-        let bounds = StreamBounds {
-            frames: 16,
-            bytes: 1 << 16,
-            write_timeout: Duration::from_secs(5),
-            deadline: Instant::now() + Duration::from_secs(60),
-        };
-        let (mut out, _start, body) = StreamDelivery::new(false, bounds);
-        let head = CommitHead {
-            group: "g".into(),
-            deployment: "d".into(),
-            retries: 0,
-            fallbacks: 0,
-            response_id: "r".into(),
-            upstream_headers: Vec::new(),
-        };
-        assert!(out.commit(head).await.is_ok());
+        let (mut out, _start, body) = committed_stream(false).await;
         for data in [
             r#"{"id":"r","choices":[{"index":0,"delta":{"role":"assistant","content":"alp"}}]}"#,
             r#"{"id":"r","choices":[{"index":0,"delta":{"content":"lon"},"finish_reason":"stop"}]}"#,
         ] {
-            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
-                panic!("not a chunk: {data}");
-            };
-            assert!(out.chunk(chunk).await.is_ok());
+            deliver_data(&mut out, data).await;
         }
         let outcome = Outcome {
             result: Err(Unserved {
@@ -728,37 +746,15 @@ mod tests {
     /// 107000201). The choices an answer names are the attempt's own.
     #[tokio::test]
     async fn a_continuations_false_finishes_are_held_after_an_attempt_that_named_two_choices() {
-        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
         use http_body_util::BodyExt;
         let catalog = one_group();
-        let bounds = StreamBounds {
-            frames: 16,
-            bytes: 1 << 16,
-            write_timeout: Duration::from_secs(5),
-            deadline: Instant::now() + Duration::from_secs(60),
-        };
-        let (mut out, _start, body) = StreamDelivery::new(false, bounds);
-        let head = CommitHead {
-            group: "g".into(),
-            deployment: "d".into(),
-            retries: 0,
-            fallbacks: 0,
-            response_id: "r".into(),
-            upstream_headers: Vec::new(),
-        };
-        assert!(out.commit(head).await.is_ok());
-        let send = async |out: &mut StreamDelivery, data: &str| {
-            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
-                panic!("not a chunk: {data}");
-            };
-            assert!(out.chunk(chunk).await.is_ok());
-        };
-        send(
+        let (mut out, _start, body) = committed_stream(false).await;
+        deliver_data(
             &mut out,
             r#"{"id":"r","choices":[{"index":0,"delta":{"role":"assistant"}},{"index":1,"delta":{"role":"assistant"}}]}"#,
         )
         .await;
-        send(
+        deliver_data(
             &mut out,
             r#"{"id":"r","choices":[{"index":0,"delta":{"content":"alp"}}]}"#,
         )
@@ -768,7 +764,7 @@ mod tests {
             let data = format!(
                 r#"{{"id":"r","choices":[{{"index":0,"delta":{{"content":"{text}"}},"finish_reason":"stop"}}]}}"#
             );
-            send(&mut out, &data).await;
+            deliver_data(&mut out, &data).await;
         }
         assert!(out.conclude(&committed(Some("r")), &catalog).await.is_ok());
         drop(out);
@@ -789,34 +785,15 @@ mod tests {
     /// never asked for usage read `choices: []` (`choices[0]` fails in the SDK loops).
     #[tokio::test]
     async fn an_upstreams_switchback_field_does_not_deliver_a_usage_chunk() {
-        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
         use http_body_util::BodyExt;
         let catalog = one_group();
-        let bounds = StreamBounds {
-            frames: 16,
-            bytes: 1 << 16,
-            write_timeout: Duration::from_secs(5),
-            deadline: Instant::now() + Duration::from_secs(60),
-        };
-        let (mut out, _start, body) = StreamDelivery::new(false, bounds);
-        let head = CommitHead {
-            group: "g".into(),
-            deployment: "d".into(),
-            retries: 0,
-            fallbacks: 0,
-            response_id: "r".into(),
-            upstream_headers: Vec::new(),
-        };
-        assert!(out.commit(head).await.is_ok());
+        let (mut out, _start, body) = committed_stream(false).await;
         for data in [
             r#"{"id":"r","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"}}]}"#,
             r#"{"id":"r","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
             r#"{"id":"r","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},"switchback":{"attempted_retries":1}}"#,
         ] {
-            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
-                panic!("not a chunk: {data}");
-            };
-            assert!(out.chunk(chunk).await.is_ok());
+            deliver_data(&mut out, data).await;
         }
         assert!(out.conclude(&committed(Some("r")), &catalog).await.is_ok());
         drop(out);
@@ -831,33 +808,14 @@ mod tests {
     /// of a retry after commit followed it in a chunk of its own.
     #[tokio::test]
     async fn the_usage_chunk_stays_last_when_no_finish_reason_came() {
-        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
         use http_body_util::BodyExt;
         let catalog = one_group();
-        let bounds = StreamBounds {
-            frames: 16,
-            bytes: 1 << 16,
-            write_timeout: Duration::from_secs(5),
-            deadline: Instant::now() + Duration::from_secs(60),
-        };
-        let (mut out, _start, body) = StreamDelivery::new(true, bounds);
-        let head = CommitHead {
-            group: "g".into(),
-            deployment: "d".into(),
-            retries: 0,
-            fallbacks: 0,
-            response_id: "r".into(),
-            upstream_headers: Vec::new(),
-        };
-        assert!(out.commit(head).await.is_ok());
+        let (mut out, _start, body) = committed_stream(true).await;
         for data in [
             r#"{"id":"r","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"}}]}"#,
             r#"{"id":"r","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
         ] {
-            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
-                panic!("not a chunk: {data}");
-            };
-            assert!(out.chunk(chunk).await.is_ok());
+            deliver_data(&mut out, data).await;
         }
         let retried = Outcome {
             retries: 1,
