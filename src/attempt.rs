@@ -833,7 +833,9 @@ impl Run<'_> {
                 // both modes alike (a streaming client gets the answer re-chunked, as from
                 // a `fake_stream` deployment). Nothing was generated, so nothing is billed
                 // twice; not a failure of the deployment, so nothing is counted against it.
-                Err(e) if streamed && e.classify(self.engine.wall_now()).refuses_streaming() => {
+                Err(e)
+                    if streamed && e.classify(self.engine.wall_now()).refuses_streaming(&body) =>
+                {
                     self.emit(Event::StreamRefused {
                         attempt: self.attempts.len() as u32 + 1,
                     });

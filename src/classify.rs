@@ -281,15 +281,20 @@ impl Failure {
     /// in an organisation not verified (`param: "stream"`, "Your organization must be
     /// verified to stream this model"), and for audio output in a format but pcm16
     /// ("... does not support 'wav' when stream=true"). The same request without streaming
-    /// is served (see `attempt`).
-    pub fn refuses_streaming(&self) -> bool {
+    /// is served (see `attempt`). The words count only where the request `sent` does not
+    /// say them: many providers quote an unknown field back in a 400, and a client's own
+    /// words must not buy a second call.
+    pub fn refuses_streaming(&self, sent: &[u8]) -> bool {
         if self.class != FailureClass::BadRequest || self.status != Some(400) {
             return false;
         }
+        if self.param.as_deref() == Some("stream") {
+            return true;
+        }
         let message = self.message.to_ascii_lowercase();
-        self.param.as_deref() == Some("stream")
-            || message.contains("when stream=true")
-            || message.contains("to stream this model")
+        ["when stream=true", "to stream this model"]
+            .iter()
+            .any(|words| message.contains(words) && !request_says(sent, words))
     }
 
     pub fn new(class: FailureClass, message: impl Into<String>) -> Failure {
@@ -314,15 +319,7 @@ impl Failure {
         let Some(words) = self.quota_words else {
             return self;
         };
-        // The request as the upstream read it: JSON escapes decoded, so that `\u0062illing`
-        // is the same words.
-        let echoed = match serde_json::from_slice::<Value>(sent) {
-            Ok(v) => mentions(&v, words),
-            Err(_) => String::from_utf8_lossy(sent)
-                .to_ascii_lowercase()
-                .contains(words),
-        };
-        if echoed {
+        if request_says(sent, words) {
             self.class = FailureClass::BadRequest;
             self.quota = false;
             self.quota_words = None;
@@ -753,6 +750,17 @@ fn quota_words(status: Option<u16>, h: &ErrorHints) -> Option<&'static str> {
 }
 
 /// Whether any key or string in `v` contains `words` (lowercase), ASCII case aside.
+/// Whether the request `sent` says `words` (lower case) anywhere, a field's name included,
+/// as the upstream read it: JSON escapes decoded, so that `\u0062illing` is the same words.
+fn request_says(sent: &[u8], words: &str) -> bool {
+    match serde_json::from_slice::<Value>(sent) {
+        Ok(v) => mentions(&v, words),
+        Err(_) => String::from_utf8_lossy(sent)
+            .to_ascii_lowercase()
+            .contains(words),
+    }
+}
+
 fn mentions(v: &Value, words: &str) -> bool {
     let has = |s: &str| s.to_ascii_lowercase().contains(words);
     match v {
@@ -843,14 +851,22 @@ mod tests {
             r#"{"error":{"message":"Your organization must be verified to stream this model. Please go to: https://platform.openai.com/settings/organization/general and click on Verify Organization.","type":"invalid_request_error","param":"stream","code":"unsupported_value"}}"#,
             r#"{"error":{"message":"Unsupported value: 'audio.format' does not support 'wav' when stream=true. Supported values are: 'pcm16'.","type":"invalid_request_error","param":"audio.format","code":"unsupported_value"}}"#,
         ] {
-            assert!(status(refusal).refuses_streaming(), "{refusal}");
+            assert!(status(refusal).refuses_streaming(b"{}"), "{refusal}");
         }
         for other in [
             r#"{"error":{"message":"Invalid value for 'max_tokens'","type":"invalid_request_error","param":"max_tokens","code":null}}"#,
             r#"{"error":{"message":"'messages' must contain the word 'json'","type":"invalid_request_error","param":"messages","code":null}}"#,
         ] {
-            assert!(!status(other).refuses_streaming(), "{other}");
+            assert!(!status(other).refuses_streaming(b"{}"), "{other}");
         }
+        // A provider quoting the client's own field back says the words, not a refusal; a
+        // `param: "stream"` is one whatever the request said.
+        let sent = br#"{"model":"o3","stream":true,"when stream\u003dtrue":1}"#;
+        let echo = r#"{"error":{"message":"Unrecognized request argument supplied: when stream=true","type":"invalid_request_error","param":null,"code":null}}"#;
+        assert!(status(echo).refuses_streaming(b"{}"), "the words alone");
+        assert!(!status(echo).refuses_streaming(sent), "{echo}");
+        let verified = r#"{"error":{"message":"Your organization must be verified to stream this model.","type":"invalid_request_error","param":"stream","code":"unsupported_value"}}"#;
+        assert!(status(verified).refuses_streaming(sent), "{verified}");
     }
     use super::*;
     use http::HeaderValue;

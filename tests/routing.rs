@@ -238,6 +238,17 @@ keys:
         let response = gw.connect().await.send_request(request).await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(text(response).await.contains(r#""id":"a""#));
+        // `client.models.retrieve("a")` on the v1 API's base URL.
+        let request = http::Request::get("/openai/v1/models/a")
+            .header("host", "gateway")
+            .header("api-key", "sk-azure")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = gw.connect().await.send_request(request).await.unwrap();
+        let status = response.status();
+        let text = text(response).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(r#""id":"a""#), "{text}");
     }
 }
 

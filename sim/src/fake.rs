@@ -400,6 +400,7 @@ impl Fake {
             k,
             fault,
             flood: script.flood.clone(),
+            head_at_once: script.head_at_once,
             framing: self.spec.framing,
             headers,
             echo: EchoSource {
@@ -561,6 +562,8 @@ struct Answer {
     k: usize,
     fault: Option<Fault>,
     flood: Option<Flood>,
+    /// A JSON answer's head goes out before its body is ready (see [`Script::head_at_once`]).
+    head_at_once: bool,
     framing: Framing,
     headers: Vec<(String, String)>,
     echo: EchoSource,
@@ -833,7 +836,44 @@ impl Answer {
         response
     }
 
-    async fn whole(self) -> Response<FakeBody> {
+    /// A JSON answer: its head once the body is ready, or at once (`head_at_once`) with
+    /// the body following when it is.
+    async fn whole(mut self) -> Response<FakeBody> {
+        if !std::mem::take(&mut self.head_at_once) {
+            return self.whole_when_ready().await;
+        }
+        let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(16);
+        let mut head = Response::new(ChannelBody::new(rx).boxed());
+        head.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        add_headers(&mut head, &self.headers);
+        tokio::spawn(async move {
+            // A caller that leaves before the answer is ready takes no fault with it.
+            let answer = tokio::select! {
+                biased;
+                _ = tx.closed() => return,
+                answer = self.whole_when_ready() => answer,
+            };
+            let mut body = answer.into_body();
+            while let Some(frame) = body.frame().await {
+                let sent = match frame {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => tx.send(Ok(data)).await,
+                        Err(_) => continue,
+                    },
+                    Err(e) => tx.send(Err(e)).await,
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+        head
+    }
+
+    async fn whole_when_ready(self) -> Response<FakeBody> {
         if let Some(f) = self.fault.as_ref().filter(|f| f.kind == FaultKind::Http) {
             self.log.fire();
             return self.http_error(f);

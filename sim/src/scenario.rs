@@ -212,6 +212,13 @@ pub struct Script {
     /// Time to response headers.
     #[serde(default)]
     pub ttfb_ms: u64,
+    /// A JSON answer's head (200, `application/json`) goes out at `ttfb_ms`, and its body
+    /// only after the answer's delays, as from a server that flushes its head before it has
+    /// the answer (a reasoning model's JSON behind an upstream that ignores `stream: true`).
+    /// Whatever the answer turns out to be comes under that 200. Without it, a JSON answer's
+    /// head waits for the whole body. Streamed answers send their head at `ttfb_ms` anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub head_at_once: bool,
     /// Gap before every chunk.
     #[serde(default)]
     pub delay_ms: u64,

@@ -249,6 +249,7 @@ fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
         _ => match path
             .strip_prefix("/v1/models/")
             .or_else(|| path.strip_prefix("/models/"))
+            .or_else(|| path.strip_prefix("/openai/v1/models/"))
         {
             // The Node SDK escapes a model id (`/` as `%2F`), httpx spaces and non-ASCII.
             Some(id) => match percent_encoding::percent_decode_str(id).decode_utf8() {

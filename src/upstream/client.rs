@@ -1124,12 +1124,16 @@ impl UpstreamStream {
 
     /// Reads the whole body, up to `max` bytes. With `truncate`, the excess is dropped (an
     /// error body); without, exceeding `max` is a malformed response.
+    ///
+    /// Its waits are those before an answer's first output (`until_output`): a JSON body is
+    /// output only once whole, and a reasoning model's behind an upstream that sent its head
+    /// at once comes after the model has thought, as a silent stream's first chunk does.
     async fn read_all(&mut self, max: usize, truncate: bool) -> Result<Bytes, UpstreamError> {
         let mut buf = BytesMut::new();
         loop {
             let wait = Wait::new(
                 self.last_activity,
-                self.timeouts.stream_timeout,
+                self.timeouts.until_output,
                 self.timeouts,
                 TimeoutKind::FirstChunk,
             );
