@@ -371,7 +371,7 @@ impl Failure {
     /// OpenAI says it: clients give up on that code and wait out any other rate limit.
     pub fn client_error_code(&self) -> Option<&'static str> {
         match (self.blame, self.class) {
-            (Blame::LocalResource, _) => Some("gateway_overloaded"),
+            (Blame::LocalResource, _) => Some(GATEWAY_OVERLOADED),
             (Blame::RequestedModel, _) => Some("model_not_found"),
             (_, FailureClass::RateLimited) if self.quota => Some("insufficient_quota"),
             _ => self.class.error_code(),
@@ -789,6 +789,10 @@ fn is_quota(class: FailureClass, status: Option<u16>, h: &ErrorHints) -> bool {
 /// included, reads as this. The engine caps it again, much lower, with `limits.max_cooldown`
 /// and `limits.max_retry_after`: a longer wait asked for must never turn into a *shorter*
 /// one (dropping an out-of-range value would fall back to `cooldown_time`).
+/// The error `code` of a request the gateway could not serve for want of its own
+/// resources (file descriptors, memory, ports): its overload, not its upstreams'.
+pub const GATEWAY_OVERLOADED: &str = "gateway_overloaded";
+
 pub const RETRY_AFTER_CEILING: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 fn duration_from_secs(s: f64) -> Option<Duration> {

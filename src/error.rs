@@ -114,12 +114,24 @@ impl ApiError {
         );
         e.code = failure.client_error_code();
         e.retry_after = failure.retry_after;
+        // The gateway's own overload passes: a client may try again in a second, as over
+        // `max_connections`.
+        if e.overloaded() {
+            e.retry_after
+                .get_or_insert(std::time::Duration::from_secs(1));
+        }
         // The field of the client's request the upstream named, for an error about the
         // request (a 4xx the client sees as its own); never for the gateway's own statuses.
         if (400..500).contains(&e.status) {
             e.param.clone_from(&failure.param);
         }
         e
+    }
+
+    /// The gateway ran out of its own resources: no upstream is to blame, and a retry
+    /// later may well be served (see [`crate::classify::GATEWAY_OVERLOADED`]).
+    pub fn overloaded(&self) -> bool {
+        self.code == Some(crate::classify::GATEWAY_OVERLOADED)
     }
 
     /// `{"error": {...}}`.

@@ -501,8 +501,19 @@ async fn local_resource_errors_never_cool_a_deployment() {
         &net,
     );
     net.fail_connects(Some(EMFILE));
-    let r = gw.chat(None, chat_body("g", false)).await;
-    assert_eq!(r.status(), 503, "a local failure is the gateway's own: 503");
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        assert_eq!(r.status(), 503, "a local failure is the gateway's own: 503");
+        // Overloaded, as over `max_connections`: the SDK's own retry, after a second, is
+        // welcome (`x-should-retry: false` made openai-python and openai-node give up).
+        let h = r.headers();
+        assert_eq!(h.get("x-should-retry"), None, "stream={stream}: {h:?}");
+        assert_eq!(
+            h.get("retry-after").map(|v| v.to_str().unwrap()),
+            Some("1"),
+            "stream={stream}: {h:?}"
+        );
+    }
     net.fail_connects(None);
     let r = gw.chat(None, chat_body("g", false)).await;
     assert_eq!(r.status(), 200, "{:#?}", gw.events());

@@ -238,17 +238,24 @@ keys:
         let response = gw.connect().await.send_request(request).await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(text(response).await.contains(r#""id":"a""#));
-        // `client.models.retrieve("a")` on the v1 API's base URL.
-        let request = http::Request::get("/openai/v1/models/a")
-            .header("host", "gateway")
-            .header("api-key", "sk-azure")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        let response = gw.connect().await.send_request(request).await.unwrap();
-        let status = response.status();
-        let text = text(response).await;
-        assert_eq!(status, 200, "{text}");
-        assert!(text.contains(r#""id":"a""#), "{text}");
+        // `client.models.list()` and `retrieve("a")` on the v1 API's base URL, and from
+        // an `AzureOpenAI` client (its base URL is `{endpoint}/openai`).
+        for path in [
+            "/openai/v1/models/a",
+            "/openai/models?api-version=2024-10-21",
+            "/openai/models/a?api-version=2024-10-21",
+        ] {
+            let request = http::Request::get(path)
+                .header("host", "gateway")
+                .header("api-key", "sk-azure")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let response = gw.connect().await.send_request(request).await.unwrap();
+            let status = response.status();
+            let text = text(response).await;
+            assert_eq!(status, 200, "{path}: {text}");
+            assert!(text.contains(r#""id":"a""#), "{path}: {text}");
+        }
     }
 }
 

@@ -514,6 +514,29 @@ async fn a_done_without_its_line_ends_after_the_finish_reason_is_a_clean_end() {
     }
 }
 
+/// A `[DONE]` without its line ends is `[DONE]` however the answer's finishes read: from a
+/// provider that puts a finish reason on every chunk (complete only at `[DONE]`), or from
+/// one that sends none. Both SDKs end such a stream without an error; read as a cut, the
+/// whole answer was failed after commit and continued or ended with an error event.
+#[tokio::test]
+async fn a_done_without_its_line_ends_is_the_end_whatever_the_finishes() {
+    let every_chunk = sse(&[
+        chunk_json(json!({"role": "assistant", "content": "Hel"}), Some("stop")),
+        chunk_json(json!({"content": "lo"}), Some("stop")),
+    ]);
+    let no_finish = sse(&[role(), content("Hel"), content("lo")]);
+    for (what, body) in [("every chunk", every_chunk), ("no finish", no_finish)] {
+        for tail in ["data: [DONE]\n", "data: [DONE]"] {
+            let (chunks, end) = read(sse_response(body.clone() + tail)).await;
+            end.unwrap_or_else(|e| panic!("{what} {tail:?}: {e:?}"));
+            assert_eq!(texts(&chunks).concat(), "Hello", "{what} {tail:?}");
+        }
+        // Without `[DONE]`, neither is known to be whole.
+        let (_, end) = read(sse_response(body.clone())).await;
+        assert_class(end, FailureClass::Transient);
+    }
+}
+
 #[tokio::test]
 async fn an_unterminated_event_after_the_finish_reason_is_transient() {
     let body = sse(&answer()) + "data: [DO";
@@ -1074,6 +1097,62 @@ async fn deadline_before_stream_timeout_is_an_attempt_timeout() {
     assert!(started.elapsed() >= SHORT, "not before the deadline");
     assert_eq!(err.timeout_kind(), Some(TimeoutKind::Attempt), "{err:?}");
     assert_eq!(classified(&err).class, FailureClass::Timeout);
+}
+
+/// An error status whose body stalls is still that status: a 429 whose body never ends
+/// was a timeout, its class and its `Retry-After` lost (routing read it as a slow
+/// deployment, not a rate-limited one). The body's wait is the gap rule's, and what came
+/// of the body is kept.
+#[tokio::test]
+async fn an_error_status_whose_body_stalls_keeps_its_status() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("bound").port();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the request's head came whole");
+            request.extend_from_slice(&buf[..n]);
+        }
+        socket
+            .write_all(
+                b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\n\
+                  content-type: application/json\r\ncontent-length: 500\r\n\r\n\
+                  {\"error\":{\"message\":\"Rate limit reached",
+            )
+            .await
+            .expect("write");
+        // Held open, the rest never sent, until the client is gone.
+        let _ = socket.read(&mut buf).await;
+    });
+    let started = Instant::now();
+    let err = attempt(
+        &format!("http://127.0.0.1:{port}"),
+        Some(KEY),
+        LIMITS,
+        timeouts(SHORT, Duration::from_secs(5)),
+    )
+    .await
+    .err()
+    .expect("a 429");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not the deadline"
+    );
+    let UpstreamError::Status { status, body, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*status, 429);
+    assert!(body.starts_with(b"{\"error\""), "{body:?}");
+    let f = classified(&err);
+    assert_eq!(f.class, FailureClass::RateLimited);
+    assert_eq!(f.retry_after, Some(Duration::from_secs(7)));
+    server.await.expect("the fake upstream");
 }
 
 // ---------------------------------------------------------------------------------------------

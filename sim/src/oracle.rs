@@ -93,6 +93,9 @@ pub struct RequestStory<'r> {
     pub steps: Vec<Step>,
     pub served: Option<(GroupId, DeploymentId, String)>,
     pub engine_counts: Option<(u32, u32)>,
+    /// Retries and fallbacks as the trace tells them (`retry_scheduled`; `fallback_taken`
+    /// and `order_fallback_taken`), counted apart from the engine's own counters.
+    pub traced_counts: (u32, u32),
     pub failed: Option<(u16, &'static str)>,
     pub events: Vec<&'static str>,
     pub committed: bool,
@@ -291,6 +294,7 @@ fn story<'r>(
         steps: Vec::new(),
         served: None,
         engine_counts: None,
+        traced_counts: (0, 0),
         failed: None,
         events: events.iter().map(|e| listed_name(e)).collect(),
         committed: false,
@@ -330,6 +334,10 @@ fn story<'r>(
                 if let Some(last) = s.steps.last_mut() {
                     last.class = Some(*class);
                 }
+            }
+            Event::RetryScheduled { .. } => s.traced_counts.0 += 1,
+            Event::FallbackTaken { .. } | Event::OrderFallbackTaken { .. } => {
+                s.traced_counts.1 += 1;
             }
             Event::Committed { .. } => s.committed = true,
             Event::Completed {
@@ -539,6 +547,27 @@ fn stream_shape(c: &ClientResult, continued: Option<&CallRecord>) -> Vec<String>
         }
     }
     problems
+}
+
+/// The last finish reason `call` wrote for choice `index` that did not say the answer
+/// failed, if it wrote one: a served answer whose choices had all finished takes nothing
+/// from a failure after them (README), a failed finish (vLLM's `abort`) included.
+fn last_finish(call: &CallRecord, index: u64) -> Option<String> {
+    let mut last = None;
+    for object in sent_objects(call) {
+        let choices = object["choices"].as_array().into_iter().flatten();
+        for (place, choice) in choices.enumerate() {
+            let reason = choice["finish_reason"].as_str();
+            if choice["index"].as_u64().unwrap_or(place as u64) == index
+                && finishes_choice(choice)
+                && !reason.is_some_and(crate::passthrough::is_failure_finish)
+                && choice.get("error").is_none_or(serde_json::Value::is_null)
+            {
+                last = reason.map(str::to_string);
+            }
+        }
+    }
+    last
 }
 
 /// Whether a choice object carries a finish reason. SGLang's `""` on every chunk but the
@@ -948,15 +977,13 @@ fn check_invariants(
             // completed a stop sequence the text delivered began, where the answer ends
             // with the text delivered (each provider checks `stop` against its own text
             // only: the gateway checks the seam).
+            let mut ended_at_seam = false;
             let expected = match &call.continuation {
                 Some(prefix) => {
                     let whole = format!("{prefix}{}", call.planned);
                     let stops = crate::fake::stop_sequences(&call.body);
-                    if stop_across(&whole, prefix.len(), &stops) {
-                        prefix.clone()
-                    } else {
-                        whole
-                    }
+                    ended_at_seam = stop_across(&whole, prefix.len(), &stops);
+                    if ended_at_seam { prefix.clone() } else { whole }
                 }
                 None => call.planned.clone(),
             };
@@ -965,6 +992,23 @@ fn check_invariants(
                     "invariant: chunks lost or duplicated: the client has {:?}, the serving call accounts for {expected:?}",
                     c.text
                 ));
+            }
+            // How choice 0 ended is how the serving call ended it (its last finish, false
+            // ones before it taken back), whatever came before: a continued answer's
+            // finish was bounded only from above (no finish at all passed in both modes).
+            // An answer the gateway ended at a seam ends with `stop`.
+            if c.succeeded() {
+                let theirs = if ended_at_seam {
+                    Some("stop".to_string())
+                } else {
+                    last_finish(call, 0)
+                };
+                let told = ending(c).finish_reasons.remove(&0);
+                if let Some(theirs) = theirs.filter(|t| told.as_ref() != Some(t)) {
+                    fail(format!(
+                        "invariant: choice 0 ended with finish {told:?}, but the serving call's answer ended it with `{theirs}`"
+                    ));
+                }
             }
         }
     }
@@ -1021,6 +1065,22 @@ fn check_invariants(
             if (retries, fallbacks) != (Some(er), Some(ef)) {
                 fail(format!(
                     "invariant: the client was told retries={retries:?} fallbacks={fallbacks:?}, the engine made {er} and {ef}"
+                ));
+            }
+            // The engine's counters against its trace: a counter that missed a retry
+            // would tell the client and the trace the same wrong figure.
+            let (tr, tf) = s.traced_counts;
+            if (er, ef) != (tr, tf) {
+                fail(format!(
+                    "invariant: the engine counted retries={er} fallbacks={ef}, its trace scheduled {tr} retries and took {tf} fallbacks"
+                ));
+            }
+            // Every attempt after the first was a retry or a fallback's (a fallback
+            // taken from a group whose deployments were all cooling made none).
+            let attempts = s.steps.len() as u32;
+            if attempts > 1 + tr + tf {
+                fail(format!(
+                    "invariant: {attempts} attempts, but the trace has {tr} retries and {tf} fallbacks: an attempt came from neither"
                 ));
             }
         }

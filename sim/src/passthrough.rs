@@ -381,11 +381,19 @@ fn failed_finish(chunk: &Map<String, Value>) -> bool {
         .into_iter()
         .flatten()
         .any(|c| {
-            matches!(
-                c.get("finish_reason").and_then(Value::as_str),
-                Some("abort" | "error" | "insufficient_system_resource" | "network_error")
-            ) || c.get("error").is_some_and(|e| !e.is_null())
+            c.get("finish_reason")
+                .and_then(Value::as_str)
+                .is_some_and(is_failure_finish)
+                || c.get("error").is_some_and(|e| !e.is_null())
         })
+}
+
+/// Whether a finish reason says the answer failed (the README's list).
+pub fn is_failure_finish(reason: &str) -> bool {
+    matches!(
+        reason,
+        "abort" | "error" | "insufficient_system_resource" | "network_error"
+    )
 }
 
 /// `chunk` with its choices' finish reasons set to null.

@@ -224,7 +224,9 @@ fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
         | "/chat/completions"
         | "/openai/v1/chat/completions"
         | "/openai/chat/completions" => Route::Chat { deployment: None },
-        "/v1/models" | "/models" | "/openai/v1/models" => Route::Models,
+        // `/openai/models`: the `AzureOpenAI` clients' `models.list()` (their base URL is
+        // `{endpoint}/openai`).
+        "/v1/models" | "/models" | "/openai/v1/models" | "/openai/models" => Route::Models,
         "/health" | "/health/liveliness" | "/health/readiness" => Route::Health,
         "/metrics" => Route::Metrics,
         "/admin/reload" => Route::AdminReload,
@@ -250,6 +252,7 @@ fn route_of<B>(req: &Request<B>) -> Result<Route, ApiError> {
             .strip_prefix("/v1/models/")
             .or_else(|| path.strip_prefix("/models/"))
             .or_else(|| path.strip_prefix("/openai/v1/models/"))
+            .or_else(|| path.strip_prefix("/openai/models/"))
         {
             // The Node SDK escapes a model id (`/` as `%2F`), httpx spaces and non-ASCII.
             Some(id) => match percent_encoding::percent_decode_str(id).decode_utf8() {
@@ -1001,10 +1004,11 @@ fn forward_upstream_headers(response: &mut Response<ResponseBody>, head: &Commit
 /// An error that ends a request after the gateway has already retried and fallen back as
 /// far as its plan allows: the client's own retries would only multiply the attempts. One
 /// that called no upstream (every deployment cooling) cost nothing to retry: the SDK's
-/// own retries, which wait out `retry-after-ms`, are left to it.
+/// own retries, which wait out `retry-after-ms`, are left to it; so is one that ended on
+/// the gateway's own overload (out of file descriptors or ports), as over `max_connections`.
 fn final_error(e: &ApiError, called_upstream: bool) -> Response<ResponseBody> {
     let mut r = error(e);
-    if called_upstream {
+    if called_upstream && !e.overloaded() {
         r.headers_mut()
             .insert("x-should-retry", HeaderValue::from_static("false"));
     }

@@ -969,9 +969,13 @@ impl UpstreamStream {
                             Unreadable::Labelled(label).to_string(),
                         ));
                     }
-                    // A `[DONE]` cut only of its line ends says what it says.
-                    let clean = !self.parser.has_partial() || self.parser.pending_is_done();
-                    if self.choices.complete() && clean {
+                    // A `[DONE]` cut only of its line ends says what it says, whatever
+                    // the finishes said (both SDKs end such a stream without an error).
+                    if self.parser.has_partial() && self.parser.pending_is_done() {
+                        self.queue.push_back(Ok(Payload::Done));
+                        continue;
+                    }
+                    if self.choices.complete() && !self.parser.has_partial() {
                         return Ok(None);
                     }
                     return Err(UpstreamError::Transport(
@@ -1125,21 +1129,32 @@ impl UpstreamStream {
     /// Reads the whole body, up to `max` bytes. With `truncate`, the excess is dropped (an
     /// error body); without, exceeding `max` is a malformed response.
     ///
-    /// Its waits are those before an answer's first output (`until_output`): a JSON body is
+    /// An answer's waits are those before its first output (`until_output`): a JSON body is
     /// output only once whole, and a reasoning model's behind an upstream that sent its head
-    /// at once comes after the model has thought, as a silent stream's first chunk does.
+    /// at once comes after the model has thought, as a silent stream's first chunk does. An
+    /// error body's are the gaps' (`stream_timeout`): its status is known, and a body that
+    /// stalls leaves it that status with what came of the body, not a timeout that loses
+    /// its class and its `Retry-After`.
     async fn read_all(&mut self, max: usize, truncate: bool) -> Result<Bytes, UpstreamError> {
         let mut buf = BytesMut::new();
+        let limit = if truncate {
+            self.timeouts.stream_timeout
+        } else {
+            self.timeouts.until_output
+        };
         loop {
             let wait = Wait::new(
                 self.last_activity,
-                self.timeouts.until_output,
+                limit,
                 self.timeouts,
                 TimeoutKind::FirstChunk,
             );
-            let frame = timeout_at(wait.at, self.body().frame())
-                .await
-                .map_err(|_| UpstreamError::Timeout(wait.kind))?;
+            let Ok(frame) = timeout_at(wait.at, self.body().frame()).await else {
+                if truncate {
+                    return Ok(buf.freeze());
+                }
+                return Err(UpstreamError::Timeout(wait.kind));
+            };
             match frame {
                 None => {
                     self.reached_end();
