@@ -174,8 +174,11 @@ impl Default for Limits {
             max_retries_ceiling: 10,
             max_attempts: 32,
             request_deadline: 600.0,
-            max_sse_line_bytes: 256 * 1024,
-            max_upstream_body_bytes: 16 * 1024 * 1024,
+            // Gemini's OpenAI endpoint sends a tool call whole in one event: an agent's
+            // file write is as long as the file.
+            max_sse_line_bytes: 4 * 1024 * 1024,
+            // gpt-5's 128,000 output tokens streamed are about 32 MB of chunks.
+            max_upstream_body_bytes: 64 * 1024 * 1024,
             max_retry_after: 30.0,
             header_read_timeout: 10.0,
             body_read_timeout: 30.0,
@@ -188,7 +191,8 @@ impl Default for Limits {
             max_model_name_bytes: 256,
             // About 20 MB of values at most, several times what a real request holds.
             max_request_json_values: 250_000,
-            max_upstream_json_values: 1_000_000,
+            // 128,000 chunks of 16 values each (gpt-5's), with room.
+            max_upstream_json_values: 4_000_000,
             max_cooldown: 300.0,
             max_choices: 128,
             max_tool_calls: 128,

@@ -85,11 +85,26 @@ const MOCK_ANSWER_FIELDS: &[&str] = &[
 ];
 
 /// Body fields that are LiteLLM's own (request tags and trace metadata for its logging and
-/// tag routing): read by the gateway, never forwarded. LiteLLM keeps `metadata` for itself
+/// tag routing; its response cache's controls; its trace and session ids): read by the
+/// gateway or of no meaning to it, never forwarded. LiteLLM keeps `metadata` for itself
 /// (it reaches OpenAI only under `enable_preview_features`); forwarded, OpenAI refuses a
 /// `metadata` of LiteLLM's shape (a `tags` array, not a string) and Azure one of more keys
-/// than it takes, a 400 for a request that works on LiteLLM.
-const GATEWAY_METADATA_FIELDS: &[&str] = &["metadata", "litellm_metadata", "tags"];
+/// than it takes, and any of the others as an "Unrecognized request argument": a 400 for a
+/// request that works on LiteLLM. Switchback has no response cache, so a request that
+/// asks to skip or bound one (`cache: {"no-cache": true}`, `ttl`) has what it asked for.
+const GATEWAY_METADATA_FIELDS: &[&str] = &[
+    "metadata",
+    "litellm_metadata",
+    "tags",
+    "cache",
+    "caching",
+    "ttl",
+    "no-log",
+    "cache_key",
+    "litellm_trace_id",
+    "litellm_session_id",
+    "litellm_call_id",
+];
 
 /// A request that could not be parsed; becomes a 400 `invalid_request_error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -937,6 +952,15 @@ mod tests {
         let r = parse(
             r#"{"model":"g","messages":[{"role":"user","content":"hi"}],"temperature":0.2,
                 "metadata":{"tags":["team-a"],"trace_id":"t1"},"tags":["x"],"litellm_metadata":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.passthrough.keys().collect::<Vec<_>>(), ["temperature"]);
+        // LiteLLM's cache controls and trace ids, as its docs tell clients to send them
+        // (`extra_body`): OpenAI refused each with a 400 "Unrecognized request argument".
+        let r = parse(
+            r#"{"model":"g","messages":[{"role":"user","content":"hi"}],"temperature":0.2,
+                "cache":{"no-cache":true},"caching":false,"ttl":600,"no-log":true,"cache_key":"k",
+                "litellm_trace_id":"t","litellm_session_id":"s","litellm_call_id":"c"}"#,
         )
         .unwrap();
         assert_eq!(r.passthrough.keys().collect::<Vec<_>>(), ["temperature"]);

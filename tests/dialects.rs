@@ -446,7 +446,7 @@ router_settings: {num_retries: 0, context_window_fallbacks: [{g: [big]}], fallba
 /// Perplexity's running copy of the message beside every delta grows with the answer, so
 /// its bytes on the wire grow with the square of the answer's length: counted whole
 /// against `max_upstream_body_bytes`, a healthy answer of about 4,000 tokens went past the
-/// default 16 MiB and failed as malformed (blamed on the deployment, and continued or cut).
+/// default of the time (16 MiB) and failed as malformed (blamed on the deployment, and continued or cut).
 /// The copy is not the answer (the delta is; neither mode keeps the copy), and is not
 /// counted; everything else still is. Here with a limit of 256 KiB and an answer of 600
 /// pieces of 8 bytes: 1.5 MB on the wire, 4.8 KB of answer.
@@ -473,6 +473,83 @@ async fn a_running_copy_of_the_message_does_not_count_against_the_answers_size()
 }
 
 const PIECES: usize = 600;
+
+/// Long answers fit the default limits. gpt-5 writes up to 128,000 output tokens, one
+/// chunk of about 250 bytes and 16 JSON values each (`service_tier`, `obfuscation`...),
+/// and Qwen3's thinking models stream 80,000 tokens of reasoning: the old defaults
+/// (16 MiB of body, 1,000,000 values) failed such an answer near its end, after commit,
+/// in both modes (the upstream call streams in both), about 62,000 tokens in. Gemini's
+/// OpenAI endpoint sends each tool call whole in one event: an agent's `write_file` of a
+/// 1 MiB file was one line over the old 256 KiB `max_sse_line_bytes`.
+#[tokio::test(start_paused = true)]
+async fn long_answers_fit_the_default_limits() {
+    const TOKENS: usize = 80_000;
+    let net = MemNet::new();
+    net.host("up", |req| {
+        let asked = req.body;
+        let mut body = String::new();
+        let head = |delta: Value, finish: Value| {
+            frame(
+                &json!({"id": "chatcmpl-long", "object": "chat.completion.chunk",
+                "created": 1, "model": "gpt-5-2025-08-07", "service_tier": "default",
+                "system_fingerprint": null, "choices": [{"index": 0, "delta": delta,
+                "logprobs": null, "finish_reason": finish}], "obfuscation": "Zx9"}),
+            )
+        };
+        if asked["messages"][0]["content"] == "tool" {
+            let arguments = json!({"path": "big.txt", "content": "x".repeat(1 << 20)});
+            body.push_str(&head(
+                json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1",
+                    "type": "function", "function": {"name": "write_file",
+                    "arguments": arguments.to_string()}}]}),
+                Value::Null,
+            ));
+            body.push_str(&head(json!({}), json!("tool_calls")));
+        } else {
+            body.push_str(&head(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+            ));
+            for _ in 0..TOKENS {
+                body.push_str(&head(json!({"content": " tok"}), Value::Null));
+            }
+            body.push_str(&head(json!({}), json!("stop")));
+        }
+        body.push_str("data: [DONE]\n\n");
+        sse(body)
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    for stream in [false, true] {
+        let mut ask = chat_body("g", stream);
+        let r = gw.chat(None, ask.clone()).await;
+        let status = r.status();
+        let body = text(r).await;
+        assert_eq!(
+            status,
+            200,
+            "stream={stream}: {}",
+            &body[..body.len().min(500)]
+        );
+        assert_eq!(
+            answered_text(&body, stream).len(),
+            TOKENS * 4,
+            "stream={stream}"
+        );
+        ask["messages"][0]["content"] = json!("tool");
+        let r = gw.chat(None, ask).await;
+        let status = r.status();
+        let body = text(r).await;
+        assert_eq!(
+            status,
+            200,
+            "stream={stream}: {}",
+            &body[..body.len().min(500)]
+        );
+        assert!(body.contains("write_file"), "stream={stream}");
+        assert!(body.len() > 1 << 20, "stream={stream}: {}", body.len());
+    }
+    assert!(!gw.saw("limit_hit"), "{:#?}", gw.events());
+}
 
 /// Perplexity's stream of `pieces` pieces of 8 bytes, each chunk with the running copy.
 fn perplexity_answer(pieces: usize) -> String {

@@ -31,9 +31,9 @@ pub const MAX_CLIENT_EVENT_BYTES: usize = 1024 * 1024;
 
 /// Largest stream the client reads, in bytes: every chunk it keeps holds its raw text, so
 /// a gateway that floods must not grow the harness (or `probe`) without bound until its
-/// timeout. Above the gateway's own `max_upstream_body_bytes` default (16 MiB) with room
+/// timeout. Above the gateway's own `max_upstream_body_bytes` default (64 MiB) with room
 /// for the fields it stamps on each chunk.
-pub const MAX_CLIENT_STREAM_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_CLIENT_STREAM_BYTES: usize = 128 * 1024 * 1024;
 
 /// One chunk as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
