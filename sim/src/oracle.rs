@@ -110,6 +110,8 @@ pub struct RequestStory<'r> {
     pub earlier_calls: Vec<&'r CallRecord>,
     /// The request's last provider call, whatever its end, when the fakes logged one.
     pub last_call: Option<&'r CallRecord>,
+    /// The host that received `last_call`.
+    pub last_call_host: Option<&'r str>,
     /// The limits named by `limit_hit` events, in order.
     pub limits_hit: Vec<&'static str>,
     /// Why the engine saw the client go (`client_gone`), if it did.
@@ -305,6 +307,7 @@ fn story<'r>(
         serving_call: None,
         earlier_calls: Vec::new(),
         last_call: None,
+        last_call_host: None,
         limits_hit: Vec::new(),
         gone: None,
     };
@@ -364,12 +367,14 @@ fn story<'r>(
         }
     }
     if let Some(id) = id {
-        s.last_call = run
+        let last = run
             .calls
-            .values()
-            .flatten()
-            .filter(|c| c.request_id == Some(id))
-            .max_by_key(|c| c.seq);
+            .iter()
+            .flat_map(|(host, calls)| calls.iter().map(move |c| (host.as_str(), c)))
+            .filter(|(_, c)| c.request_id == Some(id))
+            .max_by_key(|(_, c)| c.seq);
+        s.last_call = last.map(|(_, c)| c);
+        s.last_call_host = last.map(|(host, _)| host);
     }
     if let (Some((_, deployment, _)), Some(id)) = (&s.served, id) {
         let host = &s.catalog.deployment(*deployment).endpoint.host;
@@ -1055,6 +1060,31 @@ fn check_invariants(
                 fail(format!(
                     "invariant: content lost before a stream's error event: the client has {:?}, what was delivered before its last call and what that call wrote before its fault is {:?}",
                     c.text, wrote
+                ));
+            }
+        }
+    }
+    // The deployment the client is told served it (the stream's metadata after an attempt
+    // past commit, else the header) is the one the fakes saw answer last: judged by the
+    // host and model of the last call, not by the engine's own account (a gateway that
+    // named the primary after a fallback told both the client and its trace the same).
+    if let (true, Some(call), Some(host)) = (c.succeeded(), s.last_call, s.last_call_host) {
+        let told = c
+            .meta
+            .as_ref()
+            .and_then(|m| m.get("deployment"))
+            .and_then(serde_json::Value::as_str)
+            .or_else(|| c.headers.get("x-switchback-deployment").map(String::as_str));
+        if let Some(told) = told {
+            let named = catalog.deployments.iter().find(|d| d.id == told);
+            let answered = named.is_some_and(|d| {
+                d.endpoint.host == host
+                    && (d.model_template.is_some() || d.upstream_model == call.model)
+            });
+            if !answered {
+                fail(format!(
+                    "invariant: the client was told deployment `{told}` served it, but its last call went to `{host}` for model `{}`",
+                    call.model
                 ));
             }
         }
