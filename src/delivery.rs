@@ -420,6 +420,10 @@ pub struct AggregateDelivery {
     top: Map<String, Value>,
     choices: Accumulator,
     usage: Option<Value>,
+    /// The latest usage that came on a chunk with output: a streaming client has it
+    /// whatever follows (such a chunk is delivered, or carried past a failure), where a
+    /// usage-only chunk is held to the end and dropped with its attempt.
+    usage_delivered: Option<Value>,
     /// The upstream's own completion, while it is the whole answer (one attempt that
     /// answered with JSON): passed on as it came.
     whole: Option<Box<Map<String, Value>>>,
@@ -552,6 +556,9 @@ impl Delivery for AggregateDelivery {
                 "usage" => {
                     if !v.is_null() {
                         self.usage = Some(v.clone());
+                        if chunk.payload_bytes > 0 {
+                            self.usage_delivered = Some(v.clone());
+                        }
                     }
                 }
                 // The first real `created` (Azure's prompt-filter chunk says 0); every
@@ -598,9 +605,10 @@ impl Delivery for AggregateDelivery {
         self.whole = None;
         self.continued = true;
         // The superseded attempt's usage is folded into the next usage report (see
-        // `CommitState::after_failure`), as the stream's held usage chunk is dropped: an
-        // answer whose last attempt reports none has none, in both modes.
-        self.usage = None;
+        // `CommitState::after_failure`), as the stream's held usage chunk is dropped. What
+        // a streaming client was told on chunks with output (Gemini's usage on every
+        // chunk) it keeps: so does this answer, if no later attempt reports one.
+        self.usage = self.usage_delivered.clone();
     }
 }
 
