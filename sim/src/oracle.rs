@@ -6,6 +6,7 @@
 //! happened. Does not run anything (`world`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use switchback::catalog::{Catalog, DeploymentId, GroupId};
 use switchback::classify::FailureClass;
@@ -672,6 +673,9 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
     for f in calls_no_deployment_makes(run) {
         failures.push(format!("[{mode}] invariant: {f}"));
     }
+    for problem in attempts_on_cooling_deployments(scenario, run) {
+        failures.push(format!("[{mode}] invariant: {problem}"));
+    }
     for id in unclaimed_requests(run) {
         failures.push(format!(
             "[{mode}] invariant: request {id} was admitted, but no client response carries \
@@ -723,6 +727,74 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
             ));
         }
     }
+}
+
+/// Attempts started on a deployment chosen while it was cooling, read from the trace alone
+/// (the engine's own selection is what is judged). A cooldown counts from the failure that
+/// caused it, when the request that failed reports it at that instant, for its `duration`;
+/// an attempt chosen strictly inside it, of any request, on a group that does not pin the
+/// deployment by its id (LiteLLM hands a pinned one back cooling or not), is a failure. The
+/// bounds are strict: another request's failure is seen only from the next instant, and a
+/// request that waits for the cooldown's end (a Retry-After) attempts at that end. A retry's deployment is
+/// chosen when the retry is scheduled (`retry_scheduled`), before its backoff: a cooldown
+/// another request starts during the backoff does not move it (LiteLLM chooses after the
+/// backoff; see the README's known differences). Not judged in runs with config reloads (a
+/// reload's deployments are a new catalog's).
+fn attempts_on_cooling_deployments(scenario: &Scenario, run: &ModeRun) -> Vec<String> {
+    if !scenario.reloads.is_empty() {
+        return Vec::new();
+    }
+    let catalog = &run.catalog;
+    let mut problems = Vec::new();
+    let mut failed_at: BTreeMap<(u64, DeploymentId), Duration> = BTreeMap::new();
+    let mut windows: Vec<(DeploymentId, Duration, Duration, u64)> = Vec::new();
+    // Each request's scheduled retry, while it waits: its deployment and when it was chosen.
+    let mut scheduled: BTreeMap<u64, (DeploymentId, Duration)> = BTreeMap::new();
+    for r in &run.records {
+        match &r.event {
+            Event::RetryScheduled { deployment, .. } => {
+                scheduled.insert(r.request, (*deployment, r.at));
+            }
+            Event::AttemptFailed { deployment, .. } => {
+                failed_at.insert((r.request, *deployment), r.at);
+            }
+            Event::DeploymentCooled {
+                deployment,
+                duration,
+                ..
+            } if failed_at.get(&(r.request, *deployment)) == Some(&r.at) => {
+                windows.push((*deployment, r.at, r.at + *duration, r.request));
+            }
+            Event::AttemptStarted {
+                group, deployment, ..
+            } => {
+                let chosen = match scheduled.remove(&r.request) {
+                    Some((d, at)) if d == *deployment => at,
+                    _ => r.at,
+                };
+                if catalog.pinned(*group).is_some() {
+                    continue;
+                }
+                // Chosen while cooling, and attempted before the cooldown ended (a retry
+                // may wait out a cooldown the provider asked for: it attempts at its end).
+                let inside = windows
+                    .iter()
+                    .find(|(d, from, until, _)| d == deployment && *from < chosen && r.at < *until);
+                if let Some((_, from, until, by)) = inside {
+                    problems.push(format!(
+                        "request {} chose `{}` at {} ms for an attempt, while it was cooling from {} ms to {} ms (request {by}'s failure)",
+                        r.request,
+                        catalog.deployment(*deployment).id,
+                        chosen.as_millis(),
+                        from.as_millis(),
+                        until.as_millis()
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    problems
 }
 
 /// Requests the engine admitted that no client result names by its request id (the header
