@@ -33,7 +33,7 @@ use crate::limits::LimitExceeded;
 use crate::policy::EffectiveSettings;
 use crate::request::{Continuation, UpstreamCall};
 use crate::route::select::{self, Choice, Tiers};
-use crate::route::{GiveUp, RetryContext, RetryDecision};
+use crate::route::{self, GiveUp, RetryContext, RetryDecision};
 use crate::seam::{Seam, SeamGuard};
 use crate::secret::Secret;
 use crate::trace::Event;
@@ -410,36 +410,36 @@ impl Run<'_> {
                 let tier_first = *first_failed.get_or_insert(deployment);
                 let order_route = failure.class.actions(fallback_on_bad_request).fallback;
                 let order_fallback_possible = self.order_fallback_open(group, order_route, &walk);
+                let cx = RetryContext {
+                    group,
+                    failure: &failure,
+                    // A fallback to a deployment id is one call: LiteLLM retries a
+                    // model group by its deployments, and an id names none
+                    // (`router.py`, `Router.should_retry_this_error` raises when the
+                    // name has no healthy deployments to retry on). `probe --against`
+                    // on `parity/fallback_to_deployment_id.yaml` shows it.
+                    retries_allowed: if self.catalog.pinned(group).is_some() {
+                        0
+                    } else {
+                        self.settings.retries_in(
+                            failure.class,
+                            Some(group),
+                            self.catalog.deployment(tier_first).num_retries,
+                        )
+                    },
+                    retries_used: retries_here,
+                    mocked: mocked.is_some(),
+                    committed: self.commit.is_committed(),
+                    tried: &tried,
+                    tier,
+                    order_fallback_possible,
+                    now,
+                    deadline: self.deadline,
+                    max_wait: self.catalog.limits.max_retry_after(),
+                    backoff_base: self.catalog.settings.retry_backoff_base,
+                    backoff_max: self.catalog.settings.retry_backoff_max,
+                };
                 let decision = {
-                    let cx = RetryContext {
-                        group,
-                        failure: &failure,
-                        // A fallback to a deployment id is one call: LiteLLM retries a
-                        // model group by its deployments, and an id names none
-                        // (`router.py`, `Router.should_retry_this_error` raises when the
-                        // name has no healthy deployments to retry on). `probe --against`
-                        // on `parity/fallback_to_deployment_id.yaml` shows it.
-                        retries_allowed: if self.catalog.pinned(group).is_some() {
-                            0
-                        } else {
-                            self.settings.retries_in(
-                                failure.class,
-                                Some(group),
-                                self.catalog.deployment(tier_first).num_retries,
-                            )
-                        },
-                        retries_used: retries_here,
-                        mocked: mocked.is_some(),
-                        committed: self.commit.is_committed(),
-                        tried: &tried,
-                        tier,
-                        order_fallback_possible,
-                        now,
-                        deadline: self.deadline,
-                        max_wait: self.catalog.limits.max_retry_after(),
-                        backoff_base: self.catalog.settings.retry_backoff_base,
-                        backoff_max: self.catalog.settings.retry_backoff_max,
-                    };
                     let health = self.engine.health(now);
                     let book = health.view(self.admitted.id, now);
                     self.engine
@@ -474,7 +474,7 @@ impl Run<'_> {
                         }
                         retries_here += 1;
                         self.retries += 1;
-                        next = Some(deployment);
+                        next = Some(self.retry_target(&cx, deployment));
                     }
                     RetryDecision::GiveUp(reason) => {
                         self.emit(Event::GroupExhausted { group, reason });
@@ -529,6 +529,27 @@ impl Run<'_> {
                 None => return Err(Stop::Unserved(self.unserved(failure, &walk))),
             }
         }
+    }
+
+    /// The deployment a scheduled retry goes to once its backoff is over: the one planned,
+    /// unless another request cooled it meanwhile (see [`route::reroute_after_backoff`]).
+    fn retry_target(&mut self, cx: &RetryContext<'_>, planned: DeploymentId) -> DeploymentId {
+        let now = Instant::now();
+        let rerouted = {
+            let health = self.engine.health(now);
+            let book = health.view(self.admitted.id, now);
+            let cx = RetryContext { now, ..*cx };
+            route::reroute_after_backoff(&cx, planned, self.catalog, &book, &mut self.rng)
+        };
+        let Some(to) = rerouted else {
+            return planned;
+        };
+        self.emit(Event::RetryRerouted {
+            group: cx.group,
+            from: planned,
+            to,
+        });
+        to
     }
 
     /// LiteLLM's order-based fallback: when the request's `order` tier of `group` is spent,

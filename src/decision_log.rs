@@ -205,6 +205,10 @@ impl Observer for DecisionLog {
                 info!(target: DECISION_TARGET, request, key, since_admission_ms, group = g(group),
                     deployment = d(deployment), delay_ms = ms(*delay), "retry_scheduled");
             }
+            Event::RetryRerouted { group, from, to } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, group = g(group),
+                    from = d(from), to = d(to), "retry_rerouted");
+            }
             Event::GroupExhausted { group, reason } => {
                 info!(target: DECISION_TARGET, request, key, since_admission_ms, group = g(group),
                     reason = reason.as_str(), "group_exhausted");

@@ -262,7 +262,10 @@ impl State {
             | Event::FailureNotCounted { .. }
             | Event::LinkSkipped { .. }
             | Event::StopSequenceAtSeam { .. }
-            | Event::StreamRefused { .. } => {}
+            | Event::StreamRefused { .. }
+            // `switchback_retries_total` counts a retry by the deployment it was scheduled
+            // on, when it was: a reroute moves no count.
+            | Event::RetryRerouted { .. } => {}
         }
     }
 

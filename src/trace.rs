@@ -65,6 +65,13 @@ pub enum Event {
         deployment: DeploymentId,
         delay: Duration,
     },
+    /// A scheduled retry's deployment was cooled by another request during the backoff:
+    /// the retry goes to `to`, healthy when the backoff ended, instead of `from`.
+    RetryRerouted {
+        group: GroupId,
+        from: DeploymentId,
+        to: DeploymentId,
+    },
     GroupExhausted {
         group: GroupId,
         reason: GiveUp,
@@ -146,6 +153,7 @@ impl Event {
             Event::DeploymentCooled { .. } => "deployment_cooled",
             Event::FailureNotCounted { .. } => "failure_not_counted",
             Event::RetryScheduled { .. } => "retry_scheduled",
+            Event::RetryRerouted { .. } => "retry_rerouted",
             Event::GroupExhausted { .. } => "group_exhausted",
             Event::LinkSkipped { .. } => "link_skipped",
             Event::FallbackTaken { .. } => "fallback_taken",
@@ -238,6 +246,11 @@ impl Event {
                 f("group", &g(group));
                 f("deployment", &d(deployment));
                 f("delay_ms", &delay.as_millis());
+            }
+            Event::RetryRerouted { group, from, to } => {
+                f("group", &g(group));
+                f("from", &d(from));
+                f("to", &d(to));
             }
             Event::GroupExhausted { group, reason } => {
                 f("group", &g(group));

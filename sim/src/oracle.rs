@@ -28,6 +28,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "deployment_cooled",
     "failure_not_counted",
     "retry_scheduled",
+    "retry_rerouted",
     "group_exhausted",
     "link_skipped",
     "fallback_taken",
@@ -54,18 +55,19 @@ pub fn listed_name(event: &Event) -> &'static str {
         Event::DeploymentCooled { .. } => 4,
         Event::FailureNotCounted { .. } => 5,
         Event::RetryScheduled { .. } => 6,
-        Event::GroupExhausted { .. } => 7,
-        Event::LinkSkipped { .. } => 8,
-        Event::FallbackTaken { .. } => 9,
-        Event::OrderFallbackTaken { .. } => 10,
-        Event::Committed { .. } => 11,
-        Event::Completed { .. } => 12,
-        Event::Failed { .. } => 13,
-        Event::ContinuationRefused { .. } => 14,
-        Event::StopSequenceAtSeam { .. } => 15,
-        Event::ClientGone { .. } => 16,
-        Event::LimitHit { .. } => 17,
-        Event::StreamRefused { .. } => 18,
+        Event::RetryRerouted { .. } => 7,
+        Event::GroupExhausted { .. } => 8,
+        Event::LinkSkipped { .. } => 9,
+        Event::FallbackTaken { .. } => 10,
+        Event::OrderFallbackTaken { .. } => 11,
+        Event::Committed { .. } => 12,
+        Event::Completed { .. } => 13,
+        Event::Failed { .. } => 14,
+        Event::ContinuationRefused { .. } => 15,
+        Event::StopSequenceAtSeam { .. } => 16,
+        Event::ClientGone { .. } => 17,
+        Event::LimitHit { .. } => 18,
+        Event::StreamRefused { .. } => 19,
     };
     EVENT_NAMES[i]
 }
@@ -735,25 +737,54 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
 /// an attempt chosen strictly inside it, of any request, on a group that does not pin the
 /// deployment by its id (LiteLLM hands a pinned one back cooling or not), is a failure. The
 /// bounds are strict: another request's failure is seen only from the next instant, and a
-/// request that waits for the cooldown's end (a Retry-After) attempts at that end. A retry's deployment is
-/// chosen when the retry is scheduled (`retry_scheduled`), before its backoff: a cooldown
-/// another request starts during the backoff does not move it (LiteLLM chooses after the
-/// backoff; see the README's known differences). Not judged in runs with config reloads (a
-/// reload's deployments are a new catalog's).
+/// request that waits for the cooldown's end (a Retry-After) attempts at that end.
+///
+/// A retry's deployment is chosen when the retry is scheduled (`retry_scheduled`), and
+/// looked at again when its backoff ends: if another request cooled it meanwhile, the retry
+/// goes to a deployment of the tier healthy then (`retry_rerouted`, judged at that instant),
+/// and goes where it was planned only when none is. So a planned retry that meets a cooldown
+/// begun during its backoff is a failure when another deployment of its group and tier,
+/// one the request never tried, was surely healthy then (no cooldown of any kind, reported
+/// late or not, covered it); and a reroute away from a deployment no cooldown covered is one
+/// too. Not judged in runs with config reloads (a reload's deployments are a new catalog's).
 fn attempts_on_cooling_deployments(scenario: &Scenario, run: &ModeRun) -> Vec<String> {
     if !scenario.reloads.is_empty() {
         return Vec::new();
     }
     let catalog = &run.catalog;
+    let name = |d: DeploymentId| catalog.deployment(d).id.clone();
     let mut problems = Vec::new();
     let mut failed_at: BTreeMap<(u64, DeploymentId), Duration> = BTreeMap::new();
+    // Cooldowns reported by the failure that caused them, at its instant.
     let mut windows: Vec<(DeploymentId, Duration, Duration, u64)> = Vec::new();
+    // Every cooldown the trace tells, however late: when it was told, and until when it
+    // may last (from the telling, so never shorter than it really is).
+    let mut told: Vec<(DeploymentId, Duration, Duration)> = Vec::new();
     // Each request's scheduled retry, while it waits: its deployment and when it was chosen.
     let mut scheduled: BTreeMap<u64, (DeploymentId, Duration)> = BTreeMap::new();
+    let mut tried: BTreeMap<u64, BTreeSet<DeploymentId>> = BTreeMap::new();
+    let may_be_cooling = |told: &[(DeploymentId, Duration, Duration)], d: DeploymentId, at| {
+        told.iter()
+            .any(|(c, from, until)| *c == d && *from <= at && at < *until)
+    };
     for r in &run.records {
         match &r.event {
             Event::RetryScheduled { deployment, .. } => {
                 scheduled.insert(r.request, (*deployment, r.at));
+            }
+            Event::RetryRerouted { from, to, .. } => {
+                if !may_be_cooling(&told, *from, r.at) {
+                    problems.push(format!(
+                        "request {} rerouted its retry from `{}` to `{}` at {} ms, but no \
+                         cooldown covered `{}` then",
+                        r.request,
+                        name(*from),
+                        name(*to),
+                        r.at.as_millis(),
+                        name(*from)
+                    ));
+                }
+                scheduled.insert(r.request, (*to, r.at));
             }
             Event::AttemptFailed { deployment, .. } => {
                 failed_at.insert((r.request, *deployment), r.at);
@@ -762,19 +793,25 @@ fn attempts_on_cooling_deployments(scenario: &Scenario, run: &ModeRun) -> Vec<St
                 deployment,
                 duration,
                 ..
-            } if failed_at.get(&(r.request, *deployment)) == Some(&r.at) => {
-                windows.push((*deployment, r.at, r.at + *duration, r.request));
+            } => {
+                told.push((*deployment, r.at, r.at + *duration));
+                if failed_at.get(&(r.request, *deployment)) == Some(&r.at) {
+                    windows.push((*deployment, r.at, r.at + *duration, r.request));
+                }
             }
             Event::AttemptStarted {
                 group, deployment, ..
             } => {
-                let chosen = match scheduled.remove(&r.request) {
-                    Some((d, at)) if d == *deployment => at,
-                    _ => r.at,
-                };
+                let retry = scheduled.remove(&r.request);
+                let tried_before = tried.entry(r.request).or_default().clone();
+                tried.entry(r.request).or_default().insert(*deployment);
                 if catalog.pinned(*group).is_some() {
                     continue;
                 }
+                let chosen = match retry {
+                    Some((d, at)) if d == *deployment => at,
+                    _ => r.at,
+                };
                 // Chosen while cooling, and attempted before the cooldown ended (a retry
                 // may wait out a cooldown the provider asked for: it attempts at its end).
                 let inside = windows
@@ -784,10 +821,36 @@ fn attempts_on_cooling_deployments(scenario: &Scenario, run: &ModeRun) -> Vec<St
                     problems.push(format!(
                         "request {} chose `{}` at {} ms for an attempt, while it was cooling from {} ms to {} ms (request {by}'s failure)",
                         r.request,
-                        catalog.deployment(*deployment).id,
+                        name(*deployment),
                         chosen.as_millis(),
                         from.as_millis(),
                         until.as_millis()
+                    ));
+                    continue;
+                }
+                // A planned retry that met a cooldown begun during its backoff.
+                let met = windows.iter().find(|(d, from, until, by)| {
+                    d == deployment && *by != r.request && *from < r.at && r.at < *until
+                });
+                let Some((_, from, _, by)) = met else {
+                    continue;
+                };
+                let tier = catalog.deployment(*deployment).order;
+                let healthy = catalog.group(*group).deployments.iter().copied().find(|d| {
+                    d != deployment
+                        && catalog.deployment(*d).order == tier
+                        && !tried_before.contains(d)
+                        && !may_be_cooling(&told, *d, r.at)
+                });
+                if let Some(healthy) = healthy {
+                    problems.push(format!(
+                        "request {}'s retry went to `{}` at {} ms, cooling since {} ms (request \
+                         {by}'s failure), while `{}` was healthy",
+                        r.request,
+                        name(*deployment),
+                        r.at.as_millis(),
+                        from.as_millis(),
+                        name(healthy)
                     ));
                 }
             }
@@ -1738,6 +1801,11 @@ mod tests {
                 group: g,
                 deployment: d,
                 delay: Duration::ZERO,
+            },
+            Event::RetryRerouted {
+                group: g,
+                from: d,
+                to: DeploymentId(1),
             },
             Event::GroupExhausted {
                 group: g,

@@ -153,16 +153,8 @@ pub fn plan_retry(
         return RetryDecision::GiveUp(GiveUp::BudgetSpent);
     }
     let jitter = backoff::full_jitter(cx.retries_used, cx.backoff_base, cx.backoff_max, rng);
-    let choice = select::choose_in(
-        catalog,
-        cx.group,
-        Tiers::Only(cx.tier),
-        book,
-        cx.now,
-        cx.tried,
-        rng,
-    )
-    .expect("the request's tier has deployments: it made the failed attempt");
+    let choice = choose_in_tier(cx, catalog, book, rng)
+        .expect("the request's tier has deployments: it made the failed attempt");
     if cx.failure.retry_elsewhere_only() {
         return match choice {
             Choice::Now(d) if !cx.tried.contains(&d) => {
@@ -207,6 +199,53 @@ pub fn plan_retry(
         return RetryDecision::GiveUp(GiveUp::PastDeadline);
     }
     RetryDecision::Retry { deployment, delay }
+}
+
+/// Where a scheduled retry goes once its backoff is over: `None` keeps the deployment
+/// [`plan_retry`] chose when it scheduled the retry (`planned`); `Some` names another one.
+/// Another request may have cooled `planned` during the backoff (a failure of its own
+/// there): then a deployment of the tier healthy now takes the retry, as LiteLLM's does (it
+/// chooses a retry's deployment after the wait, among those healthy then). None healthy
+/// (every one cooling, or, for a failure only another deployment can mend, none left
+/// untried), and the retry goes where it was planned: the request was promised that
+/// attempt, and a retry never waits twice.
+pub fn reroute_after_backoff(
+    cx: &RetryContext<'_>,
+    planned: DeploymentId,
+    catalog: &Catalog,
+    book: &CooldownBook,
+    rng: &mut (impl Rng + ?Sized),
+) -> Option<DeploymentId> {
+    if catalog.pinned(cx.group).is_some() || !book.is_cooling(planned, cx.now) {
+        return None;
+    }
+    let choice = choose_in_tier(cx, catalog, book, rng)?;
+    match choice {
+        Choice::Now(d) if cx.failure.retry_elsewhere_only() && cx.tried.contains(&d) => None,
+        Choice::Now(d) => {
+            debug_assert_ne!(d, planned, "a cooling deployment is never chosen now");
+            Some(d)
+        }
+        Choice::After(..) => None,
+    }
+}
+
+/// A deployment of the request's tier of its group for a retry, untried healthy ones first.
+fn choose_in_tier(
+    cx: &RetryContext<'_>,
+    catalog: &Catalog,
+    book: &CooldownBook,
+    rng: &mut (impl Rng + ?Sized),
+) -> Option<Choice> {
+    select::choose_in(
+        catalog,
+        cx.group,
+        Tiers::Only(cx.tier),
+        book,
+        cx.now,
+        cx.tried,
+        rng,
+    )
 }
 
 #[cfg(test)]
@@ -507,6 +546,59 @@ mod tests {
         assert_eq!(
             plan_retry(&ctx, &c, &book.view(1, now), &mut rng),
             RetryDecision::GiveUp(GiveUp::PastDeadline)
+        );
+    }
+
+    /// Where a retry planned on d1 (of d0..d2, after `failure` on d0) goes 50 ms later, when
+    /// another request cooled each of `cooled` (a 503 with no allowed fails) as it was
+    /// planned.
+    fn reroute_planned_d1(failure: &Failure, cooled: &[u32], seed: u64) -> Option<DeploymentId> {
+        let c = catalog(3);
+        let planned_at = Instant::now();
+        let later = planned_at + Duration::from_millis(50);
+        let mut book = CooldownBook::new(3);
+        let s = GatewaySettings {
+            allowed_fails: 0,
+            ..settings()
+        };
+        let cause = Failure::new(FailureClass::Transient, "503");
+        for &d in cooled {
+            book.record_failure(DeploymentId(d), &cause, planned_at, &s, 2);
+        }
+        let tried = [DeploymentId(0)];
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ctx = cx(failure, &tried, later);
+        reroute_after_backoff(&ctx, DeploymentId(1), &c, &book.view(1, later), &mut rng)
+    }
+
+    #[test]
+    fn a_retry_keeps_its_deployment_unless_it_cooled_during_the_backoff() {
+        let f = Failure::new(FailureClass::Transient, "500");
+        // Nobody cooled the planned deployment: it keeps the retry.
+        assert_eq!(reroute_planned_d1(&f, &[2], 3), None);
+        // Another request cooled it: a healthy deployment takes the retry, whatever the seed.
+        for seed in 0..20 {
+            let to = reroute_planned_d1(&f, &[1], seed);
+            assert!(
+                matches!(to, Some(DeploymentId(0 | 2))),
+                "seed {seed}: {to:?}"
+            );
+        }
+        // Every deployment cooling: the retry goes where it was planned (it never waits
+        // twice).
+        assert_eq!(reroute_planned_d1(&f, &[0, 1, 2], 3), None);
+    }
+
+    #[test]
+    fn a_rerouted_retry_that_needs_another_deployment_never_returns_to_a_tried_one() {
+        // d1 and d2 cooled: only the tried d0 is healthy, and it cannot mend an auth
+        // failure; it may take a transient one's retry.
+        let auth = Failure::new(FailureClass::Auth, "401");
+        assert_eq!(reroute_planned_d1(&auth, &[1, 2], 5), None);
+        let transient = Failure::new(FailureClass::Transient, "500");
+        assert_eq!(
+            reroute_planned_d1(&transient, &[1, 2], 5),
+            Some(DeploymentId(0))
         );
     }
 }
