@@ -76,6 +76,7 @@ fn benches(c: &mut Criterion) {
     chunks(&body, |chunk| {
         runtime.block_on(out.chunk(chunk)).expect("kept")
     });
+    out.end();
     let text = out.response("chatcmpl-A1b2C3")["choices"][0]["message"]["content"].clone();
     assert_eq!(text, " one two three four five six seven eight nine ten");
 
@@ -93,6 +94,7 @@ fn benches(c: &mut Criterion) {
             chunks(&body, |chunk| {
                 runtime.block_on(out.chunk(chunk)).expect("kept")
             });
+            out.end();
             bytes += serde_json::to_vec(&out.response("chatcmpl-A1b2C3"))
                 .expect("serialises")
                 .len();
@@ -113,6 +115,7 @@ fn benches(c: &mut Criterion) {
             chunks(&body, |chunk| {
                 runtime.block_on(out.chunk(chunk)).expect("kept")
             });
+            out.end();
             serde_json::to_vec(&out.response("chatcmpl-A1b2C3")).expect("serialises")
         })
     });

@@ -13,7 +13,8 @@
 //! `chunk.choices[0].delta.content` loop cannot take.
 //!
 //! Only the answer's end is held back: with `n > 1`, a choice that finishes while another
-//! goes on is sent as it comes, and so is everything after it.
+//! goes on is sent as it comes, and so is everything after it. The aggregate holds the same
+//! chunks and drops the same ones with a failed attempt, so that both modes answer alike.
 
 use std::time::Duration;
 
@@ -429,6 +430,14 @@ pub struct AggregateDelivery {
     whole: Option<Box<Map<String, Value>>>,
     /// An attempt after a failure past commit contributed.
     continued: bool,
+    /// Which choices the answer has named, and which of them have finished.
+    progress: ChoiceProgress,
+    /// The chunks a stream would hold back as the answer's possible end (see
+    /// [`StreamDelivery`]'s `tail`), taken in only once the answer goes on past them or
+    /// ends. A failure drops the content-less ones and the finish reasons of the rest, as
+    /// the stream does: a failed continuation's opening chunks that said `stop` must not
+    /// add a finished choice that no streaming client saw.
+    tail: Vec<Chunk>,
     /// Closed when the handler waiting for this answer is dropped with its connection.
     handler: Option<tokio::sync::oneshot::Sender<Self>>,
 }
@@ -458,6 +467,7 @@ impl AggregateDelivery {
 
     /// The response body of a served request.
     pub fn response(&self, response_id: &str) -> Value {
+        assert!(self.tail.is_empty(), "an answer is read once it has ended");
         if let Some(whole) = &self.whole {
             return with_id(whole.as_ref().clone(), response_id);
         }
@@ -467,6 +477,7 @@ impl AggregateDelivery {
     /// [`AggregateDelivery::response`], taking the upstream's own completion rather than
     /// copying it (the gateway's last use of the answer).
     pub fn into_response(mut self, response_id: &str) -> Value {
+        assert!(self.tail.is_empty(), "an answer is read once it has ended");
         match self.whole.take() {
             Some(whole) => with_id(*whole, response_id),
             None => self.merged(response_id),
@@ -534,15 +545,79 @@ impl Delivery for AggregateDelivery {
         GoneReason::Left
     }
 
-    async fn chunk(&mut self, chunk: Chunk) -> Result<(), ClientGone> {
-        if let Some(mut whole) = chunk.whole {
-            if !self.continued && self.choices.is_empty() {
+    async fn chunk(&mut self, mut chunk: Chunk) -> Result<(), ClientGone> {
+        if let Some(mut whole) = chunk.whole.take() {
+            if !self.continued && self.choices.is_empty() && self.tail.is_empty() {
                 if let (false, Some(model)) = (whole.contains_key("model"), &chunk.model) {
                     whole.insert("model".into(), json!(model));
                 }
                 self.whole = Some(whole);
             }
         }
+        // Held as the stream holds it (`StreamDelivery::chunk`).
+        let noted = self.progress.note(&chunk);
+        if !self.tail.is_empty() {
+            if !noted.going_on && noted.reopened.is_empty() {
+                self.tail.push(chunk);
+                return Ok(());
+            }
+            for mut held in std::mem::take(&mut self.tail) {
+                clear_finish_reasons_of(&mut held, &noted.reopened);
+                self.take_in(&held);
+            }
+        }
+        if chunk.usage_only || (chunk.finish_reason.is_some() && self.progress.all_finished()) {
+            self.tail.push(chunk);
+            return Ok(());
+        }
+        self.take_in(&chunk);
+        Ok(())
+    }
+
+    /// Nothing is held: the handler writes the answer once the loop is over. A handler
+    /// already dropped with its connection is a client gone, as a stream's closed channel is
+    /// at the same moment.
+    async fn conclude(&mut self, _: &Outcome, _: &Catalog) -> Result<(), ClientGone> {
+        self.end();
+        match &self.handler {
+            Some(handler) if handler.is_closed() => Err(ClientGone(GoneReason::Left)),
+            _ => Ok(()),
+        }
+    }
+
+    fn restart(&mut self) {
+        // As the stream's held tail: its content is the client's all the same (the
+        // continuation goes on from it), without the finish reasons that no longer end the
+        // answer; its content-less chunks go with their attempt.
+        self.progress.start_over();
+        for mut held in std::mem::take(&mut self.tail) {
+            if held.payload_bytes > 0 {
+                clear_finish_reasons(&mut held);
+                self.take_in(&held);
+            }
+        }
+        self.whole = None;
+        self.continued = true;
+        // The superseded attempt's usage is folded into the next usage report (see
+        // `CommitState::after_failure`), as the stream's held usage chunk is dropped. What
+        // a streaming client was told on chunks with output (Gemini's usage on every
+        // chunk) it keeps: so does this answer, if no later attempt reports one.
+        self.usage = self.usage_delivered.clone();
+    }
+}
+
+impl AggregateDelivery {
+    /// The answer has ended: what was held as its possible end is its end. (The attempt
+    /// loop's `conclude` does it; a caller that feeds chunks itself calls it before
+    /// reading the answer.)
+    pub fn end(&mut self) {
+        for held in std::mem::take(&mut self.tail) {
+            self.take_in(&held);
+        }
+    }
+
+    /// Merges `chunk` into the answer.
+    fn take_in(&mut self, chunk: &Chunk) {
         let o = &chunk.object;
         for (k, v) in o.iter() {
             // Only `choices` may hold anything but JSON, and they are read below.
@@ -588,27 +663,6 @@ impl Delivery for AggregateDelivery {
                 whole.insert("usage".into(), usage.clone());
             }
         }
-        Ok(())
-    }
-
-    /// Nothing is held: the handler writes the answer once the loop is over. A handler
-    /// already dropped with its connection is a client gone, as a stream's closed channel is
-    /// at the same moment.
-    async fn conclude(&mut self, _: &Outcome, _: &Catalog) -> Result<(), ClientGone> {
-        match &self.handler {
-            Some(handler) if handler.is_closed() => Err(ClientGone(GoneReason::Left)),
-            _ => Ok(()),
-        }
-    }
-
-    fn restart(&mut self) {
-        self.whole = None;
-        self.continued = true;
-        // The superseded attempt's usage is folded into the next usage report (see
-        // `CommitState::after_failure`), as the stream's held usage chunk is dropped. What
-        // a streaming client was told on chunks with output (Gemini's usage on every
-        // chunk) it keeps: so does this answer, if no later attempt reports one.
-        self.usage = self.usage_delivered.clone();
     }
 }
 
@@ -702,10 +756,48 @@ mod tests {
             };
             assert!(out.chunk(chunk).await.is_ok());
         }
+        out.end();
         let answer = out.response("resp");
         assert_eq!(answer["model"], "gpt-4o-2024", "{answer}");
         assert_eq!(answer["system_fingerprint"], "fp_1", "{answer}");
         assert_eq!(answer["created"], 7, "{answer}");
+    }
+
+    /// The non-stream answer holds what a stream holds: a failed continuation's
+    /// content-less opening chunks, each saying `stop` (SGLang with a finish reason on every
+    /// chunk, naming two choices), go with their attempt, as a stream drops them; taken in
+    /// as they came, they added a second, empty, finished choice that no stream had.
+    #[tokio::test]
+    async fn a_failed_continuations_held_finishes_are_no_part_of_the_answer() {
+        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
+        let mut out = AggregateDelivery::new();
+        let feed = async |out: &mut AggregateDelivery, data: &str| {
+            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
+                panic!("not a chunk: {data}");
+            };
+            assert!(out.chunk(chunk).await.is_ok());
+        };
+        feed(&mut out, r#"{"id":"a","model":"p","choices":[{"index":0,"delta":{"role":"assistant","content":"alp"},"finish_reason":null}]}"#).await;
+        out.restart();
+        for index in [0, 1] {
+            let data = format!(
+                r#"{{"id":"s","model":"s","choices":[{{"index":{index},"delta":{{"role":"assistant","content":""}},"finish_reason":"stop"}}]}}"#
+            );
+            feed(&mut out, &data).await;
+        }
+        out.restart();
+        feed(&mut out, r#"{"id":"b","model":"b","choices":[{"index":0,"delta":{"content":"ha"},"finish_reason":null}]}"#).await;
+        feed(
+            &mut out,
+            r#"{"id":"b","model":"b","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        )
+        .await;
+        out.end();
+        let answer = out.response("resp");
+        let choices = answer["choices"].as_array().expect("choices");
+        assert_eq!(choices.len(), 1, "{answer}");
+        assert_eq!(choices[0]["message"]["content"], "alpha", "{answer}");
+        assert_eq!(choices[0]["finish_reason"], "stop", "{answer}");
     }
 
     /// A stream that fails after commit with no continuation to follow (`mid_stream:

@@ -709,6 +709,7 @@ fn consume(texts: &[String]) {
     let _ = (acc.choices(), acc.text());
     let _ = commit.after_failure(Some(u64::MAX), 16, None);
     let _ = commit.after_failure(Some(0), usize::MAX, None);
+    aggregate.end();
     let _ = aggregate.response("r");
 }
 

@@ -77,6 +77,9 @@ pub struct CallRecord {
     /// Every SSE `data:` payload it wrote, in order (`[DONE]` and error events included),
     /// or, for an answer given as one JSON body, that body.
     pub sent: Vec<String>,
+    /// When each of `sent` left, in simulated time (zero outside a simulation): what a
+    /// network fault may have kept from the gateway is read from it (`oracle`).
+    pub sent_at: Vec<Duration>,
     /// It answered with one JSON body (a non-stream call, or a `json_only` provider).
     pub answered_json: bool,
     /// Its own non-stream answer to this call: what it answers, or would have answered,
@@ -378,6 +381,7 @@ impl Fake {
                 fault_fired: false,
                 body: body.clone(),
                 sent: Vec::new(),
+                sent_at: Vec::new(),
                 answered_json: false,
                 own_answer: own_answer.as_ref().map(Value::to_string),
                 own_answer_unstated,
@@ -480,8 +484,10 @@ impl LogHandle {
 
     /// A `data:` payload (or a whole JSON body) left.
     fn sent(&self, payload: String, json: bool) {
+        let at = turmoil::sim_elapsed().unwrap_or_default();
         self.with(|c| {
             c.sent.push(payload);
+            c.sent_at.push(at);
             c.answered_json |= json;
         });
     }

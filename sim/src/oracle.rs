@@ -15,7 +15,7 @@ use switchback::trace::Event;
 
 use crate::client::ClientResult;
 use crate::fake::CallRecord;
-use crate::scenario::{Expect, Mode, Scenario};
+use crate::scenario::{Expect, Mode, NetAction, Scenario};
 use crate::world::ModeRun;
 
 /// Every event name the engine emits, as `events` and `no_events` may list them, in the
@@ -401,7 +401,12 @@ fn story<'r>(
 
 /// The payloads a call wrote, as JSON (an error event's and `[DONE]` are skipped).
 fn sent_objects(call: &CallRecord) -> impl Iterator<Item = serde_json::Value> + '_ {
-    call.sent
+    objects_in(&call.sent)
+}
+
+/// [`sent_objects`] of some of a call's payloads.
+fn objects_in(payloads: &[String]) -> impl Iterator<Item = serde_json::Value> + '_ {
+    payloads
         .iter()
         .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
         .filter(|v| v.get("choices").is_some())
@@ -417,8 +422,13 @@ fn sent_text(call: &CallRecord) -> String {
 /// content (a JSON answer's; also Perplexity's running copy and MiniMax's closing
 /// restatement of the whole answer, which a streaming client never reads).
 fn sent_text_of(call: &CallRecord, messages: bool) -> String {
+    text_in(&call.sent, messages)
+}
+
+/// [`sent_text_of`] some of a call's payloads.
+fn text_in(payloads: &[String], messages: bool) -> String {
     let mut text = String::new();
-    for v in sent_objects(call) {
+    for v in objects_in(payloads) {
         for (place, choice) in v["choices"].as_array().into_iter().flatten().enumerate() {
             if choice["index"].as_u64().unwrap_or(place as u64) != 0 {
                 continue;
@@ -576,6 +586,105 @@ fn last_finish(call: &CallRecord, index: u64) -> Option<String> {
         }
     }
     last
+}
+
+/// How many of `call`'s payloads (an answer from `host`) surely reached the gateway: all
+/// of them unless a network fault on the link between the two (a partition, a hold, a drop
+/// rate, a crash or restart of `host`) may have lost or held one back past the gateway's
+/// patience. A payload that left at `t` arrives by `t` plus the top of the latency range;
+/// one that left later than that before a fault began, and before the link was mended, may
+/// never have arrived, nor anything after it. The fake wrote them all and cannot tell, so
+/// past this count its record overstates what the gateway got.
+fn surely_delivered(scenario: &Scenario, host: &str, call: &CallRecord) -> usize {
+    let latency = Duration::from_millis(scenario.network.latency_ms[1]);
+    let on_link =
+        |link: &[String; 2]| link.iter().any(|h| h == "gateway") && link.iter().any(|h| h == host);
+    let mut actions: Vec<(Duration, NetAction)> = scenario
+        .network
+        .faults
+        .iter()
+        .flat_map(|f| {
+            let at = Duration::from_millis(f.at_ms);
+            f.actions().into_iter().map(move |a| (at, a))
+        })
+        .collect();
+    actions.sort_by_key(|(at, _)| *at);
+    // When each fault on the link began, and when it was mended (if it was).
+    let mut spans: Vec<(Duration, Option<Duration>)> = Vec::new();
+    for (at, action) in actions {
+        let (begins, mends) = match &action {
+            NetAction::Partition(l) | NetAction::Hold(l) => (on_link(l), false),
+            NetAction::Repair(l) | NetAction::Release(l) => (false, on_link(l)),
+            NetAction::FailRate(l, rate) => (on_link(l) && *rate > 0.0, on_link(l) && *rate == 0.0),
+            NetAction::Crash(h) | NetAction::Bounce(h) => (h == host, false),
+            NetAction::Refuse(_) | NetAction::Listen(_) => (false, false),
+        };
+        if begins {
+            spans.push((at, None));
+        } else if mends {
+            for span in spans.iter_mut().filter(|(_, mended)| mended.is_none()) {
+                span.1 = Some(at);
+            }
+        }
+    }
+    let may_be_lost = |left: Duration| {
+        spans
+            .iter()
+            .any(|&(began, mended)| left + latency >= began && mended.is_none_or(|m| left <= m))
+    };
+    call.sent_at
+        .iter()
+        .position(|&left| may_be_lost(left))
+        .unwrap_or(call.sent.len())
+}
+
+/// [`surely_delivered`] of `s`'s serving call, `call`.
+fn serving_call_surely_delivered(
+    scenario: &Scenario,
+    s: &RequestStory<'_>,
+    call: &CallRecord,
+) -> usize {
+    match &s.served {
+        Some((_, d, _)) => {
+            surely_delivered(scenario, &s.catalog.deployment(*d).endpoint.host, call)
+        }
+        None => call.sent.len(),
+    }
+}
+
+/// Whether a streamed chunk carries what a continued prefix never holds: a finish, or
+/// output other than choice 0's text (a tool call, reasoning, a refusal, audio, logprobs,
+/// another choice's text). The engine continues only an unfinished answer that is text of
+/// one choice (`commit::Next`), so such a chunk came from the call after the seam. A chunk
+/// that is not JSON carries nothing here (it is the client's `broken` to report).
+fn beyond_continued_text(raw: &str) -> bool {
+    const OUTPUT: [&str; 6] = [
+        "tool_calls",
+        "function_call",
+        "reasoning_content",
+        "reasoning",
+        "refusal",
+        "audio",
+    ];
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(raw) else {
+        return false;
+    };
+    let present = |v: Option<&serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::String(s)) => !s.is_empty(),
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    };
+    let choices = v["choices"].as_array().into_iter().flatten();
+    choices.enumerate().any(|(place, choice)| {
+        let index = choice["index"].as_u64().unwrap_or(place as u64);
+        let delta = &choice["delta"];
+        finishes_choice(choice)
+            || present(choice.get("logprobs"))
+            || OUTPUT.iter().any(|key| present(delta.get(*key)))
+            || (index != 0 && present(delta.get("content")))
+    })
 }
 
 /// Whether a choice object carries a finish reason. SGLang's `""` on every chunk but the
@@ -951,7 +1060,9 @@ pub fn check_passthrough_where_it_applies(
         if !c.succeeded() || story.attempt_after_commit || call.continuation.is_some() {
             continue;
         }
-        if call.flooded {
+        // What the call wrote past a network fault on its link may never have come.
+        let lossy = serving_call_surely_delivered(scenario, &story, call) < call.sent.len();
+        if call.flooded || lossy {
             continue;
         }
         let spec = &scenario.requests[c.index];
@@ -1070,16 +1181,19 @@ fn check_invariants(
         if let Some(call) = s.serving_call.filter(|_| c.succeeded()) {
             // The seed bug's own symptom: after a fallback, the chunks kept the primary's
             // name. Every chunk from the first that brings text the serving call produced
-            // (past the continued prefix) names the serving deployment's model, not only
-            // the last one; without a continuation every chunk came from the serving call,
-            // a tool call's, a refusal's or reasoning's included, which bring no text (the
-            // primary's name on a fallback's tool-call chunks passed before).
+            // (past the continued prefix), or anything a continued prefix never holds (a
+            // tool call, reasoning, a finish: see `beyond_continued_text`), names the
+            // serving deployment's model, not only the last one; without a continuation
+            // every chunk came from the serving call, a tool call's, a refusal's or
+            // reasoning's included, which bring no text (the primary's name on a
+            // fallback's tool-call chunks passed before, and on a continuation's until the
+            // second rule).
             let prefix = call.continuation.as_ref().map_or(0, String::len);
             let mut delivered = 0;
             let mut from_serving_call = call.continuation.is_none();
             for (i, chunk) in c.chunks.iter().enumerate() {
                 delivered += chunk.text.len();
-                from_serving_call |= delivered > prefix;
+                from_serving_call |= delivered > prefix || beyond_continued_text(&chunk.raw);
                 // Azure's prompt-filter and annotation chunks name no model (`""`), and
                 // reach the client as Azure sent them.
                 let unnamed = chunk.model.as_deref() == Some("");
@@ -1127,17 +1241,38 @@ fn check_invariants(
                 }
                 None => call.planned.clone(),
             };
-            if c.succeeded() && c.text != expected {
+            // A network fault on the serving call's link may have kept the rest of what it
+            // wrote from the gateway, which served what came (an answer whose every
+            // chunk says it finished, cut by a partition): the client then has at least
+            // what surely came and at most what was written.
+            let surely = serving_call_surely_delivered(scenario, s, call);
+            let lossy = surely < call.sent.len();
+            if c.succeeded() && !lossy && c.text != expected {
                 fail(format!(
                     "invariant: chunks lost or duplicated: the client has {:?}, the serving call accounts for {expected:?}",
                     c.text
                 ));
             }
+            if c.succeeded() && lossy {
+                let came = if ended_at_seam {
+                    expected.clone()
+                } else {
+                    let prefix = call.continuation.as_deref().unwrap_or("");
+                    format!("{prefix}{}", text_in(&call.sent[..surely], false))
+                };
+                if !expected.starts_with(&c.text) || !c.text.starts_with(&came) {
+                    fail(format!(
+                        "invariant: chunks lost or duplicated: the client has {:?}, not a leading part of what the serving call accounts for, {expected:?}, that holds what surely reached the gateway before a network fault on its link, {came:?}",
+                        c.text
+                    ));
+                }
+            }
             // How choice 0 ended is how the serving call ended it (its last finish, false
             // ones before it taken back), whatever came before: a continued answer's
             // finish was bounded only from above (no finish at all passed in both modes).
-            // An answer the gateway ended at a seam ends with `stop`.
-            if c.succeeded() {
+            // An answer the gateway ended at a seam ends with `stop`. One a network
+            // fault cut ends as what came of it did: not judged.
+            if c.succeeded() && !lossy {
                 let theirs = if ended_at_seam {
                     Some("stop".to_string())
                 } else {
@@ -1753,7 +1888,85 @@ mod tests {
     use switchback::route::GiveUp;
     use switchback::trace::Event;
 
-    use super::{EVENT_NAMES, listed_name};
+    use super::{EVENT_NAMES, beyond_continued_text, listed_name, surely_delivered};
+
+    /// What a network fault on a call's link leaves surely delivered: the payloads that
+    /// arrived (left one top latency) before it began, or left after it was mended.
+    #[test]
+    fn payloads_a_network_fault_may_have_kept_from_the_gateway() {
+        let scenario = |faults: &str| {
+            let yaml = format!(
+                r#"name: n
+gateway:
+  allow_anonymous: true
+  model_list:
+    - {{model_name: a, litellm_params: {{model: openai/m, api_base: "http://pa:8000/v1"}}}}
+providers:
+  - {{host: pa}}
+  - {{host: pb}}
+network:
+  latency_ms: [1, 2]
+  faults: {faults}
+requests:
+  - {{model: a}}
+"#
+            );
+            crate::scenario::Scenario::load("n.yaml", &yaml).expect("a valid scenario")
+        };
+        let call = |at: &[u64]| crate::fake::CallRecord {
+            sent: at.iter().map(|t| format!("payload at {t}")).collect(),
+            sent_at: at.iter().map(|&t| Duration::from_millis(t)).collect(),
+            ..Default::default()
+        };
+        let during = call(&[40, 47, 48, 60]);
+        assert_eq!(surely_delivered(&scenario("[]"), "pa", &during), 4);
+        let cut = scenario("[{at_ms: 50, partition: [pa, gateway]}]");
+        assert_eq!(
+            surely_delivered(&cut, "pa", &during),
+            2,
+            "48 + 2 ms reaches 50"
+        );
+        assert_eq!(surely_delivered(&cut, "pb", &during), 4, "another link");
+        let mended =
+            scenario("[{at_ms: 50, partition: [gateway, pa]}, {at_ms: 55, repair: [gateway, pa]}]");
+        assert_eq!(surely_delivered(&mended, "pa", &during), 2);
+        assert_eq!(
+            surely_delivered(&mended, "pa", &call(&[56, 70])),
+            2,
+            "after the repair"
+        );
+        let dropping = scenario("[{at_ms: 0, fail_rate: {link: [gateway, pa], rate: 0.1}}]");
+        assert_eq!(surely_delivered(&dropping, "pa", &during), 0);
+        let crashed = scenario("[{at_ms: 59, crash: pa}]");
+        assert_eq!(surely_delivered(&crashed, "pa", &during), 3);
+    }
+
+    /// What only the call after a continuation's seam can have sent, and what an earlier
+    /// call's text chunks may hold as well.
+    #[test]
+    fn output_beyond_continued_text_is_told_apart() {
+        let chunk = |choices: &str| format!(r#"{{"id":"x","model":"m","choices":[{choices}]}}"#);
+        for earlier in [
+            r#"{"index":0,"delta":{"role":"assistant","content":""}}"#,
+            r#"{"index":0,"delta":{"content":"abc"},"finish_reason":null,"logprobs":null}"#,
+            r#"{"index":0,"delta":{"content":"abc","tool_calls":[],"reasoning_content":null}}"#,
+            r#"{"index":0,"delta":{"content":"abc"},"finish_reason":""}"#,
+            r#"{"index":1,"delta":{"content":""}}"#,
+        ] {
+            assert!(!beyond_continued_text(&chunk(earlier)), "{earlier}");
+        }
+        for later in [
+            r#"{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}"#,
+            r#"{"index":0,"delta":{"reasoning_content":"hmm"}}"#,
+            r#"{"index":0,"delta":{"refusal":"no"}}"#,
+            r#"{"index":0,"delta":{},"finish_reason":"stop"}"#,
+            r#"{"index":0,"delta":{"content":"a"},"logprobs":{"content":[]}}"#,
+            r#"{"index":1,"delta":{"content":"b"}}"#,
+        ] {
+            assert!(beyond_continued_text(&chunk(later)), "{later}");
+        }
+        assert!(!beyond_continued_text("not json"));
+    }
 
     /// The list QA's names are checked against is the engine's own vocabulary.
     #[test]

@@ -28,6 +28,8 @@
 //!     answer that brings no text (tool calls).
 //! 13. A config reload that streams never see: stream requests go on with the config the
 //!     gateway started with, as a handler that kept its router from before the reload would.
+//! 14. Another model named on every streamed chunk but the last, on an answer continued
+//!     after a mid-stream failure by a fallback that answers with tool calls (no text).
 //!
 //! Only fault 13's gateway can reload its config, so the searches for the others skip the
 //! generated cases that reload (their only failure would be the harness's: "cannot reload"),
@@ -307,7 +309,19 @@ fn names_another_model_but_last_after_a_fallback(
     stream: bool,
     response: hyper::Response<ResponseBody>,
 ) -> hyper::Response<ResponseBody> {
-    if !stream || !fell_back(&response) {
+    if !fell_back(&response) {
+        return response;
+    }
+    names_another_model_but_last(stream, response)
+}
+
+/// Fault 14: another model named on every streamed chunk but the last (the one with the
+/// post-commit metadata, which names the serving deployment's model).
+fn names_another_model_but_last(
+    stream: bool,
+    response: hyper::Response<ResponseBody>,
+) -> hyper::Response<ResponseBody> {
+    if !stream {
         return response;
     }
     let (parts, body) = response.into_parts();
@@ -773,10 +787,49 @@ requests:
   - model: primary
 expect: {status: 200, attempts: ["pa: rate_limited", "pb: ok"]}
 "#;
-    let scenario = Scenario::load("tool_calls.yaml", yaml).expect("a valid scenario");
-    let faulty: Arc<dyn GatewayUnderTest> = Arc::new(EngineBehind(|e| {
-        rewriting(e, names_another_model_but_last_after_a_fallback)
-    }));
+    another_model_on_chunks_is_caught(
+        yaml,
+        Arc::new(EngineBehind(|e| {
+            rewriting(e, names_another_model_but_last_after_a_fallback)
+        })),
+    );
+}
+
+/// The seed bug after a mid-stream failure: the primary streamed text and was cut, a
+/// fallback continued with tool calls, and every chunk but the last named another model.
+/// The per-chunk check began at the first chunk with text past the continued prefix, and
+/// the continuation brought none.
+#[test]
+fn another_model_on_a_continuations_tool_call_chunks_is_caught() {
+    let yaml = r#"name: a continuation's tool calls
+seed: 5
+gateway:
+  allow_anonymous: true
+  model_list:
+    - {model_name: primary, litellm_params: {model: openai/p, api_base: "http://pa:8000/v1"}, model_info: {id: pa}}
+    - {model_name: backup, litellm_params: {model: openai/b, api_base: "http://pb:8000/v1"}, model_info: {id: pb}}
+  router_settings: {num_retries: 0, fallbacks: [{primary: [backup]}]}
+providers:
+  - host: pa
+    default: {text: "abcdefgh", chunk_size: 2, fault: {kind: cut, after_chunks: 2}}
+  - host: pb
+    default:
+      tool_calls: [{name: get_weather, arguments: '{"city":"Oslo"}'}]
+      arguments_chunk_size: 4
+requests:
+  - model: primary
+expect: {status: 200, attempts: ["pa: transient", "pb: ok"]}
+"#;
+    another_model_on_chunks_is_caught(
+        yaml,
+        Arc::new(EngineBehind(|e| rewriting(e, names_another_model_but_last))),
+    );
+}
+
+/// `faulty` names another model on the chunks of the answer `yaml`'s one request gets:
+/// the per-chunk model check catches it, and Switchback passes.
+fn another_model_on_chunks_is_caught(yaml: &str, faulty: Arc<dyn GatewayUnderTest>) {
+    let scenario = Scenario::load("case.yaml", yaml).expect("a valid scenario");
     let failures = explore::judge(&scenario, &faulty).failures;
     assert!(
         failures
