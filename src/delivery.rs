@@ -13,8 +13,8 @@
 //! `chunk.choices[0].delta.content` loop cannot take.
 //!
 //! Only the answer's end is held back: with `n > 1`, a choice that finishes while another
-//! goes on is sent as it comes, and so is everything after it. The aggregate holds the same
-//! chunks and drops the same ones with a failed attempt, so that both modes answer alike.
+//! goes on is sent as it comes, and so is everything after it. Both deliveries hold and drop
+//! by the one rule in [`crate::held_end`], so that both modes answer alike.
 
 use std::time::Duration;
 
@@ -28,10 +28,10 @@ use crate::attempt::{ClientGone, CommitHead, Delivery, GoneReason, Outcome};
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::frames::{self, FrameReceiver, FrameSender, SendError};
+use crate::held_end::HeldEnd;
 use crate::json::{field, field_mut};
-use crate::upstream::choices::ChoiceProgress;
 use crate::upstream::chunk::Chunk;
-use crate::upstream::chunk_object::{Choice, ChoiceField, ChunkObject, Top};
+use crate::upstream::chunk_object::{ChunkObject, Top};
 
 /// Response headers reporting what the engine did.
 pub const HEADER_RETRIES: &str = "x-switchback-attempted-retries";
@@ -66,12 +66,9 @@ pub struct StreamDelivery {
     body: FrameSender,
     bounds: StreamBounds,
     include_usage: bool,
-    /// The answer's tail, from the chunk after which no choice it named is still going
-    /// (the last `finish_reason`) on: held until the end so the metadata can ride on it,
-    /// and so that a finish a continuation goes on from never reaches the client.
-    tail: Vec<Chunk>,
-    /// Which choices the answer has named, and which of them have finished.
-    choices: ChoiceProgress,
+    /// The answer's possible end: held until the end so the metadata can ride on it, and
+    /// so that a finish a continuation goes on from never reaches the client.
+    held: HeldEnd,
     /// The `created` of the last chunk that had one: a metadata chunk of Switchback's own
     /// carries it, as every chunk must.
     created: Option<Value>,
@@ -99,8 +96,7 @@ impl StreamDelivery {
                 body: body_tx,
                 bounds,
                 include_usage,
-                tail: Vec::new(),
-                choices: ChoiceProgress::default(),
+                held: HeldEnd::default(),
                 created: None,
                 carried: Vec::new(),
             },
@@ -127,9 +123,9 @@ impl StreamDelivery {
         Ok(())
     }
 
-    /// Sends the held tail as it is.
-    async fn send_tail(&mut self) -> Result<(), ClientGone> {
-        for chunk in std::mem::take(&mut self.tail) {
+    /// Sends held chunks the answer went on past.
+    async fn send_released(&mut self, released: Vec<Chunk>) -> Result<(), ClientGone> {
+        for chunk in released {
             if self.deliverable(&chunk) {
                 self.send(sse_frame(&chunk)).await?;
             }
@@ -162,7 +158,7 @@ impl StreamDelivery {
         self.send_carried().await?;
         match &outcome.result {
             Ok(served) => {
-                let mut tail = std::mem::take(&mut self.tail);
+                let mut tail = self.held.end();
                 let mut carrier = None;
                 if outcome.retries != retries_at_commit || outcome.fallbacks != fallbacks_at_commit
                 {
@@ -305,31 +301,15 @@ impl Delivery for StreamDelivery {
         if let Some(created) = chunk.object.json("created") {
             self.created = Some(created.clone());
         }
-        let noted = self.choices.note(&chunk);
-        if !self.tail.is_empty() {
-            if !noted.going_on && noted.reopened.is_empty() {
-                self.tail.push(chunk);
-                return Ok(());
-            }
-            // A choice goes on with output of its own (another choice, or one whose
-            // provider puts a finish reason on every chunk): the held finish did not end
-            // the answer. One that was no finish is not passed on: clients read a finish
-            // reason as the choice's end, and OpenAI sends one per choice. Boxed: rare.
-            for held in &mut self.tail {
-                clear_finish_reasons_of(held, &noted.reopened);
-            }
-            Box::pin(self.send_tail()).await?;
+        let admitted = self.held.admit(chunk);
+        if !admitted.released.is_empty() {
+            // Boxed: rare (a finish that was none, or another choice going on).
+            Box::pin(self.send_released(admitted.released)).await?;
         }
-        // The usage chunk is held too: it is the stream's last before `[DONE]` (and carries
-        // the metadata, if any), whether or not a finish reason came before it.
-        if chunk.usage_only || (chunk.finish_reason.is_some() && self.choices.all_finished()) {
-            self.tail.push(chunk);
-            return Ok(());
+        match admitted.chunk {
+            Some(chunk) if self.deliverable(&chunk) => self.send(sse_frame(&chunk)).await,
+            _ => Ok(()),
         }
-        if !self.deliverable(&chunk) {
-            return Ok(());
-        }
-        self.send(sse_frame(&chunk)).await
     }
 
     async fn conclude(&mut self, outcome: &Outcome, catalog: &Catalog) -> Result<(), ClientGone> {
@@ -337,63 +317,8 @@ impl Delivery for StreamDelivery {
     }
 
     fn restart(&mut self) {
-        // The carried chunks lose their finish reasons: their choices go on.
-        self.choices.start_over();
-        for mut chunk in std::mem::take(&mut self.tail) {
-            if chunk.payload_bytes > 0 {
-                clear_finish_reasons(&mut chunk);
-                self.carried.push(chunk);
-            }
-        }
-    }
-}
-
-/// Sets every choice's `finish_reason` of `chunk` to null.
-fn clear_finish_reasons(chunk: &mut Chunk) {
-    if let Some(Top::Choices(choices)) = chunk.object.get_mut("choices") {
-        for c in choices {
-            if let Choice::Object(c) = c {
-                if let Some(reason) = c.get_mut("finish_reason") {
-                    *reason = ChoiceField::Json(Value::Null);
-                }
-            }
-        }
-    }
-    chunk.finish_reason = None;
-    chunk.raw = None;
-}
-
-/// Sets the `finish_reason` of the choices `indexes` names to null (choices without an
-/// `index` by place, as the chunk parser reads them).
-fn clear_finish_reasons_of(chunk: &mut Chunk, indexes: &[u64]) {
-    if indexes.is_empty() {
-        return;
-    }
-    let Some(Top::Choices(choices)) = chunk.object.get_mut("choices") else {
-        return;
-    };
-    let mut cleared = false;
-    let mut kept = None;
-    for (place, c) in choices.iter_mut().enumerate() {
-        let index = c.index().unwrap_or(place as u64);
-        let Choice::Object(c) = c else { continue };
-        let Some(reason) = c.get_mut("finish_reason") else {
-            continue;
-        };
-        if indexes.contains(&index) {
-            cleared |= !matches!(reason, ChoiceField::Json(Value::Null));
-            *reason = ChoiceField::Json(Value::Null);
-        } else if let Some(r) = reason
-            .json()
-            .and_then(Value::as_str)
-            .filter(|r| !r.is_empty())
-        {
-            kept.get_or_insert_with(|| r.to_string());
-        }
-    }
-    if cleared {
-        chunk.finish_reason = kept;
-        chunk.raw = None;
+        let kept = self.held.restart();
+        self.carried.extend(kept);
     }
 }
 
@@ -430,14 +355,11 @@ pub struct AggregateDelivery {
     whole: Option<Box<Map<String, Value>>>,
     /// An attempt after a failure past commit contributed.
     continued: bool,
-    /// Which choices the answer has named, and which of them have finished.
-    progress: ChoiceProgress,
-    /// The chunks a stream would hold back as the answer's possible end (see
-    /// [`StreamDelivery`]'s `tail`), taken in only once the answer goes on past them or
-    /// ends. A failure drops the content-less ones and the finish reasons of the rest, as
-    /// the stream does: a failed continuation's opening chunks that said `stop` must not
-    /// add a finished choice that no streaming client saw.
-    tail: Vec<Chunk>,
+    /// The chunks a stream holds back as the answer's possible end, by the same rule,
+    /// taken in only once the answer goes on past them or ends: a failed continuation's
+    /// opening chunks that said `stop` must not add a finished choice that no streaming
+    /// client saw.
+    held: HeldEnd,
     /// Closed when the handler waiting for this answer is dropped with its connection.
     handler: Option<tokio::sync::oneshot::Sender<Self>>,
 }
@@ -467,7 +389,10 @@ impl AggregateDelivery {
 
     /// The response body of a served request.
     pub fn response(&self, response_id: &str) -> Value {
-        assert!(self.tail.is_empty(), "an answer is read once it has ended");
+        assert!(
+            !self.held.is_holding(),
+            "an answer is read once it has ended"
+        );
         if let Some(whole) = &self.whole {
             return with_id(whole.as_ref().clone(), response_id);
         }
@@ -477,7 +402,10 @@ impl AggregateDelivery {
     /// [`AggregateDelivery::response`], taking the upstream's own completion rather than
     /// copying it (the gateway's last use of the answer).
     pub fn into_response(mut self, response_id: &str) -> Value {
-        assert!(self.tail.is_empty(), "an answer is read once it has ended");
+        assert!(
+            !self.held.is_holding(),
+            "an answer is read once it has ended"
+        );
         match self.whole.take() {
             Some(whole) => with_id(*whole, response_id),
             None => self.merged(response_id),
@@ -547,35 +475,25 @@ impl Delivery for AggregateDelivery {
 
     async fn chunk(&mut self, mut chunk: Chunk) -> Result<(), ClientGone> {
         if let Some(mut whole) = chunk.whole.take() {
-            if !self.continued && self.choices.is_empty() && self.tail.is_empty() {
+            if !self.continued && self.choices.is_empty() && !self.held.is_holding() {
                 if let (false, Some(model)) = (whole.contains_key("model"), &chunk.model) {
                     whole.insert("model".into(), json!(model));
                 }
                 self.whole = Some(whole);
             }
         }
-        // Held as the stream holds it (`StreamDelivery::chunk`).
-        let noted = self.progress.note(&chunk);
-        if !self.tail.is_empty() {
-            if !noted.going_on && noted.reopened.is_empty() {
-                self.tail.push(chunk);
-                return Ok(());
-            }
-            for mut held in std::mem::take(&mut self.tail) {
-                clear_finish_reasons_of(&mut held, &noted.reopened);
-                self.take_in(&held);
-            }
+        let admitted = self.held.admit(chunk);
+        for held in &admitted.released {
+            self.take_in(held);
         }
-        if chunk.usage_only || (chunk.finish_reason.is_some() && self.progress.all_finished()) {
-            self.tail.push(chunk);
-            return Ok(());
+        if let Some(chunk) = &admitted.chunk {
+            self.take_in(chunk);
         }
-        self.take_in(&chunk);
         Ok(())
     }
 
-    /// Nothing is held: the handler writes the answer once the loop is over. A handler
-    /// already dropped with its connection is a client gone, as a stream's closed channel is
+    /// Takes in the held end: the handler writes the answer once the loop is over. A
+    /// handler already dropped with its connection is a client gone, as a stream's closed channel is
     /// at the same moment.
     async fn conclude(&mut self, _: &Outcome, _: &Catalog) -> Result<(), ClientGone> {
         self.end();
@@ -586,15 +504,9 @@ impl Delivery for AggregateDelivery {
     }
 
     fn restart(&mut self) {
-        // As the stream's held tail: its content is the client's all the same (the
-        // continuation goes on from it), without the finish reasons that no longer end the
-        // answer; its content-less chunks go with their attempt.
-        self.progress.start_over();
-        for mut held in std::mem::take(&mut self.tail) {
-            if held.payload_bytes > 0 {
-                clear_finish_reasons(&mut held);
-                self.take_in(&held);
-            }
+        // What a streaming client is given of the failed attempt's held end: its content.
+        for held in self.held.restart() {
+            self.take_in(&held);
         }
         self.whole = None;
         self.continued = true;
@@ -611,7 +523,7 @@ impl AggregateDelivery {
     /// loop's `conclude` does it; a caller that feeds chunks itself calls it before
     /// reading the answer.)
     pub fn end(&mut self) {
-        for held in std::mem::take(&mut self.tail) {
+        for held in self.held.end() {
             self.take_in(&held);
         }
     }

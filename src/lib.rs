@@ -5,6 +5,17 @@
 //!
 //! A request flows top to bottom through these modules; each owns one concept.
 //!
+//! * [`gateway`]: the HTTP server (hyper): accepting connections, the routes.
+//! * [`request`]: a client's chat completion request, parsed, checked, and turned into
+//!   upstream bodies.
+//! * [`engine`]: shared state (catalog, cooldowns, the pool), admission, and the entry to
+//!   the attempt loop.
+//! * [`attempt`]: the one attempt loop, shared by streaming and non-streaming requests.
+//! * [`delivery`]: the two ways an answer reaches the client, an SSE stream or one body.
+//! * [`held_end`]: the rule both deliveries hold and drop the answer's possible end by.
+//! * [`frames`]: the bounded channel between the loop and a streaming client.
+//! * [`error`]: the OpenAI-shaped errors a client sees.
+//! * [`transport`]: the connect/listen seam, the only place the engine touches sockets.
 //! * [`config`]: the gateway config file (LiteLLM field names) and its validation.
 //! * [`catalog`]: the validated, indexed config the engine reads at run time.
 //! * [`policy`]: the effective settings of one request: request > key > team > gateway >
@@ -53,6 +64,7 @@ pub mod engine;
 pub mod error;
 pub mod frames;
 pub mod gateway;
+pub mod held_end;
 pub mod json;
 pub mod limits;
 pub mod metrics;
