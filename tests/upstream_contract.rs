@@ -1346,3 +1346,41 @@ async fn an_event_stream_under_another_label_or_none_is_read_as_one() {
         assert_is_answer(&chunks);
     }
 }
+
+/// A streamed call answered with no `Content-Type` (a server that builds its responses by
+/// hand) whose first bytes are a JSON object: the completion of an upstream that ignores
+/// `stream: true`, read whole as a JSON-labelled one is, within `max_upstream_body_bytes`.
+/// Before, it was read as an event stream of no events, and its end taken for a reset
+/// connection (transient: a retry, then a fallback, for an answer that had come).
+#[tokio::test]
+async fn an_unlabelled_json_completion_to_a_streamed_call_is_read_as_one() {
+    let body = format!("\u{FEFF}\n{}", completion());
+    let (chunks, end) = read(ResponseTemplate::new(200).set_body_bytes(body.clone())).await;
+    end.expect("an unlabelled completion is an answer");
+    assert_eq!(texts(&chunks), ["Hello", ""]);
+
+    let over = ClientLimits {
+        max_body_bytes: body.len() - 1,
+        ..LIMITS
+    };
+    let (chunks, end) = read_with(over, ResponseTemplate::new(200).set_body_bytes(body)).await;
+    assert!(chunks.is_empty(), "{chunks:?}");
+    let err = assert_class(end, FailureClass::Malformed);
+    assert!(
+        matches!(&err, UpstreamError::Limit(l) if l.name == "max_upstream_body_bytes"),
+        "{err:?}"
+    );
+}
+
+/// An unlabelled answer that is neither an event stream nor JSON (a page, plain text, no
+/// bytes at all) is a malformed answer that says it had no label.
+#[tokio::test]
+async fn an_unlabelled_answer_that_is_no_stream_nor_json_is_malformed() {
+    for body in [PROXY_PAGE, "Access denied\n", "", "[{\"id\": 1}]"] {
+        let (chunks, end) = read(ResponseTemplate::new(200).set_body_bytes(body)).await;
+        assert!(chunks.is_empty(), "{body:?}: {chunks:?}");
+        let err = assert_class(end, FailureClass::Malformed);
+        let message = classified(&err).message;
+        assert!(message.contains("no content-type"), "{body:?}: {message}");
+    }
+}

@@ -1425,6 +1425,7 @@ mod tests {
             content_filter: Default::default(),
             finish_reasons: Default::default(),
             refuses_streaming: false,
+            unlabelled: false,
         }
     }
 

@@ -267,6 +267,7 @@ fn provider(
                 content_filter: Default::default(),
                 finish_reasons: Default::default(),
                 refuses_streaming: false,
+                unlabelled: false,
             },
         )
 }
@@ -457,22 +458,27 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
         shapes::finish_reasons(),
         // And after that, likewise.
         shapes::streaming_refused(),
+        // And after that, likewise.
+        shapes::unlabelled(),
     )
-        .prop_map(|(mut s, r, filters, reload, usage, finishes, refused)| {
-            // Before the wildcard's provider copies the first one.
-            shapes::apply_content_filters(&mut s.providers, &filters);
-            shapes::apply_finish_reasons(&mut s.providers, &finishes);
-            shapes::apply_streaming_refused(&mut s.providers, &refused);
-            r.apply(&mut s);
-            s.description.push_str(&r.describe());
-            shapes::apply_usage_asked(&mut s.requests, usage);
-            // Last: the new config is the case's final one, changed.
-            if let Some(reload) = reload {
-                reload.apply(&mut s);
-                s.description.push_str(&reload.describe());
-            }
-            s
-        })
+        .prop_map(
+            |(mut s, r, filters, reload, usage, finishes, refused, unlabelled)| {
+                // Before the wildcard's provider copies the first one.
+                shapes::apply_content_filters(&mut s.providers, &filters);
+                shapes::apply_finish_reasons(&mut s.providers, &finishes);
+                shapes::apply_streaming_refused(&mut s.providers, &refused);
+                shapes::apply_unlabelled(&mut s.providers, &unlabelled);
+                r.apply(&mut s);
+                s.description.push_str(&r.describe());
+                shapes::apply_usage_asked(&mut s.requests, usage);
+                // Last: the new config is the case's final one, changed.
+                if let Some(reload) = reload {
+                    reload.apply(&mut s);
+                    s.description.push_str(&reload.describe());
+                }
+                s
+            },
+        )
 }
 
 fn base_scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {

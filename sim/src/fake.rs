@@ -191,7 +191,14 @@ impl Fake {
                 let svc_fake = fake.clone();
                 let service = service_fn(move |req| {
                     let fake = svc_fake.clone();
-                    async move { Ok::<_, Infallible>(fake.handle(req).await) }
+                    async move {
+                        let unlabelled = fake.spec.unlabelled;
+                        let mut response = fake.handle(req).await;
+                        if unlabelled {
+                            response.headers_mut().remove(header::CONTENT_TYPE);
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 if http2 {
                     // Only behind TLS (the benchmark's https variant), which never closes

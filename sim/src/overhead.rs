@@ -81,6 +81,7 @@ fn provider(host: &str, script: Script) -> Provider {
         content_filter: Default::default(),
         finish_reasons: Default::default(),
         refuses_streaming: false,
+        unlabelled: false,
     }
 }
 

@@ -165,6 +165,11 @@ pub struct Provider {
     /// ("Your organization must be verified to stream this model").
     #[serde(default, skip_serializing_if = "is_default")]
     pub refuses_streaming: bool,
+    /// Sends every answer without a `Content-Type`, as a server does that builds its
+    /// responses by hand (FastAPI's `StreamingResponse` or `Response` without a
+    /// `media_type`): an event stream, or one JSON completion (`dialect: json_only`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub unlabelled: bool,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -285,6 +285,7 @@ impl UpstreamClient {
             forwarded: Vec::new(),
             lease: Some(lease),
             unconfirmed: None,
+            whole_json: None,
         };
         if !(200..300).contains(&status) {
             let body = stream.read_all(MAX_ERROR_BODY_BYTES, true).await?;
@@ -302,7 +303,12 @@ impl UpstreamClient {
         drop(parts);
         if let BodyForm::Labelled(label) = form {
             stream.unconfirmed = Some(Unconfirmed {
-                label,
+                label: Some(label),
+                first: Vec::new(),
+            });
+        } else if form == BodyForm::Unlabelled {
+            stream.unconfirmed = Some(Unconfirmed {
+                label: None,
                 first: Vec::new(),
             });
         } else if form == BodyForm::Json {
@@ -728,17 +734,30 @@ pub struct UpstreamStream {
     /// The connection, until the stream is dropped: back to the pool if its body was read
     /// to the end, closed otherwise.
     lease: Option<Lease>,
-    /// A streamed answer labelled neither an event stream nor JSON, until its first bytes
-    /// say whether it is an event stream all the same.
+    /// A streamed answer labelled neither an event stream nor JSON, or not labelled, until
+    /// its first bytes say what it is.
     unconfirmed: Option<Unconfirmed>,
+    /// An unlabelled answer whose first bytes began a JSON object: its bytes so far, parsed
+    /// as one completion at its end, as a JSON-labelled answer is.
+    whole_json: Option<Vec<u8>>,
 }
 
-/// A streamed answer under another label ([`BodyForm::Labelled`]): its label, and its first
-/// bytes, held (at most [`coding::MAX_STREAM_START_BYTES`] and a read) until they say what
-/// it is.
+/// A streamed answer under another label ([`BodyForm::Labelled`]) or none
+/// ([`BodyForm::Unlabelled`]): its label, and its first bytes, held (at most
+/// [`coding::MAX_STREAM_START_BYTES`] and a read) until they say what it is.
 struct Unconfirmed {
-    label: String,
+    label: Option<String>,
     first: Vec<u8>,
+}
+
+impl Unconfirmed {
+    /// Why an answer under this label whose first bytes are no event stream is unreadable.
+    fn unreadable(label: Option<String>) -> String {
+        match label {
+            Some(label) => Unreadable::Labelled(label).to_string(),
+            None => Unreadable::Unlabelled.to_string(),
+        }
+    }
 }
 
 /// Upstream response headers passed on to the client (from the committing attempt): the
@@ -965,9 +984,12 @@ impl UpstreamStream {
                     self.reached_end();
                     // It ended before its first bytes said it is an event stream.
                     if let Some(Unconfirmed { label, .. }) = self.unconfirmed.take() {
-                        return Err(UpstreamError::Malformed(
-                            Unreadable::Labelled(label).to_string(),
-                        ));
+                        return Err(UpstreamError::Malformed(Unconfirmed::unreadable(label)));
+                    }
+                    if let Some(body) = self.whole_json.take() {
+                        let payload = chunk::from_completion(&body, &self.limits.chunks)?;
+                        self.queue_payload(payload)?;
+                        continue;
                     }
                     // A `[DONE]` cut only of its line ends says what it says, whatever
                     // the finishes said (both SDKs end such a stream without an error).
@@ -1002,6 +1024,15 @@ impl UpstreamStream {
     /// Parses `data`, the body's next bytes, into queued payloads (or the error that ends
     /// the stream), within `max_upstream_body_bytes`.
     fn ingest(&mut self, data: &[u8]) {
+        if let Some(body) = self.whole_json.as_mut() {
+            if data.len() > self.limits.max_body_bytes.saturating_sub(body.len()) {
+                self.whole_json = None;
+                self.end_over_body_limit();
+                return;
+            }
+            body.extend_from_slice(data);
+            return;
+        }
         if let Some(unconfirmed) = self.unconfirmed.as_mut() {
             unconfirmed.first.extend_from_slice(data);
             let start = coding::stream_start(&unconfirmed.first);
@@ -1013,8 +1044,12 @@ impl UpstreamStream {
                 return;
             };
             if start == StreamStart::NotOne {
+                if label.is_none() && coding::starts_as_json_object(&first) {
+                    self.whole_json = Some(Vec::new());
+                    return self.ingest(&first);
+                }
                 // Not a byte of it is parsed: a page is no answer, whatever lines it has.
-                let unreadable = Unreadable::Labelled(label).to_string();
+                let unreadable = Unconfirmed::unreadable(label);
                 self.queue.push_back(Err(ChunkError::Malformed(unreadable)));
                 self.done = true;
                 return;
@@ -1047,16 +1082,21 @@ impl UpstreamStream {
             }
         }
         if over {
-            self.queue
-                .push_back(Err(ChunkError::Limit(LimitExceeded::new(
-                    "max_upstream_body_bytes",
-                    format!(
-                        "answer over max_upstream_body_bytes = {}",
-                        self.limits.max_body_bytes
-                    ),
-                ))));
-            self.done = true;
+            self.end_over_body_limit();
         }
+    }
+
+    /// Ends the answer with the error of a body past `max_upstream_body_bytes`.
+    fn end_over_body_limit(&mut self) {
+        self.queue
+            .push_back(Err(ChunkError::Limit(LimitExceeded::new(
+                "max_upstream_body_bytes",
+                format!(
+                    "answer over max_upstream_body_bytes = {}",
+                    self.limits.max_body_bytes
+                ),
+            ))));
+        self.done = true;
     }
 
     /// Parses `data` into queued payloads, crediting each chunk's running copy of the

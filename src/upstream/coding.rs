@@ -3,9 +3,10 @@
 //! Owns: what a success's headers and first bytes say of its body: a compression the
 //! gateway asked not to get (it asks for `identity` and decodes nothing, so such a success
 //! is a malformed answer; an error says only what its status and headers say); for a
-//! streamed call, its `Content-Type` (JSON is read whole, an event stream or an unlabelled
-//! body as it comes, anything else only if its first bytes are an event stream's: the SDKs
-//! read a streamed answer whatever its label, but a proxy's HTML page is no answer); and
+//! streamed call, its `Content-Type` (JSON is read whole, an event stream as it comes, an
+//! unlabelled body as its first bytes say, anything else only if its first bytes are an
+//! event stream's: the SDKs read a streamed answer whatever its label, but a proxy's HTML
+//! page is no answer); and
 //! naming what it found within [`MAX_SHOWN_NAME_BYTES`], for a message. Pure: headers and
 //! first bytes in, decision out, no I/O. Does not own which `Content-Encoding` names a
 //! compression (`content_encoding`, shared with clients' bodies), reading the body
@@ -42,7 +43,16 @@ pub enum BodyForm {
     /// Labelled as something else (shown as a message shows it): read as an event stream
     /// if its first bytes are one ([`stream_start`]), else unreadable
     /// ([`Unreadable::Labelled`]).
+    /// (A JSON completion under such a label is not read: the label says it is something
+    /// else, as a proxy's page does.)
     Labelled(String),
+    /// No `Content-Type` at all (servers that build their responses by hand, FastAPI's
+    /// `StreamingResponse` or `Response` without a `media_type`): told by its first bytes.
+    /// An event stream's ([`stream_start`]) is read as it comes; a JSON object's
+    /// ([`starts_as_json_object`]) is read whole as one completion, as a JSON-labelled
+    /// answer to a streamed call is (an upstream that ignores `stream: true`); anything
+    /// else is unreadable ([`Unreadable::Unlabelled`]).
+    Unlabelled,
 }
 
 /// What the first bytes of a body say it is.
@@ -67,6 +77,11 @@ pub enum Unreadable {
     Coded(String),
     #[error("a streamed answer labelled `{0}` that is not an event stream (a proxy's page?)")]
     Labelled(String),
+    #[error(
+        "a streamed answer with no content-type that is neither an event stream nor a JSON \
+         completion"
+    )]
+    Unlabelled,
 }
 
 /// How to read the body of a success, or why it cannot be read. `streamed`: the call asked
@@ -80,8 +95,7 @@ pub fn success_body(headers: &HeaderMap, streamed: bool) -> Result<BodyForm, Unr
         return Ok(BodyForm::Json);
     }
     let Some(label) = headers.get(header::CONTENT_TYPE) else {
-        // Some minimal servers label nothing: read as the event stream that was asked for.
-        return Ok(BodyForm::EventStream);
+        return Ok(BodyForm::Unlabelled);
     };
     let essence = label
         .to_str()
@@ -134,6 +148,16 @@ pub fn stream_start(first: &[u8]) -> StreamStart {
         }
     }
     StreamStart::NotOne
+}
+
+/// Whether `first`, a body's first bytes, begin a JSON object (after any byte-order mark
+/// and blank space): what an unlabelled answer that is no event stream must be.
+pub fn starts_as_json_object(first: &[u8]) -> bool {
+    first
+        .strip_prefix(UTF8_BYTE_ORDER_MARK)
+        .unwrap_or(first)
+        .trim_ascii_start()
+        .starts_with(b"{")
 }
 
 /// Whether a whole body begins as an event stream does, where a JSON completion begins
@@ -197,9 +221,10 @@ mod tests {
         }
         assert_eq!(
             success_body(&headers(&[]), true),
-            Ok(BodyForm::EventStream),
-            "no label: read as the stream asked for"
+            Ok(BodyForm::Unlabelled),
+            "no label: told by its first bytes"
         );
+        assert_eq!(success_body(&headers(&[]), false), Ok(BodyForm::Json));
     }
 
     #[test]
@@ -256,6 +281,14 @@ mod tests {
                 String::from_utf8_lossy(first)
             );
         }
+        assert!(starts_as_json_object(b"{\"id\": 1}"));
+        assert!(starts_as_json_object(b"\xEF\xBB\xBF \r\n{"));
+        assert!(
+            !starts_as_json_object(b"[{\"id\": 1}]"),
+            "an array is no completion"
+        );
+        assert!(!starts_as_json_object(b"<html>{"));
+        assert!(!starts_as_json_object(b""));
         assert!(reads_as_event_stream(b"data: [DONE]"));
         assert!(!reads_as_event_stream(b"da"), "a whole body is what it is");
     }

@@ -210,6 +210,7 @@ mod tests {
             content_filter: ContentFilterMode::Async,
             finish_reasons: Default::default(),
             refuses_streaming: false,
+            unlabelled: false,
         };
         let script = Script {
             text: Some(text.into()),

@@ -192,6 +192,19 @@ pub fn apply_streaming_refused(providers: &mut [Provider], drawn: &[bool]) {
     }
 }
 
+/// Which providers send their answers with no `Content-Type` (servers that build their
+/// responses by hand): about one in ten.
+pub fn unlabelled() -> impl Strategy<Value = Vec<bool>> {
+    proptest::collection::vec(proptest::bool::weighted(0.1), MAX_PROVIDERS)
+}
+
+/// Gives each provider its drawn [`unlabelled`].
+pub fn apply_unlabelled(providers: &mut [Provider], drawn: &[bool]) {
+    for (p, unlabelled) in providers.iter_mut().zip(drawn) {
+        p.unlabelled = *unlabelled;
+    }
+}
+
 /// Which of a case's requests ask for a usage chunk (`stream_options.include_usage`): in
 /// about 1 case in 3, those whose bit is set in the drawn mask (request `i`, bit `i % 8`).
 /// Without it no generated stream ever carried usage, and neither the passthrough check
