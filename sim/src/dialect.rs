@@ -446,6 +446,21 @@ impl Reply {
         self.finish = "stop".into();
     }
 
+    /// Honours the request's token budget as a provider does: each piece is one token (as
+    /// its usage counts them), the answer ends after the budget's last one and finishes
+    /// with `length`. A script with several choices is sent as written, as by
+    /// [`Reply::stop_at`].
+    pub fn cap_tokens(&mut self, budget: Option<u64>) {
+        let Some(budget) = budget else {
+            return;
+        };
+        if self.choices != 1 || self.pieces.len() as u64 <= budget {
+            return;
+        }
+        self.pieces.truncate(budget as usize);
+        self.finish = "length".into();
+    }
+
     /// Text of choice 0 in the first `upto` pieces.
     pub fn text(&self, upto: usize) -> String {
         self.pieces[..upto.min(self.pieces.len())]
@@ -1579,6 +1594,35 @@ mod tests {
             none.whole(none.pieces.len(), None)["choices"][0]["finish_reason"],
             "tool_calls"
         );
+    }
+
+    #[test]
+    fn a_token_budget_ends_the_answer_after_its_last_chunk_with_length() {
+        let mut s = script();
+        s.text = Some("Hello world".into());
+        let fresh = || Reply::new(&provider(Dialect::Openai), &s, 1, "m", None);
+        let mut r = fresh();
+        r.cap_tokens(Some(2));
+        assert_eq!(
+            r.text(r.pieces.len()),
+            "Hell",
+            "He|ll: two chunks, two tokens"
+        );
+        let w = r.whole(r.pieces.len(), None);
+        assert_eq!(w["choices"][0]["finish_reason"], "length");
+        assert_eq!(w["usage"]["completion_tokens"], 2, "{w}");
+        for budget in [None, Some(6), Some(100)] {
+            let mut r = fresh();
+            r.cap_tokens(budget);
+            assert_eq!(r.text(r.pieces.len()), "Hello world", "{budget:?}");
+            let w = r.whole(r.pieces.len(), None);
+            assert_eq!(w["choices"][0]["finish_reason"], "stop", "{budget:?}");
+        }
+        s.more_choices = vec!["Another".into()];
+        let mut two = Reply::new(&provider(Dialect::Openai), &s, 1, "m", None);
+        let pieces = two.pieces.len();
+        two.cap_tokens(Some(1));
+        assert_eq!(two.pieces.len(), pieces, "several choices: sent as written");
     }
 
     /// MiniMax: labels in every delta, no finish chunk, and the whole answer again (with

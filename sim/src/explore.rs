@@ -460,9 +460,11 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
         shapes::streaming_refused(),
         // And after that, likewise.
         shapes::unlabelled(),
+        // And after that, likewise.
+        shapes::token_budget(),
     )
         .prop_map(
-            |(mut s, r, filters, reload, usage, finishes, refused, unlabelled)| {
+            |(mut s, r, filters, reload, usage, finishes, refused, unlabelled, budget)| {
                 // Before the wildcard's provider copies the first one.
                 shapes::apply_content_filters(&mut s.providers, &filters);
                 shapes::apply_finish_reasons(&mut s.providers, &finishes);
@@ -471,6 +473,7 @@ pub fn scenario(concurrency: Concurrency) -> impl Strategy<Value = Scenario> {
                 r.apply(&mut s);
                 s.description.push_str(&r.describe());
                 shapes::apply_usage_asked(&mut s.requests, usage);
+                shapes::apply_token_budget(&mut s.requests, budget);
                 // Last: the new config is the case's final one, changed.
                 if let Some(reload) = reload {
                     reload.apply(&mut s);

@@ -318,6 +318,7 @@ impl Fake {
             fresh
         };
         reply.stop_at(&stop_sequences(&body));
+        reply.cap_tokens(body.as_object().and_then(token_budget));
         reply.include_usage = include_usage;
         reply.prompt_chars = crate::dialect::async_filter::prompt_chars(&body);
         let fault = if self.spec.refuses_streaming && stream {
@@ -519,6 +520,14 @@ pub fn stop_sequences(body: &Value) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The request's token budget: `max_completion_tokens`, else `max_tokens` (as the
+/// gateway reads it, and OpenAI).
+pub fn token_budget(body: &serde_json::Map<String, Value>) -> Option<u64> {
+    ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|f| body.get(*f).and_then(Value::as_u64))
 }
 
 /// A continuation request ends with the partial answer (assistant) and an instruction

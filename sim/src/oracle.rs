@@ -809,6 +809,9 @@ pub fn check_run(scenario: &Scenario, run: &ModeRun, failures: &mut Vec<String>)
             fail(format!("invariant: no secret reaches a client, but {leak}"));
         }
         check_invariants(&story, catalog, scenario, &mut fail);
+        if let Some(problem) = over_token_budget(c, spec.token_budget()) {
+            fail(format!("invariant: {problem}"));
+        }
         check_expect(&story, &expect, catalog, run, &mut fail);
         if expect.passthrough == Some(true) {
             crate::passthrough::check(
@@ -1041,6 +1044,29 @@ fn ending(c: &ClientResult) -> Ending {
         }
     }
     ending
+}
+
+/// Whether a served answer's usage says more completion tokens than the client's budget
+/// allowed (`max_completion_tokens`, else `max_tokens`). The fakes honour a budget (one
+/// token per piece, see `Reply::cap_tokens`): over it, some attempt was asked for more
+/// than was left of it, such as a continuation asked for the whole budget again.
+pub fn over_token_budget(c: &ClientResult, budget: Option<u64>) -> Option<String> {
+    let budget = budget?;
+    if c.status != Some(200) || c.error.is_some() || c.left.is_some() || c.broken.is_some() {
+        return None;
+    }
+    let ending = ending(c);
+    // A fake sends a script of several choices as written (see `Reply::cap_tokens`).
+    if ending.finish_reasons.len() > 1 {
+        return None;
+    }
+    let spent = ending.usage?.get("completion_tokens")?.as_u64()?;
+    (spent > budget).then(|| {
+        format!(
+            "the answer's usage says {spent} completion tokens, over the client's budget of \
+             {budget}"
+        )
+    })
 }
 
 /// Wire fidelity wherever it must hold in any run (explore's generated cases): every

@@ -611,6 +611,11 @@ impl RequestSpec {
         self.disconnect.is_some() || self.stop_reading.is_some()
     }
 
+    /// The request's token budget (`max_completion_tokens`, else `max_tokens`), if it sets one.
+    pub fn token_budget(&self) -> Option<u64> {
+        crate::fake::token_budget(&self.body)
+    }
+
     /// Whether the request asks for the stream's usage chunk (`stream_options.include_usage`).
     pub fn asks_usage(&self) -> bool {
         self.body

@@ -205,6 +205,29 @@ pub fn apply_unlabelled(providers: &mut [Provider], drawn: &[bool]) {
     }
 }
 
+/// A token budget for a case's requests: in about 1 case in 6, a budget of 1 to 12 tokens
+/// (the fakes write one per chunk) in `max_tokens`, or in `max_completion_tokens` when the
+/// flag is set. Without it no generated answer ever ended at `length`, and no continuation
+/// was ever asked for less than the whole budget.
+pub fn token_budget() -> impl Strategy<Value = Option<(u64, bool)>> {
+    proptest::option::weighted(0.17, (1u64..=12, any::<bool>()))
+}
+
+/// Sets the drawn [`token_budget`] on every request.
+pub fn apply_token_budget(requests: &mut [RequestSpec], drawn: Option<(u64, bool)>) {
+    let Some((budget, completion_field)) = drawn else {
+        return;
+    };
+    let field = if completion_field {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    for r in requests {
+        r.body.insert(field.into(), serde_json::json!(budget));
+    }
+}
+
 /// Which of a case's requests ask for a usage chunk (`stream_options.include_usage`): in
 /// about 1 case in 3, those whose bit is set in the drawn mask (request `i`, bit `i % 8`).
 /// Without it no generated stream ever carried usage, and neither the passthrough check
