@@ -345,6 +345,12 @@ pub(crate) struct Returned {
 
 impl Returned {
     /// Whether `request`, looking for a connection at `now`, may take this one.
+    ///
+    /// Both instants are read under the pool's lock, which orders a return and a checkout:
+    /// read before it (as they were), a checkout on one worker thread could read its `now`,
+    /// then wait for the lock while another thread returned a connection at a later
+    /// instant, and this assertion failed on a live gateway under load
+    /// (`load_smoke::every_request_of_a_load_run_is_answered_and_counted`, once in many runs).
     pub(crate) fn offered_to(&self, request: u64, now: Instant) -> bool {
         debug_assert!(
             self.at <= now,
@@ -760,8 +766,9 @@ impl Pool {
     /// expired and offered to `request` (see [`Returned`]), if any; expired and closed ones
     /// met on the way are closed.
     fn take(&self, key: &PoolKey, request: u64) -> Option<Conn> {
-        let now = Instant::now();
         let mut state = self.lock();
+        // Read under the lock, as a return's instant is (see `Returned::offered_to`).
+        let now = Instant::now();
         let list = state.idle.get_mut(key)?;
         let mut found = None;
         // Expiries differ per connection (a server may say it closes sooner), so the
@@ -835,9 +842,10 @@ impl Pool {
         {
             return;
         }
-        let now = Instant::now();
         let start_reaper = {
             let mut state = self.lock();
+            // Read under the lock, as a checkout's instant is (see `Returned::offered_to`).
+            let now = Instant::now();
             let waiters = state.tls_dials.get(&key).map(|d| d.changed.clone());
             let list = state.idle.entry(key).or_default();
             // Connections closed or expired while idle stay listed until a checkout or the
