@@ -1358,9 +1358,13 @@ async fn an_unlabelled_json_completion_to_a_streamed_call_is_read_as_one() {
     let (chunks, end) = read(ResponseTemplate::new(200).set_body_bytes(body.clone())).await;
     end.expect("an unlabelled completion is an answer");
     assert_eq!(texts(&chunks), ["Hello", ""]);
+    assert_over_body_limit(body.len() - 1, body).await;
+}
 
+/// Asserts that `body`, unlabelled, is refused whole under a `max_body_bytes` of `max`.
+async fn assert_over_body_limit(max: usize, body: String) {
     let over = ClientLimits {
-        max_body_bytes: body.len() - 1,
+        max_body_bytes: max,
         ..LIMITS
     };
     let (chunks, end) = read_with(over, ResponseTemplate::new(200).set_body_bytes(body)).await;
@@ -1370,6 +1374,45 @@ async fn an_unlabelled_json_completion_to_a_streamed_call_is_read_as_one() {
         matches!(&err, UpstreamError::Limit(l) if l.name == "max_upstream_body_bytes"),
         "{err:?}"
     );
+}
+
+/// Blank space before an answer's first bytes says nothing of what it is, however much of
+/// it comes: servers that keep a slow connection alive send it (OpenRouter, before a
+/// completion that is not streamed). Held as the first bytes, more than
+/// `MAX_STREAM_START_BYTES` of it had an unlabelled JSON completion read as an event stream
+/// and refused. It counts against `max_upstream_body_bytes` all the same.
+#[tokio::test]
+async fn blank_space_before_an_answer_does_not_decide_what_it_is() {
+    let blank = " \n".repeat(4 * 1024);
+    let json = format!("{blank}{}", completion());
+    let (chunks, end) = read(ResponseTemplate::new(200).set_body_bytes(json.clone())).await;
+    end.expect("an unlabelled completion after blank space is an answer");
+    assert_eq!(texts(&chunks), ["Hello", ""]);
+
+    let events = format!("{blank}{}{DONE}", sse(&[content("Hello")]));
+    let labelled = ResponseTemplate::new(200).set_body_raw(events.clone(), "text/plain");
+    let (chunks, end) = read(labelled).await;
+    end.expect("an event stream after blank space is read as one");
+    assert_eq!(texts(&chunks), ["Hello"]);
+
+    for body in [json, events] {
+        assert_over_body_limit(blank.len() - 1, body).await;
+    }
+}
+
+/// `Content-Type:` with nothing after it names no media type: the answer is told by its
+/// first bytes, as one with no such header. Read as a label that is not a name, a JSON
+/// completion under it was refused.
+#[tokio::test]
+async fn an_empty_content_type_is_no_label() {
+    for label in ["", " ", ";charset=utf-8"] {
+        let template = ResponseTemplate::new(200)
+            .set_body_bytes(completion().to_string())
+            .insert_header("content-type", label);
+        let (chunks, end) = read(template).await;
+        end.unwrap_or_else(|e| panic!("{label:?}: {e:?}"));
+        assert_eq!(texts(&chunks), ["Hello", ""], "{label:?}");
+    }
 }
 
 /// An unlabelled answer that is neither an event stream nor JSON (a page, plain text, no

@@ -1025,16 +1025,30 @@ impl UpstreamStream {
     /// the stream), within `max_upstream_body_bytes`.
     fn ingest(&mut self, data: &[u8]) {
         if let Some(body) = self.whole_json.as_mut() {
-            if data.len() > self.limits.max_body_bytes.saturating_sub(body.len()) {
+            if data.len() > self.limits.max_body_bytes.saturating_sub(self.received) {
                 self.whole_json = None;
                 self.end_over_body_limit();
                 return;
             }
+            self.received += data.len();
             body.extend_from_slice(data);
             return;
         }
         if let Some(unconfirmed) = self.unconfirmed.as_mut() {
             unconfirmed.first.extend_from_slice(data);
+            // Blank space says nothing of what the answer is, however much of it comes
+            // (servers keep a slow answer's connection alive with it): it is dropped as it
+            // comes, counted against the body's limit, and never held as first bytes.
+            let blank = coding::leading_blank(&unconfirmed.first);
+            if !blank.is_empty() {
+                self.received += blank.len();
+                unconfirmed.first.drain(blank);
+                if self.received > self.limits.max_body_bytes {
+                    self.unconfirmed = None;
+                    self.end_over_body_limit();
+                    return;
+                }
+            }
             let start = coding::stream_start(&unconfirmed.first);
             let held = unconfirmed.first.len();
             if start == StreamStart::Undecided && held <= coding::MAX_STREAM_START_BYTES {

@@ -27,8 +27,9 @@ pub const MAX_SHOWN_NAME_BYTES: usize = 64;
 pub const UNSHOWN_NAME: &str = "<not a name>";
 
 /// Most bytes of a streamed answer labelled as something else held to learn from its
-/// first bytes whether it is an event stream ([`stream_start`]). Only blank space (or a
-/// byte-order mark) keeps it undecided that long; past them it is read as an event stream,
+/// first bytes whether it is an event stream ([`stream_start`]). Blank space is not held
+/// (see [`leading_blank`]), so only a byte-order mark and a field's name cut across reads
+/// keep it undecided, never that long; past it the answer is read as an event stream,
 /// which will have to prove itself as any stream does.
 pub const MAX_STREAM_START_BYTES: usize = 1024;
 
@@ -104,6 +105,9 @@ pub fn success_body(headers: &HeaderMap, streamed: bool) -> Result<BodyForm, Unr
         // Media types are case-insensitive (RFC 9110 §8.3.1).
         .map(|t| t.trim().to_ascii_lowercase());
     Ok(match essence.as_deref() {
+        // `Content-Type:` with nothing (or only parameters) after it names no media type:
+        // no label, as without the header.
+        Some("") => BodyForm::Unlabelled,
         Some("text/event-stream") => BodyForm::EventStream,
         Some(t) if is_json(t) => BodyForm::Json,
         Some(t) => BodyForm::Labelled(shown(t)),
@@ -148,6 +152,20 @@ pub fn stream_start(first: &[u8]) -> StreamStart {
         }
     }
     StreamStart::NotOne
+}
+
+/// Where the blank space at the start of `first` lies, after any byte-order mark.
+pub fn leading_blank(first: &[u8]) -> std::ops::Range<usize> {
+    let from = if first.starts_with(UTF8_BYTE_ORDER_MARK) {
+        UTF8_BYTE_ORDER_MARK.len()
+    } else {
+        0
+    };
+    let blank = first[from..]
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count();
+    from..from + blank
 }
 
 /// Whether `first`, a body's first bytes, begin a JSON object (after any byte-order mark
@@ -281,6 +299,10 @@ mod tests {
                 String::from_utf8_lossy(first)
             );
         }
+        assert_eq!(leading_blank(b" \r\n\t{"), 0..4);
+        assert_eq!(leading_blank(b"\xEF\xBB\xBF \n:"), 3..5, "after the mark");
+        assert_eq!(leading_blank(b"\xEF\xBB"), 0..0, "a mark cut across reads");
+        assert_eq!(leading_blank(b"data: \n"), 0..0);
         assert!(starts_as_json_object(b"{\"id\": 1}"));
         assert!(starts_as_json_object(b"\xEF\xBB\xBF \r\n{"));
         assert!(
