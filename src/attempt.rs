@@ -21,6 +21,7 @@ use std::future::Future;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::accumulate::ToolCallCount;
@@ -399,6 +400,26 @@ impl Run<'_> {
                         Next::Stop(reason) => {
                             self.emit(Event::ContinuationRefused { reason });
                             return Err(Stop::Unserved(self.unserved(failure, &walk)));
+                        }
+                        Next::Spent { model } => {
+                            let model = model.unwrap_or_else(|| {
+                                self.catalog.deployment(deployment).upstream_model.clone()
+                            });
+                            self.emit(Event::EndedAtBudget { attempt });
+                            return match self.end_at_budget(&model, out).await {
+                                Ok(()) => Ok(Served {
+                                    group,
+                                    deployment,
+                                    model,
+                                }),
+                                Err(AttemptError::ClientGone(reason)) => {
+                                    self.emit(Event::ClientGone { reason });
+                                    Err(Stop::ClientGone)
+                                }
+                                Err(AttemptError::Failed { .. }) => {
+                                    unreachable!("delivering fails only when the client is gone")
+                                }
+                            };
                         }
                         Next::Fresh => self.ask = None,
                         Next::Continue {
@@ -1073,19 +1094,45 @@ impl Run<'_> {
         }
         top.insert("object".into(), "chat.completion.chunk".into());
         let content_chunks = held.iter().filter(|c| c.payload_bytes > 0).count() as u64;
+        let usage = serde_json::json!({"prompt_tokens": 0, "completion_tokens": content_chunks,
+            "total_tokens": content_chunks});
+        self.end_answer(top, "stop", usage, upstream_model, out)
+            .await
+    }
+
+    /// Ends the answer where the client's token budget was spent (see `Next::Spent`): the
+    /// failed attempt's held end is dropped as before any next attempt, and a finish chunk
+    /// (`length`, choice 0) and a usage chunk of every attempt that contributed follow.
+    async fn end_at_budget<D: Delivery>(
+        &mut self,
+        model: &str,
+        out: &mut D,
+    ) -> Result<(), AttemptError> {
+        out.restart();
+        let top = self.commit.end_fields();
+        let usage = Value::Object(self.commit.take_usage_so_far());
+        self.end_answer(top, "length", usage, model, out).await
+    }
+
+    /// Delivers an end the gateway writes itself: a chunk of `top`'s fields finishing
+    /// choice 0 with `finish_reason`, then one of `usage`.
+    async fn end_answer<D: Delivery>(
+        &mut self,
+        top: serde_json::Map<String, Value>,
+        finish_reason: &str,
+        usage: Value,
+        upstream_model: &str,
+        out: &mut D,
+    ) -> Result<(), AttemptError> {
         let mut finish = top.clone();
         finish.insert(
             "choices".into(),
-            serde_json::json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+            serde_json::json!([{"index": 0, "delta": {}, "finish_reason": finish_reason}]),
         );
-        let mut usage = top;
-        usage.insert("choices".into(), serde_json::json!([]));
-        usage.insert(
-            "usage".into(),
-            serde_json::json!({"prompt_tokens": 0, "completion_tokens": content_chunks,
-                "total_tokens": content_chunks}),
-        );
-        for object in [finish, usage] {
+        let mut with_usage = top;
+        with_usage.insert("choices".into(), serde_json::json!([]));
+        with_usage.insert("usage".into(), usage);
+        for object in [finish, with_usage] {
             let object = ChunkObject::from_map(object);
             let Ok(Payload::Chunk(chunk)) = from_object(object, &ChunkLimits::default()) else {
                 unreachable!("a chunk of one choice, or of usage, is a chunk");

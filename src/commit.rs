@@ -32,6 +32,9 @@ pub struct CommitState {
     roles: BTreeSet<u64>,
     /// Content chunks delivered, all attempts (usage-only chunks excluded).
     delivered: u32,
+    /// The `created` of the first chunk delivered: what an end the gateway writes itself
+    /// (`Next::Spent`) says, as every other chunk of the answer does.
+    created: Option<Value>,
     /// Usage of earlier attempts that contributed (reported, or estimated): every whole
     /// count, summed in the place it was reported, the counters inside a usage
     /// (`prompt_tokens_details.cached_tokens`, DeepSeek's `prompt_cache_hit_tokens`) as its
@@ -60,8 +63,14 @@ pub enum Next {
         prefix: String,
         tokens_left: Option<u64>,
     },
+    /// What was delivered is text of one choice that spent the client's whole token
+    /// budget: nothing is left to ask a continuation for (a `max_tokens` of 0 is no
+    /// request), and the answer is whole as far as the client allowed. It ends with
+    /// `length`, as the provider's own would have, with `model` (the failed attempt's last)
+    /// on its end. Ended in an error before, in both modes, for an answer that had arrived.
+    Spent { model: Option<String> },
     /// What was delivered cannot be continued (tool calls, several choices, audio,
-    /// reasoning, logprobs), or the budget is spent: end as under `mid_stream: error`.
+    /// reasoning, logprobs): end as under `mid_stream: error`.
     Stop(&'static str),
 }
 
@@ -122,6 +131,9 @@ impl CommitState {
         for (key, value) in chunk.object.iter_mut() {
             match (key, value) {
                 ("id", Top::Json(id)) => has_our_id = self.response_id.as_ref() == Some(&*id),
+                ("created", Top::Json(created)) if self.created.is_none() => {
+                    self.created = Some(created.clone());
+                }
                 ("choices", Top::Choices(choices)) => {
                     changed |= self.drop_repeated_roles(choices);
                 }
@@ -223,7 +235,7 @@ impl CommitState {
         });
         fold_counts(&mut self.earlier, &usage);
         self.attempt_chunks = 0;
-        self.last_model = None;
+        let model = self.last_model.take();
         self.continuing = true;
         if !self.continuable {
             return Next::Stop("what was delivered is not text of a single choice");
@@ -234,9 +246,8 @@ impl CommitState {
         if let Some(reason) = unfit {
             return Next::Stop(reason);
         }
-        if self.text.len() > max_prefix_bytes {
-            return Next::Stop("the answer so far is over max_upstream_body_bytes");
-        }
+        // Spent is judged before the prefix's size: an answer that is whole needs no
+        // continuation to carry it.
         let tokens_left = match budget {
             None => None,
             Some(b) => match b
@@ -244,13 +255,42 @@ impl CommitState {
                 .filter(|left| *left > 0)
             {
                 Some(left) => Some(left),
-                None => return Next::Stop("the client's token budget is spent"),
+                None => return Next::Spent { model },
             },
         };
+        if self.text.len() > max_prefix_bytes {
+            return Next::Stop("the answer so far is over max_upstream_body_bytes");
+        }
         Next::Continue {
             prefix: self.text.clone(),
             tokens_left,
         }
+    }
+}
+
+impl CommitState {
+    /// The top-level fields of an end the gateway writes itself (`Next::Spent`): the
+    /// answer's `created`, and what every chunk says it is. `id` and `model` are stamped
+    /// as on any chunk.
+    pub fn end_fields(&self) -> Map<String, Value> {
+        let mut top = Map::new();
+        if let Some(created) = &self.created {
+            top.insert("created".into(), created.clone());
+        }
+        top.insert("object".into(), "chat.completion.chunk".into());
+        top
+    }
+
+    /// The usage of every attempt that contributed, for an end the gateway writes itself
+    /// (`Next::Spent`), with each total it never had as 0 (the SDKs' `CompletionUsage`
+    /// requires all three). Taken: the usage chunk that carries it reports it whole, and
+    /// nothing is added to it again.
+    pub fn take_usage_so_far(&mut self) -> Map<String, Value> {
+        let mut usage = std::mem::take(&mut self.earlier);
+        for name in USAGE_COUNTERS {
+            usage.entry(name).or_insert(Value::from(0));
+        }
+        usage
     }
 }
 
@@ -457,7 +497,44 @@ mod tests {
         );
         assert_eq!(
             s.after_failure(Some(3), usize::MAX, None),
-            Next::Stop("the client's token budget is spent")
+            Next::Spent {
+                model: Some("m".into())
+            },
+            "the budget is spent, and the answer ends with what the last attempt named"
+        );
+        assert_eq!(
+            Value::Object(s.take_usage_so_far()),
+            serde_json::json!({"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}),
+            "the end's usage covers every attempt"
+        );
+        assert_eq!(
+            Value::Object(s.take_usage_so_far()),
+            serde_json::json!({"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}),
+            "taken once"
+        );
+    }
+
+    /// An answer whose budget is spent ends whatever its size: it needs no continuation
+    /// to carry it.
+    #[test]
+    fn a_spent_budget_ends_the_answer_even_past_the_prefix_bound() {
+        let (mut s, _) = two_pieces_then_failure(|t| {
+            format!(r#"{{"created":7,"choices":[{{"index":0,"delta":{{"content":"{t}"}}}}]}}"#)
+        });
+        s.stamp_and_record(
+            chunk(r#"{"created":8,"choices":[{"index":0,"delta":{"content":"o!"}}]}"#),
+            "m2",
+        );
+        assert_eq!(
+            s.after_failure(Some(3), 2, None),
+            Next::Spent {
+                model: Some("m2".into())
+            }
+        );
+        assert_eq!(
+            Value::Object(s.end_fields()),
+            serde_json::json!({"created":7,"object":"chat.completion.chunk"}),
+            "the first chunk's `created` is the answer's"
         );
     }
 

@@ -276,6 +276,10 @@ impl Observer for DecisionLog {
                 info!(target: DECISION_TARGET, request, key, since_admission_ms, attempt,
                     "stop_sequence_at_seam");
             }
+            Event::EndedAtBudget { attempt } => {
+                info!(target: DECISION_TARGET, request, key, since_admission_ms, attempt,
+                    "ended_at_budget");
+            }
             Event::StreamRefused { attempt } => {
                 info!(target: DECISION_TARGET, request, key, since_admission_ms, attempt,
                     "stream_refused");

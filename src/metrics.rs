@@ -262,6 +262,7 @@ impl State {
             | Event::FailureNotCounted { .. }
             | Event::LinkSkipped { .. }
             | Event::StopSequenceAtSeam { .. }
+            | Event::EndedAtBudget { .. }
             | Event::StreamRefused { .. }
             // `switchback_retries_total` counts a retry by the deployment it was scheduled
             // on, when it was: a reroute moves no count.

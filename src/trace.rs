@@ -116,10 +116,16 @@ pub enum Event {
         committed: bool,
     },
     /// A failure after commit under `mid_stream: continue` that cannot be continued
-    /// (what was delivered is not text of one choice, or the token budget is spent): the
+    /// (what was delivered is not text of one choice, or is too long to carry): the
     /// request ends as under `error`.
     ContinuationRefused {
         reason: &'static str,
+    },
+    /// Attempt `attempt` failed under `mid_stream: continue` after the text delivered had
+    /// spent the client's whole token budget: the answer ended there, finish reason
+    /// `length`, as the provider's own would have (see `commit::Next::Spent`).
+    EndedAtBudget {
+        attempt: u32,
     },
     /// A continuation's first text completed one of the client's `stop` sequences that the
     /// text delivered before it began: the answer ended there, finish reason `stop`, with
@@ -163,6 +169,7 @@ impl Event {
             Event::Failed { .. } => "failed",
             Event::ContinuationRefused { .. } => "continuation_refused",
             Event::StopSequenceAtSeam { .. } => "stop_sequence_at_seam",
+            Event::EndedAtBudget { .. } => "ended_at_budget",
             Event::StreamRefused { .. } => "stream_refused",
             Event::ClientGone { .. } => "client_gone",
             Event::LimitHit { .. } => "limit_hit",
@@ -323,9 +330,9 @@ impl Event {
                 f("committed", committed);
             }
             Event::ContinuationRefused { reason } => f("reason", &format_args!("{reason:?}")),
-            Event::StopSequenceAtSeam { attempt } | Event::StreamRefused { attempt } => {
-                f("attempt", attempt)
-            }
+            Event::StopSequenceAtSeam { attempt }
+            | Event::EndedAtBudget { attempt }
+            | Event::StreamRefused { attempt } => f("attempt", attempt),
             Event::ClientGone { reason } => f("reason", &reason.as_str()),
             Event::LimitHit { limit } => f("limit", limit),
         }

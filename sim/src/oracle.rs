@@ -41,6 +41,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "client_gone",
     "limit_hit",
     "stream_refused",
+    "ended_at_budget",
 ];
 
 /// `event`'s name as [`EVENT_NAMES`] lists it. The match is exhaustive on purpose: a new
@@ -68,6 +69,7 @@ pub fn listed_name(event: &Event) -> &'static str {
         Event::ClientGone { .. } => 17,
         Event::LimitHit { .. } => 18,
         Event::StreamRefused { .. } => 19,
+        Event::EndedAtBudget { .. } => 20,
     };
     EVENT_NAMES[i]
 }
@@ -103,6 +105,10 @@ pub struct RequestStory<'r> {
     pub events: Vec<&'static str>,
     pub committed: bool,
     pub attempt_after_commit: bool,
+    /// The serving attempt failed after the text delivered had spent the client's token
+    /// budget, and the gateway ended the answer with `length` (`ended_at_budget`): its
+    /// finish and usage chunks are the gateway's own, not the serving call's.
+    pub ended_at_budget: bool,
     pub max_fallbacks: Option<u32>,
     pub mid_stream: Option<MidStreamPolicy>,
     pub terminal_events: usize,
@@ -304,6 +310,7 @@ fn story<'r>(
         events: events.iter().map(|e| listed_name(e)).collect(),
         committed: false,
         attempt_after_commit: false,
+        ended_at_budget: false,
         max_fallbacks: None,
         mid_stream: None,
         terminal_events: 0,
@@ -366,6 +373,7 @@ fn story<'r>(
             }
             Event::LimitHit { limit } => s.limits_hit.push(limit),
             Event::ClientGone { reason } => s.gone = Some(reason.as_str()),
+            Event::EndedAtBudget { .. } => s.ended_at_budget = true,
             _ => {}
         }
     }
@@ -469,7 +477,13 @@ fn sent_model(call: &CallRecord) -> Option<String> {
 /// ends on a content chunk with its finish and is then filtered, is its own). Text, model,
 /// the last finish and usage are judged elsewhere; a chunk that is not JSON is the client's
 /// `broken` to report.
-fn stream_shape(c: &ClientResult, continued: Option<&CallRecord>) -> Vec<String> {
+/// `ended_at_budget`: the gateway wrote choice 0's finish itself (see
+/// `RequestStory::ended_at_budget`), one more than the serving call wrote.
+fn stream_shape(
+    c: &ClientResult,
+    continued: Option<&CallRecord>,
+    ended_at_budget: bool,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut id: Option<&str> = None;
     let mut roles: Vec<u64> = Vec::new();
@@ -557,6 +571,7 @@ fn stream_shape(c: &ClientResult, continued: Option<&CallRecord>) -> Vec<String>
             if several && index != 0 {
                 continue;
             }
+            let theirs = theirs + usize::from(ended_at_budget && index == 0);
             if n > theirs {
                 problems.push(format!(
                     "choice {index} finished {n} time(s), the serving call finished it {theirs} time(s): a finish the answer went on from reached the client"
@@ -1046,6 +1061,56 @@ fn ending(c: &ClientResult) -> Ending {
     ending
 }
 
+/// Whether the gateway ended an answer at the client's budget (`ended_at_budget`) before
+/// the budget was spent. Counted from what the fakes wrote, not from the gateway's usage:
+/// every piece of choice 0's text a call of the request wrote is one token (a JSON answer
+/// counts its usage), and writing is no less than delivering, so a count under the budget
+/// says the answer was cut short of what the client allowed.
+fn ended_short_of_budget(s: &RequestStory<'_>, scenario: &Scenario) -> Option<String> {
+    if !s.ended_at_budget {
+        return None;
+    }
+    let Some(budget) = scenario.requests[s.client.index].token_budget() else {
+        return Some("the answer was ended at the token budget, but the client set none".into());
+    };
+    let calls = s.earlier_calls.iter().copied().chain(s.serving_call);
+    let written: u64 = calls.map(tokens_written).sum();
+    (written < budget).then(|| {
+        format!(
+            "the answer was ended at the token budget of {budget}, but the request's calls \
+             wrote only {written} token(s)"
+        )
+    })
+}
+
+/// The completion tokens a fake's call wrote for choice 0: one per piece of text (see
+/// `Reply::cap_tokens`), or a JSON answer's own count.
+fn tokens_written(call: &CallRecord) -> u64 {
+    let mut tokens = 0;
+    for v in sent_objects(call) {
+        if let Some(n) = v
+            .pointer("/usage/completion_tokens")
+            .and_then(serde_json::Value::as_u64)
+        {
+            if v.pointer("/choices/0/message").is_some() {
+                tokens += n;
+                continue;
+            }
+        }
+        for (place, choice) in v["choices"].as_array().into_iter().flatten().enumerate() {
+            let text = choice
+                .pointer("/delta/content")
+                .and_then(serde_json::Value::as_str);
+            if choice["index"].as_u64().unwrap_or(place as u64) == 0
+                && text.is_some_and(|t| !t.is_empty())
+            {
+                tokens += 1;
+            }
+        }
+    }
+    tokens
+}
+
 /// Whether a served answer's usage says more completion tokens than the client's budget
 /// allowed (`max_completion_tokens`, else `max_tokens`). The fakes honour a budget (one
 /// token per piece, see `Reply::cap_tokens`): over it, some attempt was asked for more
@@ -1083,7 +1148,12 @@ pub fn check_passthrough_where_it_applies(
         let Some(call) = story.serving_call else {
             continue;
         };
-        if !c.succeeded() || story.attempt_after_commit || call.continuation.is_some() {
+        // An answer ended at the budget ends as the gateway wrote it.
+        if !c.succeeded()
+            || story.attempt_after_commit
+            || call.continuation.is_some()
+            || story.ended_at_budget
+        {
             continue;
         }
         // What the call wrote past a network fault on its link may never have come.
@@ -1112,6 +1182,9 @@ fn check_invariants(
     let c = s.client;
     if let Some(b) = &c.broken {
         fail(format!("invariant: the client got no clean outcome: {b}"));
+    }
+    if let Some(problem) = ended_short_of_budget(s, scenario) {
+        fail(format!("invariant: {problem}"));
     }
     let left = c.left.is_some();
     if left && s.terminal_events > 1 {
@@ -1257,15 +1330,21 @@ fn check_invariants(
             // completed a stop sequence the text delivered began, where the answer ends
             // with the text delivered (each provider checks `stop` against its own text
             // only: the gateway checks the seam).
+            // An answer ended at the budget has what the serving call wrote before it
+            // failed, not all it meant to write.
             let mut ended_at_seam = false;
+            let written = match s.ended_at_budget {
+                true => sent_text(call),
+                false => call.planned.clone(),
+            };
             let expected = match &call.continuation {
                 Some(prefix) => {
-                    let whole = format!("{prefix}{}", call.planned);
+                    let whole = format!("{prefix}{written}");
                     let stops = crate::fake::stop_sequences(&call.body);
                     ended_at_seam = stop_across(&whole, prefix.len(), &stops);
                     if ended_at_seam { prefix.clone() } else { whole }
                 }
-                None => call.planned.clone(),
+                None => written,
             };
             // A network fault on the serving call's link may have kept the rest of what it
             // wrote from the gateway, which served what came (an answer whose every
@@ -1301,6 +1380,8 @@ fn check_invariants(
             if c.succeeded() && !lossy {
                 let theirs = if ended_at_seam {
                     Some("stop".to_string())
+                } else if s.ended_at_budget {
+                    Some("length".to_string())
                 } else {
                     last_finish(call, 0)
                 };
@@ -1315,7 +1396,7 @@ fn check_invariants(
     }
     if s.mode.is_stream() {
         let continued = s.serving_call.filter(|_| s.attempt_after_commit);
-        for problem in stream_shape(c, continued) {
+        for problem in stream_shape(c, continued, s.ended_at_budget) {
             fail(format!("invariant: {problem}"));
         }
     }
@@ -2093,6 +2174,7 @@ requests:
             },
             Event::LimitHit { limit: "x" },
             Event::StreamRefused { attempt: 1 },
+            Event::EndedAtBudget { attempt: 1 },
         ];
         let names: Vec<&str> = every.iter().map(Event::name).collect();
         assert_eq!(names, EVENT_NAMES);
