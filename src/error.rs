@@ -87,8 +87,13 @@ impl ApiError {
         ApiError::new(400, "invalid_request_error", message)
     }
 
+    /// OpenAI's own 401, 403 and 404 all say `invalid_request_error` (an unknown key:
+    /// code `invalid_api_key`; a model it does not serve: `model_not_found`; an unknown
+    /// route: "Invalid URL"). These said Anthropic's names (`authentication_error`,
+    /// `permission_error`, `not_found_error`): the SDKs map on the status alike, but a
+    /// client that branches on `type` read another provider's error.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
-        ApiError::new(401, "authentication_error", message).code("invalid_api_key")
+        ApiError::new(401, "invalid_request_error", message).code("invalid_api_key")
     }
 
     pub fn forbidden(message: impl Into<String>) -> ApiError {
@@ -98,11 +103,11 @@ impl ApiError {
     /// A 403 for a key that may not do this: one `type` for every such refusal, a model's
     /// or a route's, so that a client handles them alike.
     pub fn permission(message: impl Into<String>) -> ApiError {
-        ApiError::new(403, "permission_error", message)
+        ApiError::new(403, "invalid_request_error", message)
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(404, "not_found_error", message)
+        ApiError::new(404, "invalid_request_error", message)
     }
 
     /// The final failure of a request, with `summary` (what was tried) appended.

@@ -400,7 +400,7 @@ keys:
         assert!(body.contains("master_key"), "says how to scrape: {body}");
         // The type every 403 of the gateway has, a model's refusal's included.
         assert!(
-            body.contains(r#""type":"permission_error""#),
+            body.contains(r#""type":"invalid_request_error""#),
             "{key}: {body}"
         );
     }
