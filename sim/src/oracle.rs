@@ -121,6 +121,9 @@ pub struct RequestStory<'r> {
     pub last_call: Option<&'r CallRecord>,
     /// The host that received `last_call`.
     pub last_call_host: Option<&'r str>,
+    /// Every provider call of the request, with the host that received it, in the order
+    /// they reached the fakes.
+    pub calls: Vec<(&'r str, &'r CallRecord)>,
     /// The limits named by `limit_hit` events, in order.
     pub limits_hit: Vec<&'static str>,
     /// Why the engine saw the client go (`client_gone`), if it did.
@@ -318,6 +321,7 @@ fn story<'r>(
         earlier_calls: Vec::new(),
         last_call: None,
         last_call_host: None,
+        calls: Vec::new(),
         limits_hit: Vec::new(),
         gone: None,
     };
@@ -378,12 +382,14 @@ fn story<'r>(
         }
     }
     if let Some(id) = id {
-        let last = run
+        s.calls = run
             .calls
             .iter()
             .flat_map(|(host, calls)| calls.iter().map(move |c| (host.as_str(), c)))
             .filter(|(_, c)| c.request_id == Some(id))
-            .max_by_key(|(_, c)| c.seq);
+            .collect();
+        s.calls.sort_by_key(|(_, c)| c.seq);
+        let last = s.calls.last().copied();
         s.last_call = last.map(|(_, c)| c);
         s.last_call_host = last.map(|(host, _)| host);
     }
@@ -1083,16 +1089,73 @@ fn ended_short_of_budget(s: &RequestStory<'_>, scenario: &Scenario) -> Option<St
     })
 }
 
+/// What each continuation call was asked of the client's token budget, judged from what
+/// the calls before it wrote, not from the gateway's usage (which a stream that did not
+/// ask for usage never shows): no more than the budget less the tokens that surely
+/// reached the gateway, and no less than the budget less every token written. Before, a
+/// gateway that asked a continuation for the whole budget again was caught only through
+/// the answer's usage, when the client asked for it.
+///
+/// Not judged when the request has `stop` sequences: a continuation's text held at the
+/// seam and dropped with its failure reached the gateway but never the client, and is no
+/// part of the answer the budget bounds.
+fn continuation_budgets(s: &RequestStory<'_>, scenario: &Scenario) -> Vec<String> {
+    let spec = &scenario.requests[s.client.index];
+    let Some(budget) = spec.token_budget() else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let (mut surely, mut written) = (0u64, 0u64);
+    for (host, call) in &s.calls {
+        if call.continuation.is_some() {
+            let asked = call.body.as_object().and_then(crate::fake::token_budget);
+            let most = budget.saturating_sub(surely);
+            let least = budget.saturating_sub(written);
+            let seam_may_hold = !crate::fake::stop_sequences(&call.body).is_empty();
+            match asked {
+                None => problems.push(format!(
+                    "call {} continued an answer under a token budget of {budget}, but was \
+                     asked for none",
+                    call.call
+                )),
+                Some(asked) if asked > most && !seam_may_hold => problems.push(format!(
+                    "call {} was asked for {asked} token(s) of the client's budget of \
+                     {budget}, but the calls before it surely delivered {surely}",
+                    call.call
+                )),
+                Some(asked) if asked < least => problems.push(format!(
+                    "call {} was asked for {asked} token(s) of the client's budget of \
+                     {budget}, but the calls before it wrote only {written}",
+                    call.call
+                )),
+                Some(_) => {}
+            }
+        }
+        let delivered = surely_delivered(scenario, host, call);
+        surely += tokens_in(&call.sent[..delivered.min(call.sent.len())]);
+        written += tokens_written(call);
+    }
+    problems
+}
+
 /// The completion tokens a fake's call wrote for choice 0: one per piece of text (see
 /// `Reply::cap_tokens`), or a JSON answer's own count.
 fn tokens_written(call: &CallRecord) -> u64 {
+    tokens_in(&call.sent)
+}
+
+/// [`tokens_written`] of some of a call's payloads.
+fn tokens_in(payloads: &[String]) -> u64 {
     let mut tokens = 0;
-    for v in sent_objects(call) {
+    for v in objects_in(payloads) {
         if let Some(n) = v
             .pointer("/usage/completion_tokens")
             .and_then(serde_json::Value::as_u64)
         {
-            if v.pointer("/choices/0/message").is_some() {
+            // A whole completion has a `message` and no `delta` (Perplexity's chunks
+            // carry both: the running copy of the message, and usage so far).
+            let whole = v.pointer("/choices/0/delta").is_none();
+            if whole && v.pointer("/choices/0/message").is_some() {
                 tokens += n;
                 continue;
             }
@@ -1184,6 +1247,9 @@ fn check_invariants(
         fail(format!("invariant: the client got no clean outcome: {b}"));
     }
     if let Some(problem) = ended_short_of_budget(s, scenario) {
+        fail(format!("invariant: {problem}"));
+    }
+    for problem in continuation_budgets(s, scenario) {
         fail(format!("invariant: {problem}"));
     }
     let left = c.left.is_some();
