@@ -406,7 +406,11 @@ impl Run<'_> {
                                 self.catalog.deployment(deployment).upstream_model.clone()
                             });
                             self.emit(Event::EndedAtBudget { attempt });
-                            return match self.end_at_budget(&model, out).await {
+                            let finish = match failure.class {
+                                FailureClass::ContentPolicy => CONTENT_FILTER,
+                                _ => "length",
+                            };
+                            return match self.end_at_budget(&model, finish, out).await {
                                 Ok(()) => Ok(Served {
                                     group,
                                     deployment,
@@ -1102,16 +1106,18 @@ impl Run<'_> {
 
     /// Ends the answer where the client's token budget was spent (see `Next::Spent`): the
     /// failed attempt's held end is dropped as before any next attempt, and a finish chunk
-    /// (`length`, choice 0) and a usage chunk of every attempt that contributed follow.
+    /// (`finish_reason`, choice 0) and a usage chunk of every attempt that contributed
+    /// follow.
     async fn end_at_budget<D: Delivery>(
         &mut self,
         model: &str,
+        finish_reason: &str,
         out: &mut D,
     ) -> Result<(), AttemptError> {
         out.restart();
         let top = self.commit.end_fields();
         let usage = Value::Object(self.commit.take_usage_so_far());
-        self.end_answer(top, "length", usage, model, out).await
+        self.end_answer(top, finish_reason, usage, model, out).await
     }
 
     /// Delivers an end the gateway writes itself: a chunk of `top`'s fields finishing

@@ -32,7 +32,7 @@ pub struct CommitState {
     roles: BTreeSet<u64>,
     /// Content chunks delivered, all attempts (usage-only chunks excluded).
     delivered: u32,
-    /// The `created` of the first chunk delivered: what an end the gateway writes itself
+    /// The first non-zero `created` delivered: what an end the gateway writes itself
     /// (`Next::Spent`) says, as every other chunk of the answer does.
     created: Option<Value>,
     /// Usage of earlier attempts that contributed (reported, or estimated): every whole
@@ -66,8 +66,11 @@ pub enum Next {
     /// What was delivered is text of one choice that spent the client's whole token
     /// budget: nothing is left to ask a continuation for (a `max_tokens` of 0 is no
     /// request), and the answer is whole as far as the client allowed. It ends with
-    /// `length`, as the provider's own would have, with `model` (the failed attempt's last)
-    /// on its end. Ended in an error before, in both modes, for an answer that had arrived.
+    /// `length`, as the provider's own would have (or `content_filter`, when the failure was
+    /// the provider's filter, routed around only because a content-policy fallback list is
+    /// set: without one that finish is the answer's), with `model` (the failed attempt's
+    /// last) on its end. Ended in an error before, in both modes, for an answer that had
+    /// arrived.
     Spent { model: Option<String> },
     /// What was delivered cannot be continued (tool calls, several choices, audio,
     /// reasoning, logprobs): end as under `mid_stream: error`.
@@ -131,7 +134,11 @@ impl CommitState {
         for (key, value) in chunk.object.iter_mut() {
             match (key, value) {
                 ("id", Top::Json(id)) => has_our_id = self.response_id.as_ref() == Some(&*id),
-                ("created", Top::Json(created)) if self.created.is_none() => {
+                // Azure's prompt-filter chunk comes first with `created: 0`: no time, as
+                // the non-stream answer (which skips it) reads it.
+                ("created", Top::Json(created))
+                    if self.created.is_none() && created.as_u64() != Some(0) =>
+                {
                     self.created = Some(created.clone());
                 }
                 ("choices", Top::Choices(choices)) => {
@@ -512,6 +519,24 @@ mod tests {
             serde_json::json!({"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}),
             "taken once"
         );
+    }
+
+    /// Azure's prompt-filter chunk comes first with `created: 0`: the end the gateway
+    /// writes says the answer's time, as the non-stream answer does, not that 0.
+    #[test]
+    fn an_end_says_the_first_created_that_is_a_time() {
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        s.stamp_and_record(
+            chunk(r#"{"created":0,"model":"","choices":[],"prompt_filter_results":[]}"#),
+            "m",
+        );
+        assert_eq!(s.end_fields().get("created"), None);
+        s.stamp_and_record(
+            chunk(r#"{"created":7,"choices":[{"index":0,"delta":{"content":"He"}}]}"#),
+            "m",
+        );
+        assert_eq!(s.end_fields()["created"], 7);
     }
 
     /// An answer whose budget is spent ends whatever its size: it needs no continuation

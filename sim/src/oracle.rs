@@ -1096,9 +1096,12 @@ fn ended_short_of_budget(s: &RequestStory<'_>, scenario: &Scenario) -> Option<St
 /// gateway that asked a continuation for the whole budget again was caught only through
 /// the answer's usage, when the client asked for it.
 ///
-/// Not judged when the request has `stop` sequences: a continuation's text held at the
-/// seam and dropped with its failure reached the gateway but never the client, and is no
-/// part of the answer the budget bounds.
+/// The upper bound is not judged where text may have reached the gateway and yet be no
+/// part of the answer the budget bounds: under `stop` sequences (a continuation's text
+/// held at the seam and dropped with its failure), after a limit was hit (what lies past
+/// it is never delivered) or an attempt timed out (the fake may have gone on writing to a
+/// gateway that had stopped reading). A whole JSON answer of an earlier call counts for
+/// nothing surely delivered: it is delivered whole or, failing, not at all.
 fn continuation_budgets(s: &RequestStory<'_>, scenario: &Scenario) -> Vec<String> {
     let spec = &scenario.requests[s.client.index];
     let Some(budget) = spec.token_budget() else {
@@ -1106,12 +1109,17 @@ fn continuation_budgets(s: &RequestStory<'_>, scenario: &Scenario) -> Vec<String
     };
     let mut problems = Vec::new();
     let (mut surely, mut written) = (0u64, 0u64);
+    let timed_out = s
+        .steps
+        .iter()
+        .any(|step| step.class == Some(FailureClass::Timeout));
+    let uncounted = timed_out || !s.limits_hit.is_empty();
     for (host, call) in &s.calls {
         if call.continuation.is_some() {
             let asked = call.body.as_object().and_then(crate::fake::token_budget);
             let most = budget.saturating_sub(surely);
             let least = budget.saturating_sub(written);
-            let seam_may_hold = !crate::fake::stop_sequences(&call.body).is_empty();
+            let seam_may_hold = uncounted || !crate::fake::stop_sequences(&call.body).is_empty();
             match asked {
                 None => problems.push(format!(
                     "call {} continued an answer under a token budget of {budget}, but was \
@@ -1131,8 +1139,10 @@ fn continuation_budgets(s: &RequestStory<'_>, scenario: &Scenario) -> Vec<String
                 Some(_) => {}
             }
         }
-        let delivered = surely_delivered(scenario, host, call);
-        surely += tokens_in(&call.sent[..delivered.min(call.sent.len())]);
+        if !call.answered_json {
+            let delivered = surely_delivered(scenario, host, call);
+            surely += tokens_in(&call.sent[..delivered.min(call.sent.len())], false);
+        }
         written += tokens_written(call);
     }
     problems
@@ -1141,24 +1151,19 @@ fn continuation_budgets(s: &RequestStory<'_>, scenario: &Scenario) -> Vec<String
 /// The completion tokens a fake's call wrote for choice 0: one per piece of text (see
 /// `Reply::cap_tokens`), or a JSON answer's own count.
 fn tokens_written(call: &CallRecord) -> u64 {
-    tokens_in(&call.sent)
+    tokens_in(&call.sent, call.answered_json)
 }
 
-/// [`tokens_written`] of some of a call's payloads.
-fn tokens_in(payloads: &[String]) -> u64 {
+/// [`tokens_written`] of some of a call's payloads; `whole`: they are one JSON answer,
+/// which counts its usage. A stream counts its pieces only: a `message` in one of its
+/// chunks is a copy (Perplexity's running one, MiniMax's closing restatement).
+fn tokens_in(payloads: &[String], whole: bool) -> u64 {
     let mut tokens = 0;
     for v in objects_in(payloads) {
-        if let Some(n) = v
-            .pointer("/usage/completion_tokens")
-            .and_then(serde_json::Value::as_u64)
-        {
-            // A whole completion has a `message` and no `delta` (Perplexity's chunks
-            // carry both: the running copy of the message, and usage so far).
-            let whole = v.pointer("/choices/0/delta").is_none();
-            if whole && v.pointer("/choices/0/message").is_some() {
-                tokens += n;
-                continue;
-            }
+        if whole {
+            let usage = v.pointer("/usage/completion_tokens");
+            tokens += usage.and_then(serde_json::Value::as_u64).unwrap_or(0);
+            continue;
         }
         for (place, choice) in v["choices"].as_array().into_iter().flatten().enumerate() {
             let text = choice
@@ -1400,7 +1405,8 @@ fn check_invariants(
             // failed, not all it meant to write.
             let mut ended_at_seam = false;
             let written = match s.ended_at_budget {
-                true => sent_text(call),
+                // Not a closing restatement's `message` (MiniMax's after its filter).
+                true => sent_text_of(call, call.answered_json),
                 false => call.planned.clone(),
             };
             let expected = match &call.continuation {
@@ -1447,7 +1453,11 @@ fn check_invariants(
                 let theirs = if ended_at_seam {
                     Some("stop".to_string())
                 } else if s.ended_at_budget {
-                    Some("length".to_string())
+                    // The provider's filter keeps its verdict (see `commit::Next::Spent`).
+                    match s.steps.last().and_then(|step| step.class) {
+                        Some(FailureClass::ContentPolicy) => Some("content_filter".to_string()),
+                        _ => Some("length".to_string()),
+                    }
                 } else {
                     last_finish(call, 0)
                 };
