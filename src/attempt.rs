@@ -921,12 +921,16 @@ impl Run<'_> {
                 // asked for, another may still come). Only once this attempt gave some of
                 // the answer: a finish with nothing before it (a provider's role chunk, when
                 // it puts a finish reason on every chunk) is no answer, and before commit a
-                // retry costs nothing.
-                Err(_)
+                // retry costs nothing. A limit hit there is still said: an upstream that
+                // floods past its finish is worth seeing.
+                Err(e)
                     if stream.finished()
                         && content_chunks > 0
                         && stream.choices_named() >= self.admitted.request.choices_asked() =>
                 {
+                    if let Some(limit) = e.limit() {
+                        self.emit(Event::LimitHit { limit });
+                    }
                     break;
                 }
                 Err(e) => {

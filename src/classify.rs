@@ -351,6 +351,9 @@ impl Failure {
             // The upstream's 499 (it cancelled the call) would read, to a client, as its own
             // request closed: the gateway failed to get an answer.
             _ if self.status == Some(499) => 502,
+            // Groq's 498 (flex tier at capacity) is no status a client knows: the
+            // overload it is, as OpenAI says its own.
+            _ if self.status == Some(498) => 503,
             _ => match self.status {
                 Some(s) if (400..=599).contains(&s) => s,
                 _ => self.class.default_status(),
@@ -497,6 +500,9 @@ struct ErrorHints {
     tags: Vec<String>,
     numeric_code: Option<u16>,
     message: Option<String>,
+    /// The message of the error a proxy passed on (OpenRouter's `metadata.raw`), read
+    /// beside `message`, and never shown to the client: the proxy's own message is.
+    passed_on: Option<String>,
     /// `param`: the request field the upstream found fault with.
     param: Option<String>,
     retry_after: Option<Duration>,
@@ -517,7 +523,28 @@ fn is_field_path(param: &str) -> bool {
 }
 
 impl ErrorHints {
+    /// What `err` says, and what the provider's error it passed on says: OpenRouter's
+    /// "Provider returned error" carries the provider's whole error body as a string in
+    /// `metadata.raw`, and only that says whether it was a context window, a moderation
+    /// refusal or the provider's account. Its type and code join this error's tags; its
+    /// message is read beside this one. One level only: the passed-on error is not read
+    /// for errors it passed on.
     fn of(err: &Value) -> ErrorHints {
+        let mut hints = ErrorHints::own(err);
+        let passed_on = err
+            .get("metadata")
+            .and_then(|m| m.get("raw"))
+            .and_then(Value::as_str)
+            .and_then(|raw| serde_json::from_str::<Value>(raw).ok());
+        if let Some(raw) = passed_on {
+            let inner = ErrorHints::own(error_object(&raw));
+            hints.tags.extend(inner.tags);
+            hints.passed_on = inner.message;
+        }
+        hints
+    }
+
+    fn own(err: &Value) -> ErrorHints {
         let mut hints = ErrorHints::default();
         for field in ["type", "code", "status"] {
             match err.get(field) {
@@ -582,8 +609,13 @@ impl ErrorHints {
 
     /// The first of `any` the message says.
     fn mention_of(&self, any: &[&'static str]) -> Option<&'static str> {
-        let m = self.message.as_ref()?.to_ascii_lowercase();
-        any.iter().copied().find(|p| m.contains(p))
+        [&self.message, &self.passed_on]
+            .into_iter()
+            .flatten()
+            .find_map(|m| {
+                let m = m.to_ascii_lowercase();
+                any.iter().copied().find(|p| m.contains(p))
+            })
     }
 }
 
@@ -601,6 +633,9 @@ const CONTEXT_TAGS: &[&str] = &[
     "string_above_max_length",
     // llama.cpp's server.
     "exceed_context_size_error",
+    // GitHub Models and Azure AI Inference, as a 413 ("Request body too large for gpt-4o
+    // model. Max size: 8000 tokens.").
+    "tokens_limit_reached",
 ];
 const CONTEXT_PHRASES: &[&str] = &[
     "context length",
@@ -620,6 +655,10 @@ const CONTEXT_PHRASES: &[&str] = &[
     "exceed context limit",
     // xAI ("This model's maximum prompt length is 131072 but the request contains ...").
     "maximum prompt length",
+    // Hugging Face's TGI, as a 422 ("Input validation error: `inputs` tokens +
+    // `max_new_tokens` must be <= 4096", "`inputs` must have less than 4096 tokens").
+    "`max_new_tokens` must be <=",
+    "`inputs` must have less than",
 ];
 const CONTENT_TAGS: &[&str] = &[
     // OpenAI's moderation refusing a reasoning model's prompt.
@@ -640,6 +679,8 @@ const CONTENT_PHRASES: &[&str] = &[
     // Your input was flagged for ..."): the prompt's problem, not the key's.
     "requires moderation",
     "your input was flagged",
+    // DeepSeek's moderation, a 400 whose type and code say only `invalid_request_error`.
+    "content exists risk",
 ];
 /// A 404 that names the request's parameters, not the model: OpenRouter's "No endpoints
 /// found that support tool use" when `tools` go to a model without them. Read as the
@@ -648,9 +689,13 @@ const UNSUPPORTED_REQUEST_PHRASES: &[&str] = &[
     "no endpoints found that support",
     "no endpoints found that can handle",
 ];
-/// A bad key in a provider's structured reason, whatever the status: Gemini sends one as
-/// a 400 `INVALID_ARGUMENT` with `details: [{"reason": "API_KEY_INVALID"}]`.
-const AUTH_TAGS: &[&str] = &["api_key_invalid"];
+/// A deployment's credentials or account that cannot serve, in a provider's structured
+/// word, whatever the 4xx status: Gemini sends a bad key as a 400 `INVALID_ARGUMENT` with
+/// `details: [{"reason": "API_KEY_INVALID"}]`, and its refusal of the caller's region ("User
+/// location is not supported for the API use") or of a free tier without billing as a 400
+/// `FAILED_PRECONDITION`. Read as the client's bad request, every request weighted onto
+/// such a deployment failed, where another deployment or a fallback would have served it.
+const AUTH_TAGS: &[&str] = &["api_key_invalid", "failed_precondition"];
 /// Billing and credit errors that providers send as a 400 (or 402), not a 429: Anthropic's
 /// "Your credit balance is too low to access the Anthropic API", OpenAI's
 /// `billing_hard_limit_reached`, OpenRouter's "Insufficient credits".
@@ -685,7 +730,9 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
     // nothing of the deployment's load. Read as a rate limit, one tenant's prompt cooled
     // every deployment it was retried on; like a context window, it goes where a larger
     // request fits (`context_window_fallbacks`, else `fallbacks`), cooling nothing.
-    if matches!(status, Some(429) | None)
+    // Groq sends the same case as a 413 ("... on tokens per minute (TPM): Limit 6000,
+    // Requested 14368"), tagged `rate_limit_exceeded` like OpenAI's.
+    if matches!(status, Some(413 | 429) | None)
         && h.message_mentions(&["request too large for"])
         && h.message_mentions(&["tokens per min"])
     {
@@ -726,8 +773,9 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
         // carry the deployment's key there.
         Some(300..=399) => FailureClass::NotFound,
         // Gemini and Vertex's `CANCELLED` under load (and a proxy's "client closed
-        // request"): the server gave up on the call, not on the request.
-        Some(499) => FailureClass::Transient,
+        // request"): the server gave up on the call, not on the request. Groq's 498: its
+        // flex tier is at capacity, "try again later".
+        Some(498 | 499) => FailureClass::Transient,
         Some(500..=599) => FailureClass::Transient,
         Some(400..=499) => FailureClass::BadRequest,
         _ if h.has_tag(OVERLOADED_TAGS) => FailureClass::Transient,
@@ -971,6 +1019,89 @@ mod tests {
             r#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-abc on tokens per min (TPM): Limit 30000, Used 29500, Requested 900. Please try again in 0.8s.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#,
         );
         assert_eq!(f.class, FailureClass::RateLimited);
+    }
+
+    /// Wordings of real providers that read as the client's bad request, or as an empty
+    /// account, where they say something else.
+    #[test]
+    fn provider_wordings_read_for_what_they_say() {
+        // Groq sends a request larger than the whole tokens-per-minute limit as a 413
+        // tagged `rate_limit_exceeded`: the same case as OpenAI's 429, one prompt too big,
+        // which must cool no deployment (as an empty account it cooled every Groq
+        // deployment of the group for every tenant).
+        let f = status(
+            413,
+            r#"{"error":{"message":"Request too large for model `llama-3.3-70b-versatile` in organization `org_01` service tier `on_demand` on tokens per minute (TPM): Limit 6000, Requested 14368, please reduce your message size and try again. Visit https://console.groq.com/docs/rate-limits for more information.","type":"tokens","code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(
+            (f.class, f.quota),
+            (FailureClass::ContextWindow, false),
+            "{f:?}"
+        );
+        assert_eq!(f.client_status(), 413);
+        // Gemini refusing the gateway's region, or a free tier where billing is off: the
+        // deployment's account cannot serve anyone from here, whatever the request.
+        for message in [
+            "User location is not supported for the API use.",
+            "Gemini API free tier is not available in your country. Please enable billing on your project in Google AI Studio.",
+        ] {
+            let body = serde_json::json!([{"error": {"code": 400, "message": message, "status": "FAILED_PRECONDITION"}}]).to_string();
+            let f = status(400, &body);
+            assert_eq!(f.class, FailureClass::Auth, "{message}");
+            assert!(f.retry_elsewhere_only());
+            assert_eq!(
+                f.client_status(),
+                502,
+                "the gateway's account, not the client's"
+            );
+        }
+        // DeepSeek's moderation refusal.
+        let f = status(
+            400,
+            r#"{"error":{"message":"Content Exists Risk","type":"invalid_request_error","param":null,"code":"invalid_request_error"}}"#,
+        );
+        assert_eq!(f.class, FailureClass::ContentPolicy);
+        // Context overflows in the words of Hugging Face's TGI (and providers serving it)
+        // and of GitHub Models / Azure AI Inference.
+        for (code, body) in [
+            (
+                422,
+                r#"{"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 500 `max_new_tokens`","error_type":"validation"}"#,
+            ),
+            (
+                422,
+                r#"{"error":"Input validation error: `inputs` must have less than 4096 tokens. Given: 5000","error_type":"validation"}"#,
+            ),
+            (
+                413,
+                r#"{"error":{"code":"tokens_limit_reached","message":"Request body too large for gpt-4o model. Max size: 8000 tokens.","details":null}}"#,
+            ),
+        ] {
+            assert_eq!(
+                status(code, body).class,
+                FailureClass::ContextWindow,
+                "{body}"
+            );
+        }
+        // OpenRouter passing a provider's error on: the provider's own words are in
+        // `metadata.raw`, the message only says that there was one.
+        let raw = serde_json::json!({"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"}}).to_string();
+        let body = serde_json::json!({"error": {"message": "Provider returned error", "code": 400, "metadata": {"raw": raw, "provider_name": "Anthropic"}}}).to_string();
+        assert_eq!(status(400, &body).class, FailureClass::ContextWindow);
+        let body = serde_json::json!({"error": {"message": "Provider returned error", "code": 400, "metadata": {"raw": "User location is not supported for the API use.", "provider_name": "Google AI Studio"}}}).to_string();
+        assert_eq!(
+            status(400, &body).class,
+            FailureClass::BadRequest,
+            "no structured word, no reading"
+        );
+        // Groq's 498: its flex tier is at capacity, "try again later". Not a status to hand
+        // a client.
+        let f = status(
+            498,
+            r#"{"error":{"message":"Flex tier capacity exceeded. This model is currently at capacity for the flex tier, please try again later.","type":"invalid_request_error","code":"capacity_exceeded"}}"#,
+        );
+        assert_eq!(f.class, FailureClass::Transient, "{f:?}");
+        assert_eq!(f.client_status(), 503);
     }
 
     /// OpenAI's moderation refusal of a reasoning model's prompt is a content-policy

@@ -474,6 +474,63 @@ async fn a_running_copy_of_the_message_does_not_count_against_the_answers_size()
 
 const PIECES: usize = 600;
 
+/// The credit a running copy of the message earns (above) is for a copy neither mode
+/// keeps. After the answer's last finish reason every chunk that does not go on is held
+/// as the answer's possible end, its copy and raw text with it: an upstream that, past its
+/// finish, sends content-less chunks with a large `message` beside an empty `delta` had
+/// them all held, uncounted, until the deadline (here 100 chunks of 64 KiB against a limit
+/// of 1 MiB: 6.4 MB held). A copy beside a delta without output is counted: the limit is
+/// hit, and the answer, which had ended, is served whole in both modes.
+#[tokio::test(start_paused = true)]
+async fn copies_held_after_the_answers_end_are_counted() {
+    let config = format!("{ONE_GROUP}limits: {{max_upstream_body_bytes: 1048576}}\n");
+    let net = MemNet::new();
+    net.host("up", |_| {
+        let chunk = |delta: Value, finish: Value, message: &str| {
+            frame(
+                &json!({"id": "c-1", "object": "chat.completion.chunk", "created": 1,
+                "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                "message": {"role": "assistant", "content": message}}]}),
+            )
+        };
+        let mut body = chunk(
+            json!({"role": "assistant", "content": "Hi"}),
+            Value::Null,
+            "Hi",
+        );
+        body.push_str(&chunk(json!({}), json!("stop"), "Hi"));
+        let copy = "x".repeat(64 * 1024);
+        for _ in 0..100 {
+            body.push_str(&chunk(json!({}), Value::Null, &copy));
+        }
+        body.push_str("data: [DONE]\n\n");
+        sse(body)
+    });
+    let gw = Gw::start(&config, &net);
+    for stream in [false, true] {
+        let r = gw.chat(None, chat_body("g", stream)).await;
+        let status = r.status();
+        let body = text(r).await;
+        assert_eq!(
+            status,
+            200,
+            "stream={stream}: {}",
+            &body[..body.len().min(300)]
+        );
+        assert_eq!(answered_text(&body, stream), "Hi", "stream={stream}");
+        assert!(
+            body.len() < 1 << 20,
+            "stream={stream}: {} bytes",
+            body.len()
+        );
+    }
+    assert!(
+        gw.saw("limit_hit limit=max_upstream_body_bytes"),
+        "{:#?}",
+        gw.events()
+    );
+}
+
 /// Long answers fit the default limits. gpt-5 writes up to 128,000 output tokens, one
 /// chunk of about 250 bytes and 16 JSON values each (`service_tier`, `obfuscation`...),
 /// and Qwen3's thinking models stream 80,000 tokens of reasoning: the old defaults

@@ -76,7 +76,16 @@ impl Chunk {
     /// counted here (its strings and keys, as read), which the event's own bytes hold at
     /// least once: the copy written anew could be longer than it came (`1e15` is written
     /// `1000000000000000.0`), and an upstream could then send bytes the bound never saw.
+    ///
+    /// Only a chunk with output earns the credit: one without may be held whole, copy
+    /// and all, as the answer's possible end (`held_end`) or before commit, and an
+    /// upstream that sent such chunks without end after its finish reason had them held,
+    /// uncounted, until the deadline. A content-less chunk's copy (Perplexity's last, with
+    /// the finish reason) is counted once, at most the answer's length.
     pub fn running_copy_bytes(&self) -> usize {
+        if self.payload_bytes == 0 {
+            return 0;
+        }
         let Some(choices) = self.object.choices() else {
             return 0;
         };
@@ -687,7 +696,8 @@ pub(crate) mod tests {
     }
 
     /// Perplexity's running copy counts its text; numbers written longer than they came
-    /// (`1e15`) count nothing; a message without a delta beside it is no copy.
+    /// (`1e15`) count nothing; a message without a delta beside it is no copy, and one
+    /// beside a delta without output earns no credit.
     #[test]
     fn a_running_copy_counts_its_text_and_no_more_than_came() {
         let copy = chunk(
@@ -697,9 +707,18 @@ pub(crate) mod tests {
             copy.running_copy_bytes(),
             "role".len() + "assistant".len() + "content".len() + 5
         );
-        let numbers =
-            chunk(r#"{"choices":[{"index":0,"message":{"n":[1e15,1e15,1e15]},"delta":{}}]}"#);
+        let numbers = chunk(
+            r#"{"choices":[{"index":0,"message":{"n":[1e15,1e15,1e15]},"delta":{"content":"x"}}]}"#,
+        );
         assert_eq!(numbers.running_copy_bytes(), 1, "the key only");
+        let no_output = chunk(
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"delta":{},"finish_reason":"stop"}]}"#,
+        );
+        assert_eq!(
+            no_output.running_copy_bytes(),
+            0,
+            "it may be held, copy and all"
+        );
         let whole =
             chunk(r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hello"}}]}"#);
         assert_eq!(whole.running_copy_bytes(), 0);
