@@ -61,8 +61,9 @@ pub struct Limits {
     pub header_read_timeout: f64,
     /// Seconds a client's request body may fall behind `min_request_body_bytes_per_second`:
     /// a body may take this long plus one second for every that many bytes received (a
-    /// body too slow for it gets a 408). With no byte received, it is the time the body
-    /// has.
+    /// body too slow for it gets a 408), never to more than this long after the bytes
+    /// that moved it (what a body is ahead of the rate is banked this long at most). With
+    /// no byte received, it is the time the body has.
     pub body_read_timeout: f64,
     /// The slowest upload a client may keep up, in bytes a second of its request body
     /// (see `body_read_timeout`), as Apache's `mod_reqtimeout` `MinRate`: a deadline on

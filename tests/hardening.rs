@@ -800,6 +800,18 @@ fn big_upload(bytes: usize) -> (Vec<u8>, Vec<u8>) {
     (head, body)
 }
 
+/// A gateway whose upstream answers at once, and a raw connection to it on which a chat
+/// request's head has been sent: the body of about `bytes` bytes is the caller's to send.
+async fn upload_started(bytes: usize) -> (Gw, tokio::io::DuplexStream, Vec<u8>) {
+    let net = MemNet::new();
+    net.host("up", |_| sse_answer("m", &["hi"]));
+    let gw = Gw::start(ONE_GROUP, &net);
+    let (head, body) = big_upload(bytes);
+    let mut pipe = gw.raw().await;
+    pipe.write_all(&head).await.unwrap();
+    (gw, pipe, body)
+}
+
 /// Writes `body` at `per_second` bytes a second (in tenths of a second, on the paused
 /// clock), as a client on a slow uplink does; the first write that fails ends it.
 async fn upload_at(
@@ -834,12 +846,7 @@ async fn response_head(pipe: &mut tokio::io::DuplexStream) -> String {
 // retried the upload from the start). A 1 MiB body at 256 kbit/s took 32 s of the 30.
 #[tokio::test(start_paused = true)]
 async fn a_slow_upload_above_the_minimum_rate_is_read_to_its_end() {
-    let net = MemNet::new();
-    net.host("up", |_| sse_answer("m", &["hi"]));
-    let gw = Gw::start(ONE_GROUP, &net);
-    let (head, body) = big_upload(1 << 20);
-    let mut pipe = gw.raw().await;
-    pipe.write_all(&head).await.unwrap();
+    let (_gw, mut pipe, body) = upload_started(1 << 20).await;
     let started = tokio::time::Instant::now();
     upload_at(&mut pipe, &body, 32 * 1024).await.unwrap();
     assert!(started.elapsed() > Duration::from_secs(30));
@@ -852,12 +859,7 @@ async fn a_slow_upload_above_the_minimum_rate_is_read_to_its_end() {
 // grows only with bytes received.
 #[tokio::test(start_paused = true)]
 async fn an_upload_below_the_minimum_rate_gets_a_408_once_it_falls_behind() {
-    let net = MemNet::new();
-    net.host("up", |_| sse_answer("m", &["hi"]));
-    let gw = Gw::start(ONE_GROUP, &net);
-    let (head, body) = big_upload(1 << 20);
-    let mut pipe = gw.raw().await;
-    pipe.write_all(&head).await.unwrap();
+    let (_gw, pipe, body) = upload_started(1 << 20).await;
     let started = tokio::time::Instant::now();
     // 1 KiB/s, where 16 KiB/s is the minimum: 30 s behind after about 32 s.
     let (mut reader, mut writer) = tokio::io::split(pipe);
@@ -887,12 +889,7 @@ async fn an_upload_below_the_minimum_rate_gets_a_408_once_it_falls_behind() {
 // held for nothing.
 #[tokio::test(start_paused = true)]
 async fn an_upload_that_stops_gets_its_408_whatever_it_sent_before() {
-    let net = MemNet::new();
-    net.host("up", |_| sse_answer("m", &["hi"]));
-    let gw = Gw::start(ONE_GROUP, &net);
-    let (head, body) = big_upload(8 << 20);
-    let mut pipe = gw.raw().await;
-    pipe.write_all(&head).await.unwrap();
+    let (_gw, mut pipe, body) = upload_started(8 << 20).await;
     pipe.write_all(&body[..body.len() - 1]).await.unwrap();
     let stopped = tokio::time::Instant::now();
     let mut first = [0u8; 64];
@@ -903,6 +900,40 @@ async fn an_upload_that_stops_gets_its_408_whatever_it_sent_before() {
     assert!(
         waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
         "{waited:?}: body_read_timeout after its last byte"
+    );
+}
+
+// 8e''. ... and a byte now and then after the burst earns nothing: the rate counted from
+// the body's start let a client bank the time of everything it sent fast and spend it on a
+// byte every 25 s, holding its connection and its body's share of
+// `max_in_flight_request_body_bytes` (found live: four such uploads kept every other
+// tenant's requests at 503). What a body is ahead of the minimum rate is banked for at most
+// `body_read_timeout`.
+#[tokio::test(start_paused = true)]
+async fn an_upload_that_trickles_after_a_burst_gets_its_408() {
+    let (_gw, mut pipe, body) = upload_started(8 << 20).await;
+    let (burst, rest) = body.split_at(body.len() - 100);
+    pipe.write_all(burst).await.unwrap();
+    let stopped = tokio::time::Instant::now();
+    let (mut reader, mut writer) = tokio::io::split(pipe);
+    let rest = rest.to_vec();
+    let trickling = tokio::spawn(async move {
+        for byte in rest.chunks(1) {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            if writer.write_all(byte).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut first = [0u8; 64];
+    let n = reader.read(&mut first).await.unwrap();
+    let waited = stopped.elapsed();
+    trickling.abort();
+    let first = String::from_utf8_lossy(&first[..n]);
+    assert!(first.starts_with("HTTP/1.1 408"), "{first}");
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+        "{waited:?}: body_read_timeout after the burst, whatever trickles after it"
     );
 }
 

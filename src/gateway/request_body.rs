@@ -17,14 +17,17 @@
 //!
 //! A body's deadline grows with what it brings: `body_read_timeout` after the head, plus a
 //! second for every `min_request_body_bytes_per_second` bytes received (Apache's
-//! `mod_reqtimeout` rule), and never more than `body_read_timeout` after its last bytes. A
-//! fixed deadline on the whole body failed honest large uploads on slow uplinks; an idle
-//! timeout alone would let a client hold a connection for ever with a byte now and then;
-//! the rate alone let a client that sent most of a large body fast, then stopped, hold its
-//! connection and the body in memory for as long as it had earned (an hour for 50 MiB).
-//! Both together ask a steady minimum rate and no long silence, so a connection is held at
-//! most `body_read_timeout` plus the largest body at that rate, and only by a client that
-//! keeps sending.
+//! `mod_reqtimeout` rule), but never to more than `body_read_timeout` after the bytes that
+//! moved it: what a body is ahead of the minimum rate is banked for `body_read_timeout` at
+//! most. A fixed deadline on the whole body failed honest large uploads on slow uplinks; an
+//! idle timeout alone would let a client hold a connection for ever with a byte now and
+//! then; the rate alone let a client that sent most of a large body fast, then stopped,
+//! hold its connection and the body in memory for as long as it had earned (an hour for
+//! 50 MiB); and the rate with an idle timeout still let that client spend what it had
+//! earned on a byte every 25 s, holding its share of `max_in_flight_request_body_bytes`
+//! the while (four such uploads kept every other tenant at 503). A body that keeps up the
+//! minimum rate is read to its end however slow; one that falls `body_read_timeout` behind
+//! it, counted from the last time it was ahead, gets its 408.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,8 +47,9 @@ const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
     start: Instant,
-    /// When the last bytes came (the start, before any).
-    last_bytes: Instant,
+    /// The deadline, as time after `start`: `grace` at first, moved on by each read's bytes
+    /// at `per_second`, and never past `grace` after that read.
+    until: Duration,
     grace: Duration,
     /// 0: the deadline does not grow.
     per_second: u64,
@@ -55,11 +59,11 @@ pub struct Deadline {
 impl Deadline {
     /// A body's deadline as `limits` set it, from now (its head has arrived).
     pub fn new(limits: &Limits) -> Deadline {
-        let now = Instant::now();
+        let grace = limits.body_read_timeout().min(FAR);
         Deadline {
-            start: now,
-            last_bytes: now,
-            grace: limits.body_read_timeout(),
+            start: Instant::now(),
+            until: grace,
+            grace,
             per_second: limits.min_request_body_bytes_per_second as u64,
             received: 0,
         }
@@ -67,10 +71,10 @@ impl Deadline {
 
     /// `grace` from now, whatever comes.
     pub fn fixed(grace: Duration) -> Deadline {
-        let now = Instant::now();
+        let grace = grace.min(FAR);
         Deadline {
-            start: now,
-            last_bytes: now,
+            start: Instant::now(),
+            until: grace,
             grace,
             per_second: 0,
             received: 0,
@@ -89,25 +93,20 @@ impl Deadline {
 
     fn got(&mut self, bytes: usize) {
         self.received = self.received.saturating_add(bytes as u64);
-        if bytes > 0 {
-            self.last_bytes = Instant::now();
+        if bytes == 0 || self.per_second == 0 {
+            return;
         }
+        // In nanoseconds: no float, no overflow (2^64 bytes at a byte a second fit a u128).
+        let nanos = u128::from(bytes as u64) * 1_000_000_000 / u128::from(self.per_second);
+        let earned = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        let banked = self.start.elapsed().saturating_add(self.grace);
+        self.until = self.until.saturating_add(earned).min(banked);
     }
 
     fn until(&self) -> Instant {
-        let earned = match self.per_second {
-            0 => Duration::ZERO,
-            rate => {
-                // Whole seconds, then the rest in nanoseconds: no float, no overflow.
-                let (secs, rest) = (self.received / rate, self.received % rate);
-                let nanos = u128::from(rest) * 1_000_000_000 / u128::from(rate);
-                Duration::from_secs(secs).saturating_add(Duration::from_nanos(nanos as u64))
-            }
-        };
-        // A rate of a byte a second and a body of gigabytes is a valid config: a deadline
-        // centuries away, which an `Instant` may not hold.
-        let by_rate = self.start + self.grace.saturating_add(earned).min(FAR);
-        by_rate.min(self.last_bytes + self.grace.min(FAR))
+        // `until` is at most `grace` (capped at `FAR`) past the time elapsed: an
+        // `Instant` holds it.
+        self.start + self.until
     }
 }
 
@@ -182,21 +181,29 @@ impl Held {
         if want <= self.bytes {
             return true;
         }
-        // One body is at most `max_request_body_bytes` (1 GiB at most): within a u32.
-        let Ok(more) = u32::try_from(want - self.bytes) else {
-            return false;
-        };
-        match self.budget.bytes.clone().try_acquire_many_owned(more) {
-            Ok(taken) => {
-                match &mut self.permit {
-                    Some(permit) => permit.merge(taken),
-                    None => self.permit = Some(taken),
-                }
-                self.bytes = want;
-                true
+        // A semaphore gives at most a u32 of permits at once, and a request's parsed size
+        // can be more: taken in steps, and all given back (on drop) if one step fails.
+        let mut lacking = want - self.bytes;
+        let mut taken: Option<OwnedSemaphorePermit> = None;
+        while lacking > 0 {
+            let step = u32::try_from(lacking).unwrap_or(u32::MAX);
+            let Ok(more) = self.budget.bytes.clone().try_acquire_many_owned(step) else {
+                return false;
+            };
+            match &mut taken {
+                Some(permit) => permit.merge(more),
+                None => taken = Some(more),
             }
-            Err(_) => false,
+            lacking -= step as usize;
         }
+        if let Some(taken) = taken {
+            match &mut self.permit {
+                Some(permit) => permit.merge(taken),
+                None => self.permit = Some(taken),
+            }
+        }
+        self.bytes = want;
+        true
     }
 }
 
@@ -302,6 +309,22 @@ mod tests {
         assert_eq!(budget.free(), 60);
         drop(b);
         assert_eq!(budget.free(), 100, "whole again");
+    }
+
+    /// A request's parsed size (its values at their in-memory cost) can pass 4 GiB under
+    /// valid limits (`max_request_json_values` up to 10^8, a budget up to 64 GiB): a
+    /// semaphore takes at most a u32 of permits at once, and such a hold was refused on an
+    /// idle gateway, a 503 "retry shortly" that no retry could mend.
+    #[test]
+    fn a_hold_over_four_gib_is_taken_in_steps() {
+        let budget = BodyBudget::new(16 << 30);
+        let mut big = budget.hold();
+        assert!(big.cover(5 << 30));
+        assert_eq!((big.bytes(), budget.free()), (5 << 30, 11 << 30));
+        assert!(!budget.hold().cover(12 << 30), "over what is free: refused");
+        assert_eq!(budget.free(), 11 << 30, "and nothing taken");
+        drop(big);
+        assert_eq!(budget.free(), 16 << 30);
     }
 
     #[test]
