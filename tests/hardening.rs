@@ -1569,8 +1569,10 @@ async fn send_with(
 ) -> (u16, http::HeaderMap, String) {
     let mut b = http::Request::builder()
         .method(method)
-        .uri("/v1/chat/completions")
-        .header("host", "gateway");
+        .uri("/v1/chat/completions");
+    if !headers.iter().any(|(name, _)| *name == "host") {
+        b = b.header("host", "gateway");
+    }
     for (name, value) in headers {
         b = b.header(name, value);
     }
@@ -1716,19 +1718,50 @@ async fn a_page_on_another_site_cannot_spend_an_anonymous_gateway() {
         assert_eq!(status, 403, "{what}: {text}");
         assert!(text.contains("cors_allowed_origins"), "{what}: {text}");
         assert_eq!(net.calls("up").len(), before, "{what}: nothing was spent");
-        // No Origin (an SDK, curl): served. The gateway's own origin: served, also behind
-        // a proxy that rewrites `Host` (the browser says `Sec-Fetch-Site: same-origin`).
+        // No Origin (an SDK, curl): served. The gateway's own origin, where its `Host` is
+        // an address or `localhost`: served, also behind a proxy that rewrites `Host` to
+        // one (the browser says `Sec-Fetch-Site: same-origin`).
         for headers in [
             vec![],
-            vec![("origin", "http://gateway")],
             vec![
+                ("host", "127.0.0.1:4000"),
+                ("origin", "http://127.0.0.1:4000"),
+            ],
+            vec![
+                ("host", "localhost:4000"),
+                ("origin", "http://localhost:4000"),
+            ],
+            vec![("host", "[::1]:4000"), ("origin", "http://[::1]:4000")],
+            vec![
+                ("host", "10.0.0.5:4000"),
                 ("origin", "https://ai.corp"),
                 ("sec-fetch-site", "same-origin"),
             ],
         ] {
-            let (status, _, text) = send_with(&gw, "POST", headers, Some(("g", false))).await;
-            assert_eq!(status, 200, "{what}: {text}");
+            let (status, _, text) =
+                send_with(&gw, "POST", headers.clone(), Some(("g", false))).await;
+            assert_eq!(status, 200, "{what}, {headers:?}: {text}");
         }
+        // DNS rebinding: a page on `http://evil.example:4000` whose name the attacker then
+        // points at the gateway's address is, to the browser, on the gateway's own origin:
+        // `Host` and `Origin` agree and it says `same-origin` (and may read the answers).
+        // A `Host` that is a name says nothing of whose page it is: a page on the gateway's
+        // own named origin is served once listed in `cors_allowed_origins`.
+        let before = net.calls("up").len();
+        for headers in [
+            vec![
+                ("host", "evil.example:4000"),
+                ("origin", "http://evil.example:4000"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            vec![("host", "gateway"), ("origin", "http://gateway")],
+        ] {
+            let (status, _, text) =
+                send_with(&gw, "POST", headers.clone(), Some(("g", false))).await;
+            assert_eq!(status, 403, "{what}, {headers:?}: {text}");
+            assert!(text.contains("cors_allowed_origins"), "{what}: {text}");
+        }
+        assert_eq!(net.calls("up").len(), before, "{what}: nothing was spent");
     }
     // A listed origin: served.
     let gw = Gw::start(&with(ONE_GROUP, cors), &net);

@@ -103,8 +103,49 @@ pub fn allow<B>(response: &mut Response<B>, origin: HeaderValue) {
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
+/// Whether a `Host` (`name[:port]`) names the gateway by its address or as `localhost`:
+/// names no page of another site can have. Any other DNS name may be a page's own whose
+/// owner points it at the gateway's address (DNS rebinding); `localhost` is kept to the
+/// machine by browsers themselves.
+pub fn names_no_dns(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((v6, _port)) => return v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_an_address_or_localhost_names_no_dns() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:4000",
+            "10.0.0.5:4000",
+            "[::1]:4000",
+            "[::1]",
+            "localhost",
+            "LocalHost:4000",
+        ] {
+            assert!(super::names_no_dns(host), "{host}");
+        }
+        for host in [
+            "evil.example:4000",
+            "gateway",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:4000",
+            "[::1",
+            "",
+            "::1",
+        ] {
+            assert!(!super::names_no_dns(host), "{host}");
+        }
+    }
+
     use super::*;
 
     fn origin(o: &str) -> HeaderMap {

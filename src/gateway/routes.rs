@@ -73,8 +73,16 @@ async fn respond(
 /// "simple" request (a `text/plain` body) without a preflight; CORS only keeps the page from
 /// reading the answer, so against a gateway that serves anonymous requests any page its
 /// users opened spent its models. A listed origin (`cors_allowed_origins`) and the gateway's
-/// own (its `Host`, or the browser's `Sec-Fetch-Site: same-origin`) are served, and so is a request without `Origin` (every SDK, curl) or with a key
-/// (it answers for what it spends), as Ollama does (`OLLAMA_ORIGINS`).
+/// own are served, and so is a request without `Origin` (every SDK, curl) or with a key (it
+/// answers for what it spends), as Ollama does (`OLLAMA_ORIGINS`).
+///
+/// The gateway's own origin is one whose `Host` is an address or `localhost`, where the
+/// `Origin` names the same, or the browser says `Sec-Fetch-Site: same-origin` (through a
+/// proxy that rewrites `Host`). A `Host` that is a DNS name is not enough: a page on
+/// `http://evil.example:4000` whose name its owner then points at the gateway's address
+/// (DNS rebinding) is on the gateway's origin as far as the browser knows, `Host`,
+/// `Origin` and `Sec-Fetch-Site` all agreeing. A page on the gateway's own named origin is
+/// listed in `cors_allowed_origins` like any other.
 fn cross_site_anonymous<B>(engine: &Engine, req: &Request<B>) -> Option<ApiError> {
     if req.method() != http::Method::POST {
         return None;
@@ -83,24 +91,22 @@ fn cross_site_anonymous<B>(engine: &Engine, req: &Request<B>) -> Option<ApiError
     if engine.catalog().cors.allowed(req.headers()).is_some() {
         return None;
     }
-    // A page's own origin, as the browser says it (a page cannot set this header): through
-    // a proxy that rewrites `Host`, the comparison below would miss it.
-    if req
-        .headers()
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"same-origin"))
-    {
-        return None;
-    }
     let text = origin.to_str().unwrap_or("");
-    let authority = text.split_once("://").map_or(text, |(_, rest)| rest);
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    if host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
-        return None;
+    if host.is_some_and(cors::names_no_dns) {
+        // A page's own origin, as the browser says it (a page cannot set this header).
+        let same_origin = req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"same-origin"));
+        let authority = text.split_once("://").map_or(text, |(_, rest)| rest);
+        if same_origin || host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
+            return None;
+        }
     }
     let key = key_of(engine, req).ok()?;
     if !matches!(engine.authenticate(key), Ok(None)) {
