@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::accumulate::ToolCallCount;
 use crate::catalog::{Catalog, DeploymentId, GroupId};
 use crate::classify::{Blame, Failure, FailureClass, FallbackRoute, TimeoutKind};
+use crate::client_timeout::{self, ClientTimeout};
 use crate::commit::{CommitState, Next};
 use crate::config::MidStreamPolicy;
 use crate::engine::{Admitted, Engine};
@@ -40,7 +41,7 @@ use crate::secret::Secret;
 use crate::trace::Event;
 use crate::upstream::chunk::{CONTENT_FILTER, Chunk, ChunkLimits, Payload, from_object};
 use crate::upstream::chunk_object::ChunkObject;
-use crate::upstream::client::{AttemptTimeouts, Call, UpstreamError};
+use crate::upstream::client::{AttemptTimeouts, Call, UpstreamError, UpstreamStream};
 
 /// The client can no longer receive the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +174,11 @@ struct Run<'a> {
     catalog: &'a Catalog,
     settings: &'a EffectiveSettings,
     rng: ChaCha8Rng,
+    /// The deadline in force: the request's, or before its response begins the client's
+    /// own wait when that is sooner (see `client_timeout`).
     deadline: Instant,
+    /// The request's own deadline (`request_deadline` after admission).
+    request_deadline: Instant,
     attempts: Vec<AttemptRecord>,
     retries: u32,
     fallbacks: u32,
@@ -187,13 +192,18 @@ struct Run<'a> {
 
 pub(crate) async fn run<D: Delivery>(engine: &Engine, admitted: &Admitted, out: &mut D) -> Outcome {
     let catalog = engine.catalog();
+    let request_deadline = admitted.admitted_at + catalog.limits.request_deadline();
     let mut run = Run {
         engine,
         admitted,
         catalog,
         settings: &admitted.plan.settings,
         rng: ChaCha8Rng::seed_from_u64(request_seed(catalog.settings.rng_seed, admitted.id)),
-        deadline: admitted.admitted_at + catalog.limits.request_deadline(),
+        deadline: admitted
+            .client_timeout
+            .as_ref()
+            .map_or(request_deadline, |c| c.respond_by.min(request_deadline)),
+        request_deadline,
         attempts: Vec::new(),
         retries: 0,
         fallbacks: 0,
@@ -709,15 +719,42 @@ impl Run<'_> {
             return Some("max_attempts");
         }
         if Instant::now() >= self.deadline {
-            return Some("request_deadline");
+            return Some(match self.client_timeout_in_force() {
+                Some(_) => client_timeout::LIMIT,
+                None => "request_deadline",
+            });
         }
         None
+    }
+
+    /// The client's own wait, when it is what the deadline in force is.
+    fn client_timeout_in_force(&self) -> Option<&ClientTimeout> {
+        self.admitted
+            .client_timeout
+            .as_ref()
+            .filter(|_| self.deadline < self.request_deadline)
+    }
+
+    /// The response has begun (`stream`'s attempt committed it): a streaming client's
+    /// wait bounded only its beginning, so from here on the request's own deadline holds,
+    /// for the attempt under way too. A non-streaming client's answer begins only at its
+    /// end: its wait bounds the whole.
+    fn response_begun(&mut self, stream: &mut UpstreamStream, attempt_end: Instant) {
+        if !self.admitted.request.stream || self.deadline == self.request_deadline {
+            return;
+        }
+        self.deadline = self.request_deadline;
+        stream.lift_deadline(attempt_end.min(self.deadline), self.deadline);
     }
 
     /// The timeouts of one attempt at `spec`, and who is to blame when one fires: a
     /// timeout tighter than what the deployment gets from the gateway's own settings was
     /// the request's (or its key's, or its team's) choice, and so is the request deadline.
-    fn timeouts(&self, spec: &crate::catalog::DeploymentSpec) -> (AttemptTimeouts, TimeoutBlame) {
+    /// Also the attempt's end by its own `timeout` alone, before the request's deadline.
+    fn timeouts(
+        &self,
+        spec: &crate::catalog::DeploymentSpec,
+    ) -> (AttemptTimeouts, TimeoutBlame, Instant) {
         let settings = self.settings;
         let tighter = |own: Option<std::time::Duration>, set: std::time::Duration| {
             own.map_or(set, |t| t.min(set))
@@ -745,7 +782,7 @@ impl Run<'_> {
             deadline: attempt_end.min(self.deadline),
             request_deadline: self.deadline,
         };
-        (timeouts, blame)
+        (timeouts, blame, attempt_end)
     }
 
     /// A failed attempt, as the loop records it: classified (never a quota failure for
@@ -771,6 +808,14 @@ impl Run<'_> {
             // the request's, whatever the deployment's `timeout` was at the start.
             if kind == TimeoutKind::Attempt && Instant::now() >= self.deadline {
                 failure.blame = Blame::RequestTimeout;
+                if let Some(client) = self.client_timeout_in_force() {
+                    failure.message = format!(
+                        "no answer had begun within the client's own timeout ({}, less a \
+                         margin for this error to reach it): {}",
+                        client.said(),
+                        failure.message
+                    );
+                }
             }
         }
         // Under a wildcard group the model is the client's own words: a provider that does
@@ -847,7 +892,7 @@ impl Run<'_> {
         } else {
             request.messages_for(&self.catalog.group(group).name)
         };
-        let (timeouts, blame) = self.timeouts(spec);
+        let (timeouts, blame, attempt_end) = self.timeouts(spec);
         let mut streamed = spec.stream;
         let (opened, body) = loop {
             let to = UpstreamCall {
@@ -1019,6 +1064,7 @@ impl Run<'_> {
                     .find_map(upstream_id);
                 self.commit_with(id, deployment, group, stream.forwarded_headers(), out)
                     .await?;
+                self.response_begun(&mut stream, attempt_end);
                 for c in held.drain(..) {
                     self.deliver(c, &upstream_model, out).await?;
                 }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::attempt::{self, Delivery, Outcome};
 use crate::catalog::{Catalog, KeySpec};
+use crate::client_timeout::ClientTimeout;
 use crate::config::{At, RouterSettings, check_settings_fields};
 use crate::error::{ApiError, echoed};
 use crate::metrics::Metrics;
@@ -69,6 +70,9 @@ pub struct Admitted {
     pub request: ChatRequest,
     pub plan: FallbackPlan,
     pub admitted_at: Instant,
+    /// How long the client said it waits for its response to begin (`client_timeout`):
+    /// set by the HTTP front end, which reads the headers.
+    pub client_timeout: Option<ClientTimeout>,
 }
 
 pub struct Engine {
@@ -471,6 +475,7 @@ impl Engine {
             request,
             plan,
             admitted_at: Instant::now(),
+            client_timeout: None,
         };
         if self.tracing() {
             self.emit(

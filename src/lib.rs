@@ -15,6 +15,7 @@
 //! * [`held_end`]: the rule both deliveries hold and drop the answer's possible end by.
 //! * [`frames`]: the bounded channel between the loop and a streaming client.
 //! * [`error`]: the OpenAI-shaped errors a client sees.
+//! * [`client_timeout`]: how long an SDK says it waits for its response to begin.
 //! * [`transport`]: the connect/listen seam, the only place the engine touches sockets.
 //! * [`config`]: the gateway config file (LiteLLM field names) and its validation.
 //! * [`catalog`]: the validated, indexed config the engine reads at run time.
@@ -54,6 +55,7 @@ pub mod attempt;
 pub mod catalog;
 pub mod charset;
 pub mod classify;
+pub mod client_timeout;
 pub mod commit;
 pub mod config;
 pub mod content_encoding;

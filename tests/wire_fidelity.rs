@@ -804,6 +804,111 @@ async fn final_errors_tell_sdks_not_to_retry() {
     }
 }
 
+// 14a. The official SDKs say how long they wait for a response to begin:
+// `X-Stainless-Read-Timeout` (openai-python, seconds, the httpx read timeout) and
+// `X-Stainless-Timeout` (openai-node, seconds). Both default to 600 s, the gateway's own
+// `request_deadline` and `timeout`: against a silent upstream the SDK gave up first, a
+// moment before the gateway's error with `x-should-retry: false`, and retried twice (three
+// times the upstream's time, 30 minutes before the client heard anything). The gateway
+// now ends the request in time for its error to be read: before the client's time is up,
+// less a margin. Only until the response begins: a stream that has begun is read chunk by
+// chunk (the Python SDK's timeout is per read), and goes on past it.
+#[tokio::test(start_paused = true)]
+async fn an_sdks_timeout_is_met_with_the_gateways_error_not_its_own() {
+    use std::time::Duration;
+    let net = MemNet::new();
+    let silent: std::sync::Arc<std::sync::Mutex<Vec<_>>> = Default::default();
+    let keep = silent.clone();
+    net.host("up", move |req| {
+        let (tx, response) = sse_channel();
+        if req.body["messages"][0]["content"] == "slow" {
+            // Begins at once, then a piece every 10 s for 40 s.
+            tokio::spawn(async move {
+                for (i, piece) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                    let finish = (piece == "e").then_some("stop");
+                    let f = frame(&chunk_json("m", json!({"content": piece}), finish));
+                    if tx.send(Ok(f.into())).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(Ok("data: [DONE]\n\n".into())).await;
+            });
+        } else {
+            keep.lock().unwrap().push(tx);
+        }
+        response
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    let ask = |stream: bool, header: &'static str, value: &'static str, content: &str| {
+        let mut body = chat_body("g", stream);
+        body["messages"][0]["content"] = json!(content);
+        let mut request = chat_request(None, &body);
+        request
+            .headers_mut()
+            .insert(header, http::HeaderValue::from_static(value));
+        request
+    };
+    for stream in [false, true] {
+        for header in ["x-stainless-read-timeout", "x-stainless-timeout"] {
+            let started = tokio::time::Instant::now();
+            let r = gw
+                .connect()
+                .await
+                .send_request(ask(stream, header, "20", "hang"))
+                .await
+                .unwrap();
+            let waited = started.elapsed();
+            let status = r.status();
+            let should_retry = r.headers().get("x-should-retry").cloned();
+            let body = text(r).await;
+            assert!(
+                waited >= Duration::from_secs(18) && waited < Duration::from_secs(20),
+                "stream={stream}, {header}: answered after {waited:?}: {status} {body}"
+            );
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{body}"
+            );
+            assert_eq!(
+                should_retry.as_ref().map(|v| v.to_str().unwrap()),
+                Some("false")
+            );
+            assert!(
+                body.contains("20"),
+                "the error says whose time ran out: {body}"
+            );
+        }
+    }
+    // Never counted against the deployment: the time was the client's.
+    assert!(!gw.saw("deployment_cooled"), "{:#?}", gw.events());
+    assert!(!gw.saw("failure_not_counted") || gw.saw("reason=request_timeout"));
+    // A stream that has begun goes on past the client's time.
+    let r = gw
+        .connect()
+        .await
+        .send_request(ask(true, "x-stainless-read-timeout", "20", "slow"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(streamed_text(&text(r).await), "abcde");
+    // A value that is no time is not one: the gateway's own deadline holds.
+    for value in ["0", "-5", "nan", "inf", "soon", "1e400"] {
+        let pending =
+            gw.connect()
+                .await
+                .send_request(ask(false, "x-stainless-read-timeout", value, "hang"));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), pending)
+                .await
+                .is_err(),
+            "{value}: still waiting at 60 s"
+        );
+    }
+}
+
 // 14b. An error that called no upstream at all (every deployment cooling) costs nothing to
 // retry: it leaves the SDK's own retries alone (they wait out `retry-after-ms`, which the
 // SDKs read before `retry-after`) where `x-should-retry: false` made them give up at once.

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::attempt::{CommitHead, Outcome};
+use crate::client_timeout::ClientTimeout;
 use crate::delivery::{AggregateDelivery, StreamBounds, StreamDelivery, StreamStart};
 use crate::engine::{Admitted, Engine};
 use crate::error::{ApiError, echoed};
@@ -714,6 +715,8 @@ async fn chat(
     };
     // The connection's deadline for this response, moved to the engine's once admitted.
     let write_deadline = req.extensions().get::<WriteDeadline>().cloned();
+    // Counted from the request's arrival: the SDK's clock started before its upload.
+    let client_timeout = ClientTimeout::of(req.headers(), tokio::time::Instant::now());
     // Every way out before admission: no event will ever name the request.
     let refuse = |e: ApiError| {
         engine.note_refusal("chat", e.status, e.limit);
@@ -863,11 +866,12 @@ async fn chat(
             request.json_values
         )))
     };
-    let admitted = match engine.admit_within(token.as_deref(), &body, deployment.as_deref(), afford)
-    {
-        Ok(a) => a,
-        Err(e) => return refuse(e),
-    };
+    let mut admitted =
+        match engine.admit_within(token.as_deref(), &body, deployment.as_deref(), afford) {
+            Ok(a) => a,
+            Err(e) => return refuse(e),
+        };
+    admitted.client_timeout = client_timeout;
     if let Some(d) = write_deadline {
         // With `client_write_timeout` to spare: an answer ready just in time (or the
         // deadline's own error event) still reaches a client that keeps reading.

@@ -867,6 +867,15 @@ impl UpstreamStream {
             .max(t.deadline);
     }
 
+    /// Moves the attempt's deadline on to `deadline` and the request's to
+    /// `request_deadline` (never back): the response began, and a client's wait for its
+    /// beginning (`client_timeout`) no longer bounds it.
+    pub fn lift_deadline(&mut self, deadline: Instant, request_deadline: Instant) {
+        let t = &mut self.timeouts;
+        t.request_deadline = t.request_deadline.max(request_deadline);
+        t.deadline = t.deadline.max(deadline.min(t.request_deadline));
+    }
+
     /// The next chunk, `Ok(None)` at the end (`[DONE]`, or a clean end after a finish
     /// reason when `[DONE]` is missing), or why the stream failed.
     ///
