@@ -77,13 +77,13 @@ async fn respond(
 /// own are served, and so is a request without `Origin` (every SDK, curl) or with a key (it
 /// answers for what it spends), as Ollama does (`OLLAMA_ORIGINS`).
 ///
-/// The gateway's own origin is one whose `Host` is an address or `localhost`, where the
-/// `Origin` names the same, or the browser says `Sec-Fetch-Site: same-origin` (through a
-/// proxy that rewrites `Host`). A `Host` that is a DNS name is not enough: a page on
-/// `http://evil.example:4000` whose name its owner then points at the gateway's address
-/// (DNS rebinding) is on the gateway's origin as far as the browser knows, `Host`,
-/// `Origin` and `Sec-Fetch-Site` all agreeing. A page on the gateway's own named origin is
-/// listed in `cors_allowed_origins` like any other.
+/// The gateway's own origin is one whose `Host` is an address or `localhost` and whose
+/// `Origin` names the same. Nothing else proves it: a page on `http://evil.example:4000`
+/// whose name its owner then points at the gateway's address (DNS rebinding) is on the
+/// gateway's origin as far as the browser knows, so `Host` and `Origin` agree and the
+/// browser says `Sec-Fetch-Site: same-origin`; and behind a proxy that rewrites `Host` to
+/// an address, such a page's `Origin` is all that is left to tell it by. A page on the
+/// gateway's own named origin is listed in `cors_allowed_origins` like any other.
 fn cross_site_anonymous<B>(engine: &Engine, req: &Request<B>) -> Option<ApiError> {
     if req.method() != http::Method::POST {
         return None;
@@ -98,16 +98,9 @@ fn cross_site_anonymous<B>(engine: &Engine, req: &Request<B>) -> Option<ApiError
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    if host.is_some_and(cors::names_no_dns) {
-        // A page's own origin, as the browser says it (a page cannot set this header).
-        let same_origin = req
-            .headers()
-            .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"same-origin"));
-        let authority = text.split_once("://").map_or(text, |(_, rest)| rest);
-        if same_origin || host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
-            return None;
-        }
+    let authority = text.split_once("://").map_or(text, |(_, rest)| rest);
+    if host.is_some_and(|h| cors::names_no_dns(h) && h.eq_ignore_ascii_case(authority)) {
+        return None;
     }
     let key = key_of(engine, req).ok()?;
     if !matches!(engine.authenticate(key), Ok(None)) {
