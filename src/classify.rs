@@ -500,9 +500,12 @@ struct ErrorHints {
     tags: Vec<String>,
     numeric_code: Option<u16>,
     message: Option<String>,
-    /// The message of the error a proxy passed on (OpenRouter's `metadata.raw`), read
-    /// beside `message`, and never shown to the client: the proxy's own message is.
+    /// What the error a proxy passed on says (OpenRouter's `metadata.raw`): its message,
+    /// never shown to the client (the proxy's own message is), and its lower-cased tags.
+    /// Read only for the classes that cool nothing, context window and content policy:
+    /// the proxy's own status and tags decide whether the proxy itself failed.
     passed_on: Option<String>,
+    passed_on_tags: Vec<String>,
     /// `param`: the request field the upstream found fault with.
     param: Option<String>,
     retry_after: Option<Duration>,
@@ -526,9 +529,7 @@ impl ErrorHints {
     /// What `err` says, and what the provider's error it passed on says: OpenRouter's
     /// "Provider returned error" carries the provider's whole error body as a string in
     /// `metadata.raw`, and only that says whether it was a context window, a moderation
-    /// refusal or the provider's account. Its type and code join this error's tags; its
-    /// message is read beside this one. One level only: the passed-on error is not read
-    /// for errors it passed on.
+    /// refusal. One level only: the passed-on error is not read for errors it passed on.
     fn of(err: &Value) -> ErrorHints {
         let mut hints = ErrorHints::own(err);
         let passed_on = err
@@ -538,7 +539,7 @@ impl ErrorHints {
             .and_then(|raw| serde_json::from_str::<Value>(raw).ok());
         if let Some(raw) = passed_on {
             let inner = ErrorHints::own(error_object(&raw));
-            hints.tags.extend(inner.tags);
+            hints.passed_on_tags = inner.tags;
             hints.passed_on = inner.message;
         }
         hints
@@ -609,13 +610,34 @@ impl ErrorHints {
 
     /// The first of `any` the message says.
     fn mention_of(&self, any: &[&'static str]) -> Option<&'static str> {
-        [&self.message, &self.passed_on]
-            .into_iter()
-            .flatten()
-            .find_map(|m| {
+        let m = self.message.as_ref()?.to_ascii_lowercase();
+        any.iter().copied().find(|p| m.contains(p))
+    }
+
+    /// Whether this error, or the one it passed on, says it with a tag of `tags` or one of
+    /// the `phrases`: only for the classes that cool nothing (see `passed_on`).
+    fn says(&self, tags: &[&str], phrases: &[&'static str]) -> bool {
+        let passed_on = || {
+            self.passed_on_tags
+                .iter()
+                .any(|t| tags.contains(&t.as_str()))
+                || self.passed_on.as_ref().is_some_and(|m| {
+                    let m = m.to_ascii_lowercase();
+                    phrases.iter().any(|p| m.contains(p))
+                })
+        };
+        self.has_tag(tags) || self.message_mentions(phrases) || passed_on()
+    }
+
+    /// The one-request-over-the-whole-TPM wording (see `class_of`), here or passed on.
+    fn says_request_over_tpm(&self) -> bool {
+        let says = |m: &Option<String>| {
+            m.as_ref().is_some_and(|m| {
                 let m = m.to_ascii_lowercase();
-                any.iter().copied().find(|p| m.contains(p))
+                m.contains("request too large for") && m.contains("tokens per min")
             })
+        };
+        says(&self.message) || says(&self.passed_on)
     }
 }
 
@@ -689,13 +711,18 @@ const UNSUPPORTED_REQUEST_PHRASES: &[&str] = &[
     "no endpoints found that support",
     "no endpoints found that can handle",
 ];
-/// A deployment's credentials or account that cannot serve, in a provider's structured
-/// word, whatever the 4xx status: Gemini sends a bad key as a 400 `INVALID_ARGUMENT` with
-/// `details: [{"reason": "API_KEY_INVALID"}]`, and its refusal of the caller's region ("User
-/// location is not supported for the API use") or of a free tier without billing as a 400
-/// `FAILED_PRECONDITION`. Read as the client's bad request, every request weighted onto
-/// such a deployment failed, where another deployment or a fallback would have served it.
-const AUTH_TAGS: &[&str] = &["api_key_invalid", "failed_precondition"];
+/// A bad key in a provider's structured reason, whatever the status: Gemini sends one as
+/// a 400 `INVALID_ARGUMENT` with `details: [{"reason": "API_KEY_INVALID"}]`.
+const AUTH_TAGS: &[&str] = &["api_key_invalid"];
+/// Gemini's refusal of the caller's region or of a free tier without billing, a 400
+/// `FAILED_PRECONDITION`: the deployment's account cannot serve anyone from here. Read as
+/// the client's bad request, every request weighted onto such a deployment failed, where
+/// another deployment or a fallback would have served it. Only in these words: Google also
+/// says `FAILED_PRECONDITION` of a request's own state (a file still being processed).
+const ACCOUNT_REFUSED_PHRASES: &[&str] = &[
+    "user location is not supported",
+    "not available in your country",
+];
 /// Billing and credit errors that providers send as a 400 (or 402), not a 429: Anthropic's
 /// "Your credit balance is too low to access the Anthropic API", OpenAI's
 /// `billing_hard_limit_reached`, OpenRouter's "Insufficient credits".
@@ -731,25 +758,19 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
     // every deployment it was retried on; like a context window, it goes where a larger
     // request fits (`context_window_fallbacks`, else `fallbacks`), cooling nothing.
     // Groq sends the same case as a 413 ("... on tokens per minute (TPM): Limit 6000,
-    // Requested 14368"), tagged `rate_limit_exceeded` like OpenAI's.
-    if matches!(status, Some(413 | 429) | None)
-        && h.message_mentions(&["request too large for"])
-        && h.message_mentions(&["tokens per min"])
-    {
+    // Requested 14368"), tagged `rate_limit_exceeded` like OpenAI's, and OpenRouter passes
+    // it on under a 400.
+    if matches!(status, Some(400..=499) | None) && h.says_request_over_tpm() {
         return FailureClass::ContextWindow;
     }
     if status == Some(429) || h.has_tag(RATE_LIMIT_TAGS) {
         return FailureClass::RateLimited;
     }
     let client_error = matches!(status, Some(400..=499));
-    if (client_error || status.is_none())
-        && (h.has_tag(CONTEXT_TAGS) || h.message_mentions(CONTEXT_PHRASES))
-    {
+    if (client_error || status.is_none()) && h.says(CONTEXT_TAGS, CONTEXT_PHRASES) {
         return FailureClass::ContextWindow;
     }
-    if (client_error || status.is_none())
-        && (h.has_tag(CONTENT_TAGS) || h.message_mentions(CONTENT_PHRASES))
-    {
+    if (client_error || status.is_none()) && h.says(CONTENT_TAGS, CONTENT_PHRASES) {
         return FailureClass::ContentPolicy;
     }
     // A billing or credit error is a quota failure whatever its 4xx status. LiteLLM 1.83.0
@@ -759,7 +780,10 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
     if matches!(status, Some(400 | 402) | None) && is_billing(status, h) {
         return FailureClass::RateLimited;
     }
-    if client_error && h.has_tag(AUTH_TAGS) {
+    if client_error
+        && (h.has_tag(AUTH_TAGS)
+            || h.has_tag(&["failed_precondition"]) && h.message_mentions(ACCOUNT_REFUSED_PHRASES))
+    {
         return FailureClass::Auth;
     }
     match status {
@@ -1094,6 +1118,36 @@ mod tests {
             FailureClass::BadRequest,
             "no structured word, no reading"
         );
+        // What OpenRouter passes on only ever makes a class that cools nothing: Groq's TPM
+        // refusal passed on under a 400 is the context window it is, never an empty account
+        // of OpenRouter's; a provider's rate limit, precondition or billing error passed on
+        // under a 400 stays OpenRouter's bad request.
+        let groq = r#"{"error":{"message":"Request too large for model `llama-3.3-70b-versatile` in organization `org_01` on tokens per minute (TPM): Limit 6000, Requested 14368.","type":"tokens","code":"rate_limit_exceeded"}}"#;
+        let body = serde_json::json!({"error": {"message": "Provider returned error", "code": 400, "metadata": {"raw": groq, "provider_name": "Groq"}}}).to_string();
+        let f = status(400, &body);
+        assert_eq!(
+            (f.class, f.quota),
+            (FailureClass::ContextWindow, false),
+            "{f:?}"
+        );
+        for raw in [
+            r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#,
+            r#"[{"error":{"code":400,"message":"User location is not supported for the API use.","status":"FAILED_PRECONDITION"}}]"#,
+            r#"{"error":{"message":"Your credit balance is too low to access the Anthropic API.","type":"invalid_request_error"}}"#,
+        ] {
+            let body = serde_json::json!({"error": {"message": "Provider returned error", "code": 400, "metadata": {"raw": raw}}}).to_string();
+            let f = status(400, &body);
+            assert_eq!(
+                (f.class, f.quota),
+                (FailureClass::BadRequest, false),
+                "{raw}"
+            );
+        }
+        // Google's FAILED_PRECONDITION is also a request's own state (a file the user
+        // uploaded, still being processed): only the refusal of the account is the
+        // deployment's.
+        let body = r#"[{"error":{"code":400,"message":"The File abc123 is not in an ACTIVE state and usage is not allowed.","status":"FAILED_PRECONDITION"}}]"#;
+        assert_eq!(status(400, body).class, FailureClass::BadRequest);
         // Groq's 498: its flex tier is at capacity, "try again later". Not a status to hand
         // a client.
         let f = status(
