@@ -41,7 +41,7 @@ use crate::secret::Secret;
 use crate::trace::Event;
 use crate::upstream::chunk::{CONTENT_FILTER, Chunk, ChunkLimits, Payload, from_object};
 use crate::upstream::chunk_object::ChunkObject;
-use crate::upstream::client::{AttemptTimeouts, Call, UpstreamError, UpstreamStream};
+use crate::upstream::client::{AttemptTimeouts, Call, UpstreamError};
 
 /// The client can no longer receive the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +308,7 @@ impl Run<'_> {
             while let Some(deployment) = next.take() {
                 if let Some(limit) = self.limit_reached() {
                     self.emit(Event::LimitHit { limit });
-                    let failure = last.take().unwrap_or_else(|| limit_failure(limit));
+                    let failure = last.take().unwrap_or_else(|| self.limit_failure(limit));
                     return Err(Stop::Unserved(self.unserved(failure, &walk)));
                 }
                 tried.push(deployment);
@@ -727,6 +727,15 @@ impl Run<'_> {
         None
     }
 
+    /// The failure of a request whose `limit` was reached before any attempt.
+    fn limit_failure(&self, limit: &'static str) -> Failure {
+        let message = match self.client_timeout_in_force() {
+            Some(client) => client.expired("before any attempt"),
+            None => format!("limit `{limit}` reached before any attempt"),
+        };
+        Failure::new(FailureClass::Timeout, message)
+    }
+
     /// The client's own wait, when it is what the deadline in force is.
     fn client_timeout_in_force(&self) -> Option<&ClientTimeout> {
         self.admitted
@@ -735,16 +744,16 @@ impl Run<'_> {
             .filter(|_| self.deadline < self.request_deadline)
     }
 
-    /// The response has begun (`stream`'s attempt committed it): a streaming client's
-    /// wait bounded only its beginning, so from here on the request's own deadline holds,
-    /// for the attempt under way too. A non-streaming client's answer begins only at its
-    /// end: its wait bounds the whole.
-    fn response_begun(&mut self, stream: &mut UpstreamStream, attempt_end: Instant) {
+    /// The response has begun (it was committed): a streaming client's wait bounded only
+    /// its beginning, so from here on the request's own deadline holds; true when that
+    /// moved the deadline, which the attempt under way must then follow. A non-streaming
+    /// client's answer begins only at its end: its wait bounds the whole.
+    fn response_begun(&mut self) -> bool {
         if !self.admitted.request.stream || self.deadline == self.request_deadline {
-            return;
+            return false;
         }
         self.deadline = self.request_deadline;
-        stream.lift_deadline(attempt_end.min(self.deadline), self.deadline);
+        true
     }
 
     /// The timeouts of one attempt at `spec`, and who is to blame when one fires: a
@@ -764,8 +773,8 @@ impl Run<'_> {
         let attempt_end = Instant::now() + timeout;
         let (gateway_timeout, gateway_stream_timeout) = self.catalog.gateway_timeouts;
         let blame = TimeoutBlame {
-            attempt: timeout < tighter(spec.timeout, gateway_timeout)
-                || self.deadline < attempt_end,
+            attempt_tighter: timeout < tighter(spec.timeout, gateway_timeout),
+            attempt_capped: self.deadline < attempt_end,
             stream: stream_timeout < tighter(spec.stream_timeout, gateway_stream_timeout),
         };
         // Only a `stream_timeout` someone set bounds the wait for the first output (see
@@ -809,12 +818,7 @@ impl Run<'_> {
             if kind == TimeoutKind::Attempt && Instant::now() >= self.deadline {
                 failure.blame = Blame::RequestTimeout;
                 if let Some(client) = self.client_timeout_in_force() {
-                    failure.message = format!(
-                        "no answer had begun within the client's own timeout ({}, less a \
-                         margin for this error to reach it): {}",
-                        client.said(),
-                        failure.message
-                    );
+                    failure.message = client.expired(&failure.message);
                 }
             }
         }
@@ -892,7 +896,7 @@ impl Run<'_> {
         } else {
             request.messages_for(&self.catalog.group(group).name)
         };
-        let (timeouts, blame, attempt_end) = self.timeouts(spec);
+        let (timeouts, mut blame, attempt_end) = self.timeouts(spec);
         let mut streamed = spec.stream;
         let (opened, body) = loop {
             let to = UpstreamCall {
@@ -1064,7 +1068,10 @@ impl Run<'_> {
                     .find_map(upstream_id);
                 self.commit_with(id, deployment, group, stream.forwarded_headers(), out)
                     .await?;
-                self.response_begun(&mut stream, attempt_end);
+                if self.response_begun() {
+                    stream.lift_deadline(attempt_end.min(self.deadline), self.deadline);
+                    blame.attempt_capped = self.deadline < attempt_end;
+                }
                 for c in held.drain(..) {
                     self.deliver(c, &upstream_model, out).await?;
                 }
@@ -1082,6 +1089,7 @@ impl Run<'_> {
             let id = held.iter().find_map(upstream_id);
             self.commit_with(id, deployment, group, stream.forwarded_headers(), out)
                 .await?;
+            self.response_begun();
         }
         for c in held.drain(..) {
             self.deliver(c, &upstream_model, out).await?;
@@ -1255,8 +1263,10 @@ const ID_STREAM: u64 = 0x001D_50FC_0441_71D5;
 /// Whether each kind of timeout, when it fires, is the request's own doing.
 #[derive(Debug, Clone, Copy)]
 struct TimeoutBlame {
-    /// The whole-attempt timeout is tighter than the deployment's, or capped by the deadline.
-    attempt: bool,
+    /// The whole-attempt timeout is tighter than the deployment's.
+    attempt_tighter: bool,
+    /// The whole attempt ends at the deadline in force, before its own timeout.
+    attempt_capped: bool,
     /// The first-byte, first-chunk and idle timeouts are tighter than the deployment's.
     stream: bool,
 }
@@ -1264,7 +1274,7 @@ struct TimeoutBlame {
 impl TimeoutBlame {
     fn of(self, kind: TimeoutKind) -> Blame {
         let request = match kind {
-            TimeoutKind::Attempt => self.attempt,
+            TimeoutKind::Attempt => self.attempt_tighter || self.attempt_capped,
             TimeoutKind::FirstByte | TimeoutKind::FirstChunk | TimeoutKind::Idle => self.stream,
         };
         if request {
@@ -1273,11 +1283,4 @@ impl TimeoutBlame {
             Blame::Deployment
         }
     }
-}
-
-fn limit_failure(limit: &'static str) -> Failure {
-    Failure::new(
-        FailureClass::Timeout,
-        format!("limit `{limit}` reached before any attempt"),
-    )
 }

@@ -2,11 +2,12 @@
 //! have begun it.
 //!
 //! Owns: reading the official SDKs' own word for it from the request's headers
-//! (`X-Stainless-Read-Timeout` from openai-python, the httpx read timeout; `X-Stainless-Timeout`
-//! from openai-node; seconds, either of them) into a [`ClientTimeout`], and the margin the
-//! gateway keeps so that its error is read before the client gives up. Does not own what
-//! the attempt loop does with it (`attempt`: the request's deadline until the response
-//! begins) nor the error's status (`classify`).
+//! (`X-Stainless-Read-Timeout` from openai-python, the httpx read timeout, which starts once
+//! the body is sent; `X-Stainless-Timeout` from openai-node, the whole call's, upload
+//! included; seconds, either of them) into a [`ClientTimeout`], the margin the gateway
+//! keeps so that its error is read before the client gives up, and the error's words. Does
+//! not own what the attempt loop does with it (`attempt`: the request's deadline until the
+//! response begins) nor the error's status (`classify`).
 //!
 //! Why: both SDKs wait 600 s by default, which is also the gateway's `request_deadline` and
 //! `timeout`. Against a silent upstream the SDK gave up a moment before the gateway's error
@@ -26,12 +27,57 @@ use tokio::time::Instant;
 /// (`limit_hit limit=client_timeout`), beside the gateway's own `request_deadline`.
 pub const LIMIT: &str = "client_timeout";
 
+/// openai-python's: its read timeout, counted once the request's body is sent.
+pub const READ_TIMEOUT: &str = "x-stainless-read-timeout";
+/// openai-node's: the whole call's timeout, counted before its upload.
+pub const CALL_TIMEOUT: &str = "x-stainless-timeout";
+
 /// The headers read, the first one present winning.
-pub const HEADERS: [&str; 2] = ["x-stainless-read-timeout", "x-stainless-timeout"];
+pub const HEADERS: [&str; 2] = [READ_TIMEOUT, CALL_TIMEOUT];
 
 /// The most of a client's wait the gateway keeps for its error to reach the client (the
 /// network, the client's own scheduling): a tenth of the wait, at most this.
 pub const MAX_MARGIN: Duration = Duration::from_secs(1);
+
+/// A client's advertised wait, as read from its headers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SdkWait {
+    /// The header it came in.
+    pub header: &'static str,
+    /// The wait it advertised.
+    pub wait: Duration,
+}
+
+impl SdkWait {
+    /// The wait `headers` advertise; none when no header says one, or its value is no
+    /// positive number of seconds a `Duration` holds.
+    pub fn of(headers: &HeaderMap) -> Option<SdkWait> {
+        let (header, value) = HEADERS.iter().find_map(|h| Some((*h, headers.get(*h)?)))?;
+        let seconds: f64 = value.to_str().ok()?.trim().parse().ok()?;
+        // NaN, zero and below are no wait.
+        if seconds.is_nan() || seconds <= 0.0 {
+            return None;
+        }
+        let wait = Duration::try_from_secs_f64(seconds).ok()?;
+        Some(SdkWait { header, wait })
+    }
+
+    /// When the response must have begun, for a request whose head arrived at `arrived`
+    /// and whose body was whole at `body_read`: from where the SDK's clock starts, plus
+    /// the wait, less the margin.
+    pub fn counted(self, arrived: Instant, body_read: Instant) -> Option<ClientTimeout> {
+        let from = match self.header {
+            READ_TIMEOUT => body_read,
+            _ => arrived,
+        };
+        let margin = MAX_MARGIN.min(self.wait / 10);
+        Some(ClientTimeout {
+            header: self.header,
+            wait: self.wait,
+            respond_by: from.checked_add(self.wait - margin)?,
+        })
+    }
+}
 
 /// A client's advertised wait, and when the gateway must have begun its response.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,33 +86,23 @@ pub struct ClientTimeout {
     pub header: &'static str,
     /// The wait it advertised.
     pub wait: Duration,
-    /// When the response must have begun: the request's arrival, plus the wait, less the
-    /// margin.
+    /// When the response must have begun (see [`SdkWait::counted`]).
     pub respond_by: Instant,
 }
 
 impl ClientTimeout {
-    /// The wait `headers` advertise for a request that arrived at `arrived`; none when no
-    /// header says one, or its value is no positive number of seconds a `Duration` holds.
-    pub fn of(headers: &HeaderMap, arrived: Instant) -> Option<ClientTimeout> {
-        let (header, value) = HEADERS.iter().find_map(|h| Some((*h, headers.get(*h)?)))?;
-        let seconds: f64 = value.to_str().ok()?.trim().parse().ok()?;
-        // NaN, zero and below are no wait.
-        if seconds.is_nan() || seconds <= 0.0 {
-            return None;
-        }
-        let wait = Duration::try_from_secs_f64(seconds).ok()?;
-        let margin = MAX_MARGIN.min(wait / 10);
-        Some(ClientTimeout {
-            header,
-            wait,
-            respond_by: arrived.checked_add(wait - margin)?,
-        })
-    }
-
     /// How the client's error names it: `x-stainless-read-timeout: 20 s`.
     pub fn said(&self) -> String {
         format!("{}: {} s", self.header, self.wait.as_secs_f64())
+    }
+
+    /// What the client is told when its wait ran out (`what` happened meanwhile).
+    pub fn expired(&self, what: &str) -> String {
+        format!(
+            "no answer had begun within the client's own timeout ({}, less a margin for \
+             this error to reach it): {what}",
+            self.said()
+        )
     }
 }
 
@@ -79,7 +115,8 @@ mod tests {
         for (name, value) in pairs {
             headers.insert(*name, value.parse().unwrap());
         }
-        ClientTimeout::of(&headers, Instant::now())
+        let now = Instant::now();
+        SdkWait::of(&headers)?.counted(now, now)
     }
 
     #[tokio::test(start_paused = true)]
@@ -105,6 +142,21 @@ mod tests {
         ]);
         assert_eq!(both.unwrap().header, "x-stainless-read-timeout");
         assert_eq!(python.said(), "x-stainless-read-timeout: 600 s");
+    }
+
+    /// httpx's read timeout starts once the body is sent; node's covers the upload.
+    #[tokio::test(start_paused = true)]
+    async fn each_sdks_clock_starts_where_it_does() {
+        let arrived = Instant::now();
+        let body_read = arrived + Duration::from_secs(40);
+        let wait = |header| SdkWait {
+            header,
+            wait: Duration::from_secs(30),
+        };
+        let python = wait(READ_TIMEOUT).counted(arrived, body_read).unwrap();
+        assert_eq!(python.respond_by, body_read + Duration::from_secs(29));
+        let node = wait(CALL_TIMEOUT).counted(arrived, body_read).unwrap();
+        assert_eq!(node.respond_by, arrived + Duration::from_secs(29));
     }
 
     #[test]

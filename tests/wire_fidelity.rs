@@ -805,14 +805,15 @@ async fn final_errors_tell_sdks_not_to_retry() {
 }
 
 // 14a. The official SDKs say how long they wait for a response to begin:
-// `X-Stainless-Read-Timeout` (openai-python, seconds, the httpx read timeout) and
-// `X-Stainless-Timeout` (openai-node, seconds). Both default to 600 s, the gateway's own
-// `request_deadline` and `timeout`: against a silent upstream the SDK gave up first, a
-// moment before the gateway's error with `x-should-retry: false`, and retried twice (three
-// times the upstream's time, 30 minutes before the client heard anything). The gateway
-// now ends the request in time for its error to be read: before the client's time is up,
-// less a margin. Only until the response begins: a stream that has begun is read chunk by
-// chunk (the Python SDK's timeout is per read), and goes on past it.
+// `X-Stainless-Read-Timeout` (openai-python, seconds, the httpx read timeout, which starts
+// once the body is sent) and `X-Stainless-Timeout` (openai-node, seconds, the whole call).
+// Both default to 600 s, the gateway's own `request_deadline` and `timeout`: against a
+// silent upstream the SDK gave up first, a moment before the gateway's error with
+// `x-should-retry: false`, and retried twice (three times the upstream's time, 30 minutes
+// before the client heard anything). The gateway now ends the request in time for its
+// error to be read: before the client's time is up, less a margin. Only until the response
+// begins: a stream that has begun is read chunk by chunk (the Python SDK's timeout is per
+// read), and goes on past it.
 #[tokio::test(start_paused = true)]
 async fn an_sdks_timeout_is_met_with_the_gateways_error_not_its_own() {
     use std::time::Duration;
@@ -821,35 +822,71 @@ async fn an_sdks_timeout_is_met_with_the_gateways_error_not_its_own() {
     let keep = silent.clone();
     net.host("up", move |req| {
         let (tx, response) = sse_channel();
-        if req.body["messages"][0]["content"] == "slow" {
-            // Begins at once, then a piece every 10 s for 40 s.
-            tokio::spawn(async move {
-                for (i, piece) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
-                    if i > 0 {
-                        tokio::time::sleep(Duration::from_secs(10)).await;
-                    }
-                    let finish = (piece == "e").then_some("stop");
-                    let f = frame(&chunk_json("m", json!({"content": piece}), finish));
-                    if tx.send(Ok(f.into())).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = tx.send(Ok("data: [DONE]\n\n".into())).await;
-            });
-        } else {
+        let content = req.body["messages"][0]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        // "slow": begins at once, then a piece every 10 s (five pieces; for "slower" eight,
+        // 70 s, past the deployment's own `timeout` of 60 s: the stream fails there);
+        // "hang": silent; anything else: a piece at once.
+        let pieces = match content.as_str() {
+            "slow" => 5,
+            "slower" => 8,
+            "hang" => 0,
+            _ => 1,
+        };
+        if pieces == 0 {
             keep.lock().unwrap().push(tx);
+            return response;
         }
+        tokio::spawn(async move {
+            for i in 0..pieces {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+                let finish = (i + 1 == pieces).then_some("stop");
+                let piece = ((b'a' + i as u8) as char).to_string();
+                let f = frame(&chunk_json("m", json!({"content": piece}), finish));
+                if tx.send(Ok(f.into())).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Ok("data: [DONE]\n\n".into())).await;
+        });
         response
     });
-    let gw = Gw::start(ONE_GROUP, &net);
-    let ask = |stream: bool, header: &'static str, value: &'static str, content: &str| {
+    let config = ONE_GROUP.replace(
+        "api_base: \"http://up/v1\"",
+        "api_base: \"http://up/v1\", timeout: 60",
+    );
+    assert_ne!(config, ONE_GROUP, "the deployment's own timeout is set");
+    let gw = Gw::start(&config, &net);
+    let ask = |stream: bool, header: Option<(&'static str, &'static str)>, content: &str| {
         let mut body = chat_body("g", stream);
         body["messages"][0]["content"] = json!(content);
         let mut request = chat_request(None, &body);
+        if let Some((name, value)) = header {
+            request
+                .headers_mut()
+                .insert(name, http::HeaderValue::from_static(value));
+        }
         request
-            .headers_mut()
-            .insert(header, http::HeaderValue::from_static(value));
-        request
+    };
+    let request_events = |gw: &Gw| {
+        let events = gw.events();
+        let last = events
+            .iter()
+            .rev()
+            .find_map(|l| {
+                l.strip_prefix("req=")?
+                    .split_once(' ')
+                    .map(|(n, _)| n.to_string())
+            })
+            .unwrap();
+        events
+            .into_iter()
+            .filter(|l| l.starts_with(&format!("req={last} ")))
+            .collect::<Vec<_>>()
     };
     for stream in [false, true] {
         for header in ["x-stainless-read-timeout", "x-stainless-timeout"] {
@@ -857,7 +894,7 @@ async fn an_sdks_timeout_is_met_with_the_gateways_error_not_its_own() {
             let r = gw
                 .connect()
                 .await
-                .send_request(ask(stream, header, "20", "hang"))
+                .send_request(ask(stream, Some((header, "20")), "hang"))
                 .await
                 .unwrap();
             let waited = started.elapsed();
@@ -868,38 +905,104 @@ async fn an_sdks_timeout_is_met_with_the_gateways_error_not_its_own() {
                 waited >= Duration::from_secs(18) && waited < Duration::from_secs(20),
                 "stream={stream}, {header}: answered after {waited:?}: {status} {body}"
             );
-            assert!(
-                status.is_client_error() || status.is_server_error(),
-                "{body}"
-            );
+            assert_eq!(status, 504, "{body}");
             assert_eq!(
                 should_retry.as_ref().map(|v| v.to_str().unwrap()),
                 Some("false")
             );
             assert!(
-                body.contains("20"),
+                body.contains(&format!("client's own timeout ({header}: 20 s")),
                 "the error says whose time ran out: {body}"
+            );
+            // The time was the client's: never counted against the deployment.
+            let events = request_events(&gw);
+            assert!(
+                events
+                    .iter()
+                    .any(|l| l.contains("failure_not_counted")
+                        && l.contains("reason=request_timeout")),
+                "{events:#?}"
+            );
+            assert!(
+                events
+                    .iter()
+                    .any(|l| l.contains("limit_hit limit=client_timeout")),
+                "{events:#?}"
             );
         }
     }
-    // Never counted against the deployment: the time was the client's.
-    assert!(!gw.saw("deployment_cooled"), "{:#?}", gw.events());
-    assert!(!gw.saw("failure_not_counted") || gw.saw("reason=request_timeout"));
     // A stream that has begun goes on past the client's time.
     let r = gw
         .connect()
         .await
-        .send_request(ask(true, "x-stainless-read-timeout", "20", "slow"))
+        .send_request(ask(true, Some(("x-stainless-read-timeout", "20")), "slow"))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(streamed_text(&text(r).await), "abcde");
+    // ... and the deployment's own `timeout` (60 s) cutting it there is the deployment's,
+    // as it is without the header: the client's wait no longer caps the attempt.
+    for header in [Some(("x-stainless-timeout", "20")), None] {
+        let r = gw
+            .connect()
+            .await
+            .send_request(ask(true, header, "slower"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        text(r).await;
+        let events = request_events(&gw);
+        assert!(
+            events
+                .iter()
+                .any(|l| l.contains("attempt_failed") && l.contains("class=timeout")),
+            "{header:?}: {events:#?}"
+        );
+        assert!(
+            !events.iter().any(|l| l.contains("failure_not_counted")),
+            "{header:?}: {events:#?}"
+        );
+    }
+    // httpx's read timeout starts once the body is sent: a 40 s upload under a 30 s read
+    // timeout is served. Node's covers the upload: that client has given up, and the
+    // gateway's error says so without calling anyone.
+    for (header, served) in [
+        ("x-stainless-read-timeout", true),
+        ("x-stainless-timeout", false),
+    ] {
+        let body = json!({"model": "g", "stream": false,
+            "messages": [{"role": "user", "content": "a".repeat(1 << 20)}]})
+        .to_string()
+        .into_bytes();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n\
+             {header}: 30\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut pipe = gw.raw().await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        pipe.write_all(head.as_bytes()).await.unwrap();
+        for piece in body.chunks(body.len() / 40 + 1) {
+            pipe.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let mut first = [0u8; 64];
+        let n = pipe.read(&mut first).await.unwrap();
+        let first = String::from_utf8_lossy(&first[..n]);
+        let expected = if served {
+            "HTTP/1.1 200"
+        } else {
+            "HTTP/1.1 504"
+        };
+        assert!(first.starts_with(expected), "{header}: {first}");
+    }
     // A value that is no time is not one: the gateway's own deadline holds.
     for value in ["0", "-5", "nan", "inf", "soon", "1e400"] {
-        let pending =
-            gw.connect()
-                .await
-                .send_request(ask(false, "x-stainless-read-timeout", value, "hang"));
+        let pending = gw.connect().await.send_request(ask(
+            false,
+            Some(("x-stainless-read-timeout", value)),
+            "hang",
+        ));
         assert!(
             tokio::time::timeout(Duration::from_secs(60), pending)
                 .await

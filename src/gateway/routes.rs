@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::attempt::{CommitHead, Outcome};
-use crate::client_timeout::ClientTimeout;
+use crate::client_timeout::SdkWait;
 use crate::delivery::{AggregateDelivery, StreamBounds, StreamDelivery, StreamStart};
 use crate::engine::{Admitted, Engine};
 use crate::error::{ApiError, echoed};
@@ -708,8 +708,8 @@ async fn chat(
     };
     // The connection's deadline for this response, moved to the engine's once admitted.
     let write_deadline = req.extensions().get::<WriteDeadline>().cloned();
-    // Counted from the request's arrival: the SDK's clock started before its upload.
-    let client_timeout = ClientTimeout::of(req.headers(), tokio::time::Instant::now());
+    // What the SDK said it waits, counted from the request's arrival or its body's end.
+    let (sdk_wait, arrived) = (SdkWait::of(req.headers()), tokio::time::Instant::now());
     // Every way out before admission: no event will ever name the request.
     let refuse = |e: ApiError| {
         engine.note_refusal("chat", e.status, e.limit);
@@ -814,9 +814,10 @@ async fn chat(
                     408,
                     "invalid_request_error",
                     format!(
-                        "request body too slow: {} bytes in {:.1} s; a body may take \
-                         body_read_timeout = {} s plus 1 s for every \
-                         min_request_body_bytes_per_second = {} bytes it sends",
+                        "request body too slow: {} bytes in {:.1} s; a body may fall at \
+                         most body_read_timeout = {} s behind \
+                         min_request_body_bytes_per_second = {} bytes a second, and time \
+                         it gets ahead of that rate is kept for body_read_timeout at most",
                         missed.received(),
                         missed.elapsed().as_secs_f64(),
                         limits.body_read_timeout,
@@ -864,7 +865,7 @@ async fn chat(
             Ok(a) => a,
             Err(e) => return refuse(e),
         };
-    admitted.client_timeout = client_timeout;
+    admitted.client_timeout = sdk_wait.and_then(|w| w.counted(arrived, admitted.admitted_at));
     if let Some(d) = write_deadline {
         // With `client_write_timeout` to spare: an answer ready just in time (or the
         // deadline's own error event) still reaches a client that keeps reading.
