@@ -556,6 +556,17 @@ async fn exchange(
                 seen.status = status;
                 result.error = Some(seen);
             }
+            // `completion.choices[0]` fails in the SDKs: nothing was answered.
+            Ok(v)
+                if (200..300).contains(&status)
+                    && v.get("choices")
+                        .and_then(Value::as_array)
+                        .is_none_or(Vec::is_empty) =>
+            {
+                result.broken = Some(format!(
+                    "the gateway answered {status} with a completion without choices"
+                ));
+            }
             Ok(v) => {
                 result.model = v.get("model").and_then(Value::as_str).map(str::to_string);
                 result.text = v
@@ -631,6 +642,9 @@ fn on_event(
     if reads == SdkReads::Done {
         if result.done {
             result.broken = Some("two [DONE] events".into());
+        } else if result.chunks.is_empty() && result.error.is_none() {
+            // The SDK's loop yields nothing, and its `stream()` helper has no completion.
+            result.broken = Some("the stream ended ([DONE]) before its first chunk".into());
         }
         result.done = true;
         sink.line("client", format!("{label} done"));
@@ -822,6 +836,42 @@ mod tests {
         let r = exchange_with(response("200 OK", "application/json", ok), false).await;
         assert!(r.error.is_none() && r.broken.is_none(), "{r:?}");
         assert_eq!(r.text, "hi");
+    }
+
+    /// What the SDKs cannot read as an answer is no success: a completion without
+    /// `choices[0]` (the SDKs' own accessor fails on it), and a stream that says `[DONE]`
+    /// without a chunk before it (the SDK's loop yields nothing, and its `stream()` helper
+    /// fails for want of a completion). Taken as answers of "", two modes that both did it
+    /// agreed.
+    #[tokio::test]
+    async fn an_answer_without_a_choice_is_broken() {
+        for body in [
+            "{}",
+            r#"{"model":"m","choices":[]}"#,
+            r#"{"model":"m","choices":null}"#,
+        ] {
+            let r = exchange_with(response("200 OK", "application/json", body), false).await;
+            assert!(!r.succeeded(), "{body}: {r:?}");
+            assert_eq!(
+                r.broken.as_deref(),
+                Some("the gateway answered 200 with a completion without choices"),
+                "{body}"
+            );
+        }
+        let r = exchange_with(
+            response("200 OK", "text/event-stream", "data: [DONE]\n\n"),
+            true,
+        )
+        .await;
+        assert_eq!(
+            r.broken.as_deref(),
+            Some("the stream ended ([DONE]) before its first chunk"),
+            "{r:?}"
+        );
+        // A tool call's answer has choices and no text: an answer.
+        let tool = r#"{"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[]}}]}"#;
+        let r = exchange_with(response("200 OK", "application/json", tool), false).await;
+        assert!(r.succeeded(), "{r:?}");
     }
 
     const ONE_CHUNK: &str = "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";

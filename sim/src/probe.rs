@@ -332,10 +332,13 @@ pub async fn probe_mode(
             // Any broken answer counts: the client stopped reading there (a timeout, a
             // stream past its bound, bad SSE, a stream to a `stream: false` request), and
             // the gateway may not have stopped with it. Waiting costs a quiet half second.
+            // So may a gateway that answered (its own 504, say) while a provider was still
+            // answering a call of this request (a `stall` it stopped waiting for): the call's
+            // end, and any the gateway makes after it, must not land on the next request.
             let gave_up = o.client.left.is_some() || o.client.broken.is_some();
-            if gave_up || o.tainted.is_some() {
+            let answering = || fakes.fakes.iter().any(|f| f.answering() > 0);
+            if gave_up || o.tainted.is_some() || answering() {
                 let all_calls = || fakes.fakes.iter().map(|f| f.calls().len()).sum::<usize>();
-                let answering = || fakes.fakes.iter().any(|f| f.answering() > 0);
                 let settled =
                     settle(all_calls, answering, SETTLE_QUIET, SETTLE_MAX, SETTLE_POLL).await;
                 if settled.late > 0 {

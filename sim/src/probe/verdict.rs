@@ -314,6 +314,37 @@ pub fn expectation_misses(o: &Observed, e: &Expected) -> Vec<String> {
     misses
 }
 
+/// Why the answer `o` succeeded with is not what its serving provider call wrote (the last
+/// call, whose text follows the prefix it was asked to continue, if any): two modes that
+/// agree on an answer cut short, emptied, or doubled by a fallback that started over are no
+/// pass, and without a `content:` expectation nothing else would notice. Not judged for a
+/// request with stop sequences (the gateway ends an answer where it finds one across a
+/// continuation's seam), nor when the serving call's own fault fired (an answer ended after
+/// its finish, or at the token budget, holds what came before the fault), nor for calls
+/// that may be another request's.
+fn unwritten_answer(o: &Observed) -> Option<String> {
+    if !o.client.succeeded() || o.tainted.is_some() {
+        return None;
+    }
+    let (host, serving) = o.calls.last()?;
+    let stops = serving.body.get("stop").is_some_and(|s| !s.is_null());
+    if stops || serving.fault_fired {
+        return None;
+    }
+    let wrote = format!(
+        "{}{}",
+        serving.continuation.as_deref().unwrap_or(""),
+        serving.planned
+    );
+    (o.client.text != wrote).then(|| {
+        format!(
+            "the answer is not what the serving provider call wrote ({host}#{}): it wrote \
+             {wrote:?}, the client got {:?}",
+            serving.call, o.client.text
+        )
+    })
+}
+
 /// Scripted faults the request relies on that did not fire in this mode.
 pub fn unfired(o: &Observed, e: &Expected) -> Vec<String> {
     let fired: BTreeSet<(String, String)> = o
@@ -447,6 +478,9 @@ pub fn judge(
             notes,
         );
     }
+    if let Some(why) = unwritten_answer(n).or_else(|| unwritten_answer(s)) {
+        return inconclusive(format!("the modes agree, but {why}"), notes);
+    }
     Judgement {
         verdict: Verdict::Equivalent,
         reasons: Vec::new(),
@@ -519,11 +553,11 @@ mod tests {
         n
     }
 
+    /// The fallback serves "The quick brown fox".
     fn fault_then_fallback() -> Vec<(String, CallRecord)> {
-        vec![
-            call("vertex", "lite", "error_event@3 429", true),
-            call("flash", "flash", "ok", false),
-        ]
+        let mut fallback = call("flash", "flash", "ok", false);
+        fallback.1.planned = "The quick brown fox".into();
+        vec![call("vertex", "lite", "error_event@3 429", true), fallback]
     }
 
     #[test]
@@ -667,13 +701,60 @@ mod tests {
         assert_eq!(same.reasons[0], "not judged: the gateway was still calling");
     }
 
+    /// Two modes that agree on an answer the serving provider never wrote (cut short,
+    /// emptied, doubled by a fallback that started over) are no pass: the text is held to
+    /// what the serving call wrote, its continuation's prefix first.
+    #[test]
+    fn an_answer_the_serving_call_never_wrote_is_no_pass() {
+        let expected = Expected {
+            reaches_provider: true,
+            ..Expected::default()
+        };
+        let mut calls = fault_then_fallback();
+        let judged = |text: &str, calls: &Vec<(String, CallRecord)>| {
+            let o = ok("flash", text, calls.clone());
+            judge(&o, &o, (&expected, &expected), &naming(), None)
+        };
+        assert_eq!(
+            judged("The quick brown fox", &calls).verdict,
+            Verdict::Equivalent
+        );
+        for wrong in ["", "The quick", "The quick brown foxThe quick brown fox"] {
+            let j = judged(wrong, &calls);
+            assert_eq!(j.verdict, Verdict::Inconclusive, "{wrong:?}: {j:?}");
+            assert!(
+                j.reasons[0].contains("not what the serving provider call wrote"),
+                "{j:?}"
+            );
+        }
+        // A continuation: the prefix it was asked to go on from, then what it wrote.
+        calls[1].1.continuation = Some("The quick ".into());
+        calls[1].1.planned = "brown fox".into();
+        assert_eq!(
+            judged("The quick brown fox", &calls).verdict,
+            Verdict::Equivalent
+        );
+        assert_eq!(judged("brown fox", &calls).verdict, Verdict::Inconclusive);
+        // Stop sequences end an answer where the gateway finds them: not judged here.
+        calls[1].1.body = serde_json::json!({"stop": ["fox"]});
+        assert_eq!(
+            judged("The quick brown ", &calls).verdict,
+            Verdict::Equivalent
+        );
+    }
+
     #[test]
     fn naming_the_serving_groups_alias_is_only_a_naming_difference() {
-        let n = ok("flash", "The quick brown fox", fault_then_fallback());
+        // The fallback continues the primary's "The quick brown": that chunk was the
+        // primary's own, and may name it.
+        let mut continued = fault_then_fallback();
+        continued[1].1.continuation = Some("The quick brown".into());
+        continued[1].1.planned = " fox".into();
+        let n = ok("flash", "The quick brown fox", continued.clone());
         let s = streamed(
             &["vertex_ai/lite", "vertex_ai/flash"],
             &["The quick brown", " fox"],
-            fault_then_fallback(),
+            continued,
         );
         let d = compare(&n, &s, &naming());
         assert!(d[0].starts_with("model: naming differs"), "{d:?}");
