@@ -614,9 +614,10 @@ impl ErrorHints {
         any.iter().copied().find(|p| m.contains(p))
     }
 
-    /// Whether this error, or the one it passed on, says it with a tag of `tags` or one of
-    /// the `phrases`: only for the classes that cool nothing (see `passed_on`).
-    fn says(&self, tags: &[&str], phrases: &[&'static str]) -> bool {
+    /// Whether this error, or the one it passed on (when `read_passed_on`), says it with a
+    /// tag of `tags` or one of the `phrases`: only for the classes that cool nothing (see
+    /// `passed_on`).
+    fn says(&self, tags: &[&str], phrases: &[&'static str], read_passed_on: bool) -> bool {
         let passed_on = || {
             self.passed_on_tags
                 .iter()
@@ -626,18 +627,19 @@ impl ErrorHints {
                     phrases.iter().any(|p| m.contains(p))
                 })
         };
-        self.has_tag(tags) || self.message_mentions(phrases) || passed_on()
+        self.has_tag(tags) || self.message_mentions(phrases) || read_passed_on && passed_on()
     }
 
-    /// The one-request-over-the-whole-TPM wording (see `class_of`), here or passed on.
-    fn says_request_over_tpm(&self) -> bool {
+    /// The one-request-over-the-whole-TPM wording (see `class_of`), here or passed on
+    /// (when `read_passed_on`).
+    fn says_request_over_tpm(&self, read_passed_on: bool) -> bool {
         let says = |m: &Option<String>| {
             m.as_ref().is_some_and(|m| {
                 let m = m.to_ascii_lowercase();
                 m.contains("request too large for") && m.contains("tokens per min")
             })
         };
-        says(&self.message) || says(&self.passed_on)
+        says(&self.message) || read_passed_on && says(&self.passed_on)
     }
 }
 
@@ -760,17 +762,20 @@ fn class_of(status: Option<u16>, h: &ErrorHints) -> FailureClass {
     // Groq sends the same case as a 413 ("... on tokens per minute (TPM): Limit 6000,
     // Requested 14368"), tagged `rate_limit_exceeded` like OpenAI's, and OpenRouter passes
     // it on under a 400.
-    if matches!(status, Some(400..=499) | None) && h.says_request_over_tpm() {
+    // What a proxy passes on is read only where its own status says the request failed,
+    // not the proxy: never under its own 401/402/403/404/429, which stay its own failures.
+    let passed_on = matches!(status, Some(400 | 413 | 422) | None);
+    if matches!(status, Some(400..=499) | None) && h.says_request_over_tpm(passed_on) {
         return FailureClass::ContextWindow;
     }
     if status == Some(429) || h.has_tag(RATE_LIMIT_TAGS) {
         return FailureClass::RateLimited;
     }
     let client_error = matches!(status, Some(400..=499));
-    if (client_error || status.is_none()) && h.says(CONTEXT_TAGS, CONTEXT_PHRASES) {
+    if (client_error || status.is_none()) && h.says(CONTEXT_TAGS, CONTEXT_PHRASES, passed_on) {
         return FailureClass::ContextWindow;
     }
-    if (client_error || status.is_none()) && h.says(CONTENT_TAGS, CONTENT_PHRASES) {
+    if (client_error || status.is_none()) && h.says(CONTENT_TAGS, CONTENT_PHRASES, passed_on) {
         return FailureClass::ContentPolicy;
     }
     // A billing or credit error is a quota failure whatever its 4xx status. LiteLLM 1.83.0
@@ -1142,6 +1147,18 @@ mod tests {
                 (FailureClass::BadRequest, false),
                 "{raw}"
             );
+        }
+        // ...and what it passes on never undoes the proxy's own word for its own failure:
+        // its bad key, its missing route, its empty account stay its own, and cool it.
+        let raw = r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#;
+        for (code, class) in [
+            (401, FailureClass::Auth),
+            (403, FailureClass::Auth),
+            (404, FailureClass::NotFound),
+            (402, FailureClass::RateLimited),
+        ] {
+            let body = serde_json::json!({"error": {"message": "Provider returned error", "code": code, "metadata": {"raw": raw}}}).to_string();
+            assert_eq!(status(code, &body).class, class, "{code}");
         }
         // Google's FAILED_PRECONDITION is also a request's own state (a file the user
         // uploaded, still being processed): only the refusal of the account is the
