@@ -298,8 +298,9 @@ pub async fn differential(
 /// request that reaches one as the scenario is written (a wrong key: 401 on both; a wrong
 /// base path: 404 on both; both gone: broken on both), agree on nothing that was tested; nor
 /// do two that did the same but not what the scenario expects (its status, content or
-/// provider calls, or a fault it relies on never fired): both wrong alike is no evidence
-/// that either is right. The first such request, as the reason the run could not be judged.
+/// provider calls, or a fault it relies on never fired), or that both answered what the
+/// serving provider call never wrote (cut short, emptied, doubled): both wrong alike is no
+/// evidence that either is right. The first such request, as the reason the run could not be judged.
 fn nothing_compared(rows: &[DiffRow], reference: &Reference) -> Option<String> {
     let mut index = [0usize; 2];
     let none = super::reference::Expected::default();
@@ -316,6 +317,7 @@ fn nothing_compared(rows: &[DiffRow], reference: &Reference) -> Option<String> {
                     .into_iter()
                     .map(|f| format!("fault not fired: {f}")),
             );
+            m.extend(super::verdict::unwritten_answer(o));
             m
         };
         if timed_out(&r.a) && timed_out(&r.b) {
@@ -441,6 +443,7 @@ mod tests {
     use crate::client::{ClientResult, SeenError};
     use crate::fake::CallRecord;
 
+    /// A call with `outcome`; one that is `ok` writes "hi".
     fn call(host: &str, n: u32, outcome: &str) -> (String, CallRecord) {
         (
             host.to_string(),
@@ -449,6 +452,11 @@ mod tests {
                 model: "m".into(),
                 outcome: outcome.into(),
                 fault_fired: outcome != "ok",
+                planned: if outcome == "ok" {
+                    "hi".into()
+                } else {
+                    String::new()
+                },
                 ..CallRecord::default()
             },
         )
@@ -654,6 +662,21 @@ mod tests {
         assert_eq!(
             nothing_compared(&[row(&primary_then_fallback)], &relies_on_primary),
             None
+        );
+        // Both answering what the serving call never wrote (the fallback started over
+        // and its text was added to the primary's) agree on nothing that was tested.
+        let no_content = expecting(crate::probe::Expected {
+            faults: [("a".to_string(), "http 429".to_string())].into(),
+            reaches_provider: true,
+            ..Default::default()
+        });
+        let mut doubled = primary_then_fallback.clone();
+        doubled.client.text = "hihi".into();
+        assert!(
+            nothing_compared(&[row(&doubled)], &no_content)
+                .is_some_and(|w| w.contains("not what the serving provider call wrote")),
+            "{:?}",
+            nothing_compared(&[row(&doubled)], &no_content)
         );
         let other_text = expecting(crate::probe::Expected {
             content: Some("bye".into()),

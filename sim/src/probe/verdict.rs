@@ -322,7 +322,7 @@ pub fn expectation_misses(o: &Observed, e: &Expected) -> Vec<String> {
 /// continuation's seam), nor when the serving call's own fault fired (an answer ended after
 /// its finish, or at the token budget, holds what came before the fault), nor for calls
 /// that may be another request's.
-fn unwritten_answer(o: &Observed) -> Option<String> {
+pub(super) fn unwritten_answer(o: &Observed) -> Option<String> {
     if !o.client.succeeded() || o.tainted.is_some() {
         return None;
     }
