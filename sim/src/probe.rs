@@ -14,6 +14,7 @@
 //! [`verdict`] (comparison and verdict), [`preflight`] (ports and gateway checks), [`setup`]
 //! (keys and teams through LiteLLM's admin API).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -407,6 +408,11 @@ pub struct ProbeRun {
     pub verdict: Verdict,
     pub could_not_run: Option<String>,
     pub pairs: Vec<Pair>,
+    /// Where a mode's whole run fell short of the scenario's `total_calls`: the run is then
+    /// no better than `inconclusive`.
+    pub whole_run: Vec<String>,
+    /// What the scenario expects that the probe did not check ([`Reference::unchecked`]).
+    pub unchecked: Vec<String>,
 }
 
 impl ProbeRun {
@@ -415,6 +421,8 @@ impl ProbeRun {
             verdict: Verdict::CouldNotRun,
             could_not_run: Some(reason.into()),
             pairs: Vec::new(),
+            whole_run: Vec::new(),
+            unchecked: Vec::new(),
         }
     }
 }
@@ -457,6 +465,8 @@ pub async fn probe(
         &mut still_calling,
     )
     .await;
+    let non_stream_totals = calls_per_host(fakes);
+    let still_calling_after_non_stream = still_calling.is_some();
     if !o.pause.wait.is_zero() {
         progress(&format!(
             "pausing {:.1} s between the modes, for the gateway's cooldowns to end (--pause)",
@@ -476,17 +486,77 @@ pub async fn probe(
         &mut still_calling,
     )
     .await;
+    let whole_run = whole_run_misses(
+        reference,
+        [
+            ModeTotals {
+                mode: Mode::NonStream,
+                calls: non_stream_totals,
+                tainted: still_calling_after_non_stream
+                    || n.iter().any(|(_, o)| o.tainted.is_some()),
+            },
+            ModeTotals {
+                mode: Mode::Stream,
+                calls: calls_per_host(fakes),
+                tainted: still_calling.is_some() || s.iter().any(|(_, o)| o.tainted.is_some()),
+            },
+        ],
+    );
     let mut pairs = pair_up(scenario, reference, n, s);
     if let Some(cut) = &o.pause.cut {
         for p in &mut pairs {
             p.judgement.taint(cut);
         }
     }
+    // The modes may agree request by request and still not do what the scenario expects
+    // of the whole run: that agreement proves nothing either.
+    let whole_run_verdict = (!whole_run.is_empty()).then_some(Verdict::Inconclusive);
     ProbeRun {
-        verdict: Verdict::overall(pairs.iter().map(|p| p.judgement.verdict)),
+        verdict: Verdict::overall(
+            pairs
+                .iter()
+                .map(|p| p.judgement.verdict)
+                .chain(whole_run_verdict),
+        ),
         could_not_run: None,
         pairs,
+        whole_run,
+        unchecked: reference.unchecked.clone(),
     }
+}
+
+/// What the providers received in one mode's whole run.
+#[derive(Debug, Clone)]
+pub struct ModeTotals {
+    pub mode: Mode,
+    /// Calls each provider host received in the mode, all requests together.
+    pub calls: BTreeMap<String, u32>,
+    /// The mode's calls may hold another's: a request's calls were marked as possibly
+    /// another's, or the gateway was still calling when the mode ended.
+    pub tainted: bool,
+}
+
+/// Where each mode's whole run falls short of the scenario's `total_calls`, as far as the
+/// reference holds a gateway to them; a tainted mode is not held to its totals.
+pub fn whole_run_misses(reference: &Reference, modes: [ModeTotals; 2]) -> Vec<String> {
+    modes
+        .iter()
+        .filter(|m| !m.tainted)
+        .flat_map(|m| {
+            verdict::total_calls_misses(reference.total_calls(m.mode), &m.calls)
+                .into_iter()
+                .map(|miss| format!("{}: {miss}", m.mode.as_str()))
+        })
+        .collect()
+}
+
+/// Calls each provider host has received since the fakes were last reset.
+pub fn calls_per_host(fakes: &RunningFakes) -> BTreeMap<String, u32> {
+    fakes
+        .fakes
+        .iter()
+        .map(|f| (f.spec.host.clone(), f.calls().len() as u32))
+        .collect()
 }
 
 /// The side-by-side report, ending with the verdict and its exit status.
@@ -586,6 +656,18 @@ pub fn report(scenario: &Scenario, run: &ProbeRun) -> String {
         }
         for note in &j.notes {
             let _ = writeln!(out, "  note        {note}");
+        }
+    }
+    for miss in &run.whole_run {
+        let _ = writeln!(
+            out,
+            "\nthe whole run: expect not met ({miss}), so the modes' agreement proves nothing"
+        );
+    }
+    if !run.unchecked.is_empty() {
+        let _ = writeln!(out, "\nnot checked by this probe:");
+        for line in &run.unchecked {
+            let _ = writeln!(out, "  {line}");
         }
     }
     let count = |v: Verdict| {
@@ -736,6 +818,42 @@ mod tests {
     fn load(rel: &str) -> Scenario {
         let path = format!("{}/../scenarios/{rel}", env!("CARGO_MANIFEST_DIR"));
         Scenario::load_file(std::path::Path::new(&path)).unwrap()
+    }
+
+    /// A mode whose provider hosts did not receive the scenario's `total_calls` misses
+    /// them, unless its calls may hold another's.
+    #[test]
+    fn a_whole_run_is_held_to_its_total_calls() {
+        let reference = Reference {
+            stream_total_calls: Some([("a".to_string(), 1), ("b".to_string(), 0)].into()),
+            ..Reference::default()
+        };
+        let totals = |mode, calls: &[(&str, u32)], tainted| ModeTotals {
+            mode,
+            calls: calls.iter().map(|(h, n)| (h.to_string(), *n)).collect(),
+            tainted,
+        };
+        let met = [
+            totals(Mode::NonStream, &[("a", 9)], false),
+            totals(Mode::Stream, &[("a", 1)], false),
+        ];
+        assert!(whole_run_misses(&reference, met).is_empty());
+        let missed = [
+            totals(Mode::NonStream, &[], false),
+            totals(Mode::Stream, &[("a", 2), ("b", 1)], false),
+        ];
+        assert_eq!(
+            whole_run_misses(&reference, missed),
+            vec![
+                "stream: total_calls to a: expected 1, got 2",
+                "stream: total_calls to b: expected 0, got 1"
+            ]
+        );
+        let tainted = [
+            totals(Mode::NonStream, &[], false),
+            totals(Mode::Stream, &[("a", 2)], true),
+        ];
+        assert!(whole_run_misses(&reference, tainted).is_empty());
     }
 
     /// Every way a scenario can make a deployment rest counts: the gateway's cooldown_time,

@@ -1244,8 +1244,12 @@ pub struct Problem {
 enum Block {
     Scenario,
     Request,
-    /// A `stream:` or `non_stream:` block inside one of the above.
-    Mode(Mode),
+    /// A `stream:` or `non_stream:` block inside one of the above (`of_request`: inside a
+    /// request's `expect`, where run-wide counts do not belong either).
+    Mode {
+        mode: Mode,
+        of_request: bool,
+    },
 }
 
 /// The path of deployment `i`'s `api_base` in the gateway config at `at`.
@@ -1361,11 +1365,19 @@ fn check_expect(e: &Expect, at: Vec<PathSeg>, block: Block, hosts: &[&str]) -> R
             _ => (Mode::NonStream, e.non_stream.as_deref()?),
         };
         Some(match block {
-            Block::Mode(_) => Err(problem(
+            Block::Mode { .. } => Err(problem(
                 here(&[key(field)]),
                 "a per-mode block cannot hold another".into(),
             )),
-            _ => check_expect(sub, here(&[key(field)]), Block::Mode(mode), hosts),
+            Block::Scenario | Block::Request => check_expect(
+                sub,
+                here(&[key(field)]),
+                Block::Mode {
+                    mode,
+                    of_request: block == Block::Request,
+                },
+                hosts,
+            ),
         })
     };
     for field in ["stream", "non_stream"] {
@@ -1373,7 +1385,7 @@ fn check_expect(e: &Expect, at: Vec<PathSeg>, block: Block, hosts: &[&str]) -> R
             result?;
         }
     }
-    if let Block::Mode(mode) = block {
+    if let Block::Mode { mode, .. } = block {
         if e.equivalent.is_some() {
             return Err(problem(
                 here(&[key("equivalent")]),
@@ -1391,7 +1403,15 @@ fn check_expect(e: &Expect, at: Vec<PathSeg>, block: Block, hosts: &[&str]) -> R
         ("total_calls", e.total_calls.is_some()),
         ("total_connections", e.total_connections.is_some()),
     ] {
-        if block == Block::Request && set {
+        let of_request = matches!(
+            block,
+            Block::Request
+                | Block::Mode {
+                    of_request: true,
+                    ..
+                }
+        );
+        if of_request && set {
             return Err(problem(
                 here(&[key(field)]),
                 format!("`{field}` counts the whole run: put it in the scenario's `expect`"),

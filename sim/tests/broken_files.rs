@@ -101,6 +101,7 @@ const CASES: &[Case] = &[
     row("event_name_typo.yaml",                49, 12, "expect.events[0]", "unknown event `fallback_takn`", Some("fallback_taken"), Semantic),
     row("calls_unknown_host.yaml",             49, 15, "expect.calls.bb", "`bb` is not a provider host of this scenario (hosts: a, b)", Some("b"), Semantic),
     row("total_calls_on_request.yaml",         47, 14, "requests[0].expect.total_calls", "counts the whole run", None, Semantic),
+    row("total_calls_in_request_mode.yaml",    47, 23, "requests[0].expect.stream.total_calls", "counts the whole run", None, Semantic),
     row("equivalent_for_one_mode.yaml",        49, 24, "expect.stream.equivalent", "`equivalent` compares the two modes", None, Semantic),
     row("duplicate_provider_host.yaml",        35, 11, "providers[1].host", "host `a` is used twice", None, Semantic),
     row("network_fault_two_actions.yaml",      41,  7, "network.faults[0]", "one action per entry, this one has 2", None, Semantic),

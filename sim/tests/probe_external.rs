@@ -123,6 +123,7 @@ fn probe_child(rel: &str) -> Vec<probe::Pair> {
         let config =
             emit::switchback_config(&scenario, &fakes.ports).expect("config for the fakes");
         let mut by_mode = Vec::new();
+        let mut totals = Vec::new();
         for mode in [Mode::NonStream, Mode::Stream] {
             let child = serve(
                 &format!("{}-{}", rel.replace('/', "_"), mode.as_str()),
@@ -143,7 +144,14 @@ fn probe_child(rel: &str) -> Vec<probe::Pair> {
                 )
                 .await,
             );
+            totals.push(probe::ModeTotals {
+                mode,
+                calls: probe::calls_per_host(&fakes),
+                tainted: false,
+            });
         }
+        let whole_run = probe::whole_run_misses(&reference, totals.try_into().unwrap());
+        assert!(whole_run.is_empty(), "{rel}: {whole_run:?}");
         let s = by_mode.pop().unwrap();
         let n = by_mode.pop().unwrap();
         probe::pair_up(&scenario, &reference, n, s)
@@ -155,6 +163,8 @@ fn report_of(scenario: &Scenario, pairs: &[probe::Pair]) -> String {
         verdict: Verdict::overall(pairs.iter().map(|p| p.judgement.verdict)),
         could_not_run: None,
         pairs: pairs.to_vec(),
+        whole_run: Vec::new(),
+        unchecked: Vec::new(),
     };
     probe::report(scenario, &run)
 }

@@ -15,7 +15,10 @@
 //! What counts as the same: the provider call lines (`host#call model: outcome`, see
 //! [`Observed::call_lines`]) in order, the HTTP status (or `broken`), and the answer's text.
 //! Error *types* and header names are each gateway's own vocabulary and are shown, not
-//! compared. Where two gateways are meant to differ (a difference the README documents), the
+//! compared. Agreement is claimed only where something was answered and seen: two answers
+//! both broken (a stream cut after its 200 on both), and a row whose provider calls may be
+//! another request's, compare nothing, and the run is then `could not run`. Where two
+//! gateways are meant to differ (a difference the README documents), the
 //! report's `differs:` lines say exactly how, so a test can assert that difference and no
 //! other.
 
@@ -100,17 +103,18 @@ impl DiffRun {
             .any(|r| r.tainted.is_none())
         {
             DiffVerdict::Different
-        } else if self.could_not_run.is_some() || self.rows.iter().any(|r| differs(&r)) {
-            // Nothing was compared somewhere, or every difference may be an artefact of
-            // the run (see `DiffRow::tainted`).
+        } else if self.could_not_run.is_some() || self.rows.iter().any(|r| r.tainted.is_some()) {
+            // Nothing was compared somewhere, or a row may not show the gateways' own
+            // doing (see `DiffRow::tainted`): neither its difference nor its agreement
+            // is claimed.
             DiffVerdict::CouldNotRun
         } else {
             DiffVerdict::Same
         }
     }
 
-    /// Why the run could not be judged: its own reason, or the first difference that may
-    /// not be the gateways' doing when no other is left.
+    /// Why the run could not be judged: its own reason, or the first row that may not show
+    /// the gateways' own doing (a difference first).
     pub fn why_not_judged(&self) -> Option<String> {
         if self.verdict() != DiffVerdict::CouldNotRun {
             return None;
@@ -118,21 +122,24 @@ impl DiffRun {
         if let Some(r) = &self.could_not_run {
             return Some(r.clone());
         }
-        (self.verdict() == DiffVerdict::CouldNotRun)
-            .then(|| {
-                self.rows
-                    .iter()
-                    .find(|r| !r.differences.is_empty())
-                    .and_then(|r| {
-                        let why = r.tainted.as_deref()?;
-                        Some(format!(
-                            "request {} {} differs, but not judged: {why}",
-                            r.label,
-                            r.mode.as_str()
-                        ))
-                    })
-            })
-            .flatten()
+        let tainted = |r: &&DiffRow| r.tainted.is_some();
+        let row = self
+            .rows
+            .iter()
+            .filter(tainted)
+            .find(|r| !r.differences.is_empty())
+            .or_else(|| self.rows.iter().find(tainted))?;
+        Some(format!(
+            "request {} {} {}, but not judged: {}",
+            row.label,
+            row.mode.as_str(),
+            if row.differences.is_empty() {
+                "is the same"
+            } else {
+                "differs"
+            },
+            row.tainted.as_deref().unwrap_or_default()
+        ))
     }
 }
 
@@ -320,6 +327,8 @@ fn nothing_compared(rows: &[DiffRow], reference: &Reference) -> Option<String> {
             m.extend(super::verdict::unwritten_answer(o));
             m
         };
+        // As a plain probe judges one gateway's two modes: a broken answer is no outcome.
+        let broke = |o: &Observed| o.client.broken.clone().filter(|_| !timed_out(o));
         if timed_out(&r.a) && timed_out(&r.b) {
             Some(format!(
                 "request {} {}: neither gateway answered in time ({}); raise --timeout",
@@ -334,6 +343,12 @@ fn nothing_compared(rows: &[DiffRow], reference: &Reference) -> Option<String> {
                 r.mode.as_str(),
                 r.a.outcome(),
                 r.b.outcome()
+            ))
+        } else if let (Some(a), Some(b)) = (broke(&r.a), broke(&r.b)) {
+            Some(format!(
+                "request {} {}: both gateways broke the answer (A: {a}; B: {b}), so their agreement tests nothing",
+                r.label,
+                r.mode.as_str()
             ))
         } else if r.differences.is_empty() && r.tainted.is_none() {
             let (a, b) = (misses(&r.a), misses(&r.b));
@@ -405,7 +420,7 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
         for d in &r.differences {
             let _ = writeln!(out, "  differs: {d}");
         }
-        if let Some(why) = r.tainted.as_deref().filter(|_| !r.differences.is_empty()) {
+        if let Some(why) = r.tainted.as_deref() {
             let _ = writeln!(out, "  not judged: {why}");
         }
     }
@@ -475,7 +490,8 @@ mod tests {
     }
 
     /// A timeout is no answer: against a broken stream it is a difference, and two of them
-    /// compare nothing (the run could not be judged, never `same`).
+    /// compare nothing (the run could not be judged, never `same`). Nor do two answers both
+    /// broken (a stream cut after its 200 on both): nothing was answered to compare.
     #[test]
     fn timeouts_are_not_the_same_as_anything() {
         let broken = |why: &str| Observed {
@@ -500,12 +516,17 @@ mod tests {
             b: b.clone(),
         };
         let reference = Reference::default();
-        assert_eq!(nothing_compared(&[row(&cut, &cut)], &reference), None);
-        let both = nothing_compared(&[row(&cut, &cut), row(&timeout, &timeout)], &reference);
+        let both = nothing_compared(&[row(&timeout, &timeout), row(&cut, &cut)], &reference);
         assert!(
             both.as_deref()
                 .is_some_and(|r| r.starts_with("request r0 stream: neither gateway answered")),
             "{both:?}"
+        );
+        assert_eq!(
+            nothing_compared(&[row(&cut, &cut)], &reference).as_deref(),
+            Some(
+                "request r0 stream: both gateways broke the answer (A: stream ended without [DONE] or an error event; B: stream ended without [DONE] or an error event), so their agreement tests nothing"
+            )
         );
     }
 
@@ -546,10 +567,14 @@ mod tests {
             row(&a, &b, None),
         ]);
         assert_eq!(real.verdict(), DiffVerdict::Different);
+        // Nor is an agreement claimed where the calls may be another request's.
+        let tainted_same = run(vec![row(&a, &a, Some("x")), row(&a, &a, None)]);
+        assert_eq!(tainted_same.verdict(), DiffVerdict::CouldNotRun);
         assert_eq!(
-            run(vec![row(&a, &a, Some("x"))]).verdict(),
-            DiffVerdict::Same
+            tainted_same.why_not_judged().as_deref(),
+            Some("request r0.0 stream is the same, but not judged: x")
         );
+        assert_eq!(run(vec![row(&a, &a, None)]).verdict(), DiffVerdict::Same);
         // A request that compared nothing does not hide a difference that can be trusted
         // (it did: `could not run`, and no row was shown); alone, it is the reason the run
         // was not judged, shown after the rows.
@@ -607,6 +632,7 @@ mod tests {
                 reaches_provider: yes,
                 ..Default::default()
             }],
+            ..Reference::default()
         };
         let served = observed(200, "hi", vec![call("a", 1, "ok")]);
         let rows = [
@@ -638,7 +664,7 @@ mod tests {
         };
         let expecting = |e: crate::probe::Expected| Reference {
             non_stream: vec![e],
-            stream: Vec::new(),
+            ..Reference::default()
         };
         let fallback_only = observed(200, "hi", vec![call("b", 1, "ok")]);
         let relies_on_primary = expecting(crate::probe::Expected {

@@ -7,7 +7,7 @@
 //! check from outside: the status, the content, and the provider call sequence that stands
 //! in for `attempts`. Does not talk to the gateway under probe.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use switchback::catalog::Catalog;
 
@@ -24,6 +24,11 @@ pub struct Expected {
     /// `expect.attempts` means (an attempt failed by a `mock_testing_*` flag calls no one).
     /// `None` when the scenario does not state its attempts.
     pub calls: Option<Vec<(String, String)>>,
+    /// How many calls each named provider host must receive for this request
+    /// (`expect.calls`), when Switchback's own run of the scenario one request at a time
+    /// shows them: otherwise they depend on requests overlapping, which a probe never does
+    /// (see [`Reference::unchecked`]).
+    pub host_calls: Option<BTreeMap<String, u32>>,
     /// The status the client must see (an error event's, for a stream that failed).
     pub status: Option<u16>,
     /// The text the client must end up with.
@@ -37,6 +42,15 @@ pub struct Expected {
 pub struct Reference {
     pub non_stream: Vec<Expected>,
     pub stream: Vec<Expected>,
+    /// How many calls each named provider host must receive in the whole non-stream run
+    /// (the scenario's `expect.total_calls`), under the same rule as
+    /// [`Expected::host_calls`].
+    pub non_stream_total_calls: Option<BTreeMap<String, u32>>,
+    /// The same for the stream run.
+    pub stream_total_calls: Option<BTreeMap<String, u32>>,
+    /// What the scenario expects that a probe does not hold the gateway to, and why: shown
+    /// in the report, so a green probe never claims more than it checked.
+    pub unchecked: Vec<String>,
 }
 
 impl Reference {
@@ -46,6 +60,86 @@ impl Reference {
             Mode::Stream => &self.stream,
         }
     }
+
+    pub fn total_calls(&self, mode: Mode) -> Option<&BTreeMap<String, u32>> {
+        match mode {
+            Mode::NonStream => self.non_stream_total_calls.as_ref(),
+            Mode::Stream => self.stream_total_calls.as_ref(),
+        }
+    }
+}
+
+/// The `expect` fields a probe checks from outside: the client's status and text, and the
+/// provider calls (in order, per request and host, and per host over the whole run).
+/// `equivalent` and the mode blocks are how the rest is arranged, not expectations.
+pub const CHECKED_FIELDS: &[&str] = &[
+    "status",
+    "content",
+    "attempts",
+    "calls",
+    "total_calls",
+    "equivalent",
+    "stream",
+    "non_stream",
+];
+
+/// The fields of `expect` (and of its mode blocks) that a probe does not check, in the
+/// order they first appear: the gateway's own vocabulary (`attempt_count`, `events`,
+/// `limits`, `deployment`, `headers`...), which another gateway does not share, or what a
+/// probe does not compare (`usage`, `model`, `passthrough`...).
+fn unchecked_fields<'a>(expects: impl IntoIterator<Item = &'a Expect>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in expects {
+        let blocks = std::iter::once(e)
+            .chain(e.stream.as_deref())
+            .chain(e.non_stream.as_deref());
+        for block in blocks {
+            let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(block) else {
+                continue;
+            };
+            for name in fields.keys() {
+                if !CHECKED_FIELDS.contains(&name.as_str()) && !out.contains(name) {
+                    out.push(name.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `want` where `got` (Switchback's own calls per host, one request at a time) meets it;
+/// otherwise why not, for [`Reference::unchecked`].
+fn held_if_shown(
+    want: Option<&BTreeMap<String, u32>>,
+    got: &BTreeMap<String, u32>,
+) -> Result<Option<BTreeMap<String, u32>>, String> {
+    let Some(want) = want else {
+        return Ok(None);
+    };
+    let misses: Vec<String> = want
+        .iter()
+        .filter(|(host, n)| got.get(*host).copied().unwrap_or(0) != **n)
+        .map(|(host, n)| {
+            format!(
+                "{n} to `{host}` (one at a time: {})",
+                got.get(host).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    if misses.is_empty() {
+        Ok(Some(want.clone()))
+    } else {
+        Err(misses.join(", "))
+    }
+}
+
+/// Calls per provider host.
+fn per_host<'a>(hosts: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    for host in hosts {
+        *out.entry(host.clone()).or_insert(0) += 1;
+    }
+    out
 }
 
 /// Whether a request body carries a `mock_testing_*` flag that is on: its first attempt
@@ -117,6 +211,8 @@ pub fn reference(scenario: &Scenario) -> Result<Reference, String> {
             ));
         }
         let mut expected = Vec::new();
+        let label =
+            |r: &crate::client::ClientResult| format!("r{}.{} {}", r.index, r.copy, mode.as_str());
         for r in &run.results {
             let spec = &scenario.requests[r.index];
             // As the oracle reads it: a `stream:` or `non_stream:` block beats the fields
@@ -129,7 +225,19 @@ pub fn reference(scenario: &Scenario) -> Result<Reference, String> {
                 .flat_map(|(host, calls)| calls.iter().map(move |c| (host, c)))
                 .filter(|(_, c)| id.is_some() && c.request_id == id)
                 .collect();
+            let host_calls = held_if_shown(
+                expect.calls.as_ref(),
+                &per_host(calls.iter().map(|(h, _)| *h)),
+            )
+            .unwrap_or_else(|why| {
+                out.unchecked.push(format!(
+                    "{} calls: expects {why}; it depends on requests overlapping",
+                    label(r)
+                ));
+                None
+            });
             expected.push(Expected {
+                host_calls,
                 faults: calls
                     .iter()
                     .filter(|(_, c)| c.fault_fired)
@@ -144,10 +252,36 @@ pub fn reference(scenario: &Scenario) -> Result<Reference, String> {
                 reaches_provider: !calls.is_empty(),
             });
         }
+        let whole_run = Expect::resolve(None, &scenario.expect, mode);
+        let totals = run
+            .calls
+            .iter()
+            .map(|(host, calls)| (host.clone(), calls.len() as u32))
+            .collect();
+        let total_calls =
+            held_if_shown(whole_run.total_calls.as_ref(), &totals).unwrap_or_else(|why| {
+                out.unchecked.push(format!(
+                    "{} total_calls: expects {why}; it depends on requests overlapping",
+                    mode.as_str()
+                ));
+                None
+            });
         match mode {
-            Mode::NonStream => out.non_stream = expected,
-            Mode::Stream => out.stream = expected,
+            Mode::NonStream => {
+                (out.non_stream, out.non_stream_total_calls) = (expected, total_calls)
+            }
+            Mode::Stream => (out.stream, out.stream_total_calls) = (expected, total_calls),
         }
+    }
+    let fields = unchecked_fields(
+        std::iter::once(&scenario.expect)
+            .chain(scenario.requests.iter().filter_map(|r| r.expect.as_ref())),
+    );
+    if !fields.is_empty() {
+        out.unchecked.push(format!(
+            "{}: not seen from outside a gateway, or not compared by a probe",
+            fields.join(", ")
+        ));
     }
     Ok(out)
 }
@@ -183,6 +317,58 @@ mod tests {
             assert_eq!(e.status, Some(200));
             assert!(e.reaches_provider);
         }
+    }
+
+    /// Call counts are held where Switchback itself shows them one request at a time, and
+    /// reported unchecked where they depend on requests overlapping (eight at once meet
+    /// the 429 before the first cools it; one at a time, only the first does). What a probe
+    /// cannot see is listed too, so a green probe never claims it.
+    #[test]
+    fn call_counts_are_held_only_where_one_request_at_a_time_shows_them() {
+        let r = reference(&load("parity/fallback_to_deployment_id.yaml")).unwrap();
+        let totals = [("backup", 1), ("chat", 4), ("east", 0), ("west", 2)]
+            .map(|(h, n)| (h.to_string(), n))
+            .into();
+        assert_eq!(r.total_calls(Mode::NonStream), Some(&totals));
+        assert_eq!(r.total_calls(Mode::Stream), Some(&totals));
+
+        let r = reference(&load("cooldown/concurrent_requests.yaml")).unwrap();
+        assert_eq!(r.total_calls(Mode::Stream), None);
+        assert!(
+            r.unchecked
+                .iter()
+                .any(|u| u.starts_with("stream total_calls: expects 3 to `a` (one at a time: 1)")),
+            "{:?}",
+            r.unchecked
+        );
+        assert!(
+            r.unchecked
+                .iter()
+                .any(|u| u.starts_with("deployment: not seen")),
+            "{:?}",
+            r.unchecked
+        );
+
+        let mut counted = load("known_bug/midstream_429_key_fallbacks.yaml");
+        counted.requests[0].expect = Some(Expect {
+            calls: Some([("vertex".to_string(), 1), ("flash".to_string(), 1)].into()),
+            ..Expect::default()
+        });
+        let r = reference(&counted).unwrap();
+        assert_eq!(
+            r.stream[0].host_calls,
+            Some([("vertex".to_string(), 1), ("flash".to_string(), 1)].into())
+        );
+        counted.requests[0].expect.as_mut().unwrap().calls =
+            Some([("flash".to_string(), 2)].into());
+        let r = reference(&counted).unwrap();
+        assert_eq!(r.stream[0].host_calls, None);
+        assert!(
+            r.unchecked
+                .contains(&"r0.0 stream calls: expects 2 to `flash` (one at a time: 1); it depends on requests overlapping".to_string()),
+            "{:?}",
+            r.unchecked
+        );
     }
 
     /// A request's `stream:` or `non_stream:` block beats the fields both modes share, as

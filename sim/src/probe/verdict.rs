@@ -10,7 +10,7 @@
 //! `equivalent` is only said when something was exercised: both modes reached the providers
 //! the scenario reaches, every fault it relies on fired in both, and both meet its `expect`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use switchback::catalog::Catalog;
 
@@ -271,7 +271,8 @@ pub fn compare(n: &Observed, s: &Observed, naming: &Naming) -> Vec<String> {
     d
 }
 
-/// Where one mode falls short of the scenario's `expect` (status, content, provider calls).
+/// Where one mode falls short of the scenario's `expect` (status, content, provider calls in
+/// order and per host).
 pub fn expectation_misses(o: &Observed, e: &Expected) -> Vec<String> {
     let mut misses = Vec::new();
     let c = &o.client;
@@ -311,7 +312,28 @@ pub fn expectation_misses(o: &Observed, e: &Expected) -> Vec<String> {
             ));
         }
     }
+    for (host, want) in e.host_calls.iter().flatten() {
+        let got = o.calls.iter().filter(|(h, _)| h == host).count();
+        if got != *want as usize {
+            misses.push(format!("calls to {host}: expected {want}, got {got}"));
+        }
+    }
     misses
+}
+
+/// Where a whole mode's run falls short of the scenario's `total_calls`: `got` is what
+/// each provider host received in that mode, all requests together.
+pub fn total_calls_misses(
+    want: Option<&BTreeMap<String, u32>>,
+    got: &BTreeMap<String, u32>,
+) -> Vec<String> {
+    want.into_iter()
+        .flatten()
+        .filter_map(|(host, n)| {
+            let seen = got.get(host).copied().unwrap_or(0);
+            (seen != *n).then(|| format!("total_calls to {host}: expected {n}, got {seen}"))
+        })
+        .collect()
 }
 
 /// Why the answer `o` succeeded with is not what its serving provider call wrote (the last
@@ -401,6 +423,22 @@ pub fn judge(
         for f in faults {
             notes.push(format!("scripted fault never fired ({mode}): {f}"));
         }
+    }
+    // A count one mode reports and the other keeps quiet about is not a difference in the
+    // answer (a stream's headers leave before a later fallback), but a client reading it
+    // sees it, so it is shown.
+    match (n.fallbacks_header(), s.fallbacks_header()) {
+        (Some(count), None) | (None, Some(count)) if count != "0" => {
+            let (says, quiet) = if n.fallbacks_header().is_some() {
+                ("non_stream", "stream")
+            } else {
+                ("stream", "non_stream")
+            };
+            notes.push(format!(
+                "reported fallbacks: {says} reports {count}, {quiet} reports none"
+            ));
+        }
+        _ => {}
     }
     let differences = compare(n, s, naming);
     // A broken answer is no outcome (a timeout is judged below): the modes breaking prove
@@ -615,6 +653,7 @@ mod tests {
         let expected = Expected {
             faults: BTreeSet::new(),
             calls: None,
+            host_calls: None,
             status: None,
             content: None,
             reaches_provider: true,
@@ -800,6 +839,7 @@ mod tests {
                 ("vertex".into(), "lite".into()),
                 ("flash".into(), "flash".into()),
             ]),
+            host_calls: Some([("vertex".into(), 1), ("flash".into(), 1)].into()),
             status: Some(200),
             content: Some("The quick brown fox".into()),
             reaches_provider: true,
@@ -831,6 +871,49 @@ mod tests {
             None,
         );
         assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+
+        // Per-host counts (`expect.calls`) hold on their own, where the scenario does not
+        // state its attempts: the fallback called twice, in both modes alike, is no pass.
+        let counts_only = Expected {
+            calls: None,
+            ..expected.clone()
+        };
+        let mut twice = fault_then_fallback();
+        twice.insert(1, call("flash", "flash", "http 500", true));
+        let j = judge(
+            &ok("flash", "The quick brown fox", twice.clone()),
+            &streamed(&["flash"], &["The quick brown fox"], twice),
+            (&counts_only, &counts_only),
+            &naming(),
+            None,
+        );
+        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+        assert!(
+            j.reasons[0].contains("calls to flash: expected 1, got 2"),
+            "{j:?}"
+        );
+    }
+
+    /// A fallback count that one mode reports and the other does not is shown (it is no
+    /// difference in the answer: a stream's headers leave before a later fallback).
+    #[test]
+    fn a_fallback_count_only_one_mode_reports_is_noted() {
+        let e = Expected::default();
+        let mut n = ok("flash", "The quick brown fox", fault_then_fallback());
+        let s = streamed(&["flash"], &["The quick brown fox"], fault_then_fallback());
+        n.client
+            .headers
+            .insert("x-litellm-attempted-fallbacks".into(), "1".into());
+        let j = judge(&n, &s, (&e, &e), &naming(), None);
+        assert_eq!(j.verdict, Verdict::Equivalent, "{j:?}");
+        assert_eq!(
+            j.notes,
+            vec!["reported fallbacks: non_stream reports 1, stream reports none"]
+        );
+        n.client
+            .headers
+            .insert("x-litellm-attempted-fallbacks".into(), "0".into());
+        assert!(judge(&n, &s, (&e, &e), &naming(), None).notes.is_empty());
     }
 
     #[test]

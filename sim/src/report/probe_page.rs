@@ -138,6 +138,8 @@ mod tests {
             verdict: Verdict::Different,
             could_not_run: None,
             pairs: Vec::new(),
+            whole_run: Vec::new(),
+            unchecked: Vec::new(),
         };
         let html = super::super::page::render(&page_of_probe(
             &scenario,
