@@ -91,6 +91,11 @@ pub trait Delivery: Send {
     /// The attempt that failed is superseded: what it sent past its last content (a
     /// finish chunk, usage) is not the answer's end any more.
     fn restart(&mut self);
+    /// An answer that has begun failed, and the loop now waits on its own account until it
+    /// delivers again (a backoff or Retry-After, a continuation's connect and first byte,
+    /// or the end): a stream keeps its client's connection alive meanwhile, since the
+    /// client hears nothing of the wait. A provider's own silence is not this.
+    fn waiting(&mut self) {}
     /// The answer's end, after the loop and before its last event: whatever the delivery
     /// still holds (a stream's held finish chunk and `[DONE]`, or its error event). A client
     /// that goes here is gone as anywhere else: the request is `client_gone`, never
@@ -398,6 +403,7 @@ impl Run<'_> {
                     }
                 }
                 if self.commit.is_committed() {
+                    out.waiting();
                     if self.settings.mid_stream.value == MidStreamPolicy::Error {
                         return Err(Stop::Unserved(self.unserved(failure, &walk)));
                     }

@@ -14,9 +14,11 @@
 //! (which says `x-should-retry: false`) and retried twice: three times the upstream's time,
 //! 30 minutes before the client heard anything. A client can only shorten its own request
 //! this way, never lengthen it, and the time is the client's: a deployment cut by it is
-//! never counted as failing. The wait bounds only the response's beginning: the Python
-//! SDK's timeout is per read, so a stream that has begun is not cut by it, where a
-//! non-streaming answer, sent whole at its end, is bounded by it to the end.
+//! never counted as failing. The wait bounds only the response's beginning: openai-node's
+//! timer stops once the response's head has come, and openai-python's timeout is per read,
+//! so a stream that has begun is read chunk by chunk (a silence of the gateway's own there
+//! is broken by keep-alives, `limits.stream_keep_alive`, at most half this read timeout
+//! apart), where a non-streaming answer, sent whole at its end, is bounded by it to the end.
 
 use std::time::Duration;
 

@@ -58,6 +58,31 @@ pub struct StreamBounds {
     pub write_timeout: Duration,
     /// The request's deadline: no write waits past it.
     pub deadline: Instant,
+    /// How long the client may go without a byte while the gateway waits on its own
+    /// account after commit (see [`Delivery::waiting`]); `None`: no keep-alive.
+    pub keep_alive: Option<Duration>,
+}
+
+/// The shortest keep-alive interval, whatever read timeout a client advertises: a client
+/// that waits less than twice this for a byte is given one this often.
+pub const MIN_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+impl StreamBounds {
+    /// The keep-alive interval for a client: `limit` (`limits.stream_keep_alive`), and at
+    /// most half the read timeout the client advertised (`read_timeout`), so that a comment
+    /// reaches it before its timeout would fire; never below [`MIN_KEEP_ALIVE`]. Only
+    /// openai-python's read timeout bounds each read of a stream: openai-node's timeout
+    /// stops at the response's head, so it says nothing about the stream.
+    pub fn keep_alive_for(
+        limit: Option<Duration>,
+        read_timeout: Option<Duration>,
+    ) -> Option<Duration> {
+        let limit = limit?;
+        Some(match read_timeout {
+            Some(wait) => limit.min(wait / 2).max(MIN_KEEP_ALIVE),
+            None => limit,
+        })
+    }
 }
 
 /// Delivery for `stream: true`.
@@ -89,7 +114,7 @@ impl StreamDelivery {
         FrameReceiver,
     ) {
         let (start_tx, start_rx) = oneshot::channel();
-        let (body_tx, body_rx) = frames::channel(bounds.frames, bounds.bytes);
+        let (body_tx, body_rx) = frames::channel(bounds.frames, bounds.bytes, bounds.keep_alive);
         (
             StreamDelivery {
                 start: Some(start_tx),
@@ -319,6 +344,10 @@ impl Delivery for StreamDelivery {
     fn restart(&mut self) {
         let kept = self.held.restart();
         self.carried.extend(kept);
+    }
+
+    fn waiting(&mut self) {
+        self.body.hold();
     }
 }
 
@@ -627,6 +656,7 @@ mod tests {
             bytes: 1 << 16,
             write_timeout: Duration::from_secs(5),
             deadline: Instant::now() + Duration::from_secs(60),
+            keep_alive: None,
         };
         let (mut out, start, body) = StreamDelivery::new(include_usage, bounds);
         let head = CommitHead {
@@ -870,5 +900,26 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    /// The interval is the limit, or half the read timeout a client advertises when that
+    /// is sooner, never below the floor; off stays off.
+    #[test]
+    fn a_keep_alive_comes_twice_per_client_read_timeout_at_most() {
+        let s = Duration::from_secs;
+        assert_eq!(StreamBounds::keep_alive_for(Some(s(15)), None), Some(s(15)));
+        assert_eq!(
+            StreamBounds::keep_alive_for(Some(s(15)), Some(s(600))),
+            Some(s(15))
+        );
+        assert_eq!(
+            StreamBounds::keep_alive_for(Some(s(15)), Some(s(6))),
+            Some(s(3))
+        );
+        assert_eq!(
+            StreamBounds::keep_alive_for(Some(s(15)), Some(Duration::from_millis(500))),
+            Some(MIN_KEEP_ALIVE)
+        );
+        assert_eq!(StreamBounds::keep_alive_for(None, Some(s(6))), None);
     }
 }

@@ -118,6 +118,15 @@ pub struct Limits {
     pub client_write_timeout: f64,
     /// Bytes of SSE frames buffered between the attempt loop and a slow streaming client.
     pub stream_buffer_bytes: usize,
+    /// Seconds a stream that has begun may go without a byte while the gateway waits on its
+    /// own account (a backoff or Retry-After before the next attempt, a continuation's
+    /// connect and first byte) before it writes an SSE comment (`: keep-alive`, which SSE
+    /// clients and both official SDKs skip); also at most half the read timeout a client
+    /// advertises (`x-stainless-read-timeout`), and at least 1 s (`delivery::MIN_KEEP_ALIVE`).
+    /// openai-python's read timeout bounds every read, so without it a client gave up
+    /// mid-stream where the gateway would have finished. A provider's own silence mid-answer
+    /// is passed on as it is. 0 turns it off.
+    pub stream_keep_alive: f64,
     /// Connections accepted past `max_connections` only to be told 503 (or served
     /// `/health`); past this many more, a connection is closed at once.
     pub max_overflow_connections: usize,
@@ -199,6 +208,7 @@ impl Default for Limits {
             max_tool_calls: 128,
             client_write_timeout: 30.0,
             stream_buffer_bytes: 256 * 1024,
+            stream_keep_alive: 15.0,
             max_overflow_connections: 64,
             shutdown_grace: 30.0,
             max_request_fallbacks: 16,
@@ -234,6 +244,10 @@ impl Limits {
     }
     pub fn client_write_timeout(&self) -> Duration {
         secs(self.client_write_timeout)
+    }
+    /// `stream_keep_alive`, `None` when it is off.
+    pub fn stream_keep_alive(&self) -> Option<Duration> {
+        Some(secs(self.stream_keep_alive)).filter(|every| !every.is_zero())
     }
     pub fn shutdown_grace(&self) -> Duration {
         secs(self.shutdown_grace)
@@ -409,7 +423,7 @@ impl Limits {
 
     /// Every seconds limit, and whether zero is allowed (zero means "never wait" for the
     /// ones that allow it; a zero deadline or read timeout would refuse every request).
-    pub fn seconds(&self) -> [(&'static str, f64, bool); 11] {
+    pub fn seconds(&self) -> [(&'static str, f64, bool); 12] {
         [
             ("request_deadline", self.request_deadline, false),
             ("max_retry_after", self.max_retry_after, true),
@@ -418,6 +432,7 @@ impl Limits {
             ("body_timeout_grace", self.body_timeout_grace, true),
             ("max_cooldown", self.max_cooldown, true),
             ("client_write_timeout", self.client_write_timeout, false),
+            ("stream_keep_alive", self.stream_keep_alive, true),
             ("shutdown_grace", self.shutdown_grace, true),
             (
                 "upstream_pool_idle_timeout",

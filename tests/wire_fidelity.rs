@@ -109,6 +109,15 @@ async fn tool_calls_without_distinct_indexes_stay_apart() {
     }
 }
 
+/// Group `g` (host `up`) whose answer is continued by group `g2` (host `up2`), no retries.
+const CONTINUED_ON_G2: &str = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
+  - {model_name: g2, litellm_params: {model: openai/m2, api_base: "http://up2/v1"}, model_info: {id: d2}}
+router_settings: {num_retries: 0, mid_stream: continue, fallbacks: [{g: [g2]}]}
+"#;
+
 /// A group whose first attempt delivers `delivered` chunks and then resets, with a second
 /// deployment behind it.
 fn fails_after(delivered: Vec<Value>) -> (MemNet, Gw) {
@@ -139,16 +148,7 @@ fn fails_after_then(
         r
     });
     net.host("up2", continuation);
-    let gw = Gw::start(
-        r#"
-allow_anonymous: true
-model_list:
-  - {model_name: g, litellm_params: {model: openai/m, api_base: "http://up/v1"}, model_info: {id: d}}
-  - {model_name: g2, litellm_params: {model: openai/m2, api_base: "http://up2/v1"}, model_info: {id: d2}}
-router_settings: {num_retries: 0, mid_stream: continue, fallbacks: [{g: [g2]}]}
-"#,
-        &net,
-    );
+    let gw = Gw::start(CONTINUED_ON_G2, &net);
     (net, gw)
 }
 
@@ -1808,4 +1808,126 @@ async fn a_utf16_body_is_refused_naming_its_encoding_in_both_modes() {
         assert_eq!(v["error"]["type"], "invalid_request_error");
     }
     assert!(net.calls("up").is_empty());
+}
+
+/// Every frame of a streamed answer, with the time it reached the client.
+async fn timed_frames(
+    r: http::Response<hyper::body::Incoming>,
+) -> Vec<(std::time::Duration, String)> {
+    let start = tokio::time::Instant::now();
+    let mut body = r.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("the stream is not cut").into_data() {
+            out.push((start.elapsed(), String::from_utf8_lossy(&data).into_owned()));
+        }
+    }
+    out
+}
+
+/// The longest the client went without a byte, from the first frame to the last.
+fn longest_silence(frames: &[(std::time::Duration, String)]) -> std::time::Duration {
+    frames
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .max()
+        .unwrap_or_default()
+}
+
+// A stream that has begun goes quiet while the gateway waits on its own account after a
+// failure: a backoff, a Retry-After, a continuation's connect and first byte. openai-python's
+// read timeout bounds every read (httpx), so a client with `timeout=20` gave up there,
+// mid-stream, though the gateway would have finished the answer. The gateway now writes SSE
+// comments (`: keep-alive`, which both SDKs skip) while it waits, every
+// `limits.stream_keep_alive` and at least twice per read timeout the client advertises; a
+// provider's own silence is passed on as it is.
+#[tokio::test(start_paused = true)]
+async fn a_stream_is_kept_alive_while_the_gateway_waits_but_not_while_its_provider_thinks() {
+    use std::time::Duration;
+    let net = MemNet::new();
+    net.host("up", move |req| {
+        let (tx, r) = sse_channel();
+        let thinks = req.body["messages"][0]["content"] == "think";
+        tokio::spawn(async move {
+            let first = frame(&chunk_json(
+                "m",
+                json!({"role": "assistant", "content": "fre"}),
+                None,
+            ));
+            let _ = tx.send(Ok(first.into())).await;
+            // "think": the provider itself is silent for 40 s, then ends its answer.
+            tokio::time::sleep(
+                Duration::from_secs(if thinks { 40 } else { 0 }) + Duration::from_millis(10),
+            )
+            .await;
+            if thinks {
+                let rest = frame(&chunk_json("m", json!({"content": "sh"}), Some("stop")));
+                let _ = tx.send(Ok(format!("{rest}data: [DONE]\n\n").into())).await;
+            } else {
+                let _ = tx
+                    .send(Err(std::io::Error::from(
+                        std::io::ErrorKind::ConnectionReset,
+                    )))
+                    .await;
+            }
+        });
+        r
+    });
+    // The continuation's provider answers 40 s after it is called.
+    net.host_after("up2", Duration::from_secs(40), |_| {
+        sse_answer("m2", &["sh"])
+    });
+    let gw = Gw::start(CONTINUED_ON_G2, &net);
+    let ask = |content: &str, read_timeout: Option<&'static str>| {
+        let mut body = chat_body("g", true);
+        body["messages"][0]["content"] = json!(content);
+        let mut request = chat_request(None, &body);
+        if let Some(value) = read_timeout {
+            request.headers_mut().insert(
+                "x-stainless-read-timeout",
+                http::HeaderValue::from_static(value),
+            );
+        }
+        request
+    };
+    for (read_timeout, every) in [(None, 15u64), (Some("6"), 3)] {
+        let r = gw
+            .connect()
+            .await
+            .send_request(ask("continue me", read_timeout))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let frames = timed_frames(r).await;
+        let body: String = frames.iter().map(|(_, f)| f.as_str()).collect();
+        assert_eq!(streamed_text(&body), "fresh", "{body}");
+        let comments = frames.iter().filter(|(_, f)| f.starts_with(':')).count();
+        assert!(
+            comments as u64 >= 40 / every - 1,
+            "{read_timeout:?}: {comments} keep-alive(s) in a 40 s wait: {frames:?}"
+        );
+        for (_, f) in frames.iter().filter(|(_, f)| f.starts_with(':')) {
+            assert_eq!(f, ": keep-alive\n\n", "a whole SSE comment, between events");
+        }
+        assert!(
+            longest_silence(&frames) <= Duration::from_secs(every),
+            "{read_timeout:?}: the client went {:?} without a byte: {frames:?}",
+            longest_silence(&frames)
+        );
+    }
+    // The provider's own silence mid-answer is the provider's: passed on, not papered over.
+    let r = gw
+        .connect()
+        .await
+        .send_request(ask("think", None))
+        .await
+        .unwrap();
+    let frames = timed_frames(r).await;
+    let body: String = frames.iter().map(|(_, f)| f.as_str()).collect();
+    assert_eq!(streamed_text(&body), "fresh", "{body}");
+    assert!(
+        !body.contains(": keep-alive"),
+        "no keep-alive while the serving provider is silent: {frames:?}"
+    );
+    assert!(longest_silence(&frames) >= Duration::from_secs(40));
 }

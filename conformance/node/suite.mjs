@@ -22,11 +22,11 @@ const spec = JSON.parse(readFileSync(args.cases, 'utf8'));
 const tools = [spec.weather_tool];
 const version = JSON.parse(readFileSync(new URL('./node_modules/openai/package.json', import.meta.url), 'utf8')).version;
 
-function sdk(baseURL, apiKey, counter) {
+function sdk(baseURL, apiKey, counter, readTimeout) {
   return new OpenAI({
     baseURL,
     apiKey,
-    timeout: 30_000,
+    timeout: readTimeout ? readTimeout * 1000 : 30_000,
     maxRetries: 2,
     fetch: (url, init) => {
       counter.n += 1;
@@ -211,8 +211,10 @@ for (const kase of spec.cases) {
   const [host, directModel] = kase.direct;
   const dc = { n: 0 };
   const gc = { n: 0 };
-  const direct = sdk(fakes[host], 'sk-direct', dc);
-  const gateway = (kase.client === 'azure' ? azureSdk : sdk)(args.gateway, args.key, gc);
+  const direct = sdk(fakes[host], 'sk-direct', dc, kase.read_timeout);
+  const gateway = kase.client === 'azure'
+    ? azureSdk(args.gateway, args.key, gc)
+    : sdk(args.gateway, args.key, gc, kase.read_timeout);
   const row = { feature: kase.feature, modes: {}, direct_failures: [] };
   for (const mode of kase.modes) {
     const d = await outcome(direct, dc, kase, kase.direct_mode ?? mode, directModel);

@@ -31,11 +31,11 @@ class Counter:
         self.n += 1
 
 
-def client(base_url, key, counter):
+def client(base_url, key, counter, read_timeout=None):
     return openai.OpenAI(
         base_url=base_url,
         api_key=key,
-        timeout=30.0,
+        timeout=httpx2.Timeout(30.0, read=read_timeout) if read_timeout else 30.0,
         max_retries=2,
         http_client=httpx2.Client(event_hooks={"request": [counter.hook]}),
     )
@@ -225,9 +225,12 @@ def main():
     for case in spec["cases"]:
         host, direct_model = case["direct"]
         dc, gc = Counter(), Counter()
-        direct_sdk = client(fakes[host], "sk-direct", dc)
-        make = azure_client if case.get("client") == "azure" else client
-        gateway_sdk = make(a.gateway, a.key, gc)
+        read_timeout = case.get("read_timeout")
+        direct_sdk = client(fakes[host], "sk-direct", dc, read_timeout)
+        if case.get("client") == "azure":
+            gateway_sdk = azure_client(a.gateway, a.key, gc)
+        else:
+            gateway_sdk = client(a.gateway, a.key, gc, read_timeout)
         row = {"feature": case["feature"], "modes": {}, "direct_failures": []}
         for mode in case["modes"]:
             d = outcome(direct_sdk, dc, case, case.get("direct_mode", mode), direct_model, tools)

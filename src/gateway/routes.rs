@@ -919,6 +919,14 @@ async fn serve_admitted(
             bytes: limits.stream_buffer_bytes,
             write_timeout,
             deadline: admitted.admitted_at + limits.request_deadline(),
+            keep_alive: StreamBounds::keep_alive_for(
+                limits.stream_keep_alive(),
+                admitted
+                    .client_timeout
+                    .as_ref()
+                    .filter(|t| t.header == crate::client_timeout::READ_TIMEOUT)
+                    .map(|t| t.wait),
+            ),
         };
         stream(engine, admitted, bounds, held).await
     } else {
