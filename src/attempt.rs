@@ -1037,7 +1037,12 @@ impl Run<'_> {
                         verdict => verdict,
                     };
                     match verdict {
-                        Seam::Hold => continue,
+                        // The client hears nothing while the seam is undecided: a wait of
+                        // the gateway's own, as the continuation's first byte was.
+                        Seam::Hold => {
+                            out.waiting();
+                            continue;
+                        }
                         Seam::Release => {
                             seam = None;
                             for c in std::mem::take(&mut at_seam) {

@@ -70,7 +70,8 @@ pub const MIN_KEEP_ALIVE: Duration = Duration::from_secs(1);
 impl StreamBounds {
     /// The keep-alive interval for a client: `limit` (`limits.stream_keep_alive`), and at
     /// most half the read timeout the client advertised (`read_timeout`), so that a comment
-    /// reaches it before its timeout would fire; never below [`MIN_KEEP_ALIVE`]. Only
+    /// reaches it before its timeout would fire; never below [`MIN_KEEP_ALIVE`], whatever
+    /// either says (a limit of a microsecond would be a comment per timer tick). Only
     /// openai-python's read timeout bounds each read of a stream: openai-node's timeout
     /// stops at the response's head, so it says nothing about the stream.
     pub fn keep_alive_for(
@@ -78,10 +79,11 @@ impl StreamBounds {
         read_timeout: Option<Duration>,
     ) -> Option<Duration> {
         let limit = limit?;
-        Some(match read_timeout {
-            Some(wait) => limit.min(wait / 2).max(MIN_KEEP_ALIVE),
+        let every = match read_timeout {
+            Some(wait) => limit.min(wait / 2),
             None => limit,
-        })
+        };
+        Some(every.max(MIN_KEEP_ALIVE))
     }
 }
 
@@ -319,6 +321,9 @@ impl Delivery for StreamDelivery {
     }
 
     async fn chunk(&mut self, chunk: Chunk) -> Result<(), ClientGone> {
+        // The answer goes on: a silence from here is its provider's, even where this chunk
+        // is held back rather than sent.
+        self.body.unhold();
         if !self.carried.is_empty() {
             // Boxed: only after a restart; unboxed, every chunk's future would carry it.
             Box::pin(self.send_carried()).await?;
@@ -921,5 +926,9 @@ mod tests {
             Some(MIN_KEEP_ALIVE)
         );
         assert_eq!(StreamBounds::keep_alive_for(None, Some(s(6))), None);
+        assert_eq!(
+            StreamBounds::keep_alive_for(Some(Duration::from_micros(1)), None),
+            Some(MIN_KEEP_ALIVE)
+        );
     }
 }

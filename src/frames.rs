@@ -150,8 +150,8 @@ pub struct FrameSender {
 impl FrameSender {
     /// Hands `frame` over, waiting for room until `until` at the latest. Ends a hold.
     pub async fn send(&self, frame: Bytes, until: Instant) -> Result<(), SendError> {
-        // Release: a body that sees the hold over sees it with this frame on its way.
-        self.holding.now.store(false, Ordering::Release);
+        // A body that sees the hold over sees it with this frame on its way.
+        self.unhold();
         let cost = cost(&frame, self.max_bytes);
         let handover = async {
             let permit = tokio::select! {
@@ -179,8 +179,17 @@ impl FrameSender {
     /// continuation's connect and first byte): the body keeps the client's connection alive
     /// meanwhile, when it has a keep-alive interval.
     pub fn hold(&self) {
-        self.holding.now.store(true, Ordering::Release);
-        self.holding.changed.notify_one();
+        // Only a hold that begins wakes the body: one that goes on changes nothing it
+        // waits for.
+        if !self.holding.now.swap(true, Ordering::AcqRel) {
+            self.holding.changed.notify_one();
+        }
+    }
+
+    /// Ends a hold without a frame: the answer goes on, and what comes of it is not the
+    /// gateway's own wait (a chunk the delivery holds back, such as a finish).
+    pub fn unhold(&self) {
+        self.holding.now.store(false, Ordering::Release);
     }
 
     /// Resolves when the receiver is gone (the client closed its connection).

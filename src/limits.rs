@@ -120,9 +120,10 @@ pub struct Limits {
     pub stream_buffer_bytes: usize,
     /// Seconds a stream that has begun may go without a byte while the gateway waits on its
     /// own account (a backoff or Retry-After before the next attempt, a continuation's
-    /// connect and first byte) before it writes an SSE comment (`: keep-alive`, which SSE
-    /// clients and both official SDKs skip); also at most half the read timeout a client
-    /// advertises (`x-stainless-read-timeout`), and at least 1 s (`delivery::MIN_KEEP_ALIVE`).
+    /// connect and first byte, a continuation's text held at its seam) before it writes an
+    /// SSE comment (`: keep-alive`, which SSE clients and both official SDKs skip); also at
+    /// most half the read timeout a client advertises (`x-stainless-read-timeout`); never
+    /// below 1 s (`delivery::MIN_KEEP_ALIVE`), whatever either says.
     /// openai-python's read timeout bounds every read, so without it a client gave up
     /// mid-stream where the gateway would have finished. A provider's own silence mid-answer
     /// is passed on as it is. 0 turns it off.

@@ -1873,9 +1873,25 @@ async fn a_stream_is_kept_alive_while_the_gateway_waits_but_not_while_its_provid
         });
         r
     });
-    // The continuation's provider answers 40 s after it is called.
-    net.host_after("up2", Duration::from_secs(40), |_| {
-        sse_answer("m2", &["sh"])
+    // The continuation's provider answers 40 s after it is called; asked to continue
+    // "ends", it ends the answer at once and then is silent for 40 s before its `[DONE]`.
+    net.host("up2", |req| {
+        let (tx, r) = sse_channel();
+        let ends = req.body["messages"][0]["content"] == "ends";
+        tokio::spawn(async move {
+            if ends {
+                let end = frame(&chunk_json("m2", json!({}), Some("stop")));
+                let _ = tx.send(Ok(end.into())).await;
+            }
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            let rest = if ends {
+                String::new()
+            } else {
+                frame(&chunk_json("m2", json!({"content": "sh"}), Some("stop")))
+            };
+            let _ = tx.send(Ok(format!("{rest}data: [DONE]\n\n").into())).await;
+        });
+        r
     });
     let gw = Gw::start(CONTINUED_ON_G2, &net);
     let ask = |content: &str, read_timeout: Option<&'static str>| {
@@ -1930,4 +1946,19 @@ async fn a_stream_is_kept_alive_while_the_gateway_waits_but_not_while_its_provid
         "no keep-alive while the serving provider is silent: {frames:?}"
     );
     assert!(longest_silence(&frames) >= Duration::from_secs(40));
+    // Once the continuation has begun (here with the answer's finish, which the gateway
+    // holds back for its metadata), the silence is its provider's too.
+    let r = gw
+        .connect()
+        .await
+        .send_request(ask("ends", None))
+        .await
+        .unwrap();
+    let frames = timed_frames(r).await;
+    let body: String = frames.iter().map(|(_, f)| f.as_str()).collect();
+    assert_eq!(streamed_text(&body), "fre", "{body}");
+    assert!(
+        !body.contains(": keep-alive"),
+        "no keep-alive once the continuation has begun: {frames:?}"
+    );
 }
