@@ -102,7 +102,12 @@ pub async fn start_fakes(
         };
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
         let addr = listener.0.local_addr()?;
-        let fake = Fake::with_order(p.clone(), sink.clone(), order.clone());
+        let fake = Fake::with_order(
+            p.clone(),
+            sink.clone(),
+            order.clone(),
+            scenario.continuation_prompt(),
+        );
         if record_calls == RecordCalls::No {
             fake.stop_recording();
         }

@@ -793,6 +793,15 @@ impl Expect {
 pub type ScenarioError = YamlError;
 
 impl Scenario {
+    /// The instruction the scenario's gateway ends a continuation request with.
+    pub fn continuation_prompt(&self) -> &str {
+        self.gateway
+            .router_settings
+            .continuation_prompt
+            .as_deref()
+            .unwrap_or(switchback::catalog::DEFAULT_CONTINUATION_PROMPT)
+    }
+
     pub fn load_file(path: &Path) -> Result<Scenario, ScenarioError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| YamlError {

@@ -372,7 +372,12 @@ pub fn run_in(
     // providers in the order they came (a continuation's prefix from the calls before it).
     let order = Arc::default();
     for provider in &scenario.providers {
-        let fake = Fake::with_order(provider.clone(), sink.clone(), Arc::clone(&order));
+        let fake = Fake::with_order(
+            provider.clone(),
+            sink.clone(),
+            Arc::clone(&order),
+            scenario.continuation_prompt(),
+        );
         fakes.push(fake.clone());
         let port = provider.port;
         let net = net.clone();
