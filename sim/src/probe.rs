@@ -664,12 +664,7 @@ pub fn report(scenario: &Scenario, run: &ProbeRun) -> String {
             "\nthe whole run: expect not met ({miss}), so the modes' agreement proves nothing"
         );
     }
-    if !run.unchecked.is_empty() {
-        let _ = writeln!(out, "\nnot checked by this probe:");
-        for line in &run.unchecked {
-            let _ = writeln!(out, "  {line}");
-        }
-    }
+    unchecked_lines(&mut out, &run.unchecked);
     let count = |v: Verdict| {
         run.pairs
             .iter()
@@ -692,6 +687,17 @@ pub fn report(scenario: &Scenario, run: &ProbeRun) -> String {
         run.verdict.exit_code()
     );
     out
+}
+
+/// What the scenario expects that the probe did not check ([`Reference::unchecked`]), as a
+/// report's closing block: nothing when it checked everything.
+pub fn unchecked_lines(out: &mut String, unchecked: &[String]) {
+    if !unchecked.is_empty() {
+        let _ = writeln!(out, "\nnot checked by this probe:");
+        for line in unchecked {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
 }
 
 /// The `calls` rows of a side-by-side report: `a`'s and `b`'s call lines next to each

@@ -89,6 +89,8 @@ pub struct DiffRun {
     pub sides: [Side; 2],
     pub rows: Vec<DiffRow>,
     pub could_not_run: Option<String>,
+    /// What the scenario expects that neither gateway was held to ([`Reference::unchecked`]).
+    pub unchecked: Vec<String>,
 }
 
 impl DiffRun {
@@ -254,6 +256,7 @@ pub async fn differential(
                 sides: sides.clone(),
                 rows: Vec::new(),
                 could_not_run: Some(format!("gateway {}: {e}", side.label)),
+                unchecked: Vec::new(),
             };
         }
     }
@@ -297,6 +300,18 @@ pub async fn differential(
     DiffRun {
         sides,
         could_not_run: nothing_compared(&all, reference),
+        unchecked: {
+            let mut unchecked = reference.unchecked.clone();
+            if reference.non_stream_total_calls.is_some() || reference.stream_total_calls.is_some()
+            {
+                unchecked.push(
+                    "total_calls: the gateways' calls are compared with each other, call by \
+                     call, not with the scenario's totals"
+                        .into(),
+                );
+            }
+            unchecked
+        },
         rows: all,
     }
 }
@@ -424,6 +439,7 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
             let _ = writeln!(out, "  not judged: {why}");
         }
     }
+    super::unchecked_lines(&mut out, &run.unchecked);
     let same = run.rows.iter().filter(|r| r.differences.is_empty()).count();
     let _ = writeln!(
         out,
@@ -552,6 +568,7 @@ mod tests {
             }),
             rows,
             could_not_run: None,
+            unchecked: Vec::new(),
         };
         let cut = run(vec![
             row(&a, &b, Some("the pause was cut")),
@@ -592,6 +609,17 @@ mod tests {
         .unwrap();
         let report = report(&scenario, &hidden);
         assert!(report.contains("differs: "), "{report}");
+        assert!(!report.contains("not checked by this probe"), "{report}");
+        let unchecked = DiffRun {
+            unchecked: vec!["events: not seen from outside a gateway".into()],
+            ..hidden.clone()
+        };
+        let report = super::report(&scenario, &unchecked);
+        assert!(
+            report
+                .contains("not checked by this probe:\n  events: not seen from outside a gateway"),
+            "{report}"
+        );
         let alone = nothing(vec![row(&a, &a, None)]);
         assert_eq!(alone.verdict(), DiffVerdict::CouldNotRun);
         assert_eq!(
