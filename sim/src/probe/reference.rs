@@ -29,6 +29,10 @@ pub struct Expected {
     /// shows them: otherwise they depend on requests overlapping, which a probe never does
     /// (see [`Reference::unchecked`]).
     pub host_calls: Option<BTreeMap<String, u32>>,
+    /// How many provider calls the request makes in all (`expect.attempt_count`), where
+    /// Switchback's own run one request at a time makes one call per attempt: an attempt
+    /// that calls no provider (a `mock_testing_*` flag's) is not seen from outside.
+    pub call_count: Option<usize>,
     /// The status the client must see (an error event's, for a stream that failed).
     pub status: Option<u16>,
     /// The text the client must end up with.
@@ -76,6 +80,7 @@ pub const CHECKED_FIELDS: &[&str] = &[
     "status",
     "content",
     "attempts",
+    "attempt_count",
     "calls",
     "total_calls",
     "equivalent",
@@ -84,7 +89,7 @@ pub const CHECKED_FIELDS: &[&str] = &[
 ];
 
 /// The fields of `expect` (and of its mode blocks) that a probe does not check, in the
-/// order they first appear: the gateway's own vocabulary (`attempt_count`, `events`,
+/// order they first appear: the gateway's own vocabulary (`events`, `retries`,
 /// `limits`, `deployment`, `headers`...), which another gateway does not share, or what a
 /// probe does not compare (`usage`, `model`, `passthrough`...).
 fn unchecked_fields<'a>(expects: impl IntoIterator<Item = &'a Expect>) -> Vec<String> {
@@ -236,8 +241,22 @@ pub fn reference(scenario: &Scenario) -> Result<Reference, String> {
                 ));
                 None
             });
+            let call_count = expect.attempt_count.and_then(|n| {
+                if calls.len() == n as usize {
+                    return Some(calls.len());
+                }
+                out.unchecked.push(format!(
+                    "{} attempt_count: expects {n} attempt(s), which make {} provider call(s) \
+                     one request at a time (an attempt that calls no provider is not seen \
+                     from outside)",
+                    label(r),
+                    calls.len()
+                ));
+                None
+            });
             expected.push(Expected {
                 host_calls,
+                call_count,
                 faults: calls
                     .iter()
                     .filter(|(_, c)| c.fault_fired)
@@ -366,6 +385,26 @@ mod tests {
         assert!(
             r.unchecked
                 .contains(&"r0.0 stream calls: expects 2 to `flash` (one at a time: 1); it depends on requests overlapping".to_string()),
+            "{:?}",
+            r.unchecked
+        );
+        // `attempt_count` is held as a number of provider calls where that is what it is.
+        assert_eq!(
+            reference(&load("retries/retry_after_honoured.yaml"))
+                .unwrap()
+                .stream[0]
+                .call_count,
+            Some(2)
+        );
+        // A mock flag's attempt calls no provider: two attempts, one call, not held.
+        let mut mocked = load("known_bug/key_level_fallbacks_stream.yaml");
+        mocked.expect.attempt_count = Some(2);
+        let r = reference(&mocked).unwrap();
+        assert_eq!(r.stream[0].call_count, None);
+        assert!(
+            r.unchecked.iter().any(|u| u.starts_with(
+                "r0.0 stream attempt_count: expects 2 attempt(s), which make 1 provider call(s)"
+            )),
             "{:?}",
             r.unchecked
         );

@@ -312,6 +312,14 @@ pub fn expectation_misses(o: &Observed, e: &Expected) -> Vec<String> {
             ));
         }
     }
+    if let Some(want) = e.call_count {
+        if o.calls.len() != want {
+            misses.push(format!(
+                "provider calls: expected {want} (attempt_count), got {}",
+                o.calls.len()
+            ));
+        }
+    }
     for (host, want) in e.host_calls.iter().flatten() {
         let got = o.calls.iter().filter(|(h, _)| h == host).count();
         if got != *want as usize {
@@ -654,6 +662,7 @@ mod tests {
             faults: BTreeSet::new(),
             calls: None,
             host_calls: None,
+            call_count: None,
             status: None,
             content: None,
             reaches_provider: true,
@@ -840,6 +849,7 @@ mod tests {
                 ("flash".into(), "flash".into()),
             ]),
             host_calls: Some([("vertex".into(), 1), ("flash".into(), 1)].into()),
+            call_count: Some(2),
             status: Some(200),
             content: Some("The quick brown fox".into()),
             reaches_provider: true,
@@ -876,13 +886,14 @@ mod tests {
         // state its attempts: the fallback called twice, in both modes alike, is no pass.
         let counts_only = Expected {
             calls: None,
+            call_count: None,
             ..expected.clone()
         };
         let mut twice = fault_then_fallback();
         twice.insert(1, call("flash", "flash", "http 500", true));
         let j = judge(
             &ok("flash", "The quick brown fox", twice.clone()),
-            &streamed(&["flash"], &["The quick brown fox"], twice),
+            &streamed(&["flash"], &["The quick brown fox"], twice.clone()),
             (&counts_only, &counts_only),
             &naming(),
             None,
@@ -890,6 +901,23 @@ mod tests {
         assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
         assert!(
             j.reasons[0].contains("calls to flash: expected 1, got 2"),
+            "{j:?}"
+        );
+        // So does `attempt_count`, as a number of provider calls.
+        let count_only = Expected {
+            calls: None,
+            host_calls: None,
+            ..expected.clone()
+        };
+        let j = judge(
+            &ok("flash", "The quick brown fox", twice.clone()),
+            &streamed(&["flash"], &["The quick brown fox"], twice.clone()),
+            (&count_only, &count_only),
+            &naming(),
+            None,
+        );
+        assert!(
+            j.reasons[0].contains("provider calls: expected 2 (attempt_count), got 3"),
             "{j:?}"
         );
     }
