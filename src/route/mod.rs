@@ -42,6 +42,10 @@ pub enum GiveUp {
     /// The failure may only be retried on a deployment of the tier this request has not
     /// tried in the group yet ([`Failure::retry_elsewhere_only`]), and none is healthy.
     NoOtherDeployment,
+    /// The failure asked for a wait (a Retry-After) before its deployment, not cooled, is
+    /// called again, and a higher `order` tier of the group has a healthy deployment that
+    /// may take the request now: the tier gives way rather than wait.
+    HealthyTierAbove(Duration),
 }
 
 impl GiveUp {
@@ -53,6 +57,7 @@ impl GiveUp {
             GiveUp::PastDeadline => "past_deadline",
             GiveUp::AllCooling(_) => "all_cooling",
             GiveUp::NoOtherDeployment => "no_other_deployment",
+            GiveUp::HealthyTierAbove(_) => "healthy_tier_above",
         }
     }
 }
@@ -172,11 +177,20 @@ pub fn plan_retry(
             Choice::After(_, wait) => RetryDecision::GiveUp(GiveUp::AllCooling(wait)),
         };
     }
+    let higher_tier_healthy = || {
+        cx.order_fallback_possible
+            && select::has_healthy(catalog, cx.group, Tiers::Above(cx.tier), book, cx.now)
+    };
     let (deployment, delay) = match choice {
         // The deployment that asked for a wait was not cooled (the only one of its group,
-        // see `cooldown::may_cool`): its Retry-After is honoured all the same.
+        // see `cooldown::may_cool`, or one still within `allowed_fails`) and is the only
+        // healthy one of its tier: its Retry-After is honoured all the same, unless a
+        // healthy higher tier may take the request now, as when the failure cooled it.
         Choice::Now(d) if cx.tried.last() == Some(&d) && cx.failure.retry_after.is_some() => {
             let wait = cx.failure.retry_after.expect("checked");
+            if higher_tier_healthy() {
+                return RetryDecision::GiveUp(GiveUp::HealthyTierAbove(wait));
+            }
             if wait > cx.max_wait {
                 return RetryDecision::GiveUp(GiveUp::WaitTooLong(wait));
             }
@@ -184,9 +198,7 @@ pub fn plan_retry(
         }
         Choice::Now(d) => (d, jitter),
         Choice::After(d, wait) => {
-            let higher_tier_healthy = cx.order_fallback_possible
-                && select::has_healthy(catalog, cx.group, Tiers::Above(cx.tier), book, cx.now);
-            if cx.failure.retry_after.is_none() || higher_tier_healthy {
+            if cx.failure.retry_after.is_none() || higher_tier_healthy() {
                 return RetryDecision::GiveUp(GiveUp::AllCooling(wait));
             }
             if wait > cx.max_wait {
