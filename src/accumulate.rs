@@ -330,11 +330,12 @@ impl ToolCalls {
             None => self.calls.len().checked_sub(1),
         };
         match (current, id) {
+            // An empty id is none yet: the id that comes later is the same call's.
             (Some(c), Some(id))
                 if self.calls[c]
                     .get("id")
                     .and_then(Value::as_str)
-                    .is_some_and(|existing| existing != id) =>
+                    .is_some_and(|existing| !existing.is_empty() && existing != id) =>
             {
                 None
             }
@@ -392,8 +393,10 @@ fn merge_field<'d>(
         }
         if SET_ONCE.contains(&key) {
             // Tags of a discriminated union follow the latest delta (as the SDKs do);
-            // identifiers and names are the first one's.
-            if matches!(key, "type" | "index" | "format") {
+            // identifiers and names are the first one's that is not empty (an empty one is
+            // none yet, as both SDKs read it).
+            let unset = existing.as_str().is_some_and(str::is_empty);
+            if matches!(key, "type" | "index" | "format") || unset {
                 at.replaced();
                 *existing = value.clone();
             }
@@ -467,10 +470,14 @@ fn merge_content_parts<'d>(existing: &mut Value, value: &'d Value, at: &mut At<'
     }
 }
 
-/// Merges a choice-level state field: a null changes nothing, objects merge field by field,
-/// anything else replaces what was there.
+/// Merges a choice-level state field: a null changes nothing, nor does an empty
+/// `finish_reason` (after a real one, as the SDKs read it: they take a truthy one; other
+/// fields' empty strings are values, such as Together's last `text`), objects merge field
+/// by field, anything else replaces what was there.
 fn merge_state(into: &mut Map<String, Value>, key: &str, value: &Value) {
-    if value.is_null() && field(into, key).is_some() {
+    let nothing =
+        value.is_null() || (key == "finish_reason" && value.as_str().is_some_and(str::is_empty));
+    if nothing && field(into, key).is_some() {
         return;
     }
     match (field_mut(into, key), value) {
@@ -735,6 +742,35 @@ mod tests {
             ])
         );
         assert_eq!(a.choices()[0]["message"]["content"], Value::Null);
+    }
+
+    /// An empty `id` or function `name` is no id or name yet: the one that comes later is
+    /// the call's, as both SDKs take it (Python joins `""` and the id; node takes a truthy
+    /// one). It was kept, and the later id with a name started a second call. Nor does an
+    /// empty `finish_reason` undo a real one, which the SDKs keep (they take a truthy one).
+    #[test]
+    fn an_empty_id_name_or_finish_reason_is_none_yet() {
+        let mut a = acc(&[
+            delta(
+                0,
+                json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "", "type": "function", "function": {"name": "", "arguments": ""}}]}),
+            ),
+            delta(
+                0,
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get_weather", "arguments": "{}"}}]}),
+            ),
+        ]);
+        assert_eq!(
+            a.choices()[0]["message"]["tool_calls"],
+            json!([{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}])
+        );
+        a.push(&object(
+            &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        ));
+        a.push(&object(
+            &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": ""}], "usage": {"total_tokens": 3}}),
+        ));
+        assert_eq!(a.choices()[0]["finish_reason"], "tool_calls");
     }
 
     #[test]

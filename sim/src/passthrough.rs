@@ -615,8 +615,11 @@ fn accumulate(into: &mut Map<String, Value>, key: &str, value: &Value) {
         (_, Value::Null) => {}
         (e @ Value::Null, v) => *e = v.clone(),
         (Value::String(a), Value::String(b)) => {
+            // An empty id or name is none yet: the first one that is not is the answer's.
             if !matches!(key, "id" | "type" | "name" | "role" | "object" | "model") {
                 a.push_str(b);
+            } else if a.is_empty() {
+                a.clone_from(b);
             }
         }
         (Value::Object(a), Value::Object(b)) => {
@@ -640,7 +643,12 @@ fn accumulate(into: &mut Map<String, Value>, key: &str, value: &Value) {
                 let target = a.iter_mut().rev().find(|c| {
                     let same_index =
                         index.is_none_or(|i| c.get("index").and_then(Value::as_u64) == Some(i));
-                    let same_id = id.is_none_or(|i| c.get("id").and_then(Value::as_str) == Some(i));
+                    // A call with no id yet (or an empty one) is the same call.
+                    let same_id = id.is_none_or(|i| {
+                        c.get("id")
+                            .and_then(Value::as_str)
+                            .is_none_or(|e| e.is_empty() || e == i)
+                    });
                     same_index && same_id
                 });
                 match (target, call) {
