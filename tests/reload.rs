@@ -343,6 +343,87 @@ router_settings: {allowed_fails: 0, cooldown_time: 300}
     assert!(!next.view(3, later).is_cooling(DeploymentId(0), later));
 }
 
+/// A cooldown carried over is one the new config could have set: a deployment left alone
+/// in its group (which LiteLLM's lone-deployment rule never cools for a 503 or a 429) or
+/// given a `cooldown_time` of 0 (never cooled) is not kept cooling by the old config's
+/// verdict, which would refuse every request to its group until it ran out (300 s here,
+/// found in review); a cooldown the new config would set too (an auth failure's) stays.
+#[test]
+fn a_carried_cooldown_is_one_the_new_config_could_have_set() {
+    use switchback::catalog::DeploymentId;
+    use switchback::classify::{Failure, FailureClass};
+    use switchback::route::cooldown::CooldownBook;
+    let catalog = |yaml: &str| Catalog::new(&config(yaml)).unwrap();
+    let v1 = catalog(
+        r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: m, api_base: "http://provider-a/v1"}, model_info: {id: a}}
+  - {model_name: g, litellm_params: {model: m, api_base: "http://provider-b/v1"}, model_info: {id: b}}
+router_settings: {allowed_fails: 0, cooldown_time: 300}
+"#,
+    );
+    let alone = catalog(
+        r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: m, api_base: "http://provider-a/v1"}, model_info: {id: a}}
+router_settings: {allowed_fails: 0, cooldown_time: 300}
+"#,
+    );
+    let never = catalog(
+        r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: m, api_base: "http://provider-a/v1", cooldown_time: 0}, model_info: {id: a}}
+  - {model_name: g, litellm_params: {model: m, api_base: "http://provider-b/v1"}, model_info: {id: b}}
+router_settings: {allowed_fails: 0, cooldown_time: 300}
+"#,
+    );
+    let now = tokio::time::Instant::now();
+    let later = now + Duration::from_secs(1);
+    // Right after the failure (its effect not yet settled into the shared health), or
+    // later (settled).
+    let cooled_by = |class: FailureClass, settled: bool| {
+        let mut book = CooldownBook::for_catalog(&v1);
+        let f = Failure::new(class, "from provider-a");
+        assert!(
+            book.record_failure(DeploymentId(0), &f, now, &v1.settings, 1)
+                .is_some(),
+            "provider-a cooled by {class:?}"
+        );
+        if settled {
+            book.settle(now + Duration::from_millis(1));
+        }
+        book
+    };
+    let cooling = |book: &CooldownBook, to: &Catalog| {
+        let (next, carried) = book.carried_over(&v1, to);
+        assert_eq!(carried[0], Some(DeploymentId(0)), "a is carried over");
+        next.view(3, later).is_cooling(DeploymentId(0), later)
+    };
+    for settled in [false, true] {
+        let transient = cooled_by(FailureClass::Transient, settled);
+        assert!(
+            !cooling(&transient, &alone),
+            "alone now: a 503 never cools it ({settled})"
+        );
+        assert!(
+            !cooling(&transient, &never),
+            "cooldown_time 0: never cooled ({settled})"
+        );
+        assert!(
+            cooling(&transient, &v1),
+            "the same config keeps it ({settled})"
+        );
+        let auth = cooled_by(FailureClass::Auth, settled);
+        assert!(
+            cooling(&auth, &alone),
+            "an auth failure cools a lone deployment too ({settled})"
+        );
+    }
+}
+
 /// Swapping two deployments' `api_base`s keeps their default ids and their order: the
 /// old book must not be shared whole, or each upstream gets the other's health.
 #[tokio::test]

@@ -58,6 +58,9 @@ use crate::classify::{CoolDown, Failure, FailureClass};
 struct Health {
     consecutive_fails: u32,
     cooled_until: Option<Instant>,
+    /// The class of the failure that set `cooled_until` (the longest cooldown's): whether a
+    /// reload's new rules would have cooled the deployment at all ([`may_cool`]).
+    cooled_for: Option<FailureClass>,
     /// Successes and failures of "the current minute" (`cooldown_by_failure_rate`).
     minute_successes: Lapsing,
     minute_fails: Lapsing,
@@ -228,7 +231,10 @@ fn combine<'e>(h: &mut Health, at: Instant, effects: impl Iterator<Item = &'e Ef
     let caused = caused.filter(|(duration, _)| !duration.is_zero())?;
     let until = at + caused.0;
     // A later cooldown never shortens an earlier, longer one.
-    h.cooled_until = Some(h.cooled_until.map_or(until, |u| u.max(until)));
+    if h.cooled_until.is_none_or(|u| until >= u) {
+        h.cooled_until = Some(until);
+        h.cooled_for = Some(caused.1);
+    }
     Some(caused)
 }
 
@@ -286,8 +292,10 @@ impl CooldownBook {
     /// settled and cooldowns not yet reported. A reload that adds, removes or reorders
     /// deployments so does not forget which of the others are cooling; a default id
     /// (`g#2`) that now names another upstream does not hand it the health of the one
-    /// it named before. `carried[d]` is where `d` came from, for every deployment of
-    /// `catalog`.
+    /// it named before. A cooldown `catalog` could not have set is dropped: one of a
+    /// deployment now alone in its group for a failure the lone-deployment rule never cools
+    /// for, or of one whose own `cooldown_time` is now 0. `carried[d]` is where `d` came
+    /// from, for every deployment of `catalog`.
     ///
     /// [`DeploymentSpec::is_same_upstream`]: crate::catalog::DeploymentSpec::is_same_upstream
     pub fn carried_over(
@@ -313,16 +321,52 @@ impl CooldownBook {
                 .position(|c| *c == Some(from))
                 .map(|i| DeploymentId(i as u32))
         };
+        // A cooldown the new config could not have set is not kept, nor one still to come
+        // from an effect not yet settled: a deployment now alone in its group (the
+        // lone-deployment rule) or now never cooled (its own `cooldown_time` of 0) would
+        // refuse its group's requests on the old config's word until it ran out.
+        let settings = &catalog.settings;
+        let unfit = |d: usize, from: DeploymentId, class: FailureClass| {
+            let never = book.own_cooldown[d].is_some_and(|c| c.is_zero());
+            let became_lone = book.lone[d] && !self.lone[from.0 as usize];
+            never
+                || (became_lone
+                    && !settings.cooldown_by_failure_rate
+                    && !may_cool(class, true, settings))
+        };
+        let mut health = Vec::with_capacity(carried.len());
         for (d, from) in carried.iter().enumerate() {
-            if let Some(from) = from {
-                book.health[d] = self.health[from.0 as usize].clone();
+            let Some(from) = *from else {
+                health.push(Health::default());
+                continue;
+            };
+            let mut h = self.health[from.0 as usize].clone();
+            if h.cooled_for.is_some_and(|class| unfit(d, from, class)) {
+                h.cooled_until = None;
+                h.cooled_for = None;
             }
+            health.push(h);
         }
-        book.pending = self
+        let pending = self
             .pending
             .iter()
-            .filter_map(|p| new_index(p.deployment).map(|deployment| Pending { deployment, ..*p }))
+            .filter_map(|p| {
+                let deployment = new_index(p.deployment)?;
+                let d = deployment.0 as usize;
+                let class = match p.effect {
+                    Effect::Success => None,
+                    Effect::Counted { class, .. }
+                    | Effect::Immediate { class, .. }
+                    | Effect::Rated { class, .. } => Some(class),
+                };
+                if class.is_some_and(|class| unfit(d, p.deployment, class)) {
+                    return None;
+                }
+                Some(Pending { deployment, ..*p })
+            })
             .collect();
+        book.health = health;
+        book.pending = pending;
         book.unreported = self
             .unreported
             .iter()
