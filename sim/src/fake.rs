@@ -110,10 +110,10 @@ pub struct Fake {
     sink: Arc<dyn TraceSink>,
     /// Shared by the fakes of one run: the order calls arrived in, across hosts.
     order: Arc<std::sync::atomic::AtomicU64>,
-    /// The instruction the gateway in front ends a continuation request with (its
-    /// `continuation_prompt`): what tells Switchback's continuation from a conversation's
-    /// next turn, which ends `[..., assistant, user]` too.
-    continuation_prompt: String,
+    /// The instructions the gateway in front ends a continuation request with (its
+    /// `continuation_prompt`, one per config it runs): what tells Switchback's
+    /// continuation from a conversation's next turn, which ends `[..., assistant, user]` too.
+    continuation_prompts: Vec<String>,
 }
 
 type FakeBody = BoxBody<Bytes, io::Error>;
@@ -124,17 +124,17 @@ impl Fake {
             spec,
             sink,
             Arc::default(),
-            switchback::catalog::DEFAULT_CONTINUATION_PROMPT,
+            vec![switchback::catalog::DEFAULT_CONTINUATION_PROMPT.to_string()],
         )
     }
 
     /// A fake whose calls are numbered in one sequence with the other fakes sharing `order`,
-    /// behind a gateway that continues answers with `continuation_prompt`.
+    /// behind a gateway that continues answers with one of `continuation_prompts`.
     pub fn with_order(
         spec: Provider,
         sink: Arc<dyn TraceSink>,
         order: Arc<std::sync::atomic::AtomicU64>,
-        continuation_prompt: &str,
+        continuation_prompts: Vec<String>,
     ) -> Arc<Fake> {
         Arc::new(Fake {
             spec,
@@ -146,7 +146,7 @@ impl Fake {
             recording: AtomicBool::new(true),
             sink,
             order,
-            continuation_prompt: continuation_prompt.to_string(),
+            continuation_prompts,
         })
     }
 
@@ -320,7 +320,7 @@ impl Fake {
             .and_then(Value::as_str)
             .unwrap_or("");
         let script = self.script_for(call, &model, first_message).clone();
-        let continuation = continuation_prefix(&body, &self.continuation_prompt);
+        let continuation = continuation_prefix(&body, &self.continuation_prompts);
         let fresh = Reply::new(&self.spec, &script, call, &model, None);
         let full = fresh.text(usize::MAX);
         let continued = continuation.as_deref().is_some_and(|p| full.starts_with(p));
@@ -543,13 +543,13 @@ pub fn token_budget(body: &serde_json::Map<String, Value>) -> Option<u64> {
 }
 
 /// A continuation request ends with the partial answer (assistant) and the gateway's
-/// instruction (user: `prompt`, its `continuation_prompt`), as Switchback sends it, or with
+/// instruction (user: one of `prompts`, its `continuation_prompt`), as Switchback sends it, or with
 /// the partial answer itself as an assistant prefix (after a system instruction), as LiteLLM
 /// sends it (`litellm/router.py`, `stream_with_fallbacks`: `{"role": "assistant", "content":
 /// ..., "prefix": True}`). The fake continues it when its own text starts with that partial
 /// answer. A user turn that is not the instruction is a conversation's next turn, answered
 /// whole.
-fn continuation_prefix(body: &Value, prompt: &str) -> Option<String> {
+fn continuation_prefix(body: &Value, prompts: &[String]) -> Option<String> {
     let messages = body.get("messages")?.as_array()?;
     let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_string);
     let partial = match messages.as_slice() {
@@ -557,7 +557,10 @@ fn continuation_prefix(body: &Value, prompt: &str) -> Option<String> {
         [.., prev, last]
             if role(prev).as_deref() == Some("assistant")
                 && role(last).as_deref() == Some("user")
-                && last.get("content").and_then(Value::as_str) == Some(prompt) =>
+                && last
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .is_some_and(|said| prompts.iter().any(|p| p == said)) =>
         {
             prev
         }
@@ -1227,6 +1230,7 @@ mod tests {
     #[test]
     fn continuations_are_read_in_switchback_and_litellm_shapes() {
         let prompt = switchback::catalog::DEFAULT_CONTINUATION_PROMPT;
+        let prompts = [prompt.to_string()];
         let switchback = json!({"messages": [
             {"role": "user", "content": "say ping"},
             {"role": "assistant", "content": "The q"},
@@ -1239,14 +1243,14 @@ mod tests {
         ]});
         let fresh = json!({"messages": [{"role": "user", "content": "say ping"}]});
         assert_eq!(
-            continuation_prefix(&switchback, prompt).as_deref(),
+            continuation_prefix(&switchback, &prompts).as_deref(),
             Some("The q")
         );
         assert_eq!(
-            continuation_prefix(&litellm, prompt).as_deref(),
+            continuation_prefix(&litellm, &prompts).as_deref(),
             Some("The q")
         );
-        assert_eq!(continuation_prefix(&fresh, prompt), None);
+        assert_eq!(continuation_prefix(&fresh, &prompts), None);
         // A conversation's earlier answer, then the user's next turn, is no continuation:
         // the fake answered it with the rest of an answer it took for cut short.
         let next_turn = json!({"messages": [
@@ -1254,13 +1258,14 @@ mod tests {
             {"role": "assistant", "content": "The q"},
             {"role": "user", "content": "and again?"},
         ]});
-        assert_eq!(continuation_prefix(&next_turn, prompt), None);
+        assert_eq!(continuation_prefix(&next_turn, &prompts), None);
         // A gateway configured with its own prompt continues with that one.
-        assert_eq!(continuation_prefix(&switchback, "Go on."), None);
+        let own_prompts = ["Go on.".to_string()];
+        assert_eq!(continuation_prefix(&switchback, &own_prompts), None);
         let mut own = switchback.clone();
         own["messages"][2]["content"] = json!("Go on.");
         assert_eq!(
-            continuation_prefix(&own, "Go on.").as_deref(),
+            continuation_prefix(&own, &own_prompts).as_deref(),
             Some("The q")
         );
     }

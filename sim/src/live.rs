@@ -106,7 +106,7 @@ pub async fn start_fakes(
             p.clone(),
             sink.clone(),
             order.clone(),
-            scenario.continuation_prompt(),
+            scenario.continuation_prompts(),
         );
         if record_calls == RecordCalls::No {
             fake.stop_recording();

@@ -498,7 +498,10 @@ pub async fn probe(
             ModeTotals {
                 mode: Mode::Stream,
                 calls: calls_per_host(fakes),
-                tainted: still_calling.is_some() || s.iter().any(|(_, o)| o.tainted.is_some()),
+                // A cut pause: the cooldowns the first mode left may still turn calls away.
+                tainted: still_calling.is_some()
+                    || o.pause.cut.is_some()
+                    || s.iter().any(|(_, o)| o.tainted.is_some()),
             },
         ],
     );

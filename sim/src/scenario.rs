@@ -793,13 +793,22 @@ impl Expect {
 pub type ScenarioError = YamlError;
 
 impl Scenario {
-    /// The instruction the scenario's gateway ends a continuation request with.
-    pub fn continuation_prompt(&self) -> &str {
-        self.gateway
-            .router_settings
-            .continuation_prompt
-            .as_deref()
-            .unwrap_or(switchback::catalog::DEFAULT_CONTINUATION_PROMPT)
+    /// The instructions the scenario's gateway ends a continuation request with: its
+    /// config's, then each reload's (a reload may change it).
+    pub fn continuation_prompts(&self) -> Vec<String> {
+        let mut prompts: Vec<String> = Vec::new();
+        for gateway in std::iter::once(&self.gateway).chain(self.reloads.iter().map(|r| &r.gateway))
+        {
+            let prompt = gateway
+                .router_settings
+                .continuation_prompt
+                .as_deref()
+                .unwrap_or(switchback::catalog::DEFAULT_CONTINUATION_PROMPT);
+            if !prompts.iter().any(|p| p == prompt) {
+                prompts.push(prompt.to_string());
+            }
+        }
+        prompts
     }
 
     pub fn load_file(path: &Path) -> Result<Scenario, ScenarioError> {

@@ -376,7 +376,7 @@ pub fn run_in(
             provider.clone(),
             sink.clone(),
             Arc::clone(&order),
-            scenario.continuation_prompt(),
+            scenario.continuation_prompts(),
         );
         fakes.push(fake.clone());
         let port = provider.port;

@@ -54,6 +54,10 @@ pub struct DiffRow {
     /// was cut short of a cooldown; a provider call came late): they are shown, and the run
     /// is then `could not run` rather than `different` unless another row differs.
     pub tainted: Option<String>,
+    /// The row's provider calls may be another request's (a gateway still calling for one
+    /// its client gave up on): its agreement is not claimed either. A cut pause alone
+    /// leaves an agreement standing: both gateways met the same leftover cooldowns.
+    pub mixed: bool,
 }
 
 /// The verdict of a differential probe.
@@ -105,10 +109,10 @@ impl DiffRun {
             .any(|r| r.tainted.is_none())
         {
             DiffVerdict::Different
-        } else if self.could_not_run.is_some() || self.rows.iter().any(|r| r.tainted.is_some()) {
-            // Nothing was compared somewhere, or a row may not show the gateways' own
-            // doing (see `DiffRow::tainted`): neither its difference nor its agreement
-            // is claimed.
+        } else if self.could_not_run.is_some() || self.rows.iter().any(|r| differs(&r) || r.mixed) {
+            // Nothing was compared somewhere, or every difference may be an artefact of the
+            // run (see `DiffRow::tainted`), or a row's calls may be another request's (see
+            // `DiffRow::mixed`): neither that difference nor that agreement is claimed.
             DiffVerdict::CouldNotRun
         } else {
             DiffVerdict::Same
@@ -124,13 +128,12 @@ impl DiffRun {
         if let Some(r) = &self.could_not_run {
             return Some(r.clone());
         }
-        let tainted = |r: &&DiffRow| r.tainted.is_some();
         let row = self
             .rows
             .iter()
-            .filter(tainted)
+            .filter(|r| r.tainted.is_some())
             .find(|r| !r.differences.is_empty())
-            .or_else(|| self.rows.iter().find(tainted))?;
+            .or_else(|| self.rows.iter().find(|r| r.mixed))?;
         Some(format!(
             "request {} {} {}, but not judged: {}",
             row.label,
@@ -223,6 +226,7 @@ fn rows(
                 .map(str::to_string)
                 .or_else(|| a.tainted.as_ref().map(|w| format!("A: {w}")))
                 .or_else(|| b.tainted.as_ref().map(|w| format!("B: {w}")));
+            let mixed = a.tainted.is_some() || b.tainted.is_some();
             DiffRow {
                 label,
                 mode,
@@ -230,6 +234,7 @@ fn rows(
                 b,
                 differences,
                 tainted,
+                mixed,
             }
         })
         .collect()
@@ -435,7 +440,11 @@ pub fn report(scenario: &Scenario, run: &DiffRun) -> String {
         for d in &r.differences {
             let _ = writeln!(out, "  differs: {d}");
         }
-        if let Some(why) = r.tainted.as_deref() {
+        if let Some(why) = r
+            .tainted
+            .as_deref()
+            .filter(|_| r.mixed || !r.differences.is_empty())
+        {
             let _ = writeln!(out, "  not judged: {why}");
         }
     }
@@ -527,6 +536,7 @@ mod tests {
             label: "r0".into(),
             mode: Mode::Stream,
             tainted: None,
+            mixed: false,
             differences: compare(a, b),
             a: a.clone(),
             b: b.clone(),
@@ -556,6 +566,7 @@ mod tests {
             label: "r0.0".into(),
             mode: Mode::Stream,
             differences: compare(a, b),
+            mixed: tainted.is_some_and(|t| t.starts_with("A:")),
             tainted: tainted.map(str::to_string),
             a: a.clone(),
             b: b.clone(),
@@ -584,13 +595,22 @@ mod tests {
             row(&a, &b, None),
         ]);
         assert_eq!(real.verdict(), DiffVerdict::Different);
-        // Nor is an agreement claimed where the calls may be another request's.
-        let tainted_same = run(vec![row(&a, &a, Some("x")), row(&a, &a, None)]);
-        assert_eq!(tainted_same.verdict(), DiffVerdict::CouldNotRun);
+        // Nor is an agreement claimed where the calls may be another request's; one after a
+        // cut pause is (both gateways met the same leftover cooldowns).
+        let mixed_same = run(vec![
+            row(&a, &a, Some("A: still calling")),
+            row(&a, &a, None),
+        ]);
+        assert_eq!(mixed_same.verdict(), DiffVerdict::CouldNotRun);
         assert_eq!(
-            tainted_same.why_not_judged().as_deref(),
-            Some("request r0.0 stream is the same, but not judged: x")
+            mixed_same.why_not_judged().as_deref(),
+            Some("request r0.0 stream is the same, but not judged: A: still calling")
         );
+        let cut_same = run(vec![
+            row(&a, &a, Some("the pause was cut")),
+            row(&a, &a, None),
+        ]);
+        assert_eq!(cut_same.verdict(), DiffVerdict::Same);
         assert_eq!(run(vec![row(&a, &a, None)]).verdict(), DiffVerdict::Same);
         // A request that compared nothing does not hide a difference that can be trusted
         // (it did: `could not run`, and no row was shown); alone, it is the reason the run
@@ -648,6 +668,7 @@ mod tests {
             mode,
             differences: compare(a, b),
             tainted: None,
+            mixed: false,
             a: a.clone(),
             b: b.clone(),
         };
@@ -687,6 +708,7 @@ mod tests {
             mode: Mode::NonStream,
             differences: Vec::new(),
             tainted: None,
+            mixed: false,
             a: a.clone(),
             b: a.clone(),
         };
