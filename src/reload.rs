@@ -167,16 +167,15 @@ impl LiveEngine {
         let catalog = Arc::new(Catalog::new(config)?);
         let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
         let next = slot.successor(catalog);
-        let old = &slot.catalog().deployments;
         let reloaded = Reloaded {
             groups: next.catalog().model_group_count(),
             deployments: next.catalog().deployments.len(),
             health_kept: next.shares_health_with(&slot),
             health_carried: next
                 .catalog()
-                .deployments
+                .same_upstreams_in(slot.catalog())
                 .iter()
-                .filter(|d| old.iter().any(|o| o.is_same_upstream(d)))
+                .filter(|from| from.is_some())
                 .count(),
             needs_restart: self.at_start.restart_only_changes(&next.catalog().limits),
         };

@@ -397,31 +397,77 @@ router_settings: {allowed_fails: 0, cooldown_time: 300}
         }
         book
     };
-    let cooling = |book: &CooldownBook, to: &Catalog| {
+    let cooling = |book: &mut CooldownBook, to: &Catalog| {
         let (next, carried) = book.carried_over(&v1, to);
         assert_eq!(carried[0], Some(DeploymentId(0)), "a is carried over");
         next.view(3, later).is_cooling(DeploymentId(0), later)
     };
     for settled in [false, true] {
-        let transient = cooled_by(FailureClass::Transient, settled);
+        let mut transient = cooled_by(FailureClass::Transient, settled);
         assert!(
-            !cooling(&transient, &alone),
+            !cooling(&mut transient, &alone),
             "alone now: a 503 never cools it ({settled})"
         );
         assert!(
-            !cooling(&transient, &never),
+            !cooling(&mut transient, &never),
             "cooldown_time 0: never cooled ({settled})"
         );
         assert!(
-            cooling(&transient, &v1),
+            cooling(&mut transient, &v1),
             "the same config keeps it ({settled})"
         );
-        let auth = cooled_by(FailureClass::Auth, settled);
+        let mut auth = cooled_by(FailureClass::Auth, settled);
         assert!(
-            cooling(&auth, &alone),
+            cooling(&mut auth, &alone),
             "an auth failure cools a lone deployment too ({settled})"
         );
     }
+}
+
+/// A cooldown that effects of the same instant cause together, and that no request has
+/// reported yet, is reported once across a reload: by the new book, which the effects are
+/// handed to, and not again by the old one when a request still on the old config settles
+/// it (found in review: the effects were copied, so both books reported it).
+#[test]
+fn a_cooldown_pending_at_a_reload_is_reported_once() {
+    use switchback::catalog::DeploymentId;
+    use switchback::classify::{Failure, FailureClass};
+    use switchback::route::cooldown::CooldownBook;
+    let catalog = |yaml: &str| Catalog::new(&config(yaml)).unwrap();
+    let deployments = r#"
+allow_anonymous: true
+model_list:
+  - {model_name: g, litellm_params: {model: m, api_base: "http://provider-a/v1"}, model_info: {id: a}}
+  - {model_name: g, litellm_params: {model: m, api_base: "http://provider-b/v1"}, model_info: {id: b}}
+router_settings: {allowed_fails: 1, cooldown_time: 300}
+"#;
+    let v1 = catalog(deployments);
+    let v2 = catalog(&deployments.replace(
+        "router_settings",
+        "  - {model_name: g, litellm_params: {model: m, api_base: \"http://provider-c/v1\"}, model_info: {id: c}}\nrouter_settings",
+    ));
+    let now = tokio::time::Instant::now();
+    let later = now + Duration::from_secs(1);
+    let mut old = CooldownBook::for_catalog(&v1);
+    let f = Failure::new(FailureClass::Transient, "from provider-a");
+    // Each of two requests sees one failure, within `allowed_fails`; together they are two.
+    for request in [1, 2] {
+        assert!(
+            old.record_failure(DeploymentId(0), &f, now, &v1.settings, request)
+                .is_none(),
+            "request {request} alone does not cool a"
+        );
+    }
+    let (mut next, carried) = old.carried_over(&v1, &v2);
+    assert_eq!(carried[0], Some(DeploymentId(0)), "a is carried over");
+    next.settle(later);
+    old.settle(later);
+    let reports = next.take_unreported().len() + old.take_unreported().len();
+    assert_eq!(reports, 1, "one cooldown, reported once");
+    assert!(
+        next.is_cooling(DeploymentId(0), later),
+        "the new book has it"
+    );
 }
 
 /// Swapping two deployments' `api_base`s keeps their default ids and their order: the

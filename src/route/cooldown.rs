@@ -152,6 +152,9 @@ struct Pending {
     request: u64,
     deployment: DeploymentId,
     effect: Effect,
+    /// Carried over to a reloaded config's book, which reports what it causes: this book
+    /// still applies it (for requests still in flight here) but does not report it again.
+    handed_over: bool,
 }
 
 /// The cooldown an instant's effects cause, if any: its length and the class to report.
@@ -289,8 +292,11 @@ impl CooldownBook {
     /// A book for the deployments of `catalog` that keeps what `self` (the book of `old`)
     /// knows of each upstream both list ([`DeploymentSpec::is_same_upstream`]: the same
     /// id, `api_base`, model and key): its failure count and cooldown, its outcomes not yet
-    /// settled and cooldowns not yet reported. A reload that adds, removes or reorders
-    /// deployments so does not forget which of the others are cooling; a default id
+    /// settled and cooldowns not yet reported. Those two are handed over: this book keeps
+    /// applying the outcomes (requests still in flight on the old config read it) but
+    /// leaves reporting what they cause to the new book, so a cooldown is traced once. A
+    /// reload that adds, removes or reorders deployments so does not forget which of the
+    /// others are cooling; a default id
     /// (`g#2`) that now names another upstream does not hand it the health of the one
     /// it named before. A cooldown `catalog` could not have set is dropped: one of a
     /// deployment now alone in its group for a failure the lone-deployment rule never cools
@@ -299,28 +305,24 @@ impl CooldownBook {
     ///
     /// [`DeploymentSpec::is_same_upstream`]: crate::catalog::DeploymentSpec::is_same_upstream
     pub fn carried_over(
-        &self,
+        &mut self,
         old: &crate::catalog::Catalog,
         catalog: &crate::catalog::Catalog,
     ) -> (CooldownBook, Vec<Option<DeploymentId>>) {
         assert_eq!(self.health.len(), old.deployments.len(), "a book of `old`");
         let mut book = CooldownBook::for_catalog(catalog);
-        let carried: Vec<Option<DeploymentId>> = catalog
-            .deployments
-            .iter()
-            .map(|spec| {
-                old.deployments
-                    .iter()
-                    .position(|o| o.is_same_upstream(spec))
-                    .map(|i| DeploymentId(i as u32))
-            })
-            .collect();
-        let new_index = |from: DeploymentId| {
-            carried
-                .iter()
-                .position(|c| *c == Some(from))
-                .map(|i| DeploymentId(i as u32))
-        };
+        let carried = catalog.same_upstreams_in(old);
+        // Where each old deployment went: the inverse of `carried` (each old one is carried
+        // to at most one new one, as ids are unique).
+        let mut moved_to: Vec<Option<DeploymentId>> = vec![None; old.deployments.len()];
+        for (d, from) in carried.iter().enumerate() {
+            if let Some(from) = from {
+                let slot = &mut moved_to[from.0 as usize];
+                assert!(slot.is_none(), "an upstream carried over twice");
+                *slot = Some(DeploymentId(d as u32));
+            }
+        }
+        let new_index = |from: DeploymentId| moved_to[from.0 as usize];
         // A cooldown the new config could not have set is not kept, nor one still to come
         // from an effect not yet settled: a deployment now alone in its group (the
         // lone-deployment rule) or now never cooled (its own `cooldown_time` of 0) would
@@ -362,20 +364,30 @@ impl CooldownBook {
                 if class.is_some_and(|class| unfit(d, p.deployment, class)) {
                     return None;
                 }
-                Some(Pending { deployment, ..*p })
+                Some(Pending {
+                    deployment,
+                    handed_over: false,
+                    ..*p
+                })
             })
             .collect();
+        // What is carried over is the new book's to report, once.
+        for p in &mut self.pending {
+            p.handed_over |= new_index(p.deployment).is_some();
+        }
         book.health = health;
         book.pending = pending;
-        book.unreported = self
+        let (moved, stays): (Vec<Unreported>, Vec<Unreported>) = self
             .unreported
-            .iter()
-            .filter_map(|u| {
-                new_index(u.cooled.deployment).map(|deployment| {
-                    let mut u = *u;
-                    u.cooled.deployment = deployment;
-                    u
-                })
+            .drain(..)
+            .partition(|u| new_index(u.cooled.deployment).is_some());
+        self.unreported = stays;
+        book.unreported = moved
+            .into_iter()
+            .map(|mut u| {
+                u.cooled.deployment =
+                    new_index(u.cooled.deployment).expect("partitioned on being carried");
+                u
             })
             .collect();
         (book, carried)
@@ -411,6 +423,8 @@ impl CooldownBook {
                 )
                 .is_some()
             });
+            // A reloaded config's book has these effects and reports what they cause.
+            let reported = reported || due.iter().filter(of).any(|p| p.handed_over);
             let h = &mut self.health[d.0 as usize];
             let caused = combine(h, at, due.iter().filter(of).map(|p| &p.effect));
             if let (Some((duration, class)), false) = (caused, reported) {
@@ -510,6 +524,7 @@ impl CooldownBook {
             request,
             deployment: d,
             effect: Effect::Success,
+            handed_over: false,
         });
     }
 
@@ -580,6 +595,7 @@ impl CooldownBook {
             request,
             deployment: d,
             effect,
+            handed_over: false,
         });
         let (h, after) = self.own_health(d, request);
         let (duration, _) = after.filter(|_| after != before)?;
