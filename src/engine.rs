@@ -151,14 +151,24 @@ impl Engine {
     /// deployments' health is shared when `catalog` lists the same upstreams in the same
     /// order (the book is indexed by position; see [`DeploymentSpec::is_same_upstream`]),
     /// each still alone in its group or not as before and with the same own
-    /// `cooldown_time` (the book knows both); otherwise the new book starts with each
+    /// `cooldown_time` (the book knows both), under the same rules for lone deployments;
+    /// otherwise the new book starts with each
     /// deployment's health carried over from the same upstream
     /// ([`CooldownBook::carried_over`]), and outcomes of requests still in flight on the old
     /// config stay in the old book.
     ///
     /// [`DeploymentSpec::is_same_upstream`]: crate::catalog::DeploymentSpec::is_same_upstream
     pub fn successor(&self, catalog: Arc<Catalog>) -> Engine {
+        // Whether a lone deployment may be cooled at all: turned off, a cooldown the old
+        // rules set may be one the new could not have (see `carried_over`).
+        let same_lone_rules = |c: &Catalog| {
+            (
+                c.settings.cooldown_lone_deployment,
+                c.settings.cooldown_by_failure_rate,
+            )
+        };
         let same_deployments = catalog.deployments.len() == self.catalog.deployments.len()
+            && same_lone_rules(&catalog) == same_lone_rules(&self.catalog)
             && (0..catalog.deployments.len()).all(|i| {
                 let d = crate::catalog::DeploymentId(i as u32);
                 let (new, old) = (catalog.deployment(d), self.catalog.deployment(d));

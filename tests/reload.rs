@@ -424,6 +424,70 @@ router_settings: {allowed_fails: 0, cooldown_time: 300}
     }
 }
 
+/// A reload that stops cooling lone deployments (`cooldown_lone_deployment: false`, or
+/// `cooldown_by_failure_rate` off) lifts the cooldown of a lone deployment cooled for a
+/// 429: the new config could not have set it, and keeping it refused every request to the
+/// group until it ran out, though the operator's reload was the fix (found in review:
+/// the deployments being the same, the book was shared whole). So does a reload that
+/// also moves the deployments (the carried-over book).
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_stops_cooling_lone_deployments_lifts_their_cooldowns() {
+    for moved in [false, true] {
+        let net = MemNet::new();
+        net.host("up", |_| {
+            json_response(
+                429,
+                &json!({"error": {"message": "slow down", "type": "rate_limit_error"}}),
+            )
+        });
+        let gw = Running::start(&deployment_at("up", "d"), &net);
+        let r = gw
+            .connect()
+            .await
+            .send_request(chat_request(None, &chat_body("g", false)))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+        let cooling = |live: &LiveEngine| live.current().cooling()[0].1;
+        assert!(!cooling(&gw.live).is_zero(), "the 429 cooled d");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        let mut next = deployment_at("up", "d").replace(
+            "cooldown_lone_deployment: true",
+            "cooldown_lone_deployment: false",
+        );
+        if moved {
+            next = next.replace(
+                "model_list:\n",
+                "model_list:\n  - {model_name: h, litellm_params: {model: m, api_base: \"http://other/v1\"}, model_info: {id: first}}\n",
+            );
+        }
+        let done = gw.live.reload(&config(&next)).unwrap();
+        // Not shared whole: the rules for lone deployments changed.
+        assert!(!done.health_kept, "{}", done.describe());
+        let d = gw
+            .live
+            .current()
+            .cooling()
+            .into_iter()
+            .find(|(id, _)| id == "d")
+            .expect("d is listed");
+        assert!(d.1.is_zero(), "moved={moved}: d is no longer cooling");
+        let r = gw
+            .connect()
+            .await
+            .send_request(chat_request(None, &chat_body("g", false)))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+        assert_eq!(
+            net.calls("up").len(),
+            2,
+            "moved={moved}: d was called again"
+        );
+    }
+}
+
 /// A cooldown that effects of the same instant cause together, and that no request has
 /// reported yet, is reported once across a reload: by the new book, which the effects are
 /// handed to, and not again by the old one when a request still on the old config settles

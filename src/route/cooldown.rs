@@ -328,11 +328,10 @@ impl CooldownBook {
         // lone-deployment rule) or now never cooled (its own `cooldown_time` of 0) would
         // refuse its group's requests on the old config's word until it ran out.
         let settings = &catalog.settings;
-        let unfit = |d: usize, from: DeploymentId, class: FailureClass| {
+        let unfit = |d: usize, class: FailureClass| {
             let never = book.own_cooldown[d].is_some_and(|c| c.is_zero());
-            let became_lone = book.lone[d] && !self.lone[from.0 as usize];
             never
-                || (became_lone
+                || (book.lone[d]
                     && !settings.cooldown_by_failure_rate
                     && !may_cool(class, true, settings))
         };
@@ -343,7 +342,7 @@ impl CooldownBook {
                 continue;
             };
             let mut h = self.health[from.0 as usize].clone();
-            if h.cooled_for.is_some_and(|class| unfit(d, from, class)) {
+            if h.cooled_for.is_some_and(|class| unfit(d, class)) {
                 h.cooled_until = None;
                 h.cooled_for = None;
             }
@@ -361,7 +360,7 @@ impl CooldownBook {
                     | Effect::Immediate { class, .. }
                     | Effect::Rated { class, .. } => Some(class),
                 };
-                if class.is_some_and(|class| unfit(d, p.deployment, class)) {
+                if class.is_some_and(|class| unfit(d, class)) {
                     return None;
                 }
                 Some(Pending {
