@@ -335,7 +335,7 @@ impl Run<'_> {
                         timeout: None,
                     }),
                     None => {
-                        let content_policy_fails = walk.content_policy_would_route(group)
+                        let content_policy_fails = self.content_policy_would_route(&walk, group)
                             && !self.cap_spent()
                             && self.attempts.len() as u32 + 1 < self.catalog.limits.max_attempts;
                         self.attempt(group, deployment, content_policy_fails, out)
@@ -674,6 +674,18 @@ impl Run<'_> {
                 Err(f)
             }
         }
+    }
+
+    /// Whether a `finish_reason: content_filter` from `group` would be routed around (see
+    /// [`crate::plan::PlanWalk::content_policy_would_route`]), a group being able to serve
+    /// when a deployment of it is not cooling, as this request sees the health now.
+    fn content_policy_would_route(&self, walk: &crate::plan::PlanWalk<'_>, group: GroupId) -> bool {
+        let now = Instant::now();
+        let health = self.engine.health(now);
+        let book = health.view(self.admitted.id, now);
+        walk.content_policy_would_route(group, &mut |g| {
+            select::has_healthy(self.catalog, g, Tiers::Any, &book, now)
+        })
     }
 
     /// Whether `group`'s higher tiers may take over from a spent one at all: the plan allows

@@ -269,17 +269,29 @@ impl<'p> PlanWalk<'p> {
 
     /// Whether a content-policy failure of `group` would be routed around now: a
     /// `content_policy_fallbacks` list names somewhere for it (see
-    /// [`FallbackPlan::content_policy_applies`]) and the walk, after that failure, has a
-    /// group left to go to (allowed by the key, not visited, within `max_fallbacks`).
+    /// [`FallbackPlan::content_policy_applies`]) and the walk, after that failure, reaches a
+    /// group that can serve (`servable`: one with a deployment not cooling), allowed by the
+    /// key, not visited, within `max_fallbacks`. A group with every deployment cooling is
+    /// passed over as the walk passes it (skipped without a call, its own fallbacks next).
     /// Otherwise `finish_reason: content_filter` is the answer: an error nothing can route
     /// around would only take the provider's answer from the client.
-    pub fn content_policy_would_route(&self, group: GroupId) -> bool {
+    pub fn content_policy_would_route(
+        &self,
+        group: GroupId,
+        servable: &mut dyn FnMut(GroupId) -> bool,
+    ) -> bool {
         if !self.plan.content_policy_applies(group) {
             return false;
         }
         let mut probe = self.clone();
         probe.group_failed(group, FallbackRoute::ContentPolicy);
-        probe.next(&mut |_, _| {}).is_some()
+        while let Some(link) = probe.next(&mut |_, _| {}) {
+            if servable(link.to) {
+                return true;
+            }
+            probe.group_failed(link.to, FallbackRoute::Generic);
+        }
+        false
     }
 
     /// The next group to fall back to, reporting every link it skips to `skipped`.
@@ -438,11 +450,11 @@ mod tests {
         };
         let a = c.group_id("a").unwrap();
         let open = plan_with(&c, "a", s.clone(), None);
-        assert!(open.walk().content_policy_would_route(a));
+        assert!(open.walk().content_policy_would_route(a, &mut |_| true));
         let barred = plan_with(&c, "a", s.clone(), Some(&["a", "other"]));
         assert!(barred.content_policy_applies(a), "the list names a group");
         assert!(
-            !barred.walk().content_policy_would_route(a),
+            !barred.walk().content_policy_would_route(a, &mut |_| true),
             "the key may not use it: the filtered answer is the answer"
         );
         let no_depth = RouterSettings {
@@ -452,7 +464,14 @@ mod tests {
         assert!(
             !plan_with(&c, "a", no_depth, None)
                 .walk()
-                .content_policy_would_route(a)
+                .content_policy_would_route(a, &mut |_| true)
+        );
+        let lenient = c.group_id("lenient").unwrap();
+        assert!(
+            !open
+                .walk()
+                .content_policy_would_route(a, &mut |g| g != lenient),
+            "every deployment of the fallback cooling: nothing can serve"
         );
     }
 

@@ -64,7 +64,9 @@ pub fn choose(
         .expect("a validated group has at least one deployment")
 }
 
-/// Whether some deployment of `group` within `tiers` is healthy at `now` (no draw).
+/// Whether some deployment of `group` within `tiers` would be called at `now` (no draw):
+/// one not cooling, or the deployment a group named by its id pins, which [`choose_in`]
+/// calls cooling or not.
 pub fn has_healthy(
     catalog: &Catalog,
     group: GroupId,
@@ -72,11 +74,10 @@ pub fn has_healthy(
     book: &CooldownBook,
     now: Instant,
 ) -> bool {
-    catalog
-        .group(group)
-        .deployments
-        .iter()
-        .any(|d| tiers.admits(catalog.deployment(*d).order) && !book.is_cooling(*d, now))
+    let pinned = catalog.pinned(group).is_some();
+    catalog.group(group).deployments.iter().any(|d| {
+        tiers.admits(catalog.deployment(*d).order) && (pinned || !book.is_cooling(*d, now))
+    })
 }
 
 /// The deployment of `group`, within `tiers`, that takes the next attempt; `None` when no
