@@ -392,7 +392,9 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
             body,
         } => {
             let body = crate::charset::without_byte_order_mark(body);
-            let parsed: Option<Value> = serde_json::from_slice(body).ok();
+            let parsed: Option<Value> = serde_json::from_slice(body)
+                .ok()
+                .or_else(|| first_event_object(body));
             let err = parsed.as_ref().map(error_object);
             let hints = err.map(ErrorHints::of).unwrap_or_default();
             let class = class_of(Some(status), &hints);
@@ -485,6 +487,24 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
 
 /// The error object inside a body: `{"error": {...}}` (OpenAI, OpenRouter, Anthropic's
 /// `{"type": "error", "error": {...}}`), `[{"error": {...}}]` (Vertex), or the value itself.
+/// The first event of an error body written as an event stream, when it holds a JSON
+/// object: a LiteLLM proxy whose provider failed on the first read of a stream answers with
+/// the error's status but writes the error as an SSE event
+/// (`proxy/common_request_processing.py`, `create_streaming_response`). Text that is no
+/// event stream (a proxy's HTML, `Bad Gateway`) has no `data` field, and gives none.
+fn first_event_object(body: &[u8]) -> Option<Value> {
+    let mut parser = crate::upstream::sse::SseParser::new(body.len() + 2);
+    let mut events = Vec::new();
+    parser.push(body, &mut events).ok()?;
+    // The body's end ends its last event, blank line or not.
+    parser.push(b"\n\n", &mut events).ok()?;
+    events.iter().find_map(|e| {
+        serde_json::from_str::<Value>(&e.data)
+            .ok()
+            .filter(Value::is_object)
+    })
+}
+
 fn error_object(v: &Value) -> &Value {
     let v = match v {
         Value::Array(items) if !items.is_empty() => &items[0],
@@ -951,6 +971,33 @@ mod tests {
     }
     use super::*;
     use http::HeaderValue;
+
+    /// A LiteLLM proxy upstream whose provider failed on the first read answers with the
+    /// error's status but writes the error as an SSE event (`text/event-stream`): it is
+    /// read as the error it is (a context-window error, here, for its fallbacks), and its
+    /// message is the error's, not `data: {...` (a 400 refused as a bad request before).
+    #[test]
+    fn an_error_written_as_an_sse_event_is_read_as_its_error() {
+        let body = "data: {\"error\": {\"message\": \"litellm.ContextWindowExceededError: AnthropicException - prompt is too long: 215000 tokens > 200000 maximum\", \"type\": null, \"param\": null, \"code\": \"400\"}}\n\n";
+        let f = status_h(
+            400,
+            &[("content-type", "text/event-stream; charset=utf-8")],
+            body,
+        );
+        assert_eq!(f.class, FailureClass::ContextWindow, "{f:?}");
+        assert!(
+            f.message.starts_with("litellm.ContextWindow"),
+            "{}",
+            f.message
+        );
+        // Without the blank line that ends the event, and after a comment.
+        let quota = ": ping\r\ndata: {\"error\": {\"message\": \"You exceeded your current quota\", \"type\": \"insufficient_quota\", \"code\": \"429\"}}";
+        let f = status(429, quota);
+        assert_eq!(f.message, "You exceeded your current quota", "{f:?}");
+        assert!(f.quota, "{f:?}");
+        // Text that is no event stream is still its own first 200 bytes.
+        assert_eq!(status(502, "Bad Gateway").message, "Bad Gateway");
+    }
 
     fn status(code: u16, body: &str) -> Failure {
         status_h(code, &[], body)

@@ -141,6 +141,15 @@ impl CommitState {
                 {
                     self.created = Some(created.clone());
                 }
+                // A continuation's chunks say the answer's time, as they say its id: the
+                // SDKs read the first chunk's (openai-python) or the last's (openai-node).
+                // One attempt's own pass as sent (Ollama's say each chunk's time).
+                ("created", Top::Json(created)) if self.continuing => {
+                    if let Some(first) = self.created.as_ref().filter(|f| *f != created) {
+                        created.clone_from(first);
+                        changed = true;
+                    }
+                }
                 ("choices", Top::Choices(choices)) => {
                     changed |= self.drop_repeated_roles(choices);
                 }
@@ -536,6 +545,27 @@ mod tests {
             chunk(r#"{"created":7,"choices":[{"index":0,"delta":{"content":"He"}}]}"#),
             "m",
         );
+        assert_eq!(s.end_fields()["created"], 7);
+    }
+
+    /// A continuation's chunks say the answer's `created`, as they say its `id`: the
+    /// non-stream answer and openai-python read the first, openai-node the last chunk's,
+    /// so a continuation that said its own time made them disagree. One attempt's own
+    /// chunks pass as sent (Ollama's `created` is each chunk's time).
+    #[test]
+    fn a_continuation_says_the_answers_created() {
+        let created = |c: &Chunk| c.object.to_value()["created"].clone();
+        let mut s = CommitState::new();
+        s.commit(None, &mut rng());
+        let a = r#"{"created":7,"choices":[{"index":0,"delta":{"content":"He"}}]}"#;
+        s.stamp_and_record(chunk(a), "m");
+        let b = r#"{"created":8,"choices":[{"index":0,"delta":{"content":"l"}}]}"#;
+        assert_eq!(created(&s.stamp_and_record(chunk(b), "m")), 8, "as sent");
+        s.after_failure(None, 1 << 20, None);
+        let c = r#"{"created":9,"choices":[{"index":0,"delta":{"content":"lo"}}]}"#;
+        let next = s.stamp_and_record(chunk(c), "fallback");
+        assert_eq!(created(&next), 7);
+        assert!(next.raw.is_none(), "written anew");
         assert_eq!(s.end_fields()["created"], 7);
     }
 

@@ -328,7 +328,13 @@ impl Delivery for StreamDelivery {
             // Boxed: only after a restart; unboxed, every chunk's future would carry it.
             Box::pin(self.send_carried()).await?;
         }
-        if let Some(created) = chunk.object.json("created") {
+        // The answer's time for the metadata chunk: not Azure's `created: 0` (its filter
+        // annotations', which say no time).
+        if let Some(created) = chunk
+            .object
+            .json("created")
+            .filter(|c| c.as_u64() != Some(0))
+        {
             self.created = Some(created.clone());
         }
         let admitted = self.held.admit(chunk);
@@ -366,6 +372,9 @@ fn with_id(mut whole: Map<String, Value>, response_id: &str) -> Value {
 
 /// Whether `value` is an empty string in a field that names what answered (`model`,
 /// `system_fingerprint`): a chunk that says nothing there.
+/// Top-level fields that describe the backend that produced the chunk, not the answer.
+const NAMES_THE_BACKEND: &[&str] = &["system_fingerprint", "service_tier"];
+
 fn blank_identity(key: &str, value: &Value) -> bool {
     matches!(key, "model" | "system_fingerprint") && value.as_str() == Some("")
 }
@@ -541,6 +550,12 @@ impl Delivery for AggregateDelivery {
         // What a streaming client is given of the failed attempt's held end: its content.
         for held in self.held.restart() {
             self.take_in(&held);
+        }
+        // What names the backend that answered is the serving attempt's, as `model` is: a
+        // later attempt that says none leaves none (its chunks, the stream's last, say
+        // none to a streaming client either).
+        for k in NAMES_THE_BACKEND {
+            self.top.shift_remove(*k);
         }
         self.whole = None;
         self.continued = true;
@@ -745,6 +760,42 @@ mod tests {
         assert_eq!(choices.len(), 1, "{answer}");
         assert_eq!(choices[0]["message"]["content"], "alpha", "{answer}");
         assert_eq!(choices[0]["finish_reason"], "stop", "{answer}");
+    }
+
+    /// What names the backend that answered (`system_fingerprint`, `service_tier`) is the
+    /// serving attempt's, as `model` is: a continuation that says none leaves none, where
+    /// the answer kept the failed primary's fingerprint (the stream's last chunks, which
+    /// the SDKs' accumulation reads, are the continuation's and say none).
+    #[tokio::test]
+    async fn a_continuation_does_not_inherit_the_failed_attempts_fingerprint() {
+        use crate::upstream::chunk::{ChunkLimits, Payload, parse_data};
+        let mut out = AggregateDelivery::new();
+        let feed = async |out: &mut AggregateDelivery, data: &str| {
+            let Ok(Payload::Chunk(chunk)) = parse_data(data, &ChunkLimits::default()) else {
+                panic!("not a chunk: {data}");
+            };
+            assert!(out.chunk(chunk).await.is_ok());
+        };
+        feed(&mut out, r#"{"id":"a","created":5,"model":"p","system_fingerprint":"fp_p","service_tier":"default","choices":[{"index":0,"delta":{"role":"assistant","content":"alp"},"finish_reason":null}]}"#).await;
+        out.restart();
+        feed(&mut out, r#"{"id":"b","created":9,"model":"b","system_fingerprint":null,"choices":[{"index":0,"delta":{"content":"ha"},"finish_reason":"stop"}]}"#).await;
+        out.end();
+        let answer = out.response("resp");
+        assert!(answer["system_fingerprint"].is_null(), "{answer}");
+        assert!(answer["service_tier"].is_null(), "{answer}");
+        assert_eq!(answer["model"], "b", "{answer}");
+        assert_eq!(answer["created"], 5, "the first attempt's: {answer}");
+        assert_eq!(
+            answer["choices"][0]["message"]["content"], "alpha",
+            "{answer}"
+        );
+        // A continuation that names its own is the answer's.
+        let mut out = AggregateDelivery::new();
+        feed(&mut out, r#"{"id":"a","model":"p","system_fingerprint":"fp_p","choices":[{"index":0,"delta":{"content":"alp"},"finish_reason":null}]}"#).await;
+        out.restart();
+        feed(&mut out, r#"{"id":"b","model":"b","system_fingerprint":"fp_b","choices":[{"index":0,"delta":{"content":"ha"},"finish_reason":"stop"}]}"#).await;
+        out.end();
+        assert_eq!(out.response("resp")["system_fingerprint"], "fp_b");
     }
 
     /// A stream that fails after commit with no continuation to follow (`mid_stream:

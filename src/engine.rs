@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::attempt::{self, Delivery, Outcome};
-use crate::catalog::{Catalog, KeySpec};
+use crate::catalog::{Catalog, KeySpec, Routed};
 use crate::client_timeout::ClientTimeout;
 use crate::config::{At, RouterSettings, check_settings_fields};
 use crate::error::{ApiError, echoed};
@@ -405,13 +405,7 @@ impl Engine {
         let allowed = key
             .map(|k| k.allowed.clone())
             .unwrap_or_else(|| catalog.all_allowed());
-        // A wildcard-served name is checked itself against the key's lists, as LiteLLM
-        // checks the requested model (see `KeySpec::admits_name`).
-        let permitted = match &routed.wildcard {
-            None => allowed[group.0 as usize],
-            Some(_) => key.is_none_or(|k| k.admits_name(&request.model)),
-        };
-        if !permitted {
+        if !permitted(key, &allowed, &routed, &request.model) {
             return Err(ApiError::forbidden(format!(
                 "this key may not use model `{}`",
                 echoed(&request.model)
@@ -513,6 +507,32 @@ impl Engine {
     /// Runs the request's attempts, delivering the answer through `out`.
     pub async fn execute<D: Delivery>(&self, admitted: &Admitted, out: &mut D) -> Outcome {
         attempt::run(self, admitted, out).await
+    }
+}
+
+/// Whether the key may call `name`, which `routed` serves: a group's name by the key's
+/// allow-list of groups; a name a wildcard group serves checked itself against the key's
+/// lists, as LiteLLM checks the requested model (see `KeySpec::admits_name`).
+fn permitted(key: Option<&KeySpec>, allowed: &[bool], routed: &Routed, name: &str) -> bool {
+    match &routed.wildcard {
+        None => allowed[routed.group.0 as usize],
+        Some(_) => key.is_none_or(|k| k.admits_name(name)),
+    }
+}
+
+impl Engine {
+    /// Whether `name` is a model this key may ask for, as `GET /v1/models/{id}` answers:
+    /// a model group it may use, or a name a wildcard group serves that its lists admit.
+    /// A deployment id is callable but names no model: not one.
+    pub fn is_model_for(&self, key: Option<&KeySpec>, name: &str) -> bool {
+        let catalog = &*self.catalog;
+        let Some(routed) = catalog.route(name) else {
+            return false;
+        };
+        let allowed = key
+            .map(|k| k.allowed.clone())
+            .unwrap_or_else(|| catalog.all_allowed());
+        catalog.pinned(routed.group).is_none() && permitted(key, &allowed, &routed, name)
     }
 }
 

@@ -21,10 +21,10 @@ pub struct Limits {
     /// dropped. 0 drops it at once.
     pub max_discarded_request_body_bytes: usize,
     /// Bytes of request bodies the whole gateway holds at once, across every connection
-    /// and worker: a request takes its body's length from this budget as the body comes
-    /// (all of it at once when it declares a `Content-Length`, frame by frame when it comes
-    /// chunked) and gives it back when the request ends (a stream when its last byte is
-    /// sent). One that does not fit gets a 503 naming this limit at once, never a place in
+    /// and worker: a request takes its body's bytes from this budget as they arrive, never
+    /// as declared (a client that declares 50 MiB and sends nothing holds nothing), and
+    /// gives them back when the request ends (a stream when its last byte is sent). A body
+    /// whose next bytes do not fit gets a 503 naming this limit at once, never a place in
     /// a queue. `max_request_body_bytes` bounds one request, not the gateway: 4,096
     /// connections of 50 MiB each, with no key under `allow_anonymous`, is 200 GiB, and a
     /// body is held, parsed and copied for each upstream attempt, about 2.5 times its size

@@ -117,16 +117,26 @@ pub struct BadRequest {
     pub limit: Option<&'static str>,
 }
 
-/// The body is not JSON, as `serde_json` says.
-fn not_json(e: serde_json::Error) -> BadRequest {
-    // serde_json names a lone surrogate by what it expected next.
+/// The body is not JSON, as `serde_json` says of `body`.
+fn not_json(e: serde_json::Error, body: &[u8]) -> BadRequest {
+    // serde_json names a lone surrogate by what it expected next, and a byte that is not
+    // UTF-8 "an invalid unicode code point".
     let said = e.to_string();
+    let not_utf8 = std::str::from_utf8(body).err().map(|bad| {
+        let at = bad.valid_up_to();
+        format!(
+            " (byte 0x{:02X} at offset {at} is not UTF-8: JSON is sent as UTF-8, and a \
+             body in ISO-8859-1 or Windows-1252, as Windows PowerShell 5.1 sends one, \
+             must be encoded as UTF-8 first)",
+            body[at]
+        )
+    });
     let hint = if said.contains("surrogate") || said.contains("end of hex escape") {
         " (a `\\u` escape there is a lone UTF-16 surrogate, half of a character, \
              which JSON text cannot carry: was a string cut between the two halves \
              of a pair?)"
     } else {
-        ""
+        not_utf8.as_deref().unwrap_or("")
     };
     BadRequest {
         message: format!("request body is not valid JSON: {said}{hint}"),
@@ -231,7 +241,7 @@ impl ChatRequest {
             crate::json::from_slice_counted(body, limits.max_request_json_values).map_err(|e| {
                 match e {
                     crate::json::BoundedError::TooManyValues => over_json_values(limits),
-                    crate::json::BoundedError::Json(e) => not_json(e),
+                    crate::json::BoundedError::Json(e) => not_json(e, body),
                 }
             })?;
         let Value::Object(mut body) = value else {
@@ -1211,6 +1221,21 @@ mod tests {
                 e.message
             );
         }
+    }
+
+    /// Windows PowerShell 5.1 sends a JSON body as ISO-8859-1: `café` arrives as
+    /// `caf\xE9`. The error names the byte and the encoding to use, where serde_json alone
+    /// said only "invalid unicode code point".
+    #[test]
+    fn a_latin1_body_is_told_to_be_sent_as_utf8() {
+        let body = b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"caf\xe9\"}]}";
+        let e = ChatRequest::parse(body, &Limits::default()).unwrap_err();
+        assert!(
+            e.message.contains("byte 0xE9 at offset 54 is not UTF-8")
+                && e.message.contains("encoded as UTF-8"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -1169,6 +1169,51 @@ async fn models_by_percent_encoded_id() {
     assert!(body.contains("not UTF-8"), "{body}");
 }
 
+/// `GET /v1/models/{id}` knows a name a wildcard group serves as chat does: openai-node's
+/// `models.retrieve("openai/gpt-4o")` before a chat got a 404 "not a model group this key
+/// may use" for a model the chat then served. A key whose lists do not admit the name
+/// still gets the 404, as it does for any model it may not use.
+#[tokio::test(start_paused = true)]
+async fn a_model_a_wildcard_group_serves_can_be_retrieved() {
+    let net = MemNet::new();
+    let gw = Gw::start(
+        r#"
+model_list:
+  - {model_name: "openai/*", litellm_params: {model: "openai/*", api_base: "http://up/v1"}}
+keys:
+  - {key: sk-all}
+  - {key: sk-anthropic, models: ["anthropic/*"]}
+"#,
+        &net,
+    );
+    let get = |path: &'static str, key: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut sender = gw.connect().await;
+            let r = sender
+                .send_request(
+                    http::Request::get(path)
+                        .header("host", "g")
+                        .header("authorization", format!("Bearer {key}"))
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = r.status();
+            (status, text(r).await)
+        }
+    };
+    let (status, body) = get("/v1/models/openai%2Fgpt-4o", "sk-all").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["id"], "openai/gpt-4o");
+    let (status, body) = get("/v1/models/openai%2Fgpt-4o", "sk-anthropic").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = get("/v1/models/mistral%2Fsmall", "sk-all").await;
+    assert_eq!(status, 404, "no group serves it: {body}");
+}
+
 // 17. With `n: 2`, a choice that finishes first does not hold back the others: only the
 // answer's last finish (and what follows it) waits for the upstream's `[DONE]`. Whether
 // the provider interleaves its choices or sends them one after the other.

@@ -157,6 +157,7 @@ fn fault(kinds: Vec<FaultKind>, chunks: usize) -> BoxedStrategy<Option<Fault>> {
             Flavour::Anthropic,
             Flavour::LlamaCpp,
             Flavour::Vllm,
+            Flavour::Litellm,
         ]),
     )
         .prop_map(|(kind, k, (hs, hc), (es, ec), retry_after, flavour)| {

@@ -757,9 +757,24 @@ impl Answer {
         r
     }
 
+    /// A LiteLLM proxy's failure on the first read of a stream: the error's status, but
+    /// the body an event stream of one error event.
+    fn http_error_as_event(&self, f: &Fault) -> Response<FakeBody> {
+        let mut r = self.http_error(f);
+        *r.body_mut() = full(format!("data: {}\n\n", error_body(f, false)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        r
+    }
+
     fn stream(self) -> Response<FakeBody> {
         if let Some(f) = self.fault.as_ref().filter(|f| f.kind == FaultKind::Http) {
             self.log.fire();
+            if f.flavour == Flavour::Litellm && f.echo.is_none() {
+                return self.http_error_as_event(f);
+            }
             return self.http_error(f);
         }
         let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(16);
@@ -1133,6 +1148,9 @@ pub fn error_body(f: &Fault, event: bool) -> Value {
                 _ => "InternalServerError",
             };
             json!({"object": "error", "message": message, "type": kind, "param": f.param, "code": status})
+        }
+        Flavour::Litellm => {
+            json!({"error": {"message": message, "type": null, "param": null, "code": status.to_string()}})
         }
         Flavour::LlamaCpp => {
             let kind = match status {

@@ -396,6 +396,12 @@ pub enum Flavour {
     /// reports one (vllm-project/vllm issue 57082): a chunk whose choice ends with
     /// `finish_reason: "abort"`, then `data: [DONE]`, whatever the fault's status.
     Vllm,
+    /// A LiteLLM proxy as the upstream: `{"error": {"message", "type": null, "param": null,
+    /// "code": "<status>"}}`. An `http` fault on a streaming call comes as recent LiteLLM
+    /// proxies send a provider's failure on the first read of a stream: the error's
+    /// status, `text/event-stream`, and the error as one SSE event
+    /// (`proxy/common_request_processing.py`, `create_streaming_response`).
+    Litellm,
 }
 
 /// Network shape and timed faults.

@@ -666,16 +666,15 @@ fn models(engine: &Engine, req: &Request<Incoming>) -> Response<ResponseBody> {
 }
 
 fn model(engine: &Engine, req: &Request<Incoming>, id: &str) -> Response<ResponseBody> {
-    let allowed = match allowed(engine, req) {
-        Ok(a) => a,
+    let key = match key_of(engine, req).and_then(|bearer| engine.authenticate(bearer)) {
+        Ok(key) => key,
         Err(e) => return error(&e),
     };
-    match engine.catalog().group_id(id) {
-        // A deployment id is callable but is not a model group: not listed.
-        Some(g) if allowed[g.0 as usize] && engine.catalog().pinned(g).is_none() => {
-            json_response(StatusCode::OK, &model_object(engine, id))
-        }
-        _ => error(
+    // A name a wildcard group serves is a model too (`openai/gpt-4o` under `openai/*`), as
+    // chat serves it: `models.retrieve` before a chat must not call it missing.
+    match engine.is_model_for(key, id) {
+        true => json_response(StatusCode::OK, &model_object(engine, id)),
+        false => error(
             &ApiError::not_found(format!(
                 "model `{}` is not a model group this key may use",
                 echoed(id)
