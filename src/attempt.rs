@@ -96,6 +96,12 @@ pub trait Delivery: Send {
     /// or the end): a stream keeps its client's connection alive meanwhile, since the
     /// client hears nothing of the wait. A provider's own silence is not this.
     fn waiting(&mut self) {}
+    /// What keeps a stream's client alive while its provider keeps the upstream stream
+    /// alive with bytes that are no chunk (SSE comments while it thinks): a provider that
+    /// talks is not silent (see [`crate::frames::Liveness`]). None for a non-stream client.
+    fn liveness(&self) -> Option<crate::frames::Liveness> {
+        None
+    }
     /// The answer's end, after the loop and before its last event: whatever the delivery
     /// still holds (a stream's held finish chunk and `[DONE]`, or its error event). A client
     /// that goes here is gone as anywhere else: the request is `client_gone`, never
@@ -958,6 +964,9 @@ impl Run<'_> {
             }
         };
         let mut stream = opened.map_err(|e| self.failed(spec, e, blame, from_request, 0, &body))?;
+        if let Some(liveness) = out.liveness() {
+            stream.when_talking_without_chunks(move || liveness.hold());
+        }
         let limits = &self.catalog.limits;
         let mut held: Vec<Chunk> = Vec::new();
         let mut held_bytes = 0;

@@ -360,6 +360,10 @@ impl Delivery for StreamDelivery {
     fn waiting(&mut self) {
         self.body.hold();
     }
+
+    fn liveness(&self) -> Option<crate::frames::Liveness> {
+        Some(self.body.liveness())
+    }
 }
 
 /// An upstream's own completion, under the response id the client is given.

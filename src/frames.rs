@@ -10,8 +10,9 @@
 //! frame that could not be sent) makes the body fail, so hyper cuts the connection without
 //! the chunked body's last chunk and the client's SDK raises, rather than taking a stream
 //! cut short for a whole answer. Also owns keeping a stream alive while the gateway waits
-//! ([`FrameSender::hold`]): an SSE comment whenever the client has had no byte for the
-//! keep-alive interval, written by the body itself, so the attempt loop never waits to
+//! ([`FrameSender::hold`]), or while its provider talks without chunks ([`Liveness`]): an
+//! SSE comment whenever the client has had no byte for the keep-alive interval, written by
+//! the body itself, so the attempt loop never waits to
 //! write one and a comment always falls between whole events. Does not own what the frames
 //! say (`delivery`) nor the HTTP response (`gateway::body`).
 
@@ -89,9 +90,40 @@ pub fn channel(
 struct Holding {
     /// Set by [`FrameSender::hold`], cleared by the next frame sent.
     now: AtomicBool,
+    /// Set by [`Liveness::hold`], cleared by the next frame sent or the next comment
+    /// written: one comment at most for each time the provider talked.
+    once: AtomicBool,
     /// Wakes the body when a hold begins, so that a client already quiet for the interval
     /// gets its comment at once.
     changed: Arc<Notify>,
+}
+
+impl Holding {
+    fn begin(flag: &AtomicBool, changed: &Notify) {
+        // Only a hold that begins wakes the body: one that goes on changes nothing it
+        // waits for.
+        if !flag.swap(true, Ordering::AcqRel) {
+            changed.notify_one();
+        }
+    }
+
+    fn holds(&self) -> bool {
+        self.now.load(Ordering::Acquire) || self.once.load(Ordering::Acquire)
+    }
+}
+
+/// A handle that holds a stream alive from elsewhere: the upstream reader, when its
+/// provider sends bytes that are no chunk (keep-alive comments) while it thinks. Such a
+/// provider is not silent, so neither is the stream to its client; but each time it talks
+/// licenses one comment at most, so that a provider that then goes silent is passed on
+/// as silent, as any provider's silence is.
+#[derive(Debug, Clone)]
+pub struct Liveness(Arc<Holding>);
+
+impl Liveness {
+    pub fn hold(&self) {
+        Holding::begin(&self.0.once, &self.0.changed);
+    }
 }
 
 /// The body's side of keeping a stream alive.
@@ -116,7 +148,7 @@ impl KeepAlive {
             self.held = Box::pin(self.holding.changed.clone().notified_owned());
         }
         // Acquire: pairs with the Release of `hold` and of `send`.
-        if !self.holding.now.load(Ordering::Acquire) {
+        if !self.holding.holds() {
             return false;
         }
         let until = self.wrote_at + self.every;
@@ -179,17 +211,19 @@ impl FrameSender {
     /// continuation's connect and first byte): the body keeps the client's connection alive
     /// meanwhile, when it has a keep-alive interval.
     pub fn hold(&self) {
-        // Only a hold that begins wakes the body: one that goes on changes nothing it
-        // waits for.
-        if !self.holding.now.swap(true, Ordering::AcqRel) {
-            self.holding.changed.notify_one();
-        }
+        Holding::begin(&self.holding.now, &self.holding.changed);
+    }
+
+    /// A handle that holds this stream from elsewhere (see [`Liveness`]).
+    pub fn liveness(&self) -> Liveness {
+        Liveness(self.holding.clone())
     }
 
     /// Ends a hold without a frame: the answer goes on, and what comes of it is not the
     /// gateway's own wait (a chunk the delivery holds back, such as a finish).
     pub fn unhold(&self) {
         self.holding.now.store(false, Ordering::Release);
+        self.holding.once.store(false, Ordering::Release);
     }
 
     /// Resolves when the receiver is gone (the client closed its connection).
@@ -234,6 +268,8 @@ impl Body for FrameReceiver {
                 if let Some(k) = &mut self.keep_alive {
                     if k.due(cx) {
                         k.wrote();
+                        // A provider's talk is answered once (see `Liveness`).
+                        k.holding.once.store(false, Ordering::Release);
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEP_ALIVE)))));
                     }
                 }
@@ -320,6 +356,39 @@ mod tests {
     /// A comment comes only while the sender holds, once the client has had no byte for
     /// the interval (at once, for a client already that quiet), then every interval; the
     /// next frame ends the hold. Without an interval, a hold writes nothing.
+    /// A provider that talks without chunks (comments while it thinks) licenses one
+    /// comment per talk, once the client has been quiet for the interval: when it goes
+    /// silent, the client hears its silence.
+    #[tokio::test(start_paused = true)]
+    async fn a_providers_talk_keeps_the_client_alive_once_per_talk() {
+        let soon = || Instant::now() + Duration::from_secs(1);
+        let every = Duration::from_secs(10);
+        let (tx, mut rx) = channel(4, 1024, Some(every));
+        let liveness = tx.liveness();
+        tx.send(Bytes::from_static(b"data: a\n\n"), soon())
+            .await
+            .unwrap();
+        let _ = next_within(&mut rx, every).await;
+        let sent_at = Instant::now();
+        // It talks 3 s in: one comment when the client has been quiet for the interval.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        liveness.hold();
+        assert_eq!(
+            next_within(&mut rx, every).await.as_deref(),
+            Some(KEEP_ALIVE)
+        );
+        assert_eq!(Instant::now(), sent_at + every);
+        // Then silent: so is the stream.
+        assert_eq!(next_within(&mut rx, every * 3).await, None);
+        // Talking again after long silence: a comment at once, one.
+        liveness.hold();
+        assert_eq!(
+            next_within(&mut rx, every).await.as_deref(),
+            Some(KEEP_ALIVE)
+        );
+        assert_eq!(next_within(&mut rx, every * 3).await, None);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_held_stream_is_kept_alive_each_quiet_interval() {
         let soon = || Instant::now() + Duration::from_secs(1);

@@ -126,7 +126,8 @@ pub struct Limits {
     /// below 1 s (`delivery::MIN_KEEP_ALIVE`), whatever either says.
     /// openai-python's read timeout bounds every read, so without it a client gave up
     /// mid-stream where the gateway would have finished. A provider's own silence mid-answer
-    /// is passed on as it is. 0 turns it off.
+    /// is passed on as it is; a provider that keeps its stream alive with comments keeps its
+    /// client alive too, one comment at most each time it talks. 0 turns it off.
     pub stream_keep_alive: f64,
     /// Connections accepted past `max_connections` only to be told 503 (or served
     /// `/health`); past this many more, a connection is closed at once.

@@ -1879,6 +1879,62 @@ fn longest_silence(frames: &[(std::time::Duration, String)]) -> std::time::Durat
         .unwrap_or_default()
 }
 
+// A provider that keeps its stream alive with SSE comments while it thinks (OpenRouter's
+// `: OPENROUTER PROCESSING`, every few seconds) is not silent, and its client through the
+// gateway must not be either: the comments kept the gateway's own idle timer alive but
+// none reached the client, so openai-python with `timeout=20` gave up at 20 s where it
+// would have finished talking to the provider directly. While the provider sends bytes
+// that are no chunk, the gateway keeps the client alive as it does for its own waits.
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_keeps_its_stream_alive_keeps_the_client_alive_too() {
+    use std::time::Duration;
+    let net = MemNet::new();
+    net.host("up", move |_| {
+        let (tx, r) = sse_channel();
+        tokio::spawn(async move {
+            let first = frame(&chunk_json(
+                "m",
+                json!({"role": "assistant", "content": "fre"}),
+                None,
+            ));
+            let _ = tx.send(Ok(first.into())).await;
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let _ = tx.send(Ok(": OPENROUTER PROCESSING\n\n".into())).await;
+            }
+            let rest = frame(&chunk_json("m", json!({"content": "sh"}), Some("stop")));
+            let _ = tx.send(Ok(format!("{rest}data: [DONE]\n\n").into())).await;
+        });
+        r
+    });
+    let gw = Gw::start(ONE_GROUP, &net);
+    for (read_timeout, every) in [(None, 15u64), (Some("6"), 3)] {
+        let mut request = chat_request(None, &chat_body("g", true));
+        if let Some(value) = read_timeout {
+            request.headers_mut().insert(
+                "x-stainless-read-timeout",
+                http::HeaderValue::from_static(value),
+            );
+        }
+        let r = gw.connect().await.send_request(request).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let frames = timed_frames(r).await;
+        let body: String = frames.iter().map(|(_, f)| f.as_str()).collect();
+        assert_eq!(streamed_text(&body), "fresh", "{body}");
+        assert!(
+            // The first comment comes 5 s in: a client with a 3 s interval hears nothing
+            // before it.
+            longest_silence(&frames) <= Duration::from_secs(every.max(5)),
+            "{read_timeout:?}: the client went {:?} without a byte while its provider \
+             kept talking: {frames:?}",
+            longest_silence(&frames)
+        );
+        for (_, f) in frames.iter().filter(|(_, f)| f.starts_with(':')) {
+            assert_eq!(f, ": keep-alive\n\n", "a whole SSE comment, between events");
+        }
+    }
+}
+
 // A stream that has begun goes quiet while the gateway waits on its own account after a
 // failure: a backoff, a Retry-After, a continuation's connect and first byte. openai-python's
 // read timeout bounds every read (httpx), so a client with `timeout=20` gave up there,

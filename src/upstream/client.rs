@@ -286,6 +286,7 @@ impl UpstreamClient {
             lease: Some(lease),
             unconfirmed: None,
             whole_json: None,
+            talking: None,
         };
         if !(200..300).contains(&status) {
             let body = stream.read_all(MAX_ERROR_BODY_BYTES, true).await?;
@@ -740,6 +741,9 @@ pub struct UpstreamStream {
     /// An unlabelled answer whose first bytes began a JSON object: its bytes so far, parsed
     /// as one completion at its end, as a JSON-labelled answer is.
     whole_json: Option<Vec<u8>>,
+    /// Called when a read brings bytes but no chunk (see
+    /// [`UpstreamStream::when_talking_without_chunks`]).
+    talking: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// A streamed answer under another label ([`BodyForm::Labelled`]) or none
@@ -874,6 +878,14 @@ impl UpstreamStream {
         let t = &mut self.timeouts;
         t.request_deadline = t.request_deadline.max(request_deadline);
         t.deadline = t.deadline.max(deadline.min(t.request_deadline));
+    }
+
+    /// Calls `talking` whenever a read brings bytes that complete no chunk: keep-alive
+    /// comments while the provider thinks (OpenRouter's `: OPENROUTER PROCESSING`), or the
+    /// first part of a long line. The provider is alive; the attempt loop passes that on to
+    /// a streaming client.
+    pub fn when_talking_without_chunks(&mut self, talking: impl Fn() + Send + Sync + 'static) {
+        self.talking = Some(Box::new(talking));
     }
 
     /// The next chunk, `Ok(None)` at the end (`[DONE]`, or a clean end after a finish
@@ -1024,6 +1036,9 @@ impl UpstreamStream {
                     self.last_activity = Instant::now();
                     if let Some(data) = frame.data_ref() {
                         self.ingest(data);
+                    }
+                    if let (true, Some(talking)) = (self.queue.is_empty(), &self.talking) {
+                        talking();
                     }
                 }
             }
