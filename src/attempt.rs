@@ -479,6 +479,7 @@ impl Run<'_> {
                     committed: self.commit.is_committed(),
                     tried: &tried,
                     tier,
+                    retries_follow_health: self.serves_a_wildcard(group),
                     order_fallback_possible,
                     now,
                     deadline: self.deadline,
@@ -521,7 +522,11 @@ impl Run<'_> {
                         }
                         retries_here += 1;
                         self.retries += 1;
-                        next = Some(self.retry_target(&cx, deployment));
+                        let to = self.retry_target(&cx, deployment);
+                        // A wildcard group's retry may go to another tier (see
+                        // `RetryContext::retries_follow_health`).
+                        tier = self.catalog.deployment(to).order;
+                        next = Some(to);
                     }
                     RetryDecision::GiveUp(reason) => {
                         self.emit(Event::GroupExhausted { group, reason });
@@ -705,10 +710,15 @@ impl Run<'_> {
         route: FallbackRoute,
         walk: &crate::plan::PlanWalk<'_>,
     ) -> bool {
-        let wildcard = (self.admitted.plan.wildcard().is_some()
-            && group == self.admitted.plan.primary)
-            || self.catalog.wildcard_target(group).is_some();
-        walk.order_fallback_allowed(route) && !wildcard
+        walk.order_fallback_allowed(route) && !self.serves_a_wildcard(group)
+    }
+
+    /// Whether `group` serves this request as a wildcard group: the request's own name
+    /// through a pattern, or a fallback target a pattern serves. Its tiers never fall back
+    /// to one another, and its retries go to the lowest tier with a healthy deployment.
+    fn serves_a_wildcard(&self, group: GroupId) -> bool {
+        (self.admitted.plan.wildcard().is_some() && group == self.admitted.plan.primary)
+            || self.catalog.wildcard_target(group).is_some()
     }
 
     /// Whether the request has made every retry and fallback `num_retries_per_request`

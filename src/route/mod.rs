@@ -87,8 +87,13 @@ pub struct RetryContext<'a> {
     pub committed: bool,
     /// Deployments already tried in this group, in order.
     pub tried: &'a [DeploymentId],
-    /// The `order` tier the request is in: retries stay inside it.
+    /// The `order` tier the request is in: retries stay inside it, unless
+    /// `retries_follow_health`.
     pub tier: u32,
+    /// Retries go to the lowest tier with a healthy deployment, whatever tier the request
+    /// is in: a wildcard group's, whose tiers never fall back to one another, as LiteLLM
+    /// routes each retry among every deployment of the requested name.
+    pub retries_follow_health: bool,
     /// A higher tier could take over from this one (the plan allows an order-based
     /// fallback here, and the group is not a wildcard's). Only then is a healthy higher
     /// tier a reason not to wait out a cooling tier's Retry-After: a tier that cannot be
@@ -249,15 +254,11 @@ fn choose_in_tier(
     book: &CooldownBook,
     rng: &mut (impl Rng + ?Sized),
 ) -> Option<Choice> {
-    select::choose_in(
-        catalog,
-        cx.group,
-        Tiers::Only(cx.tier),
-        book,
-        cx.now,
-        cx.tried,
-        rng,
-    )
+    let tiers = match cx.retries_follow_health {
+        true => Tiers::Any,
+        false => Tiers::Only(cx.tier),
+    };
+    select::choose_in(catalog, cx.group, tiers, book, cx.now, cx.tried, rng)
 }
 
 #[cfg(test)]
@@ -289,6 +290,7 @@ mod tests {
             committed: false,
             tried,
             tier: 0,
+            retries_follow_health: false,
             order_fallback_possible: true,
             now,
             deadline: now + Duration::from_secs(60),
