@@ -54,11 +54,22 @@ built=$(date +%s)
 
 # Ports: 10 consecutive free ones on loopback for the fakes (port base), then the gateway's,
 # then a second gateway's (differential probes run LiteLLM and Switchback side by side).
-# Started at a per-process offset so parallel checkouts on one machine rarely meet.
+# Started at a per-process offset so parallel checkouts on one machine rarely meet, and
+# searched below the kernel's ephemeral range: there the kernel never picks a source port for
+# an outgoing connection, which could take a port between this choice and its use (a CI run
+# failed so: a check found port 37592 "taken").
 read -r PORT_BASE GATEWAY_PORT SECOND_PORT < <("$VENV/bin/python" - "$$" <<'EOF'
 import socket, sys
-start = 20000 + (int(sys.argv[1]) % 3000) * 10
-for base in range(start, 60000, 12):
+try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+except (OSError, ValueError, IndexError):
+    ephemeral_low = 32768
+low, high = 20000, max(ephemeral_low - 12, 20000 + 12 * 100)
+span = (high - low) // 12
+start = int(sys.argv[1]) % span
+for step in range(span):
+    base = low + ((start + step) % span) * 12
     held = []
     try:
         for port in range(base, base + 12):
@@ -73,7 +84,7 @@ for base in range(start, 60000, 12):
         for s in held:
             s.close()
 else:
-    sys.exit("no 12 free consecutive loopback ports")
+    sys.exit(f"no 12 free consecutive loopback ports between {low} and {high}")
 EOF
 )
 GATEWAY="http://127.0.0.1:$GATEWAY_PORT"

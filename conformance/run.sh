@@ -37,13 +37,21 @@ if [[ ! -f conformance/node/node_modules/openai/package.json ]] ||
   npm ci --prefix conformance/node --no-audit --no-fund --silent
 fi
 
-# A free run of ports on 127.0.0.1: the fakes at base.., the gateway after them.
+# A free run of ports on 127.0.0.1: the fakes at base.., the gateway after them. Below the
+# kernel's ephemeral range, where no outgoing connection can take a port between this
+# choice and its use (and a check can never meet a connection to itself).
 providers=$(grep -c '^  - host:' "$scenario")
 base=$(python3 - "$providers" <<'EOF'
 import random, socket, sys
 need = int(sys.argv[1]) + 1
+try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+except (OSError, ValueError, IndexError):
+    ephemeral_low = 32768
+high = max(ephemeral_low - need, 21000)
 for _ in range(200):
-    base = random.randrange(20000, 60000 - need)
+    base = random.randrange(20000, high)
     socks = []
     try:
         for p in range(base, base + need):

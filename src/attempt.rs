@@ -310,7 +310,8 @@ impl Run<'_> {
                 }
             };
             let mut tried: Vec<DeploymentId> = Vec::new();
-            // The `order` tier the request is in; retries stay inside it.
+            // The `order` tier the request is in; retries stay inside it (a wildcard
+            // group's follow health instead, and this follows the deployment retried).
             let mut tier = next.map_or(0, |d| self.catalog.deployment(d).order);
             let mut retries_here = 0;
             // The first deployment that failed in this tier: its own `num_retries`, if it
@@ -342,7 +343,6 @@ impl Run<'_> {
                     }),
                     None => {
                         let content_policy_fails = self.content_policy_would_route(&walk, group)
-                            && !self.cap_spent()
                             && self.attempts.len() as u32 + 1 < self.catalog.limits.max_attempts;
                         self.attempt(group, deployment, content_policy_fails, out)
                             .await
@@ -691,10 +691,19 @@ impl Run<'_> {
     /// [`crate::plan::PlanWalk::content_policy_would_route`]), a group being able to serve
     /// when a deployment of it is not cooling, as this request sees the health now.
     fn content_policy_would_route(&self, walk: &crate::plan::PlanWalk<'_>, group: GroupId) -> bool {
+        // Each link the walk takes counts against `num_retries_per_request`, a group
+        // skipped while cooling included (see `cap_spent`).
+        let links_allowed = self
+            .settings
+            .num_retries_per_request
+            .value
+            .map_or(u32::MAX, |cap| {
+                cap.saturating_sub(self.retries + self.fallbacks)
+            });
         let now = Instant::now();
         let health = self.engine.health(now);
         let book = health.view(self.admitted.id, now);
-        walk.content_policy_would_route(group, &mut |g| {
+        walk.content_policy_would_route(group, links_allowed, &mut |g| {
             select::has_healthy(self.catalog, g, Tiers::Any, &book, now)
         })
     }

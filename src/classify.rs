@@ -485,8 +485,6 @@ pub fn classify(signal: Signal<'_>, now: SystemTime) -> Failure {
     }
 }
 
-/// The error object inside a body: `{"error": {...}}` (OpenAI, OpenRouter, Anthropic's
-/// `{"type": "error", "error": {...}}`), `[{"error": {...}}]` (Vertex), or the value itself.
 /// The first event of an error body written as an event stream, when it holds a JSON
 /// object: a LiteLLM proxy whose provider failed on the first read of a stream answers with
 /// the error's status but writes the error as an SSE event
@@ -505,6 +503,8 @@ fn first_event_object(body: &[u8]) -> Option<Value> {
     })
 }
 
+/// The error object inside a body: `{"error": {...}}` (OpenAI, OpenRouter, Anthropic's
+/// `{"type": "error", "error": {...}}`), `[{"error": {...}}]` (Vertex), or the value itself.
 fn error_object(v: &Value) -> &Value {
     let v = match v {
         Value::Array(items) if !items.is_empty() => &items[0],

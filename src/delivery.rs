@@ -374,11 +374,11 @@ fn with_id(mut whole: Map<String, Value>, response_id: &str) -> Value {
     Value::Object(whole)
 }
 
-/// Whether `value` is an empty string in a field that names what answered (`model`,
-/// `system_fingerprint`): a chunk that says nothing there.
 /// Top-level fields that describe the backend that produced the chunk, not the answer.
 const NAMES_THE_BACKEND: &[&str] = &["system_fingerprint", "service_tier"];
 
+/// Whether `value` is an empty string in a field that names what answered (`model`,
+/// `system_fingerprint`): a chunk that says nothing there.
 fn blank_identity(key: &str, value: &Value) -> bool {
     matches!(key, "model" | "system_fingerprint") && value.as_str() == Some("")
 }

@@ -523,9 +523,15 @@ fn permitted(key: Option<&KeySpec>, allowed: &[bool], routed: &Routed, name: &st
 impl Engine {
     /// Whether `name` is a model this key may ask for, as `GET /v1/models/{id}` answers:
     /// a model group it may use, or a name a wildcard group serves that its lists admit.
-    /// A deployment id is callable but names no model: not one.
+    /// A deployment id is callable but names no model: not one, nor is the id of a
+    /// wildcard deployment, which chat refuses.
     pub fn is_model_for(&self, key: Option<&KeySpec>, name: &str) -> bool {
         let catalog = &*self.catalog;
+        // The id of a deployment whose `model` has a `*` is refused by chat, whatever
+        // pattern would match it (see `wildcard_id_refused`).
+        if catalog.wildcard_deployment(name).is_some() {
+            return false;
+        }
         let Some(routed) = catalog.route(name) else {
             return false;
         };

@@ -353,9 +353,6 @@ mod tests {
         frame?.ok()?.into_data().ok()
     }
 
-    /// A comment comes only while the sender holds, once the client has had no byte for
-    /// the interval (at once, for a client already that quiet), then every interval; the
-    /// next frame ends the hold. Without an interval, a hold writes nothing.
     /// A provider that talks without chunks (comments while it thinks) licenses one
     /// comment per talk, once the client has been quiet for the interval: when it goes
     /// silent, the client hears its silence.
@@ -389,6 +386,9 @@ mod tests {
         assert_eq!(next_within(&mut rx, every * 3).await, None);
     }
 
+    /// A comment comes only while the sender holds, once the client has had no byte for
+    /// the interval (at once, for a client already that quiet), then every interval; the
+    /// next frame ends the hold. Without an interval, a hold writes nothing.
     #[tokio::test(start_paused = true)]
     async fn a_held_stream_is_kept_alive_each_quiet_interval() {
         let soon = || Instant::now() + Duration::from_secs(1);

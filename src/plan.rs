@@ -271,13 +271,16 @@ impl<'p> PlanWalk<'p> {
     /// `content_policy_fallbacks` list names somewhere for it (see
     /// [`FallbackPlan::content_policy_applies`]) and the walk, after that failure, reaches a
     /// group that can serve (`servable`: one with a deployment not cooling), allowed by the
-    /// key, not visited, within `max_fallbacks`. A group with every deployment cooling is
-    /// passed over as the walk passes it (skipped without a call, its own fallbacks next).
-    /// Otherwise `finish_reason: content_filter` is the answer: an error nothing can route
-    /// around would only take the provider's answer from the client.
+    /// key, not visited, within `max_fallbacks` and within the `links_allowed` links the
+    /// request may still take (what `num_retries_per_request` leaves). A group with every
+    /// deployment cooling is passed over as the walk passes it (skipped without a call, its
+    /// own fallbacks next), and the link to it counts. Otherwise `finish_reason:
+    /// content_filter` is the answer: an error nothing can route around would only take the
+    /// provider's answer from the client.
     pub fn content_policy_would_route(
         &self,
         group: GroupId,
+        links_allowed: u32,
         servable: &mut dyn FnMut(GroupId) -> bool,
     ) -> bool {
         if !self.plan.content_policy_applies(group) {
@@ -285,7 +288,10 @@ impl<'p> PlanWalk<'p> {
         }
         let mut probe = self.clone();
         probe.group_failed(group, FallbackRoute::ContentPolicy);
-        while let Some(link) = probe.next(&mut |_, _| {}) {
+        for _ in 0..links_allowed {
+            let Some(link) = probe.next(&mut |_, _| {}) else {
+                return false;
+            };
             if servable(link.to) {
                 return true;
             }
@@ -450,11 +456,16 @@ mod tests {
         };
         let a = c.group_id("a").unwrap();
         let open = plan_with(&c, "a", s.clone(), None);
-        assert!(open.walk().content_policy_would_route(a, &mut |_| true));
+        assert!(
+            open.walk()
+                .content_policy_would_route(a, u32::MAX, &mut |_| true)
+        );
         let barred = plan_with(&c, "a", s.clone(), Some(&["a", "other"]));
         assert!(barred.content_policy_applies(a), "the list names a group");
         assert!(
-            !barred.walk().content_policy_would_route(a, &mut |_| true),
+            !barred
+                .walk()
+                .content_policy_would_route(a, u32::MAX, &mut |_| true),
             "the key may not use it: the filtered answer is the answer"
         );
         let no_depth = RouterSettings {
@@ -464,14 +475,18 @@ mod tests {
         assert!(
             !plan_with(&c, "a", no_depth, None)
                 .walk()
-                .content_policy_would_route(a, &mut |_| true)
+                .content_policy_would_route(a, u32::MAX, &mut |_| true)
         );
         let lenient = c.group_id("lenient").unwrap();
         assert!(
             !open
                 .walk()
-                .content_policy_would_route(a, &mut |g| g != lenient),
+                .content_policy_would_route(a, u32::MAX, &mut |g| g != lenient),
             "every deployment of the fallback cooling: nothing can serve"
+        );
+        assert!(
+            !open.walk().content_policy_would_route(a, 0, &mut |_| true),
+            "num_retries_per_request spent: no link may be taken"
         );
     }
 

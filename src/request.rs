@@ -118,25 +118,30 @@ pub struct BadRequest {
 }
 
 /// The body is not JSON, as `serde_json` says of `body`.
-fn not_json(e: serde_json::Error, body: &[u8]) -> BadRequest {
+/// `body` is what the parser read: the body as sent less `skipped` leading bytes (a
+/// byte-order mark), so that an offset named counts the bytes as sent.
+fn not_json(e: serde_json::Error, body: &[u8], skipped: usize) -> BadRequest {
     // serde_json names a lone surrogate by what it expected next, and a byte that is not
-    // UTF-8 "an invalid unicode code point".
+    // UTF-8 "an invalid unicode code point" (only then is the byte the error).
     let said = e.to_string();
-    let not_utf8 = std::str::from_utf8(body).err().map(|bad| {
-        let at = bad.valid_up_to();
-        format!(
-            " (byte 0x{:02X} at offset {at} is not UTF-8: JSON is sent as UTF-8, and a \
-             body in ISO-8859-1 or Windows-1252, as Windows PowerShell 5.1 sends one, \
-             must be encoded as UTF-8 first)",
-            body[at]
-        )
-    });
     let hint = if said.contains("surrogate") || said.contains("end of hex escape") {
         " (a `\\u` escape there is a lone UTF-16 surrogate, half of a character, \
              which JSON text cannot carry: was a string cut between the two halves \
              of a pair?)"
+            .to_string()
+    } else if said.contains("invalid unicode code point")
+        && let Err(bad) = std::str::from_utf8(body)
+    {
+        let at = bad.valid_up_to();
+        format!(
+            " (byte 0x{:02X} at offset {} is not UTF-8: JSON is sent as UTF-8, and a \
+             body in ISO-8859-1 or Windows-1252, as Windows PowerShell 5.1 sends one, \
+             must be encoded as UTF-8 first)",
+            body[at],
+            skipped + at
+        )
     } else {
-        not_utf8.as_deref().unwrap_or("")
+        String::new()
     };
     BadRequest {
         message: format!("request body is not valid JSON: {said}{hint}"),
@@ -232,6 +237,7 @@ impl ChatRequest {
     ) -> Result<ChatRequest, BadRequest> {
         // UTF-8 only (a byte-order mark skipped): a UTF-16 body is told as one, not as a
         // syntax error at its first byte.
+        let sent = body.len();
         let body = crate::charset::utf8_json(body).map_err(|e| BadRequest {
             message: e.to_string(),
             param: None,
@@ -241,7 +247,7 @@ impl ChatRequest {
             crate::json::from_slice_counted(body, limits.max_request_json_values).map_err(|e| {
                 match e {
                     crate::json::BoundedError::TooManyValues => over_json_values(limits),
-                    crate::json::BoundedError::Json(e) => not_json(e, body),
+                    crate::json::BoundedError::Json(e) => not_json(e, body, sent - body.len()),
                 }
             })?;
         let Value::Object(mut body) = value else {
@@ -1233,6 +1239,22 @@ mod tests {
         assert!(
             e.message.contains("byte 0xE9 at offset 54 is not UTF-8")
                 && e.message.contains("encoded as UTF-8"),
+            "{}",
+            e.message
+        );
+        // The offset counts the bytes as sent, a byte-order mark included.
+        let marked = [&b"\xEF\xBB\xBF"[..], &body[..]].concat();
+        let e = ChatRequest::parse(&marked, &Limits::default()).unwrap_err();
+        assert!(
+            e.message.contains("byte 0xE9 at offset 57 is not UTF-8"),
+            "{}",
+            e.message
+        );
+        // A syntax error before the byte is that error, with no word about encodings.
+        let broken = b"{\"model\":\"m\",,\"c\":\"caf\xe9\"}";
+        let e = ChatRequest::parse(broken, &Limits::default()).unwrap_err();
+        assert!(
+            e.message.contains("key must be a string") && !e.message.contains("UTF-8"),
             "{}",
             e.message
         );

@@ -456,6 +456,15 @@ async fn a_reload_that_stops_cooling_lone_deployments_lifts_their_cooldowns() {
             "cooldown_lone_deployment: true",
             "cooldown_lone_deployment: false",
         );
+        // Turning the failure-rate rule on with it: a lone deployment cools under that
+        // rule only when every one of many requests failed, never for one 429 (found in
+        // review: the rule's being on kept the cooldown).
+        if moved {
+            next = next.replace("allowed_fails: 0, ", "").replace(
+                "cooldown_lone_deployment: false",
+                "cooldown_lone_deployment: false, cooldown_by_failure_rate: true",
+            );
+        }
         if moved {
             next = next.replace(
                 "model_list:\n",

@@ -1180,6 +1180,7 @@ async fn a_model_a_wildcard_group_serves_can_be_retrieved() {
         r#"
 model_list:
   - {model_name: "openai/*", litellm_params: {model: "openai/*", api_base: "http://up/v1"}}
+  - {model_name: "*", litellm_params: {model: "openai/*", api_base: "http://up/v1"}, model_info: {id: catchall}}
 keys:
   - {key: sk-all}
   - {key: sk-anthropic, models: ["anthropic/*"]}
@@ -1210,8 +1211,11 @@ keys:
     assert_eq!(v["id"], "openai/gpt-4o");
     let (status, body) = get("/v1/models/openai%2Fgpt-4o", "sk-anthropic").await;
     assert_eq!(status, 404, "{body}");
-    let (status, body) = get("/v1/models/mistral%2Fsmall", "sk-all").await;
-    assert_eq!(status, 404, "no group serves it: {body}");
+    let (status, body) = get("/v1/models/catchall", "sk-all").await;
+    assert_eq!(
+        status, 404,
+        "a wildcard deployment's id, which chat refuses: {body}"
+    );
 }
 
 // 17. With `n: 2`, a choice that finishes first does not hold back the others: only the

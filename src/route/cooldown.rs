@@ -328,12 +328,15 @@ impl CooldownBook {
         // lone-deployment rule) or now never cooled (its own `cooldown_time` of 0) would
         // refuse its group's requests on the old config's word until it ran out.
         let settings = &catalog.settings;
-        let unfit = |d: usize, class: FailureClass| {
+        let unfit = |d: usize, from: DeploymentId, class: FailureClass| {
             let never = book.own_cooldown[d].is_some_and(|c| c.is_zero());
-            never
-                || (book.lone[d]
-                    && !settings.cooldown_by_failure_rate
-                    && !may_cool(class, true, settings))
+            // The failure-rate rule also cools a lone deployment when every one of many
+            // requests failed: a cooldown the old config may have set by that rule (it had
+            // the rule, and the deployment was lone there too) the new one could set.
+            let by_the_rate_rule_in_both = settings.cooldown_by_failure_rate
+                && old.settings.cooldown_by_failure_rate
+                && self.lone[from.0 as usize];
+            never || (book.lone[d] && !may_cool(class, true, settings) && !by_the_rate_rule_in_both)
         };
         let mut health = Vec::with_capacity(carried.len());
         for (d, from) in carried.iter().enumerate() {
@@ -342,37 +345,34 @@ impl CooldownBook {
                 continue;
             };
             let mut h = self.health[from.0 as usize].clone();
-            if h.cooled_for.is_some_and(|class| unfit(d, class)) {
+            if h.cooled_for.is_some_and(|class| unfit(d, from, class)) {
                 h.cooled_until = None;
                 h.cooled_for = None;
             }
             health.push(h);
         }
-        let pending = self
-            .pending
-            .iter()
-            .filter_map(|p| {
-                let deployment = new_index(p.deployment)?;
-                let d = deployment.0 as usize;
-                let class = match p.effect {
-                    Effect::Success => None,
-                    Effect::Counted { class, .. }
-                    | Effect::Immediate { class, .. }
-                    | Effect::Rated { class, .. } => Some(class),
-                };
-                if class.is_some_and(|class| unfit(d, class)) {
-                    return None;
-                }
-                Some(Pending {
-                    deployment,
-                    handed_over: false,
-                    ..*p
-                })
-            })
-            .collect();
-        // What is carried over is the new book's to report, once.
+        // What is carried over is the new book's to report, once; what is dropped stays
+        // this book's to report, as this book still applies it.
+        let mut pending = Vec::new();
         for p in &mut self.pending {
-            p.handed_over |= new_index(p.deployment).is_some();
+            let Some(deployment) = new_index(p.deployment) else {
+                continue;
+            };
+            let class = match p.effect {
+                Effect::Success => None,
+                Effect::Counted { class, .. }
+                | Effect::Immediate { class, .. }
+                | Effect::Rated { class, .. } => Some(class),
+            };
+            if class.is_some_and(|class| unfit(deployment.0 as usize, p.deployment, class)) {
+                continue;
+            }
+            p.handed_over = true;
+            pending.push(Pending {
+                deployment,
+                handed_over: false,
+                ..*p
+            });
         }
         book.health = health;
         book.pending = pending;
@@ -422,8 +422,21 @@ impl CooldownBook {
                 )
                 .is_some()
             });
-            // A reloaded config's book has these effects and reports what they cause.
-            let reported = reported || due.iter().filter(of).any(|p| p.handed_over);
+            // A reloaded config's book has the effects handed over to it, and reports what
+            // they cause: what they cause alone, since it never sees this book's later ones.
+            let handed_over_alone = due.iter().filter(of).any(|p| p.handed_over) && {
+                let mut theirs = self.health[d.0 as usize].clone();
+                combine(
+                    &mut theirs,
+                    at,
+                    due.iter()
+                        .filter(of)
+                        .filter(|p| p.handed_over)
+                        .map(|p| &p.effect),
+                )
+                .is_some()
+            };
+            let reported = reported || handed_over_alone;
             let h = &mut self.health[d.0 as usize];
             let caused = combine(h, at, due.iter().filter(of).map(|p| &p.effect));
             if let (Some((duration, class)), false) = (caused, reported) {
@@ -1028,5 +1041,79 @@ mod tests {
             }
         }
         out
+    }
+
+    fn catalog_of(yaml: &str) -> crate::catalog::Catalog {
+        crate::catalog::Catalog::new(&crate::config::GatewayConfig::load("t.yaml", yaml).unwrap())
+            .unwrap()
+    }
+
+    /// A cooldown that needs both an effect handed over at a reload and one an old request
+    /// recorded after it, at the same instant, is the old book's to report: the new book
+    /// never sees the second effect, so it cannot.
+    #[test]
+    fn a_cooldown_the_handed_over_effects_alone_do_not_cause_is_reported_by_the_old_book() {
+        let yaml = "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://a/v1\"}}\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://b/v1\"}}\nrouter_settings: {allowed_fails: 1, cooldown_time: 60}\n";
+        let catalog = catalog_of(yaml);
+        let mut old = CooldownBook::for_catalog(&catalog);
+        let now = Instant::now();
+        let d = DeploymentId(0);
+        let f = Failure::new(FailureClass::Transient, "503");
+        assert!(
+            old.record_failure(d, &f, now, &catalog.settings, 1)
+                .is_none()
+        );
+        let (mut new, _) = old.carried_over(&catalog, &catalog);
+        // An old request still in flight fails on the old config, at the same instant.
+        assert!(
+            old.record_failure(d, &f, now, &catalog.settings, 2)
+                .is_none()
+        );
+        let later = now + ms(1);
+        old.settle(later);
+        new.settle(later);
+        assert!(
+            old.is_cooling(d, later),
+            "two failures against an allowance of one"
+        );
+        assert!(!new.is_cooling(d, later), "the new book has one of them");
+        let reported = old.take_unreported();
+        assert_eq!(reported.len(), 1, "the old book reports it: {reported:?}");
+        assert_eq!(reported[0].request, 1);
+        assert!(new.take_unreported().is_empty());
+    }
+
+    /// An effect a reload drops (the new config could not have caused it) is not handed
+    /// over: the old book, which still applies it, reports what it causes.
+    #[test]
+    fn an_effect_a_reload_drops_is_still_reported_by_the_old_book() {
+        let two = "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://a/v1\"}}\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://b/v1\"}}\nrouter_settings: {allowed_fails: 1, cooldown_time: 60}\n";
+        let lone = "allow_anonymous: true\nmodel_list:\n  - {model_name: g, litellm_params: {model: m, api_base: \"http://a/v1\"}}\nrouter_settings: {allowed_fails: 1, cooldown_time: 60}\n";
+        let (before, after) = (catalog_of(two), catalog_of(lone));
+        let mut old = CooldownBook::for_catalog(&before);
+        let now = Instant::now();
+        let d = DeploymentId(0);
+        let f = Failure::new(FailureClass::Transient, "503");
+        // Two requests, one failure each: neither cools the deployment as it sees it.
+        for request in [1, 2] {
+            assert!(
+                old.record_failure(d, &f, now, &before.settings, request)
+                    .is_none()
+            );
+        }
+        let (mut new, carried) = old.carried_over(&before, &after);
+        assert_eq!(carried, vec![Some(d)]);
+        assert!(
+            !old.pending.iter().any(|p| p.handed_over),
+            "a lone deployment is never cooled for a 503: nothing of it is handed over"
+        );
+        let later = now + ms(1);
+        old.settle(later);
+        new.settle(later);
+        assert!(!new.is_cooling(d, later));
+        assert!(new.take_unreported().is_empty());
+        assert!(old.is_cooling(d, later), "the old config cools it");
+        let reported = old.take_unreported();
+        assert_eq!(reported.len(), 1, "the old book reports it: {reported:?}");
     }
 }

@@ -137,8 +137,9 @@ impl RetryPolicy for DefaultRetryPolicy {
 }
 
 /// Decides whether and where the group is retried. Retries stay inside the request's
-/// current `order` tier ([`RetryContext::tier`]); another healthy deployment of the tier is
-/// preferred. If every deployment of the tier is cooling, the retry waits for the first to
+/// current `order` tier ([`RetryContext::tier`]), but for a wildcard group's, which go to its
+/// lowest tier with a healthy deployment ([`RetryContext::retries_follow_health`]); another
+/// healthy deployment of the tier is preferred. If every deployment of the tier is cooling, the retry waits for the first to
 /// come back only when the provider asked for that wait (the failure carried a Retry-After)
 /// and no higher tier of the group has a healthy deployment (then the tier gives up and the
 /// attempt loop takes an order-based fallback): that is how a Retry-After is honoured, up to

@@ -8,7 +8,9 @@
 //!
 //! The tier comes before the preference for untried deployments: a retry never leaves its
 //! tier for an untried deployment of a higher one (moving to the next tier is an
-//! order-based fallback, decided by the attempt loop). LiteLLM picks the same way: cooling
+//! order-based fallback, decided by the attempt loop). A wildcard group's retry is the
+//! exception: its tiers never fall back to one another, so it draws from every tier
+//! ([`Tiers::Any`]; see `RetryContext::retries_follow_health`). LiteLLM picks the same way: cooling
 //! deployments are filtered out first, then the lowest `order` left
 //! (`litellm/router.py`, `Router.async_get_available_deployment`, through
 //! `litellm/utils.py`, `_get_order_filtered_deployments`).
@@ -34,7 +36,8 @@ pub enum Choice {
 pub enum Tiers {
     /// Any tier: the lowest one with a healthy deployment (a request entering a group).
     Any,
-    /// Only this tier (a retry: retries stay inside their tier).
+    /// Only this tier (a retry: retries stay inside their tier, but for a wildcard
+    /// group's, which take [`Tiers::Any`]).
     Only(u32),
     /// Tiers above this one: the lowest of them with a healthy deployment (an order-based
     /// fallback).

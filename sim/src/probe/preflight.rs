@@ -38,7 +38,9 @@ pub async fn ports_free(ports: &[u16]) -> Result<(), String> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let attempt =
             tokio::time::timeout(CHECK_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await;
-        if let Ok(Ok(_)) = attempt {
+        if let Ok(Ok(stream)) = attempt
+            && someone_listens(&stream)
+        {
             return Err(format!(
                 "port {port} on 127.0.0.1 is taken: another process accepts connections there \
                  (fakes or a probe still running?). The fakes need ports {}-{}; choose another \
@@ -49,6 +51,18 @@ pub async fn ports_free(ports: &[u16]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether a connection that succeeded reached a listener. On Linux a connection to a free
+/// port of the ephemeral range can come back connected to itself (TCP's simultaneous open,
+/// when the kernel happens to choose that very port as its source): nobody listens then,
+/// and calling the port taken would fail a probe for nothing.
+fn someone_listens(stream: &tokio::net::TcpStream) -> bool {
+    match (stream.local_addr(), stream.peer_addr()) {
+        (Ok(local), Ok(peer)) => local != peer,
+        // A connection that cannot name its ends is no proof either way: be careful.
+        _ => true,
+    }
 }
 
 /// Fails when nothing takes a TCP connection at the gateway's address.
@@ -85,6 +99,24 @@ mod tests {
             "{e}"
         );
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_connection_to_itself_is_no_listener() {
+        // The kernel's simultaneous open, forced: a socket bound to a port and connected to
+        // that same port, with nothing listening there.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let own = socket.local_addr().unwrap();
+        let stream = socket.connect(own).await.unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), own, "a self-connection");
+        assert!(!someone_listens(&stream));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to_listener = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        assert!(someone_listens(&to_listener));
     }
 
     #[test]
