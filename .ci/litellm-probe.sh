@@ -263,14 +263,18 @@ for s in scenarios/parity/order_retry_stays_in_tier.yaml \
     scenarios/parity/wildcard_group_serves_requested_model.yaml \
     scenarios/parity/wildcard_fallbacks_by_requested_name.yaml \
     scenarios/parity/fallback_to_deployment_id.yaml \
-    scenarios/parity/default_fallbacks_beat_a_star_entry.yaml; do
+    scenarios/parity/default_fallbacks_beat_a_star_entry.yaml \
+    scenarios/parity/retry_after_sets_a_counted_cooldown.yaml \
+    scenarios/parity/retry_after_zero_neither_cools_nor_counts.yaml; do
     expect_diff "$s" "diff-$(basename "$s" .yaml)" 0 "$SAME"
 done
 # Documented difference: with allowed_fails set, LiteLLM 1.83.0 cools even a lone
-# deployment (after its 429); Switchback keeps the lone-deployment rule and retries.
+# deployment (after its 429, for its Retry-After of 1 s); Switchback keeps the
+# lone-deployment rule and retries. The request 5 s later reaches the provider on both:
+# LiteLLM's gets the 503 scripted for the second call, Switchback's the fourth call's answer.
 expect_diff scenarios/parity/lone_deployment_not_cooled.yaml diff-lone-allowed-fails 1 \
     'differs: calls: 1 against 3 call(s); from call 2 on, A made (no call) and B made `solo#2 m: http 503`' \
-    'differs: calls: 0 against 1 call(s); from call 1 on, A made (no call) and B made `solo#4 m: ok`' \
+    'differs: calls: 1 against 1 call(s); from call 1 on, A made `solo#2 m: http 503` and B made `solo#4 m: ok`' \
     "4 request-mode(s): 0 the same, 4 different"
 # Documented difference: LiteLLM's proxy retries a deployment's own num_retries inside the
 # completion call, where a retry_policy count does not bound them; Switchback lets the

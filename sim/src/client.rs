@@ -156,8 +156,12 @@ pub async fn run_requests(
     clock: Clock,
 ) -> Vec<ClientResult> {
     if sequential {
+        // One after another, and none before its `at_ms`: a later request that relies on a
+        // cooldown having run out is not sent early because the ones before it were quick.
+        let start = tokio::time::Instant::now();
         let mut results = Vec::new();
         for (index, spec) in requests.iter().enumerate() {
+            tokio::time::sleep_until(start + Duration::from_millis(spec.at_ms)).await;
             for copy in 0..spec.repeat {
                 let r = send_spec(
                     target,

@@ -149,7 +149,8 @@ fn fault(kinds: Vec<FaultKind>, chunks: usize) -> BoxedStrategy<Option<Fault>> {
         0..=chunks,
         http_status,
         event_status,
-        proptest::option::of(proptest::sample::select(vec![0.2, 0.5, 1.0, 2.0, 5.0])),
+        // 0: a cooldown of no length, which LiteLLM runs no cooldown logic for at all.
+        proptest::option::of(proptest::sample::select(vec![0.0, 0.2, 0.5, 1.0, 2.0, 5.0])),
         proptest::sample::select(vec![
             Flavour::Openai,
             Flavour::Openrouter,
@@ -170,7 +171,8 @@ fn fault(kinds: Vec<FaultKind>, chunks: usize) -> BoxedStrategy<Option<Fault>> {
                 kind,
                 after_chunks: after,
                 status,
-                retry_after: if status == Some(429) {
+                // A 503 may ask for a wait too, which then sets its cooldown's length.
+                retry_after: if matches!(status, Some(429 | 503)) {
                     retry_after
                 } else {
                     None

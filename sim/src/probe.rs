@@ -234,7 +234,7 @@ pub async fn settle(
     }
 }
 
-/// Sends every request of `scenario`, one at a time, in `mode`, against the gateway, with
+/// Sends every request of `scenario`, one at a time and none before its `at_ms`, in `mode`, against the gateway, with
 /// `fakes` (reset first) answering its upstream calls. Requests with a `key` send it;
 /// others send `api_key`. `still_calling` says, coming in, why the gateway may still be
 /// calling providers for a request sent before (its calls would be taken for the first
@@ -266,7 +266,11 @@ pub async fn probe_mode(
         f.reset();
     }
     let mut observed = Vec::new();
+    // As a sequential scenario runs in simulation (`client::run_requests`): one at a time,
+    // none before its `at_ms`, so that a request sent after a cooldown ran out is.
+    let mode_started = tokio::time::Instant::now();
     for (index, spec) in scenario.requests.iter().enumerate() {
+        tokio::time::sleep_until(mode_started + Duration::from_millis(spec.at_ms)).await;
         let mut spec = spec.clone();
         let bound = timeout
             .unwrap_or_else(|| Duration::from_millis(spec.timeout_ms).min(DEFAULT_REQUEST_TIMEOUT));

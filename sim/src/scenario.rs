@@ -60,8 +60,8 @@ pub struct Scenario {
     pub reloads: Vec<Reload>,
     /// What the client sends, when, and how many copies.
     pub requests: Vec<RequestSpec>,
-    /// Send the requests one after another, each starting when the previous one ended
-    /// (`at_ms` and `concurrency` are then ignored).
+    /// Send the requests one after another, each starting when the previous one ended,
+    /// and not before its `at_ms` (`concurrency` is then ignored).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sequential: bool,
     /// Which client modes run, each in its own fresh world (default both: `[non_stream,

@@ -563,16 +563,23 @@ impl CooldownBook {
             return None;
         }
         let rule = class.actions(settings.fallback_on_bad_request).cool_down;
-        // The deployment's own cooldown_time first, then (for a failure that cools at once)
-        // the Retry-After, then the gateway's (LiteLLM: `router.py`,
+        if rule == CoolDown::Never {
+            return None;
+        }
+        // The deployment's own cooldown_time first, then the response's Retry-After, then
+        // the gateway's, whatever the failure's class: a 503 that asks for 120 s rests that
+        // long once past `allowed_fails` (LiteLLM: `router.py`,
         // `Router.deployment_callback_on_failure`).
-        let duration = match rule {
-            CoolDown::Never => return None,
-            CoolDown::AfterAllowedFails => own.unwrap_or(settings.cooldown_time),
-            CoolDown::Immediately => own
-                .or(failure.retry_after)
-                .unwrap_or(settings.cooldown_time),
-        };
+        let duration = own
+            .or(failure.retry_after)
+            .unwrap_or(settings.cooldown_time);
+        if duration.is_zero() && !settings.cooldown_by_failure_rate {
+            // A Retry-After of 0: no cooldown logic at all, as for an own cooldown_time of
+            // 0 above, so the failure neither counts nor resets the count. (The rate rule
+            // still counts it among the minute's failures, as LiteLLM does before it asks;
+            // a cooldown of 0 is then never set.)
+            return None;
+        }
         // `allowed_fails_policy` names how many failures of this class are allowed: a class
         // that cools at once (a rate limit, an auth failure) then counts too.
         let effect = match (settings.allowed_fails_for(class), rule) {
@@ -1115,5 +1122,56 @@ mod tests {
         assert!(old.is_cooling(d, later), "the old config cools it");
         let reported = old.take_unreported();
         assert_eq!(reported.len(), 1, "the old book reports it: {reported:?}");
+    }
+
+    /// LiteLLM takes every cooldown's length from the failure's Retry-After (after the
+    /// deployment's own `cooldown_time`), whatever the failure's class: a 503 that asks
+    /// for 45 s and is past `allowed_fails` cools for 45 s, not the gateway's 60
+    /// (`Router.deployment_callback_on_failure`).
+    #[test]
+    fn a_counted_failure_cools_for_its_retry_after() {
+        let mut book = CooldownBook::new(2);
+        let now = Instant::now();
+        let mut f = Failure::new(FailureClass::Transient, "503");
+        f.retry_after = Some(Duration::from_secs(45));
+        let cooled = book
+            .record_failure(DeploymentId(0), &f, now, &settings(0, 60), 1)
+            .expect("past allowed_fails");
+        assert_eq!(cooled.duration, Duration::from_secs(45));
+        f.retry_after = None;
+        let cooled = book
+            .record_failure(DeploymentId(1), &f, now, &settings(0, 60), 1)
+            .expect("past allowed_fails");
+        assert_eq!(cooled.duration, Duration::from_secs(60));
+    }
+
+    /// A Retry-After of 0 makes the cooldown's length 0, and LiteLLM then runs none of its
+    /// cooldown logic for the failure, counting included (`_should_run_cooldown_logic`):
+    /// such a failure neither cools nor counts, nor resets the count of those before it.
+    #[test]
+    fn a_retry_after_of_zero_neither_cools_nor_counts() {
+        let mut book = CooldownBook::new(2);
+        let d = DeploymentId(0);
+        let s = settings(1, 60);
+        let start = Instant::now();
+        let t = |n: u64| start + ms(n);
+        let transient = Failure::new(FailureClass::Transient, "503");
+        let mut now_503 = Failure::new(FailureClass::Transient, "503");
+        now_503.retry_after = Some(Duration::ZERO);
+        let mut now_429 = Failure::new(FailureClass::RateLimited, "429");
+        now_429.retry_after = Some(Duration::ZERO);
+        assert!(book.record_failure(d, &transient, t(0), &s, 1).is_none());
+        assert!(book.record_failure(d, &now_503, t(10), &s, 2).is_none());
+        assert!(
+            !book.view(3, t(20)).is_cooling(d, t(20)),
+            "one counted failure, within allowed_fails"
+        );
+        assert!(book.record_failure(d, &now_429, t(30), &s, 3).is_none());
+        let cooled = book.record_failure(d, &transient, t(40), &s, 4);
+        assert_eq!(
+            cooled.map(|c| c.duration),
+            Some(Duration::from_secs(60)),
+            "the second counted failure is past allowed_fails: the 429 reset nothing"
+        );
     }
 }
