@@ -598,6 +598,7 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 
 mod explore;
 mod external;
+mod log_queue;
 mod logs;
 mod signals;
 mod workers;
@@ -756,7 +757,7 @@ fn serve(
     listen: std::net::SocketAddr,
     metrics: bool,
     workers: Option<usize>,
-    dropped_log_lines: Option<tracing_appender::non_blocking::ErrorCounter>,
+    dropped_log_lines: Option<log_queue::DroppedLines>,
 ) -> ExitCode {
     let workers = match workers::count(workers) {
         Ok(n) => n,
@@ -820,7 +821,7 @@ fn serve(
         if metrics {
             let mut m = Metrics::new();
             if let Some(dropped) = dropped_log_lines {
-                m = m.with_dropped_log_lines(move || dropped.dropped_lines() as u64);
+                m = m.with_dropped_log_lines(move || dropped.get());
             }
             engine = engine.with_metrics(Arc::new(m));
         }
