@@ -995,6 +995,49 @@ mod tests {
         assert!(book.record_failure(d, &limited, at, &s, 1).is_some());
     }
 
+    /// Under the rate rule a Retry-After of 0 still counts among the minute's failures (it
+    /// tips the next failure over half), but itself never cools, even past half: a cooldown
+    /// of 0 is never set (LiteLLM counts before it asks `_should_run_cooldown_logic`).
+    #[test]
+    fn under_the_rate_rule_a_retry_after_of_zero_counts_but_never_cools() {
+        let s = GatewaySettings {
+            cooldown_by_failure_rate: true,
+            ..settings(3, 10)
+        };
+        let transient = Failure::new(FailureClass::Transient, "500");
+        let mut zero = Failure::new(FailureClass::Transient, "503");
+        zero.retry_after = Some(Duration::ZERO);
+        let d = DeploymentId(0);
+        let start = Instant::now();
+        let run = |failures: &[&Failure]| {
+            let mut book = CooldownBook::new(2);
+            let mut at = start;
+            for _ in 0..2 {
+                at += ms(10);
+                book.record_success(d, at, 1);
+            }
+            let mut last = None;
+            for f in failures {
+                at += ms(10);
+                last = book.record_failure(d, f, at, &s, 1);
+            }
+            (last, book.view(9, at + ms(1)).is_cooling(d, at + ms(1)))
+        };
+        let (cooled, cooling) = run(&[&transient, &zero, &transient]);
+        assert_eq!(
+            cooled.map(|c| c.duration),
+            Some(Duration::from_secs(10)),
+            "3 in 5 with the zero counted (2 in 4 without it)"
+        );
+        assert!(cooling);
+        let (cooled, cooling) = run(&[&transient, &transient, &zero]);
+        assert_eq!(
+            cooled, None,
+            "3 in 5, but the failure over half asks for 0 s"
+        );
+        assert!(!cooling);
+    }
+
     /// Rated failures and successes of one instant settle alike in any order, and the rate
     /// is judged after the instant's failures, before its successes.
     #[test]
