@@ -168,24 +168,7 @@ async fn serve_connection(
     header_timeout: Duration,
     mut draining: watch::Receiver<bool>,
 ) {
-    let deadline = io.deadline();
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        // The response must be read by the request's deadline, with `client_write_timeout`
-        // to spare: until a chat request is admitted (which starts the engine's, see
-        // `routes::chat`), counted from its arrival with the time its body may take.
-        let allowance = {
-            let current = engine.current();
-            let limits = &current.catalog().limits;
-            limits.request_deadline()
-                + limits.body_read_timeout()
-                + limits.body_timeout_grace()
-                + limits.client_write_timeout()
-        };
-        deadline.set(tokio::time::Instant::now() + allowance);
-        req.extensions_mut().insert(deadline.clone());
-        let (engine, bodies) = (engine.clone(), bodies.clone());
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(engine, &bodies, req).await) }
-    });
+    let service = service_fn(request_handler(engine, bodies, io.deadline()));
     let mut builder = hyper::server::conn::http1::Builder::new();
     // `Date` comes from the engine's clock (`date`), never the system's.
     builder
@@ -203,6 +186,46 @@ async fn serve_connection(
     // Finish the request in flight (a stream to its end), then close.
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// What hyper runs for each request of a connection: a box. hyper keeps room for this
+/// future beside the connection for the connection's whole life (its `in_flight`, made
+/// when the connection starts), so the state of a request being admitted and answered
+/// (about 7 KB: the routes' futures and their locals) lives in the box, only while that
+/// request does. A streaming answer outlives it (the stream's task sends the events), and
+/// a kept-alive connection waits between requests: unboxed, each held those 7 KB for
+/// nothing, 6.6 MiB of the gateway's heap with 1,000 streams open (heaptrack, 2026-12-07).
+type Handling = std::pin::Pin<
+    Box<
+        dyn Future<Output = Result<http::Response<body::ResponseBody>, std::convert::Infallible>>
+            + Send,
+    >,
+>;
+
+/// The service of one connection: sets its write deadline per request and hands the request
+/// to [`routes::handle`] in a [`Handling`] box.
+fn request_handler(
+    engine: LiveEngine,
+    bodies: request_body::BodyBudget,
+    deadline: write_timeout::WriteDeadline,
+) -> impl Fn(Request<Incoming>) -> Handling + Clone {
+    move |mut req: Request<Incoming>| {
+        // The response must be read by the request's deadline, with `client_write_timeout`
+        // to spare: until a chat request is admitted (which starts the engine's, see
+        // `routes::chat`), counted from its arrival with the time its body may take.
+        let allowance = {
+            let current = engine.current();
+            let limits = &current.catalog().limits;
+            limits.request_deadline()
+                + limits.body_read_timeout()
+                + limits.body_timeout_grace()
+                + limits.client_write_timeout()
+        };
+        deadline.set(tokio::time::Instant::now() + allowance);
+        req.extensions_mut().insert(deadline.clone());
+        let (engine, bodies) = (engine.clone(), bodies.clone());
+        Box::pin(async move { Ok(routes::handle(engine, &bodies, req).await) })
+    }
 }
 
 /// A connection past `max_connections`: answered at once, then closed.
@@ -223,4 +246,39 @@ async fn serve_overflow(
         .header_read_timeout(header_timeout)
         .keep_alive(false);
     let _ = builder.serve_connection(TokioIo::new(io), service).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::config::GatewayConfig;
+    use crate::engine::{Engine, SystemWallClock};
+    use crate::trace::TraceLog;
+    use crate::transport::TcpConnector;
+
+    /// The size of what `handler` returns, without a request to call it with.
+    fn output_size<R>(_: &impl Fn(Request<Incoming>) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn a_connection_keeps_only_a_pointer_to_its_requests_state() {
+        let yaml = "allow_anonymous: true\nmodel_list:\n  - {model_name: m, litellm_params: {model: openai/m, api_base: 'http://up/v1'}}\n";
+        let config = GatewayConfig::load("t.yaml", yaml).expect("a config");
+        let catalog = Arc::new(Catalog::new(&config).expect("a catalog"));
+        let engine = Engine::new(
+            catalog,
+            Arc::new(TcpConnector),
+            Arc::new(TraceLog::default()),
+            Arc::new(SystemWallClock),
+        );
+        let handler = request_handler(
+            LiveEngine::from(Arc::new(engine)),
+            request_body::BodyBudget::new(1),
+            write_timeout::WriteDeadline::default(),
+        );
+        // A fat pointer: what hyper sets aside per connection for its request in flight.
+        assert_eq!(output_size(&handler), 2 * std::mem::size_of::<usize>());
+    }
 }
