@@ -5,11 +5,11 @@
 //! directly; Switchback with no fault, with its metrics on (the default) and, from a second
 //! child, off; with the upstream called for one JSON completion (`fake_stream`, the request
 //! a plain proxy makes) instead of a stream; behind TLS, over HTTP/1.1 and, from a third
-//! child, over HTTP/2; the primary answering 429 at once
-//! and the fallback
-//! serving; the primary failing after 3 chunks and `continue` finishing the stream),
-//! running them interleaved in rounds so that drift on the machine hits every variant alike,
-//! the added-latency table, and the gateway's peak RSS (also under 1,000 concurrent streams).
+//! child, over HTTP/2; the primary answering 429 at once and the fallback serving; the
+//! primary failing after 3 chunks and `continue` finishing the stream), running them
+//! interleaved in rounds so that drift on the machine hits every variant alike, the
+//! added-latency table, the serving gateway's CPU per request for each variant, and the
+//! gateway's peak RSS (also under 1,000 concurrent streams).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -286,6 +286,12 @@ impl Gateway {
         Ok(Gateway { child, addr })
     }
 
+    /// CPU time the gateway has used so far, user and system, every thread; on Linux.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        cpu_ticks(&stat).map(|t| Duration::from_micros(t * TICK_MICROS))
+    }
+
     /// Peak resident memory so far (VmHWM), in KiB, on Linux.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
@@ -295,6 +301,22 @@ impl Gateway {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|n| n.parse().ok())
     }
+}
+
+/// `/proc/<pid>/stat` counts CPU time in `USER_HZ` ticks, 100 a second on Linux whatever
+/// the kernel's own tick rate (it is part of the interface).
+const TICK_MICROS: u64 = 10_000;
+
+/// User plus system ticks from a `/proc/<pid>/stat` line. Its second field, the command
+/// name, is in parentheses and may itself hold spaces and parentheses: the fields are
+/// counted from the last `)`.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace();
+    // After the name: state (field 3) ... utime (14), stime (15).
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// One measured variant.
@@ -309,6 +331,9 @@ pub struct Variant {
     pub samples: Vec<String>,
     /// The machine's TCP trouble while this variant ran (`None`: not readable here).
     pub kernel: Option<TcpCounters>,
+    /// CPU the gateway that served it used while it ran (`None`: not a gateway this bench
+    /// started, such as `direct` or a reference proxy, or not readable here).
+    pub gateway_cpu: Option<Duration>,
 }
 
 /// The address of a proxy given as `flag URL`: plain http, on this machine.
@@ -455,8 +480,13 @@ pub async fn run(
             errors: 0,
             samples: Vec::new(),
             kernel: Some(TcpCounters::default()),
+            gateway_cpu: Some(Duration::ZERO),
         })
         .collect();
+    // Which of the gateways started here serves an address: its CPU is read around each
+    // round of the variants it serves.
+    let gateways = [&gateway, &quiet, &h2];
+    let serving = |addr: SocketAddr| gateways.into_iter().find(|g| g.addr == addr);
     let slice = o.duration / o.rounds.max(1);
     for round in 0..o.rounds.max(1) {
         for (i, (name, _, addr, b)) in plans.iter().enumerate() {
@@ -471,6 +501,7 @@ pub async fn run(
                 connections: o.connections,
             };
             let before = TcpCounters::read();
+            let cpu_before = serving(*addr).and_then(Gateway::cpu_time);
             // The load generator and the fakes share this runtime: a stall of theirs would
             // read as the gateway's latency unless it is measured too.
             let own_stalls = StallWatch::start(Duration::MAX, |_| {});
@@ -478,6 +509,9 @@ pub async fn run(
             let own_worst = own_stalls.worst();
             drop(own_stalls);
             let kernel = before.zip(TcpCounters::read()).map(|(b, a)| a.since(b));
+            let cpu = cpu_before
+                .zip(serving(*addr).and_then(Gateway::cpu_time))
+                .map(|(b, a)| a.saturating_sub(b));
             let stalled = if own_worst > BENCH_STALL {
                 format!(
                     " (the bench's own runtime stalled up to {} ms)",
@@ -503,6 +537,7 @@ pub async fn run(
             ));
             let v = &mut variants[i];
             v.kernel = v.kernel.zip(kernel).map(|(sum, k)| sum.plus(k));
+            v.gateway_cpu = v.gateway_cpu.zip(cpu).map(|(sum, c)| sum + c);
             v.total.add(&r.total).map_err(|e| e.to_string())?;
             if let (Some(h), Some(f)) = (v.first_chunk.as_mut(), r.first_chunk.as_ref()) {
                 h.add(f).map_err(|e| e.to_string())?;
@@ -690,6 +725,7 @@ pub fn table(
             over_floor("switchback_json_upstream"),
         );
     }
+    cpu_lines(&mut out, variants);
     kernel_lines(&mut out, variants);
     let mib = |k: Option<u64>| {
         k.map_or("n/a".to_string(), |k| {
@@ -707,6 +743,33 @@ pub fn table(
         let _ = writeln!(out, "{} errors, e.g.: {}", v.name, v.samples.join("; "));
     }
     out
+}
+
+/// The gateway's CPU per answered request, per variant it served: on shared cores its
+/// capacity is CPU, and this moves far less with the machine's load than latency does.
+fn cpu_lines(out: &mut String, variants: &[Variant]) {
+    let cells: Vec<String> = variants
+        .iter()
+        .filter_map(|v| {
+            let cpu = v.gateway_cpu?;
+            let requests = v.ok + v.errors;
+            (requests > 0).then(|| {
+                format!(
+                    "{} {:.0} µs",
+                    v.name,
+                    cpu.as_secs_f64() * 1e6 / requests as f64
+                )
+            })
+        })
+        .collect();
+    if !cells.is_empty() {
+        let _ = writeln!(
+            out,
+            "
+gateway CPU per request (user + system, its process): {}",
+            cells.join(", ")
+        );
+    }
 }
 
 /// The machine's TCP trouble per variant, where there was any: a connection that met a
@@ -763,6 +826,7 @@ mod tests {
             errors: 0,
             samples: Vec::new(),
             kernel: Some(TcpCounters::default()),
+            gateway_cpu: None,
         }
     }
 
@@ -817,6 +881,33 @@ mod tests {
         );
         let without = [variant("direct", None, 300)];
         assert!(!table(&without, None, None, &options()).contains("floor"));
+    }
+
+    #[test]
+    fn cpu_is_read_from_the_fields_after_the_command_name() {
+        // A command name may hold spaces and parentheses; utime 250 and stime 40 ticks.
+        let stat = "4242 (serve (x) 1) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 40 0 0 20 0 3 0 \
+                    100 200000000 5000 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(290));
+        assert_eq!(cpu_ticks("4242 (serve) S 1 2"), None, "too few fields");
+        assert_eq!(cpu_ticks("no name here"), None);
+    }
+
+    #[test]
+    fn the_gateways_cpu_per_request_is_named_for_the_variants_it_served() {
+        let mut served = variant("switchback", Some("direct"), 900);
+        served.gateway_cpu = Some(Duration::from_millis(21));
+        served.errors = 5;
+        let variants = [variant("direct", None, 500), served];
+        let text = table(&variants, None, None, &options());
+        assert!(
+            text.contains(
+                "gateway CPU per request (user + system, its process): switchback 200 µs\n"
+            ),
+            "{text}"
+        );
+        let none = [variant("direct", None, 500)];
+        assert!(!table(&none, None, None, &options()).contains("CPU per request"));
     }
 
     #[test]
