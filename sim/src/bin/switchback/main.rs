@@ -34,8 +34,9 @@ const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 /// 85 MiB, for the same CPU.
 ///
 /// Why a constructor: the first arena is reserved at the first allocation, before `main`,
-/// so the default must be set before any Rust code runs. A prioritised `.init_array` entry
-/// runs before the unprioritised ones (mimalloc's own initialiser among them). Earlier the
+/// so the default must be set before any Rust code runs. `.init_array` entries run in the
+/// order of their priority, then the unprioritised ones: 100 comes before mimalloc's own
+/// initialiser (101 when clang builds it, unprioritised under gcc). Earlier the
 /// default came from a `CFLAGS` in `.cargo/config.toml`; cargo reads that file from the
 /// directory it is run in, so `cargo install --path sim` or `cargo build --manifest-path`
 /// from anywhere else silently built a binary with the 85 MiB peak. Only the default is set:
