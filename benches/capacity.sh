@@ -42,12 +42,12 @@ providers:
 requests:
   - model: plain
 YAML
-cargo build --release --locked -q -p switchback-sim --bin switchback --example bare_proxy
+cargo build --release --locked -q -p switchback-sim --bin switchback --bin switchback-gateway --example bare_proxy
 bin=./target/release/switchback
 "$bin" fakes "$dir/scenario.yaml" --port-base "$FAKE_PORT" --emit-config switchback > "$dir/gateway.yaml"
 nginx_start "$dir" "$NGINX_PORT" "$FAKE_PORT"
 # Switchback's logs (an access line per request) go to a file, as in production.
-"$bin" serve --config "$dir/gateway.yaml" --listen "127.0.0.1:$SWITCHBACK_PORT" 2> "$dir/switchback.log" &
+./target/release/switchback-gateway --config "$dir/gateway.yaml" --listen "127.0.0.1:$SWITCHBACK_PORT" 2> "$dir/switchback.log" &
 pids+=($!)
 ./target/release/examples/bare_proxy "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$FAKE_PORT" 2> "$dir/floor.log" &
 pids+=($!)

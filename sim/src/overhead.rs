@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -248,11 +248,48 @@ impl Drop for Gateway {
     }
 }
 
+/// The gateway the benchmark starts, as a child process.
+#[derive(Debug, Clone)]
+pub enum GatewayCommand {
+    /// `switchback serve`: the gateway inside the harness's binary.
+    Serve(PathBuf),
+    /// A `switchback-gateway` binary: the gateway alone, what a deployment runs.
+    Gateway(PathBuf),
+}
+
+impl GatewayCommand {
+    fn command(&self) -> Command {
+        match self {
+            GatewayCommand::Serve(exe) => {
+                let mut c = Command::new(exe);
+                c.arg("serve");
+                c
+            }
+            GatewayCommand::Gateway(exe) => Command::new(exe),
+        }
+    }
+
+    fn exe(&self) -> &Path {
+        match self {
+            GatewayCommand::Serve(exe) | GatewayCommand::Gateway(exe) => exe,
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            GatewayCommand::Serve(exe) => write!(f, "{} serve", exe.display()),
+            GatewayCommand::Gateway(exe) => write!(f, "{}", exe.display()),
+        }
+    }
+}
+
 impl Gateway {
-    /// Starts `exe serve` with `config` (written to `config_path`) and `extra` arguments on
+    /// Starts `gateway` with `config` (written to `config_path`) and `extra` arguments on
     /// an ephemeral port.
     pub fn start(
-        exe: &Path,
+        gateway: &GatewayCommand,
         config: &GatewayConfig,
         config_path: &Path,
         extra: &[&str],
@@ -262,8 +299,9 @@ impl Gateway {
         let log_path = config_path.with_extension("log");
         let log =
             std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let mut child = Command::new(exe)
-            .args(["serve", "--config"])
+        let mut child = gateway
+            .command()
+            .arg("--config")
             .arg(config_path)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
@@ -272,7 +310,7 @@ impl Gateway {
             // in production, not to the terminal the figures are printed on.
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", gateway.exe().display()))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped"))
             .read_line(&mut line)
@@ -353,9 +391,9 @@ fn body(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "count to ten"}]})
 }
 
-/// Runs the benchmark. `exe` is the `switchback` binary to start as the gateway.
+/// Runs the benchmark, starting `gateway` as the gateway.
 pub async fn run(
-    exe: &Path,
+    gateway_command: &GatewayCommand,
     o: &OverheadOptions,
     mut log: impl FnMut(&str),
 ) -> Result<(Vec<Variant>, Option<u64>, Option<u64>), String> {
@@ -391,8 +429,9 @@ pub async fn run(
     log(&format!("fake `ok` behind TLS on {tls_addr}"));
     let config_path =
         std::env::temp_dir().join(format!("switchback-bench-{}.yaml", std::process::id()));
+    log(&format!("gateway: {gateway_command}"));
     let gateway = Gateway::start(
-        exe,
+        gateway_command,
         &with_tls_upstream(gateway_config(&fakes), tls_addr, &ca_path),
         &config_path,
         &[],
@@ -402,7 +441,7 @@ pub async fn run(
         std::process::id()
     ));
     let quiet = Gateway::start(
-        exe,
+        gateway_command,
         &gateway_config(&fakes),
         &quiet_path,
         &["--metrics", "off"],
@@ -412,7 +451,7 @@ pub async fn run(
     h2_config.limits.max_streams_per_upstream_http2_connection = 100;
     let h2_path =
         std::env::temp_dir().join(format!("switchback-bench-{}-h2.yaml", std::process::id()));
-    let h2 = Gateway::start(exe, &h2_config, &h2_path, &[])?;
+    let h2 = Gateway::start(gateway_command, &h2_config, &h2_path, &[])?;
     let direct = fakes.ports[&("ok".to_string(), 8000)];
     let mut plans: Vec<(&str, Option<&str>, SocketAddr, Value)> = vec![
         ("direct", None, direct, body("ok-model", false)),

@@ -100,9 +100,23 @@ impl Drop for Gateway {
     }
 }
 
+/// Which binary runs the gateway.
+#[derive(Clone, Copy)]
+enum Binary {
+    /// `switchback serve`.
+    Serve,
+    /// `switchback-gateway`: the same gateway, alone in its binary.
+    Alone,
+}
+
 impl Gateway {
     fn start(name: &str, config: &str, args: &[&str]) -> Gateway {
-        Gateway::spawn(name, config, args, true, true).0
+        Gateway::spawn_binary(Binary::Serve, name, config, args, true, true).0
+    }
+
+    /// The gateway started from `switchback-gateway` rather than `switchback serve`.
+    fn start_alone(name: &str, config: &str, args: &[&str]) -> Gateway {
+        Gateway::spawn_binary(Binary::Alone, name, config, args, true, true).0
     }
 
     /// A gateway whose stdout reader leaves after the first line (a supervisor that read
@@ -129,14 +143,33 @@ impl Gateway {
         read_stderr: bool,
         read_stdout: bool,
     ) -> (Gateway, Option<std::process::ChildStderr>) {
+        Gateway::spawn_binary(Binary::Serve, name, config, args, read_stderr, read_stdout)
+    }
+
+    fn spawn_binary(
+        binary: Binary,
+        name: &str,
+        config: &str,
+        args: &[&str],
+        read_stderr: bool,
+        read_stdout: bool,
+    ) -> (Gateway, Option<std::process::ChildStderr>) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/ops-tests")
             .join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("gateway.yaml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchback"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        let mut command = match binary {
+            Binary::Serve => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_switchback"));
+                c.arg("serve");
+                c
+            }
+            Binary::Alone => Command::new(env!("CARGO_BIN_EXE_switchback-gateway")),
+        };
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0", "--config"])
             .arg(&path)
             .args(args)
             .stdout(Stdio::piped())
@@ -578,6 +611,43 @@ async fn by_default_a_healthy_request_writes_one_text_access_line() {
     ] {
         assert!(lines[0].contains(part), "{part:?} not in:\n{stderr}");
     }
+}
+
+/// `switchback-gateway` is `switchback serve` alone in its binary (see its module doc): the
+/// same flags, the same answers in both modes, the same access lines and metrics, and the
+/// same orderly stop.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_binary_serves_as_serve_does() {
+    let up = upstream().await;
+    let mut gw = Gateway::start_alone(
+        "gateway-binary",
+        &config(up),
+        &["--workers", "1", "--log-format", "json"],
+    );
+    // a1 answers 429 and cools, the request falls back to b; then a stream, skipped to b.
+    for (n, stream) in [(1, false), (2, true)] {
+        let r = exchange(gw.addr, chat("a", stream)).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "request {n}: {r}");
+        assert!(
+            r.contains("x-switchback-deployment: b1"),
+            "request {n}: {r}"
+        );
+    }
+    let scraped = exchange(gw.addr, scrape(Some(KEY))).await;
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    assert!(
+        scraped.contains("switchback_requests_total{"),
+        "no request counted: {scraped}"
+    );
+    let stderr = gw
+        .stderr_when(|text| text.matches("\"target\":\"switchback::access\"").count() >= 2)
+        .await;
+    assert!(stderr.contains("\"mode\":\"stream\""), "{stderr}");
+    signal_now(&gw, libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| gw.child.wait()).unwrap();
+    assert!(status.success(), "{status} after a SIGTERM: {stderr}");
+    await_printed(&gw.stdout, "switchback: stopped", || {}).await;
 }
 
 /// A request refused before admission (a bad key, an unknown model or route, a body over

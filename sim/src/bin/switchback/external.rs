@@ -453,25 +453,33 @@ pub fn load(
     })
 }
 
-pub fn bench_overhead(o: switchback_sim::overhead::OverheadOptions) -> ExitCode {
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: cannot find this binary to start the gateway: {e}");
-            return ExitCode::FAILURE;
-        }
+pub fn bench_overhead(
+    o: switchback_sim::overhead::OverheadOptions,
+    gateway_bin: Option<std::path::PathBuf>,
+) -> ExitCode {
+    use switchback_sim::overhead::GatewayCommand;
+    let gateway = match gateway_bin {
+        Some(bin) => GatewayCommand::Gateway(bin),
+        None => match std::env::current_exe() {
+            Ok(e) => GatewayCommand::Serve(e),
+            Err(e) => {
+                eprintln!("error: cannot find this binary to start the gateway: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let rt = match runtime() {
         Ok(r) => r,
         Err(e) => return e,
     };
     rt.block_on(async move {
-        match switchback_sim::overhead::run(&exe, &o, |line| eprintln!("{line}")).await {
+        match switchback_sim::overhead::run(&gateway, &o, |line| eprintln!("{line}")).await {
             Ok((variants, rss_load, rss_streams)) => {
                 print!(
                     "{}",
                     switchback_sim::overhead::table(&variants, rss_load, rss_streams, &o)
                 );
+                println!("gateway measured: {gateway}");
                 ExitCode::SUCCESS
             }
             Err(e) => {

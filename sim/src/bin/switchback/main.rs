@@ -3,55 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use switchback::catalog::Catalog;
 use switchback::config::GatewayConfig;
-use switchback::decision_log::DecisionLog;
-use switchback::dns::CachedDnsConnector;
-use switchback::engine::{Engine, SystemWallClock};
-use switchback::gateway::Gate;
-use switchback::metrics::Metrics;
-use switchback::reload::LiveEngine;
-use switchback::trace::Observer;
 use switchback_sim::run::{self, Summary, Where};
 use switchback_sim::scenario::{Mode, Scenario};
-
-/// mimalloc rather than the system allocator: a request allocates for every chunk it
-/// parses, on threads that run side by side, where glibc's malloc pays for its arena locks
-/// (see the README's benchmarks for the figures).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's `arena_eager_commit` option (its place in `mi_option_e`, mimalloc v3's
-/// `include/mimalloc.h`; `libmimalloc-sys` names only some of the options).
-const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-
-/// mimalloc commits its arenas as they are used rather than eagerly (its default on Linux).
-/// With 1,000 concurrent streams the gateway's peak RSS is then about 55 MiB instead of
-/// 85 MiB, for the same CPU.
-///
-/// Why a constructor: the first arena is reserved at the first allocation, before `main`,
-/// so the default must be set before any Rust code runs. `.init_array` entries run in the
-/// order of their priority, then the unprioritised ones: 100 comes before mimalloc's own
-/// initialiser (101 when clang builds it, unprioritised under gcc). Earlier the
-/// default came from a `CFLAGS` in `.cargo/config.toml`; cargo reads that file from the
-/// directory it is run in, so `cargo install --path sim` or `cargo build --manifest-path`
-/// from anywhere else silently built a binary with the 85 MiB peak. Only the default is set:
-/// `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still overrides it.
-#[cfg(target_os = "linux")]
-#[used]
-#[unsafe(link_section = ".init_array.00100")]
-static LAZY_ARENA_COMMIT: extern "C" fn() = {
-    extern "C" fn lazy_arena_commit() {
-        // SAFETY: sets one option's default; mimalloc's options are plain statics that it
-        // reads on first use, and no other thread exists yet.
-        unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_ARENA_EAGER_COMMIT, 0) }
-    }
-    lazy_arena_commit
-};
 
 #[derive(Parser)]
 #[command(
@@ -330,6 +288,12 @@ enum Command {
         /// reference proxy can point at it.
         #[arg(long)]
         fakes_port_base: Option<u16>,
+        /// The gateway to measure: a `switchback-gateway` binary (what a deployment runs;
+        /// `benches/nginx-reference.sh` builds and passes it). Default: this binary's own
+        /// `serve`, the same gateway beside the harness, with 2 to 3 MiB more code
+        /// resident.
+        #[arg(long)]
+        gateway_bin: Option<PathBuf>,
     },
     /// Print the JSON Schema of scenario files or of the gateway config (generated from
     /// the types the loaders read), or write both into a folder (`--write schemas`).
@@ -341,37 +305,8 @@ enum Command {
         #[arg(long, conflicts_with = "document")]
         write: Option<PathBuf>,
     },
-    /// Run the gateway on real sockets.
-    Serve {
-        /// Gateway config (LiteLLM-style YAML).
-        #[arg(long)]
-        config: PathBuf,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:4000")]
-        listen: std::net::SocketAddr,
-        /// Keep Prometheus metrics and serve them on `GET /metrics`.
-        #[arg(long, value_enum, default_value = "on")]
-        metrics: Switch,
-        /// How log lines on stderr look: `text` (human) or `json` (one object per line).
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: logs::Format,
-        /// The least severe lines written: `info` writes one access line per request and
-        /// every decision that matters (failed attempts, cooldowns, retries, fallbacks);
-        /// `debug` every routing event; `warn` or `error` less.
-        #[arg(long, value_enum, default_value = "info")]
-        log_level: LogLevelArg,
-        /// Log lines that may wait for stderr: past them, lines are dropped and counted
-        /// (`switchback_log_lines_dropped_total`) rather than hold up requests while
-        /// stderr's reader falls behind.
-        #[arg(long, default_value_t = logs::DEFAULT_LOG_QUEUE_LINES,
-              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
-        log_queue_lines: usize,
-        /// Worker threads, each with a runtime and a listening socket of its own (the
-        /// kernel spreads connections across them); default: one per CPU. More than one
-        /// only on Linux.
-        #[arg(long)]
-        workers: Option<usize>,
-    },
+    /// Run the gateway on real sockets (`switchback-gateway` is the same, alone).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -390,31 +325,6 @@ enum SchemaArg {
     Scenario,
     /// The gateway config `serve --config` reads.
     Config,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogLevelArg {
-    Error,
-    Warn,
-    Info,
-    Debug,
-}
-
-impl From<LogLevelArg> for tracing::Level {
-    fn from(l: LogLevelArg) -> tracing::Level {
-        match l {
-            LogLevelArg::Error => tracing::Level::ERROR,
-            LogLevelArg::Warn => tracing::Level::WARN,
-            LogLevelArg::Info => tracing::Level::INFO,
-            LogLevelArg::Debug => tracing::Level::DEBUG,
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Switch {
-    On,
-    Off,
 }
 
 fn main() -> ExitCode {
@@ -512,16 +422,20 @@ fn main() -> ExitCode {
             reference,
             floor,
             fakes_port_base,
-        } => external::bench_overhead(switchback_sim::overhead::OverheadOptions {
-            rate,
-            duration,
-            rounds,
-            connections,
-            streams,
-            reference,
-            floor,
-            fakes_port_base,
-        }),
+            gateway_bin,
+        } => external::bench_overhead(
+            switchback_sim::overhead::OverheadOptions {
+                rate,
+                duration,
+                rounds,
+                connections,
+                streams,
+                reference,
+                floor,
+                fakes_port_base,
+            },
+            gateway_bin,
+        ),
         Command::Probe {
             scenario,
             gateway,
@@ -549,20 +463,7 @@ fn main() -> ExitCode {
             html,
         }),
         Command::Schema { document, write } => schema(document, write.as_deref()),
-        Command::Serve {
-            config,
-            listen,
-            metrics,
-            log_format,
-            log_level,
-            log_queue_lines,
-            workers,
-        } => {
-            // Kept to the end of `main`: what is queued is written at exit.
-            let logs = logs::install(log_format, log_level.into(), log_queue_lines);
-            let dropped = logs.as_ref().map(logs::Logs::dropped);
-            serve(&config, listen, metrics == Switch::On, workers, dropped)
-        }
+        Command::Serve(args) => serve::run(args),
     }
 }
 
@@ -624,10 +525,12 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
     Ok((i, n))
 }
 
+mod allocator;
 mod explore;
 mod external;
 mod log_queue;
 mod logs;
+mod serve;
 mod signals;
 mod workers;
 
@@ -777,176 +680,5 @@ fn config_check(files: &[PathBuf]) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-fn serve(
-    config_path: &Path,
-    listen: std::net::SocketAddr,
-    metrics: bool,
-    workers: Option<usize>,
-    dropped_log_lines: Option<log_queue::DroppedLines>,
-) -> ExitCode {
-    let workers = match workers::count(workers) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let config_path = config_path.to_path_buf();
-    let mut config = match GatewayConfig::load_file(&config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Unless the config fixes one, a fresh seed per process: generated ids never repeat.
-    config
-        .router_settings
-        .rng_seed
-        .get_or_insert_with(switchback::engine::os_seed);
-    let catalog = match Catalog::new(&config) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // This thread's runtime watches signals and reloads; the workers serve (`workers.rs`).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let status = runtime.block_on(async move {
-        // Before anything can announce the gateway (see `signals`).
-        let signals::Signals { hangups, mut stop } = signals::Signals::install();
-        let listeners = match workers::bind(listen, workers) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: cannot listen on {listen}: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let addr = listeners[0]
-            .local_addr()
-            .map_or(listen.to_string(), |a| a.to_string());
-        let observer: Arc<dyn Observer> = Arc::new(DecisionLog::new());
-        // Reloads keep this connector: its DNS bounds are read once, at start.
-        let connector = Arc::new(CachedDnsConnector::new(
-            catalog.limits.dns_cache_ttl(),
-            catalog.limits.max_dns_cache_entries,
-        ));
-        let (groups, deployments) = (catalog.model_group_count(), catalog.deployments.len());
-        let mut engine = Engine::new(catalog, connector, observer, Arc::new(SystemWallClock));
-        if metrics {
-            let mut m = Metrics::new();
-            if let Some(dropped) = dropped_log_lines {
-                m = m.with_dropped_log_lines(move || dropped.get());
-            }
-            engine = engine.with_metrics(Arc::new(m));
-        }
-        let engine = LiveEngine::from(Arc::new(engine)).with_source(config_path);
-        let grace = engine.limits_at_start().shutdown_grace;
-        let gate = Gate::new(&engine);
-        let (stopping, stopped) = tokio::sync::watch::channel(false);
-        let started = workers::start(&engine, listeners, &gate, &stopped);
-        let threads = started.threads;
-        if let Some(e) = started.failed {
-            eprintln!("error: cannot start {e}");
-            stopping.send_replace(true);
-            let _ = tokio::task::spawn_blocking(move || {
-                threads.into_iter().for_each(|t| {
-                    let _ = t.join();
-                });
-            })
-            .await;
-            return ExitCode::FAILURE;
-        }
-        say(&format!(
-            "switchback gateway listening on http://{addr} ({groups} groups, {deployments} \
-             deployments, {workers} workers)"
-        ));
-        let reloader = tokio::spawn(signals::reload_on_hangups(engine.clone(), hangups));
-        let signal = stop.wait().await;
-        let first_stop = tokio::time::Instant::now();
-        say(&format!(
-            "switchback: {signal}: no new connections; draining in-flight requests \
-             (up to shutdown_grace = {grace}s)"
-        ));
-        stopping.send_replace(true);
-        let mut joining =
-            tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()));
-        // A second stop signal (an operator's second Ctrl-C, a supervisor that will not wait
-        // out the grace) ends the drain: what is still in flight is cut. One that comes
-        // right after the first is a copy of the same stop, not a second one.
-        let joined = loop {
-            tokio::select! {
-                biased;
-                joined = &mut joining => break joined,
-                again = stop.wait() => {
-                    if first_stop.elapsed() < signals::FORWARDED_STOP_WINDOW {
-                        say(&format!(
-                            "switchback: {again}: the same stop as {signal} (it came within \
-                             {} ms, as a wrapper forwards one); send another to stop now",
-                            signals::FORWARDED_STOP_WINDOW.as_millis()
-                        ));
-                        continue;
-                    }
-                    say(&format!(
-                        "switchback: {again} after {signal}: stopping now; requests still in \
-                         flight are cut"
-                    ));
-                    return ExitCode::FAILURE;
-                }
-            }
-        };
-        reloader.abort();
-        // Nothing will ask for an upstream connection again: close the kept ones now.
-        engine.current().upstream_pool().close_idle();
-        if !matches!(joined, Ok(true)) {
-            eprintln!("error: a worker thread failed");
-            return ExitCode::FAILURE;
-        }
-        say("switchback: stopped");
-        ExitCode::SUCCESS
-    });
-    // Never waits: after a cut drain, the task joining the workers is still blocked, and a
-    // dropped runtime would wait for it (and for any DNS lookup still on its blocking pool).
-    runtime.shutdown_background();
-    status
-}
-
-/// One line of `serve`'s own on stdout. A write that fails (whatever read stdout is gone: a
-/// supervisor that read the address, a `| head -1`) is ignored, where `println!` panics and
-/// a release build aborts: a SIGTERM then cut every stream instead of draining them.
-fn say(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Fails if the constructor is gone. (The peak it is for is
-    /// measured by `bench-overhead --streams 1000`, not here.)
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn mimalloc_commits_its_arenas_lazily_by_default() {
-        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_some() {
-            return; // the environment's choice wins, by design
-        }
-        // SAFETY: reads one option.
-        let eager = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT) };
-        assert_eq!(eager, 0);
     }
 }
