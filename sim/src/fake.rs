@@ -49,6 +49,8 @@ pub use crate::dialect::CREATED;
 pub struct CallRecord {
     /// Position among all calls to the fakes sharing one order (see [`Fake::with_order`]).
     pub seq: u64,
+    /// Its number among this fake's calls, by arrival (calls that arrive in the same
+    /// instant come in the gateway's request order: `world::handoff`).
     pub call: u32,
     pub model: String,
     pub stream: bool,

@@ -7,10 +7,12 @@
 //! `duration_ms` is reported as hung, with its last trace lines, never a silent hang.
 //! Message latency is [`link`]'s: turmoil itself runs with none, so the two modes of a
 //! scenario meet every provider-side event at the same simulated instant (see [`link`] for
-//! why that holds by construction), and the client sends copies released in the same
-//! instant in one order whatever the mode ([`schedule`]). Does not own what the run means
-//! (`oracle`).
+//! why that holds by construction), the client sends copies released in the same
+//! instant in one order whatever the mode ([`schedule`]), and upstream messages that fall
+//! due in the same instant are handed to turmoil in one order (`handoff`). Does not own
+//! what the run means (`oracle`).
 
+mod handoff;
 pub mod link;
 pub mod schedule;
 
@@ -278,6 +280,10 @@ pub struct WorldOptions {
     /// send order: the design [`link`] replaced, under which the two modes drift apart in
     /// time. Only for tests that must see `explore` catch that drift.
     pub shared_latency_rng: bool,
+    /// Hand same-instant upstream messages to turmoil in the order their delivery tasks
+    /// happen to run, which differs by mode: the world before `handoff`. Only for tests that
+    /// must see a provider-side tie still tie.
+    pub unordered_hand_off: bool,
 }
 
 /// Runs `scenario` in `mode` in a fresh world, against `gateway`.
@@ -313,6 +319,7 @@ pub fn run_in(
         scenario.network.client_latency(),
         options.shared_latency_rng,
     )
+    .with_ordered_hand_off(!options.unordered_hand_off)
     .with_connect_cost(Duration::from_millis(scenario.tick_ms))
     .with_max_in_flight(
         scenario

@@ -49,6 +49,9 @@
 //!
 //! A message is handed to turmoil when its latency has passed and arrives at the receiving
 //! host's next step: up to one step later than its latency says, the same in both modes.
+//! Upstream messages that fall due in the same instant are handed over in one fixed order
+//! ([`super::handoff`]): the receiving host reads them in that order, and a fake provider
+//! numbers its calls by it.
 //!
 //! [`WorldOptions::shared_latency_rng`](super::WorldOptions) restores the old behaviour (one
 //! RNG for every message of every link, the client's included) so a test can prove the
@@ -58,6 +61,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -67,6 +71,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::time::Instant;
 use turmoil::net::TcpStream;
 use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::handoff::{HandOff, Posting};
 
 /// Messages one direction of a connection may have in flight; a writer past this waits
 /// (as a full socket buffer would make it). A scenario's `network.tcp_capacity` lowers it,
@@ -109,7 +115,14 @@ pub struct Net {
     /// Connections opened so far, per (opener host, target, hash of the first message).
     opened: Mutex<BTreeMap<(IpAddr, SocketAddr, u64), u64>>,
     /// Each named connection's identity, by (opener address, acceptor address).
-    names: Mutex<BTreeMap<(SocketAddr, SocketAddr), u64>>,
+    names: Mutex<BTreeMap<(SocketAddr, SocketAddr), Named>>,
+    /// The order each host hands same-instant upstream messages to turmoil in.
+    hand_off: HandOff,
+    /// Pipes made so far: each pipe's number on the hand-off boards.
+    pipes: AtomicU64,
+    /// Whether upstream messages go through `hand_off` (`false` only in tests that show
+    /// what it prevents).
+    ordered_hand_off: bool,
 }
 
 impl Net {
@@ -128,6 +141,9 @@ impl Net {
             fail_rates: Mutex::default(),
             opened: Mutex::default(),
             names: Mutex::default(),
+            hand_off: HandOff::default(),
+            pipes: AtomicU64::new(0),
+            ordered_hand_off: true,
         })
     }
 
@@ -136,6 +152,15 @@ impl Net {
         Arc::get_mut(&mut self)
             .expect("set before the network is shared")
             .max_in_flight = max.clamp(1, MAX_MESSAGES_IN_FLIGHT);
+        self
+    }
+
+    /// Whether same-instant upstream messages are handed over in a fixed order (see
+    /// `handoff`; the default) or in the order their tasks run.
+    pub fn with_ordered_hand_off(mut self: Arc<Net>, ordered: bool) -> Arc<Net> {
+        Arc::get_mut(&mut self)
+            .expect("set before the network is shared")
+            .ordered_hand_off = ordered;
         self
     }
 
@@ -199,30 +224,46 @@ impl Net {
     /// Names the connection `opener` → `acceptor` by its first message: the gateway request
     /// it carries (`x-switchback-request-id`; the whole message's hash when there is none),
     /// and how many earlier connections from the same host to the same target carried it.
-    fn name_opened(&self, opener: SocketAddr, acceptor: SocketAddr, first: &[u8]) -> u64 {
-        let carries = request_id(first).map_or_else(|| bytes_key(first), |id| mix(id ^ ID_SALT));
+    fn name_opened(&self, opener: SocketAddr, acceptor: SocketAddr, first: &[u8]) -> Named {
+        let request = request_id(first);
+        let carries = request.map_or_else(|| bytes_key(first), |id| mix(id ^ ID_SALT));
         let nth = {
             let mut opened = self.opened.lock().expect("opened");
             let n = opened.entry((opener.ip(), acceptor, carries)).or_default();
             *n += 1;
             *n
         };
-        let name = mix(carries ^ mix(nth));
+        let named = Named {
+            name: mix(carries ^ mix(nth)),
+            order: [request.unwrap_or(u64::MAX), nth],
+        };
         self.names
             .lock()
             .expect("names")
-            .insert((opener, acceptor), name);
-        name
+            .insert((opener, acceptor), named);
+        named
     }
 
     /// The name the opener gave the connection `opener` → `acceptor`, once it has written.
-    fn name_of(&self, opener: SocketAddr, acceptor: SocketAddr) -> Option<u64> {
+    fn name_of(&self, opener: SocketAddr, acceptor: SocketAddr) -> Option<Named> {
         self.names
             .lock()
             .expect("names")
             .get(&(opener, acceptor))
             .copied()
     }
+}
+
+/// A connection's identity on the network (see [`Net::name_opened`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Named {
+    /// What its messages' latencies are drawn from.
+    name: u64,
+    /// Where its messages go among messages its host hands over in the same instant
+    /// (`handoff`): the gateway request it carries (`u64::MAX` for none), then its number
+    /// among that request's connections to the same target. Readable in a trace: a
+    /// provider sees same-instant requests in the gateway's request order.
+    order: [u64; 2],
 }
 
 const OPEN_SALT: u64 = 0x4f50_454e;
@@ -288,8 +329,11 @@ fn pair(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
 
 /// One direction of a connection, between the writer and its delivery task.
 struct Pipe {
-    /// Bytes written and not yet handed to turmoil, each with its arrival time.
-    queue: VecDeque<(Instant, Bytes)>,
+    /// Bytes written and not yet handed to turmoil, each with its arrival time, and on an
+    /// upstream link its posting on the sender's hand-off board.
+    queue: VecDeque<(Instant, Bytes, Option<Posting>)>,
+    /// Where this pipe's messages are posted: its number and its sender.
+    board: Board,
     /// Arrival time of the last message: a later one never overtakes it.
     last_at: Option<Instant>,
     /// A message was lost: like a TCP gap, nothing after it arrives, not even the close.
@@ -305,6 +349,53 @@ struct Pipe {
     writer: Option<Waker>,
 }
 
+/// A pipe's place on its network's hand-off boards.
+#[derive(Clone)]
+struct Board {
+    net: Arc<Net>,
+    sender: IpAddr,
+    pipe: u64,
+}
+
+impl Board {
+    fn withdraw(&self, postings: impl IntoIterator<Item = Posting>) {
+        self.net.hand_off.withdraw(self.sender, self.pipe, postings);
+    }
+}
+
+impl Pipe {
+    /// Drops every message not yet handed over (the connection failed or went away).
+    fn discard_queue(&mut self) {
+        let postings: Vec<Posting> = self.queue.drain(..).filter_map(|(_, _, p)| p).collect();
+        self.board.withdraw(postings);
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // A host's crash drops its pipes with messages still queued: they must not hold
+        // up the messages of the connections that outlive them.
+        self.board
+            .net
+            .hand_off
+            .forget(self.board.sender, self.board.pipe);
+    }
+}
+
+/// A message its delivery task took off the queue and has not handed over yet.
+struct Unsent<'a> {
+    board: &'a Board,
+    posting: Option<Posting>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some(posting) = self.posting.take() {
+            self.board.withdraw([posting]);
+        }
+    }
+}
+
 /// A simulated TCP connection whose writes arrive after the latency [`Net`] gives them.
 pub struct LinkStream {
     read: Option<OwnedReadHalf>,
@@ -316,7 +407,7 @@ pub struct LinkStream {
     peer: SocketAddr,
     /// The connection's identity (see [`Net::name_opened`]), once known. A kept-alive
     /// connection is renamed by each request it carries.
-    name: Option<u64>,
+    name: Option<Named>,
     /// Messages this side wrote under the current name.
     sent_under_name: u64,
     /// Names the opener gave this connection so far (more than one: it was kept alive).
@@ -335,8 +426,14 @@ impl LinkStream {
         let local = stream.local_addr()?;
         let peer = stream.peer_addr()?;
         let (read, write) = stream.into_split();
+        let board = Board {
+            net: net.clone(),
+            sender: local.ip(),
+            pipe: net.pipes.fetch_add(1, Ordering::Relaxed),
+        };
         let pipe = Arc::new(Mutex::new(Pipe {
             queue: VecDeque::new(),
+            board,
             last_at: None,
             gap: false,
             shutdown: false,
@@ -366,7 +463,7 @@ impl LinkStream {
     /// a gateway request id (a kept-alive connection serving its next request); the
     /// acceptor follows the opener's current name. So a request's messages take the same
     /// time whether it got a fresh connection or a kept one.
-    fn name(&mut self, message: &[u8]) -> (u64, u64) {
+    fn name(&mut self, message: &[u8]) -> (Named, u64) {
         let name = match self.end {
             End::Opener if self.name.is_none() || request_id(message).is_some() => {
                 Some(self.net.name_opened(self.local, self.peer, message))
@@ -375,7 +472,10 @@ impl LinkStream {
             End::Acceptor => self.net.name_of(self.peer, self.local),
         };
         // An acceptor that speaks first (no HTTP server does) falls back on the addresses.
-        let n = name.unwrap_or_else(|| mix(addr_key(self.local) ^ mix(addr_key(self.peer))));
+        let n = name.unwrap_or_else(|| Named {
+            name: mix(addr_key(self.local) ^ mix(addr_key(self.peer))),
+            order: [u64::MAX; 2],
+        });
         if name.is_some() && self.name != name {
             self.name = name;
             self.sent_under_name = 0;
@@ -389,6 +489,7 @@ impl LinkStream {
 
 /// Hands this side's messages to turmoil at their arrival times, in order; then closes.
 async fn deliver(mut write: OwnedWriteHalf, pipe: Arc<Mutex<Pipe>>) {
+    let board = pipe.lock().expect("pipe").board.clone();
     loop {
         let next = std::future::poll_fn(|cx| {
             let mut p = pipe.lock().expect("pipe");
@@ -405,14 +506,39 @@ async fn deliver(mut write: OwnedWriteHalf, pipe: Arc<Mutex<Pipe>>) {
             Poll::Pending
         })
         .await;
-        let Some((at, bytes)) = next else { break };
+        let Some((at, bytes, posting)) = next else {
+            break;
+        };
+        // Taken off the queue, the message is this task's to withdraw if the task is
+        // dropped (its host crashed) before handing it over.
+        let unsent = posting.map(|posting| Unsent {
+            board: &board,
+            posting: Some(posting),
+        });
         if at > Instant::now() {
             tokio::time::sleep_until(at).await;
         }
-        if let Err(e) = write.write_all(&bytes).await {
+        if let Some(mut unsent) = unsent {
+            let posting = unsent.posting.expect("not handed over yet");
+            board
+                .net
+                .hand_off
+                .turn(board.sender, board.pipe, posting)
+                .await;
+            // `turn` took it off the board.
+            unsent.posting = None;
+            // If this write has to wait (the reader stopped), this connection holds up
+            // nobody else meanwhile.
+            board.net.hand_off.stall(board.sender, board.pipe, true);
+        }
+        let written = write.write_all(&bytes).await;
+        if posting.is_some() {
+            board.net.hand_off.stall(board.sender, board.pipe, false);
+        }
+        if let Err(e) = written {
             let mut p = pipe.lock().expect("pipe");
             p.error = Some(e.kind());
-            p.queue.clear();
+            p.discard_queue();
             if let Some(w) = p.writer.take() {
                 w.wake();
             }
@@ -478,8 +604,8 @@ impl AsyncWrite for LinkStream {
             End::Opener => 0,
             End::Acceptor => 1,
         };
-        let (name, n) = this.name(buf);
-        let key = [name, direction, n];
+        let (named, n) = this.name(buf);
+        let key = [named.name, direction, n];
         if !p.gap && this.net.lost(this.local.ip(), this.peer.ip(), &key) {
             p.gap = true;
         }
@@ -501,7 +627,19 @@ impl AsyncWrite for LinkStream {
         let at = Instant::now() + latency;
         let at = p.last_at.map_or(at, |last| at.max(last));
         p.last_at = Some(at);
-        p.queue.push_back((at, Bytes::copy_from_slice(buf)));
+        // Upstream messages are handed to turmoil in a fixed order when several fall due
+        // at once (see `handoff`); the client's link has one latency for everything and
+        // nothing on the provider side reads it.
+        let posting = (this.kind == LinkKind::Upstream && this.net.ordered_hand_off).then(|| {
+            let [request, nth] = named.order;
+            let posting = (at, [request, nth, named.name, direction, n]);
+            this.net
+                .hand_off
+                .post(p.board.sender, p.board.pipe, posting);
+            posting
+        });
+        p.queue
+            .push_back((at, Bytes::copy_from_slice(buf), posting));
         if let Some(w) = p.deliverer.take() {
             w.wake();
         }
@@ -633,6 +771,11 @@ mod tests {
         );
         assert_eq!((x1, y1), (x2, y2));
         assert_eq!(one.name_of(b, p), Some(y1));
+        assert_eq!(
+            x1.order,
+            [u64::MAX, 1],
+            "no request id: ordered after those with one"
+        );
         // The second connection opened with the same bytes (a retry) is another connection.
         assert_ne!(one.name_opened(a, p, b"request 1"), x1);
     }

@@ -374,7 +374,10 @@ fn main() -> ExitCode {
             jobs: jobs
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             concurrency: concurrency.into(),
-            world: switchback_sim::world::WorldOptions { shared_latency_rng },
+            world: switchback_sim::world::WorldOptions {
+                shared_latency_rng,
+                ..Default::default()
+            },
         }),
         Command::Replay {
             seed,
